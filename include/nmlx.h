@@ -1,0 +1,255 @@
+/*
+ * nmlx.h - the one public header of nmlx: LLM inference in C.
+ *
+ * nmlx loads a HuggingFace model folder (config.json + *.safetensors, optional
+ * tokenizer.json) and generates text on the CPU.
+ *
+ * Usage (error handling shortened):
+ *
+ *     nmlx_model_params mp = nmlx_model_default_params();
+ *     nmlx_model *model;
+ *     if (nmlx_model_load("path/to/Qwen3-0.6B", &mp, &model) != NMLX_OK) {
+ *         fprintf(stderr, "nmlx: %s\n", nmlx_last_error());
+ *         return 1;
+ *     }
+ *     nmlx_session *s;
+ *     nmlx_session_create(model, NULL, &s);
+ *     nmlx_generate_params gp = nmlx_generate_default_params();
+ *     gp.max_tokens = 64;
+ *     gp.on_token = print_piece;               // gets UTF-8-complete text
+ *     int32_t prompt[] = {9707, 11, 1879};
+ *     nmlx_generate_result r;
+ *     nmlx_generate(s, prompt, 3, &gp, &r);
+ *     nmlx_session_free(s);
+ *     nmlx_model_free(model);
+ *
+ * Conventions (they hold for every function below):
+ *  - Fallible calls return nmlx_status. On failure the output arguments are
+ *    left untouched (or NULL) and nmlx_last_error() returns a message naming
+ *    the file, tensor or field at fault. The message is kept per thread.
+ *  - Whoever creates frees: nmlx_X_free() for each nmlx_X_create/load; all
+ *    destructors accept NULL. Memory returned through `char **` / `int32_t **`
+ *    outputs is released with nmlx_free().
+ *  - Thread safety: a model and a tokenizer are immutable after load and may
+ *    be shared by threads; a session is used by one thread at a time, except
+ *    nmlx_session_cancel(), which any thread may call at any time.
+ *  - A session holds a reference on its model: nmlx_model_free() on a model
+ *    with live sessions defers the free until the last session is freed.
+ *  - Nothing in the library writes to stdout/stderr or calls exit()/abort()
+ *    on bad input.
+ *
+ * Enums only grow; struct params are obtained from nmlx_*_default_params()
+ * so that fields added later keep their defaults.
+ */
+#ifndef NMLX_H
+#define NMLX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NMLX_VERSION_STRING "0.1.0"
+
+/* ---- status and errors ------------------------------------------------ */
+
+typedef enum nmlx_status {
+    NMLX_OK = 0,
+    NMLX_ERR_INVALID_ARG = 1,      /* a NULL handle, a bad parameter value */
+    NMLX_ERR_IO = 2,               /* a file is missing or cannot be read */
+    NMLX_ERR_FORMAT = 3,           /* a file is malformed (JSON, safetensors) */
+    NMLX_ERR_UNSUPPORTED = 4,      /* unknown model_type, rope type, dtype... */
+    NMLX_ERR_NOMEM = 5,            /* an allocation failed */
+    NMLX_ERR_CONTEXT_OVERFLOW = 6, /* more tokens than the session can hold */
+    NMLX_ERR_CANCELLED = 7,        /* nmlx_session_cancel() stopped the call */
+    NMLX_ERR_INTERNAL = 8          /* a bug: please report it */
+} nmlx_status;
+
+/* The message of the last failed call on this thread ("" if none). Valid
+ * until the next nmlx call on the same thread. */
+const char *nmlx_last_error(void);
+/* A short constant name for a status ("io error", ...). */
+const char *nmlx_status_string(nmlx_status status);
+const char *nmlx_version(void);
+/* Releases memory that nmlx returned through an output pointer. */
+void nmlx_free(void *ptr);
+
+typedef struct nmlx_model nmlx_model;
+typedef struct nmlx_session nmlx_session;
+typedef struct nmlx_tokenizer nmlx_tokenizer;
+typedef struct nmlx_detokenizer nmlx_detokenizer;
+
+/* ---- model ------------------------------------------------------------ */
+
+typedef struct nmlx_model_params {
+    int n_threads;   /* worker threads; 0 = number of online CPUs */
+    int max_context; /* cap on tokens per session; 0 = min(model's
+                        max_position_embeddings, 8192) */
+    int no_tokenizer; /* 1 = do not load tokenizer.json even if present */
+} nmlx_model_params;
+
+nmlx_model_params nmlx_model_default_params(void);
+
+/* Loads a model folder: config.json, generation_config.json (optional),
+ * model.safetensors or model.safetensors.index.json + shards, and the
+ * tokenizer files if present. Weights are mmapped read-only. */
+nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
+                            nmlx_model **out);
+void nmlx_model_free(nmlx_model *model);
+
+const char *nmlx_model_type(const nmlx_model *model); /* config model_type */
+int32_t nmlx_model_vocab_size(const nmlx_model *model);
+int32_t nmlx_model_max_context(const nmlx_model *model);
+/* End-of-sequence ids from config.json and generation_config.json. */
+size_t nmlx_model_eos_ids(const nmlx_model *model, const int32_t **ids);
+/* The model's tokenizer, or NULL if the folder has none. Owned by the model. */
+const nmlx_tokenizer *nmlx_model_tokenizer(const nmlx_model *model);
+
+/* ---- sampling --------------------------------------------------------- */
+
+typedef struct nmlx_sampler_params {
+    float temperature;           /* 0 = greedy (argmax) */
+    float top_p;                 /* 1 = off */
+    int top_k;                   /* 0 = off */
+    float min_p;                 /* 0 = off */
+    float repetition_penalty;    /* 1 = off */
+    int repetition_context_size; /* tokens looked back for the penalty */
+    uint64_t seed;               /* same seed, same tokens */
+} nmlx_sampler_params;
+
+/* Greedy by default; generation_config.json values are applied by
+ * nmlx_model_sampler_params(). */
+nmlx_sampler_params nmlx_sampler_default_params(void);
+/* The model's recommended sampling (generation_config.json), else defaults. */
+nmlx_sampler_params nmlx_model_sampler_params(const nmlx_model *model);
+
+/* ---- session: one conversation (KV cache, position, sampler) ---------- */
+
+typedef struct nmlx_session_params {
+    int max_context; /* 0 = the model's max_context */
+} nmlx_session_params;
+
+nmlx_session_params nmlx_session_default_params(void);
+nmlx_status nmlx_session_create(nmlx_model *model,
+                                const nmlx_session_params *params, /* NULL ok */
+                                nmlx_session **out);
+void nmlx_session_free(nmlx_session *session);
+
+/* Appends tokens to the session (prefill). Afterwards nmlx_session_logits()
+ * holds the logits of the last token; with all_logits != 0 the logits of
+ * every token of this call are kept too (for tests and scoring). */
+nmlx_status nmlx_session_eval(nmlx_session *session, const int32_t *ids,
+                              size_t n, int all_logits);
+/* Logits (vocab_size floats) of the last evaluated token; NULL before any
+ * eval. Valid until the next call on the session. */
+const float *nmlx_session_logits(const nmlx_session *session);
+/* Logits of every token of the last eval with all_logits set: n_rows x
+ * vocab_size, row-major. NULL if not kept. */
+const float *nmlx_session_all_logits(const nmlx_session *session,
+                                     size_t *n_rows);
+/* Number of tokens in the session's cache. */
+size_t nmlx_session_position(const nmlx_session *session);
+/* Drops the last n tokens from the cache (n <= position). */
+nmlx_status nmlx_session_trim(nmlx_session *session, size_t n);
+/* Empties the cache and the sampler history. */
+void nmlx_session_reset(nmlx_session *session);
+/* Asks a running eval/generate to stop; callable from any thread. The
+ * running call returns NMLX_ERR_CANCELLED (generate: finish reason
+ * NMLX_FINISH_CANCELLED). The flag clears when the next call starts. */
+void nmlx_session_cancel(nmlx_session *session);
+
+/* Samples the next id from the current logits with the given sampler and
+ * this session's random state (seeded by nmlx_session_seed). */
+nmlx_status nmlx_session_sample(nmlx_session *session,
+                                const nmlx_sampler_params *sampler,
+                                int32_t *out_id);
+void nmlx_session_seed(nmlx_session *session, uint64_t seed);
+
+/* ---- generation ------------------------------------------------------- */
+
+/* Called once per generated token. `text` is the UTF-8-complete text this
+ * token completes (may be empty; NULL when the model has no tokenizer).
+ * Return non-zero to stop generation (finish reason NMLX_FINISH_STOPPED). */
+typedef int (*nmlx_token_callback)(void *user, int32_t id, const char *text,
+                                   size_t len);
+
+typedef enum nmlx_finish_reason {
+    NMLX_FINISH_EOS = 0,      /* an end-of-sequence id was sampled */
+    NMLX_FINISH_LENGTH = 1,   /* max_tokens or the context was reached */
+    NMLX_FINISH_STOPPED = 2,  /* the callback asked to stop */
+    NMLX_FINISH_CANCELLED = 3 /* nmlx_session_cancel() */
+} nmlx_finish_reason;
+
+typedef struct nmlx_generate_params {
+    int max_tokens;             /* default 256 */
+    int ignore_eos;             /* 1 = generate exactly max_tokens */
+    nmlx_sampler_params sampler;
+    nmlx_token_callback on_token; /* may be NULL */
+    void *user;
+} nmlx_generate_params;
+
+typedef struct nmlx_generate_result {
+    size_t n_prompt;
+    size_t n_generated;
+    nmlx_finish_reason finish;
+    double prefill_seconds; /* prompt eval up to the first sampled token */
+    double decode_seconds;  /* everything after the first token */
+} nmlx_generate_result;
+
+nmlx_generate_params nmlx_generate_default_params(void);
+/* Evaluates `prompt` (appended to what the session holds; n_prompt may be 0
+ * if the session already has logits), then samples and evaluates up to
+ * max_tokens tokens. Generated ids are passed to the callback; `result` (may
+ * be NULL) gets counts and timings. */
+nmlx_status nmlx_generate(nmlx_session *session, const int32_t *prompt,
+                          size_t n_prompt, const nmlx_generate_params *params,
+                          nmlx_generate_result *result);
+
+/* ---- tokenizer (HuggingFace tokenizer.json) --------------------------- */
+
+/* Loads tokenizer.json (+ tokenizer_config.json, special_tokens_map.json)
+ * from a folder; the folder needs no weights or config.json. */
+nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out);
+void nmlx_tokenizer_free(nmlx_tokenizer *tok);
+
+/* Text (UTF-8, `len` bytes) to ids. add_special = 1 behaves like
+ * HuggingFace add_special_tokens=True (post-processor adds BOS/EOS). *ids is
+ * released with nmlx_free(). */
+nmlx_status nmlx_tokenize(const nmlx_tokenizer *tok, const char *text,
+                          size_t len, int add_special, int32_t **ids,
+                          size_t *n_ids);
+/* Ids to text; *text is NUL-terminated, released with nmlx_free(). */
+nmlx_status nmlx_detokenize(const nmlx_tokenizer *tok, const int32_t *ids,
+                            size_t n_ids, int skip_special, char **text,
+                            size_t *len);
+/* Vocabulary size including added tokens (max id + 1). */
+int32_t nmlx_tokenizer_vocab_size(const nmlx_tokenizer *tok);
+/* The token's string as stored in the vocabulary; NULL for unknown ids. */
+const char *nmlx_tokenizer_id_to_token(const nmlx_tokenizer *tok, int32_t id);
+/* -1 if the string is not a token. */
+int32_t nmlx_tokenizer_token_to_id(const nmlx_tokenizer *tok,
+                                   const char *token);
+/* BOS / EOS ids from tokenizer_config.json; -1 if none. */
+int32_t nmlx_tokenizer_bos_id(const nmlx_tokenizer *tok);
+int32_t nmlx_tokenizer_eos_id(const nmlx_tokenizer *tok);
+int nmlx_tokenizer_is_special(const nmlx_tokenizer *tok, int32_t id);
+
+/* Streaming detokenizer: feed ids one at a time, get back only text that is
+ * complete UTF-8 and final; the concatenation of all pieces plus the final
+ * flush equals nmlx_detokenize() of the whole sequence. */
+nmlx_status nmlx_detokenizer_create(const nmlx_tokenizer *tok,
+                                    int skip_special, nmlx_detokenizer **out);
+void nmlx_detokenizer_free(nmlx_detokenizer *d);
+/* *text points into the detokenizer, valid until its next call. */
+nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id,
+                                  const char **text, size_t *len);
+nmlx_status nmlx_detokenizer_flush(nmlx_detokenizer *d, const char **text,
+                                   size_t *len);
+void nmlx_detokenizer_reset(nmlx_detokenizer *d);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NMLX_H */

@@ -1,0 +1,93 @@
+/* Error recording (thread-local message), allocation wrappers with fault
+ * injection, clock. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { ERR_CAP = 1024 };
+static _Thread_local char err_msg[ERR_CAP];
+
+nmlx_status nmlx_fail(nmlx_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_msg, ERR_CAP, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void nmlx_error_prefix(const char *fmt, ...) {
+    char prefix[ERR_CAP], old[ERR_CAP];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, ERR_CAP, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_msg, ERR_CAP);
+    snprintf(err_msg, ERR_CAP, "%s: %s", prefix, old);
+}
+
+void nmlx_clear_error(void) { err_msg[0] = '\0'; }
+
+const char *nmlx_last_error(void) { return err_msg; }
+
+const char *nmlx_status_string(nmlx_status status) {
+    switch (status) {
+    case NMLX_OK: return "ok";
+    case NMLX_ERR_INVALID_ARG: return "invalid argument";
+    case NMLX_ERR_IO: return "i/o error";
+    case NMLX_ERR_FORMAT: return "malformed file";
+    case NMLX_ERR_UNSUPPORTED: return "unsupported";
+    case NMLX_ERR_NOMEM: return "out of memory";
+    case NMLX_ERR_CONTEXT_OVERFLOW: return "context overflow";
+    case NMLX_ERR_CANCELLED: return "cancelled";
+    case NMLX_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+const char *nmlx_version(void) { return NMLX_VERSION_STRING; }
+
+void nmlx_free(void *ptr) { free(ptr); }
+
+static atomic_long fail_after;
+
+void nmlx_test_fail_alloc_after(long n) { atomic_store(&fail_after, n); }
+
+static int alloc_should_fail(void) {
+    long n = atomic_load(&fail_after);
+    if (n <= 0) return 0;
+    n = atomic_fetch_sub(&fail_after, 1);
+    return n == 1;
+}
+
+void *nmlx_malloc(size_t size) {
+    if (alloc_should_fail()) return NULL;
+    return malloc(size ? size : 1);
+}
+
+void *nmlx_calloc(size_t n, size_t size) {
+    if (alloc_should_fail()) return NULL;
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+void *nmlx_realloc(void *ptr, size_t size) {
+    if (alloc_should_fail()) return NULL;
+    return realloc(ptr, size ? size : 1);
+}
+
+char *nmlx_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = nmlx_malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+double nmlx_time_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

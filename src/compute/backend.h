@@ -1,0 +1,112 @@
+/* The backend interface: a table of ops per backend (CPU now, CUDA later).
+ * Model code calls only these ops on buffers the backend owns, so a new
+ * backend plugs in without touching model code.
+ *
+ * Dimension letters (project-wide): T tokens, D model width / output rows,
+ * N input width, H query heads, KVH key/value heads, HD head dim, V vocab.
+ * Activations are f32 and contiguous; weights are nmlx_weight/nmlx_tensor in
+ * F32/F16/BF16 (quantized modes later). Every op is synchronous from the
+ * caller's view on the CPU; a GPU backend orders ops on one stream and
+ * `sync` waits for them. */
+#ifndef NMLX_BACKEND_H
+#define NMLX_BACKEND_H
+
+#include "nmlx.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+#include <stdbool.h>
+
+typedef struct nmlx_backend nmlx_backend;
+
+typedef enum nmlx_act {
+    NMLX_ACT_SILU = 0,
+    NMLX_ACT_GELU_TANH,
+    NMLX_ACT_GELU_ERF
+} nmlx_act;
+
+/* Scaled dot-product attention for one sequence, reading K/V from a cache in
+ * mlx-lm's layout [KVH, cap, HD] (row j = the key at cache index j).
+ * Query t sits at cache index q_pos + t and sees keys j with
+ *   j <= q_pos + t            (causal) and
+ *   j >  q_pos + t - window   (if window > 0, sliding window).
+ * Head h reads KV head h / (H / KVH) (GQA). out[t, h, :] = softmax(scale *
+ * q.k (soft-capped if softcap > 0), with an extra sink logit sinks[h] if
+ * sinks != NULL) @ v. */
+typedef struct nmlx_attn_args {
+    const float *q;       /* [T, H, HD] */
+    const float *k, *v;   /* [KVH, cap, HD] */
+    float *out;           /* [T, H, HD] */
+    int64_t T, H, KVH, HD, cap;
+    int64_t q_pos;        /* cache index of q[0] */
+    int64_t n_kv;         /* keys valid in the cache: 0..n_kv-1 */
+    float scale;
+    int64_t window;       /* 0 = full causal */
+    float softcap;        /* 0 = off */
+    const float *sinks;   /* [H] or NULL */
+    float *scratch;       /* >= n_threads * n_kv floats, backend memory */
+} nmlx_attn_args;
+
+typedef struct nmlx_backend_ops {
+    const char *name;
+
+    /* Activation buffers; zero-initialised. NULL on failure. */
+    void *(*alloc)(nmlx_backend *be, size_t bytes);
+    void (*free)(nmlx_backend *be, void *ptr);
+    /* dst and src are backend buffers. */
+    void (*copy)(nmlx_backend *be, void *dst, const void *src, size_t bytes);
+    /* Host <-> backend (on the CPU: memcpy). */
+    void (*upload)(nmlx_backend *be, void *dst, const void *host, size_t bytes);
+    void (*download)(nmlx_backend *be, void *host, const void *src, size_t bytes);
+    void (*sync)(nmlx_backend *be);
+
+    /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
+     * dtype). y must not alias x. */
+    void (*matmul)(nmlx_backend *be, const nmlx_weight *w,
+                   const nmlx_tensor *bias, const float *x, float *y,
+                   int64_t T);
+    /* out[t, :] = table[ids[t], :] * scale; table [V, D]. */
+    void (*embed)(nmlx_backend *be, const nmlx_weight *table,
+                  const int32_t *ids, int64_t T, float scale, float *out);
+    /* y[r, :] = x[r, :] / sqrt(mean(x[r]^2) + eps) * (w + w_offset) for R
+     * rows of width D; w [D] any float dtype, or NULL for no weight; y may
+     * alias x. (w_offset = 1 gives Gemma's (1 + w) norm.) */
+    void (*rmsnorm)(nmlx_backend *be, const float *x, const nmlx_tensor *w,
+                    float w_offset, float eps, float *y, int64_t R, int64_t D);
+    /* RoPE in place on x[T, H, HD], rotate-half pairing (i, i + rot/2) for
+     * i < rot/2 over the first `rot` dims; angle = (pos0 + t) * freqs[i];
+     * rotated values are multiplied by mscale (1 for plain RoPE).
+     * freqs [rot/2] is a backend buffer. */
+    void (*rope)(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
+                 int64_t rot, int64_t pos0, const float *freqs, float mscale);
+    void (*attention)(nmlx_backend *be, const nmlx_attn_args *a);
+    /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
+    void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
+                    const float *up, float *out, int64_t n);
+    /* x[i] = act(x[i]) in place. */
+    void (*act)(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
+    /* out[i] = a[i] + b[i]; out may alias a or b. */
+    void (*add)(nmlx_backend *be, const float *a, const float *b, float *out,
+                int64_t n);
+    /* x[i] *= s */
+    void (*scale)(nmlx_backend *be, float *x, float s, int64_t n);
+    /* softmax over each of R rows of width n, in place. */
+    void (*softmax)(nmlx_backend *be, float *x, int64_t R, int64_t n);
+} nmlx_backend_ops;
+
+struct nmlx_backend {
+    const nmlx_backend_ops *ops;
+    int n_threads;
+    nmlx_pool *pool; /* CPU workers (also used by GPU backends for host work) */
+    void *impl;      /* backend private state */
+};
+
+/* CPU backend: portable C kernels, with AVX2+FMA+F16C versions chosen at
+ * run time when the CPU has them (NMLX_CPU=portable forces the portable
+ * path). n_threads = 0 uses all online CPUs. */
+nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out);
+void nmlx_backend_free(nmlx_backend *be);
+/* "avx2" or "portable": which kernels the CPU backend picked. */
+const char *nmlx_backend_cpu_isa(const nmlx_backend *be);
+
+#endif
