@@ -157,7 +157,8 @@ nmlx_status nmlx_session_trim(nmlx_session *session, size_t n);
 void nmlx_session_reset(nmlx_session *session);
 /* Asks a running eval/generate to stop; callable from any thread. The
  * running call returns NMLX_ERR_CANCELLED (generate: finish reason
- * NMLX_FINISH_CANCELLED). The flag clears when the next call starts. */
+ * NMLX_FINISH_CANCELLED, status NMLX_OK). The flag clears when the next call
+ * starts. */
 void nmlx_session_cancel(nmlx_session *session);
 
 /* Samples the next id from the current logits with the given sampler and
@@ -200,9 +201,12 @@ typedef struct nmlx_generate_result {
 
 nmlx_generate_params nmlx_generate_default_params(void);
 /* Evaluates `prompt` (appended to what the session holds; n_prompt may be 0
- * if the session already has logits), then samples and evaluates up to
- * max_tokens tokens. Generated ids are passed to the callback; `result` (may
- * be NULL) gets counts and timings. */
+ * if the session already has logits), then samples up to max_tokens tokens,
+ * passing each to the callback. Generated tokens join the session; the last
+ * one is evaluated lazily, at the start of the next eval/generate call, so
+ * n tokens cost n - 1 decode steps. Generation also ends when the session's
+ * context is full (NMLX_FINISH_LENGTH). `result` (may be NULL) gets counts
+ * and timings. The seed in params->sampler reseeds the session's generator. */
 nmlx_status nmlx_generate(nmlx_session *session, const int32_t *prompt,
                           size_t n_prompt, const nmlx_generate_params *params,
                           nmlx_generate_result *result);

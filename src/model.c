@@ -1,0 +1,194 @@
+/* Model loading: config.json -> family (by model_type) -> architecture built
+ * over the mmapped weights; generation_config.json for eos ids and sampling
+ * defaults; tokenizer files if present. */
+#define _POSIX_C_SOURCE 200809L
+#include "model.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { DEFAULT_CONTEXT_CAP = 8192 };
+
+nmlx_model_params nmlx_model_default_params(void) {
+    return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0};
+}
+
+nmlx_sampler_params nmlx_sampler_default_params(void) {
+    return (nmlx_sampler_params){.temperature = 0.0f, .top_p = 1.0f, .top_k = 0, .min_p = 0.0f,
+                                 .repetition_penalty = 1.0f, .repetition_context_size = 20,
+                                 .seed = 0};
+}
+
+static bool file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static const nmlx_family *find_family(const char *model_type) {
+    for (size_t i = 0; nmlx_families[i]; i++)
+        for (const char *const *t = nmlx_families[i]->model_types; *t; t++)
+            if (!strcmp(*t, model_type)) return nmlx_families[i];
+    return NULL;
+}
+
+static void list_model_types(char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; nmlx_families[i]; i++)
+        for (const char *const *t = nmlx_families[i]->model_types; *t; t++) {
+            int w = snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", *t);
+            if (w < 0 || (size_t)w >= cap - n) return;
+            n += (size_t)w;
+        }
+}
+
+static void add_eos(nmlx_model *m, int64_t id) {
+    if (id < 0 || id > INT32_MAX) return;
+    for (size_t i = 0; i < m->n_eos; i++)
+        if (m->eos[i] == id) return;
+    if (m->n_eos < NMLX_MAX_EOS) m->eos[m->n_eos++] = (int32_t)id;
+}
+
+static nmlx_status read_eos(nmlx_model *m, const nmlx_cfg *cfg) {
+    int64_t ids[NMLX_MAX_EOS];
+    size_t n = 0;
+    nmlx_status st = nmlx_cfg_int_list(cfg, "eos_token_id", ids, NMLX_MAX_EOS, &n);
+    for (size_t i = 0; st == NMLX_OK && i < n; i++) add_eos(m, ids[i]);
+    return st;
+}
+
+/* generation_config.json: eos ids and the recommended sampling. */
+static nmlx_status read_generation_config(nmlx_model *m, const char *path) {
+    nmlx_cfg *g = NULL;
+    nmlx_status st = nmlx_cfg_open(path, &g);
+    if (st != NMLX_OK) return st;
+    nmlx_sampler_params *sp = &m->sampler_defaults;
+    bool do_sample = false;
+    double temp = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
+    int64_t top_k = 0;
+    TRY(read_eos(m, g));
+    TRY(nmlx_cfg_bool(g, "do_sample", false, &do_sample));
+    TRY(nmlx_cfg_float(g, "temperature", 1.0, &temp));
+    TRY(nmlx_cfg_float(g, "top_p", 1.0, &top_p));
+    TRY(nmlx_cfg_int(g, "top_k", 0, &top_k));
+    TRY(nmlx_cfg_float(g, "min_p", 0.0, &min_p));
+    TRY(nmlx_cfg_float(g, "repetition_penalty", 1.0, &rep));
+    if (do_sample && temp > 0) {
+        sp->temperature = (float)temp;
+        sp->top_p = top_p > 0 && top_p <= 1 ? (float)top_p : 1.0f;
+        sp->top_k = top_k > 0 && top_k < INT32_MAX ? (int)top_k : 0;
+        sp->min_p = min_p >= 0 && min_p <= 1 ? (float)min_p : 0.0f;
+    }
+    if (rep > 0) sp->repetition_penalty = (float)rep;
+cleanup:
+    nmlx_cfg_free(g);
+    return st;
+}
+
+static void model_destroy(nmlx_model *m) {
+    if (m->arch) m->family->destroy(m->arch, m->be);
+    nmlx_tokenizer_free(m->tok);
+    nmlx_weights_close(m->weights);
+    nmlx_cfg_free(m->cfg);
+    nmlx_backend_free(m->be);
+    nmlx_free(m->dir);
+    nmlx_free(m);
+}
+
+void nmlx_model_unref(nmlx_model *m) {
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_destroy(m);
+}
+
+void nmlx_model_free(nmlx_model *m) { nmlx_model_unref(m); }
+
+nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
+                            nmlx_model **out) {
+    nmlx_status st = NMLX_OK;
+    nmlx_model *m = NULL;
+    char path[4096];
+    nmlx_model_params p = params ? *params : nmlx_model_default_params();
+    CHECK(dir && out, NMLX_ERR_INVALID_ARG, "nmlx_model_load: dir and out must not be NULL");
+    *out = NULL;
+    CHECK(p.n_threads >= 0 && p.n_threads <= 1024, NMLX_ERR_INVALID_ARG,
+          "n_threads must be in [0, 1024] (got %d)", p.n_threads);
+    CHECK(p.max_context >= 0, NMLX_ERR_INVALID_ARG, "max_context must be >= 0 (got %d)",
+          p.max_context);
+    struct stat sb;
+    CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode), NMLX_ERR_IO,
+          "model folder '%s' does not exist or is not a folder", dir);
+
+    m = nmlx_calloc(1, sizeof *m);
+    CHECK(m, NMLX_ERR_NOMEM, "out of memory loading '%s'", dir);
+    atomic_init(&m->refs, 1);
+    m->sampler_defaults = nmlx_sampler_default_params();
+    m->dir = nmlx_strdup(dir);
+    CHECK(m->dir, NMLX_ERR_NOMEM, "out of memory loading '%s'", dir);
+
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(file_exists(path), NMLX_ERR_IO, "%s: not found (a model folder needs config.json)",
+          path);
+    TRY(nmlx_cfg_open(path, &m->cfg));
+    const char *mt = nmlx_cfg_model_type(m->cfg);
+    CHECK(mt[0], NMLX_ERR_FORMAT, "%s: missing field 'model_type'", path);
+    snprintf(m->model_type, sizeof m->model_type, "%s", mt);
+    m->family = find_family(mt);
+    if (!m->family) {
+        char known[512];
+        list_model_types(known, sizeof known);
+        CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)",
+              path, mt, known);
+    }
+    TRY(read_eos(m, m->cfg));
+
+    TRY(nmlx_weights_open_dir(dir, &m->weights));
+    TRY(nmlx_backend_cpu_create(p.n_threads, &m->be));
+    nmlx_load_ctx ctx = {.cfg = m->cfg, .weights = m->weights, .be = m->be};
+    st = m->family->build(m->family->def, &ctx, &m->arch, &m->info);
+    if (st != NMLX_OK) {
+        nmlx_error_prefix("%s", dir);
+        goto cleanup;
+    }
+
+    int64_t cap = m->info.max_position_embeddings;
+    if (p.max_context > 0) cap = p.max_context;
+    else if (cap > DEFAULT_CONTEXT_CAP) cap = DEFAULT_CONTEXT_CAP;
+    m->max_context = cap;
+
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (file_exists(path)) TRY(read_generation_config(m, path));
+
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (!p.no_tokenizer && file_exists(path)) {
+        TRY(nmlx_tokenizer_load(dir, &m->tok));
+        add_eos(m, nmlx_tokenizer_eos_id(m->tok));
+    }
+    *out = m;
+    m = NULL;
+cleanup:
+    if (m) model_destroy(m);
+    return st;
+}
+
+const char *nmlx_model_type(const nmlx_model *m) { return m ? m->model_type : ""; }
+int32_t nmlx_model_vocab_size(const nmlx_model *m) { return m ? (int32_t)m->info.vocab_size : 0; }
+int32_t nmlx_model_max_context(const nmlx_model *m) { return m ? (int32_t)m->max_context : 0; }
+
+size_t nmlx_model_eos_ids(const nmlx_model *m, const int32_t **ids) {
+    if (!m) return 0;
+    if (ids) *ids = m->eos;
+    return m->n_eos;
+}
+
+bool nmlx_model_is_eos(const nmlx_model *m, int32_t id) {
+    for (size_t i = 0; i < m->n_eos; i++)
+        if (m->eos[i] == id) return true;
+    return false;
+}
+
+const nmlx_tokenizer *nmlx_model_tokenizer(const nmlx_model *m) { return m ? m->tok : NULL; }
+
+nmlx_sampler_params nmlx_model_sampler_params(const nmlx_model *m) {
+    return m ? m->sampler_defaults : nmlx_sampler_default_params();
+}

@@ -1,0 +1,58 @@
+/* Internal definitions of the public handles (nmlx_model, nmlx_session). */
+#ifndef NMLX_MODEL_H
+#define NMLX_MODEL_H
+
+#include "common.h"
+#include "compute/backend.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "shared/family.h"
+#include "shared/sampling.h"
+
+#include <stdatomic.h>
+
+enum { NMLX_MAX_EOS = 16 };
+
+struct nmlx_model {
+    atomic_int refs; /* 1 for the owner + 1 per live session */
+    char *dir;
+    char model_type[64];
+    nmlx_cfg *cfg;
+    nmlx_weights *weights;
+    nmlx_backend *be;
+    const nmlx_family *family;
+    void *arch;
+    nmlx_arch_info info;
+    int64_t max_context;
+    int32_t eos[NMLX_MAX_EOS];
+    size_t n_eos;
+    nmlx_sampler_params sampler_defaults;
+    nmlx_tokenizer *tok; /* NULL if the folder has none */
+};
+
+struct nmlx_session {
+    nmlx_model *model;
+    void *state;
+    int64_t max_context;
+    float *logits; /* [vocab] host */
+    bool has_logits;
+    float *all_logits; /* [all_rows, vocab] host */
+    size_t all_rows, all_cap;
+    int32_t *history; /* every token in the session, [max_context] */
+    size_t n_history;
+    int32_t pending; /* sampled by generate, not yet evaluated; -1 if none */
+    nmlx_sampler sampler;
+    atomic_bool cancel;
+    nmlx_detokenizer *detok;
+    char *text;      /* callback text assembly */
+    size_t text_cap;
+};
+
+/* Drops one model reference; frees the model at zero. */
+void nmlx_model_unref(nmlx_model *m);
+bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
+/* nmlx_session_eval without clearing the cancel flag (generate's loop). */
+nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
+                                     int all_logits);
+
+#endif

@@ -1,0 +1,161 @@
+/* Sessions: one conversation's caches, logits, token history and sampler. */
+#include "model.h"
+
+#include <string.h>
+
+nmlx_session_params nmlx_session_default_params(void) {
+    return (nmlx_session_params){.max_context = 0};
+}
+
+void nmlx_session_free(nmlx_session *s) {
+    if (!s) return;
+    nmlx_model *m = s->model;
+    if (s->state) m->family->state_free(s->state, m->be);
+    nmlx_sampler_free(&s->sampler);
+    nmlx_detokenizer_free(s->detok);
+    nmlx_free(s->logits);
+    nmlx_free(s->all_logits);
+    nmlx_free(s->history);
+    nmlx_free(s->text);
+    nmlx_free(s);
+    nmlx_model_unref(m);
+}
+
+nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params,
+                                nmlx_session **out) {
+    nmlx_status st = NMLX_OK;
+    nmlx_session *s = NULL;
+    CHECK(m && out, NMLX_ERR_INVALID_ARG, "nmlx_session_create: model and out must not be NULL");
+    *out = NULL;
+    nmlx_session_params p = params ? *params : nmlx_session_default_params();
+    CHECK(p.max_context >= 0, NMLX_ERR_INVALID_ARG, "max_context must be >= 0 (got %d)",
+          p.max_context);
+    s = nmlx_calloc(1, sizeof *s);
+    CHECK(s, NMLX_ERR_NOMEM, "out of memory creating a session");
+    atomic_fetch_add(&m->refs, 1);
+    s->model = m;
+    s->pending = -1;
+    atomic_init(&s->cancel, false);
+    s->max_context = p.max_context > 0 ? p.max_context : m->max_context;
+    int64_t V = m->info.vocab_size;
+    s->logits = nmlx_malloc((size_t)V * sizeof(float));
+    s->history = nmlx_malloc((size_t)s->max_context * sizeof(int32_t));
+    CHECK(s->logits && s->history, NMLX_ERR_NOMEM, "out of memory creating a session");
+    TRY(nmlx_sampler_init(&s->sampler, V));
+    TRY(m->family->state_create(m->arch, m->be, s->max_context, &s->state));
+    if (m->tok) TRY(nmlx_detokenizer_create(m->tok, 1, &s->detok));
+    *out = s;
+    s = NULL;
+cleanup:
+    nmlx_session_free(s);
+    return st;
+}
+
+/* Evaluates ids after any pending token; keeps all rows' logits if asked. */
+nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n, int all_logits) {
+    nmlx_model *m = s->model;
+    int64_t V = m->info.vocab_size;
+    nmlx_status st = NMLX_OK;
+    if (s->pending >= 0) {
+        int32_t id = s->pending;
+        s->pending = -1;
+        s->n_history--; /* counted already; re-added below */
+        st = nmlx_session_eval_tokens(s, &id, 1, 0);
+        if (st != NMLX_OK) {
+            s->pending = id;
+            s->n_history++;
+            return st;
+        }
+    }
+    if (n == 0) return NMLX_OK;
+    if (s->n_history + n > (size_t)s->max_context)
+        return nmlx_fail(NMLX_ERR_CONTEXT_OVERFLOW,
+                         "context overflow: %zu tokens held + %zu new > context length %lld",
+                         s->n_history, n, (long long)s->max_context);
+    float *rows = NULL;
+    if (all_logits) {
+        if (n > s->all_cap) {
+            float *grown = nmlx_realloc(s->all_logits, n * (size_t)V * sizeof(float));
+            if (!grown)
+                return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for %zu rows of logits", n);
+            s->all_logits = grown;
+            s->all_cap = n;
+        }
+        rows = s->all_logits;
+    }
+    s->has_logits = false;
+    s->all_rows = 0;
+    st = m->family->forward(m->arch, s->state, m->be, ids, (int64_t)n, s->logits, rows,
+                            &s->cancel);
+    if (st != NMLX_OK) return st;
+    memcpy(s->history + s->n_history, ids, n * sizeof(int32_t));
+    s->n_history += n;
+    s->has_logits = true;
+    if (all_logits) s->all_rows = n;
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int all_logits) {
+    if (!s || (n > 0 && !ids))
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_eval: session and ids must not be NULL");
+    atomic_store(&s->cancel, false);
+    return nmlx_session_eval_tokens(s, ids, n, all_logits);
+}
+
+const float *nmlx_session_logits(const nmlx_session *s) {
+    return s && s->has_logits ? s->logits : NULL;
+}
+
+const float *nmlx_session_all_logits(const nmlx_session *s, size_t *n_rows) {
+    if (n_rows) *n_rows = s ? s->all_rows : 0;
+    return s && s->all_rows ? s->all_logits : NULL;
+}
+
+size_t nmlx_session_position(const nmlx_session *s) { return s ? s->n_history : 0; }
+
+nmlx_status nmlx_session_trim(nmlx_session *s, size_t n) {
+    if (!s) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_trim: session is NULL");
+    if (n > s->n_history)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "cannot trim %zu tokens: the session holds %zu", n,
+                         s->n_history);
+    if (n == 0) return NMLX_OK;
+    if (s->pending >= 0) { /* the pending token is the newest and not in the cache */
+        s->pending = -1;
+        s->n_history--;
+        n--;
+    }
+    s->model->family->state_trim(s->state, (int64_t)n);
+    s->n_history -= n;
+    s->has_logits = false;
+    s->all_rows = 0;
+    return NMLX_OK;
+}
+
+void nmlx_session_reset(nmlx_session *s) {
+    if (!s) return;
+    s->pending = -1;
+    s->model->family->state_trim(s->state, s->model->family->state_position(s->state));
+    s->n_history = 0;
+    s->has_logits = false;
+    s->all_rows = 0;
+    if (s->detok) nmlx_detokenizer_reset(s->detok);
+}
+
+void nmlx_session_cancel(nmlx_session *s) {
+    if (s) atomic_store(&s->cancel, true);
+}
+
+void nmlx_session_seed(nmlx_session *s, uint64_t seed) {
+    if (s) nmlx_sampler_seed(&s->sampler, seed);
+}
+
+nmlx_status nmlx_session_sample(nmlx_session *s, const nmlx_sampler_params *p, int32_t *out) {
+    if (!s || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: NULL argument");
+    if (!s->has_logits || s->pending >= 0)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: no logits (evaluate first)");
+    nmlx_sampler_params sp = p ? *p : nmlx_sampler_default_params();
+    nmlx_status st = nmlx_sampler_validate(&sp);
+    if (st != NMLX_OK) return st;
+    *out = nmlx_sampler_sample(&s->sampler, &sp, s->logits, s->history, s->n_history);
+    return NMLX_OK;
+}

@@ -1,0 +1,34 @@
+/* Pre-norm decoder layer:
+ *   h = x + attn(norm1(x));  out = h + mlp(norm2(h))
+ * (HF names: input_layernorm, self_attn, post_attention_layernorm, mlp). */
+#ifndef NMLX_DECODER_LAYER_H
+#define NMLX_DECODER_LAYER_H
+
+#include "attention.h"
+#include "mlp.h"
+
+typedef struct nmlx_decoder_layer {
+    nmlx_rmsnorm input_norm, post_attn_norm;
+    nmlx_attention attn;
+    nmlx_mlp mlp;
+} nmlx_decoder_layer;
+
+/* Work buffers for T tokens (backend memory). */
+typedef struct nmlx_decoder_buffers {
+    nmlx_attention_buffers attn;
+    float *xn;        /* [T, hidden] normed input */
+    float *tmp;       /* [T, hidden] block output */
+    float *gate, *up; /* [T, intermediate] */
+} nmlx_decoder_buffers;
+
+/* Loads `<prefix>.{input_layernorm,self_attn,post_attention_layernorm,mlp}`. */
+nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *ws,
+                                    const char *prefix, const nmlx_attention_shape *as,
+                                    const nmlx_rope *rope, int64_t intermediate, bool mlp_bias,
+                                    nmlx_act act, float norm_eps);
+/* x[T, hidden] is updated in place (residual stream). */
+void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                nmlx_kv_cache *cache, const nmlx_decoder_buffers *buf, float *x,
+                                int64_t T);
+
+#endif

@@ -1,0 +1,61 @@
+/* The contract between generated model files and the rest of the library.
+ * A generated file (src/generated/models/<family>.c) defines one
+ * `const nmlx_family nmlx_family_<name>` that names its model_type strings
+ * and binds implementation functions: the shared standard ones for simple
+ * families, its own for complex ones. src/generated/registry.c lists them. */
+#ifndef NMLX_FAMILY_H
+#define NMLX_FAMILY_H
+
+#include "common.h"
+#include "compute/backend.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+
+#include <stdatomic.h>
+
+/* What a family's implementation gets at load time. */
+typedef struct nmlx_load_ctx {
+    const nmlx_cfg *cfg;         /* config.json */
+    const nmlx_weights *weights; /* all tensors of the checkpoint */
+    nmlx_backend *be;
+} nmlx_load_ctx;
+
+/* Read-only facts every architecture reports after build. */
+typedef struct nmlx_arch_info {
+    int64_t vocab_size;
+    int64_t max_position_embeddings;
+} nmlx_arch_info;
+
+typedef struct nmlx_family {
+    const char *name;               /* "llama" */
+    const char *const *model_types; /* NULL-terminated config model_type strings */
+    const void *def;                /* family constants (features, config defaults) */
+
+    /* Validates config + weights and builds the architecture (weights
+     * referenced, not copied). */
+    nmlx_status (*build)(const void *def, const nmlx_load_ctx *ctx, void **arch,
+                         nmlx_arch_info *info);
+    void (*destroy)(void *arch, nmlx_backend *be);
+
+    /* Per-session state: caches and activation buffers for max_context. */
+    nmlx_status (*state_create)(const void *arch, nmlx_backend *be, int64_t max_context,
+                                void **state);
+    void (*state_free)(void *state, nmlx_backend *be);
+    /* Tokens held in the state's caches. */
+    int64_t (*state_position)(const void *state);
+    /* Drops the last n positions. */
+    void (*state_trim)(void *state, int64_t n);
+
+    /* Runs T tokens from the current position. Writes logits of the last
+     * token to last_logits[V], and if all_logits != NULL the logits of every
+     * token to all_logits[T, V] (host memory). Checks *cancel between layers
+     * and returns NMLX_ERR_CANCELLED if set (state then rolled back). */
+    nmlx_status (*forward)(const void *arch, void *state, nmlx_backend *be,
+                           const int32_t *ids, int64_t T, float *last_logits,
+                           float *all_logits, atomic_bool *cancel);
+} nmlx_family;
+
+/* NULL-terminated list of all families (src/generated/registry.c). */
+extern const nmlx_family *const nmlx_families[];
+
+#endif

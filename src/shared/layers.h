@@ -1,0 +1,40 @@
+/* Basic hand-written layers shared by every architecture: linear
+ * (projection with optional bias) and RMSNorm. Loading validates names,
+ * shapes and dtypes against the config and names the tensor at fault. */
+#ifndef NMLX_LAYERS_H
+#define NMLX_LAYERS_H
+
+#include "common.h"
+#include "compute/backend.h"
+#include "io/safetensors.h"
+
+typedef struct nmlx_linear {
+    nmlx_weight w;            /* [out, in] */
+    const nmlx_tensor *bias;  /* [out] or NULL */
+} nmlx_linear;
+
+typedef struct nmlx_rmsnorm {
+    const nmlx_tensor *w; /* [dim] */
+    float eps;
+    float offset; /* 1 for Gemma's (1 + w) */
+} nmlx_rmsnorm;
+
+/* Loads `<name>.weight` [out, in] (and `<name>.bias` [out] if has_bias). */
+nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
+                             int64_t out, int64_t in, bool has_bias);
+/* y[T, out] = x[T, in] @ W^T + b */
+void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
+                         int64_t T);
+
+/* Loads `<name>.weight` [dim]. */
+nmlx_status nmlx_rmsnorm_load(nmlx_rmsnorm *n, const nmlx_weights *ws, const char *name,
+                              int64_t dim, float eps, float offset);
+/* y[R, dim] = rmsnorm(x[R, dim]); y may alias x. */
+void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *x, float *y,
+                          int64_t R, int64_t dim);
+
+/* Fetches a float (F32/F16/BF16) tensor of the given shape; errors name it. */
+nmlx_status nmlx_get_float_tensor(const nmlx_weights *ws, const char *name, int ndim,
+                                  const int64_t *shape, const nmlx_tensor **out);
+
+#endif

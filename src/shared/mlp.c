@@ -1,0 +1,27 @@
+/* Gated MLP (see mlp.h). */
+#include "mlp.h"
+
+#include <stdio.h>
+
+nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefix,
+                          int64_t hidden, int64_t intermediate, bool bias, nmlx_act act) {
+    char name[512];
+    nmlx_status st;
+    m->act = act;
+    m->hidden = hidden;
+    m->intermediate = intermediate;
+    snprintf(name, sizeof name, "%s.gate_proj", prefix);
+    if ((st = nmlx_linear_load(&m->gate, ws, name, intermediate, hidden, bias))) return st;
+    snprintf(name, sizeof name, "%s.up_proj", prefix);
+    if ((st = nmlx_linear_load(&m->up, ws, name, intermediate, hidden, bias))) return st;
+    snprintf(name, sizeof name, "%s.down_proj", prefix);
+    return nmlx_linear_load(&m->down, ws, name, hidden, intermediate, bias);
+}
+
+void nmlx_mlp_forward(nmlx_backend *be, const nmlx_mlp *m, const float *x, float *gate,
+                      float *up, float *out, int64_t T) {
+    nmlx_linear_forward(be, &m->gate, x, gate, T);
+    nmlx_linear_forward(be, &m->up, x, up, T);
+    be->ops->act_mul(be, m->act, gate, up, gate, T * m->intermediate);
+    nmlx_linear_forward(be, &m->down, gate, out, T);
+}

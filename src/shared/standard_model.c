@@ -1,0 +1,296 @@
+/* The standard decoder-only transformer (see standard_model.h).
+ *
+ * Forward pass for T tokens, in chunks of at most CHUNK tokens:
+ *   x = embed(ids)
+ *   for each layer: x = layer(x)          (decoder_layer.c)
+ *   logits = lm_head(norm(x))             (only the rows that are asked for)
+ */
+#include "standard_model.h"
+
+#include "decoder_layer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+enum {
+    CHUNK = 256,      /* tokens per prefill chunk: bounds activation memory */
+    LOGIT_ROWS = 16   /* rows per LM-head pass when every row's logits are kept */
+};
+
+typedef struct std_model {
+    int64_t hidden, intermediate, n_layers, heads, kv_heads, head_dim, vocab;
+    nmlx_weight embed;
+    nmlx_linear lm_head; /* aliases embed when tied */
+    nmlx_rmsnorm norm;
+    nmlx_rope rope;
+    nmlx_decoder_layer *layers;
+} std_model;
+
+typedef struct std_state {
+    nmlx_kv_cache *caches; /* one per layer */
+    int64_t n_layers, chunk;
+    float *x;              /* [chunk, hidden] residual stream */
+    float *logits;         /* [LOGIT_ROWS, vocab] */
+    nmlx_decoder_buffers buf;
+} std_state;
+
+nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out) {
+    if (!strcmp(name, "silu") || !strcmp(name, "swish")) *out = NMLX_ACT_SILU;
+    else if (!strcmp(name, "gelu_pytorch_tanh") || !strcmp(name, "gelu_new"))
+        *out = NMLX_ACT_GELU_TANH;
+    else if (!strcmp(name, "gelu")) *out = NMLX_ACT_GELU_ERF;
+    else
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "config.json: hidden_act '%s' is not supported (silu, gelu, "
+                         "gelu_pytorch_tanh, gelu_new)",
+                         name);
+    return NMLX_OK;
+}
+
+static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
+    if (!nmlx_cfg_has(cfg, key))
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: missing required field '%s'", nmlx_cfg_path(cfg),
+                         key);
+    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
+    if (st == NMLX_OK && *out <= 0)
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be positive (got %lld)",
+                         nmlx_cfg_path(cfg), key, (long long)*out);
+    return st;
+}
+
+static nmlx_status feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool *out) {
+    if (f != NMLX_FEATURE_FROM_CONFIG) {
+        *out = f == NMLX_FEATURE_ON;
+        return NMLX_OK;
+    }
+    return nmlx_cfg_bool(cfg, key, false, out);
+}
+
+/* Sliding window size per the family's rule; 0 = full attention. */
+static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int64_t *window) {
+    nmlx_status st;
+    *window = 0;
+    if (def->sliding_window == NMLX_FEATURE_OFF) return NMLX_OK;
+    if (def->sliding_window == NMLX_FEATURE_FROM_CONFIG) {
+        bool use = false;
+        if ((st = nmlx_cfg_bool(cfg, "use_sliding_window", false, &use))) return st;
+        if (!use) return NMLX_OK;
+        if (nmlx_cfg_has(cfg, "max_window_layers"))
+            return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                             "%s: use_sliding_window with max_window_layers is not supported yet",
+                             nmlx_cfg_path(cfg));
+    }
+    if ((st = nmlx_cfg_int(cfg, "sliding_window", 0, window))) return st;
+    if (*window < 0)
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field 'sliding_window' must be >= 0",
+                         nmlx_cfg_path(cfg));
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **archp,
+                           nmlx_arch_info *info) {
+    const nmlx_std_def *def = defp;
+    const nmlx_cfg *cfg = ctx->cfg;
+    const nmlx_weights *ws = ctx->weights;
+    nmlx_status st = NMLX_OK;
+    std_model *m = nmlx_calloc(1, sizeof *m);
+    nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
+    CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
+
+    TRY(required_int(cfg, "hidden_size", &m->hidden));
+    TRY(required_int(cfg, "intermediate_size", &m->intermediate));
+    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
+    int64_t def_hd = def->head_dim ? def->head_dim : m->hidden / m->heads;
+    TRY(nmlx_cfg_int(cfg, "head_dim", def_hd, &m->head_dim));
+    CHECK(m->kv_heads > 0 && m->heads % m->kv_heads == 0, NMLX_ERR_FORMAT,
+          "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)",
+          nmlx_cfg_path(cfg), (long long)m->heads, (long long)m->kv_heads);
+    CHECK(m->head_dim > 0 && m->head_dim % 2 == 0, NMLX_ERR_FORMAT,
+          "%s: head_dim must be positive and even (got %lld)", nmlx_cfg_path(cfg),
+          (long long)m->head_dim);
+    CHECK(m->n_layers <= 4096 && m->vocab <= (1 << 24), NMLX_ERR_FORMAT,
+          "%s: num_hidden_layers or vocab_size out of range", nmlx_cfg_path(cfg));
+
+    double eps;
+    bool tied, qkv_bias, o_bias, mlp_bias;
+    const char *act_name;
+    nmlx_act act;
+    int64_t window, max_pos;
+    TRY(nmlx_cfg_float(cfg, "rms_norm_eps", def->rms_norm_eps, &eps));
+    TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
+    TRY(nmlx_cfg_string(cfg, "hidden_act", def->hidden_act, &act_name));
+    TRY(nmlx_parse_activation(act_name, &act));
+    TRY(feature(cfg, def->qkv_bias, "attention_bias", &qkv_bias));
+    TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
+    TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
+    TRY(read_window(cfg, def, &window));
+    TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
+    CHECK(max_pos > 0, NMLX_ERR_FORMAT, "%s: max_position_embeddings must be positive",
+          nmlx_cfg_path(cfg));
+
+    TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
+    int64_t rot = (int64_t)((double)m->head_dim * rc->partial_rotary_factor);
+    TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
+
+    const nmlx_tensor *emb = NULL;
+    int64_t eshape[2] = {m->vocab, m->hidden};
+    TRY(nmlx_get_float_tensor(ws, "model.embed_tokens.weight", 2, eshape, &emb));
+    m->embed = (nmlx_weight){.w = *emb, .rows = m->vocab, .cols = m->hidden};
+    if (tied) {
+        m->lm_head.w = m->embed;
+        m->lm_head.bias = NULL;
+    } else {
+        TRY(nmlx_linear_load(&m->lm_head, ws, "lm_head", m->vocab, m->hidden, false));
+    }
+    TRY(nmlx_rmsnorm_load(&m->norm, ws, "model.norm", m->hidden, (float)eps, 0.0f));
+
+    m->layers = nmlx_calloc((size_t)m->n_layers, sizeof *m->layers);
+    CHECK(m->layers, NMLX_ERR_NOMEM, "out of memory for %lld layers", (long long)m->n_layers);
+    nmlx_attention_shape as = {
+        .hidden = m->hidden, .heads = m->heads, .kv_heads = m->kv_heads,
+        .head_dim = m->head_dim, .qkv_bias = qkv_bias, .o_bias = o_bias,
+        .qk_norm = def->qk_norm, .norm_eps = (float)eps,
+        .scale = 1.0f / sqrtf((float)m->head_dim), .window = window,
+    };
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "model.layers.%lld", (long long)i);
+        TRY(nmlx_decoder_layer_load(&m->layers[i], ws, prefix, &as, &m->rope, m->intermediate,
+                                    mlp_bias, act, (float)eps));
+    }
+    info->vocab_size = m->vocab;
+    info->max_position_embeddings = max_pos;
+    *archp = m;
+    m = NULL;
+
+cleanup:
+    nmlx_free(rc);
+    if (m) nmlx_std_destroy(m, ctx->be);
+    return st;
+}
+
+void nmlx_std_destroy(void *archp, nmlx_backend *be) {
+    std_model *m = archp;
+    if (!m) return;
+    nmlx_rope_free(&m->rope, be);
+    nmlx_free(m->layers);
+    nmlx_free(m);
+}
+
+void nmlx_std_state_free(void *statep, nmlx_backend *be) {
+    std_state *s = statep;
+    if (!s) return;
+    if (s->caches)
+        for (int64_t i = 0; i < s->n_layers; i++) nmlx_kv_cache_free(&s->caches[i], be);
+    nmlx_free(s->caches);
+    float *bufs[] = {s->x, s->logits, s->buf.xn, s->buf.tmp, s->buf.gate, s->buf.up,
+                     s->buf.attn.q, s->buf.attn.k, s->buf.attn.v, s->buf.attn.ctx,
+                     s->buf.attn.scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) be->ops->free(be, bufs[i]);
+    nmlx_free(s);
+}
+
+nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t max_context,
+                                  void **statep) {
+    const std_model *m = archp;
+    nmlx_status st = NMLX_OK;
+    std_state *s = nmlx_calloc(1, sizeof *s);
+    CHECK(s, NMLX_ERR_NOMEM, "out of memory creating a session");
+    s->n_layers = m->n_layers;
+    s->chunk = max_context < CHUNK ? max_context : CHUNK;
+    s->caches = nmlx_calloc((size_t)m->n_layers, sizeof *s->caches);
+    CHECK(s->caches, NMLX_ERR_NOMEM, "out of memory creating a session");
+    for (int64_t i = 0; i < m->n_layers; i++)
+        nmlx_kv_cache_init(&s->caches[i], m->kv_heads, m->head_dim, max_context);
+
+    size_t C = (size_t)s->chunk, f = sizeof(float);
+    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
+    s->x = be->ops->alloc(be, C * (size_t)m->hidden * f);
+    s->logits = be->ops->alloc(be, LOGIT_ROWS * (size_t)m->vocab * f);
+    s->buf.xn = be->ops->alloc(be, C * (size_t)m->hidden * f);
+    s->buf.tmp = be->ops->alloc(be, C * (size_t)m->hidden * f);
+    s->buf.gate = be->ops->alloc(be, C * (size_t)m->intermediate * f);
+    s->buf.up = be->ops->alloc(be, C * (size_t)m->intermediate * f);
+    s->buf.attn.q = be->ops->alloc(be, C * qdim * f);
+    s->buf.attn.k = be->ops->alloc(be, C * kvdim * f);
+    s->buf.attn.v = be->ops->alloc(be, C * kvdim * f);
+    s->buf.attn.ctx = be->ops->alloc(be, C * qdim * f);
+    s->buf.attn.scratch = be->ops->alloc(be, (size_t)be->n_threads * (size_t)max_context * f);
+    CHECK(s->x && s->logits && s->buf.xn && s->buf.tmp && s->buf.gate && s->buf.up &&
+              s->buf.attn.q && s->buf.attn.k && s->buf.attn.v && s->buf.attn.ctx &&
+              s->buf.attn.scratch,
+          NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
+          (long long)max_context);
+    *statep = s;
+    s = NULL;
+cleanup:
+    if (s) nmlx_std_state_free(s, be);
+    return st;
+}
+
+int64_t nmlx_std_state_position(const void *statep) {
+    const std_state *s = statep;
+    return s->n_layers ? s->caches[0].offset : 0;
+}
+
+void nmlx_std_state_trim(void *statep, int64_t n) {
+    std_state *s = statep;
+    for (int64_t i = 0; i < s->n_layers; i++) nmlx_kv_cache_trim(&s->caches[i], n);
+}
+
+/* logits for `rows` consecutive rows of normed hidden states xn. */
+static void lm_head_rows(nmlx_backend *be, const std_model *m, std_state *s, const float *xn,
+                         int64_t rows, float *host_out) {
+    for (int64_t r = 0; r < rows; r += LOGIT_ROWS) {
+        int64_t n = rows - r < LOGIT_ROWS ? rows - r : LOGIT_ROWS;
+        nmlx_linear_forward(be, &m->lm_head, xn + r * m->hidden, s->logits, n);
+        be->ops->download(be, host_out + r * m->vocab, s->logits,
+                          (size_t)(n * m->vocab) * sizeof(float));
+    }
+}
+
+nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
+                             const int32_t *ids, int64_t T, float *last_logits,
+                             float *all_logits, atomic_bool *cancel) {
+    const std_model *m = archp;
+    std_state *s = statep;
+    nmlx_status st = NMLX_OK;
+    int64_t start = nmlx_std_state_position(s);
+    for (int64_t t = 0; t < T; t++)
+        CHECK(ids[t] >= 0 && ids[t] < m->vocab, NMLX_ERR_INVALID_ARG,
+              "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[t],
+              (long long)t, (long long)m->vocab);
+    /* Make room in every cache first, so a failure leaves nothing half-done. */
+    for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_kv_cache_reserve(&s->caches[i], be, T));
+
+    for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
+        int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
+        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->x);
+        for (int64_t i = 0; i < m->n_layers; i++) {
+            CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
+            nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->buf, s->x, C);
+        }
+        bool last_chunk = c0 + C == T;
+        if (all_logits) {
+            nmlx_rmsnorm_forward(be, &m->norm, s->x, s->buf.xn, C, m->hidden);
+            lm_head_rows(be, m, s, s->buf.xn, C, all_logits + c0 * m->vocab);
+            if (last_chunk)
+                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
+                       (size_t)m->vocab * sizeof(float));
+        } else if (last_chunk) {
+            float *xl = s->x + (C - 1) * m->hidden;
+            nmlx_rmsnorm_forward(be, &m->norm, xl, s->buf.xn, 1, m->hidden);
+            lm_head_rows(be, m, s, s->buf.xn, 1, last_logits);
+        }
+    }
+cleanup:
+    if (st != NMLX_OK) /* roll every cache back to where this call started */
+        for (int64_t i = 0; i < m->n_layers; i++)
+            nmlx_kv_cache_trim(&s->caches[i], s->caches[i].offset - start);
+    return st;
+}

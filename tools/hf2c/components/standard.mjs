@@ -1,0 +1,55 @@
+// Emits a family that binds the shared standard decoder
+// (src/shared/standard_model.h): the family file holds only its feature
+// switches and config defaults.
+import { cDouble, cString, header } from "./c.mjs";
+
+/** Features this emitter can bind; anything else needs its own emitter. */
+export const STANDARD_FEATURES = new Set(["qkvBias", "oBias", "mlpBias", "qkNorm", "slidingWindow"]);
+
+function featureEnum(v) {
+  if (v === false) return "NMLX_FEATURE_OFF";
+  if (v === true || v === "always") return "NMLX_FEATURE_ON";
+  if (typeof v === "string" && v.startsWith("config:")) return "NMLX_FEATURE_FROM_CONFIG";
+  throw new Error(`cannot map feature value ${JSON.stringify(v)}`);
+}
+
+export function canEmit(def) {
+  return Object.keys(def.features).every((k) => STANDARD_FEATURES.has(k));
+}
+
+export function emitStandardFamily(def) {
+  const f = def.features, d = def.defaults, n = def.family;
+  const types = def.modelTypes.map(cString).join(", ");
+  return `${header(def)}
+#include "shared/standard_model.h"
+
+static const char *const ${n}_model_types[] = {${types}, NULL};
+
+static const nmlx_std_def ${n}_def = {
+    .qkv_bias = ${featureEnum(f.qkvBias)},
+    .o_bias = ${featureEnum(f.oBias)},
+    .mlp_bias = ${featureEnum(f.mlpBias)},
+    .qk_norm = ${f.qkNorm},
+    .sliding_window = ${featureEnum(f.slidingWindow)},
+    .rms_norm_eps = ${cDouble(d.rms_norm_eps)},
+    .rope_theta = ${cDouble(d.rope_theta)},
+    .tie_word_embeddings = ${d.tie_word_embeddings},
+    .max_position_embeddings = ${d.max_position_embeddings},
+    .head_dim = ${d.head_dim},
+    .hidden_act = ${cString(d.hidden_act)},
+};
+
+const nmlx_family nmlx_family_${n} = {
+    .name = ${cString(n)},
+    .model_types = ${n}_model_types,
+    .def = &${n}_def,
+    .build = nmlx_std_build,
+    .destroy = nmlx_std_destroy,
+    .state_create = nmlx_std_state_create,
+    .state_free = nmlx_std_state_free,
+    .state_position = nmlx_std_state_position,
+    .state_trim = nmlx_std_state_trim,
+    .forward = nmlx_std_forward,
+};
+`;
+}

@@ -1,0 +1,59 @@
+// The feature vocabulary of model-defs: every feature a family may declare,
+// its allowed values and its default. Emitters route on features, never on
+// family names.
+
+/** A feature value "config:<key>" means: read the boolean config key. */
+export const FEATURES = {
+  qkvBias: { values: [false, true, "config:attention_bias"], default: false,
+    doc: "q/k/v projections carry a bias" },
+  oBias: { values: [false, true, "config:attention_bias"], default: false,
+    doc: "o_proj carries a bias" },
+  mlpBias: { values: [false, true, "config:mlp_bias"], default: false,
+    doc: "gate/up/down projections carry a bias" },
+  qkNorm: { values: [false, true], default: false,
+    doc: "per-head RMSNorm of q and k before RoPE" },
+  slidingWindow: { values: [false, "always", "config:use_sliding_window"], default: false,
+    doc: "sliding-window attention from config sliding_window" },
+};
+
+/** Config keys a model-def may give defaults for (transformers' defaults). */
+export const CONFIG_DEFAULTS = {
+  rms_norm_eps: { type: "number", default: 1e-6 },
+  rope_theta: { type: "number", default: 10000 },
+  tie_word_embeddings: { type: "boolean", default: false },
+  max_position_embeddings: { type: "integer", default: 2048 },
+  head_dim: { type: "integer", default: 0 }, // 0: hidden_size / num_attention_heads
+  hidden_act: { type: "string", default: "silu" },
+};
+
+function fail(def, msg) {
+  throw new Error(`model-def ${def.family ?? "?"}: ${msg}`);
+}
+
+/** Validates a model-def and returns it with every feature and default filled in. */
+export function resolveModelDef(def, file) {
+  if (typeof def.family !== "string" || !/^[a-z][a-z0-9_]*$/.test(def.family))
+    fail(def, `'family' must be a C identifier-like name (in ${file})`);
+  if (!Array.isArray(def.modelTypes) || def.modelTypes.length === 0 ||
+      !def.modelTypes.every((t) => typeof t === "string" && /^[\w.-]+$/.test(t)))
+    fail(def, "'modelTypes' must be a non-empty array of model_type strings");
+  const features = {};
+  for (const key of Object.keys(def.features ?? {}))
+    if (!(key in FEATURES)) fail(def, `unknown feature '${key}' (known: ${Object.keys(FEATURES).join(", ")})`);
+  for (const [key, spec] of Object.entries(FEATURES)) {
+    const v = def.features?.[key] ?? spec.default;
+    if (!spec.values.includes(v))
+      fail(def, `feature '${key}' must be one of ${JSON.stringify(spec.values)}, got ${JSON.stringify(v)}`);
+    features[key] = v;
+  }
+  const defaults = {};
+  for (const key of Object.keys(def.configDefaults ?? {}))
+    if (!(key in CONFIG_DEFAULTS)) fail(def, `unknown config default '${key}'`);
+  for (const [key, spec] of Object.entries(CONFIG_DEFAULTS)) {
+    const v = def.configDefaults?.[key] ?? spec.default;
+    const ok = spec.type === "integer" ? Number.isInteger(v) : typeof v === spec.type;
+    if (!ok) fail(def, `config default '${key}' must be ${spec.type}, got ${JSON.stringify(v)}`);
+    defaults[key] = v;
+  }
+  return { ...def, description: def.description ?? def.family, features, defaults, file };
+}

@@ -1,0 +1,44 @@
+// Unit tests of the generator: model-def validation and emitted code.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { resolveModelDef } from "../features.mjs";
+import { emitStandardFamily } from "../components/standard.mjs";
+import { cDouble } from "../components/c.mjs";
+import { generateAll } from "../generate.mjs";
+
+const base = { family: "toy", modelTypes: ["toy"] };
+
+test("unknown features and bad values are rejected with the family named", () => {
+  assert.throws(() => resolveModelDef({ ...base, features: { fusedQkv: true } }, "toy.mjs"), /toy: unknown feature 'fusedQkv'/);
+  assert.throws(() => resolveModelDef({ ...base, features: { qkNorm: "config:x" } }, "toy.mjs"), /feature 'qkNorm' must be one of/);
+  assert.throws(() => resolveModelDef({ ...base, configDefaults: { head_dim: 1.5 } }, "toy.mjs"), /head_dim' must be integer/);
+  assert.throws(() => resolveModelDef({ family: "Bad Name", modelTypes: ["x"] }, "x.mjs"), /family/);
+  assert.throws(() => resolveModelDef({ family: "x", modelTypes: [] }, "x.mjs"), /modelTypes/);
+});
+
+test("defaults are filled in and features map to the C enum", () => {
+  const d = resolveModelDef({ ...base, features: { qkvBias: "config:attention_bias", qkNorm: true },
+    configDefaults: { rope_theta: 1000000, rms_norm_eps: 1e-5 } }, "toy.mjs");
+  assert.equal(d.features.mlpBias, false);
+  const c = emitStandardFamily(d);
+  assert.match(c, /\.qkv_bias = NMLX_FEATURE_FROM_CONFIG,/);
+  assert.match(c, /\.qk_norm = true,/);
+  assert.match(c, /\.rope_theta = 1000000\.0,/);
+  assert.match(c, /\.rms_norm_eps = 0\.00001,/);
+  assert.match(c, /const nmlx_family nmlx_family_toy = \{/);
+  assert.match(c, /DO NOT EDIT/);
+});
+
+test("C double literals round-trip", () => {
+  for (const x of [1e-6, 1e-5, 1e6, 10000, 0.5, 1e-12, 500000.25]) assert.equal(Number(cDouble(x)), x);
+  assert.throws(() => cDouble(Infinity));
+});
+
+test("every model_type is served by exactly one family; simple families stay small", async () => {
+  const { defs, files } = await generateAll();
+  const types = defs.flatMap((d) => d.modelTypes);
+  assert.equal(new Set(types).size, types.length);
+  for (const t of ["llama", "qwen2", "qwen3", "mistral"]) assert.ok(types.includes(t), t);
+  for (const [rel, content] of files)
+    if (rel.endsWith(".c") && rel.startsWith("models")) assert.ok(content.split("\n").length < 60, `${rel} is small`);
+});
