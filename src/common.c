@@ -27,7 +27,16 @@ void nmlx_error_prefix(const char *fmt, ...) {
     vsnprintf(prefix, ERR_CAP, fmt, ap);
     va_end(ap);
     memcpy(old, err_msg, ERR_CAP);
-    snprintf(err_msg, ERR_CAP, "%s: %s", prefix, old);
+    /* prefix + ": " + old, truncated to the buffer */
+    size_t n = strlen(prefix);
+    if (n > ERR_CAP - 3) n = ERR_CAP - 3;
+    memcpy(err_msg, prefix, n);
+    memcpy(err_msg + n, ": ", 2);
+    n += 2;
+    size_t m = strlen(old);
+    if (m > ERR_CAP - 1 - n) m = ERR_CAP - 1 - n;
+    memcpy(err_msg + n, old, m);
+    err_msg[n + m] = '\0';
 }
 
 void nmlx_clear_error(void) { err_msg[0] = '\0'; }

@@ -15,12 +15,6 @@ nmlx_model_params nmlx_model_default_params(void) {
     return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0};
 }
 
-nmlx_sampler_params nmlx_sampler_default_params(void) {
-    return (nmlx_sampler_params){.temperature = 0.0f, .top_p = 1.0f, .top_k = 0, .min_p = 0.0f,
-                                 .repetition_penalty = 1.0f, .repetition_context_size = 20,
-                                 .seed = 0};
-}
-
 static bool file_exists(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);

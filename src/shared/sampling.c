@@ -9,6 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+nmlx_sampler_params nmlx_sampler_default_params(void) {
+    return (nmlx_sampler_params){.temperature = 0.0f, .top_p = 1.0f, .top_k = 0, .min_p = 0.0f,
+                                 .repetition_penalty = 1.0f, .repetition_context_size = 20,
+                                 .seed = 0};
+}
+
 nmlx_status nmlx_sampler_init(nmlx_sampler *s, int64_t vocab) {
     memset(s, 0, sizeof *s);
     s->vocab = vocab;
