@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: the release build's suite, then the same suite under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then a valgrind leak check
+# of load + generate + free. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jobs="$(nproc)"
+
+echo "== release build: ctest"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== ASan + UBSan build: ctest"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNMLX_WERROR=ON -DNMLX_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+
+echo "== valgrind: load + generate + free leaks nothing"
+bash scripts/valgrind_check.sh build/nmlx
