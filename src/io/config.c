@@ -1,0 +1,358 @@
+/* config.json / generation_config.json typed access (see config.h).
+ *
+ * Lookup order for every getter: the "text_config" object if the file has
+ * one (multimodal configs nest the language model there), then the top
+ * level. A key that is missing or null in text_config falls through to the
+ * top level; missing or null everywhere gives the caller's default. */
+#define _POSIX_C_SOURCE 200809L
+#include "io/config.h"
+
+#include "io/file_util.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { MAX_CONFIG_BYTES = 64 * 1000 * 1000 };
+
+struct nmlx_cfg {
+    json_t *root;
+    const json_t *text; /* root's "text_config" object, or NULL */
+    char *path;         /* file path (or the name given to nmlx_cfg_parse) */
+};
+
+static nmlx_status cfg_from_json(json_t *root, const char *name, nmlx_cfg **out) {
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: top level must be a JSON object", name);
+    }
+    const json_t *text = json_object_get(root, "text_config");
+    if (text && !json_is_null(text) && !json_is_object(text)) {
+        json_decref(root);
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field 'text_config' must be an object", name);
+    }
+    nmlx_cfg *c = nmlx_calloc(1, sizeof *c);
+    char *path = nmlx_strdup(name);
+    if (!c || !path) {
+        nmlx_free(c);
+        nmlx_free(path);
+        json_decref(root);
+        return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory", name);
+    }
+    c->root = root;
+    c->text = json_is_object(text) ? text : NULL;
+    c->path = path;
+    *out = c;
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_cfg_parse(const char *json, const char *name, nmlx_cfg **out) {
+    if (!name) name = "config";
+    if (!json || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_parse: NULL argument");
+    json_error_t err;
+    json_t *root = json_loads(json, 0, &err);
+    if (!root)
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name,
+                         err.line, err.column, err.text);
+    return cfg_from_json(root, name, out);
+}
+
+nmlx_status nmlx_cfg_open(const char *path, nmlx_cfg **out) {
+    if (!path || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_open: NULL argument");
+    char *text = NULL;
+    size_t len = 0;
+    nmlx_status st = nmlx_io_read_file(path, MAX_CONFIG_BYTES, &text, &len);
+    if (st != NMLX_OK) return st;
+    json_error_t err;
+    json_t *root = json_loadb(text, len, 0, &err);
+    nmlx_free(text);
+    if (!root)
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
+                         err.line, err.column, err.text);
+    return cfg_from_json(root, path, out);
+}
+
+void nmlx_cfg_free(nmlx_cfg *cfg) {
+    if (!cfg) return;
+    json_decref(cfg->root);
+    nmlx_free(cfg->path);
+    nmlx_free(cfg);
+}
+
+const char *nmlx_cfg_path(const nmlx_cfg *cfg) { return cfg ? cfg->path : ""; }
+
+/* The value for key (text_config first), or NULL if missing or null. */
+static const json_t *lookup(const nmlx_cfg *cfg, const char *key) {
+    if (!cfg || !key) return NULL;
+    const json_t *v = cfg->text ? json_object_get(cfg->text, key) : NULL;
+    if (!v || json_is_null(v)) v = json_object_get(cfg->root, key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+bool nmlx_cfg_has(const nmlx_cfg *cfg, const char *key) { return lookup(cfg, key) != NULL; }
+
+/* ---- conversions shared by the getters and the rope reader ------------ */
+
+/* JSON integer, or a real with no fractional part inside the int64 range. */
+static bool as_int(const json_t *v, int64_t *out) {
+    if (json_is_integer(v)) {
+        *out = (int64_t)json_integer_value(v);
+        return true;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        /* 2^63 is exactly representable; the range is [-2^63, 2^63) */
+        if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0)
+            return false;
+        *out = (int64_t)d;
+        return true;
+    }
+    return false;
+}
+
+static nmlx_status type_error(const nmlx_cfg *cfg, const char *key, const char *what) {
+    return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be %s", cfg->path, key, what);
+}
+
+static nmlx_status get_int(const nmlx_cfg *cfg, const json_t *v, const char *key, int64_t def,
+                           int64_t *out) {
+    int64_t x = def;
+    if (v && !json_is_null(v) && !as_int(v, &x)) return type_error(cfg, key, "an integer");
+    *out = x;
+    return NMLX_OK;
+}
+
+static nmlx_status get_float(const nmlx_cfg *cfg, const json_t *v, const char *key, double def,
+                             double *out) {
+    double x = def;
+    if (v && !json_is_null(v)) {
+        if (!json_is_number(v)) return type_error(cfg, key, "a number");
+        x = json_number_value(v);
+    }
+    *out = x;
+    return NMLX_OK;
+}
+
+static nmlx_status get_bool(const nmlx_cfg *cfg, const json_t *v, const char *key, bool def,
+                            bool *out) {
+    bool x = def;
+    if (v && !json_is_null(v)) {
+        if (!json_is_boolean(v)) return type_error(cfg, key, "true or false");
+        x = json_is_true(v);
+    }
+    *out = x;
+    return NMLX_OK;
+}
+
+/* ---- public getters --------------------------------------------------- */
+
+nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
+    if (!cfg || !key || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int: NULL argument");
+    return get_int(cfg, lookup(cfg, key), key, def, out);
+}
+
+nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out) {
+    if (!cfg || !key || !out)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float: NULL argument");
+    return get_float(cfg, lookup(cfg, key), key, def, out);
+}
+
+nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out) {
+    if (!cfg || !key || !out)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_bool: NULL argument");
+    return get_bool(cfg, lookup(cfg, key), key, def, out);
+}
+
+nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *def,
+                            const char **out) {
+    if (!cfg || !key || !out)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string: NULL argument");
+    const json_t *v = lookup(cfg, key);
+    if (v && !json_is_string(v)) return type_error(cfg, key, "a string");
+    *out = v ? json_string_value(v) : def;
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
+                              size_t *n) {
+    if (!cfg || !key || !n || (cap && !out))
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int_list: NULL argument");
+    const json_t *v = lookup(cfg, key);
+    if (!v) {
+        *n = 0;
+        return NMLX_OK;
+    }
+    int64_t x;
+    if (!json_is_array(v)) {
+        if (!as_int(v, &x)) return type_error(cfg, key, "an integer or an array of integers");
+        if (cap < 1)
+            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
+                             cfg->path, key, cap);
+        out[0] = x;
+        *n = 1;
+        return NMLX_OK;
+    }
+    size_t len = json_array_size(v);
+    if (len > cap)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
+                         cfg->path, key, len, cap);
+    for (size_t i = 0; i < len; i++)
+        if (!as_int(json_array_get(v, i), &x))
+            return type_error(cfg, key, "an integer or an array of integers");
+    for (size_t i = 0; i < len; i++) as_int(json_array_get(v, i), &out[i]);
+    *n = len;
+    return NMLX_OK;
+}
+
+const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
+    const json_t *v = cfg ? json_object_get(cfg->root, "model_type") : NULL;
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+/* ---- RoPE ------------------------------------------------------------- */
+
+/* Reads a number from the rope parameter object (field named
+ * "<obj_name>.<key>" in messages), falling back to `def`. */
+static nmlx_status rope_float(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
+                              const char *key, double def, double *out) {
+    char field[96];
+    snprintf(field, sizeof field, "%s.%s", obj_name, key);
+    return get_float(cfg, params ? json_object_get(params, key) : NULL, field, def, out);
+}
+
+static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
+                                const char *key, double *dst, size_t *n) {
+    const json_t *v = params ? json_object_get(params, key) : NULL;
+    *n = 0;
+    if (!v || json_is_null(v)) return NMLX_OK;
+    if (!json_is_array(v))
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s.%s' must be an array of numbers",
+                         cfg->path, obj_name, key);
+    size_t len = json_array_size(v);
+    if (len > NMLX_ROPE_MAX_FACTORS)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "%s: field '%s.%s' has %zu values (at most %d supported)", cfg->path,
+                         obj_name, key, len, (int)NMLX_ROPE_MAX_FACTORS);
+    for (size_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(v, i);
+        if (!json_is_number(x))
+            return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s.%s' must be an array of numbers",
+                             cfg->path, obj_name, key);
+        dst[i] = json_number_value(x);
+    }
+    *n = len;
+    return NMLX_OK;
+}
+
+/* Finds the rope parameter object and its name for messages:
+ *  - "rope_parameters" (transformers 5), flat or keyed by layer type, in
+ *    which case the "full_attention" entry is used;
+ *  - else "rope_scaling" (hub), which may be null or absent. */
+static nmlx_status rope_params(const nmlx_cfg *cfg, const json_t **params, const char **name) {
+    const json_t *rp = lookup(cfg, "rope_parameters");
+    *params = NULL;
+    *name = "rope_scaling";
+    if (rp) {
+        *name = "rope_parameters";
+        if (!json_is_object(rp)) return type_error(cfg, "rope_parameters", "an object");
+        bool flat = json_object_get(rp, "rope_type") || json_object_get(rp, "type") ||
+                    json_object_get(rp, "rope_theta");
+        bool per_layer = !flat && json_object_size(rp) > 0;
+        const char *k;
+        const json_t *v;
+        json_object_foreach((json_t *)rp, k, v) {
+            if (!json_is_object(v)) per_layer = false;
+        }
+        if (per_layer) {
+            const json_t *full = json_object_get(rp, "full_attention");
+            if (!full)
+                return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                                 "%s: field 'rope_parameters' is keyed by layer type but has no "
+                                 "'full_attention' entry",
+                                 cfg->path);
+            *name = "rope_parameters.full_attention";
+            rp = full;
+        }
+        *params = rp;
+        return NMLX_OK;
+    }
+    const json_t *rs = lookup(cfg, "rope_scaling");
+    if (rs && !json_is_object(rs)) return type_error(cfg, "rope_scaling", "an object or null");
+    *params = rs;
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_config *out) {
+    if (!cfg || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_rope: NULL argument");
+    nmlx_status st = NMLX_OK;
+    const json_t *p = NULL;
+    const char *pn = NULL;
+    char field[96];
+    /* filled in a scratch copy so a failure leaves *out untouched; the
+     * struct is large (two factor arrays), so reuse `out` only at the end */
+    nmlx_rope_config *r = nmlx_calloc(1, sizeof *r);
+    if (!r) return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory reading RoPE settings", cfg->path);
+    TRY(rope_params(cfg, &p, &pn));
+
+    /* type: rope_type, or the legacy "type"; lowercased; none -> default */
+    const json_t *t = p ? json_object_get(p, "rope_type") : NULL;
+    const char *tkey = "rope_type";
+    if (!t || json_is_null(t)) {
+        t = p ? json_object_get(p, "type") : NULL;
+        tkey = "type";
+    }
+    snprintf(field, sizeof field, "%s.%s", pn, tkey);
+    if (t && !json_is_null(t)) {
+        CHECK(json_is_string(t), NMLX_ERR_FORMAT, "%s: field '%s' must be a string", cfg->path,
+              field);
+        const char *s = json_string_value(t);
+        size_t len = strlen(s);
+        CHECK(len > 0 && len < sizeof r->type, NMLX_ERR_UNSUPPORTED,
+              "%s: field '%s' value '%s' is not a known RoPE type", cfg->path, field, s);
+        for (size_t i = 0; i <= len; i++) r->type[i] = (char)tolower((unsigned char)s[i]);
+    } else {
+        snprintf(r->type, sizeof r->type, "default");
+    }
+
+    /* theta: inside rope_parameters, else the top-level rope_theta */
+    const json_t *th = p && !strncmp(pn, "rope_parameters", 15) ? json_object_get(p, "rope_theta")
+                                                                  : NULL;
+    if (th && !json_is_null(th)) {
+        snprintf(field, sizeof field, "%s.rope_theta", pn);
+        TRY(get_float(cfg, th, field, def_theta, &r->theta));
+    } else {
+        TRY(nmlx_cfg_float(cfg, "rope_theta", def_theta, &r->theta));
+    }
+
+    TRY(rope_float(cfg, p, pn, "factor", 1.0, &r->factor));
+    TRY(rope_float(cfg, p, pn, "low_freq_factor", 1.0, &r->low_freq_factor));
+    TRY(rope_float(cfg, p, pn, "high_freq_factor", 4.0, &r->high_freq_factor));
+    TRY(rope_float(cfg, p, pn, "beta_fast", 32.0, &r->beta_fast));
+    TRY(rope_float(cfg, p, pn, "beta_slow", 1.0, &r->beta_slow));
+    TRY(rope_float(cfg, p, pn, "mscale", 1.0, &r->mscale));
+    TRY(rope_float(cfg, p, pn, "mscale_all_dim", 0.0, &r->mscale_all_dim));
+    TRY(rope_float(cfg, p, pn, "attention_factor", 0.0, &r->attention_factor));
+    snprintf(field, sizeof field, "%s.truncate", pn);
+    TRY(get_bool(cfg, p ? json_object_get(p, "truncate") : NULL, field, true, &r->truncate));
+
+    /* these two may sit inside the rope object or at the top level (Phi-3) */
+    int64_t top_ompe = 0;
+    double top_prf = 1.0;
+    TRY(nmlx_cfg_int(cfg, "original_max_position_embeddings", 0, &top_ompe));
+    TRY(nmlx_cfg_float(cfg, "partial_rotary_factor", 1.0, &top_prf));
+    snprintf(field, sizeof field, "%s.original_max_position_embeddings", pn);
+    TRY(get_int(cfg, p ? json_object_get(p, "original_max_position_embeddings") : NULL, field,
+                top_ompe, &r->original_max_position_embeddings));
+    TRY(rope_float(cfg, p, pn, "partial_rotary_factor", top_prf, &r->partial_rotary_factor));
+
+    TRY(rope_factors(cfg, p, pn, "short_factor", r->short_factor, &r->n_short));
+    TRY(rope_factors(cfg, p, pn, "long_factor", r->long_factor, &r->n_long));
+    /* mrope_section and other keys are ignored here */
+
+    *out = *r;
+cleanup:
+    nmlx_free(r);
+    return st;
+}
