@@ -3,6 +3,7 @@
 
 #include "args.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -38,7 +39,8 @@ int cli_cpu_count(void) {
 }
 
 void cli_print_ids(FILE *f, const int32_t *ids, size_t n) {
-    for (size_t i = 0; i < n; i++) fprintf(f, i ? ",%" PRId32 : "%" PRId32, ids[i]);
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, i ? ",%" PRId32 : "%" PRId32, ids[i]);
 }
 
 void cli_ids_free(cli_ids *ids) {
@@ -49,7 +51,8 @@ void cli_ids_free(cli_ids *ids) {
 
 int cli_parse_ids(const char *s, cli_ids *out, char *err, size_t err_size) {
     size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
     int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids) {
         snprintf(err, err_size, "out of memory");
@@ -104,16 +107,19 @@ int cli_check_ids(const char *cmd, const cli_ids *ids, int32_t vocab) {
 }
 
 /* Parses one option value into opt->dest; prints a usage error on failure. */
-static int parse_value(const char *cmd, const cli_option *opt, const char *name, const char *v) {
+static int parse_value(const char *cmd, const cli_option *opt, const char *name, int nl,
+                       const char *v) {
     char *end = NULL;
     errno = 0;
+    if (opt->kind != CLI_STR && opt->kind != CLI_FLAG && isspace((unsigned char)*v)) {
+        cli_error(cmd, "%.*s: '%s' is not a number", nl, name, v);
+        return 0;
+    }
     switch (opt->kind) {
-    case CLI_FLAG:
-        *(int *)opt->dest = 1;
-        return 1;
+    case CLI_FLAG: *(int *)opt->dest = 1; return 1;
     case CLI_STR:
         if (!*v) {
-            cli_error(cmd, "%s: empty value", name);
+            cli_error(cmd, "%.*s: empty value", nl, name);
             return 0;
         }
         *(const char **)opt->dest = v;
@@ -121,11 +127,12 @@ static int parse_value(const char *cmd, const cli_option *opt, const char *name,
     case CLI_INT: {
         long x = strtol(v, &end, 10);
         if (!*v || *end || errno == ERANGE) {
-            cli_error(cmd, "%s: '%s' is not an integer", name, v);
+            cli_error(cmd, "%.*s: '%s' is not an integer", nl, name, v);
             return 0;
         }
         if ((double)x < opt->min || (double)x > opt->max) {
-            cli_error(cmd, "%s: %ld is out of range [%.0f, %.0f]", name, x, opt->min, opt->max);
+            cli_error(cmd, "%.*s: %ld is out of range [%.0f, %.0f]", nl, name, x, opt->min,
+                      opt->max);
             return 0;
         }
         *(int *)opt->dest = (int)x;
@@ -134,11 +141,11 @@ static int parse_value(const char *cmd, const cli_option *opt, const char *name,
     case CLI_FLOAT: {
         double x = strtod(v, &end);
         if (!*v || *end || errno == ERANGE || !isfinite(x)) {
-            cli_error(cmd, "%s: '%s' is not a finite number", name, v);
+            cli_error(cmd, "%.*s: '%s' is not a finite number", nl, name, v);
             return 0;
         }
         if (x < opt->min || x > opt->max) {
-            cli_error(cmd, "%s: %g is out of range [%g, %g]", name, x, opt->min, opt->max);
+            cli_error(cmd, "%.*s: %g is out of range [%g, %g]", nl, name, x, opt->min, opt->max);
             return 0;
         }
         *(float *)opt->dest = (float)x;
@@ -147,7 +154,7 @@ static int parse_value(const char *cmd, const cli_option *opt, const char *name,
     case CLI_U64: {
         unsigned long long x = strtoull(v, &end, 10);
         if (*v < '0' || *v > '9' || *end || errno == ERANGE) {
-            cli_error(cmd, "%s: '%s' is not an unsigned integer", name, v);
+            cli_error(cmd, "%.*s: '%s' is not an unsigned integer", nl, name, v);
             return 0;
         }
         *(uint64_t *)opt->dest = (uint64_t)x;
@@ -157,7 +164,7 @@ static int parse_value(const char *cmd, const cli_option *opt, const char *name,
         char err[256];
         cli_ids parsed;
         if (!cli_parse_ids(v, &parsed, err, sizeof err)) {
-            cli_error(cmd, "%s: %s", name, err);
+            cli_error(cmd, "%.*s: %s", nl, name, err);
             return 0;
         }
         cli_ids_free(opt->dest); /* a repeated --ids replaces the earlier one */
@@ -173,8 +180,8 @@ static void free_ids_outputs(const cli_option *opts, size_t n_opts) {
         if (opts[k].kind == CLI_IDS) cli_ids_free(opts[k].dest);
 }
 
-int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
-              const cli_option *opts, size_t n_opts) {
+int cli_parse(const char *cmd, const char *usage, int argc, char **argv, const cli_option *opts,
+              size_t n_opts) {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
@@ -197,14 +204,13 @@ int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
                 opt = &opts[k];
         }
         if (!opt) {
-            cli_error(cmd, "unknown option '%.*s' (see 'nmlx %s --help')", (int)name_len, arg,
-                      cmd);
+            cli_error(cmd, "unknown option '%.*s' (see 'nmlx %s --help')", (int)name_len, arg, cmd);
             goto bad;
         }
         const char *value = NULL;
         if (opt->kind == CLI_FLAG) {
             if (eq) {
-                cli_error(cmd, "%s takes no value", opt->long_name);
+                cli_error(cmd, "%.*s takes no value", (int)name_len, arg);
                 goto bad;
             }
         } else if (eq) {
@@ -215,7 +221,7 @@ int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
             cli_error(cmd, "%.*s needs a value (see 'nmlx %s --help')", (int)name_len, arg, cmd);
             goto bad;
         }
-        if (!parse_value(cmd, opt, opt->long_name, value)) goto bad;
+        if (!parse_value(cmd, opt, arg, (int)name_len, value)) goto bad;
         if (opt->given) *opt->given = 1;
     }
     return CLI_PARSED;

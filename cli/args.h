@@ -53,8 +53,8 @@ enum { CLI_PARSED = -1, CLI_HELP = 0, CLI_BAD = CLI_EXIT_USAGE };
  * and "-o value"; -h / --help prints `usage` to stdout. Any positional
  * argument, unknown option or missing value is a usage error. On CLI_BAD the
  * CLI_IDS outputs are already freed. */
-int cli_parse(const char *cmd, const char *usage, int argc, char **argv,
-              const cli_option *opts, size_t n_opts);
+int cli_parse(const char *cmd, const char *usage, int argc, char **argv, const cli_option *opts,
+              size_t n_opts);
 
 /* "1,2,3" -> ids. Rejects empty lists and items, signs, spaces, non-digits
  * and values above INT32_MAX; on error writes a message into err. */
@@ -69,29 +69,29 @@ typedef struct cli_sampling {
     float temp, top_p, min_p, repeat_penalty;
     int top_k, repeat_last_n;
     uint64_t seed;
-    int has_temp, has_top_p, has_min_p, has_repeat_penalty, has_top_k, has_repeat_last_n,
-        has_seed;
+    int has_temp, has_top_p, has_min_p, has_repeat_penalty, has_top_k, has_repeat_last_n, has_seed;
 } cli_sampling;
 
 /* cli_option table entries for a cli_sampling `s`. */
-#define CLI_SAMPLING_OPTIONS(s)                                                                \
-    {NULL, "--temp", CLI_FLOAT, &(s).temp, 0, 100, &(s).has_temp},                             \
-        {NULL, "--top-p", CLI_FLOAT, &(s).top_p, 0, 1, &(s).has_top_p},                        \
-        {NULL, "--top-k", CLI_INT, &(s).top_k, 0, 1e9, &(s).has_top_k},                        \
-        {NULL, "--min-p", CLI_FLOAT, &(s).min_p, 0, 1, &(s).has_min_p},                        \
-        {NULL, "--repeat-penalty", CLI_FLOAT, &(s).repeat_penalty, 1e-3, 100,                  \
-         &(s).has_repeat_penalty},                                                             \
-        {NULL, "--repeat-last-n", CLI_INT, &(s).repeat_last_n, 0, 1e6, &(s).has_repeat_last_n}, \
-        {NULL, "--seed", CLI_U64, &(s).seed, 0, 0, &(s).has_seed}
+// clang-format off
+#define CLI_SAMPLING_OPTIONS(s)                                                                    \
+    {NULL, "--temp", CLI_FLOAT, &(s).temp, 0, 100, &(s).has_temp},                                 \
+    {NULL, "--top-p", CLI_FLOAT, &(s).top_p, 0, 1, &(s).has_top_p},                                \
+    {NULL, "--top-k", CLI_INT, &(s).top_k, 0, 1e9, &(s).has_top_k},                                \
+    {NULL, "--min-p", CLI_FLOAT, &(s).min_p, 0, 1, &(s).has_min_p},                                \
+    {NULL, "--repeat-penalty", CLI_FLOAT, &(s).repeat_penalty, 1e-3, 100, &(s).has_repeat_penalty},\
+    {NULL, "--repeat-last-n", CLI_INT, &(s).repeat_last_n, 0, 1e6, &(s).has_repeat_last_n},        \
+    {NULL, "--seed", CLI_U64, &(s).seed, 0, 0, &(s).has_seed}
+// clang-format on
 
 /* Usage lines for CLI_SAMPLING_OPTIONS. */
-#define CLI_SAMPLING_USAGE                                                                     \
-    "        --temp T         temperature in [0, 100]; 0 = greedy (argmax)\n"                  \
-    "        --top-p P        nucleus sampling in [0, 1]; 1 = off\n"                           \
-    "        --top-k K        keep the K most likely tokens; 0 = off\n"                        \
-    "        --min-p P        drop tokens below P x the top probability; 0 = off\n"            \
-    "        --repeat-penalty R  penalty in [0.001, 100] on recent tokens; 1 = off\n"          \
-    "        --repeat-last-n N   tokens looked back for the penalty\n"                         \
+#define CLI_SAMPLING_USAGE                                                                         \
+    "        --temp T         temperature in [0, 100]; 0 = greedy (argmax)\n"                      \
+    "        --top-p P        nucleus sampling in [0, 1]; 1 = off\n"                               \
+    "        --top-k K        keep the K most likely tokens; 0 = off\n"                            \
+    "        --min-p P        drop tokens below P x the top probability; 0 = off\n"                \
+    "        --repeat-penalty R  penalty in [0.001, 100] on recent tokens; 1 = off\n"              \
+    "        --repeat-last-n N   tokens looked back for the penalty\n"                             \
     "        --seed S         random seed (unsigned 64-bit); same seed, same tokens\n"
 
 /* Applies the given sampling flags on top of `base`. */

@@ -132,7 +132,9 @@ int cmd_bench(int argc, char **argv) {
     int32_t vocab = nmlx_model_vocab_size(model);
     int64_t ctx = nmlx_model_max_context(model);
     if ((int64_t)p + DECODE_PROMPT + n > ctx) {
-        cli_error("bench", "-p %d + %d + -n %d = %lld tokens do not fit in the context of %lld",
+        cli_error("bench",
+                  "-p %d + %d (decode prompt) + -n %d = %lld tokens exceed the context of %lld; "
+                  "lower -p or -n",
                   p, DECODE_PROMPT, n, (long long)p + DECODE_PROMPT + n, (long long)ctx);
         rc = CLI_EXIT_USAGE;
         goto cleanup;
@@ -185,7 +187,7 @@ int cmd_bench(int argc, char **argv) {
     json_string(stdout, nmlx_model_type(model));
     printf(",\"vocab\":%d,\"threads\":%d,\"p\":%d,\"n\":%d,\"reps\":%d", (int)vocab,
            threads > 0 ? threads : cli_cpu_count(), p, n, reps);
-    printf(",\"load_s\":%.4f,\"prefill_tok_s\":%.3f", load_s, prefill_med);
+    printf(",\"load_s\":%.6f,\"prefill_tok_s\":%.3f", load_s, prefill_med);
     if (decode_med > 0)
         printf(",\"decode_tok_s\":%.3f", decode_med);
     else

@@ -53,8 +53,8 @@ static int write_f32_le(FILE *f, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &x[i], 4);
-        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8),
-                              (unsigned char)(u >> 16), (unsigned char)(u >> 24)};
+        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16),
+                              (unsigned char)(u >> 24)};
         if (fwrite(b, 1, 4, f) != 4) return 0;
     }
     return 1;
@@ -114,7 +114,9 @@ int cmd_logits(int argc, char **argv) {
     nmlx_session *session = NULL;
     if (!dir || !ids.n || !out) {
         cli_error("logits", "missing %s (see 'nmlx logits --help')",
-                  !dir ? "-m DIR" : !ids.n ? "--ids LIST" : "-o FILE");
+                  !dir     ? "-m DIR"
+                  : !ids.n ? "--ids LIST"
+                           : "-o FILE");
         goto cleanup;
     }
     rc = CLI_EXIT_FAIL;
@@ -136,8 +138,7 @@ int cmd_logits(int argc, char **argv) {
     size_t rows = 0;
     const float *all = nmlx_session_all_logits(session, &rows);
     if (!all || rows != ids.n) {
-        cli_error("logits", "library returned %zu logit rows for %zu ids", all ? rows : 0,
-                  ids.n);
+        cli_error("logits", "library returned %zu logit rows for %zu ids", all ? rows : 0, ids.n);
         goto cleanup;
     }
     if (!write_logits(out, all, rows * (size_t)vocab)) goto cleanup;

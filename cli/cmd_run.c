@@ -81,14 +81,10 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
 
 static const char *finish_name(nmlx_finish_reason f) {
     switch (f) {
-    case NMLX_FINISH_EOS:
-        return "eos";
-    case NMLX_FINISH_LENGTH:
-        return "length";
-    case NMLX_FINISH_STOPPED:
-        return "stopped";
-    case NMLX_FINISH_CANCELLED:
-        return "cancelled";
+    case NMLX_FINISH_EOS: return "eos";
+    case NMLX_FINISH_LENGTH: return "length";
+    case NMLX_FINISH_STOPPED: return "stopped";
+    case NMLX_FINISH_CANCELLED: return "cancelled";
     }
     return "?";
 }
@@ -118,7 +114,7 @@ int cmd_run(int argc, char **argv) {
     int32_t *tokens = NULL; /* from nmlx_tokenize */
     if (!dir || (!prompt && !ids.n) || (prompt && ids.n)) {
         cli_error("run", "%s (see 'nmlx run --help')",
-                  !dir ? "missing -m DIR"
+                  !dir     ? "missing -m DIR"
                   : prompt ? "give either -p TEXT or --ids LIST, not both"
                            : "missing -p TEXT or --ids LIST");
         goto cleanup;
@@ -167,8 +163,8 @@ int cmd_run(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa);
     nmlx_generate_result res = {0};
-    nmlx_status gs = max_tokens > 0 ? nmlx_generate(session, prompt_ids, n_prompt, &gp, &res)
-                                    : NMLX_OK;
+    nmlx_status gs =
+        max_tokens > 0 ? nmlx_generate(session, prompt_ids, n_prompt, &gp, &res) : NMLX_OK;
     sigaction(SIGINT, &old_sa, NULL);
     if (!st.ends_with_newline) putchar('\n');
     fflush(stdout);
