@@ -1,0 +1,143 @@
+/* CPU backend: creation, kernel-set choice (cpuid + NMLX_CPU), host memory
+ * ops and the op table. The compute ops live in cpu_ops.c and
+ * cpu_attention.c; kernels in kernels_*.c. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+#include "compute/cpu/cpu_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+/* 64-byte aligned, zeroed. The raw pointer is kept just before the aligned
+ * block so free can find it; nmlx_malloc keeps fault injection working. */
+static void *cpu_alloc(nmlx_backend *be, size_t bytes) {
+    (void)be;
+    if (bytes > SIZE_MAX - 128) return NULL;
+    char *raw = nmlx_malloc(bytes + 64 + sizeof(void *));
+    if (!raw) return NULL;
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + 63) & ~(uintptr_t)63;
+    memcpy((char *)a - sizeof(void *), &raw, sizeof raw);
+    memset((void *)a, 0, bytes);
+    return (void *)a;
+}
+
+static void cpu_free(nmlx_backend *be, void *ptr) {
+    (void)be;
+    if (!ptr) return;
+    void *raw;
+    memcpy(&raw, (char *)ptr - sizeof(void *), sizeof raw);
+    free(raw);
+}
+
+static void cpu_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+}
+
+static void cpu_sync(nmlx_backend *be) { (void)be; }
+
+static const nmlx_backend_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy = cpu_copy,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .sync = cpu_sync,
+    .matmul = nmlx_cpu_matmul,
+    .embed = nmlx_cpu_embed,
+    .rmsnorm = nmlx_cpu_rmsnorm,
+    .rope = nmlx_cpu_rope,
+    .attention = nmlx_cpu_attention,
+    .act_mul = nmlx_cpu_act_mul,
+    .act = nmlx_cpu_act,
+    .add = nmlx_cpu_add,
+    .scale = nmlx_cpu_scale,
+    .softmax = nmlx_cpu_softmax,
+};
+
+#if NMLX_CPU_HAVE_AVX2
+static bool cpu_has_avx2_fma_f16c(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    bool f16c = (c >> 29) & 1u;
+    __builtin_cpu_init();
+    return f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+#endif
+
+static const cpu_kernels *kernels_named(const char *isa) {
+    if (!strcmp(isa, "portable")) return &nmlx_cpu_kernels_portable;
+#if NMLX_CPU_HAVE_AVX2
+    if (!strcmp(isa, "avx2")) return cpu_has_avx2_fma_f16c() ? &nmlx_cpu_kernels_avx2 : NULL;
+#endif
+    return NULL;
+}
+
+nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out) {
+    nmlx_status st = NMLX_OK;
+    nmlx_backend *be = NULL;
+    cpu_impl *impl = NULL;
+    const cpu_kernels *k = NULL;
+    CHECK(out != NULL, NMLX_ERR_INVALID_ARG, "cpu backend: out is NULL");
+    *out = NULL;
+    CHECK(n_threads >= 0, NMLX_ERR_INVALID_ARG, "cpu backend: n_threads must be >= 0 (got %d)",
+          n_threads);
+    if (n_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)(n < 256 ? n : 256) : 1;
+    }
+    if (isa) {
+        k = kernels_named(isa);
+        CHECK(k != NULL, NMLX_ERR_UNSUPPORTED,
+              "cpu backend: kernel set \"%s\" is unknown or not supported by this CPU", isa);
+    } else {
+        const char *env = getenv("NMLX_CPU");
+        bool portable = env && !strcmp(env, "portable");
+        k = portable ? NULL : kernels_named("avx2");
+        if (!k) k = &nmlx_cpu_kernels_portable;
+    }
+    be = nmlx_calloc(1, sizeof *be);
+    impl = nmlx_calloc(1, sizeof *impl);
+    CHECK(be && impl, NMLX_ERR_NOMEM, "cpu backend: out of memory");
+    impl->k = k;
+    be->ops = &cpu_ops;
+    be->n_threads = n_threads;
+    be->impl = impl;
+    be->pool = nmlx_pool_create(n_threads);
+    if (!be->pool) {
+        st = NMLX_ERR_NOMEM;
+        nmlx_error_prefix("cpu backend");
+        goto cleanup;
+    }
+    *out = be;
+    return NMLX_OK;
+cleanup:
+    nmlx_free(impl);
+    nmlx_free(be);
+    return st;
+}
+
+nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out) {
+    return nmlx_backend_cpu_create_isa(n_threads, NULL, out);
+}
+
+void nmlx_backend_free(nmlx_backend *be) {
+    if (!be) return;
+    nmlx_pool_free(be->pool);
+    nmlx_free(be->impl);
+    nmlx_free(be);
+}
+
+const char *nmlx_backend_cpu_isa(const nmlx_backend *be) {
+    if (!be || !be->impl || strcmp(be->ops->name, "cpu") != 0) return "none";
+    return cpu_kernels_of(be)->isa;
+}

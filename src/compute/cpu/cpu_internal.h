@@ -1,0 +1,81 @@
+/* Internal to the CPU backend: the table of single-thread kernels one ISA
+ * provides (portable C, AVX2+FMA+F16C), which the op drivers in cpu_ops.c
+ * and cpu_attention.c split over the thread pool. Kernels never allocate. */
+#ifndef NMLX_CPU_INTERNAL_H
+#define NMLX_CPU_INTERNAL_H
+
+#include "compute/backend.h"
+
+typedef struct cpu_kernels {
+    const char *isa; /* "portable", "avx2" */
+    /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T
+     * (x [T, N], y [T, D] with N = w->cols, D = w->rows); no bias. Only
+     * NMLX_QUANT_NONE weights in F32/F16/BF16. */
+    void (*matmul_rows)(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                        int64_t d1);
+    float (*dot)(const float *a, const float *b, int64_t n);
+    /* y[i] += a * x[i] */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /* one row of rmsnorm (see backend.h); w may be NULL */
+    void (*rmsnorm_row)(const float *x, const nmlx_tensor *w, float w_offset, float eps, float *y,
+                        int64_t D);
+    void (*act_mul)(nmlx_act act, const float *gate, const float *up, float *out, int64_t n);
+    void (*act)(nmlx_act act, float *x, int64_t n);
+    void (*add)(const float *a, const float *b, float *out, int64_t n);
+    void (*scale)(float *x, float s, int64_t n);
+    /* x[i] = exp(x[i] - m) / (sum_j exp(x[j] - m) + exp(sink - m)) with m
+     * the max over x and sink; sink = -INFINITY for a plain softmax. */
+    void (*softmax_row)(float *x, int64_t n, float sink);
+} cpu_kernels;
+
+extern const cpu_kernels nmlx_cpu_kernels_portable;
+/* kernels_avx2.c is built on x86-64 only */
+#if defined(__x86_64__) && 0
+#define NMLX_CPU_HAVE_AVX2 1
+extern const cpu_kernels nmlx_cpu_kernels_avx2;
+#else
+#define NMLX_CPU_HAVE_AVX2 0
+#endif
+
+typedef struct cpu_impl {
+    const cpu_kernels *k;
+} cpu_impl;
+
+static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {
+    return ((const cpu_impl *)be->impl)->k;
+}
+
+/* Like nmlx_backend_cpu_create with the kernel set named explicitly
+ * ("portable" or "avx2"; NULL = pick as nmlx_backend_cpu_create does).
+ * Fails with NMLX_ERR_UNSUPPORTED if this CPU cannot run the named set.
+ * Tests use it to check every path on the same machine. */
+nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out);
+
+/* The op drivers (cpu_ops.c, cpu_attention.c) behind nmlx_backend_ops. */
+void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                     const float *x, float *y, int64_t T);
+void nmlx_cpu_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
+                    float scale, float *out);
+void nmlx_cpu_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
+                      float eps, float *y, int64_t R, int64_t D);
+void nmlx_cpu_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
+                   int64_t pos0, const float *freqs, float mscale);
+void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a);
+void nmlx_cpu_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
+                      float *out, int64_t n);
+void nmlx_cpu_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
+void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
+void nmlx_cpu_scale(nmlx_backend *be, float *x, float s, int64_t n);
+void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
+
+/* Splits [0, n) into nth near-equal chunks aligned to `align` elements and
+ * returns chunk ith as [*lo, *hi). */
+static inline void cpu_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo,
+                             int64_t *hi) {
+    int64_t blocks = (n + align - 1) / align;
+    int64_t b0 = blocks * ith / nth, b1 = blocks * (ith + 1) / nth;
+    *lo = b0 * align < n ? b0 * align : n;
+    *hi = b1 * align < n ? b1 * align : n;
+}
+
+#endif

@@ -1,0 +1,220 @@
+/* CPU op drivers: check nothing (the model layer validates shapes and
+ * dtypes), split the work over the thread pool where it pays, and call the
+ * chosen kernel set. Small ops run on the caller thread alone: waking the
+ * pool costs about a microsecond. */
+#include "compute/cpu/cpu_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+enum {
+    PAR_ELEMS = 1 << 15,      /* elementwise ops below this run single-threaded */
+    PAR_MATMUL_MACS = 1 << 16 /* matmuls below this many multiply-adds too */
+};
+
+static int threads_for(const nmlx_backend *be, int64_t work, int64_t min_work) {
+    if (work < min_work) return 1;
+    return be->n_threads;
+}
+
+/* ---- matmul ---- */
+
+typedef struct {
+    const cpu_kernels *k;
+    const nmlx_weight *w;
+    const nmlx_tensor *bias;
+    const float *x;
+    float *y;
+    int64_t T;
+} matmul_job;
+
+static void matmul_task(void *ctx, int ith, int nth) {
+    const matmul_job *j = ctx;
+    int64_t d0, d1;
+    cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
+    if (d0 >= d1) return;
+    j->k->matmul_rows(j->w, j->x, j->y, j->T, d0, d1);
+    if (j->bias) {
+        const int64_t D = j->w->rows;
+        for (int64_t d = d0; d < d1; d++) {
+            float b = nmlx_load_f32(j->bias->dtype, j->bias->data, (size_t)d);
+            for (int64_t t = 0; t < j->T; t++) j->y[t * D + d] += b;
+        }
+    }
+}
+
+/* Only dense (NMLX_QUANT_NONE) F32/F16/BF16 weights: the model layer must
+ * reject anything else before calling (a void op cannot report it); other
+ * modes leave y untouched. */
+void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                     const float *x, float *y, int64_t T) {
+    if (T <= 0 || w->rows <= 0) return;
+    if (w->mode != NMLX_QUANT_NONE) return;
+    nmlx_dtype dt = w->w.dtype;
+    if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) return;
+    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T};
+    int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
+    nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
+}
+
+/* ---- embed ---- */
+
+/* An id outside [0, V) yields a zero row (the model layer validates ids). */
+void nmlx_cpu_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
+                    float scale, float *out) {
+    const int64_t V = table->rows, D = table->cols;
+    const nmlx_tensor *tw = &table->w;
+    size_t es = nmlx_dtype_size(tw->dtype);
+    for (int64_t t = 0; t < T; t++) {
+        float *o = out + t * D;
+        if (ids[t] < 0 || ids[t] >= V || table->mode != NMLX_QUANT_NONE) {
+            memset(o, 0, (size_t)D * sizeof(float));
+            continue;
+        }
+        nmlx_to_f32(tw->dtype, (const char *)tw->data + (size_t)ids[t] * (size_t)D * es, o,
+                    (size_t)D);
+        if (scale != 1.0f) cpu_kernels_of(be)->scale(o, scale, D);
+    }
+}
+
+/* ---- rmsnorm ---- */
+
+typedef struct {
+    const cpu_kernels *k;
+    const float *x;
+    const nmlx_tensor *w;
+    float w_offset, eps;
+    float *y;
+    int64_t R, D;
+} rms_job;
+
+static void rms_task(void *ctx, int ith, int nth) {
+    const rms_job *j = ctx;
+    int64_t r0, r1;
+    cpu_split(j->R, ith, nth, 1, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++)
+        j->k->rmsnorm_row(j->x + r * j->D, j->w, j->w_offset, j->eps, j->y + r * j->D, j->D);
+}
+
+void nmlx_cpu_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
+                      float eps, float *y, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0) return;
+    rms_job j = {cpu_kernels_of(be), x, w, w_offset, eps, y, R, D};
+    int nth = R > 1 ? threads_for(be, R * D, PAR_ELEMS) : 1;
+    nmlx_pool_run_n(be->pool, rms_task, &j, nth);
+}
+
+/* ---- rope ---- */
+
+typedef struct {
+    float *x;
+    int64_t T, H, HD, rot, pos0;
+    const float *freqs;
+    float mscale;
+} rope_job;
+
+/* Angles in double: positions up to ~1e5 times freqs near 1 would lose
+ * several digits of the angle in float. */
+static void rope_task(void *ctx, int ith, int nth) {
+    const rope_job *j = ctx;
+    int64_t t0, t1, half = j->rot / 2;
+    cpu_split(j->T, ith, nth, 1, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        double p = (double)(j->pos0 + t);
+        float *xt = j->x + t * j->H * j->HD;
+        for (int64_t i = 0; i < half; i++) {
+            double ang = p * (double)j->freqs[i];
+            float c = (float)cos(ang), s = (float)sin(ang);
+            for (int64_t h = 0; h < j->H; h++) {
+                float *xh = xt + h * j->HD;
+                float x0 = xh[i], x1 = xh[i + half];
+                xh[i] = (x0 * c - x1 * s) * j->mscale;
+                xh[i + half] = (x1 * c + x0 * s) * j->mscale;
+            }
+        }
+    }
+}
+
+void nmlx_cpu_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
+                   int64_t pos0, const float *freqs, float mscale) {
+    if (T <= 0 || rot < 2) return;
+    rope_job j = {x, T, H, HD, rot, pos0, freqs, mscale};
+    int nth = T > 1 ? threads_for(be, T * rot * 8, PAR_ELEMS) : 1;
+    nmlx_pool_run_n(be->pool, rope_task, &j, nth);
+}
+
+/* ---- elementwise ---- */
+
+typedef struct {
+    const cpu_kernels *k;
+    int kind; /* 0 act_mul, 1 act, 2 add, 3 scale */
+    nmlx_act act;
+    const float *a, *b;
+    float *out;
+    float s;
+    int64_t n;
+} elem_job;
+
+static void elem_task(void *ctx, int ith, int nth) {
+    const elem_job *j = ctx;
+    int64_t i0, i1;
+    cpu_split(j->n, ith, nth, 64, &i0, &i1);
+    if (i0 >= i1) return;
+    int64_t m = i1 - i0;
+    switch (j->kind) {
+    case 0: j->k->act_mul(j->act, j->a + i0, j->b + i0, j->out + i0, m); break;
+    case 1: j->k->act(j->act, j->out + i0, m); break;
+    case 2: j->k->add(j->a + i0, j->b + i0, j->out + i0, m); break;
+    case 3: j->k->scale(j->out + i0, j->s, m); break;
+    }
+}
+
+static void run_elem(nmlx_backend *be, elem_job *j, int64_t cost_per_elem) {
+    if (j->n <= 0) return;
+    j->k = cpu_kernels_of(be);
+    int nth = threads_for(be, j->n * cost_per_elem, PAR_ELEMS);
+    nmlx_pool_run_n(be->pool, elem_task, j, nth);
+}
+
+void nmlx_cpu_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
+                      float *out, int64_t n) {
+    elem_job j = {.kind = 0, .act = act, .a = gate, .b = up, .out = out, .n = n};
+    run_elem(be, &j, 4);
+}
+
+void nmlx_cpu_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n) {
+    elem_job j = {.kind = 1, .act = act, .out = x, .n = n};
+    run_elem(be, &j, 4);
+}
+
+void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n) {
+    elem_job j = {.kind = 2, .a = a, .b = b, .out = out, .n = n};
+    run_elem(be, &j, 1);
+}
+
+void nmlx_cpu_scale(nmlx_backend *be, float *x, float s, int64_t n) {
+    elem_job j = {.kind = 3, .out = x, .s = s, .n = n};
+    run_elem(be, &j, 1);
+}
+
+/* ---- softmax ---- */
+
+typedef struct {
+    const cpu_kernels *k;
+    float *x;
+    int64_t R, n;
+} softmax_job;
+
+static void softmax_task(void *ctx, int ith, int nth) {
+    const softmax_job *j = ctx;
+    int64_t r0, r1;
+    cpu_split(j->R, ith, nth, 1, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) j->k->softmax_row(j->x + r * j->n, j->n, -INFINITY);
+}
+
+void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {
+    if (R <= 0 || n <= 0) return;
+    softmax_job j = {cpu_kernels_of(be), x, R, n};
+    int nth = R > 1 ? threads_for(be, R * n * 4, PAR_ELEMS) : 1;
+    nmlx_pool_run_n(be->pool, softmax_task, &j, nth);
+}
