@@ -153,7 +153,7 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: tensor '%s' has %zu dims (at most %d supported)",
                          path, name, nd, NMLX_MAX_DIMS);
     uint64_t numel = 1;
-    bool overflow = false;
+    bool overflow = false, has_zero = false;
     e->t.ndim = (int)nd;
     for (size_t i = 0; i < nd; i++) {
         uint64_t d;
@@ -162,12 +162,16 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
                              "%s: tensor '%s': shape[%zu] must be a non-negative integer", path,
                              name, i);
         e->t.shape[i] = (int64_t)d;
-        if (d != 0 && numel > UINT64_MAX / d) overflow = true;
-        numel *= d;
+        if (d == 0) has_zero = true;
+        else if (numel > UINT64_MAX / d) overflow = true;
+        else numel *= d;
     }
     for (size_t i = nd; i < NMLX_MAX_DIMS; i++) e->t.shape[i] = 0;
     /* a zero dim makes the product 0 however large the others are */
-    if (numel == 0) overflow = false;
+    if (has_zero) {
+        numel = 0;
+        overflow = false;
+    }
     size_t es = nmlx_dtype_size(e->t.dtype);
     if (overflow || numel > (uint64_t)INT64_MAX || numel > UINT64_MAX / es)
         return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s': shape is too large", path, name);
@@ -289,7 +293,7 @@ static nmlx_status add_file(nmlx_weights *w, const char *path) {
     /* file order = data order; then no two non-empty tensors may share bytes */
     st_entry *es = w->entries + first;
     size_t n = w->n - first;
-    qsort(es, n, sizeof *es, cmp_entry_offset);
+    if (n > 1) qsort(es, n, sizeof *es, cmp_entry_offset);
     const st_entry *prev = NULL;
     for (size_t i = 0; i < n; i++) {
         if (es[i].begin == es[i].end) continue;
@@ -419,7 +423,7 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
               index_path, tname, s);
         if (nmlx_name_map_insert(&seen, s, n_shards, NULL)) shards[n_shards++] = s;
     }
-    qsort(shards, n_shards, sizeof *shards, cmp_str_ptr);
+    if (n_shards > 1) qsort(shards, n_shards, sizeof *shards, cmp_str_ptr);
     size_t first_file = w->n_files;
     for (size_t i = 0; i < n_shards; i++) {
         shard_path = nmlx_io_join(dir, shards[i]);
@@ -439,7 +443,8 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
         CHECK(nmlx_name_map_find(&w->map, tname, &idx), NMLX_ERR_FORMAT,
               "%s: tensor '%s' is listed in shard '%s' but that shard does not contain it",
               index_path, tname, s);
-        const char **pos = bsearch(&s, shards, n_shards, sizeof *shards, cmp_str_ptr);
+        const char **pos = n_shards ? bsearch(&s, shards, n_shards, sizeof *shards, cmp_str_ptr)
+                                    : NULL;
         size_t file = w->entries[idx].file;
         CHECK(pos && file == first_file + (size_t)(pos - shards), NMLX_ERR_FORMAT,
               "%s: tensor '%s' is listed in shard '%s' but was found in %s", index_path, tname,
