@@ -30,7 +30,7 @@ typedef struct cpu_kernels {
 
 extern const cpu_kernels nmlx_cpu_kernels_portable;
 /* kernels_avx2.c is built on x86-64 only */
-#if defined(__x86_64__) && 0
+#if defined(__x86_64__)
 #define NMLX_CPU_HAVE_AVX2 1
 extern const cpu_kernels nmlx_cpu_kernels_avx2;
 #else
