@@ -9,7 +9,10 @@
 typedef struct nmlx_cfg nmlx_cfg;
 
 /* Parses a JSON object file. If the object has a "text_config" object, the
- * getters look there first, then at the top level (multimodal configs). */
+ * getters look there first, then at the top level (multimodal configs); a
+ * key that is null in text_config falls through to the top level. A missing
+ * file is NMLX_ERR_IO; bad JSON NMLX_ERR_FORMAT with line and column. Error
+ * messages start with the path (or the `name` of nmlx_cfg_parse). */
 nmlx_status nmlx_cfg_open(const char *path, nmlx_cfg **out);
 /* Same, from a string (tests); `name` is used in messages. */
 nmlx_status nmlx_cfg_parse(const char *json, const char *name, nmlx_cfg **out);
@@ -30,7 +33,8 @@ nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def,
 /* *out points into the cfg (valid until nmlx_cfg_free), or is `def`. */
 nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key,
                             const char *def, const char **out);
-/* A scalar or an array of integers (e.g. eos_token_id); *n = 0 if missing. */
+/* A scalar or an array of integers (e.g. eos_token_id); *n = 0 if missing
+ * or null. More than `cap` values -> NMLX_ERR_UNSUPPORTED. */
 nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key,
                               int64_t *out, size_t cap, size_t *n);
 /* model_type of the top level object ("" if missing). */
@@ -39,7 +43,16 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
 /* RoPE settings in one form, whichever way the file writes them:
  *   hub style:           "rope_theta": 1e6, "rope_scaling": {...} or null
  *   transformers 5 style: "rope_parameters": {"rope_type": ..., "rope_theta": ...}
- * "type" is accepted as an alias of "rope_type"; no scaling -> "default". */
+ * "type" is accepted as an alias of "rope_type"; no scaling -> "default".
+ * The type is lowercased; unknown types pass through (the RoPE code rejects
+ * them). rope_parameters wins over rope_scaling; its rope_theta wins over the
+ * top-level one. A rope_parameters keyed by layer type (Gemma 3:
+ * {"full_attention": {...}, "sliding_attention": {...}}) yields its
+ * "full_attention" entry (none -> NMLX_ERR_UNSUPPORTED).
+ * original_max_position_embeddings and partial_rotary_factor fall back to
+ * the top level (Phi-3). Factor lists longer than NMLX_ROPE_MAX_FACTORS ->
+ * NMLX_ERR_UNSUPPORTED. Field names in messages are dotted
+ * ("rope_scaling.factor"). On failure *out is untouched. */
 enum { NMLX_ROPE_MAX_FACTORS = 512 };
 typedef struct nmlx_rope_config {
     char type[32];                  /* "default", "linear", "llama3", "yarn",
