@@ -68,8 +68,8 @@ static void test_random_values(void) {
             snprintf(k, sizeof k, "i%d", i);
             EXPECT(nmlx_cfg_int(c, k, 0, &iv) == NMLX_OK && iv == ints[i], "%s: %lld vs %lld", k,
                    (long long)iv, (long long)ints[i]);
-            EXPECT(nmlx_cfg_float(c, k, 0, &fv) == NMLX_OK && fv == (double)ints[i],
-                   "%s as float", k);
+            EXPECT(nmlx_cfg_float(c, k, 0, &fv) == NMLX_OK && fv == (double)ints[i], "%s as float",
+                   k);
             snprintf(k, sizeof k, "f%d", i);
             EXPECT(nmlx_cfg_float(c, k, 0, &fv) == NMLX_OK && fv == floats[i], "%s: %.17g vs %.17g",
                    k, fv, floats[i]);
@@ -103,8 +103,7 @@ static void test_getters(void) {
            "null in text_config falls back to the top level");
     EXPECT(nmlx_cfg_float(c, "rms_norm_eps", 0, &f) == NMLX_OK && f == 5.0, "int as float");
     EXPECT(nmlx_cfg_bool(c, "use_cache", true, &b) == NMLX_OK && !b, "nested bool");
-    EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_OK && !strcmp(s, "gelu"),
-           "string");
+    EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_OK && !strcmp(s, "gelu"), "string");
     EXPECT(nmlx_cfg_int(c, "head_dim", 0, &i) == NMLX_OK && i == 2, "2.0 is an integer");
     /* missing / null -> default */
     EXPECT(nmlx_cfg_int(c, "absent", 77, &i) == NMLX_OK && i == 77, "missing int default");
@@ -146,8 +145,9 @@ static void test_getters(void) {
 }
 
 static void test_int_list(void) {
-    nmlx_cfg *c = parse("{\"a\": 2, \"b\": [1, 106, 2.0], \"c\": null, \"d\": [], \"e\": [1, \"x\"],"
-                        " \"f\": [1,2,3,4,5], \"g\": \"2\", \"h\": 1.5}");
+    nmlx_cfg *c =
+        parse("{\"a\": 2, \"b\": [1, 106, 2.0], \"c\": null, \"d\": [], \"e\": [1, \"x\"],"
+              " \"f\": [1,2,3,4,5], \"g\": \"2\", \"h\": 1.5}");
     if (!c) return;
     int64_t ids[4] = {0};
     size_t n = 99;
@@ -173,8 +173,8 @@ static void test_int_list(void) {
 }
 
 static void test_open(void) {
-    char *p = write_cfg("config.json",
-                        "{\"model_type\": \"llama\",\n \"num_hidden_layers\": \"two\"}");
+    char *p =
+        write_cfg("config.json", "{\"model_type\": \"llama\",\n \"num_hidden_layers\": \"two\"}");
     nmlx_cfg *c = NULL;
     EXPECT(nmlx_cfg_open(p, &c) == NMLX_OK && c, "open: %s", nmlx_last_error());
     int64_t i;
@@ -187,14 +187,14 @@ static void test_open(void) {
     c = NULL;
     char missing[600];
     snprintf(missing, sizeof missing, "%s/none/config.json", tmp_root);
-    EXPECT(nmlx_cfg_open(missing, &c) == NMLX_ERR_IO && !c && msg_has(missing, NULL),
-           "missing: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_open(missing, &c) == NMLX_ERR_IO && !c && msg_has(missing, NULL), "missing: %s",
+           nmlx_last_error());
     p = write_cfg("bad.json", "{\"a\": 1,\n \"b\": [1, 2,\n}");
-    EXPECT(nmlx_cfg_open(p, &c) == NMLX_ERR_FORMAT && !c && msg_has(p, "line 3"),
-           "bad JSON: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_open(p, &c) == NMLX_ERR_FORMAT && !c && msg_has(p, "line 3"), "bad JSON: %s",
+           nmlx_last_error());
     p = write_cfg("arr.json", "[1, 2]");
-    EXPECT(nmlx_cfg_open(p, &c) == NMLX_ERR_FORMAT && !c && msg_has(p, "object"),
-           "array: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_open(p, &c) == NMLX_ERR_FORMAT && !c && msg_has(p, "object"), "array: %s",
+           nmlx_last_error());
     p = write_cfg("empty.json", "");
     EXPECT(nmlx_cfg_open(p, &c) == NMLX_ERR_FORMAT && !c && msg_has(p, NULL), "empty: %s",
            nmlx_last_error());
@@ -285,7 +285,8 @@ static void test_rope_hub(void) {
                rc.partial_rotary_factor == 0.75 && rc.factor == 1,
            "longrope: %s", nmlx_last_error());
     bool same = true;
-    for (int i = 0; i < 48; i++) same = same && rc.short_factor[i] == sf[i] && rc.long_factor[i] == lf[i];
+    for (int i = 0; i < 48; i++)
+        same = same && rc.short_factor[i] == sf[i] && rc.long_factor[i] == lf[i];
     EXPECT(same, "longrope factors read back exactly");
     /* inside the object wins over the top level */
     EXPECT(rope_of("{\"original_max_position_embeddings\": 4096, \"partial_rotary_factor\": 0.5,"
@@ -295,10 +296,11 @@ static void test_rope_hub(void) {
                !strcmp(rc.type, "su") && rc.original_max_position_embeddings == 2048 &&
                rc.partial_rotary_factor == 0.25,
            "su");
-    EXPECT(rope_of("{\"rope_scaling\": {\"rope_type\": \"mrope\", \"mrope_section\": [16, 24, 24]}}",
-                   1) == NMLX_OK &&
-               !strcmp(rc.type, "mrope"),
-           "mrope_section ignored");
+    EXPECT(
+        rope_of("{\"rope_scaling\": {\"rope_type\": \"mrope\", \"mrope_section\": [16, 24, 24]}}",
+                1) == NMLX_OK &&
+            !strcmp(rc.type, "mrope"),
+        "mrope_section ignored");
     EXPECT(rope_of("{\"rope_scaling\": {\"rope_type\": \"weird_new_kind\", \"factor\": 2}}", 1) ==
                    NMLX_OK &&
                !strcmp(rc.type, "weird_new_kind"),
@@ -335,8 +337,8 @@ static void test_rope_parameters(void) {
                    1) == NMLX_OK &&
                !strcmp(rc.type, "linear") && rc.factor == 8 && rc.theta == 1e6,
            "per layer type: %s", nmlx_last_error());
-    EXPECT(rope_of("{\"rope_parameters\": {\"sliding_attention\": {\"rope_theta\": 10000.0}}}", 1) ==
-                   NMLX_ERR_UNSUPPORTED &&
+    EXPECT(rope_of("{\"rope_parameters\": {\"sliding_attention\": {\"rope_theta\": 10000.0}}}",
+                   1) == NMLX_ERR_UNSUPPORTED &&
                msg_has("rope_parameters", "full_attention"),
            "per layer type without full_attention: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"yarn\","
@@ -367,8 +369,8 @@ static void test_rope_errors(void) {
                    NMLX_ERR_FORMAT &&
                msg_has("'rope_scaling.truncate'", NULL),
            "truncate 0: %s", nmlx_last_error());
-    EXPECT(rope_of("{\"rope_scaling\": {\"type\": \"longrope\", \"long_factor\": [1, \"x\"]}}", 1) ==
-                   NMLX_ERR_FORMAT &&
+    EXPECT(rope_of("{\"rope_scaling\": {\"type\": \"longrope\", \"long_factor\": [1, \"x\"]}}",
+                   1) == NMLX_ERR_FORMAT &&
                msg_has("'rope_scaling.long_factor'", NULL),
            "factor list element: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_scaling\": {\"type\": \"longrope\","
@@ -379,7 +381,8 @@ static void test_rope_errors(void) {
     /* longer than NMLX_ROPE_MAX_FACTORS */
     size_t cap = 8 * (NMLX_ROPE_MAX_FACTORS + 8) + 128, n = 0;
     char *json = malloc(cap);
-    n += (size_t)snprintf(json, cap, "{\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [");
+    n += (size_t)snprintf(json, cap,
+                          "{\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [");
     for (int i = 0; i <= NMLX_ROPE_MAX_FACTORS; i++)
         n += (size_t)snprintf(json + n, cap - n, "%s1.5", i ? "," : "");
     snprintf(json + n, cap - n, "]}}");
@@ -391,8 +394,8 @@ static void test_rope_errors(void) {
     nmlx_cfg_parse("{\"rope_scaling\": {\"factor\": null, \"beta_fast\": []}}", "x.json", &c);
     memset(&rc, 0x11, sizeof rc);
     unsigned char before = ((unsigned char *)&rc)[0];
-    EXPECT(c && nmlx_cfg_rope(c, 1, &rc) == NMLX_ERR_FORMAT && ((unsigned char *)&rc)[0] == before &&
-               msg_has("x.json", "'rope_scaling.beta_fast'"),
+    EXPECT(c && nmlx_cfg_rope(c, 1, &rc) == NMLX_ERR_FORMAT &&
+               ((unsigned char *)&rc)[0] == before && msg_has("x.json", "'rope_scaling.beta_fast'"),
            "untouched on failure: %s", nmlx_last_error());
     nmlx_cfg_free(c);
 }
@@ -407,9 +410,12 @@ static void test_fault_injection(void) {
         nmlx_status st = nmlx_cfg_open(p, &c);
         if (st == NMLX_OK) st = nmlx_cfg_rope(c, 1, &rc);
         nmlx_test_fail_alloc_after(0);
-        if (st == NMLX_OK) ok++;
-        else if (st == NMLX_ERR_NOMEM) nomem++;
-        else other++;
+        if (st == NMLX_OK)
+            ok++;
+        else if (st == NMLX_ERR_NOMEM)
+            nomem++;
+        else
+            other++;
         nmlx_cfg_free(c);
     }
     EXPECT(ok == 1 && nomem >= 3 && other == 0, "fault injection: %d ok, %d nomem, %d other", ok,

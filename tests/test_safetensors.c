@@ -41,7 +41,8 @@ static wt make_tensor(const char *name, const char *dtype, size_t esize, int ndi
     va_end(ap);
     t.nbytes = numel * esize;
     t.data = malloc(t.nbytes ? t.nbytes : 1);
-    for (size_t i = 0; i < t.nbytes; i++) t.data[i] = (unsigned char)(test_rand_u64() >> 56);
+    for (size_t i = 0; i < t.nbytes; i++)
+        t.data[i] = (unsigned char)(test_rand_u64() >> 56);
     return t;
 }
 
@@ -57,7 +58,8 @@ static void write_raw(const char *path, uint64_t hlen_field, const char *header,
                       const void *data, size_t dlen) {
     FILE *f = fopen(path, "wb");
     unsigned char le[8];
-    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(hlen_field >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)(hlen_field >> (8 * i));
     fwrite(le, 1, 8, f);
     fwrite(header, 1, hlen, f);
     if (dlen) fwrite(data, 1, dlen, f);
@@ -87,9 +89,11 @@ static void write_st(const char *path, wt *ts, int n, const int *data_order, con
                               off[i] + ts[i].nbytes);
     }
     h += (size_t)snprintf(hdr + h, cap - h, "}");
-    while (h % 8) hdr[h++] = ' ';
+    while (h % 8)
+        hdr[h++] = ' ';
     unsigned char *data = malloc(total ? total : 1);
-    for (int i = 0; i < n; i++) memcpy(data + off[i], ts[i].data, ts[i].nbytes);
+    for (int i = 0; i < n; i++)
+        memcpy(data + off[i], ts[i].data, ts[i].nbytes);
     write_raw(path, h, hdr, h, data, total);
     free(data);
     free(off);
@@ -97,13 +101,15 @@ static void write_st(const char *path, wt *ts, int n, const int *data_order, con
 }
 
 static void free_tensors(wt *ts, int n) {
-    for (int i = 0; i < n; i++) free(ts[i].data);
+    for (int i = 0; i < n; i++)
+        free(ts[i].data);
 }
 
 /* A one-header file with the given JSON and `dlen` random data bytes. */
 static void write_header(const char *path, const char *json, size_t dlen) {
     unsigned char *d = malloc(dlen ? dlen : 1);
-    for (size_t i = 0; i < dlen; i++) d[i] = (unsigned char)test_rand_u64();
+    for (size_t i = 0; i < dlen; i++)
+        d[i] = (unsigned char)test_rand_u64();
     write_raw(path, strlen(json), json, strlen(json), d, dlen);
     free(d);
 }
@@ -204,8 +210,8 @@ static void test_every_dtype(void) {
         if (order[j] == 9 || order[j] == 2)
             EXPECT(t && (same_tensor(t, &ts[9]) || same_tensor(t, &ts[2])), "at(%d)", j);
         else
-            EXPECT(same_tensor(t, &ts[order[j]]), "at(%d) is %s, want %s", j,
-                   t ? t->name : "NULL", ts[order[j]].name);
+            EXPECT(same_tensor(t, &ts[order[j]]), "at(%d) is %s, want %s", j, t ? t->name : "NULL",
+                   ts[order[j]].name);
     }
     EXPECT(nmlx_weights_at(w, (size_t)n) == NULL, "at past the end");
     const nmlx_tensor *sc = nmlx_weights_find(w, "scalar");
@@ -316,8 +322,9 @@ static void test_malformed_files(void) {
     FILE_FAILS(p, NMLX_ERR_FORMAT, "object", NULL);
     write_header(p, "{\"w\":[1,2]}", 24);
     FILE_FAILS(p, NMLX_ERR_FORMAT, "'w'", NULL);
-    write_header(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-                    "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+    write_header(p,
+                 "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                 "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                  8);
     FILE_FAILS(p, NMLX_ERR_FORMAT, "duplicate", NULL);
 
@@ -508,8 +515,8 @@ static void test_folders(void) {
     write_text(path_in(dir, "notes.txt"), "not weights");
     mkdir(path_in(dir, "sub.safetensors"), 0700); /* a folder is skipped */
     w = NULL;
-    EXPECT(nmlx_weights_open_dir(dir, &w) == NMLX_OK && nmlx_weights_count(w) == 6,
-           "globbed: %s", nmlx_last_error());
+    EXPECT(nmlx_weights_open_dir(dir, &w) == NMLX_OK && nmlx_weights_count(w) == 6, "globbed: %s",
+           nmlx_last_error());
     for (int i = 0; w && i < 6; i++)
         EXPECT(same_tensor(nmlx_weights_at(w, (size_t)i), &ts[i]), "globbed at(%d)", i);
     nmlx_weights_close(w);

@@ -104,8 +104,7 @@ static bool as_int(const json_t *v, int64_t *out) {
     if (json_is_real(v)) {
         double d = json_real_value(v);
         /* 2^63 is exactly representable; the range is [-2^63, 2^63) */
-        if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0)
-            return false;
+        if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0) return false;
         *out = (int64_t)d;
         return true;
     }
@@ -201,7 +200,8 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     for (size_t i = 0; i < len; i++)
         if (!as_int(json_array_get(v, i), &x))
             return type_error(cfg, key, "an integer or an array of integers");
-    for (size_t i = 0; i < len; i++) as_int(json_array_get(v, i), &out[i]);
+    for (size_t i = 0; i < len; i++)
+        as_int(json_array_get(v, i), &out[i]);
     *n = len;
     return NMLX_OK;
 }
@@ -311,14 +311,15 @@ nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_confi
         size_t len = strlen(s);
         CHECK(len > 0 && len < sizeof r->type, NMLX_ERR_UNSUPPORTED,
               "%s: field '%s' value '%s' is not a known RoPE type", cfg->path, field, s);
-        for (size_t i = 0; i <= len; i++) r->type[i] = (char)tolower((unsigned char)s[i]);
+        for (size_t i = 0; i <= len; i++)
+            r->type[i] = (char)tolower((unsigned char)s[i]);
     } else {
         snprintf(r->type, sizeof r->type, "default");
     }
 
     /* theta: inside rope_parameters, else the top-level rope_theta */
-    const json_t *th = p && !strncmp(pn, "rope_parameters", 15) ? json_object_get(p, "rope_theta")
-                                                                  : NULL;
+    const json_t *th =
+        p && !strncmp(pn, "rope_parameters", 15) ? json_object_get(p, "rope_theta") : NULL;
     if (th && !json_is_null(th)) {
         snprintf(field, sizeof field, "%s.rope_theta", pn);
         TRY(get_float(cfg, th, field, def_theta, &r->theta));

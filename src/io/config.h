@@ -24,19 +24,16 @@ bool nmlx_cfg_has(const nmlx_cfg *cfg, const char *key);
 /* Missing or null -> default. Wrong type / out of range -> NMLX_ERR_FORMAT
  * "config.json: field 'x' must be an integer". Integers accept JSON
  * integers (and reals with no fractional part); floats accept both. */
-nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def,
-                         int64_t *out);
-nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def,
-                           double *out);
-nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def,
-                          bool *out);
+nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out);
+nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out);
+nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out);
 /* *out points into the cfg (valid until nmlx_cfg_free), or is `def`. */
-nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key,
-                            const char *def, const char **out);
+nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *def,
+                            const char **out);
 /* A scalar or an array of integers (e.g. eos_token_id); *n = 0 if missing
  * or null. More than `cap` values -> NMLX_ERR_UNSUPPORTED. */
-nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key,
-                              int64_t *out, size_t cap, size_t *n);
+nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
+                              size_t *n);
 /* model_type of the top level object ("" if missing). */
 const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
 
@@ -55,25 +52,24 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
  * ("rope_scaling.factor"). On failure *out is untouched. */
 enum { NMLX_ROPE_MAX_FACTORS = 512 };
 typedef struct nmlx_rope_config {
-    char type[32];                  /* "default", "linear", "llama3", "yarn",
-                                       "longrope", "su", "dynamic", "mrope" ... */
-    double theta;                   /* base */
-    double factor;                  /* 1 if absent */
-    double low_freq_factor;         /* llama3; 1 if absent */
-    double high_freq_factor;        /* llama3; 4 if absent */
+    char type[32];                            /* "default", "linear", "llama3", "yarn",
+                                                 "longrope", "su", "dynamic", "mrope" ... */
+    double theta;                             /* base */
+    double factor;                            /* 1 if absent */
+    double low_freq_factor;                   /* llama3; 1 if absent */
+    double high_freq_factor;                  /* llama3; 4 if absent */
     int64_t original_max_position_embeddings; /* 0 if absent */
-    double beta_fast, beta_slow;    /* yarn; 32 and 1 if absent */
-    double mscale, mscale_all_dim;  /* yarn; 1 and 0 if absent */
-    double attention_factor;        /* yarn/longrope; 0 if absent */
-    bool truncate;                  /* yarn; true if absent */
-    double partial_rotary_factor;   /* 1 if absent (top level or in params) */
-    size_t n_short, n_long;         /* longrope factor lists */
+    double beta_fast, beta_slow;              /* yarn; 32 and 1 if absent */
+    double mscale, mscale_all_dim;            /* yarn; 1 and 0 if absent */
+    double attention_factor;                  /* yarn/longrope; 0 if absent */
+    bool truncate;                            /* yarn; true if absent */
+    double partial_rotary_factor;             /* 1 if absent (top level or in params) */
+    size_t n_short, n_long;                   /* longrope factor lists */
     double short_factor[NMLX_ROPE_MAX_FACTORS];
     double long_factor[NMLX_ROPE_MAX_FACTORS];
 } nmlx_rope_config;
 
 /* def_theta applies when the file gives no theta at all. */
-nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta,
-                          nmlx_rope_config *out);
+nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_config *out);
 
 #endif

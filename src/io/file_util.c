@@ -18,8 +18,8 @@ nmlx_status nmlx_io_read_file(const char *path, size_t max_bytes, char **out, si
     CHECK(fstat(fd, &sb) == 0, NMLX_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
     CHECK(S_ISREG(sb.st_mode), NMLX_ERR_IO, "%s: not a regular file", path);
     CHECK((uint64_t)sb.st_size <= max_bytes, NMLX_ERR_FORMAT,
-          "%s: file is too large (%lld bytes; at most %zu expected)", path,
-          (long long)sb.st_size, max_bytes);
+          "%s: file is too large (%lld bytes; at most %zu expected)", path, (long long)sb.st_size,
+          max_bytes);
     size_t size = (size_t)sb.st_size, got = 0;
     buf = nmlx_malloc(size + 1);
     CHECK(buf, NMLX_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, size);

@@ -10,7 +10,7 @@
 typedef struct nmlx_name_map {
     const char **keys; /* NULL = empty slot */
     size_t *values;
-    size_t cap;        /* power of two, > 2 * max keys */
+    size_t cap; /* power of two, > 2 * max keys */
     size_t count;
 } nmlx_name_map;
 

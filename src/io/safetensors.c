@@ -32,14 +32,14 @@ enum {
 
 typedef struct st_file {
     char *path;
-    void *map;        /* whole file, PROT_READ, MAP_PRIVATE */
+    void *map; /* whole file, PROT_READ, MAP_PRIVATE */
     size_t size;
     json_t *metadata; /* the __metadata__ object, or NULL */
 } st_file;
 
 typedef struct st_entry {
-    nmlx_tensor t;    /* t.name is owned (nmlx_strdup) */
-    size_t file;      /* index into files */
+    nmlx_tensor t;       /* t.name is owned (nmlx_strdup) */
+    size_t file;         /* index into files */
     uint64_t begin, end; /* byte range in the file's data region */
 } st_entry;
 
@@ -60,9 +60,8 @@ static bool parse_dtype(const char *s, nmlx_dtype *out) {
         const char *name;
         nmlx_dtype dt;
     } known[] = {
-        {"F32", NMLX_DT_F32}, {"F16", NMLX_DT_F16}, {"BF16", NMLX_DT_BF16},
-        {"U32", NMLX_DT_U32}, {"U8", NMLX_DT_U8},   {"I8", NMLX_DT_I8},
-        {"I32", NMLX_DT_I32}, {"I64", NMLX_DT_I64},
+        {"F32", NMLX_DT_F32}, {"F16", NMLX_DT_F16}, {"BF16", NMLX_DT_BF16}, {"U32", NMLX_DT_U32},
+        {"U8", NMLX_DT_U8},   {"I8", NMLX_DT_I8},   {"I32", NMLX_DT_I32},   {"I64", NMLX_DT_I64},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(s, known[i].name)) {
@@ -74,8 +73,8 @@ static bool parse_dtype(const char *s, nmlx_dtype *out) {
 
 /* dtypes the safetensors format defines but nmlx does not load */
 static bool is_other_safetensors_dtype(const char *s) {
-    static const char *const other[] = {"BOOL",    "I16",     "U16",      "U64",     "F64",
-                                        "C64",     "F8_E4M3", "F8_E5M2",  "F8_E8M0", "F4",
+    static const char *const other[] = {"BOOL",    "I16",     "U16",       "U64",        "F64",
+                                        "C64",     "F8_E4M3", "F8_E5M2",   "F8_E8M0",    "F4",
                                         "F6_E2M3", "F6_E3M2", "F8_E4M3FN", "F8_E5M2FNUZ"};
     for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
         if (!strcmp(s, other[i])) return true;
@@ -89,7 +88,8 @@ static nmlx_status reserve_entries(nmlx_weights *w, size_t extra, const char *pa
     if (extra > SIZE_MAX / 2 / sizeof(st_entry) - w->n)
         return nmlx_fail(NMLX_ERR_NOMEM, "%s: too many tensors", path);
     size_t cap = w->cap ? w->cap : 64;
-    while (cap < w->n + extra) cap *= 2;
+    while (cap < w->n + extra)
+        cap *= 2;
     st_entry *e = nmlx_realloc(w->entries, cap * sizeof *e);
     if (!e) return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory for %zu tensors", path, cap);
     w->entries = e;
@@ -132,7 +132,9 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
     const json_t *offs = json_object_get(v, "data_offsets");
     if (!dt || !shape || !offs)
         return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s': missing '%s'", path, name,
-                         !dt ? "dtype" : !shape ? "shape" : "data_offsets");
+                         !dt      ? "dtype"
+                         : !shape ? "shape"
+                                  : "data_offsets");
     if (!json_is_string(dt))
         return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s': 'dtype' must be a string", path, name);
     const char *dts = json_string_value(dt);
@@ -146,12 +148,12 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
                          dts);
     }
     if (!json_is_array(shape))
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s': 'shape' must be an array", path,
-                         name);
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s': 'shape' must be an array", path, name);
     size_t nd = json_array_size(shape);
     if (nd > NMLX_MAX_DIMS)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: tensor '%s' has %zu dims (at most %d supported)",
-                         path, name, nd, NMLX_MAX_DIMS);
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "%s: tensor '%s' has %zu dims (at most %d supported)", path, name, nd,
+                         NMLX_MAX_DIMS);
     uint64_t numel = 1;
     bool overflow = false, has_zero = false;
     e->t.ndim = (int)nd;
@@ -162,11 +164,15 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
                              "%s: tensor '%s': shape[%zu] must be a non-negative integer", path,
                              name, i);
         e->t.shape[i] = (int64_t)d;
-        if (d == 0) has_zero = true;
-        else if (numel > UINT64_MAX / d) overflow = true;
-        else numel *= d;
+        if (d == 0)
+            has_zero = true;
+        else if (numel > UINT64_MAX / d)
+            overflow = true;
+        else
+            numel *= d;
     }
-    for (size_t i = nd; i < NMLX_MAX_DIMS; i++) e->t.shape[i] = 0;
+    for (size_t i = nd; i < NMLX_MAX_DIMS; i++)
+        e->t.shape[i] = 0;
     /* a zero dim makes the product 0 however large the others are */
     if (has_zero) {
         numel = 0;
@@ -178,8 +184,7 @@ static nmlx_status parse_entry(const char *path, const char *name, const json_t 
     uint64_t nbytes = numel * es;
 
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
-        !get_u64(json_array_get(offs, 0), &e->begin) ||
-        !get_u64(json_array_get(offs, 1), &e->end))
+        !get_u64(json_array_get(offs, 0), &e->begin) || !get_u64(json_array_get(offs, 1), &e->end))
         return nmlx_fail(NMLX_ERR_FORMAT,
                          "%s: tensor '%s': 'data_offsets' must be [begin, end] non-negative "
                          "integers",
@@ -208,8 +213,8 @@ static nmlx_status check_metadata(const char *path, const json_t *meta) {
     const json_t *v;
     json_object_foreach((json_t *)meta, k, v) {
         if (!json_is_string(v))
-            return nmlx_fail(NMLX_ERR_FORMAT, "%s: __metadata__ value '%s' must be a string",
-                             path, k);
+            return nmlx_fail(NMLX_ERR_FORMAT, "%s: __metadata__ value '%s' must be a string", path,
+                             k);
     }
     return NMLX_OK;
 }
@@ -253,7 +258,8 @@ static nmlx_status add_file(nmlx_weights *w, const char *path) {
 
     const unsigned char *p = map;
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | p[i];
     CHECK(hlen <= MAX_HEADER_BYTES, NMLX_ERR_FORMAT,
           "%s: header length %llu is absurd (over %d bytes): not a safetensors file?", path,
           (unsigned long long)hlen, MAX_HEADER_BYTES);
@@ -341,7 +347,8 @@ static nmlx_status weights_new(const char *source, nmlx_weights **out) {
 
 void nmlx_weights_close(nmlx_weights *w) {
     if (!w) return;
-    for (size_t i = 0; i < w->n; i++) nmlx_free((void *)w->entries[i].t.name);
+    for (size_t i = 0; i < w->n; i++)
+        nmlx_free((void *)w->entries[i].t.name);
     for (size_t i = 0; i < w->n_files; i++) {
         st_file *f = &w->files[i];
         if (f->map) munmap(f->map, f->size);
@@ -399,8 +406,8 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
     TRY(nmlx_io_read_file(index_path, MAX_INDEX_BYTES, &text, &len));
     json_error_t jerr;
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    CHECK(root, NMLX_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)", index_path,
-          jerr.text, jerr.line, jerr.column);
+    CHECK(root, NMLX_ERR_FORMAT, "%s: invalid JSON: %s (line %d, column %d)", index_path, jerr.text,
+          jerr.line, jerr.column);
     CHECK(json_is_object(root), NMLX_ERR_FORMAT, "%s: must be a JSON object", index_path);
     json_t *wm = json_object_get(root, "weight_map");
     CHECK(json_is_object(wm), NMLX_ERR_FORMAT, "%s: missing 'weight_map' object", index_path);
@@ -414,8 +421,7 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
     json_t *v;
     json_object_foreach(wm, tname, v) {
         CHECK(json_is_string(v), NMLX_ERR_FORMAT,
-              "%s: weight_map entry for tensor '%s' must be a file name string", index_path,
-              tname);
+              "%s: weight_map entry for tensor '%s' must be a file name string", index_path, tname);
         const char *s = json_string_value(v);
         CHECK(safe_shard_name(s), NMLX_ERR_FORMAT,
               "%s: weight_map entry for tensor '%s' names shard '%s', which is not a file in "
@@ -428,8 +434,8 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
     for (size_t i = 0; i < n_shards; i++) {
         shard_path = nmlx_io_join(dir, shards[i]);
         CHECK(shard_path, NMLX_ERR_NOMEM, "%s: out of memory", index_path);
-        CHECK(nmlx_io_is_file(shard_path), NMLX_ERR_IO,
-              "%s: shard '%s' named in %s is missing", shard_path, shards[i], index_path);
+        CHECK(nmlx_io_is_file(shard_path), NMLX_ERR_IO, "%s: shard '%s' named in %s is missing",
+              shard_path, shards[i], index_path);
         TRY(add_file(w, shard_path));
         nmlx_free(shard_path);
         shard_path = NULL;
@@ -443,12 +449,12 @@ static nmlx_status open_index(nmlx_weights *w, const char *dir, const char *inde
         CHECK(nmlx_name_map_find(&w->map, tname, &idx), NMLX_ERR_FORMAT,
               "%s: tensor '%s' is listed in shard '%s' but that shard does not contain it",
               index_path, tname, s);
-        const char **pos = n_shards ? bsearch(&s, shards, n_shards, sizeof *shards, cmp_str_ptr)
-                                    : NULL;
+        const char **pos =
+            n_shards ? bsearch(&s, shards, n_shards, sizeof *shards, cmp_str_ptr) : NULL;
         size_t file = w->entries[idx].file;
         CHECK(pos && file == first_file + (size_t)(pos - shards), NMLX_ERR_FORMAT,
-              "%s: tensor '%s' is listed in shard '%s' but was found in %s", index_path, tname,
-              s, w->files[file].path);
+              "%s: tensor '%s' is listed in shard '%s' but was found in %s", index_path, tname, s,
+              w->files[file].path);
     }
 
 cleanup:
@@ -512,7 +518,8 @@ static nmlx_status open_all_in_dir(nmlx_weights *w, const char *dir) {
 
 cleanup:
     if (d) closedir(d);
-    for (size_t i = 0; i < n; i++) nmlx_free(names[i]);
+    for (size_t i = 0; i < n; i++)
+        nmlx_free(names[i]);
     nmlx_free(names);
     nmlx_free(path);
     return st;
@@ -574,8 +581,7 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape) 
         if (shape[i] < 0)
             n += (size_t)snprintf(buf + n, cap - n, "%s*", i ? ", " : "");
         else
-            n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "",
-                                  (long long)shape[i]);
+            n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
     }
     if (n < cap) snprintf(buf + n, cap - n, "]");
 }
@@ -594,8 +600,8 @@ nmlx_status nmlx_weights_get(const nmlx_weights *w, const char *name, int ndim,
         char want[128], got[128];
         format_shape(want, sizeof want, ndim, shape);
         format_shape(got, sizeof got, t->ndim, t->shape);
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %s",
-                         w->source, name, got, want);
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %s", w->source,
+                         name, got, want);
     }
     *out = t;
     return NMLX_OK;

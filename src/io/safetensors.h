@@ -45,9 +45,8 @@ const nmlx_tensor *nmlx_weights_find(const nmlx_weights *w, const char *name);
  * is an error (NMLX_ERR_FORMAT) naming the tensor and the expected/actual
  * shape. Pass ndim shape values; a negative value accepts any size in that
  * dim. */
-nmlx_status nmlx_weights_get(const nmlx_weights *w, const char *name,
-                             int ndim, const int64_t *shape,
-                             const nmlx_tensor **out);
+nmlx_status nmlx_weights_get(const nmlx_weights *w, const char *name, int ndim,
+                             const int64_t *shape, const nmlx_tensor **out);
 /* Total bytes of tensor data mapped. */
 size_t nmlx_weights_nbytes(const nmlx_weights *w);
 /* The file's __metadata__ string value for key, or NULL. With several
