@@ -86,7 +86,7 @@ function add(name, shape, scale, offset = 0) {
   tensors.push({ name, shape, data });
 }
 const { hidden_size: D, intermediate_size: I, num_attention_heads: H, num_key_value_heads: KVH, head_dim: HD } = cfg;
-add("model.embed_tokens.weight", [vocabSize, D], 1.0);
+add("model.embed_tokens.weight", [vocabSize, D], 2 / Math.sqrt(D)); // tied head: logits of a few units
 for (let l = 0; l < cfg.num_hidden_layers; l++) {
   const p = `model.layers.${l}`;
   add(`${p}.input_layernorm.weight`, [D], 0.1, 1);

@@ -139,11 +139,8 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     TRY(nmlx_weights_open_dir(dir, &m->weights));
     TRY(nmlx_backend_cpu_create(p.n_threads, &m->be));
     nmlx_load_ctx ctx = {.cfg = m->cfg, .weights = m->weights, .be = m->be};
-    st = m->family->build(m->family->def, &ctx, &m->arch, &m->info);
-    if (st != NMLX_OK) {
-        nmlx_error_prefix("%s", dir);
-        goto cleanup;
-    }
+    /* build errors already name the file, tensor or field */
+    TRY(m->family->build(m->family->def, &ctx, &m->arch, &m->info));
 
     int64_t cap = m->info.max_position_embeddings;
     if (p.max_context > 0) cap = p.max_context;
