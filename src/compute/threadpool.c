@@ -10,6 +10,7 @@
 #include "common.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -37,7 +38,14 @@ struct worker_arg {
     int ith;
 };
 
-static inline void cpu_relax(void) {
+/* One spin step. Every 64th step yields the CPU: if the scheduler has put
+ * the thread we wait for on our core (it does, right after wake-ups), pure
+ * spinning would only delay it. */
+static inline void cpu_relax(int i) {
+    if ((i & 63) == 63) {
+        sched_yield();
+        return;
+    }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -47,7 +55,7 @@ static unsigned wait_new_gen(nmlx_pool *p, unsigned seen) {
     for (int i = 0; i < SPIN_ITERS; i++) {
         unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen) return g;
-        cpu_relax();
+        cpu_relax(i);
     }
     pthread_mutex_lock(&p->mu);
     unsigned g;
@@ -166,7 +174,7 @@ void nmlx_pool_run_n(nmlx_pool *pool, nmlx_pool_fn fn, void *ctx, int nth) {
 
     int spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins < SPIN_ITERS) {
-        cpu_relax();
+        cpu_relax(spins);
         spins++;
     }
     if (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {

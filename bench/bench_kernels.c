@@ -1,0 +1,204 @@
+/* CPU kernel benchmark: memory read bandwidth (the decode ceiling), mat-vec
+ * GB/s at Qwen3-0.6B shapes as a fraction of it, and prefill mat-mat
+ * GFLOP/s at T=512, for each kernel set, weight dtype and 1..2 threads.
+ * Build and run: see bench/kernels.md. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double budget = 0.4; /* seconds per measurement */
+
+/* ---- read bandwidth: each thread sums its share of a buffer >> L3 ---- */
+
+typedef struct {
+    const uint64_t *buf;
+    int64_t n;
+    uint64_t sums[64];
+} read_job;
+
+static void read_task(void *ctx, int ith, int nth) {
+    read_job *j = ctx;
+    int64_t lo = j->n * ith / nth, hi = j->n * (ith + 1) / nth;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = lo; i + 4 <= hi; i += 4) {
+        s0 += j->buf[i];
+        s1 += j->buf[i + 1];
+        s2 += j->buf[i + 2];
+        s3 += j->buf[i + 3];
+    }
+    j->sums[ith] = s0 + s1 + s2 + s3;
+}
+
+static double read_bandwidth(nmlx_pool *pool, int nth) {
+    const int64_t bytes = (int64_t)512 << 20;
+    static uint64_t *buf;
+    if (!buf) {
+        buf = malloc((size_t)bytes);
+        for (int64_t i = 0; i < bytes / 8; i++) buf[i] = (uint64_t)i * 2654435761u;
+    }
+    read_job j = {.buf = buf, .n = bytes / 8};
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = nmlx_time_seconds();
+        nmlx_pool_run_n(pool, read_task, &j, nth);
+        double dt = nmlx_time_seconds() - t0;
+        if (bytes / dt > best) best = (double)bytes / dt;
+    }
+    return best / 1e9;
+}
+
+/* ---- FMA peak: 12 independent 8-wide FMA chains (the mat-mat ceiling) ---- */
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx2,fma"))) static double fma_peak_1thread(void) {
+    __m256 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    const long iters = 20000000;
+    double t0 = nmlx_time_seconds();
+    for (long it = 0; it < iters; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    double dt = nmlx_time_seconds() - t0;
+    float sink = 0;
+    for (int i = 0; i < 12; i++) sink += _mm256_cvtss_f32(a[i]);
+    if (sink == 12345.0f) printf(" ");
+    return 2.0 * 8 * 12 * (double)iters / dt / 1e9;
+}
+#endif
+
+/* ---- weights ---- */
+
+static void *rand_weights(nmlx_dtype dt, int64_t n) {
+    size_t es = nmlx_dtype_size(dt);
+    char *p = malloc((size_t)n * es);
+    uint64_t s = 88172645463325252ull;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        float f = (float)((s >> 40) * (1.0 / 16777216.0)) - 0.5f;
+        if (dt == NMLX_DT_F32) ((float *)p)[i] = f;
+        else ((uint16_t *)p)[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(f) : nmlx_f32_to_f16(f);
+    }
+    return p;
+}
+
+/* Mat-vec streams weights: cycle over enough copies that they cannot sit in
+ * the 32 MiB L3, as in a real decode step over all layers. */
+static double bench_matvec(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N) {
+    size_t wbytes = (size_t)(D * N) * nmlx_dtype_size(dt);
+    int copies = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / wbytes) + 1;
+    nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
+    for (int c = 0; c < copies; c++) {
+        ws[c] = (nmlx_weight){.w = {.dtype = dt, .ndim = 2, .shape = {D, N}},
+                              .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+        ws[c].w.data = rand_weights(dt, D * N);
+    }
+    float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
+    for (int64_t i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.1f;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        int64_t calls = 0;
+        double t0 = nmlx_time_seconds(), dt_s;
+        do {
+            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, 1);
+            calls++;
+        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 3);
+        double gbs = (double)wbytes * (double)calls / dt_s / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    for (int c = 0; c < copies; c++) free(ws[c].w.data);
+    free(ws), free(x), free(y);
+    return best;
+}
+
+static double bench_matmat(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N, int64_t T) {
+    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}}, .mode = NMLX_QUANT_NONE,
+                     .rows = D, .cols = N};
+    w.w.data = rand_weights(dt, D * N);
+    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
+    double best = 0;
+    for (int rep = 0; rep < 2; rep++) {
+        int calls = 0;
+        double t0 = nmlx_time_seconds(), dt_s;
+        do {
+            be->ops->matmul(be, &w, NULL, x, y, T);
+            calls++;
+        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 2);
+        double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
+        if (gf > best) best = gf;
+    }
+    free(w.w.data), free(x), free(y);
+    return best;
+}
+
+/* usage: bench_kernels [seconds-per-measurement] [matvec|matmat] [isa] */
+int main(int argc, char **argv) {
+    if (argc > 1) budget = atof(argv[1]);
+    const char *only = argc > 2 ? argv[2] : "";
+    const char *only_isa = argc > 3 ? argv[3] : "";
+    const char *isas[] = {"portable", "avx2"};
+    const int64_t shapes[][2] = {{1024, 1024}, {3072, 1024}, {1024, 3072}, {151936, 1024}};
+    const nmlx_dtype dts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
+    nmlx_backend *probe = NULL;
+    if (nmlx_backend_cpu_create(2, &probe) != NMLX_OK) return 1;
+    double bw[3] = {0, read_bandwidth(probe->pool, 1), read_bandwidth(probe->pool, 2)};
+    nmlx_backend_free(probe);
+    printf("read bandwidth: 1 thread %.1f GB/s, 2 threads %.1f GB/s\n", bw[1], bw[2]);
+#if defined(__x86_64__)
+    double peak = __builtin_cpu_supports("fma") ? fma_peak_1thread() : 0;
+    printf("AVX2 FMA peak, 1 thread: %.1f GFLOP/s\n", peak);
+#else
+    double peak = 0;
+#endif
+    printf("\n");
+
+    printf("mat-vec (T=1), weights cycled over >256 MiB; GB/s of weights read "
+           "(fraction of read bandwidth, same thread count)\n");
+    printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
+    for (int s = 0; s < 4; s++) printf("  %6lldx%-5lld      ", (long long)shapes[s][0], (long long)shapes[s][1]);
+    printf("\n");
+    for (int i = 0; i < 2 && strcmp(only, "matmat"); i++)
+        for (int d = 0; d < 3; d++)
+            for (int nth = 1; nth <= 2; nth++) {
+                nmlx_backend *be = NULL;
+                if (*only_isa && strcmp(only_isa, isas[i])) continue;
+                if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+                printf("%-9s %-5s %-4d", isas[i], nmlx_dtype_name(dts[d]), nth);
+                for (int s = 0; s < 4; s++) {
+                    double g = bench_matvec(be, dts[d], shapes[s][0], shapes[s][1]);
+                    printf("  %6.1f GB/s (%3.0f%%)", g, 100 * g / bw[nth]);
+                    fflush(stdout);
+                }
+                printf("\n");
+                nmlx_backend_free(be);
+            }
+
+    printf("\nmat-mat (prefill, T=512): GFLOP/s (2*D*N*T per call); %% of the 1-thread FMA peak "
+           "times threads\n");
+    printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
+    for (int s = 0; s < 3; s++) printf("  %6lldx%-5lld       ", (long long)shapes[s][0], (long long)shapes[s][1]);
+    printf("\n");
+    for (int i = 0; i < 2 && strcmp(only, "matvec"); i++)
+        for (int d = 0; d < 3; d++)
+            for (int nth = 1; nth <= 2; nth++) {
+                nmlx_backend *be = NULL;
+                if (*only_isa && strcmp(only_isa, isas[i])) continue;
+                if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+                printf("%-9s %-5s %-4d", isas[i], nmlx_dtype_name(dts[d]), nth);
+                for (int s = 0; s < 3; s++) {
+                    double gf = bench_matmat(be, dts[d], shapes[s][0], shapes[s][1], 512);
+                    printf("  %6.1f (%3.0f%%)     ", gf, peak > 0 ? 100 * gf / (peak * nth) : 0.0);
+                    fflush(stdout);
+                }
+                printf("\n");
+                nmlx_backend_free(be);
+            }
+    return 0;
+}
