@@ -320,6 +320,14 @@ nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **
         d->cap = cap;
     }
     d->ids[d->n++] = id;
+    /* With ByteFallback, a run of <0xXX> tokens decodes as a group (all of
+     * it becomes U+FFFD if any byte is bad), so nothing of it is final until
+     * a non-byte token (or the flush) closes the run. */
+    const nmlx_tokenizer *t = d->tok;
+    uint8_t b;
+    if (t->has_byte_fallback_decoder && id >= 0 && id < t->n_ids && t->tok_len[id] != UINT32_MAX &&
+        byte_token(t->pool + t->tok_off[id], t->tok_len[id], &b))
+        return NMLX_OK;
     if ((st = decode_into(d, d->n, &d->cur))) return st;
     if (d->cur.len <= d->prefix.len || ends_with_fffd(&d->cur)) return NMLX_OK;
     if (memcmp(d->cur.p, d->prefix.p ? d->prefix.p : "", d->prefix.len) != 0) {

@@ -260,7 +260,10 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
     if (!type) return unsupported("decoder", type);
     tok_decoder dc = {0};
     if (!strcmp(type, "ByteLevel")) dc.kind = DEC_BYTELEVEL;
-    else if (!strcmp(type, "ByteFallback")) dc.kind = DEC_BYTEFALLBACK;
+    else if (!strcmp(type, "ByteFallback")) {
+        dc.kind = DEC_BYTEFALLBACK;
+        t->has_byte_fallback_decoder = 1;
+    }
     else if (!strcmp(type, "Fuse")) dc.kind = DEC_FUSE;
     else if (!strcmp(type, "Metaspace")) {
         dc.kind = DEC_METASPACE;

@@ -215,6 +215,7 @@ struct nmlx_tokenizer {
     tok_decoder *decs;
     size_t n_decs;
     int has_decoder;
+    int has_byte_fallback_decoder;
     /* post-processor, compiled to prefix + A + suffix */
     int32_t *post_prefix, *post_suffix;
     size_t n_post_prefix, n_post_suffix;
