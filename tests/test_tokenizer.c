@@ -129,7 +129,7 @@ static size_t naive_bpe(const char *text, int32_t *out) {
                 }
         if (best < 0) break;
         char cat[128];
-        snprintf(cat, sizeof cat, "%s%s", vocab_str[sym[at]], vocab_str[sym[at + 1]]);
+        snprintf(cat, sizeof cat, "%.63s%.63s", vocab_str[sym[at]], vocab_str[sym[at + 1]]);
         sym[at] = vocab_find(cat);
         memmove(sym + at + 1, sym + at + 2, (n - at - 2) * sizeof *sym);
         n--;
@@ -152,7 +152,7 @@ static void test_bpe_random(void) {
             int b = (int)(test_rand_u64() % (uint64_t)n_vocab);
             if (strlen(vocab_str[a]) + strlen(vocab_str[b]) > 12) continue;
             char cat[128];
-            snprintf(cat, sizeof cat, "%s%s", vocab_str[a], vocab_str[b]);
+            snprintf(cat, sizeof cat, "%.63s%.63s", vocab_str[a], vocab_str[b]);
             int dup = 0;
             for (int r = 0; r < n_merges; r++) dup |= merge_a[r] == a && merge_b[r] == b;
             if (dup) continue;
@@ -165,17 +165,17 @@ static void test_bpe_random(void) {
         char line[256];
         tok_buf_append(&j, "{\"model\":{\"type\":\"BPE\",\"vocab\":{", 32);
         for (int i = 0; i < n_vocab; i++) {
-            snprintf(line, sizeof line, "%s\"%s\":%d", i ? "," : "", vocab_str[i], i);
+            snprintf(line, sizeof line, "%s\"%.63s\":%d", i ? "," : "", vocab_str[i], i);
             tok_buf_append(&j, line, strlen(line));
         }
         /* alternate the two merge forms */
         tok_buf_append(&j, "},\"merges\":[", 12);
         for (int r = 0; r < n_merges; r++) {
             if (round % 2)
-                snprintf(line, sizeof line, "%s[\"%s\",\"%s\"]", r ? "," : "", vocab_str[merge_a[r]],
+                snprintf(line, sizeof line, "%s[\"%.63s\",\"%.63s\"]", r ? "," : "", vocab_str[merge_a[r]],
                          vocab_str[merge_b[r]]);
             else
-                snprintf(line, sizeof line, "%s\"%s %s\"", r ? "," : "", vocab_str[merge_a[r]],
+                snprintf(line, sizeof line, "%s\"%.63s %.63s\"", r ? "," : "", vocab_str[merge_a[r]],
                          vocab_str[merge_b[r]]);
             tok_buf_append(&j, line, strlen(line));
         }
