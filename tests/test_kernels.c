@@ -61,11 +61,11 @@ typedef struct {
 } bk;
 
 static int n_backends;
-static bk backends[8];
+static bk backends[12];
 
 static void make_backends(void) {
-    const char *isas[] = {"portable", "avx2"};
-    for (int i = 0; i < 2; i++) {
+    const char *isas[] = {"portable", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
         for (int nth = 1; nth <= 2; nth++) {
             nmlx_backend *be = NULL;
             nmlx_status st = nmlx_backend_cpu_create_isa(nth, isas[i], &be);
@@ -526,6 +526,12 @@ static void test_create_env(void) {
     }
     nmlx_backend_free(be);
     nmlx_backend_free(NULL);
+    setenv("NMLX_CPU", "avx2", 1);
+    be = NULL;
+    EXPECT(nmlx_backend_cpu_create(1, &be) == NMLX_OK, "create capped");
+    EXPECT(be && strcmp(nmlx_backend_cpu_isa(be), "avx512") != 0, "NMLX_CPU=avx2 caps the set");
+    nmlx_backend_free(be);
+    unsetenv("NMLX_CPU");
     be = NULL;
     EXPECT(nmlx_backend_cpu_create_isa(1, "sse9", &be) == NMLX_ERR_UNSUPPORTED && !be,
            "unknown isa refused");

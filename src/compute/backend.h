@@ -103,10 +103,11 @@ struct nmlx_backend {
 
 /* CPU backend: portable C kernels, with AVX2+FMA+F16C versions chosen at
  * run time when the CPU has them (NMLX_CPU=portable forces the portable
- * path). n_threads = 0 uses all online CPUs. */
+ * path; NMLX_CPU=avx2 caps it at avx2). n_threads = 0 uses all online CPUs. */
 nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out);
 void nmlx_backend_free(nmlx_backend *be);
-/* "avx2" or "portable": which kernels the CPU backend picked. */
+/* "avx512", "avx2" or "portable": which kernels the CPU backend picked
+ * ("avx512" = the avx2 set with an AVX-512 prefill matmul). */
 const char *nmlx_backend_cpu_isa(const nmlx_backend *be);
 
 #endif

@@ -14,9 +14,10 @@
 #include <stdatomic.h>
 #include <string.h>
 
-/* ~30 us of spinning (pause is ~30 ns on Zen): long enough to catch the
- * next op of a decode step, short enough not to starve an oversubscribed CPU. */
-enum { SPIN_ITERS = 1024 };
+/* ~150 us of spinning (pause is ~30 ns on Zen, plus a yield every 64
+ * steps): a worker that finished its share of a decode op (tens of us) is
+ * still awake for the next one; a futex wake-up in a VM costs more. */
+enum { SPIN_ITERS = 4096 };
 
 struct nmlx_pool {
     int n;                 /* threads including the caller */

@@ -74,19 +74,41 @@ static bool cpu_has_avx2_fma_f16c(void) {
 }
 #endif
 
-static const cpu_kernels *kernels_named(const char *isa) {
-    if (!strcmp(isa, "portable")) return &nmlx_cpu_kernels_portable;
 #if NMLX_CPU_HAVE_AVX2
-    if (!strcmp(isa, "avx2")) return cpu_has_avx2_fma_f16c() ? &nmlx_cpu_kernels_avx2 : NULL;
+static bool cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return cpu_has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+}
 #endif
-    return NULL;
+
+/* Fills impl->k for the named set; false if unknown or unsupported here. */
+static bool pick_kernels(const char *isa, cpu_impl *impl) {
+    if (!strcmp(isa, "portable")) {
+        impl->k = &nmlx_cpu_kernels_portable;
+        return true;
+    }
+#if NMLX_CPU_HAVE_AVX2
+    if (!strcmp(isa, "avx2") && cpu_has_avx2_fma_f16c()) {
+        impl->k = &nmlx_cpu_kernels_avx2;
+        return true;
+    }
+    if (!strcmp(isa, "avx512") && cpu_has_avx512()) {
+        impl->own = nmlx_cpu_kernels_avx2;
+        impl->own.isa = "avx512";
+        impl->own.matmul_rows = nmlx_avx512_matmul_rows;
+        impl->k = &impl->own;
+        return true;
+    }
+#endif
+    return false;
 }
 
 nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out) {
     nmlx_status st = NMLX_OK;
     nmlx_backend *be = NULL;
     cpu_impl *impl = NULL;
-    const cpu_kernels *k = NULL;
     CHECK(out != NULL, NMLX_ERR_INVALID_ARG, "cpu backend: out is NULL");
     *out = NULL;
     CHECK(n_threads >= 0, NMLX_ERR_INVALID_ARG, "cpu backend: n_threads must be >= 0 (got %d)",
@@ -95,20 +117,20 @@ nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_bac
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)(n < 256 ? n : 256) : 1;
     }
-    if (isa) {
-        k = kernels_named(isa);
-        CHECK(k != NULL, NMLX_ERR_UNSUPPORTED,
-              "cpu backend: kernel set \"%s\" is unknown or not supported by this CPU", isa);
-    } else {
-        const char *env = getenv("NMLX_CPU");
-        bool portable = env && !strcmp(env, "portable");
-        k = portable ? NULL : kernels_named("avx2");
-        if (!k) k = &nmlx_cpu_kernels_portable;
-    }
     be = nmlx_calloc(1, sizeof *be);
     impl = nmlx_calloc(1, sizeof *impl);
     CHECK(be && impl, NMLX_ERR_NOMEM, "cpu backend: out of memory");
-    impl->k = k;
+    if (isa) {
+        CHECK(pick_kernels(isa, impl), NMLX_ERR_UNSUPPORTED,
+              "cpu backend: kernel set \"%s\" is unknown or not supported by this CPU", isa);
+    } else {
+        const char *env = getenv("NMLX_CPU");
+        const char *order[] = {"avx512", "avx2", "portable"};
+        int first = 0;
+        if (env && !strcmp(env, "portable")) first = 2;
+        if (env && !strcmp(env, "avx2")) first = 1;
+        for (int i = first; i < 3 && !impl->k; i++) pick_kernels(order[i], impl);
+    }
     be->ops = &cpu_ops;
     be->n_threads = n_threads;
     be->impl = impl;

@@ -7,7 +7,7 @@
 #include "compute/backend.h"
 
 typedef struct cpu_kernels {
-    const char *isa; /* "portable", "avx2" */
+    const char *isa; /* "portable", "avx2", "avx512" */
     /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T
      * (x [T, N], y [T, D] with N = w->cols, D = w->rows); no bias. Only
      * NMLX_QUANT_NONE weights in F32/F16/BF16. */
@@ -37,8 +37,15 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
 #define NMLX_CPU_HAVE_AVX2 0
 #endif
 
+/* AVX-512 (x86-64): the AVX2 set with the prefill matmul replaced. */
+#if NMLX_CPU_HAVE_AVX2
+void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                             int64_t d1);
+#endif
+
 typedef struct cpu_impl {
     const cpu_kernels *k;
+    cpu_kernels own; /* derived tables (avx512) live here, so no globals */
 } cpu_impl;
 
 static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {
@@ -46,7 +53,8 @@ static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {
 }
 
 /* Like nmlx_backend_cpu_create with the kernel set named explicitly
- * ("portable" or "avx2"; NULL = pick as nmlx_backend_cpu_create does).
+ * ("portable", "avx2" or "avx512"; NULL = the best this CPU runs, or
+ * portable if NMLX_CPU=portable; NMLX_CPU=avx2 caps it at avx2).
  * Fails with NMLX_ERR_UNSUPPORTED if this CPU cannot run the named set.
  * Tests use it to check every path on the same machine. */
 nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out);
