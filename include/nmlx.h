@@ -220,7 +220,8 @@ void nmlx_tokenizer_free(nmlx_tokenizer *tok);
 
 /* Text (UTF-8, `len` bytes) to ids. add_special = 1 behaves like
  * HuggingFace add_special_tokens=True (post-processor adds BOS/EOS). *ids is
- * released with nmlx_free(). */
+ * released with nmlx_free(). Invalid UTF-8 is not rejected: each maximal
+ * invalid subsequence is read as U+FFFD (what a JS string conversion does). */
 nmlx_status nmlx_tokenize(const nmlx_tokenizer *tok, const char *text,
                           size_t len, int add_special, int32_t **ids,
                           size_t *n_ids);

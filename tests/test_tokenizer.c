@@ -8,6 +8,7 @@
 #include "harness.h"
 #include "tokenizer/tokenizer_internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -513,6 +514,63 @@ static void test_fault_injection(void) {
     EXPECT(load_ok && enc_ok, "fault injection reached success");
 }
 
+/* Truncated files fail cleanly, never crash. */
+static void test_truncated(void) {
+    size_t n = strlen(SP_JSON);
+    char *buf = malloc(n + 1);
+    int all_failed = 1;
+    for (size_t k = 0; k < n; k += 3) {
+        memcpy(buf, SP_JSON, k);
+        buf[k] = '\0';
+        nmlx_status st;
+        nmlx_tokenizer *t = load_json(buf, &st);
+        if (t || st != NMLX_ERR_FORMAT) all_failed = 0;
+        nmlx_tokenizer_free(t);
+    }
+    EXPECT(all_failed, "every truncation of a tokenizer.json fails with NMLX_ERR_FORMAT");
+    free(buf);
+}
+
+/* One tokenizer shared by threads gives every thread the same ids. */
+typedef struct thread_arg {
+    const nmlx_tokenizer *t;
+    int ok;
+} thread_arg;
+
+static void *encode_thread(void *p) {
+    thread_arg *a = p;
+    a->ok = 1;
+    for (int k = 0; k < 300; k++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        const char *text = (k & 1) ? "hi hi hi \xC3\xA9 hi" : "hihi hi<s>hi";
+        if (nmlx_tokenize(a->t, text, strlen(text), 1, &ids, &n) != NMLX_OK) a->ok = 0;
+        static const int32_t want_odd[] = {1, 8, 8, 8, 4, 2, 3, 8};
+        static const int32_t want_even[] = {1, 8, 7, 8, 1, 8};
+        const int32_t *want = (k & 1) ? want_odd : want_even;
+        size_t nw = (k & 1) ? 8 : 6;
+        if (n != nw || memcmp(ids, want, n * sizeof *ids)) a->ok = 0;
+        nmlx_free(ids);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    nmlx_tokenizer *t = load_json(SP_JSON, NULL);
+    if (!t) return;
+    pthread_t th[4];
+    thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg){t, 0};
+        pthread_create(&th[i], NULL, encode_thread, &args[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        EXPECT(args[i].ok, "thread %d got other ids", i);
+    }
+    nmlx_tokenizer_free(t);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/nmlx_tok_XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -528,6 +586,8 @@ int main(void) {
     test_config();
     test_errors();
     test_fault_injection();
+    test_truncated();
+    test_threads();
     remove_file("tokenizer.json");
     rmdir(tmpdir);
     return test_summary();
