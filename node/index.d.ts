@@ -1,0 +1,190 @@
+// Types of the nmlx package (ESM). See README.md.
+
+/** Stable error codes: the C library's nmlx_status names plus the package's own. */
+export type ErrorCode =
+  | "NMLX_ERR_INVALID_ARG" | "NMLX_ERR_IO" | "NMLX_ERR_FORMAT" | "NMLX_ERR_UNSUPPORTED"
+  | "NMLX_ERR_NOMEM" | "NMLX_ERR_CONTEXT_OVERFLOW" | "NMLX_ERR_CANCELLED" | "NMLX_ERR_INTERNAL"
+  | "NMLX_ERR_UNLOADED" | "NMLX_ERR_BUSY" | "NMLX_ERR_NO_TOKENIZER" | "NMLX_ERR_NO_CHAT_TEMPLATE"
+  | "NMLX_ERR_TEMPLATE" | "NMLX_ERR_NOT_BUILT" | "NMLX_ERR_DOWNLOAD" | "NMLX_ERR_NOT_FOUND"
+  | "NMLX_ERR_OFFLINE" | "NMLX_ERR_INTEGRITY";
+
+/** Every error nmlx throws or rejects with is an Error with a `code`. */
+export class NmlxError extends Error {
+  code: ErrorCode;
+}
+export const codes: Readonly<Record<string, ErrorCode>>;
+
+export interface GenerationOptions {
+  /** Most tokens to generate (default 256). Generation also ends at the context length. */
+  maxTokens?: number;
+  /** 0 = greedy. Defaults (temperature, topP, topK, minP, repetitionPenalty) come from the model's generation_config.json. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  /** Tokens looked back for the repetition penalty (default 20). */
+  repetitionContextSize?: number;
+  /** Same seed, same tokens. Without one each call draws a random seed. */
+  seed?: number | bigint;
+  /** Generation ends before the first occurrence of any of these strings (which is not returned). */
+  stop?: string | string[];
+  /** Aborting ends generation within one token, with finishReason "abort". */
+  signal?: AbortSignal;
+  /** Keep generating past end-of-sequence tokens. */
+  ignoreEos?: boolean;
+  /** Called with each piece of text as it is generated. */
+  onToken?: (piece: string) => void;
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface GenerationResult {
+  text: string;
+  /** "stop": an end-of-sequence token or a stop string; "length": maxTokens or the context; "abort": signal or unload(). */
+  finishReason: FinishReason;
+  /** Tokens evaluated for the prompt (for a chat turn: only the new ones). */
+  promptTokens: number;
+  completionTokens: number;
+  /** Decode speed: tokens after the first / seconds after the first. */
+  tokensPerSecond: number;
+  /** Prompt evaluation up to the first sampled token. */
+  timeToFirstTokenMs: number;
+  prefillTokensPerSecond: number;
+  /** The generated token ids (a stop string's tokens included). */
+  tokens: number[];
+  /** All generated text, the stop string and anything after it included. */
+  rawText: string;
+}
+
+export interface ChatResult extends GenerationResult {
+  /** Tokens of the conversation reused from the KV cache (not evaluated again). */
+  cachedTokens: number;
+}
+
+/** An async iterator of text pieces; `result` settles when generation ends. Breaking out aborts. */
+export interface GenerationStream extends AsyncIterableIterator<string> {
+  result: Promise<GenerationResult>;
+}
+export interface ChatStream extends AsyncIterableIterator<string> {
+  result: Promise<ChatResult>;
+}
+
+export interface Message {
+  role: "system" | "user" | "assistant" | string;
+  content: string;
+  [key: string]: unknown;
+}
+
+export interface ChatOptions {
+  system?: string;
+  /** A Jinja chat template to use instead of the model's. */
+  template?: string;
+  /** Picks one template of a named list in tokenizer_config.json (default "default"). */
+  templateName?: string;
+  /** Extra template variables, e.g. { enable_thinking: false } for Qwen3. */
+  templateArgs?: Record<string, unknown>;
+}
+
+export interface ModelInfo {
+  modelType: string;
+  vocabSize: number;
+  contextLength: number;
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+  hasTokenizer: boolean;
+  /** The model's recommended sampling (generation_config.json). */
+  sampling: { temperature: number; topP: number; topK: number; minP: number;
+    repetitionPenalty: number; repetitionContextSize: number };
+}
+
+/** Text, token ids, or chat messages (rendered with the model's chat template). */
+export type Prompt = string | number[] | Int32Array | Message[];
+
+export class Model {
+  private constructor();
+  readonly path: string;
+  readonly id: string;
+  readonly loaded: boolean;
+  readonly info: ModelInfo;
+  generate(prompt: Prompt, options?: GenerationOptions): Promise<GenerationResult>;
+  stream(prompt: Prompt, options?: GenerationOptions): GenerationStream;
+  chat(options?: ChatOptions): Chat;
+  /** special: add the tokenizer's BOS/EOS (default true). */
+  tokenize(text: string, options?: { special?: boolean }): number[];
+  detokenize(ids: number[] | Int32Array, options?: { skipSpecial?: boolean }): string;
+  applyChatTemplate(messages: Message[], options?: { addGenerationPrompt?: boolean; templateName?: string;
+    [variable: string]: unknown }): string;
+  chatTemplate(name?: string): ChatTemplate;
+  /** Ends a running generation ("abort"), rejects queued calls, frees the model. Idempotent. */
+  unload(): Promise<void>;
+}
+
+export class Chat {
+  private constructor();
+  readonly messages: Message[];
+  readonly cachedTokens: number;
+  send(content: string, options?: GenerationOptions): Promise<ChatResult>;
+  stream(content: string, options?: GenerationOptions): ChatStream;
+  /** Forgets the conversation, keeps the system prompt. */
+  reset(): void;
+  /** Frees the chat's KV cache now. */
+  close(): void;
+}
+
+export class ChatTemplate {
+  constructor(source: string, tokens?: Record<string, string>);
+  readonly source: string;
+  readonly tokens: Record<string, string>;
+  render(messages: Message[], options?: { addGenerationPrompt?: boolean; [variable: string]: unknown }): string;
+}
+export function findChatTemplate(dir: string, name?: string): { source: string; tokens: Record<string, string> } | null;
+
+export interface DownloadProgress {
+  file: string;
+  /** Bytes of this file so far, and its size. */
+  downloaded: number;
+  total: number;
+  /** Over all files of the snapshot. */
+  totalDownloaded: number;
+  totalBytes: number;
+}
+
+export interface HubOptions {
+  revision?: string;
+  /** Default: $HF_ENDPOINT or https://huggingface.co */
+  endpoint?: string;
+  /** Default: $HF_TOKEN (or the token file under $HF_HOME). */
+  token?: string;
+  /** The hub cache folder. Default: $HF_HUB_CACHE or $HF_HOME/hub or ~/.cache/huggingface/hub */
+  cacheDir?: string;
+  /** Use only the cache. Default: $HF_HUB_OFFLINE */
+  offline?: boolean;
+  onProgress?: (p: DownloadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface LoadOptions extends HubOptions {
+  /** Worker threads (0 = all CPUs). */
+  threads?: number;
+  /** Cap on tokens per session (0 = the model's, at most 8192). */
+  contextLength?: number;
+  noTokenizer?: boolean;
+}
+
+/** Loads a local folder, a HuggingFace repository id (downloaded into the HF cache) or an alias. */
+export function loadModel(idOrPath: string, options?: LoadOptions): Promise<Model>;
+/** Load, generate, unload. */
+export function generate(modelIdOrAlias: string, prompt: Prompt,
+  options?: GenerationOptions & LoadOptions): Promise<GenerationResult>;
+/** Downloads what inference needs of a repository into the HF cache; resolves with the snapshot folder. */
+export function snapshotDownload(repoId: string, options?: HubOptions): Promise<string>;
+export function hubCacheDir(): string;
+
+export const RECOMMENDED_MODELS: Readonly<Record<string, string>>;
+export function resolveModelId(idOrAlias: string): string;
+export function isSupported(): boolean;
+/** The package version. */
+export function getVersion(): string;
+/** The C library's version. */
+export function getLibraryVersion(): string;

@@ -1,0 +1,79 @@
+// nmlx: LLM inference in C for Node.js. See README.md and index.d.ts.
+import { statSync, readFileSync } from "node:fs";
+import { platform, arch } from "node:os";
+import native from "./native.js";
+import { Model } from "./model.js";
+import { NmlxError, codes, invalid } from "./errors.js";
+import { RECOMMENDED_MODELS, resolveModelId } from "./models.js";
+import { snapshotDownload } from "./hub.js";
+
+export { Model } from "./model.js";
+export { Chat } from "./chat.js";
+export { NmlxError, codes } from "./errors.js";
+export { RECOMMENDED_MODELS, resolveModelId } from "./models.js";
+export { ChatTemplate, findChatTemplate } from "./template.js";
+export { snapshotDownload, hubCacheDir } from "./hub.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+
+/** Package version and the C library's version. */
+export function getVersion() {
+  return pkg.version;
+}
+export function getLibraryVersion() {
+  return native.version();
+}
+
+/** True where nmlx runs: Linux on x86-64 or arm64 with the addon built. */
+export function isSupported() {
+  return platform() === "linux" && (arch() === "x64" || arch() === "arm64") &&
+    typeof native.loadModel === "function";
+}
+
+function isDir(p) {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Loads a model: a local folder, a HuggingFace repository id
+ * ("Qwen/Qwen3-0.6B", downloaded into the HF cache), or an alias of
+ * RECOMMENDED_MODELS.
+ */
+export async function loadModel(idOrPath, opts = {}) {
+  if (typeof idOrPath !== "string" || !idOrPath) throw invalid("loadModel: expected a folder, repository id or alias");
+  const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, ...rest } = opts;
+  const unknown = Object.keys(rest).filter((k) => !["endpoint", "token", "cacheDir", "offline", "signal"].includes(k));
+  if (unknown.length) throw invalid(`loadModel: unknown option '${unknown[0]}'`);
+  if (!Number.isInteger(threads) || threads < 0) throw invalid("loadModel: threads must be an integer >= 0");
+  if (!Number.isInteger(contextLength) || contextLength < 0)
+    throw invalid("loadModel: contextLength must be an integer >= 0");
+  let dir = idOrPath, id = idOrPath;
+  if (!isDir(idOrPath)) {
+    id = resolveModelId(idOrPath);
+    const looksLikeRepo = /^[\w.-]+\/[\w.-]+$/.test(id) && !idOrPath.startsWith(".") && !idOrPath.startsWith("/");
+    if (!looksLikeRepo) {
+      throw new NmlxError("NMLX_ERR_IO", `model folder '${idOrPath}' does not exist, and it is not a ` +
+        "HuggingFace repository id (org/name) or an alias of RECOMMENDED_MODELS");
+    }
+    dir = await snapshotDownload(id, { revision, onProgress, ...rest });
+  }
+  const handle = await native.loadModel(dir, threads, contextLength, !!noTokenizer);
+  return new Model(handle, dir, id);
+}
+
+/** One-shot: load, generate, unload (node-mlx's generate()). */
+export async function generate(modelIdOrAlias, prompt, opts = {}) {
+  const { threads, contextLength, onProgress, ...genOpts } = opts;
+  const model = await loadModel(modelIdOrAlias, { threads, contextLength, onProgress });
+  try {
+    return await model.generate(prompt, genOpts);
+  } finally {
+    await model.unload();
+  }
+}
+
+export { codes as errorCodes };

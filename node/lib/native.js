@@ -1,0 +1,14 @@
+// Loads the compiled addon (build/nmlx.node, made by `npm install`).
+import { createRequire } from "node:module";
+import { NmlxError, codes } from "./errors.js";
+
+const require = createRequire(import.meta.url);
+let native;
+try {
+  native = require("../build/nmlx.node");
+} catch (e) {
+  throw new NmlxError(codes.NOT_BUILT,
+    `the nmlx native addon is not built (${e.message}); run 'npm install' or 'npm run build' in the package folder`,
+    { cause: e });
+}
+export default native;
