@@ -19,6 +19,12 @@ static void widen_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0
                         float *blk) {
     const int64_t N = w->cols;
     const bool bf16 = w->w.dtype == NMLX_DT_BF16;
+    if (w->w.dtype == NMLX_DT_F32) {
+        for (int64_t r = 0; r < nr; r++)
+            memcpy(blk + r * KB, (const float *)w->w.data + (r0 + r) * N + k0,
+                   (size_t)nk * sizeof(float));
+        return;
+    }
     for (int64_t r = 0; r < nr; r++) {
         float *dst = blk + r * KB;
         const uint16_t *src = (const uint16_t *)w->w.data + (r0 + r) * N + k0;
@@ -96,7 +102,6 @@ void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int
         return;
     }
     const int64_t N = w->cols, D = w->rows;
-    const bool f32 = w->w.dtype == NMLX_DT_F32;
     float blk[RB * KB] __attribute__((aligned(64)));
     for (int64_t t = 0; t < T; t++) memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
     for (int64_t r0 = d0; r0 < d1; r0 += RB) {
@@ -105,14 +110,9 @@ void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int
             int64_t nk = N - k0 < KB ? N - k0 : KB;
             const float *wb;
             int64_t ws;
-            if (f32) {
-                wb = (const float *)w->w.data + r0 * N + k0;
-                ws = N;
-            } else {
-                widen_block(w, r0, nr, k0, nk, blk);
-                wb = blk;
-                ws = KB;
-            }
+            widen_block(w, r0, nr, k0, nk, blk); /* f32 too: a compact L1 block */
+            wb = blk;
+            ws = KB;
             for (int64_t t = 0; t < T; t += 4) {
                 int64_t mt = T - t < 4 ? T - t : 4;
                 for (int64_t r = 0; r < nr; r += 4) {
