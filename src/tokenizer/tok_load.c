@@ -17,7 +17,6 @@
 /* The pre-tokenizer regex of GPT-2 byte-level BPE (ByteLevel use_regex). */
 static const char BYTELEVEL_RE[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-static const char WHITESPACE_RE[] = "\\w+|[^\\w\\s]+";
 
 typedef struct loader {
     tj_doc doc;
@@ -226,9 +225,6 @@ static nmlx_status load_pretok(loader *L, const tj_node *n, int depth) {
             return nmlx_fail(NMLX_ERR_FORMAT, TJ ": Punctuation pre_tokenizer has an unknown behavior");
     } else if (!strcmp(type, "Whitespace")) {
         pt.kind = PT_WHITESPACE;
-        if ((st = tok_pattern_compile(&pt.pat, WHITESPACE_RE, sizeof WHITESPACE_RE - 1, 1,
-                                      TJ ": Whitespace pre_tokenizer")))
-            return st;
     } else if (!strcmp(type, "WhitespaceSplit")) {
         pt.kind = PT_WHITESPACE_SPLIT;
     } else {

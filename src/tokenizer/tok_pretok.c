@@ -124,7 +124,34 @@ static nmlx_status split_chars(tok_work *w, const tok_piece *p, int (*pred)(uint
     return emit(w, p);
 }
 
-static int is_space_char(uint32_t c) { return c == ' '; }
+/* Whitespace pre-tokenizer: the reference's Rust-regex `\w+|[^\w\s]+`,
+ * keeping the matches; done with the same character classes directly. */
+static nmlx_status whitespace_words(tok_work *w, const tok_piece *p) {
+    nmlx_status st;
+    const char *s = w->arena.p + p->off;
+    size_t n = p->len, i = 0;
+    while (i < n) {
+        int len;
+        uint32_t cp = tok_utf8_decode(s + i, n - i, &len);
+        int word = tok_is_word(cp);
+        if (!word && tok_is_whitespace(cp)) {
+            i += (size_t)len;
+            continue;
+        }
+        size_t start = i;
+        i += (size_t)len;
+        while (i < n) {
+            cp = tok_utf8_decode(s + i, n - i, &len);
+            int wd = tok_is_word(cp);
+            if (word ? !wd : (wd || tok_is_whitespace(cp))) break;
+            i += (size_t)len;
+        }
+        if ((st = tok_pieces_push(&w->b, p->off + (uint32_t)start, (uint32_t)(i - start), -1,
+                                  p->at_start && start == 0)))
+            return st;
+    }
+    return NMLX_OK;
+}
 
 /* Copies piece `p` into the arena with a prefix; returns the new piece. */
 static nmlx_status with_prefix(tok_work *w, tok_piece *p, const char *pre, size_t pre_n) {
@@ -219,7 +246,7 @@ static nmlx_status run_one(const tok_pretok *pt, tok_work *w) {
                              pt->individual_digits ? SPLIT_ISOLATED : SPLIT_CONTIGUOUS);
             break;
         case PT_PUNCTUATION: st = split_chars(w, &p, tok_is_punctuation, pt->behavior); break;
-        case PT_WHITESPACE: st = split_pattern(w, &p, &pt->pat, SPLIT_REMOVED, 1); break;
+        case PT_WHITESPACE: st = whitespace_words(w, &p); break;
         case PT_WHITESPACE_SPLIT:
             st = split_chars(w, &p, tok_is_whitespace, SPLIT_REMOVED);
             break;
@@ -233,7 +260,6 @@ static nmlx_status run_one(const tok_pretok *pt, tok_work *w) {
 
 nmlx_status tok_pretokenize(const nmlx_tokenizer *tok, tok_work *w) {
     nmlx_status st;
-    (void)is_space_char;
     for (size_t i = 0; i < tok->n_pretoks; i++)
         if ((st = run_one(&tok->pretoks[i], w)) != NMLX_OK) return st;
     return NMLX_OK;

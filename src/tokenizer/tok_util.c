@@ -261,6 +261,58 @@ void tok_trie_free(tok_trie *t) {
 
 /* ---- patterns ------------------------------------------------------------- */
 
+/* The reference compiles these regexes with Oniguruma, whose Unicode \s is
+ * the White_Space property and \w is Letter|Mark|Decimal_Number|
+ * Connector_Punctuation; PCRE2 10.42 (UCP) differs (\s takes U+180E, \w
+ * lacks marks). Rewrite \s \S \w \W into explicit classes so both agree;
+ * everything else is passed through as written. */
+static const char ONIG_WS[] =
+    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
+    "\\x{202F}\\x{205F}\\x{3000}";
+static const char ONIG_WORD[] = "\\p{L}\\p{M}\\p{Nd}\\p{Pc}";
+
+static nmlx_status onig_compat(const char *p, size_t n, tok_buf *out) {
+    nmlx_status st = tok_buf_reserve(out, n * 2);
+    int in_class = 0;
+    for (size_t i = 0; i < n && st == NMLX_OK; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = p[++i];
+            const char *set = d == 's' || d == 'S' ? ONIG_WS : d == 'w' || d == 'W' ? ONIG_WORD : NULL;
+            int neg = d == 'S' || d == 'W';
+            if (set && in_class && !neg) {
+                st = tok_buf_append(out, set, strlen(set));
+            } else if (set && !in_class) {
+                if ((st = tok_buf_append(out, neg ? "[^" : "[", neg ? 2 : 1))) break;
+                if ((st = tok_buf_append(out, set, strlen(set)))) break;
+                st = tok_buf_append(out, "]", 1);
+            } else {
+                char esc[2] = {'\\', d};
+                st = tok_buf_append(out, esc, 2);
+            }
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = 1;
+            st = tok_buf_append(out, "[", 1);
+            /* "[^" and a leading ']' are part of the class */
+            if (st == NMLX_OK && i + 1 < n && p[i + 1] == '^') st = tok_buf_append(out, &p[++i], 1);
+            if (st == NMLX_OK && i + 1 < n && p[i + 1] == ']') st = tok_buf_append(out, &p[++i], 1);
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < n && p[i + 1] == ':') { /* [:alpha:] */
+            const char *end = strstr(p + i, ":]");
+            size_t k = end && (size_t)(end - p) < n ? (size_t)(end - p) + 2 : n;
+            st = tok_buf_append(out, p + i, k - i);
+            i = k - 1;
+            continue;
+        }
+        if (in_class && c == ']') in_class = 0;
+        st = tok_buf_append(out, &c, 1);
+    }
+    return st;
+}
+
 nmlx_status tok_pattern_compile(tok_pattern *p, const char *src, size_t len, int is_regex,
                                 const char *what) {
     memset(p, 0, sizeof *p);
@@ -274,7 +326,11 @@ nmlx_status tok_pattern_compile(tok_pattern *p, const char *src, size_t len, int
     }
     int err;
     PCRE2_SIZE erroff;
-    p->re = pcre2_compile((PCRE2_SPTR)src, len, PCRE2_UTF | PCRE2_UCP, &err, &erroff, NULL);
+    tok_buf re = {0};
+    nmlx_status st = onig_compat(src, len, &re);
+    if (st != NMLX_OK) return st;
+    p->re = pcre2_compile((PCRE2_SPTR)re.p, re.len, PCRE2_UTF | PCRE2_UCP, &err, &erroff, NULL);
+    tok_buf_free(&re);
     if (!p->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);

@@ -9,11 +9,12 @@
 //
 // Fails (exit 1) when node_modules is missing: run `npm ci` in the repo root.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { VOCABS, vocabDir, randomStrings, randomIdSeqs } from './vocabs.mjs';
+import { VOCABS, VARIANTS, vocabDir, randomStrings, randomIdSeqs } from './vocabs.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -33,7 +34,21 @@ try {
   process.exit(1);
 }
 const only = process.argv.slice(3);
-const vocabs = only.length ? VOCABS.filter((v) => only.includes(v)) : VOCABS;
+const all = VOCABS.concat(VARIANTS.map((v) => v.name));
+const vocabs = only.length ? all.filter((v) => only.includes(v)) : all;
+// variants are written to a temporary folder (tokenizer.json only)
+const varRoot = mkdtempSync(join(tmpdir(), 'nmlx-tok-'));
+process.on('exit', () => rmSync(varRoot, { recursive: true, force: true }));
+function dirOf(name) {
+  const v = VARIANTS.find((x) => x.name === name);
+  if (!v) return vocabDir(root, name);
+  const base = join(vocabDir(root, v.base), 'tokenizer.json');
+  if (!existsSync(base)) return vocabDir(root, v.base);
+  const d = join(varRoot, name);
+  mkdirSync(d);
+  writeFileSync(join(d, 'tokenizer.json'), JSON.stringify(v.patch(JSON.parse(readFileSync(base, 'utf8')))));
+  return d;
+}
 const seed = Number(process.env.NMLX_TOK_SEED || 1234);
 const nRandom = Number(process.env.NMLX_TOK_RANDOM || 300);
 
@@ -79,7 +94,7 @@ function check(name, what, inputs, expected, got) {
 }
 
 for (const name of vocabs) {
-  const dir = vocabDir(root, name);
+  const dir = dirOf(name);
   if (!existsSync(join(dir, 'tokenizer.json'))) {
     console.error(`FAIL ${name}: ${dir}/tokenizer.json is missing: run \`npm ci\` in the repo root`);
     failed++;

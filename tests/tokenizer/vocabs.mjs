@@ -74,3 +74,59 @@ export function randomIdSeqs(seed, n, vocabSize) {
   }
   return out;
 }
+
+// Variants: real vocabularies with other components swapped in, so every
+// component we implement is compared with the reference on real merges.
+const ms = (scheme, split) => ({ type: 'Metaspace', replacement: '\u2581', prepend_scheme: scheme, split });
+const setAdded = (t, content, flags) => {
+  for (const a of t.added_tokens) if (a.content === content) Object.assign(a, flags);
+};
+export const VARIANTS = [
+  {
+    name: 'llama2-metaspace-first', base: 'llama2',
+    patch: (t) => Object.assign(t, { normalizer: null, pre_tokenizer: ms('first', false), decoder: { type: 'Sequence', decoders: [ms('first', true), { type: 'ByteFallback' }, { type: 'Fuse' }] } }),
+  },
+  {
+    name: 'llama2-metaspace-always-split', base: 'llama2',
+    patch: (t) => Object.assign(t, { normalizer: null, pre_tokenizer: ms('always', true), decoder: { type: 'Sequence', decoders: [{ type: 'ByteFallback' }, ms('always', true)] } }),
+  },
+  {
+    name: 'llama2-never-digits-punct', base: 'llama2',
+    patch: (t) => Object.assign(t, {
+      normalizer: { type: 'Sequence', normalizers: [{ type: 'NFKC' }, { type: 'Lowercase' }, { type: 'Strip', strip_left: true, strip_right: true }] },
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: false }, { type: 'Punctuation', behavior: 'Contiguous' }, ms('never', true)] },
+      decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    }),
+  },
+  {
+    name: 'qwen3-splits-added', base: 'qwen3',
+    patch: (t) => {
+      t.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFD' }, { type: 'Replace', pattern: { Regex: '\\d{3,}' }, content: '#' }] };
+      t.pre_tokenizer = { type: 'Sequence', pretokenizers: [
+        { type: 'Digits', individual_digits: true },
+        { type: 'Split', pattern: { Regex: '\\s+' }, behavior: 'MergedWithNext', invert: false },
+        { type: 'Split', pattern: { String: 'e' }, behavior: 'MergedWithPrevious', invert: false },
+        { type: 'Split', pattern: { Regex: '[a-z]+' }, behavior: 'Removed', invert: true },
+        { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true }] };
+      setAdded(t, '<|im_start|>', { lstrip: true });
+      setAdded(t, '<|im_end|>', { rstrip: true });
+      setAdded(t, '<tool_call>', { single_word: true });
+      setAdded(t, '</tool_call>', { normalized: true, lstrip: true, rstrip: true });
+      t.post_processor = { type: 'RobertaProcessing', sep: ['<|im_end|>', 151645], cls: ['<|im_start|>', 151644], trim_offsets: true, add_prefix_space: false };
+      return t;
+    },
+  },
+  {
+    name: 'claude-whitespace', base: 'claude',
+    patch: (t) => Object.assign(t, {
+      normalizer: { type: 'Sequence', normalizers: [{ type: 'NFKD' }, { type: 'Prepend', prepend: '> ' }] },
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Whitespace' }, { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: false }] },
+    }),
+  },
+  {
+    name: 'gemma3-contiguous', base: 'gemma3',
+    patch: (t) => Object.assign(t, {
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { String: '\u2581' }, behavior: 'Contiguous', invert: false }, { type: 'WhitespaceSplit' }] },
+    }),
+  },
+];
