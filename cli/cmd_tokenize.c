@@ -33,7 +33,8 @@ static const char usage[] =
 
 static int print_ids(const int32_t *ids, size_t n) {
     putchar('[');
-    for (size_t i = 0; i < n; i++) printf(i ? ",%d" : "%d", (int)ids[i]);
+    for (size_t i = 0; i < n; i++)
+        printf(i ? ",%d" : "%d", (int)ids[i]);
     putchar(']');
     putchar('\n');
     return 0;
@@ -55,7 +56,8 @@ static nmlx_status decode(const nmlx_tokenizer *tok, const int32_t *ids, size_t 
                    : nmlx_detokenizer_flush(d, &piece, &pl);
         if (st != NMLX_OK) break;
         if (used + pl + 1 > cap) {
-            while (used + pl + 1 > cap) cap *= 2;
+            while (used + pl + 1 > cap)
+                cap *= 2;
             char *p = realloc(out, cap);
             if (!p) {
                 free(out);

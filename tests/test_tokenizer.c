@@ -50,9 +50,11 @@ static void expect_ids(const nmlx_tokenizer *t, const char *text, int special, c
     size_t n = 0;
     nmlx_status st = nmlx_tokenize(t, text, strlen(text), special, &ids, &n);
     int same = st == NMLX_OK && n == n_want && (n == 0 || !memcmp(ids, want, n * sizeof *ids));
-    EXPECT(same, "%s: encode '%s' gave %zu ids (status %d: %s)", what, text, n, st, nmlx_last_error());
+    EXPECT(same, "%s: encode '%s' gave %zu ids (status %d: %s)", what, text, n, st,
+           nmlx_last_error());
     if (!same && st == NMLX_OK) {
-        for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %d", ids[i]);
         fprintf(stderr, "\n");
     }
     nmlx_free(ids);
@@ -82,8 +84,8 @@ static void expect_stream_equals_decode(const nmlx_tokenizer *t, const int32_t *
     for (size_t i = 0; i <= n; i++) {
         const char *p;
         size_t pl;
-        nmlx_status st = i < n ? nmlx_detokenizer_push(d, ids[i], &p, &pl)
-                               : nmlx_detokenizer_flush(d, &p, &pl);
+        nmlx_status st =
+            i < n ? nmlx_detokenizer_push(d, ids[i], &p, &pl) : nmlx_detokenizer_flush(d, &p, &pl);
         EXPECT(st == NMLX_OK, "%s: push", what);
         if (i < n && !tok_utf8_valid(p, pl)) pieces_valid = 0;
         tok_buf_append(&acc, p, pl);
@@ -115,8 +117,10 @@ static size_t naive_bpe(const char *text, int32_t *out) {
     size_t n = 0;
     for (const char *p = text; *p; p++) {
         char c[4] = {0};
-        if (*p == ' ') strcpy(c, "\xC4\xA0"); /* byte-level space: U+0120 */
-        else c[0] = *p;
+        if (*p == ' ')
+            strcpy(c, "\xC4\xA0"); /* byte-level space: U+0120 */
+        else
+            c[0] = *p;
         sym[n++] = vocab_find(c);
     }
     for (;;) {
@@ -135,7 +139,8 @@ static size_t naive_bpe(const char *text, int32_t *out) {
         memmove(sym + at + 1, sym + at + 2, (n - at - 2) * sizeof *sym);
         n--;
     }
-    for (size_t i = 0; i < n; i++) out[i] = sym[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = sym[i];
     return n;
 }
 
@@ -155,7 +160,8 @@ static void test_bpe_random(void) {
             char cat[128];
             snprintf(cat, sizeof cat, "%.63s%.63s", vocab_str[a], vocab_str[b]);
             int dup = 0;
-            for (int r = 0; r < n_merges; r++) dup |= merge_a[r] == a && merge_b[r] == b;
+            for (int r = 0; r < n_merges; r++)
+                dup |= merge_a[r] == a && merge_b[r] == b;
             if (dup) continue;
             if (vocab_find(cat) < 0) strcpy(vocab_str[n_vocab++], cat);
             merge_a[n_merges] = a;
@@ -173,15 +179,16 @@ static void test_bpe_random(void) {
         tok_buf_append(&j, "},\"merges\":[", 12);
         for (int r = 0; r < n_merges; r++) {
             if (round % 2)
-                snprintf(line, sizeof line, "%s[\"%.63s\",\"%.63s\"]", r ? "," : "", vocab_str[merge_a[r]],
-                         vocab_str[merge_b[r]]);
+                snprintf(line, sizeof line, "%s[\"%.63s\",\"%.63s\"]", r ? "," : "",
+                         vocab_str[merge_a[r]], vocab_str[merge_b[r]]);
             else
-                snprintf(line, sizeof line, "%s\"%.63s %.63s\"", r ? "," : "", vocab_str[merge_a[r]],
-                         vocab_str[merge_b[r]]);
+                snprintf(line, sizeof line, "%s\"%.63s %.63s\"", r ? "," : "",
+                         vocab_str[merge_a[r]], vocab_str[merge_b[r]]);
             tok_buf_append(&j, line, strlen(line));
         }
-        const char *tail = "]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
-                           "\"use_regex\":false},\"decoder\":{\"type\":\"ByteLevel\"}}";
+        const char *tail =
+            "]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+            "\"use_regex\":false},\"decoder\":{\"type\":\"ByteLevel\"}}";
         tok_buf_append(&j, tail, strlen(tail));
         nmlx_tokenizer *t = load_json(j.p, NULL);
         tok_buf_free(&j);
@@ -190,7 +197,8 @@ static void test_bpe_random(void) {
         for (int k = 0; k < 30; k++) {
             char text[200];
             size_t len = 1 + test_rand_u64() % 150;
-            for (size_t i = 0; i < len; i++) text[i] = "abc "[test_rand_u64() % 4];
+            for (size_t i = 0; i < len; i++)
+                text[i] = "abc "[test_rand_u64() % 4];
             text[len] = '\0';
             int32_t want[512];
             size_t nw = naive_bpe(text, want);
@@ -205,17 +213,26 @@ static void test_bpe_random(void) {
 /* ---- sentencepiece style: byte fallback, unk, Metaspace -------------- */
 
 static const char *SP_JSON =
-    "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\xE2\x96\x81\"},"
+    "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":"
+    "\"\xE2\x96\x81\"},"
     "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\xE2\x96\x81\"}]},"
     "\"pre_tokenizer\":null,"
-    "\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true,\"normalized\":false,\"lstrip\":false,\"rstrip\":false,\"single_word\":false},"
-    "{\"id\":1,\"content\":\"<s>\",\"special\":true,\"normalized\":false,\"lstrip\":false,\"rstrip\":false,\"single_word\":false}],"
-    "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},"
-    "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1],\"tokens\":[\"<s>\"]}}},"
-    "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\xE2\x96\x81\"},\"content\":\" \"},"
-    "{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]},"
-    "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":true,\"vocab\":{"
-    "\"<unk>\":0,\"<s>\":1,\"<0xC3>\":2,\"<0xA9>\":3,\"\xE2\x96\x81\":4,\"h\":5,\"i\":6,\"hi\":7,\"\xE2\x96\x81hi\":8,\"x\":9},"
+    "\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true,\"normalized\":false,"
+    "\"lstrip\":false,\"rstrip\":false,\"single_word\":false},"
+    "{\"id\":1,\"content\":\"<s>\",\"special\":true,\"normalized\":false,\"lstrip\":false,"
+    "\"rstrip\":false,\"single_word\":false}],"
+    "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<"
+    "s>\",\"type_id\":0}},"
+    "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\","
+    "\"ids\":[1],\"tokens\":[\"<s>\"]}}},"
+    "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{"
+    "\"String\":\"\xE2\x96\x81\"},\"content\":\" \"},"
+    "{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" "
+    "\",\"start\":1,\"stop\":0}]},"
+    "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":true,"
+    "\"vocab\":{"
+    "\"<unk>\":0,\"<s>\":1,\"<0xC3>\":2,\"<0xA9>\":3,\"\xE2\x96\x81\":4,\"h\":5,\"i\":6,\"hi\":7,"
+    "\"\xE2\x96\x81hi\":8,\"x\":9},"
     "\"merges\":[\"h i\",\"\xE2\x96\x81 hi\"]}}";
 
 static void test_sentencepiece(void) {
@@ -245,7 +262,8 @@ static void test_sentencepiece(void) {
     for (int k = 0; k < 200; k++) {
         int32_t ids[12];
         size_t n = 1 + test_rand_u64() % 12;
-        for (size_t i = 0; i < n; i++) ids[i] = (int32_t)(test_rand_u64() % 10);
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (int32_t)(test_rand_u64() % 10);
         expect_stream_equals_decode(t, ids, n, (int)(k & 1), "sp stream");
     }
     nmlx_tokenizer_free(t);
@@ -256,15 +274,19 @@ static void test_sentencepiece(void) {
 static void test_added_tokens(void) {
     /* characters a b ' ' as tokens; added: [X] lstrip, [Y] rstrip, word
      * single_word, "ab" normalized under Lowercase */
-    const char *json =
-        "{\"normalizer\":{\"type\":\"Lowercase\"},"
-        "\"added_tokens\":["
-        "{\"id\":10,\"content\":\"[X]\",\"special\":true,\"normalized\":false,\"lstrip\":true,\"rstrip\":false,\"single_word\":false},"
-        "{\"id\":11,\"content\":\"[Y]\",\"special\":true,\"normalized\":false,\"lstrip\":false,\"rstrip\":true,\"single_word\":false},"
-        "{\"id\":12,\"content\":\"word\",\"special\":false,\"normalized\":false,\"lstrip\":false,\"rstrip\":false,\"single_word\":true},"
-        "{\"id\":13,\"content\":\"AB\",\"special\":false,\"normalized\":true,\"lstrip\":false,\"rstrip\":false,\"single_word\":false}],"
-        "\"decoder\":{\"type\":\"Fuse\"},"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\" \":2,\"w\":3,\"o\":4,\"r\":5,\"d\":6,\"x\":7},\"merges\":[]}}";
+    const char *json = "{\"normalizer\":{\"type\":\"Lowercase\"},"
+                       "\"added_tokens\":["
+                       "{\"id\":10,\"content\":\"[X]\",\"special\":true,\"normalized\":false,"
+                       "\"lstrip\":true,\"rstrip\":false,\"single_word\":false},"
+                       "{\"id\":11,\"content\":\"[Y]\",\"special\":true,\"normalized\":false,"
+                       "\"lstrip\":false,\"rstrip\":true,\"single_word\":false},"
+                       "{\"id\":12,\"content\":\"word\",\"special\":false,\"normalized\":false,"
+                       "\"lstrip\":false,\"rstrip\":false,\"single_word\":true},"
+                       "{\"id\":13,\"content\":\"AB\",\"special\":false,\"normalized\":true,"
+                       "\"lstrip\":false,\"rstrip\":false,\"single_word\":false}],"
+                       "\"decoder\":{\"type\":\"Fuse\"},"
+                       "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\" "
+                       "\":2,\"w\":3,\"o\":4,\"r\":5,\"d\":6,\"x\":7},\"merges\":[]}}";
     nmlx_tokenizer *t = load_json(json, NULL);
     EXPECT(t != NULL, "added load: %s", nmlx_last_error());
     if (!t) return;
@@ -285,9 +307,10 @@ static void test_added_tokens(void) {
  * pieces, written as "p1|p2|...". */
 static void expect_pieces(const char *pretok, const char *text, const char *want) {
     char json[2048];
-    snprintf(json, sizeof json,
-             "{\"pre_tokenizer\":%s,\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
-             pretok);
+    snprintf(
+        json, sizeof json,
+        "{\"pre_tokenizer\":%s,\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+        pretok);
     nmlx_tokenizer *t = load_json(json, NULL);
     EXPECT(t != NULL, "pretok load %s: %s", pretok, nmlx_last_error());
     if (!t) return;
@@ -309,9 +332,11 @@ static void expect_pieces(const char *pretok, const char *text, const char *want
 }
 
 static void test_pretokenizers(void) {
-    const char *split = "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\d+\"},\"behavior\":\"%s\",\"invert\":%s}";
+    const char *split =
+        "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\d+\"},\"behavior\":\"%s\",\"invert\":%s}";
     char buf[256];
-    const char *beh[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+    const char *beh[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+                         "Contiguous"};
     const char *want[] = {"ab|12|cd|3", "ab|cd", "ab12|cd3", "ab|12cd|3", "ab|12|cd|3"};
     for (int i = 0; i < 5; i++) {
         snprintf(buf, sizeof buf, split, beh[i], "false");
@@ -319,23 +344,30 @@ static void test_pretokenizers(void) {
     }
     snprintf(buf, sizeof buf, split, "Removed", "true");
     expect_pieces(buf, "ab12cd3", "12|3");
-    expect_pieces("{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},\"behavior\":\"MergedWithPrevious\",\"invert\":false}",
+    expect_pieces("{\"type\":\"Split\",\"pattern\":{\"String\":\" "
+                  "\"},\"behavior\":\"MergedWithPrevious\",\"invert\":false}",
                   "a b  c", "a |b | |c");
-    expect_pieces("{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Isolated\",\"invert\":false}",
+    expect_pieces("{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s+(?!\\\\S)|\\\\s+\"},"
+                  "\"behavior\":\"Isolated\",\"invert\":false}",
                   "a   b", "a|  | |b");
     expect_pieces("{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":true}",
                   "Hello world's  2024!!", " Hello| world|'s| | 2024|!!");
-    expect_pieces("{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}", "a b", "a b");
-    expect_pieces("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"always\",\"split\":true}",
+    expect_pieces("{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}", "a b",
+                  "a b");
+    expect_pieces("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":"
+                  "\"always\",\"split\":true}",
                   "hi  there", "\xE2\x96\x81hi|\xE2\x96\x81|\xE2\x96\x81there");
-    expect_pieces("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"never\",\"split\":false}",
+    expect_pieces("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":"
+                  "\"never\",\"split\":false}",
                   "hi there", "hi\xE2\x96\x81there");
     expect_pieces("{\"type\":\"Digits\",\"individual_digits\":true}", "a123b", "a|1|2|3|b");
     expect_pieces("{\"type\":\"Digits\",\"individual_digits\":false}", "a123b45", "a|123|b|45");
-    expect_pieces("{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}", "hi, there!?", "hi|,| there|!|?");
+    expect_pieces("{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}", "hi, there!?",
+                  "hi|,| there|!|?");
     expect_pieces("{\"type\":\"Whitespace\"}", "hi, there  you!", "hi|,|there|you|!");
     expect_pieces("{\"type\":\"WhitespaceSplit\"}", " hi,\tthere  ", "hi,|there");
-    expect_pieces("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"WhitespaceSplit\"},{\"type\":\"Digits\",\"individual_digits\":true}]}",
+    expect_pieces("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"WhitespaceSplit\"},{"
+                  "\"type\":\"Digits\",\"individual_digits\":true}]}",
                   "a1 b22", "a|1|b|2|2");
 }
 
@@ -344,7 +376,8 @@ static void test_pretokenizers(void) {
 static void expect_normalized(const char *norm, const char *text, const char *want) {
     char json[1024];
     snprintf(json, sizeof json,
-             "{\"normalizer\":%s,\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}", norm);
+             "{\"normalizer\":%s,\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+             norm);
     nmlx_tokenizer *t = load_json(json, NULL);
     EXPECT(t != NULL, "normalizer load %s: %s", norm, nmlx_last_error());
     if (!t) return;
@@ -362,27 +395,35 @@ static void expect_normalized(const char *norm, const char *text, const char *wa
 static void test_normalizers(void) {
     expect_normalized("{\"type\":\"NFC\"}", "e\xCC\x81", "\xC3\xA9");
     expect_normalized("{\"type\":\"NFD\"}", "\xC3\xA9", "e\xCC\x81");
-    expect_normalized("{\"type\":\"NFKC\"}", "\xEF\xAC\x81\xEF\xBC\xA1", "fiA"); /* ﬁ, fullwidth A */
-    expect_normalized("{\"type\":\"NFKD\"}", "\xE2\x84\xAB", "A\xCC\x8A");        /* Å (angstrom) */
-    expect_normalized("{\"type\":\"Lowercase\"}", "HeLLo \xC3\x89\xC4\xB0", "hello \xC3\xA9i\xCC\x87");
-    expect_normalized("{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":false}", " \t a b ", "a b ");
-    expect_normalized("{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true}", "\xE3\x80\x80 a b \n", "a b");
+    expect_normalized("{\"type\":\"NFKC\"}", "\xEF\xAC\x81\xEF\xBC\xA1",
+                      "fiA");                                              /* ﬁ, fullwidth A */
+    expect_normalized("{\"type\":\"NFKD\"}", "\xE2\x84\xAB", "A\xCC\x8A"); /* Å (angstrom) */
+    expect_normalized("{\"type\":\"Lowercase\"}", "HeLLo \xC3\x89\xC4\xB0",
+                      "hello \xC3\xA9i\xCC\x87");
+    expect_normalized("{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":false}", " \t a b ",
+                      "a b ");
+    expect_normalized("{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":true}",
+                      "\xE3\x80\x80 a b \n", "a b");
     expect_normalized("{\"type\":\"Prepend\",\"prepend\":\"_\"}", "ab", "_ab");
     expect_normalized("{\"type\":\"Prepend\",\"prepend\":\"_\"}", "", "");
-    expect_normalized("{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"[0-9]+\"},\"content\":\"#\"}", "a12b3", "a#b#");
-    expect_normalized("{\"type\":\"Replace\",\"pattern\":{\"String\":\"ab\"},\"content\":\"X\"}", "aabab", "aXX");
+    expect_normalized("{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"[0-9]+\"},\"content\":\"#\"}",
+                      "a12b3", "a#b#");
+    expect_normalized("{\"type\":\"Replace\",\"pattern\":{\"String\":\"ab\"},\"content\":\"X\"}",
+                      "aabab", "aXX");
     expect_normalized("{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Lowercase\"},"
-                      "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"_\"},{\"type\":\"NFKC\"}]}",
+                      "{\"type\":\"Replace\",\"pattern\":{\"String\":\" "
+                      "\"},\"content\":\"_\"},{\"type\":\"NFKC\"}]}",
                       "A B\xEF\xBC\xA1", "a_ba"); /* lowercase, then NFKC folds fullwidth a */
 }
 
 /* ---- decoders ------------------------------------------------------------- */
 
 static void test_decoders(void) {
-    const char *json =
-        "{\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
-        "\"prepend_scheme\":\"always\",\"split\":true}]},"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xE2\x96\x81hi\":0,\"\xE2\x96\x81there\":1,\"!\":2},\"merges\":[]}}";
+    const char *json = "{\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Metaspace\","
+                       "\"replacement\":\"\xE2\x96\x81\","
+                       "\"prepend_scheme\":\"always\",\"split\":true}]},"
+                       "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xE2\x96\x81hi\":0,"
+                       "\"\xE2\x96\x81there\":1,\"!\":2},\"merges\":[]}}";
     nmlx_tokenizer *t = load_json(json, NULL);
     EXPECT(t != NULL, "metaspace load: %s", nmlx_last_error());
     if (t) {
@@ -393,20 +434,28 @@ static void test_decoders(void) {
     const char *bl =
         "{\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
         "\"decoder\":{\"type\":\"ByteLevel\"},"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xC3\x83\":0,\"\xC2\xA9\":1,\"a\":2,\"\xC4\xA0\":3,\"\xC3\xBF\":4},\"merges\":[]}}";
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xC3\x83\":0,\"\xC2\xA9\":1,\"a\":2,\"\xC4\xA0\":"
+        "3,\"\xC3\xBF\":4},\"merges\":[]}}";
     t = load_json(bl, NULL);
     EXPECT(t != NULL, "bytelevel load: %s", nmlx_last_error());
     if (t) {
         expect_decode(t, (int32_t[]){2, 3, 0, 1}, 4, 0, "a \xC3\xA9", "bytelevel decoder");
-        expect_decode(t, (int32_t[]){0, 2}, 2, 0, "\xEF\xBF\xBD" "a", "bytelevel partial char");
+        expect_decode(t, (int32_t[]){0, 2}, 2, 0,
+                      "\xEF\xBF\xBD"
+                      "a",
+                      "bytelevel partial char");
         expect_ids(t, "a \xC3\xA9", 0, (int32_t[]){2, 3, 0, 1}, 4, "bytelevel encode");
         /* invalid UTF-8 input is replaced by U+FFFD (EF BF BD): no token, dropped */
-        expect_ids(t, "a\xFF" "a", 0, (int32_t[]){2, 2}, 2, "invalid utf-8 replaced");
+        expect_ids(t,
+                   "a\xFF"
+                   "a",
+                   0, (int32_t[]){2, 2}, 2, "invalid utf-8 replaced");
         test_seed(3);
         for (int k = 0; k < 300; k++) {
             int32_t ids[10];
             size_t n = 1 + test_rand_u64() % 10;
-            for (size_t i = 0; i < n; i++) ids[i] = (int32_t)(test_rand_u64() % 5);
+            for (size_t i = 0; i < n; i++)
+                ids[i] = (int32_t)(test_rand_u64() % 5);
             expect_stream_equals_decode(t, ids, n, 0, "bytelevel stream");
         }
         nmlx_tokenizer_free(t);
@@ -425,11 +474,12 @@ static void test_decoders(void) {
 static void test_config(void) {
     write_file("tokenizer_config.json",
                "{\"bos_token\":\"<s>\",\"eos_token\":{\"content\":\"</s>\",\"lstrip\":false}}");
-    nmlx_tokenizer *t = load_json(
-        "{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":true},{\"id\":2,\"content\":\"</s>\",\"special\":true}],"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
-        NULL);
-    EXPECT(t && nmlx_tokenizer_bos_id(t) == 1 && nmlx_tokenizer_eos_id(t) == 2, "bos/eos from config");
+    nmlx_tokenizer *t = load_json("{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":"
+                                  "true},{\"id\":2,\"content\":\"</s>\",\"special\":true}],"
+                                  "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                                  NULL);
+    EXPECT(t && nmlx_tokenizer_bos_id(t) == 1 && nmlx_tokenizer_eos_id(t) == 2,
+           "bos/eos from config");
     EXPECT(t && nmlx_tokenizer_vocab_size(t) == 3, "vocab size counts added tokens");
     nmlx_tokenizer_free(t);
     remove_file("tokenizer_config.json");
@@ -441,7 +491,8 @@ static void expect_load_error(const char *json, nmlx_status want, const char *ne
     nmlx_status st;
     nmlx_tokenizer *t = load_json(json, &st);
     EXPECT(!t && st == want && strstr(nmlx_last_error(), needle),
-           "load error: status %d (want %d), message '%s' (want '%s')", st, want, nmlx_last_error(), needle);
+           "load error: status %d (want %d), message '%s' (want '%s')", st, want, nmlx_last_error(),
+           needle);
     nmlx_tokenizer_free(t);
 }
 
@@ -453,19 +504,25 @@ static void test_errors(void) {
     expect_load_error("[1,2]", NMLX_ERR_FORMAT, "not a JSON object");
     expect_load_error("{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", NMLX_ERR_UNSUPPORTED,
                       "model type 'Unigram' is not supported");
-    expect_load_error("{\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
-                      NMLX_ERR_UNSUPPORTED, "pre_tokenizer type 'BertPreTokenizer' is not supported");
-    expect_load_error("{\"normalizer\":{\"type\":\"Precompiled\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"model\":{\"type\":"
+                      "\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                      NMLX_ERR_UNSUPPORTED,
+                      "pre_tokenizer type 'BertPreTokenizer' is not supported");
+    expect_load_error("{\"normalizer\":{\"type\":\"Precompiled\"},\"model\":{\"type\":\"BPE\","
+                      "\"vocab\":{},\"merges\":[]}}",
                       NMLX_ERR_UNSUPPORTED, "normalizer type 'Precompiled' is not supported");
-    expect_load_error("{\"decoder\":{\"type\":\"WordPiece\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+    expect_load_error("{\"decoder\":{\"type\":\"WordPiece\"},\"model\":{\"type\":\"BPE\",\"vocab\":"
+                      "{},\"merges\":[]}}",
                       NMLX_ERR_UNSUPPORTED, "decoder type 'WordPiece' is not supported");
-    expect_load_error("{\"post_processor\":{\"type\":\"Foo\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+    expect_load_error("{\"post_processor\":{\"type\":\"Foo\"},\"model\":{\"type\":\"BPE\","
+                      "\"vocab\":{},\"merges\":[]}}",
                       NMLX_ERR_UNSUPPORTED, "post_processor type 'Foo' is not supported");
-    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a b\"]}}", NMLX_ERR_FORMAT,
-                      "missing from the vocab");
-    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"x\"},\"merges\":[]}}", NMLX_ERR_FORMAT,
-                      "no valid id");
-    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\",\"invert\":false},"
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a b\"]}}",
+                      NMLX_ERR_FORMAT, "missing from the vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"x\"},\"merges\":[]}}",
+                      NMLX_ERR_FORMAT, "no valid id");
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
+                      "\"behavior\":\"Isolated\",\"invert\":false},"
                       "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
                       NMLX_ERR_UNSUPPORTED, "does not compile");
     int32_t *ids;

@@ -61,7 +61,8 @@ int main(int argc, char **argv) {
         size_t off = 0;
         while (off < (size_t)sz) {
             size_t end = off + chunk < (size_t)sz ? off + chunk : (size_t)sz;
-            while (end < (size_t)sz && text[end - 1] != '\n') end++; /* cut after a newline */
+            while (end < (size_t)sz && text[end - 1] != '\n')
+                end++; /* cut after a newline */
             int32_t *ids;
             size_t n;
             if (nmlx_tokenize(tok, text + off, end - off, 0, &ids, &n) != NMLX_OK) {
@@ -75,8 +76,8 @@ int main(int argc, char **argv) {
         double dt = now() - t0;
         if (dt < best_enc) best_enc = dt;
     }
-    printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"bytes\":%ld,\"tokens\":%zu}\n", best_load, best_enc,
-           sz, tokens);
+    printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"bytes\":%ld,\"tokens\":%zu}\n", best_load,
+           best_enc, sz, tokens);
     nmlx_tokenizer_free(tok);
     free(text);
     return 0;

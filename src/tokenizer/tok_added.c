@@ -10,7 +10,8 @@ static int32_t longest_at(const tok_trie *t, const char *s, size_t n, size_t *le
     for (size_t i = 0; i < n; i++) {
         int32_t ch = t->nodes[node].child;
         uint8_t c = (uint8_t)s[i];
-        while (ch >= 0 && t->nodes[ch].byte != c) ch = t->nodes[ch].sibling;
+        while (ch >= 0 && t->nodes[ch].byte != c)
+            ch = t->nodes[ch].sibling;
         if (ch < 0) break;
         node = ch;
         if (t->nodes[node].added >= 0) {
@@ -23,7 +24,8 @@ static int32_t longest_at(const tok_trie *t, const char *s, size_t n, size_t *le
 
 static uint32_t last_cp(const char *s, size_t n) {
     size_t p = n - 1;
-    while (p > 0 && ((unsigned char)s[p] & 0xC0) == 0x80) p--;
+    while (p > 0 && ((unsigned char)s[p] & 0xC0) == 0x80)
+        p--;
     int len;
     return tok_utf8_decode(s + p, n - p, &len);
 }
@@ -33,7 +35,8 @@ static size_t ws_run_start(const char *s, size_t n) {
     size_t p = n;
     while (p > 0) {
         size_t q = p - 1;
-        while (q > 0 && ((unsigned char)s[q] & 0xC0) == 0x80) q--;
+        while (q > 0 && ((unsigned char)s[q] & 0xC0) == 0x80)
+            q--;
         int len;
         if (!tok_is_whitespace(tok_utf8_decode(s + q, p - q, &len))) break;
         p = q;
@@ -85,13 +88,12 @@ static nmlx_status split_piece(const nmlx_tokenizer *tok, tok_work *w, const tok
             stop += ws_run_len(s + stop, n - stop);
             i = stop;
         }
-        if (start_offset < start &&
-            (st = tok_pieces_push(&w->b, p->off + (uint32_t)start_offset,
-                                  (uint32_t)(start - start_offset), -1,
-                                  p->at_start && start_offset == 0)))
+        if (start_offset < start && (st = tok_pieces_push(&w->b, p->off + (uint32_t)start_offset,
+                                                          (uint32_t)(start - start_offset), -1,
+                                                          p->at_start && start_offset == 0)))
             return st;
-        if ((st = tok_pieces_push(&w->b, p->off + (uint32_t)start, (uint32_t)(stop - start),
-                                  ad->id, 0)))
+        if ((st = tok_pieces_push(&w->b, p->off + (uint32_t)start, (uint32_t)(stop - start), ad->id,
+                                  0)))
             return st;
         start_offset = stop;
     }

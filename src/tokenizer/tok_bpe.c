@@ -95,8 +95,8 @@ static hent heap_pop(hent *h, size_t *n) {
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= *n) break;
-        if (c + 1 < *n && (h[c + 1].rank < h[c].rank ||
-                           (h[c + 1].rank == h[c].rank && h[c + 1].pos < h[c].pos)))
+        if (c + 1 < *n &&
+            (h[c + 1].rank < h[c].rank || (h[c + 1].rank == h[c].rank && h[c + 1].pos < h[c].pos)))
             c++;
         if (last.rank < h[c].rank || (last.rank == h[c].rank && last.pos < h[c].pos)) break;
         h[i] = h[c];
@@ -109,7 +109,8 @@ static hent heap_pop(hent *h, size_t *n) {
 static nmlx_status grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (*cap >= need) return NMLX_OK;
     size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
+    while (c < need)
+        c *= 2;
     void *q = nmlx_realloc(*p, c * elem);
     if (!q) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     *p = q;

@@ -92,8 +92,10 @@ static int byte_token(const char *s, size_t n, uint8_t *b) {
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char c = s[i];
-        int h = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int h = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (h < 0) return 0;
         v = v * 16 + h;
     }
@@ -107,7 +109,8 @@ static nmlx_status flush_bytes(slist *out, tok_buf *pend) {
     if (tok_utf8_valid(pend->p, pend->len)) {
         st = slist_push(out, pend->p, pend->len);
     } else {
-        for (size_t i = 0; i < pend->len && !st; i++) st = slist_push(out, "\xEF\xBF\xBD", 3);
+        for (size_t i = 0; i < pend->len && !st; i++)
+            st = slist_push(out, "\xEF\xBF\xBD", 3);
     }
     pend->len = 0;
     return st;
@@ -179,7 +182,8 @@ done:
 
 static nmlx_status dec_fuse(const slist *in, slist *out) {
     nmlx_status st = slist_begin(out);
-    for (size_t i = 0; i < in->n && !st; i++) st = slist_add(out, sl_str(in, i), in->len[i]);
+    for (size_t i = 0; i < in->n && !st; i++)
+        st = slist_add(out, sl_str(in, i), in->len[i]);
     return st;
 }
 
@@ -273,7 +277,8 @@ struct nmlx_detokenizer {
 
 nmlx_status nmlx_detokenizer_create(const nmlx_tokenizer *tok, int skip_special,
                                     nmlx_detokenizer **out) {
-    if (!tok || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_create: NULL argument");
+    if (!tok || !out)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_create: NULL argument");
     nmlx_detokenizer *d = nmlx_calloc(1, sizeof *d);
     if (!d) return nmlx_fail(NMLX_ERR_NOMEM, "nmlx_detokenizer_create: out of memory");
     d->tok = tok;
@@ -308,7 +313,8 @@ static nmlx_status decode_into(nmlx_detokenizer *d, size_t n, tok_buf *out) {
 }
 
 nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **text, size_t *len) {
-    if (!d || !text || !len) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_push: NULL argument");
+    if (!d || !text || !len)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_push: NULL argument");
     nmlx_status st;
     *text = "";
     *len = 0;
@@ -350,7 +356,8 @@ nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **
 }
 
 nmlx_status nmlx_detokenizer_flush(nmlx_detokenizer *d, const char **text, size_t *len) {
-    if (!d || !text || !len) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_flush: NULL argument");
+    if (!d || !text || !len)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_detokenizer_flush: NULL argument");
     nmlx_status st;
     *text = "";
     *len = 0;

@@ -50,8 +50,8 @@ static nmlx_status encode(const nmlx_tokenizer *tok, tok_work *w, const char *sr
     return NMLX_OK;
 }
 
-nmlx_status nmlx_tokenize(const nmlx_tokenizer *tok, const char *text, size_t len,
-                          int add_special, int32_t **ids, size_t *n_ids) {
+nmlx_status nmlx_tokenize(const nmlx_tokenizer *tok, const char *text, size_t len, int add_special,
+                          int32_t **ids, size_t *n_ids) {
     if (!tok || !ids || !n_ids || (!text && len))
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_tokenize: NULL argument");
     nmlx_status st;
@@ -74,11 +74,13 @@ nmlx_status nmlx_tokenize(const nmlx_tokenizer *tok, const char *text, size_t le
     CHECK(out, NMLX_ERR_NOMEM, "nmlx_tokenize: out of memory");
     size_t k = 0;
     if (add_special)
-        for (size_t i = 0; i < tok->n_post_prefix; i++) out[k++] = tok->post_prefix[i];
+        for (size_t i = 0; i < tok->n_post_prefix; i++)
+            out[k++] = tok->post_prefix[i];
     if (w.n_ids) memcpy(out + k, w.ids, w.n_ids * sizeof *out);
     k += w.n_ids;
     if (add_special)
-        for (size_t i = 0; i < tok->n_post_suffix; i++) out[k++] = tok->post_suffix[i];
+        for (size_t i = 0; i < tok->n_post_suffix; i++)
+            out[k++] = tok->post_suffix[i];
     *ids = out;
     *n_ids = k;
     out = NULL;

@@ -20,8 +20,7 @@ static nmlx_status perr(parser *ps, const char *msg) {
 }
 
 static void skip_ws(parser *ps) {
-    while (ps->p < ps->end &&
-           (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
         ps->p++;
 }
 
@@ -86,7 +85,8 @@ static nmlx_status parse_string(parser *ps, const char **out, uint32_t *out_len)
     for (;;) {
         /* fast scan of plain bytes */
         char *q = r;
-        while (q < ps->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+        while (q < ps->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+            q++;
         if (w != r) memmove(w, r, (size_t)(q - r));
         w += q - r;
         r = q;
@@ -246,9 +246,10 @@ static nmlx_status parse_value(parser *ps, uint32_t idx, int depth) {
         const char *q = ps->p + (c == '-');
         long long iv = 0;
         int nd = 0;
-        while (q < ps->end && *q >= '0' && *q <= '9' && nd < 15) iv = iv * 10 + (*q++ - '0'), nd++;
-        if (nd > 0 && (q >= ps->end || (*q != '.' && *q != 'e' && *q != 'E' &&
-                                        (*q < '0' || *q > '9')))) {
+        while (q < ps->end && *q >= '0' && *q <= '9' && nd < 15)
+            iv = iv * 10 + (*q++ - '0'), nd++;
+        if (nd > 0 &&
+            (q >= ps->end || (*q != '.' && *q != 'e' && *q != 'E' && (*q < '0' || *q > '9')))) {
             n->type = TJ_NUMBER;
             n->num = (double)(c == '-' ? -iv : iv);
             ps->p = (char *)q;
@@ -301,7 +302,8 @@ const tj_node *tj_get(const tj_doc *d, const tj_node *obj, const char *key) {
 const tj_node *tj_at(const tj_doc *d, const tj_node *arr, size_t i) {
     if (!arr || arr->type != TJ_ARRAY) return NULL;
     const tj_node *c = tj_first(d, arr);
-    while (c && i--) c = tj_next(d, c);
+    while (c && i--)
+        c = tj_next(d, c);
     return c;
 }
 

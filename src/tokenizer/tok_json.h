@@ -13,7 +13,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum tj_type { TJ_NULL, TJ_FALSE, TJ_TRUE, TJ_NUMBER, TJ_STRING, TJ_ARRAY, TJ_OBJECT } tj_type;
+typedef enum tj_type {
+    TJ_NULL,
+    TJ_FALSE,
+    TJ_TRUE,
+    TJ_NUMBER,
+    TJ_STRING,
+    TJ_ARRAY,
+    TJ_OBJECT
+} tj_type;
 
 typedef struct tj_node {
     const char *key;  /* member name inside an object, else NULL */

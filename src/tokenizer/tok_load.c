@@ -52,7 +52,9 @@ done:
     return st;
 }
 
-static const char *type_of(const tj_doc *d, const tj_node *n) { return tj_str(tj_get(d, n, "type")); }
+static const char *type_of(const tj_doc *d, const tj_node *n) {
+    return tj_str(tj_get(d, n, "type"));
+}
 
 static nmlx_status unsupported(const char *what, const char *type) {
     return nmlx_fail(NMLX_ERR_UNSUPPORTED, TJ ": %s type '%s' is not supported", what,
@@ -60,7 +62,8 @@ static nmlx_status unsupported(const char *what, const char *type) {
 }
 
 /* "pattern": {"String": s} or {"Regex": r} */
-static nmlx_status load_pattern(const tj_doc *d, const tj_node *n, tok_pattern *p, const char *what) {
+static nmlx_status load_pattern(const tj_doc *d, const tj_node *n, tok_pattern *p,
+                                const char *what) {
     const tj_node *pat = tj_get(d, n, "pattern");
     const tj_node *s = tj_get(d, pat, "String"), *r = tj_get(d, pat, "Regex");
     if (s && s->type == TJ_STRING) return tok_pattern_compile(p, s->str, s->len, 0, what);
@@ -95,12 +98,18 @@ static nmlx_status load_char(const tj_doc *d, const tj_node *n, const char *key,
 
 static int parse_behavior(const char *s, split_behavior *b) {
     if (!s) return 0;
-    if (!strcmp(s, "Removed")) *b = SPLIT_REMOVED;
-    else if (!strcmp(s, "Isolated")) *b = SPLIT_ISOLATED;
-    else if (!strcmp(s, "MergedWithPrevious")) *b = SPLIT_MERGED_PREV;
-    else if (!strcmp(s, "MergedWithNext")) *b = SPLIT_MERGED_NEXT;
-    else if (!strcmp(s, "Contiguous")) *b = SPLIT_CONTIGUOUS;
-    else return 0;
+    if (!strcmp(s, "Removed"))
+        *b = SPLIT_REMOVED;
+    else if (!strcmp(s, "Isolated"))
+        *b = SPLIT_ISOLATED;
+    else if (!strcmp(s, "MergedWithPrevious"))
+        *b = SPLIT_MERGED_PREV;
+    else if (!strcmp(s, "MergedWithNext"))
+        *b = SPLIT_MERGED_NEXT;
+    else if (!strcmp(s, "Contiguous"))
+        *b = SPLIT_CONTIGUOUS;
+    else
+        return 0;
     return 1;
 }
 
@@ -110,10 +119,14 @@ static nmlx_status parse_prepend_scheme(const tj_doc *d, const tj_node *n, int *
     int aps = tj_bool(d, n, "add_prefix_space", -2);
     *scheme = PREPEND_ALWAYS;
     if (ps) {
-        if (!strcmp(ps, "always")) *scheme = PREPEND_ALWAYS;
-        else if (!strcmp(ps, "first")) *scheme = PREPEND_FIRST;
-        else if (!strcmp(ps, "never")) *scheme = PREPEND_NEVER;
-        else return nmlx_fail(NMLX_ERR_FORMAT, TJ ": %s prepend_scheme '%s' is unknown", what, ps);
+        if (!strcmp(ps, "always"))
+            *scheme = PREPEND_ALWAYS;
+        else if (!strcmp(ps, "first"))
+            *scheme = PREPEND_FIRST;
+        else if (!strcmp(ps, "never"))
+            *scheme = PREPEND_NEVER;
+        else
+            return nmlx_fail(NMLX_ERR_FORMAT, TJ ": %s prepend_scheme '%s' is unknown", what, ps);
     }
     if (aps == 0) *scheme = PREPEND_NEVER; /* legacy add_prefix_space: false */
     return NMLX_OK;
@@ -144,11 +157,16 @@ static nmlx_status load_normalizer(loader *L, const tj_node *n, int depth) {
     }
     if (!type) return unsupported("normalizer", type);
     tok_normalizer nz = {0};
-    if (!strcmp(type, "NFC")) nz.kind = NORM_NFC;
-    else if (!strcmp(type, "NFD")) nz.kind = NORM_NFD;
-    else if (!strcmp(type, "NFKC")) nz.kind = NORM_NFKC;
-    else if (!strcmp(type, "NFKD")) nz.kind = NORM_NFKD;
-    else if (!strcmp(type, "Lowercase")) nz.kind = NORM_LOWERCASE;
+    if (!strcmp(type, "NFC"))
+        nz.kind = NORM_NFC;
+    else if (!strcmp(type, "NFD"))
+        nz.kind = NORM_NFD;
+    else if (!strcmp(type, "NFKC"))
+        nz.kind = NORM_NFKC;
+    else if (!strcmp(type, "NFKD"))
+        nz.kind = NORM_NFKD;
+    else if (!strcmp(type, "Lowercase"))
+        nz.kind = NORM_LOWERCASE;
     else if (!strcmp(type, "Strip")) {
         nz.kind = NORM_STRIP;
         nz.left = tj_bool(d, n, "strip_left", 1) == 1;
@@ -222,7 +240,8 @@ static nmlx_status load_pretok(loader *L, const tj_node *n, int depth) {
         pt.kind = PT_PUNCTUATION;
         const char *b = tj_str(tj_get(d, n, "behavior"));
         if (b && !parse_behavior(b, &pt.behavior))
-            return nmlx_fail(NMLX_ERR_FORMAT, TJ ": Punctuation pre_tokenizer has an unknown behavior");
+            return nmlx_fail(NMLX_ERR_FORMAT,
+                             TJ ": Punctuation pre_tokenizer has an unknown behavior");
     } else if (!strcmp(type, "Whitespace")) {
         pt.kind = PT_WHITESPACE;
     } else if (!strcmp(type, "WhitespaceSplit")) {
@@ -255,12 +274,13 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
     }
     if (!type) return unsupported("decoder", type);
     tok_decoder dc = {0};
-    if (!strcmp(type, "ByteLevel")) dc.kind = DEC_BYTELEVEL;
+    if (!strcmp(type, "ByteLevel"))
+        dc.kind = DEC_BYTELEVEL;
     else if (!strcmp(type, "ByteFallback")) {
         dc.kind = DEC_BYTEFALLBACK;
         t->has_byte_fallback_decoder = 1;
-    }
-    else if (!strcmp(type, "Fuse")) dc.kind = DEC_FUSE;
+    } else if (!strcmp(type, "Fuse"))
+        dc.kind = DEC_FUSE;
     else if (!strcmp(type, "Metaspace")) {
         dc.kind = DEC_METASPACE;
         if ((st = load_char(d, n, "replacement", dc.rep, &dc.rep_len, "Metaspace decoder")))
@@ -293,8 +313,8 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
 
 /* ---- post-processors ------------------------------------------------------ */
 
-static nmlx_status wrap_ids(nmlx_tokenizer *t, const int32_t *pre, size_t n_pre,
-                            const int32_t *suf, size_t n_suf) {
+static nmlx_status wrap_ids(nmlx_tokenizer *t, const int32_t *pre, size_t n_pre, const int32_t *suf,
+                            size_t n_suf) {
     int32_t *p = nmlx_malloc((t->n_post_prefix + n_pre + 1) * sizeof *p);
     int32_t *s = nmlx_malloc((t->n_post_suffix + n_suf + 1) * sizeof *s);
     if (!p || !s) {
@@ -329,19 +349,22 @@ static nmlx_status load_template(loader *L, const tj_node *n) {
         const tj_node *sp = tj_get(d, c, "SpecialToken"), *sq = tj_get(d, c, "Sequence");
         if (sq) {
             if (seen_a)
-                return nmlx_fail(NMLX_ERR_UNSUPPORTED,
-                                 TJ ": TemplateProcessing with two sequences in 'single' is not supported");
+                return nmlx_fail(
+                    NMLX_ERR_UNSUPPORTED,
+                    TJ ": TemplateProcessing with two sequences in 'single' is not supported");
             seen_a = 1;
             continue;
         }
         const char *name = tj_str(tj_get(d, sp, "id"));
         const tj_node *ids = tj_get(d, tj_get(d, specials, name ? name : ""), "ids");
         if (!name || !ids || ids->type != TJ_ARRAY)
-            return nmlx_fail(NMLX_ERR_FORMAT, TJ ": TemplateProcessing special token '%s' is not defined",
+            return nmlx_fail(NMLX_ERR_FORMAT,
+                             TJ ": TemplateProcessing special token '%s' is not defined",
                              name ? name : "?");
         for (const tj_node *e = tj_first(d, ids); e; e = tj_next(d, e)) {
             if (e->type != TJ_NUMBER || (seen_a ? n_suf : n_pre) >= MAX_TEMPLATE_IDS)
-                return nmlx_fail(NMLX_ERR_FORMAT, TJ ": TemplateProcessing ids of '%s' are invalid", name);
+                return nmlx_fail(NMLX_ERR_FORMAT, TJ ": TemplateProcessing ids of '%s' are invalid",
+                                 name);
             if (seen_a)
                 suf[n_suf++] = (int32_t)e->num;
             else
@@ -366,7 +389,8 @@ static nmlx_status load_post(loader *L, const tj_node *n, int depth) {
     if (!strcmp(type, "ByteLevel")) return NMLX_OK; /* offsets only */
     if (!strcmp(type, "TemplateProcessing")) return load_template(L, n);
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
-        const tj_node *cls = tj_at(d, tj_get(d, n, "cls"), 1), *sep = tj_at(d, tj_get(d, n, "sep"), 1);
+        const tj_node *cls = tj_at(d, tj_get(d, n, "cls"), 1),
+                      *sep = tj_at(d, tj_get(d, n, "sep"), 1);
         if (!cls || !sep || cls->type != TJ_NUMBER || sep->type != TJ_NUMBER)
             return nmlx_fail(NMLX_ERR_FORMAT, TJ ": %s needs 'cls' and 'sep' [token, id]", type);
         int32_t a = (int32_t)cls->num, b = (int32_t)sep->num;
@@ -377,13 +401,14 @@ static nmlx_status load_post(loader *L, const tj_node *n, int depth) {
 
 /* ---- model ---------------------------------------------------------------- */
 
-static nmlx_status set_token(nmlx_tokenizer *t, tok_buf *pool, int32_t id, const char *s, size_t n) {
+static nmlx_status set_token(nmlx_tokenizer *t, tok_buf *pool, int32_t id, const char *s,
+                             size_t n) {
     nmlx_status st;
     if (id < 0 || id >= t->n_ids) return NMLX_OK;
     t->tok_off[id] = (uint32_t)pool->len;
     t->tok_len[id] = (uint32_t)n;
     if ((st = tok_buf_append(pool, s, n))) return st;
-    return tok_buf_append(pool, "", 1) ; /* NUL between tokens */
+    return tok_buf_append(pool, "", 1); /* NUL between tokens */
 }
 
 static nmlx_status load_merges(loader *L, const tj_node *merges) {
@@ -392,7 +417,8 @@ static nmlx_status load_merges(loader *L, const tj_node *merges) {
     nmlx_status st;
     if ((st = tok_pair_map_init(&m->merges, merges ? merges->len : 0))) return st;
     if (!merges) return NMLX_OK;
-    if (merges->type != TJ_ARRAY) return nmlx_fail(NMLX_ERR_FORMAT, TJ ": model.merges is not a list");
+    if (merges->type != TJ_ARRAY)
+        return nmlx_fail(NMLX_ERR_FORMAT, TJ ": model.merges is not a list");
     tok_buf cat = {0};
     uint32_t rank = 0;
     for (const tj_node *c = tj_first(d, merges); c; c = tj_next(d, c), rank++) {
@@ -401,7 +427,8 @@ static nmlx_status load_merges(loader *L, const tj_node *merges) {
         if (c->type == TJ_STRING) {
             const char *sp = memchr(c->str, ' ', c->len);
             if (!sp || memchr(sp + 1, ' ', c->len - (size_t)(sp + 1 - c->str))) {
-                st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": merge %u '%s' is not two tokens", rank, c->str);
+                st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": merge %u '%s' is not two tokens", rank,
+                               c->str);
                 goto done;
             }
             a = c->str;
@@ -410,7 +437,8 @@ static nmlx_status load_merges(loader *L, const tj_node *merges) {
             bl = c->len - al - 1;
         } else {
             const tj_node *x = tj_first(d, c), *y = x ? tj_next(d, x) : NULL;
-            if (c->type != TJ_ARRAY || c->len != 2 || x->type != TJ_STRING || y->type != TJ_STRING) {
+            if (c->type != TJ_ARRAY || c->len != 2 || x->type != TJ_STRING ||
+                y->type != TJ_STRING) {
                 st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": merge %u is not a pair of strings", rank);
                 goto done;
             }
@@ -422,13 +450,15 @@ static nmlx_status load_merges(loader *L, const tj_node *merges) {
         int32_t ia = tok_map_get(&m->vocab, a, al), ib = tok_map_get(&m->vocab, b, bl);
         /* the merged token: a + b without b's continuing_subword_prefix */
         size_t skip = m->prefix_len && bl >= m->prefix_len && !memcmp(b, m->prefix, m->prefix_len)
-                          ? m->prefix_len : 0;
+                          ? m->prefix_len
+                          : 0;
         cat.len = 0;
         if ((st = tok_buf_append(&cat, a, al)) || (st = tok_buf_append(&cat, b + skip, bl - skip)))
             goto done;
         int32_t inew = tok_map_get(&m->vocab, cat.p, cat.len);
         if (ia < 0 || ib < 0 || inew < 0) {
-            st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": merge %u ('%.*s' '%.*s') uses a token missing from the vocab",
+            st = nmlx_fail(NMLX_ERR_FORMAT,
+                           TJ ": merge %u ('%.*s' '%.*s') uses a token missing from the vocab",
                            rank, (int)al, a, (int)bl, b);
             goto done;
         }
@@ -487,19 +517,22 @@ static nmlx_status load_model(loader *L, const tj_node *model, tok_buf *pool) {
     const char *type = type_of(d, model);
     const tj_node *vocab = tj_get(d, model, "vocab");
     if (!model || model->type != TJ_OBJECT) return nmlx_fail(NMLX_ERR_FORMAT, TJ ": no 'model'");
-    if (type ? strcmp(type, "BPE") != 0 : !tj_get(d, model, "merges")) return unsupported("model", type);
+    if (type ? strcmp(type, "BPE") != 0 : !tj_get(d, model, "merges"))
+        return unsupported("model", type);
     if (!vocab || vocab->type != TJ_OBJECT)
         return nmlx_fail(NMLX_ERR_FORMAT, TJ ": model.vocab is not an object");
     const tj_node *dropout = tj_get(d, model, "dropout");
     if (dropout && dropout->type == TJ_NUMBER && dropout->num > 0)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, TJ ": BPE dropout is not supported (not deterministic)");
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         TJ ": BPE dropout is not supported (not deterministic)");
     m->byte_fallback = tj_bool(d, model, "byte_fallback", 0) == 1;
     m->fuse_unk = tj_bool(d, model, "fuse_unk", 0) == 1;
     m->ignore_merges = tj_bool(d, model, "ignore_merges", 0) == 1;
     const tj_node *pfx = tj_get(d, model, "continuing_subword_prefix");
     const tj_node *sfx = tj_get(d, model, "end_of_word_suffix");
     if (pfx && pfx->type == TJ_STRING && pfx->len &&
-        (st = load_string(d, model, "continuing_subword_prefix", &m->prefix, &m->prefix_len, "model")))
+        (st = load_string(d, model, "continuing_subword_prefix", &m->prefix, &m->prefix_len,
+                          "model")))
         return st;
     if (sfx && sfx->type == TJ_STRING && sfx->len &&
         (st = load_string(d, model, "end_of_word_suffix", &m->suffix, &m->suffix_len, "model")))
@@ -516,7 +549,8 @@ static nmlx_status load_model(loader *L, const tj_node *model, tok_buf *pool) {
     const tj_node *added = tj_get(d, tj_root(d), "added_tokens");
     for (const tj_node *c = added ? tj_first(d, added) : NULL; c; c = tj_next(d, c)) {
         const tj_node *idn = tj_get(d, c, "id"), *cn = tj_get(d, c, "content");
-        if (idn && idn->type == TJ_NUMBER && idn->num >= 0 && idn->num < 1e8 && idn->num + 1 > t->n_ids)
+        if (idn && idn->type == TJ_NUMBER && idn->num >= 0 && idn->num < 1e8 &&
+            idn->num + 1 > t->n_ids)
             t->n_ids = (int32_t)idn->num + 1;
         if (cn && cn->type == TJ_STRING) total += cn->len + 1;
     }
@@ -525,7 +559,8 @@ static nmlx_status load_model(loader *L, const tj_node *model, tok_buf *pool) {
     t->tok_off = nmlx_malloc(((size_t)t->n_ids + 1) * sizeof *t->tok_off);
     t->tok_len = nmlx_malloc(((size_t)t->n_ids + 1) * sizeof *t->tok_len);
     t->special = nmlx_calloc((size_t)t->n_ids + 1, 1);
-    if (!t->tok_off || !t->tok_len || !t->special) return nmlx_fail(NMLX_ERR_NOMEM, TJ ": out of memory");
+    if (!t->tok_off || !t->tok_len || !t->special)
+        return nmlx_fail(NMLX_ERR_NOMEM, TJ ": out of memory");
     memset(t->tok_len, 0xFF, ((size_t)t->n_ids + 1) * sizeof *t->tok_len);
     for (const tj_node *c = tj_first(d, vocab); c; c = tj_next(d, c)) {
         size_t off = pool->len;
@@ -661,7 +696,8 @@ void nmlx_tokenizer_free(nmlx_tokenizer *t) {
         free(t->norms[i].content);
     }
     free(t->norms);
-    for (size_t i = 0; i < t->n_pretoks; i++) tok_pattern_free(&t->pretoks[i].pat);
+    for (size_t i = 0; i < t->n_pretoks; i++)
+        tok_pattern_free(&t->pretoks[i].pat);
     free(t->pretoks);
     for (size_t i = 0; i < t->n_decs; i++) {
         tok_pattern_free(&t->decs[i].pat);
@@ -711,8 +747,10 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
     TRY(load_post(&L, tj_get(d, tj_root(d), "post_processor"), 0));
     TRY(load_model(&L, tj_get(d, tj_root(d), "model"), &pool));
     if (t->n_pretoks && t->pretoks[t->n_pretoks - 1].kind == PT_BYTELEVEL) {
-        CHECK(!t->bpe.prefix_len && !t->bpe.suffix_len, NMLX_ERR_UNSUPPORTED,
-              TJ ": byte-level BPE with continuing_subword_prefix/end_of_word_suffix is not supported");
+        CHECK(
+            !t->bpe.prefix_len && !t->bpe.suffix_len, NMLX_ERR_UNSUPPORTED,
+            TJ
+            ": byte-level BPE with continuing_subword_prefix/end_of_word_suffix is not supported");
         t->bpe.byte_mode = 1;
         TRY(build_raw_vocab(t));
     }

@@ -22,8 +22,8 @@ static nmlx_status unicode_form(const tok_normalizer *nz, const char *s, size_t 
     default: opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
     }
     utf8proc_uint8_t *dst = NULL;
-    utf8proc_ssize_t r =
-        utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst, (utf8proc_option_t)opt);
+    utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
+                                      (utf8proc_option_t)opt);
     if (r < 0) {
         free(dst);
         return nmlx_fail(r == UTF8PROC_ERROR_NOMEM ? NMLX_ERR_NOMEM : NMLX_ERR_INVALID_ARG,
@@ -74,7 +74,8 @@ static nmlx_status strip(const tok_normalizer *nz, const char *s, size_t n, tok_
     if (nz->right)
         while (b > a) {
             size_t p = b - 1;
-            while (p > a && ((unsigned char)s[p] & 0xC0) == 0x80) p--;
+            while (p > a && ((unsigned char)s[p] & 0xC0) == 0x80)
+                p--;
             uint32_t cp = tok_utf8_decode(s + p, b - p, &len);
             if (!tok_is_whitespace(cp)) break;
             b = p;
@@ -102,8 +103,10 @@ static nmlx_status apply_one(const tok_normalizer *nz, tok_work *w, const char *
                              tok_buf *out) {
     nmlx_status st;
     switch (nz->kind) {
-    case NORM_NFC: case NORM_NFD: case NORM_NFKC: case NORM_NFKD:
-        return unicode_form(nz, s, n, out);
+    case NORM_NFC:
+    case NORM_NFD:
+    case NORM_NFKC:
+    case NORM_NFKD: return unicode_form(nz, s, n, out);
     case NORM_REPLACE: return replace(nz, w, s, n, out);
     case NORM_PREPEND:
         if (n && (st = tok_buf_append(out, nz->content, nz->content_len)) != NMLX_OK) return st;

@@ -100,7 +100,8 @@ static nmlx_status split_pattern(tok_work *w, const tok_piece *p, const tok_patt
     w->spans.n = 0;
     if ((st = tok_pattern_find(pat, &w->mc, w->arena.p + p->off, p->len, &w->spans))) return st;
     if (invert)
-        for (size_t i = 0; i < w->spans.n; i++) w->spans.v[i].is_match = !w->spans.v[i].is_match;
+        for (size_t i = 0; i < w->spans.n; i++)
+            w->spans.v[i].is_match = !w->spans.v[i].is_match;
     if (behavior == SPLIT_ISOLATED) { /* the common case, without the fold */
         for (size_t i = 0; i < w->spans.n; i++) {
             const tok_span *sp = &w->spans.v[i];
@@ -171,7 +172,8 @@ static nmlx_status metaspace(const tok_pretok *pt, tok_work *w, tok_piece p) {
     /* replace ' ' by the replacement, prepend it per the scheme */
     size_t spaces = 0;
     const char *s = w->arena.p + p.off;
-    for (size_t i = 0; i < p.len; i++) spaces += s[i] == ' ';
+    for (size_t i = 0; i < p.len; i++)
+        spaces += s[i] == ' ';
     int starts_rep = p.len >= (size_t)pt->rep_len && !memcmp(s, pt->rep, (size_t)pt->rep_len);
     /* after the replacement, a leading ' ' becomes the replacement too */
     if (p.len && s[0] == ' ') starts_rep = 1;
@@ -247,9 +249,7 @@ static nmlx_status run_one(const tok_pretok *pt, tok_work *w) {
             break;
         case PT_PUNCTUATION: st = split_chars(w, &p, tok_is_punctuation, pt->behavior); break;
         case PT_WHITESPACE: st = whitespace_words(w, &p); break;
-        case PT_WHITESPACE_SPLIT:
-            st = split_chars(w, &p, tok_is_whitespace, SPLIT_REMOVED);
-            break;
+        case PT_WHITESPACE_SPLIT: st = split_chars(w, &p, tok_is_whitespace, SPLIT_REMOVED); break;
         }
     }
     tok_pieces t = w->a;

@@ -11,7 +11,8 @@
 nmlx_status tok_buf_reserve(tok_buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return NMLX_OK;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra + 1) cap *= 2;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
     char *p = nmlx_realloc(b->p, cap);
     if (!p) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     b->p = p;
@@ -57,7 +58,8 @@ uint32_t tok_hash(const char *s, size_t n) {
 
 nmlx_status tok_map_init(tok_map *m, size_t expected) {
     size_t cap = 16;
-    while (cap < expected * 2) cap *= 2;
+    while (cap < expected * 2)
+        cap *= 2;
     m->slots = nmlx_calloc(cap, sizeof *m->slots);
     if (!m->slots) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     m->cap = cap;
@@ -126,10 +128,12 @@ void tok_map_free(tok_map *m) {
 
 nmlx_status tok_pair_map_init(tok_pair_map *m, size_t expected) {
     size_t cap = 16;
-    while (cap < expected * 2) cap *= 2;
+    while (cap < expected * 2)
+        cap *= 2;
     m->slots = nmlx_malloc(cap * sizeof *m->slots);
     if (!m->slots) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
-    for (size_t i = 0; i < cap; i++) m->slots[i].rank = UINT32_MAX;
+    for (size_t i = 0; i < cap; i++)
+        m->slots[i].rank = UINT32_MAX;
     m->cap = cap;
     m->n = 0;
     return NMLX_OK;
@@ -278,7 +282,9 @@ static nmlx_status onig_compat(const char *p, size_t n, tok_buf *out) {
         char c = p[i];
         if (c == '\\' && i + 1 < n) {
             char d = p[++i];
-            const char *set = d == 's' || d == 'S' ? ONIG_WS : d == 'w' || d == 'W' ? ONIG_WORD : NULL;
+            const char *set = d == 's' || d == 'S'   ? ONIG_WS
+                              : d == 'w' || d == 'W' ? ONIG_WORD
+                                                     : NULL;
             int neg = d == 'S' || d == 'W';
             if (set && in_class && !neg) {
                 st = tok_buf_append(out, set, strlen(set));
@@ -334,8 +340,8 @@ nmlx_status tok_pattern_compile(tok_pattern *p, const char *src, size_t len, int
     if (!p->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: regex '%.*s' does not compile at %zu: %s",
-                         what, (int)(len > 200 ? 200 : len), src, (size_t)erroff, (char *)msg);
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: regex '%.*s' does not compile at %zu: %s", what,
+                         (int)(len > 200 ? 200 : len), src, (size_t)erroff, (char *)msg);
     }
     /* JIT is an optimisation: without it (no JIT on this CPU) matching still works */
     pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE);
@@ -363,8 +369,8 @@ static nmlx_status regex_search(const tok_pattern *pat, tok_match_ctx *mc, const
         if (!mc->md) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     }
     for (;;) {
-        int rc = pcre2_match(pat->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, mc->md,
-                             mc->mctx);
+        int rc =
+            pcre2_match(pat->re, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, mc->md, mc->mctx);
         if (rc == PCRE2_ERROR_NOMATCH) {
             *found = 0;
             return NMLX_OK;

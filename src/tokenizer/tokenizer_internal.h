@@ -72,8 +72,8 @@ void tok_pair_map_free(tok_pair_map *m);
 
 /* ---- patterns (regex or literal) ---------------------------------------- */
 typedef struct tok_pattern {
-    pcre2_code *re;  /* regex, or NULL for a literal */
-    char *literal;   /* literal string (String patterns) */
+    pcre2_code *re; /* regex, or NULL for a literal */
+    char *literal;  /* literal string (String patterns) */
     size_t literal_len;
 } tok_pattern;
 nmlx_status tok_pattern_compile(tok_pattern *p, const char *src, size_t len, int is_regex,
@@ -106,7 +106,13 @@ nmlx_status tok_pattern_find(const tok_pattern *pat, tok_match_ctx *mc, const ch
 
 /* ---- components ---------------------------------------------------------- */
 typedef enum norm_kind {
-    NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_REPLACE, NORM_PREPEND, NORM_LOWERCASE,
+    NORM_NFC,
+    NORM_NFD,
+    NORM_NFKC,
+    NORM_NFKD,
+    NORM_REPLACE,
+    NORM_PREPEND,
+    NORM_LOWERCASE,
     NORM_STRIP
 } norm_kind;
 typedef struct tok_normalizer {
@@ -118,11 +124,20 @@ typedef struct tok_normalizer {
 } tok_normalizer;
 
 typedef enum split_behavior {
-    SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS
+    SPLIT_REMOVED,
+    SPLIT_ISOLATED,
+    SPLIT_MERGED_PREV,
+    SPLIT_MERGED_NEXT,
+    SPLIT_CONTIGUOUS
 } split_behavior;
 
 typedef enum pretok_kind {
-    PT_SPLIT, PT_BYTELEVEL, PT_METASPACE, PT_DIGITS, PT_PUNCTUATION, PT_WHITESPACE,
+    PT_SPLIT,
+    PT_BYTELEVEL,
+    PT_METASPACE,
+    PT_DIGITS,
+    PT_PUNCTUATION,
+    PT_WHITESPACE,
     PT_WHITESPACE_SPLIT
 } pretok_kind;
 enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
@@ -138,7 +153,14 @@ typedef struct tok_pretok {
     int individual_digits;     /* Digits */
 } tok_pretok;
 
-typedef enum dec_kind { DEC_BYTELEVEL, DEC_BYTEFALLBACK, DEC_METASPACE, DEC_REPLACE, DEC_FUSE, DEC_STRIP } dec_kind;
+typedef enum dec_kind {
+    DEC_BYTELEVEL,
+    DEC_BYTEFALLBACK,
+    DEC_METASPACE,
+    DEC_REPLACE,
+    DEC_FUSE,
+    DEC_STRIP
+} dec_kind;
 typedef struct tok_decoder {
     dec_kind kind;
     tok_pattern pat; /* Replace */
