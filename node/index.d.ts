@@ -114,7 +114,10 @@ export class Model {
   tokenize(text: string, options?: { special?: boolean }): number[];
   detokenize(ids: number[] | Int32Array, options?: { skipSpecial?: boolean }): string;
   applyChatTemplate(messages: Message[], options?: { addGenerationPrompt?: boolean; templateName?: string;
-    [variable: string]: unknown }): string;
+    tokenize?: false; [variable: string]: unknown }): string;
+  /** tokenize: true gives the prompt's ids (no BOS/EOS added beyond what the template writes). */
+  applyChatTemplate(messages: Message[], options: { addGenerationPrompt?: boolean; templateName?: string;
+    tokenize: true; [variable: string]: unknown }): number[];
   chatTemplate(name?: string): ChatTemplate;
   /** Ends a running generation ("abort"), rejects queued calls, frees the model. Idempotent. */
   unload(): Promise<void>;
@@ -123,7 +126,10 @@ export class Model {
 export class Chat {
   private constructor();
   readonly messages: Message[];
+  /** Number of tokens in the chat's KV cache. */
   readonly cachedTokens: number;
+  /** The token ids in the chat's KV cache. */
+  readonly tokens: number[];
   send(content: string, options?: GenerationOptions): Promise<ChatResult>;
   stream(content: string, options?: GenerationOptions): ChatStream;
   /** Forgets the conversation, keeps the system prompt. */

@@ -20,6 +20,7 @@ export class Chat {
   #session = null;
   #ids = []; // the tokens the session holds
   #covered = ""; // the text those tokens stand for, or null if unknown
+  #marks = [{ n: 0, off: 0 }]; // token counts n where the held text is covered[0, off)
   #closed = false;
 
   /** @internal use model.chat() */
@@ -37,8 +38,10 @@ export class Chat {
 
   /** The conversation so far ({ role, content } objects). */
   get messages() { return this.#messages.map((m) => ({ ...m })); }
-  /** Tokens held in the KV cache. */
+  /** Number of tokens held in the KV cache. */
   get cachedTokens() { return this.#ids.length; }
+  /** The token ids held in the KV cache (the conversation as the model saw it). */
+  get tokens() { return [...this.#ids]; }
 
   send(content, opts = {}) {
     return this.#turn(content, opts, null);
@@ -54,6 +57,7 @@ export class Chat {
     this.#messages = this.#system !== undefined ? [{ role: "system", content: this.#system }] : [];
     this.#ids = [];
     this.#covered = "";
+    this.#marks = [{ n: 0, off: 0 }];
     if (this.#session) {
       try { native.sessionReset(this.#session); } catch { this.#dropSession(); }
     }
@@ -76,6 +80,36 @@ export class Chat {
     this.#session = null;
     this.#ids = [];
     this.#covered = "";
+    this.#marks = [{ n: 0, off: 0 }];
+  }
+
+  // How much of the session to keep for the rendered conversation `full`,
+  // and the tokens to evaluate after it. Two candidates, the larger wins:
+  // the last mark inside the text `full` shares with what the session holds
+  // (then only the rest of `full` is tokenized), and the longest common
+  // prefix of the session's tokens with `full` tokenized whole.
+  #reuse(full) {
+    const covered = this.#covered ?? "";
+    let same = 0;
+    const max = Math.min(full.length, covered.length);
+    while (same < max && full.charCodeAt(same) === covered.charCodeAt(same)) same++;
+    let mark = { n: 0, off: 0 };
+    for (const m of this.#marks) if (m.off <= same && m.n >= mark.n && m.off < full.length) mark = m;
+    let keep = mark.n;
+    let delta = this.#model.tokenize(full.slice(mark.off), { special: false });
+    if (keep < this.#ids.length) {
+      const all = this.#model.tokenize(full, { special: false });
+      let k = 0;
+      while (k < this.#ids.length && k < all.length && this.#ids[k] === all[k]) k++;
+      if (k === all.length) k--; // re-evaluate one token to get logits
+      if (k > keep) {
+        keep = k;
+        delta = all.slice(k);
+        this.#marks = this.#marks.filter((m) => m.off <= same);
+      }
+    }
+    if (!delta.length) throw invalid("the chat template rendered an empty prompt");
+    return { keep, delta };
   }
 
   #turn(content, opts, onPiece) {
@@ -91,24 +125,11 @@ export class Chat {
       if (this.#closed) throw new NmlxError(codes.UNLOADED, "the chat has been closed");
       const messages = [...this.#messages, { role: "user", content }];
       const full = this.#template.render(messages, { addGenerationPrompt: true, ...this.#templateArgs });
-      let keep, delta;
-      if (this.#covered !== null && this.#ids.length && full.startsWith(this.#covered) &&
-          full.length > this.#covered.length) {
-        keep = this.#ids.length;
-        delta = this.#model.tokenize(full.slice(this.#covered.length), { special: false });
-      } else {
-        const all = this.#model.tokenize(full, { special: false });
-        keep = 0;
-        while (keep < this.#ids.length && keep < all.length && this.#ids[keep] === all[keep]) keep++;
-        if (keep === all.length) keep--; // re-evaluate one token to get logits
-        delta = all.slice(keep);
-      }
-      if (!delta.length || keep < 0) throw invalid("the chat template rendered an empty prompt");
+      let { keep, delta } = this.#reuse(full);
       if (!this.#session) this.#session = this.#model._createSession();
-      if (keep < this.#ids.length) {
-        native.sessionTrim(this.#session, this.#ids.length - keep);
-        this.#ids.length = keep;
-      }
+      if (keep < this.#ids.length) native.sessionTrim(this.#session, this.#ids.length - keep);
+      this.#ids.length = keep;
+      this.#marks = this.#marks.filter((m) => m.n <= keep);
       this.#covered = null;
       let r;
       try {
@@ -116,14 +137,22 @@ export class Chat {
       } catch (e) {
         if (this.#session) native.sessionReset(this.#session); // unknown state: start over next turn
         this.#ids = [];
+        this.#marks = [{ n: 0, off: 0 }];
         this.#covered = "";
         throw e;
       }
       if (this.#closed) return { ...r, cachedTokens: keep };
       this.#ids.push(...delta, ...r.tokens);
+      this.#marks.push({ n: keep + delta.length, off: full.length });
       const last = r.tokens.at(-1);
-      const eos = r.finishReason === "stop" && last !== undefined && this.#model._eosIds.includes(last);
-      this.#covered = full + r.rawText + (eos ? this.#model.detokenize([last]) : "");
+      if (last !== undefined && this.#model._eosIds.includes(last)) {
+        // before the end-of-turn token, so a template that writes another end marker can reuse the reply
+        const eosText = this.#model.detokenize([last]);
+        if (r.rawText.endsWith(eosText))
+          this.#marks.push({ n: this.#ids.length - 1, off: full.length + r.rawText.length - eosText.length });
+      }
+      this.#covered = full + r.rawText;
+      this.#marks.push({ n: this.#ids.length, off: this.#covered.length });
       if (r.finishReason !== "abort" || r.completionTokens > 0)
         this.#messages.push({ role: "user", content }, { role: "assistant", content: r.text });
       return { ...r, cachedTokens: keep };

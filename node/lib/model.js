@@ -55,7 +55,8 @@ export class Model {
   }
 
   detokenize(ids, { skipSpecial = false } = {}) {
-    return native.detokenize(this.#handle(), Int32Array.from(toIds(ids, this.#info.vocabSize)), !!skipSpecial);
+    const limit = Math.max(this.#info.vocabSize, this.#info.tokenizerVocabSize);
+    return native.detokenize(this.#handle(), Int32Array.from(toIds(ids, limit)), !!skipSpecial);
   }
 
   /** The model's chat template (see template.js); throws if it has none. */
@@ -71,9 +72,14 @@ export class Model {
     return this.#templates.get(key);
   }
 
-  /** Renders messages with the model's chat template (text, not tokens). */
-  applyChatTemplate(messages, { addGenerationPrompt = true, templateName, ...extra } = {}) {
-    return this.chatTemplate(templateName).render(messages, { addGenerationPrompt, ...extra });
+  /**
+   * Renders messages with the model's chat template: the prompt text, or with
+   * tokenize: true its ids (tokenized without adding BOS/EOS, since the
+   * template writes them, as transformers does).
+   */
+  applyChatTemplate(messages, { addGenerationPrompt = true, templateName, tokenize = false, ...extra } = {}) {
+    const text = this.chatTemplate(templateName).render(messages, { addGenerationPrompt, ...extra });
+    return tokenize ? this.tokenize(text, { special: false }) : text;
   }
 
   // prompt: text (tokenized with the tokenizer's special tokens, like the C

@@ -6,16 +6,18 @@
 //   2. src/*.c of this package against the Node-API headers of the running
 //      node (<prefix>/include/node, e.g. /usr/include/node), linked into a
 //      shared object with the library and its pkg-config dependencies.
-// Environment: NMLX_NODE_INCLUDE (folder holding node_api.h), CC, NMLX_JOBS,
+// Environment: NMLX_SOURCE_DIR (the nmlx source tree; default: the folder
+// above this package), NMLX_NODE_INCLUDE (folder holding node_api.h), CC, NMLX_JOBS,
 // NMLX_DEBUG=1 (-O0 -g), NMLX_SANITIZE=1 (ASan+UBSan: needs LD_PRELOAD to run).
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, statSync, renameSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const pkg = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const root = resolve(pkg, "..");
+const root = resolve(process.env.NMLX_SOURCE_DIR || join(pkg, ".."));
 const out = join(pkg, "build");
 const cc = process.env.CC || "cc";
 const jobs = String(process.env.NMLX_JOBS || Math.min(availableParallelism(), 8));
@@ -47,7 +49,8 @@ if (!nodeInclude)
     "(Debian: apt-get install libnode-dev, or nodejs from NodeSource) or set NMLX_NODE_INCLUDE");
 
 // 1. libnmlx.a
-const lib = join(out, sanitize ? "cmake-asan" : "cmake");
+const custom = process.env.NMLX_SOURCE_DIR ? "-" + createHash("sha1").update(root).digest("hex").slice(0, 8) : "";
+const lib = join(out, (sanitize ? "cmake-asan" : "cmake") + custom);
 mkdirSync(lib, { recursive: true });
 run("cmake", ["-S", root, "-B", lib, `-DCMAKE_BUILD_TYPE=${debug || sanitize ? "Debug" : "Release"}`,
   "-DNMLX_TESTS=OFF", `-DNMLX_SANITIZE=${sanitize ? "ON" : "OFF"}`], { capture: true });

@@ -217,6 +217,7 @@ static napi_value model_info(napi_env env, napi_callback_info info) {
     const nmlx_tokenizer *tok = nmlx_model_tokenizer(m->model);
     set_prop(env, obj, "bosId", num(env, tok ? nmlx_tokenizer_bos_id(tok) : -1));
     set_prop(env, obj, "eosId", num(env, tok ? nmlx_tokenizer_eos_id(tok) : -1));
+    set_prop(env, obj, "tokenizerVocabSize", num(env, tok ? nmlx_tokenizer_vocab_size(tok) : 0));
     napi_value b;
     napi_get_boolean(env, tok != NULL, &b);
     set_prop(env, obj, "hasTokenizer", b);

@@ -22,6 +22,7 @@ struct gen_job;
  * external, so the finalizer never sees a busy session. */
 typedef struct addon_session {
     nmlx_session *session; /* NULL once freed */
+    const nmlx_tokenizer *tok; /* the model's (kept alive by the session); may be NULL */
     struct gen_job *job;   /* the generation running on it, or NULL */
     bool free_when_idle;   /* freeSession() was called while busy */
 } addon_session;

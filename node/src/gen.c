@@ -47,7 +47,7 @@ typedef struct gen_job {
     atomic_bool abort;
     /* worker only */
     buf held; /* text not yet released: may begin a stop string */
-    buf raw;  /* every generated piece, stop text included */
+    buf raw;  /* all generated text: stop text and special tokens included */
     bool stop_hit, oom;
     /* shared, under mu */
     pthread_mutex_t mu;
@@ -98,6 +98,7 @@ napi_value addon_create_session(napi_env env, napi_callback_info info) {
     if (!s) return addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
     nmlx_session_params sp = nmlx_session_default_params();
     sp.max_context = max_ctx;
+    s->tok = nmlx_model_tokenizer(m->model);
     nmlx_status st = nmlx_session_create(m->model, &sp, &s->session);
     if (st != NMLX_OK) {
         free(s);
@@ -242,7 +243,14 @@ static void post(gen_job *j, const char *text, size_t n, int32_t id, bool has_id
 static int on_token(void *user, int32_t id, const char *text, size_t len) {
     gen_job *j = user;
     if (!text) len = 0;
-    if (!buf_add(&j->raw, text, len) || !buf_add(&j->held, text, len)) j->oom = true;
+    /* the callback's text skips special tokens; the raw text keeps them, so
+     * that it spells exactly what the session holds */
+    const char *special = j->sess->tok && nmlx_tokenizer_is_special(j->sess->tok, id)
+                              ? nmlx_tokenizer_id_to_token(j->sess->tok, id)
+                              : NULL;
+    if (!buf_add(&j->raw, text, len) || (special && !buf_add(&j->raw, special, strlen(special))) ||
+        !buf_add(&j->held, text, len))
+        j->oom = true;
     size_t release = j->held.len;
     if (j->n_stops) {
         long at = find_stop(j);
