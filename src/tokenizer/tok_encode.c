@@ -20,6 +20,8 @@ static nmlx_status normalize_pieces(const nmlx_tokenizer *tok, tok_work *w, cons
         size_t before = w->arena.len;
         if ((st = tok_normalize(tok, w, src + p.off, p.len, &w->arena))) return st;
         size_t n = w->arena.len - before;
+        if (w->arena.len > UINT32_MAX)
+            return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_tokenize: normalized text is too long");
         if (n && (st = tok_pieces_push(&w->b, (uint32_t)before, (uint32_t)n, -1, p.at_start)))
             return st;
     }
@@ -31,9 +33,10 @@ static nmlx_status normalize_pieces(const nmlx_tokenizer *tok, tok_work *w, cons
 
 static nmlx_status encode(const nmlx_tokenizer *tok, tok_work *w, const char *src, size_t len) {
     nmlx_status st;
-    if ((st = tok_buf_append(&w->arena, src, len))) return st;
-    if (len > UINT32_MAX / 4)
+    /* piece offsets are 32-bit; normalizers may grow the text a few times */
+    if (len > UINT32_MAX / 8)
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_tokenize: text of %zu bytes is too long", len);
+    if ((st = tok_buf_append(&w->arena, src, len))) return st;
     if (len && (st = tok_pieces_push(&w->a, 0, (uint32_t)len, -1, 1))) return st;
     if (tok->has_raw_added && (st = tok_split_added(tok, w, 0))) return st;
     if (tok->n_norms && (st = normalize_pieces(tok, w, src))) return st;

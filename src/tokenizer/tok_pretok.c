@@ -155,7 +155,12 @@ static nmlx_status whitespace_words(tok_work *w, const tok_piece *p) {
 }
 
 /* Copies piece `p` into the arena with a prefix; returns the new piece. */
+static nmlx_status too_long(void) {
+    return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_tokenize: pre-tokenized text is too long");
+}
+
 static nmlx_status with_prefix(tok_work *w, tok_piece *p, const char *pre, size_t pre_n) {
+    if (w->arena.len + pre_n + p->len > UINT32_MAX) return too_long();
     nmlx_status st = tok_buf_reserve(&w->arena, pre_n + p->len);
     if (st != NMLX_OK) return st;
     uint32_t off = (uint32_t)w->arena.len;
@@ -181,6 +186,7 @@ static nmlx_status metaspace(const tok_pretok *pt, tok_work *w, tok_piece p) {
                    (pt->prepend_scheme == PREPEND_FIRST && p.at_start)) &&
                   !starts_rep && p.len > 0;
     size_t need = p.len + spaces * (size_t)pt->rep_len + (size_t)pt->rep_len;
+    if (w->arena.len + need > UINT32_MAX) return too_long();
     if ((st = tok_buf_reserve(&w->arena, need))) return st;
     s = w->arena.p + p.off;
     char *o = w->arena.p + w->arena.len;
