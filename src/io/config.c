@@ -250,7 +250,8 @@ static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const
  *  - "rope_parameters" (transformers 5), flat or keyed by layer type, in
  *    which case the "full_attention" entry is used;
  *  - else "rope_scaling" (hub), which may be null or absent. */
-static nmlx_status rope_params(const nmlx_cfg *cfg, const json_t **params, const char **name) {
+static nmlx_status rope_params(const nmlx_cfg *cfg, const char *layer_type, const json_t **params,
+                               const char **name) {
     const json_t *rp = lookup(cfg, "rope_parameters");
     *params = NULL;
     *name = "rope_scaling";
@@ -266,13 +267,14 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const json_t **params, const
             if (!json_is_object(v)) per_layer = false;
         }
         if (per_layer) {
-            const json_t *full = json_object_get(rp, "full_attention");
+            const json_t *full = json_object_get(rp, layer_type);
             if (!full)
                 return nmlx_fail(NMLX_ERR_UNSUPPORTED,
                                  "%s: field 'rope_parameters' is keyed by layer type but has no "
-                                 "'full_attention' entry",
-                                 cfg->path);
-            *name = "rope_parameters.full_attention";
+                                 "'%s' entry",
+                                 cfg->path, layer_type);
+            *name = !strcmp(layer_type, "full_attention") ? "rope_parameters.full_attention"
+                                                           : "rope_parameters.sliding_attention";
             rp = full;
         }
         *params = rp;
@@ -284,8 +286,47 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const json_t **params, const
     return NMLX_OK;
 }
 
+static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double def_theta,
+                             nmlx_rope_config *out);
+
 nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_config *out) {
     if (!cfg || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_rope: NULL argument");
+    return rope_read(cfg, "full_attention", def_theta, out);
+}
+
+nmlx_status nmlx_cfg_rope_layer(const nmlx_cfg *cfg, const char *layer_type, double def_theta,
+                                nmlx_rope_config *out, bool *found) {
+    if (!cfg || !layer_type || !out || !found)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_rope_layer: NULL argument");
+    *found = false;
+    const json_t *rp = lookup(cfg, "rope_parameters");
+    const json_t *entry = json_is_object(rp) ? json_object_get(rp, layer_type) : NULL;
+    if (!json_is_object(entry)) return NMLX_OK;
+    nmlx_status st = rope_read(cfg, layer_type, def_theta, out);
+    if (st == NMLX_OK) *found = true;
+    return st;
+}
+
+nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out,
+                                 size_t cap, size_t *n) {
+    if (!cfg || !key || !n) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string_list: NULL argument");
+    *n = 0;
+    const json_t *v = lookup(cfg, key);
+    if (!v) return NMLX_OK;
+    if (!json_is_array(v)) return type_error(cfg, key, "an array of strings");
+    size_t len = json_array_size(v);
+    for (size_t i = 0; i < len; i++)
+        if (!json_is_string(json_array_get(v, i))) return type_error(cfg, key, "an array of strings");
+    if (len > cap)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu supported)",
+                         cfg->path, key, len, cap);
+    for (size_t i = 0; i < len; i++) out[i] = json_string_value(json_array_get(v, i));
+    *n = len;
+    return NMLX_OK;
+}
+
+static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double def_theta,
+                             nmlx_rope_config *out) {
     nmlx_status st = NMLX_OK;
     const json_t *p = NULL;
     const char *pn = NULL;
@@ -294,7 +335,7 @@ nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_confi
      * struct is large (two factor arrays), so reuse `out` only at the end */
     nmlx_rope_config *r = nmlx_calloc(1, sizeof *r);
     if (!r) return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory reading RoPE settings", cfg->path);
-    TRY(rope_params(cfg, &p, &pn));
+    TRY(rope_params(cfg, layer_type, &p, &pn));
 
     /* type: rope_type, or the legacy "type"; lowercased; none -> default */
     const json_t *t = p ? json_object_get(p, "rope_type") : NULL;
@@ -333,6 +374,8 @@ nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_confi
     TRY(rope_float(cfg, p, pn, "beta_fast", 32.0, &r->beta_fast));
     TRY(rope_float(cfg, p, pn, "beta_slow", 1.0, &r->beta_slow));
     TRY(rope_float(cfg, p, pn, "mscale", 1.0, &r->mscale));
+    r->has_mscale = p && json_object_get(p, "mscale") && !json_is_null(json_object_get(p, "mscale"));
+    TRY(rope_float(cfg, p, pn, "llama_4_scaling_beta", 0.0, &r->llama_4_scaling_beta));
     TRY(rope_float(cfg, p, pn, "mscale_all_dim", 0.0, &r->mscale_all_dim));
     TRY(rope_float(cfg, p, pn, "attention_factor", 0.0, &r->attention_factor));
     snprintf(field, sizeof field, "%s.truncate", pn);

@@ -64,6 +64,8 @@ typedef struct nmlx_rope_config {
     double attention_factor;                  /* yarn/longrope; 0 if absent */
     bool truncate;                            /* yarn; true if absent */
     double partial_rotary_factor;             /* 1 if absent (top level or in params) */
+    bool has_mscale;                          /* yarn: "mscale" given (transformers tests it) */
+    double llama_4_scaling_beta;              /* Ministral 3 query scaling; 0 if absent */
     size_t n_short, n_long;                   /* longrope factor lists */
     double short_factor[NMLX_ROPE_MAX_FACTORS];
     double long_factor[NMLX_ROPE_MAX_FACTORS];
@@ -71,5 +73,17 @@ typedef struct nmlx_rope_config {
 
 /* def_theta applies when the file gives no theta at all. */
 nmlx_status nmlx_cfg_rope(const nmlx_cfg *cfg, double def_theta, nmlx_rope_config *out);
+
+/* The RoPE settings of one layer type ("sliding_attention") when
+ * rope_parameters is keyed by layer type (Gemma 3, transformers 5 style):
+ * *found = true and *out filled as nmlx_cfg_rope does. Otherwise *found =
+ * false and *out untouched. */
+nmlx_status nmlx_cfg_rope_layer(const nmlx_cfg *cfg, const char *layer_type, double def_theta,
+                                nmlx_rope_config *out, bool *found);
+
+/* An array of strings (e.g. layer_types); *n = 0 if missing or null. The
+ * strings point into the cfg. More than `cap` -> NMLX_ERR_UNSUPPORTED. */
+nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out,
+                                 size_t cap, size_t *n);
 
 #endif

@@ -1,7 +1,20 @@
 /* Standard GQA attention (see attention.h). */
 #include "attention.h"
 
+#include <math.h>
 #include <stdio.h>
+
+static nmlx_status load_fused_qkv(nmlx_attention *a, const nmlx_weights *ws, const char *prefix,
+                                  int64_t qdim, int64_t kvdim) {
+    char name[512];
+    nmlx_status st;
+    snprintf(name, sizeof name, "%s.qkv_proj", prefix);
+    if ((st = nmlx_linear_load(&a->qkv, ws, name, qdim + 2 * kvdim, a->s.hidden, a->s.qkv_bias)))
+        return st;
+    if ((st = nmlx_linear_rows(&a->qkv, 0, qdim, name, &a->q))) return st;
+    if ((st = nmlx_linear_rows(&a->qkv, qdim, kvdim, name, &a->k))) return st;
+    return nmlx_linear_rows(&a->qkv, qdim + kvdim, kvdim, name, &a->v);
+}
 
 nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const char *prefix,
                                 const nmlx_attention_shape *s, const nmlx_rope *rope) {
@@ -10,31 +23,48 @@ nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const
     a->s = *s;
     a->rope = rope;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
-    snprintf(name, sizeof name, "%s.q_proj", prefix);
-    if ((st = nmlx_linear_load(&a->q, ws, name, qdim, s->hidden, s->qkv_bias))) return st;
-    snprintf(name, sizeof name, "%s.k_proj", prefix);
-    if ((st = nmlx_linear_load(&a->k, ws, name, kvdim, s->hidden, s->qkv_bias))) return st;
-    snprintf(name, sizeof name, "%s.v_proj", prefix);
-    if ((st = nmlx_linear_load(&a->v, ws, name, kvdim, s->hidden, s->qkv_bias))) return st;
+    if (s->fused_qkv) {
+        if ((st = load_fused_qkv(a, ws, prefix, qdim, kvdim))) return st;
+    } else {
+        snprintf(name, sizeof name, "%s.q_proj", prefix);
+        if ((st = nmlx_linear_load(&a->q, ws, name, qdim, s->hidden, s->qkv_bias))) return st;
+        snprintf(name, sizeof name, "%s.k_proj", prefix);
+        if ((st = nmlx_linear_load(&a->k, ws, name, kvdim, s->hidden, s->qkv_bias))) return st;
+        snprintf(name, sizeof name, "%s.v_proj", prefix);
+        if ((st = nmlx_linear_load(&a->v, ws, name, kvdim, s->hidden, s->qkv_bias))) return st;
+    }
     snprintf(name, sizeof name, "%s.o_proj", prefix);
     if ((st = nmlx_linear_load(&a->o, ws, name, s->hidden, qdim, s->o_bias))) return st;
     if (s->qk_norm) {
         snprintf(name, sizeof name, "%s.q_norm", prefix);
-        if ((st = nmlx_rmsnorm_load(&a->q_norm, ws, name, s->head_dim, s->norm_eps, 0.0f)))
+        if ((st = nmlx_rmsnorm_load(&a->q_norm, ws, name, s->head_dim, s->norm_eps,
+                                    s->norm_offset)))
             return st;
         snprintf(name, sizeof name, "%s.k_norm", prefix);
-        if ((st = nmlx_rmsnorm_load(&a->k_norm, ws, name, s->head_dim, s->norm_eps, 0.0f)))
+        if ((st = nmlx_rmsnorm_load(&a->k_norm, ws, name, s->head_dim, s->norm_eps,
+                                    s->norm_offset)))
             return st;
     }
     return NMLX_OK;
 }
 
-void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_kv_cache *cache,
+/* Ministral 3 / Llama 4: queries past the original context are scaled up. */
+static void scale_queries(nmlx_backend *be, const nmlx_attention_shape *s, float *q, int64_t pos,
+                          int64_t T) {
+    int64_t row = s->heads * s->head_dim;
+    for (int64_t t = 0; t < T; t++) {
+        double f = 1.0 + s->q_scale_beta * log(1.0 + floor((double)(pos + t) /
+                                                            (double)s->q_scale_period));
+        if (f != 1.0) be->ops->scale(be, q + t * row, (float)f, row);
+    }
+}
+
+void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T) {
     const nmlx_attention_shape *s = &a->s;
     int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
-    int64_t pos = cache->offset;
+    int64_t pos = nmlx_layer_cache_offset(cache);
 
     nmlx_linear_forward(be, &a->q, x, buf->q, T);
     nmlx_linear_forward(be, &a->k, x, buf->k, T);
@@ -44,17 +74,19 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_kv_c
         nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * KVH, HD);
     }
     if (a->rope) {
-        be->ops->rope(be, buf->q, T, H, HD, a->rope->dims, pos, a->rope->freqs, a->rope->mscale);
-        be->ops->rope(be, buf->k, T, KVH, HD, a->rope->dims, pos, a->rope->freqs,
-                      a->rope->mscale);
+        const float *freqs = nmlx_rope_freqs(a->rope, pos, T);
+        be->ops->rope(be, buf->q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        be->ops->rope(be, buf->k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
     }
-    nmlx_kv_cache_append(cache, be, buf->k, buf->v, T);
+    if (s->q_scale_beta != 0.0f) scale_queries(be, s, buf->q, pos, T);
 
+    nmlx_kv_view kv;
+    nmlx_layer_cache_update(cache, be, buf->k, buf->v, T, &kv);
     nmlx_attn_args args = {
-        .q = buf->q, .k = cache->keys, .v = cache->values, .out = buf->ctx,
-        .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = cache->capacity,
-        .q_pos = pos, .n_kv = cache->offset, .scale = s->scale,
-        .window = s->window, .softcap = 0.0f, .sinks = NULL, .scratch = buf->scratch,
+        .q = buf->q, .k = kv.keys, .v = kv.values, .out = buf->ctx,
+        .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = kv.cap,
+        .q_pos = kv.q_row, .n_kv = kv.n_kv, .scale = s->scale,
+        .window = kv.window, .softcap = 0.0f, .sinks = NULL, .scratch = buf->scratch,
     };
     be->ops->attention(be, &args);
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);

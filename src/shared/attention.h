@@ -1,24 +1,32 @@
 /* Standard multi-head attention with GQA: q/k/v/o projections (optional
- * biases), optional per-head RMSNorm of q and k (Qwen3), RoPE, a KV cache,
- * causal (optionally sliding-window) softmax attention. */
+ * biases; q/k/v may be one fused qkv_proj), optional per-head RMSNorm of q
+ * and k (Qwen3, Gemma 3), RoPE (or none: NoPE layers), a per-layer KV cache
+ * (standard or rotating), causal (optionally sliding-window) softmax
+ * attention, optional per-position query scaling (Ministral 3). */
 #ifndef NMLX_ATTENTION_H
 #define NMLX_ATTENTION_H
 
+#include "layer_cache.h"
 #include "layers.h"
-#include "ported/kv_cache.h"
 #include "ported/rope.h"
 
 typedef struct nmlx_attention_shape {
     int64_t hidden, heads, kv_heads, head_dim;
     bool qkv_bias, o_bias, qk_norm;
+    bool fused_qkv;    /* one `qkv_proj` holding q, k, v rows in that order */
     float norm_eps;
-    float scale;    /* usually 1/sqrt(head_dim) */
-    int64_t window; /* 0 = full causal */
+    float norm_offset; /* q/k norm weight offset (1 for Gemma's 1 + w) */
+    float scale;       /* usually 1/sqrt(head_dim) */
+    int64_t window;    /* 0 = full causal */
+    /* llama 4 query scaling: q *= 1 + beta * ln(1 + floor(pos / period)); beta 0 = off */
+    float q_scale_beta;
+    int64_t q_scale_period;
 } nmlx_attention_shape;
 
 typedef struct nmlx_attention {
     nmlx_attention_shape s;
     nmlx_linear q, k, v, o;
+    nmlx_linear qkv;             /* if s.fused_qkv: q, k, v are row views of it */
     nmlx_rmsnorm q_norm, k_norm; /* if s.qk_norm */
     const nmlx_rope *rope;       /* owned by the model; NULL = no RoPE */
 } nmlx_attention;
@@ -31,12 +39,12 @@ typedef struct nmlx_attention_buffers {
     float *scratch; /* n_threads * max_context floats */
 } nmlx_attention_buffers;
 
-/* Loads `<prefix>.{q,k,v,o}_proj` and `<prefix>.{q,k}_norm`. */
+/* Loads `<prefix>.{q,k,v,o}_proj` (or `qkv_proj`) and `<prefix>.{q,k}_norm`. */
 nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const char *prefix,
                                 const nmlx_attention_shape *s, const nmlx_rope *rope);
 /* out[T, hidden] = attention(x[T, hidden]), appending T positions to cache
- * (which must have room: nmlx_kv_cache_reserve). */
-void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_kv_cache *cache,
+ * (which must have room: nmlx_layer_cache_reserve). */
+void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T);
 

@@ -3,31 +3,48 @@
 
 #include <stdio.h>
 
+static nmlx_status load_norm(nmlx_rmsnorm *n, const nmlx_weights *ws, const char *prefix,
+                             const char *what, int64_t dim, const nmlx_decoder_opts *o) {
+    char name[512];
+    snprintf(name, sizeof name, "%s.%s", prefix, what);
+    return nmlx_rmsnorm_load(n, ws, name, dim, o->norm_eps, o->norm_offset);
+}
+
 nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *ws,
                                     const char *prefix, const nmlx_attention_shape *as,
-                                    const nmlx_rope *rope, int64_t intermediate, bool mlp_bias,
-                                    nmlx_act act, float norm_eps) {
+                                    const nmlx_rope *rope, const nmlx_decoder_opts *o) {
     char name[512];
     nmlx_status st;
-    snprintf(name, sizeof name, "%s.input_layernorm", prefix);
-    if ((st = nmlx_rmsnorm_load(&l->input_norm, ws, name, as->hidden, norm_eps, 0.0f))) return st;
-    snprintf(name, sizeof name, "%s.post_attention_layernorm", prefix);
-    if ((st = nmlx_rmsnorm_load(&l->post_attn_norm, ws, name, as->hidden, norm_eps, 0.0f)))
+    int64_t D = as->hidden;
+    l->sandwich = o->sandwich;
+    if ((st = load_norm(&l->input_norm, ws, prefix, "input_layernorm", D, o))) return st;
+    if ((st = load_norm(&l->post_attn_norm, ws, prefix, "post_attention_layernorm", D, o)))
         return st;
+    if (o->sandwich) {
+        if ((st = load_norm(&l->pre_ffn_norm, ws, prefix, "pre_feedforward_layernorm", D, o)))
+            return st;
+        if ((st = load_norm(&l->post_ffn_norm, ws, prefix, "post_feedforward_layernorm", D, o)))
+            return st;
+    }
     snprintf(name, sizeof name, "%s.self_attn", prefix);
     if ((st = nmlx_attention_load(&l->attn, ws, name, as, rope))) return st;
     snprintf(name, sizeof name, "%s.mlp", prefix);
-    return nmlx_mlp_load(&l->mlp, ws, name, as->hidden, intermediate, mlp_bias, act);
+    return nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias, o->fused_gate_up,
+                         o->act);
 }
 
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
-                                nmlx_kv_cache *cache, const nmlx_decoder_buffers *buf, float *x,
-                                int64_t T) {
+                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
+                                float *x, int64_t T) {
     int64_t D = l->attn.s.hidden;
     nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
     nmlx_attention_forward(be, &l->attn, cache, &buf->attn, buf->xn, buf->tmp, T);
+    if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_attn_norm, buf->tmp, buf->tmp, T, D);
     be->ops->add(be, x, buf->tmp, x, T * D);
-    nmlx_rmsnorm_forward(be, &l->post_attn_norm, x, buf->xn, T, D);
+
+    const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
+    nmlx_rmsnorm_forward(be, ffn_in, x, buf->xn, T, D);
     nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
+    if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
     be->ops->add(be, x, buf->tmp, x, T * D);
 }

@@ -1,6 +1,10 @@
 /* Pre-norm decoder layer:
  *   h = x + attn(norm1(x));  out = h + mlp(norm2(h))
- * (HF names: input_layernorm, self_attn, post_attention_layernorm, mlp). */
+ * (HF names: input_layernorm, self_attn, post_attention_layernorm, mlp).
+ * With sandwich norms (Gemma 2/3) each block's output is normed too:
+ *   h = x + post_attn_norm(attn(input_norm(x)))
+ *   out = h + post_ffn_norm(mlp(pre_ffn_norm(h)))
+ * (pre_feedforward_layernorm, post_feedforward_layernorm). */
 #ifndef NMLX_DECODER_LAYER_H
 #define NMLX_DECODER_LAYER_H
 
@@ -9,9 +13,19 @@
 
 typedef struct nmlx_decoder_layer {
     nmlx_rmsnorm input_norm, post_attn_norm;
+    nmlx_rmsnorm pre_ffn_norm, post_ffn_norm; /* sandwich only */
+    bool sandwich;
     nmlx_attention attn;
     nmlx_mlp mlp;
 } nmlx_decoder_layer;
+
+/* What a layer's norms and MLP look like. */
+typedef struct nmlx_decoder_opts {
+    int64_t intermediate;
+    bool mlp_bias, fused_gate_up, sandwich;
+    nmlx_act act;
+    float norm_eps, norm_offset; /* offset 1: Gemma's (1 + w) */
+} nmlx_decoder_opts;
 
 /* Work buffers for T tokens (backend memory). */
 typedef struct nmlx_decoder_buffers {
@@ -21,14 +35,14 @@ typedef struct nmlx_decoder_buffers {
     float *gate, *up; /* [T, intermediate] */
 } nmlx_decoder_buffers;
 
-/* Loads `<prefix>.{input_layernorm,self_attn,post_attention_layernorm,mlp}`. */
+/* Loads `<prefix>.{input_layernorm,self_attn,post_attention_layernorm,mlp}`
+ * (and the feed-forward norms if sandwich). */
 nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *ws,
                                     const char *prefix, const nmlx_attention_shape *as,
-                                    const nmlx_rope *rope, int64_t intermediate, bool mlp_bias,
-                                    nmlx_act act, float norm_eps);
+                                    const nmlx_rope *rope, const nmlx_decoder_opts *o);
 /* x[T, hidden] is updated in place (residual stream). */
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
-                                nmlx_kv_cache *cache, const nmlx_decoder_buffers *buf, float *x,
-                                int64_t T);
+                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
+                                float *x, int64_t T);
 
 #endif

@@ -39,6 +39,37 @@ nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char 
     return NMLX_OK;
 }
 
+/* Row r of a tensor whose first dimension is rows: byte offset r * row size. */
+static nmlx_tensor tensor_rows(const nmlx_tensor *t, int64_t row0, int64_t n) {
+    nmlx_tensor v = *t;
+    size_t row_bytes = t->shape[0] ? nmlx_tensor_nbytes(t) / (size_t)t->shape[0] : 0;
+    v.data = (char *)t->data + (size_t)row0 * row_bytes;
+    v.shape[0] = n;
+    return v;
+}
+
+nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, const char *name,
+                             nmlx_linear *dst) {
+    const nmlx_weight *w = &src->w;
+    if (row0 < 0 || n <= 0 || row0 + n > w->rows || w->w.ndim != 2 || w->w.shape[0] != w->rows)
+        return nmlx_fail(NMLX_ERR_FORMAT, "tensor '%s': rows %lld..%lld do not fit its %lld rows",
+                         name, (long long)row0, (long long)(row0 + n), (long long)w->rows);
+    *dst = *src;
+    dst->w.w = tensor_rows(&w->w, row0, n);
+    if (w->mode != NMLX_QUANT_NONE) {
+        dst->w.scales = tensor_rows(&w->scales, row0, n);
+        if (w->mode == NMLX_QUANT_AFFINE) dst->w.biases = tensor_rows(&w->biases, row0, n);
+    }
+    dst->w.rows = n;
+    dst->bias = NULL;
+    if (src->bias) {
+        /* a view of a bias slice: the tensor struct must outlive the layer,
+         * so fused biases are not supported here */
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "tensor '%s': a fused projection with a bias", name);
+    }
+    return NMLX_OK;
+}
+
 void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
                          int64_t T) {
     be->ops->matmul(be, &l->w, l->bias, x, y, T);

@@ -22,6 +22,10 @@ typedef struct nmlx_rmsnorm {
 /* Loads `<name>.weight` [out, in] (and `<name>.bias` [out] if has_bias). */
 nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
                              int64_t out, int64_t in, bool has_bias);
+/* dst = rows [row0, row0 + n) of src (a fused projection such as qkv_proj
+ * or gate_up_proj), without copying: the views share src's memory. */
+nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, const char *name,
+                             nmlx_linear *dst);
 /* y[T, out] = x[T, in] @ W^T + b */
 void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
                          int64_t T);

@@ -4,16 +4,26 @@
 #include <stdio.h>
 
 nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefix,
-                          int64_t hidden, int64_t intermediate, bool bias, nmlx_act act) {
+                          int64_t hidden, int64_t intermediate, bool bias, bool fused_gate_up,
+                          nmlx_act act) {
     char name[512];
     nmlx_status st;
     m->act = act;
     m->hidden = hidden;
     m->intermediate = intermediate;
-    snprintf(name, sizeof name, "%s.gate_proj", prefix);
-    if ((st = nmlx_linear_load(&m->gate, ws, name, intermediate, hidden, bias))) return st;
-    snprintf(name, sizeof name, "%s.up_proj", prefix);
-    if ((st = nmlx_linear_load(&m->up, ws, name, intermediate, hidden, bias))) return st;
+    if (fused_gate_up) {
+        snprintf(name, sizeof name, "%s.gate_up_proj", prefix);
+        if ((st = nmlx_linear_load(&m->gate_up, ws, name, 2 * intermediate, hidden, bias)))
+            return st;
+        if ((st = nmlx_linear_rows(&m->gate_up, 0, intermediate, name, &m->gate))) return st;
+        if ((st = nmlx_linear_rows(&m->gate_up, intermediate, intermediate, name, &m->up)))
+            return st;
+    } else {
+        snprintf(name, sizeof name, "%s.gate_proj", prefix);
+        if ((st = nmlx_linear_load(&m->gate, ws, name, intermediate, hidden, bias))) return st;
+        snprintf(name, sizeof name, "%s.up_proj", prefix);
+        if ((st = nmlx_linear_load(&m->up, ws, name, intermediate, hidden, bias))) return st;
+    }
     snprintf(name, sizeof name, "%s.down_proj", prefix);
     return nmlx_linear_load(&m->down, ws, name, hidden, intermediate, bias);
 }

@@ -21,14 +21,18 @@ enum {
 typedef struct std_model {
     int64_t hidden, intermediate, n_layers, heads, kv_heads, head_dim, vocab;
     nmlx_weight embed;
+    float embed_scale;   /* 1, or sqrt(hidden) (Gemma) */
+    float final_softcap; /* 0 = off */
     nmlx_linear lm_head; /* aliases embed when tied */
     nmlx_rmsnorm norm;
     nmlx_rope rope;
+    nmlx_rope local_rope; /* sliding layers' RoPE if the family has one */
     nmlx_decoder_layer *layers;
+    int64_t *windows;     /* per layer: 0 = full attention */
 } std_model;
 
 typedef struct std_state {
-    nmlx_kv_cache *caches; /* one per layer */
+    nmlx_layer_cache *caches; /* one per layer */
     int64_t n_layers, chunk;
     float *x;              /* [chunk, hidden] residual stream */
     float *logits;         /* [LOGIT_ROWS, vocab] */
@@ -81,11 +85,124 @@ static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int
                              "%s: use_sliding_window with max_window_layers is not supported yet",
                              nmlx_cfg_path(cfg));
     }
-    if ((st = nmlx_cfg_int(cfg, "sliding_window", 0, window))) return st;
+    if ((st = nmlx_cfg_int(cfg, "sliding_window", def->sliding_window_default, window))) return st;
     if (*window < 0)
         return nmlx_fail(NMLX_ERR_FORMAT, "%s: field 'sliding_window' must be >= 0",
                          nmlx_cfg_path(cfg));
     return NMLX_OK;
+}
+
+/* Where the text model's weights live: "model." (causal LM), or the
+ * language model of a multimodal checkpoint (hub: "language_model.model.",
+ * transformers 5 in memory: "model.language_model."). */
+static nmlx_status weight_prefix(const nmlx_weights *ws, const char **prefix,
+                                 const char **head) {
+    static const char *const prefixes[][2] = {
+        {"model", "lm_head"},
+        {"language_model.model", "language_model.lm_head"},
+        {"model.language_model", "lm_head"},
+    };
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i][0]);
+        if (nmlx_weights_find(ws, name)) {
+            *prefix = prefixes[i][0];
+            *head = prefixes[i][1];
+            return NMLX_OK;
+        }
+    }
+    *prefix = "model";
+    *head = "lm_head"; /* the load then names the missing tensor */
+    return NMLX_OK;
+}
+
+/* Per-layer window: config layer_types ("sliding_attention" gets the
+ * window), else a sliding_window_pattern (every pattern-th layer full),
+ * else the same window for every layer. */
+static nmlx_status layer_windows(const nmlx_cfg *cfg, const nmlx_std_def *def, int64_t n_layers,
+                                 int64_t window, int64_t *windows) {
+    nmlx_status st = NMLX_OK;
+    const char **types = NULL;
+    size_t n = 0;
+    if (def->layer_types && nmlx_cfg_has(cfg, "layer_types")) {
+        types = nmlx_calloc((size_t)n_layers, sizeof *types);
+        CHECK(types, NMLX_ERR_NOMEM, "out of memory reading layer_types");
+        TRY(nmlx_cfg_string_list(cfg, "layer_types", types, (size_t)n_layers, &n));
+        CHECK(n == (size_t)n_layers, NMLX_ERR_FORMAT,
+              "%s: field 'layer_types' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
+              (long long)n_layers);
+        for (int64_t i = 0; i < n_layers; i++) {
+            bool sliding = !strcmp(types[i], "sliding_attention");
+            CHECK(sliding || !strcmp(types[i], "full_attention"), NMLX_ERR_UNSUPPORTED,
+                  "%s: layer_types[%lld] '%s' is not supported (sliding_attention, "
+                  "full_attention)",
+                  nmlx_cfg_path(cfg), (long long)i, types[i]);
+            windows[i] = sliding ? window : 0;
+        }
+    } else if (def->sliding_window_pattern > 0) {
+        int64_t pattern;
+        TRY(nmlx_cfg_int(cfg, "sliding_window_pattern", def->sliding_window_pattern, &pattern));
+        CHECK(pattern > 0, NMLX_ERR_FORMAT, "%s: sliding_window_pattern must be positive",
+              nmlx_cfg_path(cfg));
+        for (int64_t i = 0; i < n_layers; i++) windows[i] = (i + 1) % pattern ? window : 0;
+    } else {
+        for (int64_t i = 0; i < n_layers; i++) windows[i] = window;
+    }
+cleanup:
+    nmlx_free(types);
+    return st;
+}
+
+/* Which layers apply RoPE: all, or per config no_rope_layers (1 = RoPE),
+ * or all but every no_rope_layer_interval-th. */
+static nmlx_status rope_layers(const nmlx_cfg *cfg, const nmlx_std_def *def, int64_t n_layers,
+                               bool *use_rope) {
+    nmlx_status st = NMLX_OK;
+    int64_t *flags = NULL;
+    for (int64_t i = 0; i < n_layers; i++) use_rope[i] = true;
+    if (def->no_rope_layers == NMLX_FEATURE_OFF) return NMLX_OK;
+    if (nmlx_cfg_has(cfg, "no_rope_layers")) {
+        size_t n = 0;
+        flags = nmlx_calloc((size_t)n_layers, sizeof *flags);
+        CHECK(flags, NMLX_ERR_NOMEM, "out of memory reading no_rope_layers");
+        TRY(nmlx_cfg_int_list(cfg, "no_rope_layers", flags, (size_t)n_layers, &n));
+        CHECK(n == (size_t)n_layers, NMLX_ERR_FORMAT,
+              "%s: field 'no_rope_layers' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
+              (long long)n_layers);
+        for (int64_t i = 0; i < n_layers; i++) use_rope[i] = flags[i] != 0;
+    } else {
+        int64_t every;
+        TRY(nmlx_cfg_int(cfg, "no_rope_layer_interval", def->no_rope_layer_interval, &every));
+        CHECK(every > 0, NMLX_ERR_FORMAT, "%s: no_rope_layer_interval must be positive",
+              nmlx_cfg_path(cfg));
+        for (int64_t i = 0; i < n_layers; i++) use_rope[i] = (i + 1) % every != 0;
+    }
+cleanup:
+    nmlx_free(flags);
+    return st;
+}
+
+/* The RoPE of sliding layers: rope_parameters.sliding_attention
+ * (transformers 5), else plain RoPE with base rope_local_base_freq (hub). */
+static nmlx_status local_rope_init(const nmlx_cfg *cfg, const nmlx_std_def *def,
+                                   nmlx_backend *be, int64_t head_dim, int64_t max_pos,
+                                   nmlx_rope *rope) {
+    nmlx_status st = NMLX_OK;
+    bool found = false;
+    nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
+    CHECK(rc, NMLX_ERR_NOMEM, "out of memory building the model");
+    TRY(nmlx_cfg_rope_layer(cfg, "sliding_attention", def->rope_local_theta, rc, &found));
+    if (!found) {
+        snprintf(rc->type, sizeof rc->type, "default");
+        rc->factor = 1.0;
+        rc->partial_rotary_factor = 1.0;
+        TRY(nmlx_cfg_float(cfg, "rope_local_base_freq", def->rope_local_theta, &rc->theta));
+    }
+    TRY(nmlx_rope_init(rope, be, (int64_t)((double)head_dim * rc->partial_rotary_factor), rc,
+                       max_pos));
+cleanup:
+    nmlx_free(rc);
+    return st;
 }
 
 nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **archp,
@@ -96,6 +213,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     nmlx_status st = NMLX_OK;
     std_model *m = nmlx_calloc(1, sizeof *m);
     nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
+    bool *use_rope = NULL;
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
 
     TRY(required_int(cfg, "hidden_size", &m->hidden));
@@ -122,12 +240,15 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     int64_t window, max_pos;
     TRY(nmlx_cfg_float(cfg, "rms_norm_eps", def->rms_norm_eps, &eps));
     TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
-    TRY(nmlx_cfg_string(cfg, "hidden_act", def->hidden_act, &act_name));
+    TRY(nmlx_cfg_string(cfg, def->act_key ? def->act_key : "hidden_act", def->hidden_act,
+                        &act_name));
     TRY(nmlx_parse_activation(act_name, &act));
     TRY(feature(cfg, def->qkv_bias, "attention_bias", &qkv_bias));
     TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
     TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
     TRY(read_window(cfg, def, &window));
+    const char *prefix = NULL, *head_name = NULL;
+    TRY(weight_prefix(ctx->weights, &prefix, &head_name));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
     CHECK(max_pos > 0, NMLX_ERR_FORMAT, "%s: max_position_embeddings must be positive",
           nmlx_cfg_path(cfg));
@@ -138,29 +259,69 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
 
     const nmlx_tensor *emb = NULL;
     int64_t eshape[2] = {m->vocab, m->hidden};
-    TRY(nmlx_get_float_tensor(ws, "model.embed_tokens.weight", 2, eshape, &emb));
+    char name[160];
+    snprintf(name, sizeof name, "%s.embed_tokens.weight", prefix);
+    TRY(nmlx_get_float_tensor(ws, name, 2, eshape, &emb));
+    m->embed_scale = def->embed_scale ? (float)sqrt((double)m->hidden) : 1.0f;
     m->embed = (nmlx_weight){.w = *emb, .rows = m->vocab, .cols = m->hidden};
     if (tied) {
         m->lm_head.w = m->embed;
         m->lm_head.bias = NULL;
     } else {
-        TRY(nmlx_linear_load(&m->lm_head, ws, "lm_head", m->vocab, m->hidden, false));
+        TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
     }
-    TRY(nmlx_rmsnorm_load(&m->norm, ws, "model.norm", m->hidden, (float)eps, 0.0f));
+    float norm_offset = def->gemma_norms ? 1.0f : 0.0f;
+    snprintf(name, sizeof name, "%s.norm", prefix);
+    TRY(nmlx_rmsnorm_load(&m->norm, ws, name, m->hidden, (float)eps, norm_offset));
+    if (def->final_logit_softcap) {
+        double cap = 0;
+        TRY(nmlx_cfg_float(cfg, "final_logit_softcapping", 0.0, &cap));
+        CHECK(cap >= 0, NMLX_ERR_FORMAT, "%s: final_logit_softcapping must be >= 0",
+              nmlx_cfg_path(cfg));
+        m->final_softcap = (float)cap;
+    }
+    if (def->local_rope) TRY(local_rope_init(cfg, def, ctx->be, m->head_dim, max_pos, &m->local_rope));
 
     m->layers = nmlx_calloc((size_t)m->n_layers, sizeof *m->layers);
-    CHECK(m->layers, NMLX_ERR_NOMEM, "out of memory for %lld layers", (long long)m->n_layers);
+    m->windows = nmlx_calloc((size_t)m->n_layers, sizeof *m->windows);
+    use_rope = nmlx_calloc((size_t)m->n_layers, sizeof *use_rope);
+    CHECK(m->layers && m->windows && use_rope, NMLX_ERR_NOMEM, "out of memory for %lld layers",
+          (long long)m->n_layers);
+    TRY(layer_windows(cfg, def, m->n_layers, window, m->windows));
+    TRY(rope_layers(cfg, def, m->n_layers, use_rope));
+    double qpas = 0;
+    if (def->query_pre_attn_scalar) {
+        TRY(nmlx_cfg_float(cfg, "query_pre_attn_scalar", def->query_pre_attn_scalar_default,
+                           &qpas));
+        CHECK(qpas > 0, NMLX_ERR_FORMAT, "%s: query_pre_attn_scalar must be positive",
+              nmlx_cfg_path(cfg));
+    }
     nmlx_attention_shape as = {
         .hidden = m->hidden, .heads = m->heads, .kv_heads = m->kv_heads,
         .head_dim = m->head_dim, .qkv_bias = qkv_bias, .o_bias = o_bias,
-        .qk_norm = def->qk_norm, .norm_eps = (float)eps,
-        .scale = 1.0f / sqrtf((float)m->head_dim), .window = window,
+        .qk_norm = def->qk_norm, .fused_qkv = def->fused_qkv, .norm_eps = (float)eps,
+        .norm_offset = norm_offset,
+        .scale = def->query_pre_attn_scalar ? (float)(1.0 / sqrt(qpas))
+                                            : 1.0f / sqrtf((float)m->head_dim),
+    };
+    if (def->llama4_query_scale && rc->llama_4_scaling_beta != 0) {
+        as.q_scale_beta = (float)rc->llama_4_scaling_beta;
+        as.q_scale_period = rc->original_max_position_embeddings > 0
+                                ? rc->original_max_position_embeddings
+                                : max_pos;
+    }
+    nmlx_decoder_opts dopts = {
+        .intermediate = m->intermediate, .mlp_bias = mlp_bias,
+        .fused_gate_up = def->fused_gate_up, .sandwich = def->sandwich_norms, .act = act,
+        .norm_eps = (float)eps, .norm_offset = norm_offset,
     };
     for (int64_t i = 0; i < m->n_layers; i++) {
-        char prefix[64];
-        snprintf(prefix, sizeof prefix, "model.layers.%lld", (long long)i);
-        TRY(nmlx_decoder_layer_load(&m->layers[i], ws, prefix, &as, &m->rope, m->intermediate,
-                                    mlp_bias, act, (float)eps));
+        char lp[192];
+        snprintf(lp, sizeof lp, "%s.layers.%lld", prefix, (long long)i);
+        as.window = m->windows[i];
+        const nmlx_rope *rope = NULL;
+        if (use_rope[i]) rope = def->local_rope && m->windows[i] > 0 ? &m->local_rope : &m->rope;
+        TRY(nmlx_decoder_layer_load(&m->layers[i], ws, lp, &as, rope, &dopts));
     }
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
@@ -169,6 +330,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
 
 cleanup:
     nmlx_free(rc);
+    nmlx_free(use_rope);
     if (m) nmlx_std_destroy(m, ctx->be);
     return st;
 }
@@ -177,7 +339,9 @@ void nmlx_std_destroy(void *archp, nmlx_backend *be) {
     std_model *m = archp;
     if (!m) return;
     nmlx_rope_free(&m->rope, be);
+    nmlx_rope_free(&m->local_rope, be);
     nmlx_free(m->layers);
+    nmlx_free(m->windows);
     nmlx_free(m);
 }
 
@@ -185,7 +349,7 @@ void nmlx_std_state_free(void *statep, nmlx_backend *be) {
     std_state *s = statep;
     if (!s) return;
     if (s->caches)
-        for (int64_t i = 0; i < s->n_layers; i++) nmlx_kv_cache_free(&s->caches[i], be);
+        for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_free(&s->caches[i], be);
     nmlx_free(s->caches);
     float *bufs[] = {s->x, s->logits, s->buf.xn, s->buf.tmp, s->buf.gate, s->buf.up,
                      s->buf.attn.q, s->buf.attn.k, s->buf.attn.v, s->buf.attn.ctx,
@@ -206,7 +370,8 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
     s->caches = nmlx_calloc((size_t)m->n_layers, sizeof *s->caches);
     CHECK(s->caches, NMLX_ERR_NOMEM, "out of memory creating a session");
     for (int64_t i = 0; i < m->n_layers; i++)
-        nmlx_kv_cache_init(&s->caches[i], m->kv_heads, m->head_dim, max_context);
+        TRY(nmlx_layer_cache_init(&s->caches[i], be, m->kv_heads, m->head_dim, m->windows[i],
+                                  s->chunk, max_context));
 
     size_t C = (size_t)s->chunk, f = sizeof(float);
     size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
@@ -235,12 +400,12 @@ cleanup:
 
 int64_t nmlx_std_state_position(const void *statep) {
     const std_state *s = statep;
-    return s->n_layers ? s->caches[0].offset : 0;
+    return s->n_layers ? nmlx_layer_cache_offset(&s->caches[0]) : 0;
 }
 
 void nmlx_std_state_trim(void *statep, int64_t n) {
     std_state *s = statep;
-    for (int64_t i = 0; i < s->n_layers; i++) nmlx_kv_cache_trim(&s->caches[i], n);
+    for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_trim(&s->caches[i], n);
 }
 
 /* logits for `rows` consecutive rows of normed hidden states xn. */
@@ -249,8 +414,11 @@ static void lm_head_rows(nmlx_backend *be, const std_model *m, std_state *s, con
     for (int64_t r = 0; r < rows; r += LOGIT_ROWS) {
         int64_t n = rows - r < LOGIT_ROWS ? rows - r : LOGIT_ROWS;
         nmlx_linear_forward(be, &m->lm_head, xn + r * m->hidden, s->logits, n);
-        be->ops->download(be, host_out + r * m->vocab, s->logits,
-                          (size_t)(n * m->vocab) * sizeof(float));
+        float *host = host_out + r * m->vocab;
+        be->ops->download(be, host, s->logits, (size_t)(n * m->vocab) * sizeof(float));
+        if (m->final_softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
+            for (int64_t i = 0; i < n * m->vocab; i++)
+                host[i] = m->final_softcap * tanhf(host[i] / m->final_softcap);
     }
 }
 
@@ -266,11 +434,11 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
               "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[t],
               (long long)t, (long long)m->vocab);
     /* Make room in every cache first, so a failure leaves nothing half-done. */
-    for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_kv_cache_reserve(&s->caches[i], be, T));
+    for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
 
     for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
         int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
-        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->x);
+        be->ops->embed(be, &m->embed, ids + c0, C, m->embed_scale, s->x);
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
             nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->buf, s->x, C);
@@ -291,6 +459,6 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */
         for (int64_t i = 0; i < m->n_layers; i++)
-            nmlx_kv_cache_trim(&s->caches[i], s->caches[i].offset - start);
+            nmlx_layer_cache_trim(&s->caches[i], nmlx_layer_cache_offset(&s->caches[i]) - start);
     return st;
 }

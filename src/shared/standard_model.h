@@ -1,6 +1,9 @@
 /* The standard decoder-only transformer that simple families bind to
- * (Llama, Qwen2, Qwen3, Mistral): token embedding, N pre-norm decoder
- * layers (GQA attention + gated MLP), final RMSNorm, tied or untied LM head.
+ * (Llama, Qwen2, Qwen3, Mistral, Ministral, Phi-3, SmolLM3, Gemma 3):
+ * token embedding, N pre-norm decoder layers (GQA attention + gated MLP),
+ * final RMSNorm, tied or untied LM head. Per layer: full or sliding-window
+ * attention (by config layer_types or a sliding_window_pattern), RoPE or
+ * none (NoPE layers), global or local RoPE base.
  * A family's generated file fills an nmlx_std_def with its features and
  * transformers' config defaults and points its nmlx_family at the
  * nmlx_std_* functions below. */
@@ -25,6 +28,22 @@ typedef struct nmlx_std_def {
     /* sliding window: OFF; ON = config sliding_window applies when non-null;
      * FROM_CONFIG = only when config use_sliding_window is true */
     nmlx_feature sliding_window;
+    bool fused_qkv;      /* one self_attn.qkv_proj instead of q/k/v_proj (Phi-3) */
+    bool fused_gate_up;  /* one mlp.gate_up_proj instead of gate/up_proj (Phi-3) */
+    bool gemma_norms;    /* RMSNorm weights as (1 + w) */
+    bool sandwich_norms; /* pre/post feed-forward norms and a post-attention norm (Gemma) */
+    bool embed_scale;    /* embeddings multiplied by sqrt(hidden_size) (Gemma) */
+    /* layers without RoPE: FROM_CONFIG = config no_rope_layers (1 = RoPE),
+     * else one NoPE layer every no_rope_layer_interval (SmolLM3) */
+    nmlx_feature no_rope_layers;
+    bool layer_types;    /* per-layer sliding/full attention from config layer_types */
+    /* sliding window pattern when layer_types is absent: every pattern-th
+     * layer is full (config sliding_window_pattern); 0 = all layers alike */
+    int64_t sliding_window_pattern;
+    bool local_rope;     /* sliding layers have their own RoPE base (Gemma 3) */
+    bool query_pre_attn_scalar; /* attention scale 1/sqrt(config query_pre_attn_scalar) */
+    bool final_logit_softcap;   /* logits = cap * tanh(logits / cap) if configured */
+    bool llama4_query_scale;    /* rope_parameters.llama_4_scaling_beta scales queries */
     /* transformers' defaults for keys a config.json may omit */
     double rms_norm_eps;
     double rope_theta;
@@ -32,6 +51,11 @@ typedef struct nmlx_std_def {
     int64_t max_position_embeddings;
     int64_t head_dim; /* 0 = hidden_size / num_attention_heads */
     const char *hidden_act;
+    const char *act_key;            /* config key of the activation ("hidden_act") */
+    int64_t sliding_window_default; /* window when the key is absent (0 = none) */
+    double rope_local_theta;        /* local_rope: default base */
+    double query_pre_attn_scalar_default;
+    int64_t no_rope_layer_interval; /* default interval */
 } nmlx_std_def;
 
 nmlx_status nmlx_std_build(const void *def, const nmlx_load_ctx *ctx, void **arch,

@@ -14,6 +14,30 @@ export const FEATURES = {
     doc: "per-head RMSNorm of q and k before RoPE" },
   slidingWindow: { values: [false, "always", "config:use_sliding_window"], default: false,
     doc: "sliding-window attention from config sliding_window" },
+  layerTypes: { values: [false, true], default: false,
+    doc: "per-layer sliding/full attention from config layer_types" },
+  fusedQkv: { values: [false, true], default: false,
+    doc: "one fused qkv_proj" },
+  fusedGateUp: { values: [false, true], default: false,
+    doc: "one fused gate_up_proj" },
+  gemmaNorms: { values: [false, true], default: false,
+    doc: "RMSNorm weights applied as (1 + w)" },
+  sandwichNorms: { values: [false, true], default: false,
+    doc: "four norms per layer (post-attention, pre/post feed-forward)" },
+  embedScale: { values: [false, true], default: false,
+    doc: "embeddings scaled by sqrt(hidden_size)" },
+  noRopeLayers: { values: [false, "config:no_rope_layers"], default: false,
+    doc: "layers without RoPE (no_rope_layers, else every no_rope_layer_interval-th)" },
+  localRope: { values: [false, true], default: false,
+    doc: "sliding layers use a local RoPE base (rope_local_base_freq / rope_parameters.sliding_attention)" },
+  queryPreAttnScalar: { values: [false, true], default: false,
+    doc: "attention scale 1/sqrt(query_pre_attn_scalar)" },
+  finalLogitSoftcap: { values: [false, true], default: false,
+    doc: "final logit soft-capping (final_logit_softcapping)" },
+  llama4QueryScale: { values: [false, true], default: false,
+    doc: "queries scaled by rope_parameters.llama_4_scaling_beta past the original context" },
+  activationKey: { values: ["hidden_act", "hidden_activation"], default: "hidden_act",
+    doc: "config key naming the MLP activation" },
 };
 
 /** Config keys a model-def may give defaults for (transformers' defaults). */
@@ -24,6 +48,11 @@ export const CONFIG_DEFAULTS = {
   max_position_embeddings: { type: "integer", default: 2048 },
   head_dim: { type: "integer", default: 0 }, // 0: hidden_size / num_attention_heads
   hidden_act: { type: "string", default: "silu" },
+  sliding_window: { type: "integer", default: 0 }, // 0: none unless the config sets one
+  sliding_window_pattern: { type: "integer", default: 0 }, // 0: no pattern
+  rope_local_base_freq: { type: "number", default: 10000 },
+  query_pre_attn_scalar: { type: "number", default: 0 },
+  no_rope_layer_interval: { type: "integer", default: 4 },
 };
 
 function fail(def, msg) {

@@ -4,7 +4,42 @@
 import { cDouble, cString, header } from "./c.mjs";
 
 /** Features this emitter can bind; anything else needs its own emitter. */
-export const STANDARD_FEATURES = new Set(["qkvBias", "oBias", "mlpBias", "qkNorm", "slidingWindow"]);
+export const STANDARD_FEATURES = new Set([
+  "qkvBias", "oBias", "mlpBias", "qkNorm", "slidingWindow", "layerTypes", "fusedQkv",
+  "fusedGateUp", "gemmaNorms", "sandwichNorms", "embedScale", "noRopeLayers", "localRope",
+  "queryPreAttnScalar", "finalLogitSoftcap", "llama4QueryScale", "activationKey",
+]);
+
+/** Switches beyond the seed's five: emitted only when a family turns them on,
+ * so the seed families' files stay as they were. */
+function extraFields(f, d) {
+  const lines = [];
+  const flag = (key, field) => { if (f[key]) lines.push(`    .${field} = true,`); };
+  flag("fusedQkv", "fused_qkv");
+  flag("fusedGateUp", "fused_gate_up");
+  flag("gemmaNorms", "gemma_norms");
+  flag("sandwichNorms", "sandwich_norms");
+  flag("embedScale", "embed_scale");
+  if (f.noRopeLayers) {
+    lines.push(`    .no_rope_layers = ${featureEnum(f.noRopeLayers)},`);
+    lines.push(`    .no_rope_layer_interval = ${d.no_rope_layer_interval},`);
+  }
+  flag("layerTypes", "layer_types");
+  if (d.sliding_window) lines.push(`    .sliding_window_default = ${d.sliding_window},`);
+  if (d.sliding_window_pattern) lines.push(`    .sliding_window_pattern = ${d.sliding_window_pattern},`);
+  if (f.localRope) {
+    lines.push("    .local_rope = true,");
+    lines.push(`    .rope_local_theta = ${cDouble(d.rope_local_base_freq)},`);
+  }
+  if (f.queryPreAttnScalar) {
+    lines.push("    .query_pre_attn_scalar = true,");
+    lines.push(`    .query_pre_attn_scalar_default = ${cDouble(d.query_pre_attn_scalar)},`);
+  }
+  flag("finalLogitSoftcap", "final_logit_softcap");
+  flag("llama4QueryScale", "llama4_query_scale");
+  if (f.activationKey !== "hidden_act") lines.push(`    .act_key = ${cString(f.activationKey)},`);
+  return lines.length ? "\n" + lines.join("\n") : "";
+}
 
 function featureEnum(v) {
   if (v === false) return "NMLX_FEATURE_OFF";
@@ -36,7 +71,7 @@ static const nmlx_std_def ${n}_def = {
     .tie_word_embeddings = ${d.tie_word_embeddings},
     .max_position_embeddings = ${d.max_position_embeddings},
     .head_dim = ${d.head_dim},
-    .hidden_act = ${cString(d.hidden_act)},
+    .hidden_act = ${cString(d.hidden_act)},${extraFields(f, d)}
 };
 
 const nmlx_family nmlx_family_${n} = {

@@ -9,7 +9,7 @@ import { generateAll } from "../generate.mjs";
 const base = { family: "toy", modelTypes: ["toy"] };
 
 test("unknown features and bad values are rejected with the family named", () => {
-  assert.throws(() => resolveModelDef({ ...base, features: { fusedQkv: true } }, "toy.mjs"), /toy: unknown feature 'fusedQkv'/);
+  assert.throws(() => resolveModelDef({ ...base, features: { noSuchFeature: true } }, "toy.mjs"), /toy: unknown feature 'noSuchFeature'/);
   assert.throws(() => resolveModelDef({ ...base, features: { qkNorm: "config:x" } }, "toy.mjs"), /feature 'qkNorm' must be one of/);
   assert.throws(() => resolveModelDef({ ...base, configDefaults: { head_dim: 1.5 } }, "toy.mjs"), /head_dim' must be integer/);
   assert.throws(() => resolveModelDef({ family: "Bad Name", modelTypes: ["x"] }, "x.mjs"), /family/);
