@@ -301,6 +301,32 @@ static void test_added_tokens(void) {
     nmlx_tokenizer_free(t);
 }
 
+/* ---- continuing_subword_prefix / end_of_word_suffix ------------------- */
+
+static void test_prefix_suffix(void) {
+    nmlx_tokenizer *t =
+        load_json("{\"model\":{\"type\":\"BPE\",\"continuing_subword_prefix\":\"##\",\"vocab\":{"
+                  "\"a\":0,\"##b\":1,\"ab\":2,\"##c\":3,\"abc\":4,\"b\":5},\"merges\":[\"a "
+                  "##b\",\"ab ##c\"]}}",
+                  NULL);
+    EXPECT(t != NULL, "prefix load: %s", nmlx_last_error());
+    if (t) {
+        expect_ids(t, "abc", 0, (int32_t[]){4}, 1, "continuing_subword_prefix merges");
+        expect_ids(t, "bab", 0, (int32_t[]){5, 1}, 2,
+                   "prefix after the first char (##a unknown: dropped)");
+        nmlx_tokenizer_free(t);
+    }
+    t = load_json("{\"model\":{\"type\":\"BPE\",\"end_of_word_suffix\":\"</w>\",\"vocab\":{"
+                  "\"a\":0,\"b</w>\":1,\"ab</w>\":2,\"a</w>\":3},\"merges\":[\"a b</w>\"]}}",
+                  NULL);
+    EXPECT(t != NULL, "suffix load: %s", nmlx_last_error());
+    if (t) {
+        expect_ids(t, "ab", 0, (int32_t[]){2}, 1, "end_of_word_suffix merges");
+        expect_ids(t, "a", 0, (int32_t[]){3}, 1, "suffix on the last char");
+        nmlx_tokenizer_free(t);
+    }
+}
+
 /* ---- pre-tokenizers (internal pipeline) --------------------------------- */
 
 /* Pre-tokenizes `text` with the given pre_tokenizer JSON and compares the
@@ -637,6 +663,7 @@ int main(void) {
     test_bpe_random();
     test_sentencepiece();
     test_added_tokens();
+    test_prefix_suffix();
     test_pretokenizers();
     test_normalizers();
     test_decoders();

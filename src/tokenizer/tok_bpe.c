@@ -151,9 +151,9 @@ static nmlx_status initial_symbols(const nmlx_tokenizer *tok, tok_work *w, const
                 if (pl + (size_t)len + sl > sizeof small) {
                     id = -1;
                 } else {
-                    memcpy(small, m->prefix, pl);
+                    if (pl) memcpy(small, m->prefix, pl);
                     memcpy(small + pl, s + i, (size_t)len);
-                    memcpy(small + pl + len, m->suffix, sl);
+                    if (sl) memcpy(small + pl + len, m->suffix, sl);
                     id = tok_map_get(&m->vocab, small, pl + (size_t)len + sl);
                 }
             }

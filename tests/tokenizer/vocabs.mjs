@@ -124,6 +124,18 @@ export const VARIANTS = [
     }),
   },
   {
+    name: 'llama2-unk-fused', base: 'llama2',
+    patch: (t) => { t.model.byte_fallback = false; t.model.fuse_unk = true; return t; },
+  },
+  {
+    name: 'llama2-unk-unfused', base: 'llama2',
+    patch: (t) => { t.model.byte_fallback = false; t.model.fuse_unk = false; return t; },
+  },
+  {
+    name: 'llama3_1-all-merges', base: 'llama3_1',
+    patch: (t) => { t.model.ignore_merges = false; return t; },
+  },
+  {
     name: 'gemma3-contiguous', base: 'gemma3',
     patch: (t) => Object.assign(t, {
       pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { String: '\u2581' }, behavior: 'Contiguous', invert: false }, { type: 'WhitespaceSplit' }] },
