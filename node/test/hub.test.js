@@ -1,0 +1,180 @@
+// HuggingFace downloads against a mock hub on 127.0.0.1: listing, resolve
+// with commit/ETag headers, Range, a connection dropped halfway, corrupt
+// bytes, tokens, offline mode, the huggingface_hub cache layout.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { createHash } from "node:crypto";
+import { readFileSync, readdirSync, readlinkSync, existsSync, writeFileSync, mkdirSync, lstatSync } from "node:fs";
+import { join } from "node:path";
+import { loadModel, snapshotDownload, hubCacheDir } from "../lib/index.js";
+import { demoModel, tempDir } from "./helpers.js";
+
+const COMMIT = "0123456789abcdef0123456789abcdef01234567";
+const files = {};
+for (const f of readdirSync(demoModel())) files[f] = readFileSync(join(demoModel(), f));
+files["README.md"] = Buffer.from("# demo\n");
+files["pytorch_model.bin"] = Buffer.from("not needed");
+const LFS = new Set(["model.safetensors", "pytorch_model.bin"]);
+const sha256 = (b) => createHash("sha256").update(b).digest("hex");
+const gitSha1 = (b) => createHash("sha1").update(`blob ${b.length}\0`).update(b).digest("hex");
+
+// behaviour switches, set per test
+const hub = { requests: [], dropHalfway: new Set(), corrupt: new Set(), gated: false };
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  hub.requests.push({ method: req.method, path: url.pathname, range: req.headers.range, auth: req.headers.authorization });
+  if (hub.gated && req.headers.authorization !== "Bearer s3cret") {
+    res.writeHead(401).end("unauthorized");
+    return;
+  }
+  let m = url.pathname.match(/^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/);
+  if (m) {
+    if (m[1] !== "org/demo") return res.writeHead(404).end("{}");
+    const siblings = Object.entries(files).map(([name, b]) => LFS.has(name)
+      ? { rfilename: name, size: b.length, blobId: gitSha1(Buffer.from("pointer " + name)), lfs: { sha256: sha256(b), size: b.length } }
+      : { rfilename: name, size: b.length, blobId: gitSha1(b) });
+    res.writeHead(200, { "content-type": "application/json" });
+    return res.end(JSON.stringify({ id: m[1], sha: COMMIT, siblings }));
+  }
+  m = url.pathname.match(/^\/org\/demo\/resolve\/([^/]+)\/(.+)$/);
+  if (!m || !files[decodeURIComponent(m[2])]) return res.writeHead(404).end();
+  const name = decodeURIComponent(m[2]);
+  let body = files[name];
+  if (hub.corrupt.has(name)) body = Buffer.from(body.map((x) => x ^ 1));
+  const headers = { "x-repo-commit": COMMIT, etag: `"${LFS.has(name) ? sha256(body) : gitSha1(body)}"`,
+    "accept-ranges": "bytes" };
+  let start = 0, status = 200;
+  const range = req.headers.range?.match(/^bytes=(\d+)-$/);
+  if (range) {
+    start = Number(range[1]);
+    status = 206;
+    headers["content-range"] = `bytes ${start}-${body.length - 1}/${body.length}`;
+  }
+  const slice = body.subarray(start);
+  headers["content-length"] = slice.length;
+  res.writeHead(status, headers);
+  if (hub.dropHalfway.has(name)) {
+    hub.dropHalfway.delete(name); // once
+    res.write(slice.subarray(0, slice.length >> 1), () => setTimeout(() => res.socket.destroy(), 5));
+    return;
+  }
+  res.end(slice);
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const endpoint = `http://127.0.0.1:${server.address().port}`;
+after(() => server.close());
+
+const fileRequests = () => hub.requests.filter((r) => r.path.includes("/resolve/"));
+const reset = () => { hub.requests = []; hub.dropHalfway.clear(); hub.corrupt.clear(); hub.gated = false; };
+
+test("downloads only what inference needs, in the huggingface_hub layout, with progress", async () => {
+  reset();
+  const cacheDir = tempDir();
+  const progress = [];
+  const m = await loadModel("org/demo", { endpoint, cacheDir, threads: 1, onProgress: (p) => progress.push(p) });
+  const repo = join(cacheDir, "models--org--demo");
+  assert.equal(readFileSync(join(repo, "refs", "main"), "utf8"), COMMIT);
+  assert.equal(m.path, join(repo, "snapshots", COMMIT));
+  const snap = readdirSync(m.path).sort();
+  assert.deepEqual(snap, Object.keys(files).filter((f) => !["README.md", "pytorch_model.bin"].includes(f)).sort());
+  for (const f of snap) {
+    const link = join(m.path, f);
+    assert.ok(lstatSync(link).isSymbolicLink());
+    const etag = LFS.has(f) ? sha256(files[f]) : gitSha1(files[f]);
+    assert.equal(readlinkSync(link), `../../blobs/${etag}`);
+    assert.deepEqual(readFileSync(link), files[f]);
+  }
+  assert.ok(!fileRequests().some((r) => /README|pytorch/.test(r.path)), "nothing inference does not need");
+  const last = progress.at(-1);
+  assert.equal(last.totalDownloaded, last.totalBytes);
+  assert.equal(last.totalBytes, snap.reduce((a, f) => a + files[f].length, 0));
+  for (let i = 1; i < progress.length; i++) assert.ok(progress[i].totalDownloaded >= progress[i - 1].totalDownloaded);
+  // same model as the local folder
+  const local = await loadModel(demoModel(), { threads: 1 });
+  const opts = { maxTokens: 10, seed: 4, temperature: 1 };
+  assert.deepEqual((await m.generate("hub", opts)).tokens, (await local.generate("hub", opts)).tokens);
+  await Promise.all([m.unload(), local.unload()]);
+
+  // a second load downloads nothing
+  reset();
+  await snapshotDownload("org/demo", { endpoint, cacheDir });
+  assert.equal(fileRequests().length, 0);
+  // offline: no request at all; an uncached repo fails clearly
+  reset();
+  process.env.HF_HUB_OFFLINE = "1";
+  try {
+    assert.equal(await snapshotDownload("org/demo", { endpoint, cacheDir }), m.path);
+    assert.equal(await snapshotDownload("org/demo", { endpoint, cacheDir, revision: COMMIT }), m.path);
+    await assert.rejects(() => snapshotDownload("org/other", { endpoint, cacheDir }), { code: "NMLX_ERR_OFFLINE" });
+  } finally {
+    delete process.env.HF_HUB_OFFLINE;
+  }
+  assert.equal(hub.requests.length, 0);
+});
+
+test("a connection dropped halfway resumes with a Range request", async () => {
+  reset();
+  const cacheDir = tempDir();
+  hub.dropHalfway.add("model.safetensors");
+  hub.dropHalfway.add("tokenizer.json");
+  const dir = await snapshotDownload("org/demo", { endpoint, cacheDir });
+  assert.deepEqual(readFileSync(join(dir, "model.safetensors")), files["model.safetensors"]);
+  assert.deepEqual(readFileSync(join(dir, "tokenizer.json")), files["tokenizer.json"]);
+  const st = fileRequests().filter((r) => r.path.endsWith("/model.safetensors"));
+  assert.equal(st.length, 2);
+  assert.equal(st[0].range, undefined);
+  assert.match(st[1].range, /^bytes=[1-9]\d*-$/);
+  assert.ok(!readdirSync(join(cacheDir, "models--org--demo", "blobs")).some((f) => f.endsWith(".incomplete")));
+});
+
+test("an .incomplete file left by an earlier run is resumed", async () => {
+  reset();
+  const cacheDir = tempDir();
+  const blobs = join(cacheDir, "models--org--demo", "blobs");
+  mkdirSync(blobs, { recursive: true });
+  const w = files["model.safetensors"];
+  writeFileSync(join(blobs, `${sha256(w)}.incomplete`), w.subarray(0, 1000));
+  const dir = await snapshotDownload("org/demo", { endpoint, cacheDir });
+  assert.deepEqual(readFileSync(join(dir, "model.safetensors")), w);
+  const st = fileRequests().filter((r) => r.path.endsWith("/model.safetensors"));
+  assert.deepEqual(st.map((r) => r.range), ["bytes=1000-"]);
+});
+
+test("corrupt bytes fail verification and enter neither blobs nor snapshots", async () => {
+  reset();
+  const cacheDir = tempDir();
+  hub.corrupt.add("tokenizer.json");
+  await assert.rejects(() => snapshotDownload("org/demo", { endpoint, cacheDir }),
+    { code: "NMLX_ERR_INTEGRITY", message: /tokenizer\.json/ });
+  const repo = join(cacheDir, "models--org--demo");
+  assert.ok(!readdirSync(join(repo, "blobs")).includes(gitSha1(files["tokenizer.json"])));
+  assert.ok(!existsSync(join(repo, "snapshots", COMMIT, "tokenizer.json")));
+  assert.ok(!existsSync(join(repo, "refs", "main")));
+  reset();
+  await snapshotDownload("org/demo", { endpoint, cacheDir }); // and recovers when the hub is fixed
+});
+
+test("HF_TOKEN, HF_ENDPOINT, HF_HOME; missing repositories", async () => {
+  reset();
+  const home = tempDir();
+  const saved = { ...process.env };
+  try {
+    process.env.HF_HOME = home;
+    process.env.HF_ENDPOINT = endpoint;
+    assert.equal(hubCacheDir(), join(home, "hub"));
+    hub.gated = true;
+    await assert.rejects(() => snapshotDownload("org/demo"), { code: "NMLX_ERR_NOT_FOUND", message: /HF_TOKEN/ });
+    process.env.HF_TOKEN = "s3cret";
+    const dir = await snapshotDownload("org/demo");
+    assert.ok(dir.startsWith(join(home, "hub", "models--org--demo", "snapshots")));
+    assert.ok(hub.requests.at(-1).auth === "Bearer s3cret");
+    hub.gated = false;
+    await assert.rejects(() => snapshotDownload("org/missing"), { code: "NMLX_ERR_NOT_FOUND" });
+    await assert.rejects(() => snapshotDownload("not a repo"), { code: "NMLX_ERR_INVALID_ARG" });
+    await assert.rejects(() => snapshotDownload("org/demo", { endpoint: "http://127.0.0.1:1" }), { code: "NMLX_ERR_DOWNLOAD" });
+  } finally {
+    for (const k of ["HF_HOME", "HF_ENDPOINT", "HF_TOKEN"]) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
+  }
+});
