@@ -39,6 +39,11 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
 
 /* AVX-512 (x86-64): the AVX2 set with the prefill matmul replaced. */
 #if NMLX_CPU_HAVE_AVX2
+/* Quantized weights (quant_avx2.c): decode mat-vec on packed rows, and one
+ * row segment dequantized to f32 for the blocked prefill matmuls. */
+void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                            int64_t d1);
+void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t n, float *dst);
 void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                              int64_t d1);
 #endif

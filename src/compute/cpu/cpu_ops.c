@@ -3,6 +3,7 @@
  * chosen kernel set. Small ops run on the caller thread alone: waking the
  * pool costs about a microsecond. */
 #include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
 
 #include <math.h>
 #include <string.h>
@@ -43,15 +44,18 @@ static void matmul_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* Only dense (NMLX_QUANT_NONE) F32/F16/BF16 weights: the model layer must
- * reject anything else before calling (a void op cannot report it); other
- * modes leave y untouched. */
+/* Dense F32/F16/BF16 weights, or quantized (affine/MXFP4 with U32 packed
+ * codes) as validated by the model layer; anything else leaves y untouched
+ * (a void op cannot report it). */
 void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
     if (T <= 0 || w->rows <= 0) return;
-    if (w->mode != NMLX_QUANT_NONE) return;
     nmlx_dtype dt = w->w.dtype;
-    if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) return;
+    if (w->mode != NMLX_QUANT_NONE) {
+        if (dt != NMLX_DT_U32) return;
+    } else if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) {
+        return;
+    }
     matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T};
     int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
     nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
@@ -67,12 +71,15 @@ void nmlx_cpu_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *i
     size_t es = nmlx_dtype_size(tw->dtype);
     for (int64_t t = 0; t < T; t++) {
         float *o = out + t * D;
-        if (ids[t] < 0 || ids[t] >= V || table->mode != NMLX_QUANT_NONE) {
+        if (ids[t] < 0 || ids[t] >= V) {
             memset(o, 0, (size_t)D * sizeof(float));
             continue;
         }
-        nmlx_to_f32(tw->dtype, (const char *)tw->data + (size_t)ids[t] * (size_t)D * es, o,
-                    (size_t)D);
+        if (table->mode != NMLX_QUANT_NONE) /* quantized table: dequantize the one row */
+            nmlx_quant_dequant_row(table, ids[t], 0, D, o);
+        else
+            nmlx_to_f32(tw->dtype, (const char *)tw->data + (size_t)ids[t] * (size_t)D * es, o,
+                        (size_t)D);
         if (scale != 1.0f) cpu_kernels_of(be)->scale(o, scale, D);
     }
 }

@@ -1,12 +1,17 @@
 /* Portable C kernels: the reference every SIMD kernel is tested against,
  * and the path on CPUs without AVX2. Accurate to libm precision. */
 #include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
 
 #include <math.h>
 #include <string.h>
 
 /* Converts W[d, k0:k0+n] to f32. */
 static void load_row(const nmlx_weight *w, int64_t d, int64_t k0, int64_t n, float *dst) {
+    if (w->mode != NMLX_QUANT_NONE) { /* the quantized reference: dequantize this segment */
+        nmlx_quant_dequant_row(w, d, k0, n, dst);
+        return;
+    }
     size_t off = (size_t)d * (size_t)w->cols + (size_t)k0;
     size_t es = nmlx_dtype_size(w->w.dtype);
     nmlx_to_f32(w->w.dtype, (const char *)w->w.data + off * es, dst, (size_t)n);

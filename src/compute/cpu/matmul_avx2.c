@@ -90,6 +90,10 @@ MATVEC(matvec_bf16, uint16_t, load8_bf16)
 static void widen_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                         float *blk) {
     const int64_t N = w->cols;
+    if (w->mode != NMLX_QUANT_NONE) { /* quantized: one block dequantized, quant_avx2.c */
+        for (int64_t r = 0; r < nr; r++) nmlx_avx2_quant_row(w, r0 + r, k0, nk, blk + r * KB);
+        return;
+    }
     for (int64_t r = 0; r < nr; r++) {
         float *dst = blk + r * KB;
         int64_t k = 0;
@@ -197,6 +201,10 @@ void nmlx_avx2_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64
                            int64_t d1) {
     if (T > 1) {
         matmat(w, x, y, T, d0, d1);
+        return;
+    }
+    if (w->mode != NMLX_QUANT_NONE) {
+        nmlx_avx2_quant_matvec(w, x, y, d0, d1);
         return;
     }
     switch (w->w.dtype) {

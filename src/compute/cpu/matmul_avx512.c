@@ -18,6 +18,10 @@ enum { RB = 16, KB = 384 }; /* 24 KiB f32 weight block + 6 KiB x tile: L1 */
 static void widen_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                         float *blk) {
     const int64_t N = w->cols;
+    if (w->mode != NMLX_QUANT_NONE) { /* quantized: one block dequantized, quant_avx2.c */
+        for (int64_t r = 0; r < nr; r++) nmlx_avx2_quant_row(w, r0 + r, k0, nk, blk + r * KB);
+        return;
+    }
     const bool bf16 = w->w.dtype == NMLX_DT_BF16;
     if (w->w.dtype == NMLX_DT_F32) {
         for (int64_t r = 0; r < nr; r++)

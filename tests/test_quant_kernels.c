@@ -1,0 +1,188 @@
+/* Quantized weights: the packing against an independent reading of MLX's
+ * byte layout, the quantizer's error bound, and every quantized matmul path
+ * (portable, avx2, avx512; 1 and 2 threads; decode and prefill) against
+ * dequantize-then-f64 on random data for every bits x group size, odd shapes. */
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
+#include "harness.h"
+
+#include <string.h>
+
+static const char *isas[] = {"portable", "avx2", "avx512"};
+
+/* A quantized [D, N] weight made from random data; frees with free_q. */
+typedef struct {
+    nmlx_weight w;
+    float *src;
+} qmat;
+
+static void make_q(qmat *m, nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N,
+                   nmlx_dtype sdt) {
+    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    size_t ses = mode == NMLX_QUANT_MXFP4 ? 1 : nmlx_dtype_size(sdt);
+    uint32_t *packed = malloc((size_t)(D * words) * 4);
+    char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
+    m->src = malloc((size_t)(D * N) * sizeof(float));
+    for (int64_t i = 0; i < D * N; i++) m->src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
+    for (int64_t d = 0; d < D; d++)
+        nmlx_quant_quantize_row(mode, bits, gs, m->src + d * N, N, packed + d * words,
+                                sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, sdt);
+    nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
+    nmlx_tensor ts = {.dtype = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt, .ndim = 2,
+                      .shape = {D, G}, .data = sc};
+    nmlx_tensor tb = ts;
+    tb.data = bi;
+    m->w = (nmlx_weight){.w = tw, .scales = ts, .biases = tb, .mode = mode, .bits = bits,
+                         .group_size = gs, .rows = D, .cols = N};
+}
+
+static void free_q(qmat *m) {
+    free(m->w.w.data);
+    free(m->w.scales.data);
+    free(m->w.biases.data);
+    free(m->src);
+}
+
+/* MLX's 3-bit byte layout, written out the way mlx's extract_bits reads it
+ * (8 codes in 3 bytes), to check our bit-stream reader independently. */
+static void test_packing_layout(void) {
+    uint8_t b[3] = {0xA5, 0x3C, 0xE7};
+    unsigned want[8] = {
+        b[0] & 0x7u,          (b[0] >> 3) & 0x7u, ((b[0] >> 6) | (b[1] << 2)) & 0x7u,
+        (b[1] >> 1) & 0x7u,   (b[1] >> 4) & 0x7u, ((b[1] >> 7) | (b[2] << 1)) & 0x7u,
+        (b[2] >> 2) & 0x7u,   (b[2] >> 5) & 0x7u};
+    for (int k = 0; k < 8; k++)
+        EXPECT(nmlx_quant_code(b, k, 3) == want[k], "3-bit code %d: %u vs %u", k,
+               nmlx_quant_code(b, k, 3), want[k]);
+    /* 6 bits: 4 codes in 3 bytes, low bits first */
+    uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16;
+    for (int k = 0; k < 4; k++)
+        EXPECT(nmlx_quant_code(b, k, 6) == ((v >> (6 * k)) & 63u), "6-bit code %d", k);
+    /* 4 bits: element j of a U32 at shift 4j */
+    uint32_t word = 0x87654321u;
+    for (int k = 0; k < 8; k++)
+        EXPECT(nmlx_quant_code((const uint8_t *)&word, k, 4) == (unsigned)((k + 1) & 15),
+               "4-bit code %d", k);
+}
+
+/* Round trip: within one step (range / (2^bits - 1)) of w. Not half a step:
+ * MLX snaps the larger-magnitude end to an exact code (bias = edge, scale =
+ * edge / round(edge / scale)), which stretches or shrinks the step and can
+ * clamp the other end; MXFP4 rounds the exponent to nearest, which can clamp
+ * the group maximum from up to 6 * sqrt(2) to 6 units. */
+static void test_roundtrip(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt) {
+    qmat m;
+    const int64_t D = 3, N = gs * 3;
+    make_q(&m, mode, bits, gs, D, N, sdt);
+    float *row = malloc((size_t)N * sizeof(float));
+    double worst = 0;
+    for (int64_t d = 0; d < D; d++) {
+        nmlx_quant_dequant_row(&m.w, d, 0, N, row);
+        for (int64_t g = 0; g < N / gs; g++) {
+            float lo = INFINITY, hi = -INFINITY;
+            for (int j = 0; j < gs; j++) {
+                float v = m.src[d * N + g * gs + j];
+                lo = v < lo ? v : lo, hi = v > hi ? v : hi;
+            }
+            double step = mode == NMLX_QUANT_MXFP4 ? fmax(fabs(lo), fabs(hi)) / 3.0
+                                                   : (hi - lo) / ((1 << bits) - 1);
+            for (int j = 0; j < gs; j++) {
+                double e = fabs(row[g * gs + j] - m.src[d * N + g * gs + j]) / step;
+                worst = e > worst ? e : worst;
+            }
+        }
+    }
+    /* plus the scale/bias stored in bf16/f16 (relative 2^-8 / 2^-11 of up to
+     * 2^bits steps) */
+    double lim = 1.0 + 1e-3 + (sdt == NMLX_DT_F32 ? 0 : (sdt == NMLX_DT_BF16 ? 8e-3 : 1e-3) * (1 << bits));
+    EXPECT(worst <= lim, "%s bits %d g%d %s: round-trip error %.3f steps > %.3f",
+           nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), worst, lim);
+    free(row);
+    free_q(&m);
+}
+
+static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
+                        int64_t N, int64_t T) {
+    qmat m;
+    make_q(&m, mode, bits, gs, D, N, sdt);
+    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * 4);
+    float *row = malloc((size_t)N * sizeof(float));
+    double *ref = malloc((size_t)(T * D) * sizeof(double)), *mag = malloc((size_t)(T * D) * 8);
+    for (int64_t i = 0; i < T * N; i++) x[i] = test_randf(-1, 1);
+    for (int64_t d = 0; d < D; d++) {
+        nmlx_quant_dequant_row(&m.w, d, 0, N, row);
+        for (int64_t t = 0; t < T; t++) {
+            double s = 0, a = 0;
+            for (int64_t k = 0; k < N; k++) {
+                s += (double)row[k] * x[t * N + k];
+                a += fabs((double)row[k] * x[t * N + k]);
+            }
+            ref[t * D + d] = s, mag[t * D + d] = a;
+        }
+    }
+    float bias_vals[512];
+    for (int64_t d = 0; d < D; d++) bias_vals[d] = test_randf(-1, 1);
+    nmlx_tensor bias = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {D}, .data = bias_vals};
+    for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
+        for (int nth = 1; nth <= 2; nth++) {
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+            bool with_bias = (D + T) % 2 == 0;
+            for (int64_t j = 0; j < T * D; j++) y[j] = NAN;
+            be->ops->matmul(be, &m.w, with_bias ? &bias : NULL, x, y, T);
+            double worst = 0;
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t d = 0; d < D; d++) {
+                    double want = ref[t * D + d] + (with_bias ? bias_vals[d] : 0);
+                    double e = fabs(y[t * D + d] - want) / (mag[t * D + d] + 1e-3);
+                    if (!(e <= worst)) worst = e; /* NaN-safe */
+                }
+            EXPECT(worst < 2e-6, "%s %s bits %d g%d %s D%lld N%lld T%lld threads %d: rel err %g",
+                   isas[i], nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt),
+                   (long long)D, (long long)N, (long long)T, nth, worst);
+            nmlx_backend_free(be);
+        }
+    }
+    free(x), free(y), free(row), free(ref), free(mag);
+    free_q(&m);
+}
+
+static void test_embed(void) {
+    qmat m;
+    make_q(&m, NMLX_QUANT_AFFINE, 4, 32, 11, 96, NMLX_DT_BF16);
+    nmlx_backend *be = NULL;
+    EXPECT(nmlx_backend_cpu_create(1, &be) == NMLX_OK, "backend");
+    int32_t ids[3] = {7, 0, 10};
+    float out[3 * 96], row[96];
+    be->ops->embed(be, &m.w, ids, 3, 1.0f, out);
+    for (int t = 0; t < 3; t++) {
+        nmlx_quant_dequant_row(&m.w, ids[t], 0, 96, row);
+        EXPECT(memcmp(row, out + t * 96, sizeof row) == 0, "quantized embed row %d", ids[t]);
+    }
+    nmlx_backend_free(be);
+    free_q(&m);
+}
+
+int main(void) {
+    test_seed(5);
+    test_packing_layout();
+    const int bits[] = {2, 3, 4, 5, 6, 8}, gss[] = {32, 64, 128};
+    const nmlx_dtype sdts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
+    int c = 0;
+    for (int b = 0; b < 6; b++)
+        for (int g = 0; g < 3; g++, c++) {
+            nmlx_dtype sdt = sdts[c % 3];
+            test_roundtrip(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt);
+            /* odd row counts; N = gs * odd (several CK/KB blocks for big ones) */
+            test_matmul(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt, 37, gss[g] * 5, 1);
+            test_matmul(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt, 19, gss[g] * 3, 5);
+        }
+    test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 21, 64 * 77, 1); /* N > CK */
+    test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 13, 32 * 35, 6);
+    test_roundtrip(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16);
+    test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 23, 32 * 9, 1);
+    test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 17, 32 * 5, 4);
+    test_embed();
+    return test_summary();
+}
