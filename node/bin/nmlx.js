@@ -1,0 +1,204 @@
+#!/usr/bin/env node
+// The nmlx command of the npm package:
+//   nmlx [options] "prompt"      stream an answer, then a stats line on stderr
+//   nmlx chat [options]          interactive chat (/reset, /exit)
+//   nmlx pull <repo-or-alias>    download into the HuggingFace cache
+// Flags match the C `nmlx` tool (-m, -n, -t, --temp, --top-p, ...). Exit
+// status: 0 ok, 1 failure, 2 bad usage; errors are one line on stderr.
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { loadModel, snapshotDownload, resolveModelId, RECOMMENDED_MODELS, getVersion, getLibraryVersion } from "../lib/index.js";
+
+const DEFAULT_MODEL = "qwen";
+const USAGE = `usage:
+  nmlx [options] "prompt"          generate (the model's chat template unless --raw)
+  nmlx chat [options]              interactive chat: /reset, /exit
+  nmlx pull <repo-id|alias>        download a model into the HuggingFace cache
+options:
+  -m, --model M          folder, HuggingFace repo id or alias (default ${DEFAULT_MODEL})
+  -p, --prompt TEXT      the prompt (or give it as the argument)
+  -n, --max-tokens N     most tokens to generate (default 256)
+  -t, --threads N        worker threads; 0 = all CPUs
+      --temp T           temperature; 0 = greedy
+      --top-p P          nucleus sampling; 1 = off
+      --top-k K          keep the K most likely tokens; 0 = off
+      --min-p P          drop tokens below P x the top probability; 0 = off
+      --repeat-penalty R penalty on recent tokens; 1 = off
+      --repeat-last-n N  tokens looked back for the penalty
+      --seed S           random seed; same seed, same tokens
+      --stop TEXT        stop before TEXT (repeatable)
+      --system TEXT      system prompt (chat, and prompts with the template)
+      --raw              use the prompt as is, without the chat template
+      --ignore-eos       generate exactly --max-tokens
+      --revision R       repository revision (default main)
+  -h, --help, --version
+aliases: ${Object.keys(RECOMMENDED_MODELS).join(", ")}`;
+
+const OPTIONS = {
+  model: { type: "string", short: "m" }, prompt: { type: "string", short: "p" },
+  "max-tokens": { type: "string", short: "n" }, threads: { type: "string", short: "t" },
+  temp: { type: "string" }, "top-p": { type: "string" }, "top-k": { type: "string" }, "min-p": { type: "string" },
+  "repeat-penalty": { type: "string" }, "repeat-last-n": { type: "string" }, seed: { type: "string" },
+  stop: { type: "string", multiple: true }, system: { type: "string" }, raw: { type: "boolean" },
+  "ignore-eos": { type: "boolean" }, revision: { type: "string" }, help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
+};
+
+class UsageError extends Error {}
+
+function number(v, flag, int) {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n) || (int && !Number.isInteger(n)))
+    throw new UsageError(`${flag}: '${v}' is not ${int ? "an integer" : "a number"}`);
+  return n;
+}
+
+function generationOptions(v) {
+  const o = {
+    maxTokens: number(v["max-tokens"], "--max-tokens", true), temperature: number(v.temp, "--temp"),
+    topP: number(v["top-p"], "--top-p"), topK: number(v["top-k"], "--top-k", true),
+    minP: number(v["min-p"], "--min-p"), repetitionPenalty: number(v["repeat-penalty"], "--repeat-penalty"),
+    repetitionContextSize: number(v["repeat-last-n"], "--repeat-last-n", true), stop: v.stop,
+    ignoreEos: v["ignore-eos"] || undefined,
+  };
+  if (v.seed !== undefined) {
+    if (!/^\d+$/.test(v.seed)) throw new UsageError(`--seed: '${v.seed}' is not an unsigned integer`);
+    o.seed = BigInt(v.seed);
+  }
+  for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+// The stats line of the C tool's `nmlx run`.
+function stats(r) {
+  const pre = r.timeToFirstTokenMs / 1000;
+  return `[${r.promptTokens} prompt tokens, ${(pre > 0 ? r.promptTokens / pre : 0).toFixed(2)} tok/s prefill | ` +
+    `${r.completionTokens} generated, ${r.tokensPerSecond.toFixed(2)} tok/s decode | stop: ${r.finishReason}]`;
+}
+
+function progressBar() {
+  let lastFile = null, lastDraw = 0;
+  const mb = (n) => (n / 1e6).toFixed(1);
+  return (p) => {
+    const now = Date.now();
+    if (p.file === lastFile && now - lastDraw < 100 && p.downloaded < p.total) return;
+    lastFile = p.file;
+    lastDraw = now;
+    const frac = p.totalBytes ? p.totalDownloaded / p.totalBytes : 1;
+    const width = 30, fill = Math.round(frac * width);
+    if (process.stderr.isTTY) {
+      process.stderr.write(`\r[${"#".repeat(fill)}${"-".repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ` +
+        `${mb(p.totalDownloaded)}/${mb(p.totalBytes)} MB  ${p.file}\x1b[K`);
+    } else if (p.downloaded === p.total) {
+      process.stderr.write(`${p.file}: ${mb(p.total)} MB\n`);
+    }
+  };
+}
+
+async function load(v) {
+  const id = v.model ?? DEFAULT_MODEL;
+  const bar = progressBar();
+  const m = await loadModel(id, { threads: number(v.threads, "--threads", true) ?? 0, revision: v.revision,
+    onProgress: bar });
+  if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
+  return m;
+}
+
+// Ctrl-C aborts the running generation; a second one (or one when idle) exits.
+function abortOnSigint() {
+  const ac = new AbortController();
+  const onInt = () => { if (ac.signal.aborted) process.exit(130); ac.abort(); };
+  process.on("SIGINT", onInt);
+  return { signal: ac.signal, done: () => process.off("SIGINT", onInt) };
+}
+
+async function runPrompt(v, prompt) {
+  const model = await load(v);
+  const opts = generationOptions(v);
+  let input = prompt;
+  if (!v.raw && model.info.hasTokenizer) {
+    try {
+      model.chatTemplate();
+      input = [...(v.system ? [{ role: "system", content: v.system }] : []), { role: "user", content: prompt }];
+    } catch { /* no chat template: the prompt is used raw */ }
+  }
+  const sig = abortOnSigint();
+  const s = model.stream(input, { ...opts, signal: sig.signal });
+  for await (const piece of s) process.stdout.write(piece);
+  const r = await s.result;
+  sig.done();
+  process.stdout.write("\n");
+  process.stderr.write(stats(r) + "\n");
+  await model.unload();
+}
+
+async function runChat(v) {
+  const model = await load(v);
+  const opts = generationOptions(v);
+  const chat = model.chat({ system: v.system });
+  const tty = !!process.stdin.isTTY;
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: tty });
+  let current = null; // the AbortController of the running turn
+  // Ctrl-C: stop the answer; at the prompt, leave
+  rl.on("SIGINT", () => (current ? current.abort() : rl.close()));
+  rl.setPrompt("> ");
+  process.stderr.write(`nmlx chat with ${model.id} (/reset, /exit)\n`);
+  if (tty) rl.prompt();
+  for await (const raw of rl) {
+    const line = raw.trim();
+    if (line === "/exit") break;
+    if (line === "/reset") {
+      chat.reset();
+      process.stderr.write("(conversation reset)\n");
+    } else if (line) {
+      current = new AbortController();
+      const s = chat.stream(line, { ...opts, signal: current.signal });
+      for await (const piece of s) process.stdout.write(piece);
+      const r = await s.result;
+      current = null;
+      process.stdout.write("\n");
+      process.stderr.write(stats(r) + "\n");
+    }
+    if (tty) rl.prompt();
+  }
+  rl.close();
+  await model.unload();
+}
+
+async function runPull(v, positionals) {
+  const id = positionals[0] ?? v.model;
+  if (!id) throw new UsageError("pull: missing the repository id or alias");
+  const repo = resolveModelId(id);
+  const dir = await snapshotDownload(repo, { revision: v.revision, onProgress: progressBar() });
+  if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
+  process.stdout.write(dir + "\n");
+}
+
+async function main(argv) {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(e.message.split("\n")[0]);
+  }
+  const { values: v, positionals } = parsed;
+  if (v.help) return void process.stdout.write(USAGE + "\n");
+  if (v.version) return void process.stdout.write(`nmlx ${getVersion()} (library ${getLibraryVersion()})\n`);
+  const [cmd, ...rest] = positionals;
+  if (cmd === "chat" && v.prompt === undefined) {
+    if (rest.length) throw new UsageError("chat: unexpected argument (type messages at the prompt)");
+    return runChat(v);
+  }
+  if (cmd === "pull" && v.prompt === undefined) return runPull(v, rest);
+  const prompt = v.prompt ?? positionals.join(" ");
+  if (v.prompt !== undefined && positionals.length) throw new UsageError("give the prompt either with -p or as the argument, not both");
+  if (!prompt) throw new UsageError('missing the prompt: nmlx [options] "your prompt"');
+  return runPrompt(v, prompt);
+}
+
+main(process.argv.slice(2)).then(() => process.exit(0), (e) => {
+  const cmd = "nmlx";
+  process.stderr.write(`${cmd}: ${e.message}${e instanceof UsageError ? " (see nmlx --help)" : ""}\n`);
+  process.exit(e instanceof UsageError ? 2 : 1);
+});
