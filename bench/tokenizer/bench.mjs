@@ -17,7 +17,7 @@ import { VOCABS, vocabDir, randomStrings } from '../../tests/tokenizer/vocabs.mj
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
 const work = join(root, 'bench', 'work');
-const CHUNK = 4096;
+const CHUNK = Number(process.env.NMLX_BENCH_CHUNK || 4096);
 const REPS = 3;
 mkdirSync(work, { recursive: true });
 
