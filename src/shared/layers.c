@@ -1,6 +1,8 @@
 /* Linear and RMSNorm layers (see layers.h). */
 #include "layers.h"
 
+#include "quant_layers.h"
+
 #include <stdio.h>
 
 static bool is_float_dtype(nmlx_dtype dt) {
@@ -21,15 +23,26 @@ nmlx_status nmlx_get_float_tensor(const nmlx_weights *ws, const char *name, int 
     return NMLX_OK;
 }
 
-nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
-                             int64_t out, int64_t in, bool has_bias) {
+nmlx_status nmlx_weight_load(nmlx_weight *wt, const nmlx_weights *ws, const char *name,
+                             int64_t out, int64_t in) {
     char key[512];
     const nmlx_tensor *w = NULL;
+    snprintf(key, sizeof key, "%s.scales", name);
+    if (nmlx_weights_find(ws, key)) /* quantized, as mlx-lm decides: scales present */
+        return nmlx_quant_weight_load(wt, ws, name, out, in);
     snprintf(key, sizeof key, "%s.weight", name);
     int64_t wshape[2] = {out, in};
     nmlx_status st = nmlx_get_float_tensor(ws, key, 2, wshape, &w);
     if (st != NMLX_OK) return st;
-    l->w = (nmlx_weight){.w = *w, .mode = NMLX_QUANT_NONE, .rows = out, .cols = in};
+    *wt = (nmlx_weight){.w = *w, .mode = NMLX_QUANT_NONE, .rows = out, .cols = in};
+    return NMLX_OK;
+}
+
+nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
+                             int64_t out, int64_t in, bool has_bias) {
+    char key[512];
+    nmlx_status st = nmlx_weight_load(&l->w, ws, name, out, in);
+    if (st != NMLX_OK) return st;
     l->bias = NULL;
     if (has_bias) {
         snprintf(key, sizeof key, "%s.bias", name);

@@ -19,7 +19,13 @@ typedef struct nmlx_rmsnorm {
     float offset; /* 1 for Gemma's (1 + w) */
 } nmlx_rmsnorm;
 
-/* Loads `<name>.weight` [out, in] (and `<name>.bias` [out] if has_bias). */
+/* Loads `<name>.weight` [out, in] (F32/F16/BF16), or, when `<name>.scales`
+ * exists, the MLX-quantized weight/scales/biases (docs/quantization.md);
+ * errors name the tensor. Used for linear layers and embedding tables. */
+nmlx_status nmlx_weight_load(nmlx_weight *w, const nmlx_weights *ws, const char *name,
+                             int64_t out, int64_t in);
+/* Loads `<name>.weight` [out, in] (dense or quantized, as nmlx_weight_load)
+ * and `<name>.bias` [out] if has_bias. */
 nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
                              int64_t out, int64_t in, bool has_bias);
 /* dst = rows [row0, row0 + n) of src (a fused projection such as qkv_proj

@@ -257,13 +257,10 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     int64_t rot = (int64_t)((double)m->head_dim * rc->partial_rotary_factor);
     TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
 
-    const nmlx_tensor *emb = NULL;
-    int64_t eshape[2] = {m->vocab, m->hidden};
     char name[160];
-    snprintf(name, sizeof name, "%s.embed_tokens.weight", prefix);
-    TRY(nmlx_get_float_tensor(ws, name, 2, eshape, &emb));
+    snprintf(name, sizeof name, "%s.embed_tokens", prefix);
+    TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden)); /* dense or quantized */
     m->embed_scale = def->embed_scale ? (float)sqrt((double)m->hidden) : 1.0f;
-    m->embed = (nmlx_weight){.w = *emb, .rows = m->vocab, .cols = m->hidden};
     if (tied) {
         m->lm_head.w = m->embed;
         m->lm_head.bias = NULL;
