@@ -152,3 +152,15 @@ test("generate(modelIdOrAlias, prompt, opts) loads, generates, unloads", async (
   const r = await generate(demoModel(), "Hello", { maxTokens: 5, seed: 1, ignoreEos: true, threads: 1 });
   assert.equal(r.completionTokens, 5);
 });
+
+test("isSupported, getVersion, RECOMMENDED_MODELS", async () => {
+  const { isSupported, getVersion, getLibraryVersion, RECOMMENDED_MODELS, resolveModelId } = await import("../lib/index.js");
+  assert.equal(isSupported(), true);
+  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+  assert.equal(getVersion(), pkg.version);
+  assert.match(getLibraryVersion(), /^\d+\.\d+\.\d+/);
+  assert.equal(resolveModelId("qwen"), RECOMMENDED_MODELS.qwen);
+  assert.equal(resolveModelId("org/x"), "org/x");
+  for (const id of Object.values(RECOMMENDED_MODELS)) assert.match(id, /^[\w.-]+\/[\w.-]+$/);
+  assert.throws(() => { RECOMMENDED_MODELS.qwen = "x"; });
+});
