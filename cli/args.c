@@ -230,9 +230,12 @@ bad:
     return CLI_BAD;
 }
 
+int cli_quantize_bits;
+
 nmlx_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int no_tokenizer,
                            double *load_seconds) {
     nmlx_model_params mp = nmlx_model_default_params();
+    mp.quantize_bits = cli_quantize_bits;
     if (n_threads >= 0) mp.n_threads = n_threads;
     mp.no_tokenizer = no_tokenizer;
     nmlx_model *model = NULL;

@@ -104,6 +104,8 @@ void cli_lib_error(const char *cmd, const char *what);
 
 /* Loads a model (n_threads < 0: the library's default) and prints the library's error on failure;
  * *load_seconds (may be NULL) gets the wall time of nmlx_model_load. */
+/* --bits N of logits/bench: quantize a float checkpoint on load (0 = off). */
+extern int cli_quantize_bits;
 nmlx_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int no_tokenizer,
                            double *load_seconds);
 

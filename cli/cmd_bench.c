@@ -44,6 +44,7 @@ static const char usage[] =
     "    -p, --prompt N       prefill length in tokens, in [1, 1000000] (default 512)\n"
     "    -n, --max-tokens N   decode length in tokens, in [0, 1000000] (default 128)\n"
     "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
+    "    --bits N             quantize float weights on load (MLX affine, group 64)\n"
     "    -r, --reps N         repetitions, in [1, 1000] (default 1)\n"
     "        --seed S         seed of the prompt ids (default 1234)\n"
     "    -h, --help           show this text\n"
@@ -112,6 +113,7 @@ int cmd_bench(int argc, char **argv) {
         {"-p", "--prompt", CLI_INT, &p, 1, 1e6, NULL},
         {"-n", "--max-tokens", CLI_INT, &n, 0, 1e6, NULL},
         {"-t", "--threads", CLI_INT, &threads, 0, 1024, NULL},
+        {NULL, "--bits", CLI_INT, &cli_quantize_bits, 2, 8, NULL},
         {"-r", "--reps", CLI_INT, &reps, 1, 1000, NULL},
         {NULL, "--seed", CLI_U64, &seed, 0, 0, NULL},
     };

@@ -32,6 +32,7 @@ static const char usage[] =
     "        --ids LIST       prompt ids, comma-separated, each in [0, vocab)\n"
     "    -o, --output FILE    where to write the logits\n"
     "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
+    "    --bits N             quantize float weights on load (MLX affine, group 64)\n"
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -105,6 +106,7 @@ int cmd_logits(int argc, char **argv) {
         {NULL, "--ids", CLI_IDS, &ids, 0, 0, NULL},
         {"-o", "--output", CLI_STR, &out, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &threads, 0, 1024, NULL},
+        {NULL, "--bits", CLI_INT, &cli_quantize_bits, 2, 8, NULL},
     };
     int r = cli_parse("logits", usage, argc, argv, opts, sizeof opts / sizeof opts[0]);
     if (r != CLI_PARSED) return r;

@@ -14,6 +14,7 @@ static const struct {
     {"generate", cmd_generate, "generate ids from prompt ids (-m DIR --ids 1,2,3 -n N)"},
     {"logits", cmd_logits, "write prompt logits as float32 [T, vocab] (-m DIR --ids .. -o FILE)"},
     {"bench", cmd_bench, "prefill/decode speed as one JSON line (-m DIR -p 512 -n 128)"},
+    {"convert", cmd_convert, "quantize a float checkpoint to MLX affine (-m DIR -o OUT --bits 4)"},
     {"tokenize", cmd_tokenize, "JSON strings on stdin -> JSON id arrays (-m DIR [--special] [--decode])"},
 };
 

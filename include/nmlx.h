@@ -88,9 +88,29 @@ typedef struct nmlx_model_params {
     int max_context; /* cap on tokens per session; 0 = min(model's
                         max_position_embeddings, 8192) */
     int no_tokenizer; /* 1 = do not load tokenizer.json even if present */
+    int quantize_bits; /* 0 = weights as stored; 2,3,4,5,6,8 = quantize float
+                          Linear/Embedding weights on load (MLX affine, as
+                          nmlx_convert would, in memory; nothing written) */
+    int quantize_group_size; /* 0 = 64; else 32, 64 or 128 */
 } nmlx_model_params;
 
 nmlx_model_params nmlx_model_default_params(void);
+
+/* Quantizes a float (F32/F16/BF16) checkpoint folder into an MLX affine
+ * checkpoint mlx-lm can load (docs/quantization.md): every 2-D `*.weight`
+ * whose input width is a multiple of group_size becomes weight (U32) +
+ * scales + biases; config.json gains `quantization` and
+ * `quantization_config`; tokenizer and generation files are copied. Written
+ * into `<out_dir>.tmp-<pid>` and renamed to out_dir only when complete;
+ * out_dir must not exist. */
+typedef struct nmlx_convert_params {
+    int bits;       /* 2, 3, 4, 5, 6, 8 (default 4) */
+    int group_size; /* 32, 64, 128 (default 64) */
+    const char *dtype; /* NULL = as stored, or "float32"/"float16"/"bfloat16":
+                          the dtype of unquantized tensors and of scales/biases */
+} nmlx_convert_params;
+nmlx_convert_params nmlx_convert_default_params(void);
+nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_convert_params *p);
 
 /* Loads a model folder: config.json, generation_config.json (optional),
  * model.safetensors or model.safetensors.index.json + shards, and the

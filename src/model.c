@@ -3,6 +3,8 @@
  * defaults; tokenizer files if present. */
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
+#include "quantize_model.h"
+#include "shared/quant_config.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,7 +14,8 @@
 enum { DEFAULT_CONTEXT_CAP = 8192 };
 
 nmlx_model_params nmlx_model_default_params(void) {
-    return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0};
+    return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0,
+                               .quantize_bits = 0, .quantize_group_size = 0};
 }
 
 static bool file_exists(const char *path) {
@@ -97,6 +100,30 @@ void nmlx_model_unref(nmlx_model *m) {
 
 void nmlx_model_free(nmlx_model *m) { nmlx_model_unref(m); }
 
+/* config.json quantization: checks quantized tensors against it, or
+ * quantizes a float checkpoint in memory when params ask for it. */
+static nmlx_status load_quantization(nmlx_model *m, const char *cfg_path,
+                                     const nmlx_model_params *p) {
+    nmlx_quant_config qc;
+    nmlx_weights *q = NULL;
+    nmlx_status st = nmlx_quant_config_load(cfg_path, &qc);
+    if (st != NMLX_OK) return st;
+    if (p->quantize_bits) {
+        CHECK(!qc.present, NMLX_ERR_INVALID_ARG,
+              "%s: quantize_bits %d asked for, but the checkpoint is already quantized", cfg_path,
+              p->quantize_bits);
+        TRY(nmlx_quantize_weights_mem(m->weights, p->quantize_bits,
+                                      p->quantize_group_size ? p->quantize_group_size : 64, &q));
+        nmlx_weights_close(m->weights);
+        m->weights = q;
+    } else {
+        TRY(nmlx_quant_config_check(&qc, m->weights, cfg_path));
+    }
+cleanup:
+    nmlx_quant_config_free(&qc);
+    return st;
+}
+
 nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
                             nmlx_model **out) {
     nmlx_status st = NMLX_OK;
@@ -137,6 +164,8 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     TRY(read_eos(m, m->cfg));
 
     TRY(nmlx_weights_open_dir(dir, &m->weights));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    TRY(load_quantization(m, path, &p));
     TRY(nmlx_backend_cpu_create(p.n_threads, &m->be));
     nmlx_load_ctx ctx = {.cfg = m->cfg, .weights = m->weights, .be = m->be};
     /* build errors already name the file, tensor or field */
