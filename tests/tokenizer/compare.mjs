@@ -6,6 +6,7 @@
 //
 //   node tests/tokenizer/compare.mjs path/to/nmlx [vocab ...]
 //   NMLX_TOK_SEED=7 NMLX_TOK_RANDOM=2000 node tests/tokenizer/compare.mjs ./build/nmlx
+//   NMLX_TOK_VOCABS=llama2,qwen3 node tests/tokenizer/compare.mjs ./build/nmlx
 //
 // Fails (exit 1) when node_modules is missing: run `npm ci` in the repo root.
 import { spawnSync } from 'node:child_process';
@@ -33,7 +34,8 @@ try {
   console.error(String(e.message).split('\n')[0]);
   process.exit(1);
 }
-const only = process.argv.slice(3);
+// vocabularies from the command line, else NMLX_TOK_VOCABS (comma list), else all
+const only = process.argv.length > 3 ? process.argv.slice(3) : (process.env.NMLX_TOK_VOCABS || '').split(',').filter(Boolean);
 const all = VOCABS.concat(VARIANTS.map((v) => v.name));
 const vocabs = only.length ? all.filter((v) => only.includes(v)) : all;
 // variants are written to a temporary folder (tokenizer.json only)
