@@ -83,6 +83,11 @@ typedef struct nmlx_backend_ops {
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
                     const float *up, float *out, int64_t n);
+    /* gpt-oss clipped SwiGLU: g = min(gate[i], limit), u = clamp(up[i],
+     * -limit, limit), out[i] = g * sigmoid(alpha * g) * (u + 1); out may
+     * alias gate or up. */
+    void (*swiglu_clipped)(nmlx_backend *be, const float *gate, const float *up,
+                           float *out, int64_t n, float alpha, float limit);
     /* x[i] = act(x[i]) in place. */
     void (*act)(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
     /* out[i] = a[i] + b[i]; out may alias a or b. */

@@ -55,6 +55,7 @@ static const nmlx_backend_ops cpu_ops = {
     .attention = nmlx_cpu_attention,
     .act_mul = nmlx_cpu_act_mul,
     .act = nmlx_cpu_act,
+    .swiglu_clipped = nmlx_cpu_swiglu_clipped,
     .add = nmlx_cpu_add,
     .scale = nmlx_cpu_scale,
     .softmax = nmlx_cpu_softmax,

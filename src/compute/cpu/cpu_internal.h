@@ -77,6 +77,8 @@ void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a);
 void nmlx_cpu_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n);
 void nmlx_cpu_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
+void nmlx_cpu_swiglu_clipped(nmlx_backend *be, const float *gate, const float *up, float *out,
+                             int64_t n, float alpha, float limit); /* cpu_moe_ops.c */
 void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
 void nmlx_cpu_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
