@@ -334,7 +334,10 @@ nmlx_status tok_pattern_compile(tok_pattern *p, const char *src, size_t len, int
     PCRE2_SIZE erroff;
     tok_buf re = {0};
     nmlx_status st = onig_compat(src, len, &re);
-    if (st != NMLX_OK) return st;
+    if (st != NMLX_OK) {
+        tok_buf_free(&re);
+        return st;
+    }
     p->re = pcre2_compile((PCRE2_SPTR)re.p, re.len, PCRE2_UTF | PCRE2_UCP, &err, &erroff, NULL);
     tok_buf_free(&re);
     if (!p->re) {
