@@ -297,7 +297,7 @@ static nmlx_status add_file(nmlx_weights *w, const char *path) {
     }
 
     /* file order = data order; then no two non-empty tensors may share bytes */
-    st_entry *es = w->entries + first;
+    st_entry *es = w->entries ? w->entries + first : NULL; /* NULL: header with no tensors */
     size_t n = w->n - first;
     if (n > 1) qsort(es, n, sizeof *es, cmp_entry_offset);
     const st_entry *prev = NULL;

@@ -261,6 +261,8 @@ nmlx_status tok_bpe_word(const nmlx_tokenizer *tok, tok_work *w, const char *s, 
     size_t first = w->n_ids;
     for (int32_t i = k ? 0 : -1; i >= 0; i = sy[i].next)
         if ((st = tok_work_push_id(w, sy[i].id))) return st;
-    if (c && n <= CACHE_MAX_WORD) cache_put(c, s, n, w->ids + first, w->n_ids - first);
+    /* a word may give no ids at all (no unk token): w->ids can still be NULL */
+    if (c && n <= CACHE_MAX_WORD && w->n_ids > first)
+        cache_put(c, s, n, w->ids + first, w->n_ids - first);
     return NMLX_OK;
 }

@@ -50,7 +50,10 @@ static nmlx_status slist_push(slist *l, const char *s, size_t n) {
     return st ? st : slist_add(l, s, n);
 }
 
-static const char *sl_str(const slist *l, size_t i) { return l->buf.p + l->off[i]; }
+/* An all-empty list has no buffer yet: NULL + 0 is undefined. */
+static const char *sl_str(const slist *l, size_t i) {
+    return l->buf.p ? l->buf.p + l->off[i] : "";
+}
 
 static nmlx_status dec_bytelevel(const slist *in, slist *out) {
     nmlx_status st;
