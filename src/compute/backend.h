@@ -97,6 +97,29 @@ typedef struct nmlx_backend_ops {
     void (*scale)(nmlx_backend *be, float *x, float s, int64_t n);
     /* softmax over each of R rows of width n, in place. */
     void (*softmax)(nmlx_backend *be, float *x, int64_t R, int64_t n);
+
+    /* Gemma 3n (cpu_gemma3n_ops.c). Activation sparsity: for R rows of
+     * width n, x[r, i] = max(0, x[r, i] - (mean_r + std_r * std_mult))
+     * (population std), in place. */
+    void (*gaussian_topk)(nmlx_backend *be, float *x, int64_t R, int64_t n, float std_mult);
+    /* x[t, :] *= sqrt(mean(ref[t, :]^2)) / sqrt(max(mean(x[t, :]^2), eps))
+     * for T rows of width D (AltUp stream magnitudes); x must not alias ref. */
+    void (*rms_match)(nmlx_backend *be, const float *ref, float *x, int64_t T, int64_t D,
+                      float eps);
+    /* x[r, :] *= w[:] for R rows of width D; w [D] any float dtype. */
+    void (*mul_rows)(nmlx_backend *be, float *x, const nmlx_tensor *w, int64_t R, int64_t D);
+    /* AltUp predict over K streams x_k = x + k * stride, each [T, D]:
+     *   c[t] = coefs [K*K, K] @ tanh(router[t, :K])   (c[t] read as [K, K])
+     *   out_i[t, :] = x_i[t, :] + sum_j c[t][i][j] * x_j[t, :]
+     * out (same stream layout) must not alias x. */
+    void (*altup_predict)(nmlx_backend *be, const float *x, int64_t stride, const float *router,
+                          const nmlx_tensor *coefs, float *out, int64_t K, int64_t T, int64_t D);
+    /* AltUp correct, in place on the K predicted streams p_k = p + k * stride:
+     *   c[t] = clip(coefs [K, K], +-clip) @ tanh(router[t, :K]) + 1  (clip 0 = none)
+     *   p_i[t, :] += c[t][i] * (act[t, :] - p_active[t, :]) */
+    void (*altup_correct)(nmlx_backend *be, float *p, int64_t stride, const float *act,
+                          const float *router, const nmlx_tensor *coefs, float clip,
+                          int64_t active, int64_t K, int64_t T, int64_t D);
 } nmlx_backend_ops;
 
 struct nmlx_backend {

@@ -59,6 +59,11 @@ static const nmlx_backend_ops cpu_ops = {
     .add = nmlx_cpu_add,
     .scale = nmlx_cpu_scale,
     .softmax = nmlx_cpu_softmax,
+    .gaussian_topk = nmlx_cpu_gaussian_topk,
+    .rms_match = nmlx_cpu_rms_match,
+    .mul_rows = nmlx_cpu_mul_rows,
+    .altup_predict = nmlx_cpu_altup_predict,
+    .altup_correct = nmlx_cpu_altup_correct,
 };
 
 #if NMLX_CPU_HAVE_AVX2

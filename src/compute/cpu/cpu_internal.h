@@ -79,6 +79,17 @@ void nmlx_cpu_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const f
 void nmlx_cpu_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
 void nmlx_cpu_swiglu_clipped(nmlx_backend *be, const float *gate, const float *up, float *out,
                              int64_t n, float alpha, float limit); /* cpu_moe_ops.c */
+/* cpu_gemma3n_ops.c */
+void nmlx_cpu_gaussian_topk(nmlx_backend *be, float *x, int64_t R, int64_t n, float std_mult);
+void nmlx_cpu_rms_match(nmlx_backend *be, const float *ref, float *x, int64_t T, int64_t D,
+                        float eps);
+void nmlx_cpu_mul_rows(nmlx_backend *be, float *x, const nmlx_tensor *w, int64_t R, int64_t D);
+void nmlx_cpu_altup_predict(nmlx_backend *be, const float *x, int64_t stride, const float *router,
+                            const nmlx_tensor *coefs, float *out, int64_t K, int64_t T,
+                            int64_t D);
+void nmlx_cpu_altup_correct(nmlx_backend *be, float *p, int64_t stride, const float *act,
+                            const float *router, const nmlx_tensor *coefs, float clip,
+                            int64_t active, int64_t K, int64_t T, int64_t D);
 void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
 void nmlx_cpu_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
