@@ -206,6 +206,36 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     return NMLX_OK;
 }
 
+nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *out, size_t cap,
+                                size_t *n) {
+    if (!cfg || !key || !n || (cap && !out))
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float_list: NULL argument");
+    const json_t *v = lookup(cfg, key);
+    if (!v) {
+        *n = 0;
+        return NMLX_OK;
+    }
+    if (!json_is_array(v)) {
+        if (!json_is_number(v)) return type_error(cfg, key, "a number or an array of numbers");
+        if (cap < 1)
+            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
+                             cfg->path, key, cap);
+        out[0] = json_number_value(v);
+        *n = 1;
+        return NMLX_OK;
+    }
+    size_t len = json_array_size(v);
+    if (len > cap)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
+                         cfg->path, key, len, cap);
+    for (size_t i = 0; i < len; i++)
+        if (!json_is_number(json_array_get(v, i)))
+            return type_error(cfg, key, "a number or an array of numbers");
+    for (size_t i = 0; i < len; i++) out[i] = json_number_value(json_array_get(v, i));
+    *n = len;
+    return NMLX_OK;
+}
+
 const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
     const json_t *v = cfg ? json_object_get(cfg->root, "model_type") : NULL;
     return json_is_string(v) ? json_string_value(v) : "";

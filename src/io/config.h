@@ -34,6 +34,9 @@ nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *de
  * or null. More than `cap` values -> NMLX_ERR_UNSUPPORTED. */
 nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
                               size_t *n);
+/* The same for numbers (e.g. activation_sparsity_pattern). */
+nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *out, size_t cap,
+                                size_t *n);
 /* model_type of the top level object ("" if missing). */
 const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
 
