@@ -2,6 +2,7 @@
 #include "shared/family.h"
 
 extern const nmlx_family nmlx_family_gemma3;
+extern const nmlx_family nmlx_family_gpt_oss;
 extern const nmlx_family nmlx_family_llama;
 extern const nmlx_family nmlx_family_ministral;
 extern const nmlx_family nmlx_family_ministral3;
@@ -9,10 +10,12 @@ extern const nmlx_family nmlx_family_mistral;
 extern const nmlx_family nmlx_family_phi3;
 extern const nmlx_family nmlx_family_qwen2;
 extern const nmlx_family nmlx_family_qwen3;
+extern const nmlx_family nmlx_family_qwen3_moe;
 extern const nmlx_family nmlx_family_smollm3;
 
 const nmlx_family *const nmlx_families[] = {
     &nmlx_family_gemma3,
+    &nmlx_family_gpt_oss,
     &nmlx_family_llama,
     &nmlx_family_ministral,
     &nmlx_family_ministral3,
@@ -20,6 +23,7 @@ const nmlx_family *const nmlx_families[] = {
     &nmlx_family_phi3,
     &nmlx_family_qwen2,
     &nmlx_family_qwen3,
+    &nmlx_family_qwen3_moe,
     &nmlx_family_smollm3,
     NULL,
 };

@@ -22,6 +22,7 @@ nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const
     nmlx_status st;
     a->s = *s;
     a->rope = rope;
+    a->sinks = NULL;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
     if (s->fused_qkv) {
         if ((st = load_fused_qkv(a, ws, prefix, qdim, kvdim))) return st;
@@ -86,7 +87,7 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
         .q = buf->q, .k = kv.keys, .v = kv.values, .out = buf->ctx,
         .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = kv.cap,
         .q_pos = kv.q_row, .n_kv = kv.n_kv, .scale = s->scale,
-        .window = kv.window, .softcap = 0.0f, .sinks = NULL, .scratch = buf->scratch,
+        .window = kv.window, .softcap = 0.0f, .sinks = a->sinks, .scratch = buf->scratch,
     };
     be->ops->attention(be, &args);
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);

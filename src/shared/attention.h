@@ -29,6 +29,8 @@ typedef struct nmlx_attention {
     nmlx_linear qkv;             /* if s.fused_qkv: q, k, v are row views of it */
     nmlx_rmsnorm q_norm, k_norm; /* if s.qk_norm */
     const nmlx_rope *rope;       /* owned by the model; NULL = no RoPE */
+    const float *sinks;          /* [H] learned sink logits (gpt-oss), backend memory owned
+                                  * by the model; NULL = none */
 } nmlx_attention;
 
 /* Work buffers for T tokens, backend memory. */

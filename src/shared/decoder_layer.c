@@ -29,8 +29,24 @@ nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *w
     snprintf(name, sizeof name, "%s.self_attn", prefix);
     if ((st = nmlx_attention_load(&l->attn, ws, name, as, rope))) return st;
     snprintf(name, sizeof name, "%s.mlp", prefix);
+    if (o->moe) {
+        l->moe = nmlx_calloc(1, sizeof *l->moe);
+        if (!l->moe) return nmlx_fail(NMLX_ERR_NOMEM, "out of memory loading '%s'", name);
+        if ((st = nmlx_moe_load(l->moe, ws, o->be, name, o->moe))) {
+            nmlx_free(l->moe);
+            l->moe = NULL;
+        }
+        return st;
+    }
     return nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias, o->fused_gate_up,
                          o->act);
+}
+
+void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {
+    if (!l->moe) return;
+    nmlx_moe_free(l->moe, be);
+    nmlx_free(l->moe);
+    l->moe = NULL;
 }
 
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
@@ -44,7 +60,8 @@ void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
 
     const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
     nmlx_rmsnorm_forward(be, ffn_in, x, buf->xn, T, D);
-    nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
+    if (l->moe) nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
+    else nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
     be->ops->add(be, x, buf->tmp, x, T * D);
 }

@@ -10,6 +10,7 @@
 
 #include "attention.h"
 #include "mlp.h"
+#include "moe.h"
 
 typedef struct nmlx_decoder_layer {
     nmlx_rmsnorm input_norm, post_attn_norm;
@@ -17,6 +18,7 @@ typedef struct nmlx_decoder_layer {
     bool sandwich;
     nmlx_attention attn;
     nmlx_mlp mlp;
+    nmlx_moe *moe; /* non-NULL: the MLP slot is a sparse mixture of experts */
 } nmlx_decoder_layer;
 
 /* What a layer's norms and MLP look like. */
@@ -25,6 +27,8 @@ typedef struct nmlx_decoder_opts {
     bool mlp_bias, fused_gate_up, sandwich;
     nmlx_act act;
     float norm_eps, norm_offset; /* offset 1: Gemma's (1 + w) */
+    const nmlx_moe_shape *moe;   /* non-NULL: load `<prefix>.mlp` as MoE (moe.h) */
+    nmlx_backend *be;            /* MoE only: owns repacked expert weights */
 } nmlx_decoder_opts;
 
 /* Work buffers for T tokens (backend memory). */
@@ -33,6 +37,7 @@ typedef struct nmlx_decoder_buffers {
     float *xn;        /* [T, hidden] normed input */
     float *tmp;       /* [T, hidden] block output */
     float *gate, *up; /* [T, intermediate] */
+    nmlx_moe_buffers *moe; /* MoE layers only */
 } nmlx_decoder_buffers;
 
 /* Loads `<prefix>.{input_layernorm,self_attn,post_attention_layernorm,mlp}`
@@ -40,6 +45,8 @@ typedef struct nmlx_decoder_buffers {
 nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *ws,
                                     const char *prefix, const nmlx_attention_shape *as,
                                     const nmlx_rope *rope, const nmlx_decoder_opts *o);
+/* Frees what a layer owns (MoE experts); accepts a zeroed layer. */
+void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be);
 /* x[T, hidden] is updated in place (residual stream). */
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,

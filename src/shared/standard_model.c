@@ -29,6 +29,9 @@ typedef struct std_model {
     nmlx_rope local_rope; /* sliding layers' RoPE if the family has one */
     nmlx_decoder_layer *layers;
     int64_t *windows;     /* per layer: 0 = full attention */
+    bool has_moe;         /* some layer's MLP is a mixture of experts */
+    nmlx_moe_shape moe;   /* their shape */
+    float *sinks;         /* [n_layers, heads] attention sinks (backend), or NULL */
 } std_model;
 
 typedef struct std_state {
@@ -205,6 +208,82 @@ cleanup:
     return st;
 }
 
+/* The MoE block's shape from config (def->moe) and which layers get it:
+ * all, or per decoder_sparse_step / mlp_only_layers (Qwen MoE rule: layer i
+ * is sparse unless listed, when (i + 1) % step == 0). */
+static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_t hidden,
+                              int64_t n_layers, nmlx_moe_shape *ms, bool *sparse) {
+    nmlx_status st = NMLX_OK;
+    int64_t *only = NULL;
+    const char *ekey = nmlx_cfg_has(cfg, "num_experts") ? "num_experts" : "num_local_experts";
+    double limit = 0;
+    *ms = (nmlx_moe_shape){
+        .hidden = hidden, .routing = d->routing, .router_bias = d->router_bias,
+        .expert_bias = d->expert_bias, .alpha = 1.702f, .router_name = d->router_name,
+        .stacked_name = d->stacked_name,
+        .act = d->clipped_swiglu ? NMLX_SWITCH_SWIGLU_CLIPPED : NMLX_SWITCH_SWIGLU,
+    };
+    TRY(required_int(cfg, ekey, &ms->n_experts));
+    TRY(required_int(cfg, "num_experts_per_tok", &ms->top_k));
+    TRY(required_int(cfg, d->expert_size_key, &ms->expert_hidden));
+    CHECK(ms->top_k <= ms->n_experts && ms->n_experts <= (1 << 16), NMLX_ERR_FORMAT,
+          "%s: num_experts_per_tok (%lld) must not exceed %s (%lld, at most 65536)",
+          nmlx_cfg_path(cfg), (long long)ms->top_k, ekey, (long long)ms->n_experts);
+    TRY(feature(cfg, d->norm_topk, "norm_topk_prob", &ms->norm_topk));
+    if (d->clipped_swiglu) {
+        TRY(nmlx_cfg_float(cfg, "swiglu_limit", d->swiglu_limit_default, &limit));
+        CHECK(limit > 0, NMLX_ERR_FORMAT, "%s: swiglu_limit must be positive",
+              nmlx_cfg_path(cfg));
+        ms->limit = (float)limit;
+    }
+    for (int64_t i = 0; i < n_layers; i++) sparse[i] = true;
+    if (d->sparse_layers) {
+        int64_t step;
+        size_t n = 0;
+        TRY(nmlx_cfg_int(cfg, "decoder_sparse_step", 1, &step));
+        CHECK(step > 0, NMLX_ERR_FORMAT, "%s: decoder_sparse_step must be positive",
+              nmlx_cfg_path(cfg));
+        for (int64_t i = 0; i < n_layers; i++) sparse[i] = (i + 1) % step == 0;
+        if (nmlx_cfg_has(cfg, "mlp_only_layers")) {
+            only = nmlx_calloc((size_t)n_layers + 1, sizeof *only);
+            CHECK(only, NMLX_ERR_NOMEM, "out of memory reading mlp_only_layers");
+            TRY(nmlx_cfg_int_list(cfg, "mlp_only_layers", only, (size_t)n_layers + 1, &n));
+            for (size_t j = 0; j < n; j++) {
+                CHECK(only[j] >= 0 && only[j] < n_layers, NMLX_ERR_FORMAT,
+                      "%s: mlp_only_layers[%zu] = %lld is not a layer index",
+                      nmlx_cfg_path(cfg), j, (long long)only[j]);
+                sparse[only[j]] = false;
+            }
+        }
+    }
+cleanup:
+    nmlx_free(only);
+    return st;
+}
+
+/* `<prefix>.layers.<i>.self_attn.sinks` [heads] of every layer, as f32 in
+ * one backend buffer the attentions point into. */
+static nmlx_status load_sinks(std_model *m, const nmlx_weights *ws, nmlx_backend *be,
+                              const char *prefix) {
+    nmlx_status st = NMLX_OK;
+    size_t n = (size_t)(m->n_layers * m->heads);
+    float *host = nmlx_malloc(n * sizeof *host);
+    m->sinks = be->ops->alloc(be, n * sizeof(float));
+    CHECK(host && m->sinks, NMLX_ERR_NOMEM, "out of memory for attention sinks");
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        char name[192];
+        const nmlx_tensor *t = NULL;
+        snprintf(name, sizeof name, "%s.layers.%lld.self_attn.sinks", prefix, (long long)i);
+        TRY(nmlx_get_float_tensor(ws, name, 1, &m->heads, &t));
+        nmlx_to_f32(t->dtype, t->data, host + i * m->heads, (size_t)m->heads);
+    }
+    be->ops->upload(be, m->sinks, host, n * sizeof(float));
+    for (int64_t i = 0; i < m->n_layers; i++) m->layers[i].attn.sinks = m->sinks + i * m->heads;
+cleanup:
+    nmlx_free(host);
+    return st;
+}
+
 nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **archp,
                            nmlx_arch_info *info) {
     const nmlx_std_def *def = defp;
@@ -213,7 +292,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     nmlx_status st = NMLX_OK;
     std_model *m = nmlx_calloc(1, sizeof *m);
     nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
-    bool *use_rope = NULL;
+    bool *use_rope = NULL, *sparse = NULL;
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
 
     TRY(required_int(cfg, "hidden_size", &m->hidden));
@@ -282,7 +361,8 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     m->layers = nmlx_calloc((size_t)m->n_layers, sizeof *m->layers);
     m->windows = nmlx_calloc((size_t)m->n_layers, sizeof *m->windows);
     use_rope = nmlx_calloc((size_t)m->n_layers, sizeof *use_rope);
-    CHECK(m->layers && m->windows && use_rope, NMLX_ERR_NOMEM, "out of memory for %lld layers",
+    sparse = nmlx_calloc((size_t)m->n_layers, sizeof *sparse);
+    CHECK(m->layers && m->windows && use_rope && sparse, NMLX_ERR_NOMEM, "out of memory for %lld layers",
           (long long)m->n_layers);
     TRY(layer_windows(cfg, def, m->n_layers, window, m->windows));
     TRY(rope_layers(cfg, def, m->n_layers, use_rope));
@@ -310,16 +390,20 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     nmlx_decoder_opts dopts = {
         .intermediate = m->intermediate, .mlp_bias = mlp_bias,
         .fused_gate_up = def->fused_gate_up, .sandwich = def->sandwich_norms, .act = act,
-        .norm_eps = (float)eps, .norm_offset = norm_offset,
+        .norm_eps = (float)eps, .norm_offset = norm_offset, .be = ctx->be,
     };
+    if (def->moe) TRY(moe_config(cfg, def->moe, m->hidden, m->n_layers, &m->moe, sparse));
     for (int64_t i = 0; i < m->n_layers; i++) {
         char lp[192];
         snprintf(lp, sizeof lp, "%s.layers.%lld", prefix, (long long)i);
         as.window = m->windows[i];
         const nmlx_rope *rope = NULL;
         if (use_rope[i]) rope = def->local_rope && m->windows[i] > 0 ? &m->local_rope : &m->rope;
+        dopts.moe = sparse[i] ? &m->moe : NULL;
+        m->has_moe = m->has_moe || sparse[i];
         TRY(nmlx_decoder_layer_load(&m->layers[i], ws, lp, &as, rope, &dopts));
     }
+    if (def->attn_sinks) TRY(load_sinks(m, ws, ctx->be, prefix));
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
     *archp = m;
@@ -328,6 +412,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
 cleanup:
     nmlx_free(rc);
     nmlx_free(use_rope);
+    nmlx_free(sparse);
     if (m) nmlx_std_destroy(m, ctx->be);
     return st;
 }
@@ -337,6 +422,9 @@ void nmlx_std_destroy(void *archp, nmlx_backend *be) {
     if (!m) return;
     nmlx_rope_free(&m->rope, be);
     nmlx_rope_free(&m->local_rope, be);
+    if (m->layers)
+        for (int64_t i = 0; i < m->n_layers; i++) nmlx_decoder_layer_free(&m->layers[i], be);
+    if (m->sinks) be->ops->free(be, m->sinks);
     nmlx_free(m->layers);
     nmlx_free(m->windows);
     nmlx_free(m);
@@ -348,6 +436,8 @@ void nmlx_std_state_free(void *statep, nmlx_backend *be) {
     if (s->caches)
         for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_free(&s->caches[i], be);
     nmlx_free(s->caches);
+    if (s->buf.moe) nmlx_moe_buffers_free(s->buf.moe, be);
+    nmlx_free(s->buf.moe);
     float *bufs[] = {s->x, s->logits, s->buf.xn, s->buf.tmp, s->buf.gate, s->buf.up,
                      s->buf.attn.q, s->buf.attn.k, s->buf.attn.v, s->buf.attn.ctx,
                      s->buf.attn.scratch};
@@ -388,6 +478,11 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
               s->buf.attn.scratch,
           NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
+    if (m->has_moe) {
+        s->buf.moe = nmlx_calloc(1, sizeof *s->buf.moe);
+        CHECK(s->buf.moe, NMLX_ERR_NOMEM, "out of memory creating a session");
+        TRY(nmlx_moe_buffers_alloc(s->buf.moe, be, s->chunk, &m->moe));
+    }
     *statep = s;
     s = NULL;
 cleanup:

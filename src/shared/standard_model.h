@@ -11,6 +11,7 @@
 #define NMLX_STANDARD_MODEL_H
 
 #include "family.h"
+#include "moe.h"
 
 /* A feature that is always off, always on, or read from a config key. */
 typedef enum nmlx_feature {
@@ -18,6 +19,21 @@ typedef enum nmlx_feature {
     NMLX_FEATURE_ON = 1,
     NMLX_FEATURE_FROM_CONFIG = 2
 } nmlx_feature;
+
+/* The sparse MoE MLP of a family (moe.h), NULL in nmlx_std_def when dense. */
+typedef struct nmlx_std_moe {
+    nmlx_moe_routing routing;
+    nmlx_feature norm_topk;      /* SOFTMAX_TOPK renormalisation (config: norm_topk_prob) */
+    bool router_bias, expert_bias;
+    bool clipped_swiglu;         /* gpt-oss activation; limit = config swiglu_limit */
+    double swiglu_limit_default;
+    /* MoE only on layers picked by config decoder_sparse_step / mlp_only_layers
+     * (the others get a dense MLP of intermediate_size); false = every layer */
+    bool sparse_layers;
+    const char *expert_size_key; /* config key of the experts' intermediate size */
+    const char *router_name;     /* `mlp.<router_name>` */
+    const char *stacked_name;    /* mlx-lm stacked experts `mlp.<stacked_name>.*_proj` */
+} nmlx_std_moe;
 
 typedef struct nmlx_std_def {
     /* architecture features */
@@ -44,6 +60,8 @@ typedef struct nmlx_std_def {
     bool query_pre_attn_scalar; /* attention scale 1/sqrt(config query_pre_attn_scalar) */
     bool final_logit_softcap;   /* logits = cap * tanh(logits / cap) if configured */
     bool llama4_query_scale;    /* rope_parameters.llama_4_scaling_beta scales queries */
+    bool attn_sinks;            /* learned per-head attention sinks `self_attn.sinks` */
+    const nmlx_std_moe *moe;    /* sparse MoE MLP (NULL = dense) */
     /* transformers' defaults for keys a config.json may omit */
     double rms_norm_eps;
     double rope_theta;

@@ -38,6 +38,26 @@ export const FEATURES = {
     doc: "queries scaled by rope_parameters.llama_4_scaling_beta past the original context" },
   activationKey: { values: ["hidden_act", "hidden_activation"], default: "hidden_act",
     doc: "config key naming the MLP activation" },
+  attentionSinks: { values: [false, true], default: false,
+    doc: "learned per-head attention sinks (self_attn.sinks)" },
+  // Sparse mixture-of-experts MLP (components/moe.mjs). moe names the routing:
+  // softmax over all experts then top-k, or top-k logits then softmax over them.
+  moe: { values: [false, "softmax_topk", "topk_softmax"], default: false,
+    doc: "sparse mixture-of-experts MLP" },
+  moeNormTopk: { values: [false, "config:norm_topk_prob"], default: false,
+    doc: "top-k routing weights renormalised to sum 1" },
+  moeRouterBias: { values: [false, true], default: false, doc: "MoE router carries a bias" },
+  moeExpertBias: { values: [false, true], default: false, doc: "experts carry biases" },
+  moeClippedSwiglu: { values: [false, true], default: false,
+    doc: "experts use the clipped SwiGLU (gate <= limit, |up| <= limit, (up + 1) * gate * sigmoid(1.702 gate))" },
+  moeSparseLayers: { values: [false, "config:decoder_sparse_step"], default: false,
+    doc: "MoE only on layers chosen by decoder_sparse_step / mlp_only_layers, dense MLP elsewhere" },
+  moeRouter: { values: [false, "gate", "router"], default: false,
+    doc: "router module name under mlp" },
+  moeStacked: { values: [false, "switch_mlp", "experts"], default: false,
+    doc: "mlx-lm's stacked experts module name under mlp" },
+  moeExpertSize: { values: [false, "moe_intermediate_size", "intermediate_size"], default: false,
+    doc: "config key of the experts' intermediate size" },
 };
 
 /** Config keys a model-def may give defaults for (transformers' defaults). */
@@ -53,6 +73,7 @@ export const CONFIG_DEFAULTS = {
   rope_local_base_freq: { type: "number", default: 10000 },
   query_pre_attn_scalar: { type: "number", default: 0 },
   no_rope_layer_interval: { type: "integer", default: 4 },
+  swiglu_limit: { type: "number", default: 7 },
 };
 
 function fail(def, msg) {

@@ -6,6 +6,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { resolveModelDef } from "./features.mjs";
 import { canEmit, emitStandardFamily } from "./components/standard.mjs";
 import { emitReadme, emitRegistry } from "./components/registry.mjs";
+import { canEmit as canEmitMoe, emitMoeFamily } from "./components/moe.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -28,6 +29,7 @@ export async function loadDefs() {
 
 function emitFamily(def) {
   if (canEmit(def)) return emitStandardFamily(def);
+  if (canEmitMoe(def)) return emitMoeFamily(def);
   throw new Error(`model-def ${def.family}: no emitter supports its features`);
 }
 

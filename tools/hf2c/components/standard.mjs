@@ -2,6 +2,7 @@
 // (src/shared/standard_model.h): the family file holds only its feature
 // switches and config defaults.
 import { cDouble, cString, header } from "./c.mjs";
+import { FEATURES } from "../features.mjs";
 
 /** Features this emitter can bind; anything else needs its own emitter. */
 export const STANDARD_FEATURES = new Set([
@@ -48,18 +49,22 @@ function featureEnum(v) {
   throw new Error(`cannot map feature value ${JSON.stringify(v)}`);
 }
 
+/** Features left at their defaults do not count: a family needs only an
+ * emitter for the features it turns on. */
 export function canEmit(def) {
-  return Object.keys(def.features).every((k) => STANDARD_FEATURES.has(k));
+  return Object.entries(def.features).every(([k, v]) => STANDARD_FEATURES.has(k) || v === FEATURES[k].default);
 }
 
-export function emitStandardFamily(def) {
+/** extra.decls: C text before the def; extra.fields: more nmlx_std_def lines
+ * (emitters of richer families bind the same standard decoder). */
+export function emitStandardFamily(def, extra = {}) {
   const f = def.features, d = def.defaults, n = def.family;
   const types = def.modelTypes.map(cString).join(", ");
   return `${header(def)}
 #include "shared/standard_model.h"
 
 static const char *const ${n}_model_types[] = {${types}, NULL};
-
+${extra.decls ?? ""}
 static const nmlx_std_def ${n}_def = {
     .qkv_bias = ${featureEnum(f.qkvBias)},
     .o_bias = ${featureEnum(f.oBias)},
@@ -71,7 +76,7 @@ static const nmlx_std_def ${n}_def = {
     .tie_word_embeddings = ${d.tie_word_embeddings},
     .max_position_embeddings = ${d.max_position_embeddings},
     .head_dim = ${d.head_dim},
-    .hidden_act = ${cString(d.hidden_act)},${extraFields(f, d)}
+    .hidden_act = ${cString(d.hidden_act)},${extraFields(f, d)}${extra.fields ?? ""}
 };
 
 const nmlx_family nmlx_family_${n} = {
