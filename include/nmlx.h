@@ -85,8 +85,8 @@ typedef struct nmlx_detokenizer nmlx_detokenizer;
 
 typedef struct nmlx_model_params {
     int n_threads;   /* worker threads; 0 = number of online CPUs */
-    int max_context; /* cap on tokens per session; 0 = min(model's
-                        max_position_embeddings, 8192) */
+    int max_context; /* cap on tokens per session; 0 = the model's
+                        max_position_embeddings clamped to [4096, 8192] */
     int no_tokenizer; /* 1 = do not load tokenizer.json even if present */
     int quantize_bits; /* 0 = weights as stored; 2,3,4,5,6,8 = quantize float
                           Linear/Embedding weights on load (MLX affine, as
@@ -149,6 +149,16 @@ nmlx_sampler_params nmlx_model_sampler_params(const nmlx_model *model);
 
 typedef struct nmlx_session_params {
     int max_context; /* 0 = the model's max_context */
+    /* Quantized KV cache (mlx-lm QuantizedKVCache, kv_bits): keys and values
+     * of full-attention layers are stored MLX-affine quantized, about
+     * (bits + 64 / kv_group_size) / 32 of the f32 cache's bytes. Sliding-
+     * window layers with a rotating cache stay full precision. */
+    int kv_bits;       /* 0 = off (default); 2, 3, 4, 5, 6 or 8 */
+    int kv_group_size; /* 0 = 64; else 32, 64 or 128 (8 and 16 are accepted
+                          for tiny head dims); must divide head_dim */
+    int quantized_kv_start; /* quantize once the cache holds this many tokens
+                               (checked before each eval; default 0 = from
+                               the first token) */
 } nmlx_session_params;
 
 nmlx_session_params nmlx_session_default_params(void);

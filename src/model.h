@@ -7,6 +7,7 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 #include "shared/family.h"
+#include "shared/layer_cache.h"
 #include "shared/sampling.h"
 
 #include <stdatomic.h>
@@ -46,6 +47,7 @@ struct nmlx_session {
     nmlx_detokenizer *detok;
     char *text;      /* callback text assembly */
     size_t text_cap;
+    nmlx_kv_dequant kv_deq; /* quantized KV: attention's dequantized rows */
 };
 
 /* Drops one model reference; frees the model at zero. */

@@ -4,13 +4,15 @@
 #include <string.h>
 
 nmlx_session_params nmlx_session_default_params(void) {
-    return (nmlx_session_params){.max_context = 0};
+    return (nmlx_session_params){
+        .max_context = 0, .kv_bits = 0, .kv_group_size = 64, .quantized_kv_start = 0};
 }
 
 void nmlx_session_free(nmlx_session *s) {
     if (!s) return;
     nmlx_model *m = s->model;
     if (s->state) m->family->state_free(s->state, m->be);
+    nmlx_kv_dequant_free(&s->kv_deq, m->be);
     nmlx_sampler_free(&s->sampler);
     nmlx_detokenizer_free(s->detok);
     nmlx_free(s->logits);
@@ -19,6 +21,27 @@ void nmlx_session_free(nmlx_session *s) {
     nmlx_free(s->text);
     nmlx_free(s);
     nmlx_model_unref(m);
+}
+
+/* kv_bits: every layer cache of the state is asked to quantize. */
+static nmlx_status setup_kv_quant(nmlx_session *s, const nmlx_session_params *p) {
+    const nmlx_family *f = s->model->family;
+    if (!f->state_caches)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "kv_bits: the %s family has no quantized KV cache",
+                         f->name);
+    nmlx_kv_quant_params qp = {.bits = p->kv_bits,
+                               .group_size = p->kv_group_size ? p->kv_group_size : 64,
+                               .start = p->quantized_kv_start};
+    /* bits, group and start now (head_dim per layer below), so a bad value
+     * fails even when every layer has a rotating cache */
+    nmlx_status st = nmlx_kv_quant_check(&qp, qp.group_size);
+    if (st != NMLX_OK) return st;
+    int64_t n = 0;
+    nmlx_layer_cache *caches = f->state_caches(s->state, &n);
+    for (int64_t i = 0; i < n; i++) {
+        if ((st = nmlx_layer_cache_set_quant(&caches[i], &qp, &s->kv_deq)) != NMLX_OK) return st;
+    }
+    return NMLX_OK;
 }
 
 nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params,
@@ -43,6 +66,7 @@ nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params
     CHECK(s->logits && s->history, NMLX_ERR_NOMEM, "out of memory creating a session");
     TRY(nmlx_sampler_init(&s->sampler, V));
     TRY(m->family->state_create(m->arch, m->be, s->max_context, &s->state));
+    if (p.kv_bits) TRY(setup_kv_quant(s, &p));
     if (m->tok) TRY(nmlx_detokenizer_create(m->tok, 1, &s->detok));
     *out = s;
     s = NULL;

@@ -45,6 +45,10 @@ typedef struct nmlx_family {
     int64_t (*state_position)(const void *state);
     /* Drops the last n positions. */
     void (*state_trim)(void *state, int64_t n);
+    /* Optional: the state's per-layer caches (session kv_bits configures
+     * them before the first forward). NULL: the family's KV cannot be
+     * quantized and kv_bits fails. */
+    struct nmlx_layer_cache *(*state_caches)(void *state, int64_t *n_layers);
 
     /* Runs T tokens from the current position. Writes logits of the last
      * token to last_logits[V], and if all_logits != NULL the logits of every

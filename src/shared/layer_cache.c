@@ -19,21 +19,93 @@ nmlx_status nmlx_layer_cache_init(nmlx_layer_cache *c, nmlx_backend *be, int64_t
 void nmlx_layer_cache_free(nmlx_layer_cache *c, nmlx_backend *be) {
     if (c->rotating) nmlx_rotating_kv_cache_free(&c->rot, be);
     else nmlx_kv_cache_free(&c->kv, be);
+    nmlx_quantized_kv_cache_free(&c->q);
 }
 
 int64_t nmlx_layer_cache_offset(const nmlx_layer_cache *c) {
+    if (c->quantized) return c->q.offset;
     return c->rotating ? c->rot.offset : c->kv.offset;
 }
 
+nmlx_status nmlx_layer_cache_set_quant(nmlx_layer_cache *c, const nmlx_kv_quant_params *p,
+                                       nmlx_kv_dequant *deq) {
+    if (c->rotating || p->bits == 0) return NMLX_OK;
+    nmlx_status st = nmlx_kv_quant_check(p, c->kv.head_dim);
+    if (st != NMLX_OK) return st;
+    c->qp = *p;
+    c->deq = deq;
+    return NMLX_OK;
+}
+
+void nmlx_kv_dequant_free(nmlx_kv_dequant *d, nmlx_backend *be) {
+    if (!d) return;
+    if (d->k) be->ops->free(be, d->k);
+    if (d->v) be->ops->free(be, d->v);
+    d->k = d->v = NULL;
+    d->floats = 0;
+}
+
+/* Grows the shared scratch to hold this cache's capacity (no copy: it only
+ * ever holds one layer's rows during one attention call). */
+static nmlx_status dequant_reserve(nmlx_kv_dequant *d, nmlx_backend *be, const nmlx_layer_cache *c) {
+    size_t need = (size_t)(c->q.kv_heads * c->q.capacity * c->q.head_dim);
+    if (need <= d->floats) return NMLX_OK;
+    float *k = be->ops->alloc(be, need * sizeof(float));
+    float *v = be->ops->alloc(be, need * sizeof(float));
+    if (!k || !v) {
+        if (k) be->ops->free(be, k);
+        if (v) be->ops->free(be, v);
+        return nmlx_fail(NMLX_ERR_NOMEM, "quantized KV cache: cannot allocate %zu bytes of scratch",
+                         2 * need * sizeof(float));
+    }
+    nmlx_kv_dequant_free(d, be);
+    d->k = k;
+    d->v = v;
+    d->floats = need;
+    return NMLX_OK;
+}
+
+/* maybe_quantize_kv_cache, then the quantized cache's growth. */
+static nmlx_status quant_reserve(nmlx_layer_cache *c, nmlx_backend *be, int64_t n) {
+    nmlx_status st;
+    if (!c->quantized) {
+        if (c->kv.offset < c->qp.start) return nmlx_kv_cache_reserve(&c->kv, be, n);
+        nmlx_quantized_kv_cache_init(&c->q, c->kv.kv_heads, c->kv.head_dim, &c->qp,
+                                     c->kv.max_capacity);
+        if ((st = nmlx_quantized_kv_cache_from(&c->q, &c->kv)) != NMLX_OK) return st;
+        nmlx_kv_cache_free(&c->kv, be);
+        c->quantized = true;
+    }
+    if ((st = nmlx_quantized_kv_cache_reserve(&c->q, n)) != NMLX_OK) return st;
+    return dequant_reserve(c->deq, be, c);
+}
+
 nmlx_status nmlx_layer_cache_reserve(nmlx_layer_cache *c, nmlx_backend *be, int64_t n) {
+    if (c->qp.bits) return quant_reserve(c, be, n);
     return c->rotating ? nmlx_rotating_kv_cache_reserve(&c->rot, n)
                        : nmlx_kv_cache_reserve(&c->kv, be, n);
+}
+
+size_t nmlx_layer_cache_bytes(const nmlx_layer_cache *c) {
+    if (c->quantized)
+        return (size_t)c->q.capacity * nmlx_quantized_kv_bytes_per_token(&c->q);
+    if (c->rotating)
+        return 2 * (size_t)(c->rot.kv_heads * c->rot.cap * c->rot.head_dim) * sizeof(float);
+    return 2 * (size_t)(c->kv.kv_heads * c->kv.capacity * c->kv.head_dim) * sizeof(float);
 }
 
 void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float *k,
                              const float *v, int64_t T, nmlx_kv_view *view) {
     if (c->rotating) {
         nmlx_rotating_kv_cache_update(&c->rot, be, k, v, T, view);
+        return;
+    }
+    if (c->quantized) {
+        int64_t pos = c->q.offset;
+        nmlx_quantized_kv_cache_append(&c->q, k, v, T);
+        nmlx_quantized_kv_cache_dequant(&c->q, c->deq->k, c->deq->v, c->q.capacity);
+        *view = (nmlx_kv_view){.keys = c->deq->k, .values = c->deq->v, .cap = c->q.capacity,
+                               .n_kv = c->q.offset, .q_row = pos, .window = c->window};
         return;
     }
     int64_t pos = c->kv.offset;
@@ -43,5 +115,6 @@ void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float 
 }
 
 int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n) {
+    if (c->quantized) return nmlx_quantized_kv_cache_trim(&c->q, n);
     return c->rotating ? nmlx_rotating_kv_cache_trim(&c->rot, n) : nmlx_kv_cache_trim(&c->kv, n);
 }

@@ -1,18 +1,39 @@
 /* The KV cache of one attention layer, of the kind the layer needs: the
  * standard growing cache (full attention, or a sliding window applied by
  * mask when the window covers the whole context), or the rotating cache
- * (sliding window shorter than the context). */
+ * (sliding window shorter than the context).
+ *
+ * Quantized KV (session kv_bits, nmlx_layer_cache_set_quant): a standard
+ * cache is converted to the quantized cache (ported/quantized_kv_cache.h)
+ * by reserve() once it holds `start` tokens, i.e. between model calls, as
+ * mlx-lm's maybe_quantize_kv_cache does after each call (start 0: from the
+ * first token; mlx-lm runs its first call in full precision). Attention then
+ * reads the visible rows dequantized into a scratch shared by the session's
+ * layers. Rotating caches stay full precision (mlx-lm: "RotatingKVCache
+ * Quantization NYI"). */
 #ifndef NMLX_LAYER_CACHE_H
 #define NMLX_LAYER_CACHE_H
 
 #include "ported/kv_cache.h"
+#include "ported/quantized_kv_cache.h"
 #include "ported/rotating_kv_cache.h"
+
+/* Dequantized keys/values of one layer at a time, [KVH, cap, HD] each
+ * (backend memory, one per session, grown with the caches' capacity). */
+typedef struct nmlx_kv_dequant {
+    float *k, *v;
+    size_t floats; /* allocated per buffer */
+} nmlx_kv_dequant;
 
 typedef struct nmlx_layer_cache {
     bool rotating;
     int64_t window; /* the layer's window (0 = full): the mask of the standard cache */
     nmlx_kv_cache kv;
     nmlx_rotating_kv_cache rot;
+    nmlx_kv_quant_params qp;   /* qp.bits 0 = full precision */
+    bool quantized;            /* converted: q holds the tokens, kv is freed */
+    nmlx_quantized_kv_cache q;
+    nmlx_kv_dequant *deq;      /* the session's scratch (not owned) */
 } nmlx_layer_cache;
 
 /* window > 0 and shorter than max_context selects the rotating cache
@@ -26,5 +47,14 @@ nmlx_status nmlx_layer_cache_reserve(nmlx_layer_cache *c, nmlx_backend *be, int6
 void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float *k,
                              const float *v, int64_t T, nmlx_kv_view *view);
 int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n);
+
+/* Asks for quantized KV (p->bits > 0) before the first reserve; `deq` must
+ * outlive the cache. A rotating cache ignores it. Fails if p does not fit
+ * the layer's head_dim. */
+nmlx_status nmlx_layer_cache_set_quant(nmlx_layer_cache *c, const nmlx_kv_quant_params *p,
+                                       nmlx_kv_dequant *deq);
+/* Bytes the cache holds for keys and values now (capacity, not offset). */
+size_t nmlx_layer_cache_bytes(const nmlx_layer_cache *c);
+void nmlx_kv_dequant_free(nmlx_kv_dequant *d, nmlx_backend *be);
 
 #endif

@@ -500,6 +500,12 @@ void nmlx_std_state_trim(void *statep, int64_t n) {
     for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_trim(&s->caches[i], n);
 }
 
+nmlx_layer_cache *nmlx_std_state_caches(void *statep, int64_t *n_layers) {
+    std_state *s = statep;
+    *n_layers = s->n_layers;
+    return s->caches;
+}
+
 /* logits for `rows` consecutive rows of normed hidden states xn. */
 static void lm_head_rows(nmlx_backend *be, const std_model *m, std_state *s, const float *xn,
                          int64_t rows, float *host_out) {

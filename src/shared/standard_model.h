@@ -84,6 +84,7 @@ nmlx_status nmlx_std_state_create(const void *arch, nmlx_backend *be, int64_t ma
 void nmlx_std_state_free(void *state, nmlx_backend *be);
 int64_t nmlx_std_state_position(const void *state);
 void nmlx_std_state_trim(void *state, int64_t n);
+struct nmlx_layer_cache *nmlx_std_state_caches(void *state, int64_t *n_layers);
 nmlx_status nmlx_std_forward(const void *arch, void *state, nmlx_backend *be,
                              const int32_t *ids, int64_t T, float *last_logits,
                              float *all_logits, atomic_bool *cancel);

@@ -29,5 +29,6 @@ const nmlx_family nmlx_family_llama = {
     .state_free = nmlx_std_state_free,
     .state_position = nmlx_std_state_position,
     .state_trim = nmlx_std_state_trim,
+    .state_caches = nmlx_std_state_caches,
     .forward = nmlx_std_forward,
 };
