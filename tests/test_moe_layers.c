@@ -427,6 +427,71 @@ static void test_stacked_quant(const char *src_dir, const char *tmp) {
     free(lb);
 }
 
+/* Every allocation of loading + running a MoE model failing in turn: a clean
+ * error each time, nothing leaked (sanitizer builds), then success. */
+static void test_fault_injection(const char *name) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
+    int32_t ids[5] = {1, 2, 3, 4, 5};
+    bool clean = true, done = false;
+    long last = 0;
+    for (long k = 1; k < 5000 && !done; k++) {
+        last = k;
+        nmlx_model_params mp = nmlx_model_default_params();
+        mp.n_threads = 1;
+        nmlx_model *m = NULL;
+        nmlx_session *s = NULL;
+        nmlx_test_fail_alloc_after(k);
+        nmlx_status st = nmlx_model_load(dir, &mp, &m);
+        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
+        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 5, 0);
+        nmlx_test_fail_alloc_after(0);
+        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
+        done = st == NMLX_OK;
+        nmlx_session_free(s);
+        nmlx_model_free(m);
+    }
+    printf("  %-20s fault injection: %ld allocations failed in turn\n", name, last - 1);
+    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", name);
+}
+
+/* A missing expert tensor and an impossible top-k are errors naming them. */
+static void test_bad_inputs(const char *tmp) {
+    char fixture[512], dir[600], path[1400];
+    snprintf(fixture, sizeof fixture, "%s/tests/fixtures/qwen3_moe", test_src_dir());
+    snprintf(dir, sizeof dir, "%s/bad", tmp);
+    nmlx_weights *ws = NULL;
+    if (nmlx_weights_open_dir(fixture, &ws) != NMLX_OK) return;
+    ckpt c = {0};
+    for (size_t i = 0; i < nmlx_weights_count(ws); i++) {
+        const nmlx_tensor *t = nmlx_weights_at(ws, i);
+        if (strcmp(t->name, "model.layers.1.mlp.experts.3.up_proj.weight") != 0)
+            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    write_ckpt(&c, fixture, dir, false);
+    free_ckpt(&c);
+    nmlx_weights_close(ws);
+    nmlx_model_params mp = nmlx_model_default_params();
+    nmlx_model *m = NULL;
+    nmlx_status st = nmlx_model_load(dir, &mp, &m);
+    EXPECT(st != NMLX_OK && strstr(nmlx_last_error(), "model.layers.1.mlp.experts.3.up_proj.weight"),
+           "missing expert: %s", nmlx_last_error());
+    nmlx_model_free(m);
+    /* top-k larger than the experts */
+    snprintf(path, sizeof path, "cp %s/model.safetensors %s/model.safetensors", fixture, dir);
+    EXPECT(system(path) == 0, "copy");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    json_object_set_new(cfg, "num_experts_per_tok", json_integer(9));
+    json_dump_file(cfg, path, 0);
+    json_decref(cfg);
+    m = NULL;
+    st = nmlx_model_load(dir, &mp, &m);
+    EXPECT(st != NMLX_OK && strstr(nmlx_last_error(), "num_experts_per_tok"), "top-k > experts: %s",
+           nmlx_last_error());
+    nmlx_model_free(m);
+}
+
 int main(void) {
     test_seed(777);
     test_gather_sort();
@@ -447,6 +512,9 @@ int main(void) {
     const char *names[] = {"qwen3_moe", "holdout/qwen3_moe", "gpt_oss", "holdout/gpt_oss"};
     for (int i = 0; i < 4; i++) test_stacked(names[i], tmp);
     test_stacked_quant("qwen3_moe", tmp);
+    test_bad_inputs(tmp);
+    test_fault_injection("holdout/qwen3_moe");
+    test_fault_injection("gpt_oss");
     char cmd[64];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
