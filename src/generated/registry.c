@@ -2,6 +2,7 @@
 #include "shared/family.h"
 
 extern const nmlx_family nmlx_family_gemma3;
+extern const nmlx_family nmlx_family_gemma3n;
 extern const nmlx_family nmlx_family_gpt_oss;
 extern const nmlx_family nmlx_family_llama;
 extern const nmlx_family nmlx_family_ministral;
@@ -15,6 +16,7 @@ extern const nmlx_family nmlx_family_smollm3;
 
 const nmlx_family *const nmlx_families[] = {
     &nmlx_family_gemma3,
+    &nmlx_family_gemma3n,
     &nmlx_family_gpt_oss,
     &nmlx_family_llama,
     &nmlx_family_ministral,

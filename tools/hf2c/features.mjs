@@ -58,6 +58,19 @@ export const FEATURES = {
     doc: "mlx-lm's stacked experts module name under mlp" },
   moeExpertSize: { values: [false, "moe_intermediate_size", "intermediate_size"], default: false,
     doc: "config key of the experts' intermediate size" },
+  // Gemma 3n (components/gemma3n.mjs).
+  altup: { values: [false, true], default: false,
+    doc: "AltUp: altup_num_inputs residual streams, predicted and corrected around each layer" },
+  laurel: { values: [false, true], default: false,
+    doc: "Laurel low-rank residual beside attention (laurel_rank)" },
+  perLayerInputs: { values: [false, true], default: false,
+    doc: "per-layer token embeddings and projections gated into every layer" },
+  kvSharing: { values: [false, true], default: false,
+    doc: "the last num_kv_shared_layers layers reuse the KV of an earlier layer of their type" },
+  activationSparsity: { values: [false, true], default: false,
+    doc: "Gaussian top-k sparsity of the MLP gate (activation_sparsity_pattern)" },
+  vNorm: { values: [false, true], default: false,
+    doc: "RMSNorm without scale on v" },
 };
 
 /** Config keys a model-def may give defaults for (transformers' defaults). */
@@ -73,6 +86,15 @@ export const CONFIG_DEFAULTS = {
   rope_local_base_freq: { type: "number", default: 10000 },
   query_pre_attn_scalar: { type: "number", default: 0 },
   no_rope_layer_interval: { type: "integer", default: 4 },
+  final_logit_softcapping: { type: "number", default: 0 }, // 0: none unless the config sets one
+  altup_num_inputs: { type: "integer", default: 4 },
+  altup_active_idx: { type: "integer", default: 0 },
+  altup_coef_clip: { type: "number", default: 120 },
+  altup_correct_scale: { type: "boolean", default: true },
+  laurel_rank: { type: "integer", default: 64 },
+  hidden_size_per_layer_input: { type: "integer", default: 256 },
+  vocab_size_per_layer_input: { type: "integer", default: 262144 },
+  num_kv_shared_layers: { type: "integer", default: 0 },
   swiglu_limit: { type: "number", default: 7 },
 };
 

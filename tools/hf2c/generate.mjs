@@ -7,6 +7,7 @@ import { resolveModelDef } from "./features.mjs";
 import { canEmit, emitStandardFamily } from "./components/standard.mjs";
 import { emitReadme, emitRegistry } from "./components/registry.mjs";
 import { canEmit as canEmitMoe, emitMoeFamily } from "./components/moe.mjs";
+import { canEmit as canEmitGemma3n, emitGemma3nFamily } from "./components/gemma3n.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -30,6 +31,7 @@ export async function loadDefs() {
 function emitFamily(def) {
   if (canEmit(def)) return emitStandardFamily(def);
   if (canEmitMoe(def)) return emitMoeFamily(def);
+  if (canEmitGemma3n(def)) return emitGemma3nFamily(def);
   throw new Error(`model-def ${def.family}: no emitter supports its features`);
 }
 

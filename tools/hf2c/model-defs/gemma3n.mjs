@@ -1,0 +1,48 @@
+// Gemma 3n text model (Gemma3nForCausalLM) and the language model of Gemma 3n
+// multimodal checkpoints (Gemma3nForConditionalGeneration: text_config,
+// model.language_model. weights; audio and vision towers ignored): AltUp
+// streams, Laurel, per-layer inputs, KV sharing in the last layers,
+// per-layer intermediate sizes, Gaussian top-k activation sparsity, v-norm,
+// sliding/full layers with a local RoPE base, final logit soft-capping.
+// Norms scale by w (not 1 + w). Defaults: transformers Gemma3nTextConfig.
+export default {
+  family: "gemma3n",
+  description: "Gemma 3n (text)",
+  modelTypes: ["gemma3n", "gemma3n_text"],
+  features: {
+    qkNorm: true,
+    slidingWindow: "always",
+    layerTypes: true,
+    sandwichNorms: true,
+    embedScale: true,
+    localRope: true,
+    finalLogitSoftcap: true,
+    activationKey: "hidden_activation",
+    altup: true,
+    laurel: true,
+    perLayerInputs: true,
+    kvSharing: true,
+    activationSparsity: true,
+    vNorm: true,
+  },
+  configDefaults: {
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    rope_local_base_freq: 10000,
+    tie_word_embeddings: true,
+    max_position_embeddings: 32768,
+    head_dim: 256,
+    hidden_act: "gelu_pytorch_tanh",
+    sliding_window: 512,
+    sliding_window_pattern: 5,
+    final_logit_softcapping: 30,
+    altup_num_inputs: 4,
+    altup_active_idx: 0,
+    altup_coef_clip: 120,
+    altup_correct_scale: true,
+    laurel_rank: 64,
+    hidden_size_per_layer_input: 256,
+    vocab_size_per_layer_input: 262144,
+    num_kv_shared_layers: 15,
+  },
+};
