@@ -231,6 +231,16 @@ bad:
 }
 
 int cli_quantize_bits;
+int cli_kv_bits, cli_kv_group_size = 64, cli_quantized_kv_start;
+
+const nmlx_session_params *cli_session_params(void) {
+    static nmlx_session_params sp;
+    sp = nmlx_session_default_params();
+    sp.kv_bits = cli_kv_bits;
+    sp.kv_group_size = cli_kv_group_size;
+    sp.quantized_kv_start = cli_quantized_kv_start;
+    return &sp;
+}
 
 nmlx_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int no_tokenizer,
                            double *load_seconds) {

@@ -109,6 +109,23 @@ extern int cli_quantize_bits;
 nmlx_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int no_tokenizer,
                            double *load_seconds);
 
+/* Quantized KV cache flags of generate/run/bench/logits (nmlx_session_params
+ * kv_bits, kv_group_size, quantized_kv_start); cli_session_params() returns
+ * the session params they give (static storage). */
+extern int cli_kv_bits, cli_kv_group_size, cli_quantized_kv_start;
+// clang-format off
+#define CLI_KV_OPTIONS                                                                             \
+    {NULL, "--kv-bits", CLI_INT, &cli_kv_bits, 0, 8, NULL},                                        \
+    {NULL, "--kv-group-size", CLI_INT, &cli_kv_group_size, 8, 128, NULL},                          \
+    {NULL, "--quantized-kv-start", CLI_INT, &cli_quantized_kv_start, 0, 1e9, NULL}
+// clang-format on
+#define CLI_KV_USAGE                                                                               \
+    "        --kv-bits N      quantize the KV cache to 2, 3, 4, 5, 6 or 8 bits; 0 = off\n"       \
+    "        --kv-group-size N  KV quantization group: 32, 64 (default) or 128\n"               \
+    "        --quantized-kv-start N  keep the KV cache full precision until it holds\n"       \
+    "                         N tokens (default 0)\n"
+const nmlx_session_params *cli_session_params(void);
+
 /* Monotonic wall clock in seconds. */
 double cli_now(void);
 /* Online CPUs (what -t 0 means); at least 1. */

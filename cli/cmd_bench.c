@@ -47,6 +47,7 @@ static const char usage[] =
     "    --bits N             quantize float weights on load (MLX affine, group 64)\n"
     "    -r, --reps N         repetitions, in [1, 1000] (default 1)\n"
     "        --seed S         seed of the prompt ids (default 1234)\n"
+    CLI_KV_USAGE
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -116,6 +117,7 @@ int cmd_bench(int argc, char **argv) {
         {NULL, "--bits", CLI_INT, &cli_quantize_bits, 2, 8, NULL},
         {"-r", "--reps", CLI_INT, &reps, 1, 1000, NULL},
         {NULL, "--seed", CLI_U64, &seed, 0, 0, NULL},
+        CLI_KV_OPTIONS,
     };
     int r = cli_parse("bench", usage, argc, argv, opts, sizeof opts / sizeof opts[0]);
     if (r != CLI_PARSED) return r;
@@ -151,7 +153,7 @@ int cmd_bench(int argc, char **argv) {
     uint64_t state = seed;
     for (int i = 0; i < (p > DECODE_PROMPT ? p : DECODE_PROMPT); i++)
         ids[i] = (int32_t)(splitmix64(&state) % (uint64_t)vocab);
-    if (nmlx_session_create(model, NULL, &session) != NMLX_OK) {
+    if (nmlx_session_create(model, cli_session_params(), &session) != NMLX_OK) {
         cli_lib_error("bench", "creating session");
         goto cleanup;
     }
@@ -194,6 +196,7 @@ int cmd_bench(int argc, char **argv) {
         printf(",\"decode_tok_s\":%.3f", decode_med);
     else
         printf(",\"decode_tok_s\":null");
+    if (cli_kv_bits) printf(",\"kv_bits\":%d", cli_kv_bits);
     printf(",\"peak_rss_mb\":%.1f}\n", (double)ru.ru_maxrss / 1024.0);
     if (fflush(stdout) != 0) {
         cli_error("bench", "cannot write to stdout");

@@ -29,6 +29,7 @@ static const char usage[] =
     "        --ignore-eos     do not stop at end-of-sequence ids: exactly N tokens\n"
     "                         (fewer only if the context fills up)\n" CLI_SAMPLING_USAGE
     "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
+    CLI_KV_USAGE
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -63,6 +64,7 @@ int cmd_generate(int argc, char **argv) {
         {NULL, "--ignore-eos", CLI_FLAG, &ignore_eos, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &threads, 0, 1024, NULL},
         CLI_SAMPLING_OPTIONS(samp),
+        CLI_KV_OPTIONS,
     };
     int r = cli_parse("generate", usage, argc, argv, opts, sizeof opts / sizeof opts[0]);
     if (r != CLI_PARSED) return r;
@@ -90,7 +92,7 @@ int cmd_generate(int argc, char **argv) {
         goto cleanup;
     }
     if (max_tokens > 0) {
-        if (nmlx_session_create(model, NULL, &session) != NMLX_OK) {
+        if (nmlx_session_create(model, cli_session_params(), &session) != NMLX_OK) {
             cli_lib_error("generate", "creating session");
             goto cleanup;
         }

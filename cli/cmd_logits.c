@@ -33,6 +33,7 @@ static const char usage[] =
     "    -o, --output FILE    where to write the logits\n"
     "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
     "    --bits N             quantize float weights on load (MLX affine, group 64)\n"
+    CLI_KV_USAGE
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -107,6 +108,7 @@ int cmd_logits(int argc, char **argv) {
         {"-o", "--output", CLI_STR, &out, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &threads, 0, 1024, NULL},
         {NULL, "--bits", CLI_INT, &cli_quantize_bits, 2, 8, NULL},
+        CLI_KV_OPTIONS,
     };
     int r = cli_parse("logits", usage, argc, argv, opts, sizeof opts / sizeof opts[0]);
     if (r != CLI_PARSED) return r;
@@ -129,7 +131,7 @@ int cmd_logits(int argc, char **argv) {
         rc = CLI_EXIT_USAGE;
         goto cleanup;
     }
-    if (nmlx_session_create(model, NULL, &session) != NMLX_OK) {
+    if (nmlx_session_create(model, cli_session_params(), &session) != NMLX_OK) {
         cli_lib_error("logits", "creating session");
         goto cleanup;
     }

@@ -42,6 +42,7 @@ static const char usage[] =
     "                         current behaviour either way\n"
     "        --ignore-eos     do not stop at end-of-sequence ids\n" CLI_SAMPLING_USAGE
     "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
+    CLI_KV_USAGE
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -103,6 +104,7 @@ int cmd_run(int argc, char **argv) {
         {NULL, "--ignore-eos", CLI_FLAG, &ignore_eos, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &threads, 0, 1024, NULL},
         CLI_SAMPLING_OPTIONS(samp),
+        CLI_KV_OPTIONS,
     };
     int r = cli_parse("run", usage, argc, argv, opts, sizeof opts / sizeof opts[0]);
     if (r != CLI_PARSED) return r;
@@ -143,7 +145,7 @@ int cmd_run(int argc, char **argv) {
         rc = CLI_EXIT_USAGE;
         goto cleanup;
     }
-    if (nmlx_session_create(model, NULL, &session) != NMLX_OK) {
+    if (nmlx_session_create(model, cli_session_params(), &session) != NMLX_OK) {
         cli_lib_error("run", "creating session");
         goto cleanup;
     }
