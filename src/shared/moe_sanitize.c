@@ -95,6 +95,29 @@ static nmlx_status load_stacked(nmlx_switch_linear *l, const nmlx_weights *ws,
     return NMLX_OK;
 }
 
+/* dst[c * R + r] = src[r * ld + c * step] for r < R, c < C, in 64 x 64
+ * tiles (a cache-friendly transpose of a strided matrix), elements of es
+ * bytes (2 or 4; anything else element by element). */
+#define TRANSPOSE_TILED(T)                                                                  \
+    for (int64_t r0 = 0; r0 < R; r0 += 64)                                                  \
+        for (int64_t c0 = 0; c0 < C; c0 += 64)                                              \
+            for (int64_t r = r0; r < R && r < r0 + 64; r++)                                 \
+                for (int64_t c = c0; c < C && c < c0 + 64; c++)                             \
+                    ((T *)dst)[c * R + r] = ((const T *)src)[r * ld + c * step];
+static void transpose(void *dst, const void *src, int64_t R, int64_t C, int64_t ld, int64_t step,
+                      size_t es) {
+    if (es == 2) {
+        TRANSPOSE_TILED(uint16_t)
+    } else if (es == 4) {
+        TRANSPOSE_TILED(uint32_t)
+    } else {
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++)
+                memcpy((char *)dst + (size_t)(c * R + r) * es,
+                       (const char *)src + (size_t)(r * ld + c * step) * es, es);
+    }
+}
+
 /* Layout 3 (gpt-oss HF): transpose + de-interleave into one backend buffer:
  * gate [E, H, D], up [E, H, D], down [E, D, H], gate/up biases [E, H] each
  * (down's bias [E, D] is used in place). H = hidden, D = in. */
@@ -134,15 +157,14 @@ static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_wei
     }
     char *gate = host, *up = host + es * mat, *down = host + 2 * es * mat;
     const char *src = gu->data, *dsrc = dn->data;
-    for (int64_t e = 0; e < E; e++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t d = 0; d < D; d++) {
-                size_t o = (size_t)((e * H + h) * D + d) * es;
-                memcpy(gate + o, src + (size_t)((e * D + d) * 2 * H + 2 * h) * es, es);
-                memcpy(up + o, src + (size_t)((e * D + d) * 2 * H + 2 * h + 1) * es, es);
-                memcpy(down + (size_t)((e * D + d) * H + h) * es,
-                       dsrc + (size_t)((e * H + h) * D + d) * es, es);
-            }
+    for (int64_t e = 0; e < E; e++) {
+        size_t o = (size_t)(e * H * D) * es;
+        /* gate[e][h][d] = gate_up[e][d][2h], up[e][h][d] = gate_up[e][d][2h + 1] */
+        transpose(gate + o, src + o * 2, D, H, 2 * H, 2, es);
+        transpose(up + o, src + o * 2 + es, D, H, 2 * H, 2, es);
+        /* down[e][d][h] = down_proj[e][h][d] */
+        transpose(down + o, dsrc + o, H, D, D, 1, es);
+    }
     if (s->bias) {
         char *gb = host + 3 * es * mat, *ub = gb + es * vec;
         for (int64_t i = 0; i < E * H; i++) {
