@@ -46,3 +46,19 @@ test("every model_type is served by exactly one family; simple families stay sma
     assert.ok(files.get(rel).split("\n").length < 60, `${rel} is small`);
   }
 });
+
+test("MoE families get the moe emitter: routing, layout names and sinks in C", async () => {
+  const { emitMoeFamily, canEmit } = await import("../components/moe.mjs");
+  const d = resolveModelDef({ ...base, features: { moe: "topk_softmax", moeRouterBias: true,
+    moeClippedSwiglu: true, moeRouter: "router", moeStacked: "experts", moeExpertSize: "intermediate_size",
+    attentionSinks: true } }, "toy.mjs");
+  assert.ok(canEmit(d));
+  const c = emitMoeFamily(d);
+  assert.match(c, /\.routing = NMLX_MOE_TOPK_SOFTMAX,/);
+  assert.match(c, /\.clipped_swiglu = true, \.swiglu_limit_default = 7\.0,/);
+  assert.match(c, /\.router_name = "router", \.stacked_name = "experts",/);
+  assert.match(c, /\.attn_sinks = true,/);
+  assert.match(c, /\.moe = &toy_moe,/);
+  const bad = resolveModelDef({ ...base, features: { moe: "softmax_topk" } }, "toy.mjs");
+  assert.throws(() => emitMoeFamily(bad), /toy: feature 'moe' needs 'moeRouter'/);
+});
