@@ -1,0 +1,218 @@
+/* Quantized kernel benchmark: read bandwidth (the decode ceiling), then for
+ * MLX affine 4/8-bit group 64 (bf16 scales/biases, as quantize-on-load
+ * writes them) the decode mat-vec in GB/s of packed weights + scales +
+ * biases streamed from DRAM (weights cycled over >256 MiB) as a fraction of
+ * that bandwidth, and the prefill mat-mat (T=512) in GFLOP/s, at Qwen3-0.6B
+ * shapes, per kernel set and thread count.
+ *
+ *   cmake --build build-x --target nmlx
+ *   gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_quant.c build-x/libnmlx.a \
+ *       $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o build-x/bench_quant
+ *   build-x/bench_quant [seconds=0.4] [matvec|matmat|all] [isa] [bits] [threads]
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double budget = 0.4;
+
+typedef struct {
+    const uint64_t *buf;
+    int64_t n;
+    uint64_t sums[64];
+} read_job;
+
+static void read_task(void *ctx, int ith, int nth) {
+    read_job *j = ctx;
+    int64_t lo = j->n * ith / nth, hi = j->n * (ith + 1) / nth;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = lo; i + 4 <= hi; i += 4) {
+        s0 += j->buf[i];
+        s1 += j->buf[i + 1];
+        s2 += j->buf[i + 2];
+        s3 += j->buf[i + 3];
+    }
+    j->sums[ith] = s0 + s1 + s2 + s3;
+}
+
+/* median of 5 passes over 512 MiB */
+static double read_bandwidth(nmlx_pool *pool, int nth) {
+    const int64_t bytes = (int64_t)512 << 20;
+    uint64_t *buf = malloc((size_t)bytes);
+    for (int64_t i = 0; i < bytes / 8; i++) buf[i] = (uint64_t)i * 2654435761u;
+    read_job j = {.buf = buf, .n = bytes / 8};
+    double v[5];
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = nmlx_time_seconds();
+        nmlx_pool_run_n(pool, read_task, &j, nth);
+        v[rep] = (double)bytes / (nmlx_time_seconds() - t0) / 1e9;
+    }
+    for (int a = 0; a < 5; a++)
+        for (int b = a + 1; b < 5; b++)
+            if (v[b] < v[a]) {
+                double t = v[a];
+                v[a] = v[b], v[b] = t;
+            }
+    free(buf);
+    return v[2];
+}
+
+/* A quantized [D, N] weight of random codes and scales; bytes -> *bytes. */
+static nmlx_weight make_q(int bits, int gs, int64_t D, int64_t N, size_t *bytes) {
+    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    uint32_t *p = malloc((size_t)(D * words) * 4);
+    uint16_t *s = malloc((size_t)(D * G) * 2), *b = malloc((size_t)(D * G) * 2);
+    uint64_t st = 88172645463325252ull;
+    for (int64_t i = 0; i < D * words; i++) {
+        st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+        p[i] = (uint32_t)st;
+    }
+    for (int64_t i = 0; i < D * G; i++) {
+        s[i] = nmlx_f32_to_bf16(0.01f * (float)(i % 5 + 1));
+        b[i] = nmlx_f32_to_bf16(-0.05f * (float)(i % 3 + 1));
+    }
+    *bytes = (size_t)(D * words) * 4 + (size_t)(D * G) * 4;
+    return (nmlx_weight){.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
+                         .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s},
+                         .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b},
+                         .mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs, .rows = D,
+                         .cols = N};
+}
+
+static void free_q(nmlx_weight *w) {
+    free(w->w.data), free(w->scales.data), free(w->biases.data);
+}
+
+static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
+    size_t bytes;
+    nmlx_weight w0 = make_q(bits, 64, D, N, &bytes);
+    int copies = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / bytes) + 1;
+    nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
+    ws[0] = w0;
+    for (int c = 1; c < copies; c++) ws[c] = make_q(bits, 64, D, N, &bytes);
+    float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
+    for (int64_t i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.1f - 0.3f;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        int64_t calls = 0;
+        double t0 = nmlx_time_seconds(), dt_s;
+        do {
+            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, 1);
+            calls++;
+        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 3);
+        double gbs = (double)bytes * (double)calls / dt_s / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    for (int c = 0; c < copies; c++) free_q(&ws[c]);
+    free(ws), free(x), free(y);
+    return best;
+}
+
+static double bench_matmat(nmlx_backend *be, int bits, int64_t D, int64_t N, int64_t T) {
+    size_t bytes;
+    nmlx_weight w = make_q(bits, 64, D, N, &bytes);
+    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
+    double best = 0;
+    for (int rep = 0; rep < 2; rep++) {
+        int calls = 0;
+        double t0 = nmlx_time_seconds(), dt_s;
+        do {
+            be->ops->matmul(be, &w, NULL, x, y, T);
+            calls++;
+        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 2);
+        double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
+        if (gf > best) best = gf;
+    }
+    free_q(&w), free(x), free(y);
+    return best;
+}
+
+/* `bench_quant calls ISA BITS D N T CALLS`: exactly CALLS hot calls on one
+ * thread, nothing else, for `perf stat -e cycles:u` (steady under noise). */
+static int fixed_calls(char **argv) {
+    nmlx_backend *be = NULL;
+    int bits = atoi(argv[3]);
+    int64_t D = atoll(argv[4]), N = atoll(argv[5]), T = atoll(argv[6]), calls = atoll(argv[7]);
+    if (nmlx_backend_cpu_create_isa(1, argv[2], &be) != NMLX_OK) return 1;
+    size_t bytes;
+    nmlx_weight w0 = make_q(bits, 64, D, N, &bytes);
+    /* BENCH_COLD=1: cycle over copies >256 MiB so weights stream from DRAM */
+    int copies = getenv("BENCH_COLD") ? (int)((256u << 20) / bytes) + 1 : 1;
+    nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
+    ws[0] = w0;
+    for (int c = 1; c < copies; c++) ws[c] = make_q(bits, 64, D, N, &bytes);
+    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
+    for (int64_t c = 0; c < calls; c++) be->ops->matmul(be, &ws[c % copies], NULL, x, y, T);
+    printf("%g\n", (double)y[0]);
+    for (int c = 0; c < copies; c++) free_q(&ws[c]);
+    free(ws), free(x), free(y);
+    nmlx_backend_free(be);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 8 && !strcmp(argv[1], "calls")) return fixed_calls(argv);
+    if (argc > 1) budget = atof(argv[1]);
+    const char *only = argc > 2 ? argv[2] : "all";
+    const char *only_isa = argc > 3 ? argv[3] : "";
+    int only_bits = argc > 4 ? atoi(argv[4]) : 0, only_thr = argc > 5 ? atoi(argv[5]) : 0;
+    const char *isas[] = {"portable", "avx2", "avx512"};
+    const int bitss[] = {4, 8};
+    const int64_t shapes[][2] = {{1024, 1024}, {3072, 1024}, {1024, 3072}, {151936, 1024}};
+    nmlx_backend *probe = NULL;
+    if (nmlx_backend_cpu_create(2, &probe) != NMLX_OK) return 1;
+    double bw[3] = {0, read_bandwidth(probe->pool, 1), read_bandwidth(probe->pool, 2)};
+    nmlx_backend_free(probe);
+    printf("read bandwidth (median of 5 x 512 MiB): 1 thread %.1f GB/s, 2 threads %.1f GB/s\n\n",
+           bw[1], bw[2]);
+    if (strcmp(only, "matmat")) {
+        printf("mat-vec (T=1), affine g64 bf16 scales; GB/s streamed (%% of read bandwidth)\n");
+        for (int i = 0; i < 3; i++)
+            for (int b = 0; b < 2; b++)
+                for (int nth = 1; nth <= 2; nth++) {
+                    nmlx_backend *be = NULL;
+                    if ((*only_isa && strcmp(only_isa, isas[i])) ||
+                        (only_bits && only_bits != bitss[b]) || (only_thr && only_thr != nth))
+                        continue;
+                    if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+                    printf("%-8s %d-bit thr %d", isas[i], bitss[b], nth);
+                    for (int s = 0; s < 4; s++) {
+                        double g = bench_matvec(be, bitss[b], shapes[s][0], shapes[s][1]);
+                        printf("  %lldx%lld %5.1f (%3.0f%%)", (long long)shapes[s][0],
+                               (long long)shapes[s][1], g, 100 * g / bw[nth]);
+                        fflush(stdout);
+                    }
+                    printf("\n");
+                    nmlx_backend_free(be);
+                }
+    }
+    if (strcmp(only, "matvec")) {
+        printf("\nmat-mat (T=512), affine g64 bf16 scales; GFLOP/s\n");
+        for (int i = 1; i < 3; i++)
+            for (int b = 0; b < 2; b++)
+                for (int nth = 1; nth <= 2; nth++) {
+                    nmlx_backend *be = NULL;
+                    if ((*only_isa && strcmp(only_isa, isas[i])) ||
+                        (only_bits && only_bits != bitss[b]) || (only_thr && only_thr != nth))
+                        continue;
+                    if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+                    printf("%-8s %d-bit thr %d", isas[i], bitss[b], nth);
+                    for (int s = 0; s < 3; s++) {
+                        double g = bench_matmat(be, bitss[b], shapes[s][0], shapes[s][1], 512);
+                        printf("  %lldx%lld %6.1f", (long long)shapes[s][0], (long long)shapes[s][1], g);
+                        fflush(stdout);
+                    }
+                    printf("\n");
+                    nmlx_backend_free(be);
+                }
+    }
+    return 0;
+}

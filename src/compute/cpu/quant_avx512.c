@@ -1,0 +1,250 @@
+/* AVX-512 quantized decode mat-vec (MLX affine 4/8-bit, MXFP4;
+ * docs/quantization.md) for the avx512 kernel set; other widths use the
+ * AVX2 kernels (quant_avx2.c). Reference: nmlx_quant_dequant_row + the
+ * portable matmul. Compiled with -mavx512f/bw/vl/dq; called after cpuid.
+ *
+ * W (D, N) packed @ x (N,) -> y (D,), rows [d0, d1):
+ *   y[d] = sum_g s[d,g] * (q[d,g,:] . x[g,:])  +  sum_g b[d,g] * xsum[g]
+ * xsum[g] = sum(x[g,:]) is computed once per call, so the bias half is one
+ * short dot product per row and the scale one FMA per group: each weight
+ * costs an unpack, a convert and one FMA, in f32 (exact to the reference's
+ * rounding class, no int8 activations).
+ * 4-bit: 16 bytes (32 codes) widen to 16 dword lanes; low nibbles are the
+ * even elements, high nibbles the odd ones, so x is reordered once per call
+ * into that even/odd ("planar") order. A 16-entry float table read by
+ * vpermps (which looks at the low 4 bits of each lane only) turns codes into
+ * floats without a mask: 0..15 for affine, the E2M1 values for MXFP4.
+ * Four rows go together so each x load feeds four rows. */
+#include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AVX512_INLINE static inline __attribute__((always_inline))
+
+enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass, rows per pass */
+
+/* Prefetch distance in rows: while a block of rows is summed, the same
+ * columns of the rows PF_ROWS further on (and their scales/biases) are
+ * requested, so one thread keeps enough misses in flight. */
+#ifndef NMLX_QMATVEC_PF_ROWS
+#define NMLX_QMATVEC_PF_ROWS 8
+#endif
+
+void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                              int64_t d1);
+
+static inline __mmask16 first_n(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* dst[0..n) = f32 of elements [i0, i0+n) of a scale/bias buffer: F32, F16,
+ * BF16, or U8 E8M0 (2^(e-127); e = 0 decodes as 2^-127, e = 255 as inf). */
+static void load_f32s(nmlx_dtype dt, const void *p, size_t i0, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = first_n(n - i);
+        __m512 v;
+        switch (dt) {
+        case NMLX_DT_BF16:
+            v = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i)),
+                16));
+            break;
+        case NMLX_DT_F16:
+            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i));
+            break;
+        case NMLX_DT_U8: {
+            __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i0 + i));
+            __m512i bitsv = _mm512_slli_epi32(e, 23);
+            __mmask16 z = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
+            v = _mm512_castsi512_ps(_mm512_mask_mov_epi32(bitsv, z, _mm512_set1_epi32(0x00400000)));
+            break;
+        }
+        default: v = _mm512_maskz_loadu_ps(m, (const float *)p + i0 + i); break;
+        }
+        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
+/* lanes summing to a . b (n elements) */
+static __m512 dot_lanes(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = first_n(n - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return acc;
+}
+
+/* the four horizontal sums of a, b, c, d */
+static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* out[r] = sum_g sc[r][g] * (q[r, g, :] . x[g, :]) over ng groups of GS, for
+ * R rows of BITS-bit codes starting at rows[r]; xp is x in planar order for
+ * 4 bits, plain for 8. */
+AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, int64_t pf,
+                            const float *xp, const float *sc, int64_t ng, __m512 lut,
+                            __m512 *acc) {
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 ga[RB], gb[RB];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            ga[r] = _mm512_setzero_ps(), gb[r] = ga[r];
+            _mm_prefetch((const char *)rows[r] + g * GS * BITS / 8 + pf, _MM_HINT_T0);
+        }
+        if (BITS == 4) {
+#pragma GCC unroll 4
+            for (int j = 0; j < GS / 32; j++) {
+                const int64_t c = g * (GS / 32) + j; /* 32-element chunk */
+                __m512 x0 = _mm512_loadu_ps(xp + 32 * c), x1 = _mm512_loadu_ps(xp + 32 * c + 16);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m512i v = _mm512_cvtepu8_epi32(
+                        _mm_loadu_si128((const __m128i *)(rows[r] + 16 * c)));
+#ifdef NMLX_Q4_CVT
+                    __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+                    __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+#else
+                    __m512 lo = _mm512_permutexvar_ps(v, lut);
+                    __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+#endif
+                    ga[r] = _mm512_fmadd_ps(lo, x0, ga[r]);
+                    gb[r] = _mm512_fmadd_ps(hi, x1, gb[r]);
+                }
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int j = 0; j < GS / 16; j++) {
+                const int64_t c = g * (GS / 16) + j; /* 16-element chunk */
+                __m512 xv = _mm512_loadu_ps(xp + 16 * c);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                        _mm_loadu_si128((const __m128i *)(rows[r] + 16 * c))));
+                    if (j & 1)
+                        gb[r] = _mm512_fmadd_ps(q, xv, gb[r]);
+                    else
+                        ga[r] = _mm512_fmadd_ps(q, xv, ga[r]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * ng + g]), _mm512_add_ps(ga[r], gb[r]),
+                                     acc[r]);
+    }
+}
+
+typedef void (*rows_fn)(const uint8_t *const *, int64_t, const float *, const float *, int64_t,
+                        __m512, __m512 *);
+#define ROWS_FN(R, BITS, GS)                                                                   \
+    static void rows_##R##_##BITS##_##GS(const uint8_t *const *rows, int64_t pf, const float *xp, \
+                                         const float *sc, int64_t ng, __m512 lut, __m512 *acc) { \
+        rows_dot(R, BITS, GS, rows, pf, xp, sc, ng, lut, acc);                                 \
+    }
+ROWS_FN(4, 4, 32) ROWS_FN(4, 4, 64) ROWS_FN(4, 4, 128)
+ROWS_FN(1, 4, 32) ROWS_FN(1, 4, 64) ROWS_FN(1, 4, 128)
+ROWS_FN(4, 8, 32) ROWS_FN(4, 8, 64) ROWS_FN(4, 8, 128)
+ROWS_FN(1, 8, 32) ROWS_FN(1, 8, 64) ROWS_FN(1, 8, 128)
+
+/* [bits == 8][gs index][R == 4] */
+static const rows_fn rows_fns[2][3][2] = {
+    {{rows_1_4_32, rows_4_4_32}, {rows_1_4_64, rows_4_4_64}, {rows_1_4_128, rows_4_4_128}},
+    {{rows_1_8_32, rows_4_8_32}, {rows_1_8_64, rows_4_8_64}, {rows_1_8_128, rows_4_8_128}},
+};
+
+/* x[0..n) (n % 32 == 0) -> per 32-element chunk: its 16 even elements, then its 16 odd ones. */
+static void planar(const float *x, int64_t n, float *xp) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    for (int64_t i = 0; i < n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        _mm512_storeu_ps(xp + i, _mm512_permutex2var_ps(a, ev, b));
+        _mm512_storeu_ps(xp + i + 16, _mm512_permutex2var_ps(a, od, b));
+    }
+}
+
+static bool fast_weight(const nmlx_weight *w) {
+    if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && w->group_size == 32;
+    return w->mode == NMLX_QUANT_AFFINE && (w->bits == 4 || w->bits == 8) &&
+           (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
+}
+
+void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                              int64_t d1) {
+    if (!fast_weight(w)) {
+        nmlx_avx2_quant_matvec(w, x, y, d0, d1);
+        return;
+    }
+    const int bits = w->bits, gs = w->group_size;
+    const bool affine = w->mode == NMLX_QUANT_AFFINE;
+    const int64_t N = w->cols, G = N / gs, row_bytes = nmlx_quant_row_words(N, bits) * 4;
+    const uint8_t *packed = (const uint8_t *)w->w.data;
+    float xp[CK] __attribute__((aligned(64)));
+    float xsum[GMAX], sc[RB * GMAX], bi[RB * GMAX];
+    float lut_f[16];
+    for (unsigned c = 0; c < 16; c++) lut_f[c] = affine ? (float)c : nmlx_fp4_value(c);
+    const __m512 lut = _mm512_loadu_ps(lut_f);
+    const rows_fn *fns = rows_fns[bits == 8][gs == 32 ? 0 : gs == 64 ? 1 : 2];
+    const int64_t pf = NMLX_QMATVEC_PF_ROWS * row_bytes;
+    const size_t ses = nmlx_dtype_size(w->scales.dtype);
+
+    for (int64_t d = d0; d < d1; d++) y[d] = 0.0f;
+    for (int64_t c0 = 0; c0 < N; c0 += CK) {
+        const int64_t nc = N - c0 < CK ? N - c0 : CK, ng = nc / gs;
+        const float *xv = x + c0;
+        if (bits == 4) {
+            planar(x + c0, nc, xp);
+            xv = xp;
+        }
+        if (affine) {
+            for (int64_t g = 0; g < ng; g++) {
+                __m512 a = _mm512_setzero_ps();
+                for (int j = 0; j < gs; j += 16) a = _mm512_add_ps(a, _mm512_loadu_ps(x + c0 + g * gs + j));
+                xsum[g] = _mm512_reduce_add_ps(a);
+            }
+        }
+        for (int64_t d = d0; d < d1;) {
+            const int R = d1 - d >= RB ? RB : 1;
+            const uint8_t *rows[RB];
+            __m512 acc[RB];
+            /* scales/biases of the rows PF_ROWS ahead */
+            for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
+                size_t at = (size_t)((d + NMLX_QMATVEC_PF_ROWS) * G) * ses + (size_t)o;
+                _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
+                if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+            }
+            if (ng == G) { /* whole rows: the R rows' scales/biases are contiguous */
+                load_f32s(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);
+                if (affine) load_f32s(w->biases.dtype, w->biases.data, (size_t)(d * G), R * G, bi);
+            } else {
+                for (int r = 0; r < R; r++) {
+                    size_t gi = (size_t)((d + r) * G + c0 / gs);
+                    load_f32s(w->scales.dtype, w->scales.data, gi, ng, sc + r * ng);
+                    if (affine) load_f32s(w->biases.dtype, w->biases.data, gi, ng, bi + r * ng);
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                rows[r] = packed + (d + r) * row_bytes + c0 * bits / 8;
+                /* the bias half, folded into the accumulator */
+                acc[r] = affine ? dot_lanes(bi + r * ng, xsum, ng) : _mm512_setzero_ps();
+            }
+            fns[R == RB](rows, pf, xv, sc, ng, lut, acc);
+            if (R == RB) {
+                __m128 s4 = _mm_add_ps(hsum4x16(acc[0], acc[1], acc[2], acc[3]), _mm_loadu_ps(y + d));
+                _mm_storeu_ps(y + d, s4);
+            } else {
+                y[d] += _mm512_reduce_add_ps(acc[0]);
+            }
+            d += R;
+        }
+    }
+}
