@@ -11,7 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { DEFAULT_CONTEXT_CAP = 8192 };
+/* Default session context: the model's max_position_embeddings clamped to
+ * [4096, 8192]. Like mlx-lm and transformers we do not refuse positions past
+ * max_position_embeddings (RoPE is computed, not looked up); the upper bound
+ * keeps per-session buffers modest. Callers ask for more with max_context. */
+enum { DEFAULT_CONTEXT_MIN = 4096, DEFAULT_CONTEXT_MAX = 8192 };
 
 nmlx_model_params nmlx_model_default_params(void) {
     return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0,
@@ -173,7 +177,8 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
 
     int64_t cap = m->info.max_position_embeddings;
     if (p.max_context > 0) cap = p.max_context;
-    else if (cap > DEFAULT_CONTEXT_CAP) cap = DEFAULT_CONTEXT_CAP;
+    else if (cap > DEFAULT_CONTEXT_MAX) cap = DEFAULT_CONTEXT_MAX;
+    else if (cap < DEFAULT_CONTEXT_MIN) cap = DEFAULT_CONTEXT_MIN;
     m->max_context = cap;
 
     snprintf(path, sizeof path, "%s/generation_config.json", dir);

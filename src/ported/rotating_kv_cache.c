@@ -3,6 +3,8 @@
  * ml-explore/mlx-lm@d78bf58e217c904ec282ed8da9b947491f78c022. */
 #include "rotating_kv_cache.h"
 
+#include <assert.h>
+
 #include <string.h>
 
 enum { ROT_STEP = 256 }; /* mlx-lm's growth step for the in-place path */
@@ -45,9 +47,8 @@ nmlx_status nmlx_rotating_kv_cache_reserve(const nmlx_rotating_kv_cache *c, int6
         return nmlx_fail(NMLX_ERR_CONTEXT_OVERFLOW,
                          "context overflow: %lld tokens held + %lld new > context length %lld",
                          (long long)c->offset, (long long)n, (long long)c->max_context);
-    if (n > c->max_tokens)
-        return nmlx_fail(NMLX_ERR_INTERNAL, "rotating KV cache: %lld tokens in one call (max %lld)",
-                         (long long)n, (long long)c->max_tokens);
+    /* n may exceed max_tokens: callers feed the tokens in chunks of at most
+     * max_tokens (one update per chunk), so only the context is checked. */
     return NMLX_OK;
 }
 
@@ -153,6 +154,7 @@ static void update_in_place(nmlx_rotating_kv_cache *c, nmlx_backend *be, const f
 
 void nmlx_rotating_kv_cache_update(nmlx_rotating_kv_cache *c, nmlx_backend *be, const float *k,
                                    const float *v, int64_t T, nmlx_kv_view *view) {
+    assert(T <= c->max_tokens); /* the buffers hold max_size - 1 + max_tokens rows */
     view->keys = c->keys;
     view->values = c->values;
     view->cap = c->cap;

@@ -26,7 +26,8 @@ process.exit(j.decode_tok_s === null && j.threads === +process.argv[2] ? 0 : 1);
 ' "$TMP/out" "$(nproc)"
 
 ctx="$(json "$dir/config.json" "j.max_position_embeddings ?? j.text_config.max_position_embeddings")"
-ctx=$((ctx < 8192 ? ctx : 8192))
+# the default context: max_position_embeddings clamped to [4096, 8192]
+ctx=$((ctx < 4096 ? 4096 : ctx > 8192 ? 8192 : ctx))
 expect_fail 2 bench -m "$dir" -p $((ctx - 16 - 8 + 1)) -n 8
 check "too long for the context: message says so" grep -q "context" "$TMP/err"
 expect_ok bench -m "$dir" -p $((ctx - 16 - 8)) -n 8 -t 1

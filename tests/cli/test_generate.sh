@@ -76,6 +76,6 @@ check "every sampling flag together is reproducible" cmp -s "$TMP/f1" "$TMP/out"
 expect_fail 2 generate -m "$dir" --ids "0,$V" -n 2
 check "out-of-range id names the vocab" grep -q "out of range \[0, $V)" "$TMP/err"
 ctx="$(json "$dir/config.json" "j.max_position_embeddings ?? j.text_config.max_position_embeddings")"
-long="$(node -e 'console.log(Array.from({length: Math.min(+process.argv[1], 8192) + 1}, (_, i) => i % 7).join(","))' "$ctx")"
+long="$(node -e 'console.log(Array.from({length: Math.min(Math.max(+process.argv[1], 4096), 8192) + 1}, (_, i) => i % 7).join(","))' "$ctx")"
 expect_fail 1 generate -m "$dir" --ids "$long" -n 2
 finish

@@ -76,7 +76,7 @@ rmdir isdir
 # A prompt longer than the context fails while evaluating (after the
 # arguments were accepted): no file, and an existing file is kept as is.
 ctx="$(json "$dir/config.json" "j.max_position_embeddings ?? j.text_config.max_position_embeddings")"
-long="$(node -e 'console.log(Array.from({length: Math.min(+process.argv[1], 8192) + 1}, (_, i) => i % 7).join(","))' "$ctx")"
+long="$(node -e 'console.log(Array.from({length: Math.min(Math.max(+process.argv[1], 4096), 8192) + 1}, (_, i) => i % 7).join(","))' "$ctx")"
 printf 'keep me' >"$TMP/err-cases/existing.bin"
 expect_fail 1 logits -m "$dir" --ids "$long" -o "$TMP/err-cases/existing.bin"
 check "failed logits keeps an existing output file" [ "$(cat existing.bin)" = "keep me" ]
