@@ -75,7 +75,8 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
         nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * KVH, HD);
     }
     if (a->rope) {
-        const float *freqs = nmlx_rope_freqs(a->rope, pos, T);
+        int64_t end = buf->call_end > pos + T ? buf->call_end : pos + T;
+        const float *freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
         be->ops->rope(be, buf->q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
         be->ops->rope(be, buf->k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
     }

@@ -39,6 +39,10 @@ typedef struct nmlx_attention_buffers {
     float *k, *v;   /* [T, KVH, HD] */
     float *ctx;     /* [T, H, HD] */
     float *scratch; /* n_threads * max_context floats */
+    /* Position after the last token of the current eval call (0 = this
+     * chunk's end). Longrope picks its factor table per call, as
+     * transformers does per forward, even when the call runs in chunks. */
+    int64_t call_end;
 } nmlx_attention_buffers;
 
 /* Loads `<prefix>.{q,k,v,o}_proj` (or `qkv_proj`) and `<prefix>.{q,k}_norm`. */

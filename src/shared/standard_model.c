@@ -533,6 +533,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
               (long long)t, (long long)m->vocab);
     /* Make room in every cache first, so a failure leaves nothing half-done. */
     for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
+    s->buf.attn.call_end = start + T;
 
     for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
         int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
