@@ -44,9 +44,9 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
 void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                             int64_t d1);
 void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t n, float *dst);
-/* quant_avx512.c: AVX-512 decode mat-vec for quantized weights (others: avx2). */
-void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                              int64_t d1);
+/* quant_avx512.c: the avx512 set's matmul_rows for quantized weights (any T). */
+void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                   int64_t d0, int64_t d1);
 void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                              int64_t d1);
 #endif

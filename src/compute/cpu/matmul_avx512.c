@@ -101,11 +101,12 @@ static const tile_fn tiles[4][4] = {
 
 void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                              int64_t d1) {
+    if (w->mode != NMLX_QUANT_NONE) { /* quantized: quant_avx512.c */
+        nmlx_avx512_quant_matmul_rows(w, x, y, T, d0, d1);
+        return;
+    }
     if (T == 1) {
-        if (w->mode != NMLX_QUANT_NONE)
-            nmlx_avx512_quant_matvec(w, x, y, d0, d1); /* quant_avx512.c */
-        else
-            nmlx_avx2_matmul_rows(w, x, y, T, d0, d1);
+        nmlx_avx2_matmul_rows(w, x, y, T, d0, d1);
         return;
     }
     const int64_t N = w->cols, D = w->rows;

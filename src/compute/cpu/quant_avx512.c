@@ -34,6 +34,8 @@ enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass
 
 void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                               int64_t d1);
+void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                   int64_t d0, int64_t d1);
 
 static inline __mmask16 first_n(int64_t n) {
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
@@ -247,4 +249,157 @@ void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, in
             d += R;
         }
     }
+}
+
+/* ------------------------------------------------------------ prefill */
+
+/* Prefill (T > 1): y[t, d] = x[t, :] . W[d, :]. A panel of PR rows x PK
+ * columns is dequantized once (f32, k-major: panel[k][PR], zero rows past
+ * the end) and reused by every token: tiles of up to PT tokens x PR rows
+ * keep 2*PT accumulators in registers, each FMA a broadcast x[t, k] times
+ * 16 rows, so nothing is reduced horizontally (the panel, 32 KiB, stays
+ * in L1/L2 while all tokens pass). */
+enum { PR = 32, PK = 256, PT = 12 }; /* PK: a multiple of every group size */
+
+AVX512_INLINE void panel_tile(int M, const float *x, int64_t xs, const float *p, int64_t nk,
+                              float *y, int64_t ys, __mmask16 m0, __mmask16 m1) {
+    __m512 a[12][2];
+#pragma GCC unroll 12
+    for (int t = 0; t < M; t++) a[t][0] = _mm512_setzero_ps(), a[t][1] = a[t][0];
+    for (int64_t k = 0; k < nk; k++) {
+        __m512 w0 = _mm512_load_ps(p + k * PR), w1 = _mm512_load_ps(p + k * PR + 16);
+#pragma GCC unroll 12
+        for (int t = 0; t < M; t++) {
+            __m512 xb = _mm512_set1_ps(x[t * xs + k]);
+            a[t][0] = _mm512_fmadd_ps(xb, w0, a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(xb, w1, a[t][1]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int t = 0; t < M; t++) {
+        float *yt = y + t * ys;
+        _mm512_mask_storeu_ps(yt, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yt), a[t][0]));
+        _mm512_mask_storeu_ps(yt + 16, m1,
+                              _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yt + 16), a[t][1]));
+    }
+}
+
+typedef void (*panel_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t,
+                         __mmask16, __mmask16);
+#define PANEL_FN(M)                                                                            \
+    static void panel_##M(const float *x, int64_t xs, const float *p, int64_t nk, float *y,    \
+                          int64_t ys, __mmask16 m0, __mmask16 m1) {                            \
+        panel_tile(M, x, xs, p, nk, y, ys, m0, m1);                                            \
+    }
+PANEL_FN(1) PANEL_FN(2) PANEL_FN(3) PANEL_FN(4) PANEL_FN(5) PANEL_FN(6)
+PANEL_FN(7) PANEL_FN(8) PANEL_FN(9) PANEL_FN(10) PANEL_FN(11) PANEL_FN(12)
+static const panel_fn panel_fns[PT > 12 ? PT : 12] = {panel_1, panel_2, panel_3, panel_4,  panel_5,  panel_6,
+                                       panel_7, panel_8, panel_9, panel_10, panel_11, panel_12};
+
+/* dst[0..nk) = W[row, k0..k0+nk) for fast_weight() weights; k0 and nk are
+ * multiples of the group size. */
+static void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, int64_t nk, __m512 lut,
+                        float *dst) {
+    const int gs = w->group_size, bits = w->bits;
+    const int64_t G = w->cols / gs;
+    const uint8_t *q = (const uint8_t *)w->w.data + row * nmlx_quant_row_words(w->cols, bits) * 4;
+    float s[PK / 32], b[PK / 32];
+    const int64_t ng = nk / gs, g0 = row * G + k0 / gs;
+    load_f32s(w->scales.dtype, w->scales.data, (size_t)g0, ng, s);
+    if (w->mode == NMLX_QUANT_AFFINE)
+        load_f32s(w->biases.dtype, w->biases.data, (size_t)g0, ng, b);
+    else
+        memset(b, 0, sizeof b);
+    for (int64_t g = 0; g < ng; g++) {
+        const __m512 sv = _mm512_set1_ps(s[g]), bv = _mm512_set1_ps(b[g]);
+        for (int j = 0; j < gs; j += 16) {
+            const int64_t k = k0 + g * gs + j;
+            __m512 v;
+            if (bits == 8) {
+                v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
+            } else { /* 8 bytes -> 16 nibbles in element order (low nibble first) */
+                __m128i by = _mm_loadl_epi64((const __m128i *)(q + k / 2));
+                __m128i lo = _mm_and_si128(by, _mm_set1_epi8(15));
+                __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), _mm_set1_epi8(15));
+                v = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), lut);
+            }
+            _mm512_storeu_ps(dst + g * gs + j, _mm512_fmadd_ps(v, sv, bv));
+        }
+    }
+}
+
+/* 16x16 transpose: out[c * os + r] = in[r * is + c]. */
+static void transpose16(const float *in, int64_t is, float *out, int64_t os) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(in + i * is);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4q + j] holds rows 4q..4q+3, column j of each 4-column block (lanes: block, row) */
+    for (int j = 0; j < 4; j++) {
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column j      */
+        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + j  */
+        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + j  */
+        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + j */
+    }
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(out + i * os, t[i]);
+}
+
+/* panel[k][r] = W[r0 + r, k0 + k] for r < nr, 0 for nr <= r < PR. */
+static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk,
+                       __m512 lut, float *panel) {
+    float rows[16 * PK] __attribute__((aligned(64)));
+    const bool fast = fast_weight(w);
+    for (int h = 0; h < PR; h += 16) {
+        for (int r = 0; r < 16; r++) {
+            float *dst = rows + r * PK;
+            if (h + r >= nr)
+                memset(dst, 0, (size_t)nk * sizeof(float));
+            else if (fast)
+                dequant_seg(w, r0 + h + r, k0, nk, lut, dst);
+            else
+                nmlx_avx2_quant_row(w, r0 + h + r, k0, nk, dst);
+        }
+        for (int64_t k = 0; k < nk; k += 16) transpose16(rows + k, PK, panel + k * PR + h, PR);
+    }
+}
+
+static void quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                         int64_t d1) {
+    const int64_t N = w->cols, D = w->rows;
+    float panel[PK * PR] __attribute__((aligned(64)));
+    float lut_f[16];
+    for (unsigned c = 0; c < 16; c++)
+        lut_f[c] = w->mode == NMLX_QUANT_AFFINE ? (float)c : nmlx_fp4_value(c);
+    const __m512 lut = _mm512_loadu_ps(lut_f);
+    for (int64_t t = 0; t < T; t++) memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+    for (int64_t r0 = d0; r0 < d1; r0 += PR) {
+        const int nr = d1 - r0 < PR ? (int)(d1 - r0) : PR;
+        const __mmask16 m0 = first_n(nr), m1 = first_n(nr > 16 ? nr - 16 : 0);
+        for (int64_t k0 = 0; k0 < N; k0 += PK) {
+            const int64_t nk = N - k0 < PK ? N - k0 : PK;
+            fill_panel(w, r0, nr, k0, nk, lut, panel);
+            for (int64_t t = 0; t < T; t += PT) {
+                const int64_t M = T - t < PT ? T - t : PT;
+                panel_fns[M - 1](x + t * N + k0, N, panel, nk, y + t * D + r0, D, m0, m1);
+            }
+        }
+    }
+}
+
+void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                   int64_t d0, int64_t d1) {
+    if (T == 1)
+        nmlx_avx512_quant_matvec(w, x, y, d0, d1);
+    else
+        quant_matmat(w, x, y, T, d0, d1);
 }
