@@ -1,7 +1,9 @@
 /* Quantized weights: the packing against an independent reading of MLX's
  * byte layout, the quantizer's error bound, and every quantized matmul path
  * (portable, avx2, avx512; 1 and 2 threads; decode and prefill) against
- * dequantize-then-f64 on random data for every bits x group size, odd shapes. */
+ * dequantize-then-f64 on random data for every bits x group size, odd shapes,
+ * sized to cross the SIMD kernels' row blocks, panels, token tiles and column
+ * chunks (quant_avx2.c, quant_avx512.c). */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
@@ -121,7 +123,7 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
             ref[t * D + d] = s, mag[t * D + d] = a;
         }
     }
-    float bias_vals[512];
+    float bias_vals[512]; /* D <= 512 */
     for (int64_t d = 0; d < D; d++) bias_vals[d] = test_randf(-1, 1);
     nmlx_tensor bias = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {D}, .data = bias_vals};
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
@@ -145,6 +147,32 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
         }
     }
     free(x), free(y), free(row), free(ref), free(mag);
+    free_q(&m);
+}
+
+/* MXFP4 scales over the E8M0 range (0 decodes as 2^-127, a subnormal) through
+ * every kernel set, against the reference dequantization. */
+static void test_e8m0_range(void) {
+    qmat m;
+    make_q(&m, NMLX_QUANT_MXFP4, 4, 32, 8, 32 * 24, NMLX_DT_BF16);
+    uint8_t *sc = m.w.scales.data;
+    for (int i = 0; i < 8 * 24; i++) sc[i] = (uint8_t)(i % 3 == 0 ? (i * 37) % 141 : 120 + i % 9);
+    sc[0] = 0;
+    float x[32 * 24], row[32 * 24];
+    for (int k = 0; k < 32 * 24; k++) x[k] = test_randf(-1, 1);
+    for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
+        nmlx_backend *be = NULL;
+        if (nmlx_backend_cpu_create_isa(1, isas[i], &be) != NMLX_OK) continue;
+        float y[8];
+        be->ops->matmul(be, &m.w, NULL, x, y, 1);
+        for (int d = 0; d < 8; d++) {
+            nmlx_quant_dequant_row(&m.w, d, 0, 32 * 24, row);
+            double s = 0, a = 0;
+            for (int k = 0; k < 32 * 24; k++) s += (double)row[k] * x[k], a += fabs((double)row[k] * x[k]);
+            EXPECT(fabs(y[d] - s) <= 2e-6 * a + 1e-37, "%s e8m0 row %d: %g vs %g", isas[i], d, y[d], s);
+        }
+        nmlx_backend_free(be);
+    }
     free_q(&m);
 }
 
@@ -180,9 +208,24 @@ int main(void) {
         }
     test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 21, 64 * 77, 1); /* N > CK */
     test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 13, 32 * 35, 6);
+    /* the SIMD paths' blocking: 4-row mat-vec blocks with a remainder, the
+     * prefill's 32-row x 256-column panels (partial last panel, several
+     * column blocks) and 12-token tiles (one full, one partial), for every
+     * scale dtype on the planar widths (4, 8 bits) */
+    for (int b = 4; b <= 8; b += 4)
+        for (int g = 0; g < 3; g++)
+            for (int si = 0; si < 3; si++) {
+                test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 70, gss[g] * 7, 1);
+                test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 13);
+            }
+    test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 9, 32 * 131, 1); /* N > CK, 8 bits */
+    test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F16, 33, 128 * 35, 3); /* N > CK prefill */
     test_roundtrip(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 23, 32 * 9, 1);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 17, 32 * 5, 4);
+    test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
+    test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 6, 32 * 130, 1); /* N > CK */
+    test_e8m0_range();
     test_embed();
     return test_summary();
 }
