@@ -92,6 +92,12 @@ typedef struct nmlx_model_params {
                           Linear/Embedding weights on load (MLX affine, as
                           nmlx_convert would, in memory; nothing written) */
     int quantize_group_size; /* 0 = 64; else 32, 64 or 128 */
+    const char *device; /* NULL or "cpu" (default), "cuda" (= "cuda:0") or "cuda:N":
+                           where the model computes. CUDA needs a build with
+                           -DNMLX_CUDA=ON and supports the dense standard families
+                           (llama, qwen2, qwen3, mistral, ... F32/F16/BF16); others
+                           fail to load with NMLX_ERR_UNSUPPORTED. Not copied: the
+                           string must live until nmlx_model_load returns. */
 } nmlx_model_params;
 
 nmlx_model_params nmlx_model_default_params(void);

@@ -5,6 +5,7 @@
 #include "model.h"
 #include "quantize_model.h"
 #include "shared/quant_config.h"
+#include "shared/standard_model.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -170,7 +171,12 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     TRY(nmlx_weights_open_dir(dir, &m->weights));
     snprintf(path, sizeof path, "%s/config.json", dir);
     TRY(load_quantization(m, path, &p));
-    TRY(nmlx_backend_cpu_create(p.n_threads, &m->be));
+    TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    /* device backends run the standard decoder (its loaders prepare the
+     * weights); families with their own layer code are CPU-only for now */
+    CHECK(nmlx_backend_is_host(m->be) || m->family->build == nmlx_std_build,
+          NMLX_ERR_UNSUPPORTED, "%s/config.json: model_type '%s' runs on the CPU backend only "
+          "(device '%s')", dir, mt, p.device);
     nmlx_load_ctx ctx = {.cfg = m->cfg, .weights = m->weights, .be = m->be};
     /* build errors already name the file, tensor or field */
     TRY(m->family->build(m->family->def, &ctx, &m->arch, &m->info));

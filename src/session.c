@@ -26,6 +26,11 @@ void nmlx_session_free(nmlx_session *s) {
 /* kv_bits: every layer cache of the state is asked to quantize. */
 static nmlx_status setup_kv_quant(nmlx_session *s, const nmlx_session_params *p) {
     const nmlx_family *f = s->model->family;
+    if (!nmlx_backend_is_host(s->model->be)) /* quantize/dequantize run on the host */
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "kv_bits: the quantized KV cache runs on the CPU backend only (device "
+                         "backend '%s')",
+                         s->model->be->ops->name);
     if (!f->state_caches)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "kv_bits: the %s family has no quantized KV cache",
                          f->name);

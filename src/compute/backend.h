@@ -59,6 +59,16 @@ typedef struct nmlx_backend_ops {
     void (*upload)(nmlx_backend *be, void *dst, const void *host, size_t bytes);
     void (*download)(nmlx_backend *be, void *host, const void *src, size_t bytes);
     void (*sync)(nmlx_backend *be);
+    /* Called once per weight tensor at load: *out = a tensor with the same
+     * dtype and shape whose data the backend can read (the CPU: t itself;
+     * CUDA: a device copy, owned by the backend and freed with it; tensors
+     * that lie inside an already prepared one share its copy). Fails with
+     * NMLX_ERR_UNSUPPORTED for a dtype the backend cannot compute with. */
+    nmlx_status (*prepare_tensor)(nmlx_backend *be, const nmlx_tensor *t,
+                                  const nmlx_tensor **out);
+    /* Optional (NULL on the CPU): frees the backend's own state before
+     * nmlx_backend_free frees the rest. */
+    void (*release)(nmlx_backend *be);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -134,6 +144,13 @@ struct nmlx_backend {
  * path; NMLX_CPU=avx2 caps it at avx2). n_threads = 0 uses all online CPUs. */
 nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out);
 void nmlx_backend_free(nmlx_backend *be);
+/* CUDA backend (src/compute/cuda/, built with -DNMLX_CUDA=ON) on GPU
+ * `device`; NMLX_ERR_UNSUPPORTED when built without CUDA or no GPU. */
+nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out);
+/* "cpu" (or NULL / ""), "cuda" (= "cuda:0") or "cuda:N". */
+nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out);
+/* true when the backend's buffers are host memory (the CPU backend). */
+bool nmlx_backend_is_host(const nmlx_backend *be);
 /* "avx512", "avx2" or "portable": which kernels the CPU backend picked
  * ("avx512" = the avx2 set with an AVX-512 prefill matmul). */
 const char *nmlx_backend_cpu_isa(const nmlx_backend *be);

@@ -10,6 +10,22 @@ static nmlx_status load_norm(nmlx_rmsnorm *n, const nmlx_weights *ws, const char
     return nmlx_rmsnorm_load(n, ws, name, dim, o->norm_eps, o->norm_offset);
 }
 
+/* The backend's copies of a dense layer's weights (layers.h *_prepare).
+ * Fused projections first, so their row views share one copy. */
+static nmlx_status prepare_dense_layer(nmlx_decoder_layer *l, nmlx_backend *be) {
+    nmlx_status st = NMLX_OK;
+    nmlx_attention *a = &l->attn;
+    nmlx_rmsnorm *norms[] = {&l->input_norm, &l->post_attn_norm, &l->pre_ffn_norm,
+                             &l->post_ffn_norm, &a->q_norm, &a->k_norm};
+    nmlx_linear *lins[] = {&a->qkv, &a->q, &a->k, &a->v, &a->o,
+                           &l->mlp.gate_up, &l->mlp.gate, &l->mlp.up, &l->mlp.down};
+    for (size_t i = 0; st == NMLX_OK && i < sizeof norms / sizeof norms[0]; i++)
+        st = nmlx_rmsnorm_prepare(be, norms[i]);
+    for (size_t i = 0; st == NMLX_OK && i < sizeof lins / sizeof lins[0]; i++)
+        if (lins[i]->w.w.data) st = nmlx_linear_prepare(be, lins[i]);
+    return st;
+}
+
 nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *ws,
                                     const char *prefix, const nmlx_attention_shape *as,
                                     const nmlx_rope *rope, const nmlx_decoder_opts *o) {
@@ -38,8 +54,10 @@ nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *w
         }
         return st;
     }
-    return nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias, o->fused_gate_up,
-                         o->act);
+    if ((st = nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias,
+                            o->fused_gate_up, o->act)))
+        return st;
+    return o->be ? prepare_dense_layer(l, o->be) : NMLX_OK;
 }
 
 void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {

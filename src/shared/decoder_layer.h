@@ -28,7 +28,7 @@ typedef struct nmlx_decoder_opts {
     nmlx_act act;
     float norm_eps, norm_offset; /* offset 1: Gemma's (1 + w) */
     const nmlx_moe_shape *moe;   /* non-NULL: load `<prefix>.mlp` as MoE (moe.h) */
-    nmlx_backend *be;            /* MoE only: owns repacked expert weights */
+    nmlx_backend *be; /* prepares the weights (layers.h); MoE: owns repacked experts */
 } nmlx_decoder_opts;
 
 /* Work buffers for T tokens (backend memory). */

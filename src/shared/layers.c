@@ -101,3 +101,29 @@ void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *
                           int64_t R, int64_t dim) {
     be->ops->rmsnorm(be, x, n->w, n->offset, n->eps, y, R, dim);
 }
+
+static nmlx_status prepare_one(nmlx_backend *be, nmlx_tensor *t) {
+    const nmlx_tensor *p = NULL;
+    if (!t->data) return NMLX_OK; /* absent part (scales/biases of dense weights) */
+    nmlx_status st = be->ops->prepare_tensor(be, t, &p);
+    if (st == NMLX_OK) *t = *p;
+    return st;
+}
+
+nmlx_status nmlx_weight_prepare(nmlx_backend *be, nmlx_weight *w) {
+    nmlx_status st = prepare_one(be, &w->w);
+    if (st == NMLX_OK && w->mode != NMLX_QUANT_NONE) st = prepare_one(be, &w->scales);
+    if (st == NMLX_OK && w->mode == NMLX_QUANT_AFFINE) st = prepare_one(be, &w->biases);
+    return st;
+}
+
+nmlx_status nmlx_linear_prepare(nmlx_backend *be, nmlx_linear *l) {
+    nmlx_status st = nmlx_weight_prepare(be, &l->w);
+    if (st == NMLX_OK && l->bias) st = be->ops->prepare_tensor(be, l->bias, &l->bias);
+    return st;
+}
+
+nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n) {
+    if (!n->w) return NMLX_OK;
+    return be->ops->prepare_tensor(be, n->w, &n->w);
+}

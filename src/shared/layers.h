@@ -43,6 +43,13 @@ nmlx_status nmlx_rmsnorm_load(nmlx_rmsnorm *n, const nmlx_weights *ws, const cha
 void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *x, float *y,
                           int64_t R, int64_t dim);
 
+/* Hands a loaded layer's tensors to the backend once (backend.h
+ * prepare_tensor): on the CPU nothing changes; on a GPU the layer then points
+ * at device copies. Views of one fused tensor share its copy. */
+nmlx_status nmlx_weight_prepare(nmlx_backend *be, nmlx_weight *w);
+nmlx_status nmlx_linear_prepare(nmlx_backend *be, nmlx_linear *l);
+nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n);
+
 /* Fetches a float (F32/F16/BF16) tensor of the given shape; errors name it. */
 nmlx_status nmlx_get_float_tensor(const nmlx_weights *ws, const char *name, int ndim,
                                   const int64_t *shape, const nmlx_tensor **out);

@@ -339,16 +339,19 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     char name[160];
     snprintf(name, sizeof name, "%s.embed_tokens", prefix);
     TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden)); /* dense or quantized */
+    TRY(nmlx_weight_prepare(ctx->be, &m->embed));
     m->embed_scale = def->embed_scale ? (float)sqrt((double)m->hidden) : 1.0f;
     if (tied) {
         m->lm_head.w = m->embed;
         m->lm_head.bias = NULL;
     } else {
         TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
+        TRY(nmlx_linear_prepare(ctx->be, &m->lm_head));
     }
     float norm_offset = def->gemma_norms ? 1.0f : 0.0f;
     snprintf(name, sizeof name, "%s.norm", prefix);
     TRY(nmlx_rmsnorm_load(&m->norm, ws, name, m->hidden, (float)eps, norm_offset));
+    TRY(nmlx_rmsnorm_prepare(ctx->be, &m->norm));
     if (def->final_logit_softcap) {
         double cap = 0;
         TRY(nmlx_cfg_float(cfg, "final_logit_softcapping", 0.0, &cap));
@@ -392,6 +395,11 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
         .fused_gate_up = def->fused_gate_up, .sandwich = def->sandwich_norms, .act = act,
         .norm_eps = (float)eps, .norm_offset = norm_offset, .be = ctx->be,
     };
+    /* MoE routing reads router logits on the host and its experts are not
+     * prepared for device backends yet */
+    CHECK(!def->moe || nmlx_backend_is_host(ctx->be), NMLX_ERR_UNSUPPORTED,
+          "%s: mixture-of-experts layers run on the CPU backend only (device backend '%s')",
+          nmlx_cfg_path(cfg), ctx->be->ops->name);
     if (def->moe) TRY(moe_config(cfg, def->moe, m->hidden, m->n_layers, &m->moe, sparse));
     for (int64_t i = 0; i < m->n_layers; i++) {
         char lp[192];

@@ -40,6 +40,14 @@ static void cpu_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes)
 
 static void cpu_sync(nmlx_backend *be) { (void)be; }
 
+/* Host memory is what the CPU computes on: the mmapped tensor as it is. */
+static nmlx_status cpu_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
+                                      const nmlx_tensor **out) {
+    (void)be;
+    *out = t;
+    return NMLX_OK;
+}
+
 static const nmlx_backend_ops cpu_ops = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -48,6 +56,7 @@ static const nmlx_backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .sync = cpu_sync,
+    .prepare_tensor = cpu_prepare_tensor,
     .matmul = nmlx_cpu_matmul,
     .embed = nmlx_cpu_embed,
     .rmsnorm = nmlx_cpu_rmsnorm,
@@ -160,6 +169,7 @@ nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out) {
 
 void nmlx_backend_free(nmlx_backend *be) {
     if (!be) return;
+    if (be->ops && be->ops->release) be->ops->release(be);
     nmlx_pool_free(be->pool);
     nmlx_free(be->impl);
     nmlx_free(be);

@@ -1,0 +1,41 @@
+/* Backend choice by device name ("cpu", "cuda", "cuda:N"). The CUDA backend
+ * exists only in builds configured with -DNMLX_CUDA=ON (NMLX_HAVE_CUDA). */
+#include "common.h"
+#include "compute/backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if !NMLX_HAVE_CUDA
+nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) {
+    (void)device;
+    if (out) *out = NULL;
+    return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                     "device 'cuda': this nmlx was built without CUDA (configure with "
+                     "cmake -DNMLX_CUDA=ON)");
+}
+#endif
+
+nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out) {
+    if (!device || !device[0] || !strcmp(device, "cpu"))
+        return nmlx_backend_cpu_create(n_threads, out);
+    if (!strncmp(device, "cuda", 4)) {
+        const char *rest = device + 4;
+        long id = 0;
+        if (*rest == ':') {
+            char *end = NULL;
+            id = strtol(rest + 1, &end, 10);
+            if (end == rest + 1 || *end || id < 0 || id > 1023) rest = NULL;
+        } else if (*rest) {
+            rest = NULL;
+        }
+        if (rest) return nmlx_backend_cuda_create((int)id, out);
+    }
+    if (out) *out = NULL;
+    return nmlx_fail(NMLX_ERR_INVALID_ARG,
+                     "device '%s' is not known (use \"cpu\", \"cuda\" or \"cuda:N\")", device);
+}
+
+bool nmlx_backend_is_host(const nmlx_backend *be) {
+    return be && be->ops && !strcmp(be->ops->name, "cpu");
+}
