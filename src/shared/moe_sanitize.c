@@ -196,6 +196,108 @@ static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_wei
     return NMLX_OK;
 }
 
+/* A U8 tensor of the given shape; errors name it. */
+static nmlx_status get_u8(const nmlx_weights *ws, const char *name, int ndim, const int64_t *shape,
+                          const nmlx_tensor **out) {
+    nmlx_status st = nmlx_weights_get(ws, name, ndim, shape, out);
+    if (st) return st;
+    if ((*out)->dtype != NMLX_DT_U8)
+        return nmlx_fail(NMLX_ERR_FORMAT, "tensor '%s': MXFP4 blocks and scales must be U8 (got %s)",
+                         name, nmlx_dtype_name((*out)->dtype));
+    return NMLX_OK;
+}
+
+static nmlx_weight mxfp4_weight(void *q, void *scales, int64_t rows, int64_t cols,
+                                const char *name) {
+    nmlx_weight w = {.mode = NMLX_QUANT_MXFP4, .bits = 4, .group_size = 32, .rows = rows,
+                     .cols = cols};
+    w.w = (nmlx_tensor){.dtype = NMLX_DT_U32, .ndim = 2, .shape = {rows, cols / 8}, .data = q,
+                        .name = name};
+    w.scales = (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {rows, cols / 32},
+                             .data = scales, .name = name};
+    return w;
+}
+
+static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Layout 4 (gpt-oss HF MXFP4): `_blocks` U8 [E, rows, in/32, 16] hold each
+ * row's E2M1 codes two a byte, low nibble first: byte for byte the MLX
+ * mxfp4 row (U32 [rows, in/8]); `_scales` U8 [E, rows, in/32] are the
+ * E8M0 exponents. down_proj is used in place; gate_up_proj's rows
+ * alternate gate (even) / up (odd), so they are split once into one
+ * backend buffer with the de-interleaved biases. */
+static nmlx_status load_gpt_oss_mxfp4(nmlx_switch_glu *g, void **owned, const nmlx_weights *ws,
+                                      nmlx_backend *be, const nmlx_moe_experts_spec *s) {
+    char gk[512], gsk[512], dk[512], dsk[512], gbk[512], dbk[512];
+    int64_t E = s->n_experts, D = s->in, H = s->hidden;
+    snprintf(gk, sizeof gk, "%s.experts.gate_up_proj_blocks", s->prefix);
+    snprintf(gsk, sizeof gsk, "%s.experts.gate_up_proj_scales", s->prefix);
+    snprintf(dk, sizeof dk, "%s.experts.down_proj_blocks", s->prefix);
+    snprintf(dsk, sizeof dsk, "%s.experts.down_proj_scales", s->prefix);
+    snprintf(gbk, sizeof gbk, "%s.experts.gate_up_proj_bias", s->prefix);
+    snprintf(dbk, sizeof dbk, "%s.experts.down_proj_bias", s->prefix);
+    if (D % 32 != 0 || H % 32 != 0)
+        return nmlx_fail(NMLX_ERR_FORMAT,
+                         "tensor '%s': MXFP4 experts need hidden size (%lld) and intermediate "
+                         "size (%lld) to be multiples of 32",
+                         gk, (long long)D, (long long)H);
+    const nmlx_tensor *gu = NULL, *gus = NULL, *dn = NULL, *dns = NULL, *gub = NULL, *dnb = NULL;
+    int64_t gu_shape[4] = {E, 2 * H, D / 32, 16}, dn_shape[4] = {E, D, H / 32, 16};
+    int64_t gub_shape[2] = {E, 2 * H}, dnb_shape[2] = {E, D};
+    nmlx_status st;
+    if ((st = get_u8(ws, gk, 4, gu_shape, &gu))) return st;
+    if ((st = get_u8(ws, gsk, 3, gu_shape, &gus))) return st;
+    if ((st = get_u8(ws, dk, 4, dn_shape, &dn))) return st;
+    if ((st = get_u8(ws, dsk, 3, dn_shape, &dns))) return st;
+    if (s->bias) {
+        if ((st = nmlx_get_float_tensor(ws, gbk, 2, gub_shape, &gub))) return st;
+        if ((st = nmlx_get_float_tensor(ws, dbk, 2, dnb_shape, &dnb))) return st;
+    }
+    size_t qrow = (size_t)D / 2, srow = (size_t)D / 32, rows = (size_t)(E * H);
+    size_t es = gub ? nmlx_dtype_size(gub->dtype) : 0;
+    size_t q_bytes = round64(rows * qrow), s_bytes = round64(rows * srow);
+    size_t b_bytes = round64(rows * es), bytes = 2 * (q_bytes + s_bytes + b_bytes);
+    char *host = nmlx_malloc(bytes), *dev = be->ops->alloc(be, bytes);
+    if (!host || !dev) {
+        nmlx_free(host);
+        if (dev) be->ops->free(be, dev);
+        return nmlx_fail(NMLX_ERR_NOMEM, "out of memory repacking '%s' (%zu bytes)", gk, bytes);
+    }
+    memset(host, 0, bytes);
+    /* [gate q | up q | gate scales | up scales | gate bias | up bias] */
+    size_t off_q[2] = {0, q_bytes}, off_s[2] = {2 * q_bytes, 2 * q_bytes + s_bytes};
+    size_t off_b[2] = {2 * (q_bytes + s_bytes), 2 * (q_bytes + s_bytes) + b_bytes};
+    const uint8_t *bq = gu->data, *bs = gus->data;
+    for (size_t r = 0; r < rows; r++) /* row r = (e, h): source rows 2r (gate), 2r + 1 (up) */
+        for (size_t half = 0; half < 2; half++) {
+            memcpy(host + off_q[half] + r * qrow, bq + (2 * r + half) * qrow, qrow);
+            memcpy(host + off_s[half] + r * srow, bs + (2 * r + half) * srow, srow);
+            if (gub)
+                memcpy(host + off_b[half] + r * es, (const char *)gub->data + (2 * r + half) * es,
+                       es);
+        }
+    be->ops->upload(be, dev, host, bytes);
+    nmlx_free(host);
+    nmlx_switch_linear *gl[2] = {&g->gate, &g->up};
+    for (int64_t e = 0; e < E; e++) {
+        size_t r0 = (size_t)(e * H);
+        for (int half = 0; half < 2; half++) {
+            gl[half]->w[e] = mxfp4_weight(dev + off_q[half] + r0 * qrow,
+                                          dev + off_s[half] + r0 * srow, H, D, gk);
+            if (gub)
+                gl[half]->bias[e] = (nmlx_tensor){.dtype = gub->dtype, .ndim = 1, .shape = {H},
+                                                  .data = dev + off_b[half] + r0 * es,
+                                                  .name = gbk};
+        }
+        g->down.w[e] = mxfp4_weight((uint8_t *)dn->data + (size_t)(e * D) * (size_t)(H / 2),
+                                    (uint8_t *)dns->data + (size_t)(e * D) * (size_t)(H / 32), D,
+                                    H, dk);
+        if (dnb) g->down.bias[e] = expert_slice(dnb, e);
+    }
+    *owned = dev;
+    return NMLX_OK;
+}
+
 nmlx_status nmlx_moe_experts_load(nmlx_switch_glu *g, void **owned, const nmlx_weights *ws,
                                   nmlx_backend *be, const nmlx_moe_experts_spec *s) {
     char key[512];
@@ -216,14 +318,13 @@ nmlx_status nmlx_moe_experts_load(nmlx_switch_glu *g, void **owned, const nmlx_w
     snprintf(key, sizeof key, "%s.experts.gate_up_proj", s->prefix);
     bool fused = nmlx_weights_find(ws, key) != NULL;
     snprintf(key, sizeof key, "%s.experts.gate_up_proj_blocks", s->prefix);
-    CHECK(!nmlx_weights_find(ws, key), NMLX_ERR_UNSUPPORTED,
-          "tensor '%s': the HF MXFP4 expert layout is not supported; use a checkpoint in "
-          "mlx-lm's layout (e.g. mlx-community) or the dequantized (bf16) HF weights",
-          key);
+    bool blocks = nmlx_weights_find(ws, key) != NULL;
     if (stacked) {
         TRY(load_stacked(&g->gate, ws, s, "gate_proj"));
         TRY(load_stacked(&g->up, ws, s, "up_proj"));
         TRY(load_stacked(&g->down, ws, s, "down_proj"));
+    } else if (blocks) {
+        TRY(load_gpt_oss_mxfp4(g, owned, ws, be, s));
     } else if (fused) {
         TRY(load_gpt_oss(g, owned, ws, be, s));
     } else {

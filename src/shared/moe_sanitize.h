@@ -17,9 +17,15 @@
  *     (about the whole model for gpt-oss); the mmapped original pages are
  *     only read once and stay reclaimable.
  *
- * The HF MXFP4 form of gpt-oss (`gate_up_proj_blocks` / `_scales`) is
- * refused with a message (convert with mlx-lm, or use an mlx-community
- * checkpoint: layout 2). */
+ *  4. gpt-oss HF MXFP4 (the original release): `<p>.experts.gate_up_proj_blocks`
+ *     U8 [E, 2*hidden, in/32, 16] + `_scales` U8 [E, 2*hidden, in/32] (rows =
+ *     outputs, gate/up rows interleaved), `down_proj_blocks` [E, in, hidden/32,
+ *     16] + `_scales`, float biases as in 3. A row of blocks is byte for byte
+ *     an MLX mxfp4 row (docs/quantization.md), so down_proj is a zero-copy
+ *     view; gate/up rows are split ONCE into backend memory. Memory cost:
+ *     one extra copy of gate_up_proj (E * 2*hidden * in * 17/32 bytes, about
+ *     2/3 of the expert weights: ~6.8 GB for gpt-oss-20b); the mmapped
+ *     original pages are read once and stay reclaimable. */
 #ifndef NMLX_MOE_SANITIZE_H
 #define NMLX_MOE_SANITIZE_H
 

@@ -69,6 +69,14 @@ nmlx_status nmlx_quant_config_load(const char *path, nmlx_quant_config *qc) {
               "are; convert with nmlx convert or mlx_lm.convert)",
               path, where, m ? m : "?");
         qc->global = (nmlx_quant_params){NMLX_QUANT_MXFP4, 4, 32};
+        const json_t *skip = json_object_get(q, "modules_to_not_convert");
+        size_t i;
+        const json_t *pat;
+        CHECK(!skip || json_is_null(skip) || json_is_array(skip), NMLX_ERR_FORMAT,
+              "%s: %s.modules_to_not_convert must be a list of module names", path, where);
+        json_array_foreach(skip, i, pat)
+            CHECK(json_is_string(pat), NMLX_ERR_FORMAT,
+                  "%s: %s.modules_to_not_convert[%zu] must be a string", path, where, i);
     } else {
         TRY(parse_params(q, NULL, where, path, &qc->global));
     }
@@ -96,9 +104,31 @@ void nmlx_quant_config_free(nmlx_quant_config *qc) {
     qc->json = NULL;
 }
 
+/* HF `modules_to_not_convert` entry `pat` covers `module`: pat (where `*`
+ * stands for one path component's characters) matches the whole path or a
+ * prefix of it ending at a '.' ("model.layers.*.self_attn" covers
+ * "model.layers.3.self_attn.q_proj"). */
+static bool covers(const char *pat, const char *module) {
+    while (*pat) {
+        if (*pat == '*') {
+            pat++;
+            for (const char *m = module;; m++) {
+                if (covers(pat, m)) return true;
+                if (!*m || *m == '.') return false;
+            }
+        }
+        if (*pat++ != *module++) return false;
+    }
+    return !*module || *module == '.';
+}
+
 int nmlx_quant_config_module(const nmlx_quant_config *qc, const char *module,
                              nmlx_quant_params *p) {
     if (!qc->present) return -1;
+    size_t i;
+    const json_t *pat;
+    json_array_foreach(json_object_get(qc->json, "modules_to_not_convert"), i, pat)
+        if (covers(json_string_value(pat), module)) return 0;
     const json_t *v = json_object_get(qc->json, module);
     if (!v) return -1;
     if (json_is_false(v)) return 0;

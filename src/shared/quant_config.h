@@ -29,7 +29,8 @@ nmlx_status nmlx_quant_config_load(const char *path, nmlx_quant_config *qc);
 void nmlx_quant_config_free(nmlx_quant_config *qc);
 
 /* Per-module decision for module path `module` ("model.layers.0.mlp.up_proj"):
- * 1 = named with parameters (*p filled), 0 = named false, -1 = not named
+ * 1 = named with parameters (*p filled), 0 = named false or covered by the
+ * HF mxfp4 config's `modules_to_not_convert` patterns, -1 = not named
  * (mlx-lm then quantizes iff `<module>.scales` exists, with the globals). */
 int nmlx_quant_config_module(const nmlx_quant_config *qc, const char *module,
                              nmlx_quant_params *p);
