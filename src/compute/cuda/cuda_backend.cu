@@ -1,0 +1,229 @@
+/* CUDA backend: creation, device memory, weight preparation (device copies
+ * of the mmapped tensors, shared by views of one fused tensor) and the op
+ * table. Kernels live in cuda_kernels.cu, cuda_matmul.cu and
+ * cuda_attention.cu. Ops this backend lacks (MoE, Gemma 3n) stay NULL; the
+ * loaders refuse those families on a device backend. */
+#include "compute/cuda/cuda_internal.h"
+
+#include <string.h>
+
+void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
+    cuda_impl *c = cuda_of(be);
+    if (e != cudaSuccess && c->first_error == cudaSuccess) c->first_error = e;
+}
+
+static void *cuda_alloc(nmlx_backend *be, size_t bytes) {
+    cuda_impl *c = cuda_of(be);
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError(); /* clear the non-sticky error */
+        return NULL;
+    }
+    nmlx_cuda_note(be, cudaMemsetAsync(p, 0, bytes, c->stream));
+    return p;
+}
+
+static void cuda_free_buf(nmlx_backend *be, void *ptr) {
+    if (!ptr) return;
+    cudaStreamSynchronize(cuda_of(be)->stream);
+    cudaFree(ptr);
+}
+
+static void cuda_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    nmlx_cuda_note(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                       cuda_of(be)->stream));
+}
+
+/* Host memory may be reused as soon as upload returns: wait for the copy. */
+static void cuda_upload(nmlx_backend *be, void *dst, const void *host, size_t bytes) {
+    if (!bytes) return;
+    cuda_impl *c = cuda_of(be);
+    nmlx_cuda_note(be, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c->stream));
+    nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_download(nmlx_backend *be, void *host, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cuda_impl *c = cuda_of(be);
+    nmlx_cuda_note(be, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_sync(nmlx_backend *be) {
+    nmlx_cuda_note(be, cudaStreamSynchronize(cuda_of(be)->stream));
+}
+
+static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return true;
+    size_t n = *cap ? *cap * 2 : 64;
+    while (n < need) n *= 2;
+    void *p = nmlx_malloc(n * elem);
+    if (!p) return false;
+    if (*arr) memcpy(p, *arr, *cap * elem);
+    nmlx_free(*arr);
+    *arr = p;
+    *cap = n;
+    return true;
+}
+
+/* Device address of host bytes [h, h + n): inside a prepared region, or a
+ * fresh copy. */
+static nmlx_status device_copy_of(nmlx_backend *be, const nmlx_tensor *t, char **dev) {
+    cuda_impl *c = cuda_of(be);
+    const char *h = (const char *)t->data;
+    size_t n = nmlx_tensor_nbytes(t);
+    for (size_t i = 0; i < c->n_regions; i++) {
+        const cuda_region *r = &c->regions[i];
+        if (r->owned && h >= r->host && h + n <= r->host + r->bytes) {
+            *dev = r->dev + (h - r->host);
+            return NMLX_OK;
+        }
+    }
+    if (!grow((void **)&c->regions, &c->cap_regions, c->n_regions + 1, sizeof(cuda_region)))
+        return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: out of memory preparing '%s'",
+                         t->name ? t->name : "?");
+    char *d = NULL;
+    cudaError_t e = cudaMalloc((void **)&d, n ? n : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: cannot allocate %zu bytes of device memory "
+                         "for tensor '%s' (%s)", n, t->name ? t->name : "?", cudaGetErrorString(e));
+    }
+    e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        return nmlx_fail(NMLX_ERR_IO, "cuda backend: uploading tensor '%s' failed (%s)",
+                         t->name ? t->name : "?", cudaGetErrorString(e));
+    }
+    c->regions[c->n_regions++] = (cuda_region){h, n, d, true};
+    *dev = d;
+    return NMLX_OK;
+}
+
+static nmlx_status cuda_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
+                                       const nmlx_tensor **out) {
+    cuda_impl *c = cuda_of(be);
+    if (t->dtype != NMLX_DT_F32 && t->dtype != NMLX_DT_F16 && t->dtype != NMLX_DT_BF16)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "cuda backend: tensor '%s' has dtype %s; only F32, F16 and BF16 weights "
+                         "run on CUDA yet (quantized checkpoints: use the CPU backend)",
+                         t->name ? t->name : "?", nmlx_dtype_name(t->dtype));
+    if (!grow((void **)&c->tensors, &c->cap_tensors, c->n_tensors + 1, sizeof(nmlx_tensor *)))
+        return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: out of memory");
+    nmlx_tensor *p = (nmlx_tensor *)nmlx_malloc(sizeof *p);
+    if (!p) return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: out of memory");
+    char *dev = NULL;
+    nmlx_status st = device_copy_of(be, t, &dev);
+    if (st != NMLX_OK) {
+        nmlx_free(p);
+        return st;
+    }
+    *p = *t;
+    p->data = dev;
+    c->tensors[c->n_tensors++] = p;
+    *out = p;
+    return NMLX_OK;
+}
+
+static void cuda_release(nmlx_backend *be) {
+    cuda_impl *c = cuda_of(be);
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < c->n_regions; i++)
+        if (c->regions[i].owned) cudaFree(c->regions[i].dev);
+    for (size_t i = 0; i < c->n_tensors; i++) nmlx_free(c->tensors[i]);
+    nmlx_free(c->regions);
+    nmlx_free(c->tensors);
+    if (c->ids_host) cudaFreeHost(c->ids_host);
+    if (c->ids_dev) cudaFree(c->ids_dev);
+    if (c->act16) cudaFree(c->act16);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    memset(c, 0, sizeof *c);
+}
+
+/* Designated (C++20, declaration order); the ops this backend lacks are NULL. */
+static const nmlx_backend_ops cuda_ops = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .free = cuda_free_buf,
+    .copy = cuda_copy,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .prepare_tensor = cuda_prepare_tensor,
+    .release = cuda_release,
+    .matmul = nmlx_cuda_matmul,
+    .embed = nmlx_cuda_embed,
+    .rmsnorm = nmlx_cuda_rmsnorm,
+    .rope = nmlx_cuda_rope,
+    .attention = nmlx_cuda_attention,
+    .act_mul = nmlx_cuda_act_mul,
+    .swiglu_clipped = NULL, /* MoE: CPU only */
+    .act = nmlx_cuda_act,
+    .add = nmlx_cuda_add,
+    .scale = nmlx_cuda_scale,
+    .softmax = nmlx_cuda_softmax,
+    /* Gemma 3n ops: CPU only */
+    .gaussian_topk = NULL,
+    .rms_match = NULL,
+    .mul_rows = NULL,
+    .altup_predict = NULL,
+    .altup_correct = NULL,
+};
+
+extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) {
+    nmlx_status st = NMLX_OK;
+    nmlx_backend *be = NULL;
+    cuda_impl *c = NULL;
+    int n_dev = 0;
+    cudaError_t e;
+    CHECK(out != NULL, NMLX_ERR_INVALID_ARG, "cuda backend: out is NULL");
+    *out = NULL;
+    e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess) cudaGetLastError();
+    CHECK(e == cudaSuccess && n_dev > 0, NMLX_ERR_UNSUPPORTED,
+          "device 'cuda:%d': no CUDA GPU is usable here (%s)", device,
+          e == cudaSuccess ? "none found" : cudaGetErrorString(e));
+    CHECK(device >= 0 && device < n_dev, NMLX_ERR_INVALID_ARG,
+          "device 'cuda:%d': this machine has %d CUDA GPU(s)", device, n_dev);
+    be = (nmlx_backend *)nmlx_calloc(1, sizeof *be);
+    c = (cuda_impl *)nmlx_calloc(1, sizeof *c);
+    CHECK(be && c, NMLX_ERR_NOMEM, "cuda backend: out of memory");
+    be->ops = &cuda_ops;
+    be->impl = c;
+    be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
+    c->device = device;
+    e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    CHECK(e == cudaSuccess, NMLX_ERR_UNSUPPORTED, "device 'cuda:%d': %s", device,
+          cudaGetErrorString(e));
+    CHECK(cublasCreate(&c->cublas) == CUBLAS_STATUS_SUCCESS, NMLX_ERR_UNSUPPORTED,
+          "device 'cuda:%d': cuBLAS did not start", device);
+    cublasSetStream(c->cublas, c->stream);
+    be->pool = nmlx_pool_create(1);
+    CHECK(be->pool, NMLX_ERR_NOMEM, "cuda backend: out of memory");
+    *out = be;
+    return NMLX_OK;
+cleanup:
+    if (be) {
+        if (be->impl) cuda_release(be);
+        nmlx_pool_free(be->pool);
+    }
+    nmlx_free(c);
+    nmlx_free(be);
+    return st;
+}
+
+/* For tests: the first CUDA error a void op met, as a status. */
+extern "C" nmlx_status nmlx_backend_cuda_check(nmlx_backend *be) {
+    cuda_impl *c = cuda_of(be);
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    nmlx_cuda_note(be, e);
+    nmlx_cuda_note(be, cudaGetLastError());
+    if (c->first_error != cudaSuccess)
+        return nmlx_fail(NMLX_ERR_IO, "cuda backend: %s", cudaGetErrorString(c->first_error));
+    return NMLX_OK;
+}

@@ -1,0 +1,72 @@
+/* Internal to the CUDA backend: its state and the op entry points the .cu
+ * files share. Every op is enqueued on one stream (impl->stream); `sync`,
+ * `download` and `free` wait for it. */
+#ifndef NMLX_CUDA_INTERNAL_H
+#define NMLX_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "common.h"
+#include "compute/backend.h"
+}
+
+/* One prepared weight: a device copy of host bytes [host, host + bytes). */
+typedef struct cuda_region {
+    const char *host;
+    size_t bytes;
+    char *dev;
+    bool owned; /* false: a view inside another region's copy */
+} cuda_region;
+
+typedef struct cuda_impl {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cuda_region *regions;  /* prepared weights */
+    size_t n_regions, cap_regions;
+    nmlx_tensor **tensors; /* the tensors prepare_tensor handed out */
+    size_t n_tensors, cap_tensors;
+    int32_t *ids_host;     /* pinned staging for embed ids */
+    int32_t *ids_dev;
+    size_t ids_cap;
+    void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
+    size_t act16_bytes;
+    cudaError_t first_error; /* first failure of a void op, kept for tests */
+} cuda_impl;
+
+static inline cuda_impl *cuda_of(nmlx_backend *be) { return (cuda_impl *)be->impl; }
+
+/* Records the first error of a void op (ops cannot return one). */
+void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);
+
+void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                      const float *x, float *y, int64_t T);
+void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
+                     float scale, float *out);
+void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
+                       float eps, float *y, int64_t R, int64_t D);
+void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
+                    int64_t pos0, const float *freqs, float mscale);
+void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
+void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
+                       float *out, int64_t n);
+void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
+void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
+void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
+void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
+
+/* Element i of a device buffer of a float dtype, as f32. */
+__device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
+    if (dt == NMLX_DT_BF16) {
+        unsigned int u = ((unsigned int)((const unsigned short *)p)[i]) << 16;
+        return __uint_as_float(u);
+    }
+    if (dt == NMLX_DT_F16) return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+#endif

@@ -1,0 +1,229 @@
+/* Row and elementwise kernels of the CUDA backend: embed, rmsnorm, rope,
+ * act_mul, act, add, scale, softmax. Shapes as in backend.h; each op is one
+ * launch on the backend's stream. Arithmetic follows the CPU reference
+ * kernels (kernels_portable.c) so the two agree to rounding. */
+#include "compute/cuda/cuda_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+enum { ROW_THREADS = 256, ELEM_THREADS = 256 };
+
+static unsigned grid_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 65535 * 16 ? b : 65535 * 16);
+}
+
+/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
+template <typename F> __device__ F block_sum(F v) {
+    __shared__ F part[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = l < nw ? part[l] : (F)0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads();
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = l < nw ? part[l] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- embed: out[t, :] = table[ids[t], :] * scale (zero row for bad ids) ---- */
+
+__global__ void embed_kernel(const void *table, nmlx_dtype dt, const int32_t *ids, int64_t V,
+                             int64_t D, float scale, float *out) {
+    int64_t t = blockIdx.x;
+    int32_t id = ids[t];
+    float *o = out + t * D;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+        o[i] = (id >= 0 && id < V) ? cuda_load_f32(dt, table, (int64_t)id * D + i) * scale : 0.0f;
+}
+
+/* ids are host memory (the caller's tokens): staged through pinned memory so
+ * the copy is asynchronous; the previous call's copy has finished by then,
+ * since every forward ends with a download that waits for the stream. */
+void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
+                     float scale, float *out) {
+    cuda_impl *c = cuda_of(be);
+    if (T <= 0) return;
+    if ((size_t)T > c->ids_cap) {
+        cudaStreamSynchronize(c->stream);
+        if (c->ids_host) cudaFreeHost(c->ids_host);
+        if (c->ids_dev) cudaFree(c->ids_dev);
+        c->ids_host = NULL;
+        c->ids_dev = NULL;
+        c->ids_cap = 0;
+        size_t cap = (size_t)T < 256 ? 256 : (size_t)T;
+        cudaError_t e = cudaMallocHost((void **)&c->ids_host, cap * sizeof(int32_t));
+        if (e == cudaSuccess) e = cudaMalloc((void **)&c->ids_dev, cap * sizeof(int32_t));
+        nmlx_cuda_note(be, e);
+        if (e != cudaSuccess) return;
+        c->ids_cap = cap;
+    }
+    cudaStreamSynchronize(c->stream); /* the staging buffer may still be in flight */
+    memcpy(c->ids_host, ids, (size_t)T * sizeof(int32_t));
+    nmlx_cuda_note(be, cudaMemcpyAsync(c->ids_dev, c->ids_host, (size_t)T * sizeof(int32_t),
+                                       cudaMemcpyHostToDevice, c->stream));
+    embed_kernel<<<(unsigned)T, ROW_THREADS, 0, c->stream>>>(table->w.data, table->w.dtype,
+                                                             c->ids_dev, table->rows, table->cols,
+                                                             scale, out);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- rmsnorm: one block per row; sum of squares in double as the CPU ---- */
+
+__global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
+                               float eps, float *y, int64_t D) {
+    const float *xr = x + blockIdx.x * D;
+    float *yr = y + blockIdx.x * D;
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = block_sum<double>(ss);
+    float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i] * inv;
+        yr[i] = w ? v * (cuda_load_f32(wdt, w, i) + w_offset) : v;
+    }
+}
+
+void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
+                       float eps, float *y, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0) return;
+    int threads = D >= 1024 ? 512 : D >= 256 ? 256 : 64;
+    rmsnorm_kernel<<<(unsigned)R, threads, 0, cuda_of(be)->stream>>>(
+        x, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- rope: in place on x[T, H, HD]; angles in double as the CPU ---- */
+
+__global__ void rope_kernel(float *x, int64_t H, int64_t HD, int64_t half, int64_t pos0,
+                            const float *freqs, float mscale) {
+    int64_t t = blockIdx.x;
+    double p = (double)(pos0 + t);
+    float *xt = x + t * H * HD;
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        double s, c;
+        sincos(p * (double)freqs[i], &s, &c);
+        float cf = (float)c, sf = (float)s;
+        for (int64_t h = 0; h < H; h++) {
+            float *xh = xt + h * HD;
+            float x0 = xh[i], x1 = xh[i + half];
+            xh[i] = (x0 * cf - x1 * sf) * mscale;
+            xh[i + half] = (x1 * cf + x0 * sf) * mscale;
+        }
+    }
+}
+
+void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
+                    int64_t pos0, const float *freqs, float mscale) {
+    if (T <= 0 || rot < 2) return;
+    int64_t half = rot / 2;
+    int threads = half >= 128 ? 128 : 64;
+    rope_kernel<<<(unsigned)T, threads, 0, cuda_of(be)->stream>>>(x, H, HD, half, pos0, freqs,
+                                                                   mscale);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- elementwise ---- */
+
+__device__ __forceinline__ float act1(nmlx_act act, float x) {
+    switch (act) {
+    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
+    case NMLX_ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        float u = c * (x + 0.044715f * x * x * x);
+        return x / (1.0f + expf(-2.0f * u));
+    }
+    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
+    }
+    return x;
+}
+
+__global__ void act_mul_kernel(nmlx_act act, const float *g, const float *u, float *o, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        o[i] = act1(act, g[i]) * u[i];
+}
+
+__global__ void act_kernel(nmlx_act act, float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = act1(act, x[i]);
+}
+
+__global__ void add_kernel(const float *a, const float *b, float *o, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        o[i] = a[i] + b[i];
+}
+
+__global__ void scale_kernel(float *x, float s, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
+                       float *out, int64_t n) {
+    if (n <= 0) return;
+    act_mul_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(
+        act, gate, up, out, n);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n) {
+    if (n <= 0) return;
+    act_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(act, x, n);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n) {
+    if (n <= 0) return;
+    add_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(a, b, out, n);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n) {
+    if (n <= 0) return;
+    scale_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(x, s, n);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- softmax over rows, in place; one block per row ---- */
+
+__global__ void softmax_kernel(float *x, int64_t n) {
+    float *r = x + blockIdx.x * n;
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, r[i]);
+    m = block_max(m);
+    if (m == -INFINITY) m = 0;
+    double sum = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float e = expf(r[i] - m);
+        r[i] = e;
+        sum += e;
+    }
+    sum = block_sum<double>(sum);
+    float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) r[i] *= inv;
+}
+
+void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {
+    if (R <= 0 || n <= 0) return;
+    softmax_kernel<<<(unsigned)R, ROW_THREADS, 0, cuda_of(be)->stream>>>(x, n);
+    nmlx_cuda_note(be, cudaGetLastError());
+}

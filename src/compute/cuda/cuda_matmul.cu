@@ -1,0 +1,181 @@
+/* y[T, D] = x[T, N] @ W[D, N]^T (+ bias) on the GPU.
+ *  - decode (T == 1): a bandwidth-bound mat-vec, one warp per output row,
+ *    16-byte weight loads, f32 accumulation (same math as the CPU kernels);
+ *  - prefill (T > 1): cuBLAS. F32 weights: SGEMM (full f32). BF16/F16
+ *    weights: x is rounded to the weight's type and cublasGemmEx multiplies
+ *    on the tensor cores with f32 accumulation and f32 output (as PyTorch
+ *    runs a bf16 model); the bias is added by a second kernel. */
+#include "compute/cuda/cuda_internal.h"
+
+#include <stdint.h>
+
+enum { GEMV_WARPS = 4 };
+
+template <typename W> struct wvec;
+/* 16 bytes of weights as 8 (bf16/f16) or 4 (f32) floats */
+template <> struct wvec<__nv_bfloat16> {
+    enum { N = 8 };
+    static __device__ __forceinline__ void load(const void *p, float *f) {
+        uint4 u = __ldg((const uint4 *)p);
+        const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct wvec<__half> {
+    enum { N = 8 };
+    static __device__ __forceinline__ void load(const void *p, float *f) {
+        uint4 u = __ldg((const uint4 *)p);
+        const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 v = __half22float2(h[i]);
+            f[2 * i] = v.x;
+            f[2 * i + 1] = v.y;
+        }
+    }
+};
+template <> struct wvec<float> {
+    enum { N = 4 };
+    static __device__ __forceinline__ void load(const void *p, float *f) {
+        float4 v = __ldg((const float4 *)p);
+        f[0] = v.x;
+        f[1] = v.y;
+        f[2] = v.z;
+        f[3] = v.w;
+    }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One warp per row d: y[d] = W[d, :] . x (+ bias[d]). vec: every row start,
+ * x and N are 16-byte aligned; else the scalar loop. */
+template <typename W>
+__global__ void gemv_kernel(const W *w, nmlx_dtype wdt, const float *x, float *y, int64_t D,
+                            int64_t N, const void *bias, nmlx_dtype bdt, bool vec) {
+    int64_t d = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (d >= D) return;
+    const W *row = w + d * N;
+    float acc = 0;
+    if (vec) {
+        const int V = wvec<W>::N;
+#pragma unroll 4
+        for (int64_t k = (int64_t)lane * V; k < N; k += 32 * V) {
+            float f[V];
+            wvec<W>::load(row + k, f);
+#pragma unroll
+            for (int i = 0; i < V; i += 4) {
+                float4 xv = *(const float4 *)(x + k + i);
+                acc += f[i] * xv.x + f[i + 1] * xv.y + f[i + 2] * xv.z + f[i + 3] * xv.w;
+            }
+        }
+    } else {
+        for (int64_t k = lane; k < N; k += 32) acc += cuda_load_f32(wdt, row, k) * x[k];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[d] = acc + (bias ? cuda_load_f32(bdt, bias, d) : 0.0f);
+}
+
+/* y[t, d] += bias[d] */
+__global__ void bias_kernel(float *y, const void *bias, nmlx_dtype bdt, int64_t T, int64_t D) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * D;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += cuda_load_f32(bdt, bias, i % D);
+}
+
+/* dst[i] = (16-bit float of dtype dt) src[i], round to nearest even */
+__global__ void to16_kernel(const float *src, void *dst, nmlx_dtype dt, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        if (dt == NMLX_DT_BF16) ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(src[i]);
+        else ((__half *)dst)[i] = __float2half_rn(src[i]);
+    }
+}
+
+static unsigned grid_of(int64_t n) {
+    int64_t b = (n + 255) / 256;
+    return (unsigned)(b < 1 << 20 ? b : 1 << 20);
+}
+
+static void gemv(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
+                 float *y) {
+    cudaStream_t s = cuda_of(be)->stream;
+    int64_t D = w->rows, N = w->cols;
+    size_t es = nmlx_dtype_size(w->w.dtype);
+    bool vec = ((uintptr_t)w->w.data % 16 == 0) && ((uintptr_t)x % 16 == 0) &&
+               ((size_t)N * es) % 16 == 0 && N % 8 == 0;
+    unsigned grid = (unsigned)((D + GEMV_WARPS - 1) / GEMV_WARPS);
+    const void *b = bias ? bias->data : NULL;
+    nmlx_dtype bdt = bias ? bias->dtype : NMLX_DT_F32;
+    switch (w->w.dtype) {
+    case NMLX_DT_BF16:
+        gemv_kernel<__nv_bfloat16><<<grid, 32 * GEMV_WARPS, 0, s>>>(
+            (const __nv_bfloat16 *)w->w.data, w->w.dtype, x, y, D, N, b, bdt, vec);
+        break;
+    case NMLX_DT_F16:
+        gemv_kernel<__half><<<grid, 32 * GEMV_WARPS, 0, s>>>((const __half *)w->w.data,
+                                                              w->w.dtype, x, y, D, N, b, bdt, vec);
+        break;
+    default:
+        gemv_kernel<float><<<grid, 32 * GEMV_WARPS, 0, s>>>((const float *)w->w.data, w->w.dtype,
+                                                             x, y, D, N, b, bdt, vec);
+        break;
+    }
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* Column-major view: y^T (D x T) = W^T' ... i.e. C[D, T] = op(A)[D, N] B[N, T]
+ * with A = W stored as an N x D column-major matrix (lda N) transposed, B = x
+ * as N x T (ldb N), C = y as D x T (ldc D). */
+static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
+                 float *y, int64_t T) {
+    cuda_impl *c = cuda_of(be);
+    int64_t D = w->rows, N = w->cols;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t st;
+    if (w->w.dtype == NMLX_DT_F32) {
+        st = cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)T, (int)N, &one,
+                         (const float *)w->w.data, (int)N, x, (int)N, &zero, y, (int)D);
+    } else {
+        size_t need = (size_t)(T * N) * 2;
+        if (need > c->act16_bytes) {
+            cudaStreamSynchronize(c->stream);
+            if (c->act16) cudaFree(c->act16);
+            c->act16 = NULL;
+            c->act16_bytes = 0;
+            cudaError_t e = cudaMalloc(&c->act16, need);
+            nmlx_cuda_note(be, e);
+            if (e != cudaSuccess) return;
+            c->act16_bytes = need;
+        }
+        to16_kernel<<<grid_of(T * N), 256, 0, c->stream>>>(x, c->act16, w->w.dtype, T * N);
+        cudaDataType dt = w->w.dtype == NMLX_DT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+        st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)T, (int)N, &one,
+                          w->w.data, dt, (int)N, c->act16, dt, (int)N, &zero, y, CUDA_R_32F,
+                          (int)D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
+    if (bias)
+        bias_kernel<<<grid_of(T * D), 256, 0, c->stream>>>(y, bias->data, bias->dtype, T, D);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* Dense F32/F16/BF16 weights prepared on the device; anything else (the
+ * loaders refuse quantized weights on CUDA) leaves y untouched. */
+void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                      const float *x, float *y, int64_t T) {
+    if (T <= 0 || w->rows <= 0) return;
+    nmlx_dtype dt = w->w.dtype;
+    if (w->mode != NMLX_QUANT_NONE ||
+        (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16))
+        return;
+    if (T == 1) gemv(be, w, bias, x, y);
+    else gemm(be, w, bias, x, y, T);
+}
