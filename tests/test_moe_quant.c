@@ -676,6 +676,35 @@ static void test_router_override(const char *tmp) {
     free(w);
 }
 
+/* Every allocation of load (+ quantize-on-load) + eval failing in turn: a
+ * clean error each time (no leak in sanitizer builds), then success. */
+static void test_fault_injection(const char *dir, int qbits) {
+    int32_t ids[5] = {1, 2, 3, 4, 5};
+    bool clean = true, done = false;
+    long last = 0;
+    for (long k = 1; k < 20000 && !done; k++) {
+        last = k;
+        nmlx_model_params mp = nmlx_model_default_params();
+        mp.n_threads = 1;
+        mp.quantize_bits = qbits;
+        mp.quantize_group_size = 32;
+        nmlx_model *m = NULL;
+        nmlx_session *s = NULL;
+        nmlx_test_fail_alloc_after(k);
+        nmlx_status st = nmlx_model_load(dir, &mp, &m);
+        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
+        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 5, 0);
+        nmlx_test_fail_alloc_after(0);
+        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
+        done = st == NMLX_OK;
+        nmlx_session_free(s);
+        nmlx_model_free(m);
+    }
+    printf("  fault injection %s (quantize_bits %d): %ld allocations failed in turn\n", dir, qbits,
+           last - 1);
+    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", dir);
+}
+
 int main(void) {
     test_seed(1234);
     char tmp[] = "/tmp/nmlx_moeq_XXXXXX";
@@ -683,6 +712,13 @@ int main(void) {
     test_hf_config(tmp);
     test_gpt_oss_mxfp4(tmp);
     test_router_override(tmp);
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/oss_hf_blocks", tmp);
+    test_fault_injection(dir, 0);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/gpt_oss", test_src_dir());
+    test_fault_injection(dir, 4);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/qwen3_moe", test_src_dir());
+    test_fault_injection(dir, 8);
     const char *names[2] = {"qwen3_moe", "gpt_oss"};
     for (int i = 0; i < 2; i++) {
         test_convert(names[i], tmp, 8);
