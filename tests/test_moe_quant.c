@@ -448,7 +448,7 @@ static bool same_as_naive(const nmlx_weights *ws, const char *module, const floa
     const nmlx_tensor *s = nmlx_weights_find(ws, k);
     snprintf(k, sizeof k, "%s.biases", module);
     const nmlx_tensor *b = nmlx_weights_find(ws, k);
-    if (!w || !s || !b || w->dtype != NMLX_DT_U32 || s->dtype != NMLX_DT_F32) return false;
+    if (!w || !s || !b || w->dtype != NMLX_DT_U32 || s->dtype != b->dtype) return false;
     if ((int64_t)nmlx_tensor_nbytes(w) != R * C * bits / 8) return false;
     int64_t G = C / gs;
     uint8_t *packed = calloc((size_t)(R * C * bits / 8), 1);
@@ -458,8 +458,13 @@ static bool same_as_naive(const nmlx_weights *ws, const char *module, const floa
         for (int64_t g = 0; g < G; g++) {
             float sc, bi;
             affine_group(src + r * C + g * gs, gs, bits, codes, &sc, &bi);
-            ok = ok && ((const float *)s->data)[r * G + g] == sc &&
-                 ((const float *)b->data)[r * G + g] == bi;
+            /* codes use the f32 scale/bias; the stored ones are rounded after */
+            if (s->dtype == NMLX_DT_BF16)
+                sc = nmlx_bf16_to_f32(nmlx_f32_to_bf16(sc)), bi = nmlx_bf16_to_f32(nmlx_f32_to_bf16(bi));
+            else if (s->dtype == NMLX_DT_F16)
+                sc = nmlx_f16_to_f32(nmlx_f32_to_f16(sc)), bi = nmlx_f16_to_f32(nmlx_f32_to_f16(bi));
+            ok = ok && nmlx_load_f32(s->dtype, s->data, (size_t)(r * G + g)) == sc &&
+                 nmlx_load_f32(b->dtype, b->data, (size_t)(r * G + g)) == bi;
             for (int j = 0; j < gs; j++) { /* row bit stream, element k at bit k*bits */
                 uint64_t bit = (uint64_t)(r * C + g * gs + j) * (uint64_t)bits;
                 for (int t = 0; t < bits; t++, bit++)
@@ -640,6 +645,59 @@ static void test_convert(const char *name, const char *tmp, int bits) {
     free(conv.logits), free(qol.logits), free(f32.logits), free(deq.logits);
 }
 
+/* Every bits / group size on dense fixtures (F32 and BF16 weights): each
+ * quantized tensor of the converted file == the naive quantizer's bytes. */
+static void test_convert_bytes(const char *tmp) {
+    const char *fx[2] = {"qwen3", "qwen3_bf16"};
+    const int bits[6] = {2, 3, 4, 5, 6, 8}, groups[3] = {32, 64, 128};
+    int n_checked = 0;
+    bool ok = true;
+    for (int f = 0; f < 2; f++)
+        for (int b = 0; b < 6; b++) {
+            char fixture[512], out[700];
+            int gs = groups[(b + f) % 3];
+            snprintf(fixture, sizeof fixture, "%s/tests/fixtures/%s", test_src_dir(), fx[f]);
+            snprintf(out, sizeof out, "%s/%s_b%d_g%d", tmp, fx[f], bits[b], gs);
+            nmlx_convert_params cp = nmlx_convert_default_params();
+            cp.bits = bits[b];
+            cp.group_size = gs;
+            nmlx_weights *src = NULL, *ws = NULL;
+            bool this_ok = nmlx_convert(fixture, out, &cp) == NMLX_OK &&
+                           nmlx_weights_open_dir(fixture, &src) == NMLX_OK &&
+                           nmlx_weights_open_dir(out, &ws) == NMLX_OK;
+            int quantized = 0;
+            for (size_t i = 0; this_ok && i < nmlx_weights_count(src); i++) {
+                const nmlx_tensor *t = nmlx_weights_at(src, i);
+                size_t len = strlen(t->name);
+                if (t->ndim != 2 || len < 8 || strcmp(t->name + len - 7, ".weight")) continue;
+                char module[300];
+                snprintf(module, sizeof module, "%.*s", (int)(len - 7), t->name);
+                size_t n = (size_t)nmlx_tensor_numel(t);
+                float *w = malloc(n * 4);
+                nmlx_to_f32(t->dtype, t->data, w, n);
+                if (t->shape[1] % gs == 0) {
+                    this_ok = same_as_naive(ws, module, w, t->shape[0], t->shape[1], bits[b], gs);
+                    quantized++;
+                } else { /* left float, with no scales (mlx-lm's rule) */
+                    char k[320];
+                    snprintf(k, sizeof k, "%s.scales", module);
+                    this_ok = !nmlx_weights_find(ws, k) &&
+                              nmlx_weights_find(ws, t->name)->dtype == t->dtype;
+                }
+                free(w);
+            }
+            if (!this_ok) fprintf(stderr, "  %s %d-bit g%d differs: %s\n", fx[f], bits[b], gs, nmlx_last_error());
+            ok = ok && this_ok;
+            n_checked += quantized;
+            nmlx_weights_close(src);
+            nmlx_weights_close(ws);
+        }
+    printf("  convert: %d quantized tensors (qwen3 F32/BF16, bits 2-8, groups 32/64/128) == the "
+           "naive quantizer byte for byte\n",
+           n_checked);
+    EXPECT(ok && n_checked > 40, "convert packed bytes == naive quantizer for every bits/group");
+}
+
 /* The router override: a MoE router gets {"group_size": 64, "bits": 8}. */
 static void test_router_override(const char *tmp) {
     char path[600];
@@ -712,6 +770,7 @@ int main(void) {
     test_hf_config(tmp);
     test_gpt_oss_mxfp4(tmp);
     test_router_override(tmp);
+    test_convert_bytes(tmp);
     char dir[600];
     snprintf(dir, sizeof dir, "%s/oss_hf_blocks", tmp);
     test_fault_injection(dir, 0);
