@@ -36,12 +36,12 @@ static void store_row(nmlx_dtype dt, const float *src, void *dst, int64_t n) {
 /* One tensor after mlx-lm's sanitize: a view of the checkpoint or a
  * rebuilt (stacked / transposed) buffer in the source dtype. */
 typedef struct qm_tensor {
-    char *name;          /* owned */
+    char *name; /* owned */
     nmlx_dtype dtype;
     int ndim;
     int64_t shape[NMLX_MAX_DIMS];
     const void *data;
-    void *buf;           /* owned rebuilt data, or NULL */
+    void *buf; /* owned rebuilt data, or NULL */
 } qm_tensor;
 
 typedef struct qm_state {
@@ -86,7 +86,8 @@ static void transpose_experts(char *dst, const char *src, int64_t E, int64_t R, 
 static nmlx_status stack_experts(qm_state *s, const nmlx_weights *ws, const nmlx_tensor *t,
                                  const char *at, bool *done) {
     const char *num = at + strlen(".experts."), *rest = num;
-    while (*rest >= '0' && *rest <= '9') rest++;
+    while (*rest >= '0' && *rest <= '9')
+        rest++;
     *done = rest > num && *rest == '.';
     if (!*done) return NMLX_OK;
     size_t plen = (size_t)(at - t->name);
@@ -107,7 +108,8 @@ static nmlx_status stack_experts(qm_state *s, const nmlx_weights *ws, const nmlx
         const nmlx_tensor *x = nmlx_weights_find(ws, key);
         if (!x) break;
         bool same = x->dtype == t->dtype && x->ndim == t->ndim;
-        for (int d = 0; same && d < t->ndim; d++) same = x->shape[d] == t->shape[d];
+        for (int d = 0; same && d < t->ndim; d++)
+            same = x->shape[d] == t->shape[d];
         if (!same)
             return nmlx_fail(NMLX_ERR_FORMAT,
                              "tensor '%s': dtype or shape differs from '%s' (experts are stacked)",
@@ -115,7 +117,8 @@ static nmlx_status stack_experts(qm_state *s, const nmlx_weights *ws, const nmlx
     }
     size_t per = nmlx_tensor_nbytes(t);
     char *buf = nmlx_malloc(per * (size_t)E + 1);
-    if (!buf) return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory stacking '%s'", s->label, t->name);
+    if (!buf)
+        return nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory stacking '%s'", s->label, t->name);
     for (int64_t e = 0; e < E; e++) {
         snprintf(key, sizeof key, "%.*s.experts.%lld%s", (int)plen, t->name, (long long)e, rest);
         memcpy(buf + per * (size_t)e, nmlx_weights_find(ws, key)->data, per);
@@ -216,7 +219,8 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
         if (at) TRY(split_gpt_oss(&s, t, &done));
         if (at && !done) TRY(stack_experts(&s, ws, t, at, &done));
         moe = moe || at || strstr(t->name, ".switch_mlp.");
-        if (!done) TRY(qm_push(&s, t->name, strlen(t->name), t->dtype, t->ndim, t->shape, t->data, NULL));
+        if (!done)
+            TRY(qm_push(&s, t->name, strlen(t->name), t->dtype, t->ndim, t->shape, t->data, NULL));
     }
     /* 2. quantize every Linear / Embedding (2-D) and SwitchLinear (3-D
      * `switch_mlp` / `experts`) weight whose input width divides into groups */
@@ -239,7 +243,8 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
             memcpy(it.shape, t->shape, sizeof it.shape);
             if (odt != t->dtype) { /* float tensor in another dtype */
                 size_t cnt = 1;
-                for (int d = 0; d < t->ndim; d++) cnt *= (size_t)t->shape[d];
+                for (int d = 0; d < t->ndim; d++)
+                    cnt *= (size_t)t->shape[d];
                 float *f = nmlx_malloc(cnt * sizeof(float) + 1);
                 void *o = nmlx_malloc(cnt * nmlx_dtype_size(odt) + 1);
                 owned[n_owned++] = o;
@@ -254,7 +259,8 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
             continue;
         }
         int64_t C = t->shape[t->ndim - 1], R = 1, W = nmlx_quant_row_words(C, tb), G = C / tgs;
-        for (int d = 0; d < t->ndim - 1; d++) R *= t->shape[d];
+        for (int d = 0; d < t->ndim - 1; d++)
+            R *= t->shape[d];
         size_t ses = nmlx_dtype_size(odt);
         uint32_t *q = nmlx_malloc((size_t)(R * W) * 4);
         char *sc = nmlx_malloc((size_t)(R * G) * ses), *bi = nmlx_malloc((size_t)(R * G) * ses);
@@ -296,7 +302,8 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
     }
     TRY(nmlx_st_write_fd(fd, label, items, n_items));
 cleanup:
-    for (size_t i = 0; s.t && i < s.n; i++) nmlx_free(s.t[i].name), nmlx_free(s.t[i].buf);
+    for (size_t i = 0; s.t && i < s.n; i++)
+        nmlx_free(s.t[i].name), nmlx_free(s.t[i].buf);
     for (size_t i = 0; owned && i < n_owned; i++) nmlx_free(owned[i]);
     for (size_t i = 0; names && i < n_names; i++) nmlx_free(names[i]);
     nmlx_free(s.t);

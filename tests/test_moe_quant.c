@@ -46,12 +46,14 @@ static void add(ckpt *c, const char *name, nmlx_dtype dt, int ndim, const int64_
     it->name = strcpy(keep(c, strlen(name) + 1), name);
     it->dtype = dt;
     it->ndim = ndim;
-    for (int i = 0; i < ndim; i++) it->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        it->shape[i] = shape[i];
     it->data = data;
 }
 
 static void free_ckpt(ckpt *c) {
-    for (size_t i = 0; i < c->nkeep; i++) free(c->keep[i]);
+    for (size_t i = 0; i < c->nkeep; i++)
+        free(c->keep[i]);
     c->nkeep = c->n = 0;
 }
 
@@ -111,7 +113,8 @@ static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
     json_t *ids = json_object_get(exp, "prompt_ids");
     size_t n = json_array_size(ids);
     int32_t *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (int32_t)json_integer_value(json_array_get(ids, i));
+    for (size_t i = 0; i < n; i++)
+        p[i] = (int32_t)json_integer_value(json_array_get(ids, i));
     json_decref(exp);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
@@ -165,7 +168,8 @@ static const double fp4_mag[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
  * and one E8M0 byte; deq[32] receives the decoded values. */
 static void mxfp4_block(const float *w, uint8_t *codes, uint8_t *scale, float *deq) {
     double amax = 0;
-    for (int j = 0; j < 32; j++) amax = fmax(amax, fabs(w[j]));
+    for (int j = 0; j < 32; j++)
+        amax = fmax(amax, fabs(w[j]));
     int e = amax > 0 ? (int)floor(log2(amax)) - 2 : 0;
     *scale = (uint8_t)(e + 127);
     memset(codes, 0, 16);
@@ -187,8 +191,8 @@ enum { PAD_I = 32 };
 /* Per layer: logical expert matrices (rows = outputs) after padding. */
 typedef struct {
     int64_t E, D, I;
-    float *gu, *gub;   /* [E, 2*PAD_I, D] (gate/up rows interleaved), [E, 2*PAD_I] */
-    float *dn;         /* [E, D, PAD_I] */
+    float *gu, *gub; /* [E, 2*PAD_I, D] (gate/up rows interleaved), [E, 2*PAD_I] */
+    float *dn;       /* [E, D, PAD_I] */
     const nmlx_tensor *dnb;
     uint8_t *gu_q, *gu_s, *dn_q, *dn_s; /* blocks [.., 16] and scales per 32 */
     float *gu_deq, *dn_deq;
@@ -196,7 +200,8 @@ typedef struct {
 
 static void quantize_rows(const float *w, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s,
                           float *deq) {
-    for (int64_t b = 0; b < rows * cols / 32; b++) mxfp4_block(w + b * 32, q + b * 16, s + b, deq + b * 32);
+    for (int64_t b = 0; b < rows * cols / 32; b++)
+        mxfp4_block(w + b * 32, q + b * 16, s + b, deq + b * 32);
 }
 
 static void oss_layer_build(oss_layer *L, const nmlx_weights *ws, int layer) {
@@ -217,7 +222,8 @@ static void oss_layer_build(oss_layer *L, const nmlx_weights *ws, int layer) {
     const float *g = gu->data, *gb = gub->data, *d = dn->data;
     for (int64_t e = 0; e < E; e++) {
         for (int64_t o = 0; o < 2 * I; o++) { /* padded rows stay 0: gate 0 makes a unit inert */
-            for (int64_t x = 0; x < D; x++) L->gu[(e * R + o) * D + x] = g[(e * D + x) * 2 * I + o];
+            for (int64_t x = 0; x < D; x++)
+                L->gu[(e * R + o) * D + x] = g[(e * D + x) * 2 * I + o];
             L->gub[e * R + o] = gb[e * 2 * I + o];
         }
         for (int64_t x = 0; x < D; x++)
@@ -233,7 +239,8 @@ static void oss_layer_build(oss_layer *L, const nmlx_weights *ws, int layer) {
 
 static void oss_layer_free(oss_layer *L) {
     void *p[] = {L->gu, L->gub, L->dn, L->gu_q, L->gu_s, L->dn_q, L->dn_s, L->gu_deq, L->dn_deq};
-    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++)
+        free(p[i]);
 }
 
 typedef enum { OSS_HF_BLOCKS, OSS_MLX, OSS_F32_DEQ, OSS_F32_PADDED } oss_kind;
@@ -257,7 +264,8 @@ static void oss_add_experts(ckpt *c, const oss_layer *L, int l, oss_kind kind) {
         const char *bn[2] = {"gate_proj.bias", "up_proj.bias"};
         int64_t ws[3] = {E, PAD_I, D / 8}, ss[3] = {E, PAD_I, D / 32}, bs[2] = {E, PAD_I};
         for (int h = 0; h < 2; h++) {
-            uint8_t *q = keep(c, (size_t)(E * PAD_I * D / 2)), *s = keep(c, (size_t)(E * PAD_I * D / 32));
+            uint8_t *q = keep(c, (size_t)(E * PAD_I * D / 2)),
+                    *s = keep(c, (size_t)(E * PAD_I * D / 32));
             float *b = keep(c, (size_t)(E * PAD_I) * 4);
             for (int64_t r = 0; r < E * PAD_I; r++) {
                 memcpy(q + r * D / 2, L->gu_q + (2 * r + h) * D / 2, (size_t)D / 2);
@@ -281,7 +289,8 @@ static void oss_add_experts(ckpt *c, const oss_layer *L, int l, oss_kind kind) {
         float *g = keep(c, (size_t)(E * D * R) * 4), *d = keep(c, (size_t)(E * PAD_I * D) * 4);
         for (int64_t e = 0; e < E; e++)
             for (int64_t x = 0; x < D; x++) {
-                for (int64_t o = 0; o < R; o++) g[(e * D + x) * R + o] = gsrc[(e * R + o) * D + x];
+                for (int64_t o = 0; o < R; o++)
+                    g[(e * D + x) * R + o] = gsrc[(e * R + o) * D + x];
                 for (int64_t h = 0; h < PAD_I; h++)
                     d[(e * PAD_I + h) * D + x] = dsrc[(e * D + x) * PAD_I + h];
             }
@@ -315,7 +324,8 @@ static bool oss_write(const char *fixture, const char *dir, oss_kind kind, int c
         }
     }
     for (size_t i = 0; corrupt && i < c.n; i++) {
-        if (corrupt == 1 && !strcmp(c.items[i].name, "model.layers.1.mlp.experts.gate_up_proj_scales"))
+        if (corrupt == 1 &&
+            !strcmp(c.items[i].name, "model.layers.1.mlp.experts.gate_up_proj_scales"))
             c.items[i].shape[2] = 2, c.items[i].data = keep(&c, 4096);
         if (corrupt == 2 && !strcmp(c.items[i].name, "model.layers.0.mlp.experts.down_proj_blocks"))
             c.items[i].dtype = NMLX_DT_F32, c.items[i].shape[3] = 4;
@@ -334,7 +344,8 @@ static bool oss_write(const char *fixture, const char *dir, oss_kind kind, int c
     }
     bool ok = write_ckpt(&c, fixture, dir, edit);
     json_decref(edit);
-    for (int i = 0; i < nl; i++) oss_layer_free(&L[i]);
+    for (int i = 0; i < nl; i++)
+        oss_layer_free(&L[i]);
     free_ckpt(&c);
     nmlx_weights_close(ws);
     return ok;
@@ -371,7 +382,8 @@ static void test_gpt_oss_mxfp4(const char *tmp) {
         EXPECT(r_pad <= 1e-4, "padding the experts is inert: %g", r_pad);
         free(ref);
     }
-    for (int k = 0; k < 4; k++) free(o[k].logits);
+    for (int k = 0; k < 4; k++)
+        free(o[k].logits);
 
     /* bad blocks name the tensor */
     const char *want[3] = {NULL, "model.layers.1.mlp.experts.gate_up_proj_scales",
@@ -401,9 +413,9 @@ static void test_hf_config(const char *tmp) {
     nmlx_quant_config qc;
     EXPECT(nmlx_quant_config_load(path, &qc) == NMLX_OK, "hf mxfp4 config: %s", nmlx_last_error());
     nmlx_quant_params p;
-    const char *mods[6] = {"model.layers.3.self_attn.q_proj", "model.layers.12.mlp.router",
-                           "lm_head", "model.layers.3.mlp.experts", "model.layers.3.mlp.routerx",
-                           "model.layers.self_attn"};
+    const char *mods[6] = {
+        "model.layers.3.self_attn.q_proj", "model.layers.12.mlp.router", "lm_head",
+        "model.layers.3.mlp.experts",      "model.layers.3.mlp.routerx", "model.layers.self_attn"};
     int want[6] = {0, 0, 0, -1, -1, -1};
     for (int i = 0; i < 6; i++)
         EXPECT(nmlx_quant_config_module(&qc, mods[i], &p) == want[i], "module %s -> %d", mods[i],
@@ -428,19 +440,23 @@ static void test_hf_config(const char *tmp) {
 static void affine_group(const float *w, int gs, int bits, unsigned *codes, float *scale,
                          float *bias) {
     float lo = w[0], hi = w[0], n = (float)((1 << bits) - 1);
-    for (int j = 1; j < gs; j++) lo = fminf(lo, w[j]), hi = fmaxf(hi, w[j]);
+    for (int j = 1; j < gs; j++)
+        lo = fminf(lo, w[j]), hi = fmaxf(hi, w[j]);
     float s = fmaxf((hi - lo) / n, 1e-7f), edge = hi, b = 0;
-    if (fabsf(lo) > fabsf(hi)) edge = lo;
-    else s = -s;
+    if (fabsf(lo) > fabsf(hi))
+        edge = lo;
+    else
+        s = -s;
     float q0 = nearbyintf(edge / s);
     if (q0 != 0) s = edge / q0, b = edge;
-    for (int j = 0; j < gs; j++) codes[j] = (unsigned)fminf(fmaxf(nearbyintf((w[j] - b) / s), 0), n);
+    for (int j = 0; j < gs; j++)
+        codes[j] = (unsigned)fminf(fmaxf(nearbyintf((w[j] - b) / s), 0), n);
     *scale = s, *bias = b;
 }
 
 /* Compares converted weight/scales/biases of [R, C] rows `src` byte for byte. */
-static bool same_as_naive(const nmlx_weights *ws, const char *module, const float *src,
-                          int64_t R, int64_t C, int bits, int gs) {
+static bool same_as_naive(const nmlx_weights *ws, const char *module, const float *src, int64_t R,
+                          int64_t C, int bits, int gs) {
     char k[300];
     snprintf(k, sizeof k, "%s.weight", module);
     const nmlx_tensor *w = nmlx_weights_find(ws, k);
@@ -460,9 +476,11 @@ static bool same_as_naive(const nmlx_weights *ws, const char *module, const floa
             affine_group(src + r * C + g * gs, gs, bits, codes, &sc, &bi);
             /* codes use the f32 scale/bias; the stored ones are rounded after */
             if (s->dtype == NMLX_DT_BF16)
-                sc = nmlx_bf16_to_f32(nmlx_f32_to_bf16(sc)), bi = nmlx_bf16_to_f32(nmlx_f32_to_bf16(bi));
+                sc = nmlx_bf16_to_f32(nmlx_f32_to_bf16(sc)),
+                bi = nmlx_bf16_to_f32(nmlx_f32_to_bf16(bi));
             else if (s->dtype == NMLX_DT_F16)
-                sc = nmlx_f16_to_f32(nmlx_f32_to_f16(sc)), bi = nmlx_f16_to_f32(nmlx_f32_to_f16(bi));
+                sc = nmlx_f16_to_f32(nmlx_f32_to_f16(sc)),
+                bi = nmlx_f16_to_f32(nmlx_f32_to_f16(bi));
             ok = ok && nmlx_load_f32(s->dtype, s->data, (size_t)(r * G + g)) == sc &&
                  nmlx_load_f32(b->dtype, b->data, (size_t)(r * G + g)) == bi;
             for (int j = 0; j < gs; j++) { /* row bit stream, element k at bit k*bits */
@@ -487,7 +505,8 @@ static bool write_dequantized(const char *dir, const char *out) {
     for (size_t i = 0; i < nmlx_weights_count(ws); i++) {
         const nmlx_tensor *t = nmlx_weights_at(ws, i);
         size_t len = strlen(t->name);
-        if (len > 7 && (!strcmp(t->name + len - 7, ".scales") || !strcmp(t->name + len - 7, ".biases")))
+        if (len > 7 &&
+            (!strcmp(t->name + len - 7, ".scales") || !strcmp(t->name + len - 7, ".biases")))
             continue;
         snprintf(k, sizeof k, "%.*s.scales", (int)(len - 7), t->name);
         const nmlx_tensor *s = len > 7 ? nmlx_weights_find(ws, k) : NULL;
@@ -498,7 +517,8 @@ static bool write_dequantized(const char *dir, const char *out) {
         snprintf(k, sizeof k, "%.*s.biases", (int)(len - 7), t->name);
         const nmlx_tensor *b = nmlx_weights_find(ws, k);
         int64_t G = s->shape[s->ndim - 1], words = t->shape[t->ndim - 1], R = 1;
-        for (int d = 0; d < t->ndim - 1; d++) R *= t->shape[d];
+        for (int d = 0; d < t->ndim - 1; d++)
+            R *= t->shape[d];
         int64_t C = G * 32, bits = words * 32 / C; /* group 32 */
         float *w = keep(&c, (size_t)(R * C) * 4);
         const uint8_t *q = t->data;
@@ -506,7 +526,8 @@ static bool write_dequantized(const char *dir, const char *out) {
             for (int64_t x = 0; x < C; x++) {
                 uint64_t bit = (uint64_t)(r * C + x) * (uint64_t)bits;
                 unsigned code = 0;
-                for (int j = 0; j < bits; j++, bit++) code |= (unsigned)(q[bit / 8] >> (bit % 8) & 1) << j;
+                for (int j = 0; j < bits; j++, bit++)
+                    code |= (unsigned)(q[bit / 8] >> (bit % 8) & 1) << j;
                 w[r * C + x] = ((const float *)s->data)[r * G + x / 32] * (float)code +
                                ((const float *)b->data)[r * G + x / 32];
             }
@@ -572,7 +593,8 @@ static void test_convert(const char *name, const char *tmp, int bits) {
                 for (int64_t e = 0; e < E; e++) {
                     snprintf(k, sizeof k, "model.layers.%d.mlp.experts.%lld.%s.weight", l,
                              (long long)e, proj[p]);
-                    memcpy(dst[p] + e * I * D, nmlx_weights_find(src, k)->data, (size_t)(I * D) * 4);
+                    memcpy(dst[p] + e * I * D, nmlx_weights_find(src, k)->data,
+                           (size_t)(I * D) * 4);
                 }
         }
         snprintf(k, sizeof k, "model.layers.%d.mlp.%s.gate_proj", l, stack);
@@ -599,7 +621,8 @@ static void test_convert(const char *name, const char *tmp, int bits) {
             t = nmlx_weights_find(ws, k);
             snprintf(k, sizeof k, "model.layers.%d.mlp.experts.gate_up_proj_bias", l);
             const float *gb = nmlx_weights_find(src, k)->data;
-            ok = ok && t && t->ndim == 2 && t->shape[1] == I && ((const float *)t->data)[1] == gb[2];
+            ok =
+                ok && t && t->ndim == 2 && t->shape[1] == I && ((const float *)t->data)[1] == gb[2];
         }
         free(gate), free(up), free(down);
     }
@@ -615,29 +638,33 @@ static void test_convert(const char *name, const char *tmp, int bits) {
     json_t *q = json_object_get(cfg, "quantization");
     EXPECT(json_integer_value(json_object_get(q, "bits")) == bits &&
                json_integer_value(json_object_get(q, "group_size")) == 32 &&
-               json_object_size(q) == 3 && json_equal(q, json_object_get(cfg, "quantization_config")),
+               json_object_size(q) == 3 &&
+               json_equal(q, json_object_get(cfg, "quantization_config")),
            "%s config quantization", name);
     json_decref(cfg);
 
     run_out conv, qol, f32, deq;
     snprintf(path, sizeof path, "%s_deq", out);
-    ok = write_dequantized(out, path) && run(path, fixture, 0, &deq) && run(out, fixture, 0, &conv) &&
-         run(fixture, fixture, bits, &qol) && run(fixture, fixture, 0, &f32);
+    ok = write_dequantized(out, path) && run(path, fixture, 0, &deq) &&
+         run(out, fixture, 0, &conv) && run(fixture, fixture, bits, &qol) &&
+         run(fixture, fixture, 0, &f32);
     EXPECT(ok, "%s %d-bit runs", name, bits);
     if (ok) {
         size_t n = conv.rows * conv.V;
-        double r_q = ratio_vs(conv.logits, qol.logits, n), r_f = ratio_vs(conv.logits, f32.logits, n);
+        double r_q = ratio_vs(conv.logits, qol.logits, n),
+               r_f = ratio_vs(conv.logits, f32.logits, n);
         double r_d = ratio_vs(conv.logits, deq.logits, n);
         int agree = 0;
         for (size_t r = 0; r < conv.rows; r++)
-            agree += argmax(conv.logits + r * conv.V, conv.V) == argmax(f32.logits + r * f32.V, f32.V);
+            agree +=
+                argmax(conv.logits + r * conv.V, conv.V) == argmax(f32.logits + r * f32.V, f32.V);
         printf("  %-10s %d-bit g32: convert vs quantize-on-load %.3g, vs f32 on the dequantized "
                "weights %.3g (argmax %s), vs float %.3g (argmax agrees at %d/%zu positions)\n",
                name, bits, r_q, r_d, same_argmax(&conv, &deq) ? "equal" : "DIFFERS", r_f, agree,
                conv.rows);
         EXPECT(r_q == 0 && same_argmax(&conv, &qol), "%s: convert == quantize-on-load", name);
-        EXPECT(r_d <= 1e-5 && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name,
-               bits, r_d);
+        EXPECT(r_d <= 1e-5 && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name, bits,
+               r_d);
         /* random-weight fixtures are far from robust to 4 bits: the dense
          * qwen3 / llama3_tied fixtures give 0.40 / 0.42 at 4-bit g32 too */
         EXPECT(r_f <= (bits == 8 ? 0.03 : 0.6), "%s %d-bit close to float: %g", name, bits, r_f);
@@ -686,7 +713,9 @@ static void test_convert_bytes(const char *tmp) {
                 }
                 free(w);
             }
-            if (!this_ok) fprintf(stderr, "  %s %d-bit g%d differs: %s\n", fx[f], bits[b], gs, nmlx_last_error());
+            if (!this_ok)
+                fprintf(stderr, "  %s %d-bit g%d differs: %s\n", fx[f], bits[b], gs,
+                        nmlx_last_error());
             ok = ok && this_ok;
             n_checked += quantized;
             nmlx_weights_close(src);
@@ -703,10 +732,12 @@ static void test_router_override(const char *tmp) {
     char path[600];
     snprintf(path, sizeof path, "%s/router.safetensors", tmp);
     float *w = malloc(64 * 64 * 4);
-    for (int i = 0; i < 64 * 64; i++) w[i] = test_randf(-1, 1);
-    nmlx_st_item it[3] = {{"model.layers.0.mlp.gate.weight", NMLX_DT_F32, 2, {4, 64}, w},
-                          {"model.layers.0.mlp.experts.0.up_proj.weight", NMLX_DT_F32, 2, {8, 64}, w},
-                          {"model.layers.0.mlp.experts.1.up_proj.weight", NMLX_DT_F32, 2, {8, 64}, w}};
+    for (int i = 0; i < 64 * 64; i++)
+        w[i] = test_randf(-1, 1);
+    nmlx_st_item it[3] = {
+        {"model.layers.0.mlp.gate.weight", NMLX_DT_F32, 2, {4, 64}, w},
+        {"model.layers.0.mlp.experts.0.up_proj.weight", NMLX_DT_F32, 2, {8, 64}, w},
+        {"model.layers.0.mlp.experts.1.up_proj.weight", NMLX_DT_F32, 2, {8, 64}, w}};
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     bool ok = fd >= 0 && nmlx_st_write_fd(fd, path, it, 3) == NMLX_OK;
     close(fd);
@@ -722,8 +753,10 @@ static void test_router_override(const char *tmp) {
     ok = ok && nmlx_weights_open_file(out, &q) == NMLX_OK;
     const nmlx_tensor *rw = ok ? nmlx_weights_find(q, "model.layers.0.mlp.gate.weight") : NULL;
     const nmlx_tensor *rsc = ok ? nmlx_weights_find(q, "model.layers.0.mlp.gate.scales") : NULL;
-    const nmlx_tensor *ew = ok ? nmlx_weights_find(q, "model.layers.0.mlp.switch_mlp.up_proj.weight") : NULL;
-    json_t *want = json_pack("{s:{s:i,s:i}}", "model.layers.0.mlp.gate", "group_size", 64, "bits", 8);
+    const nmlx_tensor *ew =
+        ok ? nmlx_weights_find(q, "model.layers.0.mlp.switch_mlp.up_proj.weight") : NULL;
+    json_t *want =
+        json_pack("{s:{s:i,s:i}}", "model.layers.0.mlp.gate", "group_size", 64, "bits", 8);
     EXPECT(ok && rw && rsc && ew && rw->shape[1] == 16 && rsc->shape[1] == 1 && ew->ndim == 3 &&
                ew->shape[0] == 2 && ew->shape[2] == 8 && json_equal(ov, want),
            "router 8-bit g64 override, experts stacked 4-bit");

@@ -202,19 +202,20 @@ static nmlx_status get_u8(const nmlx_weights *ws, const char *name, int ndim, co
     nmlx_status st = nmlx_weights_get(ws, name, ndim, shape, out);
     if (st) return st;
     if ((*out)->dtype != NMLX_DT_U8)
-        return nmlx_fail(NMLX_ERR_FORMAT, "tensor '%s': MXFP4 blocks and scales must be U8 (got %s)",
-                         name, nmlx_dtype_name((*out)->dtype));
+        return nmlx_fail(NMLX_ERR_FORMAT,
+                         "tensor '%s': MXFP4 blocks and scales must be U8 (got %s)", name,
+                         nmlx_dtype_name((*out)->dtype));
     return NMLX_OK;
 }
 
 static nmlx_weight mxfp4_weight(void *q, void *scales, int64_t rows, int64_t cols,
                                 const char *name) {
-    nmlx_weight w = {.mode = NMLX_QUANT_MXFP4, .bits = 4, .group_size = 32, .rows = rows,
-                     .cols = cols};
-    w.w = (nmlx_tensor){.dtype = NMLX_DT_U32, .ndim = 2, .shape = {rows, cols / 8}, .data = q,
-                        .name = name};
-    w.scales = (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {rows, cols / 32},
-                             .data = scales, .name = name};
+    nmlx_weight w = {
+        .mode = NMLX_QUANT_MXFP4, .bits = 4, .group_size = 32, .rows = rows, .cols = cols};
+    w.w = (nmlx_tensor){
+        .dtype = NMLX_DT_U32, .ndim = 2, .shape = {rows, cols / 8}, .data = q, .name = name};
+    w.scales = (nmlx_tensor){
+        .dtype = NMLX_DT_U8, .ndim = 2, .shape = {rows, cols / 32}, .data = scales, .name = name};
     return w;
 }
 
@@ -285,13 +286,15 @@ static nmlx_status load_gpt_oss_mxfp4(nmlx_switch_glu *g, void **owned, const nm
             gl[half]->w[e] = mxfp4_weight(dev + off_q[half] + r0 * qrow,
                                           dev + off_s[half] + r0 * srow, H, D, gk);
             if (gub)
-                gl[half]->bias[e] = (nmlx_tensor){.dtype = gub->dtype, .ndim = 1, .shape = {H},
+                gl[half]->bias[e] = (nmlx_tensor){.dtype = gub->dtype,
+                                                  .ndim = 1,
+                                                  .shape = {H},
                                                   .data = dev + off_b[half] + r0 * es,
                                                   .name = gbk};
         }
-        g->down.w[e] = mxfp4_weight((uint8_t *)dn->data + (size_t)(e * D) * (size_t)(H / 2),
-                                    (uint8_t *)dns->data + (size_t)(e * D) * (size_t)(H / 32), D,
-                                    H, dk);
+        g->down.w[e] =
+            mxfp4_weight((uint8_t *)dn->data + (size_t)(e * D) * (size_t)(H / 2),
+                         (uint8_t *)dns->data + (size_t)(e * D) * (size_t)(H / 32), D, H, dk);
         if (dnb) g->down.bias[e] = expert_slice(dnb, e);
     }
     *owned = dev;

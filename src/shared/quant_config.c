@@ -127,8 +127,8 @@ int nmlx_quant_config_module(const nmlx_quant_config *qc, const char *module,
     if (!qc->present) return -1;
     size_t i;
     const json_t *pat;
-    json_array_foreach(json_object_get(qc->json, "modules_to_not_convert"), i, pat)
-        if (covers(json_string_value(pat), module)) return 0;
+    json_array_foreach(json_object_get(qc->json, "modules_to_not_convert"), i,
+                       pat) if (covers(json_string_value(pat), module)) return 0;
     const json_t *v = json_object_get(qc->json, module);
     if (!v) return -1;
     if (json_is_false(v)) return 0;
