@@ -259,41 +259,48 @@ void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, in
  * keep 2*PT accumulators in registers, each FMA a broadcast x[t, k] times
  * 16 rows, so nothing is reduced horizontally (the panel, 32 KiB, stays
  * in L1/L2 while all tokens pass). */
-enum { PR = 32, PK = 256, PT = 12 }; /* PK: a multiple of every group size */
+#ifndef NMLX_QPANEL_NV
+#define NMLX_QPANEL_NV 2
+#endif
+enum { NV = NMLX_QPANEL_NV, PR = 16 * NV, PK = 256, PT = 24 / NV }; /* PK: a multiple of every group size */
 
 AVX512_INLINE void panel_tile(int M, const float *x, int64_t xs, const float *p, int64_t nk,
-                              float *y, int64_t ys, __mmask16 m0, __mmask16 m1) {
-    __m512 a[12][2];
+                              float *y, int64_t ys, const __mmask16 *m) {
+    __m512 a[PT][NV];
 #pragma GCC unroll 12
-    for (int t = 0; t < M; t++) a[t][0] = _mm512_setzero_ps(), a[t][1] = a[t][0];
+    for (int t = 0; t < M; t++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) a[t][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nk; k++) {
-        __m512 w0 = _mm512_load_ps(p + k * PR), w1 = _mm512_load_ps(p + k * PR + 16);
+        __m512 wv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) wv[v] = _mm512_load_ps(p + k * PR + 16 * v);
 #pragma GCC unroll 12
         for (int t = 0; t < M; t++) {
             __m512 xb = _mm512_set1_ps(x[t * xs + k]);
-            a[t][0] = _mm512_fmadd_ps(xb, w0, a[t][0]);
-            a[t][1] = _mm512_fmadd_ps(xb, w1, a[t][1]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) a[t][v] = _mm512_fmadd_ps(xb, wv[v], a[t][v]);
         }
     }
 #pragma GCC unroll 12
-    for (int t = 0; t < M; t++) {
-        float *yt = y + t * ys;
-        _mm512_mask_storeu_ps(yt, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yt), a[t][0]));
-        _mm512_mask_storeu_ps(yt + 16, m1,
-                              _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yt + 16), a[t][1]));
-    }
+    for (int t = 0; t < M; t++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            float *yt = y + t * ys + 16 * v;
+            _mm512_mask_storeu_ps(yt, m[v], _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt), a[t][v]));
+        }
 }
 
 typedef void (*panel_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t,
-                         __mmask16, __mmask16);
+                         const __mmask16 *);
 #define PANEL_FN(M)                                                                            \
     static void panel_##M(const float *x, int64_t xs, const float *p, int64_t nk, float *y,    \
-                          int64_t ys, __mmask16 m0, __mmask16 m1) {                            \
-        panel_tile(M, x, xs, p, nk, y, ys, m0, m1);                                            \
+                          int64_t ys, const __mmask16 *m) {                                    \
+        panel_tile(M < PT ? M : PT, x, xs, p, nk, y, ys, m);                                   \
     }
 PANEL_FN(1) PANEL_FN(2) PANEL_FN(3) PANEL_FN(4) PANEL_FN(5) PANEL_FN(6)
 PANEL_FN(7) PANEL_FN(8) PANEL_FN(9) PANEL_FN(10) PANEL_FN(11) PANEL_FN(12)
-static const panel_fn panel_fns[PT > 12 ? PT : 12] = {panel_1, panel_2, panel_3, panel_4,  panel_5,  panel_6,
+static const panel_fn panel_fns[12] = {panel_1, panel_2, panel_3, panel_4,  panel_5,  panel_6,
                                        panel_7, panel_8, panel_9, panel_10, panel_11, panel_12};
 
 /* dst[0..nk) = W[row, k0..k0+nk) for fast_weight() weights; k0 and nk are
@@ -373,6 +380,18 @@ static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int
     }
 }
 
+static void prefetch_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk) {
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4, G = w->cols / w->group_size;
+    const size_t ses = nmlx_dtype_size(w->scales.dtype);
+    for (int r = 0; r < nr; r++) {
+        const char *q = (const char *)w->w.data + (r0 + r) * row_bytes + k0 * w->bits / 8;
+        for (int64_t o = 0; o < nk * w->bits / 8; o += 64) _mm_prefetch(q + o, _MM_HINT_T0);
+        size_t gi = (size_t)((r0 + r) * G + k0 / w->group_size) * ses;
+        _mm_prefetch((const char *)w->scales.data + gi, _MM_HINT_T0);
+        if (w->mode == NMLX_QUANT_AFFINE) _mm_prefetch((const char *)w->biases.data + gi, _MM_HINT_T0);
+    }
+}
+
 static void quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                          int64_t d1) {
     const int64_t N = w->cols, D = w->rows;
@@ -384,13 +403,20 @@ static void quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t
     for (int64_t t = 0; t < T; t++) memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
     for (int64_t r0 = d0; r0 < d1; r0 += PR) {
         const int nr = d1 - r0 < PR ? (int)(d1 - r0) : PR;
-        const __mmask16 m0 = first_n(nr), m1 = first_n(nr > 16 ? nr - 16 : 0);
+        __mmask16 m[NV];
+        for (int v = 0; v < NV; v++) m[v] = first_n(nr > 16 * v ? nr - 16 * v : 0);
         for (int64_t k0 = 0; k0 < N; k0 += PK) {
             const int64_t nk = N - k0 < PK ? N - k0 : PK;
             fill_panel(w, r0, nr, k0, nk, lut, panel);
+            /* the next panel's packed rows and scales come from DRAM: ask now */
+            if (k0 + PK < N)
+                prefetch_panel(w, r0, nr, k0 + PK, N - k0 - PK < PK ? N - k0 - PK : PK);
+            else if (r0 + PR < d1)
+                prefetch_panel(w, r0 + PR, d1 - r0 - PR < PR ? (int)(d1 - r0 - PR) : PR, 0,
+                               N < PK ? N : PK);
             for (int64_t t = 0; t < T; t += PT) {
                 const int64_t M = T - t < PT ? T - t : PT;
-                panel_fns[M - 1](x + t * N + k0, N, panel, nk, y + t * D + r0, D, m0, m1);
+                panel_fns[M - 1](x + t * N + k0, N, panel, nk, y + t * D + r0, D, m);
             }
         }
     }
