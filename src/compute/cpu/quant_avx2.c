@@ -1,14 +1,16 @@
-/* AVX2+FMA quantized kernels (MLX affine, docs/quantization.md); the
+/* AVX2+FMA quantized kernels (MLX affine, MXFP4; docs/quantization.md); the
  * portable reference is nmlx_quant_dequant_row + the portable matmul.
  *
  * Mat-vec (decode), W (D, N) packed @ x (N,) -> y (D,), rows [d0, d1):
  *   y[d] = sum_g s[d,g] * (q[d,g,:] . x[g,:]) + b[d,g] * sum(x[g,:])
  * so the packed row is read once and never widened to memory; sum(x) per
- * group is computed once per call. Bits 2/4/8 unpack in registers (shift +
- * mask, or byte widening); 3/5/6 and MXFP4 widen one group at a time on the
- * stack (still no whole-matrix dequantization).
+ * group is computed once per call. Bits 4/8 and MXFP4 (matvec_planar): four
+ * rows per pass on x reordered into the nibbles' even/odd order; bits 2
+ * unpack 8 codes per shift+mask; 3/5/6 widen one group at a time on the
+ * stack (still no whole-matrix dequantization). The avx512 set has its own
+ * mat-vec and prefill for 4/8-bit and MXFP4 (quant_avx512.c).
  * Row dequantization (prefill): W[row, k0:k0+n] -> f32 for the blocked
- * mat-mat in matmul_avx2.c / matmul_avx512.c. */
+ * mat-mat in matmul_avx2.c (and quant_avx512.c's panels for other widths). */
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/simd_avx2.h"
 #include "compute/quant.h"
