@@ -205,21 +205,25 @@ int main(void) {
             /* odd row counts; N = gs * odd (several CK/KB blocks for big ones) */
             test_matmul(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt, 37, gss[g] * 5, 1);
             test_matmul(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt, 19, gss[g] * 3, 5);
+            test_matmul(NMLX_QUANT_AFFINE, bits[b], gss[g], sdt, 35, gss[g] * 3, 17);
         }
     test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 21, 64 * 77, 1); /* N > CK */
     test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 13, 32 * 35, 6);
     /* the SIMD paths' blocking: 4-row mat-vec blocks with a remainder, the
+     * few-token path (T < 16: per-token mat-vec over row blocks), the
      * prefill's 32-row x 256-column panels (partial last panel, several
-     * column blocks) and 12-token tiles (one full, one partial), for every
-     * scale dtype on the planar widths (4, 8 bits) */
+     * column blocks) and 12-token tiles (full and partial), for every scale
+     * dtype on the planar widths (4, 8 bits) */
     for (int b = 4; b <= 8; b += 4)
         for (int g = 0; g < 3; g++)
             for (int si = 0; si < 3; si++) {
                 test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 70, gss[g] * 7, 1);
                 test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 13);
+                test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 31);
             }
     test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 9, 32 * 131, 1); /* N > CK, 8 bits */
-    test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F16, 33, 128 * 35, 3); /* N > CK prefill */
+    test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F16, 33, 128 * 35, 3); /* N > CK, few tokens */
+    test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 130, 64 * 9, 16); /* rows > 2 blocks */
     test_roundtrip(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 23, 32 * 9, 1);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 17, 32 * 5, 4);
