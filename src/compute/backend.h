@@ -63,7 +63,9 @@ typedef struct nmlx_backend_ops {
      * dtype and shape whose data the backend can read (the CPU: t itself;
      * CUDA: a device copy, owned by the backend and freed with it; tensors
      * that lie inside an already prepared one share its copy). Fails with
-     * NMLX_ERR_UNSUPPORTED for a dtype the backend cannot compute with. */
+     * NMLX_ERR_UNSUPPORTED for a dtype the backend cannot compute with.
+     * t's host memory must stay mapped while the backend lives (CUDA keys
+     * its copies by host address). */
     nmlx_status (*prepare_tensor)(nmlx_backend *be, const nmlx_tensor *t,
                                   const nmlx_tensor **out);
     /* Optional (NULL on the CPU): frees the backend's own state before

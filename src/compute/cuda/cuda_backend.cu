@@ -5,10 +5,11 @@
  * loaders refuse those families on a device backend. */
 #include "compute/cuda/cuda_internal.h"
 
+#include <stdint.h>
 #include <string.h>
 
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = (cuda_impl *)be->impl;
     if (e != cudaSuccess && c->first_error == cudaSuccess) c->first_error = e;
 }
 
@@ -29,10 +30,54 @@ static void cuda_free_buf(nmlx_backend *be, void *ptr) {
     cudaFree(ptr);
 }
 
+__global__ void copy_batch_kernel(cuda_copy_batch b) {
+    char *d = b.dst[blockIdx.x];
+    const char *s = b.src[blockIdx.x];
+    unsigned int n = b.bytes[blockIdx.x];
+    if ((((uintptr_t)d | (uintptr_t)s | n) & 15u) == 0) {
+        for (unsigned int i = threadIdx.x; i < n / 16; i += blockDim.x)
+            ((uint4 *)d)[i] = ((const uint4 *)s)[i];
+    } else {
+        for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
+    }
+}
+
+void nmlx_cuda_flush(nmlx_backend *be) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (!c->copies.n) return;
+    copy_batch_kernel<<<(unsigned)c->copies.n, 128, 0, c->stream>>>(c->copies);
+    c->copies.n = 0;
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+static bool overlaps(const char *a, size_t an, const char *b, size_t bn) {
+    return a < b + bn && b < a + an;
+}
+
+/* Queued when small and independent of the queued ones (a copy that reads
+ * or writes what a queued one writes, or writes what it reads, flushes
+ * first: the batch runs its copies in parallel). */
 static void cuda_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
-    nmlx_cuda_note(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
-                                       cuda_of(be)->stream));
+    cuda_impl *c = (cuda_impl *)be->impl;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (bytes > (1u << 20) || overlaps(d, bytes, s, bytes)) {
+        nmlx_cuda_flush(be);
+        nmlx_cuda_note(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    cuda_copy_batch *b = &c->copies;
+    for (int i = 0; i < b->n; i++)
+        if (overlaps(d, bytes, b->dst[i], b->bytes[i]) || overlaps(s, bytes, b->dst[i], b->bytes[i]) ||
+            overlaps(d, bytes, b->src[i], b->bytes[i])) {
+            nmlx_cuda_flush(be);
+            break;
+        }
+    if (b->n == COPY_BATCH) nmlx_cuda_flush(be);
+    b->dst[b->n] = (char *)dst;
+    b->src[b->n] = s;
+    b->bytes[b->n] = (unsigned int)bytes;
+    b->n++;
 }
 
 /* Host memory may be reused as soon as upload returns: wait for the copy. */

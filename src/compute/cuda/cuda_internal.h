@@ -22,6 +22,17 @@ typedef struct cuda_region {
     bool owned; /* false: a view inside another region's copy */
 } cuda_region;
 
+/* Small device-to-device copies (the KV cache appends one row per head and
+ * token) are queued and run as one launch: COPY_BATCH copies per kernel,
+ * passed by value as its parameter. */
+enum { COPY_BATCH = 96 };
+typedef struct cuda_copy_batch {
+    char *dst[COPY_BATCH];
+    const char *src[COPY_BATCH];
+    unsigned int bytes[COPY_BATCH];
+    int n;
+} cuda_copy_batch;
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t stream;
@@ -36,9 +47,20 @@ typedef struct cuda_impl {
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
     cudaError_t first_error; /* first failure of a void op, kept for tests */
+    cuda_copy_batch copies;  /* queued, not yet launched */
 } cuda_impl;
 
-static inline cuda_impl *cuda_of(nmlx_backend *be) { return (cuda_impl *)be->impl; }
+/* Launches the queued copies (every op, sync and download call this first,
+ * so queued copies keep their place in the stream order). */
+void nmlx_cuda_flush(nmlx_backend *be);
+
+/* The impl of a backend whose queued copies have been launched: every op
+ * takes its state through this. */
+static inline cuda_impl *cuda_of(nmlx_backend *be) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (c->copies.n) nmlx_cuda_flush(be);
+    return c;
+}
 
 /* Records the first error of a void op (ops cannot return one). */
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);

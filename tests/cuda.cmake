@@ -1,0 +1,15 @@
+# CUDA backend tests (tests/cuda/): built only with -DNMLX_CUDA=ON, labelled
+# "cuda"; each exits 77 (reported as skipped) when no GPU is usable, so a
+# CUDA build on a machine without a GPU still passes.
+if(NMLX_CUDA)
+  file(GLOB NMLX_CUDA_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/cuda/test_*.c)
+  foreach(src ${NMLX_CUDA_TESTS})
+    get_filename_component(name ${src} NAME_WE)
+    add_executable(${name} ${src})
+    target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR})
+    target_link_libraries(${name} PRIVATE nmlx PkgConfig::JANSSON)
+    add_test(NAME ${name} COMMAND ${name} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+      ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+  endforeach()
+endif()

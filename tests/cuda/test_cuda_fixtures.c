@@ -1,0 +1,226 @@
+/* Every fixture under tests/fixtures/ and tests/fixtures/holdout/ through the
+ * CUDA backend (device "cuda"), against transformers' logits:
+ *  - prefill (all rows) vs logits.bin and decode (one token at a time) vs
+ *    greedy_logits.bin: float32 max|diff| <= 1e-4 x max|ref|; bf16: argmax
+ *    equal at every row;
+ *  - greedy generation: the 16 greedy ids of expected.json exactly.
+ * Families the CUDA backend does not run yet must fail to load with
+ * NMLX_ERR_UNSUPPORTED; the dense standard families listed in MUST_RUN must
+ * load. Exits 77 (ctest: skipped) when no GPU is usable. */
+#define _POSIX_C_SOURCE 200809L
+
+#include "harness.h"
+#include "nmlx.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define F32_TOL 1e-4
+#define N_GREEDY 16
+
+static const char *const MUST_RUN[] = {"llama3_tied", "llama_untied_linear_bias", "mistral",
+                                       "mistral_window", "qwen2", "qwen3", "qwen3_bf16",
+                                       "llama_plain", NULL};
+
+static float *read_floats(const char *path, size_t count) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *v = malloc(count * sizeof(float) + 1);
+    size_t got = v ? fread(v, sizeof(float), count, f) : 0;
+    int extra = fgetc(f);
+    fclose(f);
+    if (got != count || extra != EOF) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+typedef struct {
+    double max_diff, max_ref;
+    long first_bad_argmax;
+} cmp_stats;
+
+static size_t argmax(const float *v, int32_t n) {
+    size_t b = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (v[i] > v[b]) b = (size_t)i;
+    return b;
+}
+
+static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref, int32_t V) {
+    for (int32_t i = 0; i < V; i++) {
+        double d = fabs((double)got[i] - ref[i]), r = fabs((double)ref[i]);
+        if (!(d <= c->max_diff)) c->max_diff = d; /* NaN counts as failure */
+        if (r > c->max_ref) c->max_ref = r;
+    }
+    if (c->first_bad_argmax < 0 && argmax(got, V) != argmax(ref, V)) c->first_bad_argmax = (long)row;
+}
+
+static int collect(void *user, int32_t id, const char *text, size_t len) {
+    (void)text;
+    (void)len;
+    int32_t *ids = user;
+    for (int i = 0; i < N_GREEDY; i++)
+        if (ids[i] < 0) {
+            ids[i] = id;
+            break;
+        }
+    return 0;
+}
+
+static bool must_run(const char *name) {
+    for (size_t i = 0; MUST_RUN[i]; i++)
+        if (!strcmp(MUST_RUN[i], name)) return true;
+    return false;
+}
+
+static int n_run, n_refused;
+
+static void check(const char *dir, const char *name) {
+    char path[4096], p[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(p, sizeof p, "%s/expected.json", path);
+    json_error_t err;
+    json_t *root = json_load_file(p, 0, &err);
+    if (!root) return; /* not a fixture folder */
+    json_t *prompt = json_object_get(root, "prompt_ids"), *greedy = json_object_get(root, "greedy_ids");
+    const char *dtype = json_string_value(json_object_get(root, "dtype"));
+    int32_t V = (int32_t)json_integer_value(json_object_get(root, "vocab_size"));
+    size_t T = json_array_size(prompt);
+    bool bf16 = dtype && !strcmp(dtype, "bfloat16");
+    int32_t *ids = malloc((T + 1) * sizeof *ids), want[N_GREEDY];
+    for (size_t i = 0; i < T; i++) ids[i] = (int32_t)json_integer_value(json_array_get(prompt, i));
+    for (int i = 0; i < N_GREEDY; i++)
+        want[i] = (int32_t)json_integer_value(json_array_get(greedy, (size_t)i));
+    json_decref(root);
+    snprintf(p, sizeof p, "%s/logits.bin", path);
+    float *ref = read_floats(p, T * (size_t)V);
+    snprintf(p, sizeof p, "%s/greedy_logits.bin", path);
+    float *gref = read_floats(p, N_GREEDY * (size_t)V);
+
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.no_tokenizer = 1;
+    mp.device = "cuda";
+    nmlx_model *m = NULL;
+    nmlx_session *s = NULL;
+    nmlx_status st = nmlx_model_load(path, &mp, &m);
+    if (st == NMLX_ERR_UNSUPPORTED && !must_run(name)) {
+        printf("%-36s refused on cuda (ok): %s\n", path, nmlx_last_error());
+        n_refused++;
+        EXPECT(strlen(nmlx_last_error()) > 10, "%s: refusal without a message", path);
+        goto done;
+    }
+    EXPECT(st == NMLX_OK, "%s: load on cuda failed: %s", path, nmlx_last_error());
+    EXPECT(ref != NULL, "%s: logits.bin missing or of the wrong size", path);
+    if (st != NMLX_OK || !ref) goto done;
+    n_run++;
+
+    cmp_stats pre = {0, 0, -1}, dec = {0, 0, -1};
+    st = nmlx_session_create(m, NULL, &s);
+    if (st == NMLX_OK) st = nmlx_session_eval(s, ids, T, 1);
+    EXPECT(st == NMLX_OK, "%s: prefill: %s", path, nmlx_last_error());
+    if (st == NMLX_OK) {
+        size_t rows = 0;
+        const float *all = nmlx_session_all_logits(s, &rows);
+        EXPECT(all && rows == T, "%s: %zu logit rows", path, rows);
+        for (size_t t = 0; all && t < rows && t < T; t++)
+            cmp_row(&pre, t, all + t * V, ref + t * V, V);
+    }
+    if (gref && st == NMLX_OK) {
+        nmlx_session_reset(s);
+        st = nmlx_session_eval(s, ids, T, 0);
+        for (int i = 0; i < N_GREEDY && st == NMLX_OK; i++) {
+            cmp_row(&dec, (size_t)i, nmlx_session_logits(s), gref + (size_t)i * V, V);
+            st = nmlx_session_eval(s, &want[i], 1, 0);
+        }
+        EXPECT(st == NMLX_OK, "%s: decode: %s", path, nmlx_last_error());
+    }
+    nmlx_session_free(s);
+    s = NULL;
+
+    int32_t got[N_GREEDY];
+    for (int i = 0; i < N_GREEDY; i++) got[i] = -1;
+    st = nmlx_session_create(m, NULL, &s);
+    if (st == NMLX_OK) {
+        nmlx_generate_params gp = nmlx_generate_default_params();
+        gp.sampler = nmlx_sampler_default_params();
+        gp.sampler.temperature = 0.0f;
+        gp.max_tokens = N_GREEDY;
+        gp.ignore_eos = 1;
+        gp.on_token = collect;
+        gp.user = got;
+        nmlx_generate_result res;
+        st = nmlx_generate(s, ids, T, &gp, &res);
+    }
+    EXPECT(st == NMLX_OK, "%s: generate: %s", path, nmlx_last_error());
+    bool greedy_ok = memcmp(got, want, sizeof got) == 0;
+    EXPECT(greedy_ok, "%s: greedy ids differ from transformers", path);
+
+    double rp = pre.max_ref > 0 ? pre.max_diff / pre.max_ref : 0;
+    double rd = dec.max_ref > 0 ? dec.max_diff / dec.max_ref : 0;
+    if (bf16) {
+        EXPECT(pre.first_bad_argmax < 0 && dec.first_bad_argmax < 0,
+               "%s: bf16 argmax differs (prefill row %ld, decode step %ld)", path,
+               pre.first_bad_argmax, dec.first_bad_argmax);
+    } else {
+        EXPECT(rp <= F32_TOL, "%s: prefill max|diff|/max|ref| = %.3e > %.0e", path, rp, F32_TOL);
+        EXPECT(!gref || rd <= F32_TOL, "%s: decode max|diff|/max|ref| = %.3e > %.0e", path, rd,
+               F32_TOL);
+    }
+    printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s\n", path,
+           bf16 ? "bf16" : "f32", rp, pre.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", rd,
+           dec.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", greedy_ok ? "ok" : "MISMATCH");
+done:
+    nmlx_session_free(s);
+    nmlx_model_free(m);
+    free(ids);
+    free(ref);
+    free(gref);
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void run_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char *names[256];
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 256)
+        if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
+    closedir(d);
+    qsort(names, n, sizeof names[0], cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        check(dir, names[i]);
+        free(names[i]);
+    }
+}
+
+int main(void) {
+    /* a 1-token load probes for a GPU: no GPU here means skip, not fail */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/qwen3", test_src_dir());
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.no_tokenizer = 1;
+    mp.device = "cuda";
+    nmlx_model *m = NULL;
+    if (nmlx_model_load(dir, &mp, &m) == NMLX_ERR_UNSUPPORTED &&
+        strstr(nmlx_last_error(), "device 'cuda")) {
+        printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
+        return 77;
+    }
+    nmlx_model_free(m);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
+    run_dir(dir);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/holdout", test_src_dir());
+    run_dir(dir);
+    printf("%d fixtures ran on cuda, %d refused as unsupported\n", n_run, n_refused);
+    EXPECT(n_run >= 8, "only %d fixtures ran on cuda", n_run);
+    return test_summary();
+}

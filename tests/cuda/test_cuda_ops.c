@@ -1,0 +1,307 @@
+/* Every CUDA op against the CPU op (the reference) on random inputs, odd
+ * sizes included: matmul (F32/F16/BF16, T = 1 mat-vec and T > 1 cuBLAS, bias,
+ * unaligned widths, row views of a prepared tensor), embed, rmsnorm, rope,
+ * attention (GQA, sliding window, softcap, sinks, several key tiles), act_mul,
+ * act, add, scale, softmax, copy/upload/download. Prints the worst relative
+ * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+#include "compute/cuda/cuda_backend.h"
+#include "harness.h"
+
+#include <string.h>
+
+static nmlx_backend *cpu, *gpu;
+
+/* Host weights stay allocated until the end: the CUDA backend keys its
+ * prepared copies by host address (as weights stay mapped in a model). */
+static void *kept[256];
+static int n_kept;
+static void *keep(void *p) {
+    if (n_kept < 256) kept[n_kept++] = p;
+    return p;
+}
+
+/* device copy of host floats */
+static float *dev_of(const float *h, size_t n) {
+    float *d = gpu->ops->alloc(gpu, n * sizeof(float));
+    gpu->ops->upload(gpu, d, h, n * sizeof(float));
+    return d;
+}
+
+static float *rand_floats(size_t n, float lo, float hi) {
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = test_randf(lo, hi);
+    return v;
+}
+
+/* max|got - ref| / max(max|ref|, tiny); downloads got from the device */
+static double rel_err(const float *dev, const float *ref, size_t n) {
+    float *got = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) got[i] = NAN; /* poison: every element must be written */
+    gpu->ops->download(gpu, got, dev, n * sizeof(float));
+    double md = 0, mr = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
+    }
+    free(got);
+    return md / mr;
+}
+
+static void check_ok(const char *what) {
+    nmlx_status st = nmlx_backend_cuda_check(gpu);
+    EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
+}
+
+static double worst[16];
+static const char *op_names[16] = {"matmul", "embed", "rmsnorm", "rope", "attention", "act_mul",
+                                   "act", "add", "scale", "softmax", "copy", "matmul_view"};
+static void note(int op, double e) {
+    if (e > worst[op] || e != e) worst[op] = e;
+}
+
+/* host tensor of a float dtype from f32 values */
+static void *encode(nmlx_dtype dt, const float *v, size_t n) {
+    size_t es = nmlx_dtype_size(dt);
+    char *p = malloc(n * es);
+    for (size_t i = 0; i < n; i++) {
+        if (dt == NMLX_DT_F32) memcpy(p + i * 4, &v[i], 4);
+        else {
+            uint16_t h = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(v[i]) : nmlx_f32_to_f16(v[i]);
+            memcpy(p + i * 2, &h, 2);
+        }
+    }
+    return p;
+}
+
+static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bias) {
+    float *wv = rand_floats((size_t)(D * N), -1, 1), *x = rand_floats((size_t)(T * N), -1, 1);
+    float *bv = rand_floats((size_t)D, -1, 1);
+    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .name = "w"},
+                     .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+    w.w.data = encode(dt, wv, (size_t)(D * N));
+    nmlx_tensor b = {.dtype = dt, .ndim = 1, .shape = {D}, .name = "b"};
+    b.data = encode(dt, bv, (size_t)D);
+    float *yref = malloc((size_t)(T * D) * sizeof(float));
+    cpu->ops->matmul(cpu, &w, bias ? &b : NULL, x, yref, T);
+
+    const nmlx_tensor *pw = NULL, *pb = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w.w, &pw) == NMLX_OK, "prepare: %s", nmlx_last_error());
+    EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare: %s", nmlx_last_error());
+    nmlx_weight gw = w;
+    gw.w = *pw;
+    float *dx = dev_of(x, (size_t)(T * N));
+    float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
+    gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
+    check_ok("matmul");
+    double e = rel_err(dy, yref, (size_t)(T * D));
+    /* T > 1 with 16-bit weights rounds x to the weight's type (cuBLAS) */
+    double tol = T == 1 || dt == NMLX_DT_F32 ? 1e-5 : dt == NMLX_DT_BF16 ? 2e-2 : 3e-3;
+    EXPECT(e <= tol, "matmul %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
+           nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, bias, e, tol);
+    note(0, e);
+
+    /* a row view inside the prepared tensor shares its copy (fused qkv) */
+    if (D > 4) {
+        int64_t r0 = 3, n = D - 4;
+        nmlx_weight v = w;
+        v.w.data = (char *)w.w.data + (size_t)(r0 * N) * nmlx_dtype_size(dt);
+        v.w.shape[0] = n;
+        v.rows = n;
+        const nmlx_tensor *pv = NULL;
+        EXPECT(gpu->ops->prepare_tensor(gpu, &v.w, &pv) == NMLX_OK, "prepare view");
+        EXPECT(pv && (char *)pv->data == (char *)pw->data + (size_t)(r0 * N) * nmlx_dtype_size(dt),
+               "a view must share the prepared copy");
+        nmlx_weight gv = v;
+        gv.w = *pv;
+        cpu->ops->matmul(cpu, &v, NULL, x, yref, T);
+        gpu->ops->matmul(gpu, &gv, NULL, dx, dy, T);
+        e = rel_err(dy, yref, (size_t)(T * n));
+        EXPECT(e <= tol, "matmul view %s T=%lld: %.2e", nmlx_dtype_name(dt), (long long)T, e);
+        note(11, e);
+    }
+    gpu->ops->free(gpu, dx);
+    gpu->ops->free(gpu, dy);
+    keep(w.w.data), keep(b.data);
+    free(wv), free(x), free(bv), free(yref);
+}
+
+static void test_embed(nmlx_dtype dt) {
+    int64_t V = 97, D = 75, T = 9;
+    float *tv = rand_floats((size_t)(V * D), -2, 2);
+    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {V, D}, .name = "emb"},
+                     .mode = NMLX_QUANT_NONE, .rows = V, .cols = D};
+    w.w.data = encode(dt, tv, (size_t)(V * D));
+    int32_t ids[9] = {0, 96, 5, 5, 40, -1, 97, 13, 2}; /* two out of range: zero rows */
+    float *ref = malloc((size_t)(T * D) * sizeof(float));
+    cpu->ops->embed(cpu, &w, ids, T, 1.7f, ref);
+    const nmlx_tensor *p = NULL;
+    gpu->ops->prepare_tensor(gpu, &w.w, &p);
+    nmlx_weight g = w;
+    g.w = *p;
+    float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
+    gpu->ops->embed(gpu, &g, ids, T, 1.7f, dy);
+    check_ok("embed");
+    double e = rel_err(dy, ref, (size_t)(T * D));
+    EXPECT(e <= 1e-6, "embed %s: %.2e", nmlx_dtype_name(dt), e);
+    note(1, e);
+    gpu->ops->free(gpu, dy);
+    keep(w.w.data);
+    free(tv), free(ref);
+}
+
+static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
+    float *x = rand_floats((size_t)(R * D), -3, 3), *wv = rand_floats((size_t)D, -1, 1);
+    nmlx_tensor w = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "norm"};
+    w.data = encode(NMLX_DT_BF16, wv, (size_t)D);
+    float *ref = malloc((size_t)(R * D) * sizeof(float));
+    cpu->ops->rmsnorm(cpu, x, weight ? &w : NULL, off, 1e-6f, ref, R, D);
+    const nmlx_tensor *p = NULL;
+    gpu->ops->prepare_tensor(gpu, &w, &p);
+    float *dx = dev_of(x, (size_t)(R * D));
+    gpu->ops->rmsnorm(gpu, dx, weight ? p : NULL, off, 1e-6f, dx, R, D); /* in place */
+    check_ok("rmsnorm");
+    double e = rel_err(dx, ref, (size_t)(R * D));
+    EXPECT(e <= 1e-6, "rmsnorm R=%lld D=%lld: %.2e", (long long)R, (long long)D, e);
+    note(2, e);
+    gpu->ops->free(gpu, dx);
+    keep(w.data);
+    free(x), free(wv), free(ref);
+}
+
+static void test_rope(int64_t T, int64_t H, int64_t HD, int64_t rot, int64_t pos0) {
+    size_t n = (size_t)(T * H * HD);
+    float *x = rand_floats(n, -2, 2), *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++) fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    float *ref = malloc(n * sizeof(float));
+    memcpy(ref, x, n * sizeof(float));
+    cpu->ops->rope(cpu, ref, T, H, HD, rot, pos0, fr, 1.1f);
+    float *dx = dev_of(x, n), *dfr = dev_of(fr, (size_t)(rot / 2));
+    gpu->ops->rope(gpu, dx, T, H, HD, rot, pos0, dfr, 1.1f);
+    check_ok("rope");
+    double e = rel_err(dx, ref, n);
+    EXPECT(e <= 1e-6, "rope T=%lld HD=%lld rot=%lld pos0=%lld: %.2e", (long long)T,
+           (long long)HD, (long long)rot, (long long)pos0, e);
+    note(3, e);
+    gpu->ops->free(gpu, dx);
+    gpu->ops->free(gpu, dfr);
+    free(x), free(fr), free(ref);
+}
+
+static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
+                           int64_t q_pos, int64_t window, float softcap, bool sinks) {
+    int64_t n_kv = q_pos + T;
+    size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
+    float *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1), *v = rand_floats(nk, -1, 1);
+    float *sk = rand_floats((size_t)H, -1, 2);
+    float *ref = malloc(nq * sizeof(float)), *scratch = malloc((size_t)(cpu->n_threads * n_kv) * 4);
+    nmlx_attn_args a = {.q = q, .k = k, .v = v, .out = ref, .T = T, .H = H, .KVH = KVH, .HD = HD,
+                        .cap = cap, .q_pos = q_pos, .n_kv = n_kv, .scale = 1.0f / sqrtf((float)HD),
+                        .window = window, .softcap = softcap, .sinks = sinks ? sk : NULL,
+                        .scratch = scratch};
+    cpu->ops->attention(cpu, &a);
+    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk), *ds = dev_of(sk, (size_t)H);
+    float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
+    nmlx_attn_args g = a;
+    g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
+    gpu->ops->attention(gpu, &g);
+    check_ok("attention");
+    double e = rel_err(dout, ref, nq);
+    EXPECT(e <= 1e-5, "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d: %.2e",
+           (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
+           (long long)window, softcap, sinks, e);
+    note(4, e);
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
+    gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
+    free(q), free(k), free(v), free(sk), free(ref), free(scratch);
+}
+
+static void test_elementwise(int64_t n) {
+    float *a = rand_floats((size_t)n, -4, 4), *b = rand_floats((size_t)n, -4, 4);
+    float *ref = malloc((size_t)n * sizeof(float));
+    float *da = dev_of(a, (size_t)n), *db = dev_of(b, (size_t)n);
+    float *dout = gpu->ops->alloc(gpu, (size_t)n * sizeof(float));
+    for (int act = 0; act < 3; act++) {
+        cpu->ops->act_mul(cpu, (nmlx_act)act, a, b, ref, n);
+        gpu->ops->act_mul(gpu, (nmlx_act)act, da, db, dout, n);
+        double e = rel_err(dout, ref, (size_t)n);
+        EXPECT(e <= 1e-6, "act_mul %d n=%lld: %.2e", act, (long long)n, e);
+        note(5, e);
+        memcpy(ref, a, (size_t)n * sizeof(float));
+        cpu->ops->act(cpu, (nmlx_act)act, ref, n);
+        gpu->ops->copy(gpu, dout, da, (size_t)n * sizeof(float));
+        gpu->ops->act(gpu, (nmlx_act)act, dout, n);
+        e = rel_err(dout, ref, (size_t)n);
+        EXPECT(e <= 1e-6, "act %d n=%lld: %.2e", act, (long long)n, e);
+        note(6, e);
+    }
+    cpu->ops->add(cpu, a, b, ref, n);
+    gpu->ops->add(gpu, da, db, dout, n);
+    note(7, rel_err(dout, ref, (size_t)n));
+    EXPECT(worst[7] <= 1e-7, "add n=%lld", (long long)n);
+    memcpy(ref, a, (size_t)n * sizeof(float));
+    cpu->ops->scale(cpu, ref, -0.37f, n);
+    gpu->ops->copy(gpu, dout, da, (size_t)n * sizeof(float));
+    gpu->ops->scale(gpu, dout, -0.37f, n);
+    note(8, rel_err(dout, ref, (size_t)n));
+    EXPECT(worst[8] <= 1e-7, "scale n=%lld", (long long)n);
+    note(10, rel_err(da, a, (size_t)n)); /* upload/download round trip */
+    EXPECT(worst[10] == 0, "upload/download n=%lld", (long long)n);
+    check_ok("elementwise");
+    gpu->ops->free(gpu, da), gpu->ops->free(gpu, db), gpu->ops->free(gpu, dout);
+    free(a), free(b), free(ref);
+}
+
+static void test_softmax(int64_t R, int64_t n) {
+    float *x = rand_floats((size_t)(R * n), -8, 8), *ref = malloc((size_t)(R * n) * sizeof(float));
+    memcpy(ref, x, (size_t)(R * n) * sizeof(float));
+    cpu->ops->softmax(cpu, ref, R, n);
+    float *dx = dev_of(x, (size_t)(R * n));
+    gpu->ops->softmax(gpu, dx, R, n);
+    check_ok("softmax");
+    double e = rel_err(dx, ref, (size_t)(R * n));
+    EXPECT(e <= 1e-6, "softmax R=%lld n=%lld: %.2e", (long long)R, (long long)n, e);
+    note(9, e);
+    gpu->ops->free(gpu, dx);
+    free(x), free(ref);
+}
+
+int main(void) {
+    if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
+        printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
+        return 77;
+    }
+    /* the scalar reference kernels (SIMD ones use polynomial exp) */
+    EXPECT(nmlx_backend_cpu_create_isa(2, "portable", &cpu) == NMLX_OK, "cpu backend");
+    test_seed(20261122);
+    const nmlx_dtype dts[3] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
+    const int64_t shapes[][3] = {{1, 1, 8},   {1, 37, 33},  {1, 130, 264}, {1, 257, 1024},
+                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7}};
+    for (int d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
+    for (int d = 0; d < 3; d++) test_embed(dts[d]);
+    test_rmsnorm(1, 1024, true, 0.0f);
+    test_rmsnorm(7, 37, true, 1.0f);
+    test_rmsnorm(33, 128, false, 0.0f);
+    test_rope(1, 16, 128, 128, 4095);
+    test_rope(13, 5, 80, 40, 0); /* partial rotary */
+    test_rope(3, 2, 64, 64, 100000);
+    test_attention(1, 16, 8, 128, 256, 200, 0, 0, false);   /* decode, GQA, 4 tiles */
+    test_attention(7, 6, 2, 80, 20, 3, 0, 0, false);        /* prefill after 3 tokens */
+    test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
+    test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
+    test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    test_elementwise(1);
+    test_elementwise(1001);
+    test_elementwise(300007);
+    test_softmax(1, 151936);
+    test_softmax(9, 33);
+    for (int i = 0; i < 12; i++) printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
+    nmlx_backend_free(gpu);
+    nmlx_backend_free(cpu);
+    for (int i = 0; i < n_kept; i++) free(kept[i]);
+    return test_summary();
+}
