@@ -12,7 +12,8 @@
 nmlx_status nmlx_io_read_file(const char *path, size_t max_bytes, char **out, size_t *len) {
     nmlx_status st = NMLX_OK;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of the file fails below, never blocks */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     CHECK(fd >= 0, NMLX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     CHECK(fstat(fd, &sb) == 0, NMLX_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));

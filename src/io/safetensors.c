@@ -238,7 +238,8 @@ static nmlx_status add_file(nmlx_weights *w, const char *path) {
     size_t fi = w->n_files - 1;
     st_file *f = &w->files[fi];
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of the file fails below, never blocks */
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     CHECK(fd >= 0, NMLX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     CHECK(fstat(fd, &sb) == 0, NMLX_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));

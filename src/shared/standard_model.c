@@ -311,6 +311,14 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           (long long)m->head_dim);
     CHECK(m->n_layers <= 4096 && m->vocab <= (1 << 24), NMLX_ERR_FORMAT,
           "%s: num_hidden_layers or vocab_size out of range", nmlx_cfg_path(cfg));
+    /* sizes are checked against the weights later, but RoPE tables and
+     * buffers are sized from them first: bound them so a hostile config
+     * cannot ask for terabytes */
+    CHECK(m->hidden <= (1 << 20) && m->intermediate <= (1 << 22) && m->heads <= (1 << 16) &&
+              m->head_dim <= (1 << 16),
+          NMLX_ERR_FORMAT,
+          "%s: hidden_size, intermediate_size, num_attention_heads or head_dim out of range",
+          nmlx_cfg_path(cfg));
 
     double eps;
     bool tied, qkv_bias, o_bias, mlp_bias;
@@ -333,6 +341,9 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           nmlx_cfg_path(cfg));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
+    CHECK(rc->partial_rotary_factor > 0 && rc->partial_rotary_factor <= 1, NMLX_ERR_FORMAT,
+          "%s: partial_rotary_factor must be in (0, 1] (got %g)", nmlx_cfg_path(cfg),
+          rc->partial_rotary_factor);
     int64_t rot = (int64_t)((double)m->head_dim * rc->partial_rotary_factor);
     TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
 

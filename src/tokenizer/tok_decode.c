@@ -334,8 +334,12 @@ nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **
      * a non-byte token (or the flush) closes the run. */
     const nmlx_tokenizer *t = d->tok;
     uint8_t b;
-    if (t->has_byte_fallback_decoder && id >= 0 && id < t->n_ids && t->tok_len[id] != UINT32_MAX &&
-        byte_token(t->pool + t->tok_off[id], t->tok_len[id], &b))
+    /* An id the decode skips (out of range, no token, a special one when
+     * skipping them) adds no text and must not close a held byte run. */
+    if (id < 0 || id >= t->n_ids || t->tok_len[id] == UINT32_MAX ||
+        (d->skip_special && t->special[id]))
+        return NMLX_OK;
+    if (t->has_byte_fallback_decoder && byte_token(t->pool + t->tok_off[id], t->tok_len[id], &b))
         return NMLX_OK;
     if ((st = decode_into(d, d->n, &d->cur))) return st;
     if (d->cur.len <= d->prefix.len || ends_with_fffd(&d->cur)) return NMLX_OK;

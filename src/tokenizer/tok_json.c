@@ -248,17 +248,33 @@ static nmlx_status parse_value(parser *ps, uint32_t idx, int depth) {
         int nd = 0;
         while (q < ps->end && *q >= '0' && *q <= '9' && nd < 15)
             iv = iv * 10 + (*q++ - '0'), nd++;
-        if (nd > 0 &&
+        if (nd > 0 && !(nd > 1 && ps->p[c == '-'] == '0') &&
             (q >= ps->end || (*q != '.' && *q != 'e' && *q != 'E' && (*q < '0' || *q > '9')))) {
             n->type = TJ_NUMBER;
             n->num = (double)(c == '-' ? -iv : iv);
             ps->p = (char *)q;
             return NMLX_OK;
         }
+        /* JSON's grammar first (strtod also takes "nan", "inf", hex, "1."
+         * and leading zeros): -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+        const char *g = ps->p + (c == '-');
+        if (g >= ps->end || *g < '0' || *g > '9') return perr(ps, "bad number");
+        if (*g == '0' && g + 1 < ps->end && g[1] >= '0' && g[1] <= '9')
+            return perr(ps, "bad number (leading zero)");
+        while (g < ps->end && *g >= '0' && *g <= '9') g++;
+        if (g < ps->end && *g == '.') {
+            if (++g >= ps->end || *g < '0' || *g > '9') return perr(ps, "bad number");
+            while (g < ps->end && *g >= '0' && *g <= '9') g++;
+        }
+        if (g < ps->end && (*g == 'e' || *g == 'E')) {
+            if (++g < ps->end && (*g == '+' || *g == '-')) g++;
+            if (g >= ps->end || *g < '0' || *g > '9') return perr(ps, "bad number");
+            while (g < ps->end && *g >= '0' && *g <= '9') g++;
+        }
         /* the buffer is NUL-terminated, so strtod stops in time */
         char *endp;
         double v = strtod(ps->p, &endp);
-        if (endp == ps->p) return perr(ps, "bad number");
+        if (endp != g) return perr(ps, "bad number");
         n->type = TJ_NUMBER;
         n->num = v;
         ps->p = endp;

@@ -7,10 +7,18 @@
 #include "tok_json.h"
 #include "tokenizer_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Larger tokenizer.json files are not real (the largest known are ~35 MB);
+ * the parser's node indices are 32-bit. */
+enum { MAX_TOKENIZER_BYTES = 1024 * 1024 * 1024 };
 
 #define TJ "tokenizer.json"
 
@@ -23,33 +31,60 @@ typedef struct loader {
     nmlx_tokenizer *tok;
 } loader;
 
+/* Reads a whole regular file. O_NONBLOCK: a FIFO in place of the file must
+ * fail, not wait for a writer; directories and other non-files are refused
+ * (ftell on a directory gives nonsense sizes). */
 static nmlx_status read_file(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return nmlx_fail(NMLX_ERR_IO, "%s: cannot open", path);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return nmlx_fail(NMLX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     nmlx_status st = NMLX_OK;
     char *buf = NULL;
-    long sz;
-    if (fseek(f, 0, SEEK_END) || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
-        st = nmlx_fail(NMLX_ERR_IO, "%s: cannot read", path);
+    struct stat sb;
+    size_t got = 0, size;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = nmlx_fail(NMLX_ERR_IO, "%s: not a regular file", path);
         goto done;
     }
-    buf = nmlx_malloc((size_t)sz + 1);
+    if ((uint64_t)sb.st_size > MAX_TOKENIZER_BYTES) {
+        st = nmlx_fail(NMLX_ERR_FORMAT, "%s: file is too large (%lld bytes)", path,
+                       (long long)sb.st_size);
+        goto done;
+    }
+    size = (size_t)sb.st_size;
+    buf = nmlx_malloc(size + 1);
     if (!buf) {
         st = nmlx_fail(NMLX_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        st = nmlx_fail(NMLX_ERR_IO, "%s: cannot read", path);
-        free(buf);
-        buf = NULL;
-        goto done;
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            st = nmlx_fail(NMLX_ERR_IO, "%s: cannot read%s", path, r < 0 ? "" : " (file shrank)");
+            free(buf);
+            buf = NULL;
+            goto done;
+        }
+        got += (size_t)r;
     }
-    buf[sz] = '\0';
+    buf[size] = '\0';
     *out = buf;
-    *len = (size_t)sz;
+    *len = size;
 done:
-    fclose(f);
+    close(fd);
     return st;
+}
+
+enum { MAX_TOKEN_ID = 100000000 };
+
+/* A token id: an integral JSON number in [0, MAX_TOKEN_ID] (the reference
+ * reads ids as u32; NaN, fractions and huge values must not reach a cast). */
+static int node_id(const tj_node *n, int32_t *out) {
+    if (!n || n->type != TJ_NUMBER || !(n->num >= 0 && n->num <= MAX_TOKEN_ID)) return 0;
+    int32_t v = (int32_t)n->num;
+    if ((double)v != n->num) return 0;
+    *out = v;
+    return 1;
 }
 
 static const char *type_of(const tj_doc *d, const tj_node *n) {
@@ -290,8 +325,11 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
         dc.kind = DEC_STRIP;
         if ((st = load_char(d, n, "content", dc.rep, &dc.rep_len, "Strip decoder"))) return st;
         const tj_node *a = tj_get(d, n, "start"), *b = tj_get(d, n, "stop");
-        dc.start = a && a->type == TJ_NUMBER ? (int)a->num : 0;
-        dc.stop = b && b->type == TJ_NUMBER ? (int)b->num : 0;
+        int32_t va = 0, vb = 0;
+        if ((!tj_is_null(a) && !node_id(a, &va)) || (!tj_is_null(b) && !node_id(b, &vb)))
+            return nmlx_fail(NMLX_ERR_FORMAT, TJ ": Strip decoder 'start'/'stop' must be counts");
+        dc.start = va;
+        dc.stop = vb;
     } else if (!strcmp(type, "Replace")) {
         dc.kind = DEC_REPLACE;
         if ((st = load_pattern(d, n, &dc.pat, TJ ": Replace decoder"))) return st;
@@ -362,13 +400,14 @@ static nmlx_status load_template(loader *L, const tj_node *n) {
                              TJ ": TemplateProcessing special token '%s' is not defined",
                              name ? name : "?");
         for (const tj_node *e = tj_first(d, ids); e; e = tj_next(d, e)) {
-            if (e->type != TJ_NUMBER || (seen_a ? n_suf : n_pre) >= MAX_TEMPLATE_IDS)
+            int32_t v;
+            if (!node_id(e, &v) || (seen_a ? n_suf : n_pre) >= MAX_TEMPLATE_IDS)
                 return nmlx_fail(NMLX_ERR_FORMAT, TJ ": TemplateProcessing ids of '%s' are invalid",
                                  name);
             if (seen_a)
-                suf[n_suf++] = (int32_t)e->num;
+                suf[n_suf++] = v;
             else
-                pre[n_pre++] = (int32_t)e->num;
+                pre[n_pre++] = v;
         }
     }
     return wrap_ids(L->tok, pre, n_pre, suf, n_suf);
@@ -391,9 +430,9 @@ static nmlx_status load_post(loader *L, const tj_node *n, int depth) {
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         const tj_node *cls = tj_at(d, tj_get(d, n, "cls"), 1),
                       *sep = tj_at(d, tj_get(d, n, "sep"), 1);
-        if (!cls || !sep || cls->type != TJ_NUMBER || sep->type != TJ_NUMBER)
+        int32_t a, b;
+        if (!node_id(cls, &a) || !node_id(sep, &b))
             return nmlx_fail(NMLX_ERR_FORMAT, TJ ": %s needs 'cls' and 'sep' [token, id]", type);
-        int32_t a = (int32_t)cls->num, b = (int32_t)sep->num;
         return wrap_ids(L->tok, &a, 1, &b, 1);
     }
     return unsupported("post_processor", type);
@@ -541,17 +580,17 @@ static nmlx_status load_model(loader *L, const tj_node *model, tok_buf *pool) {
      * into it (the JSON document is freed after loading) */
     size_t total = 0;
     for (const tj_node *c = tj_first(d, vocab); c; c = tj_next(d, c)) {
-        if (c->type != TJ_NUMBER || c->num < 0 || c->num > 1e8)
+        int32_t id;
+        if (!node_id(c, &id))
             return nmlx_fail(NMLX_ERR_FORMAT, TJ ": vocab entry '%s' has no valid id", c->key);
         total += c->key_len + 1;
-        if ((int32_t)c->num + 1 > t->n_ids) t->n_ids = (int32_t)c->num + 1;
+        if (id + 1 > t->n_ids) t->n_ids = id + 1;
     }
     const tj_node *added = tj_get(d, tj_root(d), "added_tokens");
     for (const tj_node *c = added ? tj_first(d, added) : NULL; c; c = tj_next(d, c)) {
         const tj_node *idn = tj_get(d, c, "id"), *cn = tj_get(d, c, "content");
-        if (idn && idn->type == TJ_NUMBER && idn->num >= 0 && idn->num < 1e8 &&
-            idn->num + 1 > t->n_ids)
-            t->n_ids = (int32_t)idn->num + 1;
+        int32_t id;
+        if (node_id(idn, &id) && id + 1 > t->n_ids) t->n_ids = id + 1;
         if (cn && cn->type == TJ_STRING) total += cn->len + 1;
     }
     if ((st = tok_buf_reserve(pool, total + 1))) return st;
@@ -599,8 +638,9 @@ static nmlx_status load_added(loader *L, tok_buf *pool) {
     st = NMLX_OK;
     for (const tj_node *c = n ? tj_first(d, list) : NULL; c; c = tj_next(d, c)) {
         const tj_node *content = tj_get(d, c, "content"), *idn = tj_get(d, c, "id");
-        if (!content || content->type != TJ_STRING || !idn || idn->type != TJ_NUMBER) {
-            st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": added token without content or id");
+        int32_t id;
+        if (!content || content->type != TJ_STRING || !node_id(idn, &id)) {
+            st = nmlx_fail(NMLX_ERR_FORMAT, TJ ": added token without content or a valid id");
             goto done;
         }
         if (content->len == 0) continue; /* the reference ignores empty tokens */
@@ -612,7 +652,7 @@ static nmlx_status load_added(loader *L, tok_buf *pool) {
         a->normalized = tj_bool(d, c, "normalized", !a->special) == 1;
         /* an added token already in the model vocab keeps the model's id */
         int32_t vid = tok_map_get(&t->bpe.vocab, content->str, content->len);
-        a->id = vid >= 0 ? vid : (int32_t)idn->num;
+        a->id = vid >= 0 ? vid : id;
         if ((st = load_string(d, c, "content", &a->content, NULL, "added token"))) goto done;
         a->len = content->len;
         t->n_added++;
@@ -668,7 +708,9 @@ static void load_bos_eos(nmlx_tokenizer *t, const char *dir) {
         if (!path) return;
         snprintf(path, n, "%s/%s", dir, files[i]);
         json_error_t err;
-        json_t *cfg = json_load_file(path, 0, &err);
+        struct stat sb; /* optional files; a FIFO or folder would block or fail */
+        json_t *cfg = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? json_load_file(path, 0, &err)
+                                                                 : NULL;
         free(path);
         if (!cfg) continue; /* optional files */
         if (t->bos_id < 0) t->bos_id = config_token(t, cfg, "bos_token");
