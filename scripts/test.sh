@@ -11,7 +11,7 @@ echo "== release build: ctest"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 echo "== ASan + UBSan build: ctest"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNMLX_WERROR=ON -DNMLX_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNMLX_WERROR=ON -DNMLX_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs"
