@@ -108,6 +108,22 @@ expect_fail 1 run -m "$M" -p "hello" -n 2
 mk tok3; rm -f "$M/tokenizer.json"; mkfifo "$M/tokenizer.json"
 expect_fail 1 run -m "$M" -p "hello" -n 2
 
+# convert: a failure leaves neither the output folder nor a temporary one
+cv="$TMP/convert"; mkdir -p "$cv"
+for cut in 100 $((size / 2)); do
+    mk "cv-$cut"; replace model.safetensors
+    head -c "$cut" "$fx/model.safetensors" >"$M/model.safetensors"
+    expect_fail 1 convert -m "$M" -o "$cv/out"
+    check "convert of a truncated checkpoint leaves nothing in $cv" [ -z "$(ls -A "$cv")" ]
+done
+mk cv-cfg; replace config.json; printf '{"model_type": "qwen3", ' >"$M/config.json"
+expect_fail 1 convert -m "$M" -o "$cv/out"
+check "convert with a truncated config.json leaves nothing" [ -z "$(ls -A "$cv")" ]
+mkdir "$cv/out"; printf 'x' >"$cv/out/keep"
+expect_fail 1 convert -m "$fx" -o "$cv/out"
+check "convert onto an existing folder keeps it" [ "$(cat "$cv/out/keep")" = x ] && [ "$(ls -A "$cv")" = out ]
+rm -rf "$cv"
+
 # the model folder itself
 M="$TMP/nonexistent"; logits_fails "missing model folder"
 M="$fx/config.json"; logits_fails "model folder is a file"
