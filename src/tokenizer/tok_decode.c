@@ -336,7 +336,7 @@ nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **
     uint8_t b;
     /* An id the decode skips (out of range, no token, a special one when
      * skipping them) adds no text and must not close a held byte run. */
-    if (id < 0 || id >= t->n_ids || t->tok_len[id] == UINT32_MAX ||
+    if (t->stream_hold_all || id < 0 || id >= t->n_ids || t->tok_len[id] == UINT32_MAX ||
         (d->skip_special && t->special[id]))
         return NMLX_OK;
     if (t->has_byte_fallback_decoder && byte_token(t->pool + t->tok_off[id], t->tok_len[id], &b))

@@ -786,6 +786,9 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
         CHECK(t->pretoks[i].kind != PT_BYTELEVEL, NMLX_ERR_UNSUPPORTED,
               TJ ": a ByteLevel pre_tokenizer followed by other pre-tokenizers is not supported");
     TRY(load_decoder(&L, tj_get(d, tj_root(d), "decoder"), 0));
+    for (size_t i = 0; i < t->n_decs; i++)
+        if (t->decs[i].kind == DEC_STRIP && (t->decs[i].start > 1 || t->decs[i].stop > 0))
+            t->stream_hold_all = 1;
     TRY(load_post(&L, tj_get(d, tj_root(d), "post_processor"), 0));
     TRY(load_model(&L, tj_get(d, tj_root(d), "model"), &pool));
     if (t->n_pretoks && t->pretoks[t->n_pretoks - 1].kind == PT_BYTELEVEL) {

@@ -238,6 +238,10 @@ struct nmlx_tokenizer {
     size_t n_decs;
     int has_decoder;
     int has_byte_fallback_decoder;
+    /* A Strip decoder removing more than one leading or any trailing char
+     * makes a decode not extend the decode of its prefix: the streaming
+     * detokenizer then holds everything until the flush. */
+    int stream_hold_all;
     /* post-processor, compiled to prefix + A + suffix */
     int32_t *post_prefix, *post_suffix;
     size_t n_post_prefix, n_post_suffix;
