@@ -1,20 +1,24 @@
-/* AVX-512 quantized decode mat-vec (MLX affine 4/8-bit, MXFP4;
- * docs/quantization.md) for the avx512 kernel set; other widths use the
- * AVX2 kernels (quant_avx2.c). Reference: nmlx_quant_dequant_row + the
- * portable matmul. Compiled with -mavx512f/bw/vl/dq; called after cpuid.
+/* AVX-512 quantized matmul for the avx512 kernel set (MLX affine 4/8-bit,
+ * MXFP4; docs/quantization.md); other widths use the AVX2 kernels
+ * (quant_avx2.c). Reference: nmlx_quant_dequant_row + the portable matmul.
+ * Compiled with -mavx512f/bw/vl/dq; called after cpuid. All f32 arithmetic
+ * (no int8 activations): results match the dequantized reference to f32
+ * rounding (tests/test_quant_kernels.c).
  *
- * W (D, N) packed @ x (N,) -> y (D,), rows [d0, d1):
+ * Decode, W (D, N) packed @ x (N,) -> y (D,), rows [d0, d1):
  *   y[d] = sum_g s[d,g] * (q[d,g,:] . x[g,:])  +  sum_g b[d,g] * xsum[g]
  * xsum[g] = sum(x[g,:]) is computed once per call, so the bias half is one
- * short dot product per row and the scale one FMA per group: each weight
- * costs an unpack, a convert and one FMA, in f32 (exact to the reference's
- * rounding class, no int8 activations).
+ * short vector FMA per row and the scale one FMA per group: each weight
+ * costs an unpack, a convert and one FMA.
  * 4-bit: 16 bytes (32 codes) widen to 16 dword lanes; low nibbles are the
  * even elements, high nibbles the odd ones, so x is reordered once per call
  * into that even/odd ("planar") order. A 16-entry float table read by
  * vpermps (which looks at the low 4 bits of each lane only) turns codes into
  * floats without a mask: 0..15 for affine, the E2M1 values for MXFP4.
- * Four rows go together so each x load feeds four rows. */
+ * Four rows go together so each x load feeds four rows.
+ *
+ * Prefill (T >= FEW_TOKENS): dequantized k-major panels reused by register
+ * tiles of tokens (see below); fewer tokens: the mat-vec per token. */
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
 
