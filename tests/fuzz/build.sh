@@ -24,4 +24,19 @@ wait
 for h in tokenizer_load tokenize detokenize safetensors config; do
     $CC $CFLAGS -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$h.c" $objs $LIBS -o "$out/fuzz_$h"
 done
+# fuzz_model_config loads whole models: it needs every library source.
+mkdir -p "$out/objfull"
+full=""
+for src in $(find "$root/src" -name '*.c' ! -path '*/cuda/*' | sort); do
+    o="$out/objfull/$(echo "${src#$root/src/}" | tr / _ | sed 's/\.c$/.o/')"
+    isa=""
+    case "$src" in
+    *_avx2.c) isa="-mavx2 -mfma -mf16c" ;;
+    *_avx512.c) isa="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mavx2" ;;
+    esac
+    [ "$o" -nt "$src" ] || $CC $CFLAGS $isa -fsanitize=fuzzer-no-link -c "$src" -o "$o"
+    full="$full $o"
+done
+$CC $CFLAGS -fsanitize=fuzzer "$root/tests/fuzz/fuzz_model_config.c" $full $LIBS \
+    -o "$out/fuzz_model_config"
 echo "built in $out"
