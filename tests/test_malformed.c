@@ -987,6 +987,42 @@ static void test_config_files(void) {
                 free(txt);
                 json_decref(copy);
             }
+        /* RoPE settings that are typed right but absurd */
+        static const char *const ropes[] = {
+            "{\"rope_type\":\"yarn\",\"factor\":0}",
+            "{\"rope_type\":\"yarn\",\"factor\":4,\"beta_fast\":1,\"beta_slow\":1,"
+            "\"original_max_position_embeddings\":0}",
+            "{\"type\":\"llama3\",\"factor\":-1,\"low_freq_factor\":4,\"high_freq_factor\":1}",
+            "{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,"
+            "\"high_freq_factor\":1,\"original_max_position_embeddings\":0}",
+            "{\"rope_type\":\"longrope\",\"short_factor\":[1],\"long_factor\":[]}",
+            "{\"rope_type\":\"longrope\",\"short_factor\":[0,0,0,0,0,0,0,0],"
+            "\"long_factor\":[-1,-1,-1,-1,-1,-1,-1,-1]}",
+            "{\"rope_type\":\"linear\",\"factor\":1e-300}",
+            "{\"rope_type\":\"dynamic\",\"factor\":1e300}",
+            "{\"rope_type\":\"nonsense\"}",
+            "{\"rope_type\":\"\"}",
+            "{\"rope_type\":\"YARN\",\"factor\":1e308,\"mscale\":-1,\"mscale_all_dim\":1e308}",
+            "{\"rope_type\":\"default\",\"rope_theta\":-5}",
+            "{\"full_attention\":{\"rope_type\":\"linear\",\"factor\":2}}",
+            "{\"sliding_attention\":{}}",
+        };
+        for (size_t k = 0; root && k < sizeof ropes / sizeof ropes[0]; k++)
+            for (int where = 0; where < 2; where++) {
+                json_t *copy = json_deep_copy(root);
+                json_t *target = json_object_get(copy, "text_config");
+                if (!json_is_object(target)) target = copy;
+                json_object_del(target, "rope_scaling");
+                json_object_del(target, "rope_parameters");
+                json_object_set_new(target, where ? "rope_parameters" : "rope_scaling",
+                                    json_loads(ropes[k], 0, NULL));
+                json_object_set_new(target, "rope_theta", json_real(where ? 0.0 : 1e300));
+                char *txt = json_dumps(copy, JSON_COMPACT);
+                write_all(p, txt, strlen(txt));
+                (void)load_and_poke(dir);
+                free(txt);
+                json_decref(copy);
+            }
         json_decref(root);
         /* literals JSON does not have, duplicate keys, huge numbers, nesting */
         static const char *const lits[] = {"NaN", "Infinity", "-Infinity", "nan", "1e400",
