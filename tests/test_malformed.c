@@ -923,8 +923,9 @@ static void cfg_variant(const char *name, const char *json, size_t len, void *ct
 }
 
 static void test_config_files(void) {
-    static const char *const fixtures[] = {"qwen3", "gemma3_text", "phi3_longrope",
-                                           "ministral3_yarn", "mistral3_mm", "quant_llama_q4g64_f16"};
+    static const char *const fixtures[] = {"qwen3",           "gemma3_text", "phi3_longrope",
+                                           "ministral3_yarn", "mistral3_mm",
+                                           "quant_llama_q4g64_f16"};
     for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) {
         cur_fixture = fixtures[f];
         char *src = path_join(fixture_root, fixtures[f]);
@@ -972,9 +973,10 @@ static void test_config_files(void) {
             "rms_norm_eps", "rope_theta", "sliding_window", "partial_rotary_factor",
             "query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping",
             "sliding_window_pattern", "tie_word_embeddings", "eos_token_id", "bos_token_id"};
-        static const char *const absurd[] = {"0",    "-1",   "1",    "3",     "2147483648",
-                                             "1e18", "1e-300", "1e308", "-0.0", "9223372036854775807",
-                                             "[]",   "[0, -5, 99999999999]"};
+        static const char *const absurd[] = {"0",      "-1",    "1",    "3",
+                                             "2147483648",          "1e18",  "1e-300",
+                                             "1e308",  "-0.0",  "9223372036854775807",
+                                             "[]",     "[0, -5, 99999999999]"};
         for (size_t k = 0; root && k < sizeof keys / sizeof keys[0]; k++)
             for (size_t a = 0; a < sizeof absurd / sizeof absurd[0]; a++) {
                 json_t *copy = json_deep_copy(root);

@@ -86,7 +86,8 @@ static inline void fuzz_check_decode(const nmlx_tokenizer *tok, const int32_t *i
 
 /* Tokenizes text (with and without specials), decodes the ids, queries the
  * vocabulary at its edges. */
-static inline void fuzz_exercise_tokenizer(const nmlx_tokenizer *tok, const char *text, size_t len) {
+static inline void fuzz_exercise_tokenizer(const nmlx_tokenizer *tok, const char *text,
+                                           size_t len) {
     int32_t n_vocab = nmlx_tokenizer_vocab_size(tok);
     for (int add = 0; add < 2; add++) {
         int32_t *ids = NULL;
