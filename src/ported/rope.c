@@ -81,8 +81,8 @@ nmlx_status nmlx_rope_init(nmlx_rope *rope, nmlx_backend *be, int64_t dims,
     double *period = NULL;
     memset(rope, 0, sizeof *rope);
     const char *type = cfg->type[0] ? cfg->type : "default";
-    CHECK(dims > 0 && dims % 2 == 0, NMLX_ERR_FORMAT,
-          "rope: rotated dimension count %lld must be positive and even", (long long)dims);
+    CHECK(dims > 0 && dims % 2 == 0 && dims <= 65536, NMLX_ERR_FORMAT,
+          "rope: rotated dimension count %lld must be positive, even and <= 65536", (long long)dims);
     CHECK(cfg->theta > 0, NMLX_ERR_FORMAT, "rope: rope_theta must be positive (got %g)",
           cfg->theta);
     int64_t half = dims / 2;

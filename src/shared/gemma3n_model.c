@@ -93,6 +93,16 @@ cleanup:
 
 /* RoPE of sliding layers: rope_parameters.sliding_attention, else plain
  * RoPE with base rope_local_base_freq. */
+/* Rotated dims of a head: validates partial_rotary_factor before the cast. */
+static nmlx_status rotary_dims(const nmlx_cfg *cfg, int64_t head_dim, double factor,
+                               int64_t *out) {
+    if (!(factor > 0 && factor <= 1))
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1] (got %g)",
+                         nmlx_cfg_path(cfg), factor);
+    *out = (int64_t)((double)head_dim * factor);
+    return NMLX_OK;
+}
+
 static nmlx_status local_rope_init(const nmlx_cfg *cfg, const nmlx_g3n_def *def,
                                    nmlx_backend *be, int64_t head_dim, int64_t max_pos,
                                    nmlx_rope *rope) {
@@ -107,8 +117,9 @@ static nmlx_status local_rope_init(const nmlx_cfg *cfg, const nmlx_g3n_def *def,
         rc->partial_rotary_factor = 1.0;
         TRY(nmlx_cfg_float(cfg, "rope_local_base_freq", def->rope_local_theta, &rc->theta));
     }
-    TRY(nmlx_rope_init(rope, be, (int64_t)((double)head_dim * rc->partial_rotary_factor), rc,
-                       max_pos));
+    int64_t rot = 0;
+    TRY(rotary_dims(cfg, head_dim, rc->partial_rotary_factor, &rot));
+    TRY(nmlx_rope_init(rope, be, rot, rc, max_pos));
 cleanup:
     nmlx_free(rc);
     return st;
@@ -314,7 +325,9 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(positive_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
-    TRY(nmlx_rope_init(&m->rope, ctx->be, (int64_t)((double)m->head_dim * rc->partial_rotary_factor),
+    int64_t rot = 0;
+    TRY(rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
+    TRY(nmlx_rope_init(&m->rope, ctx->be, rot,
                        rc, max_pos));
     TRY(local_rope_init(cfg, def, ctx->be, m->head_dim, max_pos, &m->local_rope));
 
