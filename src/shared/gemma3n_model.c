@@ -1,5 +1,6 @@
 /* The Gemma 3n text model (see gemma3n_model.h). */
 #include "gemma3n_model.h"
+#include "rope_setup.h"
 
 #include "standard_model.h" /* nmlx_parse_activation */
 
@@ -88,40 +89,6 @@ static nmlx_status read_layer_types(const nmlx_cfg *cfg, const nmlx_g3n_def *def
     }
 cleanup:
     nmlx_free(types);
-    return st;
-}
-
-/* RoPE of sliding layers: rope_parameters.sliding_attention, else plain
- * RoPE with base rope_local_base_freq. */
-/* Rotated dims of a head: validates partial_rotary_factor before the cast. */
-static nmlx_status rotary_dims(const nmlx_cfg *cfg, int64_t head_dim, double factor,
-                               int64_t *out) {
-    if (!(factor > 0 && factor <= 1))
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1] (got %g)",
-                         nmlx_cfg_path(cfg), factor);
-    *out = (int64_t)((double)head_dim * factor);
-    return NMLX_OK;
-}
-
-static nmlx_status local_rope_init(const nmlx_cfg *cfg, const nmlx_g3n_def *def,
-                                   nmlx_backend *be, int64_t head_dim, int64_t max_pos,
-                                   nmlx_rope *rope) {
-    nmlx_status st = NMLX_OK;
-    bool found = false;
-    nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
-    CHECK(rc, NMLX_ERR_NOMEM, "out of memory building the model");
-    TRY(nmlx_cfg_rope_layer(cfg, "sliding_attention", def->rope_local_theta, rc, &found));
-    if (!found) {
-        snprintf(rc->type, sizeof rc->type, "default");
-        rc->factor = 1.0;
-        rc->partial_rotary_factor = 1.0;
-        TRY(nmlx_cfg_float(cfg, "rope_local_base_freq", def->rope_local_theta, &rc->theta));
-    }
-    int64_t rot = 0;
-    TRY(rotary_dims(cfg, head_dim, rc->partial_rotary_factor, &rot));
-    TRY(nmlx_rope_init(rope, be, rot, rc, max_pos));
-cleanup:
-    nmlx_free(rc);
     return st;
 }
 
@@ -326,10 +293,10 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
     int64_t rot = 0;
-    TRY(rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
-    TRY(nmlx_rope_init(&m->rope, ctx->be, rot,
-                       rc, max_pos));
-    TRY(local_rope_init(cfg, def, ctx->be, m->head_dim, max_pos, &m->local_rope));
+    TRY(nmlx_rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
+    TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
+    TRY(nmlx_local_rope_init(cfg, def->rope_local_theta, ctx->be, m->head_dim, max_pos,
+                             &m->local_rope));
 
     const char *prefix = weight_prefix(ws);
     char name[192];

@@ -8,6 +8,7 @@
 #include "standard_model.h"
 
 #include "decoder_layer.h"
+#include "rope_setup.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -185,29 +186,6 @@ cleanup:
     return st;
 }
 
-/* The RoPE of sliding layers: rope_parameters.sliding_attention
- * (transformers 5), else plain RoPE with base rope_local_base_freq (hub). */
-static nmlx_status local_rope_init(const nmlx_cfg *cfg, const nmlx_std_def *def,
-                                   nmlx_backend *be, int64_t head_dim, int64_t max_pos,
-                                   nmlx_rope *rope) {
-    nmlx_status st = NMLX_OK;
-    bool found = false;
-    nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
-    CHECK(rc, NMLX_ERR_NOMEM, "out of memory building the model");
-    TRY(nmlx_cfg_rope_layer(cfg, "sliding_attention", def->rope_local_theta, rc, &found));
-    if (!found) {
-        snprintf(rc->type, sizeof rc->type, "default");
-        rc->factor = 1.0;
-        rc->partial_rotary_factor = 1.0;
-        TRY(nmlx_cfg_float(cfg, "rope_local_base_freq", def->rope_local_theta, &rc->theta));
-    }
-    TRY(nmlx_rope_init(rope, be, (int64_t)((double)head_dim * rc->partial_rotary_factor), rc,
-                       max_pos));
-cleanup:
-    nmlx_free(rc);
-    return st;
-}
-
 /* The MoE block's shape from config (def->moe) and which layers get it:
  * all, or per decoder_sparse_step / mlp_only_layers (Qwen MoE rule: layer i
  * is sparse unless listed, when (i + 1) % step == 0). */
@@ -341,10 +319,8 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           nmlx_cfg_path(cfg));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
-    CHECK(rc->partial_rotary_factor > 0 && rc->partial_rotary_factor <= 1, NMLX_ERR_FORMAT,
-          "%s: partial_rotary_factor must be in (0, 1] (got %g)", nmlx_cfg_path(cfg),
-          rc->partial_rotary_factor);
-    int64_t rot = (int64_t)((double)m->head_dim * rc->partial_rotary_factor);
+    int64_t rot = 0;
+    TRY(nmlx_rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
     TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
 
     char name[160];
@@ -370,7 +346,9 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
               nmlx_cfg_path(cfg));
         m->final_softcap = (float)cap;
     }
-    if (def->local_rope) TRY(local_rope_init(cfg, def, ctx->be, m->head_dim, max_pos, &m->local_rope));
+    if (def->local_rope)
+        TRY(nmlx_local_rope_init(cfg, def->rope_local_theta, ctx->be, m->head_dim, max_pos,
+                                 &m->local_rope));
 
     m->layers = nmlx_calloc((size_t)m->n_layers, sizeof *m->layers);
     m->windows = nmlx_calloc((size_t)m->n_layers, sizeof *m->windows);
