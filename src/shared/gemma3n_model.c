@@ -9,8 +9,7 @@
 #include <string.h>
 
 enum {
-    CHUNK = 256,     /* tokens per prefill chunk: bounds activation memory */
-    LOGIT_ROWS = 16, /* rows per LM-head pass when every row's logits are kept */
+    CHUNK = 256, /* tokens per prefill chunk: bounds activation memory */
     MAX_LAYERS = 4096
 };
 
@@ -417,7 +416,7 @@ nmlx_status nmlx_g3n_state_create(const void *archp, nmlx_backend *be, int64_t m
     s->up = be->ops->alloc(be, C * (size_t)m->max_inter * f);
     s->router = be->ops->alloc(be, C * (size_t)m->K * f);
     s->plg = be->ops->alloc(be, C * P * f);
-    s->logits = be->ops->alloc(be, LOGIT_ROWS * (size_t)m->vocab * f);
+    s->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
     s->attn.q = be->ops->alloc(be, C * qdim * f);
     s->attn.k = be->ops->alloc(be, C * kvdim * f);
     s->attn.v = be->ops->alloc(be, C * kvdim * f);
@@ -552,19 +551,6 @@ static void unembed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_
     be->ops->scale(be, x, 1.0f / (float)m->K, n);
 }
 
-static void lm_head_rows(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s,
-                         const float *xn, int64_t rows, float *host_out) {
-    for (int64_t r = 0; r < rows; r += LOGIT_ROWS) {
-        int64_t n = rows - r < LOGIT_ROWS ? rows - r : LOGIT_ROWS;
-        nmlx_linear_forward(be, &m->lm_head, xn + r * m->hidden, s->logits, n);
-        float *host = host_out + r * m->vocab;
-        be->ops->download(be, host, s->logits, (size_t)(n * m->vocab) * sizeof(float));
-        if (m->softcap > 0)
-            for (int64_t i = 0; i < n * m->vocab; i++)
-                host[i] = m->softcap * tanhf(host[i] / m->softcap);
-    }
-}
-
 nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be,
                              const int32_t *ids, int64_t T, float *last_logits,
                              float *all_logits, atomic_bool *cancel) {
@@ -572,10 +558,7 @@ nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be,
     nmlx_g3n_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_g3n_state_position(s);
-    for (int64_t t = 0; t < T; t++)
-        CHECK(ids[t] >= 0 && ids[t] < m->vocab, NMLX_ERR_INVALID_ARG,
-              "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[t],
-              (long long)t, (long long)m->vocab);
+    TRY(nmlx_check_ids(ids, T, m->vocab));
     for (int64_t i = 0; i < m->n_layers; i++)
         if (m->layers[i].kv_source < 0) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
 
@@ -596,13 +579,15 @@ nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be,
         bool last_chunk = c0 + C == T;
         if (all_logits) {
             nmlx_rmsnorm_forward(be, &m->norm, s->h, s->xn, C, m->hidden);
-            lm_head_rows(be, m, s, s->xn, C, all_logits + c0 * m->vocab);
+            nmlx_lm_head_rows(be, &m->lm_head, s->xn, C, m->hidden, m->vocab, m->softcap, s->logits,
+                              all_logits + c0 * m->vocab);
             if (last_chunk)
                 memcpy(last_logits, all_logits + (T - 1) * m->vocab,
                        (size_t)m->vocab * sizeof(float));
         } else if (last_chunk) {
             nmlx_rmsnorm_forward(be, &m->norm, s->h + (C - 1) * m->hidden, s->xn, 1, m->hidden);
-            lm_head_rows(be, m, s, s->xn, 1, last_logits);
+            nmlx_lm_head_rows(be, &m->lm_head, s->xn, 1, m->hidden, m->vocab, m->softcap, s->logits,
+                              last_logits);
         }
     }
 cleanup:

@@ -97,7 +97,7 @@ typedef struct nmlx_g3n_state {
     float *gate, *up;   /* [chunk, max intermediate] */
     float *router;      /* [chunk, K] */
     float *plg;         /* [chunk, P] */
-    float *logits;      /* [LOGIT_ROWS, vocab] */
+    float *logits;      /* [NMLX_LOGIT_ROWS, vocab] */
     int32_t *pl_ids;    /* [chunk] ids clamped to the per-layer vocabulary */
     nmlx_attention_buffers attn; /* q, k, v, ctx for chunk tokens; scratch */
 } nmlx_g3n_state;

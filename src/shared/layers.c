@@ -3,6 +3,7 @@
 
 #include "quant_layers.h"
 
+#include <math.h>
 #include <stdio.h>
 
 static bool is_float_dtype(nmlx_dtype dt) {
@@ -126,4 +127,26 @@ nmlx_status nmlx_linear_prepare(nmlx_backend *be, nmlx_linear *l) {
 nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n) {
     if (!n->w) return NMLX_OK;
     return be->ops->prepare_tensor(be, n->w, &n->w);
+}
+
+void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                       int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out) {
+    for (int64_t r = 0; r < rows; r += NMLX_LOGIT_ROWS) {
+        int64_t n = rows - r < NMLX_LOGIT_ROWS ? rows - r : NMLX_LOGIT_ROWS;
+        nmlx_linear_forward(be, head, xn + r * hidden, dev, n);
+        float *host = host_out + r * vocab;
+        be->ops->download(be, host, dev, (size_t)(n * vocab) * sizeof(float));
+        if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
+            for (int64_t i = 0; i < n * vocab; i++)
+                host[i] = softcap * tanhf(host[i] / softcap);
+    }
+}
+
+nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab) {
+    for (int64_t t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= vocab)
+            return nmlx_fail(NMLX_ERR_INVALID_ARG,
+                             "token id %d at index %lld is outside the vocabulary [0, %lld)",
+                             ids[t], (long long)t, (long long)vocab);
+    return NMLX_OK;
 }

@@ -54,4 +54,17 @@ nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n);
 nmlx_status nmlx_get_float_tensor(const nmlx_weights *ws, const char *name, int ndim,
                                   const int64_t *shape, const nmlx_tensor **out);
 
+/* Rows of the LM head per pass when every row's logits are kept: the
+ * backend buffer handed to nmlx_lm_head_rows holds this many rows. */
+enum { NMLX_LOGIT_ROWS = 16 };
+
+/* host_out[rows, vocab] = head(xn[rows, hidden]), NMLX_LOGIT_ROWS rows at a
+ * time through the backend buffer `dev` ([NMLX_LOGIT_ROWS, vocab]), then
+ * soft-capped on the host (cap * tanh(logit / cap)) if softcap > 0. */
+void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                       int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out);
+
+/* NMLX_ERR_INVALID_ARG naming the first id outside [0, vocab). */
+nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab);
+
 #endif

@@ -15,8 +15,7 @@
 #include <string.h>
 
 enum {
-    CHUNK = 256,      /* tokens per prefill chunk: bounds activation memory */
-    LOGIT_ROWS = 16   /* rows per LM-head pass when every row's logits are kept */
+    CHUNK = 256 /* tokens per prefill chunk: bounds activation memory */
 };
 
 typedef struct std_model {
@@ -39,7 +38,7 @@ typedef struct std_state {
     nmlx_layer_cache *caches; /* one per layer */
     int64_t n_layers, chunk;
     float *x;              /* [chunk, hidden] residual stream */
-    float *logits;         /* [LOGIT_ROWS, vocab] */
+    float *logits;         /* [NMLX_LOGIT_ROWS, vocab] */
     nmlx_decoder_buffers buf;
 } std_state;
 
@@ -460,7 +459,7 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
     size_t C = (size_t)s->chunk, f = sizeof(float);
     size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
     s->x = be->ops->alloc(be, C * (size_t)m->hidden * f);
-    s->logits = be->ops->alloc(be, LOGIT_ROWS * (size_t)m->vocab * f);
+    s->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
     s->buf.xn = be->ops->alloc(be, C * (size_t)m->hidden * f);
     s->buf.tmp = be->ops->alloc(be, C * (size_t)m->hidden * f);
     s->buf.gate = be->ops->alloc(be, C * (size_t)m->intermediate * f);
@@ -503,20 +502,6 @@ nmlx_layer_cache *nmlx_std_state_caches(void *statep, int64_t *n_layers) {
     return s->caches;
 }
 
-/* logits for `rows` consecutive rows of normed hidden states xn. */
-static void lm_head_rows(nmlx_backend *be, const std_model *m, std_state *s, const float *xn,
-                         int64_t rows, float *host_out) {
-    for (int64_t r = 0; r < rows; r += LOGIT_ROWS) {
-        int64_t n = rows - r < LOGIT_ROWS ? rows - r : LOGIT_ROWS;
-        nmlx_linear_forward(be, &m->lm_head, xn + r * m->hidden, s->logits, n);
-        float *host = host_out + r * m->vocab;
-        be->ops->download(be, host, s->logits, (size_t)(n * m->vocab) * sizeof(float));
-        if (m->final_softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
-            for (int64_t i = 0; i < n * m->vocab; i++)
-                host[i] = m->final_softcap * tanhf(host[i] / m->final_softcap);
-    }
-}
-
 nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
                              const int32_t *ids, int64_t T, float *last_logits,
                              float *all_logits, atomic_bool *cancel) {
@@ -524,10 +509,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
     std_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_std_state_position(s);
-    for (int64_t t = 0; t < T; t++)
-        CHECK(ids[t] >= 0 && ids[t] < m->vocab, NMLX_ERR_INVALID_ARG,
-              "token id %d at index %lld is outside the vocabulary [0, %lld)", ids[t],
-              (long long)t, (long long)m->vocab);
+    TRY(nmlx_check_ids(ids, T, m->vocab));
     /* Make room in every cache first, so a failure leaves nothing half-done. */
     for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
     s->buf.attn.call_end = start + T;
@@ -542,14 +524,16 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
         bool last_chunk = c0 + C == T;
         if (all_logits) {
             nmlx_rmsnorm_forward(be, &m->norm, s->x, s->buf.xn, C, m->hidden);
-            lm_head_rows(be, m, s, s->buf.xn, C, all_logits + c0 * m->vocab);
+            nmlx_lm_head_rows(be, &m->lm_head, s->buf.xn, C, m->hidden, m->vocab, m->final_softcap,
+                              s->logits, all_logits + c0 * m->vocab);
             if (last_chunk)
                 memcpy(last_logits, all_logits + (T - 1) * m->vocab,
                        (size_t)m->vocab * sizeof(float));
         } else if (last_chunk) {
             float *xl = s->x + (C - 1) * m->hidden;
             nmlx_rmsnorm_forward(be, &m->norm, xl, s->buf.xn, 1, m->hidden);
-            lm_head_rows(be, m, s, s->buf.xn, 1, last_logits);
+            nmlx_lm_head_rows(be, &m->lm_head, s->buf.xn, 1, m->hidden, m->vocab, m->final_softcap,
+                              s->logits, last_logits);
         }
     }
 cleanup:
