@@ -101,7 +101,10 @@ static void check_prompt(nmlx_model *m, json_t *p) {
     EXPECT(nmlx_detokenize(tok, c.ids, c.n, 0, &out, &out_len) == NMLX_OK, "%s", nmlx_last_error());
     EXPECT(out && strcmp(out, want_text) == 0, "greedy text of %s:\n  got  %s\n  want %s", text, out ? out : "",
            want_text);
-    printf("greedy %-26.26s ok: %s\n", text, out ? out : "");
+    char shown[40];
+    snprintf(shown, sizeof shown, "%s", text);
+    for (char *q = shown; *q; q++) *q = *q == '\n' ? ' ' : *q;
+    printf("greedy [%s] -> %s\n", shown, out ? out : "");
     nmlx_free(out);
     nmlx_session_free(s);
 done:
