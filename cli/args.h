@@ -102,6 +102,12 @@ void cli_error(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
 /* cli_error with nmlx_last_error() appended after "what: ". */
 void cli_lib_error(const char *cmd, const char *what);
 
+/* The built-in demo model folder for a command given no -m: prints one line
+ * "nmlx: no model given; using the built-in demo model at DIR ..." on stderr
+ * and returns DIR ($NMLX_DEMO_MODEL, else the folder compiled in), or prints
+ * "nmlx <cmd>: ..." and returns NULL if it has no config.json. */
+const char *cli_demo_model(const char *cmd);
+
 /* Loads a model (n_threads < 0: the library's default) and prints the library's error on failure;
  * *load_seconds (may be NULL) gets the wall time of nmlx_model_load. */
 /* --bits N of logits/bench: quantize a float checkpoint on load (0 = off). */

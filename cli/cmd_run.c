@@ -17,7 +17,7 @@ static const char usage[] =
     "    nmlx run - generate text from a prompt, streaming it to stdout\n"
     "\n"
     "SYNOPSIS\n"
-    "    nmlx run -m DIR -p TEXT [-n N] [--raw] [--temp T] [--top-p P] [--top-k K]\n"
+    "    nmlx run [-m DIR] -p TEXT [-n N] [--raw] [--temp T] [--top-p P] [--top-k K]\n"
     "             [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
     "             [--ignore-eos] [-t N]\n"
     "    nmlx run -m DIR --ids ID,ID,... [options]\n"
@@ -33,7 +33,9 @@ static const char usage[] =
     "    Ctrl-C stops generation after the current token.\n"
     "\n"
     "OPTIONS\n"
-    "    -m, --model DIR      model folder (config.json + *.safetensors + tokenizer)\n"
+    "    -m, --model DIR      model folder (config.json + *.safetensors + tokenizer);\n"
+    "                         without it, the built-in demo model ($NMLX_DEMO_MODEL\n"
+    "                         or the folder this build was configured with)\n"
     "    -p, --prompt TEXT    the prompt\n"
     "        --ids LIST       prompt ids instead of TEXT, comma-separated\n"
     "    -n, --max-tokens N   most tokens to generate, in [0, 1000000] (default 256)\n"
@@ -41,8 +43,7 @@ static const char usage[] =
     "                         templates are not applied yet, so this is the\n"
     "                         current behaviour either way\n"
     "        --ignore-eos     do not stop at end-of-sequence ids\n" CLI_SAMPLING_USAGE
-    "    -t, --threads N      worker threads; 0 = all cores (default: library)\n"
-    CLI_KV_USAGE
+    "    -t, --threads N      worker threads; 0 = all cores (default: library)\n" CLI_KV_USAGE
     "    -h, --help           show this text\n"
     "\n"
     "EXIT STATUS\n"
@@ -114,14 +115,14 @@ int cmd_run(int argc, char **argv) {
     nmlx_model *model = NULL;
     nmlx_session *session = NULL;
     int32_t *tokens = NULL; /* from nmlx_tokenize */
-    if (!dir || (!prompt && !ids.n) || (prompt && ids.n)) {
+    if ((!prompt && !ids.n) || (prompt && ids.n)) {
         cli_error("run", "%s (see 'nmlx run --help')",
-                  !dir     ? "missing -m DIR"
-                  : prompt ? "give either -p TEXT or --ids LIST, not both"
-                           : "missing -p TEXT or --ids LIST");
+                  prompt ? "give either -p TEXT or --ids LIST, not both"
+                         : "missing -p TEXT or --ids LIST");
         goto cleanup;
     }
     rc = CLI_EXIT_FAIL;
+    if (!dir && !(dir = cli_demo_model("run"))) goto cleanup;
     model = cli_load_model("run", dir, threads, 0, NULL);
     if (!model) goto cleanup;
     const nmlx_tokenizer *tok = nmlx_model_tokenizer(model);
