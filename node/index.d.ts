@@ -178,8 +178,16 @@ export interface LoadOptions extends HubOptions {
   noTokenizer?: boolean;
 }
 
-/** Loads a local folder, a HuggingFace repository id (downloaded into the HF cache) or an alias. */
-export function loadModel(idOrPath: string, options?: LoadOptions): Promise<Model>;
+/**
+ * Loads a local folder, a HuggingFace repository id (downloaded into the HF cache) or an alias.
+ * Without one (`loadModel()`, `loadModel(undefined, options)` or `loadModel(options)`), the
+ * built-in demo model at demoModelPath(), with one line on stderr saying so; rejects with
+ * NMLX_ERR_IO if that folder has no config.json.
+ */
+export function loadModel(idOrPath?: string, options?: LoadOptions): Promise<Model>;
+export function loadModel(options: LoadOptions): Promise<Model>;
+/** The built-in demo model's folder: $NMLX_DEMO_MODEL, else the package's models/demo. */
+export function demoModelPath(): string;
 /** Load, generate, unload. */
 export function generate(modelIdOrAlias: string, prompt: Prompt,
   options?: GenerationOptions & LoadOptions): Promise<GenerationResult>;

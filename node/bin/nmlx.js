@@ -8,14 +8,15 @@
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { loadModel, snapshotDownload, resolveModelId, RECOMMENDED_MODELS, getVersion, getLibraryVersion } from "../lib/index.js";
+import { downloadProgress } from "../lib/progress.js";
 
-const DEFAULT_MODEL = "qwen";
 const USAGE = `usage:
   nmlx [options] "prompt"          generate (the model's chat template unless --raw)
   nmlx chat [options]              interactive chat: /reset, /exit
   nmlx pull <repo-id|alias>        download a model into the HuggingFace cache
 options:
-  -m, --model M          folder, HuggingFace repo id or alias (default ${DEFAULT_MODEL})
+  -m, --model M          folder, HuggingFace repo id or alias (default: the built-in
+                         demo model, a toy for trying nmlx; $NMLX_DEMO_MODEL overrides it)
   -p, --prompt TEXT      the prompt (or give it as the argument)
   -n, --max-tokens N     most tokens to generate (default 256)
   -t, --threads N        worker threads; 0 = all CPUs
@@ -77,32 +78,14 @@ function stats(r) {
     `${r.completionTokens} generated, ${r.tokensPerSecond.toFixed(2)} tok/s decode | stop: ${r.finishReason}]`;
 }
 
-function progressBar() {
-  let lastFile = null, lastDraw = 0;
-  const mb = (n) => (n / 1e6).toFixed(1);
-  return (p) => {
-    const now = Date.now();
-    if (p.file === lastFile && now - lastDraw < 100 && p.downloaded < p.total) return;
-    lastFile = p.file;
-    lastDraw = now;
-    const frac = p.totalBytes ? p.totalDownloaded / p.totalBytes : 1;
-    const width = 30, fill = Math.round(frac * width);
-    if (process.stderr.isTTY) {
-      process.stderr.write(`\r[${"#".repeat(fill)}${"-".repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ` +
-        `${mb(p.totalDownloaded)}/${mb(p.totalBytes)} MB  ${p.file}\x1b[K`);
-    } else if (p.downloaded === p.total) {
-      process.stderr.write(`${p.file}: ${mb(p.total)} MB\n`);
-    }
-  };
-}
-
 async function load(v) {
-  const id = v.model ?? DEFAULT_MODEL;
-  const bar = progressBar();
-  const m = await loadModel(id, { threads: number(v.threads, "--threads", true) ?? 0, revision: v.revision,
-    onProgress: bar });
-  if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
-  return m;
+  const bar = downloadProgress();
+  try {
+    return await loadModel(v.model, { threads: number(v.threads, "--threads", true) ?? 0, revision: v.revision,
+      onProgress: bar });
+  } finally {
+    bar.done();
+  }
 }
 
 // Ctrl-C aborts the running generation; a second one (or one when idle) exits.
@@ -170,8 +153,8 @@ async function runPull(v, positionals) {
   const id = positionals[0] ?? v.model;
   if (!id) throw new UsageError("pull: missing the repository id or alias");
   const repo = resolveModelId(id);
-  const dir = await snapshotDownload(repo, { revision: v.revision, onProgress: progressBar() });
-  if (process.stderr.isTTY) process.stderr.write("\r\x1b[K");
+  const bar = downloadProgress();
+  const dir = await snapshotDownload(repo, { revision: v.revision, onProgress: bar }).finally(bar.done);
   process.stdout.write(dir + "\n");
 }
 

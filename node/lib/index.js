@@ -1,11 +1,13 @@
 // nmlx: LLM inference in C for Node.js. See README.md and index.d.ts.
-import { statSync, readFileSync } from "node:fs";
+import { existsSync, statSync, readFileSync } from "node:fs";
 import { platform, arch } from "node:os";
+import { join } from "node:path";
 import native from "./native.js";
 import { Model } from "./model.js";
 import { NmlxError, codes, invalid } from "./errors.js";
 import { RECOMMENDED_MODELS, resolveModelId } from "./models.js";
 import { snapshotDownload } from "./hub.js";
+import { demoModelDir } from "./paths.js";
 
 export { Model } from "./model.js";
 export { Chat } from "./chat.js";
@@ -38,12 +40,34 @@ function isDir(p) {
   }
 }
 
+/** The folder of the built-in demo model ($NMLX_DEMO_MODEL, else the package's models/demo). */
+export function demoModelPath() {
+  return demoModelDir();
+}
+
+// The demo model folder for a call given no model, said in one line on stderr.
+function useDemoModel() {
+  const dir = demoModelDir();
+  if (!existsSync(join(dir, "config.json")))
+    throw new NmlxError("NMLX_ERR_IO", `no model given and the built-in demo model is missing: no config.json in ${dir}` +
+      (process.env.NMLX_DEMO_MODEL ? " (from NMLX_DEMO_MODEL)" : " (set NMLX_DEMO_MODEL or pass a model)"));
+  process.stderr.write(`nmlx: no model given; using the built-in demo model at ${dir} ` +
+    "(pass a model folder or repository id for a real model)\n");
+  return dir;
+}
+
 /**
  * Loads a model: a local folder, a HuggingFace repository id
  * ("Qwen/Qwen3-0.6B", downloaded into the HF cache), or an alias of
- * RECOMMENDED_MODELS.
+ * RECOMMENDED_MODELS. Without one (undefined, or only the options), the
+ * built-in demo model (demoModelPath()), saying so on stderr.
  */
 export async function loadModel(idOrPath, opts = {}) {
+  if (idOrPath !== null && typeof idOrPath === "object" && arguments.length === 1) {
+    opts = idOrPath;
+    idOrPath = undefined;
+  }
+  if (idOrPath === undefined || idOrPath === null) idOrPath = useDemoModel();
   if (typeof idOrPath !== "string" || !idOrPath) throw invalid("loadModel: expected a folder, repository id or alias");
   const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, ...rest } = opts;
   const unknown = Object.keys(rest).filter((k) => !["endpoint", "token", "cacheDir", "offline", "signal"].includes(k));

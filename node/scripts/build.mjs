@@ -1,23 +1,29 @@
 #!/usr/bin/env node
 // Builds the native addon build/nmlx.node from source, with only what a
 // Debian machine with the nmlx build dependencies has (no header download):
-//   1. the nmlx static library (libnmlx.a, -fPIC) through the repository's own
-//      CMake build, so compile flags and SIMD file rules have one home;
+//   0. checks the build tools and libraries first and, if any is missing,
+//      fails with one message naming the Debian packages to install
+//      (`--check-deps` stops after this check);
+//   1. the nmlx static library (libnmlx.a, -fPIC) and the C `nmlx` command
+//      through the engine's own CMake build (tests off), so compile flags and
+//      SIMD file rules have one home;
 //   2. src/*.c of this package against the Node-API headers of the running
 //      node (<prefix>/include/node, e.g. /usr/include/node), linked into a
 //      shared object with the library and its pkg-config dependencies.
-// Environment: NMLX_SOURCE_DIR (the nmlx source tree; default: the folder
-// above this package), NMLX_NODE_INCLUDE (folder holding node_api.h), CC, NMLX_JOBS,
-// NMLX_DEBUG=1 (-O0 -g), NMLX_SANITIZE=1 (ASan+UBSan: needs LD_PRELOAD to run).
+// The engine sources are the repository's in a clone, the package's engine/
+// copy once installed (lib/paths.js).
+// Environment: NMLX_SOURCE_DIR (another engine source tree), NMLX_NODE_INCLUDE
+// (folder holding node_api.h), CC, NMLX_JOBS, NMLX_DEBUG=1 (-O0 -g),
+// NMLX_SANITIZE=1 (ASan+UBSan: needs LD_PRELOAD to run).
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, statSync, renameSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, statSync, renameSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { delimiter, dirname, join } from "node:path";
+import { pkgDir, sourceDir, demoModelDir } from "../lib/paths.js";
 
-const pkg = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const root = resolve(process.env.NMLX_SOURCE_DIR || join(pkg, ".."));
+const pkg = pkgDir;
+const root = sourceDir();
 const out = join(pkg, "build");
 const cc = process.env.CC || "cc";
 const jobs = String(process.env.NMLX_JOBS || Math.min(availableParallelism(), 8));
@@ -38,23 +44,84 @@ function run(cmd, args, opts = {}) {
   }
 }
 
-if (!existsSync(join(root, "include", "nmlx.h")))
-  fail(`expected the nmlx sources at ${root} (include/nmlx.h): build from a clone of the repository`);
+// 0. what the build needs, and the Debian package that brings each
+function onPath(cmd) {
+  if (cmd.includes("/")) return existsSync(cmd);
+  return (process.env.PATH || "").split(delimiter).filter(Boolean).some((d) => {
+    try {
+      accessSync(join(d, cmd), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+function nodeHeaders() {
+  const candidates = [process.env.NMLX_NODE_INCLUDE, join(dirname(process.execPath), "..", "include", "node"),
+    "/usr/include/node", "/usr/local/include/node"].filter(Boolean);
+  return candidates.find((d) => existsSync(join(d, "node_api.h")));
+}
+const LIBS = [["jansson", "libjansson-dev", "jansson.h"], ["libpcre2-8", "libpcre2-dev", "pcre2.h"],
+  ["libutf8proc", "libutf8proc-dev", "utf8proc.h"]];
 
-const candidates = [process.env.NMLX_NODE_INCLUDE, join(dirname(process.execPath), "..", "include", "node"),
-  "/usr/include/node", "/usr/local/include/node"].filter(Boolean);
-const nodeInclude = candidates.find((d) => existsSync(join(d, "node_api.h")));
-if (!nodeInclude)
-  fail(`node_api.h not found in ${candidates.join(", ")}: install the Node.js headers ` +
-    "(Debian: apt-get install libnode-dev, or nodejs from NodeSource) or set NMLX_NODE_INCLUDE");
+/** [{ what, apt }] of every missing build dependency. */
+function missingBuildDeps() {
+  const missing = [];
+  const ccCmd = cc.trim().split(/\s+/)[0];
+  if (!onPath(ccCmd)) missing.push({ what: `the C compiler '${ccCmd}'`, apt: "build-essential" });
+  if (!onPath("make")) missing.push({ what: "make", apt: "build-essential" });
+  if (!onPath("cmake")) missing.push({ what: "cmake", apt: "cmake" });
+  const havePkgConfig = onPath("pkg-config");
+  if (!havePkgConfig) missing.push({ what: "pkg-config", apt: "pkg-config" });
+  for (const [name, apt, header] of LIBS) {
+    let found;
+    if (havePkgConfig) {
+      try {
+        execFileSync("pkg-config", ["--exists", name], { stdio: "ignore" });
+        found = true;
+      } catch {
+        found = false;
+      }
+    } else {
+      found = ["/usr/include", "/usr/local/include"].some((d) => existsSync(join(d, header)));
+    }
+    if (!found) missing.push({ what: `the ${name.replace(/^lib/, "")} library (pkg-config ${name})`, apt });
+  }
+  if (!nodeHeaders())
+    missing.push({ what: "the Node.js headers (node_api.h; or set NMLX_NODE_INCLUDE)", apt: "libnode-dev" });
+  return missing;
+}
+
+/** The one message for missing dependencies. */
+function missingMessage(missing) {
+  const apt = [...new Set(missing.map((m) => m.apt))];
+  return `nmlx: cannot build the native addon: missing ${missing.map((m) => m.what).join(", ")}. ` +
+    `On Debian/Ubuntu install them with: sudo apt-get install ${apt.join(" ")} (then install nmlx again)`;
+}
+
+const missing = missingBuildDeps();
+if (missing.length) {
+  console.error(missingMessage(missing));
+  process.exit(1);
+}
+if (process.argv.includes("--check-deps")) {
+  console.log("nmlx build: every build dependency is present");
+  process.exit(0);
+}
+if (!existsSync(join(root, "include", "nmlx.h")) || !existsSync(join(root, "CMakeLists.txt")))
+  fail(`expected the nmlx engine sources at ${root} (CMakeLists.txt, include/nmlx.h): a repository clone, ` +
+    "or a package made with npm pack (which copies them into engine/)");
+const nodeInclude = nodeHeaders();
 
 // 1. libnmlx.a
 const custom = process.env.NMLX_SOURCE_DIR ? "-" + createHash("sha1").update(root).digest("hex").slice(0, 8) : "";
 const lib = join(out, (sanitize ? "cmake-asan" : "cmake") + custom);
 mkdirSync(lib, { recursive: true });
 run("cmake", ["-S", root, "-B", lib, `-DCMAKE_BUILD_TYPE=${debug || sanitize ? "Debug" : "Release"}`,
-  "-DNMLX_TESTS=OFF", `-DNMLX_SANITIZE=${sanitize ? "ON" : "OFF"}`], { capture: true });
-run("cmake", ["--build", lib, "--target", "nmlx", "-j", jobs], { capture: true });
+  "-DNMLX_TESTS=OFF", `-DNMLX_SANITIZE=${sanitize ? "ON" : "OFF"}`, `-DNMLX_DEMO_MODEL_DIR=${demoModelDir()}`],
+{ capture: true });
+const targets = existsSync(join(root, "cli", "main.c")) ? ["nmlx", "nmlx-cli"] : ["nmlx"];
+run("cmake", ["--build", lib, "--target", ...targets, "-j", jobs], { capture: true });
 
 // 2. the addon
 const srcDir = join(pkg, "src");
