@@ -114,6 +114,11 @@ typedef struct nmlx_convert_params {
     int group_size; /* 32, 64, 128 (default 64) */
     const char *dtype; /* NULL = as stored, or "float32"/"float16"/"bfloat16":
                           the dtype of unquantized tensors and of scales/biases */
+    /* Progress (NULL = none): called on the calling thread after each tensor
+     * is converted, with its 1-based index, the tensor count and its name;
+     * after the last one the output file is written. */
+    void (*on_progress)(void *user, size_t done, size_t total, const char *name);
+    void *user; /* passed to on_progress */
 } nmlx_convert_params;
 nmlx_convert_params nmlx_convert_default_params(void);
 nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_convert_params *p);

@@ -193,6 +193,13 @@ static bool is_moe_router(const char *module, bool moe) {
 
 nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype,
                                      int fd, const char *label, struct json_t *overrides) {
+    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, NULL,
+                                             NULL);
+}
+
+nmlx_status nmlx_quantize_weights_fd_progress(
+    const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype, int fd, const char *label,
+    struct json_t *overrides, void (*progress)(void *, size_t, size_t, const char *), void *user) {
     nmlx_status st = NMLX_OK;
     size_t n = nmlx_weights_count(ws), n_items = 0, n_owned = 0;
     qm_state s = {.cap = 2 * n + 2, .label = label};
@@ -256,6 +263,7 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
                 it.data = o;
             }
             items[n_items++] = it;
+            if (progress) progress(user, i + 1, s.n, t->name);
             continue;
         }
         int64_t C = t->shape[t->ndim - 1], R = 1, W = nmlx_quant_row_words(C, tb), G = C / tgs;
@@ -299,6 +307,7 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, n
         items[n_items++] = it;
         it.name = names[n_names - 1], it.data = bi;
         items[n_items++] = it;
+        if (progress) progress(user, i + 1, s.n, t->name);
     }
     TRY(nmlx_st_write_fd(fd, label, items, n_items));
 cleanup:
@@ -331,7 +340,7 @@ cleanup:
 /* ---- nmlx_convert ---- */
 
 nmlx_convert_params nmlx_convert_default_params(void) {
-    return (nmlx_convert_params){.bits = 4, .group_size = 64, .dtype = NULL};
+    return (nmlx_convert_params){.bits = 4, .group_size = 64, .dtype = NULL, .on_progress = NULL};
 }
 
 static nmlx_status copy_file(const char *src, const char *dst) {
@@ -399,7 +408,8 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     q = json_pack("{s:i, s:i, s:s}", "group_size", p.group_size, "bits", p.bits, "mode", "affine");
     CHECK(q, NMLX_ERR_NOMEM, "convert: out of memory");
     /* per-module overrides (MoE routers) follow the globals, as mlx-lm writes them */
-    TRY(nmlx_quantize_weights_fd(ws, p.bits, p.group_size, sdt, fd, path, q));
+    TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q,
+                                          p.on_progress, p.user));
     CHECK(fsync(fd) == 0 && close(fd) == 0, NMLX_ERR_IO, "%s: cannot flush: %s", path, strerror(errno));
     fd = -1;
 

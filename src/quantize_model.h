@@ -30,6 +30,11 @@ struct json_t;
 nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int group_size,
                                      nmlx_dtype sdtype, int fd, const char *label,
                                      struct json_t *overrides);
+/* The same, calling progress(user, i, n, name) after each of the n tensors
+ * (nmlx_convert_params.on_progress; progress may be NULL). */
+nmlx_status nmlx_quantize_weights_fd_progress(
+    const nmlx_weights *ws, int bits, int group_size, nmlx_dtype sdtype, int fd, const char *label,
+    struct json_t *overrides, void (*progress)(void *, size_t, size_t, const char *), void *user);
 
 /* Quantize-on-load: returns a weights set that holds the quantized tensors
  * (in an anonymous memory file) and every other tensor of ws copied. */
