@@ -6,5 +6,5 @@ if(NPM_EXECUTABLE AND EXISTS ${CMAKE_SOURCE_DIR}/node/package.json)
   add_test(NAME node_package
            COMMAND bash -c "set -e; if test -d node_modules/@huggingface/jinja; then node scripts/build.mjs >/dev/null; else npm install --no-audit --no-fund >/dev/null; fi; npm test"
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/node)
-  set_tests_properties(node_package PROPERTIES TIMEOUT 300)
+  set_tests_properties(node_package PROPERTIES TIMEOUT 300 RESOURCE_LOCK nmlx_node_dir)
 endif()

@@ -96,7 +96,7 @@ function missingBuildDeps() {
 function missingMessage(missing) {
   const apt = [...new Set(missing.map((m) => m.apt))];
   return `nmlx: cannot build the native addon: missing ${missing.map((m) => m.what).join(", ")}. ` +
-    `On Debian/Ubuntu install them with: sudo apt-get install ${apt.join(" ")} (then install nmlx again)`;
+    `On Debian/Ubuntu: sudo apt-get install ${apt.join(" ")} (then install nmlx again)`;
 }
 
 const missing = missingBuildDeps();

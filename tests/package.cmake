@@ -1,0 +1,11 @@
+# The packed npm package installs into a fresh project outside the
+# repository and runs there (tests/package/test_pack_install.sh). It packs
+# in node/ (prepack/postpack write and remove node/engine and node/models),
+# so it never runs beside the node/ suite.
+find_program(NPM_EXECUTABLE npm)
+if(NPM_EXECUTABLE AND EXISTS ${CMAKE_SOURCE_DIR}/node/package.json)
+  find_program(BASH_EXECUTABLE bash REQUIRED)
+  add_test(NAME node_pack_install
+           COMMAND ${BASH_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/package/test_pack_install.sh)
+  set_tests_properties(node_pack_install PROPERTIES TIMEOUT 900 RESOURCE_LOCK nmlx_node_dir)
+endif()
