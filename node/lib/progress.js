@@ -16,17 +16,18 @@ function duration(s) {
   return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
-function bytes(n) {
-  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / MB).toFixed(1)} MB`;
+function bytes(n, scale = n) {
+  return scale >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / MB).toFixed(1)} MB`;
 }
 
-/** One progress line: "[###---]  42%  12.3 MB/45.6 MB  5.1 MB/s  ETA 0:07  file". */
+/** One progress line: "[###---]  42%  12.3/45.6 MB  5.1 MB/s  ETA 0:07  file". */
 export function formatProgress({ totalDownloaded, totalBytes, rate, file, width = 24 }) {
   const frac = totalBytes ? Math.min(1, totalDownloaded / totalBytes) : 1;
   const fill = Math.round(frac * width);
   const eta = rate > 0 ? (totalBytes - totalDownloaded) / rate : NaN;
   return `[${"#".repeat(fill)}${"-".repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}%  ` +
-    `${bytes(totalDownloaded)}/${bytes(totalBytes)}  ${rate > 0 ? bytes(rate) : "-- MB"}/s  ` +
+    `${bytes(totalDownloaded, totalBytes).split(" ")[0]}/${bytes(totalBytes)}  ` +
+    `${rate > 0 ? bytes(rate) : "-- MB"}/s  ` +
     `ETA ${duration(eta)}  ${file}`;
 }
 
