@@ -10,7 +10,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
-    {"run", cmd_run, "generate text from a prompt (-m DIR -p TEXT)"},
+    {"run", cmd_run, "generate text from a prompt (-p TEXT [-m DIR]; default: the demo model)"},
     {"generate", cmd_generate, "generate ids from prompt ids (-m DIR --ids 1,2,3 -n N)"},
     {"logits", cmd_logits, "write prompt logits as float32 [T, vocab] (-m DIR --ids .. -o FILE)"},
     {"bench", cmd_bench, "prefill/decode speed as one JSON line (-m DIR -p 512 -n 128)"},

@@ -3,17 +3,30 @@
 //   nmlx [options] "prompt"      stream an answer, then a stats line on stderr
 //   nmlx chat [options]          interactive chat (/reset, /exit)
 //   nmlx pull <repo-or-alias>    download into the HuggingFace cache
+//   nmlx run [options]           the same as without `run` (as the C tool)
+//   nmlx convert|bench|generate|logits|tokenize ...
+//                                the C `nmlx` tool built with the package
+// Without -m the built-in demo model is used (one line on stderr says so).
 // Flags match the C `nmlx` tool (-m, -n, -t, --temp, --top-p, ...). Exit
 // status: 0 ok, 1 failure, 2 bad usage; errors are one line on stderr.
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { loadModel, snapshotDownload, resolveModelId, RECOMMENDED_MODELS, getVersion, getLibraryVersion } from "../lib/index.js";
 import { downloadProgress } from "../lib/progress.js";
+import { pkgDir } from "../lib/paths.js";
+
+// Subcommands of the C tool (build/cmake/nmlx, built by scripts/build.mjs).
+const C_COMMANDS = ["convert", "bench", "generate", "logits", "tokenize"];
 
 const USAGE = `usage:
   nmlx [options] "prompt"          generate (the model's chat template unless --raw)
   nmlx chat [options]              interactive chat: /reset, /exit
   nmlx pull <repo-id|alias>        download a model into the HuggingFace cache
+  nmlx convert|bench|generate|logits|tokenize ...
+                                   the C tool's commands (nmlx <command> --help)
 options:
   -m, --model M          folder, HuggingFace repo id or alias (default: the built-in
                          demo model, a toy for trying nmlx; $NMLX_DEMO_MODEL overrides it)
@@ -158,7 +171,18 @@ async function runPull(v, positionals) {
   process.stdout.write(dir + "\n");
 }
 
+// Runs a command of the C tool with the same arguments; resolves with its exit status.
+function cTool(argv) {
+  const exe = join(pkgDir, "build", "cmake", "nmlx");
+  if (!existsSync(exe)) throw new Error(`the C nmlx tool is not built (${exe}): run 'npm rebuild nmlx'`);
+  const r = spawnSync(exe, argv, { stdio: "inherit" });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
 async function main(argv) {
+  if (C_COMMANDS.includes(argv[0])) return cTool(argv);
+  if (argv[0] === "run") argv = argv.slice(1);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
@@ -180,7 +204,7 @@ async function main(argv) {
   return runPrompt(v, prompt);
 }
 
-main(process.argv.slice(2)).then(() => process.exit(0), (e) => {
+main(process.argv.slice(2)).then((status) => process.exit(status ?? 0), (e) => {
   const cmd = "nmlx";
   process.stderr.write(`${cmd}: ${e.message}${e instanceof UsageError ? " (see nmlx --help)" : ""}\n`);
   process.exit(e instanceof UsageError ? 2 : 1);

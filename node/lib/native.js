@@ -8,7 +8,8 @@ try {
   native = require("../build/nmlx.node");
 } catch (e) {
   throw new NmlxError(codes.NOT_BUILT,
-    `the nmlx native addon is not built (${e.message}); run 'npm install' or 'npm run build' in the package folder`,
+    `the nmlx native addon is not built (${e.message}): run 'npm rebuild nmlx' (in a clone: 'npm install' ` +
+    "in node/); if your npm skipped its install script: 'npm install-scripts approve nmlx', then rebuild",
     { cause: e });
 }
 export default native;

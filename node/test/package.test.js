@@ -148,3 +148,20 @@ test("download progress: bytes, rate and ETA on a TTY, nothing when not a TTY", 
   assert.deepEqual(piped, []);
   assert.match(formatProgress({ totalDownloaded: 0, totalBytes: 3e9, rate: 0, file: "x" }), /0\.00\/3\.00 GB  -- MB\/s  ETA --:--  x$/);
 });
+
+test("nmlx run ... is nmlx ...; the C tool's commands pass through with their exit status", async () => {
+  const dir = demoModel();
+  const bin = join(pkgDir, "bin", "nmlx.js");
+  const args = ["-m", dir, "-n", "5", "--temp", "0", "--raw", "--ignore-eos", "Once upon a time"];
+  const a = await node([bin, ...args]);
+  const b = await node([bin, "run", ...args]);
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(b.code, 0, b.stderr);
+  assert.equal(b.stdout, a.stdout);
+  const bench = await node([bin, "bench", "-m", dir, "-p", "8", "-n", "4", "-t", "1"]);
+  assert.equal(bench.code, 0, bench.stderr);
+  assert.equal(JSON.parse(bench.stdout).p, 8);
+  const usage = await node([bin, "generate", "--ids", "1"]);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /^nmlx generate: missing -m DIR/);
+});

@@ -92,7 +92,22 @@ rc=0
 (cd "$proj" && npx --no-install nmlx --version >"$TMP/out" 2>"$TMP/err") || rc=$?
 check "npx nmlx --version" bash -c '[ "$0" = 0 ] && grep -q "^nmlx " "$1"' "$rc" "$TMP/out"
 
-# 3c. the package's C command
+# 3c. the C tool's commands through npx, and chat when the demo model has a chat template
+rc=0
+(cd "$proj" && npx --no-install nmlx convert -m "$pkg/models/demo" -o "$TMP/q4" --group-size 32 --progress \
+    >"$TMP/out" 2>"$TMP/err") || rc=$?
+check "npx nmlx convert --progress: exit 0 (stderr: $(head -c 300 "$TMP/err"))" [ "$rc" = 0 ]
+check "npx nmlx convert: per-tensor progress on stderr" grep -q "^nmlx convert: \[ *1/" "$TMP/err"
+check "npx nmlx convert: the JSON line" grep -q '^{"output":' "$TMP/out"
+if grep -q '"chat_template"' "$pkg/models/demo/tokenizer_config.json" 2>/dev/null ||
+    [ -f "$pkg/models/demo/chat_template.jinja" ]; then
+    rc=0
+    (cd "$proj" && printf 'Hello\n/exit\n' | npx --no-install nmlx chat -n 16 >"$TMP/out" 2>"$TMP/err") || rc=$?
+    check "npx nmlx chat with the demo model: exit 0 (stderr: $(head -c 300 "$TMP/err"))" [ "$rc" = 0 ]
+    check "npx nmlx chat: the demo model line" grep -qF "$line" "$TMP/err"
+fi
+
+# 3d. the package's C command
 rc=0
 "$pkg/build/cmake/nmlx" run -p "Once upon a time" -n 8 >"$TMP/out" 2>"$TMP/err" || rc=$?
 check "the package's C nmlx run without -m: exit 0 (stderr: $(head -c 300 "$TMP/err"))" [ "$rc" = 0 ]
