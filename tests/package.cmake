@@ -8,5 +8,8 @@ if(NPM_EXECUTABLE AND EXISTS ${CMAKE_SOURCE_DIR}/node/package.json AND NOT NMLX_
   find_program(BASH_EXECUTABLE bash REQUIRED)
   add_test(NAME node_pack_install
            COMMAND ${BASH_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/package/test_pack_install.sh)
-  set_tests_properties(node_pack_install PROPERTIES TIMEOUT 900 RESOURCE_LOCK nmlx_node_dir)
+  # after node_package, whose `npm install` in node/ fills the npm cache this
+  # test installs from (--prefer-offline)
+  set_tests_properties(node_pack_install PROPERTIES TIMEOUT 900 RESOURCE_LOCK nmlx_node_dir
+                       DEPENDS node_package)
 endif()

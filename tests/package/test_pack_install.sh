@@ -26,6 +26,14 @@ export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=f
 case "$TMP" in "$SOURCE_DIR"/*) fail "TMPDIR is inside the repository: the install must happen outside it"; finish ;; esac
 for tool in node npm tar; do command -v "$tool" >/dev/null || { fail "$tool is needed"; finish; }; done
 
+# 0. the npm cache must hold the package's dependencies: node/'s `npm ci` fills it
+if [ ! -d "$SOURCE_DIR/node/node_modules/@huggingface/jinja" ]; then
+    if ! (cd "$SOURCE_DIR/node" && npm ci --prefer-offline --no-audit --no-fund >"$TMP/ci.out" 2>&1); then
+        fail "npm ci in node/ (it fills the npm cache this test installs from) failed: $(tail -c 600 "$TMP/ci.out")"
+        finish
+    fi
+fi
+
 # 1. pack
 if ! (cd "$SOURCE_DIR/node" && npm pack --silent --pack-destination "$TMP" >"$TMP/pack.out" 2>"$TMP/pack.err"); then
     fail "npm pack failed: $(tail -c 600 "$TMP/pack.err")"
