@@ -75,7 +75,7 @@ line="nmlx: no model given; using the built-in demo model at $pkg/models/demo "
 cat >"$proj/try.mjs" <<'JS'
 import { loadModel, demoModelPath } from "nmlx";
 const model = await loadModel({ threads: 0 });
-const r = await model.generate("Once upon a time", { maxTokens: 24 });
+const r = await model.generate("Once upon a time", { maxTokens: 48 });
 await model.unload();
 if (!r.text) throw new Error("empty text");
 process.stdout.write(r.text + "\n");
@@ -87,15 +87,27 @@ check "loadModel() + generate: exit 0 (stderr: $(head -c 300 "$TMP/err"))" [ "$r
 check "loadModel() + generate: text" [ -s "$TMP/out" ]
 check "loadModel(): the demo model line names the package's folder" grep -qF "$line" "$TMP/err"
 echo "loadModel() + generate: $(head -c 200 "$TMP/out")"
+# The trained demo model (it has a MODEL_CARD.md; the random-weight stand-in
+# of scripts/make_demo_model.mjs does not) writes English: letters, spaces
+# and punctuation, with spaces between words.
+english() {
+    node -e 'const t = require("fs").readFileSync(process.argv[1], "utf8").trim();
+             const ok = (t.match(/[A-Za-z ,.;:!?\x27"()\n-]/g) || []).length;
+             process.exit(t.length >= 20 && ok >= 0.9 * t.length && / [A-Za-z]/.test(t) ? 0 : 1)' "$1"
+}
+trained=0
+[ -f "$pkg/models/demo/MODEL_CARD.md" ] && trained=1
+[ "$trained" = 1 ] && check "loadModel() + generate with the trained demo model: English" english "$TMP/out"
 
 # 3b. npx nmlx "Once upon a time"
 rc=0
-(cd "$proj" && npx --no-install nmlx -n 24 "Once upon a time" >"$TMP/out" 2>"$TMP/err") || rc=$?
+(cd "$proj" && npx --no-install nmlx -n 48 "Once upon a time" >"$TMP/out" 2>"$TMP/err") || rc=$?
 check "npx nmlx \"Once upon a time\": exit 0 (stderr: $(head -c 300 "$TMP/err"))" [ "$rc" = 0 ]
 check "npx nmlx: text" [ -n "$(tr -d '\n' <"$TMP/out")" ]
 check "npx nmlx: the demo model line" grep -qF "$line" "$TMP/err"
 check "npx nmlx: the stats line" grep -q "^\[.* prompt tokens, .* generated, .*\]$" "$TMP/err"
 echo "npx nmlx: $(head -c 200 "$TMP/out")"
+[ "$trained" = 1 ] && check "npx nmlx with the trained demo model: English" english "$TMP/out"
 rc=0
 (cd "$proj" && npx --no-install nmlx --version >"$TMP/out" 2>"$TMP/err") || rc=$?
 check "npx nmlx --version" bash -c '[ "$0" = 0 ] && grep -q "^nmlx " "$1"' "$rc" "$TMP/out"
