@@ -67,6 +67,12 @@ void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);
 
 void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                       const float *x, float *y, int64_t T);
+/* Quantized weights (cuda_quant.cu): matmul for w->mode != NMLX_QUANT_NONE,
+ * and the embedding gather of a quantized table (ids already on the device). */
+void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                       const float *x, float *y, int64_t T);
+void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev,
+                      int64_t T, float scale, float *out);
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out);
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
