@@ -9,6 +9,7 @@
 #     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16.
 #   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
 #   x rounded to bf16 instead of the exact hi+lo split).
+#   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-cuda-out}
@@ -26,7 +27,7 @@ fi
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures bench_cuda_quant >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -34,6 +35,10 @@ grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 echo "tests done ($(( $(date +%s) - T0 )) s)"
+if [ "${KBENCH:-1}" = 1 ]; then
+  ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"
+  echo "kernel bench done ($(( $(date +%s) - T0 )) s)"
+fi
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   timeout 120 compute-sanitizer --tool memcheck ./$B/nmlx run -m tests/fixtures/quant_qwen3_q8g64_bf16 \
     --device cuda -n 8 --ids 1,2,3,4,5 2>&1 | tail -4

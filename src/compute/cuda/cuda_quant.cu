@@ -23,6 +23,7 @@
  *    NMLX_CUDA_QMM=bf16 drops the lo half (x rounded to bf16: half the
  *    tensor-core work, as cuBLAS bf16 prefill rounds x).
  *  - embed: one block per token dequantizes its row. */
+#include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
@@ -395,14 +396,17 @@ void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t 
 
 /* ---- dispatch ---- */
 
+static int qmm_split_mode = -1; /* -1: not read from the environment yet */
+
 static bool qmm_split(void) {
-    static int split = -1;
-    if (split < 0) {
+    if (qmm_split_mode < 0) {
         const char *e = getenv("NMLX_CUDA_QMM");
-        split = !(e && !strcmp(e, "bf16"));
+        qmm_split_mode = !(e && !strcmp(e, "bf16"));
     }
-    return split != 0;
+    return qmm_split_mode != 0;
 }
+
+extern "C" void nmlx_cuda_set_qmm_split(int split) { qmm_split_mode = split ? 1 : 0; }
 
 template <int BITS, bool MX>
 static void launch(cudaStream_t s, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
