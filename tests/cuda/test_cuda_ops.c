@@ -300,6 +300,11 @@ static void test_quant(void) {
         test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, T, 45, 32 * 7, T > 1);
         test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, T, 130, 1024, false);
     }
+    /* D >= 8192: the mat-vec's 4-rows-a-warp variant */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 8195, 512, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 1, 8197, 320, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, 1, 8200, 384, false);
+    test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 1, 8193, 256, false);
     /* real widths: Llama-style 4/8-bit g64 bf16 */
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 1000, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);

@@ -187,6 +187,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->ids_host) cudaFreeHost(c->ids_host);
     if (c->ids_dev) cudaFree(c->ids_dev);
     if (c->act16) cudaFree(c->act16);
+    if (c->qx) cudaFree(c->qx);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);

@@ -46,6 +46,8 @@ typedef struct cuda_impl {
     size_t ids_cap;
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
+    void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
+    size_t qx_bytes;
     cudaError_t first_error; /* first failure of a void op, kept for tests */
     cuda_copy_batch copies;  /* queued, not yet launched */
 } cuda_impl;

@@ -32,37 +32,6 @@
 
 /* ---- shared decoding helpers ---- */
 
-/* The BITS words of chunk c of a row (u32 pointer to the chunk). vec: the
- * chunk is 16-byte aligned (BITS % 4 == 0) or 8-byte aligned (BITS % 2 == 0)
- * whenever the weight's base is 16-byte aligned (checked on the host). */
-template <int BITS>
-__device__ __forceinline__ void load_chunk(const uint32_t *p, bool vec, uint32_t *wd) {
-    if (vec && BITS % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < BITS / 4; i++) {
-            uint4 u = __ldg((const uint4 *)p + i);
-            wd[4 * i] = u.x, wd[4 * i + 1] = u.y, wd[4 * i + 2] = u.z, wd[4 * i + 3] = u.w;
-        }
-    } else if (vec && BITS % 2 == 0) {
-#pragma unroll
-        for (int i = 0; i < BITS / 2; i++) {
-            uint2 u = __ldg((const uint2 *)p + i);
-            wd[2 * i] = u.x, wd[2 * i + 1] = u.y;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < BITS; i++) wd[i] = __ldg(p + i);
-    }
-}
-
-/* Code i (0..31, a compile-time constant after unrolling) of a chunk. */
-template <int BITS> __device__ __forceinline__ uint32_t chunk_code(const uint32_t *wd, int i) {
-    const int bit = i * BITS, wi = bit >> 5, sh = bit & 31;
-    uint32_t v = wd[wi] >> sh;
-    if (sh + BITS > 32) v |= wd[wi + 1] << (32 - sh);
-    return v & ((1u << BITS) - 1u);
-}
-
 /* Small unsigned integer -> float without the slow int->float unit. */
 __device__ __forceinline__ float code_f32(uint32_t q) {
     return __uint_as_float(q | 0x4B000000u) - 8388608.0f;
@@ -102,65 +71,121 @@ __device__ __forceinline__ void group_sb(const void *scales, const void *biases,
 
 /* ---- decode mat-vec ---- */
 
-enum { QG_WARPS = 4, QG_ROWS = 2 };
+enum { QG_WARPS = 4 };
 
 __device__ __forceinline__ float qwarp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-/* y[d] = sum_k W[d, k] x[k] (+ bias[d]) for QG_ROWS rows per warp. */
+/* The 8 codes of inputs 8k..8k+7 of a row: BITS bytes at byte k * BITS (the
+ * row's base is 4-byte aligned, its length a multiple of 4 * BITS bytes). */
+template <int BITS> __device__ __forceinline__ uint64_t load8(const uint8_t *row, int k) {
+    const uint8_t *p = row + (size_t)k * BITS;
+    if (BITS == 4) return __ldg((const uint32_t *)p);
+    if (BITS == 8) {
+        const uint32_t *q = (const uint32_t *)p;
+        return (uint64_t)__ldg(q) | (uint64_t)__ldg(q + 1) << 32;
+    }
+    if (BITS == 2) return __ldg((const unsigned short *)p);
+    if (BITS == 6) {
+        const unsigned short *h = (const unsigned short *)p;
+        return (uint64_t)__ldg(h) | (uint64_t)__ldg(h + 1) << 16 | (uint64_t)__ldg(h + 2) << 32;
+    }
+    uint64_t v = 0;
+#pragma unroll
+    for (int i = 0; i < BITS; i++) v |= (uint64_t)__ldg(p + i) << (8 * i);
+    return v;
+}
+
+/* byte j of v as an exact float (0..255), through the 2^23 exponent trick:
+ * one byte permute + one subtract */
+__device__ __forceinline__ float byte_f32(uint32_t v, int j) {
+    return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7540u + (unsigned)j)) - 8388608.0f;
+}
+
+/* sum_i q_i * xv[i] over the 8 codes in v (affine: integers; MXFP4: E2M1
+ * values * 2^-14) */
 template <int BITS, bool MX>
+__device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
+    float dot = 0.0f;
+    if (!MX && BITS == 4) {
+        const uint32_t w = (uint32_t)v, lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            dot = fmaf(byte_f32(lo, j), xv[2 * j], dot);
+            dot = fmaf(byte_f32(hi, j), xv[2 * j + 1], dot);
+        }
+    } else if (!MX && BITS == 8) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) dot = fmaf(byte_f32((uint32_t)v, j), xv[j], dot);
+#pragma unroll
+        for (int j = 0; j < 4; j++) dot = fmaf(byte_f32((uint32_t)(v >> 32), j), xv[4 + j], dot);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t q = (uint32_t)(v >> (i * BITS)) & ((1u << BITS) - 1u);
+            dot = fmaf(qvalue<MX>(q), xv[i], dot);
+        }
+    }
+    return dot;
+}
+
+/* y[d] = sum_k W[d, k] x[k] (+ bias[d]) for R rows per warp. Lane l takes
+ * the 8-input pieces k = l, l + 32, ...: the warp's x loads (2 x 16 bytes a
+ * lane) and code loads (BITS bytes a lane) are contiguous, and each x piece
+ * serves the R rows. gshift = log2(group_size / 8). */
+template <int BITS, bool MX, int R>
 __global__ void __launch_bounds__(32 * QG_WARPS)
-    qgemv_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt, int gs,
-                 const float *x, float *y, int64_t D, int64_t N, const void *lbias,
-                 nmlx_dtype lbdt, bool wvec, bool xvec) {
+    qgemv_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
+                 int gshift, const float *x, float *y, int64_t D, int64_t N, const void *lbias,
+                 nmlx_dtype lbdt, bool xvec) {
     const int lane = threadIdx.x & 31;
-    const int64_t d0 = ((int64_t)blockIdx.x * QG_WARPS + threadIdx.x / 32) * QG_ROWS;
+    const int64_t d0 = ((int64_t)blockIdx.x * QG_WARPS + threadIdx.x / 32) * R;
     if (d0 >= D) return;
-    const int64_t C = N / 32, G = N / gs, wpr = N * BITS / 32;
-    const int cpg = gs / 32; /* chunks per group */
-    float acc[QG_ROWS];
+    const int K8 = (int)(N / 8), G = (int)(N >> (gshift + 3));
+    const uint8_t *rows[R];
+    int64_t sbase[R];
 #pragma unroll
-    for (int r = 0; r < QG_ROWS; r++) acc[r] = 0.0f;
-#pragma unroll 2
-    for (int64_t c = lane; c < C; c += 32) {
-        float xv[32], xs = 0.0f;
-        const float *xc = x + c * 32;
+    for (int r = 0; r < R; r++) { /* rows past D repeat the last one (not stored) */
+        const int64_t d = d0 + r < D ? d0 + r : D - 1;
+        rows[r] = (const uint8_t *)w + d * (N * BITS / 8);
+        sbase[r] = d * G;
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+#pragma unroll 4
+    for (int k = lane; k < K8; k += 32) {
+        float xv[8];
         if (xvec) {
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float4 v = __ldg((const float4 *)xc + i);
-                xv[4 * i] = v.x, xv[4 * i + 1] = v.y, xv[4 * i + 2] = v.z, xv[4 * i + 3] = v.w;
-            }
+            const float4 a = __ldg((const float4 *)x + 2 * k), b = __ldg((const float4 *)x + 2 * k + 1);
+            xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+            xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
         } else {
 #pragma unroll
-            for (int i = 0; i < 32; i++) xv[i] = __ldg(xc + i);
+            for (int i = 0; i < 8; i++) xv[i] = __ldg(x + 8 * k + i);
         }
+        float xs = 0.0f;
         if (!MX) {
 #pragma unroll
-            for (int i = 0; i < 32; i++) xs += xv[i];
+            for (int i = 0; i < 8; i++) xs += xv[i];
         }
+        const int g = k >> gshift;
 #pragma unroll
-        for (int r = 0; r < QG_ROWS; r++) {
-            const int64_t d = d0 + r;
-            if (d < D) {
-                uint32_t wd[BITS];
-                load_chunk<BITS>(w + d * wpr + c * BITS, wvec, wd);
-                float dot = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 32; i++) dot = fmaf(qvalue<MX>(chunk_code<BITS>(wd, i)), xv[i], dot);
-                float s, b;
-                group_sb<MX>(scales, biases, sdt, d * G + c / cpg, &s, &b);
-                if (MX) dot *= 16384.0f; /* fp4_f32_scaled's 2^-14, exact */
-                acc[r] = fmaf(s, dot, fmaf(b, xs, acc[r]));
-            }
+        for (int r = 0; r < R; r++) {
+            const float dot = dot8<BITS, MX>(load8<BITS>(rows[r], k), xv);
+            float sc, bi;
+            group_sb<MX>(scales, biases, sdt, sbase[r] + g, &sc, &bi);
+            if (MX) acc[r] = fmaf(sc, dot * 16384.0f, acc[r]); /* fp4 2^-14 back, exact */
+            else acc[r] = fmaf(sc, dot, fmaf(bi, xs, acc[r]));
         }
     }
 #pragma unroll
-    for (int r = 0; r < QG_ROWS; r++) {
-        float v = qwarp_sum(acc[r]);
-        if (lane == 0 && d0 + r < D) y[d0 + r] = v + (lbias ? cuda_load_f32(lbdt, lbias, d0 + r) : 0.0f);
+    for (int r = 0; r < R; r++) {
+        const float v = qwarp_sum(acc[r]);
+        if (lane == 0 && d0 + r < D)
+            y[d0 + r] = v + (lbias ? cuda_load_f32(lbdt, lbias, d0 + r) : 0.0f);
     }
 }
 
@@ -180,17 +205,65 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
+/* 16 bytes global -> shared, asynchronously; bytes = 0 writes zeros */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* The prefill operand x [T, N] f32, prepared once per matmul: hi = bf16(x),
+ * lo = bf16(x - hi) (x = hi + lo to ~2^-16 relative), xs[t, c] = sum of
+ * the 32 inputs of chunk c (f32). A thread takes 8 inputs. */
+__global__ void qx_split_kernel(const float *x, int64_t T, int64_t N, bool xvec, bool split,
+                                __nv_bfloat16 *hi, __nv_bfloat16 *lo, float *xs) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* piece of 8 */
+    const int64_t n8 = T * N / 8;
+    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (i < n8) {
+        if (xvec) {
+            const float4 a = ((const float4 *)x)[2 * i], b = ((const float4 *)x)[2 * i + 1];
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = x[8 * i + j];
+        }
+    }
+    float sum = 0.0f;
+    uint32_t h[4], l[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        sum += v[2 * j] + v[2 * j + 1];
+        h[j] = pack_bf16(v[2 * j], v[2 * j + 1]);
+        const __nv_bfloat162 hb = *(const __nv_bfloat162 *)&h[j];
+        l[j] = pack_bf16(v[2 * j] - __low2float(hb), v[2 * j + 1] - __high2float(hb));
+    }
+    /* the 4 threads of one 32-input chunk are lanes 4m..4m+3 (N % 32 == 0) */
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (i < n8) {
+        ((uint4 *)hi)[i] = make_uint4(h[0], h[1], h[2], h[3]);
+        if (split) ((uint4 *)lo)[i] = make_uint4(l[0], l[1], l[2], l[3]);
+        if ((i & 3) == 0) xs[i / 4] = sum;
+    }
+}
+
 /* y[t, d] = sum_k x[t, k] W[d, k] (+ bias[d]); block (blockIdx.x: 64 rows of
  * W, blockIdx.y: 128 tokens); 8 warps as 2 (rows) x 4 (tokens), each 32 x 32
- * = 2 x 4 mma tiles. */
+ * = 2 x 4 mma tiles. Per 32-input chunk: the next chunk's x tiles (bf16 hi,
+ * lo) stream into the other shared buffer (cp.async) and its codes into
+ * registers while the tensor cores work on this one. */
 template <int BITS, bool MX, bool SPLIT>
 __global__ void __launch_bounds__(QM_THREADS, 2)
     qmm_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt, int gs,
-               const float *x, float *y, int64_t T, int64_t D, int64_t N, const void *lbias,
-               nmlx_dtype lbdt, bool xvec) {
+               const __nv_bfloat16 *xhi, const __nv_bfloat16 *xlo, const float *xsum, float *y,
+               int64_t T, int64_t D, int64_t N, const void *lbias, nmlx_dtype lbdt) {
     __shared__ __align__(16) __nv_bfloat16 As[QM_BM][QM_LD];
-    __shared__ __align__(16) __nv_bfloat16 Bh[QM_BN][QM_LD];
-    __shared__ __align__(16) __nv_bfloat16 Bl[SPLIT ? QM_BN : 1][QM_LD];
+    __shared__ __align__(16) __nv_bfloat16 Bh[2][QM_BN][QM_LD];
+    __shared__ __align__(16) __nv_bfloat16 Bl[SPLIT ? 2 : 1][SPLIT ? QM_BN : 1][QM_LD];
     __shared__ float Ss[QM_BM], Sb[QM_BM], Xs[QM_BN];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -202,6 +275,8 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
     /* loader roles: A: row ar, codes 8*aq..8*aq+7; B: token br, inputs 16*bp.. */
     const int ar = tid >> 2, aq = tid & 3, br = tid >> 1, bp = tid & 1;
     const int64_t ad = d0 + ar, bt = t0 + br;
+    const int bbytes = bt < T ? 16 : 0;
+    const int64_t boff = (bt < T ? bt : 0) * N + 16 * bp; /* element offset of this thread's x */
 
     float acc[2][4][4], part[2][4][4];
 #pragma unroll
@@ -211,40 +286,36 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.0f;
 
-    /* raw operands of the next chunk, loaded into registers while the
-     * tensor cores work on the current one */
+    /* codes 8*aq.. are BITS bytes from bit sb of the chunk: one or two words */
     uint64_t rw = 0;
-    float rs = 0.0f, rb = 0.0f, rv[16];
+    float rs = 0.0f, rb = 0.0f, rx = 0.0f;
     const int sb = aq * BITS * 8, wi = sb >> 5, sh = sb & 31;
-    auto load_raw = [&](int64_t c) {
+    auto load_a = [&](int64_t c) {
         if (ad < D) {
-            /* codes 8*aq.. are BITS bytes from bit sb of the chunk: one or two
-             * words, never past the chunk */
             const uint32_t *p = w + ad * wpr + c * BITS;
             rw = __ldg(p + wi);
             if (sh + 8 * BITS > 32) rw |= (uint64_t)__ldg(p + wi + 1) << 32;
             if (aq == 0) group_sb<MX>(scales, biases, sdt, ad * G + c / cpg, &rs, &rb);
         }
-        if (bt < T) {
-            const float *xp = x + bt * N + c * 32 + 16 * bp;
-            if (xvec) {
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    float4 u = __ldg((const float4 *)xp + i);
-                    rv[4 * i] = u.x, rv[4 * i + 1] = u.y, rv[4 * i + 2] = u.z, rv[4 * i + 3] = u.w;
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 16; i++) rv[i] = __ldg(xp + i);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 16; i++) rv[i] = 0.0f;
-        }
+        if (tid < QM_BN) rx = t0 + tid < T ? __ldg(xsum + (t0 + tid) * C + c) : 0.0f;
     };
-    load_raw(0);
+    auto load_b = [&](int64_t c, int buf) {
+        const int64_t o = boff + c * 32;
+        cp_async16(&Bh[buf][br][16 * bp], xhi + o, bbytes);
+        cp_async16(&Bh[buf][br][16 * bp + 8], xhi + o + 8, bbytes);
+        if (SPLIT) {
+            cp_async16(&Bl[buf][br][16 * bp], xlo + o, bbytes);
+            cp_async16(&Bl[buf][br][16 * bp + 8], xlo + o + 8, bbytes);
+        }
+        cp_async_commit();
+    };
+    load_a(0);
+    load_b(0, 0);
 
     for (int64_t c = 0; c < C; c++) {
+        const int buf = (int)(c & 1);
+        if (c + 1 < C) load_b(c + 1, buf ^ 1); /* that buffer was last read before the
+                                                  previous iteration's closing barrier */
         /* A: 8 codes of row ad as bf16 (exact small integers / E2M1 values);
          * rows past D are zero */
         {
@@ -261,37 +332,16 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
                 for (int i = 0; i < 4; i++) pk[i] = pack_bf16(f[2 * i], f[2 * i + 1]);
             }
             if (aq == 0) {
-                Ss[ar] = rs;
-                Sb[ar] = rb;
+                Ss[ar] = ad < D ? rs : 0.0f;
+                Sb[ar] = ad < D ? rb : 0.0f;
             }
+            if (tid < QM_BN) Xs[tid] = rx;
             *(uint4 *)&As[ar][8 * aq] = make_uint4(pk[0], pk[1], pk[2], pk[3]);
         }
-        /* B: 16 inputs of token bt (zero past T), split into bf16 hi (+ lo) */
-        {
-            float s = 0.0f;
-            uint32_t hi[8], lo[8];
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                s += rv[2 * i] + rv[2 * i + 1];
-                hi[i] = pack_bf16(rv[2 * i], rv[2 * i + 1]);
-                if (SPLIT) {
-                    __nv_bfloat162 h = *(__nv_bfloat162 *)&hi[i];
-                    lo[i] = pack_bf16(rv[2 * i] - __low2float(h), rv[2 * i + 1] - __high2float(h));
-                }
-            }
-            s += __shfl_xor_sync(0xffffffffu, s, 1);
-            if (bp == 0) Xs[br] = s;
-            uint4 *dh = (uint4 *)&Bh[br][16 * bp];
-            dh[0] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-            dh[1] = make_uint4(hi[4], hi[5], hi[6], hi[7]);
-            if (SPLIT) {
-                uint4 *dl = (uint4 *)&Bl[br][16 * bp];
-                dl[0] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-                dl[1] = make_uint4(lo[4], lo[5], lo[6], lo[7]);
-            }
-        }
+        if (c + 1 < C) cp_async_wait<1>(); /* chunk c's x has landed */
+        else cp_async_wait<0>();
         __syncthreads();
-        if (c + 1 < C) load_raw(c + 1);
+        if (c + 1 < C) load_a(c + 1);
 #pragma unroll
         for (int i = 0; i < 2; i++)
 #pragma unroll
@@ -312,13 +362,13 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int n0 = 32 * wn + 8 * j + gid;
-                uint32_t b0 = *(const uint32_t *)&Bh[n0][ks + 2 * tig];
-                uint32_t b1 = *(const uint32_t *)&Bh[n0][ks + 8 + 2 * tig];
+                uint32_t b0 = *(const uint32_t *)&Bh[buf][n0][ks + 2 * tig];
+                uint32_t b1 = *(const uint32_t *)&Bh[buf][n0][ks + 8 + 2 * tig];
 #pragma unroll
                 for (int i = 0; i < 2; i++) mma_bf16(part[i][j], a[i], b0, b1);
                 if (SPLIT) {
-                    b0 = *(const uint32_t *)&Bl[n0][ks + 2 * tig];
-                    b1 = *(const uint32_t *)&Bl[n0][ks + 8 + 2 * tig];
+                    b0 = *(const uint32_t *)&Bl[buf][n0][ks + 2 * tig];
+                    b1 = *(const uint32_t *)&Bl[buf][n0][ks + 8 + 2 * tig];
 #pragma unroll
                     for (int i = 0; i < 2; i++) mma_bf16(part[i][j], a[i], b0, b1);
                 }
@@ -408,48 +458,79 @@ static bool qmm_split(void) {
 
 extern "C" void nmlx_cuda_set_qmm_split(int split) { qmm_split_mode = split ? 1 : 0; }
 
+/* The backend's scratch for the prefill operand (hi, lo, xs) of T x N. */
+static bool qx_reserve(nmlx_backend *be, size_t need) {
+    cuda_impl *c = cuda_of(be);
+    if (need <= c->qx_bytes) return true;
+    cudaStreamSynchronize(c->stream);
+    if (c->qx) cudaFree(c->qx);
+    c->qx = NULL;
+    c->qx_bytes = 0;
+    cudaError_t e = cudaMalloc(&c->qx, need);
+    nmlx_cuda_note(be, e);
+    if (e != cudaSuccess) return false;
+    c->qx_bytes = need;
+    return true;
+}
+
 template <int BITS, bool MX>
-static void launch(cudaStream_t s, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
+static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
                    float *y, int64_t T) {
+    cudaStream_t s = cuda_of(be)->stream;
     const int64_t D = w->rows, N = w->cols;
     const uint32_t *wp = (const uint32_t *)w->w.data;
-    const bool wvec = (uintptr_t)wp % 16 == 0, xvec = (uintptr_t)x % 16 == 0;
+    const bool xvec = (uintptr_t)x % 16 == 0;
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     if (T == 1) {
-        const int64_t rows_per_block = QG_WARPS * QG_ROWS;
-        const unsigned grid = (unsigned)((D + rows_per_block - 1) / rows_per_block);
-        qgemv_kernel<BITS, MX><<<grid, 32 * QG_WARPS, 0, s>>>(
-            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, x, y, D, N, lb,
-            lbdt, wvec, xvec);
+        int gshift = 0;
+        while ((8 << gshift) < w->group_size) gshift++;
+        if (D >= 8192) { /* 4 rows a warp: x read once for 4 rows */
+            const unsigned grid = (unsigned)((D + QG_WARPS * 4 - 1) / (QG_WARPS * 4));
+            qgemv_kernel<BITS, MX, 4><<<grid, 32 * QG_WARPS, 0, s>>>(
+                wp, w->scales.data, w->biases.data, w->scales.dtype, gshift, x, y, D, N, lb, lbdt,
+                xvec);
+        } else { /* 2: more warps for the narrower matrices */
+            const unsigned grid = (unsigned)((D + QG_WARPS * 2 - 1) / (QG_WARPS * 2));
+            qgemv_kernel<BITS, MX, 2><<<grid, 32 * QG_WARPS, 0, s>>>(
+                wp, w->scales.data, w->biases.data, w->scales.dtype, gshift, x, y, D, N, lb, lbdt,
+                xvec);
+        }
         return;
     }
+    const bool split = qmm_split();
+    const size_t elems = (size_t)(T * N);
+    if (!qx_reserve(be, elems * 4 + elems / 8)) return;
+    char *base = (char *)cuda_of(be)->qx;
+    __nv_bfloat16 *hi = (__nv_bfloat16 *)base, *lo = (__nv_bfloat16 *)(base + elems * 2);
+    float *xs = (float *)(base + elems * 4);
+    const int64_t n8 = (int64_t)elems / 8;
+    qx_split_kernel<<<(unsigned)((n8 + 255) / 256), 256, 0, s>>>(x, T, N, xvec, split, hi, lo, xs);
     dim3 grid((unsigned)((D + QM_BM - 1) / QM_BM), (unsigned)((T + QM_BN - 1) / QM_BN));
-    if (qmm_split())
+    if (split)
         qmm_kernel<BITS, MX, true><<<grid, QM_THREADS, 0, s>>>(
-            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, x, y, T, D, N, lb,
-            lbdt, xvec);
+            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, hi, lo, xs, y, T,
+            D, N, lb, lbdt);
     else
         qmm_kernel<BITS, MX, false><<<grid, QM_THREADS, 0, s>>>(
-            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, x, y, T, D, N, lb,
-            lbdt, xvec);
+            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, hi, lo, xs, y, T,
+            D, N, lb, lbdt);
 }
 
 /* Quantized y[T, D] = x[T, N] @ W[D, N]^T (+ bias); the loaders validated
  * bits, group size and shapes (quant_layers.c). */
 void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                        const float *x, float *y, int64_t T) {
-    cudaStream_t s = cuda_of(be)->stream;
     if (w->mode == NMLX_QUANT_MXFP4) {
-        launch<4, true>(s, w, bias, x, y, T);
+        launch<4, true>(be, w, bias, x, y, T);
     } else {
         switch (w->bits) {
-        case 2: launch<2, false>(s, w, bias, x, y, T); break;
-        case 3: launch<3, false>(s, w, bias, x, y, T); break;
-        case 4: launch<4, false>(s, w, bias, x, y, T); break;
-        case 5: launch<5, false>(s, w, bias, x, y, T); break;
-        case 6: launch<6, false>(s, w, bias, x, y, T); break;
-        case 8: launch<8, false>(s, w, bias, x, y, T); break;
+        case 2: launch<2, false>(be, w, bias, x, y, T); break;
+        case 3: launch<3, false>(be, w, bias, x, y, T); break;
+        case 4: launch<4, false>(be, w, bias, x, y, T); break;
+        case 5: launch<5, false>(be, w, bias, x, y, T); break;
+        case 6: launch<6, false>(be, w, bias, x, y, T); break;
+        case 8: launch<8, false>(be, w, bias, x, y, T); break;
         default: nmlx_cuda_note(be, cudaErrorInvalidValue); return;
         }
     }
