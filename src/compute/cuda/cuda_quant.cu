@@ -71,6 +71,25 @@ __device__ __forceinline__ void group_sb(const void *scales, const void *biases,
 
 /* ---- decode mat-vec ---- */
 
+/* Scale/bias storage, a template parameter so loads carry no dtype branch
+ * (a branch between a load and its use keeps the compiler from batching
+ * loads across iterations: every piece would wait for its scale). */
+enum { SC_F32 = 0, SC_F16, SC_BF16, SC_E8M0 };
+
+template <int SC> struct sc_raw { typedef uint16_t t; };
+template <> struct sc_raw<SC_F32> { typedef float t; };
+template <> struct sc_raw<SC_E8M0> { typedef uint8_t t; };
+
+template <int SC> __device__ __forceinline__ typename sc_raw<SC>::t sc_load(const void *p, int64_t i) {
+    return __ldg((const typename sc_raw<SC>::t *)p + i);
+}
+template <int SC> __device__ __forceinline__ float sc_f32(typename sc_raw<SC>::t v) {
+    if constexpr (SC == SC_F32) return v;
+    else if constexpr (SC == SC_F16) return __half2float(__ushort_as_half(v));
+    else if constexpr (SC == SC_BF16) return __uint_as_float((uint32_t)v << 16);
+    else return e8m0_f32(v);
+}
+
 enum { QG_WARPS = 4 };
 
 __device__ __forceinline__ float qwarp_sum(float v) {
@@ -134,29 +153,41 @@ __device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
 /* y[d] = sum_k W[d, k] x[k] (+ bias[d]) for R rows per warp. Lane l takes
  * the 8-input pieces k = l, l + 32, ...: the warp's x loads (2 x 16 bytes a
  * lane) and code loads (BITS bytes a lane) are contiguous, and each x piece
- * serves the R rows. gshift = log2(group_size / 8). */
-template <int BITS, bool MX, int R>
+ * serves the R rows. All loads of a piece are issued before any math.
+ * gshift = log2(group_size / 8). SC: the scales' storage (SC_E8M0 = MXFP4). */
+template <int BITS, int SC, int R>
 __global__ void __launch_bounds__(32 * QG_WARPS)
-    qgemv_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
-                 int gshift, const float *x, float *y, int64_t D, int64_t N, const void *lbias,
+    qgemv_kernel(const uint32_t *w, const void *scales, const void *biases, int gshift,
+                 const float *x, float *y, int64_t D, int64_t N, const void *lbias,
                  nmlx_dtype lbdt, bool xvec) {
+    constexpr bool MX = SC == SC_E8M0;
     const int lane = threadIdx.x & 31;
     const int64_t d0 = ((int64_t)blockIdx.x * QG_WARPS + threadIdx.x / 32) * R;
     if (d0 >= D) return;
     const int K8 = (int)(N / 8), G = (int)(N >> (gshift + 3));
     const uint8_t *rows[R];
-    int64_t sbase[R];
+    const typename sc_raw<SC>::t *srow[R], *brow[R];
 #pragma unroll
     for (int r = 0; r < R; r++) { /* rows past D repeat the last one (not stored) */
         const int64_t d = d0 + r < D ? d0 + r : D - 1;
         rows[r] = (const uint8_t *)w + d * (N * BITS / 8);
-        sbase[r] = d * G;
+        srow[r] = (const typename sc_raw<SC>::t *)scales + d * G;
+        brow[r] = MX ? srow[r] : (const typename sc_raw<SC>::t *)biases + d * G;
     }
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f;
 #pragma unroll 4
     for (int k = lane; k < K8; k += 32) {
+        const int g = k >> gshift;
+        uint64_t v[R];
+        typename sc_raw<SC>::t sr[R], bq[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            v[r] = load8<BITS>(rows[r], k);
+            sr[r] = __ldg(srow[r] + g);
+            if (!MX) bq[r] = __ldg(brow[r] + g);
+        }
         float xv[8];
         if (xvec) {
             const float4 a = __ldg((const float4 *)x + 2 * k), b = __ldg((const float4 *)x + 2 * k + 1);
@@ -171,14 +202,11 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
 #pragma unroll
             for (int i = 0; i < 8; i++) xs += xv[i];
         }
-        const int g = k >> gshift;
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            const float dot = dot8<BITS, MX>(load8<BITS>(rows[r], k), xv);
-            float sc, bi;
-            group_sb<MX>(scales, biases, sdt, sbase[r] + g, &sc, &bi);
-            if (MX) acc[r] = fmaf(sc, dot * 16384.0f, acc[r]); /* fp4 2^-14 back, exact */
-            else acc[r] = fmaf(sc, dot, fmaf(bi, xs, acc[r]));
+            const float dot = dot8<BITS, MX>(v[r], xv);
+            if (MX) acc[r] = fmaf(sc_f32<SC>(sr[r]), dot * 16384.0f, acc[r]); /* fp4 2^-14 back */
+            else acc[r] = fmaf(sc_f32<SC>(sr[r]), dot, fmaf(sc_f32<SC>(bq[r]), xs, acc[r]));
         }
     }
 #pragma unroll
@@ -186,6 +214,25 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
         const float v = qwarp_sum(acc[r]);
         if (lane == 0 && d0 + r < D)
             y[d0 + r] = v + (lbias ? cuda_load_f32(lbdt, lbias, d0 + r) : 0.0f);
+    }
+}
+
+template <int BITS, int SC>
+static void launch_gemv(cudaStream_t s, const nmlx_weight *w, const float *x, float *y,
+                        const void *lb, nmlx_dtype lbdt) {
+    const int64_t D = w->rows, N = w->cols;
+    const bool xvec = (uintptr_t)x % 16 == 0;
+    int gshift = 0;
+    while ((8 << gshift) < w->group_size) gshift++;
+    const uint32_t *wp = (const uint32_t *)w->w.data;
+    if (D >= 8192) { /* 4 rows a warp: x read once for 4 rows */
+        const unsigned grid = (unsigned)((D + QG_WARPS * 4 - 1) / (QG_WARPS * 4));
+        qgemv_kernel<BITS, SC, 4><<<grid, 32 * QG_WARPS, 0, s>>>(
+            wp, w->scales.data, w->biases.data, gshift, x, y, D, N, lb, lbdt, xvec);
+    } else { /* 2: more warps for the narrower matrices */
+        const unsigned grid = (unsigned)((D + QG_WARPS * 2 - 1) / (QG_WARPS * 2));
+        qgemv_kernel<BITS, SC, 2><<<grid, 32 * QG_WARPS, 0, s>>>(
+            wp, w->scales.data, w->biases.data, gshift, x, y, D, N, lb, lbdt, xvec);
     }
 }
 
@@ -483,19 +530,10 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     if (T == 1) {
-        int gshift = 0;
-        while ((8 << gshift) < w->group_size) gshift++;
-        if (D >= 8192) { /* 4 rows a warp: x read once for 4 rows */
-            const unsigned grid = (unsigned)((D + QG_WARPS * 4 - 1) / (QG_WARPS * 4));
-            qgemv_kernel<BITS, MX, 4><<<grid, 32 * QG_WARPS, 0, s>>>(
-                wp, w->scales.data, w->biases.data, w->scales.dtype, gshift, x, y, D, N, lb, lbdt,
-                xvec);
-        } else { /* 2: more warps for the narrower matrices */
-            const unsigned grid = (unsigned)((D + QG_WARPS * 2 - 1) / (QG_WARPS * 2));
-            qgemv_kernel<BITS, MX, 2><<<grid, 32 * QG_WARPS, 0, s>>>(
-                wp, w->scales.data, w->biases.data, w->scales.dtype, gshift, x, y, D, N, lb, lbdt,
-                xvec);
-        }
+        if constexpr (MX) launch_gemv<BITS, SC_E8M0>(s, w, x, y, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F32) launch_gemv<BITS, SC_F32>(s, w, x, y, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F16) launch_gemv<BITS, SC_F16>(s, w, x, y, lb, lbdt);
+        else launch_gemv<BITS, SC_BF16>(s, w, x, y, lb, lbdt);
         return;
     }
     const bool split = qmm_split();
