@@ -42,19 +42,25 @@ static size_t make_weight(const fmt *f, int64_t D, int64_t N, nmlx_weight *w) {
     if (!f->bits) {
         size_t n = (size_t)(D * N);
         uint16_t *p = malloc(n * 2);
-        for (size_t i = 0; i < n; i++) p[i] = nmlx_f32_to_bf16(((float)(next32() & 0xffff) - 32768.0f) * 6e-7f);
-        w->w = (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = p, .name = "w"};
+        for (size_t i = 0; i < n; i++)
+            p[i] = nmlx_f32_to_bf16(((float)(next32() & 0xffff) - 32768.0f) * 6e-7f);
+        w->w = (nmlx_tensor){
+            .dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = p, .name = "w"};
         return n * 2;
     }
     const int64_t words = nmlx_quant_row_words(N, f->bits), G = N / gs;
     uint32_t *q = malloc((size_t)(D * words) * 4);
-    for (int64_t i = 0; i < D * words; i++) q[i] = next32();
-    w->w = (nmlx_tensor){.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = q, .name = "q"};
+    for (int64_t i = 0; i < D * words; i++)
+        q[i] = next32();
+    w->w =
+        (nmlx_tensor){.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = q, .name = "q"};
     size_t bytes = (size_t)(D * words) * 4;
     if (f->mode == NMLX_QUANT_MXFP4) {
         uint8_t *s = malloc((size_t)(D * G));
-        for (int64_t i = 0; i < D * G; i++) s[i] = (uint8_t)(120 + next32() % 4);
-        w->scales = (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
+        for (int64_t i = 0; i < D * G; i++)
+            s[i] = (uint8_t)(120 + next32() % 4);
+        w->scales =
+            (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
         return bytes + (size_t)(D * G);
     }
     uint16_t *s = malloc((size_t)(D * G) * 2), *b = malloc((size_t)(D * G) * 2);
@@ -62,8 +68,10 @@ static size_t make_weight(const fmt *f, int64_t D, int64_t N, nmlx_weight *w) {
         s[i] = nmlx_f32_to_bf16(0.04f / (float)((1 << f->bits) - 1));
         b[i] = nmlx_f32_to_bf16(-0.02f);
     }
-    w->scales = (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
-    w->biases = (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b, .name = "b"};
+    w->scales =
+        (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
+    w->biases =
+        (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b, .name = "b"};
     return bytes + (size_t)(D * G) * 4;
 }
 
@@ -114,12 +122,15 @@ int main(int argc, char **argv) {
             float *x = be->ops->alloc(be, (size_t)(TP * N) * sizeof(float));
             float *y = be->ops->alloc(be, (size_t)(TP * D) * sizeof(float));
             float *hx = malloc((size_t)(TP * N) * sizeof(float));
-            for (int64_t i = 0; i < TP * N; i++) hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
+            for (int64_t i = 0; i < TP * N; i++)
+                hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
             be->ops->upload(be, x, hx, (size_t)(TP * N) * sizeof(float));
-            for (int i = 0; i < 10; i++) be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
+            for (int i = 0; i < 10; i++)
+                be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
             be->ops->sync(be);
             double t0 = now();
-            for (int i = 0; i < reps; i++) be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
+            for (int i = 0; i < reps; i++)
+                be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
             be->ops->sync(be);
             double tv = (now() - t0) / reps;
             double tm[2] = {0, 0};
@@ -130,7 +141,8 @@ int main(int argc, char **argv) {
                 be->ops->matmul(be, &dw[0], NULL, x, y, TP);
                 be->ops->sync(be);
                 t0 = now();
-                for (int i = 0; i < mr; i++) be->ops->matmul(be, &dw[i % nc], NULL, x, y, TP);
+                for (int i = 0; i < mr; i++)
+                    be->ops->matmul(be, &dw[i % nc], NULL, x, y, TP);
                 be->ops->sync(be);
                 tm[1 - split] = (now() - t0) / mr;
             }
@@ -146,7 +158,8 @@ int main(int argc, char **argv) {
             be->ops->free(be, x), be->ops->free(be, y);
             free(hx);
             nmlx_backend_free(be);
-            for (int i = 0; i < nc; i++) free_weight(&hw[i]);
+            for (int i = 0; i < nc; i++)
+                free_weight(&hw[i]);
         }
     return 0;
 }

@@ -80,20 +80,26 @@ template <int SC> struct sc_raw { typedef uint16_t t; };
 template <> struct sc_raw<SC_F32> { typedef float t; };
 template <> struct sc_raw<SC_E8M0> { typedef uint8_t t; };
 
-template <int SC> __device__ __forceinline__ typename sc_raw<SC>::t sc_load(const void *p, int64_t i) {
+template <int SC>
+__device__ __forceinline__ typename sc_raw<SC>::t sc_load(const void *p, int64_t i) {
     return __ldg((const typename sc_raw<SC>::t *)p + i);
 }
 template <int SC> __device__ __forceinline__ float sc_f32(typename sc_raw<SC>::t v) {
-    if constexpr (SC == SC_F32) return v;
-    else if constexpr (SC == SC_F16) return __half2float(__ushort_as_half(v));
-    else if constexpr (SC == SC_BF16) return __uint_as_float((uint32_t)v << 16);
-    else return e8m0_f32(v);
+    if constexpr (SC == SC_F32)
+        return v;
+    else if constexpr (SC == SC_F16)
+        return __half2float(__ushort_as_half(v));
+    else if constexpr (SC == SC_BF16)
+        return __uint_as_float((uint32_t)v << 16);
+    else
+        return e8m0_f32(v);
 }
 
 enum { QG_WARPS = 4 };
 
 __device__ __forceinline__ float qwarp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
@@ -113,7 +119,8 @@ template <int BITS> __device__ __forceinline__ uint64_t load8(const uint8_t *row
     }
     uint64_t v = 0;
 #pragma unroll
-    for (int i = 0; i < BITS; i++) v |= (uint64_t)__ldg(p + i) << (8 * i);
+    for (int i = 0; i < BITS; i++)
+        v |= (uint64_t)__ldg(p + i) << (8 * i);
     return v;
 }
 
@@ -125,8 +132,7 @@ __device__ __forceinline__ float byte_f32(uint32_t v, int j) {
 
 /* sum_i q_i * xv[i] over the 8 codes in v (affine: integers; MXFP4: E2M1
  * values * 2^-14) */
-template <int BITS, bool MX>
-__device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
+template <int BITS, bool MX> __device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
     float dot = 0.0f;
     if (!MX && BITS == 4) {
         const uint32_t w = (uint32_t)v, lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
@@ -137,9 +143,11 @@ __device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
         }
     } else if (!MX && BITS == 8) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) dot = fmaf(byte_f32((uint32_t)v, j), xv[j], dot);
+        for (int j = 0; j < 4; j++)
+            dot = fmaf(byte_f32((uint32_t)v, j), xv[j], dot);
 #pragma unroll
-        for (int j = 0; j < 4; j++) dot = fmaf(byte_f32((uint32_t)(v >> 32), j), xv[4 + j], dot);
+        for (int j = 0; j < 4; j++)
+            dot = fmaf(byte_f32((uint32_t)(v >> 32), j), xv[4 + j], dot);
     } else {
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -158,8 +166,8 @@ __device__ __forceinline__ float dot8(uint64_t v, const float *xv) {
 template <int BITS, int SC, int R>
 __global__ void __launch_bounds__(32 * QG_WARPS)
     qgemv_kernel(const uint32_t *w, const void *scales, const void *biases, int gshift,
-                 const float *x, float *y, int64_t D, int64_t N, const void *lbias,
-                 nmlx_dtype lbdt, bool xvec) {
+                 const float *x, float *y, int64_t D, int64_t N, const void *lbias, nmlx_dtype lbdt,
+                 bool xvec) {
     constexpr bool MX = SC == SC_E8M0;
     const int lane = threadIdx.x & 31;
     const int64_t d0 = ((int64_t)blockIdx.x * QG_WARPS + threadIdx.x / 32) * R;
@@ -176,7 +184,8 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
     }
     float acc[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
 #pragma unroll 4
     for (int k = lane; k < K8; k += 32) {
         const int g = k >> gshift;
@@ -190,23 +199,28 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
         }
         float xv[8];
         if (xvec) {
-            const float4 a = __ldg((const float4 *)x + 2 * k), b = __ldg((const float4 *)x + 2 * k + 1);
+            const float4 a = __ldg((const float4 *)x + 2 * k),
+                         b = __ldg((const float4 *)x + 2 * k + 1);
             xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
             xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
         } else {
 #pragma unroll
-            for (int i = 0; i < 8; i++) xv[i] = __ldg(x + 8 * k + i);
+            for (int i = 0; i < 8; i++)
+                xv[i] = __ldg(x + 8 * k + i);
         }
         float xs = 0.0f;
         if (!MX) {
 #pragma unroll
-            for (int i = 0; i < 8; i++) xs += xv[i];
+            for (int i = 0; i < 8; i++)
+                xs += xv[i];
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const float dot = dot8<BITS, MX>(v[r], xv);
-            if (MX) acc[r] = fmaf(sc_f32<SC>(sr[r]), dot * 16384.0f, acc[r]); /* fp4 2^-14 back */
-            else acc[r] = fmaf(sc_f32<SC>(sr[r]), dot, fmaf(sc_f32<SC>(bq[r]), xs, acc[r]));
+            if (MX)
+                acc[r] = fmaf(sc_f32<SC>(sr[r]), dot * 16384.0f, acc[r]); /* fp4 2^-14 back */
+            else
+                acc[r] = fmaf(sc_f32<SC>(sr[r]), dot, fmaf(sc_f32<SC>(bq[r]), xs, acc[r]));
         }
     }
 #pragma unroll
@@ -223,7 +237,8 @@ static void launch_gemv(cudaStream_t s, const nmlx_weight *w, const float *x, fl
     const int64_t D = w->rows, N = w->cols;
     const bool xvec = (uintptr_t)x % 16 == 0;
     int gshift = 0;
-    while ((8 << gshift) < w->group_size) gshift++;
+    while ((8 << gshift) < w->group_size)
+        gshift++;
     const uint32_t *wp = (const uint32_t *)w->w.data;
     if (D >= 8192) { /* 4 rows a warp: x read once for 4 rows */
         const unsigned grid = (unsigned)((D + QG_WARPS * 4 - 1) / (QG_WARPS * 4));
@@ -255,7 +270,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 /* 16 bytes global -> shared, asynchronously; bytes = 0 writes zeros */
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
     const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(bytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem),
+                 "r"(bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
@@ -273,10 +289,12 @@ __global__ void qx_split_kernel(const float *x, int64_t T, int64_t N, bool xvec,
     if (i < n8) {
         if (xvec) {
             const float4 a = ((const float4 *)x)[2 * i], b = ((const float4 *)x)[2 * i + 1];
-            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z,
+            v[7] = b.w;
         } else {
 #pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = x[8 * i + j];
+            for (int j = 0; j < 8; j++)
+                v[j] = x[8 * i + j];
         }
     }
     float sum = 0.0f;
@@ -331,7 +349,8 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) acc[i][j][r] = 0.0f;
+            for (int r = 0; r < 4; r++)
+                acc[i][j][r] = 0.0f;
 
     /* codes 8*aq.. are BITS bytes from bit sb of the chunk: one or two words */
     uint64_t rw = 0;
@@ -361,8 +380,9 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
 
     for (int64_t c = 0; c < C; c++) {
         const int buf = (int)(c & 1);
-        if (c + 1 < C) load_b(c + 1, buf ^ 1); /* that buffer was last read before the
-                                                  previous iteration's closing barrier */
+        if (c + 1 < C)
+            load_b(c + 1, buf ^ 1); /* that buffer was last read before the
+                                       previous iteration's closing barrier */
         /* A: 8 codes of row ad as bf16 (exact small integers / E2M1 values);
          * rows past D are zero */
         {
@@ -376,7 +396,8 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
                     f[i] = MX ? fp4_f32_scaled(q) * 16384.0f : code_f32(q);
                 }
 #pragma unroll
-                for (int i = 0; i < 4; i++) pk[i] = pack_bf16(f[2 * i], f[2 * i + 1]);
+                for (int i = 0; i < 4; i++)
+                    pk[i] = pack_bf16(f[2 * i], f[2 * i + 1]);
             }
             if (aq == 0) {
                 Ss[ar] = ad < D ? rs : 0.0f;
@@ -385,8 +406,10 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
             if (tid < QM_BN) Xs[tid] = rx;
             *(uint4 *)&As[ar][8 * aq] = make_uint4(pk[0], pk[1], pk[2], pk[3]);
         }
-        if (c + 1 < C) cp_async_wait<1>(); /* chunk c's x has landed */
-        else cp_async_wait<0>();
+        if (c + 1 < C)
+            cp_async_wait<1>(); /* chunk c's x has landed */
+        else
+            cp_async_wait<0>();
         __syncthreads();
         if (c + 1 < C) load_a(c + 1);
 #pragma unroll
@@ -394,7 +417,8 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
-                for (int r = 0; r < 4; r++) part[i][j][r] = 0.0f;
+                for (int r = 0; r < 4; r++)
+                    part[i][j][r] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < QM_BK; ks += 16) {
             uint32_t a[2][4];
@@ -412,12 +436,14 @@ __global__ void __launch_bounds__(QM_THREADS, 2)
                 uint32_t b0 = *(const uint32_t *)&Bh[buf][n0][ks + 2 * tig];
                 uint32_t b1 = *(const uint32_t *)&Bh[buf][n0][ks + 8 + 2 * tig];
 #pragma unroll
-                for (int i = 0; i < 2; i++) mma_bf16(part[i][j], a[i], b0, b1);
+                for (int i = 0; i < 2; i++)
+                    mma_bf16(part[i][j], a[i], b0, b1);
                 if (SPLIT) {
                     b0 = *(const uint32_t *)&Bl[buf][n0][ks + 2 * tig];
                     b1 = *(const uint32_t *)&Bl[buf][n0][ks + 8 + 2 * tig];
 #pragma unroll
-                    for (int i = 0; i < 2; i++) mma_bf16(part[i][j], a[i], b0, b1);
+                    for (int i = 0; i < 2; i++)
+                        mma_bf16(part[i][j], a[i], b0, b1);
                 }
             }
         }
@@ -475,19 +501,21 @@ __global__ void qembed_kernel(const uint32_t *w, const void *scales, const void 
         const uint32_t q = (v >> sh) & ((1u << bits) - 1u);
         const int64_t gi = (int64_t)id * G + k / gs;
         float val;
-        if (mx) val = fp4_f32_scaled(q) * 16384.0f * e8m0_f32(((const uint8_t *)scales)[gi]);
-        else val = cuda_load_f32(sdt, scales, gi) * (float)q + cuda_load_f32(sdt, biases, gi);
+        if (mx)
+            val = fp4_f32_scaled(q) * 16384.0f * e8m0_f32(((const uint8_t *)scales)[gi]);
+        else
+            val = cuda_load_f32(sdt, scales, gi) * (float)q + cuda_load_f32(sdt, biases, gi);
         o[k] = val * scale;
     }
 }
 
-void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev,
-                      int64_t T, float scale, float *out) {
+void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev, int64_t T,
+                      float scale, float *out) {
     cudaStream_t s = cuda_of(be)->stream;
-    qembed_kernel<<<(unsigned)T, 256, 0, s>>>(
-        (const uint32_t *)table->w.data, table->scales.data, table->biases.data,
-        table->scales.dtype, table->bits, table->group_size, table->mode == NMLX_QUANT_MXFP4,
-        ids_dev, table->rows, table->cols, scale, out);
+    qembed_kernel<<<(unsigned)T, 256, 0, s>>>((const uint32_t *)table->w.data, table->scales.data,
+                                              table->biases.data, table->scales.dtype, table->bits,
+                                              table->group_size, table->mode == NMLX_QUANT_MXFP4,
+                                              ids_dev, table->rows, table->cols, scale, out);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
@@ -530,10 +558,14 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     if (T == 1) {
-        if constexpr (MX) launch_gemv<BITS, SC_E8M0>(s, w, x, y, lb, lbdt);
-        else if (w->scales.dtype == NMLX_DT_F32) launch_gemv<BITS, SC_F32>(s, w, x, y, lb, lbdt);
-        else if (w->scales.dtype == NMLX_DT_F16) launch_gemv<BITS, SC_F16>(s, w, x, y, lb, lbdt);
-        else launch_gemv<BITS, SC_BF16>(s, w, x, y, lb, lbdt);
+        if constexpr (MX)
+            launch_gemv<BITS, SC_E8M0>(s, w, x, y, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F32)
+            launch_gemv<BITS, SC_F32>(s, w, x, y, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F16)
+            launch_gemv<BITS, SC_F16>(s, w, x, y, lb, lbdt);
+        else
+            launch_gemv<BITS, SC_BF16>(s, w, x, y, lb, lbdt);
         return;
     }
     const bool split = qmm_split();
@@ -546,13 +578,13 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
     qx_split_kernel<<<(unsigned)((n8 + 255) / 256), 256, 0, s>>>(x, T, N, xvec, split, hi, lo, xs);
     dim3 grid((unsigned)((D + QM_BM - 1) / QM_BM), (unsigned)((T + QM_BN - 1) / QM_BN));
     if (split)
-        qmm_kernel<BITS, MX, true><<<grid, QM_THREADS, 0, s>>>(
-            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, hi, lo, xs, y, T,
-            D, N, lb, lbdt);
+        qmm_kernel<BITS, MX, true><<<grid, QM_THREADS, 0, s>>>(wp, w->scales.data, w->biases.data,
+                                                               w->scales.dtype, w->group_size, hi,
+                                                               lo, xs, y, T, D, N, lb, lbdt);
     else
-        qmm_kernel<BITS, MX, false><<<grid, QM_THREADS, 0, s>>>(
-            wp, w->scales.data, w->biases.data, w->scales.dtype, w->group_size, hi, lo, xs, y, T,
-            D, N, lb, lbdt);
+        qmm_kernel<BITS, MX, false><<<grid, QM_THREADS, 0, s>>>(wp, w->scales.data, w->biases.data,
+                                                                w->scales.dtype, w->group_size, hi,
+                                                                lo, xs, y, T, D, N, lb, lbdt);
 }
 
 /* Quantized y[T, D] = x[T, N] @ W[D, N]^T (+ bias); the loaders validated
