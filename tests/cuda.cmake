@@ -12,4 +12,8 @@ if(NMLX_CUDA)
     set_tests_properties(${name} PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
       ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
   endforeach()
+  # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
+  add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
+  target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)
+  target_link_libraries(bench_cuda_quant PRIVATE nmlx)
 endif()

@@ -1,8 +1,16 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (ctest -L cuda), then `nmlx bench --device cuda` on a synthetic
-# Qwen3-0.6B bf16 checkpoint (and the CPU backend on the same model for a
-# sanity line). Results land in $OUT (build log, test log, bench JSON).
+# tests (test_cuda_ops, test_cuda_fixtures: what `ctest -L cuda` runs), then
+# `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
+# Results land in $OUT (build log, test logs, bench JSON lines).
+#   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
+#     qwen3-bf16 = Qwen3-0.6B bf16 (make_synth_qwen3.py, needs torch);
+#     l1b-qB / l8b-qB = Llama-3.2-1B / Llama-3.1-8B MLX affine B-bit g64
+#     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16.
+#   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
+#   x rounded to bf16 instead of the exact hi+lo split).
+#   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
+#   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-cuda-out}
 mkdir -p "$OUT"
@@ -17,16 +25,41 @@ if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
   export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
 fi
 B=build-cuda-dev
+T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build ok"
-(cd $B && ctest -L cuda --output-on-failure 2>&1) | tee "$OUT/tests.log" | grep -v "^$" | tail -60
-NMLX_SOURCE_DIR=$PWD ./$B/tests/test_cuda_ops 2>&1 | tail -14
-NMLX_SOURCE_DIR=$PWD ./$B/tests/test_cuda_fixtures 2>&1 | tee "$OUT/fixtures.log" | tail -40
-M=/tmp/synth-qwen3-0.6b
-python3 bench/cuda/make_synth_qwen3.py $M 2>&1 | tail -1
-for p in 512; do
-  ./$B/nmlx bench -m $M --device cuda -p $p -n 128 -r 3 2>&1 | tee -a "$OUT/bench.jsonl"
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures bench_cuda_quant >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build ok ($(( $(date +%s) - T0 )) s)"
+export NMLX_SOURCE_DIR=$PWD
+./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
+grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
+./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
+grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
+echo "tests done ($(( $(date +%s) - T0 )) s)"
+if [ "${KBENCH:-1}" = 1 ]; then
+  ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"
+  echo "kernel bench done ($(( $(date +%s) - T0 )) s)"
+fi
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  timeout 120 compute-sanitizer --tool memcheck ./$B/nmlx run -m tests/fixtures/quant_qwen3_q8g64_bf16 \
+    --device cuda -n 8 --ids 1,2,3,4,5 2>&1 | tail -4
+fi
+bench() { # name dir [env]
+  local name=$1 dir=$2
+  shift 2
+  for p in 512; do
+    env "$@" ./$B/nmlx bench -m "$dir" --device cuda -p $p -n 128 -r 3 2>&1 | tail -1 |
+      sed "s/^{/{\"bench\":\"$name${1:+ $1}\",/" | tee -a "$OUT/bench.jsonl"
+  done
+}
+for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
+  D=/tmp/synth-$m
+  case $m in
+    qwen3-bf16) python3 bench/cuda/make_synth_qwen3.py $D 2>&1 | tail -1 ;;
+    l1b-bf16|l8b-bf16) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} 0 | tail -1 ;;
+    l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
+  esac
+  bench "$m" $D
+  case $m in *-q*) bench "$m" $D NMLX_CUDA_QMM=bf16 ;; esac
+  rm -rf $D
+  echo "$m done ($(( $(date +%s) - T0 )) s)"
 done
-./$B/nmlx bench -m $M --device cuda -p 16 -n 512 -r 1 2>&1 | tee -a "$OUT/bench.jsonl"
-./$B/nmlx bench -m $M -p 64 -n 16 -r 1 -t 16 2>&1 | tee -a "$OUT/bench.jsonl"

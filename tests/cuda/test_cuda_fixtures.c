@@ -5,8 +5,9 @@
  *    equal at every row;
  *  - greedy generation: the 16 greedy ids of expected.json exactly.
  * Families the CUDA backend does not run yet must fail to load with
- * NMLX_ERR_UNSUPPORTED; the dense standard families listed in MUST_RUN must
- * load. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * NMLX_ERR_UNSUPPORTED; the dense standard families and the quantized
+ * fixtures (affine 3/4/8-bit, MXFP4, quantized embedding + tied head) listed
+ * in MUST_RUN must load (the quant_* ones are float32: same 1e-4 limit). Exits 77 (ctest: skipped) when no GPU is usable. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "harness.h"
@@ -23,7 +24,9 @@
 
 static const char *const MUST_RUN[] = {"llama3_tied", "llama_untied_linear_bias", "mistral",
                                        "mistral_window", "qwen2", "qwen3", "qwen3_bf16",
-                                       "llama_plain", NULL};
+                                       "llama_plain", "quant_llama_mxfp4",
+                                       "quant_llama_q4g64_f16", "quant_qwen3_q3g32_bf16",
+                                       "quant_qwen3_q8g64_bf16", NULL};
 
 static float *read_floats(const char *path, size_t count) {
     FILE *f = fopen(path, "rb");
@@ -221,6 +224,6 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s/tests/fixtures/holdout", test_src_dir());
     run_dir(dir);
     printf("%d fixtures ran on cuda, %d refused as unsupported\n", n_run, n_refused);
-    EXPECT(n_run >= 8, "only %d fixtures ran on cuda", n_run);
+    EXPECT(n_run >= 12, "only %d fixtures ran on cuda", n_run);
     return test_summary();
 }

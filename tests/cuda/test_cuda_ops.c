@@ -2,10 +2,14 @@
  * sizes included: matmul (F32/F16/BF16, T = 1 mat-vec and T > 1 cuBLAS, bias,
  * unaligned widths, row views of a prepared tensor), embed, rmsnorm, rope,
  * attention (GQA, sliding window, softcap, sinks, several key tiles), act_mul,
- * act, add, scale, softmax, copy/upload/download. Prints the worst relative
+ * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
+ * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T = 1
+ * mat-vec and T > 1 tensor-core tiles, rows and tokens off the tile sizes,
+ * unaligned row views) and quantized embed. Prints the worst relative
  * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/quant.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
 
@@ -15,10 +19,10 @@ static nmlx_backend *cpu, *gpu;
 
 /* Host weights stay allocated until the end: the CUDA backend keys its
  * prepared copies by host address (as weights stay mapped in a model). */
-static void *kept[256];
+static void *kept[2048];
 static int n_kept;
 static void *keep(void *p) {
-    if (n_kept < 256) kept[n_kept++] = p;
+    if (n_kept < 2048) kept[n_kept++] = p;
     return p;
 }
 
@@ -55,9 +59,12 @@ static void check_ok(const char *what) {
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
 }
 
-static double worst[16];
-static const char *op_names[16] = {"matmul", "embed", "rmsnorm", "rope", "attention", "act_mul",
-                                   "act", "add", "scale", "softmax", "copy", "matmul_view"};
+enum { N_OPS = 16 };
+static double worst[N_OPS];
+static const char *op_names[N_OPS] = {"matmul", "embed", "rmsnorm", "rope", "attention",
+                                      "act_mul", "act", "add", "scale", "softmax", "copy",
+                                      "matmul_view", "qmatvec", "qmatmul", "qmatmul_view",
+                                      "qembed"};
 static void note(int op, double e) {
     if (e > worst[op] || e != e) worst[op] = e;
 }
@@ -150,6 +157,164 @@ static void test_embed(nmlx_dtype dt) {
     gpu->ops->free(gpu, dy);
     keep(w.w.data);
     free(tv), free(ref);
+}
+
+/* A quantized weight [D, N] (host memory, kept) from random values, as
+ * `nmlx convert` writes it. */
+static nmlx_weight make_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
+                                int64_t N) {
+    float *wv = rand_floats((size_t)(D * N), -1, 1);
+    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    if (mode == NMLX_QUANT_MXFP4) sdt = NMLX_DT_U8;
+    const size_t ss = nmlx_dtype_size(sdt);
+    uint32_t *packed = keep(malloc((size_t)(D * words) * 4));
+    char *sc = keep(malloc((size_t)(D * G) * ss)), *bi = NULL;
+    if (mode == NMLX_QUANT_AFFINE) bi = keep(malloc((size_t)(D * G) * ss));
+    for (int64_t r = 0; r < D; r++)
+        nmlx_quant_quantize_row(mode, bits, gs, wv + r * N, N, packed + r * words,
+                                sc + (size_t)(r * G) * ss, bi ? bi + (size_t)(r * G) * ss : NULL,
+                                sdt);
+    free(wv);
+    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .name = "qw"},
+                     .scales = {.dtype = sdt, .ndim = 2, .shape = {D, G}, .name = "qs"},
+                     .mode = mode, .bits = bits, .group_size = gs, .rows = D, .cols = N};
+    w.w.data = packed;
+    w.scales.data = sc;
+    if (bi) w.biases = (nmlx_tensor){.dtype = sdt, .ndim = 2, .shape = {D, G}, .data = bi,
+                                     .name = "qb"};
+    return w;
+}
+
+/* the device twin of a host quantized weight (prepared parts) */
+static nmlx_weight prepare_q(const nmlx_weight *w) {
+    nmlx_weight g = *w;
+    const nmlx_tensor *p = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w->w, &p) == NMLX_OK, "prepare: %s", nmlx_last_error());
+    if (p) g.w = *p;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w->scales, &p) == NMLX_OK, "prepare: %s",
+           nmlx_last_error());
+    if (p) g.scales = *p;
+    if (w->mode == NMLX_QUANT_AFFINE) {
+        EXPECT(gpu->ops->prepare_tensor(gpu, &w->biases, &p) == NMLX_OK, "prepare: %s",
+               nmlx_last_error());
+        if (p) g.biases = *p;
+    }
+    return g;
+}
+
+/* rows [r0, r0 + n) of a quantized weight (a fused projection's part) */
+static nmlx_weight qrows(const nmlx_weight *w, int64_t r0, int64_t n) {
+    nmlx_weight v = *w;
+    const int64_t G = w->cols / w->group_size;
+    v.w.data = (char *)w->w.data + (size_t)(r0 * w->w.shape[1]) * 4;
+    v.w.shape[0] = n;
+    v.scales.data = (char *)w->scales.data + (size_t)(r0 * G) * nmlx_dtype_size(w->scales.dtype);
+    v.scales.shape[0] = n;
+    if (w->mode == NMLX_QUANT_AFFINE) {
+        v.biases.data =
+            (char *)w->biases.data + (size_t)(r0 * G) * nmlx_dtype_size(w->biases.dtype);
+        v.biases.shape[0] = n;
+    }
+    v.rows = n;
+    return v;
+}
+
+static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T,
+                         int64_t D, int64_t N, bool bias) {
+    nmlx_weight w = make_qweight(mode, bits, gs, sdt, D, N);
+    float *x = rand_floats((size_t)(T * N), -1, 1), *bv = rand_floats((size_t)D, -1, 1);
+    nmlx_tensor b = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "b"};
+    b.data = keep(encode(NMLX_DT_BF16, bv, (size_t)D));
+    float *yref = malloc((size_t)(T * D) * sizeof(float));
+    cpu->ops->matmul(cpu, &w, bias ? &b : NULL, x, yref, T);
+    nmlx_weight gw = prepare_q(&w);
+    const nmlx_tensor *pb = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
+    float *dx = dev_of(x, (size_t)(T * N));
+    float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
+    gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
+    check_ok("qmatmul");
+    double e = rel_err(dy, yref, (size_t)(T * D));
+    /* T == 1: f32 like the reference; T > 1: q exact in bf16, x as bf16 hi +
+     * lo (~2^-16), f32 accumulation on the tensor cores */
+    double tol = T == 1 ? 1e-5 : 1e-4;
+    const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
+    EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
+           nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
+           bias, e, tol);
+    note(T == 1 ? 12 : 13, e);
+
+    /* a row view (fused qkv part), rows starting at an odd offset: unaligned
+     * for 3/5-bit codes, so the kernels' scalar load paths run */
+    if (D > 5) {
+        nmlx_weight v = qrows(&w, 3, D - 5);
+        nmlx_weight gv = prepare_q(&v);
+        EXPECT((char *)gv.w.data == (char *)gw.w.data + (size_t)(3 * w.w.shape[1]) * 4,
+               "a quantized view must share the prepared copy");
+        cpu->ops->matmul(cpu, &v, NULL, x, yref, T);
+        /* x at a 4-byte offset: the unaligned activation path */
+        float *dx1 = gpu->ops->alloc(gpu, (size_t)(T * N + 1) * sizeof(float));
+        gpu->ops->upload(gpu, dx1 + 1, x, (size_t)(T * N) * sizeof(float));
+        gpu->ops->matmul(gpu, &gv, NULL, dx1 + 1, dy, T);
+        check_ok("qmatmul view");
+        e = rel_err(dy, yref, (size_t)(T * (D - 5)));
+        EXPECT(e <= tol, "qmatmul view %s %d-bit g%d T=%lld: %.2e", nmlx_quant_mode_name(mode),
+               bits, gs, (long long)T, e);
+        note(14, e);
+        gpu->ops->free(gpu, dx1);
+    }
+    gpu->ops->free(gpu, dx);
+    gpu->ops->free(gpu, dy);
+    free(x), free(bv), free(yref);
+}
+
+static void test_qembed(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D) {
+    const int64_t V = 97, T = 9;
+    nmlx_weight w = make_qweight(mode, bits, gs, sdt, V, D);
+    int32_t ids[9] = {0, 96, 5, 5, 40, -1, 97, 13, 2}; /* two out of range: zero rows */
+    float *ref = malloc((size_t)(T * D) * sizeof(float));
+    cpu->ops->embed(cpu, &w, ids, T, 1.7f, ref);
+    nmlx_weight g = prepare_q(&w);
+    float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
+    gpu->ops->embed(gpu, &g, ids, T, 1.7f, dy);
+    check_ok("qembed");
+    double e = rel_err(dy, ref, (size_t)(T * D));
+    EXPECT(e <= 1e-6, "qembed %s %d-bit g%d: %.2e", nmlx_quant_mode_name(mode), bits, gs, e);
+    note(15, e);
+    gpu->ops->free(gpu, dy);
+    free(ref);
+}
+
+static void test_quant(void) {
+    const int bits[6] = {2, 3, 4, 5, 6, 8}, gss[3] = {32, 64, 128};
+    for (int bi = 0; bi < 6; bi++)
+        for (int gi = 0; gi < 3; gi++)
+            for (int si = 0; si < 3; si++) {
+                const nmlx_dtype sdt = si == 0 ? NMLX_DT_F32 : si == 1 ? NMLX_DT_F16 : NMLX_DT_BF16;
+                const int64_t N = (int64_t)gss[gi] * (3 + bi % 3); /* odd group counts */
+                test_qmatmul(NMLX_QUANT_AFFINE, bits[bi], gss[gi], sdt, 1, 37 + 8 * bi, N, true);
+                test_qmatmul(NMLX_QUANT_AFFINE, bits[bi], gss[gi], sdt, 3, 29, N, gi == 0);
+                test_qmatmul(NMLX_QUANT_AFFINE, bits[bi], gss[gi], sdt, 131, 67, N, si == 1);
+            }
+    for (int T = 1; T <= 200; T += 66) {
+        test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, T, 45, 32 * 7, T > 1);
+        test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, T, 130, 1024, false);
+    }
+    /* D >= 8192: the mat-vec's 4-rows-a-warp variant */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 8195, 512, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 1, 8197, 320, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, 1, 8200, 384, false);
+    test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 1, 8193, 256, false);
+    /* real widths: Llama-style 4/8-bit g64 bf16 */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 1000, 2048, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 1, 777, 3072, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 64, 256, 3072, false);
+    test_qembed(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 192);
+    test_qembed(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 96);
+    test_qembed(NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F32, 256);
+    test_qembed(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 64);
+    test_qembed(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 160);
 }
 
 static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
@@ -283,6 +448,7 @@ int main(void) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
     for (int d = 0; d < 3; d++) test_embed(dts[d]);
+    test_quant();
     test_rmsnorm(1, 1024, true, 0.0f);
     test_rmsnorm(7, 37, true, 1.0f);
     test_rmsnorm(33, 128, false, 0.0f);
@@ -299,7 +465,7 @@ int main(void) {
     test_elementwise(300007);
     test_softmax(1, 151936);
     test_softmax(9, 33);
-    for (int i = 0; i < 12; i++) printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
+    for (int i = 0; i < N_OPS; i++) printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     for (int i = 0; i < n_kept; i++) free(kept[i]);

@@ -149,10 +149,13 @@ static nmlx_status device_copy_of(nmlx_backend *be, const nmlx_tensor *t, char *
 static nmlx_status cuda_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
                                        const nmlx_tensor **out) {
     cuda_impl *c = cuda_of(be);
-    if (t->dtype != NMLX_DT_F32 && t->dtype != NMLX_DT_F16 && t->dtype != NMLX_DT_BF16)
+    /* float weights, and the packed codes (U32) and E8M0 scales (U8) of
+     * quantized ones */
+    if (t->dtype != NMLX_DT_F32 && t->dtype != NMLX_DT_F16 && t->dtype != NMLX_DT_BF16 &&
+        t->dtype != NMLX_DT_U32 && t->dtype != NMLX_DT_U8)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED,
-                         "cuda backend: tensor '%s' has dtype %s; only F32, F16 and BF16 weights "
-                         "run on CUDA yet (quantized checkpoints: use the CPU backend)",
+                         "cuda backend: tensor '%s' has dtype %s; CUDA runs F32/F16/BF16 weights "
+                         "and MLX-quantized ones (U32 codes, U8 MXFP4 scales)",
                          t->name ? t->name : "?", nmlx_dtype_name(t->dtype));
     if (!grow((void **)&c->tensors, &c->cap_tensors, c->n_tensors + 1, sizeof(nmlx_tensor *)))
         return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: out of memory");
@@ -184,6 +187,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->ids_host) cudaFreeHost(c->ids_host);
     if (c->ids_dev) cudaFree(c->ids_dev);
     if (c->act16) cudaFree(c->act16);
+    if (c->qx) cudaFree(c->qx);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);

@@ -13,6 +13,12 @@ extern "C" {
  * (void) op met so far, else NMLX_OK. Tests call it after each op. */
 nmlx_status nmlx_backend_cuda_check(nmlx_backend *be);
 
+/* Quantized prefill (cuda_quant.cu): 1 = x split into bf16 hi + lo (exact
+ * to ~1e-5, the default), 0 = x rounded to bf16 (half the tensor-core
+ * work). The environment variable NMLX_CUDA_QMM=bf16 sets 0 at start.
+ * Process-wide; for benchmarks. */
+void nmlx_cuda_set_qmm_split(int split);
+
 #ifdef __cplusplus
 }
 #endif

@@ -46,6 +46,8 @@ typedef struct cuda_impl {
     size_t ids_cap;
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
+    void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
+    size_t qx_bytes;
     cudaError_t first_error; /* first failure of a void op, kept for tests */
     cuda_copy_batch copies;  /* queued, not yet launched */
 } cuda_impl;
@@ -67,6 +69,12 @@ void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);
 
 void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                       const float *x, float *y, int64_t T);
+/* Quantized weights (cuda_quant.cu): matmul for w->mode != NMLX_QUANT_NONE,
+ * and the embedding gather of a quantized table (ids already on the device). */
+void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                       const float *x, float *y, int64_t T);
+void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev,
+                      int64_t T, float scale, float *out);
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out);
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,

@@ -77,6 +77,10 @@ void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *
     memcpy(c->ids_host, ids, (size_t)T * sizeof(int32_t));
     nmlx_cuda_note(be, cudaMemcpyAsync(c->ids_dev, c->ids_host, (size_t)T * sizeof(int32_t),
                                        cudaMemcpyHostToDevice, c->stream));
+    if (table->mode != NMLX_QUANT_NONE) {
+        nmlx_cuda_qembed(be, table, c->ids_dev, T, scale, out);
+        return;
+    }
     embed_kernel<<<(unsigned)T, ROW_THREADS, 0, c->stream>>>(table->w.data, table->w.dtype,
                                                              c->ids_dev, table->rows, table->cols,
                                                              scale, out);

@@ -4,7 +4,8 @@
  *  - prefill (T > 1): cuBLAS. F32 weights: SGEMM (full f32). BF16/F16
  *    weights: x is rounded to the weight's type and cublasGemmEx multiplies
  *    on the tensor cores with f32 accumulation and f32 output (as PyTorch
- *    runs a bf16 model); the bias is added by a second kernel. */
+ *    runs a bf16 model); the bias is added by a second kernel.
+ * Quantized weights go to cuda_quant.cu. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
@@ -167,15 +168,17 @@ static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
-/* Dense F32/F16/BF16 weights prepared on the device; anything else (the
- * loaders refuse quantized weights on CUDA) leaves y untouched. */
+/* Dense F32/F16/BF16 weights prepared on the device, or quantized ones
+ * (cuda_quant.cu); any other dtype leaves y untouched. */
 void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                       const float *x, float *y, int64_t T) {
     if (T <= 0 || w->rows <= 0) return;
     nmlx_dtype dt = w->w.dtype;
-    if (w->mode != NMLX_QUANT_NONE ||
-        (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16))
+    if (w->mode != NMLX_QUANT_NONE) {
+        nmlx_cuda_qmatmul(be, w, bias, x, y, T);
         return;
+    }
+    if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) return;
     if (T == 1) gemv(be, w, bias, x, y);
     else gemm(be, w, bias, x, y, T);
 }

@@ -1,0 +1,165 @@
+/* CUDA quantized matmul benchmark (GPU machine): for Llama-3.1-8B shapes,
+ * the decode mat-vec (T = 1) in GB/s of weight bytes read (packed codes +
+ * scales + biases; bf16 dense for comparison) and the prefill mat-mat (T =
+ * 512) in TFLOP/s, exact (hi+lo) and bf16-x variants. Weights are cycled
+ * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
+ * the wall time of many back-to-back launches over a sync (launch overhead
+ * included, as in decode). Values are random codes, valid bf16 scales.
+ *   build-cuda/bench_cuda_quant [reps=200]  (built with -DNMLX_CUDA=ON) */
+#define _POSIX_C_SOURCE 200809L
+#include "compute/backend.h"
+#include "compute/cuda/cuda_backend.h"
+#include "compute/quant.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint32_t next32(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+
+typedef struct {
+    const char *name;
+    nmlx_quant_mode mode;
+    int bits; /* 0 = dense bf16 */
+} fmt;
+
+/* a host weight [D, N] of format f; returns bytes */
+static size_t make_weight(const fmt *f, int64_t D, int64_t N, nmlx_weight *w) {
+    const int gs = f->mode == NMLX_QUANT_MXFP4 ? 32 : 64;
+    memset(w, 0, sizeof *w);
+    w->rows = D, w->cols = N, w->mode = f->mode, w->bits = f->bits, w->group_size = gs;
+    if (!f->bits) {
+        size_t n = (size_t)(D * N);
+        uint16_t *p = malloc(n * 2);
+        for (size_t i = 0; i < n; i++)
+            p[i] = nmlx_f32_to_bf16(((float)(next32() & 0xffff) - 32768.0f) * 6e-7f);
+        w->w = (nmlx_tensor){
+            .dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = p, .name = "w"};
+        return n * 2;
+    }
+    const int64_t words = nmlx_quant_row_words(N, f->bits), G = N / gs;
+    uint32_t *q = malloc((size_t)(D * words) * 4);
+    for (int64_t i = 0; i < D * words; i++)
+        q[i] = next32();
+    w->w =
+        (nmlx_tensor){.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = q, .name = "q"};
+    size_t bytes = (size_t)(D * words) * 4;
+    if (f->mode == NMLX_QUANT_MXFP4) {
+        uint8_t *s = malloc((size_t)(D * G));
+        for (int64_t i = 0; i < D * G; i++)
+            s[i] = (uint8_t)(120 + next32() % 4);
+        w->scales =
+            (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
+        return bytes + (size_t)(D * G);
+    }
+    uint16_t *s = malloc((size_t)(D * G) * 2), *b = malloc((size_t)(D * G) * 2);
+    for (int64_t i = 0; i < D * G; i++) {
+        s[i] = nmlx_f32_to_bf16(0.04f / (float)((1 << f->bits) - 1));
+        b[i] = nmlx_f32_to_bf16(-0.02f);
+    }
+    w->scales =
+        (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s, .name = "s"};
+    w->biases =
+        (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b, .name = "b"};
+    return bytes + (size_t)(D * G) * 4;
+}
+
+static void free_weight(nmlx_weight *w) {
+    free(w->w.data), free(w->scales.data), free(w->biases.data);
+}
+
+static int prepare(nmlx_backend *be, nmlx_tensor *t) {
+    const nmlx_tensor *p = NULL;
+    if (!t->data) return 0;
+    if (be->ops->prepare_tensor(be, t, &p) != NMLX_OK) return -1;
+    t->data = p->data;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 200;
+    const fmt fmts[] = {{"bf16", NMLX_QUANT_NONE, 0},
+                        {"q4g64", NMLX_QUANT_AFFINE, 4},
+                        {"q8g64", NMLX_QUANT_AFFINE, 8},
+                        {"mxfp4", NMLX_QUANT_MXFP4, 4},
+                        {"q3g64", NMLX_QUANT_AFFINE, 3}};
+    const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
+    const int64_t TP = 512;
+    printf("%-6s %-13s %10s %9s %8s | %10s %9s %10s %9s\n", "format", "D x N", "gemv us", "GB/s",
+           "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s");
+    for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int64_t D = shapes[si][0], N = shapes[si][1];
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cuda_create(0, &be) != NMLX_OK) {
+                printf("SKIP: %s\n", nmlx_last_error());
+                return 77;
+            }
+            nmlx_weight hw[64], dw[64];
+            size_t bytes = 0;
+            int nc = 0;
+            do {
+                bytes = make_weight(&fmts[fi], D, N, &hw[nc]);
+                dw[nc] = hw[nc];
+                if (prepare(be, &dw[nc].w) || prepare(be, &dw[nc].scales) ||
+                    prepare(be, &dw[nc].biases)) {
+                    printf("prepare failed: %s\n", nmlx_last_error());
+                    return 1;
+                }
+                nc++;
+            } while (nc < 64 && (size_t)nc * bytes < (256u << 20));
+            float *x = be->ops->alloc(be, (size_t)(TP * N) * sizeof(float));
+            float *y = be->ops->alloc(be, (size_t)(TP * D) * sizeof(float));
+            float *hx = malloc((size_t)(TP * N) * sizeof(float));
+            for (int64_t i = 0; i < TP * N; i++)
+                hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
+            be->ops->upload(be, x, hx, (size_t)(TP * N) * sizeof(float));
+            for (int i = 0; i < 10; i++)
+                be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
+            be->ops->sync(be);
+            double t0 = now();
+            for (int i = 0; i < reps; i++)
+                be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
+            be->ops->sync(be);
+            double tv = (now() - t0) / reps;
+            double tm[2] = {0, 0};
+            for (int split = 1; split >= 0; split--) {
+                if (!fmts[fi].bits && !split) continue;
+                nmlx_cuda_set_qmm_split(split);
+                int mr = reps / 10 < 3 ? 3 : reps / 10;
+                be->ops->matmul(be, &dw[0], NULL, x, y, TP);
+                be->ops->sync(be);
+                t0 = now();
+                for (int i = 0; i < mr; i++)
+                    be->ops->matmul(be, &dw[i % nc], NULL, x, y, TP);
+                be->ops->sync(be);
+                tm[1 - split] = (now() - t0) / mr;
+            }
+            nmlx_cuda_set_qmm_split(1);
+            nmlx_status st = nmlx_backend_cuda_check(be);
+            double fl = 2.0 * (double)D * (double)N * (double)TP;
+            char sh[32];
+            snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
+            printf("%-6s %-13s %10.2f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f%s\n", fmts[fi].name, sh,
+                   tv * 1e6, (double)bytes / tv / 1e9, nc, tm[0] * 1e3, fl / tm[0] / 1e12,
+                   tm[1] * 1e3, tm[1] > 0 ? fl / tm[1] / 1e12 : 0.0,
+                   st == NMLX_OK ? "" : "  CUDA ERROR");
+            be->ops->free(be, x), be->ops->free(be, y);
+            free(hx);
+            nmlx_backend_free(be);
+            for (int i = 0; i < nc; i++)
+                free_weight(&hw[i]);
+        }
+    return 0;
+}
