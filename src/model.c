@@ -186,6 +186,7 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     else if (cap > DEFAULT_CONTEXT_MAX) cap = DEFAULT_CONTEXT_MAX;
     else if (cap < DEFAULT_CONTEXT_MIN) cap = DEFAULT_CONTEXT_MIN;
     m->max_context = cap;
+    TRY(nmlx_context_fits(m, cap, "nmlx_model_load"));
 
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     if (file_exists(path)) TRY(read_generation_config(m, path));

@@ -6,6 +6,9 @@
 #include "harness.h"
 
 #include "io/config.h"
+#include "io/config_schema.h"
+
+#include <math.h>
 
 #include <ftw.h>
 #include <stdio.h>
@@ -87,7 +90,7 @@ static void test_getters(void) {
         " \"tie_word_embeddings\": null, \"bad_int\": 2.5, \"str_int\": \"3\", \"bool_int\": true,"
         " \"int_bool\": 1, \"num_str\": 7, \"huge\": 1e30,"
         " \"text_config\": {\"model_type\": \"gemma3_text\", \"hidden_size\": 640,"
-        "   \"num_hidden_layers\": null, \"vocab_size\": 1000, \"rms_norm_eps\": 5,"
+        "   \"num_hidden_layers\": null, \"vocab_size\": 1000, \"rope_theta\": 5,"
         "   \"use_cache\": false}}");
     if (!c) return;
     int64_t i = -1;
@@ -101,7 +104,7 @@ static void test_getters(void) {
     EXPECT(nmlx_cfg_int(c, "vocab_size", 0, &i) == NMLX_OK && i == 1000, "nested wins");
     EXPECT(nmlx_cfg_int(c, "num_hidden_layers", 0, &i) == NMLX_OK && i == 3,
            "null in text_config falls back to the top level");
-    EXPECT(nmlx_cfg_float(c, "rms_norm_eps", 0, &f) == NMLX_OK && f == 5.0, "int as float");
+    EXPECT(nmlx_cfg_float(c, "rope_theta", 0, &f) == NMLX_OK && f == 5.0, "int as float");
     EXPECT(nmlx_cfg_bool(c, "use_cache", true, &b) == NMLX_OK && !b, "nested bool");
     EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_OK && !strcmp(s, "gelu"), "string");
     EXPECT(nmlx_cfg_int(c, "head_dim", 0, &i) == NMLX_OK && i == 2, "2.0 is an integer");
@@ -296,15 +299,22 @@ static void test_rope_hub(void) {
                !strcmp(rc.type, "su") && rc.original_max_position_embeddings == 2048 &&
                rc.partial_rotary_factor == 0.25,
            "su");
+    /* a type transformers knows but nmlx does not compute: unsupported;
+     * a type nobody knows: outside the domain (transformers refuses it) */
     EXPECT(
         rope_of("{\"rope_scaling\": {\"rope_type\": \"mrope\", \"mrope_section\": [16, 24, 24]}}",
-                1) == NMLX_OK &&
-            !strcmp(rc.type, "mrope"),
-        "mrope_section ignored");
+                1) == NMLX_ERR_UNSUPPORTED &&
+            strstr(nmlx_last_error(), "rope_scaling.rope_type") &&
+            strstr(nmlx_last_error(), "mrope"),
+        "mrope is known but unsupported: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_scaling\": {\"rope_type\": \"weird_new_kind\", \"factor\": 2}}", 1) ==
-                   NMLX_OK &&
-               !strcmp(rc.type, "weird_new_kind"),
-           "unknown types pass through");
+                   NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "rope_scaling.rope_type") &&
+               strstr(nmlx_last_error(), "weird_new_kind"),
+           "unknown types fail the load: %s", nmlx_last_error());
+    EXPECT(rope_of("{\"rope_parameters\": {\"type\": \"\"}}", 1) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "rope_parameters.type"),
+           "an empty type fails: %s", nmlx_last_error());
     /* text_config holds the rope settings of a multimodal model */
     EXPECT(rope_of("{\"rope_theta\": 1.0, \"text_config\": {\"rope_theta\": 1000000,"
                    " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8}}}",
@@ -422,6 +432,132 @@ static void test_fault_injection(void) {
            nomem, other);
 }
 
+/* ---- the domain table ---------------------------------------------------- */
+
+static char *slurp(const char *rel) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", test_src_dir(), rel);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
+    if (b) b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+static bool doc_names(const char *doc, const char *key) {
+    char q[128];
+    snprintf(q, sizeof q, "`%s`", key);
+    return strstr(doc, q) != NULL;
+}
+
+/* Every value the model builders read goes through a getter with a string
+ * key: each key must have a domain in config_schema.c (booleans excepted:
+ * their type is their domain) and a row in docs/config_fields.md; every
+ * table entry must be documented. */
+static void test_schema_coverage(void) {
+    char *doc = slurp("docs/config_fields.md");
+    EXPECT(doc != NULL, "docs/config_fields.md readable");
+    if (!doc) return;
+    for (const nmlx_domain *d = nmlx_domain_table(); d->field; d++) {
+        const char *dot = strrchr(d->field, '.');
+        const char *key = dot ? dot + 1 : d->field;
+        EXPECT(doc_names(doc, key), "docs/config_fields.md has no row for '%s'", d->field);
+        if ((d->kind & 7) == NMLX_DOM_ENUM)
+            for (const char *const *v = d->supported; v && *v; v++) {
+                bool known = false;
+                for (const char *const *k = d->known; *k; k++)
+                    known = known || !strcmp(*k, *v);
+                EXPECT(known, "%s: supported value '%s' is not in the known list", d->field, *v);
+            }
+    }
+    static const char *const files[] = {"src/shared/standard_model.c", "src/shared/gemma3n_model.c",
+                                        "src/shared/rope_setup.c", "src/model.c"};
+    static const char *const getters[] = {"nmlx_cfg_int(",        "nmlx_cfg_float(",
+                                          "nmlx_cfg_string(",     "nmlx_cfg_int_list(",
+                                          "nmlx_cfg_float_list(", "nmlx_cfg_string_list(",
+                                          "required_int(",        "positive_int(",
+                                          "nmlx_cfg_bool(",       "feature("};
+    int seen = 0;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        char *src = slurp(files[f]);
+        EXPECT(src != NULL, "%s readable", files[f]);
+        for (size_t g = 0; src && g < sizeof getters / sizeof getters[0]; g++)
+            for (const char *p = strstr(src, getters[g]); p; p = strstr(p + 1, getters[g])) {
+                if (p > src && (p[-1] == '_' || (p[-1] >= 'a' && p[-1] <= 'z'))) continue;
+                const char *end = strchr(p, ';');
+                const char *q = strchr(p, '"');
+                if (!end || !q || q > end) continue; /* key from a variable (def->act_key) */
+                const char *e = strchr(q + 1, '"');
+                if (!e) continue;
+                char key[96];
+                snprintf(key, sizeof key, "%.*s", (int)(e - q - 1), q + 1);
+                if (strchr(key, ' ') || strchr(key, '%')) continue; /* a message */
+                seen++;
+                bool is_bool = g >= 8;
+                EXPECT(is_bool || nmlx_domain_find(key), "%s reads '%s' without a domain", files[f],
+                       key);
+                EXPECT(doc_names(doc, key), "%s reads '%s': not in docs/config_fields.md", files[f],
+                       key);
+            }
+        free(src);
+    }
+    EXPECT(seen > 40, "config keys found in the sources: %d", seen);
+    /* keys passed through the model-defs */
+    EXPECT(nmlx_domain_find("hidden_activation") && nmlx_domain_find("moe_intermediate_size"),
+           "model-def keys have domains");
+    /* the domain rule itself */
+    EXPECT(nmlx_domain_check_num("c.json", "rms_norm_eps", "rms_norm_eps", 0) ==
+                   NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "c.json") && strstr(nmlx_last_error(), "'rms_norm_eps'") &&
+               strstr(nmlx_last_error(), "= 0"),
+           "domain message: %s", nmlx_last_error());
+    EXPECT(nmlx_domain_check_num("c.json", "x", "rms_norm_eps", NAN) == NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "rope_theta", INFINITY) ==
+                   NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "top_p", 1.0) == NMLX_OK &&
+               nmlx_domain_check_num("c.json", "x", "head_dim", 2.5) == NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "not_in_table", NAN) == NMLX_OK,
+           "non-finite and fractional values");
+    EXPECT(nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "relu") ==
+                   NMLX_ERR_UNSUPPORTED &&
+               nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "Silu") ==
+                   NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "gelu") == NMLX_OK,
+           "enum check");
+    /* getters apply it */
+    nmlx_cfg *c = NULL;
+    EXPECT(nmlx_cfg_parse("{\"model_type\":\"x\",\"rms_norm_eps\":-1,\"vocab_size\":0,"
+                          "\"eos_token_id\":[1,-2],\"layer_types\":[\"full_attention\",\"nope\"],"
+                          "\"hidden_act\":\"swiglu\"}",
+                          "config.json", &c) == NMLX_OK,
+           "parse");
+    double f;
+    int64_t i, ids[4];
+    size_t n;
+    const char *s, *types[4];
+    EXPECT(nmlx_cfg_float(c, "rms_norm_eps", 1e-6, &f) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'rms_norm_eps' = -1"),
+           "float getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_int(c, "vocab_size", 1, &i) == NMLX_ERR_INVALID_MODEL, "int getter");
+    EXPECT(nmlx_cfg_int_list(c, "eos_token_id", ids, 4, &n) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'eos_token_id[1]' = -2"),
+           "int list getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_string_list(c, "layer_types", types, 4, &n) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'layer_types[1]' = 'nope'"),
+           "string list getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "swiglu"),
+           "string getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_float(c, "absent_key", 5, &f) == NMLX_OK && f == 5, "defaults unchecked");
+    nmlx_cfg_free(c);
+    free(doc);
+}
+
 int main(void) {
     test_seed(77);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nmlx_cfg_XXXXXX");
@@ -437,6 +573,7 @@ int main(void) {
     test_rope_parameters();
     test_rope_errors();
     test_fault_injection();
+    test_schema_coverage();
     nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

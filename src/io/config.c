@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "io/config.h"
 
+#include "io/config_schema.h"
 #include "io/file_util.h"
 
 #include <ctype.h>
@@ -115,20 +116,30 @@ static nmlx_status type_error(const nmlx_cfg *cfg, const char *key, const char *
     return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be %s", cfg->path, key, what);
 }
 
-static nmlx_status get_int(const nmlx_cfg *cfg, const json_t *v, const char *key, int64_t def,
-                           int64_t *out) {
+/* The getters below read a value, check its JSON type (NMLX_ERR_FORMAT)
+ * and then its domain from config_schema.c under the key `dom`
+ * (NMLX_ERR_INVALID_MODEL); `key` is the field as the file spells it.
+ * Defaults are the caller's and are not checked. */
+static nmlx_status get_int(const nmlx_cfg *cfg, const json_t *v, const char *key, const char *dom,
+                           int64_t def, int64_t *out) {
     int64_t x = def;
-    if (v && !json_is_null(v) && !as_int(v, &x)) return type_error(cfg, key, "an integer");
+    if (v && !json_is_null(v)) {
+        if (!as_int(v, &x)) return type_error(cfg, key, "an integer");
+        nmlx_status st = nmlx_domain_check_int(cfg->path, key, dom, x);
+        if (st != NMLX_OK) return st;
+    }
     *out = x;
     return NMLX_OK;
 }
 
-static nmlx_status get_float(const nmlx_cfg *cfg, const json_t *v, const char *key, double def,
-                             double *out) {
+static nmlx_status get_float(const nmlx_cfg *cfg, const json_t *v, const char *key, const char *dom,
+                             double def, double *out) {
     double x = def;
     if (v && !json_is_null(v)) {
         if (!json_is_number(v)) return type_error(cfg, key, "a number");
         x = json_number_value(v);
+        nmlx_status st = nmlx_domain_check_num(cfg->path, key, dom, x);
+        if (st != NMLX_OK) return st;
     }
     *out = x;
     return NMLX_OK;
@@ -149,13 +160,13 @@ static nmlx_status get_bool(const nmlx_cfg *cfg, const json_t *v, const char *ke
 
 nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
     if (!cfg || !key || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int: NULL argument");
-    return get_int(cfg, lookup(cfg, key), key, def, out);
+    return get_int(cfg, lookup(cfg, key), key, key, def, out);
 }
 
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out) {
     if (!cfg || !key || !out)
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float: NULL argument");
-    return get_float(cfg, lookup(cfg, key), key, def, out);
+    return get_float(cfg, lookup(cfg, key), key, key, def, out);
 }
 
 nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out) {
@@ -170,6 +181,10 @@ nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *de
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string: NULL argument");
     const json_t *v = lookup(cfg, key);
     if (v && !json_is_string(v)) return type_error(cfg, key, "a string");
+    if (v) {
+        nmlx_status st = nmlx_domain_check_str(cfg->path, key, key, json_string_value(v));
+        if (st != NMLX_OK) return st;
+    }
     *out = v ? json_string_value(v) : def;
     return NMLX_OK;
 }
@@ -186,6 +201,8 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     int64_t x;
     if (!json_is_array(v)) {
         if (!as_int(v, &x)) return type_error(cfg, key, "an integer or an array of integers");
+        nmlx_status st = nmlx_domain_check_int(cfg->path, key, key, x);
+        if (st != NMLX_OK) return st;
         if (cap < 1)
             return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
                              cfg->path, key, cap);
@@ -197,9 +214,14 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         if (!as_int(json_array_get(v, i), &x))
             return type_error(cfg, key, "an integer or an array of integers");
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st = nmlx_domain_check_int(cfg->path, shown, key, x);
+        if (st != NMLX_OK) return st;
+    }
     for (size_t i = 0; i < len; i++)
         as_int(json_array_get(v, i), &out[i]);
     *n = len;
@@ -217,6 +239,8 @@ nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *ou
     }
     if (!json_is_array(v)) {
         if (!json_is_number(v)) return type_error(cfg, key, "a number or an array of numbers");
+        nmlx_status st = nmlx_domain_check_num(cfg->path, key, key, json_number_value(v));
+        if (st != NMLX_OK) return st;
         if (cap < 1)
             return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
                              cfg->path, key, cap);
@@ -228,9 +252,15 @@ nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *ou
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         if (!json_is_number(json_array_get(v, i)))
             return type_error(cfg, key, "a number or an array of numbers");
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st =
+            nmlx_domain_check_num(cfg->path, shown, key, json_number_value(json_array_get(v, i)));
+        if (st != NMLX_OK) return st;
+    }
     for (size_t i = 0; i < len; i++) out[i] = json_number_value(json_array_get(v, i));
     *n = len;
     return NMLX_OK;
@@ -247,9 +277,10 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
  * "<obj_name>.<key>" in messages), falling back to `def`. */
 static nmlx_status rope_float(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
                               const char *key, double def, double *out) {
-    char field[96];
+    char field[96], dom[64];
     snprintf(field, sizeof field, "%s.%s", obj_name, key);
-    return get_float(cfg, params ? json_object_get(params, key) : NULL, field, def, out);
+    snprintf(dom, sizeof dom, "rope.%s", key);
+    return get_float(cfg, params ? json_object_get(params, key) : NULL, field, dom, def, out);
 }
 
 static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
@@ -270,6 +301,11 @@ static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const
         if (!json_is_number(x))
             return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s.%s' must be an array of numbers",
                              cfg->path, obj_name, key);
+        char shown[128], dom[64];
+        snprintf(shown, sizeof shown, "%s.%s[%zu]", obj_name, key, i);
+        snprintf(dom, sizeof dom, "rope.%s", key);
+        nmlx_status st = nmlx_domain_check_num(cfg->path, shown, dom, json_number_value(x));
+        if (st != NMLX_OK) return st;
         dst[i] = json_number_value(x);
     }
     *n = len;
@@ -347,6 +383,13 @@ nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const cha
     size_t len = json_array_size(v);
     for (size_t i = 0; i < len; i++)
         if (!json_is_string(json_array_get(v, i))) return type_error(cfg, key, "an array of strings");
+    for (size_t i = 0; i < len; i++) {
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st =
+            nmlx_domain_check_str(cfg->path, shown, key, json_string_value(json_array_get(v, i)));
+        if (st != NMLX_OK) return st;
+    }
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu supported)",
                          cfg->path, key, len, cap);
@@ -380,10 +423,10 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
               field);
         const char *s = json_string_value(t);
         size_t len = strlen(s);
-        CHECK(len > 0 && len < sizeof r->type, NMLX_ERR_UNSUPPORTED,
-              "%s: field '%s' value '%s' is not a known RoPE type", cfg->path, field, s);
+        if (len >= sizeof r->type) TRY(nmlx_domain_check_str(cfg->path, field, "rope.type", s));
         for (size_t i = 0; i <= len; i++)
             r->type[i] = (char)tolower((unsigned char)s[i]);
+        TRY(nmlx_domain_check_str(cfg->path, field, "rope.type", r->type));
     } else {
         snprintf(r->type, sizeof r->type, "default");
     }
@@ -393,7 +436,7 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
         p && !strncmp(pn, "rope_parameters", 15) ? json_object_get(p, "rope_theta") : NULL;
     if (th && !json_is_null(th)) {
         snprintf(field, sizeof field, "%s.rope_theta", pn);
-        TRY(get_float(cfg, th, field, def_theta, &r->theta));
+        TRY(get_float(cfg, th, field, "rope.rope_theta", def_theta, &r->theta));
     } else {
         TRY(nmlx_cfg_float(cfg, "rope_theta", def_theta, &r->theta));
     }
@@ -418,7 +461,8 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
     TRY(nmlx_cfg_float(cfg, "partial_rotary_factor", 1.0, &top_prf));
     snprintf(field, sizeof field, "%s.original_max_position_embeddings", pn);
     TRY(get_int(cfg, p ? json_object_get(p, "original_max_position_embeddings") : NULL, field,
-                top_ompe, &r->original_max_position_embeddings));
+                "rope.original_max_position_embeddings", top_ompe,
+                &r->original_max_position_embeddings));
     TRY(rope_float(cfg, p, pn, "partial_rotary_factor", top_prf, &r->partial_rotary_factor));
 
     TRY(rope_factors(cfg, p, pn, "short_factor", r->short_factor, &r->n_short));
