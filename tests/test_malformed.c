@@ -1304,6 +1304,7 @@ static const domain_case DOMAIN_CASES[] = {
     {"gemma3_text", "query_pre_attn_scalar", "0", NMLX_ERR_INVALID_MODEL, "query_pre_attn_scalar"},
     {"qwen3", "eos_token_id", "-1", NMLX_ERR_INVALID_MODEL, "eos_token_id"},
     {"qwen3", "eos_token_id", "[1, -7]", NMLX_ERR_INVALID_MODEL, "eos_token_id[1]"},
+    {"qwen3", "eos_token_id", "256", NMLX_ERR_INVALID_MODEL, "eos_token_id"},
     /* enums: unknown (invalid) and known but not computed (unsupported) */
     {"qwen3", "hidden_act", "\"swishy\"", NMLX_ERR_INVALID_MODEL, "hidden_act"},
     {"qwen3", "hidden_act", "\"relu\"", NMLX_ERR_UNSUPPORTED, "hidden_act"},

@@ -859,7 +859,7 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
     *out = t;
     t = NULL;
 cleanup:
-    if (st != NMLX_OK && t) t->pool = pool.p, pool.p = NULL;
+    if (st != NMLX_OK && t && pool.p) t->pool = pool.p, pool.p = NULL; /* freed with t */
     tok_buf_free(&pool);
     tj_free(&L.doc);
     free(path);
