@@ -7,6 +7,8 @@
 
 #include "io/config.h"
 #include "io/config_schema.h"
+#include "shared/gemma3n_model.h"
+#include "shared/standard_model.h"
 
 #include <math.h>
 
@@ -558,6 +560,56 @@ static void test_schema_coverage(void) {
     free(doc);
 }
 
+/* The model-defs' config defaults (tools/hf2c/model-defs, emitted into
+ * src/generated/) lie in the same domains as the values a file may give. */
+static void test_family_defaults(void) {
+    int n = 0;
+    for (size_t i = 0; nmlx_families[i]; i++) {
+        const nmlx_family *f = nmlx_families[i];
+        double eps, theta, local = 0;
+        int64_t maxpos, hd;
+        const char *act, *act_key;
+        if (f->build == nmlx_std_build) {
+            const nmlx_std_def *d = f->def;
+            eps = d->rms_norm_eps, theta = d->rope_theta, maxpos = d->max_position_embeddings;
+            hd = d->head_dim, act = d->hidden_act;
+            act_key = d->act_key ? d->act_key : "hidden_act";
+            if (d->local_rope) local = d->rope_local_theta;
+            if (d->sliding_window_default)
+                EXPECT(nmlx_domain_check_int(f->name, "sliding_window", "sliding_window",
+                                             d->sliding_window_default) == NMLX_OK,
+                       "%s", nmlx_last_error());
+        } else if (f->build == nmlx_g3n_build) {
+            const nmlx_g3n_def *d = f->def;
+            eps = d->rms_norm_eps, theta = d->rope_theta, maxpos = d->max_position_embeddings;
+            hd = d->head_dim, act = d->hidden_act, act_key = d->act_key;
+            local = d->rope_local_theta;
+            EXPECT(nmlx_domain_check_int(f->name, "laurel_rank", "laurel_rank", d->laurel_rank) ==
+                           NMLX_OK &&
+                       nmlx_domain_check_int(f->name, "altup_num_inputs", "altup_num_inputs",
+                                             d->altup_num_inputs) == NMLX_OK &&
+                       nmlx_domain_check_num(f->name, "final_logit_softcapping",
+                                             "final_logit_softcapping",
+                                             d->final_logit_softcapping) == NMLX_OK,
+                   "%s", nmlx_last_error());
+        } else {
+            EXPECT(0, "family %s: unknown def type", f->name);
+            continue;
+        }
+        EXPECT(nmlx_domain_check_num(f->name, "rms_norm_eps", "rms_norm_eps", eps) == NMLX_OK &&
+                   nmlx_domain_check_num(f->name, "rope_theta", "rope_theta", theta) == NMLX_OK &&
+                   (!local || nmlx_domain_check_num(f->name, "rope_local_base_freq",
+                                                    "rope_local_base_freq", local) == NMLX_OK) &&
+                   nmlx_domain_check_int(f->name, "max_position_embeddings",
+                                         "max_position_embeddings", maxpos) == NMLX_OK &&
+                   (!hd || nmlx_domain_check_int(f->name, "head_dim", "head_dim", hd) == NMLX_OK) &&
+                   nmlx_domain_check_str(f->name, act_key, act_key, act) == NMLX_OK,
+               "family %s defaults: %s", f->name, nmlx_last_error());
+        n++;
+    }
+    EXPECT(n >= 12, "families checked: %d", n);
+}
+
 int main(void) {
     test_seed(77);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nmlx_cfg_XXXXXX");
@@ -574,6 +626,7 @@ int main(void) {
     test_rope_errors();
     test_fault_injection();
     test_schema_coverage();
+    test_family_defaults();
     nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

@@ -948,15 +948,24 @@ static void test_tokenize_bytes(void) {
 /* Peak resident KiB of a child that loads the tokenizer in `dir`; *st gets
  * the load's status. The child starts as a copy of this process, so compare
  * two children, not a child with the parent. */
-static long child_peak_kib(const char *dir, nmlx_status *st) {
+static long child_peak_kib_of(const char *dir, bool model, nmlx_status *st) {
     int fds[2];
     if (pipe(fds) != 0) return -1;
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
-        nmlx_tokenizer *t = NULL;
-        int s = (int)nmlx_tokenizer_load(dir, &t);
-        nmlx_tokenizer_free(t);
+        int s;
+        if (model) {
+            nmlx_model_params mp = nmlx_model_default_params();
+            mp.n_threads = 1;
+            nmlx_model *m = NULL;
+            s = (int)nmlx_model_load(dir, &mp, &m);
+            nmlx_model_free(m);
+        } else {
+            nmlx_tokenizer *t = NULL;
+            s = (int)nmlx_tokenizer_load(dir, &t);
+            nmlx_tokenizer_free(t);
+        }
         if (write(fds[1], &s, sizeof s) != (ssize_t)sizeof s) _exit(2);
         _exit(0);
     }
@@ -972,7 +981,50 @@ static long child_peak_kib(const char *dir, nmlx_status *st) {
     return ru.ru_maxrss;
 }
 
+static long child_peak_kib(const char *dir, nmlx_status *st) {
+    return child_peak_kib_of(dir, false, st);
+}
+
+/* Config sizes at the top of their domains, over the real (tiny) tensors:
+ * refused by the tensor shapes before anything they size is allocated. */
+static void test_config_size_bounds(void) {
+    static const struct {
+        const char *key, *value;
+    } cases[] = {{"num_hidden_layers", "4096"},        {"vocab_size", "16777216"},
+                 {"hidden_size", "1048576"},           {"intermediate_size", "4194304"},
+                 {"num_attention_heads", "65536"},     {"head_dim", "65536"},
+                 {"max_position_embeddings", "2147483647"}};
+    char *dir = model_copy("qwen3", "bigcfg", "config.json");
+    char *p = path_join(dir, "config.json");
+    char *src = path_join(fixture_root, "qwen3"), *cp = path_join(src, "config.json");
+    json_t *root = json_load_file(cp, 0, NULL);
+    EXPECT(root != NULL, "qwen3 config.json");
+    nmlx_status st = NMLX_ERR_INTERNAL;
+    if (root) json_dump_file(root, p, 0);
+    long base = root ? child_peak_kib_of(dir, true, &st) : -1;
+    EXPECT(base > 0 && st == NMLX_OK, "baseline model load in a child");
+    for (size_t k = 0; root && k < sizeof cases / sizeof cases[0]; k++) {
+        json_t *copy = json_deep_copy(root);
+        json_object_set_new(copy, cases[k].key, json_loads(cases[k].value, JSON_DECODE_ANY, NULL));
+        json_dump_file(copy, p, 0);
+        json_decref(copy);
+        long peak = child_peak_kib_of(dir, true, &st);
+        EXPECT(peak > 0, "child load with %s = %s", cases[k].key, cases[k].value);
+        EXPECT(peak - base < 64 * 1024, "%s = %s: peak %ld KiB vs %ld KiB for the fixture",
+               cases[k].key, cases[k].value, peak, base);
+        printf("  %s = %s: %s, peak %+ld KiB\n", cases[k].key, cases[k].value,
+               nmlx_status_string(st), peak - base);
+    }
+    json_decref(root);
+    free(cp);
+    free(src);
+    free(p);
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_memory_bounds(void) {
+    test_config_size_bounds();
     /* TINY_TOK plus one added token with a huge id: refused before the id
      * tables are allocated; peak memory stays that of a normal load */
     char *dir = fresh_dir("bigid");
@@ -1349,6 +1401,8 @@ static const domain_case DOMAIN_CASES[] = {
      NMLX_ERR_INVALID_MODEL, "layer_types"},
     /* fields that disagree with the tensors */
     {"qwen3", "vocab_size", "257", NMLX_ERR_INVALID_MODEL, "embed_tokens"},
+    {"qwen3", "num_hidden_layers", "3", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
+    {"gemma3n", "num_hidden_layers", "4096", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
     {"qwen3", "hidden_size", "64", NMLX_ERR_INVALID_MODEL, "embed_tokens"},
     {"qwen3", "intermediate_size", "95", NMLX_ERR_INVALID_MODEL, "mlp"},
     {"qwen3", "head_dim", "8", NMLX_ERR_INVALID_MODEL, "proj"},

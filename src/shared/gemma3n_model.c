@@ -299,6 +299,7 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
                              &m->local_rope));
 
     const char *prefix = weight_prefix(ws);
+    TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     char name[192];
     snprintf(name, sizeof name, "%s.embed_tokens", prefix);
     TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden));

@@ -311,6 +311,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(read_window(cfg, def, &window));
     const char *prefix = NULL, *head_name = NULL;
     TRY(weight_prefix(ctx->weights, &prefix, &head_name));
+    TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
