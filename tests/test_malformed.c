@@ -990,9 +990,12 @@ static long child_peak_kib(const char *dir, nmlx_status *st) {
 static void test_config_size_bounds(void) {
     static const struct {
         const char *key, *value;
-    } cases[] = {{"num_hidden_layers", "4096"},        {"vocab_size", "16777216"},
-                 {"hidden_size", "1048576"},           {"intermediate_size", "4194304"},
-                 {"num_attention_heads", "65536"},     {"head_dim", "65536"},
+    } cases[] = {{"num_hidden_layers", "4096"},
+                 {"vocab_size", "16777216"},
+                 {"hidden_size", "1048576"},
+                 {"intermediate_size", "4194304"},
+                 {"num_attention_heads", "65536"},
+                 {"head_dim", "65536"},
                  {"max_position_embeddings", "2147483647"}};
     char *dir = model_copy("qwen3", "bigcfg", "config.json");
     char *p = path_join(dir, "config.json");

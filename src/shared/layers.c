@@ -173,8 +173,9 @@ nmlx_status nmlx_check_layer_count(const nmlx_weights *ws, const char *prefix, i
                          "%s: field 'num_hidden_layers' = %lld, but the checkpoint has no '%s*' "
                          "tensors",
                          config_path, (long long)n_layers, head);
-    return nmlx_fail(NMLX_ERR_INVALID_MODEL,
-                     "%s: field 'num_hidden_layers' = %lld, but the checkpoint has tensors for %lld "
-                     "layers ('%s0.' to '%s%lld.')",
-                     config_path, (long long)n_layers, top + 1, head, head, top);
+    return nmlx_fail(
+        NMLX_ERR_INVALID_MODEL,
+        "%s: field 'num_hidden_layers' = %lld, but the checkpoint has tensors for %lld "
+        "layers ('%s0.' to '%s%lld.')",
+        config_path, (long long)n_layers, top + 1, head, head, top);
 }
