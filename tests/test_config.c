@@ -296,7 +296,8 @@ static void test_rope_hub(void) {
     /* inside the object wins over the top level */
     EXPECT(rope_of("{\"original_max_position_embeddings\": 4096, \"partial_rotary_factor\": 0.5,"
                    " \"rope_scaling\": {\"type\": \"su\", \"original_max_position_embeddings\":"
-                   " 2048, \"partial_rotary_factor\": 0.25}}",
+                   " 2048, \"partial_rotary_factor\": 0.25, \"short_factor\": [1],"
+                   " \"long_factor\": [1]}}",
                    1) == NMLX_OK &&
                !strcmp(rc.type, "su") && rc.original_max_position_embeddings == 2048 &&
                rc.partial_rotary_factor == 0.25,

@@ -469,6 +469,27 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
     TRY(rope_factors(cfg, p, pn, "long_factor", r->long_factor, &r->n_long));
     /* mrope_section and other keys are ignored here */
 
+    /* keys each type needs (transformers refuses the config without them) */
+    static const struct {
+        const char *type, *keys[4];
+    } need[] = {
+        {"linear", {"factor"}},
+        {"dynamic", {"factor"}},
+        {"yarn", {"factor"}},
+        {"llama3",
+         {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}},
+        {"longrope", {"short_factor", "long_factor"}},
+        {"su", {"short_factor", "long_factor"}}};
+    for (size_t i = 0; p && i < sizeof need / sizeof need[0]; i++) {
+        if (strcmp(need[i].type, r->type)) continue;
+        for (size_t k = 0; k < 4 && need[i].keys[k]; k++) {
+            const json_t *v = json_object_get(p, need[i].keys[k]);
+            CHECK(v && !json_is_null(v), NMLX_ERR_INVALID_MODEL,
+                  "%s: field '%s.%s' is missing (RoPE type '%s' needs it)", cfg->path, pn,
+                  need[i].keys[k], r->type);
+        }
+    }
+
     *out = *r;
 cleanup:
     nmlx_free(r);

@@ -63,7 +63,7 @@ static const nmlx_domain TABLE[] = {
     INT("head_dim", 1, 1 << 16),
     INT("vocab_size", 1, 1 << 24),
     INT("max_position_embeddings", 1, I32MAX),
-    INT("sliding_window", 0, I32MAX),
+    INT("sliding_window", 1, I32MAX),
     INT("max_window_layers", 0, 4096),
     INT("sliding_window_pattern", 1, 4096),
     INT("no_rope_layers", 0, 1),
@@ -88,7 +88,8 @@ static const nmlx_domain TABLE[] = {
     POS("rope_theta"),
     POS("rope_local_base_freq"),
     {"partial_rotary_factor", NMLX_DOM_NUM | NMLX_DOM_LO_OPEN, 0, 1, NULL, NULL},
-    NONNEG("final_logit_softcapping"),
+    POS("final_logit_softcapping"),
+    POS("attn_logit_softcapping"),
     POS("query_pre_attn_scalar"),
     POS("swiglu_limit"),
     /* ---- config.json: enums ---- */

@@ -284,6 +284,12 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     CHECK(softcap >= 0, NMLX_ERR_INVALID_MODEL, "%s: final_logit_softcapping must be >= 0",
           nmlx_cfg_path(cfg));
     m->softcap = (float)softcap;
+    double attn_cap = 0;
+    TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
+    CHECK(attn_cap == 0, NMLX_ERR_UNSUPPORTED,
+          "%s: field 'attn_logit_softcapping' = %g: attention logit soft-capping is not "
+          "supported",
+          nmlx_cfg_path(cfg), attn_cap);
     TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
     TRY(nmlx_cfg_bool(cfg, "attention_bias", false, &attn_bias));
     TRY(nmlx_cfg_string(cfg, def->act_key, def->hidden_act, &act_name));

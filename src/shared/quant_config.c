@@ -162,12 +162,12 @@ nmlx_status nmlx_quant_config_check(const nmlx_quant_config *qc, const nmlx_weig
         nmlx_quant_params p = qc->global;
         int named = nmlx_quant_config_module(qc, module, &p);
         if (named == 0)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "%s: module '%s' is configured unquantized (false) but tensor '%s' "
                              "exists",
                              config_path, module, s->name);
         if (!qc->present)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "tensor '%s' looks quantized but %s has no 'quantization' entry",
                              s->name, config_path);
         snprintf(key, sizeof key, "%s.weight", module);
@@ -181,7 +181,7 @@ nmlx_status nmlx_quant_config_check(const nmlx_quant_config *qc, const nmlx_weig
         int64_t words = w->shape[w->ndim - 1], groups = s->shape[s->ndim - 1];
         int64_t in = groups * p.group_size;
         if (words * 32 != in * p.bits)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "tensor '%s': %lld packed words per row do not match %d-bit "
                              "group-%d quantization of %lld inputs ('%s' has %lld groups; %s)",
                              key, (long long)words, p.bits, p.group_size, (long long)in, s->name,

@@ -309,6 +309,12 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
     TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
     TRY(read_window(cfg, def, &window));
+    double attn_cap = 0; /* Gemma 2 style: changes the math, so refuse it */
+    TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
+    CHECK(attn_cap == 0, NMLX_ERR_UNSUPPORTED,
+          "%s: field 'attn_logit_softcapping' = %g: attention logit soft-capping is not "
+          "supported",
+          nmlx_cfg_path(cfg), attn_cap);
     const char *prefix = NULL, *head_name = NULL;
     TRY(weight_prefix(ctx->weights, &prefix, &head_name));
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
