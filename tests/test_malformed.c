@@ -1103,6 +1103,43 @@ static void test_context_memory(const char *model_dir) {
     nmlx_model_free(m);
 }
 
+/* tokenizer.json settings typed wrong or out of range: refused, naming the
+ * key (a flag that is not a boolean must not read as false). */
+static void test_tokenizer_domains(void) {
+    static const char *const cases[][3] = {
+        {"\"byte_fallback\":false", "\"byte_fallback\":\"yes\"", "byte_fallback"},
+        {"\"dropout\":null", "\"dropout\":-0.5", "dropout"},
+        {"\"dropout\":null", "\"dropout\":\"0\"", "dropout"},
+        {"\"add_prefix_space\":false", "\"add_prefix_space\":1", "add_prefix_space"},
+        {"\"use_regex\":true", "\"use_regex\":[]", "use_regex"},
+        {"\"special\":true}", "\"special\":\"true\"}", "special"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const char *at = strstr(TINY_TOK, cases[k][0]);
+        EXPECT(at != NULL, "TINY_TOK has %s", cases[k][0]);
+        if (!at) continue;
+        char buf[sizeof TINY_TOK + 64];
+        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - TINY_TOK), TINY_TOK, cases[k][1],
+                 at + strlen(cases[k][0]));
+        nmlx_status st = NMLX_OK;
+        nmlx_tokenizer *t = load_tok_text(cases[k][1], buf, strlen(buf), &st);
+        EXPECT(st == NMLX_ERR_INVALID_MODEL && strstr(nmlx_last_error(), "tokenizer.json") &&
+                   strstr(nmlx_last_error(), cases[k][2]),
+               "tokenizer.json %s: %s %s", cases[k][1], nmlx_status_string(st), nmlx_last_error());
+        nmlx_tokenizer_free(t);
+    }
+    /* a vocab token spelled like a flag is a token, not a setting */
+    const char *v = "\"vocab\":{";
+    const char *at = strstr(TINY_TOK, v);
+    char buf[sizeof TINY_TOK + 64];
+    snprintf(buf, sizeof buf, "%.*s%s\"special\":9,%s", (int)(at - TINY_TOK), TINY_TOK, v,
+             at + strlen(v));
+    nmlx_status st = NMLX_ERR_INTERNAL;
+    nmlx_tokenizer *t = load_tok_text("vocab special", buf, strlen(buf), &st);
+    EXPECT(st == NMLX_OK, "vocab token named 'special': %s", nmlx_last_error());
+    nmlx_tokenizer_free(t);
+}
+
 /* ---- 4. config.json ----------------------------------------------------- */
 
 static const char *cur_fixture;
@@ -1888,6 +1925,8 @@ int main(void) {
     test_tokenizer_files();
     section("test_context_memory");
     test_context_memory(qwen);
+    section("test_tokenizer_domains");
+    test_tokenizer_domains();
     section("test_memory_bounds");
     test_memory_bounds();
     section("test_config_files");

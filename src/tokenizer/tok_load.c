@@ -704,6 +704,54 @@ done:
     return st;
 }
 
+/* ---- value domains ---------------------------------------------------------- */
+
+/* Flags the components read with tj_bool (a wrong type would read as false). */
+static const char *const BOOL_KEYS[] = {"add_prefix_space",
+                                        "strip_left",
+                                        "strip_right",
+                                        "invert",
+                                        "use_regex",
+                                        "split",
+                                        "individual_digits",
+                                        "byte_fallback",
+                                        "fuse_unk",
+                                        "ignore_merges",
+                                        "special",
+                                        "lstrip",
+                                        "rstrip",
+                                        "single_word",
+                                        "normalized",
+                                        "trim_offsets",
+                                        NULL};
+
+/* Every member of the document outside model.vocab / model.merges, checked
+ * against the domain of its key: flags true, false or null; "dropout" null
+ * or a number in [0, 1]. Out of domain: NMLX_ERR_INVALID_MODEL naming the
+ * key. (Enums, ids and patterns are checked where they are read.) */
+static nmlx_status check_domains(const tj_doc *d, const tj_node *n, int depth) {
+    if (depth > 64 || (n->type != TJ_OBJECT && n->type != TJ_ARRAY)) return NMLX_OK;
+    for (const tj_node *c = tj_first(d, n); c; c = tj_next(d, c)) {
+        nmlx_status st;
+        if (c->key) {
+            if (depth == 1 && (!strcmp(c->key, "vocab") || !strcmp(c->key, "merges")))
+                continue; /* token strings, not settings */
+            for (const char *const *k = BOOL_KEYS; *k; k++)
+                if (!strcmp(c->key, *k) && c->type != TJ_TRUE && c->type != TJ_FALSE &&
+                    c->type != TJ_NULL)
+                    return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                                     TJ ": field '%s' must be true, false or null", c->key);
+            if (!strcmp(c->key, "dropout") && c->type != TJ_NULL &&
+                !(c->type == TJ_NUMBER && c->num >= 0 && c->num <= 1))
+                return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                                 TJ ": field 'dropout' must be null or a number in [0, 1]");
+        }
+        bool model = depth == 0 && c->key && !strcmp(c->key, "model");
+        if ((st = check_domains(d, c, model ? 1 : depth + (depth > 0 ? 1 : 2)))) return st;
+    }
+    return NMLX_OK;
+}
+
 /* ---- BOS / EOS ------------------------------------------------------------ */
 
 /* bos_token / eos_token of tokenizer_config.json or special_tokens_map.json:
@@ -826,6 +874,7 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
     if (st) goto cleanup;
     const tj_doc *d = &L.doc;
     CHECK(tj_root(d)->type == TJ_OBJECT, NMLX_ERR_FORMAT, "%s: not a JSON object", path);
+    TRY(check_domains(d, tj_root(d), 0));
     TRY(load_normalizer(&L, tj_get(d, tj_root(d), "normalizer"), 0));
     TRY(load_pretok(&L, tj_get(d, tj_root(d), "pre_tokenizer"), 0));
     for (size_t i = 0; i + 1 < t->n_pretoks; i++)
