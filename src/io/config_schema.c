@@ -5,7 +5,8 @@
  * have to agree); ratios and epsilons by the math that uses them. Enum
  * lists name every value the reference implementation accepts (known) and
  * the ones nmlx implements (supported). docs/config_fields.md is the same
- * table for people; tests/config_fields_doc.sh keeps the two in step. */
+ * table for people; tests/test_config.c (test_schema_coverage) keeps the
+ * two in step and fails on a key read in the sources without a domain. */
 #include "io/config_schema.h"
 
 #include <math.h>
