@@ -532,6 +532,19 @@ static void test_schema_coverage(void) {
                    NMLX_ERR_INVALID_MODEL &&
                nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "gelu") == NMLX_OK,
            "enum check");
+    /* JSON that cannot hold the value: the message names the field */
+    static const char *const lits[][2] = {
+        {"{\"a\": 1,\n \"rope_theta\": NaN}", "'rope_theta'"},
+        {"{\"rope_scaling\": {\"factor\": Infinity}}", "'factor'"},
+        {"{\"eos_token_id\": [1, 2, -Infinity]}", "'eos_token_id'"},
+        {"{\"x\": {\"y\": 1}, \"rms_norm_eps\": 1e400}", "'rms_norm_eps'"},
+    };
+    for (size_t k = 0; k < sizeof lits / sizeof lits[0]; k++) {
+        nmlx_cfg *bad = NULL;
+        EXPECT(nmlx_cfg_parse(lits[k][0], "config.json", &bad) == NMLX_ERR_FORMAT && !bad &&
+                   strstr(nmlx_last_error(), lits[k][1]),
+               "%s: %s", lits[k][0], nmlx_last_error());
+    }
     /* getters apply it */
     nmlx_cfg *c = NULL;
     EXPECT(nmlx_cfg_parse("{\"model_type\":\"x\",\"rms_norm_eps\":-1,\"vocab_size\":0,"

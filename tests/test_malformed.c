@@ -1267,6 +1267,8 @@ static void test_config_files(void) {
             snprintf(buf, sizeof buf, "{\"model_type\": \"qwen3\", \"rope_theta\": %s}", lits[k]);
             write_all(p, buf, strlen(buf));
             EXPECT_FAIL(load_and_poke(dir), "config literal %s", lits[k]);
+            EXPECT(strstr(nmlx_last_error(), "'rope_theta'"), "literal %s: names the field: %s",
+                   lits[k], nmlx_last_error());
         }
         /* duplicate keys: last wins (Python's json); must not crash */
         {

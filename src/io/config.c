@@ -49,14 +49,48 @@ static nmlx_status cfg_from_json(json_t *root, const char *name, nmlx_cfg **out)
     return NMLX_OK;
 }
 
+/* The member name whose value holds byte `pos` of a JSON text that failed to
+ * parse (NaN, Infinity, 1e400 ...), for the message: the nearest
+ * `"key" :` before pos, not crossing an object's opening brace. "" if none. */
+static void field_at(const char *text, size_t len, int pos, char *key, size_t cap) {
+    key[0] = '\0';
+    size_t i = pos > 0 && (size_t)pos <= len ? (size_t)pos : len;
+    size_t stop = i > 4096 ? i - 4096 : 0;
+    while (i > stop && text[i - 1] != ':') {
+        if (text[i - 1] == '{') return;
+        i--;
+    }
+    if (i <= stop) return;
+    i--; /* at ':' */
+    while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' ||
+                     text[i - 1] == '\r'))
+        i--;
+    if (i == 0 || text[i - 1] != '"') return;
+    size_t end = --i, start = i;
+    while (start > 0 && !(text[start - 1] == '"' && (start < 2 || text[start - 2] != '\\')))
+        start--;
+    if (start == 0 || end - start >= cap) return;
+    memcpy(key, text + start, end - start);
+    key[end - start] = '\0';
+}
+
+static nmlx_status json_error(const char *name, const char *text, size_t len,
+                              const json_error_t *err) {
+    char key[128];
+    field_at(text, len, err->position, key, sizeof key);
+    if (key[0])
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d (field '%s'): %s",
+                         name, err->line, err->column, key, err->text);
+    return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name, err->line,
+                     err->column, err->text);
+}
+
 nmlx_status nmlx_cfg_parse(const char *json, const char *name, nmlx_cfg **out) {
     if (!name) name = "config";
     if (!json || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_parse: NULL argument");
     json_error_t err;
     json_t *root = json_loads(json, 0, &err);
-    if (!root)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name,
-                         err.line, err.column, err.text);
+    if (!root) return json_error(name, json, strlen(json), &err);
     return cfg_from_json(root, name, out);
 }
 
@@ -68,10 +102,9 @@ nmlx_status nmlx_cfg_open(const char *path, nmlx_cfg **out) {
     if (st != NMLX_OK) return st;
     json_error_t err;
     json_t *root = json_loadb(text, len, 0, &err);
+    if (!root) st = json_error(path, text, len, &err);
     nmlx_free(text);
-    if (!root)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
-                         err.line, err.column, err.text);
+    if (!root) return st;
     return cfg_from_json(root, path, out);
 }
 

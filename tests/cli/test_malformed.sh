@@ -72,6 +72,7 @@ logits_fails "config.json nested 100k deep"
 mk cfg-nan; replace config.json
 sed 's/"rope_theta": *[0-9.e+]*/"rope_theta": NaN/' "$fx/config.json" >"$M/config.json"
 logits_fails "config.json with NaN"
+check "NaN: the message names config.json and the field ($(cat "$TMP/err"))" grep -q "config.json.*'rope_theta'" "$TMP/err"
 for field in hidden_size num_hidden_layers num_attention_heads vocab_size head_dim; do
     for v in '"x"' '-1' '0' '1e400' '[]' '2147483648'; do
         mk "cfg-$field"; replace config.json
