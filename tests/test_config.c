@@ -351,7 +351,7 @@ static void test_rope_parameters(void) {
                !strcmp(rc.type, "linear") && rc.factor == 8 && rc.theta == 1e6,
            "per layer type: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_parameters\": {\"sliding_attention\": {\"rope_theta\": 10000.0}}}",
-                   1) == NMLX_ERR_UNSUPPORTED &&
+                   1) == NMLX_ERR_INVALID_MODEL &&
                msg_has("rope_parameters", "full_attention"),
            "per layer type without full_attention: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"yarn\","

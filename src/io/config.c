@@ -368,7 +368,7 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const char *layer_type, cons
         if (per_layer) {
             const json_t *full = json_object_get(rp, layer_type);
             if (!full)
-                return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                                  "%s: field 'rope_parameters' is keyed by layer type but has no "
                                  "'%s' entry",
                                  cfg->path, layer_type);
