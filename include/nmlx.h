@@ -64,7 +64,11 @@ typedef enum nmlx_status {
     NMLX_ERR_NOMEM = 5,            /* an allocation failed */
     NMLX_ERR_CONTEXT_OVERFLOW = 6, /* more tokens than the session can hold */
     NMLX_ERR_CANCELLED = 7,        /* nmlx_session_cancel() stopped the call */
-    NMLX_ERR_INTERNAL = 8          /* a bug: please report it */
+    NMLX_ERR_INTERNAL = 8,         /* a bug: please report it */
+    NMLX_ERR_INVALID_MODEL = 9     /* a model file holds a value outside its domain (a config
+                                      field out of range or unknown, fields that disagree with
+                                      each other or with a tensor's shape); the message names
+                                      the file, the field and the value */
 } nmlx_status;
 
 /* The message of the last failed call on this thread ("" if none). Valid

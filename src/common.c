@@ -54,6 +54,7 @@ const char *nmlx_status_string(nmlx_status status) {
     case NMLX_ERR_CONTEXT_OVERFLOW: return "context overflow";
     case NMLX_ERR_CANCELLED: return "cancelled";
     case NMLX_ERR_INTERNAL: return "internal error";
+    case NMLX_ERR_INVALID_MODEL: return "invalid model";
     }
     return "unknown status";
 }

@@ -53,11 +53,20 @@ static void add_eos(nmlx_model *m, int64_t id) {
     if (m->n_eos < NMLX_MAX_EOS) m->eos[m->n_eos++] = (int32_t)id;
 }
 
-static nmlx_status read_eos(nmlx_model *m, const nmlx_cfg *cfg) {
+/* eos_token_id of config.json / generation_config.json: in its domain (the
+ * getter) and below vocab_size when that is known (vocab > 0): an id the
+ * model cannot produce would never end generation. */
+static nmlx_status read_eos(nmlx_model *m, const nmlx_cfg *cfg, int64_t vocab) {
     int64_t ids[NMLX_MAX_EOS];
     size_t n = 0;
     nmlx_status st = nmlx_cfg_int_list(cfg, "eos_token_id", ids, NMLX_MAX_EOS, &n);
-    for (size_t i = 0; st == NMLX_OK && i < n; i++) add_eos(m, ids[i]);
+    for (size_t i = 0; st == NMLX_OK && i < n; i++) {
+        if (vocab > 0 && ids[i] >= vocab)
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                             "%s: field 'eos_token_id' = %lld is not below vocab_size (%lld)",
+                             nmlx_cfg_path(cfg), (long long)ids[i], (long long)vocab);
+        add_eos(m, ids[i]);
+    }
     return st;
 }
 
@@ -70,7 +79,7 @@ static nmlx_status read_generation_config(nmlx_model *m, const char *path) {
     bool do_sample = false;
     double temp = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
     int64_t top_k = 0;
-    TRY(read_eos(m, g));
+    TRY(read_eos(m, g, m->info.vocab_size));
     TRY(nmlx_cfg_bool(g, "do_sample", false, &do_sample));
     TRY(nmlx_cfg_float(g, "temperature", 1.0, &temp));
     TRY(nmlx_cfg_float(g, "top_p", 1.0, &top_p));
@@ -166,7 +175,6 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
         CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)",
               path, mt, known);
     }
-    TRY(read_eos(m, m->cfg));
 
     TRY(nmlx_weights_open_dir(dir, &m->weights));
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -181,11 +189,14 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     /* build errors already name the file, tensor or field */
     TRY(m->family->build(m->family->def, &ctx, &m->arch, &m->info));
 
+    TRY(read_eos(m, m->cfg, m->info.vocab_size));
+
     int64_t cap = m->info.max_position_embeddings;
     if (p.max_context > 0) cap = p.max_context;
     else if (cap > DEFAULT_CONTEXT_MAX) cap = DEFAULT_CONTEXT_MAX;
     else if (cap < DEFAULT_CONTEXT_MIN) cap = DEFAULT_CONTEXT_MIN;
     m->max_context = cap;
+    TRY(nmlx_context_fits(m, cap, "nmlx_model_load"));
 
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     if (file_exists(path)) TRY(read_generation_config(m, path));

@@ -50,6 +50,10 @@ struct nmlx_session {
     nmlx_kv_dequant kv_deq; /* quantized KV: attention's dequantized rows */
 };
 
+/* Fails with NMLX_ERR_NOMEM, giving the numbers, when a session of `ctx`
+ * tokens could never fit: its KV cache and per-token buffers at full
+ * context exceed the machine's physical memory. `what` names the caller. */
+nmlx_status nmlx_context_fits(const nmlx_model *m, int64_t ctx, const char *what);
 /* Drops one model reference; frees the model at zero. */
 void nmlx_model_unref(nmlx_model *m);
 bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);

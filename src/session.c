@@ -1,7 +1,10 @@
 /* Sessions: one conversation's caches, logits, token history and sampler. */
+#define _POSIX_C_SOURCE 200809L
 #include "model.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 nmlx_session_params nmlx_session_default_params(void) {
     return (nmlx_session_params){
@@ -49,6 +52,34 @@ static nmlx_status setup_kv_quant(nmlx_session *s, const nmlx_session_params *p)
     return NMLX_OK;
 }
 
+/* Physical memory of the machine in bytes (0 if unknown). A test hook
+ * (NMLX_TEST_MEMORY_BYTES) stands in for it so the check can be tested. */
+static uint64_t machine_memory(void) {
+    const char *fake = getenv("NMLX_TEST_MEMORY_BYTES");
+    if (fake && *fake) return strtoull(fake, NULL, 10);
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
+}
+
+nmlx_status nmlx_context_fits(const nmlx_model *m, int64_t ctx, const char *what) {
+    const nmlx_arch_info *in = &m->info;
+    int64_t window_ctx = in->kv_window > 0 && in->kv_window < ctx ? in->kv_window : ctx;
+    /* KV cache at full context + history + attention scratch per thread;
+     * long double: the product of hostile values cannot wrap */
+    long double need =
+        (long double)ctx * (long double)in->kv_full_bytes_per_token +
+        (long double)window_ctx * (long double)in->kv_sliding_bytes_per_token +
+        (long double)ctx * (sizeof(int32_t) + sizeof(float) * (size_t)m->be->n_threads);
+    uint64_t have = machine_memory();
+    if (have == 0 || need <= (long double)have) return NMLX_OK;
+    return nmlx_fail(NMLX_ERR_NOMEM,
+                     "%s: a context of %lld tokens needs %.0Lf bytes (%.1Lf GiB) of KV cache and "
+                     "buffers, more than the %llu bytes (%.1f GiB) of memory this machine has; "
+                     "ask for a smaller max_context",
+                     what, (long long)ctx, need, need / (1024.0L * 1024 * 1024),
+                     (unsigned long long)have, (double)have / (1024.0 * 1024 * 1024));
+}
+
 nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params,
                                 nmlx_session **out) {
     nmlx_status st = NMLX_OK;
@@ -65,6 +96,7 @@ nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params
     s->pending = -1;
     atomic_init(&s->cancel, false);
     s->max_context = p.max_context > 0 ? p.max_context : m->max_context;
+    TRY(nmlx_context_fits(m, s->max_context, "nmlx_session_create"));
     int64_t V = m->info.vocab_size;
     s->logits = nmlx_malloc((size_t)V * sizeof(float));
     s->history = nmlx_malloc((size_t)s->max_context * sizeof(int32_t));

@@ -6,6 +6,11 @@
 #include "harness.h"
 
 #include "io/config.h"
+#include "io/config_schema.h"
+#include "shared/gemma3n_model.h"
+#include "shared/standard_model.h"
+
+#include <math.h>
 
 #include <ftw.h>
 #include <stdio.h>
@@ -87,7 +92,7 @@ static void test_getters(void) {
         " \"tie_word_embeddings\": null, \"bad_int\": 2.5, \"str_int\": \"3\", \"bool_int\": true,"
         " \"int_bool\": 1, \"num_str\": 7, \"huge\": 1e30,"
         " \"text_config\": {\"model_type\": \"gemma3_text\", \"hidden_size\": 640,"
-        "   \"num_hidden_layers\": null, \"vocab_size\": 1000, \"rms_norm_eps\": 5,"
+        "   \"num_hidden_layers\": null, \"vocab_size\": 1000, \"rope_theta\": 5,"
         "   \"use_cache\": false}}");
     if (!c) return;
     int64_t i = -1;
@@ -101,7 +106,7 @@ static void test_getters(void) {
     EXPECT(nmlx_cfg_int(c, "vocab_size", 0, &i) == NMLX_OK && i == 1000, "nested wins");
     EXPECT(nmlx_cfg_int(c, "num_hidden_layers", 0, &i) == NMLX_OK && i == 3,
            "null in text_config falls back to the top level");
-    EXPECT(nmlx_cfg_float(c, "rms_norm_eps", 0, &f) == NMLX_OK && f == 5.0, "int as float");
+    EXPECT(nmlx_cfg_float(c, "rope_theta", 0, &f) == NMLX_OK && f == 5.0, "int as float");
     EXPECT(nmlx_cfg_bool(c, "use_cache", true, &b) == NMLX_OK && !b, "nested bool");
     EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_OK && !strcmp(s, "gelu"), "string");
     EXPECT(nmlx_cfg_int(c, "head_dim", 0, &i) == NMLX_OK && i == 2, "2.0 is an integer");
@@ -291,20 +296,28 @@ static void test_rope_hub(void) {
     /* inside the object wins over the top level */
     EXPECT(rope_of("{\"original_max_position_embeddings\": 4096, \"partial_rotary_factor\": 0.5,"
                    " \"rope_scaling\": {\"type\": \"su\", \"original_max_position_embeddings\":"
-                   " 2048, \"partial_rotary_factor\": 0.25}}",
+                   " 2048, \"partial_rotary_factor\": 0.25, \"short_factor\": [1],"
+                   " \"long_factor\": [1]}}",
                    1) == NMLX_OK &&
                !strcmp(rc.type, "su") && rc.original_max_position_embeddings == 2048 &&
                rc.partial_rotary_factor == 0.25,
            "su");
+    /* a type transformers knows but nmlx does not compute: unsupported;
+     * a type nobody knows: outside the domain (transformers refuses it) */
     EXPECT(
         rope_of("{\"rope_scaling\": {\"rope_type\": \"mrope\", \"mrope_section\": [16, 24, 24]}}",
-                1) == NMLX_OK &&
-            !strcmp(rc.type, "mrope"),
-        "mrope_section ignored");
+                1) == NMLX_ERR_UNSUPPORTED &&
+            strstr(nmlx_last_error(), "rope_scaling.rope_type") &&
+            strstr(nmlx_last_error(), "mrope"),
+        "mrope is known but unsupported: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_scaling\": {\"rope_type\": \"weird_new_kind\", \"factor\": 2}}", 1) ==
-                   NMLX_OK &&
-               !strcmp(rc.type, "weird_new_kind"),
-           "unknown types pass through");
+                   NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "rope_scaling.rope_type") &&
+               strstr(nmlx_last_error(), "weird_new_kind"),
+           "unknown types fail the load: %s", nmlx_last_error());
+    EXPECT(rope_of("{\"rope_parameters\": {\"type\": \"\"}}", 1) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "rope_parameters.type"),
+           "an empty type fails: %s", nmlx_last_error());
     /* text_config holds the rope settings of a multimodal model */
     EXPECT(rope_of("{\"rope_theta\": 1.0, \"text_config\": {\"rope_theta\": 1000000,"
                    " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8}}}",
@@ -338,7 +351,7 @@ static void test_rope_parameters(void) {
                !strcmp(rc.type, "linear") && rc.factor == 8 && rc.theta == 1e6,
            "per layer type: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_parameters\": {\"sliding_attention\": {\"rope_theta\": 10000.0}}}",
-                   1) == NMLX_ERR_UNSUPPORTED &&
+                   1) == NMLX_ERR_INVALID_MODEL &&
                msg_has("rope_parameters", "full_attention"),
            "per layer type without full_attention: %s", nmlx_last_error());
     EXPECT(rope_of("{\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"yarn\","
@@ -422,6 +435,195 @@ static void test_fault_injection(void) {
            nomem, other);
 }
 
+/* ---- the domain table ---------------------------------------------------- */
+
+static char *slurp(const char *rel) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", test_src_dir(), rel);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
+    if (b) b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+static bool doc_names(const char *doc, const char *key) {
+    char q[128];
+    snprintf(q, sizeof q, "`%s`", key);
+    return strstr(doc, q) != NULL;
+}
+
+/* Every value the model builders read goes through a getter with a string
+ * key: each key must have a domain in config_schema.c (booleans excepted:
+ * their type is their domain) and a row in docs/config_fields.md; every
+ * table entry must be documented. */
+static void test_schema_coverage(void) {
+    char *doc = slurp("docs/config_fields.md");
+    EXPECT(doc != NULL, "docs/config_fields.md readable");
+    if (!doc) return;
+    for (const nmlx_domain *d = nmlx_domain_table(); d->field; d++) {
+        const char *dot = strrchr(d->field, '.');
+        const char *key = dot ? dot + 1 : d->field;
+        EXPECT(doc_names(doc, key), "docs/config_fields.md has no row for '%s'", d->field);
+        if ((d->kind & 7) == NMLX_DOM_ENUM)
+            for (const char *const *v = d->supported; v && *v; v++) {
+                bool known = false;
+                for (const char *const *k = d->known; *k; k++)
+                    known = known || !strcmp(*k, *v);
+                EXPECT(known, "%s: supported value '%s' is not in the known list", d->field, *v);
+            }
+    }
+    static const char *const files[] = {"src/shared/standard_model.c", "src/shared/gemma3n_model.c",
+                                        "src/shared/rope_setup.c", "src/model.c"};
+    static const char *const getters[] = {"nmlx_cfg_int(",        "nmlx_cfg_float(",
+                                          "nmlx_cfg_string(",     "nmlx_cfg_int_list(",
+                                          "nmlx_cfg_float_list(", "nmlx_cfg_string_list(",
+                                          "required_int(",        "positive_int(",
+                                          "nmlx_cfg_bool(",       "feature("};
+    int seen = 0;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        char *src = slurp(files[f]);
+        EXPECT(src != NULL, "%s readable", files[f]);
+        for (size_t g = 0; src && g < sizeof getters / sizeof getters[0]; g++)
+            for (const char *p = strstr(src, getters[g]); p; p = strstr(p + 1, getters[g])) {
+                if (p > src && (p[-1] == '_' || (p[-1] >= 'a' && p[-1] <= 'z'))) continue;
+                const char *end = strchr(p, ';');
+                const char *q = strchr(p, '"');
+                if (!end || !q || q > end) continue; /* key from a variable (def->act_key) */
+                const char *e = strchr(q + 1, '"');
+                if (!e) continue;
+                char key[96];
+                snprintf(key, sizeof key, "%.*s", (int)(e - q - 1), q + 1);
+                if (strchr(key, ' ') || strchr(key, '%')) continue; /* a message */
+                seen++;
+                bool is_bool = g >= 8;
+                EXPECT(is_bool || nmlx_domain_find(key), "%s reads '%s' without a domain", files[f],
+                       key);
+                EXPECT(doc_names(doc, key), "%s reads '%s': not in docs/config_fields.md", files[f],
+                       key);
+            }
+        free(src);
+    }
+    EXPECT(seen > 40, "config keys found in the sources: %d", seen);
+    /* keys passed through the model-defs */
+    EXPECT(nmlx_domain_find("hidden_activation") && nmlx_domain_find("moe_intermediate_size"),
+           "model-def keys have domains");
+    /* the domain rule itself */
+    EXPECT(nmlx_domain_check_num("c.json", "rms_norm_eps", "rms_norm_eps", 0) ==
+                   NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "c.json") && strstr(nmlx_last_error(), "'rms_norm_eps'") &&
+               strstr(nmlx_last_error(), "= 0"),
+           "domain message: %s", nmlx_last_error());
+    EXPECT(nmlx_domain_check_num("c.json", "x", "rms_norm_eps", NAN) == NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "rope_theta", INFINITY) ==
+                   NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "top_p", 1.0) == NMLX_OK &&
+               nmlx_domain_check_num("c.json", "x", "head_dim", 2.5) == NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_num("c.json", "x", "not_in_table", NAN) == NMLX_OK,
+           "non-finite and fractional values");
+    EXPECT(nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "relu") ==
+                   NMLX_ERR_UNSUPPORTED &&
+               nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "Silu") ==
+                   NMLX_ERR_INVALID_MODEL &&
+               nmlx_domain_check_str("c.json", "hidden_act", "hidden_act", "gelu") == NMLX_OK,
+           "enum check");
+    /* JSON that cannot hold the value: the message names the field */
+    static const char *const lits[][2] = {
+        {"{\"a\": 1,\n \"rope_theta\": NaN}", "'rope_theta'"},
+        {"{\"rope_scaling\": {\"factor\": Infinity}}", "'factor'"},
+        {"{\"eos_token_id\": [1, 2, -Infinity]}", "'eos_token_id'"},
+        {"{\"x\": {\"y\": 1}, \"rms_norm_eps\": 1e400}", "'rms_norm_eps'"},
+    };
+    for (size_t k = 0; k < sizeof lits / sizeof lits[0]; k++) {
+        nmlx_cfg *bad = NULL;
+        EXPECT(nmlx_cfg_parse(lits[k][0], "config.json", &bad) == NMLX_ERR_FORMAT && !bad &&
+                   strstr(nmlx_last_error(), lits[k][1]),
+               "%s: %s", lits[k][0], nmlx_last_error());
+    }
+    /* getters apply it */
+    nmlx_cfg *c = NULL;
+    EXPECT(nmlx_cfg_parse("{\"model_type\":\"x\",\"rms_norm_eps\":-1,\"vocab_size\":0,"
+                          "\"eos_token_id\":[1,-2],\"layer_types\":[\"full_attention\",\"nope\"],"
+                          "\"hidden_act\":\"swiglu\"}",
+                          "config.json", &c) == NMLX_OK,
+           "parse");
+    double f;
+    int64_t i, ids[4];
+    size_t n;
+    const char *s, *types[4];
+    EXPECT(nmlx_cfg_float(c, "rms_norm_eps", 1e-6, &f) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'rms_norm_eps' = -1"),
+           "float getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_int(c, "vocab_size", 1, &i) == NMLX_ERR_INVALID_MODEL, "int getter");
+    EXPECT(nmlx_cfg_int_list(c, "eos_token_id", ids, 4, &n) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'eos_token_id[1]' = -2"),
+           "int list getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_string_list(c, "layer_types", types, 4, &n) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "'layer_types[1]' = 'nope'"),
+           "string list getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_string(c, "hidden_act", "silu", &s) == NMLX_ERR_INVALID_MODEL &&
+               strstr(nmlx_last_error(), "swiglu"),
+           "string getter: %s", nmlx_last_error());
+    EXPECT(nmlx_cfg_float(c, "absent_key", 5, &f) == NMLX_OK && f == 5, "defaults unchecked");
+    nmlx_cfg_free(c);
+    free(doc);
+}
+
+/* The model-defs' config defaults (tools/hf2c/model-defs, emitted into
+ * src/generated/) lie in the same domains as the values a file may give. */
+static void test_family_defaults(void) {
+    int n = 0;
+    for (size_t i = 0; nmlx_families[i]; i++) {
+        const nmlx_family *f = nmlx_families[i];
+        double eps, theta, local = 0;
+        int64_t maxpos, hd;
+        const char *act, *act_key;
+        if (f->build == nmlx_std_build) {
+            const nmlx_std_def *d = f->def;
+            eps = d->rms_norm_eps, theta = d->rope_theta, maxpos = d->max_position_embeddings;
+            hd = d->head_dim, act = d->hidden_act;
+            act_key = d->act_key ? d->act_key : "hidden_act";
+            if (d->local_rope) local = d->rope_local_theta;
+            if (d->sliding_window_default)
+                EXPECT(nmlx_domain_check_int(f->name, "sliding_window", "sliding_window",
+                                             d->sliding_window_default) == NMLX_OK,
+                       "%s", nmlx_last_error());
+        } else if (f->build == nmlx_g3n_build) {
+            const nmlx_g3n_def *d = f->def;
+            eps = d->rms_norm_eps, theta = d->rope_theta, maxpos = d->max_position_embeddings;
+            hd = d->head_dim, act = d->hidden_act, act_key = d->act_key;
+            local = d->rope_local_theta;
+            EXPECT(nmlx_domain_check_int(f->name, "laurel_rank", "laurel_rank", d->laurel_rank) ==
+                           NMLX_OK &&
+                       nmlx_domain_check_int(f->name, "altup_num_inputs", "altup_num_inputs",
+                                             d->altup_num_inputs) == NMLX_OK &&
+                       nmlx_domain_check_num(f->name, "final_logit_softcapping",
+                                             "final_logit_softcapping",
+                                             d->final_logit_softcapping) == NMLX_OK,
+                   "%s", nmlx_last_error());
+        } else {
+            EXPECT(0, "family %s: unknown def type", f->name);
+            continue;
+        }
+        EXPECT(nmlx_domain_check_num(f->name, "rms_norm_eps", "rms_norm_eps", eps) == NMLX_OK &&
+                   nmlx_domain_check_num(f->name, "rope_theta", "rope_theta", theta) == NMLX_OK &&
+                   (!local || nmlx_domain_check_num(f->name, "rope_local_base_freq",
+                                                    "rope_local_base_freq", local) == NMLX_OK) &&
+                   nmlx_domain_check_int(f->name, "max_position_embeddings",
+                                         "max_position_embeddings", maxpos) == NMLX_OK &&
+                   (!hd || nmlx_domain_check_int(f->name, "head_dim", "head_dim", hd) == NMLX_OK) &&
+                   nmlx_domain_check_str(f->name, act_key, act_key, act) == NMLX_OK,
+               "family %s defaults: %s", f->name, nmlx_last_error());
+        n++;
+    }
+    EXPECT(n >= 12, "families checked: %d", n);
+}
+
 int main(void) {
     test_seed(77);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nmlx_cfg_XXXXXX");
@@ -437,6 +639,8 @@ int main(void) {
     test_rope_parameters();
     test_rope_errors();
     test_fault_injection();
+    test_schema_coverage();
+    test_family_defaults();
     nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

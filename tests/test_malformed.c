@@ -21,7 +21,9 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char tmp_root[64];
@@ -856,18 +858,51 @@ static void test_tokenizer_files(void) {
         free(buf);
         free(p);
     }
-    /* tokenizer_config.json that is hostile (it is optional: load succeeds) */
+    /* tokenizer_config.json is optional, but one that is there is checked
+     * like every model file: malformed JSON or a bos/eos value outside its
+     * domain fails the load, naming the file and the field */
     {
         char *dir = fresh_dir("tokcfg");
         write_str(dir, "tokenizer.json", TINY_TOK);
         char *deep2 = deep_nest(100000, "{\"bos_token\":", "}");
         write_str(dir, "tokenizer_config.json", deep2);
         free(deep2);
-        write_str(dir, "special_tokens_map.json", "{\"bos_token\":{\"content\":7},"
-                                                  "\"eos_token\":[\"</s>\"]}");
         nmlx_tokenizer *t = NULL;
-        EXPECT(nmlx_tokenizer_load(dir, &t) == NMLX_OK && nmlx_tokenizer_bos_id(t) == -1,
-               "hostile tokenizer_config.json: %s", nmlx_last_error());
+        EXPECT_STATUS(NMLX_ERR_FORMAT, nmlx_tokenizer_load(dir, &t),
+                      "deeply nested tokenizer_config.json");
+        EXPECT(!t && strstr(nmlx_last_error(), "tokenizer_config.json"),
+               "message names the file: %s", nmlx_last_error());
+        static const char *const bad[][2] = {
+            {"{\"bos_token\":{\"content\":7}}", "bos_token.content"},
+            {"{\"eos_token\":[\"</s>\"]}", "eos_token"},
+            {"{\"eos_token\":true}", "eos_token"},
+            {"{\"bos_token\":1.5}", "bos_token"},
+        };
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++)
+            for (int f = 0; f < 2; f++) {
+                const char *file = f ? "special_tokens_map.json" : "tokenizer_config.json";
+                char *other =
+                    path_join(dir, f ? "tokenizer_config.json" : "special_tokens_map.json");
+                unlink(other);
+                free(other);
+                write_str(dir, file, bad[k][0]);
+                t = NULL;
+                EXPECT_STATUS(NMLX_ERR_INVALID_MODEL, nmlx_tokenizer_load(dir, &t), "%s %s", file,
+                              bad[k][0]);
+                EXPECT(!t && strstr(nmlx_last_error(), file) &&
+                           strstr(nmlx_last_error(), bad[k][1]),
+                       "message names %s and %s: %s", file, bad[k][1], nmlx_last_error());
+                nmlx_tokenizer_free(t);
+            }
+        /* in domain: null, a string, an object; unknown keys ignored */
+        char *sp = path_join(dir, "special_tokens_map.json");
+        unlink(sp);
+        free(sp);
+        write_str(dir, "tokenizer_config.json",
+                  "{\"bos_token\":{\"content\":\"<s>\"},\"eos_token\":null,\"x_new\":[1]}");
+        t = NULL;
+        EXPECT(nmlx_tokenizer_load(dir, &t) == NMLX_OK && nmlx_tokenizer_bos_id(t) == 7,
+               "tokenizer_config.json in domain: %s", nmlx_last_error());
         nmlx_tokenizer_free(t);
         rm_rf(dir);
         free(dir);
@@ -905,6 +940,203 @@ static void test_tokenize_bytes(void) {
                nmlx_last_error());
         nmlx_free(ids);
     }
+    nmlx_tokenizer_free(t);
+}
+
+/* ---- 3b. memory bounded by the input ------------------------------------ */
+
+/* Peak resident KiB of a child that loads the tokenizer in `dir`; *st gets
+ * the load's status. The child starts as a copy of this process, so compare
+ * two children, not a child with the parent. */
+static long child_peak_kib_of(const char *dir, bool model, nmlx_status *st) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        int s;
+        if (model) {
+            nmlx_model_params mp = nmlx_model_default_params();
+            mp.n_threads = 1;
+            nmlx_model *m = NULL;
+            s = (int)nmlx_model_load(dir, &mp, &m);
+            nmlx_model_free(m);
+        } else {
+            nmlx_tokenizer *t = NULL;
+            s = (int)nmlx_tokenizer_load(dir, &t);
+            nmlx_tokenizer_free(t);
+        }
+        if (write(fds[1], &s, sizeof s) != (ssize_t)sizeof s) _exit(2);
+        _exit(0);
+    }
+    close(fds[1]);
+    int s = -1;
+    if (pid < 0 || read(fds[0], &s, sizeof s) != (ssize_t)sizeof s) s = -1;
+    close(fds[0]);
+    struct rusage ru;
+    int wst = 0;
+    if (pid < 0 || wait4(pid, &wst, 0, &ru) != pid || !WIFEXITED(wst) || WEXITSTATUS(wst))
+        return -1;
+    *st = (nmlx_status)s;
+    return ru.ru_maxrss;
+}
+
+static long child_peak_kib(const char *dir, nmlx_status *st) {
+    return child_peak_kib_of(dir, false, st);
+}
+
+/* Config sizes at the top of their domains, over the real (tiny) tensors:
+ * refused by the tensor shapes before anything they size is allocated. */
+static void test_config_size_bounds(void) {
+    static const struct {
+        const char *key, *value;
+    } cases[] = {{"num_hidden_layers", "4096"},
+                 {"vocab_size", "16777216"},
+                 {"hidden_size", "1048576"},
+                 {"intermediate_size", "4194304"},
+                 {"num_attention_heads", "65536"},
+                 {"head_dim", "65536"},
+                 {"max_position_embeddings", "2147483647"}};
+    char *dir = model_copy("qwen3", "bigcfg", "config.json");
+    char *p = path_join(dir, "config.json");
+    char *src = path_join(fixture_root, "qwen3"), *cp = path_join(src, "config.json");
+    json_t *root = json_load_file(cp, 0, NULL);
+    EXPECT(root != NULL, "qwen3 config.json");
+    nmlx_status st = NMLX_ERR_INTERNAL;
+    if (root) json_dump_file(root, p, 0);
+    long base = root ? child_peak_kib_of(dir, true, &st) : -1;
+    EXPECT(base > 0 && st == NMLX_OK, "baseline model load in a child");
+    for (size_t k = 0; root && k < sizeof cases / sizeof cases[0]; k++) {
+        json_t *copy = json_deep_copy(root);
+        json_object_set_new(copy, cases[k].key, json_loads(cases[k].value, JSON_DECODE_ANY, NULL));
+        json_dump_file(copy, p, 0);
+        json_decref(copy);
+        long peak = child_peak_kib_of(dir, true, &st);
+        EXPECT(peak > 0, "child load with %s = %s", cases[k].key, cases[k].value);
+        EXPECT(peak - base < 64 * 1024, "%s = %s: peak %ld KiB vs %ld KiB for the fixture",
+               cases[k].key, cases[k].value, peak, base);
+        printf("  %s = %s: %s, peak %+ld KiB\n", cases[k].key, cases[k].value,
+               nmlx_status_string(st), peak - base);
+    }
+    json_decref(root);
+    free(cp);
+    free(src);
+    free(p);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_memory_bounds(void) {
+    test_config_size_bounds();
+    /* TINY_TOK plus one added token with a huge id: refused before the id
+     * tables are allocated; peak memory stays that of a normal load */
+    char *dir = fresh_dir("bigid");
+    const char *ins = "\"added_tokens\":[";
+    const char *at = strstr(TINY_TOK, ins);
+    size_t head = (size_t)(at - TINY_TOK) + strlen(ins);
+    char buf[sizeof TINY_TOK + 256];
+    static const struct {
+        long long id;
+        nmlx_status want;
+    } cases[] = {
+        {100000000, NMLX_ERR_INVALID_MODEL}, {99999999, NMLX_ERR_INVALID_MODEL}, {60000, NMLX_OK}};
+    write_str(dir, "tokenizer.json", TINY_TOK);
+    nmlx_status st = NMLX_ERR_INTERNAL;
+    long base = child_peak_kib(dir, &st);
+    EXPECT(base > 0 && st == NMLX_OK, "baseline tokenizer load in a child");
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        snprintf(buf, sizeof buf,
+                 "%.*s{\"id\":%lld,\"content\":\"<huge>\",\"single_word\":false,\"lstrip\":false,"
+                 "\"rstrip\":false,\"normalized\":false,\"special\":true},%s",
+                 (int)head, TINY_TOK, cases[k].id, TINY_TOK + head);
+        write_str(dir, "tokenizer.json", buf);
+        nmlx_tokenizer *t = NULL;
+        nmlx_clear_error();
+        st = nmlx_tokenizer_load(dir, &t);
+        EXPECT(st == cases[k].want, "added token id %lld: %s", cases[k].id, nmlx_last_error());
+        if (cases[k].want != NMLX_OK)
+            EXPECT(strstr(nmlx_last_error(), "tokenizer.json") &&
+                       strstr(nmlx_last_error(), "token id"),
+                   "huge id message names the file and the id: %s", nmlx_last_error());
+        nmlx_tokenizer_free(t);
+        long peak = child_peak_kib(dir, &st);
+        EXPECT(peak > 0 && st == cases[k].want, "child load of id %lld", cases[k].id);
+        /* 100M ids would need 900 MB of tables; allow 16 MiB of noise */
+        EXPECT(peak - base < 16 * 1024, "id %lld: peak %ld KiB vs %ld KiB for the plain file",
+               cases[k].id, peak, base);
+    }
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A context too large for the machine is a clean error with the numbers,
+ * at load (max_context) and at session creation. */
+static void test_context_memory(const char *model_dir) {
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    mp.max_context = 2147483647;
+    nmlx_model *m = NULL;
+    EXPECT_STATUS(NMLX_ERR_NOMEM, nmlx_model_load(model_dir, &mp, &m), "max_context INT_MAX");
+    EXPECT(!m && strstr(nmlx_last_error(), "2147483647 tokens") &&
+               strstr(nmlx_last_error(), "bytes") && strstr(nmlx_last_error(), "max_context"),
+           "message gives the numbers: %s", nmlx_last_error());
+    mp.max_context = 0;
+    if (nmlx_model_load(model_dir, &mp, &m) != NMLX_OK) {
+        EXPECT(0, "load: %s", nmlx_last_error());
+        return;
+    }
+    nmlx_session_params sp = nmlx_session_default_params();
+    sp.max_context = 2000000000;
+    nmlx_session *s = NULL;
+    EXPECT_STATUS(NMLX_ERR_NOMEM, nmlx_session_create(m, &sp, &s), "session of 2e9 tokens");
+    EXPECT(!s && strstr(nmlx_last_error(), "2000000000 tokens"), "session message: %s",
+           nmlx_last_error());
+    /* a machine with 1 MB: the default context no longer fits */
+    setenv("NMLX_TEST_MEMORY_BYTES", "1000000", 1);
+    sp.max_context = 0;
+    EXPECT_STATUS(NMLX_ERR_NOMEM, nmlx_session_create(m, &sp, &s), "1 MB machine");
+    EXPECT(strstr(nmlx_last_error(), "1000000 bytes"), "gives the memory: %s", nmlx_last_error());
+    sp.max_context = 16; /* 16 tokens fit */
+    EXPECT(nmlx_session_create(m, &sp, &s) == NMLX_OK, "16 tokens on 1 MB: %s", nmlx_last_error());
+    nmlx_session_free(s);
+    unsetenv("NMLX_TEST_MEMORY_BYTES");
+    nmlx_model_free(m);
+}
+
+/* tokenizer.json settings typed wrong or out of range: refused, naming the
+ * key (a flag that is not a boolean must not read as false). */
+static void test_tokenizer_domains(void) {
+    static const char *const cases[][3] = {
+        {"\"byte_fallback\":false", "\"byte_fallback\":\"yes\"", "byte_fallback"},
+        {"\"dropout\":null", "\"dropout\":-0.5", "dropout"},
+        {"\"dropout\":null", "\"dropout\":\"0\"", "dropout"},
+        {"\"add_prefix_space\":false", "\"add_prefix_space\":1", "add_prefix_space"},
+        {"\"use_regex\":true", "\"use_regex\":[]", "use_regex"},
+        {"\"special\":true}", "\"special\":\"true\"}", "special"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const char *at = strstr(TINY_TOK, cases[k][0]);
+        EXPECT(at != NULL, "TINY_TOK has %s", cases[k][0]);
+        if (!at) continue;
+        char buf[sizeof TINY_TOK + 64];
+        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - TINY_TOK), TINY_TOK, cases[k][1],
+                 at + strlen(cases[k][0]));
+        nmlx_status st = NMLX_OK;
+        nmlx_tokenizer *t = load_tok_text(cases[k][1], buf, strlen(buf), &st);
+        EXPECT(st == NMLX_ERR_INVALID_MODEL && strstr(nmlx_last_error(), "tokenizer.json") &&
+                   strstr(nmlx_last_error(), cases[k][2]),
+               "tokenizer.json %s: %s %s", cases[k][1], nmlx_status_string(st), nmlx_last_error());
+        nmlx_tokenizer_free(t);
+    }
+    /* a vocab token spelled like a flag is a token, not a setting */
+    const char *v = "\"vocab\":{";
+    const char *at = strstr(TINY_TOK, v);
+    char buf[sizeof TINY_TOK + 64];
+    snprintf(buf, sizeof buf, "%.*s%s\"special\":9,%s", (int)(at - TINY_TOK), TINY_TOK, v,
+             at + strlen(v));
+    nmlx_status st = NMLX_ERR_INTERNAL;
+    nmlx_tokenizer *t = load_tok_text("vocab special", buf, strlen(buf), &st);
+    EXPECT(st == NMLX_OK, "vocab token named 'special': %s", nmlx_last_error());
     nmlx_tokenizer_free(t);
 }
 
@@ -1035,6 +1267,8 @@ static void test_config_files(void) {
             snprintf(buf, sizeof buf, "{\"model_type\": \"qwen3\", \"rope_theta\": %s}", lits[k]);
             write_all(p, buf, strlen(buf));
             EXPECT_FAIL(load_and_poke(dir), "config literal %s", lits[k]);
+            EXPECT(strstr(nmlx_last_error(), "'rope_theta'"), "literal %s: names the field: %s",
+                   lits[k], nmlx_last_error());
         }
         /* duplicate keys: last wins (Python's json); must not crash */
         {
@@ -1064,29 +1298,38 @@ static void test_config_files(void) {
             write_all(p, cfg, len);
             EXPECT_FAIL(load_and_poke(dir), "generation_config.json '%s'", gens[k]);
         }
-        /* absurd but typed sampling values: loads, defaults are sane */
-        write_all(gp,
-                  "{\"do_sample\":true,\"temperature\":-5,\"top_p\":7,\"top_k\":-2,\"min_p\":9,"
-                  "\"repetition_penalty\":-1,\"eos_token_id\":[-1,2147483648,1]}",
-                  strlen("{\"do_sample\":true,\"temperature\":-5,\"top_p\":7,\"top_k\":-2,"
-                         "\"min_p\":9,\"repetition_penalty\":-1,\"eos_token_id\":[-1,"
-                         "2147483648,1]}"));
-        {
-            nmlx_model *m = NULL;
-            nmlx_model_params mp = nmlx_model_default_params();
-            mp.n_threads = 1;
-            if (nmlx_model_load(dir, &mp, &m) == NMLX_OK) {
-                nmlx_sampler_params sp = nmlx_model_sampler_params(m);
-                EXPECT(nmlx_sampler_default_params().temperature == sp.temperature ||
-                           sp.temperature >= 0,
-                       "sampler defaults from an absurd generation_config stay valid");
-                const int32_t *eos;
-                size_t ne = nmlx_model_eos_ids(m, &eos);
-                for (size_t i = 0; i < ne; i++)
-                    EXPECT(eos[i] >= 0, "eos ids are non-negative");
-                nmlx_model_free(m);
-            }
+        /* typed right but outside the domain: each fails the load with
+         * NMLX_ERR_INVALID_MODEL naming the file and the field */
+        static const char *const gen_bad[][2] = {
+            {"{\"temperature\":-5}", "temperature"},
+            {"{\"top_p\":7}", "top_p"},
+            {"{\"top_p\":0}", "top_p"},
+            {"{\"top_k\":-2}", "top_k"},
+            {"{\"min_p\":9}", "min_p"},
+            {"{\"repetition_penalty\":-1}", "repetition_penalty"},
+            {"{\"repetition_penalty\":0}", "repetition_penalty"},
+            {"{\"eos_token_id\":[-1,2]}", "eos_token_id[0]"},
+            {"{\"eos_token_id\":2147483648}", "eos_token_id"},
+        };
+        for (size_t k = 0; k < sizeof gen_bad / sizeof gen_bad[0]; k++) {
+            write_all(gp, gen_bad[k][0], strlen(gen_bad[k][0]));
+            EXPECT_STATUS(NMLX_ERR_INVALID_MODEL, load_and_poke(dir), "generation_config %s",
+                          gen_bad[k][0]);
+            EXPECT(strstr(nmlx_last_error(), "generation_config.json") &&
+                       strstr(nmlx_last_error(), gen_bad[k][1]),
+                   "message names generation_config.json and %s: %s", gen_bad[k][1],
+                   nmlx_last_error());
         }
+        /* in domain, with keys nmlx does not read: loads */
+        write_all(gp,
+                  "{\"do_sample\":true,\"temperature\":0.7,\"top_p\":0.9,\"top_k\":20,"
+                  "\"min_p\":0,\"repetition_penalty\":1.1,\"eos_token_id\":[1],"
+                  "\"future_key\":{\"x\":[]}}",
+                  strlen("{\"do_sample\":true,\"temperature\":0.7,\"top_p\":0.9,\"top_k\":20,"
+                         "\"min_p\":0,\"repetition_penalty\":1.1,\"eos_token_id\":[1],"
+                         "\"future_key\":{\"x\":[]}}"));
+        EXPECT(load_and_poke(dir) == NMLX_OK, "generation_config.json in domain: %s",
+               nmlx_last_error());
         unlink(gp);
         free(gp);
         free(p);
@@ -1094,6 +1337,202 @@ static void test_config_files(void) {
         rm_rf(dir);
         free(dir);
     }
+}
+
+/* ---- 4b. config values outside their domain ------------------------------ */
+
+/* One out-of-domain value per case, set into a real fixture's config.json
+ * (its text_config when it has one; "-" deletes RoPE objects first and sets
+ * the value as "rope_parameters"). Each must fail the load with `want` and a
+ * message that names config.json and `needle` (the field, or the tensor that
+ * disagrees). */
+typedef struct domain_case {
+    const char *fixture, *key, *value;
+    nmlx_status want;
+    const char *needle;
+} domain_case;
+
+static const domain_case DOMAIN_CASES[] = {
+    /* sizes: zero, negative, huge */
+    {"qwen3", "hidden_size", "0", NMLX_ERR_INVALID_MODEL, "hidden_size"},
+    {"qwen3", "hidden_size", "-32", NMLX_ERR_INVALID_MODEL, "hidden_size"},
+    {"qwen3", "hidden_size", "1000000000000", NMLX_ERR_INVALID_MODEL, "hidden_size"},
+    {"qwen3", "intermediate_size", "0", NMLX_ERR_INVALID_MODEL, "intermediate_size"},
+    {"qwen3", "num_hidden_layers", "0", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
+    {"qwen3", "num_hidden_layers", "100000000", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
+    {"qwen3", "num_attention_heads", "-4", NMLX_ERR_INVALID_MODEL, "num_attention_heads"},
+    {"qwen3", "num_key_value_heads", "0", NMLX_ERR_INVALID_MODEL, "num_key_value_heads"},
+    {"qwen3", "head_dim", "0", NMLX_ERR_INVALID_MODEL, "head_dim"},
+    {"qwen3", "vocab_size", "0", NMLX_ERR_INVALID_MODEL, "vocab_size"},
+    {"qwen3", "vocab_size", "4294967296", NMLX_ERR_INVALID_MODEL, "vocab_size"},
+    {"qwen3", "max_position_embeddings", "0", NMLX_ERR_INVALID_MODEL, "max_position_embeddings"},
+    {"qwen3", "max_position_embeddings", "-512", NMLX_ERR_INVALID_MODEL, "max_position_embeddings"},
+    {"gemma3n", "max_position_embeddings", "1e15", NMLX_ERR_INVALID_MODEL,
+     "max_position_embeddings"},
+    {"gemma3_text", "sliding_window", "-6", NMLX_ERR_INVALID_MODEL, "sliding_window"},
+    {"gemma3n", "laurel_rank", "0", NMLX_ERR_INVALID_MODEL, "laurel_rank"},
+    {"gemma3n", "altup_num_inputs", "-2", NMLX_ERR_INVALID_MODEL, "altup_num_inputs"},
+    {"gemma3n", "num_kv_shared_layers", "-1", NMLX_ERR_INVALID_MODEL, "num_kv_shared_layers"},
+    {"gemma3n", "num_kv_shared_layers", "9", NMLX_ERR_INVALID_MODEL, "num_kv_shared_layers"},
+    {"gemma3n", "hidden_size_per_layer_input", "0", NMLX_ERR_INVALID_MODEL,
+     "hidden_size_per_layer_input"},
+    {"gemma3n", "activation_sparsity_pattern", "[0.95, 1.5, 0, 0]", NMLX_ERR_INVALID_MODEL,
+     "activation_sparsity_pattern[1]"},
+    {"gemma3n", "intermediate_size", "[64, 0, 64, 64]", NMLX_ERR_INVALID_MODEL,
+     "intermediate_size[1]"},
+    {"qwen3_moe", "num_local_experts", "0", NMLX_ERR_INVALID_MODEL, "num_local_experts"},
+    {"qwen3_moe", "num_experts_per_tok", "5", NMLX_ERR_INVALID_MODEL, "num_experts_per_tok"},
+    {"qwen3_moe", "decoder_sparse_step", "0", NMLX_ERR_INVALID_MODEL, "decoder_sparse_step"},
+    {"qwen3_moe", "mlp_only_layers", "[7]", NMLX_ERR_INVALID_MODEL, "mlp_only_layers"},
+    {"qwen3_moe", "moe_intermediate_size", "-24", NMLX_ERR_INVALID_MODEL, "moe_intermediate_size"},
+    /* numbers: zero, negative, out of range */
+    {"qwen3", "rms_norm_eps", "0", NMLX_ERR_INVALID_MODEL, "rms_norm_eps"},
+    {"qwen3", "rms_norm_eps", "-1e-6", NMLX_ERR_INVALID_MODEL, "rms_norm_eps"},
+    {"qwen3", "rms_norm_eps", "1e300", NMLX_ERR_INVALID_MODEL, "rms_norm_eps"},
+    {"phi3_longrope", "rope_theta", "0", NMLX_ERR_INVALID_MODEL, "rope_theta"},
+    {"phi3_longrope", "rope_theta", "-10000", NMLX_ERR_INVALID_MODEL, "rope_theta"},
+    {"phi3_longrope", "partial_rotary_factor", "1.5", NMLX_ERR_INVALID_MODEL,
+     "partial_rotary_factor"},
+    {"gemma3_text", "final_logit_softcapping", "-5", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
+    {"gemma3_text", "final_logit_softcapping", "0", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
+    {"gemma3_text", "attn_logit_softcapping", "50", NMLX_ERR_UNSUPPORTED, "attn_logit_softcapping"},
+    {"gemma3n", "attn_logit_softcapping", "-1", NMLX_ERR_INVALID_MODEL, "attn_logit_softcapping"},
+    {"mistral_window", "sliding_window", "0", NMLX_ERR_INVALID_MODEL, "sliding_window"},
+    {"qwen3", "-", "{\"rope_type\":\"linear\",\"rope_theta\":10000}", NMLX_ERR_INVALID_MODEL,
+     "rope_parameters.factor"},
+    {"qwen3", "-",
+     "{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,\"high_freq_factor\":4,"
+     "\"rope_theta\":10000}",
+     NMLX_ERR_INVALID_MODEL, "rope_parameters.original_max_position_embeddings"},
+    {"phi3_longrope", "rope_scaling", "{\"rope_type\":\"longrope\",\"short_factor\":[1,1,1,1]}",
+     NMLX_ERR_INVALID_MODEL, "rope_scaling.long_factor"},
+    {"gemma3_text", "query_pre_attn_scalar", "0", NMLX_ERR_INVALID_MODEL, "query_pre_attn_scalar"},
+    {"qwen3", "eos_token_id", "-1", NMLX_ERR_INVALID_MODEL, "eos_token_id"},
+    {"qwen3", "eos_token_id", "[1, -7]", NMLX_ERR_INVALID_MODEL, "eos_token_id[1]"},
+    {"qwen3", "eos_token_id", "256", NMLX_ERR_INVALID_MODEL, "eos_token_id"},
+    /* enums: unknown (invalid) and known but not computed (unsupported) */
+    {"qwen3", "hidden_act", "\"swishy\"", NMLX_ERR_INVALID_MODEL, "hidden_act"},
+    {"qwen3", "hidden_act", "\"relu\"", NMLX_ERR_UNSUPPORTED, "hidden_act"},
+    {"gemma3_text", "hidden_activation", "\"gelu_tanh_typo\"", NMLX_ERR_INVALID_MODEL,
+     "hidden_activation"},
+    {"gemma3_text", "layer_types",
+     "[\"sliding_attention\",\"full\",\"full_attention\",\"sliding_attention\"]",
+     NMLX_ERR_INVALID_MODEL, "layer_types[1]"},
+    {"gemma3n", "layer_types",
+     "[\"sliding_attention\",\"full_attention\",\"chunked_attention\",\"full_attention\"]",
+     NMLX_ERR_UNSUPPORTED, "layer_types[2]"},
+    {"qwen3", "-", "{\"rope_type\":\"nonsense\",\"rope_theta\":10000}", NMLX_ERR_INVALID_MODEL,
+     "rope_parameters.rope_type"},
+    {"qwen3", "-", "{\"type\":\"dynamic\",\"factor\":2,\"rope_theta\":10000}", NMLX_ERR_UNSUPPORTED,
+     "rope_parameters.type"},
+    {"qwen3", "-", "{\"rope_type\":\"linear\",\"factor\":0,\"rope_theta\":10000}",
+     NMLX_ERR_INVALID_MODEL, "rope_parameters.factor"},
+    {"qwen3", "-", "{\"rope_type\":\"linear\",\"factor\":2,\"rope_theta\":-1}",
+     NMLX_ERR_INVALID_MODEL, "rope_parameters.rope_theta"},
+    {"qwen3", "-",
+     "{\"rope_type\":\"yarn\",\"factor\":4,\"beta_fast\":-32,\"rope_theta\":10000,"
+     "\"original_max_position_embeddings\":128}",
+     NMLX_ERR_INVALID_MODEL, "rope_parameters.beta_fast"},
+    {"qwen3", "-",
+     "{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,\"high_freq_factor\":1,"
+     "\"rope_theta\":10000,\"original_max_position_embeddings\":128}",
+     NMLX_ERR_INVALID_MODEL, "high_freq_factor"},
+    {"phi3_longrope", "rope_scaling",
+     "{\"rope_type\":\"longrope\",\"short_factor\":[1,1,-1,1],\"long_factor\":[1,1,1,1],"
+     "\"original_max_position_embeddings\":16}",
+     NMLX_ERR_INVALID_MODEL, "rope_scaling.short_factor[2]"},
+    {"phi3_longrope", "rope_scaling",
+     "{\"rope_type\":\"longrope\",\"short_factor\":[1,1,1],\"long_factor\":[1,1,1],"
+     "\"original_max_position_embeddings\":16}",
+     NMLX_ERR_INVALID_MODEL, "short_factor"},
+    /* fields that disagree with each other */
+    {"qwen3", "num_key_value_heads", "3", NMLX_ERR_INVALID_MODEL, "num_key_value_heads"},
+    {"qwen3", "num_key_value_heads", "8", NMLX_ERR_INVALID_MODEL, "num_key_value_heads"},
+    {"qwen3", "head_dim", "15", NMLX_ERR_INVALID_MODEL, "head_dim"},
+    {"gemma3n", "altup_active_idx", "2", NMLX_ERR_UNSUPPORTED, "altup_active_idx"},
+    {"gemma3_text", "layer_types", "[\"sliding_attention\",\"full_attention\"]",
+     NMLX_ERR_INVALID_MODEL, "layer_types"},
+    /* fields that disagree with the tensors */
+    {"qwen3", "vocab_size", "257", NMLX_ERR_INVALID_MODEL, "embed_tokens"},
+    {"qwen3", "num_hidden_layers", "3", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
+    {"gemma3n", "num_hidden_layers", "4096", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
+    {"qwen3", "hidden_size", "64", NMLX_ERR_INVALID_MODEL, "embed_tokens"},
+    {"qwen3", "intermediate_size", "95", NMLX_ERR_INVALID_MODEL, "mlp"},
+    {"qwen3", "head_dim", "8", NMLX_ERR_INVALID_MODEL, "proj"},
+    {"qwen3_moe", "num_local_experts", "5", NMLX_ERR_INVALID_MODEL, "mlp.gate"},
+    {"gemma3n", "laurel_rank", "5", NMLX_ERR_INVALID_MODEL, "laurel"},
+    /* quantization entry */
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":64,\"bits\":0,\"mode\":\"affine\"}",
+     NMLX_ERR_INVALID_MODEL, "quantization.bits"},
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":-64,\"bits\":4}",
+     NMLX_ERR_INVALID_MODEL, "quantization.group_size"},
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":64,\"bits\":4,\"mode\":\"afine\"}",
+     NMLX_ERR_INVALID_MODEL, "quantization.mode"},
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":64,\"bits\":4,\"mode\":\"nvfp4\"}",
+     NMLX_ERR_UNSUPPORTED, "quantization.mode"},
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":64,\"bits\":7}",
+     NMLX_ERR_UNSUPPORTED, "quantization"},
+    {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":32,\"bits\":4}",
+     NMLX_ERR_INVALID_MODEL, "packed words"},
+    {"quant_llama_q4g64_f16", "quantization_config", "{\"quant_method\":\"not-a-method\"}",
+     NMLX_ERR_INVALID_MODEL, "quant_method"},
+    {"quant_llama_q4g64_f16", "quantization_config", "{\"quant_method\":\"gptq\"}",
+     NMLX_ERR_UNSUPPORTED, "quant_method"},
+};
+
+static void test_config_domains(void) {
+    char *dir = NULL;
+    const char *cur = "";
+    json_t *root = NULL;
+    char *p = NULL;
+    for (size_t k = 0; k < sizeof DOMAIN_CASES / sizeof DOMAIN_CASES[0]; k++) {
+        const domain_case *c = &DOMAIN_CASES[k];
+        if (strcmp(cur, c->fixture)) {
+            if (dir) rm_rf(dir);
+            free(dir);
+            free(p);
+            json_decref(root);
+            cur = c->fixture;
+            dir = model_copy(cur, "domain", "config.json");
+            p = path_join(dir, "config.json");
+            char *src = path_join(fixture_root, cur), *cp = path_join(src, "config.json");
+            root = json_load_file(cp, 0, NULL);
+            free(cp);
+            free(src);
+            EXPECT(root != NULL, "fixture %s config.json", cur);
+            if (!root) continue;
+            json_dump_file(root, p, 0); /* the untouched config loads */
+            EXPECT(load_and_poke(dir) == NMLX_OK, "%s loads: %s", cur, nmlx_last_error());
+        }
+        if (!root) continue;
+        json_t *copy = json_deep_copy(root);
+        json_t *target = json_object_get(copy, "text_config");
+        if (!json_is_object(target) || !strncmp(c->key, "quantization", 12)) target = copy;
+        json_t *v = json_loads(c->value, JSON_DECODE_ANY, NULL);
+        EXPECT(v != NULL, "case %zu value parses", k);
+        if (!strcmp(c->key, "-")) {
+            json_object_del(target, "rope_scaling");
+            json_object_del(target, "rope_theta");
+            json_object_set_new(target, "rope_parameters", v);
+        } else {
+            if (!strcmp(c->key, "quantization_config")) json_object_del(target, "quantization");
+            json_object_set_new(target, c->key, v);
+        }
+        json_dump_file(copy, p, 0);
+        json_decref(copy);
+        EXPECT_STATUS(c->want, load_and_poke(dir), "%s: %s = %s", c->fixture, c->key, c->value);
+        EXPECT(strstr(nmlx_last_error(), c->needle) &&
+                   (c->want == NMLX_ERR_FORMAT || strstr(nmlx_last_error(), ".json") ||
+                    strstr(nmlx_last_error(), ".safetensors")),
+               "%s: %s = %s: message names '%s' and the file: %s", c->fixture, c->key, c->value,
+               c->needle, nmlx_last_error());
+    }
+    if (dir) rm_rf(dir);
+    free(dir);
+    free(p);
+    json_decref(root);
 }
 
 /* ---- 5. model.safetensors ----------------------------------------------- */
@@ -1255,17 +1694,12 @@ static void test_odd_files(void) {
                    nmlx_last_error());
         }
         write_all(p, "", 0);
-        if (k == 4) {
-            EXPECT(load_and_poke(dir) == NMLX_OK, "empty tokenizer_config.json is ignored: %s",
-                   nmlx_last_error());
-        } else {
-            EXPECT_FAIL(load_and_poke(dir), "empty %s", nm);
-        }
+        EXPECT_FAIL(load_and_poke(dir), "empty %s", nm);
         if (is_tok) {
             nmlx_tokenizer *t = NULL;
             nmlx_status st = nmlx_tokenizer_load(dir, &t);
-            EXPECT(k == 4 ? st == NMLX_OK : (st != NMLX_OK && nmlx_last_error()[0]),
-                   "tokenizer_load with empty %s", nm);
+            EXPECT(st != NMLX_OK && nmlx_last_error()[0] && strstr(nmlx_last_error(), nm),
+                   "tokenizer_load with empty %s: %s", nm, nmlx_last_error());
             nmlx_tokenizer_free(t);
         }
         /* a directory in its place */
@@ -1491,8 +1925,16 @@ int main(void) {
     test_tokenize_bytes();
     section("test_tokenizer_files");
     test_tokenizer_files();
+    section("test_context_memory");
+    test_context_memory(qwen);
+    section("test_tokenizer_domains");
+    test_tokenizer_domains();
+    section("test_memory_bounds");
+    test_memory_bounds();
     section("test_config_files");
     test_config_files();
+    section("test_config_domains");
+    test_config_domains();
     section("test_safetensors_files");
     test_safetensors_files();
     section("test_odd_files");

@@ -77,7 +77,8 @@ static void test_rope(nmlx_backend *be) {
                strstr(nmlx_last_error(), "longrope_v9"),
            "unknown rope type rejected by name");
     c = rope_cfg("default", 10000.0);
-    EXPECT(nmlx_rope_init(&r, be, 7, &c, 2048) == NMLX_ERR_FORMAT, "odd rotary dims rejected");
+    EXPECT(nmlx_rope_init(&r, be, 7, &c, 2048) == NMLX_ERR_INVALID_MODEL,
+           "odd rotary dims rejected");
 }
 
 static void test_kv_cache(nmlx_backend *be) {

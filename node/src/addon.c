@@ -17,6 +17,7 @@ const char *addon_status_code(nmlx_status st) {
     case NMLX_ERR_CONTEXT_OVERFLOW: return "NMLX_ERR_CONTEXT_OVERFLOW";
     case NMLX_ERR_CANCELLED: return "NMLX_ERR_CANCELLED";
     case NMLX_ERR_INTERNAL: return "NMLX_ERR_INTERNAL";
+    case NMLX_ERR_INVALID_MODEL: return "NMLX_ERR_INVALID_MODEL";
     }
     return "NMLX_ERR_INTERNAL";
 }

@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "io/config.h"
 
+#include "io/config_schema.h"
 #include "io/file_util.h"
 
 #include <ctype.h>
@@ -48,14 +49,48 @@ static nmlx_status cfg_from_json(json_t *root, const char *name, nmlx_cfg **out)
     return NMLX_OK;
 }
 
+/* The member name whose value holds byte `pos` of a JSON text that failed to
+ * parse (NaN, Infinity, 1e400 ...), for the message: the nearest
+ * `"key" :` before pos, not crossing an object's opening brace. "" if none. */
+static void field_at(const char *text, size_t len, int pos, char *key, size_t cap) {
+    key[0] = '\0';
+    size_t i = pos > 0 && (size_t)pos <= len ? (size_t)pos : len;
+    size_t stop = i > 4096 ? i - 4096 : 0;
+    while (i > stop && text[i - 1] != ':') {
+        if (text[i - 1] == '{') return;
+        i--;
+    }
+    if (i <= stop) return;
+    i--; /* at ':' */
+    while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' ||
+                     text[i - 1] == '\r'))
+        i--;
+    if (i == 0 || text[i - 1] != '"') return;
+    size_t end = --i, start = i;
+    while (start > 0 && !(text[start - 1] == '"' && (start < 2 || text[start - 2] != '\\')))
+        start--;
+    if (start == 0 || end - start >= cap) return;
+    memcpy(key, text + start, end - start);
+    key[end - start] = '\0';
+}
+
+static nmlx_status json_error(const char *name, const char *text, size_t len,
+                              const json_error_t *err) {
+    char key[128];
+    field_at(text, len, err->position, key, sizeof key);
+    if (key[0])
+        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d (field '%s'): %s",
+                         name, err->line, err->column, key, err->text);
+    return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name, err->line,
+                     err->column, err->text);
+}
+
 nmlx_status nmlx_cfg_parse(const char *json, const char *name, nmlx_cfg **out) {
     if (!name) name = "config";
     if (!json || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_parse: NULL argument");
     json_error_t err;
     json_t *root = json_loads(json, 0, &err);
-    if (!root)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", name,
-                         err.line, err.column, err.text);
+    if (!root) return json_error(name, json, strlen(json), &err);
     return cfg_from_json(root, name, out);
 }
 
@@ -67,10 +102,9 @@ nmlx_status nmlx_cfg_open(const char *path, nmlx_cfg **out) {
     if (st != NMLX_OK) return st;
     json_error_t err;
     json_t *root = json_loadb(text, len, 0, &err);
+    if (!root) st = json_error(path, text, len, &err);
     nmlx_free(text);
-    if (!root)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
-                         err.line, err.column, err.text);
+    if (!root) return st;
     return cfg_from_json(root, path, out);
 }
 
@@ -115,20 +149,30 @@ static nmlx_status type_error(const nmlx_cfg *cfg, const char *key, const char *
     return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be %s", cfg->path, key, what);
 }
 
-static nmlx_status get_int(const nmlx_cfg *cfg, const json_t *v, const char *key, int64_t def,
-                           int64_t *out) {
+/* The getters below read a value, check its JSON type (NMLX_ERR_FORMAT)
+ * and then its domain from config_schema.c under the key `dom`
+ * (NMLX_ERR_INVALID_MODEL); `key` is the field as the file spells it.
+ * Defaults are the caller's and are not checked. */
+static nmlx_status get_int(const nmlx_cfg *cfg, const json_t *v, const char *key, const char *dom,
+                           int64_t def, int64_t *out) {
     int64_t x = def;
-    if (v && !json_is_null(v) && !as_int(v, &x)) return type_error(cfg, key, "an integer");
+    if (v && !json_is_null(v)) {
+        if (!as_int(v, &x)) return type_error(cfg, key, "an integer");
+        nmlx_status st = nmlx_domain_check_int(cfg->path, key, dom, x);
+        if (st != NMLX_OK) return st;
+    }
     *out = x;
     return NMLX_OK;
 }
 
-static nmlx_status get_float(const nmlx_cfg *cfg, const json_t *v, const char *key, double def,
-                             double *out) {
+static nmlx_status get_float(const nmlx_cfg *cfg, const json_t *v, const char *key, const char *dom,
+                             double def, double *out) {
     double x = def;
     if (v && !json_is_null(v)) {
         if (!json_is_number(v)) return type_error(cfg, key, "a number");
         x = json_number_value(v);
+        nmlx_status st = nmlx_domain_check_num(cfg->path, key, dom, x);
+        if (st != NMLX_OK) return st;
     }
     *out = x;
     return NMLX_OK;
@@ -149,13 +193,13 @@ static nmlx_status get_bool(const nmlx_cfg *cfg, const json_t *v, const char *ke
 
 nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
     if (!cfg || !key || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int: NULL argument");
-    return get_int(cfg, lookup(cfg, key), key, def, out);
+    return get_int(cfg, lookup(cfg, key), key, key, def, out);
 }
 
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out) {
     if (!cfg || !key || !out)
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float: NULL argument");
-    return get_float(cfg, lookup(cfg, key), key, def, out);
+    return get_float(cfg, lookup(cfg, key), key, key, def, out);
 }
 
 nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out) {
@@ -170,6 +214,10 @@ nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *de
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string: NULL argument");
     const json_t *v = lookup(cfg, key);
     if (v && !json_is_string(v)) return type_error(cfg, key, "a string");
+    if (v) {
+        nmlx_status st = nmlx_domain_check_str(cfg->path, key, key, json_string_value(v));
+        if (st != NMLX_OK) return st;
+    }
     *out = v ? json_string_value(v) : def;
     return NMLX_OK;
 }
@@ -186,6 +234,8 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     int64_t x;
     if (!json_is_array(v)) {
         if (!as_int(v, &x)) return type_error(cfg, key, "an integer or an array of integers");
+        nmlx_status st = nmlx_domain_check_int(cfg->path, key, key, x);
+        if (st != NMLX_OK) return st;
         if (cap < 1)
             return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
                              cfg->path, key, cap);
@@ -197,9 +247,14 @@ nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         if (!as_int(json_array_get(v, i), &x))
             return type_error(cfg, key, "an integer or an array of integers");
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st = nmlx_domain_check_int(cfg->path, shown, key, x);
+        if (st != NMLX_OK) return st;
+    }
     for (size_t i = 0; i < len; i++)
         as_int(json_array_get(v, i), &out[i]);
     *n = len;
@@ -217,6 +272,8 @@ nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *ou
     }
     if (!json_is_array(v)) {
         if (!json_is_number(v)) return type_error(cfg, key, "a number or an array of numbers");
+        nmlx_status st = nmlx_domain_check_num(cfg->path, key, key, json_number_value(v));
+        if (st != NMLX_OK) return st;
         if (cap < 1)
             return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
                              cfg->path, key, cap);
@@ -228,9 +285,15 @@ nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *ou
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         if (!json_is_number(json_array_get(v, i)))
             return type_error(cfg, key, "a number or an array of numbers");
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st =
+            nmlx_domain_check_num(cfg->path, shown, key, json_number_value(json_array_get(v, i)));
+        if (st != NMLX_OK) return st;
+    }
     for (size_t i = 0; i < len; i++) out[i] = json_number_value(json_array_get(v, i));
     *n = len;
     return NMLX_OK;
@@ -247,9 +310,10 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
  * "<obj_name>.<key>" in messages), falling back to `def`. */
 static nmlx_status rope_float(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
                               const char *key, double def, double *out) {
-    char field[96];
+    char field[96], dom[64];
     snprintf(field, sizeof field, "%s.%s", obj_name, key);
-    return get_float(cfg, params ? json_object_get(params, key) : NULL, field, def, out);
+    snprintf(dom, sizeof dom, "rope.%s", key);
+    return get_float(cfg, params ? json_object_get(params, key) : NULL, field, dom, def, out);
 }
 
 static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const char *obj_name,
@@ -270,6 +334,11 @@ static nmlx_status rope_factors(const nmlx_cfg *cfg, const json_t *params, const
         if (!json_is_number(x))
             return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s.%s' must be an array of numbers",
                              cfg->path, obj_name, key);
+        char shown[128], dom[64];
+        snprintf(shown, sizeof shown, "%s.%s[%zu]", obj_name, key, i);
+        snprintf(dom, sizeof dom, "rope.%s", key);
+        nmlx_status st = nmlx_domain_check_num(cfg->path, shown, dom, json_number_value(x));
+        if (st != NMLX_OK) return st;
         dst[i] = json_number_value(x);
     }
     *n = len;
@@ -299,7 +368,7 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const char *layer_type, cons
         if (per_layer) {
             const json_t *full = json_object_get(rp, layer_type);
             if (!full)
-                return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                                  "%s: field 'rope_parameters' is keyed by layer type but has no "
                                  "'%s' entry",
                                  cfg->path, layer_type);
@@ -347,6 +416,13 @@ nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const cha
     size_t len = json_array_size(v);
     for (size_t i = 0; i < len; i++)
         if (!json_is_string(json_array_get(v, i))) return type_error(cfg, key, "an array of strings");
+    for (size_t i = 0; i < len; i++) {
+        char shown[160];
+        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
+        nmlx_status st =
+            nmlx_domain_check_str(cfg->path, shown, key, json_string_value(json_array_get(v, i)));
+        if (st != NMLX_OK) return st;
+    }
     if (len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu supported)",
                          cfg->path, key, len, cap);
@@ -380,10 +456,10 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
               field);
         const char *s = json_string_value(t);
         size_t len = strlen(s);
-        CHECK(len > 0 && len < sizeof r->type, NMLX_ERR_UNSUPPORTED,
-              "%s: field '%s' value '%s' is not a known RoPE type", cfg->path, field, s);
+        if (len >= sizeof r->type) TRY(nmlx_domain_check_str(cfg->path, field, "rope.type", s));
         for (size_t i = 0; i <= len; i++)
             r->type[i] = (char)tolower((unsigned char)s[i]);
+        TRY(nmlx_domain_check_str(cfg->path, field, "rope.type", r->type));
     } else {
         snprintf(r->type, sizeof r->type, "default");
     }
@@ -393,7 +469,7 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
         p && !strncmp(pn, "rope_parameters", 15) ? json_object_get(p, "rope_theta") : NULL;
     if (th && !json_is_null(th)) {
         snprintf(field, sizeof field, "%s.rope_theta", pn);
-        TRY(get_float(cfg, th, field, def_theta, &r->theta));
+        TRY(get_float(cfg, th, field, "rope.rope_theta", def_theta, &r->theta));
     } else {
         TRY(nmlx_cfg_float(cfg, "rope_theta", def_theta, &r->theta));
     }
@@ -418,12 +494,34 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
     TRY(nmlx_cfg_float(cfg, "partial_rotary_factor", 1.0, &top_prf));
     snprintf(field, sizeof field, "%s.original_max_position_embeddings", pn);
     TRY(get_int(cfg, p ? json_object_get(p, "original_max_position_embeddings") : NULL, field,
-                top_ompe, &r->original_max_position_embeddings));
+                "rope.original_max_position_embeddings", top_ompe,
+                &r->original_max_position_embeddings));
     TRY(rope_float(cfg, p, pn, "partial_rotary_factor", top_prf, &r->partial_rotary_factor));
 
     TRY(rope_factors(cfg, p, pn, "short_factor", r->short_factor, &r->n_short));
     TRY(rope_factors(cfg, p, pn, "long_factor", r->long_factor, &r->n_long));
     /* mrope_section and other keys are ignored here */
+
+    /* keys each type needs (transformers refuses the config without them) */
+    static const struct {
+        const char *type, *keys[4];
+    } need[] = {
+        {"linear", {"factor"}},
+        {"dynamic", {"factor"}},
+        {"yarn", {"factor"}},
+        {"llama3",
+         {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}},
+        {"longrope", {"short_factor", "long_factor"}},
+        {"su", {"short_factor", "long_factor"}}};
+    for (size_t i = 0; p && i < sizeof need / sizeof need[0]; i++) {
+        if (strcmp(need[i].type, r->type)) continue;
+        for (size_t k = 0; k < 4 && need[i].keys[k]; k++) {
+            const json_t *v = json_object_get(p, need[i].keys[k]);
+            CHECK(v && !json_is_null(v), NMLX_ERR_INVALID_MODEL,
+                  "%s: field '%s.%s' is missing (RoPE type '%s' needs it)", cfg->path, pn,
+                  need[i].keys[k], r->type);
+        }
+    }
 
     *out = *r;
 cleanup:

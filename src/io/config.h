@@ -1,6 +1,9 @@
 /* config.json / generation_config.json access: typed getters with defaults
- * and validation (a wrong type is an error naming the file and field).
- * Depends on common.h and jansson. */
+ * and validation: a wrong type is NMLX_ERR_FORMAT naming the file and field;
+ * a value outside the field's domain (config_schema.h: range, finiteness,
+ * enum values) is NMLX_ERR_INVALID_MODEL naming the file, field and value.
+ * Defaults are the caller's and are not checked. Depends on common.h,
+ * config_schema.h and jansson. */
 #ifndef NMLX_CONFIG_H
 #define NMLX_CONFIG_H
 
@@ -21,9 +24,11 @@ const char *nmlx_cfg_path(const nmlx_cfg *cfg);
 
 /* True if the key is present with a non-null value. */
 bool nmlx_cfg_has(const nmlx_cfg *cfg, const char *key);
-/* Missing or null -> default. Wrong type / out of range -> NMLX_ERR_FORMAT
- * "config.json: field 'x' must be an integer". Integers accept JSON
- * integers (and reals with no fractional part); floats accept both. */
+/* Missing or null -> default. Wrong type / out of int64 range ->
+ * NMLX_ERR_FORMAT "config.json: field 'x' must be an integer"; outside the
+ * key's domain -> NMLX_ERR_INVALID_MODEL (list getters check every element
+ * and name it, "eos_token_id[1]"). Integers accept JSON integers (and reals
+ * with no fractional part); floats accept both. */
 nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out);
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out);
 nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out);
@@ -44,8 +49,10 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
  *   hub style:           "rope_theta": 1e6, "rope_scaling": {...} or null
  *   transformers 5 style: "rope_parameters": {"rope_type": ..., "rope_theta": ...}
  * "type" is accepted as an alias of "rope_type"; no scaling -> "default".
- * The type is lowercased; unknown types pass through (the RoPE code rejects
- * them). rope_parameters wins over rope_scaling; its rope_theta wins over the
+ * The type is lowercased and checked against the "rope.type" domain: unknown
+ * -> NMLX_ERR_INVALID_MODEL, known but not computed (dynamic, mrope) ->
+ * NMLX_ERR_UNSUPPORTED; the keys a type needs (transformers' list) must be
+ * present, and every value is checked against its "rope.<key>" domain. rope_parameters wins over rope_scaling; its rope_theta wins over the
  * top-level one. A rope_parameters keyed by layer type (Gemma 3:
  * {"full_attention": {...}, "sliding_attention": {...}}) yields its
  * "full_attention" entry (none -> NMLX_ERR_UNSUPPORTED).

@@ -601,7 +601,8 @@ nmlx_status nmlx_weights_get(const nmlx_weights *w, const char *name, int ndim,
         char want[128], got[128];
         format_shape(want, sizeof want, ndim, shape);
         format_shape(got, sizeof got, t->ndim, t->shape);
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %s", w->source,
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                         "%s: tensor '%s' has shape %s, expected %s (from config.json)", w->source,
                          name, got, want);
     }
     *out = t;

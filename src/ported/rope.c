@@ -81,10 +81,12 @@ nmlx_status nmlx_rope_init(nmlx_rope *rope, nmlx_backend *be, int64_t dims,
     double *period = NULL;
     memset(rope, 0, sizeof *rope);
     const char *type = cfg->type[0] ? cfg->type : "default";
-    CHECK(dims > 0 && dims % 2 == 0 && dims <= 65536, NMLX_ERR_FORMAT,
-          "rope: rotated dimension count %lld must be positive, even and <= 65536", (long long)dims);
-    CHECK(cfg->theta > 0, NMLX_ERR_FORMAT, "rope: rope_theta must be positive (got %g)",
-          cfg->theta);
+    CHECK(dims > 0 && dims % 2 == 0 && dims <= 65536, NMLX_ERR_INVALID_MODEL,
+          "config.json: head_dim x partial_rotary_factor = %lld rotated dimensions must be "
+          "positive, even and <= 65536",
+          (long long)dims);
+    CHECK(cfg->theta > 0, NMLX_ERR_INVALID_MODEL,
+          "config.json: field 'rope_theta' = %g must be positive", cfg->theta);
     int64_t half = dims / 2;
     period = nmlx_malloc((size_t)half * sizeof *period);
     CHECK(period, NMLX_ERR_NOMEM, "rope: out of memory");
@@ -100,19 +102,23 @@ nmlx_status nmlx_rope_init(nmlx_rope *rope, nmlx_backend *be, int64_t dims,
     if (!strcmp(type, "default")) {
         /* plain RoPE */
     } else if (!strcmp(type, "linear")) {
-        CHECK(cfg->factor > 0, NMLX_ERR_FORMAT, "rope: linear scaling needs factor > 0");
+        CHECK(cfg->factor > 0, NMLX_ERR_INVALID_MODEL,
+              "config.json: RoPE field 'factor' = %g must be > 0 for linear scaling", cfg->factor);
         pos_scale = 1.0 / cfg->factor;
     } else if (!strcmp(type, "llama3")) {
         CHECK(cfg->factor > 0 && cfg->high_freq_factor != cfg->low_freq_factor,
-              NMLX_ERR_FORMAT, "rope: llama3 scaling needs factor > 0 and high_freq_factor != "
-                               "low_freq_factor");
+              NMLX_ERR_INVALID_MODEL,
+              "config.json: llama3 RoPE fields 'factor' = %g must be > 0 and "
+              "'high_freq_factor' = %g must differ from 'low_freq_factor' = %g",
+              cfg->factor, cfg->high_freq_factor, cfg->low_freq_factor);
         llama3_periods(period, half, cfg);
     } else if (longrope) {
-        CHECK(cfg->n_short == (size_t)half && cfg->n_long == (size_t)half, NMLX_ERR_FORMAT,
-              "rope: longrope needs short_factor and long_factor of %lld values each (got %zu "
-              "and %zu)",
+        CHECK(cfg->n_short == (size_t)half && cfg->n_long == (size_t)half, NMLX_ERR_INVALID_MODEL,
+              "config.json: longrope RoPE fields 'short_factor' and 'long_factor' need %lld values "
+              "each (head_dim / 2; got %zu and %zu)",
               (long long)half, cfg->n_short, cfg->n_long);
-        CHECK(orig > 0, NMLX_ERR_FORMAT, "rope: longrope needs original_max_position_embeddings");
+        CHECK(orig > 0, NMLX_ERR_INVALID_MODEL,
+              "config.json: longrope RoPE needs 'original_max_position_embeddings' > 0");
         /* transformers: "factor" if given, else the context extension ratio */
         double factor = cfg->factor != 1.0 ? cfg->factor : (double)max_position_embeddings / orig;
         if (cfg->attention_factor > 0) mscale = cfg->attention_factor;
@@ -120,7 +126,10 @@ nmlx_status nmlx_rope_init(nmlx_rope *rope, nmlx_backend *be, int64_t dims,
         rope->long_from = (int64_t)orig;
     } else if (!strcmp(type, "yarn")) {
         CHECK(cfg->factor > 0 && cfg->beta_fast > 0 && cfg->beta_slow > 0 && orig > 0,
-              NMLX_ERR_FORMAT, "rope: yarn needs factor, beta_fast, beta_slow > 0");
+              NMLX_ERR_INVALID_MODEL,
+              "config.json: yarn RoPE fields 'factor' = %g, 'beta_fast' = %g, 'beta_slow' = %g and "
+              "'original_max_position_embeddings' = %g must be > 0",
+              cfg->factor, cfg->beta_fast, cfg->beta_slow, orig);
         yarn_periods(period, half, dims, cfg, orig);
         if (cfg->attention_factor > 0) mscale = cfg->attention_factor;
         else if (cfg->has_mscale && cfg->mscale != 0 && cfg->mscale_all_dim != 0)

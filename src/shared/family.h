@@ -24,6 +24,10 @@ typedef struct nmlx_load_ctx {
 typedef struct nmlx_arch_info {
     int64_t vocab_size;
     int64_t max_position_embeddings;
+    /* KV cache bytes one session needs per token held: layers with full
+     * attention grow with the context, sliding layers up to kv_window
+     * tokens (0 = none). Sessions check a context against memory with it. */
+    int64_t kv_full_bytes_per_token, kv_sliding_bytes_per_token, kv_window;
 } nmlx_arch_info;
 
 typedef struct nmlx_family {

@@ -1,5 +1,6 @@
 /* The Gemma 3n text model (see gemma3n_model.h). */
 #include "gemma3n_model.h"
+#include "io/config_schema.h"
 #include "rope_setup.h"
 
 #include "standard_model.h" /* nmlx_parse_activation */
@@ -20,20 +21,19 @@ static const float SQRT1_2 = 0.70710678118654752f;
 
 static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
     if (!nmlx_cfg_has(cfg, key))
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: missing required field '%s'", nmlx_cfg_path(cfg),
-                         key);
+        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
     nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
     if (st == NMLX_OK && *out <= 0)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be positive (got %lld)",
-                         nmlx_cfg_path(cfg), key, (long long)*out);
+        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
+                            (long long)*out);
     return st;
 }
 
 static nmlx_status positive_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
     nmlx_status st = nmlx_cfg_int(cfg, key, def, out);
     if (st == NMLX_OK && *out <= 0)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be positive (got %lld)",
-                         nmlx_cfg_path(cfg), key, (long long)*out);
+        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
+                            (long long)*out);
     return st;
 }
 
@@ -78,8 +78,9 @@ static nmlx_status read_layer_types(const nmlx_cfg *cfg, const nmlx_g3n_def *def
             sliding[i] = def->full_layer_every <= 0 || (i + 1) % def->full_layer_every != 0;
         goto cleanup;
     }
-    CHECK(n == (size_t)L, NMLX_ERR_FORMAT, "%s: field 'layer_types' has %zu entries for %lld layers",
-          nmlx_cfg_path(cfg), n, (long long)L);
+    CHECK(n == (size_t)L, NMLX_ERR_INVALID_MODEL,
+          "%s: field 'layer_types' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
+          (long long)L);
     for (int64_t i = 0; i < L; i++) {
         sliding[i] = !strcmp(types[i], "sliding_attention");
         CHECK(sliding[i] || !strcmp(types[i], "full_attention"), NMLX_ERR_UNSUPPORTED,
@@ -108,27 +109,27 @@ static nmlx_status read_layer_cfg(const nmlx_cfg *cfg, const nmlx_g3n_def *def, 
     lc->sliding = nmlx_calloc((size_t)L, sizeof *lc->sliding);
     CHECK(lc->inter && lc->sparsity && lc->sliding, NMLX_ERR_NOMEM, "out of memory for %lld layers",
           (long long)L);
-    CHECK(nmlx_cfg_has(cfg, "intermediate_size"), NMLX_ERR_FORMAT,
+    CHECK(nmlx_cfg_has(cfg, "intermediate_size"), NMLX_ERR_INVALID_MODEL,
           "%s: missing required field 'intermediate_size'", nmlx_cfg_path(cfg));
     TRY(nmlx_cfg_int_list(cfg, "intermediate_size", lc->inter, (size_t)L, &n));
-    CHECK(n == 1 || n == (size_t)L, NMLX_ERR_FORMAT,
+    CHECK(n == 1 || n == (size_t)L, NMLX_ERR_INVALID_MODEL,
           "%s: field 'intermediate_size' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
           (long long)L);
     for (int64_t i = 0; i < L; i++) {
         if (n == 1) lc->inter[i] = lc->inter[0];
-        CHECK(lc->inter[i] > 0, NMLX_ERR_FORMAT, "%s: intermediate_size[%lld] must be positive",
-              nmlx_cfg_path(cfg), (long long)i);
+        CHECK(lc->inter[i] > 0, NMLX_ERR_INVALID_MODEL,
+              "%s: intermediate_size[%lld] must be positive", nmlx_cfg_path(cfg), (long long)i);
     }
     if (def->activation_sparsity) {
         TRY(nmlx_cfg_float_list(cfg, "activation_sparsity_pattern", lc->sparsity, (size_t)L, &n));
         if (n == 0) /* transformers' default: the first 10 layers of deep models */
             for (int64_t i = 0; i < L; i++) lc->sparsity[i] = L > 10 && i < 10 ? 0.95 : 0.0;
         else
-            CHECK(n == (size_t)L, NMLX_ERR_FORMAT,
+            CHECK(n == (size_t)L, NMLX_ERR_INVALID_MODEL,
                   "%s: field 'activation_sparsity_pattern' has %zu entries for %lld layers",
                   nmlx_cfg_path(cfg), n, (long long)L);
         for (int64_t i = 0; i < L; i++)
-            CHECK(lc->sparsity[i] >= 0 && lc->sparsity[i] < 1, NMLX_ERR_FORMAT,
+            CHECK(lc->sparsity[i] >= 0 && lc->sparsity[i] < 1, NMLX_ERR_INVALID_MODEL,
                   "%s: activation_sparsity_pattern[%lld] must be in [0, 1)", nmlx_cfg_path(cfg),
                   (long long)i);
     }
@@ -218,7 +219,7 @@ static nmlx_status kv_sources(const nmlx_cfg *cfg, const nmlx_g3n_def *def, nmlx
     if ((st = nmlx_cfg_int(cfg, "num_kv_shared_layers", def->num_kv_shared_layers, &shared)))
         return st;
     if (shared < 0 || shared > L)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: num_kv_shared_layers %lld out of [0, %lld]",
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL, "%s: num_kv_shared_layers %lld out of [0, %lld]",
                          nmlx_cfg_path(cfg), (long long)shared, (long long)L);
     int64_t first = L - shared;
     if (first <= 0) return NMLX_OK; /* transformers shares only when first > 0 */
@@ -227,7 +228,7 @@ static nmlx_status kv_sources(const nmlx_cfg *cfg, const nmlx_g3n_def *def, nmlx
         for (int64_t j = first - 1; j >= 0 && src < 0; j--)
             if (sliding[j] == sliding[i]) src = j;
         if (src < 0)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "%s: KV-shared layer %lld has no earlier %s layer to share with",
                              nmlx_cfg_path(cfg), (long long)i,
                              sliding[i] ? "sliding_attention" : "full_attention");
@@ -254,12 +255,12 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(required_int(cfg, "vocab_size", &m->vocab));
     TRY(positive_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     TRY(positive_int(cfg, "head_dim", def->head_dim, &m->head_dim));
-    CHECK(m->heads % m->kv_heads == 0, NMLX_ERR_FORMAT,
+    CHECK(m->heads % m->kv_heads == 0, NMLX_ERR_INVALID_MODEL,
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)",
           nmlx_cfg_path(cfg), (long long)m->heads, (long long)m->kv_heads);
-    CHECK(m->head_dim % 2 == 0, NMLX_ERR_FORMAT, "%s: head_dim must be even (got %lld)",
+    CHECK(m->head_dim % 2 == 0, NMLX_ERR_INVALID_MODEL, "%s: head_dim must be even (got %lld)",
           nmlx_cfg_path(cfg), (long long)m->head_dim);
-    CHECK(m->n_layers <= MAX_LAYERS && m->vocab <= (1 << 24), NMLX_ERR_FORMAT,
+    CHECK(m->n_layers <= MAX_LAYERS && m->vocab <= (1 << 24), NMLX_ERR_INVALID_MODEL,
           "%s: num_hidden_layers or vocab_size out of range", nmlx_cfg_path(cfg));
     TRY(positive_int(cfg, "altup_num_inputs", def->altup_num_inputs, &m->K));
     TRY(nmlx_cfg_int(cfg, "altup_active_idx", def->altup_active_idx, &m->active));
@@ -280,9 +281,15 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     const char *act_name;
     TRY(nmlx_cfg_float(cfg, "rms_norm_eps", def->rms_norm_eps, &eps));
     TRY(nmlx_cfg_float(cfg, "final_logit_softcapping", def->final_logit_softcapping, &softcap));
-    CHECK(softcap >= 0, NMLX_ERR_FORMAT, "%s: final_logit_softcapping must be >= 0",
+    CHECK(softcap >= 0, NMLX_ERR_INVALID_MODEL, "%s: final_logit_softcapping must be >= 0",
           nmlx_cfg_path(cfg));
     m->softcap = (float)softcap;
+    double attn_cap = 0;
+    TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
+    CHECK(attn_cap == 0, NMLX_ERR_UNSUPPORTED,
+          "%s: field 'attn_logit_softcapping' = %g: attention logit soft-capping is not "
+          "supported",
+          nmlx_cfg_path(cfg), attn_cap);
     TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
     TRY(nmlx_cfg_bool(cfg, "attention_bias", false, &attn_bias));
     TRY(nmlx_cfg_string(cfg, def->act_key, def->hidden_act, &act_name));
@@ -298,6 +305,7 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
                              &m->local_rope));
 
     const char *prefix = weight_prefix(ws);
+    TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     char name[192];
     snprintf(name, sizeof name, "%s.embed_tokens", prefix);
     TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden));
@@ -344,6 +352,16 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     }
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
+        if (m->layers[i].kv_source >= 0) continue; /* reads another layer's cache */
+        if (m->layers[i].window > 0) {
+            info->kv_sliding_bytes_per_token += bpt;
+            if (m->layers[i].window > info->kv_window) info->kv_window = m->layers[i].window;
+        } else {
+            info->kv_full_bytes_per_token += bpt;
+        }
+    }
     *archp = m;
     m = NULL;
 cleanup:

@@ -5,6 +5,8 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static bool is_float_dtype(nmlx_dtype dt) {
     return dt == NMLX_DT_F32 || dt == NMLX_DT_F16 || dt == NMLX_DT_BF16;
@@ -149,4 +151,31 @@ nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab) {
                              "token id %d at index %lld is outside the vocabulary [0, %lld)",
                              ids[t], (long long)t, (long long)vocab);
     return NMLX_OK;
+}
+
+nmlx_status nmlx_check_layer_count(const nmlx_weights *ws, const char *prefix, int64_t n_layers,
+                                   const char *config_path) {
+    char head[160];
+    int hn = snprintf(head, sizeof head, "%s.layers.", prefix);
+    if (hn < 0 || (size_t)hn >= sizeof head) return NMLX_OK; /* the loads name what is missing */
+    long long top = -1;
+    size_t n = nmlx_weights_count(ws);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = nmlx_weights_at(ws, i)->name;
+        if (strncmp(name, head, (size_t)hn) != 0) continue;
+        char *end = NULL;
+        long long l = strtoll(name + hn, &end, 10);
+        if (end != name + hn && *end == '.' && l > top) top = l;
+    }
+    if (top + 1 >= n_layers) return NMLX_OK;
+    if (top < 0)
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                         "%s: field 'num_hidden_layers' = %lld, but the checkpoint has no '%s*' "
+                         "tensors",
+                         config_path, (long long)n_layers, head);
+    return nmlx_fail(
+        NMLX_ERR_INVALID_MODEL,
+        "%s: field 'num_hidden_layers' = %lld, but the checkpoint has tensors for %lld "
+        "layers ('%s0.' to '%s%lld.')",
+        config_path, (long long)n_layers, top + 1, head, head, top);
 }

@@ -64,6 +64,12 @@ enum { NMLX_LOGIT_ROWS = 16 };
 void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
                        int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out);
 
+/* num_hidden_layers against the checkpoint, before anything is sized from
+ * it: some tensor must be named "<prefix>.layers.<n_layers - 1>.";
+ * otherwise NMLX_ERR_INVALID_MODEL giving the layers the tensors have. */
+nmlx_status nmlx_check_layer_count(const nmlx_weights *ws, const char *prefix, int64_t n_layers,
+                                   const char *config_path);
+
 /* NMLX_ERR_INVALID_ARG naming the first id outside [0, vocab). */
 nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab);
 

@@ -2,6 +2,7 @@
 #include "quant_config.h"
 
 #include "compute/quant.h"
+#include "io/config_schema.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -11,25 +12,31 @@ static nmlx_status parse_params(const json_t *o, const nmlx_quant_params *def, c
                                 const char *path, nmlx_quant_params *p) {
     *p = def ? *def : (nmlx_quant_params){NMLX_QUANT_AFFINE, 4, 64};
     const json_t *mode = json_object_get(o, "mode");
+    char field[600];
+    nmlx_status st;
     if (mode) {
+        snprintf(field, sizeof field, "%s.mode", where);
+        if (!json_is_string(mode))
+            return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be a string", path, field);
         const char *m = json_string_value(mode);
-        if (m && !strcmp(m, "affine")) p->mode = NMLX_QUANT_AFFINE;
-        else if (m && !strcmp(m, "mxfp4")) p->mode = NMLX_QUANT_MXFP4, p->bits = 4, p->group_size = 32;
+        if ((st = nmlx_domain_check_str(path, field, "quantization.mode", m))) return st;
+        if (!strcmp(m, "affine"))
+            p->mode = NMLX_QUANT_AFFINE;
         else
-            return nmlx_fail(NMLX_ERR_UNSUPPORTED,
-                             "%s: %s: quantization mode '%s' is not supported (affine, mxfp4)",
-                             path, where, m ? m : "(not a string)");
+            p->mode = NMLX_QUANT_MXFP4, p->bits = 4, p->group_size = 32;
     }
     const char *keys[2] = {"bits", "group_size"};
+    const char *doms[2] = {"quantization.bits", "quantization.group_size"};
     int *vals[2] = {&p->bits, &p->group_size};
     for (int i = 0; i < 2; i++) {
         const json_t *v = json_object_get(o, keys[i]);
         if (!v) continue;
+        snprintf(field, sizeof field, "%s.%s", where, keys[i]);
         if (!json_is_integer(v))
-            return nmlx_fail(NMLX_ERR_FORMAT, "%s: %s: '%s' must be an integer", path, where,
-                             keys[i]);
+            return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be an integer", path, field);
         json_int_t x = json_integer_value(v);
-        *vals[i] = x > 0 && x < 4096 ? (int)x : -1;
+        if ((st = nmlx_domain_check_int(path, field, doms[i], (int64_t)x))) return st;
+        *vals[i] = (int)x;
     }
     if (!nmlx_quant_bits_ok(p->mode, p->bits))
         return nmlx_fail(NMLX_ERR_UNSUPPORTED,
@@ -64,10 +71,16 @@ nmlx_status nmlx_quant_config_load(const char *path, nmlx_quant_config *qc) {
     const json_t *method = json_object_get(q, "quant_method");
     if (method && !json_object_get(q, "bits")) {
         const char *m = json_string_value(method);
-        CHECK(m && !strcmp(m, "mxfp4"), NMLX_ERR_UNSUPPORTED,
-              "%s: %s: quant_method '%s' is not supported (MLX affine and mxfp4 checkpoints "
-              "are; convert with nmlx convert or mlx_lm.convert)",
-              path, where, m ? m : "?");
+        char field[64];
+        snprintf(field, sizeof field, "%s.quant_method", where);
+        CHECK(m, NMLX_ERR_FORMAT, "%s: field '%s' must be a string", path, field);
+        st = nmlx_domain_check_str(path, field, "quantization.quant_method", m);
+        if (st == NMLX_ERR_UNSUPPORTED)
+            st = nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                           "%s: field '%s' = '%s' is not supported (MLX affine and mxfp4 "
+                           "checkpoints are; convert with nmlx convert or mlx_lm.convert)",
+                           path, field, m);
+        TRY(st);
         qc->global = (nmlx_quant_params){NMLX_QUANT_MXFP4, 4, 32};
         const json_t *skip = json_object_get(q, "modules_to_not_convert");
         size_t i;
@@ -149,12 +162,12 @@ nmlx_status nmlx_quant_config_check(const nmlx_quant_config *qc, const nmlx_weig
         nmlx_quant_params p = qc->global;
         int named = nmlx_quant_config_module(qc, module, &p);
         if (named == 0)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "%s: module '%s' is configured unquantized (false) but tensor '%s' "
                              "exists",
                              config_path, module, s->name);
         if (!qc->present)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "tensor '%s' looks quantized but %s has no 'quantization' entry",
                              s->name, config_path);
         snprintf(key, sizeof key, "%s.weight", module);
@@ -168,7 +181,7 @@ nmlx_status nmlx_quant_config_check(const nmlx_quant_config *qc, const nmlx_weig
         int64_t words = w->shape[w->ndim - 1], groups = s->shape[s->ndim - 1];
         int64_t in = groups * p.group_size;
         if (words * 32 != in * p.bits)
-            return nmlx_fail(NMLX_ERR_FORMAT,
+            return nmlx_fail(NMLX_ERR_INVALID_MODEL,
                              "tensor '%s': %lld packed words per row do not match %d-bit "
                              "group-%d quantization of %lld inputs ('%s' has %lld groups; %s)",
                              key, (long long)words, p.bits, p.group_size, (long long)in, s->name,

@@ -6,8 +6,9 @@
 nmlx_status nmlx_rotary_dims(const nmlx_cfg *cfg, int64_t head_dim, double factor,
                              int64_t *out) {
     if (!(factor > 0 && factor <= 1))
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: partial_rotary_factor must be in (0, 1] (got %g)",
-                         nmlx_cfg_path(cfg), factor);
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                         "%s: partial_rotary_factor must be in (0, 1] (got %g)", nmlx_cfg_path(cfg),
+                         factor);
     *out = (int64_t)((double)head_dim * factor);
     return NMLX_OK;
 }

@@ -8,6 +8,7 @@
 #include "standard_model.h"
 
 #include "decoder_layer.h"
+#include "io/config_schema.h"
 #include "rope_setup.h"
 
 #include <math.h>
@@ -42,27 +43,30 @@ typedef struct std_state {
     nmlx_decoder_buffers buf;
 } std_state;
 
+/* Maps a hidden_act name to the kernel. The config getter has already
+ * checked it against its domain (known to transformers, implemented here). */
 nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out) {
     if (!strcmp(name, "silu") || !strcmp(name, "swish")) *out = NMLX_ACT_SILU;
     else if (!strcmp(name, "gelu_pytorch_tanh") || !strcmp(name, "gelu_new"))
         *out = NMLX_ACT_GELU_TANH;
     else if (!strcmp(name, "gelu")) *out = NMLX_ACT_GELU_ERF;
     else
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
-                         "config.json: hidden_act '%s' is not supported (silu, gelu, "
-                         "gelu_pytorch_tanh, gelu_new)",
-                         name);
+        return nmlx_domain_check_str("config.json", "hidden_act", "hidden_act", name) == NMLX_OK
+                   ? nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                               "config.json: hidden_act '%s' is not supported (silu, gelu, "
+                               "gelu_pytorch_tanh, gelu_new)",
+                               name)
+                   : NMLX_ERR_INVALID_MODEL;
     return NMLX_OK;
 }
 
 static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
     if (!nmlx_cfg_has(cfg, key))
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: missing required field '%s'", nmlx_cfg_path(cfg),
-                         key);
+        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
     nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
     if (st == NMLX_OK && *out <= 0)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be positive (got %lld)",
-                         nmlx_cfg_path(cfg), key, (long long)*out);
+        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
+                            (long long)*out);
     return st;
 }
 
@@ -90,7 +94,7 @@ static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int
     }
     if ((st = nmlx_cfg_int(cfg, "sliding_window", def->sliding_window_default, window))) return st;
     if (*window < 0)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: field 'sliding_window' must be >= 0",
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL, "%s: field 'sliding_window' must be >= 0",
                          nmlx_cfg_path(cfg));
     return NMLX_OK;
 }
@@ -131,7 +135,7 @@ static nmlx_status layer_windows(const nmlx_cfg *cfg, const nmlx_std_def *def, i
         types = nmlx_calloc((size_t)n_layers, sizeof *types);
         CHECK(types, NMLX_ERR_NOMEM, "out of memory reading layer_types");
         TRY(nmlx_cfg_string_list(cfg, "layer_types", types, (size_t)n_layers, &n));
-        CHECK(n == (size_t)n_layers, NMLX_ERR_FORMAT,
+        CHECK(n == (size_t)n_layers, NMLX_ERR_INVALID_MODEL,
               "%s: field 'layer_types' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
               (long long)n_layers);
         for (int64_t i = 0; i < n_layers; i++) {
@@ -145,7 +149,7 @@ static nmlx_status layer_windows(const nmlx_cfg *cfg, const nmlx_std_def *def, i
     } else if (def->sliding_window_pattern > 0) {
         int64_t pattern;
         TRY(nmlx_cfg_int(cfg, "sliding_window_pattern", def->sliding_window_pattern, &pattern));
-        CHECK(pattern > 0, NMLX_ERR_FORMAT, "%s: sliding_window_pattern must be positive",
+        CHECK(pattern > 0, NMLX_ERR_INVALID_MODEL, "%s: sliding_window_pattern must be positive",
               nmlx_cfg_path(cfg));
         for (int64_t i = 0; i < n_layers; i++) windows[i] = (i + 1) % pattern ? window : 0;
     } else {
@@ -169,14 +173,14 @@ static nmlx_status rope_layers(const nmlx_cfg *cfg, const nmlx_std_def *def, int
         flags = nmlx_calloc((size_t)n_layers, sizeof *flags);
         CHECK(flags, NMLX_ERR_NOMEM, "out of memory reading no_rope_layers");
         TRY(nmlx_cfg_int_list(cfg, "no_rope_layers", flags, (size_t)n_layers, &n));
-        CHECK(n == (size_t)n_layers, NMLX_ERR_FORMAT,
+        CHECK(n == (size_t)n_layers, NMLX_ERR_INVALID_MODEL,
               "%s: field 'no_rope_layers' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
               (long long)n_layers);
         for (int64_t i = 0; i < n_layers; i++) use_rope[i] = flags[i] != 0;
     } else {
         int64_t every;
         TRY(nmlx_cfg_int(cfg, "no_rope_layer_interval", def->no_rope_layer_interval, &every));
-        CHECK(every > 0, NMLX_ERR_FORMAT, "%s: no_rope_layer_interval must be positive",
+        CHECK(every > 0, NMLX_ERR_INVALID_MODEL, "%s: no_rope_layer_interval must be positive",
               nmlx_cfg_path(cfg));
         for (int64_t i = 0; i < n_layers; i++) use_rope[i] = (i + 1) % every != 0;
     }
@@ -203,13 +207,13 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
     TRY(required_int(cfg, ekey, &ms->n_experts));
     TRY(required_int(cfg, "num_experts_per_tok", &ms->top_k));
     TRY(required_int(cfg, d->expert_size_key, &ms->expert_hidden));
-    CHECK(ms->top_k <= ms->n_experts && ms->n_experts <= (1 << 16), NMLX_ERR_FORMAT,
+    CHECK(ms->top_k <= ms->n_experts && ms->n_experts <= (1 << 16), NMLX_ERR_INVALID_MODEL,
           "%s: num_experts_per_tok (%lld) must not exceed %s (%lld, at most 65536)",
           nmlx_cfg_path(cfg), (long long)ms->top_k, ekey, (long long)ms->n_experts);
     TRY(feature(cfg, d->norm_topk, "norm_topk_prob", &ms->norm_topk));
     if (d->clipped_swiglu) {
         TRY(nmlx_cfg_float(cfg, "swiglu_limit", d->swiglu_limit_default, &limit));
-        CHECK(limit > 0, NMLX_ERR_FORMAT, "%s: swiglu_limit must be positive",
+        CHECK(limit > 0, NMLX_ERR_INVALID_MODEL, "%s: swiglu_limit must be positive",
               nmlx_cfg_path(cfg));
         ms->limit = (float)limit;
     }
@@ -218,7 +222,7 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
         int64_t step;
         size_t n = 0;
         TRY(nmlx_cfg_int(cfg, "decoder_sparse_step", 1, &step));
-        CHECK(step > 0, NMLX_ERR_FORMAT, "%s: decoder_sparse_step must be positive",
+        CHECK(step > 0, NMLX_ERR_INVALID_MODEL, "%s: decoder_sparse_step must be positive",
               nmlx_cfg_path(cfg));
         for (int64_t i = 0; i < n_layers; i++) sparse[i] = (i + 1) % step == 0;
         if (nmlx_cfg_has(cfg, "mlp_only_layers")) {
@@ -226,9 +230,9 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
             CHECK(only, NMLX_ERR_NOMEM, "out of memory reading mlp_only_layers");
             TRY(nmlx_cfg_int_list(cfg, "mlp_only_layers", only, (size_t)n_layers + 1, &n));
             for (size_t j = 0; j < n; j++) {
-                CHECK(only[j] >= 0 && only[j] < n_layers, NMLX_ERR_FORMAT,
-                      "%s: mlp_only_layers[%zu] = %lld is not a layer index",
-                      nmlx_cfg_path(cfg), j, (long long)only[j]);
+                CHECK(only[j] >= 0 && only[j] < n_layers, NMLX_ERR_INVALID_MODEL,
+                      "%s: mlp_only_layers[%zu] = %lld is not a layer index", nmlx_cfg_path(cfg), j,
+                      (long long)only[j]);
                 sparse[only[j]] = false;
             }
         }
@@ -280,22 +284,16 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     int64_t def_hd = def->head_dim ? def->head_dim : m->hidden / m->heads;
     TRY(nmlx_cfg_int(cfg, "head_dim", def_hd, &m->head_dim));
-    CHECK(m->kv_heads > 0 && m->heads % m->kv_heads == 0, NMLX_ERR_FORMAT,
+    CHECK(m->kv_heads > 0 && m->heads % m->kv_heads == 0, NMLX_ERR_INVALID_MODEL,
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)",
           nmlx_cfg_path(cfg), (long long)m->heads, (long long)m->kv_heads);
-    CHECK(m->head_dim > 0 && m->head_dim % 2 == 0, NMLX_ERR_FORMAT,
-          "%s: head_dim must be positive and even (got %lld)", nmlx_cfg_path(cfg),
-          (long long)m->head_dim);
-    CHECK(m->n_layers <= 4096 && m->vocab <= (1 << 24), NMLX_ERR_FORMAT,
-          "%s: num_hidden_layers or vocab_size out of range", nmlx_cfg_path(cfg));
+    CHECK(m->head_dim > 0 && m->head_dim % 2 == 0, NMLX_ERR_INVALID_MODEL,
+          "%s: field 'head_dim' = %lld must be positive and even (hidden_size / "
+          "num_attention_heads when absent)",
+          nmlx_cfg_path(cfg), (long long)m->head_dim);
     /* sizes are checked against the weights later, but RoPE tables and
-     * buffers are sized from them first: bound them so a hostile config
-     * cannot ask for terabytes */
-    CHECK(m->hidden <= (1 << 20) && m->intermediate <= (1 << 22) && m->heads <= (1 << 16) &&
-              m->head_dim <= (1 << 16),
-          NMLX_ERR_FORMAT,
-          "%s: hidden_size, intermediate_size, num_attention_heads or head_dim out of range",
-          nmlx_cfg_path(cfg));
+     * buffers are sized from them first: their domains (config_schema.c)
+     * bound them so a hostile config cannot ask for terabytes */
 
     double eps;
     bool tied, qkv_bias, o_bias, mlp_bias;
@@ -311,11 +309,16 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
     TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
     TRY(read_window(cfg, def, &window));
+    double attn_cap = 0; /* Gemma 2 style: changes the math, so refuse it */
+    TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
+    CHECK(attn_cap == 0, NMLX_ERR_UNSUPPORTED,
+          "%s: field 'attn_logit_softcapping' = %g: attention logit soft-capping is not "
+          "supported",
+          nmlx_cfg_path(cfg), attn_cap);
     const char *prefix = NULL, *head_name = NULL;
     TRY(weight_prefix(ctx->weights, &prefix, &head_name));
+    TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
-    CHECK(max_pos > 0, NMLX_ERR_FORMAT, "%s: max_position_embeddings must be positive",
-          nmlx_cfg_path(cfg));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
     int64_t rot = 0;
@@ -341,7 +344,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     if (def->final_logit_softcap) {
         double cap = 0;
         TRY(nmlx_cfg_float(cfg, "final_logit_softcapping", 0.0, &cap));
-        CHECK(cap >= 0, NMLX_ERR_FORMAT, "%s: final_logit_softcapping must be >= 0",
+        CHECK(cap >= 0, NMLX_ERR_INVALID_MODEL, "%s: final_logit_softcapping must be >= 0",
               nmlx_cfg_path(cfg));
         m->final_softcap = (float)cap;
     }
@@ -361,7 +364,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     if (def->query_pre_attn_scalar) {
         TRY(nmlx_cfg_float(cfg, "query_pre_attn_scalar", def->query_pre_attn_scalar_default,
                            &qpas));
-        CHECK(qpas > 0, NMLX_ERR_FORMAT, "%s: query_pre_attn_scalar must be positive",
+        CHECK(qpas > 0, NMLX_ERR_INVALID_MODEL, "%s: query_pre_attn_scalar must be positive",
               nmlx_cfg_path(cfg));
     }
     nmlx_attention_shape as = {
@@ -402,6 +405,15 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     if (def->attn_sinks) TRY(load_sinks(m, ws, ctx->be, prefix));
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
+        if (m->windows[i] > 0) {
+            info->kv_sliding_bytes_per_token += bpt;
+            if (m->windows[i] > info->kv_window) info->kv_window = m->windows[i];
+        } else {
+            info->kv_full_bytes_per_token += bpt;
+        }
+    }
     *archp = m;
     m = NULL;
 

@@ -29,7 +29,14 @@ static const char BYTELEVEL_RE[] =
 typedef struct loader {
     tj_doc doc;
     nmlx_tokenizer *tok;
+    size_t src_len; /* bytes of tokenizer.json: bounds the id tables */
 } loader;
+
+/* Token ids index dense tables (9 bytes per id). A real tokenizer.json
+ * spends at least 6 bytes on each token it defines, so its ids stay below
+ * its size; ids past MAX_IDS_PER_BYTE x size + ID_SLACK would make the
+ * tables outgrow the file and are refused before anything is allocated. */
+enum { MAX_IDS_PER_BYTE = 1, ID_SLACK = 65536 };
 
 /* Reads a whole regular file. O_NONBLOCK: a FIFO in place of the file must
  * fail, not wait for a writer; directories and other non-files are refused
@@ -593,6 +600,13 @@ static nmlx_status load_model(loader *L, const tj_node *model, tok_buf *pool) {
         if (node_id(idn, &id) && id + 1 > t->n_ids) t->n_ids = id + 1;
         if (cn && cn->type == TJ_STRING) total += cn->len + 1;
     }
+    size_t id_cap = L->src_len * MAX_IDS_PER_BYTE + ID_SLACK;
+    if ((size_t)t->n_ids > id_cap)
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                         TJ ": token id %lld is far beyond what a %zu-byte file can define (ids "
+                            "must stay below %zu); its id tables would need %zu bytes",
+                         (long long)t->n_ids - 1, L->src_len, id_cap,
+                         ((size_t)t->n_ids + 1) * (2 * sizeof(uint32_t) + 1));
     if ((st = tok_buf_reserve(pool, total + 1))) return st;
     if ((st = tok_map_init(&m->vocab, vocab->len))) return st;
     t->tok_off = nmlx_malloc(((size_t)t->n_ids + 1) * sizeof *t->tok_off);
@@ -690,33 +704,112 @@ done:
     return st;
 }
 
-/* ---- BOS / EOS ------------------------------------------------------------ */
+/* ---- value domains ---------------------------------------------------------- */
 
-static int32_t config_token(nmlx_tokenizer *t, json_t *cfg, const char *key) {
-    json_t *v = json_object_get(cfg, key);
-    if (json_is_object(v)) v = json_object_get(v, "content");
-    if (!json_is_string(v)) return -1;
-    return nmlx_tokenizer_token_to_id(t, json_string_value(v));
+/* Flags the components read with tj_bool (a wrong type would read as false). */
+static const char *const BOOL_KEYS[] = {"add_prefix_space",
+                                        "strip_left",
+                                        "strip_right",
+                                        "invert",
+                                        "use_regex",
+                                        "split",
+                                        "individual_digits",
+                                        "byte_fallback",
+                                        "fuse_unk",
+                                        "ignore_merges",
+                                        "special",
+                                        "lstrip",
+                                        "rstrip",
+                                        "single_word",
+                                        "normalized",
+                                        "trim_offsets",
+                                        NULL};
+
+/* Every member of the document outside model.vocab / model.merges, checked
+ * against the domain of its key: flags true, false or null; "dropout" null
+ * or a number in [0, 1]. Out of domain: NMLX_ERR_INVALID_MODEL naming the
+ * key. (Enums, ids and patterns are checked where they are read.) */
+static nmlx_status check_domains(const tj_doc *d, const tj_node *n, int depth) {
+    if (depth > 64 || (n->type != TJ_OBJECT && n->type != TJ_ARRAY)) return NMLX_OK;
+    for (const tj_node *c = tj_first(d, n); c; c = tj_next(d, c)) {
+        nmlx_status st;
+        if (c->key) {
+            if (depth == 1 && (!strcmp(c->key, "vocab") || !strcmp(c->key, "merges")))
+                continue; /* token strings, not settings */
+            for (const char *const *k = BOOL_KEYS; *k; k++)
+                if (!strcmp(c->key, *k) && c->type != TJ_TRUE && c->type != TJ_FALSE &&
+                    c->type != TJ_NULL)
+                    return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                                     TJ ": field '%s' must be true, false or null", c->key);
+            if (!strcmp(c->key, "dropout") && c->type != TJ_NULL &&
+                !(c->type == TJ_NUMBER && c->num >= 0 && c->num <= 1))
+                return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                                 TJ ": field 'dropout' must be null or a number in [0, 1]");
+        }
+        bool model = depth == 0 && c->key && !strcmp(c->key, "model");
+        if ((st = check_domains(d, c, model ? 1 : depth + (depth > 0 ? 1 : 2)))) return st;
+    }
+    return NMLX_OK;
 }
 
-static void load_bos_eos(nmlx_tokenizer *t, const char *dir) {
+/* ---- BOS / EOS ------------------------------------------------------------ */
+
+/* bos_token / eos_token of tokenizer_config.json or special_tokens_map.json:
+ * their domain is a token string, an AddedToken object with a string
+ * "content", or null (absent). Anything else fails the load with
+ * NMLX_ERR_INVALID_MODEL. A string that names no token leaves the id at -1
+ * (transformers would add it as a new token; it cannot be generated). */
+static nmlx_status config_token(nmlx_tokenizer *t, json_t *cfg, const char *path, const char *key,
+                                int32_t *id) {
+    json_t *v = json_object_get(cfg, key);
+    const char *field = key;
+    char shown[64];
+    if (json_is_object(v)) {
+        v = json_object_get(v, "content");
+        snprintf(shown, sizeof shown, "%s.content", key);
+        field = shown;
+    }
+    if (!v || json_is_null(v)) return NMLX_OK;
+    if (!json_is_string(v))
+        return nmlx_fail(NMLX_ERR_INVALID_MODEL,
+                         "%s: field '%s' must be a token string or an object with a string "
+                         "'content' (got a JSON %s)",
+                         path, field,
+                         json_is_number(v)    ? "number"
+                         : json_is_boolean(v) ? "boolean"
+                         : json_is_array(v)   ? "array"
+                                              : "object");
+    if (*id < 0) *id = nmlx_tokenizer_token_to_id(t, json_string_value(v));
+    return NMLX_OK;
+}
+
+/* tokenizer_config.json, else special_tokens_map.json: both optional, but a
+ * file that is there must be a JSON object whose values are in domain. */
+static nmlx_status load_bos_eos(nmlx_tokenizer *t, const char *dir) {
     const char *files[] = {"tokenizer_config.json", "special_tokens_map.json"};
+    nmlx_status st = NMLX_OK;
     t->bos_id = t->eos_id = -1;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < 2 && st == NMLX_OK; i++) {
         size_t n = strlen(dir) + strlen(files[i]) + 2;
-        char *path = malloc(n);
-        if (!path) return;
+        char *path = nmlx_malloc(n);
+        if (!path) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
         snprintf(path, n, "%s/%s", dir, files[i]);
         json_error_t err;
         struct stat sb; /* optional files; a FIFO or folder would block or fail */
-        json_t *cfg = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? json_load_file(path, 0, &err)
-                                                                 : NULL;
-        free(path);
-        if (!cfg) continue; /* optional files */
-        if (t->bos_id < 0) t->bos_id = config_token(t, cfg, "bos_token");
-        if (t->eos_id < 0) t->eos_id = config_token(t, cfg, "eos_token");
+        bool there = stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+        /* INT_AS_REAL: transformers writes model_max_length as int(1e30) */
+        json_t *cfg = there ? json_load_file(path, JSON_DECODE_INT_AS_REAL, &err) : NULL;
+        if (there && !cfg)
+            st = nmlx_fail(NMLX_ERR_FORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
+                           err.line, err.column, err.text);
+        else if (cfg && !json_is_object(cfg))
+            st = nmlx_fail(NMLX_ERR_FORMAT, "%s: top level must be a JSON object", path);
+        if (st == NMLX_OK && cfg) st = config_token(t, cfg, path, "bos_token", &t->bos_id);
+        if (st == NMLX_OK && cfg) st = config_token(t, cfg, path, "eos_token", &t->eos_id);
         json_decref(cfg);
+        nmlx_free(path);
     }
+    return st;
 }
 
 /* ---- entry points --------------------------------------------------------- */
@@ -774,12 +867,14 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
     snprintf(path, plen, "%s/tokenizer.json", dir);
     L.tok = t;
     TRY(read_file(path, &text, &len));
+    L.src_len = len;
     st = tj_parse(text, len, path, &L.doc);
     free(text);
     text = NULL;
     if (st) goto cleanup;
     const tj_doc *d = &L.doc;
     CHECK(tj_root(d)->type == TJ_OBJECT, NMLX_ERR_FORMAT, "%s: not a JSON object", path);
+    TRY(check_domains(d, tj_root(d), 0));
     TRY(load_normalizer(&L, tj_get(d, tj_root(d), "normalizer"), 0));
     TRY(load_pretok(&L, tj_get(d, tj_root(d), "pre_tokenizer"), 0));
     for (size_t i = 0; i + 1 < t->n_pretoks; i++)
@@ -809,11 +904,11 @@ nmlx_status nmlx_tokenizer_load(const char *dir, nmlx_tokenizer **out) {
     t->pool = pool.p;
     pool.p = NULL;
     TRY(tok_cache_init(&t->cache));
-    load_bos_eos(t, dir);
+    TRY(load_bos_eos(t, dir));
     *out = t;
     t = NULL;
 cleanup:
-    if (st != NMLX_OK && t) t->pool = pool.p, pool.p = NULL;
+    if (st != NMLX_OK && t && pool.p) t->pool = pool.p, pool.p = NULL; /* freed with t */
     tok_buf_free(&pool);
     tj_free(&L.doc);
     free(path);
