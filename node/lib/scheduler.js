@@ -35,6 +35,7 @@ export class Scheduler {
   #waiting = []; // { start, abort }
   #cache = []; // { session, ids }, least recently used first
   #closing = null;
+  #counts = { completed: 0, cancelled: 0, failed: 0 };
 
   /**
    * model: a loaded Model (the scheduler uses it exclusively). Options:
@@ -62,9 +63,9 @@ export class Scheduler {
   /** Tokens one sequence may hold (prompt + completion). */
   get contextLength() { return this.#ctx; }
   get maxBatch() { return this.#maxBatch; }
-  /** Counts for /health: running, waiting, cached sessions. */
+  /** Counts for /health: running, waiting, cached sessions; sequences completed, cancelled, failed. */
   get stats() {
-    return { active: this.#active.size, waiting: this.#waiting.length, cached: this.#cache.length };
+    return { active: this.#active.size, waiting: this.#waiting.length, cached: this.#cache.length, ...this.#counts };
   }
 
   /**
@@ -148,8 +149,15 @@ export class Scheduler {
     const run = (async () => {
       let held = null;
       try {
-        const r = await runGeneration(session, ids.slice(keep), o, onPiece, this.#submit);
+        let r;
+        try {
+          r = await runGeneration(session, ids.slice(keep), o, onPiece, this.#submit);
+        } catch (e) {
+          this.#counts.failed++;
+          throw e;
+        }
         if (r.finishReason !== "abort") held = [...ids, ...r.tokens.slice(0, -1)];
+        this.#counts[r.finishReason === "abort" ? "cancelled" : "completed"]++;
         return { ...r, promptTokens: ids.length, cachedTokens: keep };
       } finally {
         this.#active.delete(session);

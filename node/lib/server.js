@@ -106,7 +106,7 @@ function parseMessages(body) {
 // The sampling and length fields shared by both endpoints, as generate() options.
 // OpenAI's frequency_penalty and presence_penalty (additive) have no
 // counterpart in the sampler: they are checked and ignored. repetition_penalty,
-// top_k and min_p (llama.cpp / vLLM extensions) map onto the sampler.
+// top_k, min_p and ignore_eos (llama.cpp / vLLM extensions) map onto the sampler.
 function generationFields(body, promptLength, ctx) {
   const o = {};
   const maxTokens = optNumber(body, "max_completion_tokens", { min: 1, int: true }) ??
@@ -122,6 +122,7 @@ function generationFields(body, promptLength, ctx) {
   if (minP !== undefined) o.minP = minP;
   const rp = optNumber(body, "repetition_penalty", { min: 0.01, max: 100 });
   if (rp !== undefined) o.repetitionPenalty = rp;
+  if (optBool(body, "ignore_eos")) o.ignoreEos = true;
   optNumber(body, "frequency_penalty", { min: -2, max: 2 });
   optNumber(body, "presence_penalty", { min: -2, max: 2 });
   const seed = optNumber(body, "seed", { int: true });
