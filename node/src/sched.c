@@ -30,7 +30,7 @@ typedef struct sched {
     int prefill_chunk;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    gen_job *incoming; /* submitted, not yet taken by the thread (under mu) */
+    gen_job *incoming;                     /* submitted, not yet taken by the thread (under mu) */
     bool started, closing, exited, orphan; /* under mu */
 } sched;
 
@@ -141,13 +141,15 @@ static void *sched_thread(void *arg) {
     gen_job *active = NULL, **tail = &active;
     for (;;) {
         pthread_mutex_lock(&sc->mu);
-        while (!active && !sc->incoming && !sc->closing) pthread_cond_wait(&sc->cv, &sc->mu);
+        while (!active && !sc->incoming && !sc->closing)
+            pthread_cond_wait(&sc->cv, &sc->mu);
         *tail = sc->incoming; /* newcomers join at the end, in submission order */
         sc->incoming = NULL;
         bool closing = sc->closing;
         pthread_mutex_unlock(&sc->mu);
         if (closing)
-            for (gen_job *j = active; j; j = j->next) atomic_store(&j->abort, true);
+            for (gen_job *j = active; j; j = j->next)
+                atomic_store(&j->abort, true);
         if (!active && closing) break;
         /* one round: every active job one step */
         gen_job **link = &active;
@@ -257,7 +259,8 @@ napi_value addon_sched_submit(napi_env env, napi_callback_info info) {
         sc->started = true;
     }
     gen_job **link = &sc->incoming;
-    while (*link) link = &(*link)->next;
+    while (*link)
+        link = &(*link)->next;
     *link = j;
     pthread_cond_signal(&sc->cv);
     pthread_mutex_unlock(&sc->mu);
@@ -274,7 +277,8 @@ napi_value addon_sched_close(napi_env env, napi_callback_info info) {
     if (argc < 1 || !get_sched(env, argv[0], &sc)) return NULL;
     pthread_mutex_lock(&sc->mu);
     sc->closing = true;
-    for (gen_job *j = sc->incoming; j; j = j->next) atomic_store(&j->abort, true);
+    for (gen_job *j = sc->incoming; j; j = j->next)
+        atomic_store(&j->abort, true);
     pthread_cond_signal(&sc->cv);
     pthread_mutex_unlock(&sc->mu);
     return NULL;
