@@ -37,7 +37,7 @@ typedef struct gen_job {
     nmlx_detokenizer *detok; /* the job's own (skip special), or NULL */
     size_t off;              /* prompt tokens evaluated so far */
     int32_t pending;         /* sampled, not yet evaluated; -1 if none */
-    bool started;
+    bool started, ready;     /* ready: this round's forward left logits to sample */
     double t0, t_first;
     nmlx_generate_result res;
     /* shared, under mu */

@@ -5,8 +5,9 @@
  * prompt is prefilled in chunks between the decode steps of running streams,
  * and N streams advance together instead of one after another. The model is
  * used by this thread only. Batched decode (one forward for all decoding
- * sequences, weights read once per step) slots into round() where each
- * decoding sequence now gets its own eval.
+ * sequences, weights read once per step) slots into the thread's round where each
+ * decoding sequence now gets its own eval: each round runs every job's
+ * forward pass first, then samples every job that has logits.
  *
  * Each job behaves like nmlx_generate: the session's generator is seeded with
  * the job's seed, tokens are sampled with nmlx_session_sample (repetition
@@ -57,36 +58,46 @@ static bool is_eos(const nmlx_model *m, int32_t id) {
     return false;
 }
 
-/* One step of a job: one forward pass (a prompt chunk, or the token sampled
- * last step), then, once the prompt is in, one sampled token. Returns true
- * when the job has finished (and was handed back to JS). */
-static bool step(sched *sc, gen_job *j) {
+enum { FWD_DONE, FWD_WAIT, FWD_READY };
+
+/* The forward half of a job's round: one forward pass, a prompt chunk or the
+ * token sampled last round. FWD_READY: logits are there to sample from;
+ * FWD_WAIT: more prompt to go; FWD_DONE: the job ended (handed back to JS). */
+static int forward(sched *sc, gen_job *j) {
     nmlx_session *S = j->sess->session;
     nmlx_status st = NMLX_OK;
     if (!j->started) {
         j->started = true;
         j->t0 = now_seconds();
-        if (atomic_load(&j->abort)) return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), true;
+        if (atomic_load(&j->abort)) return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), FWD_DONE;
         if (j->sess->tok && (st = nmlx_detokenizer_create(j->sess->tok, 1, &j->detok)) != NMLX_OK)
-            return finish(j, st, NMLX_FINISH_CANCELLED), true;
+            return finish(j, st, NMLX_FINISH_CANCELLED), FWD_DONE;
         nmlx_session_seed(S, j->gp.sampler.seed);
     }
-    if (atomic_load(&j->abort)) return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), true;
+    if (atomic_load(&j->abort)) return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), FWD_DONE;
     if (j->off < j->n_prompt) {
         size_t n = j->n_prompt - j->off;
         if (sc->prefill_chunk > 0 && n > (size_t)sc->prefill_chunk) n = (size_t)sc->prefill_chunk;
         st = nmlx_session_eval(S, j->prompt + j->off, n, 0);
         if (st == NMLX_OK) j->off += n;
-        if (st == NMLX_OK && j->off < j->n_prompt) return false;
+        if (st == NMLX_OK && j->off < j->n_prompt) return FWD_WAIT;
     } else if (j->pending >= 0) {
         int32_t id = j->pending;
         j->pending = -1;
         st = nmlx_session_eval(S, &id, 1, 0);
     }
     if (st == NMLX_ERR_CANCELLED || atomic_load(&j->abort))
-        return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), true;
-    if (st != NMLX_OK) return finish(j, st, NMLX_FINISH_CANCELLED), true;
+        return finish(j, NMLX_OK, NMLX_FINISH_CANCELLED), FWD_DONE;
+    if (st != NMLX_OK) return finish(j, st, NMLX_FINISH_CANCELLED), FWD_DONE;
+    return FWD_READY;
+}
 
+/* The sampling half: one token from the job's logits, its text through the
+ * job's stop strings to JS; the token becomes the job's pending one (next
+ * round's forward) unless the job ends. Returns true when it ended. */
+static bool sample(gen_job *j) {
+    nmlx_session *S = j->sess->session;
+    nmlx_status st = NMLX_OK;
     size_t pos = nmlx_session_position(S);
     if (j->res.n_generated >= (size_t)j->gp.max_tokens || pos >= (size_t)j->sess->max_context)
         return finish(j, NMLX_OK, NMLX_FINISH_LENGTH), true;
@@ -151,12 +162,25 @@ static void *sched_thread(void *arg) {
             for (gen_job *j = active; j; j = j->next)
                 atomic_store(&j->abort, true);
         if (!active && closing) break;
-        /* one round: every active job one step */
+        /* One round. First every active job's forward pass: a prompt chunk
+         * for those prefilling, the pending token for those decoding (batched
+         * decode will make the latter one forward over all of them). Then a
+         * token is sampled for every job whose forward left logits. */
         gen_job **link = &active;
         while (*link) {
-            gen_job *j = *link, *next = j->next;
-            if (step(sc, j))
-                *link = next; /* j is JS's now */
+            gen_job *j = *link;
+            int r = forward(sc, j);
+            j->ready = r == FWD_READY;
+            if (r == FWD_DONE)
+                *link = j->next; /* j is JS's now */
+            else
+                link = &j->next;
+        }
+        link = &active;
+        while (*link) {
+            gen_job *j = *link;
+            if (j->ready && sample(j))
+                *link = j->next;
             else
                 link = &j->next;
         }
