@@ -349,8 +349,11 @@ export async function createServer(options = {}) {
 
   const server = httpServer((req, res) => {
     route(req, res).catch((e) => {
-      if (res.headersSent) {
-        if (!res.destroyed) res.end();
+      if (res.headersSent) { // a stream that failed half-way: an error event, then the end
+        if (!res.destroyed) {
+          const h = httpError(e);
+          res.end(`data: ${JSON.stringify({ error: { message: h.message, type: h.type, param: h.param, code: h.code } })}\n\n`);
+        }
         return;
       }
       sendError(res, e, closing || e?.status === 413 ? { Connection: "close" } : {});
@@ -358,13 +361,19 @@ export async function createServer(options = {}) {
   });
   server.keepAliveTimeout = 5000;
 
-  await new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
+  try {
+    await new Promise((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
-  });
+  } catch (e) { // e.g. EADDRINUSE: give back what was set up
+    await scheduler.close({ graceMs: 0 });
+    if (owned) await model.unload();
+    throw e;
+  }
   const addr = server.address();
   const urlHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
 

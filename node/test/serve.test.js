@@ -308,3 +308,9 @@ test("nmlx serve: SIGTERM stops accepting, ends running streams within the grace
   assert.match(err, /SIGTERM/);
   await assert.rejects(() => fetch(`${url}/health`)); // nothing listens any more
 });
+
+test("createServer: a port in use rejects (EADDRINUSE) and frees what it loaded; bad options throw", async () => {
+  await assert.rejects(() => createServer({ model: MODEL, port: server.port, threads: 1 }), { code: "EADDRINUSE" });
+  await assert.rejects(() => createServer({ model: MODEL, port: 0, maxBatch: 0 }), { code: "NMLX_ERR_INVALID_ARG" });
+  await assert.rejects(() => createServer({ model: MODEL, bogus: 1 }), { code: "NMLX_ERR_INVALID_ARG" });
+});
