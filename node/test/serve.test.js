@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { createServer, loadModel } from "../lib/index.js";
-import { repoDir, pkgDir } from "./helpers.js";
+import { readdirSync, existsSync } from "node:fs";
+import { createServer, loadModel, Scheduler } from "../lib/index.js";
+import { repoDir, pkgDir, fixture, fixturesDir } from "./helpers.js";
 
 const MODEL = join(repoDir, "models", "demo");
 const greedy = { temperature: 0, top_p: 1 };
@@ -325,4 +326,48 @@ test("createServer: a port in use rejects (EADDRINUSE) and frees what it loaded;
   await assert.rejects(() => createServer({ model: MODEL, port: server.port, threads: 1 }), { code: "EADDRINUSE" });
   await assert.rejects(() => createServer({ model: MODEL, port: 0, maxBatch: 0 }), { code: "NMLX_ERR_INVALID_ARG" });
   await assert.rejects(() => createServer({ model: MODEL, bogus: 1 }), { code: "NMLX_ERR_INVALID_ARG" });
+});
+
+test("Scheduler: 8 sequences at once give each one's greedy ids alone, on every fixture (token ids, no tokenizer)", async (t) => {
+  const names = readdirSync(fixturesDir).filter((n) => existsSync(join(fixturesDir, n, "expected.json")));
+  let ran = 0;
+  for (const name of names) {
+    const { dir, expected } = fixture(name);
+    let m;
+    try {
+      m = await loadModel(dir, { threads: 1 });
+    } catch (e) {
+      if (e.code !== "NMLX_ERR_UNSUPPORTED") throw e;
+      continue;
+    }
+    ran++;
+    const n = expected.greedy_ids.length;
+    const prompts = Array.from({ length: 8 }, (_, i) => expected.prompt_ids.slice(0, Math.max(1, expected.prompt_ids.length - i)));
+    const opts = { temperature: 0, maxTokens: n, ignoreEos: true };
+    const alone = [];
+    for (const p of prompts) alone.push((await m.generate(p, opts)).tokens);
+    assert.deepEqual(alone[0], expected.greedy_ids, name);
+    // default prefill chunk (256 > these prompts): each prompt in one forward, as generate() does
+    // (longrope models pick their rope table per forward, so chunking may change their logits)
+    const s = new Scheduler(m, { maxBatch: 8 });
+    const together = await Promise.all(prompts.map((p) => s.submit(p, opts)));
+    assert.deepEqual(together.map((r) => r.tokens), alone, name);
+    assert.ok(together.every((r) => r.finishReason === "length" && r.completionTokens === n), name);
+    await s.close();
+    await m.unload();
+  }
+  t.diagnostic(`${ran} fixture families`);
+  assert.ok(ran >= 3);
+});
+
+test("Scheduler: chunked prefill between running sequences gives each sequence's output alone", async () => {
+  const { dir, expected } = fixture("qwen3");
+  const m = await loadModel(dir, { threads: 1 });
+  const opts = { temperature: 0, maxTokens: expected.greedy_ids.length, ignoreEos: true };
+  const alone = (await m.generate(expected.prompt_ids, opts)).tokens;
+  const s = new Scheduler(m, { maxBatch: 4, prefillChunk: 3 });
+  const rs = await Promise.all([0, 1, 2, 3].map(() => s.submit(expected.prompt_ids, opts)));
+  for (const r of rs) assert.deepEqual(r.tokens, alone);
+  await s.close();
+  await m.unload();
 });
