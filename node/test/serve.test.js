@@ -371,3 +371,51 @@ test("Scheduler: chunked prefill between running sequences gives each sequence's
   await s.close();
   await m.unload();
 });
+
+// The reverse-proxy config of the README (docs/serve-nginx.conf), run as written but for its
+// addresses and paths, in front of two servers. Skipped where nginx is not installed.
+const nginxBin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"].find((p) => existsSync(p));
+test("docs/serve-nginx.conf: nginx spreads requests over two servers, streams pass through, a full one is skipped",
+  { skip: nginxBin ? false : "nginx is not installed" }, async () => {
+    const { readFileSync, writeFileSync, mkdtempSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const net = await import("node:net");
+    const a = await createServer({ model: MODEL, port: 0, threads: 1, maxBatch: 1, maxQueue: 0 });
+    const b = await createServer({ model: MODEL, port: 0, threads: 1 });
+    const freePort = await new Promise((r) => { const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => r(p)); }); });
+    const dir = mkdtempSync(join(tmpdir(), "nmlx-nginx-"));
+    let conf = readFileSync(join(repoDir, "docs", "serve-nginx.conf"), "utf8");
+    conf = conf.replace("server 10.0.0.1:8080", `server 127.0.0.1:${a.port}`)
+      .replace("server 10.0.0.2:8080", `server 127.0.0.1:${b.port}`)
+      .replace("listen 8000;", `listen 127.0.0.1:${freePort};`)
+      .replace(/^pid .*$/m, `pid ${dir}/nginx.pid;`)
+      .replace(/^error_log .*$/m, `error_log ${dir}/error.log;`);
+    assert.match(conf, new RegExp(`127.0.0.1:${a.port}`));
+    writeFileSync(join(dir, "nginx.conf"), conf);
+    const proc = spawn(nginxBin, ["-p", dir, "-c", join(dir, "nginx.conf"), "-e", join(dir, "error.log"), "-g", "daemon off;"],
+      { stdio: "ignore" });
+    try {
+      const c = new OpenAI({ baseURL: `http://127.0.0.1:${freePort}/v1`, apiKey: "x", maxRetries: 0 });
+      await waitFor(async () => { try { await c.models.list(); return true; } catch { return false; } });
+      const req = { model: "demo", messages: [{ role: "user", content: "Tell me a story." }], max_tokens: 24, ...greedy };
+      const direct = (await clientFor(b).chat.completions.create(req)).choices[0].message.content;
+      assert.equal((await c.chat.completions.create(req)).choices[0].message.content, direct);
+      let chunks = 0;
+      const st = await streamText(await c.chat.completions.create({ ...req, stream: true }), { collect: () => chunks++ });
+      assert.equal(st.text, direct);
+      assert.ok(chunks > 3, "the stream arrived in pieces");
+      // four at once: a (max batch 1, no queue) answers 429 beyond one; nginx passes those to b
+      const before = [(await health(a)).completed, (await health(b)).completed];
+      const texts = await Promise.all([0, 1, 2, 3].map(() => c.chat.completions.create(req)));
+      for (const t of texts) assert.equal(t.choices[0].message.content, direct);
+      const done = [(await health(a)).completed - before[0], (await health(b)).completed - before[1]];
+      assert.equal(done[0] + done[1], 4);
+      assert.ok(done[1] >= 1, `b served some (${done})`);
+    } finally {
+      proc.kill("SIGTERM");
+      await new Promise((r) => proc.exitCode !== null ? r() : proc.on("exit", r));
+      await a.close();
+      await b.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
