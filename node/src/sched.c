@@ -168,19 +168,20 @@ static void *sched_thread(void *arg) {
          * token is sampled for every job whose forward left logits. */
         gen_job **link = &active;
         while (*link) {
-            gen_job *j = *link;
+            gen_job *j = *link, *next = j->next; /* a finished j is JS's: not touched again */
             int r = forward(sc, j);
-            j->ready = r == FWD_READY;
-            if (r == FWD_DONE)
-                *link = j->next; /* j is JS's now */
-            else
+            if (r == FWD_DONE) {
+                *link = next;
+            } else {
+                j->ready = r == FWD_READY;
                 link = &j->next;
+            }
         }
         link = &active;
         while (*link) {
-            gen_job *j = *link;
+            gen_job *j = *link, *next = j->next;
             if (j->ready && sample(j))
-                *link = j->next;
+                *link = next;
             else
                 link = &j->next;
         }
