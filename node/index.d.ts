@@ -7,7 +7,7 @@ export type ErrorCode =
   | "NMLX_ERR_INVALID_MODEL"
   | "NMLX_ERR_UNLOADED" | "NMLX_ERR_BUSY" | "NMLX_ERR_NO_TOKENIZER" | "NMLX_ERR_NO_CHAT_TEMPLATE"
   | "NMLX_ERR_TEMPLATE" | "NMLX_ERR_NOT_BUILT" | "NMLX_ERR_DOWNLOAD" | "NMLX_ERR_NOT_FOUND"
-  | "NMLX_ERR_OFFLINE" | "NMLX_ERR_INTEGRITY";
+  | "NMLX_ERR_OFFLINE" | "NMLX_ERR_INTEGRITY" | "NMLX_ERR_QUEUE_FULL";
 
 /** Every error nmlx throws or rejects with is an Error with a `code`. */
 export class NmlxError extends Error {
@@ -177,7 +177,83 @@ export interface LoadOptions extends HubOptions {
   /** Cap on tokens per session (0 = the model's, at most 8192). */
   contextLength?: number;
   noTokenizer?: boolean;
+  /** Where the model computes: "cpu" (default), "cuda" or "cuda:N" (a CUDA build). */
+  device?: string;
 }
+
+export interface SchedulerOptions {
+  /** Sequences generating at once, each on its own session (default 4). */
+  maxBatch?: number;
+  /** Requests waiting beyond those; more reject with NMLX_ERR_QUEUE_FULL (default 64). */
+  maxQueue?: number;
+  /** Finished sessions kept for prompt-prefix reuse (default maxBatch; 0 = none). */
+  cacheSize?: number;
+  /** Tokens per sequence, prompt + completion (0 = the model's). */
+  contextLength?: number;
+  /** Prompt tokens evaluated per round, between other sequences' decode steps (default 256; 0 = whole prompt). */
+  prefillChunk?: number;
+}
+
+export interface ScheduledResult extends GenerationResult {
+  /** Prompt tokens reused from a cached session (not evaluated again). */
+  cachedTokens: number;
+}
+
+/**
+ * Runs many requests on one model (used exclusively): up to maxBatch advance together
+ * round-robin on one native thread, one forward pass each per round; the rest wait.
+ */
+export class Scheduler {
+  constructor(model: Model, options?: SchedulerOptions);
+  readonly contextLength: number;
+  readonly maxBatch: number;
+  readonly stats: { active: number; waiting: number; cached: number; completed: number; cancelled: number; failed: number };
+  /** Generates from token ids; `signal` in options cancels (finishReason "abort"). */
+  submit(ids: number[], options?: GenerationOptions, onPiece?: (piece: string) => void): Promise<ScheduledResult>;
+  /** Rejects waiting requests, lets running ones finish for graceMs (5000), cancels the rest. */
+  close(options?: { graceMs?: number }): Promise<void>;
+}
+
+export interface ServerOptions extends SchedulerOptions {
+  /** A folder, repository id or alias to load, or a loaded Model; none = the built-in demo model. */
+  model?: string | Model;
+  /** Default "127.0.0.1". */
+  host?: string;
+  /** Default 8080; 0 = any free port. */
+  port?: number;
+  /** Require `Authorization: Bearer <apiKey>` (all but /health). */
+  apiKey?: string;
+  device?: string;
+  threads?: number;
+  /** The model id clients send and /v1/models lists (default: the repository id or folder name). */
+  modelName?: string;
+  /** Larger request bodies get 413 (default 8 MiB). */
+  maxBodyBytes?: number;
+  /** Default grace period of close() (5000 ms). */
+  graceMs?: number;
+}
+
+export interface NmlxServer {
+  readonly http: import("node:http").Server;
+  readonly model: Model;
+  readonly scheduler: Scheduler;
+  readonly modelName: string;
+  readonly host: string;
+  readonly port: number;
+  /** e.g. "http://127.0.0.1:8080" */
+  readonly url: string;
+  /**
+   * Stops accepting (503 for new requests), lets running requests finish for graceMs, cancels
+   * the rest, closes connections, and unloads the model if the server loaded it. Idempotent.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
+}
+
+/**
+ * An OpenAI-compatible HTTP server (POST /v1/chat/completions, POST /v1/completions,
+ * GET /v1/models, GET /health); resolves once it listens. See README.md, "Server".
+ */
+export function createServer(options?: ServerOptions): Promise<NmlxServer>;
 
 /**
  * Loads a local folder, a HuggingFace repository id (downloaded into the HF cache) or an alias.

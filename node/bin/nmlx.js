@@ -3,6 +3,7 @@
 //   nmlx [options] "prompt"      stream an answer, then a stats line on stderr
 //   nmlx chat [options]          interactive chat (/reset, /exit)
 //   nmlx pull <repo-or-alias>    download into the HuggingFace cache
+//   nmlx serve [options]         an OpenAI-compatible HTTP server (lib/server.js)
 //   nmlx run [options]           the same as without `run` (as the C tool)
 //   nmlx convert|bench|generate|logits|tokenize ...
 //                                the C `nmlx` tool built with the package
@@ -14,7 +15,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { loadModel, snapshotDownload, resolveModelId, RECOMMENDED_MODELS, getVersion, getLibraryVersion } from "../lib/index.js";
+import { loadModel, snapshotDownload, resolveModelId, RECOMMENDED_MODELS, getVersion, getLibraryVersion, createServer } from "../lib/index.js";
 import { downloadProgress } from "../lib/progress.js";
 import { pkgDir } from "../lib/paths.js";
 
@@ -25,6 +26,8 @@ const USAGE = `usage:
   nmlx [options] "prompt"          generate (the model's chat template unless --raw)
   nmlx chat [options]              interactive chat: /reset, /exit
   nmlx pull <repo-id|alias>        download a model into the HuggingFace cache
+  nmlx serve [options]             OpenAI-compatible server: /v1/chat/completions,
+                                   /v1/completions, /v1/models, /health
   nmlx convert|bench|generate|logits|tokenize ...
                                    the C tool's commands (nmlx <command> --help)
 options:
@@ -45,6 +48,17 @@ options:
       --raw              use the prompt as is, without the chat template
       --ignore-eos       generate exactly --max-tokens
       --revision R       repository revision (default main)
+serve options:
+      --host H           address to bind (default 127.0.0.1)
+      --port N           port (default 8080; 0 = any free port)
+      --max-batch N      requests generating at once (default 4)
+      --max-queue N      requests waiting beyond those; more get 429 (default 64)
+      --ctx N            context length per request (default: the model's)
+      --api-key KEY      require 'Authorization: Bearer KEY' (or $NMLX_API_KEY)
+      --device D         cpu (default), cuda or cuda:N
+      --cache-size N     finished conversations kept for prefix reuse (default: max-batch)
+      --name NAME        the model id clients send (default: the -m value or folder name)
+      --grace-ms N       on SIGTERM/SIGINT, time running requests get to finish (default 5000)
   -h, --help, --version
 aliases: ${Object.keys(RECOMMENDED_MODELS).join(", ")}`;
 
@@ -55,7 +69,10 @@ const OPTIONS = {
   "repeat-penalty": { type: "string" }, "repeat-last-n": { type: "string" }, seed: { type: "string" },
   stop: { type: "string", multiple: true }, system: { type: "string" }, raw: { type: "boolean" },
   "ignore-eos": { type: "boolean" }, revision: { type: "string" }, help: { type: "boolean", short: "h" },
-  version: { type: "boolean" },
+  version: { type: "boolean" }, host: { type: "string" }, port: { type: "string" },
+  "max-batch": { type: "string" }, "max-queue": { type: "string" }, ctx: { type: "string" },
+  "api-key": { type: "string" }, device: { type: "string" }, "cache-size": { type: "string" },
+  name: { type: "string" }, "grace-ms": { type: "string" },
 };
 
 class UsageError extends Error {}
@@ -180,6 +197,39 @@ function cTool(argv) {
   return r.status ?? 1;
 }
 
+async function runServe(v, rest) {
+  if (rest.length) throw new UsageError(`serve: unexpected argument '${rest[0]}'`);
+  const bar = downloadProgress();
+  let server;
+  try {
+    server = await createServer({
+      model: v.model, host: v.host ?? "127.0.0.1", port: number(v.port, "--port", true) ?? 8080,
+      maxBatch: number(v["max-batch"], "--max-batch", true) ?? 4, maxQueue: number(v["max-queue"], "--max-queue", true) ?? 64,
+      contextLength: number(v.ctx, "--ctx", true) ?? 0, apiKey: v["api-key"] ?? (process.env.NMLX_API_KEY || undefined),
+      device: v.device, threads: number(v.threads, "--threads", true) ?? 0,
+      cacheSize: number(v["cache-size"], "--cache-size", true), modelName: v.name,
+      graceMs: number(v["grace-ms"], "--grace-ms", true) ?? 5000,
+    });
+  } finally {
+    bar.done();
+  }
+  process.stderr.write(`nmlx: serving ${server.modelName} on ${server.url} (max batch ${server.scheduler.maxBatch}, ` +
+    `context ${server.scheduler.contextLength}${v["api-key"] || process.env.NMLX_API_KEY ? ", API key required" : ""})\n`);
+  await new Promise((resolve) => {
+    const stop = (sig) => {
+      process.stderr.write(`nmlx: ${sig}: finishing running requests, then exiting\n`);
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      server.close().then(resolve, (e) => {
+        process.stderr.write(`nmlx: shutdown: ${e.message}\n`);
+        resolve();
+      });
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
 async function main(argv) {
   if (C_COMMANDS.includes(argv[0])) return cTool(argv);
   if (argv[0] === "run") argv = argv.slice(1);
@@ -198,6 +248,7 @@ async function main(argv) {
     return runChat(v);
   }
   if (cmd === "pull" && v.prompt === undefined) return runPull(v, rest);
+  if (cmd === "serve" && v.prompt === undefined) return runServe(v, rest);
   const prompt = v.prompt ?? positionals.join(" ");
   if (v.prompt !== undefined && positionals.length) throw new UsageError("give the prompt either with -p or as the argument, not both");
   if (!prompt) throw new UsageError('missing the prompt: nmlx [options] "your prompt"');

@@ -5,6 +5,7 @@ export const codes = Object.freeze({
   INVALID_ARG: "NMLX_ERR_INVALID_ARG",
   UNLOADED: "NMLX_ERR_UNLOADED", // the model (or chat) was unloaded / closed
   BUSY: "NMLX_ERR_BUSY",
+  QUEUE_FULL: "NMLX_ERR_QUEUE_FULL", // the server's scheduler has no room for another request
   NO_TOKENIZER: "NMLX_ERR_NO_TOKENIZER",
   NO_CHAT_TEMPLATE: "NMLX_ERR_NO_CHAT_TEMPLATE",
   TEMPLATE: "NMLX_ERR_TEMPLATE", // the chat template failed to render

@@ -15,6 +15,8 @@ export { NmlxError, codes } from "./errors.js";
 export { RECOMMENDED_MODELS, resolveModelId } from "./models.js";
 export { ChatTemplate, findChatTemplate } from "./template.js";
 export { snapshotDownload, hubCacheDir } from "./hub.js";
+export { createServer } from "./server.js";
+export { Scheduler } from "./scheduler.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
 
@@ -69,12 +71,14 @@ export async function loadModel(idOrPath, opts = {}) {
   }
   if (idOrPath === undefined || idOrPath === null) idOrPath = useDemoModel();
   if (typeof idOrPath !== "string" || !idOrPath) throw invalid("loadModel: expected a folder, repository id or alias");
-  const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, ...rest } = opts;
+  const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, device, ...rest } = opts;
   const unknown = Object.keys(rest).filter((k) => !["endpoint", "token", "cacheDir", "offline", "signal"].includes(k));
   if (unknown.length) throw invalid(`loadModel: unknown option '${unknown[0]}'`);
   if (!Number.isInteger(threads) || threads < 0) throw invalid("loadModel: threads must be an integer >= 0");
   if (!Number.isInteger(contextLength) || contextLength < 0)
     throw invalid("loadModel: contextLength must be an integer >= 0");
+  if (device !== undefined && (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device)))
+    throw invalid(`loadModel: device must be "cpu", "cuda" or "cuda:N" (got ${String(device)})`);
   let dir = idOrPath, id = idOrPath;
   if (!isDir(idOrPath)) {
     id = resolveModelId(idOrPath);
@@ -85,7 +89,7 @@ export async function loadModel(idOrPath, opts = {}) {
     }
     dir = await snapshotDownload(id, { revision, onProgress, ...rest });
   }
-  const handle = await native.loadModel(dir, threads, contextLength, !!noTokenizer);
+  const handle = await native.loadModel(dir, threads, contextLength, !!noTokenizer, device);
   return new Model(handle, dir, id);
 }
 

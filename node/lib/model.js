@@ -175,6 +175,8 @@ export class Model {
   }
 
   _createSession() { return native.createSession(this.#handle(), 0); }
+  /** The addon's model handle (for the server's scheduler); throws once unloaded. */
+  _nativeHandle() { return this.#handle(); }
   _forgetChat(chat) {
     for (const ref of this.#chats) if (ref.deref() === chat || !ref.deref()) this.#chats.delete(ref);
   }

@@ -5,9 +5,10 @@ import native from "./native.js";
 /**
  * Runs the addon's generate on `session` (a native handle). Pieces of text
  * go to onPiece as they arrive; resolves with the result, or rejects with
- * the library's error. `signal` cancels (finishReason "abort").
+ * the library's error. `signal` cancels (finishReason "abort"). `submit`
+ * starts it: the addon's generate (its own thread) unless a scheduler's.
  */
-export function runGeneration(session, promptIds, o, onPiece) {
+export function runGeneration(session, promptIds, o, onPiece, submit = native.generate) {
   return new Promise((resolve, reject) => {
     let text = "";
     const tokens = [];
@@ -43,7 +44,7 @@ export function runGeneration(session, promptIds, o, onPiece) {
       });
     };
     try {
-      native.generate(session, Int32Array.from(promptIds), o.native, onData, onDone);
+      submit(session, Int32Array.from(promptIds), o.native, onData, onDone);
     } catch (e) {
       return reject(e);
     }

@@ -134,7 +134,8 @@ const cflags = ["-std=c11", debug || sanitize ? "-O0" : "-O2", "-g", "-fPIC", "-
 if (inRepository()) cflags.push("-Werror");
 if (sanitize) cflags.push("-fsanitize=address,undefined", "-fno-omit-frame-pointer");
 const target = join(out, "nmlx.node");
-const newest = Math.max(...[...sources, join(srcDir, "addon.h"), join(lib, "libnmlx.a")]
+const headers = readdirSync(srcDir).filter((f) => f.endsWith(".h")).map((f) => join(srcDir, f));
+const newest = Math.max(...[...sources, ...headers, join(lib, "libnmlx.a")]
   .map((f) => statSync(f).mtimeMs));
 if (existsSync(target) && statSync(target).mtimeMs >= newest && !process.argv.includes("--force")) {
   console.log(`nmlx build: ${target} is up to date`);

@@ -77,6 +77,7 @@ typedef struct load_job {
     napi_async_work work;
     napi_deferred deferred;
     char *dir;
+    char *device; /* NULL = the default (cpu) */
     nmlx_model_params params;
     nmlx_model *model;
     nmlx_status status;
@@ -115,6 +116,7 @@ static void load_complete(napi_env env, napi_status status, void *data) {
     }
     napi_delete_async_work(env, j->work);
     free(j->dir);
+    free(j->device);
     free(j);
 }
 
@@ -143,9 +145,10 @@ static char *get_string(napi_env env, napi_value v, size_t *len_out) {
     return s;
 }
 
+/* loadModel(dir, threads, contextLength, noTokenizer[, device]) */
 static napi_value load_model(napi_env env, napi_callback_info info) {
-    size_t argc = 4;
-    napi_value argv[4];
+    size_t argc = 5;
+    napi_value argv[5];
     NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc < 4) return addon_throw(env, "NMLX_ERR_INVALID_ARG", "loadModel: 4 arguments");
     load_job *j = calloc(1, sizeof *j);
@@ -160,6 +163,16 @@ static napi_value load_model(napi_env env, napi_callback_info info) {
         return addon_throw(env, "NMLX_ERR_INVALID_ARG", "loadModel: bad arguments");
     }
     j->params.no_tokenizer = no_tok;
+    napi_valuetype dt = napi_undefined;
+    if (argc >= 5) napi_typeof(env, argv[4], &dt);
+    if (dt == napi_string) {
+        if (!(j->device = get_string(env, argv[4], NULL))) {
+            free(j->dir);
+            free(j);
+            return NULL;
+        }
+        j->params.device = j->device;
+    }
     napi_value promise, name;
     napi_create_string_utf8(env, "nmlx.loadModel", NAPI_AUTO_LENGTH, &name);
     if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
@@ -167,6 +180,7 @@ static napi_value load_model(napi_env env, napi_callback_info info) {
             napi_ok ||
         napi_queue_async_work(env, j->work) != napi_ok) {
         free(j->dir);
+        free(j->device);
         free(j);
         return addon_throw(env, "NMLX_ERR_INTERNAL", "loadModel: cannot queue the load");
     }
@@ -330,6 +344,9 @@ static napi_value init(napi_env env, napi_value exports) {
         {"sessionReset", NULL, addon_session_reset, NULL, NULL, NULL, napi_default, NULL},
         {"sessionCancel", NULL, addon_session_cancel, NULL, NULL, NULL, napi_default, NULL},
         {"generate", NULL, addon_generate, NULL, NULL, NULL, napi_default, NULL},
+        {"schedCreate", NULL, addon_sched_create, NULL, NULL, NULL, napi_default, NULL},
+        {"schedSubmit", NULL, addon_sched_submit, NULL, NULL, NULL, napi_default, NULL},
+        {"schedClose", NULL, addon_sched_close, NULL, NULL, NULL, napi_default, NULL},
     };
     NAPI_TRY(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
     return exports;

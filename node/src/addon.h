@@ -23,6 +23,8 @@ struct gen_job;
 typedef struct addon_session {
     nmlx_session *session; /* NULL once freed */
     const nmlx_tokenizer *tok; /* the model's (kept alive by the session); may be NULL */
+    const nmlx_model *model;   /* its model (kept alive by the session) */
+    int max_context;           /* the session's context length */
     struct gen_job *job;   /* the generation running on it, or NULL */
     bool free_when_idle;   /* freeSession() was called while busy */
 } addon_session;
@@ -49,6 +51,11 @@ napi_value addon_session_trim(napi_env env, napi_callback_info info);
 napi_value addon_session_reset(napi_env env, napi_callback_info info);
 napi_value addon_session_cancel(napi_env env, napi_callback_info info);
 napi_value addon_generate(napi_env env, napi_callback_info info);
+
+/* Functions exported by sched.c. */
+napi_value addon_sched_create(napi_env env, napi_callback_info info);
+napi_value addon_sched_submit(napi_env env, napi_callback_info info);
+napi_value addon_sched_close(napi_env env, napi_callback_info info);
 
 #define NAPI_TRY(env, call)                                                                        \
     do {                                                                                           \

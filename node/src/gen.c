@@ -6,19 +6,11 @@
  * at the token that completes one and text that may begin a stop string is
  * held back until it cannot. */
 #define _GNU_SOURCE /* memmem */
-#include "addon.h"
+#include "job.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-} buf;
 
 static bool buf_add(buf *b, const char *s, size_t n) {
     if (b->len + n + 1 > b->cap) {
@@ -33,32 +25,6 @@ static bool buf_add(buf *b, const char *s, size_t n) {
     b->p[b->len] = '\0';
     return true;
 }
-
-typedef struct gen_job {
-    addon_session *sess;
-    napi_ref sess_ref, on_data, on_done;
-    napi_threadsafe_function tsfn;
-    int32_t *prompt;
-    size_t n_prompt;
-    nmlx_generate_params gp;
-    char **stops;
-    size_t *stop_lens; /* stop strings may contain NUL */
-    size_t n_stops;
-    atomic_bool abort;
-    /* worker only */
-    buf held; /* text not yet released: may begin a stop string */
-    buf raw;  /* all generated text: stop text and special tokens included */
-    bool stop_hit, oom;
-    /* shared, under mu */
-    pthread_mutex_t mu;
-    buf out;
-    int32_t *ids;
-    size_t n_ids, ids_cap;
-    bool scheduled, done, delivered;
-    nmlx_status status;
-    char message[1024];
-    nmlx_generate_result result;
-} gen_job;
 
 /* ---- session externals ------------------------------------------------ */
 
@@ -98,6 +64,8 @@ napi_value addon_create_session(napi_env env, napi_callback_info info) {
     if (!s) return addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
     nmlx_session_params sp = nmlx_session_default_params();
     sp.max_context = max_ctx;
+    s->max_context = max_ctx > 0 ? max_ctx : nmlx_model_max_context(m->model);
+    s->model = m->model;
     s->tok = nmlx_model_tokenizer(m->model);
     nmlx_status st = nmlx_session_create(m->model, &sp, &s->session);
     if (st != NMLX_OK) {
@@ -240,7 +208,7 @@ static void post(gen_job *j, const char *text, size_t n, int32_t id, bool has_id
     if (schedule) napi_call_threadsafe_function(j->tsfn, NULL, napi_tsfn_nonblocking);
 }
 
-static int on_token(void *user, int32_t id, const char *text, size_t len) {
+int gen_job_on_token(void *user, int32_t id, const char *text, size_t len) {
     gen_job *j = user;
     if (!text) len = 0;
     /* the callback's text skips special tokens; the raw text keeps them, so
@@ -268,12 +236,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
     return atomic_load(&j->abort) || j->oom ? 1 : 0;
 }
 
-static void *worker(void *arg) {
-    gen_job *j = arg;
-    nmlx_status st = NMLX_OK;
-    nmlx_generate_result r = {.n_prompt = j->n_prompt, .finish = NMLX_FINISH_CANCELLED};
-    if (!atomic_load(&j->abort))
-        st = nmlx_generate(j->sess->session, j->prompt, j->n_prompt, &j->gp, &r);
+void gen_job_finish(gen_job *j, nmlx_status st, const nmlx_generate_result *r) {
     if (st == NMLX_OK && !j->stop_hit && j->held.len)
         post(j, j->held.p, j->held.len, 0, false); /* a partial stop that never completed */
     pthread_mutex_lock(&j->mu);
@@ -281,12 +244,22 @@ static void *worker(void *arg) {
     if (j->status != NMLX_OK)
         snprintf(j->message, sizeof j->message, "%s",
                  st == NMLX_OK ? "out of memory buffering generated text" : nmlx_last_error());
-    j->result = r;
+    j->result = *r;
     j->done = true;
     pthread_mutex_unlock(&j->mu);
     napi_call_threadsafe_function(j->tsfn, NULL, napi_tsfn_blocking);
     napi_release_threadsafe_function(j->tsfn, napi_tsfn_release);
-    return NULL; /* the job is freed by tsfn_finalize on the JS thread */
+    /* the job is freed by tsfn_finalize on the JS thread */
+}
+
+static void *worker(void *arg) {
+    gen_job *j = arg;
+    nmlx_status st = NMLX_OK;
+    nmlx_generate_result r = {.n_prompt = j->n_prompt, .finish = NMLX_FINISH_CANCELLED};
+    if (!atomic_load(&j->abort))
+        st = nmlx_generate(j->sess->session, j->prompt, j->n_prompt, &j->gp, &r);
+    gen_job_finish(j, st, &r);
+    return NULL;
 }
 
 /* ---- the JS side of the job ------------------------------------------- */
@@ -378,6 +351,7 @@ static void job_free(gen_job *j) {
     free(j->raw.p);
     free(j->out.p);
     free(j->ids);
+    nmlx_detokenizer_free(j->detok);
     pthread_mutex_destroy(&j->mu);
     free(j);
 }
@@ -492,29 +466,32 @@ static bool parse_options(napi_env env, napi_value o, gen_job *j) {
     return true;
 }
 
-napi_value addon_generate(napi_env env, napi_callback_info info) {
-    size_t argc = 5, n = 0;
-    napi_value argv[5], name;
+gen_job *gen_job_create(napi_env env, napi_value *argv) {
+    size_t n = 0;
+    napi_value name;
     addon_session *s;
     int32_t *ids;
-    NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-    if (argc < 5) return addon_throw(env, "NMLX_ERR_INVALID_ARG", "generate: 5 arguments");
     if (!addon_get_session(env, argv[0], &s) || !idle_session(env, s) ||
         !addon_get_ids(env, argv[1], &ids, &n))
         return NULL;
     gen_job *j = calloc(1, sizeof *j);
-    if (!j) return addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
+    if (!j) {
+        addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
+        return NULL;
+    }
     pthread_mutex_init(&j->mu, NULL);
     atomic_init(&j->abort, false);
     j->sess = s;
+    j->pending = -1;
     j->gp = nmlx_generate_default_params();
-    j->gp.on_token = on_token;
+    j->gp.on_token = gen_job_on_token;
     j->gp.user = j;
     j->n_prompt = n;
     j->prompt = malloc((n ? n : 1) * sizeof(int32_t));
     if (!j->prompt) {
         job_free(j);
-        return addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
+        addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
+        return NULL;
     }
     if (n) memcpy(j->prompt, ids, n * sizeof(int32_t));
     if (!parse_options(env, argv[2], j)) {
@@ -531,18 +508,33 @@ napi_value addon_generate(napi_env env, napi_callback_info info) {
         if (j->on_data) napi_delete_reference(env, j->on_data);
         if (j->on_done) napi_delete_reference(env, j->on_done);
         job_free(j);
-        return addon_throw(env, "NMLX_ERR_INTERNAL", "generate: cannot create the callback");
+        addon_throw(env, "NMLX_ERR_INTERNAL", "generate: cannot create the callback");
+        return NULL;
     }
+    s->job = j;
+    return j;
+}
+
+void gen_job_discard(gen_job *j) {
+    j->sess->job = NULL;
+    napi_release_threadsafe_function(j->tsfn, napi_tsfn_abort); /* finalize frees j */
+}
+
+napi_value addon_generate(napi_env env, napi_callback_info info) {
+    size_t argc = 5;
+    napi_value argv[5];
+    NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 5) return addon_throw(env, "NMLX_ERR_INVALID_ARG", "generate: 5 arguments");
+    gen_job *j = gen_job_create(env, argv);
+    if (!j) return NULL;
     pthread_attr_t attr;
     pthread_t th;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    s->job = j;
     int rc = pthread_create(&th, &attr, worker, j);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
-        s->job = NULL;
-        napi_release_threadsafe_function(j->tsfn, napi_tsfn_abort); /* finalize frees j */
+        gen_job_discard(j);
         return addon_throw(env, "NMLX_ERR_INTERNAL", "generate: cannot start a thread");
     }
     return NULL;
