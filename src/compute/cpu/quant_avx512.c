@@ -26,6 +26,9 @@ enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass
 /* Prefetch distance in rows: while a block of rows is summed, the same
  * columns of the rows PF_ROWS further on (and their scales/biases) are
  * requested, so one thread keeps enough misses in flight. */
+#ifndef NMLX_QMATVEC_PF_BYTES
+#define NMLX_QMATVEC_PF_BYTES 4096
+#endif
 #ifndef NMLX_QMATVEC_PF_ROWS
 #define NMLX_QMATVEC_PF_ROWS 8
 #endif
@@ -56,7 +59,7 @@ static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
 /* out[r] = sum_g sc[r][g] * (q[r, g, :] . x[g, :]) over ng groups of GS, for
  * R rows of BITS-bit codes starting at rows[r]; xp is x in planar order for
  * 4 bits, plain for 8. */
-AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, int64_t pf,
+AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, bool lin, int64_t pf,
                             const float *xp, const float *sc, int64_t ng, __m512 lut,
                             __m512 *acc) {
     for (int64_t g = 0; g < ng; g++) {
@@ -64,7 +67,9 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             ga[r] = _mm512_setzero_ps(), gb[r] = ga[r];
-            _mm_prefetch((const char *)rows[r] + g * GS * BITS / 8 + pf, _MM_HINT_T0);
+            _mm_prefetch(lin ? (const char *)rows[0] + pf + (g * R + r) * (GS * BITS / 8)
+                             : (const char *)rows[r] + g * GS * BITS / 8 + pf,
+                         _MM_HINT_T0);
         }
         if (BITS == 4) {
 #pragma GCC unroll 4
@@ -109,12 +114,13 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
     }
 }
 
-typedef void (*rows_fn)(const uint8_t *const *, int64_t, const float *, const float *, int64_t,
+typedef void (*rows_fn)(const uint8_t *const *, bool, int64_t, const float *, const float *, int64_t,
                         __m512, __m512 *);
 #define ROWS_FN(R, BITS, GS)                                                                   \
-    static void rows_##R##_##BITS##_##GS(const uint8_t *const *rows, int64_t pf, const float *xp, \
+    static void rows_##R##_##BITS##_##GS(const uint8_t *const *rows, bool lin, int64_t pf,      \
+                                         const float *xp,                                      \
                                          const float *sc, int64_t ng, __m512 lut, __m512 *acc) { \
-        rows_dot(R, BITS, GS, rows, pf, xp, sc, ng, lut, acc);                                 \
+        rows_dot(R, BITS, GS, rows, lin, pf, xp, sc, ng, lut, acc);                                 \
     }
 ROWS_FN(4, 4, 32) ROWS_FN(4, 4, 64) ROWS_FN(4, 4, 128)
 ROWS_FN(1, 4, 32) ROWS_FN(1, 4, 64) ROWS_FN(1, 4, 128)
@@ -198,7 +204,12 @@ void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y,
                 /* the bias half, folded into the accumulator */
                 acc[r] = affine ? dot_lanes(bi + r * ng, xsum, ng) : _mm512_setzero_ps();
             }
-            fns[R == RB](rows, pf, xv, sc, ng, lut, acc);
+            /* short whole rows (<= 1 KiB: too short for the hardware's
+             * per-row streams): the block's rows are contiguous, so read
+             * ahead linearly, NMLX_QMATVEC_PF_BYTES; longer rows: per row,
+             * PF_ROWS rows ahead (bench_quant: each the faster there) */
+            const bool lin = ng == G && row_bytes <= 1024;
+            fns[R == RB](rows, lin, lin ? NMLX_QMATVEC_PF_BYTES : pf, xv, sc, ng, lut, acc);
             if (R == RB) {
                 __m128 s4 = _mm_add_ps(hsum4x16(acc[0], acc[1], acc[2], acc[3]), _mm_loadu_ps(y + d));
                 _mm_storeu_ps(y + d, s4);

@@ -116,6 +116,23 @@ static void fill_panel_bf16(const nmlx_weight *w, int64_t r0, int nr, int64_t k0
     }
 }
 
+/* Requests part `part` of `parts` of the packed rows [r0, r0 + nr), columns
+ * [k0, k0 + nk), and their scales/biases: the next block, read from DRAM
+ * while the current one is multiplied. */
+static void prefetch_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
+                           int64_t part, int64_t parts) {
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4, G = w->cols / w->group_size;
+    const int64_t seg = nk * w->bits / 8;
+    const size_t ses = nmlx_dtype_size(w->scales.dtype);
+    for (int64_t r = r0 + nr * part / parts; r < r0 + nr * (part + 1) / parts; r++) {
+        const char *q = (const char *)w->w.data + r * row_bytes + k0 * w->bits / 8;
+        for (int64_t o = 0; o < seg; o += 64) _mm_prefetch(q + o, _MM_HINT_T0);
+        size_t gi = (size_t)(r * G + k0 / w->group_size) * ses;
+        _mm_prefetch((const char *)w->scales.data + gi, _MM_HINT_T0);
+        if (w->mode == NMLX_QUANT_AFFINE) _mm_prefetch((const char *)w->biases.data + gi, _MM_HINT_T0);
+    }
+}
+
 void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1) {
     const int64_t N = w->cols, D = w->rows;
@@ -135,10 +152,22 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
                 const int64_t left = nrb - (int64_t)p * BR;
                 fill_panel_bf16(w, jc + p * BR, left < BR ? (int)left : BR, k0, nk, lut, wp[p]);
             }
+            /* the next block: the next columns, or the next rows' first */
+            int64_t nx_r = jc, nx_k = k0 + BK, nx_nr = nrb;
+            if (nx_k >= N) nx_r = jc + BP * BR, nx_k = 0, nx_nr = d1 - nx_r < BP * BR ? d1 - nx_r : BP * BR;
+            const int64_t nx_nk = N - nx_k < BK ? N - nx_k : BK;
+            const int64_t parts = ((T + BMC - 1) / BMC) * np;
+            int64_t part = 0;
             for (int64_t t0 = 0; t0 < T; t0 += BMC) {
                 const int64_t mc = T - t0 < BMC ? T - t0 : BMC;
-                for (int64_t t = 0; t < mc; t++) to_bf16(x + (t0 + t) * N + k0, nk, xb + t * BK);
-                for (int p = 0; p < np; p++) {
+                for (int64_t t = 0; t < mc; t++) {
+                    const float *xr = x + (t0 + t) * N + k0;
+                    if (t + 2 < mc)
+                        for (int64_t o = 0; o < nk; o += 16) _mm_prefetch((const char *)(xr + 2 * N + o), _MM_HINT_T0);
+                    to_bf16(xr, nk, xb + t * BK);
+                }
+                for (int p = 0; p < np; p++, part++) {
+                    if (nx_r < d1) prefetch_block(w, nx_r, nx_nr, nx_k, nx_nk, part, parts);
                     const int64_t left = nrb - (int64_t)p * BR;
                     const int nr = left < BR ? (int)left : BR;
                     const __mmask16 m[2] = {first_n(nr), first_n(nr > 16 ? nr - 16 : 0)};
@@ -181,7 +210,10 @@ AVX512_INLINE void mv_rows(int R, int CPG, const uint8_t *const *rows, const cha
 #pragma GCC unroll 2
         for (int j = 0; j < CPG; j++) {
             const int64_t c = g * CPG + j; /* 64-code chunk */
-            for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch(pf + c * pf_step + o, _MM_HINT_T0);
+            if (pf_step) /* linear: pf_step bytes per chunk */
+                for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch(pf + c * pf_step + o, _MM_HINT_T0);
+            else /* per row, pf - rows[0] bytes ahead */
+                for (int r = 0; r < R; r++) _mm_prefetch((const char *)rows[r] + (pf - (const char *)rows[0]) + 32 * c, _MM_HINT_T0);
             const __m512bh xa = (__m512bh)_mm512_loadu_si512(xb + 64 * c);
             const __m512bh xo = (__m512bh)_mm512_loadu_si512(xb + 64 * c + 32);
 #pragma GCC unroll 4
@@ -276,14 +308,16 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
             }
             acc[r] = a;
         }
-        /* the block's rows are contiguous: read ahead linearly, R * 32
-         * bytes per 64-code chunk */
-        const char *pf = (const char *)rows[0] + NMLX_QBF16_PF_BYTES;
+        /* short rows (<= 1 KiB, too short for the hardware's per-row
+         * streams): the block's rows are contiguous, read ahead linearly,
+         * R * 32 bytes per 64-code chunk; longer rows: per row, 8 rows ahead */
+        const bool lin = row_bytes <= 1024;
+        const char *pf = (const char *)rows[0] + (lin ? NMLX_QBF16_PF_BYTES : 8 * row_bytes);
         if (R == MV_RB) {
-            f4(rows, pf, R * 32, xb, sc, G, acc);
+            f4(rows, pf, lin ? R * 32 : 0, xb, sc, G, acc);
             _mm_storeu_ps(y + d, hsum4(acc[0], acc[1], acc[2], acc[3]));
         } else {
-            f1(rows, pf, 64, xb, sc, G, acc);
+            f1(rows, pf, lin ? 64 : 0, xb, sc, G, acc);
             y[d] = _mm512_reduce_add_ps(acc[0]);
         }
         d += R;
