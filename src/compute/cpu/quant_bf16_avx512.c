@@ -378,9 +378,13 @@ static void run_matvec(void *p) {
 static void measure_pick(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16")) return;
+    /* NMLX_QUANT_BF16: "0" none, "1" both, "matvec" / "prefill" / "both"
+     * force the choice; unset: decode measured, prefill off (below) */
     const char *env = getenv("NMLX_QUANT_BF16");
-    if (env && (env[0] == '0' || env[0] == '1')) {
-        g_pick.prefill = g_pick.matvec = env[0] == '1';
+    if (env && *env) {
+        bool all = !strcmp(env, "1") || !strcmp(env, "both");
+        g_pick.prefill = all || !strcmp(env, "prefill");
+        g_pick.matvec = all || !strcmp(env, "matvec");
         return;
     }
     enum { PD = 128, PN = 1024, PT = 48 };
@@ -404,7 +408,11 @@ static void measure_pick(void) {
         t[0][bf] = time_best(run_matmat, &j);
         t[1][bf] = time_best(run_matvec, &j);
     }
-    g_pick.prefill = t[0][1] < t[0][0];
+    /* The bf16 prefill (x and weights rounded) misses the precision
+     * contract on the quantized fixtures (an argmax flips where the top-2
+     * margin is 0.2% of max|logit|), so it is opt-in until the weights stay
+     * exact there; the decode mat-vec rounds x only and passes them. */
+    g_pick.prefill = false;
     g_pick.matvec = t[1][1] < t[1][0];
 out:
     free(q), free(s), free(b), free(x), free(y);
