@@ -29,6 +29,7 @@
 #include "common.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -414,6 +415,9 @@ static void measure_pick(void) {
      * exact there; the decode mat-vec rounds x only and passes them. */
     g_pick.prefill = false;
     g_pick.matvec = t[1][1] < t[1][0];
+    if (getenv("NMLX_QUANT_PICK_LOG"))
+        fprintf(stderr, "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms; decode f32 %.3g ms bf16 %.3g ms -> matvec %s\n",
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t[1][0], 1e3 * t[1][1], g_pick.matvec ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(x), free(y);
 }
