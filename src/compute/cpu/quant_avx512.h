@@ -75,7 +75,8 @@ static inline void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, in
             const int64_t k = k0 + g * gs + j;
             __m512 v;
             if (bits == 8) {
-                v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
+                v = _mm512_cvtepi32_ps(
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
             } else { /* 8 bytes -> 16 nibbles in element order (low nibble first) */
                 __m128i by = _mm_loadl_epi64((const __m128i *)(q + k / 2));
                 __m128i lo = _mm_and_si128(by, _mm_set1_epi8(15));
@@ -90,27 +91,35 @@ static inline void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, in
 /* 16x16 transpose: out[c * os + r] = in[r * is + c]. */
 static inline void transpose16(const float *in, int64_t is, float *out, int64_t os) {
     __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(in + i * is);
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(in + i * is);
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
     for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
     }
     /* r[4q + j] holds rows 4q..4q+3, column j of each 4-column block (lanes: block, row) */
     for (int j = 0; j < 4; j++) {
-        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88),
+               b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88),
+               d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
         t[j] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column j      */
         t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + j  */
         t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + j  */
         t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + j */
     }
-    for (int i = 0; i < 16; i++) _mm512_storeu_ps(out + i * os, t[i]);
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(out + i * os, t[i]);
 }
 
 #endif

@@ -48,7 +48,8 @@ AVX512_INLINE void bf_tile(int M, const uint16_t *xb, const uint32_t *p, int64_t
                            int64_t ys, const __mmask16 *m) {
     __m512 a[BT][2];
 #pragma GCC unroll 12
-    for (int t = 0; t < M; t++) a[t][0] = _mm512_setzero_ps(), a[t][1] = a[t][0];
+    for (int t = 0; t < M; t++)
+        a[t][0] = _mm512_setzero_ps(), a[t][1] = a[t][0];
     for (int64_t kp = 0; kp < nkp; kp++) {
         const __m512bh w0 = (__m512bh)_mm512_load_si512(p + kp * BR);
         const __m512bh w1 = (__m512bh)_mm512_load_si512(p + kp * BR + 16);
@@ -65,22 +66,24 @@ AVX512_INLINE void bf_tile(int M, const uint16_t *xb, const uint32_t *p, int64_t
     for (int t = 0; t < M; t++)
         for (int v = 0; v < 2; v++) {
             float *yt = y + t * ys + 16 * v;
-            _mm512_mask_storeu_ps(yt, m[v], _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt), a[t][v]));
+            _mm512_mask_storeu_ps(yt, m[v],
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt), a[t][v]));
         }
 }
 
 typedef void (*bf_tile_fn)(const uint16_t *, const uint32_t *, int64_t, float *, int64_t,
                            const __mmask16 *);
-#define BF_TILE_FN(M)                                                                          \
-    static void bf_tile_##M(const uint16_t *xb, const uint32_t *p, int64_t nkp, float *y,      \
-                            int64_t ys, const __mmask16 *m) {                                  \
-        bf_tile(M, xb, p, nkp, y, ys, m);                                                      \
+#define BF_TILE_FN(M)                                                                              \
+    static void bf_tile_##M(const uint16_t *xb, const uint32_t *p, int64_t nkp, float *y,          \
+                            int64_t ys, const __mmask16 *m) {                                      \
+        bf_tile(M, xb, p, nkp, y, ys, m);                                                          \
     }
-BF_TILE_FN(1) BF_TILE_FN(2) BF_TILE_FN(3) BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6)
-BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11) BF_TILE_FN(12)
-static const bf_tile_fn bf_tiles[BT] = {bf_tile_1, bf_tile_2, bf_tile_3,  bf_tile_4,
-                                        bf_tile_5, bf_tile_6, bf_tile_7,  bf_tile_8,
-                                        bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
+BF_TILE_FN(1)
+BF_TILE_FN(2) BF_TILE_FN(3) BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8)
+    BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
+        BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+            bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
+            bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
 /* dst[0..n/2) = bf16 pairs of src[0..n), n % 32 == 0 */
 static inline void to_bf16(const float *src, int64_t n, uint16_t *dst) {
@@ -122,15 +125,18 @@ static void fill_panel_bf16(const nmlx_weight *w, int64_t r0, int nr, int64_t k0
  * while the current one is multiplied. */
 static void prefetch_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                            int64_t part, int64_t parts) {
-    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4, G = w->cols / w->group_size;
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4,
+                  G = w->cols / w->group_size;
     const int64_t seg = nk * w->bits / 8;
     const size_t ses = nmlx_dtype_size(w->scales.dtype);
     for (int64_t r = r0 + nr * part / parts; r < r0 + nr * (part + 1) / parts; r++) {
         const char *q = (const char *)w->w.data + r * row_bytes + k0 * w->bits / 8;
-        for (int64_t o = 0; o < seg; o += 64) _mm_prefetch(q + o, _MM_HINT_T0);
+        for (int64_t o = 0; o < seg; o += 64)
+            _mm_prefetch(q + o, _MM_HINT_T0);
         size_t gi = (size_t)(r * G + k0 / w->group_size) * ses;
         _mm_prefetch((const char *)w->scales.data + gi, _MM_HINT_T0);
-        if (w->mode == NMLX_QUANT_AFFINE) _mm_prefetch((const char *)w->biases.data + gi, _MM_HINT_T0);
+        if (w->mode == NMLX_QUANT_AFFINE)
+            _mm_prefetch((const char *)w->biases.data + gi, _MM_HINT_T0);
     }
 }
 
@@ -143,7 +149,8 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
     for (unsigned c = 0; c < 16; c++)
         lut_f[c] = w->mode == NMLX_QUANT_AFFINE ? (float)c : nmlx_fp4_value(c);
     const __m512 lut = _mm512_loadu_ps(lut_f);
-    for (int64_t t = 0; t < T; t++) memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+    for (int64_t t = 0; t < T; t++)
+        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
     for (int64_t jc = d0; jc < d1; jc += BP * BR) {
         const int64_t nrb = d1 - jc < BP * BR ? d1 - jc : BP * BR;
         const int np = (int)((nrb + BR - 1) / BR);
@@ -155,7 +162,8 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
             }
             /* the next block: the next columns, or the next rows' first */
             int64_t nx_r = jc, nx_k = k0 + BK, nx_nr = nrb;
-            if (nx_k >= N) nx_r = jc + BP * BR, nx_k = 0, nx_nr = d1 - nx_r < BP * BR ? d1 - nx_r : BP * BR;
+            if (nx_k >= N)
+                nx_r = jc + BP * BR, nx_k = 0, nx_nr = d1 - nx_r < BP * BR ? d1 - nx_r : BP * BR;
             const int64_t nx_nk = N - nx_k < BK ? N - nx_k : BK;
             const int64_t parts = ((T + BMC - 1) / BMC) * np;
             int64_t part = 0;
@@ -164,7 +172,8 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
                 for (int64_t t = 0; t < mc; t++) {
                     const float *xr = x + (t0 + t) * N + k0;
                     if (t + 2 < mc)
-                        for (int64_t o = 0; o < nk; o += 16) _mm_prefetch((const char *)(xr + 2 * N + o), _MM_HINT_T0);
+                        for (int64_t o = 0; o < nk; o += 16)
+                            _mm_prefetch((const char *)(xr + 2 * N + o), _MM_HINT_T0);
                     to_bf16(xr, nk, xb + t * BK);
                 }
                 for (int p = 0; p < np; p++, part++) {
@@ -189,6 +198,9 @@ enum { MV_NMAX = 16384, MV_RB = 4 };
 
 /* Linear prefetch distance in bytes ahead of the packed rows being read
  * (the rows of a 4-row block are contiguous). */
+#ifndef NMLX_QBF16_LIN_MAX
+#define NMLX_QBF16_LIN_MAX 1024
+#endif
 #ifndef NMLX_QBF16_PF_BYTES
 #define NMLX_QBF16_PF_BYTES 4096
 #endif
@@ -207,19 +219,24 @@ AVX512_INLINE void mv_rows(int R, int CPG, const uint8_t *const *rows, const cha
     for (int64_t g = 0; g < G; g++) {
         __m512 s[MV_RB];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) s[r] = _mm512_setzero_ps();
+        for (int r = 0; r < R; r++)
+            s[r] = _mm512_setzero_ps();
 #pragma GCC unroll 2
         for (int j = 0; j < CPG; j++) {
             const int64_t c = g * CPG + j; /* 64-code chunk */
-            if (pf_step) /* linear: pf_step bytes per chunk */
-                for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch(pf + c * pf_step + o, _MM_HINT_T0);
+            if (pf_step)                   /* linear: pf_step bytes per chunk */
+                for (int64_t o = 0; o < pf_step; o += 64)
+                    _mm_prefetch(pf + c * pf_step + o, _MM_HINT_T0);
             else /* per row, pf - rows[0] bytes ahead */
-                for (int r = 0; r < R; r++) _mm_prefetch((const char *)rows[r] + (pf - (const char *)rows[0]) + 32 * c, _MM_HINT_T0);
+                for (int r = 0; r < R; r++)
+                    _mm_prefetch((const char *)rows[r] + (pf - (const char *)rows[0]) + 32 * c,
+                                 _MM_HINT_T0);
             const __m512bh xa = (__m512bh)_mm512_loadu_si512(xb + 64 * c);
             const __m512bh xo = (__m512bh)_mm512_loadu_si512(xb + 64 * c + 32);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(rows[r] + 32 * c)));
+                __m512i v =
+                    _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(rows[r] + 32 * c)));
                 __m512i a = _mm512_ternarylogic_epi32(v, lo4, e128, 0xEA); /* (v & 15) | 0x4300 */
                 __m512i b = _mm512_or_si512(_mm512_srli_epi16(v, 4), e128);
                 s[r] = _mm512_dpbf16_ps(s[r], xa, (__m512bh)a);
@@ -227,20 +244,22 @@ AVX512_INLINE void mv_rows(int R, int CPG, const uint8_t *const *rows, const cha
             }
         }
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * G + g]), s[r], acc[r]);
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * G + g]), s[r], acc[r]);
     }
 }
 
 typedef void (*mv_fn)(const uint8_t *const *, const char *, int64_t, const uint16_t *,
                       const float *, int64_t, __m512 *);
-#define MV_FN(R, CPG)                                                                          \
-    static void mv_##R##_##CPG(const uint8_t *const *rows, const char *pf, int64_t pf_step,    \
-                               const uint16_t *xb, const float *sc, int64_t G, __m512 *acc) {  \
-        mv_rows(R, CPG, rows, pf, pf_step, xb, sc, G, acc);                                    \
+#define MV_FN(R, CPG)                                                                              \
+    static void mv_##R##_##CPG(const uint8_t *const *rows, const char *pf, int64_t pf_step,        \
+                               const uint16_t *xb, const float *sc, int64_t G, __m512 *acc) {      \
+        mv_rows(R, CPG, rows, pf, pf_step, xb, sc, G, acc);                                        \
     }
-MV_FN(1, 1) MV_FN(4, 1) MV_FN(1, 2) MV_FN(4, 2)
+MV_FN(1, 1)
+MV_FN(4, 1) MV_FN(1, 2) MV_FN(4, 2)
 
-static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
     __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
     __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
@@ -272,8 +291,9 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
         _mm512_storeu_si512(xb + 64 * c, a);
         _mm512_storeu_si512(xb + 64 * c + 32, b);
         /* bf16 -> f32: the word in the high half of a dword */
-        __m512 s = _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),
-                                 _mm512_castsi512_ps(_mm512_and_si512(a, _mm512_set1_epi32(-65536))));
+        __m512 s =
+            _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),
+                          _mm512_castsi512_ps(_mm512_and_si512(a, _mm512_set1_epi32(-65536))));
         s = _mm512_add_ps(s, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
         s = _mm512_add_ps(s, _mm512_castsi512_ps(_mm512_and_si512(b, _mm512_set1_epi32(-65536))));
         float cs = _mm512_reduce_add_ps(s);
@@ -305,14 +325,15 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
             __m512 a = _mm512_setzero_ps();
             for (int64_t g = 0; g < G; g += 16) {
                 __mmask16 m = first_n(G - g);
-                a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, cb + r * G + g), _mm512_maskz_loadu_ps(m, xs + g), a);
+                a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, cb + r * G + g),
+                                    _mm512_maskz_loadu_ps(m, xs + g), a);
             }
             acc[r] = a;
         }
         /* short rows (<= 1 KiB, too short for the hardware's per-row
          * streams): the block's rows are contiguous, read ahead linearly,
          * R * 32 bytes per 64-code chunk; longer rows: per row, 8 rows ahead */
-        const bool lin = row_bytes <= 1024;
+        const bool lin = row_bytes <= NMLX_QBF16_LIN_MAX;
         const char *pf = (const char *)rows[0] + (lin ? NMLX_QBF16_PF_BYTES : 8 * row_bytes);
         if (R == MV_RB) {
             f4(rows, pf, lin ? R * 32 : 0, xb, sc, G, acc);
@@ -394,15 +415,24 @@ static void measure_pick(void) {
     float *x = malloc((size_t)PT * PN * 4), *y = malloc((size_t)PT * PD * 4);
     if (!q || !s || !b || !x || !y) goto out;
     uint32_t st = 2463534242u;
-    for (int64_t i = 0; i < PD * PN / 8; i++) st ^= st << 13, st ^= st >> 17, st ^= st << 5, q[i] = st;
+    for (int64_t i = 0; i < PD * PN / 8; i++)
+        st ^= st << 13, st ^= st >> 17, st ^= st << 5, q[i] = st;
     for (int64_t i = 0; i < PD * PN / 64; i++)
         s[i] = nmlx_f32_to_bf16(0.01f), b[i] = nmlx_f32_to_bf16(-0.08f);
-    for (int64_t i = 0; i < PT * PN; i++) x[i] = (float)(i % 17) * 0.01f - 0.08f;
-    pick_job j = {.w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {PD, PN / 8}, .data = q},
-                        .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = s},
-                        .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = b},
-                        .mode = NMLX_QUANT_AFFINE, .bits = 4, .group_size = 64, .rows = PD, .cols = PN},
-                  .x = x, .y = y, .T = PT};
+    for (int64_t i = 0; i < PT * PN; i++)
+        x[i] = (float)(i % 17) * 0.01f - 0.08f;
+    pick_job j = {
+        .w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {PD, PN / 8}, .data = q},
+              .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = s},
+              .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = b},
+              .mode = NMLX_QUANT_AFFINE,
+              .bits = 4,
+              .group_size = 64,
+              .rows = PD,
+              .cols = PN},
+        .x = x,
+        .y = y,
+        .T = PT};
     double t[2][2];
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
@@ -416,8 +446,11 @@ static void measure_pick(void) {
     g_pick.prefill = false;
     g_pick.matvec = t[1][1] < t[1][0];
     if (getenv("NMLX_QUANT_PICK_LOG"))
-        fprintf(stderr, "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms; decode f32 %.3g ms bf16 %.3g ms -> matvec %s\n",
-                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t[1][0], 1e3 * t[1][1], g_pick.matvec ? "bf16" : "f32");
+        fprintf(stderr,
+                "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms; decode f32 %.3g ms bf16 %.3g "
+                "ms -> matvec %s\n",
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t[1][0], 1e3 * t[1][1],
+                g_pick.matvec ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(x), free(y);
 }
