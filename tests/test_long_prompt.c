@@ -7,6 +7,7 @@
 #include "nmlx.h"
 
 #include <dirent.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -24,6 +25,20 @@ static int is_longrope(const char *dir) {
     fclose(f);
     buf[n] = '\0';
     return strstr(buf, "long_factor") != NULL;
+}
+
+/* quantized checkpoints: the precision contract (the default may round
+ * activations to bf16 inside quantized matmuls, and which kernel runs
+ * depends on the piece's token count) */
+static bool is_quantized(const char *dir) {
+    char path[2200], buf[1 << 16];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, "\"quantization\"") != NULL;
 }
 
 static void check_dir(const char *dir) {
@@ -64,7 +79,8 @@ static void check_dir(const char *dir) {
             if (fabs(r[i]) > scale) scale = fabs(r[i]);
         }
     }
-    EXPECT(worst <= 1e-4 * scale, "%s: pieces vs one-shot max diff %g (scale %g)", dir, worst,
+    const double tol = is_quantized(dir) ? 2e-2 : 1e-4;
+    EXPECT(worst <= tol * scale, "%s: pieces vs one-shot max diff %g (scale %g)", dir, worst,
            scale);
     printf("%-40s ratio %.2e\n", dir, scale > 0 ? worst / scale : 0.0);
     nmlx_session_free(a);

@@ -6,12 +6,56 @@
  * chunks (quant_avx2.c, quant_avx512.c). */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 #include "harness.h"
 
 #include <string.h>
 
 static const char *isas[] = {"portable", "avx2", "avx512"};
+
+/* Relative error bounds (of sum |w x|): f32 kernels, and kernels that round
+ * x and the dequantized weights to bf16 (2^-9 each: 2^-8 per product). */
+#define TOL_F32 2e-6
+#define TOL_BF16 (1.0 / 256 + 1e-5)
+
+static bool have_avx512(void) {
+    nmlx_backend *be = NULL;
+    if (nmlx_backend_cpu_create_isa(1, "avx512", &be) != NMLX_OK) return false;
+    nmlx_backend_free(be);
+    return true;
+}
+
+static bool have_avx512bf16(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return have_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+/* The avx512 set's bound for T tokens: its bf16 kernels where picked. */
+static double avx512_tol(const nmlx_weight *w, int64_t T) {
+#if defined(__x86_64__)
+    if (!have_avx512bf16()) return TOL_F32;
+    nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
+    if (T >= 16 ? p.prefill : p.matvec && nmlx_avx512bf16_matvec_ok(w)) return TOL_BF16;
+#else
+    (void)w, (void)T;
+#endif
+    return TOL_F32;
+}
+
+/* worst |y - ref| / (mag + 1e-3) over T x D, NaN-safe */
+static double worst_err(const float *y, const double *ref, const double *mag, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs(y[i] - ref[i]) / (mag[i] + 1e-3);
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
+}
 
 /* A quantized [D, N] weight made from random data; frees with free_q. */
 typedef struct {
@@ -140,12 +184,40 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
                     double e = fabs(y[t * D + d] - want) / (mag[t * D + d] + 1e-3);
                     if (!(e <= worst)) worst = e; /* NaN-safe */
                 }
-            EXPECT(worst < 2e-6, "%s %s bits %d g%d %s D%lld N%lld T%lld threads %d: rel err %g",
+            double tol = strcmp(isas[i], "avx512") ? TOL_F32 : avx512_tol(&m.w, T);
+            EXPECT(worst < tol, "%s %s bits %d g%d %s D%lld N%lld T%lld threads %d: rel err %g",
                    isas[i], nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt),
                    (long long)D, (long long)N, (long long)T, nth, worst);
             nmlx_backend_free(be);
         }
     }
+#if defined(__x86_64__)
+    /* the avx512 set's f32 and bf16 kernels by name, whatever the pick, on
+     * row ranges that start inside the matrix */
+    const int64_t r0 = D > 5 ? 3 : 0;
+    for (int v = 0; v < 4 && have_avx512(); v++) {
+        bool bf = v >= 2, vec = v % 2 == 1;
+        if (bf && !have_avx512bf16()) break;
+        if (vec && T != 1) continue;
+        if (bf && vec && !nmlx_avx512bf16_matvec_ok(&m.w)) continue;
+        if (bf && !vec && N % 32) continue;
+        for (int64_t j = 0; j < T * D; j++) y[j] = NAN;
+        if (vec)
+            (bf ? nmlx_avx512bf16_quant_matvec : nmlx_avx512f32_quant_matvec)(&m.w, x, y, r0, D);
+        else
+            (bf ? nmlx_avx512bf16_quant_matmat : nmlx_avx512f32_quant_matmat)(&m.w, x, y, T, r0, D);
+        double worst = 0;
+        for (int64_t t = 0; t < T; t++) {
+            double e = worst_err(y + t * D + r0, ref + t * D + r0, mag + t * D + r0, D - r0);
+            if (!(e <= worst)) worst = e;
+        }
+        EXPECT(worst < (bf ? TOL_BF16 : TOL_F32),
+               "avx512 %s %s %s bits %d g%d %s D%lld N%lld T%lld rows %lld..: rel err %g",
+               bf ? "bf16" : "f32", vec ? "matvec" : "matmat", nmlx_quant_mode_name(mode), bits,
+               gs, nmlx_dtype_name(sdt), (long long)D, (long long)N, (long long)T,
+               (long long)r0, worst);
+    }
+#endif
     free(x), free(y), free(row), free(ref), free(mag);
     free_q(&m);
 }
@@ -169,7 +241,8 @@ static void test_e8m0_range(void) {
             nmlx_quant_dequant_row(&m.w, d, 0, 32 * 24, row);
             double s = 0, a = 0;
             for (int k = 0; k < 32 * 24; k++) s += (double)row[k] * x[k], a += fabs((double)row[k] * x[k]);
-            EXPECT(fabs(y[d] - s) <= 2e-6 * a + 1e-37, "%s e8m0 row %d: %g vs %g", isas[i], d, y[d], s);
+            double tol = strcmp(isas[i], "avx512") ? TOL_F32 : avx512_tol(&m.w, 1);
+            EXPECT(fabs(y[d] - s) <= tol * a + 1e-37, "%s e8m0 row %d: %g vs %g", isas[i], d, y[d], s);
         }
         nmlx_backend_free(be);
     }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `nmlx logits` on every fixture: the file is [T, vocab] float32 and matches
 # the transformers reference logits.bin (float32: max |diff| <= 1e-4 x
-# max |ref|; bf16: same argmax in every row). Failures leave no file behind
+# max |ref|; quantized: the precision contract, <= 2e-2 x max |ref|, as the
+# default may round activations to bf16 inside quantized matmuls; all: same
+# argmax in every row). Failures leave no file behind
 # and never touch an existing output file.
 source "$(dirname "$0")/lib.sh"
 need_tools || { finish; exit; }
@@ -23,7 +25,8 @@ for (let i = 0; i < ref.length; i++) {
 const argmax = (a, r) => { let k = 0; for (let v = 1; v < V; v++) if (a[r * V + v] > a[r * V + k]) k = v; return k; };
 for (let r = 0; r < ref.length / V; r++)
   if (argmax(out, r) !== argmax(ref, r)) { console.log(`row ${r}: argmax ${argmax(out, r)} != ${argmax(ref, r)}`); process.exit(); }
-if (dtype === "float32" && maxDiff > 1e-4 * maxRef) console.log(`max |diff| ${maxDiff} > 1e-4 x ${maxRef}`);
+const tol = dtype === "quantized" ? 2e-2 : 1e-4;
+if (dtype !== "bfloat16" && maxDiff > tol * maxRef) console.log(`max |diff| ${maxDiff} > ${tol} x ${maxRef}`);
 ' "$1" "$2" "$3" "$4"
 }
 
@@ -35,6 +38,7 @@ for dir in $(fixture_dirs); do
     T="$(json "$dir/expected.json" j.prompt_ids.length)"
     V="$(json "$dir/expected.json" j.vocab_size)"
     dtype="$(json "$dir/expected.json" j.dtype)"
+    [ "$(json "$dir/expected.json" '!!j.quantization')" = true ] && dtype=quantized
     mkdir -p "$TMP/$name"
     out="$TMP/$name/logits.bin"
     expect_ok logits -m "$dir" --ids "$ids" -o "$out" || continue

@@ -19,59 +19,22 @@
  *
  * Prefill (T >= FEW_TOKENS): dequantized k-major panels reused by register
  * tiles of tokens (see below); fewer tokens: the mat-vec per token. */
-#include "compute/cpu/cpu_internal.h"
-#include "compute/quant.h"
-
-#include <immintrin.h>
-#include <string.h>
-
-#define AVX512_INLINE static inline __attribute__((always_inline))
+#include "compute/cpu/quant_avx512.h"
 
 enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass, rows per pass */
 
 /* Prefetch distance in rows: while a block of rows is summed, the same
  * columns of the rows PF_ROWS further on (and their scales/biases) are
  * requested, so one thread keeps enough misses in flight. */
+#ifndef NMLX_QMATVEC_PF_BYTES
+#define NMLX_QMATVEC_PF_BYTES 4096
+#endif
 #ifndef NMLX_QMATVEC_PF_ROWS
 #define NMLX_QMATVEC_PF_ROWS 8
 #endif
 
-void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                              int64_t d1);
-void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
-                                   int64_t d0, int64_t d1);
 
-static inline __mmask16 first_n(int64_t n) {
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-}
 
-/* dst[0..n) = f32 of elements [i0, i0+n) of a scale/bias buffer: F32, F16,
- * BF16, or U8 E8M0 (2^(e-127); e = 0 decodes as 2^-127, e = 255 as inf). */
-static void load_f32s(nmlx_dtype dt, const void *p, size_t i0, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = first_n(n - i);
-        __m512 v;
-        switch (dt) {
-        case NMLX_DT_BF16:
-            v = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i)),
-                16));
-            break;
-        case NMLX_DT_F16:
-            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i));
-            break;
-        case NMLX_DT_U8: {
-            __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i0 + i));
-            __m512i bitsv = _mm512_slli_epi32(e, 23);
-            __mmask16 z = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
-            v = _mm512_castsi512_ps(_mm512_mask_mov_epi32(bitsv, z, _mm512_set1_epi32(0x00400000)));
-            break;
-        }
-        default: v = _mm512_maskz_loadu_ps(m, (const float *)p + i0 + i); break;
-        }
-        _mm512_mask_storeu_ps(dst + i, m, v);
-    }
-}
 
 /* lanes summing to a . b (n elements) */
 static __m512 dot_lanes(const float *a, const float *b, int64_t n) {
@@ -96,7 +59,7 @@ static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
 /* out[r] = sum_g sc[r][g] * (q[r, g, :] . x[g, :]) over ng groups of GS, for
  * R rows of BITS-bit codes starting at rows[r]; xp is x in planar order for
  * 4 bits, plain for 8. */
-AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, int64_t pf,
+AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, bool lin, int64_t pf,
                             const float *xp, const float *sc, int64_t ng, __m512 lut,
                             __m512 *acc) {
     for (int64_t g = 0; g < ng; g++) {
@@ -104,7 +67,9 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             ga[r] = _mm512_setzero_ps(), gb[r] = ga[r];
-            _mm_prefetch((const char *)rows[r] + g * GS * BITS / 8 + pf, _MM_HINT_T0);
+            _mm_prefetch(lin ? (const char *)rows[0] + pf + (g * R + r) * (GS * BITS / 8)
+                             : (const char *)rows[r] + g * GS * BITS / 8 + pf,
+                         _MM_HINT_T0);
         }
         if (BITS == 4) {
 #pragma GCC unroll 4
@@ -149,12 +114,13 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
     }
 }
 
-typedef void (*rows_fn)(const uint8_t *const *, int64_t, const float *, const float *, int64_t,
+typedef void (*rows_fn)(const uint8_t *const *, bool, int64_t, const float *, const float *, int64_t,
                         __m512, __m512 *);
 #define ROWS_FN(R, BITS, GS)                                                                   \
-    static void rows_##R##_##BITS##_##GS(const uint8_t *const *rows, int64_t pf, const float *xp, \
+    static void rows_##R##_##BITS##_##GS(const uint8_t *const *rows, bool lin, int64_t pf,      \
+                                         const float *xp,                                      \
                                          const float *sc, int64_t ng, __m512 lut, __m512 *acc) { \
-        rows_dot(R, BITS, GS, rows, pf, xp, sc, ng, lut, acc);                                 \
+        rows_dot(R, BITS, GS, rows, lin, pf, xp, sc, ng, lut, acc);                                 \
     }
 ROWS_FN(4, 4, 32) ROWS_FN(4, 4, 64) ROWS_FN(4, 4, 128)
 ROWS_FN(1, 4, 32) ROWS_FN(1, 4, 64) ROWS_FN(1, 4, 128)
@@ -178,14 +144,9 @@ static void planar(const float *x, int64_t n, float *xp) {
     }
 }
 
-static bool fast_weight(const nmlx_weight *w) {
-    if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && w->group_size == 32;
-    return w->mode == NMLX_QUANT_AFFINE && (w->bits == 4 || w->bits == 8) &&
-           (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
-}
 
-void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                              int64_t d1) {
+void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                                 int64_t d1) {
     if (!fast_weight(w)) {
         nmlx_avx2_quant_matvec(w, x, y, d0, d1);
         return;
@@ -243,7 +204,12 @@ void nmlx_avx512_quant_matvec(const nmlx_weight *w, const float *x, float *y, in
                 /* the bias half, folded into the accumulator */
                 acc[r] = affine ? dot_lanes(bi + r * ng, xsum, ng) : _mm512_setzero_ps();
             }
-            fns[R == RB](rows, pf, xv, sc, ng, lut, acc);
+            /* short whole rows (<= 1 KiB: too short for the hardware's
+             * per-row streams): the block's rows are contiguous, so read
+             * ahead linearly, NMLX_QMATVEC_PF_BYTES; longer rows: per row,
+             * PF_ROWS rows ahead (bench_quant: each the faster there) */
+            const bool lin = ng == G && row_bytes <= 1024;
+            fns[R == RB](rows, lin, lin ? NMLX_QMATVEC_PF_BYTES : pf, xv, sc, ng, lut, acc);
             if (R == RB) {
                 __m128 s4 = _mm_add_ps(hsum4x16(acc[0], acc[1], acc[2], acc[3]), _mm_loadu_ps(y + d));
                 _mm_storeu_ps(y + d, s4);
@@ -310,63 +276,7 @@ PANEL_FN(7) PANEL_FN(8) PANEL_FN(9) PANEL_FN(10) PANEL_FN(11) PANEL_FN(12)
 static const panel_fn panel_fns[12] = {panel_1, panel_2, panel_3, panel_4,  panel_5,  panel_6,
                                        panel_7, panel_8, panel_9, panel_10, panel_11, panel_12};
 
-/* dst[0..nk) = W[row, k0..k0+nk) for fast_weight() weights; k0 and nk are
- * multiples of the group size. */
-static void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, int64_t nk, __m512 lut,
-                        float *dst) {
-    const int gs = w->group_size, bits = w->bits;
-    const int64_t G = w->cols / gs;
-    const uint8_t *q = (const uint8_t *)w->w.data + row * nmlx_quant_row_words(w->cols, bits) * 4;
-    float s[PK / 32], b[PK / 32];
-    const int64_t ng = nk / gs, g0 = row * G + k0 / gs;
-    load_f32s(w->scales.dtype, w->scales.data, (size_t)g0, ng, s);
-    if (w->mode == NMLX_QUANT_AFFINE)
-        load_f32s(w->biases.dtype, w->biases.data, (size_t)g0, ng, b);
-    else
-        memset(b, 0, sizeof b);
-    for (int64_t g = 0; g < ng; g++) {
-        const __m512 sv = _mm512_set1_ps(s[g]), bv = _mm512_set1_ps(b[g]);
-        for (int j = 0; j < gs; j += 16) {
-            const int64_t k = k0 + g * gs + j;
-            __m512 v;
-            if (bits == 8) {
-                v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
-            } else { /* 8 bytes -> 16 nibbles in element order (low nibble first) */
-                __m128i by = _mm_loadl_epi64((const __m128i *)(q + k / 2));
-                __m128i lo = _mm_and_si128(by, _mm_set1_epi8(15));
-                __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), _mm_set1_epi8(15));
-                v = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), lut);
-            }
-            _mm512_storeu_ps(dst + g * gs + j, _mm512_fmadd_ps(v, sv, bv));
-        }
-    }
-}
 
-/* 16x16 transpose: out[c * os + r] = in[r * is + c]. */
-static void transpose16(const float *in, int64_t is, float *out, int64_t os) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(in + i * is);
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    }
-    /* r[4q + j] holds rows 4q..4q+3, column j of each 4-column block (lanes: block, row) */
-    for (int j = 0; j < 4; j++) {
-        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column j      */
-        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + j  */
-        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + j  */
-        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + j */
-    }
-    for (int i = 0; i < 16; i++) _mm512_storeu_ps(out + i * os, t[i]);
-}
 
 /* panel[k][r] = W[r0 + r, k0 + k] for r < nr, 0 for nr <= r < PR. */
 static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk,
@@ -399,8 +309,8 @@ static void prefetch_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0,
     }
 }
 
-static void quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
-                         int64_t d1) {
+void nmlx_avx512f32_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                 int64_t d0, int64_t d1) {
     const int64_t N = w->cols, D = w->rows;
     float panel[PK * PR] __attribute__((aligned(64)));
     float lut_f[16];
@@ -431,8 +341,20 @@ static void quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t
 
 void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                    int64_t d0, int64_t d1) {
+    const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
     if (T >= FEW_TOKENS) {
-        quant_matmat(w, x, y, T, d0, d1);
+        if (pick.prefill && w->cols % 32 == 0)
+            nmlx_avx512bf16_quant_matmat(w, x, y, T, d0, d1);
+        else
+            nmlx_avx512f32_quant_matmat(w, x, y, T, d0, d1);
+        return;
+    }
+    const bool bf = pick.matvec && nmlx_avx512bf16_matvec_ok(w);
+    if (T == 1) { /* decode: one pass over the rows */
+        if (bf)
+            nmlx_avx512bf16_quant_matvec(w, x, y, d0, d1);
+        else
+            nmlx_avx512f32_quant_matvec(w, x, y, d0, d1);
         return;
     }
     /* few tokens (short prompts, MoE experts): a panel would be dequantized
@@ -440,7 +362,11 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
      * enough that the block's packed rows stay in cache across tokens */
     for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
         const int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
-        for (int64_t t = 0; t < T; t++)
-            nmlx_avx512_quant_matvec(w, x + t * w->cols, y + t * w->rows, b0, b1);
+        for (int64_t t = 0; t < T; t++) {
+            if (bf)
+                nmlx_avx512bf16_quant_matvec(w, x + t * w->cols, y + t * w->rows, b0, b1);
+            else
+                nmlx_avx512f32_quant_matvec(w, x + t * w->cols, y + t * w->rows, b0, b1);
+        }
     }
 }

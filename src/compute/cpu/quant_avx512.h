@@ -1,0 +1,125 @@
+/* Helpers shared by the AVX-512 quantized kernels (quant_avx512.c, the f32
+ * set, and quant_bf16_avx512.c, the AVX512_BF16 set). Included only by
+ * files compiled for AVX-512; everything here is static inline. */
+#ifndef NMLX_QUANT_AVX512_H
+#define NMLX_QUANT_AVX512_H
+
+#include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
+#include "compute/quant.h"
+
+#include <immintrin.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define AVX512_INLINE static inline __attribute__((always_inline))
+
+static inline __mmask16 first_n(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* dst[0..n) = f32 of elements [i0, i0+n) of a scale/bias buffer: F32, F16,
+ * BF16, or U8 E8M0 (2^(e-127); e = 0 decodes as 2^-127, e = 255 as inf). */
+static inline void load_f32s(nmlx_dtype dt, const void *p, size_t i0, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = first_n(n - i);
+        __m512 v;
+        switch (dt) {
+        case NMLX_DT_BF16:
+            v = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i)),
+                16));
+            break;
+        case NMLX_DT_F16:
+            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i));
+            break;
+        case NMLX_DT_U8: {
+            __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i0 + i));
+            __m512i bitsv = _mm512_slli_epi32(e, 23);
+            __mmask16 z = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
+            v = _mm512_castsi512_ps(_mm512_mask_mov_epi32(bitsv, z, _mm512_set1_epi32(0x00400000)));
+            break;
+        }
+        default: v = _mm512_maskz_loadu_ps(m, (const float *)p + i0 + i); break;
+        }
+        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
+static inline bool fast_weight(const nmlx_weight *w) {
+    if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && w->group_size == 32;
+    return w->mode == NMLX_QUANT_AFFINE && (w->bits == 4 || w->bits == 8) &&
+           (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
+}
+
+/* the longest segment dequant_seg takes */
+enum { QSEG_MAX = 256 };
+
+/* dst[0..nk) = W[row, k0..k0+nk) for fast_weight() weights; k0 and nk are
+ * multiples of the group size. */
+static inline void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, int64_t nk,
+                               __m512 lut, float *dst) {
+    const int gs = w->group_size, bits = w->bits;
+    const int64_t G = w->cols / gs;
+    const uint8_t *q = (const uint8_t *)w->w.data + row * nmlx_quant_row_words(w->cols, bits) * 4;
+    float s[QSEG_MAX / 32], b[QSEG_MAX / 32];
+    const int64_t ng = nk / gs, g0 = row * G + k0 / gs;
+    load_f32s(w->scales.dtype, w->scales.data, (size_t)g0, ng, s);
+    if (w->mode == NMLX_QUANT_AFFINE)
+        load_f32s(w->biases.dtype, w->biases.data, (size_t)g0, ng, b);
+    else
+        memset(b, 0, sizeof b);
+    for (int64_t g = 0; g < ng; g++) {
+        const __m512 sv = _mm512_set1_ps(s[g]), bv = _mm512_set1_ps(b[g]);
+        for (int j = 0; j < gs; j += 16) {
+            const int64_t k = k0 + g * gs + j;
+            __m512 v;
+            if (bits == 8) {
+                v = _mm512_cvtepi32_ps(
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
+            } else { /* 8 bytes -> 16 nibbles in element order (low nibble first) */
+                __m128i by = _mm_loadl_epi64((const __m128i *)(q + k / 2));
+                __m128i lo = _mm_and_si128(by, _mm_set1_epi8(15));
+                __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), _mm_set1_epi8(15));
+                v = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), lut);
+            }
+            _mm512_storeu_ps(dst + g * gs + j, _mm512_fmadd_ps(v, sv, bv));
+        }
+    }
+}
+
+/* 16x16 transpose: out[c * os + r] = in[r * is + c]. */
+static inline void transpose16(const float *in, int64_t is, float *out, int64_t os) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(in + i * is);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4q + j] holds rows 4q..4q+3, column j of each 4-column block (lanes: block, row) */
+    for (int j = 0; j < 4; j++) {
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88),
+               b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88),
+               d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column j      */
+        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + j  */
+        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + j  */
+        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + j */
+    }
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(out + i * os, t[i]);
+}
+
+#endif
