@@ -64,7 +64,12 @@ static void check_dir(const char *dir) {
             if (fabs(r[i]) > scale) scale = fabs(r[i]);
         }
     }
-    EXPECT(worst <= 1e-4 * scale, "%s: pieces vs one-shot max diff %g (scale %g)", dir, worst,
+    /* bf16 checkpoints are under the bf16 precision contract: the decode
+     * mat-vec may round activations to bf16 (avx512bf16 set) where prefill
+     * keeps them f32, so 1-token pieces and one-shot rows differ by up to
+     * the contract's 2e-2 of max|logit|; f32 checkpoints agree to 1e-4. */
+    double tol = strstr(dir, "bf16") && !strstr(dir, "/quant_") ? 2e-2 : 1e-4;
+    EXPECT(worst <= tol * scale, "%s: pieces vs one-shot max diff %g (scale %g)", dir, worst,
            scale);
     printf("%-40s ratio %.2e\n", dir, scale > 0 ? worst / scale : 0.0);
     nmlx_session_free(a);
