@@ -21,7 +21,8 @@
 # parallel) under /dev/shm; runs nmlx's kernel tests (every fast path against
 # the portable kernels); the read-bandwidth ceiling (membw, 2 pinned
 # threads); the six cells (p512 / n128, 2 threads, engines alternating);
-# then 4-bit decode at 1, 2 and 8 threads for both engines. No benchmark
+# then 4-bit decode at 1, 2 and 8 threads for both engines; then, if time
+# is left, bench_kernels' bf16 mat-vec variants (into log.txt). No benchmark
 # starts after `deadline` seconds. $OUT gets: cpu_peer.jsonl (the lines
 # bench/cpu_peer_summary.py reads), summary.md, env.txt, log.txt.
 set -u
@@ -166,6 +167,14 @@ for c in "${cells[2]}" "${cells[5]}"; do
     run_pair "decode-only $label" "$model" "$fmt" "$extra" "$quant" $t $cpus 16 64 0
   done
 done
+
+# 7. if time is left: the bf16 mat-vec variants on this CPU (does the row
+# grouping / prefetch choice matter here? bench/cpu_decode.md), 1 pinned thread
+if [ "$(el)" -lt "$DEADLINE" ] && [ -f "$B/libnmlx.a" ]; then
+  gcc -std=c11 -O2 -I"$HERE/include" -I"$HERE/src" "$HERE/bench/bench_kernels.c" "$B/libnmlx.a" \
+    $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o "$W/bench_kernels" 2>> "$LOG" &&
+    BENCH_MMAP=1 timeout "$(left)" taskset -c 0 "$W/bench_kernels" 0.1 variants 1 >> "$LOG" 2>&1
+fi
 
 python3 "$HERE/bench/cpu_peer_summary.py" "$RES" > "$OUT/summary.md" 2>> "$LOG"
 cat "$OUT/summary.md"
