@@ -7,9 +7,13 @@
  * core keeps more DRAM lines in flight than the AVX2 widen-and-FMA loop.
  * This is the precision contract for bf16 checkpoints (activations rounded
  * to bf16 inside the matmul, as MLX does); f32 and f16 weights never come
- * here. Rows are streamed R at a time (R in {2, 4, 6, 8}), each prefetched
- * PF bytes ahead; cpu_backend.c measures the variants once per machine and
- * keeps the fastest (see matvec_tune.c).
+ * here. Rows are streamed R at a time (R in {2, 4, 6, 8}) with one of
+ * three prefetch schemes (none, PF bytes ahead in the row, or the same
+ * columns one or two row groups ahead into L2). All variants give
+ * bit-identical results (each row accumulates in the same order); the
+ * default r8ng was the fastest or tied on Zen 4 (bench/cpu_decode.md),
+ * NMLX_BF16_MATVEC=<name> picks another, `bench_kernels S variants` times
+ * them all on the machine at hand.
  *
  * Compiled with -mavx512f/bw/vl/bf16; only called after a cpuid check. */
 #include "compute/cpu/cpu_internal.h"
@@ -94,20 +98,21 @@ static inline __attribute__((always_inline)) void rows_R(int R, int64_t pf, cons
     }
 #define NG (-1)  /* next-group prefetch */
 #define NG2 (-2) /* two groups ahead */
-VARIANT(2, 0)
-VARIANT(2, 1024) VARIANT(2, NG) VARIANT(2, NG2) VARIANT(4, 0) VARIANT(4, 1024) VARIANT(4, NG)
-    VARIANT(4, NG2) VARIANT(6, 0) VARIANT(6, 1024) VARIANT(6, NG) VARIANT(6, NG2) VARIANT(8, 0)
-        VARIANT(8, 1024) VARIANT(8, NG) VARIANT(8, NG2)
+/* clang-format off */
+VARIANT(2, 0) VARIANT(2, 1024) VARIANT(2, NG) VARIANT(2, NG2)
+VARIANT(4, 0) VARIANT(4, 1024) VARIANT(4, NG) VARIANT(4, NG2)
+VARIANT(6, 0) VARIANT(6, 1024) VARIANT(6, NG) VARIANT(6, NG2)
+VARIANT(8, 0) VARIANT(8, 1024) VARIANT(8, NG) VARIANT(8, NG2)
 
-            typedef void (*mv_fn)(const uint16_t *, int64_t, const uint16_t *, float *, int64_t,
-                                  int64_t);
+typedef void (*mv_fn)(const uint16_t *, int64_t, const uint16_t *, float *, int64_t, int64_t);
+/* clang-format on */
 #define V(R, PF, NAME)                                                                             \
     { mv_##R##_##PF, NAME }
 static const struct {
     mv_fn fn;
     const char *name;
 } variants[] = {
-    V(8, NG, "r8ng"), /* first = the default before tuning */
+    V(8, NG, "r8ng"), /* first = the default */
     V(2, 0, "r2pf0"), V(2, 1024, "r2pf1024"), V(2, NG, "r2ng"),   V(2, NG2, "r2ng2"),
     V(4, 0, "r4pf0"), V(4, 1024, "r4pf1024"), V(4, NG, "r4ng"),   V(4, NG2, "r4ng2"),
     V(6, 0, "r6pf0"), V(6, 1024, "r6pf1024"), V(6, NG, "r6ng"),   V(6, NG2, "r6ng2"),
