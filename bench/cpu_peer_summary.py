@@ -7,7 +7,8 @@ the peak RSS of both.
 Input: JSON lines {"cell": ..., "engine": "nmlx"|"peer", "pass": i,
 "result": RAW} where RAW is one `nmlx bench` line, one bench_peer.mjs line
 (pp512/tg128/peak_rss_mb), or {"llama_bench": [llama-bench jsonl records],
-"peak_rss_mb": x}. Lines {"membw": ...} and {"cpu": ...} are echoed.
+"peak_rss_mb": x}. Lines without "cell" ({"cpu": ...}, {"membw": ...}) are
+echoed.
 
 usage: cpu_peer_summary.py RESULTS.jsonl [more.jsonl ...]
 """
@@ -54,10 +55,8 @@ def main():
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "cpu" in r or "membw" in r:
+            if "cell" not in r:  # cpu, membw ... lines
                 print(json.dumps(r))
-                continue
-            if "cell" not in r:
                 continue
             key = (r["cell"], r.get("threads", 2))
             if key not in runs:
