@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static double budget = 0.4; /* seconds per measurement */
 
@@ -91,6 +93,28 @@ __attribute__((target("avx512f"))) static double fma512_peak_1thread(void) {
 
 /* ---- weights ---- */
 
+/* BENCH_MMAP=1: weights in a file mapping (4 KiB page-cache pages, as a
+ * mmapped checkpoint) instead of malloc (anonymous, transparent huge pages
+ * where the kernel gives them). */
+static void *map_file_copy(const void *src, size_t bytes) {
+    char path[] = "/tmp/nmlx-bench-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return NULL;
+    unlink(path);
+    if (write(fd, src, bytes) != (ssize_t)bytes) {
+        close(fd);
+        return NULL;
+    }
+    void *m = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    return m == MAP_FAILED ? NULL : m;
+}
+
+static void free_weights(void *p, size_t bytes) {
+    if (getenv("BENCH_MMAP")) munmap(p, bytes);
+    else free(p);
+}
+
 static void *rand_weights(nmlx_dtype dt, int64_t n) {
     size_t es = nmlx_dtype_size(dt);
     char *p = malloc((size_t)n * es);
@@ -100,6 +124,15 @@ static void *rand_weights(nmlx_dtype dt, int64_t n) {
         float f = (float)((s >> 40) * (1.0 / 16777216.0)) - 0.5f;
         if (dt == NMLX_DT_F32) ((float *)p)[i] = f;
         else ((uint16_t *)p)[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(f) : nmlx_f32_to_f16(f);
+    }
+    if (getenv("BENCH_MMAP")) {
+        void *m = map_file_copy(p, (size_t)n * es);
+        free(p);
+        if (!m) {
+            fprintf(stderr, "BENCH_MMAP: cannot map a file copy\n");
+            exit(1);
+        }
+        p = m;
     }
     return p;
 }
@@ -128,7 +161,7 @@ static double bench_matvec(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N
         double gbs = (double)wbytes * (double)calls / dt_s / 1e9;
         if (gbs > best) best = gbs;
     }
-    for (int c = 0; c < copies; c++) free(ws[c].w.data);
+    for (int c = 0; c < copies; c++) free_weights(ws[c].w.data, wbytes);
     free(ws), free(x), free(y);
     return best;
 }
@@ -150,16 +183,66 @@ static double bench_matmat(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N
         double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
         if (gf > best) best = gf;
     }
-    free(w.w.data), free(x), free(y);
+    free_weights(w.w.data, (size_t)(D * N) * nmlx_dtype_size(dt));
+    free(x), free(y);
     return best;
 }
 
-/* usage: bench_kernels [seconds-per-measurement] [matvec|matmat] [isa] */
+#if NMLX_CPU_HAVE_AVX2
+/* Every bf16 mat-vec variant of the avx512bf16 set against the avx512 set's
+ * widening mat-vec, rounds interleaved so machine noise hits all alike;
+ * best of the rounds, GB/s of weights. */
+static void bench_bf16_variants(int nth) {
+    nmlx_backend *be = NULL, *ref = NULL;
+    if (nmlx_backend_cpu_create_isa(nth, "avx512bf16", &be) != NMLX_OK ||
+        nmlx_backend_cpu_create_isa(nth, "avx512", &ref) != NMLX_OK) {
+        printf("avx512bf16 not available here\n");
+        nmlx_backend_free(be);
+        return;
+    }
+    cpu_impl *impl = be->impl;
+    const int64_t shapes[][2] = {{3072, 1024}, {1024, 3072}, {2048, 8192}, {151936, 1024}};
+    const int nv = nmlx_avx512bf16_matvec_variants();
+    double best[64][4] = {{0}}, best_ref[4] = {0};
+    for (int round = 0; round < 3; round++)
+        for (int s = 0; s < 4; s++) {
+            double g = bench_matvec(ref, NMLX_DT_BF16, shapes[s][0], shapes[s][1]);
+            if (g > best_ref[s]) best_ref[s] = g;
+            for (int v = 0; v < nv && v < 64; v++) {
+                impl->own.matvec_bf16_variant = v;
+                g = bench_matvec(be, NMLX_DT_BF16, shapes[s][0], shapes[s][1]);
+                if (g > best[v][s]) best[v][s] = g;
+            }
+        }
+    printf("bf16 mat-vec variants, %d thread(s), GB/s (best of 3 interleaved rounds)\n", nth);
+    printf("%-12s", "variant");
+    for (int s = 0; s < 4; s++) printf("  %6lldx%-5lld", (long long)shapes[s][0], (long long)shapes[s][1]);
+    printf("\n%-12s", "avx512 widen");
+    for (int s = 0; s < 4; s++) printf("  %12.1f", best_ref[s]);
+    printf("\n");
+    for (int v = 0; v < nv && v < 64; v++) {
+        printf("%-12s", nmlx_avx512bf16_matvec_name(v));
+        for (int s = 0; s < 4; s++) printf("  %12.1f", best[v][s]);
+        printf("\n");
+    }
+    nmlx_backend_free(be);
+    nmlx_backend_free(ref);
+}
+#endif
+
+/* usage: bench_kernels [seconds-per-measurement] [matvec|matmat] [isa] [dtype] */
 int main(int argc, char **argv) {
     if (argc > 1) budget = atof(argv[1]);
     const char *only = argc > 2 ? argv[2] : "";
+#if NMLX_CPU_HAVE_AVX2
+    if (!strcmp(only, "variants")) { /* bench_kernels S variants [threads] */
+        bench_bf16_variants(argc > 3 ? atoi(argv[3]) : 1);
+        return 0;
+    }
+#endif
     const char *only_isa = argc > 3 ? argv[3] : "";
-    const char *isas[] = {"portable", "avx2", "avx512"};
+    const char *only_dt = argc > 4 ? argv[4] : ""; /* e.g. BF16 */
+    const char *isas[] = {"portable", "avx2", "avx512", "avx512bf16"};
     const int64_t shapes[][2] = {{1024, 1024}, {3072, 1024}, {1024, 3072}, {151936, 1024}};
     const nmlx_dtype dts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
     nmlx_backend *probe = NULL;
@@ -181,11 +264,12 @@ int main(int argc, char **argv) {
     printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
     for (int s = 0; s < 4; s++) printf("  %6lldx%-5lld      ", (long long)shapes[s][0], (long long)shapes[s][1]);
     printf("\n");
-    for (int i = 0; i < 3 && strcmp(only, "matmat"); i++)
+    for (int i = 0; i < 4 && strcmp(only, "matmat"); i++)
         for (int d = 0; d < 3; d++)
             for (int nth = 1; nth <= 2; nth++) {
                 nmlx_backend *be = NULL;
                 if (*only_isa && strcmp(only_isa, isas[i])) continue;
+                if (*only_dt && strcmp(only_dt, nmlx_dtype_name(dts[d]))) continue;
                 if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
                 printf("%-9s %-5s %-4d", isas[i], nmlx_dtype_name(dts[d]), nth);
                 for (int s = 0; s < 4; s++) {
@@ -202,11 +286,12 @@ int main(int argc, char **argv) {
     printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
     for (int s = 0; s < 3; s++) printf("  %6lldx%-5lld       ", (long long)shapes[s][0], (long long)shapes[s][1]);
     printf("\n");
-    for (int i = 0; i < 3 && strcmp(only, "matvec"); i++)
+    for (int i = 0; i < 4 && strcmp(only, "matvec"); i++)
         for (int d = 0; d < 3; d++)
             for (int nth = 1; nth <= 2; nth++) {
                 nmlx_backend *be = NULL;
                 if (*only_isa && strcmp(only_isa, isas[i])) continue;
+                if (*only_dt && strcmp(only_dt, nmlx_dtype_name(dts[d]))) continue;
                 if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
                 printf("%-9s %-5s %-4d", isas[i], nmlx_dtype_name(dts[d]), nth);
                 for (int s = 0; s < 3; s++) {

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+enum { RELEASE_BYTES = 8 << 20 };
+
 static bool is_float(nmlx_dtype dt) {
     return dt == NMLX_DT_F32 || dt == NMLX_DT_F16 || dt == NMLX_DT_BF16;
 }
@@ -277,11 +279,20 @@ nmlx_status nmlx_quantize_weights_fd_progress(
         row = nmlx_malloc((size_t)C * sizeof(float));
         CHECK(q && sc && bi && row, NMLX_ERR_NOMEM, "%s: out of memory quantizing '%s'", label,
               t->name);
-        size_t es = nmlx_dtype_size(t->dtype);
+        size_t es = nmlx_dtype_size(t->dtype), done = 0;
+        const char *src = t->data;
         for (int64_t r = 0; r < R; r++) { /* a stacked expert's rows follow the previous one's */
-            nmlx_to_f32(t->dtype, (const char *)t->data + (size_t)(r * C) * es, row, (size_t)C);
+            nmlx_to_f32(t->dtype, src + (size_t)(r * C) * es, row, (size_t)C);
             nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, tb, tgs, row, C, q + r * W,
                                     sc + (size_t)(r * G) * ses, bi + (size_t)(r * G) * ses, odt);
+            /* the source rows are read once: drop them from RSS as we go
+             * (every RELEASE_BYTES), so the float checkpoint and its
+             * quantized copy are never both resident */
+            size_t upto = (size_t)((r + 1) * C) * es;
+            if (!t->buf && (upto - done >= RELEASE_BYTES || r + 1 == R)) {
+                nmlx_weights_release(ws, src + done, upto - done);
+                done = upto;
+            }
         }
         nmlx_free(t->buf); /* a rebuilt float stack is not written */
         t->buf = NULL;

@@ -14,7 +14,9 @@
  * beside experts) get mlx-lm's override {"group_size": 64, "bits": 8}
  * (left float when their width is not a multiple of 64, where mlx-lm would
  * fail). Temporary memory: one stacked/transposed copy of the float experts
- * of a projection at a time, plus every quantized output until written. */
+ * of a projection at a time, plus every quantized output until written.
+ * The mapped float source is read once and released as it is quantized
+ * (nmlx_weights_release, every 8 MiB), so it does not stay resident. */
 #ifndef NMLX_QUANTIZE_MODEL_H
 #define NMLX_QUANTIZE_MODEL_H
 

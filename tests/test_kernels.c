@@ -64,8 +64,8 @@ static int n_backends;
 static bk backends[12];
 
 static void make_backends(void) {
-    const char *isas[] = {"portable", "avx2", "avx512"};
-    for (int i = 0; i < 3; i++) {
+    const char *isas[] = {"portable", "avx2", "avx512", "avx512bf16"};
+    for (int i = 0; i < 4; i++) {
         for (int nth = 1; nth <= 2; nth++) {
             nmlx_backend *be = NULL;
             nmlx_status st = nmlx_backend_cpu_create_isa(nth, isas[i], &be);
@@ -196,10 +196,18 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
     float *y = malloc((size_t)(T * D) * sizeof(float));
     for (int64_t i = 0; i < T * D; i++) y[i] = NAN; /* must be fully overwritten */
     double *ref = malloc((size_t)(T * D) * sizeof(double));
+    /* the avx512bf16 decode mat-vec rounds x to bf16 for bf16 weights (the
+     * precision contract of bf16 checkpoints): the reference does too */
+    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T == 1 &&
+                  N <= NMLX_BF16_MATVEC_MAX_N;
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
             double s = bias_kind ? bex[d] : 0;
-            for (int64_t n = 0; n < N; n++) s += wex[d * N + n] * x[t * N + n];
+            for (int64_t n = 0; n < N; n++) {
+                float xv = x[t * N + n];
+                if (bf16_x) xv = nmlx_bf16_to_f32(nmlx_f32_to_bf16(xv));
+                s += wex[d * N + n] * xv;
+            }
             ref[t * D + d] = s;
         }
     b->be->ops->matmul(b->be, &w, bias_kind ? &bias : NULL, x, y, T);
@@ -208,6 +216,22 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
            b->isa, b->nth, nmlx_dtype_name(wdt), (long long)D, (long long)N, (long long)T,
            bias_kind, e);
     free(wex), free(wbuf), free(x), free(bbuf), free(y), free(ref);
+}
+
+/* Decode shapes for the mat-vec fast paths (64-column steps, tails, rows
+ * not a multiple of the row group, N over the bf16 mat-vec's bound), on
+ * their own random stream so the other tests' data stay as they were. */
+static void test_matvec_shapes(const bk *b) {
+    uint64_t saved = test_rng_;
+    test_seed(777 + (uint64_t)b->nth);
+    const int64_t Ds[] = {1, 5, 7, 9, 67};
+    const int64_t Ns[] = {31, 33, 63, 65, 129, 4133};
+    for (int di = 0; di < 3; di++) {
+        for (size_t i = 0; i < 5; i++)
+            for (size_t j = 0; j < 6; j++) check_matmul(b, float_dtypes[di], Ds[i], Ns[j], 1, 0);
+        check_matmul(b, float_dtypes[di], 9, 40000, 1, 3);
+    }
+    test_rng_ = saved;
 }
 
 static void test_matmul(const bk *b) {
@@ -563,6 +587,7 @@ int main(void) {
         test_attention(b);
         test_activations(b);
         test_elementwise(b);
+        test_matvec_shapes(b);
     }
     for (int i = 0; i < n_backends; i++) nmlx_backend_free(backends[i].be);
     return test_summary();

@@ -79,7 +79,11 @@ static void check_dir(const char *dir) {
             if (fabs(r[i]) > scale) scale = fabs(r[i]);
         }
     }
-    const double tol = is_quantized(dir) ? 2e-2 : 1e-4;
+    /* Quantized and bf16 checkpoints are under the precision contract
+     * (2e-2 of max|logit|): their decode mat-vecs may round activations to
+     * bf16 where prefill keeps them f32, so 1-token pieces and one-shot rows
+     * differ by more than f32 rounding; f32 checkpoints agree to 1e-4. */
+    const double tol = is_quantized(dir) || strstr(dir, "bf16") ? 2e-2 : 1e-4;
     EXPECT(worst <= tol * scale, "%s: pieces vs one-shot max diff %g (scale %g)", dir, worst,
            scale);
     printf("%-40s ratio %.2e\n", dir, scale > 0 ? worst / scale : 0.0);

@@ -530,6 +530,34 @@ static void test_folders(void) {
     free_tensors(ts, 10);
 }
 
+/* nmlx_weights_release drops resident pages of a mapped range: the data
+ * reads back the same; ranges outside the mappings are left alone. */
+static void test_release(void) {
+    wt ts[2] = {make_tensor("big", "F32", 4, 2, 300, 1000),
+                make_tensor("small", "U8", 1, 1, 77)};
+    char *p = path_in(tmp_root, "release.safetensors");
+    write_st(p, ts, 2, NULL, NULL);
+    nmlx_weights *w = NULL;
+    EXPECT(nmlx_weights_open_file(p, &w) == NMLX_OK, "release: %s", nmlx_last_error());
+    if (w) {
+        const nmlx_tensor *big = nmlx_weights_find(w, "big");
+        EXPECT(big && same_tensor(big, &ts[0]), "release: read before");
+        nmlx_weights_release(w, big->data, nmlx_tensor_nbytes(big));
+        EXPECT(same_tensor(big, &ts[0]) && same_tensor(nmlx_weights_find(w, "small"), &ts[1]),
+               "release: same data after");
+        unsigned char heap[3 * 4096 + 1];
+        memset(heap, 0x5a, sizeof heap);
+        nmlx_weights_release(w, heap, sizeof heap); /* not a mapping of w: untouched */
+        bool kept = true;
+        for (size_t i = 0; i < sizeof heap; i++) kept &= heap[i] == 0x5a;
+        EXPECT(kept, "release: memory outside the mappings untouched");
+        nmlx_weights_release(w, NULL, 10);
+        nmlx_weights_release(NULL, big->data, 10);
+    }
+    nmlx_weights_close(w);
+    free_tensors(ts, 2);
+}
+
 int main(void) {
     test_seed(20250611);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nmlx_st_XXXXXX");
@@ -541,6 +569,7 @@ int main(void) {
     test_empty_and_many();
     test_malformed_files();
     test_folders();
+    test_release();
     nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

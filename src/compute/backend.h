@@ -153,8 +153,10 @@ nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out);
 nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
-/* "avx512", "avx2" or "portable": which kernels the CPU backend picked
- * ("avx512" = the avx2 set with an AVX-512 prefill matmul). */
+/* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU
+ * backend picked ("avx512" = the avx2 set with an AVX-512 prefill matmul;
+ * "avx512bf16" = avx512 plus a vdpbf16ps decode mat-vec for bf16 weights,
+ * activations rounded to bf16). */
 const char *nmlx_backend_cpu_isa(const nmlx_backend *be);
 
 #endif

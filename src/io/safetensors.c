@@ -8,6 +8,7 @@
  * (writers pad the header so data usually starts 8-aligned, but nothing
  * guarantees it): kernels must load through memcpy or unaligned-safe code.
  */
+#define _DEFAULT_SOURCE /* madvise */
 #define _POSIX_C_SOURCE 200809L
 #include "io/safetensors.h"
 
@@ -344,6 +345,22 @@ static nmlx_status weights_new(const char *source, nmlx_weights **out) {
     }
     *out = w;
     return NMLX_OK;
+}
+
+void nmlx_weights_release(const nmlx_weights *w, const void *p, size_t bytes) {
+    if (!w || !p || !bytes) return;
+    uintptr_t a = (uintptr_t)p, b = a + bytes;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t page = pg > 0 ? (uintptr_t)pg : 4096u;
+    for (size_t i = 0; i < w->n_files; i++) {
+        uintptr_t m0 = (uintptr_t)w->files[i].map, m1 = m0 + w->files[i].size;
+        if (!w->files[i].map || a < m0 || b > m1) continue;
+        uintptr_t lo = (a + page - 1) & ~(page - 1), hi = b & ~(page - 1);
+        /* PROT_READ + MAP_PRIVATE: never written, so no private copies to
+         * lose; the pages come back from the file if read again */
+        if (lo < hi) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
 }
 
 void nmlx_weights_close(nmlx_weights *w) {

@@ -49,6 +49,12 @@ nmlx_status nmlx_weights_get(const nmlx_weights *w, const char *name, int ndim,
                              const int64_t *shape, const nmlx_tensor **out);
 /* Total bytes of tensor data mapped. */
 size_t nmlx_weights_nbytes(const nmlx_weights *w);
+/* Drops this process's resident pages of [p, p + bytes) where the range
+ * lies in one of w's file mappings (whole pages inside it only): the data
+ * stays readable (a later access faults it back in from the page cache),
+ * but stops counting in RSS. For one-pass readers such as quantize-on-load.
+ * Anything outside w's mappings is left alone. */
+void nmlx_weights_release(const nmlx_weights *w, const void *p, size_t bytes);
 /* The file's __metadata__ string value for key, or NULL. With several
  * files, the first file (in open order) that has the key. */
 const char *nmlx_weights_metadata(const nmlx_weights *w, const char *key);

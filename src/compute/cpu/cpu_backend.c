@@ -98,6 +98,23 @@ static bool cpu_has_avx512(void) {
 }
 #endif
 
+#if NMLX_CPU_HAVE_AVX2
+static bool cpu_has_avx512bf16(void) {
+    __builtin_cpu_init();
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+}
+
+/* The bf16 mat-vec variant: NMLX_BF16_MATVEC=<name> (see
+ * nmlx_avx512bf16_matvec_name), else the default (variant 0). */
+static int bf16_matvec_variant(void) {
+    const char *env = getenv("NMLX_BF16_MATVEC");
+    if (env)
+        for (int v = 0; v < nmlx_avx512bf16_matvec_variants(); v++)
+            if (!strcmp(env, nmlx_avx512bf16_matvec_name(v))) return v;
+    return 0;
+}
+#endif
+
 /* Fills impl->k for the named set; false if unknown or unsupported here. */
 static bool pick_kernels(const char *isa, cpu_impl *impl) {
     if (!strcmp(isa, "portable")) {
@@ -113,6 +130,15 @@ static bool pick_kernels(const char *isa, cpu_impl *impl) {
         impl->own = nmlx_cpu_kernels_avx2;
         impl->own.isa = "avx512";
         impl->own.matmul_rows = nmlx_avx512_matmul_rows;
+        impl->k = &impl->own;
+        return true;
+    }
+    if (!strcmp(isa, "avx512bf16") && cpu_has_avx512bf16()) {
+        impl->own = nmlx_cpu_kernels_avx2;
+        impl->own.isa = "avx512bf16";
+        impl->own.matmul_rows = nmlx_avx512_matmul_rows;
+        impl->own.matvec_bf16 = nmlx_avx512bf16_matvec;
+        impl->own.matvec_bf16_variant = bf16_matvec_variant();
         impl->k = &impl->own;
         return true;
     }
@@ -140,11 +166,12 @@ nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_bac
               "cpu backend: kernel set \"%s\" is unknown or not supported by this CPU", isa);
     } else {
         const char *env = getenv("NMLX_CPU");
-        const char *order[] = {"avx512", "avx2", "portable"};
+        const char *order[] = {"avx512bf16", "avx512", "avx2", "portable"};
         int first = 0;
-        if (env && !strcmp(env, "portable")) first = 2;
-        if (env && !strcmp(env, "avx2")) first = 1;
-        for (int i = first; i < 3 && !impl->k; i++) pick_kernels(order[i], impl);
+        if (env && !strcmp(env, "portable")) first = 3;
+        if (env && !strcmp(env, "avx2")) first = 2;
+        if (env && !strcmp(env, "avx512")) first = 1;
+        for (int i = first; i < 4 && !impl->k; i++) pick_kernels(order[i], impl);
     }
     be->ops = &cpu_ops;
     be->n_threads = n_threads;

@@ -7,7 +7,7 @@
 #include "compute/backend.h"
 
 typedef struct cpu_kernels {
-    const char *isa; /* "portable", "avx2", "avx512" */
+    const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */
     /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T
      * (x [T, N], y [T, D] with N = w->cols, D = w->rows); no bias. Only
      * NMLX_QUANT_NONE weights in F32/F16/BF16. */
@@ -26,6 +26,14 @@ typedef struct cpu_kernels {
     /* x[i] = exp(x[i] - m) / (sum_j exp(x[j] - m) + exp(sink - m)) with m
      * the max over x and sink; sink = -INFINITY for a plain softmax. */
     void (*softmax_row)(float *x, int64_t n, float sink);
+    /* Optional (NULL if absent): the decode mat-vec for dense BF16 weights
+     * with x rounded to bf16 (avx512bf16 set), y[d] = W[d, :] . x for
+     * d0 <= d < d1; `variant` picks the row grouping and prefetch distance.
+     * Returns false (y untouched) when it cannot run this shape (N too big);
+     * the caller then uses matmul_rows. */
+    bool (*matvec_bf16)(int variant, const uint16_t *W, int64_t N, const float *x, float *y,
+                        int64_t d0, int64_t d1);
+    int matvec_bf16_variant;
 } cpu_kernels;
 
 extern const cpu_kernels nmlx_cpu_kernels_portable;
@@ -49,6 +57,13 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
                                    int64_t d0, int64_t d1);
 void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                              int64_t d1);
+/* matmul_avx512bf16.c (AVX512_BF16): see cpu_kernels.matvec_bf16. x is
+ * rounded into a stack buffer, so N is bounded. */
+#define NMLX_BF16_MATVEC_MAX_N 32768
+bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const float *x, float *y,
+                            int64_t d0, int64_t d1);
+int nmlx_avx512bf16_matvec_variants(void);
+const char *nmlx_avx512bf16_matvec_name(int variant);
 #endif
 
 typedef struct cpu_impl {
@@ -61,8 +76,8 @@ static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {
 }
 
 /* Like nmlx_backend_cpu_create with the kernel set named explicitly
- * ("portable", "avx2" or "avx512"; NULL = the best this CPU runs, or
- * portable if NMLX_CPU=portable; NMLX_CPU=avx2 caps it at avx2).
+ * ("portable", "avx2", "avx512" or "avx512bf16"; NULL = the best this CPU
+ * runs, or portable if NMLX_CPU=portable; NMLX_CPU=avx2 or avx512 caps it).
  * Fails with NMLX_ERR_UNSUPPORTED if this CPU cannot run the named set.
  * Tests use it to check every path on the same machine. */
 nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out);

@@ -34,7 +34,11 @@ static void matmul_task(void *ctx, int ith, int nth) {
     int64_t d0, d1;
     cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
     if (d0 >= d1) return;
-    j->k->matmul_rows(j->w, j->x, j->y, j->T, d0, d1);
+    const nmlx_weight *w = j->w;
+    if (!(j->T == 1 && w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 &&
+          j->k->matvec_bf16 &&
+          j->k->matvec_bf16(j->k->matvec_bf16_variant, w->w.data, w->cols, j->x, j->y, d0, d1)))
+        j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);
     if (j->bias) {
         const int64_t D = j->w->rows;
         for (int64_t d = d0; d < d1; d++) {
