@@ -3,6 +3,7 @@
 #ifndef NMLX_TENSOR_H
 #define NMLX_TENSOR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,9 @@ typedef struct nmlx_weight {
     nmlx_quant_mode mode;
     int bits, group_size;
     int64_t rows, cols; /* logical [out, in] */
+    /* Keep this matmul's input x in f32: no bf16 rounding of x in the CPU
+     * quantized prefill (the LM head: docs/quantization.md, precision). */
+    bool f32_input;
 } nmlx_weight;
 
 /* Scalar conversions (round-to-nearest-even for narrowing). */

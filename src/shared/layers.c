@@ -133,9 +133,13 @@ nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n) {
 
 void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
                        int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out) {
+    /* every family's head (tied or not) comes here: its input stays f32,
+     * since top-2 logit margins can be far below bf16's 2^-9 */
+    nmlx_linear h = *head;
+    h.w.f32_input = true;
     for (int64_t r = 0; r < rows; r += NMLX_LOGIT_ROWS) {
         int64_t n = rows - r < NMLX_LOGIT_ROWS ? rows - r : NMLX_LOGIT_ROWS;
-        nmlx_linear_forward(be, head, xn + r * hidden, dev, n);
+        nmlx_linear_forward(be, &h, xn + r * hidden, dev, n);
         float *host = host_out + r * vocab;
         be->ops->download(be, host, dev, (size_t)(n * vocab) * sizeof(float));
         if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */

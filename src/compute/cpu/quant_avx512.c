@@ -343,7 +343,13 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
                                    int64_t d0, int64_t d1) {
     const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
     if (T >= FEW_TOKENS) {
-        if (pick.prefill && w->cols % 32 == 0)
+        /* bf16 prefill: never for a flagged weight (the LM head); by default
+         * only where it rounds x alone, MXFP4 (an fp4 value times a power of
+         * two is exact in bf16): affine weights rounded too, or x rounded
+         * alone in the f32 kernel, both flip fixture argmaxes (docs). */
+        const bool bf = pick.prefill && !w->f32_input && w->cols % 32 == 0 &&
+                        (w->mode == NMLX_QUANT_MXFP4 || pick.prefill_affine);
+        if (bf)
             nmlx_avx512bf16_quant_matmat(w, x, y, T, d0, d1);
         else
             nmlx_avx512f32_quant_matmat(w, x, y, T, d0, d1);

@@ -401,11 +401,11 @@ static void measure_pick(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16")) return;
     /* NMLX_QUANT_BF16: "0" none, "1" both, "matvec" / "prefill" / "both"
-     * force the choice; unset: decode measured, prefill off (below) */
+     * force the choice; unset: both measured (below) */
     const char *env = getenv("NMLX_QUANT_BF16");
     if (env && *env) {
         bool all = !strcmp(env, "1") || !strcmp(env, "both");
-        g_pick.prefill = all || !strcmp(env, "prefill");
+        g_pick.prefill = g_pick.prefill_affine = all || !strcmp(env, "prefill");
         g_pick.matvec = all || !strcmp(env, "matvec");
         return;
     }
@@ -439,18 +439,18 @@ static void measure_pick(void) {
         t[0][bf] = time_best(run_matmat, &j);
         t[1][bf] = time_best(run_matvec, &j);
     }
-    /* The bf16 prefill (x and weights rounded) misses the precision
-     * contract on the quantized fixtures (an argmax flips where the top-2
-     * margin is 0.2% of max|logit|), so it is opt-in until the weights stay
-     * exact there; the decode mat-vec rounds x only and passes them. */
-    g_pick.prefill = false;
+    /* The bf16 prefill rounds x and the dequantized weights; by default it
+     * runs only on MXFP4 weights (exact in bf16) and never on weights
+     * flagged f32_input (the LM head): elsewhere an argmax flips on the
+     * quantized fixtures, where top-2 margins are 0.2% of max|logit|. */
+    g_pick.prefill = t[0][1] < t[0][0];
     g_pick.matvec = t[1][1] < t[1][0];
     if (getenv("NMLX_QUANT_PICK_LOG"))
         fprintf(stderr,
                 "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms; decode f32 %.3g ms bf16 %.3g "
-                "ms -> matvec %s\n",
+                "ms -> prefill %s (MXFP4), matvec %s\n",
                 1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t[1][0], 1e3 * t[1][1],
-                g_pick.matvec ? "bf16" : "f32");
+                g_pick.prefill ? "bf16" : "f32", g_pick.matvec ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(x), free(y);
 }

@@ -15,8 +15,9 @@
  * nmlx_qbf16_pick). Precision: activations and dequantized weights rounded
  * to bf16, products summed in f32 (docs/quantization.md). */
 typedef struct nmlx_qbf16_pick {
-    bool prefill; /* nmlx_avx512bf16_quant_matmat for T >= 16 */
-    bool matvec;  /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
+    bool prefill;        /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
+    bool prefill_affine; /* ...for affine weights too (forced only), not just MXFP4 */
+    bool matvec;         /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
 } nmlx_qbf16_pick;
 /* Measured once per process (thread-safe); NMLX_QUANT_BF16=0/1 forces it. */
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void);

@@ -1,0 +1,6 @@
+# test_quant_kernels again with the bf16 prefill forced on affine weights
+# (NMLX_QUANT_BF16=prefill): bf16 bounds there, and weights flagged
+# f32_input (the LM head) still held to the f32 bound.
+add_test(NAME test_quant_kernels_bf16_prefill COMMAND test_quant_kernels
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_quant_kernels_bf16_prefill PROPERTIES ENVIRONMENT "NMLX_QUANT_BF16=prefill")
