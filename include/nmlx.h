@@ -98,9 +98,10 @@ typedef struct nmlx_model_params {
     int quantize_group_size; /* 0 = 64; else 32, 64 or 128 */
     const char *device; /* NULL or "cpu" (default), "cuda" (= "cuda:0") or "cuda:N":
                            where the model computes. CUDA needs a build with
-                           -DNMLX_CUDA=ON and supports the dense standard families
-                           (llama, qwen2, qwen3, mistral, ... F32/F16/BF16); others
-                           fail to load with NMLX_ERR_UNSUPPORTED. Not copied: the
+                           -DNMLX_CUDA=ON and supports the standard families (llama,
+                           qwen2, qwen3, mistral, ...) in F32/F16/BF16, MLX affine
+                           and MXFP4; MoE, Gemma 3n and the quantized KV cache fail
+                           with NMLX_ERR_UNSUPPORTED there. Not copied: the
                            string must live until nmlx_model_load returns. */
 } nmlx_model_params;
 
