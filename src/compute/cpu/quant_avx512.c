@@ -46,16 +46,6 @@ static __m512 dot_lanes(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-/* the four horizontal sums of a, b, c, d */
-static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
 /* out[r] = sum_g sc[r][g] * (q[r, g, :] . x[g, :]) over ng groups of GS, for
  * R rows of BITS-bit codes starting at rows[r]; xp is x in planar order for
  * 4 bits, plain for 8. */

@@ -88,6 +88,16 @@ static inline void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, in
     }
 }
 
+/* the four horizontal sums of a, b, c, d */
+static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 /* 16x16 transpose: out[c * os + r] = in[r * is + c]. */
 static inline void transpose16(const float *in, int64_t is, float *out, int64_t os) {
     __m512 r[16], t[16];

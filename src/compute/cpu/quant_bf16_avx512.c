@@ -259,15 +259,6 @@ typedef void (*mv_fn)(const uint8_t *const *, const char *, int64_t, const uint1
 MV_FN(1, 1)
 MV_FN(4, 1) MV_FN(1, 2) MV_FN(4, 2)
 
-    static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
 void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                                   int64_t d1) {
     const int gs = w->group_size, cpg = gs / 64;
@@ -337,7 +328,7 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
         const char *pf = (const char *)rows[0] + (lin ? NMLX_QBF16_PF_BYTES : 8 * row_bytes);
         if (R == MV_RB) {
             f4(rows, pf, lin ? R * 32 : 0, xb, sc, G, acc);
-            _mm_storeu_ps(y + d, hsum4(acc[0], acc[1], acc[2], acc[3]));
+            _mm_storeu_ps(y + d, hsum4x16(acc[0], acc[1], acc[2], acc[3]));
         } else {
             f1(rows, pf, lin ? 64 : 0, xb, sc, G, acc);
             y[d] = _mm512_reduce_add_ps(acc[0]);
