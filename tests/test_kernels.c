@@ -17,7 +17,8 @@
 
 static float *rand_vec(int64_t n, float lo, float hi) {
     float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) v[i] = test_randf(lo, hi);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = test_randf(lo, hi);
     return v;
 }
 
@@ -38,7 +39,8 @@ static void *rand_typed(nmlx_dtype dt, int64_t n, float lo, float hi, double *ex
 
 static double max_abs_d(const double *r, int64_t n) {
     double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(r[i]));
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(r[i]));
     return m;
 }
 
@@ -102,7 +104,8 @@ static void test_conversions(void) {
     for (uint32_t h = 0; h < 65536; h++) {
         double ref = f16_value((uint16_t)h);
         float got = nmlx_f16_to_f32((uint16_t)h);
-        if (isnan(ref) ? !isnan(got) : (double)got != ref || !!signbit(got) != !!(h & 0x8000)) bad++;
+        if (isnan(ref) ? !isnan(got) : (double)got != ref || !!signbit(got) != !!(h & 0x8000))
+            bad++;
         /* round trip of every non-NaN code */
         if (!isnan(ref) && nmlx_f32_to_f16(got) != h) bad++;
     }
@@ -138,8 +141,8 @@ static void test_conversions(void) {
         if (!isnan(f) && nmlx_f32_to_bf16(f) != h) bad++;
     }
     EXPECT(bad == 0, "bf16 exhaustive: %d", bad);
-    float tie_even = 1.0f + (float)ldexp(1, -8);     /* halfway 1 and 1+2^-7: to 1 */
-    float tie_odd = 1.0f + (float)ldexp(3, -8);      /* halfway, rounds up to even */
+    float tie_even = 1.0f + (float)ldexp(1, -8); /* halfway 1 and 1+2^-7: to 1 */
+    float tie_odd = 1.0f + (float)ldexp(3, -8);  /* halfway, rounds up to even */
     float above = 1.0f + (float)ldexp(1, -8) + (float)ldexp(1, -20);
     EXPECT(nmlx_f32_to_bf16(tie_even) == 0x3f80, "bf16 tie even %04x", nmlx_f32_to_bf16(tie_even));
     EXPECT(nmlx_f32_to_bf16(tie_odd) == 0x3f82, "bf16 tie odd %04x", nmlx_f32_to_bf16(tie_odd));
@@ -168,7 +171,8 @@ static void test_conversions(void) {
         float out[37];
         nmlx_to_f32(float_dtypes[d], buf, out, 37);
         int ok = 1;
-        for (int i = 0; i < 37; i++) ok &= out[i] == (float)ex[i];
+        for (int i = 0; i < 37; i++)
+            ok &= out[i] == (float)ex[i];
         EXPECT(ok, "nmlx_to_f32 %s", nmlx_dtype_name(float_dtypes[d]));
         free(buf);
     }
@@ -192,13 +196,16 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
         bias = (nmlx_tensor){.dtype = bdt, .ndim = 1, .shape = {D}, .data = bbuf};
     }
     nmlx_weight w = {.w = {.dtype = wdt, .ndim = 2, .shape = {D, N}, .data = wbuf},
-                     .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = D,
+                     .cols = N};
     float *y = malloc((size_t)(T * D) * sizeof(float));
-    for (int64_t i = 0; i < T * D; i++) y[i] = NAN; /* must be fully overwritten */
+    for (int64_t i = 0; i < T * D; i++)
+        y[i] = NAN; /* must be fully overwritten */
     double *ref = malloc((size_t)(T * D) * sizeof(double));
     /* the avx512bf16 decode mat-vec rounds x to bf16 for bf16 weights (the
      * precision contract of bf16 checkpoints): the reference does too */
-    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T == 1 &&
+    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T < NMLX_CPU_FEW_TOKENS &&
                   N <= NMLX_BF16_MATVEC_MAX_N;
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
@@ -228,7 +235,8 @@ static void test_matvec_shapes(const bk *b) {
     const int64_t Ns[] = {31, 33, 63, 65, 129, 4133};
     for (int di = 0; di < 3; di++) {
         for (size_t i = 0; i < 5; i++)
-            for (size_t j = 0; j < 6; j++) check_matmul(b, float_dtypes[di], Ds[i], Ns[j], 1, 0);
+            for (size_t j = 0; j < 6; j++)
+                check_matmul(b, float_dtypes[di], Ds[i], Ns[j], 1, 0);
         check_matmul(b, float_dtypes[di], 9, 40000, 1, 3);
     }
     test_rng_ = saved;
@@ -251,6 +259,45 @@ static void test_matmul(const bk *b) {
     }
 }
 
+/* Fewer than NMLX_CPU_FEW_TOKENS tokens (a batched decode step): every row
+ * of y equals a one-token call on that row, bit for bit, so a sequence in a
+ * batch decodes exactly as it would alone. Shapes cross the 64-row blocks,
+ * the thread split, and the bf16 mat-vec's column bound. */
+static void test_few_token_rows(const bk *b) {
+    uint64_t saved = test_rng_; /* own stream: the other tests' data stay as they were */
+    test_seed(4242 + (uint64_t)b->nth);
+    const int64_t shapes[][2] = {{200, 300}, {131, 1030}, {70, 5000}};
+    const int64_t Ts[] = {2, 7, NMLX_CPU_FEW_TOKENS - 1};
+    for (int di = 0; di < 3; di++)
+        for (size_t si = 0; si < 3; si++)
+            for (size_t ti = 0; ti < 3; ti++) {
+                int64_t D = shapes[si][0], N = shapes[si][1], T = Ts[ti];
+                double *wex = malloc((size_t)(D * N) * sizeof(double));
+                void *wbuf = rand_typed(float_dtypes[di], D * N, -1, 1, wex);
+                float *x = rand_vec(T * N, -1, 1);
+                float *y = malloc((size_t)(T * D) * sizeof(float));
+                float *y1 = malloc((size_t)D * sizeof(float));
+                nmlx_weight w = {
+                    .w = {.dtype = float_dtypes[di], .ndim = 2, .shape = {D, N}, .data = wbuf},
+                    .mode = NMLX_QUANT_NONE,
+                    .rows = D,
+                    .cols = N};
+                b->be->ops->matmul(b->be, &w, NULL, x, y, T);
+                int64_t bad = -1;
+                for (int64_t t = 0; t < T && bad < 0; t++) {
+                    b->be->ops->matmul(b->be, &w, NULL, x + t * N, y1, 1);
+                    if (memcmp(y1, y + t * D, (size_t)D * sizeof(float))) bad = t;
+                }
+                EXPECT(bad < 0,
+                       "matmul %s/%d %s D=%lld N=%lld T=%lld: row %lld differs from a "
+                       "one-token call",
+                       b->isa, b->nth, nmlx_dtype_name(float_dtypes[di]), (long long)D,
+                       (long long)N, (long long)T, (long long)bad);
+                free(wex), free(wbuf), free(x), free(y), free(y1);
+            }
+    test_rng_ = saved;
+}
+
 /* ------------------------------------------------------------------ embed */
 
 static void test_embed(const bk *b) {
@@ -259,7 +306,8 @@ static void test_embed(const bk *b) {
         double ex[37 * 19];
         void *tab = rand_typed(float_dtypes[di], V * D, -1, 1, ex);
         nmlx_weight w = {.w = {.dtype = float_dtypes[di], .ndim = 2, .shape = {V, D}, .data = tab},
-                         .rows = V, .cols = D};
+                         .rows = V,
+                         .cols = D};
         int32_t ids[6] = {0, 36, 5, 5, -1, 37};
         float out[6 * 19];
         b->be->ops->embed(b->be, &w, ids, T, 1.5f, out);
@@ -286,12 +334,15 @@ static void test_rmsnorm(const bk *b) {
                 double *wex = malloc((size_t)D * sizeof(double));
                 void *wbuf = wk ? rand_typed(float_dtypes[wk - 1], D, -1, 1, wex) : NULL;
                 nmlx_tensor wt = {.dtype = wk ? float_dtypes[wk - 1] : NMLX_DT_F32,
-                                  .ndim = 1, .shape = {D}, .data = wbuf};
+                                  .ndim = 1,
+                                  .shape = {D},
+                                  .data = wbuf};
                 float *x = rand_vec(R * D, -3, 3);
                 double *ref = malloc((size_t)(R * D) * sizeof(double));
                 for (int64_t r = 0; r < R; r++) {
                     double ss = 0;
-                    for (int64_t i = 0; i < D; i++) ss += (double)x[r * D + i] * x[r * D + i];
+                    for (int64_t i = 0; i < D; i++)
+                        ss += (double)x[r * D + i] * x[r * D + i];
                     double inv = 1 / sqrt(ss / D + 1e-5);
                     for (int64_t i = 0; i < D; i++)
                         ref[r * D + i] = x[r * D + i] * inv * (wk ? wex[i] + off : 1.0);
@@ -310,20 +361,25 @@ static void test_rmsnorm(const bk *b) {
 /* ------------------------------------------------------------------- rope */
 
 static void test_rope(const bk *b) {
-    struct { int64_t T, H, HD, rot, pos0; float mscale; } cs[] = {
-        {1, 1, 2, 2, 0, 1.0f},     {3, 4, 64, 64, 7, 1.0f},       {5, 2, 96, 32, 131072, 1.0f},
-        {17, 3, 128, 128, 100000, 1.25f}, {64, 8, 64, 64, 1, 1.0f}, {2, 2, 10, 6, 3, 0.5f}};
+    struct {
+        int64_t T, H, HD, rot, pos0;
+        float mscale;
+    } cs[] = {{1, 1, 2, 2, 0, 1.0f},        {3, 4, 64, 64, 7, 1.0f},
+              {5, 2, 96, 32, 131072, 1.0f}, {17, 3, 128, 128, 100000, 1.25f},
+              {64, 8, 64, 64, 1, 1.0f},     {2, 2, 10, 6, 3, 0.5f}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         int64_t T = cs[c].T, H = cs[c].H, HD = cs[c].HD, rot = cs[c].rot, half = rot / 2;
         float *fr = malloc((size_t)half * sizeof(float));
-        for (int64_t i = 0; i < half; i++) fr[i] = (float)pow(10000.0, -2.0 * i / rot);
+        for (int64_t i = 0; i < half; i++)
+            fr[i] = (float)pow(10000.0, -2.0 * i / rot);
         float *x = rand_vec(T * H * HD, -2, 2);
         double *ref = malloc((size_t)(T * H * HD) * sizeof(double));
         for (int64_t t = 0; t < T; t++)
             for (int64_t h = 0; h < H; h++) {
                 const float *xh = x + (t * H + h) * HD;
                 double *rh = ref + (t * H + h) * HD;
-                for (int64_t i = 0; i < HD; i++) rh[i] = xh[i];
+                for (int64_t i = 0; i < HD; i++)
+                    rh[i] = xh[i];
                 for (int64_t i = 0; i < half; i++) {
                     double a = (double)(cs[c].pos0 + t) * fr[i];
                     rh[i] = (xh[i] * cos(a) - xh[i + half] * sin(a)) * cs[c].mscale;
@@ -376,22 +432,38 @@ static void check_attention(const bk *b, const attn_case *c) {
             }
             if (!any) continue; /* nothing visible: zeros */
             double den = sinks ? exp(sinks[h] - m) : 0;
-            for (int64_t j = 0; j < c->n_kv; j++) den += exp(s[j] - m);
+            for (int64_t j = 0; j < c->n_kv; j++)
+                den += exp(s[j] - m);
             double *r = ref + (t * H + h) * HD;
             for (int64_t j = 0; j < c->n_kv; j++) {
                 double p = exp(s[j] - m) / den;
-                for (int64_t i = 0; i < HD; i++) r[i] += p * v[(kvh * cap + j) * HD + i];
+                for (int64_t i = 0; i < HD; i++)
+                    r[i] += p * v[(kvh * cap + j) * HD + i];
             }
         }
-    nmlx_attn_args a = {.q = q, .k = k, .v = v, .out = out, .T = T, .H = H, .KVH = KVH,
-                        .HD = HD, .cap = cap, .q_pos = c->q_pos, .n_kv = c->n_kv,
-                        .scale = scale, .window = c->window, .softcap = c->softcap,
-                        .sinks = sinks, .scratch = scratch};
+    nmlx_attn_args a = {.q = q,
+                        .k = k,
+                        .v = v,
+                        .out = out,
+                        .T = T,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .cap = cap,
+                        .q_pos = c->q_pos,
+                        .n_kv = c->n_kv,
+                        .scale = scale,
+                        .window = c->window,
+                        .softcap = c->softcap,
+                        .sinks = sinks,
+                        .scratch = scratch};
     b->be->ops->attention(b->be, &a);
     double e = rel_err(out, ref, T * H * HD);
-    EXPECT(e < 2e-5, "attention %s/%d T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g "
-           "sinks=%d: %.3g", b->isa, b->nth, (long long)T, (long long)H, (long long)KVH,
-           (long long)HD, (long long)c->n_kv, (long long)c->window, c->softcap, c->sinks, e);
+    EXPECT(e < 2e-5,
+           "attention %s/%d T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g "
+           "sinks=%d: %.3g",
+           b->isa, b->nth, (long long)T, (long long)H, (long long)KVH, (long long)HD,
+           (long long)c->n_kv, (long long)c->window, c->softcap, c->sinks, e);
     free(q), free(k), free(v), free(sinks), free(out), free(scratch), free(ref), free(s);
 }
 
@@ -399,18 +471,19 @@ static void test_attention(const bk *b) {
     const attn_case cs[] = {
         /* T  H KVH  HD  cap q_pos n_kv win softcap sinks */
         {1, 1, 1, 1, 1, 0, 1, 0, 0, 0},
-        {1, 8, 2, 64, 40, 20, 21, 0, 0, 0},      /* decode, GQA 4 */
-        {7, 4, 4, 17, 16, 0, 7, 0, 0, 0},        /* prefill from 0, MHA */
-        {5, 6, 3, 33, 64, 30, 35, 0, 0, 1},      /* chunked prefill, sinks */
-        {9, 4, 1, 128, 40, 10, 19, 4, 0, 0},     /* sliding window, MQA */
-        {3, 2, 2, 100, 300, 250, 253, 128, 0, 1},/* window + sinks */
-        {4, 8, 2, 16, 12, 0, 4, 0, 30.0f, 0},    /* softcap */
-        {6, 4, 2, 64, 80, 50, 56, 7, 20.0f, 1},  /* everything */
-        {2, 3, 3, 7, 10, 0, 2, 1, 0, 1},         /* window 1: only itself */
-        {1, 16, 8, 128, 600, 512, 513, 0, 0, 0}, /* long decode, threads */
-        {33, 16, 8, 64, 64, 0, 33, 0, 0, 0},     /* prefill, threads */
+        {1, 8, 2, 64, 40, 20, 21, 0, 0, 0},       /* decode, GQA 4 */
+        {7, 4, 4, 17, 16, 0, 7, 0, 0, 0},         /* prefill from 0, MHA */
+        {5, 6, 3, 33, 64, 30, 35, 0, 0, 1},       /* chunked prefill, sinks */
+        {9, 4, 1, 128, 40, 10, 19, 4, 0, 0},      /* sliding window, MQA */
+        {3, 2, 2, 100, 300, 250, 253, 128, 0, 1}, /* window + sinks */
+        {4, 8, 2, 16, 12, 0, 4, 0, 30.0f, 0},     /* softcap */
+        {6, 4, 2, 64, 80, 50, 56, 7, 20.0f, 1},   /* everything */
+        {2, 3, 3, 7, 10, 0, 2, 1, 0, 1},          /* window 1: only itself */
+        {1, 16, 8, 128, 600, 512, 513, 0, 0, 0},  /* long decode, threads */
+        {33, 16, 8, 64, 64, 0, 33, 0, 0, 0},      /* prefill, threads */
     };
-    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_attention(b, &cs[i]);
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+        check_attention(b, &cs[i]);
 }
 
 /* ------------------------------------------------------------ activations */
@@ -477,14 +550,17 @@ static void test_elementwise(const bk *b) {
         float *a = rand_vec(n, -5, 5), *c = rand_vec(n, -5, 5), *o = rand_vec(n, -1, 1);
         int ok = 1;
         b->be->ops->add(b->be, a, c, o, n);
-        for (int64_t i = 0; i < n; i++) ok &= o[i] == a[i] + c[i];
+        for (int64_t i = 0; i < n; i++)
+            ok &= o[i] == a[i] + c[i];
         b->be->ops->add(b->be, a, c, a, n); /* out aliases a */
-        for (int64_t i = 0; i < n; i++) ok &= a[i] == o[i];
+        for (int64_t i = 0; i < n; i++)
+            ok &= a[i] == o[i];
         EXPECT(ok, "add %s/%d n=%lld", b->isa, b->nth, (long long)n);
         memcpy(o, c, (size_t)n * sizeof(float));
         b->be->ops->scale(b->be, c, -0.37f, n);
         ok = 1;
-        for (int64_t i = 0; i < n; i++) ok &= c[i] == o[i] * -0.37f;
+        for (int64_t i = 0; i < n; i++)
+            ok &= c[i] == o[i] * -0.37f;
         EXPECT(ok, "scale %s/%d n=%lld", b->isa, b->nth, (long long)n);
         free(a), free(c), free(o);
     }
@@ -496,9 +572,12 @@ static void test_elementwise(const bk *b) {
             double *ref = malloc((size_t)(R * n) * sizeof(double));
             for (int64_t r = 0; r < R; r++) {
                 double m = -INFINITY, s = 0;
-                for (int64_t i = 0; i < n; i++) m = fmax(m, x[r * n + i]);
-                for (int64_t i = 0; i < n; i++) s += exp(x[r * n + i] - m);
-                for (int64_t i = 0; i < n; i++) ref[r * n + i] = exp(x[r * n + i] - m) / s;
+                for (int64_t i = 0; i < n; i++)
+                    m = fmax(m, x[r * n + i]);
+                for (int64_t i = 0; i < n; i++)
+                    s += exp(x[r * n + i] - m);
+                for (int64_t i = 0; i < n; i++)
+                    ref[r * n + i] = exp(x[r * n + i] - m) / s;
             }
             b->be->ops->softmax(b->be, x, R, n);
             double e = rel_err(x, ref, R * n);
@@ -518,10 +597,12 @@ static void test_memory(const bk *b) {
         EXPECT(p && ((uintptr_t)p % 64) == 0, "alloc %zu aligned", sizes[i]);
         if (!p) continue;
         int zero = 1;
-        for (size_t j = 0; j < sizes[i]; j++) zero &= p[j] == 0;
+        for (size_t j = 0; j < sizes[i]; j++)
+            zero &= p[j] == 0;
         EXPECT(zero, "alloc %zu zeroed", sizes[i]);
         unsigned char *host = malloc(sizes[i]), *back = malloc(sizes[i]);
-        for (size_t j = 0; j < sizes[i]; j++) host[j] = (unsigned char)test_rand_u64();
+        for (size_t j = 0; j < sizes[i]; j++)
+            host[j] = (unsigned char)test_rand_u64();
         be->ops->upload(be, p, host, sizes[i]);
         unsigned char *q = be->ops->alloc(be, sizes[i]);
         be->ops->copy(be, q, p, sizes[i]);
@@ -588,7 +669,9 @@ int main(void) {
         test_activations(b);
         test_elementwise(b);
         test_matvec_shapes(b);
+        test_few_token_rows(b);
     }
-    for (int i = 0; i < n_backends; i++) nmlx_backend_free(backends[i].be);
+    for (int i = 0; i < n_backends; i++)
+        nmlx_backend_free(backends[i].be);
     return test_summary();
 }

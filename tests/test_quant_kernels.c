@@ -73,17 +73,26 @@ static void make_q(qmat *m, nmlx_quant_mode mode, int bits, int gs, int64_t D, i
     uint32_t *packed = malloc((size_t)(D * words) * 4);
     char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
     m->src = malloc((size_t)(D * N) * sizeof(float));
-    for (int64_t i = 0; i < D * N; i++) m->src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
+    for (int64_t i = 0; i < D * N; i++)
+        m->src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
     for (int64_t d = 0; d < D; d++)
         nmlx_quant_quantize_row(mode, bits, gs, m->src + d * N, N, packed + d * words,
                                 sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, sdt);
     nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
-    nmlx_tensor ts = {.dtype = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt, .ndim = 2,
-                      .shape = {D, G}, .data = sc};
+    nmlx_tensor ts = {.dtype = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt,
+                      .ndim = 2,
+                      .shape = {D, G},
+                      .data = sc};
     nmlx_tensor tb = ts;
     tb.data = bi;
-    m->w = (nmlx_weight){.w = tw, .scales = ts, .biases = tb, .mode = mode, .bits = bits,
-                         .group_size = gs, .rows = D, .cols = N};
+    m->w = (nmlx_weight){.w = tw,
+                         .scales = ts,
+                         .biases = tb,
+                         .mode = mode,
+                         .bits = bits,
+                         .group_size = gs,
+                         .rows = D,
+                         .cols = N};
 }
 
 static void free_q(qmat *m) {
@@ -97,10 +106,9 @@ static void free_q(qmat *m) {
  * (8 codes in 3 bytes), to check our bit-stream reader independently. */
 static void test_packing_layout(void) {
     uint8_t b[3] = {0xA5, 0x3C, 0xE7};
-    unsigned want[8] = {
-        b[0] & 0x7u,          (b[0] >> 3) & 0x7u, ((b[0] >> 6) | (b[1] << 2)) & 0x7u,
-        (b[1] >> 1) & 0x7u,   (b[1] >> 4) & 0x7u, ((b[1] >> 7) | (b[2] << 1)) & 0x7u,
-        (b[2] >> 2) & 0x7u,   (b[2] >> 5) & 0x7u};
+    unsigned want[8] = {b[0] & 0x7u,        (b[0] >> 3) & 0x7u, ((b[0] >> 6) | (b[1] << 2)) & 0x7u,
+                        (b[1] >> 1) & 0x7u, (b[1] >> 4) & 0x7u, ((b[1] >> 7) | (b[2] << 1)) & 0x7u,
+                        (b[2] >> 2) & 0x7u, (b[2] >> 5) & 0x7u};
     for (int k = 0; k < 8; k++)
         EXPECT(nmlx_quant_code(b, k, 3) == want[k], "3-bit code %d: %u vs %u", k,
                nmlx_quant_code(b, k, 3), want[k]);
@@ -144,7 +152,8 @@ static void test_roundtrip(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sd
     }
     /* plus the scale/bias stored in bf16/f16 (relative 2^-8 / 2^-11 of up to
      * 2^bits steps) */
-    double lim = 1.0 + 1e-3 + (sdt == NMLX_DT_F32 ? 0 : (sdt == NMLX_DT_BF16 ? 8e-3 : 1e-3) * (1 << bits));
+    double lim =
+        1.0 + 1e-3 + (sdt == NMLX_DT_F32 ? 0 : (sdt == NMLX_DT_BF16 ? 8e-3 : 1e-3) * (1 << bits));
     EXPECT(worst <= lim, "%s bits %d g%d %s: round-trip error %.3f steps > %.3f",
            nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), worst, lim);
     free(row);
@@ -158,7 +167,8 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * 4);
     float *row = malloc((size_t)N * sizeof(float));
     double *ref = malloc((size_t)(T * D) * sizeof(double)), *mag = malloc((size_t)(T * D) * 8);
-    for (int64_t i = 0; i < T * N; i++) x[i] = test_randf(-1, 1);
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1);
     for (int64_t d = 0; d < D; d++) {
         nmlx_quant_dequant_row(&m.w, d, 0, N, row);
         for (int64_t t = 0; t < T; t++) {
@@ -171,7 +181,8 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
         }
     }
     float bias_vals[512]; /* D <= 512 */
-    for (int64_t d = 0; d < D; d++) bias_vals[d] = test_randf(-1, 1);
+    for (int64_t d = 0; d < D; d++)
+        bias_vals[d] = test_randf(-1, 1);
     nmlx_tensor bias = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {D}, .data = bias_vals};
     /* f32_input (the LM head's flag): the avx512 set's prefill stays f32 */
     for (int v = 0; v < (int)(sizeof isas / sizeof isas[0]) + 1; v++) {
@@ -182,7 +193,8 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
             nmlx_backend *be = NULL;
             if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
             bool with_bias = (D + T) % 2 == 0;
-            for (int64_t j = 0; j < T * D; j++) y[j] = NAN;
+            for (int64_t j = 0; j < T * D; j++)
+                y[j] = NAN;
             be->ops->matmul(be, &m.w, with_bias ? &bias : NULL, x, y, T);
             double worst = 0;
             for (int64_t t = 0; t < T; t++)
@@ -210,7 +222,8 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
         if (vec && T != 1) continue;
         if (bf && vec && !nmlx_avx512bf16_matvec_ok(&m.w)) continue;
         if (bf && !vec && N % 32) continue;
-        for (int64_t j = 0; j < T * D; j++) y[j] = NAN;
+        for (int64_t j = 0; j < T * D; j++)
+            y[j] = NAN;
         if (vec)
             (bf ? nmlx_avx512bf16_quant_matvec : nmlx_avx512f32_quant_matvec)(&m.w, x, y, r0, D);
         else
@@ -222,12 +235,43 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
         }
         EXPECT(worst < (bf ? TOL_BF16 : TOL_F32),
                "avx512 %s %s %s bits %d g%d %s D%lld N%lld T%lld rows %lld..: rel err %g",
-               bf ? "bf16" : "f32", vec ? "matvec" : "matmat", nmlx_quant_mode_name(mode), bits,
-               gs, nmlx_dtype_name(sdt), (long long)D, (long long)N, (long long)T,
-               (long long)r0, worst);
+               bf ? "bf16" : "f32", vec ? "matvec" : "matmat", nmlx_quant_mode_name(mode), bits, gs,
+               nmlx_dtype_name(sdt), (long long)D, (long long)N, (long long)T, (long long)r0,
+               worst);
     }
 #endif
     free(x), free(y), free(row), free(ref), free(mag);
+    free_q(&m);
+}
+
+/* A matmul of fewer than 16 tokens (a batched decode step) gives every row
+ * exactly what a one-token call gives (cpu_ops.c), on every kernel set. */
+static void test_few_token_rows(nmlx_quant_mode mode, int bits, int gs) {
+    const int64_t D = 150, N = 512, T = 9;
+    qmat m;
+    make_q(&m, mode, bits, gs, D, N, NMLX_DT_BF16);
+    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * 4);
+    float *y1 = malloc((size_t)D * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1);
+    for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
+        for (int nth = 1; nth <= 2; nth++) {
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
+            be->ops->matmul(be, &m.w, NULL, x, y, T);
+            int64_t bad = -1;
+            for (int64_t t = 0; t < T && bad < 0; t++) {
+                be->ops->matmul(be, &m.w, NULL, x + t * N, y1, 1);
+                if (memcmp(y1, y + t * D, (size_t)D * sizeof(float))) bad = t;
+            }
+            EXPECT(bad < 0,
+                   "%s %s bits %d g%d T%lld threads %d: row %lld differs from a "
+                   "one-token call",
+                   isas[i], nmlx_quant_mode_name(mode), bits, gs, (long long)T, nth,
+                   (long long)bad);
+            nmlx_backend_free(be);
+        }
+    free(x), free(y), free(y1);
     free_q(&m);
 }
 
@@ -237,10 +281,12 @@ static void test_e8m0_range(void) {
     qmat m;
     make_q(&m, NMLX_QUANT_MXFP4, 4, 32, 8, 32 * 24, NMLX_DT_BF16);
     uint8_t *sc = m.w.scales.data;
-    for (int i = 0; i < 8 * 24; i++) sc[i] = (uint8_t)(i % 3 == 0 ? (i * 37) % 141 : 120 + i % 9);
+    for (int i = 0; i < 8 * 24; i++)
+        sc[i] = (uint8_t)(i % 3 == 0 ? (i * 37) % 141 : 120 + i % 9);
     sc[0] = 0;
     float x[32 * 24], row[32 * 24];
-    for (int k = 0; k < 32 * 24; k++) x[k] = test_randf(-1, 1);
+    for (int k = 0; k < 32 * 24; k++)
+        x[k] = test_randf(-1, 1);
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
         nmlx_backend *be = NULL;
         if (nmlx_backend_cpu_create_isa(1, isas[i], &be) != NMLX_OK) continue;
@@ -249,9 +295,11 @@ static void test_e8m0_range(void) {
         for (int d = 0; d < 8; d++) {
             nmlx_quant_dequant_row(&m.w, d, 0, 32 * 24, row);
             double s = 0, a = 0;
-            for (int k = 0; k < 32 * 24; k++) s += (double)row[k] * x[k], a += fabs((double)row[k] * x[k]);
+            for (int k = 0; k < 32 * 24; k++)
+                s += (double)row[k] * x[k], a += fabs((double)row[k] * x[k]);
             double tol = strcmp(isas[i], "avx512") ? TOL_F32 : avx512_tol(&m.w, 1);
-            EXPECT(fabs(y[d] - s) <= tol * a + 1e-37, "%s e8m0 row %d: %g vs %g", isas[i], d, y[d], s);
+            EXPECT(fabs(y[d] - s) <= tol * a + 1e-37, "%s e8m0 row %d: %g vs %g", isas[i], d, y[d],
+                   s);
         }
         nmlx_backend_free(be);
     }
@@ -303,7 +351,7 @@ int main(void) {
                 test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 13);
                 test_matmul(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 31);
             }
-    test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 9, 32 * 131, 1); /* N > CK, 8 bits */
+    test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 9, 32 * 131, 1);  /* N > CK, 8 bits */
     test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F16, 33, 128 * 35, 3); /* N > CK, few tokens */
     test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 130, 64 * 9, 16); /* rows > 2 blocks */
     test_roundtrip(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16);
@@ -311,6 +359,9 @@ int main(void) {
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 17, 32 * 5, 4);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 6, 32 * 130, 1); /* N > CK */
+    for (int b = 0; b < 6; b++)
+        test_few_token_rows(NMLX_QUANT_AFFINE, bits[b], 64);
+    test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32);
     test_e8m0_range();
     test_embed();
     return test_summary();

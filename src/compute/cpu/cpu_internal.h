@@ -6,6 +6,13 @@
 
 #include "compute/backend.h"
 
+/* Matmuls of fewer tokens than this run as per-token mat-vecs (a batched
+ * decode step, a short prompt), so each row equals a one-token call's bit
+ * for bit. Dense: measured faster than the blocked kernel up to 8 tokens on
+ * the avx2 and avx512bf16 sets and level at 15 (bench/batched_decode.md);
+ * quantized kernels had the same cut already (quant_avx512.c). */
+#define NMLX_CPU_FEW_TOKENS 16
+
 typedef struct cpu_kernels {
     const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */
     /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T
@@ -49,8 +56,7 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
 #if NMLX_CPU_HAVE_AVX2
 /* Quantized weights (quant_avx2.c): decode mat-vec on packed rows, and one
  * row segment dequantized to f32 for the blocked prefill matmuls. */
-void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                            int64_t d1);
+void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0, int64_t d1);
 void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t n, float *dst);
 /* quant_avx512.c: the avx512 set's matmul_rows for quantized weights (any T). */
 void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
@@ -103,8 +109,7 @@ void nmlx_cpu_rms_match(nmlx_backend *be, const float *ref, float *x, int64_t T,
                         float eps);
 void nmlx_cpu_mul_rows(nmlx_backend *be, float *x, const nmlx_tensor *w, int64_t R, int64_t D);
 void nmlx_cpu_altup_predict(nmlx_backend *be, const float *x, int64_t stride, const float *router,
-                            const nmlx_tensor *coefs, float *out, int64_t K, int64_t T,
-                            int64_t D);
+                            const nmlx_tensor *coefs, float *out, int64_t K, int64_t T, int64_t D);
 void nmlx_cpu_altup_correct(nmlx_backend *be, float *p, int64_t stride, const float *act,
                             const float *router, const nmlx_tensor *coefs, float clip,
                             int64_t active, int64_t K, int64_t T, int64_t D);
@@ -114,8 +119,7 @@ void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
 
 /* Splits [0, n) into nth near-equal chunks aligned to `align` elements and
  * returns chunk ith as [*lo, *hi). */
-static inline void cpu_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo,
-                             int64_t *hi) {
+static inline void cpu_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t blocks = (n + align - 1) / align;
     int64_t b0 = blocks * ith / nth, b1 = blocks * (ith + 1) / nth;
     *lo = b0 * align < n ? b0 * align : n;

@@ -9,8 +9,9 @@
 #include <string.h>
 
 enum {
-    PAR_ELEMS = 1 << 15,      /* elementwise ops below this run single-threaded */
-    PAR_MATMUL_MACS = 1 << 16 /* matmuls below this many multiply-adds too */
+    PAR_ELEMS = 1 << 15,       /* elementwise ops below this run single-threaded */
+    PAR_MATMUL_MACS = 1 << 16, /* matmuls below this many multiply-adds too */
+    FEW_ROWS = 64              /* row block of the few-token path (cache-resident) */
 };
 
 static int threads_for(const nmlx_backend *be, int64_t work, int64_t min_work) {
@@ -29,21 +30,43 @@ typedef struct {
     int64_t T;
 } matmul_job;
 
+/* One token's mat-vec over rows [d0, d1): the decode kernel. */
+static void matvec_rows(const matmul_job *j, const float *x, float *y, int64_t d0, int64_t d1) {
+    const nmlx_weight *w = j->w;
+    if (!(w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 && j->k->matvec_bf16 &&
+          j->k->matvec_bf16(j->k->matvec_bf16_variant, w->w.data, w->cols, x, y, d0, d1)))
+        j->k->matmul_rows(w, x, y, 1, d0, d1);
+}
+
 static void matmul_task(void *ctx, int ith, int nth) {
     const matmul_job *j = ctx;
     int64_t d0, d1;
     cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
     if (d0 >= d1) return;
     const nmlx_weight *w = j->w;
-    if (!(j->T == 1 && w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 &&
-          j->k->matvec_bf16 &&
-          j->k->matvec_bf16(j->k->matvec_bf16_variant, w->w.data, w->cols, j->x, j->y, d0, d1)))
+    const int64_t N = w->cols, D = w->rows;
+    if (j->T == 1) {
+        matvec_rows(j, j->x, j->y, d0, d1);
+    } else if (j->T < NMLX_CPU_FEW_TOKENS) {
+        /* A few tokens (a batched decode step, a short prompt): the blocked
+         * prefill kernel has too little reuse to pay for its packing, so
+         * run each token's mat-vec over row blocks small enough to stay in
+         * cache across the tokens. Weights are read from memory once, and
+         * every row equals what a one-token call computes, bit for bit. */
+        for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
+            int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
+            for (int64_t t = 0; t < j->T; t++)
+                matvec_rows(j, j->x + t * N, j->y + t * D, b0, b1);
+        }
+    } else {
         j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);
+    }
     if (j->bias) {
         const int64_t D = j->w->rows;
         for (int64_t d = d0; d < d1; d++) {
             float b = nmlx_load_f32(j->bias->dtype, j->bias->data, (size_t)d);
-            for (int64_t t = 0; t < j->T; t++) j->y[t * D + d] += b;
+            for (int64_t t = 0; t < j->T; t++)
+                j->y[t * D + d] += b;
         }
     }
 }
@@ -220,7 +243,8 @@ static void softmax_task(void *ctx, int ith, int nth) {
     const softmax_job *j = ctx;
     int64_t r0, r1;
     cpu_split(j->R, ith, nth, 1, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) j->k->softmax_row(j->x + r * j->n, j->n, -INFINITY);
+    for (int64_t r = r0; r < r1; r++)
+        j->k->softmax_row(j->x + r * j->n, j->n, -INFINITY);
 }
 
 void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {
