@@ -175,6 +175,13 @@ typedef struct nmlx_session_params {
     int quantized_kv_start; /* quantize once the cache holds this many tokens
                                (checked before each eval; default 0 = from
                                the first token) */
+    /* How full-attention layers store keys and values when kv_bits is 0:
+     * NULL or "auto" (default): in the checkpoint's own float dtype, as
+     * mlx-lm and transformers do (bf16 / f16 checkpoints and quantized ones,
+     * by their scales: half the memory and memory traffic of f32), f32 for
+     * f32 checkpoints and on device backends; or "f32", "f16", "bf16".
+     * Half precision runs on the CPU backend only. Not copied. */
+    const char *kv_dtype;
 } nmlx_session_params;
 
 nmlx_session_params nmlx_session_default_params(void);

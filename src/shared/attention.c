@@ -96,6 +96,9 @@ static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *
         .softcap = 0.0f,
         .sinks = a->sinks,
         .scratch = scratch,
+        .kv_dtype = kv.dtype,
+        .k16 = kv.keys16,
+        .v16 = kv.values16,
     };
     be->ops->attention(be, &args);
 }
