@@ -423,6 +423,8 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
                                           p.on_progress, p.user));
     TRY(nmlx_io_fsync(fd, path));
     TRY(nmlx_io_close(&fd, path));
+    /* a source rewritten in place while it was read would give a mixed output */
+    TRY(nmlx_weights_verify(ws));
 
     json_object_set(cfg, "quantization", q);
     json_object_set(cfg, "quantization_config", q);
