@@ -15,7 +15,7 @@ cmake -S "$root" -B "$out/lib" -DCMAKE_C_COMPILER="$CC" -DCMAKE_BUILD_TYPE=RelWi
 cmake --build "$out/lib" --target nmlx -j"$(nproc)" >/dev/null
 CFLAGS="-std=c11 -g -O1 $SAN -I$root/include -I$root/src"
 LIBS="$(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm"
-for h in tokenizer_load tokenize detokenize safetensors config model_config; do
+for h in tokenizer_load tokenize detokenize safetensors config model_config aux_config; do
     $CC $CFLAGS -fsanitize=fuzzer "$root/tests/fuzz/fuzz_$h.c" "$out/lib/libnmlx.a" $LIBS \
         -o "$out/fuzz_$h"
 done

@@ -17,7 +17,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/build-fuzz}
 secs=${NMLX_FUZZ_SECONDS:-20}
-harnesses=${NMLX_FUZZ_HARNESSES:-"safetensors config model_config tokenizer_load tokenize detokenize"}
+harnesses=${NMLX_FUZZ_HARNESSES:-"safetensors config model_config aux_config tokenizer_load tokenize detokenize"}
 CC=${CC:-clang}
 cd "$root"
 
@@ -51,7 +51,7 @@ for h in $harnesses; do
     dict=""
     case $h in
     safetensors) dict=-dict=tests/fuzz/safetensors.dict ;;
-    config | model_config) dict=-dict=tests/fuzz/config.dict ;;
+    config | model_config | aux_config) dict=-dict=tests/fuzz/config.dict ;;
     tokenizer_load) dict="-dict=tests/fuzz/tokenizer.dict -max_len=16384" ;;
     esac
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: memory must
