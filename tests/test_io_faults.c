@@ -7,7 +7,12 @@
  *     folder, no descriptor leaked (and, under ASan/valgrind, no memory);
  *   - EINTR and short writes: retried / continued, the output byte for byte
  *     the one an undisturbed run writes.
- * Runs against tests/fixtures/qwen3 (read only) in a mkdtemp folder. */
+ * Reads (nmlx_test_fail_read_after: config.json, generation_config.json,
+ * tokenizer.json through a model load) are walked the same way: EIO is a
+ * clean error naming the file and the cause, EINTR and short reads load
+ * the same model.
+ * Runs against tests/fixtures/qwen3 and models/demo (read only) in a
+ * mkdtemp folder. */
 #define _GNU_SOURCE
 #include "harness.h"
 
@@ -74,7 +79,7 @@ static bool same_output(const char *base, const char *out) {
 }
 
 static const char *err_name(int err) {
-    return err == ENOSPC ? "ENOSPC" : err == EIO ? "EIO" : err == EINTR ? "EINTR" : "short write";
+    return err == ENOSPC ? "ENOSPC" : err == EIO ? "EIO" : err == EINTR ? "EINTR" : "short";
 }
 
 /* nmlx_convert with the Nth operation failing, for every N. */
@@ -205,6 +210,58 @@ static void test_quantize_on_load(const char *src) {
     printf("quantize-on-load, ENOSPC: %d I/O operations faulted in turn\n", points);
 }
 
+/* A model load with the Nth read faulted, for every N. */
+static void test_read_faults(const char *dir) {
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    nmlx_model *ref = NULL;
+    if (nmlx_model_load(dir, &mp, &ref) != NMLX_OK) {
+        EXPECT(0, "baseline load of %s: %s", dir, nmlx_last_error());
+        return;
+    }
+    const char text[] = "Hello, world! Faults, retries and short reads.";
+    int32_t *want = NULL;
+    size_t n_want = 0;
+    EXPECT(nmlx_tokenize(nmlx_model_tokenizer(ref), text, sizeof text - 1, 1, &want, &n_want) ==
+               NMLX_OK,
+           "%s", nmlx_last_error());
+    const int errs[] = {EIO, EINTR, 0};
+    for (size_t k = 0; k < sizeof errs / sizeof errs[0]; k++) {
+        int err = errs[k], fds = count_fds(), points = 0;
+        for (long n = 1; n < 100000; n++) {
+            nmlx_model *m = NULL;
+            nmlx_test_fail_read_after(n, err);
+            nmlx_status st = nmlx_model_load(dir, &mp, &m);
+            bool reached = !nmlx_test_read_fault_pending();
+            nmlx_test_fail_read_after(0, 0);
+            if (reached) points++;
+            if (reached && err == EIO) {
+                EXPECT(st == NMLX_ERR_IO && !m && strstr(nmlx_last_error(), strerror(EIO)) &&
+                           strstr(nmlx_last_error(), dir),
+                       "load, EIO at read %ld: %d %s", n, (int)st, nmlx_last_error());
+            } else {
+                EXPECT(st == NMLX_OK, "load, %s at read %ld: %s", err_name(err), n,
+                       nmlx_last_error());
+                int32_t *ids = NULL;
+                size_t n_ids = 0;
+                if (m && nmlx_model_tokenizer(m))
+                    nmlx_tokenize(nmlx_model_tokenizer(m), text, sizeof text - 1, 1, &ids, &n_ids);
+                EXPECT(m && nmlx_model_vocab_size(m) == nmlx_model_vocab_size(ref) &&
+                           n_ids == n_want && (!n_ids || !memcmp(ids, want, n_ids * 4)),
+                       "load, %s at read %ld: not the same model", err_name(err), n);
+                nmlx_free(ids);
+            }
+            nmlx_model_free(m);
+            EXPECT(count_fds() == fds, "load, %s at read %ld: descriptor leaked", err_name(err), n);
+            if (!reached) break;
+        }
+        EXPECT(points >= 3, "load, %s: only %d reads faulted", err_name(err), points);
+        printf("model load, %s: %d reads faulted in turn\n", err_name(err), points);
+    }
+    nmlx_free(want);
+    nmlx_model_free(ref);
+}
+
 int main(void) {
     char src[512], base[300];
     snprintf(src, sizeof src, "%s/tests/fixtures/qwen3", test_src_dir());
@@ -222,6 +279,9 @@ int main(void) {
         test_atomic_file();
         test_quantize_on_load(src);
     }
+    char demo[512];
+    snprintf(demo, sizeof demo, "%s/models/demo", test_src_dir());
+    test_read_faults(demo);
     rm_rf(root);
     return test_summary();
 }

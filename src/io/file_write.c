@@ -167,7 +167,7 @@ nmlx_status nmlx_io_copy_file(const char *src, const char *dst) {
     TRY(nmlx_io_create(dst, 0644, &out));
     made = true;
     for (;;) {
-        ssize_t r = read(in, buf, 1 << 16);
+        ssize_t r = nmlx_read(in, buf, 1 << 16);
         if (r < 0 && errno == EINTR) continue;
         CHECK(r >= 0, NMLX_ERR_IO, "%s: read failed: %s", src, strerror(errno));
         if (r == 0) break;
