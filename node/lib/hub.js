@@ -34,7 +34,7 @@ let faultAfter = 0, faultCode = null;
 
 /**
  * Test hook: the Nth write operation from now (open for writing, write,
- * fsync, close, rename, symlink) fails with `code` ("ENOSPC", "EIO" ...) or,
+ * fsync, close, rename, symlink, mkdir) fails with `code` ("ENOSPC", "EIO" ...) or,
  * with code "short", a write stores only half its bytes. 0 turns it off.
  * Returns nothing; _ioFaultPendingForTest() says whether it was reached.
  */
@@ -81,6 +81,15 @@ const io = {
     const f = fault("close", path);
     closeSync(fd); // the descriptor is released whatever close reports
     if (f instanceof Error) throw f;
+  },
+  mkdirs(path, what) {
+    const f = fault("mkdir", path);
+    try {
+      if (f instanceof Error) throw f;
+      mkdirSync(path, { recursive: true });
+    } catch (e) {
+      throw ioError(what, path, e);
+    }
   },
   rename(from, to) {
     const f = fault("rename", from);
@@ -224,7 +233,7 @@ async function hashFile(path, hash) {
 
 function linkSnapshot(repoDir, commit, file, etag) {
   const link = join(repoDir, "snapshots", commit, file);
-  mkdirSync(dirname(link), { recursive: true });
+  io.mkdirs(dirname(link), file);
   const target = relative(dirname(link), join(repoDir, "blobs", etag));
   try {
     if (lstatSync(link) && readlinkSync(link) === target) return;
@@ -285,7 +294,7 @@ export async function snapshotDownload(repoId, opts = {}) {
   });
   const totalBytes = plan.reduce((a, p) => a + p.size, 0);
   let totalDownloaded = 0;
-  mkdirSync(join(repoDir, "blobs"), { recursive: true });
+  io.mkdirs(join(repoDir, "blobs"), repoId);
 
   for (const p of plan) {
     const blob = join(repoDir, "blobs", p.etag);
@@ -299,7 +308,7 @@ export async function snapshotDownload(repoId, opts = {}) {
     linkSnapshot(repoDir, commit, p.file, p.etag);
   }
   if (revision !== commit) {
-    mkdirSync(join(repoDir, "refs"), { recursive: true });
+    io.mkdirs(join(repoDir, "refs"), `refs/${revision}`);
     writeFileAtomic(join(repoDir, "refs", revision), commit, `refs/${revision}`);
   }
   return join(repoDir, "snapshots", commit);
