@@ -387,26 +387,36 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
           "convert: source and output folders needed");
     /* "out/" names the folder out: strip trailing slashes before adding a suffix */
     size_t olen = strlen(out_dir);
-    while (olen > 1 && out_dir[olen - 1] == '/') olen--;
+    while (olen > 1 && out_dir[olen - 1] == '/')
+        olen--;
     CHECK(olen < sizeof out - 32, NMLX_ERR_INVALID_ARG, "convert: output path is too long");
     snprintf(out, sizeof out, "%.*s", (int)olen, out_dir);
     const char *slash = strrchr(out, '/');
-    if (!slash) snprintf(parent, sizeof parent, ".");
-    else if (slash == out) snprintf(parent, sizeof parent, "/");
-    else snprintf(parent, sizeof parent, "%.*s", (int)(slash - out), out);
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == out)
+        snprintf(parent, sizeof parent, "/");
+    else
+        snprintf(parent, sizeof parent, "%.*s", (int)(slash - out), out);
     nmlx_dtype sdt = NMLX_DT_COUNT;
     if (p.dtype) {
-        if (!strcmp(p.dtype, "float32")) sdt = NMLX_DT_F32;
-        else if (!strcmp(p.dtype, "float16")) sdt = NMLX_DT_F16;
-        else if (!strcmp(p.dtype, "bfloat16")) sdt = NMLX_DT_BF16;
-        else CHECK(0, NMLX_ERR_INVALID_ARG, "convert: dtype '%s' (float32, float16, bfloat16)", p.dtype);
+        if (!strcmp(p.dtype, "float32"))
+            sdt = NMLX_DT_F32;
+        else if (!strcmp(p.dtype, "float16"))
+            sdt = NMLX_DT_F16;
+        else if (!strcmp(p.dtype, "bfloat16"))
+            sdt = NMLX_DT_BF16;
+        else
+            CHECK(0, NMLX_ERR_INVALID_ARG, "convert: dtype '%s' (float32, float16, bfloat16)",
+                  p.dtype);
     }
     struct stat sb;
     CHECK(stat(out, &sb) != 0, NMLX_ERR_INVALID_ARG, "convert: '%s' already exists", out);
     snprintf(path, sizeof path, "%s/config.json", src_dir);
     json_error_t jerr;
     cfg = json_load_file(path, 0, &jerr);
-    CHECK(cfg && json_is_object(cfg), NMLX_ERR_FORMAT, "%s: %s", path, cfg ? "not an object" : jerr.text);
+    CHECK(cfg && json_is_object(cfg), NMLX_ERR_FORMAT, "%s: %s", path,
+          cfg ? "not an object" : jerr.text);
     CHECK(!json_object_get(cfg, "quantization") && !json_object_get(cfg, "quantization_config"),
           NMLX_ERR_INVALID_ARG, "%s: the checkpoint is already quantized", path);
     TRY(nmlx_weights_open_dir(src_dir, &ws));
@@ -419,8 +429,8 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     q = json_pack("{s:i, s:i, s:s}", "group_size", p.group_size, "bits", p.bits, "mode", "affine");
     CHECK(q, NMLX_ERR_NOMEM, "convert: out of memory");
     /* per-module overrides (MoE routers) follow the globals, as mlx-lm writes them */
-    TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q,
-                                          p.on_progress, p.user));
+    TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q, p.on_progress,
+                                          p.user));
     TRY(nmlx_io_fsync(fd, path));
     TRY(nmlx_io_close(&fd, path));
     /* a source rewritten in place while it was read would give a mixed output */
@@ -447,8 +457,10 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     made_tmp = false;
     renamed = true;
     st = nmlx_io_fsync_dir(parent);
-    if (st != NMLX_OK) nmlx_error_prefix("convert: %s: flushing its folder failed", out);
-    else renamed = false;
+    if (st != NMLX_OK)
+        nmlx_error_prefix("convert: %s: flushing its folder failed", out);
+    else
+        renamed = false;
 cleanup:
     if (fd >= 0) close(fd);
     if (made_tmp) remove_tree(tmp);

@@ -103,9 +103,10 @@ static void test_convert_faults(const char *src, const char *base) {
                 const char *msg = nmlx_last_error();
                 EXPECT(st == NMLX_ERR_IO, "convert, %s at I/O op %ld: status %d", err_name(err), n,
                        (int)st);
-                EXPECT(strstr(msg, strerror(err)) && strstr(msg, out),
-                       "convert, %s at op %ld: the message names neither the file nor the cause: %s",
-                       err_name(err), n, msg);
+                EXPECT(
+                    strstr(msg, strerror(err)) && strstr(msg, out),
+                    "convert, %s at op %ld: the message names neither the file nor the cause: %s",
+                    err_name(err), n, msg);
                 EXPECT(!exists, "convert, %s at op %ld: %s left behind", err_name(err), n, out);
             } else {
                 EXPECT(st == NMLX_OK, "convert, %s at op %ld: %s", err_name(err), n,
@@ -117,8 +118,9 @@ static void test_convert_faults(const char *src, const char *base) {
                 if (reached) points++;
             }
             /* only base/ (and the source's nothing) in the folder: no temporary */
-            EXPECT(count_dir(root) == 1, "convert, %s at op %ld: %d entries in %s (temporary left?)",
-                   err_name(err), n, count_dir(root), root);
+            EXPECT(count_dir(root) == 1,
+                   "convert, %s at op %ld: %d entries in %s (temporary left?)", err_name(err), n,
+                   count_dir(root), root);
             EXPECT(count_fds() == fds, "convert, %s at op %ld: %d descriptors open, %d before",
                    err_name(err), n, count_fds(), fds);
             if (!reached) break;
@@ -140,7 +142,8 @@ static void test_atomic_file(void) {
     const char old[] = "old contents\n";
     size_t n = (size_t)3 << 20; /* several write calls once shortened */
     char *buf = malloc(n);
-    for (size_t i = 0; i < n; i++) buf[i] = (char)(i * 131 + 7);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)(i * 131 + 7);
     EXPECT(nmlx_io_write_file_atomic(path, old, sizeof old - 1) == NMLX_OK, "%s",
            nmlx_last_error());
     const int errs[] = {ENOSPC, EIO, EINTR, 0};

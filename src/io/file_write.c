@@ -123,9 +123,12 @@ nmlx_status nmlx_io_fsync_dir(const char *dir) {
 /* The folder part of path ("." when it has none), in out (cap bytes). */
 static void dir_of(const char *path, char *out, size_t cap) {
     const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(out, cap, ".");
-    else if (slash == path) snprintf(out, cap, "/");
-    else snprintf(out, cap, "%.*s", (int)(slash - path), path);
+    if (!slash)
+        snprintf(out, cap, ".");
+    else if (slash == path)
+        snprintf(out, cap, "/");
+    else
+        snprintf(out, cap, "%.*s", (int)(slash - path), path);
 }
 
 nmlx_status nmlx_io_write_file_atomic(const char *path, const void *buf, size_t n) {
