@@ -18,7 +18,7 @@ import { demoModel, fixture } from "./helpers.js";
 setFlagsFromString("--expose_gc");
 const gc = runInNewContext("gc");
 
-const WARMUP = Number(process.env.NMLX_SOAK_WARMUP ?? 8);
+const WARMUP = Number(process.env.NMLX_SOAK_WARMUP ?? 20);
 const ROUNDS = Number(process.env.NMLX_SOAK_ROUNDS ?? 40);
 
 let seed = 0x2545f491;
