@@ -54,10 +54,11 @@ for h in $harnesses; do
     config | model_config | aux_config) dict=-dict=tests/fuzz/config.dict ;;
     tokenizer_load) dict="-dict=tests/fuzz/tokenizer.dict -max_len=16384" ;;
     esac
-    # -timeout: one input taking 10 s is a hang; -rss_limit_mb: memory must
-    # stay bounded by the input (issue 13)
+    # -timeout: one input taking 10 s is a hang; memory must stay bounded by
+    # the input (issue 13): no single allocation over 256 MB from an input of
+    # at most 16 KB, at most 2 GB in all
     # shellcheck disable=SC2086
-    if "$out/fuzz_$h" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+    if "$out/fuzz_$h" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
         -print_final_stats=1 -artifact_prefix="$work/art/" $dict "$work/corpus" \
         >"$work/log" 2>&1; then
         echo "fuzz ci: fuzz_$h: $(grep -E 'stat::number_of_executed_units' "$work/log" |
