@@ -221,6 +221,9 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
         TRY(nmlx_tokenizer_load(dir, &m->tok));
         add_eos(m, nmlx_tokenizer_eos_id(m->tok));
     }
+    /* the weights' files are as they were when mapped (a long load is a
+     * wide window for a copy over them) */
+    TRY(nmlx_weights_verify(m->weights));
     *out = m;
     m = NULL;
 cleanup:
