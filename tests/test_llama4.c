@@ -1,0 +1,282 @@
+/* Llama 4 beyond what test_fixtures checks (one-shot prefill, token-by-token
+ * decode, greedy):
+ *  - the live-chunk KV cache (shared/chunked_kv_cache.c): rows, views and
+ *    trims against a plain list of positions, chunk boundaries included;
+ *  - sigmoid top-k routing (NMLX_MOE_TOPK_SIGMOID) against a sort;
+ *  - every llama4 fixture with its prompt fed in pieces (single tokens,
+ *    pieces that end on and across attention chunk boundaries): each
+ *    call's rows vs the reference logits (float32 tolerance, same argmax);
+ *  - session trims inside the live chunk are exact; a trim back past the
+ *    chunk start makes the next eval fail with a message (nothing crashes),
+ *    and trimming to a chunk boundary or resetting recovers. */
+#define _POSIX_C_SOURCE 200809L
+#include "harness.h"
+#include "nmlx.h"
+#include "shared/chunked_kv_cache.h"
+#include "shared/moe.h"
+
+#include <jansson.h>
+#include <string.h>
+
+#define F32_TOL 1e-4
+
+/* ---- chunked KV cache ------------------------------------------------- */
+
+static void test_chunked_cache(void) {
+    nmlx_backend *be = NULL;
+    EXPECT(nmlx_backend_cpu_create(1, &be) == NMLX_OK, "cpu backend");
+    if (!be) return;
+    const int64_t KVH = 2, HD = 4, C = 5, MAXC = 40;
+    nmlx_chunked_kv_cache c;
+    EXPECT(nmlx_chunked_kv_cache_init(&c, be, KVH, HD, C, MAXC) == NMLX_OK, "init");
+    float k[8 * 2 * 4], v[8 * 2 * 4];
+    /* feed positions in calls of these sizes (split at chunk ends like the model) */
+    const int64_t calls[] = {3, 1, 4, 7, 1, 1, 2, 5};
+    int64_t pos = 0;
+    bool ok = true;
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        for (int64_t left = calls[i]; left > 0;) {
+            int64_t n = nmlx_chunked_kv_cache_room(&c);
+            if (n > left) n = left;
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t j = 0; j < KVH * HD; j++) {
+                    k[t * KVH * HD + j] = (float)(pos + t) + 0.01f * (float)j;
+                    v[t * KVH * HD + j] = -(float)(pos + t) - 0.01f * (float)j;
+                }
+            nmlx_kv_view view;
+            ok = ok && nmlx_chunked_kv_cache_reserve(&c, n) == NMLX_OK;
+            nmlx_chunked_kv_cache_update(&c, be, k, v, n, &view);
+            int64_t start = pos - pos % C;
+            ok = ok && view.q_row == pos - start && view.n_kv == pos + n - start &&
+                 view.window == 0 && (pos % C) + n <= C;
+            for (int64_t r = 0; r < view.n_kv; r++) /* row r holds position start + r */
+                for (int64_t h = 0; h < KVH; h++)
+                    ok = ok && view.keys[(h * view.cap + r) * HD] == (float)(start + r) + 0.01f * (float)(h * HD) &&
+                         view.values[(h * view.cap + r) * HD + 1] ==
+                             -(float)(start + r) - 0.01f * (float)(h * HD + 1);
+            pos += n;
+            left -= n;
+        }
+    EXPECT(ok && c.offset == pos, "chunked cache rows and views over %lld positions",
+           (long long)pos);
+    /* trim inside the live chunk: exact */
+    int64_t live = pos % C; /* pos = 24: 4 rows in the live chunk */
+    EXPECT(live >= 2 && nmlx_chunked_kv_cache_trim(&c, 2) == 2 &&
+               nmlx_chunked_kv_cache_reserve(&c, 1) == NMLX_OK && c.valid == live - 2,
+           "trim inside the chunk");
+    /* back past the chunk start: lost until a chunk boundary */
+    nmlx_chunked_kv_cache_trim(&c, live - 2 + 2);
+    EXPECT(nmlx_chunked_kv_cache_reserve(&c, 1) == NMLX_ERR_INVALID_ARG &&
+               strstr(nmlx_last_error(), "attention chunk"),
+           "trim past the chunk start is reported: %s", nmlx_last_error());
+    nmlx_chunked_kv_cache_trim(&c, c.offset % C);
+    EXPECT(c.offset % C == 0 && nmlx_chunked_kv_cache_reserve(&c, 1) == NMLX_OK,
+           "trim to a chunk boundary recovers");
+    EXPECT(nmlx_chunked_kv_cache_reserve(&c, MAXC) == NMLX_ERR_CONTEXT_OVERFLOW,
+           "context overflow");
+    nmlx_chunked_kv_cache_free(&c, be);
+    /* max_context below the chunk: the buffer is the context */
+    EXPECT(nmlx_chunked_kv_cache_init(&c, be, 1, 2, 8192, 7) == NMLX_OK && c.cap == 7,
+           "cap = min(chunk, context)");
+    nmlx_chunked_kv_cache_free(&c, be);
+    nmlx_backend_free(be);
+}
+
+/* ---- routing ------------------------------------------------------------- */
+
+static void test_sigmoid_routing(void) {
+    const int64_t E = 7, K = 3, T = 9;
+    float logits[9 * 7], scores[9 * 3];
+    int32_t idx[9 * 3];
+    test_seed(44);
+    for (int64_t i = 0; i < T * E; i++)
+        logits[i] = (float)((double)(test_rand_u64() % 2000) / 250.0 - 4.0);
+    nmlx_moe_shape s = {.n_experts = E, .top_k = K, .routing = NMLX_MOE_TOPK_SIGMOID};
+    nmlx_moe_route(&s, logits, T, idx, scores);
+    bool ok = true;
+    for (int64_t t = 0; t < T; t++) {
+        const float *l = logits + t * E;
+        for (int64_t j = 0; j < K; j++) {
+            int32_t e = idx[t * K + j];
+            int64_t above = 0; /* experts strictly better than e, or equal with a lower index */
+            for (int64_t x = 0; x < E; x++) above += l[x] > l[e] || (l[x] == l[e] && x < e);
+            ok = ok && above == j;
+            ok = ok && fabs(scores[t * K + j] - 1.0 / (1.0 + exp(-(double)l[e]))) < 1e-7;
+        }
+    }
+    EXPECT(ok, "top-k sigmoid routing");
+}
+
+/* ---- the fixtures fed in pieces ------------------------------------------ */
+
+typedef struct {
+    int32_t *prompt, greedy[16];
+    size_t n;
+    int V;
+    float *logits;
+    int64_t chunk;
+} ref;
+
+static float *read_floats(const char *path, size_t count) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    float *v = malloc(count * sizeof *v);
+    if (v && fread(v, sizeof *v, count, f) != count) {
+        free(v);
+        v = NULL;
+    }
+    fclose(f);
+    return v;
+}
+
+static bool ref_open(const char *dir, ref *r) {
+    char p[1200];
+    memset(r, 0, sizeof *r);
+    snprintf(p, sizeof p, "%s/expected.json", dir);
+    json_t *e = json_load_file(p, 0, NULL);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    json_t *c = json_load_file(p, 0, NULL);
+    bool ok = e && c;
+    if (ok) {
+        json_t *pr = json_object_get(e, "prompt_ids"), *g = json_object_get(e, "greedy_ids");
+        json_t *tc = json_object_get(c, "text_config");
+        r->n = json_array_size(pr);
+        r->V = (int)json_integer_value(json_object_get(e, "vocab_size"));
+        r->chunk = json_integer_value(json_object_get(tc ? tc : c, "attention_chunk_size"));
+        r->prompt = malloc(r->n * sizeof *r->prompt);
+        for (size_t i = 0; i < r->n; i++)
+            r->prompt[i] = (int32_t)json_integer_value(json_array_get(pr, i));
+        for (size_t i = 0; i < 16; i++)
+            r->greedy[i] = (int32_t)json_integer_value(json_array_get(g, i));
+        snprintf(p, sizeof p, "%s/logits.bin", dir);
+        r->logits = read_floats(p, r->n * (size_t)r->V);
+        ok = r->logits && r->n > 4 && r->V > 0 && r->chunk > 1;
+    }
+    json_decref(e);
+    json_decref(c);
+    return ok;
+}
+
+static size_t argmax(const float *v, int n) {
+    size_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b]) b = (size_t)i;
+    return b;
+}
+
+/* Feeds the prompt in pieces of the given sizes (the last repeats), all
+ * logits kept; returns max |diff| / max |ref| (inf on error or argmax miss). */
+static double feed_pieces(nmlx_session *s, const ref *r, const size_t *sizes, size_t n_sizes) {
+    double diff = 0, mx = 0;
+    bool argmax_ok = true;
+    nmlx_session_reset(s);
+    for (size_t at = 0, i = 0; at < r->n; i++) {
+        size_t n = sizes[i < n_sizes ? i : n_sizes - 1];
+        if (n > r->n - at) n = r->n - at;
+        if (nmlx_session_eval(s, r->prompt + at, n, 1) != NMLX_OK) return INFINITY;
+        size_t rows = 0;
+        const float *got = nmlx_session_all_logits(s, &rows);
+        if (!got || rows != n) return INFINITY;
+        for (size_t t = 0; t < n; t++) {
+            const float *g = got + t * (size_t)r->V, *x = r->logits + (at + t) * (size_t)r->V;
+            for (int j = 0; j < r->V; j++) {
+                double d = fabs((double)g[j] - (double)x[j]);
+                if (!(d <= diff)) diff = isnan(d) ? INFINITY : d;
+                if (fabs((double)x[j]) > mx) mx = fabs((double)x[j]);
+            }
+            argmax_ok = argmax_ok && argmax(g, r->V) == argmax(x, r->V);
+        }
+        at += n;
+    }
+    return argmax_ok && mx > 0 ? diff / mx : INFINITY;
+}
+
+static void test_fixture(const char *root, const char *name) {
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    ref r;
+    bool have = ref_open(dir, &r);
+    EXPECT(have, "%s: fixture readable", dir);
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 2;
+    mp.no_tokenizer = 1;
+    nmlx_model *m = NULL;
+    nmlx_session *s = NULL;
+    if (!have || nmlx_model_load(dir, &mp, &m) != NMLX_OK ||
+        nmlx_session_create(m, NULL, &s) != NMLX_OK) {
+        EXPECT(0, "%s: load: %s", dir, nmlx_last_error());
+        goto done;
+    }
+    size_t C = (size_t)r.chunk;
+    const size_t ones[] = {1};
+    const size_t at_edge[] = {C - 1, 1, C, 2};  /* ends on a boundary, then crosses */
+    const size_t across[] = {C + 2, C - 1, 3};  /* starts mid-chunk, spans two */
+    const size_t uneven[] = {3, 4, 2, 7};
+    const struct {
+        const char *what;
+        const size_t *sizes;
+        size_t n;
+    } plans[] = {{"one token at a time", ones, 1},
+                 {"pieces ending on chunk boundaries", at_edge, 4},
+                 {"pieces across chunk boundaries", across, 3},
+                 {"uneven pieces", uneven, 4}};
+    for (size_t p = 0; p < sizeof plans / sizeof plans[0]; p++) {
+        double ratio = feed_pieces(s, &r, plans[p].sizes, plans[p].n);
+        EXPECT(ratio <= F32_TOL, "%s, %s: max|diff|/max|ref| = %.3e (or an error / argmax miss)",
+               name, plans[p].what, ratio);
+        printf("%-20s %-36s %.2e\n", name, plans[p].what, ratio);
+    }
+    /* trim inside the live chunk, then the same tokens again: same logits */
+    {
+        size_t n = r.n, live = n % C; /* tokens in the last (live) chunk */
+        nmlx_session_reset(s);
+        nmlx_status st = nmlx_session_eval(s, r.prompt, n, 0);
+        if (live >= 2 && st == NMLX_OK) {
+            st = nmlx_session_trim(s, 2);
+            if (st == NMLX_OK) st = nmlx_session_eval(s, r.prompt + n - 2, 2, 1);
+            size_t rows = 0;
+            const float *got = st == NMLX_OK ? nmlx_session_all_logits(s, &rows) : NULL;
+            bool same = got && rows == 2 &&
+                        argmax(got + (size_t)r.V, r.V) == argmax(r.logits + (n - 1) * (size_t)r.V, r.V);
+            EXPECT(same, "%s: trim inside the live chunk then re-eval: %s", name,
+                   st == NMLX_OK ? "logits differ" : nmlx_last_error());
+        }
+        /* back past the live chunk start: the next eval says why it cannot go on */
+        nmlx_session_reset(s);
+        st = nmlx_session_eval(s, r.prompt, n, 0);
+        size_t back = live + 1;
+        if (st == NMLX_OK && n > back && (n - back) % C != 0) {
+            nmlx_session_trim(s, back);
+            st = nmlx_session_eval(s, r.prompt + n - back, 1, 0);
+            EXPECT(st != NMLX_OK && strstr(nmlx_last_error(), "attention chunk"),
+                   "%s: eval after a trim past the chunk start fails clearly: %s", name,
+                   nmlx_last_error());
+            nmlx_session_trim(s, (n - back) % C); /* to the chunk boundary */
+            size_t from = n - back - (n - back) % C;
+            st = nmlx_session_eval(s, r.prompt + from, n - from, 1);
+            size_t rows = 0;
+            const float *got = st == NMLX_OK ? nmlx_session_all_logits(s, &rows) : NULL;
+            EXPECT(got && rows == n - from &&
+                       argmax(got + (rows - 1) * (size_t)r.V, r.V) ==
+                           argmax(r.logits + (n - 1) * (size_t)r.V, r.V),
+                   "%s: recovered after trimming to a chunk boundary: %s", name,
+                   nmlx_last_error());
+        }
+    }
+done:
+    nmlx_session_free(s);
+    nmlx_model_free(m);
+    free(r.prompt);
+    free(r.logits);
+}
+
+int main(void) {
+    test_chunked_cache();
+    test_sigmoid_routing();
+    const char *src = getenv("NMLX_SOURCE_DIR");
+    char root[512];
+    snprintf(root, sizeof root, "%s/tests/fixtures", src ? src : ".");
+    static const char *const names[] = {"llama4_text", "llama4_mm", "llama4_mm_stacked"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) test_fixture(root, names[i]);
+    return test_summary();
+}
