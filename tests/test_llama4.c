@@ -53,7 +53,9 @@ static void test_chunked_cache(void) {
                  view.window == 0 && (pos % C) + n <= C;
             for (int64_t r = 0; r < view.n_kv; r++) /* row r holds position start + r */
                 for (int64_t h = 0; h < KVH; h++)
-                    ok = ok && view.keys[(h * view.cap + r) * HD] == (float)(start + r) + 0.01f * (float)(h * HD) &&
+                    ok = ok &&
+                         view.keys[(h * view.cap + r) * HD] ==
+                             (float)(start + r) + 0.01f * (float)(h * HD) &&
                          view.values[(h * view.cap + r) * HD + 1] ==
                              -(float)(start + r) - 0.01f * (float)(h * HD + 1);
             pos += n;
@@ -101,7 +103,8 @@ static void test_sigmoid_routing(void) {
         for (int64_t j = 0; j < K; j++) {
             int32_t e = idx[t * K + j];
             int64_t above = 0; /* experts strictly better than e, or equal with a lower index */
-            for (int64_t x = 0; x < E; x++) above += l[x] > l[e] || (l[x] == l[e] && x < e);
+            for (int64_t x = 0; x < E; x++)
+                above += l[x] > l[e] || (l[x] == l[e] && x < e);
             ok = ok && above == j;
             ok = ok && fabs(scores[t * K + j] - 1.0 / (1.0 + exp(-(double)l[e]))) < 1e-7;
         }
@@ -211,8 +214,8 @@ static void test_fixture(const char *root, const char *name) {
     }
     size_t C = (size_t)r.chunk;
     const size_t ones[] = {1};
-    const size_t at_edge[] = {C - 1, 1, C, 2};  /* ends on a boundary, then crosses */
-    const size_t across[] = {C + 2, C - 1, 3};  /* starts mid-chunk, spans two */
+    const size_t at_edge[] = {C - 1, 1, C, 2}; /* ends on a boundary, then crosses */
+    const size_t across[] = {C + 2, C - 1, 3}; /* starts mid-chunk, spans two */
     const size_t uneven[] = {3, 4, 2, 7};
     const struct {
         const char *what;
@@ -238,8 +241,9 @@ static void test_fixture(const char *root, const char *name) {
             if (st == NMLX_OK) st = nmlx_session_eval(s, r.prompt + n - 2, 2, 1);
             size_t rows = 0;
             const float *got = st == NMLX_OK ? nmlx_session_all_logits(s, &rows) : NULL;
-            bool same = got && rows == 2 &&
-                        argmax(got + (size_t)r.V, r.V) == argmax(r.logits + (n - 1) * (size_t)r.V, r.V);
+            bool same =
+                got && rows == 2 &&
+                argmax(got + (size_t)r.V, r.V) == argmax(r.logits + (n - 1) * (size_t)r.V, r.V);
             EXPECT(same, "%s: trim inside the live chunk then re-eval: %s", name,
                    st == NMLX_OK ? "logits differ" : nmlx_last_error());
         }
@@ -261,8 +265,7 @@ static void test_fixture(const char *root, const char *name) {
             EXPECT(got && rows == n - from &&
                        argmax(got + (rows - 1) * (size_t)r.V, r.V) ==
                            argmax(r.logits + (n - 1) * (size_t)r.V, r.V),
-                   "%s: recovered after trimming to a chunk boundary: %s", name,
-                   nmlx_last_error());
+                   "%s: recovered after trimming to a chunk boundary: %s", name, nmlx_last_error());
         }
     }
 done:
@@ -316,7 +319,8 @@ static void test_convert(const char *root) {
         printf("%-20s %-36s %.2e\n", "llama4_mm", "nmlx convert (fused -> stacked)", ratio);
         char p[1300];
         const char *files[] = {"model.safetensors", "config.json", "generation_config.json"};
-        for (size_t i = 0; i < 3; i++) snprintf(p, sizeof p, "%s/%s", out, files[i]), unlink(p);
+        for (size_t i = 0; i < 3; i++)
+            snprintf(p, sizeof p, "%s/%s", out, files[i]), unlink(p);
         rmdir(out);
     }
     free(r.prompt);
@@ -339,7 +343,8 @@ int main(void) {
     snprintf(root, sizeof root, "%s/tests/fixtures", src ? src : ".");
     static const char *const names[] = {"llama4_text", "llama4_mm", "llama4_mm_stacked",
                                         "llama4_text_q4g32"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) test_fixture(root, names[i]);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        test_fixture(root, names[i]);
     test_convert(root);
     return test_summary();
 }

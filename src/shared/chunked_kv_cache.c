@@ -4,9 +4,8 @@
 #include <assert.h>
 #include <string.h>
 
-nmlx_status nmlx_chunked_kv_cache_init(nmlx_chunked_kv_cache *c, nmlx_backend *be,
-                                       int64_t kv_heads, int64_t head_dim, int64_t chunk,
-                                       int64_t max_context) {
+nmlx_status nmlx_chunked_kv_cache_init(nmlx_chunked_kv_cache *c, nmlx_backend *be, int64_t kv_heads,
+                                       int64_t head_dim, int64_t chunk, int64_t max_context) {
     memset(c, 0, sizeof *c);
     if (chunk <= 0 || max_context <= 0 || kv_heads <= 0 || head_dim <= 0)
         return nmlx_fail(NMLX_ERR_INTERNAL, "chunked KV cache: bad sizes (chunk %lld)",
@@ -70,8 +69,12 @@ void nmlx_chunked_kv_cache_update(nmlx_chunked_kv_cache *c, nmlx_backend *be, co
         }
     c->offset += T;
     c->valid = c->offset - c->start;
-    *view = (nmlx_kv_view){.keys = c->keys, .values = c->values, .cap = c->cap,
-                           .n_kv = c->valid, .q_row = row0, .window = 0};
+    *view = (nmlx_kv_view){.keys = c->keys,
+                           .values = c->values,
+                           .cap = c->cap,
+                           .n_kv = c->valid,
+                           .q_row = row0,
+                           .window = 0};
 }
 
 int64_t nmlx_chunked_kv_cache_trim(nmlx_chunked_kv_cache *c, int64_t n) {

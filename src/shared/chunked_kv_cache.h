@@ -27,9 +27,8 @@ typedef struct nmlx_chunked_kv_cache {
     int64_t valid;  /* rows holding tokens: offset - start unless lost */
 } nmlx_chunked_kv_cache;
 
-nmlx_status nmlx_chunked_kv_cache_init(nmlx_chunked_kv_cache *c, nmlx_backend *be,
-                                       int64_t kv_heads, int64_t head_dim, int64_t chunk,
-                                       int64_t max_context);
+nmlx_status nmlx_chunked_kv_cache_init(nmlx_chunked_kv_cache *c, nmlx_backend *be, int64_t kv_heads,
+                                       int64_t head_dim, int64_t chunk, int64_t max_context);
 void nmlx_chunked_kv_cache_free(nmlx_chunked_kv_cache *c, nmlx_backend *be);
 /* Context check for n more tokens; fails if a trim lost rows (see above). */
 nmlx_status nmlx_chunked_kv_cache_reserve(const nmlx_chunked_kv_cache *c, int64_t n);

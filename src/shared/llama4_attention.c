@@ -4,14 +4,15 @@
 #include <math.h>
 #include <stdio.h>
 
-nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws,
-                                   const char *prefix, bool bias) {
+nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws, const char *prefix,
+                                   bool bias) {
     char name[512];
     nmlx_status st;
     int64_t qdim = a->heads * a->head_dim, kvdim = a->kv_heads * a->head_dim;
     nmlx_linear *l[4] = {&a->q, &a->k, &a->v, &a->o};
     const char *names[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
-    int64_t out[4] = {qdim, kvdim, kvdim, a->hidden}, in[4] = {a->hidden, a->hidden, a->hidden, qdim};
+    int64_t out[4] = {qdim, kvdim, kvdim, a->hidden},
+            in[4] = {a->hidden, a->hidden, a->hidden, qdim};
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
         if ((st = nmlx_linear_load(l[i], ws, name, out[i], in[i], bias))) return st;
@@ -37,7 +38,8 @@ void nmlx_rope_interleaved(float *x, int64_t T, int64_t H, int64_t HD, int64_t p
     }
 }
 
-/* Temperature tuning of NoPE layers: q[t] *= 1 + attn_scale * log1p(floor((pos + 1) / floor_scale)). */
+/* Temperature tuning of NoPE layers: q[t] *= 1 + attn_scale * log1p(floor((pos + 1) /
+ * floor_scale)). */
 static void tune_queries(nmlx_backend *be, const nmlx_l4_attention *a, float *q, int64_t pos,
                          int64_t T) {
     int64_t row = a->heads * a->head_dim;
@@ -55,10 +57,22 @@ static void attend(nmlx_backend *be, const nmlx_l4_attention *a, const nmlx_l4_b
                    const nmlx_kv_view *kv, int64_t t0, int64_t T) {
     int64_t qrow = a->heads * a->head_dim;
     nmlx_attn_args args = {
-        .q = b->q + t0 * qrow, .k = kv->keys, .v = kv->values, .out = b->ctx + t0 * qrow,
-        .T = T, .H = a->heads, .KVH = a->kv_heads, .HD = a->head_dim, .cap = kv->cap,
-        .q_pos = kv->q_row, .n_kv = kv->n_kv, .scale = 1.0f / sqrtf((float)a->head_dim),
-        .window = kv->window, .softcap = 0.0f, .sinks = NULL, .scratch = b->scratch,
+        .q = b->q + t0 * qrow,
+        .k = kv->keys,
+        .v = kv->values,
+        .out = b->ctx + t0 * qrow,
+        .T = T,
+        .H = a->heads,
+        .KVH = a->kv_heads,
+        .HD = a->head_dim,
+        .cap = kv->cap,
+        .q_pos = kv->q_row,
+        .n_kv = kv->n_kv,
+        .scale = 1.0f / sqrtf((float)a->head_dim),
+        .window = kv->window,
+        .softcap = 0.0f,
+        .sinks = NULL,
+        .scratch = b->scratch,
     };
     be->ops->attention(be, &args);
 }

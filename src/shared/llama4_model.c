@@ -13,8 +13,8 @@
 #include <string.h>
 
 enum {
-    PIECE = 256,       /* tokens per prefill piece: bounds activation memory */
-    MAX_LIST = 4096    /* longest per-layer list read from config (num_hidden_layers bound) */
+    PIECE = 256,    /* tokens per prefill piece: bounds activation memory */
+    MAX_LIST = 4096 /* longest per-layer list read from config (num_hidden_layers bound) */
 };
 
 typedef struct l4_layer {
@@ -109,7 +109,8 @@ static nmlx_status layer_kinds(const nmlx_cfg *cfg, const nmlx_l4_def *def, int6
     const char **types = NULL;
     size_t n = 0;
     const char *path = nmlx_cfg_path(cfg);
-    for (int64_t i = 0; i < L; i++) use_rope[i] = true;
+    for (int64_t i = 0; i < L; i++)
+        use_rope[i] = true;
     if (def->no_rope_layers != NMLX_FEATURE_OFF) {
         flags = nmlx_calloc(MAX_LIST, sizeof *flags);
         CHECK(flags, NMLX_ERR_NOMEM, "out of memory reading no_rope_layers");
@@ -118,14 +119,17 @@ static nmlx_status layer_kinds(const nmlx_cfg *cfg, const nmlx_l4_def *def, int6
             CHECK(n >= (size_t)L, NMLX_ERR_INVALID_MODEL,
                   "%s: field 'no_rope_layers' has %zu entries for %lld layers", path, n,
                   (long long)L);
-            for (int64_t i = 0; i < L; i++) use_rope[i] = flags[i] != 0;
+            for (int64_t i = 0; i < L; i++)
+                use_rope[i] = flags[i] != 0;
         } else {
             int64_t every;
             TRY(nmlx_cfg_int(cfg, "no_rope_layer_interval", def->no_rope_layer_interval, &every));
-            for (int64_t i = 0; i < L; i++) use_rope[i] = (i + 1) % every != 0;
+            for (int64_t i = 0; i < L; i++)
+                use_rope[i] = (i + 1) % every != 0;
         }
     }
-    for (int64_t i = 0; i < L; i++) chunked[i] = def->chunked_attention && use_rope[i];
+    for (int64_t i = 0; i < L; i++)
+        chunked[i] = def->chunked_attention && use_rope[i];
     if (def->chunked_attention && nmlx_cfg_has(cfg, "layer_types")) {
         types = nmlx_calloc(MAX_LIST, sizeof *types);
         CHECK(types, NMLX_ERR_NOMEM, "out of memory reading layer_types");
@@ -148,15 +152,16 @@ cleanup:
 
 /* MoE layers: config moe_layers (indices; may be empty), else every
  * interleave_moe_layer_step-th layer counting from step - 1. */
-static nmlx_status moe_layers(const nmlx_cfg *cfg, const nmlx_l4_def *def, int64_t L,
-                              bool *moe) {
+static nmlx_status moe_layers(const nmlx_cfg *cfg, const nmlx_l4_def *def, int64_t L, bool *moe) {
     nmlx_status st = NMLX_OK;
     int64_t *list = NULL;
     const char *path = nmlx_cfg_path(cfg);
-    for (int64_t i = 0; i < L; i++) moe[i] = false;
+    for (int64_t i = 0; i < L; i++)
+        moe[i] = false;
     if (def->moe_layers == NMLX_FEATURE_OFF) return NMLX_OK;
     if (def->moe_layers == NMLX_FEATURE_ON) {
-        for (int64_t i = 0; i < L; i++) moe[i] = true;
+        for (int64_t i = 0; i < L; i++)
+            moe[i] = true;
         return NMLX_OK;
     }
     if (nmlx_cfg_has(cfg, "moe_layers")) {
@@ -173,7 +178,8 @@ static nmlx_status moe_layers(const nmlx_cfg *cfg, const nmlx_l4_def *def, int64
     } else {
         int64_t step;
         TRY(nmlx_cfg_int(cfg, "interleave_moe_layer_step", def->interleave_moe_layer_step, &step));
-        for (int64_t i = step - 1; i < L; i += step) moe[i] = true;
+        for (int64_t i = step - 1; i < L; i += step)
+            moe[i] = true;
     }
 cleanup:
     nmlx_free(list);
@@ -289,11 +295,15 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
           (long long)L);
     TRY(layer_kinds(cfg, def, L, use_rope, chunked));
     TRY(moe_layers(cfg, def, L, moe));
-    for (int64_t i = 0; i < L; i++) m->has_moe = m->has_moe || moe[i];
+    for (int64_t i = 0; i < L; i++)
+        m->has_moe = m->has_moe || moe[i];
     if (m->has_moe) {
         m->moe = (nmlx_moe_shape){
-            .hidden = m->hidden, .routing = NMLX_MOE_TOPK_SIGMOID, .act = NMLX_SWITCH_SWIGLU,
-            .router_name = def->router_name, .stacked_name = def->stacked_name,
+            .hidden = m->hidden,
+            .routing = NMLX_MOE_TOPK_SIGMOID,
+            .act = NMLX_SWITCH_SWIGLU,
+            .router_name = def->router_name,
+            .stacked_name = def->stacked_name,
             .gate_up_halves = true,
         };
         TRY(required_int(cfg, "num_local_experts", &m->moe.n_experts));
@@ -308,11 +318,18 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
         char lp[160];
         snprintf(lp, sizeof lp, "%s.layers.%lld", prefix, (long long)i);
         l->attn = (nmlx_l4_attention){
-            .hidden = m->hidden, .heads = m->heads, .kv_heads = m->kv_heads,
-            .head_dim = m->head_dim, .rope = use_rope[i] ? &m->rope : NULL,
-            .interleaved = def->rope_interleaved, .qk_norm = use_rope[i] && qk_norm,
-            .norm_eps = (float)eps, .tune = !use_rope[i] && tune, .floor_scale = floor_scale,
-            .attn_scale = attn_scale, .chunked = chunked[i],
+            .hidden = m->hidden,
+            .heads = m->heads,
+            .kv_heads = m->kv_heads,
+            .head_dim = m->head_dim,
+            .rope = use_rope[i] ? &m->rope : NULL,
+            .interleaved = def->rope_interleaved,
+            .qk_norm = use_rope[i] && qk_norm,
+            .norm_eps = (float)eps,
+            .tune = !use_rope[i] && tune,
+            .floor_scale = floor_scale,
+            .attn_scale = attn_scale,
+            .chunked = chunked[i],
         };
         l->is_moe = moe[i];
         TRY(load_layer(m, l, ctx, def, lp, bias, (float)eps, act));
@@ -355,13 +372,15 @@ void nmlx_l4_state_free(void *statep, nmlx_backend *be) {
     if (!s) return;
     if (s->caches)
         for (int64_t i = 0; i < s->n_layers; i++) {
-            if (s->caches[i].chunked) nmlx_chunked_kv_cache_free(&s->caches[i].ck, be);
-            else nmlx_layer_cache_free(&s->caches[i].full, be);
+            if (s->caches[i].chunked)
+                nmlx_chunked_kv_cache_free(&s->caches[i].ck, be);
+            else
+                nmlx_layer_cache_free(&s->caches[i].full, be);
         }
     nmlx_free(s->caches);
     if (s->has_mb) nmlx_l4_moe_buffers_free(&s->mb, be);
-    float *bufs[] = {s->x, s->logits, s->xn, s->tmp, s->gate, s->up,
-                     s->ab.q, s->ab.k, s->ab.v, s->ab.ctx, s->ab.scratch};
+    float *bufs[] = {s->x,    s->logits, s->xn,   s->tmp,    s->gate,      s->up,
+                     s->ab.q, s->ab.k,   s->ab.v, s->ab.ctx, s->ab.scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->ops->free(be, bufs[i]);
     nmlx_free(s);
@@ -428,27 +447,29 @@ int64_t nmlx_l4_state_position(const void *statep) {
 void nmlx_l4_state_trim(void *statep, int64_t n) {
     l4_state *s = statep;
     for (int64_t i = 0; i < s->n_layers; i++) {
-        if (s->caches[i].chunked) nmlx_chunked_kv_cache_trim(&s->caches[i].ck, n);
-        else nmlx_layer_cache_trim(&s->caches[i].full, n);
+        if (s->caches[i].chunked)
+            nmlx_chunked_kv_cache_trim(&s->caches[i].ck, n);
+        else
+            nmlx_layer_cache_trim(&s->caches[i].full, n);
     }
 }
 
-static void layer_forward(nmlx_backend *be, const l4_model *m, l4_state *s, int64_t i,
-                          int64_t T) {
+static void layer_forward(nmlx_backend *be, const l4_model *m, l4_state *s, int64_t i, int64_t T) {
     const l4_layer *l = &m->layers[i];
     int64_t D = m->hidden;
     nmlx_rmsnorm_forward(be, &l->input_norm, s->x, s->xn, T, D);
     nmlx_l4_attention_forward(be, &l->attn, &s->caches[i], &s->ab, s->xn, s->tmp, T);
     be->ops->add(be, s->x, s->tmp, s->x, T * D);
     nmlx_rmsnorm_forward(be, &l->post_attn_norm, s->x, s->xn, T, D);
-    if (l->is_moe) nmlx_l4_moe_forward(be, &l->moe, &s->mb, s->xn, s->gate, s->up, s->tmp, T);
-    else nmlx_mlp_forward(be, &l->mlp, s->xn, s->gate, s->up, s->tmp, T);
+    if (l->is_moe)
+        nmlx_l4_moe_forward(be, &l->moe, &s->mb, s->xn, s->gate, s->up, s->tmp, T);
+    else
+        nmlx_mlp_forward(be, &l->mlp, s->xn, s->gate, s->up, s->tmp, T);
     be->ops->add(be, s->x, s->tmp, s->x, T * D);
 }
 
 nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
-                            int64_t T, float *last_logits, float *all_logits,
-                            atomic_bool *cancel) {
+                            int64_t T, float *last_logits, float *all_logits, atomic_bool *cancel) {
     const l4_model *m = archp;
     l4_state *s = statep;
     nmlx_status st = NMLX_OK;
@@ -457,8 +478,10 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
     /* check every cache first, so a failure leaves nothing half-done */
     for (int64_t i = 0; i < m->n_layers; i++) {
         nmlx_l4_cache *c = &s->caches[i];
-        if (c->chunked) TRY(nmlx_chunked_kv_cache_reserve(&c->ck, T));
-        else TRY(nmlx_layer_cache_reserve(&c->full, be, T));
+        if (c->chunked)
+            TRY(nmlx_chunked_kv_cache_reserve(&c->ck, T));
+        else
+            TRY(nmlx_layer_cache_reserve(&c->full, be, T));
     }
     for (int64_t c0 = 0; c0 < T; c0 += s->piece) {
         int64_t C = T - c0 < s->piece ? T - c0 : s->piece;
@@ -486,8 +509,10 @@ cleanup:
         for (int64_t i = 0; i < m->n_layers; i++) {
             nmlx_l4_cache *c = &s->caches[i];
             int64_t n = cache_offset(c) - start;
-            if (c->chunked) nmlx_chunked_kv_cache_trim(&c->ck, n);
-            else nmlx_layer_cache_trim(&c->full, n);
+            if (c->chunked)
+                nmlx_chunked_kv_cache_trim(&c->ck, n);
+            else
+                nmlx_layer_cache_trim(&c->full, n);
         }
     return st;
 }

@@ -31,18 +31,18 @@
 
 typedef struct nmlx_l4_def {
     /* features */
-    bool rope_interleaved;                /* RoPE pairs (2j, 2j+1), not (j, j + HD/2) */
-    nmlx_feature qk_l2_norm;              /* config use_qk_norm (RoPE layers only) */
-    nmlx_feature attn_temperature_tuning; /* config attn_temperature_tuning (NoPE layers) */
-    nmlx_feature no_rope_layers;          /* config no_rope_layers / no_rope_layer_interval */
-    bool chunked_attention;               /* RoPE layers attend within attention_chunk_size */
-    nmlx_feature attention_bias;          /* config attention_bias: q/k/v/o biases */
-    bool moe_shared_expert;               /* `<ffn>.shared_expert` added for every token */
-    nmlx_feature moe_layers;              /* config moe_layers / interleave_moe_layer_step */
-    const char *ffn_module;               /* "feed_forward" */
+    bool rope_interleaved;                  /* RoPE pairs (2j, 2j+1), not (j, j + HD/2) */
+    nmlx_feature qk_l2_norm;                /* config use_qk_norm (RoPE layers only) */
+    nmlx_feature attn_temperature_tuning;   /* config attn_temperature_tuning (NoPE layers) */
+    nmlx_feature no_rope_layers;            /* config no_rope_layers / no_rope_layer_interval */
+    bool chunked_attention;                 /* RoPE layers attend within attention_chunk_size */
+    nmlx_feature attention_bias;            /* config attention_bias: q/k/v/o biases */
+    bool moe_shared_expert;                 /* `<ffn>.shared_expert` added for every token */
+    nmlx_feature moe_layers;                /* config moe_layers / interleave_moe_layer_step */
+    const char *ffn_module;                 /* "feed_forward" */
     const char *router_name, *stacked_name; /* `<ffn>.router`, mlx-lm `<ffn>.experts.*_proj` */
-    const char *expert_size_key;          /* experts and shared expert width */
-    const char *dense_size_key;           /* dense layers' MLP width */
+    const char *expert_size_key;            /* experts and shared expert width */
+    const char *dense_size_key;             /* dense layers' MLP width */
     /* transformers' defaults (Llama4TextConfig) */
     double rms_norm_eps, rope_theta, floor_scale, attn_scale;
     bool tie_word_embeddings;
@@ -71,9 +71,9 @@ typedef struct nmlx_l4_attention {
     bool interleaved;      /* RoPE pairing */
     bool qk_norm;          /* L2 norm of q, k heads after RoPE */
     float norm_eps;
-    bool tune;             /* temperature tuning (NoPE layers) */
+    bool tune; /* temperature tuning (NoPE layers) */
     double floor_scale, attn_scale;
-    bool chunked;          /* cache is chunked (RoPE layers) */
+    bool chunked; /* cache is chunked (RoPE layers) */
 } nmlx_l4_attention;
 
 /* One layer's cache: chunked (RoPE layers) or the standard growing one. */
@@ -88,8 +88,8 @@ typedef struct nmlx_l4_buffers {
     float *scratch;         /* n_threads * max_context floats */
 } nmlx_l4_buffers;
 
-nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws,
-                                   const char *prefix, bool bias);
+nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws, const char *prefix,
+                                   bool bias);
 /* out[T, hidden] = attention(x[T, hidden]) at the cache's next T positions. */
 void nmlx_l4_attention_forward(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_cache *c,
                                const nmlx_l4_buffers *b, const float *x, float *out, int64_t T);
@@ -100,8 +100,8 @@ void nmlx_rope_interleaved(float *x, int64_t T, int64_t H, int64_t HD, int64_t p
                            const float *freqs);
 
 typedef struct nmlx_l4_moe {
-    nmlx_moe moe;      /* router + routed experts (routing NMLX_MOE_TOPK_SIGMOID) */
-    nmlx_mlp shared;   /* shared expert, or zeroed if none */
+    nmlx_moe moe;    /* router + routed experts (routing NMLX_MOE_TOPK_SIGMOID) */
+    nmlx_mlp shared; /* shared expert, or zeroed if none */
     bool has_shared;
 } nmlx_l4_moe;
 

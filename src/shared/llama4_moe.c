@@ -71,8 +71,10 @@ void nmlx_l4_moe_forward(nmlx_backend *be, const nmlx_l4_moe *m, nmlx_l4_moe_buf
             b->pair_idx[t * k + j] = mb->idx[t * k + j];
         }
     nmlx_switch_glu_forward(be, &m->moe.experts, b->xs, b->pair_idx, T * k, 1, &mb->sw, mb->y);
-    if (m->has_shared) nmlx_mlp_forward(be, &m->shared, x, gate, up, out, T);
-    else memset(out, 0, (size_t)(T * D) * sizeof(float)); /* host backend only (see build) */
+    if (m->has_shared)
+        nmlx_mlp_forward(be, &m->shared, x, gate, up, out, T);
+    else
+        memset(out, 0, (size_t)(T * D) * sizeof(float)); /* host backend only (see build) */
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < k; j++)
             be->ops->add(be, out + t * D, mb->y + (t * k + j) * D, out + t * D, D);
