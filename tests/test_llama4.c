@@ -10,6 +10,7 @@
  *    chunk start makes the next eval fail with a message (nothing crashes),
  *    and trimming to a chunk boundary or resetting recovers;
  *  - nmlx convert / quantize-on-load split Llama 4's fused experts right. */
+#define _DEFAULT_SOURCE /* realpath, symlink */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 #include "nmlx.h"
@@ -17,7 +18,10 @@
 #include "shared/moe.h"
 
 #include <jansson.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define F32_TOL 1e-4
@@ -170,18 +174,20 @@ static size_t argmax(const float *v, int n) {
 }
 
 /* Feeds the prompt in pieces of the given sizes (the last repeats), all
- * logits kept; returns max |diff| / max |ref| (inf on error or argmax miss). */
-static double feed_pieces(nmlx_session *s, const ref *r, const size_t *sizes, size_t n_sizes) {
+ * logits kept; returns max |diff| / max |ref|, or NAN on an error; *same_argmax
+ * says whether every row's argmax is the reference's. */
+static double feed_pieces(nmlx_session *s, const ref *r, const size_t *sizes, size_t n_sizes,
+                          bool *same_argmax) {
     double diff = 0, mx = 0;
     bool argmax_ok = true;
     nmlx_session_reset(s);
     for (size_t at = 0, i = 0; at < r->n; i++) {
         size_t n = sizes[i < n_sizes ? i : n_sizes - 1];
         if (n > r->n - at) n = r->n - at;
-        if (nmlx_session_eval(s, r->prompt + at, n, 1) != NMLX_OK) return INFINITY;
+        if (nmlx_session_eval(s, r->prompt + at, n, 1) != NMLX_OK) return NAN;
         size_t rows = 0;
         const float *got = nmlx_session_all_logits(s, &rows);
-        if (!got || rows != n) return INFINITY;
+        if (!got || rows != n) return NAN;
         for (size_t t = 0; t < n; t++) {
             const float *g = got + t * (size_t)r->V, *x = r->logits + (at + t) * (size_t)r->V;
             for (int j = 0; j < r->V; j++) {
@@ -193,7 +199,8 @@ static double feed_pieces(nmlx_session *s, const ref *r, const size_t *sizes, si
         }
         at += n;
     }
-    return argmax_ok && mx > 0 ? diff / mx : INFINITY;
+    *same_argmax = argmax_ok;
+    return mx > 0 ? diff / mx : NAN;
 }
 
 static void test_fixture(const char *root, const char *name) {
@@ -226,9 +233,10 @@ static void test_fixture(const char *root, const char *name) {
                  {"pieces across chunk boundaries", across, 3},
                  {"uneven pieces", uneven, 4}};
     for (size_t p = 0; p < sizeof plans / sizeof plans[0]; p++) {
-        double ratio = feed_pieces(s, &r, plans[p].sizes, plans[p].n);
-        EXPECT(ratio <= F32_TOL, "%s, %s: max|diff|/max|ref| = %.3e (or an error / argmax miss)",
-               name, plans[p].what, ratio);
+        bool same = false;
+        double ratio = feed_pieces(s, &r, plans[p].sizes, plans[p].n, &same);
+        EXPECT(ratio <= F32_TOL && same, "%s, %s: max|diff|/max|ref| = %.3e, argmax %s: %s", name,
+               plans[p].what, ratio, same ? "same" : "DIFFERS", nmlx_last_error());
         printf("%-20s %-36s %.2e\n", name, plans[p].what, ratio);
     }
     /* trim inside the live chunk, then the same tokens again: same logits */
@@ -278,7 +286,7 @@ done:
 /* Loads dir (quantize_bits/gs on load if bits > 0), evaluates the prompt of
  * the reference r with all logits: max |diff| / max |ref|, or inf (error or
  * an argmax differs). */
-static double whole_prompt(const char *dir, const ref *r, int bits, int gs) {
+static double whole_prompt(const char *dir, const ref *r, int bits, int gs, bool *same) {
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     mp.no_tokenizer = 1;
@@ -286,10 +294,11 @@ static double whole_prompt(const char *dir, const ref *r, int bits, int gs) {
     mp.quantize_group_size = gs;
     nmlx_model *m = NULL;
     nmlx_session *s = NULL;
-    double ratio = INFINITY;
+    double ratio = NAN;
+    *same = false;
     if (nmlx_model_load(dir, &mp, &m) == NMLX_OK && nmlx_session_create(m, NULL, &s) == NMLX_OK) {
         const size_t all[] = {r->n};
-        ratio = feed_pieces(s, r, all, 1);
+        ratio = feed_pieces(s, r, all, 1, same);
     }
     nmlx_session_free(s);
     nmlx_model_free(m);
@@ -314,8 +323,10 @@ static void test_convert(const char *root) {
     if (ref_open(src, &r)) {
         nmlx_status st = nmlx_convert(src, out, &cp);
         EXPECT(st == NMLX_OK, "convert llama4_mm: %s", nmlx_last_error());
-        double ratio = st == NMLX_OK ? whole_prompt(out, &r, 0, 0) : INFINITY;
-        EXPECT(ratio <= F32_TOL, "converted llama4_mm (fused -> stacked experts): %.3e", ratio);
+        bool same = false;
+        double ratio = st == NMLX_OK ? whole_prompt(out, &r, 0, 0, &same) : NAN;
+        EXPECT(ratio <= F32_TOL && same, "converted llama4_mm (fused -> stacked experts): %.3e",
+               ratio);
         printf("%-20s %-36s %.2e\n", "llama4_mm", "nmlx convert (fused -> stacked)", ratio);
         char p[1300];
         const char *files[] = {"model.safetensors", "config.json", "generation_config.json"};
@@ -327,10 +338,92 @@ static void test_convert(const char *root) {
     free(r.logits);
     snprintf(src, sizeof src, "%s/llama4_text", root);
     if (ref_open(src, &r)) {
-        double ratio = whole_prompt(src, &r, 8, 32);
-        EXPECT(ratio <= 5e-2, "llama4_text quantized to 8 bits on load: %.3e", ratio);
+        bool same = false;
+        double ratio = whole_prompt(src, &r, 8, 32, &same);
+        EXPECT(ratio <= 5e-2 && same, "llama4_text quantized to 8 bits on load: %.3e", ratio);
         printf("%-20s %-36s %.2e\n", "llama4_text", "8-bit g32 on load vs float", ratio);
     }
+    free(r.prompt);
+    free(r.logits);
+}
+
+/* Config spellings that mean the same model give the same logits; switching
+ * a feature off changes them (so the fixture exercises it). Each variant is
+ * llama4_text's config with one field replaced (JSON), next to a link to its
+ * weights. */
+static void test_config_variants(const char *root) {
+    char src[1100], dir[64], p[1300], w[1300];
+    ref r;
+    snprintf(src, sizeof src, "%s/llama4_text", root);
+    if (!ref_open(src, &r)) {
+        EXPECT(0, "%s readable", src);
+        return;
+    }
+    snprintf(dir, sizeof dir, "/tmp/nmlx-llama4-cfg-%ld", (long)getpid());
+    mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    snprintf(w, sizeof w, "%s/model.safetensors", src);
+    char *abs = realpath(w, NULL);
+    EXPECT(abs && symlink(abs, p) == 0, "link the weights");
+    free(abs);
+    static const struct {
+        const char *key, *value;
+        bool same;
+    } cases[] = {
+        {"no_rope_layers", "[]", true},                 /* empty = by interval (2) */
+        {"no_rope_layers", "[1, 0, 1, 0, 1, 1]", true}, /* longer than the layers: ok */
+        {"layer_types",
+         "[\"chunked_attention\", \"full_attention\", \"chunked_attention\", "
+         "\"full_attention\"]",
+         true},
+        {"moe_layers", "[1, 3]", true},
+        {"attn_temperature_tuning", "4", true}, /* hub / mlx-lm spelling */
+        {"attn_temperature_tuning", "false", false},
+        {"attention_chunk_size", "64", false},
+        {"use_qk_norm", "false", false},
+        {"layer_types",
+         "[\"full_attention\", \"full_attention\", \"chunked_attention\", "
+         "\"full_attention\"]",
+         false},
+        {"moe_layers", "[]", false},
+    };
+    snprintf(w, sizeof w, "%s/config.json", src);
+    json_t *base = json_load_file(w, 0, NULL);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    for (size_t i = 0; base && i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *c = json_deep_copy(base);
+        json_object_set_new(c, cases[i].key, json_loads(cases[i].value, JSON_DECODE_ANY, NULL));
+        if (!strcmp(cases[i].key, "moe_layers") && !strcmp(cases[i].value, "[]")) {
+            /* no MoE layer: every layer dense needs dense weights; expect a clear error */
+            json_dump_file(c, p, 0);
+            nmlx_model_params mp = nmlx_model_default_params();
+            mp.no_tokenizer = 1;
+            nmlx_model *m = NULL;
+            EXPECT(nmlx_model_load(dir, &mp, &m) != NMLX_OK && !m &&
+                       strstr(nmlx_last_error(), "feed_forward"),
+                   "moe_layers [] on MoE weights fails naming the tensor: %s", nmlx_last_error());
+            nmlx_model_free(m);
+            json_decref(c);
+            continue;
+        }
+        json_dump_file(c, p, 0);
+        json_decref(c);
+        bool same = false;
+        double ratio = whole_prompt(dir, &r, 0, 0, &same);
+        if (cases[i].same)
+            EXPECT(ratio <= F32_TOL && same, "%s = %s: %.3e (same model expected): %s",
+                   cases[i].key, cases[i].value, ratio, nmlx_last_error());
+        else
+            EXPECT(ratio > 1e-2 && isfinite(ratio),
+                   "%s = %s: %.3e (a different model expected): %s", cases[i].key, cases[i].value,
+                   ratio, nmlx_last_error());
+        printf("%-20s %-36.36s %.2e\n", cases[i].key, cases[i].value, ratio);
+    }
+    json_decref(base);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    rmdir(dir);
     free(r.prompt);
     free(r.logits);
 }
@@ -346,5 +439,6 @@ int main(void) {
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         test_fixture(root, names[i]);
     test_convert(root);
+    test_config_variants(root);
     return test_summary();
 }
