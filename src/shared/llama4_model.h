@@ -17,6 +17,12 @@
  * times its score, plus a shared expert for every token; elsewhere a dense
  * SwiGLU MLP of width intermediate_size_mlp.
  * Runs on the CPU backend (routing and RoPE read host memory).
+ * Rollback: a chunked layer keeps only its live chunk, so a call that fails
+ * or is cancelled after it started a new chunk cannot restore the earlier
+ * one; the session then refuses further evals with a message until it is
+ * reset or trimmed to a chunk boundary (chunked_kv_cache.h). Single-token
+ * calls (decode) check for cancellation only before they start, so a
+ * cancelled generation always stays usable.
  * A family's generated file fills an nmlx_l4_def and binds nmlx_l4_*. */
 #ifndef NMLX_LLAMA4_MODEL_H
 #define NMLX_LLAMA4_MODEL_H
