@@ -623,7 +623,11 @@ static void test_family_defaults(void) {
                                              d->interleave_moe_layer_step) == NMLX_OK &&
                        nmlx_domain_check_int(f->name, "no_rope_layer_interval",
                                              "no_rope_layer_interval",
-                                             d->no_rope_layer_interval) == NMLX_OK,
+                                             d->no_rope_layer_interval) == NMLX_OK &&
+                       (!d->intermediate_size_mlp ||
+                        nmlx_domain_check_int(f->name, "intermediate_size_mlp",
+                                              "intermediate_size_mlp",
+                                              d->intermediate_size_mlp) == NMLX_OK),
                    "%s", nmlx_last_error());
         } else {
             EXPECT(0, "family %s: unknown def type", f->name);

@@ -242,7 +242,9 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     TRY(nmlx_cfg_int(cfg, "head_dim", def->head_dim ? def->head_dim : m->hidden / m->heads,
                      &m->head_dim));
-    TRY(nmlx_cfg_int(cfg, def->dense_size_key, m->inter, &m->inter_mlp));
+    TRY(nmlx_cfg_int(cfg, def->dense_size_key,
+                     def->intermediate_size_mlp ? def->intermediate_size_mlp : m->inter,
+                     &m->inter_mlp));
     CHECK(m->kv_heads > 0 && m->heads % m->kv_heads == 0, NMLX_ERR_INVALID_MODEL,
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)", path,
           (long long)m->heads, (long long)m->kv_heads);

@@ -54,6 +54,7 @@ typedef struct nmlx_l4_def {
     bool tie_word_embeddings;
     int64_t max_position_embeddings, head_dim, no_rope_layer_interval, attention_chunk_size;
     int64_t interleave_moe_layer_step;
+    int64_t intermediate_size_mlp; /* dense width default (0 = intermediate_size) */
     const char *hidden_act;
 } nmlx_l4_def;
 

@@ -115,6 +115,7 @@ export const CONFIG_DEFAULTS = {
   floor_scale: { type: "number", default: 8192 },
   attn_scale: { type: "number", default: 0.1 },
   interleave_moe_layer_step: { type: "integer", default: 1 },
+  intermediate_size_mlp: { type: "integer", default: 0 }, // 0: intermediate_size
 };
 
 function fail(def, msg) {

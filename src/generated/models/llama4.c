@@ -29,6 +29,7 @@ static const nmlx_l4_def llama4_def = {
     .no_rope_layer_interval = 4,
     .attention_chunk_size = 8192,
     .interleave_moe_layer_step = 1,
+    .intermediate_size_mlp = 16384,
     .hidden_act = "silu",
 };
 

@@ -65,6 +65,7 @@ static const nmlx_l4_def ${n}_def = {
     .no_rope_layer_interval = ${d.no_rope_layer_interval},
     .attention_chunk_size = ${d.attention_chunk_size},
     .interleave_moe_layer_step = ${d.interleave_moe_layer_step},
+    .intermediate_size_mlp = ${d.intermediate_size_mlp},
     .hidden_act = ${cString(d.hidden_act)},
 };
 

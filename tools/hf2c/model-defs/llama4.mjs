@@ -43,5 +43,6 @@ export default {
     floor_scale: 8192,
     attn_scale: 0.1,
     interleave_moe_layer_step: 1,
+    intermediate_size_mlp: 16384,
   },
 };
