@@ -16,6 +16,10 @@
  * a sigmoid on the chosen router logits, each routed expert fed its input
  * times its score, plus a shared expert for every token; elsewhere a dense
  * SwiGLU MLP of width intermediate_size_mlp.
+ * Follows transformers' modeling_llama4.py; where mlx-lm's llama4.py differs,
+ * transformers wins: the L2 qk-norm epsilon is rms_norm_eps (mlx-lm 1e-6),
+ * NoPE and MoE layers come from the config (mlx-lm: every 4th layer NoPE,
+ * interleave step only), and llama4_text checkpoints load as well as llama4.
  * Runs on the CPU backend (routing and RoPE read host memory).
  * Rollback: a chunked layer keeps only its live chunk, so a call that fails
  * or is cancelled after it started a new chunk cannot restore the earlier
