@@ -9,7 +9,7 @@
 
 static const char *const FIXTURES[] = {"qwen3", "llama3_tied", "gemma3_text", "phi3_longrope",
                                        "ministral3_yarn", "quant_llama_q4g64_f16", "mistral_window",
-                                       "smollm3"};
+                                       "smollm3", "llama4_mm"};
 enum { N_FX = sizeof FIXTURES / sizeof FIXTURES[0] };
 static char dirs[N_FX][256];
 
