@@ -118,9 +118,10 @@ static void transpose(void *dst, const void *src, int64_t R, int64_t C, int64_t 
     }
 }
 
-/* Layout 3 (gpt-oss / Llama 4 HF): transpose + de-interleave (or split halves) into one backend buffer:
- * gate [E, H, D], up [E, H, D], down [E, D, H], gate/up biases [E, H] each
- * (down's bias [E, D] is used in place). H = hidden, D = in. */
+/* Layout 3 (gpt-oss / Llama 4 HF): transpose + de-interleave (Llama 4: split
+ * the halves) into one backend buffer: gate [E, H, D], up [E, H, D],
+ * down [E, D, H], gate/up biases [E, H] each (down's bias [E, D] is used in
+ * place). H = hidden, D = in. */
 static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_weights *ws,
                                 nmlx_backend *be, const nmlx_moe_experts_spec *s) {
     char gk[512], dk[512], gbk[512], dbk[512];
