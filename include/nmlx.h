@@ -259,6 +259,29 @@ nmlx_status nmlx_generate(nmlx_session *session, const int32_t *prompt,
                           size_t n_prompt, const nmlx_generate_params *params,
                           nmlx_generate_result *result);
 
+/* ---- batched decode: several sessions, one token each, one pass -------- */
+
+/* Work buffers for advancing up to max_batch sessions of one model together
+ * (a server's concurrent streams): a step reads each weight once for all of
+ * them instead of once per session. Used by one thread at a time. */
+typedef struct nmlx_batch nmlx_batch;
+
+nmlx_status nmlx_batch_create(nmlx_model *model, int max_batch, nmlx_batch **out);
+/* Holds a model reference, like a session. */
+void nmlx_batch_free(nmlx_batch *batch);
+/* Evaluates ids[i] in sessions[i] for i < n (n <= max_batch; distinct
+ * sessions of the batch's model), as nmlx_session_eval(sessions[i], &ids[i],
+ * 1, 0) would; then nmlx_session_logits(sessions[i]) holds each one's
+ * logits. On the CPU they equal those of the session's own one-token eval
+ * bit for bit while n < 16; beyond that, and on a GPU, they agree within the
+ * precision of the weights' format. A session's pending token (left by
+ * nmlx_generate) is evaluated first, on its own. Arguments are checked
+ * before anything runs (NMLX_ERR_INVALID_ARG, or NMLX_ERR_CONTEXT_OVERFLOW
+ * for a full session, naming the session's index), and on any failure no
+ * session has advanced. A step is not interrupted by nmlx_session_cancel(). */
+nmlx_status nmlx_batch_eval(nmlx_batch *batch, nmlx_session *const *sessions,
+                            const int32_t *ids, size_t n);
+
 /* ---- tokenizer (HuggingFace tokenizer.json) --------------------------- */
 
 /* Loads tokenizer.json (+ tokenizer_config.json, special_tokens_map.json)
