@@ -1,4 +1,4 @@
-/* Live-chunk KV cache (see chunked_kv_cache.h). */
+/* Two-slot chunked KV cache (see chunked_kv_cache.h). */
 #include "chunked_kv_cache.h"
 
 #include <assert.h>
@@ -14,7 +14,8 @@ nmlx_status nmlx_chunked_kv_cache_init(nmlx_chunked_kv_cache *c, nmlx_backend *b
     c->head_dim = head_dim;
     c->chunk = chunk;
     c->max_context = max_context;
-    c->cap = chunk < max_context ? chunk : max_context;
+    /* positions below max_context: chunk k's rows (slot k % 2) end below it */
+    c->cap = chunk < max_context / 2 ? 2 * chunk : max_context;
     size_t bytes = (size_t)(kv_heads * c->cap * head_dim) * sizeof(float);
     c->keys = be->ops->alloc(be, bytes);
     c->values = be->ops->alloc(be, bytes);
@@ -29,17 +30,17 @@ void nmlx_chunked_kv_cache_free(nmlx_chunked_kv_cache *c, nmlx_backend *be) {
     if (c->keys) be->ops->free(be, c->keys);
     if (c->values) be->ops->free(be, c->values);
     c->keys = c->values = NULL;
-    c->offset = c->start = c->valid = 0;
+    c->offset = c->lo = 0;
 }
 
 nmlx_status nmlx_chunked_kv_cache_reserve(const nmlx_chunked_kv_cache *c, int64_t n) {
-    if (c->valid != c->offset - c->start)
+    int64_t start = c->offset - c->offset % c->chunk; /* the live chunk's first position */
+    if (c->lo > start)
         return nmlx_fail(NMLX_ERR_INVALID_ARG,
                          "the attention chunk cache no longer holds positions %lld..%lld (a trim "
-                         "went back past the start of an attention chunk); reset the session or "
-                         "trim to position %lld or earlier",
-                         (long long)(c->start + c->valid), (long long)(c->offset - 1),
-                         (long long)c->start);
+                         "went back past the start of the attention chunk before); reset the "
+                         "session or trim to position %lld or earlier",
+                         (long long)start, (long long)(c->lo - 1), (long long)start);
     if (c->offset + n > c->max_context)
         return nmlx_fail(NMLX_ERR_CONTEXT_OVERFLOW,
                          "context overflow: %lld tokens held + %lld new > context length %lld",
@@ -54,25 +55,24 @@ int64_t nmlx_chunked_kv_cache_room(const nmlx_chunked_kv_cache *c) {
 void nmlx_chunked_kv_cache_update(nmlx_chunked_kv_cache *c, nmlx_backend *be, const float *k,
                                   const float *v, int64_t T, nmlx_kv_view *view) {
     assert(T >= 1 && T <= nmlx_chunked_kv_cache_room(c));
-    if (c->offset % c->chunk == 0) { /* a new chunk: nothing before it is seen again */
-        c->start = c->offset;
-        c->valid = 0;
-    }
-    int64_t row0 = c->offset - c->start, hd = c->head_dim, kvh = c->kv_heads;
-    assert(row0 + T <= c->cap);
+    int64_t C = c->chunk, kc = c->offset / C, start = kc * C;
+    int64_t slot = (kc % 2) * C, row0 = c->offset - start, hd = c->head_dim, kvh = c->kv_heads;
+    assert(slot + row0 + T <= c->cap);
+    /* this slot held chunk kc - 2: from now on only chunk kc - 1 is kept */
+    if (kc >= 1 && c->lo < start - C) c->lo = start - C;
     size_t row = (size_t)hd * sizeof(float);
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < kvh; h++) {
-            int64_t dst = (h * c->cap + row0 + t) * hd, src = (t * kvh + h) * hd;
+            int64_t dst = (h * c->cap + slot + row0 + t) * hd, src = (t * kvh + h) * hd;
             be->ops->copy(be, c->keys + dst, k + src, row);
             be->ops->copy(be, c->values + dst, v + src, row);
         }
     c->offset += T;
-    c->valid = c->offset - c->start;
-    *view = (nmlx_kv_view){.keys = c->keys,
-                           .values = c->values,
+    /* rows of head h at keys + (h * cap + slot + r) * hd: the view starts at the slot */
+    *view = (nmlx_kv_view){.keys = c->keys + slot * hd,
+                           .values = c->values + slot * hd,
                            .cap = c->cap,
-                           .n_kv = c->valid,
+                           .n_kv = c->offset - start,
                            .q_row = row0,
                            .window = 0};
 }
@@ -80,13 +80,7 @@ void nmlx_chunked_kv_cache_update(nmlx_chunked_kv_cache *c, nmlx_backend *be, co
 int64_t nmlx_chunked_kv_cache_trim(nmlx_chunked_kv_cache *c, int64_t n) {
     if (n > c->offset) n = c->offset;
     if (n <= 0) return 0;
-    int64_t to = c->offset - n;
-    if (to < c->start) { /* back into an earlier chunk, whose rows are gone */
-        c->start = to - to % c->chunk;
-        c->valid = 0;
-    } else if (c->valid > to - c->start) {
-        c->valid = to - c->start;
-    }
-    c->offset = to;
+    c->offset -= n;
+    if (c->lo > c->offset) c->lo = c->offset; /* nothing before it is held */
     return n;
 }

@@ -342,7 +342,8 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
         int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
         if (chunked[i]) {
             info->kv_sliding_bytes_per_token += bpt;
-            if (m->chunk > info->kv_window) info->kv_window = m->chunk;
+            /* the live chunk and the one before (chunked_kv_cache.h) */
+            if (2 * m->chunk > info->kv_window) info->kv_window = 2 * m->chunk;
         } else {
             info->kv_full_bytes_per_token += bpt;
         }

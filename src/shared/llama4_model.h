@@ -7,7 +7,8 @@
  *   RoPE layers (no_rope_layers[i] = 1): RoPE on q and k (interleaved pairs
  *     (2j, 2j+1) when def->rope_interleaved), then a weightless L2 (RMS) norm
  *     of each q/k head if use_qk_norm; attention within attention_chunk_size
- *     chunks, KV cache holding the live chunk (chunked_kv_cache.h);
+ *     chunks, KV cache holding the live chunk and the one before
+ *     (chunked_kv_cache.h);
  *   NoPE layers: no RoPE, full causal attention, queries scaled by
  *     1 + attn_scale * log1p(floor((pos + 1) / floor_scale)) if
  *     attn_temperature_tuning.
@@ -21,12 +22,13 @@
  * NoPE and MoE layers come from the config (mlx-lm: every 4th layer NoPE,
  * interleave step only), and llama4_text checkpoints load as well as llama4.
  * Runs on the CPU backend (routing and RoPE read host memory).
- * Rollback: a chunked layer keeps only its live chunk, so a call that fails
- * or is cancelled after it started a new chunk cannot restore the earlier
- * one; the session then refuses further evals with a message until it is
- * reset or trimmed to a chunk boundary (chunked_kv_cache.h). Single-token
- * calls (decode) check for cancellation only before they start, so a
- * cancelled generation always stays usable.
+ * Rollback: a chunked layer keeps its live chunk and the one before, so
+ * trims and the rollback of a cancelled call are exact back to the start of
+ * the chunk before; further back (a cancelled prompt eval that crossed two
+ * chunk boundaries, a long trim) the session refuses further evals with a
+ * message until it is reset or trimmed to a chunk boundary
+ * (chunked_kv_cache.h). Single-token calls (decode) check for cancellation
+ * only before they start.
  * A family's generated file fills an nmlx_l4_def and binds nmlx_l4_*. */
 #ifndef NMLX_LLAMA4_MODEL_H
 #define NMLX_LLAMA4_MODEL_H

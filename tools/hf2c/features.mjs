@@ -66,7 +66,7 @@ export const FEATURES = {
   attnTemperatureTuning: { values: [false, "config:attn_temperature_tuning"], default: false,
     doc: "NoPE layers scale queries by 1 + attn_scale log1p(floor((pos + 1) / floor_scale))" },
   chunkedAttention: { values: [false, true], default: false,
-    doc: "RoPE layers attend within attention_chunk_size chunks (KV cache holds the live chunk)" },
+    doc: "RoPE layers attend within attention_chunk_size chunks (KV cache: the live chunk and the one before)" },
   ffnModule: { values: ["mlp", "feed_forward"], default: "mlp",
     doc: "module name of the MLP / MoE block" },
   moeSharedExpert: { values: [false, true], default: false,
