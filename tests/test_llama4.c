@@ -10,7 +10,8 @@
  *    a trim back past the chunk before makes the next eval fail with a
  *    message (nothing crashes), and trimming to a chunk boundary recovers;
  *  - config spellings of the same model agree, features switched off differ;
- *  - nmlx convert / quantize-on-load split Llama 4's fused experts right. */
+ *  - nmlx convert / quantize-on-load split Llama 4's fused experts right;
+ *  - batched decode (nmlx_batch_eval) equals each session stepped alone. */
 #define _DEFAULT_SOURCE /* realpath, symlink */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
@@ -454,6 +455,74 @@ static void test_config_variants(const char *root) {
     free(r.logits);
 }
 
+/* Batched decode (nmlx_batch_eval): N sessions with prompts of different
+ * lengths step together through 16 greedy tokens (crossing attention chunk
+ * boundaries at different steps); each step's logits must equal the same
+ * session's logits stepped alone, bit for bit (fewer than 16 rows). */
+static void test_batch(const char *root, const char *name) {
+    enum { N = 3, STEPS = 16 };
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    ref r;
+    if (!ref_open(dir, &r)) {
+        EXPECT(0, "%s readable", dir);
+        return;
+    }
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 2;
+    mp.no_tokenizer = 1;
+    nmlx_model *m = NULL;
+    nmlx_session *alone = NULL, *ss[N] = {NULL};
+    nmlx_batch *b = NULL;
+    size_t V = (size_t)r.V;
+    float *want = malloc((size_t)N * STEPS * V * sizeof *want);
+    int32_t ids[N][STEPS];
+    bool ok = want && nmlx_model_load(dir, &mp, &m) == NMLX_OK &&
+              nmlx_session_create(m, NULL, &alone) == NMLX_OK &&
+              nmlx_batch_create(m, N, &b) == NMLX_OK;
+    /* alone: prompt prefix of n - 2j tokens, then greedy steps */
+    for (int j = 0; ok && j < N; j++) {
+        nmlx_session_reset(alone);
+        ok = nmlx_session_eval(alone, r.prompt, r.n - 2 * (size_t)j, 0) == NMLX_OK;
+        for (int t = 0; ok && t < STEPS; t++) {
+            const float *l = nmlx_session_logits(alone);
+            memcpy(want + ((size_t)j * STEPS + t) * V, l, V * sizeof *want);
+            ids[j][t] = (int32_t)argmax(l, r.V);
+            ok = nmlx_session_eval(alone, &ids[j][t], 1, 0) == NMLX_OK;
+        }
+    }
+    for (int j = 0; ok && j < N; j++)
+        ok = nmlx_session_create(m, NULL, &ss[j]) == NMLX_OK &&
+             nmlx_session_eval(ss[j], r.prompt, r.n - 2 * (size_t)j, 0) == NMLX_OK;
+    EXPECT(ok, "%s: batch setup: %s", name, nmlx_last_error());
+    double worst = 0;
+    for (int t = 0; ok && t < STEPS; t++) {
+        int32_t step[N];
+        for (int j = 0; j < N; j++) {
+            const float *l = nmlx_session_logits(ss[j]);
+            const float *w = want + ((size_t)j * STEPS + t) * V;
+            for (size_t v = 0; l && v < V; v++) {
+                double d = fabs((double)l[v] - (double)w[v]);
+                if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+            }
+            step[j] = ids[j][t];
+        }
+        ok = nmlx_batch_eval(b, ss, step, N) == NMLX_OK;
+        EXPECT(ok, "%s: batch step %d: %s", name, t, nmlx_last_error());
+    }
+    EXPECT(ok && worst == 0, "%s: batched decode vs alone: max |diff| %.3e (bit for bit expected)",
+           name, worst);
+    printf("%-20s %-36s %.2e\n", name, "batched decode (3) vs alone", worst);
+    nmlx_batch_free(b);
+    for (int j = 0; j < N; j++)
+        nmlx_session_free(ss[j]);
+    nmlx_session_free(alone);
+    nmlx_model_free(m);
+    free(want);
+    free(r.prompt);
+    free(r.logits);
+}
+
 int main(void) {
     test_chunked_cache();
     test_sigmoid_routing();
@@ -466,5 +535,8 @@ int main(void) {
         test_fixture(root, names[i]);
     test_convert(root);
     test_config_variants(root);
+    test_batch(root, "llama4_text");
+    test_batch(root, "llama4_mm");
+    test_batch(root, "llama4_text_q4g32");
     return test_summary();
 }

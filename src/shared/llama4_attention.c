@@ -53,14 +53,36 @@ static int64_t cache_offset(const nmlx_l4_cache *c) {
     return c->chunked ? c->ck.offset : nmlx_layer_cache_offset(&c->full);
 }
 
-static void attend(nmlx_backend *be, const nmlx_l4_attention *a, const nmlx_l4_buffers *b,
-                   const nmlx_kv_view *kv, int64_t t0, int64_t T) {
-    int64_t qrow = a->heads * a->head_dim;
+/* RoPE (+ L2 norm) on RoPE layers, temperature on NoPE layers, in place on
+ * q [T, H, HD] and k [T, KVH, HD] of the tokens at positions pos.. */
+static void prep_qk(nmlx_backend *be, const nmlx_l4_attention *a, float *q, float *k, int64_t pos,
+                    int64_t T) {
+    int64_t H = a->heads, KVH = a->kv_heads, HD = a->head_dim;
+    if (a->rope) {
+        const float *freqs = nmlx_rope_freqs(a->rope, pos, T);
+        if (a->interleaved) {
+            nmlx_rope_interleaved(q, T, H, HD, pos, freqs);
+            nmlx_rope_interleaved(k, T, KVH, HD, pos, freqs);
+        } else {
+            be->ops->rope(be, q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+            be->ops->rope(be, k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        }
+        if (a->qk_norm) { /* weightless: x / sqrt(mean(x^2) + eps) per head */
+            be->ops->rmsnorm(be, q, NULL, 0.0f, a->norm_eps, q, T * H, HD);
+            be->ops->rmsnorm(be, k, NULL, 0.0f, a->norm_eps, k, T * KVH, HD);
+        }
+    } else if (a->tune) {
+        tune_queries(be, a, q, pos, T);
+    }
+}
+
+static void attend(nmlx_backend *be, const nmlx_l4_attention *a, const nmlx_kv_view *kv,
+                   const float *q, float *ctx, float *scratch, int64_t T) {
     nmlx_attn_args args = {
-        .q = b->q + t0 * qrow,
+        .q = q,
         .k = kv->keys,
         .v = kv->values,
-        .out = b->ctx + t0 * qrow,
+        .out = ctx,
         .T = T,
         .H = a->heads,
         .KVH = a->kv_heads,
@@ -72,49 +94,54 @@ static void attend(nmlx_backend *be, const nmlx_l4_attention *a, const nmlx_l4_b
         .window = kv->window,
         .softcap = 0.0f,
         .sinks = NULL,
-        .scratch = b->scratch,
+        .scratch = scratch,
     };
     be->ops->attention(be, &args);
 }
 
+/* Appends k, v of T tokens to the cache and attends: ctx [T, H, HD]. */
+static void attend_cache(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_cache *c,
+                         const float *q, const float *k, const float *v, float *ctx, float *scratch,
+                         int64_t T) {
+    nmlx_kv_view kv;
+    if (!c->chunked) {
+        nmlx_layer_cache_update(&c->full, be, k, v, T, &kv);
+        attend(be, a, &kv, q, ctx, scratch, T);
+        return;
+    }
+    /* one piece per attention chunk: each sees its chunk's keys only */
+    int64_t qrow = a->heads * a->head_dim, kvrow = a->kv_heads * a->head_dim;
+    for (int64_t t0 = 0; t0 < T;) {
+        int64_t n = nmlx_chunked_kv_cache_room(&c->ck);
+        if (n > T - t0) n = T - t0;
+        nmlx_chunked_kv_cache_update(&c->ck, be, k + t0 * kvrow, v + t0 * kvrow, n, &kv);
+        attend(be, a, &kv, q + t0 * qrow, ctx + t0 * qrow, scratch, n);
+        t0 += n;
+    }
+}
+
 void nmlx_l4_attention_forward(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_cache *c,
                                const nmlx_l4_buffers *b, const float *x, float *out, int64_t T) {
-    int64_t H = a->heads, KVH = a->kv_heads, HD = a->head_dim;
-    int64_t pos = cache_offset(c);
     nmlx_linear_forward(be, &a->q, x, b->q, T);
     nmlx_linear_forward(be, &a->k, x, b->k, T);
     nmlx_linear_forward(be, &a->v, x, b->v, T);
-    if (a->rope) {
-        const float *freqs = nmlx_rope_freqs(a->rope, pos, T);
-        if (a->interleaved) {
-            nmlx_rope_interleaved(b->q, T, H, HD, pos, freqs);
-            nmlx_rope_interleaved(b->k, T, KVH, HD, pos, freqs);
-        } else {
-            be->ops->rope(be, b->q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
-            be->ops->rope(be, b->k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
-        }
-        if (a->qk_norm) { /* weightless: x / sqrt(mean(x^2) + eps) per head */
-            be->ops->rmsnorm(be, b->q, NULL, 0.0f, a->norm_eps, b->q, T * H, HD);
-            be->ops->rmsnorm(be, b->k, NULL, 0.0f, a->norm_eps, b->k, T * KVH, HD);
-        }
-    } else if (a->tune) {
-        tune_queries(be, a, b->q, pos, T);
-    }
-
-    nmlx_kv_view kv;
-    if (!c->chunked) {
-        nmlx_layer_cache_update(&c->full, be, b->k, b->v, T, &kv);
-        attend(be, a, b, &kv, 0, T);
-    } else {
-        /* one piece per attention chunk: each sees its chunk's keys only */
-        int64_t kvrow = KVH * HD;
-        for (int64_t t0 = 0; t0 < T;) {
-            int64_t n = nmlx_chunked_kv_cache_room(&c->ck);
-            if (n > T - t0) n = T - t0;
-            nmlx_chunked_kv_cache_update(&c->ck, be, b->k + t0 * kvrow, b->v + t0 * kvrow, n, &kv);
-            attend(be, a, b, &kv, t0, n);
-            t0 += n;
-        }
-    }
+    prep_qk(be, a, b->q, b->k, cache_offset(c), T);
+    attend_cache(be, a, c, b->q, b->k, b->v, b->ctx, b->scratch, T);
     nmlx_linear_forward(be, &a->o, b->ctx, out, T);
+}
+
+void nmlx_l4_attention_forward_rows(nmlx_backend *be, const nmlx_l4_attention *a,
+                                    nmlx_l4_cache *const *caches, float *const *scratch,
+                                    const nmlx_l4_buffers *b, const float *x, float *out,
+                                    int64_t B) {
+    int64_t qrow = a->heads * a->head_dim, kvrow = a->kv_heads * a->head_dim;
+    nmlx_linear_forward(be, &a->q, x, b->q, B);
+    nmlx_linear_forward(be, &a->k, x, b->k, B);
+    nmlx_linear_forward(be, &a->v, x, b->v, B);
+    for (int64_t r = 0; r < B; r++) {
+        float *q = b->q + r * qrow, *k = b->k + r * kvrow;
+        prep_qk(be, a, q, k, cache_offset(caches[r]), 1);
+        attend_cache(be, a, caches[r], q, k, b->v + r * kvrow, b->ctx + r * qrow, scratch[r], 1);
+    }
+    nmlx_linear_forward(be, &a->o, b->ctx, out, B);
 }

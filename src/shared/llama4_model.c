@@ -4,47 +4,13 @@
  *   x = embed(ids)
  *   for each layer: x += attn(norm1(x)); x += ffn(norm2(x))
  *   logits = lm_head(norm(x))             (only the rows that are asked for) */
-#include "llama4_model.h"
+#include "llama4_model_impl.h"
 
 #include "io/config_schema.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-
-enum {
-    PIECE = 256,    /* tokens per prefill piece: bounds activation memory */
-    MAX_LIST = 4096 /* longest per-layer list read from config (num_hidden_layers bound) */
-};
-
-typedef struct l4_layer {
-    nmlx_rmsnorm input_norm, post_attn_norm;
-    nmlx_l4_attention attn;
-    bool is_moe;
-    nmlx_l4_moe moe;
-    nmlx_mlp mlp;
-} l4_layer;
-
-typedef struct l4_model {
-    int64_t hidden, n_layers, heads, kv_heads, head_dim, vocab;
-    int64_t inter, inter_mlp, chunk;
-    nmlx_weight embed;
-    nmlx_linear lm_head; /* aliases embed when tied */
-    nmlx_rmsnorm norm;
-    nmlx_rope rope;
-    l4_layer *layers;
-    bool has_moe;
-    nmlx_moe_shape moe;
-} l4_model;
-
-typedef struct l4_state {
-    nmlx_l4_cache *caches;
-    int64_t n_layers, piece;
-    float *x, *logits, *xn, *tmp, *gate, *up;
-    nmlx_l4_buffers ab;
-    nmlx_l4_moe_buffers mb;
-    bool has_mb;
-} l4_state;
 
 static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
     if (!nmlx_cfg_has(cfg, key))
@@ -438,13 +404,9 @@ cleanup:
     return st;
 }
 
-static int64_t cache_offset(const nmlx_l4_cache *c) {
-    return c->chunked ? c->ck.offset : nmlx_layer_cache_offset(&c->full);
-}
-
 int64_t nmlx_l4_state_position(const void *statep) {
     const l4_state *s = statep;
-    return s->n_layers ? cache_offset(&s->caches[0]) : 0;
+    return s->n_layers ? nmlx_l4_cache_offset(&s->caches[0]) : 0;
 }
 
 void nmlx_l4_state_trim(void *statep, int64_t n) {
@@ -515,7 +477,7 @@ cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */
         for (int64_t i = 0; i < m->n_layers; i++) {
             nmlx_l4_cache *c = &s->caches[i];
-            int64_t n = cache_offset(c) - start;
+            int64_t n = nmlx_l4_cache_offset(c) - start;
             if (c->chunked)
                 nmlx_chunked_kv_cache_trim(&c->ck, n);
             else

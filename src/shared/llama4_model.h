@@ -74,6 +74,13 @@ int64_t nmlx_l4_state_position(const void *state);
 void nmlx_l4_state_trim(void *state, int64_t n);
 nmlx_status nmlx_l4_forward(const void *arch, void *state, nmlx_backend *be, const int32_t *ids,
                             int64_t T, float *last_logits, float *all_logits, atomic_bool *cancel);
+/* Batched decode (family.h forward_batch; llama4_batch.c). */
+nmlx_status nmlx_l4_batch_create(const void *arch, nmlx_backend *be, int64_t max_batch,
+                                 void **batch);
+void nmlx_l4_batch_free(void *batch, nmlx_backend *be);
+nmlx_status nmlx_l4_forward_batch(const void *arch, void *batch, void *const *states,
+                                  nmlx_backend *be, const int32_t *ids, int64_t B,
+                                  float *const *logits);
 
 /* ---- blocks (llama4_attention.c, llama4_moe.c) ---- */
 
@@ -106,6 +113,13 @@ nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws,
 /* out[T, hidden] = attention(x[T, hidden]) at the cache's next T positions. */
 void nmlx_l4_attention_forward(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_cache *c,
                                const nmlx_l4_buffers *b, const float *x, float *out, int64_t T);
+
+/* Batched decode: B rows of x, row r one token of the session whose cache is
+ * caches[r] (attention scratch scratch[r]); b holds B rows. */
+void nmlx_l4_attention_forward_rows(nmlx_backend *be, const nmlx_l4_attention *a,
+                                    nmlx_l4_cache *const *caches, float *const *scratch,
+                                    const nmlx_l4_buffers *b, const float *x, float *out,
+                                    int64_t B);
 
 /* In place on x[T, H, HD]: pairs (2j, 2j+1) rotated by (pos0 + t) * freqs[j]
  * (host memory). */

@@ -44,4 +44,7 @@ const nmlx_family nmlx_family_llama4 = {
     .state_position = nmlx_l4_state_position,
     .state_trim = nmlx_l4_state_trim,
     .forward = nmlx_l4_forward,
+    .batch_create = nmlx_l4_batch_create,
+    .batch_free = nmlx_l4_batch_free,
+    .forward_batch = nmlx_l4_forward_batch,
 };
