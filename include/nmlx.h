@@ -211,7 +211,10 @@ void nmlx_session_reset(nmlx_session *session);
 /* Asks a running eval/generate to stop; callable from any thread. The
  * running call returns NMLX_ERR_CANCELLED (generate: finish reason
  * NMLX_FINISH_CANCELLED, status NMLX_OK). The flag clears when the next call
- * starts. */
+ * starts. Llama 4 (chunked attention) keeps the attention chunk in progress
+ * and the one before: a prompt eval cancelled after it crossed two chunk
+ * boundaries (or a trim that far back) cannot be rolled back; further evals
+ * then fail with NMLX_ERR_INVALID_ARG until nmlx_session_reset. */
 void nmlx_session_cancel(nmlx_session *session);
 
 /* Samples the next id from the current logits with the given sampler and

@@ -6,6 +6,7 @@
 #include "compute/quant.h"
 #include "io/file_write.h"
 #include "io/safetensors_write.h"
+#include "shared/llama4_model.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -136,7 +137,7 @@ static nmlx_status stack_experts(qm_state *s, const nmlx_weights *ws, const nmlx
  * gate/up columns interleaved, `down_proj` [E, I, D], their biases) ->
  * mlx-lm's `<p>.experts.{gate,up,down}_proj.{weight,bias}` ([E, I, D],
  * [E, D, I], [E, I], [E, D]). Returns *done = false for other names. */
-static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool *done) {
+static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool halves, bool *done) {
     static const char *const names[4] = {".experts.gate_up_proj", ".experts.down_proj",
                                          ".experts.gate_up_proj_bias", ".experts.down_proj_bias"};
     int kind = -1;
@@ -175,8 +176,17 @@ static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool *done) 
         snprintf(key, sizeof key, "%.*s.experts.%s", (int)plen, t->name, half_names[kind / 2][h]);
         if (kind == 0) { /* [E, D, 2I] -> gate/up [E, I, D] */
             int64_t D = t->shape[1], I = t->shape[2] / 2, shape[3] = {E, I, D};
-            transpose_experts(buf, t->data, E, D, I, 2 * I, 2, h, es);
+            if (halves) /* Llama 4: gate columns [0, I), up [I, 2I) */
+                transpose_experts(buf, t->data, E, D, I, 2 * I, 1, h * I, es);
+            else
+                transpose_experts(buf, t->data, E, D, I, 2 * I, 2, h, es);
             st = qm_push(s, key, strlen(key), t->dtype, 3, shape, NULL, buf);
+        } else if (halves) { /* [E, 2I] -> [E, I]: a half */
+            int64_t E2 = t->shape[0], I = t->shape[1] / 2, shape[2] = {E2, I};
+            for (int64_t e = 0; e < E2; e++)
+                memcpy(buf + (size_t)(e * I) * es,
+                       (const char *)t->data + (size_t)(e * 2 * I + h * I) * es, (size_t)I * es);
+            st = qm_push(s, key, strlen(key), t->dtype, 2, shape, NULL, buf);
         } else { /* [E, 2I] -> [E, I] */
             int64_t n = t->shape[0] * t->shape[1] / 2, shape[2] = {E, t->shape[1] / 2};
             for (int64_t i = 0; i < n; i++)
@@ -196,13 +206,14 @@ static bool is_moe_router(const char *module, bool moe) {
 
 nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype,
                                      int fd, const char *label, struct json_t *overrides) {
-    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, NULL,
-                                             NULL);
+    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, false,
+                                             NULL, NULL);
 }
 
 nmlx_status nmlx_quantize_weights_fd_progress(
     const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype, int fd, const char *label,
-    struct json_t *overrides, void (*progress)(void *, size_t, size_t, const char *), void *user) {
+    struct json_t *overrides, bool gate_up_halves,
+    void (*progress)(void *, size_t, size_t, const char *), void *user) {
     nmlx_status st = NMLX_OK;
     size_t n = nmlx_weights_count(ws), n_items = 0, n_owned = 0;
     qm_state s = {.cap = 2 * n + 2, .label = label};
@@ -226,7 +237,7 @@ nmlx_status nmlx_quantize_weights_fd_progress(
               t->name);
         const char *at = strstr(t->name, ".experts.");
         bool done = false;
-        if (at) TRY(split_gpt_oss(&s, t, &done));
+        if (at) TRY(split_gpt_oss(&s, t, gate_up_halves, &done));
         if (at && !done) TRY(stack_experts(&s, ws, t, at, &done));
         moe = moe || at || strstr(t->name, ".switch_mlp.");
         if (!done)
@@ -335,13 +346,21 @@ cleanup:
     return st;
 }
 
+bool nmlx_fused_experts_halves(const char *model_type) {
+    for (size_t i = 0; model_type && nmlx_families[i]; i++)
+        for (const char *const *t = nmlx_families[i]->model_types; *t; t++)
+            if (!strcmp(*t, model_type)) return nmlx_families[i]->build == nmlx_l4_build;
+    return false;
+}
+
 nmlx_status nmlx_quantize_weights_mem(const nmlx_weights *ws, int bits, int gs,
-                                      nmlx_weights **out) {
+                                      bool gate_up_halves, nmlx_weights **out) {
     nmlx_status st = NMLX_OK;
     char path[64];
     int fd = memfd_create("nmlx-quantized", 0);
     CHECK(fd >= 0, NMLX_ERR_IO, "quantize-on-load: memfd_create failed: %s", strerror(errno));
-    TRY(nmlx_quantize_weights_fd(ws, bits, gs, NMLX_DT_COUNT, fd, "quantize-on-load", NULL));
+    TRY(nmlx_quantize_weights_fd_progress(ws, bits, gs, NMLX_DT_COUNT, fd, "quantize-on-load",
+                                          NULL, gate_up_halves, NULL, NULL));
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     TRY(nmlx_weights_open_file(path, out));
 cleanup:
@@ -429,8 +448,11 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     q = json_pack("{s:i, s:i, s:s}", "group_size", p.group_size, "bits", p.bits, "mode", "affine");
     CHECK(q, NMLX_ERR_NOMEM, "convert: out of memory");
     /* per-module overrides (MoE routers) follow the globals, as mlx-lm writes them */
-    TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q, p.on_progress,
-                                          p.user));
+    const json_t *tc = json_object_get(cfg, "text_config");
+    const char *mt = json_string_value(json_object_get(cfg, "model_type"));
+    if (!mt && json_is_object(tc)) mt = json_string_value(json_object_get(tc, "model_type"));
+    TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q,
+                                          nmlx_fused_experts_halves(mt), p.on_progress, p.user));
     TRY(nmlx_io_fsync(fd, path));
     TRY(nmlx_io_close(&fd, path));
     /* a source rewritten in place while it was read would give a mixed output */

@@ -2,7 +2,8 @@
  *
  * For fixtures of every kind the standard model handles (dense, sliding
  * window with a rotating cache, MoE, attention sinks, long RoPE, query
- * scaling, quantized weights, quantized KV) and one family without a
+ * scaling, quantized weights, quantized KV), Llama 4 (its own batched pass:
+ * chunked attention, sigmoid MoE) and one family without a
  * batched pass (Gemma 3n, evaluated one session at a time): sessions with
  * different prompts (random ids of different lengths) decode greedily, in
  * a batch and alone. Sessions join and leave between steps. With fewer than
@@ -38,6 +39,8 @@ static const fixture FIXTURES[] = {
     {"tests/fixtures/qwen3_bf16", 0},
     {"tests/fixtures/llama3_tied", 4},
     {"tests/fixtures/gemma3n", 0},
+    {"tests/fixtures/llama4_text", 0},
+    {"tests/fixtures/llama4_text_q4g32", 0},
 };
 
 enum { MAX_SESSIONS = 20, STEPS = 12 };

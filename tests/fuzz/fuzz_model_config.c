@@ -9,14 +9,14 @@
 
 static const char *const FIXTURES[] = {"qwen3", "llama3_tied", "gemma3_text", "phi3_longrope",
                                        "ministral3_yarn", "quant_llama_q4g64_f16", "mistral_window",
-                                       "smollm3"};
+                                       "smollm3", "llama4_mm"};
 enum { N_FX = sizeof FIXTURES / sizeof FIXTURES[0] };
 static char dirs[N_FX][256];
 
 /* the links and folders setup made; fuzz_util then removes the scratch
  * folder (each ctest replay used to leave one behind in /tmp) */
 static void cleanup(void) {
-    char p[2100];
+    char p[sizeof dirs + 32]; /* gcc bounds a dirs[i] argument by the whole array */
     for (size_t i = 0; i < N_FX; i++) {
         snprintf(p, sizeof p, "%s/model.safetensors", dirs[i]);
         unlink(p);
