@@ -243,15 +243,28 @@ const float *nmlx_sampler_probs(nmlx_sampler *s, const nmlx_sampler_params *prm,
     }
     if (prm->temperature <= 0.0f) return p;
 
-    /* softmax(logits / T) */
+    /* softmax(logits / T); with top-k, over the k largest only: the others
+     * are dropped anyway, and the later filters and the draw depend only on
+     * ratios of the kept probabilities, so their normalisation is free.
+     * Skipping the vocabulary-wide exp is most of the sampler's time. */
     float inv_t = 1.0f / prm->temperature, mx = -INFINITY;
     for (int64_t i = 0; i < V; i++) {
         p[i] *= inv_t;
         if (p[i] > mx) mx = p[i];
     }
+    float kth = -INFINITY; /* logits below it are dropped (top-k) */
+    if (prm->top_k > 0 && prm->top_k < V) {
+        float *tmp = (float *)s->cand; /* at least vocab floats; reused as scratch */
+        if (prm->top_k <= 256) {
+            kth = kth_largest_small(p, V, prm->top_k, tmp);
+        } else {
+            memcpy(tmp, p, (size_t)V * sizeof(float));
+            kth = kth_largest(tmp, V, prm->top_k);
+        }
+    }
     double sum = 0.0;
     for (int64_t i = 0; i < V; i++) {
-        p[i] = expf(p[i] - mx);
+        p[i] = p[i] < kth ? 0.0f : expf(p[i] - mx);
         sum += p[i];
     }
     float inv = (float)(1.0 / sum), pmax = 0.0f;
@@ -260,18 +273,6 @@ const float *nmlx_sampler_probs(nmlx_sampler *s, const nmlx_sampler_params *prm,
         if (p[i] > pmax) pmax = p[i];
     }
 
-    if (prm->top_k > 0 && prm->top_k < V) {
-        float *tmp = (float *)s->cand; /* at least vocab floats; reused as scratch */
-        float kth;
-        if (prm->top_k <= 256) {
-            kth = kth_largest_small(p, V, prm->top_k, tmp);
-        } else {
-            memcpy(tmp, p, (size_t)V * sizeof(float));
-            kth = kth_largest(tmp, V, prm->top_k);
-        }
-        for (int64_t i = 0; i < V; i++)
-            if (p[i] < kth) p[i] = 0.0f;
-    }
     if (prm->min_p > 0.0f) {
         float floor_p = prm->min_p * pmax;
         for (int64_t i = 0; i < V; i++)
