@@ -422,7 +422,7 @@ static void check_attention(const bk *b, const attn_case *c, nmlx_dtype kvdt) {
     }
     float *sinks = c->sinks ? rand_vec(H, -2, 2) : NULL;
     float *out = rand_vec(T * H * HD, -1, 1);
-    float *scratch = rand_vec(b->nth * (c->n_kv > 0 ? c->n_kv : 1), -1, 1);
+    float *scratch = rand_vec(b->nth * (H / KVH) * (c->n_kv > 0 ? c->n_kv : 1), -1, 1);
     float scale = 1.0f / sqrtf((float)HD) * 2.0f;
     double *ref = calloc((size_t)(T * H * HD), sizeof(double));
     double *s = malloc((size_t)(c->n_kv + 1) * sizeof(double));

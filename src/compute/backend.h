@@ -44,7 +44,7 @@ typedef struct nmlx_attn_args {
     int64_t window;       /* 0 = full causal */
     float softcap;        /* 0 = off */
     const float *sinks;   /* [H] or NULL */
-    float *scratch;       /* >= n_threads * n_kv floats, backend memory */
+    float *scratch;       /* >= n_threads * (H / KVH) * n_kv floats, backend memory */
     /* F16/BF16: the cache is half precision, read from k16/v16 instead of
      * k/v (same layout; host backends only: the CPU backend) */
     nmlx_dtype kv_dtype;

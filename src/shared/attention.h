@@ -38,7 +38,7 @@ typedef struct nmlx_attention_buffers {
     float *q;       /* [T, H, HD] */
     float *k, *v;   /* [T, KVH, HD] */
     float *ctx;     /* [T, H, HD] */
-    float *scratch; /* n_threads * max_context floats */
+    float *scratch; /* n_threads * (heads / kv_heads) * max_context floats */
     /* Position after the last token of the current eval call (0 = this
      * chunk's end). Longrope picks its factor table per call, as
      * transformers does per forward, even when the call runs in chunks. */
@@ -56,7 +56,7 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
 
 /* Batched decode: row b of x[B, hidden] is the next token of sequence b,
  * whose layer cache is caches[b] (room reserved) and attention scratch
- * scratch[b] (>= n_threads * its context floats). Projections run over all
+ * scratch[b] (sized as nmlx_attention_buffers.scratch). Projections run over all
  * B rows at once (weights read once); each row's RoPE, cache append and
  * attention are that sequence's, as a one-token nmlx_attention_forward. */
 void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,

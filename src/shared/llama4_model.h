@@ -105,7 +105,7 @@ typedef struct nmlx_l4_cache {
 
 typedef struct nmlx_l4_buffers {
     float *q, *k, *v, *ctx; /* [T, H*HD], [T, KVH*HD] x2, [T, H*HD] */
-    float *scratch;         /* n_threads * max_context floats */
+    float *scratch;         /* n_threads * (heads / kv_heads) * max_context floats */
 } nmlx_l4_buffers;
 
 nmlx_status nmlx_l4_attention_load(nmlx_l4_attention *a, const nmlx_weights *ws, const char *prefix,

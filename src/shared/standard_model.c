@@ -454,7 +454,8 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
     s->buf.attn.k = be->ops->alloc(be, C * kvdim * f);
     s->buf.attn.v = be->ops->alloc(be, C * kvdim * f);
     s->buf.attn.ctx = be->ops->alloc(be, C * qdim * f);
-    s->buf.attn.scratch = be->ops->alloc(be, (size_t)be->n_threads * (size_t)max_context * f);
+    s->buf.attn.scratch = be->ops->alloc(
+        be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) * (size_t)max_context * f);
     CHECK(s->x && s->logits && s->buf.xn && s->buf.tmp && s->buf.gate && s->buf.up &&
               s->buf.attn.q && s->buf.attn.k && s->buf.attn.v && s->buf.attn.ctx &&
               s->buf.attn.scratch,

@@ -2,9 +2,10 @@
  * one query row against n cached keys, and the probability-weighted sum of
  * n cached values, for f32, f16 and bf16 caches. A decode step at a long
  * context calls these with thousands of rows per head, so each is one call
- * per (query, head) with the loop over keys inside: four keys per pass for
- * the scores (the query slice is loaded once for four dot products), and
- * register accumulators over 64 output lanes for the mix. Compiled with
+ * per (query, group of heads sharing a KV head) with the loops over keys
+ * inside, reading each cached row from memory once for the whole group:
+ * four keys per pass for the scores, and register accumulators for two
+ * heads' outputs per loaded value row in the mix. Compiled with
  * -mavx2 -mfma -mf16c (CMake); only called after a cpuid check. */
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/simd_avx2.h"
@@ -26,89 +27,111 @@ AVX2_INLINE float load1_kv(int kind, const void *base, int64_t row, int64_t HD, 
     return nmlx_bf16_to_f32(((const uint16_t *)base)[i]);
 }
 
-AVX2_INLINE void scores(int kind, const float *q, const void *K, int64_t n, int64_t HD, float scale,
-                        float *sc) {
+/* sc[i][j] = scale * q_i . K[j] for the g heads i < g (q rows and sc rows
+ * contiguous, sc row stride n): four keys per pass, every head on them
+ * while the four rows sit in L1, so the cache is read from memory once. */
+AVX2_INLINE void scores(int kind, const float *q, int64_t g, const void *K, int64_t n, int64_t HD,
+                        float scale, float *sc) {
     const int64_t d8 = HD & ~(int64_t)7;
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t d = 0; d < d8; d += 8) {
-            __m256 qv = _mm256_loadu_ps(q + d);
-            a0 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j, HD, d), a0);
-            a1 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 1, HD, d), a1);
-            a2 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 2, HD, d), a2);
-            a3 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 3, HD, d), a3);
+    for (; j + 4 <= n; j += 4)
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * HD;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < d8; d += 8) {
+                __m256 qv = _mm256_loadu_ps(qi + d);
+                a0 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j, HD, d), a0);
+                a1 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 1, HD, d), a1);
+                a2 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 2, HD, d), a2);
+                a3 = _mm256_fmadd_ps(qv, load8_kv(kind, K, j + 3, HD, d), a3);
+            }
+            float s[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
+            for (int r = 0; r < 4; r++) {
+                for (int64_t d = d8; d < HD; d++)
+                    s[r] += qi[d] * load1_kv(kind, K, j + r, HD, d);
+                sc[i * n + j + r] = s[r] * scale;
+            }
         }
-        float s[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
-        for (int r = 0; r < 4; r++) {
+    for (; j < n; j++)
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * HD;
+            __m256 a = _mm256_setzero_ps();
+            for (int64_t d = 0; d < d8; d += 8)
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), load8_kv(kind, K, j, HD, d), a);
+            float s = hsum8(a);
             for (int64_t d = d8; d < HD; d++)
-                s[r] += q[d] * load1_kv(kind, K, j + r, HD, d);
-            sc[j + r] = s[r] * scale;
+                s += qi[d] * load1_kv(kind, K, j, HD, d);
+            sc[i * n + j] = s * scale;
         }
-    }
-    for (; j < n; j++) {
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t d = 0; d < d8; d += 8)
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8_kv(kind, K, j, HD, d), a);
-        float s = hsum8(a);
-        for (int64_t d = d8; d < HD; d++)
-            s += q[d] * load1_kv(kind, K, j, HD, d);
-        sc[j] = s * scale;
-    }
 }
 
-/* out[d0..d0+8*W) over all n rows, W accumulators in registers */
-#define MIX_BLOCK(W)                                                                               \
+/* out_i[d0 .. d0 + 8W) = sum_j p_i[j] V[j][..] for heads i = h, h + 1 (H2:
+ * two heads share each loaded value row), W vectors per head */
+#define MIX_BLOCK(W, H2)                                                                           \
     do {                                                                                           \
-        __m256 acc[W];                                                                             \
+        __m256 a0[W], a1[W];                                                                       \
         for (int w = 0; w < W; w++)                                                                \
-            acc[w] = _mm256_setzero_ps();                                                          \
+            a0[w] = a1[w] = _mm256_setzero_ps();                                                   \
+        const float *p0 = p + h * n, *p1 = p0 + n;                                                 \
         for (int64_t j = 0; j < n; j++) {                                                          \
-            __m256 pj = _mm256_set1_ps(p[j]);                                                      \
-            for (int w = 0; w < W; w++)                                                            \
-                acc[w] = _mm256_fmadd_ps(pj, load8_kv(kind, V, j, HD, d0 + 8 * w), acc[w]);        \
+            __m256 b0 = _mm256_set1_ps(p0[j]), b1 = H2 ? _mm256_set1_ps(p1[j]) : b0;               \
+            for (int w = 0; w < W; w++) {                                                          \
+                __m256 vv = load8_kv(kind, V, j, HD, d0 + 8 * w);                                  \
+                a0[w] = _mm256_fmadd_ps(b0, vv, a0[w]);                                            \
+                if (H2) a1[w] = _mm256_fmadd_ps(b1, vv, a1[w]);                                    \
+            }                                                                                      \
         }                                                                                          \
-        for (int w = 0; w < W; w++)                                                                \
-            _mm256_storeu_ps(out + d0 + 8 * w, acc[w]);                                            \
+        for (int w = 0; w < W; w++) {                                                              \
+            _mm256_storeu_ps(out + h * HD + d0 + 8 * w, a0[w]);                                    \
+            if (H2) _mm256_storeu_ps(out + (h + 1) * HD + d0 + 8 * w, a1[w]);                      \
+        }                                                                                          \
     } while (0)
 
-AVX2_INLINE void mix(int kind, const float *p, const void *V, int64_t n, int64_t HD, float *out) {
+AVX2_INLINE void mix(int kind, const float *p, int64_t g, const void *V, int64_t n, int64_t HD,
+                     float *out) {
     const int64_t d8 = HD & ~(int64_t)7;
-    int64_t d0 = 0;
-    for (; d0 + 64 <= d8; d0 += 64)
-        MIX_BLOCK(8);
-    for (; d0 + 8 <= d8; d0 += 8)
-        MIX_BLOCK(1);
-    for (int64_t d = d8; d < HD; d++) {
-        float s = 0.0f;
-        for (int64_t j = 0; j < n; j++)
-            s += p[j] * load1_kv(kind, V, j, HD, d);
-        out[d] = s;
+    int64_t h = 0;
+    for (; h + 2 <= g; h += 2) { /* head pairs: 8 accumulators, 4 value vectors */
+        int64_t d0 = 0;
+        for (; d0 + 32 <= d8; d0 += 32)
+            MIX_BLOCK(4, 1);
+        for (; d0 + 8 <= d8; d0 += 8)
+            MIX_BLOCK(1, 1);
     }
+    for (; h < g; h++) { /* an odd head alone: 8 accumulators */
+        int64_t d0 = 0;
+        for (; d0 + 64 <= d8; d0 += 64)
+            MIX_BLOCK(8, 0);
+        for (; d0 + 8 <= d8; d0 += 8)
+            MIX_BLOCK(1, 0);
+    }
+    for (int64_t i = 0; i < g; i++)
+        for (int64_t d = d8; d < HD; d++) {
+            float s = 0.0f;
+            for (int64_t j = 0; j < n; j++)
+                s += p[i * n + j] * load1_kv(kind, V, j, HD, d);
+            out[i * HD + d] = s;
+        }
 }
 
 static int kind_of(nmlx_dtype dt) {
     return dt == NMLX_DT_F16 ? KIND_F16 : dt == NMLX_DT_BF16 ? KIND_BF16 : KIND_F32;
 }
 
-void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
-                           float scale, float *sc);
-void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
-                           float scale, float *sc) {
+void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, int64_t g, const void *K, int64_t n,
+                           int64_t HD, float scale, float *sc) {
     switch (kind_of(dt)) { /* literal kinds: one specialised loop each */
-    case KIND_F16: scores(KIND_F16, q, K, n, HD, scale, sc); break;
-    case KIND_BF16: scores(KIND_BF16, q, K, n, HD, scale, sc); break;
-    default: scores(KIND_F32, q, K, n, HD, scale, sc); break;
+    case KIND_F16: scores(KIND_F16, q, g, K, n, HD, scale, sc); break;
+    case KIND_BF16: scores(KIND_BF16, q, g, K, n, HD, scale, sc); break;
+    default: scores(KIND_F32, q, g, K, n, HD, scale, sc); break;
     }
 }
 
-void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
-                        float *out);
-void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
-                        float *out) {
+void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
+                        int64_t HD, float *out) {
     switch (kind_of(dt)) {
-    case KIND_F16: mix(KIND_F16, p, V, n, HD, out); break;
-    case KIND_BF16: mix(KIND_BF16, p, V, n, HD, out); break;
-    default: mix(KIND_F32, p, V, n, HD, out); break;
+    case KIND_F16: mix(KIND_F16, p, g, V, n, HD, out); break;
+    case KIND_BF16: mix(KIND_BF16, p, g, V, n, HD, out); break;
+    default: mix(KIND_F32, p, g, V, n, HD, out); break;
     }
 }

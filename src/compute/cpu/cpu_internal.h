@@ -23,13 +23,14 @@ typedef struct cpu_kernels {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* y[i] += a * x[i] */
     void (*axpy)(float a, const float *x, float *y, int64_t n);
-    /* Attention rows over a KV cache in `dt` (F32, F16 or BF16), rows of HD
-     * values: sc[j] = scale * q . K[j] for j < n, and out = sum_j p[j] * V[j]
-     * (out overwritten). */
-    void (*attn_scores)(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
-                        float scale, float *sc);
-    void (*attn_mix)(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
-                     float *out);
+    /* Attention rows of g query heads sharing one KV head, over a cache in
+     * `dt` (F32, F16 or BF16) of rows HD wide: sc[i * n + j] = scale * q_i .
+     * K[j] (q rows contiguous), and out_i = sum_j p[i * n + j] * V[j] (out
+     * rows contiguous, overwritten), for i < g, j < n. */
+    void (*attn_scores)(nmlx_dtype dt, const float *q, int64_t g, const void *K, int64_t n,
+                        int64_t HD, float scale, float *sc);
+    void (*attn_mix)(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
+                     int64_t HD, float *out);
     /* one row of rmsnorm (see backend.h); w may be NULL */
     void (*rmsnorm_row)(const float *x, const nmlx_tensor *w, float w_offset, float eps, float *y,
                         int64_t D);
@@ -61,10 +62,10 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
 
 /* attention_avx2.c: the avx2 set's attention row kernels */
 #if NMLX_CPU_HAVE_AVX2
-void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
-                           float scale, float *sc);
-void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
-                        float *out);
+void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, int64_t g, const void *K, int64_t n,
+                           int64_t HD, float scale, float *sc);
+void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
+                        int64_t HD, float *out);
 #endif
 
 /* AVX-512 (x86-64): the AVX2 set with the prefill matmul replaced. */

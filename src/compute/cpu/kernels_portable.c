@@ -66,25 +66,30 @@ static float kv_value(nmlx_dtype dt, const void *base, int64_t i) {
     return ((const float *)base)[i];
 }
 
-static void attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
-                        float scale, float *sc) {
-    for (int64_t j = 0; j < n; j++) {
-        float s0 = 0, s1 = 0; /* two partial sums, as dot_f32 keeps four */
-        int64_t d = 0;
-        for (; d + 2 <= HD; d += 2) {
-            s0 += q[d] * kv_value(dt, K, j * HD + d);
-            s1 += q[d + 1] * kv_value(dt, K, j * HD + d + 1);
+static void attn_scores(nmlx_dtype dt, const float *q, int64_t g, const void *K, int64_t n,
+                        int64_t HD, float scale, float *sc) {
+    for (int64_t i = 0; i < g; i++)
+        for (int64_t j = 0; j < n; j++) {
+            const float *qi = q + i * HD;
+            float s0 = 0, s1 = 0; /* two partial sums, as dot_f32 keeps four */
+            int64_t d = 0;
+            for (; d + 2 <= HD; d += 2) {
+                s0 += qi[d] * kv_value(dt, K, j * HD + d);
+                s1 += qi[d + 1] * kv_value(dt, K, j * HD + d + 1);
+            }
+            for (; d < HD; d++) s0 += qi[d] * kv_value(dt, K, j * HD + d);
+            sc[i * n + j] = (s0 + s1) * scale;
         }
-        for (; d < HD; d++) s0 += q[d] * kv_value(dt, K, j * HD + d);
-        sc[j] = (s0 + s1) * scale;
-    }
 }
 
-static void attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
-                     float *out) {
-    for (int64_t d = 0; d < HD; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t d = 0; d < HD; d++) out[d] += p[j] * kv_value(dt, V, j * HD + d);
+static void attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
+                     int64_t HD, float *out) {
+    for (int64_t i = 0; i < g; i++) {
+        float *o = out + i * HD;
+        for (int64_t d = 0; d < HD; d++) o[d] = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t d = 0; d < HD; d++) o[d] += p[i * n + j] * kv_value(dt, V, j * HD + d);
+    }
 }
 
 static void rmsnorm_row(const float *x, const nmlx_tensor *w, float w_offset, float eps, float *y,
