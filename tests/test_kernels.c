@@ -504,6 +504,8 @@ static void test_attention(const bk *b) {
         {2, 2, 1, 130, 50, 40, 42, 0, 0, 1},      /* HD tail of 2 */
         {1, 8, 8, 256, 1100, 1030, 1031, 0, 0, 0}, /* long rows, odd key count */
         {3, 4, 2, 3, 9, 2, 5, 0, 0, 0},           /* HD under one vector */
+        {1, 6, 2, 40, 20, 10, 11, 0, 0, 1},       /* decode, groups of 3 split 2 + 1 */
+        {1, 8, 1, 64, 100, 90, 91, 0, 0, 0},      /* MQA decode: one group in chunks */
     };
     const nmlx_dtype kvdts[] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     for (int d = 0; d < 3; d++)
