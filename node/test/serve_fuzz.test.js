@@ -4,7 +4,9 @@
 // encodings), some valid. Whatever arrives, the server must answer with a
 // well-formed response: 2xx with the OpenAI shape, or a 4xx with an
 // OpenAI-style {"error": {message, type, param, code}} body (never a 5xx,
-// never a dropped connection), and stay healthy for the next request.
+// never a dropped connection), and stay healthy for the next request. And
+// streaming clients that stall (never read) or vanish mid-stream hold up
+// nobody, and their sequences end.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -133,4 +135,37 @@ test(`fuzzed requests: ${ROUNDS} seeded requests, every answer well-formed and u
   assert.equal(h.status, 200);
   assert.equal(JSON.parse(h.body).status, "ok");
   assert.ok(ok2xx > ROUNDS / 10, `only ${ok2xx} requests succeeded: the valid ones should`);
+});
+
+test("a streaming client that stalls (never reads) or vanishes mid-stream does not hold up the others", async () => {
+  const { connect } = await import("node:net");
+  const url = new URL(server.url);
+  const body = JSON.stringify({ prompt: "In the beginning", max_tokens: 200, ignore_eos: true, stream: true });
+  const raw = () => {
+    const sock = connect(Number(url.port), url.hostname);
+    sock.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    return sock;
+  };
+  const stalled = raw();
+  stalled.pause(); // reads nothing: the server's writes back up
+  const vanished = raw();
+  vanished.once("data", () => vanished.destroy()); // gone after the first bytes
+  // meanwhile ordinary requests are answered in full
+  for (let i = 0; i < 3; i++) {
+    const r = await send({ method: "POST", path: "/v1/completions", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "And God said", max_tokens: 8, temperature: 0 }) });
+    checkResponse(r, `request ${i} beside a stalled client`);
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.body).usage.completion_tokens > 0, true);
+  }
+  stalled.destroy();
+  // both sequences end (cancelled or finished): nothing stays active
+  const t0 = Date.now();
+  while (Date.now() - t0 < 20000) {
+    const h = JSON.parse((await send({ method: "GET", path: "/health" })).body);
+    if (h.active === 0 && h.waiting === 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail("sequences of vanished clients still active after 20 s");
 });
