@@ -1,0 +1,298 @@
+/* AVX512_VNNI quantized prefill with int8 activations (opt-in precision,
+ * NMLX_QUANT_INT8=prefill; docs/quantization.md). Reference: the same x
+ * quantization followed by the dequantized weights in f64
+ * (tests/test_quant_int8.c).
+ *
+ * W (D, N) affine 4/8-bit (group 32/64/128) or MXFP4 @ x (T, N) -> y (T, D),
+ * rows [d0, d1), T >= 1 (the avx512 set reaches it for T >= 16):
+ *
+ *   x is quantized per token and block of XB columns (XB = the group size, or
+ *   32 where asked; blocks never straddle a group):
+ *     dx = max|x_blk| / 127,  x8 = round_half_even(x * (127 / max|x_blk|))
+ *   and, with w = s q + b per group (q unsigned codes),
+ *     y[t, d] = sum_blk s[d, g] dx[t, blk] (q . x8)_blk + b[d, g] dx[t, blk] sum(x8)_blk
+ *   that is exactly W (dequantized, exact) times x8 dx (x rounded to int8),
+ *   up to f32 rounding of the per-block terms. The bias term uses the
+ *   quantized sum on purpose: the error is then sum w e, with w centred,
+ *   instead of sum (w - b) e with b a group extreme (2-3x larger).
+ *   MXFP4 fits the same form: code c -> 12 + 2 value(c) in 0..24 (the E2M1
+ *   values doubled are integers), s' = s / 2, b' = -12 s'.
+ *
+ * q . x8 is `vpdpbusd` (u8 codes x s8 activations, 4 products per 32-bit
+ * lane, 64 per instruction: 4x an f32 FMA's multiply-adds). Panels of 32 rows
+ * x 256 columns are unpacked once to bytes in quad-major order,
+ * panel[k/4][r] = q[r, k..k+3], and reused by every token: tiles of 6 tokens
+ * x 32 rows keep 12 integer accumulators (a broadcast x8[t, k..k+3] times
+ * 16 rows' quads) flushed into 12 f32 accumulators once per block. x is
+ * quantized once per call into a heap buffer (T x N bytes); where that
+ * allocation fails the f32 kernel runs instead. */
+#define _POSIX_C_SOURCE 200809L
+#pragma GCC target("avx512vnni")
+#include "compute/cpu/quant_avx512.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+enum {
+    IR = 32,   /* rows per panel */
+    IK = 256,  /* columns per panel (a multiple of every group size) */
+    IM = 6,    /* tokens per register tile */
+    IXB = 128, /* the largest x block */
+};
+
+bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w) {
+    if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && w->group_size == 32;
+    return w->mode == NMLX_QUANT_AFFINE && (w->bits == 4 || w->bits == 8) &&
+           (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
+}
+
+/* ------------------------------------------------------------ x -> int8 */
+
+/* Row x[0..n) (n % xb == 0) -> q[0..n) int8, per block: dx (the step) and
+ * xs = dx * sum(q) (the block's sum as the kernel sees it). */
+void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / xb; b++) {
+        const float *xv = x + b * xb;
+        __m512 mx = _mm512_setzero_ps();
+        for (int j = 0; j < xb; j += 16)
+            mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_loadu_ps(xv + j), absmask));
+        const float amax = _mm512_reduce_max_ps(mx);
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < xb; j += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xv + j), idv));
+            sum = _mm512_add_epi32(sum, v);
+            _mm_storeu_si128((__m128i *)(q + b * xb + j), _mm512_cvtsepi32_epi8(v));
+        }
+        dx[b] = amax / 127.0f;
+        xs[b] = dx[b] * (float)_mm512_reduce_add_epi32(sum);
+    }
+}
+
+/* ------------------------------------------------------------ tiles */
+
+/* y[t, 0..32) += the panel's rows . x[t, 0..nb*XB) for t < M, flushing the
+ * integer sums into f32 once per XB-column block; m masks the valid rows. */
+AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dx,
+                           const float *xs, int64_t bs, const int32_t *p, const float *ps,
+                           const float *pb, int64_t nb, float *y, int64_t ys, const __mmask16 *m) {
+    __m512 f[IM][2];
+#pragma GCC unroll 6
+    for (int t = 0; t < M; t++)
+        f[t][0] = _mm512_setzero_ps(), f[t][1] = f[t][0];
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i a[IM][2];
+#pragma GCC unroll 6
+        for (int t = 0; t < M; t++)
+            a[t][0] = _mm512_setzero_si512(), a[t][1] = a[t][0];
+        const int32_t *pq = p + b * (XB / 4) * IR;
+        const int8_t *xb = xq + b * XB;
+#pragma GCC unroll 4
+        for (int kq = 0; kq < XB / 4; kq++) {
+            const __m512i w0 = _mm512_load_si512(pq + kq * IR);
+            const __m512i w1 = _mm512_load_si512(pq + kq * IR + 16);
+#pragma GCC unroll 6
+            for (int t = 0; t < M; t++) {
+                int32_t quad;
+                memcpy(&quad, xb + t * xqs + 4 * kq, sizeof quad);
+                const __m512i xv = _mm512_set1_epi32(quad);
+                a[t][0] = _mm512_dpbusd_epi32(a[t][0], w0, xv);
+                a[t][1] = _mm512_dpbusd_epi32(a[t][1], w1, xv);
+            }
+        }
+        const __m512 s0 = _mm512_load_ps(ps + b * IR), s1 = _mm512_load_ps(ps + b * IR + 16);
+        const __m512 b0 = _mm512_load_ps(pb + b * IR), b1 = _mm512_load_ps(pb + b * IR + 16);
+#pragma GCC unroll 6
+        for (int t = 0; t < M; t++) {
+            const __m512 d = _mm512_set1_ps(dx[t * bs + b]), sx = _mm512_set1_ps(xs[t * bs + b]);
+            f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][0]), _mm512_mul_ps(s0, d), f[t][0]);
+            f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][1]), _mm512_mul_ps(s1, d), f[t][1]);
+            f[t][0] = _mm512_fmadd_ps(b0, sx, f[t][0]);
+            f[t][1] = _mm512_fmadd_ps(b1, sx, f[t][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int t = 0; t < M; t++)
+        for (int v = 0; v < 2; v++) {
+            float *yt = y + t * ys + 16 * v;
+            _mm512_mask_storeu_ps(yt, m[v],
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt), f[t][v]));
+        }
+}
+
+typedef void (*i8_tile_fn)(const int8_t *, int64_t, const float *, const float *, int64_t,
+                           const int32_t *, const float *, const float *, int64_t, float *, int64_t,
+                           const __mmask16 *);
+#define I8_TILE_FN(M, XB)                                                                          \
+    static void i8_tile_##M##_##XB(const int8_t *xq, int64_t xqs, const float *dx,                 \
+                                   const float *xs, int64_t bs, const int32_t *p, const float *ps, \
+                                   const float *pb, int64_t nb, float *y, int64_t ys,              \
+                                   const __mmask16 *m) {                                           \
+        i8_tile(M, XB, xq, xqs, dx, xs, bs, p, ps, pb, nb, y, ys, m);                              \
+    }
+#define I8_TILES(XB)                                                                               \
+    I8_TILE_FN(1, XB)                                                                              \
+    I8_TILE_FN(2, XB) I8_TILE_FN(3, XB) I8_TILE_FN(4, XB) I8_TILE_FN(5, XB) I8_TILE_FN(6, XB)
+I8_TILES(32)
+I8_TILES(64)
+I8_TILES(128)
+/* [XB index][M - 1] */
+static const i8_tile_fn i8_tiles[3][IM] = {
+    {i8_tile_1_32, i8_tile_2_32, i8_tile_3_32, i8_tile_4_32, i8_tile_5_32, i8_tile_6_32},
+    {i8_tile_1_64, i8_tile_2_64, i8_tile_3_64, i8_tile_4_64, i8_tile_5_64, i8_tile_6_64},
+    {i8_tile_1_128, i8_tile_2_128, i8_tile_3_128, i8_tile_4_128, i8_tile_5_128, i8_tile_6_128},
+};
+
+/* ------------------------------------------------------------ panels */
+
+/* dst[0..nk) = the codes of row `row`, columns [k0, k0 + nk), one byte each
+ * (MXFP4: 12 + 2 value, in 0..24). */
+static void unpack_codes(const nmlx_weight *w, int64_t row, int64_t k0, int64_t nk, uint8_t *dst) {
+    const uint8_t *q =
+        (const uint8_t *)w->w.data + row * nmlx_quant_row_words(w->cols, w->bits) * 4;
+    if (w->bits == 8) {
+        memcpy(dst, q + k0, (size_t)nk);
+        return;
+    }
+    /* E2M1 magnitudes doubled {0,1,2,3,4,6,8,12}, sign in bit 3, offset by 12 */
+    const __m128i lut =
+        w->mode == NMLX_QUANT_MXFP4
+            ? _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0)
+            : _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m128i lo4 = _mm_set1_epi8(15);
+    for (int64_t k = 0; k < nk; k += 32) {
+        __m128i by = _mm_loadu_si128((const __m128i *)(q + (k0 + k) / 2));
+        __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(by, lo4));
+        __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(by, 4), lo4));
+        _mm_storeu_si128((__m128i *)(dst + k), _mm_unpacklo_epi8(lo, hi));
+        _mm_storeu_si128((__m128i *)(dst + k + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+}
+
+/* panel[kq][r] = codes W[r0 + r, k0 + 4kq .. +3] (0 for nr <= r < IR);
+ * ps/pb[b][r] = the scale / bias of block b of row r (0 past nr). */
+static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, int xb,
+                       int32_t *panel, float *ps, float *pb) {
+    uint8_t rb[16 * IK] __attribute__((aligned(64)));
+    const int gs = w->group_size;
+    const int64_t G = w->cols / gs, ng = nk / gs, nb = nk / xb;
+    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    float s[IK / 32], bi[IK / 32];
+    for (int h = 0; h < IR; h += 16) {
+        for (int r = 0; r < 16; r++) {
+            if (h + r >= nr) {
+                memset(rb + r * IK, 0, (size_t)nk);
+                for (int64_t b = 0; b < nb; b++)
+                    ps[b * IR + h + r] = pb[b * IR + h + r] = 0.0f;
+                continue;
+            }
+            unpack_codes(w, r0 + h + r, k0, nk, rb + r * IK);
+            const size_t g0 = (size_t)((r0 + h + r) * G + k0 / gs);
+            load_f32s(w->scales.dtype, w->scales.data, g0, ng, s);
+            if (mx)
+                for (int64_t g = 0; g < ng; g++)
+                    s[g] *= 0.5f, bi[g] = -12.0f * s[g];
+            else
+                load_f32s(w->biases.dtype, w->biases.data, g0, ng, bi);
+            for (int64_t b = 0; b < nb; b++) {
+                ps[b * IR + h + r] = s[b * xb / gs];
+                pb[b * IR + h + r] = bi[b * xb / gs];
+            }
+        }
+        /* rows of 4-byte quads -> quad-major: 16x16 transposes of 32-bit lanes */
+        for (int64_t kq = 0; kq < nk / 4; kq += 16)
+            transpose16((const float *)(const void *)(rb + 4 * kq), IK / 4,
+                        (float *)(void *)(panel + kq * IR + h), IR);
+    }
+}
+
+/* the packed rows [r0, r0 + nr), columns [k0, k0 + nk), and their scales /
+ * biases: requested while the current panel is multiplied */
+static void prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk) {
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4,
+                  G = w->cols / w->group_size;
+    const size_t ses = nmlx_dtype_size(w->scales.dtype);
+    for (int64_t r = r0; r < r0 + nr; r++) {
+        const char *q = (const char *)w->w.data + r * row_bytes + k0 * w->bits / 8;
+        for (int64_t o = 0; o < nk * w->bits / 8; o += 64)
+            _mm_prefetch(q + o, _MM_HINT_T0);
+        size_t gi = (size_t)(r * G + k0 / w->group_size) * ses;
+        _mm_prefetch((const char *)w->scales.data + gi, _MM_HINT_T0);
+        if (w->mode == NMLX_QUANT_AFFINE)
+            _mm_prefetch((const char *)w->biases.data + gi, _MM_HINT_T0);
+    }
+}
+
+/* ------------------------------------------------------------ the kernel */
+
+int nmlx_qint8_xblock(const nmlx_weight *w, int xb) {
+    return xb > 0 && xb < w->group_size ? xb : w->group_size;
+}
+
+bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                     int64_t d0, int64_t d1, int xb_req) {
+    const int64_t N = w->cols, D = w->rows;
+    const int xb = nmlx_qint8_xblock(w, xb_req);
+    const int64_t B = N / xb;
+    int8_t *xq = malloc((size_t)(T * N) + (size_t)(2 * T * B) * sizeof(float));
+    if (!xq) return false;
+    float *dx = (float *)(void *)(xq + T * N), *xs = dx + T * B; /* aligned: N % 32 == 0 */
+    for (int64_t t = 0; t < T; t++)
+        nmlx_qint8_quantize_row(x + t * N, N, xb, xq + t * N, dx + t * B, xs + t * B);
+
+    int32_t panel[IK / 4 * IR] __attribute__((aligned(64)));
+    float ps[IK / 32 * IR] __attribute__((aligned(64))),
+        pb[IK / 32 * IR] __attribute__((aligned(64)));
+    const i8_tile_fn *tiles = i8_tiles[xb == 32 ? 0 : xb == 64 ? 1 : 2];
+    for (int64_t t = 0; t < T; t++)
+        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
+    for (int64_t r0 = d0; r0 < d1; r0 += IR) {
+        const int nr = d1 - r0 < IR ? (int)(d1 - r0) : IR;
+        const __mmask16 m[2] = {first_n(nr), first_n(nr > 16 ? nr - 16 : 0)};
+        for (int64_t k0 = 0; k0 < N; k0 += IK) {
+            const int64_t nk = N - k0 < IK ? N - k0 : IK;
+            fill_panel(w, r0, nr, k0, nk, xb, panel, ps, pb);
+            if (k0 + IK < N)
+                prefetch_panel(w, r0, nr, k0 + IK, N - k0 - IK < IK ? N - k0 - IK : IK);
+            else if (r0 + IR < d1)
+                prefetch_panel(w, r0 + IR, d1 - r0 - IR < IR ? d1 - r0 - IR : IR, 0,
+                               N < IK ? N : IK);
+            for (int64_t t = 0; t < T; t += IM) {
+                const int64_t M = T - t < IM ? T - t : IM;
+                tiles[M - 1](xq + t * N + k0, N, dx + t * B + k0 / xb, xs + t * B + k0 / xb, B,
+                             panel, ps, pb, nk / xb, y + t * D + r0, D, m);
+            }
+        }
+    }
+    free(xq);
+    return true;
+}
+
+/* ------------------------------------------------------------ the switch */
+
+static nmlx_qint8_mode g_mode;
+static pthread_once_t g_mode_once = PTHREAD_ONCE_INIT;
+
+/* NMLX_QUANT_INT8: unset / "0": off; "prefill" (or "1"): on for T >= 16
+ * where the CPU has AVX512_VNNI; NMLX_QUANT_INT8_BLOCK=32: 32-column x
+ * blocks instead of one per group. */
+static void read_mode(void) {
+    __builtin_cpu_init();
+    const char *env = getenv("NMLX_QUANT_INT8");
+    g_mode.prefill = env && (!strcmp(env, "prefill") || !strcmp(env, "1")) &&
+                     __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    const char *blk = getenv("NMLX_QUANT_INT8_BLOCK");
+    g_mode.xblock = blk && !strcmp(blk, "32") ? 32 : 0;
+}
+
+nmlx_qint8_mode nmlx_qint8_get_mode(void) {
+    pthread_once(&g_mode_once, read_mode);
+    return g_mode;
+}
+
+bool nmlx_avx512vnni_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                  int64_t d0, int64_t d1) {
+    return nmlx_avx512vnni_quant_matmat_xb(w, x, y, T, d0, d1, nmlx_qint8_get_mode().xblock);
+}
