@@ -73,15 +73,22 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
 
 /* ------------------------------------------------------------ tiles */
 
+/* acc += u8 lanes of w times the s8 quad at *xp broadcast (vpdpbusd with an
+ * embedded broadcast: one instruction, in place; the intrinsic version left
+ * GCC copying every accumulator each step) */
+#define DPBUSD_BCAST(acc, w, xp)                                                                   \
+    __asm__("vpdpbusd %[x]%{1to16%}, %[wv], %[a]" : [a] "+v"(acc) : [wv] "v"(w), [x] "m"(*(xp)))
+
 /* y[t, 0..32) += the panel's rows . x[t, 0..nb*XB) for t < M, flushing the
  * integer sums into f32 once per XB-column block; m masks the valid rows. */
 AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dx,
                            const float *xs, int64_t bs, const int32_t *p, const float *ps,
                            const float *pb, int64_t nb, float *y, int64_t ys, const __mmask16 *m) {
-    __m512 f[IM][2];
-#pragma GCC unroll 6
-    for (int t = 0; t < M; t++)
-        f[t][0] = _mm512_setzero_ps(), f[t][1] = f[t][0];
+    /* the f32 sums live in L1, not registers: the 12 integer accumulators
+     * then have the register file to themselves */
+    float f[IM * IR] __attribute__((aligned(64)));
+    for (int i = 0; i < M * IR; i += 16)
+        _mm512_store_ps(f + i, _mm512_setzero_ps());
     for (int64_t b = 0; b < nb; b++) {
         __m512i a[IM][2];
 #pragma GCC unroll 6
@@ -89,17 +96,15 @@ AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const f
             a[t][0] = _mm512_setzero_si512(), a[t][1] = a[t][0];
         const int32_t *pq = p + b * (XB / 4) * IR;
         const int8_t *xb = xq + b * XB;
-#pragma GCC unroll 4
+#pragma GCC unroll 2
         for (int kq = 0; kq < XB / 4; kq++) {
             const __m512i w0 = _mm512_load_si512(pq + kq * IR);
             const __m512i w1 = _mm512_load_si512(pq + kq * IR + 16);
 #pragma GCC unroll 6
             for (int t = 0; t < M; t++) {
-                int32_t quad;
-                memcpy(&quad, xb + t * xqs + 4 * kq, sizeof quad);
-                const __m512i xv = _mm512_set1_epi32(quad);
-                a[t][0] = _mm512_dpbusd_epi32(a[t][0], w0, xv);
-                a[t][1] = _mm512_dpbusd_epi32(a[t][1], w1, xv);
+                const int32_t *xp = (const int32_t *)(const void *)(xb + t * xqs + 4 * kq);
+                DPBUSD_BCAST(a[t][0], w0, xp);
+                DPBUSD_BCAST(a[t][1], w1, xp);
             }
         }
         const __m512 s0 = _mm512_load_ps(ps + b * IR), s1 = _mm512_load_ps(ps + b * IR + 16);
@@ -107,10 +112,13 @@ AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const f
 #pragma GCC unroll 6
         for (int t = 0; t < M; t++) {
             const __m512 d = _mm512_set1_ps(dx[t * bs + b]), sx = _mm512_set1_ps(xs[t * bs + b]);
-            f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][0]), _mm512_mul_ps(s0, d), f[t][0]);
-            f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][1]), _mm512_mul_ps(s1, d), f[t][1]);
-            f[t][0] = _mm512_fmadd_ps(b0, sx, f[t][0]);
-            f[t][1] = _mm512_fmadd_ps(b1, sx, f[t][1]);
+            float *ft = f + t * IR;
+            __m512 f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][0]), _mm512_mul_ps(s0, d),
+                                        _mm512_load_ps(ft));
+            __m512 f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][1]), _mm512_mul_ps(s1, d),
+                                        _mm512_load_ps(ft + 16));
+            _mm512_store_ps(ft, _mm512_fmadd_ps(b0, sx, f0));
+            _mm512_store_ps(ft + 16, _mm512_fmadd_ps(b1, sx, f1));
         }
     }
 #pragma GCC unroll 6
@@ -118,7 +126,8 @@ AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const f
         for (int v = 0; v < 2; v++) {
             float *yt = y + t * ys + 16 * v;
             _mm512_mask_storeu_ps(yt, m[v],
-                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt), f[t][v]));
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt),
+                                                _mm512_load_ps(f + t * IR + 16 * v)));
         }
 }
 
