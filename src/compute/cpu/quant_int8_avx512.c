@@ -36,7 +36,7 @@
 enum {
     IR = 32,   /* rows per panel */
     IK = 256,  /* columns per panel (a multiple of every group size) */
-    IM = 6,    /* tokens per register tile */
+    IM = 12,   /* tokens per register tile */
     IXB = 128, /* the largest x block */
 };
 
@@ -73,86 +73,150 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
 
 /* ------------------------------------------------------------ tiles */
 
-/* acc += u8 lanes of w times the s8 quad at *xp broadcast (vpdpbusd with an
- * embedded broadcast: one instruction, in place; the intrinsic version left
- * GCC copying every accumulator each step) */
-#define DPBUSD_BCAST(acc, w, xp)                                                                   \
-    __asm__("vpdpbusd %[x]%{1to16%}, %[wv], %[a]" : [a] "+v"(acc) : [wv] "v"(w), [x] "m"(*(xp)))
+/* out[t][v] = panel quads (16 rows each, v = 0, 1) . x8[t] quads, for nq
+ * quads and 12 tokens whose rows start at x + t * xs, as int32 [12][32]: one
+ * asm loop with the 24 integer accumulators in zmm0-23 (with intrinsics
+ * GCC copied each accumulator every step; "+v" operands would exceed asm's
+ * 30-operand limit), stored once at the end. `vpdpbusd` reads the x quad by embedded
+ * broadcast: u8 codes x s8 activations, 64 multiply-adds per instruction. */
+static inline void dp_block12(int32_t *out, const int32_t *p, const int8_t *x, int64_t xs,
+                              int64_t nq) {
+    const int32_t *pe = p + nq * IR;
+    const int64_t xs3 = 3 * xs;
+    __asm__ volatile("lea (%[x], %[s], 4), %%r10\n\t"
+                     "lea (%%r10, %[s], 4), %%r11\n\t"
+                     "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+                     "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
+                     "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
+                     "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
+                     "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
+                     "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
+                     "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
+                     "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
+                     "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
+                     "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
+                     "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
+                     "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+                     "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
+                     "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
+                     "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
+                     "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
+                     "vpxord %%zmm16, %%zmm16, %%zmm16\n\t"
+                     "vpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+                     "vpxord %%zmm18, %%zmm18, %%zmm18\n\t"
+                     "vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+                     "vpxord %%zmm20, %%zmm20, %%zmm20\n\t"
+                     "vpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+                     "vpxord %%zmm22, %%zmm22, %%zmm22\n\t"
+                     "vpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+                     "1:\n\t"
+                     "vmovdqa64 (%[p]), %%zmm30\n\t"
+                     "vmovdqa64 64(%[p]), %%zmm31\n\t"
+                     "vpbroadcastd (%[x]), %%zmm24\n\t"
+                     "vpdpbusd %%zmm24, %%zmm30, %%zmm0\n\t"
+                     "vpdpbusd %%zmm24, %%zmm31, %%zmm1\n\t"
+                     "vpbroadcastd (%[x], %[s], 1), %%zmm25\n\t"
+                     "vpdpbusd %%zmm25, %%zmm30, %%zmm2\n\t"
+                     "vpdpbusd %%zmm25, %%zmm31, %%zmm3\n\t"
+                     "vpbroadcastd (%[x], %[s], 2), %%zmm26\n\t"
+                     "vpdpbusd %%zmm26, %%zmm30, %%zmm4\n\t"
+                     "vpdpbusd %%zmm26, %%zmm31, %%zmm5\n\t"
+                     "vpbroadcastd (%[x], %[s3], 1), %%zmm27\n\t"
+                     "vpdpbusd %%zmm27, %%zmm30, %%zmm6\n\t"
+                     "vpdpbusd %%zmm27, %%zmm31, %%zmm7\n\t"
+                     "vpbroadcastd (%%r10), %%zmm28\n\t"
+                     "vpdpbusd %%zmm28, %%zmm30, %%zmm8\n\t"
+                     "vpdpbusd %%zmm28, %%zmm31, %%zmm9\n\t"
+                     "vpbroadcastd (%%r10, %[s], 1), %%zmm29\n\t"
+                     "vpdpbusd %%zmm29, %%zmm30, %%zmm10\n\t"
+                     "vpdpbusd %%zmm29, %%zmm31, %%zmm11\n\t"
+                     "vpbroadcastd (%%r10, %[s], 2), %%zmm24\n\t"
+                     "vpdpbusd %%zmm24, %%zmm30, %%zmm12\n\t"
+                     "vpdpbusd %%zmm24, %%zmm31, %%zmm13\n\t"
+                     "vpbroadcastd (%%r10, %[s3], 1), %%zmm25\n\t"
+                     "vpdpbusd %%zmm25, %%zmm30, %%zmm14\n\t"
+                     "vpdpbusd %%zmm25, %%zmm31, %%zmm15\n\t"
+                     "vpbroadcastd (%%r11), %%zmm26\n\t"
+                     "vpdpbusd %%zmm26, %%zmm30, %%zmm16\n\t"
+                     "vpdpbusd %%zmm26, %%zmm31, %%zmm17\n\t"
+                     "vpbroadcastd (%%r11, %[s], 1), %%zmm27\n\t"
+                     "vpdpbusd %%zmm27, %%zmm30, %%zmm18\n\t"
+                     "vpdpbusd %%zmm27, %%zmm31, %%zmm19\n\t"
+                     "vpbroadcastd (%%r11, %[s], 2), %%zmm28\n\t"
+                     "vpdpbusd %%zmm28, %%zmm30, %%zmm20\n\t"
+                     "vpdpbusd %%zmm28, %%zmm31, %%zmm21\n\t"
+                     "vpbroadcastd (%%r11, %[s3], 1), %%zmm29\n\t"
+                     "vpdpbusd %%zmm29, %%zmm30, %%zmm22\n\t"
+                     "vpdpbusd %%zmm29, %%zmm31, %%zmm23\n\t"
+                     "add $128, %[p]\n\t"
+                     "add $4, %[x]\n\t"
+                     "add $4, %%r10\n\t"
+                     "add $4, %%r11\n\t"
+                     "cmp %[pe], %[p]\n\t"
+                     "jne 1b\n\t"
+                     "vmovdqa64 %%zmm0, 0(%[o])\n\t"
+                     "vmovdqa64 %%zmm1, 64(%[o])\n\t"
+                     "vmovdqa64 %%zmm2, 128(%[o])\n\t"
+                     "vmovdqa64 %%zmm3, 192(%[o])\n\t"
+                     "vmovdqa64 %%zmm4, 256(%[o])\n\t"
+                     "vmovdqa64 %%zmm5, 320(%[o])\n\t"
+                     "vmovdqa64 %%zmm6, 384(%[o])\n\t"
+                     "vmovdqa64 %%zmm7, 448(%[o])\n\t"
+                     "vmovdqa64 %%zmm8, 512(%[o])\n\t"
+                     "vmovdqa64 %%zmm9, 576(%[o])\n\t"
+                     "vmovdqa64 %%zmm10, 640(%[o])\n\t"
+                     "vmovdqa64 %%zmm11, 704(%[o])\n\t"
+                     "vmovdqa64 %%zmm12, 768(%[o])\n\t"
+                     "vmovdqa64 %%zmm13, 832(%[o])\n\t"
+                     "vmovdqa64 %%zmm14, 896(%[o])\n\t"
+                     "vmovdqa64 %%zmm15, 960(%[o])\n\t"
+                     "vmovdqa64 %%zmm16, 1024(%[o])\n\t"
+                     "vmovdqa64 %%zmm17, 1088(%[o])\n\t"
+                     "vmovdqa64 %%zmm18, 1152(%[o])\n\t"
+                     "vmovdqa64 %%zmm19, 1216(%[o])\n\t"
+                     "vmovdqa64 %%zmm20, 1280(%[o])\n\t"
+                     "vmovdqa64 %%zmm21, 1344(%[o])\n\t"
+                     "vmovdqa64 %%zmm22, 1408(%[o])\n\t"
+                     "vmovdqa64 %%zmm23, 1472(%[o])\n\t"
+                     : [p] "+r"(p), [x] "+r"(x)
+                     : [s] "r"(xs), [s3] "r"(xs3), [pe] "r"(pe), [o] "r"(out)
+                     : "r10", "r11", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7",
+                       "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15",
+                       "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23",
+                       "zmm24", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29", "zmm30", "zmm31", "cc",
+                       "memory");
+}
 
-/* y[t, 0..32) += the panel's rows . x[t, 0..nb*XB) for t < M, flushing the
- * integer sums into f32 once per XB-column block; m masks the valid rows. */
-AVX512_INLINE void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dx,
-                           const float *xs, int64_t bs, const int32_t *p, const float *ps,
-                           const float *pb, int64_t nb, float *y, int64_t ys, const __mmask16 *m) {
-    /* the f32 sums live in L1, not registers: the 12 integer accumulators
-     * then have the register file to themselves */
+/* y[t, 0..32) = the stripe's rows . x[t, 0..nb*XB) for t < M: x has 12
+ * readable rows (the caller pads the last tile), the integer sums are
+ * flushed into f32 once per XB-column block, y is written once (m masks the
+ * valid rows). */
+static void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dx, const float *xs,
+                    int64_t bs, const int32_t *p, const float *ps, const float *pb, int64_t nb,
+                    float *y, int64_t ys, const __mmask16 *m) {
     float f[IM * IR] __attribute__((aligned(64)));
+    int32_t acc[IM * IR] __attribute__((aligned(64)));
     for (int i = 0; i < M * IR; i += 16)
         _mm512_store_ps(f + i, _mm512_setzero_ps());
     for (int64_t b = 0; b < nb; b++) {
-        __m512i a[IM][2];
-#pragma GCC unroll 6
-        for (int t = 0; t < M; t++)
-            a[t][0] = _mm512_setzero_si512(), a[t][1] = a[t][0];
-        const int32_t *pq = p + b * (XB / 4) * IR;
-        const int8_t *xb = xq + b * XB;
-#pragma GCC unroll 2
-        for (int kq = 0; kq < XB / 4; kq++) {
-            const __m512i w0 = _mm512_load_si512(pq + kq * IR);
-            const __m512i w1 = _mm512_load_si512(pq + kq * IR + 16);
-#pragma GCC unroll 6
-            for (int t = 0; t < M; t++) {
-                const int32_t *xp = (const int32_t *)(const void *)(xb + t * xqs + 4 * kq);
-                DPBUSD_BCAST(a[t][0], w0, xp);
-                DPBUSD_BCAST(a[t][1], w1, xp);
-            }
-        }
+        dp_block12(acc, p + b * (XB / 4) * IR, xq + b * XB, xqs, XB / 4);
         const __m512 s0 = _mm512_load_ps(ps + b * IR), s1 = _mm512_load_ps(ps + b * IR + 16);
         const __m512 b0 = _mm512_load_ps(pb + b * IR), b1 = _mm512_load_ps(pb + b * IR + 16);
-#pragma GCC unroll 6
         for (int t = 0; t < M; t++) {
             const __m512 d = _mm512_set1_ps(dx[t * bs + b]), sx = _mm512_set1_ps(xs[t * bs + b]);
             float *ft = f + t * IR;
-            __m512 f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][0]), _mm512_mul_ps(s0, d),
-                                        _mm512_load_ps(ft));
-            __m512 f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t][1]), _mm512_mul_ps(s1, d),
-                                        _mm512_load_ps(ft + 16));
+            __m512 f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + t * IR)),
+                                        _mm512_mul_ps(s0, d), _mm512_load_ps(ft));
+            __m512 f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + t * IR + 16)),
+                                        _mm512_mul_ps(s1, d), _mm512_load_ps(ft + 16));
             _mm512_store_ps(ft, _mm512_fmadd_ps(b0, sx, f0));
             _mm512_store_ps(ft + 16, _mm512_fmadd_ps(b1, sx, f1));
         }
     }
-#pragma GCC unroll 6
     for (int t = 0; t < M; t++)
-        for (int v = 0; v < 2; v++) {
-            float *yt = y + t * ys + 16 * v;
-            _mm512_mask_storeu_ps(yt, m[v],
-                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], yt),
-                                                _mm512_load_ps(f + t * IR + 16 * v)));
-        }
+        for (int v = 0; v < 2; v++)
+            _mm512_mask_storeu_ps(y + t * ys + 16 * v, m[v], _mm512_load_ps(f + t * IR + 16 * v));
 }
-
-typedef void (*i8_tile_fn)(const int8_t *, int64_t, const float *, const float *, int64_t,
-                           const int32_t *, const float *, const float *, int64_t, float *, int64_t,
-                           const __mmask16 *);
-#define I8_TILE_FN(M, XB)                                                                          \
-    static void i8_tile_##M##_##XB(const int8_t *xq, int64_t xqs, const float *dx,                 \
-                                   const float *xs, int64_t bs, const int32_t *p, const float *ps, \
-                                   const float *pb, int64_t nb, float *y, int64_t ys,              \
-                                   const __mmask16 *m) {                                           \
-        i8_tile(M, XB, xq, xqs, dx, xs, bs, p, ps, pb, nb, y, ys, m);                              \
-    }
-#define I8_TILES(XB)                                                                               \
-    I8_TILE_FN(1, XB)                                                                              \
-    I8_TILE_FN(2, XB) I8_TILE_FN(3, XB) I8_TILE_FN(4, XB) I8_TILE_FN(5, XB) I8_TILE_FN(6, XB)
-I8_TILES(32)
-I8_TILES(64)
-I8_TILES(128)
-/* [XB index][M - 1] */
-static const i8_tile_fn i8_tiles[3][IM] = {
-    {i8_tile_1_32, i8_tile_2_32, i8_tile_3_32, i8_tile_4_32, i8_tile_5_32, i8_tile_6_32},
-    {i8_tile_1_64, i8_tile_2_64, i8_tile_3_64, i8_tile_4_64, i8_tile_5_64, i8_tile_6_64},
-    {i8_tile_1_128, i8_tile_2_128, i8_tile_3_128, i8_tile_4_128, i8_tile_5_128, i8_tile_6_128},
-};
 
 /* ------------------------------------------------------------ panels */
 
@@ -244,38 +308,53 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
                                      int64_t d0, int64_t d1, int xb_req) {
     const int64_t N = w->cols, D = w->rows;
     const int xb = nmlx_qint8_xblock(w, xb_req);
-    const int64_t B = N / xb;
-    int8_t *xq = malloc((size_t)(T * N) + (size_t)(2 * T * B) * sizeof(float));
-    if (!xq) return false;
-    float *dx = (float *)(void *)(xq + T * N), *xs = dx + T * B; /* aligned: N % 32 == 0 */
+    const int64_t B = N / xb, tail = T % IM;
+    /* one buffer, each part 64-byte aligned: the stripe's scales and biases
+     * (B x 32 each), a 32-row stripe of quad-major codes (N / 4 x 32 int32,
+     * plus 16 quads: fill_panel transposes 16 quads at a time), the f32
+     * steps and sums of x (T x B each), x8 (T x N) and the last tile's 12
+     * padded rows (12 x N) */
+#define A64(n) (((size_t)(n) + 63) / 64 * 64)
+    const size_t o_pb = A64(B * IR * 4), o_st = o_pb + A64(B * IR * 4),
+                 o_dx = o_st + A64((N + 64) * IR), o_xs = o_dx + A64(T * B * 4),
+                 o_xq = o_xs + A64(T * B * 4), o_pad = o_xq + A64(T * N),
+                 size = o_pad + (tail ? A64(IM * N) : 0);
+#undef A64
+    char *buf = aligned_alloc(64, size);
+    if (!buf) return false;
+    float *ps = (float *)(void *)buf, *pb = (float *)(void *)(buf + o_pb);
+    int32_t *stripe = (int32_t *)(void *)(buf + o_st);
+    float *dx = (float *)(void *)(buf + o_dx), *xs = (float *)(void *)(buf + o_xs);
+    int8_t *xq = (int8_t *)(buf + o_xq), *xpad = (int8_t *)(buf + o_pad);
     for (int64_t t = 0; t < T; t++)
         nmlx_qint8_quantize_row(x + t * N, N, xb, xq + t * N, dx + t * B, xs + t * B);
+    if (tail)
+        for (int64_t t = 0; t < IM; t++)
+            memcpy(xpad + t * N, xq + (T - tail + (t < tail ? t : tail - 1)) * N, (size_t)N);
 
-    int32_t panel[IK / 4 * IR] __attribute__((aligned(64)));
-    float ps[IK / 32 * IR] __attribute__((aligned(64))),
-        pb[IK / 32 * IR] __attribute__((aligned(64)));
-    const i8_tile_fn *tiles = i8_tiles[xb == 32 ? 0 : xb == 64 ? 1 : 2];
-    for (int64_t t = 0; t < T; t++)
-        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
     for (int64_t r0 = d0; r0 < d1; r0 += IR) {
         const int nr = d1 - r0 < IR ? (int)(d1 - r0) : IR;
         const __mmask16 m[2] = {first_n(nr), first_n(nr > 16 ? nr - 16 : 0)};
+        /* the stripe's codes, once; each tile then runs over all of N and
+         * writes its y once */
         for (int64_t k0 = 0; k0 < N; k0 += IK) {
             const int64_t nk = N - k0 < IK ? N - k0 : IK;
-            fill_panel(w, r0, nr, k0, nk, xb, panel, ps, pb);
-            if (k0 + IK < N)
-                prefetch_panel(w, r0, nr, k0 + IK, N - k0 - IK < IK ? N - k0 - IK : IK);
-            else if (r0 + IR < d1)
-                prefetch_panel(w, r0 + IR, d1 - r0 - IR < IR ? d1 - r0 - IR : IR, 0,
-                               N < IK ? N : IK);
-            for (int64_t t = 0; t < T; t += IM) {
-                const int64_t M = T - t < IM ? T - t : IM;
-                tiles[M - 1](xq + t * N + k0, N, dx + t * B + k0 / xb, xs + t * B + k0 / xb, B,
-                             panel, ps, pb, nk / xb, y + t * D + r0, D, m);
-            }
+            fill_panel(w, r0, nr, k0, nk, xb, stripe + k0 / 4 * IR, ps + k0 / xb * IR,
+                       pb + k0 / xb * IR);
+        }
+        /* the next stripe's packed rows, a share per tile */
+        const int64_t nx_r = r0 + IR, nx_nr = d1 - nx_r < IR ? d1 - nx_r : IR,
+                      tiles = (T + IM - 1) / IM;
+        for (int64_t t = 0, i = 0; t < T; t += IM, i++) {
+            const int64_t M = T - t < IM ? T - t : IM;
+            if (nx_nr > 0)
+                prefetch_panel(w, nx_r + nx_nr * i / tiles,
+                               nx_nr * (i + 1) / tiles - nx_nr * i / tiles, 0, N);
+            i8_tile((int)M, xb, M < IM ? xpad : xq + t * N, N, dx + t * B, xs + t * B, B, stripe,
+                    ps, pb, B, y + t * D + r0, D, m);
         }
     }
-    free(xq);
+    free(buf);
     return true;
 }
 
