@@ -73,146 +73,265 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
 
 /* ------------------------------------------------------------ tiles */
 
-/* out[t][v] = panel quads (16 rows each, v = 0, 1) . x8[t] quads, for nq
- * quads and 12 tokens whose rows start at x + t * xs, as int32 [12][32]: one
- * asm loop with the 24 integer accumulators in zmm0-23 (with intrinsics
- * GCC copied each accumulator every step; "+v" operands would exceed asm's
- * 30-operand limit), stored once at the end. `vpdpbusd` reads the x quad by embedded
- * broadcast: u8 codes x s8 activations, 64 multiply-adds per instruction. */
-static inline void dp_block12(int32_t *out, const int32_t *p, const int8_t *x, int64_t xs,
-                              int64_t nq) {
-    const int32_t *pe = p + nq * IR;
-    const int64_t xs3 = 3 * xs;
-    __asm__ volatile("lea (%[x], %[s], 4), %%r10\n\t"
-                     "lea (%%r10, %[s], 4), %%r11\n\t"
-                     "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-                     "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-                     "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-                     "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-                     "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-                     "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-                     "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-                     "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-                     "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-                     "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-                     "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-                     "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
-                     "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
-                     "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
-                     "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
-                     "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
-                     "vpxord %%zmm16, %%zmm16, %%zmm16\n\t"
-                     "vpxord %%zmm17, %%zmm17, %%zmm17\n\t"
-                     "vpxord %%zmm18, %%zmm18, %%zmm18\n\t"
-                     "vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
-                     "vpxord %%zmm20, %%zmm20, %%zmm20\n\t"
-                     "vpxord %%zmm21, %%zmm21, %%zmm21\n\t"
-                     "vpxord %%zmm22, %%zmm22, %%zmm22\n\t"
-                     "vpxord %%zmm23, %%zmm23, %%zmm23\n\t"
-                     "1:\n\t"
-                     "vmovdqa64 (%[p]), %%zmm30\n\t"
-                     "vmovdqa64 64(%[p]), %%zmm31\n\t"
-                     "vpbroadcastd (%[x]), %%zmm24\n\t"
-                     "vpdpbusd %%zmm24, %%zmm30, %%zmm0\n\t"
-                     "vpdpbusd %%zmm24, %%zmm31, %%zmm1\n\t"
-                     "vpbroadcastd (%[x], %[s], 1), %%zmm25\n\t"
-                     "vpdpbusd %%zmm25, %%zmm30, %%zmm2\n\t"
-                     "vpdpbusd %%zmm25, %%zmm31, %%zmm3\n\t"
-                     "vpbroadcastd (%[x], %[s], 2), %%zmm26\n\t"
-                     "vpdpbusd %%zmm26, %%zmm30, %%zmm4\n\t"
-                     "vpdpbusd %%zmm26, %%zmm31, %%zmm5\n\t"
-                     "vpbroadcastd (%[x], %[s3], 1), %%zmm27\n\t"
-                     "vpdpbusd %%zmm27, %%zmm30, %%zmm6\n\t"
-                     "vpdpbusd %%zmm27, %%zmm31, %%zmm7\n\t"
-                     "vpbroadcastd (%%r10), %%zmm28\n\t"
-                     "vpdpbusd %%zmm28, %%zmm30, %%zmm8\n\t"
-                     "vpdpbusd %%zmm28, %%zmm31, %%zmm9\n\t"
-                     "vpbroadcastd (%%r10, %[s], 1), %%zmm29\n\t"
-                     "vpdpbusd %%zmm29, %%zmm30, %%zmm10\n\t"
-                     "vpdpbusd %%zmm29, %%zmm31, %%zmm11\n\t"
-                     "vpbroadcastd (%%r10, %[s], 2), %%zmm24\n\t"
-                     "vpdpbusd %%zmm24, %%zmm30, %%zmm12\n\t"
-                     "vpdpbusd %%zmm24, %%zmm31, %%zmm13\n\t"
-                     "vpbroadcastd (%%r10, %[s3], 1), %%zmm25\n\t"
-                     "vpdpbusd %%zmm25, %%zmm30, %%zmm14\n\t"
-                     "vpdpbusd %%zmm25, %%zmm31, %%zmm15\n\t"
-                     "vpbroadcastd (%%r11), %%zmm26\n\t"
-                     "vpdpbusd %%zmm26, %%zmm30, %%zmm16\n\t"
-                     "vpdpbusd %%zmm26, %%zmm31, %%zmm17\n\t"
-                     "vpbroadcastd (%%r11, %[s], 1), %%zmm27\n\t"
-                     "vpdpbusd %%zmm27, %%zmm30, %%zmm18\n\t"
-                     "vpdpbusd %%zmm27, %%zmm31, %%zmm19\n\t"
-                     "vpbroadcastd (%%r11, %[s], 2), %%zmm28\n\t"
-                     "vpdpbusd %%zmm28, %%zmm30, %%zmm20\n\t"
-                     "vpdpbusd %%zmm28, %%zmm31, %%zmm21\n\t"
-                     "vpbroadcastd (%%r11, %[s3], 1), %%zmm29\n\t"
-                     "vpdpbusd %%zmm29, %%zmm30, %%zmm22\n\t"
-                     "vpdpbusd %%zmm29, %%zmm31, %%zmm23\n\t"
-                     "add $128, %[p]\n\t"
-                     "add $4, %[x]\n\t"
-                     "add $4, %%r10\n\t"
-                     "add $4, %%r11\n\t"
-                     "cmp %[pe], %[p]\n\t"
-                     "jne 1b\n\t"
-                     "vmovdqa64 %%zmm0, 0(%[o])\n\t"
-                     "vmovdqa64 %%zmm1, 64(%[o])\n\t"
-                     "vmovdqa64 %%zmm2, 128(%[o])\n\t"
-                     "vmovdqa64 %%zmm3, 192(%[o])\n\t"
-                     "vmovdqa64 %%zmm4, 256(%[o])\n\t"
-                     "vmovdqa64 %%zmm5, 320(%[o])\n\t"
-                     "vmovdqa64 %%zmm6, 384(%[o])\n\t"
-                     "vmovdqa64 %%zmm7, 448(%[o])\n\t"
-                     "vmovdqa64 %%zmm8, 512(%[o])\n\t"
-                     "vmovdqa64 %%zmm9, 576(%[o])\n\t"
-                     "vmovdqa64 %%zmm10, 640(%[o])\n\t"
-                     "vmovdqa64 %%zmm11, 704(%[o])\n\t"
-                     "vmovdqa64 %%zmm12, 768(%[o])\n\t"
-                     "vmovdqa64 %%zmm13, 832(%[o])\n\t"
-                     "vmovdqa64 %%zmm14, 896(%[o])\n\t"
-                     "vmovdqa64 %%zmm15, 960(%[o])\n\t"
-                     "vmovdqa64 %%zmm16, 1024(%[o])\n\t"
-                     "vmovdqa64 %%zmm17, 1088(%[o])\n\t"
-                     "vmovdqa64 %%zmm18, 1152(%[o])\n\t"
-                     "vmovdqa64 %%zmm19, 1216(%[o])\n\t"
-                     "vmovdqa64 %%zmm20, 1280(%[o])\n\t"
-                     "vmovdqa64 %%zmm21, 1344(%[o])\n\t"
-                     "vmovdqa64 %%zmm22, 1408(%[o])\n\t"
-                     "vmovdqa64 %%zmm23, 1472(%[o])\n\t"
-                     : [p] "+r"(p), [x] "+r"(x)
-                     : [s] "r"(xs), [s3] "r"(xs3), [pe] "r"(pe), [o] "r"(out)
-                     : "r10", "r11", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7",
-                       "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15",
-                       "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23",
-                       "zmm24", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29", "zmm30", "zmm31", "cc",
-                       "memory");
+/* One tile, 12 tokens x 32 rows over nb blocks of nq quads (XB = 4 nq
+ * columns), in one asm loop so that the 24 integer accumulators stay in
+ * zmm0-23 (with intrinsics GCC copied every accumulator each step; "+v"
+ * operands would pass asm's 30-operand limit):
+ *   per quad: the stripe's 2 x 16 rows of quads (u8 codes) and each token's
+ *   x8 quad broadcast, `vpdpbusd` (64 multiply-adds);
+ *   per block: f[t][r] += cvt(acc) * s[r] dx[t] + b[r] sx[t], where p, ps /
+ *   pb (the block's 32 scales / biases) and dt / st (12 steps / sums of x
+ *   per block, the tile's tokens) all advance block by block.
+ * x rows are x + t * xs (12 readable rows); f is [12][32] f32. */
+static void tile12(float *f, const int32_t *p, int64_t nq, int64_t nb, const int8_t *x, int64_t xs,
+                   const float *ps, const float *pb, const float *dt, const float *st) {
+    const int32_t *pe = p + nb * nq * IR;
+    const int64_t xs3 = 3 * xs, nqb = nq * IR * 4;
+    __asm__ volatile(
+        "lea (%[x], %[s], 4), %%r10\n\t"
+        "lea (%%r10, %[s], 4), %%r11\n\t"
+        "2:\n\t"
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+        "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
+        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
+        "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
+        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
+        "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
+        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
+        "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
+        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
+        "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
+        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
+        "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+        "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
+        "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
+        "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
+        "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
+        "vpxord %%zmm16, %%zmm16, %%zmm16\n\t"
+        "vpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+        "vpxord %%zmm18, %%zmm18, %%zmm18\n\t"
+        "vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+        "vpxord %%zmm20, %%zmm20, %%zmm20\n\t"
+        "vpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+        "vpxord %%zmm22, %%zmm22, %%zmm22\n\t"
+        "vpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+        "lea (%[p], %[nqb], 1), %%r12\n\t"
+        "1:\n\t"
+        "vmovdqa64 (%[p]), %%zmm30\n\t"
+        "vmovdqa64 64(%[p]), %%zmm31\n\t"
+        "vpbroadcastd (%[x]), %%zmm24\n\t"
+        "vpdpbusd %%zmm24, %%zmm30, %%zmm0\n\t"
+        "vpdpbusd %%zmm24, %%zmm31, %%zmm1\n\t"
+        "vpbroadcastd (%[x], %[s], 1), %%zmm25\n\t"
+        "vpdpbusd %%zmm25, %%zmm30, %%zmm2\n\t"
+        "vpdpbusd %%zmm25, %%zmm31, %%zmm3\n\t"
+        "vpbroadcastd (%[x], %[s], 2), %%zmm26\n\t"
+        "vpdpbusd %%zmm26, %%zmm30, %%zmm4\n\t"
+        "vpdpbusd %%zmm26, %%zmm31, %%zmm5\n\t"
+        "vpbroadcastd (%[x], %[s3], 1), %%zmm27\n\t"
+        "vpdpbusd %%zmm27, %%zmm30, %%zmm6\n\t"
+        "vpdpbusd %%zmm27, %%zmm31, %%zmm7\n\t"
+        "vpbroadcastd (%%r10), %%zmm28\n\t"
+        "vpdpbusd %%zmm28, %%zmm30, %%zmm8\n\t"
+        "vpdpbusd %%zmm28, %%zmm31, %%zmm9\n\t"
+        "vpbroadcastd (%%r10, %[s], 1), %%zmm29\n\t"
+        "vpdpbusd %%zmm29, %%zmm30, %%zmm10\n\t"
+        "vpdpbusd %%zmm29, %%zmm31, %%zmm11\n\t"
+        "vpbroadcastd (%%r10, %[s], 2), %%zmm24\n\t"
+        "vpdpbusd %%zmm24, %%zmm30, %%zmm12\n\t"
+        "vpdpbusd %%zmm24, %%zmm31, %%zmm13\n\t"
+        "vpbroadcastd (%%r10, %[s3], 1), %%zmm25\n\t"
+        "vpdpbusd %%zmm25, %%zmm30, %%zmm14\n\t"
+        "vpdpbusd %%zmm25, %%zmm31, %%zmm15\n\t"
+        "vpbroadcastd (%%r11), %%zmm26\n\t"
+        "vpdpbusd %%zmm26, %%zmm30, %%zmm16\n\t"
+        "vpdpbusd %%zmm26, %%zmm31, %%zmm17\n\t"
+        "vpbroadcastd (%%r11, %[s], 1), %%zmm27\n\t"
+        "vpdpbusd %%zmm27, %%zmm30, %%zmm18\n\t"
+        "vpdpbusd %%zmm27, %%zmm31, %%zmm19\n\t"
+        "vpbroadcastd (%%r11, %[s], 2), %%zmm28\n\t"
+        "vpdpbusd %%zmm28, %%zmm30, %%zmm20\n\t"
+        "vpdpbusd %%zmm28, %%zmm31, %%zmm21\n\t"
+        "vpbroadcastd (%%r11, %[s3], 1), %%zmm29\n\t"
+        "vpdpbusd %%zmm29, %%zmm30, %%zmm22\n\t"
+        "vpdpbusd %%zmm29, %%zmm31, %%zmm23\n\t"
+        "add $128, %[p]\n\t"
+        "add $4, %[x]\n\t"
+        "add $4, %%r10\n\t"
+        "add $4, %%r11\n\t"
+        "cmp %%r12, %[p]\n\t"
+        "jne 1b\n\t"
+        "vmovaps (%[ps]), %%zmm24\n\t"
+        "vmovaps 64(%[ps]), %%zmm25\n\t"
+        "vmovaps (%[pb]), %%zmm26\n\t"
+        "vmovaps 64(%[pb]), %%zmm27\n\t"
+        "vbroadcastss 0(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm0, %%zmm0\n\t"
+        "vcvtdq2ps %%zmm1, %%zmm1\n\t"
+        "vfmadd213ps 0(%[f]), %%zmm29, %%zmm0\n\t"
+        "vfmadd213ps 64(%[f]), %%zmm28, %%zmm1\n\t"
+        "vbroadcastss 0(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm0\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm1\n\t"
+        "vmovaps %%zmm0, 0(%[f])\n\t"
+        "vmovaps %%zmm1, 64(%[f])\n\t"
+        "vbroadcastss 4(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm2, %%zmm2\n\t"
+        "vcvtdq2ps %%zmm3, %%zmm3\n\t"
+        "vfmadd213ps 128(%[f]), %%zmm29, %%zmm2\n\t"
+        "vfmadd213ps 192(%[f]), %%zmm28, %%zmm3\n\t"
+        "vbroadcastss 4(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm2\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm3\n\t"
+        "vmovaps %%zmm2, 128(%[f])\n\t"
+        "vmovaps %%zmm3, 192(%[f])\n\t"
+        "vbroadcastss 8(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm4, %%zmm4\n\t"
+        "vcvtdq2ps %%zmm5, %%zmm5\n\t"
+        "vfmadd213ps 256(%[f]), %%zmm29, %%zmm4\n\t"
+        "vfmadd213ps 320(%[f]), %%zmm28, %%zmm5\n\t"
+        "vbroadcastss 8(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm4\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm5\n\t"
+        "vmovaps %%zmm4, 256(%[f])\n\t"
+        "vmovaps %%zmm5, 320(%[f])\n\t"
+        "vbroadcastss 12(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm6, %%zmm6\n\t"
+        "vcvtdq2ps %%zmm7, %%zmm7\n\t"
+        "vfmadd213ps 384(%[f]), %%zmm29, %%zmm6\n\t"
+        "vfmadd213ps 448(%[f]), %%zmm28, %%zmm7\n\t"
+        "vbroadcastss 12(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm6\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm7\n\t"
+        "vmovaps %%zmm6, 384(%[f])\n\t"
+        "vmovaps %%zmm7, 448(%[f])\n\t"
+        "vbroadcastss 16(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm8, %%zmm8\n\t"
+        "vcvtdq2ps %%zmm9, %%zmm9\n\t"
+        "vfmadd213ps 512(%[f]), %%zmm29, %%zmm8\n\t"
+        "vfmadd213ps 576(%[f]), %%zmm28, %%zmm9\n\t"
+        "vbroadcastss 16(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm8\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm9\n\t"
+        "vmovaps %%zmm8, 512(%[f])\n\t"
+        "vmovaps %%zmm9, 576(%[f])\n\t"
+        "vbroadcastss 20(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm10, %%zmm10\n\t"
+        "vcvtdq2ps %%zmm11, %%zmm11\n\t"
+        "vfmadd213ps 640(%[f]), %%zmm29, %%zmm10\n\t"
+        "vfmadd213ps 704(%[f]), %%zmm28, %%zmm11\n\t"
+        "vbroadcastss 20(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm10\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm11\n\t"
+        "vmovaps %%zmm10, 640(%[f])\n\t"
+        "vmovaps %%zmm11, 704(%[f])\n\t"
+        "vbroadcastss 24(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm12, %%zmm12\n\t"
+        "vcvtdq2ps %%zmm13, %%zmm13\n\t"
+        "vfmadd213ps 768(%[f]), %%zmm29, %%zmm12\n\t"
+        "vfmadd213ps 832(%[f]), %%zmm28, %%zmm13\n\t"
+        "vbroadcastss 24(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm12\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm13\n\t"
+        "vmovaps %%zmm12, 768(%[f])\n\t"
+        "vmovaps %%zmm13, 832(%[f])\n\t"
+        "vbroadcastss 28(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm14, %%zmm14\n\t"
+        "vcvtdq2ps %%zmm15, %%zmm15\n\t"
+        "vfmadd213ps 896(%[f]), %%zmm29, %%zmm14\n\t"
+        "vfmadd213ps 960(%[f]), %%zmm28, %%zmm15\n\t"
+        "vbroadcastss 28(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm14\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm15\n\t"
+        "vmovaps %%zmm14, 896(%[f])\n\t"
+        "vmovaps %%zmm15, 960(%[f])\n\t"
+        "vbroadcastss 32(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm17, %%zmm17\n\t"
+        "vfmadd213ps 1024(%[f]), %%zmm29, %%zmm16\n\t"
+        "vfmadd213ps 1088(%[f]), %%zmm28, %%zmm17\n\t"
+        "vbroadcastss 32(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm16\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm17\n\t"
+        "vmovaps %%zmm16, 1024(%[f])\n\t"
+        "vmovaps %%zmm17, 1088(%[f])\n\t"
+        "vbroadcastss 36(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm18, %%zmm18\n\t"
+        "vcvtdq2ps %%zmm19, %%zmm19\n\t"
+        "vfmadd213ps 1152(%[f]), %%zmm29, %%zmm18\n\t"
+        "vfmadd213ps 1216(%[f]), %%zmm28, %%zmm19\n\t"
+        "vbroadcastss 36(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm18\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm19\n\t"
+        "vmovaps %%zmm18, 1152(%[f])\n\t"
+        "vmovaps %%zmm19, 1216(%[f])\n\t"
+        "vbroadcastss 40(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm20, %%zmm20\n\t"
+        "vcvtdq2ps %%zmm21, %%zmm21\n\t"
+        "vfmadd213ps 1280(%[f]), %%zmm29, %%zmm20\n\t"
+        "vfmadd213ps 1344(%[f]), %%zmm28, %%zmm21\n\t"
+        "vbroadcastss 40(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm20\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm21\n\t"
+        "vmovaps %%zmm20, 1280(%[f])\n\t"
+        "vmovaps %%zmm21, 1344(%[f])\n\t"
+        "vbroadcastss 44(%[dt]), %%zmm28\n\t"
+        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
+        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
+        "vcvtdq2ps %%zmm22, %%zmm22\n\t"
+        "vcvtdq2ps %%zmm23, %%zmm23\n\t"
+        "vfmadd213ps 1408(%[f]), %%zmm29, %%zmm22\n\t"
+        "vfmadd213ps 1472(%[f]), %%zmm28, %%zmm23\n\t"
+        "vbroadcastss 44(%[st]), %%zmm28\n\t"
+        "vfmadd231ps %%zmm28, %%zmm26, %%zmm22\n\t"
+        "vfmadd231ps %%zmm28, %%zmm27, %%zmm23\n\t"
+        "vmovaps %%zmm22, 1408(%[f])\n\t"
+        "vmovaps %%zmm23, 1472(%[f])\n\t"
+        "add $128, %[ps]\n\t"
+        "add $128, %[pb]\n\t"
+        "add $48, %[dt]\n\t"
+        "add $48, %[st]\n\t"
+        "cmp %[pe], %[p]\n\t"
+        "jne 2b\n\t"
+        : [p] "+r"(p), [x] "+r"(x), [ps] "+r"(ps), [pb] "+r"(pb), [dt] "+r"(dt), [st] "+r"(st)
+        : [s] "r"(xs), [s3] "r"(xs3), [nqb] "r"(nqb), [pe] "r"(pe), [f] "r"(f)
+        : "r10", "r11", "r12", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7",
+          "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17",
+          "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "zmm24", "zmm25", "zmm26", "zmm27",
+          "zmm28", "zmm29", "zmm30", "zmm31", "cc", "memory");
 }
 
-/* y[t, 0..32) = the stripe's rows . x[t, 0..nb*XB) for t < M: x has 12
- * readable rows (the caller pads the last tile), the integer sums are
- * flushed into f32 once per XB-column block, y is written once (m masks the
- * valid rows). */
-static void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dx, const float *xs,
-                    int64_t bs, const int32_t *p, const float *ps, const float *pb, int64_t nb,
-                    float *y, int64_t ys, const __mmask16 *m) {
+/* y[t, 0..32) = the stripe's rows . x[t] for t < M (m masks the valid rows);
+ * dt / st: the tile's steps / sums of x, [block][12]. */
+static void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dt, const float *st,
+                    const int32_t *p, const float *ps, const float *pb, int64_t nb, float *y,
+                    int64_t ys, const __mmask16 *m) {
     float f[IM * IR] __attribute__((aligned(64)));
-    int32_t acc[IM * IR] __attribute__((aligned(64)));
-    for (int i = 0; i < M * IR; i += 16)
+    for (int i = 0; i < IM * IR; i += 16)
         _mm512_store_ps(f + i, _mm512_setzero_ps());
-    for (int64_t b = 0; b < nb; b++) {
-        dp_block12(acc, p + b * (XB / 4) * IR, xq + b * XB, xqs, XB / 4);
-        const __m512 s0 = _mm512_load_ps(ps + b * IR), s1 = _mm512_load_ps(ps + b * IR + 16);
-        const __m512 b0 = _mm512_load_ps(pb + b * IR), b1 = _mm512_load_ps(pb + b * IR + 16);
-        for (int t = 0; t < M; t++) {
-            const __m512 d = _mm512_set1_ps(dx[t * bs + b]), sx = _mm512_set1_ps(xs[t * bs + b]);
-            float *ft = f + t * IR;
-            __m512 f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + t * IR)),
-                                        _mm512_mul_ps(s0, d), _mm512_load_ps(ft));
-            __m512 f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + t * IR + 16)),
-                                        _mm512_mul_ps(s1, d), _mm512_load_ps(ft + 16));
-            _mm512_store_ps(ft, _mm512_fmadd_ps(b0, sx, f0));
-            _mm512_store_ps(ft + 16, _mm512_fmadd_ps(b1, sx, f1));
-        }
-    }
+    tile12(f, p, XB / 4, nb, xq, xqs, ps, pb, dt, st);
     for (int t = 0; t < M; t++)
         for (int v = 0; v < 2; v++)
             _mm512_mask_storeu_ps(y + t * ys + 16 * v, m[v], _mm512_load_ps(f + t * IR + 16 * v));
@@ -311,23 +430,32 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
     const int64_t B = N / xb, tail = T % IM;
     /* one buffer, each part 64-byte aligned: the stripe's scales and biases
      * (B x 32 each), a 32-row stripe of quad-major codes (N / 4 x 32 int32,
-     * plus 16 quads: fill_panel transposes 16 quads at a time), the f32
-     * steps and sums of x (T x B each), x8 (T x N) and the last tile's 12
-     * padded rows (12 x N) */
+     * plus 16 quads: fill_panel transposes 16 quads at a time), the steps
+     * and sums of x per tile of 12 tokens ([tile][B][12] each, 0 past T),
+     * x8 (T x N), the last tile's 12 padded rows (12 x N) and one token's
+     * steps and sums (B each) */
+    const int64_t tiles = (T + IM - 1) / IM;
 #define A64(n) (((size_t)(n) + 63) / 64 * 64)
     const size_t o_pb = A64(B * IR * 4), o_st = o_pb + A64(B * IR * 4),
-                 o_dx = o_st + A64((N + 64) * IR), o_xs = o_dx + A64(T * B * 4),
-                 o_xq = o_xs + A64(T * B * 4), o_pad = o_xq + A64(T * N),
-                 size = o_pad + (tail ? A64(IM * N) : 0);
+                 o_dt = o_st + A64((N + 64) * IR), o_sx = o_dt + A64(tiles * B * IM * 4),
+                 o_xq = o_sx + A64(tiles * B * IM * 4), o_pad = o_xq + A64(T * N),
+                 o_row = o_pad + (tail ? A64(IM * N) : 0), size = o_row + A64(2 * B * 4);
 #undef A64
     char *buf = aligned_alloc(64, size);
     if (!buf) return false;
     float *ps = (float *)(void *)buf, *pb = (float *)(void *)(buf + o_pb);
     int32_t *stripe = (int32_t *)(void *)(buf + o_st);
-    float *dx = (float *)(void *)(buf + o_dx), *xs = (float *)(void *)(buf + o_xs);
+    float *dt = (float *)(void *)(buf + o_dt), *sx = (float *)(void *)(buf + o_sx);
     int8_t *xq = (int8_t *)(buf + o_xq), *xpad = (int8_t *)(buf + o_pad);
-    for (int64_t t = 0; t < T; t++)
-        nmlx_qint8_quantize_row(x + t * N, N, xb, xq + t * N, dx + t * B, xs + t * B);
+    float *dxr = (float *)(void *)(buf + o_row), *sxr = dxr + B; /* one token's */
+    memset(dt, 0, (size_t)(tiles * B * IM) * 4);
+    memset(sx, 0, (size_t)(tiles * B * IM) * 4);
+    for (int64_t t = 0; t < T; t++) {
+        nmlx_qint8_quantize_row(x + t * N, N, xb, xq + t * N, dxr, sxr);
+        float *dtt = dt + (t / IM) * B * IM + t % IM, *sxt = sx + (t / IM) * B * IM + t % IM;
+        for (int64_t b = 0; b < B; b++)
+            dtt[b * IM] = dxr[b], sxt[b * IM] = sxr[b];
+    }
     if (tail)
         for (int64_t t = 0; t < IM; t++)
             memcpy(xpad + t * N, xq + (T - tail + (t < tail ? t : tail - 1)) * N, (size_t)N);
@@ -343,15 +471,14 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
                        pb + k0 / xb * IR);
         }
         /* the next stripe's packed rows, a share per tile */
-        const int64_t nx_r = r0 + IR, nx_nr = d1 - nx_r < IR ? d1 - nx_r : IR,
-                      tiles = (T + IM - 1) / IM;
+        const int64_t nx_r = r0 + IR, nx_nr = d1 - nx_r < IR ? d1 - nx_r : IR;
         for (int64_t t = 0, i = 0; t < T; t += IM, i++) {
             const int64_t M = T - t < IM ? T - t : IM;
             if (nx_nr > 0)
                 prefetch_panel(w, nx_r + nx_nr * i / tiles,
                                nx_nr * (i + 1) / tiles - nx_nr * i / tiles, 0, N);
-            i8_tile((int)M, xb, M < IM ? xpad : xq + t * N, N, dx + t * B, xs + t * B, B, stripe,
-                    ps, pb, B, y + t * D + r0, D, m);
+            i8_tile((int)M, xb, M < IM ? xpad : xq + t * N, N, dt + i * B * IM, sx + i * B * IM,
+                    stripe, ps, pb, B, y + t * D + r0, D, m);
         }
     }
     free(buf);
