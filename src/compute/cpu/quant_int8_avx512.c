@@ -19,13 +19,14 @@
  *   values doubled are integers), s' = s / 2, b' = -12 s'.
  *
  * q . x8 is `vpdpbusd` (u8 codes x s8 activations, 4 products per 32-bit
- * lane, 64 per instruction: 4x an f32 FMA's multiply-adds). Panels of 32 rows
- * x 256 columns are unpacked once to bytes in quad-major order,
- * panel[k/4][r] = q[r, k..k+3], and reused by every token: tiles of 6 tokens
- * x 32 rows keep 12 integer accumulators (a broadcast x8[t, k..k+3] times
- * 16 rows' quads) flushed into 12 f32 accumulators once per block. x is
- * quantized once per call into a heap buffer (T x N bytes); where that
- * allocation fails the f32 kernel runs instead. */
+ * lane, 64 per instruction: 4x an f32 FMA's multiply-adds). x is quantized
+ * once per call (T x N bytes, heap; where that allocation fails the caller
+ * runs the f32 kernel). Each 32-row stripe of the thread's rows is unpacked
+ * once to bytes in quad-major order, stripe[k/4][r] = q[r, k..k+3], with its
+ * scales and biases per block; tiles of 12 tokens x 32 rows then run over all
+ * of N in one asm loop (tile12): 24 integer accumulators, flushed once per
+ * block into a 12 x 32 f32 tile that is written to y once. Non-finite x
+ * gives finite garbage, not NaN (int8 has no NaN). */
 #define _POSIX_C_SOURCE 200809L
 #pragma GCC target("avx512vnni")
 #include "compute/cpu/quant_avx512.h"
@@ -34,10 +35,9 @@
 #include <stdlib.h>
 
 enum {
-    IR = 32,   /* rows per panel */
-    IK = 256,  /* columns per panel (a multiple of every group size) */
-    IM = 12,   /* tokens per register tile */
-    IXB = 128, /* the largest x block */
+    IR = 32,  /* rows per panel */
+    IK = 256, /* columns per panel (a multiple of every group size) */
+    IM = 12,  /* tokens per register tile */
 };
 
 bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w) {
@@ -82,79 +82,60 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
  *   per block: f[t][r] += cvt(acc) * s[r] dx[t] + b[r] sx[t], where p, ps /
  *   pb (the block's 32 scales / biases) and dt / st (12 steps / sums of x
  *   per block, the tile's tokens) all advance block by block.
- * x rows are x + t * xs (12 readable rows); f is [12][32] f32. */
+ * x rows are x + t * xs (12 readable rows); f is [12][32] f32.
+ *
+ * Token t's x quad (at address X) broadcast into zmmT, times the two 16-row
+ * code vectors (zmm30, zmm31), into accumulators zmmA0 / zmmA1 */
+#define DP(X, T, A0, A1)                                                                           \
+    "vpbroadcastd " X ", %%zmm" T "\n\t"                                                           \
+    "vpdpbusd %%zmm" T ", %%zmm30, %%zmm" A0 "\n\t"                                                \
+    "vpdpbusd %%zmm" T ", %%zmm31, %%zmm" A1 "\n\t"
+/* token t's flush: f[t] += cvt(acc) * (s dx[t]) + b sx[t]; DT: 4t, F0/F1:
+ * the byte offsets of f[t][0] / f[t][16]; s in zmm24-25, b in zmm26-27 */
+#define FL(DT, A0, A1, F0, F1)                                                                     \
+    "vbroadcastss " DT "(%[dt]), %%zmm28\n\t"                                                      \
+    "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"                                                         \
+    "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"                                                         \
+    "vcvtdq2ps %%zmm" A0 ", %%zmm" A0 "\n\t"                                                       \
+    "vcvtdq2ps %%zmm" A1 ", %%zmm" A1 "\n\t"                                                       \
+    "vfmadd213ps " F0 "(%[f]), %%zmm29, %%zmm" A0 "\n\t"                                           \
+    "vfmadd213ps " F1 "(%[f]), %%zmm28, %%zmm" A1 "\n\t"                                           \
+    "vbroadcastss " DT "(%[st]), %%zmm28\n\t"                                                      \
+    "vfmadd231ps %%zmm28, %%zmm26, %%zmm" A0 "\n\t"                                                \
+    "vfmadd231ps %%zmm28, %%zmm27, %%zmm" A1 "\n\t"                                                \
+    "vmovaps %%zmm" A0 ", " F0 "(%[f])\n\t"                                                        \
+    "vmovaps %%zmm" A1 ", " F1 "(%[f])\n\t"
+#define Z(A) "vpxord %%zmm" A ", %%zmm" A ", %%zmm" A "\n\t"
+
 static void tile12(float *f, const int32_t *p, int64_t nq, int64_t nb, const int8_t *x, int64_t xs,
                    const float *ps, const float *pb, const float *dt, const float *st) {
     const int32_t *pe = p + nb * nq * IR;
     const int64_t xs3 = 3 * xs, nqb = nq * IR * 4;
+    /* nb, nq >= 1; rows 0-3 at x + {0, 1, 2, 3} xs, 4-7 from r10 = x + 4 xs,
+     * 8-11 from r11 = x + 8 xs */
+    // clang-format off
     __asm__ volatile(
         "lea (%[x], %[s], 4), %%r10\n\t"
         "lea (%%r10, %[s], 4), %%r11\n\t"
-        "2:\n\t"
-        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-        "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-        "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-        "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-        "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-        "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-        "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
-        "vpxord %%zmm12, %%zmm12, %%zmm12\n\t"
-        "vpxord %%zmm13, %%zmm13, %%zmm13\n\t"
-        "vpxord %%zmm14, %%zmm14, %%zmm14\n\t"
-        "vpxord %%zmm15, %%zmm15, %%zmm15\n\t"
-        "vpxord %%zmm16, %%zmm16, %%zmm16\n\t"
-        "vpxord %%zmm17, %%zmm17, %%zmm17\n\t"
-        "vpxord %%zmm18, %%zmm18, %%zmm18\n\t"
-        "vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
-        "vpxord %%zmm20, %%zmm20, %%zmm20\n\t"
-        "vpxord %%zmm21, %%zmm21, %%zmm21\n\t"
-        "vpxord %%zmm22, %%zmm22, %%zmm22\n\t"
-        "vpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+        "2:\n\t" /* per block */
+        Z("0") Z("1") Z("2") Z("3") Z("4") Z("5") Z("6") Z("7") Z("8") Z("9") Z("10") Z("11")
+        Z("12") Z("13") Z("14") Z("15") Z("16") Z("17") Z("18") Z("19") Z("20") Z("21") Z("22") Z("23")
         "lea (%[p], %[nqb], 1), %%r12\n\t"
-        "1:\n\t"
+        "1:\n\t" /* per quad */
         "vmovdqa64 (%[p]), %%zmm30\n\t"
         "vmovdqa64 64(%[p]), %%zmm31\n\t"
-        "vpbroadcastd (%[x]), %%zmm24\n\t"
-        "vpdpbusd %%zmm24, %%zmm30, %%zmm0\n\t"
-        "vpdpbusd %%zmm24, %%zmm31, %%zmm1\n\t"
-        "vpbroadcastd (%[x], %[s], 1), %%zmm25\n\t"
-        "vpdpbusd %%zmm25, %%zmm30, %%zmm2\n\t"
-        "vpdpbusd %%zmm25, %%zmm31, %%zmm3\n\t"
-        "vpbroadcastd (%[x], %[s], 2), %%zmm26\n\t"
-        "vpdpbusd %%zmm26, %%zmm30, %%zmm4\n\t"
-        "vpdpbusd %%zmm26, %%zmm31, %%zmm5\n\t"
-        "vpbroadcastd (%[x], %[s3], 1), %%zmm27\n\t"
-        "vpdpbusd %%zmm27, %%zmm30, %%zmm6\n\t"
-        "vpdpbusd %%zmm27, %%zmm31, %%zmm7\n\t"
-        "vpbroadcastd (%%r10), %%zmm28\n\t"
-        "vpdpbusd %%zmm28, %%zmm30, %%zmm8\n\t"
-        "vpdpbusd %%zmm28, %%zmm31, %%zmm9\n\t"
-        "vpbroadcastd (%%r10, %[s], 1), %%zmm29\n\t"
-        "vpdpbusd %%zmm29, %%zmm30, %%zmm10\n\t"
-        "vpdpbusd %%zmm29, %%zmm31, %%zmm11\n\t"
-        "vpbroadcastd (%%r10, %[s], 2), %%zmm24\n\t"
-        "vpdpbusd %%zmm24, %%zmm30, %%zmm12\n\t"
-        "vpdpbusd %%zmm24, %%zmm31, %%zmm13\n\t"
-        "vpbroadcastd (%%r10, %[s3], 1), %%zmm25\n\t"
-        "vpdpbusd %%zmm25, %%zmm30, %%zmm14\n\t"
-        "vpdpbusd %%zmm25, %%zmm31, %%zmm15\n\t"
-        "vpbroadcastd (%%r11), %%zmm26\n\t"
-        "vpdpbusd %%zmm26, %%zmm30, %%zmm16\n\t"
-        "vpdpbusd %%zmm26, %%zmm31, %%zmm17\n\t"
-        "vpbroadcastd (%%r11, %[s], 1), %%zmm27\n\t"
-        "vpdpbusd %%zmm27, %%zmm30, %%zmm18\n\t"
-        "vpdpbusd %%zmm27, %%zmm31, %%zmm19\n\t"
-        "vpbroadcastd (%%r11, %[s], 2), %%zmm28\n\t"
-        "vpdpbusd %%zmm28, %%zmm30, %%zmm20\n\t"
-        "vpdpbusd %%zmm28, %%zmm31, %%zmm21\n\t"
-        "vpbroadcastd (%%r11, %[s3], 1), %%zmm29\n\t"
-        "vpdpbusd %%zmm29, %%zmm30, %%zmm22\n\t"
-        "vpdpbusd %%zmm29, %%zmm31, %%zmm23\n\t"
+        DP("(%[x])", "24", "0", "1")
+        DP("(%[x], %[s], 1)", "25", "2", "3")
+        DP("(%[x], %[s], 2)", "26", "4", "5")
+        DP("(%[x], %[s3], 1)", "27", "6", "7")
+        DP("(%%r10)", "28", "8", "9")
+        DP("(%%r10, %[s], 1)", "29", "10", "11")
+        DP("(%%r10, %[s], 2)", "24", "12", "13")
+        DP("(%%r10, %[s3], 1)", "25", "14", "15")
+        DP("(%%r11)", "26", "16", "17")
+        DP("(%%r11, %[s], 1)", "27", "18", "19")
+        DP("(%%r11, %[s], 2)", "28", "20", "21")
+        DP("(%%r11, %[s3], 1)", "29", "22", "23")
         "add $128, %[p]\n\t"
         "add $4, %[x]\n\t"
         "add $4, %%r10\n\t"
@@ -165,163 +146,36 @@ static void tile12(float *f, const int32_t *p, int64_t nq, int64_t nb, const int
         "vmovaps 64(%[ps]), %%zmm25\n\t"
         "vmovaps (%[pb]), %%zmm26\n\t"
         "vmovaps 64(%[pb]), %%zmm27\n\t"
-        "vbroadcastss 0(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm0, %%zmm0\n\t"
-        "vcvtdq2ps %%zmm1, %%zmm1\n\t"
-        "vfmadd213ps 0(%[f]), %%zmm29, %%zmm0\n\t"
-        "vfmadd213ps 64(%[f]), %%zmm28, %%zmm1\n\t"
-        "vbroadcastss 0(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm0\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm1\n\t"
-        "vmovaps %%zmm0, 0(%[f])\n\t"
-        "vmovaps %%zmm1, 64(%[f])\n\t"
-        "vbroadcastss 4(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm2, %%zmm2\n\t"
-        "vcvtdq2ps %%zmm3, %%zmm3\n\t"
-        "vfmadd213ps 128(%[f]), %%zmm29, %%zmm2\n\t"
-        "vfmadd213ps 192(%[f]), %%zmm28, %%zmm3\n\t"
-        "vbroadcastss 4(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm2\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm3\n\t"
-        "vmovaps %%zmm2, 128(%[f])\n\t"
-        "vmovaps %%zmm3, 192(%[f])\n\t"
-        "vbroadcastss 8(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm4, %%zmm4\n\t"
-        "vcvtdq2ps %%zmm5, %%zmm5\n\t"
-        "vfmadd213ps 256(%[f]), %%zmm29, %%zmm4\n\t"
-        "vfmadd213ps 320(%[f]), %%zmm28, %%zmm5\n\t"
-        "vbroadcastss 8(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm4\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm5\n\t"
-        "vmovaps %%zmm4, 256(%[f])\n\t"
-        "vmovaps %%zmm5, 320(%[f])\n\t"
-        "vbroadcastss 12(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm6, %%zmm6\n\t"
-        "vcvtdq2ps %%zmm7, %%zmm7\n\t"
-        "vfmadd213ps 384(%[f]), %%zmm29, %%zmm6\n\t"
-        "vfmadd213ps 448(%[f]), %%zmm28, %%zmm7\n\t"
-        "vbroadcastss 12(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm6\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm7\n\t"
-        "vmovaps %%zmm6, 384(%[f])\n\t"
-        "vmovaps %%zmm7, 448(%[f])\n\t"
-        "vbroadcastss 16(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm8, %%zmm8\n\t"
-        "vcvtdq2ps %%zmm9, %%zmm9\n\t"
-        "vfmadd213ps 512(%[f]), %%zmm29, %%zmm8\n\t"
-        "vfmadd213ps 576(%[f]), %%zmm28, %%zmm9\n\t"
-        "vbroadcastss 16(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm8\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm9\n\t"
-        "vmovaps %%zmm8, 512(%[f])\n\t"
-        "vmovaps %%zmm9, 576(%[f])\n\t"
-        "vbroadcastss 20(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm10, %%zmm10\n\t"
-        "vcvtdq2ps %%zmm11, %%zmm11\n\t"
-        "vfmadd213ps 640(%[f]), %%zmm29, %%zmm10\n\t"
-        "vfmadd213ps 704(%[f]), %%zmm28, %%zmm11\n\t"
-        "vbroadcastss 20(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm10\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm11\n\t"
-        "vmovaps %%zmm10, 640(%[f])\n\t"
-        "vmovaps %%zmm11, 704(%[f])\n\t"
-        "vbroadcastss 24(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm12, %%zmm12\n\t"
-        "vcvtdq2ps %%zmm13, %%zmm13\n\t"
-        "vfmadd213ps 768(%[f]), %%zmm29, %%zmm12\n\t"
-        "vfmadd213ps 832(%[f]), %%zmm28, %%zmm13\n\t"
-        "vbroadcastss 24(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm12\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm13\n\t"
-        "vmovaps %%zmm12, 768(%[f])\n\t"
-        "vmovaps %%zmm13, 832(%[f])\n\t"
-        "vbroadcastss 28(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm14, %%zmm14\n\t"
-        "vcvtdq2ps %%zmm15, %%zmm15\n\t"
-        "vfmadd213ps 896(%[f]), %%zmm29, %%zmm14\n\t"
-        "vfmadd213ps 960(%[f]), %%zmm28, %%zmm15\n\t"
-        "vbroadcastss 28(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm14\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm15\n\t"
-        "vmovaps %%zmm14, 896(%[f])\n\t"
-        "vmovaps %%zmm15, 960(%[f])\n\t"
-        "vbroadcastss 32(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm17, %%zmm17\n\t"
-        "vfmadd213ps 1024(%[f]), %%zmm29, %%zmm16\n\t"
-        "vfmadd213ps 1088(%[f]), %%zmm28, %%zmm17\n\t"
-        "vbroadcastss 32(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm16\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm17\n\t"
-        "vmovaps %%zmm16, 1024(%[f])\n\t"
-        "vmovaps %%zmm17, 1088(%[f])\n\t"
-        "vbroadcastss 36(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm18, %%zmm18\n\t"
-        "vcvtdq2ps %%zmm19, %%zmm19\n\t"
-        "vfmadd213ps 1152(%[f]), %%zmm29, %%zmm18\n\t"
-        "vfmadd213ps 1216(%[f]), %%zmm28, %%zmm19\n\t"
-        "vbroadcastss 36(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm18\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm19\n\t"
-        "vmovaps %%zmm18, 1152(%[f])\n\t"
-        "vmovaps %%zmm19, 1216(%[f])\n\t"
-        "vbroadcastss 40(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm20, %%zmm20\n\t"
-        "vcvtdq2ps %%zmm21, %%zmm21\n\t"
-        "vfmadd213ps 1280(%[f]), %%zmm29, %%zmm20\n\t"
-        "vfmadd213ps 1344(%[f]), %%zmm28, %%zmm21\n\t"
-        "vbroadcastss 40(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm20\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm21\n\t"
-        "vmovaps %%zmm20, 1280(%[f])\n\t"
-        "vmovaps %%zmm21, 1344(%[f])\n\t"
-        "vbroadcastss 44(%[dt]), %%zmm28\n\t"
-        "vmulps %%zmm28, %%zmm24, %%zmm29\n\t"
-        "vmulps %%zmm28, %%zmm25, %%zmm28\n\t"
-        "vcvtdq2ps %%zmm22, %%zmm22\n\t"
-        "vcvtdq2ps %%zmm23, %%zmm23\n\t"
-        "vfmadd213ps 1408(%[f]), %%zmm29, %%zmm22\n\t"
-        "vfmadd213ps 1472(%[f]), %%zmm28, %%zmm23\n\t"
-        "vbroadcastss 44(%[st]), %%zmm28\n\t"
-        "vfmadd231ps %%zmm28, %%zmm26, %%zmm22\n\t"
-        "vfmadd231ps %%zmm28, %%zmm27, %%zmm23\n\t"
-        "vmovaps %%zmm22, 1408(%[f])\n\t"
-        "vmovaps %%zmm23, 1472(%[f])\n\t"
+        FL("0", "0", "1", "0", "64")
+        FL("4", "2", "3", "128", "192")
+        FL("8", "4", "5", "256", "320")
+        FL("12", "6", "7", "384", "448")
+        FL("16", "8", "9", "512", "576")
+        FL("20", "10", "11", "640", "704")
+        FL("24", "12", "13", "768", "832")
+        FL("28", "14", "15", "896", "960")
+        FL("32", "16", "17", "1024", "1088")
+        FL("36", "18", "19", "1152", "1216")
+        FL("40", "20", "21", "1280", "1344")
+        FL("44", "22", "23", "1408", "1472")
         "add $128, %[ps]\n\t"
         "add $128, %[pb]\n\t"
         "add $48, %[dt]\n\t"
         "add $48, %[st]\n\t"
         "cmp %[pe], %[p]\n\t"
         "jne 2b\n\t"
+        "vzeroupper\n\t" /* the upper halves are dirty behind the compiler's back */
         : [p] "+r"(p), [x] "+r"(x), [ps] "+r"(ps), [pb] "+r"(pb), [dt] "+r"(dt), [st] "+r"(st)
         : [s] "r"(xs), [s3] "r"(xs3), [nqb] "r"(nqb), [pe] "r"(pe), [f] "r"(f)
-        : "r10", "r11", "r12", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7",
-          "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17",
-          "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "zmm24", "zmm25", "zmm26", "zmm27",
-          "zmm28", "zmm29", "zmm30", "zmm31", "cc", "memory");
+        : "r10", "r11", "r12", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10",
+          "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20",
+          "zmm21", "zmm22", "zmm23", "zmm24", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29", "zmm30",
+          "zmm31", "cc", "memory");
+    // clang-format on
 }
+#undef DP
+#undef FL
+#undef Z
 
 /* y[t, 0..32) = the stripe's rows . x[t] for t < M (m masks the valid rows);
  * dt / st: the tile's steps / sums of x, [block][12]. */
