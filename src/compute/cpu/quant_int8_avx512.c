@@ -28,7 +28,9 @@
  * block into a 12 x 32 f32 tile that is written to y once. Non-finite x
  * gives finite garbage, not NaN (int8 has no NaN). */
 #define _POSIX_C_SOURCE 200809L
-#pragma GCC target("avx512vnni")
+/* Built with the avx512 set's flags (file name); the VNNI instructions are in
+ * the asm, so no VNNI compiler flag is needed (and none would be honoured by
+ * `#pragma GCC target` under clang). Only called where cpuid has avx512_vnni. */
 #include "compute/cpu/quant_avx512.h"
 
 #include <pthread.h>
