@@ -264,7 +264,7 @@ int main(void) {
     /* before anything reads the mode (once per process) */
     setenv("NMLX_QUANT_INT8", "prefill", 1);
     if (!have_vnni()) {
-        printf("no AVX512_VNNI: int8 prefill not built for this CPU, skipped\n");
+        printf("this CPU has no AVX512_VNNI (or AVX-512): int8 prefill tests skipped\n");
         return test_summary();
     }
     EXPECT(nmlx_qint8_get_mode().prefill, "NMLX_QUANT_INT8=prefill not taken");
