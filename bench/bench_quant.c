@@ -9,11 +9,19 @@
  *   gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_quant.c build-x/libnmlx.a \
  *       $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o build-x/bench_quant
  *   build-x/bench_quant [seconds=0.4] [matvec|matmat|all] [isa] [bits] [threads]
+ *   build-x/bench_quant prefill [rounds=3] [bits=4] [threads=2] [T=512]
+ *
+ * `prefill`: one decoder layer's seven matmuls (q, k, v, o, gate, up, down)
+ * at Qwen3-0.6B and Llama-3.2-1B shapes, affine g64 bf16 scales, T tokens,
+ * through the avx512 set's three prefill kernels by name (f32, AVX512_BF16,
+ * int8 AVX512_VNNI; rows split over the threads as cpu_ops.c does), kernels
+ * alternating per round; best GFLOP/s of the rounds per kernel.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 
 #include <stdio.h>
@@ -45,7 +53,8 @@ static void read_task(void *ctx, int ith, int nth) {
 static double read_bandwidth(nmlx_pool *pool, int nth) {
     const int64_t bytes = (int64_t)512 << 20;
     uint64_t *buf = malloc((size_t)bytes);
-    for (int64_t i = 0; i < bytes / 8; i++) buf[i] = (uint64_t)i * 2654435761u;
+    for (int64_t i = 0; i < bytes / 8; i++)
+        buf[i] = (uint64_t)i * 2654435761u;
     read_job j = {.buf = buf, .n = bytes / 8};
     double v[5];
     for (int rep = 0; rep < 5; rep++) {
@@ -81,13 +90,14 @@ static nmlx_weight make_q(int bits, int gs, int64_t D, int64_t N, size_t *bytes)
     return (nmlx_weight){.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
                          .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s},
                          .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b},
-                         .mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs, .rows = D,
+                         .mode = NMLX_QUANT_AFFINE,
+                         .bits = bits,
+                         .group_size = gs,
+                         .rows = D,
                          .cols = N};
 }
 
-static void free_q(nmlx_weight *w) {
-    free(w->w.data), free(w->scales.data), free(w->biases.data);
-}
+static void free_q(nmlx_weight *w) { free(w->w.data), free(w->scales.data), free(w->biases.data); }
 
 static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
     size_t bytes;
@@ -95,9 +105,11 @@ static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
     int copies = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / bytes) + 1;
     nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
     ws[0] = w0;
-    for (int c = 1; c < copies; c++) ws[c] = make_q(bits, 64, D, N, &bytes);
+    for (int c = 1; c < copies; c++)
+        ws[c] = make_q(bits, 64, D, N, &bytes);
     float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
-    for (int64_t i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.1f - 0.3f;
+    for (int64_t i = 0; i < N; i++)
+        x[i] = (float)(i % 7) * 0.1f - 0.3f;
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
         int64_t calls = 0;
@@ -109,7 +121,8 @@ static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
         double gbs = (double)bytes * (double)calls / dt_s / 1e9;
         if (gbs > best) best = gbs;
     }
-    for (int c = 0; c < copies; c++) free_q(&ws[c]);
+    for (int c = 0; c < copies; c++)
+        free_q(&ws[c]);
     free(ws), free(x), free(y);
     return best;
 }
@@ -117,8 +130,10 @@ static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
 static double bench_matmat(nmlx_backend *be, int bits, int64_t D, int64_t N, int64_t T) {
     size_t bytes;
     nmlx_weight w = make_q(bits, 64, D, N, &bytes);
-    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
-    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
+    float *x = malloc((size_t)(T * N) * sizeof(float)),
+          *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = (float)(i % 13) * 0.01f;
     double best = 0;
     for (int rep = 0; rep < 2; rep++) {
         int calls = 0;
@@ -147,19 +162,123 @@ static int fixed_calls(char **argv) {
     int copies = getenv("BENCH_COLD") ? (int)((256u << 20) / bytes) + 1 : 1;
     nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
     ws[0] = w0;
-    for (int c = 1; c < copies; c++) ws[c] = make_q(bits, 64, D, N, &bytes);
-    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
-    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
-    for (int64_t c = 0; c < calls; c++) be->ops->matmul(be, &ws[c % copies], NULL, x, y, T);
+    for (int c = 1; c < copies; c++)
+        ws[c] = make_q(bits, 64, D, N, &bytes);
+    float *x = malloc((size_t)(T * N) * sizeof(float)),
+          *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = (float)(i % 13) * 0.01f;
+    for (int64_t c = 0; c < calls; c++)
+        be->ops->matmul(be, &ws[c % copies], NULL, x, y, T);
     printf("%g\n", (double)y[0]);
-    for (int c = 0; c < copies; c++) free_q(&ws[c]);
+    for (int c = 0; c < copies; c++)
+        free_q(&ws[c]);
     free(ws), free(x), free(y);
     nmlx_backend_free(be);
     return 0;
 }
 
+#if defined(__x86_64__)
+typedef struct {
+    const nmlx_weight *w;
+    const float *x;
+    float *y;
+    int64_t T;
+    int kernel; /* 0 f32, 1 bf16, 2 int8 */
+} prefill_job;
+
+static void prefill_task(void *ctx, int ith, int nth) {
+    const prefill_job *j = ctx;
+    int64_t d0, d1;
+    cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
+    if (d0 >= d1) return;
+    if (j->kernel == 2 && nmlx_avx512vnni_quant_matmat(j->w, j->x, j->y, j->T, d0, d1)) return;
+    if (j->kernel == 1)
+        nmlx_avx512bf16_quant_matmat(j->w, j->x, j->y, j->T, d0, d1);
+    else
+        nmlx_avx512f32_quant_matmat(j->w, j->x, j->y, j->T, d0, d1);
+}
+
+static int prefill_layers(int argc, char **argv) {
+    const int rounds = argc > 2 ? atoi(argv[2]) : 3, bits = argc > 3 ? atoi(argv[3]) : 4;
+    const int nth = argc > 4 ? atoi(argv[4]) : 2;
+    const int64_t T = argc > 5 ? atoll(argv[5]) : 512;
+    static const struct {
+        const char *name;
+        int64_t dn[7][2];
+    } models[] = {
+        {"Qwen3-0.6B",
+         {{2048, 1024},
+          {1024, 1024},
+          {1024, 1024},
+          {1024, 2048},
+          {3072, 1024},
+          {3072, 1024},
+          {1024, 3072}}},
+        {"Llama-3.2-1B",
+         {{2048, 2048},
+          {512, 2048},
+          {512, 2048},
+          {2048, 2048},
+          {8192, 2048},
+          {8192, 2048},
+          {2048, 8192}}},
+    };
+    __builtin_cpu_init();
+    const bool have[3] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
+                          __builtin_cpu_supports("avx512bf16"),
+                          __builtin_cpu_supports("avx512vnni")};
+    const char *names[3] = {"f32", "bf16", "int8"};
+    nmlx_backend *be = NULL;
+    if (!have[0] || nmlx_backend_cpu_create(nth, &be) != NMLX_OK) return 1;
+    printf("prefill, one layer's 7 matmuls, affine %d-bit g64 bf16 scales, T=%lld, %d threads, "
+           "best of %d rounds, GFLOP/s\n",
+           bits, (long long)T, nth, rounds);
+    for (int mi = 0; mi < 2; mi++) {
+        nmlx_weight w[7];
+        size_t bytes;
+        int64_t macs = 0, nmax = 0;
+        for (int i = 0; i < 7; i++) {
+            w[i] = make_q(bits, 64, models[mi].dn[i][0], models[mi].dn[i][1], &bytes);
+            macs += models[mi].dn[i][0] * models[mi].dn[i][1];
+            if (models[mi].dn[i][0] > nmax) nmax = models[mi].dn[i][0];
+            if (models[mi].dn[i][1] > nmax) nmax = models[mi].dn[i][1];
+        }
+        float *x = malloc((size_t)(T * nmax) * sizeof(float));
+        float *y = malloc((size_t)(T * nmax) * sizeof(float));
+        for (int64_t i = 0; i < T * nmax; i++)
+            x[i] = (float)(i % 13) * 0.01f - 0.05f;
+        double best[3] = {0, 0, 0};
+        for (int r = 0; r < rounds; r++)
+            for (int k = 0; k < 3; k++) {
+                if (!have[k]) continue;
+                double t0 = nmlx_time_seconds();
+                for (int i = 0; i < 7; i++) {
+                    prefill_job j = {.w = &w[i], .x = x, .y = y, .T = T, .kernel = k};
+                    nmlx_pool_run_n(be->pool, prefill_task, &j, nth);
+                }
+                double gf = 2.0 * (double)macs * (double)T / (nmlx_time_seconds() - t0) / 1e9;
+                if (gf > best[k]) best[k] = gf;
+            }
+        printf("%-13s", models[mi].name);
+        for (int k = 0; k < 3; k++)
+            if (have[k]) printf("  %s %6.1f", names[k], best[k]);
+        printf("  int8/f32 %.2fx  int8/bf16 %.2fx\n", best[2] / best[0],
+               best[1] > 0 ? best[2] / best[1] : 0.0);
+        for (int i = 0; i < 7; i++)
+            free_q(&w[i]);
+        free(x), free(y);
+    }
+    nmlx_backend_free(be);
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv) {
     if (argc == 8 && !strcmp(argv[1], "calls")) return fixed_calls(argv);
+#if defined(__x86_64__)
+    if (argc > 1 && !strcmp(argv[1], "prefill")) return prefill_layers(argc, argv);
+#endif
     if (argc > 1) budget = atof(argv[1]);
     const char *only = argc > 2 ? argv[2] : "all";
     const char *only_isa = argc > 3 ? argv[3] : "";
@@ -207,7 +326,8 @@ int main(int argc, char **argv) {
                     printf("%-8s %d-bit thr %d", isas[i], bitss[b], nth);
                     for (int s = 0; s < 3; s++) {
                         double g = bench_matmat(be, bitss[b], shapes[s][0], shapes[s][1], 512);
-                        printf("  %lldx%lld %6.1f", (long long)shapes[s][0], (long long)shapes[s][1], g);
+                        printf("  %lldx%lld %6.1f", (long long)shapes[s][0],
+                               (long long)shapes[s][1], g);
                         fflush(stdout);
                     }
                     printf("\n");

@@ -34,6 +34,31 @@ void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y,
 void nmlx_avx512f32_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                  int64_t d0, int64_t d1);
 
+/* The AVX512_VNNI prefill with int8 activations (quant_int8_avx512.c), an
+ * opt-in precision: x rounded to int8 per token and block (the group, or 32
+ * columns), the weights exact (docs/quantization.md). */
+typedef struct nmlx_qint8_mode {
+    bool prefill; /* NMLX_QUANT_INT8=prefill and the CPU has AVX512_VNNI */
+    int xblock;   /* 0: one x block per weight group; 32: 32-column blocks */
+} nmlx_qint8_mode;
+/* Read once per process (thread-safe). */
+nmlx_qint8_mode nmlx_qint8_get_mode(void);
+/* Whether the int8 kernel handles w (affine 4/8-bit group 32/64/128, MXFP4). */
+bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w);
+/* The x block the kernel uses for w when asked for xb (0: the group size). */
+int nmlx_qint8_xblock(const nmlx_weight *w, int xb);
+/* x[0..n) -> q (int8), per xb-column block dx (step) and xs = dx * sum(q);
+ * n % xb == 0. Needs AVX512_VNNI's CPU (AVX-512 F/BW). */
+void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs);
+/* W (D, N) @ x (T, N) -> y (T, D) rows [d0, d1), x in int8 per block of
+ * nmlx_qint8_xblock(w, xb); false (y untouched) if its x buffer cannot be
+ * allocated. Only for nmlx_avx512vnni_quant_ok weights on an AVX512_VNNI CPU. */
+bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                     int64_t d0, int64_t d1, int xb);
+/* The same with the process's NMLX_QUANT_INT8_BLOCK choice. */
+bool nmlx_avx512vnni_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                  int64_t d0, int64_t d1);
+
 #endif
 
 #endif

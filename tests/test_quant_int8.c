@@ -1,0 +1,299 @@
+/* The int8-activation quantized prefill (quant_int8_avx512.c, AVX512_VNNI,
+ * opt-in NMLX_QUANT_INT8=prefill), on random data, every weight format it
+ * takes (affine 4/8-bit x group 32/64/128 x bf16/f16/f32 scales, MXFP4) and
+ * both x blocks (the group, 32 columns), on shapes that cross its 32-row
+ * panels (row tails), 256-column panels (several, with tails) and 6-token
+ * tiles (T tails):
+ *  - x's quantizer against a scalar one doing the same f32 operations
+ *    (bit-identical codes, steps and sums);
+ *  - the kernel against f64 of the dequantized weights times the same int8
+ *    x (tight: 1e-5 of sum (|w| + 2|b|) |x8 dx|, f32 rounding of the
+ *    per-block terms);
+ *  - against f64 of the dequantized weights times the float x (loose, the
+ *    stated bound: sum |w| dx / 2 per output, the int8 rounding of x, plus
+ *    the tight term);
+ *  - through the avx512 kernel set's matmul with NMLX_QUANT_INT8=prefill,
+ *    1 and 2 threads (bit-identical rows), T >= 16 int8, T < 16 and a weight
+ *    flagged f32_input (the LM head) still f32.
+ * Skipped (passes) on CPUs without AVX512_VNNI. */
+#define _POSIX_C_SOURCE 200809L
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
+#include "compute/quant.h"
+#include "harness.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+#define TOL_TIGHT 1e-5
+#define TOL_F32 2e-6
+
+static double worst_loose; /* largest |y - exact| / sum |w x| seen, for the log */
+
+#if defined(__x86_64__)
+
+static bool have_vnni(void) {
+    nmlx_backend *be = NULL;
+    if (nmlx_backend_cpu_create_isa(1, "avx512", &be) != NMLX_OK) return false;
+    nmlx_backend_free(be);
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+}
+
+/* x8 per xb block the scalar way: the same f32 operations as the kernel */
+static void quantize_ref(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs) {
+    for (int64_t b = 0; b < n / xb; b++) {
+        float amax = 0;
+        for (int j = 0; j < xb; j++)
+            amax = fabsf(x[b * xb + j]) > amax ? fabsf(x[b * xb + j]) : amax;
+        float id = amax > 0 ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < xb; j++) {
+            float v = x[b * xb + j] * id;
+            int32_t r = (int32_t)nearbyintf(v);
+            q[b * xb + j] = (int8_t)r;
+            sum += r;
+        }
+        dx[b] = amax / 127.0f;
+        xs[b] = dx[b] * (float)sum;
+    }
+}
+
+typedef struct {
+    nmlx_weight w;
+    float *deq; /* [D, N] dequantized */
+    float *bia; /* [D, N/gs]: the group's bias (MXFP4: -6 s) */
+} qmat;
+
+static void make_q(qmat *m, nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N,
+                   nmlx_dtype sdt) {
+    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    nmlx_dtype st = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt;
+    size_t ses = nmlx_dtype_size(st);
+    uint32_t *packed = malloc((size_t)(D * words) * 4);
+    char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
+    float *src = malloc((size_t)(D * N) * sizeof(float));
+    for (int64_t i = 0; i < D * N; i++)
+        src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
+    for (int64_t d = 0; d < D; d++)
+        nmlx_quant_quantize_row(mode, bits, gs, src + d * N, N, packed + d * words,
+                                sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, sdt);
+    nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
+    nmlx_tensor ts = {.dtype = st, .ndim = 2, .shape = {D, G}, .data = sc}, tb = ts;
+    tb.data = bi;
+    m->w = (nmlx_weight){.w = tw,
+                         .scales = ts,
+                         .biases = tb,
+                         .mode = mode,
+                         .bits = bits,
+                         .group_size = gs,
+                         .rows = D,
+                         .cols = N};
+    m->deq = src; /* reused */
+    m->bia = malloc((size_t)(D * G) * sizeof(float));
+    for (int64_t d = 0; d < D; d++) {
+        nmlx_quant_dequant_row(&m->w, d, 0, N, m->deq + d * N);
+        for (int64_t g = 0; g < G; g++)
+            m->bia[d * G + g] = mode == NMLX_QUANT_MXFP4
+                                    ? -6.0f * nmlx_e8m0_value(((uint8_t *)sc)[d * G + g])
+                                    : nmlx_load_f32(sdt, bi, (size_t)(d * G + g));
+    }
+}
+
+static void free_q(qmat *m) {
+    free(m->w.w.data), free(m->w.scales.data), free(m->w.biases.data);
+    free(m->deq), free(m->bia);
+}
+
+static void test_quantizer(void) {
+    enum { N = 32 * 12 };
+    float x[N];
+    int8_t q[N], qr[N];
+    float dx[N / 32], xs[N / 32], dxr[N / 32], xsr[N / 32];
+    for (int xb = 32; xb <= 128; xb *= 2) {
+        for (int k = 0; k < N; k++)
+            x[k] = test_randf(-3, 3) * (k % 29 == 0 ? 40.0f : 1.0f);
+        for (int k = 64; k < 64 + xb && k < N; k++)
+            x[k] = 0.0f;             /* an all-zero block: step 0, codes 0 */
+        x[5] = 0.5f * 3.0f / 127.0f; /* ties */
+        nmlx_qint8_quantize_row(x, N, xb, q, dx, xs);
+        quantize_ref(x, N, xb, qr, dxr, xsr);
+        EXPECT(!memcmp(q, qr, sizeof q), "int8 quantizer xb %d: codes differ", xb);
+        EXPECT(!memcmp(dx, dxr, (size_t)(N / xb) * sizeof(float)) &&
+                   !memcmp(xs, xsr, (size_t)(N / xb) * sizeof(float)),
+               "int8 quantizer xb %d: steps or sums differ", xb);
+    }
+}
+
+/* references for T x [r0, D): tight (int8 x), loose (float x) and their magnitudes */
+typedef struct {
+    double *tight, *tmag, *exact, *bound, *emag;
+} refs;
+
+static void make_refs(const qmat *m, const float *x, int64_t T, int xb, refs *r) {
+    const int64_t D = m->w.rows, N = m->w.cols, G = N / m->w.group_size, B = N / xb;
+    const size_t n = (size_t)(T * D);
+    r->tight = malloc(n * 8), r->tmag = malloc(n * 8), r->exact = malloc(n * 8);
+    r->bound = malloc(n * 8), r->emag = malloc(n * 8);
+    int8_t *q = malloc((size_t)N);
+    float *dx = malloc((size_t)B * 4), *xs = malloc((size_t)B * 4);
+    for (int64_t t = 0; t < T; t++) {
+        quantize_ref(x + t * N, N, xb, q, dx, xs);
+        for (int64_t d = 0; d < D; d++) {
+            const float *w = m->deq + d * N;
+            double s = 0, a = 0, e = 0, bd = 0, ea = 0;
+            for (int64_t k = 0; k < N; k++) {
+                double xq = (double)q[k] * dx[k / xb];
+                double b = fabs(m->bia[d * G + k / m->w.group_size]);
+                s += w[k] * xq, a += (fabs(w[k]) + 2 * b) * fabs(xq);
+                e += (double)w[k] * x[t * N + k], ea += fabs((double)w[k] * x[t * N + k]);
+                bd += fabs(w[k]) * dx[k / xb] * 0.5;
+            }
+            size_t i = (size_t)(t * D + d);
+            r->tight[i] = s, r->tmag[i] = a, r->exact[i] = e, r->bound[i] = bd, r->emag[i] = ea;
+        }
+    }
+    free(q), free(dx), free(xs);
+}
+
+static void free_refs(refs *r) {
+    free(r->tight), free(r->tmag), free(r->exact), free(r->bound), free(r->emag);
+}
+
+/* y (T x [r0, D)) against both references; returns failures */
+static int check(const char *what, const qmat *m, const refs *r, const float *y, int64_t T,
+                 int64_t r0) {
+    const int64_t D = m->w.rows;
+    double wt = 0, wl = 0;
+    int bad = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = r0; d < D; d++) {
+            size_t i = (size_t)(t * D + d);
+            double et = fabs(y[i] - r->tight[i]) / (r->tmag[i] + 1e-30);
+            double lim = r->bound[i] * 1.0001 + TOL_TIGHT * r->tmag[i] + 1e-30;
+            double el = fabs(y[i] - r->exact[i]) / lim;
+            if (!(et <= wt)) wt = et;
+            if (!(el <= wl)) wl = el;
+            double rel = fabs(y[i] - r->exact[i]) / (r->emag[i] + 1e-30);
+            if (rel > worst_loose) worst_loose = rel;
+        }
+    EXPECT(wt <= TOL_TIGHT, "%s: int8-x reference rel err %g > %g", what, wt, TOL_TIGHT);
+    EXPECT(wl <= 1.0, "%s: float-x reference err %g of the int8 bound", what, wl);
+    bad += !(wt <= TOL_TIGHT) + !(wl <= 1.0);
+    return bad;
+}
+
+static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
+                        int64_t N, int64_t T) {
+    qmat m;
+    make_q(&m, mode, bits, gs, D, N, sdt);
+    float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4);
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1) * (i % 37 == 0 ? 8.0f : 1.0f); /* a few outliers */
+    for (int xbr = 0; xbr <= 32; xbr += 32) {
+        const int xb = nmlx_qint8_xblock(&m.w, xbr);
+        if (xbr && xb == gs) continue;
+        refs r;
+        make_refs(&m, x, T, xb, &r);
+        const int64_t r0 = D > 5 ? 3 : 0;
+        for (int64_t j = 0; j < T * D; j++)
+            y[j] = NAN;
+        bool ok = nmlx_avx512vnni_quant_matmat_xb(&m.w, x, y, T, r0, D, xbr);
+        EXPECT(ok, "int8 kernel refused");
+        char what[160];
+        snprintf(what, sizeof what, "int8 %s bits %d g%d %s xb %d D%lld N%lld T%lld rows %lld..",
+                 nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), xb, (long long)D,
+                 (long long)N, (long long)T, (long long)r0);
+        check(what, &m, &r, y, T, r0);
+        free_refs(&r);
+    }
+    free(x), free(y);
+    free_q(&m);
+}
+
+/* The avx512 set's matmul with NMLX_QUANT_INT8=prefill (set by main) */
+static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N) {
+    const int64_t T = 23;
+    qmat m;
+    make_q(&m, mode, bits, gs, D, N, NMLX_DT_BF16);
+    float *x = malloc((size_t)(T * N) * 4),
+          *y[2] = {malloc((size_t)(T * D) * 4), malloc((size_t)(T * D) * 4)};
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1);
+    refs r;
+    make_refs(&m, x, T, nmlx_qint8_xblock(&m.w, nmlx_qint8_get_mode().xblock), &r);
+    for (int nth = 1; nth <= 2; nth++) {
+        nmlx_backend *be = NULL;
+        EXPECT(nmlx_backend_cpu_create_isa(nth, "avx512", &be) == NMLX_OK, "avx512 backend");
+        /* T >= 16: int8; 1 and 2 threads bit-identical */
+        be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], T);
+        char what[96];
+        snprintf(what, sizeof what, "dispatch %s bits %d g%d threads %d",
+                 nmlx_quant_mode_name(mode), bits, gs, nth);
+        check(what, &m, &r, y[nth - 1], T, 0);
+        /* T < 16 and the LM head (f32_input): not int8 */
+        for (int v = 0; v < 2; v++) {
+            const int64_t Tv = v ? T : 9;
+            m.w.f32_input = v == 1;
+            be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], Tv);
+            double worst = 0;
+            for (int64_t i = 0; i < Tv * D; i++) {
+                double e = fabs(y[nth - 1][i] - r.exact[i]) / (r.emag[i] + 1e-3);
+                if (!(e <= worst)) worst = e;
+            }
+            /* T = 9: the decode mat-vec per token, bf16 x where picked (2^-8) */
+            const double tol = !v && nmlx_qbf16_get_pick().matvec && nmlx_avx512bf16_matvec_ok(&m.w)
+                                   ? 1.0 / 256 + 1e-5
+                                   : TOL_F32;
+            EXPECT(worst < tol, "%s: %s is not the f32/bf16 kernel (rel err %g)", what,
+                   v ? "f32_input weight" : "T = 9", worst);
+            m.w.f32_input = false;
+        }
+        be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], T);
+        nmlx_backend_free(be);
+    }
+    EXPECT(!memcmp(y[0], y[1], (size_t)(T * D) * 4),
+           "dispatch %s bits %d g%d: 1 and 2 threads differ", nmlx_quant_mode_name(mode), bits, gs);
+    free_refs(&r);
+    free(x), free(y[0]), free(y[1]);
+    free_q(&m);
+}
+
+int main(void) {
+    /* before anything reads the mode (once per process) */
+    setenv("NMLX_QUANT_INT8", "prefill", 1);
+    if (!have_vnni()) {
+        printf("this CPU has no AVX512_VNNI (or AVX-512): int8 prefill tests skipped\n");
+        return test_summary();
+    }
+    EXPECT(nmlx_qint8_get_mode().prefill, "NMLX_QUANT_INT8=prefill not taken");
+    test_seed(11);
+    test_quantizer();
+    const int gss[] = {32, 64, 128};
+    const nmlx_dtype sdts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
+    for (int b = 4; b <= 8; b += 4)
+        for (int g = 0; g < 3; g++)
+            for (int si = 0; si < 3; si++) {
+                /* row tail (45 = 32 + 13), one or two column panels with a tail */
+                test_kernel(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 13);
+                test_kernel(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 70, gss[g] * 11, 6);
+            }
+    test_kernel(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 33, 64 * 9, 1);
+    test_kernel(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_BF16, 97, 128 * 5, 37);
+    test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
+    test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 16, 32 * 17, 7);
+    test_dispatch(NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
+    test_dispatch(NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
+    test_dispatch(NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
+    printf("int8 prefill: worst |y - W x| / sum |W x| on random data %.2e\n", worst_loose);
+    return test_summary();
+}
+
+#else
+int main(void) {
+    printf("not x86-64: int8 prefill not built, skipped\n");
+    (void)worst_loose;
+    return test_summary();
+}
+#endif
