@@ -267,10 +267,10 @@ static void test_few_token_rows(const bk *b) {
     uint64_t saved = test_rng_; /* own stream: the other tests' data stay as they were */
     test_seed(4242 + (uint64_t)b->nth);
     const int64_t shapes[][2] = {{200, 300}, {131, 1030}, {70, 5000}};
-    const int64_t Ts[] = {2, 7, NMLX_CPU_FEW_TOKENS - 1};
+    const int64_t Ts[] = {2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1};
     for (int di = 0; di < 3; di++)
         for (size_t si = 0; si < 3; si++)
-            for (size_t ti = 0; ti < 3; ti++) {
+            for (size_t ti = 0; ti < 5; ti++) {
                 int64_t D = shapes[si][0], N = shapes[si][1], T = Ts[ti];
                 double *wex = malloc((size_t)(D * N) * sizeof(double));
                 void *wbuf = rand_typed(float_dtypes[di], D * N, -1, 1, wex);
@@ -297,6 +297,49 @@ static void test_few_token_rows(const bk *b) {
             }
     test_rng_ = saved;
 }
+
+#if NMLX_CPU_HAVE_AVX2
+/* The avx512bf16 set's few-token bf16 mat-vec by name against the one-token
+ * mat-vec (every variant: they give the same bits), token by token, bit for
+ * bit: T = 1..15, N tails (not a multiple of 64 or 32), row ranges that
+ * start inside the matrix and end in a row tail, N past its stack buffer
+ * for all 15 tokens. */
+static void test_few_token_bf16(void) {
+    uint64_t saved = test_rng_;
+    test_seed(9191);
+    const int64_t shapes[][2] = {{9, 31}, {21, 33}, {17, 64}, {23, 95}, {30, 1030}, {5, 5000}};
+    for (size_t si = 0; si < 6; si++) {
+        const int64_t D = shapes[si][0], N = shapes[si][1];
+        double *wex = malloc((size_t)(D * N) * sizeof(double));
+        uint16_t *W = rand_typed(NMLX_DT_BF16, D * N, -1, 1, wex);
+        float *x = rand_vec(15 * N, -1, 1), *y = malloc((size_t)(15 * D) * sizeof(float));
+        float *y1 = malloc((size_t)D * sizeof(float));
+        const int64_t ranges[][2] = {{0, D}, {3, D}, {1, D - 2}};
+        for (int64_t T = 1; T < NMLX_CPU_FEW_TOKENS; T++)
+            for (int ri = 0; ri < 3; ri++) {
+                const int64_t d0 = ranges[ri][0], d1 = ranges[ri][1];
+                for (int64_t j = 0; j < T * D; j++)
+                    y[j] = NAN;
+                bool ok = nmlx_avx512bf16_matvec_few(W, N, D, x, y, T, d0, d1);
+                int64_t bad = ok ? -1 : T;
+                for (int64_t t = 0; t < T && bad < 0; t++) {
+                    const int v = (int)(t % nmlx_avx512bf16_matvec_variants());
+                    for (int64_t d = 0; d < D; d++)
+                        y1[d] = NAN;
+                    nmlx_avx512bf16_matvec(v, W, N, x + t * N, y1, d0, d1);
+                    if (memcmp(y1 + d0, y + t * D + d0, (size_t)(d1 - d0) * sizeof(float))) bad = t;
+                }
+                EXPECT(bad < 0,
+                       "few-token bf16 mat-vec D=%lld N=%lld T=%lld rows %lld..%lld: token %lld "
+                       "differs from the one-token kernel",
+                       (long long)D, (long long)N, (long long)T, (long long)d0, (long long)d1,
+                       (long long)bad);
+            }
+        free(wex), free(W), free(x), free(y), free(y1);
+    }
+    test_rng_ = saved;
+}
+#endif
 
 /* ------------------------------------------------------------------ embed */
 
@@ -670,6 +713,9 @@ int main(void) {
         test_elementwise(b);
         test_matvec_shapes(b);
         test_few_token_rows(b);
+#if NMLX_CPU_HAVE_AVX2
+        if (!strcmp(b->isa, "avx512bf16") && b->nth == 1) test_few_token_bf16();
+#endif
     }
     for (int i = 0; i < n_backends; i++)
         nmlx_backend_free(backends[i].be);
