@@ -145,7 +145,11 @@ bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const flo
  * a, y = reduce(a + b)), so each row equals the one-token kernel's bit for
  * bit (every variant gives the same bits). R rows x M tokens share the
  * loads: 2 R M accumulators. */
-enum { FEW_TT = 6, FEW_XB = 64 * 1024 }; /* tokens per tile; bf16 x on the stack (128 KiB) */
+enum {
+    FEW_TT = 6,
+    FEW_XB = 64 * 1024,
+    FEW_PF = 8
+}; /* tokens per tile; bf16 x on the stack (128 KiB); prefetch distance in rows */
 
 static inline __attribute__((always_inline)) void rows_tok(int R, int M, const uint16_t *W,
                                                            int64_t N, int64_t xs,
@@ -160,16 +164,17 @@ static inline __attribute__((always_inline)) void rows_tok(int R, int M, const u
         for (int t = 0; t < M; t++)
             a[r][t] = _mm512_setzero_ps(), b[r][t] = a[r][t];
     }
-    /* the next rows' same columns into L2 (the default variant's scheme) */
-    const bool pf = d + 2 * R <= d1;
+    /* the same columns of the rows FEW_PF ahead into L2 (as the default
+     * variant, which reads 8 rows at a time, does for the next 8) */
+    const bool pf = d + FEW_PF + R <= d1;
     int64_t k = 0;
     for (; k + 64 <= N; k += 64) {
         __m512i w0[2], w1[2];
 #pragma GCC unroll 2
         for (int r = 0; r < R; r++) {
             if (pf) {
-                _mm_prefetch((const char *)(w[r] + R * N + k), _MM_HINT_T1);
-                _mm_prefetch((const char *)(w[r] + R * N + k) + 64, _MM_HINT_T1);
+                _mm_prefetch((const char *)(w[r] + FEW_PF * N + k), _MM_HINT_T1);
+                _mm_prefetch((const char *)(w[r] + FEW_PF * N + k) + 64, _MM_HINT_T1);
             }
             w0[r] = _mm512_loadu_si512((const void *)(w[r] + k));
             w1[r] = _mm512_loadu_si512((const void *)(w[r] + k + 32));
