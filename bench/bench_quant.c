@@ -9,7 +9,7 @@
  *   gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_quant.c build-x/libnmlx.a \
  *       $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o build-x/bench_quant
  *   build-x/bench_quant [seconds=0.4] [matvec|matmat|all] [isa] [bits] [threads]
- *   build-x/bench_quant few [seconds=0.5] [isa] [threads=2] [q4,q8,bf16,mxfp4] [DxN=3072x1024]
+ *   build-x/bench_quant few [seconds=0.5] [isa] [threads=2] [q4,q8,mxfp4,bf16,f16,f32] [DxN=3072x1024]
  * The `few` mode times a batched decode step (T = 1..15 tokens, dense bf16
  * too) with and without the few-token kernels (bench/batched_decode.md).
  */
@@ -165,18 +165,28 @@ static int fixed_calls(char **argv) {
 
 /* ------------------------------------------------------------ few tokens */
 
-/* A weight of format fmt ("bf16": dense bf16, "q4"/"q8": affine g64 with
+/* A weight of format fmt ("bf16", "f16", "f32": dense, "q4"/"q8": affine g64 with
  * bf16 scales, "mxfp4": g32 E8M0 scales), random; bytes -> *bytes. */
 static nmlx_weight make_fmt(const char *fmt, int64_t D, int64_t N, size_t *bytes) {
-    if (!strcmp(fmt, "bf16")) {
-        uint16_t *p = malloc((size_t)(D * N) * 2);
+    if (fmt[0] != 'q' && fmt[0] != 'm') { /* dense: bf16, f16, f32 */
+        const nmlx_dtype dt = !strcmp(fmt, "f32")   ? NMLX_DT_F32
+                              : !strcmp(fmt, "f16") ? NMLX_DT_F16
+                                                    : NMLX_DT_BF16;
+        const size_t es = nmlx_dtype_size(dt);
+        char *p = malloc((size_t)(D * N) * es);
         uint64_t st = 88172645463325252ull;
         for (int64_t i = 0; i < D * N; i++) {
             st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-            p[i] = nmlx_f32_to_bf16((float)(st >> 40) / 16777216.0f - 0.5f);
+            float v = (float)(st >> 40) / 16777216.0f - 0.5f;
+            if (dt == NMLX_DT_F32)
+                memcpy(p + i * 4, &v, 4);
+            else {
+                uint16_t h = dt == NMLX_DT_F16 ? nmlx_f32_to_f16(v) : nmlx_f32_to_bf16(v);
+                memcpy(p + i * 2, &h, 2);
+            }
         }
-        *bytes = (size_t)(D * N) * 2;
-        return (nmlx_weight){.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = p},
+        *bytes = (size_t)(D * N) * es;
+        return (nmlx_weight){.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .data = p},
                              .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
     }
     if (!strcmp(fmt, "mxfp4")) {

@@ -67,6 +67,13 @@ extern const cpu_kernels nmlx_cpu_kernels_avx2;
  * row segment dequantized to f32 for the blocked prefill matmuls. */
 void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0, int64_t d1);
 void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t n, float *dst);
+/* matmul_avx2.c: the avx2 set's matmul_rows (T == 1: the dense mat-vec). */
+void nmlx_avx2_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                           int64_t d1);
+/* matmul_few_avx2.c: the avx2 set's cpu_kernels.matmul_few (dense f32, f16,
+ * bf16 weights; false for others). */
+bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                          int64_t d1);
 /* quant_avx512.c: the avx512 set's matmul_rows for quantized weights (any T). */
 void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                    int64_t d0, int64_t d1);

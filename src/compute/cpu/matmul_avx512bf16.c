@@ -253,11 +253,12 @@ bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const f
     return true;
 }
 
-/* The avx512bf16 set's cpu_kernels.matmul_few: dense bf16 weights here,
- * anything else as the avx512 set. */
+/* The avx512bf16 set's cpu_kernels.matmul_few: dense bf16 weights here
+ * (as matvec_bf16 takes them), anything else as the avx512 set. */
 bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                 int64_t d0, int64_t d1) {
-    if (w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16)
-        return nmlx_avx512bf16_matvec_few(w->w.data, w->cols, w->rows, x, y, T, d0, d1);
+    if (w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 &&
+        nmlx_avx512bf16_matvec_few(w->w.data, w->cols, w->rows, x, y, T, d0, d1))
+        return true;
     return nmlx_avx512_matmul_few(w, x, y, T, d0, d1);
 }

@@ -17,15 +17,19 @@
  * Only the loop nest differs: row, group, then token. */
 #include "compute/cpu/quant_avx512.h"
 
+#ifndef NMLX_QFEW_KC
+#define NMLX_QFEW_KC 512
+#endif
+
 enum {
     CK = NMLX_QMV_CK,
     GMAX = CK / 32,
     RB = 4,                     /* the one-token kernel's row block */
     TMAX = NMLX_CPU_FEW_TOKENS, /* tokens per call, at most (exclusive) */
     TT = 8,                     /* tokens per register tile */
-    XP_FLOATS = 8 * CK          /* planar x on the stack: 128 KiB */
+    XP_FLOATS = 8 * CK,         /* planar x on the stack: 128 KiB */
+    KC = NMLX_QFEW_KC           /* columns per block (a multiple of every group size) */
 };
-
 #ifndef NMLX_QMATVEC_PF_ROWS
 #define NMLX_QMATVEC_PF_ROWS 8
 #endif
@@ -176,20 +180,30 @@ bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float
                     load_f32s(w->scales.dtype, w->scales.data, gi, ng, sc + r * ng);
                     if (affine) load_f32s(w->biases.dtype, w->biases.data, gi, ng, bi + r * ng);
                 }
-                for (int r = 0; r < R; r++) {
-                    const uint8_t *q = packed + (d + r) * row_bytes + c0 * bits / 8;
-                    for (int64_t t1 = 0; t1 < m;) {
-                        /* balanced tiles of at most TT tokens */
-                        const int64_t tiles = (m - t1 + TT - 1) / TT,
-                                      mt = (m - t1 + tiles - 1) / tiles;
-                        __m512 acc[TT];
-                        for (int64_t t = 0; t < mt; t++)
-                            acc[t] = affine ? dot_lanes(bi + r * ng, xsum[t1 + t], ng)
-                                            : _mm512_setzero_ps();
-                        fns[mt - 1](q, pf, xs + t1, sc + r * ng, ng, lut, acc);
-                        for (int64_t t = 0; t < mt; t++)
-                            accv[t1 + t][r] = acc[t];
-                        t1 += mt;
+                for (int r = 0; r < R; r++)
+                    for (int64_t t = 0; t < m; t++)
+                        accv[t][r] =
+                            affine ? dot_lanes(bi + r * ng, xsum[t], ng) : _mm512_setzero_ps();
+                /* column blocks of KC: the block's x (all tokens) stays in L1
+                 * while the R rows pass; each (row, token) accumulator carries
+                 * over from block to block in accv, so the order is unchanged */
+                for (int64_t g0 = 0; g0 < ng; g0 += KC / gs) {
+                    const int64_t gn = ng - g0 < KC / gs ? ng - g0 : KC / gs;
+                    for (int r = 0; r < R; r++) {
+                        const uint8_t *q = packed + (d + r) * row_bytes + (c0 + g0 * gs) * bits / 8;
+                        for (int64_t t1 = 0; t1 < m;) {
+                            /* balanced tiles of at most TT tokens */
+                            const int64_t tiles = (m - t1 + TT - 1) / TT,
+                                          mt = (m - t1 + tiles - 1) / tiles;
+                            __m512 acc[TT];
+                            const float *xo[TT];
+                            for (int64_t t = 0; t < mt; t++)
+                                acc[t] = accv[t1 + t][r], xo[t] = xs[t1 + t] + g0 * gs;
+                            fns[mt - 1](q, pf, xo, sc + r * ng + g0, gn, lut, acc);
+                            for (int64_t t = 0; t < mt; t++)
+                                accv[t1 + t][r] = acc[t];
+                            t1 += mt;
+                        }
                     }
                 }
                 for (int64_t t = 0; t < m; t++) {
@@ -221,9 +235,9 @@ bool nmlx_avx512_quant_matmul_few(const nmlx_weight *w, const float *x, float *y
 }
 
 /* The avx512 set's cpu_kernels.matmul_few: quantized weights here; dense
- * ones use the AVX2 mat-vec, which has no few-token form. */
+ * ones, like its one-token path, in the AVX2 kernels. */
 bool nmlx_avx512_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                             int64_t d1) {
-    if (w->mode == NMLX_QUANT_NONE) return false;
+    if (w->mode == NMLX_QUANT_NONE) return nmlx_avx2_matmul_few(w, x, y, T, d0, d1);
     return nmlx_avx512_quant_matmul_few(w, x, y, T, d0, d1);
 }

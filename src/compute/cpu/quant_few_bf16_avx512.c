@@ -14,12 +14,17 @@
 #pragma GCC target("avx512bf16")
 #include "compute/cpu/quant_avx512.h"
 
+#ifndef NMLX_QFEW_BF16_KC
+#define NMLX_QFEW_BF16_KC 1024
+#endif
+
 enum {
     MV_NMAX = 16384,
     RB = 4,
     TMAX = NMLX_CPU_FEW_TOKENS,
-    TT = 12,             /* tokens per register tile */
-    XB_ELEMS = 64 * 1024 /* bf16 x on the stack: 128 KiB */
+    TT = 12,               /* tokens per register tile */
+    XB_ELEMS = 64 * 1024,  /* bf16 x on the stack: 128 KiB */
+    KC = NMLX_QFEW_BF16_KC /* columns per block (a multiple of 128) */
 };
 
 /* acc[t] += sum_g sc[g] * (x_t . (128 + q[g])) over one row's G groups of
@@ -120,18 +125,29 @@ bool nmlx_avx512bf16_quant_matmul_few(const nmlx_weight *w, const float *x, floa
                 __m512 s = _mm512_maskz_loadu_ps(mk, sc + i), b = _mm512_maskz_loadu_ps(mk, cb + i);
                 _mm512_mask_storeu_ps(cb + i, mk, _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), s, b));
             }
-            for (int r = 0; r < R; r++) {
-                const uint8_t *q = packed + (d + r) * row_bytes;
-                for (int64_t t1 = 0; t1 < m;) {
-                    /* balanced tiles of at most TT tokens */
-                    const int64_t tiles = (m - t1 + TT - 1) / TT, mt = (m - t1 + tiles - 1) / tiles;
-                    __m512 acc[TT];
-                    for (int64_t t = 0; t < mt; t++)
-                        acc[t] = dot_lanes(cb + r * G, xs[t1 + t], G);
-                    fns[mt - 1](q, pf, xt + t1, sc + r * G, G, acc);
-                    for (int64_t t = 0; t < mt; t++)
-                        accv[t1 + t][r] = acc[t];
-                    t1 += mt;
+            for (int r = 0; r < R; r++)
+                for (int64_t t = 0; t < m; t++)
+                    accv[t][r] = dot_lanes(cb + r * G, xs[t], G);
+            /* column blocks of KC: the block's x (all tokens) stays in L1
+             * while the R rows pass; each (row, token) accumulator carries
+             * over from block to block in accv, so the order is unchanged */
+            for (int64_t g0 = 0; g0 < G; g0 += KC / gs) {
+                const int64_t gn = G - g0 < KC / gs ? G - g0 : KC / gs;
+                for (int r = 0; r < R; r++) {
+                    const uint8_t *q = packed + (d + r) * row_bytes + g0 * gs / 2;
+                    for (int64_t t1 = 0; t1 < m;) {
+                        /* balanced tiles of at most TT tokens */
+                        const int64_t tiles = (m - t1 + TT - 1) / TT,
+                                      mt = (m - t1 + tiles - 1) / tiles;
+                        __m512 acc[TT];
+                        const uint16_t *xo[TT];
+                        for (int64_t t = 0; t < mt; t++)
+                            acc[t] = accv[t1 + t][r], xo[t] = xt[t1 + t] + g0 * gs;
+                        fns[mt - 1](q, pf, xo, sc + r * G + g0, gn, acc);
+                        for (int64_t t = 0; t < mt; t++)
+                            accv[t1 + t][r] = acc[t];
+                        t1 += mt;
+                    }
                 }
             }
             for (int64_t t = 0; t < m; t++) {
