@@ -277,13 +277,16 @@ static void test_few_token_rows(nmlx_quant_mode mode, int bits, int gs, int64_t 
 }
 
 #if defined(__x86_64__)
-/* The avx512 set's few-token kernels by name, whatever the pick, against
- * their one-token kernels token by token, bit for bit: every group size and
+/* The few-token quantized kernels by name (the avx512 set's, whatever the
+ * pick, and the avx2 set's) against their one-token kernels token by token,
+ * bit for bit: every group size and
  * scale dtype, T = 1..15, row ranges that start inside the matrix and leave
  * row tails (d1 - d0 not a multiple of 4), N over the f32 kernel's column
  * chunk and over the bf16 kernel's stack buffer for all 15 tokens. */
 static void test_few_token_kernels(void) {
-    if (!have_avx512()) return;
+    nmlx_backend *probe = NULL;
+    if (nmlx_backend_cpu_create_isa(1, "avx2", &probe) != NMLX_OK) return;
+    nmlx_backend_free(probe);
     const struct {
         nmlx_quant_mode mode;
         int bits, gs;
@@ -306,20 +309,24 @@ static void test_few_token_kernels(void) {
         for (int64_t i = 0; i < 15 * N; i++)
             x[i] = test_randf(-1, 1);
         const int64_t ranges[][2] = {{0, D}, {3, D}, {1, D - 2}};
-        for (int bf = 0; bf < 2; bf++) {
-            if (bf && (!have_avx512bf16() || !nmlx_avx512bf16_matvec_ok(&m.w))) continue;
-            for (int64_t T = 1; T<NMLX_CPU_FEW_TOKENS; T += N> 4096 ? 7 : 1)
+        for (int bf = 0; bf < 3; bf++) { /* 0: f32, 1: bf16 (avx512 set), 2: avx2 */
+            if (bf == 0 && !have_avx512()) continue;
+            if (bf == 1 && (!have_avx512bf16() || !nmlx_avx512bf16_matvec_ok(&m.w))) continue;
+            for (int64_t T = 1; T < NMLX_CPU_FEW_TOKENS; T += (N > 4096 ? 7 : 1))
                 for (int ri = 0; ri < 3; ri++) {
                     const int64_t d0 = ranges[ri][0], d1 = ranges[ri][1];
                     for (int64_t j = 0; j < T * D; j++)
                         y[j] = NAN;
-                    bool ok = bf ? nmlx_avx512bf16_quant_matmul_few(&m.w, x, y, T, d0, d1)
-                                 : nmlx_avx512f32_quant_matmul_few(&m.w, x, y, T, d0, d1);
+                    bool ok = bf == 2   ? nmlx_avx2_quant_matmul_few(&m.w, x, y, T, d0, d1)
+                              : bf == 1 ? nmlx_avx512bf16_quant_matmul_few(&m.w, x, y, T, d0, d1)
+                                        : nmlx_avx512f32_quant_matmul_few(&m.w, x, y, T, d0, d1);
                     int64_t bad = ok ? -1 : T;
                     for (int64_t t = 0; t < T && bad < 0; t++) {
                         for (int64_t d = 0; d < D; d++)
                             y1[d] = NAN;
-                        if (bf)
+                        if (bf == 2)
+                            nmlx_avx2_quant_matvec(&m.w, x + t * N, y1, d0, d1);
+                        else if (bf == 1)
                             nmlx_avx512bf16_quant_matvec(&m.w, x + t * N, y1, d0, d1);
                         else
                             nmlx_avx512f32_quant_matvec(&m.w, x + t * N, y1, d0, d1);
@@ -329,9 +336,12 @@ static void test_few_token_kernels(void) {
                     EXPECT(bad < 0,
                            "few-token %s %s bits %d g%d %s D%lld N%lld T%lld rows %lld..%lld: "
                            "token %lld differs from the one-token kernel",
-                           bf ? "bf16" : "f32", nmlx_quant_mode_name(cs[c].mode), cs[c].bits,
-                           cs[c].gs, nmlx_dtype_name(sdts[c % 3]), (long long)D, (long long)N,
-                           (long long)T, (long long)d0, (long long)d1, (long long)bad);
+                           bf == 2 ? "avx2"
+                           : bf    ? "avx512 bf16"
+                                   : "avx512 f32",
+                           nmlx_quant_mode_name(cs[c].mode), cs[c].bits, cs[c].gs,
+                           nmlx_dtype_name(sdts[c % 3]), (long long)D, (long long)N, (long long)T,
+                           (long long)d0, (long long)d1, (long long)bad);
                 }
         }
         free(x), free(y), free(y1);

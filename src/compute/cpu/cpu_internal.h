@@ -71,9 +71,12 @@ void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t 
 void nmlx_avx2_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                            int64_t d1);
 /* matmul_few_avx2.c: the avx2 set's cpu_kernels.matmul_few (dense f32, f16,
- * bf16 weights; false for others). */
+ * bf16 weights; quantized ones through quant_few_avx2.c's form of the
+ * planar mat-vec: affine 4/8-bit g32/64/128, MXFP4; false for others). */
 bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                           int64_t d1);
+bool nmlx_avx2_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                int64_t d0, int64_t d1);
 /* quant_avx512.c: the avx512 set's matmul_rows for quantized weights (any T). */
 void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                    int64_t d0, int64_t d1);

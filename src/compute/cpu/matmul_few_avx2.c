@@ -82,7 +82,8 @@ static const row_fn row_fns[3][TT] = {
 
 bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                           int64_t d1) {
-    if (w->mode != NMLX_QUANT_NONE || T < 1) return false;
+    if (w->mode != NMLX_QUANT_NONE) return nmlx_avx2_quant_matmul_few(w, x, y, T, d0, d1);
+    if (T < 1) return false;
     const int kind = w->w.dtype == NMLX_DT_F32    ? 0
                      : w->w.dtype == NMLX_DT_F16  ? 1
                      : w->w.dtype == NMLX_DT_BF16 ? 2

@@ -239,5 +239,7 @@ bool nmlx_avx512_quant_matmul_few(const nmlx_weight *w, const float *x, float *y
 bool nmlx_avx512_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                             int64_t d1) {
     if (w->mode == NMLX_QUANT_NONE) return nmlx_avx2_matmul_few(w, x, y, T, d0, d1);
+    /* (the weights it leaves to quant_avx2.c at T = 1 are not planar ones:
+     * no few-token form) */
     return nmlx_avx512_quant_matmul_few(w, x, y, T, d0, d1);
 }
