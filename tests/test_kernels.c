@@ -308,9 +308,10 @@ static void test_few_token_rows(const bk *b) {
 static void test_few_token_kernels(int kind) {
     uint64_t saved = test_rng_;
     test_seed(9191 + (uint64_t)kind);
-    const int64_t shapes[][2] = {{9, 31}, {21, 33}, {17, 64}, {23, 95}, {30, 1030}, {5, 5000}};
+    const int64_t shapes[][2] = {{9, 31},    {21, 33}, {17, 64},  {23, 95},
+                                 {30, 1030}, {7, 577}, {6, 1087}, {5, 5000}};
     const nmlx_dtype dt = kind == 3 ? NMLX_DT_BF16 : float_dtypes[kind];
-    for (size_t si = 0; si < 6; si++) {
+    for (size_t si = 0; si < 8; si++) {
         const int64_t D = shapes[si][0], N = shapes[si][1];
         double *wex = malloc((size_t)(D * N) * sizeof(double));
         void *W = rand_typed(dt, D * N, -1, 1, wex);
