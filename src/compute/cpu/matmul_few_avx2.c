@@ -12,7 +12,15 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/simd_avx2.h"
 
-enum { TT = 5, PF_ROWS = 8 }; /* tokens per tile (2 TT accumulators of 16 ymm); prefetch rows */
+#include <string.h>
+
+enum {
+    TT = 5,           /* tokens per tile (2 TT accumulators of 16 ymm) */
+    PF_ROWS = 8,      /* prefetch distance in rows */
+    RB = 4,           /* rows per block */
+    KC = 256,         /* columns per block (a multiple of 16) */
+    XP_FLOATS = 32768 /* x copies on the stack: 128 KiB */
+};
 
 /* 8 weights widened to f32, and one; DT: 0 f32, 1 f16, 2 bf16 */
 AVX2_INLINE __m256 load_w(int DT, const void *w, int64_t k) {
@@ -26,36 +34,44 @@ AVX2_INLINE float scalar_w(int DT, const void *w, int64_t k) {
                    : nmlx_bf16_to_f32(((const uint16_t *)w)[k]);
 }
 
-/* y[t * ys + d] for M tokens (x rows of stride N), one row d. */
-AVX2_INLINE void row_tok(int DT, int M, const void *W, int64_t N, const float *x, float *y,
-                         int64_t ys, int64_t d, int64_t d1) {
+/* One row d, M tokens (x rows of stride xs), columns [k0, k1): ab[t * 2 +
+ * 0 / 1] holds a / b between calls; k1 == N finishes the row (tails, y). */
+AVX2_INLINE void row_tok(int DT, int M, const void *W, int64_t N, int64_t xs, const float *x,
+                         float *y, int64_t ys, int64_t d, int64_t d1, int64_t k0, int64_t k1,
+                         __m256 *ab) {
     const char *w0 = (const char *)W + d * N * (DT == 0 ? 4 : 2);
-    const int64_t n8 = N & ~(int64_t)7, n16 = N & ~(int64_t)15,
-                  pf = PF_ROWS * N * (DT == 0 ? 4 : 2);
+    const int64_t n8 = N & ~(int64_t)7, pf = PF_ROWS * N * (DT == 0 ? 4 : 2);
     const bool do_pf = d + PF_ROWS < d1;
     __m256 a[TT], b[TT];
 #pragma GCC unroll 5
     for (int t = 0; t < M; t++)
-        a[t] = _mm256_setzero_ps(), b[t] = a[t];
-    int64_t k = 0;
-    for (; k < n16; k += 16) {
+        a[t] = k0 ? ab[2 * t] : _mm256_setzero_ps(),
+        b[t] = k0 ? ab[2 * t + 1] : _mm256_setzero_ps();
+    int64_t k = k0;
+    for (; k + 16 <= k1; k += 16) {
         if (do_pf) _mm_prefetch(w0 + pf + k * (DT == 0 ? 4 : 2), _MM_HINT_T1);
         const __m256 wa = load_w(DT, w0, k), wb = load_w(DT, w0, k + 8);
 #pragma GCC unroll 5
         for (int t = 0; t < M; t++) {
-            a[t] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + t * N + k), a[t]);
-            b[t] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + t * N + k + 8), b[t]);
+            a[t] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + t * xs + k), a[t]);
+            b[t] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + t * xs + k + 8), b[t]);
         }
+    }
+    if (k1 < N) { /* more column blocks to come */
+#pragma GCC unroll 5
+        for (int t = 0; t < M; t++)
+            ab[2 * t] = a[t], ab[2 * t + 1] = b[t];
+        return;
     }
     for (; k < n8; k += 8) {
         const __m256 wa = load_w(DT, w0, k);
 #pragma GCC unroll 5
         for (int t = 0; t < M; t++)
-            a[t] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + t * N + k), a[t]);
+            a[t] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(x + t * xs + k), a[t]);
     }
 #pragma GCC unroll 5
     for (int t = 0; t < M; t++) {
-        const float *xt = x + t * N;
+        const float *xt = x + t * xs;
         float s0 = hsum8(_mm256_add_ps(a[t], b[t]));
         for (int64_t j = n8; j < N; j++)
             s0 += scalar_w(DT, w0, j) * xt[j];
@@ -63,11 +79,13 @@ AVX2_INLINE void row_tok(int DT, int M, const void *W, int64_t N, const float *x
     }
 }
 
-typedef void (*row_fn)(const void *, int64_t, const float *, float *, int64_t, int64_t, int64_t);
+typedef void (*row_fn)(const void *, int64_t, int64_t, const float *, float *, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, __m256 *);
 #define ROW_FN(DT, M)                                                                              \
-    static void row_##DT##_##M(const void *W, int64_t N, const float *x, float *y, int64_t ys,     \
-                               int64_t d, int64_t d1) {                                            \
-        row_tok(DT, M, W, N, x, y, ys, d, d1);                                                     \
+    static void row_##DT##_##M(const void *W, int64_t N, int64_t xs, const float *x, float *y,     \
+                               int64_t ys, int64_t d, int64_t d1, int64_t k0, int64_t k1,          \
+                               __m256 *ab) {                                                       \
+        row_tok(DT, M, W, N, xs, x, y, ys, d, d1, k0, k1, ab);                                     \
     }
 /* clang-format off */
 #define ROW_FNS(DT) ROW_FN(DT, 1) ROW_FN(DT, 2) ROW_FN(DT, 3) ROW_FN(DT, 4) ROW_FN(DT, 5)
@@ -90,12 +108,35 @@ bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_
                                                   : -1;
     if (kind < 0) return false;
     const int64_t N = w->cols, D = w->rows;
-    for (int64_t d = d0; d < d1; d++)
-        for (int64_t t1 = 0; t1 < T;) {
-            /* balanced tiles of at most TT tokens */
-            const int64_t tiles = (T - t1 + TT - 1) / TT, mt = (T - t1 + tiles - 1) / tiles;
-            row_fns[kind][mt - 1](w->w.data, N, x + t1 * N, y + t1 * D, D, d, d1);
-            t1 += mt;
+    __m256 ab[RB * NMLX_CPU_FEW_TOKENS * 2]; /* [row in block][token][a, b] */
+    float xp[XP_FLOATS] __attribute__((aligned(32)));
+    /* x copied into rows one 64-byte line past a multiple of 4 KiB apart (no
+     * shared L1 sets); tokens whose copies fit stream the weights once */
+    const int64_t xs = N + 16, tg = XP_FLOATS / xs < T ? XP_FLOATS / xs : T;
+    if (tg < 1) return false;
+    for (int64_t t0 = 0; t0 < T; t0 += tg) {
+        const int64_t m = T - t0 < tg ? T - t0 : tg;
+        for (int64_t t = 0; t < m; t++)
+            memcpy(xp + t * xs, x + (t0 + t) * N, (size_t)N * sizeof(float));
+        /* blocks of RB rows x KC columns: the tokens' x block stays in L1
+         * while the rows pass; the last column block takes the tails */
+        for (int64_t db = d0; db < d1; db += RB) {
+            const int64_t db1 = d1 - db < RB ? d1 : db + RB;
+            for (int64_t k0 = 0; k0 < N; k0 += KC) {
+                const int64_t k1 = N - k0 <= KC + 15 ? N : k0 + KC;
+                for (int64_t d = db; d < db1; d++)
+                    for (int64_t t1 = 0; t1 < m;) {
+                        /* balanced tiles of at most TT tokens */
+                        const int64_t tiles = (m - t1 + TT - 1) / TT,
+                                      mt = (m - t1 + tiles - 1) / tiles;
+                        row_fns[kind][mt - 1](w->w.data, N, xs, xp + t1 * xs, y + (t0 + t1) * D, D,
+                                              d, d1, k0, k1,
+                                              ab + ((d - db) * NMLX_CPU_FEW_TOKENS + t1) * 2);
+                        t1 += mt;
+                    }
+                if (k1 == N) break;
+            }
         }
+    }
     return true;
 }
