@@ -300,11 +300,12 @@ static void test_few_token_rows(const bk *b) {
 
 #if NMLX_CPU_HAVE_AVX2
 /* The few-token mat-vecs by name against their one-token kernels, token by
- * token, bit for bit: the AVX2 one (f32, f16, bf16; kind 0..2) and the
- * AVX512_BF16 one (bf16, every variant of the one-token kernel: they give
- * the same bits; kind 3). T = 1..15, N tails (not a multiple of 64, 16 or
- * 8), row ranges that start inside the matrix and end in a row tail, N past
- * the bf16 kernel's stack buffer for all 15 tokens. */
+ * token, bit for bit: the AVX2 one (f32, f16, bf16; kind 0..2; bf16/f16 up
+ * to 8 tokens) and the AVX512_BF16 one (bf16, every variant of the
+ * one-token kernel: they give the same bits; kind 3). T = 1..15, N tails
+ * (not a multiple of 64, 16 or 8), N at column-block edges, row ranges
+ * that start inside the matrix and end in a row tail, N past the stack
+ * buffers for all 15 tokens. */
 static void test_few_token_kernels(int kind) {
     uint64_t saved = test_rng_;
     test_seed(9191 + (uint64_t)kind);
@@ -329,6 +330,8 @@ static void test_few_token_kernels(int kind) {
                     y[j] = NAN;
                 bool ok = kind == 3 ? nmlx_avx512bf16_matvec_few(W, N, D, x, y, T, d0, d1)
                                     : nmlx_avx2_matmul_few(&w, x, y, T, d0, d1);
+                /* the AVX2 one declines bf16/f16 past 8 tokens (no faster) */
+                if (!ok && (kind == 1 || kind == 2) && T > 8) continue;
                 int64_t bad = ok ? -1 : T;
                 for (int64_t t = 0; t < T && bad < 0; t++) {
                     for (int64_t d = 0; d < D; d++)

@@ -144,24 +144,17 @@ bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const flo
  * the first 32 columns of each 64, b over the second, the masked tail into
  * a, y = reduce(a + b)), so each row equals the one-token kernel's bit for
  * bit (every variant gives the same bits). R rows x M tokens share the
- * loads (2 R M accumulators); rows go in blocks of FEW_RB and columns in
- * blocks of FEW_KC, so the tokens' x stays in L1 while a row block passes,
- * the accumulators carrying over from column block to column block. */
+ * loads: 2 R M accumulators. */
 enum {
-    FEW_TT = 6,         /* tokens per register tile */
-    FEW_XB = 64 * 1024, /* bf16 x on the stack (128 KiB) */
-    FEW_PF = 8,         /* prefetch distance in rows */
-    FEW_RB = 4,         /* rows per block */
-    FEW_KC = 512,       /* columns per block (a multiple of 64) */
-    AB_T = NMLX_CPU_FEW_TOKENS
-};
+    FEW_TT = 6,
+    FEW_XB = 64 * 1024,
+    FEW_PF = 8
+}; /* tokens per tile; bf16 x on the stack (128 KiB); prefetch distance in rows */
 
-/* Rows d..d + R - 1, tokens 0..M-1, columns [k0, k1): ab[(r * AB_T + t) *
- * 2 + 0 / 1] holds a / b between calls; k1 == N finishes the rows (tails,
- * y). */
-static inline __attribute__((always_inline)) void
-rows_tok(int R, int M, const uint16_t *W, int64_t N, int64_t xs, const uint16_t *xb, float *y,
-         int64_t ys, int64_t d, int64_t d1, int64_t k0, int64_t k1, __m512 *ab) {
+static inline __attribute__((always_inline)) void rows_tok(int R, int M, const uint16_t *W,
+                                                           int64_t N, int64_t xs,
+                                                           const uint16_t *xb, float *y, int64_t ys,
+                                                           int64_t d, int64_t d1) {
     const uint16_t *w[2];
     __m512 a[2][FEW_TT], b[2][FEW_TT];
 #pragma GCC unroll 2
@@ -169,14 +162,13 @@ rows_tok(int R, int M, const uint16_t *W, int64_t N, int64_t xs, const uint16_t 
         w[r] = W + (d + r) * N;
 #pragma GCC unroll 8
         for (int t = 0; t < M; t++)
-            a[r][t] = k0 ? ab[(r * AB_T + t) * 2] : _mm512_setzero_ps(),
-            b[r][t] = k0 ? ab[(r * AB_T + t) * 2 + 1] : _mm512_setzero_ps();
+            a[r][t] = _mm512_setzero_ps(), b[r][t] = a[r][t];
     }
     /* the same columns of the rows FEW_PF ahead into L2 (as the default
      * variant, which reads 8 rows at a time, does for the next 8) */
     const bool pf = d + FEW_PF + R <= d1;
-    int64_t k = k0;
-    for (; k + 64 <= k1; k += 64) {
+    int64_t k = 0;
+    for (; k + 64 <= N; k += 64) {
         __m512i w0[2], w1[2];
 #pragma GCC unroll 2
         for (int r = 0; r < R; r++) {
@@ -197,14 +189,6 @@ rows_tok(int R, int M, const uint16_t *W, int64_t N, int64_t xs, const uint16_t 
                 b[r][t] = _mm512_dpbf16_ps(b[r][t], AS_BH(w1[r]), AS_BH(x1));
             }
         }
-    }
-    if (k1 < N) { /* more column blocks to come */
-#pragma GCC unroll 2
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-            for (int t = 0; t < M; t++)
-                ab[(r * AB_T + t) * 2] = a[r][t], ab[(r * AB_T + t) * 2 + 1] = b[r][t];
-        return;
     }
     for (; k < N; k += 32) {
         int64_t rem = N - k;
@@ -229,12 +213,11 @@ rows_tok(int R, int M, const uint16_t *W, int64_t N, int64_t xs, const uint16_t 
 }
 
 typedef void (*few_fn)(const uint16_t *, int64_t, int64_t, const uint16_t *, float *, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, __m512 *);
+                       int64_t, int64_t);
 #define FEW_FN(R, M)                                                                               \
     static void few_##R##_##M(const uint16_t *W, int64_t N, int64_t xs, const uint16_t *xb,        \
-                              float *y, int64_t ys, int64_t d, int64_t d1, int64_t k0, int64_t k1, \
-                              __m512 *ab) {                                                        \
-        rows_tok(R, M, W, N, xs, xb, y, ys, d, d1, k0, k1, ab);                                    \
+                              float *y, int64_t ys, int64_t d, int64_t d1) {                       \
+        rows_tok(R, M, W, N, xs, xb, y, ys, d, d1);                                                \
     }
 /* clang-format off */
 FEW_FN(1, 1) FEW_FN(1, 2) FEW_FN(1, 3) FEW_FN(1, 4) FEW_FN(1, 5) FEW_FN(1, 6)
@@ -247,9 +230,8 @@ static const few_fn few_fns[2][FEW_TT] = {
 
 bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const float *x, float *y,
                                 int64_t T, int64_t d0, int64_t d1) {
-    if (N > NMLX_BF16_MATVEC_MAX_N || T < 1 || T >= NMLX_CPU_FEW_TOKENS) return false;
+    if (N > NMLX_BF16_MATVEC_MAX_N || T < 1) return false;
     uint16_t xb[FEW_XB] __attribute__((aligned(64)));
-    __m512 ab[FEW_RB * AB_T * 2]; /* [row in block][token][a, b] */
     /* round_x pads to 32; one more line keeps the tokens' rows off shared L1 sets */
     const int64_t xs = ((N + 31) & ~(int64_t)31) + 32;
     const int64_t tg = FEW_XB / xs < T ? FEW_XB / xs : T;
@@ -257,24 +239,15 @@ bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const f
         const int64_t m = T - t0 < tg ? T - t0 : tg;
         for (int64_t t = 0; t < m; t++)
             round_x(x + (t0 + t) * N, N, xb + t * xs);
-        for (int64_t db = d0; db < d1; db += FEW_RB) {
-            const int64_t db1 = d1 - db < FEW_RB ? d1 : db + FEW_RB;
-            for (int64_t k0 = 0; k0 < N; k0 += FEW_KC) {
-                /* the last block takes the tails (N % 64 columns) too */
-                const int64_t k1 = N - k0 <= FEW_KC + 63 ? N : k0 + FEW_KC;
-                for (int64_t d = db; d < db1;) {
-                    const int R = db1 - d >= 2 ? 2 : 1;
-                    for (int64_t t1 = 0; t1 < m;) {
-                        const int64_t tiles = (m - t1 + FEW_TT - 1) / FEW_TT,
-                                      mt = (m - t1 + tiles - 1) / tiles;
-                        few_fns[R - 1][mt - 1](W, N, xs, xb + t1 * xs, y + (t0 + t1) * D, D, d, d1,
-                                               k0, k1, ab + ((d - db) * AB_T + t1) * 2);
-                        t1 += mt;
-                    }
-                    d += R;
-                }
-                if (k1 == N) break;
+        for (int64_t d = d0; d < d1;) {
+            const int R = d1 - d >= 2 ? 2 : 1;
+            for (int64_t t1 = 0; t1 < m;) {
+                const int64_t tiles = (m - t1 + FEW_TT - 1) / FEW_TT,
+                              mt = (m - t1 + tiles - 1) / tiles;
+                few_fns[R - 1][mt - 1](W, N, xs, xb + t1 * xs, y + (t0 + t1) * D, D, d, d1);
+                t1 += mt;
             }
+            d += R;
         }
     }
     return true;

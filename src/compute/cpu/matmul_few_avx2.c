@@ -106,7 +106,9 @@ bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_
                      : w->w.dtype == NMLX_DT_F16  ? 1
                      : w->w.dtype == NMLX_DT_BF16 ? 2
                                                   : -1;
-    if (kind < 0) return false;
+    /* bf16/f16 past 8 tokens: no faster than a mat-vec per token on Zen 4
+     * (compute-bound either way; bench/batched_decode.md), so leave it */
+    if (kind < 0 || (kind > 0 && T > 8)) return false;
     const int64_t N = w->cols, D = w->rows;
     __m256 ab[RB * NMLX_CPU_FEW_TOKENS * 2]; /* [row in block][token][a, b] */
     float xp[XP_FLOATS] __attribute__((aligned(32)));
