@@ -233,6 +233,7 @@ bad:
 int cli_quantize_bits;
 int cli_kv_bits, cli_kv_group_size = 64, cli_quantized_kv_start;
 const char *cli_device;
+const char *cli_kv_type;
 
 const nmlx_session_params *cli_session_params(void) {
     static nmlx_session_params sp;
@@ -240,6 +241,7 @@ const nmlx_session_params *cli_session_params(void) {
     sp.kv_bits = cli_kv_bits;
     sp.kv_group_size = cli_kv_group_size;
     sp.quantized_kv_start = cli_quantized_kv_start;
+    sp.kv_dtype = cli_kv_type;
     return &sp;
 }
 

@@ -175,6 +175,13 @@ typedef struct nmlx_session_params {
     int quantized_kv_start; /* quantize once the cache holds this many tokens
                                (checked before each eval; default 0 = from
                                the first token) */
+    /* How full-attention layers store keys and values when kv_bits is 0:
+     * NULL or "auto" (default): in the checkpoint's own float dtype, as
+     * mlx-lm and transformers do (bf16 / f16 checkpoints and quantized ones,
+     * by their scales: half the memory and memory traffic of f32), f32 for
+     * f32 checkpoints and on device backends; or "f32", "f16", "bf16".
+     * Half precision runs on the CPU backend only. Not copied. */
+    const char *kv_dtype;
 } nmlx_session_params;
 
 nmlx_session_params nmlx_session_default_params(void);
@@ -204,7 +211,10 @@ void nmlx_session_reset(nmlx_session *session);
 /* Asks a running eval/generate to stop; callable from any thread. The
  * running call returns NMLX_ERR_CANCELLED (generate: finish reason
  * NMLX_FINISH_CANCELLED, status NMLX_OK). The flag clears when the next call
- * starts. */
+ * starts. Llama 4 (chunked attention) keeps the attention chunk in progress
+ * and the one before: a prompt eval cancelled after it crossed two chunk
+ * boundaries (or a trim that far back) cannot be rolled back; further evals
+ * then fail with NMLX_ERR_INVALID_ARG until nmlx_session_reset. */
 void nmlx_session_cancel(nmlx_session *session);
 
 /* Samples the next id from the current logits with the given sampler and
@@ -256,6 +266,29 @@ nmlx_generate_params nmlx_generate_default_params(void);
 nmlx_status nmlx_generate(nmlx_session *session, const int32_t *prompt,
                           size_t n_prompt, const nmlx_generate_params *params,
                           nmlx_generate_result *result);
+
+/* ---- batched decode: several sessions, one token each, one pass -------- */
+
+/* Work buffers for advancing up to max_batch sessions of one model together
+ * (a server's concurrent streams): a step reads each weight once for all of
+ * them instead of once per session. Used by one thread at a time. */
+typedef struct nmlx_batch nmlx_batch;
+
+nmlx_status nmlx_batch_create(nmlx_model *model, int max_batch, nmlx_batch **out);
+/* Holds a model reference, like a session. */
+void nmlx_batch_free(nmlx_batch *batch);
+/* Evaluates ids[i] in sessions[i] for i < n (n <= max_batch; distinct
+ * sessions of the batch's model), as nmlx_session_eval(sessions[i], &ids[i],
+ * 1, 0) would; then nmlx_session_logits(sessions[i]) holds each one's
+ * logits. On the CPU they equal those of the session's own one-token eval
+ * bit for bit while n < 16; beyond that, and on a GPU, they agree within the
+ * precision of the weights' format. A session's pending token (left by
+ * nmlx_generate) is evaluated first, on its own. Arguments are checked
+ * before anything runs (NMLX_ERR_INVALID_ARG, or NMLX_ERR_CONTEXT_OVERFLOW
+ * for a full session, naming the session's index), and on any failure no
+ * session has advanced. A step is not interrupted by nmlx_session_cancel(). */
+nmlx_status nmlx_batch_eval(nmlx_batch *batch, nmlx_session *const *sessions,
+                            const int32_t *ids, size_t n);
 
 /* ---- tokenizer (HuggingFace tokenizer.json) --------------------------- */
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the release build's suite, then the same suite under
 # AddressSanitizer + UndefinedBehaviorSanitizer, then a valgrind leak check
-# of load + generate + free. Usage: bash scripts/test.sh
+# of load + generate + free, then each libFuzzer harness for a bounded time
+# (tests/fuzz/ci.sh; skipped where clang's fuzzer runtime is missing).
+# Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,3 +20,6 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 echo "== valgrind: load + generate + free leaks nothing"
 bash scripts/valgrind_check.sh build/nmlx
+
+echo "== fuzzers: each libFuzzer harness for ${NMLX_FUZZ_SECONDS:-15} s (a finding fails the run)"
+NMLX_FUZZ_SECONDS=${NMLX_FUZZ_SECONDS:-15} sh tests/fuzz/ci.sh build-fuzz

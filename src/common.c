@@ -1,5 +1,5 @@
-/* Error recording (thread-local message), allocation wrappers with fault
- * injection, clock. */
+/* Error recording (thread-local message), allocation and read wrappers with
+ * fault injection, clock. */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 
@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <errno.h>
 
 enum { ERR_CAP = 1024 };
 static _Thread_local char err_msg[ERR_CAP];
@@ -94,6 +96,29 @@ char *nmlx_strdup(const char *s) {
     char *d = nmlx_malloc(n);
     if (d) memcpy(d, s, n);
     return d;
+}
+
+static atomic_long read_fail_after;
+static atomic_int read_fail_err;
+
+void nmlx_test_fail_read_after(long n, int err) {
+    atomic_store(&read_fail_err, err);
+    atomic_store(&read_fail_after, n);
+}
+
+bool nmlx_test_read_fault_pending(void) { return atomic_load(&read_fail_after) > 0; }
+
+long nmlx_read(int fd, void *buf, size_t n) {
+    long k = atomic_load(&read_fail_after);
+    if (k > 0 && atomic_fetch_sub(&read_fail_after, 1) == 1) {
+        int err = atomic_load(&read_fail_err);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+        if (n > 1) n /= 2; /* short read */
+    }
+    return (long)read(fd, buf, n);
 }
 
 double nmlx_time_seconds(void) {

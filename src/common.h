@@ -49,6 +49,17 @@ char *nmlx_strdup(const char *s);
 /* Test hook: the Nth allocation from now fails (0 = off). */
 void nmlx_test_fail_alloc_after(long n);
 
+/* read(2) with fault injection: every reader of the library reads through
+ * it (whole-file reads, tokenizer.json, convert's copies), so tests can make
+ * reads short, interrupted or failing; callers loop as over read. Test
+ * hook: the Nth nmlx_read from now is faulted (0 = off): err is an errno
+ * (EIO: it fails; EINTR: interrupted, nothing read) or 0 for a short read
+ * (half of what was asked). nmlx_test_read_fault_pending() is true while the
+ * Nth read has not come. The writers' hook is io/file_write.h's. */
+long nmlx_read(int fd, void *buf, size_t n);
+void nmlx_test_fail_read_after(long n, int err);
+bool nmlx_test_read_fault_pending(void);
+
 double nmlx_time_seconds(void); /* monotonic clock */
 
 #endif

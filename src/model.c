@@ -114,6 +114,20 @@ void nmlx_model_unref(nmlx_model *m) {
 
 void nmlx_model_free(nmlx_model *m) { nmlx_model_unref(m); }
 
+/* The half-precision float dtype holding most of the checkpoint's float
+ * bytes (quantized checkpoints: their scales), or F32 when F32 does: what
+ * mlx-lm computes in, so what its KV cache holds. */
+static nmlx_dtype checkpoint_half_dtype(const nmlx_weights *ws) {
+    size_t bytes[3] = {0}; /* F32, F16, BF16 */
+    for (size_t i = 0; i < nmlx_weights_count(ws); i++) {
+        const nmlx_tensor *t = nmlx_weights_at(ws, i);
+        if (t->dtype <= NMLX_DT_BF16) bytes[t->dtype] += nmlx_tensor_nbytes(t);
+    }
+    if (bytes[NMLX_DT_F32] >= bytes[NMLX_DT_F16] && bytes[NMLX_DT_F32] >= bytes[NMLX_DT_BF16])
+        return NMLX_DT_F32;
+    return bytes[NMLX_DT_BF16] >= bytes[NMLX_DT_F16] ? NMLX_DT_BF16 : NMLX_DT_F16;
+}
+
 /* config.json quantization: checks quantized tensors against it, or
  * quantizes a float checkpoint in memory when params ask for it. */
 static nmlx_status load_quantization(nmlx_model *m, const char *cfg_path,
@@ -127,7 +141,8 @@ static nmlx_status load_quantization(nmlx_model *m, const char *cfg_path,
               "%s: quantize_bits %d asked for, but the checkpoint is already quantized", cfg_path,
               p->quantize_bits);
         TRY(nmlx_quantize_weights_mem(m->weights, p->quantize_bits,
-                                      p->quantize_group_size ? p->quantize_group_size : 64, &q));
+                                      p->quantize_group_size ? p->quantize_group_size : 64,
+                                      nmlx_fused_experts_halves(m->model_type), &q));
         nmlx_weights_close(m->weights);
         m->weights = q;
     } else {
@@ -177,6 +192,7 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     }
 
     TRY(nmlx_weights_open_dir(dir, &m->weights));
+    m->half_dtype = checkpoint_half_dtype(m->weights);
     snprintf(path, sizeof path, "%s/config.json", dir);
     TRY(load_quantization(m, path, &p));
     TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
@@ -206,6 +222,9 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
         TRY(nmlx_tokenizer_load(dir, &m->tok));
         add_eos(m, nmlx_tokenizer_eos_id(m->tok));
     }
+    /* the weights' files are as they were when mapped (a long load is a
+     * wide window for a copy over them) */
+    TRY(nmlx_weights_verify(m->weights));
     *out = m;
     m = NULL;
 cleanup:

@@ -29,6 +29,7 @@ struct nmlx_model {
     size_t n_eos;
     nmlx_sampler_params sampler_defaults;
     nmlx_tokenizer *tok; /* NULL if the folder has none */
+    nmlx_dtype half_dtype; /* the checkpoint's float dtype: sessions' default KV dtype */
 };
 
 struct nmlx_session {

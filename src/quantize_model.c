@@ -4,7 +4,9 @@
 #include "quantize_model.h"
 
 #include "compute/quant.h"
+#include "io/file_write.h"
 #include "io/safetensors_write.h"
+#include "shared/llama4_model.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -135,7 +137,7 @@ static nmlx_status stack_experts(qm_state *s, const nmlx_weights *ws, const nmlx
  * gate/up columns interleaved, `down_proj` [E, I, D], their biases) ->
  * mlx-lm's `<p>.experts.{gate,up,down}_proj.{weight,bias}` ([E, I, D],
  * [E, D, I], [E, I], [E, D]). Returns *done = false for other names. */
-static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool *done) {
+static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool halves, bool *done) {
     static const char *const names[4] = {".experts.gate_up_proj", ".experts.down_proj",
                                          ".experts.gate_up_proj_bias", ".experts.down_proj_bias"};
     int kind = -1;
@@ -174,8 +176,17 @@ static nmlx_status split_gpt_oss(qm_state *s, const nmlx_tensor *t, bool *done) 
         snprintf(key, sizeof key, "%.*s.experts.%s", (int)plen, t->name, half_names[kind / 2][h]);
         if (kind == 0) { /* [E, D, 2I] -> gate/up [E, I, D] */
             int64_t D = t->shape[1], I = t->shape[2] / 2, shape[3] = {E, I, D};
-            transpose_experts(buf, t->data, E, D, I, 2 * I, 2, h, es);
+            if (halves) /* Llama 4: gate columns [0, I), up [I, 2I) */
+                transpose_experts(buf, t->data, E, D, I, 2 * I, 1, h * I, es);
+            else
+                transpose_experts(buf, t->data, E, D, I, 2 * I, 2, h, es);
             st = qm_push(s, key, strlen(key), t->dtype, 3, shape, NULL, buf);
+        } else if (halves) { /* [E, 2I] -> [E, I]: a half */
+            int64_t E2 = t->shape[0], I = t->shape[1] / 2, shape[2] = {E2, I};
+            for (int64_t e = 0; e < E2; e++)
+                memcpy(buf + (size_t)(e * I) * es,
+                       (const char *)t->data + (size_t)(e * 2 * I + h * I) * es, (size_t)I * es);
+            st = qm_push(s, key, strlen(key), t->dtype, 2, shape, NULL, buf);
         } else { /* [E, 2I] -> [E, I] */
             int64_t n = t->shape[0] * t->shape[1] / 2, shape[2] = {E, t->shape[1] / 2};
             for (int64_t i = 0; i < n; i++)
@@ -195,13 +206,14 @@ static bool is_moe_router(const char *module, bool moe) {
 
 nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype,
                                      int fd, const char *label, struct json_t *overrides) {
-    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, NULL,
-                                             NULL);
+    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, false,
+                                             NULL, NULL);
 }
 
 nmlx_status nmlx_quantize_weights_fd_progress(
     const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype, int fd, const char *label,
-    struct json_t *overrides, void (*progress)(void *, size_t, size_t, const char *), void *user) {
+    struct json_t *overrides, bool gate_up_halves,
+    void (*progress)(void *, size_t, size_t, const char *), void *user) {
     nmlx_status st = NMLX_OK;
     size_t n = nmlx_weights_count(ws), n_items = 0, n_owned = 0;
     qm_state s = {.cap = 2 * n + 2, .label = label};
@@ -225,7 +237,7 @@ nmlx_status nmlx_quantize_weights_fd_progress(
               t->name);
         const char *at = strstr(t->name, ".experts.");
         bool done = false;
-        if (at) TRY(split_gpt_oss(&s, t, &done));
+        if (at) TRY(split_gpt_oss(&s, t, gate_up_halves, &done));
         if (at && !done) TRY(stack_experts(&s, ws, t, at, &done));
         moe = moe || at || strstr(t->name, ".switch_mlp.");
         if (!done)
@@ -334,13 +346,21 @@ cleanup:
     return st;
 }
 
+bool nmlx_fused_experts_halves(const char *model_type) {
+    for (size_t i = 0; model_type && nmlx_families[i]; i++)
+        for (const char *const *t = nmlx_families[i]->model_types; *t; t++)
+            if (!strcmp(*t, model_type)) return nmlx_families[i]->build == nmlx_l4_build;
+    return false;
+}
+
 nmlx_status nmlx_quantize_weights_mem(const nmlx_weights *ws, int bits, int gs,
-                                      nmlx_weights **out) {
+                                      bool gate_up_halves, nmlx_weights **out) {
     nmlx_status st = NMLX_OK;
     char path[64];
     int fd = memfd_create("nmlx-quantized", 0);
     CHECK(fd >= 0, NMLX_ERR_IO, "quantize-on-load: memfd_create failed: %s", strerror(errno));
-    TRY(nmlx_quantize_weights_fd(ws, bits, gs, NMLX_DT_COUNT, fd, "quantize-on-load", NULL));
+    TRY(nmlx_quantize_weights_fd_progress(ws, bits, gs, NMLX_DT_COUNT, fd, "quantize-on-load",
+                                          NULL, gate_up_halves, NULL, NULL));
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     TRY(nmlx_weights_open_file(path, out));
 cleanup:
@@ -354,94 +374,120 @@ nmlx_convert_params nmlx_convert_default_params(void) {
     return (nmlx_convert_params){.bits = 4, .group_size = 64, .dtype = NULL, .on_progress = NULL};
 }
 
-static nmlx_status copy_file(const char *src, const char *dst) {
-    nmlx_status st = NMLX_OK;
-    FILE *in = fopen(src, "rb"), *out = NULL;
-    CHECK(in, NMLX_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-    out = fopen(dst, "wb");
-    CHECK(out, NMLX_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        CHECK(fwrite(buf, 1, n, out) == n, NMLX_ERR_IO, "%s: write failed", dst);
-    CHECK(!ferror(in), NMLX_ERR_IO, "%s: read failed", src);
-cleanup:
-    if (in) fclose(in);
-    if (out && fclose(out) != 0 && st == NMLX_OK) st = nmlx_fail(NMLX_ERR_IO, "%s: close failed", dst);
-    return st;
-}
-
 static const char *const copied[] = {
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
     "vocab.json",     "merges.txt",            "tokenizer.model",         "added_tokens.json",
     "chat_template.jinja", "chat_template.json", NULL};
 
 static void remove_tree(const char *dir) {
-    char p[4200];
+    char p[4400];
     const char *files[] = {"model.safetensors", "config.json"};
     for (size_t i = 0; i < 2; i++) snprintf(p, sizeof p, "%s/%s", dir, files[i]), unlink(p);
     for (size_t i = 0; copied[i]; i++) snprintf(p, sizeof p, "%s/%s", dir, copied[i]), unlink(p);
     rmdir(dir);
 }
 
+/* Every file of the output is written into `<out_dir>.tmp-<pid>` (same
+ * parent folder, so the final rename stays on one file system) through
+ * io/file_write.h: each file created, written, fsynced and closed, the
+ * folder fsynced, then renamed to out_dir and the parent fsynced. Any
+ * failure removes the temporary folder (or, past the rename, out_dir):
+ * out_dir exists only complete. */
 nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_convert_params *pp) {
     nmlx_status st = NMLX_OK;
     nmlx_convert_params p = pp ? *pp : nmlx_convert_default_params();
     nmlx_weights *ws = NULL;
     json_t *cfg = NULL, *q = NULL;
-    char tmp[4096], path[4200], src[4200];
+    char tmp[4160], path[4300], src[4300], out[4096], parent[4096];
+    char *text = NULL;
     int fd = -1;
-    bool made_tmp = false;
-    CHECK(src_dir && out_dir, NMLX_ERR_INVALID_ARG, "convert: source and output folders needed");
+    bool made_tmp = false, renamed = false;
+    CHECK(src_dir && out_dir && out_dir[0], NMLX_ERR_INVALID_ARG,
+          "convert: source and output folders needed");
+    /* "out/" names the folder out: strip trailing slashes before adding a suffix */
+    size_t olen = strlen(out_dir);
+    while (olen > 1 && out_dir[olen - 1] == '/')
+        olen--;
+    CHECK(olen < sizeof out - 32, NMLX_ERR_INVALID_ARG, "convert: output path is too long");
+    snprintf(out, sizeof out, "%.*s", (int)olen, out_dir);
+    const char *slash = strrchr(out, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == out)
+        snprintf(parent, sizeof parent, "/");
+    else
+        snprintf(parent, sizeof parent, "%.*s", (int)(slash - out), out);
     nmlx_dtype sdt = NMLX_DT_COUNT;
     if (p.dtype) {
-        if (!strcmp(p.dtype, "float32")) sdt = NMLX_DT_F32;
-        else if (!strcmp(p.dtype, "float16")) sdt = NMLX_DT_F16;
-        else if (!strcmp(p.dtype, "bfloat16")) sdt = NMLX_DT_BF16;
-        else CHECK(0, NMLX_ERR_INVALID_ARG, "convert: dtype '%s' (float32, float16, bfloat16)", p.dtype);
+        if (!strcmp(p.dtype, "float32"))
+            sdt = NMLX_DT_F32;
+        else if (!strcmp(p.dtype, "float16"))
+            sdt = NMLX_DT_F16;
+        else if (!strcmp(p.dtype, "bfloat16"))
+            sdt = NMLX_DT_BF16;
+        else
+            CHECK(0, NMLX_ERR_INVALID_ARG, "convert: dtype '%s' (float32, float16, bfloat16)",
+                  p.dtype);
     }
     struct stat sb;
-    CHECK(stat(out_dir, &sb) != 0, NMLX_ERR_INVALID_ARG, "convert: '%s' already exists", out_dir);
+    CHECK(stat(out, &sb) != 0, NMLX_ERR_INVALID_ARG, "convert: '%s' already exists", out);
     snprintf(path, sizeof path, "%s/config.json", src_dir);
     json_error_t jerr;
     cfg = json_load_file(path, 0, &jerr);
-    CHECK(cfg && json_is_object(cfg), NMLX_ERR_FORMAT, "%s: %s", path, cfg ? "not an object" : jerr.text);
+    CHECK(cfg && json_is_object(cfg), NMLX_ERR_FORMAT, "%s: %s", path,
+          cfg ? "not an object" : jerr.text);
     CHECK(!json_object_get(cfg, "quantization") && !json_object_get(cfg, "quantization_config"),
           NMLX_ERR_INVALID_ARG, "%s: the checkpoint is already quantized", path);
     TRY(nmlx_weights_open_dir(src_dir, &ws));
 
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out_dir, (long)getpid());
-    CHECK(mkdir(tmp, 0755) == 0, NMLX_ERR_IO, "convert: cannot create '%s': %s", tmp, strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out, (long)getpid());
+    TRY(nmlx_io_mkdir(tmp, 0755));
     made_tmp = true;
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    CHECK(fd >= 0, NMLX_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    TRY(nmlx_io_create(path, 0644, &fd));
     q = json_pack("{s:i, s:i, s:s}", "group_size", p.group_size, "bits", p.bits, "mode", "affine");
     CHECK(q, NMLX_ERR_NOMEM, "convert: out of memory");
     /* per-module overrides (MoE routers) follow the globals, as mlx-lm writes them */
+    const json_t *tc = json_object_get(cfg, "text_config");
+    const char *mt = json_string_value(json_object_get(cfg, "model_type"));
+    if (!mt && json_is_object(tc)) mt = json_string_value(json_object_get(tc, "model_type"));
     TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q,
-                                          p.on_progress, p.user));
-    CHECK(fsync(fd) == 0 && close(fd) == 0, NMLX_ERR_IO, "%s: cannot flush: %s", path, strerror(errno));
-    fd = -1;
+                                          nmlx_fused_experts_halves(mt), p.on_progress, p.user));
+    TRY(nmlx_io_fsync(fd, path));
+    TRY(nmlx_io_close(&fd, path));
+    /* a source rewritten in place while it was read would give a mixed output */
+    TRY(nmlx_weights_verify(ws));
 
     json_object_set(cfg, "quantization", q);
     json_object_set(cfg, "quantization_config", q);
     if (p.dtype) json_object_set_new(cfg, "torch_dtype", json_string(p.dtype));
     snprintf(path, sizeof path, "%s/config.json", tmp);
-    CHECK(json_dump_file(cfg, path, JSON_INDENT(4) | JSON_PRESERVE_ORDER) == 0, NMLX_ERR_IO,
-          "%s: cannot write", path);
+    text = json_dumps(cfg, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
+    CHECK(text, NMLX_ERR_NOMEM, "%s: out of memory", path);
+    TRY(nmlx_io_create(path, 0644, &fd));
+    TRY(nmlx_io_write_all(fd, path, text, strlen(text)));
+    TRY(nmlx_io_fsync(fd, path));
+    TRY(nmlx_io_close(&fd, path));
     for (size_t i = 0; copied[i]; i++) {
         snprintf(src, sizeof src, "%s/%s", src_dir, copied[i]);
         if (stat(src, &sb) != 0) continue;
         snprintf(path, sizeof path, "%s/%s", tmp, copied[i]);
-        TRY(copy_file(src, path));
+        TRY(nmlx_io_copy_file(src, path));
     }
-    CHECK(rename(tmp, out_dir) == 0, NMLX_ERR_IO, "convert: cannot rename '%s' to '%s': %s", tmp,
-          out_dir, strerror(errno));
+    TRY(nmlx_io_fsync_dir(tmp));
+    TRY(nmlx_io_rename(tmp, out));
     made_tmp = false;
+    renamed = true;
+    st = nmlx_io_fsync_dir(parent);
+    if (st != NMLX_OK)
+        nmlx_error_prefix("convert: %s: flushing its folder failed", out);
+    else
+        renamed = false;
 cleanup:
     if (fd >= 0) close(fd);
     if (made_tmp) remove_tree(tmp);
+    if (renamed) remove_tree(out); /* complete but not durable: report, leave nothing */
+    free(text);
     json_decref(q);
     json_decref(cfg);
     nmlx_weights_close(ws);

@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 nmlx_session_params nmlx_session_default_params(void) {
-    return (nmlx_session_params){
-        .max_context = 0, .kv_bits = 0, .kv_group_size = 64, .quantized_kv_start = 0};
+    return (nmlx_session_params){.max_context = 0,
+                                 .kv_bits = 0,
+                                 .kv_group_size = 64,
+                                 .quantized_kv_start = 0,
+                                 .kv_dtype = NULL};
 }
 
 void nmlx_session_free(nmlx_session *s) {
@@ -49,6 +52,39 @@ static nmlx_status setup_kv_quant(nmlx_session *s, const nmlx_session_params *p)
     for (int64_t i = 0; i < n; i++) {
         if ((st = nmlx_layer_cache_set_quant(&caches[i], &qp, &s->kv_deq)) != NMLX_OK) return st;
     }
+    return NMLX_OK;
+}
+
+/* kv_dtype: the standard caches of the state store keys/values in it. */
+static nmlx_status setup_kv_dtype(nmlx_session *s, const nmlx_session_params *p) {
+    nmlx_model *m = s->model;
+    const char *want = p->kv_dtype;
+    bool auto_pick = !want || !*want || !strcmp(want, "auto");
+    nmlx_dtype dt;
+    if (auto_pick)
+        dt = m->half_dtype == NMLX_DT_F32 ? NMLX_DT_F32 : NMLX_DT_F16;
+    else if (!strcmp(want, "f32"))
+        dt = NMLX_DT_F32;
+    else if (!strcmp(want, "f16"))
+        dt = NMLX_DT_F16;
+    else if (!strcmp(want, "bf16"))
+        dt = NMLX_DT_BF16;
+    else
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "kv_dtype '%s' is not one of auto, f32, f16, bf16",
+                         want);
+    if (dt == NMLX_DT_F32 || p->kv_bits) return NMLX_OK; /* a quantized cache starts f32 */
+    const nmlx_family *f = m->family;
+    if (!nmlx_backend_is_host(m->be) || !f->state_caches) {
+        if (auto_pick) return NMLX_OK;
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "kv_dtype %s: half-precision KV caches run on the CPU backend with the "
+                         "standard families only (backend '%s', family %s)",
+                         want, m->be->ops->name, f->name);
+    }
+    int64_t n = 0;
+    nmlx_layer_cache *caches = f->state_caches(s->state, &n);
+    for (int64_t i = 0; i < n; i++)
+        nmlx_layer_cache_set_dtype(&caches[i], dt);
     return NMLX_OK;
 }
 
@@ -104,6 +140,7 @@ nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params
     TRY(nmlx_sampler_init(&s->sampler, V));
     TRY(m->family->state_create(m->arch, m->be, s->max_context, &s->state));
     if (p.kv_bits) TRY(setup_kv_quant(s, &p));
+    TRY(setup_kv_dtype(s, &p));
     if (m->tok) TRY(nmlx_detokenizer_create(m->tok, 1, &s->detok));
     *out = s;
     s = NULL;
@@ -113,7 +150,8 @@ cleanup:
 }
 
 /* Evaluates ids after any pending token; keeps all rows' logits if asked. */
-nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n, int all_logits) {
+nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
+                                     int all_logits) {
     nmlx_model *m = s->model;
     int64_t V = m->info.vocab_size;
     nmlx_status st = NMLX_OK;
@@ -137,8 +175,7 @@ nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t
     if (all_logits) {
         if (n > s->all_cap) {
             float *grown = nmlx_realloc(s->all_logits, n * (size_t)V * sizeof(float));
-            if (!grown)
-                return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for %zu rows of logits", n);
+            if (!grown) return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for %zu rows of logits", n);
             s->all_logits = grown;
             s->all_cap = n;
         }
@@ -146,8 +183,7 @@ nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t
     }
     s->has_logits = false;
     s->all_rows = 0;
-    st = m->family->forward(m->arch, s->state, m->be, ids, (int64_t)n, s->logits, rows,
-                            &s->cancel);
+    st = m->family->forward(m->arch, s->state, m->be, ids, (int64_t)n, s->logits, rows, &s->cancel);
     if (st != NMLX_OK) return st;
     memcpy(s->history + s->n_history, ids, n * sizeof(int32_t));
     s->n_history += n;
@@ -158,7 +194,8 @@ nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t
 
 nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int all_logits) {
     if (!s || (n > 0 && !ids))
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_eval: session and ids must not be NULL");
+        return nmlx_fail(NMLX_ERR_INVALID_ARG,
+                         "nmlx_session_eval: session and ids must not be NULL");
     atomic_store(&s->cancel, false);
     return nmlx_session_eval_tokens(s, ids, n, all_logits);
 }

@@ -1,7 +1,7 @@
 # Replays the fuzz seed corpus and the regression inputs (tests/fuzz/) through
 # each libFuzzer harness, linked with a plain main(), under this build's flags
 # (ASan with NMLX_SANITIZE=ON). The fuzzers themselves: tests/fuzz/README.md.
-foreach(h tokenizer_load tokenize detokenize safetensors config model_config)
+foreach(h tokenizer_load tokenize detokenize safetensors config model_config aux_config)
   add_executable(fuzz_replay_${h} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_${h}.c
                                   ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/replay_main.c)
   target_include_directories(fuzz_replay_${h} PRIVATE ${CMAKE_SOURCE_DIR}/src)

@@ -8,6 +8,7 @@
 #include "io/config.h"
 #include "io/config_schema.h"
 #include "shared/gemma3n_model.h"
+#include "shared/llama4_model.h"
 #include "shared/standard_model.h"
 
 #include <math.h>
@@ -479,7 +480,8 @@ static void test_schema_coverage(void) {
             }
     }
     static const char *const files[] = {"src/shared/standard_model.c", "src/shared/gemma3n_model.c",
-                                        "src/shared/rope_setup.c", "src/model.c"};
+                                        "src/shared/llama4_model.c", "src/shared/rope_setup.c",
+                                        "src/model.c"};
     static const char *const getters[] = {"nmlx_cfg_int(",        "nmlx_cfg_float(",
                                           "nmlx_cfg_string(",     "nmlx_cfg_int_list(",
                                           "nmlx_cfg_float_list(", "nmlx_cfg_string_list(",
@@ -605,6 +607,27 @@ static void test_family_defaults(void) {
                        nmlx_domain_check_num(f->name, "final_logit_softcapping",
                                              "final_logit_softcapping",
                                              d->final_logit_softcapping) == NMLX_OK,
+                   "%s", nmlx_last_error());
+        } else if (f->build == nmlx_l4_build) {
+            const nmlx_l4_def *d = f->def;
+            eps = d->rms_norm_eps, theta = d->rope_theta, maxpos = d->max_position_embeddings;
+            hd = d->head_dim, act = d->hidden_act, act_key = "hidden_act";
+            EXPECT(nmlx_domain_check_int(f->name, "attention_chunk_size", "attention_chunk_size",
+                                         d->attention_chunk_size) == NMLX_OK &&
+                       nmlx_domain_check_num(f->name, "floor_scale", "floor_scale",
+                                             d->floor_scale) == NMLX_OK &&
+                       nmlx_domain_check_num(f->name, "attn_scale", "attn_scale", d->attn_scale) ==
+                           NMLX_OK &&
+                       nmlx_domain_check_int(f->name, "interleave_moe_layer_step",
+                                             "interleave_moe_layer_step",
+                                             d->interleave_moe_layer_step) == NMLX_OK &&
+                       nmlx_domain_check_int(f->name, "no_rope_layer_interval",
+                                             "no_rope_layer_interval",
+                                             d->no_rope_layer_interval) == NMLX_OK &&
+                       (!d->intermediate_size_mlp ||
+                        nmlx_domain_check_int(f->name, "intermediate_size_mlp",
+                                              "intermediate_size_mlp",
+                                              d->intermediate_size_mlp) == NMLX_OK),
                    "%s", nmlx_last_error());
         } else {
             EXPECT(0, "family %s: unknown def type", f->name);

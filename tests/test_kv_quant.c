@@ -276,6 +276,7 @@ static bool run_model(nmlx_model *m, const int32_t *prompt, size_t np, int bits,
         sp.kv_bits = bits;
         sp.kv_group_size = groups[gi];
         sp.quantized_kv_start = start;
+        sp.kv_dtype = "f32"; /* the reference: a full-precision cache */
         r->group = groups[gi];
         if (nmlx_session_create(m, &sp, &s) != NMLX_OK) s = NULL;
         if (!bits) break;

@@ -1157,7 +1157,7 @@ static void cfg_variant(const char *name, const char *json, size_t len, void *ct
 static void test_config_files(void) {
     static const char *const fixtures[] = {"qwen3",           "gemma3_text", "phi3_longrope",
                                            "ministral3_yarn", "mistral3_mm",
-                                           "quant_llama_q4g64_f16"};
+                                           "quant_llama_q4g64_f16", "llama4_mm"};
     for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) {
         cur_fixture = fixtures[f];
         char *src = path_join(fixture_root, fixtures[f]);
@@ -1436,9 +1436,9 @@ static const domain_case DOMAIN_CASES[] = {
      "\"original_max_position_embeddings\":128}",
      NMLX_ERR_INVALID_MODEL, "rope_parameters.beta_fast"},
     {"qwen3", "-",
-     "{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,\"high_freq_factor\":1,"
+     "{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":0,\"high_freq_factor\":1,"
      "\"rope_theta\":10000,\"original_max_position_embeddings\":128}",
-     NMLX_ERR_INVALID_MODEL, "high_freq_factor"},
+     NMLX_ERR_INVALID_MODEL, "low_freq_factor"},
     {"phi3_longrope", "rope_scaling",
      "{\"rope_type\":\"longrope\",\"short_factor\":[1,1,-1,1],\"long_factor\":[1,1,1,1],"
      "\"original_max_position_embeddings\":16}",
@@ -1463,6 +1463,30 @@ static const domain_case DOMAIN_CASES[] = {
     {"qwen3", "head_dim", "8", NMLX_ERR_INVALID_MODEL, "proj"},
     {"qwen3_moe", "num_local_experts", "5", NMLX_ERR_INVALID_MODEL, "mlp.gate"},
     {"gemma3n", "laurel_rank", "5", NMLX_ERR_INVALID_MODEL, "laurel"},
+    /* Llama 4 */
+    {"llama4_text", "attention_chunk_size", "0", NMLX_ERR_INVALID_MODEL, "attention_chunk_size"},
+    {"llama4_text", "moe_layers", "[1, 4]", NMLX_ERR_INVALID_MODEL, "moe_layers[1]"},
+    {"llama4_text", "moe_layers", "[-1]", NMLX_ERR_INVALID_MODEL, "moe_layers"},
+    {"llama4_text", "moe_layers", "\"all\"", NMLX_ERR_FORMAT, "moe_layers"},
+    {"llama4_text", "interleave_moe_layer_step", "0", NMLX_ERR_INVALID_MODEL,
+     "interleave_moe_layer_step"},
+    {"llama4_text", "no_rope_layers", "[1, 0, 1]", NMLX_ERR_INVALID_MODEL, "no_rope_layers"},
+    {"llama4_text", "no_rope_layers", "[1, 2, 1, 0]", NMLX_ERR_INVALID_MODEL, "no_rope_layers[1]"},
+    {"llama4_text", "layer_types",
+     "[\"chunked_attention\",\"sliding_attention\",\"full_attention\",\"full_attention\"]",
+     NMLX_ERR_UNSUPPORTED, "layer_types[1]"},
+    {"llama4_text", "layer_types", "[\"chunked_attention\"]", NMLX_ERR_INVALID_MODEL,
+     "layer_types"},
+    {"llama4_text", "floor_scale", "0", NMLX_ERR_INVALID_MODEL, "floor_scale"},
+    {"llama4_text", "attn_scale", "-0.5", NMLX_ERR_INVALID_MODEL, "attn_scale"},
+    {"llama4_text", "attn_temperature_tuning", "-1", NMLX_ERR_INVALID_MODEL,
+     "attn_temperature_tuning"},
+    {"llama4_text", "num_experts_per_tok", "5", NMLX_ERR_INVALID_MODEL, "num_experts_per_tok"},
+    {"llama4_text", "intermediate_size_mlp", "47", NMLX_ERR_INVALID_MODEL, "feed_forward"},
+    {"llama4_text", "intermediate_size", "23", NMLX_ERR_INVALID_MODEL, "feed_forward"},
+    {"llama4_mm", "num_local_experts", "4", NMLX_ERR_INVALID_MODEL, "feed_forward.router"},
+    {"llama4_mm", "moe_layers", "[0, 1]", NMLX_ERR_FORMAT, "layers.1.feed_forward.router"},
+    {"llama4_mm", "num_hidden_layers", "4", NMLX_ERR_INVALID_MODEL, "num_hidden_layers"},
     /* quantization entry */
     {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":64,\"bits\":0,\"mode\":\"affine\"}",
      NMLX_ERR_INVALID_MODEL, "quantization.bits"},

@@ -8,6 +8,7 @@
 
 #include "io/safetensors.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -558,6 +559,114 @@ static void test_release(void) {
     free_tensors(ts, 2);
 }
 
+/* Sizes chosen to overflow: products of dims past 2^64, bytes past 2^64,
+ * offsets at the top of the integer range, a header that claims the whole
+ * file, tensors exactly at the end and one byte past it. */
+static void test_hostile_sizes(void) {
+    char *p = path_in(tmp_root, "hostile.safetensors");
+    write_header(p,
+                 "{\"a\":{\"dtype\":\"U8\",\"shape\":[4294967296,4294967296,2],"
+                 "\"data_offsets\":[0,8]}}",
+                 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'a'", "too large"); /* dims product wraps 2^64 */
+    write_header(p,
+                 "{\"b\":{\"dtype\":\"F32\",\"shape\":[4611686018427387905],"
+                 "\"data_offsets\":[0,4]}}",
+                 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'b'", NULL); /* numel * 4 wraps */
+    write_header(p,
+                 "{\"c\":{\"dtype\":\"U8\",\"shape\":[8],"
+                 "\"data_offsets\":[9223372036854775807,9223372036854775807]}}",
+                 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'c'", NULL);
+    write_header(p,
+                 "{\"d\":{\"dtype\":\"U8\",\"shape\":[9223372036854775807],"
+                 "\"data_offsets\":[0,9223372036854775807]}}",
+                 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'d'", "past");
+    /* a zero dim makes any product 0; the huge dim alone does not overflow */
+    write_header(p,
+                 "{\"z\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,0],"
+                 "\"data_offsets\":[8,8]}}",
+                 8);
+    nmlx_weights *w = NULL;
+    EXPECT(nmlx_weights_open_file(p, &w) == NMLX_OK, "zero-dim tensor: %s", nmlx_last_error());
+    nmlx_weights_close(w);
+    /* exactly at the end of the file, then one byte past it */
+    write_header(p, "{\"e\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[5,8]}}", 8);
+    w = NULL;
+    EXPECT(nmlx_weights_open_file(p, &w) == NMLX_OK, "tensor at the end: %s", nmlx_last_error());
+    nmlx_weights_close(w);
+    write_header(p, "{\"e\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[6,9]}}", 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'e'", "past");
+    /* a header length claiming exactly the rest of the file: no data region */
+    write_header(p, "{\"f\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 0);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'f'", "truncated");
+    /* the same bytes claimed twice in reverse order, and nested */
+    write_header(p,
+                 "{\"g2\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]},"
+                 "\"g1\":{\"dtype\":\"U8\",\"shape\":[5],\"data_offsets\":[0,5]}}",
+                 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "overlap", NULL);
+    /* dtype and shape that disagree with the span, both ways */
+    write_header(p, "{\"h\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'h'", "need 6");
+    write_header(p, "{\"h\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8);
+    FILE_FAILS(p, NMLX_ERR_FORMAT, "'h'", "need 8");
+}
+
+/* A mapped file changed on disk (nmlx_weights_verify): replaced by a rename
+ * or deleted is harmless; rewritten in place or truncated is reported. */
+static void test_changed_on_disk(void) {
+    char *p = path_in(tmp_root, "live.safetensors");
+    char *q = path_in(tmp_root, "live.safetensors.new");
+    const char *hdr = "{\"w\":{\"dtype\":\"U8\",\"shape\":[4096],\"data_offsets\":[0,4096]}}";
+    char pbuf[512], qbuf[512];
+    snprintf(pbuf, sizeof pbuf, "%s", p);
+    snprintf(qbuf, sizeof qbuf, "%s", q);
+    nmlx_weights *w = NULL;
+
+    /* replaced by a rename: the mapping keeps the old bytes */
+    write_header(pbuf, hdr, 4096);
+    EXPECT(nmlx_weights_open_file(pbuf, &w) == NMLX_OK, "%s", nmlx_last_error());
+    if (!w) return;
+    unsigned char first = *(const unsigned char *)nmlx_weights_find(w, "w")->data;
+    write_header(qbuf, hdr, 4096);
+    EXPECT(rename(qbuf, pbuf) == 0, "rename");
+    EXPECT(nmlx_weights_verify(w) == NMLX_OK, "replaced by rename: %s", nmlx_last_error());
+    EXPECT(*(const unsigned char *)nmlx_weights_find(w, "w")->data == first, "old bytes kept");
+    nmlx_weights_close(w);
+
+    /* deleted: fine */
+    w = NULL;
+    EXPECT(nmlx_weights_open_file(pbuf, &w) == NMLX_OK, "%s", nmlx_last_error());
+    unlink(pbuf);
+    EXPECT(nmlx_weights_verify(w) == NMLX_OK, "deleted: %s", nmlx_last_error());
+    nmlx_weights_close(w);
+
+    /* rewritten in place, same size */
+    write_header(pbuf, hdr, 4096);
+    w = NULL;
+    EXPECT(nmlx_weights_open_file(pbuf, &w) == NMLX_OK, "%s", nmlx_last_error());
+    EXPECT(nmlx_weights_verify(w) == NMLX_OK, "unchanged: %s", nmlx_last_error());
+    int fd = open(pbuf, O_WRONLY);
+    EXPECT(fd >= 0 && pwrite(fd, "xyz", 3, 200) == 3, "pwrite");
+    /* a modification time surely different from the open's */
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {12345, 678}};
+    if (fd >= 0) futimens(fd, ts), close(fd);
+    EXPECT(nmlx_weights_verify(w) == NMLX_ERR_IO && strstr(nmlx_last_error(), "modified") &&
+               strstr(nmlx_last_error(), "live.safetensors"),
+           "rewritten in place: %s", nmlx_last_error());
+
+    /* truncated in place: reported before anything reads past the end */
+    EXPECT(truncate(pbuf, 100) == 0, "truncate");
+    EXPECT(nmlx_weights_verify(w) == NMLX_ERR_IO && strstr(nmlx_last_error(), "truncated") &&
+               strstr(nmlx_last_error(), "live.safetensors"),
+           "truncated: %s", nmlx_last_error());
+    nmlx_weights_close(w);
+    unlink(pbuf);
+}
+
 int main(void) {
     test_seed(20250611);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/nmlx_st_XXXXXX");
@@ -570,6 +679,8 @@ int main(void) {
     test_malformed_files();
     test_folders();
     test_release();
+    test_hostile_sizes();
+    test_changed_on_disk();
     nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

@@ -34,7 +34,76 @@ static void check_freq(nmlx_sampler *s, const nmlx_sampler_params *p, const floa
     }
 }
 
+/* The filters on a large vocabulary (the fast paths: heap top-k, banded
+ * top-p), checked for the properties that define them on distributions that
+ * are flat, peaked, full of ties, or nearly one-hot:
+ *  - top-k keeps exactly the tokens >= the k-th largest probability;
+ *  - top-p keeps a set no dropped token beats, whose mass reaches top_p, and
+ *    that falls short of top_p without its least likely member. */
+static void test_filters_large(void) {
+    enum { LV = 50000 };
+    nmlx_sampler s;
+    EXPECT(nmlx_sampler_init(&s, LV) == NMLX_OK, "init large");
+    float *logits = malloc(LV * sizeof(float)), *probs = malloc(LV * sizeof(float));
+    for (int kind = 0; kind < 4; kind++)
+        for (int rep = 0; rep < 3; rep++) {
+            for (int i = 0; i < LV; i++) {
+                float u = test_randf(-1.0f, 1.0f);
+                logits[i] = kind == 0   ? 4 * u                                  /* flat */
+                            : kind == 1 ? 4 * u + (i % 997 == 0 ? 14.0f : 0.0f) /* peaked */
+                            : kind == 2 ? (float)((int)(3 * u))                 /* ties */
+                                        : 2 * u + (i == 12345 ? 40.0f : 0.0f);  /* one-hot */
+            }
+            const int ks[] = {1, 20, 256, 1000};
+            const float ps[] = {0.5f, 0.9f, 0.95f, 0.999f};
+            for (int c = 0; c < 4; c++) {
+                nmlx_sampler_params p = nmlx_sampler_default_params();
+                p.temperature = 0.8f;
+                /* reference probabilities: the unfiltered softmax */
+                memcpy(probs, nmlx_sampler_probs(&s, &p, logits, NULL, 0), LV * sizeof(float));
+                /* top-k alone */
+                p.top_k = ks[c];
+                const float *q = nmlx_sampler_probs(&s, &p, logits, NULL, 0);
+                float qmax = 0, pmax = 0;
+                for (int i = 0; i < LV; i++) qmax = fmaxf(qmax, q[i]), pmax = fmaxf(pmax, probs[i]);
+                int kept = 0, bad = 0;
+                float min_kept = INFINITY, max_dropped = 0;
+                for (int i = 0; i < LV; i++) {
+                    if (q[i] > 0) kept++, min_kept = fminf(min_kept, probs[i]);
+                    else max_dropped = fmaxf(max_dropped, probs[i]);
+                    /* kept probabilities keep their ratios (their normalisation
+                     * is the sampler's business) */
+                    if (q[i] > 0 && fabs(q[i] / qmax - probs[i] / pmax) > 1e-5 * (probs[i] / pmax))
+                        bad++;
+                }
+                int above = 0; /* tokens strictly above the smallest kept one */
+                for (int i = 0; i < LV; i++) above += probs[i] > min_kept;
+                EXPECT(bad == 0 && kept >= ks[c] && above < ks[c] && max_dropped < min_kept,
+                       "top_k %d (kind %d): kept %d, %d above the cut, dropped max %g vs kept "
+                       "min %g",
+                       ks[c], kind, kept, above, max_dropped, min_kept);
+                /* top-p alone */
+                p.top_k = 0;
+                p.top_p = ps[c];
+                q = nmlx_sampler_probs(&s, &p, logits, NULL, 0);
+                double mass = 0;
+                min_kept = INFINITY, max_dropped = 0;
+                for (int i = 0; i < LV; i++) {
+                    if (q[i] > 0) mass += probs[i], min_kept = fminf(min_kept, probs[i]);
+                    else max_dropped = fmaxf(max_dropped, probs[i]);
+                }
+                EXPECT(max_dropped <= min_kept && mass >= ps[c] * (1 - 1e-5) &&
+                           mass - min_kept < ps[c] * (1 + 1e-5),
+                       "top_p %g (kind %d): mass %.6f, least kept %g, most dropped %g",
+                       (double)ps[c], kind, mass, min_kept, max_dropped);
+            }
+        }
+    free(logits), free(probs);
+    nmlx_sampler_free(&s);
+}
+
 int main(void) {
+    test_filters_large();
     nmlx_sampler s;
     EXPECT(nmlx_sampler_init(&s, V) == NMLX_OK, "init");
     nmlx_sampler_params p = nmlx_sampler_default_params();

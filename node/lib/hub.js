@@ -8,10 +8,18 @@
 // from blobs/<etag>.incomplete with an HTTP Range request; every file is
 // checked against the size and hash the hub lists (sha256 for LFS files, the
 // git blob sha1 for the others) before it enters the cache.
+// Writes are durable and never leave a file half-written under its final
+// name: a blob is written to <etag>.incomplete (short writes continued),
+// verified, fsynced, renamed, its folder fsynced; refs/<revision> is
+// written to a temporary, fsynced and renamed. A local write failure (ENOSPC,
+// EIO ...) is NMLX_ERR_IO naming the file and the cause, and removes the
+// .incomplete (a dropped connection keeps it, to resume). Every create,
+// write, fsync, close and rename goes through `io` below, where a test hook
+// (_failIoAfterForTest) makes the Nth one fail.
 // Environment: HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE.
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, symlinkSync,
-  statSync, unlinkSync, openSync, writeSync, closeSync, readlinkSync, lstatSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, symlinkSync,
+  statSync, unlinkSync, openSync, writeSync, closeSync, fsyncSync, readlinkSync, lstatSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { NmlxError, codes, invalid } from "./errors.js";
@@ -19,6 +27,117 @@ import { NmlxError, codes, invalid } from "./errors.js";
 const NEEDED = new Set(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
   "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "model.safetensors.index.json"]);
 const RETRIES = 5;
+
+// ---- writes, with fault injection -------------------------------------------
+
+let faultAfter = 0, faultCode = null;
+
+/**
+ * Test hook: the Nth write operation from now (open for writing, write,
+ * fsync, close, rename, symlink, mkdir) fails with `code` ("ENOSPC", "EIO" ...) or,
+ * with code "short", a write stores only half its bytes. 0 turns it off.
+ * Returns nothing; _ioFaultPendingForTest() says whether it was reached.
+ */
+export function _failIoAfterForTest(n, code) {
+  faultAfter = n;
+  faultCode = code;
+}
+export const _ioFaultPendingForTest = () => faultAfter > 0;
+
+function fault(syscall, path) {
+  if (faultAfter <= 0 || --faultAfter > 0) return null;
+  if (faultCode === "short") return "short";
+  const e = new Error(`${faultCode}: injected fault, ${syscall} '${path}'`);
+  e.code = faultCode;
+  e.syscall = syscall;
+  e.path = path;
+  return e;
+}
+
+const io = {
+  open(path, flags) {
+    const f = fault("open", path);
+    if (f instanceof Error) throw f;
+    return openSync(path, flags);
+  },
+  // every byte of buf, continuing short writes
+  writeAll(fd, buf, path) {
+    for (let off = 0; off < buf.length;) {
+      let len = buf.length - off;
+      const f = fault("write", path);
+      if (f instanceof Error) throw f;
+      if (f === "short" && len > 1) len >>= 1;
+      const n = writeSync(fd, buf, off, len);
+      if (n <= 0) throw Object.assign(new Error(`write '${path}' made no progress`), { code: "EIO" });
+      off += n;
+    }
+  },
+  fsync(fd, path) {
+    const f = fault("fsync", path);
+    if (f instanceof Error) throw f;
+    fsyncSync(fd);
+  },
+  close(fd, path) {
+    const f = fault("close", path);
+    closeSync(fd); // the descriptor is released whatever close reports
+    if (f instanceof Error) throw f;
+  },
+  mkdirs(path, what) {
+    const f = fault("mkdir", path);
+    try {
+      if (f instanceof Error) throw f;
+      mkdirSync(path, { recursive: true });
+    } catch (e) {
+      throw ioError(what, path, e);
+    }
+  },
+  rename(from, to) {
+    const f = fault("rename", from);
+    if (f instanceof Error) throw f;
+    renameSync(from, to);
+  },
+  symlink(target, path) {
+    const f = fault("symlink", path);
+    if (f instanceof Error) throw f;
+    symlinkSync(target, path);
+  },
+  fsyncDir(dir) {
+    const fd = io.open(dir, "r");
+    try {
+      io.fsync(fd, dir);
+    } finally {
+      io.close(fd, dir);
+    }
+  },
+};
+
+function ioError(file, path, e) {
+  return new NmlxError("NMLX_ERR_IO", `${file}: cannot write ${path}: ${e.message}`, { cause: e });
+}
+
+const tryUnlink = (path) => { try { unlinkSync(path); } catch { /* already gone */ } };
+
+let tmpSeq = 0;
+/** Writes data to path through a temporary in the same folder (fsync, rename). */
+function writeFileAtomic(path, data, what) {
+  const tmp = `${path}.tmp-${process.pid}-${tmpSeq++}`;
+  let fd = -1, renamed = false;
+  try {
+    fd = io.open(tmp, "wx");
+    io.writeAll(fd, Buffer.from(data), tmp);
+    io.fsync(fd, tmp);
+    const f = fd;
+    fd = -1;
+    io.close(f, tmp);
+    io.rename(tmp, path);
+    renamed = true;
+    io.fsyncDir(dirname(path));
+  } catch (e) {
+    if (fd >= 0) try { closeSync(fd); } catch { /* closed */ }
+    if (!renamed) tryUnlink(tmp);
+    throw ioError(what, path, e);
+  }
+}
 
 const truthy = (v) => ["1", "true", "yes", "on"].includes(String(v ?? "").toLowerCase());
 
@@ -114,13 +233,17 @@ async function hashFile(path, hash) {
 
 function linkSnapshot(repoDir, commit, file, etag) {
   const link = join(repoDir, "snapshots", commit, file);
-  mkdirSync(dirname(link), { recursive: true });
+  io.mkdirs(dirname(link), file);
   const target = relative(dirname(link), join(repoDir, "blobs", etag));
   try {
     if (lstatSync(link) && readlinkSync(link) === target) return;
     unlinkSync(link);
   } catch { /* no link yet */ }
-  symlinkSync(target, link);
+  try {
+    io.symlink(target, link); // a symlink appears whole or not at all
+  } catch (e) {
+    throw ioError(file, link, e);
+  }
 }
 
 /**
@@ -171,7 +294,7 @@ export async function snapshotDownload(repoId, opts = {}) {
   });
   const totalBytes = plan.reduce((a, p) => a + p.size, 0);
   let totalDownloaded = 0;
-  mkdirSync(join(repoDir, "blobs"), { recursive: true });
+  io.mkdirs(join(repoDir, "blobs"), repoId);
 
   for (const p of plan) {
     const blob = join(repoDir, "blobs", p.etag);
@@ -185,8 +308,8 @@ export async function snapshotDownload(repoId, opts = {}) {
     linkSnapshot(repoDir, commit, p.file, p.etag);
   }
   if (revision !== commit) {
-    mkdirSync(join(repoDir, "refs"), { recursive: true });
-    writeFileSync(join(repoDir, "refs", revision), commit);
+    io.mkdirs(join(repoDir, "refs"), `refs/${revision}`);
+    writeFileAtomic(join(repoDir, "refs", revision), commit, `refs/${revision}`);
   }
   return join(repoDir, "snapshots", commit);
 }
@@ -209,21 +332,37 @@ async function downloadBlob(p, blob, url, { token, signal, repoId, progress }) {
       throw httpError(res, `downloading ${p.file}`, repoId);
     }
     if (have && res.status !== 206) have = 0; // no Range support: start over
-    const fd = openSync(part, have ? "a" : "w");
+    let fd = -1;
     try {
+      fd = io.open(part, have ? "a" : "w");
       let n = have;
       progress(n);
       for await (const chunk of res.body) {
-        writeSync(fd, chunk);
+        try {
+          io.writeAll(fd, chunk, part);
+        } catch (e) {
+          throw new LocalWriteError(e);
+        }
         n += chunk.length;
         progress(Math.min(n, p.size));
       }
       lastError = null;
     } catch (e) {
-      if (signal?.aborted) throw e;
+      if (fd < 0 || e instanceof LocalWriteError) { // the disk, not the network: nothing to resume
+        if (fd >= 0) try { closeSync(fd); } catch { /* closed */ }
+        tryUnlink(part);
+        throw ioError(p.file, part, e.cause ?? e);
+      }
+      if (signal?.aborted) { closeIgnoring(fd); throw e; }
       lastError = e; // connection dropped: resume from what we have
-    } finally {
-      closeSync(fd);
+    }
+    try {
+      const f = fd;
+      fd = -1;
+      io.close(f, part);
+    } catch (e) {
+      tryUnlink(part);
+      throw ioError(p.file, part, e);
     }
     if (!lastError) break;
   }
@@ -236,5 +375,30 @@ async function downloadBlob(p, blob, url, { token, signal, repoId, progress }) {
     throw new NmlxError(codes.INTEGRITY, `${p.file}: downloaded ${size} bytes with ${p.lfs ? "sha256" : "git sha1"} ` +
       `${digest}, the hub lists ${p.size} bytes and ${p.etag}`);
   }
-  renameSync(part, blob);
+  // durable before it enters the cache under its final name
+  let fd = -1, renamed = false;
+  try {
+    fd = io.open(part, "r+");
+    io.fsync(fd, part);
+    const f = fd;
+    fd = -1;
+    io.close(f, part);
+    io.rename(part, blob);
+    renamed = true;
+    io.fsyncDir(dirname(blob));
+  } catch (e) {
+    if (fd >= 0) closeIgnoring(fd);
+    if (!renamed) tryUnlink(part);
+    throw ioError(p.file, renamed ? blob : part, e);
+  }
+}
+
+class LocalWriteError extends Error {
+  constructor(cause) {
+    super(cause.message, { cause });
+  }
+}
+
+function closeIgnoring(fd) {
+  try { closeSync(fd); } catch { /* closed */ }
 }

@@ -44,18 +44,20 @@ export class Scheduler {
    * per round; 0 = whole prompts).
    */
   constructor(model, { maxBatch = 4, maxQueue = 64, cacheSize, contextLength = 0, prefillChunk = 256 } = {}) {
-    const int = (v, name, min) => {
-      if (!Number.isInteger(v) || v < min) throw invalid(`Scheduler: ${name} must be an integer >= ${min}`);
+    const int = (v, name, min, max = Number.MAX_SAFE_INTEGER) => {
+      if (!Number.isInteger(v) || v < min || v > max) {
+        throw invalid(`Scheduler: ${name} must be an integer in [${min}, ${max}]`);
+      }
       return v;
     };
     this.#model = model;
-    this.#maxBatch = int(maxBatch, "maxBatch", 1);
+    this.#maxBatch = int(maxBatch, "maxBatch", 1, 4096);
     this.#maxQueue = int(maxQueue, "maxQueue", 0);
     this.#cacheSize = int(cacheSize ?? maxBatch, "cacheSize", 0);
     int(contextLength, "contextLength", 0);
     this.#ctx = contextLength || model.info.contextLength;
     const h = model._nativeHandle();
-    this.#sched = native.schedCreate(h, int(prefillChunk, "prefillChunk", 0));
+    this.#sched = native.schedCreate(h, int(prefillChunk, "prefillChunk", 0), this.#maxBatch);
     this.#submit = (session, ids, opts, onData, onDone) =>
       native.schedSubmit(this.#sched, session, ids, opts, onData, onDone);
   }
@@ -63,9 +65,14 @@ export class Scheduler {
   /** Tokens one sequence may hold (prompt + completion). */
   get contextLength() { return this.#ctx; }
   get maxBatch() { return this.#maxBatch; }
-  /** Counts for /health: running, waiting, cached sessions; sequences completed, cancelled, failed. */
+  /**
+   * Counts for /health: running, waiting, cached sessions; sequences completed, cancelled, failed;
+   * batchedSteps and batchedTokens (decode steps that advanced several sequences at once, and
+   * the tokens they evaluated).
+   */
   get stats() {
-    return { active: this.#active.size, waiting: this.#waiting.length, cached: this.#cache.length, ...this.#counts };
+    return { active: this.#active.size, waiting: this.#waiting.length, cached: this.#cache.length, ...this.#counts,
+      ...native.schedStats(this.#sched) };
   }
 
   /**

@@ -347,6 +347,7 @@ static napi_value init(napi_env env, napi_value exports) {
         {"schedCreate", NULL, addon_sched_create, NULL, NULL, NULL, napi_default, NULL},
         {"schedSubmit", NULL, addon_sched_submit, NULL, NULL, NULL, napi_default, NULL},
         {"schedClose", NULL, addon_sched_close, NULL, NULL, NULL, napi_default, NULL},
+        {"schedStats", NULL, addon_sched_stats, NULL, NULL, NULL, napi_default, NULL},
     };
     NAPI_TRY(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
     return exports;

@@ -56,6 +56,7 @@ napi_value addon_generate(napi_env env, napi_callback_info info);
 napi_value addon_sched_create(napi_env env, napi_callback_info info);
 napi_value addon_sched_submit(napi_env env, napi_callback_info info);
 napi_value addon_sched_close(napi_env env, napi_callback_info info);
+napi_value addon_sched_stats(napi_env env, napi_callback_info info);
 
 #define NAPI_TRY(env, call)                                                                        \
     do {                                                                                           \

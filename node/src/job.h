@@ -38,6 +38,7 @@ typedef struct gen_job {
     size_t off;              /* prompt tokens evaluated so far */
     int32_t pending;         /* sampled, not yet evaluated; -1 if none */
     bool started, ready;     /* ready: this round's forward left logits to sample */
+    bool batched;            /* this round's batched step evaluated its pending token */
     double t0, t_first;
     nmlx_generate_result res;
     /* shared, under mu */

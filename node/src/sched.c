@@ -1,13 +1,16 @@
 /* The scheduler of the server (lib/scheduler.js): one native thread per
  * scheduler steps every submitted sequence (a generation job on its own
- * session) round-robin, one forward pass per sequence per round: a prompt
- * chunk of at most `prefillChunk` tokens, or one decode token. So a new long
- * prompt is prefilled in chunks between the decode steps of running streams,
- * and N streams advance together instead of one after another. The model is
- * used by this thread only. Batched decode (one forward for all decoding
- * sequences, weights read once per step) slots into the thread's round where each
- * decoding sequence now gets its own eval: each round runs every job's
- * forward pass first, then samples every job that has logits.
+ * session). Each round:
+ *   1. every decoding sequence's pending token (sampled last round) is
+ *      evaluated in one batched step (nmlx_batch_eval: the weights are read
+ *      once for all of them, and on the CPU each sequence's logits equal a
+ *      lone eval's bit for bit below 16 sequences);
+ *   2. every sequence still prefilling evaluates one prompt chunk of at most
+ *      `prefillChunk` tokens, so a new long prompt is prefilled between the
+ *      decode steps of running streams instead of stalling them;
+ *   3. a token is sampled for every sequence whose forward left logits.
+ * If the batched step fails (say one session's context is full), its
+ * sequences are evaluated one by one instead, so only the one at fault ends.
  *
  * Each job behaves like nmlx_generate: the session's generator is seeded with
  * the job's seed, tokens are sampled with nmlx_session_sample (repetition
@@ -15,7 +18,7 @@
  * evaluated (the session holds prompt + all generated tokens but the last),
  * and text, stop strings and delivery to JS go through gen.c's job.
  *
- *   schedCreate(model, prefillChunk) -> handle
+ *   schedCreate(model, prefillChunk, maxBatch) -> handle
  *   schedSubmit(handle, session, ids, opts, onData, onDone)   (as generate())
  *   schedClose(handle)   cancels what runs or waits; the thread ends
  * Cancel one sequence with sessionCancel(session). */
@@ -29,6 +32,16 @@
 typedef struct sched {
     napi_ref model_ref; /* keeps the model's external (and model) alive */
     int prefill_chunk;
+    int max_batch;       /* sequences per batched decode step */
+    /* the thread's own: the batched step's buffers (created at first use;
+     * NULL if that failed: then sequences decode one by one) */
+    nmlx_batch *batch;
+    bool batch_tried;
+    /* counters for schedStats (read from JS while the thread runs) */
+    atomic_llong batched_steps, batched_tokens;
+    nmlx_session **b_sessions;
+    int32_t *b_ids;
+    gen_job **b_jobs;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     gen_job *incoming;                     /* submitted, not yet taken by the thread (under mu) */
@@ -147,6 +160,53 @@ static bool sample(gen_job *j) {
     return false;
 }
 
+/* Can the job's forward this round be its pending token in the batch? */
+static bool batchable(const gen_job *j) {
+    return j->started && j->off >= j->n_prompt && j->pending >= 0 && !atomic_load(&j->abort);
+}
+
+/* Step 1 of a round: the pending tokens of up to max_batch decoding jobs in
+ * one batched eval. Marks the jobs it advanced (j->batched); the others run
+ * their own forward. */
+static void batched_step(sched *sc, gen_job *active) {
+    if (!sc->batch_tried) {
+        sc->batch_tried = true;
+        size_t n = (size_t)sc->max_batch;
+        sc->b_sessions = malloc(n * sizeof *sc->b_sessions);
+        sc->b_ids = malloc(n * sizeof *sc->b_ids);
+        sc->b_jobs = malloc(n * sizeof *sc->b_jobs);
+        /* the model of the job's session, alive while the session is; the
+         * batch only takes a reference on it (hence the cast) */
+        if (sc->b_sessions && sc->b_ids && sc->b_jobs)
+            nmlx_batch_create((nmlx_model *)active->sess->model, sc->max_batch, &sc->batch);
+    }
+    if (!sc->batch) return;
+    int k = 0;
+    for (gen_job *j = active; j && k < sc->max_batch; j = j->next)
+        if (batchable(j)) {
+            sc->b_sessions[k] = j->sess->session;
+            sc->b_ids[k] = j->pending;
+            sc->b_jobs[k++] = j;
+        }
+    if (k < 2) return; /* one sequence: its own eval is the same work */
+    if (nmlx_batch_eval(sc->batch, sc->b_sessions, sc->b_ids, (size_t)k) != NMLX_OK) return;
+    for (int i = 0; i < k; i++) {
+        sc->b_jobs[i]->pending = -1;
+        sc->b_jobs[i]->batched = true;
+    }
+    atomic_fetch_add(&sc->batched_steps, 1);
+    atomic_fetch_add(&sc->batched_tokens, k);
+}
+
+static void sched_thread_cleanup(sched *sc) {
+    nmlx_batch_free(sc->batch);
+    free(sc->b_sessions);
+    free(sc->b_ids);
+    free(sc->b_jobs);
+    sc->batch = NULL;
+    sc->b_sessions = NULL, sc->b_ids = NULL, sc->b_jobs = NULL;
+}
+
 static void *sched_thread(void *arg) {
     sched *sc = arg;
     gen_job *active = NULL, **tail = &active;
@@ -162,13 +222,18 @@ static void *sched_thread(void *arg) {
             for (gen_job *j = active; j; j = j->next)
                 atomic_store(&j->abort, true);
         if (!active && closing) break;
-        /* One round. First every active job's forward pass: a prompt chunk
-         * for those prefilling, the pending token for those decoding (batched
-         * decode will make the latter one forward over all of them). Then a
-         * token is sampled for every job whose forward left logits. */
+        /* One round (see the top of the file): the batched decode step,
+         * every other job's own forward, then sampling. */
+        if (active) batched_step(sc, active);
         gen_job **link = &active;
         while (*link) {
             gen_job *j = *link, *next = j->next; /* a finished j is JS's: not touched again */
+            if (j->batched) {
+                j->batched = false;
+                j->ready = true;
+                link = &j->next;
+                continue;
+            }
             int r = forward(sc, j);
             if (r == FWD_DONE) {
                 *link = next;
@@ -187,6 +252,7 @@ static void *sched_thread(void *arg) {
         }
         tail = link;
     }
+    sched_thread_cleanup(sc);
     pthread_mutex_lock(&sc->mu);
     sc->exited = true;
     bool orphan = sc->orphan;
@@ -227,19 +293,24 @@ static bool get_sched(napi_env env, napi_value v, sched **out) {
     return true;
 }
 
-/* schedCreate(model, prefillChunk) -> handle */
+/* schedCreate(model, prefillChunk, maxBatch = 16) -> handle */
 napi_value addon_sched_create(napi_env env, napi_callback_info info) {
-    size_t argc = 2;
-    napi_value argv[2], ext;
+    size_t argc = 3;
+    napi_value argv[3], ext;
     addon_model *m;
-    int32_t chunk = 0;
+    int32_t chunk = 0, max_batch = 16;
     NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc < 2 || !addon_get_model(env, argv[0], &m)) return NULL;
     if (napi_get_value_int32(env, argv[1], &chunk) != napi_ok || chunk < 0)
         return addon_throw(env, "NMLX_ERR_INVALID_ARG", "schedCreate: prefillChunk must be >= 0");
+    if (argc > 2 && (napi_get_value_int32(env, argv[2], &max_batch) != napi_ok || max_batch < 1 ||
+                     max_batch > 4096))
+        return addon_throw(env, "NMLX_ERR_INVALID_ARG",
+                           "schedCreate: maxBatch must be an integer in [1, 4096]");
     sched *sc = calloc(1, sizeof *sc);
     if (!sc) return addon_throw(env, "NMLX_ERR_NOMEM", "out of memory");
     sc->prefill_chunk = chunk;
+    sc->max_batch = max_batch;
     pthread_mutex_init(&sc->mu, NULL);
     pthread_cond_init(&sc->cv, NULL);
     if (napi_create_reference(env, argv[0], 1, &sc->model_ref) != napi_ok ||
@@ -307,4 +378,20 @@ napi_value addon_sched_close(napi_env env, napi_callback_info info) {
     pthread_cond_signal(&sc->cv);
     pthread_mutex_unlock(&sc->mu);
     return NULL;
+}
+
+/* schedStats(handle) -> { batchedSteps, batchedTokens }: batched decode
+ * steps run so far and the tokens they evaluated. */
+napi_value addon_sched_stats(napi_env env, napi_callback_info info) {
+    size_t argc = 1;
+    napi_value argv[1], obj, v;
+    sched *sc;
+    NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 1 || !get_sched(env, argv[0], &sc)) return NULL;
+    NAPI_TRY(env, napi_create_object(env, &obj));
+    NAPI_TRY(env, napi_create_int64(env, atomic_load(&sc->batched_steps), &v));
+    NAPI_TRY(env, napi_set_named_property(env, obj, "batchedSteps", v));
+    NAPI_TRY(env, napi_create_int64(env, atomic_load(&sc->batched_tokens), &v));
+    NAPI_TRY(env, napi_set_named_property(env, obj, "batchedTokens", v));
+    return obj;
 }

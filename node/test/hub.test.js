@@ -124,3 +124,53 @@ test("HF_TOKEN, HF_ENDPOINT, HF_HOME; missing repositories", async () => {
     for (const k of ["HF_HOME", "HF_ENDPOINT", "HF_TOKEN"]) if (saved[k] === undefined) delete process.env[k]; else process.env[k] = saved[k];
   }
 });
+
+// Fault injection (lib/hub.js's io): the 1st, 2nd ... Nth create/write/fsync/
+// close/rename/symlink fails, until a download needs fewer operations.
+test("a failing write, fsync, close or rename fails clearly and leaves nothing half-written", async () => {
+  const { _failIoAfterForTest: failAfter, _ioFaultPendingForTest: pending } = await import("../lib/hub.js");
+  // descriptors open on files under dir (sockets of the HTTP client come and go)
+  const fdsUnder = (dir) => readdirSync("/proc/self/fd").filter((f) => {
+    try { return readlinkSync(`/proc/self/fd/${f}`).startsWith(dir); } catch { return false; }
+  }).length;
+  const expected = Object.fromEntries(Object.keys(files).map((f) => [LFS.has(f) ? sha256(files[f]) : gitSha1(files[f]), files[f]]));
+  for (const code of ["ENOSPC", "short"]) { // EIO takes the same paths (the C writers test both)
+    let points = 0;
+    for (let n = 1; n < 1000; n++) {
+      reset();
+      const cacheDir = tempDir();
+      failAfter(n, code);
+      let err = null;
+      try {
+        await snapshotDownload("org/demo", { endpoint, cacheDir });
+      } catch (e) {
+        err = e;
+      }
+      const reached = !pending();
+      failAfter(0, null);
+      if (reached) points++;
+      if (reached && code !== "short") {
+        assert.ok(err, `${code} at op ${n}: the download succeeded`);
+        assert.equal(err.code, "NMLX_ERR_IO", `${code} at op ${n}: ${err.message}`);
+        assert.match(err.message, new RegExp(`${code}.*'.*models--org--demo`), `op ${n}: names neither file nor cause`);
+      } else {
+        assert.equal(err, null, `${code} at op ${n}: ${err?.message}`);
+      }
+      // never half-written: every blob is whole and verified, no temporary
+      // or .incomplete stays, refs/main is whole or absent
+      const repo = join(cacheDir, "models--org--demo");
+      for (const b of existsSync(join(repo, "blobs")) ? readdirSync(join(repo, "blobs")) : []) {
+        assert.ok(b in expected, `${code} at op ${n}: blobs/${b} left behind`);
+        assert.deepEqual(readFileSync(join(repo, "blobs", b)), expected[b], `${code} at op ${n}: blobs/${b} differs`);
+      }
+      if (existsSync(join(repo, "refs"))) {
+        for (const r of readdirSync(join(repo, "refs"))) assert.equal(r, "main", `${code} at op ${n}: refs/${r} left behind`);
+        if (existsSync(join(repo, "refs", "main"))) assert.equal(readFileSync(join(repo, "refs", "main"), "utf8"), COMMIT);
+      }
+      assert.equal(fdsUnder(cacheDir), 0, `${code} at op ${n}: descriptors leaked`);
+      if (!reached) break;
+    }
+    assert.ok(points >= 30, `${code}: only ${points} fault points`);
+    console.log(`hub download, ${code}: ${points} write operations faulted in turn`);
+  }
+});

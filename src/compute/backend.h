@@ -45,6 +45,10 @@ typedef struct nmlx_attn_args {
     float softcap;        /* 0 = off */
     const float *sinks;   /* [H] or NULL */
     float *scratch;       /* >= n_threads * n_kv floats, backend memory */
+    /* F16/BF16: the cache is half precision, read from k16/v16 instead of
+     * k/v (same layout; host backends only: the CPU backend) */
+    nmlx_dtype kv_dtype;
+    const uint16_t *k16, *v16;
 } nmlx_attn_args;
 
 typedef struct nmlx_backend_ops {

@@ -5,6 +5,7 @@ extern const nmlx_family nmlx_family_gemma3;
 extern const nmlx_family nmlx_family_gemma3n;
 extern const nmlx_family nmlx_family_gpt_oss;
 extern const nmlx_family nmlx_family_llama;
+extern const nmlx_family nmlx_family_llama4;
 extern const nmlx_family nmlx_family_ministral;
 extern const nmlx_family nmlx_family_ministral3;
 extern const nmlx_family nmlx_family_mistral;
@@ -19,6 +20,7 @@ const nmlx_family *const nmlx_families[] = {
     &nmlx_family_gemma3n,
     &nmlx_family_gpt_oss,
     &nmlx_family_llama,
+    &nmlx_family_llama4,
     &nmlx_family_ministral,
     &nmlx_family_ministral3,
     &nmlx_family_mistral,

@@ -41,7 +41,8 @@ static const char *const ROPE_SUPPORTED[] = {"default", "linear", "yarn", "longr
                                              "llama3",  "su",     NULL};
 static const char *const LAYER_KNOWN[] = {"full_attention", "sliding_attention",
                                           "chunked_attention", "linear_attention", NULL};
-static const char *const LAYER_SUPPORTED[] = {"full_attention", "sliding_attention", NULL};
+static const char *const LAYER_SUPPORTED[] = {"full_attention", "sliding_attention",
+                                              "chunked_attention", NULL};
 /* MLX quantization modes */
 static const char *const QMODE_KNOWN[] = {"affine", "mxfp4", "nvfp4", "mxfp8", NULL};
 static const char *const QMODE_SUPPORTED[] = {"affine", "mxfp4", NULL};
@@ -76,6 +77,14 @@ static const nmlx_domain TABLE[] = {
     INT("mlp_only_layers", 0, 4095),
     INT("original_max_position_embeddings", 1, I32MAX),
     INT("eos_token_id", 0, I32MAX),
+    /* Llama 4 */
+    INT("intermediate_size_mlp", 1, 1 << 22),
+    INT("moe_layers", 0, 4095),
+    INT("interleave_moe_layer_step", 1, 4096),
+    INT("attention_chunk_size", 1, I32MAX),
+    POS("floor_scale"),
+    NONNEG("attn_scale"),
+    NONNEG("attn_temperature_tuning"),
     /* Gemma 3n */
     INT("altup_num_inputs", 1, 64),
     INT("altup_active_idx", 0, 63),

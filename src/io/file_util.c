@@ -25,7 +25,7 @@ nmlx_status nmlx_io_read_file(const char *path, size_t max_bytes, char **out, si
     buf = nmlx_malloc(size + 1);
     CHECK(buf, NMLX_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, size);
     while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
+        ssize_t r = nmlx_read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR) continue;
         CHECK(r >= 0, NMLX_ERR_IO, "%s: read failed: %s", path, strerror(errno));
         CHECK(r > 0, NMLX_ERR_IO, "%s: file shrank while reading", path);

@@ -36,6 +36,10 @@ typedef struct st_file {
     void *map; /* whole file, PROT_READ, MAP_PRIVATE */
     size_t size;
     json_t *metadata; /* the __metadata__ object, or NULL */
+    /* identity and state at open, for nmlx_weights_verify */
+    dev_t dev;
+    ino_t ino;
+    struct timespec mtime;
 } st_file;
 
 typedef struct st_entry {
@@ -255,6 +259,15 @@ static nmlx_status add_file(nmlx_weights *w, const char *path) {
           strerror(errno));
     f->map = map;
     f->size = size;
+    f->dev = sb.st_dev;
+    f->ino = sb.st_ino;
+    f->mtime = sb.st_mtim;
+    /* a file cut between the fstat and the mmap would fault (SIGBUS) on the
+     * pages past its new end: look again now that it is mapped */
+    struct stat sb2;
+    CHECK(fstat(fd, &sb2) == 0 && sb2.st_size == sb.st_size, NMLX_ERR_IO,
+          "%s: the file changed size while being opened (%lld -> %lld bytes)", path,
+          (long long)sb.st_size, (long long)sb2.st_size);
     close(fd);
     fd = -1;
 
@@ -361,6 +374,29 @@ void nmlx_weights_release(const nmlx_weights *w, const void *p, size_t bytes) {
         if (lo < hi) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
         return;
     }
+}
+
+nmlx_status nmlx_weights_verify(const nmlx_weights *w) {
+    for (size_t i = 0; w && i < w->n_files; i++) {
+        const st_file *f = &w->files[i];
+        struct stat sb;
+        /* gone, or another file under the name (replaced by a rename): the
+         * mapping keeps the contents it was opened with */
+        if (!f->map || stat(f->path, &sb) != 0 || sb.st_dev != f->dev || sb.st_ino != f->ino)
+            continue;
+        if ((uint64_t)sb.st_size < f->size)
+            return nmlx_fail(NMLX_ERR_IO,
+                             "%s: truncated on disk while loaded (%zu -> %lld bytes): reading "
+                             "its weights would crash (SIGBUS); reload the model",
+                             f->path, f->size, (long long)sb.st_size);
+        if ((uint64_t)sb.st_size != f->size || sb.st_mtim.tv_sec != f->mtime.tv_sec ||
+            sb.st_mtim.tv_nsec != f->mtime.tv_nsec)
+            return nmlx_fail(NMLX_ERR_IO,
+                             "%s: modified on disk while loaded (rewritten in place, not replaced "
+                             "by a rename): its weights may be mixed; reload the model",
+                             f->path);
+    }
+    return NMLX_OK;
 }
 
 void nmlx_weights_close(nmlx_weights *w) {

@@ -55,6 +55,17 @@ size_t nmlx_weights_nbytes(const nmlx_weights *w);
  * but stops counting in RSS. For one-pass readers such as quantize-on-load.
  * Anything outside w's mappings is left alone. */
 void nmlx_weights_release(const nmlx_weights *w, const void *p, size_t bytes);
+/* Files changed on disk while mapped (docs/robustness.md): the weights are
+ * a MAP_PRIVATE mapping, which does not snapshot the file. A file replaced
+ * by a rename (how nmlx convert and the hub cache write) or deleted is
+ * harmless: the mapping keeps the old contents. A file truncated in place
+ * makes any read of the pages past its new end raise SIGBUS; one rewritten
+ * in place shows the new bytes under the old header. nmlx_weights_verify
+ * looks again at every mapped file still under its name (same device and
+ * inode): shorter than when opened -> NMLX_ERR_IO "truncated on disk";
+ * another size or modification time -> NMLX_ERR_IO "modified on disk".
+ * A stat per file; model load and nmlx_convert call it when done. */
+nmlx_status nmlx_weights_verify(const nmlx_weights *w);
 /* The file's __metadata__ string value for key, or NULL. With several
  * files, the first file (in open order) that has the key. */
 const char *nmlx_weights_metadata(const nmlx_weights *w, const char *key);

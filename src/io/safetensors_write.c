@@ -2,29 +2,15 @@
 #define _POSIX_C_SOURCE 200809L
 #include "safetensors_write.h"
 
-#include <errno.h>
+#include "io/file_write.h"
+
 #include <jansson.h>
 #include <string.h>
-#include <unistd.h>
 
 static size_t item_bytes(const nmlx_st_item *it) {
     size_t n = nmlx_dtype_size(it->dtype);
     for (int d = 0; d < it->ndim; d++) n *= (size_t)it->shape[d];
     return n;
-}
-
-static nmlx_status write_all(int fd, const char *label, const void *buf, size_t n) {
-    const char *p = buf;
-    while (n > 0) {
-        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0)
-            return nmlx_fail(NMLX_ERR_IO, "%s: write failed: %s", label,
-                             w < 0 ? strerror(errno) : "no progress");
-        p += w, n -= (size_t)w;
-    }
-    return NMLX_OK;
 }
 
 nmlx_status nmlx_st_write_fd(int fd, const char *label, const nmlx_st_item *items, size_t n) {
@@ -60,8 +46,8 @@ nmlx_status nmlx_st_write_fd(int fd, const char *label, const nmlx_st_item *item
     memcpy(hdr, &hl, 8);
     memcpy(hdr + 8, text, len);
     memset(hdr + 8 + len, ' ', padded - len);
-    TRY(write_all(fd, label, hdr, 8 + padded));
-    for (size_t i = 0; i < n; i++) TRY(write_all(fd, label, items[i].data, item_bytes(&items[i])));
+    TRY(nmlx_io_write_all(fd, label, hdr, 8 + padded));
+    for (size_t i = 0; i < n; i++) TRY(nmlx_io_write_all(fd, label, items[i].data, item_bytes(&items[i])));
 cleanup:
     json_decref(meta);
     json_decref(root);

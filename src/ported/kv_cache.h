@@ -13,6 +13,11 @@ enum { NMLX_KV_STEP = 256 };
 
 typedef struct nmlx_kv_cache {
     float *keys, *values; /* [kv_heads, capacity, head_dim], backend buffers */
+    /* Half-precision storage instead (dtype F16 or BF16, set before the first
+     * reserve; host backends only): keys16/values16 in the same layout. As
+     * mlx-lm, whose cache holds keys in the model's dtype. */
+    nmlx_dtype dtype;
+    uint16_t *keys16, *values16;
     int64_t kv_heads, head_dim;
     int64_t capacity;     /* positions allocated */
     int64_t offset;       /* positions holding tokens */

@@ -5,6 +5,8 @@
  * and YarnRoPE.
  *
  * Deviations from mlx-lm, following transformers 5 (the reference):
+ *  - llama3 with low_freq_factor == high_freq_factor (Llama 4) is accepted:
+ *    no smoothing band (mlx-lm divides by zero there, unused by its where).
  *  - longrope: mlx-lm always applies long_factor; transformers applies
  *    short_factor unless the call reaches past original_max_position_embeddings.
  *    Both tables are kept; nmlx_rope_freqs() picks one per call. The
@@ -106,11 +108,14 @@ nmlx_status nmlx_rope_init(nmlx_rope *rope, nmlx_backend *be, int64_t dims,
               "config.json: RoPE field 'factor' = %g must be > 0 for linear scaling", cfg->factor);
         pos_scale = 1.0 / cfg->factor;
     } else if (!strcmp(type, "llama3")) {
-        CHECK(cfg->factor > 0 && cfg->high_freq_factor != cfg->low_freq_factor,
+        /* low_freq_factor == high_freq_factor (Llama 4) leaves no smoothing
+         * band: every frequency is kept or divided, nothing is divided by
+         * high - low (llama3_periods' band test is then never true) */
+        CHECK(cfg->factor > 0 && cfg->low_freq_factor > 0 && cfg->high_freq_factor > 0,
               NMLX_ERR_INVALID_MODEL,
-              "config.json: llama3 RoPE fields 'factor' = %g must be > 0 and "
-              "'high_freq_factor' = %g must differ from 'low_freq_factor' = %g",
-              cfg->factor, cfg->high_freq_factor, cfg->low_freq_factor);
+              "config.json: llama3 RoPE fields 'factor' = %g, 'low_freq_factor' = %g and "
+              "'high_freq_factor' = %g must be > 0",
+              cfg->factor, cfg->low_freq_factor, cfg->high_freq_factor);
         llama3_periods(period, half, cfg);
     } else if (longrope) {
         CHECK(cfg->n_short == (size_t)half && cfg->n_long == (size_t)half, NMLX_ERR_INVALID_MODEL,

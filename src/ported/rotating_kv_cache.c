@@ -155,6 +155,7 @@ static void update_in_place(nmlx_rotating_kv_cache *c, nmlx_backend *be, const f
 void nmlx_rotating_kv_cache_update(nmlx_rotating_kv_cache *c, nmlx_backend *be, const float *k,
                                    const float *v, int64_t T, nmlx_kv_view *view) {
     assert(T <= c->max_tokens); /* the buffers hold max_size - 1 + max_tokens rows */
+    *view = (nmlx_kv_view){.dtype = NMLX_DT_F32}; /* f32 rows, no half-precision copy */
     view->keys = c->keys;
     view->values = c->values;
     view->cap = c->cap;

@@ -33,6 +33,8 @@ typedef struct nmlx_rotating_kv_cache {
 typedef struct nmlx_kv_view {
     const float *keys, *values;
     int64_t cap, n_kv, q_row, window;
+    nmlx_dtype dtype;                   /* F32: keys/values; F16/BF16: keys16/values16 */
+    const uint16_t *keys16, *values16;
 } nmlx_kv_view;
 
 nmlx_status nmlx_rotating_kv_cache_init(nmlx_rotating_kv_cache *c, nmlx_backend *be,

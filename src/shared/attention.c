@@ -38,12 +38,12 @@ nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const
     if ((st = nmlx_linear_load(&a->o, ws, name, s->hidden, qdim, s->o_bias))) return st;
     if (s->qk_norm) {
         snprintf(name, sizeof name, "%s.q_norm", prefix);
-        if ((st = nmlx_rmsnorm_load(&a->q_norm, ws, name, s->head_dim, s->norm_eps,
-                                    s->norm_offset)))
+        if ((st =
+                 nmlx_rmsnorm_load(&a->q_norm, ws, name, s->head_dim, s->norm_eps, s->norm_offset)))
             return st;
         snprintf(name, sizeof name, "%s.k_norm", prefix);
-        if ((st = nmlx_rmsnorm_load(&a->k_norm, ws, name, s->head_dim, s->norm_eps,
-                                    s->norm_offset)))
+        if ((st =
+                 nmlx_rmsnorm_load(&a->k_norm, ws, name, s->head_dim, s->norm_eps, s->norm_offset)))
             return st;
     }
     return NMLX_OK;
@@ -54,42 +54,85 @@ static void scale_queries(nmlx_backend *be, const nmlx_attention_shape *s, float
                           int64_t T) {
     int64_t row = s->heads * s->head_dim;
     for (int64_t t = 0; t < T; t++) {
-        double f = 1.0 + s->q_scale_beta * log(1.0 + floor((double)(pos + t) /
-                                                            (double)s->q_scale_period));
+        double f =
+            1.0 + s->q_scale_beta * log(1.0 + floor((double)(pos + t) / (double)s->q_scale_period));
         if (f != 1.0) be->ops->scale(be, q + t * row, (float)f, row);
+    }
+}
+
+/* RoPE, query scaling, the cache append and softmax attention for T tokens
+ * of one sequence at its cache's offset: q/k/v [T, heads, HD] projected (and
+ * normed), ctx [T, H, HD] written. */
+static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache, float *q,
+                   float *k, const float *v, float *ctx, int64_t T, int64_t call_end,
+                   float *scratch) {
+    const nmlx_attention_shape *s = &a->s;
+    int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
+    int64_t pos = nmlx_layer_cache_offset(cache);
+    if (a->rope) {
+        int64_t end = call_end > pos + T ? call_end : pos + T;
+        const float *freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
+        be->ops->rope(be, q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        be->ops->rope(be, k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+    }
+    if (s->q_scale_beta != 0.0f) scale_queries(be, s, q, pos, T);
+
+    nmlx_kv_view kv;
+    nmlx_layer_cache_update(cache, be, k, v, T, &kv);
+    nmlx_attn_args args = {
+        .q = q,
+        .k = kv.keys,
+        .v = kv.values,
+        .out = ctx,
+        .T = T,
+        .H = H,
+        .KVH = KVH,
+        .HD = HD,
+        .cap = kv.cap,
+        .q_pos = kv.q_row,
+        .n_kv = kv.n_kv,
+        .scale = s->scale,
+        .window = kv.window,
+        .softcap = 0.0f,
+        .sinks = a->sinks,
+        .scratch = scratch,
+        .kv_dtype = kv.dtype,
+        .k16 = kv.keys16,
+        .v16 = kv.values16,
+    };
+    be->ops->attention(be, &args);
+}
+
+/* q, k, v = projections of x[T, hidden] (q/k RMSNormed per head if asked). */
+static void project(nmlx_backend *be, const nmlx_attention *a, const nmlx_attention_buffers *buf,
+                    const float *x, int64_t T) {
+    const nmlx_attention_shape *s = &a->s;
+    nmlx_linear_forward(be, &a->q, x, buf->q, T);
+    nmlx_linear_forward(be, &a->k, x, buf->k, T);
+    nmlx_linear_forward(be, &a->v, x, buf->v, T);
+    if (s->qk_norm) {
+        nmlx_rmsnorm_forward(be, &a->q_norm, buf->q, buf->q, T * s->heads, s->head_dim);
+        nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * s->kv_heads, s->head_dim);
     }
 }
 
 void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T) {
-    const nmlx_attention_shape *s = &a->s;
-    int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
-    int64_t pos = nmlx_layer_cache_offset(cache);
-
-    nmlx_linear_forward(be, &a->q, x, buf->q, T);
-    nmlx_linear_forward(be, &a->k, x, buf->k, T);
-    nmlx_linear_forward(be, &a->v, x, buf->v, T);
-    if (s->qk_norm) {
-        nmlx_rmsnorm_forward(be, &a->q_norm, buf->q, buf->q, T * H, HD);
-        nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * KVH, HD);
-    }
-    if (a->rope) {
-        int64_t end = buf->call_end > pos + T ? buf->call_end : pos + T;
-        const float *freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
-        be->ops->rope(be, buf->q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
-        be->ops->rope(be, buf->k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
-    }
-    if (s->q_scale_beta != 0.0f) scale_queries(be, s, buf->q, pos, T);
-
-    nmlx_kv_view kv;
-    nmlx_layer_cache_update(cache, be, buf->k, buf->v, T, &kv);
-    nmlx_attn_args args = {
-        .q = buf->q, .k = kv.keys, .v = kv.values, .out = buf->ctx,
-        .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = kv.cap,
-        .q_pos = kv.q_row, .n_kv = kv.n_kv, .scale = s->scale,
-        .window = kv.window, .softcap = 0.0f, .sinks = a->sinks, .scratch = buf->scratch,
-    };
-    be->ops->attention(be, &args);
+    project(be, a, buf, x, T);
+    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch);
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
+}
+
+void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
+                                 nmlx_layer_cache *const *caches, float *const *scratch,
+                                 const nmlx_attention_buffers *buf, const float *x, float *out,
+                                 int64_t B) {
+    const nmlx_attention_shape *s = &a->s;
+    int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
+    project(be, a, buf, x, B);
+    for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
+        attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,
+               buf->ctx + b * qdim, 1, 0, scratch[b]);
+    nmlx_linear_forward(be, &a->o, buf->ctx, out, B);
 }

@@ -54,4 +54,14 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T);
 
+/* Batched decode: row b of x[B, hidden] is the next token of sequence b,
+ * whose layer cache is caches[b] (room reserved) and attention scratch
+ * scratch[b] (>= n_threads * its context floats). Projections run over all
+ * B rows at once (weights read once); each row's RoPE, cache append and
+ * attention are that sequence's, as a one-token nmlx_attention_forward. */
+void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
+                                 nmlx_layer_cache *const *caches, float *const *scratch,
+                                 const nmlx_attention_buffers *buf, const float *x, float *out,
+                                 int64_t B);
+
 #endif

@@ -15,9 +15,9 @@ static nmlx_status load_norm(nmlx_rmsnorm *n, const nmlx_weights *ws, const char
 static nmlx_status prepare_dense_layer(nmlx_decoder_layer *l, nmlx_backend *be) {
     nmlx_status st = NMLX_OK;
     nmlx_attention *a = &l->attn;
-    nmlx_rmsnorm *norms[] = {&l->input_norm, &l->post_attn_norm, &l->pre_ffn_norm,
-                             &l->post_ffn_norm, &a->q_norm, &a->k_norm};
-    nmlx_linear *lins[] = {&a->qkv, &a->q, &a->k, &a->v, &a->o,
+    nmlx_rmsnorm *norms[] = {&l->input_norm,    &l->post_attn_norm, &l->pre_ffn_norm,
+                             &l->post_ffn_norm, &a->q_norm,         &a->k_norm};
+    nmlx_linear *lins[] = {&a->qkv,         &a->q,        &a->k,      &a->v,       &a->o,
                            &l->mlp.gate_up, &l->mlp.gate, &l->mlp.up, &l->mlp.down};
     for (size_t i = 0; st == NMLX_OK && i < sizeof norms / sizeof norms[0]; i++)
         st = nmlx_rmsnorm_prepare(be, norms[i]);
@@ -54,8 +54,8 @@ nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *w
         }
         return st;
     }
-    if ((st = nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias,
-                            o->fused_gate_up, o->act)))
+    if ((st = nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias, o->fused_gate_up,
+                            o->act)))
         return st;
     return o->be ? prepare_dense_layer(l, o->be) : NMLX_OK;
 }
@@ -67,19 +67,39 @@ void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {
     l->moe = NULL;
 }
 
-void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
-                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
-                                float *x, int64_t T) {
+/* One sequence (cache, T tokens) or, when caches != NULL, B = T rows of
+ * one token per sequence (batched decode). */
+static void layer(nmlx_backend *be, const nmlx_decoder_layer *l, nmlx_layer_cache *cache,
+                  nmlx_layer_cache *const *caches, float *const *scratch,
+                  const nmlx_decoder_buffers *buf, float *x, int64_t T) {
     int64_t D = l->attn.s.hidden;
     nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
-    nmlx_attention_forward(be, &l->attn, cache, &buf->attn, buf->xn, buf->tmp, T);
+    if (caches)
+        nmlx_attention_forward_rows(be, &l->attn, caches, scratch, &buf->attn, buf->xn, buf->tmp,
+                                    T);
+    else
+        nmlx_attention_forward(be, &l->attn, cache, &buf->attn, buf->xn, buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_attn_norm, buf->tmp, buf->tmp, T, D);
     be->ops->add(be, x, buf->tmp, x, T * D);
 
     const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
     nmlx_rmsnorm_forward(be, ffn_in, x, buf->xn, T, D);
-    if (l->moe) nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
-    else nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
+    if (l->moe)
+        nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
+    else
+        nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
     be->ops->add(be, x, buf->tmp, x, T * D);
+}
+
+void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf, float *x,
+                                int64_t T) {
+    layer(be, l, cache, NULL, NULL, buf, x, T);
+}
+
+void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                     nmlx_layer_cache *const *caches, float *const *scratch,
+                                     const nmlx_decoder_buffers *buf, float *x, int64_t B) {
+    layer(be, l, NULL, caches, scratch, buf, x, B);
 }

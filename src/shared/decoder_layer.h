@@ -52,4 +52,11 @@ void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
                                 float *x, int64_t T);
 
+/* Batched decode: row b of x[B, hidden] is the next token of sequence b,
+ * with that sequence's layer cache caches[b] and attention scratch
+ * scratch[b] (nmlx_attention_forward_rows); buf holds B rows. */
+void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                     nmlx_layer_cache *const *caches, float *const *scratch,
+                                     const nmlx_decoder_buffers *buf, float *x, int64_t B);
+
 #endif

@@ -61,6 +61,20 @@ typedef struct nmlx_family {
     nmlx_status (*forward)(const void *arch, void *state, nmlx_backend *be,
                            const int32_t *ids, int64_t T, float *last_logits,
                            float *all_logits, atomic_bool *cancel);
+
+    /* Optional batched decode (NULL: sessions are advanced one at a time).
+     * batch_create allocates work buffers for up to max_batch rows.
+     * forward_batch runs ids[b] at states[b]'s position for B distinct
+     * states of this architecture in one pass that reads each weight once,
+     * writing each row's logits to logits[b] (host, V floats). It reserves
+     * cache room first, so on failure no state has moved. It does not check
+     * cancel flags: a step is one token. */
+    nmlx_status (*batch_create)(const void *arch, nmlx_backend *be, int64_t max_batch,
+                                void **batch);
+    void (*batch_free)(void *batch, nmlx_backend *be);
+    nmlx_status (*forward_batch)(const void *arch, void *batch, void *const *states,
+                                 nmlx_backend *be, const int32_t *ids, int64_t B,
+                                 float *const *logits);
 } nmlx_family;
 
 /* NULL-terminated list of all families (src/generated/registry.c). */

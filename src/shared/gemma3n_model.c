@@ -492,6 +492,7 @@ void nmlx_g3n_attention(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_stat
         .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = kv->cap,
         .q_pos = kv->q_row, .n_kv = kv->n_kv, .scale = 1.0f,
         .window = kv->window, .softcap = 0.0f, .sinks = NULL, .scratch = b->scratch,
+        .kv_dtype = kv->dtype, .k16 = kv->keys16, .v16 = kv->values16,
     };
     be->ops->attention(be, &args);
     nmlx_linear_forward(be, &l->o, b->ctx, out, T);

@@ -34,7 +34,13 @@ nmlx_status nmlx_layer_cache_set_quant(nmlx_layer_cache *c, const nmlx_kv_quant_
     if (st != NMLX_OK) return st;
     c->qp = *p;
     c->deq = deq;
+    c->kv.dtype = NMLX_DT_F32; /* the quantizer reads an f32 cache */
     return NMLX_OK;
+}
+
+void nmlx_layer_cache_set_dtype(nmlx_layer_cache *c, nmlx_dtype dt) {
+    if (c->rotating || c->qp.bits || c->kv.keys || c->kv.keys16) return;
+    if (dt == NMLX_DT_F32 || dt == NMLX_DT_F16 || dt == NMLX_DT_BF16) c->kv.dtype = dt;
 }
 
 void nmlx_kv_dequant_free(nmlx_kv_dequant *d, nmlx_backend *be) {
@@ -91,7 +97,8 @@ size_t nmlx_layer_cache_bytes(const nmlx_layer_cache *c) {
         return (size_t)c->q.capacity * nmlx_quantized_kv_bytes_per_token(&c->q);
     if (c->rotating)
         return 2 * (size_t)(c->rot.kv_heads * c->rot.cap * c->rot.head_dim) * sizeof(float);
-    return 2 * (size_t)(c->kv.kv_heads * c->kv.capacity * c->kv.head_dim) * sizeof(float);
+    size_t es = c->kv.dtype == NMLX_DT_F32 ? sizeof(float) : sizeof(uint16_t);
+    return 2 * (size_t)(c->kv.kv_heads * c->kv.capacity * c->kv.head_dim) * es;
 }
 
 void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float *k,
@@ -111,7 +118,9 @@ void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float 
     int64_t pos = c->kv.offset;
     nmlx_kv_cache_append(&c->kv, be, k, v, T);
     *view = (nmlx_kv_view){.keys = c->kv.keys, .values = c->kv.values, .cap = c->kv.capacity,
-                           .n_kv = c->kv.offset, .q_row = pos, .window = c->window};
+                           .n_kv = c->kv.offset, .q_row = pos, .window = c->window,
+                           .dtype = c->kv.dtype, .keys16 = c->kv.keys16,
+                           .values16 = c->kv.values16};
 }
 
 int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n) {

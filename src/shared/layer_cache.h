@@ -53,6 +53,10 @@ int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n);
  * the layer's head_dim. */
 nmlx_status nmlx_layer_cache_set_quant(nmlx_layer_cache *c, const nmlx_kv_quant_params *p,
                                        nmlx_kv_dequant *deq);
+/* Stores keys/values of a standard cache in F16 or BF16 (F32 is the
+ * default), before the first reserve. Rotating and quantized caches stay as
+ * they are. Host backends only (the caller checks). */
+void nmlx_layer_cache_set_dtype(nmlx_layer_cache *c, nmlx_dtype dt);
 /* Bytes the cache holds for keys and values now (capacity, not offset). */
 size_t nmlx_layer_cache_bytes(const nmlx_layer_cache *c);
 void nmlx_kv_dequant_free(nmlx_kv_dequant *d, nmlx_backend *be);

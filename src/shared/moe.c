@@ -17,6 +17,7 @@ nmlx_status nmlx_moe_load(nmlx_moe *m, const nmlx_weights *ws, nmlx_backend *be,
     nmlx_moe_experts_spec spec = {
         .prefix = prefix, .stacked = s->stacked_name, .n_experts = s->n_experts,
         .in = s->hidden, .hidden = s->expert_hidden, .bias = s->expert_bias,
+        .gate_up_halves = s->gate_up_halves,
     };
     if ((st = nmlx_moe_experts_load(&m->experts, &m->owned, ws, be, &spec))) return st;
     m->experts.act = s->act;
@@ -88,7 +89,9 @@ void nmlx_moe_route(const nmlx_moe_shape *s, const float *logits, int64_t T, int
         float *sc = scores + t * k;
         top_k(l, E, k, ix); /* softmax is monotonic: same choice as top_k(softmax(l)) */
         double mx = l[ix[0]], sum = 0;
-        if (s->routing == NMLX_MOE_SOFTMAX_TOPK) {
+        if (s->routing == NMLX_MOE_TOPK_SIGMOID) {
+            for (int64_t j = 0; j < k; j++) sc[j] = (float)(1.0 / (1.0 + exp(-(double)l[ix[j]])));
+        } else if (s->routing == NMLX_MOE_SOFTMAX_TOPK) {
             double z = 0, chosen = 0;
             for (int64_t e = 0; e < E; e++) z += exp((double)l[e] - mx);
             for (int64_t j = 0; j < k; j++) chosen += exp((double)l[ix[j]] - mx);

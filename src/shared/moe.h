@@ -5,7 +5,9 @@
  * Routing (host side, on the downloaded router logits):
  *   SOFTMAX_TOPK: p = softmax(logits); idx = top_k(p); score = p[idx],
  *                 divided by their sum if norm_topk (Qwen3-MoE, Mixtral...);
- *   TOPK_SOFTMAX: idx = top_k(logits); score = softmax(logits[idx]) (gpt-oss).
+ *   TOPK_SOFTMAX: idx = top_k(logits); score = softmax(logits[idx]) (gpt-oss);
+ *   TOPK_SIGMOID: idx = top_k(logits); score = sigmoid(logits[idx]) (Llama 4,
+ *                 whose experts take the scores on their input: llama4_moe.c).
  * Ties in top_k go to the lower expert index. */
 #ifndef NMLX_MOE_H
 #define NMLX_MOE_H
@@ -15,7 +17,8 @@
 
 typedef enum nmlx_moe_routing {
     NMLX_MOE_SOFTMAX_TOPK = 1,
-    NMLX_MOE_TOPK_SOFTMAX = 2
+    NMLX_MOE_TOPK_SOFTMAX = 2,
+    NMLX_MOE_TOPK_SIGMOID = 3
 } nmlx_moe_routing;
 
 /* What one MoE block looks like (from the family's features and config). */
@@ -30,6 +33,8 @@ typedef struct nmlx_moe_shape {
     float alpha, limit;        /* SWIGLU_CLIPPED */
     const char *router_name;   /* module under the mlp prefix: "gate", "router" */
     const char *stacked_name;  /* mlx-lm stacked experts module: "switch_mlp", "experts" */
+    bool gate_up_halves;       /* fused experts.gate_up_proj: gate columns then up columns
+                                * (Llama 4), not interleaved (gpt-oss) */
 } nmlx_moe_shape;
 
 typedef struct nmlx_moe {

@@ -118,9 +118,10 @@ static void transpose(void *dst, const void *src, int64_t R, int64_t C, int64_t 
     }
 }
 
-/* Layout 3 (gpt-oss HF): transpose + de-interleave into one backend buffer:
- * gate [E, H, D], up [E, H, D], down [E, D, H], gate/up biases [E, H] each
- * (down's bias [E, D] is used in place). H = hidden, D = in. */
+/* Layout 3 (gpt-oss / Llama 4 HF): transpose + de-interleave (Llama 4: split
+ * the halves) into one backend buffer: gate [E, H, D], up [E, H, D],
+ * down [E, D, H], gate/up biases [E, H] each (down's bias [E, D] is used in
+ * place). H = hidden, D = in. */
 static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_weights *ws,
                                 nmlx_backend *be, const nmlx_moe_experts_spec *s) {
     char gk[512], dk[512], gbk[512], dbk[512];
@@ -159,9 +160,15 @@ static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_wei
     const char *src = gu->data, *dsrc = dn->data;
     for (int64_t e = 0; e < E; e++) {
         size_t o = (size_t)(e * H * D) * es;
-        /* gate[e][h][d] = gate_up[e][d][2h], up[e][h][d] = gate_up[e][d][2h + 1] */
-        transpose(gate + o, src + o * 2, D, H, 2 * H, 2, es);
-        transpose(up + o, src + o * 2 + es, D, H, 2 * H, 2, es);
+        if (s->gate_up_halves) {
+            /* gate[e][h][d] = gate_up[e][d][h], up[e][h][d] = gate_up[e][d][H + h] */
+            transpose(gate + o, src + o * 2, D, H, 2 * H, 1, es);
+            transpose(up + o, src + o * 2 + (size_t)H * es, D, H, 2 * H, 1, es);
+        } else {
+            /* gate[e][h][d] = gate_up[e][d][2h], up[e][h][d] = gate_up[e][d][2h + 1] */
+            transpose(gate + o, src + o * 2, D, H, 2 * H, 2, es);
+            transpose(up + o, src + o * 2 + es, D, H, 2 * H, 2, es);
+        }
         /* down[e][d][h] = down_proj[e][h][d] */
         transpose(down + o, dsrc + o, H, D, D, 1, es);
     }

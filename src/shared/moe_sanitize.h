@@ -16,6 +16,9 @@
  *     checkpoint's dtype. Memory cost: one extra copy of every expert weight
  *     (about the whole model for gpt-oss); the mmapped original pages are
  *     only read once and stay reclaimable.
+ *     Llama 4 HF (gate_up_halves): the same tensors without biases, gate
+ *     in columns [0, hidden) and up in [hidden, 2*hidden) instead of
+ *     interleaved; repacked the same way.
  *
  *  4. gpt-oss HF MXFP4 (the original release): `<p>.experts.gate_up_proj_blocks`
  *     U8 [E, 2*hidden, in/32, 16] + `_scales` U8 [E, 2*hidden, in/32] (rows =
@@ -37,6 +40,7 @@ typedef struct nmlx_moe_experts_spec {
     const char *stacked; /* layout 2's module name: "switch_mlp" (qwen3_moe), "experts" (gpt-oss) */
     int64_t n_experts, in, hidden;
     bool bias;           /* experts carry biases */
+    bool gate_up_halves; /* layout 3: gate/up columns as two halves (Llama 4) */
 } nmlx_moe_experts_spec;
 
 /* Fills g's gate/up/down (g->act etc. are left to the caller). *owned

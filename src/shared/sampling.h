@@ -27,6 +27,11 @@ nmlx_status nmlx_sampler_validate(const nmlx_sampler_params *p);
  * first) feeds the repetition penalty. */
 int32_t nmlx_sampler_sample(nmlx_sampler *s, const nmlx_sampler_params *p, const float *logits,
                             const int32_t *history, size_t n_history);
+/* What nmlx_sampler_sample draws from: the penalised logits when greedy
+ * (temperature 0), else the filtered probabilities (zeros dropped, not
+ * renormalised). Points into the sampler, valid until its next call. */
+const float *nmlx_sampler_probs(nmlx_sampler *s, const nmlx_sampler_params *p,
+                                const float *logits, const int32_t *history, size_t n_history);
 /* Index of the largest logit (first one on ties, like torch.argmax). */
 int32_t nmlx_argmax(const float *x, int64_t n);
 

@@ -6,6 +6,7 @@
  *   logits = lm_head(norm(x))             (only the rows that are asked for)
  */
 #include "standard_model.h"
+#include "standard_model_impl.h"
 
 #include "decoder_layer.h"
 #include "io/config_schema.h"
@@ -15,33 +16,6 @@
 #include <stdio.h>
 #include <string.h>
 
-enum {
-    CHUNK = 256 /* tokens per prefill chunk: bounds activation memory */
-};
-
-typedef struct std_model {
-    int64_t hidden, intermediate, n_layers, heads, kv_heads, head_dim, vocab;
-    nmlx_weight embed;
-    float embed_scale;   /* 1, or sqrt(hidden) (Gemma) */
-    float final_softcap; /* 0 = off */
-    nmlx_linear lm_head; /* aliases embed when tied */
-    nmlx_rmsnorm norm;
-    nmlx_rope rope;
-    nmlx_rope local_rope; /* sliding layers' RoPE if the family has one */
-    nmlx_decoder_layer *layers;
-    int64_t *windows;     /* per layer: 0 = full attention */
-    bool has_moe;         /* some layer's MLP is a mixture of experts */
-    nmlx_moe_shape moe;   /* their shape */
-    float *sinks;         /* [n_layers, heads] attention sinks (backend), or NULL */
-} std_model;
-
-typedef struct std_state {
-    nmlx_layer_cache *caches; /* one per layer */
-    int64_t n_layers, chunk;
-    float *x;              /* [chunk, hidden] residual stream */
-    float *logits;         /* [NMLX_LOGIT_ROWS, vocab] */
-    nmlx_decoder_buffers buf;
-} std_state;
 
 /* Maps a hidden_act name to the kernel. The config getter has already
  * checked it against its domain (known to transformers, implemented here). */

@@ -88,6 +88,13 @@ struct nmlx_layer_cache *nmlx_std_state_caches(void *state, int64_t *n_layers);
 nmlx_status nmlx_std_forward(const void *arch, void *state, nmlx_backend *be,
                              const int32_t *ids, int64_t T, float *last_logits,
                              float *all_logits, atomic_bool *cancel);
+/* Batched decode (family.h forward_batch; standard_batch.c). */
+nmlx_status nmlx_std_batch_create(const void *arch, nmlx_backend *be, int64_t max_batch,
+                                  void **batch);
+void nmlx_std_batch_free(void *batch, nmlx_backend *be);
+nmlx_status nmlx_std_forward_batch(const void *arch, void *batch, void *const *states,
+                                   nmlx_backend *be, const int32_t *ids, int64_t B,
+                                   float *const *logits);
 
 /* Maps a config hidden_act string to an activation; NMLX_ERR_UNSUPPORTED
  * naming the value otherwise. */

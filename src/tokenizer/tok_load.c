@@ -64,10 +64,11 @@ static nmlx_status read_file(const char *path, char **out, size_t *len) {
         goto done;
     }
     while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
+        ssize_t r = nmlx_read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
-            st = nmlx_fail(NMLX_ERR_IO, "%s: cannot read%s", path, r < 0 ? "" : " (file shrank)");
+            st = nmlx_fail(NMLX_ERR_IO, "%s: read failed: %s", path,
+                           r < 0 ? strerror(errno) : "the file shrank while being read");
             free(buf);
             buf = NULL;
             goto done;

@@ -12,7 +12,9 @@ static const char *const KEYS[] = {
     "sliding_window", "attention_bias", "eos_token_id", "bos_token_id", "torch_dtype",
     "layer_types", "rope_scaling", "rope_parameters", "partial_rotary_factor",
     "text_config", "quantization", "hidden_act", "query_pre_attn_scalar",
-    "final_logit_softcapping", "use_sliding_window", "num_experts", "", "\xff",
+    "final_logit_softcapping", "use_sliding_window", "num_experts", "moe_layers",
+    "no_rope_layers", "attention_chunk_size", "attn_temperature_tuning", "floor_scale",
+    "intermediate_size_mlp", "", "\xff",
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -9,9 +9,20 @@
 
 static const char *const FIXTURES[] = {"qwen3", "llama3_tied", "gemma3_text", "phi3_longrope",
                                        "ministral3_yarn", "quant_llama_q4g64_f16", "mistral_window",
-                                       "smollm3"};
+                                       "smollm3", "llama4_mm"};
 enum { N_FX = sizeof FIXTURES / sizeof FIXTURES[0] };
 static char dirs[N_FX][256];
+
+/* the links and folders setup made; fuzz_util then removes the scratch
+ * folder (each ctest replay used to leave one behind in /tmp) */
+static void cleanup(void) {
+    char p[sizeof dirs + 32]; /* gcc bounds a dirs[i] argument by the whole array */
+    for (size_t i = 0; i < N_FX; i++) {
+        snprintf(p, sizeof p, "%s/model.safetensors", dirs[i]);
+        unlink(p);
+        rmdir(dirs[i]);
+    }
+}
 
 static void setup(void) {
     const char *root = getenv("NMLX_FIXTURES_DIR");
@@ -30,6 +41,7 @@ static void setup(void) {
         if (symlink(abs, dst) != 0) abort();
         free(abs);
     }
+    atexit(cleanup); /* registered after fuzz_util's: runs first */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

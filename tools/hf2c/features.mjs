@@ -42,7 +42,7 @@ export const FEATURES = {
     doc: "learned per-head attention sinks (self_attn.sinks)" },
   // Sparse mixture-of-experts MLP (components/moe.mjs). moe names the routing:
   // softmax over all experts then top-k, or top-k logits then softmax over them.
-  moe: { values: [false, "softmax_topk", "topk_softmax"], default: false,
+  moe: { values: [false, "softmax_topk", "topk_softmax", "topk_sigmoid"], default: false,
     doc: "sparse mixture-of-experts MLP" },
   moeNormTopk: { values: [false, "config:norm_topk_prob"], default: false,
     doc: "top-k routing weights renormalised to sum 1" },
@@ -58,6 +58,21 @@ export const FEATURES = {
     doc: "mlx-lm's stacked experts module name under mlp" },
   moeExpertSize: { values: [false, "moe_intermediate_size", "intermediate_size"], default: false,
     doc: "config key of the experts' intermediate size" },
+  // Llama 4 (components/llama4.mjs).
+  ropeInterleaved: { values: [false, true], default: false,
+    doc: "RoPE rotates interleaved pairs (2i, 2i+1) (complex form)" },
+  qkL2Norm: { values: [false, "config:use_qk_norm"], default: false,
+    doc: "weightless L2 (RMS) norm of q and k heads after RoPE, on RoPE layers" },
+  attnTemperatureTuning: { values: [false, "config:attn_temperature_tuning"], default: false,
+    doc: "NoPE layers scale queries by 1 + attn_scale log1p(floor((pos + 1) / floor_scale))" },
+  chunkedAttention: { values: [false, true], default: false,
+    doc: "RoPE layers attend within attention_chunk_size chunks (KV cache: the live chunk and the one before)" },
+  ffnModule: { values: ["mlp", "feed_forward"], default: "mlp",
+    doc: "module name of the MLP / MoE block" },
+  moeSharedExpert: { values: [false, true], default: false,
+    doc: "a shared expert (shared_expert) added for every token" },
+  moeLayers: { values: [false, "config:moe_layers"], default: false,
+    doc: "MoE on config moe_layers (else every interleave_moe_layer_step-th layer), dense MLP of intermediate_size_mlp elsewhere" },
   // Gemma 3n (components/gemma3n.mjs).
   altup: { values: [false, true], default: false,
     doc: "AltUp: altup_num_inputs residual streams, predicted and corrected around each layer" },
@@ -96,6 +111,11 @@ export const CONFIG_DEFAULTS = {
   vocab_size_per_layer_input: { type: "integer", default: 262144 },
   num_kv_shared_layers: { type: "integer", default: 0 },
   swiglu_limit: { type: "number", default: 7 },
+  attention_chunk_size: { type: "integer", default: 8192 },
+  floor_scale: { type: "number", default: 8192 },
+  attn_scale: { type: "number", default: 0.1 },
+  interleave_moe_layer_step: { type: "integer", default: 1 },
+  intermediate_size_mlp: { type: "integer", default: 0 }, // 0: intermediate_size
 };
 
 function fail(def, msg) {

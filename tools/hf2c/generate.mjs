@@ -8,6 +8,7 @@ import { canEmit, emitStandardFamily } from "./components/standard.mjs";
 import { emitReadme, emitRegistry } from "./components/registry.mjs";
 import { canEmit as canEmitMoe, emitMoeFamily } from "./components/moe.mjs";
 import { canEmit as canEmitGemma3n, emitGemma3nFamily } from "./components/gemma3n.mjs";
+import { canEmit as canEmitLlama4, emitLlama4Family } from "./components/llama4.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -32,6 +33,7 @@ function emitFamily(def) {
   if (canEmit(def)) return emitStandardFamily(def);
   if (canEmitMoe(def)) return emitMoeFamily(def);
   if (canEmitGemma3n(def)) return emitGemma3nFamily(def);
+  if (canEmitLlama4(def)) return emitLlama4Family(def);
   throw new Error(`model-def ${def.family}: no emitter supports its features`);
 }
 

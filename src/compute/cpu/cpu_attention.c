@@ -17,21 +17,30 @@ static void attn_one(const cpu_kernels *k, const nmlx_attn_args *a, int64_t t, i
     const int64_t kvh = h / (group > 0 ? group : 1);
     const float *q = a->q + (t * a->H + h) * HD;
     float *out = a->out + (t * a->H + h) * HD;
-    const float *kb = a->k + kvh * a->cap * HD, *vb = a->v + kvh * a->cap * HD;
+    const int64_t base = kvh * a->cap * HD;
+    const bool half = a->kv_dtype != NMLX_DT_F32;
+    const void *K = half ? (const void *)(a->k16 + base) : (const void *)(a->k + base);
+    const void *V = half ? (const void *)(a->v16 + base) : (const void *)(a->v + base);
+    const size_t es = half ? sizeof(uint16_t) : sizeof(float);
     int64_t qi = a->q_pos + t;
     int64_t hi = qi < a->n_kv - 1 ? qi : a->n_kv - 1; /* inclusive */
     int64_t lo = a->window > 0 ? qi - a->window + 1 : 0;
     if (lo < 0) lo = 0;
-    memset(out, 0, (size_t)HD * sizeof(float));
-    if (lo > hi) return; /* nothing visible: zero output */
+    if (lo > hi) { /* nothing visible: zero output */
+        memset(out, 0, (size_t)HD * sizeof(float));
+        return;
+    }
     int64_t n = hi - lo + 1;
-    for (int64_t j = 0; j < n; j++) sc[j] = k->dot(q, kb + (lo + j) * HD, HD) * a->scale;
+    const char *K0 = (const char *)K + (size_t)(lo * HD) * es;
+    const char *V0 = (const char *)V + (size_t)(lo * HD) * es;
+    k->attn_scores(a->kv_dtype, q, K0, n, HD, a->scale, sc);
     if (a->softcap > 0) {
         float cap = a->softcap, inv = 1.0f / cap;
-        for (int64_t j = 0; j < n; j++) sc[j] = tanhf(sc[j] * inv) * cap;
+        for (int64_t j = 0; j < n; j++)
+            sc[j] = tanhf(sc[j] * inv) * cap;
     }
     k->softmax_row(sc, n, a->sinks ? a->sinks[h] : -INFINITY);
-    for (int64_t j = 0; j < n; j++) k->axpy(sc[j], vb + (lo + j) * HD, out, HD);
+    k->attn_mix(a->kv_dtype, sc, V0, n, HD, out);
 }
 
 static void attn_task(void *ctx, int ith, int nth) {
@@ -40,7 +49,8 @@ static void attn_task(void *ctx, int ith, int nth) {
     int64_t i0, i1;
     cpu_split(a->T * a->H, ith, nth, 1, &i0, &i1);
     float *sc = a->scratch + (int64_t)ith * a->n_kv;
-    for (int64_t i = i0; i < i1; i++) attn_one(j->k, a, i / a->H, i % a->H, sc);
+    for (int64_t i = i0; i < i1; i++)
+        attn_one(j->k, a, i / a->H, i % a->H, sc);
 }
 
 void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a) {

@@ -23,6 +23,13 @@ typedef struct cpu_kernels {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* y[i] += a * x[i] */
     void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /* Attention rows over a KV cache in `dt` (F32, F16 or BF16), rows of HD
+     * values: sc[j] = scale * q . K[j] for j < n, and out = sum_j p[j] * V[j]
+     * (out overwritten). */
+    void (*attn_scores)(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
+                        float scale, float *sc);
+    void (*attn_mix)(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
+                     float *out);
     /* one row of rmsnorm (see backend.h); w may be NULL */
     void (*rmsnorm_row)(const float *x, const nmlx_tensor *w, float w_offset, float eps, float *y,
                         int64_t D);
@@ -59,6 +66,14 @@ extern const cpu_kernels nmlx_cpu_kernels_portable;
 extern const cpu_kernels nmlx_cpu_kernels_avx2;
 #else
 #define NMLX_CPU_HAVE_AVX2 0
+#endif
+
+/* attention_avx2.c: the avx2 set's attention row kernels */
+#if NMLX_CPU_HAVE_AVX2
+void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
+                           float scale, float *sc);
+void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
+                        float *out);
 #endif
 
 /* AVX-512 (x86-64): the AVX2 set with the prefill matmul replaced. */

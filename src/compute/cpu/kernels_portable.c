@@ -60,6 +60,33 @@ static void axpy(float a, const float *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static float kv_value(nmlx_dtype dt, const void *base, int64_t i) {
+    if (dt == NMLX_DT_F16) return nmlx_f16_to_f32(((const uint16_t *)base)[i]);
+    if (dt == NMLX_DT_BF16) return nmlx_bf16_to_f32(((const uint16_t *)base)[i]);
+    return ((const float *)base)[i];
+}
+
+static void attn_scores(nmlx_dtype dt, const float *q, const void *K, int64_t n, int64_t HD,
+                        float scale, float *sc) {
+    for (int64_t j = 0; j < n; j++) {
+        float s0 = 0, s1 = 0; /* two partial sums, as dot_f32 keeps four */
+        int64_t d = 0;
+        for (; d + 2 <= HD; d += 2) {
+            s0 += q[d] * kv_value(dt, K, j * HD + d);
+            s1 += q[d + 1] * kv_value(dt, K, j * HD + d + 1);
+        }
+        for (; d < HD; d++) s0 += q[d] * kv_value(dt, K, j * HD + d);
+        sc[j] = (s0 + s1) * scale;
+    }
+}
+
+static void attn_mix(nmlx_dtype dt, const float *p, const void *V, int64_t n, int64_t HD,
+                     float *out) {
+    for (int64_t d = 0; d < HD; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t d = 0; d < HD; d++) out[d] += p[j] * kv_value(dt, V, j * HD + d);
+}
+
 static void rmsnorm_row(const float *x, const nmlx_tensor *w, float w_offset, float eps, float *y,
                         int64_t D) {
     double ss = 0;
@@ -122,6 +149,8 @@ const cpu_kernels nmlx_cpu_kernels_portable = {
     .matmul_rows = matmul_rows,
     .dot = dot_f32,
     .axpy = axpy,
+    .attn_scores = attn_scores,
+    .attn_mix = attn_mix,
     .rmsnorm_row = rmsnorm_row,
     .act_mul = act_mul,
     .act = act_inplace,

@@ -33,4 +33,7 @@ const nmlx_family nmlx_family_ministral3 = {
     .state_trim = nmlx_std_state_trim,
     .state_caches = nmlx_std_state_caches,
     .forward = nmlx_std_forward,
+    .batch_create = nmlx_std_batch_create,
+    .batch_free = nmlx_std_batch_free,
+    .forward_batch = nmlx_std_forward_batch,
 };

@@ -11,7 +11,8 @@ export const MOE_FEATURES = new Set([
   "moeRouter", "moeStacked", "moeExpertSize", "attentionSinks",
 ]);
 
-const ROUTING = { softmax_topk: "NMLX_MOE_SOFTMAX_TOPK", topk_softmax: "NMLX_MOE_TOPK_SOFTMAX" };
+const ROUTING = { softmax_topk: "NMLX_MOE_SOFTMAX_TOPK", topk_softmax: "NMLX_MOE_TOPK_SOFTMAX",
+  topk_sigmoid: "NMLX_MOE_TOPK_SIGMOID" }; // the standard decoder scales expert outputs
 
 export function canEmit(def) {
   const f = def.features;

@@ -62,3 +62,27 @@ test("MoE families get the moe emitter: routing, layout names and sinks in C", a
   const bad = resolveModelDef({ ...base, features: { moe: "softmax_topk" } }, "toy.mjs");
   assert.throws(() => emitMoeFamily(bad), /toy: feature 'moe' needs 'moeRouter'/);
 });
+
+test("chunked-attention families get the llama4 emitter: features and defaults in C", async () => {
+  const { emitLlama4Family, canEmit } = await import("../components/llama4.mjs");
+  const d = resolveModelDef({ ...base, features: { chunkedAttention: true, ropeInterleaved: true,
+    qkL2Norm: "config:use_qk_norm", attnTemperatureTuning: "config:attn_temperature_tuning",
+    noRopeLayers: "config:no_rope_layers", ffnModule: "feed_forward", moe: "topk_sigmoid",
+    moeSharedExpert: true, moeLayers: "config:moe_layers", moeRouter: "router",
+    moeStacked: "experts", moeExpertSize: "intermediate_size" },
+    configDefaults: { attention_chunk_size: 16, floor_scale: 4 } }, "toy.mjs");
+  assert.ok(canEmit(d));
+  assert.ok(!canEmitStandard(d));
+  const c = emitLlama4Family(d);
+  assert.match(c, /\.rope_interleaved = true,/);
+  assert.match(c, /\.qk_l2_norm = NMLX_FEATURE_FROM_CONFIG,/);
+  assert.match(c, /\.moe_layers = NMLX_FEATURE_FROM_CONFIG,/);
+  assert.match(c, /\.dense_size_key = "intermediate_size_mlp",/);
+  assert.match(c, /\.attention_chunk_size = 16,/);
+  assert.match(c, /\.floor_scale = 4\.0,/);
+  assert.match(c, /\.build = nmlx_l4_build,/);
+  // a routing the llama4 blocks do not implement is refused
+  const bad = resolveModelDef({ ...base, features: { chunkedAttention: true, moe: "softmax_topk",
+    moeRouter: "router", moeStacked: "experts", moeExpertSize: "intermediate_size" } }, "toy.mjs");
+  assert.throws(() => emitLlama4Family(bad), /topk_sigmoid/);
+});

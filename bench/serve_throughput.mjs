@@ -1,0 +1,77 @@
+// Server throughput: aggregate completion tokens/s of N concurrent streamed
+// requests to `nmlx serve` (createServer), N = 1, 2, 4, 8, 16 by default, the
+// same server and clients throughout. Each request streams a text completion
+// of --tokens tokens (ignore_eos, greedy) from its own short prompt; the
+// figure is all completion tokens over the wall time from the first request
+// to the last one's end, prefill included. Rounds alternate over the stream
+// counts; medians of --rounds.
+//
+//   node bench/serve_throughput.mjs MODEL_DIR [--streams 1,2,4,8,16]
+//        [--tokens 64] [--rounds 3] [--threads 0]
+import { parseArgs } from "node:util";
+import { createServer } from "../node/lib/index.js";
+
+const { values: v, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    streams: { type: "string", default: "1,2,4,8,16" },
+    tokens: { type: "string", default: "64" },
+    rounds: { type: "string", default: "3" },
+    threads: { type: "string", default: "0" },
+  },
+});
+if (positionals.length !== 1) {
+  console.error("usage: node bench/serve_throughput.mjs MODEL_DIR [--streams 1,2,4,8,16] [--tokens 64] [--rounds 3] [--threads 0]");
+  process.exit(2);
+}
+const counts = v.streams.split(",").map(Number);
+const tokens = Number(v.tokens), rounds = Number(v.rounds);
+const maxBatch = Math.max(...counts);
+const server = await createServer({
+  model: positionals[0], port: 0, maxBatch, maxQueue: 0, threads: Number(v.threads), cacheSize: 0,
+});
+
+const TOPICS = ["the sea", "a city at night", "old machines", "rivers", "winter", "a library", "trains", "bees",
+  "mountains", "the moon", "a market", "clocks", "gardens", "storms", "bridges", "lanterns"];
+
+// One streamed completion; resolves with its completion token count.
+async function stream(i) {
+  const res = await fetch(`${server.url}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      prompt: `Write about ${TOPICS[i % TOPICS.length]}.`, max_tokens: tokens, temperature: 0,
+      ignore_eos: true, stream: true, stream_options: { include_usage: true },
+    }),
+  });
+  if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  let text = "", used = 0;
+  for await (const chunk of res.body) text += Buffer.from(chunk).toString("utf8");
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("data: {")) continue;
+    const ev = JSON.parse(line.slice(6));
+    if (ev.usage) used = ev.usage.completion_tokens;
+  }
+  if (used !== tokens) throw new Error(`a stream returned ${used} tokens, not ${tokens}`);
+  return used;
+}
+
+async function measure(n) {
+  const t0 = performance.now();
+  const got = await Promise.all(Array.from({ length: n }, (_, i) => stream(i)));
+  return got.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
+}
+
+await measure(1); // warm-up: page in the weights
+const res = new Map(counts.map((n) => [n, []]));
+for (let r = 0; r < rounds; r++) for (const n of counts) res.get(n).push(await measure(n));
+const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+const one = median(res.get(counts[0]));
+console.log(`model ${positionals[0]}, ${tokens} tokens per stream, medians of ${rounds} rounds, maxBatch ${maxBatch}`);
+console.log("| streams | aggregate tok/s | per stream tok/s | vs " + counts[0] + " stream(s) |\n| --- | --- | --- | --- |");
+for (const n of counts) {
+  const m = median(res.get(n));
+  console.log(`| ${n} | ${m.toFixed(2)} | ${(m / n).toFixed(2)} | ${(m / one).toFixed(2)}x |`);
+}
+console.log("batched steps:", JSON.stringify(server.scheduler.stats));
+await server.close();
