@@ -176,6 +176,14 @@ nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_bac
         for (int i = first; i < 4 && !impl->k; i++)
             pick_kernels(order[i], impl);
     }
+    /* NMLX_FEW_TOKEN_KERNELS=0: matmuls of 2..15 tokens run the one-token
+     * mat-vec per token instead (the same bits; for comparisons) */
+    const char *few = getenv("NMLX_FEW_TOKEN_KERNELS");
+    if (few && !strcmp(few, "0") && impl->k->matmul_few) {
+        if (impl->k != &impl->own) impl->own = *impl->k;
+        impl->own.matmul_few = NULL;
+        impl->k = &impl->own;
+    }
     be->ops = &cpu_ops;
     be->n_threads = n_threads;
     be->impl = impl;
