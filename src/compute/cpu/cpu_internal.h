@@ -103,6 +103,7 @@ void nmlx_avx512_matmul_rows(const nmlx_weight *w, const float *x, float *y, int
 bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const float *x, float *y,
                             int64_t d0, int64_t d1);
 int nmlx_avx512bf16_matvec_variants(void);
+const char *nmlx_avx512bf16_matvec_name(int variant);
 /* The few-token form of nmlx_avx512bf16_matvec (any variant: they give the
  * same bits): y[t * D + d] for t < T, d0 <= d < d1; false if N is too big. */
 bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const float *x, float *y,
@@ -115,7 +116,6 @@ bool nmlx_avx512_matmul_few(const nmlx_weight *w, const float *x, float *y, int6
                             int64_t d1);
 bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                 int64_t d0, int64_t d1);
-const char *nmlx_avx512bf16_matvec_name(int variant);
 #endif
 
 typedef struct cpu_impl {
