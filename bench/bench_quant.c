@@ -16,6 +16,9 @@
  * through the avx512 set's three prefill kernels by name (f32, AVX512_BF16,
  * int8 AVX512_VNNI; rows split over the threads as cpu_ops.c does), kernels
  * alternating per round; best GFLOP/s of the rounds per kernel.
+ *   build-x/bench_quant few [seconds=0.5] [isa] [threads=2] [q4,q8,mxfp4,bf16,f16,f32] [DxN=3072x1024]
+ * The `few` mode times a batched decode step (T = 1..15 tokens, dense bf16
+ * too) with and without the few-token kernels (bench/batched_decode.md).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
@@ -27,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static double budget = 0.4;
 
@@ -274,7 +278,132 @@ static int prefill_layers(int argc, char **argv) {
 }
 #endif
 
+/* ------------------------------------------------------------ few tokens */
+
+/* A weight of format fmt ("bf16", "f16", "f32": dense, "q4"/"q8": affine g64 with
+ * bf16 scales, "mxfp4": g32 E8M0 scales), random; bytes -> *bytes. */
+static nmlx_weight make_fmt(const char *fmt, int64_t D, int64_t N, size_t *bytes) {
+    if (fmt[0] != 'q' && fmt[0] != 'm') { /* dense: bf16, f16, f32 */
+        const nmlx_dtype dt = !strcmp(fmt, "f32")   ? NMLX_DT_F32
+                              : !strcmp(fmt, "f16") ? NMLX_DT_F16
+                                                    : NMLX_DT_BF16;
+        const size_t es = nmlx_dtype_size(dt);
+        char *p = malloc((size_t)(D * N) * es);
+        uint64_t st = 88172645463325252ull;
+        for (int64_t i = 0; i < D * N; i++) {
+            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+            float v = (float)(st >> 40) / 16777216.0f - 0.5f;
+            if (dt == NMLX_DT_F32)
+                memcpy(p + i * 4, &v, 4);
+            else {
+                uint16_t h = dt == NMLX_DT_F16 ? nmlx_f32_to_f16(v) : nmlx_f32_to_bf16(v);
+                memcpy(p + i * 2, &h, 2);
+            }
+        }
+        *bytes = (size_t)(D * N) * es;
+        return (nmlx_weight){.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .data = p},
+                             .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+    }
+    if (!strcmp(fmt, "mxfp4")) {
+        nmlx_weight w = make_q(4, 32, D, N, bytes);
+        uint8_t *e = malloc((size_t)(D * N / 32));
+        for (int64_t i = 0; i < D * N / 32; i++) e[i] = (uint8_t)(118 + i % 7);
+        free(w.scales.data), free(w.biases.data);
+        w.scales = (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {D, N / 32}, .data = e};
+        w.biases = (nmlx_tensor){0};
+        w.mode = NMLX_QUANT_MXFP4;
+        *bytes -= (size_t)(D * N / 32) * 3;
+        return w;
+    }
+    return make_q(fmt[1] == '8' ? 8 : 4, 64, D, N, bytes);
+}
+
+/* 1 thread: this thread's CPU time (steady on a shared machine: time
+ * when it is not running does not count); else wall time. */
+static double few_clock(int nth) {
+    if (nth > 1) return nmlx_time_seconds();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The backend with its kernel set's few-token kernels switched off: the
+ * one-token mat-vec per token over 64-row blocks (cpu_ops.c), the peer. */
+static void few_off(nmlx_backend *be) {
+    cpu_impl *im = be->impl;
+    im->own = *im->k;
+    im->own.matmul_few = NULL;
+    im->k = &im->own;
+}
+
+/* `bench_quant few [seconds] [isa] [threads] [fmt,...] [DxN]`: a batched
+ * decode step (T = 1, 2, 4, 8, 15 tokens) through the matmul op, weights
+ * cycled over > 256 MiB (from DRAM), ms per call (best of 5 passes, the
+ * two paths alternating pass by pass) with the few-token kernels and
+ * without them (per-token mat-vecs, as before). One thread: CPU time of
+ * the thread (see few_clock); BENCH_HOT=1: one copy (cache-resident). */
+static int bench_few(int argc, char **argv) {
+    const double secs = argc > 2 ? atof(argv[2]) : 0.5;
+    const char *isa = argc > 3 && *argv[3] ? argv[3] : NULL;
+    const int nth = argc > 4 ? atoi(argv[4]) : 2;
+    char fmts[128] = "q4,q8,bf16";
+    if (argc > 5) snprintf(fmts, sizeof fmts, "%s", argv[5]);
+    long long Dl = 3072, Nl = 1024;
+    if (argc > 6 && sscanf(argv[6], "%lldx%lld", &Dl, &Nl) != 2) return 1;
+    const int64_t D = Dl, N = Nl, Ts[] = {1, 2, 4, 8, 15};
+    nmlx_backend *be[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++)
+        if (nmlx_backend_cpu_create_isa(nth, isa, &be[i]) != NMLX_OK) return 1;
+    few_off(be[1]);
+    printf("few-token matmul %lldx%lld, set %s, %d threads; ms per call (best of 5)\n", Dl, Nl,
+           cpu_kernels_of(be[0])->isa, nth);
+    printf("%-6s %3s %9s %9s %8s | %9s %8s %7s\n", "fmt", "T", "few ms", "ms/tok", "x T=1",
+           "old ms", "x T=1", "speedup");
+    float *x = malloc((size_t)(15 * N) * sizeof(float)), *y = malloc((size_t)(15 * D) * 4);
+    for (int64_t i = 0; i < 15 * N; i++) x[i] = (float)(i % 13) * 0.01f - 0.06f;
+    for (char *f = strtok(fmts, ","); f; f = strtok(NULL, ",")) {
+        size_t bytes;
+        nmlx_weight w0 = make_fmt(f, D, N, &bytes);
+        int copies = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / bytes) + 1;
+        nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
+        ws[0] = w0;
+        for (int c = 1; c < copies; c++) ws[c] = make_fmt(f, D, N, &bytes);
+        double t1[2] = {0, 0};
+        for (int ti = 0; ti < 5; ti++) {
+            const int64_t T = Ts[ti];
+            double best[2] = {1e30, 1e30};
+            int64_t at = 0;
+            for (int pass = 0; pass < 10; pass++) {
+                const int p = pass & 1;
+                int64_t calls = 0;
+                double t0 = few_clock(nth), dt;
+                do {
+                    be[p]->ops->matmul(be[p], &ws[at++ % copies], NULL, x, y, T);
+                    calls++;
+                } while ((dt = few_clock(nth) - t0) < secs / 10);
+                if (dt / calls < best[p]) best[p] = dt / calls;
+            }
+            if (T == 1) t1[0] = best[0], t1[1] = best[1];
+            printf("%-6s %3lld %9.4f %9.4f %8.2f | %9.4f %8.2f %7.2f\n", f, (long long)T,
+                   1e3 * best[0], 1e3 * best[0] / T, best[0] / t1[0], 1e3 * best[1],
+                   best[1] / t1[1], best[1] / best[0]);
+            fflush(stdout);
+        }
+        for (int c = 0; c < copies; c++) {
+            if (ws[c].mode == NMLX_QUANT_NONE)
+                free(ws[c].w.data);
+            else
+                free_q(&ws[c]);
+        }
+        free(ws);
+    }
+    free(x), free(y);
+    nmlx_backend_free(be[0]), nmlx_backend_free(be[1]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "few")) return bench_few(argc, argv);
     if (argc == 8 && !strcmp(argv[1], "calls")) return fixed_calls(argv);
 #if defined(__x86_64__)
     if (argc > 1 && !strcmp(argv[1], "prefill")) return prefill_layers(argc, argv);

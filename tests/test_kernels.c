@@ -267,10 +267,10 @@ static void test_few_token_rows(const bk *b) {
     uint64_t saved = test_rng_; /* own stream: the other tests' data stay as they were */
     test_seed(4242 + (uint64_t)b->nth);
     const int64_t shapes[][2] = {{200, 300}, {131, 1030}, {70, 5000}};
-    const int64_t Ts[] = {2, 7, NMLX_CPU_FEW_TOKENS - 1};
+    const int64_t Ts[] = {2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1};
     for (int di = 0; di < 3; di++)
         for (size_t si = 0; si < 3; si++)
-            for (size_t ti = 0; ti < 3; ti++) {
+            for (size_t ti = 0; ti < 5; ti++) {
                 int64_t D = shapes[si][0], N = shapes[si][1], T = Ts[ti];
                 double *wex = malloc((size_t)(D * N) * sizeof(double));
                 void *wbuf = rand_typed(float_dtypes[di], D * N, -1, 1, wex);
@@ -297,6 +297,63 @@ static void test_few_token_rows(const bk *b) {
             }
     test_rng_ = saved;
 }
+
+#if NMLX_CPU_HAVE_AVX2
+/* The few-token mat-vecs by name against their one-token kernels, token by
+ * token, bit for bit: the AVX2 one (f32, f16, bf16; kind 0..2; bf16/f16 up
+ * to 8 tokens) and the AVX512_BF16 one (bf16, every variant of the
+ * one-token kernel: they give the same bits; kind 3). T = 1..15, N tails
+ * (not a multiple of 64, 16 or 8), N at column-block edges, row ranges
+ * that start inside the matrix and end in a row tail, N past the stack
+ * buffers for all 15 tokens. */
+static void test_few_token_kernels(int kind) {
+    uint64_t saved = test_rng_;
+    test_seed(9191 + (uint64_t)kind);
+    const int64_t shapes[][2] = {{9, 31},    {21, 33}, {17, 64},  {23, 95},
+                                 {30, 1030}, {7, 577}, {6, 1087}, {5, 5000}};
+    const nmlx_dtype dt = kind == 3 ? NMLX_DT_BF16 : float_dtypes[kind];
+    for (size_t si = 0; si < 8; si++) {
+        const int64_t D = shapes[si][0], N = shapes[si][1];
+        double *wex = malloc((size_t)(D * N) * sizeof(double));
+        void *W = rand_typed(dt, D * N, -1, 1, wex);
+        nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .data = W},
+                         .mode = NMLX_QUANT_NONE,
+                         .rows = D,
+                         .cols = N};
+        float *x = rand_vec(15 * N, -1, 1), *y = malloc((size_t)(15 * D) * sizeof(float));
+        float *y1 = malloc((size_t)D * sizeof(float));
+        const int64_t ranges[][2] = {{0, D}, {3, D}, {1, D - 2}};
+        for (int64_t T = 1; T < NMLX_CPU_FEW_TOKENS; T++)
+            for (int ri = 0; ri < 3; ri++) {
+                const int64_t d0 = ranges[ri][0], d1 = ranges[ri][1];
+                for (int64_t j = 0; j < T * D; j++)
+                    y[j] = NAN;
+                bool ok = kind == 3 ? nmlx_avx512bf16_matvec_few(W, N, D, x, y, T, d0, d1)
+                                    : nmlx_avx2_matmul_few(&w, x, y, T, d0, d1);
+                /* the AVX2 one declines bf16/f16 past 8 tokens (no faster) */
+                if (!ok && (kind == 1 || kind == 2) && T > 8) continue;
+                int64_t bad = ok ? -1 : T;
+                for (int64_t t = 0; t < T && bad < 0; t++) {
+                    for (int64_t d = 0; d < D; d++)
+                        y1[d] = NAN;
+                    if (kind == 3)
+                        nmlx_avx512bf16_matvec((int)(t % nmlx_avx512bf16_matvec_variants()), W, N,
+                                               x + t * N, y1, d0, d1);
+                    else
+                        nmlx_avx2_matmul_rows(&w, x + t * N, y1, 1, d0, d1);
+                    if (memcmp(y1 + d0, y + t * D + d0, (size_t)(d1 - d0) * sizeof(float))) bad = t;
+                }
+                EXPECT(bad < 0,
+                       "few-token %s %s D=%lld N=%lld T=%lld rows %lld..%lld: token %lld "
+                       "differs from the one-token kernel",
+                       kind == 3 ? "avx512bf16" : "avx2", nmlx_dtype_name(dt), (long long)D,
+                       (long long)N, (long long)T, (long long)d0, (long long)d1, (long long)bad);
+            }
+        free(wex), free(W), free(x), free(y), free(y1);
+    }
+    test_rng_ = saved;
+}
+#endif
 
 /* ------------------------------------------------------------------ embed */
 
@@ -703,6 +760,12 @@ int main(void) {
         test_elementwise(b);
         test_matvec_shapes(b);
         test_few_token_rows(b);
+#if NMLX_CPU_HAVE_AVX2
+        if (b->nth == 1 && !strcmp(b->isa, "avx2"))
+            for (int kind = 0; kind < 3; kind++)
+                test_few_token_kernels(kind);
+        if (b->nth == 1 && !strcmp(b->isa, "avx512bf16")) test_few_token_kernels(3);
+#endif
     }
     for (int i = 0; i < n_backends; i++)
         nmlx_backend_free(backends[i].be);

@@ -249,9 +249,10 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
 }
 
 /* A matmul of fewer than 16 tokens (a batched decode step) gives every row
- * exactly what a one-token call gives (cpu_ops.c), on every kernel set. */
-static void test_few_token_rows(nmlx_quant_mode mode, int bits, int gs) {
-    const int64_t D = 150, N = 512, T = 9;
+ * exactly what a one-token call gives (cpu_ops.c), on every kernel set, with
+ * 1 and 2 threads (row ranges split at 16-row steps). */
+static void test_few_token_rows(nmlx_quant_mode mode, int bits, int gs, int64_t N, int64_t T) {
+    const int64_t D = 150;
     qmat m;
     make_q(&m, mode, bits, gs, D, N, NMLX_DT_BF16);
     float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * 4);
@@ -278,6 +279,80 @@ static void test_few_token_rows(nmlx_quant_mode mode, int bits, int gs) {
     free(x), free(y), free(y1);
     free_q(&m);
 }
+
+#if defined(__x86_64__)
+/* The few-token quantized kernels by name (the avx512 set's, whatever the
+ * pick, and the avx2 set's) against their one-token kernels token by token,
+ * bit for bit: every group size and
+ * scale dtype, T = 1..15, row ranges that start inside the matrix and leave
+ * row tails (d1 - d0 not a multiple of 4), N over the f32 kernel's column
+ * chunk and over the bf16 kernel's stack buffer for all 15 tokens. */
+static void test_few_token_kernels(void) {
+    nmlx_backend *probe = NULL;
+    if (nmlx_backend_cpu_create_isa(1, "avx2", &probe) != NMLX_OK) return;
+    nmlx_backend_free(probe);
+    const struct {
+        nmlx_quant_mode mode;
+        int bits, gs;
+        int64_t D, N;
+    } cs[] = {
+        {NMLX_QUANT_AFFINE, 4, 32, 23, 32 * 5},    {NMLX_QUANT_AFFINE, 4, 64, 38, 64 * 7},
+        {NMLX_QUANT_AFFINE, 4, 128, 21, 128 * 3},  {NMLX_QUANT_AFFINE, 8, 32, 23, 32 * 9},
+        {NMLX_QUANT_AFFINE, 8, 64, 26, 64 * 5},    {NMLX_QUANT_AFFINE, 8, 128, 19, 128 * 3},
+        {NMLX_QUANT_AFFINE, 4, 64, 9, 64 * 70},    {NMLX_QUANT_AFFINE, 8, 32, 7, 32 * 131},
+        {NMLX_QUANT_AFFINE, 4, 128, 6, 128 * 100}, {NMLX_QUANT_MXFP4, 4, 32, 22, 32 * 7},
+        {NMLX_QUANT_MXFP4, 4, 32, 5, 32 * 140},
+    };
+    const nmlx_dtype sdts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t D = cs[c].D, N = cs[c].N;
+        qmat m;
+        make_q(&m, cs[c].mode, cs[c].bits, cs[c].gs, D, N, sdts[c % 3]);
+        float *x = malloc((size_t)(15 * N) * sizeof(float)), *y = malloc((size_t)(15 * D) * 4);
+        float *y1 = malloc((size_t)D * sizeof(float));
+        for (int64_t i = 0; i < 15 * N; i++)
+            x[i] = test_randf(-1, 1);
+        const int64_t ranges[][2] = {{0, D}, {3, D}, {1, D - 2}};
+        for (int bf = 0; bf < 3; bf++) { /* 0: f32, 1: bf16 (avx512 set), 2: avx2 */
+            if (bf == 0 && !have_avx512()) continue;
+            if (bf == 1 && (!have_avx512bf16() || !nmlx_avx512bf16_matvec_ok(&m.w))) continue;
+            for (int64_t T = 1; T < NMLX_CPU_FEW_TOKENS; T += (N > 4096 ? 7 : 1))
+                for (int ri = 0; ri < 3; ri++) {
+                    const int64_t d0 = ranges[ri][0], d1 = ranges[ri][1];
+                    for (int64_t j = 0; j < T * D; j++)
+                        y[j] = NAN;
+                    bool ok = bf == 2   ? nmlx_avx2_quant_matmul_few(&m.w, x, y, T, d0, d1)
+                              : bf == 1 ? nmlx_avx512bf16_quant_matmul_few(&m.w, x, y, T, d0, d1)
+                                        : nmlx_avx512f32_quant_matmul_few(&m.w, x, y, T, d0, d1);
+                    int64_t bad = ok ? -1 : T;
+                    for (int64_t t = 0; t < T && bad < 0; t++) {
+                        for (int64_t d = 0; d < D; d++)
+                            y1[d] = NAN;
+                        if (bf == 2)
+                            nmlx_avx2_quant_matvec(&m.w, x + t * N, y1, d0, d1);
+                        else if (bf == 1)
+                            nmlx_avx512bf16_quant_matvec(&m.w, x + t * N, y1, d0, d1);
+                        else
+                            nmlx_avx512f32_quant_matvec(&m.w, x + t * N, y1, d0, d1);
+                        if (memcmp(y1 + d0, y + t * D + d0, (size_t)(d1 - d0) * sizeof(float)))
+                            bad = t;
+                    }
+                    EXPECT(bad < 0,
+                           "few-token %s %s bits %d g%d %s D%lld N%lld T%lld rows %lld..%lld: "
+                           "token %lld differs from the one-token kernel",
+                           bf == 2 ? "avx2"
+                           : bf    ? "avx512 bf16"
+                                   : "avx512 f32",
+                           nmlx_quant_mode_name(cs[c].mode), cs[c].bits, cs[c].gs,
+                           nmlx_dtype_name(sdts[c % 3]), (long long)D, (long long)N, (long long)T,
+                           (long long)d0, (long long)d1, (long long)bad);
+                }
+        }
+        free(x), free(y), free(y1);
+        free_q(&m);
+    }
+}
+#endif
 
 /* MXFP4 scales over the E8M0 range (0 decodes as 2^-127, a subnormal) through
  * every kernel set, against the reference dequantization. */
@@ -364,8 +439,18 @@ int main(void) {
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 6, 32 * 130, 1); /* N > CK */
     for (int b = 0; b < 6; b++)
-        test_few_token_rows(NMLX_QUANT_AFFINE, bits[b], 64);
-    test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32);
+        test_few_token_rows(NMLX_QUANT_AFFINE, bits[b], 64, 512, 9);
+    for (int b = 4; b <= 8; b += 4)
+        for (int g = 0; g < 3; g++) {
+            test_few_token_rows(NMLX_QUANT_AFFINE, b, gss[g], gss[g] * 5, 2);
+            test_few_token_rows(NMLX_QUANT_AFFINE, b, gss[g], gss[g] * 9, 15);
+        }
+    test_few_token_rows(NMLX_QUANT_AFFINE, 4, 64, 64 * 67, 5); /* N > the f32 column chunk */
+    test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32, 512, 9);
+    test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32, 32 * 7, 14);
+#if defined(__x86_64__)
+    test_few_token_kernels();
+#endif
     test_e8m0_range();
     test_embed();
     return test_summary();

@@ -130,6 +130,7 @@ static bool pick_kernels(const char *isa, cpu_impl *impl) {
         impl->own = nmlx_cpu_kernels_avx2;
         impl->own.isa = "avx512";
         impl->own.matmul_rows = nmlx_avx512_matmul_rows;
+        impl->own.matmul_few = nmlx_avx512_matmul_few;
         impl->k = &impl->own;
         return true;
     }
@@ -139,6 +140,7 @@ static bool pick_kernels(const char *isa, cpu_impl *impl) {
         impl->own.matmul_rows = nmlx_avx512_matmul_rows;
         impl->own.matvec_bf16 = nmlx_avx512bf16_matvec;
         impl->own.matvec_bf16_variant = bf16_matvec_variant();
+        impl->own.matmul_few = nmlx_avx512bf16_matmul_few;
         impl->k = &impl->own;
         return true;
     }
@@ -171,7 +173,16 @@ nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_bac
         if (env && !strcmp(env, "portable")) first = 3;
         if (env && !strcmp(env, "avx2")) first = 2;
         if (env && !strcmp(env, "avx512")) first = 1;
-        for (int i = first; i < 4 && !impl->k; i++) pick_kernels(order[i], impl);
+        for (int i = first; i < 4 && !impl->k; i++)
+            pick_kernels(order[i], impl);
+    }
+    /* NMLX_FEW_TOKEN_KERNELS=0: matmuls of 2..15 tokens run the one-token
+     * mat-vec per token instead (the same bits; for comparisons) */
+    const char *few = getenv("NMLX_FEW_TOKEN_KERNELS");
+    if (few && !strcmp(few, "0") && impl->k->matmul_few) {
+        if (impl->k != &impl->own) impl->own = *impl->k;
+        impl->own.matmul_few = NULL;
+        impl->k = &impl->own;
     }
     be->ops = &cpu_ops;
     be->n_threads = n_threads;

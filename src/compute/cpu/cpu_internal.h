@@ -49,6 +49,15 @@ typedef struct cpu_kernels {
     bool (*matvec_bf16)(int variant, const uint16_t *W, int64_t N, const float *x, float *y,
                         int64_t d0, int64_t d1);
     int matvec_bf16_variant;
+    /* Optional (NULL if absent): the few-token mat-vec, 1 < T <
+     * NMLX_CPU_FEW_TOKENS (a batched decode step), y[t, d] for all t and
+     * rows d0 <= d < d1, each row bit for bit what the one-token path
+     * (matvec_bf16 or matmul_rows with T = 1) gives on token t, with each
+     * weight loaded and converted once for all T tokens. Returns false (y
+     * untouched) for weights it has no kernel for; the caller then runs
+     * the one-token path per token. */
+    bool (*matmul_few)(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                       int64_t d1);
 } cpu_kernels;
 
 extern const cpu_kernels nmlx_cpu_kernels_portable;
@@ -74,6 +83,16 @@ void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V,
  * row segment dequantized to f32 for the blocked prefill matmuls. */
 void nmlx_avx2_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0, int64_t d1);
 void nmlx_avx2_quant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64_t n, float *dst);
+/* matmul_avx2.c: the avx2 set's matmul_rows (T == 1: the dense mat-vec). */
+void nmlx_avx2_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                           int64_t d1);
+/* matmul_few_avx2.c: the avx2 set's cpu_kernels.matmul_few (dense f32, f16,
+ * bf16 weights; quantized ones through quant_few_avx2.c's form of the
+ * planar mat-vec: affine 4/8-bit g32/64/128, MXFP4; false for others). */
+bool nmlx_avx2_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                          int64_t d1);
+bool nmlx_avx2_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                int64_t d0, int64_t d1);
 /* quant_avx512.c: the avx512 set's matmul_rows for quantized weights (any T). */
 void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                    int64_t d0, int64_t d1);
@@ -86,6 +105,18 @@ bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const flo
                             int64_t d0, int64_t d1);
 int nmlx_avx512bf16_matvec_variants(void);
 const char *nmlx_avx512bf16_matvec_name(int variant);
+/* The few-token form of nmlx_avx512bf16_matvec (any variant: they give the
+ * same bits): y[t * D + d] for t < T, d0 <= d < d1; false if N is too big. */
+bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const float *x, float *y,
+                                int64_t T, int64_t d0, int64_t d1);
+/* cpu_kernels.matmul_few of the avx512 set (quant_few_avx512.c: quantized
+ * weights) and of the avx512bf16 set (matmul_avx512bf16.c: dense bf16 too). */
+bool nmlx_avx512_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                  int64_t d0, int64_t d1);
+bool nmlx_avx512_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                            int64_t d1);
+bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                int64_t d0, int64_t d1);
 #endif
 
 typedef struct cpu_impl {

@@ -52,8 +52,11 @@ static void matmul_task(void *ctx, int ith, int nth) {
          * prefill kernel has too little reuse to pay for its packing, so
          * run each token's mat-vec over row blocks small enough to stay in
          * cache across the tokens. Weights are read from memory once, and
-         * every row equals what a one-token call computes, bit for bit. */
-        for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
+         * every row equals what a one-token call computes, bit for bit.
+         * Kernel sets with a few-token mat-vec load each weight once for
+         * all the tokens instead (same bits). */
+        bool done = j->k->matmul_few && j->k->matmul_few(w, j->x, j->y, j->T, d0, d1);
+        for (int64_t b0 = d0; !done && b0 < d1; b0 += FEW_ROWS) {
             int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
             for (int64_t t = 0; t < j->T; t++)
                 matvec_rows(j, j->x + t * N, j->y + t * D, b0, b1);

@@ -168,4 +168,5 @@ const cpu_kernels nmlx_cpu_kernels_avx2 = {
     .add = add,
     .scale = scale,
     .softmax_row = softmax_row,
+    .matmul_few = nmlx_avx2_matmul_few,
 };

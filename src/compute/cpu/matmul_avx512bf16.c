@@ -134,3 +134,131 @@ bool nmlx_avx512bf16_matvec(int variant, const uint16_t *W, int64_t N, const flo
     variants[variant].fn(W, N, xb, y, d0, d1);
     return true;
 }
+
+/* ------------------------------------------------------------ few tokens */
+
+/* The few-token form (1 <= T < NMLX_CPU_FEW_TOKENS, a batched decode
+ * step): W (D, N) bf16 @ x (T, N) -> y (T, D), rows [d0, d1). Each 64-byte
+ * line of a weight row is loaded once and fed to every token's vdpbf16ps;
+ * per token and row the lanes accumulate exactly as rows_R does (a over
+ * the first 32 columns of each 64, b over the second, the masked tail into
+ * a, y = reduce(a + b)), so each row equals the one-token kernel's bit for
+ * bit (every variant gives the same bits). R rows x M tokens share the
+ * loads: 2 R M accumulators. */
+enum {
+    FEW_TT = 6,
+    FEW_XB = 64 * 1024,
+    FEW_PF = 8
+}; /* tokens per tile; bf16 x on the stack (128 KiB); prefetch distance in rows */
+
+static inline __attribute__((always_inline)) void rows_tok(int R, int M, const uint16_t *W,
+                                                           int64_t N, int64_t xs,
+                                                           const uint16_t *xb, float *y, int64_t ys,
+                                                           int64_t d, int64_t d1) {
+    const uint16_t *w[2];
+    __m512 a[2][FEW_TT], b[2][FEW_TT];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++) {
+        w[r] = W + (d + r) * N;
+#pragma GCC unroll 8
+        for (int t = 0; t < M; t++)
+            a[r][t] = _mm512_setzero_ps(), b[r][t] = a[r][t];
+    }
+    /* the same columns of the rows FEW_PF ahead into L2 (as the default
+     * variant, which reads 8 rows at a time, does for the next 8) */
+    const bool pf = d + FEW_PF + R <= d1;
+    int64_t k = 0;
+    for (; k + 64 <= N; k += 64) {
+        __m512i w0[2], w1[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) {
+            if (pf) {
+                _mm_prefetch((const char *)(w[r] + FEW_PF * N + k), _MM_HINT_T1);
+                _mm_prefetch((const char *)(w[r] + FEW_PF * N + k) + 64, _MM_HINT_T1);
+            }
+            w0[r] = _mm512_loadu_si512((const void *)(w[r] + k));
+            w1[r] = _mm512_loadu_si512((const void *)(w[r] + k + 32));
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < M; t++) {
+            __m512i x0 = _mm512_loadu_si512((const void *)(xb + t * xs + k));
+            __m512i x1 = _mm512_loadu_si512((const void *)(xb + t * xs + k + 32));
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                a[r][t] = _mm512_dpbf16_ps(a[r][t], AS_BH(w0[r]), AS_BH(x0));
+                b[r][t] = _mm512_dpbf16_ps(b[r][t], AS_BH(w1[r]), AS_BH(x1));
+            }
+        }
+    }
+    for (; k < N; k += 32) {
+        int64_t rem = N - k;
+        __mmask32 m = rem >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << rem) - 1u);
+        __m512i w0[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            w0[r] = _mm512_maskz_loadu_epi16(m, w[r] + k);
+#pragma GCC unroll 8
+        for (int t = 0; t < M; t++) {
+            __m512i x0 = _mm512_loadu_si512((const void *)(xb + t * xs + k));
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++)
+                a[r][t] = _mm512_dpbf16_ps(a[r][t], AS_BH(w0[r]), AS_BH(x0));
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < M; t++)
+            y[t * ys + d + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][t], b[r][t]));
+}
+
+typedef void (*few_fn)(const uint16_t *, int64_t, int64_t, const uint16_t *, float *, int64_t,
+                       int64_t, int64_t);
+#define FEW_FN(R, M)                                                                               \
+    static void few_##R##_##M(const uint16_t *W, int64_t N, int64_t xs, const uint16_t *xb,        \
+                              float *y, int64_t ys, int64_t d, int64_t d1) {                       \
+        rows_tok(R, M, W, N, xs, xb, y, ys, d, d1);                                                \
+    }
+/* clang-format off */
+FEW_FN(1, 1) FEW_FN(1, 2) FEW_FN(1, 3) FEW_FN(1, 4) FEW_FN(1, 5) FEW_FN(1, 6)
+FEW_FN(2, 1) FEW_FN(2, 2) FEW_FN(2, 3) FEW_FN(2, 4) FEW_FN(2, 5) FEW_FN(2, 6)
+static const few_fn few_fns[2][FEW_TT] = {
+    {few_1_1, few_1_2, few_1_3, few_1_4, few_1_5, few_1_6},
+    {few_2_1, few_2_2, few_2_3, few_2_4, few_2_5, few_2_6},
+};
+/* clang-format on */
+
+bool nmlx_avx512bf16_matvec_few(const uint16_t *W, int64_t N, int64_t D, const float *x, float *y,
+                                int64_t T, int64_t d0, int64_t d1) {
+    if (N > NMLX_BF16_MATVEC_MAX_N || T < 1) return false;
+    uint16_t xb[FEW_XB] __attribute__((aligned(64)));
+    /* round_x pads to 32; one more line keeps the tokens' rows off shared L1 sets */
+    const int64_t xs = ((N + 31) & ~(int64_t)31) + 32;
+    const int64_t tg = FEW_XB / xs < T ? FEW_XB / xs : T;
+    for (int64_t t0 = 0; t0 < T; t0 += tg) {
+        const int64_t m = T - t0 < tg ? T - t0 : tg;
+        for (int64_t t = 0; t < m; t++)
+            round_x(x + (t0 + t) * N, N, xb + t * xs);
+        for (int64_t d = d0; d < d1;) {
+            const int R = d1 - d >= 2 ? 2 : 1;
+            for (int64_t t1 = 0; t1 < m;) {
+                const int64_t tiles = (m - t1 + FEW_TT - 1) / FEW_TT,
+                              mt = (m - t1 + tiles - 1) / tiles;
+                few_fns[R - 1][mt - 1](W, N, xs, xb + t1 * xs, y + (t0 + t1) * D, D, d, d1);
+                t1 += mt;
+            }
+            d += R;
+        }
+    }
+    return true;
+}
+
+/* The avx512bf16 set's cpu_kernels.matmul_few: dense bf16 weights here
+ * (as matvec_bf16 takes them), anything else as the avx512 set. */
+bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                int64_t d0, int64_t d1) {
+    if (w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 &&
+        nmlx_avx512bf16_matvec_few(w->w.data, w->cols, w->rows, x, y, T, d0, d1))
+        return true;
+    return nmlx_avx512_matmul_few(w, x, y, T, d0, d1);
+}

@@ -21,7 +21,7 @@
  * tiles of tokens (see below); fewer tokens: the mat-vec per token. */
 #include "compute/cpu/quant_avx512.h"
 
-enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass, rows per pass */
+enum { CK = NMLX_QMV_CK, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass, rows per pass */
 
 /* Prefetch distance in rows: while a block of rows is summed, the same
  * columns of the rows PF_ROWS further on (and their scales/biases) are
@@ -32,19 +32,6 @@ enum { CK = 4096, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups per pass
 #ifndef NMLX_QMATVEC_PF_ROWS
 #define NMLX_QMATVEC_PF_ROWS 8
 #endif
-
-
-
-
-/* lanes summing to a . b (n elements) */
-static __m512 dot_lanes(const float *a, const float *b, int64_t n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = first_n(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-    }
-    return acc;
-}
 
 /* out[r] = sum_g sc[r][g] * (q[r, g, :] . x[g, :]) over ng groups of GS, for
  * R rows of BITS-bit codes starting at rows[r]; xp is x in planar order for
@@ -122,18 +109,6 @@ static const rows_fn rows_fns[2][3][2] = {
     {{rows_1_4_32, rows_4_4_32}, {rows_1_4_64, rows_4_4_64}, {rows_1_4_128, rows_4_4_128}},
     {{rows_1_8_32, rows_4_8_32}, {rows_1_8_64, rows_4_8_64}, {rows_1_8_128, rows_4_8_128}},
 };
-
-/* x[0..n) (n % 32 == 0) -> per 32-element chunk: its 16 even elements, then its 16 odd ones. */
-static void planar(const float *x, int64_t n, float *xp) {
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-    for (int64_t i = 0; i < n; i += 32) {
-        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
-        _mm512_storeu_ps(xp + i, _mm512_permutex2var_ps(a, ev, b));
-        _mm512_storeu_ps(xp + i + 16, _mm512_permutex2var_ps(a, od, b));
-    }
-}
-
 
 void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                                  int64_t d1) {
@@ -266,8 +241,6 @@ PANEL_FN(7) PANEL_FN(8) PANEL_FN(9) PANEL_FN(10) PANEL_FN(11) PANEL_FN(12)
 static const panel_fn panel_fns[12] = {panel_1, panel_2, panel_3, panel_4,  panel_5,  panel_6,
                                        panel_7, panel_8, panel_9, panel_10, panel_11, panel_12};
 
-
-
 /* panel[k][r] = W[r0 + r, k0 + k] for r < nr, 0 for nr <= r < PR. */
 static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk,
                        __m512 lut, float *panel) {
@@ -359,7 +332,10 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
     }
     /* few tokens (short prompts, MoE experts): a panel would be dequantized
      * for too little reuse; run the mat-vec per token over row blocks small
-     * enough that the block's packed rows stay in cache across tokens */
+     * enough that the block's packed rows stay in cache across tokens;
+     * quant_few_avx512.c's few-token kernels, where they take w, give the
+     * same bits with each weight unpacked once */
+    if (nmlx_avx512_quant_matmul_few(w, x, y, T, d0, d1)) return;
     for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
         const int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
         for (int64_t t = 0; t < T; t++) {

@@ -88,6 +88,32 @@ static inline void dequant_seg(const nmlx_weight *w, int64_t row, int64_t k0, in
     }
 }
 
+/* The f32 mat-vec (quant_avx512.c) and its few-token form
+ * (quant_few_avx512.c) sum x in column chunks of this many elements; both
+ * must use the same chunks to give the same bits. */
+#define NMLX_QMV_CK 4096
+
+/* lanes summing to a . b (n elements) */
+static inline __m512 dot_lanes(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = first_n(n - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return acc;
+}
+
+/* x[0..n) (n % 32 == 0) -> per 32-element chunk: its 16 even elements, then its 16 odd ones. */
+static inline void planar(const float *x, int64_t n, float *xp) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    for (int64_t i = 0; i < n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        _mm512_storeu_ps(xp + i, _mm512_permutex2var_ps(a, ev, b));
+        _mm512_storeu_ps(xp + i + 16, _mm512_permutex2var_ps(a, od, b));
+    }
+}
+
 /* the four horizontal sums of a, b, c, d */
 static inline __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));

@@ -259,16 +259,12 @@ typedef void (*mv_fn)(const uint8_t *const *, const char *, int64_t, const uint1
 MV_FN(1, 1)
 MV_FN(4, 1) MV_FN(1, 2) MV_FN(4, 2)
 
-void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                                  int64_t d1) {
-    const int gs = w->group_size, cpg = gs / 64;
-    const int64_t N = w->cols, G = N / gs, C = N / 64, row_bytes = N / 2;
-    const uint8_t *packed = (const uint8_t *)w->w.data;
-    uint16_t xb[MV_NMAX] __attribute__((aligned(64)));
-    float xs[MV_NMAX / 64], sc[MV_RB * MV_NMAX / 64], cb[MV_RB * MV_NMAX / 64];
-    const size_t ses = nmlx_dtype_size(w->scales.dtype);
-    /* x -> per 64-element chunk: its 32 even elements, then its 32 odd ones
-     * (bf16), and the sums of the rounded values per group */
+/* x (N,) -> xb: per 64-element chunk its 32 even elements, then its 32 odd
+ * ones (bf16); xs[g]: the sum of group g's rounded values (N % gs == 0,
+ * gs a multiple of 64). The decode mat-vec and its few-token form share it. */
+void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *xb, float *xs) {
+    const int64_t C = N / 64;
+    const int cpg = gs / 64;
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
     for (int64_t c = 0; c < C; c++) {
@@ -293,6 +289,17 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
         else
             xs[c / cpg] += cs;
     }
+}
+
+void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                                  int64_t d1) {
+    const int gs = w->group_size, cpg = gs / 64;
+    const int64_t N = w->cols, G = N / gs, row_bytes = N / 2;
+    const uint8_t *packed = (const uint8_t *)w->w.data;
+    uint16_t xb[MV_NMAX] __attribute__((aligned(64)));
+    float xs[MV_NMAX / 64], sc[MV_RB * MV_NMAX / 64], cb[MV_RB * MV_NMAX / 64];
+    const size_t ses = nmlx_dtype_size(w->scales.dtype);
+    nmlx_avx512bf16_quant_split_x(x, N, gs, xb, xs);
     const mv_fn f1 = cpg == 1 ? mv_1_1 : mv_1_2, f4 = cpg == 1 ? mv_4_1 : mv_4_2;
     for (int64_t d = d0; d < d1;) {
         const int R = d1 - d >= MV_RB ? MV_RB : 1;

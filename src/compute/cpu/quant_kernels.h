@@ -25,6 +25,17 @@ nmlx_qbf16_pick nmlx_qbf16_get_pick(void);
 bool nmlx_avx512bf16_matvec_ok(const nmlx_weight *w);
 void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                                   int64_t d1);
+/* x rounded to bf16 in the order nmlx_avx512bf16_quant_matvec reads it, and
+ * the per-group sums of the rounded values (xb: N elements, xs: N / gs). */
+void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *xb, float *xs);
+/* The few-token forms (1 <= T < NMLX_CPU_FEW_TOKENS): y[t, d] for rows
+ * [d0, d1), each row bit for bit the one-token kernel's on token t; false
+ * (y untouched) for weights they do not take. bf16: w as for
+ * nmlx_avx512bf16_matvec_ok; f32: affine 4/8-bit g32/64/128 and MXFP4 g32. */
+bool nmlx_avx512bf16_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                      int64_t d0, int64_t d1);
+bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                     int64_t d0, int64_t d1);
 /* any quantized w with cols % 32 == 0, T >= 1 */
 void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1);
