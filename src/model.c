@@ -11,6 +11,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 /* Default session context: the model's max_position_embeddings clamped to
  * [4096, 8192]. Like mlx-lm and transformers we do not refuse positions past
@@ -106,6 +109,13 @@ static void model_destroy(nmlx_model *m) {
     nmlx_backend_free(m->be);
     nmlx_free(m->dir);
     nmlx_free(m);
+#if defined(__GLIBC__)
+    /* A model's buffers are freed by several threads' arenas; glibc keeps
+     * their free pages mapped, so a process that loads and unloads models
+     * for days (a server, a Node app) creeps up without this. Rare and
+     * cheap next to a load. */
+    malloc_trim(0);
+#endif
 }
 
 void nmlx_model_unref(nmlx_model *m) {
