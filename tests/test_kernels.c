@@ -205,7 +205,7 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
     double *ref = malloc((size_t)(T * D) * sizeof(double));
     /* the avx512bf16 decode mat-vec rounds x to bf16 for bf16 weights (the
      * precision contract of bf16 checkpoints): the reference does too */
-    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T < NMLX_CPU_FEW_TOKENS &&
+    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T < NMLX_CPU_FEW_CHUNKED &&
                   N <= NMLX_BF16_MATVEC_MAX_N;
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
@@ -259,7 +259,7 @@ static void test_matmul(const bk *b) {
     }
 }
 
-/* Fewer than NMLX_CPU_FEW_TOKENS tokens (a batched decode step): every row
+/* Fewer than NMLX_CPU_FEW_CHUNKED tokens (a batched decode step): every row
  * of y equals a one-token call on that row, bit for bit, so a sequence in a
  * batch decodes exactly as it would alone. Shapes cross the 64-row blocks,
  * the thread split, and the bf16 mat-vec's column bound. */
@@ -267,10 +267,11 @@ static void test_few_token_rows(const bk *b) {
     uint64_t saved = test_rng_; /* own stream: the other tests' data stay as they were */
     test_seed(4242 + (uint64_t)b->nth);
     const int64_t shapes[][2] = {{200, 300}, {131, 1030}, {70, 5000}};
-    const int64_t Ts[] = {2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1};
+    const int64_t Ts[] = {2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1, NMLX_CPU_FEW_TOKENS,
+                          NMLX_CPU_FEW_CHUNKED - 1};
     for (int di = 0; di < 3; di++)
         for (size_t si = 0; si < 3; si++)
-            for (size_t ti = 0; ti < 5; ti++) {
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 int64_t D = shapes[si][0], N = shapes[si][1], T = Ts[ti];
                 double *wex = malloc((size_t)(D * N) * sizeof(double));
                 void *wbuf = rand_typed(float_dtypes[di], D * N, -1, 1, wex);

@@ -214,7 +214,7 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
 
 /* The avx512 set's matmul with NMLX_QUANT_INT8=prefill (set by main) */
 static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N) {
-    const int64_t T = 23;
+    const int64_t T = 31; /* >= NMLX_CPU_FEW_CHUNKED: the prefill kernels */
     qmat m;
     make_q(&m, mode, bits, gs, D, N, NMLX_DT_BF16);
     float *x = malloc((size_t)(T * N) * 4),
@@ -226,13 +226,13 @@ static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int
     for (int nth = 1; nth <= 2; nth++) {
         nmlx_backend *be = NULL;
         EXPECT(nmlx_backend_cpu_create_isa(nth, "avx512", &be) == NMLX_OK, "avx512 backend");
-        /* T >= 16: int8; 1 and 2 threads bit-identical */
+        /* T >= NMLX_CPU_FEW_CHUNKED (24): int8; 1 and 2 threads bit-identical */
         be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], T);
         char what[96];
         snprintf(what, sizeof what, "dispatch %s bits %d g%d threads %d",
                  nmlx_quant_mode_name(mode), bits, gs, nth);
         check(what, &m, &r, y[nth - 1], T, 0);
-        /* T < 16 and the LM head (f32_input): not int8 */
+        /* fewer tokens and the LM head (f32_input): not int8 */
         for (int v = 0; v < 2; v++) {
             const int64_t Tv = v ? T : 9;
             m.w.f32_input = v == 1;

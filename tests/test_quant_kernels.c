@@ -40,11 +40,12 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
 #if defined(__x86_64__)
     /* NMLX_QUANT_INT8=prefill (opt-in): x in int8, tests/test_quant_int8.c
      * checks its exact bound; here 1/64 of sum |w x| (random x: <= 7.9e-3) */
-    if (T >= 16 && !w->f32_input && nmlx_qint8_get_mode().prefill && nmlx_avx512vnni_quant_ok(w))
+    if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && nmlx_qint8_get_mode().prefill &&
+        nmlx_avx512vnni_quant_ok(w))
         return 1.0 / 64;
     if (!have_avx512bf16()) return TOL_F32;
     nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
-    if (T >= 16 ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
+    if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
                       (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
                 : p.matvec && nmlx_avx512bf16_matvec_ok(w))
         return TOL_BF16;
@@ -192,7 +193,7 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     for (int v = 0; v < (int)(sizeof isas / sizeof isas[0]) + 1; v++) {
         const size_t i = v < 3 ? (size_t)v : 2;
         m.w.f32_input = v == 3;
-        if (m.w.f32_input && T < 16) break;
+        if (m.w.f32_input && T < NMLX_CPU_FEW_CHUNKED) break;
         for (int nth = 1; nth <= 2; nth++) {
             nmlx_backend *be = NULL;
             if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
@@ -448,6 +449,10 @@ int main(void) {
     test_few_token_rows(NMLX_QUANT_AFFINE, 4, 64, 64 * 67, 5); /* N > the f32 column chunk */
     test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32, 512, 9);
     test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32, 32 * 7, 14);
+    /* two few-token passes (NMLX_CPU_FEW_TOKENS <= T < NMLX_CPU_FEW_CHUNKED) */
+    test_few_token_rows(NMLX_QUANT_AFFINE, 4, 64, 512, NMLX_CPU_FEW_TOKENS);
+    test_few_token_rows(NMLX_QUANT_AFFINE, 8, 32, 32 * 9, NMLX_CPU_FEW_CHUNKED - 1);
+    test_few_token_rows(NMLX_QUANT_MXFP4, 4, 32, 32 * 5, NMLX_CPU_FEW_TOKENS + 3);
 #if defined(__x86_64__)
     test_few_token_kernels();
 #endif

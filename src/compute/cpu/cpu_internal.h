@@ -12,6 +12,12 @@
  * the avx2 and avx512bf16 sets and level at 15 (bench/batched_decode.md);
  * quantized kernels had the same cut already (quant_avx512.c). */
 #define NMLX_CPU_FEW_TOKENS 16
+/* From NMLX_CPU_FEW_TOKENS up to this many tokens, two few-token passes
+ * (same bits): at 16 tokens they beat the blocked kernel by 1.2-2.6x on
+ * bf16, 4-bit and 8-bit weights on the avx512bf16 set and tie or beat it on
+ * the avx2 set; at 32 the blocked kernel wins for 8-bit and on avx2
+ * (bench/batched_decode.md). */
+#define NMLX_CPU_FEW_CHUNKED 24
 
 typedef struct cpu_kernels {
     const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */

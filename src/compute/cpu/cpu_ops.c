@@ -38,6 +38,23 @@ static void matvec_rows(const matmul_job *j, const float *x, float *y, int64_t d
         j->k->matmul_rows(w, x, y, 1, d0, d1);
 }
 
+/* T < NMLX_CPU_FEW_TOKENS tokens x [T, N] -> y [T, D] over rows [d0, d1):
+ * the kernel set's few-token mat-vec, which loads each weight once for all
+ * the tokens, else each token's mat-vec over row blocks small enough to
+ * stay in cache across the tokens (weights read from memory once either
+ * way; same bits). */
+static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T, int64_t d0,
+                       int64_t d1) {
+    const nmlx_weight *w = j->w;
+    const int64_t N = w->cols, D = w->rows;
+    if (j->k->matmul_few && j->k->matmul_few(w, x, y, T, d0, d1)) return;
+    for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
+        int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
+        for (int64_t t = 0; t < T; t++)
+            matvec_rows(j, x + t * N, y + t * D, b0, b1);
+    }
+}
+
 static void matmul_task(void *ctx, int ith, int nth) {
     const matmul_job *j = ctx;
     int64_t d0, d1;
@@ -47,19 +64,17 @@ static void matmul_task(void *ctx, int ith, int nth) {
     const int64_t N = w->cols, D = w->rows;
     if (j->T == 1) {
         matvec_rows(j, j->x, j->y, d0, d1);
-    } else if (j->T < NMLX_CPU_FEW_TOKENS) {
-        /* A few tokens (a batched decode step, a short prompt): the blocked
-         * prefill kernel has too little reuse to pay for its packing, so
-         * run each token's mat-vec over row blocks small enough to stay in
-         * cache across the tokens. Weights are read from memory once, and
-         * every row equals what a one-token call computes, bit for bit.
-         * Kernel sets with a few-token mat-vec load each weight once for
-         * all the tokens instead (same bits). */
-        bool done = j->k->matmul_few && j->k->matmul_few(w, j->x, j->y, j->T, d0, d1);
-        for (int64_t b0 = d0; !done && b0 < d1; b0 += FEW_ROWS) {
-            int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
-            for (int64_t t = 0; t < j->T; t++)
-                matvec_rows(j, j->x + t * N, j->y + t * D, b0, b1);
+    } else if (j->T < NMLX_CPU_FEW_CHUNKED) {
+        /* Fewer tokens than the blocked prefill kernel pays for (a batched
+         * decode step, a short prompt): under NMLX_CPU_FEW_TOKENS in one
+         * few-token pass, up to NMLX_CPU_FEW_CHUNKED in two (the weights
+         * read twice: still faster than the blocked kernel there). Every
+         * row equals what a one-token call computes, bit for bit. */
+        int64_t chunks = j->T < NMLX_CPU_FEW_TOKENS ? 1 : 2;
+        for (int64_t c = 0, t0 = 0; c < chunks; c++) {
+            int64_t n = (j->T - t0) / (chunks - c);
+            few_tokens(j, j->x + t0 * N, j->y + t0 * D, n, d0, d1);
+            t0 += n;
         }
     } else {
         j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);

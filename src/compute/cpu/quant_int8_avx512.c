@@ -4,7 +4,7 @@
  * (tests/test_quant_int8.c).
  *
  * W (D, N) affine 4/8-bit (group 32/64/128) or MXFP4 @ x (T, N) -> y (T, D),
- * rows [d0, d1), T >= 1 (the avx512 set reaches it for T >= 16):
+ * rows [d0, d1), T >= 1 (the avx512 set reaches it for T >= 24, NMLX_CPU_FEW_CHUNKED):
  *
  *   x is quantized per token and block of XB columns (XB = the group size, or
  *   32 where asked; blocks never straddle a group):
@@ -346,7 +346,7 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
 static nmlx_qint8_mode g_mode;
 static pthread_once_t g_mode_once = PTHREAD_ONCE_INIT;
 
-/* NMLX_QUANT_INT8: unset / "0": off; "prefill" (or "1"): on for T >= 16
+/* NMLX_QUANT_INT8: unset / "0": off; "prefill" (or "1"): on for T >= 24
  * where the CPU has AVX512_VNNI; NMLX_QUANT_INT8_BLOCK=32: 32-column x
  * blocks instead of one per group. */
 static void read_mode(void) {
