@@ -281,7 +281,7 @@ void nmlx_batch_free(nmlx_batch *batch);
  * sessions of the batch's model), as nmlx_session_eval(sessions[i], &ids[i],
  * 1, 0) would; then nmlx_session_logits(sessions[i]) holds each one's
  * logits. On the CPU they equal those of the session's own one-token eval
- * bit for bit while n < 16; beyond that, and on a GPU, they agree within the
+ * bit for bit while n < 24; beyond that, and on a GPU, they agree within the
  * precision of the weights' format. A session's pending token (left by
  * nmlx_generate) is evaluated first, on its own. Arguments are checked
  * before anything runs (NMLX_ERR_INVALID_ARG, or NMLX_ERR_CONTEXT_OVERFLOW

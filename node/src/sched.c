@@ -4,7 +4,7 @@
  *   1. every decoding sequence's pending token (sampled last round) is
  *      evaluated in one batched step (nmlx_batch_eval: the weights are read
  *      once for all of them, and on the CPU each sequence's logits equal a
- *      lone eval's bit for bit below 16 sequences);
+ *      lone eval's bit for bit below 24 sequences);
  *   2. every sequence still prefilling evaluates one prompt chunk of at most
  *      `prefillChunk` tokens, so a new long prompt is prefilled between the
  *      decode steps of running streams instead of stalling them;

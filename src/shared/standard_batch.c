@@ -2,9 +2,9 @@
  * advance by one token each in one pass. Every matmul runs over the B rows
  * together, so each weight is read once per step instead of once per
  * session; RoPE, the cache append and attention are per row, on that
- * session's own cache. On the CPU a matmul of fewer than 16 rows runs as
- * per-row mat-vecs (cpu_ops.c), so a session's logits in a batch of up to
- * 15 equal its logits alone bit for bit. */
+ * session's own cache. On the CPU a matmul of fewer than 24 rows runs as
+ * few-token mat-vecs (cpu_ops.c), so a session's logits in a batch of up to
+ * 23 equal its logits alone bit for bit. */
 #include "standard_model_impl.h"
 
 #include <string.h>
