@@ -234,6 +234,7 @@ int cli_quantize_bits;
 int cli_kv_bits, cli_kv_group_size = 64, cli_quantized_kv_start;
 const char *cli_device;
 const char *cli_kv_type;
+const char *cli_precision;
 
 const nmlx_session_params *cli_session_params(void) {
     static nmlx_session_params sp;
@@ -252,6 +253,7 @@ nmlx_model *cli_load_model(const char *cmd, const char *dir, int n_threads, int 
     if (n_threads >= 0) mp.n_threads = n_threads;
     mp.no_tokenizer = no_tokenizer;
     mp.device = cli_device;
+    mp.precision = cli_precision;
     nmlx_model *model = NULL;
     double t0 = cli_now();
     if (nmlx_model_load(dir, &mp, &model) != NMLX_OK) {

@@ -103,6 +103,11 @@ typedef struct nmlx_model_params {
                            and MXFP4; MoE, Gemma 3n and the quantized KV cache fail
                            with NMLX_ERR_UNSUPPORTED there. Not copied: the
                            string must live until nmlx_model_load returns. */
+    const char *precision; /* NULL or "default"; "int8": the prefill of quantized
+                              weights on int8 activations (CPUs with AVX512_VNNI;
+                              about 2x faster, over the quantized fixtures'
+                              precision contract: docs/quantization.md). Not
+                              copied. */
 } nmlx_model_params;
 
 nmlx_model_params nmlx_model_default_params(void);

@@ -206,6 +206,7 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     snprintf(path, sizeof path, "%s/config.json", dir);
     TRY(load_quantization(m, path, &p));
     TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    TRY(nmlx_backend_set_precision(m->be, p.precision));
     /* device backends run the standard decoder (its loaders prepare the
      * weights); families with their own layer code are CPU-only for now */
     CHECK(nmlx_backend_is_host(m->be) || m->family->build == nmlx_std_build,

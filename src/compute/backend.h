@@ -155,6 +155,13 @@ void nmlx_backend_free(nmlx_backend *be);
 nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out);
 /* "cpu" (or NULL / ""), "cuda" (= "cuda:0") or "cuda:N". */
 nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out);
+/* Precision of the CPU backend's quantized prefill: NULL or "default" (f32
+ * activations), or "int8" (activations rounded to int8 per weight group,
+ * AVX512_VNNI; about 2x the speed, over the quantized fixtures' precision
+ * contract: docs/quantization.md). NMLX_ERR_UNSUPPORTED for int8 where the
+ * CPU lacks AVX512_VNNI or the backend is not the CPU; INVALID_ARG for
+ * other names. */
+nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
 /* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU

@@ -128,6 +128,7 @@ bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, 
 typedef struct cpu_impl {
     const cpu_kernels *k;
     cpu_kernels own; /* derived tables (avx512) live here, so no globals */
+    bool int8_prefill; /* nmlx_backend_cpu_set_precision "int8" */
 } cpu_impl;
 
 static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {

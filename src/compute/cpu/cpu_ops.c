@@ -3,6 +3,7 @@
  * chosen kernel set. Small ops run on the caller thread alone: waking the
  * pool costs about a microsecond. */
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 
 #include <math.h>
@@ -28,6 +29,7 @@ typedef struct {
     const float *x;
     float *y;
     int64_t T;
+    bool int8; /* the backend's precision "int8": quantized prefill on int8 activations */
 } matmul_job;
 
 /* One token's mat-vec over rows [d0, d1): the decode kernel. */
@@ -55,6 +57,19 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
     }
 }
 
+/* precision "int8" (nmlx_backend_set_precision): a quantized prefill on
+ * int8 activations, never for the LM head (f32_input); false = not taken */
+static bool int8_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
+#if NMLX_CPU_HAVE_AVX2
+    const nmlx_weight *w = j->w;
+    return j->int8 && w->mode != NMLX_QUANT_NONE && !w->f32_input && nmlx_avx512vnni_quant_ok(w) &&
+           nmlx_avx512vnni_quant_matmat(w, j->x, j->y, j->T, d0, d1);
+#else
+    (void)j, (void)d0, (void)d1;
+    return false;
+#endif
+}
+
 static void matmul_task(void *ctx, int ith, int nth) {
     const matmul_job *j = ctx;
     int64_t d0, d1;
@@ -76,7 +91,7 @@ static void matmul_task(void *ctx, int ith, int nth) {
             few_tokens(j, j->x + t0 * N, j->y + t0 * D, n, d0, d1);
             t0 += n;
         }
-    } else {
+    } else if (!int8_prefill(j, d0, d1)) {
         j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);
     }
     if (j->bias) {
@@ -101,7 +116,7 @@ void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     } else if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) {
         return;
     }
-    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T};
+    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T, ((const cpu_impl *)be->impl)->int8_prefill};
     int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
     nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
 }

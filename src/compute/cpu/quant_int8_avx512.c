@@ -358,6 +358,11 @@ static void read_mode(void) {
     g_mode.xblock = blk && !strcmp(blk, "32") ? 32 : 0;
 }
 
+bool nmlx_qint8_cpu_ok(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+}
+
 nmlx_qint8_mode nmlx_qint8_get_mode(void) {
     pthread_once(&g_mode_once, read_mode);
     return g_mode;
