@@ -1,0 +1,78 @@
+/* nmlx_model_params.precision: "int8" runs the quantized prefill on int8
+ * activations. On a quantized fixture with a prompt long enough for the
+ * prefill kernels (>= 24 tokens), int8 logits must differ from the default
+ * (the path was taken) yet stay within the int8 bound of docs/quantization.md
+ * (5e-2 of the logit range here; the kernel's exact bound is checked in
+ * test_quant_int8.c). Bad names fail with INVALID_ARG; where the CPU lacks
+ * AVX512_VNNI, "int8" fails with UNSUPPORTED naming the need. */
+#include "harness.h"
+#include "nmlx.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <string.h>
+
+static const char *const DIRS[] = {"tests/fixtures/quant_llama_q4g64_f16",
+                                   "tests/fixtures/quant_qwen3_q8g64_bf16",
+                                   "tests/fixtures/quant_llama_mxfp4"};
+
+static nmlx_model *load(const char *dir, const char *precision, nmlx_status *st) {
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.precision = precision;
+    mp.n_threads = 2;
+    nmlx_model *m = NULL;
+    *st = nmlx_model_load(dir, &mp, &m);
+    return m;
+}
+
+/* logits of a 40-token prompt (rows of the last token) into out */
+static bool prompt_logits(nmlx_model *m, float *out, int64_t V) {
+    nmlx_session *s = NULL;
+    if (nmlx_session_create(m, NULL, &s) != NMLX_OK) return false;
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++)
+        ids[i] = (int32_t)((i * 7919 + 13) % V);
+    bool ok = nmlx_session_eval(s, ids, 40, 0) == NMLX_OK;
+    if (ok) memcpy(out, nmlx_session_logits(s), (size_t)V * sizeof(float));
+    nmlx_session_free(s);
+    return ok;
+}
+
+int main(void) {
+    nmlx_status st;
+    nmlx_model *bad = load(DIRS[0], "fp7", &st);
+    EXPECT(!bad && st == NMLX_ERR_INVALID_ARG && strstr(nmlx_last_error(), "fp7"),
+           "precision fp7: status %d, '%s'", (int)st, nmlx_last_error());
+    nmlx_model *probe = load(DIRS[0], "int8", &st);
+    if (!probe) {
+        EXPECT(st == NMLX_ERR_UNSUPPORTED && strstr(nmlx_last_error(), "AVX512_VNNI"),
+               "int8 refused: status %d, '%s'", (int)st, nmlx_last_error());
+        printf("precision int8: not supported on this CPU (%s)\n", nmlx_last_error());
+        return test_summary();
+    }
+    nmlx_model_free(probe);
+    for (size_t d = 0; d < sizeof DIRS / sizeof DIRS[0]; d++) {
+        nmlx_model *ref = load(DIRS[d], NULL, &st), *q8 = load(DIRS[d], "int8", &st);
+        EXPECT(ref && q8, "%s: load: %s", DIRS[d], nmlx_last_error());
+        if (ref && q8) {
+            int64_t V = nmlx_model_vocab_size(ref);
+            float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+            EXPECT(prompt_logits(ref, a, V) && prompt_logits(q8, b, V), "%s: eval", DIRS[d]);
+            double diff = 0, lo = INFINITY, hi = -INFINITY;
+            for (int64_t i = 0; i < V; i++) {
+                diff = fmax(diff, fabs((double)a[i] - b[i]));
+                lo = fmin(lo, a[i]), hi = fmax(hi, a[i]);
+            }
+            double rel = diff / (hi - lo);
+            printf("%-40s int8 vs default: max|diff| / range %.2e\n", DIRS[d], rel);
+            EXPECT(rel > 0, "%s: int8 gave the default's logits: the int8 path was not taken",
+                   DIRS[d]);
+            EXPECT(rel < 5e-2, "%s: int8 logits %.3g of the range away from the default", DIRS[d],
+                   rel);
+            free(a), free(b);
+        }
+        nmlx_model_free(ref);
+        nmlx_model_free(q8);
+    }
+    return test_summary();
+}
