@@ -71,7 +71,7 @@ export async function loadModel(idOrPath, opts = {}) {
   }
   if (idOrPath === undefined || idOrPath === null) idOrPath = useDemoModel();
   if (typeof idOrPath !== "string" || !idOrPath) throw invalid("loadModel: expected a folder, repository id or alias");
-  const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, device, ...rest } = opts;
+  const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, device, precision, ...rest } = opts;
   const unknown = Object.keys(rest).filter((k) => !["endpoint", "token", "cacheDir", "offline", "signal"].includes(k));
   if (unknown.length) throw invalid(`loadModel: unknown option '${unknown[0]}'`);
   if (!Number.isInteger(threads) || threads < 0) throw invalid("loadModel: threads must be an integer >= 0");
@@ -79,6 +79,8 @@ export async function loadModel(idOrPath, opts = {}) {
     throw invalid("loadModel: contextLength must be an integer >= 0");
   if (device !== undefined && (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device)))
     throw invalid(`loadModel: device must be "cpu", "cuda" or "cuda:N" (got ${String(device)})`);
+  if (precision !== undefined && precision !== "default" && precision !== "int8")
+    throw invalid(`loadModel: precision must be "default" or "int8" (got ${String(precision)})`);
   let dir = idOrPath, id = idOrPath;
   if (!isDir(idOrPath)) {
     id = resolveModelId(idOrPath);
@@ -89,7 +91,7 @@ export async function loadModel(idOrPath, opts = {}) {
     }
     dir = await snapshotDownload(id, { revision, onProgress, ...rest });
   }
-  const handle = await native.loadModel(dir, threads, contextLength, !!noTokenizer, device);
+  const handle = await native.loadModel(dir, threads, contextLength, !!noTokenizer, device, precision);
   return new Model(handle, dir, id);
 }
 

@@ -77,7 +77,8 @@ typedef struct load_job {
     napi_async_work work;
     napi_deferred deferred;
     char *dir;
-    char *device; /* NULL = the default (cpu) */
+    char *device;    /* NULL = the default (cpu) */
+    char *precision; /* NULL = the default */
     nmlx_model_params params;
     nmlx_model *model;
     nmlx_status status;
@@ -117,6 +118,7 @@ static void load_complete(napi_env env, napi_status status, void *data) {
     napi_delete_async_work(env, j->work);
     free(j->dir);
     free(j->device);
+    free(j->precision);
     free(j);
 }
 
@@ -145,10 +147,10 @@ static char *get_string(napi_env env, napi_value v, size_t *len_out) {
     return s;
 }
 
-/* loadModel(dir, threads, contextLength, noTokenizer[, device]) */
+/* loadModel(dir, threads, contextLength, noTokenizer[, device[, precision]]) */
 static napi_value load_model(napi_env env, napi_callback_info info) {
-    size_t argc = 5;
-    napi_value argv[5];
+    size_t argc = 6;
+    napi_value argv[6];
     NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc < 4) return addon_throw(env, "NMLX_ERR_INVALID_ARG", "loadModel: 4 arguments");
     load_job *j = calloc(1, sizeof *j);
@@ -173,6 +175,17 @@ static napi_value load_model(napi_env env, napi_callback_info info) {
         }
         j->params.device = j->device;
     }
+    dt = napi_undefined;
+    if (argc >= 6) napi_typeof(env, argv[5], &dt);
+    if (dt == napi_string) {
+        if (!(j->precision = get_string(env, argv[5], NULL))) {
+            free(j->dir);
+            free(j->device);
+            free(j);
+            return NULL;
+        }
+        j->params.precision = j->precision;
+    }
     napi_value promise, name;
     napi_create_string_utf8(env, "nmlx.loadModel", NAPI_AUTO_LENGTH, &name);
     if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
@@ -181,6 +194,7 @@ static napi_value load_model(napi_env env, napi_callback_info info) {
         napi_queue_async_work(env, j->work) != napi_ok) {
         free(j->dir);
         free(j->device);
+        free(j->precision);
         free(j);
         return addon_throw(env, "NMLX_ERR_INTERNAL", "loadModel: cannot queue the load");
     }

@@ -164,3 +164,19 @@ test("isSupported, getVersion, RECOMMENDED_MODELS", async () => {
   for (const id of Object.values(RECOMMENDED_MODELS)) assert.match(id, /^[\w.-]+\/[\w.-]+$/);
   assert.throws(() => { RECOMMENDED_MODELS.qwen = "x"; });
 });
+
+test("loadModel precision: int8 runs (or is refused where the CPU lacks AVX512_VNNI); other names throw", async () => {
+  const { dir, expected } = fixture("quant_llama_q4g64_f16");
+  await assert.rejects(() => loadModel(dir, { precision: "fp7" }), { code: "NMLX_ERR_INVALID_ARG", message: /precision/ });
+  let m;
+  try {
+    m = await loadModel(dir, { precision: "int8", threads: 1 });
+  } catch (e) {
+    assert.equal(e.code, "NMLX_ERR_UNSUPPORTED");
+    assert.match(e.message, /AVX512_VNNI/);
+    return;
+  }
+  const r = await m.generate(expected.prompt_ids, { maxTokens: 4, temperature: 0, ignoreEos: true });
+  assert.equal(r.completionTokens, 4);
+  await m.unload();
+});
