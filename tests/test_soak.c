@@ -244,9 +244,13 @@ int main(void) {
     int fds1 = count_dir("/proc/self/fd"), threads1 = count_threads();
     EXPECT(fds1 == fds0, "open file descriptors: %d before, %d after", fds0, fds1);
     EXPECT(threads1 == threads0, "threads: %d before, %d after", threads0, threads1);
+    /* 5% plus 1 MiB: with every model freed, malloc_trim leaves a baseline
+     * of a few MiB, where the allocator's per-thread residue alone (arenas
+     * of the pool and worker threads, cached thread stacks) is ~0.5 MiB
+     * whatever the round count; a leak per round exceeds it within rounds */
     if (!UNDER_ASAN)
-        EXPECT(rss_end <= rss_warm + rss_warm / 20, "RSS %ld KiB after warm-up, %ld KiB at the end",
-               rss_warm, rss_end);
+        EXPECT(rss_end <= rss_warm + rss_warm / 20 + 1024,
+               "RSS %ld KiB after warm-up, %ld KiB at the end", rss_warm, rss_end);
     printf("soak: %d workers x %d rounds (%d fixtures, %d sessions each), %ld generate calls, "
            "%ld cancelled, %.1f s; RSS %ld -> %ld KiB; fds %d -> %d; threads %d -> %d%s\n",
            WORKERS, rounds, N_FIXTURES, SESSIONS, calls, cancelled, secs, rss_warm, rss_end, fds0,
