@@ -64,6 +64,12 @@ enum { NMLX_LOGIT_ROWS = 16 };
 void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
                        int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out);
 
+/* The same with row r written to host_rows[r] (batched decode: each
+ * session's own logits buffer). */
+void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,
+                          int64_t rows, int64_t hidden, int64_t vocab, float softcap, float *dev,
+                          float *const *host_rows);
+
 /* num_hidden_layers against the checkpoint, before anything is sized from
  * it: some tensor must be named "<prefix>.layers.<n_layers - 1>.";
  * otherwise NMLX_ERR_INVALID_MODEL giving the layers the tensors have. */

@@ -8,13 +8,10 @@
  * alone bit for bit. */
 #include "llama4_model_impl.h"
 
-#include <string.h>
-
 typedef struct l4_batch {
     int64_t max_batch;
     float *x, *xn, *tmp, *gate, *up; /* [B, hidden], [B, widest MLP] */
     float *dev_logits;               /* [NMLX_LOGIT_ROWS, vocab] backend */
-    float *host_logits;              /* [NMLX_LOGIT_ROWS, vocab] host */
     nmlx_l4_buffers ab;              /* B rows; attention scratch is each session's */
     nmlx_l4_moe_buffers mb;
     bool has_mb;
@@ -30,7 +27,6 @@ void nmlx_l4_batch_free(void *batchp, nmlx_backend *be) {
                      b->ab.q, b->ab.k, b->ab.v, b->ab.ctx, b->dev_logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->ops->free(be, bufs[i]);
-    nmlx_free(b->host_logits);
     nmlx_free(b->caches);
     nmlx_free(b->scratch);
     nmlx_free(b);
@@ -56,11 +52,10 @@ nmlx_status nmlx_l4_batch_create(const void *archp, nmlx_backend *be, int64_t ma
     b->ab.v = be->ops->alloc(be, B * kvdim * f);
     b->ab.ctx = be->ops->alloc(be, B * qdim * f);
     b->dev_logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    b->host_logits = nmlx_malloc(NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
     b->caches = nmlx_calloc(B, sizeof *b->caches);
     b->scratch = nmlx_calloc(B, sizeof *b->scratch);
     CHECK(b->x && b->xn && b->tmp && b->gate && b->up && b->ab.q && b->ab.k && b->ab.v &&
-              b->ab.ctx && b->dev_logits && b->host_logits && b->caches && b->scratch,
+              b->ab.ctx && b->dev_logits && b->caches && b->scratch,
           NMLX_ERR_NOMEM, "out of memory for the buffers of a batch of %lld", (long long)max_batch);
     if (m->has_moe) {
         TRY(nmlx_l4_moe_buffers_alloc(&b->mb, be, max_batch, &m->moe));
@@ -108,14 +103,7 @@ nmlx_status nmlx_l4_forward_batch(const void *archp, void *batchp, void *const *
         be->ops->add(be, b->x, b->tmp, b->x, B * D);
     }
     nmlx_rmsnorm_forward(be, &m->norm, b->x, b->xn, B, D);
-    size_t row_bytes = (size_t)m->vocab * sizeof(float);
-    for (int64_t r0 = 0; r0 < B; r0 += NMLX_LOGIT_ROWS) {
-        int64_t n = B - r0 < NMLX_LOGIT_ROWS ? B - r0 : NMLX_LOGIT_ROWS;
-        nmlx_lm_head_rows(be, &m->lm_head, b->xn + r0 * D, n, D, m->vocab, 0.0f, b->dev_logits,
-                          b->host_logits);
-        for (int64_t r = 0; r < n; r++)
-            memcpy(logits[r0 + r], b->host_logits + r * m->vocab, row_bytes);
-    }
+    nmlx_lm_head_scatter(be, &m->lm_head, b->xn, B, D, m->vocab, 0.0f, b->dev_logits, logits);
 cleanup:
     return st;
 }

@@ -7,13 +7,10 @@
  * 23 equal its logits alone bit for bit. */
 #include "standard_model_impl.h"
 
-#include <string.h>
-
 typedef struct std_batch {
     int64_t max_batch;
     float *x;                  /* [B, hidden] residual stream */
     float *dev_logits;         /* [NMLX_LOGIT_ROWS, vocab] backend */
-    float *host_logits;        /* [NMLX_LOGIT_ROWS, vocab] host */
     nmlx_decoder_buffers buf;  /* B rows; attention scratch is each session's */
     nmlx_layer_cache **caches; /* [B] one layer's cache of each session */
     float **scratch;           /* [B] each session's attention scratch */
@@ -28,7 +25,6 @@ void nmlx_std_batch_free(void *batchp, nmlx_backend *be) {
                      b->buf.up, b->buf.attn.q, b->buf.attn.k, b->buf.attn.v, b->buf.attn.ctx};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->ops->free(be, bufs[i]);
-    nmlx_free(b->host_logits);
     nmlx_free(b->caches);
     nmlx_free(b->scratch);
     nmlx_free(b);
@@ -45,7 +41,6 @@ nmlx_status nmlx_std_batch_create(const void *archp, nmlx_backend *be, int64_t m
     size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
     b->x = be->ops->alloc(be, B * (size_t)m->hidden * f);
     b->dev_logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    b->host_logits = nmlx_malloc(NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
     b->buf.xn = be->ops->alloc(be, B * (size_t)m->hidden * f);
     b->buf.tmp = be->ops->alloc(be, B * (size_t)m->hidden * f);
     b->buf.gate = be->ops->alloc(be, B * (size_t)m->intermediate * f);
@@ -56,9 +51,9 @@ nmlx_status nmlx_std_batch_create(const void *archp, nmlx_backend *be, int64_t m
     b->buf.attn.ctx = be->ops->alloc(be, B * qdim * f);
     b->caches = nmlx_calloc(B, sizeof *b->caches);
     b->scratch = nmlx_calloc(B, sizeof *b->scratch);
-    CHECK(b->x && b->dev_logits && b->host_logits && b->buf.xn && b->buf.tmp && b->buf.gate &&
-              b->buf.up && b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx &&
-              b->caches && b->scratch,
+    CHECK(b->x && b->dev_logits && b->buf.xn && b->buf.tmp && b->buf.gate && b->buf.up &&
+              b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx && b->caches &&
+              b->scratch,
           NMLX_ERR_NOMEM, "out of memory for the buffers of a batch of %lld", (long long)max_batch);
     if (m->has_moe) {
         b->buf.moe = nmlx_calloc(1, sizeof *b->buf.moe);
@@ -97,15 +92,8 @@ nmlx_status nmlx_std_forward_batch(const void *archp, void *batchp, void *const 
         nmlx_decoder_layer_forward_rows(be, &m->layers[i], b->caches, b->scratch, &b->buf, b->x, B);
     }
     nmlx_rmsnorm_forward(be, &m->norm, b->x, b->buf.xn, B, m->hidden);
-    /* the LM head over all rows (through the host buffer, a group at a time) */
-    size_t row_bytes = (size_t)m->vocab * sizeof(float);
-    for (int64_t r0 = 0; r0 < B; r0 += NMLX_LOGIT_ROWS) {
-        int64_t n = B - r0 < NMLX_LOGIT_ROWS ? B - r0 : NMLX_LOGIT_ROWS;
-        nmlx_lm_head_rows(be, &m->lm_head, b->buf.xn + r0 * m->hidden, n, m->hidden, m->vocab,
-                          m->final_softcap, b->dev_logits, b->host_logits);
-        for (int64_t r = 0; r < n; r++)
-            memcpy(logits[r0 + r], b->host_logits + r * m->vocab, row_bytes);
-    }
+    nmlx_lm_head_scatter(be, &m->lm_head, b->buf.xn, B, m->hidden, m->vocab, m->final_softcap,
+                         b->dev_logits, logits);
 cleanup:
     return st;
 }
