@@ -9,9 +9,7 @@
 
 typedef struct std_batch {
     int64_t max_batch;
-    float *x;                  /* [B, hidden] residual stream */
-    float *dev_logits;         /* [NMLX_LOGIT_ROWS, vocab] backend */
-    nmlx_decoder_buffers buf;  /* B rows; attention scratch is each session's */
+    std_buffers w;             /* B rows; attention scratch is each session's */
     nmlx_layer_cache **caches; /* [B] one layer's cache of each session */
     float **scratch;           /* [B] each session's attention scratch */
 } std_batch;
@@ -19,12 +17,7 @@ typedef struct std_batch {
 void nmlx_std_batch_free(void *batchp, nmlx_backend *be) {
     std_batch *b = batchp;
     if (!b) return;
-    if (b->buf.moe) nmlx_moe_buffers_free(b->buf.moe, be);
-    nmlx_free(b->buf.moe);
-    float *bufs[] = {b->x,      b->dev_logits, b->buf.xn,     b->buf.tmp,    b->buf.gate,
-                     b->buf.up, b->buf.attn.q, b->buf.attn.k, b->buf.attn.v, b->buf.attn.ctx};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    std_buffers_free(&b->w, be);
     nmlx_free(b->caches);
     nmlx_free(b->scratch);
     nmlx_free(b);
@@ -37,29 +30,10 @@ nmlx_status nmlx_std_batch_create(const void *archp, nmlx_backend *be, int64_t m
     std_batch *b = nmlx_calloc(1, sizeof *b);
     CHECK(b, NMLX_ERR_NOMEM, "out of memory creating a batch");
     b->max_batch = max_batch;
-    size_t B = (size_t)max_batch, f = sizeof(float);
-    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
-    b->x = be->ops->alloc(be, B * (size_t)m->hidden * f);
-    b->dev_logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    b->buf.xn = be->ops->alloc(be, B * (size_t)m->hidden * f);
-    b->buf.tmp = be->ops->alloc(be, B * (size_t)m->hidden * f);
-    b->buf.gate = be->ops->alloc(be, B * (size_t)m->intermediate * f);
-    b->buf.up = be->ops->alloc(be, B * (size_t)m->intermediate * f);
-    b->buf.attn.q = be->ops->alloc(be, B * qdim * f);
-    b->buf.attn.k = be->ops->alloc(be, B * kvdim * f);
-    b->buf.attn.v = be->ops->alloc(be, B * kvdim * f);
-    b->buf.attn.ctx = be->ops->alloc(be, B * qdim * f);
-    b->caches = nmlx_calloc(B, sizeof *b->caches);
-    b->scratch = nmlx_calloc(B, sizeof *b->scratch);
-    CHECK(b->x && b->dev_logits && b->buf.xn && b->buf.tmp && b->buf.gate && b->buf.up &&
-              b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx && b->caches &&
-              b->scratch,
-          NMLX_ERR_NOMEM, "out of memory for the buffers of a batch of %lld", (long long)max_batch);
-    if (m->has_moe) {
-        b->buf.moe = nmlx_calloc(1, sizeof *b->buf.moe);
-        CHECK(b->buf.moe, NMLX_ERR_NOMEM, "out of memory creating a batch");
-        TRY(nmlx_moe_buffers_alloc(b->buf.moe, be, max_batch, &m->moe));
-    }
+    b->caches = nmlx_calloc((size_t)max_batch, sizeof *b->caches);
+    b->scratch = nmlx_calloc((size_t)max_batch, sizeof *b->scratch);
+    CHECK(b->caches && b->scratch, NMLX_ERR_NOMEM, "out of memory creating a batch");
+    TRY(std_buffers_alloc(m, be, max_batch, &b->w));
     *batchp = b;
     b = NULL;
 cleanup:
@@ -83,17 +57,18 @@ nmlx_status nmlx_std_forward_batch(const void *archp, void *batchp, void *const 
         std_state *s = states[r];
         for (int64_t i = 0; i < m->n_layers; i++)
             TRY(nmlx_layer_cache_reserve(&s->caches[i], be, 1));
-        b->scratch[r] = s->buf.attn.scratch;
+        b->scratch[r] = s->w.buf.attn.scratch;
     }
-    be->ops->embed(be, &m->embed, ids, B, m->embed_scale, b->x);
+    be->ops->embed(be, &m->embed, ids, B, m->embed_scale, b->w.x);
     for (int64_t i = 0; i < m->n_layers; i++) {
         for (int64_t r = 0; r < B; r++)
             b->caches[r] = &((std_state *)states[r])->caches[i];
-        nmlx_decoder_layer_forward_rows(be, &m->layers[i], b->caches, b->scratch, &b->buf, b->x, B);
+        nmlx_decoder_layer_forward_rows(be, &m->layers[i], b->caches, b->scratch, &b->w.buf, b->w.x,
+                                        B);
     }
-    nmlx_rmsnorm_forward(be, &m->norm, b->x, b->buf.xn, B, m->hidden);
-    nmlx_lm_head_scatter(be, &m->lm_head, b->buf.xn, B, m->hidden, m->vocab, m->final_softcap,
-                         b->dev_logits, logits);
+    nmlx_rmsnorm_forward(be, &m->norm, b->w.x, b->w.buf.xn, B, m->hidden);
+    nmlx_lm_head_scatter(be, &m->lm_head, b->w.buf.xn, B, m->hidden, m->vocab, m->final_softcap,
+                         b->w.logits, logits);
 cleanup:
     return st;
 }

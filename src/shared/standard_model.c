@@ -16,14 +16,15 @@
 #include <stdio.h>
 #include <string.h>
 
-
 /* Maps a hidden_act name to the kernel. The config getter has already
  * checked it against its domain (known to transformers, implemented here). */
 nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out) {
-    if (!strcmp(name, "silu") || !strcmp(name, "swish")) *out = NMLX_ACT_SILU;
+    if (!strcmp(name, "silu") || !strcmp(name, "swish"))
+        *out = NMLX_ACT_SILU;
     else if (!strcmp(name, "gelu_pytorch_tanh") || !strcmp(name, "gelu_new"))
         *out = NMLX_ACT_GELU_TANH;
-    else if (!strcmp(name, "gelu")) *out = NMLX_ACT_GELU_ERF;
+    else if (!strcmp(name, "gelu"))
+        *out = NMLX_ACT_GELU_ERF;
     else
         return nmlx_domain_check_str("config.json", "hidden_act", "hidden_act", name) == NMLX_OK
                    ? nmlx_fail(NMLX_ERR_UNSUPPORTED,
@@ -76,8 +77,7 @@ static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int
 /* Where the text model's weights live: "model." (causal LM), or the
  * language model of a multimodal checkpoint (hub: "language_model.model.",
  * transformers 5 in memory: "model.language_model."). */
-static nmlx_status weight_prefix(const nmlx_weights *ws, const char **prefix,
-                                 const char **head) {
+static nmlx_status weight_prefix(const nmlx_weights *ws, const char **prefix, const char **head) {
     static const char *const prefixes[][2] = {
         {"model", "lm_head"},
         {"language_model.model", "language_model.lm_head"},
@@ -125,9 +125,11 @@ static nmlx_status layer_windows(const nmlx_cfg *cfg, const nmlx_std_def *def, i
         TRY(nmlx_cfg_int(cfg, "sliding_window_pattern", def->sliding_window_pattern, &pattern));
         CHECK(pattern > 0, NMLX_ERR_INVALID_MODEL, "%s: sliding_window_pattern must be positive",
               nmlx_cfg_path(cfg));
-        for (int64_t i = 0; i < n_layers; i++) windows[i] = (i + 1) % pattern ? window : 0;
+        for (int64_t i = 0; i < n_layers; i++)
+            windows[i] = (i + 1) % pattern ? window : 0;
     } else {
-        for (int64_t i = 0; i < n_layers; i++) windows[i] = window;
+        for (int64_t i = 0; i < n_layers; i++)
+            windows[i] = window;
     }
 cleanup:
     nmlx_free(types);
@@ -140,7 +142,8 @@ static nmlx_status rope_layers(const nmlx_cfg *cfg, const nmlx_std_def *def, int
                                bool *use_rope) {
     nmlx_status st = NMLX_OK;
     int64_t *flags = NULL;
-    for (int64_t i = 0; i < n_layers; i++) use_rope[i] = true;
+    for (int64_t i = 0; i < n_layers; i++)
+        use_rope[i] = true;
     if (def->no_rope_layers == NMLX_FEATURE_OFF) return NMLX_OK;
     if (nmlx_cfg_has(cfg, "no_rope_layers")) {
         size_t n = 0;
@@ -150,13 +153,15 @@ static nmlx_status rope_layers(const nmlx_cfg *cfg, const nmlx_std_def *def, int
         CHECK(n == (size_t)n_layers, NMLX_ERR_INVALID_MODEL,
               "%s: field 'no_rope_layers' has %zu entries for %lld layers", nmlx_cfg_path(cfg), n,
               (long long)n_layers);
-        for (int64_t i = 0; i < n_layers; i++) use_rope[i] = flags[i] != 0;
+        for (int64_t i = 0; i < n_layers; i++)
+            use_rope[i] = flags[i] != 0;
     } else {
         int64_t every;
         TRY(nmlx_cfg_int(cfg, "no_rope_layer_interval", def->no_rope_layer_interval, &every));
         CHECK(every > 0, NMLX_ERR_INVALID_MODEL, "%s: no_rope_layer_interval must be positive",
               nmlx_cfg_path(cfg));
-        for (int64_t i = 0; i < n_layers; i++) use_rope[i] = (i + 1) % every != 0;
+        for (int64_t i = 0; i < n_layers; i++)
+            use_rope[i] = (i + 1) % every != 0;
     }
 cleanup:
     nmlx_free(flags);
@@ -173,8 +178,12 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
     const char *ekey = nmlx_cfg_has(cfg, "num_experts") ? "num_experts" : "num_local_experts";
     double limit = 0;
     *ms = (nmlx_moe_shape){
-        .hidden = hidden, .routing = d->routing, .router_bias = d->router_bias,
-        .expert_bias = d->expert_bias, .alpha = 1.702f, .router_name = d->router_name,
+        .hidden = hidden,
+        .routing = d->routing,
+        .router_bias = d->router_bias,
+        .expert_bias = d->expert_bias,
+        .alpha = 1.702f,
+        .router_name = d->router_name,
         .stacked_name = d->stacked_name,
         .act = d->clipped_swiglu ? NMLX_SWITCH_SWIGLU_CLIPPED : NMLX_SWITCH_SWIGLU,
     };
@@ -191,14 +200,16 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
               nmlx_cfg_path(cfg));
         ms->limit = (float)limit;
     }
-    for (int64_t i = 0; i < n_layers; i++) sparse[i] = true;
+    for (int64_t i = 0; i < n_layers; i++)
+        sparse[i] = true;
     if (d->sparse_layers) {
         int64_t step;
         size_t n = 0;
         TRY(nmlx_cfg_int(cfg, "decoder_sparse_step", 1, &step));
         CHECK(step > 0, NMLX_ERR_INVALID_MODEL, "%s: decoder_sparse_step must be positive",
               nmlx_cfg_path(cfg));
-        for (int64_t i = 0; i < n_layers; i++) sparse[i] = (i + 1) % step == 0;
+        for (int64_t i = 0; i < n_layers; i++)
+            sparse[i] = (i + 1) % step == 0;
         if (nmlx_cfg_has(cfg, "mlp_only_layers")) {
             only = nmlx_calloc((size_t)n_layers + 1, sizeof *only);
             CHECK(only, NMLX_ERR_NOMEM, "out of memory reading mlp_only_layers");
@@ -233,7 +244,8 @@ static nmlx_status load_sinks(std_model *m, const nmlx_weights *ws, nmlx_backend
         nmlx_to_f32(t->dtype, t->data, host + i * m->heads, (size_t)m->heads);
     }
     be->ops->upload(be, m->sinks, host, n * sizeof(float));
-    for (int64_t i = 0; i < m->n_layers; i++) m->layers[i].attn.sinks = m->sinks + i * m->heads;
+    for (int64_t i = 0; i < m->n_layers; i++)
+        m->layers[i].attn.sinks = m->sinks + i * m->heads;
 cleanup:
     nmlx_free(host);
     return st;
@@ -330,8 +342,8 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     m->windows = nmlx_calloc((size_t)m->n_layers, sizeof *m->windows);
     use_rope = nmlx_calloc((size_t)m->n_layers, sizeof *use_rope);
     sparse = nmlx_calloc((size_t)m->n_layers, sizeof *sparse);
-    CHECK(m->layers && m->windows && use_rope && sparse, NMLX_ERR_NOMEM, "out of memory for %lld layers",
-          (long long)m->n_layers);
+    CHECK(m->layers && m->windows && use_rope && sparse, NMLX_ERR_NOMEM,
+          "out of memory for %lld layers", (long long)m->n_layers);
     TRY(layer_windows(cfg, def, m->n_layers, window, m->windows));
     TRY(rope_layers(cfg, def, m->n_layers, use_rope));
     double qpas = 0;
@@ -342,9 +354,15 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
               nmlx_cfg_path(cfg));
     }
     nmlx_attention_shape as = {
-        .hidden = m->hidden, .heads = m->heads, .kv_heads = m->kv_heads,
-        .head_dim = m->head_dim, .qkv_bias = qkv_bias, .o_bias = o_bias,
-        .qk_norm = def->qk_norm, .fused_qkv = def->fused_qkv, .norm_eps = (float)eps,
+        .hidden = m->hidden,
+        .heads = m->heads,
+        .kv_heads = m->kv_heads,
+        .head_dim = m->head_dim,
+        .qkv_bias = qkv_bias,
+        .o_bias = o_bias,
+        .qk_norm = def->qk_norm,
+        .fused_qkv = def->fused_qkv,
+        .norm_eps = (float)eps,
         .norm_offset = norm_offset,
         .scale = def->query_pre_attn_scalar ? (float)(1.0 / sqrt(qpas))
                                             : 1.0f / sqrtf((float)m->head_dim),
@@ -356,9 +374,14 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
                                 : max_pos;
     }
     nmlx_decoder_opts dopts = {
-        .intermediate = m->intermediate, .mlp_bias = mlp_bias,
-        .fused_gate_up = def->fused_gate_up, .sandwich = def->sandwich_norms, .act = act,
-        .norm_eps = (float)eps, .norm_offset = norm_offset, .be = ctx->be,
+        .intermediate = m->intermediate,
+        .mlp_bias = mlp_bias,
+        .fused_gate_up = def->fused_gate_up,
+        .sandwich = def->sandwich_norms,
+        .act = act,
+        .norm_eps = (float)eps,
+        .norm_offset = norm_offset,
+        .be = ctx->be,
     };
     /* MoE routing reads router logits on the host and its experts are not
      * prepared for device backends yet */
@@ -405,26 +428,55 @@ void nmlx_std_destroy(void *archp, nmlx_backend *be) {
     nmlx_rope_free(&m->rope, be);
     nmlx_rope_free(&m->local_rope, be);
     if (m->layers)
-        for (int64_t i = 0; i < m->n_layers; i++) nmlx_decoder_layer_free(&m->layers[i], be);
+        for (int64_t i = 0; i < m->n_layers; i++)
+            nmlx_decoder_layer_free(&m->layers[i], be);
     if (m->sinks) be->ops->free(be, m->sinks);
     nmlx_free(m->layers);
     nmlx_free(m->windows);
     nmlx_free(m);
 }
 
+nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows, std_buffers *b) {
+    size_t R = (size_t)rows, f = sizeof(float), D = (size_t)m->hidden;
+    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
+    b->x = be->ops->alloc(be, R * D * f);
+    b->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
+    b->buf.xn = be->ops->alloc(be, R * D * f);
+    b->buf.tmp = be->ops->alloc(be, R * D * f);
+    b->buf.gate = be->ops->alloc(be, R * (size_t)m->intermediate * f);
+    b->buf.up = be->ops->alloc(be, R * (size_t)m->intermediate * f);
+    b->buf.attn.q = be->ops->alloc(be, R * qdim * f);
+    b->buf.attn.k = be->ops->alloc(be, R * kvdim * f);
+    b->buf.attn.v = be->ops->alloc(be, R * kvdim * f);
+    b->buf.attn.ctx = be->ops->alloc(be, R * qdim * f);
+    if (!(b->x && b->logits && b->buf.xn && b->buf.tmp && b->buf.gate && b->buf.up &&
+          b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx))
+        return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for work buffers of %lld tokens",
+                         (long long)rows);
+    if (!m->has_moe) return NMLX_OK;
+    b->buf.moe = nmlx_calloc(1, sizeof *b->buf.moe);
+    if (!b->buf.moe) return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for MoE buffers");
+    return nmlx_moe_buffers_alloc(b->buf.moe, be, rows, &m->moe);
+}
+
+void std_buffers_free(std_buffers *b, nmlx_backend *be) {
+    if (b->buf.moe) nmlx_moe_buffers_free(b->buf.moe, be);
+    nmlx_free(b->buf.moe);
+    float *bufs[] = {b->x,          b->logits,       b->buf.xn,          b->buf.tmp,
+                     b->buf.gate,   b->buf.up,       b->buf.attn.q,      b->buf.attn.k,
+                     b->buf.attn.v, b->buf.attn.ctx, b->buf.attn.scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) be->ops->free(be, bufs[i]);
+}
+
 void nmlx_std_state_free(void *statep, nmlx_backend *be) {
     std_state *s = statep;
     if (!s) return;
     if (s->caches)
-        for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_free(&s->caches[i], be);
+        for (int64_t i = 0; i < s->n_layers; i++)
+            nmlx_layer_cache_free(&s->caches[i], be);
     nmlx_free(s->caches);
-    if (s->buf.moe) nmlx_moe_buffers_free(s->buf.moe, be);
-    nmlx_free(s->buf.moe);
-    float *bufs[] = {s->x, s->logits, s->buf.xn, s->buf.tmp, s->buf.gate, s->buf.up,
-                     s->buf.attn.q, s->buf.attn.k, s->buf.attn.v, s->buf.attn.ctx,
-                     s->buf.attn.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    std_buffers_free(&s->w, be);
     nmlx_free(s);
 }
 
@@ -441,31 +493,12 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
     for (int64_t i = 0; i < m->n_layers; i++)
         TRY(nmlx_layer_cache_init(&s->caches[i], be, m->kv_heads, m->head_dim, m->windows[i],
                                   s->chunk, max_context));
-
-    size_t C = (size_t)s->chunk, f = sizeof(float);
-    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
-    s->x = be->ops->alloc(be, C * (size_t)m->hidden * f);
-    s->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    s->buf.xn = be->ops->alloc(be, C * (size_t)m->hidden * f);
-    s->buf.tmp = be->ops->alloc(be, C * (size_t)m->hidden * f);
-    s->buf.gate = be->ops->alloc(be, C * (size_t)m->intermediate * f);
-    s->buf.up = be->ops->alloc(be, C * (size_t)m->intermediate * f);
-    s->buf.attn.q = be->ops->alloc(be, C * qdim * f);
-    s->buf.attn.k = be->ops->alloc(be, C * kvdim * f);
-    s->buf.attn.v = be->ops->alloc(be, C * kvdim * f);
-    s->buf.attn.ctx = be->ops->alloc(be, C * qdim * f);
-    s->buf.attn.scratch = be->ops->alloc(
-        be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) * (size_t)max_context * f);
-    CHECK(s->x && s->logits && s->buf.xn && s->buf.tmp && s->buf.gate && s->buf.up &&
-              s->buf.attn.q && s->buf.attn.k && s->buf.attn.v && s->buf.attn.ctx &&
-              s->buf.attn.scratch,
-          NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
+    TRY(std_buffers_alloc(m, be, s->chunk, &s->w));
+    s->w.buf.attn.scratch =
+        be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
+                               (size_t)max_context * sizeof(float));
+    CHECK(s->w.buf.attn.scratch, NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
-    if (m->has_moe) {
-        s->buf.moe = nmlx_calloc(1, sizeof *s->buf.moe);
-        CHECK(s->buf.moe, NMLX_ERR_NOMEM, "out of memory creating a session");
-        TRY(nmlx_moe_buffers_alloc(s->buf.moe, be, s->chunk, &m->moe));
-    }
     *statep = s;
     s = NULL;
 cleanup:
@@ -480,7 +513,8 @@ int64_t nmlx_std_state_position(const void *statep) {
 
 void nmlx_std_state_trim(void *statep, int64_t n) {
     std_state *s = statep;
-    for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_trim(&s->caches[i], n);
+    for (int64_t i = 0; i < s->n_layers; i++)
+        nmlx_layer_cache_trim(&s->caches[i], n);
 }
 
 nmlx_layer_cache *nmlx_std_state_caches(void *statep, int64_t *n_layers) {
@@ -489,38 +523,39 @@ nmlx_layer_cache *nmlx_std_state_caches(void *statep, int64_t *n_layers) {
     return s->caches;
 }
 
-nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be,
-                             const int32_t *ids, int64_t T, float *last_logits,
-                             float *all_logits, atomic_bool *cancel) {
+nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
+                             int64_t T, float *last_logits, float *all_logits,
+                             atomic_bool *cancel) {
     const std_model *m = archp;
     std_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_std_state_position(s);
     TRY(nmlx_check_ids(ids, T, m->vocab));
     /* Make room in every cache first, so a failure leaves nothing half-done. */
-    for (int64_t i = 0; i < m->n_layers; i++) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
-    s->buf.attn.call_end = start + T;
+    for (int64_t i = 0; i < m->n_layers; i++)
+        TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
+    s->w.buf.attn.call_end = start + T;
 
     for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
         int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
-        be->ops->embed(be, &m->embed, ids + c0, C, m->embed_scale, s->x);
+        be->ops->embed(be, &m->embed, ids + c0, C, m->embed_scale, s->w.x);
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
-            nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->buf, s->x, C);
+            nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C);
         }
         bool last_chunk = c0 + C == T;
         if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->x, s->buf.xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->buf.xn, C, m->hidden, m->vocab, m->final_softcap,
-                              s->logits, all_logits + c0 * m->vocab);
+            nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
+            nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, C, m->hidden, m->vocab,
+                              m->final_softcap, s->w.logits, all_logits + c0 * m->vocab);
             if (last_chunk)
                 memcpy(last_logits, all_logits + (T - 1) * m->vocab,
                        (size_t)m->vocab * sizeof(float));
         } else if (last_chunk) {
-            float *xl = s->x + (C - 1) * m->hidden;
-            nmlx_rmsnorm_forward(be, &m->norm, xl, s->buf.xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->buf.xn, 1, m->hidden, m->vocab, m->final_softcap,
-                              s->logits, last_logits);
+            float *xl = s->w.x + (C - 1) * m->hidden;
+            nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
+            nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
+                              m->final_softcap, s->w.logits, last_logits);
         }
     }
 cleanup:

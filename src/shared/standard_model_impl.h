@@ -27,12 +27,23 @@ typedef struct std_model {
     float *sinks;       /* [n_layers, heads] attention sinks (backend), or NULL */
 } std_model;
 
+/* Work buffers for passes of up to `rows` tokens: x [rows, hidden] (the
+ * residual stream), the LM head's staging logits [NMLX_LOGIT_ROWS, vocab]
+ * and the layers' buffers (MoE ones where the model has MoE layers); the
+ * attention scratch is the session's (std_state). */
+typedef struct std_buffers {
+    float *x, *logits;
+    nmlx_decoder_buffers buf;
+} std_buffers;
+
+/* The free accepts a partly allocated set (and frees buf.attn.scratch). */
+nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows, std_buffers *b);
+void std_buffers_free(std_buffers *b, nmlx_backend *be);
+
 typedef struct std_state {
     nmlx_layer_cache *caches; /* one per layer */
     int64_t n_layers, chunk;
-    float *x;      /* [chunk, hidden] residual stream */
-    float *logits; /* [NMLX_LOGIT_ROWS, vocab] */
-    nmlx_decoder_buffers buf;
+    std_buffers w; /* chunk rows; w.buf.attn.scratch: n_threads * group * max_context */
 } std_state;
 
 #endif
