@@ -1,20 +1,22 @@
-/* The int8-activation quantized prefill (quant_int8_avx512.c, AVX512_VNNI,
- * opt-in NMLX_QUANT_INT8=prefill), on random data, every weight format it
+/* The integer-activation quantized prefills (quant_int8_avx512.c,
+ * AVX512_VNNI): int16 x (the default precision) and int8 x (opt-in
+ * precision "int8"), on random data, every weight format it
  * takes (affine 4/8-bit x group 32/64/128 x bf16/f16/f32 scales, MXFP4) and
  * both x blocks (the group, 32 columns), on shapes that cross its 32-row
  * panels (row tails), 256-column panels (several, with tails) and 6-token
  * tiles (T tails):
- *  - x's quantizer against a scalar one doing the same f32 operations
+ *  - x's quantizers against a scalar one doing the same f32 operations
  *    (bit-identical codes, steps and sums);
- *  - the kernel against f64 of the dequantized weights times the same int8
- *    x (tight: 1e-5 of sum (|w| + 2|b|) |x8 dx|, f32 rounding of the
+ *  - the kernels against f64 of the dequantized weights times the same
+ *    rounded x (tight: 1e-5 of sum (|w| + 2|b|) |x8 dx|, f32 rounding of the
  *    per-block terms);
  *  - against f64 of the dequantized weights times the float x (loose, the
- *    stated bound: sum |w| dx / 2 per output, the int8 rounding of x, plus
+ *    stated bound: sum |w| dx / 2 per output, the rounding of x, plus
  *    the tight term);
- *  - through the avx512 kernel set's matmul with NMLX_QUANT_INT8=prefill,
- *    1 and 2 threads (bit-identical rows), T >= 16 int8, T < 16 and a weight
- *    flagged f32_input (the LM head) still f32.
+ *  - through the avx512 kernel set's matmul with each backend precision
+ *    (default: int16 where picked, NMLX_QUANT_INT16=1 here; "int8"; "f32"),
+ *    1 and 2 threads (bit-identical rows), T >= 24 on the chosen kernel,
+ *    T < 24 and a weight flagged f32_input (the LM head) not.
  * Skipped (passes) on CPUs without AVX512_VNNI. */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
@@ -41,21 +43,23 @@ static bool have_vnni(void) {
     return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
 }
 
-/* x8 per xb block the scalar way: the same f32 operations as the kernel */
-static void quantize_ref(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs) {
+/* x rounded to integers in [-qmax, qmax] per xb block the scalar way: the
+ * same f32 operations as the kernels (qmax 127: int8, 32767: int16) */
+static void quantize_ref(const float *x, int64_t n, int xb, float qmax, int32_t *q, float *dx,
+                         float *xs) {
     for (int64_t b = 0; b < n / xb; b++) {
         float amax = 0;
         for (int j = 0; j < xb; j++)
             amax = fabsf(x[b * xb + j]) > amax ? fabsf(x[b * xb + j]) : amax;
-        float id = amax > 0 ? 127.0f / amax : 0.0f;
+        float id = amax > 0 ? qmax / amax : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < xb; j++) {
             float v = x[b * xb + j] * id;
             int32_t r = (int32_t)nearbyintf(v);
-            q[b * xb + j] = (int8_t)r;
+            q[b * xb + j] = r;
             sum += r;
         }
-        dx[b] = amax / 127.0f;
+        dx[b] = amax / qmax;
         xs[b] = dx[b] * (float)sum;
     }
 }
@@ -109,21 +113,31 @@ static void free_q(qmat *m) {
 static void test_quantizer(void) {
     enum { N = 32 * 12 };
     float x[N];
-    int8_t q[N], qr[N];
+    int8_t q8[N];
+    int16_t q16[N];
+    int32_t qr[N];
     float dx[N / 32], xs[N / 32], dxr[N / 32], xsr[N / 32];
-    for (int xb = 32; xb <= 128; xb *= 2) {
-        for (int k = 0; k < N; k++)
-            x[k] = test_randf(-3, 3) * (k % 29 == 0 ? 40.0f : 1.0f);
-        for (int k = 64; k < 64 + xb && k < N; k++)
-            x[k] = 0.0f;             /* an all-zero block: step 0, codes 0 */
-        x[5] = 0.5f * 3.0f / 127.0f; /* ties */
-        nmlx_qint8_quantize_row(x, N, xb, q, dx, xs);
-        quantize_ref(x, N, xb, qr, dxr, xsr);
-        EXPECT(!memcmp(q, qr, sizeof q), "int8 quantizer xb %d: codes differ", xb);
-        EXPECT(!memcmp(dx, dxr, (size_t)(N / xb) * sizeof(float)) &&
-                   !memcmp(xs, xsr, (size_t)(N / xb) * sizeof(float)),
-               "int8 quantizer xb %d: steps or sums differ", xb);
-    }
+    for (int wide = 1; wide <= 2; wide++)
+        for (int xb = 32; xb <= 128; xb *= 2) {
+            const float qmax = wide == 1 ? 127.0f : 32767.0f;
+            for (int k = 0; k < N; k++)
+                x[k] = test_randf(-3, 3) * (k % 29 == 0 ? 40.0f : 1.0f);
+            for (int k = 64; k < 64 + xb && k < N; k++)
+                x[k] = 0.0f;              /* an all-zero block: step 0, codes 0 */
+            x[5] = 0.5f * 3.0f / qmax;    /* ties */
+            if (wide == 1)
+                nmlx_qint8_quantize_row(x, N, xb, q8, dx, xs);
+            else
+                nmlx_qint16_quantize_row(x, N, xb, q16, dx, xs);
+            quantize_ref(x, N, xb, qmax, qr, dxr, xsr);
+            int bad = 0;
+            for (int k = 0; k < N; k++)
+                bad += (wide == 1 ? q8[k] : q16[k]) != qr[k];
+            EXPECT(!bad, "int%d quantizer xb %d: %d codes differ", 8 * wide, xb, bad);
+            EXPECT(!memcmp(dx, dxr, (size_t)(N / xb) * sizeof(float)) &&
+                       !memcmp(xs, xsr, (size_t)(N / xb) * sizeof(float)),
+                   "int%d quantizer xb %d: steps or sums differ", 8 * wide, xb);
+        }
 }
 
 /* references for T x [r0, D): tight (int8 x), loose (float x) and their magnitudes */
@@ -131,15 +145,15 @@ typedef struct {
     double *tight, *tmag, *exact, *bound, *emag;
 } refs;
 
-static void make_refs(const qmat *m, const float *x, int64_t T, int xb, refs *r) {
+static void make_refs(const qmat *m, const float *x, int64_t T, int xb, float qmax, refs *r) {
     const int64_t D = m->w.rows, N = m->w.cols, G = N / m->w.group_size, B = N / xb;
     const size_t n = (size_t)(T * D);
     r->tight = malloc(n * 8), r->tmag = malloc(n * 8), r->exact = malloc(n * 8);
     r->bound = malloc(n * 8), r->emag = malloc(n * 8);
-    int8_t *q = malloc((size_t)N);
+    int32_t *q = malloc((size_t)N * 4);
     float *dx = malloc((size_t)B * 4), *xs = malloc((size_t)B * 4);
     for (int64_t t = 0; t < T; t++) {
-        quantize_ref(x + t * N, N, xb, q, dx, xs);
+        quantize_ref(x + t * N, N, xb, qmax, q, dx, xs);
         for (int64_t d = 0; d < D; d++) {
             const float *w = m->deq + d * N;
             double s = 0, a = 0, e = 0, bd = 0, ea = 0;
@@ -178,8 +192,8 @@ static int check(const char *what, const qmat *m, const refs *r, const float *y,
             double rel = fabs(y[i] - r->exact[i]) / (r->emag[i] + 1e-30);
             if (rel > worst_loose) worst_loose = rel;
         }
-    EXPECT(wt <= TOL_TIGHT, "%s: int8-x reference rel err %g > %g", what, wt, TOL_TIGHT);
-    EXPECT(wl <= 1.0, "%s: float-x reference err %g of the int8 bound", what, wl);
+    EXPECT(wt <= TOL_TIGHT, "%s: rounded-x reference rel err %g > %g", what, wt, TOL_TIGHT);
+    EXPECT(wl <= 1.0, "%s: float-x reference err %g of the rounding bound", what, wl);
     bad += !(wt <= TOL_TIGHT) + !(wl <= 1.0);
     return bad;
 }
@@ -191,20 +205,23 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4);
     for (int64_t i = 0; i < T * N; i++)
         x[i] = test_randf(-1, 1) * (i % 37 == 0 ? 8.0f : 1.0f); /* a few outliers */
-    for (int xbr = 0; xbr <= 32; xbr += 32) {
+    /* int8 with the group's and with 32-column x blocks, then int16 */
+    for (int v = 0; v < 3; v++) {
+        const int xbr = v == 1 ? 32 : 0, wide = v == 2 ? 2 : 1;
         const int xb = nmlx_qint8_xblock(&m.w, xbr);
-        if (xbr && xb == gs) continue;
+        if (v == 1 && xb == gs) continue;
         refs r;
-        make_refs(&m, x, T, xb, &r);
+        make_refs(&m, x, T, xb, wide == 1 ? 127.0f : 32767.0f, &r);
         const int64_t r0 = D > 5 ? 3 : 0;
         for (int64_t j = 0; j < T * D; j++)
             y[j] = NAN;
-        bool ok = nmlx_avx512vnni_quant_matmat_xb(&m.w, x, y, T, r0, D, xbr);
-        EXPECT(ok, "int8 kernel refused");
+        bool ok = wide == 1 ? nmlx_avx512vnni_quant_matmat_xb(&m.w, x, y, T, r0, D, xbr)
+                            : nmlx_avx512vnni_quant_matmat16(&m.w, x, y, T, r0, D);
+        EXPECT(ok, "int%d kernel refused", 8 * wide);
         char what[160];
-        snprintf(what, sizeof what, "int8 %s bits %d g%d %s xb %d D%lld N%lld T%lld rows %lld..",
-                 nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), xb, (long long)D,
-                 (long long)N, (long long)T, (long long)r0);
+        snprintf(what, sizeof what, "int%d %s bits %d g%d %s xb %d D%lld N%lld T%lld rows %lld..",
+                 8 * wide, nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), xb,
+                 (long long)D, (long long)N, (long long)T, (long long)r0);
         check(what, &m, &r, y, T, r0);
         free_refs(&r);
     }
@@ -212,9 +229,12 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     free_q(&m);
 }
 
-/* The avx512 set's matmul with NMLX_QUANT_INT8=prefill (set by main) */
-static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N) {
+/* The avx512 set's matmul with the backend precision prec ("default":
+ * int16, NMLX_QUANT_INT16=1 set by main; "int8"; "f32") */
+static void test_dispatch(const char *prec, nmlx_quant_mode mode, int bits, int gs, int64_t D,
+                          int64_t N) {
     const int64_t T = 31; /* >= NMLX_CPU_FEW_CHUNKED: the prefill kernels */
+    const bool f32 = !strcmp(prec, "f32"), i8 = !strcmp(prec, "int8");
     qmat m;
     make_q(&m, mode, bits, gs, D, N, NMLX_DT_BF16);
     float *x = malloc((size_t)(T * N) * 4),
@@ -222,18 +242,27 @@ static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int
     for (int64_t i = 0; i < T * N; i++)
         x[i] = test_randf(-1, 1);
     refs r;
-    make_refs(&m, x, T, nmlx_qint8_xblock(&m.w, nmlx_qint8_get_mode().xblock), &r);
+    make_refs(&m, x, T, i8 ? nmlx_qint8_xblock(&m.w, 0) : gs, i8 ? 127.0f : 32767.0f, &r);
     for (int nth = 1; nth <= 2; nth++) {
         nmlx_backend *be = NULL;
         EXPECT(nmlx_backend_cpu_create_isa(nth, "avx512", &be) == NMLX_OK, "avx512 backend");
-        /* T >= NMLX_CPU_FEW_CHUNKED (24): int8; 1 and 2 threads bit-identical */
+        EXPECT(nmlx_backend_set_precision(be, prec) == NMLX_OK, "precision %s", prec);
         be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], T);
         char what[96];
-        snprintf(what, sizeof what, "dispatch %s bits %d g%d threads %d",
+        snprintf(what, sizeof what, "dispatch %s %s bits %d g%d threads %d", prec,
                  nmlx_quant_mode_name(mode), bits, gs, nth);
-        check(what, &m, &r, y[nth - 1], T, 0);
-        /* fewer tokens and the LM head (f32_input): not int8 */
-        for (int v = 0; v < 2; v++) {
+        if (f32) { /* the f32 kernel: f32 rounding of the exact product */
+            double worst = 0;
+            for (int64_t i = 0; i < T * D; i++) {
+                double e = fabs(y[nth - 1][i] - r.exact[i]) / (r.emag[i] + 1e-3);
+                if (!(e <= worst)) worst = e;
+            }
+            EXPECT(worst < TOL_F32, "%s: rel err %g", what, worst);
+        } else {
+            check(what, &m, &r, y[nth - 1], T, 0);
+        }
+        /* fewer tokens and the LM head (f32_input): not the integer kernels */
+        for (int v = 0; v < 2 && !f32; v++) {
             const int64_t Tv = v ? T : 9;
             m.w.f32_input = v == 1;
             be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], Tv);
@@ -254,20 +283,22 @@ static void test_dispatch(nmlx_quant_mode mode, int bits, int gs, int64_t D, int
         nmlx_backend_free(be);
     }
     EXPECT(!memcmp(y[0], y[1], (size_t)(T * D) * 4),
-           "dispatch %s bits %d g%d: 1 and 2 threads differ", nmlx_quant_mode_name(mode), bits, gs);
+           "dispatch %s %s bits %d g%d: 1 and 2 threads differ", prec, nmlx_quant_mode_name(mode),
+           bits, gs);
     free_refs(&r);
     free(x), free(y[0]), free(y[1]);
     free_q(&m);
 }
 
 int main(void) {
-    /* before anything reads the mode (once per process) */
-    setenv("NMLX_QUANT_INT8", "prefill", 1);
+    /* before anything reads the pick (once per process): the default
+     * precision takes the int16 kernel whatever the timing says */
+    setenv("NMLX_QUANT_INT16", "1", 1);
     if (!have_vnni()) {
-        printf("this CPU has no AVX512_VNNI (or AVX-512): int8 prefill tests skipped\n");
+        printf("this CPU has no AVX512_VNNI (or AVX-512): integer prefill tests skipped\n");
         return test_summary();
     }
-    EXPECT(nmlx_qint8_get_mode().prefill, "NMLX_QUANT_INT8=prefill not taken");
+    EXPECT(nmlx_qbf16_get_pick().prefill_int16, "NMLX_QUANT_INT16=1 not taken");
     test_seed(11);
     test_quantizer();
     const int gss[] = {32, 64, 128};
@@ -283,10 +314,13 @@ int main(void) {
     test_kernel(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_BF16, 97, 128 * 5, 37);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 16, 32 * 17, 7);
-    test_dispatch(NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
-    test_dispatch(NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
-    test_dispatch(NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
-    printf("int8 prefill: worst |y - W x| / sum |W x| on random data %.2e\n", worst_loose);
+    const char *precs[] = {"default", "int8", "f32"};
+    for (int p = 0; p < 3; p++) {
+        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
+        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
+        test_dispatch(precs[p], NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
+    }
+    printf("integer prefill: worst |y - W x| / sum |W x| on random data %.2e\n", worst_loose);
     return test_summary();
 }
 

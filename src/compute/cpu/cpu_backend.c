@@ -216,28 +216,29 @@ void nmlx_backend_free(nmlx_backend *be) {
 
 nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision) {
     if (!be) return nmlx_fail(NMLX_ERR_INVALID_ARG, "precision: no backend");
-    bool int8 = false;
-    if (!precision || !*precision || !strcmp(precision, "default")) int8 = false;
-    else if (!strcmp(precision, "int8")) int8 = true;
+    int prec;
+    if (!precision || !*precision || !strcmp(precision, "default")) prec = CPU_PREC_DEFAULT;
+    else if (!strcmp(precision, "int8")) prec = CPU_PREC_INT8;
+    else if (!strcmp(precision, "f32")) prec = CPU_PREC_F32;
     else
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "precision '%s' is not one of default, int8",
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "precision '%s' is not one of default, int8, f32",
                          precision);
     bool cpu = be->impl && !strcmp(be->ops->name, "cpu");
-    if (int8 && !cpu)
+    if (prec == CPU_PREC_INT8 && !cpu)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED,
                          "precision int8 runs on the CPU backend only (device backend '%s')",
                          be->ops->name);
 #if NMLX_CPU_HAVE_AVX2
-    if (int8 && !(strncmp(cpu_kernels_of(be)->isa, "avx512", 6) == 0 &&
-                  nmlx_qint8_cpu_ok()))
+    if (prec == CPU_PREC_INT8 &&
+        !(strncmp(cpu_kernels_of(be)->isa, "avx512", 6) == 0 && nmlx_qint8_cpu_ok()))
         return nmlx_fail(NMLX_ERR_UNSUPPORTED,
                          "precision int8 needs a CPU with AVX512_VNNI (kernel set '%s')",
                          cpu_kernels_of(be)->isa);
 #else
-    if (int8)
+    if (prec == CPU_PREC_INT8)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "precision int8 needs an x86-64 CPU with AVX512_VNNI");
 #endif
-    if (cpu) ((cpu_impl *)be->impl)->int8_prefill = int8;
+    if (cpu) ((cpu_impl *)be->impl)->prefill_precision = prec;
     return NMLX_OK;
 }
 

@@ -11,13 +11,17 @@
  * for bit. Dense: measured faster than the blocked kernel up to 8 tokens on
  * the avx2 and avx512bf16 sets and level at 15 (bench/batched_decode.md);
  * quantized kernels had the same cut already (quant_avx512.c). */
+#ifndef NMLX_CPU_FEW_TOKENS /* -D for accuracy experiments: 2 sends every T > 1 to the prefill kernels */
 #define NMLX_CPU_FEW_TOKENS 16
+#endif
 /* From NMLX_CPU_FEW_TOKENS up to this many tokens, two few-token passes
  * (same bits): at 16 tokens they beat the blocked kernel by 1.2-2.6x on
  * bf16, 4-bit and 8-bit weights on the avx512bf16 set and tie or beat it on
  * the avx2 set; at 32 the blocked kernel wins for 8-bit and on avx2
  * (bench/batched_decode.md). */
+#ifndef NMLX_CPU_FEW_CHUNKED
 #define NMLX_CPU_FEW_CHUNKED 24
+#endif
 
 typedef struct cpu_kernels {
     const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */
@@ -125,10 +129,16 @@ bool nmlx_avx512bf16_matmul_few(const nmlx_weight *w, const float *x, float *y, 
                                 int64_t d0, int64_t d1);
 #endif
 
+/* The activations of quantized prefill matmuls (T >= NMLX_CPU_FEW_CHUNKED):
+ * default = int16 where AVX512_VNNI is there and measured faster (else
+ * f32; MXFP4 bf16 where picked), int8 (opt-in, faster, looser), f32 (exact,
+ * slowest). Never for the LM head (f32_input): always f32 there. */
+typedef enum { CPU_PREC_DEFAULT = 0, CPU_PREC_INT8, CPU_PREC_F32 } cpu_precision;
+
 typedef struct cpu_impl {
     const cpu_kernels *k;
     cpu_kernels own; /* derived tables (avx512) live here, so no globals */
-    bool int8_prefill; /* nmlx_backend_cpu_set_precision "int8" */
+    int prefill_precision; /* nmlx_backend_set_precision: a cpu_precision */
 } cpu_impl;
 
 static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {

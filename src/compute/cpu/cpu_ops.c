@@ -29,7 +29,7 @@ typedef struct {
     const float *x;
     float *y;
     int64_t T;
-    bool int8; /* the backend's precision "int8": quantized prefill on int8 activations */
+    int prec; /* the backend's cpu_precision for quantized prefill */
 } matmul_job;
 
 /* One token's mat-vec over rows [d0, d1): the decode kernel. */
@@ -57,13 +57,24 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
     }
 }
 
-/* precision "int8" (nmlx_backend_set_precision): a quantized prefill on
- * int8 activations, never for the LM head (f32_input); false = not taken */
-static bool int8_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
+/* A quantized prefill (T >= NMLX_CPU_FEW_CHUNKED) on the avx512 sets, by
+ * the backend's precision: int16 activations by default where picked, int8
+ * where asked, f32 where asked; never for the LM head (f32_input). false:
+ * not taken, the set's matmul runs. */
+static bool quant_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
 #if NMLX_CPU_HAVE_AVX2
     const nmlx_weight *w = j->w;
-    return j->int8 && w->mode != NMLX_QUANT_NONE && !w->f32_input && nmlx_avx512vnni_quant_ok(w) &&
-           nmlx_avx512vnni_quant_matmat(w, j->x, j->y, j->T, d0, d1);
+    if (w->mode == NMLX_QUANT_NONE || w->f32_input || strncmp(j->k->isa, "avx512", 6)) return false;
+    if (j->prec == CPU_PREC_F32) {
+        nmlx_avx512f32_quant_matmat(w, j->x, j->y, j->T, d0, d1);
+        return true;
+    }
+    if (!nmlx_qint8_cpu_ok() || !nmlx_avx512vnni_quant_ok(w)) return false;
+    /* NMLX_QUANT_INT8=prefill: int8 for every model of the process */
+    if (j->prec == CPU_PREC_INT8 || (j->prec == CPU_PREC_DEFAULT && nmlx_qint8_get_mode().prefill))
+        return nmlx_avx512vnni_quant_matmat(w, j->x, j->y, j->T, d0, d1);
+    return nmlx_qbf16_get_pick().prefill_int16 &&
+           nmlx_avx512vnni_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
 #else
     (void)j, (void)d0, (void)d1;
     return false;
@@ -91,7 +102,7 @@ static void matmul_task(void *ctx, int ith, int nth) {
             few_tokens(j, j->x + t0 * N, j->y + t0 * D, n, d0, d1);
             t0 += n;
         }
-    } else if (!int8_prefill(j, d0, d1)) {
+    } else if (!quant_prefill(j, d0, d1)) {
         j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);
     }
     if (j->bias) {
@@ -116,7 +127,8 @@ void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     } else if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) {
         return;
     }
-    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T, ((const cpu_impl *)be->impl)->int8_prefill};
+    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T,
+                    ((const cpu_impl *)be->impl)->prefill_precision};
     int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
     nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
 }

@@ -382,6 +382,24 @@ static void run_matmat(void *p) {
         nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
+static void run_matmat16(void *p) {
+    pick_job *j = p;
+    if (!nmlx_avx512vnni_quant_matmat16(&j->w, j->x, j->y, j->T, 0, j->w.rows))
+        nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
+/* NMLX_QUANT_INT16: "0" off, "1" on, unset on: wherever the CPU has
+ * AVX512_VNNI. Not measured: `vpdpwssd` does twice the multiply-adds of an
+ * f32 FMA through the same units on every VNNI CPU (1.6x the f32 kernel on
+ * Zen 4, bench/cpu_decode.md), while a timing of a problem small enough to
+ * run at every start swung by 2x with the load (its x buffer's page
+ * faults), which made the default precision differ from run to run. */
+static int int16_env(void) {
+    const char *env = getenv("NMLX_QUANT_INT16");
+    if (!env || !*env) return 1;
+    return strcmp(env, "0") != 0;
+}
+
 static void run_matvec(void *p) {
     pick_job *j = p;
     for (int i = 0; i < 8; i++) {
@@ -397,16 +415,18 @@ static void run_matvec(void *p) {
  * A few milliseconds, once per process. */
 static void measure_pick(void) {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512bf16")) return;
+    const bool bf16 = __builtin_cpu_supports("avx512bf16"), vnni = nmlx_qint8_cpu_ok();
+    g_pick.prefill_int16 = vnni && int16_env();
     /* NMLX_QUANT_BF16: "0" none, "1" both, "matvec" / "prefill" / "both"
      * force the choice; unset: both measured (below) */
     const char *env = getenv("NMLX_QUANT_BF16");
-    if (env && *env) {
+    const bool forced = !bf16 || (env && *env);
+    if (bf16 && forced) {
         bool all = !strcmp(env, "1") || !strcmp(env, "both");
         g_pick.prefill = g_pick.prefill_affine = all || !strcmp(env, "prefill");
         g_pick.matvec = all || !strcmp(env, "matvec");
-        return;
     }
+    if (forced) return;
     enum { PD = 128, PN = 1024, PT = 48 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
@@ -431,12 +451,14 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2];
-    for (int bf = 0; bf < 2; bf++) {
+    double t[2][2] = {{0}}, t16 = 0;
+    for (int bf = 0; bf < 2 && !forced; bf++) {
         j.bf = bf;
         t[0][bf] = time_best(run_matmat, &j);
         t[1][bf] = time_best(run_matvec, &j);
     }
+    if (getenv("NMLX_QUANT_PICK_LOG") && vnni) t16 = time_best(run_matmat16, &j);
+    if (forced) goto out;
     /* The bf16 prefill rounds x and the dequantized weights; by default it
      * runs only on MXFP4 weights (exact in bf16) and never on weights
      * flagged f32_input (the LM head): elsewhere an argmax flips on the
@@ -445,10 +467,11 @@ static void measure_pick(void) {
     g_pick.matvec = t[1][1] < t[1][0];
     if (getenv("NMLX_QUANT_PICK_LOG"))
         fprintf(stderr,
-                "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms; decode f32 %.3g ms bf16 %.3g "
-                "ms -> prefill %s (MXFP4), matvec %s\n",
-                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t[1][0], 1e3 * t[1][1],
-                g_pick.prefill ? "bf16" : "f32", g_pick.matvec ? "bf16" : "f32");
+                "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms int16 %.3g ms; decode f32 "
+                "%.3g ms bf16 %.3g ms -> prefill %s (MXFP4 %s), matvec %s\n",
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1],
+                g_pick.prefill_int16 ? "int16" : "f32", g_pick.prefill ? "bf16" : "f32",
+                g_pick.matvec ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(x), free(y);
 }

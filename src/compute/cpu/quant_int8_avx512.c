@@ -73,6 +73,29 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
     }
 }
 
+/* The same with int16 codes: dx = max|x_blk| / 32767. */
+void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
+                              float *xs) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / xb; b++) {
+        const float *xv = x + b * xb;
+        __m512 mx = _mm512_setzero_ps();
+        for (int j = 0; j < xb; j += 16)
+            mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_loadu_ps(xv + j), absmask));
+        const float amax = _mm512_reduce_max_ps(mx);
+        const float id = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < xb; j += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xv + j), idv));
+            sum = _mm512_add_epi32(sum, v);
+            _mm256_storeu_si256((__m256i *)(q + b * xb + j), _mm512_cvtsepi32_epi16(v));
+        }
+        dx[b] = amax / 32767.0f;
+        xs[b] = dx[b] * (float)_mm512_reduce_add_epi32(sum);
+    }
+}
+
 /* ------------------------------------------------------------ tiles */
 
 /* One tile, 12 tokens x 32 rows over nb blocks of nq quads (XB = 4 nq
@@ -90,8 +113,8 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
  * code vectors (zmm30, zmm31), into accumulators zmmA0 / zmmA1 */
 #define DP(X, T, A0, A1)                                                                           \
     "vpbroadcastd " X ", %%zmm" T "\n\t"                                                           \
-    "vpdpbusd %%zmm" T ", %%zmm30, %%zmm" A0 "\n\t"                                                \
-    "vpdpbusd %%zmm" T ", %%zmm31, %%zmm" A1 "\n\t"
+    DOT " %%zmm" T ", %%zmm30, %%zmm" A0 "\n\t"                                                    \
+    DOT " %%zmm" T ", %%zmm31, %%zmm" A1 "\n\t"
 /* token t's flush: f[t] += cvt(acc) * (s dx[t]) + b sx[t]; DT: 4t, F0/F1:
  * the byte offsets of f[t][0] / f[t][16]; s in zmm24-25, b in zmm26-27 */
 #define FL(DT, A0, A1, F0, F1)                                                                     \
@@ -109,85 +132,93 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
     "vmovaps %%zmm" A1 ", " F1 "(%[f])\n\t"
 #define Z(A) "vpxord %%zmm" A ", %%zmm" A ", %%zmm" A "\n\t"
 
-static void tile12(float *f, const int32_t *p, int64_t nq, int64_t nb, const int8_t *x, int64_t xs,
-                   const float *ps, const float *pb, const float *dt, const float *st) {
-    const int32_t *pe = p + nb * nq * IR;
-    const int64_t xs3 = 3 * xs, nqb = nq * IR * 4;
-    /* nb, nq >= 1; rows 0-3 at x + {0, 1, 2, 3} xs, 4-7 from r10 = x + 4 xs,
-     * 8-11 from r11 = x + 8 xs */
-    // clang-format off
-    __asm__ volatile(
-        "lea (%[x], %[s], 4), %%r10\n\t"
-        "lea (%%r10, %[s], 4), %%r11\n\t"
-        "2:\n\t" /* per block */
-        Z("0") Z("1") Z("2") Z("3") Z("4") Z("5") Z("6") Z("7") Z("8") Z("9") Z("10") Z("11")
-        Z("12") Z("13") Z("14") Z("15") Z("16") Z("17") Z("18") Z("19") Z("20") Z("21") Z("22") Z("23")
-        "lea (%[p], %[nqb], 1), %%r12\n\t"
-        "1:\n\t" /* per quad */
-        "vmovdqa64 (%[p]), %%zmm30\n\t"
-        "vmovdqa64 64(%[p]), %%zmm31\n\t"
-        DP("(%[x])", "24", "0", "1")
-        DP("(%[x], %[s], 1)", "25", "2", "3")
-        DP("(%[x], %[s], 2)", "26", "4", "5")
-        DP("(%[x], %[s3], 1)", "27", "6", "7")
-        DP("(%%r10)", "28", "8", "9")
-        DP("(%%r10, %[s], 1)", "29", "10", "11")
-        DP("(%%r10, %[s], 2)", "24", "12", "13")
-        DP("(%%r10, %[s3], 1)", "25", "14", "15")
-        DP("(%%r11)", "26", "16", "17")
-        DP("(%%r11, %[s], 1)", "27", "18", "19")
-        DP("(%%r11, %[s], 2)", "28", "20", "21")
-        DP("(%%r11, %[s3], 1)", "29", "22", "23")
-        "add $128, %[p]\n\t"
-        "add $4, %[x]\n\t"
-        "add $4, %%r10\n\t"
-        "add $4, %%r11\n\t"
-        "cmp %%r12, %[p]\n\t"
-        "jne 1b\n\t"
-        "vmovaps (%[ps]), %%zmm24\n\t"
-        "vmovaps 64(%[ps]), %%zmm25\n\t"
-        "vmovaps (%[pb]), %%zmm26\n\t"
-        "vmovaps 64(%[pb]), %%zmm27\n\t"
-        FL("0", "0", "1", "0", "64")
-        FL("4", "2", "3", "128", "192")
-        FL("8", "4", "5", "256", "320")
-        FL("12", "6", "7", "384", "448")
-        FL("16", "8", "9", "512", "576")
-        FL("20", "10", "11", "640", "704")
-        FL("24", "12", "13", "768", "832")
-        FL("28", "14", "15", "896", "960")
-        FL("32", "16", "17", "1024", "1088")
-        FL("36", "18", "19", "1152", "1216")
-        FL("40", "20", "21", "1280", "1344")
-        FL("44", "22", "23", "1408", "1472")
-        "add $128, %[ps]\n\t"
-        "add $128, %[pb]\n\t"
-        "add $48, %[dt]\n\t"
-        "add $48, %[st]\n\t"
-        "cmp %[pe], %[p]\n\t"
-        "jne 2b\n\t"
-        "vzeroupper\n\t" /* the upper halves are dirty behind the compiler's back */
-        : [p] "+r"(p), [x] "+r"(x), [ps] "+r"(ps), [pb] "+r"(pb), [dt] "+r"(dt), [st] "+r"(st)
-        : [s] "r"(xs), [s3] "r"(xs3), [nqb] "r"(nqb), [pe] "r"(pe), [f] "r"(f)
-        : "r10", "r11", "r12", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10",
-          "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20",
-          "zmm21", "zmm22", "zmm23", "zmm24", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29", "zmm30",
-          "zmm31", "cc", "memory");
-    // clang-format on
+// clang-format off
+#define TILE12(NAME)                                                                           \
+static void NAME(float *f, const int32_t *p, int64_t nq, int64_t nb, const char *x, int64_t xs,   \
+                   const float *ps, const float *pb, const float *dt, const float *st) {            \
+    const int32_t *pe = p + nb * nq * IR;                                                           \
+    const int64_t xs3 = 3 * xs, nqb = nq * IR * 4;                                                  \
+    /* nb, nq >= 1; rows 0-3 at x + {0, 1, 2, 3} xs, 4-7 from r10 = x + 4 xs,                       \
+     * 8-11 from r11 = x + 8 xs */                                                                  \
+    __asm__ volatile(                                                                               \
+        "lea (%[x], %[s], 4), %%r10\n\t"                                                            \
+        "lea (%%r10, %[s], 4), %%r11\n\t"                                                           \
+        "2:\n\t" /* per block */                                                                    \
+        Z("0") Z("1") Z("2") Z("3") Z("4") Z("5") Z("6") Z("7") Z("8") Z("9") Z("10") Z("11")       \
+        Z("12") Z("13") Z("14") Z("15") Z("16") Z("17") Z("18") Z("19") Z("20") Z("21") Z("22") Z("23")\
+        "lea (%[p], %[nqb], 1), %%r12\n\t"                                                          \
+        "1:\n\t" /* per quad */                                                                     \
+        "vmovdqa64 (%[p]), %%zmm30\n\t"                                                             \
+        "vmovdqa64 64(%[p]), %%zmm31\n\t"                                                           \
+        DP("(%[x])", "24", "0", "1")                                                                \
+        DP("(%[x], %[s], 1)", "25", "2", "3")                                                       \
+        DP("(%[x], %[s], 2)", "26", "4", "5")                                                       \
+        DP("(%[x], %[s3], 1)", "27", "6", "7")                                                      \
+        DP("(%%r10)", "28", "8", "9")                                                               \
+        DP("(%%r10, %[s], 1)", "29", "10", "11")                                                    \
+        DP("(%%r10, %[s], 2)", "24", "12", "13")                                                    \
+        DP("(%%r10, %[s3], 1)", "25", "14", "15")                                                   \
+        DP("(%%r11)", "26", "16", "17")                                                             \
+        DP("(%%r11, %[s], 1)", "27", "18", "19")                                                    \
+        DP("(%%r11, %[s], 2)", "28", "20", "21")                                                    \
+        DP("(%%r11, %[s3], 1)", "29", "22", "23")                                                   \
+        "add $128, %[p]\n\t"                                                                        \
+        "add $4, %[x]\n\t"                                                                          \
+        "add $4, %%r10\n\t"                                                                         \
+        "add $4, %%r11\n\t"                                                                         \
+        "cmp %%r12, %[p]\n\t"                                                                       \
+        "jne 1b\n\t"                                                                                \
+        "vmovaps (%[ps]), %%zmm24\n\t"                                                              \
+        "vmovaps 64(%[ps]), %%zmm25\n\t"                                                            \
+        "vmovaps (%[pb]), %%zmm26\n\t"                                                              \
+        "vmovaps 64(%[pb]), %%zmm27\n\t"                                                            \
+        FL("0", "0", "1", "0", "64")                                                                \
+        FL("4", "2", "3", "128", "192")                                                             \
+        FL("8", "4", "5", "256", "320")                                                             \
+        FL("12", "6", "7", "384", "448")                                                            \
+        FL("16", "8", "9", "512", "576")                                                            \
+        FL("20", "10", "11", "640", "704")                                                          \
+        FL("24", "12", "13", "768", "832")                                                          \
+        FL("28", "14", "15", "896", "960")                                                          \
+        FL("32", "16", "17", "1024", "1088")                                                        \
+        FL("36", "18", "19", "1152", "1216")                                                        \
+        FL("40", "20", "21", "1280", "1344")                                                        \
+        FL("44", "22", "23", "1408", "1472")                                                        \
+        "add $128, %[ps]\n\t"                                                                       \
+        "add $128, %[pb]\n\t"                                                                       \
+        "add $48, %[dt]\n\t"                                                                        \
+        "add $48, %[st]\n\t"                                                                        \
+        "cmp %[pe], %[p]\n\t"                                                                       \
+        "jne 2b\n\t"                                                                                \
+        "vzeroupper\n\t" /* the upper halves are dirty behind the compiler's back */                \
+        : [p] "+r"(p), [x] "+r"(x), [ps] "+r"(ps), [pb] "+r"(pb), [dt] "+r"(dt), [st] "+r"(st)      \
+        : [s] "r"(xs), [s3] "r"(xs3), [nqb] "r"(nqb), [pe] "r"(pe), [f] "r"(f)                      \
+        : "r10", "r11", "r12", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10",\
+          "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", \
+          "zmm21", "zmm22", "zmm23", "zmm24", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29", "zmm30", \
+          "zmm31", "cc", "memory");                                                                 \
 }
+#define DOT "vpdpbusd"
+TILE12(tile12_i8)
+#undef DOT
+#define DOT "vpdpwssd"
+TILE12(tile12_i16)
+#undef DOT
+// clang-format on
 #undef DP
 #undef FL
 #undef Z
 
 /* y[t, 0..32) = the stripe's rows . x[t] for t < M (m masks the valid rows);
- * dt / st: the tile's steps / sums of x, [block][12]. */
-static void i8_tile(int M, int XB, const int8_t *xq, int64_t xqs, const float *dt, const float *st,
-                    const int32_t *p, const float *ps, const float *pb, int64_t nb, float *y,
-                    int64_t ys, const __mmask16 *m) {
+ * dt / st: the tile's steps / sums of x, [block][12]; xq rows of xqs bytes;
+ * EPU: codes per 32-bit unit (4 int8, 2 int16). */
+static void int_tile(int M, int XB, int EPU, const char *xq, int64_t xqs, const float *dt,
+                     const float *st, const int32_t *p, const float *ps, const float *pb,
+                     int64_t nb, float *y, int64_t ys, const __mmask16 *m) {
     float f[IM * IR] __attribute__((aligned(64)));
     for (int i = 0; i < IM * IR; i += 16)
         _mm512_store_ps(f + i, _mm512_setzero_ps());
-    tile12(f, p, XB / 4, nb, xq, xqs, ps, pb, dt, st);
+    (EPU == 4 ? tile12_i8 : tile12_i16)(f, p, XB / EPU, nb, xq, xqs, ps, pb, dt, st);
     for (int t = 0; t < M; t++)
         for (int v = 0; v < 2; v++)
             _mm512_mask_storeu_ps(y + t * ys + 16 * v, m[v], _mm512_load_ps(f + t * IR + 16 * v));
@@ -219,24 +250,36 @@ static void unpack_codes(const nmlx_weight *w, int64_t row, int64_t k0, int64_t 
     }
 }
 
-/* panel[kq][r] = codes W[r0 + r, k0 + 4kq .. +3] (0 for nr <= r < IR);
- * ps/pb[b][r] = the scale / bias of block b of row r (0 past nr). */
+/* panel[u][r] = unit u of row r0 + r's codes from column k0 (EPU codes per
+ * 32-bit unit: 4 bytes, or 2 int16 words; 0 for nr <= r < IR); ps/pb[b][r] =
+ * the scale / bias of block b of row r (0 past nr). */
 static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, int xb,
-                       int32_t *panel, float *ps, float *pb) {
-    uint8_t rb[16 * IK] __attribute__((aligned(64)));
+                       int EPU, int32_t *panel, float *ps, float *pb) {
+    uint8_t codes[IK] __attribute__((aligned(64)));
+    int32_t rb[16 * IK / 2] __attribute__((aligned(64))); /* 16 rows of units */
+    const int64_t ru = IK / EPU, nu = nk / EPU;              /* units per row: stride, used */
     const int gs = w->group_size;
     const int64_t G = w->cols / gs, ng = nk / gs, nb = nk / xb;
     const bool mx = w->mode == NMLX_QUANT_MXFP4;
     float s[IK / 32], bi[IK / 32];
     for (int h = 0; h < IR; h += 16) {
         for (int r = 0; r < 16; r++) {
+            int32_t *dst = rb + r * ru;
             if (h + r >= nr) {
-                memset(rb + r * IK, 0, (size_t)nk);
+                memset(dst, 0, (size_t)nu * 4);
                 for (int64_t b = 0; b < nb; b++)
                     ps[b * IR + h + r] = pb[b * IR + h + r] = 0.0f;
                 continue;
             }
-            unpack_codes(w, r0 + h + r, k0, nk, rb + r * IK);
+            if (EPU == 4) {
+                unpack_codes(w, r0 + h + r, k0, nk, (uint8_t *)dst);
+            } else {
+                unpack_codes(w, r0 + h + r, k0, nk, codes);
+                for (int64_t k = 0; k < nk; k += 32)
+                    _mm512_storeu_si512(
+                        (int16_t *)dst + k,
+                        _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(codes + k))));
+            }
             const size_t g0 = (size_t)((r0 + h + r) * G + k0 / gs);
             load_f32s(w->scales.dtype, w->scales.data, g0, ng, s);
             if (mx)
@@ -249,10 +292,10 @@ static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int
                 pb[b * IR + h + r] = bi[b * xb / gs];
             }
         }
-        /* rows of 4-byte quads -> quad-major: 16x16 transposes of 32-bit lanes */
-        for (int64_t kq = 0; kq < nk / 4; kq += 16)
-            transpose16((const float *)(const void *)(rb + 4 * kq), IK / 4,
-                        (float *)(void *)(panel + kq * IR + h), IR);
+        /* rows of 32-bit units -> unit-major: 16x16 transposes of 32-bit lanes */
+        for (int64_t u = 0; u < nu; u += 16)
+            transpose16((const float *)(const void *)(rb + u), ru,
+                        (float *)(void *)(panel + u * IR + h), IR);
     }
 }
 
@@ -279,42 +322,49 @@ int nmlx_qint8_xblock(const nmlx_weight *w, int xb) {
     return xb > 0 && xb < w->group_size ? xb : w->group_size;
 }
 
-bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float *y, int64_t T,
-                                     int64_t d0, int64_t d1, int xb_req) {
-    const int64_t N = w->cols, D = w->rows;
-    const int xb = nmlx_qint8_xblock(w, xb_req);
+/* W @ x with x rounded to WIDE-byte integers (1: int8, 2: int16) per
+ * xb-column block; false (y untouched) if the buffer cannot be allocated. */
+static bool int_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                       int64_t d1, int xb, int WIDE) {
+    const int64_t N = w->cols, D = w->rows, xrow = N * WIDE; /* bytes per x row */
+    const int EPU = 4 / WIDE;
     const int64_t B = N / xb, tail = T % IM;
     /* one buffer, each part 64-byte aligned: the stripe's scales and biases
-     * (B x 32 each), a 32-row stripe of quad-major codes (N / 4 x 32 int32,
-     * plus 16 quads: fill_panel transposes 16 quads at a time), the steps
+     * (B x 32 each), a 32-row stripe of unit-major codes (N / EPU x 32
+     * int32, plus 16 units: fill_panel transposes 16 at a time), the steps
      * and sums of x per tile of 12 tokens ([tile][B][12] each, 0 past T),
-     * x8 (T x N), the last tile's 12 padded rows (12 x N) and one token's
-     * steps and sums (B each) */
+     * the rounded x (T x N codes), the last tile's 12 padded rows and one
+     * token's steps and sums (B each) */
     const int64_t tiles = (T + IM - 1) / IM;
 #define A64(n) (((size_t)(n) + 63) / 64 * 64)
     const size_t o_pb = A64(B * IR * 4), o_st = o_pb + A64(B * IR * 4),
-                 o_dt = o_st + A64((N + 64) * IR), o_sx = o_dt + A64(tiles * B * IM * 4),
-                 o_xq = o_sx + A64(tiles * B * IM * 4), o_pad = o_xq + A64(T * N),
-                 o_row = o_pad + (tail ? A64(IM * N) : 0), size = o_row + A64(2 * B * 4);
+                 o_dt = o_st + A64((N / EPU + 16) * IR * 4), o_sx = o_dt + A64(tiles * B * IM * 4),
+                 o_xq = o_sx + A64(tiles * B * IM * 4), o_pad = o_xq + A64(T * xrow),
+                 o_row = o_pad + (tail ? A64(IM * xrow) : 0), size = o_row + A64(2 * B * 4);
 #undef A64
     char *buf = aligned_alloc(64, size);
     if (!buf) return false;
     float *ps = (float *)(void *)buf, *pb = (float *)(void *)(buf + o_pb);
     int32_t *stripe = (int32_t *)(void *)(buf + o_st);
     float *dt = (float *)(void *)(buf + o_dt), *sx = (float *)(void *)(buf + o_sx);
-    int8_t *xq = (int8_t *)(buf + o_xq), *xpad = (int8_t *)(buf + o_pad);
+    char *xq = buf + o_xq, *xpad = buf + o_pad;
     float *dxr = (float *)(void *)(buf + o_row), *sxr = dxr + B; /* one token's */
     memset(dt, 0, (size_t)(tiles * B * IM) * 4);
     memset(sx, 0, (size_t)(tiles * B * IM) * 4);
     for (int64_t t = 0; t < T; t++) {
-        nmlx_qint8_quantize_row(x + t * N, N, xb, xq + t * N, dxr, sxr);
+        if (WIDE == 1)
+            nmlx_qint8_quantize_row(x + t * N, N, xb, (int8_t *)(xq + t * xrow), dxr, sxr);
+        else
+            nmlx_qint16_quantize_row(x + t * N, N, xb, (int16_t *)(void *)(xq + t * xrow), dxr,
+                                     sxr);
         float *dtt = dt + (t / IM) * B * IM + t % IM, *sxt = sx + (t / IM) * B * IM + t % IM;
         for (int64_t b = 0; b < B; b++)
             dtt[b * IM] = dxr[b], sxt[b * IM] = sxr[b];
     }
     if (tail)
         for (int64_t t = 0; t < IM; t++)
-            memcpy(xpad + t * N, xq + (T - tail + (t < tail ? t : tail - 1)) * N, (size_t)N);
+            memcpy(xpad + t * xrow, xq + (T - tail + (t < tail ? t : tail - 1)) * xrow,
+                   (size_t)xrow);
 
     for (int64_t r0 = d0; r0 < d1; r0 += IR) {
         const int nr = d1 - r0 < IR ? (int)(d1 - r0) : IR;
@@ -323,7 +373,7 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
          * writes its y once */
         for (int64_t k0 = 0; k0 < N; k0 += IK) {
             const int64_t nk = N - k0 < IK ? N - k0 : IK;
-            fill_panel(w, r0, nr, k0, nk, xb, stripe + k0 / 4 * IR, ps + k0 / xb * IR,
+            fill_panel(w, r0, nr, k0, nk, xb, EPU, stripe + k0 / EPU * IR, ps + k0 / xb * IR,
                        pb + k0 / xb * IR);
         }
         /* the next stripe's packed rows, a share per tile */
@@ -333,12 +383,22 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
             if (nx_nr > 0)
                 prefetch_panel(w, nx_r + nx_nr * i / tiles,
                                nx_nr * (i + 1) / tiles - nx_nr * i / tiles, 0, N);
-            i8_tile((int)M, xb, M < IM ? xpad : xq + t * N, N, dt + i * B * IM, sx + i * B * IM,
-                    stripe, ps, pb, B, y + t * D + r0, D, m);
+            int_tile((int)M, xb, EPU, M < IM ? xpad : xq + t * xrow, xrow, dt + i * B * IM,
+                     sx + i * B * IM, stripe, ps, pb, B, y + t * D + r0, D, m);
         }
     }
     free(buf);
     return true;
+}
+
+bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                     int64_t d0, int64_t d1, int xb) {
+    return int_matmat(w, x, y, T, d0, d1, nmlx_qint8_xblock(w, xb), 1);
+}
+
+bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                    int64_t d0, int64_t d1) {
+    return int_matmat(w, x, y, T, d0, d1, w->group_size, 2);
 }
 
 /* ------------------------------------------------------------ the switch */

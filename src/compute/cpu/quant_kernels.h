@@ -18,8 +18,11 @@ typedef struct nmlx_qbf16_pick {
     bool prefill;        /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
     bool prefill_affine; /* ...for affine weights too (forced only), not just MXFP4 */
     bool matvec;         /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
+    bool prefill_int16;  /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
+                            precision; needs AVX512_VNNI) */
 } nmlx_qbf16_pick;
-/* Measured once per process (thread-safe); NMLX_QUANT_BF16=0/1 forces it. */
+/* Measured once per process (thread-safe); NMLX_QUANT_BF16=0/1 forces the
+ * bf16 kernels, NMLX_QUANT_INT16=0/1 the int16 prefill. */
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void);
 /* Whether nmlx_avx512bf16_quant_matvec handles w (affine 4-bit, group 64/128, cols <= 16384). */
 bool nmlx_avx512bf16_matvec_ok(const nmlx_weight *w);
@@ -68,6 +71,15 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
  * allocated. Only for nmlx_avx512vnni_quant_ok weights on an AVX512_VNNI CPU. */
 bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                      int64_t d0, int64_t d1, int xb);
+/* The default precision's prefill where the CPU has AVX512_VNNI: x rounded
+ * to int16 per token and weight group (step max|x| / 32767: 2^-15 of the
+ * group's largest, far finer than bf16's 2^-9 of each value), the weights
+ * exact, `vpdpwssd` (32 multiply-adds per instruction, as `vdpbf16ps`).
+ * Same weights, contract and refusal as the int8 kernel. */
+void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
+                              float *xs);
+bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                    int64_t d0, int64_t d1);
 /* The same with the process's NMLX_QUANT_INT8_BLOCK choice. */
 bool nmlx_avx512vnni_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1);
