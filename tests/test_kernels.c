@@ -564,6 +564,15 @@ static void test_attention(const bk *b) {
         {3, 4, 2, 3, 9, 2, 5, 0, 0, 0},           /* HD under one vector */
         {1, 6, 2, 40, 20, 10, 11, 0, 0, 1},       /* decode, groups of 3 split 2 + 1 */
         {1, 8, 1, 64, 100, 90, 91, 0, 0, 0},      /* MQA decode: one group in chunks */
+        /* prefill blocks (cpu_attention.c: up to 16 queries x the group's
+         * heads through the row kernels at once; attention_avx2.c's
+         * widened-key tiles for >= 6 rows, HD % 8 == 0) */
+        {37, 8, 2, 80, 90, 13, 50, 0, 0, 0},      /* HD 80: 48-key chunks, block tail */
+        {21, 4, 2, 256, 40, 3, 24, 0, 0, 1},      /* HD 256: 16-key chunks, sinks */
+        {40, 8, 1, 64, 64, 0, 40, 9, 25.0f, 1},   /* MQA, window, softcap, sinks */
+        {19, 6, 3, 128, 70, 50, 69, 0, 0, 0},     /* chunked prefill, groups of 2 */
+        {6, 12, 2, 8, 30, 0, 6, 0, 0, 0},         /* HD 8, 6 queries x 6 heads */
+        {17, 2, 1, 24, 20, 0, 17, 1, 0, 1},       /* window 1 in a block */
     };
     const nmlx_dtype kvdts[] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     for (int d = 0; d < 3; d++)

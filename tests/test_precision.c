@@ -87,10 +87,8 @@ int main(void) {
             }
             double rel = diff / (hi - lo);
             printf("%-40s int8 vs f32: max|diff| / range %.2e\n", DIRS[d], rel);
-            EXPECT(rel > 0, "%s: int8 gave the f32 logits: the int8 path was not taken",
-                   DIRS[d]);
-            EXPECT(rel < 5e-2, "%s: int8 logits %.3g of the range away from f32", DIRS[d],
-                   rel);
+            EXPECT(rel > 0, "%s: int8 gave the f32 logits: the int8 path was not taken", DIRS[d]);
+            EXPECT(rel < 5e-2, "%s: int8 logits %.3g of the range away from f32", DIRS[d], rel);
             free(a), free(b);
         }
         nmlx_model_free(ref);

@@ -123,8 +123,8 @@ static void test_quantizer(void) {
             for (int k = 0; k < N; k++)
                 x[k] = test_randf(-3, 3) * (k % 29 == 0 ? 40.0f : 1.0f);
             for (int k = 64; k < 64 + xb && k < N; k++)
-                x[k] = 0.0f;              /* an all-zero block: step 0, codes 0 */
-            x[5] = 0.5f * 3.0f / qmax;    /* ties */
+                x[k] = 0.0f;           /* an all-zero block: step 0, codes 0 */
+            x[5] = 0.5f * 3.0f / qmax; /* ties */
             if (wide == 1)
                 nmlx_qint8_quantize_row(x, N, xb, q8, dx, xs);
             else

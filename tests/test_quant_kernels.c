@@ -18,6 +18,7 @@ static const char *isas[] = {"portable", "avx2", "avx512"};
  * x and the dequantized weights to bf16 (2^-9 each: 2^-8 per product). */
 #define TOL_F32 2e-6
 #define TOL_BF16 (1.0 / 256 + 1e-5)
+#define TOL_INT16 5e-4
 
 static bool have_avx512(void) {
     nmlx_backend *be = NULL;
@@ -43,8 +44,14 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
     if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && nmlx_qint8_get_mode().prefill &&
         nmlx_avx512vnni_quant_ok(w))
         return 1.0 / 64;
-    if (!have_avx512bf16()) return TOL_F32;
     nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
+    /* the default precision's int16 x (AVX512_VNNI): step max|x| / 32767 per
+     * group, relative error about max|x| / mean|x| / 65534 (test_quant_int8.c
+     * checks its exact bound) */
+    if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && p.prefill_int16 &&
+        nmlx_avx512vnni_quant_ok(w))
+        return TOL_INT16;
+    if (!have_avx512bf16()) return TOL_F32;
     if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
                       (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
                 : p.matvec && nmlx_avx512bf16_matvec_ok(w))

@@ -5,7 +5,20 @@
 #include "compute/cpu/cpu_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+enum { ATTN_QB = 16 }; /* queries per block in a prefill (bench_attention: 8 to 32 within 15%) */
+
+/* NMLX_ATTN_BLOCK=0: prefills take the row path too (comparisons) */
+static bool block_path(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NMLX_ATTN_BLOCK");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
 
 /* Query t, KV head kvh, its query heads [h0, h0 + g): sc holds g * n_kv. */
 static void attn_group(const cpu_kernels *k, const nmlx_attn_args *a, int64_t t, int64_t kvh,
@@ -42,6 +55,61 @@ static void attn_group(const cpu_kernels *k, const nmlx_attn_args *a, int64_t t,
     k->attn_mix(a->kv_dtype, sc, g, V0, n, HD, out);
 }
 
+/* A prefill's block of nt queries from t0 for KV head kvh: its nt x g
+ * query rows go through the row kernels as one block (the set's kernels
+ * widen each key and value once for every row), each row then softmaxed
+ * over its own visible range. buf: 2 nt g HD + nt g n_kv floats. */
+static void attn_block(const cpu_kernels *k, const nmlx_attn_args *a, int64_t t0, int64_t nt,
+                       int64_t kvh, int64_t g, float *buf) {
+    const int64_t HD = a->HD, R = nt * g, h0 = kvh * g;
+    int64_t lo[ATTN_QB] = {0}, hi[ATTN_QB] = {0};
+    for (int64_t i = 0; i < nt; i++) {
+        const int64_t qi = a->q_pos + t0 + i;
+        hi[i] = qi < a->n_kv - 1 ? qi : a->n_kv - 1;
+        lo[i] = a->window > 0 && qi - a->window + 1 > 0 ? qi - a->window + 1 : 0;
+    }
+    int64_t lo_min = lo[0], hi_max = hi[0];
+    for (int64_t i = 1; i < nt; i++) {
+        lo_min = lo[i] < lo_min ? lo[i] : lo_min;
+        hi_max = hi[i] > hi_max ? hi[i] : hi_max;
+    }
+    if (lo_min > hi_max) { /* nothing visible to any query */
+        for (int64_t i = 0; i < nt; i++)
+            memset(a->out + ((t0 + i) * a->H + h0) * HD, 0, (size_t)(g * HD) * sizeof(float));
+        return;
+    }
+    const int64_t n = hi_max - lo_min + 1;
+    float *qb = buf, *ob = qb + R * HD, *sc = ob + R * HD;
+    for (int64_t i = 0; i < nt; i++)
+        memcpy(qb + i * g * HD, a->q + ((t0 + i) * a->H + h0) * HD,
+               (size_t)(g * HD) * sizeof(float));
+    const int64_t base = kvh * a->cap * HD + lo_min * HD;
+    const bool half = a->kv_dtype != NMLX_DT_F32;
+    const void *K = half ? (const void *)(a->k16 + base) : (const void *)(a->k + base);
+    const void *V = half ? (const void *)(a->v16 + base) : (const void *)(a->v + base);
+    k->attn_scores(a->kv_dtype, qb, R, K, n, HD, a->scale, sc);
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t i = r / g, off = lo[i] - lo_min, len = hi[i] - lo[i] + 1;
+        float *row = sc + r * n;
+        if (len <= 0) { /* this query sees nothing: zero output */
+            memset(row, 0, (size_t)n * sizeof(float));
+            continue;
+        }
+        if (a->softcap > 0) {
+            const float cap = a->softcap, inv = 1.0f / cap;
+            for (int64_t j = off; j < off + len; j++)
+                row[j] = tanhf(row[j] * inv) * cap;
+        }
+        k->softmax_row(row + off, len, a->sinks ? a->sinks[h0 + r % g] : -INFINITY);
+        memset(row, 0, (size_t)off * sizeof(float));
+        memset(row + off + len, 0, (size_t)(n - off - len) * sizeof(float));
+    }
+    k->attn_mix(a->kv_dtype, sc, R, V, n, HD, ob);
+    for (int64_t i = 0; i < nt; i++)
+        memcpy(a->out + ((t0 + i) * a->H + h0) * HD, ob + i * g * HD,
+               (size_t)(g * HD) * sizeof(float));
+}
+
 /* Work items: (query t, KV head, chunk of its query heads). A group is split
  * into chunks only when there are too few groups to keep every thread busy
  * (decode with few KV heads); otherwise each item reads its KV head's rows
@@ -71,10 +139,28 @@ static void attn_task(void *ctx, int ith, int nth) {
     const nmlx_attn_args *a = j->a;
     const attn_split sp = j->sp;
     const int64_t kv_groups = a->H / sp.group;
-    int64_t i0, i1;
-    cpu_split(a->T * kv_groups * sp.chunks, ith, nth, 1, &i0, &i1);
+    /* a prefill: blocks of ATTN_QB queries per KV head, dealt round-robin
+     * (later queries see more keys: contiguous shares would give the last
+     * thread most of the work); where the block buffer cannot be had, the
+     * row path below */
+    if (a->T >= 4 && a->KVH * sp.group == a->H && block_path()) {
+        /* fewer queries per block where the scores would pass 8 MiB */
+        int64_t qb = ((int64_t)1 << 21) / (sp.group * a->n_kv);
+        qb = qb > ATTN_QB ? ATTN_QB : qb < 1 ? 1 : qb;
+        const int64_t R = qb * sp.group;
+        float *buf = malloc((size_t)(R * (2 * a->HD + a->n_kv)) * sizeof(float));
+        if (buf) {
+            const int64_t blocks = (a->T + qb - 1) / qb;
+            for (int64_t i = ith; i < blocks * a->KVH; i += nth) {
+                const int64_t b = i / a->KVH, t0 = b * qb;
+                attn_block(j->k, a, t0, a->T - t0 < qb ? a->T - t0 : qb, i % a->KVH, sp.group, buf);
+            }
+            free(buf);
+            return;
+        }
+    }
     float *sc = a->scratch + (int64_t)ith * sp.chunk * a->n_kv;
-    for (int64_t i = i0; i < i1; i++) {
+    for (int64_t i = ith; i < a->T * kv_groups * sp.chunks; i += nth) {
         int64_t c = i % sp.chunks, gi = (i / sp.chunks) % kv_groups, t = i / sp.chunks / kv_groups;
         int64_t h0 = gi * sp.group + c * sp.chunk;
         int64_t g = sp.group - c * sp.chunk < sp.chunk ? sp.group - c * sp.chunk : sp.chunk;

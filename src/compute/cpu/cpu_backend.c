@@ -217,9 +217,12 @@ void nmlx_backend_free(nmlx_backend *be) {
 nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision) {
     if (!be) return nmlx_fail(NMLX_ERR_INVALID_ARG, "precision: no backend");
     int prec;
-    if (!precision || !*precision || !strcmp(precision, "default")) prec = CPU_PREC_DEFAULT;
-    else if (!strcmp(precision, "int8")) prec = CPU_PREC_INT8;
-    else if (!strcmp(precision, "f32")) prec = CPU_PREC_F32;
+    if (!precision || !*precision || !strcmp(precision, "default"))
+        prec = CPU_PREC_DEFAULT;
+    else if (!strcmp(precision, "int8"))
+        prec = CPU_PREC_INT8;
+    else if (!strcmp(precision, "f32"))
+        prec = CPU_PREC_F32;
     else
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "precision '%s' is not one of default, int8, f32",
                          precision);
@@ -236,7 +239,8 @@ nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision) 
                          cpu_kernels_of(be)->isa);
 #else
     if (prec == CPU_PREC_INT8)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "precision int8 needs an x86-64 CPU with AVX512_VNNI");
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "precision int8 needs an x86-64 CPU with AVX512_VNNI");
 #endif
     if (cpu) ((cpu_impl *)be->impl)->prefill_precision = prec;
     return NMLX_OK;

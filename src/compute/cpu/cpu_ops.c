@@ -127,8 +127,8 @@ void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     } else if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) {
         return;
     }
-    matmul_job j = {cpu_kernels_of(be), w, bias, x, y, T,
-                    ((const cpu_impl *)be->impl)->prefill_precision};
+    matmul_job j = {
+        cpu_kernels_of(be), w, bias, x, y, T, ((const cpu_impl *)be->impl)->prefill_precision};
     int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
     nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
 }

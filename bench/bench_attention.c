@@ -1,0 +1,67 @@
+/* CPU attention benchmark: one prefill's attention (T queries at positions
+ * 0..T-1 against a causal f16 cache) through the backend's op, CPU seconds
+ * of the calling thread per call and GFLOP/s (4 T^2/2 H HD multiply-adds
+ * counted as 2 flops each), 1 thread. NMLX_ATTN_BLOCK=0 compares the row
+ * path. Build like bench_kernels (bench/kernels.md):
+ *   bench_attention [T=512] [H=16] [KVH=8] [HD=128] [reps=5] */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    const int64_t T = argc > 1 ? atoll(argv[1]) : 512, H = argc > 2 ? atoll(argv[2]) : 16,
+                  KVH = argc > 3 ? atoll(argv[3]) : 8, HD = argc > 4 ? atoll(argv[4]) : 128;
+    const int reps = argc > 5 ? atoi(argv[5]) : 5;
+    nmlx_backend *be = NULL;
+    if (nmlx_backend_cpu_create_isa(1, NULL, &be) != NMLX_OK) return 1;
+    float *q = malloc((size_t)(T * H * HD) * 4), *out = malloc((size_t)(T * H * HD) * 4);
+    uint16_t *k16 = malloc((size_t)(KVH * T * HD) * 2), *v16 = malloc((size_t)(KVH * T * HD) * 2);
+    float *scratch = malloc((size_t)(H / KVH * T) * 4);
+    uint32_t st = 12345;
+    for (int64_t i = 0; i < T * H * HD; i++)
+        st = st * 1664525u + 1013904223u, q[i] = (float)(st >> 8) / 16777216.0f - 0.5f;
+    for (int64_t i = 0; i < KVH * T * HD; i++) {
+        st = st * 1664525u + 1013904223u;
+        k16[i] = nmlx_f32_to_f16((float)(st >> 8) / 16777216.0f - 0.5f);
+        v16[i] = nmlx_f32_to_f16((float)(st & 0xffff) / 65536.0f - 0.5f);
+    }
+    nmlx_attn_args a = {.q = q,
+                        .out = out,
+                        .T = T,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .cap = T,
+                        .q_pos = 0,
+                        .n_kv = T,
+                        .scale = 0.088f,
+                        .scratch = scratch,
+                        .kv_dtype = NMLX_DT_F16,
+                        .k16 = k16,
+                        .v16 = v16};
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = cpu_now();
+        be->ops->attention(be, &a);
+        double t = cpu_now() - t0;
+        best = t < best ? t : best;
+    }
+    double flops = 4.0 * (double)T * (double)(T + 1) / 2 * (double)H * (double)HD;
+    printf("attention T %lld H %lld KVH %lld HD %lld (%s): %.2f ms, %.1f GFLOP/s\n", (long long)T,
+           (long long)H, (long long)KVH, (long long)HD, nmlx_backend_cpu_isa(be), 1e3 * best,
+           flops / best * 1e-9);
+    free(q), free(out), free(k16), free(v16), free(scratch);
+    nmlx_backend_free(be);
+    return 0;
+}
