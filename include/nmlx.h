@@ -103,11 +103,14 @@ typedef struct nmlx_model_params {
                            and MXFP4; MoE, Gemma 3n and the quantized KV cache fail
                            with NMLX_ERR_UNSUPPORTED there. Not copied: the
                            string must live until nmlx_model_load returns. */
-    const char *precision; /* NULL or "default"; "int8": the prefill of quantized
-                              weights on int8 activations (CPUs with AVX512_VNNI;
-                              about 2x faster, over the quantized fixtures'
-                              precision contract: docs/quantization.md). Not
-                              copied. */
+    const char *precision; /* activations of the quantized prefill matmuls on the
+                              CPU (>= 24 tokens; never the LM head): NULL or
+                              "default": int16 per token and weight group where
+                              the CPU has AVX512_VNNI (as accurate as f32 on the
+                              fixtures, ~1.5x faster), else f32; "int8": int8
+                              (AVX512_VNNI; ~2x faster, over the quantized
+                              fixtures' precision contract); "f32": exact f32.
+                              docs/quantization.md. Not copied. */
 } nmlx_model_params;
 
 nmlx_model_params nmlx_model_default_params(void);

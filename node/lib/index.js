@@ -79,8 +79,8 @@ export async function loadModel(idOrPath, opts = {}) {
     throw invalid("loadModel: contextLength must be an integer >= 0");
   if (device !== undefined && (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device)))
     throw invalid(`loadModel: device must be "cpu", "cuda" or "cuda:N" (got ${String(device)})`);
-  if (precision !== undefined && precision !== "default" && precision !== "int8")
-    throw invalid(`loadModel: precision must be "default" or "int8" (got ${String(precision)})`);
+  if (precision !== undefined && !["default", "int8", "f32"].includes(precision))
+    throw invalid(`loadModel: precision must be "default", "int8" or "f32" (got ${String(precision)})`);
   let dir = idOrPath, id = idOrPath;
   if (!isDir(idOrPath)) {
     id = resolveModelId(idOrPath);

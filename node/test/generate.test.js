@@ -180,3 +180,11 @@ test("loadModel precision: int8 runs (or is refused where the CPU lacks AVX512_V
   assert.equal(r.completionTokens, 4);
   await m.unload();
 });
+
+test("loadModel precision f32: exact activations, the fixture's greedy ids", async () => {
+  const { dir, expected } = fixture("quant_llama_q4g64_f16");
+  const m = await loadModel(dir, { precision: "f32", threads: 1 });
+  const r = await m.generate(expected.prompt_ids, { maxTokens: 8, temperature: 0, ignoreEos: true });
+  assert.deepEqual(r.tokens, expected.greedy_ids.slice(0, 8));
+  await m.unload();
+});
