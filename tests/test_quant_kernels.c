@@ -53,8 +53,8 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
         return TOL_INT16;
     if (!have_avx512bf16()) return TOL_F32;
     if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
-                      (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
-                : p.matvec && nmlx_avx512bf16_matvec_ok(w))
+                                        (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
+                                  : p.matvec && nmlx_avx512bf16_matvec_ok(w))
         return TOL_BF16;
 #else
     (void)w, (void)T;
@@ -409,8 +409,62 @@ static void test_embed(void) {
     free_q(&m);
 }
 
+/* matmul_multi (several weights on one x in one pool pass) gives each
+ * weight's y exactly what its own matmul call gives, on every kernel set,
+ * 1 and 2 threads, decode / few-token / prefill token counts, with a bias
+ * on one of them and a dense bf16 weight among the quantized ones. */
+static void test_matmul_multi(void) {
+    const int64_t N = 64 * 6, Ds[3] = {70, 33, 130};
+    qmat q[2];
+    make_q(&q[0], NMLX_QUANT_AFFINE, 4, 64, Ds[0], N, NMLX_DT_BF16);
+    make_q(&q[1], NMLX_QUANT_AFFINE, 8, 32, Ds[1], N, NMLX_DT_F16);
+    uint16_t *wb = malloc((size_t)(Ds[2] * N) * 2);
+    for (int64_t i = 0; i < Ds[2] * N; i++)
+        wb[i] = nmlx_f32_to_bf16(test_randf(-1, 1));
+    nmlx_weight dense = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {Ds[2], N}, .data = wb},
+                         .rows = Ds[2],
+                         .cols = N};
+    float bias_vals[70];
+    for (int i = 0; i < 70; i++)
+        bias_vals[i] = test_randf(-1, 1);
+    nmlx_tensor bias = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {70}, .data = bias_vals};
+    const nmlx_weight *ws[3] = {&q[0].w, &q[1].w, &dense};
+    const nmlx_tensor *bs[3] = {&bias, NULL, NULL};
+    const int64_t Ts[4] = {1, 7, 20, 31}, TMAX = 31;
+    float *x = malloc((size_t)(TMAX * N) * 4);
+    for (int64_t i = 0; i < TMAX * N; i++)
+        x[i] = test_randf(-1, 1);
+    float *ya[3], *yb[3];
+    for (int i = 0; i < 3; i++)
+        ya[i] = malloc((size_t)(TMAX * Ds[i]) * 4), yb[i] = malloc((size_t)(TMAX * Ds[i]) * 4);
+    for (size_t k = 0; k < sizeof isas / sizeof isas[0]; k++)
+        for (int nth = 1; nth <= 2; nth++) {
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cpu_create_isa(nth, isas[k], &be) != NMLX_OK) continue;
+            for (int ti = 0; ti < 4; ti++) {
+                const int64_t T = Ts[ti];
+                for (int i = 0; i < 3; i++) {
+                    be->ops->matmul(be, ws[i], bs[i], x, ya[i], T);
+                    for (int64_t j = 0; j < T * Ds[i]; j++)
+                        yb[i][j] = NAN;
+                }
+                be->ops->matmul_multi(be, 3, ws, bs, x, yb, T);
+                for (int i = 0; i < 3; i++)
+                    EXPECT(!memcmp(ya[i], yb[i], (size_t)(T * Ds[i]) * 4),
+                           "matmul_multi %s threads %d T %lld weight %d: not the lone call's bits",
+                           isas[k], nth, (long long)T, i);
+            }
+            nmlx_backend_free(be);
+        }
+    for (int i = 0; i < 3; i++)
+        free(ya[i]), free(yb[i]);
+    free(x), free(wb);
+    free_q(&q[0]), free_q(&q[1]);
+}
+
 int main(void) {
     test_seed(5);
+    test_matmul_multi();
     test_packing_layout();
     const int bits[] = {2, 3, 4, 5, 6, 8}, gss[] = {32, 64, 128};
     const nmlx_dtype sdts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};

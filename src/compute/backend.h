@@ -51,6 +51,8 @@ typedef struct nmlx_attn_args {
     const uint16_t *k16, *v16;
 } nmlx_attn_args;
 
+enum { NMLX_MATMUL_MULTI_MAX = 4 };
+
 typedef struct nmlx_backend_ops {
     const char *name;
 
@@ -81,6 +83,13 @@ typedef struct nmlx_backend_ops {
     void (*matmul)(nmlx_backend *be, const nmlx_weight *w,
                    const nmlx_tensor *bias, const float *x, float *y,
                    int64_t T);
+    /* Optional (NULL: one matmul call per weight): y_i = x @ W_i^T (+ b_i)
+     * for n <= NMLX_MATMUL_MULTI_MAX weights reading the same x (q/k/v,
+     * gate/up), in one pass over the backend's threads; each y_i as its
+     * own matmul call gives it, bit for bit. */
+    void (*matmul_multi)(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                         const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                         int64_t T);
     /* out[t, :] = table[ids[t], :] * scale; table [V, D]. */
     void (*embed)(nmlx_backend *be, const nmlx_weight *table,
                   const int32_t *ids, int64_t T, float scale, float *out);

@@ -107,9 +107,9 @@ static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *
 static void project(nmlx_backend *be, const nmlx_attention *a, const nmlx_attention_buffers *buf,
                     const float *x, int64_t T) {
     const nmlx_attention_shape *s = &a->s;
-    nmlx_linear_forward(be, &a->q, x, buf->q, T);
-    nmlx_linear_forward(be, &a->k, x, buf->k, T);
-    nmlx_linear_forward(be, &a->v, x, buf->v, T);
+    const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
+    float *ys[3] = {buf->q, buf->k, buf->v};
+    nmlx_linear_forward_multi(be, 3, ls, x, ys, T);
     if (s->qk_norm) {
         nmlx_rmsnorm_forward(be, &a->q_norm, buf->q, buf->q, T * s->heads, s->head_dim);
         nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * s->kv_heads, s->head_dim);

@@ -26,8 +26,8 @@ nmlx_status nmlx_get_float_tensor(const nmlx_weights *ws, const char *name, int 
     return NMLX_OK;
 }
 
-nmlx_status nmlx_weight_load(nmlx_weight *wt, const nmlx_weights *ws, const char *name,
-                             int64_t out, int64_t in) {
+nmlx_status nmlx_weight_load(nmlx_weight *wt, const nmlx_weights *ws, const char *name, int64_t out,
+                             int64_t in) {
     char key[512];
     const nmlx_tensor *w = NULL;
     snprintf(key, sizeof key, "%s.scales", name);
@@ -41,8 +41,8 @@ nmlx_status nmlx_weight_load(nmlx_weight *wt, const nmlx_weights *ws, const char
     return NMLX_OK;
 }
 
-nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
-                             int64_t out, int64_t in, bool has_bias) {
+nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name, int64_t out,
+                             int64_t in, bool has_bias) {
     char key[512];
     nmlx_status st = nmlx_weight_load(&l->w, ws, name, out, in);
     if (st != NMLX_OK) return st;
@@ -89,6 +89,20 @@ nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, co
 void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
                          int64_t T) {
     be->ops->matmul(be, &l->w, l->bias, x, y, T);
+}
+
+void nmlx_linear_forward_multi(nmlx_backend *be, int n, const nmlx_linear *const *ls,
+                               const float *x, float *const *ys, int64_t T) {
+    if (be->ops->matmul_multi && n <= NMLX_MATMUL_MULTI_MAX) {
+        const nmlx_weight *ws[NMLX_MATMUL_MULTI_MAX];
+        const nmlx_tensor *bs[NMLX_MATMUL_MULTI_MAX];
+        for (int i = 0; i < n; i++)
+            ws[i] = &ls[i]->w, bs[i] = ls[i]->bias;
+        be->ops->matmul_multi(be, n, ws, bs, x, ys, T);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        be->ops->matmul(be, &ls[i]->w, ls[i]->bias, x, ys[i], T);
 }
 
 nmlx_status nmlx_rmsnorm_load(nmlx_rmsnorm *n, const nmlx_weights *ws, const char *name,
@@ -146,7 +160,8 @@ static void lm_head(nmlx_backend *be, const nmlx_linear *head, const float *xn, 
             float *host = host_rows ? host_rows[r0 + r] : host_out + (r0 + r) * vocab;
             be->ops->download(be, host, dev + r * vocab, (size_t)vocab * sizeof(float));
             if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
-                for (int64_t i = 0; i < vocab; i++) host[i] = softcap * tanhf(host[i] / softcap);
+                for (int64_t i = 0; i < vocab; i++)
+                    host[i] = softcap * tanhf(host[i] / softcap);
         }
     }
 }
@@ -156,8 +171,8 @@ void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *x
     lm_head(be, head, xn, rows, hidden, vocab, softcap, dev, host_out, NULL);
 }
 
-void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,
-                          int64_t rows, int64_t hidden, int64_t vocab, float softcap, float *dev,
+void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                          int64_t hidden, int64_t vocab, float softcap, float *dev,
                           float *const *host_rows) {
     lm_head(be, head, xn, rows, hidden, vocab, softcap, dev, NULL, host_rows);
 }

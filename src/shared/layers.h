@@ -35,6 +35,10 @@ nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, co
 /* y[T, out] = x[T, in] @ W^T + b */
 void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
                          int64_t T);
+/* ys[i] = nmlx_linear_forward(ls[i], x) for n linears reading the same x,
+ * in one backend pass where the backend has one (the same bits either way). */
+void nmlx_linear_forward_multi(nmlx_backend *be, int n, const nmlx_linear *const *ls,
+                               const float *x, float *const *ys, int64_t T);
 
 /* Loads `<name>.weight` [dim]. */
 nmlx_status nmlx_rmsnorm_load(nmlx_rmsnorm *n, const nmlx_weights *ws, const char *name,

@@ -125,9 +125,11 @@ static void attend_cache(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_c
 
 void nmlx_l4_attention_forward(nmlx_backend *be, const nmlx_l4_attention *a, nmlx_l4_cache *c,
                                const nmlx_l4_buffers *b, const float *x, float *out, int64_t T) {
-    nmlx_linear_forward(be, &a->q, x, b->q, T);
-    nmlx_linear_forward(be, &a->k, x, b->k, T);
-    nmlx_linear_forward(be, &a->v, x, b->v, T);
+    {
+        const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
+        float *ys[3] = {b->q, b->k, b->v};
+        nmlx_linear_forward_multi(be, 3, ls, x, ys, T);
+    }
     prep_qk(be, a, b->q, b->k, cache_offset(c), T);
     attend_cache(be, a, c, b->q, b->k, b->v, b->ctx, b->scratch, T);
     nmlx_linear_forward(be, &a->o, b->ctx, out, T);
@@ -138,9 +140,11 @@ void nmlx_l4_attention_forward_rows(nmlx_backend *be, const nmlx_l4_attention *a
                                     const nmlx_l4_buffers *b, const float *x, float *out,
                                     int64_t B) {
     int64_t qrow = a->heads * a->head_dim, kvrow = a->kv_heads * a->head_dim;
-    nmlx_linear_forward(be, &a->q, x, b->q, B);
-    nmlx_linear_forward(be, &a->k, x, b->k, B);
-    nmlx_linear_forward(be, &a->v, x, b->v, B);
+    {
+        const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
+        float *ys[3] = {b->q, b->k, b->v};
+        nmlx_linear_forward_multi(be, 3, ls, x, ys, B);
+    }
     for (int64_t r = 0; r < B; r++) {
         float *q = b->q + r * qrow, *k = b->k + r * kvrow;
         prep_qk(be, a, q, k, cache_offset(caches[r]), 1);

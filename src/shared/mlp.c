@@ -3,9 +3,8 @@
 
 #include <stdio.h>
 
-nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefix,
-                          int64_t hidden, int64_t intermediate, bool bias, bool fused_gate_up,
-                          nmlx_act act) {
+nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefix, int64_t hidden,
+                          int64_t intermediate, bool bias, bool fused_gate_up, nmlx_act act) {
     char name[512];
     nmlx_status st;
     m->act = act;
@@ -28,10 +27,11 @@ nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefi
     return nmlx_linear_load(&m->down, ws, name, hidden, intermediate, bias);
 }
 
-void nmlx_mlp_forward(nmlx_backend *be, const nmlx_mlp *m, const float *x, float *gate,
-                      float *up, float *out, int64_t T) {
-    nmlx_linear_forward(be, &m->gate, x, gate, T);
-    nmlx_linear_forward(be, &m->up, x, up, T);
+void nmlx_mlp_forward(nmlx_backend *be, const nmlx_mlp *m, const float *x, float *gate, float *up,
+                      float *out, int64_t T) {
+    const nmlx_linear *ls[2] = {&m->gate, &m->up};
+    float *ys[2] = {gate, up};
+    nmlx_linear_forward_multi(be, 2, ls, x, ys, T);
     be->ops->act_mul(be, m->act, gate, up, gate, T * m->intermediate);
     nmlx_linear_forward(be, &m->down, gate, out, T);
 }

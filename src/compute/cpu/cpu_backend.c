@@ -59,6 +59,7 @@ static const nmlx_backend_ops cpu_ops = {
     .sync = cpu_sync,
     .prepare_tensor = cpu_prepare_tensor,
     .matmul = nmlx_cpu_matmul,
+    .matmul_multi = nmlx_cpu_matmul_multi,
     .embed = nmlx_cpu_embed,
     .rmsnorm = nmlx_cpu_rmsnorm,
     .rope = nmlx_cpu_rope,

@@ -153,6 +153,9 @@ static inline const cpu_kernels *cpu_kernels_of(const nmlx_backend *be) {
 nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_backend **out);
 
 /* The op drivers (cpu_ops.c, cpu_attention.c) behind nmlx_backend_ops. */
+void nmlx_cpu_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                           const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                           int64_t T);
 void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
 void nmlx_cpu_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,

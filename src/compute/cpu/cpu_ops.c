@@ -118,19 +118,55 @@ static void matmul_task(void *ctx, int ith, int nth) {
 /* Dense F32/F16/BF16 weights, or quantized (affine/MXFP4 with U32 packed
  * codes) as validated by the model layer; anything else leaves y untouched
  * (a void op cannot report it). */
+static bool matmul_dtype_ok(const nmlx_weight *w) {
+    nmlx_dtype dt = w->w.dtype;
+    if (w->mode != NMLX_QUANT_NONE) return dt == NMLX_DT_U32;
+    return dt == NMLX_DT_F32 || dt == NMLX_DT_F16 || dt == NMLX_DT_BF16;
+}
+
 void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
-    if (T <= 0 || w->rows <= 0) return;
-    nmlx_dtype dt = w->w.dtype;
-    if (w->mode != NMLX_QUANT_NONE) {
-        if (dt != NMLX_DT_U32) return;
-    } else if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) {
-        return;
-    }
+    if (T <= 0 || w->rows <= 0 || !matmul_dtype_ok(w)) return;
     matmul_job j = {
         cpu_kernels_of(be), w, bias, x, y, T, ((const cpu_impl *)be->impl)->prefill_precision};
     int nth = threads_for(be, T * w->rows * w->cols, PAR_MATMUL_MACS);
     nmlx_pool_run_n(be->pool, matmul_task, &j, nth);
+}
+
+/* Several weights on one x: each thread takes its share of every weight's
+ * rows (the same rows a lone call would give it), in one pool pass: one
+ * wake-up and barrier instead of n, which a decode step pays per layer. */
+typedef struct {
+    matmul_job j[NMLX_MATMUL_MULTI_MAX];
+    int n;
+} multi_job;
+
+static void multi_task(void *ctx, int ith, int nth) {
+    const multi_job *m = ctx;
+    for (int i = 0; i < m->n; i++)
+        matmul_task((void *)&m->j[i], ith, nth);
+}
+
+void nmlx_cpu_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                           const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                           int64_t T) {
+    if (T <= 0 || n <= 0) return;
+    multi_job m = {.n = 0};
+    int64_t work = 0;
+    for (int i = 0; i < n; i++) {
+        if (i >= NMLX_MATMUL_MULTI_MAX || ws[i]->rows <= 0 || !matmul_dtype_ok(ws[i]))
+            continue; /* as a lone call: left untouched */
+        m.j[m.n++] = (matmul_job){cpu_kernels_of(be),
+                                  ws[i],
+                                  biases ? biases[i] : NULL,
+                                  x,
+                                  ys[i],
+                                  T,
+                                  ((const cpu_impl *)be->impl)->prefill_precision};
+        work += T * ws[i]->rows * ws[i]->cols;
+    }
+    if (!m.n) return;
+    nmlx_pool_run_n(be->pool, multi_task, &m, threads_for(be, work, PAR_MATMUL_MACS));
 }
 
 /* ---- embed ---- */
