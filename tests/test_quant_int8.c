@@ -303,9 +303,11 @@ int main(void) {
     test_quantizer();
     const int gss[] = {32, 64, 128};
     const nmlx_dtype sdts[] = {NMLX_DT_BF16, NMLX_DT_F16, NMLX_DT_F32};
-    for (int b = 4; b <= 8; b += 4)
+    const int bitss[] = {2, 3, 4, 5, 6, 8};
+    for (int bi = 0; bi < 6; bi++)
         for (int g = 0; g < 3; g++)
             for (int si = 0; si < 3; si++) {
+                const int b = bitss[bi];
                 /* row tail (45 = 32 + 13), one or two column panels with a tail */
                 test_kernel(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 45, gss[g] * 5, 13);
                 test_kernel(NMLX_QUANT_AFFINE, b, gss[g], sdts[si], 70, gss[g] * 11, 6);
@@ -318,6 +320,8 @@ int main(void) {
     for (int p = 0; p < 3; p++) {
         test_dispatch(precs[p], NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
         test_dispatch(precs[p], NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
+        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 3, 128, 36, 128 * 3);
+        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 6, 64, 29, 64 * 5);
         test_dispatch(precs[p], NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
     }
     printf("integer prefill: worst |y - W x| / sum |W x| on random data %.2e\n", worst_loose);

@@ -1,9 +1,12 @@
-/* AVX512_VNNI quantized prefill with int8 activations (opt-in precision,
- * NMLX_QUANT_INT8=prefill; docs/quantization.md). Reference: the same x
- * quantization followed by the dequantized weights in f64
- * (tests/test_quant_int8.c).
+/* AVX512_VNNI quantized prefill with integer activations: int16 (the
+ * default precision where the CPU has VNNI) or int8 (opt-in precision
+ * "int8"); docs/quantization.md. Reference: the same x quantization
+ * followed by the dequantized weights in f64 (tests/test_quant_int8.c).
+ * Below, the int8 form; int16 is the same with x16 (dx = max|x| / 32767),
+ * codes widened to int16 in k-pair-major panels and `vpdpwssd` (2 products
+ * per 32-bit lane) in place of `vpdpbusd` (4).
  *
- * W (D, N) affine 4/8-bit (group 32/64/128) or MXFP4 @ x (T, N) -> y (T, D),
+ * W (D, N) affine 2-6/8-bit (group 32/64/128) or MXFP4 @ x (T, N) -> y (T, D),
  * rows [d0, d1), T >= 1 (the avx512 set reaches it for T >= 24, NMLX_CPU_FEW_CHUNKED):
  *
  *   x is quantized per token and block of XB columns (XB = the group size, or
@@ -44,7 +47,7 @@ enum {
 
 bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w) {
     if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && w->group_size == 32;
-    return w->mode == NMLX_QUANT_AFFINE && (w->bits == 4 || w->bits == 8) &&
+    return w->mode == NMLX_QUANT_AFFINE && w->bits >= 2 && w->bits <= 8 && w->bits != 7 &&
            (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
 }
 
@@ -74,8 +77,7 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
 }
 
 /* The same with int16 codes: dx = max|x_blk| / 32767. */
-void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
-                              float *xs) {
+void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx, float *xs) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < n / xb; b++) {
         const float *xv = x + b * xb;
@@ -112,9 +114,8 @@ void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, flo
  * Token t's x quad (at address X) broadcast into zmmT, times the two 16-row
  * code vectors (zmm30, zmm31), into accumulators zmmA0 / zmmA1 */
 #define DP(X, T, A0, A1)                                                                           \
-    "vpbroadcastd " X ", %%zmm" T "\n\t"                                                           \
-    DOT " %%zmm" T ", %%zmm30, %%zmm" A0 "\n\t"                                                    \
-    DOT " %%zmm" T ", %%zmm31, %%zmm" A1 "\n\t"
+    "vpbroadcastd " X ", %%zmm" T "\n\t" DOT " %%zmm" T ", %%zmm30, %%zmm" A0 "\n\t" DOT           \
+    " %%zmm" T ", %%zmm31, %%zmm" A1 "\n\t"
 /* token t's flush: f[t] += cvt(acc) * (s dx[t]) + b sx[t]; DT: 4t, F0/F1:
  * the byte offsets of f[t][0] / f[t][16]; s in zmm24-25, b in zmm26-27 */
 #define FL(DT, A0, A1, F0, F1)                                                                     \
@@ -235,6 +236,11 @@ static void unpack_codes(const nmlx_weight *w, int64_t row, int64_t k0, int64_t 
         memcpy(dst, q + k0, (size_t)nk);
         return;
     }
+    if (w->bits != 4) { /* 2, 3, 5, 6 bits: the packed bit stream, code by code */
+        for (int64_t k = 0; k < nk; k++)
+            dst[k] = (uint8_t)nmlx_quant_code(q, k0 + k, w->bits);
+        return;
+    }
     /* E2M1 magnitudes doubled {0,1,2,3,4,6,8,12}, sign in bit 3, offset by 12 */
     const __m128i lut =
         w->mode == NMLX_QUANT_MXFP4
@@ -257,7 +263,7 @@ static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int
                        int EPU, int32_t *panel, float *ps, float *pb) {
     uint8_t codes[IK] __attribute__((aligned(64)));
     int32_t rb[16 * IK / 2] __attribute__((aligned(64))); /* 16 rows of units */
-    const int64_t ru = IK / EPU, nu = nk / EPU;              /* units per row: stride, used */
+    const int64_t ru = IK / EPU, nu = nk / EPU;           /* units per row: stride, used */
     const int gs = w->group_size;
     const int64_t G = w->cols / gs, ng = nk / gs, nb = nk / xb;
     const bool mx = w->mode == NMLX_QUANT_MXFP4;
@@ -276,9 +282,8 @@ static void fill_panel(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int
             } else {
                 unpack_codes(w, r0 + h + r, k0, nk, codes);
                 for (int64_t k = 0; k < nk; k += 32)
-                    _mm512_storeu_si512(
-                        (int16_t *)dst + k,
-                        _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(codes + k))));
+                    _mm512_storeu_si512((int16_t *)dst + k, _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                                                                (const __m256i *)(codes + k))));
             }
             const size_t g0 = (size_t)((r0 + h + r) * G + k0 / gs);
             load_f32s(w->scales.dtype, w->scales.data, g0, ng, s);

@@ -59,7 +59,7 @@ typedef struct nmlx_qint8_mode {
 nmlx_qint8_mode nmlx_qint8_get_mode(void);
 /* Whether this CPU has what the int8 kernel needs (AVX512_VNNI, AVX-512 BW). */
 bool nmlx_qint8_cpu_ok(void);
-/* Whether the int8 kernel handles w (affine 4/8-bit group 32/64/128, MXFP4). */
+/* Whether the integer kernels handle w (affine 2-6/8-bit group 32/64/128, MXFP4). */
 bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w);
 /* The x block the kernel uses for w when asked for xb (0: the group size). */
 int nmlx_qint8_xblock(const nmlx_weight *w, int xb);
