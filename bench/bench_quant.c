@@ -16,9 +16,9 @@
  * through the avx512 set's three prefill kernels by name (f32, AVX512_BF16,
  * int8 AVX512_VNNI; rows split over the threads as cpu_ops.c does), kernels
  * alternating per round; best GFLOP/s of the rounds per kernel.
- *   build-x/bench_quant few [seconds=0.5] [isa] [threads=2] [q4,q8,mxfp4,bf16,f16,f32] [DxN=3072x1024]
- * The `few` mode times a batched decode step (T = 1..15 tokens, dense bf16
- * too) with and without the few-token kernels (bench/batched_decode.md).
+ *   build-x/bench_quant few [seconds=0.5] [isa] [threads=2] [q4,q8,mxfp4,bf16,f16,f32]
+ * [DxN=3072x1024] The `few` mode times a batched decode step (T = 1..15 tokens, dense bf16 too)
+ * with and without the few-token kernels (bench/batched_decode.md).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
@@ -197,6 +197,7 @@ static void prefill_task(void *ctx, int ith, int nth) {
     cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
     if (d0 >= d1) return;
     if (j->kernel == 2 && nmlx_avx512vnni_quant_matmat(j->w, j->x, j->y, j->T, d0, d1)) return;
+    if (j->kernel == 3 && nmlx_avx512vnni_quant_matmat16(j->w, j->x, j->y, j->T, d0, d1)) return;
     if (j->kernel == 1)
         nmlx_avx512bf16_quant_matmat(j->w, j->x, j->y, j->T, d0, d1);
     else
@@ -229,10 +230,11 @@ static int prefill_layers(int argc, char **argv) {
           {2048, 8192}}},
     };
     __builtin_cpu_init();
-    const bool have[3] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
+    const bool have[4] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
                           __builtin_cpu_supports("avx512bf16"),
+                          __builtin_cpu_supports("avx512vnni"),
                           __builtin_cpu_supports("avx512vnni")};
-    const char *names[3] = {"f32", "bf16", "int8"};
+    const char *names[4] = {"f32", "bf16", "int8", "int16"};
     nmlx_backend *be = NULL;
     if (!have[0] || nmlx_backend_cpu_create(nth, &be) != NMLX_OK) return 1;
     printf("prefill, one layer's 7 matmuls, affine %d-bit g64 bf16 scales, T=%lld, %d threads, "
@@ -252,9 +254,9 @@ static int prefill_layers(int argc, char **argv) {
         float *y = malloc((size_t)(T * nmax) * sizeof(float));
         for (int64_t i = 0; i < T * nmax; i++)
             x[i] = (float)(i % 13) * 0.01f - 0.05f;
-        double best[3] = {0, 0, 0};
+        double best[4] = {0, 0, 0, 0};
         for (int r = 0; r < rounds; r++)
-            for (int k = 0; k < 3; k++) {
+            for (int k = 0; k < 4; k++) {
                 if (!have[k]) continue;
                 double t0 = nmlx_time_seconds();
                 for (int i = 0; i < 7; i++) {
@@ -265,10 +267,10 @@ static int prefill_layers(int argc, char **argv) {
                 if (gf > best[k]) best[k] = gf;
             }
         printf("%-13s", models[mi].name);
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
             if (have[k]) printf("  %s %6.1f", names[k], best[k]);
-        printf("  int8/f32 %.2fx  int8/bf16 %.2fx\n", best[2] / best[0],
-               best[1] > 0 ? best[2] / best[1] : 0.0);
+        printf("  int16/f32 %.2fx  int8/f32 %.2fx  int8/bf16 %.2fx\n", best[3] / best[0],
+               best[2] / best[0], best[1] > 0 ? best[2] / best[1] : 0.0);
         for (int i = 0; i < 7; i++)
             free_q(&w[i]);
         free(x), free(y);
@@ -302,12 +304,15 @@ static nmlx_weight make_fmt(const char *fmt, int64_t D, int64_t N, size_t *bytes
         }
         *bytes = (size_t)(D * N) * es;
         return (nmlx_weight){.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .data = p},
-                             .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+                             .mode = NMLX_QUANT_NONE,
+                             .rows = D,
+                             .cols = N};
     }
     if (!strcmp(fmt, "mxfp4")) {
         nmlx_weight w = make_q(4, 32, D, N, bytes);
         uint8_t *e = malloc((size_t)(D * N / 32));
-        for (int64_t i = 0; i < D * N / 32; i++) e[i] = (uint8_t)(118 + i % 7);
+        for (int64_t i = 0; i < D * N / 32; i++)
+            e[i] = (uint8_t)(118 + i % 7);
         free(w.scales.data), free(w.biases.data);
         w.scales = (nmlx_tensor){.dtype = NMLX_DT_U8, .ndim = 2, .shape = {D, N / 32}, .data = e};
         w.biases = (nmlx_tensor){0};
@@ -360,14 +365,16 @@ static int bench_few(int argc, char **argv) {
     printf("%-6s %3s %9s %9s %8s | %9s %8s %7s\n", "fmt", "T", "few ms", "ms/tok", "x T=1",
            "old ms", "x T=1", "speedup");
     float *x = malloc((size_t)(15 * N) * sizeof(float)), *y = malloc((size_t)(15 * D) * 4);
-    for (int64_t i = 0; i < 15 * N; i++) x[i] = (float)(i % 13) * 0.01f - 0.06f;
+    for (int64_t i = 0; i < 15 * N; i++)
+        x[i] = (float)(i % 13) * 0.01f - 0.06f;
     for (char *f = strtok(fmts, ","); f; f = strtok(NULL, ",")) {
         size_t bytes;
         nmlx_weight w0 = make_fmt(f, D, N, &bytes);
         int copies = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / bytes) + 1;
         nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
         ws[0] = w0;
-        for (int c = 1; c < copies; c++) ws[c] = make_fmt(f, D, N, &bytes);
+        for (int c = 1; c < copies; c++)
+            ws[c] = make_fmt(f, D, N, &bytes);
         double t1[2] = {0, 0};
         for (int ti = 0; ti < 5; ti++) {
             const int64_t T = Ts[ti];
