@@ -203,10 +203,14 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
     for (int64_t i = 0; i < T * D; i++)
         y[i] = NAN; /* must be fully overwritten */
     double *ref = malloc((size_t)(T * D) * sizeof(double));
-    /* the avx512bf16 decode mat-vec rounds x to bf16 for bf16 weights (the
-     * precision contract of bf16 checkpoints): the reference does too */
-    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 && T < NMLX_CPU_FEW_CHUNKED &&
-                  N <= NMLX_BF16_MATVEC_MAX_N;
+    /* the avx512bf16 decode mat-vec and prefill (N % 32 == 0) round x to
+     * bf16 for bf16 weights (the precision contract of bf16 checkpoints):
+     * the reference does too */
+    const char *dense_env = getenv("NMLX_DENSE_BF16");
+    bool bf16_x =
+        !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 &&
+        (T < NMLX_CPU_FEW_CHUNKED ? N <= NMLX_BF16_MATVEC_MAX_N
+                                  : N % 32 == 0 && !(dense_env && !strcmp(dense_env, "0")));
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
             double s = bias_kind ? bex[d] : 0;
@@ -256,6 +260,11 @@ static void test_matmul(const bk *b) {
         check_matmul(b, float_dtypes[di], 257, 1030, 1, 1);
         check_matmul(b, float_dtypes[di], 300, 520, 37, 2);
         check_matmul(b, float_dtypes[di], 129, 64, 67, 0);
+        /* the avx512bf16 dense prefill: 4 x 32-row panels with a row tail,
+         * 256-column panels with a 32-column tail, 96-token x blocks and
+         * 12-token tiles with tails */
+        check_matmul(b, float_dtypes[di], 161, 544, 130, 1);
+        check_matmul(b, float_dtypes[di], 40, 96, 24, 3);
     }
 }
 
@@ -267,8 +276,8 @@ static void test_few_token_rows(const bk *b) {
     uint64_t saved = test_rng_; /* own stream: the other tests' data stay as they were */
     test_seed(4242 + (uint64_t)b->nth);
     const int64_t shapes[][2] = {{200, 300}, {131, 1030}, {70, 5000}};
-    const int64_t Ts[] = {2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1, NMLX_CPU_FEW_TOKENS,
-                          NMLX_CPU_FEW_CHUNKED - 1};
+    const int64_t Ts[] = {
+        2, 4, 7, 12, NMLX_CPU_FEW_TOKENS - 1, NMLX_CPU_FEW_TOKENS, NMLX_CPU_FEW_CHUNKED - 1};
     for (int di = 0; di < 3; di++)
         for (size_t si = 0; si < 3; si++)
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
@@ -548,35 +557,36 @@ static void test_attention(const bk *b) {
     const attn_case cs[] = {
         /* T  H KVH  HD  cap q_pos n_kv win softcap sinks */
         {1, 1, 1, 1, 1, 0, 1, 0, 0, 0},
-        {1, 8, 2, 64, 40, 20, 21, 0, 0, 0},       /* decode, GQA 4 */
-        {7, 4, 4, 17, 16, 0, 7, 0, 0, 0},         /* prefill from 0, MHA */
-        {5, 6, 3, 33, 64, 30, 35, 0, 0, 1},       /* chunked prefill, sinks */
-        {9, 4, 1, 128, 40, 10, 19, 4, 0, 0},      /* sliding window, MQA */
-        {3, 2, 2, 100, 300, 250, 253, 128, 0, 1}, /* window + sinks */
-        {4, 8, 2, 16, 12, 0, 4, 0, 30.0f, 0},     /* softcap */
-        {6, 4, 2, 64, 80, 50, 56, 7, 20.0f, 1},   /* everything */
-        {2, 3, 3, 7, 10, 0, 2, 1, 0, 1},          /* window 1: only itself */
-        {1, 16, 8, 128, 600, 512, 513, 0, 0, 0},  /* long decode, threads */
-        {33, 16, 8, 64, 64, 0, 33, 0, 0, 0},      /* prefill, threads */
-        {1, 4, 2, 72, 300, 290, 291, 0, 0, 0},    /* HD = 64 + 8: both mix blocks */
-        {2, 2, 1, 130, 50, 40, 42, 0, 0, 1},      /* HD tail of 2 */
+        {1, 8, 2, 64, 40, 20, 21, 0, 0, 0},        /* decode, GQA 4 */
+        {7, 4, 4, 17, 16, 0, 7, 0, 0, 0},          /* prefill from 0, MHA */
+        {5, 6, 3, 33, 64, 30, 35, 0, 0, 1},        /* chunked prefill, sinks */
+        {9, 4, 1, 128, 40, 10, 19, 4, 0, 0},       /* sliding window, MQA */
+        {3, 2, 2, 100, 300, 250, 253, 128, 0, 1},  /* window + sinks */
+        {4, 8, 2, 16, 12, 0, 4, 0, 30.0f, 0},      /* softcap */
+        {6, 4, 2, 64, 80, 50, 56, 7, 20.0f, 1},    /* everything */
+        {2, 3, 3, 7, 10, 0, 2, 1, 0, 1},           /* window 1: only itself */
+        {1, 16, 8, 128, 600, 512, 513, 0, 0, 0},   /* long decode, threads */
+        {33, 16, 8, 64, 64, 0, 33, 0, 0, 0},       /* prefill, threads */
+        {1, 4, 2, 72, 300, 290, 291, 0, 0, 0},     /* HD = 64 + 8: both mix blocks */
+        {2, 2, 1, 130, 50, 40, 42, 0, 0, 1},       /* HD tail of 2 */
         {1, 8, 8, 256, 1100, 1030, 1031, 0, 0, 0}, /* long rows, odd key count */
-        {3, 4, 2, 3, 9, 2, 5, 0, 0, 0},           /* HD under one vector */
-        {1, 6, 2, 40, 20, 10, 11, 0, 0, 1},       /* decode, groups of 3 split 2 + 1 */
-        {1, 8, 1, 64, 100, 90, 91, 0, 0, 0},      /* MQA decode: one group in chunks */
+        {3, 4, 2, 3, 9, 2, 5, 0, 0, 0},            /* HD under one vector */
+        {1, 6, 2, 40, 20, 10, 11, 0, 0, 1},        /* decode, groups of 3 split 2 + 1 */
+        {1, 8, 1, 64, 100, 90, 91, 0, 0, 0},       /* MQA decode: one group in chunks */
         /* prefill blocks (cpu_attention.c: up to 16 queries x the group's
          * heads through the row kernels at once; attention_avx2.c's
          * widened-key tiles for >= 6 rows, HD % 8 == 0) */
-        {37, 8, 2, 80, 90, 13, 50, 0, 0, 0},      /* HD 80: 48-key chunks, block tail */
-        {21, 4, 2, 256, 40, 3, 24, 0, 0, 1},      /* HD 256: 16-key chunks, sinks */
-        {40, 8, 1, 64, 64, 0, 40, 9, 25.0f, 1},   /* MQA, window, softcap, sinks */
-        {19, 6, 3, 128, 70, 50, 69, 0, 0, 0},     /* chunked prefill, groups of 2 */
-        {6, 12, 2, 8, 30, 0, 6, 0, 0, 0},         /* HD 8, 6 queries x 6 heads */
-        {17, 2, 1, 24, 20, 0, 17, 1, 0, 1},       /* window 1 in a block */
+        {37, 8, 2, 80, 90, 13, 50, 0, 0, 0},    /* HD 80: 48-key chunks, block tail */
+        {21, 4, 2, 256, 40, 3, 24, 0, 0, 1},    /* HD 256: 16-key chunks, sinks */
+        {40, 8, 1, 64, 64, 0, 40, 9, 25.0f, 1}, /* MQA, window, softcap, sinks */
+        {19, 6, 3, 128, 70, 50, 69, 0, 0, 0},   /* chunked prefill, groups of 2 */
+        {6, 12, 2, 8, 30, 0, 6, 0, 0, 0},       /* HD 8, 6 queries x 6 heads */
+        {17, 2, 1, 24, 20, 0, 17, 1, 0, 1},     /* window 1 in a block */
     };
     const nmlx_dtype kvdts[] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     for (int d = 0; d < 3; d++)
-        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) check_attention(b, &cs[i], kvdts[d]);
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+            check_attention(b, &cs[i], kvdts[d]);
 }
 
 /* ------------------------------------------------------------ activations */

@@ -7,6 +7,7 @@
 #include "compute/quant.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -57,6 +58,16 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
     }
 }
 
+/* NMLX_DENSE_BF16=0: dense bf16 prefill on f32 activations */
+static bool dense_bf16_prefill(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NMLX_DENSE_BF16");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
 /* A quantized prefill (T >= NMLX_CPU_FEW_CHUNKED) on the avx512 sets, by
  * the backend's precision: int16 activations by default where picked, int8
  * where asked, f32 where asked; never for the LM head (f32_input). false:
@@ -64,7 +75,14 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
 static bool quant_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
 #if NMLX_CPU_HAVE_AVX2
     const nmlx_weight *w = j->w;
-    if (w->mode == NMLX_QUANT_NONE || w->f32_input || strncmp(j->k->isa, "avx512", 6)) return false;
+    if (w->f32_input || strncmp(j->k->isa, "avx512", 6)) return false;
+    if (w->mode == NMLX_QUANT_NONE) { /* dense bf16: x rounded to bf16, vdpbf16ps */
+        if (w->w.dtype != NMLX_DT_BF16 || j->prec == CPU_PREC_F32 || w->cols % 32 ||
+            strcmp(j->k->isa, "avx512bf16") || !dense_bf16_prefill())
+            return false;
+        nmlx_avx512bf16_quant_matmat(w, j->x, j->y, j->T, d0, d1);
+        return true;
+    }
     if (j->prec == CPU_PREC_F32) {
         nmlx_avx512f32_quant_matmat(w, j->x, j->y, j->T, d0, d1);
         return true;

@@ -79,11 +79,11 @@ typedef void (*bf_tile_fn)(const uint16_t *, const uint32_t *, int64_t, float *,
         bf_tile(M, xb, p, nkp, y, ys, m);                                                          \
     }
 BF_TILE_FN(1)
-BF_TILE_FN(2) BF_TILE_FN(3) BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8)
-    BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
-        BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
-            bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
-            bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
+BF_TILE_FN(2)
+BF_TILE_FN(3) BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9)
+    BF_TILE_FN(10) BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+        bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
+        bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
 /* dst[0..n/2) = bf16 pairs of src[0..n), n % 32 == 0 */
 static inline void to_bf16(const float *src, int64_t n, uint16_t *dst) {
@@ -120,11 +120,36 @@ static void fill_panel_bf16(const nmlx_weight *w, int64_t r0, int nr, int64_t k0
     }
 }
 
+/* The same from a dense bf16 W (copied, exact): nk % 32 == 0. */
+static void fill_panel_dense(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk,
+                             uint32_t *panel) {
+    uint16_t rb[16 * BK] __attribute__((aligned(64)));
+    const uint16_t *W = (const uint16_t *)w->w.data;
+    for (int h = 0; h < BR; h += 16) {
+        for (int r = 0; r < 16; r++) {
+            uint16_t *dst = rb + r * BK;
+            if (h + r >= nr)
+                memset(dst, 0, (size_t)nk * sizeof *dst);
+            else
+                memcpy(dst, W + (r0 + h + r) * w->cols + k0, (size_t)nk * sizeof *dst);
+        }
+        for (int64_t kp = 0; kp < nk / 2; kp += 16)
+            transpose16((const float *)(const void *)(rb + 2 * kp), BK / 2,
+                        (float *)(void *)(panel + kp * BR + h), BR);
+    }
+}
+
 /* Requests part `part` of `parts` of the packed rows [r0, r0 + nr), columns
  * [k0, k0 + nk), and their scales/biases: the next block, read from DRAM
  * while the current one is multiplied. */
 static void prefetch_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                            int64_t part, int64_t parts) {
+    if (w->mode == NMLX_QUANT_NONE) { /* dense bf16 */
+        for (int64_t r = r0 + nr * part / parts; r < r0 + nr * (part + 1) / parts; r++)
+            for (int64_t o = 0; o < nk * 2; o += 64)
+                _mm_prefetch((const char *)w->w.data + (r * w->cols + k0) * 2 + o, _MM_HINT_T0);
+        return;
+    }
     const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4,
                   G = w->cols / w->group_size;
     const int64_t seg = nk * w->bits / 8;
@@ -140,14 +165,17 @@ static void prefetch_block(const nmlx_weight *w, int64_t r0, int64_t nr, int64_t
     }
 }
 
+/* A quantized W (dequantized and rounded to bf16) or a dense bf16 one
+ * (exact) times x rounded to bf16. */
 void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1) {
     const int64_t N = w->cols, D = w->rows;
+    const bool dense = w->mode == NMLX_QUANT_NONE;
     uint32_t wp[BP][BK / 2 * BR] __attribute__((aligned(64)));
     uint16_t xb[BMC * BK] __attribute__((aligned(64)));
     float lut_f[16];
     for (unsigned c = 0; c < 16; c++)
-        lut_f[c] = w->mode == NMLX_QUANT_AFFINE ? (float)c : nmlx_fp4_value(c);
+        lut_f[c] = w->mode == NMLX_QUANT_MXFP4 ? nmlx_fp4_value(c) : (float)c;
     const __m512 lut = _mm512_loadu_ps(lut_f);
     for (int64_t t = 0; t < T; t++)
         memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
@@ -158,7 +186,10 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
             const int64_t nk = N - k0 < BK ? N - k0 : BK;
             for (int p = 0; p < np; p++) {
                 const int64_t left = nrb - (int64_t)p * BR;
-                fill_panel_bf16(w, jc + p * BR, left < BR ? (int)left : BR, k0, nk, lut, wp[p]);
+                if (dense)
+                    fill_panel_dense(w, jc + p * BR, left < BR ? (int)left : BR, k0, nk, wp[p]);
+                else
+                    fill_panel_bf16(w, jc + p * BR, left < BR ? (int)left : BR, k0, nk, lut, wp[p]);
             }
             /* the next block: the next columns, or the next rows' first */
             int64_t nx_r = jc, nx_k = k0 + BK, nx_nr = nrb;
@@ -257,12 +288,13 @@ typedef void (*mv_fn)(const uint8_t *const *, const char *, int64_t, const uint1
         mv_rows(R, CPG, rows, pf, pf_step, xb, sc, G, acc);                                        \
     }
 MV_FN(1, 1)
-MV_FN(4, 1) MV_FN(1, 2) MV_FN(4, 2)
+MV_FN(4, 1)
+MV_FN(1, 2) MV_FN(4, 2)
 
-/* x (N,) -> xb: per 64-element chunk its 32 even elements, then its 32 odd
- * ones (bf16); xs[g]: the sum of group g's rounded values (N % gs == 0,
- * gs a multiple of 64). The decode mat-vec and its few-token form share it. */
-void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *xb, float *xs) {
+    /* x (N,) -> xb: per 64-element chunk its 32 even elements, then its 32 odd
+     * ones (bf16); xs[g]: the sum of group g's rounded values (N % gs == 0,
+     * gs a multiple of 64). The decode mat-vec and its few-token form share it. */
+    void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *xb, float *xs) {
     const int64_t C = N / 64;
     const int cpg = gs / 64;
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
