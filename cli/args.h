@@ -143,9 +143,10 @@ extern const char *cli_precision;
     "        --device NAME    cpu (default), cuda or cuda:N (a build with -DNMLX_CUDA=ON)\n"      \
     "        --kv-type T      KV cache precision: auto (default: the checkpoint's, f16 for\n"  \
     "                         half-precision and quantized ones), f32, f16 or bf16\n"      \
-    "        --precision P    activations of the quantized prefill: default (int16 on\n"     \
-    "                         AVX512_VNNI CPUs, else f32), int8 (AVX512_VNNI; faster,\n"  \
-    "                         less precise) or f32 (exact, slowest)\n"
+    "        --precision P    activations of the prefill matmuls: default (quantized:\n"     \
+    "                         int16 on AVX512_VNNI CPUs; bf16: bf16 on AVX512_BF16),\n"   \
+    "                         int8 (quantized, AVX512_VNNI; faster, less precise) or\n"   \
+    "                         f32 (exact, slowest)\n"
 const nmlx_session_params *cli_session_params(void);
 
 /* Monotonic wall clock in seconds. */
