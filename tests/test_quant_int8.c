@@ -35,6 +35,15 @@ static double worst_loose; /* largest |y - exact| / sum |w x| seen, for the log 
 
 #if defined(__x86_64__)
 
+static bool g_vnni; /* the AVX512_VNNI kernels run here; else only the AVX2 int16 one */
+
+static bool have_avx2(void) {
+    nmlx_backend *be = NULL;
+    if (nmlx_backend_cpu_create_isa(1, "avx2", &be) != NMLX_OK) return false;
+    nmlx_backend_free(be);
+    return true;
+}
+
 static bool have_vnni(void) {
     nmlx_backend *be = NULL;
     if (nmlx_backend_cpu_create_isa(1, "avx512", &be) != NMLX_OK) return false;
@@ -117,7 +126,8 @@ static void test_quantizer(void) {
     int16_t q16[N];
     int32_t qr[N];
     float dx[N / 32], xs[N / 32], dxr[N / 32], xsr[N / 32];
-    for (int wide = 1; wide <= 2; wide++)
+    /* wide 1: int8, 2: int16 (AVX-512), 3: int16 (AVX2) */
+    for (int wide = g_vnni ? 1 : 3; wide <= 3; wide++)
         for (int xb = 32; xb <= 128; xb *= 2) {
             const float qmax = wide == 1 ? 127.0f : 32767.0f;
             for (int k = 0; k < N; k++)
@@ -127,16 +137,18 @@ static void test_quantizer(void) {
             x[5] = 0.5f * 3.0f / qmax; /* ties */
             if (wide == 1)
                 nmlx_qint8_quantize_row(x, N, xb, q8, dx, xs);
-            else
+            else if (wide == 2)
                 nmlx_qint16_quantize_row(x, N, xb, q16, dx, xs);
+            else
+                nmlx_avx2_qint16_quantize_row(x, N, xb, q16, dx, xs);
             quantize_ref(x, N, xb, qmax, qr, dxr, xsr);
             int bad = 0;
             for (int k = 0; k < N; k++)
                 bad += (wide == 1 ? q8[k] : q16[k]) != qr[k];
-            EXPECT(!bad, "int%d quantizer xb %d: %d codes differ", 8 * wide, xb, bad);
+            EXPECT(!bad, "quantizer %d xb %d: %d codes differ", wide, xb, bad);
             EXPECT(!memcmp(dx, dxr, (size_t)(N / xb) * sizeof(float)) &&
                        !memcmp(xs, xsr, (size_t)(N / xb) * sizeof(float)),
-                   "int%d quantizer xb %d: steps or sums differ", 8 * wide, xb);
+                   "quantizer %d xb %d: steps or sums differ", wide, xb);
         }
 }
 
@@ -205,9 +217,10 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4);
     for (int64_t i = 0; i < T * N; i++)
         x[i] = test_randf(-1, 1) * (i % 37 == 0 ? 8.0f : 1.0f); /* a few outliers */
-    /* int8 with the group's and with 32-column x blocks, then int16 */
-    for (int v = 0; v < 3; v++) {
-        const int xbr = v == 1 ? 32 : 0, wide = v == 2 ? 2 : 1;
+    /* int8 with the group's and with 32-column x blocks, then int16: VNNI,
+     * AVX2 */
+    for (int v = g_vnni ? 0 : 3; v < 4; v++) {
+        const int xbr = v == 1 ? 32 : 0, wide = v >= 2 ? 2 : 1;
         const int xb = nmlx_qint8_xblock(&m.w, xbr);
         if (v == 1 && xb == gs) continue;
         refs r;
@@ -215,13 +228,14 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
         const int64_t r0 = D > 5 ? 3 : 0;
         for (int64_t j = 0; j < T * D; j++)
             y[j] = NAN;
-        bool ok = wide == 1 ? nmlx_avx512vnni_quant_matmat_xb(&m.w, x, y, T, r0, D, xbr)
-                            : nmlx_avx512vnni_quant_matmat16(&m.w, x, y, T, r0, D);
+        bool ok = v < 2    ? nmlx_avx512vnni_quant_matmat_xb(&m.w, x, y, T, r0, D, xbr)
+                  : v == 2 ? nmlx_avx512vnni_quant_matmat16(&m.w, x, y, T, r0, D)
+                           : nmlx_avx2_quant_matmat16(&m.w, x, y, T, r0, D);
         EXPECT(ok, "int%d kernel refused", 8 * wide);
         char what[160];
-        snprintf(what, sizeof what, "int%d %s bits %d g%d %s xb %d D%lld N%lld T%lld rows %lld..",
-                 8 * wide, nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt), xb,
-                 (long long)D, (long long)N, (long long)T, (long long)r0);
+        snprintf(what, sizeof what, "int%d%s %s bits %d g%d %s xb %d D%lld N%lld T%lld rows %lld..",
+                 8 * wide, v == 3 ? " avx2" : "", nmlx_quant_mode_name(mode), bits, gs,
+                 nmlx_dtype_name(sdt), xb, (long long)D, (long long)N, (long long)T, (long long)r0);
         check(what, &m, &r, y, T, r0);
         free_refs(&r);
     }
@@ -231,8 +245,8 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
 
 /* The avx512 set's matmul with the backend precision prec ("default":
  * int16, NMLX_QUANT_INT16=1 set by main; "int8"; "f32") */
-static void test_dispatch(const char *prec, nmlx_quant_mode mode, int bits, int gs, int64_t D,
-                          int64_t N) {
+static void test_dispatch(const char *isa, const char *prec, nmlx_quant_mode mode, int bits, int gs,
+                          int64_t D, int64_t N) {
     const int64_t T = 31; /* >= NMLX_CPU_FEW_CHUNKED: the prefill kernels */
     const bool f32 = !strcmp(prec, "f32"), i8 = !strcmp(prec, "int8");
     qmat m;
@@ -245,11 +259,11 @@ static void test_dispatch(const char *prec, nmlx_quant_mode mode, int bits, int 
     make_refs(&m, x, T, i8 ? nmlx_qint8_xblock(&m.w, 0) : gs, i8 ? 127.0f : 32767.0f, &r);
     for (int nth = 1; nth <= 2; nth++) {
         nmlx_backend *be = NULL;
-        EXPECT(nmlx_backend_cpu_create_isa(nth, "avx512", &be) == NMLX_OK, "avx512 backend");
+        EXPECT(nmlx_backend_cpu_create_isa(nth, isa, &be) == NMLX_OK, "%s backend", isa);
         EXPECT(nmlx_backend_set_precision(be, prec) == NMLX_OK, "precision %s", prec);
         be->ops->matmul(be, &m.w, NULL, x, y[nth - 1], T);
         char what[96];
-        snprintf(what, sizeof what, "dispatch %s %s bits %d g%d threads %d", prec,
+        snprintf(what, sizeof what, "dispatch %s %s %s bits %d g%d threads %d", isa, prec,
                  nmlx_quant_mode_name(mode), bits, gs, nth);
         if (f32) { /* the f32 kernel: f32 rounding of the exact product */
             double worst = 0;
@@ -272,7 +286,8 @@ static void test_dispatch(const char *prec, nmlx_quant_mode mode, int bits, int 
                 if (!(e <= worst)) worst = e;
             }
             /* T = 9: the decode mat-vec per token, bf16 x where picked (2^-8) */
-            const double tol = !v && nmlx_qbf16_get_pick().matvec && nmlx_avx512bf16_matvec_ok(&m.w)
+            const double tol = !v && strcmp(isa, "avx2") && nmlx_qbf16_get_pick().matvec &&
+                                       nmlx_avx512bf16_matvec_ok(&m.w)
                                    ? 1.0 / 256 + 1e-5
                                    : TOL_F32;
             EXPECT(worst < tol, "%s: %s is not the f32/bf16 kernel (rel err %g)", what,
@@ -283,8 +298,8 @@ static void test_dispatch(const char *prec, nmlx_quant_mode mode, int bits, int 
         nmlx_backend_free(be);
     }
     EXPECT(!memcmp(y[0], y[1], (size_t)(T * D) * 4),
-           "dispatch %s %s bits %d g%d: 1 and 2 threads differ", prec, nmlx_quant_mode_name(mode),
-           bits, gs);
+           "dispatch %s %s %s bits %d g%d: 1 and 2 threads differ", isa, prec,
+           nmlx_quant_mode_name(mode), bits, gs);
     free_refs(&r);
     free(x), free(y[0]), free(y[1]);
     free_q(&m);
@@ -294,11 +309,13 @@ int main(void) {
     /* before anything reads the pick (once per process): the default
      * precision takes the int16 kernel whatever the timing says */
     setenv("NMLX_QUANT_INT16", "1", 1);
-    if (!have_vnni()) {
-        printf("this CPU has no AVX512_VNNI (or AVX-512): integer prefill tests skipped\n");
+    if (!have_avx2()) {
+        printf("this CPU has no AVX2: integer prefill tests skipped\n");
         return test_summary();
     }
-    EXPECT(nmlx_qbf16_get_pick().prefill_int16, "NMLX_QUANT_INT16=1 not taken");
+    g_vnni = have_vnni();
+    if (!g_vnni) printf("this CPU has no AVX512_VNNI: the AVX2 int16 kernel only\n");
+    EXPECT(!g_vnni || nmlx_qbf16_get_pick().prefill_int16, "NMLX_QUANT_INT16=1 not taken");
     test_seed(11);
     test_quantizer();
     const int gss[] = {32, 64, 128};
@@ -316,14 +333,19 @@ int main(void) {
     test_kernel(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_BF16, 97, 128 * 5, 37);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 16, 32 * 17, 7);
-    const char *precs[] = {"default", "int8", "f32"};
-    for (int p = 0; p < 3; p++) {
-        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
-        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
-        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 3, 128, 36, 128 * 3);
-        test_dispatch(precs[p], NMLX_QUANT_AFFINE, 6, 64, 29, 64 * 5);
-        test_dispatch(precs[p], NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
-    }
+    /* the avx2 set: default = the AVX2 int16 kernel, f32 = f32; the avx512
+     * set (VNNI): default = int16, int8, f32 */
+    const char *precs[] = {"default", "f32", "int8"};
+    for (int k = 0; k < 2; k++)
+        for (int p = 0; p < (k ? 3 : 2); p++) {
+            const char *isa = k ? "avx512" : "avx2";
+            if (k && !g_vnni) break;
+            test_dispatch(isa, precs[p], NMLX_QUANT_AFFINE, 4, 64, 75, 64 * 9);
+            test_dispatch(isa, precs[p], NMLX_QUANT_AFFINE, 8, 32, 40, 32 * 13);
+            test_dispatch(isa, precs[p], NMLX_QUANT_AFFINE, 3, 128, 36, 128 * 3);
+            test_dispatch(isa, precs[p], NMLX_QUANT_AFFINE, 6, 64, 29, 64 * 5);
+            test_dispatch(isa, precs[p], NMLX_QUANT_MXFP4, 4, 32, 50, 32 * 10);
+        }
     printf("integer prefill: worst |y - W x| / sum |W x| on random data %.2e\n", worst_loose);
     return test_summary();
 }

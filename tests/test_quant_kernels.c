@@ -62,6 +62,20 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
     return TOL_F32;
 }
 
+/* The avx2 set's bound: its int16 prefill (the default precision) for
+ * T >= 24 (NMLX_QUANT_INT16=0 turns it off) */
+static double avx2_tol(const nmlx_weight *w, int64_t T) {
+#if defined(__x86_64__)
+    const char *e = getenv("NMLX_QUANT_INT16");
+    if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && !(e && !strcmp(e, "0")) &&
+        nmlx_avx2_quant_int16_ok(w))
+        return TOL_INT16;
+#else
+    (void)w, (void)T;
+#endif
+    return TOL_F32;
+}
+
 /* worst |y - ref| / (mag + 1e-3) over T x D, NaN-safe */
 static double worst_err(const float *y, const double *ref, const double *mag, int64_t n) {
     double worst = 0;
@@ -215,7 +229,9 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
                     double e = fabs(y[t * D + d] - want) / (mag[t * D + d] + 1e-3);
                     if (!(e <= worst)) worst = e; /* NaN-safe */
                 }
-            double tol = strcmp(isas[i], "avx512") ? TOL_F32 : avx512_tol(&m.w, T);
+            double tol = !strcmp(isas[i], "avx512") ? avx512_tol(&m.w, T)
+                         : !strcmp(isas[i], "avx2")   ? avx2_tol(&m.w, T)
+                                                      : TOL_F32;
             EXPECT(worst < tol,
                    "%s %s bits %d g%d %s D%lld N%lld T%lld threads %d f32_input %d: rel err %g",
                    isas[i], nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt),

@@ -58,6 +58,17 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
     }
 }
 
+/* NMLX_QUANT_INT16=0: quantized prefill on f32 activations (the avx2 set;
+ * the avx512 sets read it in nmlx_qbf16_get_pick) */
+static bool int16_default(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NMLX_QUANT_INT16");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
 /* NMLX_DENSE_BF16=0: dense bf16 prefill on f32 activations */
 static bool dense_bf16_prefill(void) {
     static int on = -1;
@@ -75,7 +86,11 @@ static bool dense_bf16_prefill(void) {
 static bool quant_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
 #if NMLX_CPU_HAVE_AVX2
     const nmlx_weight *w = j->w;
-    if (w->f32_input || strncmp(j->k->isa, "avx512", 6)) return false;
+    if (w->f32_input) return false;
+    if (!strcmp(j->k->isa, "avx2")) /* int16 x by default, vpmaddwd */
+        return w->mode != NMLX_QUANT_NONE && j->prec == CPU_PREC_DEFAULT && int16_default() &&
+               nmlx_avx2_quant_int16_ok(w) && nmlx_avx2_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
+    if (strncmp(j->k->isa, "avx512", 6)) return false;
     if (w->mode == NMLX_QUANT_NONE) { /* dense bf16: x rounded to bf16, vdpbf16ps */
         if (w->w.dtype != NMLX_DT_BF16 || j->prec == CPU_PREC_F32 || w->cols % 32 ||
             strcmp(j->k->isa, "avx512bf16") || !dense_bf16_prefill())

@@ -35,6 +35,7 @@
  * the asm, so no VNNI compiler flag is needed (and none would be honoured by
  * `#pragma GCC target` under clang). Only called where cpuid has avx512_vnni. */
 #include "compute/cpu/quant_avx512.h"
+#include "compute/cpu/quant_codes.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -226,35 +227,6 @@ static void int_tile(int M, int XB, int EPU, const char *xq, int64_t xqs, const 
 }
 
 /* ------------------------------------------------------------ panels */
-
-/* dst[0..nk) = the codes of row `row`, columns [k0, k0 + nk), one byte each
- * (MXFP4: 12 + 2 value, in 0..24). */
-static void unpack_codes(const nmlx_weight *w, int64_t row, int64_t k0, int64_t nk, uint8_t *dst) {
-    const uint8_t *q =
-        (const uint8_t *)w->w.data + row * nmlx_quant_row_words(w->cols, w->bits) * 4;
-    if (w->bits == 8) {
-        memcpy(dst, q + k0, (size_t)nk);
-        return;
-    }
-    if (w->bits != 4) { /* 2, 3, 5, 6 bits: the packed bit stream, code by code */
-        for (int64_t k = 0; k < nk; k++)
-            dst[k] = (uint8_t)nmlx_quant_code(q, k0 + k, w->bits);
-        return;
-    }
-    /* E2M1 magnitudes doubled {0,1,2,3,4,6,8,12}, sign in bit 3, offset by 12 */
-    const __m128i lut =
-        w->mode == NMLX_QUANT_MXFP4
-            ? _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0)
-            : _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m128i lo4 = _mm_set1_epi8(15);
-    for (int64_t k = 0; k < nk; k += 32) {
-        __m128i by = _mm_loadu_si128((const __m128i *)(q + (k0 + k) / 2));
-        __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(by, lo4));
-        __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(by, 4), lo4));
-        _mm_storeu_si128((__m128i *)(dst + k), _mm_unpacklo_epi8(lo, hi));
-        _mm_storeu_si128((__m128i *)(dst + k + 16), _mm_unpackhi_epi8(lo, hi));
-    }
-}
 
 /* panel[u][r] = unit u of row r0 + r's codes from column k0 (EPU codes per
  * 32-bit unit: 4 bytes, or 2 int16 words; 0 for nr <= r < IR); ps/pb[b][r] =

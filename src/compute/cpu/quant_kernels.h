@@ -80,6 +80,13 @@ void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, flo
                               float *xs);
 bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                     int64_t d0, int64_t d1);
+/* The AVX2 form of the int16 prefill (quant_int16_avx2.c: `vpmaddwd`), for
+ * the avx2 kernel set (CPUs without AVX512_VNNI); same weights. */
+bool nmlx_avx2_quant_int16_ok(const nmlx_weight *w);
+void nmlx_avx2_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
+                                   float *xs);
+bool nmlx_avx2_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                              int64_t d1);
 /* The same with the process's NMLX_QUANT_INT8_BLOCK choice. */
 bool nmlx_avx512vnni_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1);
