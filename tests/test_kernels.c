@@ -5,6 +5,7 @@
 #include "common.h"
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/quant_kernels.h"
 #include "harness.h"
 
 #include <math.h>
@@ -206,11 +207,9 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
     /* the avx512bf16 decode mat-vec and prefill (N % 32 == 0) round x to
      * bf16 for bf16 weights (the precision contract of bf16 checkpoints):
      * the reference does too */
-    const char *dense_env = getenv("NMLX_DENSE_BF16");
-    bool bf16_x =
-        !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 &&
-        (T < NMLX_CPU_FEW_CHUNKED ? N <= NMLX_BF16_MATVEC_MAX_N
-                                  : N % 32 == 0 && !(dense_env && !strcmp(dense_env, "0")));
+    bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 &&
+                  (T < NMLX_CPU_FEW_CHUNKED ? N <= NMLX_BF16_MATVEC_MAX_N
+                                            : N % 32 == 0 && nmlx_qbf16_get_pick().dense_bf16);
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
             double s = bias_kind ? bex[d] : 0;

@@ -58,42 +58,23 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
     }
 }
 
-/* NMLX_QUANT_INT16=0: quantized prefill on f32 activations (the avx2 set;
- * the avx512 sets read it in nmlx_qbf16_get_pick) */
-static bool int16_default(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("NMLX_QUANT_INT16");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on;
-}
-
-/* NMLX_DENSE_BF16=0: dense bf16 prefill on f32 activations */
-static bool dense_bf16_prefill(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("NMLX_DENSE_BF16");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on;
-}
-
-/* A quantized prefill (T >= NMLX_CPU_FEW_CHUNKED) on the avx512 sets, by
- * the backend's precision: int16 activations by default where picked, int8
- * where asked, f32 where asked; never for the LM head (f32_input). false:
- * not taken, the set's matmul runs. */
+/* A prefill (T >= NMLX_CPU_FEW_CHUNKED) by the backend's precision:
+ * quantized weights on int16 x by default where picked (avx2 and avx512
+ * sets), int8 or f32 x where asked; dense bf16 weights on bf16 x where
+ * picked (avx512bf16 set); never for the LM head (f32_input). false: not
+ * taken, the set's matmul runs. */
 static bool quant_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
 #if NMLX_CPU_HAVE_AVX2
     const nmlx_weight *w = j->w;
     if (w->f32_input) return false;
     if (!strcmp(j->k->isa, "avx2")) /* int16 x by default, vpmaddwd */
-        return w->mode != NMLX_QUANT_NONE && j->prec == CPU_PREC_DEFAULT && int16_default() &&
-               nmlx_avx2_quant_int16_ok(w) && nmlx_avx2_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
+        return w->mode != NMLX_QUANT_NONE && j->prec == CPU_PREC_DEFAULT &&
+               nmlx_avx2_quant_int16_ok(w) && nmlx_avx2_quant_int16_default() &&
+               nmlx_avx2_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
     if (strncmp(j->k->isa, "avx512", 6)) return false;
     if (w->mode == NMLX_QUANT_NONE) { /* dense bf16: x rounded to bf16, vdpbf16ps */
         if (w->w.dtype != NMLX_DT_BF16 || j->prec == CPU_PREC_F32 || w->cols % 32 ||
-            strcmp(j->k->isa, "avx512bf16") || !dense_bf16_prefill())
+            strcmp(j->k->isa, "avx512bf16") || !nmlx_qbf16_get_pick().dense_bf16)
             return false;
         nmlx_avx512bf16_quant_matmat(w, j->x, j->y, j->T, d0, d1);
         return true;

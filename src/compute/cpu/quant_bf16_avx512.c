@@ -80,8 +80,9 @@ typedef void (*bf_tile_fn)(const uint16_t *, const uint32_t *, int64_t, float *,
     }
 BF_TILE_FN(1)
 BF_TILE_FN(2)
-BF_TILE_FN(3) BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9)
-    BF_TILE_FN(10) BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+BF_TILE_FN(3)
+BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10)
+    BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
         bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
         bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
@@ -289,7 +290,8 @@ typedef void (*mv_fn)(const uint8_t *const *, const char *, int64_t, const uint1
     }
 MV_FN(1, 1)
 MV_FN(4, 1)
-MV_FN(1, 2) MV_FN(4, 2)
+MV_FN(1, 2)
+MV_FN(4, 2)
 
     /* x (N,) -> xb: per 64-element chunk its 32 even elements, then its 32 odd
      * ones (bf16); xs[g]: the sum of group g's rounded values (N % gs == 0,
@@ -381,7 +383,7 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
 static nmlx_qbf16_pick g_pick;
 static pthread_once_t g_pick_once = PTHREAD_ONCE_INIT;
 
-/* CPU seconds of the best of 3 runs of fn over a hot synthetic problem */
+/* CPU seconds of this thread; the best of 5 runs of fn over a hot problem */
 static double cpu_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -390,7 +392,7 @@ static double cpu_seconds(void) {
 
 static double time_best(void (*run)(void *), void *ctx) {
     double best = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
         double t0 = cpu_seconds();
         run(ctx);
         double t = cpu_seconds() - t0;
@@ -420,16 +422,11 @@ static void run_matmat16(void *p) {
         nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
-/* NMLX_QUANT_INT16: "0" off, "1" on, unset on: wherever the CPU has
- * AVX512_VNNI. Not measured: `vpdpwssd` does twice the multiply-adds of an
- * f32 FMA through the same units on every VNNI CPU (1.6x the f32 kernel on
- * Zen 4, bench/cpu_decode.md), while a timing of a problem small enough to
- * run at every start swung by 2x with the load (its x buffer's page
- * faults), which made the default precision differ from run to run. */
-static int int16_env(void) {
-    const char *env = getenv("NMLX_QUANT_INT16");
-    if (!env || !*env) return 1;
-    return strcmp(env, "0") != 0;
+/* An environment switch: -1 unset, 0 for "0", 1 otherwise */
+static int env_switch(const char *name) {
+    const char *e = getenv(name);
+    if (!e || !*e) return -1;
+    return strcmp(e, "0") != 0;
 }
 
 static void run_matvec(void *p) {
@@ -442,31 +439,49 @@ static void run_matvec(void *p) {
     }
 }
 
-/* Times both precisions' kernels once on a 128 x 1024 affine 4-bit g64
- * weight (64 KiB, cache-resident): prefill over 48 tokens, decode 8 calls.
- * A few milliseconds, once per process. */
+static void run_dense(void *p) {
+    pick_job *j = p;
+    if (j->bf)
+        nmlx_avx512bf16_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+    else
+        nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
+/* The kernels are timed (CPU time of this thread, best of 5) on a 128 x
+ * 1024 weight, affine 4-bit g64 and dense bf16, over 48 tokens (prefill)
+ * or 8 calls (decode): the problem stays in cache, so the DRAM and the
+ * other threads' load matter little. A kernel that rounds more is taken
+ * only where it is clearly faster (bf16 x for dense bf16: 1.3x); int16 x,
+ * as accurate as f32, unless clearly slower (1.25x): a single timing
+ * swung by up to 1.8x under other processes' load. */
 static void measure_pick(void) {
     __builtin_cpu_init();
     const bool bf16 = __builtin_cpu_supports("avx512bf16"), vnni = nmlx_qint8_cpu_ok();
-    g_pick.prefill_int16 = vnni && int16_env();
+    const int e_i16 = env_switch("NMLX_QUANT_INT16"), e_dense = env_switch("NMLX_DENSE_BF16");
     /* NMLX_QUANT_BF16: "0" none, "1" both, "matvec" / "prefill" / "both"
-     * force the choice; unset: both measured (below) */
+     * force the choice of the quantized bf16 kernels; unset: measured */
     const char *env = getenv("NMLX_QUANT_BF16");
-    const bool forced = !bf16 || (env && *env);
+    const bool forced = env && *env;
     if (bf16 && forced) {
         bool all = !strcmp(env, "1") || !strcmp(env, "both");
         g_pick.prefill = g_pick.prefill_affine = all || !strcmp(env, "prefill");
         g_pick.matvec = all || !strcmp(env, "matvec");
     }
-    if (forced) return;
+    g_pick.prefill_int16 = vnni && e_i16 == 1;
+    g_pick.dense_bf16 = bf16 && e_dense == 1;
+    const bool log = getenv("NMLX_QUANT_PICK_LOG") != NULL;
+    if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(bf16 && e_dense < 0) && !log) return;
     enum { PD = 128, PN = 1024, PT = 48 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
+    uint16_t *wd = malloc((size_t)PD * PN * 2);
     float *x = malloc((size_t)PT * PN * 4), *y = malloc((size_t)PT * PD * 4);
-    if (!q || !s || !b || !x || !y) goto out;
+    if (!q || !s || !b || !wd || !x || !y) goto out;
     uint32_t st = 2463534242u;
     for (int64_t i = 0; i < PD * PN / 8; i++)
         st ^= st << 13, st ^= st >> 17, st ^= st << 5, q[i] = st;
+    for (int64_t i = 0; i < PD * PN; i++)
+        st ^= st << 13, st ^= st >> 17, st ^= st << 5, wd[i] = (uint16_t)(0x3c00 | (st & 0x3ff));
     for (int64_t i = 0; i < PD * PN / 64; i++)
         s[i] = nmlx_f32_to_bf16(0.01f), b[i] = nmlx_f32_to_bf16(-0.08f);
     for (int64_t i = 0; i < PT * PN; i++)
@@ -483,29 +498,42 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2] = {{0}}, t16 = 0;
-    for (int bf = 0; bf < 2 && !forced; bf++) {
+    double t[2][2] = {{0}}, t16 = 0, td[2] = {0};
+    for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
+        if (bf && !bf16) break;
         t[0][bf] = time_best(run_matmat, &j);
-        t[1][bf] = time_best(run_matvec, &j);
+        if (bf16) t[1][bf] = time_best(run_matvec, &j);
     }
-    if (getenv("NMLX_QUANT_PICK_LOG") && vnni) t16 = time_best(run_matmat16, &j);
-    if (forced) goto out;
-    /* The bf16 prefill rounds x and the dequantized weights; by default it
-     * runs only on MXFP4 weights (exact in bf16) and never on weights
-     * flagged f32_input (the LM head): elsewhere an argmax flips on the
-     * quantized fixtures, where top-2 margins are 0.2% of max|logit|. */
-    g_pick.prefill = t[0][1] < t[0][0];
-    g_pick.matvec = t[1][1] < t[1][0];
-    if (getenv("NMLX_QUANT_PICK_LOG"))
+    if (vnni) t16 = time_best(run_matmat16, &j);
+    if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
+    if (bf16 && !forced) {
+        /* The bf16 prefill rounds x and the dequantized weights; by default
+         * it runs only on MXFP4 weights (exact in bf16) and never on weights
+         * flagged f32_input (the LM head): elsewhere an argmax flips on the
+         * quantized fixtures, where top-2 margins are 0.2% of max|logit|. */
+        g_pick.prefill = t[0][1] < t[0][0];
+        g_pick.matvec = t[1][1] < t[1][0];
+    }
+    if (bf16) {
+        j.w = (nmlx_weight){.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN}, .data = wd},
+                            .rows = PD,
+                            .cols = PN};
+        for (int bf = 0; bf < 2; bf++)
+            j.bf = bf, td[bf] = time_best(run_dense, &j);
+        if (e_dense < 0) g_pick.dense_bf16 = td[0] >= 1.3 * td[1];
+    }
+    if (log)
         fprintf(stderr,
-                "nmlx quant pick: prefill f32 %.3g ms bf16 %.3g ms int16 %.3g ms; decode f32 "
-                "%.3g ms bf16 %.3g ms -> prefill %s (MXFP4 %s), matvec %s\n",
-                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1],
-                g_pick.prefill_int16 ? "int16" : "f32", g_pick.prefill ? "bf16" : "f32",
-                g_pick.matvec ? "bf16" : "f32");
+                "nmlx cpu pick (ms): quantized prefill f32 %.3g bf16 %.3g int16 %.3g, decode f32 "
+                "%.3g bf16 %.3g; dense bf16 prefill f32 %.3g bf16 %.3g -> quantized prefill %s "
+                "(MXFP4 %s), decode %s, dense bf16 prefill %s\n",
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1], 1e3 * td[0],
+                1e3 * td[1], g_pick.prefill_int16 ? "int16" : "f32",
+                g_pick.prefill ? "bf16" : "f32", g_pick.matvec ? "bf16" : "f32",
+                g_pick.dense_bf16 ? "bf16" : "f32");
 out:
-    free(q), free(s), free(b), free(x), free(y);
+    free(q), free(s), free(b), free(wd), free(x), free(y);
 }
 
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void) {

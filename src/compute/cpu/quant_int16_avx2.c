@@ -11,11 +11,15 @@
  * and per group the f32 flush adds s dx (q . x16) + b dx sum(x16). Tiles of
  * 2 tokens x 32 rows: 8 integer accumulators, 4 panel vectors, 2
  * broadcasts. Compiled with -mavx2 -mfma -mf16c; called after cpuid. */
+#define _POSIX_C_SOURCE 200809L
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/quant_codes.h"
 #include "compute/cpu/quant_kernels.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 enum { PR = 32, PK = 256, TT = 2 }; /* panel rows, panel columns, tokens per tile */
 
@@ -209,4 +213,72 @@ bool nmlx_avx2_quant_matmat16(const nmlx_weight *w, const float *x, float *y, in
     }
     free(buf);
     return true;
+}
+
+/* ------------------------------------------------------------ the pick */
+
+/* Whether the avx2 set takes this kernel by default: measured once per
+ * process against its f32 prefill (CPU time of this thread, best of 5, a
+ * cache-resident 128 x 1024 affine 4-bit weight over 48 tokens); taken
+ * unless clearly slower (1.25x), being as accurate. NMLX_QUANT_INT16=0 / 1
+ * forces it; NMLX_QUANT_PICK_LOG=1 prints the timings. */
+static bool g_on;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static double thread_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void measure(void) {
+    const char *e = getenv("NMLX_QUANT_INT16");
+    if (e && *e) {
+        g_on = strcmp(e, "0") != 0;
+        return;
+    }
+    g_on = true;
+    enum { PD = 128, PN = 1024, PT = 48 };
+    uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
+    uint16_t *s = malloc((size_t)PD * PN / 64 * 2);
+    float *x = malloc((size_t)PT * PN * 4), *y = malloc((size_t)PT * PD * 4);
+    if (q && s && x && y) {
+        uint32_t st = 2463534242u;
+        for (int64_t i = 0; i < PD * PN / 8; i++)
+            st ^= st << 13, st ^= st >> 17, st ^= st << 5, q[i] = st;
+        for (int64_t i = 0; i < PD * PN / 64; i++)
+            s[i] = nmlx_f32_to_bf16(0.01f);
+        for (int64_t i = 0; i < PT * PN; i++)
+            x[i] = (float)(i % 17) * 0.01f - 0.08f;
+        const nmlx_weight w = {
+            .w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {PD, PN / 8}, .data = q},
+            .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = s},
+            .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN / 64}, .data = s},
+            .mode = NMLX_QUANT_AFFINE,
+            .bits = 4,
+            .group_size = 64,
+            .rows = PD,
+            .cols = PN};
+        double best[2] = {1e30, 1e30};
+        for (int rep = 0; rep < 5; rep++)
+            for (int k = 0; k < 2; k++) {
+                double t0 = thread_seconds();
+                if (k)
+                    nmlx_avx2_quant_matmat16(&w, x, y, PT, 0, PD);
+                else
+                    nmlx_avx2_matmul_rows(&w, x, y, PT, 0, PD);
+                double t = thread_seconds() - t0;
+                best[k] = t < best[k] ? t : best[k];
+            }
+        g_on = best[1] <= 1.25 * best[0];
+        if (getenv("NMLX_QUANT_PICK_LOG"))
+            fprintf(stderr, "nmlx avx2 pick (ms): quantized prefill f32 %.3g int16 %.3g -> %s\n",
+                    1e3 * best[0], 1e3 * best[1], g_on ? "int16" : "f32");
+    }
+    free(q), free(s), free(x), free(y);
+}
+
+bool nmlx_avx2_quant_int16_default(void) {
+    pthread_once(&g_once, measure);
+    return g_on;
 }

@@ -20,9 +20,12 @@ typedef struct nmlx_qbf16_pick {
     bool matvec;         /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
     bool prefill_int16;  /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
                             precision; needs AVX512_VNNI) */
+    bool dense_bf16;     /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
 } nmlx_qbf16_pick;
-/* Measured once per process (thread-safe); NMLX_QUANT_BF16=0/1 forces the
- * bf16 kernels, NMLX_QUANT_INT16=0/1 the int16 prefill. */
+/* Measured once per process (thread-safe, a few milliseconds of CPU time on
+ * cache-resident problems); NMLX_QUANT_BF16=0/1 forces the bf16 quantized
+ * kernels, NMLX_QUANT_INT16=0/1 the int16 prefill, NMLX_DENSE_BF16=0/1 the
+ * dense bf16 prefill; NMLX_QUANT_PICK_LOG=1 prints the timings. */
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void);
 /* Whether nmlx_avx512bf16_quant_matvec handles w (affine 4-bit, group 64/128, cols <= 16384). */
 bool nmlx_avx512bf16_matvec_ok(const nmlx_weight *w);
@@ -83,6 +86,8 @@ bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float 
 /* The AVX2 form of the int16 prefill (quant_int16_avx2.c: `vpmaddwd`), for
  * the avx2 kernel set (CPUs without AVX512_VNNI); same weights. */
 bool nmlx_avx2_quant_int16_ok(const nmlx_weight *w);
+/* Whether the avx2 set uses it by default (measured once per process). */
+bool nmlx_avx2_quant_int16_default(void);
 void nmlx_avx2_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
                                    float *xs);
 bool nmlx_avx2_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
