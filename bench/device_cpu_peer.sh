@@ -84,7 +84,8 @@ B=$HERE/build-cpu-peer
 (
   cmake -S "$HERE" -B "$B" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DNODE_EXECUTABLE="$(command -v node || echo /bin/true)" > "$W/nmlx-build.log" 2>&1 &&
-    cmake --build "$B" -j 6 --target nmlx-cli test_kernels test_quant_kernels >> "$W/nmlx-build.log" 2>&1
+    cmake --build "$B" -j 6 --target nmlx-cli test_kernels test_quant_kernels test_quant_int8 \
+      >> "$W/nmlx-build.log" 2>&1
   echo $? > "$W/nmlx.rc"
 ) &
 NPID=$!
@@ -105,9 +106,11 @@ log "make_models done: $(ls "$M"/*/gguf/ 2>/dev/null | tr '\n' ' ')"
 wait $NPID; log "nmlx build rc=$(cat "$W/nmlx.rc")"; tail -5 "$W/nmlx-build.log" >> "$LOG"
 NMLX=$B/nmlx
 # every fast kernel against the portable one on random data, on this CPU
-for t in test_kernels test_quant_kernels; do
+for t in test_kernels test_quant_kernels test_quant_int8; do
   [ -x "$B/tests/$t" ] && { log "$t: $(NMLX_SOURCE_DIR=$HERE "$B/tests/$t" 2>&1 | grep -E 'FAIL|default kernel|passed' | tr '\n' ' ')"; }
 done
+# the kernels this CPU picks for the default precision (timed at first use)
+log "$(NMLX_QUANT_PICK_LOG=1 "$NMLX" bench -m "$M/qwen3-0.6b/mlx-4bit" -p 32 -n 1 -t 2 -r 1 2>&1 | grep pick)"
 wait $LPID; log "llama-bench build rc=$(cat "$W/lcpp.rc")"; tail -3 "$W/lcpp-build.log" >> "$LOG"
 LB=$(find "$W/lcpp/build" -name llama-bench -type f -perm -u+x | head -1)
 
