@@ -152,7 +152,7 @@ static nmlx_status load_quantization(nmlx_model *m, const char *cfg_path,
               p->quantize_bits);
         TRY(nmlx_quantize_weights_mem(m->weights, p->quantize_bits,
                                       p->quantize_group_size ? p->quantize_group_size : 64,
-                                      nmlx_fused_experts_halves(m->model_type), &q));
+                                      nmlx_fused_experts_halves(m->model_type), p->n_threads, &q));
         nmlx_weights_close(m->weights);
         m->weights = q;
     } else {

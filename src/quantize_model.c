@@ -4,6 +4,8 @@
 #include "quantize_model.h"
 
 #include "compute/quant.h"
+#include "compute/quant_affine.h"
+#include "compute/threadpool.h"
 #include "io/file_write.h"
 #include "io/safetensors_write.h"
 #include "shared/llama4_model.h"
@@ -206,13 +208,13 @@ static bool is_moe_router(const char *module, bool moe) {
 
 nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype,
                                      int fd, const char *label, struct json_t *overrides) {
-    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, false,
+    return nmlx_quantize_weights_fd_progress(ws, bits, gs, sdtype, fd, label, overrides, false, 0,
                                              NULL, NULL);
 }
 
 nmlx_status nmlx_quantize_weights_fd_progress(
     const nmlx_weights *ws, int bits, int gs, nmlx_dtype sdtype, int fd, const char *label,
-    struct json_t *overrides, bool gate_up_halves,
+    struct json_t *overrides, bool gate_up_halves, int n_threads,
     void (*progress)(void *, size_t, size_t, const char *), void *user) {
     nmlx_status st = NMLX_OK;
     size_t n = nmlx_weights_count(ws), n_items = 0, n_owned = 0;
@@ -222,13 +224,21 @@ nmlx_status nmlx_quantize_weights_fd_progress(
     void **owned = nmlx_calloc(3 * s.cap, sizeof *owned);
     char **names = nmlx_calloc(2 * s.cap, sizeof *names);
     size_t n_names = 0;
-    float *row = NULL;
+    nmlx_pool *pool = NULL;
     bool moe = false;
     CHECK(s.t && items && owned && names, NMLX_ERR_NOMEM, "%s: out of memory", label);
     CHECK(nmlx_quant_bits_ok(NMLX_QUANT_AFFINE, bits), NMLX_ERR_INVALID_ARG,
           "quantize: %d bits is not supported (2, 3, 4, 5, 6, 8)", bits);
     CHECK(nmlx_quant_group_ok(NMLX_QUANT_AFFINE, gs), NMLX_ERR_INVALID_ARG,
           "quantize: group size %d is not supported (32, 64, 128)", gs);
+    if (n_threads <= 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = nc > 0 ? (int)(nc < 256 ? nc : 256) : 1;
+    }
+    if (n_threads > 1) {
+        pool = nmlx_pool_create(n_threads);
+        CHECK(pool, NMLX_ERR_NOMEM, "%s: could not start %d threads", label, n_threads);
+    }
     /* 1. mlx-lm's sanitize of MoE experts into stacked SwitchLinear weights */
     for (size_t i = 0; i < n; i++) {
         const nmlx_tensor *t = nmlx_weights_at(ws, i);
@@ -287,21 +297,21 @@ nmlx_status nmlx_quantize_weights_fd_progress(
         uint32_t *q = nmlx_malloc((size_t)(R * W) * 4);
         char *sc = nmlx_malloc((size_t)(R * G) * ses), *bi = nmlx_malloc((size_t)(R * G) * ses);
         owned[n_owned++] = q, owned[n_owned++] = sc, owned[n_owned++] = bi;
-        nmlx_free(row);
-        row = nmlx_malloc((size_t)C * sizeof(float));
-        CHECK(q && sc && bi && row, NMLX_ERR_NOMEM, "%s: out of memory quantizing '%s'", label,
-              t->name);
-        size_t es = nmlx_dtype_size(t->dtype), done = 0;
+        CHECK(q && sc && bi, NMLX_ERR_NOMEM, "%s: out of memory quantizing '%s'", label, t->name);
+        size_t es = nmlx_dtype_size(t->dtype), done = 0, row_bytes = (size_t)C * es;
         const char *src = t->data;
-        for (int64_t r = 0; r < R; r++) { /* a stacked expert's rows follow the previous one's */
-            nmlx_to_f32(t->dtype, src + (size_t)(r * C) * es, row, (size_t)C);
-            nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, tb, tgs, row, C, q + r * W,
-                                    sc + (size_t)(r * G) * ses, bi + (size_t)(r * G) * ses, odt);
-            /* the source rows are read once: drop them from RSS as we go
-             * (every RELEASE_BYTES), so the float checkpoint and its
-             * quantized copy are never both resident */
-            size_t upto = (size_t)((r + 1) * C) * es;
-            if (!t->buf && (upto - done >= RELEASE_BYTES || r + 1 == R)) {
+        /* a stacked expert's rows follow the previous one's. The source rows
+         * are read once: drop them from RSS as we go (every RELEASE_BYTES),
+         * so the float checkpoint and its quantized copy are never both
+         * resident; each such chunk of rows is split over the threads */
+        int64_t chunk = (int64_t)((RELEASE_BYTES + row_bytes - 1) / row_bytes);
+        for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+            int64_t r1 = R - r0 < chunk ? R : r0 + chunk;
+            nmlx_qaffine_rows(pool, NULL, tb, tgs, t->dtype, src + (size_t)r0 * row_bytes, r1 - r0,
+                              C, q + r0 * W, sc + (size_t)(r0 * G) * ses,
+                              bi + (size_t)(r0 * G) * ses, odt);
+            size_t upto = (size_t)r1 * row_bytes;
+            if (!t->buf) {
                 nmlx_weights_release(ws, src + done, upto - done);
                 done = upto;
             }
@@ -342,7 +352,7 @@ cleanup:
     nmlx_free(owned);
     nmlx_free(names);
     nmlx_free(items);
-    nmlx_free(row);
+    nmlx_pool_free(pool);
     return st;
 }
 
@@ -354,13 +364,13 @@ bool nmlx_fused_experts_halves(const char *model_type) {
 }
 
 nmlx_status nmlx_quantize_weights_mem(const nmlx_weights *ws, int bits, int gs,
-                                      bool gate_up_halves, nmlx_weights **out) {
+                                      bool gate_up_halves, int n_threads, nmlx_weights **out) {
     nmlx_status st = NMLX_OK;
     char path[64];
     int fd = memfd_create("nmlx-quantized", 0);
     CHECK(fd >= 0, NMLX_ERR_IO, "quantize-on-load: memfd_create failed: %s", strerror(errno));
     TRY(nmlx_quantize_weights_fd_progress(ws, bits, gs, NMLX_DT_COUNT, fd, "quantize-on-load",
-                                          NULL, gate_up_halves, NULL, NULL));
+                                          NULL, gate_up_halves, n_threads, NULL, NULL));
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     TRY(nmlx_weights_open_file(path, out));
 cleanup:
@@ -452,7 +462,8 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     const char *mt = json_string_value(json_object_get(cfg, "model_type"));
     if (!mt && json_is_object(tc)) mt = json_string_value(json_object_get(tc, "model_type"));
     TRY(nmlx_quantize_weights_fd_progress(ws, p.bits, p.group_size, sdt, fd, path, q,
-                                          nmlx_fused_experts_halves(mt), p.on_progress, p.user));
+                                          nmlx_fused_experts_halves(mt), 0, p.on_progress,
+                                          p.user));
     TRY(nmlx_io_fsync(fd, path));
     TRY(nmlx_io_close(&fd, path));
     /* a source rewritten in place while it was read would give a mixed output */

@@ -35,16 +35,19 @@ nmlx_status nmlx_quantize_weights_fd(const nmlx_weights *ws, int bits, int group
 /* The same, calling progress(user, i, n, name) after each of the n tensors
  * (nmlx_convert_params.on_progress; progress may be NULL). gate_up_halves:
  * fused `experts.gate_up_proj` tensors hold gate then up columns (Llama 4)
- * instead of interleaved ones (gpt-oss): nmlx_fused_experts_halves(). */
+ * instead of interleaved ones (gpt-oss): nmlx_fused_experts_halves().
+ * n_threads: the rows of each tensor are split over that many threads
+ * (0: one per online CPU; the output does not depend on it). */
 nmlx_status nmlx_quantize_weights_fd_progress(
     const nmlx_weights *ws, int bits, int group_size, nmlx_dtype sdtype, int fd, const char *label,
-    struct json_t *overrides, bool gate_up_halves,
+    struct json_t *overrides, bool gate_up_halves, int n_threads,
     void (*progress)(void *, size_t, size_t, const char *), void *user);
 
 /* Quantize-on-load: returns a weights set that holds the quantized tensors
- * (in an anonymous memory file) and every other tensor of ws copied. */
+ * (in an anonymous memory file) and every other tensor of ws copied.
+ * n_threads as above (the model's n_threads). */
 nmlx_status nmlx_quantize_weights_mem(const nmlx_weights *ws, int bits, int group_size,
-                                      bool gate_up_halves, nmlx_weights **out);
+                                      bool gate_up_halves, int n_threads, nmlx_weights **out);
 
 /* Whether the family serving model_type reads fused experts as gate / up
  * halves (the Llama 4 model). */

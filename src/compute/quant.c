@@ -1,6 +1,8 @@
 /* MLX quantized weights: see quant.h and docs/quantization.md. */
 #include "quant.h"
 
+#include "quant_affine.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -78,6 +80,8 @@ static void put_code(uint8_t *row, int64_t k, int bits, unsigned code) {
     if (sh + (unsigned)bits > 8) p[1] |= (uint8_t)(v >> 8);
 }
 
+/* The reference quantizer (nmlx_quant_quantize_row_ref): every faster path
+ * must match it byte for byte (tests/test_quant_affine.c). */
 static void quantize_affine(int bits, int gs, const float *src, int64_t cols, uint8_t *packed,
                             void *scales, void *biases, nmlx_dtype sdt) {
     const float nbins = (float)((1 << bits) - 1), eps = 1e-7f;
@@ -132,12 +136,28 @@ static void quantize_mxfp4(int gs, const float *src, int64_t cols, uint8_t *pack
     }
 }
 
-void nmlx_quant_quantize_row(nmlx_quant_mode mode, int bits, int group_size, const float *src,
-                             int64_t cols, uint32_t *packed, void *scales, void *biases,
-                             nmlx_dtype sdtype) {
+void nmlx_quant_quantize_row_ref(nmlx_quant_mode mode, int bits, int group_size, const float *src,
+                                 int64_t cols, uint32_t *packed, void *scales, void *biases,
+                                 nmlx_dtype sdtype) {
     memset(packed, 0, (size_t)nmlx_quant_row_words(cols, bits) * sizeof(uint32_t));
     if (mode == NMLX_QUANT_MXFP4)
         quantize_mxfp4(group_size, src, cols, (uint8_t *)packed, scales);
     else
         quantize_affine(bits, group_size, src, cols, (uint8_t *)packed, scales, biases, sdtype);
+}
+
+void nmlx_quant_quantize_row(nmlx_quant_mode mode, int bits, int group_size, const float *src,
+                             int64_t cols, uint32_t *packed, void *scales, void *biases,
+                             nmlx_dtype sdtype) {
+    /* the SIMD quantizer takes groups of 32/64/128; the quantized KV cache
+     * also uses 8 and 16 */
+    if (mode != NMLX_QUANT_AFFINE || !nmlx_quant_group_ok(NMLX_QUANT_AFFINE, group_size)) {
+        nmlx_quant_quantize_row_ref(mode, bits, group_size, src, cols, packed, scales, biases,
+                                    sdtype);
+        return;
+    }
+    if (cols % group_size) /* the reference leaves a partial group's words zero */
+        memset(packed, 0, (size_t)nmlx_quant_row_words(cols, bits) * sizeof(uint32_t));
+    nmlx_qaffine_row(NULL, bits, group_size, NMLX_DT_F32, src, cols, packed, scales, biases,
+                     sdtype);
 }

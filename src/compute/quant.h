@@ -40,9 +40,16 @@ void nmlx_quant_dequant_row(const nmlx_weight *w, int64_t row, int64_t k0, int64
 /* Quantizes one row src[cols] (cols % group_size == 0) as MLX does:
  * packed[cols*bits/32] words, scales/biases[cols/group] written in
  * `sdtype` (F32/F16/BF16; for MXFP4 scales are U8 and biases unused).
- * The packed codes are chosen with the f32 scale/bias, as MLX does. */
+ * The packed codes are chosen with the f32 scale/bias, as MLX does.
+ * Affine rows go through the SIMD quantizer (quant_affine.h). */
 void nmlx_quant_quantize_row(nmlx_quant_mode mode, int bits, int group_size, const float *src,
                              int64_t cols, uint32_t *packed, void *scales, void *biases,
                              nmlx_dtype sdtype);
+
+/* The scalar quantizer, one element at a time: the reference the fast
+ * affine path is tested against (byte-identical output). */
+void nmlx_quant_quantize_row_ref(nmlx_quant_mode mode, int bits, int group_size, const float *src,
+                                 int64_t cols, uint32_t *packed, void *scales, void *biases,
+                                 nmlx_dtype sdtype);
 
 #endif
