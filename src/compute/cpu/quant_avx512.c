@@ -46,7 +46,7 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
             ga[r] = _mm512_setzero_ps(), gb[r] = ga[r];
             _mm_prefetch(lin ? (const char *)rows[0] + pf + (g * R + r) * (GS * BITS / 8)
                              : (const char *)rows[r] + g * GS * BITS / 8 + pf,
-                         _MM_HINT_T0);
+                         NMLX_PF_STREAM);
         }
         if (BITS == 4) {
 #pragma GCC unroll 4
@@ -151,8 +151,8 @@ void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y,
             /* scales/biases of the rows PF_ROWS ahead */
             for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                 size_t at = (size_t)((d + NMLX_QMATVEC_PF_ROWS) * G) * ses + (size_t)o;
-                _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
             }
             if (ng == G) { /* whole rows: the R rows' scales/biases are contiguous */
                 load_f32s(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);

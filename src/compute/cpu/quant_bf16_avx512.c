@@ -226,11 +226,11 @@ AVX512_INLINE void mv_rows(int R, int CPG, const uint8_t *const *rows, const cha
             const int64_t c = g * CPG + j; /* 64-code chunk */
             if (pf_step)                   /* linear: pf_step bytes per chunk */
                 for (int64_t o = 0; o < pf_step; o += 64)
-                    _mm_prefetch(pf + c * pf_step + o, _MM_HINT_T0);
+                    _mm_prefetch(pf + c * pf_step + o, NMLX_PF_STREAM);
             else /* per row, pf - rows[0] bytes ahead */
                 for (int r = 0; r < R; r++)
                     _mm_prefetch((const char *)rows[r] + (pf - (const char *)rows[0]) + 32 * c,
-                                 _MM_HINT_T0);
+                                 NMLX_PF_STREAM);
             const __m512bh xa = (__m512bh)_mm512_loadu_si512(xb + 64 * c);
             const __m512bh xo = (__m512bh)_mm512_loadu_si512(xb + 64 * c + 32);
 #pragma GCC unroll 4
@@ -308,8 +308,8 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
         /* scales/biases of the rows 8 ahead */
         for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
             size_t at = (size_t)((d + 8) * G) * ses + (size_t)o;
-            _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-            _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+            _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+            _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
         }
         load_f32s(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);
         load_f32s(w->biases.dtype, w->biases.data, (size_t)(d * G), R * G, cb);

@@ -49,7 +49,7 @@ AVX512_INLINE void row_tok(int M, int BITS, int GS, const uint8_t *q, int64_t pf
     for (int64_t g = 0; g < ng; g++) {
         __m512 wv[8]; /* GS / 16 <= 8; a constant size, not a VLA */
         const uint8_t *qg = q + g * (GS * BITS / 8);
-        _mm_prefetch((const char *)qg + pf, _MM_HINT_T0);
+        _mm_prefetch((const char *)qg + pf, NMLX_PF_STREAM);
         if (BITS == 4) {
 #pragma GCC unroll 4
             for (int j = 0; j < GS / 32; j++) {
@@ -172,8 +172,8 @@ bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float
                 const int R = d1 - d >= RB ? RB : 1;
                 for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                     size_t at = (size_t)((d + NMLX_QMATVEC_PF_ROWS) * G) * ses + (size_t)o;
-                    _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                    if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                    _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                    if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
                 }
                 for (int r = 0; r < R; r++) {
                     size_t gi = (size_t)((d + r) * G + c0 / gs);

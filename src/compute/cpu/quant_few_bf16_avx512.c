@@ -43,7 +43,7 @@ AVX512_INLINE void row_tok(int M, int CPG, const uint8_t *q, int64_t pf, const u
 #pragma GCC unroll 2
         for (int j = 0; j < CPG; j++) {
             const int64_t c = g * CPG + j;
-            _mm_prefetch((const char *)q + 32 * c + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)q + 32 * c + pf, NMLX_PF_STREAM);
             __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * c)));
             wa[j] = _mm512_ternarylogic_epi32(v, lo4, e128, 0xEA); /* (v & 15) | 0x4300 */
             wb[j] = _mm512_or_si512(_mm512_srli_epi16(v, 4), e128);
@@ -115,8 +115,8 @@ bool nmlx_avx512bf16_quant_matmul_few(const nmlx_weight *w, const float *x, floa
             const int R = d1 - d >= RB ? RB : 1;
             for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                 size_t at = (size_t)((d + 8) * G) * ses + (size_t)o;
-                _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
             }
             load_f32s(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);
             load_f32s(w->biases.dtype, w->biases.data, (size_t)(d * G), R * G, cb);
