@@ -61,19 +61,21 @@ static int hot(int argc, char **argv) {
     const int bits = atoi(argv[2]);
     const int64_t D = atoll(argv[3]), N = atoll(argv[4]);
     nmlx_backend *be = NULL;
-    if ((argc > 5 ? nmlx_backend_cpu_create_isa(1, argv[5], &be) : nmlx_backend_cpu_create(1, &be)) !=
-        NMLX_OK)
+    if ((argc > 5 ? nmlx_backend_cpu_create_isa(1, argv[5], &be)
+                  : nmlx_backend_cpu_create(1, &be)) != NMLX_OK)
         return 1;
     size_t bytes;
     nmlx_weight w = make_q(bits, 64, D, N, &bytes);
     float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
-    for (int64_t i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.1f - 0.3f;
+    for (int64_t i = 0; i < N; i++)
+        x[i] = (float)(i % 7) * 0.1f - 0.3f;
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
         int64_t calls = 0;
         double t0 = nmlx_time_seconds(), dt;
         do {
-            for (int i = 0; i < 16; i++) be->ops->matmul(be, &w, NULL, x, y, 1);
+            for (int i = 0; i < 16; i++)
+                be->ops->matmul(be, &w, NULL, x, y, 1);
             calls += 16;
         } while ((dt = nmlx_time_seconds() - t0) < 0.1);
         double g = (double)(D * N) * (double)calls / dt / 1e9;
@@ -102,8 +104,8 @@ int main(int argc, char **argv) {
     const int L = llama ? 16 : 28;
     const int64_t V = llama ? 128256 : 151936, H = llama ? 2048 : 1024;
     nmlx_backend *be = NULL;
-    nmlx_status st = isa ? nmlx_backend_cpu_create_isa(nth, isa, &be)
-                         : nmlx_backend_cpu_create(nth, &be);
+    nmlx_status st =
+        isa ? nmlx_backend_cpu_create_isa(nth, isa, &be) : nmlx_backend_cpu_create(nth, &be);
     if (st != NMLX_OK) return 1;
     const int nw = L * 7 + 1;
     nmlx_weight *w = calloc((size_t)nw, sizeof *w);
@@ -113,12 +115,15 @@ int main(int argc, char **argv) {
             w[l * 7 + k] = make_q(bits, 64, dn[k][0], dn[k][1], &bytes[l * 7 + k]);
     w[nw - 1] = make_q(bits, 64, V, H, &bytes[nw - 1]);
     w[nw - 1].f32_input = true;
-    for (int i = 0; i < nw; i++) total += bytes[i];
+    for (int i = 0; i < nw; i++)
+        total += bytes[i];
     float *x = malloc(8192 * sizeof(float)), *y = malloc((size_t)V * sizeof(float));
-    for (int i = 0; i < 8192; i++) x[i] = (float)(i % 7) * 0.1f - 0.3f;
+    for (int i = 0; i < 8192; i++)
+        x[i] = (float)(i % 7) * 0.1f - 0.3f;
     double kt[8] = {0}, best = 1e30;
     size_t kb[8] = {0};
-    for (int i = 0; i < nw; i++) kb[i == nw - 1 ? 7 : i % 7] += bytes[i];
+    for (int i = 0; i < nw; i++)
+        kb[i == nw - 1 ? 7 : i % 7] += bytes[i];
     for (int s = 0; s < steps + 1; s++) {
         double t0 = nmlx_time_seconds(), tk[8] = {0};
         for (int i = 0; i < nw; i++) {
@@ -129,16 +134,19 @@ int main(int argc, char **argv) {
         double t = nmlx_time_seconds() - t0;
         if (s == 0) continue; /* first touch */
         if (t < best) best = t;
-        for (int k = 0; k < 8; k++) kt[k] += tk[k] / steps;
+        for (int k = 0; k < 8; k++)
+            kt[k] += tk[k] / steps;
     }
-    printf("%s %d-bit g64, %d threads%s%s: %.1f MB per step, best %.2f ms = %.1f tok/s, %.1f GB/s\n",
-           llama ? "Llama-3.2-1B" : "Qwen3-0.6B", bits, nth, isa ? ", isa " : "", isa ? isa : "",
-           total / 1e6, best * 1e3, 1 / best, total / best / 1e9);
+    printf(
+        "%s %d-bit g64, %d threads%s%s: %.1f MB per step, best %.2f ms = %.1f tok/s, %.1f GB/s\n",
+        llama ? "Llama-3.2-1B" : "Qwen3-0.6B", bits, nth, isa ? ", isa " : "", isa ? isa : "",
+        total / 1e6, best * 1e3, 1 / best, total / best / 1e9);
     for (int k = 0; k < 8; k++)
         printf("  %-5s %7.3f ms/step (mean)  %5.1f GB/s\n", kinds[k], kt[k] * 1e3,
                kb[k] / kt[k] / 1e9);
     if (!getenv("BENCH_HUGE"))
-        for (int i = 0; i < nw; i++) free(w[i].w.data), free(w[i].scales.data), free(w[i].biases.data);
+        for (int i = 0; i < nw; i++)
+            free(w[i].w.data), free(w[i].scales.data), free(w[i].biases.data);
     free(w), free(bytes), free(x), free(y);
     nmlx_backend_free(be);
     return 0;

@@ -31,12 +31,12 @@
 #include "compute/cpu/quant_avx512.h"
 
 enum {
-    MV_NMAX = 16384,                 /* the widest row taken (x on the stack) */
-    XS_MAX = MV_NMAX / 64 + 16,      /* group sums, padded to a 16-group block */
-    RB = 4,                          /* rows per mat-vec block */
-    MT = 8,                          /* tokens per register tile (few-token form) */
-    FR = 16,                         /* rows per few-token block */
-    XB_ELEMS = 64 * 1024,            /* few-token form: split x on the stack, 128 KiB */
+    MV_NMAX = 16384,            /* the widest row taken (x on the stack) */
+    XS_MAX = MV_NMAX / 64 + 16, /* group sums, padded to a 16-group block */
+    RB = 4,                     /* rows per mat-vec block */
+    MT = 8,                     /* tokens per register tile (few-token form) */
+    FR = 16,                    /* rows per few-token block */
+    XB_ELEMS = 64 * 1024,       /* few-token form: split x on the stack, 128 KiB */
     TMAX = NMLX_CPU_FEW_TOKENS
 };
 
@@ -61,8 +61,10 @@ void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *
     __m512i i01, i23;
     {
         uint16_t a[32], b[32];
-        for (int l = 0; l < 16; l++) a[l] = (uint16_t)(4 * l), a[16 + l] = (uint16_t)(4 * l + 1);
-        for (int l = 0; l < 32; l++) b[l] = (uint16_t)(a[l] + 2);
+        for (int l = 0; l < 16; l++)
+            a[l] = (uint16_t)(4 * l), a[16 + l] = (uint16_t)(4 * l + 1);
+        for (int l = 0; l < 32; l++)
+            b[l] = (uint16_t)(a[l] + 2);
         i01 = _mm512_loadu_si512(a), i23 = _mm512_loadu_si512(b);
     }
     const __m512i hi16 = _mm512_set1_epi32((int)0xFFFF0000u);
@@ -101,7 +103,8 @@ void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *
         _mm512_storeu_si512(o + 64, _mm512_shuffle_i64x2(l23, h23, 0x44)); /* k = 2 */
         _mm512_storeu_si512(o + 96, _mm512_shuffle_i64x2(l23, h23, 0xEE)); /* k = 3 */
     }
-    for (int64_t g = G; g < (G + 15) / 16 * 16; g++) xs[g] = 0.0f;
+    for (int64_t g = G; g < (G + 15) / 16 * 16; g++)
+        xs[g] = 0.0f;
 }
 
 /* 16 scales or biases (elements i0.., the first n) as f32, zeros past n */
@@ -110,8 +113,7 @@ static inline __m512 load16(nmlx_dtype dt, const void *p, size_t i0, __mmask16 m
     case NMLX_DT_BF16:
         return _mm512_castsi512_ps(_mm512_slli_epi32(
             _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0)), 16));
-    case NMLX_DT_F16:
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0));
+    case NMLX_DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0));
     default: return _mm512_maskz_loadu_ps(m, (const float *)p + i0);
     }
 }
@@ -126,17 +128,18 @@ typedef struct {
 
 /* acc[r * M + t] += rows d..d+R-1 times token t's x over the 16-group
  * blocks [u0, u1); G128: group 128 (else 64). */
-AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int64_t u0,
-                           int64_t u1, const uint16_t *const *xb, const float *const *xs,
-                           __m512 *accp) {
+AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int64_t u0, int64_t u1,
+                           const uint16_t *const *xb, const float *const *xs, __m512 *accp) {
     const __m512i lo4 = _mm512_set1_epi16(0x000F), e128 = _mm512_set1_epi16(0x4300);
     const int64_t CPU_ = G128 ? 16 : 8; /* chunks per 16-group block */
     __m512 acc[RB * MT];
 #pragma GCC unroll 8
-    for (int i = 0; i < R * M; i++) acc[i] = accp[i];
+    for (int i = 0; i < R * M; i++)
+        acc[i] = accp[i];
     const uint8_t *rows[RB];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) rows[r] = w->packed + (d + r) * w->row_bytes;
+    for (int r = 0; r < R; r++)
+        rows[r] = w->packed + (d + r) * w->row_bytes;
     const int64_t pf = w->pf_rows * w->row_bytes;
     for (int64_t u = u0; u < u1; u++) {
         const int64_t g0 = 16 * u, ng = w->G - g0 < 16 ? w->G - g0 : 16;
@@ -149,7 +152,8 @@ AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int
             _mm_prefetch((const char *)w->sc + ga, NMLX_PF_STREAM);
             _mm_prefetch((const char *)w->bi + ga, NMLX_PF_STREAM);
             S[r] = load16(w->sdt, w->sc, gi, gm);
-            const __m512 bp = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), S[r], load16(w->sdt, w->bi, gi, gm));
+            const __m512 bp =
+                _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), S[r], load16(w->sdt, w->bi, gi, gm));
 #pragma GCC unroll 8
             for (int t = 0; t < M; t++)
                 acc[r * M + t] = _mm512_fmadd_ps(bp, _mm512_loadu_ps(xs[t] + g0), acc[r * M + t]);
@@ -157,12 +161,13 @@ AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int
         const int64_t c0 = u * CPU_, c1 = w->NC - c0 < CPU_ ? w->NC : c0 + CPU_;
         for (int64_t c = c0; c < c1; c++) {
             const int j = (int)(c - c0);
-            const __m512i idx =
-                G128 ? _mm512_set1_epi32(j)
-                     : _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-                                        _mm512_set1_epi32(2 * j));
+            const __m512i idx = G128 ? _mm512_set1_epi32(j)
+                                     : _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1,
+                                                                          1, 1, 1, 1, 1, 1, 1),
+                                                        _mm512_set1_epi32(2 * j));
             /* the last chunk of a row of 64 * odd columns has 32 bytes */
-            const __mmask64 bm = 128 * c + 64 < w->row_bytes * 2 ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+            const __mmask64 bm =
+                128 * c + 64 < w->row_bytes * 2 ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 _mm_prefetch((const char *)rows[r] + pf + 64 * c, NMLX_PF_STREAM);
@@ -177,8 +182,8 @@ AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int
 #pragma GCC unroll 8
                 for (int t = 0; t < M; t++) {
                     const uint16_t *xc = xb[t] + 128 * c;
-                    __m512 s = _mm512_dpbf16_ps(_mm512_setzero_ps(),
-                                                (__m512bh)_mm512_loadu_si512(xc), w0);
+                    __m512 s =
+                        _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_loadu_si512(xc), w0);
                     s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(xc + 32), w1);
                     s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(xc + 64), w2);
                     s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(xc + 96), w3);
@@ -188,7 +193,8 @@ AVX512_INLINE void qd_rows(int R, int M, int G128, const qd_w *w, int64_t d, int
         }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < R * M; i++) accp[i] = acc[i];
+    for (int i = 0; i < R * M; i++)
+        accp[i] = acc[i];
 }
 
 typedef void (*qd_fn)(const qd_w *, int64_t, int64_t, int64_t, const uint16_t *const *,
@@ -238,9 +244,11 @@ void nmlx_avx512bf16_quant_matvec(const nmlx_weight *w, const float *x, float *y
     for (int64_t d = d0; d < d1;) {
         const int R = d1 - d >= RB ? RB : 1;
         __m512 acc[RB];
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        for (int r = 0; r < R; r++)
+            acc[r] = _mm512_setzero_ps();
         (R == RB ? qd_block[g128] : qd_tok[g128][0])(&q, d, 0, U, xb, xs, acc);
-        for (int r = 0; r < R; r++) y[d + r] = _mm512_reduce_add_ps(acc[r]);
+        for (int r = 0; r < R; r++)
+            y[d + r] = _mm512_reduce_add_ps(acc[r]);
         d += R;
     }
 }
@@ -274,7 +282,8 @@ bool nmlx_avx512bf16_quant_matmul_few(const nmlx_weight *w, const float *x, floa
                 /* balanced tiles of at most MT tokens */
                 const int64_t tiles = (m - t1 + MT - 1) / MT, mt = (m - t1 + tiles - 1) / tiles;
                 for (int64_t r = 0; r < nr; r++)
-                    for (int64_t t = 0; t < mt; t++) accv[r][t] = _mm512_setzero_ps();
+                    for (int64_t t = 0; t < mt; t++)
+                        accv[r][t] = _mm512_setzero_ps();
                 /* one 16-group block of the tile's rows at a time: its x
                  * (all the tile's tokens) stays in L1 while the rows pass;
                  * each (row, token) accumulator carries over in accv */
