@@ -4,3 +4,9 @@
 add_test(NAME test_quant_kernels_bf16_prefill COMMAND test_quant_kernels
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_quant_kernels_bf16_prefill PROPERTIES ENVIRONMENT "NMLX_QUANT_BF16=prefill")
+# ...and with the AVX512_BF16 4-bit decode mat-vec forced (NMLX_QUANT_BF16=matvec),
+# whatever the one-time pick measures: every backend matmul of 1..15 tokens on
+# affine 4-bit g64/g128 weights goes through it, with 1 and 2 threads.
+add_test(NAME test_quant_kernels_bf16_matvec COMMAND test_quant_kernels
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_quant_kernels_bf16_matvec PROPERTIES ENVIRONMENT "NMLX_QUANT_BF16=matvec")

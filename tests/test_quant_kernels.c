@@ -511,6 +511,11 @@ int main(void) {
     test_matmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_BF16, 9, 32 * 131, 1);  /* N > CK, 8 bits */
     test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F16, 33, 128 * 35, 3); /* N > CK, few tokens */
     test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 130, 64 * 9, 16); /* rows > 2 blocks */
+    /* the AVX512_BF16 4-bit decode kernel's 16-group blocks: several, with a
+     * partial last block (and a last 128-column chunk of 64 columns) */
+    test_matmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32, 13, 128 * 37, 1);
+    test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_F16, 9, 64 * 33, 1);
+    test_matmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 11, 64 * 17, 7);
     test_roundtrip(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 23, 32 * 9, 1);
     test_matmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 17, 32 * 5, 4);

@@ -23,6 +23,18 @@
 #define NMLX_CPU_FEW_CHUNKED 24
 #endif
 
+/* Software prefetch hint for weights streamed from DRAM by the decode
+ * mat-vecs and their few-token forms: into L2 (T1), not L1 (T0). A T0
+ * prefetch holds one of the core's few L1 miss buffers until the line
+ * arrives, so one thread can keep only about 20 lines in flight: the
+ * 8-bit mat-vec streamed 22-24 GB/s with T0 and 32 GB/s with T1 (2
+ * threads, Zen 4; bench/bench_decode.c, bench/cpu_decode.md). The kernels
+ * read the line from L2 a few hundred cycles later. Expands to an
+ * _mm_prefetch hint: use only where <immintrin.h> is included. */
+#ifndef NMLX_PF_STREAM
+#define NMLX_PF_STREAM _MM_HINT_T1
+#endif
+
 typedef struct cpu_kernels {
     const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */
     /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T

@@ -73,7 +73,7 @@ static float dot_avx2(const float *a, const float *b, int64_t n) {
             float bsum = 0.0f;                                                                 \
             for (int64_t k = c0; k < c0 + nc; k += gs) {                                       \
                 size_t gi = (size_t)(d * G + k / gs);                                          \
-                _mm_prefetch((const char *)row + (k + 4 * gs) * BITS / 8, _MM_HINT_T0);        \
+                _mm_prefetch((const char *)row + (k + 4 * gs) * BITS / 8, NMLX_PF_STREAM);        \
                 float s = nmlx_load_f32(sdt, w->scales.data, gi);                              \
                 float b = nmlx_load_f32(sdt, w->biases.data, gi);                              \
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(s), group_dot(row, k, gs, BITS, x + k),   \
@@ -134,7 +134,7 @@ AVX2_INLINE void rows_dot2(int R, int BITS, int GS, bool FP4, const uint8_t *con
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             ga[r] = _mm256_setzero_ps();
-            _mm_prefetch((const char *)rows[r] + g * GS * BITS / 8 + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)rows[r] + g * GS * BITS / 8 + pf, NMLX_PF_STREAM);
         }
         if (BITS == 4) {
 #pragma GCC unroll 8
@@ -239,8 +239,8 @@ static void matvec_planar(const nmlx_weight *w, const float *x, float *y, int64_
             __m256 acc[RB2];
             for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) { /* scales/biases ahead */
                 size_t at = (size_t)((d + PF_ROWS2) * G) * ses + (size_t)o;
-                _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
             }
             if (ng == G) { /* whole rows: the R rows' scales/biases are contiguous */
                 load_f32s2(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);

@@ -38,7 +38,10 @@ enum { CK = NMLX_QMV_CK, GMAX = CK / 32, RB = 4 }; /* columns per pass, groups p
  * 4 bits, plain for 8. */
 AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows, bool lin, int64_t pf,
                             const float *xp, const float *sc, int64_t ng, __m512 lut,
-                            __m512 *acc) {
+                            __m512 *accp) {
+    __m512 acc[RB];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = accp[r];
     for (int64_t g = 0; g < ng; g++) {
         __m512 ga[RB], gb[RB];
 #pragma GCC unroll 4
@@ -46,7 +49,7 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
             ga[r] = _mm512_setzero_ps(), gb[r] = ga[r];
             _mm_prefetch(lin ? (const char *)rows[0] + pf + (g * R + r) * (GS * BITS / 8)
                              : (const char *)rows[r] + g * GS * BITS / 8 + pf,
-                         _MM_HINT_T0);
+                         NMLX_PF_STREAM);
         }
         if (BITS == 4) {
 #pragma GCC unroll 4
@@ -77,18 +80,17 @@ AVX512_INLINE void rows_dot(int R, int BITS, int GS, const uint8_t *const *rows,
                 for (int r = 0; r < R; r++) {
                     __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
                         _mm_loadu_si128((const __m128i *)(rows[r] + 16 * c))));
-                    if (j & 1)
-                        gb[r] = _mm512_fmadd_ps(q, xv, gb[r]);
-                    else
-                        ga[r] = _mm512_fmadd_ps(q, xv, ga[r]);
+                    ga[r] = _mm512_fmadd_ps(q, xv, ga[r]); /* one chain: 4 rows interleave */
                 }
             }
         }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
-            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * ng + g]), _mm512_add_ps(ga[r], gb[r]),
-                                     acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r * ng + g]),
+                                     BITS == 4 ? _mm512_add_ps(ga[r], gb[r]) : ga[r], acc[r]);
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) accp[r] = acc[r];
 }
 
 typedef void (*rows_fn)(const uint8_t *const *, bool, int64_t, const float *, const float *, int64_t,
@@ -151,8 +153,8 @@ void nmlx_avx512f32_quant_matvec(const nmlx_weight *w, const float *x, float *y,
             /* scales/biases of the rows PF_ROWS ahead */
             for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                 size_t at = (size_t)((d + NMLX_QMATVEC_PF_ROWS) * G) * ses + (size_t)o;
-                _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
             }
             if (ng == G) { /* whole rows: the R rows' scales/biases are contiguous */
                 load_f32s(w->scales.dtype, w->scales.data, (size_t)(d * G), R * G, sc);

@@ -46,7 +46,7 @@ AVX2_INLINE void row_tok(int M, int BITS, int GS, bool FP4, const uint8_t *q, in
         acc[t] = accp[t], xs[t] = xsp[t];
     for (int64_t g = 0; g < ng; g++) {
         __m256 ga[TT];
-        _mm_prefetch((const char *)q + g * GS * BITS / 8 + pf, _MM_HINT_T0);
+        _mm_prefetch((const char *)q + g * GS * BITS / 8 + pf, NMLX_PF_STREAM);
 #pragma GCC unroll 5
         for (int t = 0; t < M; t++)
             ga[t] = _mm256_setzero_ps();
@@ -187,8 +187,8 @@ bool nmlx_avx2_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, 
                 const int R = d1 - d >= RB ? RB : 1;
                 for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                     size_t at = (size_t)((d + PF_ROWS) * G) * ses + (size_t)o;
-                    _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                    if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                    _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                    if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
                 }
                 for (int r = 0; r < R; r++) {
                     size_t gi = (size_t)((d + r) * G + c0 / gs);

@@ -9,9 +9,9 @@
  * Bit for bit: every token's row equals nmlx_avx512f32_quant_matvec on
  * that token (tests/test_quant_kernels.c, test_few_token_rows). Per token
  * and row, the lanes accumulate in the same order: the column chunks of
- * NMLX_QMV_CK, x in the same planar order (4 bits), per group two partial
- * sums ga (even 32-element halves / even 16-chunks) and gb, folded with
- * one FMA by the group scale into an accumulator that starts at the bias
+ * NMLX_QMV_CK, x in the same planar order (4 bits), per group a partial
+ * sum (8 bits) or two, ga (even elements) and gb (odd) added (4 bits),
+ * folded with one FMA by the group scale into an accumulator that starts at the bias
  * term dot_lanes(b, xsum); rows in blocks of 4 from d0 reduced with
  * hsum4x16, the last d1 - d0 mod 4 rows alone with _mm512_reduce_add_ps.
  * Only the loop nest differs: row, group, then token. */
@@ -49,7 +49,7 @@ AVX512_INLINE void row_tok(int M, int BITS, int GS, const uint8_t *q, int64_t pf
     for (int64_t g = 0; g < ng; g++) {
         __m512 wv[8]; /* GS / 16 <= 8; a constant size, not a VLA */
         const uint8_t *qg = q + g * (GS * BITS / 8);
-        _mm_prefetch((const char *)qg + pf, _MM_HINT_T0);
+        _mm_prefetch((const char *)qg + pf, NMLX_PF_STREAM);
         if (BITS == 4) {
 #pragma GCC unroll 4
             for (int j = 0; j < GS / 32; j++) {
@@ -81,14 +81,10 @@ AVX512_INLINE void row_tok(int M, int BITS, int GS, const uint8_t *q, int64_t pf
                 }
             } else {
 #pragma GCC unroll 8
-                for (int j = 0; j < GS / 16; j++) {
-                    if (j & 1)
-                        gb = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(xg + 16 * j), gb);
-                    else
-                        ga = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(xg + 16 * j), ga);
-                }
+                for (int j = 0; j < GS / 16; j++)
+                    ga = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(xg + 16 * j), ga);
             }
-            acc[t] = _mm512_fmadd_ps(sv, _mm512_add_ps(ga, gb), acc[t]);
+            acc[t] = _mm512_fmadd_ps(sv, BITS == 4 ? _mm512_add_ps(ga, gb) : ga, acc[t]);
         }
     }
 #pragma GCC unroll 8
@@ -172,8 +168,8 @@ bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float
                 const int R = d1 - d >= RB ? RB : 1;
                 for (int64_t o = 0; o < R * G * (int64_t)ses; o += 64) {
                     size_t at = (size_t)((d + NMLX_QMATVEC_PF_ROWS) * G) * ses + (size_t)o;
-                    _mm_prefetch((const char *)w->scales.data + at, _MM_HINT_T0);
-                    if (affine) _mm_prefetch((const char *)w->biases.data + at, _MM_HINT_T0);
+                    _mm_prefetch((const char *)w->scales.data + at, NMLX_PF_STREAM);
+                    if (affine) _mm_prefetch((const char *)w->biases.data + at, NMLX_PF_STREAM);
                 }
                 for (int r = 0; r < R; r++) {
                     size_t gi = (size_t)((d + r) * G + c0 / gs);
