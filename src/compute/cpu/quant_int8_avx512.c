@@ -52,11 +52,14 @@ bool nmlx_avx512vnni_quant_ok(const nmlx_weight *w) {
            (w->group_size == 32 || w->group_size == 64 || w->group_size == 128);
 }
 
-/* ------------------------------------------------------------ x -> int8 */
+/* ------------------------------------------------------------ x -> int8 / int16 */
 
-/* Row x[0..n) (n % xb == 0) -> q[0..n) int8, per block: dx (the step) and
- * xs = dx * sum(q) (the block's sum as the kernel sees it). */
-void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs) {
+/* Row x[0..n) (n % xb == 0) -> q[0..n) integers in [-qmax, qmax] (WIDE
+ * bytes each), per block: dx = max|x_blk| / qmax (the step) and xs = dx *
+ * sum(q) (the block's sum as the kernel sees it). */
+static inline __attribute__((always_inline)) void quantize_row(const float *x, int64_t n, int xb,
+                                                               float qmax, int WIDE, void *q,
+                                                               float *dx, float *xs) {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < n / xb; b++) {
         const float *xv = x + b * xb;
@@ -64,39 +67,29 @@ void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float
         for (int j = 0; j < xb; j += 16)
             mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_loadu_ps(xv + j), absmask));
         const float amax = _mm512_reduce_max_ps(mx);
-        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const float id = amax > 0.0f ? qmax / amax : 0.0f;
         const __m512 idv = _mm512_set1_ps(id);
         __m512i sum = _mm512_setzero_si512();
         for (int j = 0; j < xb; j += 16) {
             __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xv + j), idv));
             sum = _mm512_add_epi32(sum, v);
-            _mm_storeu_si128((__m128i *)(q + b * xb + j), _mm512_cvtsepi32_epi8(v));
+            if (WIDE == 1)
+                _mm_storeu_si128((__m128i *)((int8_t *)q + b * xb + j), _mm512_cvtsepi32_epi8(v));
+            else
+                _mm256_storeu_si256((__m256i *)((int16_t *)q + b * xb + j),
+                                    _mm512_cvtsepi32_epi16(v));
         }
-        dx[b] = amax / 127.0f;
+        dx[b] = amax / qmax;
         xs[b] = dx[b] * (float)_mm512_reduce_add_epi32(sum);
     }
 }
 
-/* The same with int16 codes: dx = max|x_blk| / 32767. */
+void nmlx_qint8_quantize_row(const float *x, int64_t n, int xb, int8_t *q, float *dx, float *xs) {
+    quantize_row(x, n, xb, 127.0f, 1, q, dx, xs);
+}
+
 void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx, float *xs) {
-    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    for (int64_t b = 0; b < n / xb; b++) {
-        const float *xv = x + b * xb;
-        __m512 mx = _mm512_setzero_ps();
-        for (int j = 0; j < xb; j += 16)
-            mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_loadu_ps(xv + j), absmask));
-        const float amax = _mm512_reduce_max_ps(mx);
-        const float id = amax > 0.0f ? 32767.0f / amax : 0.0f;
-        const __m512 idv = _mm512_set1_ps(id);
-        __m512i sum = _mm512_setzero_si512();
-        for (int j = 0; j < xb; j += 16) {
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xv + j), idv));
-            sum = _mm512_add_epi32(sum, v);
-            _mm256_storeu_si256((__m256i *)(q + b * xb + j), _mm512_cvtsepi32_epi16(v));
-        }
-        dx[b] = amax / 32767.0f;
-        xs[b] = dx[b] * (float)_mm512_reduce_add_epi32(sum);
-    }
+    quantize_row(x, n, xb, 32767.0f, 2, q, dx, xs);
 }
 
 /* ------------------------------------------------------------ tiles */
