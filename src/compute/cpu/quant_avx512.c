@@ -308,11 +308,8 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
                                    int64_t d0, int64_t d1) {
     const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
     if (T >= FEW_TOKENS) {
-        /* int8 activations (opt-in, NMLX_QUANT_INT8=prefill): never for the LM head */
-        if (!w->f32_input && nmlx_qint8_get_mode().prefill && nmlx_avx512vnni_quant_ok(w) &&
-            nmlx_avx512vnni_quant_matmat(w, x, y, T, d0, d1))
-            return;
-        /* bf16 prefill: never for a flagged weight (the LM head); by default
+        /* (the integer-activation prefills are chosen before this, by the
+         * backend's precision: cpu_ops.c) bf16 prefill: never for a flagged weight (the LM head); by default
          * only where it rounds x alone, MXFP4 (an fp4 value times a power of
          * two is exact in bf16): affine weights rounded too, or x rounded
          * alone in the f32 kernel, both flip fixture argmaxes (docs). */
