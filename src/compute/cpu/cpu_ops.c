@@ -7,7 +7,6 @@
 #include "compute/quant.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -30,7 +29,7 @@ typedef struct {
     const float *x;
     float *y;
     int64_t T;
-    int prec; /* the backend's cpu_precision for quantized prefill */
+    int prec; /* the backend's cpu_precision for prefill matmuls */
 } matmul_job;
 
 /* One token's mat-vec over rows [d0, d1): the decode kernel. */
@@ -63,7 +62,7 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
  * sets), int8 or f32 x where asked; dense bf16 weights on bf16 x where
  * picked (avx512bf16 set); never for the LM head (f32_input). false: not
  * taken, the set's matmul runs. */
-static bool quant_prefill(const matmul_job *j, int64_t d0, int64_t d1) {
+static bool prefill_by_precision(const matmul_job *j, int64_t d0, int64_t d1) {
 #if NMLX_CPU_HAVE_AVX2
     const nmlx_weight *w = j->w;
     if (w->f32_input) return false;
@@ -116,7 +115,7 @@ static void matmul_task(void *ctx, int ith, int nth) {
             few_tokens(j, j->x + t0 * N, j->y + t0 * D, n, d0, d1);
             t0 += n;
         }
-    } else if (!quant_prefill(j, d0, d1)) {
+    } else if (!prefill_by_precision(j, d0, d1)) {
         j->k->matmul_rows(w, j->x, j->y, j->T, d0, d1);
     }
     if (j->bias) {
@@ -129,14 +128,15 @@ static void matmul_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* Dense F32/F16/BF16 weights, or quantized (affine/MXFP4 with U32 packed
- * codes) as validated by the model layer; anything else leaves y untouched
- * (a void op cannot report it). */
 static bool matmul_dtype_ok(const nmlx_weight *w) {
     nmlx_dtype dt = w->w.dtype;
     if (w->mode != NMLX_QUANT_NONE) return dt == NMLX_DT_U32;
     return dt == NMLX_DT_F32 || dt == NMLX_DT_F16 || dt == NMLX_DT_BF16;
 }
+
+/* Dense F32/F16/BF16 weights, or quantized (affine/MXFP4 with U32 packed
+ * codes) as validated by the model layer; anything else leaves y untouched
+ * (a void op cannot report it). */
 
 void nmlx_cpu_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
