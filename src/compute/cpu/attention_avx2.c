@@ -122,25 +122,12 @@ AVX2_INLINE void widen_keys_t(int kind, const void *K, int64_t j0, int64_t kc, i
                               int64_t KC, float *kt) {
     for (int64_t i0 = 0; i0 < kc; i0 += 8)
         for (int64_t d = 0; d < HD; d += 8) {
-            __m256 r[8], t[8];
+            __m256 r[8];
             for (int i = 0; i < 8; i++)
                 r[i] = i0 + i < kc ? load8_kv(kind, K, j0 + i0 + i, HD, d) : _mm256_setzero_ps();
-            for (int i = 0; i < 8; i += 2) {
-                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-            }
-            for (int i = 0; i < 8; i += 4) {
-                r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-                r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-                r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-                r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-            }
-            for (int i = 0; i < 4; i++) {
-                _mm256_storeu_ps(kt + (d + i) * KC + i0,
-                                 _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-                _mm256_storeu_ps(kt + (d + i + 4) * KC + i0,
-                                 _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-            }
+            transpose8_ps(r);
+            for (int i = 0; i < 8; i++)
+                _mm256_storeu_ps(kt + (d + i) * KC + i0, r[i]);
         }
 }
 
@@ -236,11 +223,6 @@ static const scores_fn sc_fns[4][2] = {
 static const mix_fn mx_fns[4][2] = {
     {mx_1_1, mx_1_2}, {mx_2_1, mx_2_2}, {mx_3_1, mx_3_2}, {mx_4_1, mx_4_2}};
 
-static inline __m256i first_lanes(int64_t k) { /* lanes < k set, 1 <= k <= 8 */
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), idx);
-}
-
 static bool many_ok(int64_t g, int64_t HD) {
     return g >= BLK_MIN_ROWS && HD % 8 == 0 && HD <= BLK_HD_MAX;
 }
@@ -255,7 +237,7 @@ AVX2_INLINE void scores_many(int kind, const float *q, int64_t g, const void *K,
         for (int64_t jv = 0; jv < kc; jv += 16) {
             const int64_t left = kc - jv < 16 ? kc - jv : 16;
             const int nv = (int)((left + 7) / 8);
-            const __m256i m = first_lanes(left - 8 * (nv - 1));
+            const __m256i m = tail_mask(left - 8 * (nv - 1));
             for (int64_t r = 0; r < g; r += 4) {
                 const int rr = (int)(g - r < 4 ? g - r : 4);
                 sc_fns[rr - 1][nv - 1](q + r * HD, HD, kt + jv, KC, scale, sc + r * n + j0 + jv, n,

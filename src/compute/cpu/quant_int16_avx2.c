@@ -15,6 +15,7 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/quant_codes.h"
 #include "compute/cpu/quant_kernels.h"
+#include "compute/cpu/simd_avx2.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -40,10 +41,7 @@ void nmlx_avx2_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q
         __m256 mx = _mm256_setzero_ps();
         for (int j = 0; j < xb; j += 8)
             mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(xv + j), absmask));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float amax = _mm_cvtss_f32(m4);
+        const float amax = hmax8(mx);
         const float id = amax > 0.0f ? 32767.0f / amax : 0.0f;
         const __m256 idv = _mm256_set1_ps(id);
         __m256i sum = _mm256_setzero_si256();
@@ -65,25 +63,12 @@ void nmlx_avx2_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q
 
 /* out rows (8 of them, stride os) = the 8 x 8 transpose of in rows (stride is) */
 static inline void transpose8(const int32_t *in, int64_t is, int32_t *out, int64_t os) {
-    __m256 r[8], t[8];
+    __m256 r[8];
     for (int i = 0; i < 8; i++)
         r[i] = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)(in + i * is)));
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        _mm256_storeu_si256((__m256i *)(out + i * os),
-                            _mm256_castps_si256(_mm256_permute2f128_ps(r[i], r[i + 4], 0x20)));
-        _mm256_storeu_si256((__m256i *)(out + (i + 4) * os),
-                            _mm256_castps_si256(_mm256_permute2f128_ps(r[i], r[i + 4], 0x31)));
-    }
+    transpose8_ps(r);
+    for (int i = 0; i < 8; i++)
+        _mm256_storeu_si256((__m256i *)(out + i * os), _mm256_castps_si256(r[i]));
 }
 
 /* panel[kp][r] = int16 code pairs of row r0 + r from column k0 (0 past nr);
