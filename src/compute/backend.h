@@ -77,6 +77,10 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): frees the backend's own state before
      * nmlx_backend_free frees the rest. */
     void (*release)(nmlx_backend *be);
+    /* Optional: brackets one decode step (begin = true before the family's
+     * forward of one token, false after it, also on failure). CUDA records
+     * the step's kernels as a graph and replays it: one launch a token. */
+    void (*decode_step)(nmlx_backend *be, bool begin);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */

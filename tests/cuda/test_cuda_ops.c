@@ -59,12 +59,12 @@ static void check_ok(const char *what) {
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
 }
 
-enum { N_OPS = 16 };
+enum { N_OPS = 18 };
 static double worst[N_OPS];
 static const char *op_names[N_OPS] = {"matmul", "embed", "rmsnorm", "rope", "attention",
                                       "act_mul", "act", "add", "scale", "softmax", "copy",
                                       "matmul_view", "qmatvec", "qmatmul", "qmatmul_view",
-                                      "qembed"};
+                                      "qembed", "qmatvec_i16", "matmul_multi"};
 static void note(int op, double e) {
     if (e > worst[op] || e != e) worst[op] = e;
 }
@@ -235,14 +235,27 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("qmatmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T == 1: f32 like the reference; T > 1: q exact in bf16, x as bf16 hi +
-     * lo (~2^-16), f32 accumulation on the tensor cores */
-    double tol = T == 1 ? 1e-5 : 1e-4;
+    /* T == 1: f32 like the reference, or (affine 4/8-bit, the default) x
+     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T > 1:
+     * q exact in bf16, x as bf16 hi + lo (~2^-16), f32 accumulation on the
+     * tensor cores */
+    const bool q16 = T == 1 && mode == NMLX_QUANT_AFFINE && (bits == 4 || bits == 8);
+    double tol = q16 ? 5e-5 : T == 1 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
            bias, e, tol);
-    note(T == 1 ? 12 : 13, e);
+    note(T == 1 ? (q16 ? 16 : 12) : 13, e);
+    if (q16) { /* the f32 mat-vec too (NMLX_CUDA_QGEMV=f32, precision "f32") */
+        nmlx_cuda_set_qgemv16(0);
+        gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
+        nmlx_cuda_set_qgemv16(1);
+        check_ok("qmatmul f32");
+        double e32 = rel_err(dy, yref, (size_t)D);
+        EXPECT(e32 <= 1e-5, "qmatmul f32 x %d-bit g%d %s D=%lld N=%lld: rel err %.2e", bits, gs,
+               nmlx_dtype_name(sdt), (long long)D, (long long)N, e32);
+        note(12, e32);
+    }
 
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
      * for 3/5-bit codes, so the kernels' scalar load paths run */
@@ -266,6 +279,42 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     gpu->ops->free(gpu, dx);
     gpu->ops->free(gpu, dy);
     free(x), free(bv), free(yref);
+}
+
+/* matmul_multi: q/k/v-like weights of one format in one int16 mat-vec
+ * launch (and a mixed set, which falls back to one matmul each) */
+static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed) {
+    const int64_t Ds[3] = {517, 64, 129};
+    nmlx_weight w[3], g[3];
+    float *ref[3], *dy[3];
+    float *x = rand_floats((size_t)N, -2, 2);
+    nmlx_tensor b = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {Ds[1]}, .name = "b"};
+    b.data = keep(rand_floats((size_t)Ds[1], -1, 1));
+    const nmlx_tensor *pb = NULL, *bs[3] = {NULL, NULL, NULL};
+    EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
+    for (int i = 0; i < 3; i++) {
+        const int bi = mixed && i == 2 ? 3 : bits;
+        w[i] = make_qweight(NMLX_QUANT_AFFINE, bi, gs, sdt, Ds[i], N);
+        g[i] = prepare_q(&w[i]);
+        ref[i] = malloc((size_t)Ds[i] * sizeof(float));
+        cpu->ops->matmul(cpu, &w[i], i == 1 ? &b : NULL, x, ref[i], 1);
+        dy[i] = gpu->ops->alloc(gpu, (size_t)Ds[i] * sizeof(float));
+    }
+    bs[1] = pb;
+    const nmlx_weight *ws[3] = {&g[0], &g[1], &g[2]};
+    float *dx = dev_of(x, (size_t)N);
+    gpu->ops->matmul_multi(gpu, 3, ws, bs, dx, dy, 1);
+    check_ok("matmul_multi");
+    for (int i = 0; i < 3; i++) {
+        double e = rel_err(dy[i], ref[i], (size_t)Ds[i]);
+        EXPECT(e <= 5e-5, "matmul_multi %d-bit g%d %s N=%lld mixed=%d weight %d: rel err %.2e",
+               bits, gs, nmlx_dtype_name(sdt), (long long)N, mixed, i, e);
+        note(17, e);
+        gpu->ops->free(gpu, dy[i]);
+        free(ref[i]);
+    }
+    gpu->ops->free(gpu, dx);
+    free(x);
 }
 
 static void test_qembed(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D) {
@@ -310,6 +359,17 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 1, 777, 3072, true);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 64, 256, 3072, false);
+    /* the int16 mat-vec at real widths (x staged whole in shared memory:
+     * 14336 needs the opt-in above 48 KB), R = 4 rows a warp from 16384 */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 4096, 14336, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 1, 16389, 1024, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32, 1, 20000, 4096, false);
+    for (int gi = 0; gi < 3; gi++) {
+        const int gs = 32 << gi;
+        test_qmulti(4, gs, gi == 0 ? NMLX_DT_F32 : gi == 1 ? NMLX_DT_F16 : NMLX_DT_BF16, gs * 9,
+                    false);
+        test_qmulti(8, gs, NMLX_DT_BF16, gs * 5, gi == 2);
+    }
     test_qembed(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 192);
     test_qembed(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 96);
     test_qembed(NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F32, 256);
@@ -361,7 +421,8 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
     float *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1), *v = rand_floats(nk, -1, 1);
     float *sk = rand_floats((size_t)H, -1, 2);
-    float *ref = malloc(nq * sizeof(float)), *scratch = malloc((size_t)(cpu->n_threads * n_kv) * 4);
+    float *ref = malloc(nq * sizeof(float)), *scratch =
+        malloc((size_t)(cpu->n_threads * (H / KVH) * n_kv) * 4); /* backend.h's contract */
     nmlx_attn_args a = {.q = q, .k = k, .v = v, .out = ref, .T = T, .H = H, .KVH = KVH, .HD = HD,
                         .cap = cap, .q_pos = q_pos, .n_kv = n_kv, .scale = 1.0f / sqrtf((float)HD),
                         .window = window, .softcap = softcap, .sinks = sinks ? sk : NULL,
@@ -460,6 +521,14 @@ int main(void) {
     test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
     test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
     test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    /* split decode attention (T x H / KVH <= 16 rows a KV head): chunks of
+     * 64 keys, a partial last chunk, windows starting mid-chunk, one key */
+    test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);  /* 8B-like GQA, 11 chunks */
+    test_attention(1, 16, 8, 64, 200, 0, 0, 0, false);      /* first token: one key */
+    test_attention(3, 8, 2, 64, 400, 333, 100, 0, true);    /* 12 rows, window, sinks */
+    test_attention(1, 8, 4, 256, 600, 517, 0, 50.0f, false); /* HD 256, softcap */
+    test_attention(2, 14, 2, 80, 300, 130, 0, 0, true);     /* 14 rows, HD 80 */
+    test_attention(1, 4, 4, 128, 130, 128, 64, 0, false);   /* MHA, window of 64 */
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(300007);

@@ -147,6 +147,7 @@ static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
     } else {
         size_t need = (size_t)(T * N) * 2;
         if (need > c->act16_bytes) {
+            cuda_host_of(be); /* ends a graph capture: no sync inside one */
             cudaStreamSynchronize(c->stream);
             if (c->act16) cudaFree(c->act16);
             c->act16 = NULL;
