@@ -432,13 +432,19 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
-    gpu->ops->attention(gpu, &g);
-    check_ok("attention");
-    double e = rel_err(dout, ref, nq);
-    EXPECT(e <= 1e-5, "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d: %.2e",
-           (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
-           (long long)window, softcap, sinks, e);
-    note(4, e);
+    for (int split = 0; split < 2; split++) { /* both decode kernels */
+        nmlx_cuda_set_attn_split(split);
+        gpu->ops->attention(gpu, &g);
+        check_ok("attention");
+        double e = rel_err(dout, ref, nq);
+        EXPECT(e <= 1e-5,
+               "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d "
+               "split=%d: %.2e",
+               (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
+               (long long)window, softcap, sinks, split, e);
+        note(4, e);
+    }
+    nmlx_cuda_set_attn_split(0);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
     gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);

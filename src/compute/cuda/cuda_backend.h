@@ -24,6 +24,11 @@ void nmlx_cuda_set_qmm_split(int split);
  * sets 0 at start. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qgemv16(int on);
 
+/* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
+ * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
+ * 1 at start. Process-wide; for benchmarks and tests. */
+void nmlx_cuda_set_attn_split(int on);
+
 /* Precision "f32" of a model on this backend: quantized mat-vecs keep f32
  * x (nmlx_backend_set_precision calls it). */
 void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);

@@ -15,7 +15,8 @@
  * bf16 rounding the dense path's prefill uses, near f32 accumulation order
  * (tests/cuda/test_cuda_ops.c bounds it).
  *
- * Every block first writes x to shared memory as int16 (4-bit: each 8
+ * A block takes Q16_WARPS * R rows (a tile). It first writes x to shared
+ * memory as int16 (4-bit: each 8
  * inputs reordered x0 x2 x4 x6 x1 x3 x5 x7, so the low and high nibbles of
  * a code word meet their x pairs without shuffles), one f32 step and one
  * f32 sum per 16 inputs. Then each warp takes R rows; lane l reads 16-byte
@@ -104,50 +105,31 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
     return m;
 }
 
-/* Codes of U pieces (lane's k0, k0 + 32, ...) of R rows, and their scales
- * and biases: all loads of a batch are issued before any math. */
-template <int BITS, int SC, int R, int U> struct batch {
-    uint4 c[U][R];
-    float s[U][R], b[U][R];
-    __device__ __forceinline__ void load(const q16_weight &m, int64_t d0, int64_t rowb, int64_t G,
-                                         int gshift, int64_t k0, int64_t NP) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t k = k0 + 32 * u;
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const int64_t d = d0 + r < m.D ? d0 + r : m.D - 1;
-                if (k < NP) {
-                    c[u][r] = __ldg(m.w + d * rowb + k);
-                    s[u][r] = sc_get<SC>(m.scales, d * G + (k >> gshift));
-                    b[u][r] = sc_get<SC>(m.biases, d * G + (k >> gshift));
-                }
-            }
-        }
-    }
-};
-
 template <int BITS, int SC, int R>
 __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
     typedef piece<BITS> P;
-    constexpr int U = BITS == 4 ? 4 : 4; /* pieces a lane has in flight per row */
     extern __shared__ __align__(16) unsigned char smem[];
     const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
     unsigned char *xq = smem;               /* N int16, swizzled pieces */
     float *xstep = (float *)(smem + N * 2); /* NB steps */
     float *xsum = xstep + NB;               /* NB sums */
+    const q16_weight m = weight_of(a, blockIdx.x);
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
-    const int64_t G = NP >> a.gshift;    /* groups a row */
+    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * R;
 
-    /* the first tile's first codes in flight before x is staged */
-    batch<BITS, SC, R, U> cb;
-    unsigned tile = blockIdx.x;
-    if (tile < a.tiles) {
-        const q16_weight m = weight_of(a, tile);
-        const int64_t d0 = ((int64_t)(tile - m.blk0) * Q16_WARPS + warp) * R;
-        if (d0 < m.D) cb.load(m, d0, rowb, G, a.gshift, lane, NP);
+    /* first codes in flight before x is staged */
+    const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
+    const uint4 *rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int64_t d = d0 + r < m.D ? d0 + r : m.D - 1;
+        rows[r] = m.w + d * rowb;
     }
+    uint4 c0[R];
+    if (lane < NP)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            c0[r] = __ldg(rows[r] + lane);
 
     /* stage x: a thread takes 16 inputs at a time */
     for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
@@ -193,89 +175,80 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
         xsum[b] = sum;
     }
     __syncthreads();
+    if (d0 >= m.D) return;
 
-    /* tiles of Q16_WARPS * R rows, strided over the grid (x staged once a block) */
-    for (bool first = true; tile < a.tiles; tile += gridDim.x, first = false) {
-        const q16_weight m = weight_of(a, tile);
-        const int64_t d0 = ((int64_t)(tile - m.blk0) * Q16_WARPS + warp) * R;
-        if (d0 >= m.D) continue;
-        float acc[R];
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    const int64_t G = NP >> a.gshift; /* groups a row */
+#pragma unroll 2
+    for (int64_t k = lane; k < NP; k += 32) {
+        uint4 c[R];
 #pragma unroll
         for (int r = 0; r < R; r++)
-            acc[r] = 0.0f;
-        for (int64_t k0 = lane; k0 < NP; k0 += 32 * U) {
-            if (!(first && k0 == lane)) cb.load(m, d0, rowb, G, a.gshift, k0, NP);
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t k = k0 + 32 * u;
-                if (k >= NP) break;
-                int xp[P::SEG * 4];
-#pragma unroll
-                for (int j = 0; j < P::SEG; j++) {
-                    const uint4 v = *(const uint4 *)(xq + k * P::XB + (j ^ P::key(k)) * 16);
-                    xp[4 * j] = (int)v.x, xp[4 * j + 1] = (int)v.y, xp[4 * j + 2] = (int)v.z,
-                             xp[4 * j + 3] = (int)v.w;
-                }
-                if constexpr (BITS == 4) { /* 32 inputs: x blocks 2k, 2k + 1 */
-                    const float2 st = *(const float2 *)(xstep + 2 * k);
-                    const float2 sm = *(const float2 *)(xsum + 2 * k);
-                    const float xs = sm.x + sm.y;
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        const uint4 c = cb.c[u][r];
-                        int i0 = word_dot<4>(c.x, xp, 0);
-                        i0 = word_dot<4>(c.y, xp + 4, i0);
-                        int i1 = word_dot<4>(c.z, xp + 8, 0);
-                        i1 = word_dot<4>(c.w, xp + 12, i1);
-                        const float dot = fmaf(st.x, (float)i0, st.y * (float)i1);
-                        acc[r] = fmaf(cb.s[u][r], dot, fmaf(cb.b[u][r], xs, acc[r]));
-                    }
-                } else { /* 16 inputs: x block k */
-                    const float st = xstep[k], xs = xsum[k];
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        const uint4 c = cb.c[u][r];
-                        int i0 = word_dot<8>(c.x, xp, 0);
-                        i0 = word_dot<8>(c.y, xp + 2, i0);
-                        i0 = word_dot<8>(c.z, xp + 4, i0);
-                        i0 = word_dot<8>(c.w, xp + 6, i0);
-                        acc[r] = fmaf(cb.s[u][r], st * (float)i0, fmaf(cb.b[u][r], xs, acc[r]));
-                    }
-                }
-            }
-        }
+            c[r] = k == lane ? c0[r] : __ldg(rows[r] + k);
+        const int64_t g = k >> a.gshift;
+        float s[R], bb[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            float v = acc[r];
-            for (int o = 16; o > 0; o >>= 1)
-                v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0 && d0 + r < m.D)
-                m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
+            const int64_t d = d0 + r < m.D ? d0 + r : m.D - 1;
+            s[r] = sc_get<SC>(m.scales, d * G + g);
+            bb[r] = sc_get<SC>(m.biases, d * G + g);
         }
+        int xp[P::SEG * 4];
+#pragma unroll
+        for (int j = 0; j < P::SEG; j++) {
+            const uint4 u = *(const uint4 *)(xq + k * P::XB + (j ^ P::key(k)) * 16);
+            xp[4 * j] = (int)u.x, xp[4 * j + 1] = (int)u.y, xp[4 * j + 2] = (int)u.z,
+                     xp[4 * j + 3] = (int)u.w;
+        }
+        if constexpr (BITS == 4) { /* 32 inputs: x blocks 2k, 2k + 1 */
+            const float2 st = *(const float2 *)(xstep + 2 * k);
+            const float2 sm = *(const float2 *)(xsum + 2 * k);
+            const float xs = sm.x + sm.y;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int i0 = word_dot<4>(c[r].x, xp, 0);
+                i0 = word_dot<4>(c[r].y, xp + 4, i0);
+                int i1 = word_dot<4>(c[r].z, xp + 8, 0);
+                i1 = word_dot<4>(c[r].w, xp + 12, i1);
+                const float dot = fmaf(st.x, (float)i0, st.y * (float)i1);
+                acc[r] = fmaf(s[r], dot, fmaf(bb[r], xs, acc[r]));
+            }
+        } else { /* 16 inputs: x block k */
+            const float st = xstep[k], xs = xsum[k];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int i0 = word_dot<8>(c[r].x, xp, 0);
+                i0 = word_dot<8>(c[r].y, xp + 2, i0);
+                i0 = word_dot<8>(c[r].z, xp + 4, i0);
+                i0 = word_dot<8>(c[r].w, xp + 6, i0);
+                acc[r] = fmaf(s[r], st * (float)i0, fmaf(bb[r], xs, acc[r]));
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = acc[r];
+        for (int o = 16; o > 0; o >>= 1)
+            v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && d0 + r < m.D)
+            m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
     }
 }
 
 template <int BITS, int SC, int R> void launch_r(cudaStream_t st, const q16_args &a) {
     const size_t sm = (size_t)a.N * 2 + (size_t)(a.N / 16) * 8;
-    /* per instantiation: the shared-memory opt-in and the blocks an SM holds
-     * (at the largest size seen so far) */
-    static size_t sm_set = 0;
-    static int per_sm = 0, n_sm = 0;
-    if (sm > sm_set) {
-        if (sm > 48 * 1024)
+    if (sm > 48 * 1024) {
+        static size_t set = 0; /* per instantiation: raise the opt-in once */
+        if (sm > set) {
             cudaFuncSetAttribute(qgemv16_kernel<BITS, SC, R>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
-        int dev = 0, nb = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, qgemv16_kernel<BITS, SC, R>,
-                                                      Q16_THREADS, sm);
-        per_sm = nb > 0 ? nb : 1;
-        sm_set = sm;
+            set = sm;
+        }
     }
-    const unsigned cap = (unsigned)(n_sm > 0 ? n_sm : 132) * (unsigned)per_sm;
-    const unsigned grid = a.tiles < cap ? a.tiles : cap;
-    qgemv16_kernel<BITS, SC, R><<<grid, Q16_THREADS, sm, st>>>(a);
+    qgemv16_kernel<BITS, SC, R><<<a.tiles, Q16_THREADS, sm, st>>>(a);
 }
 
 template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R) {
@@ -333,7 +306,10 @@ bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
         a.m[i].D = ws[i]->rows;
         rows += ws[i]->rows;
     }
-    const int R = rows >= 16384 ? 4 : 2;
+    /* measured on an H200 (bench/cuda/README.md): 4 rows a warp pay off for
+     * 4-bit from 16384 rows; an 8-bit LM head runs faster on the f32 kernel */
+    if (w0->bits == 8 && n == 1 && rows >= 16384) return false;
+    const int R = w0->bits == 4 && rows >= 16384 ? 4 : 2;
     cudaStream_t st = cuda_of(be)->stream;
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
