@@ -205,6 +205,7 @@ static const nmlx_backend_ops cuda_ops = {
     .prepare_tensor = cuda_prepare_tensor,
     .release = cuda_release,
     .matmul = nmlx_cuda_matmul,
+    .matmul_multi = NULL, /* one matmul call per weight */
     .embed = nmlx_cuda_embed,
     .rmsnorm = nmlx_cuda_rmsnorm,
     .rope = nmlx_cuda_rope,
