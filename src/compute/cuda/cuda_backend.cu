@@ -6,6 +6,7 @@
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
@@ -210,6 +211,8 @@ static const nmlx_backend_ops cuda_ops = {
     .rmsnorm = nmlx_cuda_rmsnorm,
     .rope = nmlx_cuda_rope,
     .attention = nmlx_cuda_attention,
+    .rope_rows = nmlx_cuda_rope_rows,
+    .attention_rows = nmlx_cuda_attention_rows,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = NULL, /* MoE: CPU only */
     .act = nmlx_cuda_act,
@@ -246,6 +249,10 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     be->impl = c;
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;
+    {
+        const char *rows = getenv("NMLX_CUDA_ROWS");
+        c->rows_off = rows && !strcmp(rows, "0");
+    }
     e = cudaSetDevice(device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     CHECK(e == cudaSuccess, NMLX_ERR_UNSUPPORTED, "device 'cuda:%d': %s", device,
