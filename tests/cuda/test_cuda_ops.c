@@ -5,7 +5,9 @@
  * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
  * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T = 1
  * mat-vec and T > 1 tensor-core tiles, rows and tokens off the tile sizes,
- * unaligned row views) and quantized embed. Prints the worst relative
+ * unaligned row views) and quantized embed; batched decode: matmul rows
+ * (T <= 8) equal to each row alone and rope_rows / attention_rows equal to
+ * the per-row calls, bit for bit. Prints the worst relative
  * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -104,11 +106,27 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("matmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T > 1 with 16-bit weights rounds x to the weight's type (cuBLAS) */
-    double tol = T == 1 || dt == NMLX_DT_F32 ? 1e-5 : dt == NMLX_DT_BF16 ? 2e-2 : 3e-3;
+    /* T > GEMV_MAX_T (8) with 16-bit weights rounds x to the weight's type
+     * (cuBLAS); up to 8 rows run the f32 mat-vec */
+    double tol = T <= 8 || dt == NMLX_DT_F32 ? 1e-5 : dt == NMLX_DT_BF16 ? 2e-2 : 3e-3;
     EXPECT(e <= tol, "matmul %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, bias, e, tol);
     note(0, e);
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone, bit for bit */
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "matmul %s T=%lld D=%lld N=%lld: %d rows differ from the row alone",
+               nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, differ);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
+    }
 
     /* a row view inside the prepared tensor shares its copy (fused qkv) */
     if (D > 4) {
@@ -383,6 +401,93 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
 }
 
+/* Batched decode ops: R rows, each its own position / cache, against the
+ * per-row rope / attention calls on the GPU (bit for bit) and the CPU. */
+static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks) {
+    int64_t qrow = H * HD, krow = KVH * HD, rot = HD;
+    size_t nq = (size_t)(R * qrow);
+    float *q = rand_floats(nq, -1, 1), *sk = rand_floats((size_t)H, -1, 2);
+    float *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    float *dq = dev_of(q, nq), *dq1 = dev_of(q, nq), *dfr = dev_of(fr, (size_t)(rot / 2));
+    float *ds = dev_of(sk, (size_t)H);
+    int64_t *pos = malloc((size_t)R * sizeof(int64_t));
+    nmlx_attn_row *rows = malloc((size_t)R * sizeof *rows);
+    float **hk = malloc((size_t)R * sizeof *hk), **hv = malloc((size_t)R * sizeof *hv);
+    for (int64_t r = 0; r < R; r++) {
+        int64_t cap = 1 + (int64_t)(test_rand_u64() % 300),
+                n_kv = 1 + (int64_t)(test_rand_u64() % (uint64_t)cap);
+        pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
+        hk[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        hv[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        rows[r] = (nmlx_attn_row){.k = dev_of(hk[r], (size_t)(krow * cap)),
+                                  .v = dev_of(hv[r], (size_t)(krow * cap)),
+                                  .cap = cap,
+                                  .q_pos = n_kv - 1,
+                                  .n_kv = n_kv,
+                                  .window = window};
+    }
+    /* rope */
+    gpu->ops->rope_rows(gpu, dq, R, H, HD, rot, pos, dfr, 1.0f);
+    for (int64_t r = 0; r < R; r++)
+        gpu->ops->rope(gpu, dq1 + r * qrow, 1, H, HD, rot, pos[r], dfr, 1.0f);
+    check_ok("rope_rows");
+    float *a = malloc(nq * sizeof(float)), *b = malloc(nq * sizeof(float));
+    gpu->ops->download(gpu, a, dq, nq * sizeof(float));
+    gpu->ops->download(gpu, b, dq1, nq * sizeof(float));
+    EXPECT(!memcmp(a, b, nq * sizeof(float)), "rope_rows R=%lld differs from per-row rope",
+           (long long)R);
+    float *ref = malloc(nq * sizeof(float));
+    memcpy(ref, q, nq * sizeof(float));
+    for (int64_t r = 0; r < R; r++)
+        cpu->ops->rope(cpu, ref + r * qrow, 1, H, HD, rot, pos[r], fr, 1.0f);
+    double e = rel_err(dq, ref, nq);
+    EXPECT(e <= 1e-6, "rope_rows R=%lld vs cpu: %.2e", (long long)R, e);
+    note(3, e);
+    /* attention, on the roped queries */
+    float *dout = gpu->ops->alloc(gpu, nq * sizeof(float)),
+          *dout1 = gpu->ops->alloc(gpu, nq * sizeof(float));
+    nmlx_attn_args g = {.q = dq,
+                        .out = dout,
+                        .T = 1,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .scale = 1.0f / sqrtf((float)HD),
+                        .sinks = sinks ? ds : NULL};
+    gpu->ops->attention_rows(gpu, &g, rows, R);
+    float *scratch = malloc((size_t)(cpu->n_threads * 300) * 4 * (size_t)(H / KVH));
+    for (int64_t r = 0; r < R; r++) {
+        nmlx_attn_args o = g;
+        o.q = dq + r * qrow, o.out = dout1 + r * qrow, o.k = rows[r].k, o.v = rows[r].v;
+        o.cap = rows[r].cap, o.q_pos = rows[r].q_pos, o.n_kv = rows[r].n_kv, o.window = window;
+        gpu->ops->attention(gpu, &o);
+        nmlx_attn_args c = o;
+        c.q = a + r * qrow, c.out = ref + r * qrow, c.k = hk[r], c.v = hv[r],
+        c.sinks = sinks ? sk : NULL;
+        c.scratch = scratch;
+        cpu->ops->attention(cpu, &c);
+    }
+    check_ok("attention_rows");
+    gpu->ops->download(gpu, a, dout, nq * sizeof(float));
+    gpu->ops->download(gpu, b, dout1, nq * sizeof(float));
+    EXPECT(!memcmp(a, b, nq * sizeof(float)),
+           "attention_rows R=%lld differs from per-row attention", (long long)R);
+    e = rel_err(dout, ref, nq);
+    EXPECT(e <= 1e-5, "attention_rows R=%lld H=%lld KVH=%lld HD=%lld win=%lld vs cpu: %.2e",
+           (long long)R, (long long)H, (long long)KVH, (long long)HD, (long long)window, e);
+    note(4, e);
+    for (int64_t r = 0; r < R; r++) {
+        gpu->ops->free(gpu, (void *)rows[r].k), gpu->ops->free(gpu, (void *)rows[r].v);
+        free(hk[r]), free(hv[r]);
+    }
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dq1), gpu->ops->free(gpu, dfr);
+    gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dout1);
+    free(q), free(sk), free(fr), free(pos), free(rows), free(hk), free(hv), free(a), free(b);
+    free(ref), free(scratch);
+}
+
 static void test_elementwise(int64_t n) {
     float *a = rand_floats((size_t)n, -4, 4), *b = rand_floats((size_t)n, -4, 4);
     float *ref = malloc((size_t)n * sizeof(float));
@@ -443,7 +548,8 @@ int main(void) {
     test_seed(20261122);
     const nmlx_dtype dts[3] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     const int64_t shapes[][3] = {{1, 1, 8},   {1, 37, 33},  {1, 130, 264}, {1, 257, 1024},
-                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7}};
+                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7},
+                                 {8, 130, 264}, {9, 37, 33}, {2, 257, 1024}, {7, 64, 40}};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
@@ -460,6 +566,10 @@ int main(void) {
     test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
     test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
     test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    test_rows(1, 4, 2, 64, 0, false);
+    test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
+    test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
+    test_rows(130, 2, 1, 32, 0, false); /* over ROPE_ROWS */
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(300007);
