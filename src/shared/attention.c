@@ -136,7 +136,7 @@ static void attend_group(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_c
     const nmlx_attention_shape *s = &a->s;
     int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
     int64_t qdim = H * HD, kvdim = KVH * HD;
-    int64_t pos[ROWS_GROUP];
+    int64_t pos[ROWS_GROUP] = {0};
     nmlx_attn_row rows[ROWS_GROUP];
     nmlx_kv_view views[ROWS_GROUP];
     for (int64_t r = 0; r < n; r++)
