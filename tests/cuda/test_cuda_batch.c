@@ -8,13 +8,14 @@
  * sessions join (steps 0-3) and leave (last 4 steps) at different steps.
  * Every session-step must give the lone session's greedy id, and logits
  * within 1e-4 of their range (the CPU batch tolerance). Up to 8 rows
- * (cuda_matmul.cu GEMV_MAX_T) dense matmuls run as the mat-vec, whose rows
- * do not depend on the batch: those logits are expected bit-identical
- * (reported, not required); quantized weights take the tensor-core mat-mat
- * at T > 1 (about 1e-5 of the f32 result). Batches of 12 take cuBLAS: for
- * f32 weights the same limits; for bf16/f16 weights cuBLAS rounds the
- * activations to bf16 (the CUDA prefill contract), so there the limit is
- * 2e-2 of the range and a differing greedy id is reported as a NOTE only.
+ * (GEMV_MAX_T, QG_MAX_T) matmuls run as the mat-vec, dense and quantized,
+ * whose rows do not depend on the batch: those logits are expected
+ * bit-identical (reported, not required; test_cuda_ops requires it of the
+ * kernels). Batches of 12 take cuBLAS / the tensor-core mat-mat: for f32
+ * and quantized weights the same limits (the mat-mat is within ~1e-5 of
+ * f32); for bf16/f16 dense weights cuBLAS rounds the activations to bf16
+ * (the CUDA prefill contract), so there the limit is 2e-2 of the range and
+ * a differing greedy id is reported as a NOTE only.
  * Prints one PASS/FAIL line per fixture and batch size, then
  * "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "harness.h"

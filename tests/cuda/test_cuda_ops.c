@@ -1,14 +1,14 @@
 /* Every CUDA op against the CPU op (the reference) on random inputs, odd
- * sizes included: matmul (F32/F16/BF16, T = 1 mat-vec and T > 1 cuBLAS, bias,
+ * sizes included: matmul (F32/F16/BF16, T <= 8 mat-vec and T > 8 cuBLAS, bias,
  * unaligned widths, row views of a prepared tensor), embed, rmsnorm, rope,
  * attention (GQA, sliding window, softcap, sinks, several key tiles), act_mul,
  * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
- * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T = 1
- * mat-vec and T > 1 tensor-core tiles, rows and tokens off the tile sizes,
- * unaligned row views) and quantized embed; batched decode: matmul rows
- * (T <= 8) equal to each row alone and rope_rows / attention_rows equal to
- * the per-row calls, bit for bit. Prints the worst relative
- * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T <= 8
+ * mat-vec and T > 8 tensor-core tiles, rows and tokens off the tile sizes,
+ * unaligned row views) and quantized embed. Batched decode: dense and
+ * quantized matmul rows (T <= 8) equal each row alone, and rope_rows /
+ * attention_rows equal the per-row calls, bit for bit. Prints the worst
+ * relative error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
@@ -253,14 +253,29 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("qmatmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T == 1: f32 like the reference; T > 1: q exact in bf16, x as bf16 hi +
-     * lo (~2^-16), f32 accumulation on the tensor cores */
-    double tol = T == 1 ? 1e-5 : 1e-4;
+    /* T <= 8: the mat-vec, f32 like the reference; T > 8: q exact in bf16, x
+     * as bf16 hi + lo (~2^-16), f32 accumulation on the tensor cores */
+    double tol = T <= 8 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
            bias, e, tol);
-    note(T == 1 ? 12 : 13, e);
+    note(T <= 8 ? 12 : 13, e);
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone, bit for bit */
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
+               nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, differ);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
+    }
 
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
      * for 3/5-bit codes, so the kernels' scalar load paths run */
@@ -323,6 +338,14 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 1, 8197, 320, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, 1, 8200, 384, false);
     test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 1, 8193, 256, false);
+    /* batched decode widths: the mat-vec over 2..8 rows (both row-per-warp
+     * variants), and 9 rows (the mat-mat just past it) */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 8, 8195, 512, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 5, 1000, 2048, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_F16, 2, 777, 3072, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F32, 7, 99, 96, false);
+    test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 6, 8193, 256, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 9, 513, 2048, true);
     /* real widths: Llama-style 4/8-bit g64 bf16 */
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 1000, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);
