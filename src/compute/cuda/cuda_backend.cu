@@ -188,6 +188,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->ids_host) cudaFreeHost(c->ids_host);
     if (c->ids_dev) cudaFree(c->ids_dev);
     if (c->act16) cudaFree(c->act16);
+    if (c->y2) cudaFree(c->y2);
     if (c->qx) cudaFree(c->qx);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);

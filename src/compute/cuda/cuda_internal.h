@@ -46,6 +46,8 @@ typedef struct cuda_impl {
     size_t ids_cap;
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
+    void *y2;              /* the [2T, D] hi/lo products of a split GEMM */
+    size_t y2_bytes;
     void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
     size_t qx_bytes;
     bool rows_off;         /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */

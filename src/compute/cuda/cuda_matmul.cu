@@ -6,11 +6,14 @@
  *  - prefill (T > GEMV_MAX_T): cuBLAS. F32 weights: SGEMM (full f32). BF16/F16
  *    weights: x is rounded to the weight's type and cublasGemmEx multiplies
  *    on the tensor cores with f32 accumulation and f32 output (as PyTorch
- *    runs a bf16 model); the bias is added by a second kernel.
+ *    runs a bf16 model); the bias is added by a second kernel. Up to 64 rows
+ *    (a large batched decode step) x is split into hi + lo instead, both
+ *    multiplied in one GEMM (gemm_split): f32-accurate, weights read once.
  * Quantized weights go to cuda_quant.cu. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 
 /* GEMV_MAX_T: up to this many rows of x (a batched decode step) run as the
  * mat-vec, so each row keeps the f32 arithmetic of a lone decode step. */
@@ -119,6 +122,32 @@ __global__ void to16_kernel(const float *src, void *dst, nmlx_dtype dt, int64_t 
     }
 }
 
+/* x as 16-bit hi + lo (x - hi rounded again): hi [n] then lo [n], so one
+ * GEMM over 2T columns multiplies both; hi + lo equals x to ~2^-16. */
+__global__ void split16_kernel(const float *src, void *dst, nmlx_dtype dt, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = src[i];
+        if (dt == NMLX_DT_BF16) {
+            __nv_bfloat16 h = __float2bfloat16_rn(v);
+            ((__nv_bfloat16 *)dst)[i] = h;
+            ((__nv_bfloat16 *)dst)[n + i] = __float2bfloat16_rn(v - __bfloat162float(h));
+        } else {
+            __half h = __float2half_rn(v);
+            ((__half *)dst)[i] = h;
+            ((__half *)dst)[n + i] = __float2half_rn(v - __half2float(h));
+        }
+    }
+}
+
+/* y[i] = hi[i] + lo[i] (+ bias[i % D]) for the two halves of a split GEMM */
+__global__ void join_kernel(const float *y2, float *y, const void *bias, nmlx_dtype bdt, int64_t n,
+                            int64_t D) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = y2[i] + y2[n + i] + (bias ? cuda_load_f32(bdt, bias, i % D) : 0.0f);
+}
+
 static unsigned grid_of(int64_t n) {
     int64_t b = (n + 255) / 256;
     return (unsigned)(b < 1 << 20 ? b : 1 << 20);
@@ -169,6 +198,59 @@ static void gemv(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
+/* Grows a device scratch to `need` bytes (contents not kept). */
+static bool reserve(nmlx_backend *be, void **buf, size_t *bytes, size_t need) {
+    cuda_impl *c = cuda_of(be);
+    if (need <= *bytes) return true;
+    cudaStreamSynchronize(c->stream);
+    if (*buf) cudaFree(*buf);
+    *buf = NULL;
+    *bytes = 0;
+    cudaError_t e = cudaMalloc(buf, need);
+    nmlx_cuda_note(be, e);
+    if (e != cudaSuccess) return false;
+    *bytes = need;
+    return true;
+}
+
+/* Rows of x up to which 16-bit weights multiply x split into hi + lo
+ * (gemm_split) instead of x rounded: NMLX_CUDA_GEMM_SPLIT_T, default 64
+ * (batched decode sizes, where the GEMM is bound by the weight read and the
+ * doubled tensor-core work is free); 0 = never. */
+static int64_t gemm_split_t(void) {
+    static int64_t t = -1;
+    if (t < 0) {
+        const char *e = getenv("NMLX_CUDA_GEMM_SPLIT_T");
+        t = e ? atoll(e) : 64;
+        if (t < 0) t = 0;
+    }
+    return t;
+}
+
+/* 16-bit weights, f32-accurate: one GemmEx over [hi; lo] (2T columns, each
+ * weight read once) into a [2T, D] scratch, then y = hi part + lo part
+ * (+ bias). Matches the f32 mat-vec to ~1e-5 instead of bf16 rounding. */
+static void gemm_split(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                       const float *x, float *y, int64_t T) {
+    cuda_impl *c = cuda_of(be);
+    int64_t D = w->rows, N = w->cols;
+    const float one = 1.0f, zero = 0.0f;
+    if (!reserve(be, &c->act16, &c->act16_bytes, (size_t)(2 * T * N) * 2) ||
+        !reserve(be, &c->y2, &c->y2_bytes, (size_t)(2 * T * D) * sizeof(float)))
+        return;
+    split16_kernel<<<grid_of(T * N), 256, 0, c->stream>>>(x, c->act16, w->w.dtype, T * N);
+    cudaDataType dt = w->w.dtype == NMLX_DT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    cublasStatus_t st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)(2 * T),
+                                     (int)N, &one, w->w.data, dt, (int)N, c->act16, dt, (int)N,
+                                     &zero, c->y2, CUDA_R_32F, (int)D, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
+    join_kernel<<<grid_of(T * D), 256, 0, c->stream>>>((const float *)c->y2, y,
+                                                       bias ? bias->data : NULL,
+                                                       bias ? bias->dtype : NMLX_DT_F32, T * D, D);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
 /* Column-major view: y^T (D x T) = W^T' ... i.e. C[D, T] = op(A)[D, N] B[N, T]
  * with A = W stored as an N x D column-major matrix (lda N) transposed, B = x
  * as N x T (ldb N), C = y as D x T (ldc D). */
@@ -181,6 +263,9 @@ static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
     if (w->w.dtype == NMLX_DT_F32) {
         st = cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)T, (int)N, &one,
                          (const float *)w->w.data, (int)N, x, (int)N, &zero, y, (int)D);
+    } else if (T <= gemm_split_t()) {
+        gemm_split(be, w, bias, x, y, T);
+        return;
     } else {
         size_t need = (size_t)(T * N) * 2;
         if (need > c->act16_bytes) {
