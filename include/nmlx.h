@@ -112,6 +112,9 @@ typedef struct nmlx_model_params {
                               else f32; "int8": quantized weights on int8 x
                               (AVX512_VNNI; ~2x faster, over the quantized
                               fixtures' precision contract); "f32": f32 x.
+                              On CUDA: the default runs decode mat-vecs of
+                              affine 4/8-bit weights on int16 x per 16 inputs;
+                              "f32" keeps f32 x there; "int8" is refused.
                               docs/quantization.md. Not copied. */
 } nmlx_model_params;
 

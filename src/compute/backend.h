@@ -84,6 +84,10 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): frees the backend's own state before
      * nmlx_backend_free frees the rest. */
     void (*release)(nmlx_backend *be);
+    /* Optional: brackets one decode step (begin = true before the family's
+     * forward of one token, false after it, also on failure). CUDA records
+     * the step's kernels as a graph and replays it: one launch a token. */
+    void (*decode_step)(nmlx_backend *be, bool begin);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -120,8 +124,9 @@ typedef struct nmlx_backend_ops {
      * into a->out[r] (rows [R, H, HD]); a's H, KVH, HD, scale, softcap and
      * sinks apply to every row, its k, v, cap, q_pos, n_kv, window, T and
      * 16-bit fields are ignored; each row equals `attention` with T = 1 on
-     * rows[r], bit for bit. pos and rows are host arrays, read during the
-     * call. */
+     * rows[r] to rounding (bit for bit where both take the same kernel:
+     * CUDA's one-query calls may take its split-K kernel). pos and rows are
+     * host arrays, read during the call. */
     void (*rope_rows)(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD, int64_t rot,
                       const int64_t *pos, const float *freqs, float mscale);
     void (*attention_rows)(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,

@@ -8,15 +8,15 @@
  * decode greedily, in a batch and alone;
  * sessions join (steps 0-3) and leave (last 4 steps) at different steps.
  * Every session-step must give the lone session's greedy id, and logits
- * within 1e-4 of their range (the CPU batch tolerance). Up to 8 rows
- * (GEMV_MAX_T, QG_MAX_T) matmuls run as the mat-vec, dense and quantized,
- * whose rows do not depend on the batch: those logits are expected
- * bit-identical (reported, not required; test_cuda_ops requires it of the
- * kernels). Batches of 12 and 40 take cuBLAS (16-bit weights: x split into
- * hi + lo) or the quantized tensor-core mat-mat, both within ~1e-5 of f32;
- * 40 rows also span two attention_rows launches (32 rows each).
- * Prints one PASS/FAIL line per fixture and batch size, then
- * "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
+ * within 1e-4 of their range (the CPU batch tolerance); quantized fixtures
+ * run twice, at precision "f32" (that limit) and at the default (see
+ * check_batch). Up to 8 rows (GEMV_MAX_T, QG_MAX_T) matmuls run as the f32
+ * mat-vec, whose rows do not depend on the batch; a lone decode step's
+ * attention may take the split kernel (equal to rounding), so the count of
+ * bit-identical logits is reported, not required. Batches of 12 and 40 take cuBLAS (16-bit weights:
+ * x split into hi + lo) or the quantized tensor-core mat-mat, both within ~1e-5 of f32; 40 rows
+ * also span two attention_rows launches (32 rows each). Prints one PASS/FAIL line per fixture and
+ * batch size, then "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "harness.h"
 #include "nmlx.h"
 
@@ -26,23 +26,25 @@
 typedef struct fixture {
     const char *dir;
     bool optional; /* may be refused on cuda (NMLX_ERR_UNSUPPORTED): then SKIP */
+    bool quant;    /* quantized weights: also run at precision "f32" */
 } fixture;
 
 static const fixture FIXTURES[] = {
-    {"tests/fixtures/qwen3", false},
-    {"tests/fixtures/llama3_tied", false},
-    {"tests/fixtures/mistral_window", false}, /* rotating cache */
-    {"tests/fixtures/qwen3_bf16", false},
-    {"tests/fixtures/quant_llama_q4g64_f16", false},
-    {"tests/fixtures/quant_qwen3_q3g32_bf16", false},
-    {"tests/fixtures/quant_llama_mxfp4", false},
-    {"tests/fixtures/qwen2", false},                    /* q/k/v biases */
-    {"tests/fixtures/llama_untied_linear_bias", false}, /* linear RoPE, biases */
-    {"tests/fixtures/gemma3_text", true},               /* softcap, sandwich norms, local RoPE */
-    {"tests/fixtures/ministral", true},                 /* per-layer sliding / full */
-    {"tests/fixtures/phi3_longrope", true},             /* long RoPE table switches mid-batch */
-    {"tests/fixtures/ministral3_yarn", true},           /* yarn, query scaling */
-    {"tests/fixtures/smollm3", true},                   /* NoPE layers */
+    {"tests/fixtures/qwen3", false, false},
+    {"tests/fixtures/llama3_tied", false, false},
+    {"tests/fixtures/mistral_window", false, false}, /* rotating cache */
+    {"tests/fixtures/qwen3_bf16", false, false},
+    {"tests/fixtures/quant_llama_q4g64_f16", false, true},
+    {"tests/fixtures/quant_qwen3_q3g32_bf16", false, true},
+    {"tests/fixtures/quant_llama_mxfp4", false, true},
+    {"tests/fixtures/quant_qwen3_q8g64_bf16", false, true},
+    {"tests/fixtures/qwen2", false, false},                    /* q/k/v biases */
+    {"tests/fixtures/llama_untied_linear_bias", false, false}, /* linear RoPE, biases */
+    {"tests/fixtures/gemma3_text", true, false},     /* softcap, sandwich norms, local RoPE */
+    {"tests/fixtures/ministral", true, false},       /* per-layer sliding / full */
+    {"tests/fixtures/phi3_longrope", true, false},   /* long RoPE table switches mid-batch */
+    {"tests/fixtures/ministral3_yarn", true, false}, /* yarn, query scaling */
+    {"tests/fixtures/smollm3", true, false},         /* NoPE layers */
 };
 
 enum { MAX_SESSIONS = 40, STEPS = 10 };
@@ -86,7 +88,11 @@ static nmlx_session *new_session(nmlx_model *m) {
     return s;
 }
 
-static void check_batch(nmlx_model *m, const fixture *f, int n) {
+/* precision: the model's (NULL = default). At the default, a lone decode
+ * step of affine 4/8-bit weights runs on int16 x (cuda_qgemv16.cu) while a
+ * batch's mat-vec rows keep f32 x: there the limit is the quantized
+ * contract (2e-2) and differing greedy ids are a NOTE, not a failure. */
+static void check_batch(nmlx_model *m, const fixture *f, const char *precision, int n) {
     int64_t V = nmlx_model_vocab_size(m);
     pair ps[MAX_SESSIONS];
     memset(ps, 0, sizeof ps);
@@ -151,18 +157,21 @@ static void check_batch(nmlx_model *m, const fixture *f, int n) {
                    "%s: positions differ", f->dir);
         }
     }
-    double tol = 1e-4;
+    bool contract = f->quant && !precision;
+    double tol = contract ? 2e-2 : 1e-4;
     bool ok_steps = setup_ok && steps_run == STEPS;
     bool ok_tol = worst <= tol;
-    bool ok_ids = id_diffs == 0;
+    bool ok_ids = id_diffs == 0 || contract;
     EXPECT(ok_steps, "%s: batch of %d: %d of %d steps ran", f->dir, n, steps_run, STEPS);
     EXPECT(ok_tol, "%s: batch of %d: max |diff| / range %.3g > %.0e", f->dir, n, worst, tol);
     EXPECT(ok_ids, "%s: batch of %d: %d greedy ids differ from the lone sessions", f->dir, n,
            id_diffs);
-    printf("%s %-40s batch of %2d (up to %2d rows): %3d session-steps, max|diff|/range %.2e "
-           "(limit %.0e), %d bit-identical, greedy ids %s\n",
-           ok_steps && ok_tol && ok_ids ? "PASS" : "FAIL", f->dir, n, max_k, session_steps, worst,
-           tol, bit_equal, id_diffs ? "DIFFER" : "equal");
+    printf("%s %-40s %-7s batch of %2d (up to %2d rows): %3d session-steps, max|diff|/range "
+           "%.2e (limit %.0e), %d bit-identical, greedy ids %s%s\n",
+           ok_steps && ok_tol && ok_ids ? "PASS" : "FAIL", f->dir,
+           precision ? precision : "default", n, max_k, session_steps, worst, tol, bit_equal,
+           id_diffs ? "DIFFER" : "equal",
+           contract && id_diffs ? " (NOTE: int16-x lone decode, not counted)" : "");
     for (int i = 0; i < n; i++) {
         nmlx_session_free(ps[i].batched);
         nmlx_session_free(ps[i].alone);
@@ -170,12 +179,13 @@ static void check_batch(nmlx_model *m, const fixture *f, int n) {
     nmlx_batch_free(batch);
 }
 
-static nmlx_model *load(const fixture *f) {
+static nmlx_model *load(const fixture *f, const char *precision) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", test_src_dir(), f->dir);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.no_tokenizer = 1;
     mp.device = "cuda";
+    mp.precision = precision;
     nmlx_model *m = NULL;
     nmlx_status st = nmlx_model_load(path, &mp, &m);
     if (st == NMLX_ERR_UNSUPPORTED && f->optional) {
@@ -202,12 +212,14 @@ int main(void) {
     }
     nmlx_model_free(probe);
     const int sizes[] = {1, 3, 8, 12, 40};
-    for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++) {
-        nmlx_model *m = load(&FIXTURES[f]);
-        if (!m) continue;
-        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-            check_batch(m, &FIXTURES[f], sizes[i]);
-        nmlx_model_free(m);
-    }
+    for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++)
+        for (int pass = 0; pass < (FIXTURES[f].quant ? 2 : 1); pass++) {
+            const char *precision = pass ? "f32" : NULL;
+            nmlx_model *m = load(&FIXTURES[f], precision);
+            if (!m) continue;
+            for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+                check_batch(m, &FIXTURES[f], precision, sizes[i]);
+            nmlx_model_free(m);
+        }
     return test_summary();
 }

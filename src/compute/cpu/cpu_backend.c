@@ -4,6 +4,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 #include "compute/cpu/cpu_internal.h"
+#if NMLX_HAVE_CUDA
+#include "compute/cuda/cuda_backend.h"
+#endif
 #include "compute/cpu/quant_kernels.h"
 
 #include <stdlib.h>
@@ -246,6 +249,10 @@ nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision) 
                          "precision int8 needs an x86-64 CPU with AVX512_VNNI");
 #endif
     if (cpu) ((cpu_impl *)be->impl)->prefill_precision = prec;
+#if NMLX_HAVE_CUDA
+    if (be->impl && !strcmp(be->ops->name, "cuda"))
+        nmlx_cuda_set_f32_activations(be, prec == CPU_PREC_F32);
+#endif
     return NMLX_OK;
 }
 

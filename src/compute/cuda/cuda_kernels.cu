@@ -57,7 +57,7 @@ __global__ void embed_kernel(const void *table, nmlx_dtype dt, const int32_t *id
  * since every forward ends with a download that waits for the stream. */
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     if (T <= 0) return;
     if ((size_t)T > c->ids_cap) {
         cudaStreamSynchronize(c->stream);

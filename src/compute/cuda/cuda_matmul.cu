@@ -200,8 +200,9 @@ static void gemv(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
 
 /* Grows a device scratch to `need` bytes (contents not kept). */
 static bool reserve(nmlx_backend *be, void **buf, size_t *bytes, size_t need) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = (cuda_impl *)be->impl;
     if (need <= *bytes) return true;
+    cuda_host_of(be); /* no allocation inside a graph capture */
     cudaStreamSynchronize(c->stream);
     if (*buf) cudaFree(*buf);
     *buf = NULL;
@@ -269,6 +270,7 @@ static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
     } else {
         size_t need = (size_t)(T * N) * 2;
         if (need > c->act16_bytes) {
+            cuda_host_of(be); /* ends a graph capture: no sync inside one */
             cudaStreamSynchronize(c->stream);
             if (c->act16) cudaFree(c->act16);
             c->act16 = NULL;

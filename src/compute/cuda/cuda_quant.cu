@@ -29,6 +29,7 @@
  *  - embed: one block per token dequantizes its row. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qgemv16.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -684,9 +685,37 @@ static int qgemv_max_t(void) {
     return max_t;
 }
 
+static int qgemv16_mode = -1; /* -1: not read from the environment yet */
+
+/* Decode mat-vecs of affine 4/8-bit weights on int16 x (cuda_qgemv16.cu)
+ * unless precision "f32" or NMLX_CUDA_QGEMV=f32 asks for the f32 kernel. */
+static bool qgemv16_on(nmlx_backend *be) {
+    if (qgemv16_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_QGEMV");
+        qgemv16_mode = !(e && !strcmp(e, "f32"));
+    }
+    return qgemv16_mode && !((cuda_impl *)be->impl)->f32_x;
+}
+
+extern "C" void nmlx_cuda_set_qgemv16(int on) { qgemv16_mode = on ? 1 : 0; }
+
+extern "C" void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on) {
+    ((cuda_impl *)be->impl)->f32_x = on != 0;
+}
+
+/* Weights that read one x (q/k/v, gate/up): one int16 mat-vec launch when
+ * they share a format, else one matmul each. */
+void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                            const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                            int64_t T) {
+    if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16(be, n, ws, biases, x, ys)) return;
+    for (int i = 0; i < n; i++)
+        nmlx_cuda_matmul(be, ws[i], biases ? biases[i] : NULL, x, ys[i], T);
+}
+
 /* The backend's scratch for the prefill operand (hi, lo, xs) of T x N. */
 static bool qx_reserve(nmlx_backend *be, size_t need) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     if (need <= c->qx_bytes) return true;
     cudaStreamSynchronize(c->stream);
     if (c->qx) cudaFree(c->qx);
@@ -709,6 +738,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     if (T == 1) {
+        if (qgemv16_on(be) && nmlx_cuda_qgemv16(be, 1, &w, &bias, x, &y)) return;
         if constexpr (MX)
             launch_gemv<BITS, SC_E8M0>(s, w, x, y, lb, lbdt);
         else if (w->scales.dtype == NMLX_DT_F32)
