@@ -46,7 +46,8 @@ grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
 echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
-grep -E "^(PASS|FAIL)|passed" "$OUT/batch.log" | tail -32
+echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
+grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
 echo "tests done ($(( $(date +%s) - T0 )) s)"
 if [ "${KBENCH:-1}" = 1 ]; then
   ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"

@@ -7,9 +7,8 @@
  * backend buffers (ids staged by embed, logits downloaded per row), so the
  * pass runs on device backends too. On the CPU a matmul of fewer than 24
  * rows runs as few-token mat-vecs (cpu_ops.c), so a session's logits in a
- * batch of up to 23 equal its logits alone bit for bit; on CUDA the
- * mat-vecs take up to 8 rows (cuda_matmul.cu, cuda_quant.cu): the same up to
- * 8 sessions. */
+ * batch of up to 23 equal its logits alone bit for bit; on CUDA they agree
+ * to rounding (nmlx.h: nmlx_batch_eval). */
 #include "standard_model_impl.h"
 
 typedef struct std_batch {
