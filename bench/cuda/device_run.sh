@@ -1,12 +1,17 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (test_cuda_ops, test_cuda_fixtures: what `ctest -L cuda` runs), then
+# tests (test_cuda_ops, test_cuda_fixtures, test_cuda_batch: what `ctest -L
+# cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
 #     qwen3-bf16 = Qwen3-0.6B bf16 (make_synth_qwen3.py, needs torch);
 #     l1b-qB / l8b-qB = Llama-3.2-1B / Llama-3.1-8B MLX affine B-bit g64
 #     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16.
+#   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
+#   x rounded to bf16 instead of the exact hi+lo split).
+#   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
+#     aggregate tok/s of N sessions against one alone); BATCH= skips it.
 #   VARIANTS="NMLX_CUDA_GRAPH=1 ...": each model also benched with each of
 #   these environment settings (default: decode steps as CUDA graphs);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
@@ -29,7 +34,7 @@ fi
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures bench_cuda_quant >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -40,6 +45,9 @@ grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # decode steps as CUDA graphs (opt-in) must give the same results
 NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
 echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
+./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
+echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
+grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
 echo "tests done ($(( $(date +%s) - T0 )) s)"
 if [ "${KBENCH:-1}" = 1 ]; then
   ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"
@@ -67,6 +75,9 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=1}; do bench "$m" $D $v; done
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
+  if [ -n "${BATCH-1,8,32}" ]; then
+    ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
+  fi
   rm -rf $D
   echo "$m done ($(( $(date +%s) - T0 )) s)"
 done

@@ -1,12 +1,16 @@
 /* Every CUDA op against the CPU op (the reference) on random inputs, odd
- * sizes included: matmul (F32/F16/BF16, T = 1 mat-vec and T > 1 cuBLAS, bias,
+ * sizes included: matmul (F32/F16/BF16, T <= 8 mat-vec, T > 8 cuBLAS (16-bit
+ * weights: x split into hi + lo up to 64 rows, rounded beyond), bias,
  * unaligned widths, row views of a prepared tensor), embed, rmsnorm, rope,
  * attention (GQA, sliding window, softcap, sinks, several key tiles), act_mul,
  * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
- * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T = 1
- * mat-vec and T > 1 tensor-core tiles, rows and tokens off the tile sizes,
- * unaligned row views) and quantized embed. Prints the worst relative
- * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T <= 8
+ * mat-vec and T > 8 tensor-core tiles, rows and tokens off the tile sizes,
+ * unaligned row views) and quantized embed. Batched decode: dense and
+ * quantized matmul rows (T <= 8) equal each row alone (f32 mat-vec) and
+ * rope_rows the per-row calls, bit for bit; attention_rows the per-row
+ * calls to rounding (they may take the split kernel). Prints the worst
+ * relative error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
@@ -104,11 +108,31 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("matmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T > 1 with 16-bit weights rounds x to the weight's type (cuBLAS) */
-    double tol = T == 1 || dt == NMLX_DT_F32 ? 1e-5 : dt == NMLX_DT_BF16 ? 2e-2 : 3e-3;
+    /* up to 8 rows run the f32 mat-vec; 16-bit weights up to 64 rows take
+     * x split into hi + lo (~2^-16), beyond that x rounded to the weight's
+     * type (cuBLAS) */
+    double tol = T <= 8 || dt == NMLX_DT_F32 ? 1e-5
+                 : T <= 64                   ? 5e-5
+                 : dt == NMLX_DT_BF16        ? 2e-2
+                                             : 3e-3;
     EXPECT(e <= tol, "matmul %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, bias, e, tol);
     note(0, e);
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone, bit for bit */
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "matmul %s T=%lld D=%lld N=%lld: %d rows differ from the row alone",
+               nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, differ);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
+    }
 
     /* a row view inside the prepared tensor shares its copy (fused qkv) */
     if (D > 4) {
@@ -236,16 +260,16 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     check_ok("qmatmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
     /* T == 1: f32 like the reference, or (affine 4/8-bit, the default) x
-     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T > 1:
-     * q exact in bf16, x as bf16 hi + lo (~2^-16), f32 accumulation on the
-     * tensor cores */
+     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T <= 8:
+     * the f32 mat-vec rows; T > 8: q exact in bf16, x as bf16 hi + lo
+     * (~2^-16), f32 accumulation on the tensor cores */
     const bool q16 = T == 1 && mode == NMLX_QUANT_AFFINE && (bits == 4 || bits == 8);
-    double tol = q16 ? 5e-5 : T == 1 ? 1e-5 : 1e-4;
+    double tol = q16 ? 5e-5 : T <= 8 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
            bias, e, tol);
-    note(T == 1 ? (q16 ? 16 : 12) : 13, e);
+    note(T == 1 ? (q16 ? 16 : 12) : T <= 8 ? 12 : 13, e);
     if (q16) { /* the f32 mat-vec too (NMLX_CUDA_QGEMV=f32, precision "f32") */
         nmlx_cuda_set_qgemv16(0);
         gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
@@ -255,6 +279,24 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
         EXPECT(e32 <= 1e-5, "qmatmul f32 x %d-bit g%d %s D=%lld N=%lld: rel err %.2e", bits, gs,
                nmlx_dtype_name(sdt), (long long)D, (long long)N, e32);
         note(12, e32);
+    }
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone through the
+                            * f32 mat-vec (the int16 one is T = 1 only), bit for bit */
+        nmlx_cuda_set_qgemv16(0);
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
+               nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, differ);
+        nmlx_cuda_set_qgemv16(1);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
     }
 
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
@@ -354,6 +396,14 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 1, 8197, 320, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, 1, 8200, 384, false);
     test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 1, 8193, 256, false);
+    /* batched decode widths: the mat-vec over 2..8 rows (both row-per-warp
+     * variants), and 9 rows (the mat-mat just past it) */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 8, 8195, 512, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 5, 1000, 2048, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_F16, 2, 777, 3072, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F32, 7, 99, 96, false);
+    test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 6, 8193, 256, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 9, 513, 2048, true);
     /* real widths: Llama-style 4/8-bit g64 bf16 */
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 1000, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);
@@ -450,6 +500,94 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
 }
 
+/* Batched decode ops: R rows, each its own position / cache, against the
+ * per-row rope calls (bit for bit) and attention calls (to rounding) on
+ * the GPU, and the CPU. */
+static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks) {
+    int64_t qrow = H * HD, krow = KVH * HD, rot = HD;
+    size_t nq = (size_t)(R * qrow);
+    float *q = rand_floats(nq, -1, 1), *sk = rand_floats((size_t)H, -1, 2);
+    float *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    float *dq = dev_of(q, nq), *dq1 = dev_of(q, nq), *dfr = dev_of(fr, (size_t)(rot / 2));
+    float *ds = dev_of(sk, (size_t)H);
+    int64_t *pos = malloc((size_t)R * sizeof(int64_t));
+    nmlx_attn_row *rows = malloc((size_t)R * sizeof *rows);
+    float **hk = malloc((size_t)R * sizeof *hk), **hv = malloc((size_t)R * sizeof *hv);
+    for (int64_t r = 0; r < R; r++) {
+        int64_t cap = 1 + (int64_t)(test_rand_u64() % 300),
+                n_kv = 1 + (int64_t)(test_rand_u64() % (uint64_t)cap);
+        pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
+        hk[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        hv[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        rows[r] = (nmlx_attn_row){.k = dev_of(hk[r], (size_t)(krow * cap)),
+                                  .v = dev_of(hv[r], (size_t)(krow * cap)),
+                                  .cap = cap,
+                                  .q_pos = n_kv - 1,
+                                  .n_kv = n_kv,
+                                  .window = window};
+    }
+    /* rope */
+    gpu->ops->rope_rows(gpu, dq, R, H, HD, rot, pos, dfr, 1.0f);
+    for (int64_t r = 0; r < R; r++)
+        gpu->ops->rope(gpu, dq1 + r * qrow, 1, H, HD, rot, pos[r], dfr, 1.0f);
+    check_ok("rope_rows");
+    float *a = malloc(nq * sizeof(float)), *b = malloc(nq * sizeof(float));
+    gpu->ops->download(gpu, a, dq, nq * sizeof(float));
+    gpu->ops->download(gpu, b, dq1, nq * sizeof(float));
+    EXPECT(!memcmp(a, b, nq * sizeof(float)), "rope_rows R=%lld differs from per-row rope",
+           (long long)R);
+    float *ref = malloc(nq * sizeof(float));
+    memcpy(ref, q, nq * sizeof(float));
+    for (int64_t r = 0; r < R; r++)
+        cpu->ops->rope(cpu, ref + r * qrow, 1, H, HD, rot, pos[r], fr, 1.0f);
+    double e = rel_err(dq, ref, nq);
+    EXPECT(e <= 1e-6, "rope_rows R=%lld vs cpu: %.2e", (long long)R, e);
+    note(3, e);
+    /* attention, on the roped queries */
+    float *dout = gpu->ops->alloc(gpu, nq * sizeof(float)),
+          *dout1 = gpu->ops->alloc(gpu, nq * sizeof(float));
+    nmlx_attn_args g = {.q = dq,
+                        .out = dout,
+                        .T = 1,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .scale = 1.0f / sqrtf((float)HD),
+                        .sinks = sinks ? ds : NULL};
+    gpu->ops->attention_rows(gpu, &g, rows, R);
+    float *scratch = malloc((size_t)(cpu->n_threads * 300) * 4 * (size_t)(H / KVH));
+    for (int64_t r = 0; r < R; r++) {
+        nmlx_attn_args o = g;
+        o.q = dq + r * qrow, o.out = dout1 + r * qrow, o.k = rows[r].k, o.v = rows[r].v;
+        o.cap = rows[r].cap, o.q_pos = rows[r].q_pos, o.n_kv = rows[r].n_kv, o.window = window;
+        gpu->ops->attention(gpu, &o);
+        nmlx_attn_args c = o;
+        c.q = a + r * qrow, c.out = ref + r * qrow, c.k = hk[r], c.v = hv[r],
+        c.sinks = sinks ? sk : NULL;
+        c.scratch = scratch;
+        cpu->ops->attention(cpu, &c);
+    }
+    check_ok("attention_rows");
+    /* per-row one-query calls may take the split kernel: equal to rounding */
+    gpu->ops->download(gpu, b, dout1, nq * sizeof(float));
+    e = rel_err(dout, b, nq);
+    EXPECT(e <= 2e-6, "attention_rows R=%lld vs per-row attention: %.2e", (long long)R, e);
+    e = rel_err(dout, ref, nq);
+    EXPECT(e <= 1e-5, "attention_rows R=%lld H=%lld KVH=%lld HD=%lld win=%lld vs cpu: %.2e",
+           (long long)R, (long long)H, (long long)KVH, (long long)HD, (long long)window, e);
+    note(4, e);
+    for (int64_t r = 0; r < R; r++) {
+        gpu->ops->free(gpu, (void *)rows[r].k), gpu->ops->free(gpu, (void *)rows[r].v);
+        free(hk[r]), free(hv[r]);
+    }
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dq1), gpu->ops->free(gpu, dfr);
+    gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dout1);
+    free(q), free(sk), free(fr), free(pos), free(rows), free(hk), free(hv), free(a), free(b);
+    free(ref), free(scratch);
+}
+
 static void test_elementwise(int64_t n) {
     float *a = rand_floats((size_t)n, -4, 4), *b = rand_floats((size_t)n, -4, 4);
     float *ref = malloc((size_t)n * sizeof(float));
@@ -510,7 +648,9 @@ int main(void) {
     test_seed(20261122);
     const nmlx_dtype dts[3] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     const int64_t shapes[][3] = {{1, 1, 8},   {1, 37, 33},  {1, 130, 264}, {1, 257, 1024},
-                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7}};
+                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7},
+                                 {8, 130, 264}, {9, 37, 33}, {2, 257, 1024}, {7, 64, 40},
+                                 {65, 40, 72}, {130, 33, 264}};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
@@ -527,6 +667,10 @@ int main(void) {
     test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
     test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
     test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    test_rows(1, 4, 2, 64, 0, false);
+    test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
+    test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
+    test_rows(130, 2, 1, 32, 0, false); /* over ROPE_ROWS */
     /* split decode attention (T x H / KVH <= 16 rows a KV head): chunks of
      * 64 keys, a partial last chunk, windows starting mid-chunk, one key */
     test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);  /* 8B-like GQA, 11 chunks */

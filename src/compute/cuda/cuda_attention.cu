@@ -14,6 +14,9 @@
  * on an H200): each warp walks its keys one after another, a load latency
  * each. It is the seam for long contexts, kept correct by the tests.
  *
+ * Batched decode (attention_rows) runs the simple kernel's code for every
+ * (row, head) of the batch in one launch.
+ *
  * Otherwise (prefill) a simple correct kernel: one block per (query t, head h),
  * keys in tiles of TILE with an online softmax (running max m, sum l), so
  * it needs no scratch (a->scratch is unused). Each warp scores keys of the
@@ -28,11 +31,13 @@
 
 enum { THREADS = 128, TILE = 64, MAX_DPT = 4 /* output dims per thread */ };
 
-__global__ void attention_kernel(nmlx_attn_args a) {
+/* Query t, head h of a (attention_kernel and attention_rows_kernel share
+ * it, so a batched row equals the same query through the simple kernel bit
+ * for bit). */
+__device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64_t h) {
     extern __shared__ float sh[]; /* q[HD], p[TILE] */
     float *q = sh, *p = sh + a.HD;
     const int64_t HD = a.HD, group = a.H / a.KVH;
-    const int64_t t = blockIdx.x / a.H, h = blockIdx.x % a.H;
     const int64_t kvh = h / (group > 0 ? group : 1);
     const float *kb = a.k + kvh * a.cap * HD, *vb = a.v + kvh * a.cap * HD;
     float *out = a.out + (t * a.H + h) * HD;
@@ -92,6 +97,33 @@ __global__ void attention_kernel(nmlx_attn_args a) {
         int64_t d = tid + (int64_t)k * THREADS;
         if (d < HD) out[d] = acc[k] * inv;
     }
+}
+
+__global__ void attention_kernel(nmlx_attn_args a) {
+    attend(a, blockIdx.x / a.H, blockIdx.x % a.H);
+}
+
+/* attention_rows: the rows' caches passed by value, ATTN_ROWS rows a launch;
+ * block (row r, head h) runs a with row r's fields, as a one-query call. */
+enum { ATTN_ROWS = 32 };
+typedef struct attn_rows {
+    const float *k[ATTN_ROWS], *v[ATTN_ROWS];
+    int64_t cap[ATTN_ROWS], q_pos[ATTN_ROWS], n_kv[ATTN_ROWS], window[ATTN_ROWS];
+} attn_rows;
+
+__global__ void attention_rows_kernel(nmlx_attn_args a, attn_rows rows) {
+    const int64_t r = blockIdx.x / a.H, h = blockIdx.x % a.H;
+    nmlx_attn_args one = a;
+    one.q = a.q + r * a.H * a.HD;
+    one.out = a.out + r * a.H * a.HD;
+    one.T = 1;
+    one.k = rows.k[r];
+    one.v = rows.v[r];
+    one.cap = rows.cap[r];
+    one.q_pos = rows.q_pos[r];
+    one.n_kv = rows.n_kv[r];
+    one.window = rows.window[r];
+    attend(one, 0, h);
 }
 
 enum { SPLIT_C = 64, SPLIT_ROWS = 16, SPLIT_THREADS = 128, SPLIT_DPT = 2, SPLIT_KD = 8 };
@@ -281,5 +313,56 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     if (split_mode && attention_split(be, a)) return;
     size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
     attention_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, cuda_of(be)->stream>>>(*a);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* Batched decode: the simple kernel for every (row, head) in one launch per
+ * ATTN_ROWS rows. A one-query `attention` call takes the split kernel where
+ * it applies, so the two agree to rounding (bit for bit with
+ * NMLX_CUDA_ATTN_SPLIT=0); NMLX_CUDA_ROWS=0 makes one `attention` call per
+ * row instead. */
+void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                              const nmlx_attn_row *rows, int64_t R) {
+    if (R <= 0 || a->H <= 0 || a->HD <= 0) return;
+    if (a->HD > MAX_DPT * THREADS) {
+        nmlx_cuda_note(be, cudaErrorInvalidValue);
+        return;
+    }
+    int64_t row = a->H * a->HD;
+    if (cuda_of(be)->rows_off) { /* NMLX_CUDA_ROWS=0: one attention call per row */
+        for (int64_t r = 0; r < R; r++) {
+            nmlx_attn_args one = *a;
+            one.q = a->q + r * row;
+            one.out = a->out + r * row;
+            one.T = 1;
+            one.k = rows[r].k;
+            one.v = rows[r].v;
+            one.cap = rows[r].cap;
+            one.q_pos = rows[r].q_pos;
+            one.n_kv = rows[r].n_kv;
+            one.window = rows[r].window;
+            nmlx_cuda_attention(be, &one);
+        }
+        return;
+    }
+    cudaStream_t s = cuda_of(be)->stream;
+    size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
+    for (int64_t r0 = 0; r0 < R; r0 += ATTN_ROWS) {
+        int64_t n = R - r0 < (int64_t)ATTN_ROWS ? R - r0 : (int64_t)ATTN_ROWS;
+        attn_rows br = {};
+        for (int64_t i = 0; i < n; i++) {
+            const nmlx_attn_row *x = &rows[r0 + i];
+            br.k[i] = x->k;
+            br.v[i] = x->v;
+            br.cap[i] = x->cap;
+            br.q_pos[i] = x->q_pos;
+            br.n_kv[i] = x->n_kv;
+            br.window[i] = x->window;
+        }
+        nmlx_attn_args ar = *a;
+        ar.q = a->q + r0 * row;
+        ar.out = a->out + r0 * row;
+        attention_rows_kernel<<<(unsigned)(n * a->H), THREADS, shmem, s>>>(ar, br);
+    }
     nmlx_cuda_note(be, cudaGetLastError());
 }

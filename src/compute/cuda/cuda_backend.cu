@@ -188,6 +188,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->ids_host) cudaFreeHost(c->ids_host);
     if (c->ids_dev) cudaFree(c->ids_dev);
     if (c->act16) cudaFree(c->act16);
+    if (c->y2) cudaFree(c->y2);
     if (c->qx) cudaFree(c->qx);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
@@ -214,6 +215,8 @@ static const nmlx_backend_ops cuda_ops = {
     .rmsnorm = nmlx_cuda_rmsnorm,
     .rope = nmlx_cuda_rope,
     .attention = nmlx_cuda_attention,
+    .rope_rows = nmlx_cuda_rope_rows,
+    .attention_rows = nmlx_cuda_attention_rows,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = NULL, /* MoE: CPU only */
     .act = nmlx_cuda_act,
@@ -251,6 +254,8 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;
     {
+        const char *rows = getenv("NMLX_CUDA_ROWS");
+        c->rows_off = rows && !strcmp(rows, "0");
         const char *g = getenv("NMLX_CUDA_GRAPH");
         c->graph_on = g && !strcmp(g, "1"); /* opt-in: bench/cuda/README.md */
     }

@@ -46,11 +46,14 @@ typedef struct cuda_impl {
     size_t ids_cap;
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
+    void *y2;              /* the [2T, D] hi/lo products of a split GEMM */
+    size_t y2_bytes;
     void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
     size_t qx_bytes;
     void *attn_part;       /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
+    bool rows_off;         /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
     cudaError_t first_error; /* first failure of a void op, kept for tests */
     cuda_copy_batch copies;  /* queued, not yet launched */
     /* decode steps as CUDA graphs (cuda_graph.cu) */
@@ -116,6 +119,12 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
                     int64_t pos0, const float *freqs, float mscale);
 void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
+/* Batched decode (backend.h rope_rows / attention_rows): one launch for all
+ * rows (ROPE_ROWS / ATTN_ROWS rows a launch, their fields by value). */
+void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
+                         int64_t rot, const int64_t *pos, const float *freqs, float mscale);
+void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                              const nmlx_attn_row *rows, int64_t R);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
