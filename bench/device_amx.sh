@@ -1,0 +1,38 @@
+#!/bin/bash
+# The AMX-BF16 dense bf16 prefill (src/compute/cpu/matmul_amx.c) on an Intel
+# host with AMX (the GPU machine's Emerald Rapids): builds nmlx (Release,
+# -Werror, CPU only), runs test_kernels with NMLX_AMX=1 (must print "AMX
+# dense bf16 prefill: RAN") and the pick log, the other CPU kernel tests
+# with NMLX_AMX=1, then bench_amx (1 thread pinned to core 0, T=512).
+#   OUT=dir bash bench/device_amx.sh
+# Needs .deps/ (Debian packages of jansson, pcre2, utf8proc; see
+# bench/cuda/device_run.sh) unless the host has them.
+set -u
+OUT=${OUT:-/tmp/nmlx-amx-out}
+mkdir -p "$OUT"
+if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
+  R=/tmp/nmlx-deps
+  for f in .deps/*.deb; do dpkg -x "$f" $R; done
+  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
+  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+fi
+{ lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*/Flags (amx,avx512_bf16): &/' | grep -oE "Model name.*|CPU\(s\).*|amx[a-z0-9_]*|avx512_bf16" | sort -u | tr '\n' ' '; echo; uname -r; } | tee "$OUT/env.txt"
+B=build-amx
+T0=$(date +%s)
+cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=/bin/true >"$OUT/build.log" 2>&1 &&
+  cmake --build $B -j"$(nproc)" --target nmlx test_kernels test_quant_kernels test_quant_int8 >>"$OUT/build.log" 2>&1 ||
+  { tail -40 "$OUT/build.log"; exit 1; }
+gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_amx.c $B/libnmlx.a \
+  $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o $B/bench_amx >>"$OUT/build.log" 2>&1 ||
+  { tail -20 "$OUT/build.log"; exit 1; }
+echo "build ok ($(( $(date +%s) - T0 )) s)"
+export NMLX_SOURCE_DIR=$PWD
+NMLX_AMX=1 NMLX_QUANT_PICK_LOG=1 ./$B/tests/test_kernels >"$OUT/test_kernels.log" 2>&1
+echo "test_kernels NMLX_AMX=1 rc=$?"
+grep -E "AMX|pick|FAIL|passed" "$OUT/test_kernels.log" | head -30
+for t in test_quant_kernels test_quant_int8; do
+  NMLX_AMX=1 ./$B/tests/$t >"$OUT/$t.log" 2>&1; echo "$t NMLX_AMX=1 rc=$?: $(grep -E "passed" "$OUT/$t.log" | tail -1)"
+done
+./$B/tests/test_kernels >"$OUT/test_kernels_default.log" 2>&1
+echo "test_kernels default rc=$?: $(grep -E "AMX|passed" "$OUT/test_kernels_default.log" | tr '\n' ' ')"
+taskset -c 0 ./$B/bench_amx 512 5 2>&1 | tee "$OUT/bench_amx.txt"
