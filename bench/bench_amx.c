@@ -50,8 +50,8 @@ int main(int argc, char **argv) {
     const int64_t T = argc > 1 ? atoll(argv[1]) : 512;
     const int reps = argc > 2 ? atoi(argv[2]) : 5;
     __builtin_cpu_init();
-    const bool have[NK] = {__builtin_cpu_supports("avx512f"),
-                           __builtin_cpu_supports("avx512bf16"), nmlx_amx_ok()};
+    const bool have[NK] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bf16"),
+                           nmlx_amx_ok()};
     printf("dense bf16 prefill, T=%lld, 1 thread, best of %d; kernels: f32 %s, avx512bf16 %s, "
            "amx %s\n",
            (long long)T, reps, have[0] ? "yes" : "no", have[1] ? "yes" : "no",

@@ -828,9 +828,9 @@ static void test_amx_dense(void) {
     uint64_t saved = test_rng_;
     test_seed(4242);
     const int64_t shapes[][3] = {/* T, D, N */
-                                 {1, 1, 1},     {5, 17, 31},    {24, 33, 64},  {37, 45, 83},
+                                 {1, 1, 1},      {5, 17, 31},   {24, 33, 64},  {37, 45, 83},
                                  {33, 100, 300}, {70, 67, 545}, {257, 40, 97}, {300, 130, 1030},
-                                 {48, 64, 1024}};
+                                 {48, 64, 1024}, {530, 20, 40}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         for (int nth = 1; nth <= 3; nth++)
             for (int ua = 0; ua < 2; ua++)

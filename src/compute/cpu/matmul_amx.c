@@ -13,7 +13,7 @@
  * columns of x in bf16 (A, rows of a token-major copy); 6-7 hold 16 k-pairs
  * x 16 rows of W (B, "VNNI" pair layout: each 32-bit element the pair
  * W[d, k], W[d, k+1], as the vdpbf16ps panels). Blocking: x is rounded per
- * block of 256 tokens x 512 columns (zero padded to 32 x 32), W packed per
+ * block of 512 tokens x 512 columns (zero padded to 32 x 32), W packed per
  * 32 rows x 512 columns (zero padded) once per x block and used by every
  * token of it. Each worker loads the tile configuration on entry and
  * releases the tiles on exit. */
@@ -30,10 +30,10 @@
 #include <unistd.h>
 
 enum {
-    AK = 512,      /* columns per block */
-    XS = AK + 32,  /* row stride of the bf16 x block (elements): not 2^n bytes */
-    ATB = 256,     /* tokens per x block */
-    AR = 32,       /* W rows per panel (two B tiles) */
+    AK = 512,        /* columns per block */
+    XS = AK + 32,    /* row stride of the bf16 x block (elements): not 2^n bytes */
+    ATB = 512,       /* tokens per x block (a T = 512 prefill packs W once) */
+    AR = 32,         /* W rows per panel (two B tiles) */
     PG = AK / 2 * 16 /* 32-bit pairs per 16-row half panel */
 };
 
@@ -157,7 +157,8 @@ typedef struct {
         else {                                                                                     \
             _tile_stored(i, cs[i], 64);                                                            \
             for (int r = 0; r < nt[i]; r++)                                                        \
-                _mm512_mask_storeu_ps(yb[i] + r * D, mask_n(nd[i]), _mm512_load_ps(cs[i] + 16 * r)); \
+                _mm512_mask_storeu_ps(yb[i] + r * D, mask_n(nd[i]),                                \
+                                      _mm512_load_ps(cs[i] + 16 * r));                             \
         }                                                                                          \
     } while (0)
 
