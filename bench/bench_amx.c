@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
     printf("dense bf16 prefill, T=%lld, 1 thread, best of %d; kernels: f32 %s, avx512bf16 %s, "
            "amx %s\n",
            (long long)T, reps, have[0] ? "yes" : "no", have[1] ? "yes" : "no",
-           have[2] ? "yes" : "no (CPU/OS)");
+           have[2] ? "yes" : nmlx_amx_status());
     if (!have[0]) return 0;
     double sum[2][NK] = {{0}};
     uint64_t st = 88172645463325252ull;

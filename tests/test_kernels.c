@@ -821,8 +821,8 @@ static void test_amx_dense(void) {
         return;
     }
     if (!nmlx_amx_ok() || !nmlx_qbf16_get_pick().dense_amx) {
-        printf("AMX dense bf16 prefill: SKIPPED (no AMX-BF16/AMX-TILE/AVX512_BF16 or the OS "
-               "refused the tile state)\n");
+        printf("AMX dense bf16 prefill: SKIPPED (%s)\n",
+               nmlx_amx_ok() ? "the pick did not take it" : nmlx_amx_status());
         return;
     }
     uint64_t saved = test_rng_;

@@ -40,37 +40,51 @@ enum {
 /* ------------------------------------------------------ availability */
 
 static bool g_amx_ok;
+static const char *g_amx_why = "not probed";
 static pthread_once_t g_amx_once = PTHREAD_ONCE_INIT;
 
 static void amx_probe(void) {
     unsigned a, b, c, d;
-    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d) || !((c >> 27) & 1)) return; /* OSXSAVE */
+    g_amx_why = "cpuid: no OSXSAVE";
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d) || !((c >> 27) & 1)) return;
+    g_amx_why = "cpuid: no AMX-TILE / AMX-BF16";
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
-    if (!((d >> 24) & 1) || !((d >> 22) & 1)) return; /* AMX-TILE, AMX-BF16 */
+    if (!((d >> 24) & 1) || !((d >> 22) & 1)) return;
+    g_amx_why = "cpuid: no AVX512F/BW/BF16";
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512bf16"))
         return;
     /* palette 1 must offer 8 tiles of 16 rows x 64 bytes */
+    g_amx_why = "cpuid leaf 0x1d: no palette 1 of 8 tiles x 16 rows x 64 bytes";
     if (!__get_cpuid_count(0x1d, 0, &a, &b, &c, &d) || a < 1) return;
     __get_cpuid_count(0x1d, 1, &a, &b, &c, &d);
     if ((b & 0xffff) < 64 || (b >> 16) < 8 || (c & 0xffff) < 16) return;
     /* the OS enables the tile state in XCR0 (bits 17, 18) */
+    g_amx_why = "XCR0: tile state not enabled by the OS";
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     (void)hi;
     if (((lo >> 17) & 3) != 3) return;
     /* and grants this process the tile data (Linux 5.16+; process-wide) */
     enum { GET_PERM = 0x1022, REQ_PERM = 0x1023, XTILEDATA = 18 };
+    g_amx_why = "arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) refused";
     if (syscall(SYS_arch_prctl, REQ_PERM, XTILEDATA) != 0) return;
     unsigned long perm = 0;
+    g_amx_why = "arch_prctl(ARCH_GET_XCOMP_PERM): XTILEDATA not granted";
     if (syscall(SYS_arch_prctl, GET_PERM, &perm) != 0 || !((perm >> XTILEDATA) & 1)) return;
+    g_amx_why = "usable";
     g_amx_ok = true;
 }
 
 bool nmlx_amx_ok(void) {
     pthread_once(&g_amx_once, amx_probe);
     return g_amx_ok;
+}
+
+const char *nmlx_amx_status(void) {
+    pthread_once(&g_amx_once, amx_probe);
+    return g_amx_why;
 }
 
 int nmlx_amx_env(void) {

@@ -17,6 +17,8 @@
  * state and Linux granted this process the tile data (arch_prctl
  * ARCH_REQ_XCOMP_PERM, requested once on the first call). */
 bool nmlx_amx_ok(void);
+/* "usable", or which check failed (probes like nmlx_amx_ok) */
+const char *nmlx_amx_status(void);
 /* NMLX_AMX: -1 unset, 0 for "0", 1 otherwise */
 int nmlx_amx_env(void);
 /* NMLX_AMX=1, or unset and NMLX_AMX_DEFAULT (nmlx_amx_ok() still needed) */

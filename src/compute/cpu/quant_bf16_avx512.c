@@ -402,8 +402,12 @@ static void measure_pick(void) {
                 g_pick.prefill ? "bf16" : "f32", g_pick.matvec ? "bf16" : "f32",
                 g_pick.dense_bf16 ? "bf16" : "f32");
     if (log)
-        fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %s%.3g -> amx %s\n",
-                amx ? "" : "(not run: NMLX_AMX unset/0 or no AMX) ", 1e3 * td_amx,
+        fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %.3g (%s) -> amx %s\n",
+                1e3 * td_amx,
+                amx                  ? "AMX usable"
+                : !bf16              ? "not run: no avx512bf16"
+                : !nmlx_amx_wanted() ? "not run: NMLX_AMX unset or 0"
+                                     : nmlx_amx_status(),
                 g_pick.dense_amx ? "on" : "off");
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
