@@ -29,6 +29,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#ifdef NMLX_AMX_EMULATE /* tests/test_amx_emulated.c: tile ops in C, no probe */
+#include "amx_emulate.h"
+#define AMX_USABLE() true
+#else
+#define AMX_USABLE() nmlx_amx_ok()
+#endif
+
 enum {
     AK = 512,        /* columns per block */
     XS = AK + 32,    /* row stride of the bf16 x block (elements): not 2^n bytes */
@@ -178,7 +185,7 @@ typedef struct {
 
 bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                           int64_t d1) {
-    if (!nmlx_amx_ok() || w->mode != NMLX_QUANT_NONE || w->w.dtype != NMLX_DT_BF16 || T < 1 ||
+    if (!AMX_USABLE() || w->mode != NMLX_QUANT_NONE || w->w.dtype != NMLX_DT_BF16 || T < 1 ||
         d0 < 0 || d1 > w->rows || d0 >= d1 || w->cols < 1)
         return false;
     const int64_t N = w->cols, D = w->rows;
