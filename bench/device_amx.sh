@@ -4,7 +4,9 @@
 # -Werror, CPU only), runs test_kernels with NMLX_AMX=1 (must print "AMX
 # dense bf16 prefill: RAN") and the pick log, the other CPU kernel tests
 # with NMLX_AMX=1, then bench_amx (1 thread pinned to core 0, T=512).
-#   OUT=dir bash bench/device_amx.sh
+#   OUT=dir [FULL=1] bash bench/device_amx.sh
+# FULL=1 also builds everything and runs every C test (ctest -R '^test_')
+# with NMLX_AMX=1 (the bf16 fixtures' prefill through AMX), ~3 more minutes.
 # If bench/device_cpu_peer.sh ran before in the same call (its checkpoints
 # in /dev/shm/nmlx-cpu-peer/models), it also times the bf16 cells' prefill
 # end to end (p512, 2 threads pinned to cores 0,1), NMLX_AMX=0 and =1
@@ -41,6 +43,11 @@ for t in test_quant_kernels test_quant_int8; do
 done
 ./$B/tests/test_kernels >"$OUT/test_kernels_default.log" 2>&1
 echo "test_kernels default rc=$?: $(grep -E "AMX|passed" "$OUT/test_kernels_default.log" | tr '\n' ' ')"
+if [ "${FULL:-0}" = 1 ]; then # every C test (test_*) with NMLX_AMX=1: bf16 fixtures through AMX
+  cmake --build $B -j"$(nproc)" >>"$OUT/build.log" 2>&1 || echo "full build failed (see build.log)"
+  NMLX_AMX=1 timeout 300 ctest --test-dir $B -j8 -R '^test_' >"$OUT/ctest_amx.log" 2>&1
+  echo "ctest -R ^test_ NMLX_AMX=1 rc=$?: $(grep -E "tests passed|FAILED|Failed|Timeout" "$OUT/ctest_amx.log" | tr '\n' ' ')"
+fi
 taskset -c 0 ./$B/bench_amx 512 5 2>&1 | tee "$OUT/bench_amx.txt"
 M=/dev/shm/nmlx-cpu-peer/models
 for model in qwen3-0.6b llama-3.2-1b; do
