@@ -280,6 +280,110 @@ static int prefill_layers(int argc, char **argv) {
 }
 #endif
 
+/* ------------------------------------------------------------ decode kernels */
+#if defined(__x86_64__)
+
+/* `decode [rounds=5] [bits=4] [threads=2] [gs=64]`: one decoder layer's
+ * seven mat-vecs (T = 1) at Qwen3-0.6B and Llama-3.2-1B shapes, affine
+ * bits/gs with bf16 scales, through the avx512 set's decode kernels by name
+ * (f32 x, bf16 x where the CPU has AVX512_BF16 and the weight is 4-bit
+ * g64/128, int16 x with VNNI), rows split over the threads as cpu_ops.c
+ * does; layers cycled over > 256 MiB so the weights stream from DRAM;
+ * kernels alternate per round; best of the rounds, microseconds per layer
+ * and GB/s of packed weights + scales + biases. */
+typedef struct {
+    const nmlx_weight *w;
+    const float *x;
+    float *y;
+    int kernel; /* 0 f32, 1 bf16, 2 int16-vnni */
+} dec_job;
+
+static void dec_task(void *ctx, int ith, int nth) {
+    const dec_job *j = ctx;
+    int64_t d0, d1;
+    cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
+    if (d0 >= d1) return;
+    if (j->kernel == 2)
+        nmlx_avx512vnni_quant_matvec16(j->w, j->x, j->y, d0, d1);
+    else if (j->kernel == 1)
+        nmlx_avx512bf16_quant_matvec(j->w, j->x, j->y, d0, d1);
+    else
+        nmlx_avx512f32_quant_matvec(j->w, j->x, j->y, d0, d1);
+}
+
+static int decode_layers(int argc, char **argv) {
+    const int rounds = argc > 2 ? atoi(argv[2]) : 5, bits = argc > 3 ? atoi(argv[3]) : 4;
+    const int nth = argc > 4 ? atoi(argv[4]) : 2, gs = argc > 5 ? atoi(argv[5]) : 64;
+    static const struct {
+        const char *name;
+        int64_t dn[7][2];
+    } models[] = {
+        {"Qwen3-0.6B",
+         {{2048, 1024}, {1024, 1024}, {1024, 1024}, {1024, 2048}, {3072, 1024}, {3072, 1024},
+          {1024, 3072}}},
+        {"Llama-3.2-1B",
+         {{2048, 2048}, {512, 2048}, {512, 2048}, {2048, 2048}, {8192, 2048}, {8192, 2048},
+          {2048, 8192}}},
+    };
+    __builtin_cpu_init();
+    const nmlx_weight probe = {.mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs,
+                               .cols = 1024};
+    const bool have[3] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
+                          __builtin_cpu_supports("avx512bf16") &&
+                              nmlx_avx512bf16_matvec_ok(&probe),
+                          __builtin_cpu_supports("avx512vnni") &&
+                              nmlx_avx512vnni_matvec16_ok(&probe)};
+    const char *names[3] = {"f32", "bf16", "int16-vnni"};
+    nmlx_backend *be = NULL;
+    if (!have[0] || nmlx_backend_cpu_create(nth, &be) != NMLX_OK) return 1;
+    printf("decode, one layer's 7 mat-vecs, affine %d-bit g%d bf16 scales, %d threads, best of "
+           "%d rounds: us per layer (GB/s)\n",
+           bits, gs, nth, rounds);
+    for (int mi = 0; mi < 2; mi++) {
+        size_t layer_bytes = 0, bytes;
+        int64_t nmax = 0;
+        for (int i = 0; i < 7; i++) {
+            const int64_t D = models[mi].dn[i][0], N = models[mi].dn[i][1];
+            layer_bytes += (size_t)(D * N * bits / 8) + (size_t)(D * N / gs) * 4;
+            nmax = D > nmax ? D : nmax, nmax = N > nmax ? N : nmax;
+        }
+        const int L = (int)((256u << 20) / layer_bytes) + 1;
+        nmlx_weight *w = calloc((size_t)L * 7, sizeof *w);
+        for (int l = 0; l < L; l++)
+            for (int i = 0; i < 7; i++)
+                w[l * 7 + i] = make_q(bits, gs, models[mi].dn[i][0], models[mi].dn[i][1], &bytes);
+        float *x = malloc((size_t)nmax * sizeof(float)), *y = malloc((size_t)nmax * sizeof(float));
+        for (int64_t i = 0; i < nmax; i++)
+            x[i] = (float)(i % 13) * 0.01f - 0.05f;
+        double best[3] = {1e30, 1e30, 1e30};
+        for (int r = 0; r < rounds; r++)
+            for (int k = 0; k < 3; k++) {
+                if (!have[k]) continue;
+                const double t0 = nmlx_time_seconds();
+                for (int l = 0; l < L; l++)
+                    for (int i = 0; i < 7; i++) {
+                        dec_job j = {.w = &w[l * 7 + i], .x = x, .y = y, .kernel = k};
+                        nmlx_pool_run_n(be->pool, dec_task, &j, nth);
+                    }
+                const double us = (nmlx_time_seconds() - t0) / L * 1e6;
+                if (us < best[k]) best[k] = us;
+            }
+        printf("%-13s", models[mi].name);
+        for (int k = 0; k < 3; k++)
+            if (have[k])
+                printf("  %s %7.1f (%5.1f)", names[k], best[k], (double)layer_bytes / best[k] / 1e3);
+        printf("  f32/int16 %.2fx", best[0] / best[2]);
+        if (have[1]) printf("  bf16/int16 %.2fx", best[1] / best[2]);
+        printf("\n");
+        for (int l = 0; l < L * 7; l++)
+            free_q(&w[l]);
+        free(w), free(x), free(y);
+    }
+    nmlx_backend_free(be);
+    return 0;
+}
+#endif
+
 /* ------------------------------------------------------------ few tokens */
 
 /* A weight of format fmt ("bf16", "f16", "f32": dense, "q4"/"q8": affine g64 with
@@ -414,6 +518,7 @@ int main(int argc, char **argv) {
     if (argc == 8 && !strcmp(argv[1], "calls")) return fixed_calls(argv);
 #if defined(__x86_64__)
     if (argc > 1 && !strcmp(argv[1], "prefill")) return prefill_layers(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "decode")) return decode_layers(argc, argv);
 #endif
     if (argc > 1) budget = atof(argv[1]);
     const char *only = argc > 2 ? argv[2] : "all";
