@@ -34,6 +34,8 @@
 #pragma GCC target("avx512vnni")
 #include "compute/cpu/quant_avx512.h"
 
+#include <stdlib.h>
+
 enum {
     MV_NMAX = 16384,            /* the widest row taken (x on the stack) */
     GS_PAD = MV_NMAX / 32 + 16, /* per-group arrays, padded to a 16-group block */
@@ -109,8 +111,8 @@ typedef struct {
  * with zeros to a 16-group block). */
 AVX512_INLINE void qv_rows(int R, int BITS, int GS, const qv_w *w, int64_t d, const uint8_t *xp,
                            const float *dx, const float *xs, float *y) {
-    const int XV = BITS == 4 ? 4 : 2;              /* x vectors per chunk */
-    const int CPF = BITS == 8 && GS == 128 ? 2 : 1; /* chunks per flush unit */
+    const int XV = BITS == 4 ? 4 : 2;                        /* x vectors per chunk */
+    const int CPF = BITS == 8 && GS == 128 ? 2 : 1;          /* chunks per flush unit */
     const int GPF = BITS == 4 ? 128 / GS : GS == 32 ? 2 : 1; /* groups per flush unit */
     const int UPB = 16 / GPF;                                /* flush units per 16 groups */
     const int LPG = 16 / GPF;                                /* lanes per group */
@@ -209,35 +211,77 @@ static const qv_fn qv_fns[2][3][2] = {
 };
 /* clang-format on */
 
-void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float *y, int64_t d0,
-                                    int64_t d1) {
+/* x (N) -> its byte planes xp (2 N + 256 bytes) and per-group steps dx and
+ * sums xs (GS_PAD each, zeros past the last group to a 16-group block) */
+static void prep_x(const nmlx_weight *w, const float *x, uint8_t *xp, float *dx, float *xs) {
     const int bits = w->bits, gs = w->group_size;
-    const int64_t N = w->cols, G = N / gs, row_bytes = N * bits / 8;
-    const int64_t cols_per_chunk = bits == 4 ? 128 : 64;
-    const int64_t nchunks = (N + cols_per_chunk - 1) / cols_per_chunk;
+    const int64_t N = w->cols, G = N / gs, cpc = bits == 4 ? 128 : 64;
+    const int64_t nchunks = (N + cpc - 1) / cpc;
     int16_t x16[MV_NMAX + 128] __attribute__((aligned(64)));
-    uint8_t xp[2 * MV_NMAX + 256] __attribute__((aligned(64)));
-    float dx[GS_PAD], xs[GS_PAD];
     nmlx_qint16s_quantize_row(x, N, gs, x16, dx, xs);
-    for (int64_t k = N; k < nchunks * cols_per_chunk; k++)
+    for (int64_t k = N; k < nchunks * cpc; k++)
         x16[k] = 0;
     for (int64_t g = G; g < (G + 15) / 16 * 16; g++)
         dx[g] = xs[g] = 0.0f;
     split_planes(x16, nchunks, bits, xp);
-    int64_t pf_rows = (NMLX_QDEC_PF_BYTES + row_bytes - 1) / row_bytes;
-    const qv_w q = {.packed = (const uint8_t *)w->w.data,
-                    .sc = w->scales.data,
-                    .bi = w->biases.data,
-                    .sdt = w->scales.dtype,
-                    .ses = nmlx_dtype_size(w->scales.dtype),
-                    .row_bytes = row_bytes,
-                    .G = G,
-                    .nchunks = nchunks,
-                    .pf_rows = pf_rows < 8 ? 8 : pf_rows};
-    const qv_fn *fns = qv_fns[bits == 8][gs == 32 ? 0 : gs == 64 ? 1 : 2];
+}
+
+static qv_w qv_of(const nmlx_weight *w) {
+    const int64_t row_bytes = w->cols * w->bits / 8, cpc = w->bits == 4 ? 128 : 64;
+    const int64_t pf_rows = (NMLX_QDEC_PF_BYTES + row_bytes - 1) / row_bytes;
+    return (qv_w){.packed = (const uint8_t *)w->w.data,
+                  .sc = w->scales.data,
+                  .bi = w->biases.data,
+                  .sdt = w->scales.dtype,
+                  .ses = nmlx_dtype_size(w->scales.dtype),
+                  .row_bytes = row_bytes,
+                  .G = w->cols / w->group_size,
+                  .nchunks = (w->cols + cpc - 1) / cpc,
+                  .pf_rows = pf_rows < 8 ? 8 : pf_rows};
+}
+
+/* rows [d0, d1) in blocks of 4 from d0, the last d1 - d0 mod 4 alone */
+static void rows_range(const nmlx_weight *w, const qv_w *q, const uint8_t *xp, const float *dx,
+                       const float *xs, float *y, int64_t d0, int64_t d1) {
+    const qv_fn *fns = qv_fns[w->bits == 8][w->group_size == 32 ? 0 : w->group_size == 64 ? 1 : 2];
     for (int64_t d = d0; d < d1;) {
         const int R = d1 - d >= RB ? RB : 1;
-        fns[R == RB](&q, d, xp, dx, xs, y);
+        fns[R == RB](q, d, xp, dx, xs, y);
         d += R;
     }
+}
+
+void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                                    int64_t d1) {
+    uint8_t xp[2 * MV_NMAX + 256] __attribute__((aligned(64)));
+    float dx[GS_PAD], xs[GS_PAD];
+    prep_x(w, x, xp, dx, xs);
+    const qv_w q = qv_of(w);
+    rows_range(w, &q, xp, dx, xs, y, d0, d1);
+}
+
+/* The few-token form: each token's x prepared once per call (not once per
+ * row block), then per block of FR rows every token's mat-vec (the block's
+ * codes stay in L1/L2 across the tokens). Each row is computed by the same
+ * function, in the same 4-row grouping from d0, as the one-token call: the
+ * same bits. */
+bool nmlx_avx512vnni_quant_matmul_few16(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                        int64_t d0, int64_t d1) {
+    enum { FR = 64 };
+    if (!nmlx_avx512vnni_matvec16_ok(w) || T < 1 || T >= NMLX_CPU_FEW_TOKENS) return false;
+    const int64_t N = w->cols, D = w->rows, xps = 2 * N + 256;
+    char *buf = aligned_alloc(64, (size_t)(T * xps + 2 * T * GS_PAD * 4 + 63) / 64 * 64);
+    if (!buf) return false;
+    float *dx = (float *)(void *)(buf + T * xps), *xs = dx + T * GS_PAD;
+    for (int64_t t = 0; t < T; t++)
+        prep_x(w, x + t * N, (uint8_t *)buf + t * xps, dx + t * GS_PAD, xs + t * GS_PAD);
+    const qv_w q = qv_of(w);
+    for (int64_t b0 = d0; b0 < d1; b0 += FR) {
+        const int64_t b1 = d1 - b0 < FR ? d1 : b0 + FR;
+        for (int64_t t = 0; t < T; t++)
+            rows_range(w, &q, (const uint8_t *)buf + t * xps, dx + t * GS_PAD, xs + t * GS_PAD,
+                       y + t * D, b0, b1);
+    }
+    free(buf);
+    return true;
 }

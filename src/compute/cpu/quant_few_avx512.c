@@ -226,9 +226,8 @@ bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float
 bool nmlx_avx512_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1) {
     const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
-    /* the int16 decode has no few-token form yet: the caller runs it per
-     * token over row blocks (the same bits) */
-    if (pick.matvec_int16 && nmlx_avx512vnni_matvec16_ok(w)) return false;
+    if (pick.matvec_int16 && nmlx_avx512vnni_matvec16_ok(w))
+        return nmlx_avx512vnni_quant_matmul_few16(w, x, y, T, d0, d1);
     if (pick.matvec && nmlx_avx512bf16_matvec_ok(w))
         return nmlx_avx512bf16_quant_matmul_few(w, x, y, T, d0, d1);
     return nmlx_avx512f32_quant_matmul_few(w, x, y, T, d0, d1);

@@ -96,6 +96,11 @@ void nmlx_qint16s_quantize_row(const float *x, int64_t n, int xb, int16_t *q, fl
 bool nmlx_avx512vnni_matvec16_ok(const nmlx_weight *w);
 void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                                     int64_t d1);
+/* Its few-token form (1 <= T < NMLX_CPU_FEW_TOKENS; rows bit for bit the
+ * one-token kernel's; false, y untouched, where it does not take w or its
+ * x buffer cannot be allocated). */
+bool nmlx_avx512vnni_quant_matmul_few16(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                        int64_t d0, int64_t d1);
 bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                     int64_t d0, int64_t d1);
 /* The AVX2 form of the int16 prefill (quant_int16_avx2.c: `vpmaddwd`), for
