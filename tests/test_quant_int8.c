@@ -330,7 +330,7 @@ static void test_dispatch(const char *isa, const char *prec, nmlx_quant_mode mod
              * 2^-16 max|x_g| / mean|x| on this x, under 1e-4) */
             const nmlx_qbf16_pick pk = nmlx_qbf16_get_pick();
             const bool avx512 = !v && strcmp(isa, "avx2");
-            const double tol = avx512 && pk.matvec_int16 && nmlx_avx512vnni_matvec16_ok(&m.w)
+            const double tol = avx512 && nmlx_qdec16_takes(&pk, &m.w)
                                    ? 1e-4
                                : avx512 && pk.matvec && nmlx_avx512bf16_matvec_ok(&m.w)
                                    ? 1.0 / 256 + 1e-5

@@ -53,7 +53,7 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
         return TOL_INT16;
     /* the int16 x decode (VNNI; T < NMLX_CPU_FEW_CHUNKED: one-token and
      * few-token forms): step max|x_g| / 32639, the same bound */
-    if (T < NMLX_CPU_FEW_CHUNKED && p.matvec_int16 && nmlx_avx512vnni_matvec16_ok(w))
+    if (T < NMLX_CPU_FEW_CHUNKED && nmlx_qdec16_takes(&p, w))
         return TOL_INT16;
     if (!have_avx512bf16()) return TOL_F32;
     if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&

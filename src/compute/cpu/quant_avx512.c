@@ -321,7 +321,7 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
             nmlx_avx512f32_quant_matmat(w, x, y, T, d0, d1);
         return;
     }
-    const bool i16 = pick.matvec_int16 && nmlx_avx512vnni_matvec16_ok(w);
+    const bool i16 = nmlx_qdec16_takes(&pick, w);
     const bool bf = !i16 && pick.matvec && nmlx_avx512bf16_matvec_ok(w);
     if (T == 1) { /* decode: one pass over the rows */
         if (i16)

@@ -326,7 +326,7 @@ static void measure_pick(void) {
         g_pick.matvec = all || !strcmp(env, "matvec");
     }
     g_pick.prefill_int16 = vnni && e_i16 == 1;
-    g_pick.matvec_int16 = vnni && e_i16d == 1;
+    g_pick.matvec_int16 = g_pick.matvec_int16_q8 = vnni && e_i16d == 1;
     g_pick.dense_bf16 = bf16 && e_dense == 1;
     const bool log = getenv("NMLX_QUANT_PICK_LOG") != NULL;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
@@ -359,7 +359,7 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2] = {{0}}, t16 = 0, t16d = 0, td[2] = {0};
+    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0};
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -382,6 +382,12 @@ static void measure_pick(void) {
     if (vnni && e_i16d < 0) {
         const double best = g_pick.matvec && t[1][1] > 0 ? t[1][1] : t[1][0];
         g_pick.matvec_int16 = t16d < best;
+        /* 8-bit g64 (the codes of q reread as bytes): against the f32 mat-vec */
+        j.w.bits = 8, j.w.w.shape[1] = PN / 4, j.w.rows = PD / 2, j.w.scales.shape[0] = PD / 2;
+        j.w.biases.shape[0] = PD / 2, j.bf = false;
+        t8[0] = time_best(run_matvec, &j);
+        t8[1] = time_best(run_matvec16, &j);
+        g_pick.matvec_int16_q8 = t8[1] < t8[0];
     }
     if (bf16) {
         j.w = (nmlx_weight){.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN}, .data = wd},
@@ -394,14 +400,16 @@ static void measure_pick(void) {
     if (log)
         fprintf(stderr,
                 "nmlx cpu pick (ms): quantized prefill f32 %.3g bf16 %.3g int16 %.3g, decode f32 "
-                "%.3g bf16 %.3g int16-vnni %.3g; dense bf16 prefill f32 %.3g bf16 %.3g -> "
-                "quantized prefill %s (MXFP4 %s), decode %s, dense bf16 prefill %s\n",
+                "%.3g bf16 %.3g int16-vnni %.3g, 8-bit decode f32 %.3g int16-vnni %.3g; dense "
+                "bf16 prefill f32 %.3g bf16 %.3g -> quantized prefill %s (MXFP4 %s), decode %s, "
+                "8-bit decode %s, dense bf16 prefill %s\n",
                 1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1],
-                1e3 * t16d, 1e3 * td[0], 1e3 * td[1], g_pick.prefill_int16 ? "int16" : "f32",
-                g_pick.prefill ? "bf16" : "f32",
-                g_pick.matvec_int16 ? "int16-vnni (4/8-bit)"
+                1e3 * t16d, 1e3 * t8[0], 1e3 * t8[1], 1e3 * td[0], 1e3 * td[1],
+                g_pick.prefill_int16 ? "int16" : "f32", g_pick.prefill ? "bf16" : "f32",
+                g_pick.matvec_int16 ? "int16-vnni"
                 : g_pick.matvec     ? "bf16"
                                     : "f32",
+                g_pick.matvec_int16_q8 ? "int16-vnni" : "f32",
                 g_pick.dense_bf16 ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);

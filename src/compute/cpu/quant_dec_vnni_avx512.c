@@ -42,6 +42,9 @@ enum {
     RB = 4                      /* rows per block */
 };
 
+#ifndef NMLX_QDEC16_SHIFT_ADD /* 1: 4-bit combines 256 ah + al with a shift and an add */
+#define NMLX_QDEC16_SHIFT_ADD 0
+#endif
 #ifndef NMLX_QDEC_PF_BYTES
 #define NMLX_QDEC_PF_BYTES 4096
 #endif
@@ -179,7 +182,11 @@ AVX512_INLINE void qv_rows(int R, int BITS, int GS, const qv_w *w, int64_t d, co
             }
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                const __m512i t = _mm512_add_epi32(_mm512_slli_epi32(ah[r], 8), al[r]);
+                /* 256 ah + al; 4-bit: |ah| <= 8 x 15 x 128 < 2^15 per lane, so
+                 * one `vpdpwssd` (ah's low word x 256, its high word x 0) */
+                const __m512i t = BITS == 4 && !NMLX_QDEC16_SHIFT_ADD
+                                      ? _mm512_dpwssd_epi32(al[r], ah[r], _mm512_set1_epi32(256))
+                                      : _mm512_add_epi32(_mm512_slli_epi32(ah[r], 8), al[r]);
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, S[r]),
                                          acc[r]);
             }

@@ -18,8 +18,9 @@ typedef struct nmlx_qbf16_pick {
     bool prefill;        /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
     bool prefill_affine; /* ...for affine weights too (forced only), not just MXFP4 */
     bool matvec;         /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
-    bool matvec_int16;   /* nmlx_avx512vnni_quant_matvec16 for affine 4/8-bit (before
+    bool matvec_int16;   /* nmlx_avx512vnni_quant_matvec16 for affine 4-bit (before
                             matvec; needs AVX512_VNNI) */
+    bool matvec_int16_q8; /* ...and for affine 8-bit (timed apart) */
     bool prefill_int16;  /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
                             precision; needs AVX512_VNNI) */
     bool dense_bf16;     /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
@@ -96,6 +97,10 @@ void nmlx_qint16s_quantize_row(const float *x, int64_t n, int xb, int16_t *q, fl
 bool nmlx_avx512vnni_matvec16_ok(const nmlx_weight *w);
 void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float *y, int64_t d0,
                                     int64_t d1);
+/* Whether the avx512 sets' decode takes the int16 VNNI mat-vec for w */
+static inline bool nmlx_qdec16_takes(const nmlx_qbf16_pick *p, const nmlx_weight *w) {
+    return (w->bits == 8 ? p->matvec_int16_q8 : p->matvec_int16) && nmlx_avx512vnni_matvec16_ok(w);
+}
 /* Its few-token form (1 <= T < NMLX_CPU_FEW_TOKENS; rows bit for bit the
  * one-token kernel's; false, y untouched, where it does not take w or its
  * x buffer cannot be allocated). */
