@@ -403,14 +403,13 @@ static void measure_pick(void) {
                 "%.3g bf16 %.3g int16-vnni %.3g, 8-bit decode f32 %.3g int16-vnni %.3g; dense "
                 "bf16 prefill f32 %.3g bf16 %.3g -> quantized prefill %s (MXFP4 %s), decode %s, "
                 "8-bit decode %s, dense bf16 prefill %s\n",
-                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1],
-                1e3 * t16d, 1e3 * t8[0], 1e3 * t8[1], 1e3 * td[0], 1e3 * td[1],
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1], 1e3 * t16d,
+                1e3 * t8[0], 1e3 * t8[1], 1e3 * td[0], 1e3 * td[1],
                 g_pick.prefill_int16 ? "int16" : "f32", g_pick.prefill ? "bf16" : "f32",
                 g_pick.matvec_int16 ? "int16-vnni"
                 : g_pick.matvec     ? "bf16"
                                     : "f32",
-                g_pick.matvec_int16_q8 ? "int16-vnni" : "f32",
-                g_pick.dense_bf16 ? "bf16" : "f32");
+                g_pick.matvec_int16_q8 ? "int16-vnni" : "f32", g_pick.dense_bf16 ? "bf16" : "f32");
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
 }
