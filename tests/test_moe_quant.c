@@ -682,8 +682,8 @@ static void test_convert(const char *name, const char *tmp, int bits) {
          * 32639; these short prompts run it per token) that rounding:
          * measured 3.4e-5 to 5.3e-5 on Zen 4 */
         const double tol_d = int16_decode() ? 2e-4 : 1e-5;
-        EXPECT(r_d <= tol_d && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name,
-               bits, r_d);
+        EXPECT(r_d <= tol_d && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name, bits,
+               r_d);
         /* random-weight fixtures are far from robust to 4 bits: the dense
          * qwen3 / llama3_tied fixtures give 0.40 / 0.42 at 4-bit g32 too */
         EXPECT(r_f <= (bits == 8 ? 0.03 : 0.6), "%s %d-bit close to float: %g", name, bits, r_f);
