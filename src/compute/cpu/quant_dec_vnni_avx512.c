@@ -39,7 +39,8 @@
 enum {
     MV_NMAX = 16384,            /* the widest row taken (x on the stack) */
     GS_PAD = MV_NMAX / 32 + 16, /* per-group arrays, padded to a 16-group block */
-    RB = 4                      /* rows per block */
+    RB = 4,                     /* rows per block */
+    MT = 4                      /* tokens per tile (few-token form) */
 };
 
 #ifndef NMLX_QDEC16_SHIFT_ADD /* 1: 4-bit combines 256 ah + al with a shift and an add */
@@ -267,11 +268,116 @@ void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float 
     rows_range(w, &q, xp, dx, xs, y, d0, d1);
 }
 
-/* The few-token form: each token's x prepared once per call (not once per
- * row block), then per block of FR rows every token's mat-vec (the block's
- * codes stay in L1/L2 across the tokens). Each row is computed by the same
- * function, in the same 4-row grouping from d0, as the one-token call: the
- * same bits. */
+/* The few-token form's kernel: one row d times M tokens' x, each code
+ * chunk loaded and split once for all of them; acc[t] gets exactly the
+ * accumulator qv_rows makes for (row d, token t): the same f32 operations
+ * in the same order (the integer sums are exact, in any order). */
+AVX512_INLINE void qv_tok(int M, int BITS, int GS, const qv_w *w, int64_t d,
+                          const uint8_t *const *xp, const float *const *dx, const float *const *xs,
+                          __m512 *accp) {
+    const int XV = BITS == 4 ? 4 : 2;
+    const int CPF = BITS == 8 && GS == 128 ? 2 : 1;
+    const int GPF = BITS == 4 ? 128 / GS : GS == 32 ? 2 : 1;
+    const int UPB = 16 / GPF, LPG = 16 / GPF;
+    const __m512i lo4 = _mm512_set1_epi8(15);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i pat = _mm512_srli_epi32(lane, LPG == 16 ? 4 : LPG == 8 ? 3 : 2);
+    __m512 acc[MT];
+#pragma GCC unroll 4
+    for (int t = 0; t < M; t++)
+        acc[t] = _mm512_setzero_ps();
+    const uint8_t *row = w->packed + d * w->row_bytes;
+    const int64_t pf = w->pf_rows * w->row_bytes;
+    for (int64_t g0 = 0; g0 < w->G; g0 += 16) {
+        const __mmask16 gm = first_n(w->G - g0);
+        const size_t gi = (size_t)(d * w->G + g0);
+        const size_t ga = (size_t)((d + w->pf_rows) * w->G + g0) * w->ses;
+        _mm_prefetch((const char *)w->sc + ga, NMLX_PF_STREAM);
+        _mm_prefetch((const char *)w->bi + ga, NMLX_PF_STREAM);
+        const __m512 SC = load16(w->sdt, w->sc, gi, gm), BI = load16(w->sdt, w->bi, gi, gm);
+        __m512 S[MT];
+#pragma GCC unroll 4
+        for (int t = 0; t < M; t++) {
+            S[t] = _mm512_mul_ps(SC, _mm512_loadu_ps(dx[t] + g0));
+            acc[t] = _mm512_fmadd_ps(BI, _mm512_loadu_ps(xs[t] + g0), acc[t]);
+        }
+        const int64_t cb = g0 * GS / (BITS == 4 ? 128 : 64);
+        for (int u = 0; u < UPB; u++) {
+            const int64_t c0 = cb + (int64_t)u * CPF;
+            if (c0 >= w->nchunks) break;
+            const __m512i idx = _mm512_add_epi32(pat, _mm512_set1_epi32(GPF * u));
+            __m512i ah[MT], al[MT];
+#pragma GCC unroll 4
+            for (int t = 0; t < M; t++)
+                ah[t] = _mm512_setzero_si512(), al[t] = ah[t];
+#pragma GCC unroll 2
+            for (int k = 0; k < CPF; k++) {
+                const int64_t c = c0 + k;
+                const int64_t left = w->row_bytes - 64 * c;
+                const __mmask64 bm = left >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << left) - 1;
+                _mm_prefetch((const char *)row + pf + 64 * c, NMLX_PF_STREAM);
+                const __m512i v = _mm512_maskz_loadu_epi8(bm, row + 64 * c);
+                if (BITS == 4) {
+                    const __m512i ce = _mm512_and_si512(v, lo4);
+                    const __m512i co = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+#pragma GCC unroll 4
+                    for (int t = 0; t < M; t++) {
+                        const uint8_t *xc = xp[t] + 64 * XV * c;
+                        al[t] = _mm512_dpbusd_epi32(al[t], ce, _mm512_loadu_si512(xc));
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], ce, _mm512_loadu_si512(xc + 64));
+                        al[t] = _mm512_dpbusd_epi32(al[t], co, _mm512_loadu_si512(xc + 128));
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], co, _mm512_loadu_si512(xc + 192));
+                    }
+                } else {
+#pragma GCC unroll 4
+                    for (int t = 0; t < M; t++) {
+                        const uint8_t *xc = xp[t] + 64 * XV * c;
+                        al[t] = _mm512_dpbusd_epi32(al[t], v, _mm512_loadu_si512(xc));
+                        ah[t] = _mm512_dpbusd_epi32(ah[t], v, _mm512_loadu_si512(xc + 64));
+                    }
+                }
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < M; t++) {
+                const __m512i s = BITS == 4 && !NMLX_QDEC16_SHIFT_ADD
+                                      ? _mm512_dpwssd_epi32(al[t], ah[t], _mm512_set1_epi32(256))
+                                      : _mm512_add_epi32(_mm512_slli_epi32(ah[t], 8), al[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(idx, S[t]),
+                                         acc[t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < M; t++)
+        accp[t] = acc[t];
+}
+
+typedef void (*qt_fn)(const qv_w *, int64_t, const uint8_t *const *, const float *const *,
+                      const float *const *, __m512 *);
+#define QT_FN(M, BITS, GS)                                                                         \
+    static void qt_##M##_##BITS##_##GS(const qv_w *w, int64_t d, const uint8_t *const *xp,         \
+                                       const float *const *dx, const float *const *xs,             \
+                                       __m512 *acc) {                                              \
+        qv_tok(M, BITS, GS, w, d, xp, dx, xs, acc);                                                \
+    }
+#define QT_FNS(BITS, GS) QT_FN(1, BITS, GS) QT_FN(2, BITS, GS) QT_FN(3, BITS, GS) QT_FN(4, BITS, GS)
+/* clang-format off */
+QT_FNS(4, 32) QT_FNS(4, 64) QT_FNS(4, 128) QT_FNS(8, 32) QT_FNS(8, 64) QT_FNS(8, 128)
+/* [bits == 8][gs index][M - 1] */
+static const qt_fn qt_fns[2][3][MT] = {
+    {{qt_1_4_32, qt_2_4_32, qt_3_4_32, qt_4_4_32}, {qt_1_4_64, qt_2_4_64, qt_3_4_64, qt_4_4_64},
+     {qt_1_4_128, qt_2_4_128, qt_3_4_128, qt_4_4_128}},
+    {{qt_1_8_32, qt_2_8_32, qt_3_8_32, qt_4_8_32}, {qt_1_8_64, qt_2_8_64, qt_3_8_64, qt_4_8_64},
+     {qt_1_8_128, qt_2_8_128, qt_3_8_128, qt_4_8_128}},
+};
+/* clang-format on */
+
+/* The few-token form: each token's x prepared once per call, then per
+ * block of FR rows (its codes stay in L2 while the token tiles pass) and
+ * tile of at most MT tokens, each row's codes loaded and split once for the
+ * tile (qv_tok). Rows are reduced as the one-token call reduces them (4-row
+ * blocks from d0 with hsum4x16, the last d1 - d0 mod 4 rows alone), so every
+ * row is bit for bit the one-token kernel's. */
 bool nmlx_avx512vnni_quant_matmul_few16(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                         int64_t d0, int64_t d1) {
     enum { FR = 64 };
@@ -279,15 +385,36 @@ bool nmlx_avx512vnni_quant_matmul_few16(const nmlx_weight *w, const float *x, fl
     const int64_t N = w->cols, D = w->rows, xps = 2 * N + 256;
     char *buf = aligned_alloc(64, (size_t)(T * xps + 2 * T * GS_PAD * 4 + 63) / 64 * 64);
     if (!buf) return false;
-    float *dx = (float *)(void *)(buf + T * xps), *xs = dx + T * GS_PAD;
-    for (int64_t t = 0; t < T; t++)
-        prep_x(w, x + t * N, (uint8_t *)buf + t * xps, dx + t * GS_PAD, xs + t * GS_PAD);
+    float *dxb = (float *)(void *)(buf + T * xps), *xsb = dxb + T * GS_PAD;
+    const uint8_t *xp[NMLX_CPU_FEW_TOKENS];
+    const float *dx[NMLX_CPU_FEW_TOKENS], *xs[NMLX_CPU_FEW_TOKENS];
+    for (int64_t t = 0; t < T; t++) {
+        prep_x(w, x + t * N, (uint8_t *)buf + t * xps, dxb + t * GS_PAD, xsb + t * GS_PAD);
+        xp[t] = (const uint8_t *)buf + t * xps, dx[t] = dxb + t * GS_PAD, xs[t] = xsb + t * GS_PAD;
+    }
     const qv_w q = qv_of(w);
+    const qt_fn *fns = qt_fns[w->bits == 8][w->group_size == 32 ? 0 : w->group_size == 64 ? 1 : 2];
     for (int64_t b0 = d0; b0 < d1; b0 += FR) {
         const int64_t b1 = d1 - b0 < FR ? d1 : b0 + FR;
-        for (int64_t t = 0; t < T; t++)
-            rows_range(w, &q, (const uint8_t *)buf + t * xps, dx + t * GS_PAD, xs + t * GS_PAD,
-                       y + t * D, b0, b1);
+        for (int64_t t0 = 0; t0 < T;) {
+            /* balanced tiles of at most MT tokens */
+            const int64_t tiles = (T - t0 + MT - 1) / MT, m = (T - t0 + tiles - 1) / tiles;
+            for (int64_t d = b0; d < b1;) {
+                const int R = b1 - d >= RB ? RB : 1;
+                __m512 acc[RB][MT];
+                for (int r = 0; r < R; r++)
+                    fns[m - 1](&q, d + r, xp + t0, dx + t0, xs + t0, acc[r]);
+                for (int64_t t = 0; t < m; t++) {
+                    float *yt = y + (t0 + t) * D + d;
+                    if (R == RB)
+                        _mm_storeu_ps(yt, hsum4x16(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+                    else
+                        yt[0] = _mm512_reduce_add_ps(acc[0][t]);
+                }
+                d += R;
+            }
+            t0 += m;
+        }
     }
     free(buf);
     return true;
