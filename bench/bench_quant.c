@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 
 static double budget = 0.4;
@@ -280,6 +281,189 @@ static int prefill_layers(int argc, char **argv) {
 }
 #endif
 
+/* ------------------------------------------------------------ decode kernels */
+#if defined(__x86_64__)
+
+/* `decode [rounds=5] [bits=4] [threads=2] [gs=64]`: one decoder layer's
+ * seven mat-vecs (T = 1) at Qwen3-0.6B and Llama-3.2-1B shapes, affine
+ * bits/gs with bf16 scales, through the avx512 set's decode kernels by name
+ * (f32 x, bf16 x where the CPU has AVX512_BF16 and the weight is 4-bit
+ * g64/128, int16 x with VNNI), rows split over the threads as cpu_ops.c
+ * does; layers cycled over > 256 MiB so the weights stream from DRAM;
+ * kernels alternate per round; best of the rounds, microseconds per layer
+ * and GB/s of packed weights + scales + biases. */
+typedef struct {
+    const nmlx_weight *w;
+    const float *x;
+    float *y;
+    int kernel; /* 0 f32, 1 bf16, 2 int16-vnni */
+} dec_job;
+
+static void dec_task(void *ctx, int ith, int nth) {
+    const dec_job *j = ctx;
+    int64_t d0, d1;
+    cpu_split(j->w->rows, ith, nth, 16, &d0, &d1);
+    if (d0 >= d1) return;
+    if (j->kernel == 2)
+        nmlx_avx512vnni_quant_matvec16(j->w, j->x, j->y, d0, d1);
+    else if (j->kernel == 1)
+        nmlx_avx512bf16_quant_matvec(j->w, j->x, j->y, d0, d1);
+    else
+        nmlx_avx512f32_quant_matvec(j->w, j->x, j->y, d0, d1);
+}
+
+static int decode_layers(int argc, char **argv) {
+    const int rounds = argc > 2 ? atoi(argv[2]) : 5, bits = argc > 3 ? atoi(argv[3]) : 4;
+    const int nth = argc > 4 ? atoi(argv[4]) : 2, gs = argc > 5 ? atoi(argv[5]) : 64;
+    static const struct {
+        const char *name;
+        int64_t dn[7][2];
+    } models[] = {
+        {"Qwen3-0.6B",
+         {{2048, 1024}, {1024, 1024}, {1024, 1024}, {1024, 2048}, {3072, 1024}, {3072, 1024},
+          {1024, 3072}}},
+        {"Llama-3.2-1B",
+         {{2048, 2048}, {512, 2048}, {512, 2048}, {2048, 2048}, {8192, 2048}, {8192, 2048},
+          {2048, 8192}}},
+    };
+    __builtin_cpu_init();
+    const nmlx_weight probe = {.mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs,
+                               .cols = 1024};
+    const bool have[3] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
+                          __builtin_cpu_supports("avx512bf16") &&
+                              nmlx_avx512bf16_matvec_ok(&probe),
+                          __builtin_cpu_supports("avx512vnni") &&
+                              nmlx_avx512vnni_matvec16_ok(&probe)};
+    const char *names[3] = {"f32", "bf16", "int16-vnni"};
+    nmlx_backend *be = NULL;
+    if (!have[0] || nmlx_backend_cpu_create(nth, &be) != NMLX_OK) return 1;
+    printf("decode, one layer's 7 mat-vecs, affine %d-bit g%d bf16 scales, %d threads, best of "
+           "%d rounds: us per layer (GB/s)\n",
+           bits, gs, nth, rounds);
+    for (int mi = 0; mi < 2; mi++) {
+        size_t layer_bytes = 0, bytes;
+        int64_t nmax = 0;
+        for (int i = 0; i < 7; i++) {
+            const int64_t D = models[mi].dn[i][0], N = models[mi].dn[i][1];
+            layer_bytes += (size_t)(D * N * bits / 8) + (size_t)(D * N / gs) * 4;
+            nmax = D > nmax ? D : nmax, nmax = N > nmax ? N : nmax;
+        }
+        /* BENCH_HOT=1: one layer, cache-resident (the kernels' compute speed) */
+        const int L = getenv("BENCH_HOT") ? 1 : (int)((256u << 20) / layer_bytes) + 1;
+        nmlx_weight *w = calloc((size_t)L * 7, sizeof *w);
+        for (int l = 0; l < L; l++)
+            for (int i = 0; i < 7; i++)
+                w[l * 7 + i] = make_q(bits, gs, models[mi].dn[i][0], models[mi].dn[i][1], &bytes);
+        float *x = malloc((size_t)nmax * sizeof(float)), *y = malloc((size_t)nmax * sizeof(float));
+        for (int64_t i = 0; i < nmax; i++)
+            x[i] = (float)(i % 13) * 0.01f - 0.05f;
+        double best[3] = {1e30, 1e30, 1e30};
+        for (int r = 0; r < rounds; r++)
+            for (int k = 0; k < 3; k++) {
+                if (!have[k]) continue;
+                const double t0 = nmlx_time_seconds();
+                for (int l = 0; l < L; l++)
+                    for (int i = 0; i < 7; i++) {
+                        dec_job j = {.w = &w[l * 7 + i], .x = x, .y = y, .kernel = k};
+                        nmlx_pool_run_n(be->pool, dec_task, &j, nth);
+                    }
+                const double us = (nmlx_time_seconds() - t0) / L * 1e6;
+                if (us < best[k]) best[k] = us;
+            }
+        printf("%-13s", models[mi].name);
+        for (int k = 0; k < 3; k++)
+            if (have[k])
+                printf("  %s %7.1f (%5.1f)", names[k], best[k], (double)layer_bytes / best[k] / 1e3);
+        printf("  f32/int16 %.2fx", best[0] / best[2]);
+        if (have[1]) printf("  bf16/int16 %.2fx", best[1] / best[2]);
+        printf("\n");
+        for (int l = 0; l < L * 7; l++)
+            free_q(&w[l]);
+        free(w), free(x), free(y);
+    }
+    nmlx_backend_free(be);
+    return 0;
+}
+
+/* `decode-acc [bits=4] [gs=64] [D=1024] [N=3072] [tokens=16]`: the decode
+ * kernels' error against f64 (W dequantized, exact; x float) on Gaussian
+ * weights quantized as MLX does and activation-like x (Gaussian, every
+ * 97th column x20: outlier channels): per kernel, the rms and the max of
+ * |y - y_exact| over rms(y_exact), over all rows and tokens. */
+static double gauss(uint64_t *st) {
+    double u = 0;
+    for (int i = 0; i < 12; i++) {
+        *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
+        u += (double)(*st >> 11) / 9007199254740992.0;
+    }
+    return u - 6.0;
+}
+
+static int decode_acc(int argc, char **argv) {
+    const int bits = argc > 2 ? atoi(argv[2]) : 4, gs = argc > 3 ? atoi(argv[3]) : 64;
+    const int64_t D = argc > 4 ? atoll(argv[4]) : 1024, N = argc > 5 ? atoll(argv[5]) : 3072;
+    const int T = argc > 6 ? atoi(argv[6]) : 16;
+    __builtin_cpu_init();
+    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    uint32_t *p = malloc((size_t)(D * words) * 4);
+    uint16_t *sc = malloc((size_t)(D * G) * 2), *bi = malloc((size_t)(D * G) * 2);
+    float *src = malloc((size_t)N * 4), *deq = malloc((size_t)(D * N) * 4);
+    uint64_t st = 0x9E3779B97F4A7C15ull;
+    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
+                     .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = sc},
+                     .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = bi},
+                     .mode = NMLX_QUANT_AFFINE,
+                     .bits = bits,
+                     .group_size = gs,
+                     .rows = D,
+                     .cols = N};
+    for (int64_t d = 0; d < D; d++) {
+        for (int64_t k = 0; k < N; k++)
+            src[k] = (float)(0.02 * gauss(&st));
+        nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, bits, gs, src, N, p + d * words, sc + d * G,
+                                bi + d * G, NMLX_DT_BF16);
+        nmlx_quant_dequant_row(&w, d, 0, N, deq + d * N);
+    }
+    const bool have[3] = {true,
+                          __builtin_cpu_supports("avx512bf16") && nmlx_avx512bf16_matvec_ok(&w),
+                          __builtin_cpu_supports("avx512vnni") && nmlx_avx512vnni_matvec16_ok(&w)};
+    const char *names[3] = {"f32 x", "bf16 x", "int16 x (vnni)"};
+    double se[3] = {0}, mx[3] = {0}, sref = 0;
+    float *x = malloc((size_t)N * 4), *y = malloc((size_t)D * 4);
+    double *ye = malloc((size_t)D * 8);
+    for (int t = 0; t < T; t++) {
+        for (int64_t k = 0; k < N; k++)
+            x[k] = (float)(gauss(&st) * (k % 97 == 5 ? 20.0 : 1.0));
+        for (int64_t d = 0; d < D; d++) {
+            double s = 0;
+            for (int64_t k = 0; k < N; k++)
+                s += (double)deq[d * N + k] * x[k];
+            ye[d] = s, sref += s * s;
+        }
+        for (int k = 0; k < 3; k++) {
+            if (!have[k]) continue;
+            if (k == 0) nmlx_avx512f32_quant_matvec(&w, x, y, 0, D);
+            if (k == 1) nmlx_avx512bf16_quant_matvec(&w, x, y, 0, D);
+            if (k == 2) nmlx_avx512vnni_quant_matvec16(&w, x, y, 0, D);
+            for (int64_t d = 0; d < D; d++) {
+                const double e = fabs(y[d] - ye[d]);
+                se[k] += e * e, mx[k] = e > mx[k] ? e : mx[k];
+            }
+        }
+    }
+    const double rms = sqrt(sref / (double)(T * D));
+    printf("decode accuracy, affine %d-bit g%d bf16 scales, %lldx%lld, %d tokens (x Gaussian, "
+           "every 97th column x20): |y - y_exact| / rms(y_exact)\n",
+           bits, gs, (long long)D, (long long)N, T);
+    for (int k = 0; k < 3; k++)
+        if (have[k])
+            printf("  %-15s rms %.3e  max %.3e\n", names[k], sqrt(se[k] / (double)(T * D)) / rms,
+                   mx[k] / rms);
+    free(p), free(sc), free(bi), free(src), free(deq), free(x), free(y), free(ye);
+    return 0;
+}
+#endif
+
 /* ------------------------------------------------------------ few tokens */
 
 /* A weight of format fmt ("bf16", "f16", "f32": dense, "q4"/"q8": affine g64 with
@@ -414,6 +598,8 @@ int main(int argc, char **argv) {
     if (argc == 8 && !strcmp(argv[1], "calls")) return fixed_calls(argv);
 #if defined(__x86_64__)
     if (argc > 1 && !strcmp(argv[1], "prefill")) return prefill_layers(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "decode")) return decode_layers(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "decode-acc")) return decode_acc(argc, argv);
 #endif
     if (argc > 1) budget = atof(argv[1]);
     const char *only = argc > 2 ? argv[2] : "all";

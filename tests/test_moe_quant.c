@@ -20,6 +20,9 @@
 #include "nmlx.h"
 #include "quantize_model.h"
 #include "shared/quant_config.h"
+#if defined(__x86_64__)
+#include "compute/cpu/quant_kernels.h"
+#endif
 
 #include <fcntl.h>
 #include <jansson.h>
@@ -28,6 +31,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* Whether the default CPU backend's decode takes int16 x for affine 4/8-bit */
+static bool int16_decode(void) {
+#if defined(__x86_64__)
+    if (!nmlx_qint8_cpu_ok()) return false;
+    const nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
+    return p.matvec_int16 || p.matvec_int16_q8;
+#else
+    return false;
+#endif
+}
 
 /* ---- checkpoint writing -------------------------------------------------- */
 
@@ -663,7 +677,12 @@ static void test_convert(const char *name, const char *tmp, int bits) {
                name, bits, r_q, r_d, same_argmax(&conv, &deq) ? "equal" : "DIFFERS", r_f, agree,
                conv.rows);
         EXPECT(r_q == 0 && same_argmax(&conv, &qol), "%s: convert == quantize-on-load", name);
-        EXPECT(r_d <= 1e-5 && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name, bits,
+        /* f32 rounding (1e-5), or where the decode mat-vec takes int16 x
+         * (AVX512_VNNI, picked: quant_dec_vnni_avx512.c, step max|x_g| /
+         * 32639; these short prompts run it per token) that rounding:
+         * measured 3.4e-5 to 5.3e-5 on Zen 4 */
+        const double tol_d = int16_decode() ? 2e-4 : 1e-5;
+        EXPECT(r_d <= tol_d && same_argmax(&conv, &deq), "%s %d-bit vs dequantized: %g", name, bits,
                r_d);
         /* random-weight fixtures are far from robust to 4 bits: the dense
          * qwen3 / llama3_tied fixtures give 0.40 / 0.42 at 4-bit g32 too */

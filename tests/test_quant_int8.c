@@ -243,6 +243,46 @@ static void test_kernel(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
     free_q(&m);
 }
 
+/* The VNNI decode mat-vec on int16 x (quant_dec_vnni_avx512.c): T tokens
+ * one at a time over rows [r0, D) against the same references with x
+ * rounded per group with qmax 32639 (tight: f32 rounding of the per-group
+ * terms; loose: the rounding bound sum |w| dx / 2, dx = max|x_g| / 32639),
+ * rows bit-identical whichever row range [r0, r1) a call covers (the
+ * threads' and the few-token path's 64-row blocks) */
+static void test_decode16(int bits, int gs, nmlx_dtype sdt, int64_t D, int64_t N, int64_t T) {
+    qmat m;
+    make_q(&m, NMLX_QUANT_AFFINE, bits, gs, D, N, sdt);
+    EXPECT(nmlx_avx512vnni_matvec16_ok(&m.w), "int16 decode refuses bits %d g%d N%lld", bits, gs,
+           (long long)N);
+    float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4),
+          *y2 = malloc((size_t)D * 4);
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1) * (i % 37 == 0 ? 8.0f : 1.0f); /* a few outliers */
+    refs r;
+    make_refs(&m, x, T, gs, NMLX_QINT16S_MAX, &r);
+    const int64_t r0 = D > 5 ? 3 : 0;
+    for (int64_t j = 0; j < T * D; j++)
+        y[j] = NAN;
+    for (int64_t t = 0; t < T; t++)
+        nmlx_avx512vnni_quant_matvec16(&m.w, x + t * N, y + t * D, r0, D);
+    char what[160];
+    snprintf(what, sizeof what, "int16 decode bits %d g%d %s D%lld N%lld T%lld rows %lld..", bits,
+             gs, nmlx_dtype_name(sdt), (long long)D, (long long)N, (long long)T, (long long)r0);
+    check(what, &m, &r, y, T, r0);
+    /* split row ranges (at a multiple of 4 rows from r0, as the threads'
+     * 16-row and the few-token path's 64-row blocks are): the same bits */
+    const int64_t cut = r0 + (D - r0) / 8 * 4;
+    for (int64_t t = 0; t < T; t++) {
+        nmlx_avx512vnni_quant_matvec16(&m.w, x + t * N, y2, r0, cut);
+        nmlx_avx512vnni_quant_matvec16(&m.w, x + t * N, y2, cut, D);
+        EXPECT(!memcmp(y2 + r0, y + t * D + r0, (size_t)(D - r0) * 4),
+               "%s: split rows differ (token %lld)", what, (long long)t);
+    }
+    free_refs(&r);
+    free(x), free(y), free(y2);
+    free_q(&m);
+}
+
 /* The avx512 set's matmul with the backend precision prec ("default":
  * int16, NMLX_QUANT_INT16=1 set by main; "int8"; "f32") */
 static void test_dispatch(const char *isa, const char *prec, nmlx_quant_mode mode, int bits, int gs,
@@ -285,9 +325,14 @@ static void test_dispatch(const char *isa, const char *prec, nmlx_quant_mode mod
                 double e = fabs(y[nth - 1][i] - r.exact[i]) / (r.emag[i] + 1e-3);
                 if (!(e <= worst)) worst = e;
             }
-            /* T = 9: the decode mat-vec per token, bf16 x where picked (2^-8) */
-            const double tol = !v && strcmp(isa, "avx2") && nmlx_qbf16_get_pick().matvec &&
-                                       nmlx_avx512bf16_matvec_ok(&m.w)
+            /* T = 9: the decode mat-vec per token, bf16 x where picked (2^-8),
+             * int16 x where picked (2^-16 of max|x_g| per value: relative
+             * 2^-16 max|x_g| / mean|x| on this x, under 1e-4) */
+            const nmlx_qbf16_pick pk = nmlx_qbf16_get_pick();
+            const bool avx512 = !v && strcmp(isa, "avx2");
+            const double tol = avx512 && nmlx_qdec16_takes(&pk, &m.w)
+                                   ? 1e-4
+                               : avx512 && pk.matvec && nmlx_avx512bf16_matvec_ok(&m.w)
                                    ? 1.0 / 256 + 1e-5
                                    : TOL_F32;
             EXPECT(worst < tol, "%s: %s is not the f32/bf16 kernel (rel err %g)", what,
@@ -333,6 +378,23 @@ int main(void) {
     test_kernel(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_BF16, 97, 128 * 5, 37);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 41, 32 * 11, 25);
     test_kernel(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_BF16, 16, 32 * 17, 7);
+    /* the int16 decode: both widths, every group size and scale dtype, row
+     * tails (odd D), short last chunks (N = 32 x odd, 64 x odd), up to the
+     * widest row taken */
+    for (int bi = 0; bi < 2 && g_vnni; bi++)
+        for (int g = 0; g < 3; g++)
+            for (int si = 0; si < 3; si++) {
+                const int b = bi ? 8 : 4;
+                test_decode16(b, gss[g], sdts[si], 45, gss[g] * 5, 3);
+                test_decode16(b, gss[g], sdts[si], 70, gss[g] * 11, 2);
+                test_decode16(b, gss[g], sdts[si], 9, gss[g] * 33, 1);
+            }
+    if (g_vnni) {
+        test_decode16(4, 64, NMLX_DT_BF16, 1, 64, 1);
+        test_decode16(8, 32, NMLX_DT_F16, 2, 32, 2);
+        test_decode16(4, 128, NMLX_DT_BF16, 5, 16384, 1);
+        test_decode16(8, 128, NMLX_DT_F32, 5, 16384, 1);
+    }
     /* the avx2 set: default = the AVX2 int16 kernel, f32 = f32; the avx512
      * set (VNNI): default = int16, int8, f32 */
     const char *precs[] = {"default", "f32", "int8"};

@@ -51,6 +51,10 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
     if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && p.prefill_int16 &&
         nmlx_avx512vnni_quant_ok(w))
         return TOL_INT16;
+    /* the int16 x decode (VNNI; T < NMLX_CPU_FEW_CHUNKED: one-token and
+     * few-token forms): step max|x_g| / 32639, the same bound */
+    if (T < NMLX_CPU_FEW_CHUNKED && nmlx_qdec16_takes(&p, w))
+        return TOL_INT16;
     if (!have_avx512bf16()) return TOL_F32;
     if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
                                         (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
@@ -337,22 +341,29 @@ static void test_few_token_kernels(void) {
         for (int64_t i = 0; i < 15 * N; i++)
             x[i] = test_randf(-1, 1);
         const int64_t ranges[][2] = {{0, D}, {3, D}, {1, D - 2}};
-        for (int bf = 0; bf < 3; bf++) { /* 0: f32, 1: bf16 (avx512 set), 2: avx2 */
+        /* 0: f32, 1: bf16 (avx512 set), 2: avx2, 3: int16 x (VNNI) */
+        for (int bf = 0; bf < 4; bf++) {
             if (bf == 0 && !have_avx512()) continue;
             if (bf == 1 && (!have_avx512bf16() || !nmlx_avx512bf16_matvec_ok(&m.w))) continue;
+            if (bf == 3 &&
+                (!have_avx512() || !nmlx_qint8_cpu_ok() || !nmlx_avx512vnni_matvec16_ok(&m.w)))
+                continue;
             for (int64_t T = 1; T < NMLX_CPU_FEW_TOKENS; T += (N > 4096 ? 7 : 1))
                 for (int ri = 0; ri < 3; ri++) {
                     const int64_t d0 = ranges[ri][0], d1 = ranges[ri][1];
                     for (int64_t j = 0; j < T * D; j++)
                         y[j] = NAN;
-                    bool ok = bf == 2   ? nmlx_avx2_quant_matmul_few(&m.w, x, y, T, d0, d1)
+                    bool ok = bf == 3   ? nmlx_avx512vnni_quant_matmul_few16(&m.w, x, y, T, d0, d1)
+                              : bf == 2 ? nmlx_avx2_quant_matmul_few(&m.w, x, y, T, d0, d1)
                               : bf == 1 ? nmlx_avx512bf16_quant_matmul_few(&m.w, x, y, T, d0, d1)
                                         : nmlx_avx512f32_quant_matmul_few(&m.w, x, y, T, d0, d1);
                     int64_t bad = ok ? -1 : T;
                     for (int64_t t = 0; t < T && bad < 0; t++) {
                         for (int64_t d = 0; d < D; d++)
                             y1[d] = NAN;
-                        if (bf == 2)
+                        if (bf == 3)
+                            nmlx_avx512vnni_quant_matvec16(&m.w, x + t * N, y1, d0, d1);
+                        else if (bf == 2)
                             nmlx_avx2_quant_matvec(&m.w, x + t * N, y1, d0, d1);
                         else if (bf == 1)
                             nmlx_avx512bf16_quant_matvec(&m.w, x + t * N, y1, d0, d1);
@@ -364,9 +375,10 @@ static void test_few_token_kernels(void) {
                     EXPECT(bad < 0,
                            "few-token %s %s bits %d g%d %s D%lld N%lld T%lld rows %lld..%lld: "
                            "token %lld differs from the one-token kernel",
-                           bf == 2 ? "avx2"
-                           : bf    ? "avx512 bf16"
-                                   : "avx512 f32",
+                           bf == 3   ? "avx512 int16 vnni"
+                           : bf == 2 ? "avx2"
+                           : bf      ? "avx512 bf16"
+                                     : "avx512 f32",
                            nmlx_quant_mode_name(cs[c].mode), cs[c].bits, cs[c].gs,
                            nmlx_dtype_name(sdts[c % 3]), (long long)D, (long long)N, (long long)T,
                            (long long)d0, (long long)d1, (long long)bad);

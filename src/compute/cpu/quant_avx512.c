@@ -321,9 +321,12 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
             nmlx_avx512f32_quant_matmat(w, x, y, T, d0, d1);
         return;
     }
-    const bool bf = pick.matvec && nmlx_avx512bf16_matvec_ok(w);
+    const bool i16 = nmlx_qdec16_takes(&pick, w);
+    const bool bf = !i16 && pick.matvec && nmlx_avx512bf16_matvec_ok(w);
     if (T == 1) { /* decode: one pass over the rows */
-        if (bf)
+        if (i16)
+            nmlx_avx512vnni_quant_matvec16(w, x, y, d0, d1);
+        else if (bf)
             nmlx_avx512bf16_quant_matvec(w, x, y, d0, d1);
         else
             nmlx_avx512f32_quant_matvec(w, x, y, d0, d1);
@@ -338,7 +341,9 @@ void nmlx_avx512_quant_matmul_rows(const nmlx_weight *w, const float *x, float *
     for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
         const int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
         for (int64_t t = 0; t < T; t++) {
-            if (bf)
+            if (i16)
+                nmlx_avx512vnni_quant_matvec16(w, x + t * w->cols, y + t * w->rows, b0, b1);
+            else if (bf)
                 nmlx_avx512bf16_quant_matvec(w, x + t * w->cols, y + t * w->rows, b0, b1);
             else
                 nmlx_avx512f32_quant_matvec(w, x + t * w->cols, y + t * w->rows, b0, b1);

@@ -291,6 +291,12 @@ static void run_matvec(void *p) {
     }
 }
 
+static void run_matvec16(void *p) {
+    pick_job *j = p;
+    for (int i = 0; i < 8; i++)
+        nmlx_avx512vnni_quant_matvec16(&j->w, j->x, j->y, 0, j->w.rows);
+}
+
 static void run_dense(void *p) {
     pick_job *j = p;
     if (j->bf)
@@ -316,6 +322,7 @@ static void measure_pick(void) {
     __builtin_cpu_init();
     const bool bf16 = __builtin_cpu_supports("avx512bf16"), vnni = nmlx_qint8_cpu_ok();
     const int e_i16 = env_switch("NMLX_QUANT_INT16"), e_dense = env_switch("NMLX_DENSE_BF16");
+    const int e_i16d = env_switch("NMLX_QUANT_INT16_DEC");
     /* NMLX_QUANT_BF16: "0" none, "1" both, "matvec" / "prefill" / "both"
      * force the choice of the quantized bf16 kernels; unset: measured */
     const char *env = getenv("NMLX_QUANT_BF16");
@@ -326,6 +333,7 @@ static void measure_pick(void) {
         g_pick.matvec = all || !strcmp(env, "matvec");
     }
     g_pick.prefill_int16 = vnni && e_i16 == 1;
+    g_pick.matvec_int16 = g_pick.matvec_int16_q8 = vnni && e_i16d == 1;
     g_pick.dense_bf16 = bf16 && e_dense == 1;
     const bool log = getenv("NMLX_QUANT_PICK_LOG") != NULL;
     /* AMX (matmul_amx.h): NMLX_AMX=1 forces it, unset measures it if
@@ -333,8 +341,8 @@ static void measure_pick(void) {
     const int e_amx = nmlx_amx_env();
     const bool amx = bf16 && nmlx_amx_wanted() && nmlx_amx_ok();
     g_pick.dense_amx = amx && e_amx == 1;
-    if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(bf16 && e_dense < 0) && !log &&
-        !(amx && e_amx < 0))
+    if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
+        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0))
         return;
     enum { PD = 128, PN = 1024, PT = 48 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
@@ -363,13 +371,14 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2] = {{0}}, t16 = 0, td[2] = {0}, td_amx = 0;
+    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
         t[0][bf] = time_best(run_matmat, &j);
-        if (bf16) t[1][bf] = time_best(run_matvec, &j);
+        t[1][bf] = time_best(run_matvec, &j);
     }
+    if (vnni) t16d = time_best(run_matvec16, &j);
     if (vnni) t16 = time_best(run_matmat16, &j);
     if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
     if (bf16 && !forced) {
@@ -379,6 +388,18 @@ static void measure_pick(void) {
          * quantized fixtures, where top-2 margins are 0.2% of max|logit|. */
         g_pick.prefill = t[0][1] < t[0][0];
         g_pick.matvec = t[1][1] < t[1][0];
+    }
+    /* int16 x decode: more accurate than bf16 x, within 2^-16 of each
+     * group's max|x| of f32; taken where faster than the mat-vec it replaces */
+    if (vnni && e_i16d < 0) {
+        const double best = g_pick.matvec && t[1][1] > 0 ? t[1][1] : t[1][0];
+        g_pick.matvec_int16 = t16d < best;
+        /* 8-bit g64 (the codes of q reread as bytes): against the f32 mat-vec */
+        j.w.bits = 8, j.w.w.shape[1] = PN / 4, j.w.rows = PD / 2, j.w.scales.shape[0] = PD / 2;
+        j.w.biases.shape[0] = PD / 2, j.bf = false;
+        t8[0] = time_best(run_matvec, &j);
+        t8[1] = time_best(run_matvec16, &j);
+        g_pick.matvec_int16_q8 = t8[1] < t8[0];
     }
     if (bf16) {
         j.w = (nmlx_weight){.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {PD, PN}, .data = wd},
@@ -395,12 +416,16 @@ static void measure_pick(void) {
     if (log)
         fprintf(stderr,
                 "nmlx cpu pick (ms): quantized prefill f32 %.3g bf16 %.3g int16 %.3g, decode f32 "
-                "%.3g bf16 %.3g; dense bf16 prefill f32 %.3g bf16 %.3g -> quantized prefill %s "
-                "(MXFP4 %s), decode %s, dense bf16 prefill %s\n",
-                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1], 1e3 * td[0],
-                1e3 * td[1], g_pick.prefill_int16 ? "int16" : "f32",
-                g_pick.prefill ? "bf16" : "f32", g_pick.matvec ? "bf16" : "f32",
-                g_pick.dense_bf16 ? "bf16" : "f32");
+                "%.3g bf16 %.3g int16-vnni %.3g, 8-bit decode f32 %.3g int16-vnni %.3g; dense "
+                "bf16 prefill f32 %.3g bf16 %.3g -> quantized prefill %s (MXFP4 %s), decode %s, "
+                "8-bit decode %s, dense bf16 prefill %s\n",
+                1e3 * t[0][0], 1e3 * t[0][1], 1e3 * t16, 1e3 * t[1][0], 1e3 * t[1][1], 1e3 * t16d,
+                1e3 * t8[0], 1e3 * t8[1], 1e3 * td[0], 1e3 * td[1],
+                g_pick.prefill_int16 ? "int16" : "f32", g_pick.prefill ? "bf16" : "f32",
+                g_pick.matvec_int16 ? "int16-vnni"
+                : g_pick.matvec     ? "bf16"
+                                    : "f32",
+                g_pick.matvec_int16_q8 ? "int16-vnni" : "f32", g_pick.dense_bf16 ? "bf16" : "f32");
     if (log)
         fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %.3g (%s) -> amx %s\n",
                 1e3 * td_amx,

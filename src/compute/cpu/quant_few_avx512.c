@@ -225,7 +225,10 @@ bool nmlx_avx512f32_quant_matmul_few(const nmlx_weight *w, const float *x, float
  * few-token form; false where that is an AVX2 fallback. */
 bool nmlx_avx512_quant_matmul_few(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                   int64_t d0, int64_t d1) {
-    if (nmlx_qbf16_get_pick().matvec && nmlx_avx512bf16_matvec_ok(w))
+    const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
+    if (nmlx_qdec16_takes(&pick, w))
+        return nmlx_avx512vnni_quant_matmul_few16(w, x, y, T, d0, d1);
+    if (pick.matvec && nmlx_avx512bf16_matvec_ok(w))
         return nmlx_avx512bf16_quant_matmul_few(w, x, y, T, d0, d1);
     return nmlx_avx512f32_quant_matmul_few(w, x, y, T, d0, d1);
 }

@@ -92,6 +92,14 @@ void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, flo
     quantize_row(x, n, xb, 32767.0f, 2, q, dx, xs);
 }
 
+/* The same with qmax = 32639 = 127 * 256 + 127: every value then splits
+ * into a signed high byte and a signed low byte (x = 256 hi + lo, both in
+ * [-128, 127]), as the VNNI decode mat-vec needs (quant_dec_vnni_avx512.c). */
+void nmlx_qint16s_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
+                               float *xs) {
+    quantize_row(x, n, xb, NMLX_QINT16S_MAX, 2, q, dx, xs);
+}
+
 /* ------------------------------------------------------------ tiles */
 
 /* One tile, 12 tokens x 32 rows over nb blocks of nq quads (XB = 4 nq

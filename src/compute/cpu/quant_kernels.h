@@ -15,17 +15,21 @@
  * nmlx_qbf16_pick). Precision: activations and dequantized weights rounded
  * to bf16, products summed in f32 (docs/quantization.md). */
 typedef struct nmlx_qbf16_pick {
-    bool prefill;        /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
-    bool prefill_affine; /* ...for affine weights too (forced only), not just MXFP4 */
-    bool matvec;         /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
-    bool prefill_int16;  /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
-                            precision; needs AVX512_VNNI) */
-    bool dense_bf16;     /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
-    bool dense_amx;      /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
+    bool prefill;         /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
+    bool prefill_affine;  /* ...for affine weights too (forced only), not just MXFP4 */
+    bool matvec;          /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
+    bool matvec_int16;    /* nmlx_avx512vnni_quant_matvec16 for affine 4-bit (before
+                             matvec; needs AVX512_VNNI) */
+    bool matvec_int16_q8; /* ...and for affine 8-bit (timed apart) */
+    bool prefill_int16;   /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
+                             precision; needs AVX512_VNNI) */
+    bool dense_bf16;      /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
+    bool dense_amx;       /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
 } nmlx_qbf16_pick;
 /* Measured once per process (thread-safe, a few milliseconds of CPU time on
  * cache-resident problems); NMLX_QUANT_BF16=0/1 forces the bf16 quantized
- * kernels, NMLX_QUANT_INT16=0/1 the int16 prefill, NMLX_DENSE_BF16=0/1 the
+ * kernels, NMLX_QUANT_INT16=0/1 the int16 prefill, NMLX_QUANT_INT16_DEC=0/1
+ * the int16 (VNNI) decode mat-vec, NMLX_DENSE_BF16=0/1 the
  * dense bf16 prefill; NMLX_QUANT_PICK_LOG=1 prints the timings. */
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void);
 /* Whether nmlx_avx512bf16_quant_matvec handles w (affine 4-bit, group 64/128, cols <= 16384). */
@@ -80,8 +84,27 @@ bool nmlx_avx512vnni_quant_matmat_xb(const nmlx_weight *w, const float *x, float
  * group's largest, far finer than bf16's 2^-9 of each value), the weights
  * exact, `vpdpwssd` (32 multiply-adds per instruction, as `vdpbf16ps`).
  * Same weights, contract and refusal as the int8 kernel. */
-void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx,
-                              float *xs);
+void nmlx_qint16_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx, float *xs);
+/* The int16 x of the VNNI decode mat-vec: qmax NMLX_QINT16S_MAX (= 127 *
+ * 256 + 127), so that x = 256 hi + lo with hi, lo signed bytes. */
+#define NMLX_QINT16S_MAX 32639.0f
+void nmlx_qint16s_quantize_row(const float *x, int64_t n, int xb, int16_t *q, float *dx, float *xs);
+/* The AVX512_VNNI decode mat-vec on int16 x (quant_dec_vnni_avx512.c):
+ * affine 4/8-bit, group 32/64/128, cols <= 16384; y = W (exact) times x
+ * rounded to int16 per group (qmax NMLX_QINT16S_MAX), sum q x as two
+ * `vpdpbusd` (codes x the high and the low byte of x). */
+bool nmlx_avx512vnni_matvec16_ok(const nmlx_weight *w);
+void nmlx_avx512vnni_quant_matvec16(const nmlx_weight *w, const float *x, float *y, int64_t d0,
+                                    int64_t d1);
+/* Whether the avx512 sets' decode takes the int16 VNNI mat-vec for w */
+static inline bool nmlx_qdec16_takes(const nmlx_qbf16_pick *p, const nmlx_weight *w) {
+    return (w->bits == 8 ? p->matvec_int16_q8 : p->matvec_int16) && nmlx_avx512vnni_matvec16_ok(w);
+}
+/* Its few-token form (1 <= T < NMLX_CPU_FEW_TOKENS; rows bit for bit the
+ * one-token kernel's; false, y untouched, where it does not take w or its
+ * x buffer cannot be allocated). */
+bool nmlx_avx512vnni_quant_matmul_few16(const nmlx_weight *w, const float *x, float *y, int64_t T,
+                                        int64_t d0, int64_t d1);
 bool nmlx_avx512vnni_quant_matmat16(const nmlx_weight *w, const float *x, float *y, int64_t T,
                                     int64_t d0, int64_t d1);
 /* The AVX2 form of the int16 prefill (quant_int16_avx2.c: `vpmaddwd`), for

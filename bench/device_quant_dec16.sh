@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The int16-x VNNI decode mat-vec (quant_dec_vnni_avx512.c) on another
+# machine (e.g. the GPU machine's host CPU, no network): builds nmlx's
+# quantized kernel tests and bench_quant, runs test_quant_int8 (the kernel
+# against its references), prints the one-time kernel pick, then
+# `bench_quant decode` (f32 / bf16 / int16-vnni decode kernels alternating,
+# one layer's seven mat-vecs at Qwen3-0.6B and Llama-3.2-1B shapes, weights
+# streamed from DRAM) pinned to 1, 2 and 8 cores, 4-bit and 8-bit g64.
+# Carry `.deps` (Debian packages of jansson, pcre2, utf8proc) where the
+# host lacks them.
+#
+#   OUT=/some/dir bash bench/device_quant_dec16.sh
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-/tmp}"
+LOG="$OUT/quant_dec16.txt"
+{ lscpu | grep -E "Model name|^CPU\(s\)|Thread|Socket"; grep -o -w -E \
+    "avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16" /proc/cpuinfo |
+    sort -u | tr '\n' ' '; echo; gcc --version | head -1; } > "$LOG"
+if ! pkg-config --exists jansson 2>/dev/null && ls "$HERE"/.deps/*.deb >/dev/null 2>&1; then
+  R=/tmp/nmlx-deps
+  for f in "$HERE"/.deps/*.deb; do dpkg -x "$f" $R; done
+  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
+  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+fi
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+B="$HERE/build-device"
+cmake -S "$HERE" -B "$B" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DNODE_EXECUTABLE="$(command -v node || echo /bin/true)" > "$OUT/build.log" 2>&1 &&
+  cmake --build "$B" -j 14 --target nmlx test_quant_int8 >> "$OUT/build.log" 2>&1 ||
+  { echo "build failed" >> "$LOG"; tail -30 "$OUT/build.log" >> "$LOG"; exit 1; }
+gcc -std=c11 -O2 -I"$HERE/include" -I"$HERE/src" "$HERE/bench/bench_quant.c" "$B/libnmlx.a" \
+  $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o "$B/bench_quant" >> "$OUT/build.log" 2>&1
+{ echo "== test_quant_int8"; NMLX_QUANT_PICK_LOG=1 "$B/tests/test_quant_int8" 2>&1 | grep -E "FAIL|pick|passed" | head -20; } >> "$LOG"
+for bits in 4 8; do
+  taskset -c 0 "$B/bench_quant" decode 5 $bits 1 64 >> "$LOG" 2>&1
+  taskset -c 0,1 "$B/bench_quant" decode 5 $bits 2 64 >> "$LOG" 2>&1
+done
+taskset -c 0-7 "$B/bench_quant" decode 5 4 8 64 >> "$LOG" 2>&1
+cat "$LOG"
