@@ -43,8 +43,10 @@ grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # decode steps as CUDA graphs (opt-in) must give the same results
-NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
-echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
+if [ "${GRAPH_TEST:-1}" = 1 ]; then
+  NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
+  echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
+fi
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
 grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
