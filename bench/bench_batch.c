@@ -2,7 +2,7 @@
  * advance together (nmlx_batch_eval), against one session decoding alone
  * (nmlx_session_eval, one token per call), measured in the same run.
  *
- *   bench_batch MODEL_DIR [steps=64] [threads=0] [sizes=1,2,4,8,16]
+ *   bench_batch MODEL_DIR [steps=64] [threads=0] [sizes=1,2,4,8,16] [device=cpu]
  *
  * Each session is prefilled with its own 32-token prompt (random ids), then
  * decodes greedily; time covers the decode steps only (sampling included:
@@ -81,12 +81,14 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_batch MODEL_DIR [steps=64] [threads=0] [sizes=1,2,4,8,16]\n");
+        fprintf(stderr, "usage: bench_batch MODEL_DIR [steps=64] [threads=0] [sizes=1,2,4,8,16] "
+                        "[device=cpu]\n");
         return 2;
     }
     int steps = argc > 2 ? atoi(argv[2]) : 64;
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = argc > 3 ? atoi(argv[3]) : 0;
+    mp.device = argc > 5 ? argv[5] : NULL;
     int sizes[16], n_sizes = 0;
     char list[256];
     snprintf(list, sizeof list, "%s", argc > 4 ? argv[4] : "1,2,4,8,16");
@@ -106,7 +108,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i <= n_sizes; i++)
         qsort(res[i], ROUNDS, sizeof(double), cmp);
     double base = res[0][ROUNDS / 2];
-    printf("model %s, %d decode steps, medians of %d rounds\n", argv[1], steps, ROUNDS);
+    printf("model %s on %s, %d decode steps, medians of %d rounds\n", argv[1],
+           mp.device ? mp.device : "cpu", steps, ROUNDS);
     printf("lone session (nmlx_session_eval): %.2f tok/s\n", base);
     printf("| sessions | aggregate tok/s | per session tok/s | vs lone |\n| --- | --- | --- | --- "
            "|\n");

@@ -6,7 +6,10 @@
 # development machine (../shared/bench/cpu-peer make_models.py: same seeds,
 # same weights in every format).
 #
-#   OUT=dir bash bench/device_cpu_peer.sh [deadline_s=430]
+#   OUT=dir [CELLS="0 1 2 3 4 5"] [SCAN="1 2 8"] [EXTRA=cmd] bash bench/device_cpu_peer.sh [deadline_s=430]
+#   CELLS: which of the six cells (indices into `cells` below); SCAN: thread
+#   counts of the 4-bit decode scaling ("" skips it); EXTRA: a command run
+#   after the kernel tests with $B (nmlx build dir) and $M (models) set.
 #
 # Needs, carried beside the working tree (both git-ignored):
 #   .device/cpu-peer/  made here by `bash bench/device_cpu_peer_prepare.sh PEER_DIR`
@@ -111,6 +114,7 @@ for t in test_kernels test_quant_kernels test_quant_int8; do
 done
 # the kernels this CPU picks for the default precision (timed at first use)
 log "$(NMLX_QUANT_PICK_LOG=1 "$NMLX" bench -m "$M/qwen3-0.6b/mlx-4bit" -p 32 -n 1 -t 2 -r 1 2>&1 | grep pick)"
+if [ -n "${EXTRA:-}" ]; then log "EXTRA: $EXTRA"; (cd "$HERE" && B=$B M=$M eval "$EXTRA") >> "$LOG" 2>&1; fi
 wait $LPID; log "llama-bench build rc=$(cat "$W/lcpp.rc")"; tail -3 "$W/lcpp-build.log" >> "$LOG"
 LB=$(find "$W/lcpp/build" -name llama-bench -type f -perm -u+x | head -1)
 
@@ -157,15 +161,16 @@ run_pair() { # label model fmt extra quant threads cpus p n peer_p
   log "done $label t=$t"
 }
 
-# 5. the six cells, 2 pinned threads
-for c in "${cells[@]}"; do
-  IFS='|' read -r label model fmt extra quant <<< "$c"
+# 5. the six cells (CELLS="0 2 5": a subset, by index), 2 pinned threads
+for i in ${CELLS:-0 1 2 3 4 5}; do
+  IFS='|' read -r label model fmt extra quant <<< "${cells[$i]}"
   run_pair "$label" "$model" "$fmt" "$extra" "$quant" 2 0,1 512 128 512
 done
-# 6. 4-bit decode thread scaling (16-token prompt for nmlx; tg only for llama-bench)
+# 6. 4-bit decode thread scaling (16-token prompt for nmlx; tg only for
+# llama-bench); SCAN="" skips it
 for c in "${cells[2]}" "${cells[5]}"; do
   IFS='|' read -r label model fmt extra quant <<< "$c"
-  for t in 1 2 8; do
+  for t in ${SCAN-1 2 8}; do
     cpus=0; [ $t -eq 2 ] && cpus=0,1; [ $t -eq 8 ] && cpus=0-7
     run_pair "decode-only $label" "$model" "$fmt" "$extra" "$quant" $t $cpus 16 64 0
   done

@@ -112,6 +112,9 @@ typedef struct nmlx_model_params {
                               else f32; "int8": quantized weights on int8 x
                               (AVX512_VNNI; ~2x faster, over the quantized
                               fixtures' precision contract); "f32": f32 x.
+                              On CUDA: the default runs decode mat-vecs of
+                              affine 4/8-bit weights on int16 x per 16 inputs;
+                              "f32" keeps f32 x there; "int8" is refused.
                               docs/quantization.md. Not copied. */
 } nmlx_model_params;
 
@@ -291,8 +294,14 @@ void nmlx_batch_free(nmlx_batch *batch);
  * sessions of the batch's model), as nmlx_session_eval(sessions[i], &ids[i],
  * 1, 0) would; then nmlx_session_logits(sessions[i]) holds each one's
  * logits. On the CPU they equal those of the session's own one-token eval
- * bit for bit while n < 24; beyond that, and on a GPU, they agree within the
- * precision of the weights' format. A session's pending token (left by
+ * bit for bit while n < 24; beyond that they agree within the precision of
+ * the weights' format. On CUDA (standard families) a batch keeps f32
+ * activations in its matmuls (up to 64 sessions; beyond, f16/bf16 weights
+ * multiply bf16-rounded ones, as a prefill does) and agrees with the lone
+ * eval to about 1e-5 of the logits' range; at the default precision a lone
+ * decode step of affine 4/8-bit weights runs on int16 activations, so there
+ * the two agree within the quantized contract (precision "f32": 1e-5). A
+ * session's pending token (left by
  * nmlx_generate) is evaluated first, on its own. Arguments are checked
  * before anything runs (NMLX_ERR_INVALID_ARG, or NMLX_ERR_CONTEXT_OVERFLOW
  * for a full session, naming the session's index), and on any failure no

@@ -1,8 +1,11 @@
 /* Batched decode (nmlx.h nmlx_batch_*): several sessions of one model
  * advance by one token each. Families with a forward_batch run the step as
- * one pass; the others, and device backends until the batched pass has been
- * checked on a GPU, evaluate the sessions one after another. */
+ * one pass; the others evaluate the sessions one after another. On a device
+ * backend (CUDA) only the standard families run there at all, and their
+ * batched pass drives the backend through its ops alone (device buffers,
+ * ids and logits through embed/download), so it runs there too. */
 #include "model.h"
+#include "shared/standard_model.h"
 
 #include <string.h>
 
@@ -42,7 +45,8 @@ nmlx_status nmlx_batch_create(nmlx_model *m, int max_batch, nmlx_batch **out) {
     b->logits = nmlx_calloc((size_t)max_batch, sizeof *b->logits);
     CHECK(b->states && b->logits, NMLX_ERR_NOMEM, "out of memory creating a batch");
     const nmlx_family *f = m->family;
-    if (f->forward_batch && nmlx_backend_is_host(m->be))
+    if (f->forward_batch &&
+        (nmlx_backend_is_host(m->be) || f->forward_batch == nmlx_std_forward_batch))
         TRY(f->batch_create(m->arch, m->be, max_batch, &b->impl));
     *out = b;
     b = NULL;

@@ -16,4 +16,8 @@ if(NMLX_CUDA)
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)
   target_link_libraries(bench_cuda_quant PRIVATE nmlx)
+  # batched decode throughput on the GPU (not a test): bench/bench_batch.c ... cuda
+  add_executable(bench_cuda_batch ${CMAKE_SOURCE_DIR}/bench/bench_batch.c)
+  target_include_directories(bench_cuda_batch PRIVATE ${CMAKE_SOURCE_DIR}/src)
+  target_link_libraries(bench_cuda_batch PRIVATE nmlx)
 endif()

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
 #include "harness.h"
 
@@ -209,7 +210,8 @@ static void check_matmul(const bk *b, nmlx_dtype wdt, int64_t D, int64_t N, int6
      * the reference does too */
     bool bf16_x = !strcmp(b->isa, "avx512bf16") && wdt == NMLX_DT_BF16 &&
                   (T < NMLX_CPU_FEW_CHUNKED ? N <= NMLX_BF16_MATVEC_MAX_N
-                                            : N % 32 == 0 && nmlx_qbf16_get_pick().dense_bf16);
+                                            : N % 32 == 0 && (nmlx_qbf16_get_pick().dense_bf16 ||
+                                                              nmlx_qbf16_get_pick().dense_amx));
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
             double s = bias_kind ? bex[d] : 0;
@@ -762,6 +764,93 @@ static void test_create_env(void) {
     }
 }
 
+/* ------------------------------------------------- AMX dense bf16 prefill */
+
+/* nmlx_amx_bf16_matmat by name on odd shapes (tails of the 16/32-token,
+ * 32-row and 32/512-column blocks), its rows split as 1..3 threads split
+ * them (and unaligned ranges), against x rounded to bf16 times the exact
+ * bf16 W in double; rows outside the range untouched. Then through
+ * avx512bf16 backends with 1..3 threads. Runs only with NMLX_AMX=1 on a CPU
+ * with AMX (skipped otherwise). */
+static void check_amx(int64_t T, int64_t D, int64_t N, int nth, bool unaligned) {
+    double *wex = malloc((size_t)(D * N) * sizeof(double));
+    void *wbuf = rand_typed(NMLX_DT_BF16, D * N, -1, 1, wex);
+    float *x = rand_vec(T * N, -1, 1);
+    float *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * D; i++)
+        y[i] = 1234.5f; /* sentinel outside [d0, d1) */
+    nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = wbuf},
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = D,
+                     .cols = N};
+    int64_t lo = unaligned ? D / 5 : 0, hi = unaligned ? D - D / 7 : D;
+    for (int ith = 0; ith < nth; ith++) {
+        int64_t d0, d1;
+        cpu_split(hi - lo, ith, nth, unaligned ? 1 : 16, &d0, &d1);
+        if (d0 >= d1) continue;
+        bool ok = nmlx_amx_bf16_matmat(&w, x, y, T, lo + d0, lo + d1);
+        EXPECT(ok, "amx matmat refused T=%lld D=%lld N=%lld", (long long)T, (long long)D,
+               (long long)N);
+    }
+    double emax = 0, rmax = 0;
+    bool untouched = true;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) {
+            if (d < lo || d >= hi) {
+                untouched &= y[t * D + d] == 1234.5f;
+                continue;
+            }
+            double s = 0;
+            for (int64_t n = 0; n < N; n++)
+                s += wex[d * N + n] * (double)nmlx_bf16_to_f32(nmlx_f32_to_bf16(x[t * N + n]));
+            double e = fabs((double)y[t * D + d] - s);
+            if (!(e <= emax)) emax = e;
+            rmax = fmax(rmax, fabs(s));
+        }
+    double e = rmax > 0 ? emax / rmax : emax;
+    EXPECT(e < 2e-5 * (1 + N / 1024.0) && untouched,
+           "amx matmat T=%lld D=%lld N=%lld nth=%d%s: err %.3g, outside rows %s", (long long)T,
+           (long long)D, (long long)N, nth, unaligned ? " unaligned" : "", e,
+           untouched ? "untouched" : "WRITTEN");
+    free(wex), free(wbuf), free(x), free(y);
+}
+
+static void test_amx_dense(void) {
+    if (nmlx_amx_env() != 1) {
+        printf("AMX dense bf16 prefill: SKIPPED (NMLX_AMX=1 not set)\n");
+        return;
+    }
+    if (!nmlx_amx_ok() || !nmlx_qbf16_get_pick().dense_amx) {
+        printf("AMX dense bf16 prefill: SKIPPED (%s)\n",
+               nmlx_amx_ok() ? "the pick did not take it" : nmlx_amx_status());
+        return;
+    }
+    uint64_t saved = test_rng_;
+    test_seed(4242);
+    const int64_t shapes[][3] = {/* T, D, N */
+                                 {1, 1, 1},      {5, 17, 31},   {24, 33, 64},  {37, 45, 83},
+                                 {33, 100, 300}, {70, 67, 545}, {257, 40, 97}, {300, 130, 1030},
+                                 {48, 64, 1024}, {530, 20, 40}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int nth = 1; nth <= 3; nth++)
+            for (int ua = 0; ua < 2; ua++)
+                check_amx(shapes[i][0], shapes[i][1], shapes[i][2], nth, ua);
+    /* through the backend (cpu_ops.c's dispatch: T >= 24, N % 32 == 0) */
+    for (int nth = 1; nth <= 3; nth++) {
+        nmlx_backend *be = NULL;
+        if (nmlx_backend_cpu_create_isa(nth, "avx512bf16", &be) != NMLX_OK) continue;
+        bk b = {be, "avx512bf16", nth};
+        check_matmul(&b, NMLX_DT_BF16, 67, 96, 37, 1);
+        check_matmul(&b, NMLX_DT_BF16, 300, 544, 61, 2);
+        check_matmul(&b, NMLX_DT_BF16, 129, 1056, 24, 0);
+        nmlx_backend_free(be);
+    }
+    test_rng_ = saved;
+    printf("AMX dense bf16 prefill: RAN (direct kernel x %zu shapes x 1-3 threads, backend "
+           "1-3 threads)\n",
+           sizeof shapes / sizeof shapes[0]);
+}
+
 int main(void) {
     test_seed(12345);
     test_conversions();
@@ -786,6 +875,7 @@ int main(void) {
         if (b->nth == 1 && !strcmp(b->isa, "avx512bf16")) test_few_token_kernels(3);
 #endif
     }
+    test_amx_dense();
     for (int i = 0; i < n_backends; i++)
         nmlx_backend_free(backends[i].be);
     return test_summary();

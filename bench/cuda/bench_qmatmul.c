@@ -96,8 +96,8 @@ int main(int argc, char **argv) {
                         {"q3g64", NMLX_QUANT_AFFINE, 3}};
     const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
     const int64_t TP = 512;
-    printf("%-6s %-13s %10s %9s %8s | %10s %9s %10s %9s\n", "format", "D x N", "gemv us", "GB/s",
-           "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s");
+    printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s\n", "format", "D x N", "gemv us",
+           "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int64_t D = shapes[si][0], N = shapes[si][1];
@@ -132,7 +132,18 @@ int main(int argc, char **argv) {
             for (int i = 0; i < reps; i++)
                 be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
             be->ops->sync(be);
-            double tv = (now() - t0) / reps;
+            double tv = (now() - t0) / reps, tv32 = 0;
+            if (fmts[fi].bits) { /* the f32-x mat-vec (NMLX_CUDA_QGEMV=f32) */
+                nmlx_cuda_set_qgemv16(0);
+                be->ops->matmul(be, &dw[0], NULL, x, y, 1);
+                be->ops->sync(be);
+                t0 = now();
+                for (int i = 0; i < reps; i++)
+                    be->ops->matmul(be, &dw[i % nc], NULL, x, y, 1);
+                be->ops->sync(be);
+                tv32 = (now() - t0) / reps;
+                nmlx_cuda_set_qgemv16(1);
+            }
             double tm[2] = {0, 0};
             for (int split = 1; split >= 0; split--) {
                 if (!fmts[fi].bits && !split) continue;
@@ -151,8 +162,9 @@ int main(int argc, char **argv) {
             double fl = 2.0 * (double)D * (double)N * (double)TP;
             char sh[32];
             snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
-            printf("%-6s %-13s %10.2f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f%s\n", fmts[fi].name, sh,
-                   tv * 1e6, (double)bytes / tv / 1e9, nc, tm[0] * 1e3, fl / tm[0] / 1e12,
+            printf("%-6s %-13s %10.2f %9.0f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f%s\n",
+                   fmts[fi].name, sh, tv * 1e6, (double)bytes / tv / 1e9,
+                   tv32 > 0 ? (double)bytes / tv32 / 1e9 : 0.0, nc, tm[0] * 1e3, fl / tm[0] / 1e12,
                    tm[1] * 1e3, tm[1] > 0 ? fl / tm[1] / 1e12 : 0.0,
                    st == NMLX_OK ? "" : "  CUDA ERROR");
             be->ops->free(be, x), be->ops->free(be, y);

@@ -1,6 +1,7 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (test_cuda_ops, test_cuda_fixtures: what `ctest -L cuda` runs), then
+# tests (test_cuda_ops, test_cuda_fixtures, test_cuda_batch: what `ctest -L
+# cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
@@ -9,6 +10,12 @@
 #     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16.
 #   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
 #   x rounded to bf16 instead of the exact hi+lo split).
+#   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
+#     aggregate tok/s of N sessions against one alone); BATCH= skips it.
+#   VARIANTS="NMLX_CUDA_GRAPH=1 ...": each model also benched with each of
+#   these environment settings (default: decode steps as CUDA graphs);
+#   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
+#   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
 set -o pipefail
@@ -27,13 +34,22 @@ fi
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures bench_cuda_quant >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
+tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
+# decode steps as CUDA graphs (opt-in) must give the same results
+if [ "${GRAPH_TEST:-1}" = 1 ]; then
+  NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
+  echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
+fi
+./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
+echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
+grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
 echo "tests done ($(( $(date +%s) - T0 )) s)"
 if [ "${KBENCH:-1}" = 1 ]; then
   ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"
@@ -59,7 +75,11 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
     l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
   esac
   bench "$m" $D
-  case $m in *-q*) bench "$m" $D NMLX_CUDA_QMM=bf16 ;; esac
+  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1}; do bench "$m" $D $v; done
+  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
+  if [ -n "${BATCH-1,8,32}" ]; then
+    ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
+  fi
   rm -rf $D
   echo "$m done ($(( $(date +%s) - T0 )) s)"
 done

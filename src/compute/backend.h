@@ -53,6 +53,13 @@ typedef struct nmlx_attn_args {
 
 enum { NMLX_MATMUL_MULTI_MAX = 4 };
 
+/* One row of a batched decode's attention (attention_rows): that sequence's
+ * cache and where its one query sits, as the fields of nmlx_attn_args. */
+typedef struct nmlx_attn_row {
+    const float *k, *v; /* [KVH, cap, HD], f32 */
+    int64_t cap, q_pos, n_kv, window;
+} nmlx_attn_row;
+
 typedef struct nmlx_backend_ops {
     const char *name;
 
@@ -77,6 +84,10 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): frees the backend's own state before
      * nmlx_backend_free frees the rest. */
     void (*release)(nmlx_backend *be);
+    /* Optional: brackets one decode step (begin = true before the family's
+     * forward of one token, false after it, also on failure). CUDA records
+     * the step's kernels as a graph and replays it: one launch a token. */
+    void (*decode_step)(nmlx_backend *be, bool begin);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -105,6 +116,21 @@ typedef struct nmlx_backend_ops {
     void (*rope)(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
                  int64_t rot, int64_t pos0, const float *freqs, float mscale);
     void (*attention)(nmlx_backend *be, const nmlx_attn_args *a);
+    /* Optional (NULL: the caller makes one rope / attention call per row;
+     * the CPU). Batched decode, R rows of one token each of R sequences:
+     * rope_rows rotates row r of x[R, H, HD] at position pos[r]; each row
+     * equals `rope` with T = 1, pos0 = pos[r], bit for bit.
+     * attention_rows runs the query a->q[r] against rows[r]'s f32 cache
+     * into a->out[r] (rows [R, H, HD]); a's H, KVH, HD, scale, softcap and
+     * sinks apply to every row, its k, v, cap, q_pos, n_kv, window, T and
+     * 16-bit fields are ignored; each row equals `attention` with T = 1 on
+     * rows[r] to rounding (bit for bit where both take the same kernel:
+     * CUDA's one-query calls may take its split-K kernel). pos and rows are
+     * host arrays, read during the call. */
+    void (*rope_rows)(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD, int64_t rot,
+                      const int64_t *pos, const float *freqs, float mscale);
+    void (*attention_rows)(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
+                           int64_t R);
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
                     const float *up, float *out, int64_t n);

@@ -124,6 +124,81 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
 }
 
+/* Batched decode on a backend with rope_rows / attention_rows (CUDA): the
+ * per-row steps of `attend` (T = 1, call_end 0) for up to ROWS_GROUP rows
+ * at a time, RoPE and attention as one call each over the group; every row
+ * gets what its own `attend` would give (the ops' contract, backend.h). */
+enum { ROWS_GROUP = 64 };
+
+static void attend_group(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *const *caches,
+                         float *const *scratch, float *q, float *k, const float *v, float *ctx,
+                         int64_t n) {
+    const nmlx_attention_shape *s = &a->s;
+    int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
+    int64_t qdim = H * HD, kvdim = KVH * HD;
+    int64_t pos[ROWS_GROUP] = {0};
+    nmlx_attn_row rows[ROWS_GROUP];
+    nmlx_kv_view views[ROWS_GROUP];
+    for (int64_t r = 0; r < n; r++)
+        pos[r] = nmlx_layer_cache_offset(caches[r]);
+    if (a->rope) { /* one table for the group (long RoPE may switch per row) */
+        const float *freqs = nmlx_rope_freqs(a->rope, pos[0], 1);
+        bool same = true;
+        for (int64_t r = 1; r < n; r++)
+            same = same && nmlx_rope_freqs(a->rope, pos[r], 1) == freqs;
+        if (same) {
+            be->ops->rope_rows(be, q, n, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+            be->ops->rope_rows(be, k, n, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        } else {
+            for (int64_t r = 0; r < n; r++) {
+                const float *f = nmlx_rope_freqs(a->rope, pos[r], 1);
+                be->ops->rope(be, q + r * qdim, 1, H, HD, a->rope->dims, pos[r], f,
+                              a->rope->mscale);
+                be->ops->rope(be, k + r * kvdim, 1, KVH, HD, a->rope->dims, pos[r], f,
+                              a->rope->mscale);
+            }
+        }
+    }
+    bool f32 = true;
+    for (int64_t r = 0; r < n; r++) {
+        if (s->q_scale_beta != 0.0f) scale_queries(be, s, q + r * qdim, pos[r], 1);
+        nmlx_layer_cache_update(caches[r], be, k + r * kvdim, v + r * kvdim, 1, &views[r]);
+        const nmlx_kv_view *kv = &views[r];
+        rows[r] = (nmlx_attn_row){.k = kv->keys,
+                                  .v = kv->values,
+                                  .cap = kv->cap,
+                                  .q_pos = kv->q_row,
+                                  .n_kv = kv->n_kv,
+                                  .window = kv->window};
+        f32 = f32 && kv->dtype == NMLX_DT_F32;
+    }
+    nmlx_attn_args args = {
+        .q = q,
+        .out = ctx,
+        .T = 1,
+        .H = H,
+        .KVH = KVH,
+        .HD = HD,
+        .scale = s->scale,
+        .softcap = 0.0f,
+        .sinks = a->sinks,
+    };
+    if (f32) {
+        be->ops->attention_rows(be, &args, rows, n);
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) { /* a half-precision cache: one call per row */
+        const nmlx_kv_view *kv = &views[r];
+        nmlx_attn_args one = args;
+        one.q = q + r * qdim;
+        one.out = ctx + r * qdim;
+        one.k = kv->keys, one.v = kv->values, one.cap = kv->cap, one.q_pos = kv->q_row;
+        one.n_kv = kv->n_kv, one.window = kv->window, one.scratch = scratch[r];
+        one.kv_dtype = kv->dtype, one.k16 = kv->keys16, one.v16 = kv->values16;
+        be->ops->attention(be, &one);
+    }
+}
+
 void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
                                  nmlx_layer_cache *const *caches, float *const *scratch,
                                  const nmlx_attention_buffers *buf, const float *x, float *out,
@@ -131,8 +206,15 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
     const nmlx_attention_shape *s = &a->s;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
     project(be, a, buf, x, B);
-    for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
-        attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,
-               buf->ctx + b * qdim, 1, 0, scratch[b]);
+    if (be->ops->rope_rows && be->ops->attention_rows) {
+        for (int64_t b = 0; b < B; b += ROWS_GROUP)
+            attend_group(be, a, caches + b, scratch + b, buf->q + b * qdim, buf->k + b * kvdim,
+                         buf->v + b * kvdim, buf->ctx + b * qdim,
+                         B - b < ROWS_GROUP ? B - b : ROWS_GROUP);
+    } else {
+        for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
+            attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,
+                   buf->ctx + b * qdim, 1, 0, scratch[b]);
+    }
     nmlx_linear_forward(be, &a->o, buf->ctx, out, B);
 }

@@ -58,7 +58,9 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
  * whose layer cache is caches[b] (room reserved) and attention scratch
  * scratch[b] (sized as nmlx_attention_buffers.scratch). Projections run over all
  * B rows at once (weights read once); each row's RoPE, cache append and
- * attention are that sequence's, as a one-token nmlx_attention_forward. */
+ * attention are that sequence's, as a one-token nmlx_attention_forward
+ * (RoPE and attention as one rope_rows / attention_rows call over the rows
+ * where the backend has them). */
 void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
                                  nmlx_layer_cache *const *caches, float *const *scratch,
                                  const nmlx_attention_buffers *buf, const float *x, float *out,

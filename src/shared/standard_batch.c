@@ -2,9 +2,13 @@
  * advance by one token each in one pass. Every matmul runs over the B rows
  * together, so each weight is read once per step instead of once per
  * session; RoPE, the cache append and attention are per row, on that
- * session's own cache. On the CPU a matmul of fewer than 24 rows runs as
- * few-token mat-vecs (cpu_ops.c), so a session's logits in a batch of up to
- * 23 equal its logits alone bit for bit. */
+ * session's own cache (one rope_rows / attention_rows call for all rows on
+ * a backend that has them: CUDA). Everything goes through backend ops on
+ * backend buffers (ids staged by embed, logits downloaded per row), so the
+ * pass runs on device backends too. On the CPU a matmul of fewer than 24
+ * rows runs as few-token mat-vecs (cpu_ops.c), so a session's logits in a
+ * batch of up to 23 equal its logits alone bit for bit; on CUDA they agree
+ * to rounding (nmlx.h: nmlx_batch_eval). */
 #include "standard_model_impl.h"
 
 typedef struct std_batch {

@@ -1,12 +1,16 @@
 /* Every CUDA op against the CPU op (the reference) on random inputs, odd
- * sizes included: matmul (F32/F16/BF16, T = 1 mat-vec and T > 1 cuBLAS, bias,
+ * sizes included: matmul (F32/F16/BF16, T <= 8 mat-vec, T > 8 cuBLAS (16-bit
+ * weights: x split into hi + lo up to 64 rows, rounded beyond), bias,
  * unaligned widths, row views of a prepared tensor), embed, rmsnorm, rope,
  * attention (GQA, sliding window, softcap, sinks, several key tiles), act_mul,
  * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
- * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T = 1
- * mat-vec and T > 1 tensor-core tiles, rows and tokens off the tile sizes,
- * unaligned row views) and quantized embed. Prints the worst relative
- * error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T <= 8
+ * mat-vec and T > 8 tensor-core tiles, rows and tokens off the tile sizes,
+ * unaligned row views) and quantized embed. Batched decode: dense and
+ * quantized matmul rows (T <= 8) equal each row alone (f32 mat-vec) and
+ * rope_rows the per-row calls, bit for bit; attention_rows the per-row
+ * calls to rounding (they may take the split kernel). Prints the worst
+ * relative error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
@@ -59,12 +63,12 @@ static void check_ok(const char *what) {
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
 }
 
-enum { N_OPS = 16 };
+enum { N_OPS = 18 };
 static double worst[N_OPS];
 static const char *op_names[N_OPS] = {"matmul", "embed", "rmsnorm", "rope", "attention",
                                       "act_mul", "act", "add", "scale", "softmax", "copy",
                                       "matmul_view", "qmatvec", "qmatmul", "qmatmul_view",
-                                      "qembed"};
+                                      "qembed", "qmatvec_i16", "matmul_multi"};
 static void note(int op, double e) {
     if (e > worst[op] || e != e) worst[op] = e;
 }
@@ -104,11 +108,31 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("matmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T > 1 with 16-bit weights rounds x to the weight's type (cuBLAS) */
-    double tol = T == 1 || dt == NMLX_DT_F32 ? 1e-5 : dt == NMLX_DT_BF16 ? 2e-2 : 3e-3;
+    /* up to 8 rows run the f32 mat-vec; 16-bit weights up to 64 rows take
+     * x split into hi + lo (~2^-16), beyond that x rounded to the weight's
+     * type (cuBLAS) */
+    double tol = T <= 8 || dt == NMLX_DT_F32 ? 1e-5
+                 : T <= 64                   ? 5e-5
+                 : dt == NMLX_DT_BF16        ? 2e-2
+                                             : 3e-3;
     EXPECT(e <= tol, "matmul %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, bias, e, tol);
     note(0, e);
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone, bit for bit */
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "matmul %s T=%lld D=%lld N=%lld: %d rows differ from the row alone",
+               nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, differ);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
+    }
 
     /* a row view inside the prepared tensor shares its copy (fused qkv) */
     if (D > 4) {
@@ -235,14 +259,45 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("qmatmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
-    /* T == 1: f32 like the reference; T > 1: q exact in bf16, x as bf16 hi +
-     * lo (~2^-16), f32 accumulation on the tensor cores */
-    double tol = T == 1 ? 1e-5 : 1e-4;
+    /* T == 1: f32 like the reference, or (affine 4/8-bit, the default) x
+     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T <= 8:
+     * the f32 mat-vec rows; T > 8: q exact in bf16, x as bf16 hi + lo
+     * (~2^-16), f32 accumulation on the tensor cores */
+    const bool q16 = T == 1 && mode == NMLX_QUANT_AFFINE && (bits == 4 || bits == 8);
+    double tol = q16 ? 5e-5 : T <= 8 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
            bias, e, tol);
-    note(T == 1 ? 12 : 13, e);
+    note(T == 1 ? (q16 ? 16 : 12) : T <= 8 ? 12 : 13, e);
+    if (q16) { /* the f32 mat-vec too (NMLX_CUDA_QGEMV=f32, precision "f32") */
+        nmlx_cuda_set_qgemv16(0);
+        gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
+        nmlx_cuda_set_qgemv16(1);
+        check_ok("qmatmul f32");
+        double e32 = rel_err(dy, yref, (size_t)D);
+        EXPECT(e32 <= 1e-5, "qmatmul f32 x %d-bit g%d %s D=%lld N=%lld: rel err %.2e", bits, gs,
+               nmlx_dtype_name(sdt), (long long)D, (long long)N, e32);
+        note(12, e32);
+    }
+    if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone through the
+                            * f32 mat-vec (the int16 one is T = 1 only), bit for bit */
+        nmlx_cuda_set_qgemv16(0);
+        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+        int differ = 0;
+        for (int64_t t = 0; t < T; t++) {
+            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
+            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+        }
+        EXPECT(differ == 0, "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
+               nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, differ);
+        nmlx_cuda_set_qgemv16(1);
+        gpu->ops->free(gpu, dy1);
+        free(all), free(one);
+    }
 
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
      * for 3/5-bit codes, so the kernels' scalar load paths run */
@@ -266,6 +321,42 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     gpu->ops->free(gpu, dx);
     gpu->ops->free(gpu, dy);
     free(x), free(bv), free(yref);
+}
+
+/* matmul_multi: q/k/v-like weights of one format in one int16 mat-vec
+ * launch (and a mixed set, which falls back to one matmul each) */
+static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed) {
+    const int64_t Ds[3] = {517, 64, 129};
+    nmlx_weight w[3], g[3];
+    float *ref[3], *dy[3];
+    float *x = rand_floats((size_t)N, -2, 2);
+    nmlx_tensor b = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {Ds[1]}, .name = "b"};
+    b.data = keep(rand_floats((size_t)Ds[1], -1, 1));
+    const nmlx_tensor *pb = NULL, *bs[3] = {NULL, NULL, NULL};
+    EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
+    for (int i = 0; i < 3; i++) {
+        const int bi = mixed && i == 2 ? 3 : bits;
+        w[i] = make_qweight(NMLX_QUANT_AFFINE, bi, gs, sdt, Ds[i], N);
+        g[i] = prepare_q(&w[i]);
+        ref[i] = malloc((size_t)Ds[i] * sizeof(float));
+        cpu->ops->matmul(cpu, &w[i], i == 1 ? &b : NULL, x, ref[i], 1);
+        dy[i] = gpu->ops->alloc(gpu, (size_t)Ds[i] * sizeof(float));
+    }
+    bs[1] = pb;
+    const nmlx_weight *ws[3] = {&g[0], &g[1], &g[2]};
+    float *dx = dev_of(x, (size_t)N);
+    gpu->ops->matmul_multi(gpu, 3, ws, bs, dx, dy, 1);
+    check_ok("matmul_multi");
+    for (int i = 0; i < 3; i++) {
+        double e = rel_err(dy[i], ref[i], (size_t)Ds[i]);
+        EXPECT(e <= 5e-5, "matmul_multi %d-bit g%d %s N=%lld mixed=%d weight %d: rel err %.2e",
+               bits, gs, nmlx_dtype_name(sdt), (long long)N, mixed, i, e);
+        note(17, e);
+        gpu->ops->free(gpu, dy[i]);
+        free(ref[i]);
+    }
+    gpu->ops->free(gpu, dx);
+    free(x);
 }
 
 static void test_qembed(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D) {
@@ -305,11 +396,30 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 1, 8197, 320, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, 1, 8200, 384, false);
     test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 1, 8193, 256, false);
+    /* batched decode widths: the mat-vec over 2..8 rows (both row-per-warp
+     * variants), and 9 rows (the mat-mat just past it) */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 8, 8195, 512, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 5, 1000, 2048, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_F16, 2, 777, 3072, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F32, 7, 99, 96, false);
+    test_qmatmul(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 6, 8193, 256, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 9, 513, 2048, true);
     /* real widths: Llama-style 4/8-bit g64 bf16 */
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 1000, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 300, 513, 2048, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 1, 777, 3072, true);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 64, 256, 3072, false);
+    /* the int16 mat-vec at real widths (x staged whole in shared memory:
+     * 14336 needs the opt-in above 48 KB), R = 4 rows a warp from 16384 */
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 4096, 14336, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 1, 16389, 1024, true);
+    test_qmatmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32, 1, 20000, 4096, false);
+    for (int gi = 0; gi < 3; gi++) {
+        const int gs = 32 << gi;
+        test_qmulti(4, gs, gi == 0 ? NMLX_DT_F32 : gi == 1 ? NMLX_DT_F16 : NMLX_DT_BF16, gs * 9,
+                    false);
+        test_qmulti(8, gs, NMLX_DT_BF16, gs * 5, gi == 2);
+    }
     test_qembed(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 192);
     test_qembed(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 96);
     test_qembed(NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F32, 256);
@@ -361,7 +471,8 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
     float *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1), *v = rand_floats(nk, -1, 1);
     float *sk = rand_floats((size_t)H, -1, 2);
-    float *ref = malloc(nq * sizeof(float)), *scratch = malloc((size_t)(cpu->n_threads * n_kv) * 4);
+    float *ref = malloc(nq * sizeof(float)), *scratch =
+        malloc((size_t)(cpu->n_threads * (H / KVH) * n_kv) * 4); /* backend.h's contract */
     nmlx_attn_args a = {.q = q, .k = k, .v = v, .out = ref, .T = T, .H = H, .KVH = KVH, .HD = HD,
                         .cap = cap, .q_pos = q_pos, .n_kv = n_kv, .scale = 1.0f / sqrtf((float)HD),
                         .window = window, .softcap = softcap, .sinks = sinks ? sk : NULL,
@@ -371,16 +482,110 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
-    gpu->ops->attention(gpu, &g);
-    check_ok("attention");
-    double e = rel_err(dout, ref, nq);
-    EXPECT(e <= 1e-5, "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d: %.2e",
-           (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
-           (long long)window, softcap, sinks, e);
-    note(4, e);
+    for (int split = 0; split < 2; split++) { /* both decode kernels */
+        nmlx_cuda_set_attn_split(split);
+        gpu->ops->attention(gpu, &g);
+        check_ok("attention");
+        double e = rel_err(dout, ref, nq);
+        EXPECT(e <= 1e-5,
+               "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d "
+               "split=%d: %.2e",
+               (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
+               (long long)window, softcap, sinks, split, e);
+        note(4, e);
+    }
+    nmlx_cuda_set_attn_split(0);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
     gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
+}
+
+/* Batched decode ops: R rows, each its own position / cache, against the
+ * per-row rope calls (bit for bit) and attention calls (to rounding) on
+ * the GPU, and the CPU. */
+static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks) {
+    int64_t qrow = H * HD, krow = KVH * HD, rot = HD;
+    size_t nq = (size_t)(R * qrow);
+    float *q = rand_floats(nq, -1, 1), *sk = rand_floats((size_t)H, -1, 2);
+    float *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    float *dq = dev_of(q, nq), *dq1 = dev_of(q, nq), *dfr = dev_of(fr, (size_t)(rot / 2));
+    float *ds = dev_of(sk, (size_t)H);
+    int64_t *pos = malloc((size_t)R * sizeof(int64_t));
+    nmlx_attn_row *rows = malloc((size_t)R * sizeof *rows);
+    float **hk = malloc((size_t)R * sizeof *hk), **hv = malloc((size_t)R * sizeof *hv);
+    for (int64_t r = 0; r < R; r++) {
+        int64_t cap = 1 + (int64_t)(test_rand_u64() % 300),
+                n_kv = 1 + (int64_t)(test_rand_u64() % (uint64_t)cap);
+        pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
+        hk[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        hv[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        rows[r] = (nmlx_attn_row){.k = dev_of(hk[r], (size_t)(krow * cap)),
+                                  .v = dev_of(hv[r], (size_t)(krow * cap)),
+                                  .cap = cap,
+                                  .q_pos = n_kv - 1,
+                                  .n_kv = n_kv,
+                                  .window = window};
+    }
+    /* rope */
+    gpu->ops->rope_rows(gpu, dq, R, H, HD, rot, pos, dfr, 1.0f);
+    for (int64_t r = 0; r < R; r++)
+        gpu->ops->rope(gpu, dq1 + r * qrow, 1, H, HD, rot, pos[r], dfr, 1.0f);
+    check_ok("rope_rows");
+    float *a = malloc(nq * sizeof(float)), *b = malloc(nq * sizeof(float));
+    gpu->ops->download(gpu, a, dq, nq * sizeof(float));
+    gpu->ops->download(gpu, b, dq1, nq * sizeof(float));
+    EXPECT(!memcmp(a, b, nq * sizeof(float)), "rope_rows R=%lld differs from per-row rope",
+           (long long)R);
+    float *ref = malloc(nq * sizeof(float));
+    memcpy(ref, q, nq * sizeof(float));
+    for (int64_t r = 0; r < R; r++)
+        cpu->ops->rope(cpu, ref + r * qrow, 1, H, HD, rot, pos[r], fr, 1.0f);
+    double e = rel_err(dq, ref, nq);
+    EXPECT(e <= 1e-6, "rope_rows R=%lld vs cpu: %.2e", (long long)R, e);
+    note(3, e);
+    /* attention, on the roped queries */
+    float *dout = gpu->ops->alloc(gpu, nq * sizeof(float)),
+          *dout1 = gpu->ops->alloc(gpu, nq * sizeof(float));
+    nmlx_attn_args g = {.q = dq,
+                        .out = dout,
+                        .T = 1,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .scale = 1.0f / sqrtf((float)HD),
+                        .sinks = sinks ? ds : NULL};
+    gpu->ops->attention_rows(gpu, &g, rows, R);
+    float *scratch = malloc((size_t)(cpu->n_threads * 300) * 4 * (size_t)(H / KVH));
+    for (int64_t r = 0; r < R; r++) {
+        nmlx_attn_args o = g;
+        o.q = dq + r * qrow, o.out = dout1 + r * qrow, o.k = rows[r].k, o.v = rows[r].v;
+        o.cap = rows[r].cap, o.q_pos = rows[r].q_pos, o.n_kv = rows[r].n_kv, o.window = window;
+        gpu->ops->attention(gpu, &o);
+        nmlx_attn_args c = o;
+        c.q = a + r * qrow, c.out = ref + r * qrow, c.k = hk[r], c.v = hv[r],
+        c.sinks = sinks ? sk : NULL;
+        c.scratch = scratch;
+        cpu->ops->attention(cpu, &c);
+    }
+    check_ok("attention_rows");
+    /* per-row one-query calls may take the split kernel: equal to rounding */
+    gpu->ops->download(gpu, b, dout1, nq * sizeof(float));
+    e = rel_err(dout, b, nq);
+    EXPECT(e <= 2e-6, "attention_rows R=%lld vs per-row attention: %.2e", (long long)R, e);
+    e = rel_err(dout, ref, nq);
+    EXPECT(e <= 1e-5, "attention_rows R=%lld H=%lld KVH=%lld HD=%lld win=%lld vs cpu: %.2e",
+           (long long)R, (long long)H, (long long)KVH, (long long)HD, (long long)window, e);
+    note(4, e);
+    for (int64_t r = 0; r < R; r++) {
+        gpu->ops->free(gpu, (void *)rows[r].k), gpu->ops->free(gpu, (void *)rows[r].v);
+        free(hk[r]), free(hv[r]);
+    }
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dq1), gpu->ops->free(gpu, dfr);
+    gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dout1);
+    free(q), free(sk), free(fr), free(pos), free(rows), free(hk), free(hv), free(a), free(b);
+    free(ref), free(scratch);
 }
 
 static void test_elementwise(int64_t n) {
@@ -443,7 +648,9 @@ int main(void) {
     test_seed(20261122);
     const nmlx_dtype dts[3] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     const int64_t shapes[][3] = {{1, 1, 8},   {1, 37, 33},  {1, 130, 264}, {1, 257, 1024},
-                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7}};
+                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7},
+                                 {8, 130, 264}, {9, 37, 33}, {2, 257, 1024}, {7, 64, 40},
+                                 {65, 40, 72}, {130, 33, 264}};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
@@ -460,6 +667,18 @@ int main(void) {
     test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
     test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
     test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    test_rows(1, 4, 2, 64, 0, false);
+    test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
+    test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
+    test_rows(130, 2, 1, 32, 0, false); /* over ROPE_ROWS */
+    /* split decode attention (T x H / KVH <= 16 rows a KV head): chunks of
+     * 64 keys, a partial last chunk, windows starting mid-chunk, one key */
+    test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);  /* 8B-like GQA, 11 chunks */
+    test_attention(1, 16, 8, 64, 200, 0, 0, 0, false);      /* first token: one key */
+    test_attention(3, 8, 2, 64, 400, 333, 100, 0, true);    /* 12 rows, window, sinks */
+    test_attention(1, 8, 4, 256, 600, 517, 0, 50.0f, false); /* HD 256, softcap */
+    test_attention(2, 14, 2, 80, 300, 130, 0, 0, true);     /* 14 rows, HD 80 */
+    test_attention(1, 4, 4, 128, 130, 128, 64, 0, false);   /* MHA, window of 64 */
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(300007);

@@ -4,6 +4,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 #include "compute/cpu/cpu_internal.h"
+#if NMLX_HAVE_CUDA
+#include "compute/cuda/cuda_backend.h"
+#endif
 #include "compute/cpu/quant_kernels.h"
 
 #include <stdlib.h>
@@ -64,6 +67,8 @@ static const nmlx_backend_ops cpu_ops = {
     .rmsnorm = nmlx_cpu_rmsnorm,
     .rope = nmlx_cpu_rope,
     .attention = nmlx_cpu_attention,
+    .rope_rows = NULL,      /* per-row calls: the CPU's batched decode is bitwise */
+    .attention_rows = NULL, /* per-row calls (each row's scratch is its session's) */
     .act_mul = nmlx_cpu_act_mul,
     .act = nmlx_cpu_act,
     .swiglu_clipped = nmlx_cpu_swiglu_clipped,
@@ -244,6 +249,10 @@ nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision) 
                          "precision int8 needs an x86-64 CPU with AVX512_VNNI");
 #endif
     if (cpu) ((cpu_impl *)be->impl)->prefill_precision = prec;
+#if NMLX_HAVE_CUDA
+    if (be->impl && !strcmp(be->ops->name, "cuda"))
+        nmlx_cuda_set_f32_activations(be, prec == CPU_PREC_F32);
+#endif
     return NMLX_OK;
 }
 

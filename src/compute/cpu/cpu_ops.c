@@ -3,6 +3,7 @@
  * chosen kernel set. Small ops run on the caller thread alone: waking the
  * pool costs about a microsecond. */
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 
@@ -71,10 +72,13 @@ static bool prefill_by_precision(const matmul_job *j, int64_t d0, int64_t d1) {
                nmlx_avx2_quant_int16_ok(w) && nmlx_avx2_quant_int16_default() &&
                nmlx_avx2_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
     if (strncmp(j->k->isa, "avx512", 6)) return false;
-    if (w->mode == NMLX_QUANT_NONE) { /* dense bf16: x rounded to bf16, vdpbf16ps */
+    if (w->mode == NMLX_QUANT_NONE) { /* dense bf16: x rounded to bf16, AMX or vdpbf16ps */
         if (w->w.dtype != NMLX_DT_BF16 || j->prec == CPU_PREC_F32 || w->cols % 32 ||
-            strcmp(j->k->isa, "avx512bf16") || !nmlx_qbf16_get_pick().dense_bf16)
+            strcmp(j->k->isa, "avx512bf16"))
             return false;
+        const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
+        if (pick.dense_amx && nmlx_amx_bf16_matmat(w, j->x, j->y, j->T, d0, d1)) return true;
+        if (!pick.dense_bf16) return false;
         nmlx_avx512bf16_quant_matmat(w, j->x, j->y, j->T, d0, d1);
         return true;
     }

@@ -25,6 +25,7 @@
  * into that order. */
 #define _POSIX_C_SOURCE 200809L
 #pragma GCC target("avx512bf16")
+#include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_avx512.h"
 #include "common.h"
 
@@ -304,6 +305,12 @@ static void run_dense(void *p) {
         nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
+static void run_dense_amx(void *p) {
+    pick_job *j = p;
+    if (!nmlx_amx_bf16_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows))
+        nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
 /* The kernels are timed (CPU time of this thread, best of 5) on a 128 x
  * 1024 weight, affine 4-bit g64 and dense bf16, over 48 tokens (prefill)
  * or 8 calls (decode): the problem stays in cache, so the DRAM and the
@@ -329,8 +336,13 @@ static void measure_pick(void) {
     g_pick.matvec_int16 = g_pick.matvec_int16_q8 = vnni && e_i16d == 1;
     g_pick.dense_bf16 = bf16 && e_dense == 1;
     const bool log = getenv("NMLX_QUANT_PICK_LOG") != NULL;
+    /* AMX (matmul_amx.h): NMLX_AMX=1 forces it, unset measures it if
+     * NMLX_AMX_DEFAULT; asks the OS for the tiles only then */
+    const int e_amx = nmlx_amx_env();
+    const bool amx = bf16 && nmlx_amx_wanted() && nmlx_amx_ok();
+    g_pick.dense_amx = amx && e_amx == 1;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
-        !(bf16 && e_dense < 0) && !log)
+        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0))
         return;
     enum { PD = 128, PN = 1024, PT = 48 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
@@ -359,7 +371,7 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0};
+    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -398,6 +410,10 @@ static void measure_pick(void) {
         for (int bf = 0; bf < 2; bf++)
             j.bf = bf, td[bf] = time_best(run_dense, &j);
         if (e_dense < 0) g_pick.dense_bf16 = td[0] >= 1.3 * td[1];
+        if (amx) {
+            td_amx = time_best(run_dense_amx, &j);
+            if (e_amx < 0) g_pick.dense_amx = td_amx < td[0] && td_amx < td[1];
+        }
     }
     if (log)
         fprintf(stderr,
@@ -412,6 +428,14 @@ static void measure_pick(void) {
                 : g_pick.matvec     ? "bf16"
                                     : "f32",
                 g_pick.matvec_int16_q8 ? "int16-vnni" : "f32", g_pick.dense_bf16 ? "bf16" : "f32");
+    if (log)
+        fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %.3g (%s) -> amx %s\n",
+                1e3 * td_amx,
+                amx                  ? "AMX usable"
+                : !bf16              ? "not run: no avx512bf16"
+                : !nmlx_amx_wanted() ? "not run: NMLX_AMX unset or 0"
+                                     : nmlx_amx_status(),
+                g_pick.dense_amx ? "on" : "off");
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
 }

@@ -24,6 +24,7 @@ typedef struct nmlx_qbf16_pick {
     bool prefill_int16;   /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
                              precision; needs AVX512_VNNI) */
     bool dense_bf16;      /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
+    bool dense_amx;       /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
 } nmlx_qbf16_pick;
 /* Measured once per process (thread-safe, a few milliseconds of CPU time on
  * cache-resident problems); NMLX_QUANT_BF16=0/1 forces the bf16 quantized

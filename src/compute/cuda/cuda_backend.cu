@@ -6,6 +6,7 @@
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
@@ -14,7 +15,7 @@ void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
 }
 
 static void *cuda_alloc(nmlx_backend *be, size_t bytes) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError(); /* clear the non-sticky error */
@@ -26,7 +27,7 @@ static void *cuda_alloc(nmlx_backend *be, size_t bytes) {
 
 static void cuda_free_buf(nmlx_backend *be, void *ptr) {
     if (!ptr) return;
-    cudaStreamSynchronize(cuda_of(be)->stream);
+    cudaStreamSynchronize(cuda_host_of(be)->stream);
     cudaFree(ptr);
 }
 
@@ -83,20 +84,20 @@ static void cuda_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes
 /* Host memory may be reused as soon as upload returns: wait for the copy. */
 static void cuda_upload(nmlx_backend *be, void *dst, const void *host, size_t bytes) {
     if (!bytes) return;
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     nmlx_cuda_note(be, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c->stream));
     nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
 }
 
 static void cuda_download(nmlx_backend *be, void *host, const void *src, size_t bytes) {
     if (!bytes) return;
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     nmlx_cuda_note(be, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
 }
 
 static void cuda_sync(nmlx_backend *be) {
-    nmlx_cuda_note(be, cudaStreamSynchronize(cuda_of(be)->stream));
+    nmlx_cuda_note(be, cudaStreamSynchronize(cuda_host_of(be)->stream));
 }
 
 static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
@@ -148,7 +149,7 @@ static nmlx_status device_copy_of(nmlx_backend *be, const nmlx_tensor *t, char *
 
 static nmlx_status cuda_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
                                        const nmlx_tensor **out) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     /* float weights, and the packed codes (U32) and E8M0 scales (U8) of
      * quantized ones */
     if (t->dtype != NMLX_DT_F32 && t->dtype != NMLX_DT_F16 && t->dtype != NMLX_DT_BF16 &&
@@ -175,7 +176,7 @@ static nmlx_status cuda_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
 }
 
 static void cuda_release(nmlx_backend *be) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
@@ -187,7 +188,10 @@ static void cuda_release(nmlx_backend *be) {
     if (c->ids_host) cudaFreeHost(c->ids_host);
     if (c->ids_dev) cudaFree(c->ids_dev);
     if (c->act16) cudaFree(c->act16);
+    if (c->y2) cudaFree(c->y2);
     if (c->qx) cudaFree(c->qx);
+    if (c->attn_part) cudaFree(c->attn_part);
+    if (c->gexec) cudaGraphExecDestroy(c->gexec);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -204,11 +208,15 @@ static const nmlx_backend_ops cuda_ops = {
     .sync = cuda_sync,
     .prepare_tensor = cuda_prepare_tensor,
     .release = cuda_release,
+    .decode_step = nmlx_cuda_decode_step,
     .matmul = nmlx_cuda_matmul,
+    .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,
     .rmsnorm = nmlx_cuda_rmsnorm,
     .rope = nmlx_cuda_rope,
     .attention = nmlx_cuda_attention,
+    .rope_rows = nmlx_cuda_rope_rows,
+    .attention_rows = nmlx_cuda_attention_rows,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = NULL, /* MoE: CPU only */
     .act = nmlx_cuda_act,
@@ -245,6 +253,12 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     be->impl = c;
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;
+    {
+        const char *rows = getenv("NMLX_CUDA_ROWS");
+        c->rows_off = rows && !strcmp(rows, "0");
+        const char *g = getenv("NMLX_CUDA_GRAPH");
+        c->graph_on = g && !strcmp(g, "1"); /* opt-in: bench/cuda/README.md */
+    }
     e = cudaSetDevice(device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     CHECK(e == cudaSuccess, NMLX_ERR_UNSUPPORTED, "device 'cuda:%d': %s", device,
@@ -268,7 +282,7 @@ cleanup:
 
 /* For tests: the first CUDA error a void op met, as a status. */
 extern "C" nmlx_status nmlx_backend_cuda_check(nmlx_backend *be) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     cudaError_t e = cudaStreamSynchronize(c->stream);
     nmlx_cuda_note(be, e);
     nmlx_cuda_note(be, cudaGetLastError());

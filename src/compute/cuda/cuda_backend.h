@@ -19,6 +19,20 @@ nmlx_status nmlx_backend_cuda_check(nmlx_backend *be);
  * Process-wide; for benchmarks. */
 void nmlx_cuda_set_qmm_split(int split);
 
+/* Decode mat-vecs of affine 4/8-bit weights: 1 = int16 x and dp2a
+ * (cuda_qgemv16.cu, the default), 0 = the f32 kernel. NMLX_CUDA_QGEMV=f32
+ * sets 0 at start. Process-wide; for benchmarks and tests. */
+void nmlx_cuda_set_qgemv16(int on);
+
+/* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
+ * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
+ * 1 at start. Process-wide; for benchmarks and tests. */
+void nmlx_cuda_set_attn_split(int on);
+
+/* Precision "f32" of a model on this backend: quantized mat-vecs keep f32
+ * x (nmlx_backend_set_precision calls it). */
+void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -46,20 +46,54 @@ typedef struct cuda_impl {
     size_t ids_cap;
     void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
+    void *y2;              /* the [2T, D] hi/lo products of a split GEMM */
+    size_t y2_bytes;
     void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
     size_t qx_bytes;
+    void *attn_part;       /* split decode attention: per-chunk partial results */
+    size_t attn_part_bytes;
+    bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
+    bool rows_off;         /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
     cudaError_t first_error; /* first failure of a void op, kept for tests */
     cuda_copy_batch copies;  /* queued, not yet launched */
+    /* decode steps as CUDA graphs (cuda_graph.cu) */
+    bool graph_on;           /* NMLX_CUDA_GRAPH != 0 */
+    bool graph_want;         /* inside a step: capture from the next kernel op */
+    bool capturing;
+    cudaGraphExec_t gexec;   /* the last step's graph, updated in place */
+    long graph_launches, graph_instantiations;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
  * so queued copies keep their place in the stream order). */
 void nmlx_cuda_flush(nmlx_backend *be);
 
+/* Graph capture of a decode step (cuda_graph.cu): begin on the stream;
+ * end: instantiate (or update the last step's graph in place) and launch. */
+void nmlx_cuda_capture_begin(nmlx_backend *be);
+void nmlx_cuda_capture_end(nmlx_backend *be);
+void nmlx_cuda_decode_step(nmlx_backend *be, bool begin);
+
 /* The impl of a backend whose queued copies have been launched: every op
- * takes its state through this. */
+ * that only enqueues work on the stream takes its state through this (inside
+ * a decode step, the first such op starts the graph capture). */
 static inline cuda_impl *cuda_of(nmlx_backend *be) {
     cuda_impl *c = (cuda_impl *)be->impl;
+    if (c->graph_want && !c->capturing) nmlx_cuda_capture_begin(be);
+    if (c->copies.n) nmlx_cuda_flush(be);
+    return c;
+}
+
+/* The same for ops that wait for the stream, allocate, or read host memory
+ * (upload, download, sync, alloc, free, embed's id staging): a capture in
+ * progress ends and its graph runs first; the rest of that step runs
+ * without a graph. */
+static inline cuda_impl *cuda_host_of(nmlx_backend *be) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (c->capturing) {
+        nmlx_cuda_capture_end(be);
+        c->graph_want = false;
+    }
     if (c->copies.n) nmlx_cuda_flush(be);
     return c;
 }
@@ -73,6 +107,9 @@ void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor 
  * and the embedding gather of a quantized table (ids already on the device). */
 void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                        const float *x, float *y, int64_t T);
+void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                            const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                            int64_t T);
 void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev,
                       int64_t T, float scale, float *out);
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
@@ -82,6 +119,12 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
                     int64_t pos0, const float *freqs, float mscale);
 void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
+/* Batched decode (backend.h rope_rows / attention_rows): one launch for all
+ * rows (ROPE_ROWS / ATTN_ROWS rows a launch, their fields by value). */
+void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
+                         int64_t rot, const int64_t *pos, const float *freqs, float mscale);
+void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                              const nmlx_attn_row *rows, int64_t R);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);

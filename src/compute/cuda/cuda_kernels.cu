@@ -57,7 +57,7 @@ __global__ void embed_kernel(const void *table, nmlx_dtype dt, const int32_t *id
  * since every forward ends with a download that waits for the stream. */
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     if (T <= 0) return;
     if ((size_t)T > c->ids_cap) {
         cudaStreamSynchronize(c->stream);
@@ -114,11 +114,10 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 
 /* ---- rope: in place on x[T, H, HD]; angles in double as the CPU ---- */
 
-__global__ void rope_kernel(float *x, int64_t H, int64_t HD, int64_t half, int64_t pos0,
-                            const float *freqs, float mscale) {
-    int64_t t = blockIdx.x;
-    double p = (double)(pos0 + t);
-    float *xt = x + t * H * HD;
+/* One token's H heads at position p (rope and rope_rows share it, so a
+ * batched row equals the same token rotated alone bit for bit). */
+__device__ __forceinline__ void rope_token(float *xt, int64_t H, int64_t HD, int64_t half,
+                                           double p, const float *freqs, float mscale) {
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         double s, c;
         sincos(p * (double)freqs[i], &s, &c);
@@ -130,6 +129,45 @@ __global__ void rope_kernel(float *x, int64_t H, int64_t HD, int64_t half, int64
             xh[i + half] = (x1 * cf + x0 * sf) * mscale;
         }
     }
+}
+
+__global__ void rope_kernel(float *x, int64_t H, int64_t HD, int64_t half, int64_t pos0,
+                            const float *freqs, float mscale) {
+    int64_t t = blockIdx.x;
+    rope_token(x + t * H * HD, H, HD, half, (double)(pos0 + t), freqs, mscale);
+}
+
+/* rope_rows: positions passed by value, ROPE_ROWS rows a launch */
+enum { ROPE_ROWS = 128 };
+typedef struct rope_pos {
+    int64_t p[ROPE_ROWS];
+} rope_pos;
+
+__global__ void rope_rows_kernel(float *x, int64_t H, int64_t HD, int64_t half, rope_pos pos,
+                                 const float *freqs, float mscale) {
+    int64_t r = blockIdx.x;
+    rope_token(x + r * H * HD, H, HD, half, (double)pos.p[r], freqs, mscale);
+}
+
+void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
+                         int64_t rot, const int64_t *pos, const float *freqs, float mscale) {
+    if (R <= 0 || rot < 2) return;
+    if (cuda_of(be)->rows_off) { /* NMLX_CUDA_ROWS=0: one rope call per row */
+        for (int64_t r = 0; r < R; r++)
+            nmlx_cuda_rope(be, x + r * H * HD, 1, H, HD, rot, pos[r], freqs, mscale);
+        return;
+    }
+    cudaStream_t s = cuda_of(be)->stream;
+    int64_t half = rot / 2;
+    int threads = half >= 128 ? 128 : 64;
+    for (int64_t r0 = 0; r0 < R; r0 += ROPE_ROWS) {
+        int64_t n = R - r0 < (int64_t)ROPE_ROWS ? R - r0 : (int64_t)ROPE_ROWS;
+        rope_pos p = {};
+        for (int64_t i = 0; i < n; i++) p.p[i] = pos[r0 + i];
+        rope_rows_kernel<<<(unsigned)n, threads, 0, s>>>(x + r0 * H * HD, H, HD, half, p, freqs,
+                                                         mscale);
+    }
+    nmlx_cuda_note(be, cudaGetLastError());
 }
 
 void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,

@@ -13,7 +13,11 @@
  *    QG_ROWS rows, each lane one chunk at a time (the warp reads consecutive
  *    chunks: coalesced 8/16/32-byte loads), x chunk loaded once for all rows;
  *    f32 accumulation as the CPU reference.
- *  - prefill (T > 1), qmm_kernel: y[T, D] = x[T, N] @ W[D, N]^T on the tensor
+ *  - batched decode (1 < T <= 8), qgemv_rows_kernel: the mat-vec for T rows
+ *    of x, codes read and decoded once for all rows; each row's sums as
+ *    qgemv_kernel's, so equal to that token alone bit for bit
+ *    (NMLX_CUDA_QGEMV_T=1 sends T > 1 to the mat-mat instead);
+ *  - prefill (T > 8), qmm_kernel: y[T, D] = x[T, N] @ W[D, N]^T on the tensor
  *    cores (mma.sync m16n8k16 bf16, f32 accumulate). A block computes a
  *    64 (rows of W) x 128 (tokens) tile; per 32-input chunk it decodes the
  *    codes q into shared memory as bf16 (integers <= 255: exact), splits x
@@ -25,6 +29,7 @@
  *  - embed: one block per token dequantizes its row. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qgemv16.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -248,6 +253,141 @@ static void launch_gemv(cudaStream_t s, const nmlx_weight *w, const float *x, fl
         const unsigned grid = (unsigned)((D + QG_WARPS * 2 - 1) / (QG_WARPS * 2));
         qgemv_kernel<BITS, SC, 2><<<grid, 32 * QG_WARPS, 0, s>>>(
             wp, w->scales.data, w->biases.data, gshift, x, y, D, N, lb, lbdt, xvec);
+    }
+}
+
+/* ---- batched decode: the mat-vec over up to QG_MAX_T rows of x ---- */
+
+enum { QG_MAX_T = 8 };
+
+/* The 8 codes in v as the floats dot8 multiplies, in its order. */
+template <int BITS, bool MX> __device__ __forceinline__ void decode8(uint64_t v, float *q) {
+    if (!MX && BITS == 4) {
+        const uint32_t w = (uint32_t)v, lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            q[2 * j] = byte_f32(lo, j);
+            q[2 * j + 1] = byte_f32(hi, j);
+        }
+    } else if (!MX && BITS == 8) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            q[j] = byte_f32((uint32_t)v, j);
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            q[4 + j] = byte_f32((uint32_t)(v >> 32), j);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            q[i] = qvalue<MX>((uint32_t)(v >> (i * BITS)) & ((1u << BITS) - 1u));
+    }
+}
+
+/* qgemv_kernel for T <= QG_MAX_T rows of x (one token each of a batch of
+ * sequences): each piece's codes are loaded and decoded once for the T
+ * rows, and every (row of x, row of W) sum takes the same operations in the
+ * same order as qgemv_kernel, so a row equals that token decoded alone bit
+ * for bit. */
+template <int BITS, int SC, int R>
+__global__ void __launch_bounds__(32 * QG_WARPS)
+    qgemv_rows_kernel(const uint32_t *w, const void *scales, const void *biases, int gshift,
+                      const float *x, float *y, int64_t D, int64_t N, int T, const void *lbias,
+                      nmlx_dtype lbdt, bool xvec) {
+    constexpr bool MX = SC == SC_E8M0;
+    const int lane = threadIdx.x & 31;
+    const int64_t d0 = ((int64_t)blockIdx.x * QG_WARPS + threadIdx.x / 32) * R;
+    if (d0 >= D) return;
+    const int K8 = (int)(N / 8), G = (int)(N >> (gshift + 3));
+    const uint8_t *rows[R];
+    const typename sc_raw<SC>::t *srow[R], *brow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int64_t d = d0 + r < D ? d0 + r : D - 1;
+        rows[r] = (const uint8_t *)w + d * (N * BITS / 8);
+        srow[r] = (const typename sc_raw<SC>::t *)scales + d * G;
+        brow[r] = MX ? srow[r] : (const typename sc_raw<SC>::t *)biases + d * G;
+    }
+    float acc[QG_MAX_T][R];
+#pragma unroll
+    for (int t = 0; t < QG_MAX_T; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[t][r] = 0.0f;
+#pragma unroll 2
+    for (int k = lane; k < K8; k += 32) {
+        const int g = k >> gshift;
+        float q[R][8], sf[R], bf[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint64_t v = load8<BITS>(rows[r], k);
+            sf[r] = sc_f32<SC>(__ldg(srow[r] + g));
+            bf[r] = MX ? 0.0f : sc_f32<SC>(__ldg(brow[r] + g));
+            decode8<BITS, MX>(v, q[r]);
+        }
+#pragma unroll
+        for (int t = 0; t < QG_MAX_T; t++) {
+            if (t >= T) break;
+            const float *xt = x + (int64_t)t * N;
+            float xv[8];
+            if (xvec) {
+                const float4 a = __ldg((const float4 *)xt + 2 * k),
+                             b = __ldg((const float4 *)xt + 2 * k + 1);
+                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+                xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    xv[i] = __ldg(xt + 8 * k + i);
+            }
+            float xs = 0.0f;
+            if (!MX) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    xs += xv[i];
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    dot = fmaf(q[r][i], xv[i], dot);
+                if (MX)
+                    acc[t][r] = fmaf(sf[r], dot * 16384.0f, acc[t][r]);
+                else
+                    acc[t][r] = fmaf(sf[r], dot, fmaf(bf[r], xs, acc[t][r]));
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < QG_MAX_T; t++) {
+        if (t >= T) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float v = qwarp_sum(acc[t][r]);
+            if (lane == 0 && d0 + r < D)
+                y[(int64_t)t * D + d0 + r] =
+                    v + (lbias ? cuda_load_f32(lbdt, lbias, d0 + r) : 0.0f);
+        }
+    }
+}
+
+template <int BITS, int SC>
+static void launch_gemv_rows(cudaStream_t s, const nmlx_weight *w, const float *x, float *y, int T,
+                             const void *lb, nmlx_dtype lbdt) {
+    const int64_t D = w->rows, N = w->cols;
+    const bool xvec = (uintptr_t)x % 16 == 0; /* N is a multiple of 32: every row aligned */
+    int gshift = 0;
+    while ((8 << gshift) < w->group_size)
+        gshift++;
+    const uint32_t *wp = (const uint32_t *)w->w.data;
+    if (D >= 8192) { /* as launch_gemv */
+        const unsigned grid = (unsigned)((D + QG_WARPS * 4 - 1) / (QG_WARPS * 4));
+        qgemv_rows_kernel<BITS, SC, 4><<<grid, 32 * QG_WARPS, 0, s>>>(
+            wp, w->scales.data, w->biases.data, gshift, x, y, D, N, T, lb, lbdt, xvec);
+    } else {
+        const unsigned grid = (unsigned)((D + QG_WARPS * 2 - 1) / (QG_WARPS * 2));
+        qgemv_rows_kernel<BITS, SC, 2><<<grid, 32 * QG_WARPS, 0, s>>>(
+            wp, w->scales.data, w->biases.data, gshift, x, y, D, N, T, lb, lbdt, xvec);
     }
 }
 
@@ -533,9 +673,49 @@ static bool qmm_split(void) {
 
 extern "C" void nmlx_cuda_set_qmm_split(int split) { qmm_split_mode = split ? 1 : 0; }
 
+/* Most rows of x that take the mat-vec (qgemv_rows_kernel) rather than the
+ * tensor-core mat-mat: NMLX_CUDA_QGEMV_T (1..8, default 8; 1 = only T = 1). */
+static int qgemv_max_t(void) {
+    static int max_t = 0;
+    if (!max_t) {
+        const char *e = getenv("NMLX_CUDA_QGEMV_T");
+        int v = e ? atoi(e) : QG_MAX_T;
+        max_t = v < 1 ? 1 : v > QG_MAX_T ? (int)QG_MAX_T : v;
+    }
+    return max_t;
+}
+
+static int qgemv16_mode = -1; /* -1: not read from the environment yet */
+
+/* Decode mat-vecs of affine 4/8-bit weights on int16 x (cuda_qgemv16.cu)
+ * unless precision "f32" or NMLX_CUDA_QGEMV=f32 asks for the f32 kernel. */
+static bool qgemv16_on(nmlx_backend *be) {
+    if (qgemv16_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_QGEMV");
+        qgemv16_mode = !(e && !strcmp(e, "f32"));
+    }
+    return qgemv16_mode && !((cuda_impl *)be->impl)->f32_x;
+}
+
+extern "C" void nmlx_cuda_set_qgemv16(int on) { qgemv16_mode = on ? 1 : 0; }
+
+extern "C" void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on) {
+    ((cuda_impl *)be->impl)->f32_x = on != 0;
+}
+
+/* Weights that read one x (q/k/v, gate/up): one int16 mat-vec launch when
+ * they share a format, else one matmul each. */
+void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                            const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                            int64_t T) {
+    if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16(be, n, ws, biases, x, ys)) return;
+    for (int i = 0; i < n; i++)
+        nmlx_cuda_matmul(be, ws[i], biases ? biases[i] : NULL, x, ys[i], T);
+}
+
 /* The backend's scratch for the prefill operand (hi, lo, xs) of T x N. */
 static bool qx_reserve(nmlx_backend *be, size_t need) {
-    cuda_impl *c = cuda_of(be);
+    cuda_impl *c = cuda_host_of(be);
     if (need <= c->qx_bytes) return true;
     cudaStreamSynchronize(c->stream);
     if (c->qx) cudaFree(c->qx);
@@ -558,6 +738,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     if (T == 1) {
+        if (qgemv16_on(be) && nmlx_cuda_qgemv16(be, 1, &w, &bias, x, &y)) return;
         if constexpr (MX)
             launch_gemv<BITS, SC_E8M0>(s, w, x, y, lb, lbdt);
         else if (w->scales.dtype == NMLX_DT_F32)
@@ -566,6 +747,18 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
             launch_gemv<BITS, SC_F16>(s, w, x, y, lb, lbdt);
         else
             launch_gemv<BITS, SC_BF16>(s, w, x, y, lb, lbdt);
+        return;
+    }
+    if (T <= qgemv_max_t()) { /* a batched decode step */
+        const int t = (int)T;
+        if constexpr (MX)
+            launch_gemv_rows<BITS, SC_E8M0>(s, w, x, y, t, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F32)
+            launch_gemv_rows<BITS, SC_F32>(s, w, x, y, t, lb, lbdt);
+        else if (w->scales.dtype == NMLX_DT_F16)
+            launch_gemv_rows<BITS, SC_F16>(s, w, x, y, t, lb, lbdt);
+        else
+            launch_gemv_rows<BITS, SC_BF16>(s, w, x, y, t, lb, lbdt);
         return;
     }
     const bool split = qmm_split();

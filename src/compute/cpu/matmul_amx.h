@@ -1,0 +1,32 @@
+/* AMX-BF16 dense bf16 prefill (matmul_amx.c). Safe to include anywhere:
+ * the functions test the CPU and the OS themselves. */
+#ifndef NMLX_MATMUL_AMX_H
+#define NMLX_MATMUL_AMX_H
+
+#include "compute/tensor.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Whether the AMX prefill runs when NMLX_AMX is unset (then the one-time
+ * pick in quant_bf16_avx512.c times it against the f32 and avx512bf16
+ * kernels and keeps the fastest). Flip to 1 once measured faster. */
+#define NMLX_AMX_DEFAULT 0
+
+/* The CPU has AMX-TILE, AMX-BF16 and AVX512_BF16, XCR0 enables the tile
+ * state and Linux granted this process the tile data (arch_prctl
+ * ARCH_REQ_XCOMP_PERM, requested once on the first call). */
+bool nmlx_amx_ok(void);
+/* "usable", or which check failed (probes like nmlx_amx_ok) */
+const char *nmlx_amx_status(void);
+/* NMLX_AMX: -1 unset, 0 for "0", 1 otherwise */
+int nmlx_amx_env(void);
+/* NMLX_AMX=1, or unset and NMLX_AMX_DEFAULT (nmlx_amx_ok() still needed) */
+bool nmlx_amx_wanted(void);
+/* y[t, d] = sum_n bf16(x[t, n]) W[d, n] for d in [d0, d1), t < T, f32
+ * accumulation; W dense bf16 (D x N, any N >= 1). false (y untouched) where
+ * AMX is not usable, for other weights, or when scratch memory runs out. */
+bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                          int64_t d1);
+
+#endif

@@ -1,0 +1,16 @@
+/* Internal to the CUDA backend: the int16-activation decode mat-vec for
+ * MLX affine 4/8-bit weights (cuda_qgemv16.cu). */
+#ifndef NMLX_CUDA_QGEMV16_H
+#define NMLX_CUDA_QGEMV16_H
+
+#include "compute/cuda/cuda_internal.h"
+
+/* Whether w's format and shape take the int16 mat-vec. */
+bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w);
+
+/* y_i = W_i x (+ bias_i) for n (1 to 3) weights of one format and width
+ * in one launch; false (nothing launched) when they do not all qualify. */
+bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                       const nmlx_tensor *const *biases, const float *x, float *const *ys);
+
+#endif
