@@ -10,3 +10,10 @@ set_tests_properties(test_quant_kernels_bf16_prefill PROPERTIES ENVIRONMENT "NML
 add_test(NAME test_quant_kernels_bf16_matvec COMMAND test_quant_kernels
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_quant_kernels_bf16_matvec PROPERTIES ENVIRONMENT "NMLX_QUANT_BF16=matvec")
+# ...and with the int16 VNNI decode mat-vec forced (NMLX_QUANT_INT16_DEC=1,
+# quant_dec_vnni_avx512.c), whatever the pick measures: every backend matmul
+# of 1..23 tokens on affine 4/8-bit g32/64/128 weights goes through it or its
+# few-token form where the CPU has AVX512_VNNI.
+add_test(NAME test_quant_kernels_int16_dec COMMAND test_quant_kernels
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_quant_kernels_int16_dec PROPERTIES ENVIRONMENT "NMLX_QUANT_INT16_DEC=1")

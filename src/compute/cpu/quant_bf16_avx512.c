@@ -390,10 +390,12 @@ static void measure_pick(void) {
         g_pick.matvec = t[1][1] < t[1][0];
     }
     /* int16 x decode: more accurate than bf16 x, within 2^-16 of each
-     * group's max|x| of f32; taken where faster than the mat-vec it replaces */
+     * group's max|x| of f32; taken where faster than the mat-vec it replaces
+     * (for 4-bit not where NMLX_QUANT_BF16 forces the bf16 decode, unless
+     * NMLX_QUANT_INT16_DEC=1) */
     if (vnni && e_i16d < 0) {
         const double best = g_pick.matvec && t[1][1] > 0 ? t[1][1] : t[1][0];
-        g_pick.matvec_int16 = t16d < best;
+        g_pick.matvec_int16 = t16d < best && !(forced && g_pick.matvec);
         /* 8-bit g64 (the codes of q reread as bytes): against the f32 mat-vec */
         j.w.bits = 8, j.w.w.shape[1] = PN / 4, j.w.rows = PD / 2, j.w.scales.shape[0] = PD / 2;
         j.w.biases.shape[0] = PD / 2, j.bf = false;
