@@ -770,8 +770,8 @@ static void test_create_env(void) {
  * 32-row and 32/512-column blocks), its rows split as 1..3 threads split
  * them (and unaligned ranges), against x rounded to bf16 times the exact
  * bf16 W in double; rows outside the range untouched. Then through
- * avx512bf16 backends with 1..3 threads. Runs only with NMLX_AMX=1 on a CPU
- * with AMX (skipped otherwise). */
+ * avx512bf16 backends with 1..3 threads. Runs on a CPU with AMX unless
+ * NMLX_AMX=0 (skipped otherwise). */
 static void check_amx(int64_t T, int64_t D, int64_t N, int nth, bool unaligned) {
     double *wex = malloc((size_t)(D * N) * sizeof(double));
     void *wbuf = rand_typed(NMLX_DT_BF16, D * N, -1, 1, wex);
@@ -816,8 +816,8 @@ static void check_amx(int64_t T, int64_t D, int64_t N, int nth, bool unaligned) 
 }
 
 static void test_amx_dense(void) {
-    if (nmlx_amx_env() != 1) {
-        printf("AMX dense bf16 prefill: SKIPPED (NMLX_AMX=1 not set)\n");
+    if (!nmlx_amx_wanted()) {
+        printf("AMX dense bf16 prefill: SKIPPED (NMLX_AMX=0)\n");
         return;
     }
     if (!nmlx_amx_ok() || !nmlx_qbf16_get_pick().dense_amx) {

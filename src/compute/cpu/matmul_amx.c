@@ -2,10 +2,10 @@
  * and later): y[T, D] = x[T, N] W[D, N]^T over rows [d0, d1), x rounded to
  * bf16 (round to nearest even, the precision contract of bf16 checkpoints,
  * as nmlx_avx512bf16_quant_matmat), W exact, f32 accumulation
- * (TDPBF16PS). Off by default: NMLX_AMX=1 turns it on where the CPU has
- * AMX-TILE + AMX-BF16 + AVX512_BF16 and Linux grants the tile state
- * (arch_prctl ARCH_REQ_XCOMP_PERM); NMLX_AMX_DEFAULT below flips the
- * default (then the one-time pick in quant_bf16_avx512.c times it first).
+ * (TDPBF16PS). Runs where the CPU has AMX-TILE + AMX-BF16 + AVX512_BF16,
+ * Linux grants the tile state (arch_prctl ARCH_REQ_XCOMP_PERM) and the
+ * one-time pick in quant_bf16_avx512.c finds it fastest (NMLX_AMX_DEFAULT;
+ * NMLX_AMX=0 turns it off, =1 forces it).
  *
  * Tiles (palette 1, all 16 rows x 64 bytes): 0-3 accumulate a 32-token x
  * 32-row block of y (C[t][d], stored straight into y where the block is

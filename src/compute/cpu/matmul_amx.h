@@ -8,10 +8,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Whether the AMX prefill runs when NMLX_AMX is unset (then the one-time
- * pick in quant_bf16_avx512.c times it against the f32 and avx512bf16
- * kernels and keeps the fastest). Flip to 1 once measured faster. */
-#define NMLX_AMX_DEFAULT 0
+/* Whether the AMX prefill runs when NMLX_AMX is unset: the one-time pick
+ * in quant_bf16_avx512.c times it against the f32 and avx512bf16 kernels
+ * and keeps the fastest. On by default since measured on AMX hardware
+ * (Xeon, Emerald Rapids: 5.6-6.5x the other two per layer, 1 thread,
+ * T = 512; tests passing there; bench/cpu_decode.md). */
+#define NMLX_AMX_DEFAULT 1
 
 /* The CPU has AMX-TILE, AMX-BF16 and AVX512_BF16, XCR0 enables the tile
  * state and Linux granted this process the tile data (arch_prctl
