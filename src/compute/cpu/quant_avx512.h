@@ -18,31 +18,30 @@ static inline __mmask16 first_n(int64_t n) {
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
 }
 
-/* dst[0..n) = f32 of elements [i0, i0+n) of a scale/bias buffer: F32, F16,
- * BF16, or U8 E8M0 (2^(e-127); e = 0 decodes as 2^-127, e = 255 as inf). */
+/* 16 elements [i0, i0 + 16) of a scale/bias buffer as f32 (those outside
+ * the mask m zero): F32, F16, BF16, or U8 E8M0 (2^(e-127); e = 0 decodes
+ * as 2^-127, e = 255 as inf). */
+static inline __m512 load16(nmlx_dtype dt, const void *p, size_t i0, __mmask16 m) {
+    switch (dt) {
+    case NMLX_DT_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0)), 16));
+    case NMLX_DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0));
+    case NMLX_DT_U8: {
+        __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i0));
+        __m512i bitsv = _mm512_slli_epi32(e, 23);
+        __mmask16 z = _mm512_mask_cmpeq_epi32_mask(m, e, _mm512_setzero_si512());
+        return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bitsv, z, _mm512_set1_epi32(0x00400000)));
+    }
+    default: return _mm512_maskz_loadu_ps(m, (const float *)p + i0);
+    }
+}
+
+/* dst[0..n) = f32 of elements [i0, i0+n) of a scale/bias buffer (load16) */
 static inline void load_f32s(nmlx_dtype dt, const void *p, size_t i0, int64_t n, float *dst) {
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = first_n(n - i);
-        __m512 v;
-        switch (dt) {
-        case NMLX_DT_BF16:
-            v = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i)),
-                16));
-            break;
-        case NMLX_DT_F16:
-            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0 + i));
-            break;
-        case NMLX_DT_U8: {
-            __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i0 + i));
-            __m512i bitsv = _mm512_slli_epi32(e, 23);
-            __mmask16 z = _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512());
-            v = _mm512_castsi512_ps(_mm512_mask_mov_epi32(bitsv, z, _mm512_set1_epi32(0x00400000)));
-            break;
-        }
-        default: v = _mm512_maskz_loadu_ps(m, (const float *)p + i0 + i); break;
-        }
-        _mm512_mask_storeu_ps(dst + i, m, v);
+        const __mmask16 m = first_n(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, load16(dt, p, i0 + (size_t)i, m));
     }
 }
 
@@ -98,7 +97,8 @@ static inline __m512 dot_lanes(const float *a, const float *b, int64_t n) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = first_n(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+        acc =
+            _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
     }
     return acc;
 }

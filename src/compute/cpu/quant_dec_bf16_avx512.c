@@ -107,17 +107,6 @@ void nmlx_avx512bf16_quant_split_x(const float *x, int64_t N, int gs, uint16_t *
         xs[g] = 0.0f;
 }
 
-/* 16 scales or biases (elements i0.., the first n) as f32, zeros past n */
-static inline __m512 load16(nmlx_dtype dt, const void *p, size_t i0, __mmask16 m) {
-    switch (dt) {
-    case NMLX_DT_BF16:
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0)), 16));
-    case NMLX_DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i0));
-    default: return _mm512_maskz_loadu_ps(m, (const float *)p + i0);
-    }
-}
-
 typedef struct {
     const uint8_t *packed;
     const void *sc, *bi;

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
 #pragma unroll
         for (int i = 0; i < 16; i++)
             q[i] = __float2int_rn(v[i] * inv);
-        /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
+            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int *s = q + 8 * h;
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
         for (int j = 0; j < P::SEG; j++) {
             const uint4 u = *(const uint4 *)(xq + k * P::XB + (j ^ P::key(k)) * 16);
             xp[4 * j] = (int)u.x, xp[4 * j + 1] = (int)u.y, xp[4 * j + 2] = (int)u.z,
-                     xp[4 * j + 3] = (int)u.w;
+                   xp[4 * j + 3] = (int)u.w;
         }
         if constexpr (BITS == 4) { /* 32 inputs: x blocks 2k, 2k + 1 */
             const float2 st = *(const float2 *)(xstep + 2 * k);
@@ -314,13 +314,19 @@ bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
     if (w0->bits == 4) {
-        if (sc == SCF32) launch_sc<4, SCF32>(st, a, R);
-        else if (sc == SCF16) launch_sc<4, SCF16>(st, a, R);
-        else launch_sc<4, SCBF16>(st, a, R);
+        if (sc == SCF32)
+            launch_sc<4, SCF32>(st, a, R);
+        else if (sc == SCF16)
+            launch_sc<4, SCF16>(st, a, R);
+        else
+            launch_sc<4, SCBF16>(st, a, R);
     } else {
-        if (sc == SCF32) launch_sc<8, SCF32>(st, a, R);
-        else if (sc == SCF16) launch_sc<8, SCF16>(st, a, R);
-        else launch_sc<8, SCBF16>(st, a, R);
+        if (sc == SCF32)
+            launch_sc<8, SCF32>(st, a, R);
+        else if (sc == SCF16)
+            launch_sc<8, SCF16>(st, a, R);
+        else
+            launch_sc<8, SCBF16>(st, a, R);
     }
     nmlx_cuda_note(be, cudaGetLastError());
     return true;
