@@ -103,15 +103,18 @@ typedef struct nmlx_model_params {
                            and MXFP4; MoE, Gemma 3n and the quantized KV cache fail
                            with NMLX_ERR_UNSUPPORTED there. Not copied: the
                            string must live until nmlx_model_load returns. */
-    const char *precision; /* activations of the prefill matmuls (>= 24 tokens) on
-                              the CPU, never the LM head: NULL or "default":
+    const char *precision; /* activations of the matmuls: NULL or "default": in
+                              the prefill matmuls (>= 24 tokens) on the CPU,
+                              never the LM head,
                               quantized weights on int16 x per token and weight
                               group where the CPU has AVX512_VNNI (as accurate as
                               f32 on the fixtures, ~1.5x faster), bf16 weights on
                               bf16 x where it has AVX512_BF16 (as decode does),
                               else f32; "int8": quantized weights on int8 x
                               (AVX512_VNNI; ~2x faster, over the quantized
-                              fixtures' precision contract); "f32": f32 x.
+                              fixtures' precision contract); "f32": f32 x in
+                              every matmul, decode mat-vecs included (the
+                              default decode rounds x to int16 or bf16).
                               On CUDA: the default runs decode mat-vecs of
                               affine 4/8-bit weights on int16 x per 16 inputs;
                               "f32" keeps f32 x there; "int8" is refused.

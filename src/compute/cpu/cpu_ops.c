@@ -30,12 +30,31 @@ typedef struct {
     const float *x;
     float *y;
     int64_t T;
-    int prec; /* the backend's cpu_precision for prefill matmuls */
+    int prec; /* the backend's cpu_precision (f32: every matmul on f32 x) */
 } matmul_job;
+
+/* Precision "f32": a decode mat-vec on f32 x (the picked decode kernels
+ * round x to bf16 or int16); false where the set's own path already is. */
+static bool matvec_f32(const matmul_job *j, const float *x, float *y, int64_t d0, int64_t d1) {
+    const nmlx_weight *w = j->w;
+    if (w->mode == NMLX_QUANT_NONE) { /* not the bf16-x mat-vec */
+        j->k->matmul_rows(w, x, y, 1, d0, d1);
+        return true;
+    }
+#if NMLX_CPU_HAVE_AVX2
+    if (!strncmp(j->k->isa, "avx512", 6)) {
+        nmlx_avx512f32_quant_matvec(w, x, y, d0, d1);
+        return true;
+    }
+#endif
+    (void)x, (void)y, (void)d0, (void)d1;
+    return false;
+}
 
 /* One token's mat-vec over rows [d0, d1): the decode kernel. */
 static void matvec_rows(const matmul_job *j, const float *x, float *y, int64_t d0, int64_t d1) {
     const nmlx_weight *w = j->w;
+    if (j->prec == CPU_PREC_F32 && matvec_f32(j, x, y, d0, d1)) return;
     if (!(w->mode == NMLX_QUANT_NONE && w->w.dtype == NMLX_DT_BF16 && j->k->matvec_bf16 &&
           j->k->matvec_bf16(j->k->matvec_bf16_variant, w->w.data, w->cols, x, y, d0, d1)))
         j->k->matmul_rows(w, x, y, 1, d0, d1);
@@ -50,7 +69,7 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
                        int64_t d1) {
     const nmlx_weight *w = j->w;
     const int64_t N = w->cols, D = w->rows;
-    if (j->k->matmul_few && j->k->matmul_few(w, x, y, T, d0, d1)) return;
+    if (j->prec != CPU_PREC_F32 && j->k->matmul_few && j->k->matmul_few(w, x, y, T, d0, d1)) return;
     for (int64_t b0 = d0; b0 < d1; b0 += FEW_ROWS) {
         int64_t b1 = d1 - b0 < FEW_ROWS ? d1 : b0 + FEW_ROWS;
         for (int64_t t = 0; t < T; t++)
