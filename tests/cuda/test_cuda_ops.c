@@ -264,7 +264,9 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
      * the f32 mat-vec rows; T > 8: q exact in bf16, x as bf16 hi + lo
      * (~2^-16), f32 accumulation on the tensor cores */
     const bool q16 = T == 1 && mode == NMLX_QUANT_AFFINE && (bits == 4 || bits == 8);
-    double tol = q16 ? 5e-5 : T <= 8 ? 1e-5 : 1e-4;
+    /* int16 x: ~sqrt(N) x 2^-16 of a block's max|x| per output; the worst
+     * measured on an H200 was 4.9e-5 (N = 14336): 2e-4 leaves 4x */
+    double tol = q16 ? 2e-4 : T <= 8 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
@@ -349,7 +351,7 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     check_ok("matmul_multi");
     for (int i = 0; i < 3; i++) {
         double e = rel_err(dy[i], ref[i], (size_t)Ds[i]);
-        EXPECT(e <= 5e-5, "matmul_multi %d-bit g%d %s N=%lld mixed=%d weight %d: rel err %.2e",
+        EXPECT(e <= 2e-4, "matmul_multi %d-bit g%d %s N=%lld mixed=%d weight %d: rel err %.2e",
                bits, gs, nmlx_dtype_name(sdt), (long long)N, mixed, i, e);
         note(17, e);
         gpu->ops->free(gpu, dy[i]);
