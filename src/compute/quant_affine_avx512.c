@@ -73,29 +73,6 @@ INLINE void group(int bits, int gs, nmlx_dtype xdt, const void *src, uint8_t *ou
     if (bits != 8 && bits != 4) nmlx_qaffine_pack_any(codes, gs, bits, out);
 }
 
-INLINE void groups(int bits, int gs, nmlx_dtype xdt, const void *src, int64_t ng, uint8_t *packed,
-                   float *scale, float *bias) {
-    const size_t es = nmlx_dtype_size(xdt);
-    for (int64_t g = 0; g < ng; g++)
-        group(bits, gs, xdt, (const char *)src + (size_t)(g * gs) * es,
-              packed + (size_t)(g * gs * bits / 8), scale + g, bias + g);
-}
-
-void nmlx_qaffine_avx512(int bits, int gs, nmlx_dtype xdt, const void *src, int64_t ng,
-                         uint8_t *packed, float *scale, float *bias) {
-    /* constant bits / source dtype in the hot paths (4 and 8 bits) */
-#define CASE(B, T)                                                                                 \
-    if (bits == B && xdt == T) {                                                                   \
-        groups(B, gs, T, src, ng, packed, scale, bias);                                            \
-        return;                                                                                    \
-    }
-    CASE(4, NMLX_DT_BF16);
-    CASE(8, NMLX_DT_BF16);
-    CASE(4, NMLX_DT_F16);
-    CASE(8, NMLX_DT_F16);
-    CASE(4, NMLX_DT_F32);
-    CASE(8, NMLX_DT_F32);
-#undef CASE
-    groups(bits, gs, xdt, src, ng, packed, scale, bias);
-}
+#define QAFFINE_ENTRY nmlx_qaffine_avx512
+#include "compute/quant_affine_entry.h"
 #endif
