@@ -13,8 +13,8 @@ INLINE void groups(int bits, int gs, nmlx_dtype xdt, const void *src, int64_t ng
               packed + (size_t)(g * gs * bits / 8), scale + g, bias + g);
 }
 
-void QAFFINE_ENTRY(int bits, int gs, nmlx_dtype xdt, const void *src, int64_t ng,
-                   uint8_t *packed, float *scale, float *bias) {
+void QAFFINE_ENTRY(int bits, int gs, nmlx_dtype xdt, const void *src, int64_t ng, uint8_t *packed,
+                   float *scale, float *bias) {
 #define CASE(B, T)                                                                                 \
     if (bits == B && xdt == T) {                                                                   \
         groups(B, gs, T, src, ng, packed, scale, bias);                                            \
