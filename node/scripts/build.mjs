@@ -12,15 +12,20 @@
 //      shared object with the library and its pkg-config dependencies.
 // The engine sources are the repository's in a clone, the package's engine/
 // copy once installed (lib/paths.js).
+// The CUDA backend is built in when nvcc and cuBLAS are found (scripts/cuda.mjs:
+// NMLX_CUDA=1 requires it, NMLX_CUDA=0 leaves it out, NMLX_CUDA_ARCH picks the
+// GPU architectures); the build says which.
 // Environment: NMLX_SOURCE_DIR (another engine source tree), NMLX_NODE_INCLUDE
 // (folder holding node_api.h), CC, NMLX_JOBS, NMLX_DEBUG=1 (-O0 -g),
 // NMLX_SANITIZE=1 (ASan+UBSan: needs LD_PRELOAD to run).
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, readdirSync, statSync, renameSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, readdirSync, statSync, renameSync, writeFileSync }
+  from "node:fs";
 import { availableParallelism } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { pkgDir, sourceDir, demoModelDir, inRepository } from "../lib/paths.js";
+import { cudaBuildFlags, cudaChoice } from "./cuda.mjs";
 
 const pkg = pkgDir;
 const root = sourceDir();
@@ -112,13 +117,23 @@ if (!existsSync(join(root, "include", "nmlx.h")) || !existsSync(join(root, "CMak
   fail(`expected the nmlx engine sources at ${root} (CMakeLists.txt, include/nmlx.h): a repository clone, ` +
     "or a package made with npm pack (which copies them into engine/)");
 const nodeInclude = nodeHeaders();
+let cuda;
+try {
+  cuda = cudaChoice();
+} catch (e) {
+  fail(e.message);
+}
+const cudaFlags = cudaBuildFlags(cuda);
+console.log(cuda.on ? `nmlx build: CUDA backend on (${cuda.why}: ${cuda.nvcc}, sm_${cuda.archs.split(";").join("/sm_")})`
+  : `nmlx build: CUDA backend off (${cuda.why})`);
 
 // 1. libnmlx.a
 const custom = process.env.NMLX_SOURCE_DIR ? "-" + createHash("sha1").update(root).digest("hex").slice(0, 8) : "";
 const lib = join(out, (sanitize ? "cmake-asan" : "cmake") + custom);
 mkdirSync(lib, { recursive: true });
 run("cmake", ["-S", root, "-B", lib, `-DCMAKE_BUILD_TYPE=${debug || sanitize ? "Debug" : "Release"}`,
-  "-DNMLX_TESTS=OFF", `-DNMLX_SANITIZE=${sanitize ? "ON" : "OFF"}`, `-DNMLX_DEMO_MODEL_DIR=${demoModelDir()}`],
+  "-DNMLX_TESTS=OFF", `-DNMLX_SANITIZE=${sanitize ? "ON" : "OFF"}`, `-DNMLX_DEMO_MODEL_DIR=${demoModelDir()}`,
+  ...cudaFlags.cmake],
 { capture: true });
 const targets = existsSync(join(root, "cli", "main.c")) ? ["nmlx", "nmlx-cli"] : ["nmlx"];
 run("cmake", ["--build", lib, "--target", ...targets, "-j", jobs], { capture: true });
@@ -137,12 +152,17 @@ const target = join(out, "nmlx.node");
 const headers = readdirSync(srcDir).filter((f) => f.endsWith(".h")).map((f) => join(srcDir, f));
 const newest = Math.max(...[...sources, ...headers, join(lib, "libnmlx.a")]
   .map((f) => statSync(f).mtimeMs));
-if (existsSync(target) && statSync(target).mtimeMs >= newest && !process.argv.includes("--force")) {
+// the addon records which library it was linked with: a switch of build
+// kind (CUDA on/off, sanitizer) relinks even when no file is newer
+const stamp = `${target}.build`, kind = `${lib} cuda=${cuda.on ? cuda.archs : "off"}`;
+const sameKind = existsSync(stamp) && readFileSync(stamp, "utf8") === kind;
+if (existsSync(target) && sameKind && statSync(target).mtimeMs >= newest && !process.argv.includes("--force")) {
   console.log(`nmlx build: ${target} is up to date`);
 } else {
   const tmp = `${target}.tmp`;
-  run(cc, [...cflags, "-shared", "-o", tmp, ...sources, join(lib, "libnmlx.a"), ...pkgLibs,
+  run(cc, [...cflags, "-shared", "-o", tmp, ...sources, join(lib, "libnmlx.a"), ...pkgLibs, ...cudaFlags.link,
     "-lpthread", "-lm", ...(sanitize ? ["-fsanitize=address,undefined"] : [])]);
   renameSync(tmp, target); // never leave a half-written addon behind
+  writeFileSync(stamp, kind);
   console.log(`nmlx build: wrote ${target}`);
 }

@@ -21,6 +21,9 @@ fail() { n_fail=$((n_fail + 1)); echo "FAIL: $*" >&2; }
 check() { local d="$1"; shift; if "$@"; then pass; else fail "$d"; fi; }
 finish() { echo "$n_pass passed, $n_fail failed"; [ "$n_fail" = 0 ] && [ "$n_pass" -gt 0 ]; exit; }
 unset NMLX_SOURCE_DIR NMLX_DEMO_MODEL
+# the CUDA build is checked by tests/cuda/check_build.sh; here the install stays CPU-only
+# (NMLX_CUDA=1 in the caller's environment overrides)
+export NMLX_CUDA=${NMLX_CUDA:-0}
 export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
 
 case "$TMP" in "$SOURCE_DIR"/*) fail "TMPDIR is inside the repository: the install must happen outside it"; finish ;; esac
