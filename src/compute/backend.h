@@ -88,6 +88,9 @@ typedef struct nmlx_backend_ops {
      * forward of one token, false after it, also on failure). CUDA records
      * the step's kernels as a graph and replays it: one launch a token. */
     void (*decode_step)(nmlx_backend *be, bool begin);
+    /* Optional (NULL on the CPU): the device memory free and in total, for
+     * out-of-memory messages (nmlx_backend_fail_alloc). */
+    void (*mem_info)(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -197,6 +200,10 @@ nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend 
  * CPU lacks AVX512_VNNI or the backend is not the CPU; INVALID_ARG for
  * other names. */
 nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision);
+/* Records and returns NMLX_ERR_NOMEM for an allocation of `bytes` that
+ * failed: "<what>: cannot allocate N MiB of <backend> memory", plus what
+ * the device has free where the backend can tell (mem_info). */
+nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *what);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
 /* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU

@@ -12,7 +12,8 @@ nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) {
     if (out) *out = NULL;
     return nmlx_fail(NMLX_ERR_UNSUPPORTED,
                      "device 'cuda': this nmlx was built without CUDA (configure with "
-                     "cmake -DNMLX_CUDA=ON)");
+                     "cmake -DNMLX_CUDA=ON; the npm package builds it where nvcc and cuBLAS "
+                     "are found, or with NMLX_CUDA=1)");
 }
 #endif
 
@@ -34,6 +35,18 @@ nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend 
     if (out) *out = NULL;
     return nmlx_fail(NMLX_ERR_INVALID_ARG,
                      "device '%s' is not known (use \"cpu\", \"cuda\" or \"cuda:N\")", device);
+}
+
+nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *what) {
+    const double mib = 1024.0 * 1024.0;
+    size_t free_b = 0, total_b = 0;
+    if (be && be->ops && be->ops->mem_info) be->ops->mem_info(be, &free_b, &total_b);
+    if (total_b)
+        return nmlx_fail(
+            NMLX_ERR_NOMEM, "%s: cannot allocate %.1f MiB of %s memory (%.1f MiB free of %.1f MiB)",
+            what, (double)bytes / mib, be->ops->name, (double)free_b / mib, (double)total_b / mib);
+    return nmlx_fail(NMLX_ERR_NOMEM, "%s: cannot allocate %.1f MiB of %s memory", what,
+                     (double)bytes / mib, be && be->ops ? be->ops->name : "host");
 }
 
 bool nmlx_backend_is_host(const nmlx_backend *be) {

@@ -2,6 +2,7 @@
  * in steps of 256, trim) at ml-explore/mlx-lm@d78bf58e217c904ec282ed8da9b947491f78c022. */
 #include "kv_cache.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void nmlx_kv_cache_init(nmlx_kv_cache *c, int64_t kv_heads, int64_t head_dim,
@@ -48,8 +49,9 @@ nmlx_status nmlx_kv_cache_reserve(nmlx_kv_cache *c, nmlx_backend *be, int64_t n)
     if (!k || !v) {
         if (k) be->ops->free(be, k);
         if (v) be->ops->free(be, v);
-        return nmlx_fail(NMLX_ERR_NOMEM, "KV cache: cannot allocate %zu bytes for %lld positions",
-                         2 * bytes, (long long)cap);
+        char what[96];
+        snprintf(what, sizeof what, "KV cache of %lld positions", (long long)cap);
+        return nmlx_backend_fail_alloc(be, 2 * bytes, what);
     }
     void *old_k = half ? (void *)c->keys16 : (void *)c->keys;
     void *old_v = half ? (void *)c->values16 : (void *)c->values;

@@ -450,9 +450,13 @@ nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows
     b->buf.attn.v = be->ops->alloc(be, R * kvdim * f);
     b->buf.attn.ctx = be->ops->alloc(be, R * qdim * f);
     if (!(b->x && b->logits && b->buf.xn && b->buf.tmp && b->buf.gate && b->buf.up &&
-          b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx))
-        return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for work buffers of %lld tokens",
-                         (long long)rows);
+          b->buf.attn.q && b->buf.attn.k && b->buf.attn.v && b->buf.attn.ctx)) {
+        char what[96];
+        snprintf(what, sizeof what, "work buffers of %lld tokens", (long long)rows);
+        size_t total = (R * (3 * D + 2 * (size_t)m->intermediate + 2 * qdim + 2 * kvdim) +
+                        NMLX_LOGIT_ROWS * (size_t)m->vocab) * f;
+        return nmlx_backend_fail_alloc(be, total, what);
+    }
     if (!m->has_moe) return NMLX_OK;
     b->buf.moe = nmlx_calloc(1, sizeof *b->buf.moe);
     if (!b->buf.moe) return nmlx_fail(NMLX_ERR_NOMEM, "out of memory for MoE buffers");

@@ -6,6 +6,7 @@
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,14 @@ static void *cuda_alloc(nmlx_backend *be, size_t bytes) {
     }
     nmlx_cuda_note(be, cudaMemsetAsync(p, 0, bytes, c->stream));
     return p;
+}
+
+static void cuda_mem_info(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes) {
+    (void)be;
+    if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+        cudaGetLastError();
+        *free_bytes = *total_bytes = 0;
+    }
 }
 
 static void cuda_free_buf(nmlx_backend *be, void *ptr) {
@@ -133,8 +142,10 @@ static nmlx_status device_copy_of(nmlx_backend *be, const nmlx_tensor *t, char *
     cudaError_t e = cudaMalloc((void **)&d, n ? n : 1);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return nmlx_fail(NMLX_ERR_NOMEM, "cuda backend: cannot allocate %zu bytes of device memory "
-                         "for tensor '%s' (%s)", n, t->name ? t->name : "?", cudaGetErrorString(e));
+        char what[320];
+        snprintf(what, sizeof what, "cuda backend: the weights do not fit (tensor '%s', %s)",
+                 t->name ? t->name : "?", cudaGetErrorString(e));
+        return nmlx_backend_fail_alloc(be, n, what);
     }
     e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
@@ -209,6 +220,7 @@ static const nmlx_backend_ops cuda_ops = {
     .prepare_tensor = cuda_prepare_tensor,
     .release = cuda_release,
     .decode_step = nmlx_cuda_decode_step,
+    .mem_info = cuda_mem_info,
     .matmul = nmlx_cuda_matmul,
     .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,
