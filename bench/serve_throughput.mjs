@@ -1,16 +1,25 @@
 // Server throughput: aggregate completion tokens/s of N concurrent streamed
-// requests to `nmlx serve` (createServer), N = 1, 2, 4, 8, 16 by default, the
-// same server and clients throughout. Each request streams a text completion
-// of --tokens tokens (ignore_eos, greedy) from its own short prompt; the
-// figure is all completion tokens over the wall time from the first request
-// to the last one's end, prefill included. Rounds alternate over the stream
-// counts; medians of --rounds.
+// requests, N = 1, 2, 4, 8, 16 by default, the same server and clients
+// throughout. Each request streams a text completion of --tokens tokens
+// (ignore_eos, greedy) from its own short prompt; the figure is all
+// completion tokens over the wall time from the first request to the last
+// one's end, prefill included. Rounds alternate over the stream counts;
+// medians of --rounds.
 //
-//   node bench/serve_throughput.mjs MODEL_DIR [--streams 1,2,4,8,16]
-//        [--tokens 64] [--rounds 3] [--threads 0]
+// The server is `nmlx serve` started in this process (createServer on
+// MODEL_DIR), or with --url any OpenAI-compatible server already running
+// (another `nmlx serve`, llama.cpp's llama-server), so the same clients
+// drive both engines. --json FILE appends one JSON line per stream count.
+//
+//   node bench/serve_throughput.mjs MODEL_DIR | --url http://HOST:PORT
+//        [--streams 1,2,4,8,16] [--tokens 64] [--rounds 3] [--threads 0]
+//        [--device cpu|cuda] [--label NAME] [--json FILE]
+import { appendFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { createServer } from "../node/lib/index.js";
 
+const USAGE = "usage: node bench/serve_throughput.mjs MODEL_DIR | --url URL [--streams 1,2,4,8,16] [--tokens 64] " +
+  "[--rounds 3] [--threads 0] [--device cpu|cuda] [--label NAME] [--json FILE]";
 const { values: v, positionals } = parseArgs({
   allowPositionals: true,
   options: {
@@ -18,25 +27,36 @@ const { values: v, positionals } = parseArgs({
     tokens: { type: "string", default: "64" },
     rounds: { type: "string", default: "3" },
     threads: { type: "string", default: "0" },
+    device: { type: "string" },
+    url: { type: "string" },
+    label: { type: "string" },
+    json: { type: "string" },
   },
 });
-if (positionals.length !== 1) {
-  console.error("usage: node bench/serve_throughput.mjs MODEL_DIR [--streams 1,2,4,8,16] [--tokens 64] [--rounds 3] [--threads 0]");
+if ((positionals.length !== 1) === !v.url) {
+  console.error(USAGE);
   process.exit(2);
 }
 const counts = v.streams.split(",").map(Number);
 const tokens = Number(v.tokens), rounds = Number(v.rounds);
+if (counts.some((n) => !(n >= 1)) || !(tokens >= 1) || !(rounds >= 1)) {
+  console.error(USAGE);
+  process.exit(2);
+}
 const maxBatch = Math.max(...counts);
-const server = await createServer({
+const server = v.url ? null : await createServer({
   model: positionals[0], port: 0, maxBatch, maxQueue: 0, threads: Number(v.threads), cacheSize: 0,
+  ...(v.device ? { device: v.device } : {}),
 });
+const base = (v.url ?? server.url).replace(/\/$/, "");
+const label = v.label ?? (v.url ? base : `nmlx ${positionals[0]}`);
 
 const TOPICS = ["the sea", "a city at night", "old machines", "rivers", "winter", "a library", "trains", "bees",
   "mountains", "the moon", "a market", "clocks", "gardens", "storms", "bridges", "lanterns"];
 
 // One streamed completion; resolves with its completion token count.
 async function stream(i) {
-  const res = await fetch(`${server.url}/v1/completions`, {
+  const res = await fetch(`${base}/v1/completions`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({
@@ -45,13 +65,16 @@ async function stream(i) {
     }),
   });
   if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  let text = "", used = 0;
+  let text = "", used = 0, pieces = 0;
   for await (const chunk of res.body) text += Buffer.from(chunk).toString("utf8");
   for (const line of text.split("\n")) {
     if (!line.startsWith("data: {")) continue;
     const ev = JSON.parse(line.slice(6));
     if (ev.usage) used = ev.usage.completion_tokens;
+    else if (ev.choices?.[0]?.text) pieces++;
   }
+  // a server that sends no usage chunk: one streamed piece per token
+  if (!used) used = pieces;
   if (used !== tokens) throw new Error(`a stream returned ${used} tokens, not ${tokens}`);
   return used;
 }
@@ -67,11 +90,15 @@ const res = new Map(counts.map((n) => [n, []]));
 for (let r = 0; r < rounds; r++) for (const n of counts) res.get(n).push(await measure(n));
 const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const one = median(res.get(counts[0]));
-console.log(`model ${positionals[0]}, ${tokens} tokens per stream, medians of ${rounds} rounds, maxBatch ${maxBatch}`);
+console.log(`${label}, ${tokens} tokens per stream, medians of ${rounds} rounds, maxBatch ${maxBatch}`);
 console.log("| streams | aggregate tok/s | per stream tok/s | vs " + counts[0] + " stream(s) |\n| --- | --- | --- | --- |");
 for (const n of counts) {
   const m = median(res.get(n));
   console.log(`| ${n} | ${m.toFixed(2)} | ${(m / n).toFixed(2)} | ${(m / one).toFixed(2)}x |`);
+  if (v.json)
+    appendFileSync(v.json, JSON.stringify({ label, streams: n, tokens, rounds, aggregate_tok_s: m, runs: res.get(n) }) + "\n");
 }
-console.log("batched steps:", JSON.stringify(server.scheduler.stats));
-await server.close();
+if (server) {
+  console.log("batched steps:", JSON.stringify(server.scheduler.stats));
+  await server.close();
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# On the GPU machine (repo root, carrying .device/serve and .deps, made by
+# bench/cuda/device_serve_prepare.sh): `nmlx serve --device cuda` against
+# llama.cpp's llama-server (the release node-llama-cpp 3.22.1 bundles, CUDA,
+# `--parallel N`), Llama-3.1-8B shape, 4-bit (MLX affine g64 vs Q4_0), the same
+# client (bench/serve_throughput.mjs --url: N concurrent streamed
+# /v1/completions, greedy, ignore_eos, TOKENS each) driving both, N in STREAMS.
+#   OUT=dir bash bench/cuda/device_serve.sh
+#   env: STREAMS="1 8 32"  TOKENS=128  ROUNDS=2  DEADLINE=540 (s; no run starts after it)
+# Results: $OUT/serve.jsonl (one line per engine and N), $OUT/serve.txt (the table).
+set -uo pipefail
+OUT=${OUT:-/tmp/nmlx-serve-out}
+STREAMS=${STREAMS:-"1 8 32"}
+TOKENS=${TOKENS:-128}
+ROUNDS=${ROUNDS:-2}
+DEADLINE=${DEADLINE:-540}
+T0=$(date +%s)
+el() { echo $(( $(date +%s) - T0 )); }
+mkdir -p "$OUT"
+S=$PWD/.device/serve
+[ -f "$S/node.xz" ] || { echo "$S missing: run bench/cuda/device_serve_prepare.sh here first, carry .device/serve"; exit 1; }
+[ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
+# the GPU image lacks our three C libraries (see bench/cuda/device_run.sh)
+if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
+  R=/tmp/nmlx-deps
+  for f in .deps/*.deb; do dpkg -x "$f" $R; done
+  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
+  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+fi
+# node (carried: the image has none)
+if ! command -v node >/dev/null; then
+  mkdir -p /tmp/nmlx-node/bin && xz -dc "$S/node.xz" > /tmp/nmlx-node/bin/node && chmod +x /tmp/nmlx-node/bin/node
+  export PATH=/tmp/nmlx-node/bin:$PATH
+fi
+echo "node $(node --version) at $(el)s"
+[ -d node/node_modules/@huggingface/jinja ] || { mkdir -p node/node_modules && tar -xJf "$S/node_modules.tar.xz" -C node/node_modules; }
+
+# 1. llama-server + llama-quantize with CUDA, in the background
+L=$HOME/lcpp-serve
+if [ ! -x $L/build/bin/llama-server ]; then
+  rm -rf $L && mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
+  ( cd $L && cmake -S src/llama.cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF -DGGML_CUDA_NCCL=OFF -DLLAMA_BUILD_COMMIT=de3ff81 \
+      -DLLAMA_BUILD_NUMBER=0 > cmake.log 2>&1 && ninja -C build -j12 llama-server llama-quantize > build.log 2>&1
+    echo $? > build.rc ) &
+  BPID=$!
+fi
+
+# 2. nmlx: the Node addon with CUDA, the 8B 4-bit checkpoint (+ the real Llama 3.1 tokenizer)
+( cd node && NMLX_CUDA=1 NMLX_CUDA_ARCH=90 NMLX_JOBS=4 NMLX_NODE_INCLUDE="$S/node-include" \
+    node scripts/build.mjs ) > "$OUT/nmlx_build.log" 2>&1 || { tail -30 "$OUT/nmlx_build.log"; exit 1; }
+grep "CUDA backend" "$OUT/nmlx_build.log"
+echo "nmlx built at $(el)s"
+M=/dev/shm/l8b-q4
+if [ ! -f $M/config.json ]; then
+  python3 bench/cuda/make_synth_llama.py $M 8b 4 64 > "$OUT/synth.log" 2>&1 || { tail "$OUT/synth.log"; exit 1; }
+fi
+G=/dev/shm/gg
+mkdir -p $G
+if [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-3.1-8b-Q4_0.gguf ]; then
+  # the tokenizer sits in the llama.cpp carry; wait for its unpacking (done before cmake starts)
+  while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
+  python3 "$S/make_gguf.py" --gguf-py $L/src/llama.cpp/gguf-py --tok $L/src/llama3_1 --out $G \
+    --models llama-3.1-8b > "$OUT/gguf.log" 2>&1 || { tail "$OUT/gguf.log"; exit 1; }
+fi
+cp $L/src/llama3_1/tokenizer*.json $M/
+echo "models written at $(el)s"
+
+# 3. nmlx serve (a process of its own, as llama-server is)
+RES="$OUT/serve.jsonl"
+: > "$RES"
+wait_health() { for _ in $(seq 300); do curl -sf "$1/health" >/dev/null && return 0; sleep 1; done; return 1; }
+client() { # URL LABEL N
+  [ "$(el)" -lt "$DEADLINE" ] || { echo "deadline: $2 N=$3 not run"; return; }
+  timeout 240 node bench/serve_throughput.mjs --url "$1" --streams "$3" --tokens $TOKENS --rounds $ROUNDS \
+    --label "$2" --json "$RES" 2>&1 | tail -3
+}
+maxN=$(echo $STREAMS | tr ' ' '\n' | sort -n | tail -1)
+node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
+  > "$OUT/nmlx_serve.log" 2>&1 &
+NPID=$!
+if wait_health http://127.0.0.1:18080; then
+  echo "nmlx serve up at $(el)s"
+  for n in $STREAMS; do client http://127.0.0.1:18080 "nmlx 8B MLX-q4g64 cuda" $n; done
+else
+  echo "nmlx serve did not come up"; tail -20 "$OUT/nmlx_serve.log"
+fi
+kill -TERM $NPID 2>/dev/null; wait $NPID 2>/dev/null
+
+# 4. llama-server --parallel N, one server per N
+if [ -n "${BPID:-}" ]; then wait $BPID; fi
+if [ "$(cat $L/build.rc 2>/dev/null || echo 0)" != 0 ] || [ ! -x $L/build/bin/llama-server ]; then
+  echo "llama.cpp build failed"; tail -30 $L/build.log $L/cmake.log 2>/dev/null; exit 1
+fi
+echo "llama.cpp built at $(el)s"
+Q=$G/llama-3.1-8b-Q4_0.gguf
+if [ ! -f $Q ]; then
+  $L/build/bin/llama-quantize $G/llama-3.1-8b-F16.gguf $Q Q4_0 > "$OUT/quantize.log" 2>&1 || { tail "$OUT/quantize.log"; exit 1; }
+  rm -f $G/llama-3.1-8b-F16.gguf
+fi
+for n in $STREAMS; do
+  [ "$(el)" -lt "$DEADLINE" ] || { echo "deadline: llama-server N=$n not run"; continue; }
+  $L/build/bin/llama-server -m $Q -ngl 99 --parallel $n -c $((n * 1024)) --no-webui --port 18081 \
+    > "$OUT/llama_server_$n.log" 2>&1 &
+  LPID=$!
+  if wait_health http://127.0.0.1:18081; then
+    client http://127.0.0.1:18081 "llama-server 8B Q4_0 cuda --parallel $n" $n
+  else
+    echo "llama-server --parallel $n did not come up"; tail -20 "$OUT/llama_server_$n.log"
+  fi
+  kill -TERM $LPID 2>/dev/null; wait $LPID 2>/dev/null
+done
+
+# 5. the table
+python3 - "$RES" <<'PY' | tee "$OUT/serve.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r in rows:
+    by.setdefault(r["streams"], {})["nmlx" if r["label"].startswith("nmlx") else "lcpp"] = r["aggregate_tok_s"]
+print("| streams | nmlx serve tok/s | llama-server tok/s | nmlx / llama-server |\n| --- | --- | --- | --- |")
+for n in sorted(by):
+    a, b = by[n].get("nmlx"), by[n].get("lcpp")
+    ratio = f"{a / b:.2f}x" if a and b else "-"
+    fmt = lambda x: f"{x:.1f}" if x else "-"
+    print(f"| {n} | {fmt(a)} | {fmt(b)} | {ratio} |")
+PY
+echo "done at $(el)s"
