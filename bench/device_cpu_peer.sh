@@ -176,6 +176,17 @@ for c in "${cells[2]}" "${cells[5]}"; do
   done
 done
 
+# 6b. where 8 threads spend a decode (perf, if the machine has it) and which
+# vCPUs share a core (pinning 0-7 may put two threads on one core)
+lscpu -e=CPU,CORE,SOCKET,NODE 2>/dev/null | head -17 > "$OUT/topology.txt"
+if [ "$(el)" -lt "$DEADLINE" ] && command -v perf >/dev/null; then
+  IFS='|' read -r label model fmt extra quant <<< "${cells[2]}"
+  timeout 60 perf record -g -o "$W/perf8.data" taskset -c 0-7 "$NMLX" bench -m "$M/$model/$fmt" $extra \
+    -p 16 -n 64 -t 8 -r 1 >> "$LOG" 2>&1 &&
+    perf report -i "$W/perf8.data" --no-children --sort symbol 2>/dev/null | grep -v "^#" | grep "%" |
+      head -40 > "$OUT/perf8.txt"
+fi
+
 # 7. if time is left: the bf16 mat-vec variants on this CPU (does the row
 # grouping / prefetch choice matter here? bench/cpu_decode.md), 1 pinned thread
 if [ "$(el)" -lt "$DEADLINE" ] && [ -f "$B/libnmlx.a" ]; then
