@@ -16,6 +16,7 @@
 #include "threadpool.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 
 typedef struct nmlx_backend nmlx_backend;
 
@@ -204,6 +205,15 @@ nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision);
  * failed: "<what>: cannot allocate N MiB of <backend> memory", plus what
  * the device has free where the backend can tell (mem_info). */
 nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *what);
+/* NMLX_PROFILE=1 (nmlx_backend_create attaches it): every op's time, by op
+ * and shape, printed to stderr when the backend is freed (backend_profile.c).
+ * A device backend is synchronised after each op (its own time, launch
+ * included) and runs without decode-step graphs. */
+bool nmlx_backend_profile_wanted(void);
+nmlx_status nmlx_backend_profile_attach(nmlx_backend *be);
+/* Prints the table to out (NULL: nothing) and restores the backend's own
+ * ops; does nothing on a backend that is not profiled. */
+void nmlx_backend_profile_detach(nmlx_backend *be, FILE *out);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
 /* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU

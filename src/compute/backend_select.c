@@ -17,7 +17,7 @@ nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) {
 }
 #endif
 
-nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out) {
+static nmlx_status create(const char *device, int n_threads, nmlx_backend **out) {
     if (!device || !device[0] || !strcmp(device, "cpu"))
         return nmlx_backend_cpu_create(n_threads, out);
     if (!strncmp(device, "cuda", 4)) {
@@ -47,6 +47,17 @@ nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *
             what, (double)bytes / mib, be->ops->name, (double)free_b / mib, (double)total_b / mib);
     return nmlx_fail(NMLX_ERR_NOMEM, "%s: cannot allocate %.1f MiB of %s memory", what,
                      (double)bytes / mib, be && be->ops ? be->ops->name : "host");
+}
+
+nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out) {
+    nmlx_status st = create(device, n_threads, out);
+    if (st || !nmlx_backend_profile_wanted()) return st;
+    st = nmlx_backend_profile_attach(*out);
+    if (st) {
+        nmlx_backend_free(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 bool nmlx_backend_is_host(const nmlx_backend *be) {

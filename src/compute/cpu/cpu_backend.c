@@ -214,6 +214,7 @@ nmlx_status nmlx_backend_cpu_create(int n_threads, nmlx_backend **out) {
 
 void nmlx_backend_free(nmlx_backend *be) {
     if (!be) return;
+    nmlx_backend_profile_detach(be, stderr); /* NMLX_PROFILE: the table, then the real ops */
     if (be->ops && be->ops->release) be->ops->release(be);
     nmlx_pool_free(be->pool);
     nmlx_free(be->impl);
