@@ -16,6 +16,8 @@
 #   these environment settings (default: decode steps as CUDA graphs);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
+#   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
+#   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
 set -o pipefail
@@ -79,6 +81,17 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
+  fi
+  # where a decode step's time goes, alone and in batches (NMLX_PROFILE: per-op table)
+  if [ "${PROFILE:-1}" = 1 ]; then
+    { echo "== $m: nmlx bench -p 64 -n 32"
+      NMLX_PROFILE=1 ./$B/nmlx bench -m "$D" --device cuda -p 64 -n 32 2>&1 | head -32
+      for nb in ${PROFILE_BATCH:-8 32}; do
+        echo "== $m: bench_cuda_batch, $nb sessions"
+        NMLX_PROFILE=1 ./$B/tests/bench_cuda_batch $D 16 0 $nb cuda 2>&1 | grep -A30 "nmlx profile" | head -32
+      done; } > "/tmp/profile_$m.txt" 2>&1
+    cat "/tmp/profile_$m.txt" >> "$OUT/profile.txt"
+    head -14 "/tmp/profile_$m.txt"
   fi
   rm -rf $D
   echo "$m done ($(( $(date +%s) - T0 )) s)"
