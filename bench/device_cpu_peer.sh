@@ -176,15 +176,18 @@ for c in "${cells[2]}" "${cells[5]}"; do
   done
 done
 
-# 6b. where 8 threads spend a decode (perf, if the machine has it) and which
-# vCPUs share a core (pinning 0-7 may put two threads on one core)
+# 6b. where a 4-bit decode's time goes at 2 and 8 threads (NMLX_PROFILE:
+# per-op table; the GPU image has no perf), and which vCPUs share a core
+# (pinning 0-7 may put two threads on one core)
 lscpu -e=CPU,CORE,SOCKET,NODE 2>/dev/null | head -17 > "$OUT/topology.txt"
-if [ "$(el)" -lt "$DEADLINE" ] && command -v perf >/dev/null; then
+if [ "$(el)" -lt "$DEADLINE" ]; then
   IFS='|' read -r label model fmt extra quant <<< "${cells[2]}"
-  timeout 60 perf record -g -o "$W/perf8.data" taskset -c 0-7 "$NMLX" bench -m "$M/$model/$fmt" $extra \
-    -p 16 -n 64 -t 8 -r 1 >> "$LOG" 2>&1 &&
-    perf report -i "$W/perf8.data" --no-children --sort symbol 2>/dev/null | grep -v "^#" | grep "%" |
-      head -40 > "$OUT/perf8.txt"
+  for t in 2 8; do
+    cpus=0,1; [ $t -eq 8 ] && cpus=0-7
+    { echo "== $label, $t threads (taskset -c $cpus)"
+      NMLX_PROFILE=1 timeout 60 taskset -c $cpus "$NMLX" bench -m "$M/$model/$fmt" $extra -p 16 -n 64 \
+        -t $t -r 1 2>&1 | head -24; } >> "$OUT/topology.txt"
+  done
 fi
 
 # 7. if time is left: the bf16 mat-vec variants on this CPU (does the row
