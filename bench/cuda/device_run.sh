@@ -16,6 +16,8 @@
 #   these environment settings (default: decode steps as CUDA graphs);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
+#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
+#   warp in the batched mat-vec): the batch benchmark again with each setting.
 #   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
@@ -40,6 +42,10 @@ cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
+# the opt-in 8-rows-a-warp batched quantized mat-vec must give the same sums
+NMLX_CUDA_QROWS_R=8 ./$B/tests/test_cuda_ops >/tmp/ops_r8.log 2>&1
+echo "test_cuda_ops NMLX_CUDA_QROWS_R=8 rc=$?: $(grep -E "passed" /tmp/ops_r8.log | tail -1)"
+grep FAIL /tmp/ops_r8.log | head -5
 tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
@@ -81,6 +87,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
+    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QROWS_R=8}; do
+      echo "== $v" | tee -a "$OUT/batch_bench.txt"
+      env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
+    done ;; esac
   fi
   # where a decode step's time goes, alone and in batches (NMLX_PROFILE: per-op table)
   if [ "${PROFILE:-1}" = 1 ]; then
