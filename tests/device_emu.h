@@ -12,7 +12,9 @@
  *    preparing arena memory is a violation (CUDA would read a device
  *    address as host memory).
  * The backend is not "cpu", so nmlx_backend_is_host is false: the loaders
- * take their device paths. rope_interleaved (NULL on the CPU) is provided. */
+ * take their device paths. rope_interleaved, rope_rows and attention_rows
+ * (NULL on the CPU) are provided as per-row CPU calls, so batched decode
+ * takes CUDA's rows path. */
 #ifndef NMLX_TEST_DEVICE_EMU_H
 #define NMLX_TEST_DEVICE_EMU_H
 
@@ -44,6 +46,8 @@ typedef struct emu_state {
     size_t n_regions;
     nmlx_tensor **tensors;
     size_t n_tensors;
+    float *scratch; /* attention_rows: the CPU attention's scratch (host) */
+    size_t scratch_floats;
 } emu_state;
 
 static emu_state *emu_of(nmlx_backend *be) { return (emu_state *)be->impl; }
@@ -220,6 +224,43 @@ static void emu_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     EMU_RUN(attention(cpu, a));
 }
 
+/* Batched decode as CUDA has it (the rows path of shared/attention.c):
+ * per-row CPU calls, pos and rows host arrays. */
+static void emu_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD, int64_t rot,
+                          const int64_t *pos, const float *freqs, float mscale) {
+    emu_need(be, "rope_rows", x, "x"), emu_need(be, "rope_rows", freqs, "freqs");
+    if (emu_in(be, pos)) emu_violation(be, "rope_rows: pos must be host memory");
+    for (int64_t r = 0; r < R; r++)
+        EMU_RUN(rope(cpu, x + r * H * HD, 1, H, HD, rot, pos[r], freqs, mscale));
+}
+
+static void emu_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
+                               int64_t R) {
+    emu_state *e = emu_of(be);
+    const char *op = "attention_rows";
+    emu_need(be, op, a->q, "q"), emu_need(be, op, a->out, "out");
+    emu_need(be, op, a->sinks, "sinks");
+    if (emu_in(be, rows)) emu_violation(be, "attention_rows: rows must be host memory");
+    for (int64_t r = 0; r < R; r++) {
+        emu_need(be, op, rows[r].k, "k"), emu_need(be, op, rows[r].v, "v");
+        size_t need = (size_t)e->cpu->n_threads * (size_t)(a->H / a->KVH) * (size_t)rows[r].n_kv;
+        if (need > e->scratch_floats) {
+            free(e->scratch);
+            e->scratch = malloc(need * sizeof(float));
+            e->scratch_floats = e->scratch ? need : 0;
+        }
+        nmlx_attn_args one = *a;
+        one.q = a->q + r * a->H * a->HD;
+        one.out = a->out + r * a->H * a->HD;
+        one.T = 1;
+        one.k = rows[r].k, one.v = rows[r].v, one.cap = rows[r].cap;
+        one.q_pos = rows[r].q_pos, one.n_kv = rows[r].n_kv, one.window = rows[r].window;
+        one.scratch = e->scratch;
+        one.kv_dtype = NMLX_DT_F32, one.k16 = one.v16 = NULL;
+        EMU_RUN(attention(cpu, &one));
+    }
+}
+
 static void emu_act_mul(nmlx_backend *be, nmlx_act act, const float *g, const float *u, float *o,
                         int64_t n) {
     emu_need(be, "act_mul", g, "gate"), emu_need(be, "act_mul", u, "up");
@@ -308,6 +349,8 @@ static const nmlx_backend_ops emu_ops = {
     .rmsnorm = emu_rmsnorm,
     .rope = emu_rope,
     .attention = emu_attention,
+    .rope_rows = emu_rope_rows,
+    .attention_rows = emu_attention_rows,
     .act_mul = emu_act_mul,
     .swiglu_clipped = emu_swiglu,
     .act = emu_act,
@@ -329,6 +372,7 @@ static void emu_free(nmlx_backend *be) {
         free(e->tensors[i]);
     free(e->tensors);
     free(e->regions);
+    free(e->scratch);
     if (e->base) munmap(e->base, EMU_ARENA);
     free(e);
     free(be);
