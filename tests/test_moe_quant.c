@@ -11,9 +11,14 @@
  *    to quantize-on-load and close to the float model;
  *  - the router override, modules_to_not_convert, and bad `_blocks`
  *    shapes/dtypes naming the tensor.
+ *  - the MXFP4 copies (HF `_blocks` and mlx stacked) on the emulated device
+ *    backend (emu_check.h): the CPU's logits bit for bit, every expert
+ *    weight prepared, no host access to a backend buffer.
  * Checkpoints are written to a temp dir at run time. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS (device_emu.h) */
 #include "common.h"
+#include "emu_check.h"
 #include "harness.h"
 #include "io/safetensors.h"
 #include "io/safetensors_write.h"
@@ -395,6 +400,15 @@ static void test_gpt_oss_mxfp4(const char *tmp) {
         EXPECT(r_ac <= 1e-5 && r_bc <= 1e-5, "MXFP4 vs dequantized f32: %g %g", r_ac, r_bc);
         EXPECT(r_pad <= 1e-4, "padding the experts is inert: %g", r_pad);
         free(ref);
+        /* the device path of both MXFP4 layouts (HF blocks: gate/up repacked
+         * into backend memory, down used in place) */
+        nmlx_backend *cpu = NULL;
+        setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1);
+        EXPECT(nmlx_backend_cpu_create(2, &cpu) == NMLX_OK, "cpu backend");
+        for (int k = 0; cpu && k < 2; k++)
+            emu_check(cpu, dir[k], fixture, names[k], 0, 0);
+        nmlx_backend_free(cpu);
+        unsetenv("NMLX_CUDA_EXPERIMENTAL");
     }
     for (int k = 0; k < 4; k++)
         free(o[k].logits);

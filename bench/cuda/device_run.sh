@@ -50,6 +50,8 @@ tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
+# the experimental paths (NMLX_CUDA_EXPERIMENTAL=1, set by the test): MoE, Gemma 3n, Llama 4, kv_bits
+grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
 # decode steps as CUDA graphs (opt-in) must give the same results
 if [ "${GRAPH_TEST:-1}" = 1 ]; then
   NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1

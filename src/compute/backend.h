@@ -175,6 +175,12 @@ typedef struct nmlx_backend_ops {
     void (*altup_correct)(nmlx_backend *be, float *p, int64_t stride, const float *act,
                           const float *router, const nmlx_tensor *coefs, float clip,
                           int64_t active, int64_t K, int64_t T, int64_t D);
+    /* Optional (NULL: the caller rotates on the host; host backends only).
+     * Llama 4's interleaved RoPE in place on x[T, H, HD]: pairs (2j, 2j + 1)
+     * for j < HD/2, angle (pos0 + t) * freqs[j] (freqs [HD/2], a backend
+     * buffer), as nmlx_rope_interleaved (shared/llama4_model.h). */
+    void (*rope_interleaved)(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
+                             int64_t pos0, const float *freqs);
 } nmlx_backend_ops;
 
 struct nmlx_backend {
@@ -216,6 +222,11 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be);
 void nmlx_backend_profile_detach(nmlx_backend *be, FILE *out);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
+/* Device paths written but not yet validated on a GPU (MoE, Gemma 3n,
+ * Llama 4, the quantized KV cache on CUDA): true on host backends; on a
+ * device backend only when the environment sets NMLX_CUDA_EXPERIMENTAL=1
+ * (the loaders refuse those paths otherwise, naming the variable). */
+bool nmlx_backend_experimental_ok(const nmlx_backend *be);
 /* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU
  * backend picked ("avx512" = the avx2 set with an AVX-512 prefill matmul;
  * "avx512bf16" = avx512 plus a vdpbf16ps decode mat-vec for bf16 weights,

@@ -222,6 +222,14 @@ static void p_altup_correct(nmlx_backend *be, float *p, int64_t stride, const fl
     PROF_END(be, "altup_correct");
 }
 
+static void p_rope_interleaved(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
+                               int64_t pos0, const float *freqs) {
+    PROF_BEGIN(be);
+    P->inner->rope_interleaved(be, x, T, H, HD, pos0, freqs);
+    char tb[16];
+    PROF_END(be, "rope_interleaved %s", t_bucket(T, tb, sizeof tb));
+}
+
 /* ---- attach, report ---- */
 
 bool nmlx_backend_profile_wanted(void) {
@@ -261,6 +269,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(mul_rows);
     WRAP(altup_predict);
     WRAP(altup_correct);
+    WRAP(rope_interleaved);
 #undef WRAP
     p->ops = o;
     be->ops = &p->ops;

@@ -63,3 +63,9 @@ nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend 
 bool nmlx_backend_is_host(const nmlx_backend *be) {
     return be && be->ops && !strcmp(be->ops->name, "cpu");
 }
+
+bool nmlx_backend_experimental_ok(const nmlx_backend *be) {
+    if (nmlx_backend_is_host(be)) return true;
+    const char *e = getenv("NMLX_CUDA_EXPERIMENTAL");
+    return e && !strcmp(e, "1");
+}

@@ -45,18 +45,19 @@ nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *w
     snprintf(name, sizeof name, "%s.self_attn", prefix);
     if ((st = nmlx_attention_load(&l->attn, ws, name, as, rope))) return st;
     snprintf(name, sizeof name, "%s.mlp", prefix);
-    if (o->moe) {
+    if (o->moe) { /* the experts and router are prepared by nmlx_moe_load */
         l->moe = nmlx_calloc(1, sizeof *l->moe);
         if (!l->moe) return nmlx_fail(NMLX_ERR_NOMEM, "out of memory loading '%s'", name);
         if ((st = nmlx_moe_load(l->moe, ws, o->be, name, o->moe))) {
             nmlx_free(l->moe);
             l->moe = NULL;
+            return st;
         }
+    } else if ((st = nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias,
+                                   o->fused_gate_up, o->act))) {
         return st;
     }
-    if ((st = nmlx_mlp_load(&l->mlp, ws, name, D, o->intermediate, o->mlp_bias, o->fused_gate_up,
-                            o->act)))
-        return st;
+    /* norms and attention (and the dense MLP; a MoE layer's has no data) */
     return o->be ? prepare_dense_layer(l, o->be) : NMLX_OK;
 }
 

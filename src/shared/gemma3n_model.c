@@ -350,6 +350,7 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
         if (lc.inter[i] > m->max_inter) m->max_inter = lc.inter[i];
         TRY(load_layer(m, def, ws, lp, i, &lc, (float)eps, attn_bias));
     }
+    TRY(nmlx_g3n_prepare(m, ctx->be));
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
     for (int64_t i = 0; i < m->n_layers; i++) {

@@ -117,6 +117,11 @@ void nmlx_g3n_mlp(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s, 
 void nmlx_g3n_per_layer_input(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s,
                               int64_t layer, const float *first, float *out, int64_t T);
 
+/* Every weight of a built model handed to the backend (gemma3n_prepare.c):
+ * on the CPU nothing changes; on a device backend the model reads the
+ * device copies. */
+nmlx_status nmlx_g3n_prepare(nmlx_g3n_model *m, nmlx_backend *be);
+
 /* ---- nmlx_family functions ------------------------------------------------- */
 
 nmlx_status nmlx_g3n_build(const void *def, const nmlx_load_ctx *ctx, void **arch,

@@ -10,7 +10,10 @@
  * first token; mlx-lm runs its first call in full precision). Attention then
  * reads the visible rows dequantized into a scratch shared by the session's
  * layers. Rotating caches stay full precision (mlx-lm: "RotatingKVCache
- * Quantization NYI"). */
+ * Quantization NYI"). The quantized cache lives in host memory: on a device
+ * backend each call's new rows are downloaded, quantized on the host, and
+ * the dequantized rows uploaded to the scratch (host staging in
+ * nmlx_kv_dequant; correct, not fast: opt-in, NMLX_CUDA_EXPERIMENTAL). */
 #ifndef NMLX_LAYER_CACHE_H
 #define NMLX_LAYER_CACHE_H
 
@@ -23,6 +26,10 @@
 typedef struct nmlx_kv_dequant {
     float *k, *v;
     size_t floats; /* allocated per buffer */
+    /* device backends only (host memory): the dequantized rows before
+     * upload ([floats] each), and one call's downloaded keys then values */
+    float *host_k, *host_v, *host_in;
+    size_t in_floats;
 } nmlx_kv_dequant;
 
 typedef struct nmlx_layer_cache {

@@ -60,7 +60,10 @@ static void prep_qk(nmlx_backend *be, const nmlx_l4_attention *a, float *q, floa
     int64_t H = a->heads, KVH = a->kv_heads, HD = a->head_dim;
     if (a->rope) {
         const float *freqs = nmlx_rope_freqs(a->rope, pos, T);
-        if (a->interleaved) {
+        if (a->interleaved && be->ops->rope_interleaved) { /* device backends */
+            be->ops->rope_interleaved(be, q, T, H, HD, pos, freqs);
+            be->ops->rope_interleaved(be, k, T, KVH, HD, pos, freqs);
+        } else if (a->interleaved) { /* host memory */
             nmlx_rope_interleaved(q, T, H, HD, pos, freqs);
             nmlx_rope_interleaved(k, T, KVH, HD, pos, freqs);
         } else {

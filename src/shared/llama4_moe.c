@@ -71,11 +71,15 @@ void nmlx_l4_moe_forward(nmlx_backend *be, const nmlx_l4_moe *m, nmlx_l4_moe_buf
             b->pair_idx[t * k + j] = mb->idx[t * k + j];
         }
     nmlx_switch_glu_forward(be, &m->moe.experts, b->xs, b->pair_idx, T * k, 1, &mb->sw, mb->y);
-    if (m->has_shared)
-        nmlx_mlp_forward(be, &m->shared, x, gate, up, out, T);
-    else
-        memset(out, 0, (size_t)(T * D) * sizeof(float)); /* host backend only (see build) */
+    if (m->has_shared) nmlx_mlp_forward(be, &m->shared, x, gate, up, out, T);
+    /* without a shared expert the sum starts at the first slot's output
+     * (backend ops only: out may be device memory) */
     for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < k; j++)
-            be->ops->add(be, out + t * D, mb->y + (t * k + j) * D, out + t * D, D);
+        for (int64_t j = 0; j < k; j++) {
+            const float *y = mb->y + (t * k + j) * D;
+            if (j == 0 && !m->has_shared)
+                be->ops->copy(be, out + t * D, y, (size_t)D * sizeof(float));
+            else
+                be->ops->add(be, out + t * D, y, out + t * D, D);
+        }
 }

@@ -14,6 +14,7 @@ nmlx_status nmlx_moe_load(nmlx_moe *m, const nmlx_weights *ws, nmlx_backend *be,
     snprintf(name, sizeof name, "%s.%s", prefix, s->router_name);
     if ((st = nmlx_linear_load(&m->router, ws, name, s->n_experts, s->hidden, s->router_bias)))
         return st;
+    if ((st = nmlx_linear_prepare(be, &m->router))) return st;
     nmlx_moe_experts_spec spec = {
         .prefix = prefix, .stacked = s->stacked_name, .n_experts = s->n_experts,
         .in = s->hidden, .hidden = s->expert_hidden, .bias = s->expert_bias,

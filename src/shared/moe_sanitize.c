@@ -22,6 +22,36 @@ static nmlx_tensor expert_slice(const nmlx_tensor *t, int64_t e) {
     return v;
 }
 
+/* The backend's copy of a checkpoint view (backend.h prepare_tensor; the
+ * CPU: t itself). Parts already in backend memory (the repacked layouts)
+ * must not come here. */
+static nmlx_status prepare_view(nmlx_backend *be, nmlx_tensor *t) {
+    const nmlx_tensor *p = NULL;
+    if (!t->data) return NMLX_OK;
+    nmlx_status st = be->ops->prepare_tensor(be, t, &p);
+    if (st == NMLX_OK) *t = *p;
+    return st;
+}
+
+/* Every expert's weight (if weights) and bias (if bias and present) of l
+ * handed to the backend. */
+static nmlx_status prepare_experts(nmlx_switch_linear *l, nmlx_backend *be, bool weights,
+                                   bool bias) {
+    nmlx_status st = NMLX_OK;
+    for (int64_t e = 0; st == NMLX_OK && e < l->n_experts; e++) {
+        if (weights) st = nmlx_weight_prepare(be, &l->w[e]);
+        if (st == NMLX_OK && bias && l->bias) st = prepare_view(be, &l->bias[e]);
+    }
+    return st;
+}
+
+/* A whole stacked tensor handed to the backend first, so the experts'
+ * slices share its one copy (a device backend keys copies by host range). */
+static nmlx_status prepare_whole(nmlx_backend *be, const nmlx_tensor *t) {
+    const nmlx_tensor *p = NULL;
+    return t ? be->ops->prepare_tensor(be, t, &p) : NMLX_OK;
+}
+
 /* Layout 1: `<p>.experts.<e>.<proj>` for every expert. */
 static nmlx_status load_per_expert(nmlx_switch_linear *l, const nmlx_weights *ws,
                                    const nmlx_moe_experts_spec *s, const char *proj) {
@@ -38,7 +68,7 @@ static nmlx_status load_per_expert(nmlx_switch_linear *l, const nmlx_weights *ws
 }
 
 /* Layout 2: `<p>.<stacked>.<proj>.{weight,scales,biases,bias}` with a leading E axis. */
-static nmlx_status load_stacked(nmlx_switch_linear *l, const nmlx_weights *ws,
+static nmlx_status load_stacked(nmlx_switch_linear *l, const nmlx_weights *ws, nmlx_backend *be,
                                 const nmlx_moe_experts_spec *s, const char *proj) {
     char wk[512], sk[512], bk[512], bias_k[512];
     snprintf(wk, sizeof wk, "%s.%s.%s.weight", s->prefix, s->stacked, proj);
@@ -83,6 +113,11 @@ static nmlx_status load_stacked(nmlx_switch_linear *l, const nmlx_weights *ws,
     if (s->bias) {
         int64_t shape[2] = {E, out};
         nmlx_status st = nmlx_get_float_tensor(ws, bias_k, 2, shape, &b);
+        if (st) return st;
+    }
+    const nmlx_tensor *whole[4] = {w, sc, qb, b};
+    for (int i = 0; i < 4; i++) {
+        nmlx_status st = prepare_whole(be, whole[i]);
         if (st) return st;
     }
     for (int64_t e = 0; e < E; e++) {
@@ -145,6 +180,7 @@ static nmlx_status load_gpt_oss(nmlx_switch_glu *g, void **owned, const nmlx_wei
         if (gub->dtype != gu->dtype)
             return nmlx_fail(NMLX_ERR_FORMAT, "tensor '%s': dtype %s differs from '%s' (%s)", gbk,
                              nmlx_dtype_name(gub->dtype), gk, nmlx_dtype_name(gu->dtype));
+        if ((st = prepare_whole(be, dnb))) return st; /* used in place */
     }
     size_t es = nmlx_dtype_size(gu->dtype);
     size_t mat = (size_t)(E * H * D), vec = (size_t)(E * H);
@@ -261,6 +297,9 @@ static nmlx_status load_gpt_oss_mxfp4(nmlx_switch_glu *g, void **owned, const nm
         if ((st = nmlx_get_float_tensor(ws, gbk, 2, gub_shape, &gub))) return st;
         if ((st = nmlx_get_float_tensor(ws, dbk, 2, dnb_shape, &dnb))) return st;
     }
+    const nmlx_tensor *in_place[3] = {dn, dns, dnb}; /* down_proj is used in place */
+    for (int i = 0; i < 3; i++)
+        if ((st = prepare_whole(be, in_place[i]))) return st;
     size_t qrow = (size_t)D / 2, srow = (size_t)D / 32, rows = (size_t)(E * H);
     size_t es = gub ? nmlx_dtype_size(gub->dtype) : 0;
     size_t q_bytes = round64(rows * qrow), s_bytes = round64(rows * srow);
@@ -330,9 +369,9 @@ nmlx_status nmlx_moe_experts_load(nmlx_switch_glu *g, void **owned, const nmlx_w
     snprintf(key, sizeof key, "%s.experts.gate_up_proj_blocks", s->prefix);
     bool blocks = nmlx_weights_find(ws, key) != NULL;
     if (stacked) {
-        TRY(load_stacked(&g->gate, ws, s, "gate_proj"));
-        TRY(load_stacked(&g->up, ws, s, "up_proj"));
-        TRY(load_stacked(&g->down, ws, s, "down_proj"));
+        TRY(load_stacked(&g->gate, ws, be, s, "gate_proj"));
+        TRY(load_stacked(&g->up, ws, be, s, "up_proj"));
+        TRY(load_stacked(&g->down, ws, be, s, "down_proj"));
     } else if (blocks) {
         TRY(load_gpt_oss_mxfp4(g, owned, ws, be, s));
     } else if (fused) {
@@ -342,6 +381,14 @@ nmlx_status nmlx_moe_experts_load(nmlx_switch_glu *g, void **owned, const nmlx_w
         TRY(load_per_expert(&g->up, ws, s, "up_proj"));
         TRY(load_per_expert(&g->down, ws, s, "down_proj"));
     }
+    /* the checkpoint views to the backend (on the CPU nothing changes):
+     * everything of layouts 1 and 2; of the repacked layouts only the parts
+     * used in place (down's bias; layout 4's down weights), the rest was
+     * uploaded by the repack */
+    bool all = stacked || (!blocks && !fused);
+    TRY(prepare_experts(&g->gate, be, all, all));
+    TRY(prepare_experts(&g->up, be, all, all));
+    TRY(prepare_experts(&g->down, be, all || blocks, true));
 cleanup:
     if (st != NMLX_OK) {
         nmlx_moe_experts_free(g, *owned, be);

@@ -15,8 +15,11 @@
  * attention may take the split kernel (equal to rounding), so the count of
  * bit-identical logits is reported, not required. Batches of 12 and 40 take cuBLAS (16-bit weights:
  * x split into hi + lo) or the quantized tensor-core mat-mat, both within ~1e-5 of f32; 40 rows
- * also span two attention_rows launches (32 rows each). Prints one PASS/FAIL line per fixture and
+ * also span two attention_rows launches (32 rows each). The MoE fixtures (qwen3_moe, gpt_oss:
+ * sinks, sliding layers) and Llama 4 (its own batched pass) run with NMLX_CUDA_EXPERIMENTAL=1,
+ * set by main (not yet validated on a GPU). Prints one PASS/FAIL line per fixture and
  * batch size, then "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
+#define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 #include "nmlx.h"
 
@@ -45,6 +48,10 @@ static const fixture FIXTURES[] = {
     {"tests/fixtures/phi3_longrope", true, false},   /* long RoPE table switches mid-batch */
     {"tests/fixtures/ministral3_yarn", true, false}, /* yarn, query scaling */
     {"tests/fixtures/smollm3", true, false},         /* NoPE layers */
+    /* experimental (NMLX_CUDA_EXPERIMENTAL=1) */
+    {"tests/fixtures/qwen3_moe", false, false},
+    {"tests/fixtures/gpt_oss", false, false},
+    {"tests/fixtures/llama4_text", false, false},
 };
 
 enum { MAX_SESSIONS = 40, STEPS = 10 };
@@ -211,6 +218,7 @@ int main(void) {
         return 77;
     }
     nmlx_model_free(probe);
+    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* MoE, Llama 4 */
     const int sizes[] = {1, 3, 8, 12, 40};
     for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++)
         for (int pass = 0; pass < (FIXTURES[f].quant ? 2 : 1); pass++) {

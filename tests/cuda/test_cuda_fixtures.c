@@ -5,9 +5,14 @@
  *    equal at every row;
  *  - greedy generation: the 16 greedy ids of expected.json exactly.
  * Families the CUDA backend does not run yet must fail to load with
- * NMLX_ERR_UNSUPPORTED; the dense standard families and the quantized
- * fixtures (affine 3/4/8-bit, MXFP4, quantized embedding + tied head) listed
- * in MUST_RUN must load. Quantized fixtures (expected.json has
+ * NMLX_ERR_UNSUPPORTED; the dense standard families, the quantized
+ * fixtures (affine 3/4/8-bit, MXFP4, quantized embedding + tied head) and
+ * the experimental ones (below) listed in MUST_RUN must load.
+ * Experimental paths (MoE gpt_oss / qwen3_moe, Gemma 3n, Llama 4, the
+ * quantized KV cache: not yet validated on a GPU): first refused without
+ * NMLX_CUDA_EXPERIMENTAL, the message naming the variable; then the test
+ * sets NMLX_CUDA_EXPERIMENTAL=1 and runs every fixture, and kv_bits 8 / 4
+ * on cuda against kv_bits on the CPU (kv_checks.h). Quantized fixtures (expected.json has
  * "quantization") run twice: at the default precision (decode mat-vecs on
  * int16 x) within the CPU's contract for quantized checkpoints, 2e-2 x
  * max|ref| and argmax equal at every row, and at precision "f32" within
@@ -29,9 +34,14 @@
 
 static const char *const MUST_RUN[] = {"llama3_tied", "llama_untied_linear_bias", "mistral",
                                        "mistral_window", "qwen2", "qwen3", "qwen3_bf16",
-                                       "llama_plain", "quant_llama_mxfp4",
-                                       "quant_llama_q4g64_f16", "quant_qwen3_q3g32_bf16",
-                                       "quant_qwen3_q8g64_bf16", NULL};
+                                       "llama_plain", "quant_llama_mxfp4", "quant_llama_q4g64_f16",
+                                       "quant_qwen3_q3g32_bf16", "quant_qwen3_q8g64_bf16",
+                                       /* experimental (NMLX_CUDA_EXPERIMENTAL=1, set by main) */
+                                       "gpt_oss", "qwen3_moe", "gemma3n", "llama4_text",
+                                       "llama4_text_q4g32", "llama4_mm", "llama4_mm_stacked", NULL};
+
+/* Fixtures of the experimental paths: refused unless NMLX_CUDA_EXPERIMENTAL=1. */
+static const char *const EXPERIMENTAL[] = {"gpt_oss", "qwen3_moe", "gemma3n", "llama4_text", NULL};
 
 static float *read_floats(const char *path, size_t count) {
     FILE *f = fopen(path, "rb");
@@ -200,6 +210,12 @@ done:
     free(gref);
 }
 
+#include "kv_checks.h" /* experimental paths: refusals, kv_bits on cuda vs the CPU */
+
+/* Standard families (the quantized KV cache is theirs): dense, MoE, sliding. */
+static const char *const KV_FIXTURES[] = {"qwen3",     "llama3_tied", "mistral", "gemma3_text",
+                                          "qwen3_moe", "gpt_oss",     NULL};
+
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -234,6 +250,11 @@ int main(void) {
         return 77;
     }
     nmlx_model_free(m);
+    /* the experimental paths are refused without the variable, then run */
+    unsetenv("NMLX_CUDA_EXPERIMENTAL");
+    snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
+    check_refusals(dir, EXPERIMENTAL);
+    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1);
     for (int f32 = 0; f32 < 2; f32++) {
         const char *precision = f32 ? "f32" : NULL;
         snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
@@ -242,6 +263,9 @@ int main(void) {
         run_dir(dir, precision);
     }
     printf("%d fixtures ran on cuda, %d refused as unsupported\n", n_run, n_refused);
-    EXPECT(n_run >= 12, "only %d fixtures ran on cuda", n_run);
+    EXPECT(n_run >= 19, "only %d fixtures ran on cuda", n_run);
+    snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
+    for (size_t i = 0; KV_FIXTURES[i]; i++)
+        check_kv(dir, KV_FIXTURES[i]);
     return test_summary();
 }

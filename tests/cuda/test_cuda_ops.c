@@ -9,7 +9,9 @@
  * unaligned row views) and quantized embed. Batched decode: dense and
  * quantized matmul rows (T <= 8) equal each row alone (f32 mat-vec) and
  * rope_rows the per-row calls, bit for bit; attention_rows the per-row
- * calls to rounding (they may take the split kernel). Prints the worst
+ * calls to rounding (they may take the split kernel). The family ops
+ * (swiglu_clipped, gaussian_topk, rms_match, mul_rows, altup_predict /
+ * correct, rope_interleaved): family_ops_checks.h. Prints the worst
  * relative error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -63,12 +65,14 @@ static void check_ok(const char *what) {
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
 }
 
-enum { N_OPS = 18 };
+enum { N_OPS = 25 };
 static double worst[N_OPS];
-static const char *op_names[N_OPS] = {"matmul", "embed", "rmsnorm", "rope", "attention",
-                                      "act_mul", "act", "add", "scale", "softmax", "copy",
-                                      "matmul_view", "qmatvec", "qmatmul", "qmatmul_view",
-                                      "qembed", "qmatvec_i16", "matmul_multi"};
+static const char *op_names[N_OPS] = {
+    "matmul",    "embed",       "rmsnorm",       "rope",          "attention",
+    "act_mul",   "act",         "add",           "scale",         "softmax",
+    "copy",      "matmul_view", "qmatvec",       "qmatmul",       "qmatmul_view",
+    "qembed",    "qmatvec_i16", "matmul_multi",  "swiglu_clip",   "gaussian_topk",
+    "rms_match", "mul_rows",    "altup_predict", "altup_correct", "rope_interl"};
 static void note(int op, double e) {
     if (e > worst[op] || e != e) worst[op] = e;
 }
@@ -640,6 +644,8 @@ static void test_softmax(int64_t R, int64_t n) {
     free(x), free(ref);
 }
 
+#include "family_ops_checks.h" /* the family ops: MoE, Gemma 3n, Llama 4 */
+
 int main(void) {
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
@@ -686,6 +692,7 @@ int main(void) {
     test_elementwise(300007);
     test_softmax(1, 151936);
     test_softmax(9, 33);
+    test_family_ops();
     for (int i = 0; i < N_OPS; i++) printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);

@@ -80,6 +80,7 @@ static const nmlx_backend_ops cpu_ops = {
     .mul_rows = nmlx_cpu_mul_rows,
     .altup_predict = nmlx_cpu_altup_predict,
     .altup_correct = nmlx_cpu_altup_correct,
+    .rope_interleaved = NULL, /* llama4_attention.c rotates host memory directly */
 };
 
 #if NMLX_CPU_HAVE_AVX2

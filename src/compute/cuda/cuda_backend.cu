@@ -1,8 +1,7 @@
 /* CUDA backend: creation, device memory, weight preparation (device copies
  * of the mmapped tensors, shared by views of one fused tensor) and the op
  * table. Kernels live in cuda_kernels.cu, cuda_matmul.cu and
- * cuda_attention.cu. Ops this backend lacks (MoE, Gemma 3n) stay NULL; the
- * loaders refuse those families on a device backend. */
+ * cuda_attention.cu, the families' own ops in cuda_family_ops.cu. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <stdint.h>
@@ -123,12 +122,13 @@ static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
 }
 
 /* Device address of host bytes [h, h + n): inside a prepared region, or a
- * fresh copy. */
+ * fresh copy. Searched newest first: the views of a tensor (fused rows, the
+ * experts of a stacked MoE tensor) are prepared right after it. */
 static nmlx_status device_copy_of(nmlx_backend *be, const nmlx_tensor *t, char **dev) {
     cuda_impl *c = cuda_of(be);
     const char *h = (const char *)t->data;
     size_t n = nmlx_tensor_nbytes(t);
-    for (size_t i = 0; i < c->n_regions; i++) {
+    for (size_t i = c->n_regions; i-- > 0;) {
         const cuda_region *r = &c->regions[i];
         if (r->owned && h >= r->host && h + n <= r->host + r->bytes) {
             *dev = r->dev + (h - r->host);
@@ -208,7 +208,9 @@ static void cuda_release(nmlx_backend *be) {
     memset(c, 0, sizeof *c);
 }
 
-/* Designated (C++20, declaration order); the ops this backend lacks are NULL. */
+/* Designated (C++20, declaration order). The family ops (cuda_family_ops.cu)
+ * serve MoE, Gemma 3n and Llama 4, which load on CUDA only with
+ * NMLX_CUDA_EXPERIMENTAL=1 until validated on a GPU. */
 static const nmlx_backend_ops cuda_ops = {
     .name = "cuda",
     .alloc = cuda_alloc,
@@ -230,17 +232,17 @@ static const nmlx_backend_ops cuda_ops = {
     .rope_rows = nmlx_cuda_rope_rows,
     .attention_rows = nmlx_cuda_attention_rows,
     .act_mul = nmlx_cuda_act_mul,
-    .swiglu_clipped = NULL, /* MoE: CPU only */
+    .swiglu_clipped = nmlx_cuda_swiglu_clipped,
     .act = nmlx_cuda_act,
     .add = nmlx_cuda_add,
     .scale = nmlx_cuda_scale,
     .softmax = nmlx_cuda_softmax,
-    /* Gemma 3n ops: CPU only */
-    .gaussian_topk = NULL,
-    .rms_match = NULL,
-    .mul_rows = NULL,
-    .altup_predict = NULL,
-    .altup_correct = NULL,
+    .gaussian_topk = nmlx_cuda_gaussian_topk,
+    .rms_match = nmlx_cuda_rms_match,
+    .mul_rows = nmlx_cuda_mul_rows,
+    .altup_predict = nmlx_cuda_altup_predict,
+    .altup_correct = nmlx_cuda_altup_correct,
+    .rope_interleaved = nmlx_cuda_rope_interleaved,
 };
 
 extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) {

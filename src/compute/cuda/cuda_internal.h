@@ -131,6 +131,20 @@ void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
 void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
 void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
+/* Family ops (cuda_family_ops.cu): MoE, Gemma 3n, Llama 4. */
+void nmlx_cuda_swiglu_clipped(nmlx_backend *be, const float *gate, const float *up, float *out,
+                              int64_t n, float alpha, float limit);
+void nmlx_cuda_gaussian_topk(nmlx_backend *be, float *x, int64_t R, int64_t n, float std_mult);
+void nmlx_cuda_rms_match(nmlx_backend *be, const float *ref, float *x, int64_t T, int64_t D,
+                         float eps);
+void nmlx_cuda_mul_rows(nmlx_backend *be, float *x, const nmlx_tensor *w, int64_t R, int64_t D);
+void nmlx_cuda_altup_predict(nmlx_backend *be, const float *x, int64_t stride, const float *router,
+                             const nmlx_tensor *coefs, float *out, int64_t K, int64_t T, int64_t D);
+void nmlx_cuda_altup_correct(nmlx_backend *be, float *p, int64_t stride, const float *act,
+                             const float *router, const nmlx_tensor *coefs, float clip,
+                             int64_t active, int64_t K, int64_t T, int64_t D);
+void nmlx_cuda_rope_interleaved(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
+                                int64_t pos0, const float *freqs);
 
 /* Element i of a device buffer of a float dtype, as f32. */
 __device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
