@@ -13,7 +13,8 @@
 #   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
 #     aggregate tok/s of N sessions against one alone); BATCH= skips it.
 #   VARIANTS="NMLX_CUDA_GRAPH=1 ...": each model also benched with each of
-#   these environment settings (default: decode steps as CUDA graphs);
+#   these environment settings (default: decode steps as CUDA graphs, and the
+#   tiled prefill attention);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
 #   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
@@ -52,6 +53,9 @@ grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # the experimental paths (NMLX_CUDA_EXPERIMENTAL=1, set by the test): MoE, Gemma 3n, Llama 4, kv_bits
 grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
+# the opt-in tiled prefill attention must pass every fixture too
+NMLX_CUDA_ATTN_TILED=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_tiled.log 2>&1
+echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_tiled.log | tail -3)"
 # decode steps as CUDA graphs (opt-in) must give the same results
 if [ "${GRAPH_TEST:-1}" = 1 ]; then
   NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
@@ -85,7 +89,7 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
     l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
   esac
   bench "$m" $D
-  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1}; do bench "$m" $D $v; done
+  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1 NMLX_CUDA_ATTN_TILED=1}; do bench "$m" $D $v; done
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"

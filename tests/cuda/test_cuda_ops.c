@@ -488,19 +488,24 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
-    for (int split = 0; split < 2; split++) { /* both decode kernels */
-        nmlx_cuda_set_attn_split(split);
+    /* both decode kernels (split 0/1), and for prefills the simple and the
+     * tiled kernel (variant 2) */
+    for (int variant = 0; variant < (T > 1 ? 3 : 2); variant++) {
+        nmlx_cuda_set_attn_split(variant == 1);
+        nmlx_cuda_set_attn_tiled(variant == 2);
         gpu->ops->attention(gpu, &g);
         check_ok("attention");
         double e = rel_err(dout, ref, nq);
         EXPECT(e <= 1e-5,
                "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d "
-               "split=%d: %.2e",
+               "%s: %.2e",
                (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
-               (long long)window, softcap, sinks, split, e);
+               (long long)window, softcap, sinks,
+               variant == 0 ? "simple" : variant == 1 ? "split" : "tiled", e);
         note(4, e);
     }
     nmlx_cuda_set_attn_split(0);
+    nmlx_cuda_set_attn_tiled(0);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
     gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
@@ -675,6 +680,14 @@ int main(void) {
     test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
     test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
     test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    /* long prefills (the tiled kernel: 32 queries x 32 keys a tile): partial
+     * query and key tiles, a prompt after a cached prefix, windows shorter
+     * and longer than a tile, HD 64 / 80 / 128 / 256, sinks, softcap */
+    test_attention(130, 8, 2, 128, 160, 0, 0, 0, false);    /* Llama-like GQA */
+    test_attention(77, 4, 4, 64, 300, 101, 0, 0, false);    /* after 101 cached keys */
+    test_attention(200, 6, 2, 80, 260, 33, 40, 0, true);    /* window 40, sinks */
+    test_attention(64, 4, 1, 256, 70, 0, 0, 50.0f, true);   /* MQA, HD 256, softcap */
+    test_attention(45, 2, 1, 64, 50, 0, 7, 0, false);       /* window 7 */
     test_rows(1, 4, 2, 64, 0, false);
     test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
     test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */

@@ -21,8 +21,9 @@
  * keys in tiles of TILE with an online softmax (running max m, sum l), so
  * it needs no scratch (a->scratch is unused). Each warp scores keys of the
  * tile (lanes split HD); each thread then accumulates its output dims.
- * HD <= 4 * THREADS. A flash-style kernel (several queries per block,
- * K/V tiles in shared memory) is the next step for long prefills. */
+ * HD <= 4 * THREADS. The flash-style kernel (several queries per block,
+ * K/V tiles in shared memory) is cuda_attention_tiled.cu, opt-in
+ * (NMLX_CUDA_ATTN_TILED=1) until measured. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <math.h>
@@ -311,6 +312,7 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
         split_mode = e && !strcmp(e, "1");
     }
     if (split_mode && attention_split(be, a)) return;
+    if (a->T > 1 && nmlx_cuda_attention_tiled(be, a)) return;
     size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
     attention_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, cuda_of(be)->stream>>>(*a);
     nmlx_cuda_note(be, cudaGetLastError());

@@ -28,6 +28,9 @@ void nmlx_cuda_set_qgemv16(int on);
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
  * 1 at start. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_attn_split(int on);
+/* Test hook: the tiled prefill attention on (1) or off (0), overriding
+ * NMLX_CUDA_ATTN_TILED. */
+void nmlx_cuda_set_attn_tiled(int on);
 
 /* Precision "f32" of a model on this backend: quantized mat-vecs keep f32
  * x (nmlx_backend_set_precision calls it). */

@@ -119,6 +119,9 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
                     int64_t pos0, const float *freqs, float mscale);
 void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
+/* The tiled prefill kernel (cuda_attention_tiled.cu) where it is on and
+ * applies (T >= 2, HD <= 256); false: nothing launched. */
+bool nmlx_cuda_attention_tiled(nmlx_backend *be, const nmlx_attn_args *a);
 /* Batched decode (backend.h rope_rows / attention_rows): one launch for all
  * rows (ROPE_ROWS / ATTN_ROWS rows a launch, their fields by value). */
 void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
