@@ -82,8 +82,9 @@ typedef void (*bf_tile_fn)(const uint16_t *, const uint32_t *, int64_t, float *,
 BF_TILE_FN(1)
 BF_TILE_FN(2)
 BF_TILE_FN(3)
-BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10)
-    BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+BF_TILE_FN(4)
+BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
+    BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
         bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
         bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
@@ -311,6 +312,12 @@ static void run_dense_amx(void *p) {
         nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
+static void run_quant_amx(void *p) {
+    pick_job *j = p;
+    if (!nmlx_amx_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows, 3))
+        nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
 /* The kernels are timed (CPU time of this thread, best of 5) on a 128 x
  * 1024 weight, affine 4-bit g64 and dense bf16, over 48 tokens (prefill)
  * or 8 calls (decode): the problem stays in cache, so the DRAM and the
@@ -341,8 +348,14 @@ static void measure_pick(void) {
     const int e_amx = nmlx_amx_env();
     const bool amx = bf16 && nmlx_amx_wanted() && nmlx_amx_ok();
     g_pick.dense_amx = amx && e_amx == 1;
+    /* quantized prefill on AMX: NMLX_AMX_QUANT=1 (or bf16) forces it where
+     * AMX is usable, unset measures it if NMLX_AMX_QUANT_DEFAULT */
+    const int e_amxq = nmlx_amx_quant_env();
+    const bool amxq = bf16 && e_amx != 0 && e_amxq != 0 && (e_amxq > 0 || NMLX_AMX_QUANT_DEFAULT) &&
+                      nmlx_amx_ok();
+    g_pick.prefill_amx = amxq && e_amxq > 0 ? e_amxq : 0;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
-        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0))
+        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0))
         return;
     enum { PD = 128, PN = 1024, PT = 48 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
@@ -371,7 +384,7 @@ static void measure_pick(void) {
         .x = x,
         .y = y,
         .T = PT};
-    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
+    double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0, tq_amx = 0;
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -381,6 +394,13 @@ static void measure_pick(void) {
     if (vnni) t16d = time_best(run_matvec16, &j);
     if (vnni) t16 = time_best(run_matmat16, &j);
     if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
+    /* AMX with x and W as bf16 hi + lo: as accurate as int16 x, so taken
+     * wherever faster than the prefill it replaces */
+    if (amxq) {
+        tq_amx = time_best(run_quant_amx, &j);
+        if (e_amxq < 0)
+            g_pick.prefill_amx = tq_amx < (g_pick.prefill_int16 ? t16 : t[0][0]) ? 3 : 0;
+    }
     if (bf16 && !forced) {
         /* The bf16 prefill rounds x and the dequantized weights; by default
          * it runs only on MXFP4 weights (exact in bf16) and never on weights
@@ -429,13 +449,18 @@ static void measure_pick(void) {
                                     : "f32",
                 g_pick.matvec_int16_q8 ? "int16-vnni" : "f32", g_pick.dense_bf16 ? "bf16" : "f32");
     if (log)
-        fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %.3g (%s) -> amx %s\n",
-                1e3 * td_amx,
+        fprintf(stderr,
+                "nmlx cpu pick (ms): dense bf16 prefill amx %.3g, quantized prefill amx %.3g "
+                "(%s) -> amx %s, quantized amx %s\n",
+                1e3 * td_amx, 1e3 * tq_amx,
                 amx                  ? "AMX usable"
                 : !bf16              ? "not run: no avx512bf16"
                 : !nmlx_amx_wanted() ? "not run: NMLX_AMX unset or 0"
                                      : nmlx_amx_status(),
-                g_pick.dense_amx ? "on" : "off");
+                g_pick.dense_amx ? "on" : "off",
+                g_pick.prefill_amx == 3   ? "on (3 terms)"
+                : g_pick.prefill_amx == 1 ? "on (bf16)"
+                                          : "off");
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
 }
