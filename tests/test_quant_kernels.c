@@ -51,7 +51,7 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
      * x and W as bf16 hi + lo (3 terms, 3 x 2^-16 per product plus f32
      * sums; tests/test_amx_quant_emulated.c checks the exact bound), or
      * both rounded to bf16 (NMLX_AMX_QUANT=bf16) */
-    if (T >= NMLX_CPU_FEW_CHUNKED && !w->f32_input && p.prefill_amx && nmlx_amx_ok() &&
+    if (p.prefill_amx && T >= p.prefill_amx_min_t && !w->f32_input && nmlx_amx_ok() &&
         nmlx_amx_quant_ok(w))
         return p.prefill_amx == 1 ? TOL_BF16 : TOL_AMX3;
     /* the default precision's int16 x (AVX512_VNNI): step max|x| / 32767 per

@@ -95,14 +95,16 @@ amx_block(int nterm, const amx_terms *op, int64_t nkp, float *y, int64_t D, int6
     const int64_t as = op->as, half = op->half;
     for (int64_t kc = 0; kc < nkp; kc += 32) {
         for (int i = 0; i < nterm; i++) {
+            /* a term with the previous term's A keeps tiles 4 and 5 */
+            const bool new_a = i == 0 || op->a[i] != op->a[i - 1];
             const uint16_t *a = op->a[i] + kc;
             const uint32_t *b = op->b[i] + kc / 2 * 16;
-            _tile_loadd(4, a, as * 2);
+            if (new_a) _tile_loadd(4, a, as * 2);
             _tile_loadd(6, b, 64);
             _tile_loadd(7, b + half, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
-            _tile_loadd(5, a + 16 * as, as * 2);
+            if (new_a) _tile_loadd(5, a + 16 * as, as * 2);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
         }
