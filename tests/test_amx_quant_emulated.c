@@ -14,6 +14,7 @@
  * - 3 terms (x = xh + xl, W = wh + wl, x W ~ xh wh + xh wl + xl wh): each
  *   split leaves at most u^2 |x| (resp. |w|), the dropped xl wl is at most
  *   u^2 |x w|: 3 u^2 a (+ O(u^3));
+ * - 2 terms (x = xh + xl, W rounded: xh wh + xl wh): (u + 2 u^2) a;
  * - 1 term (x and W rounded to bf16): (2 u + u^2) a;
  * plus the f32 sums (bf16 products are exact in f32): for n = terms x N
  * products the accumulated f32 rounding is about 2^-24 sqrt(n) a on random
@@ -93,7 +94,9 @@ static void check(const qcfg *c, int64_t T, int64_t D, int64_t N, int terms, int
         cpu_split(hi - lo, ith, nth, ua ? 1 : 16, &d0, &d1);
         if (d0 < d1) ran &= emu_amx_quant_matmat(&m.w, x, y, T, lo + d0, lo + d1, terms);
     }
-    const double u = 1.0 / 256, rnd = terms == 3 ? 3 * u * u : 2 * u + u * u;
+    const double u = 1.0 / 256, rnd = terms == 3   ? 3 * u * u
+                                      : terms == 2 ? u + 2 * u * u
+                                                   : 2 * u + u * u;
     const double acc = 16 * sqrt((double)(terms * N)) / 16777216.0;
     double worst = 0;
     bool untouched = true;
@@ -133,7 +136,7 @@ static void refusals(void) {
     float x[2 * 128] = {0}, y[2 * 8];
     for (int i = 0; i < 16; i++)
         y[i] = 7;
-    EXPECT(!emu_amx_quant_matmat(&m.w, x, y, 2, 0, 8, 2), "terms 2 refused");
+    EXPECT(!emu_amx_quant_matmat(&m.w, x, y, 2, 0, 8, 4), "terms 4 refused");
     EXPECT(!emu_amx_quant_matmat(&m.w, x, y, 2, 0, 9, 3), "rows past D refused");
     EXPECT(!emu_amx_quant_matmat(&m.w, x, y, 0, 0, 8, 3), "T = 0 refused");
     nmlx_weight w = m.w;
@@ -175,7 +178,7 @@ int main(void) {
         for (size_t s = 0; s < nsh; s++, i++) {
             const int gs = cfgs[c].gs;
             const int64_t N = (shapes[s][2] + gs - 1) / gs * gs;
-            for (int terms = 3; terms >= 1; terms -= 2)
+            for (int terms = 3; terms >= 1; terms--)
                 check(&cfgs[c], shapes[s][0], shapes[s][1], N, terms, 1 + i % 3, (i / 3) % 2);
         }
     return test_summary();

@@ -50,10 +50,10 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
     /* AMX tiles where picked (NMLX_AMX_QUANT=1 forces them on an AMX CPU):
      * x and W as bf16 hi + lo (3 terms, 3 x 2^-16 per product plus f32
      * sums; tests/test_amx_quant_emulated.c checks the exact bound), or
-     * both rounded to bf16 (NMLX_AMX_QUANT=bf16) */
+     * W (NMLX_AMX_QUANT=2) or W and x (=bf16) rounded to bf16 */
     if (p.prefill_amx && T >= p.prefill_amx_min_t && !w->f32_input && nmlx_amx_ok() &&
         nmlx_amx_quant_ok(w))
-        return p.prefill_amx == 1 ? TOL_BF16 : TOL_AMX3;
+        return p.prefill_amx == 3 ? TOL_AMX3 : TOL_BF16;
     /* the default precision's int16 x (AVX512_VNNI): step max|x| / 32767 per
      * group, relative error about max|x| / mean|x| / 65534 (test_quant_int8.c
      * checks its exact bound) */

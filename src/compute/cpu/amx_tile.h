@@ -9,7 +9,8 @@
  * columns of x in bf16 (A, rows of a token-major copy); 6-7 hold 16 k-pairs
  * x 16 rows of W (B, "VNNI" pair layout: each 32-bit element the pair
  * W[d, k], W[d, k+1]). A product may be a sum of terms, each its own A and
- * B (x and W written as bf16 hi + lo: x_hi W_hi + x_hi W_lo + x_lo W_hi). */
+ * B (x and W written as bf16 hi + lo: x_hi W_lo + x_hi W_hi + x_lo W_hi,
+ * ordered so that consecutive terms share an operand, whose tiles stay). */
 #ifndef NMLX_AMX_TILE_H
 #define NMLX_AMX_TILE_H
 
@@ -95,13 +96,16 @@ amx_block(int nterm, const amx_terms *op, int64_t nkp, float *y, int64_t D, int6
     const int64_t as = op->as, half = op->half;
     for (int64_t kc = 0; kc < nkp; kc += 32) {
         for (int i = 0; i < nterm; i++) {
-            /* a term with the previous term's A keeps tiles 4 and 5 */
+            /* a term with the previous term's A (B) keeps tiles 4-5 (6-7) */
             const bool new_a = i == 0 || op->a[i] != op->a[i - 1];
+            const bool new_b = i == 0 || op->b[i] != op->b[i - 1];
             const uint16_t *a = op->a[i] + kc;
             const uint32_t *b = op->b[i] + kc / 2 * 16;
             if (new_a) _tile_loadd(4, a, as * 2);
-            _tile_loadd(6, b, 64);
-            _tile_loadd(7, b + half, 64);
+            if (new_b) {
+                _tile_loadd(6, b, 64);
+                _tile_loadd(7, b + half, 64);
+            }
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             if (new_a) _tile_loadd(5, a + 16 * as, as * 2);

@@ -100,7 +100,7 @@ int nmlx_amx_env(void) {
 int nmlx_amx_quant_env(void) {
     const char *e = getenv("NMLX_AMX_QUANT");
     if (!e || !*e) return -1;
-    return !strcmp(e, "0") ? 0 : !strcmp(e, "bf16") ? 1 : 3;
+    return !strcmp(e, "0") ? 0 : !strcmp(e, "bf16") ? 1 : !strcmp(e, "2") ? 2 : 3;
 }
 
 bool nmlx_amx_wanted(void) {

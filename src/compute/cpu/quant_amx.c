@@ -16,6 +16,8 @@
  *   as the int16 prefill (2^-15 of each group's max|x|), which the
  *   quantized fixtures' argmax clause needs: bf16 x alone flips two
  *   (docs/quantization.md). Three tile products per 32 columns.
+ * - 2 (opt-in, NMLX_AMX_QUANT=2): x as hi + lo, W rounded to bf16 (2^-8:
+ *   a fixed perturbation of the weights, x kept to 2^-16); two products.
  * - 1 (opt-in, NMLX_AMX_QUANT=bf16): x and W rounded to bf16 once, as MLX
  *   does (2^-8 each); one tile product.
  * Blocking: x split per block of 512 tokens x 256 columns (token rows
@@ -134,17 +136,17 @@ static void fill_w(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t
 
 bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                            int64_t d1, int terms) {
-    if (!QAMX_USABLE() || !nmlx_amx_quant_ok(w) || (terms != 1 && terms != 3) || T < 1 || d0 < 0 ||
+    if (!QAMX_USABLE() || !nmlx_amx_quant_ok(w) || terms < 1 || terms > 3 || T < 1 || d0 < 0 ||
         d1 > w->rows || d0 >= d1)
         return false;
     const int64_t N = w->cols, D = w->rows;
-    const bool two = terms == 3;
+    const bool x2 = terms >= 2, w2 = terms == 3; /* x, W as hi + lo */
     const size_t xbytes = (size_t)QTB * QXS * 2, pbytes = (size_t)2 * QPG * 4;
     void *mem = NULL;
-    if (posix_memalign(&mem, 64, (two ? 2 : 1) * (xbytes + pbytes))) return false;
-    uint16_t *xh = mem, *xl = two ? (uint16_t *)(void *)((char *)mem + xbytes) : NULL;
-    uint32_t *ph = (uint32_t *)(void *)((char *)mem + (two ? 2 : 1) * xbytes);
-    uint32_t *pl = two ? ph + 2 * QPG : NULL;
+    if (posix_memalign(&mem, 64, (x2 ? 2 : 1) * xbytes + (w2 ? 2 : 1) * pbytes)) return false;
+    uint16_t *xh = mem, *xl = x2 ? (uint16_t *)(void *)((char *)mem + xbytes) : NULL;
+    uint32_t *ph = (uint32_t *)(void *)((char *)mem + (x2 ? 2 : 1) * xbytes);
+    uint32_t *pl = w2 ? ph + 2 * QPG : NULL;
     float lut_f[16];
     for (unsigned c = 0; c < 16; c++)
         lut_f[c] = w->mode == NMLX_QUANT_MXFP4 ? nmlx_fp4_value(c) : (float)c;
@@ -162,16 +164,18 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
                 const int nr = d1 - db < QR ? (int)(d1 - db) : QR;
                 fill_w(w, db, nr, kb, nk, lut, ph, pl);
                 for (int64_t t = 0; t < mtp; t += 32) {
-                    /* terms: xh wh, xh wl, xl wh */
-                    const amx_terms op = {.a = {xh + t * QXS, xh + t * QXS, two ? xl + t * QXS : 0},
-                                          .b = {ph, pl, ph},
-                                          .as = QXS,
-                                          .half = QPG};
+                    const uint16_t *ah = xh + t * QXS, *al = xl ? xl + t * QXS : NULL;
                     float *yb = y + (tb + t) * D + db;
-                    if (two)
+                    if (terms == 3) { /* xh wl, xh wh, xl wh */
+                        const amx_terms op = {{ah, ah, al}, {pl, ph, ph}, QXS, QPG};
                         amx_block(3, &op, nk, yb, D, mt - t, nr);
-                    else
+                    } else if (terms == 2) { /* xh wh, xl wh */
+                        const amx_terms op = {{ah, al}, {ph, ph}, QXS, QPG};
+                        amx_block(2, &op, nk, yb, D, mt - t, nr);
+                    } else {
+                        const amx_terms op = {{ah}, {ph}, QXS, QPG};
                         amx_block(1, &op, nk, yb, D, mt - t, nr);
+                    }
                 }
             }
         }

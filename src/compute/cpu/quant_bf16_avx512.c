@@ -84,7 +84,8 @@ BF_TILE_FN(2)
 BF_TILE_FN(3)
 BF_TILE_FN(4)
 BF_TILE_FN(5)
-BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
+BF_TILE_FN(6)
+BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
     BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
         bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
         bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
@@ -486,6 +487,7 @@ static void measure_pick(void) {
                                      : nmlx_amx_status(),
                 g_pick.dense_amx ? "on" : "off",
                 g_pick.prefill_amx == 3   ? "on (3 terms)"
+                : g_pick.prefill_amx == 2 ? "on (2 terms)"
                 : g_pick.prefill_amx == 1 ? "on (bf16)"
                                           : "off",
                 g_pick.prefill_amx_min_t);
