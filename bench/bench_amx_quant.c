@@ -5,6 +5,7 @@
  *   int16   nmlx_avx512vnni_quant_matmat16 (the default where VNNI)
  *   amx3    nmlx_amx_quant_matmat, 3 terms (x, W as bf16 hi + lo; default
  *           where the pick finds it faster)
+ *   amx2    nmlx_amx_quant_matmat, 2 terms (x hi + lo, W in bf16; NMLX_AMX_QUANT=2)
  *   amx1    nmlx_amx_quant_matmat, 1 term (x, W in bf16; NMLX_AMX_QUANT=bf16)
  *   pack    quant_amx.c with its tile operations made no-ops
  *           (bench/amx_null/amx_emulate.h): the cost of dequantizing the
@@ -54,14 +55,15 @@ static const shape shapes[] = {
     {"llama-3.2-1b", "down", 2048, 8192}};
 static const int per_layer[] = {1, 2, 1, 2, 1, 2, 2, 2, 1};
 
-enum { K_F32, K_I16, K_AMX3, K_AMX1, K_PACK, NK };
-static const char *kname[NK] = {"f32", "int16", "amx3", "amx1", "pack"};
+enum { K_F32, K_I16, K_AMX3, K_AMX2, K_AMX1, K_PACK, NK };
+static const char *kname[NK] = {"f32", "int16", "amx3", "amx2", "amx1", "pack"};
 
 static bool run(int k, const nmlx_weight *w, const float *x, float *y, int64_t T) {
     switch (k) {
     case K_F32: nmlx_avx512f32_quant_matmat(w, x, y, T, 0, w->rows); return true;
     case K_I16: return nmlx_avx512vnni_quant_matmat16(w, x, y, T, 0, w->rows);
     case K_AMX3: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 3);
+    case K_AMX2: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 2);
     case K_AMX1: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 1);
     default: return pack_quant_matmat(w, x, y, T, 0, w->rows, 3);
     }
@@ -165,7 +167,8 @@ int main(int argc, char **argv) {
     const char *bits = argc > 3 ? argv[3] : "4,8";
     __builtin_cpu_init();
     const bool amx = nmlx_amx_ok(), bf16 = __builtin_cpu_supports("avx512bf16");
-    const bool have[NK] = {__builtin_cpu_supports("avx512f"), nmlx_qint8_cpu_ok(), amx, amx, bf16};
+    const bool have[NK] = {
+        __builtin_cpu_supports("avx512f"), nmlx_qint8_cpu_ok(), amx, amx, amx, bf16};
     printf("quantized prefill kernels; f32 %s, int16 %s, amx %s, pack-only %s\n",
            have[K_F32] ? "yes" : "no", have[K_I16] ? "yes" : "no", amx ? "yes" : nmlx_amx_status(),
            bf16 ? "yes" : "no (no avx512bf16)");

@@ -22,8 +22,12 @@
  * Built three more times with a deliberately broken packing
  * (NMLX_AMX_QUANT_BREAK: 1 swaps each k-pair's halves, 2 drops W's low
  * part), registered as tests that must fail (tests/amx.cmake): the bound is
- * tight enough to see either. */
+ * tight enough to see either. And once with the real tiles
+ * (NMLX_AMX_QUANT_REAL: test_amx_quant_real, skipped where AMX is not
+ * usable or NMLX_AMX=0; prints "AMX quantized prefill (real tiles): RAN"). */
+#ifndef NMLX_AMX_QUANT_REAL /* tests/amx.cmake builds it with real tiles too */
 #define NMLX_AMX_EMULATE 1
+#endif
 #define nmlx_amx_quant_ok emu_amx_quant_ok
 #define nmlx_amx_quant_matmat emu_amx_quant_matmat
 #include "compute/cpu/quant_amx.c"
@@ -34,6 +38,12 @@
 
 #include <math.h>
 #include <stdio.h>
+
+#ifdef NMLX_AMX_EMULATE
+#define AMX_KIND "emulated"
+#else
+#define AMX_KIND "real tiles"
+#endif
 
 typedef struct {
     nmlx_quant_mode mode;
@@ -119,9 +129,9 @@ static void check(const qcfg *c, int64_t T, int64_t D, int64_t N, int terms, int
                nmlx_quant_mode_name(c->mode), c->bits, c->gs, terms, (long long)T, (long long)D,
                (long long)N, worst);
     EXPECT(ran && worst <= 1 && untouched,
-           "amx quant (emulated) %s %d-bit g%d scales %s, %d term(s), T=%lld D=%lld N=%lld "
+           "amx quant (%s) %s %d-bit g%d scales %s, %d term(s), T=%lld D=%lld N=%lld "
            "nth=%d%s: %s, error %.3g of the bound, outside rows %s",
-           nmlx_quant_mode_name(c->mode), c->bits, c->gs, nmlx_dtype_name(c->sdt), terms,
+           AMX_KIND, nmlx_quant_mode_name(c->mode), c->bits, c->gs, nmlx_dtype_name(c->sdt), terms,
            (long long)T, (long long)D, (long long)N, nth, ua ? " unaligned" : "",
            ran ? "ran" : "REFUSED", worst, untouched ? "untouched" : "WRITTEN");
     free(x), free(y);
@@ -159,6 +169,14 @@ int main(void) {
         printf("note: no AVX512_BF16 on this CPU, emulated AMX quantized test skipped\n");
         return test_summary();
     }
+#ifdef NMLX_AMX_QUANT_REAL
+    if (!nmlx_amx_ok() || nmlx_amx_env() == 0) {
+        printf("AMX quantized prefill (real tiles): SKIPPED (%s)\n",
+               nmlx_amx_env() == 0 ? "NMLX_AMX=0" : nmlx_amx_status());
+        return test_summary();
+    }
+    printf("AMX quantized prefill (real tiles): RAN\n");
+#endif
     test_seed(4242);
     refusals();
     const qcfg cfgs[] = {
