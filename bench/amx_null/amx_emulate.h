@@ -10,6 +10,7 @@
 #undef _tile_loadd
 #undef _tile_stored
 #undef _tile_dpbf16ps
+#undef _tile_zero
 #define _tile_loadconfig(cfg) ((void)(cfg))
 #define _tile_release() ((void)0)
 #define _tile_loadd(t, base, stride)                                                               \
@@ -17,5 +18,6 @@
 #define _tile_stored(t, base, stride)                                                              \
     __asm__ volatile("" ::"r"(base), "r"((long)(stride)) : "memory")
 #define _tile_dpbf16ps(c, a, b) ((void)0)
+#define _tile_zero(t) ((void)0)
 
 #endif

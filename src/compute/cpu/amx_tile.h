@@ -73,11 +73,13 @@ typedef struct {
         }                                                                                          \
     } while (0)
 
-/* y[t, r] += sum over the nterm terms and nkp columns (a multiple of 32,
- * zero padded) for t < mt tokens (mt may exceed 32: only 32 are done), r <
- * nr rows (<= 32); y row stride D. Tiles configured by amx_tiles_config. */
-static inline __attribute__((always_inline)) void
-amx_block(int nterm, const amx_terms *op, int64_t nkp, float *y, int64_t D, int64_t mt, int nr) {
+/* y[t, r] += (or, where first, =) the sum over the nterm terms and nkp
+ * columns (a multiple of 32, zero padded) for t < mt tokens (mt may exceed
+ * 32: only 32 are done), r < nr rows (<= 32); y row stride D. Tiles
+ * configured by amx_tiles_config. */
+static inline __attribute__((always_inline)) void amx_block(int nterm, const amx_terms *op,
+                                                            int64_t nkp, float *y, int64_t D,
+                                                            int64_t mt, int nr, bool first) {
     float cs[4][256] __attribute__((aligned(64)));
     float *yb[4];
     int64_t nt[4], nd[4];
@@ -89,10 +91,17 @@ amx_block(int nterm, const amx_terms *op, int64_t nkp, float *y, int64_t D, int6
         full[i] = nt[i] == 16 && nd[i] == 16;
         yb[i] = y + (nt[i] ? t0 : 0) * D + (nd[i] ? r0 : 0);
     }
-    AMX_C_LOAD(0);
-    AMX_C_LOAD(1);
-    AMX_C_LOAD(2);
-    AMX_C_LOAD(3);
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        AMX_C_LOAD(0);
+        AMX_C_LOAD(1);
+        AMX_C_LOAD(2);
+        AMX_C_LOAD(3);
+    }
     const int64_t as = op->as, half = op->half;
     for (int64_t kc = 0; kc < nkp; kc += 32) {
         for (int i = 0; i < nterm; i++) {

@@ -163,8 +163,6 @@ bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_
     if (posix_memalign(&mem, 64, xbytes + pbytes)) return false;
     uint16_t *xb = mem;
     uint32_t *panel = (uint32_t *)(void *)((char *)mem + xbytes);
-    for (int64_t t = 0; t < T; t++)
-        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
 
     amx_tiles_config();
 
@@ -180,7 +178,7 @@ bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_
                 for (int64_t t = 0; t < mtp; t += 32) {
                     amx_terms o = op;
                     o.a[0] = xb + t * XS;
-                    amx_block(1, &o, nkp, y + (tb + t) * D + db, D, mt - t, nr);
+                    amx_block(1, &o, nkp, y + (tb + t) * D + db, D, mt - t, nr, kb == 0);
                 }
             }
         }

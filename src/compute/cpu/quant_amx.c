@@ -151,8 +151,6 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
     for (unsigned c = 0; c < 16; c++)
         lut_f[c] = w->mode == NMLX_QUANT_MXFP4 ? nmlx_fp4_value(c) : (float)c;
     const __m512 lut = _mm512_loadu_ps(lut_f);
-    for (int64_t t = 0; t < T; t++)
-        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
 
     amx_tiles_config();
     for (int64_t tb = 0; tb < T; tb += QTB) {
@@ -168,13 +166,13 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
                     float *yb = y + (tb + t) * D + db;
                     if (terms == 3) { /* xh wl, xh wh, xl wh */
                         const amx_terms op = {{ah, ah, al}, {pl, ph, ph}, QXS, QPG};
-                        amx_block(3, &op, nk, yb, D, mt - t, nr);
+                        amx_block(3, &op, nk, yb, D, mt - t, nr, kb == 0);
                     } else if (terms == 2) { /* xh wh, xl wh */
                         const amx_terms op = {{ah, al}, {ph, ph}, QXS, QPG};
-                        amx_block(2, &op, nk, yb, D, mt - t, nr);
+                        amx_block(2, &op, nk, yb, D, mt - t, nr, kb == 0);
                     } else {
                         const amx_terms op = {{ah}, {ph}, QXS, QPG};
-                        amx_block(1, &op, nk, yb, D, mt - t, nr);
+                        amx_block(1, &op, nk, yb, D, mt - t, nr, kb == 0);
                     }
                 }
             }
