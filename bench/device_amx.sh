@@ -71,6 +71,9 @@ if [ "${FULL:-0}" = 1 ]; then # every C test (test_*) with NMLX_AMX=1: bf16 fixt
 fi
 taskset -c 0 ./$B/bench_amx 512 5 2>&1 | tee "$OUT/bench_amx.txt"
 taskset -c 0 ./$B/bench_amx_quant 512 3 2>&1 | tee "$OUT/bench_amx_quant.txt"
+for T in 64 128; do # shorter prompts (the pick's crossover): 4-bit per-layer lines only
+  taskset -c 0 ./$B/bench_amx_quant $T 3 4 2>&1 | tee "$OUT/bench_amx_quant_T$T.txt" | grep "per layer"
+done
 M=/dev/shm/nmlx-cpu-peer/models
 for model in qwen3-0.6b llama-3.2-1b; do
   [ -d "$M/$model/hf" ] || { echo "end to end: no $M/$model/hf (run bench/device_cpu_peer.sh first)"; continue; }
