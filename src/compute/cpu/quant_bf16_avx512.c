@@ -24,6 +24,7 @@
  * the even elements, high nibbles the odd ones: x is split once per call
  * into that order. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #pragma GCC target("avx512bf16")
 #include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_avx512.h"
@@ -32,6 +33,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* ------------------------------------------------------------ prefill */
@@ -85,7 +87,8 @@ BF_TILE_FN(3)
 BF_TILE_FN(4)
 BF_TILE_FN(5)
 BF_TILE_FN(6)
-BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
+BF_TILE_FN(7)
+BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
     BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
         bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
         bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
@@ -375,7 +378,7 @@ static void measure_pick(void) {
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
     uint16_t *wd = malloc((size_t)PD * PN * 2);
-    float *x = malloc((size_t)PTL * PN * 4), *y = malloc((size_t)PTL * PD * 4);
+    float *x = malloc((size_t)PT * PN * 4), *y = malloc((size_t)PT * PD * 4);
     if (!q || !s || !b || !wd || !x || !y) goto out;
     uint32_t st = 2463534242u;
     for (int64_t i = 0; i < PD * PN / 8; i++)
@@ -384,7 +387,7 @@ static void measure_pick(void) {
         st ^= st << 13, st ^= st >> 17, st ^= st << 5, wd[i] = (uint16_t)(0x3c00 | (st & 0x3ff));
     for (int64_t i = 0; i < PD * PN / 64; i++)
         s[i] = nmlx_f32_to_bf16(0.01f), b[i] = nmlx_f32_to_bf16(-0.08f);
-    for (int64_t i = 0; i < PTL * PN; i++)
+    for (int64_t i = 0; i < PT * PN; i++)
         x[i] = (float)(i % 17) * 0.01f - 0.08f;
     pick_job j = {
         .w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {PD, PN / 8}, .data = q},
@@ -418,10 +421,19 @@ static void measure_pick(void) {
         void (*alt)(void *) = g_pick.prefill_int16 ? run_matmat16 : run_matmat;
         tq_amx[0] = time_best(run_quant_amx, &j);
         tq_alt[0] = g_pick.prefill_int16 ? t16 : t[0][0];
-        j.T = PTL;
-        tq_amx[1] = time_best(run_quant_amx, &j);
-        tq_alt[1] = time_best(alt, &j);
-        j.T = PT;
+        /* mapped, not malloc'ed: a freed 1 MiB block would raise malloc's
+         * mmap threshold for the rest of the process */
+        const size_t xb = (size_t)PTL * PN * 4, yb = (size_t)PTL * PD * 4;
+        void *big = mmap(NULL, xb + yb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (big != MAP_FAILED) {
+            pick_job jl = j;
+            jl.x = big, jl.y = (float *)(void *)((char *)big + xb), jl.T = PTL;
+            for (int64_t i = 0; i < PTL * PN; i++)
+                jl.x[i] = (float)(i % 17) * 0.01f - 0.08f;
+            tq_amx[1] = time_best(run_quant_amx, &jl);
+            tq_alt[1] = time_best(alt, &jl);
+            munmap(big, xb + yb);
+        }
         if (e_amxq < 0) {
             g_pick.prefill_amx_min_t = amx_crossover(PT, PTL, tq_amx, tq_alt);
             g_pick.prefill_amx = g_pick.prefill_amx_min_t ? 3 : 0;
