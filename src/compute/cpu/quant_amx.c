@@ -1,4 +1,4 @@
-/* AMX-BF16 prefill for quantized weights (MLX affine 2-8-bit and MXFP4,
+/* AMX-BF16 prefill for quantized weights (MLX affine 2/3/4/5/6/8-bit, MXFP4,
  * group 32/64/128; docs/quantization.md): y[T, D] = x[T, N] W[D, N]^T over
  * rows [d0, d1), W dequantized on the fly, one 32-row x 256-column panel
  * at a time (never the whole matrix), into the k-pair layout of
@@ -12,10 +12,11 @@
  *   as a sum of two bf16, x = xh + xl, W = wh + wl (RNE; |x - xh - xl| <=
  *   2^-16 |x|), and x W taken as xh wh + xh wl + xl wh: per product at most
  *   about 3 x 2^-16 of |x w| from the f32 product (xl wl, <= 2^-16, and the
- *   splits' remainders), bf16 products exact in f32, f32 sums. As accurate
- *   as the int16 prefill (2^-15 of each group's max|x|), which the
- *   quantized fixtures' argmax clause needs: bf16 x alone flips two
- *   (docs/quantization.md). Three tile products per 32 columns.
+ *   splits' remainders), bf16 products exact in f32, f32 sums: closer to
+ *   f32 than the int16 prefill (kernel error rms 3.5e-6 against 6.3e-5,
+ *   bench/amx_quant_acc.c), which the quantized fixtures' argmax clause
+ *   needs: bf16 x alone flips two (docs/quantization.md). Three tile
+ *   products per 32 columns.
  * - 2 (opt-in, NMLX_AMX_QUANT=2): x as hi + lo, W rounded to bf16 (2^-8:
  *   a fixed perturbation of the weights, x kept to 2^-16); two products.
  * - 1 (opt-in, NMLX_AMX_QUANT=bf16): x and W rounded to bf16 once, as MLX
