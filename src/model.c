@@ -113,9 +113,9 @@ static void model_destroy(nmlx_model *m) {
     /* A model's buffers are freed by several threads' arenas; glibc keeps
      * their free pages mapped, so a process that loads and unloads models
      * for days (a server, a Node app) creeps up without this. Rare and
-     * cheap next to a load. Not under AddressSanitizer (gcc): it owns the
-     * heap, and glibc's never-used arenas, set up lazily by the first
-     * malloc_trim, crashed test_soak when two threads trimmed at once. */
+     * cheap next to a load. Not under AddressSanitizer (gcc), which owns
+     * the heap: there glibc's malloc_trim, on arenas it never used, once
+     * crashed (SEGV in mtrim) in test_soak's threads. */
     malloc_trim(0);
 #endif
 }
