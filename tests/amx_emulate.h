@@ -32,6 +32,10 @@ static inline void emu_stored(int t, void *base, long stride) {
     for (int r = 0; r < 16; r++)
         memcpy((char *)base + r * stride, emu_tile[t][r], 64);
 }
+static inline void emu_zero(int t) {
+    if (!emu_configured) abort();
+    memset(emu_tile[t], 0, sizeof emu_tile[t]);
+}
 static inline void emu_dpbf16ps(int c, int a, int b) {
     if (!emu_configured || c == a || c == b || a == b) abort();
     for (int m = 0; m < 16; m++)
@@ -50,10 +54,12 @@ static inline void emu_dpbf16ps(int c, int a, int b) {
 #undef _tile_loadd
 #undef _tile_stored
 #undef _tile_dpbf16ps
+#undef _tile_zero
 #define _tile_loadconfig(cfg) ((void)(cfg), emu_configured = 1)
 #define _tile_release() (emu_configured = 0)
 #define _tile_loadd(t, base, stride) emu_loadd(t, base, stride)
 #define _tile_stored(t, base, stride) emu_stored(t, base, stride)
 #define _tile_dpbf16ps(c, a, b) emu_dpbf16ps(c, a, b)
+#define _tile_zero(t) emu_zero(t)
 
 #endif

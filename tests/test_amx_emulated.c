@@ -11,6 +11,7 @@
 #define nmlx_amx_status emu_amx_status
 #define nmlx_amx_env emu_amx_env
 #define nmlx_amx_wanted emu_amx_wanted
+#define nmlx_amx_quant_env emu_amx_quant_env
 #define nmlx_amx_bf16_matmat emu_amx_bf16_matmat
 #include "compute/cpu/matmul_amx.c"
 

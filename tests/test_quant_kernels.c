@@ -6,6 +6,7 @@
  * chunks (quant_avx2.c, quant_avx512.c). */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 #include "harness.h"
@@ -19,6 +20,7 @@ static const char *isas[] = {"portable", "avx2", "avx512"};
 #define TOL_F32 2e-6
 #define TOL_BF16 (1.0 / 256 + 1e-5)
 #define TOL_INT16 5e-4
+#define TOL_AMX3 1e-4
 
 static bool have_avx512(void) {
     nmlx_backend *be = NULL;
@@ -45,6 +47,13 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
         nmlx_avx512vnni_quant_ok(w))
         return 1.0 / 64;
     nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
+    /* AMX tiles where picked (NMLX_AMX_QUANT=1 forces them on an AMX CPU):
+     * x and W as bf16 hi + lo (3 terms, 3 x 2^-16 per product plus f32
+     * sums; tests/test_amx_quant_emulated.c checks the exact bound), or
+     * W (NMLX_AMX_QUANT=2) or W and x (=bf16) rounded to bf16 */
+    if (p.prefill_amx && T >= p.prefill_amx_min_t && !w->f32_input && nmlx_amx_ok() &&
+        nmlx_amx_quant_ok(w))
+        return p.prefill_amx == 3 ? TOL_AMX3 : TOL_BF16;
     /* the default precision's int16 x (AVX512_VNNI): step max|x| / 32767 per
      * group, relative error about max|x| / mean|x| / 65534 (test_quant_int8.c
      * checks its exact bound) */
@@ -53,8 +62,7 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
         return TOL_INT16;
     /* the int16 x decode (VNNI; T < NMLX_CPU_FEW_CHUNKED: one-token and
      * few-token forms): step max|x_g| / 32639, the same bound */
-    if (T < NMLX_CPU_FEW_CHUNKED && nmlx_qdec16_takes(&p, w))
-        return TOL_INT16;
+    if (T < NMLX_CPU_FEW_CHUNKED && nmlx_qdec16_takes(&p, w)) return TOL_INT16;
     if (!have_avx512bf16()) return TOL_F32;
     if (T >= NMLX_CPU_FEW_CHUNKED ? p.prefill && !w->f32_input && w->cols % 32 == 0 &&
                                         (w->mode == NMLX_QUANT_MXFP4 || p.prefill_affine)
@@ -234,8 +242,8 @@ static void test_matmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, 
                     if (!(e <= worst)) worst = e; /* NaN-safe */
                 }
             double tol = !strcmp(isas[i], "avx512") ? avx512_tol(&m.w, T)
-                         : !strcmp(isas[i], "avx2")   ? avx2_tol(&m.w, T)
-                                                      : TOL_F32;
+                         : !strcmp(isas[i], "avx2") ? avx2_tol(&m.w, T)
+                                                    : TOL_F32;
             EXPECT(worst < tol,
                    "%s %s bits %d g%d %s D%lld N%lld T%lld threads %d f32_input %d: rel err %g",
                    isas[i], nmlx_quant_mode_name(mode), bits, gs, nmlx_dtype_name(sdt),

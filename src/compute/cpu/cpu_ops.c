@@ -78,8 +78,8 @@ static void few_tokens(const matmul_job *j, const float *x, float *y, int64_t T,
 }
 
 /* A prefill (T >= NMLX_CPU_FEW_CHUNKED) by the backend's precision:
- * quantized weights on int16 x by default where picked (avx2 and avx512
- * sets), int8 or f32 x where asked; dense bf16 weights on bf16 x where
+ * quantized weights on AMX tiles or int16 x by default where picked (avx2
+ * and avx512 sets), int8 or f32 x where asked; dense bf16 weights on bf16 x where
  * picked (avx512bf16 set); never for the LM head (f32_input). false: not
  * taken, the set's matmul runs. */
 static bool prefill_by_precision(const matmul_job *j, int64_t d0, int64_t d1) {
@@ -105,11 +105,17 @@ static bool prefill_by_precision(const matmul_job *j, int64_t d0, int64_t d1) {
         nmlx_avx512f32_quant_matmat(w, j->x, j->y, j->T, d0, d1);
         return true;
     }
-    if (!nmlx_qint8_cpu_ok() || !nmlx_avx512vnni_quant_ok(w)) return false;
+    const bool vnni = nmlx_qint8_cpu_ok() && nmlx_avx512vnni_quant_ok(w);
     /* NMLX_QUANT_INT8=prefill: int8 for every model of the process */
-    if (j->prec == CPU_PREC_INT8 || (j->prec == CPU_PREC_DEFAULT && nmlx_qint8_get_mode().prefill))
+    if (vnni && (j->prec == CPU_PREC_INT8 ||
+                 (j->prec == CPU_PREC_DEFAULT && nmlx_qint8_get_mode().prefill)))
         return nmlx_avx512vnni_quant_matmat(w, j->x, j->y, j->T, d0, d1);
-    return nmlx_qbf16_get_pick().prefill_int16 &&
+    /* AMX tiles (x and W as bf16 hi + lo: as accurate as int16 x) where picked */
+    const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
+    if (pick.prefill_amx && j->T >= pick.prefill_amx_min_t &&
+        nmlx_amx_quant_matmat(w, j->x, j->y, j->T, d0, d1, pick.prefill_amx))
+        return true;
+    return vnni && pick.prefill_int16 &&
            nmlx_avx512vnni_quant_matmat16(w, j->x, j->y, j->T, d0, d1);
 #else
     (void)j, (void)d0, (void)d1;

@@ -7,12 +7,8 @@
  * one-time pick in quant_bf16_avx512.c finds it fastest (NMLX_AMX_DEFAULT;
  * NMLX_AMX=0 turns it off, =1 forces it).
  *
- * Tiles (palette 1, all 16 rows x 64 bytes): 0-3 accumulate a 32-token x
- * 32-row block of y (C[t][d], stored straight into y where the block is
- * whole, through a scratch tile at the tails); 4-5 hold 16 tokens x 32
- * columns of x in bf16 (A, rows of a token-major copy); 6-7 hold 16 k-pairs
- * x 16 rows of W (B, "VNNI" pair layout: each 32-bit element the pair
- * W[d, k], W[d, k+1], as the vdpbf16ps panels). Blocking: x is rounded per
+ * Tiles: amx_tile.h (2 x 2 C tiles of 16 tokens x 16 rows, B in the
+ * k-pair layout of the vdpbf16ps panels). Blocking: x is rounded per
  * block of 512 tokens x 512 columns (zero padded to 32 x 32), W packed per
  * 32 rows x 512 columns (zero padded) once per x block and used by every
  * token of it. Each worker loads the tile configuration on entry and
@@ -35,6 +31,7 @@
 #else
 #define AMX_USABLE() nmlx_amx_ok()
 #endif
+#include "compute/cpu/amx_tile.h"
 
 enum {
     AK = 512,        /* columns per block */
@@ -100,16 +97,18 @@ int nmlx_amx_env(void) {
     return strcmp(e, "0") != 0;
 }
 
+int nmlx_amx_quant_env(void) {
+    const char *e = getenv("NMLX_AMX_QUANT");
+    if (!e || !*e) return -1;
+    return !strcmp(e, "0") ? 0 : !strcmp(e, "bf16") ? 1 : !strcmp(e, "2") ? 2 : 3;
+}
+
 bool nmlx_amx_wanted(void) {
     int e = nmlx_amx_env();
     return e == 1 || (e < 0 && NMLX_AMX_DEFAULT);
 }
 
 /* ------------------------------------------------------------ kernel */
-
-static inline __mmask16 mask_n(int64_t n) {
-    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-}
 
 /* xb[t * XS + k] = bf16 x[t, k0 + k] for t < mt, k < nk; zeros up to mtp
  * tokens and nkp columns */
@@ -123,8 +122,8 @@ static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k
         }
         const float *src = x + t * N + k0;
         for (int64_t k = 0; k < nkp; k += 32) {
-            __m512 l = _mm512_maskz_loadu_ps(mask_n(nk - k), src + k);
-            __m512 h = _mm512_maskz_loadu_ps(mask_n(nk - k - 16), src + k + 16);
+            __m512 l = _mm512_maskz_loadu_ps(amx_mask_n(nk - k), src + k);
+            __m512 h = _mm512_maskz_loadu_ps(amx_mask_n(nk - k - 16), src + k + 16);
             _mm512_storeu_si512(dst + k, (__m512i)_mm512_cvtne2ps_pbh(h, l));
         }
     }
@@ -152,37 +151,6 @@ static void fill_w(const uint16_t *W, int64_t N, int64_t r0, int nr, int64_t k0,
     }
 }
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_cfg;
-
-/* C tile i <- y block (tokens t0.., rows d0..) of nt x nd valid entries */
-#define C_LOAD(i)                                                                                  \
-    do {                                                                                           \
-        if (full[i])                                                                               \
-            _tile_loadd(i, yb[i], D * 4);                                                          \
-        else {                                                                                     \
-            for (int r = 0; r < 16; r++)                                                           \
-                _mm512_store_ps(cs[i] + 16 * r,                                                    \
-                                _mm512_maskz_loadu_ps(r < nt[i] ? mask_n(nd[i]) : 0,               \
-                                                      r < nt[i] ? yb[i] + r * D : yb[i]));         \
-            _tile_loadd(i, cs[i], 64);                                                             \
-        }                                                                                          \
-    } while (0)
-#define C_STORE(i)                                                                                 \
-    do {                                                                                           \
-        if (full[i])                                                                               \
-            _tile_stored(i, yb[i], D * 4);                                                         \
-        else {                                                                                     \
-            _tile_stored(i, cs[i], 64);                                                            \
-            for (int r = 0; r < nt[i]; r++)                                                        \
-                _mm512_mask_storeu_ps(yb[i] + r * D, mask_n(nd[i]),                                \
-                                      _mm512_load_ps(cs[i] + 16 * r));                             \
-        }                                                                                          \
-    } while (0)
-
 bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                           int64_t d1) {
     if (!AMX_USABLE() || w->mode != NMLX_QUANT_NONE || w->w.dtype != NMLX_DT_BF16 || T < 1 ||
@@ -195,17 +163,8 @@ bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_
     if (posix_memalign(&mem, 64, xbytes + pbytes)) return false;
     uint16_t *xb = mem;
     uint32_t *panel = (uint32_t *)(void *)((char *)mem + xbytes);
-    float cs[4][256] __attribute__((aligned(64)));
 
-    for (int64_t t = 0; t < T; t++)
-        memset(y + t * D + d0, 0, (size_t)(d1 - d0) * sizeof(float));
-
-    tile_cfg cfg __attribute__((aligned(64)));
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++)
-        cfg.colsb[i] = 64, cfg.rows[i] = 16;
-    _tile_loadconfig(&cfg);
+    amx_tiles_config();
 
     for (int64_t tb = 0; tb < T; tb += ATB) {
         const int64_t mt = T - tb < ATB ? T - tb : ATB, mtp = (mt + 31) / 32 * 32;
@@ -215,37 +174,11 @@ bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_
             for (int64_t db = d0; db < d1; db += AR) {
                 const int nr = d1 - db < AR ? (int)(d1 - db) : AR;
                 fill_w(W, N, db, nr, kb, nk, nkp, panel);
+                const amx_terms op = {.a = {xb}, .b = {panel}, .as = XS, .half = PG};
                 for (int64_t t = 0; t < mtp; t += 32) {
-                    /* C tile i: tokens t + 16 (i / 2), rows db + 16 (i % 2) */
-                    float *yb[4];
-                    int64_t nt[4], nd[4];
-                    bool full[4];
-                    for (int i = 0; i < 4; i++) {
-                        const int64_t t0 = t + 16 * (i / 2), r0 = 16 * (i % 2);
-                        nt[i] = mt - t0 < 0 ? 0 : mt - t0 > 16 ? 16 : mt - t0;
-                        nd[i] = nr - r0 < 0 ? 0 : nr - r0 > 16 ? 16 : nr - r0;
-                        full[i] = nt[i] == 16 && nd[i] == 16;
-                        yb[i] = y + (tb + (nt[i] ? t0 : 0)) * D + db + (nd[i] ? r0 : 0);
-                    }
-                    C_LOAD(0);
-                    C_LOAD(1);
-                    C_LOAD(2);
-                    C_LOAD(3);
-                    const uint16_t *a0 = xb + t * XS, *a1 = xb + (t + 16) * XS;
-                    for (int64_t kc = 0; kc < nkp; kc += 32) {
-                        _tile_loadd(4, a0 + kc, XS * 2);
-                        _tile_loadd(6, panel + kc / 2 * 16, 64);
-                        _tile_loadd(7, panel + PG + kc / 2 * 16, 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_loadd(5, a1 + kc, XS * 2);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
-                    }
-                    C_STORE(0);
-                    C_STORE(1);
-                    C_STORE(2);
-                    C_STORE(3);
+                    amx_terms o = op;
+                    o.a[0] = xb + t * XS;
+                    amx_block(1, &o, nkp, y + (tb + t) * D + db, D, mt - t, nr, kb == 0);
                 }
             }
         }

@@ -1,4 +1,5 @@
-/* AMX-BF16 dense bf16 prefill (matmul_amx.c). Safe to include anywhere:
+/* AMX-BF16 prefills: dense bf16 (matmul_amx.c) and quantized weights
+ * (quant_amx.c), one tile kernel (amx_tile.h). Safe to include anywhere:
  * the functions test the CPU and the OS themselves. */
 #ifndef NMLX_MATMUL_AMX_H
 #define NMLX_MATMUL_AMX_H
@@ -30,5 +31,22 @@ bool nmlx_amx_wanted(void);
  * AMX is not usable, for other weights, or when scratch memory runs out. */
 bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                           int64_t d1);
+
+/* Whether the quantized AMX prefill runs when NMLX_AMX_QUANT is unset (and
+ * NMLX_AMX is not 0): the one-time pick times it (3 terms) against the
+ * int16 / f32 prefill and keeps it only where faster. */
+#define NMLX_AMX_QUANT_DEFAULT 1
+/* NMLX_AMX_QUANT: -1 unset, 0 for "0", 1 for "bf16" (1 term), 2 for "2"
+ * (2 terms), 3 otherwise ("1": the default's 3 terms, forced) */
+int nmlx_amx_quant_env(void);
+/* Weights nmlx_amx_quant_matmat takes: MLX affine 2/3/4/5/6/8-bit at group
+ * 32/64/128, MXFP4 (group 32), cols a multiple of 32. */
+bool nmlx_amx_quant_ok(const nmlx_weight *w);
+/* y[t, d] = sum_n x[t, n] W[d, n] for d in [d0, d1), t < T, W quantized;
+ * terms 3: x and W each as bf16 hi + lo (about 2^-16 relative per product),
+ * 2: x as hi + lo, W rounded to bf16 (2^-8), 1: both rounded to bf16. false (y untouched) where AMX
+ * is not usable, for other weights or terms, or when scratch memory runs out. */
+bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                           int64_t d1, int terms);
 
 #endif

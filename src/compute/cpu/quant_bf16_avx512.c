@@ -24,6 +24,7 @@
  * the even elements, high nibbles the odd ones: x is split once per call
  * into that order. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #pragma GCC target("avx512bf16")
 #include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_avx512.h"
@@ -32,6 +33,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* ------------------------------------------------------------ prefill */
@@ -82,8 +84,12 @@ typedef void (*bf_tile_fn)(const uint16_t *, const uint32_t *, int64_t, float *,
 BF_TILE_FN(1)
 BF_TILE_FN(2)
 BF_TILE_FN(3)
-BF_TILE_FN(4) BF_TILE_FN(5) BF_TILE_FN(6) BF_TILE_FN(7) BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10)
-    BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+BF_TILE_FN(4)
+BF_TILE_FN(5)
+BF_TILE_FN(6)
+BF_TILE_FN(7)
+BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
+    BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
         bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
         bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
@@ -311,6 +317,23 @@ static void run_dense_amx(void *p) {
         nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
+static void run_quant_amx(void *p) {
+    pick_job *j = p;
+    if (!nmlx_amx_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows, 3))
+        nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
+/* The fewest tokens from which kernel a (times ta at T0 and T1 tokens)
+ * beats kernel b (tb), on the lines through the two points; 0: not even at
+ * T1. At least NMLX_CPU_FEW_CHUNKED (the prefill's smallest T). */
+static int amx_crossover(int64_t T0, int64_t T1, const double ta[2], const double tb[2]) {
+    if (!(ta[1] < tb[1])) return 0;
+    if (ta[0] < tb[0]) return NMLX_CPU_FEW_CHUNKED;
+    const double sa = (ta[1] - ta[0]) / (double)(T1 - T0), sb = (tb[1] - tb[0]) / (double)(T1 - T0);
+    const double T = (double)T0 + (ta[0] - tb[0]) / (sb - sa); /* sb > sa here */
+    return T < NMLX_CPU_FEW_CHUNKED ? NMLX_CPU_FEW_CHUNKED : (int)T + 1;
+}
+
 /* The kernels are timed (CPU time of this thread, best of 5) on a 128 x
  * 1024 weight, affine 4-bit g64 and dense bf16, over 48 tokens (prefill)
  * or 8 calls (decode): the problem stays in cache, so the DRAM and the
@@ -341,10 +364,17 @@ static void measure_pick(void) {
     const int e_amx = nmlx_amx_env();
     const bool amx = bf16 && nmlx_amx_wanted() && nmlx_amx_ok();
     g_pick.dense_amx = amx && e_amx == 1;
+    /* quantized prefill on AMX: NMLX_AMX_QUANT=1 (or bf16) forces it where
+     * AMX is usable, unset measures it if NMLX_AMX_QUANT_DEFAULT */
+    const int e_amxq = nmlx_amx_quant_env();
+    const bool amxq = bf16 && e_amx != 0 && e_amxq != 0 && (e_amxq > 0 || NMLX_AMX_QUANT_DEFAULT) &&
+                      nmlx_amx_ok();
+    g_pick.prefill_amx = amxq && e_amxq > 0 ? e_amxq : 0;
+    g_pick.prefill_amx_min_t = NMLX_CPU_FEW_CHUNKED;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
-        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0))
+        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0))
         return;
-    enum { PD = 128, PN = 1024, PT = 48 };
+    enum { PD = 128, PN = 1024, PT = 48, PTL = 256 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
     uint16_t *wd = malloc((size_t)PD * PN * 2);
@@ -372,6 +402,7 @@ static void measure_pick(void) {
         .y = y,
         .T = PT};
     double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
+    double tq_amx[2] = {0}, tq_alt[2] = {0};
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -381,6 +412,33 @@ static void measure_pick(void) {
     if (vnni) t16d = time_best(run_matvec16, &j);
     if (vnni) t16 = time_best(run_matmat16, &j);
     if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
+    /* AMX with x and W as bf16 hi + lo: as accurate as int16 x, so taken
+     * wherever faster than the prefill it replaces */
+    if (amxq) {
+        /* at 48 and 256 tokens (the panels' dequantization is paid once per
+         * 512 tokens): AMX from where the two cost lines cross */
+        j.bf = false;
+        void (*alt)(void *) = g_pick.prefill_int16 ? run_matmat16 : run_matmat;
+        tq_amx[0] = time_best(run_quant_amx, &j);
+        tq_alt[0] = g_pick.prefill_int16 ? t16 : t[0][0];
+        /* mapped, not malloc'ed: a freed 1 MiB block would raise malloc's
+         * mmap threshold for the rest of the process */
+        const size_t xb = (size_t)PTL * PN * 4, yb = (size_t)PTL * PD * 4;
+        void *big = mmap(NULL, xb + yb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (big != MAP_FAILED) {
+            pick_job jl = j;
+            jl.x = big, jl.y = (float *)(void *)((char *)big + xb), jl.T = PTL;
+            for (int64_t i = 0; i < PTL * PN; i++)
+                jl.x[i] = (float)(i % 17) * 0.01f - 0.08f;
+            tq_amx[1] = time_best(run_quant_amx, &jl);
+            tq_alt[1] = time_best(alt, &jl);
+            munmap(big, xb + yb);
+        }
+        if (e_amxq < 0) {
+            g_pick.prefill_amx_min_t = amx_crossover(PT, PTL, tq_amx, tq_alt);
+            g_pick.prefill_amx = g_pick.prefill_amx_min_t ? 3 : 0;
+        }
+    }
     if (bf16 && !forced) {
         /* The bf16 prefill rounds x and the dequantized weights; by default
          * it runs only on MXFP4 weights (exact in bf16) and never on weights
@@ -429,13 +487,22 @@ static void measure_pick(void) {
                                     : "f32",
                 g_pick.matvec_int16_q8 ? "int16-vnni" : "f32", g_pick.dense_bf16 ? "bf16" : "f32");
     if (log)
-        fprintf(stderr, "nmlx cpu pick (ms): dense bf16 prefill amx %.3g (%s) -> amx %s\n",
-                1e3 * td_amx,
+        fprintf(stderr,
+                "nmlx cpu pick (ms): dense bf16 prefill amx %.3g, quantized prefill T=%d amx %.3g "
+                "%s %.3g, T=%d amx %.3g %s %.3g (%s) -> amx %s, quantized amx %s from T=%d\n",
+                1e3 * td_amx, PT, 1e3 * tq_amx[0], g_pick.prefill_int16 ? "int16" : "f32",
+                1e3 * tq_alt[0], PTL, 1e3 * tq_amx[1], g_pick.prefill_int16 ? "int16" : "f32",
+                1e3 * tq_alt[1],
                 amx                  ? "AMX usable"
                 : !bf16              ? "not run: no avx512bf16"
                 : !nmlx_amx_wanted() ? "not run: NMLX_AMX unset or 0"
                                      : nmlx_amx_status(),
-                g_pick.dense_amx ? "on" : "off");
+                g_pick.dense_amx ? "on" : "off",
+                g_pick.prefill_amx == 3   ? "on (3 terms)"
+                : g_pick.prefill_amx == 2 ? "on (2 terms)"
+                : g_pick.prefill_amx == 1 ? "on (bf16)"
+                                          : "off",
+                g_pick.prefill_amx_min_t);
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
 }
