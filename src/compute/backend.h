@@ -60,6 +60,21 @@ typedef struct nmlx_attn_row {
     int64_t cap, q_pos, n_kv, window;
 } nmlx_attn_row;
 
+/* The arguments of rope_kv (below): per-head RMSNorm of q and k, RoPE, and the KV cache
+ * append for T tokens of one sequence, as one op. */
+typedef struct nmlx_rope_kv_args {
+    float *q;                 /* [T, H, HD], normed and rotated in place */
+    const float *k, *v;       /* [T, KVH, HD] projections, read only */
+    float *k_cache, *v_cache; /* [KVH, cap, HD] f32: token t's rows go to row0 + t */
+    int64_t T, H, KVH, HD, cap, row0;
+    bool qk_norm;                       /* false: no norm (the weights are ignored) */
+    const nmlx_tensor *q_norm, *k_norm; /* [HD] any float dtype, or NULL (no weight) */
+    float q_norm_offset, q_norm_eps, k_norm_offset, k_norm_eps;
+    int64_t rot, pos0;  /* rot < 2 or freqs NULL: no RoPE */
+    const float *freqs; /* [rot/2] backend buffer */
+    float mscale;
+} nmlx_rope_kv_args;
+
 typedef struct nmlx_backend_ops {
     const char *name;
 
@@ -131,6 +146,29 @@ typedef struct nmlx_backend_ops {
                       const int64_t *pos, const float *freqs, float mscale);
     void (*attention_rows)(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
                            int64_t R);
+    /* Optional fused ops, for the launch-bound decode step of a GPU (each
+     * saves kernel launches). NULL: the model code runs the unfused
+     * sequence named here. NMLX_FUSED=0 in the environment, read when a
+     * backend is created, leaves them NULL on every backend (A/B runs).
+     *
+     * add_rmsnorm: x[r, :] += d[r, :], then y[r, :] = rmsnorm(x[r, :]) as
+     * `rmsnorm` gives it (w, w_offset, eps alike), for R rows of width D:
+     * a residual add and the next block's (or the final) norm. y must not
+     * alias x or d. Same as `add` then `rmsnorm`: bit for bit on the CPU;
+     * CUDA sums the squares in the order its rmsnorm kernel does. */
+    void (*add_rmsnorm)(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                        float w_offset, float eps, float *y, int64_t R, int64_t D);
+    /* rope_kv (nmlx_rope_kv_args): the same as, in order,
+     *   rmsnorm(q, q_norm, ..., T * H rows, HD) and rmsnorm(k, k_norm, ...,
+     *     T * KVH rows, HD) in place, if qk_norm;
+     *   rope(q, T, H, ...) and rope(k, T, KVH, ...) at pos0, if rot >= 2 and
+     *     freqs != NULL;
+     *   copy of k's and v's row (t, h) to cache row (h, row0 + t), t < T;
+     * except that k is left as it was (only the cache gets normed, rotated
+     * keys). Bit for bit on the CPU; to rounding on CUDA (same arithmetic as
+     * its rmsnorm and rope kernels). Caches must not overlap q, k or v. */
+    void (*rope_kv)(nmlx_backend *be, const nmlx_rope_kv_args *a);
+
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
                     const float *up, float *out, int64_t n);
@@ -176,9 +214,14 @@ typedef struct nmlx_backend_ops {
 struct nmlx_backend {
     const nmlx_backend_ops *ops;
     int n_threads;
-    nmlx_pool *pool; /* CPU workers (also used by GPU backends for host work) */
-    void *impl;      /* backend private state */
+    nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
+    void *impl;               /* backend private state */
+    nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
 };
+
+/* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
+ * (copies the table into be->own_ops without the fused ops). */
+void nmlx_backend_apply_env(nmlx_backend *be);
 
 /* CPU backend: portable C kernels, with AVX2+FMA+F16C versions chosen at
  * run time when the CPU has them (NMLX_CPU=portable forces the portable

@@ -39,3 +39,12 @@ nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend 
 bool nmlx_backend_is_host(const nmlx_backend *be) {
     return be && be->ops && !strcmp(be->ops->name, "cpu");
 }
+
+void nmlx_backend_apply_env(nmlx_backend *be) {
+    const char *env = getenv("NMLX_FUSED");
+    if (!env || strcmp(env, "0") != 0) return;
+    be->own_ops = *be->ops;
+    be->own_ops.add_rmsnorm = NULL;
+    be->own_ops.rope_kv = NULL;
+    be->ops = &be->own_ops;
+}

@@ -539,13 +539,22 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
     for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
         int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
         be->ops->embed(be, &m->embed, ids + c0, C, m->embed_scale, s->w.x);
+        bool last_chunk = c0 + C == T;
+        /* the layers as one chain (decoder_layer.h): each closing residual
+         * add norms for the next layer, the last one for the LM head when
+         * every row of xn is read (all rows, or the one row of a decode) */
+        bool final_in_chain = m->n_layers > 0 && (all_logits || (last_chunk && C == 1));
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
-            nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C);
+            const nmlx_rmsnorm *next = i + 1 < m->n_layers ? &m->layers[i + 1].input_norm
+                                       : final_in_chain    ? &m->norm
+                                                           : NULL;
+            nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
+                                             i > 0, next);
         }
-        bool last_chunk = c0 + C == T;
         if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
+            if (!final_in_chain)
+                nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
             nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, C, m->hidden, m->vocab,
                               m->final_softcap, s->w.logits, all_logits + c0 * m->vocab);
             if (last_chunk)
@@ -553,7 +562,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
                        (size_t)m->vocab * sizeof(float));
         } else if (last_chunk) {
             float *xl = s->w.x + (C - 1) * m->hidden;
-            nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
+            if (!final_in_chain) nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
             nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
                               m->final_softcap, s->w.logits, last_logits);
         }

@@ -250,6 +250,7 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     c = (cuda_impl *)nmlx_calloc(1, sizeof *c);
     CHECK(be && c, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     be->ops = &cuda_ops;
+    nmlx_backend_apply_env(be);
     be->impl = c;
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;
