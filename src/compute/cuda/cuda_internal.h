@@ -125,12 +125,34 @@ void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64
                          int64_t rot, const int64_t *pos, const float *freqs, float mscale);
 void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
                               const nmlx_attn_row *rows, int64_t R);
+/* Fused ops (cuda_fused.cu; backend.h add_rmsnorm, rope_kv) */
+void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                           float w_offset, float eps, float *y, int64_t R, int64_t D);
+void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
 void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
 void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
+
+/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
+template <typename F> __device__ F cuda_block_sum(F v) {
+    __shared__ F part[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = l < nw ? part[l] : (F)0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Threads of a block that norms one row of width D (rmsnorm and the fused
+ * ops that contain one: the same count gives the same order of the sum). */
+static inline int cuda_norm_threads(int64_t D) { return D >= 1024 ? 512 : D >= 256 ? 256 : 64; }
 
 /* Element i of a device buffer of a float dtype, as f32. */
 __device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {

@@ -14,20 +14,6 @@ static unsigned grid_for(int64_t n, int threads) {
     return (unsigned)(b < 65535 * 16 ? b : 65535 * 16);
 }
 
-/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
-template <typename F> __device__ F block_sum(F v) {
-    __shared__ F part[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    __syncthreads(); /* part[] may still be read by a previous call */
-    if (l == 0) part[w] = v;
-    __syncthreads();
-    int nw = blockDim.x / 32;
-    v = l < nw ? part[l] : (F)0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ float block_max(float v) {
     __shared__ float part[32];
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -95,7 +81,7 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
     float *yr = y + blockIdx.x * D;
     double ss = 0;
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
-    ss = block_sum<double>(ss);
+    ss = cuda_block_sum<double>(ss);
     float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
         float v = xr[i] * inv;
@@ -106,7 +92,7 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
                        float eps, float *y, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    int threads = D >= 1024 ? 512 : D >= 256 ? 256 : 64;
+    int threads = cuda_norm_threads(D);
     rmsnorm_kernel<<<(unsigned)R, threads, 0, cuda_of(be)->stream>>>(
         x, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
     nmlx_cuda_note(be, cudaGetLastError());
@@ -259,7 +245,7 @@ __global__ void softmax_kernel(float *x, int64_t n) {
         r[i] = e;
         sum += e;
     }
-    sum = block_sum<double>(sum);
+    sum = cuda_block_sum<double>(sum);
     float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) r[i] *= inv;
 }
