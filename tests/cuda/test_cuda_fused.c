@@ -1,0 +1,241 @@
+/* The CUDA fused ops (backend.h add_rmsnorm, rope_kv) on random inputs of
+ * odd sizes against (a) the CPU's fused op, which equals the CPU's unfused
+ * sequence bit for bit (tests/test_fused.c), limit 1e-6 of max|ref| as
+ * test_cuda_ops's rmsnorm and rope; and (b) the CUDA unfused sequence (add +
+ * rmsnorm; rmsnorm + rope + rope + row copies), which shares their
+ * arithmetic: the worst difference is printed, and must stay within the
+ * same limit (it is expected to be 0 or a few ulps: FMA contraction may
+ * differ between the kernels). Every element is checked (outputs start as
+ * NaN; cache rows start random and must change exactly where the append
+ * writes), and rope_kv must leave k untouched. Exits 77 (ctest: skipped) when no GPU is usable. */
+#include "compute/backend.h"
+#include "compute/cpu/cpu_internal.h"
+#include "compute/cuda/cuda_backend.h"
+#include "harness.h"
+
+#include <math.h>
+#include <string.h>
+
+static nmlx_backend *cpu, *gpu;
+static double worst_cpu[2], worst_gpu[2]; /* [0] add_rmsnorm, [1] rope_kv */
+
+static float *rand_floats(size_t n, float lo, float hi) {
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        v[i] = test_randf(lo, hi);
+    return v;
+}
+
+static float *dev_of(const float *h, size_t n) {
+    float *d = gpu->ops->alloc(gpu, n * sizeof(float));
+    gpu->ops->upload(gpu, d, h, n * sizeof(float));
+    return d;
+}
+
+/* a device buffer of n NaNs: outputs, so an element left unwritten shows */
+static float *dev_nan(size_t n) {
+    float *h = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
+    float *d = dev_of(h, n);
+    free(h);
+    return d;
+}
+
+static float *host_of(const float *d, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
+    gpu->ops->download(gpu, h, d, n * sizeof(float));
+    return h;
+}
+
+/* max|got - ref| / max|ref| (NaN anywhere: infinity) */
+static double rel(const float *got, const float *ref, size_t n) {
+    double md = 0, mr = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (!(d <= md)) md = d == d ? d : INFINITY;
+        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
+    }
+    return md / mr;
+}
+
+static void check_ok(const char *what) {
+    nmlx_status st = nmlx_backend_cuda_check(gpu);
+    EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
+}
+
+/* A norm weight in dt on the host (kept: the CUDA backend keys its copy
+ * by host address) and its device copy. */
+static void *kept[64];
+static int n_kept;
+static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) {
+    *h = (nmlx_tensor){.dtype = dt, .ndim = 1, .shape = {n}, .name = "w"};
+    size_t es = nmlx_dtype_size(dt);
+    char *p = malloc((size_t)n * es);
+    for (int64_t i = 0; i < n; i++) {
+        float v = test_randf(-1.5f, 1.5f);
+        if (dt == NMLX_DT_BF16) {
+            uint16_t b = nmlx_f32_to_bf16(v);
+            memcpy(p + i * 2, &b, 2);
+        } else if (dt == NMLX_DT_F16) {
+            uint16_t b = nmlx_f32_to_f16(v);
+            memcpy(p + i * 2, &b, 2);
+        } else {
+            memcpy(p + i * 4, &v, 4);
+        }
+    }
+    h->data = p;
+    if (n_kept < 64) kept[n_kept++] = p;
+    const nmlx_tensor *d = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, h, &d) == NMLX_OK, "prepare norm weight");
+    return d;
+}
+
+static void test_add_rmsnorm(int64_t R, int64_t D, nmlx_dtype wdt, bool weight, float off) {
+    size_t n = (size_t)(R * D);
+    float *x = rand_floats(n, -3, 3), *d = rand_floats(n, -3, 3);
+    nmlx_tensor hw;
+    const nmlx_tensor *dw = norm_weight(wdt, D, &hw);
+    float *x_ref = malloc(n * sizeof(float)), *y_ref = malloc(n * sizeof(float));
+    memcpy(x_ref, x, n * sizeof(float));
+    cpu->ops->add_rmsnorm(cpu, x_ref, d, weight ? &hw : NULL, off, 1e-6f, y_ref, R, D);
+    float *dx = dev_of(x, n), *dd = dev_of(d, n), *dy = dev_nan(n);
+    float *ux = dev_of(x, n), *uy = dev_nan(n);
+    gpu->ops->add_rmsnorm(gpu, dx, dd, weight ? dw : NULL, off, 1e-6f, dy, R, D);
+    gpu->ops->add(gpu, ux, dd, ux, (int64_t)n); /* the unfused sequence on the GPU */
+    gpu->ops->rmsnorm(gpu, ux, weight ? dw : NULL, off, 1e-6f, uy, R, D);
+    check_ok("add_rmsnorm");
+    float *gx = host_of(dx, n), *gy = host_of(dy, n), *hx = host_of(ux, n), *hy = host_of(uy, n);
+    double e = fmax(rel(gx, x_ref, n), rel(gy, y_ref, n));
+    double u = fmax(rel(gx, hx, n), rel(gy, hy, n));
+    EXPECT(e <= 1e-6 && u <= 1e-6, "add_rmsnorm R=%lld D=%lld: vs cpu %.2e, vs cuda unfused %.2e",
+           (long long)R, (long long)D, e, u);
+    worst_cpu[0] = fmax(worst_cpu[0], e), worst_gpu[0] = fmax(worst_gpu[0], u);
+    float *bufs[] = {dx, dd, dy, ux, uy};
+    for (int i = 0; i < 5; i++)
+        gpu->ops->free(gpu, bufs[i]);
+    free(x), free(d), free(x_ref), free(y_ref), free(gx), free(gy), free(hx), free(hy);
+}
+
+typedef struct rkv_case {
+    int64_t T, H, KVH, HD, rot, cap, row0, pos0;
+    bool norm, rope;
+    nmlx_dtype wdt;
+} rkv_case;
+
+static void test_rope_kv(const rkv_case *c) {
+    size_t nq = (size_t)(c->T * c->H * c->HD), nk = (size_t)(c->T * c->KVH * c->HD);
+    size_t nc = (size_t)(c->KVH * c->cap * c->HD);
+    float *q = rand_floats(nq, -2, 2), *k = rand_floats(nk, -2, 2), *v = rand_floats(nk, -2, 2);
+    float *kc = rand_floats(nc, -1, 1), *vc = rand_floats(nc, -1, 1);
+    float *fr = malloc((size_t)(c->rot / 2 + 1) * sizeof(float));
+    for (int64_t i = 0; i < c->rot / 2; i++)
+        fr[i] = (float)pow(500000.0, -2.0 * (double)i / (double)c->rot);
+    nmlx_tensor hq, hk;
+    const nmlx_tensor *dq_w = norm_weight(c->wdt, c->HD, &hq),
+                      *dk_w = norm_weight(c->wdt, c->HD, &hk);
+    nmlx_rope_kv_args a = {.T = c->T,
+                           .H = c->H,
+                           .KVH = c->KVH,
+                           .HD = c->HD,
+                           .cap = c->cap,
+                           .row0 = c->row0,
+                           .qk_norm = c->norm,
+                           .q_norm = &hq,
+                           .k_norm = &hk,
+                           .q_norm_offset = 1.0f,
+                           .q_norm_eps = 1e-6f,
+                           .k_norm_offset = 0.0f,
+                           .k_norm_eps = 1e-5f,
+                           .rot = c->rot,
+                           .pos0 = c->pos0,
+                           .freqs = c->rope ? fr : NULL,
+                           .mscale = 1.1f};
+    /* reference: the CPU's fused op on copies */
+    float *rq = malloc(nq * sizeof(float)), *rkc = malloc(nc * sizeof(float));
+    float *rvc = malloc(nc * sizeof(float));
+    memcpy(rq, q, nq * sizeof(float)), memcpy(rkc, kc, nc * sizeof(float));
+    memcpy(rvc, vc, nc * sizeof(float));
+    nmlx_rope_kv_args ca = a;
+    ca.q = rq, ca.k = k, ca.v = v, ca.k_cache = rkc, ca.v_cache = rvc;
+    cpu->ops->rope_kv(cpu, &ca);
+    /* the GPU: fused, then the unfused sequence on a second set of buffers */
+    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk), *dkc = dev_of(kc, nc);
+    float *dvc = dev_of(vc, nc), *dfr = dev_of(fr, (size_t)(c->rot / 2 + 1));
+    float *uq = dev_of(q, nq), *uk = dev_of(k, nk), *ukc = dev_of(kc, nc), *uvc = dev_of(vc, nc);
+    nmlx_rope_kv_args ga = a;
+    ga.q = dq, ga.k = dk, ga.v = dv, ga.k_cache = dkc, ga.v_cache = dvc;
+    ga.q_norm = dq_w, ga.k_norm = dk_w, ga.freqs = c->rope ? dfr : NULL;
+    gpu->ops->rope_kv(gpu, &ga);
+    if (c->norm) {
+        gpu->ops->rmsnorm(gpu, uq, dq_w, 1.0f, 1e-6f, uq, c->T * c->H, c->HD);
+        gpu->ops->rmsnorm(gpu, uk, dk_w, 0.0f, 1e-5f, uk, c->T * c->KVH, c->HD);
+    }
+    if (c->rope) {
+        gpu->ops->rope(gpu, uq, c->T, c->H, c->HD, c->rot, c->pos0, dfr, 1.1f);
+        gpu->ops->rope(gpu, uk, c->T, c->KVH, c->HD, c->rot, c->pos0, dfr, 1.1f);
+    }
+    size_t row = (size_t)c->HD * sizeof(float);
+    for (int64_t t = 0; t < c->T; t++)
+        for (int64_t h = 0; h < c->KVH; h++) {
+            int64_t dst = (h * c->cap + c->row0 + t) * c->HD, src = (t * c->KVH + h) * c->HD;
+            gpu->ops->copy(gpu, ukc + dst, uk + src, row);
+            gpu->ops->copy(gpu, uvc + dst, dv + src, row);
+        }
+    check_ok("rope_kv");
+    float *gq = host_of(dq, nq), *gkc = host_of(dkc, nc), *gvc = host_of(dvc, nc);
+    float *gk = host_of(dk, nk), *hq2 = host_of(uq, nq), *hkc = host_of(ukc, nc);
+    float *hvc = host_of(uvc, nc);
+    double e = fmax(rel(gq, rq, nq), fmax(rel(gkc, rkc, nc), rel(gvc, rvc, nc)));
+    double u = fmax(rel(gq, hq2, nq), fmax(rel(gkc, hkc, nc), rel(gvc, hvc, nc)));
+    EXPECT(!memcmp(gk, k, nk * sizeof(float)), "rope_kv: k changed");
+    EXPECT(e <= 1e-6 && u <= 1e-6,
+           "rope_kv T=%lld H=%lld KVH=%lld HD=%lld rot=%lld norm=%d rope=%d: vs cpu %.2e, vs "
+           "cuda unfused %.2e",
+           (long long)c->T, (long long)c->H, (long long)c->KVH, (long long)c->HD, (long long)c->rot,
+           c->norm, c->rope, e, u);
+    worst_cpu[1] = fmax(worst_cpu[1], e), worst_gpu[1] = fmax(worst_gpu[1], u);
+    float *dbufs[] = {dq, dk, dv, dkc, dvc, dfr, uq, uk, ukc, uvc};
+    for (int i = 0; i < 10; i++)
+        gpu->ops->free(gpu, dbufs[i]);
+    float *hbufs[] = {q, k, v, kc, vc, fr, rq, rkc, rvc, gq, gkc, gvc, gk, hq2, hkc, hvc};
+    for (int i = 0; i < 16; i++)
+        free(hbufs[i]);
+}
+
+int main(void) {
+    if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
+        printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
+        return 77;
+    }
+    EXPECT(nmlx_backend_cpu_create_isa(2, "portable", &cpu) == NMLX_OK, "cpu backend");
+    EXPECT(gpu->ops->add_rmsnorm && gpu->ops->rope_kv, "cuda backend has the fused ops");
+    if (!gpu->ops->add_rmsnorm || !gpu->ops->rope_kv) return test_summary(); /* NMLX_FUSED=0 */
+    test_seed(20261205);
+    test_add_rmsnorm(1, 4096, NMLX_DT_BF16, true, 0.0f); /* 8B decode: 512 threads */
+    test_add_rmsnorm(1, 2051, NMLX_DT_F16, true, 1.0f);
+    test_add_rmsnorm(7, 37, NMLX_DT_F32, true, 0.0f); /* 64 threads, partial warp */
+    test_add_rmsnorm(33, 300, NMLX_DT_BF16, false, 0.0f);
+    const rkv_case cases[] = {
+        {1, 32, 8, 128, 128, 512, 300, 300, false, true, NMLX_DT_BF16}, /* Llama 8B decode */
+        {1, 16, 8, 128, 128, 256, 17, 17, true, true, NMLX_DT_BF16},    /* Qwen3 decode */
+        {1, 8, 4, 256, 256, 300, 299, 299, true, true, NMLX_DT_F32},    /* HD 256, last row */
+        {9, 6, 2, 80, 40, 40, 5, 100000, true, true, NMLX_DT_F16},      /* partial rotary */
+        {5, 3, 3, 33, 32, 9, 0, 0, true, false, NMLX_DT_BF16},          /* NoPE, odd HD */
+        {130, 4, 1, 64, 64, 200, 3, 3, false, false, NMLX_DT_BF16},     /* plain append */
+        {64, 14, 2, 64, 64, 600, 500, 500, true, true, NMLX_DT_BF16},   /* prefill chunk */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        test_rope_kv(&cases[i]);
+    printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
+           worst_gpu[0]);
+    printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],
+           worst_gpu[1]);
+    nmlx_backend_free(gpu);
+    nmlx_backend_free(cpu);
+    for (int i = 0; i < n_kept; i++)
+        free(kept[i]);
+    return test_summary();
+}
