@@ -1,4 +1,4 @@
-/* The fused ops (backend.h add_rmsnorm, rope_kv) against the unfused op
+/* The fused ops (backend.h add_rmsnorm, rope_kv, gate_up_act) against the unfused op
  * sequence they replace, bit for bit on the CPU: on random inputs of odd
  * sizes, for the portable kernel set and the best one this CPU runs, one
  * thread and several (rows / tokens split over the pool). Then the model
@@ -6,7 +6,8 @@
  * rotating and quantized and half-precision caches where the fused append
  * falls back, long RoPE, query scaling, quantized weights) evaluated with
  * the fused ops and with NMLX_FUSED=0 (the unfused sequence): every logit
- * of a prefill (all rows) and of the decode steps after it must be equal. */
+ * of a prefill (all rows) and of the decode steps after it must be equal.
+ * (gate_up_act on the CPU is matmul_multi + act_mul: checked all the same.) */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -131,10 +132,36 @@ static void check_rope_kv(nmlx_backend *be, const rkv_case *c) {
     free(kc_ref), free(vc_ref), free(freqs), free(qw.data), free(kw.data);
 }
 
+/* gate_up_act against matmul_multi + act_mul, dense BF16 weights [I, N] */
+static void check_gate_up_act(nmlx_backend *be, int64_t I, int64_t N, int64_t T, nmlx_act act) {
+    nmlx_tensor tg = norm_weight(NMLX_DT_BF16, I * N), tu = norm_weight(NMLX_DT_BF16, I * N);
+    nmlx_tensor b = norm_weight(NMLX_DT_F32, I);
+    nmlx_weight g = {.w = tg, .rows = I, .cols = N}, u = {.w = tu, .rows = I, .cols = N};
+    g.w.ndim = u.w.ndim = 2;
+    g.w.shape[0] = u.w.shape[0] = I, g.w.shape[1] = u.w.shape[1] = N;
+    size_t ny = (size_t)(T * I);
+    float *x = rand_floats((size_t)(T * N), -2, 2);
+    float *gate = malloc(ny * sizeof(float)), *up = malloc(ny * sizeof(float));
+    float *rg = malloc(ny * sizeof(float)), *ru = malloc(ny * sizeof(float));
+    const nmlx_weight *ws[2] = {&g, &u};
+    const nmlx_tensor *bs[2] = {&b, NULL};
+    float *ys[2] = {rg, ru};
+    be->ops->matmul_multi(be, 2, ws, bs, x, ys, T);
+    be->ops->act_mul(be, act, rg, ru, rg, (int64_t)ny);
+    be->ops->gate_up_act(be, act, &g, &u, &b, NULL, x, gate, up, T);
+    EXPECT(!memcmp(gate, rg, ny * sizeof(float)), "gate_up_act %s I=%lld N=%lld T=%lld: differs",
+           nmlx_backend_cpu_isa(be), (long long)I, (long long)N, (long long)T);
+    free(tg.data), free(tu.data), free(b.data), free(x), free(gate), free(up), free(rg), free(ru);
+}
+
 static void check_ops(const char *isa, int threads) {
     nmlx_backend *be = NULL;
     if (nmlx_backend_cpu_create_isa(threads, isa, &be) != NMLX_OK) return; /* CPU lacks it */
-    EXPECT(be->ops->add_rmsnorm && be->ops->rope_kv, "cpu backend has the fused ops");
+    EXPECT(be->ops->add_rmsnorm && be->ops->rope_kv && be->ops->gate_up_act,
+           "cpu backend has the fused ops");
+    check_gate_up_act(be, 37, 64, 1, NMLX_ACT_SILU);
+    check_gate_up_act(be, 300, 129, 3, NMLX_ACT_GELU_TANH);
+    check_gate_up_act(be, 129, 256, 20, NMLX_ACT_GELU_ERF); /* the prefill kernel */
     check_add_rmsnorm(be, 1, 4099, NMLX_DT_BF16, true, 0.0f);
     check_add_rmsnorm(be, 3, 37, NMLX_DT_F32, true, 1.0f);
     check_add_rmsnorm(be, 41, 1001, NMLX_DT_BF16, true, 0.0f); /* split over threads */

@@ -168,6 +168,17 @@ typedef struct nmlx_backend_ops {
      * keys). Bit for bit on the CPU; to rounding on CUDA (same arithmetic as
      * its rmsnorm and rope kernels). Caches must not overlap q, k or v. */
     void (*rope_kv)(nmlx_backend *be, const nmlx_rope_kv_args *a);
+    /* gate_up_act: the gated MLP's first half for T tokens,
+     *   gate[T, I] = act(x @ G^T (+ bg)) * (x @ U^T (+ bu))
+     * with G, U [I, N] (biases [I] or NULL); up [T, I] is scratch (left
+     * unspecified). The same as matmul_multi (or two matmuls) into gate
+     * and up, then act_mul(gate, up -> gate): bit for bit on the CPU; on
+     * CUDA one launch where the int16 mat-vec takes both weights (one
+     * token, affine 4/8-bit), each gate/up row pair summed by one warp
+     * exactly as matmul_multi sums it, else those ops. */
+    void (*gate_up_act)(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                        const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
+                        float *up, int64_t T);
 
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,

@@ -1,8 +1,10 @@
-/* The CUDA fused ops (backend.h add_rmsnorm, rope_kv) on random inputs of
- * odd sizes against (a) the CPU's fused op, which equals the CPU's unfused
- * sequence bit for bit (tests/test_fused.c), limit 1e-6 of max|ref| as
- * test_cuda_ops's rmsnorm and rope; and (b) the CUDA unfused sequence (add +
- * rmsnorm; rmsnorm + rope + rope + row copies), which shares their
+/* The CUDA fused ops (backend.h add_rmsnorm, rope_kv, gate_up_act) on
+ * random inputs of odd sizes against (a) the CPU's fused op, which equals
+ * the CPU's unfused sequence bit for bit (tests/test_fused.c), limit 1e-6
+ * of max|ref| as test_cuda_ops's rmsnorm and rope (gate_up_act: 2e-3 on the
+ * int16 mat-vec, whose outputs test_cuda_ops bounds at 2e-4, else 1e-5);
+ * and (b) the CUDA unfused sequence (add + rmsnorm; rmsnorm + rope + rope +
+ * row copies; matmul_multi + act_mul), which shares their
  * arithmetic: the worst difference is printed, and must stay within the
  * same limit (it is expected to be 0 or a few ulps: FMA contraction may
  * differ between the kernels). Every element is checked (outputs start as
@@ -12,12 +14,13 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "qweight.h"
 
 #include <math.h>
 #include <string.h>
 
 static nmlx_backend *cpu, *gpu;
-static double worst_cpu[2], worst_gpu[2]; /* [0] add_rmsnorm, [1] rope_kv */
+static double worst_cpu[3], worst_gpu[3]; /* add_rmsnorm, rope_kv, gate_up_act */
 
 static float *rand_floats(size_t n, float lo, float hi) {
     float *v = malloc(n * sizeof(float));
@@ -68,8 +71,12 @@ static void check_ok(const char *what) {
 
 /* A norm weight in dt on the host (kept: the CUDA backend keys its copy
  * by host address) and its device copy. */
-static void *kept[64];
+static void *kept[256];
 static int n_kept;
+static void *keep(void *p) {
+    if (n_kept < 256) kept[n_kept++] = p;
+    return p;
+}
 static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) {
     *h = (nmlx_tensor){.dtype = dt, .ndim = 1, .shape = {n}, .name = "w"};
     size_t es = nmlx_dtype_size(dt);
@@ -86,8 +93,7 @@ static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) 
             memcpy(p + i * 4, &v, 4);
         }
     }
-    h->data = p;
-    if (n_kept < 64) kept[n_kept++] = p;
+    h->data = keep(p);
     const nmlx_tensor *d = NULL;
     EXPECT(gpu->ops->prepare_tensor(gpu, h, &d) == NMLX_OK, "prepare norm weight");
     return d;
@@ -205,14 +211,57 @@ static void test_rope_kv(const rkv_case *c) {
         free(hbufs[i]);
 }
 
+/* gate_up_act on quantized gate/up weights [I, N] (int16 mat-vec pairs for
+ * T = 1 and affine 4/8-bit; else the fallback ops) */
+static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_t N, int64_t T,
+                             bool bias, nmlx_act act) {
+    nmlx_weight wg = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, keep);
+    nmlx_weight wu = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, keep);
+    nmlx_weight gg = test_qweight_device(gpu, &wg), gu = test_qweight_device(gpu, &wu);
+    nmlx_tensor hb[2];
+    const nmlx_tensor *db[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        hb[i] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1, .shape = {I}, .name = "b"};
+        hb[i].data = keep(rand_floats((size_t)I, -1, 1));
+        if (bias) EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &db[i]) == NMLX_OK, "bias");
+    }
+    size_t nx = (size_t)(T * N), ny = (size_t)(T * I);
+    float *x = rand_floats(nx, -2, 2), *rg = malloc(ny * sizeof(float));
+    float *ru = malloc(ny * sizeof(float));
+    cpu->ops->gate_up_act(cpu, act, &wg, &wu, bias ? &hb[0] : NULL, bias ? &hb[1] : NULL, x, rg, ru,
+                          T);
+    float *dx = dev_of(x, nx), *dg = dev_nan(ny), *du = dev_nan(ny);
+    float *ug = dev_nan(ny), *uu = dev_nan(ny);
+    gpu->ops->gate_up_act(gpu, act, &gg, &gu, db[0], db[1], dx, dg, du, T);
+    const nmlx_weight *ws[2] = {&gg, &gu};
+    float *ys[2] = {ug, uu};
+    gpu->ops->matmul_multi(gpu, 2, ws, db, dx, ys, T);
+    gpu->ops->act_mul(gpu, act, ug, uu, ug, (int64_t)ny);
+    check_ok("gate_up_act");
+    float *hg = host_of(dg, ny), *hu = host_of(ug, ny);
+    double e = rel(hg, rg, ny), u = rel(hg, hu, ny);
+    double lim = T == 1 && (bits == 4 || bits == 8) ? 2e-3 : 1e-5;
+    EXPECT(e <= lim && u <= 1e-6,
+           "gate_up_act %d-bit g%d %s I=%lld N=%lld T=%lld bias=%d act=%d: vs cpu %.2e, vs cuda "
+           "unfused %.2e",
+           bits, gs, nmlx_dtype_name(sdt), (long long)I, (long long)N, (long long)T, bias, (int)act,
+           e, u);
+    worst_cpu[2] = fmax(worst_cpu[2], e), worst_gpu[2] = fmax(worst_gpu[2], u);
+    float *dbufs[] = {dx, dg, du, ug, uu};
+    for (int i = 0; i < 5; i++)
+        gpu->ops->free(gpu, dbufs[i]);
+    free(x), free(rg), free(ru), free(hg), free(hu);
+}
+
 int main(void) {
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
         return 77;
     }
     EXPECT(nmlx_backend_cpu_create_isa(2, "portable", &cpu) == NMLX_OK, "cpu backend");
-    EXPECT(gpu->ops->add_rmsnorm && gpu->ops->rope_kv, "cuda backend has the fused ops");
-    if (!gpu->ops->add_rmsnorm || !gpu->ops->rope_kv) return test_summary(); /* NMLX_FUSED=0 */
+    bool has = gpu->ops->add_rmsnorm && gpu->ops->rope_kv && gpu->ops->gate_up_act;
+    EXPECT(has, "cuda backend has the fused ops (NMLX_FUSED=0 unset)");
+    if (!has) return test_summary();
     test_seed(20261205);
     test_add_rmsnorm(1, 4096, NMLX_DT_BF16, true, 0.0f); /* 8B decode: 512 threads */
     test_add_rmsnorm(1, 2051, NMLX_DT_F16, true, 1.0f);
@@ -229,10 +278,18 @@ int main(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_rope_kv(&cases[i]);
+    test_gate_up_act(4, 64, NMLX_DT_BF16, 517, 1024, 1, true, NMLX_ACT_SILU);  /* 2 rows a warp */
+    test_gate_up_act(4, 128, NMLX_DT_F32, 8200, 512, 1, false, NMLX_ACT_SILU); /* 4 rows */
+    test_gate_up_act(8, 32, NMLX_DT_F16, 1000, 768, 1, true, NMLX_ACT_GELU_TANH);
+    test_gate_up_act(8, 64, NMLX_DT_BF16, 9001, 256, 1, false, NMLX_ACT_GELU_ERF);
+    test_gate_up_act(3, 32, NMLX_DT_BF16, 333, 512, 1, true, NMLX_ACT_SILU);  /* fallback */
+    test_gate_up_act(4, 64, NMLX_DT_BF16, 257, 512, 3, false, NMLX_ACT_SILU); /* T > 1 */
     printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
            worst_gpu[0]);
     printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],
            worst_gpu[1]);
+    printf("gate_up_act  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[2],
+           worst_gpu[2]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     for (int i = 0; i < n_kept; i++)

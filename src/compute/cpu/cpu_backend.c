@@ -71,6 +71,7 @@ static const nmlx_backend_ops cpu_ops = {
     .attention_rows = NULL, /* per-row calls (each row's scratch is its session's) */
     .add_rmsnorm = nmlx_cpu_add_rmsnorm,
     .rope_kv = nmlx_cpu_rope_kv,
+    .gate_up_act = nmlx_cpu_gate_up_act,
     .act_mul = nmlx_cpu_act_mul,
     .act = nmlx_cpu_act,
     .swiglu_clipped = nmlx_cpu_swiglu_clipped,

@@ -1,6 +1,7 @@
-/* The CPU backend's fused ops (backend.h add_rmsnorm, rope_kv): the kernels
- * of the unfused sequence (add, rmsnorm_row, the rope loop, memcpy) called
- * row by row, so the results equal that sequence bit for bit. They exist
+/* The CPU backend's fused ops (backend.h add_rmsnorm, rope_kv, gate_up_act):
+ * the kernels of the unfused sequence (add, rmsnorm_row, the rope loop,
+ * memcpy; matmul_multi and act_mul) called row by row or in turn, so the
+ * results equal that sequence bit for bit. They exist
  * so the fused path of the model code runs (and is tested) on every
  * backend; on the CPU they save a pass over a few cache-resident rows. */
 #include "compute/cpu/cpu_internal.h"
@@ -86,4 +87,16 @@ void nmlx_cpu_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
     int64_t work = a->T * (a->H + 2 * a->KVH) * a->HD;
     int nth = a->T > 1 && work >= PAR_ELEMS ? be->n_threads : 1;
     nmlx_pool_run_n(be->pool, rope_kv_task, &j, nth);
+}
+
+/* ---- gate_up_act: the two ops it stands for (the mat-vecs dominate) ---- */
+
+void nmlx_cpu_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                          const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                          const float *x, float *gate, float *up, int64_t T) {
+    const nmlx_weight *ws[2] = {g, u};
+    const nmlx_tensor *bs[2] = {bg, bu};
+    float *ys[2] = {gate, up};
+    nmlx_cpu_matmul_multi(be, 2, ws, bs, x, ys, T);
+    nmlx_cpu_act_mul(be, act, gate, up, gate, T * g->rows);
 }

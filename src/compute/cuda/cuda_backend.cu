@@ -219,6 +219,7 @@ static const nmlx_backend_ops cuda_ops = {
     .attention_rows = nmlx_cuda_attention_rows,
     .add_rmsnorm = nmlx_cuda_add_rmsnorm,
     .rope_kv = nmlx_cuda_rope_kv,
+    .gate_up_act = nmlx_cuda_gate_up_act,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = NULL, /* MoE: CPU only */
     .act = nmlx_cuda_act,

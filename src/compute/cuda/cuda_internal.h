@@ -129,6 +129,11 @@ void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
 void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
                            float w_offset, float eps, float *y, int64_t R, int64_t D);
 void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
+/* cuda_quant.cu: the int16 mat-vec's gate/up pairs (cuda_qgemv16.cu), else
+ * matmul_multi + act_mul */
+void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                           const float *x, float *gate, float *up, int64_t T);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
@@ -153,6 +158,21 @@ template <typename F> __device__ F cuda_block_sum(F v) {
 /* Threads of a block that norms one row of width D (rmsnorm and the fused
  * ops that contain one: the same count gives the same order of the sum). */
 static inline int cuda_norm_threads(int64_t D) { return D >= 1024 ? 512 : D >= 256 ? 256 : 64; }
+
+/* The activations of act / act_mul (and of the int16 mat-vec's gate/up
+ * pairs), as the CPU reference computes them. */
+__device__ __forceinline__ float cuda_act1(nmlx_act act, float x) {
+    switch (act) {
+    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
+    case NMLX_ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        float u = c * (x + 0.044715f * x * x * x);
+        return x / (1.0f + expf(-2.0f * u));
+    }
+    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
+    }
+    return x;
+}
 
 /* Element i of a device buffer of a float dtype, as f32. */
 __device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {

@@ -168,29 +168,16 @@ void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD
 
 /* ---- elementwise ---- */
 
-__device__ __forceinline__ float act1(nmlx_act act, float x) {
-    switch (act) {
-    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
-    case NMLX_ACT_GELU_TANH: {
-        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-        float u = c * (x + 0.044715f * x * x * x);
-        return x / (1.0f + expf(-2.0f * u));
-    }
-    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
-    }
-    return x;
-}
-
 __global__ void act_mul_kernel(nmlx_act act, const float *g, const float *u, float *o, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        o[i] = act1(act, g[i]) * u[i];
+        o[i] = cuda_act1(act, g[i]) * u[i];
 }
 
 __global__ void act_kernel(nmlx_act act, float *x, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        x[i] = act1(act, x[i]);
+        x[i] = cuda_act1(act, x[i]);
 }
 
 __global__ void add_kernel(const float *a, const float *b, float *o, int64_t n) {
