@@ -75,7 +75,7 @@ static void check_rope_kv(nmlx_backend *be, const rkv_case *c) {
     size_t nc = (size_t)(c->KVH * c->cap * c->HD);
     float *q = rand_floats(nq, -2, 2), *k = rand_floats(nk, -2, 2), *v = rand_floats(nk, -2, 2);
     float *kc = rand_floats(nc, -1, 1), *vc = rand_floats(nc, -1, 1);
-    float *q_ref = copy_of(q, nq), *k_ref = copy_of(k, nk), *k_in = copy_of(k, nk);
+    float *q_ref = copy_of(q, nq), *k_ref = copy_of(k, nk);
     float *kc_ref = copy_of(kc, nc), *vc_ref = copy_of(vc, nc);
     float *freqs = malloc((size_t)(c->rot / 2 + 1) * sizeof(float));
     for (int64_t i = 0; i < c->rot / 2; i++)
@@ -124,11 +124,11 @@ static void check_rope_kv(nmlx_backend *be, const rkv_case *c) {
     };
     be->ops->rope_kv(be, &a);
     bool ok = !memcmp(q, q_ref, nq * sizeof(float)) && !memcmp(kc, kc_ref, nc * sizeof(float)) &&
-              !memcmp(vc, vc_ref, nc * sizeof(float)) && !memcmp(k, k_in, nk * sizeof(float));
+              !memcmp(vc, vc_ref, nc * sizeof(float));
     EXPECT(ok, "rope_kv %s T=%lld H=%lld KVH=%lld HD=%lld rot=%lld norm=%d rope=%d: differs",
            nmlx_backend_cpu_isa(be), (long long)c->T, (long long)c->H, (long long)c->KVH,
            (long long)c->HD, (long long)c->rot, c->norm, c->rope);
-    free(q), free(k), free(v), free(kc), free(vc), free(q_ref), free(k_ref), free(k_in);
+    free(q), free(k), free(v), free(kc), free(vc), free(q_ref), free(k_ref);
     free(kc_ref), free(vc_ref), free(freqs), free(qw.data), free(kw.data);
 }
 

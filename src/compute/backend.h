@@ -64,7 +64,8 @@ typedef struct nmlx_attn_row {
  * append for T tokens of one sequence, as one op. */
 typedef struct nmlx_rope_kv_args {
     float *q;                 /* [T, H, HD], normed and rotated in place */
-    const float *k, *v;       /* [T, KVH, HD] projections, read only */
+    float *k;                 /* [T, KVH, HD] projection (left unspecified: scratch) */
+    const float *v;           /* [T, KVH, HD] projection */
     float *k_cache, *v_cache; /* [KVH, cap, HD] f32: token t's rows go to row0 + t */
     int64_t T, H, KVH, HD, cap, row0;
     bool qk_norm;                       /* false: no norm (the weights are ignored) */
@@ -164,9 +165,10 @@ typedef struct nmlx_backend_ops {
      *   rope(q, T, H, ...) and rope(k, T, KVH, ...) at pos0, if rot >= 2 and
      *     freqs != NULL;
      *   copy of k's and v's row (t, h) to cache row (h, row0 + t), t < T;
-     * except that k is left as it was (only the cache gets normed, rotated
-     * keys). Bit for bit on the CPU; to rounding on CUDA (same arithmetic as
-     * its rmsnorm and rope kernels). Caches must not overlap q, k or v. */
+     * k may or may not hold the normed, rotated keys afterwards (the CPU
+     * works on it in place, CUDA leaves it). Bit for bit on the CPU; to
+     * rounding on CUDA (same arithmetic as its rmsnorm and rope kernels).
+     * Caches must not overlap q, k or v. */
     void (*rope_kv)(nmlx_backend *be, const nmlx_rope_kv_args *a);
     /* gate_up_act: the gated MLP's first half for T tokens,
      *   gate[T, I] = act(x @ G^T (+ bg)) * (x @ U^T (+ bu))

@@ -63,7 +63,7 @@ static void scale_queries(nmlx_backend *be, const nmlx_attention_shape *s, float
 /* The q/k norms (if the shape has them), RoPE and the cache append as one
  * backend op (backend.h rope_kv) into the cache's next rows. */
 static void fused_rope_kv(nmlx_backend *be, const nmlx_attention *a, const nmlx_layer_cache *cache,
-                          float *q, const float *k, const float *v, int64_t T, int64_t pos,
+                          float *q, float *k, const float *v, int64_t T, int64_t pos,
                           const float *freqs) {
     const nmlx_attention_shape *s = &a->s;
     nmlx_rope_kv_args r = {

@@ -48,29 +48,32 @@ typedef struct {
     const nmlx_rope_kv_args *a;
 } rope_kv_job;
 
-/* Token t: q's heads normed and rotated in place; k's heads normed into
- * their cache rows (or copied) and rotated there; v's rows copied. */
+/* Token t: q's heads normed and rotated in place; k's the same (in place:
+ * contiguous, measured faster than rotating the cache rows, which lie
+ * cap * HD apart), then copied to their cache rows with v's. */
 static void rope_kv_token(const cpu_kernels *k, const nmlx_rope_kv_args *a, int64_t t) {
-    int64_t HD = a->HD, half = a->rot / 2;
+    int64_t HD = a->HD, KVH = a->KVH, half = a->rot / 2;
     bool rope = a->rot >= 2 && a->freqs;
     double p = (double)(a->pos0 + t);
-    float *q = a->q + t * a->H * HD;
-    if (a->qk_norm)
+    float *q = a->q + t * a->H * HD, *ks = a->k + t * KVH * HD;
+    if (a->qk_norm) {
         for (int64_t h = 0; h < a->H; h++)
             k->rmsnorm_row(q + h * HD, a->q_norm, a->q_norm_offset, a->q_norm_eps, q + h * HD, HD);
-    if (rope) nmlx_cpu_rope_heads(q, a->H, HD, half, p, a->freqs, a->mscale);
+        for (int64_t h = 0; h < KVH; h++)
+            k->rmsnorm_row(ks + h * HD, a->k_norm, a->k_norm_offset, a->k_norm_eps, ks + h * HD,
+                           HD);
+    }
+    if (rope) {
+        nmlx_cpu_rope_heads(q, a->H, HD, half, p, a->freqs, a->mscale);
+        nmlx_cpu_rope_heads(ks, KVH, HD, half, p, a->freqs, a->mscale);
+    }
     size_t row = (size_t)HD * sizeof(float);
     int64_t stride = a->cap * HD;
     float *kc = a->k_cache + (a->row0 + t) * HD, *vc = a->v_cache + (a->row0 + t) * HD;
-    for (int64_t h = 0; h < a->KVH; h++) {
-        const float *kh = a->k + (t * a->KVH + h) * HD;
-        if (a->qk_norm)
-            k->rmsnorm_row(kh, a->k_norm, a->k_norm_offset, a->k_norm_eps, kc + h * stride, HD);
-        else
-            memcpy(kc + h * stride, kh, row);
-        memcpy(vc + h * stride, a->v + (t * a->KVH + h) * HD, row);
+    for (int64_t h = 0; h < KVH; h++) {
+        memcpy(kc + h * stride, ks + h * HD, row);
+        memcpy(vc + h * stride, a->v + (t * KVH + h) * HD, row);
     }
-    if (rope) nmlx_cpu_rope_heads(kc, a->KVH, stride, half, p, a->freqs, a->mscale);
 }
 
 static void rope_kv_task(void *ctx, int ith, int nth) {

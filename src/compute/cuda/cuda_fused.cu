@@ -40,7 +40,7 @@ void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nml
 
 typedef struct rope_kv_params {
     float *q;
-    const float *k, *v;
+    const float *k, *v; /* k read only here (backend.h allows either) */
     float *kc, *vc;
     int64_t H, KVH, HD, cap, row0, pos0, half;
     bool norm;
