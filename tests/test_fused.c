@@ -7,7 +7,8 @@
  * falls back, long RoPE, query scaling, quantized weights) evaluated with
  * the fused ops and with NMLX_FUSED=0 (the unfused sequence): every logit
  * of a prefill (all rows) and of the decode steps after it must be equal.
- * (gate_up_act on the CPU is matmul_multi + act_mul: checked all the same.) */
+ * (gate_up_act on the CPU is matmul_multi + act_mul: checked all the same.)
+ * Last, the model side of recorded decode steps (step_graph) with a fake. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -264,6 +265,100 @@ static void check_model(const fixture *f) {
     free(a), free(b);
 }
 
+/* ---- the recorded-step protocol (backend.h step_graph) on the CPU ----
+ * A fake step_graph that records its calls and never replays: every
+ * decode step of a standard-cache model must bracket its ops with BEGIN
+ * and END (same key, position, id), the key must stay while nothing but the
+ * position changes and change when the KV cache grows (its buffers move);
+ * models whose steps cannot be replayed (rotating, quantized caches) make
+ * no calls. The logits must equal the plain backend's. */
+
+enum { LOG_MAX = 4096 };
+static struct {
+    int what;
+    uint64_t key;
+    int64_t pos;
+    int32_t id;
+} calls[LOG_MAX];
+static int n_calls;
+
+static bool fake_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id) {
+    (void)be;
+    if (n_calls < LOG_MAX)
+        calls[n_calls].what = what, calls[n_calls].key = key, calls[n_calls].pos = pos,
+        calls[n_calls++].id = id;
+    return false;
+}
+
+/* decodes `steps` greedy tokens after a 5-token prompt; ids fed into fed[] */
+static void decode(nmlx_model *m, int kv_bits, int steps, int32_t *fed, float *last) {
+    nmlx_session_params sp = nmlx_session_default_params();
+    sp.kv_bits = kv_bits;
+    sp.kv_group_size = 16;
+    sp.max_context = 600;
+    nmlx_session *s = NULL;
+    EXPECT(nmlx_session_create(m, &sp, &s) == NMLX_OK, "session: %s", nmlx_last_error());
+    if (!s) return;
+    int32_t prompt[5] = {1, 2, 3, 4, 5};
+    bool ok = nmlx_session_eval(s, prompt, 5, 0) == NMLX_OK;
+    int64_t V = nmlx_model_vocab_size(m);
+    for (int step = 0; ok && step < steps; step++) {
+        const float *l = nmlx_session_logits(s);
+        int32_t next = 0;
+        for (int64_t i = 1; i < V; i++)
+            if (l[i] > l[next]) next = (int32_t)i;
+        fed[step] = next;
+        ok = nmlx_session_eval(s, &next, 1, 0) == NMLX_OK;
+    }
+    EXPECT(ok, "decode: %s", nmlx_last_error());
+    if (ok) memcpy(last, nmlx_session_logits(s), (size_t)V * sizeof(float));
+    nmlx_session_free(s);
+}
+
+static void check_steps(const char *dir, int kv_bits, bool replayable) {
+    enum { STEPS = 300 }; /* 5 + 300 positions: the cache grows at 256 */
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    nmlx_model *m = NULL;
+    EXPECT(nmlx_model_load(dir, &mp, &m) == NMLX_OK, "%s: load: %s", dir, nmlx_last_error());
+    if (!m) return;
+    int64_t V = nmlx_model_vocab_size(m);
+    float *plain = malloc((size_t)V * sizeof(float)), *faked = malloc((size_t)V * sizeof(float));
+    int32_t fed[STEPS], fed2[STEPS];
+    decode(m, kv_bits, STEPS, fed, plain);
+    static nmlx_backend_ops ops;
+    const nmlx_backend_ops *orig = m->be->ops;
+    ops = *orig;
+    ops.step_graph = fake_step_graph;
+    m->be->ops = &ops;
+    n_calls = 0;
+    decode(m, kv_bits, STEPS, fed2, faked);
+    m->be->ops = orig;
+    EXPECT(!memcmp(plain, faked, (size_t)V * sizeof(float)) && !memcmp(fed, fed2, sizeof fed),
+           "%s: logits differ with step_graph present", dir);
+    if (!replayable) {
+        EXPECT(n_calls == 0, "%s (kv_bits %d): %d step_graph calls, none expected", dir, kv_bits,
+               n_calls);
+    } else {
+        EXPECT(n_calls == 2 * STEPS, "%s: %d step_graph calls for %d steps", dir, n_calls, STEPS);
+        int keys = 1, bad = 0;
+        for (int i = 0; i + 1 < n_calls && i / 2 < STEPS; i += 2) {
+            int step = i / 2;
+            bad += calls[i].what != NMLX_STEP_BEGIN || calls[i + 1].what != NMLX_STEP_END;
+            bad += calls[i].key != calls[i + 1].key || calls[i].pos != calls[i + 1].pos;
+            bad += calls[i].pos != 5 + step || calls[i].id != fed2[step];
+            if (i && calls[i].key != calls[i - 2].key) {
+                keys++;
+                bad += calls[i].pos != 256; /* only where the cache grows */
+            }
+        }
+        EXPECT(bad == 0 && keys == 2, "%s: %d malformed step_graph calls, %d keys (2 expected)",
+               dir, bad, keys);
+    }
+    free(plain), free(faked);
+    nmlx_model_free(m);
+}
+
 int main(void) {
     test_seed(20261205);
     const char *isas[] = {"portable", NULL}; /* NULL: the best set this CPU runs */
@@ -273,5 +368,9 @@ int main(void) {
     }
     for (size_t i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++)
         check_model(&FIXTURES[i]);
+    check_steps("tests/fixtures/llama3_tied", 0, true);
+    check_steps("tests/fixtures/qwen3", 0, true);
+    check_steps("tests/fixtures/llama3_tied", 4, false);    /* quantized KV */
+    check_steps("tests/fixtures/mistral_window", 0, false); /* rotating cache */
     return test_summary();
 }

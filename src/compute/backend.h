@@ -76,6 +76,8 @@ typedef struct nmlx_rope_kv_args {
     float mscale;
 } nmlx_rope_kv_args;
 
+enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 }; /* step_graph's `what` */
+
 typedef struct nmlx_backend_ops {
     const char *name;
 
@@ -104,6 +106,23 @@ typedef struct nmlx_backend_ops {
      * forward of one token, false after it, also on failure). CUDA records
      * the step's kernels as a graph and replays it: one launch a token. */
     void (*decode_step)(nmlx_backend *be, bool begin);
+    /* Optional (CUDA with NMLX_CUDA_GRAPH=1; NULL elsewhere): one-token
+     * decode steps recorded once and replayed, positions and the token id
+     * read from device memory. Inside decode_step's brackets, model code
+     * calls step_graph(be, NMLX_STEP_BEGIN, key, pos, id) before the step's
+     * first op: true = the step recorded for `key` has run again at
+     * position pos with token id (the model issues none of the step's ops
+     * up to its logits, only its host bookkeeping); false = the model runs
+     * the step, and the backend records it. Then step_graph(be,
+     * NMLX_STEP_END, key, pos, id) after the step's last op before the
+     * logits' download: the recording is kept for `key` if nothing in it
+     * had to wait for the host. `key` must stand for everything but pos
+     * and id that the step's ops depend on (buffers, cache capacities,
+     * RoPE tables): the model promises that two steps with one key issue
+     * the same ops, with positions (rope_kv's pos0 and row0, attention's
+     * q_pos and n_kv) that differ from pos by the same amounts, and embed
+     * the one id. Returns false at END. */
+    bool (*step_graph)(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */

@@ -10,10 +10,13 @@
  * differ between the kernels). Every element is checked (outputs start as
  * NaN; cache rows start random and must change exactly where the append
  * writes). Exits 77 (ctest: skipped) when no GPU is usable. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "model.h"
+#include "nmlx.h"
 #include "qweight.h"
 
 #include <math.h>
@@ -253,6 +256,85 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     free(x), free(rg), free(ru), free(hg), free(hu);
 }
 
+/* ---- recorded decode steps (backend.h step_graph, NMLX_CUDA_GRAPH=1) ----
+ * The same greedy decode on the GPU with and without graphs (the ids of the
+ * run without fed to both): the logits of every step within 1e-6 of their
+ * range (the recorded step's kernels read the same positions from device
+ * memory: expected equal), and where the model's steps repeat, the graph
+ * replayed for all but a few steps (the first records; a cache growth at
+ * 256 positions records again). */
+
+enum { G_STEPS = 270, G_MAXV = 1 << 14 };
+
+static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int64_t *V,
+                      long *replays) {
+    if (graph)
+        setenv("NMLX_CUDA_GRAPH", "1", 1);
+    else
+        unsetenv("NMLX_CUDA_GRAPH");
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.device = "cuda";
+    nmlx_model *m = NULL;
+    nmlx_session *s = NULL;
+    bool ok = nmlx_model_load(dir, &mp, &m) == NMLX_OK;
+    unsetenv("NMLX_CUDA_GRAPH");
+    EXPECT(ok, "%s: load: %s", dir, nmlx_last_error());
+    if (!ok) return false;
+    nmlx_session_params sp = nmlx_session_default_params();
+    sp.max_context = 600;
+    ok = nmlx_session_create(m, &sp, &s) == NMLX_OK;
+    *V = nmlx_model_vocab_size(m);
+    int32_t prompt[5] = {3, 1, 4, 1, 5};
+    ok = ok && *V <= G_MAXV && nmlx_session_eval(s, prompt, 5, 0) == NMLX_OK;
+    for (int step = 0; ok && step < G_STEPS; step++) {
+        const float *l = nmlx_session_logits(s);
+        if (!graph) { /* the run without graphs picks the ids */
+            int32_t next = 0;
+            for (int64_t i = 1; i < *V; i++)
+                if (l[i] > l[next]) next = (int32_t)i;
+            fed[step] = next;
+        }
+        ok = nmlx_session_eval(s, &fed[step], 1, 0) == NMLX_OK;
+        if (ok)
+            memcpy(out + (size_t)step * (size_t)*V, nmlx_session_logits(s),
+                   (size_t)*V * sizeof(float));
+    }
+    EXPECT(ok, "%s: decode: %s", dir, nmlx_last_error());
+    long launches = 0;
+    nmlx_backend_cuda_graph_stats(m->be, replays, &launches);
+    nmlx_session_free(s);
+    nmlx_model_free(m);
+    return ok;
+}
+
+static void test_graph(const char *dir, bool repeats) {
+    size_t n = (size_t)G_STEPS * G_MAXV;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    int32_t fed[G_STEPS];
+    int64_t Va = 0, Vb = 0;
+    long ra = 0, rb = 0;
+    if (graph_run(dir, false, fed, a, &Va, &ra) && graph_run(dir, true, fed, b, &Vb, &rb)) {
+        double worst = 0;
+        for (int st = 0; st < G_STEPS; st++) {
+            const float *x = a + (size_t)st * (size_t)Va, *y = b + (size_t)st * (size_t)Va;
+            double lo = INFINITY, hi = -INFINITY, d = 0;
+            for (int64_t i = 0; i < Va; i++) {
+                lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
+                double e = fabs((double)x[i] - y[i]);
+                d = e == e && e > d ? e : (e == e ? d : INFINITY);
+            }
+            worst = fmax(worst, d / fmax(hi - lo, 1e-30));
+        }
+        EXPECT(worst <= 1e-6, "%s: graph vs no graph: logits differ by %.2e of their range", dir,
+               worst);
+        EXPECT(repeats ? rb >= G_STEPS - 4 : rb == 0, "%s: %ld of %d steps replayed (%s)", dir, rb,
+               G_STEPS, repeats ? "all but a few expected" : "none expected");
+        printf("%-36s graph replays %ld of %d steps, logits within %.2e\n", dir, rb, G_STEPS,
+               worst);
+    }
+    free(a), free(b);
+}
+
 int main(void) {
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
@@ -284,6 +366,11 @@ int main(void) {
     test_gate_up_act(8, 64, NMLX_DT_BF16, 9001, 256, 1, false, NMLX_ACT_GELU_ERF);
     test_gate_up_act(3, 32, NMLX_DT_BF16, 333, 512, 1, true, NMLX_ACT_SILU);  /* fallback */
     test_gate_up_act(4, 64, NMLX_DT_BF16, 257, 512, 3, false, NMLX_ACT_SILU); /* T > 1 */
+    test_graph("tests/fixtures/llama3_tied", true);
+    test_graph("tests/fixtures/qwen3", true);                 /* q/k norms in rope_kv */
+    test_graph("tests/fixtures/quant_llama_q4g64_f16", true); /* quantized, gate_up pairs */
+    test_graph("tests/fixtures/phi3_longrope", true);         /* its table switches once */
+    test_graph("tests/fixtures/mistral_window", false);       /* rotating cache: no replay */
     printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
            worst_gpu[0]);
     printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],

@@ -192,6 +192,9 @@ static void cuda_release(nmlx_backend *be) {
     if (c->qx) cudaFree(c->qx);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
+    if (c->rexec) cudaGraphExecDestroy(c->rexec);
+    if (c->step_dev) cudaFree(c->step_dev);
+    if (c->step_host) cudaFreeHost(c->step_host);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -209,6 +212,7 @@ static const nmlx_backend_ops cuda_ops = {
     .prepare_tensor = cuda_prepare_tensor,
     .release = cuda_release,
     .decode_step = nmlx_cuda_decode_step,
+    .step_graph = nmlx_cuda_step_graph,
     .matmul = nmlx_cuda_matmul,
     .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,

@@ -49,6 +49,7 @@ typedef struct rope_kv_params {
     float qoff, qeps, koff, keps;
     const float *freqs; /* NULL: no RoPE (half = 0) */
     float mscale;
+    const int64_t *step; /* non-NULL (a recorded step): pos0 and row0 are deltas from *step */
 } rope_kv_params;
 
 /* Element i of the (normed) source row, as the rmsnorm kernel writes it. */
@@ -66,6 +67,7 @@ __device__ __forceinline__ float normed(const float *src, int64_t i, bool norm, 
 __global__ void rope_kv_kernel(rope_kv_params p) {
     int64_t nh = p.H + p.KVH, HD = p.HD;
     int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
+    const int64_t base = p.step ? *p.step : 0;
     const float *src;
     float *dst;
     const void *w;
@@ -76,23 +78,25 @@ __global__ void rope_kv_kernel(rope_kv_params p) {
         src = dst;
         w = p.qw, wdt = p.qwdt, off = p.qoff, eps = p.qeps;
     } else {
-        int64_t h = j - p.H, row = (h * p.cap + p.row0 + t) * HD;
+        int64_t h = j - p.H, row = (h * p.cap + p.row0 + base + t) * HD;
         src = p.k + (t * p.KVH + h) * HD;
         dst = p.kc + row;
         w = p.kw, wdt = p.kwdt, off = p.koff, eps = p.keps;
         const float *vs = p.v + (t * p.KVH + h) * HD;
         float *vd = p.vc + row;
-        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) vd[i] = vs[i];
+        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x)
+            vd[i] = vs[i];
     }
     float inv = 1.0f;
     if (p.norm) {
         double ss = 0;
-        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) ss += (double)src[i] * src[i];
+        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x)
+            ss += (double)src[i] * src[i];
         ss = cuda_block_sum<double>(ss);
         inv = (float)(1.0 / sqrt(ss / (double)HD + eps));
     }
     int64_t half = p.half;
-    double pos = (double)(p.pos0 + t);
+    double pos = (double)(p.pos0 + base + t);
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         double s, c;
         sincos(pos * (double)p.freqs[i], &s, &c);
@@ -122,7 +126,9 @@ void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
     p.koff = a->k_norm_offset, p.keps = a->k_norm_eps;
     p.freqs = rope ? a->freqs : NULL;
     p.mscale = a->mscale;
+    cuda_impl *c = cuda_of(be);
+    if ((p.step = cuda_step_pos(c)) != NULL) p.pos0 -= c->step_pos, p.row0 -= c->step_pos;
     int64_t blocks = a->T * (a->H + a->KVH);
-    rope_kv_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, cuda_of(be)->stream>>>(p);
+    rope_kv_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, c->stream>>>(p);
     nmlx_cuda_note(be, cudaGetLastError());
 }

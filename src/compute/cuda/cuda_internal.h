@@ -62,6 +62,16 @@ typedef struct cuda_impl {
     bool capturing;
     cudaGraphExec_t gexec;   /* the last step's graph, updated in place */
     long graph_launches, graph_instantiations;
+    /* replayed steps (step_graph): the step's position and token id in
+     * device memory, staged through pinned host memory */
+    int64_t *step_dev;     /* [0] position, [1] token id */
+    int64_t *step_host;    /* pinned */
+    bool pos_dev;          /* recording: kernels read positions as *step_dev + delta */
+    int64_t step_pos;      /* that step's position (the deltas' base) */
+    bool step_broken;      /* the recording ended early (an op waited for the host) */
+    cudaGraphExec_t rexec; /* the recorded step, for rkey */
+    uint64_t rkey;
+    long replays;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -73,6 +83,12 @@ void nmlx_cuda_flush(nmlx_backend *be);
 void nmlx_cuda_capture_begin(nmlx_backend *be);
 void nmlx_cuda_capture_end(nmlx_backend *be);
 void nmlx_cuda_decode_step(nmlx_backend *be, bool begin);
+bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
+/* Inside a recorded step (pos_dev): the device position to add to a
+ * position's delta from step_pos, else NULL (positions by value). */
+static inline const int64_t *cuda_step_pos(const cuda_impl *c) {
+    return c->pos_dev ? c->step_dev : NULL;
+}
 
 /* The impl of a backend whose queued copies have been launched: every op
  * that only enqueues work on the stream takes its state through this (inside
@@ -93,6 +109,7 @@ static inline cuda_impl *cuda_host_of(nmlx_backend *be) {
     if (c->capturing) {
         nmlx_cuda_capture_end(be);
         c->graph_want = false;
+        c->step_broken = true; /* a recorded step is incomplete: not kept */
     }
     if (c->copies.n) nmlx_cuda_flush(be);
     return c;

@@ -43,7 +43,20 @@ __global__ void embed_kernel(const void *table, nmlx_dtype dt, const int32_t *id
  * since every forward ends with a download that waits for the stream. */
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out) {
-    cuda_impl *c = cuda_host_of(be);
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (T == 1 && c->pos_dev) { /* a recorded step (cuda_graph.cu): its id is on the device */
+        const int32_t *id = (const int32_t *)(c->step_dev + 1); /* low half (little-endian) */
+        c = cuda_of(be);
+        if (table->mode != NMLX_QUANT_NONE) {
+            nmlx_cuda_qembed(be, table, id, 1, scale, out);
+            return;
+        }
+        embed_kernel<<<1, ROW_THREADS, 0, c->stream>>>(table->w.data, table->w.dtype, id,
+                                                       table->rows, table->cols, scale, out);
+        nmlx_cuda_note(be, cudaGetLastError());
+        return;
+    }
+    c = cuda_host_of(be);
     if (T <= 0) return;
     if ((size_t)T > c->ids_cap) {
         cudaStreamSynchronize(c->stream);
