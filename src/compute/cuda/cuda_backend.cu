@@ -192,7 +192,8 @@ static void cuda_release(nmlx_backend *be) {
     if (c->qx) cudaFree(c->qx);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
-    if (c->rexec) cudaGraphExecDestroy(c->rexec);
+    for (int i = 0; i < STEP_GRAPHS; i++)
+        if (c->rexec[i]) cudaGraphExecDestroy(c->rexec[i]);
     if (c->step_dev) cudaFree(c->step_dev);
     if (c->step_host) cudaFreeHost(c->step_host);
     if (c->cublas) cublasDestroy(c->cublas);

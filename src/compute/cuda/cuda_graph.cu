@@ -112,8 +112,10 @@ bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos,
     if (!c->graph_on) return false;
     if (what == NMLX_STEP_BEGIN) {
         if (!stage_step(be, pos, id)) return false;
-        if (c->rexec && c->rkey == key) {
-            nmlx_cuda_note(be, cudaGraphLaunch(c->rexec, c->stream));
+        for (int i = 0; i < STEP_GRAPHS; i++) {
+            if (!c->rexec[i] || c->rkey[i] != key) continue;
+            c->rused[i] = c->replays + c->graph_launches;
+            nmlx_cuda_note(be, cudaGraphLaunch(c->rexec[i], c->stream));
             c->replays++;
             c->graph_want = false; /* nothing else of this step is issued */
             return true;
@@ -137,18 +139,27 @@ bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos,
         nmlx_cuda_note(be, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated);
         return false;
     }
-    if (c->rexec) cudaGraphExecDestroy(c->rexec);
-    c->rexec = NULL;
-    e = cudaGraphInstantiate(&c->rexec, g, 0);
+    int slot = 0; /* this key's, else a free one, else the least recently used */
+    for (int i = 0; i < STEP_GRAPHS; i++) {
+        if (c->rexec[i] && c->rkey[i] == key) {
+            slot = i;
+            break;
+        }
+        if (!c->rexec[i] || (c->rexec[slot] && c->rused[i] < c->rused[slot])) slot = i;
+    }
+    if (c->rexec[slot]) cudaGraphExecDestroy(c->rexec[slot]);
+    c->rexec[slot] = NULL;
+    e = cudaGraphInstantiate(&c->rexec[slot], g, 0);
     cudaGraphDestroy(g);
     c->graph_instantiations++;
     if (e != cudaSuccess) {
         nmlx_cuda_note(be, e);
-        c->rexec = NULL;
+        c->rexec[slot] = NULL;
         return false;
     }
-    c->rkey = key;
-    nmlx_cuda_note(be, cudaGraphLaunch(c->rexec, c->stream)); /* this step's work */
+    c->rkey[slot] = key;
+    c->rused[slot] = c->replays + c->graph_launches;
+    nmlx_cuda_note(be, cudaGraphLaunch(c->rexec[slot], c->stream)); /* this step's work */
     c->graph_launches++;
     return false;
 }

@@ -33,6 +33,10 @@ typedef struct cuda_copy_batch {
     int n;
 } cuda_copy_batch;
 
+/* Recorded decode steps kept (cuda_graph.cu): one per key, e.g. sessions
+ * decoding in turn. */
+enum { STEP_GRAPHS = 4 };
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t stream;
@@ -69,8 +73,9 @@ typedef struct cuda_impl {
     bool pos_dev;          /* recording: kernels read positions as *step_dev + delta */
     int64_t step_pos;      /* that step's position (the deltas' base) */
     bool step_broken;      /* the recording ended early (an op waited for the host) */
-    cudaGraphExec_t rexec; /* the recorded step, for rkey */
-    uint64_t rkey;
+    cudaGraphExec_t rexec[STEP_GRAPHS]; /* recorded steps (NULL: free slot), for rkey[i] */
+    uint64_t rkey[STEP_GRAPHS];
+    long rused[STEP_GRAPHS]; /* last use (step count): the least recent is replaced */
     long replays;
 } cuda_impl;
 

@@ -124,19 +124,17 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
     constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * RW;
-    int64_t drow[R]; /* the weight row of the warp's row r (clamped) */
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int64_t d = d0 + (PAIR ? r / 2 : r);
-        drow[r] = d < m.D ? d : m.D - 1;
-    }
+    auto drow = [&](int r) -> int64_t { /* the weight row of the warp's row r (clamped) */
+                                        const int64_t d = d0 + (PAIR ? r / 2 : r);
+                                        return d < m.D ? d : m.D - 1;
+    };
 
     /* first codes in flight before x is staged */
     const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
     const uint4 *rows[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
-        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow[r] * rowb;
+        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow(r) * rowb;
     uint4 c0[R];
     if (lane < NP)
 #pragma unroll
@@ -205,8 +203,8 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const bool up = PAIR && (r & 1);
-            s[r] = sc_get<SC>(up ? mu.scales : m.scales, drow[r] * G + g);
-            bb[r] = sc_get<SC>(up ? mu.biases : m.biases, drow[r] * G + g);
+            s[r] = sc_get<SC>(up ? mu.scales : m.scales, drow(r) * G + g);
+            bb[r] = sc_get<SC>(up ? mu.biases : m.biases, drow(r) * G + g);
         }
         int xp[P::SEG * 4];
 #pragma unroll
