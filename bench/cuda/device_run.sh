@@ -1,7 +1,7 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (test_cuda_ops, test_cuda_fixtures, test_cuda_batch: what `ctest -L
-# cuda` runs), then
+# tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch:
+# what `ctest -L cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
@@ -13,8 +13,8 @@
 #   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
 #     aggregate tok/s of N sessions against one alone); BATCH= skips it.
 #   VARIANTS="NMLX_CUDA_GRAPH=1 ...": each model also benched with each of
-#   these environment settings (default: decode steps as CUDA graphs, and the
-#   tiled prefill attention);
+#   these environment settings (default: decode steps as CUDA graphs, the tiled
+#   prefill attention, and NMLX_FUSED=0: without the fused ops, to measure what they save);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
 #   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
@@ -39,7 +39,7 @@ fi
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fixtures test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -49,6 +49,8 @@ echo "test_cuda_ops NMLX_CUDA_QROWS_R=8 rc=$?: $(grep -E "passed" /tmp/ops_r8.lo
 grep FAIL /tmp/ops_r8.log | head -5
 tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
+./$B/tests/test_cuda_fused >"$OUT/fused.log" 2>&1; echo "test_cuda_fused rc=$?"
+grep -E "FAIL|worst|passed" "$OUT/fused.log" | tail -12
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # the experimental paths (NMLX_CUDA_EXPERIMENTAL=1, set by the test): MoE, Gemma 3n, Llama 4, kv_bits
@@ -89,7 +91,7 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
     l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
   esac
   bench "$m" $D
-  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1 NMLX_CUDA_ATTN_TILED=1}; do bench "$m" $D $v; done
+  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1 NMLX_CUDA_ATTN_TILED=1 NMLX_FUSED=0}; do bench "$m" $D $v; done
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"

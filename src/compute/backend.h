@@ -61,6 +61,24 @@ typedef struct nmlx_attn_row {
     int64_t cap, q_pos, n_kv, window;
 } nmlx_attn_row;
 
+/* The arguments of rope_kv (below): per-head RMSNorm of q and k, RoPE, and the KV cache
+ * append for T tokens of one sequence, as one op. */
+typedef struct nmlx_rope_kv_args {
+    float *q;                 /* [T, H, HD], normed and rotated in place */
+    float *k;                 /* [T, KVH, HD] projection (left unspecified: scratch) */
+    const float *v;           /* [T, KVH, HD] projection */
+    float *k_cache, *v_cache; /* [KVH, cap, HD] f32: token t's rows go to row0 + t */
+    int64_t T, H, KVH, HD, cap, row0;
+    bool qk_norm;                       /* false: no norm (the weights are ignored) */
+    const nmlx_tensor *q_norm, *k_norm; /* [HD] any float dtype, or NULL (no weight) */
+    float q_norm_offset, q_norm_eps, k_norm_offset, k_norm_eps;
+    int64_t rot, pos0;  /* rot < 2 or freqs NULL: no RoPE */
+    const float *freqs; /* [rot/2] backend buffer */
+    float mscale;
+} nmlx_rope_kv_args;
+
+enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 }; /* step_graph's `what` */
+
 typedef struct nmlx_backend_ops {
     const char *name;
 
@@ -92,6 +110,23 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): the device memory free and in total, for
      * out-of-memory messages (nmlx_backend_fail_alloc). */
     void (*mem_info)(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes);
+    /* Optional (CUDA with NMLX_CUDA_GRAPH=1; NULL elsewhere): one-token
+     * decode steps recorded once and replayed, positions and the token id
+     * read from device memory. Inside decode_step's brackets, model code
+     * calls step_graph(be, NMLX_STEP_BEGIN, key, pos, id) before the step's
+     * first op: true = the step recorded for `key` has run again at
+     * position pos with token id (the model issues none of the step's ops
+     * up to its logits, only its host bookkeeping); false = the model runs
+     * the step, and the backend records it. Then step_graph(be,
+     * NMLX_STEP_END, key, pos, id) after the step's last op before the
+     * logits' download: the recording is kept for `key` if nothing in it
+     * had to wait for the host. `key` must stand for everything but pos
+     * and id that the step's ops depend on (buffers, cache capacities,
+     * RoPE tables): the model promises that two steps with one key issue
+     * the same ops, with positions (rope_kv's pos0 and row0, attention's
+     * q_pos and n_kv) that differ from pos by the same amounts, and embed
+     * the one id. Returns false at END. */
+    bool (*step_graph)(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -135,6 +170,41 @@ typedef struct nmlx_backend_ops {
                       const int64_t *pos, const float *freqs, float mscale);
     void (*attention_rows)(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
                            int64_t R);
+    /* Optional fused ops, for the launch-bound decode step of a GPU (each
+     * saves kernel launches). NULL: the model code runs the unfused
+     * sequence named here. NMLX_FUSED=0 in the environment, read when a
+     * backend is created, leaves them NULL on every backend (A/B runs).
+     *
+     * add_rmsnorm: x[r, :] += d[r, :], then y[r, :] = rmsnorm(x[r, :]) as
+     * `rmsnorm` gives it (w, w_offset, eps alike), for R rows of width D:
+     * a residual add and the next block's (or the final) norm. y must not
+     * alias x or d. Same as `add` then `rmsnorm`: bit for bit on the CPU;
+     * CUDA sums the squares in the order its rmsnorm kernel does. */
+    void (*add_rmsnorm)(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                        float w_offset, float eps, float *y, int64_t R, int64_t D);
+    /* rope_kv (nmlx_rope_kv_args): the same as, in order,
+     *   rmsnorm(q, q_norm, ..., T * H rows, HD) and rmsnorm(k, k_norm, ...,
+     *     T * KVH rows, HD) in place, if qk_norm;
+     *   rope(q, T, H, ...) and rope(k, T, KVH, ...) at pos0, if rot >= 2 and
+     *     freqs != NULL;
+     *   copy of k's and v's row (t, h) to cache row (h, row0 + t), t < T;
+     * k may or may not hold the normed, rotated keys afterwards (the CPU
+     * works on it in place, CUDA leaves it). Bit for bit on the CPU; to
+     * rounding on CUDA (same arithmetic as its rmsnorm and rope kernels).
+     * Caches must not overlap q, k or v. */
+    void (*rope_kv)(nmlx_backend *be, const nmlx_rope_kv_args *a);
+    /* gate_up_act: the gated MLP's first half for T tokens,
+     *   gate[T, I] = act(x @ G^T (+ bg)) * (x @ U^T (+ bu))
+     * with G, U [I, N] (biases [I] or NULL); up [T, I] is scratch (left
+     * unspecified). The same as matmul_multi (or two matmuls) into gate
+     * and up, then act_mul(gate, up -> gate): bit for bit on the CPU; on
+     * CUDA one launch where the int16 mat-vec takes both weights (one
+     * token, affine 4/8-bit), each gate/up row pair summed by one warp
+     * exactly as matmul_multi sums it, else those ops. */
+    void (*gate_up_act)(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                        const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
+                        float *up, int64_t T);
+
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
                     const float *up, float *out, int64_t n);
@@ -186,9 +256,14 @@ typedef struct nmlx_backend_ops {
 struct nmlx_backend {
     const nmlx_backend_ops *ops;
     int n_threads;
-    nmlx_pool *pool; /* CPU workers (also used by GPU backends for host work) */
-    void *impl;      /* backend private state */
+    nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
+    void *impl;               /* backend private state */
+    nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
 };
+
+/* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
+ * (copies the table into be->own_ops without the fused ops). */
+void nmlx_backend_apply_env(nmlx_backend *be);
 
 /* CPU backend: portable C kernels, with AVX2+FMA+F16C versions chosen at
  * run time when the CPU has them (NMLX_CPU=portable forces the portable

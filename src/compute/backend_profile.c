@@ -160,6 +160,26 @@ static void p_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nm
     char tb[16];
     PROF_END(be, "attention_rows %s", t_bucket(R, tb, sizeof tb));
 }
+static void p_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                          float w_offset, float eps, float *y, int64_t R, int64_t D) {
+    PROF_BEGIN(be);
+    P->inner->add_rmsnorm(be, x, d, w, w_offset, eps, y, R, D);
+    PROF_END(be, "add_rmsnorm D=%lld", (long long)D);
+}
+static void p_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
+    PROF_BEGIN(be);
+    P->inner->rope_kv(be, a);
+    PROF_END(be, "rope_kv");
+}
+static void p_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                          const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                          const float *x, float *gate, float *up, int64_t T) {
+    PROF_BEGIN(be);
+    P->inner->gate_up_act(be, act, g, u, bg, bu, x, gate, up, T);
+    char wk[64], tb[16];
+    weight_key(g, wk, sizeof wk);
+    PROF_END(be, "gate_up_act %s %s", wk, t_bucket(T, tb, sizeof tb));
+}
 static void p_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n) {
     PROF_BEGIN(be);
@@ -245,7 +265,8 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     p->device = !nmlx_backend_is_host(be);
     pthread_mutex_init(&p->mu, NULL);
     nmlx_backend_ops o = *in; /* untimed: alloc, free, sync, prepare, release, mem_info */
-    o.decode_step = NULL;     /* each op syncs: no graph capture */
+    o.decode_step = NULL;     /* each op syncs: no graph capture or replay */
+    o.step_graph = NULL;
 #define WRAP(op) o.op = in->op ? p_##op : NULL
     WRAP(copy);
     WRAP(upload);
@@ -258,6 +279,9 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(attention);
     WRAP(rope_rows);
     WRAP(attention_rows);
+    WRAP(add_rmsnorm);
+    WRAP(rope_kv);
+    WRAP(gate_up_act);
     WRAP(act_mul);
     WRAP(swiglu_clipped);
     WRAP(act);

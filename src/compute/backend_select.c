@@ -69,3 +69,13 @@ bool nmlx_backend_experimental_ok(const nmlx_backend *be) {
     const char *e = getenv("NMLX_CUDA_EXPERIMENTAL");
     return e && !strcmp(e, "1");
 }
+
+void nmlx_backend_apply_env(nmlx_backend *be) {
+    const char *env = getenv("NMLX_FUSED");
+    if (!env || strcmp(env, "0") != 0) return;
+    be->own_ops = *be->ops;
+    be->own_ops.add_rmsnorm = NULL;
+    be->own_ops.rope_kv = NULL;
+    be->own_ops.gate_up_act = NULL;
+    be->ops = &be->own_ops;
+}

@@ -60,25 +60,64 @@ static void scale_queries(nmlx_backend *be, const nmlx_attention_shape *s, float
     }
 }
 
+/* The q/k norms (if the shape has them), RoPE and the cache append as one
+ * backend op (backend.h rope_kv) into the cache's next rows. */
+static void fused_rope_kv(nmlx_backend *be, const nmlx_attention *a, const nmlx_layer_cache *cache,
+                          float *q, float *k, const float *v, int64_t T, int64_t pos,
+                          const float *freqs) {
+    const nmlx_attention_shape *s = &a->s;
+    nmlx_rope_kv_args r = {
+        .q = q,
+        .k = k,
+        .v = v,
+        .T = T,
+        .H = s->heads,
+        .KVH = s->kv_heads,
+        .HD = s->head_dim,
+        .qk_norm = s->qk_norm,
+        .q_norm = a->q_norm.w,
+        .k_norm = a->k_norm.w,
+        .q_norm_offset = a->q_norm.offset,
+        .q_norm_eps = a->q_norm.eps,
+        .k_norm_offset = a->k_norm.offset,
+        .k_norm_eps = a->k_norm.eps,
+        .rot = a->rope ? a->rope->dims : 0,
+        .pos0 = pos,
+        .freqs = freqs,
+        .mscale = a->rope ? a->rope->mscale : 1.0f,
+    };
+    nmlx_layer_cache_rows(cache, &r.k_cache, &r.v_cache, &r.cap, &r.row0);
+    be->ops->rope_kv(be, &r);
+}
+
 /* RoPE, query scaling, the cache append and softmax attention for T tokens
  * of one sequence at its cache's offset: q/k/v [T, heads, HD] projected (and
- * normed), ctx [T, H, HD] written. */
+ * normed unless `fused`: then rope_kv norms, rotates and appends), ctx
+ * [T, H, HD] written. */
 static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache, float *q,
                    float *k, const float *v, float *ctx, int64_t T, int64_t call_end,
-                   float *scratch) {
+                   float *scratch, bool fused) {
     const nmlx_attention_shape *s = &a->s;
     int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
     int64_t pos = nmlx_layer_cache_offset(cache);
+    const float *freqs = NULL;
     if (a->rope) {
         int64_t end = call_end > pos + T ? call_end : pos + T;
-        const float *freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
-        be->ops->rope(be, q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
-        be->ops->rope(be, k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
     }
-    if (s->q_scale_beta != 0.0f) scale_queries(be, s, q, pos, T);
-
     nmlx_kv_view kv;
-    nmlx_layer_cache_update(cache, be, k, v, T, &kv);
+    if (fused) {
+        fused_rope_kv(be, a, cache, q, k, v, T, pos, freqs);
+        if (s->q_scale_beta != 0.0f) scale_queries(be, s, q, pos, T);
+        nmlx_layer_cache_commit(cache, T, &kv);
+    } else {
+        if (a->rope) {
+            be->ops->rope(be, q, T, H, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+            be->ops->rope(be, k, T, KVH, HD, a->rope->dims, pos, freqs, a->rope->mscale);
+        }
+        if (s->q_scale_beta != 0.0f) scale_queries(be, s, q, pos, T);
+        nmlx_layer_cache_update(cache, be, k, v, T, &kv);
+    }
     nmlx_attn_args args = {
         .q = q,
         .k = kv.keys,
@@ -103,24 +142,33 @@ static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *
     be->ops->attention(be, &args);
 }
 
-/* q, k, v = projections of x[T, hidden] (q/k RMSNormed per head if asked). */
+/* q, k, v = projections of x[T, hidden] (q/k RMSNormed per head if asked,
+ * unless rope_kv will). */
 static void project(nmlx_backend *be, const nmlx_attention *a, const nmlx_attention_buffers *buf,
-                    const float *x, int64_t T) {
+                    const float *x, int64_t T, bool norm) {
     const nmlx_attention_shape *s = &a->s;
     const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
     float *ys[3] = {buf->q, buf->k, buf->v};
     nmlx_linear_forward_multi(be, 3, ls, x, ys, T);
-    if (s->qk_norm) {
+    if (s->qk_norm && norm) {
         nmlx_rmsnorm_forward(be, &a->q_norm, buf->q, buf->q, T * s->heads, s->head_dim);
         nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * s->kv_heads, s->head_dim);
     }
 }
 
+/* Whether this call's norms, RoPE and append go through rope_kv. */
+static bool takes_rope_kv(const nmlx_backend *be, const nmlx_layer_cache *cache) {
+    float *k, *v;
+    int64_t cap, row0;
+    return be->ops->rope_kv && nmlx_layer_cache_rows(cache, &k, &v, &cap, &row0);
+}
+
 void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T) {
-    project(be, a, buf, x, T);
-    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch);
+    bool fused = takes_rope_kv(be, cache);
+    project(be, a, buf, x, T, !fused);
+    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused);
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
 }
 
@@ -205,7 +253,7 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
                                  int64_t B) {
     const nmlx_attention_shape *s = &a->s;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
-    project(be, a, buf, x, B);
+    project(be, a, buf, x, B, true);
     if (be->ops->rope_rows && be->ops->attention_rows) {
         for (int64_t b = 0; b < B; b += ROWS_GROUP)
             attend_group(be, a, caches + b, scratch + b, buf->q + b * qdim, buf->k + b * kvdim,
@@ -214,7 +262,7 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
     } else {
         for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
             attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,
-                   buf->ctx + b * qdim, 1, 0, scratch[b]);
+                   buf->ctx + b * qdim, 1, 0, scratch[b], false);
     }
     nmlx_linear_forward(be, &a->o, buf->ctx, out, B);
 }

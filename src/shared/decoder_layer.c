@@ -68,39 +68,59 @@ void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {
     l->moe = NULL;
 }
 
+/* x += d, then xn = norm(x) if norm != NULL: one add_rmsnorm where the
+ * backend has it. */
+static void residual(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
+                     float *xn, int64_t T, int64_t D) {
+    if (norm && be->ops->add_rmsnorm) {
+        be->ops->add_rmsnorm(be, x, d, norm->w, norm->offset, norm->eps, xn, T, D);
+        return;
+    }
+    be->ops->add(be, x, d, x, T * D);
+    if (norm) nmlx_rmsnorm_forward(be, norm, x, xn, T, D);
+}
+
 /* One sequence (cache, T tokens) or, when caches != NULL, B = T rows of
- * one token per sequence (batched decode). */
+ * one token per sequence (batched decode); in_normed and next as in
+ * nmlx_decoder_layer_forward_chain. */
 static void layer(nmlx_backend *be, const nmlx_decoder_layer *l, nmlx_layer_cache *cache,
                   nmlx_layer_cache *const *caches, float *const *scratch,
-                  const nmlx_decoder_buffers *buf, float *x, int64_t T) {
+                  const nmlx_decoder_buffers *buf, float *x, int64_t T, bool in_normed,
+                  const nmlx_rmsnorm *next) {
     int64_t D = l->attn.s.hidden;
-    nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
+    if (!in_normed) nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
     if (caches)
         nmlx_attention_forward_rows(be, &l->attn, caches, scratch, &buf->attn, buf->xn, buf->tmp,
                                     T);
     else
         nmlx_attention_forward(be, &l->attn, cache, &buf->attn, buf->xn, buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_attn_norm, buf->tmp, buf->tmp, T, D);
-    be->ops->add(be, x, buf->tmp, x, T * D);
-
     const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
-    nmlx_rmsnorm_forward(be, ffn_in, x, buf->xn, T, D);
+    residual(be, x, buf->tmp, ffn_in, buf->xn, T, D);
     if (l->moe)
         nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
     else
         nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
-    be->ops->add(be, x, buf->tmp, x, T * D);
+    residual(be, x, buf->tmp, next, buf->xn, T, D);
 }
 
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf, float *x,
                                 int64_t T) {
-    layer(be, l, cache, NULL, NULL, buf, x, T);
+    layer(be, l, cache, NULL, NULL, buf, x, T, false, NULL);
+}
+
+void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                      nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
+                                      float *x, int64_t T, bool in_normed,
+                                      const nmlx_rmsnorm *next) {
+    layer(be, l, cache, NULL, NULL, buf, x, T, in_normed, next);
 }
 
 void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,
                                      nmlx_layer_cache *const *caches, float *const *scratch,
-                                     const nmlx_decoder_buffers *buf, float *x, int64_t B) {
-    layer(be, l, NULL, caches, scratch, buf, x, B);
+                                     const nmlx_decoder_buffers *buf, float *x, int64_t B,
+                                     bool in_normed, const nmlx_rmsnorm *next) {
+    layer(be, l, NULL, caches, scratch, buf, x, B, in_normed, next);
 }

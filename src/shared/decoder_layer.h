@@ -52,11 +52,25 @@ void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
                                 float *x, int64_t T);
 
+/* The same, as one link of a chain of layers, so each residual add and the
+ * norm after it are one add_rmsnorm where the backend has it (backend.h):
+ * in_normed: buf->xn already holds input_norm(x) (the previous link's
+ * `next`); next != NULL: the closing residual add also leaves next(x) in
+ * buf->xn (the next layer's input_norm, or the model's final norm). The
+ * results equal unchained calls followed by rmsnorm(next) (bit for bit on
+ * the CPU). */
+void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
+                                      nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
+                                      float *x, int64_t T, bool in_normed,
+                                      const nmlx_rmsnorm *next);
+
 /* Batched decode: row b of x[B, hidden] is the next token of sequence b,
  * with that sequence's layer cache caches[b] and attention scratch
- * scratch[b] (nmlx_attention_forward_rows); buf holds B rows. */
+ * scratch[b] (nmlx_attention_forward_rows); buf holds B rows; in_normed and
+ * next as in nmlx_decoder_layer_forward_chain (false, NULL: unchained). */
 void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,
                                      nmlx_layer_cache *const *caches, float *const *scratch,
-                                     const nmlx_decoder_buffers *buf, float *x, int64_t B);
+                                     const nmlx_decoder_buffers *buf, float *x, int64_t B,
+                                     bool in_normed, const nmlx_rmsnorm *next);
 
 #endif

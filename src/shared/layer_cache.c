@@ -187,6 +187,28 @@ void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float 
                            .values16 = c->kv.values16};
 }
 
+bool nmlx_layer_cache_rows(const nmlx_layer_cache *c, float **k, float **v, int64_t *cap,
+                           int64_t *row0) {
+    if (c->rotating || c->quantized || c->kv.dtype != NMLX_DT_F32 || !c->kv.keys) return false;
+    *k = c->kv.keys;
+    *v = c->kv.values;
+    *cap = c->kv.capacity;
+    *row0 = c->kv.offset;
+    return true;
+}
+
+void nmlx_layer_cache_commit(nmlx_layer_cache *c, int64_t T, nmlx_kv_view *view) {
+    int64_t pos = c->kv.offset;
+    c->kv.offset += T; /* as nmlx_kv_cache_append, whose copies the fused op made */
+    *view = (nmlx_kv_view){.keys = c->kv.keys,
+                           .values = c->kv.values,
+                           .cap = c->kv.capacity,
+                           .n_kv = c->kv.offset,
+                           .q_row = pos,
+                           .window = c->window,
+                           .dtype = NMLX_DT_F32};
+}
+
 int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n) {
     if (c->quantized) return nmlx_quantized_kv_cache_trim(&c->q, n);
     return c->rotating ? nmlx_rotating_kv_cache_trim(&c->rot, n) : nmlx_kv_cache_trim(&c->kv, n);

@@ -55,6 +55,17 @@ void nmlx_layer_cache_update(nmlx_layer_cache *c, nmlx_backend *be, const float 
                              const float *v, int64_t T, nmlx_kv_view *view);
 int64_t nmlx_layer_cache_trim(nmlx_layer_cache *c, int64_t n);
 
+/* The split form of update() for a fused op that writes the new rows itself
+ * (backend.h rope_kv). rows(): where the next tokens' rows go (*k, *v
+ * [KVH, *cap, HD], token t at row *row0 + t) when the cache stores them
+ * there as they come: a standard f32 cache, not (yet) quantized; false for
+ * the other kinds (rotating, quantized, half precision: use update()).
+ * commit(): after the op wrote T rows, advances the cache and fills view
+ * as update() would have. */
+bool nmlx_layer_cache_rows(const nmlx_layer_cache *c, float **k, float **v, int64_t *cap,
+                           int64_t *row0);
+void nmlx_layer_cache_commit(nmlx_layer_cache *c, int64_t T, nmlx_kv_view *view);
+
 /* Asks for quantized KV (p->bits > 0) before the first reserve; `deq` must
  * outlive the cache. A rotating cache ignores it. Fails if p does not fit
  * the layer's head_dim. */

@@ -146,23 +146,32 @@ nmlx_status nmlx_rmsnorm_prepare(nmlx_backend *be, nmlx_rmsnorm *n) {
 }
 
 /* Row r of the logits goes to host_rows ? host_rows[r] : host_out + r * vocab. */
-static void lm_head(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
-                    int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out,
-                    float *const *host_rows) {
+void nmlx_lm_head_device(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                         float *dev) {
     /* every family's head (tied or not) comes here: its input stays f32,
      * since top-2 logit margins can be far below bf16's 2^-9 */
     nmlx_linear h = *head;
     h.w.f32_input = true;
+    nmlx_linear_forward(be, &h, xn, dev, rows);
+}
+
+void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, float softcap,
+                           float *host) {
+    be->ops->download(be, host, dev, (size_t)vocab * sizeof(float));
+    if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
+        for (int64_t i = 0; i < vocab; i++)
+            host[i] = softcap * tanhf(host[i] / softcap);
+}
+
+static void lm_head(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                    int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out,
+                    float *const *host_rows) {
     for (int64_t r0 = 0; r0 < rows; r0 += NMLX_LOGIT_ROWS) {
         int64_t n = rows - r0 < NMLX_LOGIT_ROWS ? rows - r0 : NMLX_LOGIT_ROWS;
-        nmlx_linear_forward(be, &h, xn + r0 * hidden, dev, n);
-        for (int64_t r = 0; r < n; r++) {
-            float *host = host_rows ? host_rows[r0 + r] : host_out + (r0 + r) * vocab;
-            be->ops->download(be, host, dev + r * vocab, (size_t)vocab * sizeof(float));
-            if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
-                for (int64_t i = 0; i < vocab; i++)
-                    host[i] = softcap * tanhf(host[i] / softcap);
-        }
+        nmlx_lm_head_device(be, head, xn + r0 * hidden, n, dev);
+        for (int64_t r = 0; r < n; r++)
+            nmlx_lm_head_download(be, dev + r * vocab, vocab, softcap,
+                                  host_rows ? host_rows[r0 + r] : host_out + (r0 + r) * vocab);
     }
 }
 

@@ -68,6 +68,14 @@ enum { NMLX_LOGIT_ROWS = 16 };
 void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
                        int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out);
 
+/* Its two halves, for a decode step the backend records (backend.h
+ * step_graph): dev[rows, vocab] = head(xn) for rows <= NMLX_LOGIT_ROWS,
+ * then host[vocab] = dev row downloaded (and soft-capped). */
+void nmlx_lm_head_device(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                         float *dev);
+void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, float softcap,
+                           float *host);
+
 /* The same with row r written to host_rows[r] (batched decode: each
  * session's own logits buffer). */
 void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,

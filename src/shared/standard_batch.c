@@ -67,10 +67,11 @@ nmlx_status nmlx_std_forward_batch(const void *archp, void *batchp, void *const 
     for (int64_t i = 0; i < m->n_layers; i++) {
         for (int64_t r = 0; r < B; r++)
             b->caches[r] = &((std_state *)states[r])->caches[i];
+        const nmlx_rmsnorm *next = i + 1 < m->n_layers ? &m->layers[i + 1].input_norm : &m->norm;
         nmlx_decoder_layer_forward_rows(be, &m->layers[i], b->caches, b->scratch, &b->w.buf, b->w.x,
-                                        B);
+                                        B, i > 0, next); /* chained: decoder_layer.h */
     }
-    nmlx_rmsnorm_forward(be, &m->norm, b->w.x, b->w.buf.xn, B, m->hidden);
+    if (m->n_layers == 0) nmlx_rmsnorm_forward(be, &m->norm, b->w.x, b->w.buf.xn, B, m->hidden);
     nmlx_lm_head_scatter(be, &m->lm_head, b->w.buf.xn, B, m->hidden, m->vocab, m->final_softcap,
                          b->w.logits, logits);
 cleanup:

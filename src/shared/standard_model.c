@@ -528,6 +528,43 @@ nmlx_layer_cache *nmlx_std_state_caches(void *statep, int64_t *n_layers) {
     return s->caches;
 }
 
+static void mix(uint64_t *h, uint64_t v) { /* FNV-1a over v's 8 bytes */
+    for (int i = 0; i < 8; i++)
+        *h = (*h ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+}
+
+/* Whether a one-token step at pos may be recorded and replayed by the
+ * backend (backend.h step_graph): every layer's norms, RoPE and append go
+ * through rope_kv (a standard f32 cache at pos), no per-position query
+ * scaling, no MoE; *key hashes what the step's ops depend on besides the
+ * position and the token: the session's buffers, the caches' buffers and
+ * capacities (they move as a cache grows), the RoPE tables (long RoPE
+ * switches). */
+static bool step_key(const std_model *m, std_state *s, nmlx_backend *be, int64_t pos,
+                     uint64_t *key) {
+    if (!be->ops->step_graph || !be->ops->rope_kv || m->n_layers <= 0) return false;
+    uint64_t h = 1469598103934665603ull;
+    const std_buffers *w = &s->w; /* every buffer the step's ops touch */
+    const void *bufs[] = {
+        m,           s,         w->x,          w->logits,     w->buf.xn,     w->buf.tmp,
+        w->buf.gate, w->buf.up, w->buf.attn.q, w->buf.attn.k, w->buf.attn.v, w->buf.attn.ctx};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        mix(&h, (uintptr_t)bufs[i]);
+    mix(&h, (uint64_t)m->n_layers), mix(&h, (uint64_t)m->hidden), mix(&h, (uint64_t)m->vocab);
+    for (int64_t i = 0; i < m->n_layers; i++) {
+        const nmlx_attention *a = &m->layers[i].attn;
+        float *k, *v;
+        int64_t cap, row0;
+        if (a->s.q_scale_beta != 0.0f || m->layers[i].moe ||
+            !nmlx_layer_cache_rows(&s->caches[i], &k, &v, &cap, &row0) || row0 != pos)
+            return false;
+        mix(&h, (uintptr_t)k), mix(&h, (uintptr_t)v), mix(&h, (uint64_t)cap);
+        if (a->rope) mix(&h, (uintptr_t)nmlx_rope_freqs(a->rope, pos, 1));
+    }
+    *key = h;
+    return true;
+}
+
 nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
                              int64_t T, float *last_logits, float *all_logits,
                              atomic_bool *cancel) {
@@ -540,17 +577,35 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
     for (int64_t i = 0; i < m->n_layers; i++)
         TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
     s->w.buf.attn.call_end = start + T;
+    uint64_t key = 0;
+    bool graph = T == 1 && !all_logits && step_key(m, s, be, start, &key);
+    if (graph && be->ops->step_graph(be, NMLX_STEP_BEGIN, key, start, ids[0])) {
+        nmlx_kv_view view; /* replayed: the rows are written, the logits computed */
+        for (int64_t i = 0; i < m->n_layers; i++)
+            nmlx_layer_cache_commit(&s->caches[i], 1, &view);
+        nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
+        return NMLX_OK;
+    }
 
     for (int64_t c0 = 0; c0 < T; c0 += s->chunk) {
         int64_t C = T - c0 < s->chunk ? T - c0 : s->chunk;
         be->ops->embed(be, &m->embed, ids + c0, C, m->embed_scale, s->w.x);
+        bool last_chunk = c0 + C == T;
+        /* the layers as one chain (decoder_layer.h): each closing residual
+         * add norms for the next layer, the last one for the LM head when
+         * every row of xn is read (all rows, or the one row of a decode) */
+        bool final_in_chain = m->n_layers > 0 && (all_logits || (last_chunk && C == 1));
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
-            nmlx_decoder_layer_forward(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C);
+            const nmlx_rmsnorm *next = i + 1 < m->n_layers ? &m->layers[i + 1].input_norm
+                                       : final_in_chain    ? &m->norm
+                                                           : NULL;
+            nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
+                                             i > 0, next);
         }
-        bool last_chunk = c0 + C == T;
         if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
+            if (!final_in_chain)
+                nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
             nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, C, m->hidden, m->vocab,
                               m->final_softcap, s->w.logits, all_logits + c0 * m->vocab);
             if (last_chunk)
@@ -558,9 +613,15 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
                        (size_t)m->vocab * sizeof(float));
         } else if (last_chunk) {
             float *xl = s->w.x + (C - 1) * m->hidden;
-            nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
-                              m->final_softcap, s->w.logits, last_logits);
+            if (!final_in_chain) nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
+            if (graph) { /* the recorded step ends before the download */
+                nmlx_lm_head_device(be, &m->lm_head, s->w.buf.xn, 1, s->w.logits);
+                be->ops->step_graph(be, NMLX_STEP_END, key, start, ids[0]);
+                nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
+            } else {
+                nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
+                                  m->final_softcap, s->w.logits, last_logits);
+            }
         }
     }
 cleanup:

@@ -18,6 +18,7 @@
 #include "compute/quant.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "qweight.h"
 
 #include <string.h>
 
@@ -187,48 +188,12 @@ static void test_embed(nmlx_dtype dt) {
     free(tv), free(ref);
 }
 
-/* A quantized weight [D, N] (host memory, kept) from random values, as
- * `nmlx convert` writes it. */
 static nmlx_weight make_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
                                 int64_t N) {
-    float *wv = rand_floats((size_t)(D * N), -1, 1);
-    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    if (mode == NMLX_QUANT_MXFP4) sdt = NMLX_DT_U8;
-    const size_t ss = nmlx_dtype_size(sdt);
-    uint32_t *packed = keep(malloc((size_t)(D * words) * 4));
-    char *sc = keep(malloc((size_t)(D * G) * ss)), *bi = NULL;
-    if (mode == NMLX_QUANT_AFFINE) bi = keep(malloc((size_t)(D * G) * ss));
-    for (int64_t r = 0; r < D; r++)
-        nmlx_quant_quantize_row(mode, bits, gs, wv + r * N, N, packed + r * words,
-                                sc + (size_t)(r * G) * ss, bi ? bi + (size_t)(r * G) * ss : NULL,
-                                sdt);
-    free(wv);
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .name = "qw"},
-                     .scales = {.dtype = sdt, .ndim = 2, .shape = {D, G}, .name = "qs"},
-                     .mode = mode, .bits = bits, .group_size = gs, .rows = D, .cols = N};
-    w.w.data = packed;
-    w.scales.data = sc;
-    if (bi) w.biases = (nmlx_tensor){.dtype = sdt, .ndim = 2, .shape = {D, G}, .data = bi,
-                                     .name = "qb"};
-    return w;
+    return test_qweight(mode, bits, gs, sdt, D, N, keep);
 }
 
-/* the device twin of a host quantized weight (prepared parts) */
-static nmlx_weight prepare_q(const nmlx_weight *w) {
-    nmlx_weight g = *w;
-    const nmlx_tensor *p = NULL;
-    EXPECT(gpu->ops->prepare_tensor(gpu, &w->w, &p) == NMLX_OK, "prepare: %s", nmlx_last_error());
-    if (p) g.w = *p;
-    EXPECT(gpu->ops->prepare_tensor(gpu, &w->scales, &p) == NMLX_OK, "prepare: %s",
-           nmlx_last_error());
-    if (p) g.scales = *p;
-    if (w->mode == NMLX_QUANT_AFFINE) {
-        EXPECT(gpu->ops->prepare_tensor(gpu, &w->biases, &p) == NMLX_OK, "prepare: %s",
-               nmlx_last_error());
-        if (p) g.biases = *p;
-    }
-    return g;
-}
+static nmlx_weight prepare_q(const nmlx_weight *w) { return test_qweight_device(gpu, w); }
 
 /* rows [r0, r0 + n) of a quantized weight (a fused projection's part) */
 static nmlx_weight qrows(const nmlx_weight *w, int64_t r0, int64_t n) {

@@ -69,6 +69,9 @@ static const nmlx_backend_ops cpu_ops = {
     .attention = nmlx_cpu_attention,
     .rope_rows = NULL,      /* per-row calls: the CPU's batched decode is bitwise */
     .attention_rows = NULL, /* per-row calls (each row's scratch is its session's) */
+    .add_rmsnorm = nmlx_cpu_add_rmsnorm,
+    .rope_kv = nmlx_cpu_rope_kv,
+    .gate_up_act = nmlx_cpu_gate_up_act,
     .act_mul = nmlx_cpu_act_mul,
     .act = nmlx_cpu_act,
     .swiglu_clipped = nmlx_cpu_swiglu_clipped,
@@ -193,6 +196,7 @@ nmlx_status nmlx_backend_cpu_create_isa(int n_threads, const char *isa, nmlx_bac
         impl->k = &impl->own;
     }
     be->ops = &cpu_ops;
+    nmlx_backend_apply_env(be);
     be->n_threads = n_threads;
     be->impl = impl;
     be->pool = nmlx_pool_create(n_threads);

@@ -193,6 +193,17 @@ void nmlx_cpu_altup_correct(nmlx_backend *be, float *p, int64_t stride, const fl
                             const float *router, const nmlx_tensor *coefs, float clip,
                             int64_t active, int64_t K, int64_t T, int64_t D);
 void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
+/* cpu_fused.c (backend.h add_rmsnorm, rope_kv) */
+void nmlx_cpu_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                          float w_offset, float eps, float *y, int64_t R, int64_t D);
+void nmlx_cpu_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
+void nmlx_cpu_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                          const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                          const float *x, float *gate, float *up, int64_t T);
+/* RoPE of one token's H heads, head h at x + h * stride, at position p
+ * (rot = 2 * half dims); rope and rope_kv share it. */
+void nmlx_cpu_rope_heads(float *x, int64_t H, int64_t stride, int64_t half, double p,
+                         const float *freqs, float mscale);
 void nmlx_cpu_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cpu_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
 

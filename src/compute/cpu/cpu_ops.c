@@ -273,24 +273,27 @@ typedef struct {
 
 /* Angles in double: positions up to ~1e5 times freqs near 1 would lose
  * several digits of the angle in float. */
-static void rope_task(void *ctx, int ith, int nth) {
-    const rope_job *j = ctx;
-    int64_t t0, t1, half = j->rot / 2;
-    cpu_split(j->T, ith, nth, 1, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++) {
-        double p = (double)(j->pos0 + t);
-        float *xt = j->x + t * j->H * j->HD;
-        for (int64_t i = 0; i < half; i++) {
-            double ang = p * (double)j->freqs[i];
-            float c = (float)cos(ang), s = (float)sin(ang);
-            for (int64_t h = 0; h < j->H; h++) {
-                float *xh = xt + h * j->HD;
-                float x0 = xh[i], x1 = xh[i + half];
-                xh[i] = (x0 * c - x1 * s) * j->mscale;
-                xh[i + half] = (x1 * c + x0 * s) * j->mscale;
-            }
+void nmlx_cpu_rope_heads(float *x, int64_t H, int64_t stride, int64_t half, double p,
+                         const float *freqs, float mscale) {
+    for (int64_t i = 0; i < half; i++) {
+        double ang = p * (double)freqs[i];
+        float c = (float)cos(ang), s = (float)sin(ang);
+        for (int64_t h = 0; h < H; h++) {
+            float *xh = x + h * stride;
+            float x0 = xh[i], x1 = xh[i + half];
+            xh[i] = (x0 * c - x1 * s) * mscale;
+            xh[i + half] = (x1 * c + x0 * s) * mscale;
         }
     }
+}
+
+static void rope_task(void *ctx, int ith, int nth) {
+    const rope_job *j = ctx;
+    int64_t t0, t1;
+    cpu_split(j->T, ith, nth, 1, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        nmlx_cpu_rope_heads(j->x + t * j->H * j->HD, j->H, j->HD, j->rot / 2, (double)(j->pos0 + t),
+                            j->freqs, j->mscale);
 }
 
 void nmlx_cpu_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,

@@ -104,6 +104,15 @@ __global__ void attention_kernel(nmlx_attn_args a) {
     attend(a, blockIdx.x / a.H, blockIdx.x % a.H);
 }
 
+/* A recorded decode step (cuda_graph.cu): q_pos and n_kv are deltas from
+ * the step's position in device memory. */
+__global__ void attention_step_kernel(nmlx_attn_args a, const int64_t *step) {
+    const int64_t base = *step;
+    a.q_pos += base;
+    a.n_kv += base;
+    attend(a, blockIdx.x / a.H, blockIdx.x % a.H);
+}
+
 /* attention_rows: the rows' caches passed by value, ATTN_ROWS rows a launch;
  * block (row r, head h) runs a with row r's fields, as a one-query call. */
 enum { ATTN_ROWS = 32 };
@@ -311,9 +320,18 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
         const char *e = getenv("NMLX_CUDA_ATTN_SPLIT");
         split_mode = e && !strcmp(e, "1");
     }
+    size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
+    cuda_impl *c = cuda_of(be);
+    if (const int64_t *step = cuda_step_pos(c)) { /* the split grid depends on n_kv: not here */
+        nmlx_attn_args d = *a;
+        d.q_pos -= c->step_pos;
+        d.n_kv -= c->step_pos;
+        attention_step_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, c->stream>>>(d, step);
+        nmlx_cuda_note(be, cudaGetLastError());
+        return;
+    }
     if (split_mode && attention_split(be, a)) return;
     if (a->T > 1 && nmlx_cuda_attention_tiled(be, a)) return;
-    size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
     attention_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, cuda_of(be)->stream>>>(*a);
     nmlx_cuda_note(be, cudaGetLastError());
 }

@@ -203,6 +203,10 @@ static void cuda_release(nmlx_backend *be) {
     if (c->qx) cudaFree(c->qx);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
+    for (int i = 0; i < STEP_GRAPHS; i++)
+        if (c->rexec[i]) cudaGraphExecDestroy(c->rexec[i]);
+    if (c->step_dev) cudaFree(c->step_dev);
+    if (c->step_host) cudaFreeHost(c->step_host);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -223,6 +227,7 @@ static const nmlx_backend_ops cuda_ops = {
     .release = cuda_release,
     .decode_step = nmlx_cuda_decode_step,
     .mem_info = cuda_mem_info,
+    .step_graph = nmlx_cuda_step_graph,
     .matmul = nmlx_cuda_matmul,
     .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,
@@ -231,6 +236,9 @@ static const nmlx_backend_ops cuda_ops = {
     .attention = nmlx_cuda_attention,
     .rope_rows = nmlx_cuda_rope_rows,
     .attention_rows = nmlx_cuda_attention_rows,
+    .add_rmsnorm = nmlx_cuda_add_rmsnorm,
+    .rope_kv = nmlx_cuda_rope_kv,
+    .gate_up_act = nmlx_cuda_gate_up_act,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = nmlx_cuda_swiglu_clipped,
     .act = nmlx_cuda_act,
@@ -264,6 +272,7 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     c = (cuda_impl *)nmlx_calloc(1, sizeof *c);
     CHECK(be && c, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     be->ops = &cuda_ops;
+    nmlx_backend_apply_env(be);
     be->impl = c;
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;

@@ -13,6 +13,11 @@ extern "C" {
  * (void) op met so far, else NMLX_OK. Tests call it after each op. */
 nmlx_status nmlx_backend_cuda_check(nmlx_backend *be);
 
+/* Decode steps as graphs (cuda_graph.cu, NMLX_CUDA_GRAPH=1), for tests:
+ * *replays = recorded steps run again (step_graph), *launches = graphs
+ * launched after a capture. */
+void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launches);
+
 /* Quantized prefill (cuda_quant.cu): 1 = x split into bf16 hi + lo (exact
  * to ~1e-5, the default), 0 = x rounded to bf16 (half the tensor-core
  * work). The environment variable NMLX_CUDA_QMM=bf16 sets 0 at start.

@@ -11,8 +11,15 @@
  * cheaper than instantiating. When the step's shape changed (the KV cache
  * grew, a capture ended early), the update fails and a new one is made.
  * Opt-in (NMLX_CUDA_GRAPH=1): capturing and updating every step costs the
- * host about what the launches it saves cost the GPU (bench/cuda/README.md),
- * so it waits for kernels that read positions from device memory. */
+ * host about what the launches it saves cost the GPU (bench/cuda/README.md).
+ *
+ * Replayed steps (step_graph, backend.h): where the model vouches that a
+ * step repeats (same key), its capture is recorded with the kernels that
+ * take positions (rope_kv, attention) and the token id (embed) reading
+ * them from step_dev (pos_dev: each gets its delta from step_pos by value
+ * and adds *step_dev), and the next steps of that key only stage their
+ * position and id and launch the recorded graph: no capture, no update. */
+#include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 
 void nmlx_cuda_capture_begin(nmlx_backend *be) {
@@ -68,5 +75,91 @@ void nmlx_cuda_decode_step(nmlx_backend *be, bool begin) {
         return;
     }
     c->graph_want = false;
+    c->pos_dev = false; /* a step cut short (cancelled) records nothing */
     if (c->capturing) nmlx_cuda_capture_end(be);
+}
+
+/* Stages the step's position and id (outside any capture: the copy runs
+ * before the graph on the stream, whether it is recorded or replayed). */
+static bool stage_step(nmlx_backend *be, int64_t pos, int32_t id) {
+    cuda_impl *c = cuda_host_of(be);
+    if (!c->step_dev) {
+        if (cudaMalloc((void **)&c->step_dev, 2 * sizeof(int64_t)) != cudaSuccess ||
+            cudaMallocHost((void **)&c->step_host, 2 * sizeof(int64_t)) != cudaSuccess) {
+            cudaGetLastError();
+            if (c->step_dev) cudaFree(c->step_dev);
+            c->step_dev = NULL;
+            return false;
+        }
+    }
+    cudaStreamSynchronize(c->stream); /* the previous step's copy is done with step_host */
+    c->step_host[0] = pos;
+    c->step_host[1] = id;
+    cudaError_t e = cudaMemcpyAsync(c->step_dev, c->step_host, 2 * sizeof(int64_t),
+                                    cudaMemcpyHostToDevice, c->stream);
+    nmlx_cuda_note(be, e);
+    return e == cudaSuccess;
+}
+
+extern "C" void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launches) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    *replays = c->replays;
+    *launches = c->graph_launches;
+}
+
+bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (!c->graph_on) return false;
+    if (what == NMLX_STEP_BEGIN) {
+        if (!stage_step(be, pos, id)) return false;
+        for (int i = 0; i < STEP_GRAPHS; i++) {
+            if (!c->rexec[i] || c->rkey[i] != key) continue;
+            c->rused[i] = c->replays + c->graph_launches;
+            nmlx_cuda_note(be, cudaGraphLaunch(c->rexec[i], c->stream));
+            c->replays++;
+            c->graph_want = false; /* nothing else of this step is issued */
+            return true;
+        }
+        c->pos_dev = true; /* record this step (capture from its first kernel op) */
+        c->step_pos = pos;
+        c->step_broken = false;
+        c->graph_want = true;
+        return false;
+    }
+    /* NMLX_STEP_END */
+    bool keep = c->pos_dev && c->capturing && !c->step_broken;
+    c->pos_dev = false;
+    if (!keep) return false; /* ran without a (whole) graph: nothing recorded */
+    if (c->copies.n) nmlx_cuda_flush(be);
+    c->capturing = false;
+    c->graph_want = false;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e != cudaSuccess || !g) {
+        nmlx_cuda_note(be, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated);
+        return false;
+    }
+    int slot = 0; /* this key's, else a free one, else the least recently used */
+    for (int i = 0; i < STEP_GRAPHS; i++) {
+        if (c->rexec[i] && c->rkey[i] == key) {
+            slot = i;
+            break;
+        }
+        if (!c->rexec[i] || (c->rexec[slot] && c->rused[i] < c->rused[slot])) slot = i;
+    }
+    if (c->rexec[slot]) cudaGraphExecDestroy(c->rexec[slot]);
+    c->rexec[slot] = NULL;
+    e = cudaGraphInstantiate(&c->rexec[slot], g, 0);
+    cudaGraphDestroy(g);
+    c->graph_instantiations++;
+    if (e != cudaSuccess) {
+        nmlx_cuda_note(be, e);
+        c->rexec[slot] = NULL;
+        return false;
+    }
+    c->rkey[slot] = key;
+    c->rused[slot] = c->replays + c->graph_launches;
+    nmlx_cuda_note(be, cudaGraphLaunch(c->rexec[slot], c->stream)); /* this step's work */
+    c->graph_launches++;
+    return false;
 }

@@ -33,6 +33,10 @@ typedef struct cuda_copy_batch {
     int n;
 } cuda_copy_batch;
 
+/* Recorded decode steps kept (cuda_graph.cu): one per key, e.g. sessions
+ * decoding in turn. */
+enum { STEP_GRAPHS = 4 };
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t stream;
@@ -62,6 +66,17 @@ typedef struct cuda_impl {
     bool capturing;
     cudaGraphExec_t gexec;   /* the last step's graph, updated in place */
     long graph_launches, graph_instantiations;
+    /* replayed steps (step_graph): the step's position and token id in
+     * device memory, staged through pinned host memory */
+    int64_t *step_dev;     /* [0] position, [1] token id */
+    int64_t *step_host;    /* pinned */
+    bool pos_dev;          /* recording: kernels read positions as *step_dev + delta */
+    int64_t step_pos;      /* that step's position (the deltas' base) */
+    bool step_broken;      /* the recording ended early (an op waited for the host) */
+    cudaGraphExec_t rexec[STEP_GRAPHS]; /* recorded steps (NULL: free slot), for rkey[i] */
+    uint64_t rkey[STEP_GRAPHS];
+    long rused[STEP_GRAPHS]; /* last use (step count): the least recent is replaced */
+    long replays;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -73,6 +88,12 @@ void nmlx_cuda_flush(nmlx_backend *be);
 void nmlx_cuda_capture_begin(nmlx_backend *be);
 void nmlx_cuda_capture_end(nmlx_backend *be);
 void nmlx_cuda_decode_step(nmlx_backend *be, bool begin);
+bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
+/* Inside a recorded step (pos_dev): the device position to add to a
+ * position's delta from step_pos, else NULL (positions by value). */
+static inline const int64_t *cuda_step_pos(const cuda_impl *c) {
+    return c->pos_dev ? c->step_dev : NULL;
+}
 
 /* The impl of a backend whose queued copies have been launched: every op
  * that only enqueues work on the stream takes its state through this (inside
@@ -93,6 +114,7 @@ static inline cuda_impl *cuda_host_of(nmlx_backend *be) {
     if (c->capturing) {
         nmlx_cuda_capture_end(be);
         c->graph_want = false;
+        c->step_broken = true; /* a recorded step is incomplete: not kept */
     }
     if (c->copies.n) nmlx_cuda_flush(be);
     return c;
@@ -128,6 +150,15 @@ void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64
                          int64_t rot, const int64_t *pos, const float *freqs, float mscale);
 void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
                               const nmlx_attn_row *rows, int64_t R);
+/* Fused ops (cuda_fused.cu; backend.h add_rmsnorm, rope_kv) */
+void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                           float w_offset, float eps, float *y, int64_t R, int64_t D);
+void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
+/* cuda_quant.cu: the int16 mat-vec's gate/up pairs (cuda_qgemv16.cu), else
+ * matmul_multi + act_mul */
+void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                           const float *x, float *gate, float *up, int64_t T);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
@@ -148,6 +179,39 @@ void nmlx_cuda_altup_correct(nmlx_backend *be, float *p, int64_t stride, const f
                              int64_t active, int64_t K, int64_t T, int64_t D);
 void nmlx_cuda_rope_interleaved(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
                                 int64_t pos0, const float *freqs);
+
+/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
+template <typename F> __device__ F cuda_block_sum(F v) {
+    __shared__ F part[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = blockDim.x / 32;
+    v = l < nw ? part[l] : (F)0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Threads of a block that norms one row of width D (rmsnorm and the fused
+ * ops that contain one: the same count gives the same order of the sum). */
+static inline int cuda_norm_threads(int64_t D) { return D >= 1024 ? 512 : D >= 256 ? 256 : 64; }
+
+/* The activations of act / act_mul (and of the int16 mat-vec's gate/up
+ * pairs), as the CPU reference computes them. */
+__device__ __forceinline__ float cuda_act1(nmlx_act act, float x) {
+    switch (act) {
+    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
+    case NMLX_ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        float u = c * (x + 0.044715f * x * x * x);
+        return x / (1.0f + expf(-2.0f * u));
+    }
+    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
+    }
+    return x;
+}
 
 /* Element i of a device buffer of a float dtype, as f32. */
 __device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {

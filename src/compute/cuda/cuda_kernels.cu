@@ -14,20 +14,6 @@ static unsigned grid_for(int64_t n, int threads) {
     return (unsigned)(b < 65535 * 16 ? b : 65535 * 16);
 }
 
-/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
-template <typename F> __device__ F block_sum(F v) {
-    __shared__ F part[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    __syncthreads(); /* part[] may still be read by a previous call */
-    if (l == 0) part[w] = v;
-    __syncthreads();
-    int nw = blockDim.x / 32;
-    v = l < nw ? part[l] : (F)0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ float block_max(float v) {
     __shared__ float part[32];
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -57,7 +43,20 @@ __global__ void embed_kernel(const void *table, nmlx_dtype dt, const int32_t *id
  * since every forward ends with a download that waits for the stream. */
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out) {
-    cuda_impl *c = cuda_host_of(be);
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (T == 1 && c->pos_dev) { /* a recorded step (cuda_graph.cu): its id is on the device */
+        const int32_t *id = (const int32_t *)(c->step_dev + 1); /* low half (little-endian) */
+        c = cuda_of(be);
+        if (table->mode != NMLX_QUANT_NONE) {
+            nmlx_cuda_qembed(be, table, id, 1, scale, out);
+            return;
+        }
+        embed_kernel<<<1, ROW_THREADS, 0, c->stream>>>(table->w.data, table->w.dtype, id,
+                                                       table->rows, table->cols, scale, out);
+        nmlx_cuda_note(be, cudaGetLastError());
+        return;
+    }
+    c = cuda_host_of(be);
     if (T <= 0) return;
     if ((size_t)T > c->ids_cap) {
         cudaStreamSynchronize(c->stream);
@@ -95,7 +94,7 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
     float *yr = y + blockIdx.x * D;
     double ss = 0;
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
-    ss = block_sum<double>(ss);
+    ss = cuda_block_sum<double>(ss);
     float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
         float v = xr[i] * inv;
@@ -106,7 +105,7 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
                        float eps, float *y, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    int threads = D >= 1024 ? 512 : D >= 256 ? 256 : 64;
+    int threads = cuda_norm_threads(D);
     rmsnorm_kernel<<<(unsigned)R, threads, 0, cuda_of(be)->stream>>>(
         x, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
     nmlx_cuda_note(be, cudaGetLastError());
@@ -182,29 +181,16 @@ void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD
 
 /* ---- elementwise ---- */
 
-__device__ __forceinline__ float act1(nmlx_act act, float x) {
-    switch (act) {
-    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
-    case NMLX_ACT_GELU_TANH: {
-        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-        float u = c * (x + 0.044715f * x * x * x);
-        return x / (1.0f + expf(-2.0f * u));
-    }
-    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
-    }
-    return x;
-}
-
 __global__ void act_mul_kernel(nmlx_act act, const float *g, const float *u, float *o, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        o[i] = act1(act, g[i]) * u[i];
+        o[i] = cuda_act1(act, g[i]) * u[i];
 }
 
 __global__ void act_kernel(nmlx_act act, float *x, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        x[i] = act1(act, x[i]);
+        x[i] = cuda_act1(act, x[i]);
 }
 
 __global__ void add_kernel(const float *a, const float *b, float *o, int64_t n) {
@@ -259,7 +245,7 @@ __global__ void softmax_kernel(float *x, int64_t n) {
         r[i] = e;
         sum += e;
     }
-    sum = block_sum<double>(sum);
+    sum = cuda_block_sum<double>(sum);
     float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) r[i] *= inv;
 }

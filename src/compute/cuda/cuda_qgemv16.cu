@@ -21,7 +21,12 @@
  * shuffles), one f32 step and one f32 sum per 16 inputs. Then each warp
  * takes R rows; lane l reads 16-byte pieces of codes l, l + 32, ...
  * (coalesced) and the matching x from shared memory (pieces stored
- * swizzled: no bank conflicts). */
+ * swizzled: no bank conflicts).
+ *
+ * PAIR (backend.h gate_up_act): two weights of one shape, gate and up; a
+ * warp's R rows are R / 2 gate rows and the same up rows, interleaved, each
+ * summed as above, and lane 0 writes act(gate) * up (y of weight 0) instead
+ * of both: the act_mul launch and a pass over gate and up saved. */
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qgemv16.h"
 
@@ -46,6 +51,7 @@ struct q16_weight {
 struct q16_args {
     q16_weight m[Q16_MAXW];
     int n;
+    nmlx_act act; /* PAIR only */
     const float *x;
     int64_t N;
     int gshift;     /* log2(group_size / piece inputs) */
@@ -105,7 +111,7 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
     return m;
 }
 
-template <int BITS, int SC, int R>
+template <int BITS, int SC, int R, bool PAIR>
 __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
     typedef piece<BITS> P;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -113,18 +119,22 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
     unsigned char *xq = smem;               /* N int16, swizzled pieces */
     float *xstep = (float *)(smem + N * 2); /* NB steps */
     float *xsum = xstep + NB;               /* NB sums */
-    const q16_weight m = weight_of(a, blockIdx.x);
+    const q16_weight m = PAIR ? a.m[0] : weight_of(a, blockIdx.x);
+    const q16_weight mu = PAIR ? a.m[1] : m; /* PAIR: odd rows r are up's */
+    constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * R;
+    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * RW;
+    auto drow = [&](int r) -> int64_t { /* the weight row of the warp's row r (clamped) */
+                                        const int64_t d = d0 + (PAIR ? r / 2 : r);
+                                        return d < m.D ? d : m.D - 1;
+    };
 
     /* first codes in flight before x is staged */
     const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
     const uint4 *rows[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int64_t d = d0 + r < m.D ? d0 + r : m.D - 1;
-        rows[r] = m.w + d * rowb;
-    }
+    for (int r = 0; r < R; r++)
+        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow(r) * rowb;
     uint4 c0[R];
     if (lane < NP)
 #pragma unroll
@@ -192,9 +202,9 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
         float s[R], bb[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            const int64_t d = d0 + r < m.D ? d0 + r : m.D - 1;
-            s[r] = sc_get<SC>(m.scales, d * G + g);
-            bb[r] = sc_get<SC>(m.biases, d * G + g);
+            const bool up = PAIR && (r & 1);
+            s[r] = sc_get<SC>(up ? mu.scales : m.scales, drow(r) * G + g);
+            bb[r] = sc_get<SC>(up ? mu.biases : m.biases, drow(r) * G + g);
         }
         int xp[P::SEG * 4];
 #pragma unroll
@@ -228,40 +238,67 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
             }
         }
     }
+    if constexpr (PAIR) {
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        float v = acc[r];
-        for (int o = 16; o > 0; o >>= 1)
-            v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0 && d0 + r < m.D)
-            m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
+        for (int j = 0; j < RW; j++) {
+            float g = acc[2 * j], u = acc[2 * j + 1];
+            for (int o = 16; o > 0; o >>= 1) {
+                g += __shfl_xor_sync(0xffffffffu, g, o);
+                u += __shfl_xor_sync(0xffffffffu, u, o);
+            }
+            const int64_t d = d0 + j;
+            if (lane == 0 && d < m.D) {
+                g += m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f;
+                u += mu.lbias ? cuda_load_f32(mu.lbdt, mu.lbias, d) : 0.0f;
+                m.y[d] = cuda_act1(a.act, g) * u;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float v = acc[r];
+            for (int o = 16; o > 0; o >>= 1)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0 && d0 + r < m.D)
+                m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
+        }
     }
 }
 
-template <int BITS, int SC, int R> void launch_r(cudaStream_t st, const q16_args &a) {
+template <int BITS, int SC, int R, bool PAIR> void launch_r(cudaStream_t st, const q16_args &a) {
     const size_t sm = (size_t)a.N * 2 + (size_t)(a.N / 16) * 8;
     if (sm > 48 * 1024) {
         static size_t set = 0; /* per instantiation: raise the opt-in once */
         if (sm > set) {
-            cudaFuncSetAttribute(qgemv16_kernel<BITS, SC, R>,
+            cudaFuncSetAttribute(qgemv16_kernel<BITS, SC, R, PAIR>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
             set = sm;
         }
     }
-    qgemv16_kernel<BITS, SC, R><<<a.tiles, Q16_THREADS, sm, st>>>(a);
+    qgemv16_kernel<BITS, SC, R, PAIR><<<a.tiles, Q16_THREADS, sm, st>>>(a);
 }
 
-template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R) {
+/* pair: a.n == 2, gate and up of one shape, tiles over the row pairs */
+template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R, bool pair) {
     unsigned blk = 0;
+    if (pair) {
+        a.m[0].blk0 = a.m[1].blk0 = 0;
+        a.tiles = (unsigned)((a.m[0].D + Q16_WARPS * (R / 2) - 1) / (Q16_WARPS * (R / 2)));
+        if (R == 4)
+            launch_r<BITS, SC, 4, true>(st, a);
+        else
+            launch_r<BITS, SC, 2, true>(st, a);
+        return;
+    }
     for (int i = 0; i < a.n; i++) {
         a.m[i].blk0 = blk;
         blk += (unsigned)((a.m[i].D + Q16_WARPS * R - 1) / (Q16_WARPS * R));
     }
     a.tiles = blk;
     if (R == 4)
-        launch_r<BITS, SC, 4>(st, a);
+        launch_r<BITS, SC, 4, false>(st, a);
     else
-        launch_r<BITS, SC, 2>(st, a);
+        launch_r<BITS, SC, 2, false>(st, a);
 }
 
 } // namespace
@@ -276,8 +313,10 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
     return (size_t)w->cols * 2 + (size_t)(w->cols / 16) * 8 <= 200 * 1024;
 }
 
-bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
-                       const nmlx_tensor *const *biases, const float *x, float *const *ys) {
+/* n weights (pair: gate and up, act) reading x; false if they do not qualify */
+static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                        const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                        bool pair, nmlx_act act) {
     if (n < 1 || n > Q16_MAXW || (uintptr_t)x % 16) return false;
     const nmlx_weight *w0 = ws[0];
     for (int i = 0; i < n; i++) {
@@ -286,9 +325,11 @@ bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
             w->group_size != w0->group_size || w->scales.dtype != w0->scales.dtype)
             return false;
     }
+    if (pair && (n != 2 || ws[1]->rows != w0->rows)) return false;
     q16_args a;
     memset(&a, 0, sizeof a);
     a.n = n;
+    a.act = act;
     a.x = x;
     a.N = w0->cols;
     const int in = 128 / w0->bits;
@@ -315,19 +356,33 @@ bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
     if (w0->bits == 4) {
         if (sc == SCF32)
-            launch_sc<4, SCF32>(st, a, R);
+            launch_sc<4, SCF32>(st, a, R, pair);
         else if (sc == SCF16)
-            launch_sc<4, SCF16>(st, a, R);
+            launch_sc<4, SCF16>(st, a, R, pair);
         else
-            launch_sc<4, SCBF16>(st, a, R);
+            launch_sc<4, SCBF16>(st, a, R, pair);
     } else {
         if (sc == SCF32)
-            launch_sc<8, SCF32>(st, a, R);
+            launch_sc<8, SCF32>(st, a, R, pair);
         else if (sc == SCF16)
-            launch_sc<8, SCF16>(st, a, R);
+            launch_sc<8, SCF16>(st, a, R, pair);
         else
-            launch_sc<8, SCBF16>(st, a, R);
+            launch_sc<8, SCBF16>(st, a, R, pair);
     }
     nmlx_cuda_note(be, cudaGetLastError());
     return true;
+}
+
+bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                       const nmlx_tensor *const *biases, const float *x, float *const *ys) {
+    return qgemv16_run(be, n, ws, biases, x, ys, false, NMLX_ACT_SILU);
+}
+
+bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                           const float *x, float *gate) {
+    const nmlx_weight *ws[2] = {g, u};
+    const nmlx_tensor *bs[2] = {bg, bu};
+    float *ys[2] = {gate, NULL}; /* up's y is never written */
+    return qgemv16_run(be, 2, ws, bs, x, ys, true, act);
 }

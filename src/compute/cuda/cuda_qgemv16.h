@@ -13,4 +13,11 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w);
 bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                        const nmlx_tensor *const *biases, const float *x, float *const *ys);
 
+/* gate = act(G x + bg) * (U x + bu) for G, U of one format and shape: each
+ * warp sums gate and up rows in pairs (the sums matmul_multi gives) and
+ * writes the product; false (nothing launched) when they do not qualify. */
+bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                           const float *x, float *gate);
+
 #endif

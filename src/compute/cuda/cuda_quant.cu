@@ -730,6 +730,19 @@ void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *w
         nmlx_cuda_matmul(be, ws[i], biases ? biases[i] : NULL, x, ys[i], T);
 }
 
+/* backend.h gate_up_act: one int16 mat-vec launch whose warps take gate
+ * and up rows in pairs and write act(g) * u, else the two ops. */
+void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
+                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
+                           const float *x, float *gate, float *up, int64_t T) {
+    if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16_act(be, act, g, u, bg, bu, x, gate)) return;
+    const nmlx_weight *ws[2] = {g, u};
+    const nmlx_tensor *bs[2] = {bg, bu};
+    float *ys[2] = {gate, up};
+    nmlx_cuda_matmul_multi(be, 2, ws, bs, x, ys, T);
+    nmlx_cuda_act_mul(be, act, gate, up, gate, T * g->rows);
+}
+
 /* The backend's scratch for the prefill operand (hi, lo, xs) of T x N. */
 static bool qx_reserve(nmlx_backend *be, size_t need) {
     cuda_impl *c = cuda_host_of(be);

@@ -1,0 +1,134 @@
+/* Fused ops of the CUDA backend (backend.h add_rmsnorm, rope_kv): one
+ * launch where the unfused sequence takes two to five. A decode step of
+ * the standard decoder is launch-bound on the GPU (bench/cuda/README.md):
+ * per layer these replace add + rmsnorm twice and q/k norm + rope q + rope
+ * k + the KV append copies. The arithmetic is that of the unfused kernels
+ * (cuda_kernels.cu: sums of squares in double over the same block size,
+ * angles in double), so the results agree with them to rounding. */
+#include "compute/cuda/cuda_internal.h"
+
+/* ---- add_rmsnorm: one block per row ---- */
+
+__global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
+                                   float w_offset, float eps, float *y, int64_t D) {
+    float *xr = x + blockIdx.x * D;
+    const float *dr = d + blockIdx.x * D;
+    float *yr = y + blockIdx.x * D;
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i] + dr[i];
+        xr[i] = v;
+        ss += (double)v * v;
+    }
+    ss = cuda_block_sum<double>(ss);
+    float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) { /* each thread reads its own writes */
+        float v = xr[i] * inv;
+        yr[i] = w ? v * (cuda_load_f32(wdt, w, i) + w_offset) : v;
+    }
+}
+
+void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                           float w_offset, float eps, float *y, int64_t R, int64_t D) {
+    if (R <= 0 || D <= 0) return;
+    add_rmsnorm_kernel<<<(unsigned)R, cuda_norm_threads(D), 0, cuda_of(be)->stream>>>(
+        x, d, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- rope_kv: one block per (token, q head or kv head) ---- */
+
+typedef struct rope_kv_params {
+    float *q;
+    const float *k, *v; /* k read only here (backend.h allows either) */
+    float *kc, *vc;
+    int64_t H, KVH, HD, cap, row0, pos0, half;
+    bool norm;
+    const void *qw, *kw; /* norm weights or NULL */
+    nmlx_dtype qwdt, kwdt;
+    float qoff, qeps, koff, keps;
+    const float *freqs; /* NULL: no RoPE (half = 0) */
+    float mscale;
+    const int64_t *step; /* non-NULL (a recorded step): pos0 and row0 are deltas from *step */
+} rope_kv_params;
+
+/* Element i of the (normed) source row, as the rmsnorm kernel writes it. */
+__device__ __forceinline__ float normed(const float *src, int64_t i, bool norm, float inv,
+                                        const void *w, nmlx_dtype wdt, float off) {
+    if (!norm) return src[i];
+    float v = src[i] * inv;
+    return w ? v * (cuda_load_f32(wdt, w, i) + off) : v;
+}
+
+/* Block (t, j): j < H is q head j of token t, normed and rotated in place;
+ * else KV head h = j - H: k's row normed and rotated into the cache row,
+ * v's row copied there. Every element is read and written by one thread,
+ * after the block's sum (a barrier), so q can be done in place. */
+__global__ void rope_kv_kernel(rope_kv_params p) {
+    int64_t nh = p.H + p.KVH, HD = p.HD;
+    int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
+    const int64_t base = p.step ? *p.step : 0;
+    const float *src;
+    float *dst;
+    const void *w;
+    nmlx_dtype wdt;
+    float off, eps;
+    if (j < p.H) {
+        dst = p.q + (t * p.H + j) * HD;
+        src = dst;
+        w = p.qw, wdt = p.qwdt, off = p.qoff, eps = p.qeps;
+    } else {
+        int64_t h = j - p.H, row = (h * p.cap + p.row0 + base + t) * HD;
+        src = p.k + (t * p.KVH + h) * HD;
+        dst = p.kc + row;
+        w = p.kw, wdt = p.kwdt, off = p.koff, eps = p.keps;
+        const float *vs = p.v + (t * p.KVH + h) * HD;
+        float *vd = p.vc + row;
+        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x)
+            vd[i] = vs[i];
+    }
+    float inv = 1.0f;
+    if (p.norm) {
+        double ss = 0;
+        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x)
+            ss += (double)src[i] * src[i];
+        ss = cuda_block_sum<double>(ss);
+        inv = (float)(1.0 / sqrt(ss / (double)HD + eps));
+    }
+    int64_t half = p.half;
+    double pos = (double)(p.pos0 + base + t);
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+        double s, c;
+        sincos(pos * (double)p.freqs[i], &s, &c);
+        float cf = (float)c, sf = (float)s;
+        float x0 = normed(src, i, p.norm, inv, w, wdt, off);
+        float x1 = normed(src, i + half, p.norm, inv, w, wdt, off);
+        dst[i] = (x0 * cf - x1 * sf) * p.mscale;
+        dst[i + half] = (x1 * cf + x0 * sf) * p.mscale;
+    }
+    for (int64_t i = 2 * half + threadIdx.x; i < HD; i += blockDim.x)
+        dst[i] = normed(src, i, p.norm, inv, w, wdt, off);
+}
+
+void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
+    if (a->T <= 0 || a->HD <= 0) return;
+    bool rope = a->rot >= 2 && a->freqs;
+    rope_kv_params p = {};
+    p.q = a->q, p.k = a->k, p.v = a->v, p.kc = a->k_cache, p.vc = a->v_cache;
+    p.H = a->H, p.KVH = a->KVH, p.HD = a->HD, p.cap = a->cap, p.row0 = a->row0;
+    p.pos0 = a->pos0, p.half = rope ? a->rot / 2 : 0;
+    p.norm = a->qk_norm;
+    p.qw = a->qk_norm && a->q_norm ? a->q_norm->data : NULL;
+    p.kw = a->qk_norm && a->k_norm ? a->k_norm->data : NULL;
+    p.qwdt = p.qw ? a->q_norm->dtype : NMLX_DT_F32;
+    p.kwdt = p.kw ? a->k_norm->dtype : NMLX_DT_F32;
+    p.qoff = a->q_norm_offset, p.qeps = a->q_norm_eps;
+    p.koff = a->k_norm_offset, p.keps = a->k_norm_eps;
+    p.freqs = rope ? a->freqs : NULL;
+    p.mscale = a->mscale;
+    cuda_impl *c = cuda_of(be);
+    if ((p.step = cuda_step_pos(c)) != NULL) p.pos0 -= c->step_pos, p.row0 -= c->step_pos;
+    int64_t blocks = a->T * (a->H + a->KVH);
+    rope_kv_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, c->stream>>>(p);
+    nmlx_cuda_note(be, cudaGetLastError());
+}

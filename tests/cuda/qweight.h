@@ -1,0 +1,62 @@
+/* Quantized test weights for the CUDA tests: a random [D, N] weight packed
+ * as `nmlx convert` writes it (host memory), and its device twin. */
+#ifndef NMLX_TEST_CUDA_QWEIGHT_H
+#define NMLX_TEST_CUDA_QWEIGHT_H
+
+#include "compute/backend.h"
+#include "compute/quant.h"
+#include "harness.h"
+
+#include <stdlib.h>
+
+/* Host buffers are handed to keep(), which must hold them until the end:
+ * the CUDA backend keys its prepared copies by host address. */
+static nmlx_weight test_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
+                                int64_t N, void *(*keep)(void *)) {
+    float *wv = malloc((size_t)(D * N) * sizeof(float));
+    for (int64_t i = 0; i < D * N; i++)
+        wv[i] = test_randf(-1, 1);
+    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
+    if (mode == NMLX_QUANT_MXFP4) sdt = NMLX_DT_U8;
+    const size_t ss = nmlx_dtype_size(sdt);
+    uint32_t *packed = keep(malloc((size_t)(D * words) * 4));
+    char *sc = keep(malloc((size_t)(D * G) * ss)), *bi = NULL;
+    if (mode == NMLX_QUANT_AFFINE) bi = keep(malloc((size_t)(D * G) * ss));
+    for (int64_t r = 0; r < D; r++)
+        nmlx_quant_quantize_row(mode, bits, gs, wv + r * N, N, packed + r * words,
+                                sc + (size_t)(r * G) * ss, bi ? bi + (size_t)(r * G) * ss : NULL,
+                                sdt);
+    free(wv);
+    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .name = "qw"},
+                     .scales = {.dtype = sdt, .ndim = 2, .shape = {D, G}, .name = "qs"},
+                     .mode = mode,
+                     .bits = bits,
+                     .group_size = gs,
+                     .rows = D,
+                     .cols = N};
+    w.w.data = packed;
+    w.scales.data = sc;
+    if (bi)
+        w.biases =
+            (nmlx_tensor){.dtype = sdt, .ndim = 2, .shape = {D, G}, .data = bi, .name = "qb"};
+    return w;
+}
+
+/* the device twin of a host quantized weight (prepared parts) */
+static nmlx_weight test_qweight_device(nmlx_backend *gpu, const nmlx_weight *w) {
+    nmlx_weight g = *w;
+    const nmlx_tensor *p = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w->w, &p) == NMLX_OK, "prepare: %s", nmlx_last_error());
+    if (p) g.w = *p;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w->scales, &p) == NMLX_OK, "prepare: %s",
+           nmlx_last_error());
+    if (p) g.scales = *p;
+    if (w->mode == NMLX_QUANT_AFFINE) {
+        EXPECT(gpu->ops->prepare_tensor(gpu, &w->biases, &p) == NMLX_OK, "prepare: %s",
+               nmlx_last_error());
+        if (p) g.biases = *p;
+    }
+    return g;
+}
+
+#endif
