@@ -23,6 +23,8 @@
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
+#   DEADLINE=420: no model's benchmarks start after this many seconds (the
+#   device runs a command for 600 s at most).
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-cuda-out}
 mkdir -p "$OUT"
@@ -84,6 +86,8 @@ bench() { # name dir [env]
   done
 }
 for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
+  # a run is cut at 600 s: no model starts after DEADLINE seconds (default 420)
+  if [ $(( $(date +%s) - T0 )) -gt "${DEADLINE:-420}" ]; then echo "deadline: $m not benched"; continue; fi
   D=/tmp/synth-$m
   case $m in
     qwen3-bf16) python3 bench/cuda/make_synth_qwen3.py $D 2>&1 | tail -1 ;;
