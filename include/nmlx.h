@@ -98,11 +98,14 @@ typedef struct nmlx_model_params {
     int quantize_group_size; /* 0 = 64; else 32, 64 or 128 */
     const char *device; /* NULL or "cpu" (default), "cuda" (= "cuda:0") or "cuda:N":
                            where the model computes. CUDA needs a build with
-                           -DNMLX_CUDA=ON and supports the standard families (llama,
+                           -DNMLX_CUDA=ON (npm: nvcc and cuBLAS found, or
+                           NMLX_CUDA=1) and supports the standard families (llama,
                            qwen2, qwen3, mistral, ...) in F32/F16/BF16, MLX affine
-                           and MXFP4; MoE, Gemma 3n and the quantized KV cache fail
-                           with NMLX_ERR_UNSUPPORTED there. Not copied: the
-                           string must live until nmlx_model_load returns. */
+                           and MXFP4; MoE, Gemma 3n, Llama 4 and the quantized KV
+                           cache fail with NMLX_ERR_UNSUPPORTED there unless the
+                           environment has NMLX_CUDA_EXPERIMENTAL=1 (written, not
+                           yet validated on a GPU). Not copied: the string must
+                           live until nmlx_model_load returns. */
     const char *precision; /* activations of the matmuls: NULL or "default": in
                               the prefill matmuls (>= 24 tokens) on the CPU,
                               never the LM head,
