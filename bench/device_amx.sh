@@ -21,12 +21,8 @@
 set -u
 OUT=${OUT:-/tmp/nmlx-amx-out}
 mkdir -p "$OUT"
-if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
-  R=/tmp/nmlx-deps
-  for f in .deps/*.deb; do dpkg -x "$f" $R; done
-  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
-  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-fi
+# jansson, pcre2, utf8proc from .deps/ where the image lacks them
+. bench/device_deps.sh .
 { lscpu | sed -n 's/^Model name: *//p' | head -1
   grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512_bf16|amx_bf16|amx_int8|amx_tile)$' | tr '\n' ' '
   echo; nproc; uname -r; } | tee "$OUT/env.txt"

@@ -58,13 +58,8 @@ printf '{"cpu":"%s","flags":"%s","nproc":%s,"pinned":"taskset -c 0,1","nmlx_comm
   "$CPU" "${FLAGS% }" "$(nproc)" "$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo unknown)" >> "$RES"
 log "cpu: $CPU / ${FLAGS% }"
 
-# our three C libraries, from carried .deb files when the host lacks them
-if ! pkg-config --exists jansson 2>/dev/null && ls "$HERE"/.deps/*.deb >/dev/null 2>&1; then
-  R=/tmp/nmlx-deps
-  for f in "$HERE"/.deps/*.deb; do dpkg -x "$f" $R; done
-  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
-  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-fi
+# jansson, pcre2, utf8proc from .deps/ where the image lacks them
+. "$HERE/bench/device_deps.sh" "$HERE"
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 
 # 1. llama.cpp source (gguf-py is needed by make_models.py right away)

@@ -19,12 +19,8 @@ LOG="$OUT/quant_dec16.txt"
 { lscpu | grep -E "Model name|^CPU\(s\)|Thread|Socket"; grep -o -w -E \
     "avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16" /proc/cpuinfo |
     sort -u | tr '\n' ' '; echo; gcc --version | head -1; } > "$LOG"
-if ! pkg-config --exists jansson 2>/dev/null && ls "$HERE"/.deps/*.deb >/dev/null 2>&1; then
-  R=/tmp/nmlx-deps
-  for f in "$HERE"/.deps/*.deb; do dpkg -x "$f" $R; done
-  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
-  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-fi
+# jansson, pcre2, utf8proc from .deps/ where the image lacks them
+. "$HERE/bench/device_deps.sh" "$HERE"
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 B="$HERE/build-device"
 cmake -S "$HERE" -B "$B" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \

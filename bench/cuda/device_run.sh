@@ -29,15 +29,8 @@ set -o pipefail
 OUT=${OUT:-/tmp/nmlx-cuda-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-# The GPU image lacks our three C libraries: carry their Debian packages in
-# .deps/ (apt-get download libjansson-dev libjansson4 libpcre2-dev
-# libpcre2-8-0 libutf8proc-dev libutf8proc2) and unpack them beside the repo.
-if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
-  R=/tmp/nmlx-deps
-  for f in .deps/*.deb; do dpkg -x "$f" $R; done
-  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
-  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
-fi
+# jansson, pcre2, utf8proc from .deps/ where the image lacks them
+. bench/device_deps.sh .
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&

@@ -22,13 +22,8 @@ S=$PWD/.device/serve
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
-# the GPU image lacks our three C libraries (see bench/cuda/device_run.sh)
-if ! pkg-config --exists jansson && ls .deps/*.deb >/dev/null 2>&1; then
-  R=/tmp/nmlx-deps
-  for f in .deps/*.deb; do dpkg -x "$f" $R; done
-  export PKG_CONFIG_SYSROOT_DIR=$R PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
-  export LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-fi
+# jansson, pcre2, utf8proc from .deps/ where the image lacks them
+. bench/device_deps.sh .
 # node (carried: the image has none)
 if ! command -v node >/dev/null; then
   mkdir -p /tmp/nmlx-node/bin && xz -dc "$S/node.xz" > /tmp/nmlx-node/bin/node && chmod +x /tmp/nmlx-node/bin/node
