@@ -5,7 +5,7 @@
 // (CMake's CUDA_ARCHITECTURES, e.g. "90" or "80;90"); else those of the GPUs
 // nvidia-smi lists, else 90 (Hopper).
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, realpathSync } from "node:fs";
 import { delimiter, dirname, join, resolve } from "node:path";
 
 function executable(path) {
@@ -25,12 +25,41 @@ function findNvcc(env, homes) {
   return homes.map((h) => join(h, "bin", "nvcc")).find(executable);
 }
 
-/** The folder holding libcublas.so next to nvcc's toolkit, or a system one. */
-function findCublasDir(nvcc) {
-  const root = resolve(dirname(nvcc), "..");
-  const dirs = [join(root, "lib64"), join(root, "lib"), join(root, "targets", "x86_64-linux", "lib"),
-    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64"];
-  return dirs.find((d) => existsSync(join(d, "libcublas.so")) && existsSync(join(d, "libcudart.so")));
+/** The toolkit root nvcc itself reports (`TOP=` of a dry run), if any. */
+function nvccTop(nvcc) {
+  try {
+    const out = execFileSync(nvcc, ["--dryrun", "-x", "cu", "-c", "/dev/null", "-o", "/dev/null"],
+      { stdio: ["ignore", "pipe", "pipe"], timeout: 20000, encoding: "utf8" });
+    const m = /^#\$ TOP=(.+)$/m.exec(out);
+    return m ? resolve(m[1].trim()) : undefined;
+  } catch (e) {
+    const m = /^#\$ TOP=(.+)$/m.exec(`${e.stdout || ""}${e.stderr || ""}`);
+    return m ? resolve(m[1].trim()) : undefined;
+  }
+}
+
+/**
+ * The folder holding libcublas.so and libcudart.so: in nvcc's toolkit (nvcc
+ * is often a symlink, e.g. /usr/local/bin/nvcc, so its real path counts
+ * first), $CUDA_HOME / $CUDA_PATH, the default homes, the root nvcc reports,
+ * then the system library folders.
+ */
+function findCublasDir(nvcc, env, homes) {
+  const roots = [];
+  try {
+    roots.push(resolve(dirname(realpathSync(nvcc)), ".."));
+  } catch {
+    /* a dangling link: fall through to the others */
+  }
+  roots.push(resolve(dirname(nvcc), ".."), env.CUDA_HOME, env.CUDA_PATH, ...homes);
+  const libDirs = (root) => [join(root, "lib64"), join(root, "lib"), join(root, "targets", "x86_64-linux", "lib"),
+    join(root, "targets", "sbsa-linux", "lib")];
+  const has = (d) => existsSync(join(d, "libcublas.so")) && existsSync(join(d, "libcudart.so"));
+  const system = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64"];
+  const found = roots.filter(Boolean).flatMap(libDirs).find(has);
+  if (found) return found;
+  const top = nvccTop(nvcc);
+  return (top && libDirs(top).find(has)) || system.find(has);
 }
 
 /** "90" or "80;90": the compute capabilities nvidia-smi reports, if any. */
@@ -57,10 +86,10 @@ export function cudaChoice(env = process.env, homes = ["/usr/local/cuda"]) {
     throw new Error(`NMLX_CUDA must be 1 (build the CUDA backend) or 0 (leave it out), not '${want}'`);
   if (want === "0") return { on: false, why: "NMLX_CUDA=0" };
   const nvcc = findNvcc(env, homes);
-  const libDir = nvcc && findCublasDir(nvcc);
+  const libDir = nvcc && findCublasDir(nvcc, env, homes);
   if (!nvcc || !libDir) {
     const lacking = !nvcc ? "nvcc (the CUDA toolkit: put its bin/ on PATH or set CUDACXX)"
-      : `cuBLAS and the CUDA runtime (libcublas.so, libcudart.so) beside ${nvcc}`;
+      : `cuBLAS and the CUDA runtime (libcublas.so, libcudart.so) for ${nvcc} (set CUDA_HOME to its toolkit)`;
     if (want === "1") throw new Error(`NMLX_CUDA=1 but ${lacking} was not found`);
     return { on: false, why: `no ${lacking.split(" (")[0]} found; NMLX_CUDA=1 requires it` };
   }

@@ -2,7 +2,7 @@
 // toolkit laid out in a temp folder, so it runs on any machine.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cudaBuildFlags, cudaChoice } from "../scripts/cuda.mjs";
 import { tempDir } from "./helpers.js";
@@ -46,6 +46,30 @@ test("nvcc is found through CUDACXX and PATH before the default homes", () => {
   const a = fakeToolkit(), b = fakeToolkit();
   assert.equal(cudaChoice({ CUDACXX: join(a, "bin", "nvcc"), PATH: join(b, "bin") }, []).nvcc, join(a, "bin", "nvcc"));
   assert.equal(cudaChoice({ PATH: join(b, "bin") }, [a]).nvcc, join(b, "bin", "nvcc"));
+});
+
+test("cuBLAS is found through a symlinked nvcc, CUDA_HOME, or the root nvcc reports", () => {
+  // /usr/local/bin/nvcc -> <toolkit>/bin/nvcc, as some installs lay it out
+  const home = fakeToolkit();
+  const bin = tempDir("bin");
+  symlinkSync(join(home, "bin", "nvcc"), join(bin, "nvcc"));
+  const linked = cudaChoice({ PATH: bin, NMLX_CUDA: "1", NMLX_CUDA_ARCH: "90" }, []);
+  assert.equal(linked.nvcc, join(bin, "nvcc"));
+  assert.equal(linked.libDir, join(home, "lib64"));
+
+  // nvcc alone in a folder, the libraries in $CUDA_HOME
+  const lone = tempDir("lone");
+  mkdirSync(join(lone, "bin"));
+  writeFileSync(join(lone, "bin", "nvcc"), "#!/bin/sh\nexit 0\n");
+  chmodSync(join(lone, "bin", "nvcc"), 0o755);
+  const libs = fakeToolkit();
+  assert.equal(cudaChoice({ PATH: join(lone, "bin"), CUDA_HOME: libs, NMLX_CUDA_ARCH: "90" }, []).libDir, join(libs, "lib64"));
+
+  // a wrapper script that is no symlink: the TOP= line of nvcc's dry run
+  const wrapDir = tempDir("wrap");
+  writeFileSync(join(wrapDir, "nvcc"), `#!/bin/sh\necho '#$ TOP=${home}/bin/..'\n`);
+  chmodSync(join(wrapDir, "nvcc"), 0o755);
+  assert.equal(cudaChoice({ PATH: wrapDir, NMLX_CUDA_ARCH: "90" }, []).libDir, join(home, "lib64"));
 });
 
 test("NMLX_CUDA=0 leaves CUDA out even where it is found; NMLX_CUDA=1 fails naming what is missing", () => {
