@@ -96,6 +96,7 @@ static nmlx_status check_args(const nmlx_batch *b, nmlx_session *const *ss, cons
 static void commit(nmlx_session *s, int32_t id) {
     s->history[s->n_history++] = id;
     s->has_logits = true;
+    s->logits_dev = NULL;
     s->all_rows = 0;
 }
 

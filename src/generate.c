@@ -7,8 +7,10 @@
 #include <string.h>
 
 nmlx_generate_params nmlx_generate_default_params(void) {
-    return (nmlx_generate_params){.max_tokens = 256, .ignore_eos = 0,
-                                  .sampler = nmlx_sampler_default_params(), .on_token = NULL,
+    return (nmlx_generate_params){.max_tokens = 256,
+                                  .ignore_eos = 0,
+                                  .sampler = nmlx_sampler_default_params(),
+                                  .on_token = NULL,
                                   .user = NULL};
 }
 
@@ -66,10 +68,16 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
     CHECK(s->has_logits, NMLX_ERR_INVALID_ARG,
           "nmlx_generate: empty prompt and the session has no logits to continue from");
 
+    /* greedy without penalties: on backends with an argmax op the logits stay
+     * where the LM head wrote them and one id comes back a token */
+    const bool greedy = p.sampler.temperature <= 0.0f && (p.sampler.repetition_penalty == 1.0f ||
+                                                          p.sampler.repetition_context_size == 0);
     for (int i = 0; i < p.max_tokens; i++) {
         if ((size_t)s->n_history >= (size_t)s->max_context) break; /* context full: LENGTH */
-        int32_t id = nmlx_sampler_sample(&s->sampler, &p.sampler, s->logits, s->history,
-                                         s->n_history);
+        if (!greedy) nmlx_session_fetch_logits(s);
+        int32_t id = greedy ? nmlx_session_greedy_id(s)
+                            : nmlx_sampler_sample(&s->sampler, &p.sampler, s->logits, s->history,
+                                                  s->n_history);
         if (i == 0) t_first = nmlx_time_seconds();
         r.n_generated++;
         bool eos = !p.ignore_eos && nmlx_model_is_eos(s->model, id);
@@ -90,7 +98,8 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
             break;
         }
         if (last) break;
-        st = nmlx_session_eval_tokens(s, NULL, 0, 0); /* evaluates the pending token */
+        /* evaluates the pending token */
+        st = greedy ? nmlx_session_eval_pending_greedy(s) : nmlx_session_eval_tokens(s, NULL, 0, 0);
         if (st == NMLX_ERR_CANCELLED) {
             r.finish = NMLX_FINISH_CANCELLED;
             st = NMLX_OK;
@@ -106,6 +115,7 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
     r.prefill_seconds = (r.n_generated ? t_first : t_end) - t0;
     r.decode_seconds = r.n_generated ? t_end - t_first : 0.0;
 cleanup:
+    nmlx_session_fetch_logits(s); /* the session's logits are current again */
     if (result) *result = r;
     return st;
 }

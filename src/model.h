@@ -38,6 +38,9 @@ struct nmlx_session {
     int64_t max_context;
     float *logits; /* [vocab] host */
     bool has_logits;
+    /* Greedy generation: the logits row the LM head left on the backend,
+     * not yet in `logits` (NULL: `logits` is current). nmlx_session_fetch_logits. */
+    const float *logits_dev;
     float *all_logits; /* [all_rows, vocab] host */
     size_t all_rows, all_cap;
     int32_t *history; /* every token in the session, [max_context] */
@@ -61,5 +64,14 @@ bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
 /* nmlx_session_eval without clearing the cancel flag (generate's loop). */
 nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
                                      int all_logits);
+/* Generation's greedy path, on backends with an argmax op: evaluates the
+ * pending token leaving the logits on the backend (logits_dev) where they
+ * are plainly the LM head's (no soft-cap); nmlx_session_greedy_id then
+ * downloads one id instead of the row. */
+nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s);
+/* The id greedy sampling without penalties picks from the current logits. */
+int32_t nmlx_session_greedy_id(nmlx_session *s);
+/* Brings logits left on the backend into s->logits (no-op if current). */
+void nmlx_session_fetch_logits(nmlx_session *s);
 
 #endif

@@ -1,6 +1,8 @@
 /* Sessions: one conversation's caches, logits, token history and sampler. */
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
+#include "shared/layers.h"
+#include "shared/sampling.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -185,6 +187,7 @@ nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t
         rows = s->all_logits;
     }
     s->has_logits = false;
+    s->logits_dev = NULL;
     s->all_rows = 0;
     const bool step = n == 1 && m->be->ops->decode_step;
     if (step) m->be->ops->decode_step(m->be, true);
@@ -206,8 +209,44 @@ nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int
     return nmlx_session_eval_tokens(s, ids, n, all_logits);
 }
 
+nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s) {
+    nmlx_backend *be = s->model->be;
+    if (!be->ops->argmax || s->pending < 0) return nmlx_session_eval_tokens(s, NULL, 0, 0);
+    be->defer_logits.on = true;
+    be->defer_logits.dev = NULL;
+    nmlx_status st = nmlx_session_eval_tokens(s, NULL, 0, 0);
+    be->defer_logits.on = false;
+    const float *dev = be->defer_logits.dev;
+    be->defer_logits.dev = NULL;
+    if (st != NMLX_OK || !dev) return st;
+    if (be->defer_logits.host != s->logits || be->defer_logits.vocab != s->model->info.vocab_size ||
+        be->defer_logits.softcap > 0) { /* not the plain row argmax can read: download it */
+        nmlx_lm_head_download(be, dev, be->defer_logits.vocab, be->defer_logits.softcap,
+                              be->defer_logits.host);
+        return NMLX_OK;
+    }
+    s->logits_dev = dev;
+    return NMLX_OK;
+}
+
+int32_t nmlx_session_greedy_id(nmlx_session *s) {
+    if (s->logits_dev)
+        return s->model->be->ops->argmax(s->model->be, s->logits_dev, s->model->info.vocab_size);
+    return nmlx_argmax(s->logits, s->model->info.vocab_size);
+}
+
+void nmlx_session_fetch_logits(nmlx_session *s) {
+    if (!s || !s->logits_dev) return;
+    nmlx_lm_head_download(s->model->be, s->logits_dev, s->model->info.vocab_size, 0.0f, s->logits);
+    s->logits_dev = NULL;
+}
+
 const float *nmlx_session_logits(const nmlx_session *s) {
-    return s && s->has_logits ? s->logits : NULL;
+    if (!s || !s->has_logits) return NULL;
+    /* logically const: logits a greedy generation left on the backend are
+     * fetched on first read (sessions are never const objects: nmlx makes them) */
+    nmlx_session_fetch_logits((nmlx_session *)s);
+    return s->logits;
 }
 
 const float *nmlx_session_all_logits(const nmlx_session *s, size_t *n_rows) {
@@ -231,6 +270,7 @@ nmlx_status nmlx_session_trim(nmlx_session *s, size_t n) {
     s->model->family->state_trim(s->state, (int64_t)n);
     s->n_history -= n;
     s->has_logits = false;
+    s->logits_dev = NULL;
     s->all_rows = 0;
     return NMLX_OK;
 }
@@ -241,6 +281,7 @@ void nmlx_session_reset(nmlx_session *s) {
     s->model->family->state_trim(s->state, s->model->family->state_position(s->state));
     s->n_history = 0;
     s->has_logits = false;
+    s->logits_dev = NULL;
     s->all_rows = 0;
     if (s->detok) nmlx_detokenizer_reset(s->detok);
 }
@@ -260,6 +301,7 @@ nmlx_status nmlx_session_sample(nmlx_session *s, const nmlx_sampler_params *p, i
     nmlx_sampler_params sp = p ? *p : nmlx_sampler_default_params();
     nmlx_status st = nmlx_sampler_validate(&sp);
     if (st != NMLX_OK) return st;
+    nmlx_session_fetch_logits(s);
     *out = nmlx_sampler_sample(&s->sampler, &sp, s->logits, s->history, s->n_history);
     return NMLX_OK;
 }

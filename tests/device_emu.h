@@ -130,6 +130,14 @@ static void emu_download(nmlx_backend *be, void *host, const void *src, size_t b
 
 static void emu_sync(nmlx_backend *be) { (void)be; }
 
+static int32_t emu_argmax(nmlx_backend *be, const float *x, int64_t n) {
+    emu_need(be, "argmax", x, "x");
+    emu_open(be);
+    int32_t id = emu_of(be)->cpu->ops->argmax(emu_of(be)->cpu, x, n);
+    emu_close(be);
+    return id;
+}
+
 static nmlx_status emu_prepare(nmlx_backend *be, const nmlx_tensor *t, const nmlx_tensor **out) {
     emu_state *e = emu_of(be);
     const char *h = (const char *)t->data;
@@ -342,6 +350,7 @@ static const nmlx_backend_ops emu_ops = {
     .upload = emu_upload,
     .download = emu_download,
     .sync = emu_sync,
+    .argmax = emu_argmax,
     .prepare_tensor = emu_prepare,
     .matmul = emu_matmul,
     .matmul_multi = emu_matmul_multi,

@@ -127,6 +127,11 @@ typedef struct nmlx_backend_ops {
      * q_pos and n_kv) that differ from pos by the same amounts, and embed
      * the one id. Returns false at END. */
     bool (*step_graph)(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
+    /* Optional (NULL on the CPU): the index of the largest of x[0..n), a
+     * backend buffer, the first one on ties (as nmlx_argmax); waits for
+     * the result. Greedy decoding then downloads one id a token, not the
+     * logits (nmlx_backend.defer_logits). */
+    int32_t (*argmax)(nmlx_backend *be, const float *x, int64_t n);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -259,6 +264,16 @@ struct nmlx_backend {
     nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
     void *impl;               /* backend private state */
     nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
+    /* Set by the session around a greedy decode step (backends with argmax):
+     * nmlx_lm_head_download then records the logits row left on the backend
+     * here instead of downloading it (layers.h). */
+    struct {
+        bool on;
+        const float *dev; /* the recorded row, NULL if none */
+        float *host;      /* where the download would have gone */
+        int64_t vocab;
+        float softcap;
+    } defer_logits;
 };
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0

@@ -104,6 +104,12 @@ static void p_download(nmlx_backend *be, void *host, const void *src, size_t byt
     P->inner->download(be, host, src, bytes);
     PROF_END(be, "download %s", bytes >= 65536 ? ">=64K" : "<64K");
 }
+static int32_t p_argmax(nmlx_backend *be, const float *x, int64_t n) {
+    PROF_BEGIN(be);
+    int32_t id = P->inner->argmax(be, x, n);
+    PROF_END(be, "argmax");
+    return id;
+}
 static void p_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
     PROF_BEGIN(be);
@@ -271,6 +277,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(copy);
     WRAP(upload);
     WRAP(download);
+    WRAP(argmax);
     WRAP(matmul);
     WRAP(matmul_multi);
     WRAP(embed);

@@ -157,6 +157,19 @@ void nmlx_lm_head_device(nmlx_backend *be, const nmlx_linear *head, const float 
 
 void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, float softcap,
                            float *host) {
+    if (be->defer_logits.on) {      /* a greedy step: the session takes the argmax on the backend */
+        if (be->defer_logits.dev) { /* a second row in one step: the first one is fetched */
+            be->defer_logits.on = false;
+            nmlx_lm_head_download(be, be->defer_logits.dev, be->defer_logits.vocab,
+                                  be->defer_logits.softcap, be->defer_logits.host);
+            be->defer_logits.on = true;
+        }
+        be->defer_logits.dev = dev;
+        be->defer_logits.host = host;
+        be->defer_logits.vocab = vocab;
+        be->defer_logits.softcap = softcap;
+        return;
+    }
     be->ops->download(be, host, dev, (size_t)vocab * sizeof(float));
     if (softcap > 0) /* Gemma: cap * tanh(logits / cap), on the host copy */
         for (int64_t i = 0; i < vocab; i++)

@@ -52,6 +52,16 @@ static nmlx_status cpu_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
     return NMLX_OK;
 }
 
+/* The sampler's argmax (first on ties) on the logits where the LM head left
+ * them: greedy decoding copies no logits (backend.h defer_logits). */
+static int32_t cpu_argmax(nmlx_backend *be, const float *x, int64_t n) {
+    (void)be;
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
 static const nmlx_backend_ops cpu_ops = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -60,6 +70,7 @@ static const nmlx_backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .sync = cpu_sync,
+    .argmax = cpu_argmax,
     .prepare_tensor = cpu_prepare_tensor,
     .matmul = nmlx_cpu_matmul,
     .matmul_multi = nmlx_cpu_matmul_multi,

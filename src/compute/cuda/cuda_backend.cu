@@ -207,6 +207,8 @@ static void cuda_release(nmlx_backend *be) {
         if (c->rexec[i]) cudaGraphExecDestroy(c->rexec[i]);
     if (c->step_dev) cudaFree(c->step_dev);
     if (c->step_host) cudaFreeHost(c->step_host);
+    if (c->argmax_dev) cudaFree(c->argmax_dev);
+    if (c->argmax_host) cudaFreeHost(c->argmax_host);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -228,6 +230,7 @@ static const nmlx_backend_ops cuda_ops = {
     .decode_step = nmlx_cuda_decode_step,
     .mem_info = cuda_mem_info,
     .step_graph = nmlx_cuda_step_graph,
+    .argmax = nmlx_cuda_argmax,
     .matmul = nmlx_cuda_matmul,
     .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,

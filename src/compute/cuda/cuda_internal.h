@@ -77,6 +77,8 @@ typedef struct cuda_impl {
     uint64_t rkey[STEP_GRAPHS];
     long rused[STEP_GRAPHS]; /* last use (step count): the least recent is replaced */
     long replays;
+    int32_t *argmax_dev;   /* argmax's result, and its pinned host copy */
+    int32_t *argmax_host;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -165,6 +167,7 @@ void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
 void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
 void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
+int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n);
 /* Family ops (cuda_family_ops.cu): MoE, Gemma 3n, Llama 4. */
 void nmlx_cuda_swiglu_clipped(nmlx_backend *be, const float *gate, const float *up, float *out,
                               int64_t n, float alpha, float limit);

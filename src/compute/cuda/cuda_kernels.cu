@@ -1,9 +1,10 @@
 /* Row and elementwise kernels of the CUDA backend: embed, rmsnorm, rope,
- * act_mul, act, add, scale, softmax. Shapes as in backend.h; each op is one
+ * act_mul, act, add, scale, softmax, argmax. Shapes as in backend.h; each op is one
  * launch on the backend's stream. Arithmetic follows the CPU reference
  * kernels (kernels_portable.c) so the two agree to rounding. */
 #include "compute/cuda/cuda_internal.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -254,4 +255,62 @@ void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {
     if (R <= 0 || n <= 0) return;
     softmax_kernel<<<(unsigned)R, ROW_THREADS, 0, cuda_of(be)->stream>>>(x, n);
     nmlx_cuda_note(be, cudaGetLastError());
+}
+
+/* ---- argmax: the index of the largest of x[0..n), first on ties ---- */
+
+enum { ARGMAX_THREADS = 1024 };
+
+/* b beats a: larger, or equal and earlier (nmlx_argmax's order) */
+__device__ void argmax_take(float &v, int &i, float bv, int bi) {
+    if (bv > v || (bv == v && bi < i)) {
+        v = bv;
+        i = bi;
+    }
+}
+
+/* One block: a greedy step's whole cost here is a few microseconds, against
+ * the download of a 0.5 MB logits row it replaces. */
+__global__ void argmax_kernel(const float *x, int n, int32_t *out) {
+    __shared__ float pv[32];
+    __shared__ int pi[32];
+    float v = -INFINITY;
+    int idx = INT_MAX;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) /* rising i: strict > keeps the first */
+        if (x[i] > v || idx == INT_MAX) {
+            v = x[i];
+            idx = i;
+        }
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_take(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) {
+        pv[w] = v;
+        pi[w] = idx;
+    }
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x / 32;
+        v = l < nw ? pv[l] : -INFINITY;
+        idx = l < nw ? pi[l] : INT_MAX;
+        for (int o = 16; o > 0; o >>= 1)
+            argmax_take(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        if (l == 0) *out = idx == INT_MAX ? 0 : idx;
+    }
+}
+
+int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n) {
+    cuda_impl *c = cuda_host_of(be); /* waits for the result: never part of a recorded step */
+    if (n <= 0 || n > INT_MAX) return 0;
+    if (!c->argmax_dev) {
+        nmlx_cuda_note(be, cudaMalloc((void **)&c->argmax_dev, sizeof(int32_t)));
+        nmlx_cuda_note(be, cudaMallocHost((void **)&c->argmax_host, sizeof(int32_t)));
+        if (!c->argmax_dev || !c->argmax_host) return 0;
+    }
+    argmax_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(x, (int)n, c->argmax_dev);
+    nmlx_cuda_note(be, cudaGetLastError());
+    nmlx_cuda_note(be, cudaMemcpyAsync(c->argmax_host, c->argmax_dev, sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, c->stream));
+    nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
+    return *c->argmax_host;
 }
