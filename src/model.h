@@ -41,6 +41,11 @@ struct nmlx_session {
     /* Greedy generation: the logits row the LM head left on the backend,
      * not yet in `logits` (NULL: `logits` is current). nmlx_session_fetch_logits. */
     const float *logits_dev;
+    /* [vocab] backend buffer, allocated on first need: where batched decode
+     * leaves this session's row (batch.c), since the head's own buffer is
+     * reused by the next chunk of rows and the next step. Freed with the
+     * session. */
+    float *row_dev;
     float *all_logits; /* [all_rows, vocab] host */
     size_t all_rows, all_cap;
     int32_t *history; /* every token in the session, [max_context] */
@@ -64,14 +69,20 @@ bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
 /* nmlx_session_eval without clearing the cancel flag (generate's loop). */
 nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
                                      int all_logits);
-/* Generation's greedy path, on backends with an argmax op: evaluates the
+/* Generation's greedy path, on backends with an argmax op (and its path for
+ * every sampler on backends with a sample op): evaluates the
  * pending token leaving the logits on the backend (logits_dev) where they
  * are plainly the LM head's (no soft-cap); nmlx_session_greedy_id then
  * downloads one id instead of the row. */
 nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s);
-/* The id greedy sampling without penalties picks from the current logits. */
+/* session_sample.c: the id greedy sampling without penalties picks from
+ * the current logits; */
 int32_t nmlx_session_greedy_id(nmlx_session *s);
-/* Brings logits left on the backend into s->logits (no-op if current). */
+/* brings logits left on the backend into s->logits (no-op if current); */
 void nmlx_session_fetch_logits(nmlx_session *s);
+/* nmlx_sampler_sample on the current logits (p valid), wherever they lie:
+ * on the backend where it can (argmax, sample op), the same ids and the
+ * same random stream as the host sampler. */
+int32_t nmlx_session_pick(nmlx_session *s, const nmlx_sampler_params *p);
 
 #endif

@@ -20,6 +20,7 @@ void nmlx_session_free(nmlx_session *s) {
     if (!s) return;
     nmlx_model *m = s->model;
     if (s->state) m->family->state_free(s->state, m->be);
+    if (s->row_dev) m->be->ops->free(m->be, s->row_dev);
     nmlx_kv_dequant_free(&s->kv_deq, m->be);
     nmlx_sampler_free(&s->sampler);
     nmlx_detokenizer_free(s->detok);
@@ -229,18 +230,6 @@ nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s) {
     return NMLX_OK;
 }
 
-int32_t nmlx_session_greedy_id(nmlx_session *s) {
-    if (s->logits_dev)
-        return s->model->be->ops->argmax(s->model->be, s->logits_dev, s->model->info.vocab_size);
-    return nmlx_argmax(s->logits, s->model->info.vocab_size);
-}
-
-void nmlx_session_fetch_logits(nmlx_session *s) {
-    if (!s || !s->logits_dev) return;
-    nmlx_lm_head_download(s->model->be, s->logits_dev, s->model->info.vocab_size, 0.0f, s->logits);
-    s->logits_dev = NULL;
-}
-
 const float *nmlx_session_logits(const nmlx_session *s) {
     if (!s || !s->has_logits) return NULL;
     /* logically const: logits a greedy generation left on the backend are
@@ -294,14 +283,3 @@ void nmlx_session_seed(nmlx_session *s, uint64_t seed) {
     if (s) nmlx_sampler_seed(&s->sampler, seed);
 }
 
-nmlx_status nmlx_session_sample(nmlx_session *s, const nmlx_sampler_params *p, int32_t *out) {
-    if (!s || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: NULL argument");
-    if (!s->has_logits || s->pending >= 0)
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: no logits (evaluate first)");
-    nmlx_sampler_params sp = p ? *p : nmlx_sampler_default_params();
-    nmlx_status st = nmlx_sampler_validate(&sp);
-    if (st != NMLX_OK) return st;
-    nmlx_session_fetch_logits(s);
-    *out = nmlx_sampler_sample(&s->sampler, &sp, s->logits, s->history, s->n_history);
-    return NMLX_OK;
-}

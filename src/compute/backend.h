@@ -132,6 +132,17 @@ typedef struct nmlx_backend_ops {
      * the result. Greedy decoding then downloads one id a token, not the
      * logits (nmlx_backend.defer_logits). */
     int32_t (*argmax)(nmlx_backend *be, const float *x, int64_t n);
+    /* Optional (NULL on the CPU): nmlx_sampler_sample on a backend buffer,
+     * waiting for the one id it returns: the row x[0..n) with p's
+     * repetition penalty (over the last p->repetition_context_size ids of
+     * history[0..n_history), host memory), temperature, top-k, min-p and
+     * top-p, and the draw u in [0, 1) that the host sampler's generator
+     * gave (unused at temperature 0). -1 if it could not run (the caller
+     * samples on the host). Same semantics as the host sampler; ids may
+     * differ only where u falls within float rounding of a boundary of the
+     * filtered distribution (tests/cuda/test_cuda_sample.c counts those). */
+    int32_t (*sample)(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
+                      const int32_t *history, size_t n_history, double u);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -273,6 +284,14 @@ struct nmlx_backend {
         float *host;      /* where the download would have gone */
         int64_t vocab;
         float softcap;
+        /* Set by batched decode around forward_batch (batch.c): row r of
+         * nmlx_lm_head_scatter goes by device copy to rows[r] (each
+         * session's own backend buffer; a NULL entry: downloaded as usual)
+         * instead of being downloaded, so the next step's chunks can reuse
+         * the head's buffer; rows_copied says it happened (never for a
+         * soft-capped head: the cap is applied on the host copy). */
+        float *const *rows;
+        bool rows_copied;
     } defer_logits;
 };
 

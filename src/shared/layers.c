@@ -182,9 +182,20 @@ static void lm_head(nmlx_backend *be, const nmlx_linear *head, const float *xn, 
     for (int64_t r0 = 0; r0 < rows; r0 += NMLX_LOGIT_ROWS) {
         int64_t n = rows - r0 < NMLX_LOGIT_ROWS ? rows - r0 : NMLX_LOGIT_ROWS;
         nmlx_lm_head_device(be, head, xn + r0 * hidden, n, dev);
-        for (int64_t r = 0; r < n; r++)
+        for (int64_t r = 0; r < n; r++) {
+            /* batched decode: the row stays on the backend, in the session's
+             * buffer (dev is reused by the next chunk and the next step) */
+            float *keep = host_rows && be->defer_logits.rows && softcap <= 0
+                              ? be->defer_logits.rows[r0 + r]
+                              : NULL;
+            if (keep) {
+                be->ops->copy(be, keep, dev + r * vocab, (size_t)vocab * sizeof(float));
+                be->defer_logits.rows_copied = true;
+                continue;
+            }
             nmlx_lm_head_download(be, dev + r * vocab, vocab, softcap,
                                   host_rows ? host_rows[r0 + r] : host_out + (r0 + r) * vocab);
+        }
     }
 }
 

@@ -77,7 +77,9 @@ void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, fl
                            float *host);
 
 /* The same with row r written to host_rows[r] (batched decode: each
- * session's own logits buffer). */
+ * session's own logits buffer), or, where be->defer_logits.rows[r] is set
+ * and the head is not soft-capped, copied to that backend buffer on the
+ * backend (backend.h; batch.c). */
 void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,
                           int64_t rows, int64_t hidden, int64_t vocab, float softcap, float *dev,
                           float *const *host_rows);
