@@ -22,8 +22,11 @@
 enum { DEFAULT_CONTEXT_MIN = 4096, DEFAULT_CONTEXT_MAX = 8192 };
 
 nmlx_model_params nmlx_model_default_params(void) {
-    return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0,
-                               .quantize_bits = 0, .quantize_group_size = 0};
+    return (nmlx_model_params){.n_threads = 0,
+                               .max_context = 0,
+                               .no_tokenizer = 0,
+                               .quantize_bits = 0,
+                               .quantize_group_size = 0};
 }
 
 static bool file_exists(const char *path) {
@@ -106,7 +109,7 @@ static void model_destroy(nmlx_model *m) {
     nmlx_tokenizer_free(m->tok);
     nmlx_weights_close(m->weights);
     nmlx_cfg_free(m->cfg);
-    nmlx_backend_free(m->be);
+    if (!m->be_borrowed) nmlx_backend_free(m->be);
     nmlx_free(m->dir);
     nmlx_free(m);
 #if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
@@ -165,8 +168,9 @@ cleanup:
     return st;
 }
 
-nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
-                            nmlx_model **out) {
+/* nmlx_model_load and nmlx_model_load_on (be: borrowed, else created) */
+static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_backend *be,
+                        nmlx_model **out) {
     nmlx_status st = NMLX_OK;
     nmlx_model *m = NULL;
     char path[4096];
@@ -189,8 +193,7 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     CHECK(m->dir, NMLX_ERR_NOMEM, "out of memory loading '%s'", dir);
 
     snprintf(path, sizeof path, "%s/config.json", dir);
-    CHECK(file_exists(path), NMLX_ERR_IO, "%s: not found (a model folder needs config.json)",
-          path);
+    CHECK(file_exists(path), NMLX_ERR_IO, "%s: not found (a model folder needs config.json)", path);
     TRY(nmlx_cfg_open(path, &m->cfg));
     const char *mt = nmlx_cfg_model_type(m->cfg);
     CHECK(mt[0], NMLX_ERR_FORMAT, "%s: missing field 'model_type'", path);
@@ -199,15 +202,20 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     if (!m->family) {
         char known[512];
         list_model_types(known, sizeof known);
-        CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)",
-              path, mt, known);
+        CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)", path,
+              mt, known);
     }
 
     TRY(nmlx_weights_open_dir(dir, &m->weights));
     m->half_dtype = checkpoint_half_dtype(m->weights);
     snprintf(path, sizeof path, "%s/config.json", dir);
     TRY(load_quantization(m, path, &p));
-    TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    if (be) {
+        m->be = be;
+        m->be_borrowed = true;
+    } else {
+        TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    }
     TRY(nmlx_backend_set_precision(m->be, p.precision));
     /* device backends run the standard decoder (its loaders prepare the
      * weights); families with their own layer code (Gemma 3n, Llama 4) are
@@ -224,9 +232,12 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     TRY(read_eos(m, m->cfg, m->info.vocab_size));
 
     int64_t cap = m->info.max_position_embeddings;
-    if (p.max_context > 0) cap = p.max_context;
-    else if (cap > DEFAULT_CONTEXT_MAX) cap = DEFAULT_CONTEXT_MAX;
-    else if (cap < DEFAULT_CONTEXT_MIN) cap = DEFAULT_CONTEXT_MIN;
+    if (p.max_context > 0)
+        cap = p.max_context;
+    else if (cap > DEFAULT_CONTEXT_MAX)
+        cap = DEFAULT_CONTEXT_MAX;
+    else if (cap < DEFAULT_CONTEXT_MIN)
+        cap = DEFAULT_CONTEXT_MIN;
     m->max_context = cap;
     TRY(nmlx_context_fits(m, cap, "nmlx_model_load"));
 
@@ -246,6 +257,16 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
 cleanup:
     if (m) model_destroy(m);
     return st;
+}
+
+nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params, nmlx_model **out) {
+    return load(dir, params, NULL, out);
+}
+
+nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params, nmlx_backend *be,
+                               nmlx_model **out) {
+    if (!be) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_model_load_on: no backend");
+    return load(dir, params, be, out);
 }
 
 const char *nmlx_model_type(const nmlx_model *m) { return m ? m->model_type : ""; }
