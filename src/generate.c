@@ -76,7 +76,7 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
     const bool keep = greedy || s->model->be->ops->sample;
     for (int i = 0; i < p.max_tokens; i++) {
         if ((size_t)s->n_history >= (size_t)s->max_context) break; /* context full: LENGTH */
-        int32_t id = nmlx_session_pick(s, &p.sampler);             /* session_sample.c */
+        int32_t id = nmlx_session_pick(s, &p.sampler); /* where the logits lie */
         if (i == 0) t_first = nmlx_time_seconds();
         r.n_generated++;
         bool eos = !p.ignore_eos && nmlx_model_is_eos(s->model, id);

@@ -22,11 +22,8 @@
 enum { DEFAULT_CONTEXT_MIN = 4096, DEFAULT_CONTEXT_MAX = 8192 };
 
 nmlx_model_params nmlx_model_default_params(void) {
-    return (nmlx_model_params){.n_threads = 0,
-                               .max_context = 0,
-                               .no_tokenizer = 0,
-                               .quantize_bits = 0,
-                               .quantize_group_size = 0};
+    return (nmlx_model_params){.n_threads = 0, .max_context = 0, .no_tokenizer = 0,
+                               .quantize_bits = 0, .quantize_group_size = 0};
 }
 
 static bool file_exists(const char *path) {
@@ -193,7 +190,8 @@ static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_b
     CHECK(m->dir, NMLX_ERR_NOMEM, "out of memory loading '%s'", dir);
 
     snprintf(path, sizeof path, "%s/config.json", dir);
-    CHECK(file_exists(path), NMLX_ERR_IO, "%s: not found (a model folder needs config.json)", path);
+    CHECK(file_exists(path), NMLX_ERR_IO, "%s: not found (a model folder needs config.json)",
+          path);
     TRY(nmlx_cfg_open(path, &m->cfg));
     const char *mt = nmlx_cfg_model_type(m->cfg);
     CHECK(mt[0], NMLX_ERR_FORMAT, "%s: missing field 'model_type'", path);
@@ -202,8 +200,8 @@ static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_b
     if (!m->family) {
         char known[512];
         list_model_types(known, sizeof known);
-        CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)", path,
-              mt, known);
+        CHECK(0, NMLX_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported (supported: %s)",
+              path, mt, known);
     }
 
     TRY(nmlx_weights_open_dir(dir, &m->weights));
@@ -232,12 +230,9 @@ static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_b
     TRY(read_eos(m, m->cfg, m->info.vocab_size));
 
     int64_t cap = m->info.max_position_embeddings;
-    if (p.max_context > 0)
-        cap = p.max_context;
-    else if (cap > DEFAULT_CONTEXT_MAX)
-        cap = DEFAULT_CONTEXT_MAX;
-    else if (cap < DEFAULT_CONTEXT_MIN)
-        cap = DEFAULT_CONTEXT_MIN;
+    if (p.max_context > 0) cap = p.max_context;
+    else if (cap > DEFAULT_CONTEXT_MAX) cap = DEFAULT_CONTEXT_MAX;
+    else if (cap < DEFAULT_CONTEXT_MIN) cap = DEFAULT_CONTEXT_MIN;
     m->max_context = cap;
     TRY(nmlx_context_fits(m, cap, "nmlx_model_load"));
 
@@ -259,12 +254,13 @@ cleanup:
     return st;
 }
 
-nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params, nmlx_model **out) {
+nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
+                            nmlx_model **out) {
     return load(dir, params, NULL, out);
 }
 
-nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params, nmlx_backend *be,
-                               nmlx_model **out) {
+nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params,
+                               nmlx_backend *be, nmlx_model **out) {
     if (!be) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_model_load_on: no backend");
     return load(dir, params, be, out);
 }

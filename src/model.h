@@ -28,7 +28,7 @@ struct nmlx_model {
     int32_t eos[NMLX_MAX_EOS];
     size_t n_eos;
     nmlx_sampler_params sampler_defaults;
-    nmlx_tokenizer *tok;   /* NULL if the folder has none */
+    nmlx_tokenizer *tok; /* NULL if the folder has none */
     nmlx_dtype half_dtype; /* the checkpoint's float dtype: sessions' default KV dtype */
     bool be_borrowed;      /* nmlx_model_load_on: the caller frees be */
 };
@@ -55,7 +55,7 @@ struct nmlx_session {
     nmlx_sampler sampler;
     atomic_bool cancel;
     nmlx_detokenizer *detok;
-    char *text; /* callback text assembly */
+    char *text;      /* callback text assembly */
     size_t text_cap;
     nmlx_kv_dequant kv_deq; /* quantized KV: attention's dequantized rows */
 };
@@ -73,7 +73,8 @@ nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params,
 void nmlx_model_unref(nmlx_model *m);
 bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
 /* nmlx_session_eval without clearing the cancel flag (generate's loop). */
-nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n, int all_logits);
+nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
+                                     int all_logits);
 /* Generation's greedy path, on backends with an argmax op (and its path for
  * every sampler on backends with a sample op): evaluates the
  * pending token leaving the logits on the backend (logits_dev) where they

@@ -151,7 +151,7 @@ static int32_t emu_argmax(nmlx_backend *be, const float *x, int64_t n) {
 }
 
 /* The device sampler as the CPU's, on the arena's row with the host's draw
- * u: sessions on emu must sample exactly as on the CPU (test_device_sample.c). */
+ * u: sessions on emu must sample exactly as on the CPU (test_batch_sample.c). */
 static int32_t emu_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
                           const int32_t *history, size_t n_history, double u) {
     emu_state *e = emu_of(be);
