@@ -5,6 +5,7 @@
  * batched pass drives the backend through its ops alone (device buffers,
  * ids and logits through embed/download), so it runs there too. */
 #include "model.h"
+#include "shared/layers.h"
 #include "shared/standard_model.h"
 
 #include <string.h>
@@ -132,12 +133,13 @@ nmlx_status nmlx_batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_
         }
         /* the rows stay on the backend (layers.h nmlx_lm_head_scatter): a
          * greedy sample downloads one id, not the row (session_sample.c) */
-        be->defer_logits.rows = b->rows;
-        be->defer_logits.rows_copied = false;
+        nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's */
+        d->rows = b->rows;
+        d->rows_copied = false;
         st = m->family->forward_batch(m->arch, b->impl, b->states, be, ids, (int64_t)n, b->logits);
-        bool copied = be->defer_logits.rows_copied;
-        be->defer_logits.rows = NULL;
-        be->defer_logits.rows_copied = false;
+        bool copied = d->rows_copied;
+        d->rows = NULL;
+        d->rows_copied = false;
         if (st != NMLX_OK) return st;
         for (size_t i = 0; i < n; i++)
             commit(ss[i], ids[i], copied ? b->rows[i] : NULL);

@@ -213,17 +213,17 @@ nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int
 nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s) {
     nmlx_backend *be = s->model->be;
     if (!be->ops->argmax || s->pending < 0) return nmlx_session_eval_tokens(s, NULL, 0, 0);
-    be->defer_logits.on = true;
-    be->defer_logits.dev = NULL;
+    nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's: layers.h */
+    d->on = true;
+    d->dev = NULL;
     nmlx_status st = nmlx_session_eval_tokens(s, NULL, 0, 0);
-    be->defer_logits.on = false;
-    const float *dev = be->defer_logits.dev;
-    be->defer_logits.dev = NULL;
+    d->on = false;
+    const float *dev = d->dev;
+    d->dev = NULL;
     if (st != NMLX_OK || !dev) return st;
-    if (be->defer_logits.host != s->logits || be->defer_logits.vocab != s->model->info.vocab_size ||
-        be->defer_logits.softcap > 0) { /* not the plain row argmax can read: download it */
-        nmlx_lm_head_download(be, dev, be->defer_logits.vocab, be->defer_logits.softcap,
-                              be->defer_logits.host);
+    if (d->host != s->logits || d->vocab != s->model->info.vocab_size ||
+        d->softcap > 0) { /* not the plain row argmax can read: download it */
+        nmlx_lm_head_download(be, dev, d->vocab, d->softcap, d->host);
         return NMLX_OK;
     }
     s->logits_dev = dev;
@@ -282,4 +282,3 @@ void nmlx_session_cancel(nmlx_session *s) {
 void nmlx_session_seed(nmlx_session *s, uint64_t seed) {
     if (s) nmlx_sampler_seed(&s->sampler, seed);
 }
-

@@ -19,13 +19,18 @@
  *  - nmlx_generate with a temperature sampler on emu (sample op) gives the
  *    CPU's ids;
  *  - must fail: an emu whose sample ignores the host's draw, or whose copy
- *    does nothing (stale rows), is caught. */
+ *    does nothing (stale rows), is caught;
+ *  - threads: while one thread runs greedy generations (rows left on the
+ *    backend), another's evals and batched steps of the same model still
+ *    see their own logits (what is deferred is per thread: layers.h). */
 #define _GNU_SOURCE
 #include "device_emu.h"
 #include "harness.h"
 #include "model.h"
 #include "nmlx.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 enum { N = 6, STEPS = 9, PROMPT_MAX = 12 };
@@ -202,6 +207,69 @@ static void check_generate(nmlx_model *cpu, nmlx_model *m, const plan *pl, const
            name, m->be->ops->name);
 }
 
+typedef struct gen_loop {
+    nmlx_model *m;
+    atomic_bool stop;
+} gen_loop;
+
+static void *generate_loop(void *arg) {
+    gen_loop *g = arg;
+    nmlx_session *s = new_session(g->m);
+    int32_t prompt[] = {1, 2, 3, 4, 5};
+    nmlx_generate_params gp = nmlx_generate_default_params();
+    gp.max_tokens = 8;
+    gp.ignore_eos = 1;
+    while (s && !atomic_load(&g->stop)) {
+        nmlx_session_reset(s);
+        nmlx_generate(s, prompt, 5, &gp, NULL);
+    }
+    nmlx_session_free(s);
+    return NULL;
+}
+
+/* Two prompts, evaluated then advanced by a batched step, alternately,
+ * while another thread generates greedily: each read equals its row. */
+static void check_threads(nmlx_model *m, const char *name) {
+    int64_t V = nmlx_model_vocab_size(m);
+    int32_t p[2][3] = {{7 % V, 8 % V, 9 % V}, {10 % V, 11 % V, 12 % V}}, next = 3 % (int32_t)V;
+    float *want = malloc(4 * (size_t)V * sizeof(float));
+    nmlx_session *s = new_session(m);
+    nmlx_batch *b = NULL;
+    if (!want || !s || nmlx_batch_create(m, 1, &b) != NMLX_OK) {
+        EXPECT(0, "%s: threads: setup", name);
+        goto done;
+    }
+    for (int k = 0; k < 2; k++) { /* [2k]: after the prompt, [2k+1]: after a batched step */
+        nmlx_session_reset(s);
+        nmlx_session_eval(s, p[k], 3, 0);
+        memcpy(want + 2 * k * V, nmlx_session_logits(s), (size_t)V * sizeof(float));
+        nmlx_batch_eval(b, &s, &next, 1);
+        memcpy(want + (2 * k + 1) * V, nmlx_session_logits(s), (size_t)V * sizeof(float));
+    }
+    gen_loop g = {.m = m};
+    atomic_init(&g.stop, false);
+    pthread_t t;
+    EXPECT(pthread_create(&t, NULL, generate_loop, &g) == 0, "thread");
+    int bad = 0;
+    for (int i = 0; i < 300; i++) {
+        int k = i & 1;
+        nmlx_session_reset(s);
+        nmlx_session_eval(s, p[k], 3, 0);
+        const float *l = nmlx_session_logits(s);
+        bad += !l || memcmp(l, want + 2 * k * V, (size_t)V * sizeof(float)) != 0;
+        nmlx_batch_eval(b, &s, &next, 1);
+        l = nmlx_session_logits(s);
+        bad += !l || memcmp(l, want + (2 * k + 1) * V, (size_t)V * sizeof(float)) != 0;
+    }
+    atomic_store(&g.stop, true);
+    pthread_join(t, NULL);
+    EXPECT(bad == 0, "%s: %d of 600 reads saw another thread's logits", name, bad);
+done:
+    nmlx_batch_free(b);
+    nmlx_session_free(s);
+    free(want);
+}
+
 static nmlx_model *load(const char *name, nmlx_backend *be) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
@@ -251,6 +319,7 @@ static void check(nmlx_backend *cpu_be, const char *name, bool batched_pass) {
     }
     EXPECT(emu_violations(emu) == 0, "%s: emu violations: %s", name, emu_first_violation(emu));
     check_trim_reset(cpu, V, name);
+    check_threads(cpu, name);
     check_trim_reset(em, V, name);
     check_generate(cpu, em, &pl, name);
 

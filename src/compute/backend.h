@@ -130,7 +130,7 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): the index of the largest of x[0..n), a
      * backend buffer, the first one on ties (as nmlx_argmax); waits for
      * the result. Greedy decoding then downloads one id a token, not the
-     * logits (nmlx_backend.defer_logits). */
+     * logits (shared/layers.h nmlx_logits_defer). */
     int32_t (*argmax)(nmlx_backend *be, const float *x, int64_t n);
     /* Optional (NULL on the CPU): nmlx_sampler_sample on a backend buffer,
      * waiting for the one id it returns: the row x[0..n) with p's
@@ -275,24 +275,6 @@ struct nmlx_backend {
     nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
     void *impl;               /* backend private state */
     nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
-    /* Set by the session around a greedy decode step (backends with argmax):
-     * nmlx_lm_head_download then records the logits row left on the backend
-     * here instead of downloading it (layers.h). */
-    struct {
-        bool on;
-        const float *dev; /* the recorded row, NULL if none */
-        float *host;      /* where the download would have gone */
-        int64_t vocab;
-        float softcap;
-        /* Set by batched decode around forward_batch (batch.c): row r of
-         * nmlx_lm_head_scatter goes by device copy to rows[r] (each
-         * session's own backend buffer; a NULL entry: downloaded as usual)
-         * instead of being downloaded, so the next step's chunks can reuse
-         * the head's buffer; rows_copied says it happened (never for a
-         * soft-capped head: the cap is applied on the host copy). */
-        float *const *rows;
-        bool rows_copied;
-    } defer_logits;
 };
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
