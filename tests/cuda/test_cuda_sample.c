@@ -14,6 +14,7 @@
  * probability within TOL of the min-p floor. Those are counted and printed
  * (and must stay rare: at most 1 in 1000 draws); any other difference is a
  * failure. Exits 77 (ctest: skipped) when no GPU is usable. */
+#define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
@@ -161,6 +162,7 @@ static void check_vocab(int64_t V) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* the op is opt-in until validated here */
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
         return 77;
