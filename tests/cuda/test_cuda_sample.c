@@ -13,11 +13,21 @@
  * distribution, a top-p cumulative sum within TOL of top_p, or a
  * probability within TOL of the min-p floor. Those are counted and printed
  * (and must stay rare: at most 1 in 1000 draws); any other difference is a
- * failure. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * failure.
+ *
+ * Then the session plumbing on the GPU (batch.c keeps each row on the
+ * device, session_sample.c samples it there): fixtures on device "cuda",
+ * sessions in pairs with the same prompt and seed in one batch; one of a
+ * pair samples where its row lies (argmax / sample op), the other reads its
+ * logits first (downloaded: the host sampler). Both are fed the first one's
+ * id, so the pair stays identical; their ids must be equal but for rare
+ * boundary cases (counted, at most 1 in 50 here). Exits 77 (ctest:
+ * skipped) when no GPU is usable. */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "nmlx.h"
 #include "shared/sampling.h"
 
 #include <math.h>
@@ -160,6 +170,66 @@ static void check_vocab(int64_t V) {
     free(x);
 }
 
+enum { PAIRS = 6, SESSION_STEPS = 24 };
+
+/* Pairs of identical sessions: one samples on the device, one on the host. */
+static void check_sessions(const char *name) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.device = "cuda";
+    mp.no_tokenizer = 1;
+    nmlx_model *m = NULL;
+    nmlx_batch *b = NULL;
+    nmlx_session *ss[2 * PAIRS] = {0};
+    nmlx_sampler_params sp[PAIRS];
+    long steps = 0, differ = 0;
+    if (nmlx_model_load(dir, &mp, &m) != NMLX_OK || nmlx_batch_create(m, 2 * PAIRS, &b)) {
+        EXPECT(0, "%s on cuda: %s", name, nmlx_last_error());
+        goto done;
+    }
+    int32_t V = nmlx_model_vocab_size(m), ids[2 * PAIRS];
+    for (int i = 0; i < PAIRS; i++) {
+        sp[i] = nmlx_sampler_default_params();
+        sp[i].temperature = i == 0 ? 0.0f : 0.6f + 0.2f * (float)i;
+        sp[i].top_k = i == 2 ? 20 : 0;
+        sp[i].top_p = i == 3 || i == 5 ? 0.8f : 1.0f;
+        sp[i].min_p = i == 4 ? 0.05f : 0.0f;
+        sp[i].repetition_penalty = i == 1 || i == 5 ? 1.3f : 1.0f;
+        int32_t prompt[8];
+        for (int t = 0; t < 8; t++)
+            prompt[t] = (int32_t)(test_rand_u64() % (uint64_t)V);
+        for (int k = 0; k < 2; k++) {
+            EXPECT(nmlx_session_create(m, NULL, &ss[2 * i + k]) == NMLX_OK, "session");
+            if (!ss[2 * i + k]) goto done;
+            nmlx_session_seed(ss[2 * i + k], 100 + (uint64_t)i);
+            EXPECT(nmlx_session_eval(ss[2 * i + k], prompt, 8, 0) == NMLX_OK, "prefill");
+        }
+    }
+    for (int step = 0; step < SESSION_STEPS; step++) {
+        for (int i = 0; i < PAIRS; i++) {
+            int32_t a = -1, h = -1;
+            EXPECT(nmlx_session_sample(ss[2 * i], &sp[i], &a) == NMLX_OK, "sample");
+            EXPECT(nmlx_session_logits(ss[2 * i + 1]) != NULL, "logits");
+            EXPECT(nmlx_session_sample(ss[2 * i + 1], &sp[i], &h) == NMLX_OK, "sample");
+            steps++;
+            differ += a != h;
+            ids[2 * i] = ids[2 * i + 1] = a;
+        }
+        EXPECT(nmlx_batch_eval(b, ss, ids, 2 * PAIRS) == NMLX_OK, "%s: batch: %s", name,
+               nmlx_last_error());
+    }
+    printf("%s on cuda: %ld samples, %ld differ between the device and the host sampler\n", name,
+           steps, differ);
+    EXPECT(differ * 50 <= steps, "%s: device and host samplers differ in %ld of %ld samples", name,
+           differ, steps);
+done:
+    for (int i = 0; i < 2 * PAIRS; i++)
+        nmlx_session_free(ss[i]);
+    nmlx_batch_free(b);
+    nmlx_model_free(m);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* the op is opt-in until validated here */
@@ -181,6 +251,8 @@ int main(void) {
            n_draws, n_exact, n_draw_edge, n_filter_edge, n_bad);
     EXPECT((n_draw_edge + n_filter_edge) * 1000 <= n_draws,
            "boundary cases must stay rare: %ld of %ld draws", n_draw_edge + n_filter_edge, n_draws);
+    check_sessions("qwen3");
+    check_sessions("llama3_tied");
     nmlx_backend_free(gpu);
     return test_summary();
 }
