@@ -91,25 +91,42 @@ __device__ static int block_min_int(int v, bool mx) {
     return v;
 }
 
-/* Exclusive prefix over threads of a per-thread value, in thread order
- * (one thread adds them up: the same order every run). */
+/* Exclusive prefix over threads of a per-thread value, in thread order:
+ * warp 0's lanes each add up 32 threads' values in order, lane 0 the 32
+ * sums in order (a fixed order: the same result every run). */
 template <typename F> __device__ static F block_exclusive(F v, F *total) {
+    enum { G = SAMPLE_THREADS / 32 };
     __shared__ F runs[SAMPLE_THREADS];
-    __shared__ F sum;
+    __shared__ F base[33];
     runs[threadIdx.x] = v;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        F acc = 0;
-        for (int t = 0; t < SAMPLE_THREADS; t++) {
-            F x = runs[t];
-            runs[t] = acc;
+    if (threadIdx.x < 32) {
+        F *mine = runs + threadIdx.x * G;
+        F part = 0;
+        for (int k = 0; k < G; k++)
+            part += mine[k];
+        base[threadIdx.x] = part;
+        __syncwarp();
+        if (threadIdx.x == 0) {
+            F acc = 0;
+            for (int l = 0; l < 32; l++) {
+                F x = base[l];
+                base[l] = acc;
+                acc += x;
+            }
+            base[32] = acc;
+        }
+        __syncwarp();
+        F acc = base[threadIdx.x];
+        for (int k = 0; k < G; k++) {
+            F x = mine[k];
+            mine[k] = acc;
             acc += x;
         }
-        sum = acc;
     }
     __syncthreads();
     F r = runs[threadIdx.x];
-    if (total) *total = sum;
+    if (total) *total = base[32];
     __syncthreads();
     return r;
 }
@@ -125,57 +142,72 @@ __device__ static double block_sum_ordered(const float *w, int n) {
     return total;
 }
 
-/* Radix select from the top on order keys (select == 0: the k-th largest
- * key of w[i] (as order_key); select == 1: the key of q = w[i] > 0 (raw
- * bits) where the mass from the top first reaches `target`, with the mass
- * above that value in *above; *found false if it never does). */
-__device__ static unsigned int radix_top(const float *w, int n, bool by_mass, long long k,
-                                         unsigned long long target, unsigned long long *above,
+/* Radix select from the top, 8 bits a pass. by_mass false: the k-th
+ * largest value of w (order keys; need0 = k); true: among q = w[i] > 0
+ * (raw bits), the value where the mass from the top first reaches need0
+ * (2^-62 fixed point), with *above = the mass of the larger values and
+ * *found = false if the whole mass falls short (rounding: keep all). Each
+ * pass makes a histogram (counts or masses) of the keys under the prefix
+ * so far, then warp 0 finds the bin where the running total from the top
+ * reaches what is still needed: lanes add up 8 bins each, lane 0 walks the
+ * 32 sums, then the 8 bins of the group it stops in. */
+__device__ static unsigned int radix_top(const float *w, int n, bool by_mass,
+                                         unsigned long long need0, unsigned long long *above,
                                          bool *found) {
-    __shared__ unsigned int cnt[BINS];
-    __shared__ unsigned long long mass[BINS];
+    __shared__ unsigned long long hist[BINS], group[32], need;
     __shared__ unsigned int prefix, mask;
-    __shared__ long long left;
-    __shared__ unsigned long long acc;
     __shared__ bool ok;
-    if (threadIdx.x == 0) prefix = 0, mask = 0, left = k, acc = 0, ok = true;
+    if (threadIdx.x == 0) prefix = 0, mask = 0, need = need0, ok = true;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < BINS; b += SAMPLE_THREADS)
-            cnt[b] = 0, mass[b] = 0;
+            hist[b] = 0;
         __syncthreads();
         for (int i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
             float v = w[i];
             if (by_mass && !(v > 0.0f)) continue; /* the host's candidates are p > 0 */
             unsigned int key = by_mass ? __float_as_uint(v) : order_key(v);
             if ((key & mask) != prefix) continue;
-            unsigned int b = (key >> shift) & (BINS - 1);
-            if (by_mass)
-                atomicAdd(&mass[b], to_fixed((double)v));
-            else
-                atomicAdd(&cnt[b], 1u);
+            atomicAdd(&hist[(key >> shift) & (BINS - 1)], by_mass ? to_fixed((double)v) : 1ull);
         }
         __syncthreads();
-        if (threadIdx.x == 0 && ok) {
-            int d = BINS - 1;
-            for (; d >= 0; d--) {
-                if (by_mass ? acc + mass[d] >= target : (unsigned long long)left <= cnt[d]) break;
-                if (by_mass)
-                    acc += mass[d];
-                else
-                    left -= cnt[d];
-            }
-            if (d < 0) {
-                ok = false; /* the mass never reaches target (rounding): keep all */
-            } else {
-                prefix |= (unsigned int)d << shift;
-                mask |= (unsigned int)(BINS - 1) << shift;
+        if (threadIdx.x < 32) {
+            int l = threadIdx.x;
+            unsigned long long g = 0;
+            for (int j = 0; j < 8; j++)
+                g += hist[BINS - 1 - 8 * l - j];
+            group[l] = g;
+            __syncwarp();
+            if (l == 0) {
+                unsigned long long left = need;
+                int d = -1;
+                for (int gi = 0; gi < 32 && d < 0; gi++) {
+                    if (group[gi] < left) {
+                        left -= group[gi];
+                        continue;
+                    }
+                    for (int j = 0; j < 8; j++) {
+                        int b = BINS - 1 - 8 * gi - j;
+                        if (hist[b] >= left) {
+                            d = b;
+                            break;
+                        }
+                        left -= hist[b];
+                    }
+                }
+                if (d < 0) {
+                    ok = false; /* the mass never reaches need0 (rounding): keep all */
+                } else {
+                    prefix |= (unsigned int)d << shift;
+                    mask |= (unsigned int)(BINS - 1) << shift;
+                    need = left;
+                }
             }
         }
         __syncthreads();
         if (!ok) break;
     }
     unsigned int r = prefix;
-    if (above) *above = acc;
+    if (above) *above = need0 - need; /* what the larger values contributed */
     if (found) *found = ok;
     __syncthreads();
     return r;
@@ -224,7 +256,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     __syncthreads();
     mx = block_max(mx);
     float kth = -INFINITY;
-    if (a.top_k > 0 && a.top_k < n) kth = key_float(radix_top(w, n, false, a.top_k, 0, NULL, NULL));
+    if (a.top_k > 0 && a.top_k < n)
+        kth = key_float(radix_top(w, n, false, (unsigned long long)a.top_k, NULL, NULL));
     for (int i = threadIdx.x; i < n; i += T) {
         float v = w[i];
         w[i] = v < kth ? 0.0f : (float)exp((double)(v - mx)); /* rounds as the host's expf */
@@ -251,7 +284,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         __syncthreads();
         unsigned long long above = 0, target = to_fixed((double)a.top_p);
         bool found = false;
-        float cut = __uint_as_float(radix_top(w, n, true, 0, target, &above, &found));
+        float cut = __uint_as_float(radix_top(w, n, true, target, &above, &found));
         if (found) {
             /* the tied values at the cut, added one by one as the host's
              * sorted walk does, until the mass reaches top_p */
