@@ -3,7 +3,10 @@
  * one pass; the others evaluate the sessions one after another. On a device
  * backend (CUDA) only the standard families run there at all, and their
  * batched pass drives the backend through its ops alone (device buffers,
- * ids and logits through embed/download), so it runs there too. */
+ * ids and logits through embed/download), so it runs there too. On backends
+ * with an argmax op a session's logits row is not downloaded: the pass
+ * copies it on the backend into the session's own row_dev and the session
+ * samples it there (session_sample.c) or fetches it when read. */
 #include "model.h"
 #include "shared/layers.h"
 #include "shared/standard_model.h"
