@@ -6,7 +6,10 @@
  *
  * Each session is prefilled with its own 32-token prompt (random ids), then
  * decodes greedily; time covers the decode steps only (sampling included:
- * an argmax per session). Rounds alternate between the lone baseline and
+ * nmlx_session_sample per session, as the server's scheduler does, so a
+ * batched step's rows stay on a device backend and one id a session comes
+ * back; BENCH_TEMPERATURE=T samples at temperature T with top_p 0.9 instead,
+ * on the device where the backend has a sample op). Rounds alternate between the lone baseline and
  * the batch sizes so machine noise hits all alike; medians of 3 rounds. */
 #define _POSIX_C_SOURCE 200809L
 #include "nmlx.h"
@@ -24,11 +27,15 @@ static double now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int32_t argmax(const float *x, int32_t n) {
-    int32_t b = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
+static nmlx_sampler_params sampler;
+
+static int32_t pick(nmlx_session *s) {
+    int32_t id = 0;
+    if (nmlx_session_sample(s, &sampler, &id) != NMLX_OK) {
+        fprintf(stderr, "bench_batch: sample: %s\n", nmlx_last_error());
+        exit(1);
+    }
+    return id;
 }
 
 static void die(const char *what) {
@@ -55,7 +62,8 @@ static double run(nmlx_model *m, int n, int steps) {
             p[t] = (int32_t)((r >> 33) % (uint64_t)V);
         }
         if (nmlx_session_eval(ss[i], p, PROMPT, 0) != NMLX_OK) die("prefill");
-        ids[i] = argmax(nmlx_session_logits(ss[i]), V);
+        nmlx_session_seed(ss[i], (uint64_t)i);
+        ids[i] = pick(ss[i]);
     }
     nmlx_batch *b = NULL;
     if (!lone && nmlx_batch_create(m, n, &b) != NMLX_OK) die("batch");
@@ -65,7 +73,7 @@ static double run(nmlx_model *m, int n, int steps) {
             lone ? nmlx_session_eval(ss[0], ids, 1, 0) : nmlx_batch_eval(b, ss, ids, (size_t)n);
         if (st != NMLX_OK) die("step");
         for (int i = 0; i < n; i++)
-            ids[i] = argmax(nmlx_session_logits(ss[i]), V);
+            ids[i] = pick(ss[i]);
     }
     double dt = now() - t0;
     nmlx_batch_free(b);
@@ -86,6 +94,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     int steps = argc > 2 ? atoi(argv[2]) : 64;
+    sampler = nmlx_sampler_default_params();
+    const char *temp = getenv("BENCH_TEMPERATURE");
+    if (temp && *temp) {
+        sampler.temperature = (float)atof(temp);
+        sampler.top_p = 0.9f;
+    }
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = argc > 3 ? atoi(argv[3]) : 0;
     mp.device = argc > 5 ? argv[5] : NULL;

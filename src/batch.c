@@ -3,8 +3,12 @@
  * one pass; the others evaluate the sessions one after another. On a device
  * backend (CUDA) only the standard families run there at all, and their
  * batched pass drives the backend through its ops alone (device buffers,
- * ids and logits through embed/download), so it runs there too. */
+ * ids and logits through embed/download), so it runs there too. On backends
+ * with an argmax op a session's logits row is not downloaded: the pass
+ * copies it on the backend into the session's own row_dev and the session
+ * samples it there (session_sample.c) or fetches it when read. */
 #include "model.h"
+#include "shared/layers.h"
 #include "shared/standard_model.h"
 
 #include <string.h>
@@ -17,6 +21,7 @@ struct nmlx_batch {
     void *impl;     /* the family's work buffers; NULL = one session at a time */
     void **states;  /* [max_batch] */
     float **logits; /* [max_batch] */
+    float **rows;   /* [max_batch] the sessions' row_dev (NULL: downloaded) */
 };
 
 void nmlx_batch_free(nmlx_batch *b) {
@@ -25,6 +30,7 @@ void nmlx_batch_free(nmlx_batch *b) {
     if (b->impl) m->family->batch_free(b->impl, m->be);
     nmlx_free(b->states);
     nmlx_free(b->logits);
+    nmlx_free(b->rows);
     nmlx_free(b);
     nmlx_model_unref(m);
 }
@@ -43,7 +49,8 @@ nmlx_status nmlx_batch_create(nmlx_model *m, int max_batch, nmlx_batch **out) {
     b->max_batch = max_batch;
     b->states = nmlx_calloc((size_t)max_batch, sizeof *b->states);
     b->logits = nmlx_calloc((size_t)max_batch, sizeof *b->logits);
-    CHECK(b->states && b->logits, NMLX_ERR_NOMEM, "out of memory creating a batch");
+    b->rows = nmlx_calloc((size_t)max_batch, sizeof *b->rows);
+    CHECK(b->states && b->logits && b->rows, NMLX_ERR_NOMEM, "out of memory creating a batch");
     const nmlx_family *f = m->family;
     /* device backends: the standard pass, and (opt-in until validated on a
      * GPU) the other families' (Llama 4) */
@@ -92,12 +99,24 @@ static nmlx_status check_args(const nmlx_batch *b, nmlx_session *const *ss, cons
     return NMLX_OK;
 }
 
-/* The bookkeeping of a one-token eval that went through the batched pass. */
-static void commit(nmlx_session *s, int32_t id) {
+/* The bookkeeping of a one-token eval that went through the batched pass;
+ * dev: its logits row left on the backend (NULL: downloaded to s->logits). */
+static void commit(nmlx_session *s, int32_t id, const float *dev) {
     s->history[s->n_history++] = id;
     s->has_logits = true;
-    s->logits_dev = NULL;
+    s->logits_dev = dev;
     s->all_rows = 0;
+}
+
+/* The session's backend row for batched decode's logits (allocated once);
+ * NULL where the backend cannot keep rows (no argmax: every reader wants
+ * host logits) or the allocation failed (the row is downloaded then). */
+static float *session_row(nmlx_session *s) {
+    nmlx_backend *be = s->model->be;
+    if (!be->ops->argmax) return NULL;
+    if (!s->row_dev)
+        s->row_dev = be->ops->alloc(be, (size_t)s->model->info.vocab_size * sizeof(float));
+    return s->row_dev;
 }
 
 nmlx_status nmlx_batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_t *ids, size_t n) {
@@ -107,16 +126,26 @@ nmlx_status nmlx_batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_
         if ((st = nmlx_session_eval_tokens(ss[i], NULL, 0, 0)) != NMLX_OK) return st;
     nmlx_model *m = b->model;
     if (b->impl) {
+        nmlx_backend *be = m->be;
         for (size_t i = 0; i < n; i++) {
             b->states[i] = ss[i]->state;
             b->logits[i] = ss[i]->logits;
+            b->rows[i] = session_row(ss[i]);
             ss[i]->has_logits = false; /* overwritten by the pass */
+            ss[i]->logits_dev = NULL;
         }
-        st = m->family->forward_batch(m->arch, b->impl, b->states, m->be, ids, (int64_t)n,
-                                      b->logits);
+        /* the rows stay on the backend (layers.h nmlx_lm_head_scatter): a
+         * greedy sample downloads one id, not the row (session_sample.c) */
+        nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's */
+        d->rows = b->rows;
+        d->rows_copied = false;
+        st = m->family->forward_batch(m->arch, b->impl, b->states, be, ids, (int64_t)n, b->logits);
+        bool copied = d->rows_copied;
+        d->rows = NULL;
+        d->rows_copied = false;
         if (st != NMLX_OK) return st;
         for (size_t i = 0; i < n; i++)
-            commit(ss[i], ids[i]);
+            commit(ss[i], ids[i], copied ? b->rows[i] : NULL);
         return NMLX_OK;
     }
     for (size_t i = 0; i < n; i++) {

@@ -72,12 +72,11 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
      * where the LM head wrote them and one id comes back a token */
     const bool greedy = p.sampler.temperature <= 0.0f && (p.sampler.repetition_penalty == 1.0f ||
                                                           p.sampler.repetition_context_size == 0);
+    /* and where the backend samples too (CUDA's sample op), for every sampler */
+    const bool keep = greedy || s->model->be->ops->sample;
     for (int i = 0; i < p.max_tokens; i++) {
         if ((size_t)s->n_history >= (size_t)s->max_context) break; /* context full: LENGTH */
-        if (!greedy) nmlx_session_fetch_logits(s);
-        int32_t id = greedy ? nmlx_session_greedy_id(s)
-                            : nmlx_sampler_sample(&s->sampler, &p.sampler, s->logits, s->history,
-                                                  s->n_history);
+        int32_t id = nmlx_session_pick(s, &p.sampler); /* where the logits lie */
         if (i == 0) t_first = nmlx_time_seconds();
         r.n_generated++;
         bool eos = !p.ignore_eos && nmlx_model_is_eos(s->model, id);
@@ -99,7 +98,7 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
         }
         if (last) break;
         /* evaluates the pending token */
-        st = greedy ? nmlx_session_eval_pending_greedy(s) : nmlx_session_eval_tokens(s, NULL, 0, 0);
+        st = keep ? nmlx_session_eval_pending_greedy(s) : nmlx_session_eval_tokens(s, NULL, 0, 0);
         if (st == NMLX_ERR_CANCELLED) {
             r.finish = NMLX_FINISH_CANCELLED;
             st = NMLX_OK;

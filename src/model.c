@@ -106,7 +106,7 @@ static void model_destroy(nmlx_model *m) {
     nmlx_tokenizer_free(m->tok);
     nmlx_weights_close(m->weights);
     nmlx_cfg_free(m->cfg);
-    nmlx_backend_free(m->be);
+    if (!m->be_borrowed) nmlx_backend_free(m->be);
     nmlx_free(m->dir);
     nmlx_free(m);
 #if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
@@ -165,8 +165,9 @@ cleanup:
     return st;
 }
 
-nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
-                            nmlx_model **out) {
+/* nmlx_model_load and nmlx_model_load_on (be: borrowed, else created) */
+static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_backend *be,
+                        nmlx_model **out) {
     nmlx_status st = NMLX_OK;
     nmlx_model *m = NULL;
     char path[4096];
@@ -207,7 +208,12 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
     m->half_dtype = checkpoint_half_dtype(m->weights);
     snprintf(path, sizeof path, "%s/config.json", dir);
     TRY(load_quantization(m, path, &p));
-    TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    if (be) {
+        m->be = be;
+        m->be_borrowed = true;
+    } else {
+        TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
+    }
     TRY(nmlx_backend_set_precision(m->be, p.precision));
     /* device backends run the standard decoder (its loaders prepare the
      * weights); families with their own layer code (Gemma 3n, Llama 4) are
@@ -246,6 +252,17 @@ nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
 cleanup:
     if (m) model_destroy(m);
     return st;
+}
+
+nmlx_status nmlx_model_load(const char *dir, const nmlx_model_params *params,
+                            nmlx_model **out) {
+    return load(dir, params, NULL, out);
+}
+
+nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params,
+                               nmlx_backend *be, nmlx_model **out) {
+    if (!be) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_model_load_on: no backend");
+    return load(dir, params, be, out);
 }
 
 const char *nmlx_model_type(const nmlx_model *m) { return m ? m->model_type : ""; }

@@ -30,6 +30,7 @@ struct nmlx_model {
     nmlx_sampler_params sampler_defaults;
     nmlx_tokenizer *tok; /* NULL if the folder has none */
     nmlx_dtype half_dtype; /* the checkpoint's float dtype: sessions' default KV dtype */
+    bool be_borrowed;      /* nmlx_model_load_on: the caller frees be */
 };
 
 struct nmlx_session {
@@ -41,6 +42,11 @@ struct nmlx_session {
     /* Greedy generation: the logits row the LM head left on the backend,
      * not yet in `logits` (NULL: `logits` is current). nmlx_session_fetch_logits. */
     const float *logits_dev;
+    /* [vocab] backend buffer, allocated on first need: where batched decode
+     * leaves this session's row (batch.c), since the head's own buffer is
+     * reused by the next chunk of rows and the next step. Freed with the
+     * session. */
+    float *row_dev;
     float *all_logits; /* [all_rows, vocab] host */
     size_t all_rows, all_cap;
     int32_t *history; /* every token in the session, [max_context] */
@@ -58,20 +64,31 @@ struct nmlx_session {
  * tokens could never fit: its KV cache and per-token buffers at full
  * context exceed the machine's physical memory. `what` names the caller. */
 nmlx_status nmlx_context_fits(const nmlx_model *m, int64_t ctx, const char *what);
+/* nmlx_model_load on a backend the caller made and frees after the model
+ * (tests: the emulated device, tests/device_emu.h); params->device is
+ * ignored. */
+nmlx_status nmlx_model_load_on(const char *dir, const nmlx_model_params *params, nmlx_backend *be,
+                               nmlx_model **out);
 /* Drops one model reference; frees the model at zero. */
 void nmlx_model_unref(nmlx_model *m);
 bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
 /* nmlx_session_eval without clearing the cancel flag (generate's loop). */
 nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
                                      int all_logits);
-/* Generation's greedy path, on backends with an argmax op: evaluates the
+/* Generation's greedy path, on backends with an argmax op (and its path for
+ * every sampler on backends with a sample op): evaluates the
  * pending token leaving the logits on the backend (logits_dev) where they
  * are plainly the LM head's (no soft-cap); nmlx_session_greedy_id then
  * downloads one id instead of the row. */
 nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s);
-/* The id greedy sampling without penalties picks from the current logits. */
+/* session_sample.c: the id greedy sampling without penalties picks from
+ * the current logits; */
 int32_t nmlx_session_greedy_id(nmlx_session *s);
-/* Brings logits left on the backend into s->logits (no-op if current). */
+/* brings logits left on the backend into s->logits (no-op if current); */
 void nmlx_session_fetch_logits(nmlx_session *s);
+/* nmlx_sampler_sample on the current logits (p valid), wherever they lie:
+ * on the backend where it can (argmax, sample op), the same ids and the
+ * same random stream as the host sampler. */
+int32_t nmlx_session_pick(nmlx_session *s, const nmlx_sampler_params *p);
 
 #endif

@@ -20,6 +20,7 @@ void nmlx_session_free(nmlx_session *s) {
     if (!s) return;
     nmlx_model *m = s->model;
     if (s->state) m->family->state_free(s->state, m->be);
+    if (s->row_dev) m->be->ops->free(m->be, s->row_dev);
     nmlx_kv_dequant_free(&s->kv_deq, m->be);
     nmlx_sampler_free(&s->sampler);
     nmlx_detokenizer_free(s->detok);
@@ -212,33 +213,21 @@ nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int
 nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s) {
     nmlx_backend *be = s->model->be;
     if (!be->ops->argmax || s->pending < 0) return nmlx_session_eval_tokens(s, NULL, 0, 0);
-    be->defer_logits.on = true;
-    be->defer_logits.dev = NULL;
+    nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's: layers.h */
+    d->on = true;
+    d->dev = NULL;
     nmlx_status st = nmlx_session_eval_tokens(s, NULL, 0, 0);
-    be->defer_logits.on = false;
-    const float *dev = be->defer_logits.dev;
-    be->defer_logits.dev = NULL;
+    d->on = false;
+    const float *dev = d->dev;
+    d->dev = NULL;
     if (st != NMLX_OK || !dev) return st;
-    if (be->defer_logits.host != s->logits || be->defer_logits.vocab != s->model->info.vocab_size ||
-        be->defer_logits.softcap > 0) { /* not the plain row argmax can read: download it */
-        nmlx_lm_head_download(be, dev, be->defer_logits.vocab, be->defer_logits.softcap,
-                              be->defer_logits.host);
+    if (d->host != s->logits || d->vocab != s->model->info.vocab_size ||
+        d->softcap > 0) { /* not the plain row argmax can read: download it */
+        nmlx_lm_head_download(be, dev, d->vocab, d->softcap, d->host);
         return NMLX_OK;
     }
     s->logits_dev = dev;
     return NMLX_OK;
-}
-
-int32_t nmlx_session_greedy_id(nmlx_session *s) {
-    if (s->logits_dev)
-        return s->model->be->ops->argmax(s->model->be, s->logits_dev, s->model->info.vocab_size);
-    return nmlx_argmax(s->logits, s->model->info.vocab_size);
-}
-
-void nmlx_session_fetch_logits(nmlx_session *s) {
-    if (!s || !s->logits_dev) return;
-    nmlx_lm_head_download(s->model->be, s->logits_dev, s->model->info.vocab_size, 0.0f, s->logits);
-    s->logits_dev = NULL;
 }
 
 const float *nmlx_session_logits(const nmlx_session *s) {
@@ -292,16 +281,4 @@ void nmlx_session_cancel(nmlx_session *s) {
 
 void nmlx_session_seed(nmlx_session *s, uint64_t seed) {
     if (s) nmlx_sampler_seed(&s->sampler, seed);
-}
-
-nmlx_status nmlx_session_sample(nmlx_session *s, const nmlx_sampler_params *p, int32_t *out) {
-    if (!s || !out) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: NULL argument");
-    if (!s->has_logits || s->pending >= 0)
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_session_sample: no logits (evaluate first)");
-    nmlx_sampler_params sp = p ? *p : nmlx_sampler_default_params();
-    nmlx_status st = nmlx_sampler_validate(&sp);
-    if (st != NMLX_OK) return st;
-    nmlx_session_fetch_logits(s);
-    *out = nmlx_sampler_sample(&s->sampler, &sp, s->logits, s->history, s->n_history);
-    return NMLX_OK;
 }

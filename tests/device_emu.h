@@ -20,6 +20,7 @@
 
 #include "compute/backend.h"
 #include "shared/llama4_model.h" /* nmlx_rope_interleaved */
+#include "shared/sampling.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -48,6 +49,13 @@ typedef struct emu_state {
     size_t n_tensors;
     float *scratch; /* attention_rows: the CPU attention's scratch (host) */
     size_t scratch_floats;
+    nmlx_sampler sampler;   /* sample: the CPU sampler, run on the arena's row */
+    long argmaxes, samples; /* calls of argmax / sample (tests: the device path ran) */
+    long long downloaded;   /* bytes through download */
+    size_t watch_bytes;     /* downloads of exactly this size (a logits row) */
+    long watched;           /* are counted here */
+    bool break_sample;      /* must-fail checks: sample ignores the host's draw, */
+    bool break_copy;        /* copy does nothing */
 } emu_state;
 
 static emu_state *emu_of(nmlx_backend *be) { return (emu_state *)be->impl; }
@@ -107,6 +115,7 @@ static void emu_free_buf(nmlx_backend *be, void *p) { emu_need(be, "free", p, "b
 static void emu_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes) {
     emu_need(be, "copy", dst, "dst");
     emu_need(be, "copy", src, "src");
+    if (emu_of(be)->break_copy) return;
     emu_open(be);
     memmove(dst, src, bytes);
     emu_close(be);
@@ -123,6 +132,8 @@ static void emu_upload(nmlx_backend *be, void *dst, const void *host, size_t byt
 static void emu_download(nmlx_backend *be, void *host, const void *src, size_t bytes) {
     emu_need(be, "download", src, "src");
     if (bytes && emu_in(be, host)) emu_violation(be, "download: destination is device memory");
+    emu_of(be)->downloaded += (long long)bytes;
+    emu_of(be)->watched += bytes && bytes == emu_of(be)->watch_bytes;
     emu_open(be);
     memcpy(host, src, bytes);
     emu_close(be);
@@ -135,6 +146,26 @@ static int32_t emu_argmax(nmlx_backend *be, const float *x, int64_t n) {
     emu_open(be);
     int32_t id = emu_of(be)->cpu->ops->argmax(emu_of(be)->cpu, x, n);
     emu_close(be);
+    emu_of(be)->argmaxes++;
+    return id;
+}
+
+/* The device sampler as the CPU's, on the arena's row with the host's draw
+ * u: sessions on emu must sample exactly as on the CPU (test_batch_sample.c). */
+static int32_t emu_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
+                          const int32_t *history, size_t n_history, double u) {
+    emu_state *e = emu_of(be);
+    emu_need(be, "sample", x, "x");
+    if (n_history && emu_in(be, history)) emu_violation(be, "sample: history is device memory");
+    if (e->sampler.vocab != n) {
+        nmlx_sampler_free(&e->sampler);
+        if (nmlx_sampler_init(&e->sampler, n) != NMLX_OK) return -1;
+    }
+    emu_open(be);
+    int32_t id =
+        nmlx_sampler_sample_u(&e->sampler, p, x, history, n_history, e->break_sample ? 0.5 : u);
+    emu_close(be);
+    e->samples++;
     return id;
 }
 
@@ -351,6 +382,7 @@ static const nmlx_backend_ops emu_ops = {
     .download = emu_download,
     .sync = emu_sync,
     .argmax = emu_argmax,
+    .sample = emu_sample,
     .prepare_tensor = emu_prepare,
     .matmul = emu_matmul,
     .matmul_multi = emu_matmul_multi,
@@ -382,6 +414,7 @@ static void emu_free(nmlx_backend *be) {
     free(e->tensors);
     free(e->regions);
     free(e->scratch);
+    nmlx_sampler_free(&e->sampler);
     if (e->base) munmap(e->base, EMU_ARENA);
     free(e);
     free(be);

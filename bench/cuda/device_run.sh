@@ -1,6 +1,6 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch:
+# tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch, test_cuda_sample:
 # what `ctest -L cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -61,6 +61,9 @@ fi
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
 grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
+# the sample op against the host sampler (boundary cases counted)
+./$B/tests/test_cuda_sample >"$OUT/sample.log" 2>&1; echo "test_cuda_sample rc=$?"
+grep -E "FAIL|^sample:|passed" "$OUT/sample.log" | tail -12
 echo "tests done ($(( $(date +%s) - T0 )) s)"
 if [ "${KBENCH:-1}" = 1 ]; then
   ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"

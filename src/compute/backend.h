@@ -130,8 +130,19 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): the index of the largest of x[0..n), a
      * backend buffer, the first one on ties (as nmlx_argmax); waits for
      * the result. Greedy decoding then downloads one id a token, not the
-     * logits (nmlx_backend.defer_logits). */
+     * logits (shared/layers.h nmlx_logits_defer). */
     int32_t (*argmax)(nmlx_backend *be, const float *x, int64_t n);
+    /* Optional (NULL on the CPU): nmlx_sampler_sample on a backend buffer,
+     * waiting for the one id it returns: the row x[0..n) with p's
+     * repetition penalty (over the last p->repetition_context_size ids of
+     * history[0..n_history), host memory), temperature, top-k, min-p and
+     * top-p, and the draw u in [0, 1) that the host sampler's generator
+     * gave (unused at temperature 0). -1 if it could not run (the caller
+     * samples on the host). Same semantics as the host sampler; ids may
+     * differ only where u falls within float rounding of a boundary of the
+     * filtered distribution (tests/cuda/test_cuda_sample.c counts those). */
+    int32_t (*sample)(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
+                      const int32_t *history, size_t n_history, double u);
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
@@ -264,16 +275,6 @@ struct nmlx_backend {
     nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
     void *impl;               /* backend private state */
     nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
-    /* Set by the session around a greedy decode step (backends with argmax):
-     * nmlx_lm_head_download then records the logits row left on the backend
-     * here instead of downloading it (layers.h). */
-    struct {
-        bool on;
-        const float *dev; /* the recorded row, NULL if none */
-        float *host;      /* where the download would have gone */
-        int64_t vocab;
-        float softcap;
-    } defer_logits;
 };
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0

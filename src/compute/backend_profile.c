@@ -110,6 +110,13 @@ static int32_t p_argmax(nmlx_backend *be, const float *x, int64_t n) {
     PROF_END(be, "argmax");
     return id;
 }
+static int32_t p_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *sp,
+                        const int32_t *history, size_t n_history, double u) {
+    PROF_BEGIN(be);
+    int32_t id = P->inner->sample(be, x, n, sp, history, n_history, u);
+    PROF_END(be, "sample");
+    return id;
+}
 static void p_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
     PROF_BEGIN(be);
@@ -278,6 +285,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(upload);
     WRAP(download);
     WRAP(argmax);
+    WRAP(sample);
     WRAP(matmul);
     WRAP(matmul_multi);
     WRAP(embed);

@@ -155,19 +155,23 @@ void nmlx_lm_head_device(nmlx_backend *be, const nmlx_linear *head, const float 
     nmlx_linear_forward(be, &h, xn, dev, rows);
 }
 
+static _Thread_local nmlx_logits_defer defer_here;
+
+nmlx_logits_defer *nmlx_logits_defer_here(void) { return &defer_here; }
+
 void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, float softcap,
                            float *host) {
-    if (be->defer_logits.on) {      /* a greedy step: the session takes the argmax on the backend */
-        if (be->defer_logits.dev) { /* a second row in one step: the first one is fetched */
-            be->defer_logits.on = false;
-            nmlx_lm_head_download(be, be->defer_logits.dev, be->defer_logits.vocab,
-                                  be->defer_logits.softcap, be->defer_logits.host);
-            be->defer_logits.on = true;
+    nmlx_logits_defer *d = &defer_here;
+    if (d->on) {      /* a greedy step: the session takes the argmax on the backend */
+        if (d->dev) { /* a second row in one step: the first one is fetched */
+            d->on = false;
+            nmlx_lm_head_download(be, d->dev, d->vocab, d->softcap, d->host);
+            d->on = true;
         }
-        be->defer_logits.dev = dev;
-        be->defer_logits.host = host;
-        be->defer_logits.vocab = vocab;
-        be->defer_logits.softcap = softcap;
+        d->dev = dev;
+        d->host = host;
+        d->vocab = vocab;
+        d->softcap = softcap;
         return;
     }
     be->ops->download(be, host, dev, (size_t)vocab * sizeof(float));
@@ -182,9 +186,19 @@ static void lm_head(nmlx_backend *be, const nmlx_linear *head, const float *xn, 
     for (int64_t r0 = 0; r0 < rows; r0 += NMLX_LOGIT_ROWS) {
         int64_t n = rows - r0 < NMLX_LOGIT_ROWS ? rows - r0 : NMLX_LOGIT_ROWS;
         nmlx_lm_head_device(be, head, xn + r0 * hidden, n, dev);
-        for (int64_t r = 0; r < n; r++)
+        for (int64_t r = 0; r < n; r++) {
+            /* batched decode: the row stays on the backend, in the session's
+             * buffer (dev is reused by the next chunk and the next step) */
+            float *keep =
+                host_rows && defer_here.rows && softcap <= 0 ? defer_here.rows[r0 + r] : NULL;
+            if (keep) {
+                be->ops->copy(be, keep, dev + r * vocab, (size_t)vocab * sizeof(float));
+                defer_here.rows_copied = true;
+                continue;
+            }
             nmlx_lm_head_download(be, dev + r * vocab, vocab, softcap,
                                   host_rows ? host_rows[r0 + r] : host_out + (r0 + r) * vocab);
+        }
     }
 }
 

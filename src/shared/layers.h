@@ -68,6 +68,31 @@ enum { NMLX_LOGIT_ROWS = 16 };
 void nmlx_lm_head_rows(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
                        int64_t hidden, int64_t vocab, float softcap, float *dev, float *host_out);
 
+/* Where the LM head's rows go instead of being downloaded, on the calling
+ * thread (a model, so its backend, may be shared by threads: nmlx.h; the
+ * LM head runs on the thread that called eval). */
+typedef struct nmlx_logits_defer {
+    /* Set by the session around a greedy decode step (backends with
+     * argmax; session.c): nmlx_lm_head_download records the row left on
+     * the backend instead of downloading it. */
+    bool on;
+    const float *dev; /* the recorded row, NULL if none */
+    float *host;      /* where the download would have gone */
+    int64_t vocab;
+    float softcap;
+    /* Set by batched decode around forward_batch (batch.c): row r of
+     * nmlx_lm_head_scatter goes by device copy to rows[r] (each session's
+     * own backend buffer; a NULL entry: downloaded as usual) instead of
+     * being downloaded, so the next step's chunks can reuse the head's
+     * buffer; rows_copied says it happened (never for a soft-capped head:
+     * the cap is applied on the host copy). */
+    float *const *rows;
+    bool rows_copied;
+} nmlx_logits_defer;
+
+/* This thread's (zero: nothing deferred). */
+nmlx_logits_defer *nmlx_logits_defer_here(void);
+
 /* Its two halves, for a decode step the backend records (backend.h
  * step_graph): dev[rows, vocab] = head(xn) for rows <= NMLX_LOGIT_ROWS,
  * then host[vocab] = dev row downloaded (and soft-capped). */
@@ -77,7 +102,9 @@ void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, fl
                            float *host);
 
 /* The same with row r written to host_rows[r] (batched decode: each
- * session's own logits buffer). */
+ * session's own logits buffer), or, where nmlx_logits_defer_here()->rows[r] is set
+ * and the head is not soft-capped, copied to that backend buffer on the
+ * backend (backend.h; batch.c). */
 void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,
                           int64_t rows, int64_t hidden, int64_t vocab, float softcap, float *dev,
                           float *const *host_rows);

@@ -290,15 +290,24 @@ const float *nmlx_sampler_probs(nmlx_sampler *s, const nmlx_sampler_params *prm,
     return p;
 }
 
+double nmlx_sampler_uniform(nmlx_sampler *s) { return next_uniform(s); }
+
 int32_t nmlx_sampler_sample(nmlx_sampler *s, const nmlx_sampler_params *prm, const float *logits,
                             const int32_t *history, size_t n_history) {
+    /* the one draw of a sample, taken first: the filters use no randomness */
+    double u = prm->temperature > 0.0f ? next_uniform(s) : 0.0;
+    return nmlx_sampler_sample_u(s, prm, logits, history, n_history, u);
+}
+
+int32_t nmlx_sampler_sample_u(nmlx_sampler *s, const nmlx_sampler_params *prm, const float *logits,
+                              const int32_t *history, size_t n_history, double u) {
     int64_t V = s->vocab;
     const float *p = nmlx_sampler_probs(s, prm, logits, history, n_history);
     if (prm->temperature <= 0.0f) return nmlx_argmax(p, V);
     double total = 0.0;
     for (int64_t i = 0; i < V; i++)
         total += p[i];
-    double r = next_uniform(s) * total, acc = 0.0;
+    double r = u * total, acc = 0.0;
     int64_t last = 0;
     for (int64_t i = 0; i < V; i++) {
         if (p[i] <= 0.0f) continue;

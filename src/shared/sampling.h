@@ -27,6 +27,15 @@ nmlx_status nmlx_sampler_validate(const nmlx_sampler_params *p);
  * first) feeds the repetition penalty. */
 int32_t nmlx_sampler_sample(nmlx_sampler *s, const nmlx_sampler_params *p, const float *logits,
                             const int32_t *history, size_t n_history);
+/* The generator's next uniform in [0, 1): nmlx_sampler_sample takes one per
+ * call at temperature > 0 (none when greedy), before anything else. */
+double nmlx_sampler_uniform(nmlx_sampler *s);
+/* nmlx_sampler_sample with that draw given: sample(s) equals sample_u(s,
+ * u = uniform(s)) at temperature > 0, sample_u(s, 0) at 0. Device sampling
+ * (backend.h sample) takes u from the session's generator, so a session's
+ * random stream is the same wherever its logits lie. */
+int32_t nmlx_sampler_sample_u(nmlx_sampler *s, const nmlx_sampler_params *p, const float *logits,
+                              const int32_t *history, size_t n_history, double u);
 /* What nmlx_sampler_sample draws from: the penalised logits when greedy
  * (temperature 0), else the filtered probabilities (zeros dropped, not
  * renormalised). Points into the sampler, valid until its next call. */

@@ -53,7 +53,7 @@ static nmlx_status cpu_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
 }
 
 /* The sampler's argmax (first on ties) on the logits where the LM head left
- * them: greedy decoding copies no logits (backend.h defer_logits). */
+ * them: greedy decoding copies no logits (layers.h nmlx_logits_defer). */
 static int32_t cpu_argmax(nmlx_backend *be, const float *x, int64_t n) {
     (void)be;
     int64_t best = 0;

@@ -209,6 +209,9 @@ static void cuda_release(nmlx_backend *be) {
     if (c->step_host) cudaFreeHost(c->step_host);
     if (c->argmax_dev) cudaFree(c->argmax_dev);
     if (c->argmax_host) cudaFreeHost(c->argmax_host);
+    if (c->sample_work) cudaFree(c->sample_work);
+    if (c->sample_ids_dev) cudaFree(c->sample_ids_dev);
+    if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -231,6 +234,7 @@ static const nmlx_backend_ops cuda_ops = {
     .mem_info = cuda_mem_info,
     .step_graph = nmlx_cuda_step_graph,
     .argmax = nmlx_cuda_argmax,
+    .sample = nmlx_cuda_sample,
     .matmul = nmlx_cuda_matmul,
     .matmul_multi = nmlx_cuda_matmul_multi,
     .embed = nmlx_cuda_embed,

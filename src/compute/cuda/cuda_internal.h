@@ -79,6 +79,12 @@ typedef struct cuda_impl {
     long replays;
     int32_t *argmax_dev;   /* argmax's result, and its pinned host copy */
     int32_t *argmax_host;
+    /* sample (cuda_sample.cu): the row's work copy and marks; the penalty's
+     * ids and the result, on the device and pinned on the host */
+    void *sample_work;
+    size_t sample_work_bytes;
+    int32_t *sample_ids_dev, *sample_ids_host;
+    size_t sample_ids_dev_bytes, sample_ids_host_bytes;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -168,6 +174,8 @@ void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out,
 void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
 int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n);
+int32_t nmlx_cuda_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
+                         const int32_t *history, size_t n_history, double u);
 /* Family ops (cuda_family_ops.cu): MoE, Gemma 3n, Llama 4. */
 void nmlx_cuda_swiglu_clipped(nmlx_backend *be, const float *gate, const float *up, float *out,
                               int64_t n, float alpha, float limit);
