@@ -98,7 +98,7 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
         }
         if (last) break;
         /* evaluates the pending token */
-        st = keep ? nmlx_session_eval_pending_greedy(s) : nmlx_session_eval_tokens(s, NULL, 0, 0);
+        st = keep ? nmlx_session_eval_pending_kept(s) : nmlx_session_eval_tokens(s, NULL, 0, 0);
         if (st == NMLX_ERR_CANCELLED) {
             r.finish = NMLX_FINISH_CANCELLED;
             st = NMLX_OK;

@@ -75,12 +75,12 @@ bool nmlx_model_is_eos(const nmlx_model *m, int32_t id);
 /* nmlx_session_eval without clearing the cancel flag (generate's loop). */
 nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t n,
                                      int all_logits);
-/* Generation's greedy path, on backends with an argmax op (and its path for
- * every sampler on backends with a sample op): evaluates the
- * pending token leaving the logits on the backend (logits_dev) where they
- * are plainly the LM head's (no soft-cap); nmlx_session_greedy_id then
- * downloads one id instead of the row. */
-nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s);
+/* Generation's decode step where the backend can pick the next id itself
+ * (argmax for greedy; its sample op, where it has one, for every sampler):
+ * evaluates the pending token, keeping the logits row on the backend
+ * (logits_dev) when it is plainly the LM head's (no soft-cap), so picking
+ * the next id (nmlx_session_pick) downloads one id instead of the row. */
+nmlx_status nmlx_session_eval_pending_kept(nmlx_session *s);
 /* session_sample.c: the id greedy sampling without penalties picks from
  * the current logits; */
 int32_t nmlx_session_greedy_id(nmlx_session *s);

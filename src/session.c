@@ -210,7 +210,7 @@ nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int
     return nmlx_session_eval_tokens(s, ids, n, all_logits);
 }
 
-nmlx_status nmlx_session_eval_pending_greedy(nmlx_session *s) {
+nmlx_status nmlx_session_eval_pending_kept(nmlx_session *s) {
     nmlx_backend *be = s->model->be;
     if (!be->ops->argmax || s->pending < 0) return nmlx_session_eval_tokens(s, NULL, 0, 0);
     nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's: layers.h */

@@ -1,6 +1,6 @@
 /* Greedy generation downloads one id a token, not the logits (backends
  * with an argmax op leave the LM head's row in place: session.c
- * nmlx_session_eval_pending_greedy). What users see must not change:
+ * nmlx_session_eval_pending_kept). What users see must not change:
  *  - the ids equal a step-by-step loop of nmlx_session_sample(temperature 0)
  *    and nmlx_session_eval, on random prompts;
  *  - nmlx_session_logits read inside the token callback is the row the id
