@@ -23,6 +23,7 @@
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
+#   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile.
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
 set -o pipefail
@@ -65,6 +66,22 @@ grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
 ./$B/tests/test_cuda_sample >"$OUT/sample.log" 2>&1; echo "test_cuda_sample rc=$?"
 grep -E "FAIL|^sample:|passed" "$OUT/sample.log" | tail -12
 echo "tests done ($(( $(date +%s) - T0 )) s)"
+# AMX=1: the host CPU's AMX-BF16 prefills (dense and quantized) against the
+# portable kernels, on cores 8-15 in the background while the GPU benches
+# run (correctness only; bench/device_amx.sh times them). Summary at the end.
+if [ "${AMX:-0}" = 1 ]; then
+  ( cmake --build $B -j8 --target test_kernels test_quant_kernels test_amx_quant_real >"$OUT/amx_build.log" 2>&1 || exit 1
+    { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -cE '^amx_(bf16|tile)$'; } >"$OUT/amx.txt"
+    NMLX_AMX=1 NMLX_QUANT_PICK_LOG=1 taskset -c 8-15 ./$B/tests/test_kernels >"$OUT/amx_test_kernels.log" 2>&1
+    echo "test_kernels NMLX_AMX=1 rc=$?: $(grep -E "AMX dense|passed" "$OUT/amx_test_kernels.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
+    taskset -c 8-15 ./$B/tests/test_amx_quant_real >"$OUT/amx_quant_real.log" 2>&1
+    echo "test_amx_quant_real rc=$?: $(grep -E "RAN|SKIPPED|passed" "$OUT/amx_quant_real.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
+    for q in 1 bf16; do
+      NMLX_AMX_QUANT=$q taskset -c 8-15 ./$B/tests/test_quant_kernels >"$OUT/amx_quant_kernels_$q.log" 2>&1
+      echo "test_quant_kernels NMLX_AMX_QUANT=$q rc=$?: $(grep -E "passed" "$OUT/amx_quant_kernels_$q.log" | tail -1)" >>"$OUT/amx.txt"
+    done ) &
+  AMX_PID=$!
+fi
 if [ "${KBENCH:-1}" = 1 ]; then
   ./$B/tests/bench_cuda_quant 200 2>&1 | tee "$OUT/kernels.txt"
   echo "kernel bench done ($(( $(date +%s) - T0 )) s)"
@@ -114,3 +131,6 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   rm -rf $D
   echo "$m done ($(( $(date +%s) - T0 )) s)"
 done
+if [ -n "${AMX_PID:-}" ]; then
+  wait "$AMX_PID"; echo "== AMX on the host CPU (rc=$?)"; cat "$OUT/amx.txt" 2>/dev/null
+fi
