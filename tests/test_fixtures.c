@@ -16,6 +16,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <dirent.h>
@@ -30,27 +31,6 @@
 #define N_GREEDY 16
 
 /* ---- small file helpers ------------------------------------------------ */
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-            buf = malloc((size_t)n + 1);
-            if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                buf[n] = 0;
-                *len = (size_t)n;
-            } else {
-                free(buf);
-                buf = NULL;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
 
 static bool write_all(const char *path, const void *data, size_t len) {
     FILE *f = fopen(path, "wb");
@@ -122,20 +102,6 @@ static void fixture_free(fixture *fx) {
     free(fx->greedy_logits);
 }
 
-static float *read_floats(const char *path, size_t count) {
-    size_t len = 0;
-    char *raw = read_all(path, &len);
-    if (!raw) return NULL;
-    if (len != count * sizeof(float)) {
-        free(raw);
-        return NULL;
-    }
-    float *v = malloc(len ? len : 1);
-    if (v) memcpy(v, raw, len); /* little-endian float32 on x86-64 */
-    free(raw);
-    return v;
-}
-
 static bool fixture_open(const char *dir, const char *name, fixture *fx) {
     memset(fx, 0, sizeof *fx);
     snprintf(fx->name, sizeof fx->name, "%s", name);
@@ -166,11 +132,11 @@ static bool fixture_open(const char *dir, const char *name, fixture *fx) {
     for (size_t i = 0; i < N_GREEDY; i++)
         fx->greedy[i] = (int32_t)json_integer_value(json_array_get(greedy, i));
     snprintf(p, sizeof p, "%s/logits.bin", fx->path);
-    fx->logits = read_floats(p, fx->n_prompt * (size_t)fx->vocab);
+    fx->logits = test_read_floats(p, fx->n_prompt * (size_t)fx->vocab);
     EXPECT(fx->logits != NULL, "%s: missing or not %zu x %d floats", p, fx->n_prompt, fx->vocab);
     snprintf(p, sizeof p, "%s/greedy_logits.bin", fx->path);
     if (is_file(p)) {
-        fx->greedy_logits = read_floats(p, (size_t)N_GREEDY * (size_t)fx->vocab);
+        fx->greedy_logits = test_read_floats(p, (size_t)N_GREEDY * (size_t)fx->vocab);
         EXPECT(fx->greedy_logits != NULL, "%s: not %d x %d floats", p, N_GREEDY, fx->vocab);
     }
     ok = fx->logits != NULL;
@@ -180,13 +146,6 @@ done:
 }
 
 /* ---- comparisons -------------------------------------------------------- */
-
-static size_t argmax(const float *v, int32_t n) {
-    size_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (size_t)i;
-    return best;
-}
 
 typedef struct {
     double max_diff, max_ref; /* over all rows compared */
@@ -214,7 +173,7 @@ static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref
         }
         if (fabs((double)ref[j]) > c->max_ref) c->max_ref = fabs((double)ref[j]);
     }
-    size_t ar = argmax(ref, V), ag = argmax(got, V);
+    size_t ar = test_argmax(ref, V), ag = test_argmax(got, V);
     if (ar != ag && c->first_bad_argmax < 0) {
         c->first_bad_argmax = (long)row;
         c->bad_ref_id = ar;
@@ -237,8 +196,8 @@ static void cmp_expect(const fixture *fx, int threads, const char *what, const c
         EXPECT(cmp_ratio(c) <= tol,
                "%s (threads %d) %s: max|diff|/max|ref| = %.3e > %.0e at position %zu, id %zu "
                "(got %.6f, ref %.6f)",
-               fx->path, threads, what, cmp_ratio(c), tol, c->worst_row, c->worst_col,
-               c->worst_got, c->worst_ref);
+               fx->path, threads, what, cmp_ratio(c), tol, c->worst_row, c->worst_col, c->worst_got,
+               c->worst_ref);
     }
     EXPECT(c->first_bad_argmax < 0,
            "%s (threads %d) %s: argmax differs at position %ld: ref id %zu, got id %zu "
@@ -377,7 +336,7 @@ static void copy_fixture(const char *src, const char *dst) {
         snprintf(a, sizeof a, "%s/%s", src, files[i]);
         snprintf(b, sizeof b, "%s/%s", dst, files[i]);
         size_t len = 0;
-        char *data = read_all(a, &len);
+        char *data = test_read_file(a, &len);
         if (data) write_all(b, data, len);
         free(data);
     }
@@ -448,7 +407,7 @@ static bool st_write(const char *path, json_t *hdr, const char *data, size_t dat
 /* Removes tensor `name` and its bytes, shifting the later offsets. */
 static bool st_remove_tensor(const char *path, const char *name) {
     size_t len = 0, hlen = 0;
-    char *data = read_all(path, &len);
+    char *data = test_read_file(path, &len);
     json_t *hdr = data ? st_header(data, len, &hlen) : NULL;
     bool ok = false;
     json_t *t = hdr ? json_object_get(hdr, name) : NULL;
@@ -487,7 +446,7 @@ static bool st_remove_tensor(const char *path, const char *name) {
 /* Changes one tensor's dtype string in place (same length keeps offsets). */
 static bool st_set_dtype(const char *path, const char *name, const char *dtype) {
     size_t len = 0, hlen = 0;
-    char *data = read_all(path, &len);
+    char *data = test_read_file(path, &len);
     json_t *hdr = data ? st_header(data, len, &hlen) : NULL;
     bool ok = false;
     json_t *t = hdr ? json_object_get(hdr, name) : NULL;
@@ -530,7 +489,7 @@ static void check_bad_inputs(const char *src) {
     { /* truncated weights */
         FRESH();
         size_t len = 0;
-        char *data = read_all(p, &len);
+        char *data = test_read_file(p, &len);
         EXPECT(data && write_all(p, data, len / 2), "cannot truncate %s", p);
         free(data);
         const char *n[] = {"model.safetensors", NULL};
@@ -539,7 +498,7 @@ static void check_bad_inputs(const char *src) {
     { /* header cut inside the JSON */
         FRESH();
         size_t len = 0;
-        char *data = read_all(p, &len);
+        char *data = test_read_file(p, &len);
         EXPECT(data && write_all(p, data, 40), "cannot truncate %s", p);
         free(data);
         const char *n[] = {"model.safetensors", NULL};
@@ -586,7 +545,7 @@ static void check_bad_inputs(const char *src) {
         char c[1024];
         snprintf(c, sizeof c, "%s/config.json", dir);
         size_t len = 0;
-        char *data = read_all(c, &len);
+        char *data = test_read_file(c, &len);
         EXPECT(data && write_all(c, data, len / 2), "cannot truncate %s", c);
         free(data);
         const char *n[] = {"config.json", NULL};

@@ -20,6 +20,7 @@
 #include "common.h"
 #include "emu_check.h"
 #include "harness.h"
+#include "model_util.h"
 #include "io/safetensors.h"
 #include "io/safetensors_write.h"
 #include "nmlx.h"
@@ -94,20 +95,6 @@ static bool write_ckpt(const ckpt *c, const char *fixture, const char *dir, json
     return ok;
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 /* ---- running a model ------------------------------------------------------ */
 
 typedef struct {
@@ -116,25 +103,11 @@ typedef struct {
     int32_t greedy[8];
 } run_out;
 
-static int32_t argmax(const float *x, size_t n) {
-    size_t b = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int32_t)b;
-}
-
 /* Prompt logits and 8 greedy ids of the model at dir (quantize_bits: on load). */
 static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
-    char path[700];
     memset(o, 0, sizeof *o);
-    snprintf(path, sizeof path, "%s/expected.json", fixture);
-    json_t *exp = json_load_file(path, 0, NULL);
-    json_t *ids = json_object_get(exp, "prompt_ids");
-    size_t n = json_array_size(ids);
-    int32_t *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++)
-        p[i] = (int32_t)json_integer_value(json_array_get(ids, i));
-    json_decref(exp);
+    size_t n = 0;
+    int32_t *p = test_prompt_ids(fixture, &n);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     mp.quantize_bits = qbits;
@@ -149,11 +122,11 @@ static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
         const float *all = nmlx_session_all_logits(s, &o->rows);
         o->logits = malloc(o->rows * o->V * sizeof(float));
         memcpy(o->logits, all, o->rows * o->V * sizeof(float));
-        int32_t t = argmax(all + (o->rows - 1) * o->V, o->V);
+        int32_t t = test_argmax(all + (o->rows - 1) * o->V, o->V);
         for (int k = 0; k < 8 && ok; k++) {
             o->greedy[k] = t;
             ok = nmlx_session_eval(s, &t, 1, 0) == NMLX_OK;
-            t = argmax(nmlx_session_logits(s), o->V);
+            t = test_argmax(nmlx_session_logits(s), o->V);
         }
     }
     if (!ok) fprintf(stderr, "  %s: %s\n", dir, nmlx_last_error());
@@ -163,19 +136,11 @@ static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
     return ok;
 }
 
-static double ratio_vs(const float *a, const float *ref, size_t n) {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        md = fmax(md, fabs((double)a[i] - ref[i]));
-        mr = fmax(mr, fabs((double)ref[i]));
-    }
-    return md / mr;
-}
-
 static bool same_argmax(const run_out *a, const run_out *b) {
     if (a->rows != b->rows || a->V != b->V) return false;
     for (size_t r = 0; r < a->rows; r++)
-        if (argmax(a->logits + r * a->V, a->V) != argmax(b->logits + r * b->V, b->V)) return false;
+        if (test_argmax(a->logits + r * a->V, a->V) != test_argmax(b->logits + r * b->V, b->V))
+            return false;
     return !memcmp(a->greedy, b->greedy, sizeof a->greedy);
 }
 
@@ -385,11 +350,12 @@ static void test_gpt_oss_mxfp4(const char *tmp) {
     if (ok) {
         size_t n = o[0].rows * o[0].V;
         snprintf(path, sizeof path, "%s/logits.bin", fixture);
-        float *ref = (float *)slurp(path, NULL);
-        double r_ab = ratio_vs(o[0].logits, o[1].logits, n);
-        double r_ac = ratio_vs(o[0].logits, o[2].logits, n);
-        double r_bc = ratio_vs(o[1].logits, o[2].logits, n);
-        double r_pad = ratio_vs(o[3].logits, ref, n), r_q = ratio_vs(o[0].logits, ref, n);
+        float *ref = test_read_floats(path, n);
+        double r_ab = test_diff_over_max(o[0].logits, o[1].logits, n);
+        double r_ac = test_diff_over_max(o[0].logits, o[2].logits, n);
+        double r_bc = test_diff_over_max(o[1].logits, o[2].logits, n);
+        double r_pad = ref ? test_diff_over_max(o[3].logits, ref, n) : INFINITY;
+        double r_q = ref ? test_diff_over_max(o[0].logits, ref, n) : INFINITY;
         printf("  gpt-oss MXFP4: HF _blocks vs mlx layout %.3g, HF vs f32 dequantized %.3g, "
                "mlx vs f32 dequantized %.3g\n",
                r_ab, r_ac, r_bc);
@@ -679,13 +645,13 @@ static void test_convert(const char *name, const char *tmp, int bits) {
     EXPECT(ok, "%s %d-bit runs", name, bits);
     if (ok) {
         size_t n = conv.rows * conv.V;
-        double r_q = ratio_vs(conv.logits, qol.logits, n),
-               r_f = ratio_vs(conv.logits, f32.logits, n);
-        double r_d = ratio_vs(conv.logits, deq.logits, n);
+        double r_q = test_diff_over_max(conv.logits, qol.logits, n),
+               r_f = test_diff_over_max(conv.logits, f32.logits, n);
+        double r_d = test_diff_over_max(conv.logits, deq.logits, n);
         int agree = 0;
         for (size_t r = 0; r < conv.rows; r++)
-            agree +=
-                argmax(conv.logits + r * conv.V, conv.V) == argmax(f32.logits + r * f32.V, f32.V);
+            agree += test_argmax(conv.logits + r * conv.V, conv.V) ==
+                     test_argmax(f32.logits + r * f32.V, f32.V);
         printf("  %-10s %d-bit g32: convert vs quantize-on-load %.3g, vs f32 on the dequantized "
                "weights %.3g (argmax %s), vs float %.3g (argmax agrees at %d/%zu positions)\n",
                name, bits, r_q, r_d, same_argmax(&conv, &deq) ? "equal" : "DIFFERS", r_f, agree,
@@ -804,29 +770,15 @@ static void test_router_override(const char *tmp) {
  * clean error each time (no leak in sanitizer builds), then success. */
 static void test_fault_injection(const char *dir, int qbits) {
     int32_t ids[5] = {1, 2, 3, 4, 5};
-    bool clean = true, done = false;
-    long last = 0;
-    for (long k = 1; k < 20000 && !done; k++) {
-        last = k;
-        nmlx_model_params mp = nmlx_model_default_params();
-        mp.n_threads = 1;
-        mp.quantize_bits = qbits;
-        mp.quantize_group_size = 32;
-        nmlx_model *m = NULL;
-        nmlx_session *s = NULL;
-        nmlx_test_fail_alloc_after(k);
-        nmlx_status st = nmlx_model_load(dir, &mp, &m);
-        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
-        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 5, 0);
-        nmlx_test_fail_alloc_after(0);
-        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
-        done = st == NMLX_OK;
-        nmlx_session_free(s);
-        nmlx_model_free(m);
-    }
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    mp.quantize_bits = qbits;
+    mp.quantize_group_size = 32;
+    long failed = 0;
+    bool ok = test_load_fault_sweep(dir, &mp, ids, 5, 20000, &failed);
     printf("  fault injection %s (quantize_bits %d): %ld allocations failed in turn\n", dir, qbits,
-           last - 1);
-    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", dir);
+           failed);
+    EXPECT(ok, "%s: every failed allocation reports an error, then it loads", dir);
 }
 
 int main(void) {
