@@ -636,7 +636,7 @@ static void test_softmax(int64_t R, int64_t n) {
 /* argmax (greedy decoding's one id a token) equals the CPU's, first on
  * ties: random rows, a planted maximum repeated at a later index, and
  * all -inf. */
-static void test_argmax(int64_t n) {
+static void test_argmax_op(int64_t n) {
     float *x = test_rand_floats((size_t)n, -30, 30);
     int64_t at = (int64_t)(test_rand_u64() % (uint64_t)n);
     x[at] = 40.0f;
@@ -719,7 +719,7 @@ int main(void) {
     test_softmax(9, 33);
     static const int64_t argmax_n[] = {1, 7, 1000, 1025, 128256, 151936, 262144};
     for (size_t i = 0; i < sizeof argmax_n / sizeof argmax_n[0]; i++)
-        test_argmax(argmax_n[i]);
+        test_argmax_op(argmax_n[i]);
     test_family_ops();
     for (int i = 0; i < N_OPS; i++)
         printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
