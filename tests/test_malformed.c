@@ -1873,66 +1873,54 @@ static void test_convert(void) {
 
 /* ---- 8. inputs the fuzzers found (tests/fuzz/regressions) ------------------ */
 
-static void test_fuzz_regressions(void) {
-    /* tokenizer.json files */
-    char *rd = path_join(test_src_dir(), "tests/fuzz/regressions/tokenizer_load");
-    DIR *d = opendir(rd);
+/* fn on every file of tests/fuzz/regressions/<kind> that can be read (its
+ * name and bytes); returns how many files there are. */
+static int each_regression(const char *kind,
+                           void (*fn)(const char *name, const unsigned char *b, size_t len,
+                                      void *ctx),
+                           void *ctx) {
+    char *rd = path_join(test_src_dir(), "tests/fuzz/regressions");
+    char *kd = path_join(rd, kind);
+    DIR *d = opendir(kd);
     struct dirent *de;
     int n = 0;
     while (d && (de = readdir(d))) {
         if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
+        char *f = path_join(kd, de->d_name);
         size_t len = 0;
         unsigned char *b = read_all(f, &len);
-        if (b) tok_try(de->d_name, (char *)b, len);
+        if (b) fn(de->d_name, b, len, ctx);
         free(b);
         free(f);
         n++;
     }
     if (d) closedir(d);
+    free(kd);
     free(rd);
-    /* safetensors files */
-    rd = path_join(test_src_dir(), "tests/fuzz/regressions/safetensors");
-    d = opendir(rd);
+    return n;
+}
+
+static void regression_tokenizer(const char *name, const unsigned char *b, size_t len, void *ctx) {
+    (void)ctx;
+    tok_try(name, (const char *)b, len);
+}
+
+/* ctx: a model file of a copy of qwen3, replaced by the input, then loaded */
+static void regression_model_file(const char *name, const unsigned char *b, size_t len, void *ctx) {
+    (void)name;
+    const char *const *dir_file = ctx;
+    char *p = path_join(dir_file[0], dir_file[1]);
+    write_all(p, b, len);
+    (void)load_and_poke(dir_file[0]);
+    free(p);
+}
+
+static void test_fuzz_regressions(void) {
+    int n = each_regression("tokenizer_load", regression_tokenizer, NULL);
     char *dir = model_copy("qwen3", "regr", "model.safetensors");
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
-        size_t len = 0;
-        unsigned char *b = read_all(f, &len);
-        char *p = path_join(dir, "model.safetensors");
-        if (b) {
-            write_all(p, b, len);
-            (void)load_and_poke(dir);
-        }
-        free(p);
-        free(b);
-        free(f);
-        n++;
-    }
-    if (d) closedir(d);
-    free(rd);
-    /* config.json files */
-    rd = path_join(test_src_dir(), "tests/fuzz/regressions/config");
-    d = opendir(rd);
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
-        size_t len = 0;
-        unsigned char *b = read_all(f, &len);
-        char *p = path_join(dir, "config.json");
-        if (b) {
-            unlink(p);
-            write_all(p, b, len);
-            (void)load_and_poke(dir);
-        }
-        free(p);
-        free(b);
-        free(f);
-        n++;
-    }
-    if (d) closedir(d);
-    free(rd);
+    const char *st[2] = {dir, "model.safetensors"}, *cfg[2] = {dir, "config.json"};
+    n += each_regression("safetensors", regression_model_file, st);
+    n += each_regression("config", regression_model_file, cfg);
     rm_rf(dir);
     free(dir);
     printf("fuzz regression inputs replayed: %d\n", n);
