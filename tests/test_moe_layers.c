@@ -15,6 +15,7 @@
 #include "compute/quant.h"
 #include "harness.h"
 #include "model_util.h"
+#include "ckpt_util.h"
 #include "io/safetensors.h"
 #include "io/safetensors_write.h"
 #include "nmlx.h"
@@ -200,41 +201,21 @@ static void test_route(void) {
 
 /* ---- stacked layout on the fixtures ------------------------------------ */
 
-/* One rewritten checkpoint: items point into `keep` allocations. */
-typedef struct {
-    nmlx_st_item items[256];
-    size_t n;
-    void *keep[256];
-    size_t nkeep;
-} ckpt;
-
-static void *keep(ckpt *c, size_t bytes) { return c->keep[c->nkeep++] = calloc(1, bytes); }
-
-static void add(ckpt *c, const char *name, nmlx_dtype dt, int ndim, const int64_t *shape,
-                const void *data) {
-    nmlx_st_item *it = &c->items[c->n++];
-    it->name = strcpy(keep(c, strlen(name) + 1), name);
-    it->dtype = dt;
-    it->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        it->shape[i] = shape[i];
-    it->data = data;
-}
-
 /* Quantizes rows [R, cols] (8-bit affine, group 32, f32 scales) as `name`. */
 static void add_quant(ckpt *c, const char *name, int ndim, const int64_t *shape, const float *w) {
     int64_t cols = shape[ndim - 1], R = 1;
     char key[300];
     if (cols % 32) { /* as mlx-lm: widths not a multiple of the group stay float */
         snprintf(key, sizeof key, "%s.weight", name);
-        add(c, key, NMLX_DT_F32, ndim, shape, w);
+        ckpt_add(c, key, NMLX_DT_F32, ndim, shape, w);
         return;
     }
     for (int i = 0; i < ndim - 1; i++)
         R *= shape[i];
     int64_t words = nmlx_quant_row_words(cols, 8), groups = cols / 32;
-    uint32_t *q = keep(c, (size_t)(R * words) * 4);
-    float *sc = keep(c, (size_t)(R * groups) * 4), *bi = keep(c, (size_t)(R * groups) * 4);
+    uint32_t *q = ckpt_keep(c, (size_t)(R * words) * 4);
+    float *sc = ckpt_keep(c, (size_t)(R * groups) * 4),
+          *bi = ckpt_keep(c, (size_t)(R * groups) * 4);
     for (int64_t r = 0; r < R; r++)
         nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, 8, 32, w + r * cols, cols, q + r * words,
                                 sc + r * groups, bi + r * groups, NMLX_DT_F32);
@@ -243,37 +224,21 @@ static void add_quant(ckpt *c, const char *name, int ndim, const int64_t *shape,
         s2[i] = shape[i];
     s2[ndim - 1] = words;
     snprintf(key, sizeof key, "%s.weight", name);
-    add(c, key, NMLX_DT_U32, ndim, s2, q);
+    ckpt_add(c, key, NMLX_DT_U32, ndim, s2, q);
     s2[ndim - 1] = groups;
     snprintf(key, sizeof key, "%s.scales", name);
-    add(c, key, NMLX_DT_F32, ndim, s2, sc);
+    ckpt_add(c, key, NMLX_DT_F32, ndim, s2, sc);
     snprintf(key, sizeof key, "%s.biases", name);
-    add(c, key, NMLX_DT_F32, ndim, s2, bi);
+    ckpt_add(c, key, NMLX_DT_F32, ndim, s2, bi);
 }
 
+/* c and src's config.json (quant: with an 8-bit g32 quantization entry) */
 static bool write_ckpt(const ckpt *c, const char *src, const char *dir, bool quant) {
-    char path[600];
-    snprintf(path, sizeof path, "mkdir -p %s", dir);
-    if (system(path) != 0) return false;
-    snprintf(path, sizeof path, "%s/config.json", src);
-    json_t *cfg = json_load_file(path, 0, NULL);
-    if (quant)
-        json_object_set_new(cfg, "quantization",
-                            json_pack("{s:i,s:i}", "group_size", 32, "bits", 8));
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    json_dump_file(cfg, path, JSON_INDENT(1));
-    json_decref(cfg);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    bool ok = fd >= 0 && nmlx_st_write_fd(fd, path, c->items, c->n) == NMLX_OK;
-    if (fd >= 0) close(fd);
+    json_t *edit =
+        quant ? json_pack("{s:{s:i,s:i}}", "quantization", "group_size", 32, "bits", 8) : NULL;
+    bool ok = ckpt_write(c, src, dir, edit);
+    json_decref(edit);
     return ok;
-}
-
-static void free_ckpt(ckpt *c) {
-    for (size_t i = 0; i < c->nkeep; i++)
-        free(c->keep[i]);
-    c->nkeep = c->n = 0;
 }
 
 /* Prompt logits of the model at dir; caller frees. */
@@ -328,7 +293,7 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                 if (!nmlx_weights_find(ws, name)) break;
             }
             size_t per = nmlx_tensor_nbytes(t);
-            float *st = keep(&c, per * (size_t)E);
+            float *st = ckpt_keep(&c, per * (size_t)E);
             for (int64_t x = 0; x < E; x++) {
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%lld.%s.weight", layer,
                          (long long)x, proj);
@@ -340,7 +305,7 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                 add_quant(&c, name, 3, shape, st);
             } else {
                 strcat(name, ".weight");
-                add(&c, name, t->dtype, 3, shape, st);
+                ckpt_add(&c, name, t->dtype, 3, shape, st);
             }
         } else if (sscanf(t->name, "model.layers.%d.mlp.experts.%63[a-z_]", &layer, proj) == 2) {
             /* gpt-oss: gate_up_proj [E, D, 2I], down_proj [E, I, D], biases */
@@ -348,8 +313,8 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
             int64_t E = t->shape[0];
             if (!strcmp(proj, "gate_up_proj")) {
                 int64_t D = t->shape[1], I = t->shape[2] / 2, sh[3] = {E, I, D};
-                float *g = keep(&c, (size_t)(E * I * D) * 4),
-                      *u = keep(&c, (size_t)(E * I * D) * 4);
+                float *g = ckpt_keep(&c, (size_t)(E * I * D) * 4),
+                      *u = ckpt_keep(&c, (size_t)(E * I * D) * 4);
                 for (int64_t x = 0; x < E; x++)
                     for (int64_t h = 0; h < I; h++)
                         for (int64_t d = 0; d < D; d++) {
@@ -357,39 +322,40 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                             u[(x * I + h) * D + d] = src[(x * D + d) * 2 * I + 2 * h + 1];
                         }
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, g);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, g);
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, u);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, u);
             } else if (!strcmp(proj, "gate_up_proj_bias")) {
                 int64_t I = t->shape[1] / 2, sh[2] = {E, I};
-                float *g = keep(&c, (size_t)(E * I) * 4), *u = keep(&c, (size_t)(E * I) * 4);
+                float *g = ckpt_keep(&c, (size_t)(E * I) * 4),
+                      *u = ckpt_keep(&c, (size_t)(E * I) * 4);
                 for (int64_t x = 0; x < E * I; x++) {
                     g[x] = src[2 * x];
                     u[x] = src[2 * x + 1];
                 }
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.bias", layer);
-                add(&c, name, NMLX_DT_F32, 2, sh, g);
+                ckpt_add(&c, name, NMLX_DT_F32, 2, sh, g);
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.bias", layer);
-                add(&c, name, NMLX_DT_F32, 2, sh, u);
+                ckpt_add(&c, name, NMLX_DT_F32, 2, sh, u);
             } else if (!strcmp(proj, "down_proj")) {
                 int64_t I = t->shape[1], D = t->shape[2], sh[3] = {E, D, I};
-                float *dn = keep(&c, (size_t)(E * I * D) * 4);
+                float *dn = ckpt_keep(&c, (size_t)(E * I * D) * 4);
                 for (int64_t x = 0; x < E; x++)
                     for (int64_t h = 0; h < I; h++)
                         for (int64_t d = 0; d < D; d++)
                             dn[(x * D + d) * I + h] = src[(x * I + h) * D + d];
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, dn);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, dn);
             } else {
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.bias", layer);
-                add(&c, name, t->dtype, t->ndim, t->shape, t->data);
+                ckpt_add(&c, name, t->dtype, t->ndim, t->shape, t->data);
             }
         } else {
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
         }
     }
     EXPECT(write_ckpt(&c, fixture, dir, quant || per_expert_q), "write %s", dir);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
 }
 
@@ -450,10 +416,10 @@ static void test_bad_inputs(const char *tmp) {
     for (size_t i = 0; i < nmlx_weights_count(ws); i++) {
         const nmlx_tensor *t = nmlx_weights_at(ws, i);
         if (strcmp(t->name, "model.layers.1.mlp.experts.3.up_proj.weight") != 0)
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
     write_ckpt(&c, fixture, dir, false);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
     nmlx_model_params mp = nmlx_model_default_params();
     nmlx_model *m = NULL;
