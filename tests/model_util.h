@@ -139,6 +139,41 @@ static inline bool test_load_fault_sweep(const char *dir, const nmlx_model_param
     return clean && done;
 }
 
+typedef struct {
+    int32_t *ids;
+    size_t cap, n; /* n: every id that came, also past cap */
+} test_ids;
+
+static inline int test_collect_id(void *user, int32_t id, const char *text, size_t len) {
+    (void)text, (void)len;
+    test_ids *c = user;
+    if (c->n < c->cap) c->ids[c->n] = id;
+    c->n++;
+    return 0;
+}
+
+/* nmlx_generate on s after prompt, greedy (temperature 0), n tokens, EOS
+ * ignored: ids[0..n) (-1 where none came), *n_got how many came, *res (may
+ * be NULL) the result. Returns the status. */
+static inline nmlx_status test_greedy_ids(nmlx_session *s, const int32_t *prompt, size_t n_prompt,
+                                          int32_t *ids, size_t n, size_t *n_got,
+                                          nmlx_generate_result *res) {
+    for (size_t i = 0; i < n; i++)
+        ids[i] = -1;
+    test_ids c = {ids, n, 0};
+    nmlx_generate_params gp = nmlx_generate_default_params();
+    gp.sampler = nmlx_sampler_default_params();
+    gp.sampler.temperature = 0.0f;
+    gp.max_tokens = n;
+    gp.ignore_eos = 1;
+    gp.on_token = test_collect_id;
+    gp.user = &c;
+    nmlx_generate_result r;
+    nmlx_status st = nmlx_generate(s, prompt, n_prompt, &gp, res ? res : &r);
+    *n_got = c.n;
+    return st;
+}
+
 /* For the CUDA tests: true (after printing SKIP) when loading a fixture on
  * device "cuda" says no CUDA device is usable; they then exit 77. */
 static inline bool test_no_cuda_device(void) {

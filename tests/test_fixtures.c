@@ -206,20 +206,6 @@ static void cmp_expect(const fixture *fx, int threads, const char *what, const c
            c->bad_ref_val[0], c->bad_ref_val[1], c->bad_got_val[0], c->bad_got_val[1]);
 }
 
-typedef struct {
-    int32_t ids[64];
-    size_t n;
-} collected;
-
-static int collect(void *user, int32_t id, const char *text, size_t len) {
-    (void)text;
-    (void)len;
-    collected *c = user;
-    if (c->n < sizeof c->ids / sizeof c->ids[0]) c->ids[c->n] = id;
-    c->n++;
-    return 0;
-}
-
 /* One fixture with one thread count. */
 static void check_fixture(const fixture *fx, int threads) {
     nmlx_model_params mp = nmlx_model_default_params();
@@ -281,20 +267,15 @@ static void check_fixture(const fixture *fx, int threads) {
     s = NULL;
 
     /* greedy generation on a fresh session */
-    collected got = {{0}, 0};
+    struct {
+        int32_t ids[N_GREEDY];
+        size_t n;
+    } got = {{0}, 0};
     nmlx_generate_result res;
     memset(&res, 0, sizeof res);
     st = nmlx_session_create(m, NULL, &s);
-    if (st == NMLX_OK) {
-        nmlx_generate_params gp = nmlx_generate_default_params();
-        gp.sampler = nmlx_sampler_default_params();
-        gp.sampler.temperature = 0.0f;
-        gp.max_tokens = N_GREEDY;
-        gp.ignore_eos = 1;
-        gp.on_token = collect;
-        gp.user = &got;
-        st = nmlx_generate(s, fx->prompt, fx->n_prompt, &gp, &res);
-    }
+    if (st == NMLX_OK)
+        st = test_greedy_ids(s, fx->prompt, fx->n_prompt, got.ids, N_GREEDY, &got.n, &res);
     EXPECT(st == NMLX_OK, "%s: generate: %s", fx->path, nmlx_last_error());
     long first_bad = -1;
     if (st == NMLX_OK) {

@@ -59,18 +59,6 @@ static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref
         c->first_bad_argmax = (long)row;
 }
 
-static int collect(void *user, int32_t id, const char *text, size_t len) {
-    (void)text;
-    (void)len;
-    int32_t *ids = user;
-    for (int i = 0; i < N_GREEDY; i++)
-        if (ids[i] < 0) {
-            ids[i] = id;
-            break;
-        }
-    return 0;
-}
-
 static bool must_run(const char *name) {
     for (size_t i = 0; MUST_RUN[i]; i++)
         if (!strcmp(MUST_RUN[i], name)) return true;
@@ -151,20 +139,11 @@ static void check(const char *dir, const char *name, const char *precision) {
     s = NULL;
 
     int32_t got[N_GREEDY];
+    size_t n_got = 0;
     for (int i = 0; i < N_GREEDY; i++)
         got[i] = -1;
     st = nmlx_session_create(m, NULL, &s);
-    if (st == NMLX_OK) {
-        nmlx_generate_params gp = nmlx_generate_default_params();
-        gp.sampler = nmlx_sampler_default_params();
-        gp.sampler.temperature = 0.0f;
-        gp.max_tokens = N_GREEDY;
-        gp.ignore_eos = 1;
-        gp.on_token = collect;
-        gp.user = got;
-        nmlx_generate_result res;
-        st = nmlx_generate(s, ids, T, &gp, &res);
-    }
+    if (st == NMLX_OK) st = test_greedy_ids(s, ids, T, got, N_GREEDY, &n_got, NULL);
     EXPECT(st == NMLX_OK, "%s: generate: %s", path, nmlx_last_error());
     bool greedy_ok = memcmp(got, want, sizeof got) == 0;
     EXPECT(greedy_ok, "%s: greedy ids differ from transformers", path);
