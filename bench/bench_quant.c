@@ -61,17 +61,7 @@ static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
     float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
     for (int64_t i = 0; i < N; i++)
         x[i] = (float)(i % 7) * 0.1f - 0.3f;
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        int64_t calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, 1);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 3);
-        double gbs = (double)bytes * (double)calls / dt_s / 1e9;
-        if (gbs > best) best = gbs;
-    }
+    double best = (double)bytes / 1e9 * bench_matmul_rate(be, ws, copies, x, y, 1, 3, budget / 3);
     for (int c = 0; c < copies; c++)
         free_q(&ws[c]);
     free(ws), free(x), free(y);
@@ -85,17 +75,8 @@ static double bench_matmat(nmlx_backend *be, int bits, int64_t D, int64_t N, int
           *y = malloc((size_t)(T * D) * sizeof(float));
     for (int64_t i = 0; i < T * N; i++)
         x[i] = (float)(i % 13) * 0.01f;
-    double best = 0;
-    for (int rep = 0; rep < 2; rep++) {
-        int calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &w, NULL, x, y, T);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 2);
-        double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
-        if (gf > best) best = gf;
-    }
+    double best =
+        2.0 * (double)(D * N * T) / 1e9 * bench_matmul_rate(be, &w, 1, x, y, T, 2, budget / 2);
     free_q(&w), free(x), free(y);
     return best;
 }

@@ -101,6 +101,24 @@ static inline void bench_free_weight(nmlx_weight *w) {
     free(w->w.data), free(w->scales.data), free(w->biases.data);
 }
 
+/* Best calls per second over reps: each rep calls be's matmul (T tokens,
+ * no bias) on ws[0], ws[1], ... ws[copies - 1], ws[0], ... until secs of
+ * wall time have passed. */
+static inline double bench_matmul_rate(nmlx_backend *be, const nmlx_weight *ws, int copies,
+                                       const float *x, float *y, int64_t T, int reps, double secs) {
+    double best = 0;
+    for (int rep = 0; rep < reps; rep++) {
+        int64_t calls = 0;
+        double t0 = nmlx_time_seconds(), dt;
+        do {
+            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, T);
+            calls++;
+        } while ((dt = nmlx_time_seconds() - t0) < secs);
+        if ((double)calls / dt > best) best = (double)calls / dt;
+    }
+    return best;
+}
+
 /* ---- the read ceiling: each thread sums its share of a buffer >> L3 ---- */
 
 typedef struct {
