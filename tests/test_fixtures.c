@@ -485,23 +485,18 @@ static void check_bad_inputs(const char *src) {
         const char *n[] = {"model.safetensors", NULL};
         expect_load_fails("safetensors header cut", dir, n);
     }
-    { /* dtype of the wrong size for the bytes */
+    /* a dtype of the wrong size for the bytes, one we do not support, an
+     * unknown dtype string */
+    static const struct {
+        const char *what, *dtype, *needle;
+    } dtype_cases[] = {{"dtype F16 on F32 bytes", "F16", NULL},
+                       {"dtype F64", "F64", "F64"},
+                       {"dtype Q7 (unknown)", "Q7", "Q7"}};
+    for (size_t i = 0; i < sizeof dtype_cases / sizeof dtype_cases[0]; i++) {
         FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "F16"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, NULL};
-        expect_load_fails("dtype F16 on F32 bytes", dir, n);
-    }
-    { /* a dtype we do not support */
-        FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "F64"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, "F64", NULL};
-        expect_load_fails("dtype F64", dir, n);
-    }
-    { /* an unknown dtype string */
-        FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "Q7"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, "Q7", NULL};
-        expect_load_fails("dtype Q7 (unknown)", dir, n);
+        EXPECT(st_set_dtype(p, dtype_victim, dtype_cases[i].dtype), "cannot edit %s", p);
+        const char *n[] = {dtype_victim, dtype_cases[i].needle, NULL};
+        expect_load_fails(dtype_cases[i].what, dir, n);
     }
     { /* a missing tensor */
         FRESH();
@@ -514,12 +509,6 @@ static void check_bad_inputs(const char *src) {
         unlink(p);
         const char *n[] = {"safetensors", NULL};
         expect_load_fails("missing model.safetensors", dir, n);
-    }
-    { /* unknown model_type */
-        FRESH();
-        EXPECT(cfg_set(dir, "model_type", "\"nmlx_no_such_arch\""), "cannot edit config");
-        const char *n[] = {"nmlx_no_such_arch", "model_type", NULL};
-        expect_load_fails("unknown model_type", dir, n);
     }
     { /* malformed config.json */
         FRESH();
@@ -548,35 +537,28 @@ static void check_bad_inputs(const char *src) {
         const char *n[] = {"config.json", NULL};
         expect_load_fails("missing config.json", dir, n);
     }
-    { /* a field of the wrong type */
+    /* config.json fields: an unknown model_type, a field of the wrong type,
+     * sizes that disagree with the weights, more layers than the file has */
+    static const struct {
+        const char *what, *key, *value, *needles[4];
+    } cfg_cases[] = {
+        {"unknown model_type",
+         "model_type",
+         "\"nmlx_no_such_arch\"",
+         {"nmlx_no_such_arch", "model_type", NULL}},
+        {"num_hidden_layers a string", "num_hidden_layers", "\"two\"", {"num_hidden_layers", NULL}},
+        {"hidden_size 40 vs weights", "hidden_size", "40", {".weight", "hidden_size", NULL}},
+        {"intermediate_size 100", "intermediate_size", "100", {"mlp.", "intermediate_size", NULL}},
+        {"num_hidden_layers 3 of 2",
+         "num_hidden_layers",
+         "3",
+         {"model.layers.2.", "num_hidden_layers", NULL}},
+        {"vocab_size 300", "vocab_size", "300", {"embed_tokens", "lm_head", "vocab_size", NULL}},
+    };
+    for (size_t i = 0; i < sizeof cfg_cases / sizeof cfg_cases[0]; i++) {
         FRESH();
-        EXPECT(cfg_set(dir, "num_hidden_layers", "\"two\""), "cannot edit config");
-        const char *n[] = {"num_hidden_layers", NULL};
-        expect_load_fails("num_hidden_layers a string", dir, n);
-    }
-    { /* hidden_size disagrees with the weights */
-        FRESH();
-        EXPECT(cfg_set(dir, "hidden_size", "40"), "cannot edit config");
-        const char *n[] = {".weight", "hidden_size", NULL};
-        expect_load_fails("hidden_size 40 vs weights", dir, n);
-    }
-    { /* intermediate_size disagrees with the weights */
-        FRESH();
-        EXPECT(cfg_set(dir, "intermediate_size", "100"), "cannot edit config");
-        const char *n[] = {"mlp.", "intermediate_size", NULL};
-        expect_load_fails("intermediate_size 100", dir, n);
-    }
-    { /* more layers than the file has */
-        FRESH();
-        EXPECT(cfg_set(dir, "num_hidden_layers", "3"), "cannot edit config");
-        const char *n[] = {"model.layers.2.", "num_hidden_layers", NULL};
-        expect_load_fails("num_hidden_layers 3 of 2", dir, n);
-    }
-    { /* vocab_size disagrees with the embedding */
-        FRESH();
-        EXPECT(cfg_set(dir, "vocab_size", "300"), "cannot edit config");
-        const char *n[] = {"embed_tokens", "lm_head", "vocab_size", NULL};
-        expect_load_fails("vocab_size 300", dir, n);
+        EXPECT(cfg_set(dir, cfg_cases[i].key, cfg_cases[i].value), "cannot edit config");
+        expect_load_fails(cfg_cases[i].what, dir, cfg_cases[i].needles);
     }
     { /* missing folder */
         remove_fixture_copy(dir);
