@@ -174,6 +174,19 @@ static inline nmlx_status test_greedy_ids(nmlx_session *s, const int32_t *prompt
     return st;
 }
 
+/* test_load_fault_sweep over tests/fixtures/<name> with one thread, the
+ * count printed; a failure is a test failure. */
+static inline void test_fixture_fault_sweep(const char *name, const int32_t *ids, size_t n) {
+    char dir[4096];
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    long failed = 0;
+    bool ok =
+        test_load_fault_sweep(test_fixture_path(dir, sizeof dir, name), &mp, ids, n, 5000, &failed);
+    printf("  %-20s fault injection: %ld allocations failed in turn\n", name, failed);
+    EXPECT(ok, "%s: every failed allocation reports an error, then it loads", name);
+}
+
 /* For the CUDA tests: true (after printing SKIP) when loading a fixture on
  * device "cuda" says no CUDA device is usable; they then exit 77. */
 static inline bool test_no_cuda_device(void) {
