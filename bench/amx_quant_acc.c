@@ -17,19 +17,11 @@
 
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-static double gauss(uint64_t *st) {
-    double u = 0;
-    for (int i = 0; i < 12; i++) {
-        *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
-        u += (double)(*st >> 11) / 9007199254740992.0;
-    }
-    return u - 6.0;
-}
 
 int main(int argc, char **argv) {
     const int bits = argc > 1 ? atoi(argv[1]) : 4, gs = argc > 2 ? atoi(argv[2]) : 64;
@@ -40,30 +32,13 @@ int main(int argc, char **argv) {
         printf("needs AVX512_BF16\n");
         return 0;
     }
-    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    uint32_t *p = malloc((size_t)(D * words) * 4);
-    uint16_t *sc = malloc((size_t)(D * G) * 2), *bi = malloc((size_t)(D * G) * 2);
-    float *src = malloc((size_t)N * 4), *deq = malloc((size_t)(D * N) * 4);
+    float *deq = malloc((size_t)(D * N) * 4);
     float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4);
     double *ye = malloc((size_t)(T * D) * 8);
     uint64_t st = 0x9E3779B97F4A7C15ull;
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
-                     .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = sc},
-                     .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = bi},
-                     .mode = NMLX_QUANT_AFFINE,
-                     .bits = bits,
-                     .group_size = gs,
-                     .rows = D,
-                     .cols = N};
-    for (int64_t d = 0; d < D; d++) {
-        for (int64_t k = 0; k < N; k++)
-            src[k] = (float)(0.02 * gauss(&st));
-        nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, bits, gs, src, N, p + d * words, sc + d * G,
-                                bi + d * G, NMLX_DT_BF16);
-        nmlx_quant_dequant_row(&w, d, 0, N, deq + d * N);
-    }
+    nmlx_weight w = bench_gauss_affine(bits, gs, D, N, &st, deq);
     for (int64_t i = 0; i < T * N; i++)
-        x[i] = (float)(gauss(&st) * (i % N % 97 == 5 ? 20.0 : 1.0));
+        x[i] = (float)(bench_gauss(&st) * (i % N % 97 == 5 ? 20.0 : 1.0));
     double sref = 0;
     for (int64_t t = 0; t < T; t++)
         for (int64_t d = 0; d < D; d++) {
@@ -91,6 +66,6 @@ int main(int argc, char **argv) {
         printf("  %-18s rms %.3e  max %.3e\n", names[k], sqrt(se / (double)(T * D)) / rms,
                mx / rms);
     }
-    free(p), free(sc), free(bi), free(src), free(deq), free(x), free(y), free(ye);
+    bench_free_weight(&w), free(deq), free(x), free(y), free(ye);
     return 0;
 }

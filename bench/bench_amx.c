@@ -15,25 +15,12 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    const char *model, *name;
-    int64_t D, N;
-} shape;
-
-static const shape shapes[] = {
-    {"qwen3-0.6b", "q", 2048, 1024},     {"qwen3-0.6b", "k,v", 1024, 1024},
-    {"qwen3-0.6b", "o", 1024, 2048},     {"qwen3-0.6b", "gate,up", 3072, 1024},
-    {"qwen3-0.6b", "down", 1024, 3072},  {"llama-3.2-1b", "q,o", 2048, 2048},
-    {"llama-3.2-1b", "k,v", 512, 2048},  {"llama-3.2-1b", "gate,up", 8192, 2048},
-    {"llama-3.2-1b", "down", 2048, 8192}};
-/* how many times each shape occurs in a layer */
-static const int per_layer[] = {1, 2, 1, 2, 1, 2, 2, 2, 1};
 
 enum { K_F32, K_BF16, K_AMX, NK };
 static const char *kname[NK] = {"f32", "avx512bf16", "amx"};
@@ -59,20 +46,17 @@ int main(int argc, char **argv) {
     if (!have[0]) return 0;
     double sum[2][NK] = {{0}};
     uint64_t st = 88172645463325252ull;
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const bench_shape *shapes = bench_shapes();
+    for (size_t s = 0; s < BENCH_N_SHAPES; s++) {
         const int64_t D = shapes[s].D, N = shapes[s].N;
         uint16_t *W = malloc((size_t)(D * N) * 2);
         float *x = malloc((size_t)(T * N) * 4), *y[NK];
         for (int k = 0; k < NK; k++)
             y[k] = malloc((size_t)(T * D) * 4);
-        for (int64_t i = 0; i < D * N; i++) {
-            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-            W[i] = nmlx_f32_to_bf16((float)((int64_t)(st >> 40) - (1 << 23)) / (1 << 23) * 0.05f);
-        }
-        for (int64_t i = 0; i < T * N; i++) {
-            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-            x[i] = (float)((int64_t)(st >> 40) - (1 << 23)) / (1 << 23);
-        }
+        for (int64_t i = 0; i < D * N; i++)
+            W[i] = nmlx_f32_to_bf16(bench_uniform(&st) * 0.05f);
+        for (int64_t i = 0; i < T * N; i++)
+            x[i] = bench_uniform(&st);
         nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = W},
                          .mode = NMLX_QUANT_NONE,
                          .rows = D,
@@ -88,7 +72,7 @@ int main(int argc, char **argv) {
                 best = dt < best ? dt : best;
             }
             ms[k] = best < 1e30 ? 1e3 * best : 0;
-            sum[!strcmp(shapes[s].model, "llama-3.2-1b")][k] += per_layer[s] * ms[k];
+            sum[!strcmp(shapes[s].model, "llama-3.2-1b")][k] += shapes[s].per_layer * ms[k];
         }
         double gf = 2.0 * (double)T * (double)D * (double)N / 1e6;
         printf("%-13s %-8s D=%-5lld N=%-5lld", shapes[s].model, shapes[s].name, (long long)D,

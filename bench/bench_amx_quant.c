@@ -35,25 +35,13 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
 #include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-typedef struct {
-    const char *model, *name;
-    int64_t D, N;
-} shape;
-
-static const shape shapes[] = {
-    {"qwen3-0.6b", "q", 2048, 1024},     {"qwen3-0.6b", "k,v", 1024, 1024},
-    {"qwen3-0.6b", "o", 1024, 2048},     {"qwen3-0.6b", "gate,up", 3072, 1024},
-    {"qwen3-0.6b", "down", 1024, 3072},  {"llama-3.2-1b", "q,o", 2048, 2048},
-    {"llama-3.2-1b", "k,v", 512, 2048},  {"llama-3.2-1b", "gate,up", 8192, 2048},
-    {"llama-3.2-1b", "down", 2048, 8192}};
-static const int per_layer[] = {1, 2, 1, 2, 1, 2, 2, 2, 1};
 
 enum { K_F32, K_I16, K_AMX3, K_AMX2, K_AMX1, K_PACK, NK };
 static const char *kname[NK] = {"f32", "int16", "amx3", "amx2", "amx1", "pack"};
@@ -69,26 +57,15 @@ static bool run(int k, const nmlx_weight *w, const float *x, float *y, int64_t T
     }
 }
 
-/* this thread's CPU seconds: a kernel descheduled by other processes
- * (a shared machine) is not charged for the wait */
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static uint64_t st = 88172645463325252ull;
-static float rnd(void) {
-    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-    return (float)((int64_t)(st >> 40) - (1 << 23)) / (1 << 23);
-}
 
 static void bench_bits(int bits, int64_t T, int reps, const bool *have) {
     const int gs = 64;
     double sum[2][NK] = {{0}};
     printf("affine %d-bit g%d, bf16 scales, T=%lld, 1 thread, best of %d, kernels alternating\n",
            bits, gs, (long long)T, reps);
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const bench_shape *shapes = bench_shapes();
+    for (size_t s = 0; s < BENCH_N_SHAPES; s++) {
         const int64_t D = shapes[s].D, N = shapes[s].N, words = nmlx_quant_row_words(N, bits),
                       G = N / gs;
         uint32_t *q = malloc((size_t)(D * words) * 4);
@@ -98,32 +75,25 @@ static void bench_bits(int bits, int64_t T, int reps, const bool *have) {
             y[k] = malloc((size_t)(T * D) * 4);
         for (int64_t d = 0; d < D; d++) {
             for (int64_t n = 0; n < N; n++)
-                row[n] = 0.05f * rnd();
+                row[n] = 0.05f * bench_uniform(&st);
             nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, bits, gs, row, N, q + d * words, sc + d * G,
                                     bi + d * G, NMLX_DT_BF16);
         }
         for (int64_t i = 0; i < T * N; i++)
-            x[i] = rnd() * (i % N % 97 == 3 ? 20.0f : 1.0f); /* outlier channels */
-        nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = q},
-                         .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = sc},
-                         .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = bi},
-                         .mode = NMLX_QUANT_AFFINE,
-                         .bits = bits,
-                         .group_size = gs,
-                         .rows = D,
-                         .cols = N};
+            x[i] = bench_uniform(&st) * (i % N % 97 == 3 ? 20.0f : 1.0f); /* outlier channels */
+        nmlx_weight w = bench_affine_weight(bits, gs, D, N, q, sc, bi);
         double best[NK];
         for (int k = 0; k < NK; k++)
             best[k] = have[k] ? 1e30 : 0;
         for (int r = 0; r < reps; r++)
             for (int k = 0; k < NK; k++) {
                 if (!have[k] || best[k] == 0) continue;
-                double t0 = cpu_now();
+                double t0 = bench_cpu_seconds();
                 if (!run(k, &w, x, y[k], T)) {
                     best[k] = 0;
                     continue;
                 }
-                double dt = cpu_now() - t0;
+                double dt = bench_cpu_seconds() - t0;
                 best[k] = dt < best[k] ? dt : best[k];
             }
         const double gf = 2.0 * (double)T * (double)D * (double)N / 1e6;
@@ -135,7 +105,7 @@ static void bench_bits(int bits, int64_t T, int reps, const bool *have) {
         for (int k = 0; k < NK; k++) {
             if (best[k] <= 0 || best[k] >= 1e30) continue;
             const double ms = 1e3 * best[k];
-            sum[!strcmp(shapes[s].model, "llama-3.2-1b")][k] += per_layer[s] * ms;
+            sum[!strcmp(shapes[s].model, "llama-3.2-1b")][k] += shapes[s].per_layer * ms;
             printf("  %s %.2f ms %.0f GF/s", kname[k], ms, gf / ms);
             if (k != K_F32 && k != K_PACK) {
                 double dmax = 0;

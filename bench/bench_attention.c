@@ -8,16 +8,11 @@
 #include "common.h"
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int main(int argc, char **argv) {
     const int64_t T = argc > 1 ? atoll(argv[1]) : 512, H = argc > 2 ? atoll(argv[2]) : 16,
@@ -52,9 +47,9 @@ int main(int argc, char **argv) {
                         .v16 = v16};
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
-        double t0 = cpu_now();
+        double t0 = bench_cpu_seconds();
         be->ops->attention(be, &a);
-        double t = cpu_now() - t0;
+        double t = bench_cpu_seconds() - t0;
         best = t < best ? t : best;
     }
     double flops = 4.0 * (double)T * (double)(T + 1) / 2 * (double)H * (double)HD;

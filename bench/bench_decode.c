@@ -16,6 +16,7 @@
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,28 +32,10 @@ static void *alloc_w(size_t n) {
     return p;
 }
 
+/* random codes, seeded by the shape */
 static nmlx_weight make_q(int bits, int gs, int64_t D, int64_t N, size_t *bytes) {
-    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    uint32_t *p = alloc_w((size_t)(D * words) * 4);
-    uint16_t *s = alloc_w((size_t)(D * G) * 2), *b = alloc_w((size_t)(D * G) * 2);
-    uint64_t st = 88172645463325252ull ^ (uint64_t)(D * 31 + N);
-    for (int64_t i = 0; i < D * words; i++) {
-        st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-        p[i] = (uint32_t)st;
-    }
-    for (int64_t i = 0; i < D * G; i++) {
-        s[i] = nmlx_f32_to_bf16(0.01f * (float)(i % 5 + 1));
-        b[i] = nmlx_f32_to_bf16(-0.05f * (float)(i % 3 + 1));
-    }
-    *bytes = (size_t)(D * words) * 4 + (size_t)(D * G) * 4;
-    return (nmlx_weight){.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
-                         .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s},
-                         .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b},
-                         .mode = NMLX_QUANT_AFFINE,
-                         .bits = bits,
-                         .group_size = gs,
-                         .rows = D,
-                         .cols = N};
+    return bench_random_affine(bits, gs, D, N, 88172645463325252ull ^ (uint64_t)(D * 31 + N),
+                               alloc_w, bytes);
 }
 
 /* `hot BITS D N [isa]`: one thread, one weight small enough for L2, called
@@ -96,11 +79,7 @@ int main(int argc, char **argv) {
     const char *isa = argc > 5 ? argv[5] : NULL;
     /* rows x cols of q, k, v, o, gate, up, down; layers; LM head rows */
     static const char *kinds[8] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
-    const int64_t qwen[7][2] = {{2048, 1024}, {1024, 1024}, {1024, 1024}, {1024, 2048},
-                                {3072, 1024}, {3072, 1024}, {1024, 3072}};
-    const int64_t lla[7][2] = {{2048, 2048}, {512, 2048},  {512, 2048}, {2048, 2048},
-                               {8192, 2048}, {8192, 2048}, {2048, 8192}};
-    const int64_t(*dn)[2] = llama ? lla : qwen;
+    const int64_t(*dn)[2] = bench_layers()[llama].dn;
     const int L = llama ? 16 : 28;
     const int64_t V = llama ? 128256 : 151936, H = llama ? 2048 : 1024;
     nmlx_backend *be = NULL;

@@ -12,18 +12,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 enum { D = 4096, H = 32, KVH = 8, HD = 128, CAP = 1024, POS = 500 };
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static float *floats(size_t n, float scale) {
     float *v = malloc(n * sizeof(float));
@@ -65,15 +60,15 @@ int main(int argc, char **argv) {
     double best[6] = {1e9, 1e9, 1e9, 1e9, 1e9, 1e9};
     for (int r = 0; r < rounds; r++) {
         double t[7];
-        t[0] = now();
+        t[0] = bench_cpu_seconds();
         for (int i = 0; i < n; i++) {
             be->ops->add(be, x, d, x, D);
             be->ops->rmsnorm(be, x, &w, 0, 1e-5f, y, 1, D);
         }
-        t[1] = now();
+        t[1] = bench_cpu_seconds();
         for (int i = 0; i < n; i++)
             be->ops->add_rmsnorm(be, x, d, &w, 0, 1e-5f, y, 1, D);
-        t[2] = now();
+        t[2] = bench_cpu_seconds();
         for (int norm = 0; norm < 2; norm++) {
             for (int i = 0; i < n; i++) {
                 if (norm) {
@@ -87,11 +82,11 @@ int main(int argc, char **argv) {
                     be->ops->copy(be, vc + (h * CAP + POS) * HD, v + h * HD, HD * sizeof(float));
                 }
             }
-            t[3 + 2 * norm] = now();
+            t[3 + 2 * norm] = bench_cpu_seconds();
             a.qk_norm = norm;
             for (int i = 0; i < n; i++)
                 be->ops->rope_kv(be, &a);
-            t[4 + 2 * norm] = now();
+            t[4 + 2 * norm] = bench_cpu_seconds();
         }
         for (int j = 0; j < 6; j++) {
             double us = (t[j + 1] - t[j]) / n * 1e6;

@@ -6,6 +6,7 @@
 #include "common.h"
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,43 +16,12 @@
 
 static double budget = 0.4; /* seconds per measurement */
 
-/* ---- read bandwidth: each thread sums its share of a buffer >> L3 ---- */
-
-typedef struct {
-    const uint64_t *buf;
-    int64_t n;
-    uint64_t sums[64];
-} read_job;
-
-static void read_task(void *ctx, int ith, int nth) {
-    read_job *j = ctx;
-    int64_t lo = j->n * ith / nth, hi = j->n * (ith + 1) / nth;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (int64_t i = lo; i + 4 <= hi; i += 4) {
-        s0 += j->buf[i];
-        s1 += j->buf[i + 1];
-        s2 += j->buf[i + 2];
-        s3 += j->buf[i + 3];
-    }
-    j->sums[ith] = s0 + s1 + s2 + s3;
-}
+/* ---- read bandwidth (the decode ceiling): best of bench_util.h's passes ---- */
 
 static double read_bandwidth(nmlx_pool *pool, int nth) {
-    const int64_t bytes = (int64_t)512 << 20;
-    static uint64_t *buf;
-    if (!buf) {
-        buf = malloc((size_t)bytes);
-        for (int64_t i = 0; i < bytes / 8; i++) buf[i] = (uint64_t)i * 2654435761u;
-    }
-    read_job j = {.buf = buf, .n = bytes / 8};
-    double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = nmlx_time_seconds();
-        nmlx_pool_run_n(pool, read_task, &j, nth);
-        double dt = nmlx_time_seconds() - t0;
-        if (bytes / dt > best) best = (double)bytes / dt;
-    }
-    return best / 1e9;
+    double gbs[5];
+    bench_read_bandwidth(pool, nth, gbs);
+    return gbs[4];
 }
 
 /* ---- FMA peak: 12 independent 8-wide FMA chains (the mat-mat ceiling) ---- */
@@ -60,32 +30,38 @@ static double read_bandwidth(nmlx_pool *pool, int nth) {
 #include <immintrin.h>
 __attribute__((target("avx2,fma"))) static double fma_peak_1thread(void) {
     __m256 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm256_set1_ps((float)i);
     const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
     const long iters = 20000000;
     double t0 = nmlx_time_seconds();
     for (long it = 0; it < iters; it++)
 #pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm256_fmadd_ps(a[i], m, c);
     double dt = nmlx_time_seconds() - t0;
     float sink = 0;
-    for (int i = 0; i < 12; i++) sink += _mm256_cvtss_f32(a[i]);
+    for (int i = 0; i < 12; i++)
+        sink += _mm256_cvtss_f32(a[i]);
     if (sink == 12345.0f) printf(" ");
     return 2.0 * 8 * 12 * (double)iters / dt / 1e9;
 }
 
 __attribute__((target("avx512f"))) static double fma512_peak_1thread(void) {
     __m512 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
     const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
     const long iters = 20000000;
     double t0 = nmlx_time_seconds();
     for (long it = 0; it < iters; it++)
 #pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_fmadd_ps(a[i], m, c);
     double dt = nmlx_time_seconds() - t0;
     float sink = 0;
-    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
+    for (int i = 0; i < 12; i++)
+        sink += _mm512_reduce_add_ps(a[i]);
     if (sink == 12345.0f) printf(" ");
     return 2.0 * 16 * 12 * (double)iters / dt / 1e9;
 }
@@ -111,8 +87,10 @@ static void *map_file_copy(const void *src, size_t bytes) {
 }
 
 static void free_weights(void *p, size_t bytes) {
-    if (getenv("BENCH_MMAP")) munmap(p, bytes);
-    else free(p);
+    if (getenv("BENCH_MMAP"))
+        munmap(p, bytes);
+    else
+        free(p);
 }
 
 static void *rand_weights(nmlx_dtype dt, int64_t n) {
@@ -120,10 +98,11 @@ static void *rand_weights(nmlx_dtype dt, int64_t n) {
     char *p = malloc((size_t)n * es);
     uint64_t s = 88172645463325252ull;
     for (int64_t i = 0; i < n; i++) {
-        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-        float f = (float)((s >> 40) * (1.0 / 16777216.0)) - 0.5f;
-        if (dt == NMLX_DT_F32) ((float *)p)[i] = f;
-        else ((uint16_t *)p)[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(f) : nmlx_f32_to_f16(f);
+        float f = (float)((bench_xorshift(&s) >> 40) * (1.0 / 16777216.0)) - 0.5f;
+        if (dt == NMLX_DT_F32)
+            ((float *)p)[i] = f;
+        else
+            ((uint16_t *)p)[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(f) : nmlx_f32_to_f16(f);
     }
     if (getenv("BENCH_MMAP")) {
         void *m = map_file_copy(p, (size_t)n * es);
@@ -145,44 +124,33 @@ static double bench_matvec(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N
     nmlx_weight *ws = calloc((size_t)copies, sizeof *ws);
     for (int c = 0; c < copies; c++) {
         ws[c] = (nmlx_weight){.w = {.dtype = dt, .ndim = 2, .shape = {D, N}},
-                              .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+                              .mode = NMLX_QUANT_NONE,
+                              .rows = D,
+                              .cols = N};
         ws[c].w.data = rand_weights(dt, D * N);
     }
     float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
-    for (int64_t i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.1f;
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        int64_t calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, 1);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 3);
-        double gbs = (double)wbytes * (double)calls / dt_s / 1e9;
-        if (gbs > best) best = gbs;
-    }
-    for (int c = 0; c < copies; c++) free_weights(ws[c].w.data, wbytes);
+    for (int64_t i = 0; i < N; i++)
+        x[i] = (float)(i % 7) * 0.1f;
+    double best = (double)wbytes / 1e9 * bench_matmul_rate(be, ws, copies, x, y, 1, 3, budget / 3);
+    for (int c = 0; c < copies; c++)
+        free_weights(ws[c].w.data, wbytes);
     free(ws), free(x), free(y);
     return best;
 }
 
 static double bench_matmat(nmlx_backend *be, nmlx_dtype dt, int64_t D, int64_t N, int64_t T) {
-    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}}, .mode = NMLX_QUANT_NONE,
-                     .rows = D, .cols = N};
+    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}},
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = D,
+                     .cols = N};
     w.w.data = rand_weights(dt, D * N);
-    float *x = malloc((size_t)(T * N) * sizeof(float)), *y = malloc((size_t)(T * D) * sizeof(float));
-    for (int64_t i = 0; i < T * N; i++) x[i] = (float)(i % 13) * 0.01f;
-    double best = 0;
-    for (int rep = 0; rep < 2; rep++) {
-        int calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &w, NULL, x, y, T);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 2);
-        double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
-        if (gf > best) best = gf;
-    }
+    float *x = malloc((size_t)(T * N) * sizeof(float)),
+          *y = malloc((size_t)(T * D) * sizeof(float));
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = (float)(i % 13) * 0.01f;
+    double best =
+        2.0 * (double)(D * N * T) / 1e9 * bench_matmul_rate(be, &w, 1, x, y, T, 2, budget / 2);
     free_weights(w.w.data, (size_t)(D * N) * nmlx_dtype_size(dt));
     free(x), free(y);
     return best;
@@ -216,13 +184,16 @@ static void bench_bf16_variants(int nth) {
         }
     printf("bf16 mat-vec variants, %d thread(s), GB/s (best of 3 interleaved rounds)\n", nth);
     printf("%-12s", "variant");
-    for (int s = 0; s < 4; s++) printf("  %6lldx%-5lld", (long long)shapes[s][0], (long long)shapes[s][1]);
+    for (int s = 0; s < 4; s++)
+        printf("  %6lldx%-5lld", (long long)shapes[s][0], (long long)shapes[s][1]);
     printf("\n%-12s", "avx512 widen");
-    for (int s = 0; s < 4; s++) printf("  %12.1f", best_ref[s]);
+    for (int s = 0; s < 4; s++)
+        printf("  %12.1f", best_ref[s]);
     printf("\n");
     for (int v = 0; v < nv && v < 64; v++) {
         printf("%-12s", nmlx_avx512bf16_matvec_name(v));
-        for (int s = 0; s < 4; s++) printf("  %12.1f", best[v][s]);
+        for (int s = 0; s < 4; s++)
+            printf("  %12.1f", best[v][s]);
         printf("\n");
     }
     nmlx_backend_free(be);
@@ -262,7 +233,8 @@ int main(int argc, char **argv) {
     printf("mat-vec (T=1), weights cycled over >256 MiB; GB/s of weights read "
            "(fraction of read bandwidth, same thread count)\n");
     printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
-    for (int s = 0; s < 4; s++) printf("  %6lldx%-5lld      ", (long long)shapes[s][0], (long long)shapes[s][1]);
+    for (int s = 0; s < 4; s++)
+        printf("  %6lldx%-5lld      ", (long long)shapes[s][0], (long long)shapes[s][1]);
     printf("\n");
     for (int i = 0; i < 4 && strcmp(only, "matmat"); i++)
         for (int d = 0; d < 3; d++)
@@ -284,7 +256,8 @@ int main(int argc, char **argv) {
     printf("\nmat-mat (prefill, T=512): GFLOP/s (2*D*N*T per call); %% of the 1-thread FMA peak "
            "of that ISA times threads\n");
     printf("%-9s %-5s %-4s", "isa", "dtype", "thr");
-    for (int s = 0; s < 3; s++) printf("  %6lldx%-5lld       ", (long long)shapes[s][0], (long long)shapes[s][1]);
+    for (int s = 0; s < 3; s++)
+        printf("  %6lldx%-5lld       ", (long long)shapes[s][0], (long long)shapes[s][1]);
     printf("\n");
     for (int i = 0; i < 4 && strcmp(only, "matvec"); i++)
         for (int d = 0; d < 3; d++)

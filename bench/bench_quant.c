@@ -26,6 +26,7 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,74 +36,19 @@
 
 static double budget = 0.4;
 
-typedef struct {
-    const uint64_t *buf;
-    int64_t n;
-    uint64_t sums[64];
-} read_job;
-
-static void read_task(void *ctx, int ith, int nth) {
-    read_job *j = ctx;
-    int64_t lo = j->n * ith / nth, hi = j->n * (ith + 1) / nth;
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (int64_t i = lo; i + 4 <= hi; i += 4) {
-        s0 += j->buf[i];
-        s1 += j->buf[i + 1];
-        s2 += j->buf[i + 2];
-        s3 += j->buf[i + 3];
-    }
-    j->sums[ith] = s0 + s1 + s2 + s3;
-}
-
 /* median of 5 passes over 512 MiB */
 static double read_bandwidth(nmlx_pool *pool, int nth) {
-    const int64_t bytes = (int64_t)512 << 20;
-    uint64_t *buf = malloc((size_t)bytes);
-    for (int64_t i = 0; i < bytes / 8; i++)
-        buf[i] = (uint64_t)i * 2654435761u;
-    read_job j = {.buf = buf, .n = bytes / 8};
-    double v[5];
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = nmlx_time_seconds();
-        nmlx_pool_run_n(pool, read_task, &j, nth);
-        v[rep] = (double)bytes / (nmlx_time_seconds() - t0) / 1e9;
-    }
-    for (int a = 0; a < 5; a++)
-        for (int b = a + 1; b < 5; b++)
-            if (v[b] < v[a]) {
-                double t = v[a];
-                v[a] = v[b], v[b] = t;
-            }
-    free(buf);
-    return v[2];
+    double gbs[5];
+    bench_read_bandwidth(pool, nth, gbs);
+    return gbs[2];
 }
 
 /* A quantized [D, N] weight of random codes and scales; bytes -> *bytes. */
 static nmlx_weight make_q(int bits, int gs, int64_t D, int64_t N, size_t *bytes) {
-    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    uint32_t *p = malloc((size_t)(D * words) * 4);
-    uint16_t *s = malloc((size_t)(D * G) * 2), *b = malloc((size_t)(D * G) * 2);
-    uint64_t st = 88172645463325252ull;
-    for (int64_t i = 0; i < D * words; i++) {
-        st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-        p[i] = (uint32_t)st;
-    }
-    for (int64_t i = 0; i < D * G; i++) {
-        s[i] = nmlx_f32_to_bf16(0.01f * (float)(i % 5 + 1));
-        b[i] = nmlx_f32_to_bf16(-0.05f * (float)(i % 3 + 1));
-    }
-    *bytes = (size_t)(D * words) * 4 + (size_t)(D * G) * 4;
-    return (nmlx_weight){.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
-                         .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = s},
-                         .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = b},
-                         .mode = NMLX_QUANT_AFFINE,
-                         .bits = bits,
-                         .group_size = gs,
-                         .rows = D,
-                         .cols = N};
+    return bench_random_affine(bits, gs, D, N, 88172645463325252ull, NULL, bytes);
 }
 
-static void free_q(nmlx_weight *w) { free(w->w.data), free(w->scales.data), free(w->biases.data); }
+static void free_q(nmlx_weight *w) { bench_free_weight(w); }
 
 static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
     size_t bytes;
@@ -115,17 +61,7 @@ static double bench_matvec(nmlx_backend *be, int bits, int64_t D, int64_t N) {
     float *x = malloc((size_t)N * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
     for (int64_t i = 0; i < N; i++)
         x[i] = (float)(i % 7) * 0.1f - 0.3f;
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        int64_t calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &ws[calls % copies], NULL, x, y, 1);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 3);
-        double gbs = (double)bytes * (double)calls / dt_s / 1e9;
-        if (gbs > best) best = gbs;
-    }
+    double best = (double)bytes / 1e9 * bench_matmul_rate(be, ws, copies, x, y, 1, 3, budget / 3);
     for (int c = 0; c < copies; c++)
         free_q(&ws[c]);
     free(ws), free(x), free(y);
@@ -139,17 +75,8 @@ static double bench_matmat(nmlx_backend *be, int bits, int64_t D, int64_t N, int
           *y = malloc((size_t)(T * D) * sizeof(float));
     for (int64_t i = 0; i < T * N; i++)
         x[i] = (float)(i % 13) * 0.01f;
-    double best = 0;
-    for (int rep = 0; rep < 2; rep++) {
-        int calls = 0;
-        double t0 = nmlx_time_seconds(), dt_s;
-        do {
-            be->ops->matmul(be, &w, NULL, x, y, T);
-            calls++;
-        } while ((dt_s = nmlx_time_seconds() - t0) < budget / 2);
-        double gf = 2.0 * (double)(D * N * T) * calls / dt_s / 1e9;
-        if (gf > best) best = gf;
-    }
+    double best =
+        2.0 * (double)(D * N * T) / 1e9 * bench_matmul_rate(be, &w, 1, x, y, T, 2, budget / 2);
     free_q(&w), free(x), free(y);
     return best;
 }
@@ -209,27 +136,7 @@ static int prefill_layers(int argc, char **argv) {
     const int rounds = argc > 2 ? atoi(argv[2]) : 3, bits = argc > 3 ? atoi(argv[3]) : 4;
     const int nth = argc > 4 ? atoi(argv[4]) : 2;
     const int64_t T = argc > 5 ? atoll(argv[5]) : 512;
-    static const struct {
-        const char *name;
-        int64_t dn[7][2];
-    } models[] = {
-        {"Qwen3-0.6B",
-         {{2048, 1024},
-          {1024, 1024},
-          {1024, 1024},
-          {1024, 2048},
-          {3072, 1024},
-          {3072, 1024},
-          {1024, 3072}}},
-        {"Llama-3.2-1B",
-         {{2048, 2048},
-          {512, 2048},
-          {512, 2048},
-          {2048, 2048},
-          {8192, 2048},
-          {8192, 2048},
-          {2048, 8192}}},
-    };
+    const bench_layer *models = bench_layers();
     __builtin_cpu_init();
     const bool have[4] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
                           __builtin_cpu_supports("avx512bf16"),
@@ -315,23 +222,12 @@ static void dec_task(void *ctx, int ith, int nth) {
 static int decode_layers(int argc, char **argv) {
     const int rounds = argc > 2 ? atoi(argv[2]) : 5, bits = argc > 3 ? atoi(argv[3]) : 4;
     const int nth = argc > 4 ? atoi(argv[4]) : 2, gs = argc > 5 ? atoi(argv[5]) : 64;
-    static const struct {
-        const char *name;
-        int64_t dn[7][2];
-    } models[] = {
-        {"Qwen3-0.6B",
-         {{2048, 1024}, {1024, 1024}, {1024, 1024}, {1024, 2048}, {3072, 1024}, {3072, 1024},
-          {1024, 3072}}},
-        {"Llama-3.2-1B",
-         {{2048, 2048}, {512, 2048}, {512, 2048}, {2048, 2048}, {8192, 2048}, {8192, 2048},
-          {2048, 8192}}},
-    };
+    const bench_layer *models = bench_layers();
     __builtin_cpu_init();
-    const nmlx_weight probe = {.mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs,
-                               .cols = 1024};
+    const nmlx_weight probe = {
+        .mode = NMLX_QUANT_AFFINE, .bits = bits, .group_size = gs, .cols = 1024};
     const bool have[3] = {__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"),
-                          __builtin_cpu_supports("avx512bf16") &&
-                              nmlx_avx512bf16_matvec_ok(&probe),
+                          __builtin_cpu_supports("avx512bf16") && nmlx_avx512bf16_matvec_ok(&probe),
                           __builtin_cpu_supports("avx512vnni") &&
                               nmlx_avx512vnni_matvec16_ok(&probe)};
     const char *names[3] = {"f32", "bf16", "int16-vnni"};
@@ -373,7 +269,8 @@ static int decode_layers(int argc, char **argv) {
         printf("%-13s", models[mi].name);
         for (int k = 0; k < 3; k++)
             if (have[k])
-                printf("  %s %7.1f (%5.1f)", names[k], best[k], (double)layer_bytes / best[k] / 1e3);
+                printf("  %s %7.1f (%5.1f)", names[k], best[k],
+                       (double)layer_bytes / best[k] / 1e3);
         printf("  f32/int16 %.2fx", best[0] / best[2]);
         if (have[1]) printf("  bf16/int16 %.2fx", best[1] / best[2]);
         printf("\n");
@@ -390,40 +287,14 @@ static int decode_layers(int argc, char **argv) {
  * weights quantized as MLX does and activation-like x (Gaussian, every
  * 97th column x20: outlier channels): per kernel, the rms and the max of
  * |y - y_exact| over rms(y_exact), over all rows and tokens. */
-static double gauss(uint64_t *st) {
-    double u = 0;
-    for (int i = 0; i < 12; i++) {
-        *st ^= *st << 13, *st ^= *st >> 7, *st ^= *st << 17;
-        u += (double)(*st >> 11) / 9007199254740992.0;
-    }
-    return u - 6.0;
-}
-
 static int decode_acc(int argc, char **argv) {
     const int bits = argc > 2 ? atoi(argv[2]) : 4, gs = argc > 3 ? atoi(argv[3]) : 64;
     const int64_t D = argc > 4 ? atoll(argv[4]) : 1024, N = argc > 5 ? atoll(argv[5]) : 3072;
     const int T = argc > 6 ? atoi(argv[6]) : 16;
     __builtin_cpu_init();
-    const int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    uint32_t *p = malloc((size_t)(D * words) * 4);
-    uint16_t *sc = malloc((size_t)(D * G) * 2), *bi = malloc((size_t)(D * G) * 2);
-    float *src = malloc((size_t)N * 4), *deq = malloc((size_t)(D * N) * 4);
+    float *deq = malloc((size_t)(D * N) * 4);
     uint64_t st = 0x9E3779B97F4A7C15ull;
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = p},
-                     .scales = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = sc},
-                     .biases = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, G}, .data = bi},
-                     .mode = NMLX_QUANT_AFFINE,
-                     .bits = bits,
-                     .group_size = gs,
-                     .rows = D,
-                     .cols = N};
-    for (int64_t d = 0; d < D; d++) {
-        for (int64_t k = 0; k < N; k++)
-            src[k] = (float)(0.02 * gauss(&st));
-        nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, bits, gs, src, N, p + d * words, sc + d * G,
-                                bi + d * G, NMLX_DT_BF16);
-        nmlx_quant_dequant_row(&w, d, 0, N, deq + d * N);
-    }
+    nmlx_weight w = bench_gauss_affine(bits, gs, D, N, &st, deq);
     const bool have[3] = {true,
                           __builtin_cpu_supports("avx512bf16") && nmlx_avx512bf16_matvec_ok(&w),
                           __builtin_cpu_supports("avx512vnni") && nmlx_avx512vnni_matvec16_ok(&w)};
@@ -433,7 +304,7 @@ static int decode_acc(int argc, char **argv) {
     double *ye = malloc((size_t)D * 8);
     for (int t = 0; t < T; t++) {
         for (int64_t k = 0; k < N; k++)
-            x[k] = (float)(gauss(&st) * (k % 97 == 5 ? 20.0 : 1.0));
+            x[k] = (float)(bench_gauss(&st) * (k % 97 == 5 ? 20.0 : 1.0));
         for (int64_t d = 0; d < D; d++) {
             double s = 0;
             for (int64_t k = 0; k < N; k++)
@@ -459,7 +330,7 @@ static int decode_acc(int argc, char **argv) {
         if (have[k])
             printf("  %-15s rms %.3e  max %.3e\n", names[k], sqrt(se[k] / (double)(T * D)) / rms,
                    mx[k] / rms);
-    free(p), free(sc), free(bi), free(src), free(deq), free(x), free(y), free(ye);
+    bench_free_weight(&w), free(deq), free(x), free(y), free(ye);
     return 0;
 }
 #endif
@@ -477,8 +348,7 @@ static nmlx_weight make_fmt(const char *fmt, int64_t D, int64_t N, size_t *bytes
         char *p = malloc((size_t)(D * N) * es);
         uint64_t st = 88172645463325252ull;
         for (int64_t i = 0; i < D * N; i++) {
-            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-            float v = (float)(st >> 40) / 16777216.0f - 0.5f;
+            float v = (float)(bench_xorshift(&st) >> 40) / 16777216.0f - 0.5f;
             if (dt == NMLX_DT_F32)
                 memcpy(p + i * 4, &v, 4);
             else {
@@ -509,12 +379,7 @@ static nmlx_weight make_fmt(const char *fmt, int64_t D, int64_t N, size_t *bytes
 
 /* 1 thread: this thread's CPU time (steady on a shared machine: time
  * when it is not running does not count); else wall time. */
-static double few_clock(int nth) {
-    if (nth > 1) return nmlx_time_seconds();
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double few_clock(int nth) { return nth > 1 ? nmlx_time_seconds() : bench_cpu_seconds(); }
 
 /* The backend with its kernel set's few-token kernels switched off: the
  * one-token mat-vec per token over 64-row blocks (cpu_ops.c), the peer. */
@@ -614,9 +479,12 @@ int main(int argc, char **argv) {
     nmlx_backend_free(probe);
     printf("read bandwidth (median of 5 x 512 MiB): 1 thread %.1f GB/s, 2 threads %.1f GB/s\n\n",
            bw[1], bw[2]);
-    if (strcmp(only, "matmat")) {
-        printf("mat-vec (T=1), affine g64 bf16 scales; GB/s streamed (%% of read bandwidth)\n");
-        for (int i = 0; i < 3; i++)
+    for (int mat = 0; mat < 2; mat++) { /* mat-vec (portable too), then mat-mat */
+        if (!strcmp(only, mat ? "matvec" : "matmat")) continue;
+        printf(
+            mat ? "\nmat-mat (T=512), affine g64 bf16 scales; GFLOP/s\n"
+                : "mat-vec (T=1), affine g64 bf16 scales; GB/s streamed (%% of read bandwidth)\n");
+        for (int i = mat; i < 3; i++)
             for (int b = 0; b < 2; b++)
                 for (int nth = 1; nth <= 2; nth++) {
                     nmlx_backend *be = NULL;
@@ -625,31 +493,15 @@ int main(int argc, char **argv) {
                         continue;
                     if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
                     printf("%-8s %d-bit thr %d", isas[i], bitss[b], nth);
-                    for (int s = 0; s < 4; s++) {
-                        double g = bench_matvec(be, bitss[b], shapes[s][0], shapes[s][1]);
-                        printf("  %lldx%lld %5.1f (%3.0f%%)", (long long)shapes[s][0],
-                               (long long)shapes[s][1], g, 100 * g / bw[nth]);
-                        fflush(stdout);
-                    }
-                    printf("\n");
-                    nmlx_backend_free(be);
-                }
-    }
-    if (strcmp(only, "matvec")) {
-        printf("\nmat-mat (T=512), affine g64 bf16 scales; GFLOP/s\n");
-        for (int i = 1; i < 3; i++)
-            for (int b = 0; b < 2; b++)
-                for (int nth = 1; nth <= 2; nth++) {
-                    nmlx_backend *be = NULL;
-                    if ((*only_isa && strcmp(only_isa, isas[i])) ||
-                        (only_bits && only_bits != bitss[b]) || (only_thr && only_thr != nth))
-                        continue;
-                    if (nmlx_backend_cpu_create_isa(nth, isas[i], &be) != NMLX_OK) continue;
-                    printf("%-8s %d-bit thr %d", isas[i], bitss[b], nth);
-                    for (int s = 0; s < 3; s++) {
-                        double g = bench_matmat(be, bitss[b], shapes[s][0], shapes[s][1], 512);
-                        printf("  %lldx%lld %6.1f", (long long)shapes[s][0],
-                               (long long)shapes[s][1], g);
+                    for (int s = 0; s < (mat ? 3 : 4); s++) {
+                        const long long D = shapes[s][0], N = shapes[s][1];
+                        if (mat) {
+                            printf("  %lldx%lld %6.1f", D, N,
+                                   bench_matmat(be, bitss[b], D, N, 512));
+                        } else {
+                            double g = bench_matvec(be, bitss[b], D, N);
+                            printf("  %lldx%lld %5.1f (%3.0f%%)", D, N, g, 100 * g / bw[nth]);
+                        }
                         fflush(stdout);
                     }
                     printf("\n");

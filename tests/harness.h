@@ -11,16 +11,16 @@
 
 static int test_passed_, test_failed_;
 
-#define EXPECT(cond, ...)                                                      \
-    do {                                                                       \
-        if (cond) {                                                            \
-            test_passed_++;                                                    \
-        } else {                                                               \
-            test_failed_++;                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);               \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            test_passed_++;                                                                        \
+        } else {                                                                                   \
+            test_failed_++;                                                                        \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
     } while (0)
 
 static inline int test_summary(void) {
@@ -40,6 +40,15 @@ static inline uint64_t test_rand_u64(void) {
 /* uniform in [lo, hi) */
 static inline float test_randf(float lo, float hi) {
     return lo + (hi - lo) * (float)((test_rand_u64() >> 40) * (1.0 / 16777216.0));
+}
+
+static inline uint32_t test_rand_u32(void) { return (uint32_t)(test_rand_u64() >> 32); }
+/* n floats uniform in [lo, hi), malloc'd (never NULL-sized) */
+static inline float *test_rand_floats(size_t n, float lo, float hi) {
+    float *v = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = test_randf(lo, hi);
+    return v;
 }
 
 /* Path of a file under the source tree (tests run from the source dir). */

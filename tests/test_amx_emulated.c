@@ -18,53 +18,18 @@
 #include "common.h"
 #include "compute/cpu/cpu_internal.h"
 #include "harness.h"
+#include "amx_bf16_check.h"
 
 #include <math.h>
 #include <stdio.h>
 
 static void check(int64_t T, int64_t D, int64_t N, int nth, bool unaligned) {
     uint16_t *W = malloc((size_t)(D * N) * 2);
-    float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4);
     for (int64_t i = 0; i < D * N; i++)
         W[i] = nmlx_f32_to_bf16(test_randf(-1, 1));
-    for (int64_t i = 0; i < T * N; i++)
-        x[i] = test_randf(-1, 1);
-    for (int64_t i = 0; i < T * D; i++)
-        y[i] = 1234.5f;
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = W},
-                     .mode = NMLX_QUANT_NONE,
-                     .rows = D,
-                     .cols = N};
-    const int64_t lo = unaligned ? D / 5 : 0, hi = unaligned ? D - D / 7 : D;
-    for (int ith = 0; ith < nth; ith++) {
-        int64_t d0, d1;
-        cpu_split(hi - lo, ith, nth, unaligned ? 1 : 16, &d0, &d1);
-        if (d0 < d1)
-            EXPECT(emu_amx_bf16_matmat(&w, x, y, T, lo + d0, lo + d1), "refused T=%lld",
-                   (long long)T);
-    }
-    double emax = 0, rmax = 0;
-    bool untouched = true;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t d = 0; d < D; d++) {
-            if (d < lo || d >= hi) {
-                untouched &= y[t * D + d] == 1234.5f;
-                continue;
-            }
-            double s = 0;
-            for (int64_t n = 0; n < N; n++)
-                s += (double)nmlx_bf16_to_f32(W[d * N + n]) *
-                     nmlx_bf16_to_f32(nmlx_f32_to_bf16(x[t * N + n]));
-            double e = fabs((double)y[t * D + d] - s);
-            if (!(e <= emax)) emax = e;
-            rmax = fmax(rmax, fabs(s));
-        }
-    double e = rmax > 0 ? emax / rmax : emax;
-    EXPECT(e < 2e-5 * (1 + N / 1024.0) && untouched,
-           "amx (emulated) T=%lld D=%lld N=%lld nth=%d%s: err %.3g, outside rows %s", (long long)T,
-           (long long)D, (long long)N, nth, unaligned ? " unaligned" : "", e,
-           untouched ? "untouched" : "WRITTEN");
-    free(W), free(x), free(y);
+    float *x = test_rand_floats((size_t)(T * N), -1, 1);
+    amx_bf16_check(emu_amx_bf16_matmat, "amx (emulated)", W, x, T, D, N, nth, unaligned);
+    free(W), free(x);
 }
 
 int main(void) {

@@ -35,6 +35,7 @@
 #include "common.h"
 #include "compute/quant.h"
 #include "harness.h"
+#include "quant_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -57,28 +58,8 @@ typedef struct {
 } qmat;
 
 static void make_q(qmat *m, const qcfg *c, int64_t D, int64_t N) {
-    const int64_t words = nmlx_quant_row_words(N, c->bits), G = N / c->gs;
-    const nmlx_dtype st = c->mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : c->sdt;
-    const size_t ses = nmlx_dtype_size(st);
-    uint32_t *packed = malloc((size_t)(D * words) * 4);
-    char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
     float *src = malloc((size_t)(D * N) * sizeof(float));
-    for (int64_t i = 0; i < D * N; i++)
-        src[i] = test_randf(-1, 1) * (1 + (float)(i % 7) * 0.3f);
-    for (int64_t d = 0; d < D; d++)
-        nmlx_quant_quantize_row(c->mode, c->bits, c->gs, src + d * N, N, packed + d * words,
-                                sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, c->sdt);
-    nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
-    nmlx_tensor ts = {.dtype = st, .ndim = 2, .shape = {D, G}, .data = sc}, tb = ts;
-    tb.data = bi;
-    m->w = (nmlx_weight){.w = tw,
-                         .scales = ts,
-                         .biases = tb,
-                         .mode = c->mode,
-                         .bits = c->bits,
-                         .group_size = c->gs,
-                         .rows = D,
-                         .cols = N};
+    m->w = test_quant_weight(c->mode, c->bits, c->gs, c->sdt, D, N, src);
     m->deq = src;
     for (int64_t d = 0; d < D; d++)
         nmlx_quant_dequant_row(&m->w, d, 0, N, m->deq + d * N);

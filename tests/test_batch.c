@@ -14,6 +14,7 @@
  * transformers by test_fixtures. Then the error cases: each must leave
  * every session where it was. */
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <math.h>
@@ -21,52 +22,29 @@
 #include <string.h>
 
 typedef struct fixture {
-    const char *dir;
-    int kv_bits; /* quantized KV cache for the odd-numbered sessions */
+    const char *name; /* under tests/fixtures */
+    int kv_bits;      /* quantized KV cache for the odd-numbered sessions */
 } fixture;
 
 static const fixture FIXTURES[] = {
-    {"tests/fixtures/qwen3", 0},
-    {"tests/fixtures/llama3_tied", 0},
-    {"tests/fixtures/gemma3_text", 0},
-    {"tests/fixtures/mistral_window", 0},
-    {"tests/fixtures/qwen3_moe", 0},
-    {"tests/fixtures/gpt_oss", 0},
-    {"tests/fixtures/phi3_longrope", 0},
-    {"tests/fixtures/ministral3_yarn", 0},
-    {"tests/fixtures/quant_llama_q4g64_f16", 0},
-    {"tests/fixtures/quant_qwen3_q3g32_bf16", 0},
-    {"tests/fixtures/qwen3_bf16", 0},
-    {"tests/fixtures/llama3_tied", 4},
-    {"tests/fixtures/gemma3n", 0},
-    {"tests/fixtures/llama4_text", 0},
-    {"tests/fixtures/llama4_text_q4g32", 0},
+    {"qwen3", 0},
+    {"llama3_tied", 0},
+    {"gemma3_text", 0},
+    {"mistral_window", 0},
+    {"qwen3_moe", 0},
+    {"gpt_oss", 0},
+    {"phi3_longrope", 0},
+    {"ministral3_yarn", 0},
+    {"quant_llama_q4g64_f16", 0},
+    {"quant_qwen3_q3g32_bf16", 0},
+    {"qwen3_bf16", 0},
+    {"llama3_tied", 4},
+    {"gemma3n", 0},
+    {"llama4_text", 0},
+    {"llama4_text_q4g32", 0},
 };
 
 enum { MAX_SESSIONS = 24, STEPS = 12 };
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t next_u32(void) {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static int32_t argmax(const float *x, int64_t n) {
-    int32_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = (int32_t)i;
-    return best;
-}
-
-/* max |a - b| over the range of b */
-static double rel_diff(const float *a, const float *b, int64_t n) {
-    double d = 0, lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        lo = fmin(lo, b[i]), hi = fmax(hi, b[i]);
-    }
-    return d / fmax(hi - lo, 1e-30);
-}
 
 typedef struct pair {
     nmlx_session *batched, *alone;
@@ -97,14 +75,14 @@ static void check_batch(nmlx_model *m, const fixture *f, int n) {
         ps[i].batched = new_session(m, kv, 96);
         ps[i].alone = new_session(m, kv, 96);
         int32_t prompt[40];
-        int len = 1 + (int)(next_u32() % 40);
+        int len = 1 + (int)(test_rand_u32() % 40);
         for (int t = 0; t < len; t++)
-            prompt[t] = (int32_t)(next_u32() % (uint32_t)V);
+            prompt[t] = (int32_t)(test_rand_u32() % (uint32_t)V);
         EXPECT(nmlx_session_eval(ps[i].batched, prompt, (size_t)len, 0) == NMLX_OK, "prefill");
         EXPECT(nmlx_session_eval(ps[i].alone, prompt, (size_t)len, 0) == NMLX_OK, "prefill");
-        ps[i].next = argmax(nmlx_session_logits(ps[i].alone), V);
-        ps[i].joins_at = i == 0 ? 0 : (int)(next_u32() % 4);
-        ps[i].leaves_at = i == 0 ? STEPS : STEPS - (int)(next_u32() % 4);
+        ps[i].next = test_argmax(nmlx_session_logits(ps[i].alone), V);
+        ps[i].joins_at = i == 0 ? 0 : (int)(test_rand_u32() % 4);
+        ps[i].leaves_at = i == 0 ? STEPS : STEPS - (int)(test_rand_u32() % 4);
     }
     double worst = 0;
     int bit_diffs = 0, id_diffs = 0, steps_run = 0;
@@ -117,7 +95,7 @@ static void check_batch(nmlx_model *m, const fixture *f, int n) {
                 ss[k] = ps[i].batched, ids[k] = ps[i].next, who[k++] = i;
             }
         nmlx_status st = nmlx_batch_eval(batch, ss, ids, (size_t)k);
-        EXPECT(st == NMLX_OK, "%s: batch of %d, step %d: %s", f->dir, k, step, nmlx_last_error());
+        EXPECT(st == NMLX_OK, "%s: batch of %d, step %d: %s", f->name, k, step, nmlx_last_error());
         if (st != NMLX_OK) break;
         steps_run++;
         for (int j = 0; j < k; j++) {
@@ -126,25 +104,25 @@ static void check_batch(nmlx_model *m, const fixture *f, int n) {
                    nmlx_last_error());
             const float *a = nmlx_session_logits(p->alone), *b = nmlx_session_logits(p->batched);
             if (!a || !b) {
-                EXPECT(0, "%s: no logits after a step", f->dir);
+                EXPECT(0, "%s: no logits after a step", f->name);
                 continue;
             }
             if (memcmp(a, b, (size_t)V * sizeof(float))) bit_diffs++;
-            worst = fmax(worst, rel_diff(b, a, V));
-            int32_t ia = argmax(a, V), ib = argmax(b, V);
+            worst = fmax(worst, test_diff_over_range(b, a, V));
+            int32_t ia = test_argmax(a, V), ib = test_argmax(b, V);
             if (ia != ib) id_diffs++;
             p->next = ia;
             EXPECT(nmlx_session_position(p->alone) == nmlx_session_position(p->batched),
                    "positions differ");
         }
     }
-    EXPECT(steps_run == STEPS, "%s: %d of %d steps ran", f->dir, steps_run, STEPS);
+    EXPECT(steps_run == STEPS, "%s: %d of %d steps ran", f->name, steps_run, STEPS);
     if (n < 24)
         EXPECT(bit_diffs == 0,
                "%s: batch of %d: %d session-steps differ from the lone session (worst %.3g)",
-               f->dir, n, bit_diffs, worst);
+               f->name, n, bit_diffs, worst);
     EXPECT(worst <= 1e-4 && id_diffs == 0,
-           "%s: batch of %d: max |diff| / range %.3g, %d greedy ids differ", f->dir, n, worst,
+           "%s: batch of %d: max |diff| / range %.3g, %d greedy ids differ", f->name, n, worst,
            id_diffs);
     for (int i = 0; i < n; i++) {
         nmlx_session_free(ps[i].batched);
@@ -221,24 +199,17 @@ static void check_errors(nmlx_model *m, nmlx_model *other) {
     nmlx_batch_free(batch);
 }
 
-static nmlx_model *load(const char *dir) {
-    nmlx_model_params mp = nmlx_model_default_params();
-    nmlx_model *m = NULL;
-    nmlx_status st = nmlx_model_load(dir, &mp, &m);
-    EXPECT(st == NMLX_OK, "load %s: %s", dir, nmlx_last_error());
-    return m;
-}
-
 int main(void) {
     const int sizes[] = {1, 3, 7, 15, 16, 20, 24};
     for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++) {
-        nmlx_model *m = load(FIXTURES[f].dir);
+        nmlx_model *m = test_load_fixture(FIXTURES[f].name, NULL, NULL);
         if (!m) continue;
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
             if (sizes[i] <= 7 || f < 2) check_batch(m, &FIXTURES[f], sizes[i]);
         nmlx_model_free(m);
     }
-    nmlx_model *m = load("tests/fixtures/qwen3"), *other = load("tests/fixtures/llama3_tied");
+    nmlx_model *m = test_load_fixture("qwen3", NULL, NULL);
+    nmlx_model *other = test_load_fixture("llama3_tied", NULL, NULL);
     if (m && other) check_errors(m, other);
     nmlx_model_free(m);
     nmlx_model_free(other);

@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include "device_emu.h"
 #include "harness.h"
+#include "model_util.h"
 #include "model.h"
 #include "nmlx.h"
 
@@ -271,15 +272,10 @@ done:
 }
 
 static nmlx_model *load(const char *name, nmlx_backend *be) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     mp.no_tokenizer = 1;
-    nmlx_model *m = NULL;
-    nmlx_status st = be ? nmlx_model_load_on(dir, &mp, be, &m) : nmlx_model_load(dir, &mp, &m);
-    EXPECT(st == NMLX_OK, "load %s on %s: %s", name, be ? be->ops->name : "cpu", nmlx_last_error());
-    return m;
+    return test_load_fixture(name, &mp, be);
 }
 
 static void check(nmlx_backend *cpu_be, const char *name, bool batched_pass) {

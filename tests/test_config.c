@@ -4,6 +4,7 @@
  * Files are written to a mkdtemp folder under /tmp, removed at the end. */
 #define _XOPEN_SOURCE 700
 #include "harness.h"
+#include "model_util.h"
 
 #include "io/config.h"
 #include "io/config_schema.h"
@@ -441,16 +442,7 @@ static void test_fault_injection(void) {
 static char *slurp(const char *rel) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", test_src_dir(), rel);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (b) b[n] = '\0';
-    fclose(f);
-    return b;
+    return test_read_file(path, NULL);
 }
 
 static bool doc_names(const char *doc, const char *key) {

@@ -16,6 +16,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <dirent.h>
@@ -30,27 +31,6 @@
 #define N_GREEDY 16
 
 /* ---- small file helpers ------------------------------------------------ */
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-            buf = malloc((size_t)n + 1);
-            if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                buf[n] = 0;
-                *len = (size_t)n;
-            } else {
-                free(buf);
-                buf = NULL;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
 
 static bool write_all(const char *path, const void *data, size_t len) {
     FILE *f = fopen(path, "wb");
@@ -122,20 +102,6 @@ static void fixture_free(fixture *fx) {
     free(fx->greedy_logits);
 }
 
-static float *read_floats(const char *path, size_t count) {
-    size_t len = 0;
-    char *raw = read_all(path, &len);
-    if (!raw) return NULL;
-    if (len != count * sizeof(float)) {
-        free(raw);
-        return NULL;
-    }
-    float *v = malloc(len ? len : 1);
-    if (v) memcpy(v, raw, len); /* little-endian float32 on x86-64 */
-    free(raw);
-    return v;
-}
-
 static bool fixture_open(const char *dir, const char *name, fixture *fx) {
     memset(fx, 0, sizeof *fx);
     snprintf(fx->name, sizeof fx->name, "%s", name);
@@ -166,11 +132,11 @@ static bool fixture_open(const char *dir, const char *name, fixture *fx) {
     for (size_t i = 0; i < N_GREEDY; i++)
         fx->greedy[i] = (int32_t)json_integer_value(json_array_get(greedy, i));
     snprintf(p, sizeof p, "%s/logits.bin", fx->path);
-    fx->logits = read_floats(p, fx->n_prompt * (size_t)fx->vocab);
+    fx->logits = test_read_floats(p, fx->n_prompt * (size_t)fx->vocab);
     EXPECT(fx->logits != NULL, "%s: missing or not %zu x %d floats", p, fx->n_prompt, fx->vocab);
     snprintf(p, sizeof p, "%s/greedy_logits.bin", fx->path);
     if (is_file(p)) {
-        fx->greedy_logits = read_floats(p, (size_t)N_GREEDY * (size_t)fx->vocab);
+        fx->greedy_logits = test_read_floats(p, (size_t)N_GREEDY * (size_t)fx->vocab);
         EXPECT(fx->greedy_logits != NULL, "%s: not %d x %d floats", p, N_GREEDY, fx->vocab);
     }
     ok = fx->logits != NULL;
@@ -180,13 +146,6 @@ done:
 }
 
 /* ---- comparisons -------------------------------------------------------- */
-
-static size_t argmax(const float *v, int32_t n) {
-    size_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (size_t)i;
-    return best;
-}
 
 typedef struct {
     double max_diff, max_ref; /* over all rows compared */
@@ -214,7 +173,7 @@ static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref
         }
         if (fabs((double)ref[j]) > c->max_ref) c->max_ref = fabs((double)ref[j]);
     }
-    size_t ar = argmax(ref, V), ag = argmax(got, V);
+    size_t ar = test_argmax(ref, V), ag = test_argmax(got, V);
     if (ar != ag && c->first_bad_argmax < 0) {
         c->first_bad_argmax = (long)row;
         c->bad_ref_id = ar;
@@ -237,28 +196,14 @@ static void cmp_expect(const fixture *fx, int threads, const char *what, const c
         EXPECT(cmp_ratio(c) <= tol,
                "%s (threads %d) %s: max|diff|/max|ref| = %.3e > %.0e at position %zu, id %zu "
                "(got %.6f, ref %.6f)",
-               fx->path, threads, what, cmp_ratio(c), tol, c->worst_row, c->worst_col,
-               c->worst_got, c->worst_ref);
+               fx->path, threads, what, cmp_ratio(c), tol, c->worst_row, c->worst_col, c->worst_got,
+               c->worst_ref);
     }
     EXPECT(c->first_bad_argmax < 0,
            "%s (threads %d) %s: argmax differs at position %ld: ref id %zu, got id %zu "
            "(ref logits %.6f vs %.6f, got %.6f vs %.6f)",
            fx->path, threads, what, c->first_bad_argmax, c->bad_ref_id, c->bad_got_id,
            c->bad_ref_val[0], c->bad_ref_val[1], c->bad_got_val[0], c->bad_got_val[1]);
-}
-
-typedef struct {
-    int32_t ids[64];
-    size_t n;
-} collected;
-
-static int collect(void *user, int32_t id, const char *text, size_t len) {
-    (void)text;
-    (void)len;
-    collected *c = user;
-    if (c->n < sizeof c->ids / sizeof c->ids[0]) c->ids[c->n] = id;
-    c->n++;
-    return 0;
 }
 
 /* One fixture with one thread count. */
@@ -322,20 +267,15 @@ static void check_fixture(const fixture *fx, int threads) {
     s = NULL;
 
     /* greedy generation on a fresh session */
-    collected got = {{0}, 0};
+    struct {
+        int32_t ids[N_GREEDY];
+        size_t n;
+    } got = {{0}, 0};
     nmlx_generate_result res;
     memset(&res, 0, sizeof res);
     st = nmlx_session_create(m, NULL, &s);
-    if (st == NMLX_OK) {
-        nmlx_generate_params gp = nmlx_generate_default_params();
-        gp.sampler = nmlx_sampler_default_params();
-        gp.sampler.temperature = 0.0f;
-        gp.max_tokens = N_GREEDY;
-        gp.ignore_eos = 1;
-        gp.on_token = collect;
-        gp.user = &got;
-        st = nmlx_generate(s, fx->prompt, fx->n_prompt, &gp, &res);
-    }
+    if (st == NMLX_OK)
+        st = test_greedy_ids(s, fx->prompt, fx->n_prompt, got.ids, N_GREEDY, &got.n, &res);
     EXPECT(st == NMLX_OK, "%s: generate: %s", fx->path, nmlx_last_error());
     long first_bad = -1;
     if (st == NMLX_OK) {
@@ -377,7 +317,7 @@ static void copy_fixture(const char *src, const char *dst) {
         snprintf(a, sizeof a, "%s/%s", src, files[i]);
         snprintf(b, sizeof b, "%s/%s", dst, files[i]);
         size_t len = 0;
-        char *data = read_all(a, &len);
+        char *data = test_read_file(a, &len);
         if (data) write_all(b, data, len);
         free(data);
     }
@@ -448,7 +388,7 @@ static bool st_write(const char *path, json_t *hdr, const char *data, size_t dat
 /* Removes tensor `name` and its bytes, shifting the later offsets. */
 static bool st_remove_tensor(const char *path, const char *name) {
     size_t len = 0, hlen = 0;
-    char *data = read_all(path, &len);
+    char *data = test_read_file(path, &len);
     json_t *hdr = data ? st_header(data, len, &hlen) : NULL;
     bool ok = false;
     json_t *t = hdr ? json_object_get(hdr, name) : NULL;
@@ -487,7 +427,7 @@ static bool st_remove_tensor(const char *path, const char *name) {
 /* Changes one tensor's dtype string in place (same length keeps offsets). */
 static bool st_set_dtype(const char *path, const char *name, const char *dtype) {
     size_t len = 0, hlen = 0;
-    char *data = read_all(path, &len);
+    char *data = test_read_file(path, &len);
     json_t *hdr = data ? st_header(data, len, &hlen) : NULL;
     bool ok = false;
     json_t *t = hdr ? json_object_get(hdr, name) : NULL;
@@ -530,7 +470,7 @@ static void check_bad_inputs(const char *src) {
     { /* truncated weights */
         FRESH();
         size_t len = 0;
-        char *data = read_all(p, &len);
+        char *data = test_read_file(p, &len);
         EXPECT(data && write_all(p, data, len / 2), "cannot truncate %s", p);
         free(data);
         const char *n[] = {"model.safetensors", NULL};
@@ -539,29 +479,24 @@ static void check_bad_inputs(const char *src) {
     { /* header cut inside the JSON */
         FRESH();
         size_t len = 0;
-        char *data = read_all(p, &len);
+        char *data = test_read_file(p, &len);
         EXPECT(data && write_all(p, data, 40), "cannot truncate %s", p);
         free(data);
         const char *n[] = {"model.safetensors", NULL};
         expect_load_fails("safetensors header cut", dir, n);
     }
-    { /* dtype of the wrong size for the bytes */
+    /* a dtype of the wrong size for the bytes, one we do not support, an
+     * unknown dtype string */
+    static const struct {
+        const char *what, *dtype, *needle;
+    } dtype_cases[] = {{"dtype F16 on F32 bytes", "F16", NULL},
+                       {"dtype F64", "F64", "F64"},
+                       {"dtype Q7 (unknown)", "Q7", "Q7"}};
+    for (size_t i = 0; i < sizeof dtype_cases / sizeof dtype_cases[0]; i++) {
         FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "F16"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, NULL};
-        expect_load_fails("dtype F16 on F32 bytes", dir, n);
-    }
-    { /* a dtype we do not support */
-        FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "F64"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, "F64", NULL};
-        expect_load_fails("dtype F64", dir, n);
-    }
-    { /* an unknown dtype string */
-        FRESH();
-        EXPECT(st_set_dtype(p, dtype_victim, "Q7"), "cannot edit %s", p);
-        const char *n[] = {dtype_victim, "Q7", NULL};
-        expect_load_fails("dtype Q7 (unknown)", dir, n);
+        EXPECT(st_set_dtype(p, dtype_victim, dtype_cases[i].dtype), "cannot edit %s", p);
+        const char *n[] = {dtype_victim, dtype_cases[i].needle, NULL};
+        expect_load_fails(dtype_cases[i].what, dir, n);
     }
     { /* a missing tensor */
         FRESH();
@@ -575,18 +510,12 @@ static void check_bad_inputs(const char *src) {
         const char *n[] = {"safetensors", NULL};
         expect_load_fails("missing model.safetensors", dir, n);
     }
-    { /* unknown model_type */
-        FRESH();
-        EXPECT(cfg_set(dir, "model_type", "\"nmlx_no_such_arch\""), "cannot edit config");
-        const char *n[] = {"nmlx_no_such_arch", "model_type", NULL};
-        expect_load_fails("unknown model_type", dir, n);
-    }
     { /* malformed config.json */
         FRESH();
         char c[1024];
         snprintf(c, sizeof c, "%s/config.json", dir);
         size_t len = 0;
-        char *data = read_all(c, &len);
+        char *data = test_read_file(c, &len);
         EXPECT(data && write_all(c, data, len / 2), "cannot truncate %s", c);
         free(data);
         const char *n[] = {"config.json", NULL};
@@ -608,35 +537,28 @@ static void check_bad_inputs(const char *src) {
         const char *n[] = {"config.json", NULL};
         expect_load_fails("missing config.json", dir, n);
     }
-    { /* a field of the wrong type */
+    /* config.json fields: an unknown model_type, a field of the wrong type,
+     * sizes that disagree with the weights, more layers than the file has */
+    static const struct {
+        const char *what, *key, *value, *needles[4];
+    } cfg_cases[] = {
+        {"unknown model_type",
+         "model_type",
+         "\"nmlx_no_such_arch\"",
+         {"nmlx_no_such_arch", "model_type", NULL}},
+        {"num_hidden_layers a string", "num_hidden_layers", "\"two\"", {"num_hidden_layers", NULL}},
+        {"hidden_size 40 vs weights", "hidden_size", "40", {".weight", "hidden_size", NULL}},
+        {"intermediate_size 100", "intermediate_size", "100", {"mlp.", "intermediate_size", NULL}},
+        {"num_hidden_layers 3 of 2",
+         "num_hidden_layers",
+         "3",
+         {"model.layers.2.", "num_hidden_layers", NULL}},
+        {"vocab_size 300", "vocab_size", "300", {"embed_tokens", "lm_head", "vocab_size", NULL}},
+    };
+    for (size_t i = 0; i < sizeof cfg_cases / sizeof cfg_cases[0]; i++) {
         FRESH();
-        EXPECT(cfg_set(dir, "num_hidden_layers", "\"two\""), "cannot edit config");
-        const char *n[] = {"num_hidden_layers", NULL};
-        expect_load_fails("num_hidden_layers a string", dir, n);
-    }
-    { /* hidden_size disagrees with the weights */
-        FRESH();
-        EXPECT(cfg_set(dir, "hidden_size", "40"), "cannot edit config");
-        const char *n[] = {".weight", "hidden_size", NULL};
-        expect_load_fails("hidden_size 40 vs weights", dir, n);
-    }
-    { /* intermediate_size disagrees with the weights */
-        FRESH();
-        EXPECT(cfg_set(dir, "intermediate_size", "100"), "cannot edit config");
-        const char *n[] = {"mlp.", "intermediate_size", NULL};
-        expect_load_fails("intermediate_size 100", dir, n);
-    }
-    { /* more layers than the file has */
-        FRESH();
-        EXPECT(cfg_set(dir, "num_hidden_layers", "3"), "cannot edit config");
-        const char *n[] = {"model.layers.2.", "num_hidden_layers", NULL};
-        expect_load_fails("num_hidden_layers 3 of 2", dir, n);
-    }
-    { /* vocab_size disagrees with the embedding */
-        FRESH();
-        EXPECT(cfg_set(dir, "vocab_size", "300"), "cannot edit config");
-        const char *n[] = {"embed_tokens", "lm_head", "vocab_size", NULL};
-        expect_load_fails("vocab_size 300", dir, n);
+        EXPECT(cfg_set(dir, cfg_cases[i].key, cfg_cases[i].value), "cannot edit config");
+        expect_load_fails(cfg_cases[i].what, dir, cfg_cases[i].needles);
     }
     { /* missing folder */
         remove_fixture_copy(dir);

@@ -20,13 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static float *rand_floats(size_t n, float lo, float hi) {
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        v[i] = test_randf(lo, hi);
-    return v;
-}
-
 static float *copy_of(const float *x, size_t n) {
     float *c = malloc(n * sizeof(float));
     memcpy(c, x, n * sizeof(float));
@@ -36,7 +29,7 @@ static float *copy_of(const float *x, size_t n) {
 /* a [n] norm weight in dt (F32 or BF16) */
 static nmlx_tensor norm_weight(nmlx_dtype dt, int64_t n) {
     nmlx_tensor w = {.dtype = dt, .ndim = 1, .shape = {n}, .name = "w"};
-    float *v = rand_floats((size_t)n, -1.5f, 1.5f);
+    float *v = test_rand_floats((size_t)n, -1.5f, 1.5f);
     if (dt == NMLX_DT_BF16) {
         uint16_t *b = malloc((size_t)n * sizeof(uint16_t));
         for (int64_t i = 0; i < n; i++)
@@ -52,7 +45,7 @@ static nmlx_tensor norm_weight(nmlx_dtype dt, int64_t n) {
 static void check_add_rmsnorm(nmlx_backend *be, int64_t R, int64_t D, nmlx_dtype wdt, bool weight,
                               float off) {
     size_t n = (size_t)(R * D);
-    float *x = rand_floats(n, -3, 3), *d = rand_floats(n, -3, 3);
+    float *x = test_rand_floats(n, -3, 3), *d = test_rand_floats(n, -3, 3);
     nmlx_tensor w = norm_weight(wdt, D);
     float *x_ref = copy_of(x, n), *y_ref = malloc(n * sizeof(float)),
           *y = malloc(n * sizeof(float));
@@ -74,8 +67,9 @@ typedef struct rkv_case {
 static void check_rope_kv(nmlx_backend *be, const rkv_case *c) {
     size_t nq = (size_t)(c->T * c->H * c->HD), nk = (size_t)(c->T * c->KVH * c->HD);
     size_t nc = (size_t)(c->KVH * c->cap * c->HD);
-    float *q = rand_floats(nq, -2, 2), *k = rand_floats(nk, -2, 2), *v = rand_floats(nk, -2, 2);
-    float *kc = rand_floats(nc, -1, 1), *vc = rand_floats(nc, -1, 1);
+    float *q = test_rand_floats(nq, -2, 2), *k = test_rand_floats(nk, -2, 2),
+          *v = test_rand_floats(nk, -2, 2);
+    float *kc = test_rand_floats(nc, -1, 1), *vc = test_rand_floats(nc, -1, 1);
     float *q_ref = copy_of(q, nq), *k_ref = copy_of(k, nk);
     float *kc_ref = copy_of(kc, nc), *vc_ref = copy_of(vc, nc);
     float *freqs = malloc((size_t)(c->rot / 2 + 1) * sizeof(float));
@@ -141,7 +135,7 @@ static void check_gate_up_act(nmlx_backend *be, int64_t I, int64_t N, int64_t T,
     g.w.ndim = u.w.ndim = 2;
     g.w.shape[0] = u.w.shape[0] = I, g.w.shape[1] = u.w.shape[1] = N;
     size_t ny = (size_t)(T * I);
-    float *x = rand_floats((size_t)(T * N), -2, 2);
+    float *x = test_rand_floats((size_t)(T * N), -2, 2);
     float *gate = malloc(ny * sizeof(float)), *up = malloc(ny * sizeof(float));
     float *rg = malloc(ny * sizeof(float)), *ru = malloc(ny * sizeof(float));
     const nmlx_weight *ws[2] = {&g, &u};

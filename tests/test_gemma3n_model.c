@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <jansson.h>
@@ -15,29 +16,8 @@
 #include <unistd.h>
 
 static void test_fault_injection(const char *name) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
-    int32_t ids[6] = {1, 2, 3, 4, 5, 6};
-    bool clean = true, done = false;
-    long last = 0;
-    for (long k = 1; k < 5000 && !done; k++) {
-        last = k;
-        nmlx_model_params mp = nmlx_model_default_params();
-        mp.n_threads = 1;
-        nmlx_model *m = NULL;
-        nmlx_session *s = NULL;
-        nmlx_test_fail_alloc_after(k);
-        nmlx_status st = nmlx_model_load(dir, &mp, &m);
-        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
-        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 6, 0);
-        nmlx_test_fail_alloc_after(0);
-        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
-        done = st == NMLX_OK;
-        nmlx_session_free(s);
-        nmlx_model_free(m);
-    }
-    printf("  %-20s fault injection: %ld allocations failed in turn\n", name, last - 1);
-    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", name);
+    const int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+    test_fixture_fault_sweep(name, ids, 6);
 }
 
 /* A copy of the main fixture with one config field replaced (JSON text);

@@ -11,6 +11,7 @@
  * (Gemma: the argmax of capped logits is taken on the host). */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <stdlib.h>
@@ -26,13 +27,6 @@ typedef struct seen {
     float *rows; /* [STEPS, vocab]: the logits read in the callback */
 } seen;
 
-static int32_t argmax_of(const float *x, int32_t n) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 static int on_token(void *user, int32_t id, const char *text, size_t len) {
     (void)text, (void)len;
     seen *w = user;
@@ -40,7 +34,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
     EXPECT(l != NULL, "logits readable in the callback (token %d)", w->n);
     if (l && w->n < STEPS) {
         memcpy(w->rows + (size_t)w->n * (size_t)w->vocab, l, (size_t)w->vocab * sizeof(float));
-        EXPECT(argmax_of(l, w->vocab) == id, "callback %d: the id %d is the argmax of the logits",
+        EXPECT(test_argmax(l, w->vocab) == id, "callback %d: the id %d is the argmax of the logits",
                w->n, id);
         w->ids[w->n] = id;
     }
@@ -49,18 +43,13 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
 }
 
 static void check(const char *name, int max_tokens) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     mp.no_tokenizer = 1;
-    nmlx_model *m = NULL;
+    nmlx_model *m = test_load_fixture(name, &mp, NULL);
     nmlx_session *a = NULL, *b = NULL;
     float *rows = NULL;
-    if (nmlx_model_load(dir, &mp, &m) != NMLX_OK) {
-        EXPECT(0, "%s: load: %s", name, nmlx_last_error());
-        return;
-    }
+    if (!m) return;
     int32_t V = nmlx_model_vocab_size(m), prompt[PROMPT];
     for (int i = 0; i < PROMPT; i++)
         prompt[i] = (int32_t)(test_rand_u64() % (uint64_t)V);

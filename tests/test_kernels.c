@@ -8,6 +8,7 @@
 #include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/quant_kernels.h"
 #include "harness.h"
+#include "amx_bf16_check.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -18,10 +19,7 @@
 /* ---------------------------------------------------------------- helpers */
 
 static float *rand_vec(int64_t n, float lo, float hi) {
-    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++)
-        v[i] = test_randf(lo, hi);
-    return v;
+    return test_rand_floats(n > 0 ? (size_t)n : 0, lo, hi);
 }
 
 /* A float-dtype buffer of n random values, plus the exact values it holds
@@ -776,43 +774,8 @@ static void check_amx(int64_t T, int64_t D, int64_t N, int nth, bool unaligned) 
     double *wex = malloc((size_t)(D * N) * sizeof(double));
     void *wbuf = rand_typed(NMLX_DT_BF16, D * N, -1, 1, wex);
     float *x = rand_vec(T * N, -1, 1);
-    float *y = malloc((size_t)(T * D) * sizeof(float));
-    for (int64_t i = 0; i < T * D; i++)
-        y[i] = 1234.5f; /* sentinel outside [d0, d1) */
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {D, N}, .data = wbuf},
-                     .mode = NMLX_QUANT_NONE,
-                     .rows = D,
-                     .cols = N};
-    int64_t lo = unaligned ? D / 5 : 0, hi = unaligned ? D - D / 7 : D;
-    for (int ith = 0; ith < nth; ith++) {
-        int64_t d0, d1;
-        cpu_split(hi - lo, ith, nth, unaligned ? 1 : 16, &d0, &d1);
-        if (d0 >= d1) continue;
-        bool ok = nmlx_amx_bf16_matmat(&w, x, y, T, lo + d0, lo + d1);
-        EXPECT(ok, "amx matmat refused T=%lld D=%lld N=%lld", (long long)T, (long long)D,
-               (long long)N);
-    }
-    double emax = 0, rmax = 0;
-    bool untouched = true;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t d = 0; d < D; d++) {
-            if (d < lo || d >= hi) {
-                untouched &= y[t * D + d] == 1234.5f;
-                continue;
-            }
-            double s = 0;
-            for (int64_t n = 0; n < N; n++)
-                s += wex[d * N + n] * (double)nmlx_bf16_to_f32(nmlx_f32_to_bf16(x[t * N + n]));
-            double e = fabs((double)y[t * D + d] - s);
-            if (!(e <= emax)) emax = e;
-            rmax = fmax(rmax, fabs(s));
-        }
-    double e = rmax > 0 ? emax / rmax : emax;
-    EXPECT(e < 2e-5 * (1 + N / 1024.0) && untouched,
-           "amx matmat T=%lld D=%lld N=%lld nth=%d%s: err %.3g, outside rows %s", (long long)T,
-           (long long)D, (long long)N, nth, unaligned ? " unaligned" : "", e,
-           untouched ? "untouched" : "WRITTEN");
-    free(wex), free(wbuf), free(x), free(y);
+    amx_bf16_check(nmlx_amx_bf16_matmat, "amx matmat", wbuf, x, T, D, N, nth, unaligned);
+    free(wex), free(wbuf), free(x);
 }
 
 static void test_amx_dense(void) {

@@ -13,6 +13,7 @@
  *     float32 fixtures. */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 #include "ported/quantized_kv_cache.h"
 #include "shared/layer_cache.h"
@@ -256,13 +257,6 @@ typedef struct run {
     int group;
 } run;
 
-static int32_t argmax(const float *x, int32_t n) {
-    int32_t b = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 /* Prompt in one call, then N_GREEDY decode steps fed with `force` (or the
  * run's own argmax when NULL). kv_bits 0 = full precision. Returns false if
  * the session cannot be made (group sizes tried 64, 32, 16, 8). */
@@ -291,7 +285,7 @@ static bool run_model(nmlx_model *m, const int32_t *prompt, size_t np, int bits,
     if (st == NMLX_OK && all && n == np) memcpy(r->rows, all, np * (size_t)V * sizeof(float));
     for (int i = 0; i < N_GREEDY && st == NMLX_OK; i++) {
         const float *last = nmlx_session_logits(s);
-        r->ids[i] = argmax(last, V);
+        r->ids[i] = test_argmax(last, V);
         int32_t next = force ? force[i] : r->ids[i];
         st = nmlx_session_eval(s, &next, 1, 0);
         EXPECT(st == NMLX_OK, "decode: %s", nmlx_last_error());
@@ -356,7 +350,7 @@ static void check_fixture(const char *dir, const char *name) {
                 md = fmax(md, fabs((double)a[j] - b[j]));
                 mr = fmax(mr, fabs((double)a[j]));
             }
-            int32_t ia = argmax(a, V), ib = argmax(b, V);
+            int32_t ia = test_argmax(a, V), ib = test_argmax(b, V);
             agree += ia == ib;
             if (ia != ib) flip_margin = fmax(flip_margin, (double)a[ia] - a[ib]);
         }

@@ -15,6 +15,7 @@
 #define _DEFAULT_SOURCE /* realpath, symlink */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 #include "shared/chunked_kv_cache.h"
 #include "shared/moe.h"
@@ -141,18 +142,6 @@ typedef struct {
     int64_t chunk;
 } ref;
 
-static float *read_floats(const char *path, size_t count) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    float *v = malloc(count * sizeof *v);
-    if (v && fread(v, sizeof *v, count, f) != count) {
-        free(v);
-        v = NULL;
-    }
-    fclose(f);
-    return v;
-}
-
 static bool ref_open(const char *dir, ref *r) {
     char p[1200];
     memset(r, 0, sizeof *r);
@@ -173,19 +162,12 @@ static bool ref_open(const char *dir, ref *r) {
         for (size_t i = 0; i < 16; i++)
             r->greedy[i] = (int32_t)json_integer_value(json_array_get(g, i));
         snprintf(p, sizeof p, "%s/logits.bin", dir);
-        r->logits = read_floats(p, r->n * (size_t)r->V);
+        r->logits = test_read_floats(p, r->n * (size_t)r->V);
         ok = r->logits && r->n > 4 && r->V > 0 && r->chunk > 1;
     }
     json_decref(e);
     json_decref(c);
     return ok;
-}
-
-static size_t argmax(const float *v, int n) {
-    size_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b]) b = (size_t)i;
-    return b;
 }
 
 /* Feeds the prompt in pieces of the given sizes (the last repeats), all
@@ -210,7 +192,7 @@ static double feed_pieces(nmlx_session *s, const ref *r, const size_t *sizes, si
                 if (!(d <= diff)) diff = isnan(d) ? INFINITY : d;
                 if (fabs((double)x[j]) > mx) mx = fabs((double)x[j]);
             }
-            argmax_ok = argmax_ok && argmax(g, r->V) == argmax(x, r->V);
+            argmax_ok = argmax_ok && test_argmax(g, r->V) == test_argmax(x, r->V);
         }
         at += n;
     }
@@ -298,8 +280,8 @@ static void test_fixture(const char *root, const char *name) {
             size_t rows = 0;
             const float *got = st == NMLX_OK ? nmlx_session_all_logits(s, &rows) : NULL;
             EXPECT(got && rows == n - from &&
-                       argmax(got + (rows - 1) * (size_t)r.V, r.V) ==
-                           argmax(r.logits + (n - 1) * (size_t)r.V, r.V),
+                       test_argmax(got + (rows - 1) * (size_t)r.V, r.V) ==
+                           test_argmax(r.logits + (n - 1) * (size_t)r.V, r.V),
                    "%s: recovered after trimming to a chunk boundary: %s", name, nmlx_last_error());
         }
     }
@@ -487,7 +469,7 @@ static void test_batch(const char *root, const char *name) {
         for (int t = 0; ok && t < STEPS; t++) {
             const float *l = nmlx_session_logits(alone);
             memcpy(want + ((size_t)j * STEPS + t) * V, l, V * sizeof *want);
-            ids[j][t] = (int32_t)argmax(l, r.V);
+            ids[j][t] = (int32_t)test_argmax(l, r.V);
             ok = nmlx_session_eval(alone, &ids[j][t], 1, 0) == NMLX_OK;
         }
     }

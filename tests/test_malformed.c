@@ -14,6 +14,7 @@
 #define _DEFAULT_SOURCE /* realpath, mkfifo, symlink */
 #include "common.h"
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <dirent.h>
@@ -39,21 +40,7 @@ static char *path_join(const char *a, const char *b) {
 }
 
 static unsigned char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        fclose(f);
-        return NULL;
-    }
-    b[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return b;
+    return (unsigned char *)test_read_file(path, len);
 }
 
 static void write_all(const char *path, const void *data, size_t len) {
@@ -128,20 +115,20 @@ static char *model_copy(const char *fx, const char *name, const char *replace) {
 
 /* A failure with a message. Clears the message first so a stale one from
  * an earlier call does not count. */
-#define EXPECT_FAIL(call, ...)                                                                   \
-    do {                                                                                       \
-        nmlx_clear_error();                                                                    \
-        nmlx_status st_ = (call);                                                              \
-        EXPECT(st_ != NMLX_OK && nmlx_last_error()[0], __VA_ARGS__);                           \
+#define EXPECT_FAIL(call, ...)                                                                     \
+    do {                                                                                           \
+        nmlx_clear_error();                                                                        \
+        nmlx_status st_ = (call);                                                                  \
+        EXPECT(st_ != NMLX_OK && nmlx_last_error()[0], __VA_ARGS__);                               \
     } while (0)
 
-#define EXPECT_STATUS(want, call, ...)                                                         \
-    do {                                                                                       \
-        nmlx_clear_error();                                                                    \
-        nmlx_status st_ = (call);                                                              \
-        EXPECT(st_ == (want) && nmlx_last_error()[0], __VA_ARGS__);                            \
-        if (st_ != (want))                                                                     \
-            fprintf(stderr, "  got %s: %s\n", nmlx_status_string(st_), nmlx_last_error());     \
+#define EXPECT_STATUS(want, call, ...)                                                             \
+    do {                                                                                           \
+        nmlx_clear_error();                                                                        \
+        nmlx_status st_ = (call);                                                                  \
+        EXPECT(st_ == (want) && nmlx_last_error()[0], __VA_ARGS__);                                \
+        if (st_ != (want))                                                                         \
+            fprintf(stderr, "  got %s: %s\n", nmlx_status_string(st_), nmlx_last_error());         \
     } while (0)
 
 /* Loads a model folder; on success evaluates a few ids (a model that loads
@@ -496,8 +483,7 @@ static void test_ids_and_sessions(const char *model_dir) {
         case 11: p.repetition_context_size = -1; break;
         }
         int32_t out = -7;
-        EXPECT_STATUS(NMLX_ERR_INVALID_ARG, nmlx_session_sample(s, &p, &out), "sampler case %d",
-                      k);
+        EXPECT_STATUS(NMLX_ERR_INVALID_ARG, nmlx_session_sample(s, &p, &out), "sampler case %d", k);
         EXPECT(out == -7, "failed sample leaves *out (case %d)", k);
         nmlx_generate_params gp = nmlx_generate_default_params();
         gp.sampler = p;
@@ -555,8 +541,10 @@ static void test_detok_ranges(const nmlx_tokenizer *t, const char *name) {
         nmlx_free(b);
     }
     for (int32_t i = 0; i < 4; i++) {
-        EXPECT(nmlx_tokenizer_id_to_token(t, ids[i == 0 ? 0 : i == 1 ? 2 : i == 2 ? 4 : 5]) ==
-                   NULL,
+        EXPECT(nmlx_tokenizer_id_to_token(t, ids[i == 0   ? 0
+                                                 : i == 1 ? 2
+                                                 : i == 2 ? 4
+                                                          : 5]) == NULL,
                "%s: id_to_token of an out-of-range id is NULL", name);
     }
     /* long random id runs, streamed */
@@ -601,8 +589,8 @@ static void tok_try(const char *name, const char *json, size_t len) {
 
 /* Every value in the document, replaced in turn by each wrong-typed value;
  * each variant must load cleanly or fail with a message. */
-static const char *const WRONG[] = {"\"x\"", "[]", "{}", "true", "null", "-1", "1.5", "0",
-                                    "1e300", "-1e300", "4294967296", "[1,\"a\",{}]"};
+static const char *const WRONG[] = {"\"x\"", "[]", "{}",    "true",   "null",       "-1",
+                                    "1.5",   "0",  "1e300", "-1e300", "4294967296", "[1,\"a\",{}]"};
 enum { N_WRONG = sizeof WRONG / sizeof WRONG[0] };
 
 typedef void (*variant_fn)(const char *name, const char *json, size_t len, void *ctx);
@@ -646,7 +634,8 @@ static void walk_replace(json_t *root, json_t *node, int depth, variant_fn fn, v
             walk_replace(root, v, depth + 1, fn, ctx, count, max);
             json_decref(v);
         }
-        for (i = 0; i < nk; i++) free(keys[i]);
+        for (i = 0; i < nk; i++)
+            free(keys[i]);
         free(keys);
     } else if (json_is_array(node)) {
         size_t n = json_array_size(node);
@@ -693,9 +682,9 @@ static void test_tokenizer_files(void) {
     tok_expect_fail("nul byte", "{\"model\":\0}", 11);
     tok_expect_fail("no model", "{}", 2);
     /* NaN / Infinity / hex / non-JSON numbers */
-    static const char *const badnum[] = {"NaN", "-nan", "nan", "Infinity", "-Infinity", "-inf",
-                                         "inf", "0x10", "-0x10", "+1", ".5", "1.", "1e", "01",
-                                         "- 1", "1e+", "--1", "-"};
+    static const char *const badnum[] = {"NaN", "-nan", "nan",   "Infinity", "-Infinity", "-inf",
+                                         "inf", "0x10", "-0x10", "+1",       ".5",        "1.",
+                                         "1e",  "01",   "- 1",   "1e+",      "--1",       "-"};
     for (size_t i = 0; i < sizeof badnum / sizeof badnum[0]; i++) {
         char buf[512];
         int n = snprintf(buf, sizeof buf,
@@ -706,8 +695,8 @@ static void test_tokenizer_files(void) {
         tok_expect_fail(name, buf, (size_t)n);
     }
     /* numbers JSON allows but that are no ids */
-    static const char *const oddnum[] = {"1e999", "-1", "1.5", "100000001", "-0", "1e-400",
-                                         "99999999999999999999999"};
+    static const char *const oddnum[] = {
+        "1e999", "-1", "1.5", "100000001", "-0", "1e-400", "99999999999999999999999"};
     for (size_t i = 0; i < sizeof oddnum / sizeof oddnum[0]; i++) {
         char buf[1024];
         int n = snprintf(
@@ -762,8 +751,9 @@ static void test_tokenizer_files(void) {
         "\"content\":\"a\",\"content\":\"zz\",\"special\":true,\"special\":false}]}";
     tok_try("duplicate keys", dup, sizeof dup - 1);
     /* strings: bad escapes, lone surrogates, embedded NUL, bad UTF-8 */
-    static const char *const strs[] = {"\\ud800", "\\udc00x", "\\u0000", "\\uZZZZ", "\\x41",
-                                       "\xff\xfe", "\xc3", "\\", "\\u12", "\xed\xa0\x80"};
+    static const char *const strs[] = {"\\ud800", "\\udc00x",    "\\u0000", "\\uZZZZ",
+                                       "\\x41",   "\xff\xfe",    "\xc3",    "\\",
+                                       "\\u12",   "\xed\xa0\x80"};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         char buf[512];
         int n = snprintf(buf, sizeof buf,
@@ -775,8 +765,8 @@ static void test_tokenizer_files(void) {
         tok_try("odd string", buf, (size_t)n);
     }
     /* hostile regexes: must fail to compile or run bounded */
-    static const char *const regexes[] = {"(", "[", "(?<!a+)b", "(a+)+$", "\\\\p{Nope}",
-                                          "(?R)", "a{99999999}", "", "(?=a)*", "\\\\"};
+    static const char *const regexes[] = {
+        "(", "[", "(?<!a+)b", "(a+)+$", "\\\\p{Nope}", "(?R)", "a{99999999}", "", "(?=a)*", "\\\\"};
     for (size_t i = 0; i < sizeof regexes / sizeof regexes[0]; i++) {
         char buf[512];
         int n = snprintf(buf, sizeof buf,
@@ -835,7 +825,8 @@ static void test_tokenizer_files(void) {
         nmlx_tokenizer_free(t);
         /* ~50 truncations: denser near the start (the components) */
         size_t end = len;
-        while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == ' ')) end--;
+        while (end > 0 && (buf[end - 1] == '\n' || buf[end - 1] == ' '))
+            end--;
         for (int k = 0; k < 50; k++) {
             size_t cut = k < 20 ? (size_t)k * (size_t)k * 3 : (end / 50) * (size_t)k + 7;
             if (cut >= end) cut = end - 1 - (size_t)k;
@@ -913,9 +904,9 @@ static void test_tokenizer_files(void) {
 static void test_tokenize_bytes(void) {
     nmlx_tokenizer *t = load_tok_text("tiny-bytes", TINY_TOK, sizeof TINY_TOK - 1, NULL);
     if (!t) return;
-    static const char *const texts[] = {"\xff", "\xc3", "\xe2\x82", "\xf0\x9f\x98",
-                                        "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\xaf",
-                                        "a\0b", "<s><s></s", "\x80\x80\x80\x80"};
+    static const char *const texts[] = {
+        "\xff",     "\xc3", "\xe2\x82",  "\xf0\x9f\x98",    "\xed\xa0\x80", "\xf4\x90\x80\x80",
+        "\xc0\xaf", "a\0b", "<s><s></s", "\x80\x80\x80\x80"};
     size_t lens[] = {1, 1, 2, 3, 3, 4, 2, 3, 9, 4};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         int32_t *ids = NULL;
@@ -1155,9 +1146,9 @@ static void cfg_variant(const char *name, const char *json, size_t len, void *ct
 }
 
 static void test_config_files(void) {
-    static const char *const fixtures[] = {"qwen3",           "gemma3_text", "phi3_longrope",
-                                           "ministral3_yarn", "mistral3_mm",
-                                           "quant_llama_q4g64_f16", "llama4_mm"};
+    static const char *const fixtures[] = {
+        "qwen3",       "gemma3_text",           "phi3_longrope", "ministral3_yarn",
+        "mistral3_mm", "quant_llama_q4g64_f16", "llama4_mm"};
     for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) {
         cur_fixture = fixtures[f];
         char *src = path_join(fixture_root, fixtures[f]);
@@ -1177,7 +1168,8 @@ static void test_config_files(void) {
         EXPECT(load_and_poke(dir) == NMLX_OK, "%s loads: %s", fixtures[f], nmlx_last_error());
         /* truncations: every offset up to the closing brace must fail */
         size_t end = len;
-        while (end > 0 && cfg[end - 1] != '}') end--;
+        while (end > 0 && cfg[end - 1] != '}')
+            end--;
         size_t step = end > 400 ? end / 200 : 1;
         for (size_t cut = 0; cut < end; cut += step) {
             write_all(p, cfg, cut);
@@ -1199,16 +1191,31 @@ static void test_config_files(void) {
         if (root) walk_replace(root, root, 0, cfg_variant, dir, &count, f < 2 ? 2000 : 600);
         EXPECT(count > 50, "%s: config variants tried: %d", fixtures[f], count);
         /* values that are the right type but absurd */
-        static const char *const keys[] = {
-            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
-            "rms_norm_eps", "rope_theta", "sliding_window", "partial_rotary_factor",
-            "query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping",
-            "sliding_window_pattern", "tie_word_embeddings", "eos_token_id", "bos_token_id"};
-        static const char *const absurd[] = {"0",      "-1",    "1",    "3",
-                                             "2147483648",          "1e18",  "1e-300",
-                                             "1e308",  "-0.0",  "9223372036854775807",
-                                             "[]",     "[0, -5, 99999999999]"};
+        static const char *const keys[] = {"hidden_size",
+                                           "intermediate_size",
+                                           "num_hidden_layers",
+                                           "num_attention_heads",
+                                           "num_key_value_heads",
+                                           "head_dim",
+                                           "vocab_size",
+                                           "max_position_embeddings",
+                                           "rms_norm_eps",
+                                           "rope_theta",
+                                           "sliding_window",
+                                           "partial_rotary_factor",
+                                           "query_pre_attn_scalar",
+                                           "final_logit_softcapping",
+                                           "attn_logit_softcapping",
+                                           "sliding_window_pattern",
+                                           "tie_word_embeddings",
+                                           "eos_token_id",
+                                           "bos_token_id"};
+        static const char *const absurd[] = {"0",          "-1",
+                                             "1",          "3",
+                                             "2147483648", "1e18",
+                                             "1e-300",     "1e308",
+                                             "-0.0",       "9223372036854775807",
+                                             "[]",         "[0, -5, 99999999999]"};
         for (size_t k = 0; root && k < sizeof keys / sizeof keys[0]; k++)
             for (size_t a = 0; a < sizeof absurd / sizeof absurd[0]; a++) {
                 json_t *copy = json_deep_copy(root);
@@ -1259,9 +1266,16 @@ static void test_config_files(void) {
             }
         json_decref(root);
         /* literals JSON does not have, duplicate keys, huge numbers, nesting */
-        static const char *const lits[] = {"NaN", "Infinity", "-Infinity", "nan", "1e400",
-                                           "-1e400", "123456789012345678901234567890", "0x10",
-                                           "'x'", "undefined"};
+        static const char *const lits[] = {"NaN",
+                                           "Infinity",
+                                           "-Infinity",
+                                           "nan",
+                                           "1e400",
+                                           "-1e400",
+                                           "123456789012345678901234567890",
+                                           "0x10",
+                                           "'x'",
+                                           "undefined"};
         for (size_t k = 0; k < sizeof lits / sizeof lits[0]; k++) {
             char buf[256];
             snprintf(buf, sizeof buf, "{\"model_type\": \"qwen3\", \"rope_theta\": %s}", lits[k]);
@@ -1289,9 +1303,13 @@ static void test_config_files(void) {
         free(deep);
         /* generation_config.json: truncations fail the load */
         char *gp = path_join(dir, "generation_config.json");
-        static const char *const gens[] = {"", "{", "[]", "{\"eos_token_id\": \"x\"}",
+        static const char *const gens[] = {"",
+                                           "{",
+                                           "[]",
+                                           "{\"eos_token_id\": \"x\"}",
                                            "{\"eos_token_id\": [1, 2.5]}",
-                                           "{\"temperature\": \"hot\"}", "{\"do_sample\": 1}",
+                                           "{\"temperature\": \"hot\"}",
+                                           "{\"do_sample\": 1}",
                                            "{\"top_k\": 1e400}"};
         for (size_t k = 0; k < sizeof gens / sizeof gens[0]; k++) {
             write_all(gp, gens[k], strlen(gens[k]));
@@ -1627,8 +1645,8 @@ static void test_safetensors_files(void) {
         memcpy(c, buf, len);
         memcpy(c + len, "xyz", 3);
         write_all(p, c, len + 3);
-        EXPECT(load_and_poke(dir) == NMLX_OK, "%s: trailing bytes after the data: %s",
-               de->d_name, nmlx_last_error());
+        EXPECT(load_and_poke(dir) == NMLX_OK, "%s: trailing bytes after the data: %s", de->d_name,
+               nmlx_last_error());
         free(c);
         free(p);
         free(buf);
@@ -1682,12 +1700,16 @@ static void test_safetensors_files(void) {
     /* an index naming shards that escape the folder, are missing, or loop */
     unlink(p);
     char *ip = path_join(dir, "model.safetensors.index.json");
-    static const char *const idx[] = {
-        "", "{}", "{\"weight_map\":[]}", "{\"weight_map\":{\"a\":\"../../etc/passwd\"}}",
-        "{\"weight_map\":{\"a\":\"/etc/passwd\"}}", "{\"weight_map\":{\"a\":\"missing.st\"}}",
-        "{\"weight_map\":{\"a\":\"model.safetensors.index.json\"}}",
-        "{\"weight_map\":{\"a\":5}}", "{\"weight_map\":{\"a\":\"\"}}",
-        "{\"weight_map\":{\"a\":\".\"}}"};
+    static const char *const idx[] = {"",
+                                      "{}",
+                                      "{\"weight_map\":[]}",
+                                      "{\"weight_map\":{\"a\":\"../../etc/passwd\"}}",
+                                      "{\"weight_map\":{\"a\":\"/etc/passwd\"}}",
+                                      "{\"weight_map\":{\"a\":\"missing.st\"}}",
+                                      "{\"weight_map\":{\"a\":\"model.safetensors.index.json\"}}",
+                                      "{\"weight_map\":{\"a\":5}}",
+                                      "{\"weight_map\":{\"a\":\"\"}}",
+                                      "{\"weight_map\":{\"a\":\".\"}}"};
     for (size_t k = 0; k < sizeof idx / sizeof idx[0]; k++) {
         write_all(ip, idx[k], strlen(idx[k]));
         EXPECT_FAIL(load_and_poke(dir), "index %s", idx[k]);
@@ -1710,12 +1732,10 @@ static void test_odd_files(void) {
         /* empty file */
         char *dir = model_copy("qwen3", "odd", nm);
         char *p = path_join(dir, nm);
-        if (is_tok) write_str(dir, k == 2 ? "tokenizer_config.json" : "tokenizer.json",
-                              TINY_TOK);
+        if (is_tok) write_str(dir, k == 2 ? "tokenizer_config.json" : "tokenizer.json", TINY_TOK);
         if (k == 2) { /* model load then loads our tokenizer */
             write_all(p, TINY_TOK, sizeof TINY_TOK - 1);
-            EXPECT(load_and_poke(dir) == NMLX_OK, "qwen3 + tiny tokenizer: %s",
-                   nmlx_last_error());
+            EXPECT(load_and_poke(dir) == NMLX_OK, "qwen3 + tiny tokenizer: %s", nmlx_last_error());
         }
         write_all(p, "", 0);
         EXPECT_FAIL(load_and_poke(dir), "empty %s", nm);
@@ -1761,8 +1781,7 @@ static void test_odd_files(void) {
             if (is_tok) {
                 nmlx_tokenizer *t = NULL;
                 st = nmlx_tokenizer_load(dir, &t);
-                EXPECT(k == 4 ? st == NMLX_OK : st != NMLX_OK, "tokenizer_load with FIFO %s",
-                       nm);
+                EXPECT(k == 4 ? st == NMLX_OK : st != NMLX_OK, "tokenizer_load with FIFO %s", nm);
                 nmlx_tokenizer_free(t);
             }
             unlink(p);
@@ -1854,66 +1873,54 @@ static void test_convert(void) {
 
 /* ---- 8. inputs the fuzzers found (tests/fuzz/regressions) ------------------ */
 
-static void test_fuzz_regressions(void) {
-    /* tokenizer.json files */
-    char *rd = path_join(test_src_dir(), "tests/fuzz/regressions/tokenizer_load");
-    DIR *d = opendir(rd);
+/* fn on every file of tests/fuzz/regressions/<kind> that can be read (its
+ * name and bytes); returns how many files there are. */
+static int each_regression(const char *kind,
+                           void (*fn)(const char *name, const unsigned char *b, size_t len,
+                                      void *ctx),
+                           void *ctx) {
+    char *rd = path_join(test_src_dir(), "tests/fuzz/regressions");
+    char *kd = path_join(rd, kind);
+    DIR *d = opendir(kd);
     struct dirent *de;
     int n = 0;
     while (d && (de = readdir(d))) {
         if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
+        char *f = path_join(kd, de->d_name);
         size_t len = 0;
         unsigned char *b = read_all(f, &len);
-        if (b) tok_try(de->d_name, (char *)b, len);
+        if (b) fn(de->d_name, b, len, ctx);
         free(b);
         free(f);
         n++;
     }
     if (d) closedir(d);
+    free(kd);
     free(rd);
-    /* safetensors files */
-    rd = path_join(test_src_dir(), "tests/fuzz/regressions/safetensors");
-    d = opendir(rd);
+    return n;
+}
+
+static void regression_tokenizer(const char *name, const unsigned char *b, size_t len, void *ctx) {
+    (void)ctx;
+    tok_try(name, (const char *)b, len);
+}
+
+/* ctx: a model file of a copy of qwen3, replaced by the input, then loaded */
+static void regression_model_file(const char *name, const unsigned char *b, size_t len, void *ctx) {
+    (void)name;
+    const char *const *dir_file = ctx;
+    char *p = path_join(dir_file[0], dir_file[1]);
+    write_all(p, b, len);
+    (void)load_and_poke(dir_file[0]);
+    free(p);
+}
+
+static void test_fuzz_regressions(void) {
+    int n = each_regression("tokenizer_load", regression_tokenizer, NULL);
     char *dir = model_copy("qwen3", "regr", "model.safetensors");
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
-        size_t len = 0;
-        unsigned char *b = read_all(f, &len);
-        char *p = path_join(dir, "model.safetensors");
-        if (b) {
-            write_all(p, b, len);
-            (void)load_and_poke(dir);
-        }
-        free(p);
-        free(b);
-        free(f);
-        n++;
-    }
-    if (d) closedir(d);
-    free(rd);
-    /* config.json files */
-    rd = path_join(test_src_dir(), "tests/fuzz/regressions/config");
-    d = opendir(rd);
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *f = path_join(rd, de->d_name);
-        size_t len = 0;
-        unsigned char *b = read_all(f, &len);
-        char *p = path_join(dir, "config.json");
-        if (b) {
-            unlink(p);
-            write_all(p, b, len);
-            (void)load_and_poke(dir);
-        }
-        free(p);
-        free(b);
-        free(f);
-        n++;
-    }
-    if (d) closedir(d);
-    free(rd);
+    const char *st[2] = {dir, "model.safetensors"}, *cfg[2] = {dir, "config.json"};
+    n += each_regression("safetensors", regression_model_file, st);
+    n += each_regression("config", regression_model_file, cfg);
     rm_rf(dir);
     free(dir);
     printf("fuzz regression inputs replayed: %d\n", n);

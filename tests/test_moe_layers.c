@@ -14,6 +14,8 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
 #include "harness.h"
+#include "model_util.h"
+#include "ckpt_util.h"
 #include "io/safetensors.h"
 #include "io/safetensors_write.h"
 #include "nmlx.h"
@@ -33,7 +35,8 @@
 static void test_gather_sort(void) {
     const int64_t E = 6, P = 53;
     int32_t idx[53];
-    for (int64_t p = 0; p < P; p++) idx[p] = (int32_t)(test_rand_u64() % (uint64_t)E);
+    for (int64_t p = 0; p < P; p++)
+        idx[p] = (int32_t)(test_rand_u64() % (uint64_t)E);
     idx[0] = 5;
     idx[1] = 5; /* a repeated expert, and expert 4 may stay empty */
     nmlx_switch_buffers b = {.n_experts = E};
@@ -43,7 +46,8 @@ static void test_gather_sort(void) {
     bool ok = b.start[0] == 0 && b.start[E] == P;
     for (int64_t e = 0; e < E; e++) {
         int64_t n = 0;
-        for (int64_t p = 0; p < P; p++) n += idx[p] == e;
+        for (int64_t p = 0; p < P; p++)
+            n += idx[p] == e;
         ok = ok && b.start[e + 1] - b.start[e] == n;
         for (int64_t s = b.start[e]; s < b.start[e + 1]; s++) {
             ok = ok && idx[b.order[s]] == e;
@@ -58,16 +62,18 @@ static void test_gather_sort(void) {
 /* ---- SwitchGLU vs naive ------------------------------------------------ */
 
 typedef struct {
-    void *w[3];           /* gate, up [E, H, D]; down [E, D, H] */
-    float *bias[3];       /* [E, H], [E, H], [E, D] */
+    void *w[3];            /* gate, up [E, H, D]; down [E, D, H] */
+    float *bias[3];        /* [E, H], [E, H], [E, D] */
     double *ew[3], *eb[3]; /* exact values for the reference */
 } rand_experts;
 
 static void fill(nmlx_dtype dt, void *buf, double *exact, int64_t n, float s) {
     for (int64_t i = 0; i < n; i++) {
         float f = test_randf(-s, s);
-        if (dt == NMLX_DT_F32) ((float *)buf)[i] = f;
-        else ((uint16_t *)buf)[i] = nmlx_f32_to_bf16(f);
+        if (dt == NMLX_DT_F32)
+            ((float *)buf)[i] = f;
+        else
+            ((uint16_t *)buf)[i] = nmlx_f32_to_bf16(f);
         exact[i] = nmlx_load_f32(dt, buf, (size_t)i);
     }
 }
@@ -92,15 +98,18 @@ static void check_switch_glu(nmlx_backend *be, nmlx_dtype dt, nmlx_switch_act ac
             t.data = (char *)r.w[m] + (size_t)(e * rows[m] * cols[m]) * nmlx_dtype_size(dt);
             ls[m]->w[e] = (nmlx_weight){.w = t, .rows = rows[m], .cols = cols[m]};
             if (bias)
-                ls[m]->bias[e] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1,
+                ls[m]->bias[e] = (nmlx_tensor){.dtype = NMLX_DT_F32,
+                                               .ndim = 1,
                                                .shape = {rows[m]},
                                                .data = r.bias[m] + e * rows[m]};
         }
     }
     float *x = malloc((size_t)(T * D) * sizeof(float)), *y = malloc((size_t)(T * k * D) * 4);
     int32_t idx[27];
-    for (int64_t i = 0; i < T * D; i++) x[i] = test_randf(-3.0f, 3.0f);
-    for (int64_t p = 0; p < T * k; p++) idx[p] = (int32_t)(test_rand_u64() % (uint64_t)E);
+    for (int64_t i = 0; i < T * D; i++)
+        x[i] = test_randf(-3.0f, 3.0f);
+    for (int64_t p = 0; p < T * k; p++)
+        idx[p] = (int32_t)(test_rand_u64() % (uint64_t)E);
     idx[3] = idx[4] = idx[5] = 2; /* one token sends all its slots to one expert */
     nmlx_switch_buffers b;
     EXPECT(nmlx_switch_buffers_alloc(&b, be, T * k, E, D, H) == NMLX_OK, "buffers");
@@ -126,7 +135,8 @@ static void check_switch_glu(nmlx_backend *be, nmlx_dtype dt, nmlx_switch_act ac
         }
         for (int64_t d = 0; d < D; d++) {
             double o = r.eb[2][e * D + d];
-            for (int64_t i = 0; i < H; i++) o += r.ew[2][(e * D + d) * H + i] * h[i];
+            for (int64_t i = 0; i < H; i++)
+                o += r.ew[2][(e * D + d) * H + i] * h[i];
             double err = fabs(y[p * D + d] - o) / (1.0 + fabs(o));
             if (err > worst) worst = err;
         }
@@ -151,9 +161,11 @@ static void test_route(void) {
     const int64_t E = 7, k = 3, T = 5;
     float logits[35], scores[15];
     int32_t idx[15];
-    for (int i = 0; i < 35; i++) logits[i] = test_randf(-4.0f, 4.0f);
+    for (int i = 0; i < 35; i++)
+        logits[i] = test_randf(-4.0f, 4.0f);
     for (int mode = 0; mode < 3; mode++) {
-        nmlx_moe_shape s = {.n_experts = E, .top_k = k,
+        nmlx_moe_shape s = {.n_experts = E,
+                            .top_k = k,
                             .routing = mode == 2 ? NMLX_MOE_TOPK_SOFTMAX : NMLX_MOE_SOFTMAX_TOPK,
                             .norm_topk = mode == 1};
         nmlx_moe_route(&s, logits, T, idx, scores);
@@ -162,13 +174,20 @@ static void test_route(void) {
         for (int64_t t = 0; t < T; t++) {
             const float *l = logits + t * E;
             int ref[7];
-            for (int e = 0; e < E; e++) ref[e] = e;
+            for (int e = 0; e < E; e++)
+                ref[e] = e;
             for (int a = 0; a < E; a++) /* selection sort, descending */
                 for (int c = a + 1; c < E; c++)
-                    if (l[ref[c]] > l[ref[a]]) { int tmp = ref[a]; ref[a] = ref[c]; ref[c] = tmp; }
+                    if (l[ref[c]] > l[ref[a]]) {
+                        int tmp = ref[a];
+                        ref[a] = ref[c];
+                        ref[c] = tmp;
+                    }
             double z = 0, zk = 0;
-            for (int e = 0; e < E; e++) z += exp(l[e]);
-            for (int j = 0; j < k; j++) zk += exp(l[ref[j]]);
+            for (int e = 0; e < E; e++)
+                z += exp(l[e]);
+            for (int j = 0; j < k; j++)
+                zk += exp(l[ref[j]]);
             for (int j = 0; j < k; j++) {
                 order_ok = order_ok && idx[t * k + j] == ref[j];
                 double want = exp(l[ref[j]]) / (mode == 0 ? z : zk);
@@ -182,99 +201,50 @@ static void test_route(void) {
 
 /* ---- stacked layout on the fixtures ------------------------------------ */
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    return b;
-}
-
-/* One rewritten checkpoint: items point into `keep` allocations. */
-typedef struct {
-    nmlx_st_item items[256];
-    size_t n;
-    void *keep[256];
-    size_t nkeep;
-} ckpt;
-
-static void *keep(ckpt *c, size_t bytes) { return c->keep[c->nkeep++] = calloc(1, bytes); }
-
-static void add(ckpt *c, const char *name, nmlx_dtype dt, int ndim, const int64_t *shape,
-                const void *data) {
-    nmlx_st_item *it = &c->items[c->n++];
-    it->name = strcpy(keep(c, strlen(name) + 1), name);
-    it->dtype = dt;
-    it->ndim = ndim;
-    for (int i = 0; i < ndim; i++) it->shape[i] = shape[i];
-    it->data = data;
-}
-
 /* Quantizes rows [R, cols] (8-bit affine, group 32, f32 scales) as `name`. */
 static void add_quant(ckpt *c, const char *name, int ndim, const int64_t *shape, const float *w) {
     int64_t cols = shape[ndim - 1], R = 1;
     char key[300];
     if (cols % 32) { /* as mlx-lm: widths not a multiple of the group stay float */
         snprintf(key, sizeof key, "%s.weight", name);
-        add(c, key, NMLX_DT_F32, ndim, shape, w);
+        ckpt_add(c, key, NMLX_DT_F32, ndim, shape, w);
         return;
     }
-    for (int i = 0; i < ndim - 1; i++) R *= shape[i];
+    for (int i = 0; i < ndim - 1; i++)
+        R *= shape[i];
     int64_t words = nmlx_quant_row_words(cols, 8), groups = cols / 32;
-    uint32_t *q = keep(c, (size_t)(R * words) * 4);
-    float *sc = keep(c, (size_t)(R * groups) * 4), *bi = keep(c, (size_t)(R * groups) * 4);
+    uint32_t *q = ckpt_keep(c, (size_t)(R * words) * 4);
+    float *sc = ckpt_keep(c, (size_t)(R * groups) * 4),
+          *bi = ckpt_keep(c, (size_t)(R * groups) * 4);
     for (int64_t r = 0; r < R; r++)
         nmlx_quant_quantize_row(NMLX_QUANT_AFFINE, 8, 32, w + r * cols, cols, q + r * words,
                                 sc + r * groups, bi + r * groups, NMLX_DT_F32);
     int64_t s2[4];
-    for (int i = 0; i < ndim; i++) s2[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        s2[i] = shape[i];
     s2[ndim - 1] = words;
     snprintf(key, sizeof key, "%s.weight", name);
-    add(c, key, NMLX_DT_U32, ndim, s2, q);
+    ckpt_add(c, key, NMLX_DT_U32, ndim, s2, q);
     s2[ndim - 1] = groups;
     snprintf(key, sizeof key, "%s.scales", name);
-    add(c, key, NMLX_DT_F32, ndim, s2, sc);
+    ckpt_add(c, key, NMLX_DT_F32, ndim, s2, sc);
     snprintf(key, sizeof key, "%s.biases", name);
-    add(c, key, NMLX_DT_F32, ndim, s2, bi);
+    ckpt_add(c, key, NMLX_DT_F32, ndim, s2, bi);
 }
 
+/* c and src's config.json (quant: with an 8-bit g32 quantization entry) */
 static bool write_ckpt(const ckpt *c, const char *src, const char *dir, bool quant) {
-    char path[600];
-    snprintf(path, sizeof path, "mkdir -p %s", dir);
-    if (system(path) != 0) return false;
-    snprintf(path, sizeof path, "%s/config.json", src);
-    json_t *cfg = json_load_file(path, 0, NULL);
-    if (quant) json_object_set_new(cfg, "quantization", json_pack("{s:i,s:i}", "group_size", 32, "bits", 8));
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    json_dump_file(cfg, path, JSON_INDENT(1));
-    json_decref(cfg);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    bool ok = fd >= 0 && nmlx_st_write_fd(fd, path, c->items, c->n) == NMLX_OK;
-    if (fd >= 0) close(fd);
+    json_t *edit =
+        quant ? json_pack("{s:{s:i,s:i}}", "quantization", "group_size", 32, "bits", 8) : NULL;
+    bool ok = ckpt_write(c, src, dir, edit);
+    json_decref(edit);
     return ok;
-}
-
-static void free_ckpt(ckpt *c) {
-    for (size_t i = 0; i < c->nkeep; i++) free(c->keep[i]);
-    c->nkeep = c->n = 0;
 }
 
 /* Prompt logits of the model at dir; caller frees. */
 static float *run_logits(const char *dir, const char *fixture, size_t *rows, size_t *V) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/expected.json", fixture);
-    json_t *exp = json_load_file(path, 0, NULL);
-    json_t *ids = json_object_get(exp, "prompt_ids");
-    size_t n = json_array_size(ids);
-    int32_t *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (int32_t)json_integer_value(json_array_get(ids, i));
-    json_decref(exp);
+    size_t n = 0;
+    int32_t *p = test_prompt_ids(fixture, &n);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     nmlx_model *m = NULL;
@@ -295,15 +265,6 @@ static float *run_logits(const char *dir, const char *fixture, size_t *rows, siz
     return out;
 }
 
-static double ratio_vs(const float *a, const float *ref, size_t n) {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        md = fmax(md, fabs((double)a[i] - ref[i]));
-        mr = fmax(mr, fabs((double)ref[i]));
-    }
-    return md / mr;
-}
-
 /* Rewrites a fixture's experts into mlx-lm's stacked layout (quant: 8-bit). */
 static void stack_fixture(const char *fixture, const char *dir, bool quant, bool per_expert_q) {
     nmlx_weights *ws = NULL;
@@ -317,7 +278,8 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
         const nmlx_tensor *t = nmlx_weights_at(ws, i);
         int layer, e;
         char proj[64];
-        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.%63[a-z_].weight", &layer, &e, proj) == 3) {
+        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.%63[a-z_].weight", &layer, &e, proj) ==
+            3) {
             if (per_expert_q) {
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s", layer, e, proj);
                 add_quant(&c, name, 2, t->shape, t->data);
@@ -331,7 +293,7 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                 if (!nmlx_weights_find(ws, name)) break;
             }
             size_t per = nmlx_tensor_nbytes(t);
-            float *st = keep(&c, per * (size_t)E);
+            float *st = ckpt_keep(&c, per * (size_t)E);
             for (int64_t x = 0; x < E; x++) {
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%lld.%s.weight", layer,
                          (long long)x, proj);
@@ -343,7 +305,7 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                 add_quant(&c, name, 3, shape, st);
             } else {
                 strcat(name, ".weight");
-                add(&c, name, t->dtype, 3, shape, st);
+                ckpt_add(&c, name, t->dtype, 3, shape, st);
             }
         } else if (sscanf(t->name, "model.layers.%d.mlp.experts.%63[a-z_]", &layer, proj) == 2) {
             /* gpt-oss: gate_up_proj [E, D, 2I], down_proj [E, I, D], biases */
@@ -351,7 +313,8 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
             int64_t E = t->shape[0];
             if (!strcmp(proj, "gate_up_proj")) {
                 int64_t D = t->shape[1], I = t->shape[2] / 2, sh[3] = {E, I, D};
-                float *g = keep(&c, (size_t)(E * I * D) * 4), *u = keep(&c, (size_t)(E * I * D) * 4);
+                float *g = ckpt_keep(&c, (size_t)(E * I * D) * 4),
+                      *u = ckpt_keep(&c, (size_t)(E * I * D) * 4);
                 for (int64_t x = 0; x < E; x++)
                     for (int64_t h = 0; h < I; h++)
                         for (int64_t d = 0; d < D; d++) {
@@ -359,39 +322,40 @@ static void stack_fixture(const char *fixture, const char *dir, bool quant, bool
                             u[(x * I + h) * D + d] = src[(x * D + d) * 2 * I + 2 * h + 1];
                         }
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, g);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, g);
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, u);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, u);
             } else if (!strcmp(proj, "gate_up_proj_bias")) {
                 int64_t I = t->shape[1] / 2, sh[2] = {E, I};
-                float *g = keep(&c, (size_t)(E * I) * 4), *u = keep(&c, (size_t)(E * I) * 4);
+                float *g = ckpt_keep(&c, (size_t)(E * I) * 4),
+                      *u = ckpt_keep(&c, (size_t)(E * I) * 4);
                 for (int64_t x = 0; x < E * I; x++) {
                     g[x] = src[2 * x];
                     u[x] = src[2 * x + 1];
                 }
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.bias", layer);
-                add(&c, name, NMLX_DT_F32, 2, sh, g);
+                ckpt_add(&c, name, NMLX_DT_F32, 2, sh, g);
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.bias", layer);
-                add(&c, name, NMLX_DT_F32, 2, sh, u);
+                ckpt_add(&c, name, NMLX_DT_F32, 2, sh, u);
             } else if (!strcmp(proj, "down_proj")) {
                 int64_t I = t->shape[1], D = t->shape[2], sh[3] = {E, D, I};
-                float *dn = keep(&c, (size_t)(E * I * D) * 4);
+                float *dn = ckpt_keep(&c, (size_t)(E * I * D) * 4);
                 for (int64_t x = 0; x < E; x++)
                     for (int64_t h = 0; h < I; h++)
                         for (int64_t d = 0; d < D; d++)
                             dn[(x * D + d) * I + h] = src[(x * I + h) * D + d];
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", layer);
-                add(&c, name, NMLX_DT_F32, 3, sh, dn);
+                ckpt_add(&c, name, NMLX_DT_F32, 3, sh, dn);
             } else {
                 snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.bias", layer);
-                add(&c, name, t->dtype, t->ndim, t->shape, t->data);
+                ckpt_add(&c, name, t->dtype, t->ndim, t->shape, t->data);
             }
         } else {
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
         }
     }
     EXPECT(write_ckpt(&c, fixture, dir, quant || per_expert_q), "write %s", dir);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
 }
 
@@ -403,8 +367,8 @@ static void test_stacked(const char *src_dir, const char *tmp) {
     size_t rows = 0, V = 0;
     float *got = run_logits(dir, fixture, &rows, &V);
     snprintf(path, sizeof path, "%s/logits.bin", fixture);
-    float *ref = (float *)slurp(path);
-    double r = got && ref ? ratio_vs(got, ref, rows * V) : 1.0;
+    float *ref = test_read_floats(path, rows * V);
+    double r = got && ref ? test_diff_over_max(got, ref, rows * V) : 1.0;
     printf("  %-20s stacked (mlx-lm layout)  max|diff|/max|ref| = %.3g\n", src_dir, r);
     EXPECT(got && r <= 1e-4, "%s stacked: ratio %g", src_dir, r);
     free(got);
@@ -420,7 +384,7 @@ static void test_stacked_quant(const char *src_dir, const char *tmp) {
     stack_fixture(fixture, b, false, true);
     size_t ra = 0, rb = 0, V = 0;
     float *la = run_logits(a, fixture, &ra, &V), *lb = run_logits(b, fixture, &rb, &V);
-    double r = la && lb && ra == rb ? ratio_vs(la, lb, ra * V) : 1.0;
+    double r = la && lb && ra == rb ? test_diff_over_max(la, lb, ra * V) : 1.0;
     printf("  %-20s stacked q8 vs per-expert q8  max|diff|/max|ref| = %.3g\n", src_dir, r);
     EXPECT(la && lb && r <= 1e-6, "%s stacked quantized: ratio %g", src_dir, r);
     free(la);
@@ -430,29 +394,8 @@ static void test_stacked_quant(const char *src_dir, const char *tmp) {
 /* Every allocation of loading + running a MoE model failing in turn: a clean
  * error each time, nothing leaked (sanitizer builds), then success. */
 static void test_fault_injection(const char *name) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/%s", test_src_dir(), name);
-    int32_t ids[5] = {1, 2, 3, 4, 5};
-    bool clean = true, done = false;
-    long last = 0;
-    for (long k = 1; k < 5000 && !done; k++) {
-        last = k;
-        nmlx_model_params mp = nmlx_model_default_params();
-        mp.n_threads = 1;
-        nmlx_model *m = NULL;
-        nmlx_session *s = NULL;
-        nmlx_test_fail_alloc_after(k);
-        nmlx_status st = nmlx_model_load(dir, &mp, &m);
-        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
-        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 5, 0);
-        nmlx_test_fail_alloc_after(0);
-        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
-        done = st == NMLX_OK;
-        nmlx_session_free(s);
-        nmlx_model_free(m);
-    }
-    printf("  %-20s fault injection: %ld allocations failed in turn\n", name, last - 1);
-    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", name);
+    const int32_t ids[5] = {1, 2, 3, 4, 5};
+    test_fixture_fault_sweep(name, ids, 5);
 }
 
 /* A missing expert tensor and an impossible top-k are errors naming them. */
@@ -466,15 +409,16 @@ static void test_bad_inputs(const char *tmp) {
     for (size_t i = 0; i < nmlx_weights_count(ws); i++) {
         const nmlx_tensor *t = nmlx_weights_at(ws, i);
         if (strcmp(t->name, "model.layers.1.mlp.experts.3.up_proj.weight") != 0)
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
     write_ckpt(&c, fixture, dir, false);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
     nmlx_model_params mp = nmlx_model_default_params();
     nmlx_model *m = NULL;
     nmlx_status st = nmlx_model_load(dir, &mp, &m);
-    EXPECT(st != NMLX_OK && strstr(nmlx_last_error(), "model.layers.1.mlp.experts.3.up_proj.weight"),
+    EXPECT(st != NMLX_OK &&
+               strstr(nmlx_last_error(), "model.layers.1.mlp.experts.3.up_proj.weight"),
            "missing expert: %s", nmlx_last_error());
     nmlx_model_free(m);
     /* top-k larger than the experts */
@@ -510,7 +454,8 @@ int main(void) {
     char tmp[] = "/tmp/nmlx_moe_XXXXXX";
     if (!mkdtemp(tmp)) return 1;
     const char *names[] = {"qwen3_moe", "holdout/qwen3_moe", "gpt_oss", "holdout/gpt_oss"};
-    for (int i = 0; i < 4; i++) test_stacked(names[i], tmp);
+    for (int i = 0; i < 4; i++)
+        test_stacked(names[i], tmp);
     test_stacked_quant("qwen3_moe", tmp);
     test_bad_inputs(tmp);
     test_fault_injection("holdout/qwen3_moe");

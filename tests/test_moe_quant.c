@@ -20,6 +20,8 @@
 #include "common.h"
 #include "emu_check.h"
 #include "harness.h"
+#include "model_util.h"
+#include "ckpt_util.h"
 #include "io/safetensors.h"
 #include "io/safetensors_write.h"
 #include "nmlx.h"
@@ -48,66 +50,6 @@ static bool int16_decode(void) {
 #endif
 }
 
-/* ---- checkpoint writing -------------------------------------------------- */
-
-typedef struct {
-    nmlx_st_item items[128];
-    size_t n;
-    void *keep[256];
-    size_t nkeep;
-} ckpt;
-
-static void *keep(ckpt *c, size_t bytes) { return c->keep[c->nkeep++] = calloc(1, bytes + 1); }
-
-static void add(ckpt *c, const char *name, nmlx_dtype dt, int ndim, const int64_t *shape,
-                const void *data) {
-    nmlx_st_item *it = &c->items[c->n++];
-    it->name = strcpy(keep(c, strlen(name) + 1), name);
-    it->dtype = dt;
-    it->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        it->shape[i] = shape[i];
-    it->data = data;
-}
-
-static void free_ckpt(ckpt *c) {
-    for (size_t i = 0; i < c->nkeep; i++)
-        free(c->keep[i]);
-    c->nkeep = c->n = 0;
-}
-
-/* Writes c and the fixture's config.json, edited by `edit` (may be NULL). */
-static bool write_ckpt(const ckpt *c, const char *fixture, const char *dir, json_t *edit) {
-    char path[700];
-    snprintf(path, sizeof path, "mkdir -p %s", dir);
-    if (system(path) != 0) return false;
-    snprintf(path, sizeof path, "%s/config.json", fixture);
-    json_t *cfg = json_load_file(path, 0, NULL);
-    if (edit) json_object_update(cfg, edit);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    json_dump_file(cfg, path, JSON_INDENT(1));
-    json_decref(cfg);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    bool ok = fd >= 0 && nmlx_st_write_fd(fd, path, c->items, c->n) == NMLX_OK;
-    if (fd >= 0) close(fd);
-    return ok;
-}
-
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 /* ---- running a model ------------------------------------------------------ */
 
 typedef struct {
@@ -116,25 +58,11 @@ typedef struct {
     int32_t greedy[8];
 } run_out;
 
-static int32_t argmax(const float *x, size_t n) {
-    size_t b = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return (int32_t)b;
-}
-
 /* Prompt logits and 8 greedy ids of the model at dir (quantize_bits: on load). */
 static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
-    char path[700];
     memset(o, 0, sizeof *o);
-    snprintf(path, sizeof path, "%s/expected.json", fixture);
-    json_t *exp = json_load_file(path, 0, NULL);
-    json_t *ids = json_object_get(exp, "prompt_ids");
-    size_t n = json_array_size(ids);
-    int32_t *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++)
-        p[i] = (int32_t)json_integer_value(json_array_get(ids, i));
-    json_decref(exp);
+    size_t n = 0;
+    int32_t *p = test_prompt_ids(fixture, &n);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.n_threads = 2;
     mp.quantize_bits = qbits;
@@ -149,11 +77,11 @@ static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
         const float *all = nmlx_session_all_logits(s, &o->rows);
         o->logits = malloc(o->rows * o->V * sizeof(float));
         memcpy(o->logits, all, o->rows * o->V * sizeof(float));
-        int32_t t = argmax(all + (o->rows - 1) * o->V, o->V);
+        int32_t t = test_argmax(all + (o->rows - 1) * o->V, o->V);
         for (int k = 0; k < 8 && ok; k++) {
             o->greedy[k] = t;
             ok = nmlx_session_eval(s, &t, 1, 0) == NMLX_OK;
-            t = argmax(nmlx_session_logits(s), o->V);
+            t = test_argmax(nmlx_session_logits(s), o->V);
         }
     }
     if (!ok) fprintf(stderr, "  %s: %s\n", dir, nmlx_last_error());
@@ -163,19 +91,11 @@ static bool run(const char *dir, const char *fixture, int qbits, run_out *o) {
     return ok;
 }
 
-static double ratio_vs(const float *a, const float *ref, size_t n) {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        md = fmax(md, fabs((double)a[i] - ref[i]));
-        mr = fmax(mr, fabs((double)ref[i]));
-    }
-    return md / mr;
-}
-
 static bool same_argmax(const run_out *a, const run_out *b) {
     if (a->rows != b->rows || a->V != b->V) return false;
     for (size_t r = 0; r < a->rows; r++)
-        if (argmax(a->logits + r * a->V, a->V) != argmax(b->logits + r * b->V, b->V)) return false;
+        if (test_argmax(a->logits + r * a->V, a->V) != test_argmax(b->logits + r * b->V, b->V))
+            return false;
     return !memcmp(a->greedy, b->greedy, sizeof a->greedy);
 }
 
@@ -271,41 +191,42 @@ static void oss_add_experts(ckpt *c, const oss_layer *L, int l, oss_kind kind) {
 #define NAME(fmt) (snprintf(k, sizeof k, "model.layers.%d.mlp.experts." fmt, l), k)
     if (kind == OSS_HF_BLOCKS) {
         int64_t gq[4] = {E, R, D / 32, 16}, dq[4] = {E, D, PAD_I / 32, 16}, gb[2] = {E, R};
-        add(c, NAME("gate_up_proj_blocks"), NMLX_DT_U8, 4, gq, L->gu_q);
-        add(c, NAME("gate_up_proj_scales"), NMLX_DT_U8, 3, gq, L->gu_s);
-        add(c, NAME("gate_up_proj_bias"), NMLX_DT_F32, 2, gb, L->gub);
-        add(c, NAME("down_proj_blocks"), NMLX_DT_U8, 4, dq, L->dn_q);
-        add(c, NAME("down_proj_scales"), NMLX_DT_U8, 3, dq, L->dn_s);
-        add(c, NAME("down_proj_bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
+        ckpt_add(c, NAME("gate_up_proj_blocks"), NMLX_DT_U8, 4, gq, L->gu_q);
+        ckpt_add(c, NAME("gate_up_proj_scales"), NMLX_DT_U8, 3, gq, L->gu_s);
+        ckpt_add(c, NAME("gate_up_proj_bias"), NMLX_DT_F32, 2, gb, L->gub);
+        ckpt_add(c, NAME("down_proj_blocks"), NMLX_DT_U8, 4, dq, L->dn_q);
+        ckpt_add(c, NAME("down_proj_scales"), NMLX_DT_U8, 3, dq, L->dn_s);
+        ckpt_add(c, NAME("down_proj_bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
     } else if (kind == OSS_MLX) { /* mlx-community: split gate/up rows, U32 rows */
         const char *wn[2] = {"gate_proj.weight", "up_proj.weight"};
         const char *sn[2] = {"gate_proj.scales", "up_proj.scales"};
         const char *bn[2] = {"gate_proj.bias", "up_proj.bias"};
         int64_t ws[3] = {E, PAD_I, D / 8}, ss[3] = {E, PAD_I, D / 32}, bs[2] = {E, PAD_I};
         for (int h = 0; h < 2; h++) {
-            uint8_t *q = keep(c, (size_t)(E * PAD_I * D / 2)),
-                    *s = keep(c, (size_t)(E * PAD_I * D / 32));
-            float *b = keep(c, (size_t)(E * PAD_I) * 4);
+            uint8_t *q = ckpt_keep(c, (size_t)(E * PAD_I * D / 2)),
+                    *s = ckpt_keep(c, (size_t)(E * PAD_I * D / 32));
+            float *b = ckpt_keep(c, (size_t)(E * PAD_I) * 4);
             for (int64_t r = 0; r < E * PAD_I; r++) {
                 memcpy(q + r * D / 2, L->gu_q + (2 * r + h) * D / 2, (size_t)D / 2);
                 memcpy(s + r * D / 32, L->gu_s + (2 * r + h) * D / 32, (size_t)D / 32);
                 b[r] = L->gub[2 * r + h];
             }
             snprintf(k, sizeof k, "model.layers.%d.mlp.experts.%s", l, wn[h]);
-            add(c, k, NMLX_DT_U32, 3, ws, q);
+            ckpt_add(c, k, NMLX_DT_U32, 3, ws, q);
             snprintf(k, sizeof k, "model.layers.%d.mlp.experts.%s", l, sn[h]);
-            add(c, k, NMLX_DT_U8, 3, ss, s);
+            ckpt_add(c, k, NMLX_DT_U8, 3, ss, s);
             snprintf(k, sizeof k, "model.layers.%d.mlp.experts.%s", l, bn[h]);
-            add(c, k, NMLX_DT_F32, 2, bs, b);
+            ckpt_add(c, k, NMLX_DT_F32, 2, bs, b);
         }
         int64_t dw[3] = {E, D, PAD_I / 8}, ds[3] = {E, D, PAD_I / 32};
-        add(c, NAME("down_proj.weight"), NMLX_DT_U32, 3, dw, L->dn_q);
-        add(c, NAME("down_proj.scales"), NMLX_DT_U8, 3, ds, L->dn_s);
-        add(c, NAME("down_proj.bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
+        ckpt_add(c, NAME("down_proj.weight"), NMLX_DT_U32, 3, dw, L->dn_q);
+        ckpt_add(c, NAME("down_proj.scales"), NMLX_DT_U8, 3, ds, L->dn_s);
+        ckpt_add(c, NAME("down_proj.bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
     } else { /* transformers' float layout: gate_up [E, D, 2I], down [E, I, D] */
         const float *gsrc = kind == OSS_F32_DEQ ? L->gu_deq : L->gu;
         const float *dsrc = kind == OSS_F32_DEQ ? L->dn_deq : L->dn;
-        float *g = keep(c, (size_t)(E * D * R) * 4), *d = keep(c, (size_t)(E * PAD_I * D) * 4);
+        float *g = ckpt_keep(c, (size_t)(E * D * R) * 4),
+              *d = ckpt_keep(c, (size_t)(E * PAD_I * D) * 4);
         for (int64_t e = 0; e < E; e++)
             for (int64_t x = 0; x < D; x++) {
                 for (int64_t o = 0; o < R; o++)
@@ -314,10 +235,10 @@ static void oss_add_experts(ckpt *c, const oss_layer *L, int l, oss_kind kind) {
                     d[(e * PAD_I + h) * D + x] = dsrc[(e * D + x) * PAD_I + h];
             }
         int64_t gs[3] = {E, D, R}, dsh[3] = {E, PAD_I, D}, gb[2] = {E, R};
-        add(c, NAME("gate_up_proj"), NMLX_DT_F32, 3, gs, g);
-        add(c, NAME("gate_up_proj_bias"), NMLX_DT_F32, 2, gb, L->gub);
-        add(c, NAME("down_proj"), NMLX_DT_F32, 3, dsh, d);
-        add(c, NAME("down_proj_bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
+        ckpt_add(c, NAME("gate_up_proj"), NMLX_DT_F32, 3, gs, g);
+        ckpt_add(c, NAME("gate_up_proj_bias"), NMLX_DT_F32, 2, gb, L->gub);
+        ckpt_add(c, NAME("down_proj"), NMLX_DT_F32, 3, dsh, d);
+        ckpt_add(c, NAME("down_proj_bias"), NMLX_DT_F32, 2, L->dnb->shape, L->dnb->data);
     }
 #undef NAME
 }
@@ -339,13 +260,13 @@ static bool oss_write(const char *fixture, const char *dir, oss_kind kind, int c
             oss_layer_build(&L[nl], ws, l);
             oss_add_experts(&c, &L[nl++], l, kind);
         } else {
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
         }
     }
     for (size_t i = 0; corrupt && i < c.n; i++) {
         if (corrupt == 1 &&
             !strcmp(c.items[i].name, "model.layers.1.mlp.experts.gate_up_proj_scales"))
-            c.items[i].shape[2] = 2, c.items[i].data = keep(&c, 4096);
+            c.items[i].shape[2] = 2, c.items[i].data = ckpt_keep(&c, 4096);
         if (corrupt == 2 && !strcmp(c.items[i].name, "model.layers.0.mlp.experts.down_proj_blocks"))
             c.items[i].dtype = NMLX_DT_F32, c.items[i].shape[3] = 4;
     }
@@ -361,11 +282,11 @@ static bool oss_write(const char *fixture, const char *dir, oss_kind kind, int c
         json_object_set(edit, "quantization", q);
         json_object_set_new(edit, "quantization_config", q);
     }
-    bool ok = write_ckpt(&c, fixture, dir, edit);
+    bool ok = ckpt_write(&c, fixture, dir, edit);
     json_decref(edit);
     for (int i = 0; i < nl; i++)
         oss_layer_free(&L[i]);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
     return ok;
 }
@@ -385,11 +306,12 @@ static void test_gpt_oss_mxfp4(const char *tmp) {
     if (ok) {
         size_t n = o[0].rows * o[0].V;
         snprintf(path, sizeof path, "%s/logits.bin", fixture);
-        float *ref = (float *)slurp(path, NULL);
-        double r_ab = ratio_vs(o[0].logits, o[1].logits, n);
-        double r_ac = ratio_vs(o[0].logits, o[2].logits, n);
-        double r_bc = ratio_vs(o[1].logits, o[2].logits, n);
-        double r_pad = ratio_vs(o[3].logits, ref, n), r_q = ratio_vs(o[0].logits, ref, n);
+        float *ref = test_read_floats(path, n);
+        double r_ab = test_diff_over_max(o[0].logits, o[1].logits, n);
+        double r_ac = test_diff_over_max(o[0].logits, o[2].logits, n);
+        double r_bc = test_diff_over_max(o[1].logits, o[2].logits, n);
+        double r_pad = ref ? test_diff_over_max(o[3].logits, ref, n) : INFINITY;
+        double r_q = ref ? test_diff_over_max(o[0].logits, ref, n) : INFINITY;
         printf("  gpt-oss MXFP4: HF _blocks vs mlx layout %.3g, HF vs f32 dequantized %.3g, "
                "mlx vs f32 dequantized %.3g\n",
                r_ab, r_ac, r_bc);
@@ -539,7 +461,7 @@ static bool write_dequantized(const char *dir, const char *out) {
         snprintf(k, sizeof k, "%.*s.scales", (int)(len - 7), t->name);
         const nmlx_tensor *s = len > 7 ? nmlx_weights_find(ws, k) : NULL;
         if (!s) {
-            add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
+            ckpt_add(&c, t->name, t->dtype, t->ndim, t->shape, t->data);
             continue;
         }
         snprintf(k, sizeof k, "%.*s.biases", (int)(len - 7), t->name);
@@ -548,7 +470,7 @@ static bool write_dequantized(const char *dir, const char *out) {
         for (int d = 0; d < t->ndim - 1; d++)
             R *= t->shape[d];
         int64_t C = G * 32, bits = words * 32 / C; /* group 32 */
-        float *w = keep(&c, (size_t)(R * C) * 4);
+        float *w = ckpt_keep(&c, (size_t)(R * C) * 4);
         const uint8_t *q = t->data;
         for (int64_t r = 0; r < R; r++)
             for (int64_t x = 0; x < C; x++) {
@@ -562,13 +484,13 @@ static bool write_dequantized(const char *dir, const char *out) {
         int64_t shape[4];
         memcpy(shape, t->shape, sizeof shape);
         shape[t->ndim - 1] = C;
-        add(&c, t->name, NMLX_DT_F32, t->ndim, shape, w);
+        ckpt_add(&c, t->name, NMLX_DT_F32, t->ndim, shape, w);
     }
     char path[2400];
     snprintf(path, sizeof path, "mkdir -p %s && cp %s/config.json %s/", out, dir, out);
     bool ok = system(path) == 0;
     json_t *edit = json_object();
-    ok = ok && write_ckpt(&c, out, out, edit);
+    ok = ok && ckpt_write(&c, out, out, edit);
     snprintf(path, sizeof path, "%s/config.json", out);
     json_t *cfg = json_load_file(path, 0, NULL);
     json_object_del(cfg, "quantization");
@@ -576,7 +498,7 @@ static bool write_dequantized(const char *dir, const char *out) {
     ok = ok && json_dump_file(cfg, path, JSON_INDENT(1)) == 0;
     json_decref(cfg);
     json_decref(edit);
-    free_ckpt(&c);
+    ckpt_free(&c);
     nmlx_weights_close(ws);
     return ok;
 }
@@ -679,13 +601,13 @@ static void test_convert(const char *name, const char *tmp, int bits) {
     EXPECT(ok, "%s %d-bit runs", name, bits);
     if (ok) {
         size_t n = conv.rows * conv.V;
-        double r_q = ratio_vs(conv.logits, qol.logits, n),
-               r_f = ratio_vs(conv.logits, f32.logits, n);
-        double r_d = ratio_vs(conv.logits, deq.logits, n);
+        double r_q = test_diff_over_max(conv.logits, qol.logits, n),
+               r_f = test_diff_over_max(conv.logits, f32.logits, n);
+        double r_d = test_diff_over_max(conv.logits, deq.logits, n);
         int agree = 0;
         for (size_t r = 0; r < conv.rows; r++)
-            agree +=
-                argmax(conv.logits + r * conv.V, conv.V) == argmax(f32.logits + r * f32.V, f32.V);
+            agree += test_argmax(conv.logits + r * conv.V, conv.V) ==
+                     test_argmax(f32.logits + r * f32.V, f32.V);
         printf("  %-10s %d-bit g32: convert vs quantize-on-load %.3g, vs f32 on the dequantized "
                "weights %.3g (argmax %s), vs float %.3g (argmax agrees at %d/%zu positions)\n",
                name, bits, r_q, r_d, same_argmax(&conv, &deq) ? "equal" : "DIFFERS", r_f, agree,
@@ -804,29 +726,15 @@ static void test_router_override(const char *tmp) {
  * clean error each time (no leak in sanitizer builds), then success. */
 static void test_fault_injection(const char *dir, int qbits) {
     int32_t ids[5] = {1, 2, 3, 4, 5};
-    bool clean = true, done = false;
-    long last = 0;
-    for (long k = 1; k < 20000 && !done; k++) {
-        last = k;
-        nmlx_model_params mp = nmlx_model_default_params();
-        mp.n_threads = 1;
-        mp.quantize_bits = qbits;
-        mp.quantize_group_size = 32;
-        nmlx_model *m = NULL;
-        nmlx_session *s = NULL;
-        nmlx_test_fail_alloc_after(k);
-        nmlx_status st = nmlx_model_load(dir, &mp, &m);
-        if (st == NMLX_OK) st = nmlx_session_create(m, NULL, &s);
-        if (st == NMLX_OK) st = nmlx_session_eval(s, ids, 5, 0);
-        nmlx_test_fail_alloc_after(0);
-        if (st != NMLX_OK && !nmlx_last_error()[0]) clean = false;
-        done = st == NMLX_OK;
-        nmlx_session_free(s);
-        nmlx_model_free(m);
-    }
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 1;
+    mp.quantize_bits = qbits;
+    mp.quantize_group_size = 32;
+    long failed = 0;
+    bool ok = test_load_fault_sweep(dir, &mp, ids, 5, 20000, &failed);
     printf("  fault injection %s (quantize_bits %d): %ld allocations failed in turn\n", dir, qbits,
-           last - 1);
-    EXPECT(clean && done, "%s: every failed allocation reports an error, then it loads", dir);
+           failed);
+    EXPECT(ok, "%s: every failed allocation reports an error, then it loads", dir);
 }
 
 int main(void) {

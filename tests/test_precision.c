@@ -12,6 +12,7 @@
  * with INVALID_ARG; where the CPU lacks AVX512_VNNI, "int8" fails with
  * UNSUPPORTED naming the need. */
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <jansson.h>
@@ -99,6 +100,27 @@ static void test_f32_decode(const char *rel) {
     free(ids), free(want), free(ref);
 }
 
+/* max|diff| / range of f32's logits between precision `precision` and "f32"
+ * on the 40-token prompt; NAN when either model fails to load or run (a
+ * test failure). */
+static double vs_f32(const char *dir, const char *precision) {
+    nmlx_status st;
+    nmlx_model *m = load(dir, precision, &st), *ref = load(dir, "f32", &st);
+    EXPECT(m && ref, "%s: load: %s", dir, nmlx_last_error());
+    double rel = NAN;
+    if (m && ref) {
+        int64_t V = nmlx_model_vocab_size(ref);
+        float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+        bool ok = prompt_logits(ref, a, V) && prompt_logits(m, b, V);
+        EXPECT(ok, "%s: eval", dir);
+        if (ok) rel = test_diff_over_range(b, a, V);
+        free(a), free(b);
+    }
+    nmlx_model_free(m);
+    nmlx_model_free(ref);
+    return rel;
+}
+
 int main(void) {
     nmlx_status st;
     for (size_t d = 0; d < sizeof DIRS / sizeof DIRS[0]; d++)
@@ -115,45 +137,17 @@ int main(void) {
     }
     nmlx_model_free(probe);
     for (size_t d = 0; d < sizeof DIRS / sizeof DIRS[0]; d++) {
-        nmlx_model *def = load(DIRS[d], NULL, &st), *f32 = load(DIRS[d], "f32", &st);
-        EXPECT(def && f32, "%s: load: %s", DIRS[d], nmlx_last_error());
-        if (def && f32) {
-            int64_t V = nmlx_model_vocab_size(def);
-            float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-            EXPECT(prompt_logits(f32, a, V) && prompt_logits(def, b, V), "%s: eval", DIRS[d]);
-            double diff = 0, lo = INFINITY, hi = -INFINITY;
-            for (int64_t i = 0; i < V; i++) {
-                diff = fmax(diff, fabs((double)a[i] - b[i]));
-                lo = fmin(lo, a[i]), hi = fmax(hi, a[i]);
-            }
-            printf("%-40s default vs f32: max|diff| / range %.2e\n", DIRS[d], diff / (hi - lo));
-            EXPECT(diff / (hi - lo) < 1e-3, "%s: default logits %.3g of the range from f32",
-                   DIRS[d], diff / (hi - lo));
-            free(a), free(b);
-        }
-        nmlx_model_free(def);
-        nmlx_model_free(f32);
+        double rel = vs_f32(DIRS[d], NULL);
+        if (isnan(rel)) continue;
+        printf("%-40s default vs f32: max|diff| / range %.2e\n", DIRS[d], rel);
+        EXPECT(rel < 1e-3, "%s: default logits %.3g of the range from f32", DIRS[d], rel);
     }
     for (size_t d = 0; d < sizeof DIRS / sizeof DIRS[0]; d++) {
-        nmlx_model *ref = load(DIRS[d], "f32", &st), *q8 = load(DIRS[d], "int8", &st);
-        EXPECT(ref && q8, "%s: load: %s", DIRS[d], nmlx_last_error());
-        if (ref && q8) {
-            int64_t V = nmlx_model_vocab_size(ref);
-            float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-            EXPECT(prompt_logits(ref, a, V) && prompt_logits(q8, b, V), "%s: eval", DIRS[d]);
-            double diff = 0, lo = INFINITY, hi = -INFINITY;
-            for (int64_t i = 0; i < V; i++) {
-                diff = fmax(diff, fabs((double)a[i] - b[i]));
-                lo = fmin(lo, a[i]), hi = fmax(hi, a[i]);
-            }
-            double rel = diff / (hi - lo);
-            printf("%-40s int8 vs f32: max|diff| / range %.2e\n", DIRS[d], rel);
-            EXPECT(rel > 0, "%s: int8 gave the f32 logits: the int8 path was not taken", DIRS[d]);
-            EXPECT(rel < 5e-2, "%s: int8 logits %.3g of the range away from f32", DIRS[d], rel);
-            free(a), free(b);
-        }
-        nmlx_model_free(ref);
-        nmlx_model_free(q8);
+        double rel = vs_f32(DIRS[d], "int8");
+        if (isnan(rel)) continue;
+        printf("%-40s int8 vs f32: max|diff| / range %.2e\n", DIRS[d], rel);
+        EXPECT(rel > 0, "%s: int8 gave the f32 logits: the int8 path was not taken", DIRS[d]);
+        EXPECT(rel < 5e-2, "%s: int8 logits %.3g of the range away from f32", DIRS[d], rel);
     }
     return test_summary();
 }

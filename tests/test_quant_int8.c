@@ -24,6 +24,7 @@
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 #include "harness.h"
+#include "quant_util.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -81,28 +82,10 @@ typedef struct {
 
 static void make_q(qmat *m, nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N,
                    nmlx_dtype sdt) {
-    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    nmlx_dtype st = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt;
-    size_t ses = nmlx_dtype_size(st);
-    uint32_t *packed = malloc((size_t)(D * words) * 4);
-    char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
+    const int64_t G = N / gs;
     float *src = malloc((size_t)(D * N) * sizeof(float));
-    for (int64_t i = 0; i < D * N; i++)
-        src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
-    for (int64_t d = 0; d < D; d++)
-        nmlx_quant_quantize_row(mode, bits, gs, src + d * N, N, packed + d * words,
-                                sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, sdt);
-    nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
-    nmlx_tensor ts = {.dtype = st, .ndim = 2, .shape = {D, G}, .data = sc}, tb = ts;
-    tb.data = bi;
-    m->w = (nmlx_weight){.w = tw,
-                         .scales = ts,
-                         .biases = tb,
-                         .mode = mode,
-                         .bits = bits,
-                         .group_size = gs,
-                         .rows = D,
-                         .cols = N};
+    m->w = test_quant_weight(mode, bits, gs, sdt, D, N, src);
+    void *sc = m->w.scales.data, *bi = m->w.biases.data;
     m->deq = src; /* reused */
     m->bia = malloc((size_t)(D * G) * sizeof(float));
     for (int64_t d = 0; d < D; d++) {

@@ -10,6 +10,7 @@
 #include "compute/cpu/quant_kernels.h"
 #include "compute/quant.h"
 #include "harness.h"
+#include "quant_util.h"
 
 #include <string.h>
 
@@ -106,31 +107,8 @@ typedef struct {
 
 static void make_q(qmat *m, nmlx_quant_mode mode, int bits, int gs, int64_t D, int64_t N,
                    nmlx_dtype sdt) {
-    int64_t words = nmlx_quant_row_words(N, bits), G = N / gs;
-    size_t ses = mode == NMLX_QUANT_MXFP4 ? 1 : nmlx_dtype_size(sdt);
-    uint32_t *packed = malloc((size_t)(D * words) * 4);
-    char *sc = malloc((size_t)(D * G) * ses), *bi = malloc((size_t)(D * G) * ses);
     m->src = malloc((size_t)(D * N) * sizeof(float));
-    for (int64_t i = 0; i < D * N; i++)
-        m->src[i] = test_randf(-1, 1) * (1 + (i % 7) * 0.3f);
-    for (int64_t d = 0; d < D; d++)
-        nmlx_quant_quantize_row(mode, bits, gs, m->src + d * N, N, packed + d * words,
-                                sc + (size_t)(d * G) * ses, bi + (size_t)(d * G) * ses, sdt);
-    nmlx_tensor tw = {.dtype = NMLX_DT_U32, .ndim = 2, .shape = {D, words}, .data = packed};
-    nmlx_tensor ts = {.dtype = mode == NMLX_QUANT_MXFP4 ? NMLX_DT_U8 : sdt,
-                      .ndim = 2,
-                      .shape = {D, G},
-                      .data = sc};
-    nmlx_tensor tb = ts;
-    tb.data = bi;
-    m->w = (nmlx_weight){.w = tw,
-                         .scales = ts,
-                         .biases = tb,
-                         .mode = mode,
-                         .bits = bits,
-                         .group_size = gs,
-                         .rows = D,
-                         .cols = N};
+    m->w = test_quant_weight(mode, bits, gs, sdt, D, N, m->src);
 }
 
 static void free_q(qmat *m) {

@@ -1,5 +1,5 @@
 /* Part of test_cuda_ops.c (included after its helpers: cpu, gpu, keep,
- * dev_of, rand_floats, rel_err, check_ok, encode, note): the family ops of
+ * dev_of, rel_err, check_ok, encode, note): the family ops of
  * cuda_family_ops.cu against the CPU ops on random inputs, odd sizes:
  * swiglu_clipped (gate/up past the limit, out aliasing gate), gaussian_topk,
  * rms_match, mul_rows (F32/F16/BF16 weights), altup_predict and
@@ -17,7 +17,7 @@ enum { FAM_SWIGLU = 18, FAM_TOPK, FAM_MATCH, FAM_MULROWS, FAM_PREDICT, FAM_CORRE
 static const double FAM_TOL = 1e-6;
 
 static void check_swiglu_clipped(int64_t n, float alpha, float limit) {
-    float *g = rand_floats((size_t)n, -12, 12), *u = rand_floats((size_t)n, -12, 12);
+    float *g = test_rand_floats((size_t)n, -12, 12), *u = test_rand_floats((size_t)n, -12, 12);
     float *ref = malloc((size_t)n * sizeof(float));
     cpu->ops->swiglu_clipped(cpu, g, u, ref, n, alpha, limit);
     float *dg = dev_of(g, (size_t)n), *du = dev_of(u, (size_t)n);
@@ -32,7 +32,7 @@ static void check_swiglu_clipped(int64_t n, float alpha, float limit) {
 
 static void check_gaussian_topk(int64_t R, int64_t n, float mult) {
     size_t N = (size_t)(R * n);
-    float *x = rand_floats(N, -3, 5), *ref = malloc(N * sizeof(float));
+    float *x = test_rand_floats(N, -3, 5), *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->gaussian_topk(cpu, ref, R, n, mult);
     float *dx = dev_of(x, N);
@@ -47,7 +47,7 @@ static void check_gaussian_topk(int64_t R, int64_t n, float mult) {
 
 static void check_rms_match(int64_t T, int64_t D, float eps) {
     size_t N = (size_t)(T * D);
-    float *r = rand_floats(N, -3, 3), *x = rand_floats(N, -0.01f, 0.02f);
+    float *r = test_rand_floats(N, -3, 3), *x = test_rand_floats(N, -0.01f, 0.02f);
     float *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->rms_match(cpu, r, ref, T, D, eps);
@@ -65,7 +65,7 @@ static void check_rms_match(int64_t T, int64_t D, float eps) {
 /* a prepared float tensor of shape [n] or [a, b] from random values in [lo, hi) */
 static nmlx_tensor fam_tensor(nmlx_dtype dt, int64_t a, int64_t b, float lo, float hi,
                               const nmlx_tensor **dev) {
-    float *v = rand_floats((size_t)(a * (b ? b : 1)), lo, hi);
+    float *v = test_rand_floats((size_t)(a * (b ? b : 1)), lo, hi);
     nmlx_tensor t = {.dtype = dt, .ndim = b ? 2 : 1, .shape = {a, b}, .name = "fam"};
     t.data = keep(encode(dt, v, (size_t)(a * (b ? b : 1))));
     free(v);
@@ -77,7 +77,7 @@ static void check_mul_rows(nmlx_dtype dt, int64_t R, int64_t D) {
     size_t N = (size_t)(R * D);
     const nmlx_tensor *pw = NULL;
     nmlx_tensor w = fam_tensor(dt, D, 0, -2, 2, &pw);
-    float *x = rand_floats(N, -3, 3), *ref = malloc(N * sizeof(float));
+    float *x = test_rand_floats(N, -3, 3), *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->mul_rows(cpu, ref, &w, R, D);
     float *dx = dev_of(x, N);
@@ -97,8 +97,8 @@ static void check_altup(nmlx_dtype dt, int64_t K, int64_t T, int64_t D, int64_t 
                         int64_t active) {
     int64_t stride = T * D + pad;
     size_t N = (size_t)(K * stride), TD = (size_t)(T * D);
-    float *x = rand_floats(N, -2, 2), *router = rand_floats((size_t)(T * K), -3, 3);
-    float *act = rand_floats(TD, -2, 2);
+    float *x = test_rand_floats(N, -2, 2), *router = test_rand_floats((size_t)(T * K), -3, 3);
+    float *act = test_rand_floats(TD, -2, 2);
     float *ref = malloc(N * sizeof(float));
     const nmlx_tensor *pp = NULL, *pc = NULL;
     nmlx_tensor pred = fam_tensor(dt, K * K, K, -1, 1, &pp);
@@ -130,7 +130,7 @@ static void check_altup(nmlx_dtype dt, int64_t K, int64_t T, int64_t D, int64_t 
 
 static void check_rope_interleaved(int64_t T, int64_t H, int64_t HD, int64_t pos0) {
     size_t N = (size_t)(T * H * HD);
-    float *x = rand_floats(N, -2, 2), *freqs = rand_floats((size_t)(HD / 2), 0.0001f, 1.0f);
+    float *x = test_rand_floats(N, -2, 2), *freqs = test_rand_floats((size_t)(HD / 2), 0.0001f, 1.0f);
     float *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     nmlx_rope_interleaved(ref, T, H, HD, pos0, freqs);

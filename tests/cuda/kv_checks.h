@@ -1,4 +1,4 @@
-/* Part of test_cuda_fixtures.c (after its helpers: read_floats, argmax,
+/* Part of test_cuda_fixtures.c (after model_util.h, which has test_argmax, and
  * N_GREEDY): the experimental CUDA paths.
  *  - check_refusals: without NMLX_CUDA_EXPERIMENTAL the MoE, Gemma 3n and
  *    Llama 4 fixtures and a kv_bits session are refused on cuda with
@@ -112,7 +112,7 @@ static void check_kv(const char *dir, const char *name) {
                 md = fmax(md, fabs((double)a[r * V + j] - b[r * V + j]));
                 mr = fmax(mr, fabs((double)a[r * V + j]));
             }
-            agree += argmax(a + r * V, V) == argmax(b + r * V, V);
+            agree += test_argmax(a + r * V, V) == test_argmax(b + r * V, V);
         }
         double tol = bits == 8 ? 2e-2 : 1e-1;
         printf("%-36s kv_bits %d g%-3d cuda vs cpu  max|diff|/max|logit| %.2e  argmax %zu/%zu\n",

@@ -21,6 +21,7 @@
  * batch size, then "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <stdbool.h>
@@ -55,30 +56,6 @@ static const fixture FIXTURES[] = {
 };
 
 enum { MAX_SESSIONS = 40, STEPS = 10 };
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t next_u32(void) {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static int32_t argmax(const float *x, int64_t n) {
-    int32_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = (int32_t)i;
-    return best;
-}
-
-/* max |a - b| over the range of b (NaN counts as a failure: returns inf) */
-static double rel_diff(const float *a, const float *b, int64_t n) {
-    double d = 0, lo = INFINITY, hi = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]);
-        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
-        lo = fmin(lo, b[i]), hi = fmax(hi, b[i]);
-    }
-    return d / fmax(hi - lo, 1e-30);
-}
 
 typedef struct pair {
     nmlx_session *batched, *alone;
@@ -119,16 +96,16 @@ static void check_batch(nmlx_model *m, const fixture *f, const char *precision, 
             continue;
         }
         int32_t prompt[40];
-        int len = 1 + (int)(next_u32() % 40);
+        int len = 1 + (int)(test_rand_u32() % 40);
         for (int t = 0; t < len; t++)
-            prompt[t] = (int32_t)(next_u32() % (uint32_t)V);
+            prompt[t] = (int32_t)(test_rand_u32() % (uint32_t)V);
         bool ok = nmlx_session_eval(ps[i].batched, prompt, (size_t)len, 0) == NMLX_OK &&
                   nmlx_session_eval(ps[i].alone, prompt, (size_t)len, 0) == NMLX_OK;
         EXPECT(ok, "%s: prefill: %s", f->dir, nmlx_last_error());
         setup_ok = setup_ok && ok;
-        if (ok) ps[i].next = argmax(nmlx_session_logits(ps[i].alone), V);
-        ps[i].joins_at = i == 0 ? 0 : (int)(next_u32() % 4);
-        ps[i].leaves_at = i == 0 ? STEPS : STEPS - (int)(next_u32() % 4);
+        if (ok) ps[i].next = test_argmax(nmlx_session_logits(ps[i].alone), V);
+        ps[i].joins_at = i == 0 ? 0 : (int)(test_rand_u32() % 4);
+        ps[i].leaves_at = i == 0 ? STEPS : STEPS - (int)(test_rand_u32() % 4);
     }
     double worst = 0;
     int session_steps = 0, bit_equal = 0, id_diffs = 0, steps_run = 0, max_k = 0;
@@ -156,8 +133,8 @@ static void check_batch(nmlx_model *m, const fixture *f, const char *precision, 
             }
             session_steps++;
             if (!memcmp(a, b, (size_t)V * sizeof(float))) bit_equal++;
-            worst = fmax(worst, rel_diff(b, a, V));
-            int32_t ia = argmax(a, V), ib = argmax(b, V);
+            worst = fmax(worst, test_diff_over_range(b, a, V));
+            int32_t ia = test_argmax(a, V), ib = test_argmax(b, V);
             if (ia != ib) id_diffs++;
             p->next = ia;
             EXPECT(nmlx_session_position(p->alone) == nmlx_session_position(p->batched),
@@ -205,19 +182,7 @@ static nmlx_model *load(const fixture *f, const char *precision) {
 }
 
 int main(void) {
-    /* a load probes for a GPU: no GPU here means skip, not fail */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/qwen3", test_src_dir());
-    nmlx_model_params mp = nmlx_model_default_params();
-    mp.no_tokenizer = 1;
-    mp.device = "cuda";
-    nmlx_model *probe = NULL;
-    if (nmlx_model_load(dir, &mp, &probe) == NMLX_ERR_UNSUPPORTED &&
-        strstr(nmlx_last_error(), "device 'cuda")) {
-        printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
-        return 77;
-    }
-    nmlx_model_free(probe);
+    if (test_no_cuda_device()) return 77;     /* skip, not fail */
     setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* MoE, Llama 4 */
     const int sizes[] = {1, 3, 8, 12, 40};
     for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++)

@@ -20,6 +20,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "harness.h"
+#include "model_util.h"
 #include "nmlx.h"
 
 #include <dirent.h>
@@ -43,31 +44,10 @@ static const char *const MUST_RUN[] = {"llama3_tied", "llama_untied_linear_bias"
 /* Fixtures of the experimental paths: refused unless NMLX_CUDA_EXPERIMENTAL=1. */
 static const char *const EXPERIMENTAL[] = {"gpt_oss", "qwen3_moe", "gemma3n", "llama4_text", NULL};
 
-static float *read_floats(const char *path, size_t count) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    float *v = malloc(count * sizeof(float) + 1);
-    size_t got = v ? fread(v, sizeof(float), count, f) : 0;
-    int extra = fgetc(f);
-    fclose(f);
-    if (got != count || extra != EOF) {
-        free(v);
-        return NULL;
-    }
-    return v;
-}
-
 typedef struct {
     double max_diff, max_ref;
     long first_bad_argmax;
 } cmp_stats;
-
-static size_t argmax(const float *v, int32_t n) {
-    size_t b = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (v[i] > v[b]) b = (size_t)i;
-    return b;
-}
 
 static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref, int32_t V) {
     for (int32_t i = 0; i < V; i++) {
@@ -75,19 +55,8 @@ static void cmp_row(cmp_stats *c, size_t row, const float *got, const float *ref
         if (!(d <= c->max_diff)) c->max_diff = d; /* NaN counts as failure */
         if (r > c->max_ref) c->max_ref = r;
     }
-    if (c->first_bad_argmax < 0 && argmax(got, V) != argmax(ref, V)) c->first_bad_argmax = (long)row;
-}
-
-static int collect(void *user, int32_t id, const char *text, size_t len) {
-    (void)text;
-    (void)len;
-    int32_t *ids = user;
-    for (int i = 0; i < N_GREEDY; i++)
-        if (ids[i] < 0) {
-            ids[i] = id;
-            break;
-        }
-    return 0;
+    if (c->first_bad_argmax < 0 && test_argmax(got, V) != test_argmax(ref, V))
+        c->first_bad_argmax = (long)row;
 }
 
 static bool must_run(const char *name) {
@@ -105,7 +74,8 @@ static void check(const char *dir, const char *name, const char *precision) {
     json_error_t err;
     json_t *root = json_load_file(p, 0, &err);
     if (!root) return; /* not a fixture folder */
-    json_t *prompt = json_object_get(root, "prompt_ids"), *greedy = json_object_get(root, "greedy_ids");
+    json_t *prompt = json_object_get(root, "prompt_ids"),
+           *greedy = json_object_get(root, "greedy_ids");
     const char *dtype = json_string_value(json_object_get(root, "dtype"));
     int32_t V = (int32_t)json_integer_value(json_object_get(root, "vocab_size"));
     size_t T = json_array_size(prompt);
@@ -117,14 +87,15 @@ static void check(const char *dir, const char *name, const char *precision) {
     }
     const double tol = quant && !precision ? QUANT_TOL : F32_TOL;
     int32_t *ids = malloc((T + 1) * sizeof *ids), want[N_GREEDY];
-    for (size_t i = 0; i < T; i++) ids[i] = (int32_t)json_integer_value(json_array_get(prompt, i));
+    for (size_t i = 0; i < T; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(prompt, i));
     for (int i = 0; i < N_GREEDY; i++)
         want[i] = (int32_t)json_integer_value(json_array_get(greedy, (size_t)i));
     json_decref(root);
     snprintf(p, sizeof p, "%s/logits.bin", path);
-    float *ref = read_floats(p, T * (size_t)V);
+    float *ref = test_read_floats(p, T * (size_t)V);
     snprintf(p, sizeof p, "%s/greedy_logits.bin", path);
-    float *gref = read_floats(p, N_GREEDY * (size_t)V);
+    float *gref = test_read_floats(p, N_GREEDY * (size_t)V);
 
     nmlx_model_params mp = nmlx_model_default_params();
     mp.no_tokenizer = 1;
@@ -168,19 +139,11 @@ static void check(const char *dir, const char *name, const char *precision) {
     s = NULL;
 
     int32_t got[N_GREEDY];
-    for (int i = 0; i < N_GREEDY; i++) got[i] = -1;
+    size_t n_got = 0;
+    for (int i = 0; i < N_GREEDY; i++)
+        got[i] = -1;
     st = nmlx_session_create(m, NULL, &s);
-    if (st == NMLX_OK) {
-        nmlx_generate_params gp = nmlx_generate_default_params();
-        gp.sampler = nmlx_sampler_default_params();
-        gp.sampler.temperature = 0.0f;
-        gp.max_tokens = N_GREEDY;
-        gp.ignore_eos = 1;
-        gp.on_token = collect;
-        gp.user = got;
-        nmlx_generate_result res;
-        st = nmlx_generate(s, ids, T, &gp, &res);
-    }
+    if (st == NMLX_OK) st = test_greedy_ids(s, ids, T, got, N_GREEDY, &n_got, NULL);
     EXPECT(st == NMLX_OK, "%s: generate: %s", path, nmlx_last_error());
     bool greedy_ok = memcmp(got, want, sizeof got) == 0;
     EXPECT(greedy_ok, "%s: greedy ids differ from transformers", path);
@@ -200,7 +163,10 @@ static void check(const char *dir, const char *name, const char *precision) {
                    pre.first_bad_argmax, dec.first_bad_argmax);
     }
     printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s\n", path,
-           bf16 ? "bf16" : precision ? "f32 (precision f32)" : "f32", rp, pre.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", rd,
+           bf16        ? "bf16"
+           : precision ? "f32 (precision f32)"
+                       : "f32",
+           rp, pre.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", rd,
            dec.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", greedy_ok ? "ok" : "MISMATCH");
 done:
     nmlx_session_free(s);
@@ -237,19 +203,8 @@ static void run_dir(const char *dir, const char *precision) {
 }
 
 int main(void) {
-    /* a 1-token load probes for a GPU: no GPU here means skip, not fail */
+    if (test_no_cuda_device()) return 77; /* skip, not fail */
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/qwen3", test_src_dir());
-    nmlx_model_params mp = nmlx_model_default_params();
-    mp.no_tokenizer = 1;
-    mp.device = "cuda";
-    nmlx_model *m = NULL;
-    if (nmlx_model_load(dir, &mp, &m) == NMLX_ERR_UNSUPPORTED &&
-        strstr(nmlx_last_error(), "device 'cuda")) {
-        printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
-        return 77;
-    }
-    nmlx_model_free(m);
     /* the experimental paths are refused without the variable, then run */
     unsetenv("NMLX_CUDA_EXPERIMENTAL");
     snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());

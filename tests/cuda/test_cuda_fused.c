@@ -15,6 +15,7 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "model_util.h" /* test_diff_over_max */
 #include "model.h"
 #include "nmlx.h"
 #include "qweight.h"
@@ -24,13 +25,6 @@
 
 static nmlx_backend *cpu, *gpu;
 static double worst_cpu[3], worst_gpu[3]; /* add_rmsnorm, rope_kv, gate_up_act */
-
-static float *rand_floats(size_t n, float lo, float hi) {
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        v[i] = test_randf(lo, hi);
-    return v;
-}
 
 static float *dev_of(const float *h, size_t n) {
     float *d = gpu->ops->alloc(gpu, n * sizeof(float));
@@ -54,17 +48,6 @@ static float *host_of(const float *d, size_t n) {
         h[i] = NAN;
     gpu->ops->download(gpu, h, d, n * sizeof(float));
     return h;
-}
-
-/* max|got - ref| / max|ref| (NaN anywhere: infinity) */
-static double rel(const float *got, const float *ref, size_t n) {
-    double md = 0, mr = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!(d <= md)) md = d == d ? d : INFINITY;
-        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
-    }
-    return md / mr;
 }
 
 static void check_ok(const char *what) {
@@ -104,7 +87,7 @@ static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) 
 
 static void test_add_rmsnorm(int64_t R, int64_t D, nmlx_dtype wdt, bool weight, float off) {
     size_t n = (size_t)(R * D);
-    float *x = rand_floats(n, -3, 3), *d = rand_floats(n, -3, 3);
+    float *x = test_rand_floats(n, -3, 3), *d = test_rand_floats(n, -3, 3);
     nmlx_tensor hw;
     const nmlx_tensor *dw = norm_weight(wdt, D, &hw);
     float *x_ref = malloc(n * sizeof(float)), *y_ref = malloc(n * sizeof(float));
@@ -117,8 +100,8 @@ static void test_add_rmsnorm(int64_t R, int64_t D, nmlx_dtype wdt, bool weight, 
     gpu->ops->rmsnorm(gpu, ux, weight ? dw : NULL, off, 1e-6f, uy, R, D);
     check_ok("add_rmsnorm");
     float *gx = host_of(dx, n), *gy = host_of(dy, n), *hx = host_of(ux, n), *hy = host_of(uy, n);
-    double e = fmax(rel(gx, x_ref, n), rel(gy, y_ref, n));
-    double u = fmax(rel(gx, hx, n), rel(gy, hy, n));
+    double e = fmax(test_diff_over_max(gx, x_ref, n), test_diff_over_max(gy, y_ref, n));
+    double u = fmax(test_diff_over_max(gx, hx, n), test_diff_over_max(gy, hy, n));
     EXPECT(e <= 1e-6 && u <= 1e-6, "add_rmsnorm R=%lld D=%lld: vs cpu %.2e, vs cuda unfused %.2e",
            (long long)R, (long long)D, e, u);
     worst_cpu[0] = fmax(worst_cpu[0], e), worst_gpu[0] = fmax(worst_gpu[0], u);
@@ -137,8 +120,9 @@ typedef struct rkv_case {
 static void test_rope_kv(const rkv_case *c) {
     size_t nq = (size_t)(c->T * c->H * c->HD), nk = (size_t)(c->T * c->KVH * c->HD);
     size_t nc = (size_t)(c->KVH * c->cap * c->HD);
-    float *q = rand_floats(nq, -2, 2), *k = rand_floats(nk, -2, 2), *v = rand_floats(nk, -2, 2);
-    float *kc = rand_floats(nc, -1, 1), *vc = rand_floats(nc, -1, 1);
+    float *q = test_rand_floats(nq, -2, 2), *k = test_rand_floats(nk, -2, 2),
+          *v = test_rand_floats(nk, -2, 2);
+    float *kc = test_rand_floats(nc, -1, 1), *vc = test_rand_floats(nc, -1, 1);
     float *fr = malloc((size_t)(c->rot / 2 + 1) * sizeof(float));
     for (int64_t i = 0; i < c->rot / 2; i++)
         fr[i] = (float)pow(500000.0, -2.0 * (double)i / (double)c->rot);
@@ -198,8 +182,10 @@ static void test_rope_kv(const rkv_case *c) {
     float *gq = host_of(dq, nq), *gkc = host_of(dkc, nc), *gvc = host_of(dvc, nc);
     float *hq2 = host_of(uq, nq), *hkc = host_of(ukc, nc);
     float *hvc = host_of(uvc, nc);
-    double e = fmax(rel(gq, rq, nq), fmax(rel(gkc, rkc, nc), rel(gvc, rvc, nc)));
-    double u = fmax(rel(gq, hq2, nq), fmax(rel(gkc, hkc, nc), rel(gvc, hvc, nc)));
+    double e = fmax(test_diff_over_max(gq, rq, nq),
+                    fmax(test_diff_over_max(gkc, rkc, nc), test_diff_over_max(gvc, rvc, nc)));
+    double u = fmax(test_diff_over_max(gq, hq2, nq),
+                    fmax(test_diff_over_max(gkc, hkc, nc), test_diff_over_max(gvc, hvc, nc)));
     EXPECT(e <= 1e-6 && u <= 1e-6,
            "rope_kv T=%lld H=%lld KVH=%lld HD=%lld rot=%lld norm=%d rope=%d: vs cpu %.2e, vs "
            "cuda unfused %.2e",
@@ -225,11 +211,11 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     const nmlx_tensor *db[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {
         hb[i] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1, .shape = {I}, .name = "b"};
-        hb[i].data = keep(rand_floats((size_t)I, -1, 1));
+        hb[i].data = keep(test_rand_floats((size_t)I, -1, 1));
         if (bias) EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &db[i]) == NMLX_OK, "bias");
     }
     size_t nx = (size_t)(T * N), ny = (size_t)(T * I);
-    float *x = rand_floats(nx, -2, 2), *rg = malloc(ny * sizeof(float));
+    float *x = test_rand_floats(nx, -2, 2), *rg = malloc(ny * sizeof(float));
     float *ru = malloc(ny * sizeof(float));
     cpu->ops->gate_up_act(cpu, act, &wg, &wu, bias ? &hb[0] : NULL, bias ? &hb[1] : NULL, x, rg, ru,
                           T);
@@ -242,7 +228,7 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     gpu->ops->act_mul(gpu, act, ug, uu, ug, (int64_t)ny);
     check_ok("gate_up_act");
     float *hg = host_of(dg, ny), *hu = host_of(ug, ny);
-    double e = rel(hg, rg, ny), u = rel(hg, hu, ny);
+    double e = test_diff_over_max(hg, rg, ny), u = test_diff_over_max(hg, hu, ny);
     double lim = T == 1 && (bits == 4 || bits == 8) ? 2e-3 : 1e-5;
     EXPECT(e <= lim && u <= 1e-6,
            "gate_up_act %d-bit g%d %s I=%lld N=%lld T=%lld bias=%d act=%d: vs cpu %.2e, vs cuda "

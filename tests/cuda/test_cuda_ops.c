@@ -18,6 +18,7 @@
 #include "compute/quant.h"
 #include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "model_util.h" /* test_diff_over_max */
 #include "qweight.h"
 
 #include <string.h>
@@ -40,25 +41,33 @@ static float *dev_of(const float *h, size_t n) {
     return d;
 }
 
-static float *rand_floats(size_t n, float lo, float hi) {
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) v[i] = test_randf(lo, hi);
-    return v;
-}
-
 /* max|got - ref| / max(max|ref|, tiny); downloads got from the device */
 static double rel_err(const float *dev, const float *ref, size_t n) {
     float *got = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) got[i] = NAN; /* poison: every element must be written */
+    for (size_t i = 0; i < n; i++)
+        got[i] = NAN; /* poison: every element must be written */
     gpu->ops->download(gpu, got, dev, n * sizeof(float));
-    double md = 0, mr = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!(d <= md)) md = d;
-        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
-    }
+    double e = test_diff_over_max(got, ref, n); /* NaN: infinity */
     free(got);
-    return md / mr;
+    return e;
+}
+
+/* How many of the T rows of dy [T, D] (= gw x dx + pb, already run) differ,
+ * bit for bit, from that row's x run alone (a batched decode's rows). */
+static int rows_alone_differ(const nmlx_weight *gw, const nmlx_tensor *pb, const float *dx,
+                             const float *dy, int64_t T, int64_t D, int64_t N) {
+    float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
+    float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
+    gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
+    int differ = 0;
+    for (int64_t t = 0; t < T; t++) {
+        gpu->ops->matmul(gpu, gw, pb, dx + t * N, dy1, 1);
+        gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
+        differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
+    }
+    gpu->ops->free(gpu, dy1);
+    free(all), free(one);
+    return differ;
 }
 
 static void check_ok(const char *what) {
@@ -83,7 +92,8 @@ static void *encode(nmlx_dtype dt, const float *v, size_t n) {
     size_t es = nmlx_dtype_size(dt);
     char *p = malloc(n * es);
     for (size_t i = 0; i < n; i++) {
-        if (dt == NMLX_DT_F32) memcpy(p + i * 4, &v[i], 4);
+        if (dt == NMLX_DT_F32)
+            memcpy(p + i * 4, &v[i], 4);
         else {
             uint16_t h = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(v[i]) : nmlx_f32_to_f16(v[i]);
             memcpy(p + i * 2, &h, 2);
@@ -93,10 +103,13 @@ static void *encode(nmlx_dtype dt, const float *v, size_t n) {
 }
 
 static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bias) {
-    float *wv = rand_floats((size_t)(D * N), -1, 1), *x = rand_floats((size_t)(T * N), -1, 1);
-    float *bv = rand_floats((size_t)D, -1, 1);
+    float *wv = test_rand_floats((size_t)(D * N), -1, 1),
+          *x = test_rand_floats((size_t)(T * N), -1, 1);
+    float *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {D, N}, .name = "w"},
-                     .mode = NMLX_QUANT_NONE, .rows = D, .cols = N};
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = D,
+                     .cols = N};
     w.w.data = encode(dt, wv, (size_t)(D * N));
     nmlx_tensor b = {.dtype = dt, .ndim = 1, .shape = {D}, .name = "b"};
     b.data = encode(dt, bv, (size_t)D);
@@ -124,19 +137,9 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
            nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, bias, e, tol);
     note(0, e);
     if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone, bit for bit */
-        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
-        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
-        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
-        int differ = 0;
-        for (int64_t t = 0; t < T; t++) {
-            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
-            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
-            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
-        }
+        int differ = rows_alone_differ(&gw, bias ? pb : NULL, dx, dy, T, D, N);
         EXPECT(differ == 0, "matmul %s T=%lld D=%lld N=%lld: %d rows differ from the row alone",
                nmlx_dtype_name(dt), (long long)T, (long long)D, (long long)N, differ);
-        gpu->ops->free(gpu, dy1);
-        free(all), free(one);
     }
 
     /* a row view inside the prepared tensor shares its copy (fused qkv) */
@@ -166,9 +169,11 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
 
 static void test_embed(nmlx_dtype dt) {
     int64_t V = 97, D = 75, T = 9;
-    float *tv = rand_floats((size_t)(V * D), -2, 2);
+    float *tv = test_rand_floats((size_t)(V * D), -2, 2);
     nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {V, D}, .name = "emb"},
-                     .mode = NMLX_QUANT_NONE, .rows = V, .cols = D};
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = V,
+                     .cols = D};
     w.w.data = encode(dt, tv, (size_t)(V * D));
     int32_t ids[9] = {0, 96, 5, 5, 40, -1, 97, 13, 2}; /* two out of range: zero rows */
     float *ref = malloc((size_t)(T * D) * sizeof(float));
@@ -215,7 +220,7 @@ static nmlx_weight qrows(const nmlx_weight *w, int64_t r0, int64_t n) {
 static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T,
                          int64_t D, int64_t N, bool bias) {
     nmlx_weight w = make_qweight(mode, bits, gs, sdt, D, N);
-    float *x = rand_floats((size_t)(T * N), -1, 1), *bv = rand_floats((size_t)D, -1, 1);
+    float *x = test_rand_floats((size_t)(T * N), -1, 1), *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor b = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "b"};
     b.data = keep(encode(NMLX_DT_BF16, bv, (size_t)D));
     float *yref = malloc((size_t)(T * D) * sizeof(float));
@@ -238,8 +243,8 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     double tol = q16 ? 2e-4 : T <= 8 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
-           nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N,
-           bias, e, tol);
+           nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N, bias,
+           e, tol);
     note(T == 1 ? (q16 ? 16 : 12) : T <= 8 ? 12 : 13, e);
     if (q16) { /* the f32 mat-vec too (NMLX_CUDA_QGEMV=f32, precision "f32") */
         nmlx_cuda_set_qgemv16(0);
@@ -254,20 +259,11 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone through the
                             * f32 mat-vec (the int16 one is T = 1 only), bit for bit */
         nmlx_cuda_set_qgemv16(0);
-        float *all = malloc((size_t)(T * D) * sizeof(float)), *one = malloc((size_t)D * 4);
-        float *dy1 = gpu->ops->alloc(gpu, (size_t)D * sizeof(float));
-        gpu->ops->download(gpu, all, dy, (size_t)(T * D) * sizeof(float));
-        int differ = 0;
-        for (int64_t t = 0; t < T; t++) {
-            gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx + t * N, dy1, 1);
-            gpu->ops->download(gpu, one, dy1, (size_t)D * sizeof(float));
-            differ += memcmp(one, all + t * D, (size_t)D * sizeof(float)) != 0;
-        }
-        EXPECT(differ == 0, "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
+        int differ = rows_alone_differ(&gw, bias ? pb : NULL, dx, dy, T, D, N);
+        EXPECT(differ == 0,
+               "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
                nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, differ);
         nmlx_cuda_set_qgemv16(1);
-        gpu->ops->free(gpu, dy1);
-        free(all), free(one);
     }
 
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
@@ -300,9 +296,9 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     const int64_t Ds[3] = {517, 64, 129};
     nmlx_weight w[3], g[3];
     float *ref[3], *dy[3];
-    float *x = rand_floats((size_t)N, -2, 2);
+    float *x = test_rand_floats((size_t)N, -2, 2);
     nmlx_tensor b = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {Ds[1]}, .name = "b"};
-    b.data = keep(rand_floats((size_t)Ds[1], -1, 1));
+    b.data = keep(test_rand_floats((size_t)Ds[1], -1, 1));
     const nmlx_tensor *pb = NULL, *bs[3] = {NULL, NULL, NULL};
     EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
     for (int i = 0; i < 3; i++) {
@@ -387,8 +383,11 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32, 1, 20000, 4096, false);
     for (int gi = 0; gi < 3; gi++) {
         const int gs = 32 << gi;
-        test_qmulti(4, gs, gi == 0 ? NMLX_DT_F32 : gi == 1 ? NMLX_DT_F16 : NMLX_DT_BF16, gs * 9,
-                    false);
+        test_qmulti(4, gs,
+                    gi == 0   ? NMLX_DT_F32
+                    : gi == 1 ? NMLX_DT_F16
+                              : NMLX_DT_BF16,
+                    gs * 9, false);
         test_qmulti(8, gs, NMLX_DT_BF16, gs * 5, gi == 2);
     }
     test_qembed(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 192);
@@ -399,7 +398,7 @@ static void test_quant(void) {
 }
 
 static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
-    float *x = rand_floats((size_t)(R * D), -3, 3), *wv = rand_floats((size_t)D, -1, 1);
+    float *x = test_rand_floats((size_t)(R * D), -3, 3), *wv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor w = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "norm"};
     w.data = encode(NMLX_DT_BF16, wv, (size_t)D);
     float *ref = malloc((size_t)(R * D) * sizeof(float));
@@ -419,8 +418,9 @@ static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
 
 static void test_rope(int64_t T, int64_t H, int64_t HD, int64_t rot, int64_t pos0) {
     size_t n = (size_t)(T * H * HD);
-    float *x = rand_floats(n, -2, 2), *fr = malloc((size_t)(rot / 2) * sizeof(float));
-    for (int64_t i = 0; i < rot / 2; i++) fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    float *x = test_rand_floats(n, -2, 2), *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
     float *ref = malloc(n * sizeof(float));
     memcpy(ref, x, n * sizeof(float));
     cpu->ops->rope(cpu, ref, T, H, HD, rot, pos0, fr, 1.1f);
@@ -428,8 +428,8 @@ static void test_rope(int64_t T, int64_t H, int64_t HD, int64_t rot, int64_t pos
     gpu->ops->rope(gpu, dx, T, H, HD, rot, pos0, dfr, 1.1f);
     check_ok("rope");
     double e = rel_err(dx, ref, n);
-    EXPECT(e <= 1e-6, "rope T=%lld HD=%lld rot=%lld pos0=%lld: %.2e", (long long)T,
-           (long long)HD, (long long)rot, (long long)pos0, e);
+    EXPECT(e <= 1e-6, "rope T=%lld HD=%lld rot=%lld pos0=%lld: %.2e", (long long)T, (long long)HD,
+           (long long)rot, (long long)pos0, e);
     note(3, e);
     gpu->ops->free(gpu, dx);
     gpu->ops->free(gpu, dfr);
@@ -440,16 +440,31 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
                            int64_t q_pos, int64_t window, float softcap, bool sinks) {
     int64_t n_kv = q_pos + T;
     size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
-    float *q = rand_floats(nq, -1, 1), *k = rand_floats(nk, -1, 1), *v = rand_floats(nk, -1, 1);
-    float *sk = rand_floats((size_t)H, -1, 2);
-    float *ref = malloc(nq * sizeof(float)), *scratch =
-        malloc((size_t)(cpu->n_threads * (H / KVH) * n_kv) * 4); /* backend.h's contract */
-    nmlx_attn_args a = {.q = q, .k = k, .v = v, .out = ref, .T = T, .H = H, .KVH = KVH, .HD = HD,
-                        .cap = cap, .q_pos = q_pos, .n_kv = n_kv, .scale = 1.0f / sqrtf((float)HD),
-                        .window = window, .softcap = softcap, .sinks = sinks ? sk : NULL,
+    float *q = test_rand_floats(nq, -1, 1), *k = test_rand_floats(nk, -1, 1),
+          *v = test_rand_floats(nk, -1, 1);
+    float *sk = test_rand_floats((size_t)H, -1, 2);
+    float *ref = malloc(nq * sizeof(float)),
+          *scratch =
+              malloc((size_t)(cpu->n_threads * (H / KVH) * n_kv) * 4); /* backend.h's contract */
+    nmlx_attn_args a = {.q = q,
+                        .k = k,
+                        .v = v,
+                        .out = ref,
+                        .T = T,
+                        .H = H,
+                        .KVH = KVH,
+                        .HD = HD,
+                        .cap = cap,
+                        .q_pos = q_pos,
+                        .n_kv = n_kv,
+                        .scale = 1.0f / sqrtf((float)HD),
+                        .window = window,
+                        .softcap = softcap,
+                        .sinks = sinks ? sk : NULL,
                         .scratch = scratch};
     cpu->ops->attention(cpu, &a);
-    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk), *ds = dev_of(sk, (size_t)H);
+    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk),
+          *ds = dev_of(sk, (size_t)H);
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
@@ -466,7 +481,10 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
                "%s: %.2e",
                (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
                (long long)window, softcap, sinks,
-               variant == 0 ? "simple" : variant == 1 ? "split" : "tiled", e);
+               variant == 0   ? "simple"
+               : variant == 1 ? "split"
+                              : "tiled",
+               e);
         note(4, e);
     }
     nmlx_cuda_set_attn_split(0);
@@ -482,7 +500,7 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
 static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks) {
     int64_t qrow = H * HD, krow = KVH * HD, rot = HD;
     size_t nq = (size_t)(R * qrow);
-    float *q = rand_floats(nq, -1, 1), *sk = rand_floats((size_t)H, -1, 2);
+    float *q = test_rand_floats(nq, -1, 1), *sk = test_rand_floats((size_t)H, -1, 2);
     float *fr = malloc((size_t)(rot / 2) * sizeof(float));
     for (int64_t i = 0; i < rot / 2; i++)
         fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
@@ -495,8 +513,8 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
         int64_t cap = 1 + (int64_t)(test_rand_u64() % 300),
                 n_kv = 1 + (int64_t)(test_rand_u64() % (uint64_t)cap);
         pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
-        hk[r] = rand_floats((size_t)(krow * cap), -1, 1);
-        hv[r] = rand_floats((size_t)(krow * cap), -1, 1);
+        hk[r] = test_rand_floats((size_t)(krow * cap), -1, 1);
+        hv[r] = test_rand_floats((size_t)(krow * cap), -1, 1);
         rows[r] = (nmlx_attn_row){.k = dev_of(hk[r], (size_t)(krow * cap)),
                                   .v = dev_of(hv[r], (size_t)(krow * cap)),
                                   .cap = cap,
@@ -565,7 +583,7 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
 }
 
 static void test_elementwise(int64_t n) {
-    float *a = rand_floats((size_t)n, -4, 4), *b = rand_floats((size_t)n, -4, 4);
+    float *a = test_rand_floats((size_t)n, -4, 4), *b = test_rand_floats((size_t)n, -4, 4);
     float *ref = malloc((size_t)n * sizeof(float));
     float *da = dev_of(a, (size_t)n), *db = dev_of(b, (size_t)n);
     float *dout = gpu->ops->alloc(gpu, (size_t)n * sizeof(float));
@@ -601,7 +619,8 @@ static void test_elementwise(int64_t n) {
 }
 
 static void test_softmax(int64_t R, int64_t n) {
-    float *x = rand_floats((size_t)(R * n), -8, 8), *ref = malloc((size_t)(R * n) * sizeof(float));
+    float *x = test_rand_floats((size_t)(R * n), -8, 8),
+          *ref = malloc((size_t)(R * n) * sizeof(float));
     memcpy(ref, x, (size_t)(R * n) * sizeof(float));
     cpu->ops->softmax(cpu, ref, R, n);
     float *dx = dev_of(x, (size_t)(R * n));
@@ -617,8 +636,8 @@ static void test_softmax(int64_t R, int64_t n) {
 /* argmax (greedy decoding's one id a token) equals the CPU's, first on
  * ties: random rows, a planted maximum repeated at a later index, and
  * all -inf. */
-static void test_argmax(int64_t n) {
-    float *x = rand_floats((size_t)n, -30, 30);
+static void test_argmax_op(int64_t n) {
+    float *x = test_rand_floats((size_t)n, -30, 30);
     int64_t at = (int64_t)(test_rand_u64() % (uint64_t)n);
     x[at] = 40.0f;
     if (at + 5 < n) x[at + 5] = 40.0f; /* a tie after it: the first one wins */
@@ -627,13 +646,16 @@ static void test_argmax(int64_t n) {
     check_ok("argmax");
     EXPECT(got == want && want == at, "argmax n=%lld: cuda %d, cpu %d, planted %lld", (long long)n,
            got, want, (long long)at);
-    for (int64_t i = 0; i < n; i++) x[i] = test_randf(-1, 1);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = test_randf(-1, 1);
     gpu->ops->upload(gpu, dx, x, (size_t)n * sizeof(float));
     want = cpu->ops->argmax(cpu, x, n), got = gpu->ops->argmax(gpu, dx, n);
     EXPECT(got == want, "argmax n=%lld (no planted max): cuda %d, cpu %d", (long long)n, got, want);
-    for (int64_t i = 0; i < n; i++) x[i] = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = -INFINITY;
     gpu->ops->upload(gpu, dx, x, (size_t)n * sizeof(float));
-    EXPECT(gpu->ops->argmax(gpu, dx, n) == 0, "argmax n=%lld of all -inf: 0, as the CPU", (long long)n);
+    EXPECT(gpu->ops->argmax(gpu, dx, n) == 0, "argmax n=%lld of all -inf: 0, as the CPU",
+           (long long)n);
     gpu->ops->free(gpu, dx);
     free(x);
 }
@@ -649,14 +671,15 @@ int main(void) {
     EXPECT(nmlx_backend_cpu_create_isa(2, "portable", &cpu) == NMLX_OK, "cpu backend");
     test_seed(20261122);
     const nmlx_dtype dts[3] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
-    const int64_t shapes[][3] = {{1, 1, 8},   {1, 37, 33},  {1, 130, 264}, {1, 257, 1024},
-                                 {3, 37, 33}, {17, 130, 264}, {64, 96, 1000}, {5, 1, 7},
-                                 {8, 130, 264}, {9, 37, 33}, {2, 257, 1024}, {7, 64, 40},
-                                 {65, 40, 72}, {130, 33, 264}};
+    const int64_t shapes[][3] = {{1, 1, 8},     {1, 37, 33},    {1, 130, 264},  {1, 257, 1024},
+                                 {3, 37, 33},   {17, 130, 264}, {64, 96, 1000}, {5, 1, 7},
+                                 {8, 130, 264}, {9, 37, 33},    {2, 257, 1024}, {7, 64, 40},
+                                 {65, 40, 72},  {130, 33, 264}};
     for (int d = 0; d < 3; d++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             test_matmul(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], s % 2 == 0);
-    for (int d = 0; d < 3; d++) test_embed(dts[d]);
+    for (int d = 0; d < 3; d++)
+        test_embed(dts[d]);
     test_quant();
     test_rmsnorm(1, 1024, true, 0.0f);
     test_rmsnorm(7, 37, true, 1.0f);
@@ -664,42 +687,45 @@ int main(void) {
     test_rope(1, 16, 128, 128, 4095);
     test_rope(13, 5, 80, 40, 0); /* partial rotary */
     test_rope(3, 2, 64, 64, 100000);
-    test_attention(1, 16, 8, 128, 256, 200, 0, 0, false);   /* decode, GQA, 4 tiles */
-    test_attention(7, 6, 2, 80, 20, 3, 0, 0, false);        /* prefill after 3 tokens */
-    test_attention(19, 4, 4, 64, 300, 150, 16, 0, false);   /* sliding window */
-    test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true);   /* MQA, softcap, sinks, HD 256 */
-    test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);          /* window 2, sinks */
+    test_attention(1, 16, 8, 128, 256, 200, 0, 0, false); /* decode, GQA, 4 tiles */
+    test_attention(7, 6, 2, 80, 20, 3, 0, 0, false);      /* prefill after 3 tokens */
+    test_attention(19, 4, 4, 64, 300, 150, 16, 0, false); /* sliding window */
+    test_attention(5, 8, 1, 256, 70, 60, 0, 30.0f, true); /* MQA, softcap, sinks, HD 256 */
+    test_attention(3, 2, 1, 96, 8, 0, 2, 0, true);        /* window 2, sinks */
     /* long prefills (the tiled kernel: 32 queries x 32 keys a tile): partial
      * query and key tiles, a prompt after a cached prefix, windows shorter
      * and longer than a tile, HD 64 / 80 / 128 / 256, sinks, softcap */
-    test_attention(130, 8, 2, 128, 160, 0, 0, 0, false);    /* Llama-like GQA */
-    test_attention(77, 4, 4, 64, 300, 101, 0, 0, false);    /* after 101 cached keys */
-    test_attention(200, 6, 2, 80, 260, 33, 40, 0, true);    /* window 40, sinks */
-    test_attention(64, 4, 1, 256, 70, 0, 0, 50.0f, true);   /* MQA, HD 256, softcap */
-    test_attention(45, 2, 1, 64, 50, 0, 7, 0, false);       /* window 7 */
+    test_attention(130, 8, 2, 128, 160, 0, 0, 0, false);  /* Llama-like GQA */
+    test_attention(77, 4, 4, 64, 300, 101, 0, 0, false);  /* after 101 cached keys */
+    test_attention(200, 6, 2, 80, 260, 33, 40, 0, true);  /* window 40, sinks */
+    test_attention(64, 4, 1, 256, 70, 0, 0, 50.0f, true); /* MQA, HD 256, softcap */
+    test_attention(45, 2, 1, 64, 50, 0, 7, 0, false);     /* window 7 */
     test_rows(1, 4, 2, 64, 0, false);
     test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
     test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
     test_rows(130, 2, 1, 32, 0, false); /* over ROPE_ROWS */
     /* split decode attention (T x H / KVH <= 16 rows a KV head): chunks of
      * 64 keys, a partial last chunk, windows starting mid-chunk, one key */
-    test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);  /* 8B-like GQA, 11 chunks */
-    test_attention(1, 16, 8, 64, 200, 0, 0, 0, false);      /* first token: one key */
-    test_attention(3, 8, 2, 64, 400, 333, 100, 0, true);    /* 12 rows, window, sinks */
+    test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);   /* 8B-like GQA, 11 chunks */
+    test_attention(1, 16, 8, 64, 200, 0, 0, 0, false);       /* first token: one key */
+    test_attention(3, 8, 2, 64, 400, 333, 100, 0, true);     /* 12 rows, window, sinks */
     test_attention(1, 8, 4, 256, 600, 517, 0, 50.0f, false); /* HD 256, softcap */
-    test_attention(2, 14, 2, 80, 300, 130, 0, 0, true);     /* 14 rows, HD 80 */
-    test_attention(1, 4, 4, 128, 130, 128, 64, 0, false);   /* MHA, window of 64 */
+    test_attention(2, 14, 2, 80, 300, 130, 0, 0, true);      /* 14 rows, HD 80 */
+    test_attention(1, 4, 4, 128, 130, 128, 64, 0, false);    /* MHA, window of 64 */
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(300007);
     test_softmax(1, 151936);
     test_softmax(9, 33);
     static const int64_t argmax_n[] = {1, 7, 1000, 1025, 128256, 151936, 262144};
-    for (size_t i = 0; i < sizeof argmax_n / sizeof argmax_n[0]; i++) test_argmax(argmax_n[i]);
+    for (size_t i = 0; i < sizeof argmax_n / sizeof argmax_n[0]; i++)
+        test_argmax_op(argmax_n[i]);
     test_family_ops();
-    for (int i = 0; i < N_OPS; i++) printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
+    for (int i = 0; i < N_OPS; i++)
+        printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
-    for (int i = 0; i < n_kept; i++) free(kept[i]);
+    for (int i = 0; i < n_kept; i++)
+        free(kept[i]);
     return test_summary();
 }
