@@ -196,6 +196,20 @@ nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int6
     return get_int(cfg, lookup(cfg, key), key, key, def, out);
 }
 
+nmlx_status nmlx_cfg_positive_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
+    nmlx_status st = nmlx_cfg_int(cfg, key, def, out);
+    if (st == NMLX_OK && *out <= 0)
+        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
+                            (long long)*out);
+    return st;
+}
+
+nmlx_status nmlx_cfg_required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
+    if (!nmlx_cfg_has(cfg, key))
+        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
+    return nmlx_cfg_positive_int(cfg, key, 0, out);
+}
+
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out) {
     if (!cfg || !key || !out)
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float: NULL argument");
@@ -294,7 +308,8 @@ nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *ou
             nmlx_domain_check_num(cfg->path, shown, key, json_number_value(json_array_get(v, i)));
         if (st != NMLX_OK) return st;
     }
-    for (size_t i = 0; i < len; i++) out[i] = json_number_value(json_array_get(v, i));
+    for (size_t i = 0; i < len; i++)
+        out[i] = json_number_value(json_array_get(v, i));
     *n = len;
     return NMLX_OK;
 }
@@ -373,7 +388,7 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const char *layer_type, cons
                                  "'%s' entry",
                                  cfg->path, layer_type);
             *name = !strcmp(layer_type, "full_attention") ? "rope_parameters.full_attention"
-                                                           : "rope_parameters.sliding_attention";
+                                                          : "rope_parameters.sliding_attention";
             rp = full;
         }
         *params = rp;
@@ -406,16 +421,18 @@ nmlx_status nmlx_cfg_rope_layer(const nmlx_cfg *cfg, const char *layer_type, dou
     return st;
 }
 
-nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out,
-                                 size_t cap, size_t *n) {
-    if (!cfg || !key || !n) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string_list: NULL argument");
+nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out, size_t cap,
+                                 size_t *n) {
+    if (!cfg || !key || !n)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string_list: NULL argument");
     *n = 0;
     const json_t *v = lookup(cfg, key);
     if (!v) return NMLX_OK;
     if (!json_is_array(v)) return type_error(cfg, key, "an array of strings");
     size_t len = json_array_size(v);
     for (size_t i = 0; i < len; i++)
-        if (!json_is_string(json_array_get(v, i))) return type_error(cfg, key, "an array of strings");
+        if (!json_is_string(json_array_get(v, i)))
+            return type_error(cfg, key, "an array of strings");
     for (size_t i = 0; i < len; i++) {
         char shown[160];
         snprintf(shown, sizeof shown, "%s[%zu]", key, i);
@@ -424,9 +441,11 @@ nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const cha
         if (st != NMLX_OK) return st;
     }
     if (len > cap)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu supported)",
-                         cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++) out[i] = json_string_value(json_array_get(v, i));
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "%s: field '%s' has %zu values (at most %zu supported)", cfg->path, key,
+                         len, cap);
+    for (size_t i = 0; i < len; i++)
+        out[i] = json_string_value(json_array_get(v, i));
     *n = len;
     return NMLX_OK;
 }
@@ -480,7 +499,8 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
     TRY(rope_float(cfg, p, pn, "beta_fast", 32.0, &r->beta_fast));
     TRY(rope_float(cfg, p, pn, "beta_slow", 1.0, &r->beta_slow));
     TRY(rope_float(cfg, p, pn, "mscale", 1.0, &r->mscale));
-    r->has_mscale = p && json_object_get(p, "mscale") && !json_is_null(json_object_get(p, "mscale"));
+    r->has_mscale =
+        p && json_object_get(p, "mscale") && !json_is_null(json_object_get(p, "mscale"));
     TRY(rope_float(cfg, p, pn, "llama_4_scaling_beta", 0.0, &r->llama_4_scaling_beta));
     TRY(rope_float(cfg, p, pn, "mscale_all_dim", 0.0, &r->mscale_all_dim));
     TRY(rope_float(cfg, p, pn, "attention_factor", 0.0, &r->attention_factor));

@@ -12,30 +12,11 @@
 #include <stdio.h>
 #include <string.h>
 
-static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
-    if (!nmlx_cfg_has(cfg, key))
-        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
-    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
-static nmlx_status feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool def,
-                           bool *out) {
-    if (f != NMLX_FEATURE_FROM_CONFIG) {
-        *out = f == NMLX_FEATURE_ON;
-        return NMLX_OK;
-    }
-    return nmlx_cfg_bool(cfg, key, def, out);
-}
-
 /* attn_temperature_tuning: transformers types it bool; hub configs (and
  * mlx-lm) write a number (4), meaning on when nonzero. */
 static nmlx_status temperature_flag(const nmlx_cfg *cfg, nmlx_feature f, bool *out) {
     if (f != NMLX_FEATURE_FROM_CONFIG || !nmlx_cfg_has(cfg, "attn_temperature_tuning"))
-        return feature(cfg, f, "attn_temperature_tuning", true, out);
+        return nmlx_cfg_feature(cfg, f, "attn_temperature_tuning", true, out);
     double v = 0;
     if (nmlx_cfg_bool(cfg, "attn_temperature_tuning", true, out) == NMLX_OK) return NMLX_OK;
     nmlx_status st = nmlx_cfg_float(cfg, "attn_temperature_tuning", 0.0, &v);
@@ -201,11 +182,11 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
           "NMLX_CUDA_EXPERIMENTAL=1 to run it there, or use the CPU backend",
           path, ctx->be->ops->name);
 
-    TRY(required_int(cfg, "hidden_size", &m->hidden));
-    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
-    TRY(required_int(cfg, "num_attention_heads", &m->heads));
-    TRY(required_int(cfg, "vocab_size", &m->vocab));
-    TRY(required_int(cfg, "intermediate_size", &m->inter));
+    TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
+    TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(nmlx_cfg_required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(nmlx_cfg_required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_required_int(cfg, "intermediate_size", &m->inter));
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     TRY(nmlx_cfg_int(cfg, "head_dim", def->head_dim ? def->head_dim : m->hidden / m->heads,
                      &m->head_dim));
@@ -228,8 +209,8 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
     TRY(nmlx_cfg_string(cfg, "hidden_act", def->hidden_act, &act_name));
     TRY(nmlx_parse_activation(act_name, &act));
-    TRY(feature(cfg, def->attention_bias, "attention_bias", false, &bias));
-    TRY(feature(cfg, def->qk_l2_norm, "use_qk_norm", true, &qk_norm));
+    TRY(nmlx_cfg_feature(cfg, def->attention_bias, "attention_bias", false, &bias));
+    TRY(nmlx_cfg_feature(cfg, def->qk_l2_norm, "use_qk_norm", true, &qk_norm));
     TRY(temperature_flag(cfg, def->attn_temperature_tuning, &tune));
     TRY(nmlx_cfg_float(cfg, "floor_scale", def->floor_scale, &floor_scale));
     TRY(nmlx_cfg_float(cfg, "attn_scale", def->attn_scale, &attn_scale));
@@ -275,9 +256,9 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
             .stacked_name = def->stacked_name,
             .gate_up_halves = true,
         };
-        TRY(required_int(cfg, "num_local_experts", &m->moe.n_experts));
-        TRY(required_int(cfg, "num_experts_per_tok", &m->moe.top_k));
-        TRY(required_int(cfg, def->expert_size_key, &m->moe.expert_hidden));
+        TRY(nmlx_cfg_required_int(cfg, "num_local_experts", &m->moe.n_experts));
+        TRY(nmlx_cfg_required_int(cfg, "num_experts_per_tok", &m->moe.top_k));
+        TRY(nmlx_cfg_required_int(cfg, def->expert_size_key, &m->moe.expert_hidden));
         CHECK(m->moe.top_k <= m->moe.n_experts, NMLX_ERR_INVALID_MODEL,
               "%s: num_experts_per_tok (%lld) must not exceed num_local_experts (%lld)", path,
               (long long)m->moe.top_k, (long long)m->moe.n_experts);
@@ -389,8 +370,8 @@ nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t ma
     s->ab.k = be->ops->alloc(be, C * kvdim * f);
     s->ab.v = be->ops->alloc(be, C * kvdim * f);
     s->ab.ctx = be->ops->alloc(be, C * qdim * f);
-    s->ab.scratch = be->ops->alloc(
-        be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) * (size_t)max_context * f);
+    s->ab.scratch = be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
+                                           (size_t)max_context * f);
     CHECK(s->x && s->logits && s->xn && s->tmp && s->gate && s->up && s->ab.q && s->ab.k &&
               s->ab.v && s->ab.ctx && s->ab.scratch,
           NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",

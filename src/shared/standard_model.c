@@ -35,22 +35,13 @@ nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out) {
     return NMLX_OK;
 }
 
-static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
-    if (!nmlx_cfg_has(cfg, key))
-        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
-    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
-static nmlx_status feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool *out) {
+nmlx_status nmlx_cfg_feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool def,
+                             bool *out) {
     if (f != NMLX_FEATURE_FROM_CONFIG) {
         *out = f == NMLX_FEATURE_ON;
         return NMLX_OK;
     }
-    return nmlx_cfg_bool(cfg, key, false, out);
+    return nmlx_cfg_bool(cfg, key, def, out);
 }
 
 /* Sliding window size per the family's rule; 0 = full attention. */
@@ -187,13 +178,13 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
         .stacked_name = d->stacked_name,
         .act = d->clipped_swiglu ? NMLX_SWITCH_SWIGLU_CLIPPED : NMLX_SWITCH_SWIGLU,
     };
-    TRY(required_int(cfg, ekey, &ms->n_experts));
-    TRY(required_int(cfg, "num_experts_per_tok", &ms->top_k));
-    TRY(required_int(cfg, d->expert_size_key, &ms->expert_hidden));
+    TRY(nmlx_cfg_required_int(cfg, ekey, &ms->n_experts));
+    TRY(nmlx_cfg_required_int(cfg, "num_experts_per_tok", &ms->top_k));
+    TRY(nmlx_cfg_required_int(cfg, d->expert_size_key, &ms->expert_hidden));
     CHECK(ms->top_k <= ms->n_experts && ms->n_experts <= (1 << 16), NMLX_ERR_INVALID_MODEL,
           "%s: num_experts_per_tok (%lld) must not exceed %s (%lld, at most 65536)",
           nmlx_cfg_path(cfg), (long long)ms->top_k, ekey, (long long)ms->n_experts);
-    TRY(feature(cfg, d->norm_topk, "norm_topk_prob", &ms->norm_topk));
+    TRY(nmlx_cfg_feature(cfg, d->norm_topk, "norm_topk_prob", false, &ms->norm_topk));
     if (d->clipped_swiglu) {
         TRY(nmlx_cfg_float(cfg, "swiglu_limit", d->swiglu_limit_default, &limit));
         CHECK(limit > 0, NMLX_ERR_INVALID_MODEL, "%s: swiglu_limit must be positive",
@@ -262,11 +253,11 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     bool *use_rope = NULL, *sparse = NULL;
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
 
-    TRY(required_int(cfg, "hidden_size", &m->hidden));
-    TRY(required_int(cfg, "intermediate_size", &m->intermediate));
-    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
-    TRY(required_int(cfg, "num_attention_heads", &m->heads));
-    TRY(required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
+    TRY(nmlx_cfg_required_int(cfg, "intermediate_size", &m->intermediate));
+    TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(nmlx_cfg_required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(nmlx_cfg_required_int(cfg, "vocab_size", &m->vocab));
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     int64_t def_hd = def->head_dim ? def->head_dim : m->hidden / m->heads;
     TRY(nmlx_cfg_int(cfg, "head_dim", def_hd, &m->head_dim));
@@ -291,9 +282,9 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_cfg_string(cfg, def->act_key ? def->act_key : "hidden_act", def->hidden_act,
                         &act_name));
     TRY(nmlx_parse_activation(act_name, &act));
-    TRY(feature(cfg, def->qkv_bias, "attention_bias", &qkv_bias));
-    TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
-    TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
+    TRY(nmlx_cfg_feature(cfg, def->qkv_bias, "attention_bias", false, &qkv_bias));
+    TRY(nmlx_cfg_feature(cfg, def->o_bias, "attention_bias", false, &o_bias));
+    TRY(nmlx_cfg_feature(cfg, def->mlp_bias, "mlp_bias", false, &mlp_bias));
     TRY(read_window(cfg, def, &window));
     double attn_cap = 0; /* Gemma 2 style: changes the math, so refuse it */
     TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
@@ -455,7 +446,8 @@ nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows
         char what[96];
         snprintf(what, sizeof what, "work buffers of %lld tokens", (long long)rows);
         size_t total = (R * (3 * D + 2 * (size_t)m->intermediate + 2 * qdim + 2 * kvdim) +
-                        NMLX_LOGIT_ROWS * (size_t)m->vocab) * f;
+                        NMLX_LOGIT_ROWS * (size_t)m->vocab) *
+                       f;
         return nmlx_backend_fail_alloc(be, total, what);
     }
     if (!m->has_moe) return NMLX_OK;
