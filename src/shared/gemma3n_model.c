@@ -1,5 +1,6 @@
 /* The Gemma 3n text model (see gemma3n_model.h). */
 #include "gemma3n_model.h"
+#include "embed_head.h"
 #include "io/config_schema.h"
 #include "rope_setup.h"
 
@@ -339,14 +340,9 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
     for (int64_t i = 0; i < m->n_layers; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (m->layers[i].kv_source >= 0) continue; /* reads another layer's cache */
-        if (m->layers[i].window > 0) {
-            info->kv_sliding_bytes_per_token += bpt;
-            if (m->layers[i].window > info->kv_window) info->kv_window = m->layers[i].window;
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
+        const nmlx_g3n_layer *l = &m->layers[i];
+        if (l->kv_source >= 0) continue; /* reads another layer's cache */
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, l->window > 0, l->window);
     }
     *archp = m;
     m = NULL;
@@ -579,6 +575,7 @@ nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be, 
     nmlx_g3n_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_g3n_state_position(s);
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, m->softcap};
     TRY(nmlx_check_ids(ids, T, m->vocab));
     for (int64_t i = 0; i < m->n_layers; i++)
         if (m->layers[i].kv_source < 0) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
@@ -597,19 +594,8 @@ nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be, 
             s->pred = t;
         }
         unembed_streams(be, m, s, s->h, C);
-        bool last_chunk = c0 + C == T;
-        if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->h, s->xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, C, m->hidden, m->vocab, m->softcap, s->logits,
-                              all_logits + c0 * m->vocab);
-            if (last_chunk)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last_chunk) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->h + (C - 1) * m->hidden, s->xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, 1, m->hidden, m->vocab, m->softcap, s->logits,
-                              last_logits);
-        }
+        nmlx_chunk_logits(be, &head, s->h, s->xn, false, s->logits, c0, C, T, last_logits,
+                          all_logits);
     }
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */

@@ -6,6 +6,7 @@
  *   logits = lm_head(norm(x))             (only the rows that are asked for) */
 #include "llama4_model_impl.h"
 
+#include "embed_head.h"
 #include "io/config_schema.h"
 
 #include <math.h>
@@ -22,28 +23,6 @@ static nmlx_status temperature_flag(const nmlx_cfg *cfg, nmlx_feature f, bool *o
     nmlx_status st = nmlx_cfg_float(cfg, "attn_temperature_tuning", 0.0, &v);
     if (st == NMLX_OK) *out = v != 0;
     return st;
-}
-
-/* Where the text model's weights live: "model." (Llama4ForCausalLM), or the
- * language model of Llama4ForConditionalGeneration (hub:
- * "language_model.model.", transformers 5 in memory: "model.language_model."). */
-static void weight_prefix(const nmlx_weights *ws, const char **prefix, const char **head) {
-    static const char *const prefixes[][2] = {
-        {"model", "lm_head"},
-        {"language_model.model", "language_model.lm_head"},
-        {"model.language_model", "lm_head"},
-    };
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i][0]);
-        if (nmlx_weights_find(ws, name)) {
-            *prefix = prefixes[i][0];
-            *head = prefixes[i][1];
-            return;
-        }
-    }
-    *prefix = "model";
-    *head = "lm_head"; /* the load then names the missing tensor */
 }
 
 /* RoPE per layer (config no_rope_layers: 1 = RoPE, at least one entry per
@@ -216,23 +195,15 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     TRY(nmlx_cfg_float(cfg, "attn_scale", def->attn_scale, &attn_scale));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
     const char *prefix = NULL, *head_name = NULL;
-    weight_prefix(ws, &prefix, &head_name);
+    nmlx_text_weight_prefix(ws, &prefix, &head_name);
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, path));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
     TRY(nmlx_rope_init(&m->rope, ctx->be, m->head_dim, rc, max_pos));
 
+    TRY(nmlx_embed_head_load(ctx->be, ws, prefix, head_name, m->vocab, m->hidden, tied, &m->embed,
+                             &m->lm_head));
     char name[192];
-    snprintf(name, sizeof name, "%s.embed_tokens", prefix);
-    TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden));
-    TRY(nmlx_weight_prepare(ctx->be, &m->embed));
-    if (tied) {
-        m->lm_head.w = m->embed;
-        m->lm_head.bias = NULL;
-    } else {
-        TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
-        TRY(nmlx_linear_prepare(ctx->be, &m->lm_head));
-    }
     snprintf(name, sizeof name, "%s.norm", prefix);
     TRY(load_norm(&m->norm, ws, ctx->be, name, m->hidden, (float)eps));
 
@@ -286,16 +257,9 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     }
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
-    for (int64_t i = 0; i < L; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (chunked[i]) {
-            info->kv_sliding_bytes_per_token += bpt;
-            /* the live chunk and the one before (chunked_kv_cache.h) */
-            if (2 * m->chunk > info->kv_window) info->kv_window = 2 * m->chunk;
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
-    }
+    for (int64_t i = 0; i < L; i++) /* chunked: the live chunk and the one before
+                                     * (chunked_kv_cache.h) */
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, chunked[i], 2 * m->chunk);
     *archp = m;
     m = NULL;
 cleanup:
@@ -422,6 +386,7 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
     l4_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_l4_state_position(s);
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, 0.0f};
     TRY(nmlx_check_ids(ids, T, m->vocab));
     /* check every cache first, so a failure leaves nothing half-done */
     for (int64_t i = 0; i < m->n_layers; i++) {
@@ -442,19 +407,8 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
                 CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
             layer_forward(be, m, s, i, C);
         }
-        bool last = c0 + C == T;
-        if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->x, s->xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, C, m->hidden, m->vocab, 0.0f, s->logits,
-                              all_logits + c0 * m->vocab);
-            if (last)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->x + (C - 1) * m->hidden, s->xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, 1, m->hidden, m->vocab, 0.0f, s->logits,
-                              last_logits);
-        }
+        nmlx_chunk_logits(be, &head, s->x, s->xn, false, s->logits, c0, C, T, last_logits,
+                          all_logits);
     }
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */

@@ -9,6 +9,7 @@
 #include "standard_model_impl.h"
 
 #include "decoder_layer.h"
+#include "embed_head.h"
 #include "io/config_schema.h"
 #include "rope_setup.h"
 
@@ -62,29 +63,6 @@ static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int
     if (*window < 0)
         return nmlx_fail(NMLX_ERR_INVALID_MODEL, "%s: field 'sliding_window' must be >= 0",
                          nmlx_cfg_path(cfg));
-    return NMLX_OK;
-}
-
-/* Where the text model's weights live: "model." (causal LM), or the
- * language model of a multimodal checkpoint (hub: "language_model.model.",
- * transformers 5 in memory: "model.language_model."). */
-static nmlx_status weight_prefix(const nmlx_weights *ws, const char **prefix, const char **head) {
-    static const char *const prefixes[][2] = {
-        {"model", "lm_head"},
-        {"language_model.model", "language_model.lm_head"},
-        {"model.language_model", "lm_head"},
-    };
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i][0]);
-        if (nmlx_weights_find(ws, name)) {
-            *prefix = prefixes[i][0];
-            *head = prefixes[i][1];
-            return NMLX_OK;
-        }
-    }
-    *prefix = "model";
-    *head = "lm_head"; /* the load then names the missing tensor */
     return NMLX_OK;
 }
 
@@ -293,7 +271,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           "supported",
           nmlx_cfg_path(cfg), attn_cap);
     const char *prefix = NULL, *head_name = NULL;
-    TRY(weight_prefix(ctx->weights, &prefix, &head_name));
+    nmlx_text_weight_prefix(ws, &prefix, &head_name);
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
 
@@ -302,18 +280,10 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
     TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
 
-    char name[160];
-    snprintf(name, sizeof name, "%s.embed_tokens", prefix);
-    TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden)); /* dense or quantized */
-    TRY(nmlx_weight_prepare(ctx->be, &m->embed));
+    TRY(nmlx_embed_head_load(ctx->be, ws, prefix, head_name, m->vocab, m->hidden, tied, &m->embed,
+                             &m->lm_head));
     m->embed_scale = def->embed_scale ? (float)sqrt((double)m->hidden) : 1.0f;
-    if (tied) {
-        m->lm_head.w = m->embed;
-        m->lm_head.bias = NULL;
-    } else {
-        TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
-        TRY(nmlx_linear_prepare(ctx->be, &m->lm_head));
-    }
+    char name[160];
     float norm_offset = def->gemma_norms ? 1.0f : 0.0f;
     snprintf(name, sizeof name, "%s.norm", prefix);
     TRY(nmlx_rmsnorm_load(&m->norm, ws, name, m->hidden, (float)eps, norm_offset));
@@ -394,15 +364,8 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     if (def->attn_sinks) TRY(load_sinks(m, ws, ctx->be, prefix));
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
-    for (int64_t i = 0; i < m->n_layers; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (m->windows[i] > 0) {
-            info->kv_sliding_bytes_per_token += bpt;
-            if (m->windows[i] > info->kv_window) info->kv_window = m->windows[i];
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
-    }
+    for (int64_t i = 0; i < m->n_layers; i++)
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, m->windows[i] > 0, m->windows[i]);
     *archp = m;
     m = NULL;
 
@@ -569,6 +532,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
     for (int64_t i = 0; i < m->n_layers; i++)
         TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
     s->w.buf.attn.call_end = start + T;
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, m->final_softcap};
     uint64_t key = 0;
     bool graph = T == 1 && !all_logits && step_key(m, s, be, start, &key);
     if (graph && be->ops->step_graph(be, NMLX_STEP_BEGIN, key, start, ids[0])) {
@@ -595,25 +559,14 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
             nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
                                              i > 0, next);
         }
-        if (all_logits) {
-            if (!final_in_chain)
-                nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, C, m->hidden, m->vocab,
-                              m->final_softcap, s->w.logits, all_logits + c0 * m->vocab);
-            if (last_chunk)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last_chunk) {
-            float *xl = s->w.x + (C - 1) * m->hidden;
-            if (!final_in_chain) nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
-            if (graph) { /* the recorded step ends before the download */
-                nmlx_lm_head_device(be, &m->lm_head, s->w.buf.xn, 1, s->w.logits);
-                be->ops->step_graph(be, NMLX_STEP_END, key, start, ids[0]);
-                nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
-            } else {
-                nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
-                                  m->final_softcap, s->w.logits, last_logits);
-            }
+        if (graph) { /* T == 1 and layers: the chain normed the row; the
+                      * recorded step ends before the download */
+            nmlx_lm_head_device(be, &m->lm_head, s->w.buf.xn, 1, s->w.logits);
+            be->ops->step_graph(be, NMLX_STEP_END, key, start, ids[0]);
+            nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
+        } else {
+            nmlx_chunk_logits(be, &head, s->w.x, s->w.buf.xn, final_in_chain, s->w.logits, c0, C, T,
+                              last_logits, all_logits);
         }
     }
 cleanup:
