@@ -375,12 +375,11 @@ void nmlx_g3n_state_free(void *statep, nmlx_backend *be) {
     nmlx_free(s->caches);
     nmlx_free(s->views);
     nmlx_free(s->pl_ids);
-    float *bufs[] = {s->streams, s->pred,   s->pli,      s->pl_emb,      s->xn,
-                     s->h,       s->tmp,    s->aux,      s->low,         s->gate,
-                     s->up,      s->router, s->plg,      s->logits,      s->attn.q,
-                     s->attn.k,  s->attn.v, s->attn.ctx, s->attn.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {s->streams, s->pred,   s->pli,      s->pl_emb,      s->xn,
+                    s->h,       s->tmp,    s->aux,      s->low,         s->gate,
+                    s->up,      s->router, s->plg,      s->logits,      s->attn.q,
+                    s->attn.k,  s->attn.v, s->attn.ctx, s->attn.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     nmlx_free(s);
 }
 

@@ -23,10 +23,9 @@ void nmlx_l4_batch_free(void *batchp, nmlx_backend *be) {
     l4_batch *b = batchp;
     if (!b) return;
     if (b->has_mb) nmlx_l4_moe_buffers_free(&b->mb, be);
-    float *bufs[] = {b->x,    b->xn,   b->tmp,  b->gate,   b->up,
-                     b->ab.q, b->ab.k, b->ab.v, b->ab.ctx, b->dev_logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {b->x,    b->xn,   b->tmp,  b->gate,   b->up,
+                    b->ab.q, b->ab.k, b->ab.v, b->ab.ctx, b->dev_logits};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     nmlx_free(b->caches);
     nmlx_free(b->scratch);
     nmlx_free(b);

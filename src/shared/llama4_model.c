@@ -294,10 +294,9 @@ void nmlx_l4_state_free(void *statep, nmlx_backend *be) {
         }
     nmlx_free(s->caches);
     if (s->has_mb) nmlx_l4_moe_buffers_free(&s->mb, be);
-    float *bufs[] = {s->x,    s->logits, s->xn,   s->tmp,    s->gate,      s->up,
-                     s->ab.q, s->ab.k,   s->ab.v, s->ab.ctx, s->ab.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {s->x,    s->logits, s->xn,   s->tmp,    s->gate,      s->up,
+                    s->ab.q, s->ab.k,   s->ab.v, s->ab.ctx, s->ab.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     nmlx_free(s);
 }
 

@@ -422,11 +422,10 @@ nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows
 void std_buffers_free(std_buffers *b, nmlx_backend *be) {
     if (b->buf.moe) nmlx_moe_buffers_free(b->buf.moe, be);
     nmlx_free(b->buf.moe);
-    float *bufs[] = {b->x,          b->logits,       b->buf.xn,          b->buf.tmp,
-                     b->buf.gate,   b->buf.up,       b->buf.attn.q,      b->buf.attn.k,
-                     b->buf.attn.v, b->buf.attn.ctx, b->buf.attn.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {b->x,          b->logits,       b->buf.xn,          b->buf.tmp,
+                    b->buf.gate,   b->buf.up,       b->buf.attn.q,      b->buf.attn.k,
+                    b->buf.attn.v, b->buf.attn.ctx, b->buf.attn.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
 }
 
 void nmlx_std_state_free(void *statep, nmlx_backend *be) {
