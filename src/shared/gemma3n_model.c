@@ -422,8 +422,7 @@ nmlx_status nmlx_g3n_state_create(const void *archp, nmlx_backend *be, int64_t m
     s->attn.k = be->ops->alloc(be, C * kvdim * f);
     s->attn.v = be->ops->alloc(be, C * kvdim * f);
     s->attn.ctx = be->ops->alloc(be, C * qdim * f);
-    s->attn.scratch = be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
-                                             (size_t)max_context * f);
+    s->attn.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
     CHECK(s->streams && s->pred && s->pli && s->pl_emb && s->xn && s->h && s->tmp && s->aux &&
               s->low && s->gate && s->up && s->router && s->plg && s->logits && s->attn.q &&
               s->attn.k && s->attn.v && s->attn.ctx && s->attn.scratch,

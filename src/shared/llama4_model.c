@@ -6,6 +6,7 @@
  *   logits = lm_head(norm(x))             (only the rows that are asked for) */
 #include "llama4_model_impl.h"
 
+#include "attention.h"
 #include "embed_head.h"
 #include "io/config_schema.h"
 
@@ -333,8 +334,7 @@ nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t ma
     s->ab.k = be->ops->alloc(be, C * kvdim * f);
     s->ab.v = be->ops->alloc(be, C * kvdim * f);
     s->ab.ctx = be->ops->alloc(be, C * qdim * f);
-    s->ab.scratch = be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
-                                           (size_t)max_context * f);
+    s->ab.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
     CHECK(s->x && s->logits && s->xn && s->tmp && s->gate && s->up && s->ab.q && s->ab.k &&
               s->ab.v && s->ab.ctx && s->ab.scratch,
           NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",

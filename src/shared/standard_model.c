@@ -453,9 +453,7 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
         TRY(nmlx_layer_cache_init(&s->caches[i], be, m->kv_heads, m->head_dim, m->windows[i],
                                   s->chunk, max_context));
     TRY(std_buffers_alloc(m, be, s->chunk, &s->w));
-    s->w.buf.attn.scratch =
-        be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
-                               (size_t)max_context * sizeof(float));
+    s->w.buf.attn.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
     CHECK(s->w.buf.attn.scratch, NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
     *statep = s;
