@@ -294,11 +294,40 @@ void nmlx_l4_state_free(void *statep, nmlx_backend *be) {
                 nmlx_layer_cache_free(&s->caches[i].full, be);
         }
     nmlx_free(s->caches);
-    if (s->has_mb) nmlx_l4_moe_buffers_free(&s->mb, be);
-    void *bufs[] = {s->x,    s->logits, s->xn,   s->tmp,    s->gate,      s->up,
-                    s->ab.q, s->ab.k,   s->ab.v, s->ab.ctx, s->ab.scratch};
-    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
+    l4_buffers_free(&s->w, be);
     nmlx_free(s);
+}
+
+bool l4_buffers_alloc(const l4_model *m, nmlx_backend *be, int64_t rows, l4_buffers *w) {
+    size_t R = (size_t)rows, f = sizeof(float), D = (size_t)m->hidden;
+    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
+    size_t inter = (size_t)(m->inter > m->inter_mlp ? m->inter : m->inter_mlp);
+    w->x = be->ops->alloc(be, R * D * f);
+    w->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
+    w->xn = be->ops->alloc(be, R * D * f);
+    w->tmp = be->ops->alloc(be, R * D * f);
+    w->gate = be->ops->alloc(be, R * inter * f);
+    w->up = be->ops->alloc(be, R * inter * f);
+    w->ab.q = be->ops->alloc(be, R * qdim * f);
+    w->ab.k = be->ops->alloc(be, R * kvdim * f);
+    w->ab.v = be->ops->alloc(be, R * kvdim * f);
+    w->ab.ctx = be->ops->alloc(be, R * qdim * f);
+    return w->x && w->logits && w->xn && w->tmp && w->gate && w->up && w->ab.q && w->ab.k &&
+           w->ab.v && w->ab.ctx;
+}
+
+nmlx_status l4_moe_buffers_alloc(const l4_model *m, nmlx_backend *be, int64_t rows, l4_buffers *w) {
+    if (!m->has_moe) return NMLX_OK;
+    nmlx_status st = nmlx_l4_moe_buffers_alloc(&w->mb, be, rows, &m->moe);
+    w->has_mb = st == NMLX_OK;
+    return st;
+}
+
+void l4_buffers_free(l4_buffers *w, nmlx_backend *be) {
+    if (w->has_mb) nmlx_l4_moe_buffers_free(&w->mb, be);
+    void *bufs[] = {w->x,    w->logits, w->xn,   w->tmp,    w->gate,      w->up,
+                    w->ab.q, w->ab.k,   w->ab.v, w->ab.ctx, w->ab.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
 }
 
 nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t max_context,
@@ -321,28 +350,11 @@ nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t ma
             TRY(nmlx_layer_cache_init(&c->full, be, m->kv_heads, m->head_dim, 0, s->piece,
                                       max_context));
     }
-    size_t C = (size_t)s->piece, f = sizeof(float), D = (size_t)m->hidden;
-    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
-    size_t inter = (size_t)(m->inter > m->inter_mlp ? m->inter : m->inter_mlp);
-    s->x = be->ops->alloc(be, C * D * f);
-    s->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    s->xn = be->ops->alloc(be, C * D * f);
-    s->tmp = be->ops->alloc(be, C * D * f);
-    s->gate = be->ops->alloc(be, C * inter * f);
-    s->up = be->ops->alloc(be, C * inter * f);
-    s->ab.q = be->ops->alloc(be, C * qdim * f);
-    s->ab.k = be->ops->alloc(be, C * kvdim * f);
-    s->ab.v = be->ops->alloc(be, C * kvdim * f);
-    s->ab.ctx = be->ops->alloc(be, C * qdim * f);
-    s->ab.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
-    CHECK(s->x && s->logits && s->xn && s->tmp && s->gate && s->up && s->ab.q && s->ab.k &&
-              s->ab.v && s->ab.ctx && s->ab.scratch,
-          NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
+    bool ok = l4_buffers_alloc(m, be, s->piece, &s->w);
+    s->w.ab.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
+    CHECK(ok && s->w.ab.scratch, NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
-    if (m->has_moe) {
-        TRY(nmlx_l4_moe_buffers_alloc(&s->mb, be, s->piece, &m->moe));
-        s->has_mb = true;
-    }
+    TRY(l4_moe_buffers_alloc(m, be, s->piece, &s->w));
     *statep = s;
     s = NULL;
 cleanup:
@@ -357,26 +369,29 @@ int64_t nmlx_l4_state_position(const void *statep) {
 
 void nmlx_l4_state_trim(void *statep, int64_t n) {
     l4_state *s = statep;
-    for (int64_t i = 0; i < s->n_layers; i++) {
-        if (s->caches[i].chunked)
-            nmlx_chunked_kv_cache_trim(&s->caches[i].ck, n);
-        else
-            nmlx_layer_cache_trim(&s->caches[i].full, n);
-    }
+    for (int64_t i = 0; i < s->n_layers; i++)
+        nmlx_l4_cache_trim(&s->caches[i], n);
+}
+
+void l4_ffn_residual(nmlx_backend *be, const l4_model *m, const l4_layer *l, l4_buffers *w,
+                     int64_t T) {
+    int64_t D = m->hidden;
+    nmlx_rmsnorm_forward(be, &l->post_attn_norm, w->x, w->xn, T, D);
+    if (l->is_moe)
+        nmlx_l4_moe_forward(be, &l->moe, &w->mb, w->xn, w->gate, w->up, w->tmp, T);
+    else
+        nmlx_mlp_forward(be, &l->mlp, w->xn, w->gate, w->up, w->tmp, T);
+    be->ops->add(be, w->x, w->tmp, w->x, T * D);
 }
 
 static void layer_forward(nmlx_backend *be, const l4_model *m, l4_state *s, int64_t i, int64_t T) {
     const l4_layer *l = &m->layers[i];
+    l4_buffers *w = &s->w;
     int64_t D = m->hidden;
-    nmlx_rmsnorm_forward(be, &l->input_norm, s->x, s->xn, T, D);
-    nmlx_l4_attention_forward(be, &l->attn, &s->caches[i], &s->ab, s->xn, s->tmp, T);
-    be->ops->add(be, s->x, s->tmp, s->x, T * D);
-    nmlx_rmsnorm_forward(be, &l->post_attn_norm, s->x, s->xn, T, D);
-    if (l->is_moe)
-        nmlx_l4_moe_forward(be, &l->moe, &s->mb, s->xn, s->gate, s->up, s->tmp, T);
-    else
-        nmlx_mlp_forward(be, &l->mlp, s->xn, s->gate, s->up, s->tmp, T);
-    be->ops->add(be, s->x, s->tmp, s->x, T * D);
+    nmlx_rmsnorm_forward(be, &l->input_norm, w->x, w->xn, T, D);
+    nmlx_l4_attention_forward(be, &l->attn, &s->caches[i], &w->ab, w->xn, w->tmp, T);
+    be->ops->add(be, w->x, w->tmp, w->x, T * D);
+    l4_ffn_residual(be, m, l, w, T);
 }
 
 nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
@@ -388,16 +403,11 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
     const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, 0.0f};
     TRY(nmlx_check_ids(ids, T, m->vocab));
     /* check every cache first, so a failure leaves nothing half-done */
-    for (int64_t i = 0; i < m->n_layers; i++) {
-        nmlx_l4_cache *c = &s->caches[i];
-        if (c->chunked)
-            TRY(nmlx_chunked_kv_cache_reserve(&c->ck, T));
-        else
-            TRY(nmlx_layer_cache_reserve(&c->full, be, T));
-    }
+    for (int64_t i = 0; i < m->n_layers; i++)
+        TRY(nmlx_l4_cache_reserve(&s->caches[i], be, T));
     for (int64_t c0 = 0; c0 < T; c0 += s->piece) {
         int64_t C = T - c0 < s->piece ? T - c0 : s->piece;
-        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->x);
+        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->w.x);
         for (int64_t i = 0; i < m->n_layers; i++) {
             /* one token (decode): only before it starts, so a cancelled step
              * never needs a rollback (which a new attention chunk would make
@@ -406,18 +416,12 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
                 CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
             layer_forward(be, m, s, i, C);
         }
-        nmlx_chunk_logits(be, &head, s->x, s->xn, false, s->logits, c0, C, T, last_logits,
+        nmlx_chunk_logits(be, &head, s->w.x, s->w.xn, false, s->w.logits, c0, C, T, last_logits,
                           all_logits);
     }
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */
-        for (int64_t i = 0; i < m->n_layers; i++) {
-            nmlx_l4_cache *c = &s->caches[i];
-            int64_t n = nmlx_l4_cache_offset(c) - start;
-            if (c->chunked)
-                nmlx_chunked_kv_cache_trim(&c->ck, n);
-            else
-                nmlx_layer_cache_trim(&c->full, n);
-        }
+        for (int64_t i = 0; i < m->n_layers; i++)
+            nmlx_l4_cache_trim(&s->caches[i], nmlx_l4_cache_offset(&s->caches[i]) - start);
     return st;
 }
