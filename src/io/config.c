@@ -236,82 +236,61 @@ nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *de
     return NMLX_OK;
 }
 
-nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
-                              size_t *n) {
-    if (!cfg || !key || !n || (cap && !out))
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int_list: NULL argument");
+/* nmlx_cfg_int_list (ints) and nmlx_cfg_float_list: a scalar or an array,
+ * each element's type then domain checked (as "key[i]" in an array) before
+ * any is stored in iout / fout. */
+static nmlx_status number_list(const nmlx_cfg *cfg, const char *key, bool ints, int64_t *iout,
+                               double *fout, size_t cap, size_t *n) {
     const json_t *v = lookup(cfg, key);
     if (!v) {
         *n = 0;
         return NMLX_OK;
     }
-    int64_t x;
-    if (!json_is_array(v)) {
-        if (!as_int(v, &x)) return type_error(cfg, key, "an integer or an array of integers");
-        nmlx_status st = nmlx_domain_check_int(cfg->path, key, key, x);
-        if (st != NMLX_OK) return st;
-        if (cap < 1)
-            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
-                             cfg->path, key, cap);
-        out[0] = x;
-        *n = 1;
-        return NMLX_OK;
-    }
-    size_t len = json_array_size(v);
-    if (len > cap)
+    bool array = json_is_array(v);
+    size_t len = array ? json_array_size(v) : 1;
+    if (array && len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
     for (size_t i = 0; i < len; i++) {
-        if (!as_int(json_array_get(v, i), &x))
-            return type_error(cfg, key, "an integer or an array of integers");
+        const json_t *e = array ? json_array_get(v, i) : v;
+        int64_t x = 0;
+        if (ints ? !as_int(e, &x) : !json_is_number(e))
+            return type_error(cfg, key,
+                              ints ? "an integer or an array of integers"
+                                   : "a number or an array of numbers");
         char shown[160];
         snprintf(shown, sizeof shown, "%s[%zu]", key, i);
-        nmlx_status st = nmlx_domain_check_int(cfg->path, shown, key, x);
+        const char *name = array ? shown : key;
+        nmlx_status st = ints ? nmlx_domain_check_int(cfg->path, name, key, x)
+                              : nmlx_domain_check_num(cfg->path, name, key, json_number_value(e));
         if (st != NMLX_OK) return st;
     }
-    for (size_t i = 0; i < len; i++)
-        as_int(json_array_get(v, i), &out[i]);
+    if (!array && cap < 1)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values", cfg->path,
+                         key, cap);
+    for (size_t i = 0; i < len; i++) {
+        const json_t *e = array ? json_array_get(v, i) : v;
+        if (ints)
+            as_int(e, &iout[i]);
+        else
+            fout[i] = json_number_value(e);
+    }
     *n = len;
     return NMLX_OK;
+}
+
+nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
+                              size_t *n) {
+    if (!cfg || !key || !n || (cap && !out))
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int_list: NULL argument");
+    return number_list(cfg, key, true, out, NULL, cap, n);
 }
 
 nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *out, size_t cap,
                                 size_t *n) {
     if (!cfg || !key || !n || (cap && !out))
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float_list: NULL argument");
-    const json_t *v = lookup(cfg, key);
-    if (!v) {
-        *n = 0;
-        return NMLX_OK;
-    }
-    if (!json_is_array(v)) {
-        if (!json_is_number(v)) return type_error(cfg, key, "a number or an array of numbers");
-        nmlx_status st = nmlx_domain_check_num(cfg->path, key, key, json_number_value(v));
-        if (st != NMLX_OK) return st;
-        if (cap < 1)
-            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
-                             cfg->path, key, cap);
-        out[0] = json_number_value(v);
-        *n = 1;
-        return NMLX_OK;
-    }
-    size_t len = json_array_size(v);
-    if (len > cap)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
-                         cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++) {
-        if (!json_is_number(json_array_get(v, i)))
-            return type_error(cfg, key, "a number or an array of numbers");
-        char shown[160];
-        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
-        nmlx_status st =
-            nmlx_domain_check_num(cfg->path, shown, key, json_number_value(json_array_get(v, i)));
-        if (st != NMLX_OK) return st;
-    }
-    for (size_t i = 0; i < len; i++)
-        out[i] = json_number_value(json_array_get(v, i));
-    *n = len;
-    return NMLX_OK;
+    return number_list(cfg, key, false, NULL, out, cap, n);
 }
 
 const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
