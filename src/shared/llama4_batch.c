@@ -51,10 +51,7 @@ nmlx_status nmlx_l4_forward_batch(const void *archp, void *batchp, void *const *
     l4_batch *b = batchp;
     nmlx_status st = NMLX_OK;
     int64_t D = m->hidden;
-    CHECK(B >= 1 && B <= b->max_batch, NMLX_ERR_INVALID_ARG,
-          "batched decode of %lld sessions: the batch holds 1 to %lld", (long long)B,
-          (long long)b->max_batch);
-    TRY(nmlx_check_ids(ids, B, m->vocab));
+    TRY(nmlx_check_batch(ids, B, b->max_batch, m->vocab));
     /* every cache checked first, so a failure leaves every session as it was */
     for (int64_t r = 0; r < B; r++) {
         l4_state *s = states[r];
