@@ -121,8 +121,12 @@ long nmlx_read(int fd, void *buf, size_t n) {
     return (long)read(fd, buf, n);
 }
 
-double nmlx_time_seconds(void) {
+static double clock_seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+double nmlx_time_seconds(void) { return clock_seconds(CLOCK_MONOTONIC); }
+
+double nmlx_thread_cpu_seconds(void) { return clock_seconds(CLOCK_THREAD_CPUTIME_ID); }

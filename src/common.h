@@ -60,6 +60,7 @@ long nmlx_read(int fd, void *buf, size_t n);
 void nmlx_test_fail_read_after(long n, int err);
 bool nmlx_test_read_fault_pending(void);
 
-double nmlx_time_seconds(void); /* monotonic clock */
+double nmlx_time_seconds(void);       /* monotonic clock */
+double nmlx_thread_cpu_seconds(void); /* CPU time of the calling thread */
 
 #endif

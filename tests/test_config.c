@@ -474,11 +474,11 @@ static void test_schema_coverage(void) {
     static const char *const files[] = {"src/shared/standard_model.c", "src/shared/gemma3n_model.c",
                                         "src/shared/llama4_model.c", "src/shared/rope_setup.c",
                                         "src/model.c"};
-    static const char *const getters[] = {"nmlx_cfg_int(",        "nmlx_cfg_float(",
-                                          "nmlx_cfg_string(",     "nmlx_cfg_int_list(",
-                                          "nmlx_cfg_float_list(", "nmlx_cfg_string_list(",
-                                          "required_int(",        "positive_int(",
-                                          "nmlx_cfg_bool(",       "feature("};
+    static const char *const getters[] = {"nmlx_cfg_int(",          "nmlx_cfg_float(",
+                                          "nmlx_cfg_string(",       "nmlx_cfg_int_list(",
+                                          "nmlx_cfg_float_list(",   "nmlx_cfg_string_list(",
+                                          "nmlx_cfg_required_int(", "nmlx_cfg_positive_int(",
+                                          "nmlx_cfg_bool(",         "nmlx_cfg_feature("};
     int seen = 0;
     for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
         char *src = slurp(files[f]);

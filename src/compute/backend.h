@@ -302,6 +302,9 @@ nmlx_status nmlx_backend_set_precision(nmlx_backend *be, const char *precision);
  * failed: "<what>: cannot allocate N MiB of <backend> memory", plus what
  * the device has free where the backend can tell (mem_info). */
 nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *what);
+/* Frees the n backend buffers of bufs (ops->free), skipping NULL ones: the
+ * one cleanup of a struct of buffers that may be partly allocated. */
+void nmlx_backend_free_bufs(nmlx_backend *be, void *const *bufs, size_t n);
 /* NMLX_PROFILE=1 (nmlx_backend_create attaches it): every op's time, by op
  * and shape, printed to stderr when the backend is freed (backend_profile.c).
  * A device backend is synchronised after each op (its own time, launch

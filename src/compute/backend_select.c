@@ -49,6 +49,11 @@ nmlx_status nmlx_backend_fail_alloc(nmlx_backend *be, size_t bytes, const char *
                      (double)bytes / mib, be && be->ops ? be->ops->name : "host");
 }
 
+void nmlx_backend_free_bufs(nmlx_backend *be, void *const *bufs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (bufs[i]) be->ops->free(be, bufs[i]);
+}
+
 nmlx_status nmlx_backend_create(const char *device, int n_threads, nmlx_backend **out) {
     nmlx_status st = create(device, n_threads, out);
     if (st || !nmlx_backend_profile_wanted()) return st;

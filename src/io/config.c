@@ -196,6 +196,20 @@ nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int6
     return get_int(cfg, lookup(cfg, key), key, key, def, out);
 }
 
+nmlx_status nmlx_cfg_positive_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
+    nmlx_status st = nmlx_cfg_int(cfg, key, def, out);
+    if (st == NMLX_OK && *out <= 0)
+        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
+                            (long long)*out);
+    return st;
+}
+
+nmlx_status nmlx_cfg_required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
+    if (!nmlx_cfg_has(cfg, key))
+        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
+    return nmlx_cfg_positive_int(cfg, key, 0, out);
+}
+
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out) {
     if (!cfg || !key || !out)
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float: NULL argument");
@@ -222,81 +236,61 @@ nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *de
     return NMLX_OK;
 }
 
-nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
-                              size_t *n) {
-    if (!cfg || !key || !n || (cap && !out))
-        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int_list: NULL argument");
+/* nmlx_cfg_int_list (ints) and nmlx_cfg_float_list: a scalar or an array,
+ * each element's type then domain checked (as "key[i]" in an array) before
+ * any is stored in iout / fout. */
+static nmlx_status number_list(const nmlx_cfg *cfg, const char *key, bool ints, int64_t *iout,
+                               double *fout, size_t cap, size_t *n) {
     const json_t *v = lookup(cfg, key);
     if (!v) {
         *n = 0;
         return NMLX_OK;
     }
-    int64_t x;
-    if (!json_is_array(v)) {
-        if (!as_int(v, &x)) return type_error(cfg, key, "an integer or an array of integers");
-        nmlx_status st = nmlx_domain_check_int(cfg->path, key, key, x);
-        if (st != NMLX_OK) return st;
-        if (cap < 1)
-            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
-                             cfg->path, key, cap);
-        out[0] = x;
-        *n = 1;
-        return NMLX_OK;
-    }
-    size_t len = json_array_size(v);
-    if (len > cap)
+    bool array = json_is_array(v);
+    size_t len = array ? json_array_size(v) : 1;
+    if (array && len > cap)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
                          cfg->path, key, len, cap);
     for (size_t i = 0; i < len; i++) {
-        if (!as_int(json_array_get(v, i), &x))
-            return type_error(cfg, key, "an integer or an array of integers");
+        const json_t *e = array ? json_array_get(v, i) : v;
+        int64_t x = 0;
+        if (ints ? !as_int(e, &x) : !json_is_number(e))
+            return type_error(cfg, key,
+                              ints ? "an integer or an array of integers"
+                                   : "a number or an array of numbers");
         char shown[160];
         snprintf(shown, sizeof shown, "%s[%zu]", key, i);
-        nmlx_status st = nmlx_domain_check_int(cfg->path, shown, key, x);
+        const char *name = array ? shown : key;
+        nmlx_status st = ints ? nmlx_domain_check_int(cfg->path, name, key, x)
+                              : nmlx_domain_check_num(cfg->path, name, key, json_number_value(e));
         if (st != NMLX_OK) return st;
     }
-    for (size_t i = 0; i < len; i++)
-        as_int(json_array_get(v, i), &out[i]);
+    if (!array && cap < 1)
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values", cfg->path,
+                         key, cap);
+    for (size_t i = 0; i < len; i++) {
+        const json_t *e = array ? json_array_get(v, i) : v;
+        if (ints)
+            as_int(e, &iout[i]);
+        else
+            fout[i] = json_number_value(e);
+    }
     *n = len;
     return NMLX_OK;
+}
+
+nmlx_status nmlx_cfg_int_list(const nmlx_cfg *cfg, const char *key, int64_t *out, size_t cap,
+                              size_t *n) {
+    if (!cfg || !key || !n || (cap && !out))
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_int_list: NULL argument");
+    return number_list(cfg, key, true, out, NULL, cap, n);
 }
 
 nmlx_status nmlx_cfg_float_list(const nmlx_cfg *cfg, const char *key, double *out, size_t cap,
                                 size_t *n) {
     if (!cfg || !key || !n || (cap && !out))
         return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_float_list: NULL argument");
-    const json_t *v = lookup(cfg, key);
-    if (!v) {
-        *n = 0;
-        return NMLX_OK;
-    }
-    if (!json_is_array(v)) {
-        if (!json_is_number(v)) return type_error(cfg, key, "a number or an array of numbers");
-        nmlx_status st = nmlx_domain_check_num(cfg->path, key, key, json_number_value(v));
-        if (st != NMLX_OK) return st;
-        if (cap < 1)
-            return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has more than %zu values",
-                             cfg->path, key, cap);
-        out[0] = json_number_value(v);
-        *n = 1;
-        return NMLX_OK;
-    }
-    size_t len = json_array_size(v);
-    if (len > cap)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu)",
-                         cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++) {
-        if (!json_is_number(json_array_get(v, i)))
-            return type_error(cfg, key, "a number or an array of numbers");
-        char shown[160];
-        snprintf(shown, sizeof shown, "%s[%zu]", key, i);
-        nmlx_status st =
-            nmlx_domain_check_num(cfg->path, shown, key, json_number_value(json_array_get(v, i)));
-        if (st != NMLX_OK) return st;
-    }
-    for (size_t i = 0; i < len; i++) out[i] = json_number_value(json_array_get(v, i));
-    *n = len;
-    return NMLX_OK;
+    return number_list(cfg, key, false, NULL, out, cap, n);
 }
 
 const char *nmlx_cfg_model_type(const nmlx_cfg *cfg) {
@@ -373,7 +367,7 @@ static nmlx_status rope_params(const nmlx_cfg *cfg, const char *layer_type, cons
                                  "'%s' entry",
                                  cfg->path, layer_type);
             *name = !strcmp(layer_type, "full_attention") ? "rope_parameters.full_attention"
-                                                           : "rope_parameters.sliding_attention";
+                                                          : "rope_parameters.sliding_attention";
             rp = full;
         }
         *params = rp;
@@ -406,16 +400,18 @@ nmlx_status nmlx_cfg_rope_layer(const nmlx_cfg *cfg, const char *layer_type, dou
     return st;
 }
 
-nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out,
-                                 size_t cap, size_t *n) {
-    if (!cfg || !key || !n) return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string_list: NULL argument");
+nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out, size_t cap,
+                                 size_t *n) {
+    if (!cfg || !key || !n)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG, "nmlx_cfg_string_list: NULL argument");
     *n = 0;
     const json_t *v = lookup(cfg, key);
     if (!v) return NMLX_OK;
     if (!json_is_array(v)) return type_error(cfg, key, "an array of strings");
     size_t len = json_array_size(v);
     for (size_t i = 0; i < len; i++)
-        if (!json_is_string(json_array_get(v, i))) return type_error(cfg, key, "an array of strings");
+        if (!json_is_string(json_array_get(v, i)))
+            return type_error(cfg, key, "an array of strings");
     for (size_t i = 0; i < len; i++) {
         char shown[160];
         snprintf(shown, sizeof shown, "%s[%zu]", key, i);
@@ -424,9 +420,11 @@ nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const cha
         if (st != NMLX_OK) return st;
     }
     if (len > cap)
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED, "%s: field '%s' has %zu values (at most %zu supported)",
-                         cfg->path, key, len, cap);
-    for (size_t i = 0; i < len; i++) out[i] = json_string_value(json_array_get(v, i));
+        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
+                         "%s: field '%s' has %zu values (at most %zu supported)", cfg->path, key,
+                         len, cap);
+    for (size_t i = 0; i < len; i++)
+        out[i] = json_string_value(json_array_get(v, i));
     *n = len;
     return NMLX_OK;
 }
@@ -480,7 +478,8 @@ static nmlx_status rope_read(const nmlx_cfg *cfg, const char *layer_type, double
     TRY(rope_float(cfg, p, pn, "beta_fast", 32.0, &r->beta_fast));
     TRY(rope_float(cfg, p, pn, "beta_slow", 1.0, &r->beta_slow));
     TRY(rope_float(cfg, p, pn, "mscale", 1.0, &r->mscale));
-    r->has_mscale = p && json_object_get(p, "mscale") && !json_is_null(json_object_get(p, "mscale"));
+    r->has_mscale =
+        p && json_object_get(p, "mscale") && !json_is_null(json_object_get(p, "mscale"));
     TRY(rope_float(cfg, p, pn, "llama_4_scaling_beta", 0.0, &r->llama_4_scaling_beta));
     TRY(rope_float(cfg, p, pn, "mscale_all_dim", 0.0, &r->mscale_all_dim));
     TRY(rope_float(cfg, p, pn, "attention_factor", 0.0, &r->attention_factor));

@@ -32,6 +32,12 @@ bool nmlx_cfg_has(const nmlx_cfg *cfg, const char *key);
 nmlx_status nmlx_cfg_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out);
 nmlx_status nmlx_cfg_float(const nmlx_cfg *cfg, const char *key, double def, double *out);
 nmlx_status nmlx_cfg_bool(const nmlx_cfg *cfg, const char *key, bool def, bool *out);
+/* Sizes: nmlx_cfg_int, then a value <= 0 is NMLX_ERR_INVALID_MODEL
+ * "config.json: field 'x' = 0 must be positive" (the default is checked
+ * too); required: a missing key is NMLX_ERR_INVALID_MODEL "missing required
+ * field 'x'". */
+nmlx_status nmlx_cfg_positive_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out);
+nmlx_status nmlx_cfg_required_int(const nmlx_cfg *cfg, const char *key, int64_t *out);
 /* *out points into the cfg (valid until nmlx_cfg_free), or is `def`. */
 nmlx_status nmlx_cfg_string(const nmlx_cfg *cfg, const char *key, const char *def,
                             const char **out);
@@ -52,8 +58,9 @@ const char *nmlx_cfg_model_type(const nmlx_cfg *cfg);
  * The type is lowercased and checked against the "rope.type" domain: unknown
  * -> NMLX_ERR_INVALID_MODEL, known but not computed (dynamic, mrope) ->
  * NMLX_ERR_UNSUPPORTED; the keys a type needs (transformers' list) must be
- * present, and every value is checked against its "rope.<key>" domain. rope_parameters wins over rope_scaling; its rope_theta wins over the
- * top-level one. A rope_parameters keyed by layer type (Gemma 3:
+ * present, and every value is checked against its "rope.<key>" domain. rope_parameters wins over
+ * rope_scaling; its rope_theta wins over the top-level one. A rope_parameters keyed by layer type
+ * (Gemma 3:
  * {"full_attention": {...}, "sliding_attention": {...}}) yields its
  * "full_attention" entry (none -> NMLX_ERR_UNSUPPORTED).
  * original_max_position_embeddings and partial_rotary_factor fall back to
@@ -93,7 +100,7 @@ nmlx_status nmlx_cfg_rope_layer(const nmlx_cfg *cfg, const char *layer_type, dou
 
 /* An array of strings (e.g. layer_types); *n = 0 if missing or null. The
  * strings point into the cfg. More than `cap` -> NMLX_ERR_UNSUPPORTED. */
-nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out,
-                                 size_t cap, size_t *n);
+nmlx_status nmlx_cfg_string_list(const nmlx_cfg *cfg, const char *key, const char **out, size_t cap,
+                                 size_t *n);
 
 #endif

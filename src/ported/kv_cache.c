@@ -15,8 +15,7 @@ void nmlx_kv_cache_init(nmlx_kv_cache *c, int64_t kv_heads, int64_t head_dim,
 
 void nmlx_kv_cache_free(nmlx_kv_cache *c, nmlx_backend *be) {
     void *bufs[] = {c->keys, c->values, c->keys16, c->values16};
-    for (int i = 0; i < 4; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     c->keys = c->values = NULL;
     c->keys16 = c->values16 = NULL;
     c->capacity = c->offset = 0;

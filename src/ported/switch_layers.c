@@ -52,9 +52,8 @@ nmlx_status nmlx_switch_buffers_alloc(nmlx_switch_buffers *b, nmlx_backend *be,
 }
 
 void nmlx_switch_buffers_free(nmlx_switch_buffers *b, nmlx_backend *be) {
-    float *bufs[] = {b->xs, b->ys, b->gate, b->up};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {b->xs, b->ys, b->gate, b->up};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     nmlx_free(b->order);
     nmlx_free(b->start);
     memset(b, 0, sizeof *b);

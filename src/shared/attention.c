@@ -16,6 +16,12 @@ static nmlx_status load_fused_qkv(nmlx_attention *a, const nmlx_weights *ws, con
     return nmlx_linear_rows(&a->qkv, qdim + kvdim, kvdim, name, &a->v);
 }
 
+float *nmlx_attention_scratch_alloc(nmlx_backend *be, int64_t heads, int64_t kv_heads,
+                                    int64_t max_context) {
+    return be->ops->alloc(be, (size_t)be->n_threads * (size_t)(heads / kv_heads) *
+                                  (size_t)max_context * sizeof(float));
+}
+
 nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const char *prefix,
                                 const nmlx_attention_shape *s, const nmlx_rope *rope) {
     char name[512];

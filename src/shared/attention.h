@@ -45,6 +45,12 @@ typedef struct nmlx_attention_buffers {
     int64_t call_end;
 } nmlx_attention_buffers;
 
+/* A session's attention scratch (nmlx_attention_buffers.scratch; Llama 4's
+ * too): n_threads * (heads / kv_heads) * max_context floats on the
+ * backend, NULL if that allocation failed. */
+float *nmlx_attention_scratch_alloc(nmlx_backend *be, int64_t heads, int64_t kv_heads,
+                                    int64_t max_context);
+
 /* Loads `<prefix>.{q,k,v,o}_proj` (or `qkv_proj`) and `<prefix>.{q,k}_norm`. */
 nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const char *prefix,
                                 const nmlx_attention_shape *s, const nmlx_rope *rope);

@@ -30,6 +30,20 @@ typedef struct nmlx_arch_info {
     int64_t kv_full_bytes_per_token, kv_sliding_bytes_per_token, kv_window;
 } nmlx_arch_info;
 
+/* Counts one layer's f32 KV cache (kv_heads x head_dim keys and values a
+ * token) in info: a full one, or a sliding one holding up to `window`
+ * tokens. */
+static inline void nmlx_arch_info_add_kv(nmlx_arch_info *info, int64_t kv_heads, int64_t head_dim,
+                                         bool sliding, int64_t window) {
+    int64_t bpt = 2 * kv_heads * head_dim * (int64_t)sizeof(float);
+    if (sliding) {
+        info->kv_sliding_bytes_per_token += bpt;
+        if (window > info->kv_window) info->kv_window = window;
+    } else {
+        info->kv_full_bytes_per_token += bpt;
+    }
+}
+
 typedef struct nmlx_family {
     const char *name;               /* "llama" */
     const char *const *model_types; /* NULL-terminated config model_type strings */
@@ -58,9 +72,8 @@ typedef struct nmlx_family {
      * token to last_logits[V], and if all_logits != NULL the logits of every
      * token to all_logits[T, V] (host memory). Checks *cancel between layers
      * and returns NMLX_ERR_CANCELLED if set (state then rolled back). */
-    nmlx_status (*forward)(const void *arch, void *state, nmlx_backend *be,
-                           const int32_t *ids, int64_t T, float *last_logits,
-                           float *all_logits, atomic_bool *cancel);
+    nmlx_status (*forward)(const void *arch, void *state, nmlx_backend *be, const int32_t *ids,
+                           int64_t T, float *last_logits, float *all_logits, atomic_bool *cancel);
 
     /* Optional batched decode (NULL: sessions are advanced one at a time).
      * batch_create allocates work buffers for up to max_batch rows.

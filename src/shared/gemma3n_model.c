@@ -1,5 +1,6 @@
 /* The Gemma 3n text model (see gemma3n_model.h). */
 #include "gemma3n_model.h"
+#include "embed_head.h"
 #include "io/config_schema.h"
 #include "rope_setup.h"
 
@@ -19,24 +20,6 @@ static const float SQRT1_2 = 0.70710678118654752f;
 
 /* ---- config helpers ------------------------------------------------------ */
 
-static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
-    if (!nmlx_cfg_has(cfg, key))
-        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
-    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
-static nmlx_status positive_int(const nmlx_cfg *cfg, const char *key, int64_t def, int64_t *out) {
-    nmlx_status st = nmlx_cfg_int(cfg, key, def, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
 double nmlx_normal_quantile(double p) {
     /* Newton on Phi(x) - p from 0; Phi is convex/concave on either side of
      * 0 so the iteration moves monotonically to the root */
@@ -54,8 +37,7 @@ double nmlx_normal_quantile(double p) {
 /* Where the text model's weights live: "model." (causal LM) or the language
  * model of a multimodal checkpoint. */
 static const char *weight_prefix(const nmlx_weights *ws) {
-    static const char *const prefixes[] = {"model", "model.language_model",
-                                           "language_model.model"};
+    static const char *const prefixes[] = {"model", "model.language_model", "language_model.model"};
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
         char name[128];
         snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i]);
@@ -123,7 +105,8 @@ static nmlx_status read_layer_cfg(const nmlx_cfg *cfg, const nmlx_g3n_def *def, 
     if (def->activation_sparsity) {
         TRY(nmlx_cfg_float_list(cfg, "activation_sparsity_pattern", lc->sparsity, (size_t)L, &n));
         if (n == 0) /* transformers' default: the first 10 layers of deep models */
-            for (int64_t i = 0; i < L; i++) lc->sparsity[i] = L > 10 && i < 10 ? 0.95 : 0.0;
+            for (int64_t i = 0; i < L; i++)
+                lc->sparsity[i] = L > 10 && i < 10 ? 0.95 : 0.0;
         else
             CHECK(n == (size_t)L, NMLX_ERR_INVALID_MODEL,
                   "%s: field 'activation_sparsity_pattern' has %zu entries for %lld layers",
@@ -158,9 +141,9 @@ static nmlx_status load_linear(nmlx_linear *l, const nmlx_weights *ws, const cha
     return nmlx_linear_load(l, ws, name, out, in, false);
 }
 
-static nmlx_status load_layer(nmlx_g3n_model *m, const nmlx_g3n_def *def,
-                              const nmlx_weights *ws, const char *lp, int64_t i,
-                              const layer_cfg *lc, float eps, bool attn_bias) {
+static nmlx_status load_layer(nmlx_g3n_model *m, const nmlx_g3n_def *def, const nmlx_weights *ws,
+                              const char *lp, int64_t i, const layer_cfg *lc, float eps,
+                              bool attn_bias) {
     nmlx_status st;
     nmlx_g3n_layer *l = &m->layers[i];
     int64_t D = m->hidden, HD = m->head_dim;
@@ -191,8 +174,8 @@ static nmlx_status load_layer(nmlx_g3n_model *m, const nmlx_g3n_def *def,
     l->sparse = lc->sparsity[i] > 0;
     if (l->sparse) l->sparsity_mult = (float)nmlx_normal_quantile(lc->sparsity[i]);
     snprintf(name, sizeof name, "%s.altup", lp);
-    if ((st = nmlx_altup_load(&l->altup, ws, name, D, m->K, m->active,
-                              (float)def->altup_coef_clip, eps, def->altup_correct_scale)))
+    if ((st = nmlx_altup_load(&l->altup, ws, name, D, m->K, m->active, (float)def->altup_coef_clip,
+                              eps, def->altup_correct_scale)))
         return st;
     if (def->laurel) {
         snprintf(name, sizeof name, "%s.laurel", lp);
@@ -214,7 +197,8 @@ static nmlx_status kv_sources(const nmlx_cfg *cfg, const nmlx_g3n_def *def, nmlx
                               const bool *sliding) {
     int64_t L = m->n_layers, shared = 0;
     nmlx_status st = NMLX_OK;
-    for (int64_t i = 0; i < L; i++) m->layers[i].kv_source = -1;
+    for (int64_t i = 0; i < L; i++)
+        m->layers[i].kv_source = -1;
     if (!def->kv_sharing) return NMLX_OK;
     if ((st = nmlx_cfg_int(cfg, "num_kv_shared_layers", def->num_kv_shared_layers, &shared)))
         return st;
@@ -249,12 +233,12 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
     m->def = def;
 
-    TRY(required_int(cfg, "hidden_size", &m->hidden));
-    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
-    TRY(required_int(cfg, "num_attention_heads", &m->heads));
-    TRY(required_int(cfg, "vocab_size", &m->vocab));
-    TRY(positive_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
-    TRY(positive_int(cfg, "head_dim", def->head_dim, &m->head_dim));
+    TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
+    TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(nmlx_cfg_required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(nmlx_cfg_required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_positive_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
+    TRY(nmlx_cfg_positive_int(cfg, "head_dim", def->head_dim, &m->head_dim));
     CHECK(m->heads % m->kv_heads == 0, NMLX_ERR_INVALID_MODEL,
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)",
           nmlx_cfg_path(cfg), (long long)m->heads, (long long)m->kv_heads);
@@ -262,17 +246,18 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           nmlx_cfg_path(cfg), (long long)m->head_dim);
     CHECK(m->n_layers <= MAX_LAYERS && m->vocab <= (1 << 24), NMLX_ERR_INVALID_MODEL,
           "%s: num_hidden_layers or vocab_size out of range", nmlx_cfg_path(cfg));
-    TRY(positive_int(cfg, "altup_num_inputs", def->altup_num_inputs, &m->K));
+    TRY(nmlx_cfg_positive_int(cfg, "altup_num_inputs", def->altup_num_inputs, &m->K));
     TRY(nmlx_cfg_int(cfg, "altup_active_idx", def->altup_active_idx, &m->active));
-    CHECK(m->K <= NMLX_ALTUP_MAX_INPUTS && m->active >= 0 && m->active < m->K,
-          NMLX_ERR_UNSUPPORTED, "%s: altup_num_inputs %lld / altup_active_idx %lld not supported",
-          nmlx_cfg_path(cfg), (long long)m->K, (long long)m->active);
-    if (def->laurel) TRY(positive_int(cfg, "laurel_rank", def->laurel_rank, &m->laurel_rank));
+    CHECK(m->K <= NMLX_ALTUP_MAX_INPUTS && m->active >= 0 && m->active < m->K, NMLX_ERR_UNSUPPORTED,
+          "%s: altup_num_inputs %lld / altup_active_idx %lld not supported", nmlx_cfg_path(cfg),
+          (long long)m->K, (long long)m->active);
+    if (def->laurel)
+        TRY(nmlx_cfg_positive_int(cfg, "laurel_rank", def->laurel_rank, &m->laurel_rank));
     if (def->per_layer_inputs) {
-        TRY(positive_int(cfg, "hidden_size_per_layer_input", def->hidden_size_per_layer_input,
-                         &m->pl_dim));
-        TRY(positive_int(cfg, "vocab_size_per_layer_input", def->vocab_size_per_layer_input,
-                         &m->pl_vocab));
+        TRY(nmlx_cfg_positive_int(cfg, "hidden_size_per_layer_input",
+                                  def->hidden_size_per_layer_input, &m->pl_dim));
+        TRY(nmlx_cfg_positive_int(cfg, "vocab_size_per_layer_input",
+                                  def->vocab_size_per_layer_input, &m->pl_vocab));
     }
 
     double eps, softcap;
@@ -294,8 +279,9 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_cfg_bool(cfg, "attention_bias", false, &attn_bias));
     TRY(nmlx_cfg_string(cfg, def->act_key, def->hidden_act, &act_name));
     TRY(nmlx_parse_activation(act_name, &m->act));
-    TRY(positive_int(cfg, "sliding_window", def->sliding_window, &window));
-    TRY(positive_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
+    TRY(nmlx_cfg_positive_int(cfg, "sliding_window", def->sliding_window, &window));
+    TRY(nmlx_cfg_positive_int(cfg, "max_position_embeddings", def->max_position_embeddings,
+                              &max_pos));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
     int64_t rot = 0;
@@ -354,14 +340,9 @@ nmlx_status nmlx_g3n_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
     for (int64_t i = 0; i < m->n_layers; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (m->layers[i].kv_source >= 0) continue; /* reads another layer's cache */
-        if (m->layers[i].window > 0) {
-            info->kv_sliding_bytes_per_token += bpt;
-            if (m->layers[i].window > info->kv_window) info->kv_window = m->layers[i].window;
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
+        const nmlx_g3n_layer *l = &m->layers[i];
+        if (l->kv_source >= 0) continue; /* reads another layer's cache */
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, l->window > 0, l->window);
     }
     *archp = m;
     m = NULL;
@@ -389,15 +370,16 @@ void nmlx_g3n_state_free(void *statep, nmlx_backend *be) {
     nmlx_g3n_state *s = statep;
     if (!s) return;
     if (s->caches)
-        for (int64_t i = 0; i < s->n_layers; i++) nmlx_layer_cache_free(&s->caches[i], be);
+        for (int64_t i = 0; i < s->n_layers; i++)
+            nmlx_layer_cache_free(&s->caches[i], be);
     nmlx_free(s->caches);
     nmlx_free(s->views);
     nmlx_free(s->pl_ids);
-    float *bufs[] = {s->streams, s->pred, s->pli, s->pl_emb, s->xn, s->h, s->tmp, s->aux, s->low,
-                     s->gate, s->up, s->router, s->plg, s->logits, s->attn.q, s->attn.k,
-                     s->attn.v, s->attn.ctx, s->attn.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {s->streams, s->pred,   s->pli,      s->pl_emb,      s->xn,
+                    s->h,       s->tmp,    s->aux,      s->low,         s->gate,
+                    s->up,      s->router, s->plg,      s->logits,      s->attn.q,
+                    s->attn.k,  s->attn.v, s->attn.ctx, s->attn.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
     nmlx_free(s);
 }
 
@@ -440,11 +422,10 @@ nmlx_status nmlx_g3n_state_create(const void *archp, nmlx_backend *be, int64_t m
     s->attn.k = be->ops->alloc(be, C * kvdim * f);
     s->attn.v = be->ops->alloc(be, C * kvdim * f);
     s->attn.ctx = be->ops->alloc(be, C * qdim * f);
-    s->attn.scratch = be->ops->alloc(
-        be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) * (size_t)max_context * f);
-    CHECK(s->streams && s->pred && s->pli && s->pl_emb && s->xn && s->h && s->tmp && s->aux && s->low &&
-              s->gate && s->up && s->router && s->plg && s->logits && s->attn.q && s->attn.k &&
-              s->attn.v && s->attn.ctx && s->attn.scratch,
+    s->attn.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
+    CHECK(s->streams && s->pred && s->pli && s->pl_emb && s->xn && s->h && s->tmp && s->aux &&
+              s->low && s->gate && s->up && s->router && s->plg && s->logits && s->attn.q &&
+              s->attn.k && s->attn.v && s->attn.ctx && s->attn.scratch,
           NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
     *statep = s;
@@ -468,8 +449,8 @@ void nmlx_g3n_state_trim(void *statep, int64_t n) {
 
 /* ---- blocks ----------------------------------------------------------------- */
 
-void nmlx_g3n_attention(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s,
-                        int64_t layer, const float *xn, float *out, int64_t T) {
+void nmlx_g3n_attention(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s, int64_t layer,
+                        const float *xn, float *out, int64_t T) {
     const nmlx_g3n_layer *l = &m->layers[layer];
     const nmlx_attention_buffers *b = &s->attn;
     int64_t H = m->heads, KVH = m->kv_heads, HD = m->head_dim, pos = s->pos;
@@ -490,11 +471,25 @@ void nmlx_g3n_attention(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_stat
         kv = &s->views[l->kv_source]; /* written earlier in this chunk */
     }
     nmlx_attn_args args = {
-        .q = b->q, .k = kv->keys, .v = kv->values, .out = b->ctx,
-        .T = T, .H = H, .KVH = KVH, .HD = HD, .cap = kv->cap,
-        .q_pos = kv->q_row, .n_kv = kv->n_kv, .scale = 1.0f,
-        .window = kv->window, .softcap = 0.0f, .sinks = NULL, .scratch = b->scratch,
-        .kv_dtype = kv->dtype, .k16 = kv->keys16, .v16 = kv->values16,
+        .q = b->q,
+        .k = kv->keys,
+        .v = kv->values,
+        .out = b->ctx,
+        .T = T,
+        .H = H,
+        .KVH = KVH,
+        .HD = HD,
+        .cap = kv->cap,
+        .q_pos = kv->q_row,
+        .n_kv = kv->n_kv,
+        .scale = 1.0f,
+        .window = kv->window,
+        .softcap = 0.0f,
+        .sinks = NULL,
+        .scratch = b->scratch,
+        .kv_dtype = kv->dtype,
+        .k16 = kv->keys16,
+        .v16 = kv->values16,
     };
     be->ops->attention(be, &args);
     nmlx_linear_forward(be, &l->o, b->ctx, out, T);
@@ -550,8 +545,7 @@ static void per_layer_inputs(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n
 }
 
 /* The K AltUp streams of C tokens from x0 = stream 0. */
-static void embed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s,
-                          int64_t C) {
+static void embed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s, int64_t C) {
     for (int64_t k = 1; k < m->K; k++) {
         float *xk = s->streams + k * s->stride;
         nmlx_linear_forward(be, &m->altup_proj[k - 1], s->streams, xk, C);
@@ -560,8 +554,8 @@ static void embed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_st
 }
 
 /* x [C, hidden] = mean of stream 0 and the unembedded other streams. */
-static void unembed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s,
-                            float *x, int64_t C) {
+static void unembed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_state *s, float *x,
+                            int64_t C) {
     int64_t n = C * m->hidden;
     be->ops->copy(be, x, s->streams, (size_t)n * sizeof(float));
     for (int64_t k = 1; k < m->K; k++) {
@@ -572,13 +566,14 @@ static void unembed_streams(nmlx_backend *be, const nmlx_g3n_model *m, nmlx_g3n_
     be->ops->scale(be, x, 1.0f / (float)m->K, n);
 }
 
-nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be,
-                             const int32_t *ids, int64_t T, float *last_logits,
-                             float *all_logits, atomic_bool *cancel) {
+nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
+                             int64_t T, float *last_logits, float *all_logits,
+                             atomic_bool *cancel) {
     const nmlx_g3n_model *m = archp;
     nmlx_g3n_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_g3n_state_position(s);
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, m->softcap};
     TRY(nmlx_check_ids(ids, T, m->vocab));
     for (int64_t i = 0; i < m->n_layers; i++)
         if (m->layers[i].kv_source < 0) TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
@@ -597,19 +592,8 @@ nmlx_status nmlx_g3n_forward(const void *archp, void *statep, nmlx_backend *be,
             s->pred = t;
         }
         unembed_streams(be, m, s, s->h, C);
-        bool last_chunk = c0 + C == T;
-        if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->h, s->xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, C, m->hidden, m->vocab, m->softcap, s->logits,
-                              all_logits + c0 * m->vocab);
-            if (last_chunk)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last_chunk) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->h + (C - 1) * m->hidden, s->xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, 1, m->hidden, m->vocab, m->softcap, s->logits,
-                              last_logits);
-        }
+        nmlx_chunk_logits(be, &head, s->h, s->xn, false, s->logits, c0, C, T, last_logits,
+                          all_logits);
     }
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */

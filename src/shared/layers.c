@@ -222,6 +222,14 @@ nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab) {
     return NMLX_OK;
 }
 
+nmlx_status nmlx_check_batch(const int32_t *ids, int64_t B, int64_t max_batch, int64_t vocab) {
+    if (B < 1 || B > max_batch)
+        return nmlx_fail(NMLX_ERR_INVALID_ARG,
+                         "batched decode of %lld sessions: the batch holds 1 to %lld", (long long)B,
+                         (long long)max_batch);
+    return nmlx_check_ids(ids, B, vocab);
+}
+
 nmlx_status nmlx_check_layer_count(const nmlx_weights *ws, const char *prefix, int64_t n_layers,
                                    const char *config_path) {
     char head[160];

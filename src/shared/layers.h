@@ -117,5 +117,8 @@ nmlx_status nmlx_check_layer_count(const nmlx_weights *ws, const char *prefix, i
 
 /* NMLX_ERR_INVALID_ARG naming the first id outside [0, vocab). */
 nmlx_status nmlx_check_ids(const int32_t *ids, int64_t T, int64_t vocab);
+/* A batched decode step's input: B in [1, max_batch] (else
+ * NMLX_ERR_INVALID_ARG), then its B ids as nmlx_check_ids. */
+nmlx_status nmlx_check_batch(const int32_t *ids, int64_t B, int64_t max_batch, int64_t vocab);
 
 #endif

@@ -10,11 +10,7 @@
 
 typedef struct l4_batch {
     int64_t max_batch;
-    float *x, *xn, *tmp, *gate, *up; /* [B, hidden], [B, widest MLP] */
-    float *dev_logits;               /* [NMLX_LOGIT_ROWS, vocab] backend */
-    nmlx_l4_buffers ab;              /* B rows; attention scratch is each session's */
-    nmlx_l4_moe_buffers mb;
-    bool has_mb;
+    l4_buffers w;           /* B rows; attention scratch is each session's */
     nmlx_l4_cache **caches; /* [B] one layer's cache of each session */
     float **scratch;        /* [B] each session's attention scratch */
 } l4_batch;
@@ -22,11 +18,7 @@ typedef struct l4_batch {
 void nmlx_l4_batch_free(void *batchp, nmlx_backend *be) {
     l4_batch *b = batchp;
     if (!b) return;
-    if (b->has_mb) nmlx_l4_moe_buffers_free(&b->mb, be);
-    float *bufs[] = {b->x,    b->xn,   b->tmp,  b->gate,   b->up,
-                     b->ab.q, b->ab.k, b->ab.v, b->ab.ctx, b->dev_logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    l4_buffers_free(&b->w, be);
     nmlx_free(b->caches);
     nmlx_free(b->scratch);
     nmlx_free(b);
@@ -39,28 +31,12 @@ nmlx_status nmlx_l4_batch_create(const void *archp, nmlx_backend *be, int64_t ma
     l4_batch *b = nmlx_calloc(1, sizeof *b);
     CHECK(b, NMLX_ERR_NOMEM, "out of memory creating a batch");
     b->max_batch = max_batch;
-    size_t B = (size_t)max_batch, f = sizeof(float), D = (size_t)m->hidden;
-    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
-    size_t inter = (size_t)(m->inter > m->inter_mlp ? m->inter : m->inter_mlp);
-    b->x = be->ops->alloc(be, B * D * f);
-    b->xn = be->ops->alloc(be, B * D * f);
-    b->tmp = be->ops->alloc(be, B * D * f);
-    b->gate = be->ops->alloc(be, B * inter * f);
-    b->up = be->ops->alloc(be, B * inter * f);
-    b->ab.q = be->ops->alloc(be, B * qdim * f);
-    b->ab.k = be->ops->alloc(be, B * kvdim * f);
-    b->ab.v = be->ops->alloc(be, B * kvdim * f);
-    b->ab.ctx = be->ops->alloc(be, B * qdim * f);
-    b->dev_logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    b->caches = nmlx_calloc(B, sizeof *b->caches);
-    b->scratch = nmlx_calloc(B, sizeof *b->scratch);
-    CHECK(b->x && b->xn && b->tmp && b->gate && b->up && b->ab.q && b->ab.k && b->ab.v &&
-              b->ab.ctx && b->dev_logits && b->caches && b->scratch,
-          NMLX_ERR_NOMEM, "out of memory for the buffers of a batch of %lld", (long long)max_batch);
-    if (m->has_moe) {
-        TRY(nmlx_l4_moe_buffers_alloc(&b->mb, be, max_batch, &m->moe));
-        b->has_mb = true;
-    }
+    bool ok = l4_buffers_alloc(m, be, max_batch, &b->w);
+    b->caches = nmlx_calloc((size_t)max_batch, sizeof *b->caches);
+    b->scratch = nmlx_calloc((size_t)max_batch, sizeof *b->scratch);
+    CHECK(ok && b->caches && b->scratch, NMLX_ERR_NOMEM,
+          "out of memory for the buffers of a batch of %lld", (long long)max_batch);
+    TRY(l4_moe_buffers_alloc(m, be, max_batch, &b->w));
     *batchp = b;
     b = NULL;
 cleanup:
@@ -75,35 +51,28 @@ nmlx_status nmlx_l4_forward_batch(const void *archp, void *batchp, void *const *
     l4_batch *b = batchp;
     nmlx_status st = NMLX_OK;
     int64_t D = m->hidden;
-    CHECK(B >= 1 && B <= b->max_batch, NMLX_ERR_INVALID_ARG,
-          "batched decode of %lld sessions: the batch holds 1 to %lld", (long long)B,
-          (long long)b->max_batch);
-    TRY(nmlx_check_ids(ids, B, m->vocab));
+    TRY(nmlx_check_batch(ids, B, b->max_batch, m->vocab));
     /* every cache checked first, so a failure leaves every session as it was */
     for (int64_t r = 0; r < B; r++) {
         l4_state *s = states[r];
         for (int64_t i = 0; i < m->n_layers; i++)
             TRY(nmlx_l4_cache_reserve(&s->caches[i], be, 1));
-        b->scratch[r] = s->ab.scratch;
+        b->scratch[r] = s->w.ab.scratch;
     }
-    be->ops->embed(be, &m->embed, ids, B, 1.0f, b->x);
+    l4_buffers *w = &b->w;
+    be->ops->embed(be, &m->embed, ids, B, 1.0f, w->x);
     for (int64_t i = 0; i < m->n_layers; i++) {
         const l4_layer *l = &m->layers[i];
         for (int64_t r = 0; r < B; r++)
             b->caches[r] = &((l4_state *)states[r])->caches[i];
-        nmlx_rmsnorm_forward(be, &l->input_norm, b->x, b->xn, B, D);
-        nmlx_l4_attention_forward_rows(be, &l->attn, b->caches, b->scratch, &b->ab, b->xn, b->tmp,
+        nmlx_rmsnorm_forward(be, &l->input_norm, w->x, w->xn, B, D);
+        nmlx_l4_attention_forward_rows(be, &l->attn, b->caches, b->scratch, &w->ab, w->xn, w->tmp,
                                        B);
-        be->ops->add(be, b->x, b->tmp, b->x, B * D);
-        nmlx_rmsnorm_forward(be, &l->post_attn_norm, b->x, b->xn, B, D);
-        if (l->is_moe)
-            nmlx_l4_moe_forward(be, &l->moe, &b->mb, b->xn, b->gate, b->up, b->tmp, B);
-        else
-            nmlx_mlp_forward(be, &l->mlp, b->xn, b->gate, b->up, b->tmp, B);
-        be->ops->add(be, b->x, b->tmp, b->x, B * D);
+        be->ops->add(be, w->x, w->tmp, w->x, B * D);
+        l4_ffn_residual(be, m, l, w, B);
     }
-    nmlx_rmsnorm_forward(be, &m->norm, b->x, b->xn, B, D);
-    nmlx_lm_head_scatter(be, &m->lm_head, b->xn, B, D, m->vocab, 0.0f, b->dev_logits, logits);
+    nmlx_rmsnorm_forward(be, &m->norm, w->x, w->xn, B, D);
+    nmlx_lm_head_scatter(be, &m->lm_head, w->xn, B, D, m->vocab, 0.0f, w->logits, logits);
 cleanup:
     return st;
 }

@@ -6,63 +6,24 @@
  *   logits = lm_head(norm(x))             (only the rows that are asked for) */
 #include "llama4_model_impl.h"
 
+#include "attention.h"
+#include "embed_head.h"
 #include "io/config_schema.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
-    if (!nmlx_cfg_has(cfg, key))
-        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
-    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
-static nmlx_status feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool def,
-                           bool *out) {
-    if (f != NMLX_FEATURE_FROM_CONFIG) {
-        *out = f == NMLX_FEATURE_ON;
-        return NMLX_OK;
-    }
-    return nmlx_cfg_bool(cfg, key, def, out);
-}
-
 /* attn_temperature_tuning: transformers types it bool; hub configs (and
  * mlx-lm) write a number (4), meaning on when nonzero. */
 static nmlx_status temperature_flag(const nmlx_cfg *cfg, nmlx_feature f, bool *out) {
     if (f != NMLX_FEATURE_FROM_CONFIG || !nmlx_cfg_has(cfg, "attn_temperature_tuning"))
-        return feature(cfg, f, "attn_temperature_tuning", true, out);
+        return nmlx_cfg_feature(cfg, f, "attn_temperature_tuning", true, out);
     double v = 0;
     if (nmlx_cfg_bool(cfg, "attn_temperature_tuning", true, out) == NMLX_OK) return NMLX_OK;
     nmlx_status st = nmlx_cfg_float(cfg, "attn_temperature_tuning", 0.0, &v);
     if (st == NMLX_OK) *out = v != 0;
     return st;
-}
-
-/* Where the text model's weights live: "model." (Llama4ForCausalLM), or the
- * language model of Llama4ForConditionalGeneration (hub:
- * "language_model.model.", transformers 5 in memory: "model.language_model."). */
-static void weight_prefix(const nmlx_weights *ws, const char **prefix, const char **head) {
-    static const char *const prefixes[][2] = {
-        {"model", "lm_head"},
-        {"language_model.model", "language_model.lm_head"},
-        {"model.language_model", "lm_head"},
-    };
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i][0]);
-        if (nmlx_weights_find(ws, name)) {
-            *prefix = prefixes[i][0];
-            *head = prefixes[i][1];
-            return;
-        }
-    }
-    *prefix = "model";
-    *head = "lm_head"; /* the load then names the missing tensor */
 }
 
 /* RoPE per layer (config no_rope_layers: 1 = RoPE, at least one entry per
@@ -201,11 +162,11 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
           "NMLX_CUDA_EXPERIMENTAL=1 to run it there, or use the CPU backend",
           path, ctx->be->ops->name);
 
-    TRY(required_int(cfg, "hidden_size", &m->hidden));
-    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
-    TRY(required_int(cfg, "num_attention_heads", &m->heads));
-    TRY(required_int(cfg, "vocab_size", &m->vocab));
-    TRY(required_int(cfg, "intermediate_size", &m->inter));
+    TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
+    TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(nmlx_cfg_required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(nmlx_cfg_required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_required_int(cfg, "intermediate_size", &m->inter));
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     TRY(nmlx_cfg_int(cfg, "head_dim", def->head_dim ? def->head_dim : m->hidden / m->heads,
                      &m->head_dim));
@@ -228,30 +189,22 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     TRY(nmlx_cfg_bool(cfg, "tie_word_embeddings", def->tie_word_embeddings, &tied));
     TRY(nmlx_cfg_string(cfg, "hidden_act", def->hidden_act, &act_name));
     TRY(nmlx_parse_activation(act_name, &act));
-    TRY(feature(cfg, def->attention_bias, "attention_bias", false, &bias));
-    TRY(feature(cfg, def->qk_l2_norm, "use_qk_norm", true, &qk_norm));
+    TRY(nmlx_cfg_feature(cfg, def->attention_bias, "attention_bias", false, &bias));
+    TRY(nmlx_cfg_feature(cfg, def->qk_l2_norm, "use_qk_norm", true, &qk_norm));
     TRY(temperature_flag(cfg, def->attn_temperature_tuning, &tune));
     TRY(nmlx_cfg_float(cfg, "floor_scale", def->floor_scale, &floor_scale));
     TRY(nmlx_cfg_float(cfg, "attn_scale", def->attn_scale, &attn_scale));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
     const char *prefix = NULL, *head_name = NULL;
-    weight_prefix(ws, &prefix, &head_name);
+    nmlx_text_weight_prefix(ws, &prefix, &head_name);
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, path));
 
     TRY(nmlx_cfg_rope(cfg, def->rope_theta, rc));
     TRY(nmlx_rope_init(&m->rope, ctx->be, m->head_dim, rc, max_pos));
 
+    TRY(nmlx_embed_head_load(ctx->be, ws, prefix, head_name, m->vocab, m->hidden, tied, &m->embed,
+                             &m->lm_head));
     char name[192];
-    snprintf(name, sizeof name, "%s.embed_tokens", prefix);
-    TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden));
-    TRY(nmlx_weight_prepare(ctx->be, &m->embed));
-    if (tied) {
-        m->lm_head.w = m->embed;
-        m->lm_head.bias = NULL;
-    } else {
-        TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
-        TRY(nmlx_linear_prepare(ctx->be, &m->lm_head));
-    }
     snprintf(name, sizeof name, "%s.norm", prefix);
     TRY(load_norm(&m->norm, ws, ctx->be, name, m->hidden, (float)eps));
 
@@ -275,9 +228,9 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
             .stacked_name = def->stacked_name,
             .gate_up_halves = true,
         };
-        TRY(required_int(cfg, "num_local_experts", &m->moe.n_experts));
-        TRY(required_int(cfg, "num_experts_per_tok", &m->moe.top_k));
-        TRY(required_int(cfg, def->expert_size_key, &m->moe.expert_hidden));
+        TRY(nmlx_cfg_required_int(cfg, "num_local_experts", &m->moe.n_experts));
+        TRY(nmlx_cfg_required_int(cfg, "num_experts_per_tok", &m->moe.top_k));
+        TRY(nmlx_cfg_required_int(cfg, def->expert_size_key, &m->moe.expert_hidden));
         CHECK(m->moe.top_k <= m->moe.n_experts, NMLX_ERR_INVALID_MODEL,
               "%s: num_experts_per_tok (%lld) must not exceed num_local_experts (%lld)", path,
               (long long)m->moe.top_k, (long long)m->moe.n_experts);
@@ -305,16 +258,9 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     }
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
-    for (int64_t i = 0; i < L; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (chunked[i]) {
-            info->kv_sliding_bytes_per_token += bpt;
-            /* the live chunk and the one before (chunked_kv_cache.h) */
-            if (2 * m->chunk > info->kv_window) info->kv_window = 2 * m->chunk;
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
-    }
+    for (int64_t i = 0; i < L; i++) /* chunked: the live chunk and the one before
+                                     * (chunked_kv_cache.h) */
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, chunked[i], 2 * m->chunk);
     *archp = m;
     m = NULL;
 cleanup:
@@ -348,12 +294,40 @@ void nmlx_l4_state_free(void *statep, nmlx_backend *be) {
                 nmlx_layer_cache_free(&s->caches[i].full, be);
         }
     nmlx_free(s->caches);
-    if (s->has_mb) nmlx_l4_moe_buffers_free(&s->mb, be);
-    float *bufs[] = {s->x,    s->logits, s->xn,   s->tmp,    s->gate,      s->up,
-                     s->ab.q, s->ab.k,   s->ab.v, s->ab.ctx, s->ab.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    l4_buffers_free(&s->w, be);
     nmlx_free(s);
+}
+
+bool l4_buffers_alloc(const l4_model *m, nmlx_backend *be, int64_t rows, l4_buffers *w) {
+    size_t R = (size_t)rows, f = sizeof(float), D = (size_t)m->hidden;
+    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
+    size_t inter = (size_t)(m->inter > m->inter_mlp ? m->inter : m->inter_mlp);
+    w->x = be->ops->alloc(be, R * D * f);
+    w->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
+    w->xn = be->ops->alloc(be, R * D * f);
+    w->tmp = be->ops->alloc(be, R * D * f);
+    w->gate = be->ops->alloc(be, R * inter * f);
+    w->up = be->ops->alloc(be, R * inter * f);
+    w->ab.q = be->ops->alloc(be, R * qdim * f);
+    w->ab.k = be->ops->alloc(be, R * kvdim * f);
+    w->ab.v = be->ops->alloc(be, R * kvdim * f);
+    w->ab.ctx = be->ops->alloc(be, R * qdim * f);
+    return w->x && w->logits && w->xn && w->tmp && w->gate && w->up && w->ab.q && w->ab.k &&
+           w->ab.v && w->ab.ctx;
+}
+
+nmlx_status l4_moe_buffers_alloc(const l4_model *m, nmlx_backend *be, int64_t rows, l4_buffers *w) {
+    if (!m->has_moe) return NMLX_OK;
+    nmlx_status st = nmlx_l4_moe_buffers_alloc(&w->mb, be, rows, &m->moe);
+    w->has_mb = st == NMLX_OK;
+    return st;
+}
+
+void l4_buffers_free(l4_buffers *w, nmlx_backend *be) {
+    if (w->has_mb) nmlx_l4_moe_buffers_free(&w->mb, be);
+    void *bufs[] = {w->x,    w->logits, w->xn,   w->tmp,    w->gate,      w->up,
+                    w->ab.q, w->ab.k,   w->ab.v, w->ab.ctx, w->ab.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
 }
 
 nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t max_context,
@@ -376,29 +350,11 @@ nmlx_status nmlx_l4_state_create(const void *archp, nmlx_backend *be, int64_t ma
             TRY(nmlx_layer_cache_init(&c->full, be, m->kv_heads, m->head_dim, 0, s->piece,
                                       max_context));
     }
-    size_t C = (size_t)s->piece, f = sizeof(float), D = (size_t)m->hidden;
-    size_t qdim = (size_t)(m->heads * m->head_dim), kvdim = (size_t)(m->kv_heads * m->head_dim);
-    size_t inter = (size_t)(m->inter > m->inter_mlp ? m->inter : m->inter_mlp);
-    s->x = be->ops->alloc(be, C * D * f);
-    s->logits = be->ops->alloc(be, NMLX_LOGIT_ROWS * (size_t)m->vocab * f);
-    s->xn = be->ops->alloc(be, C * D * f);
-    s->tmp = be->ops->alloc(be, C * D * f);
-    s->gate = be->ops->alloc(be, C * inter * f);
-    s->up = be->ops->alloc(be, C * inter * f);
-    s->ab.q = be->ops->alloc(be, C * qdim * f);
-    s->ab.k = be->ops->alloc(be, C * kvdim * f);
-    s->ab.v = be->ops->alloc(be, C * kvdim * f);
-    s->ab.ctx = be->ops->alloc(be, C * qdim * f);
-    s->ab.scratch = be->ops->alloc(
-        be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) * (size_t)max_context * f);
-    CHECK(s->x && s->logits && s->xn && s->tmp && s->gate && s->up && s->ab.q && s->ab.k &&
-              s->ab.v && s->ab.ctx && s->ab.scratch,
-          NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
+    bool ok = l4_buffers_alloc(m, be, s->piece, &s->w);
+    s->w.ab.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
+    CHECK(ok && s->w.ab.scratch, NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
-    if (m->has_moe) {
-        TRY(nmlx_l4_moe_buffers_alloc(&s->mb, be, s->piece, &m->moe));
-        s->has_mb = true;
-    }
+    TRY(l4_moe_buffers_alloc(m, be, s->piece, &s->w));
     *statep = s;
     s = NULL;
 cleanup:
@@ -413,26 +369,29 @@ int64_t nmlx_l4_state_position(const void *statep) {
 
 void nmlx_l4_state_trim(void *statep, int64_t n) {
     l4_state *s = statep;
-    for (int64_t i = 0; i < s->n_layers; i++) {
-        if (s->caches[i].chunked)
-            nmlx_chunked_kv_cache_trim(&s->caches[i].ck, n);
-        else
-            nmlx_layer_cache_trim(&s->caches[i].full, n);
-    }
+    for (int64_t i = 0; i < s->n_layers; i++)
+        nmlx_l4_cache_trim(&s->caches[i], n);
+}
+
+void l4_ffn_residual(nmlx_backend *be, const l4_model *m, const l4_layer *l, l4_buffers *w,
+                     int64_t T) {
+    int64_t D = m->hidden;
+    nmlx_rmsnorm_forward(be, &l->post_attn_norm, w->x, w->xn, T, D);
+    if (l->is_moe)
+        nmlx_l4_moe_forward(be, &l->moe, &w->mb, w->xn, w->gate, w->up, w->tmp, T);
+    else
+        nmlx_mlp_forward(be, &l->mlp, w->xn, w->gate, w->up, w->tmp, T);
+    be->ops->add(be, w->x, w->tmp, w->x, T * D);
 }
 
 static void layer_forward(nmlx_backend *be, const l4_model *m, l4_state *s, int64_t i, int64_t T) {
     const l4_layer *l = &m->layers[i];
+    l4_buffers *w = &s->w;
     int64_t D = m->hidden;
-    nmlx_rmsnorm_forward(be, &l->input_norm, s->x, s->xn, T, D);
-    nmlx_l4_attention_forward(be, &l->attn, &s->caches[i], &s->ab, s->xn, s->tmp, T);
-    be->ops->add(be, s->x, s->tmp, s->x, T * D);
-    nmlx_rmsnorm_forward(be, &l->post_attn_norm, s->x, s->xn, T, D);
-    if (l->is_moe)
-        nmlx_l4_moe_forward(be, &l->moe, &s->mb, s->xn, s->gate, s->up, s->tmp, T);
-    else
-        nmlx_mlp_forward(be, &l->mlp, s->xn, s->gate, s->up, s->tmp, T);
-    be->ops->add(be, s->x, s->tmp, s->x, T * D);
+    nmlx_rmsnorm_forward(be, &l->input_norm, w->x, w->xn, T, D);
+    nmlx_l4_attention_forward(be, &l->attn, &s->caches[i], &w->ab, w->xn, w->tmp, T);
+    be->ops->add(be, w->x, w->tmp, w->x, T * D);
+    l4_ffn_residual(be, m, l, w, T);
 }
 
 nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, const int32_t *ids,
@@ -441,18 +400,14 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
     l4_state *s = statep;
     nmlx_status st = NMLX_OK;
     int64_t start = nmlx_l4_state_position(s);
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, 0.0f};
     TRY(nmlx_check_ids(ids, T, m->vocab));
     /* check every cache first, so a failure leaves nothing half-done */
-    for (int64_t i = 0; i < m->n_layers; i++) {
-        nmlx_l4_cache *c = &s->caches[i];
-        if (c->chunked)
-            TRY(nmlx_chunked_kv_cache_reserve(&c->ck, T));
-        else
-            TRY(nmlx_layer_cache_reserve(&c->full, be, T));
-    }
+    for (int64_t i = 0; i < m->n_layers; i++)
+        TRY(nmlx_l4_cache_reserve(&s->caches[i], be, T));
     for (int64_t c0 = 0; c0 < T; c0 += s->piece) {
         int64_t C = T - c0 < s->piece ? T - c0 : s->piece;
-        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->x);
+        be->ops->embed(be, &m->embed, ids + c0, C, 1.0f, s->w.x);
         for (int64_t i = 0; i < m->n_layers; i++) {
             /* one token (decode): only before it starts, so a cancelled step
              * never needs a rollback (which a new attention chunk would make
@@ -461,29 +416,12 @@ nmlx_status nmlx_l4_forward(const void *archp, void *statep, nmlx_backend *be, c
                 CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
             layer_forward(be, m, s, i, C);
         }
-        bool last = c0 + C == T;
-        if (all_logits) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->x, s->xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, C, m->hidden, m->vocab, 0.0f, s->logits,
-                              all_logits + c0 * m->vocab);
-            if (last)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last) {
-            nmlx_rmsnorm_forward(be, &m->norm, s->x + (C - 1) * m->hidden, s->xn, 1, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->xn, 1, m->hidden, m->vocab, 0.0f, s->logits,
-                              last_logits);
-        }
+        nmlx_chunk_logits(be, &head, s->w.x, s->w.xn, false, s->w.logits, c0, C, T, last_logits,
+                          all_logits);
     }
 cleanup:
     if (st != NMLX_OK) /* roll every cache back to where this call started */
-        for (int64_t i = 0; i < m->n_layers; i++) {
-            nmlx_l4_cache *c = &s->caches[i];
-            int64_t n = nmlx_l4_cache_offset(c) - start;
-            if (c->chunked)
-                nmlx_chunked_kv_cache_trim(&c->ck, n);
-            else
-                nmlx_layer_cache_trim(&c->full, n);
-        }
+        for (int64_t i = 0; i < m->n_layers; i++)
+            nmlx_l4_cache_trim(&s->caches[i], nmlx_l4_cache_offset(&s->caches[i]) - start);
     return st;
 }

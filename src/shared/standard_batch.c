@@ -51,10 +51,7 @@ nmlx_status nmlx_std_forward_batch(const void *archp, void *batchp, void *const 
     const std_model *m = archp;
     std_batch *b = batchp;
     nmlx_status st = NMLX_OK;
-    CHECK(B >= 1 && B <= b->max_batch, NMLX_ERR_INVALID_ARG,
-          "batched decode of %lld sessions: the batch holds 1 to %lld", (long long)B,
-          (long long)b->max_batch);
-    TRY(nmlx_check_ids(ids, B, m->vocab));
+    TRY(nmlx_check_batch(ids, B, b->max_batch, m->vocab));
     /* Room in every cache first, so a failure leaves every session as it was
      * (reserving only grows capacity). */
     for (int64_t r = 0; r < B; r++) {

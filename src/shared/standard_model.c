@@ -9,6 +9,7 @@
 #include "standard_model_impl.h"
 
 #include "decoder_layer.h"
+#include "embed_head.h"
 #include "io/config_schema.h"
 #include "rope_setup.h"
 
@@ -35,22 +36,13 @@ nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out) {
     return NMLX_OK;
 }
 
-static nmlx_status required_int(const nmlx_cfg *cfg, const char *key, int64_t *out) {
-    if (!nmlx_cfg_has(cfg, key))
-        return nmlx_invalid(nmlx_cfg_path(cfg), "missing required field '%s'", key);
-    nmlx_status st = nmlx_cfg_int(cfg, key, 0, out);
-    if (st == NMLX_OK && *out <= 0)
-        return nmlx_invalid(nmlx_cfg_path(cfg), "field '%s' = %lld must be positive", key,
-                            (long long)*out);
-    return st;
-}
-
-static nmlx_status feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool *out) {
+nmlx_status nmlx_cfg_feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool def,
+                             bool *out) {
     if (f != NMLX_FEATURE_FROM_CONFIG) {
         *out = f == NMLX_FEATURE_ON;
         return NMLX_OK;
     }
-    return nmlx_cfg_bool(cfg, key, false, out);
+    return nmlx_cfg_bool(cfg, key, def, out);
 }
 
 /* Sliding window size per the family's rule; 0 = full attention. */
@@ -71,29 +63,6 @@ static nmlx_status read_window(const nmlx_cfg *cfg, const nmlx_std_def *def, int
     if (*window < 0)
         return nmlx_fail(NMLX_ERR_INVALID_MODEL, "%s: field 'sliding_window' must be >= 0",
                          nmlx_cfg_path(cfg));
-    return NMLX_OK;
-}
-
-/* Where the text model's weights live: "model." (causal LM), or the
- * language model of a multimodal checkpoint (hub: "language_model.model.",
- * transformers 5 in memory: "model.language_model."). */
-static nmlx_status weight_prefix(const nmlx_weights *ws, const char **prefix, const char **head) {
-    static const char *const prefixes[][2] = {
-        {"model", "lm_head"},
-        {"language_model.model", "language_model.lm_head"},
-        {"model.language_model", "lm_head"},
-    };
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%s.embed_tokens.weight", prefixes[i][0]);
-        if (nmlx_weights_find(ws, name)) {
-            *prefix = prefixes[i][0];
-            *head = prefixes[i][1];
-            return NMLX_OK;
-        }
-    }
-    *prefix = "model";
-    *head = "lm_head"; /* the load then names the missing tensor */
     return NMLX_OK;
 }
 
@@ -187,13 +156,13 @@ static nmlx_status moe_config(const nmlx_cfg *cfg, const nmlx_std_moe *d, int64_
         .stacked_name = d->stacked_name,
         .act = d->clipped_swiglu ? NMLX_SWITCH_SWIGLU_CLIPPED : NMLX_SWITCH_SWIGLU,
     };
-    TRY(required_int(cfg, ekey, &ms->n_experts));
-    TRY(required_int(cfg, "num_experts_per_tok", &ms->top_k));
-    TRY(required_int(cfg, d->expert_size_key, &ms->expert_hidden));
+    TRY(nmlx_cfg_required_int(cfg, ekey, &ms->n_experts));
+    TRY(nmlx_cfg_required_int(cfg, "num_experts_per_tok", &ms->top_k));
+    TRY(nmlx_cfg_required_int(cfg, d->expert_size_key, &ms->expert_hidden));
     CHECK(ms->top_k <= ms->n_experts && ms->n_experts <= (1 << 16), NMLX_ERR_INVALID_MODEL,
           "%s: num_experts_per_tok (%lld) must not exceed %s (%lld, at most 65536)",
           nmlx_cfg_path(cfg), (long long)ms->top_k, ekey, (long long)ms->n_experts);
-    TRY(feature(cfg, d->norm_topk, "norm_topk_prob", &ms->norm_topk));
+    TRY(nmlx_cfg_feature(cfg, d->norm_topk, "norm_topk_prob", false, &ms->norm_topk));
     if (d->clipped_swiglu) {
         TRY(nmlx_cfg_float(cfg, "swiglu_limit", d->swiglu_limit_default, &limit));
         CHECK(limit > 0, NMLX_ERR_INVALID_MODEL, "%s: swiglu_limit must be positive",
@@ -262,11 +231,11 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     bool *use_rope = NULL, *sparse = NULL;
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
 
-    TRY(required_int(cfg, "hidden_size", &m->hidden));
-    TRY(required_int(cfg, "intermediate_size", &m->intermediate));
-    TRY(required_int(cfg, "num_hidden_layers", &m->n_layers));
-    TRY(required_int(cfg, "num_attention_heads", &m->heads));
-    TRY(required_int(cfg, "vocab_size", &m->vocab));
+    TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
+    TRY(nmlx_cfg_required_int(cfg, "intermediate_size", &m->intermediate));
+    TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));
+    TRY(nmlx_cfg_required_int(cfg, "num_attention_heads", &m->heads));
+    TRY(nmlx_cfg_required_int(cfg, "vocab_size", &m->vocab));
     TRY(nmlx_cfg_int(cfg, "num_key_value_heads", m->heads, &m->kv_heads));
     int64_t def_hd = def->head_dim ? def->head_dim : m->hidden / m->heads;
     TRY(nmlx_cfg_int(cfg, "head_dim", def_hd, &m->head_dim));
@@ -291,9 +260,9 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_cfg_string(cfg, def->act_key ? def->act_key : "hidden_act", def->hidden_act,
                         &act_name));
     TRY(nmlx_parse_activation(act_name, &act));
-    TRY(feature(cfg, def->qkv_bias, "attention_bias", &qkv_bias));
-    TRY(feature(cfg, def->o_bias, "attention_bias", &o_bias));
-    TRY(feature(cfg, def->mlp_bias, "mlp_bias", &mlp_bias));
+    TRY(nmlx_cfg_feature(cfg, def->qkv_bias, "attention_bias", false, &qkv_bias));
+    TRY(nmlx_cfg_feature(cfg, def->o_bias, "attention_bias", false, &o_bias));
+    TRY(nmlx_cfg_feature(cfg, def->mlp_bias, "mlp_bias", false, &mlp_bias));
     TRY(read_window(cfg, def, &window));
     double attn_cap = 0; /* Gemma 2 style: changes the math, so refuse it */
     TRY(nmlx_cfg_float(cfg, "attn_logit_softcapping", 0.0, &attn_cap));
@@ -302,7 +271,7 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           "supported",
           nmlx_cfg_path(cfg), attn_cap);
     const char *prefix = NULL, *head_name = NULL;
-    TRY(weight_prefix(ctx->weights, &prefix, &head_name));
+    nmlx_text_weight_prefix(ws, &prefix, &head_name);
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));
     TRY(nmlx_cfg_int(cfg, "max_position_embeddings", def->max_position_embeddings, &max_pos));
 
@@ -311,18 +280,10 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     TRY(nmlx_rotary_dims(cfg, m->head_dim, rc->partial_rotary_factor, &rot));
     TRY(nmlx_rope_init(&m->rope, ctx->be, rot, rc, max_pos));
 
-    char name[160];
-    snprintf(name, sizeof name, "%s.embed_tokens", prefix);
-    TRY(nmlx_weight_load(&m->embed, ws, name, m->vocab, m->hidden)); /* dense or quantized */
-    TRY(nmlx_weight_prepare(ctx->be, &m->embed));
+    TRY(nmlx_embed_head_load(ctx->be, ws, prefix, head_name, m->vocab, m->hidden, tied, &m->embed,
+                             &m->lm_head));
     m->embed_scale = def->embed_scale ? (float)sqrt((double)m->hidden) : 1.0f;
-    if (tied) {
-        m->lm_head.w = m->embed;
-        m->lm_head.bias = NULL;
-    } else {
-        TRY(nmlx_linear_load(&m->lm_head, ws, head_name, m->vocab, m->hidden, false));
-        TRY(nmlx_linear_prepare(ctx->be, &m->lm_head));
-    }
+    char name[160];
     float norm_offset = def->gemma_norms ? 1.0f : 0.0f;
     snprintf(name, sizeof name, "%s.norm", prefix);
     TRY(nmlx_rmsnorm_load(&m->norm, ws, name, m->hidden, (float)eps, norm_offset));
@@ -403,15 +364,8 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
     if (def->attn_sinks) TRY(load_sinks(m, ws, ctx->be, prefix));
     info->vocab_size = m->vocab;
     info->max_position_embeddings = max_pos;
-    for (int64_t i = 0; i < m->n_layers; i++) {
-        int64_t bpt = 2 * m->kv_heads * m->head_dim * (int64_t)sizeof(float);
-        if (m->windows[i] > 0) {
-            info->kv_sliding_bytes_per_token += bpt;
-            if (m->windows[i] > info->kv_window) info->kv_window = m->windows[i];
-        } else {
-            info->kv_full_bytes_per_token += bpt;
-        }
-    }
+    for (int64_t i = 0; i < m->n_layers; i++)
+        nmlx_arch_info_add_kv(info, m->kv_heads, m->head_dim, m->windows[i] > 0, m->windows[i]);
     *archp = m;
     m = NULL;
 
@@ -455,7 +409,8 @@ nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows
         char what[96];
         snprintf(what, sizeof what, "work buffers of %lld tokens", (long long)rows);
         size_t total = (R * (3 * D + 2 * (size_t)m->intermediate + 2 * qdim + 2 * kvdim) +
-                        NMLX_LOGIT_ROWS * (size_t)m->vocab) * f;
+                        NMLX_LOGIT_ROWS * (size_t)m->vocab) *
+                       f;
         return nmlx_backend_fail_alloc(be, total, what);
     }
     if (!m->has_moe) return NMLX_OK;
@@ -467,11 +422,10 @@ nmlx_status std_buffers_alloc(const std_model *m, nmlx_backend *be, int64_t rows
 void std_buffers_free(std_buffers *b, nmlx_backend *be) {
     if (b->buf.moe) nmlx_moe_buffers_free(b->buf.moe, be);
     nmlx_free(b->buf.moe);
-    float *bufs[] = {b->x,          b->logits,       b->buf.xn,          b->buf.tmp,
-                     b->buf.gate,   b->buf.up,       b->buf.attn.q,      b->buf.attn.k,
-                     b->buf.attn.v, b->buf.attn.ctx, b->buf.attn.scratch};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->ops->free(be, bufs[i]);
+    void *bufs[] = {b->x,          b->logits,       b->buf.xn,          b->buf.tmp,
+                    b->buf.gate,   b->buf.up,       b->buf.attn.q,      b->buf.attn.k,
+                    b->buf.attn.v, b->buf.attn.ctx, b->buf.attn.scratch};
+    nmlx_backend_free_bufs(be, bufs, sizeof bufs / sizeof bufs[0]);
 }
 
 void nmlx_std_state_free(void *statep, nmlx_backend *be) {
@@ -499,9 +453,7 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
         TRY(nmlx_layer_cache_init(&s->caches[i], be, m->kv_heads, m->head_dim, m->windows[i],
                                   s->chunk, max_context));
     TRY(std_buffers_alloc(m, be, s->chunk, &s->w));
-    s->w.buf.attn.scratch =
-        be->ops->alloc(be, (size_t)be->n_threads * (size_t)(m->heads / m->kv_heads) *
-                               (size_t)max_context * sizeof(float));
+    s->w.buf.attn.scratch = nmlx_attention_scratch_alloc(be, m->heads, m->kv_heads, max_context);
     CHECK(s->w.buf.attn.scratch, NMLX_ERR_NOMEM, "out of memory for session buffers (context %lld)",
           (long long)max_context);
     *statep = s;
@@ -577,6 +529,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
     for (int64_t i = 0; i < m->n_layers; i++)
         TRY(nmlx_layer_cache_reserve(&s->caches[i], be, T));
     s->w.buf.attn.call_end = start + T;
+    const nmlx_text_head head = {&m->norm, &m->lm_head, m->hidden, m->vocab, m->final_softcap};
     uint64_t key = 0;
     bool graph = T == 1 && !all_logits && step_key(m, s, be, start, &key);
     if (graph && be->ops->step_graph(be, NMLX_STEP_BEGIN, key, start, ids[0])) {
@@ -603,25 +556,14 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
             nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
                                              i > 0, next);
         }
-        if (all_logits) {
-            if (!final_in_chain)
-                nmlx_rmsnorm_forward(be, &m->norm, s->w.x, s->w.buf.xn, C, m->hidden);
-            nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, C, m->hidden, m->vocab,
-                              m->final_softcap, s->w.logits, all_logits + c0 * m->vocab);
-            if (last_chunk)
-                memcpy(last_logits, all_logits + (T - 1) * m->vocab,
-                       (size_t)m->vocab * sizeof(float));
-        } else if (last_chunk) {
-            float *xl = s->w.x + (C - 1) * m->hidden;
-            if (!final_in_chain) nmlx_rmsnorm_forward(be, &m->norm, xl, s->w.buf.xn, 1, m->hidden);
-            if (graph) { /* the recorded step ends before the download */
-                nmlx_lm_head_device(be, &m->lm_head, s->w.buf.xn, 1, s->w.logits);
-                be->ops->step_graph(be, NMLX_STEP_END, key, start, ids[0]);
-                nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
-            } else {
-                nmlx_lm_head_rows(be, &m->lm_head, s->w.buf.xn, 1, m->hidden, m->vocab,
-                                  m->final_softcap, s->w.logits, last_logits);
-            }
+        if (graph) { /* T == 1 and layers: the chain normed the row; the
+                      * recorded step ends before the download */
+            nmlx_lm_head_device(be, &m->lm_head, s->w.buf.xn, 1, s->w.logits);
+            be->ops->step_graph(be, NMLX_STEP_END, key, start, ids[0]);
+            nmlx_lm_head_download(be, s->w.logits, m->vocab, m->final_softcap, last_logits);
+        } else {
+            nmlx_chunk_logits(be, &head, s->w.x, s->w.buf.xn, final_in_chain, s->w.logits, c0, C, T,
+                              last_logits, all_logits);
         }
     }
 cleanup:

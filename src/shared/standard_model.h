@@ -23,9 +23,9 @@ typedef enum nmlx_feature {
 /* The sparse MoE MLP of a family (moe.h), NULL in nmlx_std_def when dense. */
 typedef struct nmlx_std_moe {
     nmlx_moe_routing routing;
-    nmlx_feature norm_topk;      /* SOFTMAX_TOPK renormalisation (config: norm_topk_prob) */
+    nmlx_feature norm_topk; /* SOFTMAX_TOPK renormalisation (config: norm_topk_prob) */
     bool router_bias, expert_bias;
-    bool clipped_swiglu;         /* gpt-oss activation; limit = config swiglu_limit */
+    bool clipped_swiglu; /* gpt-oss activation; limit = config swiglu_limit */
     double swiglu_limit_default;
     /* MoE only on layers picked by config decoder_sparse_step / mlp_only_layers
      * (the others get a dense MLP of intermediate_size); false = every layer */
@@ -52,11 +52,11 @@ typedef struct nmlx_std_def {
     /* layers without RoPE: FROM_CONFIG = config no_rope_layers (1 = RoPE),
      * else one NoPE layer every no_rope_layer_interval (SmolLM3) */
     nmlx_feature no_rope_layers;
-    bool layer_types;    /* per-layer sliding/full attention from config layer_types */
+    bool layer_types; /* per-layer sliding/full attention from config layer_types */
     /* sliding window pattern when layer_types is absent: every pattern-th
      * layer is full (config sliding_window_pattern); 0 = all layers alike */
     int64_t sliding_window_pattern;
-    bool local_rope;     /* sliding layers have their own RoPE base (Gemma 3) */
+    bool local_rope;            /* sliding layers have their own RoPE base (Gemma 3) */
     bool query_pre_attn_scalar; /* attention scale 1/sqrt(config query_pre_attn_scalar) */
     bool final_logit_softcap;   /* logits = cap * tanh(logits / cap) if configured */
     bool llama4_query_scale;    /* rope_parameters.llama_4_scaling_beta scales queries */
@@ -85,9 +85,8 @@ void nmlx_std_state_free(void *state, nmlx_backend *be);
 int64_t nmlx_std_state_position(const void *state);
 void nmlx_std_state_trim(void *state, int64_t n);
 struct nmlx_layer_cache *nmlx_std_state_caches(void *state, int64_t *n_layers);
-nmlx_status nmlx_std_forward(const void *arch, void *state, nmlx_backend *be,
-                             const int32_t *ids, int64_t T, float *last_logits,
-                             float *all_logits, atomic_bool *cancel);
+nmlx_status nmlx_std_forward(const void *arch, void *state, nmlx_backend *be, const int32_t *ids,
+                             int64_t T, float *last_logits, float *all_logits, atomic_bool *cancel);
 /* Batched decode (family.h forward_batch; standard_batch.c). */
 nmlx_status nmlx_std_batch_create(const void *arch, nmlx_backend *be, int64_t max_batch,
                                   void **batch);
@@ -99,5 +98,9 @@ nmlx_status nmlx_std_forward_batch(const void *arch, void *batch, void *const *s
 /* Maps a config hidden_act string to an activation; NMLX_ERR_UNSUPPORTED
  * naming the value otherwise. */
 nmlx_status nmlx_parse_activation(const char *name, nmlx_act *out);
+/* A feature's value: fixed by the family (OFF / ON), or config `key`
+ * (bool, `def` when absent) for FROM_CONFIG. */
+nmlx_status nmlx_cfg_feature(const nmlx_cfg *cfg, nmlx_feature f, const char *key, bool def,
+                             bool *out);
 
 #endif

@@ -321,13 +321,8 @@ nmlx_status nmlx_detokenizer_push(nmlx_detokenizer *d, int32_t id, const char **
     nmlx_status st;
     *text = "";
     *len = 0;
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 16;
-        int32_t *v = nmlx_realloc(d->ids, cap * sizeof *v);
-        if (!v) return nmlx_fail(NMLX_ERR_NOMEM, "nmlx_detokenizer_push: out of memory");
-        d->ids = v;
-        d->cap = cap;
-    }
+    if (!tok_grow((void **)&d->ids, d->n, &d->cap, sizeof *d->ids, 16))
+        return nmlx_fail(NMLX_ERR_NOMEM, "nmlx_detokenizer_push: out of memory");
     d->ids[d->n++] = id;
     /* With ByteFallback, a run of <0xXX> tokens decodes as a group (all of
      * it becomes U+FFFD if any byte is bad), so nothing of it is final until

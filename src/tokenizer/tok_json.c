@@ -38,6 +38,15 @@ static nmlx_status new_node(parser *ps, uint32_t *idx) {
     return NMLX_OK;
 }
 
+/* true, false or null at ps->p: n becomes it. */
+static nmlx_status literal(parser *ps, tj_node *n, const char *word, tj_type type) {
+    size_t len = strlen(word);
+    if ((size_t)(ps->end - ps->p) < len || memcmp(ps->p, word, len)) return perr(ps, "bad literal");
+    n->type = type;
+    ps->p += len;
+    return NMLX_OK;
+}
+
 static int hexval(int c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -219,27 +228,9 @@ static nmlx_status parse_value(parser *ps, uint32_t idx, int depth) {
         n->len = len;
         return NMLX_OK;
     }
-    case 't':
-        if (ps->end - ps->p >= 4 && !memcmp(ps->p, "true", 4)) {
-            n->type = TJ_TRUE;
-            ps->p += 4;
-            return NMLX_OK;
-        }
-        return perr(ps, "bad literal");
-    case 'f':
-        if (ps->end - ps->p >= 5 && !memcmp(ps->p, "false", 5)) {
-            n->type = TJ_FALSE;
-            ps->p += 5;
-            return NMLX_OK;
-        }
-        return perr(ps, "bad literal");
-    case 'n':
-        if (ps->end - ps->p >= 4 && !memcmp(ps->p, "null", 4)) {
-            n->type = TJ_NULL;
-            ps->p += 4;
-            return NMLX_OK;
-        }
-        return perr(ps, "bad literal");
+    case 't': return literal(ps, n, "true", TJ_TRUE);
+    case 'f': return literal(ps, n, "false", TJ_FALSE);
+    case 'n': return literal(ps, n, "null", TJ_NULL);
     default: {
         if (c != '-' && (c < '0' || c > '9')) return perr(ps, "unexpected character");
         /* fast path: a plain integer (vocab ids) */

@@ -175,13 +175,41 @@ static nmlx_status parse_prepend_scheme(const tj_doc *d, const tj_node *n, int *
     return NMLX_OK;
 }
 
-/* Generic growth of a component array. */
-static nmlx_status grow_array(void **arr, size_t n, size_t elem) {
-    void *p = nmlx_realloc(*arr, (n + 1) * elem);
+/* Appends *elem (size bytes) to the component array *arr of *n. */
+static nmlx_status append(void **arr, size_t *n, const void *elem, size_t size) {
+    void *p = nmlx_realloc(*arr, (*n + 1) * size);
     if (!p) return nmlx_fail(NMLX_ERR_NOMEM, TJ ": out of memory");
     *arr = p;
-    memset((char *)p + n * elem, 0, elem);
+    memcpy((char *)p + *n * size, elem, size);
+    (*n)++;
     return NMLX_OK;
+}
+
+/* A Replace normalizer or decoder: its pattern and `content` string. */
+static nmlx_status load_replace(const tj_doc *d, const tj_node *n, tok_pattern *pat, char **content,
+                                size_t *content_len, const char *what) {
+    char where[64];
+    snprintf(where, sizeof where, TJ ": %s", what);
+    nmlx_status st = load_pattern(d, n, pat, where);
+    if (st) return st;
+    if ((st = load_string(d, n, "content", content, content_len, what))) tok_pattern_free(pat);
+    return st;
+}
+
+typedef nmlx_status (*component_loader)(loader *L, const tj_node *n, int depth);
+
+/* A "Sequence" component (nested at most 8 deep): every entry of its `key`
+ * list loaded in turn by `load`. Returns 1, with their status in *st, if n
+ * is one; 0 otherwise. */
+static int load_sequence(loader *L, const tj_node *n, const char *type, const char *key, int depth,
+                         component_loader load, nmlx_status *st) {
+    const tj_doc *d = &L->doc;
+    if (!type || strcmp(type, "Sequence") || depth >= 8) return 0;
+    const tj_node *list = tj_get(d, n, key);
+    *st = NMLX_OK;
+    for (const tj_node *c = list ? tj_first(d, list) : NULL; c && !*st; c = tj_next(d, c))
+        *st = load(L, c, depth + 1);
+    return 1;
 }
 
 /* ---- normalizers ---------------------------------------------------------- */
@@ -192,12 +220,7 @@ static nmlx_status load_normalizer(loader *L, const tj_node *n, int depth) {
     nmlx_status st;
     if (tj_is_null(n)) return NMLX_OK;
     const char *type = type_of(d, n);
-    if (type && !strcmp(type, "Sequence") && depth < 8) {
-        const tj_node *list = tj_get(d, n, "normalizers");
-        for (const tj_node *c = list ? tj_first(d, list) : NULL; c; c = tj_next(d, c))
-            if ((st = load_normalizer(L, c, depth + 1))) return st;
-        return NMLX_OK;
-    }
+    if (load_sequence(L, n, type, "normalizers", depth, load_normalizer, &st)) return st;
     if (!type) return unsupported("normalizer", type);
     tok_normalizer nz = {0};
     if (!strcmp(type, "NFC"))
@@ -220,22 +243,16 @@ static nmlx_status load_normalizer(loader *L, const tj_node *n, int depth) {
             return st;
     } else if (!strcmp(type, "Replace")) {
         nz.kind = NORM_REPLACE;
-        if ((st = load_pattern(d, n, &nz.pat, TJ ": Replace normalizer"))) return st;
-        if ((st = load_string(d, n, "content", &nz.content, &nz.content_len,
-                              "Replace normalizer"))) {
-            tok_pattern_free(&nz.pat);
+        if ((st = load_replace(d, n, &nz.pat, &nz.content, &nz.content_len, "Replace normalizer")))
             return st;
-        }
     } else {
         return unsupported("normalizer", type);
     }
-    if ((st = grow_array((void **)&t->norms, t->n_norms, sizeof nz))) {
+    if ((st = append((void **)&t->norms, &t->n_norms, &nz, sizeof nz))) {
         tok_pattern_free(&nz.pat);
         free(nz.content);
-        return st;
     }
-    t->norms[t->n_norms++] = nz;
-    return NMLX_OK;
+    return st;
 }
 
 /* ---- pre-tokenizers ------------------------------------------------------- */
@@ -246,12 +263,7 @@ static nmlx_status load_pretok(loader *L, const tj_node *n, int depth) {
     nmlx_status st;
     if (tj_is_null(n)) return NMLX_OK;
     const char *type = type_of(d, n);
-    if (type && !strcmp(type, "Sequence") && depth < 8) {
-        const tj_node *list = tj_get(d, n, "pretokenizers");
-        for (const tj_node *c = list ? tj_first(d, list) : NULL; c; c = tj_next(d, c))
-            if ((st = load_pretok(L, c, depth + 1))) return st;
-        return NMLX_OK;
-    }
+    if (load_sequence(L, n, type, "pretokenizers", depth, load_pretok, &st)) return st;
     if (!type) return unsupported("pre_tokenizer", type);
     tok_pretok pt = {0};
     pt.behavior = SPLIT_ISOLATED;
@@ -292,12 +304,9 @@ static nmlx_status load_pretok(loader *L, const tj_node *n, int depth) {
     } else {
         return unsupported("pre_tokenizer", type);
     }
-    if ((st = grow_array((void **)&t->pretoks, t->n_pretoks, sizeof pt))) {
+    if ((st = append((void **)&t->pretoks, &t->n_pretoks, &pt, sizeof pt)))
         tok_pattern_free(&pt.pat);
-        return st;
-    }
-    t->pretoks[t->n_pretoks++] = pt;
-    return NMLX_OK;
+    return st;
 }
 
 /* ---- decoders ------------------------------------------------------------- */
@@ -309,12 +318,7 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
     if (tj_is_null(n)) return NMLX_OK;
     t->has_decoder = 1;
     const char *type = type_of(d, n);
-    if (type && !strcmp(type, "Sequence") && depth < 8) {
-        const tj_node *list = tj_get(d, n, "decoders");
-        for (const tj_node *c = list ? tj_first(d, list) : NULL; c; c = tj_next(d, c))
-            if ((st = load_decoder(L, c, depth + 1))) return st;
-        return NMLX_OK;
-    }
+    if (load_sequence(L, n, type, "decoders", depth, load_decoder, &st)) return st;
     if (!type) return unsupported("decoder", type);
     tok_decoder dc = {0};
     if (!strcmp(type, "ByteLevel"))
@@ -340,21 +344,16 @@ static nmlx_status load_decoder(loader *L, const tj_node *n, int depth) {
         dc.stop = vb;
     } else if (!strcmp(type, "Replace")) {
         dc.kind = DEC_REPLACE;
-        if ((st = load_pattern(d, n, &dc.pat, TJ ": Replace decoder"))) return st;
-        if ((st = load_string(d, n, "content", &dc.content, &dc.content_len, "Replace decoder"))) {
-            tok_pattern_free(&dc.pat);
+        if ((st = load_replace(d, n, &dc.pat, &dc.content, &dc.content_len, "Replace decoder")))
             return st;
-        }
     } else {
         return unsupported("decoder", type);
     }
-    if ((st = grow_array((void **)&t->decs, t->n_decs, sizeof dc))) {
+    if ((st = append((void **)&t->decs, &t->n_decs, &dc, sizeof dc))) {
         tok_pattern_free(&dc.pat);
         free(dc.content);
-        return st;
     }
-    t->decs[t->n_decs++] = dc;
-    return NMLX_OK;
+    return st;
 }
 
 /* ---- post-processors ------------------------------------------------------ */
@@ -427,12 +426,7 @@ static nmlx_status load_post(loader *L, const tj_node *n, int depth) {
     if (tj_is_null(n)) return NMLX_OK;
     const char *type = type_of(d, n);
     if (!type) return unsupported("post_processor", type);
-    if (!strcmp(type, "Sequence") && depth < 8) {
-        const tj_node *list = tj_get(d, n, "processors");
-        for (const tj_node *c = list ? tj_first(d, list) : NULL; c; c = tj_next(d, c))
-            if ((st = load_post(L, c, depth + 1))) return st;
-        return NMLX_OK;
-    }
+    if (load_sequence(L, n, type, "processors", depth, load_post, &st)) return st;
     if (!strcmp(type, "ByteLevel")) return NMLX_OK; /* offsets only */
     if (!strcmp(type, "TemplateProcessing")) return load_template(L, n);
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {

@@ -29,6 +29,16 @@ nmlx_status tok_buf_append(tok_buf *b, const void *s, size_t n) {
     return NMLX_OK;
 }
 
+bool tok_grow(void **v, size_t n, size_t *cap, size_t elem, size_t first) {
+    if (n < *cap) return true;
+    size_t c = *cap ? *cap * 2 : first;
+    void *p = nmlx_realloc(*v, c * elem);
+    if (!p) return false;
+    *v = p;
+    *cap = c;
+    return true;
+}
+
 void tok_buf_free(tok_buf *b) {
     free(b->p);
     memset(b, 0, sizeof *b);
@@ -165,37 +175,22 @@ void tok_pair_map_free(tok_pair_map *m) {
 /* ---- spans and pieces ----------------------------------------------------- */
 
 nmlx_status tok_spans_push(tok_spans *s, uint32_t start, uint32_t end, int is_match) {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        tok_span *v = nmlx_realloc(s->v, cap * sizeof *v);
-        if (!v) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
-        s->v = v;
-        s->cap = cap;
-    }
+    if (!tok_grow((void **)&s->v, s->n, &s->cap, sizeof *s->v, 64))
+        return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     s->v[s->n++] = (tok_span){start, end, is_match};
     return NMLX_OK;
 }
 
 nmlx_status tok_pieces_push(tok_pieces *p, uint32_t off, uint32_t len, int32_t id, int at_start) {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 64;
-        tok_piece *v = nmlx_realloc(p->v, cap * sizeof *v);
-        if (!v) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
-        p->v = v;
-        p->cap = cap;
-    }
+    if (!tok_grow((void **)&p->v, p->n, &p->cap, sizeof *p->v, 64))
+        return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     p->v[p->n++] = (tok_piece){off, len, id, (uint8_t)at_start};
     return NMLX_OK;
 }
 
 nmlx_status tok_work_push_id(tok_work *w, int32_t id) {
-    if (w->n_ids == w->cap_ids) {
-        size_t cap = w->cap_ids ? w->cap_ids * 2 : 256;
-        int32_t *v = nmlx_realloc(w->ids, cap * sizeof *v);
-        if (!v) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
-        w->ids = v;
-        w->cap_ids = cap;
-    }
+    if (!tok_grow((void **)&w->ids, w->n_ids, &w->cap_ids, sizeof *w->ids, 256))
+        return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     w->ids[w->n_ids++] = id;
     return NMLX_OK;
 }
@@ -218,13 +213,8 @@ void tok_work_free(tok_work *w) {
 /* ---- trie ----------------------------------------------------------------- */
 
 static nmlx_status trie_new_node(tok_trie *t, uint8_t byte, int32_t *idx) {
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 256;
-        tok_trie_node *v = nmlx_realloc(t->nodes, cap * sizeof *v);
-        if (!v) return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
-        t->nodes = v;
-        t->cap = cap;
-    }
+    if (!tok_grow((void **)&t->nodes, t->n, &t->cap, sizeof *t->nodes, 256))
+        return nmlx_fail(NMLX_ERR_NOMEM, "tokenizer: out of memory");
     t->nodes[t->n] = (tok_trie_node){-1, -1, -1, byte};
     *idx = (int32_t)t->n++;
     return NMLX_OK;

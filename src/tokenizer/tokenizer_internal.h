@@ -24,6 +24,11 @@ nmlx_status tok_buf_reserve(tok_buf *b, size_t extra);
 nmlx_status tok_buf_append(tok_buf *b, const void *s, size_t n);
 void tok_buf_free(tok_buf *b);
 
+/* Room for one more element in the array *v of n used (*cap allocated,
+ * elem bytes each): full, it doubles, from `first` when empty. False if out
+ * of memory (*v and *cap unchanged; the caller names what failed). */
+bool tok_grow(void **v, size_t n, size_t *cap, size_t elem, size_t first);
+
 /* ---- string -> int32 hash map (keys owned elsewhere) -------------------- */
 typedef struct tok_map_slot {
     const char *s;

@@ -1,7 +1,8 @@
-/* The CPU backend's fused ops (backend.h add_rmsnorm, rope_kv, gate_up_act):
- * the kernels of the unfused sequence (add, rmsnorm_row, the rope loop,
- * memcpy; matmul_multi and act_mul) called row by row or in turn, so the
- * results equal that sequence bit for bit. They exist
+/* The CPU backend's fused ops (backend.h rope_kv, gate_up_act; add_rmsnorm
+ * shares rmsnorm's row task in cpu_ops.c): the kernels of the unfused
+ * sequence (add, rmsnorm_row, the rope loop, memcpy; matmul_multi and
+ * act_mul) called row by row or in turn, so the results equal that sequence
+ * bit for bit. They exist
  * so the fused path of the model code runs (and is tested) on every
  * backend; on the CPU they save a pass over a few cache-resident rows. */
 #include "compute/cpu/cpu_internal.h"
@@ -9,37 +10,6 @@
 #include <string.h>
 
 enum { PAR_ELEMS = 1 << 15 }; /* as cpu_ops.c: less work runs on the caller thread */
-
-/* ---- add_rmsnorm ---- */
-
-typedef struct {
-    const cpu_kernels *k;
-    float *x;
-    const float *d;
-    const nmlx_tensor *w;
-    float w_offset, eps;
-    float *y;
-    int64_t R, D;
-} add_rms_job;
-
-static void add_rms_task(void *ctx, int ith, int nth) {
-    const add_rms_job *j = ctx;
-    int64_t r0, r1;
-    cpu_split(j->R, ith, nth, 1, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) {
-        float *xr = j->x + r * j->D;
-        j->k->add(xr, j->d + r * j->D, xr, j->D);
-        j->k->rmsnorm_row(xr, j->w, j->w_offset, j->eps, j->y + r * j->D, j->D);
-    }
-}
-
-void nmlx_cpu_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
-                          float w_offset, float eps, float *y, int64_t R, int64_t D) {
-    if (R <= 0 || D <= 0) return;
-    add_rms_job j = {cpu_kernels_of(be), x, d, w, w_offset, eps, y, R, D};
-    int nth = R > 1 && R * D >= PAR_ELEMS ? be->n_threads : 1;
-    nmlx_pool_run_n(be->pool, add_rms_task, &j, nth);
-}
 
 /* ---- rope_kv ---- */
 

@@ -193,7 +193,8 @@ void nmlx_cpu_altup_correct(nmlx_backend *be, float *p, int64_t stride, const fl
                             const float *router, const nmlx_tensor *coefs, float clip,
                             int64_t active, int64_t K, int64_t T, int64_t D);
 void nmlx_cpu_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
-/* cpu_fused.c (backend.h add_rmsnorm, rope_kv) */
+/* The fused ops (backend.h): add_rmsnorm in cpu_ops.c (rmsnorm's rows),
+ * rope_kv and gate_up_act in cpu_fused.c */
 void nmlx_cpu_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
                           float w_offset, float eps, float *y, int64_t R, int64_t D);
 void nmlx_cpu_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);

@@ -240,6 +240,8 @@ void nmlx_cpu_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *i
 typedef struct {
     const cpu_kernels *k;
     const float *x;
+    float *sum;     /* add_rmsnorm: x itself, each row made x + d first; else NULL */
+    const float *d; /* [R, D] with sum */
     const nmlx_tensor *w;
     float w_offset, eps;
     float *y;
@@ -250,16 +252,32 @@ static void rms_task(void *ctx, int ith, int nth) {
     const rms_job *j = ctx;
     int64_t r0, r1;
     cpu_split(j->R, ith, nth, 1, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++)
+    for (int64_t r = r0; r < r1; r++) {
+        if (j->sum) j->k->add(j->sum + r * j->D, j->d + r * j->D, j->sum + r * j->D, j->D);
         j->k->rmsnorm_row(j->x + r * j->D, j->w, j->w_offset, j->eps, j->y + r * j->D, j->D);
+    }
+}
+
+static void run_rms(nmlx_backend *be, rms_job *j) {
+    if (j->R <= 0 || j->D <= 0) return;
+    j->k = cpu_kernels_of(be);
+    int nth = j->R > 1 ? threads_for(be, j->R * j->D, PAR_ELEMS) : 1;
+    nmlx_pool_run_n(be->pool, rms_task, j, nth);
 }
 
 void nmlx_cpu_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
                       float eps, float *y, int64_t R, int64_t D) {
-    if (R <= 0 || D <= 0) return;
-    rms_job j = {cpu_kernels_of(be), x, w, w_offset, eps, y, R, D};
-    int nth = R > 1 ? threads_for(be, R * D, PAR_ELEMS) : 1;
-    nmlx_pool_run_n(be->pool, rms_task, &j, nth);
+    rms_job j = {.x = x, .w = w, .w_offset = w_offset, .eps = eps, .y = y, .R = R, .D = D};
+    run_rms(be, &j);
+}
+
+/* The fused add + rmsnorm (backend.h add_rmsnorm): per row, the two
+ * kernels of the unfused sequence, so the result equals it bit for bit. */
+void nmlx_cpu_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
+                          float w_offset, float eps, float *y, int64_t R, int64_t D) {
+    rms_job j = {
+        .x = x, .sum = x, .d = d, .w = w, .w_offset = w_offset, .eps = eps, .y = y, .R = R, .D = D};
+    run_rms(be, &j);
 }
 
 /* ---- rope ---- */

@@ -34,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#include <time.h>
 
 /* ------------------------------------------------------------ prefill */
 
@@ -241,19 +240,13 @@ void nmlx_avx512bf16_quant_matmat(const nmlx_weight *w, const float *x, float *y
 static nmlx_qbf16_pick g_pick;
 static pthread_once_t g_pick_once = PTHREAD_ONCE_INIT;
 
-/* CPU seconds of this thread; the best of 5 runs of fn over a hot problem */
-static double cpu_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
+/* CPU seconds of this thread: the best of 5 runs of fn over a hot problem */
 static double time_best(void (*run)(void *), void *ctx) {
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = cpu_seconds();
+        double t0 = nmlx_thread_cpu_seconds();
         run(ctx);
-        double t = cpu_seconds() - t0;
+        double t = nmlx_thread_cpu_seconds() - t0;
         best = t < best ? t : best;
     }
     return best;

@@ -12,6 +12,7 @@
  * 2 tokens x 32 rows: 8 integer accumulators, 4 panel vectors, 2
  * broadcasts. Compiled with -mavx2 -mfma -mf16c; called after cpuid. */
 #define _POSIX_C_SOURCE 200809L
+#include "common.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/quant_codes.h"
 #include "compute/cpu/quant_kernels.h"
@@ -20,7 +21,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 enum { PR = 32, PK = 256, TT = 2 }; /* panel rows, panel columns, tokens per tile */
 
@@ -210,12 +210,6 @@ bool nmlx_avx2_quant_matmat16(const nmlx_weight *w, const float *x, float *y, in
 static bool g_on;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
-static double thread_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void measure(void) {
     const char *e = getenv("NMLX_QUANT_INT16");
     if (e && *e) {
@@ -247,12 +241,12 @@ static void measure(void) {
         double best[2] = {1e30, 1e30};
         for (int rep = 0; rep < 5; rep++)
             for (int k = 0; k < 2; k++) {
-                double t0 = thread_seconds();
+                double t0 = nmlx_thread_cpu_seconds();
                 if (k)
                     nmlx_avx2_quant_matmat16(&w, x, y, PT, 0, PD);
                 else
                     nmlx_avx2_matmul_rows(&w, x, y, PT, 0, PD);
-                double t = thread_seconds() - t0;
+                double t = nmlx_thread_cpu_seconds() - t0;
                 best[k] = t < best[k] ? t : best[k];
             }
         g_on = best[1] <= 1.25 * best[0];
