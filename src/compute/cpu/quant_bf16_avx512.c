@@ -27,6 +27,7 @@
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #pragma GCC target("avx512bf16")
 #include "compute/cpu/matmul_amx.h"
+#include "compute/cpu/pick_cache.h"
 #include "compute/cpu/quant_avx512.h"
 #include "common.h"
 
@@ -327,6 +328,34 @@ static int amx_crossover(int64_t T0, int64_t T1, const double ta[2], const doubl
     return T < NMLX_CPU_FEW_CHUNKED ? NMLX_CPU_FEW_CHUNKED : (int)T + 1;
 }
 
+/* g_pick as stored by pick_cache.h: the measured fields (prefill_affine is
+ * forced-only, off when nothing is forced) */
+enum { CACHED_FIELDS = 9 };
+
+static void pick_to_cache(const char *features) {
+    const int v[CACHED_FIELDS] = {
+        g_pick.prefill,         g_pick.matvec,        g_pick.matvec_int16,
+        g_pick.matvec_int16_q8, g_pick.prefill_int16, g_pick.dense_bf16,
+        g_pick.dense_amx,       g_pick.prefill_amx,   g_pick.prefill_amx_min_t};
+    nmlx_pick_cache_store("avx512", features, v, CACHED_FIELDS);
+}
+
+/* A record is taken only where it asks for nothing this CPU lacks (a
+ * damaged file must not pick an instruction set the CPU does not have). */
+static bool pick_from_cache(const char *features, bool bf16, bool vnni, bool amx, bool amxq) {
+    int v[CACHED_FIELDS];
+    if (!nmlx_pick_cache_load("avx512", features, v, CACHED_FIELDS)) return false;
+    const bool allowed[7] = {bf16, bf16, vnni, vnni, vnni, bf16, amx};
+    for (int i = 0; i < 7; i++)
+        if (v[i] != 0 && !(v[i] == 1 && allowed[i])) return false;
+    if ((v[7] != 0 && !(v[7] == 3 && amxq)) || (v[8] != 0 && v[8] < NMLX_CPU_FEW_CHUNKED))
+        return false;
+    g_pick.prefill = v[0], g_pick.matvec = v[1], g_pick.matvec_int16 = v[2];
+    g_pick.matvec_int16_q8 = v[3], g_pick.prefill_int16 = v[4], g_pick.dense_bf16 = v[5];
+    g_pick.dense_amx = v[6], g_pick.prefill_amx = v[7], g_pick.prefill_amx_min_t = v[8];
+    return true;
+}
+
 /* The kernels are timed (CPU time of this thread, best of 5) on a 128 x
  * 1024 weight, affine 4-bit g64 and dense bf16, over 48 tokens (prefill)
  * or 8 calls (decode): the problem stays in cache, so the DRAM and the
@@ -367,6 +396,15 @@ static void measure_pick(void) {
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
         !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0))
         return;
+    /* nothing forced: this machine's earlier measurement (pick_cache.h), so
+     * that every run takes the same kernels; NMLX_QUANT_PICK_LOG measures
+     * again (and stores the result) */
+    const bool cacheable =
+        !forced && e_i16 < 0 && e_i16d < 0 && e_dense < 0 && e_amx < 0 && e_amxq < 0;
+    char features[64];
+    snprintf(features, sizeof features, "avx512bf16=%d vnni=%d amx=%d amxq=%d", bf16, vnni, amx,
+             amxq);
+    if (cacheable && !log && pick_from_cache(features, bf16, vnni, amx, amxq)) return;
     enum { PD = 128, PN = 1024, PT = 48, PTL = 256 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
@@ -496,6 +534,7 @@ static void measure_pick(void) {
                 : g_pick.prefill_amx == 1 ? "on (bf16)"
                                           : "off",
                 g_pick.prefill_amx_min_t);
+    if (cacheable) pick_to_cache(features);
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);
 }
