@@ -99,12 +99,10 @@ typedef struct nmlx_model_params {
     const char *device; /* NULL or "cpu" (default), "cuda" (= "cuda:0") or "cuda:N":
                            where the model computes. CUDA needs a build with
                            -DNMLX_CUDA=ON (npm: nvcc and cuBLAS found, or
-                           NMLX_CUDA=1) and supports the standard families (llama,
-                           qwen2, qwen3, mistral, ...) in F32/F16/BF16, MLX affine
-                           and MXFP4; MoE, Gemma 3n, Llama 4 and the quantized KV
-                           cache fail with NMLX_ERR_UNSUPPORTED there unless the
-                           environment has NMLX_CUDA_EXPERIMENTAL=1 (written, not
-                           yet validated on a GPU). Not copied: the string must
+                           NMLX_CUDA=1) and runs every family (llama, qwen2, qwen3,
+                           mistral, ..., MoE, Gemma 3n, Llama 4) in F32/F16/BF16,
+                           MLX affine and MXFP4, with the quantized KV cache too.
+                           Not copied: the string must
                            live until nmlx_model_load returns. */
     const char *precision; /* activations of the matmuls: NULL or "default": in
                               the prefill matmuls (>= 24 tokens) on the CPU,

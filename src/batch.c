@@ -52,11 +52,7 @@ nmlx_status nmlx_batch_create(nmlx_model *m, int max_batch, nmlx_batch **out) {
     b->rows = nmlx_calloc((size_t)max_batch, sizeof *b->rows);
     CHECK(b->states && b->logits && b->rows, NMLX_ERR_NOMEM, "out of memory creating a batch");
     const nmlx_family *f = m->family;
-    /* device backends: the standard pass, and (opt-in until validated on a
-     * GPU) the other families' (Llama 4) */
-    if (f->forward_batch &&
-        (f->forward_batch == nmlx_std_forward_batch || nmlx_backend_experimental_ok(m->be)))
-        TRY(f->batch_create(m->arch, m->be, max_batch, &b->impl));
+    if (f->forward_batch) TRY(f->batch_create(m->arch, m->be, max_batch, &b->impl));
     *out = b;
     b = NULL;
 cleanup:

@@ -215,14 +215,6 @@ static nmlx_status load(const char *dir, const nmlx_model_params *params, nmlx_b
         TRY(nmlx_backend_create(p.device, p.n_threads, &m->be));
     }
     TRY(nmlx_backend_set_precision(m->be, p.precision));
-    /* device backends run the standard decoder (its loaders prepare the
-     * weights); families with their own layer code (Gemma 3n, Llama 4) are
-     * opt-in there until validated on a GPU */
-    CHECK(m->family->build == nmlx_std_build || nmlx_backend_experimental_ok(m->be),
-          NMLX_ERR_UNSUPPORTED,
-          "%s/config.json: model_type '%s' on device '%s' is not yet "
-          "validated on a GPU; set NMLX_CUDA_EXPERIMENTAL=1 to run it there, or use the CPU",
-          dir, mt, p.device);
     nmlx_load_ctx ctx = {.cfg = m->cfg, .weights = m->weights, .be = m->be};
     /* build errors already name the file, tensor or field */
     TRY(m->family->build(m->family->def, &ctx, &m->arch, &m->info));

@@ -35,14 +35,6 @@ void nmlx_session_free(nmlx_session *s) {
 /* kv_bits: every layer cache of the state is asked to quantize. */
 static nmlx_status setup_kv_quant(nmlx_session *s, const nmlx_session_params *p) {
     const nmlx_family *f = s->model->family;
-    /* device backends stage the rows through the host (layer_cache.c):
-     * opt-in until validated on a GPU */
-    if (!nmlx_backend_experimental_ok(s->model->be))
-        return nmlx_fail(NMLX_ERR_UNSUPPORTED,
-                         "kv_bits: the quantized KV cache on device backend '%s' is not yet "
-                         "validated on a GPU; set NMLX_CUDA_EXPERIMENTAL=1 to use it there, or "
-                         "use the CPU backend",
-                         s->model->be->ops->name);
     if (!f->state_caches)
         return nmlx_fail(NMLX_ERR_UNSUPPORTED, "kv_bits: the %s family has no quantized KV cache",
                          f->name);

@@ -342,7 +342,6 @@ done:
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     test_seed(0x5eed5a3b1e);
-    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* Llama 4 and Gemma 3n on emu */
     nmlx_backend *cpu = NULL;
     EXPECT(nmlx_backend_cpu_create(2, &cpu) == NMLX_OK, "cpu backend");
     if (!cpu) return test_summary();

@@ -325,12 +325,10 @@ static void test_gpt_oss_mxfp4(const char *tmp) {
         /* the device path of both MXFP4 layouts (HF blocks: gate/up repacked
          * into backend memory, down used in place) */
         nmlx_backend *cpu = NULL;
-        setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1);
         EXPECT(nmlx_backend_cpu_create(2, &cpu) == NMLX_OK, "cpu backend");
         for (int k = 0; cpu && k < 2; k++)
             emu_check(cpu, dir[k], fixture, names[k], 0, 0);
         nmlx_backend_free(cpu);
-        unsetenv("NMLX_CUDA_EXPERIMENTAL");
     }
     for (int k = 0; k < 4; k++)
         free(o[k].logits);

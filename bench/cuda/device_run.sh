@@ -12,9 +12,10 @@
 #   x rounded to bf16 instead of the exact hi+lo split).
 #   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
 #     aggregate tok/s of N sessions against one alone); BATCH= skips it.
-#   VARIANTS="NMLX_CUDA_GRAPH=1 ...": each model also benched with each of
-#   these environment settings (default: decode steps as CUDA graphs, the tiled
-#   prefill attention, and NMLX_FUSED=0: without the fused ops, to measure what they save);
+#   VARIANTS="NMLX_CUDA_GRAPH=0 ...": each model also benched with each of
+#   these environment settings (default: without the decode graphs, without the
+#   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
+#   what each default saves);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
 #   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
@@ -49,15 +50,12 @@ grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 grep -E "FAIL|worst|passed" "$OUT/fused.log" | tail -12
 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
-# the experimental paths (NMLX_CUDA_EXPERIMENTAL=1, set by the test): MoE, Gemma 3n, Llama 4, kv_bits
+# the families with device paths of their own: MoE, Gemma 3n, Llama 4, and kv_bits
 grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
-# the opt-in tiled prefill attention must pass every fixture too
-NMLX_CUDA_ATTN_TILED=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_tiled.log 2>&1
-echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_tiled.log | tail -3)"
-# decode steps as CUDA graphs (opt-in) must give the same results
-if [ "${GRAPH_TEST:-1}" = 1 ]; then
-  NMLX_CUDA_GRAPH=1 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_graph.log" 2>&1
-  echo "test_cuda_fixtures NMLX_CUDA_GRAPH=1 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_graph.log" | tail -3)"
+# the simple prefill attention and plain launches (the defaults off) must pass too
+if [ "${OFF_TEST:-1}" = 1 ]; then
+  NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
+  echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_off.log" | tail -3)"
 fi
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
@@ -108,7 +106,7 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
     l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
   esac
   bench "$m" $D
-  for v in ${VARIANTS-NMLX_CUDA_GRAPH=1 NMLX_CUDA_ATTN_TILED=1 NMLX_FUSED=0}; do bench "$m" $D $v; done
+  for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
   case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"

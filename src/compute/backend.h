@@ -110,7 +110,7 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): the device memory free and in total, for
      * out-of-memory messages (nmlx_backend_fail_alloc). */
     void (*mem_info)(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes);
-    /* Optional (CUDA with NMLX_CUDA_GRAPH=1; NULL elsewhere): one-token
+    /* Optional (CUDA unless NMLX_CUDA_GRAPH=0; NULL elsewhere): one-token
      * decode steps recorded once and replayed, positions and the token id
      * read from device memory. Inside decode_step's brackets, model code
      * calls step_graph(be, NMLX_STEP_BEGIN, key, pos, id) before the step's
@@ -316,11 +316,6 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be);
 void nmlx_backend_profile_detach(nmlx_backend *be, FILE *out);
 /* true when the backend's buffers are host memory (the CPU backend). */
 bool nmlx_backend_is_host(const nmlx_backend *be);
-/* Device paths written but not yet validated on a GPU (MoE, Gemma 3n,
- * Llama 4, the quantized KV cache on CUDA): true on host backends; on a
- * device backend only when the environment sets NMLX_CUDA_EXPERIMENTAL=1
- * (the loaders refuse those paths otherwise, naming the variable). */
-bool nmlx_backend_experimental_ok(const nmlx_backend *be);
 /* "avx512bf16", "avx512", "avx2" or "portable": which kernels the CPU
  * backend picked ("avx512" = the avx2 set with an AVX-512 prefill matmul;
  * "avx512bf16" = avx512 plus a vdpbf16ps decode mat-vec for bf16 weights,

@@ -69,12 +69,6 @@ bool nmlx_backend_is_host(const nmlx_backend *be) {
     return be && be->ops && !strcmp(be->ops->name, "cpu");
 }
 
-bool nmlx_backend_experimental_ok(const nmlx_backend *be) {
-    if (nmlx_backend_is_host(be)) return true;
-    const char *e = getenv("NMLX_CUDA_EXPERIMENTAL");
-    return e && !strcmp(e, "1");
-}
-
 void nmlx_backend_apply_env(nmlx_backend *be) {
     const char *env = getenv("NMLX_FUSED");
     if (!env || strcmp(env, "0") != 0) return;

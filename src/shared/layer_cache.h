@@ -13,7 +13,7 @@
  * Quantization NYI"). The quantized cache lives in host memory: on a device
  * backend each call's new rows are downloaded, quantized on the host, and
  * the dequantized rows uploaded to the scratch (host staging in
- * nmlx_kv_dequant; correct, not fast: opt-in, NMLX_CUDA_EXPERIMENTAL). */
+ * nmlx_kv_dequant; correct, not fast). */
 #ifndef NMLX_LAYER_CACHE_H
 #define NMLX_LAYER_CACHE_H
 

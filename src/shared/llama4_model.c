@@ -156,11 +156,6 @@ nmlx_status nmlx_l4_build(const void *defp, const nmlx_load_ctx *ctx, void **arc
     nmlx_rope_config *rc = nmlx_calloc(1, sizeof *rc);
     bool *use_rope = NULL, *chunked = NULL, *moe = NULL;
     CHECK(m && rc, NMLX_ERR_NOMEM, "out of memory building the model");
-    /* device backends: opt-in until validated on a GPU (model.c checks too) */
-    CHECK(nmlx_backend_experimental_ok(ctx->be), NMLX_ERR_UNSUPPORTED,
-          "%s: Llama 4 on device backend '%s' is not yet validated on a GPU; set "
-          "NMLX_CUDA_EXPERIMENTAL=1 to run it there, or use the CPU backend",
-          path, ctx->be->ops->name);
 
     TRY(nmlx_cfg_required_int(cfg, "hidden_size", &m->hidden));
     TRY(nmlx_cfg_required_int(cfg, "num_hidden_layers", &m->n_layers));

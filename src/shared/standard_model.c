@@ -344,12 +344,6 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
         .norm_offset = norm_offset,
         .be = ctx->be,
     };
-    /* MoE on a device backend (routing on the downloaded router logits,
-     * experts prepared by nmlx_moe_load) is opt-in until validated on a GPU */
-    CHECK(!def->moe || nmlx_backend_experimental_ok(ctx->be), NMLX_ERR_UNSUPPORTED,
-          "%s: mixture-of-experts layers on device backend '%s' are not yet validated on a GPU; "
-          "set NMLX_CUDA_EXPERIMENTAL=1 to run them there, or use the CPU backend",
-          nmlx_cfg_path(cfg), ctx->be->ops->name);
     if (def->moe) TRY(moe_config(cfg, def->moe, m->hidden, m->n_layers, &m->moe, sparse));
     for (int64_t i = 0; i < m->n_layers; i++) {
         char lp[192];

@@ -1,9 +1,6 @@
 /* Part of test_cuda_fixtures.c (after model_util.h, which has test_argmax, and
- * N_GREEDY): the experimental CUDA paths.
- *  - check_refusals: without NMLX_CUDA_EXPERIMENTAL the MoE, Gemma 3n and
- *    Llama 4 fixtures and a kv_bits session are refused on cuda with
- *    NMLX_ERR_UNSUPPORTED, the message naming the variable;
- *  - check_kv (with NMLX_CUDA_EXPERIMENTAL=1): kv_bits 8 and 4 on cuda (the
+ * N_GREEDY): the quantized KV cache on CUDA.
+ *  - check_kv: kv_bits 8 and 4 on cuda (the
  *    quantized cache staged through the host, layer_cache.c) against the
  *    same kv_bits on the CPU, prompt + N_GREEDY decode steps fed the
  *    fixture's greedy ids: max|diff| <= 2e-2 (8-bit) / 1e-1 (4-bit) of
@@ -20,32 +17,6 @@ static bool load_on(const char *path, const char *device, nmlx_model **m) {
     mp.device = device;
     *m = NULL;
     return nmlx_model_load(path, &mp, m) == NMLX_OK;
-}
-
-static void check_refusals(const char *dir, const char *const *names) {
-    char path[4096];
-    for (size_t i = 0; names[i]; i++) {
-        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path) continue;
-        nmlx_model *m = NULL;
-        bool ok = load_on(path, "cuda", &m);
-        EXPECT(!ok && strstr(nmlx_last_error(), "NMLX_CUDA_EXPERIMENTAL"),
-               "%s: without NMLX_CUDA_EXPERIMENTAL it must be refused naming the variable (%s)",
-               path, ok ? "it loaded" : nmlx_last_error());
-        nmlx_model_free(m);
-    }
-    nmlx_model *m = NULL;
-    if (snprintf(path, sizeof path, "%s/qwen3", dir) < (int)sizeof path &&
-        load_on(path, "cuda", &m)) {
-        nmlx_session_params sp = nmlx_session_default_params();
-        sp.kv_bits = 8;
-        nmlx_session *s = NULL;
-        nmlx_status st = nmlx_session_create(m, &sp, &s);
-        EXPECT(st == NMLX_ERR_UNSUPPORTED && strstr(nmlx_last_error(), "NMLX_CUDA_EXPERIMENTAL"),
-               "kv_bits on cuda without NMLX_CUDA_EXPERIMENTAL: %s",
-               st == NMLX_OK ? "accepted" : nmlx_last_error());
-        nmlx_session_free(s);
-    }
-    nmlx_model_free(m);
 }
 
 /* Prompt (all rows kept) then N_GREEDY steps fed `force`: rows [(T + N_GREEDY), V]. */

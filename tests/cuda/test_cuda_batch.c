@@ -16,9 +16,9 @@
  * bit-identical logits is reported, not required. Batches of 12 and 40 take cuBLAS (16-bit weights:
  * x split into hi + lo) or the quantized tensor-core mat-mat, both within ~1e-5 of f32; 40 rows
  * also span two attention_rows launches (32 rows each). The MoE fixtures (qwen3_moe, gpt_oss:
- * sinks, sliding layers) and Llama 4 (its own batched pass) run with NMLX_CUDA_EXPERIMENTAL=1,
- * set by main (not yet validated on a GPU). Prints one PASS/FAIL line per fixture and
- * batch size, then "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is usable. */
+ * sinks, sliding layers) and Llama 4 (its own batched pass) too. Prints one PASS/FAIL line per
+ * fixture and batch size, then "N passed, N failed". Exits 77 (ctest: skipped) when no GPU is
+ * usable. */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 #include "model_util.h"
@@ -49,7 +49,7 @@ static const fixture FIXTURES[] = {
     {"tests/fixtures/phi3_longrope", true, false},   /* long RoPE table switches mid-batch */
     {"tests/fixtures/ministral3_yarn", true, false}, /* yarn, query scaling */
     {"tests/fixtures/smollm3", true, false},         /* NoPE layers */
-    /* experimental (NMLX_CUDA_EXPERIMENTAL=1) */
+    /* families with device paths of their own */
     {"tests/fixtures/qwen3_moe", false, false},
     {"tests/fixtures/gpt_oss", false, false},
     {"tests/fixtures/llama4_text", false, false},
@@ -182,8 +182,7 @@ static nmlx_model *load(const fixture *f, const char *precision) {
 }
 
 int main(void) {
-    if (test_no_cuda_device()) return 77;     /* skip, not fail */
-    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* MoE, Llama 4 */
+    if (test_no_cuda_device()) return 77; /* skip, not fail */
     const int sizes[] = {1, 3, 8, 12, 40};
     for (size_t f = 0; f < sizeof FIXTURES / sizeof FIXTURES[0]; f++)
         for (int pass = 0; pass < (FIXTURES[f].quant ? 2 : 1); pass++) {

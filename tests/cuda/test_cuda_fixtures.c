@@ -7,12 +7,9 @@
  * Families the CUDA backend does not run yet must fail to load with
  * NMLX_ERR_UNSUPPORTED; the dense standard families, the quantized
  * fixtures (affine 3/4/8-bit, MXFP4, quantized embedding + tied head) and
- * the experimental ones (below) listed in MUST_RUN must load.
- * Experimental paths (MoE gpt_oss / qwen3_moe, Gemma 3n, Llama 4, the
- * quantized KV cache: not yet validated on a GPU): first refused without
- * NMLX_CUDA_EXPERIMENTAL, the message naming the variable; then the test
- * sets NMLX_CUDA_EXPERIMENTAL=1 and runs every fixture, and kv_bits 8 / 4
- * on cuda against kv_bits on the CPU (kv_checks.h). Quantized fixtures (expected.json has
+ * the families with device paths of their own (MoE gpt_oss / qwen3_moe,
+ * Gemma 3n, Llama 4) listed in MUST_RUN must load; kv_bits 8 / 4 on cuda
+ * against kv_bits on the CPU (kv_checks.h). Quantized fixtures (expected.json has
  * "quantization") run twice: at the default precision (decode mat-vecs on
  * int16 x) within the CPU's contract for quantized checkpoints, 2e-2 x
  * max|ref| and argmax equal at every row, and at precision "f32" within
@@ -37,12 +34,9 @@ static const char *const MUST_RUN[] = {"llama3_tied", "llama_untied_linear_bias"
                                        "mistral_window", "qwen2", "qwen3", "qwen3_bf16",
                                        "llama_plain", "quant_llama_mxfp4", "quant_llama_q4g64_f16",
                                        "quant_qwen3_q3g32_bf16", "quant_qwen3_q8g64_bf16",
-                                       /* experimental (NMLX_CUDA_EXPERIMENTAL=1, set by main) */
+                                       /* families with device paths of their own */
                                        "gpt_oss", "qwen3_moe", "gemma3n", "llama4_text",
                                        "llama4_text_q4g32", "llama4_mm", "llama4_mm_stacked", NULL};
-
-/* Fixtures of the experimental paths: refused unless NMLX_CUDA_EXPERIMENTAL=1. */
-static const char *const EXPERIMENTAL[] = {"gpt_oss", "qwen3_moe", "gemma3n", "llama4_text", NULL};
 
 typedef struct {
     double max_diff, max_ref;
@@ -205,11 +199,6 @@ static void run_dir(const char *dir, const char *precision) {
 int main(void) {
     if (test_no_cuda_device()) return 77; /* skip, not fail */
     char dir[4096];
-    /* the experimental paths are refused without the variable, then run */
-    unsetenv("NMLX_CUDA_EXPERIMENTAL");
-    snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
-    check_refusals(dir, EXPERIMENTAL);
-    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1);
     for (int f32 = 0; f32 < 2; f32++) {
         const char *precision = f32 ? "f32" : NULL;
         snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());

@@ -242,7 +242,7 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     free(x), free(rg), free(ru), free(hg), free(hu);
 }
 
-/* ---- recorded decode steps (backend.h step_graph, NMLX_CUDA_GRAPH=1) ----
+/* ---- recorded decode steps (backend.h step_graph; NMLX_CUDA_GRAPH=0 turns them off) ----
  * The same greedy decode on the GPU with and without graphs (the ids of the
  * run without fed to both): the logits of every step within 1e-6 of their
  * range (the recorded step's kernels read the same positions from device
@@ -254,10 +254,7 @@ enum { G_STEPS = 270, G_MAXV = 1 << 14 };
 
 static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int64_t *V,
                       long *replays) {
-    if (graph)
-        setenv("NMLX_CUDA_GRAPH", "1", 1);
-    else
-        unsetenv("NMLX_CUDA_GRAPH");
+    setenv("NMLX_CUDA_GRAPH", graph ? "1" : "0", 1);
     nmlx_model_params mp = nmlx_model_default_params();
     mp.device = "cuda";
     nmlx_model *m = NULL;

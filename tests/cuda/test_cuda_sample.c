@@ -232,7 +232,6 @@ done:
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    setenv("NMLX_CUDA_EXPERIMENTAL", "1", 1); /* the op is opt-in until validated here */
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
         return 77;

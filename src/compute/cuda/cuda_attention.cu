@@ -22,8 +22,8 @@
  * it needs no scratch (a->scratch is unused). Each warp scores keys of the
  * tile (lanes split HD); each thread then accumulates its output dims.
  * HD <= 4 * THREADS. The flash-style kernel (several queries per block,
- * K/V tiles in shared memory) is cuda_attention_tiled.cu, opt-in
- * (NMLX_CUDA_ATTN_TILED=1) until measured. */
+ * K/V tiles in shared memory) is cuda_attention_tiled.cu, the default where
+ * it applies (NMLX_CUDA_ATTN_TILED=0 turns it off). */
 #include "compute/cuda/cuda_internal.h"
 
 #include <math.h>

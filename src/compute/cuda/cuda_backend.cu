@@ -218,8 +218,7 @@ static void cuda_release(nmlx_backend *be) {
 }
 
 /* Designated (C++20, declaration order). The family ops (cuda_family_ops.cu)
- * serve MoE, Gemma 3n and Llama 4, which load on CUDA only with
- * NMLX_CUDA_EXPERIMENTAL=1 until validated on a GPU. */
+ * serve MoE, Gemma 3n and Llama 4. */
 static const nmlx_backend_ops cuda_ops = {
     .name = "cuda",
     .alloc = cuda_alloc,
@@ -287,7 +286,7 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         const char *rows = getenv("NMLX_CUDA_ROWS");
         c->rows_off = rows && !strcmp(rows, "0");
         const char *g = getenv("NMLX_CUDA_GRAPH");
-        c->graph_on = g && !strcmp(g, "1"); /* opt-in: bench/cuda/README.md */
+        c->graph_on = !(g && !strcmp(g, "0")); /* NMLX_CUDA_GRAPH=0: every op launched */
     }
     e = cudaSetDevice(device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);

@@ -13,7 +13,7 @@ extern "C" {
  * (void) op met so far, else NMLX_OK. Tests call it after each op. */
 nmlx_status nmlx_backend_cuda_check(nmlx_backend *be);
 
-/* Decode steps as graphs (cuda_graph.cu, NMLX_CUDA_GRAPH=1), for tests:
+/* Decode steps as graphs (cuda_graph.cu; NMLX_CUDA_GRAPH=0 turns them off), for tests:
  * *replays = recorded steps run again (step_graph), *launches = graphs
  * launched after a capture. */
 void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launches);

@@ -4,8 +4,7 @@
  * RoPE. Arithmetic follows the CPU ops (cpu_moe_ops.c, cpu_gemma3n_ops.c,
  * llama4_attention.c): row statistics and AltUp coefficients in double, so
  * the two agree to rounding. Each op is one launch on the backend's stream.
- * Not yet validated on a GPU: the loaders use them only with
- * NMLX_CUDA_EXPERIMENTAL=1 (README.md). */
+ * tests/cuda/test_cuda_fixtures.c runs those families' fixtures on the GPU. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <math.h>

@@ -10,8 +10,11 @@
  * step's executable graph in place (same kernels, new parameters), far
  * cheaper than instantiating. When the step's shape changed (the KV cache
  * grew, a capture ended early), the update fails and a new one is made.
- * Opt-in (NMLX_CUDA_GRAPH=1): capturing and updating every step costs the
- * host about what the launches it saves cost the GPU (bench/cuda/README.md).
+ * Capturing and updating every step costs the host about what the launches
+ * it saves cost the GPU (bench/cuda/README.md); the replayed steps below are
+ * what pays. On by default (H200 decode: 1.08-1.15x tokens/s over plain
+ * launches on 1B and 8B, bf16 and 4/8-bit; every fixture passes);
+ * NMLX_CUDA_GRAPH=0 launches every op.
  *
  * Replayed steps (step_graph, backend.h): where the model vouches that a
  * step repeats (same key), its capture is recorded with the kernels that
