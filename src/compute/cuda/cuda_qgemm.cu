@@ -161,10 +161,10 @@ enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4 };
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM");
-        qgemm_mode_v = !e                       ? 0
-                       : !strcmp(e, "gemm")     ? QG_ON
-                       : !strcmp(e, "gemm16")   ? QG_ON | QG_NO_WLO
-                                                : 0;
+        qgemm_mode_v = !e                     ? 0
+                       : !strcmp(e, "gemm")   ? QG_ON
+                       : !strcmp(e, "gemm16") ? QG_ON | QG_NO_WLO
+                                              : 0;
     }
     return qgemm_mode_v;
 }
@@ -263,7 +263,8 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
         else
             qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
                 w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
-        if (mx) qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl);
+        if (mx)
+            qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl);
         else
             switch (w->bits) {
             case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl); break;
@@ -275,10 +276,10 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
             }
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
          * path in cuda_matmul.cu), then C[n, 2T..3T) = Wl x xh */
-        cublasStatus_t st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)(2 * T),
-                                         (int)N, &one, wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F,
-                                         (int)N, &zero, cb, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t st =
+            cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)(2 * T), (int)N, &one,
+                         wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb, CUDA_R_32F,
+                         (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st == CUBLAS_STATUS_SUCCESS && wlo)
             st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one, wl,
                               CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb + 2 * T * n,
