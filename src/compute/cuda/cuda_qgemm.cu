@@ -131,16 +131,17 @@ __global__ void __launch_bounds__(QG_THREADS)
     }
 }
 
-/* y[t, d0 + r] = (c[t, r] + c[T + t, r] (+ c[2T + t, r])) ir[r] ix[t]
- * (+ bias[d0 + r]); c column-major [n, 2T or 3T] (the GEMMs' output). */
-__global__ void qg_join_kernel(const float *c, int64_t n, int64_t T, bool wlo, const float *ix,
-                               const float *ir, float *y, int64_t D, int64_t d0, const void *lb,
-                               nmlx_dtype lbdt) {
+/* y[t, d0 + r] = (c[t, r] + c[T + t, r] (+ cl[t, r])) ir[r] ix[t]
+ * (+ bias[d0 + r]); c column-major [n, 2T], cl [n, T] or NULL (the GEMMs'
+ * outputs). */
+__global__ void qg_join_kernel(const float *c, const float *cl, int64_t n, int64_t T,
+                               const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
+                               const void *lb, nmlx_dtype lbdt) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * T;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t t = i / n, r = i - t * n;
         float v = c[i] + c[T * n + i];
-        if (wlo) v += c[2 * T * n + i];
+        if (cl) v += cl[i];
         y[t * D + d0 + r] = v * ir[r] * ix[t] + (lb ? cuda_load_f32(lbdt, lb, d0 + r) : 0.0f);
     }
 }
@@ -174,7 +175,7 @@ extern "C" void nmlx_cuda_set_qmm_gemm(int mode) { qgemm_mode_v = mode < 0 ? 0 :
 extern "C" void nmlx_cuda_set_qmm_rows(int64_t rows) { qgemm_rows_v = rows < 0 ? 0 : rows; }
 
 /* Rows per chunk: NMLX_CUDA_QMM_ROWS, else up to 8192 rows and 32M weight
- * elements (128 MB of f16 hi + lo), and at most 64M floats of GEMM output. */
+ * elements (128 MB of f16 hi + lo), and at most 32M floats of GEMM output. */
 static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
     if (qgemm_rows_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM_ROWS");
@@ -185,7 +186,7 @@ static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
     if (!rc) {
         rc = 8192;
         if (rc * N > (32 << 20)) rc = (32 << 20) / N;
-        if (rc * cols > (64 << 20)) rc = (64 << 20) / cols;
+        if (rc * cols > (32 << 20)) rc = (32 << 20) / cols;
         if (rc > 64) rc &= ~(int64_t)63;
         if (rc < 1) rc = 1;
     }
@@ -237,7 +238,7 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                  o_ir = o_rs + qg_align((size_t)rc * 4), o_wh = o_ir + qg_align((size_t)rc * 4),
                  o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
                  o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
-                 need = o_c + (size_t)(rc * cols) * 4;
+                 need = o_c + (size_t)(rc * cols + 4) * 4;
     if (!qg_reserve(be, need)) return false;
     cuda_impl *c = cuda_of(be);
     cudaStream_t s = c->stream;
@@ -275,17 +276,18 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
             default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl); break;
             }
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
-         * path in cuda_matmul.cu), then C[n, 2T..3T) = Wl x xh */
+         * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
+        float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
         cublasStatus_t st =
             cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)(2 * T), (int)N, &one,
                          wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb, CUDA_R_32F,
                          (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st == CUBLAS_STATUS_SUCCESS && wlo)
             st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one, wl,
-                              CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb + 2 * T * n,
-                              CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                              CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
+                              (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, n, T, wlo, ix, ir, y, D, d0, lb,
+        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, n, T, ix, ir, y, D, d0, lb,
                                                              lbdt);
     }
     nmlx_cuda_note(be, cudaGetLastError());
