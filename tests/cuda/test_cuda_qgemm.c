@@ -13,7 +13,10 @@
  * must be <= 1e-4, the qmm_kernel test's bound (expected ~1e-6).
  * Must-fail checks, so the bound can see what it guards: x not rescaled
  * (test bit 4) must exceed it, and W without its lo half (gemm16, ~2^-12)
- * must be measurably worse (> 2e-5). Prints the worst errors. Exits 77
+ * must be measurably worse (> 2e-5). A weight found exact in f16 (lo all
+ * zero) skips its second GEMM from the second call on: the second call and
+ * one that never skips must equal the first bit for bit; the count of
+ * such weights is printed. Prints the worst errors. Exits 77
  * (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h" /* nmlx_backend_cpu_create_isa */
@@ -128,6 +131,21 @@ static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, i
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N, bias,
            (long long)rows, e);
     if (e > worst_gemm || e != e) worst_gemm = e;
+    { /* the first call recorded whether W's lo half is all zero; a second
+       * call (which then skips that GEMM) and one that never skips give the
+       * same result bit for bit */
+        float *y1 = malloc((size_t)(T * D) * sizeof(float)),
+              *y2 = malloc((size_t)(T * D) * sizeof(float));
+        gpu->ops->download(gpu, y1, dy, (size_t)(T * D) * sizeof(float));
+        for (int m = 1; m <= 9; m += 8) {
+            run_mode(m, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
+            gpu->ops->download(gpu, y2, dy, (size_t)(T * D) * sizeof(float));
+            EXPECT(!memcmp(y1, y2, (size_t)(T * D) * sizeof(float)),
+                   "qgemm mode %d differs from the first call (%d-bit g%d %s T=%lld)", m, bits, gs,
+                   sn, (long long)T);
+        }
+        free(y1), free(y2);
+    }
     if (variants) {
         /* gemm16 (W hi only): measurably coarser than the bound's resolution */
         double e16 = run_mode(3, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
@@ -226,6 +244,11 @@ int main(void) {
     printf("qgemm: worst per-row rel err %.2e (bound 1e-4)\n", worst_gemm);
     printf("qgemm gemm16 (W hi only): worst %.2e\n", worst_gemm16);
     printf("qgemm without the x rescale: least %.2e (must exceed 1e-4)\n", least_noscale);
+    long exact = 0, inexact = 0;
+    nmlx_cuda_qgemm_seen(gpu, &exact, &inexact);
+    printf("qgemm weights with an all-zero f16 lo half (second GEMM skipped): %ld of %ld\n", exact,
+           exact + inexact);
+    EXPECT(exact + inexact > 0, "the gemm path recorded no weight");
     /* must fail: W rounded to f16 alone is visible at the test's resolution */
     EXPECT(worst_gemm16 > 2e-5 && worst_gemm16 > 2 * worst_gemm,
            "gemm16 should be measurably worse than gemm: %.2e vs %.2e", worst_gemm16, worst_gemm);

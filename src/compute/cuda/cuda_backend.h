@@ -29,8 +29,12 @@ void nmlx_cuda_set_qmm_split(int split);
  * by a power of two and split into f16 hi + lo, f32 accumulation.
  * NMLX_CUDA_QMM=gemm sets 1 at start (gemm16: 3, W hi only). mode: 0 = off
  * (qmm_kernel, the default), 1 = on; test bits: | 2 = W without its lo half,
- * | 4 = x not rescaled per token. Process-wide; for benchmarks and tests. */
+ * | 4 = x not rescaled per token, | 8 = never skip the lo GEMM of a weight
+ * found exact in f16. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qmm_gemm(int mode);
+/* Weights the gemm path has seen: *exact = whose f16 lo half was all zero
+ * (their later calls skip the second GEMM), *inexact = the others. */
+void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
 /* Rows of W dequantized per chunk (NMLX_CUDA_QMM_ROWS); 0 = automatic. */
 void nmlx_cuda_set_qmm_rows(int64_t rows);
 

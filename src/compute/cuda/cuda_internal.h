@@ -56,6 +56,9 @@ typedef struct cuda_impl {
     size_t qx_bytes;
     void *qg;              /* NMLX_CUDA_QMM=gemm: x hi/lo, a chunk of W as f16, GEMM output */
     size_t qg_bytes;
+    struct cuda_qg_seen *qg_seen; /* weights whose f16 lo half is known zero or not */
+    size_t n_qg_seen, cap_qg_seen;
+    int *qg_flag;          /* device: set when a dequantized chunk has a nonzero lo */
     void *attn_part;       /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */

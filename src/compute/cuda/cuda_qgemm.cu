@@ -19,6 +19,12 @@
  *    read once for both), a second lo(W) by hi(x); lo(W) lo(x) (~2^-22) is
  *    dropped. y = (sum of the parts) * 2^e_d * 2^e_t (+ bias), exact
  *    rescales. So the result matches the f32 reference to ~1e-6 relative.
+ *  - W's lo half is often exactly zero (4-bit and narrower codes with
+ *    bf16/f16 scales and biases of roughly centred groups fit f16's 11
+ *    bits; MXFP4's E2M1 x 2^k always does, f16 range permitting): the first
+ *    call on a weight records (one stream sync) whether any lo of any chunk
+ *    was nonzero; later calls on a weight found exact skip the lo writes and
+ *    the second GEMM, with the same result bit for bit (that product was 0).
  * Scratch allocation failure: false (the caller runs qmm_kernel). */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
@@ -105,8 +111,9 @@ template <int BITS, bool MX>
 __global__ void __launch_bounds__(QG_THREADS)
     qg_dequant_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
                       int gshift, int64_t N, int64_t d0, int64_t n, const float *rs, __half *wh,
-                      __half *wl) {
+                      __half *wl, int *nz) {
     const int64_t K8 = N / 8, G = N >> (gshift + 3), pieces = n * K8;
+    int any = 0; /* a nonzero lo seen (reported when nz is given) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / K8, k = i - r * K8, d = d0 + r;
@@ -125,10 +132,12 @@ __global__ void __launch_bounds__(QG_THREADS)
             const float f = (MX ? s * (q[j] * 16384.0f) : s * q[j] + b) * sc;
             h[j] = __float2half_rn(f);
             l[j] = __float2half_rn(f - __half2float(h[j]));
+            any |= __half2float(l[j]) != 0.0f;
         }
         *(uint4 *)(wh + r * N + 8 * k) = *(const uint4 *)h;
         if (wl) *(uint4 *)(wl + r * N + 8 * k) = *(const uint4 *)l;
     }
+    if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
 }
 
 /* y[t, d0 + r] = (c[t, r] + c[T + t, r] (+ cl[t, r])) ir[r] ix[t]
@@ -157,7 +166,7 @@ static int qgemm_mode_v = -1; /* -1: not read from the environment yet */
 static int64_t qgemm_rows_v = -1;
 
 /* 0: off; else QG_ON plus the variant bits */
-enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4 };
+enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8 };
 
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
@@ -216,23 +225,85 @@ static size_t qg_align(size_t b) { return (b + 255) & ~(size_t)255; }
 
 template <int BITS, bool MX>
 static void qg_dequant(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
-                       const float *rs, __half *wh, __half *wl) {
+                       const float *rs, __half *wh, __half *wl, int *nz) {
     const int64_t N = w->cols;
     qg_dequant_kernel<BITS, MX><<<qg_grid(n * N / 8), QG_THREADS, 0, s>>>(
         (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N, d0,
-        n, rs, wh, wl);
+        n, rs, wh, wl, nz);
+}
+
+/* ---- weights whose lo half is zero ---- */
+
+struct cuda_qg_seen {
+    const void *w; /* the prepared codes (device) */
+    int64_t rows, cols;
+    bool exact; /* every lo was zero */
+};
+
+static cuda_qg_seen *qg_find(cuda_impl *c, const nmlx_weight *w) {
+    for (size_t i = 0; i < c->n_qg_seen; i++)
+        if (c->qg_seen[i].w == w->w.data && c->qg_seen[i].rows == w->rows &&
+            c->qg_seen[i].cols == w->cols)
+            return &c->qg_seen[i];
+    return NULL;
+}
+
+/* After a first call's launches: waits for them and records whether any lo
+ * was nonzero (nothing recorded when memory fails: the next call checks
+ * again). */
+static void qg_record(nmlx_backend *be, const nmlx_weight *w) {
+    cuda_impl *c = cuda_host_of(be);
+    int flag = 1;
+    cudaMemcpyAsync(&flag, c->qg_flag, sizeof flag, cudaMemcpyDeviceToHost, c->stream);
+    if (cudaStreamSynchronize(c->stream) != cudaSuccess) {
+        nmlx_cuda_note(be, cudaGetLastError());
+        return;
+    }
+    if (c->n_qg_seen == c->cap_qg_seen) {
+        const size_t cap = c->cap_qg_seen ? 2 * c->cap_qg_seen : 64;
+        cuda_qg_seen *p = (cuda_qg_seen *)realloc(c->qg_seen, cap * sizeof *p);
+        if (!p) return;
+        c->qg_seen = p;
+        c->cap_qg_seen = cap;
+    }
+    c->qg_seen[c->n_qg_seen++] = (cuda_qg_seen){w->w.data, w->rows, w->cols, flag == 0};
+}
+
+extern "C" void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    *exact = *inexact = 0;
+    for (size_t i = 0; i < c->n_qg_seen; i++)
+        ++*(c->qg_seen[i].exact ? exact : inexact);
 }
 
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
     const int mode = qgemm_mode();
     if (!mode) return false;
-    const bool mx = w->mode == NMLX_QUANT_MXFP4, wlo = !(mode & QG_NO_WLO);
+    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    bool wlo = !(mode & QG_NO_WLO), first = false;
+    if (wlo && !(mode & QG_NO_SKIP)) {
+        cuda_impl *c0 = (cuda_impl *)be->impl;
+        const cuda_qg_seen *seen = qg_find(c0, w);
+        if (seen)
+            wlo = !seen->exact;
+        else {
+            if (!c0->qg_flag) {
+                cuda_host_of(be);
+                if (cudaMalloc(&c0->qg_flag, sizeof(int)) != cudaSuccess) {
+                    c0->qg_flag = NULL;
+                    (void)cudaGetLastError();
+                }
+            }
+            first = c0->qg_flag != NULL;
+        }
+    }
     if (!mx && w->bits != 2 && w->bits != 3 && w->bits != 4 && w->bits != 5 && w->bits != 6 &&
         w->bits != 8)
         return false;
     const int64_t D = w->rows, N = w->cols, G = N / w->group_size;
-    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, cols);
+    /* the chunk size does not depend on wlo: the same GEMMs with or without the skip */
+    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T);
     /* scratch: x hi + lo, ix [T], rs / ir [rc], W hi (+ lo) [rc, N], out [rc, cols] */
     const size_t o_ix = qg_align((size_t)(2 * T * N) * 2), o_rs = o_ix + qg_align((size_t)T * 4),
                  o_ir = o_rs + qg_align((size_t)rc * 4), o_wh = o_ir + qg_align((size_t)rc * 4),
@@ -247,6 +318,8 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
            *wl = wlo ? (__half *)(base + o_wl) : NULL;
     float *ix = (float *)(base + o_ix), *rs = (float *)(base + o_rs), *ir = (float *)(base + o_ir),
           *cb = (float *)(base + o_c);
+    int *nz = first ? c->qg_flag : NULL;
+    if (nz) cudaMemsetAsync(nz, 0, sizeof(int), s);
     qg_xsplit_kernel<<<(unsigned)T, QG_THREADS, 0, s>>>(x, T, N, !(mode & QG_NO_XSCALE), xhl, ix);
     int gshift = 0;
     while ((8 << gshift) < w->group_size)
@@ -265,15 +338,15 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
             qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
                 w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
         if (mx)
-            qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl);
+            qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl, nz);
         else
             switch (w->bits) {
-            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl); break;
-            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rs, wh, wl); break;
-            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rs, wh, wl); break;
-            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rs, wh, wl); break;
-            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rs, wh, wl); break;
-            default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl); break;
+            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
             }
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
          * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
@@ -291,5 +364,6 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                                                              lbdt);
     }
     nmlx_cuda_note(be, cudaGetLastError());
+    if (first) qg_record(be, w);
     return true;
 }
