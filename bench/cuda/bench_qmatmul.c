@@ -3,7 +3,9 @@
  * scales + biases; bf16 dense for comparison) and the prefill mat-mat (T =
  * 512) in TFLOP/s: qmm_kernel exact (hi+lo) and bf16-x, and the cuBLAS
  * path (NMLX_CUDA_QMM=gemm: W dequantized per row chunk to f16 hi + lo; and
- * gemm16, W hi only; both with the dequantization included). Weights are cycled
+ * gemm16, W hi only; both with the dequantization included, after a first
+ * call on each weight copy). gemm's line also says how many weight copies
+ * were found exact in f16 (lo half zero: one GEMM instead of two). Weights are cycled
  * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
  * the wall time of many back-to-back launches over a sync (launch overhead
  * included, as in decode). Values are random codes, valid bf16 scales.
@@ -155,7 +157,10 @@ int main(int argc, char **argv) {
                 nmlx_cuda_set_qmm_split(vsplit[vi]);
                 nmlx_cuda_set_qmm_gemm(vgemm[vi]);
                 int mr = reps / 10 < 3 ? 3 : reps / 10;
-                be->ops->matmul(be, &dw[0], NULL, x, y, TP);
+                /* every copy once first: gemm's first call on a weight records
+                 * whether its f16 lo half is zero (a sync, lo written) */
+                for (int i = 0; i < (vgemm[vi] ? nc : 1); i++)
+                    be->ops->matmul(be, &dw[i], NULL, x, y, TP);
                 be->ops->sync(be);
                 t0 = now();
                 for (int i = 0; i < mr; i++)
@@ -169,14 +174,18 @@ int main(int argc, char **argv) {
             double fl = 2.0 * (double)D * (double)N * (double)TP;
             char sh[32];
             snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
+            long ex = 0, inex = 0;
+            nmlx_cuda_qgemm_seen(be, &ex, &inex);
+            char exs[48] = "";
+            if (ex + inex) snprintf(exs, sizeof exs, "  f16-exact %ld/%ld", ex, ex + inex);
             double tf[4];
             for (int vi = 0; vi < 4; vi++)
                 tf[vi] = tm[vi] > 0 ? fl / tm[vi] / 1e12 : 0.0;
             printf("%-6s %-13s %10.2f %9.0f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f | %8.3f %9.1f "
-                   "%8.3f %9.1f%s\n",
+                   "%8.3f %9.1f%s%s\n",
                    fmts[fi].name, sh, tv * 1e6, (double)bytes / tv / 1e9,
                    tv32 > 0 ? (double)bytes / tv32 / 1e9 : 0.0, nc, tm[0] * 1e3, tf[0], tm[1] * 1e3,
-                   tf[1], tm[2] * 1e3, tf[2], tm[3] * 1e3, tf[3],
+                   tf[1], tm[2] * 1e3, tf[2], tm[3] * 1e3, tf[3], exs,
                    st == NMLX_OK ? "" : "  CUDA ERROR");
             be->ops->free(be, x), be->ops->free(be, y);
             free(hx);
