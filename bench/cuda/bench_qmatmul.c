@@ -1,7 +1,11 @@
 /* CUDA quantized matmul benchmark (GPU machine): for Llama-3.1-8B shapes,
  * the decode mat-vec (T = 1) in GB/s of weight bytes read (packed codes +
  * scales + biases; bf16 dense for comparison) and the prefill mat-mat (T =
- * 512) in TFLOP/s, exact (hi+lo) and bf16-x variants. Weights are cycled
+ * 512) in TFLOP/s: qmm_kernel exact (hi+lo) and bf16-x, and the cuBLAS
+ * path (NMLX_CUDA_QMM=gemm: W dequantized per row chunk to f16 hi + lo; and
+ * gemm16, W hi only; both with the dequantization included, after a first
+ * call on each weight copy). gemm's line also says how many weight copies
+ * were found exact in f16 (lo half zero: one GEMM instead of two). Weights are cycled
  * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
  * the wall time of many back-to-back launches over a sync (launch overhead
  * included, as in decode). Values are random codes, valid bf16 scales.
@@ -96,8 +100,9 @@ int main(int argc, char **argv) {
                         {"q3g64", NMLX_QUANT_AFFINE, 3}};
     const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
     const int64_t TP = 512;
-    printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s\n", "format", "D x N", "gemv us",
-           "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s");
+    printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s | %8s %9s %8s %9s\n", "format", "D x N",
+           "gemv us", "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s",
+           "gemm ms", "TFLOP/s", "gemm16", "TFLOP/s");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int64_t D = shapes[si][0], N = shapes[si][1];
@@ -144,28 +149,43 @@ int main(int argc, char **argv) {
                 tv32 = (now() - t0) / reps;
                 nmlx_cuda_set_qgemv16(1);
             }
-            double tm[2] = {0, 0};
-            for (int split = 1; split >= 0; split--) {
-                if (!fmts[fi].bits && !split) continue;
-                nmlx_cuda_set_qmm_split(split);
+            /* qmm exact, qmm bf16-x, gemm, gemm16 (quantized only but the first) */
+            double tm[4] = {0, 0, 0, 0};
+            const int vsplit[4] = {1, 0, 1, 1}, vgemm[4] = {0, 0, 1, 3};
+            for (int vi = 0; vi < 4; vi++) {
+                if (!fmts[fi].bits && vi) continue;
+                nmlx_cuda_set_qmm_split(vsplit[vi]);
+                nmlx_cuda_set_qmm_gemm(vgemm[vi]);
                 int mr = reps / 10 < 3 ? 3 : reps / 10;
-                be->ops->matmul(be, &dw[0], NULL, x, y, TP);
+                /* every copy once first: gemm's first call on a weight records
+                 * whether its f16 lo half is zero (a sync, lo written) */
+                for (int i = 0; i < (vgemm[vi] ? nc : 1); i++)
+                    be->ops->matmul(be, &dw[i], NULL, x, y, TP);
                 be->ops->sync(be);
                 t0 = now();
                 for (int i = 0; i < mr; i++)
                     be->ops->matmul(be, &dw[i % nc], NULL, x, y, TP);
                 be->ops->sync(be);
-                tm[1 - split] = (now() - t0) / mr;
+                tm[vi] = (now() - t0) / mr;
             }
             nmlx_cuda_set_qmm_split(1);
+            nmlx_cuda_set_qmm_gemm(0);
             nmlx_status st = nmlx_backend_cuda_check(be);
             double fl = 2.0 * (double)D * (double)N * (double)TP;
             char sh[32];
             snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
-            printf("%-6s %-13s %10.2f %9.0f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f%s\n",
+            long ex = 0, inex = 0;
+            nmlx_cuda_qgemm_seen(be, &ex, &inex);
+            char exs[48] = "";
+            if (ex + inex) snprintf(exs, sizeof exs, "  f16-exact %ld/%ld", ex, ex + inex);
+            double tf[4];
+            for (int vi = 0; vi < 4; vi++)
+                tf[vi] = tm[vi] > 0 ? fl / tm[vi] / 1e12 : 0.0;
+            printf("%-6s %-13s %10.2f %9.0f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f | %8.3f %9.1f "
+                   "%8.3f %9.1f%s%s\n",
                    fmts[fi].name, sh, tv * 1e6, (double)bytes / tv / 1e9,
-                   tv32 > 0 ? (double)bytes / tv32 / 1e9 : 0.0, nc, tm[0] * 1e3, fl / tm[0] / 1e12,
-                   tm[1] * 1e3, tm[1] > 0 ? fl / tm[1] / 1e12 : 0.0,
+                   tv32 > 0 ? (double)bytes / tv32 / 1e9 : 0.0, nc, tm[0] * 1e3, tf[0], tm[1] * 1e3,
+                   tf[1], tm[2] * 1e3, tf[2], tm[3] * 1e3, tf[3], exs,
                    st == NMLX_OK ? "" : "  CUDA ERROR");
             be->ops->free(be, x), be->ops->free(be, y);
             free(hx);

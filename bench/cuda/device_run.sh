@@ -1,6 +1,7 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
-# tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch, test_cuda_sample:
+# tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch, test_cuda_sample,
+# test_cuda_qgemm; test_cuda_ops, the fixtures and the batch test again with NMLX_CUDA_QMM=gemm:
 # what `ctest -L cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
@@ -17,7 +18,10 @@
 #   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
 #   what each default saves);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
-#   mat-vec; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16).
+#   mat-vec, and NMLX_CUDA_QMM=gemm, the quantized mat-mat as cuBLAS GEMMs on
+#   row chunks dequantized to f16 hi + lo; NMLX_CUDA_QMM=bf16 is prefill with
+#   x rounded to bf16, NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
+#   BATCH_VARIANTS also defaults to NMLX_CUDA_QMM=gemm (batches above 8 rows).
 #   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
 #   warp in the batched mat-vec): the batch benchmark again with each setting.
 #   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
@@ -36,7 +40,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -44,6 +48,12 @@ export NMLX_SOURCE_DIR=$PWD
 NMLX_CUDA_QROWS_R=8 ./$B/tests/test_cuda_ops >/tmp/ops_r8.log 2>&1
 echo "test_cuda_ops NMLX_CUDA_QROWS_R=8 rc=$?: $(grep -E "passed" /tmp/ops_r8.log | tail -1)"
 grep FAIL /tmp/ops_r8.log | head -5
+# the opt-in cuBLAS quantized mat-mat takes every T > 8 qmatmul of test_cuda_ops
+NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_ops >/tmp/ops_gemm.log 2>&1
+echo "test_cuda_ops NMLX_CUDA_QMM=gemm rc=$?: $(grep -E "passed" /tmp/ops_gemm.log | tail -1)"
+grep -E "FAIL|qmatmul " /tmp/ops_gemm.log | head -8
+./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
+grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
 tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
 ./$B/tests/test_cuda_fused >"$OUT/fused.log" 2>&1; echo "test_cuda_fused rc=$?"
@@ -57,9 +67,16 @@ if [ "${OFF_TEST:-1}" = 1 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
   echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_off.log" | tail -3)"
 fi
+# the opt-in cuBLAS quantized mat-mat must pass every fixture too
+NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_fixtures >/tmp/fixtures_qgemm.log 2>&1
+echo "test_cuda_fixtures NMLX_CUDA_QMM=gemm rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_qgemm.log | tail -3)"
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
 grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
+# batches of 12 and 40 sessions through the opt-in cuBLAS quantized mat-mat
+NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_batch >/tmp/batch_qgemm.log 2>&1
+echo "test_cuda_batch NMLX_CUDA_QMM=gemm rc=$?: $(grep -c '^FAIL' /tmp/batch_qgemm.log) FAIL lines; $(grep -E "passed" /tmp/batch_qgemm.log | tail -1)"
+grep -E "^FAIL" /tmp/batch_qgemm.log | head -8
 # the sample op against the host sampler (boundary cases counted)
 ./$B/tests/test_cuda_sample >"$OUT/sample.log" 2>&1; echo "test_cuda_sample rc=$?"
 grep -E "FAIL|^sample:|passed" "$OUT/sample.log" | tail -12
@@ -107,10 +124,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
-  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
-    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QROWS_R=8}; do
+    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QROWS_R=8 NMLX_CUDA_QMM=gemm}; do
       echo "== $v" | tee -a "$OUT/batch_bench.txt"
       env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     done ;; esac

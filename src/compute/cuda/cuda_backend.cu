@@ -201,6 +201,9 @@ static void cuda_release(nmlx_backend *be) {
     if (c->act16) cudaFree(c->act16);
     if (c->y2) cudaFree(c->y2);
     if (c->qx) cudaFree(c->qx);
+    if (c->qg) cudaFree(c->qg);
+    if (c->qg_flag) cudaFree(c->qg_flag);
+    free(c->qg_seen);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
     for (int i = 0; i < STEP_GRAPHS; i++)

@@ -24,6 +24,20 @@ void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launch
  * Process-wide; for benchmarks. */
 void nmlx_cuda_set_qmm_split(int split);
 
+/* The quantized mat-mat through cuBLAS instead (cuda_qgemm.cu): W
+ * dequantized a chunk of rows at a time to f16 hi + lo, x per token scaled
+ * by a power of two and split into f16 hi + lo, f32 accumulation.
+ * NMLX_CUDA_QMM=gemm sets 1 at start (gemm16: 3, W hi only). mode: 0 = off
+ * (qmm_kernel, the default), 1 = on; test bits: | 2 = W without its lo half,
+ * | 4 = x not rescaled per token, | 8 = never skip the lo GEMM of a weight
+ * found exact in f16. Process-wide; for benchmarks and tests. */
+void nmlx_cuda_set_qmm_gemm(int mode);
+/* Weights the gemm path has seen: *exact = whose f16 lo half was all zero
+ * (their later calls skip the second GEMM), *inexact = the others. */
+void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
+/* Rows of W dequantized per chunk (NMLX_CUDA_QMM_ROWS); 0 = automatic. */
+void nmlx_cuda_set_qmm_rows(int64_t rows);
+
 /* Decode mat-vecs of affine 4/8-bit weights: 1 = int16 x and dp2a
  * (cuda_qgemv16.cu, the default), 0 = the f32 kernel. NMLX_CUDA_QGEMV=f32
  * sets 0 at start. Process-wide; for benchmarks and tests. */

@@ -54,6 +54,11 @@ typedef struct cuda_impl {
     size_t y2_bytes;
     void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
     size_t qx_bytes;
+    void *qg;              /* NMLX_CUDA_QMM=gemm: x hi/lo, a chunk of W as f16, GEMM output */
+    size_t qg_bytes;
+    struct cuda_qg_seen *qg_seen; /* weights whose f16 lo half is known zero or not */
+    size_t n_qg_seen, cap_qg_seen;
+    int *qg_flag;          /* device: set when a dequantized chunk has a nonzero lo */
     void *attn_part;       /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
@@ -137,6 +142,10 @@ void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor 
  * and the embedding gather of a quantized table (ids already on the device). */
 void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                        const float *x, float *y, int64_t T);
+/* The opt-in cuBLAS quantized mat-mat (cuda_qgemm.cu, NMLX_CUDA_QMM=gemm):
+ * false when it is off or its scratch cannot be allocated (nothing done). */
+bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                     const float *x, float *y, int64_t T);
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T);

@@ -26,53 +26,20 @@
  *    the result matches the f32 reference to ~1e-5, not bf16 rounding.
  *    NMLX_CUDA_QMM=bf16 drops the lo half (x rounded to bf16: half the
  *    tensor-core work, as cuBLAS bf16 prefill rounds x).
+ *    NMLX_CUDA_QMM=gemm (opt-in, cuda_qgemm.cu) runs this mat-mat (prefill,
+ *    batched decode above 8 rows, gate_up_act / matmul_multi's fallbacks)
+ *    as cuBLAS GEMMs on row chunks of W dequantized to f16 hi + lo instead.
  *  - embed: one block per token dequantizes its row. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qdecode.h"
 #include "compute/cuda/cuda_qgemv16.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- shared decoding helpers ---- */
-
-/* Small unsigned integer -> float without the slow int->float unit. */
-__device__ __forceinline__ float code_f32(uint32_t q) {
-    return __uint_as_float(q | 0x4B000000u) - 8388608.0f;
-}
-
-/* E2M1 code -> value * 2^-14: the code's bits placed as an f16 (exponent
- * field e = code bits 1-2, one mantissa bit; e = 0 lands on f16 subnormals,
- * which decode 0 and 0.5 exactly). Callers multiply by 2^14 once per chunk. */
-__device__ __forceinline__ float fp4_f32_scaled(uint32_t q) {
-    unsigned short h = (unsigned short)(((q & 8u) << 12) | ((q & 7u) << 9));
-    return __half2float(__ushort_as_half(h));
-}
-
-/* E8M0 byte -> 2^(e - 127) (e = 0 decodes as 2^-127, like the CPU). */
-__device__ __forceinline__ float e8m0_f32(uint8_t e) {
-    return e ? __uint_as_float((uint32_t)e << 23) : __uint_as_float(0x00400000u);
-}
-
-/* q as f32 in the form the kernels multiply (affine: the integer; MXFP4:
- * the E2M1 value * 2^-14). */
-template <bool MX> __device__ __forceinline__ float qvalue(uint32_t q) {
-    return MX ? fp4_f32_scaled(q) : code_f32(q);
-}
-
-/* Scale and bias of group entry idx (MXFP4: 2^(e-127), bias 0). */
-template <bool MX>
-__device__ __forceinline__ void group_sb(const void *scales, const void *biases, nmlx_dtype sdt,
-                                         int64_t idx, float *s, float *b) {
-    if (MX) {
-        *s = e8m0_f32(((const uint8_t *)scales)[idx]);
-        *b = 0.0f;
-    } else {
-        *s = cuda_load_f32(sdt, scales, idx);
-        *b = cuda_load_f32(sdt, biases, idx);
-    }
-}
+/* decoding helpers: cuda_qdecode.h */
 
 /* ---- decode mat-vec ---- */
 
@@ -106,33 +73,6 @@ __device__ __forceinline__ float qwarp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-
-/* The 8 codes of inputs 8k..8k+7 of a row: BITS bytes at byte k * BITS (the
- * row's base is 4-byte aligned, its length a multiple of 4 * BITS bytes). */
-template <int BITS> __device__ __forceinline__ uint64_t load8(const uint8_t *row, int k) {
-    const uint8_t *p = row + (size_t)k * BITS;
-    if (BITS == 4) return __ldg((const uint32_t *)p);
-    if (BITS == 8) {
-        const uint32_t *q = (const uint32_t *)p;
-        return (uint64_t)__ldg(q) | (uint64_t)__ldg(q + 1) << 32;
-    }
-    if (BITS == 2) return __ldg((const unsigned short *)p);
-    if (BITS == 6) {
-        const unsigned short *h = (const unsigned short *)p;
-        return (uint64_t)__ldg(h) | (uint64_t)__ldg(h + 1) << 16 | (uint64_t)__ldg(h + 2) << 32;
-    }
-    uint64_t v = 0;
-#pragma unroll
-    for (int i = 0; i < BITS; i++)
-        v |= (uint64_t)__ldg(p + i) << (8 * i);
-    return v;
-}
-
-/* byte j of v as an exact float (0..255), through the 2^23 exponent trick:
- * one byte permute + one subtract */
-__device__ __forceinline__ float byte_f32(uint32_t v, int j) {
-    return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7540u + (unsigned)j)) - 8388608.0f;
 }
 
 /* sum_i q_i * xv[i] over the 8 codes in v (affine: integers; MXFP4: E2M1
@@ -259,29 +199,6 @@ static void launch_gemv(cudaStream_t s, const nmlx_weight *w, const float *x, fl
 /* ---- batched decode: the mat-vec over up to QG_MAX_T rows of x ---- */
 
 enum { QG_MAX_T = 8 };
-
-/* The 8 codes in v as the floats dot8 multiplies, in its order. */
-template <int BITS, bool MX> __device__ __forceinline__ void decode8(uint64_t v, float *q) {
-    if (!MX && BITS == 4) {
-        const uint32_t w = (uint32_t)v, lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            q[2 * j] = byte_f32(lo, j);
-            q[2 * j + 1] = byte_f32(hi, j);
-        }
-    } else if (!MX && BITS == 8) {
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            q[j] = byte_f32((uint32_t)v, j);
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            q[4 + j] = byte_f32((uint32_t)(v >> 32), j);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            q[i] = qvalue<MX>((uint32_t)(v >> (i * BITS)) & ((1u << BITS) - 1u));
-    }
-}
 
 /* qgemv_kernel for T <= QG_MAX_T rows of x (one token each of a batch of
  * sequences): each piece's codes are loaded and decoded once for the T
@@ -791,6 +708,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
             launch_gemv_rows<BITS, SC_BF16>(s, w, x, y, t, lb, lbdt);
         return;
     }
+    if (nmlx_cuda_qgemm(be, w, bias, x, y, T)) return; /* opt-in NMLX_CUDA_QMM=gemm */
     const bool split = qmm_split();
     const size_t elems = (size_t)(T * N);
     if (!qx_reserve(be, elems * 4 + elems / 8)) return;

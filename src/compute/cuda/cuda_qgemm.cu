@@ -1,0 +1,369 @@
+/* Quantized mat-mat through cuBLAS (opt-in: NMLX_CUDA_QMM=gemm, or gemm16;
+ * the default stays qmm_kernel in cuda_quant.cu): y[T, D] = x[T, N] @ W[D, N]^T
+ * (+ bias) for the T above the mat-vec range (prefill, batched decode of
+ * more than 8 sessions).
+ *
+ * The weight is dequantized a chunk of rows at a time (NMLX_CUDA_QMM_ROWS,
+ * default up to 8192 rows and 32M elements) into a scratch the backend owns
+ * (never a copy of the whole weight), then one cublasGemmEx per chunk
+ * multiplies it on the tensor cores (f16 inputs, f32 accumulate and output).
+ * Precision, against the f32 reference (W = s q + b in f32):
+ *  - x: each token t is scaled by 2^-e_t (max|x_t| = m 2^e_t, m in [0.5, 1):
+ *    exact, and no f16 overflow or underflow whatever x's range), then split
+ *    into f16 hi + lo (x = hi + lo to ~2^-22 of max|x_t|);
+ *  - W: each row d is scaled by 2^-e_d from a bound of its values
+ *    (|s| qmax + |b| over its groups), W = s q + b in f32, then f16 hi + lo
+ *    (gemm16: hi only, ~2^-12 relative: about 2e-4 of max|y|, too coarse
+ *    for the 1e-4 the tests ask; it is kept as a faster variant to measure);
+ *  - one GemmEx multiplies hi(W) by [hi(x) lo(x)] (2T columns: the chunk is
+ *    read once for both), a second lo(W) by hi(x); lo(W) lo(x) (~2^-22) is
+ *    dropped. y = (sum of the parts) * 2^e_d * 2^e_t (+ bias), exact
+ *    rescales. So the result matches the f32 reference to ~1e-6 relative.
+ *  - W's lo half is often exactly zero (4-bit and narrower codes with
+ *    bf16/f16 scales and biases of roughly centred groups fit f16's 11
+ *    bits; MXFP4's E2M1 x 2^k always does, f16 range permitting): the first
+ *    call on a weight records (one stream sync) whether any lo of any chunk
+ *    was nonzero; later calls on a weight found exact skip the lo writes and
+ *    the second GEMM, with the same result bit for bit (that product was 0).
+ * Scratch allocation failure: false (the caller runs qmm_kernel). */
+#include "compute/cuda/cuda_backend.h"
+#include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qdecode.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { QG_THREADS = 256 };
+
+/* 2^e with the f32 value m = f 2^e, f in [0.5, 1); 0 when m is 0 or not
+ * finite (no rescale). e is kept within +-100 so 2^+-e stays a normal f32. */
+__device__ __forceinline__ int qg_exp(float m) {
+    int e = 0;
+    if (m > 0.0f && isfinite(m)) frexpf(m, &e);
+    return e < -100 ? -100 : e > 100 ? 100 : e;
+}
+
+__device__ __forceinline__ float qg_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* One block per token t: ix[t] = 2^e (max|x_t| = f 2^e), and x_t 2^-e as f16
+ * hi [T, N] then lo [T, N] (lo = x 2^-e - hi, rounded). scale = false (test
+ * hook): no rescale. */
+__global__ void qg_xsplit_kernel(const float *x, int64_t T, int64_t N, bool scale, __half *xhl,
+                                 float *ix) {
+    __shared__ float part[QG_THREADS / 32];
+    const int64_t t = blockIdx.x;
+    const float *xr = x + t * N;
+    float m = 0.0f;
+    for (int64_t k = threadIdx.x; k < N; k += blockDim.x)
+        m = fmaxf(m, fabsf(xr[k]));
+    m = qg_warp_max(m);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = m;
+    __syncthreads();
+    m = 0.0f;
+    for (int i = 0; i < QG_THREADS / 32; i++)
+        m = fmaxf(m, part[i]);
+    const int e = scale ? qg_exp(m) : 0;
+    const float sc = ldexpf(1.0f, -e);
+    if (threadIdx.x == 0) ix[t] = ldexpf(1.0f, e);
+    __half *hi = xhl + t * N, *lo = xhl + (T + t) * N;
+    for (int64_t k = threadIdx.x; k < N; k += blockDim.x) {
+        const float v = xr[k] * sc;
+        const __half h = __float2half_rn(v);
+        hi[k] = h;
+        lo[k] = __float2half_rn(v - __half2float(h));
+    }
+}
+
+/* One warp per row r of the chunk (weight row d0 + r): a bound B of its
+ * values, |s| qmax + |b| over its groups; rs[r] = 2^-e, ir[r] = 2^e with
+ * B = f 2^e, so every W rs is below 1 in magnitude. */
+template <bool MX>
+__global__ void qg_rowscale_kernel(const void *scales, const void *biases, nmlx_dtype sdt,
+                                   int64_t G, float qmax, int64_t d0, int64_t n, float *rs,
+                                   float *ir) {
+    const int64_t r = (int64_t)blockIdx.x * (QG_THREADS / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (r >= n) return;
+    float m = 0.0f;
+    for (int64_t g = lane; g < G; g += 32) {
+        float s, b;
+        group_sb<MX>(scales, biases, sdt, (d0 + r) * G + g, &s, &b);
+        m = fmaxf(m, fabsf(s) * qmax + fabsf(b));
+    }
+    m = qg_warp_max(m);
+    if (lane == 0) {
+        const int e = qg_exp(m);
+        rs[r] = ldexpf(1.0f, -e);
+        ir[r] = ldexpf(1.0f, e);
+    }
+}
+
+/* Rows [d0, d0 + n) of W, row r scaled by rs[r], as f16 hi [n, N] and (wl
+ * not NULL) lo [n, N]. A thread takes 8 inputs (BITS bytes of codes, one
+ * group), writes 16 bytes of each: consecutive threads, consecutive bytes.
+ * gshift = log2(group_size / 8). */
+template <int BITS, bool MX>
+__global__ void __launch_bounds__(QG_THREADS)
+    qg_dequant_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
+                      int gshift, int64_t N, int64_t d0, int64_t n, const float *rs, __half *wh,
+                      __half *wl, int *nz) {
+    const int64_t K8 = N / 8, G = N >> (gshift + 3), pieces = n * K8;
+    int any = 0; /* a nonzero lo seen (reported when nz is given) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / K8, k = i - r * K8, d = d0 + r;
+        const uint64_t v = load8<BITS>((const uint8_t *)w + d * (N * BITS / 8), (int)k);
+        float s, b;
+        group_sb<MX>(scales, biases, sdt, d * G + (k >> gshift), &s, &b);
+        const float sc = rs[r];
+        float q[8];
+        decode8<BITS, MX>(v, q);
+        __align__(16) __half h[8];
+        __align__(16) __half l[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            /* as the CPU reference: s q + b in f32 (MXFP4: the E2M1 value
+             * exactly, times a power of two), then the exact row rescale */
+            const float f = (MX ? s * (q[j] * 16384.0f) : s * q[j] + b) * sc;
+            h[j] = __float2half_rn(f);
+            l[j] = __float2half_rn(f - __half2float(h[j]));
+            any |= __half2float(l[j]) != 0.0f;
+        }
+        *(uint4 *)(wh + r * N + 8 * k) = *(const uint4 *)h;
+        if (wl) *(uint4 *)(wl + r * N + 8 * k) = *(const uint4 *)l;
+    }
+    if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
+}
+
+/* y[t, d0 + r] = (c[t, r] + c[T + t, r] (+ cl[t, r])) ir[r] ix[t]
+ * (+ bias[d0 + r]); c column-major [n, 2T], cl [n, T] or NULL (the GEMMs'
+ * outputs). */
+__global__ void qg_join_kernel(const float *c, const float *cl, int64_t n, int64_t T,
+                               const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
+                               const void *lb, nmlx_dtype lbdt) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * T;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / n, r = i - t * n;
+        float v = c[i] + c[T * n + i];
+        if (cl) v += cl[i];
+        y[t * D + d0 + r] = v * ir[r] * ix[t] + (lb ? cuda_load_f32(lbdt, lb, d0 + r) : 0.0f);
+    }
+}
+
+static unsigned qg_grid(int64_t n) {
+    const int64_t b = (n + QG_THREADS - 1) / QG_THREADS;
+    return (unsigned)(b < 1 ? 1 : b < 1 << 20 ? b : 1 << 20);
+}
+
+/* ---- settings ---- */
+
+static int qgemm_mode_v = -1; /* -1: not read from the environment yet */
+static int64_t qgemm_rows_v = -1;
+
+/* 0: off; else QG_ON plus the variant bits */
+enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8 };
+
+static int qgemm_mode(void) {
+    if (qgemm_mode_v < 0) {
+        const char *e = getenv("NMLX_CUDA_QMM");
+        qgemm_mode_v = !e                     ? 0
+                       : !strcmp(e, "gemm")   ? QG_ON
+                       : !strcmp(e, "gemm16") ? QG_ON | QG_NO_WLO
+                                              : 0;
+    }
+    return qgemm_mode_v;
+}
+
+extern "C" void nmlx_cuda_set_qmm_gemm(int mode) { qgemm_mode_v = mode < 0 ? 0 : mode; }
+
+extern "C" void nmlx_cuda_set_qmm_rows(int64_t rows) { qgemm_rows_v = rows < 0 ? 0 : rows; }
+
+/* Rows per chunk: NMLX_CUDA_QMM_ROWS, else up to 8192 rows and 32M weight
+ * elements (128 MB of f16 hi + lo), and at most 32M floats of GEMM output. */
+static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
+    if (qgemm_rows_v < 0) {
+        const char *e = getenv("NMLX_CUDA_QMM_ROWS");
+        qgemm_rows_v = e ? atoll(e) : 0;
+        if (qgemm_rows_v < 0) qgemm_rows_v = 0;
+    }
+    int64_t rc = qgemm_rows_v;
+    if (!rc) {
+        rc = 8192;
+        if (rc * N > (32 << 20)) rc = (32 << 20) / N;
+        if (rc * cols > (32 << 20)) rc = (32 << 20) / cols;
+        if (rc > 64) rc &= ~(int64_t)63;
+        if (rc < 1) rc = 1;
+    }
+    return rc < D ? rc : D;
+}
+
+/* The backend's scratch grown to need bytes; false (error cleared, nothing
+ * noted: the caller falls back) when cudaMalloc fails. */
+static bool qg_reserve(nmlx_backend *be, size_t need) {
+    cuda_impl *c = cuda_of(be);
+    if (need <= c->qg_bytes) return true;
+    c = cuda_host_of(be); /* no allocation inside a graph capture */
+    cudaStreamSynchronize(c->stream);
+    if (c->qg) cudaFree(c->qg);
+    c->qg = NULL;
+    c->qg_bytes = 0;
+    if (cudaMalloc(&c->qg, need) != cudaSuccess) {
+        c->qg = NULL;
+        (void)cudaGetLastError();
+        return false;
+    }
+    c->qg_bytes = need;
+    return true;
+}
+
+static size_t qg_align(size_t b) { return (b + 255) & ~(size_t)255; }
+
+template <int BITS, bool MX>
+static void qg_dequant(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
+                       const float *rs, __half *wh, __half *wl, int *nz) {
+    const int64_t N = w->cols;
+    qg_dequant_kernel<BITS, MX><<<qg_grid(n * N / 8), QG_THREADS, 0, s>>>(
+        (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N, d0,
+        n, rs, wh, wl, nz);
+}
+
+/* ---- weights whose lo half is zero ---- */
+
+struct cuda_qg_seen {
+    const void *w; /* the prepared codes (device) */
+    int64_t rows, cols;
+    bool exact; /* every lo was zero */
+};
+
+static cuda_qg_seen *qg_find(cuda_impl *c, const nmlx_weight *w) {
+    for (size_t i = 0; i < c->n_qg_seen; i++)
+        if (c->qg_seen[i].w == w->w.data && c->qg_seen[i].rows == w->rows &&
+            c->qg_seen[i].cols == w->cols)
+            return &c->qg_seen[i];
+    return NULL;
+}
+
+/* After a first call's launches: waits for them and records whether any lo
+ * was nonzero (nothing recorded when memory fails: the next call checks
+ * again). */
+static void qg_record(nmlx_backend *be, const nmlx_weight *w) {
+    cuda_impl *c = cuda_host_of(be);
+    int flag = 1;
+    cudaMemcpyAsync(&flag, c->qg_flag, sizeof flag, cudaMemcpyDeviceToHost, c->stream);
+    if (cudaStreamSynchronize(c->stream) != cudaSuccess) {
+        nmlx_cuda_note(be, cudaGetLastError());
+        return;
+    }
+    if (c->n_qg_seen == c->cap_qg_seen) {
+        const size_t cap = c->cap_qg_seen ? 2 * c->cap_qg_seen : 64;
+        cuda_qg_seen *p = (cuda_qg_seen *)realloc(c->qg_seen, cap * sizeof *p);
+        if (!p) return;
+        c->qg_seen = p;
+        c->cap_qg_seen = cap;
+    }
+    c->qg_seen[c->n_qg_seen++] = (cuda_qg_seen){w->w.data, w->rows, w->cols, flag == 0};
+}
+
+extern "C" void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    *exact = *inexact = 0;
+    for (size_t i = 0; i < c->n_qg_seen; i++)
+        ++*(c->qg_seen[i].exact ? exact : inexact);
+}
+
+bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                     const float *x, float *y, int64_t T) {
+    const int mode = qgemm_mode();
+    if (!mode) return false;
+    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    bool wlo = !(mode & QG_NO_WLO), first = false;
+    if (wlo && !(mode & QG_NO_SKIP)) {
+        cuda_impl *c0 = (cuda_impl *)be->impl;
+        const cuda_qg_seen *seen = qg_find(c0, w);
+        if (seen)
+            wlo = !seen->exact;
+        else {
+            if (!c0->qg_flag) {
+                cuda_host_of(be);
+                if (cudaMalloc(&c0->qg_flag, sizeof(int)) != cudaSuccess) {
+                    c0->qg_flag = NULL;
+                    (void)cudaGetLastError();
+                }
+            }
+            first = c0->qg_flag != NULL;
+        }
+    }
+    if (!mx && w->bits != 2 && w->bits != 3 && w->bits != 4 && w->bits != 5 && w->bits != 6 &&
+        w->bits != 8)
+        return false;
+    const int64_t D = w->rows, N = w->cols, G = N / w->group_size;
+    /* the chunk size does not depend on wlo: the same GEMMs with or without the skip */
+    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T);
+    /* scratch: x hi + lo, ix [T], rs / ir [rc], W hi (+ lo) [rc, N], out [rc, cols] */
+    const size_t o_ix = qg_align((size_t)(2 * T * N) * 2), o_rs = o_ix + qg_align((size_t)T * 4),
+                 o_ir = o_rs + qg_align((size_t)rc * 4), o_wh = o_ir + qg_align((size_t)rc * 4),
+                 o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
+                 o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
+                 need = o_c + (size_t)(rc * cols + 4) * 4;
+    if (!qg_reserve(be, need)) return false;
+    cuda_impl *c = cuda_of(be);
+    cudaStream_t s = c->stream;
+    char *base = (char *)c->qg;
+    __half *xhl = (__half *)base, *wh = (__half *)(base + o_wh),
+           *wl = wlo ? (__half *)(base + o_wl) : NULL;
+    float *ix = (float *)(base + o_ix), *rs = (float *)(base + o_rs), *ir = (float *)(base + o_ir),
+          *cb = (float *)(base + o_c);
+    int *nz = first ? c->qg_flag : NULL;
+    if (nz) cudaMemsetAsync(nz, 0, sizeof(int), s);
+    qg_xsplit_kernel<<<(unsigned)T, QG_THREADS, 0, s>>>(x, T, N, !(mode & QG_NO_XSCALE), xhl, ix);
+    int gshift = 0;
+    while ((8 << gshift) < w->group_size)
+        gshift++;
+    const float qmax = mx ? 6.0f : (float)((1 << w->bits) - 1);
+    const void *lb = bias ? bias->data : NULL;
+    const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
+    const float one = 1.0f, zero = 0.0f;
+    for (int64_t d0 = 0; d0 < D; d0 += rc) {
+        const int64_t n = D - d0 < rc ? D - d0 : rc;
+        const unsigned rgrid = (unsigned)((n + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
+        if (mx)
+            qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(
+                w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
+        else
+            qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
+                w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
+        if (mx)
+            qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl, nz);
+        else
+            switch (w->bits) {
+            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            }
+        /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
+         * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
+        float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
+        cublasStatus_t st =
+            cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)(2 * T), (int)N, &one,
+                         wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb, CUDA_R_32F,
+                         (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st == CUBLAS_STATUS_SUCCESS && wlo)
+            st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one, wl,
+                              CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
+                              (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
+        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, n, T, ix, ir, y, D, d0, lb,
+                                                             lbdt);
+    }
+    nmlx_cuda_note(be, cudaGetLastError());
+    if (first) qg_record(be, w);
+    return true;
+}
