@@ -59,4 +59,21 @@ static nmlx_weight test_qweight_device(nmlx_backend *gpu, const nmlx_weight *w) 
     return g;
 }
 
+/* rows [r0, r0 + n) of a quantized weight (a fused projection's part) */
+static inline nmlx_weight test_qweight_rows(const nmlx_weight *w, int64_t r0, int64_t n) {
+    nmlx_weight v = *w;
+    const int64_t G = w->cols / w->group_size;
+    v.w.data = (char *)w->w.data + (size_t)(r0 * w->w.shape[1]) * 4;
+    v.w.shape[0] = n;
+    v.scales.data = (char *)w->scales.data + (size_t)(r0 * G) * nmlx_dtype_size(w->scales.dtype);
+    v.scales.shape[0] = n;
+    if (w->mode == NMLX_QUANT_AFFINE) {
+        v.biases.data =
+            (char *)w->biases.data + (size_t)(r0 * G) * nmlx_dtype_size(w->biases.dtype);
+        v.biases.shape[0] = n;
+    }
+    v.rows = n;
+    return v;
+}
+
 #endif

@@ -200,23 +200,6 @@ static nmlx_weight make_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dty
 
 static nmlx_weight prepare_q(const nmlx_weight *w) { return test_qweight_device(gpu, w); }
 
-/* rows [r0, r0 + n) of a quantized weight (a fused projection's part) */
-static nmlx_weight qrows(const nmlx_weight *w, int64_t r0, int64_t n) {
-    nmlx_weight v = *w;
-    const int64_t G = w->cols / w->group_size;
-    v.w.data = (char *)w->w.data + (size_t)(r0 * w->w.shape[1]) * 4;
-    v.w.shape[0] = n;
-    v.scales.data = (char *)w->scales.data + (size_t)(r0 * G) * nmlx_dtype_size(w->scales.dtype);
-    v.scales.shape[0] = n;
-    if (w->mode == NMLX_QUANT_AFFINE) {
-        v.biases.data =
-            (char *)w->biases.data + (size_t)(r0 * G) * nmlx_dtype_size(w->biases.dtype);
-        v.biases.shape[0] = n;
-    }
-    v.rows = n;
-    return v;
-}
-
 static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T,
                          int64_t D, int64_t N, bool bias) {
     nmlx_weight w = make_qweight(mode, bits, gs, sdt, D, N);
@@ -269,7 +252,7 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     /* a row view (fused qkv part), rows starting at an odd offset: unaligned
      * for 3/5-bit codes, so the kernels' scalar load paths run */
     if (D > 5) {
-        nmlx_weight v = qrows(&w, 3, D - 5);
+        nmlx_weight v = test_qweight_rows(&w, 3, D - 5);
         nmlx_weight gv = prepare_q(&v);
         EXPECT((char *)gv.w.data == (char *)gw.w.data + (size_t)(3 * w.w.shape[1]) * 4,
                "a quantized view must share the prepared copy");

@@ -78,23 +78,6 @@ static void check_ok(const char *what) {
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
 }
 
-/* rows [r0, r0 + n) of a quantized weight (a fused projection's part) */
-static nmlx_weight qrows(const nmlx_weight *w, int64_t r0, int64_t n) {
-    nmlx_weight v = *w;
-    const int64_t G = w->cols / w->group_size;
-    v.w.data = (char *)w->w.data + (size_t)(r0 * w->w.shape[1]) * 4;
-    v.w.shape[0] = n;
-    v.scales.data = (char *)w->scales.data + (size_t)(r0 * G) * nmlx_dtype_size(w->scales.dtype);
-    v.scales.shape[0] = n;
-    if (w->mode == NMLX_QUANT_AFFINE) {
-        v.biases.data =
-            (char *)w->biases.data + (size_t)(r0 * G) * nmlx_dtype_size(w->biases.dtype);
-        v.biases.shape[0] = n;
-    }
-    v.rows = n;
-    return v;
-}
-
 /* y = x W^T (+ b) through the gemm path in `mode` (nmlx_cuda_set_qmm_gemm),
  * chunks of `rows`; returns the per-row error against yref */
 static double run_mode(int mode, int64_t rows, const nmlx_weight *gw, const nmlx_tensor *pb,
@@ -160,7 +143,7 @@ static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, i
     }
     /* a row view at an odd offset (unaligned 3/5-bit rows), x at a 4-byte offset */
     if (D > 5) {
-        nmlx_weight v = qrows(&w, 3, D - 5);
+        nmlx_weight v = test_qweight_rows(&w, 3, D - 5);
         nmlx_weight gv = test_qweight_device(gpu, &v);
         cpu->ops->matmul(cpu, &v, NULL, x, yref, T);
         gpu->ops->upload(gpu, dx + 1, x, (size_t)(T * N) * sizeof(float));
