@@ -1,4 +1,4 @@
-/* Part of test_cuda_ops.c (included after its helpers: cpu, gpu, keep,
+/* Part of test_cuda_ops.c (included after its helpers: cpu, gpu, test_keep,
  * dev_of, rel_err, check_ok, encode, note): the family ops of
  * cuda_family_ops.cu against the CPU ops on random inputs, odd sizes:
  * swiglu_clipped (gate/up past the limit, out aliasing gate), gaussian_topk,
@@ -67,7 +67,7 @@ static nmlx_tensor fam_tensor(nmlx_dtype dt, int64_t a, int64_t b, float lo, flo
                               const nmlx_tensor **dev) {
     float *v = test_rand_floats((size_t)(a * (b ? b : 1)), lo, hi);
     nmlx_tensor t = {.dtype = dt, .ndim = b ? 2 : 1, .shape = {a, b}, .name = "fam"};
-    t.data = keep(encode(dt, v, (size_t)(a * (b ? b : 1))));
+    t.data = test_keep(encode(dt, v, (size_t)(a * (b ? b : 1))));
     free(v);
     EXPECT(gpu->ops->prepare_tensor(gpu, &t, dev) == NMLX_OK, "prepare: %s", nmlx_last_error());
     return t;

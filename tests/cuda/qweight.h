@@ -9,6 +9,28 @@
 
 #include <stdlib.h>
 
+/* Host buffers the tests hold until the end: the CUDA backend keys its
+ * prepared copies by host address (as a model's weights stay mapped). */
+typedef struct {
+    void *p[4096];
+    int n;
+} test_kept;
+static inline test_kept *test_kept_pool(void) {
+    static test_kept k;
+    return &k;
+}
+static inline void *test_keep(void *p) {
+    test_kept *k = test_kept_pool();
+    if (k->n < 4096) k->p[k->n++] = p;
+    return p;
+}
+static inline void test_free_kept(void) {
+    test_kept *k = test_kept_pool();
+    for (int i = 0; i < k->n; i++)
+        free(k->p[i]);
+    k->n = 0;
+}
+
 /* Host buffers are handed to keep(), which must hold them until the end:
  * the CUDA backend keys its prepared copies by host address. */
 static nmlx_weight test_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,

@@ -57,12 +57,6 @@ static void check_ok(const char *what) {
 
 /* A norm weight in dt on the host (kept: the CUDA backend keys its copy
  * by host address) and its device copy. */
-static void *kept[256];
-static int n_kept;
-static void *keep(void *p) {
-    if (n_kept < 256) kept[n_kept++] = p;
-    return p;
-}
 static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) {
     *h = (nmlx_tensor){.dtype = dt, .ndim = 1, .shape = {n}, .name = "w"};
     size_t es = nmlx_dtype_size(dt);
@@ -79,7 +73,7 @@ static const nmlx_tensor *norm_weight(nmlx_dtype dt, int64_t n, nmlx_tensor *h) 
             memcpy(p + i * 4, &v, 4);
         }
     }
-    h->data = keep(p);
+    h->data = test_keep(p);
     const nmlx_tensor *d = NULL;
     EXPECT(gpu->ops->prepare_tensor(gpu, h, &d) == NMLX_OK, "prepare norm weight");
     return d;
@@ -204,14 +198,14 @@ static void test_rope_kv(const rkv_case *c) {
  * T = 1 and affine 4/8-bit; else the fallback ops) */
 static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_t N, int64_t T,
                              bool bias, nmlx_act act) {
-    nmlx_weight wg = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, keep);
-    nmlx_weight wu = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, keep);
+    nmlx_weight wg = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, test_keep);
+    nmlx_weight wu = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, test_keep);
     nmlx_weight gg = test_qweight_device(gpu, &wg), gu = test_qweight_device(gpu, &wu);
     nmlx_tensor hb[2];
     const nmlx_tensor *db[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {
         hb[i] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1, .shape = {I}, .name = "b"};
-        hb[i].data = keep(test_rand_floats((size_t)I, -1, 1));
+        hb[i].data = test_keep(test_rand_floats((size_t)I, -1, 1));
         if (bias) EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &db[i]) == NMLX_OK, "bias");
     }
     size_t nx = (size_t)(T * N), ny = (size_t)(T * I);
@@ -362,7 +356,6 @@ int main(void) {
            worst_gpu[2]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
-    for (int i = 0; i < n_kept; i++)
-        free(kept[i]);
+    test_free_kept();
     return test_summary();
 }

@@ -25,15 +25,6 @@
 
 static nmlx_backend *cpu, *gpu;
 
-/* Host weights stay allocated until the end: the CUDA backend keys its
- * prepared copies by host address (as weights stay mapped in a model). */
-static void *kept[2048];
-static int n_kept;
-static void *keep(void *p) {
-    if (n_kept < 2048) kept[n_kept++] = p;
-    return p;
-}
-
 /* device copy of host floats */
 static float *dev_of(const float *h, size_t n) {
     float *d = gpu->ops->alloc(gpu, n * sizeof(float));
@@ -163,7 +154,7 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
     }
     gpu->ops->free(gpu, dx);
     gpu->ops->free(gpu, dy);
-    keep(w.w.data), keep(b.data);
+    test_keep(w.w.data), test_keep(b.data);
     free(wv), free(x), free(bv), free(yref);
 }
 
@@ -189,13 +180,13 @@ static void test_embed(nmlx_dtype dt) {
     EXPECT(e <= 1e-6, "embed %s: %.2e", nmlx_dtype_name(dt), e);
     note(1, e);
     gpu->ops->free(gpu, dy);
-    keep(w.w.data);
+    test_keep(w.w.data);
     free(tv), free(ref);
 }
 
 static nmlx_weight make_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
                                 int64_t N) {
-    return test_qweight(mode, bits, gs, sdt, D, N, keep);
+    return test_qweight(mode, bits, gs, sdt, D, N, test_keep);
 }
 
 static nmlx_weight prepare_q(const nmlx_weight *w) { return test_qweight_device(gpu, w); }
@@ -205,7 +196,7 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     nmlx_weight w = make_qweight(mode, bits, gs, sdt, D, N);
     float *x = test_rand_floats((size_t)(T * N), -1, 1), *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor b = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "b"};
-    b.data = keep(encode(NMLX_DT_BF16, bv, (size_t)D));
+    b.data = test_keep(encode(NMLX_DT_BF16, bv, (size_t)D));
     float *yref = malloc((size_t)(T * D) * sizeof(float));
     cpu->ops->matmul(cpu, &w, bias ? &b : NULL, x, yref, T);
     nmlx_weight gw = prepare_q(&w);
@@ -281,7 +272,7 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     float *ref[3], *dy[3];
     float *x = test_rand_floats((size_t)N, -2, 2);
     nmlx_tensor b = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {Ds[1]}, .name = "b"};
-    b.data = keep(test_rand_floats((size_t)Ds[1], -1, 1));
+    b.data = test_keep(test_rand_floats((size_t)Ds[1], -1, 1));
     const nmlx_tensor *pb = NULL, *bs[3] = {NULL, NULL, NULL};
     EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
     for (int i = 0; i < 3; i++) {
@@ -395,7 +386,7 @@ static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
     EXPECT(e <= 1e-6, "rmsnorm R=%lld D=%lld: %.2e", (long long)R, (long long)D, e);
     note(2, e);
     gpu->ops->free(gpu, dx);
-    keep(w.data);
+    test_keep(w.data);
     free(x), free(wv), free(ref);
 }
 
@@ -708,7 +699,6 @@ int main(void) {
         printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
-    for (int i = 0; i < n_kept; i++)
-        free(kept[i]);
+    test_free_kept();
     return test_summary();
 }

@@ -31,15 +31,6 @@
 
 static nmlx_backend *cpu, *gpu;
 
-/* host weights stay allocated until the end (prepared copies are keyed by
- * host address) */
-static void *kept[4096];
-static int n_kept;
-static void *keep(void *p) {
-    if (n_kept < 4096) kept[n_kept++] = p;
-    return p;
-}
-
 static double worst_gemm, worst_gemm16, least_noscale = INFINITY;
 
 /* x [T, N] with a wide dynamic range (see the top comment) */
@@ -93,10 +84,10 @@ static double run_mode(int mode, int64_t rows, const nmlx_weight *gw, const nmlx
 
 static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T, int64_t D,
                        int64_t N, bool bias, int64_t rows, bool variants) {
-    nmlx_weight w = test_qweight(mode, bits, gs, sdt, D, N, keep);
+    nmlx_weight w = test_qweight(mode, bits, gs, sdt, D, N, test_keep);
     float *x = wide_x(T, N), *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor b = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "b"};
-    uint16_t *bh = keep(malloc((size_t)D * 2));
+    uint16_t *bh = test_keep(malloc((size_t)D * 2));
     for (int64_t i = 0; i < D; i++)
         bh[i] = nmlx_f32_to_bf16(bv[i]);
     b.data = bh;
@@ -160,8 +151,8 @@ static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, i
 /* matmul_multi and gate_up_act at T > 8: their fallback to the mat-mat */
 static void test_multi(int64_t T, int64_t N) {
     const int64_t I = 203;
-    nmlx_weight g = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, I, N, keep),
-                u = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, I, N, keep);
+    nmlx_weight g = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, I, N, test_keep),
+                u = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, I, N, test_keep);
     float *x = test_rand_floats((size_t)(T * N), -2, 2);
     float *rg = malloc((size_t)(T * I) * 4), *ru = malloc((size_t)(T * I) * 4);
     cpu->ops->gate_up_act(cpu, NMLX_ACT_SILU, &g, &u, NULL, NULL, x, rg, ru, T);
@@ -237,7 +228,6 @@ int main(void) {
            "gemm16 should be measurably worse than gemm: %.2e vs %.2e", worst_gemm16, worst_gemm);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
-    for (int i = 0; i < n_kept; i++)
-        free(kept[i]);
+    test_free_kept();
     return test_summary();
 }
