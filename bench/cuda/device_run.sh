@@ -18,12 +18,13 @@
 #   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
 #   what each default saves);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
-#   mat-vec, and NMLX_CUDA_QMM=gemm, the quantized mat-mat as cuBLAS GEMMs on
-#   row chunks dequantized to f16 hi + lo; NMLX_CUDA_QMM=bf16 is prefill with
-#   x rounded to bf16, NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
-#   BATCH_VARIANTS also defaults to NMLX_CUDA_QMM=gemm (batches above 8 rows).
-#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_R=8, 8 weight rows a
-#   warp in the batched mat-vec): the batch benchmark again with each setting.
+#   mat-vec, NMLX_CUDA_QMM=gemm, the quantized mat-mat as cuBLAS GEMMs on
+#   row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
+#   of W hi by x hi; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16,
+#   NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
+#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QMM=gemm and gemm1,
+#   the cuBLAS mat-mats for batches above 8 rows; NMLX_CUDA_QROWS_R=8 is 8
+#   weight rows a warp in the batched mat-vec): the batch benchmark again.
 #   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
@@ -67,16 +68,20 @@ if [ "${OFF_TEST:-1}" = 1 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
   echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_off.log" | tail -3)"
 fi
-# the opt-in cuBLAS quantized mat-mat must pass every fixture too
-NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_fixtures >/tmp/fixtures_qgemm.log 2>&1
-echo "test_cuda_fixtures NMLX_CUDA_QMM=gemm rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_qgemm.log | tail -3)"
+# the opt-in cuBLAS quantized mat-mats must pass every fixture too
+for q in gemm gemm1; do
+  NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_fixtures >/tmp/fixtures_q$q.log 2>&1
+  echo "test_cuda_fixtures NMLX_CUDA_QMM=$q rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_q$q.log | tail -3)"
+done
 ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
 grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
-# batches of 12 and 40 sessions through the opt-in cuBLAS quantized mat-mat
-NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_batch >/tmp/batch_qgemm.log 2>&1
-echo "test_cuda_batch NMLX_CUDA_QMM=gemm rc=$?: $(grep -c '^FAIL' /tmp/batch_qgemm.log) FAIL lines; $(grep -E "passed" /tmp/batch_qgemm.log | tail -1)"
-grep -E "^FAIL" /tmp/batch_qgemm.log | head -8
+# batches of 12 and 40 sessions through the opt-in cuBLAS quantized mat-mats
+for q in gemm gemm1; do
+  NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_batch >/tmp/batch_q$q.log 2>&1
+  echo "test_cuda_batch NMLX_CUDA_QMM=$q rc=$?: $(grep -c '^FAIL' /tmp/batch_q$q.log) FAIL lines; $(grep -E "passed" /tmp/batch_q$q.log | tail -1)"
+  grep -E "^FAIL" /tmp/batch_q$q.log | head -8
+done
 # the sample op against the host sampler (boundary cases counted)
 ./$B/tests/test_cuda_sample >"$OUT/sample.log" 2>&1; echo "test_cuda_sample rc=$?"
 grep -E "FAIL|^sample:|passed" "$OUT/sample.log" | tail -12
@@ -124,10 +129,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
-  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
-    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QROWS_R=8 NMLX_CUDA_QMM=gemm}; do
+    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do
       echo "== $v" | tee -a "$OUT/batch_bench.txt"
       env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     done ;; esac

@@ -7,6 +7,8 @@
 # /v1/completions, greedy, ignore_eos, TOKENS each) driving both, N in STREAMS.
 #   OUT=dir bash bench/cuda/device_serve.sh
 #   env: STREAMS="1 8 32"  TOKENS=128  ROUNDS=2  DEADLINE=540 (s; no run starts after it)
+#        NMLX_VARIANTS="- NMLX_CUDA_QMM=gemm1": nmlx serve once per entry, with
+#        that environment setting ("-": the defaults)
 # Results: $OUT/serve.jsonl (one line per engine and N), $OUT/serve.txt (the table).
 set -uo pipefail
 OUT=${OUT:-/tmp/nmlx-serve-out}
@@ -75,16 +77,19 @@ client() { # URL LABEL N
     --label "$2" --json "$RES" 2>&1 | tail -3
 }
 maxN=$(echo $STREAMS | tr ' ' '\n' | sort -n | tail -1)
-node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
-  > "$OUT/nmlx_serve.log" 2>&1 &
-NPID=$!
-if wait_health http://127.0.0.1:18080; then
-  echo "nmlx serve up at $(el)s"
-  for n in $STREAMS; do client http://127.0.0.1:18080 "nmlx 8B MLX-q4g64 cuda" $n; done
-else
-  echo "nmlx serve did not come up"; tail -20 "$OUT/nmlx_serve.log"
-fi
-kill -TERM $NPID 2>/dev/null; wait $NPID 2>/dev/null
+for v in ${NMLX_VARIANTS:--}; do
+  [ "$v" = - ] && v=
+  env $v node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
+    > "$OUT/nmlx_serve${v:+_${v#*=}}.log" 2>&1 &
+  NPID=$!
+  if wait_health http://127.0.0.1:18080; then
+    echo "nmlx serve ${v:-(defaults)} up at $(el)s"
+    for n in $STREAMS; do client http://127.0.0.1:18080 "nmlx 8B MLX-q4g64 cuda${v:+ $v}" $n; done
+  else
+    echo "nmlx serve ${v:-(defaults)} did not come up"; tail -20 "$OUT/nmlx_serve${v:+_${v#*=}}.log"
+  fi
+  kill -TERM $NPID 2>/dev/null; wait $NPID 2>/dev/null
+done
 
 # 4. llama-server --parallel N, one server per N
 if [ -n "${BPID:-}" ]; then wait $BPID; fi
@@ -114,14 +119,18 @@ done
 python3 - "$RES" <<'PY' | tee "$OUT/serve.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {}
+lcpp, nm = {}, {}
 for r in rows:
-    by.setdefault(r["streams"], {})["nmlx" if r["label"].startswith("nmlx") else "lcpp"] = r["aggregate_tok_s"]
-print("| streams | nmlx serve tok/s | llama-server tok/s | nmlx / llama-server |\n| --- | --- | --- | --- |")
-for n in sorted(by):
-    a, b = by[n].get("nmlx"), by[n].get("lcpp")
-    ratio = f"{a / b:.2f}x" if a and b else "-"
-    fmt = lambda x: f"{x:.1f}" if x else "-"
-    print(f"| {n} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    if r["label"].startswith("nmlx"):
+        nm.setdefault(r["label"], {})[r["streams"]] = r["aggregate_tok_s"]
+    else:
+        lcpp[r["streams"]] = r["aggregate_tok_s"]
+print("| nmlx | streams | nmlx serve tok/s | llama-server tok/s | nmlx / llama-server |\n| --- | --- | --- | --- | --- |")
+fmt = lambda x: f"{x:.1f}" if x else "-"
+for label, by in nm.items():
+    for n in sorted(set(by) | set(lcpp)):
+        a, b = by.get(n), lcpp.get(n)
+        ratio = f"{a / b:.2f}x" if a and b else "-"
+        print(f"| {label} | {n} | {fmt(a)} | {fmt(b)} | {ratio} |")
 PY
 echo "done at $(el)s"

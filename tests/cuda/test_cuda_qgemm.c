@@ -31,7 +31,7 @@
 
 static nmlx_backend *cpu, *gpu;
 
-static double worst_gemm, worst_gemm16, least_noscale = INFINITY;
+static double worst_gemm, worst_gemm16, worst_gemm1, least_noscale = INFINITY;
 
 /* x [T, N] with a wide dynamic range (see the top comment) */
 static float *wide_x(int64_t T, int64_t N) {
@@ -124,6 +124,9 @@ static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, i
         /* gemm16 (W hi only): measurably coarser than the bound's resolution */
         double e16 = run_mode(3, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
         if (e16 > worst_gemm16 || e16 != e16) worst_gemm16 = e16;
+        /* gemm1 (W and x hi only, one GEMM): ~2^-11 per operand */
+        double e1 = run_mode(1 | 2 | 16, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
+        if (e1 > worst_gemm1 || e1 != e1) worst_gemm1 = e1;
         /* must fail: x not rescaled per token (tiny rows in f16 subnormals,
          * 100x rows past f16's range) */
         double ens = run_mode(1 | 4, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
@@ -217,6 +220,7 @@ int main(void) {
     test_multi(9, 4096);
     printf("qgemm: worst per-row rel err %.2e (bound 1e-4)\n", worst_gemm);
     printf("qgemm gemm16 (W hi only): worst %.2e\n", worst_gemm16);
+    printf("qgemm gemm1 (W and x hi only): worst %.2e (bound 2e-3)\n", worst_gemm1);
     printf("qgemm without the x rescale: least %.2e (must exceed 1e-4)\n", least_noscale);
     long exact = 0, inexact = 0;
     nmlx_cuda_qgemm_seen(gpu, &exact, &inexact);
@@ -226,6 +230,11 @@ int main(void) {
     /* must fail: W rounded to f16 alone is visible at the test's resolution */
     EXPECT(worst_gemm16 > 2e-5 && worst_gemm16 > 2 * worst_gemm,
            "gemm16 should be measurably worse than gemm: %.2e vs %.2e", worst_gemm16, worst_gemm);
+    /* gemm1 rounds both operands to f16 (after exact power-of-two scales):
+     * well inside the 2e-2 of max|logit| the quantized fixtures allow, and
+     * coarser than gemm (it must not be silently running gemm) */
+    EXPECT(worst_gemm1 <= 2e-3 && worst_gemm1 > worst_gemm,
+           "gemm1 worst %.2e: not within (gemm %.2e, 2e-3]", worst_gemm1, worst_gemm);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     test_free_kept();

@@ -27,10 +27,11 @@ void nmlx_cuda_set_qmm_split(int split);
 /* The quantized mat-mat through cuBLAS instead (cuda_qgemm.cu): W
  * dequantized a chunk of rows at a time to f16 hi + lo, x per token scaled
  * by a power of two and split into f16 hi + lo, f32 accumulation.
- * NMLX_CUDA_QMM=gemm sets 1 at start (gemm16: 3, W hi only). mode: 0 = off
- * (qmm_kernel, the default), 1 = on; test bits: | 2 = W without its lo half,
- * | 4 = x not rescaled per token, | 8 = never skip the lo GEMM of a weight
- * found exact in f16. Process-wide; for benchmarks and tests. */
+ * NMLX_CUDA_QMM=gemm sets 1 at start (gemm16: 3, W hi only; gemm1: 19, W
+ * and x hi only, one GEMM). mode: 0 = off (qmm_kernel, the default), 1 = on;
+ * test bits: | 2 = W without its lo half, | 4 = x not rescaled per token,
+ * | 8 = never skip the lo GEMM of a weight found exact in f16, | 16 = x
+ * without its lo half. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qmm_gemm(int mode);
 /* Weights the gemm path has seen: *exact = whose f16 lo half was all zero
  * (their later calls skip the second GEMM), *inexact = the others. */

@@ -1,4 +1,4 @@
-/* Quantized mat-mat through cuBLAS (opt-in: NMLX_CUDA_QMM=gemm, or gemm16;
+/* Quantized mat-mat through cuBLAS (opt-in: NMLX_CUDA_QMM=gemm, gemm16 or gemm1;
  * the default stays qmm_kernel in cuda_quant.cu): y[T, D] = x[T, N] @ W[D, N]^T
  * (+ bias) for the T above the mat-vec range (prefill, batched decode of
  * more than 8 sessions).
@@ -14,7 +14,9 @@
  *  - W: each row d is scaled by 2^-e_d from a bound of its values
  *    (|s| qmax + |b| over its groups), W = s q + b in f32, then f16 hi + lo
  *    (gemm16: hi only, ~2^-12 relative: about 2e-4 of max|y|, too coarse
- *    for the 1e-4 the tests ask; it is kept as a faster variant to measure);
+ *    for the 1e-4 the tests ask; it is kept as a faster variant to measure;
+ *    gemm1 also drops x's lo half: one GEMM of f16 W by f16 x, both scaled
+ *    by powers of two, finer than the bf16 activations MLX computes with);
  *  - one GemmEx multiplies hi(W) by [hi(x) lo(x)] (2T columns: the chunk is
  *    read once for both), a second lo(W) by hi(x); lo(W) lo(x) (~2^-22) is
  *    dropped. y = (sum of the parts) * 2^e_d * 2^e_t (+ bias), exact
@@ -140,16 +142,16 @@ __global__ void __launch_bounds__(QG_THREADS)
     if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
 }
 
-/* y[t, d0 + r] = (c[t, r] + c[T + t, r] (+ cl[t, r])) ir[r] ix[t]
- * (+ bias[d0 + r]); c column-major [n, 2T], cl [n, T] or NULL (the GEMMs'
- * outputs). */
-__global__ void qg_join_kernel(const float *c, const float *cl, int64_t n, int64_t T,
+/* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
+ * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
+ * or NULL (the GEMMs' outputs). */
+__global__ void qg_join_kernel(const float *c, const float *cl, bool xlo, int64_t n, int64_t T,
                                const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
                                const void *lb, nmlx_dtype lbdt) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * T;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t t = i / n, r = i - t * n;
-        float v = c[i] + c[T * n + i];
+        float v = xlo ? c[i] + c[T * n + i] : c[i];
         if (cl) v += cl[i];
         y[t * D + d0 + r] = v * ir[r] * ix[t] + (lb ? cuda_load_f32(lbdt, lb, d0 + r) : 0.0f);
     }
@@ -166,7 +168,7 @@ static int qgemm_mode_v = -1; /* -1: not read from the environment yet */
 static int64_t qgemm_rows_v = -1;
 
 /* 0: off; else QG_ON plus the variant bits */
-enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8 };
+enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8, QG_NO_XLO = 16 };
 
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
@@ -174,6 +176,7 @@ static int qgemm_mode(void) {
         qgemm_mode_v = !e                     ? 0
                        : !strcmp(e, "gemm")   ? QG_ON
                        : !strcmp(e, "gemm16") ? QG_ON | QG_NO_WLO
+                       : !strcmp(e, "gemm1")  ? QG_ON | QG_NO_WLO | QG_NO_XLO
                                               : 0;
     }
     return qgemm_mode_v;
@@ -282,6 +285,7 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     if (!mode) return false;
     const bool mx = w->mode == NMLX_QUANT_MXFP4;
     bool wlo = !(mode & QG_NO_WLO), first = false;
+    const bool xlo = !(mode & QG_NO_XLO);
     if (wlo && !(mode & QG_NO_SKIP)) {
         cuda_impl *c0 = (cuda_impl *)be->impl;
         const cuda_qg_seen *seen = qg_find(c0, w);
@@ -352,16 +356,16 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
          * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
         float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
         cublasStatus_t st =
-            cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)(2 * T), (int)N, &one,
-                         wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb, CUDA_R_32F,
-                         (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)((xlo ? 2 : 1) * T),
+                         (int)N, &one, wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cb,
+                         CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st == CUBLAS_STATUS_SUCCESS && wlo)
             st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one, wl,
                               CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
                               (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, n, T, ix, ir, y, D, d0, lb,
-                                                             lbdt);
+        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir, y, D, d0,
+                                                             lb, lbdt);
     }
     nmlx_cuda_note(be, cudaGetLastError());
     if (first) qg_record(be, w);
