@@ -144,6 +144,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   if [ "${PROFILE:-1}" = 1 ]; then
     { echo "== $m: nmlx bench -p 64 -n 32"
       NMLX_PROFILE=1 ./$B/nmlx bench -m "$D" --device cuda -p 64 -n 32 2>&1 | head -32
+      echo "== $m: prefill, nmlx bench -p 512 -n 1"
+      NMLX_PROFILE=1 ./$B/nmlx bench -m "$D" --device cuda -p 512 -n 1 2>&1 | head -32
+      case $m in *-q*) echo "== $m: prefill with NMLX_CUDA_QMM=gemm1"
+        NMLX_CUDA_QMM=gemm1 NMLX_PROFILE=1 ./$B/nmlx bench -m "$D" --device cuda -p 512 -n 1 2>&1 | head -32 ;; esac
       for nb in ${PROFILE_BATCH:-8 32}; do
         echo "== $m: bench_cuda_batch, $nb sessions"
         NMLX_PROFILE=1 ./$B/tests/bench_cuda_batch $D 16 0 $nb cuda 2>&1 | grep -A30 "nmlx profile" | head -32
