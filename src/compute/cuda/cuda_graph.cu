@@ -177,7 +177,8 @@ extern "C" nmlx_status nmlx_cuda_argmax_graph_test(nmlx_backend *be, const float
     for (int k = 0; k < R; k++)
         if (n[k] <= 0 || n[k] > INT_MAX)
             return nmlx_fail(NMLX_ERR_INVALID_ARG, "argmax graph test: bad n");
-    if (!cuda_argmax_ready(be, c)) return nmlx_backend_cuda_check(be);
+    if (!cuda_argmax_ready(c))
+        return nmlx_fail(NMLX_ERR_NOMEM, "argmax graph test: no device state");
     int32_t *out = NULL;
     cudaGraph_t g = NULL;
     cudaGraphExec_t ge = NULL;

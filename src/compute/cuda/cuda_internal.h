@@ -194,12 +194,12 @@ void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
 int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n);
 /* The argmax kernel alone: cuda_argmax_ready allocates its state (once,
- * outside any capture; false: failed, noted); then cuda_argmax_launch
+ * outside any capture; false: it could not, no error left set); then cuda_argmax_launch
  * enqueues the index of x[0..n) (1 <= n <= INT_MAX, x 4-byte aligned) into
  * out (device memory) with no allocation and no host wait, so a recorded
  * graph may contain it. Launches on one stream must not overlap (they share
  * the state). */
-bool cuda_argmax_ready(nmlx_backend *be, cuda_impl *c);
+bool cuda_argmax_ready(cuda_impl *c);
 void cuda_argmax_launch(nmlx_backend *be, cuda_impl *c, const float *x, int n, int32_t *out);
 int32_t nmlx_cuda_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
                          const int32_t *history, size_t n_history, double u);

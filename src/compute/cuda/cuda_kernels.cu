@@ -328,20 +328,29 @@ __global__ void __launch_bounds__(ARGMAX_THREADS)
     *out = (x0 != x0 || best == 0) ? 0 : (int32_t) ~(unsigned)best;
 }
 
-bool cuda_argmax_ready(nmlx_backend *be, cuda_impl *c) {
-    if (c->argmax_state) return true;
+bool cuda_argmax_ready(cuda_impl *c) {
+    if (c->argmax_state && c->argmax_host) return true;
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device) != cudaSuccess ||
         sms < 1)
         sms = 1;
-    cudaError_t e = cudaMalloc((void **)&c->argmax_state, sizeof(cuda_argmax_state));
-    if (e == cudaSuccess)
-        e = cudaMemsetAsync(c->argmax_state, 0, sizeof(cuda_argmax_state), c->stream);
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&c->argmax_host, sizeof(int32_t));
-    nmlx_cuda_note(be, e);
-    if (e != cudaSuccess) {
-        if (c->argmax_state) cudaFree(c->argmax_state);
-        c->argmax_state = NULL;
+    bool ok = true;
+    if (!c->argmax_state) { /* zeroed before its first launch, in stream order */
+        cuda_argmax_state *st = NULL;
+        ok = cudaMalloc((void **)&st, sizeof *st) == cudaSuccess &&
+             cudaMemsetAsync(st, 0, sizeof *st, c->stream) == cudaSuccess;
+        if (ok)
+            c->argmax_state = st;
+        else if (st)
+            cudaFree(st);
+    }
+    if (ok && !c->argmax_host &&
+        cudaMallocHost((void **)&c->argmax_host, sizeof(int32_t)) != cudaSuccess) {
+        c->argmax_host = NULL;
+        ok = false;
+    }
+    if (!ok) {
+        (void)cudaGetLastError(); /* not sticky: the caller reports it */
         return false;
     }
     c->argmax_blocks = sms * ARGMAX_BLOCKS_PER_SM;
@@ -362,7 +371,10 @@ void cuda_argmax_launch(nmlx_backend *be, cuda_impl *c, const float *x, int n, i
 int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n) {
     cuda_impl *c = cuda_host_of(be); /* waits for the result: never part of a recorded step */
     if (n <= 0 || n > INT_MAX) return 0;
-    if (!cuda_argmax_ready(be, c)) return 0;
+    if (!cuda_argmax_ready(c)) {
+        nmlx_cuda_note(be, cudaErrorMemoryAllocation);
+        return 0;
+    }
     cuda_argmax_launch(be, c, x, (int)n, &c->argmax_state->out);
     nmlx_cuda_note(be, cudaMemcpyAsync(c->argmax_host, &c->argmax_state->out, sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, c->stream));
