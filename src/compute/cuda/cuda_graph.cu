@@ -21,7 +21,10 @@
  * take positions (rope_kv, attention) and the token id (embed) reading
  * them from step_dev (pos_dev: each gets its delta from step_pos by value
  * and adds *step_dev), and the next steps of that key only stage their
- * position and id and launch the recorded graph: no capture, no update. */
+ * position and id and launch the recorded graph: no capture, no update.
+ *
+ * nmlx_cuda_argmax_graph_test (cuda_backend.h): the argmax kernel alone
+ * recorded and replayed, for tests/cuda/argmax_checks.h. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 
