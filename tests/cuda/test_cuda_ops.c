@@ -11,7 +11,8 @@
  * rope_rows the per-row calls, bit for bit; attention_rows the per-row
  * calls to rounding (they may take the split kernel). The family ops
  * (swiglu_clipped, gaussian_topk, rms_match, mul_rows, altup_predict /
- * correct, rope_interleaved): family_ops_checks.h. Prints the worst
+ * correct, rope_interleaved): family_ops_checks.h. argmax (ties, NaNs,
+ * unaligned rows, in a graph): argmax_checks.h. Prints the worst
  * relative error per op. Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -607,34 +608,8 @@ static void test_softmax(int64_t R, int64_t n) {
     free(x), free(ref);
 }
 
-/* argmax (greedy decoding's one id a token) equals the CPU's, first on
- * ties: random rows, a planted maximum repeated at a later index, and
- * all -inf. */
-static void test_argmax_op(int64_t n) {
-    float *x = test_rand_floats((size_t)n, -30, 30);
-    int64_t at = (int64_t)(test_rand_u64() % (uint64_t)n);
-    x[at] = 40.0f;
-    if (at + 5 < n) x[at + 5] = 40.0f; /* a tie after it: the first one wins */
-    float *dx = dev_of(x, (size_t)n);
-    int32_t want = cpu->ops->argmax(cpu, x, n), got = gpu->ops->argmax(gpu, dx, n);
-    check_ok("argmax");
-    EXPECT(got == want && want == at, "argmax n=%lld: cuda %d, cpu %d, planted %lld", (long long)n,
-           got, want, (long long)at);
-    for (int64_t i = 0; i < n; i++)
-        x[i] = test_randf(-1, 1);
-    gpu->ops->upload(gpu, dx, x, (size_t)n * sizeof(float));
-    want = cpu->ops->argmax(cpu, x, n), got = gpu->ops->argmax(gpu, dx, n);
-    EXPECT(got == want, "argmax n=%lld (no planted max): cuda %d, cpu %d", (long long)n, got, want);
-    for (int64_t i = 0; i < n; i++)
-        x[i] = -INFINITY;
-    gpu->ops->upload(gpu, dx, x, (size_t)n * sizeof(float));
-    EXPECT(gpu->ops->argmax(gpu, dx, n) == 0, "argmax n=%lld of all -inf: 0, as the CPU",
-           (long long)n);
-    gpu->ops->free(gpu, dx);
-    free(x);
-}
-
 #include "family_ops_checks.h" /* the family ops: MoE, Gemma 3n, Llama 4 */
+#include "argmax_checks.h"     /* argmax: ties, NaNs, offsets, in a graph */
 
 int main(void) {
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
@@ -691,9 +666,7 @@ int main(void) {
     test_elementwise(300007);
     test_softmax(1, 151936);
     test_softmax(9, 33);
-    static const int64_t argmax_n[] = {1, 7, 1000, 1025, 128256, 151936, 262144};
-    for (size_t i = 0; i < sizeof argmax_n / sizeof argmax_n[0]; i++)
-        test_argmax_op(argmax_n[i]);
+    test_argmax_all();
     test_family_ops();
     for (int i = 0; i < N_OPS; i++)
         printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);

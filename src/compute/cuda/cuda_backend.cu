@@ -210,7 +210,7 @@ static void cuda_release(nmlx_backend *be) {
         if (c->rexec[i]) cudaGraphExecDestroy(c->rexec[i]);
     if (c->step_dev) cudaFree(c->step_dev);
     if (c->step_host) cudaFreeHost(c->step_host);
-    if (c->argmax_dev) cudaFree(c->argmax_dev);
+    if (c->argmax_state) cudaFree(c->argmax_state);
     if (c->argmax_host) cudaFreeHost(c->argmax_host);
     if (c->sample_work) cudaFree(c->sample_work);
     if (c->sample_ids_dev) cudaFree(c->sample_ids_dev);

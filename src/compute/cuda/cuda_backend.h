@@ -18,6 +18,13 @@ nmlx_status nmlx_backend_cuda_check(nmlx_backend *be);
  * launched after a capture. */
 void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launches);
 
+/* Test hook (cuda_graph.cu): the argmax kernel alone (cuda_argmax_launch),
+ * once for each of the R device rows rows[k][0..n[k]), recorded in one CUDA
+ * graph, which then runs `runs` times; ids[r * R + k] = run r's index for
+ * row k (-1 if the kernel wrote none). The first CUDA error, if any. */
+nmlx_status nmlx_cuda_argmax_graph_test(nmlx_backend *be, const float *const *rows,
+                                        const int64_t *n, int R, int runs, int32_t *ids);
+
 /* Quantized prefill (cuda_quant.cu): 1 = x split into bf16 hi + lo (exact
  * to ~1e-5, the default), 0 = x rounded to bf16 (half the tensor-core
  * work). The environment variable NMLX_CUDA_QMM=bf16 sets 0 at start.

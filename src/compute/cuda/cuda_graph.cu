@@ -21,9 +21,14 @@
  * take positions (rope_kv, attention) and the token id (embed) reading
  * them from step_dev (pos_dev: each gets its delta from step_pos by value
  * and adds *step_dev), and the next steps of that key only stage their
- * position and id and launch the recorded graph: no capture, no update. */
+ * position and id and launch the recorded graph: no capture, no update.
+ *
+ * nmlx_cuda_argmax_graph_test (cuda_backend.h): the argmax kernel alone
+ * recorded and replayed, for tests/cuda/argmax_checks.h. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
+
+#include <limits.h>
 
 void nmlx_cuda_capture_begin(nmlx_backend *be) {
     cuda_impl *c = (cuda_impl *)be->impl;
@@ -165,4 +170,41 @@ bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos,
     nmlx_cuda_note(be, cudaGraphLaunch(c->rexec[slot], c->stream)); /* this step's work */
     c->graph_launches++;
     return false;
+}
+
+extern "C" nmlx_status nmlx_cuda_argmax_graph_test(nmlx_backend *be, const float *const *rows,
+                                                   const int64_t *n, int R, int runs,
+                                                   int32_t *ids) {
+    cuda_impl *c = cuda_host_of(be);
+    if (R <= 0 || runs <= 0) return NMLX_OK;
+    for (int k = 0; k < R; k++)
+        if (n[k] <= 0 || n[k] > INT_MAX)
+            return nmlx_fail(NMLX_ERR_INVALID_ARG, "argmax graph test: bad n");
+    if (!cuda_argmax_ready(c))
+        return nmlx_fail(NMLX_ERR_NOMEM, "argmax graph test: no device state");
+    int32_t *out = NULL;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    cudaError_t e = cudaMalloc((void **)&out, (size_t)R * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    if (e == cudaSuccess) {
+        for (int k = 0; k < R; k++)
+            cuda_argmax_launch(be, c, rows[k], (int)n[k], out + k);
+        e = cudaStreamEndCapture(c->stream, &g);
+    }
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&ge, g, 0);
+    for (int r = 0; r < runs && e == cudaSuccess; r++) {
+        e = cudaMemsetAsync(out, 0xff, (size_t)R * sizeof(int32_t), c->stream); /* -1 */
+        if (e == cudaSuccess) e = cudaGraphLaunch(ge, c->stream);
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(ids + (size_t)r * R, out, (size_t)R * sizeof(int32_t),
+                                cudaMemcpyDeviceToHost, c->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    }
+    nmlx_cuda_note(be, e);
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    if (out) cudaFree(out);
+    return nmlx_backend_cuda_check(be);
 }

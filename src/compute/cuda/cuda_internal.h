@@ -33,6 +33,15 @@ typedef struct cuda_copy_batch {
     int n;
 } cuda_copy_batch;
 
+/* argmax's device state (cuda_kernels.cu): the best key so far, the count
+ * of blocks done (both 0 between launches: the last block resets them) and
+ * the op's result. */
+typedef struct cuda_argmax_state {
+    unsigned long long best;
+    unsigned int done;
+    int32_t out;
+} cuda_argmax_state;
+
 /* Recorded decode steps kept (cuda_graph.cu): one per key, e.g. sessions
  * decoding in turn. */
 enum { STEP_GRAPHS = 4 };
@@ -82,8 +91,9 @@ typedef struct cuda_impl {
     uint64_t rkey[STEP_GRAPHS];
     long rused[STEP_GRAPHS]; /* last use (step count): the least recent is replaced */
     long replays;
-    int32_t *argmax_dev;   /* argmax's result, and its pinned host copy */
-    int32_t *argmax_host;
+    cuda_argmax_state *argmax_state; /* argmax (cuda_kernels.cu) */
+    int32_t *argmax_host;            /* its result's pinned copy */
+    int argmax_blocks; /* its most blocks a launch (ARGMAX_BLOCKS_PER_SM a multiprocessor) */
     /* sample (cuda_sample.cu): the row's work copy and marks; the penalty's
      * ids and the result, on the device and pinned on the host */
     void *sample_work;
@@ -183,6 +193,14 @@ void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out,
 void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n);
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n);
 int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n);
+/* The argmax kernel alone: cuda_argmax_ready allocates its state (once,
+ * outside any capture; false: it could not, no error left set); then cuda_argmax_launch
+ * enqueues the index of x[0..n) (1 <= n <= INT_MAX, x 4-byte aligned) into
+ * out (device memory) with no allocation and no host wait, so a recorded
+ * graph may contain it. Launches on one stream must not overlap (they share
+ * the state). */
+bool cuda_argmax_ready(cuda_impl *c);
+void cuda_argmax_launch(nmlx_backend *be, cuda_impl *c, const float *x, int n, int32_t *out);
 int32_t nmlx_cuda_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx_sampler_params *p,
                          const int32_t *history, size_t n_history, double u);
 /* Family ops (cuda_family_ops.cu): MoE, Gemma 3n, Llama 4. */

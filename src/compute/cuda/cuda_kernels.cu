@@ -257,59 +257,126 @@ void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
-/* ---- argmax: the index of the largest of x[0..n), first on ties ---- */
+/* ---- argmax: the index of the largest of x[0..n), first on ties ----
+ *
+ * The host's nmlx_argmax (shared/sampling.c, and the CPU backend's op) keeps
+ * best = 0 and moves it to i when x[i] > x[best]. So: -0 equals +0; a NaN
+ * at i > 0 never wins; a NaN at 0 makes the answer 0 (nothing compares
+ * greater than it); otherwise the first index of the largest non-NaN value.
+ * Here that is a maximum of 64-bit keys, one per element: the float's bits
+ * made monotone (-0 read as +0) above the index complemented (smaller index,
+ * larger key), NaN key 0 (below every number; x[0] then decides). The
+ * maximum of keys is associative and commutative: blocks and threads can
+ * take them in any order and get the same index.
+ *
+ * One launch: each block reduces its slice (float4 loads where aligned: the
+ * 0..3 elements before the first 16-byte boundary and the 0..3 after the
+ * last one are read singly) and atomicMax-es its key into the state; the
+ * last block to finish (an atomic count) takes the key, writes the index and
+ * resets the state for the next launch. No allocation and no host wait:
+ * cuda_argmax_launch can be part of a recorded graph once the state
+ * exists (cuda_argmax_ready). */
 
-enum { ARGMAX_THREADS = 1024 };
+enum { ARGMAX_THREADS = 256, ARGMAX_BLOCKS_PER_SM = 4 };
 
-/* b beats a: larger, or equal and earlier (nmlx_argmax's order) */
-__device__ void argmax_take(float &v, int &i, float bv, int bi) {
-    if (bv > v || (bv == v && bi < i)) {
-        v = bv;
-        i = bi;
-    }
+__device__ __forceinline__ unsigned long long argmax_key(float v, long long i) {
+    if (v != v) return 0ull;
+    unsigned u = __float_as_uint(v == 0.0f ? 0.0f : v);
+    unsigned o = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)o << 32) | (unsigned)~(unsigned)i;
 }
 
-/* One block: a greedy step's whole cost here is a few microseconds, against
- * the download of a 0.5 MB logits row it replaces. */
-__global__ void argmax_kernel(const float *x, int n, int32_t *out) {
-    __shared__ float pv[32];
-    __shared__ int pi[32];
-    float v = -INFINITY;
-    int idx = INT_MAX;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) /* rising i: strict > keeps the first */
-        if (x[i] > v || idx == INT_MAX) {
-            v = x[i];
-            idx = i;
-        }
+__device__ __forceinline__ unsigned long long key_max(unsigned long long a, unsigned long long b) {
+    return a > b ? a : b;
+}
+
+/* head: elements before the first 16-byte boundary (< 4, <= n); nv: float4
+ * count after them; the rest (< 4) follow. */
+__global__ void __launch_bounds__(ARGMAX_THREADS)
+    argmax_kernel(const float *x, int n, int head, int nv, cuda_argmax_state *st, int32_t *out) {
+    int g = blockIdx.x * ARGMAX_THREADS + threadIdx.x, stride = gridDim.x * ARGMAX_THREADS;
+    unsigned long long k = 0;
+    if (g < head) k = argmax_key(x[g], g);
+    const float4 *v4 = (const float4 *)(x + head);
+#pragma unroll 4
+    for (int j = g; j < nv; j += stride) {
+        float4 f = v4[j];
+        int i = head + 4 * j;
+        k = key_max(k, argmax_key(f.x, i));
+        k = key_max(k, argmax_key(f.y, i + 1));
+        k = key_max(k, argmax_key(f.z, i + 2));
+        k = key_max(k, argmax_key(f.w, i + 3));
+    }
+    int rest = head + 4 * nv;
+    if (g < n - rest) k = key_max(k, argmax_key(x[rest + g], rest + g));
     for (int o = 16; o > 0; o >>= 1)
-        argmax_take(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        k = key_max(k, __shfl_xor_sync(0xffffffffu, k, o));
+    __shared__ unsigned long long part[ARGMAX_THREADS / 32];
     int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    if (l == 0) {
-        pv[w] = v;
-        pi[w] = idx;
-    }
+    if (l == 0) part[w] = k;
     __syncthreads();
-    if (w == 0) {
-        int nw = blockDim.x / 32;
-        v = l < nw ? pv[l] : -INFINITY;
-        idx = l < nw ? pi[l] : INT_MAX;
-        for (int o = 16; o > 0; o >>= 1)
-            argmax_take(v, idx, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, idx, o));
-        if (l == 0) *out = idx == INT_MAX ? 0 : idx;
+    if (threadIdx.x != 0) return;
+    for (int i = 1; i < ARGMAX_THREADS / 32; i++)
+        k = key_max(k, part[i]);
+    if (k) atomicMax(&st->best, k);
+    __threadfence(); /* this block's key lands before its count */
+    if (atomicAdd(&st->done, 1u) != gridDim.x - 1) return;
+    __threadfence(); /* every block's key is in */
+    unsigned long long best = atomicExch(&st->best, 0ull);
+    atomicExch(&st->done, 0u); /* ready for the next launch (or graph replay) */
+    float x0 = x[0];
+    *out = (x0 != x0 || best == 0) ? 0 : (int32_t) ~(unsigned)best;
+}
+
+bool cuda_argmax_ready(cuda_impl *c) {
+    if (c->argmax_state && c->argmax_host) return true;
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device) != cudaSuccess ||
+        sms < 1)
+        sms = 1;
+    bool ok = true;
+    if (!c->argmax_state) { /* zeroed before its first launch, in stream order */
+        cuda_argmax_state *st = NULL;
+        ok = cudaMalloc((void **)&st, sizeof *st) == cudaSuccess &&
+             cudaMemsetAsync(st, 0, sizeof *st, c->stream) == cudaSuccess;
+        if (ok)
+            c->argmax_state = st;
+        else if (st)
+            cudaFree(st);
     }
+    if (ok && !c->argmax_host &&
+        cudaMallocHost((void **)&c->argmax_host, sizeof(int32_t)) != cudaSuccess) {
+        c->argmax_host = NULL;
+        ok = false;
+    }
+    if (!ok) {
+        (void)cudaGetLastError(); /* not sticky: the caller reports it */
+        return false;
+    }
+    c->argmax_blocks = sms * ARGMAX_BLOCKS_PER_SM;
+    return true;
+}
+
+void cuda_argmax_launch(nmlx_backend *be, cuda_impl *c, const float *x, int n, int32_t *out) {
+    uintptr_t mis = (uintptr_t)x % 16;
+    int head = mis ? (int)((16 - mis) / 4) : 0;
+    if (head > n) head = n;
+    int nv = (n - head) / 4;
+    int64_t want = ((int64_t)nv + ARGMAX_THREADS - 1) / ARGMAX_THREADS;
+    unsigned blocks = (unsigned)(want < 1 ? 1 : want < c->argmax_blocks ? want : c->argmax_blocks);
+    argmax_kernel<<<blocks, ARGMAX_THREADS, 0, c->stream>>>(x, n, head, nv, c->argmax_state, out);
+    nmlx_cuda_note(be, cudaGetLastError());
 }
 
 int32_t nmlx_cuda_argmax(nmlx_backend *be, const float *x, int64_t n) {
     cuda_impl *c = cuda_host_of(be); /* waits for the result: never part of a recorded step */
     if (n <= 0 || n > INT_MAX) return 0;
-    if (!c->argmax_dev) {
-        nmlx_cuda_note(be, cudaMalloc((void **)&c->argmax_dev, sizeof(int32_t)));
-        nmlx_cuda_note(be, cudaMallocHost((void **)&c->argmax_host, sizeof(int32_t)));
-        if (!c->argmax_dev || !c->argmax_host) return 0;
+    if (!cuda_argmax_ready(c)) {
+        nmlx_cuda_note(be, cudaErrorMemoryAllocation);
+        return 0;
     }
-    argmax_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(x, (int)n, c->argmax_dev);
-    nmlx_cuda_note(be, cudaGetLastError());
-    nmlx_cuda_note(be, cudaMemcpyAsync(c->argmax_host, c->argmax_dev, sizeof(int32_t),
+    cuda_argmax_launch(be, c, x, (int)n, &c->argmax_state->out);
+    nmlx_cuda_note(be, cudaMemcpyAsync(c->argmax_host, &c->argmax_state->out, sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, c->stream));
     nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
     return *c->argmax_host;

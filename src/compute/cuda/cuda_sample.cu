@@ -1,9 +1,10 @@
 /* The sample op (backend.h): nmlx_sampler_sample (shared/sampling.c) on a
  * logits row in device memory, so one id a token crosses to the host. One
  * block of SAMPLE_THREADS threads does every step the host sampler does, in
- * its order and with its arithmetic:
+ * its order and with its arithmetic (but the argmax at temperature 0):
  *   repetition penalty (distinct ids of the window: the first occurrence
- *   applies it), then at temperature 0 the argmax (first on ties); else
+ *   applies it), then at temperature 0 the argmax (first on ties: the
+ *   multi-block kernel of the argmax op, cuda_kernels.cu); else
  *   x / T, top-k (the k-th largest value, found exactly by a radix select
  *   on the float bits), exp(x - max) and its sum, normalisation, min-p,
  *   top-p (renormalised, then the cut found by a radix select on the
@@ -218,8 +219,9 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
                   int32_t *out) {
     const int n = a.n, T = SAMPLE_THREADS;
     __shared__ int keep_ties; /* top-p: how many ties at the cut stay */
-    for (int i = threadIdx.x; i < n; i += T)
-        w[i] = x[i];
+    if (!a.greedy)            /* greedy: w is a copy of x already (cudaMemcpyAsync) */
+        for (int i = threadIdx.x; i < n; i += T)
+            w[i] = x[i];
     /* repetition penalty on each distinct id once: its first occurrence */
     for (int j = threadIdx.x; j < a.n_pen; j += T)
         if (pen[j] >= 0 && pen[j] < n) mark[pen[j]] = INT_MAX;
@@ -235,16 +237,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     __syncthreads();
 
-    if (a.greedy) { /* argmax of the penalised logits, first on ties */
-        float best = -INFINITY;
-        int at = INT_MAX;
-        for (int i = threadIdx.x; i < n; i += T)
-            if (at == INT_MAX || w[i] > best) best = w[i], at = i;
-        float m = block_max(at == INT_MAX ? -INFINITY : best);
-        int first = block_min_int(at != INT_MAX && best == m ? at : INT_MAX, false);
-        if (threadIdx.x == 0) *out = first == INT_MAX ? 0 : first;
-        return;
-    }
+    if (a.greedy) return; /* the argmax kernel takes the penalised row (nmlx_cuda_sample) */
 
     /* softmax(x / T) over the top k */
     float mx = -INFINITY;
@@ -393,8 +386,22 @@ int32_t nmlx_cuda_sample(nmlx_backend *be, const float *x, int64_t n, const nmlx
     float *w = (float *)c->sample_work;
     int *mark = (int *)(w + n);
     int32_t *out = c->sample_ids_dev + n_pen, *host_out = c->sample_ids_host + n_pen + 1;
-    sample_kernel<<<1, SAMPLE_THREADS, 0, c->stream>>>(x, w, mark, c->sample_ids_dev, a, out);
-    nmlx_cuda_note(be, cudaGetLastError());
+    if (a.greedy) { /* the penalised row's argmax, many blocks (cuda_kernels.cu) */
+        if (!cuda_argmax_ready(c)) return -1;
+        const float *row = x;
+        if (n_pen) { /* the row copied by the copy engine, penalised by one block */
+            nmlx_cuda_note(be, cudaMemcpyAsync(w, x, (size_t)n * sizeof(float),
+                                               cudaMemcpyDeviceToDevice, c->stream));
+            sample_kernel<<<1, SAMPLE_THREADS, 0, c->stream>>>(x, w, mark, c->sample_ids_dev, a,
+                                                               out);
+            nmlx_cuda_note(be, cudaGetLastError());
+            row = w;
+        }
+        cuda_argmax_launch(be, c, row, (int)n, out);
+    } else {
+        sample_kernel<<<1, SAMPLE_THREADS, 0, c->stream>>>(x, w, mark, c->sample_ids_dev, a, out);
+        nmlx_cuda_note(be, cudaGetLastError());
+    }
     nmlx_cuda_note(
         be, cudaMemcpyAsync(host_out, out, sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
     nmlx_cuda_note(be, cudaStreamSynchronize(c->stream));
