@@ -9,14 +9,17 @@
  * rounding kernel, whatever NMLX_AMX_QUANT forces). That f32 path is the
  * reference of everything below.
  *
- * The default, by what its quantized prefill does to x (which kernel the
- * one-time pick takes at the tokens fed; default_prefill() names it):
+ * The default, by what its quantized matmuls do to x (which kernels the
+ * one-time pick takes: the prefill's at the tokens fed, and the decode
+ * mat-vec, which also computes the LM head's rows; default_prefill() names
+ * them):
  * - exact paths (int16 x, AMX with x and W as bf16 hi + lo, f32): within
  *   1e-3 of the logit range on a 40-token prompt and of max|logit| on the
  *   fixture sequences;
  * - paths that round x to bf16 by design (the AMX one-term kernel, the
- *   AVX512_BF16 prefill): issue 9's contract, logits within 2e-2 of
- *   max|logit|;
+ *   AVX512_BF16 prefill, the AVX512_BF16 4-bit decode mat-vec where the
+ *   pick takes it over the int16 one): issue 9's contract, logits within
+ *   2e-2 of max|logit|;
  * and for both, on every quantized fixture, with its prompt and greedy ids
  * fed as one prefill (32 tokens, through the prefill kernels): argmax
  * identical at every position (so the greedy ids, teacher-forced, too),
@@ -68,44 +71,66 @@ enum { PROMPT40 = 40, GEN = 16, GEN_PROMPT = 24 };
 /* exact paths, of the range (40-token prompt) and of max|logit| (sequences) */
 #define EXACT_TOL 1e-3
 
-/* The default precision's quantized prefill at T tokens on this machine */
+/* The default precision's quantized matmuls on this machine: the prefill
+ * kernel at T tokens, and the mat-vec that computes decode steps and the LM
+ * head's rows (16 at a time, under the prefill's 24: quant_avx512.c) */
 typedef struct {
-    char name[160];
-    bool rounds; /* x rounded to bf16 by design: the contract's bound */
-    bool amx;    /* the AMX kernel runs */
+    char name[200];
+    bool rounds; /* x rounded to bf16 by design somewhere: the contract's bound */
+    bool amx;    /* the AMX kernel runs in the prefill */
 } prefill_path;
 
-static prefill_path default_prefill(int64_t T) {
+/* whether the fixture at dir is affine 4-bit at group 64 or 128, the
+ * weights the AVX512_BF16 decode mat-vec takes (expected.json) */
+static bool bf16_decode_weights(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/expected.json", dir);
+    json_t *root = json_load_file(path, 0, NULL);
+    json_t *q = json_object_get(root, "quantization");
+    const char *mode = json_string_value(json_object_get(q, "mode"));
+    const json_int_t bits = json_integer_value(json_object_get(q, "bits")),
+                     gs = json_integer_value(json_object_get(q, "group_size"));
+    const bool yes = mode && !strcmp(mode, "affine") && bits == 4 && (gs == 64 || gs == 128);
+    json_decref(root);
+    return yes;
+}
+
+/* ...for the fixture at dir (its weights decide the decode mat-vec) */
+static prefill_path default_prefill(int64_t T, const char *dir) {
     prefill_path p = {.rounds = false, .amx = false};
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16")) {
-        snprintf(p.name, sizeof p.name, "no AVX512_BF16: int16 or f32 x (AMX SKIPPED: %s)",
-                 "no AVX512_BF16");
+        snprintf(p.name, sizeof p.name, "no AVX512_BF16: int16 or f32 x");
         return p;
     }
     const nmlx_qbf16_pick k = nmlx_qbf16_get_pick();
+    int n = 0;
     if (k.prefill_amx && T >= k.prefill_amx_min_t && nmlx_amx_ok()) {
         p.amx = true, p.rounds = k.prefill_amx != 3;
-        snprintf(p.name, sizeof p.name, "AMX, %d term%s%s; %s", k.prefill_amx,
-                 k.prefill_amx == 1 ? "" : "s",
-                 k.prefill_amx == 1   ? ": x and W rounded to bf16"
-                 : k.prefill_amx == 2 ? ": W rounded to bf16"
-                                      : ": x and W as bf16 hi + lo",
-                 nmlx_amx_status());
-        return p;
-    }
-    if (nmlx_qint8_cpu_ok() && k.prefill_int16) {
-        snprintf(p.name, sizeof p.name, "int16 x (VNNI)");
+        n = snprintf(p.name, sizeof p.name, "AMX, %d term%s%s; %s", k.prefill_amx,
+                     k.prefill_amx == 1 ? "" : "s",
+                     k.prefill_amx == 1   ? ": x and W rounded to bf16"
+                     : k.prefill_amx == 2 ? ": W rounded to bf16"
+                                          : ": x and W as bf16 hi + lo",
+                     nmlx_amx_status());
+    } else if (nmlx_qint8_cpu_ok() && k.prefill_int16) {
+        n = snprintf(p.name, sizeof p.name, "int16 x (VNNI)");
     } else if (k.prefill) { /* the AVX512_BF16 prefill (MXFP4, or forced for affine too) */
         p.rounds = true;
-        snprintf(p.name, sizeof p.name, "bf16 x (AVX512_BF16, MXFP4%s), else f32 x",
-                 k.prefill_affine ? " and affine" : "");
+        n = snprintf(p.name, sizeof p.name, "bf16 x (AVX512_BF16, MXFP4%s), else f32 x",
+                     k.prefill_affine ? " and affine" : "");
     } else {
-        snprintf(p.name, sizeof p.name, "f32 x");
+        n = snprintf(p.name, sizeof p.name, "f32 x");
+    }
+    /* the AVX512_BF16 decode mat-vec (affine 4-bit) where picked over int16 */
+    if (k.matvec && !k.matvec_int16 && bf16_decode_weights(dir)) {
+        p.rounds = true;
+        if (n > 0 && (size_t)n < sizeof p.name)
+            snprintf(p.name + n, sizeof p.name - (size_t)n, "; 4-bit decode and head rows bf16 x");
     }
 #else
-    (void)T;
+    (void)T, (void)dir;
     snprintf(p.name, sizeof p.name, "f32 x (not x86-64)");
 #endif
     return p;
@@ -124,7 +149,7 @@ static void report_amx(int64_t T) {
         return;
     }
     const nmlx_qbf16_pick k = nmlx_qbf16_get_pick();
-    const prefill_path p = default_prefill(T);
+    const prefill_path p = default_prefill(T, "");
     if (p.amx)
         printf("AMX quantized prefill: RAN at T=%lld (%s)\n", (long long)T, p.name);
     else if (k.prefill_amx)
@@ -304,7 +329,7 @@ static void test_contract(const char *name) {
     EXPECT(read_ids(dir, &f), "%s: expected.json", name);
     if (!f.ids) return;
     const size_t n = f.T + f.G - 1; /* row i predicts token i + 1 */
-    const prefill_path path = default_prefill((int64_t)n);
+    const prefill_path path = default_prefill((int64_t)n, dir);
     nmlx_status st;
     nmlx_model *m = load(dir, NULL, &st), *ref = load(dir, "f32", &st);
     EXPECT(m && ref, "%s: load: %s", name, nmlx_last_error());
@@ -384,8 +409,8 @@ int main(void) {
     check_default_selection();
     for (size_t d = 0; d < sizeof CONTRACT / sizeof CONTRACT[0]; d++)
         test_contract(CONTRACT[d]);
-    const prefill_path p40 = default_prefill(PROMPT40);
     for (size_t d = 0; d < sizeof DIRS / sizeof DIRS[0]; d++) {
+        const prefill_path p40 = default_prefill(PROMPT40, DIRS[d]);
         /* exact paths: of the range; rounding ones: the contract's, of max|logit| */
         double rel = vs_f32(DIRS[d], NULL, p40.rounds);
         if (isnan(rel)) continue;
