@@ -468,7 +468,7 @@ static void measure_pick(void) {
     if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
     /* AMX with x and W as bf16 hi + lo: as accurate as int16 x, so taken
      * wherever faster than the prefill it replaces */
-    if (amxq) {
+    if (amxq && (!amxq_fixed || log)) { /* the untimed default: for the log only */
         /* at 48 and 256 tokens (the panels' dequantization is paid once per
          * 512 tokens): AMX from where the two cost lines cross */
         j.bf = false;
