@@ -29,7 +29,8 @@
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
-#   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile.
+#   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile
+#   (kernel tests, then test_precision: the pick, 3 terms, 1 term forced).
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
 set -o pipefail
