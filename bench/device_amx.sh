@@ -5,7 +5,8 @@
 # test_kernels with NMLX_AMX=1 (must print "AMX dense bf16 prefill: RAN") and
 # the pick log, the other CPU kernel tests with NMLX_AMX=1, the quantized
 # AMX kernel on real tiles (test_amx_quant_real: must print "RAN") and
-# through the backend (test_quant_kernels with NMLX_AMX_QUANT=1, 2, bf16),
+# through the backend (test_quant_kernels with NMLX_AMX_QUANT=1, 2, bf16;
+# test_precision, issue 9's contract, with the pick, =1 and =bf16),
 # then bench_amx (dense) and bench_amx_quant (4/8-bit g64: f32, int16,
 # AMX 3/2/1 terms, pack-only, alternating; 1 thread pinned to core 0, T=512).
 #   OUT=dir [FULL=1] bash bench/device_amx.sh
@@ -30,7 +31,7 @@ B=build-amx
 T0=$(date +%s)
 cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=/bin/true >"$OUT/build.log" 2>&1 &&
   cmake --build $B -j"$(nproc)" --target nmlx nmlx-cli test_kernels test_quant_kernels test_quant_int8 \
-    test_amx_quant_emulated test_amx_quant_real >>"$OUT/build.log" 2>&1 ||
+    test_amx_quant_emulated test_amx_quant_real test_precision >>"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; exit 1; }
 gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_amx.c $B/libnmlx.a \
   $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o $B/bench_amx >>"$OUT/build.log" 2>&1 ||
@@ -58,6 +59,15 @@ for q in 1 2 bf16; do
     "$(grep -oE "quantized amx [a-z0-9 ()]+ from T=[0-9]+" "$OUT/test_quant_kernels_amxq$q.log" | head -1)"
 done
 NMLX_QUANT_PICK_LOG=1 ./$B/tests/test_quant_kernels 2>&1 | grep -E "quantized prefill T=" | head -1 | tee "$OUT/pick_amxq.txt"
+# issue 9's precision contract on the quantized fixtures (32-token prefills
+# through the kernel): the pick, 3 terms forced (must pass), 1 term forced
+# (x and W in bf16: argmax flips on two fixtures in emulation, rc=1 expected)
+for q in unset 1 bf16; do
+  env=(NMLX_PICK_CACHE=0); [ $q != unset ] && env+=(NMLX_AMX_QUANT=$q)
+  env "${env[@]}" ./$B/tests/test_precision >"$OUT/test_precision_amxq$q.log" 2>&1
+  echo "test_precision NMLX_AMX_QUANT=$q rc=$?: $(grep -E "AMX quantized prefill|argmax differs|passed" "$OUT/test_precision_amxq$q.log" | tr '\n' ' ')"
+  grep -E "32-token prefill" "$OUT/test_precision_amxq$q.log" | sed 's/^/  /'
+done
 ./$B/tests/test_kernels >"$OUT/test_kernels_default.log" 2>&1
 echo "test_kernels default rc=$?: $(grep -E "AMX|passed" "$OUT/test_kernels_default.log" | tr '\n' ' ')"
 if [ "${FULL:-0}" = 1 ]; then # every C test (test_*) with NMLX_AMX=1: bf16 fixtures through AMX

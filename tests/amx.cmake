@@ -37,3 +37,66 @@ target_compile_definitions(test_amx_quant_real PRIVATE NMLX_AMX_QUANT_REAL=1)
 target_compile_options(test_amx_quant_real PRIVATE -mamx-tile -mamx-bf16 -mavx512f -mavx512bw
   -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2)
 add_test(NAME test_amx_quant_real COMMAND test_amx_quant_real WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+
+# test_precision with the whole CPU backend on emulated AMX tiles: the
+# executables link tests/amx_emu_dense.c and amx_emu_quant.c, which define
+# every symbol of matmul_amx.o and quant_amx.o (so the archive's are not
+# pulled in) and report AMX usable wherever AVX512_BF16 is (elsewhere the
+# test prints "AMX quantized prefill: SKIPPED"). NMLX_AMX_QUANT=1 forces
+# the 3-term kernel from T = 24, an exact path (1e-3): must pass.
+set(NMLX_AMX_FLAGS -mamx-tile -mamx-bf16 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
+  -mfma -mf16c -mavx2)
+function(nmlx_amx_emu_test name main)
+  # tests/<main>.c on emulated tiles; extra arguments: compile definitions
+  add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/${main}.c
+    ${CMAKE_CURRENT_SOURCE_DIR}/amx_emu_dense.c ${CMAKE_CURRENT_SOURCE_DIR}/amx_emu_quant.c
+    ${NMLX_EMU_EXTRA_SOURCES})
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_CURRENT_SOURCE_DIR})
+  target_link_libraries(${name} PRIVATE nmlx)
+  target_compile_definitions(${name} PRIVATE NMLX_TEST_AMX_EMU=1 ${ARGN})
+  set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/amx_emu_dense.c
+    ${CMAKE_CURRENT_SOURCE_DIR}/amx_emu_quant.c ${NMLX_EMU_EXTRA_SOURCES}
+    PROPERTIES COMPILE_OPTIONS "${NMLX_AMX_FLAGS}")
+endfunction()
+set(NMLX_EMU_EXTRA_SOURCES "")
+nmlx_amx_emu_test(test_precision_amx_emu test_precision)
+add_test(NAME test_precision_amx_emu COMMAND test_precision_amx_emu WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_precision_amx_emu PROPERTIES ENVIRONMENT
+  "NMLX_AMX_QUANT=1;NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+if(CMAKE_HOST_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64" AND NMLX_NO_BF16 EQUAL 0)
+  # ...with a broken packing (quant_amx.c's NMLX_AMX_QUANT_BREAK): must fail
+  foreach(brk 1 2)
+    nmlx_amx_emu_test(test_precision_amx_broken${brk} test_precision NMLX_AMX_QUANT_BREAK=${brk})
+    add_test(NAME precision_amx_broken${brk}_must_fail COMMAND test_precision_amx_broken${brk}
+      WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(precision_amx_broken${brk}_must_fail PROPERTIES WILL_FAIL TRUE ENVIRONMENT
+      "NMLX_AMX_QUANT=1;NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+  endforeach()
+  # The one-term kernel as the default (quant_bf16_avx512.c built again with
+  # NMLX_AMX_QUANT_DEFAULT_TERMS=1, tests/amx_emu_pick.c): the untimed pick
+  # must take it (no "default selection" failure), and it is held to issue
+  # 9's contract, which it does not meet: argmaxes flip on two fixtures
+  # (docs/quantization.md). The test passes while that message is printed;
+  # once it is not, the one-term default can be reconsidered.
+  set(NMLX_EMU_EXTRA_SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/amx_emu_pick.c)
+  nmlx_amx_emu_test(test_precision_amx1 test_precision NMLX_AMX_QUANT_DEFAULT_TERMS=1)
+  add_test(NAME precision_amx1_default_flips COMMAND test_precision_amx1
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(precision_amx1_default_flips PROPERTIES
+    ENVIRONMENT "NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+    PASS_REGULAR_EXPRESSION "argmax differs from f32"
+    FAIL_REGULAR_EXPRESSION "default selection")
+  # ...and with a broken packing: the contract's 2e-2 logit bound catches it
+  nmlx_amx_emu_test(test_precision_amx1_broken1 test_precision NMLX_AMX_QUANT_DEFAULT_TERMS=1
+    NMLX_AMX_QUANT_BREAK=1)
+  add_test(NAME precision_amx1_broken1_must_fail COMMAND test_precision_amx1_broken1
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(precision_amx1_broken1_must_fail PROPERTIES
+    ENVIRONMENT "NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+    PASS_REGULAR_EXPRESSION "from f32 \\(bound 2e-02\\)")
+  # the pick cache with that default on (emulated) AMX: records keyed by the
+  # term count, the untimed pick stored and read back, foreign values refused
+  nmlx_amx_emu_test(test_pick_cache_amx1 test_pick_cache NMLX_AMX_QUANT_DEFAULT_TERMS=1)
+  add_test(NAME test_pick_cache_amx1 COMMAND test_pick_cache_amx1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set(NMLX_EMU_EXTRA_SOURCES "")
+endif()

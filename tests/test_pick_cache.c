@@ -8,6 +8,7 @@
  * takes a record altered on disk, so it reads the record instead of
  * measuring; NMLX_QUANT_PICK_LOG measures again and rewrites it. */
 #define _DEFAULT_SOURCE /* mkdtemp, setenv */
+#include "compute/cpu/matmul_amx.h"
 #include "compute/cpu/pick_cache.h"
 #include "compute/cpu/quant_kernels.h"
 #include "harness.h"
@@ -270,6 +271,16 @@ static void test_foreign_isa(void) {
         return;
     }
     const bool has_amx = strstr(t, "amx=1") != NULL;
+    /* records of a build with another AMX quantized default (matmul_amx.h:
+     * 3 terms timed, or another count untimed) have another key */
+    char terms[32];
+    snprintf(terms, sizeof terms, "amxq-terms=%d",
+             strstr(t, "amxq=1") ? NMLX_AMX_QUANT_DEFAULT_TERMS : 0);
+    EXPECT(strstr(t, terms) != NULL, "the avx512 record's key names %s", terms);
+    if (strstr(t, "amxq=1") && NMLX_AMX_QUANT_DEFAULT_TERMS != 3) /* untimed: the fixed pick */
+        EXPECT(v[7] == NMLX_AMX_QUANT_DEFAULT_TERMS &&
+                   v[8] == (NMLX_AMX_QUANT_BF16_MIN_T > 24 ? NMLX_AMX_QUANT_BF16_MIN_T : 24),
+               "untimed AMX default stored as %d terms from T=%d", v[7], v[8]);
     char text[2048];
     *vals = 0;
     snprintf(text, sizeof text, "%svalues: %d %d %d %d %d %d %d %d %d\n", t, v[0] ^ 1, v[1], v[2],

@@ -29,7 +29,8 @@
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
-#   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile.
+#   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile
+#   (kernel tests, then test_precision: the pick, 3 terms, 1 term forced).
 #   QUICK=1: only the tests of the opt-in cuBLAS quantized mat-mats (test_cuda_qgemm,
 #   test_cuda_ops / fixtures / batch with NMLX_CUDA_QMM=gemm and gemm1), to leave the
 #   call's time to the benchmarks.
@@ -93,7 +94,7 @@ echo "tests done ($(( $(date +%s) - T0 )) s)"
 # portable kernels, on cores 8-15 in the background while the GPU benches
 # run (correctness only; bench/device_amx.sh times them). Summary at the end.
 if [ "${AMX:-0}" = 1 ]; then
-  ( cmake --build $B -j8 --target test_kernels test_quant_kernels test_amx_quant_real >"$OUT/amx_build.log" 2>&1 || exit 1
+  ( cmake --build $B -j8 --target test_kernels test_quant_kernels test_amx_quant_real test_precision >"$OUT/amx_build.log" 2>&1 || exit 1
     { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -cE '^amx_(bf16|tile)$'; } >"$OUT/amx.txt"
     NMLX_AMX=1 NMLX_QUANT_PICK_LOG=1 taskset -c 8-15 ./$B/tests/test_kernels >"$OUT/amx_test_kernels.log" 2>&1
     echo "test_kernels NMLX_AMX=1 rc=$?: $(grep -E "AMX dense|passed" "$OUT/amx_test_kernels.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
@@ -102,6 +103,15 @@ if [ "${AMX:-0}" = 1 ]; then
     for q in 1 bf16; do
       NMLX_AMX_QUANT=$q taskset -c 8-15 ./$B/tests/test_quant_kernels >"$OUT/amx_quant_kernels_$q.log" 2>&1
       echo "test_quant_kernels NMLX_AMX_QUANT=$q rc=$?: $(grep -E "passed" "$OUT/amx_quant_kernels_$q.log" | tail -1)" >>"$OUT/amx.txt"
+    done
+    # issue 9's precision contract on the quantized fixtures, real tiles: the
+    # pick (unset), 3 terms forced (exact: must pass), 1 term forced (x and W
+    # in bf16: flips argmaxes on two fixtures in emulation, rc=1 expected)
+    for q in unset 1 bf16; do
+      env=(NMLX_QUANT_PICK_LOG=1 NMLX_PICK_CACHE=0); [ $q != unset ] && env+=(NMLX_AMX_QUANT=$q)
+      env "${env[@]}" taskset -c 8-15 ./$B/tests/test_precision >"$OUT/amx_precision_$q.log" 2>&1
+      echo "test_precision NMLX_AMX_QUANT=$q rc=$?: $(grep -E "AMX quantized prefill|argmax differs|passed" "$OUT/amx_precision_$q.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
+      grep -E "32-token prefill" "$OUT/amx_precision_$q.log" | sed 's/^/  /' >>"$OUT/amx.txt"
     done ) &
   AMX_PID=$!
 fi

@@ -33,9 +33,25 @@ bool nmlx_amx_bf16_matmat(const nmlx_weight *w, const float *x, float *y, int64_
                           int64_t d1);
 
 /* Whether the quantized AMX prefill runs when NMLX_AMX_QUANT is unset (and
- * NMLX_AMX is not 0): the one-time pick times it (3 terms) against the
- * int16 / f32 prefill and keeps it only where faster. */
+ * NMLX_AMX is not 0), at the default precision only. */
 #define NMLX_AMX_QUANT_DEFAULT 1
+/* ...with how many terms (nmlx_amx_quant_matmat). 3: x and W as bf16
+ * hi + lo, as accurate as the int16 prefill; the one-time pick times it
+ * against the int16 / f32 prefill and takes it from the T where it is
+ * faster. 1: x and W rounded to bf16 (as MLX computes a bf16 model), taken
+ * for every prefill matmul from NMLX_AMX_QUANT_BF16_MIN_T tokens, untimed
+ * (so the logits do not depend on a timing; NMLX_QUANT_PICK_LOG=1 still
+ * prints where the timed lines would cross). Stays 3: the one-term kernel
+ * flips argmaxes on two quantized fixtures once their tokens go through
+ * the prefill (tests/test_precision.c, docs/quantization.md), which issue
+ * 9's precision contract forbids. -D for experiments: the pick cache keys
+ * its records by this value. */
+#ifndef NMLX_AMX_QUANT_DEFAULT_TERMS
+#define NMLX_AMX_QUANT_DEFAULT_TERMS 3
+#endif
+#ifndef NMLX_AMX_QUANT_BF16_MIN_T
+#define NMLX_AMX_QUANT_BF16_MIN_T 24 /* >= NMLX_CPU_FEW_CHUNKED */
+#endif
 /* NMLX_AMX_QUANT: -1 unset, 0 for "0", 1 for "bf16" (1 term), 2 for "2"
  * (2 terms), 3 otherwise ("1": the default's 3 terms, forced) */
 int nmlx_amx_quant_env(void);

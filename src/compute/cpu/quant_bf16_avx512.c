@@ -258,6 +258,7 @@ typedef struct {
     float *x, *y;
     int64_t T;
     bool bf;
+    int amx_terms; /* run_quant_amx's */
 } pick_job;
 
 static void run_matmat(void *p) {
@@ -313,7 +314,7 @@ static void run_dense_amx(void *p) {
 
 static void run_quant_amx(void *p) {
     pick_job *j = p;
-    if (!nmlx_amx_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows, 3))
+    if (!nmlx_amx_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows, j->amx_terms))
         nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
@@ -340,15 +341,30 @@ static void pick_to_cache(const char *features) {
     nmlx_pick_cache_store("avx512", features, v, CACHED_FIELDS);
 }
 
+/* The quantized AMX prefill by default (NMLX_AMX_QUANT unset, AMX usable):
+ * NMLX_AMX_QUANT_DEFAULT_TERMS terms; 3 are timed (from the T where faster,
+ * 0: never), any other count is taken untimed from a fixed T. */
+static bool amxq_untimed(void) { return NMLX_AMX_QUANT_DEFAULT_TERMS != 3; }
+static int amxq_untimed_min_t(void) {
+    return NMLX_AMX_QUANT_BF16_MIN_T > NMLX_CPU_FEW_CHUNKED ? NMLX_AMX_QUANT_BF16_MIN_T
+                                                            : NMLX_CPU_FEW_CHUNKED;
+}
+
 /* A record is taken only where it asks for nothing this CPU lacks (a
- * damaged file must not pick an instruction set the CPU does not have). */
+ * damaged file must not pick an instruction set the CPU does not have) and,
+ * for the quantized AMX prefill, only what this build's default takes (its
+ * term count; the fixed start T where untimed). */
 static bool pick_from_cache(const char *features, bool bf16, bool vnni, bool amx, bool amxq) {
     int v[CACHED_FIELDS];
     if (!nmlx_pick_cache_load("avx512", features, v, CACHED_FIELDS)) return false;
     const bool allowed[7] = {bf16, bf16, vnni, vnni, vnni, bf16, amx};
     for (int i = 0; i < 7; i++)
         if (v[i] != 0 && !(v[i] == 1 && allowed[i])) return false;
-    if ((v[7] != 0 && !(v[7] == 3 && amxq)) || (v[8] != 0 && v[8] < NMLX_CPU_FEW_CHUNKED))
+    if ((v[7] != 0 && !(v[7] == NMLX_AMX_QUANT_DEFAULT_TERMS && amxq)) ||
+        (v[8] != 0 && v[8] < NMLX_CPU_FEW_CHUNKED))
+        return false;
+    if (amxq && amxq_untimed() &&
+        (v[7] != NMLX_AMX_QUANT_DEFAULT_TERMS || v[8] != amxq_untimed_min_t()))
         return false;
     g_pick.prefill = v[0], g_pick.matvec = v[1], g_pick.matvec_int16 = v[2];
     g_pick.matvec_int16_q8 = v[3], g_pick.prefill_int16 = v[4], g_pick.dense_bf16 = v[5];
@@ -386,13 +402,17 @@ static void measure_pick(void) {
     const int e_amx = nmlx_amx_env();
     const bool amx = bf16 && nmlx_amx_wanted() && nmlx_amx_ok();
     g_pick.dense_amx = amx && e_amx == 1;
-    /* quantized prefill on AMX: NMLX_AMX_QUANT=1 (or bf16) forces it where
-     * AMX is usable, unset measures it if NMLX_AMX_QUANT_DEFAULT */
+    /* quantized prefill on AMX: NMLX_AMX_QUANT=1 / 2 / bf16 forces 3 / 2 / 1
+     * terms where AMX is usable; unset, if NMLX_AMX_QUANT_DEFAULT: the
+     * default's terms (matmul_amx.h), 3 measured, any other count untimed */
     const int e_amxq = nmlx_amx_quant_env();
     const bool amxq = bf16 && e_amx != 0 && e_amxq != 0 && (e_amxq > 0 || NMLX_AMX_QUANT_DEFAULT) &&
                       nmlx_amx_ok();
-    g_pick.prefill_amx = amxq && e_amxq > 0 ? e_amxq : 0;
-    g_pick.prefill_amx_min_t = NMLX_CPU_FEW_CHUNKED;
+    const bool amxq_fixed = amxq && e_amxq < 0 && amxq_untimed();
+    g_pick.prefill_amx = amxq && e_amxq > 0 ? e_amxq
+                         : amxq_fixed       ? NMLX_AMX_QUANT_DEFAULT_TERMS
+                                            : 0;
+    g_pick.prefill_amx_min_t = amxq_fixed ? amxq_untimed_min_t() : NMLX_CPU_FEW_CHUNKED;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
         !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0))
         return;
@@ -402,8 +422,10 @@ static void measure_pick(void) {
     const bool cacheable =
         !forced && e_i16 < 0 && e_i16d < 0 && e_dense < 0 && e_amx < 0 && e_amxq < 0;
     char features[64];
-    snprintf(features, sizeof features, "avx512bf16=%d vnni=%d amx=%d amxq=%d", bf16, vnni, amx,
-             amxq);
+    /* amxq-terms: a record measured for another default (3 terms timed, or
+     * an untimed other count) is another machine's */
+    snprintf(features, sizeof features, "avx512bf16=%d vnni=%d amx=%d amxq=%d amxq-terms=%d", bf16,
+             vnni, amx, amxq, amxq ? NMLX_AMX_QUANT_DEFAULT_TERMS : 0);
     if (cacheable && !log && pick_from_cache(features, bf16, vnni, amx, amxq)) return;
     enum { PD = 128, PN = 1024, PT = 48, PTL = 256 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
@@ -434,6 +456,7 @@ static void measure_pick(void) {
         .T = PT};
     double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
     double tq_amx[2] = {0}, tq_alt[2] = {0};
+    int amx_cross = 0; /* where the timed AMX and alternative lines cross */
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -445,10 +468,11 @@ static void measure_pick(void) {
     if (vnni && e_i16 < 0) g_pick.prefill_int16 = t16 <= 1.25 * t[0][0];
     /* AMX with x and W as bf16 hi + lo: as accurate as int16 x, so taken
      * wherever faster than the prefill it replaces */
-    if (amxq) {
+    if (amxq && (!amxq_fixed || log)) { /* the untimed default: for the log only */
         /* at 48 and 256 tokens (the panels' dequantization is paid once per
          * 512 tokens): AMX from where the two cost lines cross */
         j.bf = false;
+        j.amx_terms = e_amxq > 0 ? e_amxq : NMLX_AMX_QUANT_DEFAULT_TERMS;
         void (*alt)(void *) = g_pick.prefill_int16 ? run_matmat16 : run_matmat;
         tq_amx[0] = time_best(run_quant_amx, &j);
         tq_alt[0] = g_pick.prefill_int16 ? t16 : t[0][0];
@@ -465,9 +489,10 @@ static void measure_pick(void) {
             tq_alt[1] = time_best(alt, &jl);
             munmap(big, xb + yb);
         }
-        if (e_amxq < 0) {
-            g_pick.prefill_amx_min_t = amx_crossover(PT, PTL, tq_amx, tq_alt);
-            g_pick.prefill_amx = g_pick.prefill_amx_min_t ? 3 : 0;
+        amx_cross = amx_crossover(PT, PTL, tq_amx, tq_alt);
+        if (e_amxq < 0 && !amxq_untimed()) {
+            g_pick.prefill_amx_min_t = amx_cross;
+            g_pick.prefill_amx = amx_cross ? 3 : 0;
         }
     }
     if (bf16 && !forced) {
@@ -520,7 +545,8 @@ static void measure_pick(void) {
     if (log)
         fprintf(stderr,
                 "nmlx cpu pick (ms): dense bf16 prefill amx %.3g, quantized prefill T=%d amx %.3g "
-                "%s %.3g, T=%d amx %.3g %s %.3g (%s) -> amx %s, quantized amx %s from T=%d\n",
+                "%s %.3g, T=%d amx %.3g %s %.3g (%s; timed lines cross at T=%d) -> amx %s, "
+                "quantized amx %s from T=%d%s\n",
                 1e3 * td_amx, PT, 1e3 * tq_amx[0], g_pick.prefill_int16 ? "int16" : "f32",
                 1e3 * tq_alt[0], PTL, 1e3 * tq_amx[1], g_pick.prefill_int16 ? "int16" : "f32",
                 1e3 * tq_alt[1],
@@ -528,12 +554,12 @@ static void measure_pick(void) {
                 : !bf16              ? "not run: no avx512bf16"
                 : !nmlx_amx_wanted() ? "not run: NMLX_AMX unset or 0"
                                      : nmlx_amx_status(),
-                g_pick.dense_amx ? "on" : "off",
+                amx_cross, g_pick.dense_amx ? "on" : "off",
                 g_pick.prefill_amx == 3   ? "on (3 terms)"
                 : g_pick.prefill_amx == 2 ? "on (2 terms)"
                 : g_pick.prefill_amx == 1 ? "on (bf16)"
                                           : "off",
-                g_pick.prefill_amx_min_t);
+                g_pick.prefill_amx_min_t, amxq_fixed ? " (the default, untimed)" : "");
     if (cacheable) pick_to_cache(features);
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);

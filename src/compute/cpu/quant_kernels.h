@@ -25,9 +25,11 @@ typedef struct nmlx_qbf16_pick {
                               precision; needs AVX512_VNNI) */
     bool dense_bf16;       /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
     bool dense_amx;        /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
-    int prefill_amx;       /* quantized prefill on AMX tiles for T >= 24 (nmlx_amx_quant_matmat,
-                              this many terms: 3, or 1 where NMLX_AMX_QUANT=bf16; 0 off) */
-    int prefill_amx_min_t; /* ...from this many tokens (where the pick's cost lines cross) */
+    int prefill_amx;       /* quantized prefill on AMX tiles, default precision only
+                              (nmlx_amx_quant_matmat, this many terms: NMLX_AMX_QUANT's, else
+                              NMLX_AMX_QUANT_DEFAULT_TERMS; 0 off) */
+    int prefill_amx_min_t; /* ...from this many tokens (where the pick's cost lines cross;
+                              fixed where the default is untimed, matmul_amx.h) */
 } nmlx_qbf16_pick;
 /* Measured once per process (thread-safe, a few milliseconds of CPU time on
  * cache-resident problems); NMLX_QUANT_BF16=0/1 forces the bf16 quantized
