@@ -75,7 +75,8 @@ G=/dev/shm/gg-moe
 mkdir -p $W $G 2>/dev/null || G=$HOME/gg-moe
 [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -gt 40000000000 ] 2>/dev/null || G=$HOME/gg-moe
 mkdir -p $G
-# SYNTH_ARGS="--tiny --layers 2": small checkpoints, for a check of the script
+# A check of the script without a GPU: SYNTH_ARGS="--tiny --layers 2" (small
+# checkpoints) NMLX_DEVICE=cpu NGL=0 GGML_CUDA=OFF P=16 N=4
 ( for m in $MODELS; do
     [ -f $W/$m/model.safetensors ] || python3 bench/cuda/make_synth_moe.py $W/$m $m ${SYNTH_ARGS:-} | tail -1
   done ) &
@@ -90,39 +91,45 @@ echo "checkpoints written at $(el)s"
 if [ -n "${NPID:-}" ]; then wait $NPID || { tail -30 "$OUT/nmlx_build.log"; exit 1; }; fi
 echo "nmlx built at $(el)s"
 
-# 4. per model: nmlx, then llama.cpp (once its build is done)
+# 4. per model: nmlx, then llama.cpp where its build is done; then, waiting
+#    for the build until DEADLINE, both again on the models still without
+#    llama.cpp (a model's two figures always come from one call)
 RES=$OUT/moe_peer.jsonl
 : > "$RES"
-lcpp_ready() {
-  if [ ! -x $L/build/bin/llama-bench ] && [ $(el) -lt $DEADLINE ] && [ ! -f $L/build.rc ]; then
-    echo "waiting for the llama.cpp build at $(el)s"
-    while [ ! -f $L/build.rc ] && [ $(el) -lt $DEADLINE ]; do sleep 5; done
+nmlx_bench() { # kept from an earlier call unless llama.cpp is to run on it now
+  if [ -s $L/res/nmlx-$1.json ] && { [ -s $L/res/lcpp-$1.jsonl ] || [ ! -x $L/build/bin/llama-bench ]; }; then
+    echo "nmlx $1: kept from an earlier call"
+  elif [ $(el) -lt $DEADLINE ]; then
+    echo "== nmlx $1 at $(el)s"
+    timeout 300 ./$B/nmlx bench -m $W/$1 --device ${NMLX_DEVICE:-cuda} -p ${P:-512} -n ${N:-128} -r 3 \
+      2> $L/res/nmlx-$1.err | tail -1 > $L/res/nmlx-$1.json
+    grep -q prefill_tok_s $L/res/nmlx-$1.json ||
+      { echo "nmlx bench $1 failed"; tail -5 $L/res/nmlx-$1.err; rm -f $L/res/nmlx-$1.json; }
+  else
+    echo "deadline: nmlx $1 not benched"
   fi
-  [ -x $L/build/bin/llama-bench ]
+}
+lcpp_bench() {
+  if [ -s $L/res/lcpp-$1.jsonl ]; then
+    echo "llama.cpp $1: kept from an earlier call"
+  elif [ -x $L/build/bin/llama-bench ] && [ $(el) -lt $DEADLINE ]; then
+    echo "== llama-bench $1 at $(el)s"
+    timeout $(( DEADLINE + 100 - $(el) )) $L/build/bin/llama-bench -m $G/$1.gguf -ngl ${NGL:-99} \
+      -p ${P:-512} -n ${N:-128} -r 3 -o jsonl > $L/res/lcpp-$1.jsonl.tmp 2> $L/res/lcpp-$1.err &&
+      mv $L/res/lcpp-$1.jsonl.tmp $L/res/lcpp-$1.jsonl || { echo "llama-bench $1 failed"; tail -20 $L/res/lcpp-$1.err; }
+  fi
 }
 for m in $MODELS; do
-  if [ -s $L/res/nmlx-$m.json ] && [ "${RERUN_NMLX:-0}" = 0 ]; then
-    echo "nmlx $m: kept from an earlier call"
-  elif [ $(el) -lt $DEADLINE ]; then
-    echo "== nmlx $m at $(el)s"
-    timeout 300 ./$B/nmlx bench -m $W/$m --device cuda -p 512 -n 128 -r 3 2> $L/res/nmlx-$m.err |
-      tail -1 > $L/res/nmlx-$m.json
-    grep -q prefill_tok_s $L/res/nmlx-$m.json || { echo "nmlx bench $m failed"; tail -5 $L/res/nmlx-$m.err; rm -f $L/res/nmlx-$m.json; }
-  else
-    echo "deadline: nmlx $m not benched"
-  fi
-  if [ -s $L/res/lcpp-$m.jsonl ]; then
-    echo "llama.cpp $m: kept from an earlier call"
-  elif lcpp_ready && [ $(el) -lt $DEADLINE ]; then
-    echo "== llama-bench $m at $(el)s"
-    timeout $(( DEADLINE + 100 - $(el) )) $L/build/bin/llama-bench -m $G/$m.gguf -ngl 99 -p 512 -n 128 \
-      -r 3 -o jsonl > $L/res/lcpp-$m.jsonl.tmp 2> $L/res/lcpp-$m.err &&
-      mv $L/res/lcpp-$m.jsonl.tmp $L/res/lcpp-$m.jsonl || { echo "llama-bench $m failed"; tail -20 $L/res/lcpp-$m.err; }
-  else
-    echo "llama.cpp $m not benched: build rc=$(cat $L/build.rc 2>/dev/null || echo running) at $(el)s"
-    [ -f $L/build.rc ] && [ "$(cat $L/build.rc)" != 0 ] && tail -20 $L/build.log $L/cmake.log
-  fi
+  nmlx_bench $m
+  lcpp_bench $m
 done
+if [ ! -x $L/build/bin/llama-bench ]; then
+  echo "waiting for the llama.cpp build at $(el)s"
+  while [ ! -f $L/build.rc ] && [ $(el) -lt $DEADLINE ]; do sleep 5; done
+  echo "llama.cpp build: rc=$(cat $L/build.rc 2>/dev/null || echo "still running (setsid: it goes on; call again)") at $(el)s"
+  [ -f $L/build.rc ] && [ "$(cat $L/build.rc)" != 0 ] && tail -20 $L/build.log $L/cmake.log
+  for m in $MODELS; do [ -s $L/res/lcpp-$m.jsonl ] || { nmlx_bench $m; lcpp_bench $m; }; done
+fi
 cat $L/res/nmlx-*.json $L/res/lcpp-*.jsonl 2>/dev/null > "$RES"
 cp $L/cmake.log $L/build.log "$OUT/" 2>/dev/null
 
