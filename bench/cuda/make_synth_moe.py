@@ -12,7 +12,9 @@ small; speed does not depend on the values). Pure Python (no numpy).
                  per-module `{"group_size": 32, "bits": 4, "mode": "mxfp4"}`
                  entries in `quantization`; everything else MLX affine 8-bit
                  g64 (embeddings, attention, router, untied head); q/k/v/o,
-                 router biases, sinks and norms BF16. 12.1 GB.
+                 router biases, sinks and norms BF16. 12.1 GB. (Tensor layout
+                 as tests/test_moe_quant.c's mlx-community copy; the published
+                 config was not at hand: its size, 12.1 GB, agrees.)
   qwen3-30b-a3b  Qwen3-30B-A3B (48 layers, hidden 2048, 128 experts top-8 of
                  768, 32 heads / 4 KV heads of 128, vocab 151936) as
                  mlx-community's 4-bit conversions (mlx-lm): MLX affine 4-bit
