@@ -8,13 +8,16 @@ small; speed does not depend on the values). Pure Python (no numpy).
                  every other layer, attention sinks, vocab 201088) as
                  mlx-community/gpt-oss-20b-MXFP4-Q8: experts MXFP4
                  (`mlp.experts.{gate,up,down}_proj.weight` U32 [E, out, in/8],
-                 `.scales` U8 E8M0 [E, out, in/32], `.bias` BF16 [E, out]),
-                 per-module `{"group_size": 32, "bits": 4, "mode": "mxfp4"}`
-                 entries in `quantization`; everything else MLX affine 8-bit
-                 g64 (embeddings, attention, router, untied head); q/k/v/o,
-                 router biases, sinks and norms BF16. 12.1 GB. (Tensor layout
-                 as tests/test_moe_quant.c's mlx-community copy; the published
-                 config was not at hand: its size, 12.1 GB, agrees.)
+                 `.scales` U8 E8M0 [E, out, in/32], `.bias` BF16 [E, out]);
+                 everything else MLX affine 8-bit g64 (embeddings, attention,
+                 router, untied head); q/k/v/o, router biases, sinks and norms
+                 BF16. 12.1 GB. `quantization` as mlx-lm's convert of the HF
+                 MXFP4 release writes it: global `{"group_size": 32, "bits":
+                 4, "mode": "mxfp4"}` (the experts), an affine 8-bit g64 entry
+                 per converted module, the routers `{"group_size": 64, "bits":
+                 8}` (mlx-lm's quant_predicate; no "mode" = affine). The
+                 published config was not at hand: this is read from mlx-lm's
+                 convert/load code; the size, 12.1 GB, agrees (g32 would be 12.2).
   qwen3-30b-a3b  Qwen3-30B-A3B (48 layers, hidden 2048, 128 experts top-8 of
                  768, 32 heads / 4 KV heads of 128, vocab 151936) as
                  mlx-community's 4-bit conversions (mlx-lm): MLX affine 4-bit
@@ -123,13 +126,22 @@ def main():
     cfg = make_config(shape, layers, tiny)
     NL = cfg["num_hidden_layers"]
     BITS, GS = (8, 64) if shape == "gptoss20b" else (4, 64)
-    quant = {"group_size": GS, "bits": BITS, "mode": "affine"}
-    for i in range(NL):
-        if shape == "gptoss20b":
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                quant[f"model.layers.{i}.mlp.experts.{proj}"] = {"group_size": 32, "bits": 4,
-                                                                 "mode": "mxfp4"}
-        else:
+    # as mlx-lm's convert writes them: gpt-oss's experts come MXFP4 from the HF
+    # release (the global entry), the layers quantized by the conversion get
+    # entries of their own, the router mlx-lm's quant_predicate dict (no
+    # "mode": affine); Qwen: the globals, and the router's dict
+    if shape == "gptoss20b":
+        quant = {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+        q8 = {"group_size": GS, "bits": BITS, "mode": "affine"}
+        quant["model.embed_tokens"] = dict(q8)
+        for i in range(NL):
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                quant[f"model.layers.{i}.self_attn.{proj}"] = dict(q8)
+            quant[f"model.layers.{i}.mlp.router"] = {"group_size": 64, "bits": 8}
+        quant["lm_head"] = dict(q8)
+    else:
+        quant = {"group_size": GS, "bits": BITS, "mode": "affine"}
+        for i in range(NL):
             quant[f"model.layers.{i}.mlp.gate"] = {"group_size": 64, "bits": 8}
     cfg["quantization"] = quant
     cfg["quantization_config"] = dict(quant)
