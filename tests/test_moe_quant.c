@@ -27,6 +27,7 @@
 #include "nmlx.h"
 #include "quantize_model.h"
 #include "shared/quant_config.h"
+#include "compute/quant.h"
 #if defined(__x86_64__)
 #include "compute/cpu/quant_kernels.h"
 #endif
@@ -379,6 +380,54 @@ static void test_hf_config(const char *tmp) {
                strstr(nmlx_last_error(), "modules_to_not_convert"),
            "malformed modules_to_not_convert: %s", nmlx_last_error());
     nmlx_quant_config_free(&qc);
+}
+
+/* Per-module entries as mlx passes them to to_quantized: a missing "mode"
+ * is affine whatever the global mode (mlx-lm's gpt-oss MXFP4 conversions:
+ * global mxfp4, routers {"group_size": 64, "bits": 8}); missing bits /
+ * group size come from the globals where the modes agree, else from the
+ * entry's mode defaults. */
+static void test_mixed_config(const char *tmp) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/qcfg_mixed.json", tmp);
+    const char *cfg[2] = {
+        "{\"quantization\": {\"group_size\": 32, \"bits\": 4, \"mode\": \"mxfp4\", "
+        "\"r\": {\"group_size\": 64, \"bits\": 8}, \"q\": {\"group_size\": 32, \"bits\": 8, "
+        "\"mode\": \"affine\"}, \"k\": {\"bits\": 8, \"mode\": \"affine\"}, \"e\": {\"mode\": "
+        "\"mxfp4\"}, \"h\": true, \"u\": false}}",
+        "{\"quantization\": {\"group_size\": 32, \"bits\": 4, \"a\": {\"bits\": 8}, \"m\": "
+        "{\"mode\": \"mxfp4\"}, \"g\": {\"group_size\": 128}}}"};
+    const char *mods[2][7] = {{"r", "q", "k", "e", "h", "u", "x"}, {"a", "m", "g"}};
+    const int n[2] = {7, 3};
+    const nmlx_quant_params want[2][7] = {
+        {{NMLX_QUANT_AFFINE, 8, 64},
+         {NMLX_QUANT_AFFINE, 8, 32},
+         {NMLX_QUANT_AFFINE, 8, 64},
+         {NMLX_QUANT_MXFP4, 4, 32},
+         {NMLX_QUANT_MXFP4, 4, 32},
+         {0},
+         {0}},
+        {{NMLX_QUANT_AFFINE, 8, 32}, {NMLX_QUANT_MXFP4, 4, 32}, {NMLX_QUANT_AFFINE, 4, 128}}};
+    const int named[2][7] = {{1, 1, 1, 1, 1, 0, -1}, {1, 1, 1}};
+    for (int c = 0; c < 2; c++) {
+        FILE *f = fopen(path, "w");
+        fputs(cfg[c], f);
+        fclose(f);
+        nmlx_quant_config qc;
+        nmlx_status st = nmlx_quant_config_load(path, &qc);
+        EXPECT(st == NMLX_OK, "mixed config %d: %s", c, nmlx_last_error());
+        if (st != NMLX_OK) continue;
+        for (int i = 0; i < n[c]; i++) {
+            nmlx_quant_params p = {0};
+            int r = nmlx_quant_config_module(&qc, mods[c][i], &p);
+            const nmlx_quant_params *w = &want[c][i];
+            EXPECT(r == named[c][i] && (r != 1 || (p.mode == w->mode && p.bits == w->bits &&
+                                                   p.group_size == w->group_size)),
+                   "config %d module %s: %d, %s %d-bit g%d", c, mods[c][i], r,
+                   nmlx_quant_mode_name(p.mode), p.bits, p.group_size);
+        }
+        nmlx_quant_config_free(&qc);
+    }
 }
 
 /* ---- nmlx convert of MoE fixtures ---------------------------------------- */
@@ -740,6 +789,7 @@ int main(void) {
     char tmp[] = "/tmp/nmlx_moeq_XXXXXX";
     if (!mkdtemp(tmp)) return 1;
     test_hf_config(tmp);
+    test_mixed_config(tmp);
     test_gpt_oss_mxfp4(tmp);
     test_router_override(tmp);
     test_convert_bytes(tmp);

@@ -8,7 +8,11 @@
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
 #     qwen3-bf16 = Qwen3-0.6B bf16 (make_synth_qwen3.py, needs torch);
 #     l1b-qB / l8b-qB = Llama-3.2-1B / Llama-3.1-8B MLX affine B-bit g64
-#     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16.
+#     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16;
+#     gptoss20b-mxfp4 = GPT-OSS-20B, MXFP4 experts + 8-bit g64 rest (12.1 GB),
+#     q30b-a3b-q4 = Qwen3-30B-A3B, 4-bit g64 (17.2 GB) (make_synth_moe.py,
+#     mlx-community's layouts; bench/cuda/device_moe_peer.sh runs llama.cpp on
+#     the same shapes).
 #   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
 #   x rounded to bf16 instead of the exact hi+lo split).
 #   BATCH="1,8,32": batched decode sizes benched on each model (bench_batch.c:
@@ -139,13 +143,16 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
     qwen3-bf16) python3 bench/cuda/make_synth_qwen3.py $D 2>&1 | tail -1 ;;
     l1b-bf16|l8b-bf16) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} 0 | tail -1 ;;
     l1b-q*|l8b-q*) python3 bench/cuda/make_synth_llama.py $D ${m:1:2} ${m#*-q} 64 | tail -1 ;;
+    gptoss20b-mxfp4) python3 bench/cuda/make_synth_moe.py $D gptoss20b | tail -1 ;;
+    q30b-a3b-q4) python3 bench/cuda/make_synth_moe.py $D qwen3-30b-a3b | tail -1 ;;
+    *) echo "unknown BENCH name: $m"; continue ;;
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
-  case $m in *-q*) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
-    case $m in *-q*) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do
+    case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do
       echo "== $v" | tee -a "$OUT/batch_bench.txt"
       env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     done ;; esac

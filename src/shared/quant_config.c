@@ -8,23 +8,32 @@
 #include <stdio.h>
 #include <string.h>
 
+/* One quantization entry: the global one (def NULL) or a per-module one
+ * (def = the globals). mlx passes a per-module entry to to_quantized as
+ * keyword arguments, so a missing "mode" is affine whatever the global mode
+ * (gpt-oss MXFP4 checkpoints: global mxfp4, router entries {"group_size":
+ * 64, "bits": 8}). Missing bits / group size come from the globals where the
+ * entry's mode is the global mode, else from the mode's defaults (affine 4
+ * and 64, mxfp4 4 and 32), as to_quantized's. */
 static nmlx_status parse_params(const json_t *o, const nmlx_quant_params *def, const char *where,
                                 const char *path, nmlx_quant_params *p) {
-    *p = def ? *def : (nmlx_quant_params){NMLX_QUANT_AFFINE, 4, 64};
     const json_t *mode = json_object_get(o, "mode");
+    nmlx_quant_mode m = NMLX_QUANT_AFFINE;
     char field[600];
     nmlx_status st;
     if (mode) {
         snprintf(field, sizeof field, "%s.mode", where);
         if (!json_is_string(mode))
             return nmlx_fail(NMLX_ERR_FORMAT, "%s: field '%s' must be a string", path, field);
-        const char *m = json_string_value(mode);
-        if ((st = nmlx_domain_check_str(path, field, "quantization.mode", m))) return st;
-        if (!strcmp(m, "affine"))
-            p->mode = NMLX_QUANT_AFFINE;
-        else
-            p->mode = NMLX_QUANT_MXFP4, p->bits = 4, p->group_size = 32;
+        const char *ms = json_string_value(mode);
+        if ((st = nmlx_domain_check_str(path, field, "quantization.mode", ms))) return st;
+        m = strcmp(ms, "affine") ? NMLX_QUANT_MXFP4 : NMLX_QUANT_AFFINE;
     }
+    if (def && def->mode == m)
+        *p = *def;
+    else
+        *p = m == NMLX_QUANT_MXFP4 ? (nmlx_quant_params){NMLX_QUANT_MXFP4, 4, 32}
+                                   : (nmlx_quant_params){NMLX_QUANT_AFFINE, 4, 64};
     const char *keys[2] = {"bits", "group_size"};
     const char *doms[2] = {"quantization.bits", "quantization.group_size"};
     int *vals[2] = {&p->bits, &p->group_size};
