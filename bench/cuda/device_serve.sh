@@ -9,6 +9,7 @@
 #   env: STREAMS="1 8 32"  TOKENS=128  ROUNDS=2  DEADLINE=540 (s; no run starts after it)
 #        NMLX_VARIANTS="- NMLX_CUDA_QMM=gemm1": nmlx serve once per entry, with
 #        that environment setting ("-": the defaults)
+#        SERIAL=1: the llama.cpp build finishes before nmlx serve starts
 # Results: $OUT/serve.jsonl (one line per engine and N), $OUT/serve.txt (the table).
 set -uo pipefail
 OUT=${OUT:-/tmp/nmlx-serve-out}
@@ -77,6 +78,9 @@ client() { # URL LABEL N
     --label "$2" --json "$RES" 2>&1 | tail -3
 }
 maxN=$(echo $STREAMS | tr ' ' '\n' | sort -n | tail -1)
+# SERIAL=1: let the llama.cpp build (ninja -j12 of CUDA sources, tens of GB) finish first
+if [ "${SERIAL:-0}" = 1 ] && [ -n "${BPID:-}" ]; then wait $BPID; echo "llama.cpp built (serial) at $(el)s"; fi
+free -g | head -2
 for v in ${NMLX_VARIANTS:--}; do
   [ "$v" = - ] && v=
   env $v node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
@@ -87,6 +91,12 @@ for v in ${NMLX_VARIANTS:--}; do
     for n in $STREAMS; do client http://127.0.0.1:18080 "nmlx 8B MLX-q4g64 cuda${v:+ $v}" $n; done
   else
     echo "nmlx serve ${v:-(defaults)} did not come up"; tail -20 "$OUT/nmlx_serve${v:+_${v#*=}}.log"
+  fi
+  # a server that died under load (2026-12-05, H100: both runs at 32 streams, the log silent)
+  # says how: its exit status (128 + signal), the kernel's last words, the memory left
+  if ! kill -0 $NPID 2>/dev/null; then
+    wait $NPID; echo "nmlx serve ${v:-(defaults)} had exited: status $?"
+    dmesg 2>/dev/null | tail -5; free -g | head -2
   fi
   kill -TERM $NPID 2>/dev/null; wait $NPID 2>/dev/null
 done
