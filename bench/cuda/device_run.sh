@@ -1,8 +1,8 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
 # tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch, test_cuda_sample,
-# test_cuda_qgemm; test_cuda_ops, the fixtures and the batch test again with NMLX_CUDA_QMM=gemm:
-# what `ctest -L cuda` runs), then
+# test_cuda_qgemm; test_cuda_ops, the fixtures and the batch test again with NMLX_CUDA_QMM=mma,
+# qmm_kernel instead of the default cuBLAS mat-mat: what `ctest -L cuda` runs), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
@@ -22,12 +22,12 @@
 #   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
 #   what each default saves);
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
-#   mat-vec, NMLX_CUDA_QMM=gemm, the quantized mat-mat as cuBLAS GEMMs on
-#   row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
-#   of W hi by x hi; NMLX_CUDA_QMM=bf16 is prefill with x rounded to bf16,
+#   mat-vec, NMLX_CUDA_QMM=mma, qmm_kernel instead of the default cuBLAS GEMMs
+#   on row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
+#   of W hi by x hi; NMLX_CUDA_QMM=bf16 is qmm_kernel with x rounded to bf16,
 #   NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
-#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QMM=gemm and gemm1,
-#   the cuBLAS mat-mats for batches above 8 rows; NMLX_CUDA_QROWS_R=8 is 8
+#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QMM=mma and gemm1, the
+#   other mat-mats for batches above 8 rows; NMLX_CUDA_QROWS_R=8 is 8
 #   weight rows a warp in the batched mat-vec): the batch benchmark again.
 #   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
@@ -35,8 +35,8 @@
 #   SANITIZE=1: compute-sanitizer memcheck on a quantized fixture run.
 #   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile
 #   (kernel tests, then test_precision: the pick, 3 terms, 1 term forced).
-#   QUICK=1: only the tests of the opt-in cuBLAS quantized mat-mats (test_cuda_qgemm,
-#   test_cuda_ops / fixtures / batch with NMLX_CUDA_QMM=gemm and gemm1), to leave the
+#   QUICK=1: only the tests of the quantized mat-mats (test_cuda_qgemm, test_cuda_ops /
+#   fixtures / batch with NMLX_CUDA_QMM=mma and gemm1), to leave the
 #   call's time to the benchmarks.
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
@@ -57,10 +57,10 @@ export NMLX_SOURCE_DIR=$PWD
 [ "${QUICK:-0}" = 1 ] || NMLX_CUDA_QROWS_R=8 ./$B/tests/test_cuda_ops >/tmp/ops_r8.log 2>&1
 echo "test_cuda_ops NMLX_CUDA_QROWS_R=8 rc=$?: $(grep -E "passed" /tmp/ops_r8.log | tail -1)"
 grep FAIL /tmp/ops_r8.log | head -5
-# the opt-in cuBLAS quantized mat-mat takes every T > 8 qmatmul of test_cuda_ops
-NMLX_CUDA_QMM=gemm ./$B/tests/test_cuda_ops >/tmp/ops_gemm.log 2>&1
-echo "test_cuda_ops NMLX_CUDA_QMM=gemm rc=$?: $(grep -E "passed" /tmp/ops_gemm.log | tail -1)"
-grep -E "FAIL|qmatmul " /tmp/ops_gemm.log | head -8
+# qmm_kernel (NMLX_CUDA_QMM=mma) instead of the default cuBLAS mat-mat for every T > 8 qmatmul
+NMLX_CUDA_QMM=mma ./$B/tests/test_cuda_ops >/tmp/ops_mma.log 2>&1
+echo "test_cuda_ops NMLX_CUDA_QMM=mma rc=$?: $(grep -E "passed" /tmp/ops_mma.log | tail -1)"
+grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
 ./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
 grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
 tail -20 "$OUT/ops.log" | grep -E "worst"
@@ -76,16 +76,16 @@ if [ "${OFF_TEST:-1}" = 1 ] && [ "${QUICK:-0}" != 1 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
   echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_off.log" | tail -3)"
 fi
-# the opt-in cuBLAS quantized mat-mats must pass every fixture too
-for q in gemm gemm1; do
+# qmm_kernel must pass every fixture too, and gemm1 (one GEMM, f16 W and x) the quantized ones
+for q in mma gemm1; do
   NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_fixtures >/tmp/fixtures_q$q.log 2>&1
   echo "[$(( $(date +%s) - T0 ))s] test_cuda_fixtures NMLX_CUDA_QMM=$q rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_q$q.log | tail -3)"
 done
 [ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
 echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
 grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
-# batches of 12 and 40 sessions through the opt-in cuBLAS quantized mat-mats
-for q in gemm gemm1; do
+# batches of 12 and 40 sessions through the other quantized mat-mats
+for q in mma gemm1; do
   NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_batch >/tmp/batch_q$q.log 2>&1
   echo "[$(( $(date +%s) - T0 ))s] test_cuda_batch NMLX_CUDA_QMM=$q rc=$?: $(grep -c '^FAIL' /tmp/batch_q$q.log) FAIL lines; $(grep -E "passed" /tmp/batch_q$q.log | tail -1)"
   grep -E "^FAIL" /tmp/batch_q$q.log | head -8
@@ -149,10 +149,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
-  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
-    case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do
+    case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1}; do
       echo "== $v" | tee -a "$OUT/batch_bench.txt"
       env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     done ;; esac

@@ -1,4 +1,4 @@
-/* The opt-in cuBLAS quantized mat-mat (NMLX_CUDA_QMM=gemm, cuda_qgemm.cu:
+/* The cuBLAS quantized mat-mat (the default for T > 8, cuda_qgemm.cu:
  * W dequantized per row chunk to f16 hi + lo, x scaled per token by a power
  * of two and split into f16 hi + lo) against the portable CPU reference:
  * MLX affine 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales and

@@ -25,17 +25,19 @@ void nmlx_backend_cuda_graph_stats(nmlx_backend *be, long *replays, long *launch
 nmlx_status nmlx_cuda_argmax_graph_test(nmlx_backend *be, const float *const *rows,
                                         const int64_t *n, int R, int runs, int32_t *ids);
 
-/* Quantized prefill (cuda_quant.cu): 1 = x split into bf16 hi + lo (exact
- * to ~1e-5, the default), 0 = x rounded to bf16 (half the tensor-core
- * work). The environment variable NMLX_CUDA_QMM=bf16 sets 0 at start.
- * Process-wide; for benchmarks. */
+/* qmm_kernel, the tensor-core quantized mat-mat (cuda_quant.cu; taken when
+ * the cuBLAS path below is off): 1 = x split into bf16 hi + lo (exact to
+ * ~1e-5), 0 = x rounded to bf16 (half the tensor-core work). The
+ * environment variable NMLX_CUDA_QMM=bf16 sets 0 at start (and turns the
+ * cuBLAS path off). Process-wide; for benchmarks. */
 void nmlx_cuda_set_qmm_split(int split);
 
-/* The quantized mat-mat through cuBLAS instead (cuda_qgemm.cu): W
- * dequantized a chunk of rows at a time to f16 hi + lo, x per token scaled
- * by a power of two and split into f16 hi + lo, f32 accumulation.
- * NMLX_CUDA_QMM=gemm sets 1 at start (gemm16: 3, W hi only; gemm1: 19, W
- * and x hi only, one GEMM). mode: 0 = off (qmm_kernel, the default), 1 = on;
+/* The quantized mat-mat through cuBLAS (cuda_qgemm.cu, the default for
+ * T > 8): W dequantized a chunk of rows at a time to f16 hi + lo, x per
+ * token scaled by a power of two and split into f16 hi + lo, f32
+ * accumulation. NMLX_CUDA_QMM unset or gemm sets 1 at start (gemm16: 3, W
+ * hi only; gemm1: 19, W and x hi only, one GEMM; mma or bf16: 0). Precision
+ * "f32" always takes the exact form. mode: 0 = off (qmm_kernel), 1 = on;
  * test bits: | 2 = W without its lo half, | 4 = x not rescaled per token,
  * | 8 = never skip the lo GEMM of a weight found exact in f16, | 16 = x
  * without its lo half. Process-wide; for benchmarks and tests. */

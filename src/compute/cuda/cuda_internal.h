@@ -152,8 +152,9 @@ void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor 
  * and the embedding gather of a quantized table (ids already on the device). */
 void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                        const float *x, float *y, int64_t T);
-/* The opt-in cuBLAS quantized mat-mat (cuda_qgemm.cu, NMLX_CUDA_QMM=gemm):
- * false when it is off or its scratch cannot be allocated (nothing done). */
+/* The cuBLAS quantized mat-mat (cuda_qgemm.cu; the default for T > 8):
+ * false when NMLX_CUDA_QMM turned it off or its scratch cannot be allocated
+ * (nothing done: the caller runs qmm_kernel). */
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,

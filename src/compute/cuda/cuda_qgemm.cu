@@ -1,5 +1,6 @@
-/* Quantized mat-mat through cuBLAS (opt-in: NMLX_CUDA_QMM=gemm, gemm16 or gemm1;
- * the default stays qmm_kernel in cuda_quant.cu): y[T, D] = x[T, N] @ W[D, N]^T
+/* Quantized mat-mat through cuBLAS (the default; NMLX_CUDA_QMM=mma or bf16
+ * selects qmm_kernel in cuda_quant.cu instead, gemm16 / gemm1 coarser
+ * variants of this path): y[T, D] = x[T, N] @ W[D, N]^T
  * (+ bias) for the T above the mat-vec range (prefill, batched decode of
  * more than 8 sessions).
  *
@@ -170,14 +171,16 @@ static int64_t qgemm_rows_v = -1;
 /* 0: off; else QG_ON plus the variant bits */
 enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8, QG_NO_XLO = 16 };
 
+/* NMLX_CUDA_QMM: unset or "gemm" = this path (the default), "gemm16" /
+ * "gemm1" = its faster, coarser variants, "mma" or "bf16" = qmm_kernel
+ * (cuda_quant.cu; bf16: with x rounded to bf16). */
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM");
-        qgemm_mode_v = !e                     ? 0
-                       : !strcmp(e, "gemm")   ? QG_ON
-                       : !strcmp(e, "gemm16") ? QG_ON | QG_NO_WLO
-                       : !strcmp(e, "gemm1")  ? QG_ON | QG_NO_WLO | QG_NO_XLO
-                                              : 0;
+        qgemm_mode_v = !e || !*e || !strcmp(e, "gemm") ? QG_ON
+                       : !strcmp(e, "gemm16")          ? QG_ON | QG_NO_WLO
+                       : !strcmp(e, "gemm1")           ? QG_ON | QG_NO_WLO | QG_NO_XLO
+                                                       : 0;
     }
     return qgemm_mode_v;
 }
@@ -281,8 +284,10 @@ extern "C" void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexac
 
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T) {
-    const int mode = qgemm_mode();
+    int mode = qgemm_mode();
     if (!mode) return false;
+    /* precision "f32": the exact form whatever variant was asked for */
+    if (((cuda_impl *)be->impl)->f32_x) mode &= ~(QG_NO_WLO | QG_NO_XLO);
     const bool mx = w->mode == NMLX_QUANT_MXFP4;
     bool wlo = !(mode & QG_NO_WLO), first = false;
     const bool xlo = !(mode & QG_NO_XLO);

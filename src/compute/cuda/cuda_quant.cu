@@ -17,7 +17,10 @@
  *    of x, codes read and decoded once for all rows; each row's sums as
  *    qgemv_kernel's, so equal to that token alone bit for bit
  *    (NMLX_CUDA_QGEMV_T=1 sends T > 1 to the mat-mat instead);
- *  - prefill (T > 8), qmm_kernel: y[T, D] = x[T, N] @ W[D, N]^T on the tensor
+ *  - prefill (T > 8): by default cuda_qgemm.cu (cuBLAS GEMMs on row chunks
+ *    of W dequantized to f16 hi + lo: 2.2-2.4x qmm_kernel's prefill on an
+ *    H100, exact to ~1e-6); qmm_kernel below where NMLX_CUDA_QMM=mma or
+ *    bf16 asks for it or that path's scratch cannot be had: y[T, D] = x[T, N] @ W[D, N]^T on the tensor
  *    cores (mma.sync m16n8k16 bf16, f32 accumulate). A block computes a
  *    64 (rows of W) x 128 (tokens) tile; per 32-input chunk it decodes the
  *    codes q into shared memory as bf16 (integers <= 255: exact), splits x
@@ -26,9 +29,6 @@
  *    the result matches the f32 reference to ~1e-5, not bf16 rounding.
  *    NMLX_CUDA_QMM=bf16 drops the lo half (x rounded to bf16: half the
  *    tensor-core work, as cuBLAS bf16 prefill rounds x).
- *    NMLX_CUDA_QMM=gemm (opt-in, cuda_qgemm.cu) runs this mat-mat (prefill,
- *    batched decode above 8 rows, gate_up_act / matmul_multi's fallbacks)
- *    as cuBLAS GEMMs on row chunks of W dequantized to f16 hi + lo instead.
  *  - embed: one block per token dequantizes its row. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
@@ -708,7 +708,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
             launch_gemv_rows<BITS, SC_BF16>(s, w, x, y, t, lb, lbdt);
         return;
     }
-    if (nmlx_cuda_qgemm(be, w, bias, x, y, T)) return; /* opt-in NMLX_CUDA_QMM=gemm */
+    if (nmlx_cuda_qgemm(be, w, bias, x, y, T)) return; /* the default: cuBLAS on dequantized chunks */
     const bool split = qmm_split();
     const size_t elems = (size_t)(T * N);
     if (!qx_reserve(be, elems * 4 + elems / 8)) return;
