@@ -83,7 +83,7 @@ if [ "${SERIAL:-0}" = 1 ] && [ -n "${BPID:-}" ]; then wait $BPID; echo "llama.cp
 free -g | head -2
 for v in ${NMLX_VARIANTS:--}; do
   [ "$v" = - ] && v=
-  env $v node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
+  env NMLX_CRASH_TRACE=1 $v node node/bin/nmlx.js serve -m $M --device cuda --max-batch $maxN --ctx 1024 --port 18080 \
     > "$OUT/nmlx_serve${v:+_${v#*=}}.log" 2>&1 &
   NPID=$!
   if wait_health http://127.0.0.1:18080; then
@@ -97,6 +97,10 @@ for v in ${NMLX_VARIANTS:--}; do
   if ! kill -0 $NPID 2>/dev/null; then
     wait $NPID; echo "nmlx serve ${v:-(defaults)} had exited: status $?"
     dmesg 2>/dev/null | tail -5; free -g | head -2
+    L_=$OUT/nmlx_serve${v:+_${v#*=}}.log; grep -A12 "fatal signal" "$L_"
+    # NMLX_CRASH_TRACE's frames inside the addon, named
+    grep -o 'nmlx.node(+0x[0-9a-f]*)' "$L_" | grep -o '0x[0-9a-f]*' | head -12 |
+      xargs -r addr2line -f -C -i -e node/build/nmlx.node 2>/dev/null
   fi
   kill -TERM $NPID 2>/dev/null; wait $NPID 2>/dev/null
 done

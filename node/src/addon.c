@@ -343,6 +343,7 @@ static napi_value version(napi_env env, napi_callback_info info) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+    nmlx_addon_crash_trace_install();
     const napi_property_descriptor fns[] = {
         {"loadModel", NULL, load_model, NULL, NULL, NULL, napi_default, NULL},
         {"freeModel", NULL, free_model, NULL, NULL, NULL, napi_default, NULL},

@@ -58,6 +58,9 @@ napi_value addon_sched_submit(napi_env env, napi_callback_info info);
 napi_value addon_sched_close(napi_env env, napi_callback_info info);
 napi_value addon_sched_stats(napi_env env, napi_callback_info info);
 
+/* crash_trace.c: with NMLX_CRASH_TRACE=1, fatal signals print a backtrace */
+void nmlx_addon_crash_trace_install(void);
+
 #define NAPI_TRY(env, call)                                                                        \
     do {                                                                                           \
         if ((call) != napi_ok) {                                                                   \
