@@ -8,7 +8,9 @@
  * the fused ops and with NMLX_FUSED=0 (the unfused sequence): every logit
  * of a prefill (all rows) and of the decode steps after it must be equal.
  * (gate_up_act on the CPU is matmul_multi + act_mul: checked all the same.)
- * Last, the model side of recorded decode steps (step_graph) with a fake. */
+ * Last, the model side of recorded decode steps (step_graph) and of
+ * add_rmsnorm_matmul (the residual add + norm left to the projections that
+ * read it, decoder_layer.h NMLX_CHAIN_PENDING) with fakes. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -353,6 +355,64 @@ static void check_steps(const char *dir, int kv_bits, bool replayable) {
     nmlx_model_free(m);
 }
 
+/* ---- the model side of add_rmsnorm_matmul (backend.h) on the CPU ----
+ * The CPU has no such op; a fake that either runs the ops it stands for
+ * (add_rmsnorm, then matmul_multi or gate_up_act) or declines them (the
+ * model then runs them itself) must leave every decode step's logits and
+ * ids equal to the plain backend's, bit for bit, with the fake called for
+ * the q/k/v of every layer but the first and for the gate/up of dense MLP
+ * layers, on one-token steps only. */
+
+static long nm_calls[2]; /* act < 0 (q/k/v), act >= 0 (gate/up) */
+static bool nm_bad, nm_runs;
+
+static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
+                             float off, float eps, float *y, int64_t D, int act, int n,
+                             const nmlx_weight *const *ws, const nmlx_tensor *const *bs,
+                             float *const *ys) {
+    nm_calls[act >= 0]++;
+    nm_bad = nm_bad || (act >= 0 ? n != 2 : n != 3) || ws[0]->cols != D;
+    if (!nm_runs) return false;
+    be->ops->add_rmsnorm(be, x, d, nw, off, eps, y, 1, D);
+    if (act >= 0)
+        be->ops->gate_up_act(be, (nmlx_act)act, ws[0], ws[1], bs[0], bs[1], y, ys[0], ys[1], 1);
+    else
+        be->ops->matmul_multi(be, n, ws, bs, y, ys, 1);
+    return true;
+}
+
+static void check_norm_matmul(const char *dir, bool gate_up) {
+    enum { STEPS = 8 };
+    nmlx_model_params mp = nmlx_model_default_params();
+    mp.n_threads = 2;
+    nmlx_model *m = NULL;
+    EXPECT(nmlx_model_load(dir, &mp, &m) == NMLX_OK, "%s: load: %s", dir, nmlx_last_error());
+    if (!m) return;
+    int64_t V = nmlx_model_vocab_size(m);
+    float *plain = malloc((size_t)V * sizeof(float)), *faked = malloc((size_t)V * sizeof(float));
+    int32_t fed[STEPS], fed2[STEPS];
+    decode(m, 0, STEPS, fed, plain);
+    static nmlx_backend_ops ops;
+    const nmlx_backend_ops *orig = m->be->ops;
+    ops = *orig;
+    ops.add_rmsnorm_matmul = fake_norm_matmul;
+    m->be->ops = &ops;
+    for (int runs = 0; runs < 2; runs++) {
+        nm_runs = runs, nm_bad = false, nm_calls[0] = nm_calls[1] = 0;
+        decode(m, 0, STEPS, fed2, faked);
+        EXPECT(!memcmp(plain, faked, (size_t)V * sizeof(float)) && !memcmp(fed, fed2, sizeof fed),
+               "%s: logits differ with add_rmsnorm_matmul (%s)", dir, runs ? "run" : "declined");
+        EXPECT(!nm_bad && nm_calls[0] > 0 && (nm_calls[1] > 0) == gate_up,
+               "%s: add_rmsnorm_matmul calls: q/k/v %ld, gate/up %ld%s", dir, nm_calls[0],
+               nm_calls[1], nm_bad ? " (malformed)" : "");
+        printf("%s add_rmsnorm_matmul %s: q/k/v %ld, gate/up %ld calls, logits equal\n", dir,
+               runs ? "run" : "declined", nm_calls[0], nm_calls[1]);
+    }
+    m->be->ops = orig;
+    free(plain), free(faked);
+    nmlx_model_free(m);
+}
+
 int main(void) {
     test_seed(20261205);
     const char *isas[] = {"portable", NULL}; /* NULL: the best set this CPU runs */
@@ -366,5 +426,10 @@ int main(void) {
     check_steps("tests/fixtures/qwen3", 0, true);
     check_steps("tests/fixtures/llama3_tied", 4, false);    /* quantized KV */
     check_steps("tests/fixtures/mistral_window", 0, false); /* rotating cache */
+    check_norm_matmul("tests/fixtures/llama3_tied", true);
+    check_norm_matmul("tests/fixtures/qwen3", true);       /* q/k norms */
+    check_norm_matmul("tests/fixtures/gemma3_text", true); /* sandwich, (1 + w) */
+    check_norm_matmul("tests/fixtures/quant_llama_q4g64_f16", true);
+    check_norm_matmul("tests/fixtures/qwen3_moe", false); /* MoE: q/k/v only */
     return test_summary();
 }

@@ -220,6 +220,22 @@ typedef struct nmlx_backend_ops {
     void (*gate_up_act)(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
                         float *up, int64_t T);
+    /* Optional (NULL: add_rmsnorm, then matmul_multi or gate_up_act; the
+     * CPU). One decode token: add_rmsnorm(x, d, nw, w_offset, eps, y, 1, D)
+     * followed, on y, by
+     *   act < 0:  matmul_multi(n, ws, biases, y, ys, 1), n <= 3;
+     *   act >= 0: gate_up_act((nmlx_act)act, ws[0], ws[1], biases[0],
+     *             biases[1], y, ys[0], ys[1], 1), n == 2 (ys[1] scratch);
+     * ws all of D columns, biases NULL or per weight. Returns false, having
+     * done nothing, where it does not fuse these weights: the caller runs
+     * the ops. x, d, y and the ys must not overlap. x and y as add_rmsnorm
+     * gives them, the ys as those ops on y give them (CUDA: the int16
+     * mat-vec of affine 4/8-bit weights staging normed x itself, its sum
+     * of squares in the order of the add_rmsnorm kernel). */
+    bool (*add_rmsnorm_matmul)(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
+                               float w_offset, float eps, float *y, int64_t D, int act, int n,
+                               const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                               float *const *ys);
 
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,

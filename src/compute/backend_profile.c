@@ -193,6 +193,19 @@ static void p_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
     weight_key(g, wk, sizeof wk);
     PROF_END(be, "gate_up_act %s %s", wk, t_bucket(T, tb, sizeof tb));
 }
+static bool p_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
+                                 float w_offset, float eps, float *y, int64_t D, int act, int n,
+                                 const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                                 float *const *ys) {
+    PROF_BEGIN(be);
+    bool done =
+        P->inner->add_rmsnorm_matmul(be, x, d, nw, w_offset, eps, y, D, act, n, ws, biases, ys);
+    char wk[64];
+    weight_key(ws[0], wk, sizeof wk);
+    PROF_END(be, "add_rmsnorm_%s x%d %s%s", act < 0 ? "matmul" : "gate_up_act", n, wk,
+             done ? "" : " (declined)");
+    return done;
+}
 static void p_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n) {
     PROF_BEGIN(be);
@@ -297,6 +310,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(add_rmsnorm);
     WRAP(rope_kv);
     WRAP(gate_up_act);
+    WRAP(add_rmsnorm_matmul);
     WRAP(act_mul);
     WRAP(swiglu_clipped);
     WRAP(act);

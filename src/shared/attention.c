@@ -149,13 +149,14 @@ static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *
 }
 
 /* q, k, v = projections of x[T, hidden] (q/k RMSNormed per head if asked,
- * unless rope_kv will). */
+ * unless rope_kv will), after the pending residual norm that writes x. */
 static void project(nmlx_backend *be, const nmlx_attention *a, const nmlx_attention_buffers *buf,
-                    const float *x, int64_t T, bool norm) {
+                    const nmlx_pending_norm *pending, const float *x, int64_t T, bool norm) {
     const nmlx_attention_shape *s = &a->s;
     const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
     float *ys[3] = {buf->q, buf->k, buf->v};
-    nmlx_linear_forward_multi(be, 3, ls, x, ys, T);
+    if (!nmlx_pending_norm_run(be, pending, -1, 3, ls, ys, T))
+        nmlx_linear_forward_multi(be, 3, ls, x, ys, T);
     if (s->qk_norm && norm) {
         nmlx_rmsnorm_forward(be, &a->q_norm, buf->q, buf->q, T * s->heads, s->head_dim);
         nmlx_rmsnorm_forward(be, &a->k_norm, buf->k, buf->k, T * s->kv_heads, s->head_dim);
@@ -169,13 +170,20 @@ static bool takes_rope_kv(const nmlx_backend *be, const nmlx_layer_cache *cache)
     return be->ops->rope_kv && nmlx_layer_cache_rows(cache, &k, &v, &cap, &row0);
 }
 
+void nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
+                                    nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
+                                    const nmlx_pending_norm *pending, const float *x, float *out,
+                                    int64_t T) {
+    bool fused = takes_rope_kv(be, cache);
+    project(be, a, buf, pending, x, T, !fused);
+    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused);
+    nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
+}
+
 void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T) {
-    bool fused = takes_rope_kv(be, cache);
-    project(be, a, buf, x, T, !fused);
-    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused);
-    nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
+    nmlx_attention_forward_pending(be, a, cache, buf, NULL, x, out, T);
 }
 
 /* Batched decode on a backend with rope_rows / attention_rows (CUDA): the
@@ -259,7 +267,7 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
                                  int64_t B) {
     const nmlx_attention_shape *s = &a->s;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
-    project(be, a, buf, x, B, true);
+    project(be, a, buf, NULL, x, B, true);
     if (be->ops->rope_rows && be->ops->attention_rows) {
         for (int64_t b = 0; b < B; b += ROWS_GROUP)
             attend_group(be, a, caches + b, scratch + b, buf->q + b * qdim, buf->k + b * kvdim,

@@ -59,6 +59,13 @@ nmlx_status nmlx_attention_load(nmlx_attention *a, const nmlx_weights *ws, const
 void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T);
+/* The same with pending != NULL: x is pending->xn, written first by the
+ * pending residual add and norm (layers.h nmlx_pending_norm_run: fused
+ * with the q/k/v projections where the backend can). */
+void nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
+                                    nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
+                                    const nmlx_pending_norm *pending, const float *x, float *out,
+                                    int64_t T);
 
 /* Batched decode: row b of x[B, hidden] is the next token of sequence b,
  * whose layer cache is caches[b] (room reserved) and attention scratch

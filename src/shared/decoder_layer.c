@@ -68,59 +68,56 @@ void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {
     l->moe = NULL;
 }
 
-/* x += d, then xn = norm(x) if norm != NULL: one add_rmsnorm where the
- * backend has it. */
-static void residual(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
-                     float *xn, int64_t T, int64_t D) {
-    if (norm && be->ops->add_rmsnorm) {
-        be->ops->add_rmsnorm(be, x, d, norm->w, norm->offset, norm->eps, xn, T, D);
-        return;
-    }
-    be->ops->add(be, x, d, x, T * D);
-    if (norm) nmlx_rmsnorm_forward(be, norm, x, xn, T, D);
-}
-
 /* One sequence (cache, T tokens) or, when caches != NULL, B = T rows of
- * one token per sequence (batched decode); in_normed and next as in
- * nmlx_decoder_layer_forward_chain. */
+ * one token per sequence (batched decode, never `in` = NMLX_CHAIN_PENDING);
+ * in, next and defer as in nmlx_decoder_layer_forward_chain. Each residual
+ * add and the norm after it run as the first step of the projections that
+ * read the norm (nmlx_pending_norm_run: one op with them where the backend
+ * fuses them, else the add_rmsnorm or add + rmsnorm of before). */
 static void layer(nmlx_backend *be, const nmlx_decoder_layer *l, nmlx_layer_cache *cache,
                   nmlx_layer_cache *const *caches, float *const *scratch,
-                  const nmlx_decoder_buffers *buf, float *x, int64_t T, bool in_normed,
-                  const nmlx_rmsnorm *next) {
+                  const nmlx_decoder_buffers *buf, float *x, int64_t T, nmlx_chain_in in,
+                  const nmlx_rmsnorm *next, bool defer) {
     int64_t D = l->attn.s.hidden;
-    if (!in_normed) nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
+    if (in == NMLX_CHAIN_X) nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
+    const nmlx_pending_norm in_pending = {x, buf->tmp, &l->input_norm, buf->xn, D};
     if (caches)
         nmlx_attention_forward_rows(be, &l->attn, caches, scratch, &buf->attn, buf->xn, buf->tmp,
                                     T);
     else
-        nmlx_attention_forward(be, &l->attn, cache, &buf->attn, buf->xn, buf->tmp, T);
+        nmlx_attention_forward_pending(be, &l->attn, cache, &buf->attn,
+                                       in == NMLX_CHAIN_PENDING ? &in_pending : NULL, buf->xn,
+                                       buf->tmp, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_attn_norm, buf->tmp, buf->tmp, T, D);
     const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
-    residual(be, x, buf->tmp, ffn_in, buf->xn, T, D);
-    if (l->moe)
+    if (l->moe) {
+        nmlx_residual_norm(be, x, buf->tmp, ffn_in, buf->xn, T, D);
         nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
-    else
-        nmlx_mlp_forward(be, &l->mlp, buf->xn, buf->gate, buf->up, buf->tmp, T);
+    } else {
+        const nmlx_pending_norm ffn = {x, buf->tmp, ffn_in, buf->xn, D};
+        nmlx_mlp_forward_pending(be, &l->mlp, &ffn, buf->xn, buf->gate, buf->up, buf->tmp, T);
+    }
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
-    residual(be, x, buf->tmp, next, buf->xn, T, D);
+    if (!defer) nmlx_residual_norm(be, x, buf->tmp, next, buf->xn, T, D);
 }
 
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf, float *x,
                                 int64_t T) {
-    layer(be, l, cache, NULL, NULL, buf, x, T, false, NULL);
+    layer(be, l, cache, NULL, NULL, buf, x, T, NMLX_CHAIN_X, NULL, false);
 }
 
 void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
                                       nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
-                                      float *x, int64_t T, bool in_normed,
-                                      const nmlx_rmsnorm *next) {
-    layer(be, l, cache, NULL, NULL, buf, x, T, in_normed, next);
+                                      float *x, int64_t T, nmlx_chain_in in,
+                                      const nmlx_rmsnorm *next, bool defer) {
+    layer(be, l, cache, NULL, NULL, buf, x, T, in, next, defer && next);
 }
 
 void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,
                                      nmlx_layer_cache *const *caches, float *const *scratch,
                                      const nmlx_decoder_buffers *buf, float *x, int64_t B,
                                      bool in_normed, const nmlx_rmsnorm *next) {
-    layer(be, l, NULL, caches, scratch, buf, x, B, in_normed, next);
+    layer(be, l, NULL, caches, scratch, buf, x, B, in_normed ? NMLX_CHAIN_NORMED : NMLX_CHAIN_X,
+          next, false);
 }

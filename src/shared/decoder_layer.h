@@ -52,17 +52,29 @@ void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
                                 nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
                                 float *x, int64_t T);
 
+/* What a link of a chain of layers finds when it starts. */
+typedef enum nmlx_chain_in {
+    NMLX_CHAIN_X = 0,   /* x alone: the link norms it */
+    NMLX_CHAIN_NORMED,  /* buf->xn holds input_norm(x) (the previous link's `next`) */
+    NMLX_CHAIN_PENDING, /* the previous link deferred its closing residual add
+                         * (x += buf->tmp) and next = this link's input_norm:
+                         * run first, fused with the q/k/v projections where
+                         * the backend can (add_rmsnorm_matmul) */
+} nmlx_chain_in;
+
 /* The same, as one link of a chain of layers, so each residual add and the
- * norm after it are one add_rmsnorm where the backend has it (backend.h):
- * in_normed: buf->xn already holds input_norm(x) (the previous link's
- * `next`); next != NULL: the closing residual add also leaves next(x) in
- * buf->xn (the next layer's input_norm, or the model's final norm). The
- * results equal unchained calls followed by rmsnorm(next) (bit for bit on
- * the CPU). */
+ * norm after it are one add_rmsnorm where the backend has it (backend.h),
+ * or, for one token, one op with the projections that read the norm
+ * (add_rmsnorm_matmul): `in` as above; next != NULL: the closing residual
+ * add also leaves next(x) in buf->xn (the next layer's input_norm, or the
+ * model's final norm); defer (with next): that add and norm are left to
+ * the next link, called with NMLX_CHAIN_PENDING on the same x and buf.
+ * The results equal unchained calls followed by rmsnorm(next) (bit for bit
+ * on the CPU, which runs the same ops in the same order). */
 void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
                                       nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
-                                      float *x, int64_t T, bool in_normed,
-                                      const nmlx_rmsnorm *next);
+                                      float *x, int64_t T, nmlx_chain_in in,
+                                      const nmlx_rmsnorm *next, bool defer);
 
 /* Batched decode: row b of x[B, hidden] is the next token of sequence b,
  * with that sequence's layer cache caches[b] and attention scratch

@@ -119,6 +119,33 @@ void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *
     be->ops->rmsnorm(be, x, n->w, n->offset, n->eps, y, R, dim);
 }
 
+void nmlx_residual_norm(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
+                        float *xn, int64_t T, int64_t D) {
+    if (norm && be->ops->add_rmsnorm) {
+        be->ops->add_rmsnorm(be, x, d, norm->w, norm->offset, norm->eps, xn, T, D);
+        return;
+    }
+    be->ops->add(be, x, d, x, T * D);
+    if (norm) nmlx_rmsnorm_forward(be, norm, x, xn, T, D);
+}
+
+bool nmlx_pending_norm_run(nmlx_backend *be, const nmlx_pending_norm *p, int act, int n,
+                           const nmlx_linear *const *ls, float *const *ys, int64_t T) {
+    if (!p) return false;
+    if (T == 1 && be->ops->add_rmsnorm_matmul && n >= 1 && n <= NMLX_MATMUL_MULTI_MAX) {
+        const nmlx_weight *ws[NMLX_MATMUL_MULTI_MAX];
+        const nmlx_tensor *bs[NMLX_MATMUL_MULTI_MAX];
+        for (int i = 0; i < n; i++)
+            ws[i] = &ls[i]->w, bs[i] = ls[i]->bias;
+        const nmlx_rmsnorm *nm = p->norm;
+        if (be->ops->add_rmsnorm_matmul(be, p->x, p->d, nm->w, nm->offset, nm->eps, p->xn, p->D,
+                                        act, n, ws, bs, ys))
+            return true;
+    }
+    nmlx_residual_norm(be, p->x, p->d, p->norm, p->xn, T, p->D);
+    return false;
+}
+
 static nmlx_status prepare_one(nmlx_backend *be, nmlx_tensor *t) {
     const nmlx_tensor *p = NULL;
     if (!t->data) return NMLX_OK; /* absent part (scales/biases of dense weights) */

@@ -47,6 +47,29 @@ nmlx_status nmlx_rmsnorm_load(nmlx_rmsnorm *n, const nmlx_weights *ws, const cha
 void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *x, float *y,
                           int64_t R, int64_t dim);
 
+/* x[T, D] += d, then xn = norm(x) if norm != NULL: one add_rmsnorm where
+ * the backend has it (else add, then rmsnorm). */
+void nmlx_residual_norm(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
+                        float *xn, int64_t T, int64_t D);
+
+/* A residual add and the norm after it, left to the projections that read
+ * its output: x[T, D] += d, then xn = norm(x) (nmlx_residual_norm). */
+typedef struct nmlx_pending_norm {
+    float *x;
+    const float *d;
+    const nmlx_rmsnorm *norm;
+    float *xn;
+    int64_t D;
+} nmlx_pending_norm;
+
+/* Runs p (nothing if p is NULL) before the n linears ls that read p->xn:
+ * true when the backend also ran them, fused with it (add_rmsnorm_matmul,
+ * T == 1): ys[i] = ls[i](xn), or for act >= 0 (n == 2, gate and up)
+ * ys[0] = act(gate(xn)) * up(xn), ys[1] scratch; false: the caller runs
+ * them on p->xn. */
+bool nmlx_pending_norm_run(nmlx_backend *be, const nmlx_pending_norm *p, int act, int n,
+                           const nmlx_linear *const *ls, float *const *ys, int64_t T);
+
 /* Hands a loaded layer's tensors to the backend once (backend.h
  * prepare_tensor): on the CPU nothing changes; on a GPU the layer then points
  * at device copies. Views of one fused tensor share its copy. */

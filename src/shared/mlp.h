@@ -19,5 +19,10 @@ nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefi
 /* out[T, hidden] = mlp(x[T, hidden]); gate/up are [T, intermediate] buffers. */
 void nmlx_mlp_forward(nmlx_backend *be, const nmlx_mlp *m, const float *x, float *gate,
                       float *up, float *out, int64_t T);
+/* The same with pending != NULL: x is pending->xn, written first by the
+ * pending residual add and norm (layers.h nmlx_pending_norm_run: fused
+ * with gate/up where the backend can). */
+void nmlx_mlp_forward_pending(nmlx_backend *be, const nmlx_mlp *m, const nmlx_pending_norm *pending,
+                              const float *x, float *gate, float *up, float *out, int64_t T);
 
 #endif

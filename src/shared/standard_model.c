@@ -542,13 +542,20 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
          * add norms for the next layer, the last one for the LM head when
          * every row of xn is read (all rows, or the one row of a decode) */
         bool final_in_chain = m->n_layers > 0 && (all_logits || (last_chunk && C == 1));
+        /* one token: each layer's closing add and the next input norm are
+         * left to the next layer's q/k/v projections (decoder_layer.h) */
+        bool defer = C == 1 && be->ops->add_rmsnorm_matmul;
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
-            const nmlx_rmsnorm *next = i + 1 < m->n_layers ? &m->layers[i + 1].input_norm
-                                       : final_in_chain    ? &m->norm
-                                                           : NULL;
+            bool inner = i + 1 < m->n_layers;
+            const nmlx_rmsnorm *next = inner            ? &m->layers[i + 1].input_norm
+                                       : final_in_chain ? &m->norm
+                                                        : NULL;
+            nmlx_chain_in in = i == 0  ? NMLX_CHAIN_X
+                               : defer ? NMLX_CHAIN_PENDING
+                                       : NMLX_CHAIN_NORMED;
             nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
-                                             i > 0, next);
+                                             in, next, defer && inner);
         }
         if (graph) { /* T == 1 and layers: the chain normed the row; the
                       * recorded step ends before the download */
