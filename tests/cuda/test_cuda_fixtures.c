@@ -13,10 +13,16 @@
  * "quantization") run twice: at the default precision (decode mat-vecs on
  * int16 x) within the CPU's contract for quantized checkpoints, 2e-2 x
  * max|ref| and argmax equal at every row, and at precision "f32" within
- * 1e-4. Exits 77 (ctest: skipped) when no GPU is usable. */
+ * 1e-4. Each run prints how many add_rmsnorm_matmul calls (backend.h: the
+ * residual add + norm inside the int16 decode mat-vec) ran fused and how
+ * many were declined: the 4/8-bit affine fixtures of the standard decoder
+ * must fuse at the default precision and never at precision "f32". Exits
+ * 77 (ctest: skipped) when no GPU is usable. */
 #define _POSIX_C_SOURCE 200809L
 
+#include "compute/cuda/cuda_backend.h"
 #include "harness.h"
+#include "model.h"
 #include "model_util.h"
 #include "nmlx.h"
 
@@ -60,6 +66,7 @@ static bool must_run(const char *name) {
 }
 
 static int n_run, n_refused;
+static long norm_fused, norm_declined;
 
 static void check(const char *dir, const char *name, const char *precision) {
     char path[4096], p[4200];
@@ -156,12 +163,23 @@ static void check(const char *dir, const char *name, const char *precision) {
                    "%s: argmax differs (prefill row %ld, decode step %ld)", path,
                    pre.first_bad_argmax, dec.first_bad_argmax);
     }
-    printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s\n", path,
+    long nf = 0, nd = 0; /* add_rmsnorm_matmul: fused, declined */
+    nmlx_cuda_norm_matmul_stats(m->be, &nf, &nd);
+    norm_fused += nf, norm_declined += nd;
+    /* the standard decoder's 4/8-bit affine fixtures (quant_*_q4* / _q8*) */
+    const bool int16 = !strncmp(name, "quant_", 6) && (strstr(name, "_q4") || strstr(name, "_q8"));
+    if (int16 && !precision)
+        EXPECT(nf > 0, "%s: add_rmsnorm_matmul never fused (%ld declined)", path, nd);
+    if (precision) EXPECT(nf == 0, "%s: add_rmsnorm_matmul fused at precision f32", path);
+    printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s  norm+matmul %ld fused, "
+           "%ld declined\n",
+           path,
            bf16        ? "bf16"
            : precision ? "f32 (precision f32)"
                        : "f32",
            rp, pre.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", rd,
-           dec.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", greedy_ok ? "ok" : "MISMATCH");
+           dec.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", greedy_ok ? "ok" : "MISMATCH", nf,
+           nd);
 done:
     nmlx_session_free(s);
     nmlx_model_free(m);
@@ -206,7 +224,10 @@ int main(void) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/holdout", test_src_dir());
         run_dir(dir, precision);
     }
-    printf("%d fixtures ran on cuda, %d refused as unsupported\n", n_run, n_refused);
+    printf("%d fixtures ran on cuda, %d refused as unsupported; add_rmsnorm_matmul %ld fused, "
+           "%ld declined\n",
+           n_run, n_refused, norm_fused, norm_declined);
+    EXPECT(norm_fused > 0, "add_rmsnorm_matmul never fused on any fixture");
     EXPECT(n_run >= 19, "only %d fixtures ran on cuda", n_run);
     snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
     for (size_t i = 0; KV_FIXTURES[i]; i++)

@@ -9,7 +9,9 @@
  * same limit (it is expected to be 0 or a few ulps: FMA contraction may
  * differ between the kernels). Every element is checked (outputs start as
  * NaN; cache rows start random and must change exactly where the append
- * writes). Exits 77 (ctest: skipped) when no GPU is usable. */
+ * writes). add_rmsnorm_matmul (the norm inside the int16 mat-vec) as
+ * test_norm_matmul describes. Exits 77 (ctest: skipped) when no GPU is
+ * usable. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -24,7 +26,8 @@
 #include <string.h>
 
 static nmlx_backend *cpu, *gpu;
-static double worst_cpu[3], worst_gpu[3]; /* add_rmsnorm, rope_kv, gate_up_act */
+/* add_rmsnorm, rope_kv, gate_up_act, add_rmsnorm_matmul (y), its ys */
+static double worst_cpu[5], worst_gpu[5];
 
 static float *dev_of(const float *h, size_t n) {
     float *d = gpu->ops->alloc(gpu, n * sizeof(float));
@@ -236,6 +239,222 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     free(x), free(rg), free(ru), free(hg), free(hu);
 }
 
+/* ---- add_rmsnorm_matmul: the norm staged by the int16 mat-vec ----
+ * n weights of D columns (act < 0: q/k/v-like, one rows[i] each; act >= 0:
+ * gate/up pairs of rows[0] rows) in one of the formats below. The op runs
+ * where the int16 mat-vec takes the weights (fused = true expected) and
+ * must decline, having written nothing (x, y and the ys unchanged), where
+ * it does not. Run: x must equal x + d exactly (one block writes it);
+ * y within 1e-6 of max|y| of the CPU's add_rmsnorm and of the CUDA
+ * add_rmsnorm (expected equal: same sum order); the ys within the int16
+ * mat-vec's bound of the CPU's matmul_multi / gate_up_act on the CPU's y
+ * (2e-4 as test_cuda_ops, gate_up_act 2e-3 as above) and within 1e-6 of
+ * the CUDA unfused sequence (add_rmsnorm, then matmul_multi or gate_up_act
+ * on its y; expected equal: the same staged values). */
+
+enum { NM_Q4 = 0, NM_Q8, NM_Q3, NM_MXFP4, NM_BF16, NM_MIXED };
+
+typedef struct nm_case {
+    int64_t D;
+    int act; /* < 0: matmul_multi; else the nmlx_act of a gate/up pair */
+    int n;
+    int64_t rows[3];
+    int fmt, gs;
+    nmlx_dtype sdt; /* quantized scales */
+    bool bias, norm_w;
+    nmlx_dtype wdt; /* norm weight */
+    float off;
+    bool f32x;  /* precision "f32" (the op declines) */
+    bool fused; /* expected */
+} nm_case;
+
+static long nm_ran, nm_declined;
+
+/* a dense bf16 weight [R, N] (host) */
+static nmlx_weight dense_bf16(int64_t R, int64_t N) {
+    uint16_t *p = malloc((size_t)(R * N) * 2);
+    for (int64_t i = 0; i < R * N; i++)
+        p[i] = nmlx_f32_to_bf16(test_randf(-1, 1));
+    nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {R, N}, .name = "dw"},
+                     .mode = NMLX_QUANT_NONE,
+                     .rows = R,
+                     .cols = N};
+    w.w.data = test_keep(p);
+    return w;
+}
+
+static nmlx_weight nm_weight(const nm_case *c, int i, int64_t R) {
+    int fmt = c->fmt == NM_MIXED ? (i == 1 ? NM_Q8 : NM_Q4) : c->fmt;
+    switch (fmt) {
+    case NM_Q4: return test_qweight(NMLX_QUANT_AFFINE, 4, c->gs, c->sdt, R, c->D, test_keep);
+    case NM_Q8: return test_qweight(NMLX_QUANT_AFFINE, 8, c->gs, c->sdt, R, c->D, test_keep);
+    case NM_Q3: return test_qweight(NMLX_QUANT_AFFINE, 3, c->gs, c->sdt, R, c->D, test_keep);
+    case NM_MXFP4: return test_qweight(NMLX_QUANT_MXFP4, 4, 32, c->sdt, R, c->D, test_keep);
+    default: return dense_bf16(R, c->D);
+    }
+}
+
+static nmlx_weight nm_device(const nmlx_weight *w) {
+    if (w->mode != NMLX_QUANT_NONE) return test_qweight_device(gpu, w);
+    nmlx_weight g = *w;
+    const nmlx_tensor *p = NULL;
+    EXPECT(gpu->ops->prepare_tensor(gpu, &w->w, &p) == NMLX_OK, "prepare: %s", nmlx_last_error());
+    if (p) g.w = *p;
+    return g;
+}
+
+static bool all_nan(const float *h, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (h[i] == h[i]) return false;
+    return true;
+}
+
+static void test_norm_matmul(const nm_case *c) {
+    const int64_t D = c->D;
+    const int n = c->act >= 0 ? 2 : c->n;
+    nmlx_weight hw[3], gw[3];
+    nmlx_tensor hb[3];
+    const nmlx_tensor *hbs[3] = {NULL, NULL, NULL}, *gbs[3] = {NULL, NULL, NULL};
+    int64_t ny[3];
+    for (int i = 0; i < n; i++) {
+        ny[i] = c->act >= 0 ? c->rows[0] : c->rows[i];
+        hw[i] = nm_weight(c, i, ny[i]);
+        gw[i] = nm_device(&hw[i]);
+        if (c->bias) {
+            hb[i] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1, .shape = {ny[i]}, .name = "b"};
+            hb[i].data = test_keep(test_rand_floats((size_t)ny[i], -1, 1));
+            hbs[i] = &hb[i];
+            EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &gbs[i]) == NMLX_OK, "bias");
+        }
+    }
+    nmlx_tensor hn;
+    const nmlx_tensor *gn = norm_weight(c->wdt, D, &hn);
+    const float eps = test_randf(1e-6f, 1e-4f);
+    float *x = test_rand_floats((size_t)D, -3, 3), *d = test_rand_floats((size_t)D, -3, 3);
+    /* the CPU: add_rmsnorm, then the mat-vecs on its y */
+    float *rx = malloc((size_t)D * sizeof(float)), *ry = malloc((size_t)D * sizeof(float));
+    float *rys[3];
+    memcpy(rx, x, (size_t)D * sizeof(float));
+    cpu->ops->add_rmsnorm(cpu, rx, d, c->norm_w ? &hn : NULL, c->off, eps, ry, 1, D);
+    for (int i = 0; i < n; i++)
+        rys[i] = malloc((size_t)ny[i] * sizeof(float));
+    const nmlx_weight *hws[3] = {&hw[0], &hw[1], &hw[2]}, *gws[3] = {&gw[0], &gw[1], &gw[2]};
+    if (c->act >= 0)
+        cpu->ops->gate_up_act(cpu, (nmlx_act)c->act, hws[0], hws[1], hbs[0], hbs[1], ry, rys[0],
+                              rys[1], 1);
+    else
+        cpu->ops->matmul_multi(cpu, n, hws, hbs, ry, rys, 1);
+    /* the GPU: fused, and the unfused sequence on a second set of buffers */
+    nmlx_cuda_set_f32_activations(gpu, c->f32x);
+    float *dx = dev_of(x, (size_t)D), *dd = dev_of(d, (size_t)D), *dy = dev_nan((size_t)D);
+    float *ux = dev_of(x, (size_t)D), *uy = dev_nan((size_t)D), *dys[3], *uys[3];
+    for (int i = 0; i < n; i++)
+        dys[i] = dev_nan((size_t)ny[i]), uys[i] = dev_nan((size_t)ny[i]);
+    const nmlx_tensor *gnw = c->norm_w ? gn : NULL;
+    bool fused = gpu->ops->add_rmsnorm_matmul(gpu, dx, dd, gnw, c->off, eps, dy, D, c->act, n, gws,
+                                              gbs, dys);
+    gpu->ops->add_rmsnorm(gpu, ux, dd, gnw, c->off, eps, uy, 1, D);
+    if (c->act >= 0)
+        gpu->ops->gate_up_act(gpu, (nmlx_act)c->act, gws[0], gws[1], gbs[0], gbs[1], uy, uys[0],
+                              uys[1], 1);
+    else
+        gpu->ops->matmul_multi(gpu, n, gws, gbs, uy, uys, 1);
+    check_ok("add_rmsnorm_matmul");
+    nmlx_cuda_set_f32_activations(gpu, 0);
+    EXPECT(fused == c->fused, "add_rmsnorm_matmul D=%lld fmt=%d act=%d n=%d: %s, expected %s",
+           (long long)D, c->fmt, c->act, n, fused ? "fused" : "declined",
+           c->fused ? "fused" : "declined");
+    float *gx = host_of(dx, (size_t)D), *gy = host_of(dy, (size_t)D), *hy = host_of(uy, (size_t)D);
+    /* gate/up: only the gate output (act(gate) * up) is defined */
+    const int nout = c->act >= 0 ? 1 : n;
+    if (!fused) {
+        bool untouched = memcmp(gx, x, (size_t)D * sizeof(float)) == 0 && all_nan(gy, (size_t)D);
+        for (int i = 0; i < n; i++) {
+            float *g = host_of(dys[i], (size_t)ny[i]);
+            untouched = untouched && all_nan(g, (size_t)ny[i]);
+            free(g);
+        }
+        EXPECT(untouched, "add_rmsnorm_matmul D=%lld fmt=%d: declined but wrote", (long long)D,
+               c->fmt);
+        nm_declined++;
+    } else {
+        bool exact = true;
+        for (int64_t i = 0; i < D; i++)
+            exact = exact && gx[i] == rx[i];
+        EXPECT(exact, "add_rmsnorm_matmul D=%lld: the residual is not x + d exactly", (long long)D);
+        double ey = test_diff_over_max(gy, ry, (size_t)D),
+               uyd = test_diff_over_max(gy, hy, (size_t)D);
+        double e = 0, u = 0;
+        for (int i = 0; i < nout; i++) {
+            float *g = host_of(dys[i], (size_t)ny[i]), *h = host_of(uys[i], (size_t)ny[i]);
+            e = fmax(e, test_diff_over_max(g, rys[i], (size_t)ny[i]));
+            u = fmax(u, test_diff_over_max(g, h, (size_t)ny[i]));
+            free(g), free(h);
+        }
+        const double lim = c->act >= 0 ? 2e-3 : 2e-4;
+        EXPECT(ey <= 1e-6 && uyd <= 1e-6 && e <= lim && u <= 1e-6,
+               "add_rmsnorm_matmul D=%lld fmt=%d gs=%d act=%d n=%d bias=%d off=%g: y vs cpu "
+               "%.2e, vs cuda %.2e; ys vs cpu %.2e (limit %.0e), vs cuda unfused %.2e",
+               (long long)D, c->fmt, c->gs, c->act, n, c->bias, (double)c->off, ey, uyd, e, lim, u);
+        worst_cpu[3] = fmax(worst_cpu[3], ey), worst_gpu[3] = fmax(worst_gpu[3], uyd);
+        worst_cpu[4] = fmax(worst_cpu[4], e), worst_gpu[4] = fmax(worst_gpu[4], u);
+        nm_ran++;
+    }
+    float *bufs[] = {dx, dd, dy, ux, uy};
+    for (int i = 0; i < 5; i++)
+        gpu->ops->free(gpu, bufs[i]);
+    for (int i = 0; i < n; i++)
+        gpu->ops->free(gpu, dys[i]), gpu->ops->free(gpu, uys[i]), free(rys[i]);
+    free(x), free(d), free(rx), free(ry), free(gx), free(gy), free(hy);
+}
+
+static void test_norm_matmuls(void) {
+    const nmlx_dtype BF = NMLX_DT_BF16, F16 = NMLX_DT_F16, F32 = NMLX_DT_F32;
+    const int SILU = NMLX_ACT_SILU, GT = NMLX_ACT_GELU_TANH, GE = NMLX_ACT_GELU_ERF;
+    const nm_case cases[] = {
+        /* D, act, n, rows, fmt, gs, scales, bias, norm w, w dtype, offset, f32x, fused */
+        {4096, -1, 3, {4096, 1024, 1024}, NM_Q4, 64, BF, false, true, BF, 0, false, true},
+        {4096, SILU, 2, {14336}, NM_Q4, 64, BF, false, true, BF, 0, false, true}, /* 4 rows/warp */
+        {2880, -1, 3, {4096, 512, 512}, NM_Q4, 64, BF, true, true, BF, 0, false, true},
+        {2880, SILU, 2, {2880}, NM_Q8, 32, F16, true, true, F32, 0, false, true},
+        {5120, -1, 3, {5120, 1024, 1024}, NM_Q8, 64, F16, false, true, BF, 1, false, true},
+        {5120, GT, 2, {3000}, NM_Q4, 128, F32, false, true, F16, 1, false, true},
+        {2048, -1, 3, {2048, 512, 512}, NM_Q4, 64, BF, false, false, BF, 0, false, true},
+        {2048, GE, 2, {8192}, NM_Q8, 64, BF, false, true, BF, 0, false, true},
+        {2048, -1, 1, {3001}, NM_Q4, 32, F32, true, true, BF, 0, false, true},
+        {768, -1, 3, {768, 256, 129}, NM_Q4, 128, F32, false, true, F32, 0, false, true}, /* 256 t
+                                                                                           */
+        {64, -1, 3, {64, 32, 17}, NM_Q8, 32, BF, true, true, BF, 0, false, true}, /* 64 threads */
+        {64, SILU, 2, {200}, NM_Q4, 64, F16, false, true, BF, 1, false, true},
+        /* declined: formats the int16 mat-vec does not take, precision f32 */
+        {2048, -1, 3, {2048, 512, 512}, NM_Q3, 32, BF, false, true, BF, 0, false, false},
+        {2880, SILU, 2, {2880}, NM_MXFP4, 32, BF, false, true, BF, 0, false, false},
+        {2048, -1, 3, {2048, 256, 256}, NM_BF16, 64, BF, false, true, BF, 0, false, false},
+        {4096, -1, 3, {4096, 1024, 1024}, NM_MIXED, 64, BF, false, true, BF, 0, false, false},
+        {4096, -1, 3, {4096, 1024, 1024}, NM_Q4, 64, BF, false, true, BF, 0, true, false},
+        {4096, SILU, 2, {2048}, NM_Q8, 64, BF, false, true, BF, 0, true, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        test_norm_matmul(&cases[i]);
+    /* the same launch again and again: the block counter must come back to 0 */
+    for (int r = 0; r < 3; r++)
+        test_norm_matmul(&cases[0]);
+    printf("add_rmsnorm_matmul: %ld cases fused, %ld declined\n", nm_ran, nm_declined);
+}
+
+/* NMLX_FUSED=0 leaves the fused ops out, add_rmsnorm_matmul included */
+static void test_fused_env(void) {
+    setenv("NMLX_FUSED", "0", 1);
+    nmlx_backend *b = NULL;
+    bool ok = nmlx_backend_cuda_create(0, &b) == NMLX_OK;
+    unsetenv("NMLX_FUSED");
+    EXPECT(ok, "cuda backend with NMLX_FUSED=0: %s", nmlx_last_error());
+    if (!ok) return;
+    EXPECT(!b->ops->add_rmsnorm && !b->ops->gate_up_act && !b->ops->add_rmsnorm_matmul,
+           "NMLX_FUSED=0 left a fused op in the table");
+    nmlx_backend_free(b);
+}
+
 /* ---- recorded decode steps (backend.h step_graph; NMLX_CUDA_GRAPH=0 turns them off) ----
  * The same greedy decode on the GPU with and without graphs (the ids of the
  * run without fed to both): the logits of every step within 1e-6 of their
@@ -343,6 +562,9 @@ int main(void) {
     test_gate_up_act(8, 64, NMLX_DT_BF16, 9001, 256, 1, false, NMLX_ACT_GELU_ERF);
     test_gate_up_act(3, 32, NMLX_DT_BF16, 333, 512, 1, true, NMLX_ACT_SILU);  /* fallback */
     test_gate_up_act(4, 64, NMLX_DT_BF16, 257, 512, 3, false, NMLX_ACT_SILU); /* T > 1 */
+    EXPECT(gpu->ops->add_rmsnorm_matmul != NULL, "cuda backend has add_rmsnorm_matmul");
+    if (gpu->ops->add_rmsnorm_matmul) test_norm_matmuls();
+    test_fused_env();
     test_graph("tests/fixtures/llama3_tied", true);
     test_graph("tests/fixtures/qwen3", true);                 /* q/k norms in rope_kv */
     test_graph("tests/fixtures/quant_llama_q4g64_f16", true); /* quantized, gate_up pairs */
@@ -354,6 +576,10 @@ int main(void) {
            worst_gpu[1]);
     printf("gate_up_act  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[2],
            worst_gpu[2]);
+    printf("add_rmsnorm_matmul y   worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[3],
+           worst_gpu[3]);
+    printf("add_rmsnorm_matmul ys  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[4],
+           worst_gpu[4]);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     test_free_kept();

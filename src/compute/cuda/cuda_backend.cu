@@ -215,6 +215,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->sample_work) cudaFree(c->sample_work);
     if (c->sample_ids_dev) cudaFree(c->sample_ids_dev);
     if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
+    if (c->norm_done) cudaFree(c->norm_done);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -248,6 +249,7 @@ static const nmlx_backend_ops cuda_ops = {
     .add_rmsnorm = nmlx_cuda_add_rmsnorm,
     .rope_kv = nmlx_cuda_rope_kv,
     .gate_up_act = nmlx_cuda_gate_up_act,
+    .add_rmsnorm_matmul = nmlx_cuda_add_rmsnorm_matmul,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = nmlx_cuda_swiglu_clipped,
     .act = nmlx_cuda_act,
@@ -298,6 +300,13 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     CHECK(cublasCreate(&c->cublas) == CUBLAS_STATUS_SUCCESS, NMLX_ERR_UNSUPPORTED,
           "device 'cuda:%d': cuBLAS did not start", device);
     cublasSetStream(c->cublas, c->stream);
+    /* add_rmsnorm_matmul's counter (without it the op declines) */
+    if (cudaMalloc((void **)&c->norm_done, sizeof *c->norm_done) != cudaSuccess ||
+        cudaMemsetAsync(c->norm_done, 0, sizeof *c->norm_done, c->stream) != cudaSuccess) {
+        cudaGetLastError();
+        if (c->norm_done) cudaFree(c->norm_done);
+        c->norm_done = NULL;
+    }
     be->pool = nmlx_pool_create(1);
     CHECK(be->pool, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     *out = be;

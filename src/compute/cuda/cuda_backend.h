@@ -53,6 +53,12 @@ void nmlx_cuda_set_qmm_rows(int64_t rows);
  * sets 0 at start. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qgemv16(int on);
 
+/* add_rmsnorm_matmul (backend.h) calls on this backend so far: *fused =
+ * run as one int16 mat-vec staging the norm, *declined = left to the
+ * caller's add_rmsnorm + matmul_multi / gate_up_act (weights it does not
+ * take, precision "f32"). Calls recorded in a replayed graph count once. */
+void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined);
+
 /* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
  * 1 at start. Process-wide; for benchmarks and tests. */

@@ -100,6 +100,10 @@ typedef struct cuda_impl {
     size_t sample_work_bytes;
     int32_t *sample_ids_dev, *sample_ids_host;
     size_t sample_ids_dev_bytes, sample_ids_host_bytes;
+    /* add_rmsnorm_matmul (cuda_qgemv16.cu): its blocks' counter (device,
+     * 0 between launches; NULL: the op declines) and its calls so far */
+    unsigned *norm_done;
+    long norm_fused, norm_declined;
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -187,6 +191,12 @@ void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
 void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
                            const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
                            const float *x, float *gate, float *up, int64_t T);
+/* cuda_quant.cu: backend.h add_rmsnorm_matmul, the int16 mat-vec staging
+ * the norm (cuda_qgemv16.cu); false where it does not take the weights */
+bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
+                                  float w_offset, float eps, float *y, int64_t D, int act, int n,
+                                  const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                                  float *const *ys);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);

@@ -26,7 +26,19 @@
  * PAIR (backend.h gate_up_act): two weights of one shape, gate and up; a
  * warp's R rows are R / 2 gate rows and the same up rows, interleaved, each
  * summed as above, and lane 0 writes act(gate) * up (y of weight 0) instead
- * of both: the act_mul launch and a pass over gate and up saved. */
+ * of both: the act_mul launch and a pass over gate and up saved.
+ *
+ * NORM (backend.h add_rmsnorm_matmul, one decode token): x is the residual
+ * stream and the block stages rmsnorm(x + d) instead of x, the add_rmsnorm
+ * launch saved. Each block first sums the squares of x + d (N floats, from
+ * L1/L2) in the order of add_rmsnorm's kernel (norm_sumsq), so its staged
+ * values are the f32 y that add_rmsnorm writes, bit for bit. x + d and y
+ * must still be written once, but every block reads x while it stages:
+ * after staging, thread 0 counts its block done on a device counter
+ * (fence, then atomicAdd); the block that counts last has seen every other
+ * block finish reading x, so it alone writes x + d and y (at its end,
+ * recomputed from the unchanged x and d) and resets the counter to 0 for
+ * the next launch (no host work: a recorded graph replays it). */
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qgemv16.h"
 
@@ -56,6 +68,14 @@ struct q16_args {
     int64_t N;
     int gshift;     /* log2(group_size / piece inputs) */
     unsigned tiles; /* tiles of Q16_WARPS * R rows over all weights */
+    /* NORM only: x += d (x is `xw`), staged as y = rmsnorm(x) (weight nw,
+     * offset noff, eps neps), y written to yn; done: the blocks' counter */
+    float *xw, *yn;
+    const float *d;
+    const void *nw;
+    nmlx_dtype nwdt;
+    float noff, neps;
+    unsigned *done;
 };
 
 template <int SC> __device__ __forceinline__ float sc_get(const void *p, int64_t i) {
@@ -111,82 +131,62 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
     return m;
 }
 
-template <int BITS, int SC, int R, bool PAIR>
-__global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
-    typedef piece<BITS> P;
-    extern __shared__ __align__(16) unsigned char smem[];
-    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
-    unsigned char *xq = smem;               /* N int16, swizzled pieces */
-    float *xstep = (float *)(smem + N * 2); /* NB steps */
-    float *xsum = xstep + NB;               /* NB sums */
-    const q16_weight m = PAIR ? a.m[0] : weight_of(a, blockIdx.x);
-    const q16_weight mu = PAIR ? a.m[1] : m; /* PAIR: odd rows r are up's */
-    constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
-    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * RW;
-    auto drow = [&](int r) -> int64_t { /* the weight row of the warp's row r (clamped) */
-                                        const int64_t d = d0 + (PAIR ? r / 2 : r);
-                                        return d < m.D ? d : m.D - 1;
-    };
-
-    /* first codes in flight before x is staged */
-    const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
-    const uint4 *rows[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow(r) * rowb;
-    uint4 c0[R];
-    if (lane < NP)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            c0[r] = __ldg(rows[r] + lane);
-
-    /* stage x: a thread takes 16 inputs at a time */
-    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
-        float v[16];
-        const float4 *src = (const float4 *)(a.x + b * 16);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float4 f = src[i];
-            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+/* The sum of squares of x + d (N inputs) as add_rmsnorm_kernel (cuda_fused.cu)
+ * sums it with NT = cuda_norm_threads(N) threads: virtual thread v adds
+ * (double)(x + d)^2 over v, v + NT, ..., then cuda_block_sum's two
+ * shuffle trees. This block has Q16_THREADS (256): for NT = 512 thread t
+ * is virtual threads t and t + 256, for NT = 64 threads from 64 on add
+ * nothing. Every thread gets the sum. */
+__device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int64_t N) {
+    __shared__ double part[16];
+    const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
+    const int t = threadIdx.x, w = t / 32, l = t % 32;
+    double s0 = 0, s1 = 0;
+    if (t < NT)
+        for (int64_t i = t; i < N; i += NT) {
+            float v = x[i] + d[i];
+            s0 += (double)v * v;
         }
-        float mx = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
+    if (NT == 512)
+        for (int64_t i = t + 256; i < N; i += NT) {
+            float v = x[i] + d[i];
+            s1 += (double)v * v;
         }
-        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        int q[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            q[i] = __float2int_rn(v[i] * inv);
-            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int *s = q + 8 * h;
-            uint32_t pr[4];
-            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
-                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
-                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
-                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
-                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
-            }
-            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
-            const int64_t k = seg / P::SEG;
-            const int j = (int)(seg % P::SEG) ^ P::key(k);
-            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
-        }
-        xstep[b] = step;
-        xsum[b] = sum;
+    for (int o = 16; o > 0; o >>= 1) {
+        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
     }
+    if (l == 0 && t < NT) part[w] = s0;
+    if (l == 0 && NT == 512) part[w + 8] = s1;
     __syncthreads();
-    if (d0 >= m.D) return;
+    double v = l < NT / 32 ? part[l] : 0.0;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
 
+/* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it */
+__device__ __forceinline__ float norm_one(const q16_args &a, float s, float inv, int64_t i) {
+    const float v = s * inv;
+    return a.nw ? v * (cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
+}
+
+/* The dot products of a warp's R rows (from d0) with the staged x, and
+ * their outputs. */
+template <int BITS, int SC, int R, bool PAIR>
+__device__ __forceinline__ void rows_dot(const q16_args &a, const q16_weight &m,
+                                         const q16_weight &mu, int64_t d0, const uint4 *const *rows,
+                                         const uint4 *c0, const unsigned char *smem) {
+    typedef piece<BITS> P;
+    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
+    const unsigned char *xq = smem;
+    const float *xstep = (const float *)(smem + N * 2), *xsum = xstep + NB;
+    constexpr int RW = PAIR ? R / 2 : R;
+    const int lane = threadIdx.x & 31;
+    auto drow = [&](int r) -> int64_t {
+        const int64_t d = d0 + (PAIR ? r / 2 : r);
+        return d < m.D ? d : m.D - 1;
+    };
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -265,17 +265,138 @@ __global__ void __launch_bounds__(Q16_THREADS) qgemv16_kernel(q16_args a) {
     }
 }
 
-template <int BITS, int SC, int R, bool PAIR> void launch_r(cudaStream_t st, const q16_args &a) {
+/* NORM's staging takes registers: 3 blocks a multiprocessor kept (<= 80,
+ * measured with ptxas -v: no spills) where the plain kernel has 3 or 4;
+ * minimum 0 = none given, the plain kernels compile as before */
+template <int BITS, int SC, int R, bool PAIR, bool NORM>
+__global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
+    qgemv16_kernel(q16_args a) {
+    typedef piece<BITS> P;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
+    unsigned char *xq = smem;               /* N int16, swizzled pieces */
+    float *xstep = (float *)(smem + N * 2); /* NB steps */
+    float *xsum = xstep + NB;               /* NB sums */
+    const q16_weight m = PAIR ? a.m[0] : weight_of(a, blockIdx.x);
+    const q16_weight mu = PAIR ? a.m[1] : m; /* PAIR: odd rows r are up's */
+    constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * RW;
+    auto drow = [&](int r) -> int64_t { /* the weight row of the warp's row r (clamped) */
+                                        const int64_t d = d0 + (PAIR ? r / 2 : r);
+                                        return d < m.D ? d : m.D - 1;
+    };
+
+    /* first codes in flight before x is staged */
+    const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
+    const uint4 *rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow(r) * rowb;
+    uint4 c0[R];
+    if (lane < NP)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            c0[r] = __ldg(rows[r] + lane);
+
+    [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
+    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
+
+    /* stage x (NORM: y = rmsnorm(x + d)): a thread takes 16 inputs at a time */
+    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
+        float v[16];
+        const float4 *src = (const float4 *)(a.x + b * 16);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float4 f = src[i];
+            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+        }
+        if constexpr (NORM) {
+            const float4 *dsrc = (const float4 *)(a.d + b * 16);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float4 f = dsrc[i];
+                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
+        }
+        float mx = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            mx = fmaxf(mx, fabsf(v[i]));
+            sum += v[i];
+        }
+        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+        int q[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            q[i] = __float2int_rn(v[i] * inv);
+            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int *s = q + 8 * h;
+            uint32_t pr[4];
+            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
+                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
+                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
+                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
+                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
+            }
+            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
+            const int64_t k = seg / P::SEG;
+            const int j = (int)(seg % P::SEG) ^ P::key(k);
+            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
+        }
+        xstep[b] = step;
+        xsum[b] = sum;
+    }
+    __syncthreads();
+    [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
+    if constexpr (NORM) {
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+        }
+    }
+    if (d0 < m.D) rows_dot<BITS, SC, R, PAIR>(a, m, mu, d0, rows, c0, smem);
+    if constexpr (NORM) {
+        if (__syncthreads_or(last)) { /* the last block: x += d, y */
+            __threadfence();
+            for (int64_t i = threadIdx.x; i < N; i += Q16_THREADS) {
+                const float s = a.xw[i] + a.d[i];
+                a.xw[i] = s;
+                a.yn[i] = norm_one(a, s, ninv, i);
+            }
+            if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
+        }
+    }
+}
+
+template <int BITS, int SC, int R, bool PAIR, bool NORM>
+void launch_r(cudaStream_t st, const q16_args &a) {
     const size_t sm = (size_t)a.N * 2 + (size_t)(a.N / 16) * 8;
     if (sm > 48 * 1024) {
         static size_t set = 0; /* per instantiation: raise the opt-in once */
         if (sm > set) {
-            cudaFuncSetAttribute(qgemv16_kernel<BITS, SC, R, PAIR>,
+            cudaFuncSetAttribute(qgemv16_kernel<BITS, SC, R, PAIR, NORM>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
             set = sm;
         }
     }
-    qgemv16_kernel<BITS, SC, R, PAIR><<<a.tiles, Q16_THREADS, sm, st>>>(a);
+    qgemv16_kernel<BITS, SC, R, PAIR, NORM><<<a.tiles, Q16_THREADS, sm, st>>>(a);
+}
+
+template <int BITS, int SC, int R, bool PAIR> void launch_n(cudaStream_t st, const q16_args &a) {
+    if (a.done)
+        launch_r<BITS, SC, R, PAIR, true>(st, a);
+    else
+        launch_r<BITS, SC, R, PAIR, false>(st, a);
 }
 
 /* pair: a.n == 2, gate and up of one shape, tiles over the row pairs */
@@ -285,9 +406,9 @@ template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R, 
         a.m[0].blk0 = a.m[1].blk0 = 0;
         a.tiles = (unsigned)((a.m[0].D + Q16_WARPS * (R / 2) - 1) / (Q16_WARPS * (R / 2)));
         if (R == 4)
-            launch_r<BITS, SC, 4, true>(st, a);
+            launch_n<BITS, SC, 4, true>(st, a);
         else
-            launch_r<BITS, SC, 2, true>(st, a);
+            launch_n<BITS, SC, 2, true>(st, a);
         return;
     }
     for (int i = 0; i < a.n; i++) {
@@ -296,13 +417,12 @@ template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R, 
     }
     a.tiles = blk;
     if (R == 4)
-        launch_r<BITS, SC, 4, false>(st, a);
+        launch_n<BITS, SC, 4, false>(st, a);
     else
-        launch_r<BITS, SC, 2, false>(st, a);
+        launch_n<BITS, SC, 2, false>(st, a);
 }
 
 } // namespace
-
 bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
     if (w->mode != NMLX_QUANT_AFFINE || (w->bits != 4 && w->bits != 8)) return false;
     if (w->group_size < 32 || w->group_size % 32 || w->cols % w->group_size) return false;
@@ -313,10 +433,11 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
     return (size_t)w->cols * 2 + (size_t)(w->cols / 16) * 8 <= 200 * 1024;
 }
 
-/* n weights (pair: gate and up, act) reading x; false if they do not qualify */
+/* n weights (pair: gate and up, act) reading x (nrm != NULL: rmsnorm(x +
+ * d), x = nrm->x); false if they do not qualify */
 static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                         const nmlx_tensor *const *biases, const float *x, float *const *ys,
-                        bool pair, nmlx_act act) {
+                        bool pair, nmlx_act act, const nmlx_cuda_norm_in *nrm) {
     if (n < 1 || n > Q16_MAXW || (uintptr_t)x % 16) return false;
     const nmlx_weight *w0 = ws[0];
     for (int i = 0; i < n; i++) {
@@ -326,8 +447,16 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
             return false;
     }
     if (pair && (n != 2 || ws[1]->rows != w0->rows)) return false;
+    if (nrm && (!nrm->done || nrm->D != w0->cols || ((uintptr_t)nrm->d | (uintptr_t)nrm->y) % 16))
+        return false;
     q16_args a;
     memset(&a, 0, sizeof a);
+    if (nrm) {
+        a.xw = nrm->x, a.d = nrm->d, a.yn = nrm->y, a.done = nrm->done;
+        a.nw = nrm->w ? nrm->w->data : NULL;
+        a.nwdt = nrm->w ? nrm->w->dtype : NMLX_DT_F32;
+        a.noff = nrm->w_offset, a.neps = nrm->eps;
+    }
     a.n = n;
     a.act = act;
     a.x = x;
@@ -375,7 +504,7 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
 
 bool nmlx_cuda_qgemv16(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                        const nmlx_tensor *const *biases, const float *x, float *const *ys) {
-    return qgemv16_run(be, n, ws, biases, x, ys, false, NMLX_ACT_SILU);
+    return qgemv16_run(be, n, ws, biases, x, ys, false, NMLX_ACT_SILU, NULL);
 }
 
 bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
@@ -384,5 +513,16 @@ bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
     const nmlx_weight *ws[2] = {g, u};
     const nmlx_tensor *bs[2] = {bg, bu};
     float *ys[2] = {gate, NULL}; /* up's y is never written */
-    return qgemv16_run(be, 2, ws, bs, x, ys, true, act);
+    return qgemv16_run(be, 2, ws, bs, x, ys, true, act, NULL);
+}
+
+bool nmlx_cuda_qgemv16_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,
+                            const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                            float *const *ys) {
+    if (act >= 0) {
+        if (n != 2) return false;
+        float *gate[2] = {ys[0], NULL}; /* up's y is never written */
+        return qgemv16_run(be, 2, ws, biases, nrm->x, gate, true, (nmlx_act)act, nrm);
+    }
+    return qgemv16_run(be, n, ws, biases, nrm->x, ys, false, NMLX_ACT_SILU, nrm);
 }

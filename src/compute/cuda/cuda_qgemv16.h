@@ -20,4 +20,25 @@ bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
                            const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
                            const float *x, float *gate);
 
+/* The residual add and norm of backend.h add_rmsnorm_matmul: x[D] += d,
+ * y = rmsnorm(x) with weight w (NULL: none), w_offset, eps; done: a device
+ * counter, 0 between launches (the kernel's last block resets it). */
+typedef struct nmlx_cuda_norm_in {
+    float *x;
+    const float *d;
+    const nmlx_tensor *w;
+    float w_offset, eps;
+    float *y;
+    int64_t D;
+    unsigned *done;
+} nmlx_cuda_norm_in;
+
+/* add_rmsnorm_matmul for one token: the int16 mat-vec (act < 0: n weights
+ * as nmlx_cuda_qgemv16; act >= 0: gate/up pairs as nmlx_cuda_qgemv16_act)
+ * staging rmsnorm(x + d), x + d and y written by its last block; false
+ * (nothing launched) when the weights do not qualify. */
+bool nmlx_cuda_qgemv16_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,
+                            const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                            float *const *ys);
+
 #endif

@@ -660,6 +660,30 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
     nmlx_cuda_act_mul(be, act, gate, up, gate, T * g->rows);
 }
 
+/* backend.h add_rmsnorm_matmul: the int16 mat-vec (q/k/v, or gate/up
+ * pairs) staging rmsnorm(x + d) itself, the add_rmsnorm launch saved;
+ * false (nothing done) for weights it does not take, precision "f32" or
+ * NMLX_CUDA_QGEMV=f32. */
+bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
+                                  float w_offset, float eps, float *y, int64_t D, int act, int n,
+                                  const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                                  float *const *ys) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done};
+    const bool done = qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys);
+    if (done)
+        c->norm_fused++;
+    else
+        c->norm_declined++;
+    return done;
+}
+
+extern "C" void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    *fused = c->norm_fused;
+    *declined = c->norm_declined;
+}
+
 /* The backend's scratch for the prefill operand (hi, lo, xs) of T x N. */
 static bool qx_reserve(nmlx_backend *be, size_t need) {
     cuda_impl *c = cuda_host_of(be);
