@@ -24,7 +24,9 @@
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec, NMLX_CUDA_QMM=mma, qmm_kernel instead of the default cuBLAS GEMMs
 #   on row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
-#   of W hi by x hi; NMLX_CUDA_QMM=bf16 is qmm_kernel with x rounded to bf16,
+#   of W hi by x hi, and NMLX_CUDA_NORM_MATMUL=0, the residual add + norm as
+#   their own add_rmsnorm launch, not staged by the int16 mat-vec;
+#   NMLX_CUDA_QMM=bf16 is qmm_kernel with x rounded to bf16,
 #   NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
 #   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QMM=mma and gemm1, the
 #   other mat-mats for batches above 8 rows; NMLX_CUDA_QROWS_R=8 is 8
@@ -149,7 +151,7 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
-  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1 NMLX_CUDA_NORM_MATMUL=0}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1}; do

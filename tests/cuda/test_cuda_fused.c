@@ -442,7 +442,8 @@ static void test_norm_matmuls(void) {
     printf("add_rmsnorm_matmul: %ld cases fused, %ld declined\n", nm_ran, nm_declined);
 }
 
-/* NMLX_FUSED=0 leaves the fused ops out, add_rmsnorm_matmul included */
+/* NMLX_FUSED=0 leaves the fused ops out, add_rmsnorm_matmul included;
+ * NMLX_CUDA_NORM_MATMUL=0 that one alone */
 static void test_fused_env(void) {
     setenv("NMLX_FUSED", "0", 1);
     nmlx_backend *b = NULL;
@@ -452,6 +453,17 @@ static void test_fused_env(void) {
     if (!ok) return;
     EXPECT(!b->ops->add_rmsnorm && !b->ops->gate_up_act && !b->ops->add_rmsnorm_matmul,
            "NMLX_FUSED=0 left a fused op in the table");
+    nmlx_backend_free(b);
+    setenv("NMLX_CUDA_NORM_MATMUL", "0", 1); /* this op alone */
+    b = NULL;
+    ok = nmlx_backend_cuda_create(0, &b) == NMLX_OK;
+    unsetenv("NMLX_CUDA_NORM_MATMUL");
+    EXPECT(ok, "cuda backend with NMLX_CUDA_NORM_MATMUL=0: %s", nmlx_last_error());
+    if (!ok) return;
+    EXPECT(b->ops->add_rmsnorm && b->ops->gate_up_act && !b->ops->add_rmsnorm_matmul,
+           "NMLX_CUDA_NORM_MATMUL=0: add_rmsnorm_matmul %s, the other fused ops %s",
+           b->ops->add_rmsnorm_matmul ? "kept" : "dropped",
+           b->ops->add_rmsnorm && b->ops->gate_up_act ? "kept" : "dropped");
     nmlx_backend_free(b);
 }
 

@@ -284,6 +284,15 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     CHECK(be && c, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     be->ops = &cuda_ops;
     nmlx_backend_apply_env(be);
+    {
+        /* NMLX_CUDA_NORM_MATMUL=0: add + norm as their own launch again (A/B runs) */
+        const char *nm = getenv("NMLX_CUDA_NORM_MATMUL");
+        if (nm && !strcmp(nm, "0")) {
+            if (be->ops != &be->own_ops) be->own_ops = *be->ops;
+            be->own_ops.add_rmsnorm_matmul = NULL;
+            be->ops = &be->own_ops;
+        }
+    }
     be->impl = c;
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;

@@ -165,10 +165,12 @@ __device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int
     return v;
 }
 
-/* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it */
+/* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it
+ * (s = x[i] + d[i]); __fmul_rn: never contracted into an FMA with the
+ * staging's sums (the unfused kernel reads y rounded from memory) */
 __device__ __forceinline__ float norm_one(const q16_args &a, float s, float inv, int64_t i) {
-    const float v = s * inv;
-    return a.nw ? v * (cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
+    const float v = __fmul_rn(s, inv);
+    return a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
 }
 
 /* The dot products of a warp's R rows (from d0) with the staged x, and
