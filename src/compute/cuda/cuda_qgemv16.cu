@@ -370,10 +370,13 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
     if constexpr (NORM) {
         if (__syncthreads_or(last)) { /* the last block: x += d, y */
             __threadfence();
-            for (int64_t i = threadIdx.x; i < N; i += Q16_THREADS) {
-                const float s = a.xw[i] + a.d[i];
-                a.xw[i] = s;
-                a.yn[i] = norm_one(a, s, ninv, i);
+            for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * Q16_THREADS) {
+                const float4 xv = *(const float4 *)(a.xw + i), dv = *(const float4 *)(a.d + i);
+                const float4 sv = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+                *(float4 *)(a.xw + i) = sv;
+                *(float4 *)(a.yn + i) =
+                    make_float4(norm_one(a, sv.x, ninv, i), norm_one(a, sv.y, ninv, i + 1),
+                                norm_one(a, sv.z, ninv, i + 2), norm_one(a, sv.w, ninv, i + 3));
             }
             if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
         }
