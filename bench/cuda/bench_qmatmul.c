@@ -9,6 +9,9 @@
  * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
  * the wall time of many back-to-back launches over a sync (launch overhead
  * included, as in decode). Values are random codes, valid bf16 scales.
+ * Then the decode step's residual add + norm with the mat-vec that reads
+ * it: add_rmsnorm + matmul_multi (q/k/v) or gate_up_act against one
+ * add_rmsnorm_matmul (backend.h; the norm staged by the int16 mat-vec).
  *   build-cuda/bench_cuda_quant [reps=200]  (built with -DNMLX_CUDA=ON) */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
@@ -88,6 +91,111 @@ static int prepare(nmlx_backend *be, nmlx_tensor *t) {
     if (!t->data) return 0;
     if (be->ops->prepare_tensor(be, t, &p) != NMLX_OK) return -1;
     t->data = p->data;
+    return 0;
+}
+
+/* Llama-3.1-8B's q/k/v (4096, 1024, 1024 rows) and gate/up (14336 each)
+ * over N = 4096, copies cycled over >= 256 MiB: add_rmsnorm then
+ * matmul_multi / gate_up_act, against add_rmsnorm_matmul; wall time of
+ * back-to-back launches over a sync (no graph: launch gaps included). */
+static int bench_norm(int reps) {
+    const fmt fmts[] = {{"q4g64", NMLX_QUANT_AFFINE, 4}, {"q8g64", NMLX_QUANT_AFFINE, 8}};
+    const int64_t N = 4096;
+    enum { MAXC = 64 };
+    printf("\nadd_rmsnorm + mat-vec against add_rmsnorm_matmul (one token, N = %lld; "
+           "back-to-back launches, wall time over a sync)\n",
+           (long long)N);
+    printf("%-6s %-24s %12s %12s %8s\n", "format", "weights", "unfused us", "fused us", "ratio");
+    for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
+        for (int pair = 0; pair < 2; pair++) {
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cuda_create(0, &be) != NMLX_OK) {
+                printf("SKIP: %s\n", nmlx_last_error());
+                return 77;
+            }
+            if (!be->ops->add_rmsnorm_matmul) {
+                printf("add_rmsnorm_matmul is off (NMLX_FUSED=0 or NMLX_CUDA_NORM_MATMUL=0)\n");
+                nmlx_backend_free(be);
+                return 0;
+            }
+            const int n = pair ? 2 : 3;
+            const int64_t rows[3] = {pair ? 14336 : 4096, pair ? 14336 : 1024, 1024};
+            nmlx_weight *hw = calloc((size_t)MAXC * 3, sizeof *hw);
+            nmlx_weight *dw = calloc((size_t)MAXC * 3, sizeof *dw);
+            size_t bytes = 0;
+            int nc = 0;
+            do {
+                bytes = 0;
+                for (int i = 0; i < n; i++) {
+                    nmlx_weight *h = &hw[nc * 3 + i], *d = &dw[nc * 3 + i];
+                    bytes += make_weight(&fmts[fi], rows[i], N, h);
+                    *d = *h;
+                    if (prepare(be, &d->w) || prepare(be, &d->scales) || prepare(be, &d->biases)) {
+                        printf("prepare failed: %s\n", nmlx_last_error());
+                        return 1;
+                    }
+                }
+                nc++;
+            } while (nc < MAXC && (size_t)nc * bytes < (256u << 20));
+            uint16_t *nwh = malloc((size_t)N * 2);
+            float *hx = malloc((size_t)N * sizeof(float));
+            for (int64_t i = 0; i < N; i++) {
+                nwh[i] = nmlx_f32_to_bf16(1.0f + ((float)(next32() & 0xff) - 128.0f) / 1024.0f);
+                hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
+            }
+            nmlx_tensor nwt = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {N}, .data = nwh};
+            const nmlx_tensor *nw = NULL;
+            if (be->ops->prepare_tensor(be, &nwt, &nw) != NMLX_OK) return 1;
+            float *x = be->ops->alloc(be, (size_t)N * sizeof(float));
+            float *d = be->ops->alloc(be, (size_t)N * sizeof(float));
+            float *y = be->ops->alloc(be, (size_t)N * sizeof(float));
+            float *ys[3];
+            for (int i = 0; i < 3; i++)
+                ys[i] = be->ops->alloc(be, (size_t)rows[0] * sizeof(float));
+            be->ops->upload(be, x, hx, (size_t)N * sizeof(float));
+            be->ops->upload(be, d, hx, (size_t)N * sizeof(float));
+            double t[2] = {0, 0};
+            bool fused_ok = true;
+            for (int v = 0; v < 2; v++)
+                for (int round = 0; round < 2; round++) { /* warm-up, then timed */
+                    const int r = round ? reps : 10;
+                    be->ops->upload(be, x, hx, (size_t)N * sizeof(float));
+                    be->ops->sync(be);
+                    double t0 = now();
+                    for (int k = 0; k < r; k++) {
+                        const nmlx_weight *ws[3] = {&dw[(k % nc) * 3], &dw[(k % nc) * 3 + 1],
+                                                    &dw[(k % nc) * 3 + 2]};
+                        if (v) {
+                            fused_ok = fused_ok && be->ops->add_rmsnorm_matmul(
+                                                       be, x, d, nw, 0.0f, 1e-5f, y, N,
+                                                       pair ? NMLX_ACT_SILU : -1, n, ws, NULL, ys);
+                            continue;
+                        }
+                        be->ops->add_rmsnorm(be, x, d, nw, 0.0f, 1e-5f, y, 1, N);
+                        if (pair)
+                            be->ops->gate_up_act(be, NMLX_ACT_SILU, ws[0], ws[1], NULL, NULL, y,
+                                                 ys[0], ys[1], 1);
+                        else
+                            be->ops->matmul_multi(be, n, ws, NULL, y, ys, 1);
+                    }
+                    be->ops->sync(be);
+                    t[v] = (now() - t0) / r;
+                }
+            nmlx_status st = nmlx_backend_cuda_check(be);
+            char wn[40];
+            snprintf(wn, sizeof wn, pair ? "gate/up 2x%lld" : "q/k/v %lld+%lld+%lld",
+                     (long long)rows[0], (long long)rows[1], (long long)rows[2]);
+            printf("%-6s %-24s %12.2f %12.2f %7.2fx%s%s\n", fmts[fi].name, wn, t[0] * 1e6,
+                   t[1] * 1e6, t[1] > 0 ? t[0] / t[1] : 0.0, fused_ok ? "" : "  DECLINED",
+                   st == NMLX_OK ? "" : "  CUDA ERROR");
+            be->ops->free(be, x), be->ops->free(be, d), be->ops->free(be, y);
+            for (int i = 0; i < 3; i++)
+                be->ops->free(be, ys[i]);
+            nmlx_backend_free(be);
+            for (int i = 0; i < nc * 3; i++)
+                if (hw[i].w.data) free_weight(&hw[i]);
+            free(hw), free(dw), free(nwh), free(hx);
+        }
     return 0;
 }
 
@@ -193,5 +301,5 @@ int main(int argc, char **argv) {
             for (int i = 0; i < nc; i++)
                 free_weight(&hw[i]);
         }
-    return 0;
+    return bench_norm(reps);
 }
