@@ -67,6 +67,7 @@ static bool must_run(const char *name) {
 
 static int n_run, n_refused;
 static long norm_fused, norm_declined;
+static bool norm_on; /* a quantized fixture ran where add_rmsnorm_matmul could fuse */
 
 static void check(const char *dir, const char *name, const char *precision) {
     char path[4096], p[4200];
@@ -168,8 +169,12 @@ static void check(const char *dir, const char *name, const char *precision) {
     norm_fused += nf, norm_declined += nd;
     /* the standard decoder's 4/8-bit affine fixtures (quant_*_q4* / _q8*) */
     const bool int16 = !strncmp(name, "quant_", 6) && (strstr(name, "_q4") || strstr(name, "_q8"));
-    if (int16 && !precision)
+    const char *qg = getenv("NMLX_CUDA_QGEMV"); /* f32: the int16 mat-vec is off */
+    const bool can = m->be->ops->add_rmsnorm_matmul && !(qg && !strcmp(qg, "f32"));
+    if (int16 && !precision && can) {
         EXPECT(nf > 0, "%s: add_rmsnorm_matmul never fused (%ld declined)", path, nd);
+        norm_on = true;
+    }
     if (precision) EXPECT(nf == 0, "%s: add_rmsnorm_matmul fused at precision f32", path);
     printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s  norm+matmul %ld fused, "
            "%ld declined\n",
@@ -227,7 +232,7 @@ int main(void) {
     printf("%d fixtures ran on cuda, %d refused as unsupported; add_rmsnorm_matmul %ld fused, "
            "%ld declined\n",
            n_run, n_refused, norm_fused, norm_declined);
-    EXPECT(norm_fused > 0, "add_rmsnorm_matmul never fused on any fixture");
+    EXPECT(!norm_on || norm_fused > 0, "add_rmsnorm_matmul never fused on any fixture");
     EXPECT(n_run >= 19, "only %d fixtures ran on cuda", n_run);
     snprintf(dir, sizeof dir, "%s/tests/fixtures", test_src_dir());
     for (size_t i = 0; KV_FIXTURES[i]; i++)
