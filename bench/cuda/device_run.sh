@@ -22,6 +22,8 @@
 #   these environment settings (default: without the decode graphs, without the
 #   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
 #   what each default saves);
+#   MVARIANTS (MoE models only; default NMLX_CUDA_MOE=0, the generic expert path, and
+#   NMLX_CUDA_MOE=sorted, the moe_experts op's prefill form at every size).
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec, NMLX_CUDA_QMM=gemm, the quantized mat-mat as cuBLAS GEMMs on
 #   row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
@@ -163,6 +165,8 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
+  # MoE models: the generic expert path (before cuda_moe.cu) and the op's prefill form alone
+  case $m in gptoss*|q30b*) for v in ${MVARIANTS-NMLX_CUDA_MOE=0 NMLX_CUDA_MOE=sorted}; do bench "$m" $D $v; done ;; esac
   case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=gemm NMLX_CUDA_QMM=gemm1}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
