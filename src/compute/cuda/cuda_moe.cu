@@ -3,7 +3,8 @@
  * (token, slot) pair, row copies, per-expert matmuls, a scale and an add:
  * thousands of tiny launches a decode step of a 48-layer, top-8 model.
  *
- * Decode (T * k <= MOE_SMALL_PAIRS pairs, experts of one format):
+ * Decode (up to 64 (token, slot) pairs, or more where a cost model says
+ * so: prefer_small; experts of one format):
  *  1. one pinned copy of idx and scores to the device;
  *  2. moe_gate_up_kernel: a warp per (pair, hidden row i) reads row i of
  *     the pair's expert's gate and up weights (expert id from device
@@ -44,6 +45,7 @@ extern "C" {
 #include <string.h>
 
 enum { MOE_SMALL_PAIRS = 64, MOE_WARPS = 4, MOE_TABLES_MAX = 4096 };
+static const double MOE_EXPERT_LAUNCH_BYTES = 48e6; /* prefer_small */
 
 /* Expert e's device pointers in one switch linear. */
 typedef struct moe_ptrs {
@@ -578,6 +580,52 @@ static bool run_sorted(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_gl
     return true;
 }
 
+/* Bytes of one expert weight (codes and group scales / biases). */
+static double weight_bytes(const nmlx_weight *w) {
+    const double n = (double)w->rows * (double)w->cols;
+    if (w->mode == NMLX_QUANT_NONE) return n * (double)nmlx_dtype_size(w->w.dtype);
+    const double groups = w->group_size > 0 ? n / w->group_size : 0;
+    const double per_group = w->mode == NMLX_QUANT_AFFINE
+                                 ? 2.0 * (double)nmlx_dtype_size(w->scales.dtype)
+                                 : 1.0; /* E8M0 */
+    return n * w->bits / 8.0 + groups * per_group;
+}
+
+/* Whether P pairs take the decode form (mode 1). That form reads each
+ * pair's expert weights (shared between pairs only through L2); the
+ * prefill form reads each used expert once but costs about 6 launches an
+ * expert (gate/up, down: split + tensor-core tile each, mostly empty
+ * tiles at a few rows). Cost model, not yet measured: the decode form
+ * while P * (bytes of a pair's three weights) <= used experts *
+ * MOE_EXPERT_LAUNCH_BYTES (48 MB: 6 launches of ~3 us at ~2.7 TB/s), and
+ * always up to MOE_SMALL_PAIRS. Qwen3-30B-A3B 4-bit (2.5 MB a pair, 128
+ * experts): the decode form up to ~2,400 pairs, so batched decode of 32
+ * sessions (256 pairs) and prompts up to ~300 tokens; GPT-OSS-20B MXFP4
+ * (13 MB a pair, 32 experts): up to ~120 pairs. NMLX_CUDA_MOE_SMALL=N:
+ * the decode form up to N pairs instead. */
+static bool prefer_small(const nmlx_switch_glu *g, const int32_t *idx, int64_t P) {
+    static long fixed = -2; /* -2: not read yet; -1: the cost model */
+    if (fixed == -2) {
+        const char *e = getenv("NMLX_CUDA_MOE_SMALL");
+        fixed = e && *e ? atol(e) : -1;
+    }
+    if (fixed >= 0) return P <= fixed;
+    if (P <= MOE_SMALL_PAIRS) return true;
+    const double pair =
+        weight_bytes(&g->gate.w[0]) + weight_bytes(&g->up.w[0]) + weight_bytes(&g->down.w[0]);
+    const int64_t E = g->gate.n_experts;
+    int64_t used = P < E ? P : E;
+    if (E <= 4096) { /* the experts the pairs use */
+        uint64_t seen[64] = {0};
+        used = 0;
+        for (int64_t p = 0; p < P; p++) {
+            const uint64_t bit = 1ull << (idx[p] & 63);
+            if (!(seen[idx[p] >> 6] & bit)) seen[idx[p] >> 6] |= bit, used++;
+        }
+    }
+    return (double)P * pair <= (double)used * MOE_EXPERT_LAUNCH_BYTES;
+}
+
 bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
                            const int32_t *idx, const float *scores, int64_t T, int64_t k,
                            struct nmlx_switch_buffers *b, float *out) {
@@ -585,7 +633,7 @@ bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, co
     if (!m || !m->mode || T <= 0 || k <= 0 || T * k > b->max_pairs ||
         g->gate.n_experts != b->n_experts || T * k > INT32_MAX)
         return false;
-    if ((m->mode == 3 || (m->mode == 1 && T * k <= MOE_SMALL_PAIRS)) && T * k <= 65535 &&
+    if ((m->mode == 3 || (m->mode == 1 && prefer_small(g, idx, T * k))) && T * k <= 65535 &&
         run_small(be, m, g, x, idx, scores, T, k, b, out))
         return true;
     return run_sorted(be, m, g, x, idx, scores, T, k, b, out);
