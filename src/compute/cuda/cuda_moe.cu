@@ -32,8 +32,9 @@
  *
  * NMLX_CUDA_MOE=0: the op declines (the generic path runs), for A/B runs;
  * NMLX_CUDA_MOE=sorted: always the prefill form. */
-#include "compute/cuda/cuda_backend.h"
+/* cuda_internal.h first: it includes the C headers with C linkage */
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_qdecode.h"
 
 extern "C" {
