@@ -498,32 +498,15 @@ static void launch_down(cudaStream_t s, const moe_lin &dl, const float *h, const
             F(B, SC_BF16);                                                                         \
     } while (0)
 
-static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g, const float *x,
-                      const int32_t *idx, const float *scores, int64_t T, int64_t k,
-                      nmlx_switch_buffers *b, float *out) {
-    /* copies: a later lin_of may move the tables */
-    const moe_lin *pg = lin_of(be, m, &g->gate);
-    if (!pg) return false;
-    const moe_lin gl0 = *pg, *pu = lin_of(be, m, &g->up);
-    if (!pu) return false;
-    const moe_lin ul0 = *pu, *pd = lin_of(be, m, &g->down);
-    if (!pd) return false;
-    const moe_lin dl0 = *pd, *gl = &gl0, *ul = &ul0, *dl = &dl0;
-    if (gl->bits != ul->bits || gl->sc != ul->sc || gl->gshift != ul->gshift ||
-        gl->rows != ul->rows || gl->cols != ul->cols || gl->rows != g->hidden ||
-        gl->cols != g->in || dl->cols != gl->rows || dl->rows != gl->cols)
-        return false;
-    const int64_t P = T * k;
-    if (!stage_reserve(be, m, (size_t)(2 * P))) return false;
-    memcpy(m->host, idx, (size_t)P * 4);
-    memcpy(m->host + P, scores, (size_t)P * 4);
-    cuda_impl *c = cuda_of(be);
-    cudaStream_t s = c->stream;
-    nmlx_cuda_note(
-        be, cudaMemcpyAsync(m->dev, m->host, (size_t)(2 * P) * 4, cudaMemcpyHostToDevice, s));
-    const int32_t *didx = m->dev;
-    const float *dsc = (const float *)(m->dev + P);
-    const int Pi = (int)P, ki = (int)k;
+/* The decode form's three kernels, routing already on the device (didx,
+ * dsc [T * k]): no allocation, no host wait, so a recorded step could hold
+ * them (a device-side router would call this directly). */
+static void launch_small(nmlx_backend *be, const moe_lin *gl, const moe_lin *ul, const moe_lin *dl,
+                         const nmlx_switch_glu *g, const float *x, const int32_t *didx,
+                         const float *dsc, int64_t T, int64_t k, nmlx_switch_buffers *b,
+                         float *out) {
+    cudaStream_t s = cuda_of(be)->stream;
+    const int Pi = (int)(T * k), ki = (int)k;
 #define GATE_UP(B, S) launch_gate_up<B, S>(s, *gl, *ul, x, didx, ki, b->gate, Pi, g)
     MOE_DISPATCH(gl->bits, gl->sc, GATE_UP);
 #undef GATE_UP
@@ -532,6 +515,30 @@ static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu
 #undef DOWN
     moe_sum_kernel<<<moe_grid(T * g->in), 256, 0, s>>>(b->ys, out, T, g->in, ki);
     nmlx_cuda_note(be, cudaGetLastError());
+}
+
+static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g, const float *x,
+                      const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                      nmlx_switch_buffers *b, float *out) {
+    /* copies: a later lin_of may move the tables */
+    const moe_lin *pg = lin_of(be, m, &g->gate);
+    if (!pg) return false;
+    const moe_lin gl = *pg, *pu = lin_of(be, m, &g->up);
+    if (!pu) return false;
+    const moe_lin ul = *pu, *pd = lin_of(be, m, &g->down);
+    if (!pd) return false;
+    const moe_lin dl = *pd;
+    if (gl.bits != ul.bits || gl.sc != ul.sc || gl.gshift != ul.gshift || gl.rows != ul.rows ||
+        gl.cols != ul.cols || gl.rows != g->hidden || gl.cols != g->in || dl.cols != gl.rows ||
+        dl.rows != gl.cols)
+        return false;
+    const int64_t P = T * k;
+    if (!stage_reserve(be, m, (size_t)(2 * P))) return false;
+    memcpy(m->host, idx, (size_t)P * 4);
+    memcpy(m->host + P, scores, (size_t)P * 4);
+    nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, m->host, (size_t)(2 * P) * 4, cudaMemcpyHostToDevice,
+                                       cuda_of(be)->stream));
+    launch_small(be, &gl, &ul, &dl, g, x, m->dev, (const float *)(m->dev + P), T, k, b, out);
     moe_small_calls++;
     return true;
 }
