@@ -193,6 +193,15 @@ static void p_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
     weight_key(g, wk, sizeof wk);
     PROF_END(be, "gate_up_act %s %s", wk, t_bucket(T, tb, sizeof tb));
 }
+static bool p_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                          const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                          struct nmlx_switch_buffers *b, float *out) {
+    PROF_BEGIN(be);
+    bool done = P->inner->moe_experts(be, g, x, idx, scores, T, k, b, out);
+    char tb[16];
+    PROF_END(be, "moe_experts k=%lld %s", (long long)k, t_bucket(T, tb, sizeof tb));
+    return done;
+}
 static void p_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n) {
     PROF_BEGIN(be);
@@ -297,6 +306,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(add_rmsnorm);
     WRAP(rope_kv);
     WRAP(gate_up_act);
+    WRAP(moe_experts);
     WRAP(act_mul);
     WRAP(swiglu_clipped);
     WRAP(act);
