@@ -1,8 +1,9 @@
 #!/bin/bash
 # On the GPU machine (repo root): build with -DNMLX_CUDA=ON, run the CUDA
 # tests (test_cuda_ops, test_cuda_fused, test_cuda_fixtures, test_cuda_batch, test_cuda_sample,
-# test_cuda_qgemm; test_cuda_ops, the fixtures and the batch test again with NMLX_CUDA_QMM=mma,
-# qmm_kernel instead of the default cuBLAS mat-mat: what `ctest -L cuda` runs), then
+# test_cuda_qgemm, test_cuda_moe; test_cuda_ops, the fixtures and the batch test again with
+# NMLX_CUDA_QMM=mma (qmm_kernel instead of the default cuBLAS mat-mat); the MoE fixtures with
+# NMLX_CUDA_MOE=sorted and 0: what `ctest -L cuda` runs and more), then
 # `nmlx bench --device cuda` on synthetic checkpoints at real shapes.
 # Results land in $OUT (build log, test logs, bench JSON lines).
 #   BENCH="l1b-q4 l8b-q4 l8b-q8"  which synthetic models to bench (default):
@@ -21,6 +22,8 @@
 #   these environment settings (default: without the decode graphs, without the
 #   tiled prefill attention, and NMLX_FUSED=0: without the fused ops, to measure
 #   what each default saves);
+#   MVARIANTS (MoE models only; default NMLX_CUDA_MOE=0, the generic expert path, and
+#   NMLX_CUDA_MOE=sorted, the moe_experts op's prefill form at every size).
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec, NMLX_CUDA_QMM=mma, qmm_kernel instead of the default cuBLAS GEMMs
 #   on row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
@@ -38,7 +41,8 @@
 #   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile
 #   (kernel tests, then test_precision: the pick, 3 terms, 1 term forced).
 #   QUICK=1: only the tests of the quantized mat-mats (test_cuda_qgemm, test_cuda_ops /
-#   fixtures / batch with NMLX_CUDA_QMM=mma and gemm1), to leave the
+#   fixtures / batch with NMLX_CUDA_QMM=mma and gemm1) and of the MoE experts op
+#   (test_cuda_moe, the MoE fixtures with each of its forms), to leave the
 #   call's time to the benchmarks.
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
@@ -51,7 +55,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 [ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
@@ -67,6 +71,18 @@ grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
 grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
 tail -20 "$OUT/ops.log" | grep -E "worst"
 grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
+# the MoE experts op (cuda_moe.cu) against the CPU's generic path, both forms
+./$B/tests/test_cuda_moe >"$OUT/moe.log" 2>&1; echo "test_cuda_moe rc=$?"
+grep -E "FAIL|worst|passed" "$OUT/moe.log" | tail -12
+# the MoE fixtures through each form of the op (default: decode form; sorted:
+# prefill form; 0: the generic path)
+for m in default sorted 0; do
+  if [ $m = default ]; then unset NMLX_CUDA_MOE; else export NMLX_CUDA_MOE=$m; fi
+  NMLX_TEST_FIXTURES=gpt_oss,qwen3_moe ./$B/tests/test_cuda_fixtures >/tmp/fixtures_moe_$m.log 2>&1
+  echo "test_cuda_fixtures MoE NMLX_CUDA_MOE=$m rc=$?: $(grep -E "passed" /tmp/fixtures_moe_$m.log | tail -1)"
+  grep -E "FAIL|MISMATCH|moe_experts" /tmp/fixtures_moe_$m.log | head -8
+done
+unset NMLX_CUDA_MOE
 [ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_fused >"$OUT/fused.log" 2>&1; echo "test_cuda_fused rc=$?"
 grep -E "FAIL|worst|passed" "$OUT/fused.log" 2>/dev/null | tail -12
 [ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
@@ -151,6 +167,8 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   esac
   bench "$m" $D
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
+  # MoE models: the generic expert path (before cuda_moe.cu) and the op's prefill form alone
+  case $m in gptoss*|q30b*) for v in ${MVARIANTS-NMLX_CUDA_MOE=0 NMLX_CUDA_MOE=sorted}; do bench "$m" $D $v; done ;; esac
   case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1 NMLX_CUDA_NORM_MATMUL=0}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"

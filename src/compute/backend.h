@@ -19,6 +19,8 @@
 #include <stdio.h>
 
 typedef struct nmlx_backend nmlx_backend;
+struct nmlx_switch_glu; /* ported/switch_layers.h (moe_experts) */
+struct nmlx_switch_buffers;
 
 typedef enum nmlx_act {
     NMLX_ACT_SILU = 0,
@@ -236,6 +238,20 @@ typedef struct nmlx_backend_ops {
                                float w_offset, float eps, float *y, int64_t D, int act, int n,
                                const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
                                float *const *ys);
+    /* moe_experts: the experts of a MoE block (shared/moe.c) for T tokens
+     * with k slots each, routing done:
+     *   out[t] = sum_{j < k} scores[t, j] * y[t, j], in that order, where
+     *   y[t, j] = nmlx_switch_glu_forward's row t * k + j (g's experts on
+     *   x[t]: gate/up (+ bias), g->act, down (+ bias)).
+     * x, out [T, D] backend buffers (out must not alias x); idx, scores
+     * [T * k] host memory (0 <= idx < E, T * k <= b->max_pairs, validated
+     * by the caller); b: g's work buffers, left unspecified. Returns false
+     * when it did nothing (the caller runs the generic path). CUDA: a few
+     * launches instead of several per pair (cuda_moe.cu); same arithmetic
+     * as the generic path to rounding. */
+    bool (*moe_experts)(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                        const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                        struct nmlx_switch_buffers *b, float *out);
 
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,

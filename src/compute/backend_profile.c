@@ -206,6 +206,15 @@ static bool p_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, con
              done ? "" : " (declined)");
     return done;
 }
+static bool p_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                          const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                          struct nmlx_switch_buffers *b, float *out) {
+    PROF_BEGIN(be);
+    bool done = P->inner->moe_experts(be, g, x, idx, scores, T, k, b, out);
+    char tb[16];
+    PROF_END(be, "moe_experts k=%lld %s", (long long)k, t_bucket(T, tb, sizeof tb));
+    return done;
+}
 static void p_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n) {
     PROF_BEGIN(be);
@@ -311,6 +320,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(rope_kv);
     WRAP(gate_up_act);
     WRAP(add_rmsnorm_matmul);
+    WRAP(moe_experts);
     WRAP(act_mul);
     WRAP(swiglu_clipped);
     WRAP(act);

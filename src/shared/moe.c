@@ -112,6 +112,9 @@ void nmlx_moe_forward(nmlx_backend *be, const nmlx_moe *m, nmlx_moe_buffers *b, 
     nmlx_linear_forward(be, &m->router, x, b->logits, T);
     be->ops->download(be, b->host, b->logits, (size_t)(T * E) * sizeof(float));
     nmlx_moe_route(s, b->host, T, b->idx, b->scores);
+    if (be->ops->moe_experts && /* the lines below as one backend op (backend.h) */
+        be->ops->moe_experts(be, &m->experts, x, b->idx, b->scores, T, k, &b->sw, out))
+        return;
     nmlx_switch_glu_forward(be, &m->experts, x, b->idx, T, k, &b->sw, b->y);
     /* out[t] = sum_j scores[t, j] * y[t * k + j] */
     for (int64_t t = 0; t < T; t++) {

@@ -8,7 +8,9 @@
  *   TOPK_SOFTMAX: idx = top_k(logits); score = softmax(logits[idx]) (gpt-oss);
  *   TOPK_SIGMOID: idx = top_k(logits); score = sigmoid(logits[idx]) (Llama 4,
  *                 whose experts take the scores on their input: llama4_moe.c).
- * Ties in top_k go to the lower expert index. */
+ * Ties in top_k go to the lower expert index. A backend with the
+ * moe_experts op (backend.h; CUDA) runs the experts and the weighted sum
+ * as that one op after the host's routing. */
 #ifndef NMLX_MOE_H
 #define NMLX_MOE_H
 

@@ -216,6 +216,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->sample_ids_dev) cudaFree(c->sample_ids_dev);
     if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
     if (c->norm_done) cudaFree(c->norm_done);
+    nmlx_cuda_moe_release(c);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -250,6 +251,7 @@ static const nmlx_backend_ops cuda_ops = {
     .rope_kv = nmlx_cuda_rope_kv,
     .gate_up_act = nmlx_cuda_gate_up_act,
     .add_rmsnorm_matmul = nmlx_cuda_add_rmsnorm_matmul,
+    .moe_experts = nmlx_cuda_moe_experts,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = nmlx_cuda_swiglu_clipped,
     .act = nmlx_cuda_act,

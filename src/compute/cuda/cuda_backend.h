@@ -71,6 +71,18 @@ void nmlx_cuda_set_attn_tiled(int on);
  * x (nmlx_backend_set_precision calls it). */
 void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);
 
+/* MoE experts (cuda_moe.cu, backend.h moe_experts), counted over every
+ * CUDA backend of the process: *small = calls that ran the decode form
+ * (fused kernels), *sorted = the prefill form (expert-sorted rows,
+ * per-expert matmuls). */
+void nmlx_cuda_moe_stats(long *small, long *sorted);
+/* Which form moe_experts runs: 0 = none (it declines: the generic path),
+ * 1 = decode form up to 64 pairs, else prefill form (the default), 2 =
+ * always the prefill form, 3 = the decode form whenever its kernels take
+ * the experts' format. NMLX_CUDA_MOE=0 / sorted set 0 / 2 at start. For
+ * tests and A/B runs. */
+void nmlx_backend_cuda_set_moe(nmlx_backend *be, int mode);
+
 #ifdef __cplusplus
 }
 #endif

@@ -41,9 +41,7 @@ __global__ void swiglu_clipped_kernel(const float *gate, const float *up, float 
                                       float alpha, float limit) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        float g = gate[i] < limit ? gate[i] : limit;
-        float u = up[i] < -limit ? -limit : (up[i] > limit ? limit : up[i]);
-        out[i] = g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+        out[i] = cuda_swiglu_clipped1(gate[i], up[i], alpha, limit);
     }
 }
 

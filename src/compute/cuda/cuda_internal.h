@@ -42,6 +42,8 @@ typedef struct cuda_argmax_state {
     int32_t out;
 } cuda_argmax_state;
 
+struct cuda_moe_state; /* cuda_moe.cu */
+
 /* Recorded decode steps kept (cuda_graph.cu): one per key, e.g. sessions
  * decoding in turn. */
 enum { STEP_GRAPHS = 4 };
@@ -104,6 +106,7 @@ typedef struct cuda_impl {
      * 0 between launches; NULL: the op declines) and its calls so far */
     unsigned *norm_done;
     long norm_fused, norm_declined;
+    struct cuda_moe_state *moe; /* moe_experts' tables and staging (cuda_moe.cu), or NULL */
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -229,6 +232,13 @@ void nmlx_cuda_altup_correct(nmlx_backend *be, float *p, int64_t stride, const f
 void nmlx_cuda_rope_interleaved(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
                                 int64_t pos0, const float *freqs);
 
+/* MoE experts (cuda_moe.cu; backend.h moe_experts) */
+bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                           const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                           struct nmlx_switch_buffers *b, float *out);
+/* Frees its state (cuda_release, with the stream still alive). */
+void nmlx_cuda_moe_release(cuda_impl *c);
+
 /* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
 template <typename F> __device__ F cuda_block_sum(F v) {
     __shared__ F part[32];
@@ -260,6 +270,16 @@ __device__ __forceinline__ float cuda_act1(nmlx_act act, float x) {
     case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
     }
     return x;
+}
+
+/* gpt-oss's clipped SwiGLU of one element (swiglu_clipped, and the MoE
+ * experts' fused kernel, cuda_moe.cu): g = min(gate, limit), u = clamp(up,
+ * +-limit), g * sigmoid(alpha g) * (u + 1). */
+__device__ __forceinline__ float cuda_swiglu_clipped1(float gate, float up, float alpha,
+                                                      float limit) {
+    float g = gate < limit ? gate : limit;
+    float u = up < -limit ? -limit : (up > limit ? limit : up);
+    return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
 }
 
 /* Element i of a device buffer of a float dtype, as f32. */

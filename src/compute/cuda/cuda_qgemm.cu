@@ -246,12 +246,44 @@ struct cuda_qg_seen {
     bool exact; /* every lo was zero */
 };
 
+/* An open-addressing table (cap a power of two, at most half full): a MoE
+ * model has a weight view per expert, 10^4 and more of them. */
+static size_t qg_slot(const cuda_impl *c, const void *p) {
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 20) & (c->cap_qg_seen - 1);
+}
+
 static cuda_qg_seen *qg_find(cuda_impl *c, const nmlx_weight *w) {
-    for (size_t i = 0; i < c->n_qg_seen; i++)
-        if (c->qg_seen[i].w == w->w.data && c->qg_seen[i].rows == w->rows &&
-            c->qg_seen[i].cols == w->cols)
-            return &c->qg_seen[i];
-    return NULL;
+    if (!c->cap_qg_seen) return NULL;
+    for (size_t i = qg_slot(c, w->w.data);; i = (i + 1) & (c->cap_qg_seen - 1)) {
+        cuda_qg_seen *e = &c->qg_seen[i];
+        if (!e->w) return NULL;
+        if (e->w == w->w.data && e->rows == w->rows && e->cols == w->cols) return e;
+    }
+}
+
+/* Adds (or updates) a record; false when memory fails (nothing recorded). */
+static bool qg_put(cuda_impl *c, const cuda_qg_seen *rec) {
+    if (2 * (c->n_qg_seen + 1) > c->cap_qg_seen) {
+        const size_t cap = c->cap_qg_seen ? 2 * c->cap_qg_seen : 64;
+        cuda_qg_seen *t = (cuda_qg_seen *)calloc(cap, sizeof *t);
+        if (!t) return false;
+        cuda_qg_seen *old = c->qg_seen;
+        const size_t ocap = c->cap_qg_seen;
+        c->qg_seen = t;
+        c->cap_qg_seen = cap;
+        c->n_qg_seen = 0;
+        for (size_t i = 0; i < ocap; i++)
+            if (old[i].w) qg_put(c, &old[i]);
+        free(old);
+    }
+    size_t i = qg_slot(c, rec->w);
+    while (c->qg_seen[i].w && !(c->qg_seen[i].w == rec->w && c->qg_seen[i].rows == rec->rows &&
+                                c->qg_seen[i].cols == rec->cols))
+        i = (i + 1) & (c->cap_qg_seen - 1);
+    if (!c->qg_seen[i].w) c->n_qg_seen++;
+    c->qg_seen[i] = *rec;
+    return true;
 }
 
 /* After a first call's launches: waits for them and records whether any lo
@@ -265,21 +297,15 @@ static void qg_record(nmlx_backend *be, const nmlx_weight *w) {
         nmlx_cuda_note(be, cudaGetLastError());
         return;
     }
-    if (c->n_qg_seen == c->cap_qg_seen) {
-        const size_t cap = c->cap_qg_seen ? 2 * c->cap_qg_seen : 64;
-        cuda_qg_seen *p = (cuda_qg_seen *)realloc(c->qg_seen, cap * sizeof *p);
-        if (!p) return;
-        c->qg_seen = p;
-        c->cap_qg_seen = cap;
-    }
-    c->qg_seen[c->n_qg_seen++] = (cuda_qg_seen){w->w.data, w->rows, w->cols, flag == 0};
+    const cuda_qg_seen rec = {w->w.data, w->rows, w->cols, flag == 0};
+    qg_put(c, &rec);
 }
 
 extern "C" void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact) {
     const cuda_impl *c = (const cuda_impl *)be->impl;
     *exact = *inexact = 0;
-    for (size_t i = 0; i < c->n_qg_seen; i++)
-        ++*(c->qg_seen[i].exact ? exact : inexact);
+    for (size_t i = 0; i < c->cap_qg_seen; i++)
+        if (c->qg_seen[i].w) ++*(c->qg_seen[i].exact ? exact : inexact);
 }
 
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,

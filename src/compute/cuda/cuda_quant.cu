@@ -43,29 +43,7 @@
 
 /* ---- decode mat-vec ---- */
 
-/* Scale/bias storage, a template parameter so loads carry no dtype branch
- * (a branch between a load and its use keeps the compiler from batching
- * loads across iterations: every piece would wait for its scale). */
-enum { SC_F32 = 0, SC_F16, SC_BF16, SC_E8M0 };
-
-template <int SC> struct sc_raw { typedef uint16_t t; };
-template <> struct sc_raw<SC_F32> { typedef float t; };
-template <> struct sc_raw<SC_E8M0> { typedef uint8_t t; };
-
-template <int SC>
-__device__ __forceinline__ typename sc_raw<SC>::t sc_load(const void *p, int64_t i) {
-    return __ldg((const typename sc_raw<SC>::t *)p + i);
-}
-template <int SC> __device__ __forceinline__ float sc_f32(typename sc_raw<SC>::t v) {
-    if constexpr (SC == SC_F32)
-        return v;
-    else if constexpr (SC == SC_F16)
-        return __half2float(__ushort_as_half(v));
-    else if constexpr (SC == SC_BF16)
-        return __uint_as_float((uint32_t)v << 16);
-    else
-        return e8m0_f32(v);
-}
+/* scale storage templates (SC_F32 ... SC_E8M0, sc_load, sc_f32): cuda_qdecode.h */
 
 enum { QG_WARPS = 4 };
 

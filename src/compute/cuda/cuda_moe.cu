@@ -1,0 +1,648 @@
+/* The experts of a MoE block in a few launches (backend.h moe_experts).
+ * The generic path (ported/switch_layers.c + shared/moe.c) issues, per
+ * (token, slot) pair, row copies, per-expert matmuls, a scale and an add:
+ * thousands of tiny launches a decode step of a 48-layer, top-8 model.
+ *
+ * Decode (up to 64 (token, slot) pairs, or more where a cost model says
+ * so: prefer_small; experts of one format):
+ *  1. one pinned copy of idx and scores to the device;
+ *  2. moe_gate_up_kernel: a warp per (pair, hidden row i) reads row i of
+ *     the pair's expert's gate and up weights (expert id from device
+ *     memory, weight pointers from a per-layer device table), both sums
+ *     from one pass over x, + biases, then the activation (silu(g) * u, or
+ *     gpt-oss's clipped SwiGLU): h[p, i];
+ *  3. moe_down_kernel: a warp per (pair, 2 rows of down): ys[p, d] =
+ *     score[p] * (down_e(h[p])[d] + bias);
+ *  4. moe_sum_kernel: out[t, d] = ys[t*k] + ys[t*k + 1] + ... in slot order
+ *     (deterministic: no atomics).
+ *  Sums: f32, the quantized mat-vec's per-chunk form (s * sum q x + b *
+ *  sum x, cuda_quant.cu qgemv_kernel) or a dense dot; formats: MLX affine
+ *  2/3/4/5/6/8-bit, any group size (a multiple of 32), F32/F16/BF16
+ *  scales, MXFP4, dense F32/F16/BF16. Nothing waits for the host but the
+ *  staging copy (the router's logits were downloaded just before: the
+ *  step is no longer in a graph capture; see cuda_graph.cu).
+ *
+ * Prefill (more pairs, or experts whose format is not uniform): pairs
+ * sorted by expert on the host (nmlx_switch_gather_sort), then one gather
+ * of x rows into expert order, per used expert the backend's matmuls over
+ * its contiguous rows (gate/up as one matmul_multi; the tensor-core /
+ * cuBLAS paths for more than 8 rows), one activation over all rows, down
+ * per expert, and one kernel that sums each token's k slots with their
+ * scores in slot order.
+ *
+ * NMLX_CUDA_MOE=0: the op declines (the generic path runs), for A/B runs;
+ * NMLX_CUDA_MOE=sorted: always the prefill form. */
+/* cuda_internal.h first: it includes the C headers with C linkage */
+#include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_backend.h"
+#include "compute/cuda/cuda_qdecode.h"
+
+extern "C" {
+#include "ported/switch_layers.h"
+}
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MOE_SMALL_PAIRS = 64, MOE_WARPS = 4, MOE_TABLES_MAX = 4096 };
+static const double MOE_EXPERT_LAUNCH_BYTES = 48e6; /* prefer_small */
+
+/* Expert e's device pointers in one switch linear. */
+typedef struct moe_ptrs {
+    const void *w, *s, *b, *bias;
+} moe_ptrs;
+
+/* The kernels' view of one switch linear: the pointer table and the
+ * format every expert shares. kind: 0 = dense (SC = the weight dtype as
+ * SC_F32/SC_F16/SC_BF16), else the affine bits or 4 with SC_E8M0. */
+typedef struct moe_lin {
+    const moe_ptrs *tab; /* [E] device */
+    int64_t rows, cols;
+    int bits, sc, gshift;
+    nmlx_dtype bias_dt;
+    bool has_bias;
+} moe_lin;
+
+/* One switch linear's table. The key (its weight array) may be reused by
+ * another model's linear after a free: the first and last experts'
+ * pointers and the shape must match too. */
+typedef struct moe_table {
+    const nmlx_weight *key;
+    int64_t n, rows, cols;
+    moe_ptrs first, last; /* host view of experts 0 and n - 1 */
+    bool ok;              /* uniform and supported by the decode kernels */
+    moe_lin lin;
+} moe_table;
+
+struct cuda_moe_state {
+    moe_table *tabs;
+    size_t n_tabs, cap_tabs;
+    int32_t *host, *dev; /* staging: [idx P][scores P][order P][inv P] (scores as f32 bits) */
+    size_t cap_words;
+    int mode; /* 0: off, 1: auto, 2: always sorted, 3: the decode form where it applies */
+};
+
+/* ---- the sums ---- */
+
+__device__ __forceinline__ float moe_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* acc[r] += this lane's part of row rows[r] of tab[r] . x (x of length
+ * N), the R rows read in one pass over x. BITS == 0: dense weights of
+ * dtype SC (SC_F32 / SC_F16 / SC_BF16), element by element. Else packed
+ * codes in 8-input pieces (lane l takes pieces l, l + 32, ...), the
+ * group's scale and bias applied to each piece's sums as qgemv_kernel. */
+template <int BITS, int SC, int R>
+__device__ __forceinline__ void moe_dot(const moe_ptrs *const *p, const int64_t *rows, int64_t N,
+                                        int gshift, const float *x, bool xvec, float *acc) {
+    const int lane = threadIdx.x & 31;
+    if constexpr (BITS == 0) {
+        for (int64_t k = lane; k < N; k += 32) {
+            const float xv = __ldg(x + k);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int64_t o = rows[r] * N + k;
+                float wv;
+                if constexpr (SC == SC_F32)
+                    wv = __ldg((const float *)p[r]->w + o);
+                else
+                    wv = sc_f32<SC>(__ldg((const uint16_t *)p[r]->w + o));
+                acc[r] = fmaf(wv, xv, acc[r]);
+            }
+        }
+    } else {
+        constexpr bool MX = SC == SC_E8M0;
+        const int K8 = (int)(N / 8), G = (int)(N >> (gshift + 3));
+        const uint8_t *wr[R];
+        const typename sc_raw<SC>::t *sr[R], *br[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            wr[r] = (const uint8_t *)p[r]->w + rows[r] * (N * BITS / 8);
+            sr[r] = (const typename sc_raw<SC>::t *)p[r]->s + rows[r] * G;
+            br[r] = MX ? sr[r] : (const typename sc_raw<SC>::t *)p[r]->b + rows[r] * G;
+        }
+#pragma unroll 2
+        for (int k = lane; k < K8; k += 32) {
+            const int g = k >> gshift;
+            uint64_t v[R];
+            typename sc_raw<SC>::t sv[R], bv[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                v[r] = load8<BITS>(wr[r], k);
+                sv[r] = __ldg(sr[r] + g);
+                if (!MX) bv[r] = __ldg(br[r] + g);
+            }
+            float xv[8];
+            if (xvec) {
+                const float4 a = __ldg((const float4 *)x + 2 * k),
+                             b = __ldg((const float4 *)x + 2 * k + 1);
+                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+                xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    xv[i] = __ldg(x + 8 * k + i);
+            }
+            float xs = 0.0f;
+            if (!MX) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    xs += xv[i];
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float q[8];
+                decode8<BITS, MX>(v[r], q);
+                float dot = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    dot = fmaf(q[i], xv[i], dot);
+                if (MX)
+                    acc[r] = fmaf(sc_f32<SC>(sv[r]), dot * 16384.0f, acc[r]); /* fp4 2^-14 back */
+                else
+                    acc[r] = fmaf(sc_f32<SC>(sv[r]), dot, fmaf(sc_f32<SC>(bv[r]), xs, acc[r]));
+            }
+        }
+    }
+}
+
+/* ---- decode kernels ---- */
+
+/* h[p, i] = act(gate_e[i] . x[t] + gb, up_e[i] . x[t] + ub), e = idx[p],
+ * t = p / k; a warp per (pair, i). clipped: gpt-oss's SwiGLU. */
+template <int BITS, int SC>
+__global__ void __launch_bounds__(32 * MOE_WARPS)
+    moe_gate_up_kernel(moe_lin gl, moe_lin ul, const float *x, const int32_t *idx, int k, float *h,
+                       bool clipped, float alpha, float limit, bool xvec) {
+    const int64_t i = (int64_t)blockIdx.x * MOE_WARPS + threadIdx.x / 32, I = gl.rows;
+    if (i >= I) return;
+    const int p = blockIdx.y, e = idx[p];
+    const int64_t N = gl.cols;
+    const moe_ptrs *ptr[2] = {gl.tab + e, ul.tab + e};
+    const int64_t rows[2] = {i, i};
+    float acc[2] = {0.0f, 0.0f};
+    moe_dot<BITS, SC, 2>(ptr, rows, N, gl.gshift, x + (int64_t)(p / k) * N, xvec, acc);
+    float g = moe_warp_sum(acc[0]), u = moe_warp_sum(acc[1]);
+    if ((threadIdx.x & 31) != 0) return;
+    if (gl.has_bias) g = g + cuda_load_f32(gl.bias_dt, ptr[0]->bias, i);
+    if (ul.has_bias) u = u + cuda_load_f32(ul.bias_dt, ptr[1]->bias, i);
+    h[(int64_t)p * I + i] =
+        clipped ? cuda_swiglu_clipped1(g, u, alpha, limit) : cuda_act1(NMLX_ACT_SILU, g) * u;
+}
+
+/* ys[p, d] = score[p] * (down_e[d] . h[p] + bias), e = idx[p]; a warp per
+ * (pair, 2 rows d). */
+template <int BITS, int SC>
+__global__ void __launch_bounds__(32 * MOE_WARPS)
+    moe_down_kernel(moe_lin dl, const float *h, const int32_t *idx, const float *scores, float *ys,
+                    bool xvec) {
+    const int64_t d0 = ((int64_t)blockIdx.x * MOE_WARPS + threadIdx.x / 32) * 2, D = dl.rows;
+    if (d0 >= D) return;
+    const int p = blockIdx.y, e = idx[p];
+    const int64_t N = dl.cols;
+    const moe_ptrs *ptr[2] = {dl.tab + e, dl.tab + e};
+    const int64_t rows[2] = {d0, d0 + 1 < D ? d0 + 1 : d0};
+    float acc[2] = {0.0f, 0.0f};
+    moe_dot<BITS, SC, 2>(ptr, rows, N, dl.gshift, h + (int64_t)p * N, xvec, acc);
+    const float s = scores[p];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float y = moe_warp_sum(acc[r]);
+        if ((threadIdx.x & 31) != 0 || d0 + r >= D) continue;
+        if (dl.has_bias) y = y + cuda_load_f32(dl.bias_dt, ptr[0]->bias, d0 + r);
+        ys[(int64_t)p * D + d0 + r] = __fmul_rn(y, s); /* scale, as its own op */
+    }
+}
+
+/* out[t, d] = ys[t k] + ys[t k + 1] + ... (slot order), [T, D] */
+__global__ void moe_sum_kernel(const float *ys, float *out, int64_t T, int64_t D, int k) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * D;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / D, d = i % D;
+        const float *y = ys + t * k * D + d;
+        float o = y[0];
+        for (int j = 1; j < k; j++)
+            o = __fadd_rn(o, y[(int64_t)j * D]);
+        out[i] = o;
+    }
+}
+
+/* ---- prefill kernels ---- */
+
+/* xs[s] = x[order[s] / k], [P, D] */
+__global__ void moe_gather_kernel(const float *x, const int32_t *order, int k, float *xs, int64_t P,
+                                  int64_t D) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < P * D;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t s = i / D, d = i % D;
+        xs[i] = x[(int64_t)(order[s] / k) * D + d];
+    }
+}
+
+/* out[t, d] = sum_j scores[t k + j] * ys[inv[t k + j], d] in slot order:
+ * each product rounded, then added (the generic path's scale and add). */
+__global__ void moe_scatter_sum_kernel(const float *ys, const int32_t *inv, const float *scores,
+                                       float *out, int64_t T, int64_t D, int k) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < T * D;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / D, d = i % D;
+        float o = __fmul_rn(ys[(int64_t)inv[t * k] * D + d], scores[t * k]);
+        for (int j = 1; j < k; j++)
+            o = __fadd_rn(o, __fmul_rn(ys[(int64_t)inv[t * k + j] * D + d], scores[t * k + j]));
+        out[i] = o;
+    }
+}
+
+static unsigned moe_grid(int64_t n) {
+    int64_t b = (n + 255) / 256;
+    return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
+}
+
+/* ---- state ---- */
+
+static cuda_moe_state *moe_state(nmlx_backend *be) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (!c->moe) {
+        c->moe = (cuda_moe_state *)nmlx_calloc(1, sizeof *c->moe);
+        if (!c->moe) return NULL;
+        const char *e = getenv("NMLX_CUDA_MOE");
+        c->moe->mode = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "sorted") ? 2 : 1;
+    }
+    return c->moe;
+}
+
+void nmlx_cuda_moe_release(cuda_impl *c) {
+    cuda_moe_state *m = c->moe;
+    if (!m) return;
+    for (size_t i = 0; i < m->n_tabs; i++)
+        if (m->tabs[i].lin.tab) cudaFree((void *)m->tabs[i].lin.tab);
+    nmlx_free(m->tabs);
+    if (m->host) cudaFreeHost(m->host);
+    if (m->dev) cudaFree(m->dev);
+    nmlx_free(m);
+    c->moe = NULL;
+}
+
+/* calls that ran each form, all backends of the process (tests print them) */
+static long moe_small_calls, moe_sorted_calls;
+
+extern "C" void nmlx_cuda_moe_stats(long *small, long *sorted) {
+    *small = moe_small_calls;
+    *sorted = moe_sorted_calls;
+}
+
+extern "C" void nmlx_backend_cuda_set_moe(nmlx_backend *be, int mode) {
+    cuda_moe_state *m = moe_state(be);
+    if (m) m->mode = mode < 0 ? 0 : mode > 3 ? 3 : mode;
+}
+
+/* The format the decode kernels take for weight w (false: none). */
+static bool lin_format(const nmlx_weight *w, int *bits, int *sc, int *gshift) {
+    *gshift = 0;
+    if (w->mode == NMLX_QUANT_NONE) {
+        *bits = 0;
+        switch (w->w.dtype) {
+        case NMLX_DT_F32: *sc = SC_F32; return true;
+        case NMLX_DT_F16: *sc = SC_F16; return true;
+        case NMLX_DT_BF16: *sc = SC_BF16; return true;
+        default: return false;
+        }
+    }
+    const int gs = w->group_size;
+    if (gs < 32 || gs % 32 || w->cols % gs || !w->w.data || ((uintptr_t)w->w.data & 3))
+        return false;
+    while ((8 << *gshift) < gs)
+        (*gshift)++;
+    if ((8 << *gshift) != gs) return false; /* group size not a power of two */
+    *bits = w->bits;
+    if (w->mode == NMLX_QUANT_MXFP4) {
+        *sc = SC_E8M0;
+        return w->bits == 4;
+    }
+    if (w->mode != NMLX_QUANT_AFFINE) return false;
+    switch (w->scales.dtype) {
+    case NMLX_DT_F32: *sc = SC_F32; break;
+    case NMLX_DT_F16: *sc = SC_F16; break;
+    case NMLX_DT_BF16: *sc = SC_BF16; break;
+    default: return false;
+    }
+    if (w->biases.dtype != w->scales.dtype) return false;
+    return *bits == 2 || *bits == 3 || *bits == 4 || *bits == 5 || *bits == 6 || *bits == 8;
+}
+
+static bool same_format(const nmlx_weight *a, const nmlx_weight *b) {
+    return a->mode == b->mode && a->bits == b->bits && a->group_size == b->group_size &&
+           a->rows == b->rows && a->cols == b->cols && a->w.dtype == b->w.dtype &&
+           (a->mode == NMLX_QUANT_NONE || a->scales.dtype == b->scales.dtype) &&
+           (a->mode != NMLX_QUANT_AFFINE || a->biases.dtype == b->biases.dtype);
+}
+
+/* The decode kernels' view of l, built once (a device pointer table);
+ * NULL when its experts do not share one supported format. */
+/* Expert e's pointers in l (host view). */
+static moe_ptrs ptrs_of(const nmlx_switch_linear *l, int64_t e) {
+    const nmlx_weight *w = &l->w[e];
+    moe_ptrs p;
+    p.w = w->w.data;
+    p.s = w->mode != NMLX_QUANT_NONE ? w->scales.data : NULL;
+    p.b = w->mode == NMLX_QUANT_AFFINE ? w->biases.data : NULL;
+    p.bias = l->bias ? l->bias[e].data : NULL;
+    return p;
+}
+
+static bool same_ptrs(const moe_ptrs *a, const moe_ptrs *b) {
+    return a->w == b->w && a->s == b->s && a->b == b->b && a->bias == b->bias;
+}
+
+/* The decode kernels' view of l, built once (a device pointer table);
+ * NULL when its experts do not share one supported format. */
+static const moe_lin *lin_of(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_linear *l) {
+    const int64_t E = l->n_experts;
+    if (E <= 0) return NULL;
+    const moe_ptrs first = ptrs_of(l, 0), last = ptrs_of(l, E - 1);
+    moe_table *t = NULL;
+    for (size_t i = 0; i < m->n_tabs && !t; i++) {
+        moe_table *c = &m->tabs[i];
+        if (c->key != l->w) continue;
+        if (c->n == E && c->rows == l->w[0].rows && c->cols == l->w[0].cols &&
+            same_ptrs(&c->first, &first) && same_ptrs(&c->last, &last))
+            return c->ok ? &c->lin : NULL;
+        t = c; /* a freed linear's array, reused: rebuild */
+        if (c->lin.tab) {
+            cudaStreamSynchronize(cuda_host_of(be)->stream);
+            cudaFree((void *)c->lin.tab);
+        }
+    }
+    if (!t) {
+        if (m->n_tabs == m->cap_tabs) {
+            if (m->cap_tabs >= MOE_TABLES_MAX) return NULL;
+            size_t cap = m->cap_tabs ? 2 * m->cap_tabs : 64;
+            moe_table *nt = (moe_table *)nmlx_realloc(m->tabs, cap * sizeof *nt);
+            if (!nt) return NULL;
+            m->tabs = nt;
+            m->cap_tabs = cap;
+        }
+        t = &m->tabs[m->n_tabs++];
+    }
+    memset(t, 0, sizeof *t);
+    t->key = l->w;
+    t->n = E;
+    t->rows = l->w[0].rows;
+    t->cols = l->w[0].cols;
+    t->first = first;
+    t->last = last;
+    int bits = 0, sc = 0, gshift = 0;
+    bool ok = lin_format(&l->w[0], &bits, &sc, &gshift);
+    const nmlx_dtype bdt = l->bias ? l->bias[0].dtype : NMLX_DT_F32;
+    for (int64_t e = 0; ok && e < E; e++) {
+        int b2, s2, g2;
+        ok = same_format(&l->w[0], &l->w[e]) && lin_format(&l->w[e], &b2, &s2, &g2);
+        if (ok && l->bias) ok = l->bias[e].data && l->bias[e].dtype == bdt;
+    }
+    if (ok && (bdt != NMLX_DT_F32 && bdt != NMLX_DT_F16 && bdt != NMLX_DT_BF16)) ok = false;
+    if (!ok) return NULL;
+    moe_ptrs *h = (moe_ptrs *)nmlx_calloc((size_t)E, sizeof *h);
+    if (!h) return NULL;
+    for (int64_t e = 0; e < E; e++)
+        h[e] = ptrs_of(l, e);
+    cuda_impl *c = cuda_host_of(be);
+    moe_ptrs *d = NULL;
+    cudaError_t err = cudaMalloc((void **)&d, (size_t)E * sizeof *d);
+    if (err == cudaSuccess)
+        err = cudaMemcpyAsync(d, h, (size_t)E * sizeof *d, cudaMemcpyHostToDevice, c->stream);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(c->stream);
+    nmlx_free(h);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        if (d) cudaFree(d);
+        return NULL;
+    }
+    t->ok = true;
+    t->lin = (moe_lin){d, l->w[0].rows, l->w[0].cols, bits, sc, gshift, bdt, l->bias != NULL};
+    return &t->lin;
+}
+
+/* The staging buffers for `words` 4-byte words (host pinned and device). */
+static bool stage_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
+    cuda_impl *c = cuda_host_of(be);
+    cudaStreamSynchronize(c->stream); /* the last staging copy is done with m->host */
+    if (words <= m->cap_words) return true;
+    if (m->host) cudaFreeHost(m->host);
+    if (m->dev) cudaFree(m->dev);
+    m->host = m->dev = NULL;
+    m->cap_words = 0;
+    if (cudaMallocHost((void **)&m->host, words * 4) != cudaSuccess ||
+        cudaMalloc((void **)&m->dev, words * 4) != cudaSuccess) {
+        cudaGetLastError();
+        if (m->host) cudaFreeHost(m->host);
+        m->host = NULL;
+        return false;
+    }
+    m->cap_words = words;
+    return true;
+}
+
+/* ---- the decode form ---- */
+
+template <int BITS, int SC>
+static void launch_gate_up(cudaStream_t s, const moe_lin &gl, const moe_lin &ul, const float *x,
+                           const int32_t *idx, int k, float *h, int P, const nmlx_switch_glu *g) {
+    const bool xvec = BITS && (uintptr_t)x % 16 == 0;
+    dim3 grid((unsigned)((gl.rows + MOE_WARPS - 1) / MOE_WARPS), (unsigned)P);
+    moe_gate_up_kernel<BITS, SC><<<grid, 32 * MOE_WARPS, 0, s>>>(
+        gl, ul, x, idx, k, h, g->act == NMLX_SWITCH_SWIGLU_CLIPPED, g->alpha, g->limit, xvec);
+}
+
+template <int BITS, int SC>
+static void launch_down(cudaStream_t s, const moe_lin &dl, const float *h, const int32_t *idx,
+                        const float *scores, float *ys, int P) {
+    const bool xvec = BITS && (uintptr_t)h % 16 == 0 && dl.cols % 4 == 0;
+    dim3 grid((unsigned)((dl.rows + 2 * MOE_WARPS - 1) / (2 * MOE_WARPS)), (unsigned)P);
+    moe_down_kernel<BITS, SC><<<grid, 32 * MOE_WARPS, 0, s>>>(dl, h, idx, scores, ys, xvec);
+}
+
+/* One launcher of format (bits, sc): F(BITS, SC) instantiated for each. */
+#define MOE_DISPATCH(bits, sc, F)                                                                  \
+    do {                                                                                           \
+        if ((bits) == 0) {                                                                         \
+            if ((sc) == SC_F32)                                                                    \
+                F(0, SC_F32);                                                                      \
+            else if ((sc) == SC_F16)                                                               \
+                F(0, SC_F16);                                                                      \
+            else                                                                                   \
+                F(0, SC_BF16);                                                                     \
+        } else if ((sc) == SC_E8M0) {                                                              \
+            F(4, SC_E8M0);                                                                         \
+        } else {                                                                                   \
+            switch (bits) {                                                                        \
+            case 2: MOE_DISPATCH_SC(2, sc, F); break;                                              \
+            case 3: MOE_DISPATCH_SC(3, sc, F); break;                                              \
+            case 4: MOE_DISPATCH_SC(4, sc, F); break;                                              \
+            case 5: MOE_DISPATCH_SC(5, sc, F); break;                                              \
+            case 6: MOE_DISPATCH_SC(6, sc, F); break;                                              \
+            default: MOE_DISPATCH_SC(8, sc, F); break;                                             \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+#define MOE_DISPATCH_SC(B, sc, F)                                                                  \
+    do {                                                                                           \
+        if ((sc) == SC_F32)                                                                        \
+            F(B, SC_F32);                                                                          \
+        else if ((sc) == SC_F16)                                                                   \
+            F(B, SC_F16);                                                                          \
+        else                                                                                       \
+            F(B, SC_BF16);                                                                         \
+    } while (0)
+
+/* The decode form's three kernels, routing already on the device (didx,
+ * dsc [T * k]): no allocation, no host wait, so a recorded step could hold
+ * them (a device-side router would call this directly). */
+static void launch_small(nmlx_backend *be, const moe_lin *gl, const moe_lin *ul, const moe_lin *dl,
+                         const nmlx_switch_glu *g, const float *x, const int32_t *didx,
+                         const float *dsc, int64_t T, int64_t k, nmlx_switch_buffers *b,
+                         float *out) {
+    cudaStream_t s = cuda_of(be)->stream;
+    const int Pi = (int)(T * k), ki = (int)k;
+#define GATE_UP(B, S) launch_gate_up<B, S>(s, *gl, *ul, x, didx, ki, b->gate, Pi, g)
+    MOE_DISPATCH(gl->bits, gl->sc, GATE_UP);
+#undef GATE_UP
+#define DOWN(B, S) launch_down<B, S>(s, *dl, b->gate, didx, dsc, b->ys, Pi)
+    MOE_DISPATCH(dl->bits, dl->sc, DOWN);
+#undef DOWN
+    moe_sum_kernel<<<moe_grid(T * g->in), 256, 0, s>>>(b->ys, out, T, g->in, ki);
+    nmlx_cuda_note(be, cudaGetLastError());
+}
+
+static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g, const float *x,
+                      const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                      nmlx_switch_buffers *b, float *out) {
+    /* copies: a later lin_of may move the tables */
+    const moe_lin *pg = lin_of(be, m, &g->gate);
+    if (!pg) return false;
+    const moe_lin gl = *pg, *pu = lin_of(be, m, &g->up);
+    if (!pu) return false;
+    const moe_lin ul = *pu, *pd = lin_of(be, m, &g->down);
+    if (!pd) return false;
+    const moe_lin dl = *pd;
+    if (gl.bits != ul.bits || gl.sc != ul.sc || gl.gshift != ul.gshift || gl.rows != ul.rows ||
+        gl.cols != ul.cols || gl.rows != g->hidden || gl.cols != g->in || dl.cols != gl.rows ||
+        dl.rows != gl.cols)
+        return false;
+    const int64_t P = T * k;
+    if (!stage_reserve(be, m, (size_t)(2 * P))) return false;
+    memcpy(m->host, idx, (size_t)P * 4);
+    memcpy(m->host + P, scores, (size_t)P * 4);
+    nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, m->host, (size_t)(2 * P) * 4, cudaMemcpyHostToDevice,
+                                       cuda_of(be)->stream));
+    launch_small(be, &gl, &ul, &dl, g, x, m->dev, (const float *)(m->dev + P), T, k, b, out);
+    moe_small_calls++;
+    return true;
+}
+
+/* ---- the prefill form ---- */
+
+static bool run_sorted(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g,
+                       const float *x, const int32_t *idx, const float *scores, int64_t T,
+                       int64_t k, nmlx_switch_buffers *b, float *out) {
+    const int64_t P = T * k, D = g->in, I = g->hidden;
+    if (!stage_reserve(be, m, (size_t)(3 * P))) return false;
+    nmlx_switch_gather_sort(b, idx, P);
+    int32_t *hs = m->host; /* [scores P][order P][inv P] */
+    memcpy(hs, scores, (size_t)P * 4);
+    memcpy(hs + P, b->order, (size_t)P * 4);
+    for (int64_t s = 0; s < P; s++)
+        hs[2 * P + b->order[s]] = (int32_t)s;
+    cudaStream_t s = cuda_of(be)->stream;
+    nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, hs, (size_t)(3 * P) * 4, cudaMemcpyHostToDevice, s));
+    const float *dsc = (const float *)m->dev;
+    const int32_t *dorder = m->dev + P, *dinv = m->dev + 2 * P;
+    moe_gather_kernel<<<moe_grid(P * D), 256, 0, s>>>(x, dorder, (int)k, b->xs, P, D);
+    nmlx_cuda_note(be, cudaGetLastError());
+    for (int64_t e = 0; e < g->gate.n_experts; e++) {
+        const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
+        if (n == 0) continue;
+        const nmlx_weight *ws[2] = {&g->gate.w[e], &g->up.w[e]};
+        const nmlx_tensor *bs[2] = {g->gate.bias ? &g->gate.bias[e] : NULL,
+                                    g->up.bias ? &g->up.bias[e] : NULL};
+        float *ys[2] = {b->gate + s0 * I, b->up + s0 * I};
+        nmlx_cuda_matmul_multi(be, 2, ws, bs, b->xs + s0 * D, ys, n);
+    }
+    if (g->act == NMLX_SWITCH_SWIGLU_CLIPPED)
+        nmlx_cuda_swiglu_clipped(be, b->gate, b->up, b->gate, P * I, g->alpha, g->limit);
+    else
+        nmlx_cuda_act_mul(be, NMLX_ACT_SILU, b->gate, b->up, b->gate, P * I);
+    for (int64_t e = 0; e < g->down.n_experts; e++) {
+        const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
+        if (n == 0) continue;
+        nmlx_cuda_matmul(be, &g->down.w[e], g->down.bias ? &g->down.bias[e] : NULL,
+                         b->gate + s0 * I, b->ys + s0 * D, n);
+    }
+    s = cuda_of(be)->stream;
+    moe_scatter_sum_kernel<<<moe_grid(T * D), 256, 0, s>>>(b->ys, dinv, dsc, out, T, D, (int)k);
+    nmlx_cuda_note(be, cudaGetLastError());
+    moe_sorted_calls++;
+    return true;
+}
+
+/* Bytes of one expert weight (codes and group scales / biases). */
+static double weight_bytes(const nmlx_weight *w) {
+    const double n = (double)w->rows * (double)w->cols;
+    if (w->mode == NMLX_QUANT_NONE) return n * (double)nmlx_dtype_size(w->w.dtype);
+    const double groups = w->group_size > 0 ? n / w->group_size : 0;
+    const double per_group = w->mode == NMLX_QUANT_AFFINE
+                                 ? 2.0 * (double)nmlx_dtype_size(w->scales.dtype)
+                                 : 1.0; /* E8M0 */
+    return n * w->bits / 8.0 + groups * per_group;
+}
+
+/* Whether P pairs take the decode form (mode 1). That form reads each
+ * pair's expert weights (shared between pairs only through L2); the
+ * prefill form reads each used expert once but costs about 6 launches an
+ * expert (gate/up, down: split + tensor-core tile each, mostly empty
+ * tiles at a few rows). Cost model, not yet measured: the decode form
+ * while P * (bytes of a pair's three weights) <= used experts *
+ * MOE_EXPERT_LAUNCH_BYTES (48 MB: 6 launches of ~3 us at ~2.7 TB/s), and
+ * always up to MOE_SMALL_PAIRS. Qwen3-30B-A3B 4-bit (2.5 MB a pair, 128
+ * experts): the decode form up to ~2,400 pairs, so batched decode of 32
+ * sessions (256 pairs) and prompts up to ~300 tokens; GPT-OSS-20B MXFP4
+ * (13 MB a pair, 32 experts): up to ~120 pairs. NMLX_CUDA_MOE_SMALL=N:
+ * the decode form up to N pairs instead. */
+static bool prefer_small(const nmlx_switch_glu *g, const int32_t *idx, int64_t P) {
+    static long fixed = -2; /* -2: not read yet; -1: the cost model */
+    if (fixed == -2) {
+        const char *e = getenv("NMLX_CUDA_MOE_SMALL");
+        fixed = e && *e ? atol(e) : -1;
+    }
+    if (fixed >= 0) return P <= fixed;
+    if (P <= MOE_SMALL_PAIRS) return true;
+    const double pair =
+        weight_bytes(&g->gate.w[0]) + weight_bytes(&g->up.w[0]) + weight_bytes(&g->down.w[0]);
+    const int64_t E = g->gate.n_experts;
+    int64_t used = P < E ? P : E;
+    if (E <= 4096) { /* the experts the pairs use */
+        uint64_t seen[64] = {0};
+        used = 0;
+        for (int64_t p = 0; p < P; p++) {
+            const uint64_t bit = 1ull << (idx[p] & 63);
+            if (!(seen[idx[p] >> 6] & bit)) seen[idx[p] >> 6] |= bit, used++;
+        }
+    }
+    return (double)P * pair <= (double)used * MOE_EXPERT_LAUNCH_BYTES;
+}
+
+bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                           const int32_t *idx, const float *scores, int64_t T, int64_t k,
+                           struct nmlx_switch_buffers *b, float *out) {
+    cuda_moe_state *m = moe_state(be);
+    if (!m || !m->mode || T <= 0 || k <= 0 || T * k > b->max_pairs ||
+        g->gate.n_experts != b->n_experts || T * k > INT32_MAX)
+        return false;
+    if ((m->mode == 3 || (m->mode == 1 && prefer_small(g, idx, T * k))) && T * k <= 65535 &&
+        run_small(be, m, g, x, idx, scores, T, k, b, out))
+        return true;
+    return run_sorted(be, m, g, x, idx, scores, T, k, b, out);
+}
