@@ -515,6 +515,22 @@ static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int
     return ok;
 }
 
+/* worst |a - b| over each step's logit range (a NaN difference: infinity) */
+static double steps_diff(const float *a, const float *b, int64_t V) {
+    double worst = 0;
+    for (int st = 0; st < G_STEPS; st++) {
+        const float *x = a + (size_t)st * (size_t)V, *y = b + (size_t)st * (size_t)V;
+        double lo = INFINITY, hi = -INFINITY, d = 0;
+        for (int64_t i = 0; i < V; i++) {
+            lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
+            double e = fabs((double)x[i] - y[i]);
+            d = e == e && e > d ? e : (e == e ? d : INFINITY);
+        }
+        worst = fmax(worst, d / fmax(hi - lo, 1e-30));
+    }
+    return worst;
+}
+
 static void test_graph(const char *dir, bool repeats) {
     size_t n = (size_t)G_STEPS * G_MAXV;
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
@@ -522,23 +538,35 @@ static void test_graph(const char *dir, bool repeats) {
     int64_t Va = 0, Vb = 0;
     long ra = 0, rb = 0;
     if (graph_run(dir, false, fed, a, &Va, &ra) && graph_run(dir, true, fed, b, &Vb, &rb)) {
-        double worst = 0;
-        for (int st = 0; st < G_STEPS; st++) {
-            const float *x = a + (size_t)st * (size_t)Va, *y = b + (size_t)st * (size_t)Va;
-            double lo = INFINITY, hi = -INFINITY, d = 0;
-            for (int64_t i = 0; i < Va; i++) {
-                lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
-                double e = fabs((double)x[i] - y[i]);
-                d = e == e && e > d ? e : (e == e ? d : INFINITY);
-            }
-            worst = fmax(worst, d / fmax(hi - lo, 1e-30));
-        }
+        double worst = steps_diff(a, b, Va);
         EXPECT(worst <= 1e-6, "%s: graph vs no graph: logits differ by %.2e of their range", dir,
                worst);
         EXPECT(repeats ? rb >= G_STEPS - 4 : rb == 0, "%s: %ld of %d steps replayed (%s)", dir, rb,
                G_STEPS, repeats ? "all but a few expected" : "none expected");
         printf("%-36s graph replays %ld of %d steps, logits within %.2e\n", dir, rb, G_STEPS,
                worst);
+    }
+    free(a), free(b);
+}
+
+/* The model path of add_rmsnorm_matmul: the same greedy decode (graphs on)
+ * with the op off (NMLX_CUDA_NORM_MATMUL=0: add_rmsnorm + the mat-vecs; its
+ * ids fed to both) and on: logits within 1e-6 of their range (expected
+ * equal: the fused kernel stages the values add_rmsnorm writes). */
+static void test_norm_model(const char *dir) {
+    size_t n = (size_t)G_STEPS * G_MAXV;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    int32_t fed[G_STEPS];
+    int64_t Va = 0, Vb = 0;
+    long ra = 0, rb = 0;
+    setenv("NMLX_CUDA_NORM_MATMUL", "0", 1);
+    bool ok = graph_run(dir, false, fed, a, &Va, &ra); /* picks the ids */
+    unsetenv("NMLX_CUDA_NORM_MATMUL");
+    if (ok && graph_run(dir, true, fed, b, &Vb, &rb)) {
+        double worst = steps_diff(a, b, Va);
+        EXPECT(worst <= 1e-6, "%s: add_rmsnorm_matmul on vs off: logits differ by %.2e", dir,
+               worst);
+        printf("%-36s add_rmsnorm_matmul on vs off: logits within %.2e\n", dir, worst);
     }
     free(a), free(b);
 }
@@ -587,6 +615,8 @@ int main(void) {
     test_graph("tests/fixtures/quant_llama_q4g64_f16", true); /* quantized, gate_up pairs */
     test_graph("tests/fixtures/phi3_longrope", true);         /* its table switches once */
     test_graph("tests/fixtures/mistral_window", false);       /* rotating cache: no replay */
+    test_norm_model("tests/fixtures/quant_llama_q4g64_f16");
+    test_norm_model("tests/fixtures/quant_qwen3_q8g64_bf16"); /* q/k norms, 8-bit */
     printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
            worst_gpu[0]);
     printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],
