@@ -457,7 +457,7 @@ static void test_fused_env(void) {
     setenv("NMLX_CUDA_NORM_MATMUL", "0", 1); /* this op alone */
     b = NULL;
     ok = nmlx_backend_cuda_create(0, &b) == NMLX_OK;
-    unsetenv("NMLX_CUDA_NORM_MATMUL");
+    setenv("NMLX_CUDA_NORM_MATMUL", "1", 1);
     EXPECT(ok, "cuda backend with NMLX_CUDA_NORM_MATMUL=0: %s", nmlx_last_error());
     if (!ok) return;
     EXPECT(b->ops->add_rmsnorm && b->ops->gate_up_act && !b->ops->add_rmsnorm_matmul,
@@ -561,7 +561,7 @@ static void test_norm_model(const char *dir) {
     long ra = 0, rb = 0;
     setenv("NMLX_CUDA_NORM_MATMUL", "0", 1);
     bool ok = graph_run(dir, false, fed, a, &Va, &ra); /* picks the ids */
-    unsetenv("NMLX_CUDA_NORM_MATMUL");
+    setenv("NMLX_CUDA_NORM_MATMUL", "1", 1);
     if (ok && graph_run(dir, true, fed, b, &Vb, &rb)) {
         double worst = steps_diff(a, b, Va);
         EXPECT(worst <= 1e-6, "%s: add_rmsnorm_matmul on vs off: logits differ by %.2e", dir,
@@ -572,6 +572,8 @@ static void test_norm_model(const char *dir) {
 }
 
 int main(void) {
+    /* add_rmsnorm_matmul is opt-in: on for this test unless asked off */
+    setenv("NMLX_CUDA_NORM_MATMUL", "1", 0);
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());
         return 77;

@@ -47,7 +47,8 @@ __global__ void copy_batch_kernel(cuda_copy_batch b) {
         for (unsigned int i = threadIdx.x; i < n / 16; i += blockDim.x)
             ((uint4 *)d)[i] = ((const uint4 *)s)[i];
     } else {
-        for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
+        for (unsigned int i = threadIdx.x; i < n; i += blockDim.x)
+            d[i] = s[i];
     }
 }
 
@@ -77,7 +78,8 @@ static void cuda_copy(nmlx_backend *be, void *dst, const void *src, size_t bytes
     }
     cuda_copy_batch *b = &c->copies;
     for (int i = 0; i < b->n; i++)
-        if (overlaps(d, bytes, b->dst[i], b->bytes[i]) || overlaps(s, bytes, b->dst[i], b->bytes[i]) ||
+        if (overlaps(d, bytes, b->dst[i], b->bytes[i]) ||
+            overlaps(s, bytes, b->dst[i], b->bytes[i]) ||
             overlaps(d, bytes, b->src[i], b->bytes[i])) {
             nmlx_cuda_flush(be);
             break;
@@ -111,7 +113,8 @@ static void cuda_sync(nmlx_backend *be) {
 static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return true;
     size_t n = *cap ? *cap * 2 : 64;
-    while (n < need) n *= 2;
+    while (n < need)
+        n *= 2;
     void *p = nmlx_malloc(n * elem);
     if (!p) return false;
     if (*arr) memcpy(p, *arr, *cap * elem);
@@ -193,7 +196,8 @@ static void cuda_release(nmlx_backend *be) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     for (size_t i = 0; i < c->n_regions; i++)
         if (c->regions[i].owned) cudaFree(c->regions[i].dev);
-    for (size_t i = 0; i < c->n_tensors; i++) nmlx_free(c->tensors[i]);
+    for (size_t i = 0; i < c->n_tensors; i++)
+        nmlx_free(c->tensors[i]);
     nmlx_free(c->regions);
     nmlx_free(c->tensors);
     if (c->ids_host) cudaFreeHost(c->ids_host);
@@ -287,9 +291,11 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     be->ops = &cuda_ops;
     nmlx_backend_apply_env(be);
     {
-        /* NMLX_CUDA_NORM_MATMUL=0: add + norm as their own launch again (A/B runs) */
+        /* add_rmsnorm_matmul is opt-in (NMLX_CUDA_NORM_MATMUL=1) until it has
+         * run on a GPU (written without one); otherwise add + norm keep their
+         * own launch */
         const char *nm = getenv("NMLX_CUDA_NORM_MATMUL");
-        if (nm && !strcmp(nm, "0")) {
+        if (!nm || strcmp(nm, "1")) {
             if (be->ops != &be->own_ops) be->own_ops = *be->ops;
             be->own_ops.add_rmsnorm_matmul = NULL;
             be->ops = &be->own_ops;
