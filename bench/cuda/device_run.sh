@@ -41,8 +41,9 @@
 #   AMX=1: the host CPU's AMX prefill kernels tested on cores 8-15 meanwhile
 #   (kernel tests, then test_precision: the pick, 3 terms, 1 term forced).
 #   QUICK=1: only the tests of the quantized mat-mats (test_cuda_qgemm, test_cuda_ops /
-#   fixtures / batch with NMLX_CUDA_QMM=mma and gemm1) and of the MoE experts op
-#   (test_cuda_moe, the MoE fixtures with each of its forms), to leave the
+#   fixtures / batch with NMLX_CUDA_QMM=mma and gemm1), of the MoE experts op
+#   (test_cuda_moe, the MoE fixtures with each of its forms), test_cuda_fused and
+#   test_cuda_fixtures (the norm folded into the mat-vec), to leave the
 #   call's time to the benchmarks.
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
@@ -86,9 +87,9 @@ for m in 1 sorted 0; do
   grep -E "FAIL|MISMATCH|moe_experts" /tmp/fixtures_moe_$m.log | head -8
 done
 export NMLX_CUDA_MOE=1
-[ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_fused >"$OUT/fused.log" 2>&1; echo "test_cuda_fused rc=$?"
+./$B/tests/test_cuda_fused >"$OUT/fused.log" 2>&1; echo "test_cuda_fused rc=$?"
 grep -E "FAIL|worst|passed" "$OUT/fused.log" 2>/dev/null | tail -12
-[ "${QUICK:-0}" = 1 ] || ./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
+./$B/tests/test_cuda_fixtures >"$OUT/fixtures.log" 2>&1; echo "test_cuda_fixtures rc=$?"
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # the families with device paths of their own: MoE, Gemma 3n, Llama 4, and kv_bits
 grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
