@@ -137,22 +137,7 @@ __device__ __forceinline__ void moe_dot(const moe_ptrs *const *p, const int64_t 
                 if (!MX) bv[r] = __ldg(br[r] + g);
             }
             float xv[8];
-            if (xvec) {
-                const float4 a = __ldg((const float4 *)x + 2 * k),
-                             b = __ldg((const float4 *)x + 2 * k + 1);
-                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
-                xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    xv[i] = __ldg(x + 8 * k + i);
-            }
-            float xs = 0.0f;
-            if (!MX) {
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    xs += xv[i];
-            }
+            const float xs = load_x8<MX>(x, k, xvec, xv);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float q[8];

@@ -119,4 +119,26 @@ template <int SC> __device__ __forceinline__ float sc_f32(typename sc_raw<SC>::t
         return e8m0_f32(v);
 }
 
+/* The 8 inputs of piece k (x[8k .. 8k + 7]) and, unless MX, their sum (the
+ * bias term's factor); vec: x is 16-byte aligned (two float4 loads). */
+template <bool MX>
+__device__ __forceinline__ float load_x8(const float *x, int64_t k, bool vec, float *xv) {
+    if (vec) {
+        const float4 a = __ldg((const float4 *)x + 2 * k), b = __ldg((const float4 *)x + 2 * k + 1);
+        xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+        xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            xv[i] = __ldg(x + 8 * k + i);
+    }
+    float xs = 0.0f;
+    if (!MX) {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            xs += xv[i];
+    }
+    return xs;
+}
+
 #endif

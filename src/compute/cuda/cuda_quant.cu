@@ -20,11 +20,10 @@
  *  - prefill (T > 8): by default cuda_qgemm.cu (cuBLAS GEMMs on row chunks
  *    of W dequantized to f16 hi + lo: 2.2-2.4x qmm_kernel's prefill on an
  *    H100, exact to ~1e-6); qmm_kernel below where NMLX_CUDA_QMM=mma or
- *    bf16 asks for it or that path's scratch cannot be had: y[T, D] = x[T, N] @ W[D, N]^T on the tensor
- *    cores (mma.sync m16n8k16 bf16, f32 accumulate). A block computes a
- *    64 (rows of W) x 128 (tokens) tile; per 32-input chunk it decodes the
- *    codes q into shared memory as bf16 (integers <= 255: exact), splits x
- *    into bf16 hi + lo (x = hi + lo to ~2^-16), multiplies q by both, and
+ *    bf16 asks for it or that path's scratch cannot be had: y[T, D] = x[T, N] @ W[D, N]^T on the
+ * tensor cores (mma.sync m16n8k16 bf16, f32 accumulate). A block computes a 64 (rows of W) x 128
+ * (tokens) tile; per 32-input chunk it decodes the codes q into shared memory as bf16 (integers <=
+ * 255: exact), splits x into bf16 hi + lo (x = hi + lo to ~2^-16), multiplies q by both, and
  *    applies the group's scale and bias to the chunk's f32 partial sums. So
  *    the result matches the f32 reference to ~1e-5, not bf16 rounding.
  *    NMLX_CUDA_QMM=bf16 drops the lo half (x rounded to bf16: half the
@@ -121,22 +120,7 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
             if (!MX) bq[r] = __ldg(brow[r] + g);
         }
         float xv[8];
-        if (xvec) {
-            const float4 a = __ldg((const float4 *)x + 2 * k),
-                         b = __ldg((const float4 *)x + 2 * k + 1);
-            xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
-            xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                xv[i] = __ldg(x + 8 * k + i);
-        }
-        float xs = 0.0f;
-        if (!MX) {
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                xs += xv[i];
-        }
+        const float xs = load_x8<MX>(x, k, xvec, xv);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const float dot = dot8<BITS, MX>(v[r], xv);
@@ -224,22 +208,7 @@ __global__ void __launch_bounds__(32 * QG_WARPS)
             if (t >= T) break;
             const float *xt = x + (int64_t)t * N;
             float xv[8];
-            if (xvec) {
-                const float4 a = __ldg((const float4 *)xt + 2 * k),
-                             b = __ldg((const float4 *)xt + 2 * k + 1);
-                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
-                xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    xv[i] = __ldg(xt + 8 * k + i);
-            }
-            float xs = 0.0f;
-            if (!MX) {
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    xs += xv[i];
-            }
+            const float xs = load_x8<MX>(xt, k, xvec, xv);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float dot = 0.0f;
@@ -710,7 +679,8 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
             launch_gemv_rows<BITS, SC_BF16>(s, w, x, y, t, lb, lbdt);
         return;
     }
-    if (nmlx_cuda_qgemm(be, w, bias, x, y, T)) return; /* the default: cuBLAS on dequantized chunks */
+    if (nmlx_cuda_qgemm(be, w, bias, x, y, T))
+        return; /* the default: cuBLAS on dequantized chunks */
     const bool split = qmm_split();
     const size_t elems = (size_t)(T * N);
     if (!qx_reserve(be, elems * 4 + elems / 8)) return;
