@@ -311,12 +311,18 @@ static void decode(nmlx_model *m, int kv_bits, int steps, int32_t *fed, float *l
     nmlx_session_free(s);
 }
 
-static void check_steps(const char *dir, int kv_bits, bool replayable) {
-    enum { STEPS = 300 }; /* 5 + 300 positions: the cache grows at 256 */
+/* dir loaded on n_threads; a failed load is a test failure, and NULL */
+static nmlx_model *load_on_threads(const char *dir, int n_threads) {
     nmlx_model_params mp = nmlx_model_default_params();
-    mp.n_threads = 1;
+    mp.n_threads = n_threads;
     nmlx_model *m = NULL;
     EXPECT(nmlx_model_load(dir, &mp, &m) == NMLX_OK, "%s: load: %s", dir, nmlx_last_error());
+    return m;
+}
+
+static void check_steps(const char *dir, int kv_bits, bool replayable) {
+    enum { STEPS = 300 }; /* 5 + 300 positions: the cache grows at 256 */
+    nmlx_model *m = load_on_threads(dir, 1);
     if (!m) return;
     int64_t V = nmlx_model_vocab_size(m);
     float *plain = malloc((size_t)V * sizeof(float)), *faked = malloc((size_t)V * sizeof(float));
@@ -383,10 +389,7 @@ static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const n
 
 static void check_norm_matmul(const char *dir, bool gate_up) {
     enum { STEPS = 8 };
-    nmlx_model_params mp = nmlx_model_default_params();
-    mp.n_threads = 2;
-    nmlx_model *m = NULL;
-    EXPECT(nmlx_model_load(dir, &mp, &m) == NMLX_OK, "%s: load: %s", dir, nmlx_last_error());
+    nmlx_model *m = load_on_threads(dir, 2);
     if (!m) return;
     int64_t V = nmlx_model_vocab_size(m);
     float *plain = malloc((size_t)V * sizeof(float)), *faked = malloc((size_t)V * sizeof(float));
