@@ -11,6 +11,8 @@ import random
 import struct
 import sys
 
+from synth_safetensors import write_safetensors
+
 out, shape = sys.argv[1], sys.argv[2]
 bits = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 gs = int(sys.argv[4]) if len(sys.argv) > 4 else 64
@@ -79,24 +81,5 @@ for i in range(cfg["num_hidden_layers"]):
     linear(p + "mlp.up_proj", I, H)
     linear(p + "mlp.down_proj", H, I)
 
-ES = {"BF16": 2, "U32": 4}
-header, off = {}, 0
-for name, dt, shp, _ in tensors:
-    n = ES[dt]
-    for d in shp:
-        n *= d
-    header[name] = {"dtype": dt, "shape": shp, "data_offsets": [off, off + n]}
-    off += n
-header["__metadata__"] = {"format": "mlx" if bits else "pt"}
-hb = json.dumps(header).encode()
-hb += b" " * (-len(hb) % 8)
-with open(os.path.join(out, "model.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(hb)))
-    f.write(hb)
-    for name, dt, shp, pat in tensors:
-        n = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
-        while n > 0:
-            k = min(n, len(pat))
-            f.write(pat[:k])
-            n -= k
+off = write_safetensors(os.path.join(out, "model.safetensors"), tensors, "mlx" if bits else "pt")
 print(f"wrote {out}: {shape} {'%d-bit g%d' % (bits, gs) if bits else 'bf16'}, {off / 1e9:.3f} GB")

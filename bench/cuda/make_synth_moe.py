@@ -47,6 +47,8 @@ import struct
 import sys
 import time
 
+from synth_safetensors import write_safetensors
+
 SHAPES = ("gptoss20b", "qwen3-30b-a3b")
 
 
@@ -232,30 +234,8 @@ def main():
                 affine(p + "mlp.switch_mlp." + proj, rows, cols, lead=(E,),
                        amp=0.005 if proj == "down_proj" else 0.02)
 
-    ES = {"BF16": 2, "U32": 4, "U8": 1}
-    header, off = {}, 0
-    for name, dt, shp, _ in tensors:
-        n = ES[dt]
-        for d in shp:
-            n *= d
-        header[name] = {"dtype": dt, "shape": shp, "data_offsets": [off, off + n]}
-        off += n
-    header["__metadata__"] = {"format": "mlx"}
-    hb = json.dumps(header).encode()
-    hb += b" " * (-len(hb) % 8)
     t0 = time.time()
-    with open(os.path.join(out, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for name, dt, shp, pat in tensors:
-            n = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
-            view = memoryview(pat)
-            at = rng.randrange(PAT // 64) * 64
-            while n > 0:
-                k = min(n, len(pat) - at)
-                f.write(view[at:at + k])
-                n -= k
-                at = 0
+    off = write_safetensors(os.path.join(out, "model.safetensors"), tensors, "mlx", rng, PAT // 64)
     fmt = "MXFP4 experts, 8-bit g64 rest" if shape == "gptoss20b" else "4-bit g64 (router 8-bit)"
     print(f"wrote {out}: {shape}{' tiny' if tiny else ''}, {NL} layers, {fmt}, {off / 1e9:.3f} GB "
           f"in {time.time() - t0:.1f} s")
