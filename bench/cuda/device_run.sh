@@ -56,7 +56,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 # the two ops written without a GPU (the MoE experts op, the norm folded into
@@ -77,6 +77,13 @@ echo "test_cuda_ops NMLX_CUDA_QMM=mma rc=$?: $(grep -E "passed" /tmp/ops_mma.log
 grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
 ./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
 grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
+# the few-rows tensor-core mat-mat (cuda_qrows_mma.cu) against the CPU, and the
+# batched decode through it (sessions equal to each alone)
+./$B/tests/test_cuda_qrows >"$OUT/qrows.log" 2>&1; echo "test_cuda_qrows rc=$?"
+grep -E "FAIL|^qrows|passed" "$OUT/qrows.log" | tail -8
+NMLX_CUDA_QROWS_MMA_T=64 ./$B/tests/test_cuda_batch >/tmp/batch_qrows.log 2>&1
+echo "test_cuda_batch NMLX_CUDA_QROWS_MMA_T=64 rc=$?: $(grep -c '^FAIL' /tmp/batch_qrows.log) FAIL lines; $(grep -E "passed" /tmp/batch_qrows.log | tail -1)"
+grep -E "^FAIL" /tmp/batch_qrows.log | head -8
 # the MoE experts op (cuda_moe.cu) against the CPU's generic path, both forms
 ./$B/tests/test_cuda_moe >"$OUT/moe.log" 2>&1; echo "test_cuda_moe rc=$?"
 grep -E "FAIL|worst|passed" "$OUT/moe.log" | tail -12

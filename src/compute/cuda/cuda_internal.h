@@ -164,6 +164,22 @@ void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor
  * (nothing done: the caller runs qmm_kernel). */
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
+/* The quantized operand x [T, N] as bf16 hi + lo (x = hi + lo to ~2^-16)
+ * and per-32-input chunk sums xs [T, N / 32], in the backend's scratch
+ * (cuda_quant.cu; valid until the next quantized matmul). */
+typedef struct nmlx_cuda_qx {
+    const __nv_bfloat16 *hi, *lo;
+    const float *xs;
+} nmlx_cuda_qx;
+bool nmlx_cuda_qx_split(nmlx_backend *be, const float *x, int64_t T, int64_t N, nmlx_cuda_qx *out);
+/* The few-rows tensor-core mat-mat (cuda_qrows_mma.cu) for 2 <= T <= the
+ * limit (NMLX_CUDA_QROWS_MMA_T, default below; precision "f32" excluded):
+ * false (nothing done) for other T or weights. */
+#ifndef NMLX_CUDA_QROWS_MMA_T_DEFAULT
+#define NMLX_CUDA_QROWS_MMA_T_DEFAULT 0
+#endif
+bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                         const float *x, float *y, int64_t T);
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T);

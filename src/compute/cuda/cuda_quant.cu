@@ -646,6 +646,19 @@ static bool qx_reserve(nmlx_backend *be, size_t need) {
     return true;
 }
 
+bool nmlx_cuda_qx_split(nmlx_backend *be, const float *x, int64_t T, int64_t N, nmlx_cuda_qx *out) {
+    const size_t elems = (size_t)(T * N);
+    if (!qx_reserve(be, elems * 4 + elems / 8)) return false;
+    char *base = (char *)cuda_of(be)->qx;
+    __nv_bfloat16 *hi = (__nv_bfloat16 *)base, *lo = (__nv_bfloat16 *)(base + elems * 2);
+    float *xs = (float *)(base + elems * 4);
+    const int64_t n8 = (int64_t)elems / 8;
+    qx_split_kernel<<<(unsigned)((n8 + 255) / 256), 256, 0, cuda_of(be)->stream>>>(
+        x, T, N, (uintptr_t)x % 16 == 0, true, hi, lo, xs);
+    out->hi = hi, out->lo = lo, out->xs = xs;
+    return true;
+}
+
 template <int BITS, bool MX>
 static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
                    float *y, int64_t T) {
@@ -667,6 +680,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
             launch_gemv<BITS, SC_BF16>(s, w, x, y, lb, lbdt);
         return;
     }
+    if (nmlx_cuda_qrows_mma(be, w, bias, x, y, T)) return; /* 2..64 rows on the tensor cores */
     if (T <= qgemv_max_t()) { /* a batched decode step */
         const int t = (int)T;
         if constexpr (MX)
