@@ -135,7 +135,9 @@ nmlx_status nmlx_batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_
         nmlx_logits_defer *d = nmlx_logits_defer_here(); /* this thread's */
         d->rows = b->rows;
         d->rows_copied = false;
+        if (be->ops->decode_step) be->ops->decode_step(be, NMLX_DECODE_BATCH);
         st = m->family->forward_batch(m->arch, b->impl, b->states, be, ids, (int64_t)n, b->logits);
+        if (be->ops->decode_step) be->ops->decode_step(be, NMLX_DECODE_END);
         bool copied = d->rows_copied;
         d->rows = NULL;
         d->rows_copied = false;

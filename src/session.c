@@ -183,9 +183,9 @@ nmlx_status nmlx_session_eval_tokens(nmlx_session *s, const int32_t *ids, size_t
     s->logits_dev = NULL;
     s->all_rows = 0;
     const bool step = n == 1 && m->be->ops->decode_step;
-    if (step) m->be->ops->decode_step(m->be, true);
+    if (step) m->be->ops->decode_step(m->be, NMLX_DECODE_ONE);
     st = m->family->forward(m->arch, s->state, m->be, ids, (int64_t)n, s->logits, rows, &s->cancel);
-    if (step) m->be->ops->decode_step(m->be, false);
+    if (step) m->be->ops->decode_step(m->be, NMLX_DECODE_END);
     if (st != NMLX_OK) return st;
     memcpy(s->history + s->n_history, ids, n * sizeof(int32_t));
     s->n_history += n;

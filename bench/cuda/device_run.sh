@@ -84,6 +84,10 @@ grep -E "FAIL|^qrows|passed" "$OUT/qrows.log" | tail -8
 NMLX_CUDA_QROWS_MMA_T=64 ./$B/tests/test_cuda_batch >/tmp/batch_qrows.log 2>&1
 echo "test_cuda_batch NMLX_CUDA_QROWS_MMA_T=64 rc=$?: $(grep -c '^FAIL' /tmp/batch_qrows.log) FAIL lines; $(grep -E "passed" /tmp/batch_qrows.log | tail -1)"
 grep -E "^FAIL" /tmp/batch_qrows.log | head -8
+# batched steps captured as graphs (opt-in NMLX_CUDA_BATCH_GRAPH=1), with the kernel above
+NMLX_CUDA_BATCH_GRAPH=1 NMLX_CUDA_QROWS_MMA_T=64 ./$B/tests/test_cuda_batch >/tmp/batch_bgraph.log 2>&1
+echo "test_cuda_batch NMLX_CUDA_BATCH_GRAPH=1 rc=$?: $(grep -c '^FAIL' /tmp/batch_bgraph.log) FAIL lines; $(grep -E "passed" /tmp/batch_bgraph.log | tail -1)"
+grep -E "^FAIL" /tmp/batch_bgraph.log | head -8
 # the MoE experts op (cuda_moe.cu) against the CPU's generic path, both forms
 ./$B/tests/test_cuda_moe >"$OUT/moe.log" 2>&1; echo "test_cuda_moe rc=$?"
 grep -E "FAIL|worst|passed" "$OUT/moe.log" | tail -12

@@ -80,6 +80,7 @@ typedef struct nmlx_rope_kv_args {
 } nmlx_rope_kv_args;
 
 enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 }; /* step_graph's `what` */
+enum { NMLX_DECODE_END = 0, NMLX_DECODE_ONE = 1, NMLX_DECODE_BATCH = 2 }; /* decode_step's */
 
 typedef struct nmlx_backend_ops {
     const char *name;
@@ -105,10 +106,12 @@ typedef struct nmlx_backend_ops {
     /* Optional (NULL on the CPU): frees the backend's own state before
      * nmlx_backend_free frees the rest. */
     void (*release)(nmlx_backend *be);
-    /* Optional: brackets one decode step (begin = true before the family's
-     * forward of one token, false after it, also on failure). CUDA records
-     * the step's kernels as a graph and replays it: one launch a token. */
-    void (*decode_step)(nmlx_backend *be, bool begin);
+    /* Optional: brackets one decode step (what = NMLX_DECODE_ONE before
+     * the family's forward of one token, NMLX_DECODE_BATCH before a batched
+     * step of several sessions, NMLX_DECODE_END after either, also on
+     * failure). CUDA records the step's kernels as a graph and replays it:
+     * one launch a token (batched steps: NMLX_CUDA_BATCH_GRAPH). */
+    void (*decode_step)(nmlx_backend *be, int what);
     /* Optional (NULL on the CPU): the device memory free and in total, for
      * out-of-memory messages (nmlx_backend_fail_alloc). */
     void (*mem_info)(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes);

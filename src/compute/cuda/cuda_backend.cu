@@ -210,6 +210,7 @@ static void cuda_release(nmlx_backend *be) {
     free(c->qg_seen);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
+    if (c->gexec_batch) cudaGraphExecDestroy(c->gexec_batch);
     for (int i = 0; i < STEP_GRAPHS; i++)
         if (c->rexec[i]) cudaGraphExecDestroy(c->rexec[i]);
     if (c->step_dev) cudaFree(c->step_dev);
@@ -309,6 +310,8 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         c->rows_off = rows && !strcmp(rows, "0");
         const char *g = getenv("NMLX_CUDA_GRAPH");
         c->graph_on = !(g && !strcmp(g, "0")); /* NMLX_CUDA_GRAPH=0: every op launched */
+        const char *bg = getenv("NMLX_CUDA_BATCH_GRAPH");
+        c->batch_graph_on = c->graph_on && bg && !strcmp(bg, "1");
     }
     e = cudaSetDevice(device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);

@@ -14,7 +14,9 @@
  * it saves cost the GPU (bench/cuda/README.md); the replayed steps below are
  * what pays. On by default (H200 decode: 1.08-1.15x tokens/s over plain
  * launches on 1B and 8B, bf16 and 4/8-bit; every fixture passes);
- * NMLX_CUDA_GRAPH=0 launches every op.
+ * NMLX_CUDA_GRAPH=0 launches every op. Batched steps (batch.c, several
+ * sessions a step) are captured the same way where NMLX_CUDA_BATCH_GRAPH=1
+ * (opt-in until measured), into an executable of their own.
  *
  * Replayed steps (step_graph, backend.h): where the model vouches that a
  * step repeats (same key), its capture is recorded with the kernels that
@@ -53,38 +55,43 @@ void nmlx_cuda_capture_end(nmlx_backend *be) {
         nmlx_cuda_note(be, e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated);
         return;
     }
-    if (c->gexec) {
+    /* batched steps keep their own executable: single steps (a session
+     * stepping alone between batches) would otherwise reshape it each time */
+    cudaGraphExec_t *ge = c->in_batch ? &c->gexec_batch : &c->gexec;
+    if (*ge) {
         cudaGraphExecUpdateResultInfo info;
-        if (cudaGraphExecUpdate(c->gexec, g, &info) != cudaSuccess) {
+        if (cudaGraphExecUpdate(*ge, g, &info) != cudaSuccess) {
             cudaGetLastError();
-            cudaGraphExecDestroy(c->gexec);
-            c->gexec = NULL;
+            cudaGraphExecDestroy(*ge);
+            *ge = NULL;
         }
     }
-    if (!c->gexec) {
-        e = cudaGraphInstantiate(&c->gexec, g, 0);
+    if (!*ge) {
+        e = cudaGraphInstantiate(ge, g, 0);
         c->graph_instantiations++;
         if (e != cudaSuccess) {
             nmlx_cuda_note(be, e);
-            c->gexec = NULL;
+            *ge = NULL;
             cudaGraphDestroy(g);
             return;
         }
     }
-    nmlx_cuda_note(be, cudaGraphLaunch(c->gexec, c->stream));
+    nmlx_cuda_note(be, cudaGraphLaunch(*ge, c->stream));
     c->graph_launches++;
     cudaGraphDestroy(g);
 }
 
-void nmlx_cuda_decode_step(nmlx_backend *be, bool begin) {
+void nmlx_cuda_decode_step(nmlx_backend *be, int what) {
     cuda_impl *c = (cuda_impl *)be->impl;
-    if (begin) {
-        c->graph_want = c->graph_on;
+    if (what != NMLX_DECODE_END) {
+        c->in_batch = what == NMLX_DECODE_BATCH;
+        c->graph_want = c->in_batch ? c->batch_graph_on : c->graph_on;
         return;
     }
     c->graph_want = false;
     c->pos_dev = false; /* a step cut short (cancelled) records nothing */
     if (c->capturing) nmlx_cuda_capture_end(be);
+    c->in_batch = false;
 }
 
 /* Stages the step's position and id (outside any capture: the copy runs

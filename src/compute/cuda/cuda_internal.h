@@ -81,6 +81,9 @@ typedef struct cuda_impl {
     bool graph_want;         /* inside a step: capture from the next kernel op */
     bool capturing;
     cudaGraphExec_t gexec;   /* the last step's graph, updated in place */
+    cudaGraphExec_t gexec_batch; /* the last batched step's (another shape) */
+    bool batch_graph_on;     /* NMLX_CUDA_BATCH_GRAPH=1: batched steps as graphs */
+    bool in_batch;           /* inside a batched step's brackets */
     long graph_launches, graph_instantiations;
     /* replayed steps (step_graph): the step's position and token id in
      * device memory, staged through pinned host memory */
@@ -117,7 +120,7 @@ void nmlx_cuda_flush(nmlx_backend *be);
  * end: instantiate (or update the last step's graph in place) and launch. */
 void nmlx_cuda_capture_begin(nmlx_backend *be);
 void nmlx_cuda_capture_end(nmlx_backend *be);
-void nmlx_cuda_decode_step(nmlx_backend *be, bool begin);
+void nmlx_cuda_decode_step(nmlx_backend *be, int what);
 bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
 /* Inside a recorded step (pos_dev): the device position to add to a
  * position's delta from step_pos, else NULL (positions by value). */
