@@ -106,6 +106,9 @@ grep -E "FAIL|worst|passed" "$OUT/fused.log" 2>/dev/null | tail -12
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # the families with device paths of their own: MoE, Gemma 3n, Llama 4, and kv_bits
 grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
+# the decode mat-vec launched early (programmatic dependent launch, opt-in NMLX_CUDA_PDL=1)
+NMLX_CUDA_PDL=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_pdl.log 2>&1
+echo "test_cuda_fixtures NMLX_CUDA_PDL=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_pdl.log | tail -3)"
 # the simple prefill attention and plain launches (the defaults off) must pass too
 if [ "${OFF_TEST:-1}" = 1 ] && [ "${QUICK:-0}" != 1 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1

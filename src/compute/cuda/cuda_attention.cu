@@ -101,12 +101,14 @@ __device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64
 }
 
 __global__ void attention_kernel(nmlx_attn_args a) {
+    cuda_pdl_trigger();
     attend(a, blockIdx.x / a.H, blockIdx.x % a.H);
 }
 
 /* A recorded decode step (cuda_graph.cu): q_pos and n_kv are deltas from
  * the step's position in device memory. */
 __global__ void attention_step_kernel(nmlx_attn_args a, const int64_t *step) {
+    cuda_pdl_trigger();
     const int64_t base = *step;
     a.q_pos += base;
     a.n_kv += base;

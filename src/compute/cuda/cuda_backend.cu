@@ -9,6 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool nmlx_cuda_pdl_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NMLX_CUDA_PDL");
+        on = e && !strcmp(e, "1");
+    }
+    return on != 0;
+}
+
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
     cuda_impl *c = (cuda_impl *)be->impl;
     if (e != cudaSuccess && c->first_error == cudaSuccess) c->first_error = e;

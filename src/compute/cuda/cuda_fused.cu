@@ -11,6 +11,7 @@
 
 __global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
                                    float w_offset, float eps, float *y, int64_t D) {
+    cuda_pdl_trigger();
     float *xr = x + blockIdx.x * D;
     const float *dr = d + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;

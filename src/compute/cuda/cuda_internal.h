@@ -153,6 +153,29 @@ static inline cuda_impl *cuda_host_of(nmlx_backend *be) {
     return c;
 }
 
+/* Programmatic dependent launch (Hopper; NMLX_CUDA_PDL=1, opt-in until
+ * measured): the decode mat-vec (cuda_qgemv16.cu) is launched so that it
+ * may start while the kernel before it finishes; its blocks put their first
+ * weight loads in flight, then wait (cuda_pdl_wait: the previous grid has
+ * completed and its writes are visible) before reading x. The kernels that
+ * come before a mat-vec in a decode step (add_rmsnorm, rmsnorm, attention,
+ * the mat-vec itself) let their dependents launch from their start
+ * (cuda_pdl_trigger; a no-op for a dependent launched the usual way).
+ * Every block of a kernel launched this way waits before it exits, so a
+ * chain of them keeps stream order. */
+__device__ __forceinline__ void cuda_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cuda_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+/* NMLX_CUDA_PDL=1 (read once) */
+bool nmlx_cuda_pdl_on(void);
+
 /* Records the first error of a void op (ops cannot return one). */
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);
 

@@ -91,6 +91,7 @@ void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *
 
 __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
                                float eps, float *y, int64_t D) {
+    cuda_pdl_trigger();
     const float *xr = x + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
     double ss = 0;

@@ -300,6 +300,8 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
 #pragma unroll
         for (int r = 0; r < R; r++)
             c0[r] = __ldg(rows[r] + lane);
+    cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
+    cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
     [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
     if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
@@ -393,6 +395,20 @@ void launch_r(cudaStream_t st, const q16_args &a) {
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
             set = sm;
         }
+    }
+    if (nmlx_cuda_pdl_on()) { /* may start while the previous kernel ends */
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(a.tiles);
+        cfg.blockDim = dim3(Q16_THREADS);
+        cfg.dynamicSmemBytes = sm;
+        cfg.stream = st;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        cudaLaunchKernelEx(&cfg, qgemv16_kernel<BITS, SC, R, PAIR, NORM>, a);
+        return;
     }
     qgemv16_kernel<BITS, SC, R, PAIR, NORM><<<a.tiles, Q16_THREADS, sm, st>>>(a);
 }
