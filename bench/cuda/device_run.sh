@@ -45,6 +45,8 @@
 #   (test_cuda_moe, the MoE fixtures with each of its forms), test_cuda_fused and
 #   test_cuda_fixtures (the norm folded into the mat-vec), to leave the
 #   call's time to the benchmarks.
+#   QUICK=2: as QUICK=1 without the mat-mats' retests (test_cuda_qgemm, the mma
+#   and gemm1 reruns): only what changed since they last passed.
 #   DEADLINE=420: no model's benchmarks start after this many seconds (the
 #   device runs a command for 600 s at most).
 set -o pipefail
@@ -62,7 +64,7 @@ export NMLX_SOURCE_DIR=$PWD
 # the two ops written without a GPU (the MoE experts op, the norm folded into
 # the decode mat-vec) are opt-in until they pass here: tested and benched on
 export NMLX_CUDA_MOE=${NMLX_CUDA_MOE:-1} NMLX_CUDA_NORM_MATMUL=${NMLX_CUDA_NORM_MATMUL:-1}
-if [ "${QUICK:-0}" != 1 ]; then
+if [ "${QUICK:-0}" = 0 ]; then
   ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
   tail -20 "$OUT/ops.log" | grep -E "worst"
   grep -E "FAIL|worst|passed" "$OUT/ops.log" | tail -30
@@ -72,11 +74,13 @@ if [ "${QUICK:-0}" != 1 ]; then
   grep FAIL /tmp/ops_r8.log | head -5
 fi
 # qmm_kernel (NMLX_CUDA_QMM=mma) instead of the default cuBLAS mat-mat for every T > 8 qmatmul
-NMLX_CUDA_QMM=mma ./$B/tests/test_cuda_ops >/tmp/ops_mma.log 2>&1
-echo "test_cuda_ops NMLX_CUDA_QMM=mma rc=$?: $(grep -E "passed" /tmp/ops_mma.log | tail -1)"
-grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
-./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
-grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
+if [ "${QUICK:-0}" != 2 ]; then
+  NMLX_CUDA_QMM=mma ./$B/tests/test_cuda_ops >/tmp/ops_mma.log 2>&1
+  echo "test_cuda_ops NMLX_CUDA_QMM=mma rc=$?: $(grep -E "passed" /tmp/ops_mma.log | tail -1)"
+  grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
+  ./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
+  grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
+fi
 # the few-rows tensor-core mat-mat (cuda_qrows_mma.cu) against the CPU, and the
 # batched decode through it (sessions equal to each alone)
 ./$B/tests/test_cuda_qrows >"$OUT/qrows.log" 2>&1; echo "test_cuda_qrows rc=$?"
@@ -110,28 +114,28 @@ grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -4
 NMLX_CUDA_PDL=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_pdl.log 2>&1
 echo "test_cuda_fixtures NMLX_CUDA_PDL=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_pdl.log | tail -3)"
 # the simple prefill attention and plain launches (the defaults off) must pass too
-if [ "${OFF_TEST:-1}" = 1 ] && [ "${QUICK:-0}" != 1 ]; then
+if [ "${OFF_TEST:-1}" = 1 ] && [ "${QUICK:-0}" = 0 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
   echo "test_cuda_fixtures NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 rc=$?: $(grep -E "FAIL|passed" "$OUT/fixtures_off.log" | tail -3)"
 fi
 # qmm_kernel must pass every fixture too, and gemm1 (one GEMM, f16 W and x) the quantized ones
-for q in mma gemm1; do
+for q in $([ "${QUICK:-0}" = 2 ] || echo mma gemm1); do
   NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_fixtures >/tmp/fixtures_q$q.log 2>&1
   echo "[$(( $(date +%s) - T0 ))s] test_cuda_fixtures NMLX_CUDA_QMM=$q rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_q$q.log | tail -3)"
 done
-if [ "${QUICK:-0}" != 1 ]; then
+if [ "${QUICK:-0}" = 0 ]; then
   ./$B/tests/test_cuda_batch >"$OUT/batch.log" 2>&1; echo "test_cuda_batch rc=$?"
   echo "  $(grep -c '^PASS' "$OUT/batch.log") PASS lines, $(grep -c '^FAIL' "$OUT/batch.log") FAIL lines"
   grep -E "^FAIL|NOTE|SKIP|passed" "$OUT/batch.log" | tail -40
 fi
 # batches of 12 and 40 sessions through the other quantized mat-mats
-for q in mma gemm1; do
+for q in $([ "${QUICK:-0}" = 2 ] || echo mma gemm1); do
   NMLX_CUDA_QMM=$q ./$B/tests/test_cuda_batch >/tmp/batch_q$q.log 2>&1
   echo "[$(( $(date +%s) - T0 ))s] test_cuda_batch NMLX_CUDA_QMM=$q rc=$?: $(grep -c '^FAIL' /tmp/batch_q$q.log) FAIL lines; $(grep -E "passed" /tmp/batch_q$q.log | tail -1)"
   grep -E "^FAIL" /tmp/batch_q$q.log | head -8
 done
 # the sample op against the host sampler (boundary cases counted)
-if [ "${QUICK:-0}" != 1 ]; then
+if [ "${QUICK:-0}" = 0 ]; then
   ./$B/tests/test_cuda_sample >"$OUT/sample.log" 2>&1; echo "test_cuda_sample rc=$?"
   grep -E "FAIL|^sample:|passed" "$OUT/sample.log" | tail -12
 fi
