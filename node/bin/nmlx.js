@@ -48,6 +48,7 @@ options:
       --raw              use the prompt as is, without the chat template
       --ignore-eos       generate exactly --max-tokens
       --revision R       repository revision (default main)
+      --device D         cpu (default), cuda or cuda:N (a build with the CUDA backend)
 serve options:
       --host H           address to bind (default 127.0.0.1)
       --port N           port (default 8080; 0 = any free port)
@@ -55,7 +56,6 @@ serve options:
       --max-queue N      requests waiting beyond those; more get 429 (default 64)
       --ctx N            context length per request (default: the model's)
       --api-key KEY      require 'Authorization: Bearer KEY' (or $NMLX_API_KEY)
-      --device D         cpu (default), cuda or cuda:N
       --cache-size N     finished conversations kept for prefix reuse (default: max-batch)
       --name NAME        the model id clients send (default: the -m value or folder name)
       --grace-ms N       on SIGTERM/SIGINT, time running requests get to finish (default 5000)
@@ -112,7 +112,7 @@ async function load(v) {
   const bar = downloadProgress();
   try {
     return await loadModel(v.model, { threads: number(v.threads, "--threads", true) ?? 0, revision: v.revision,
-      onProgress: bar });
+      device: v.device, onProgress: bar });
   } finally {
     bar.done();
   }

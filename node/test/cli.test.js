@@ -47,6 +47,17 @@ test("bad usage exits 2, failures exit 1, each with one line on stderr", async (
   assert.match(h.stdout, /--max-tokens/);
 });
 
+test("--device reaches the model load in generate and chat (a bad one is an error, cpu runs)", async () => {
+  for (const [sub, rest] of [[[], ["hi"]], [["chat"], []]]) {
+    const bad = await nmlx([...sub, "-m", demoModel(), "--device", "gpu7", "-n", "2", ...rest], { input: "/exit\n" });
+    assert.equal(bad.code, 1, bad.stderr);
+    assert.match(bad.stderr, /device must be "cpu", "cuda" or "cuda:N".*gpu7/);
+  }
+  const ok = await nmlx(["-m", demoModel(), "--device", "cpu", "-n", "3", "--seed", "2", "hi"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stderr, STATS);
+});
+
 test("nmlx chat: turns, /reset, /exit", async () => {
   const r = await nmlx(["chat", "-m", demoModel(), "-n", "6", "--seed", "1", "--system", "sys"],
     { input: "hi\nmore\n/reset\nagain\n/exit\nignored\n" });
