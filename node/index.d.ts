@@ -179,6 +179,10 @@ export interface LoadOptions extends HubOptions {
   noTokenizer?: boolean;
   /** Where the model computes: "cpu" (default), "cuda" or "cuda:N" (a CUDA build). */
   device?: string;
+  /** "default" (activations may be rounded inside the matmuls, as MLX does;
+   * docs/quantization.md), "f32" (f32 activations throughout) or "int8"
+   * (opt-in int8 activations for quantized weights, as llama.cpp). */
+  precision?: "default" | "f32" | "int8";
 }
 
 export interface SchedulerOptions {
@@ -224,6 +228,8 @@ export interface ServerOptions extends SchedulerOptions {
   /** Require `Authorization: Bearer <apiKey>` (all but /health). */
   apiKey?: string;
   device?: string;
+  /** As LoadOptions.precision. */
+  precision?: "default" | "f32" | "int8";
   threads?: number;
   /** The model id clients send and /v1/models lists (default: the repository id or folder name). */
   modelName?: string;

@@ -49,6 +49,8 @@ options:
       --ignore-eos       generate exactly --max-tokens
       --revision R       repository revision (default main)
       --device D         cpu (default), cuda or cuda:N (a build with the CUDA backend)
+      --precision P      default, f32 (f32 activations throughout) or int8 (opt-in
+                         int8 activations for quantized weights; docs/quantization.md)
 serve options:
       --host H           address to bind (default 127.0.0.1)
       --port N           port (default 8080; 0 = any free port)
@@ -71,7 +73,7 @@ const OPTIONS = {
   "ignore-eos": { type: "boolean" }, revision: { type: "string" }, help: { type: "boolean", short: "h" },
   version: { type: "boolean" }, host: { type: "string" }, port: { type: "string" },
   "max-batch": { type: "string" }, "max-queue": { type: "string" }, ctx: { type: "string" },
-  "api-key": { type: "string" }, device: { type: "string" }, "cache-size": { type: "string" },
+  "api-key": { type: "string" }, device: { type: "string" }, precision: { type: "string" }, "cache-size": { type: "string" },
   name: { type: "string" }, "grace-ms": { type: "string" },
 };
 
@@ -112,7 +114,7 @@ async function load(v) {
   const bar = downloadProgress();
   try {
     return await loadModel(v.model, { threads: number(v.threads, "--threads", true) ?? 0, revision: v.revision,
-      device: v.device, onProgress: bar });
+      device: v.device, precision: v.precision, onProgress: bar });
   } finally {
     bar.done();
   }
@@ -206,7 +208,7 @@ async function runServe(v, rest) {
       model: v.model, host: v.host ?? "127.0.0.1", port: number(v.port, "--port", true) ?? 8080,
       maxBatch: number(v["max-batch"], "--max-batch", true) ?? 4, maxQueue: number(v["max-queue"], "--max-queue", true) ?? 64,
       contextLength: number(v.ctx, "--ctx", true) ?? 0, apiKey: v["api-key"] ?? (process.env.NMLX_API_KEY || undefined),
-      device: v.device, threads: number(v.threads, "--threads", true) ?? 0,
+      device: v.device, precision: v.precision, threads: number(v.threads, "--threads", true) ?? 0,
       cacheSize: number(v["cache-size"], "--cache-size", true), modelName: v.name,
       graceMs: number(v["grace-ms"], "--grace-ms", true) ?? 5000,
     });

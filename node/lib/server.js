@@ -155,7 +155,7 @@ const digest = (s) => createHash("sha256").update(s).digest();
  * and resolves with the server. Options: model (folder, repo id or alias;
  * none = the built-in demo model), host ("127.0.0.1"), port (8080; 0 = any
  * free one), maxBatch (4), maxQueue (64), contextLength (0 = the model's),
- * cacheSize (maxBatch), prefillChunk (256), apiKey, device, threads,
+ * cacheSize (maxBatch), prefillChunk (256), apiKey, device, precision, threads,
  * modelName (the id clients send and /v1/models lists), maxBodyBytes (8 MiB),
  * graceMs (5000, for close()).
  */
@@ -163,7 +163,7 @@ export async function createServer(options = {}) {
   if (options === null || typeof options !== "object") throw invalid("createServer: options must be an object");
   const {
     model: modelArg, host = "127.0.0.1", port = 8080, maxBatch = 4, maxQueue = 64, contextLength = 0,
-    cacheSize, prefillChunk = 256, apiKey, device, threads = 0, modelName, maxBodyBytes = 8 << 20,
+    cacheSize, prefillChunk = 256, apiKey, device, precision, threads = 0, modelName, maxBodyBytes = 8 << 20,
     graceMs = 5000, ...rest
   } = options;
   const unknown = Object.keys(rest);
@@ -174,7 +174,7 @@ export async function createServer(options = {}) {
 
   const owned = !(modelArg instanceof Model);
   const model = owned
-    ? await loadModel(modelArg, { threads, contextLength, ...(device ? { device } : {}) })
+    ? await loadModel(modelArg, { threads, contextLength, ...(device ? { device } : {}), ...(precision ? { precision } : {}) })
     : modelArg;
   let scheduler;
   try {

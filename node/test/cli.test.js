@@ -47,7 +47,7 @@ test("bad usage exits 2, failures exit 1, each with one line on stderr", async (
   assert.match(h.stdout, /--max-tokens/);
 });
 
-test("--device reaches the model load in generate and chat (a bad one is an error, cpu runs)", async () => {
+test("--device and --precision reach the model load in generate and chat (bad values are errors)", async () => {
   for (const [sub, rest] of [[[], ["hi"]], [["chat"], []]]) {
     const bad = await nmlx([...sub, "-m", demoModel(), "--device", "gpu7", "-n", "2", ...rest], { input: "/exit\n" });
     assert.equal(bad.code, 1, bad.stderr);
@@ -56,6 +56,12 @@ test("--device reaches the model load in generate and chat (a bad one is an erro
   const ok = await nmlx(["-m", demoModel(), "--device", "cpu", "-n", "3", "--seed", "2", "hi"]);
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stderr, STATS);
+  // --precision too: a bad value is named, f32 runs
+  const badp = await nmlx(["-m", demoModel(), "--precision", "fp8", "-n", "2", "hi"]);
+  assert.equal(badp.code, 1, badp.stderr);
+  assert.match(badp.stderr, /precision must be "default", "int8" or "f32".*fp8/);
+  const f32 = await nmlx(["-m", demoModel(), "--precision", "f32", "-n", "3", "--seed", "2", "hi"]);
+  assert.equal(f32.code, 0, f32.stderr);
 });
 
 test("nmlx chat: turns, /reset, /exit", async () => {

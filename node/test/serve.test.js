@@ -326,6 +326,10 @@ test("createServer: a port in use rejects (EADDRINUSE) and frees what it loaded;
   await assert.rejects(() => createServer({ model: MODEL, port: server.port, threads: 1 }), { code: "EADDRINUSE" });
   await assert.rejects(() => createServer({ model: MODEL, port: 0, maxBatch: 0 }), { code: "NMLX_ERR_INVALID_ARG" });
   await assert.rejects(() => createServer({ model: MODEL, bogus: 1 }), { code: "NMLX_ERR_INVALID_ARG" });
+  await assert.rejects(() => createServer({ model: MODEL, port: 0, precision: "fp8" }),
+    { code: "NMLX_ERR_INVALID_ARG", message: /precision must be .*fp8/ });
+  const f32 = await createServer({ model: MODEL, port: 0, precision: "f32", threads: 1 });
+  await f32.close();
 });
 
 test("Scheduler: 8 sequences at once give each one's greedy ids alone, on every fixture (token ids, no tokenizer)", async (t) => {
