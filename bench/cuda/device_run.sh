@@ -27,13 +27,13 @@
 #   QVARIANTS (quantized models only; default NMLX_CUDA_QGEMV=f32, the f32-x
 #   mat-vec, NMLX_CUDA_QMM=mma, qmm_kernel instead of the default cuBLAS GEMMs
 #   on row chunks dequantized to f16 hi + lo, and NMLX_CUDA_QMM=gemm1, one GEMM
-#   of W hi by x hi, and NMLX_CUDA_NORM_MATMUL=0, the residual add + norm as
-#   their own add_rmsnorm launch, not staged by the int16 mat-vec;
+#   of W hi by x hi, NMLX_CUDA_NORM_MATMUL=1, the residual add + norm staged by
+#   the int16 mat-vec, and NMLX_CUDA_PDL=1, the mat-vec launched early (both opt-in);
 #   NMLX_CUDA_QMM=bf16 is qmm_kernel with x rounded to bf16,
 #   NMLX_CUDA_QMM=gemm16 the GEMMs with W hi only).
-#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QMM=mma and gemm1, the
-#   other mat-mats for batches above 8 rows; NMLX_CUDA_QROWS_R=8 is 8
-#   weight rows a warp in the batched mat-vec): the batch benchmark again.
+#   BATCH_VARIANTS (quantized models; default NMLX_CUDA_QROWS_MMA_T=0, the
+#   batch's mat-mats without the few-rows tensor-core kernel (f32 rows kernel up
+#   to 8, cuBLAS beyond), and NMLX_CUDA_QMM=gemm1): the batch benchmark again.
 #   PROFILE=0: skip the per-op time tables (NMLX_PROFILE) of one decode and of
 #   PROFILE_BATCH (default "8 32") sessions, appended to $OUT/profile.txt.
 #   KBENCH=0: skip the kernel benchmark (bench_qmatmul.c, Llama-3.1-8B shapes).
@@ -61,9 +61,6 @@ cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE
   cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
-# the two ops written without a GPU (the MoE experts op, the norm folded into
-# the decode mat-vec) are opt-in until they pass here: tested and benched on
-export NMLX_CUDA_MOE=${NMLX_CUDA_MOE:-1} NMLX_CUDA_NORM_MATMUL=${NMLX_CUDA_NORM_MATMUL:-1}
 if [ "${QUICK:-0}" = 0 ]; then
   ./$B/tests/test_cuda_ops >"$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
   tail -20 "$OUT/ops.log" | grep -E "worst"
@@ -110,9 +107,9 @@ grep -E "FAIL|worst|passed" "$OUT/fused.log" 2>/dev/null | tail -12
 grep -E "quant|FAIL|MISMATCH|ran on cuda|passed" "$OUT/fixtures.log" | tail -24
 # the families with device paths of their own: MoE, Gemma 3n, Llama 4, and kv_bits
 grep -E "gpt_oss|qwen3_moe|gemma3n|llama4|kv_bits" "$OUT/fixtures.log" | tail -40
-# the decode mat-vec launched early (programmatic dependent launch, opt-in NMLX_CUDA_PDL=1)
-NMLX_CUDA_PDL=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_pdl.log 2>&1
-echo "test_cuda_fixtures NMLX_CUDA_PDL=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_pdl.log | tail -3)"
+# the opt-in decode paths: the norm folded into the mat-vec, the mat-vec launched early (PDL)
+NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_PDL=1 ./$B/tests/test_cuda_fixtures >/tmp/fixtures_pdl.log 2>&1
+echo "test_cuda_fixtures NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_PDL=1 rc=$?: $(grep -E "FAIL|passed" /tmp/fixtures_pdl.log | tail -3)"
 # the simple prefill attention and plain launches (the defaults off) must pass too
 if [ "${OFF_TEST:-1}" = 1 ] && [ "${QUICK:-0}" = 0 ]; then
   NMLX_CUDA_ATTN_TILED=0 NMLX_CUDA_GRAPH=0 ./$B/tests/test_cuda_fixtures >"$OUT/fixtures_off.log" 2>&1
@@ -197,10 +194,10 @@ for m in ${BENCH:-l1b-q4 l8b-q4 l8b-q8}; do
   for v in ${VARIANTS-NMLX_CUDA_GRAPH=0 NMLX_CUDA_ATTN_TILED=0 NMLX_FUSED=0}; do bench "$m" $D $v; done
   # MoE models: the generic expert path (before cuda_moe.cu) and the op's prefill form alone
   case $m in gptoss*|q30b*) for v in ${MVARIANTS-NMLX_CUDA_MOE=0 NMLX_CUDA_MOE=sorted}; do bench "$m" $D $v; done ;; esac
-  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1 NMLX_CUDA_NORM_MATMUL=0}; do bench "$m" $D $v; done ;; esac
+  case $m in *-q*|*-mxfp4) for v in ${QVARIANTS-NMLX_CUDA_QGEMV=f32 NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1 NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_PDL=1}; do bench "$m" $D $v; done ;; esac
   if [ -n "${BATCH-1,8,32}" ]; then
     ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
-    case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QMM=mma NMLX_CUDA_QMM=gemm1}; do
+    case $m in *-q*|*-mxfp4) for v in ${BATCH_VARIANTS-NMLX_CUDA_QROWS_MMA_T=0 NMLX_CUDA_QMM=gemm1}; do
       echo "== $v" | tee -a "$OUT/batch_bench.txt"
       env $v ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tee -a "$OUT/batch_bench.txt"
     done ;; esac

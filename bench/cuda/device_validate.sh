@@ -19,7 +19,7 @@ el() { echo "[$(( $(date +%s) - T0 ))s]"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
 . bench/device_deps.sh .
 B=build-cuda-dev
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
+cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
   cmake --build $B -j16 --target nmlx-cli test_cuda_qrows test_cuda_batch test_cuda_moe \
     test_cuda_fixtures bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "$(el) build ok"

@@ -46,6 +46,11 @@ static const moe_fmt FMTS[] = {
     {"q3g32 f32", NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F32, false, false, 160, 96},
     {"mxfp4 bias clipped", NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, true, true, 96, 224},
     {"dense bf16 bias", NMLX_QUANT_NONE, 0, 0, NMLX_DT_BF16, true, false, 100, 70},
+    /* an odd width (the down kernel's last row pair half empty), affine
+     * experts with biases, 5/6-bit, group 128, the clipped SwiGLU on affine */
+    {"dense bf16 odd", NMLX_QUANT_NONE, 0, 0, NMLX_DT_BF16, false, false, 101, 70},
+    {"q5g128 f16 bias", NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F16, true, false, 128, 256},
+    {"q6g64 bf16 clipped", NMLX_QUANT_AFFINE, 6, 64, NMLX_DT_BF16, true, true, 192, 128},
 };
 enum { N_FMTS = sizeof FMTS / sizeof FMTS[0] };
 
@@ -134,8 +139,6 @@ static void gpu_generic(const nmlx_switch_glu *g, const float *dx, const int32_t
 
 static double dev_err(const float *dev, const float *ref, size_t n) {
     float *got = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        got[i] = NAN; /* every element must be written */
     gpu->ops->download(gpu, got, dev, n * sizeof(float));
     double e = test_diff_over_max(got, ref, n);
     free(got);
@@ -194,8 +197,13 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
      * x in bf16; 9 to 64 rows: x as bf16 hi + lo, 5e-5 a matmul) */
     const double tol_sorted = quant ? 1e-3 : most > 64 ? 5e-2 : most > 8 ? 3e-4 : 1e-4;
     const int modes[3] = {3, 2, 1};
+    float *poison = malloc((size_t)(T * D) * 4);
+    for (int64_t i = 0; i < T * D; i++)
+        poison[i] = NAN;
     for (int mi = 0; mi < 3; mi++) {
         long s0, o0, s1, o1;
+        /* every element of the output must be written by this mode's run */
+        gpu->ops->upload(gpu, dout, poison, (size_t)(T * D) * 4);
         nmlx_cuda_moe_stats(&s0, &o0);
         nmlx_backend_cuda_set_moe(gpu, modes[mi]);
         bool ran = gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dout);
@@ -228,6 +236,7 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
             free(gen);
         }
     }
+    free(poison);
     nmlx_backend_cuda_set_moe(gpu, 1);
     gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dgen);
     gpu->ops->free(gpu, dy);

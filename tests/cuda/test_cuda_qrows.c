@@ -101,6 +101,13 @@ static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, in
     EXPECT(e0 <= 1e-4, "limit 0 %d-bit T=%lld: %.2e", bits, (long long)T, e0);
     compared++;
     if (memcmp(got, y0, (size_t)(T * Dv) * 4)) ran_differs++;
+    EXPECT(memcmp(got, y0, (size_t)(T * Dv) * 4), "the kernel did not run: %d-bit g%d T=%lld", bits,
+           gs, (long long)T);
+    /* the limit is inclusive: limit T takes the kernel (the same bits) */
+    run((int)T, &gw, pb, dx + off, dy, T, y0);
+    EXPECT(!memcmp(got, y0, (size_t)(T * Dv) * 4), "limit %lld must take T=%lld", (long long)T,
+           (long long)T);
+    run(0, &gw, pb, dx + off, dy, T, y0);
     /* a limit below T declines: the same bits as limit 0 */
     run((int)T - 1, &gw, pb, dx + off, dy, T, got);
     EXPECT(!memcmp(got, y0, (size_t)(T * Dv) * 4), "limit %lld must decline T=%lld",

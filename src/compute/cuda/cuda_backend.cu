@@ -9,11 +9,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* compiled like every kernel: its binary version says whether griddepcontrol
+ * was compiled in (sm_90 and later) */
+__global__ void pdl_probe_kernel() { cuda_pdl_wait(); }
+
 bool nmlx_cuda_pdl_on(void) {
     static int on = -1;
     if (on < 0) {
         const char *e = getenv("NMLX_CUDA_PDL");
         on = e && !strcmp(e, "1");
+        /* only where the kernels' wait exists (a build for an older
+         * architecture JIT-run on Hopper would launch early without it) */
+        int dev = 0, major = 0;
+        cudaFuncAttributes fa;
+        if (on && (cudaGetDevice(&dev) != cudaSuccess ||
+                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                       cudaSuccess ||
+                   major < 9 || cudaFuncGetAttributes(&fa, pdl_probe_kernel) != cudaSuccess ||
+                   fa.binaryVersion < 90 || fa.ptxVersion < 90)) {
+            cudaGetLastError();
+            on = 0;
+        }
     }
     return on != 0;
 }

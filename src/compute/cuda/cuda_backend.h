@@ -84,9 +84,9 @@ void nmlx_cuda_moe_stats(long *small, long *sorted);
 /* Which form moe_experts runs: 0 = none (it declines: the generic path),
  * 1 = decode form up to 64 pairs, else prefill form (the default), 2 =
  * always the prefill form, 3 = the decode form whenever its kernels take
- * the experts' format. Unset or NMLX_CUDA_MOE=0 set 0 at start (opt-in
- * until the op has run on a GPU: written without one), =1 sets 1, =sorted
- * 2. For tests and A/B runs. */
+ * the experts' format. Unset or NMLX_CUDA_MOE=1 set 1 at start (the
+ * default since the op passed its tests on an H200), =0 sets 0, =sorted 2.
+ * For tests and A/B runs. */
 void nmlx_backend_cuda_set_moe(nmlx_backend *be, int mode);
 
 #ifdef __cplusplus

@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(32 * QR_WARPS)
         qr_codes<BITS, MX>(vb, pb);
         /* A fragments of the two halves (slots 2c, 2c+1 | 2c+8, 2c+9) */
         const uint32_t a0[4] = {pa[0], pb[0], pa[1], pb[1]}, a1[4] = {pa[2], pb[2], pa[3], pb[3]};
-        const float ka = MX ? fsa * 16384.0f : fsa, kb = MX ? fsb * 16384.0f : fsb;
+        const float pk = MX ? 16384.0f : 1.0f; /* MXFP4: the codes' 2^-14 back (exact) */
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -143,10 +143,10 @@ __global__ void __launch_bounds__(32 * QR_WARPS)
             qr_mma(p, a0, xl[j].x, xl[j].y);
             qr_mma(p, a1, xh[j].z, xh[j].w);
             qr_mma(p, a1, xl[j].z, xl[j].w);
-            acc[j][0] = fmaf(ka, p[0], fmaf(fba, s0[j], acc[j][0]));
-            acc[j][1] = fmaf(ka, p[1], fmaf(fba, s1[j], acc[j][1]));
-            acc[j][2] = fmaf(kb, p[2], fmaf(fbb, s0[j], acc[j][2]));
-            acc[j][3] = fmaf(kb, p[3], fmaf(fbb, s1[j], acc[j][3]));
+            acc[j][0] = fmaf(fsa, p[0] * pk, fmaf(fba, s0[j], acc[j][0]));
+            acc[j][1] = fmaf(fsa, p[1] * pk, fmaf(fba, s1[j], acc[j][1]));
+            acc[j][2] = fmaf(fsb, p[2] * pk, fmaf(fbb, s0[j], acc[j][2]));
+            acc[j][3] = fmaf(fsb, p[3] * pk, fmaf(fbb, s1[j], acc[j][3]));
         }
     }
 #pragma unroll
