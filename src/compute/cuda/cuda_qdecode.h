@@ -95,6 +95,20 @@ template <int BITS, bool MX> __device__ __forceinline__ void decode8(uint64_t v,
     }
 }
 
+/* The tensor cores' mma.m16n8k16, bf16 in, f32 accumulate: c += a b
+ * (fragment layouts: qmm_kernel in cuda_quant.cu, cuda_qrows_mma.cu). */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x = lo (low half) */
+    return *(uint32_t *)&v;
+}
+
 /* Scale/bias storage, a template parameter so loads carry no dtype branch
  * (a branch between a load and its use keeps the compiler from batching
  * loads across iterations: every piece would wait for its scale). */

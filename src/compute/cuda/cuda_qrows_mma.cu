@@ -36,18 +36,6 @@
 
 enum { QR_WARPS = 8, QR_ROWS = 16, QR_MAX_NT = 8 };
 
-__device__ __forceinline__ void qr_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t qr_pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* exact for the values packed here */
-    return *(uint32_t *)&v;
-}
-
 /* codes i and i + 1 of a 4-bit word as bf16 pair (128 + q via the exponent
  * of 128.0, then 128 subtracted: exact) */
 __device__ __forceinline__ uint32_t qr_nib2(uint32_t w, int i) {
@@ -69,7 +57,7 @@ template <int BITS, bool MX> __device__ __forceinline__ void qr_codes(uint64_t v
         decode8<BITS, MX>(v, q); /* MXFP4: E2M1 * 2^-14, exact in bf16 */
 #pragma unroll
         for (int j = 0; j < 4; j++)
-            p[j] = qr_pack(q[2 * j], q[2 * j + 1]);
+            p[j] = pack_bf16(q[2 * j], q[2 * j + 1]);
     }
 }
 
@@ -139,10 +127,10 @@ __global__ void __launch_bounds__(32 * QR_WARPS)
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            qr_mma(p, a0, xh[j].x, xh[j].y);
-            qr_mma(p, a0, xl[j].x, xl[j].y);
-            qr_mma(p, a1, xh[j].z, xh[j].w);
-            qr_mma(p, a1, xl[j].z, xl[j].w);
+            mma_bf16(p, a0, xh[j].x, xh[j].y);
+            mma_bf16(p, a0, xl[j].x, xl[j].y);
+            mma_bf16(p, a1, xh[j].z, xh[j].w);
+            mma_bf16(p, a1, xl[j].z, xl[j].w);
             acc[j][0] = fmaf(fsa, p[0] * pk, fmaf(fba, s0[j], acc[j][0]));
             acc[j][1] = fmaf(fsa, p[1] * pk, fmaf(fba, s1[j], acc[j][1]));
             acc[j][2] = fmaf(fsb, p[2] * pk, fmaf(fbb, s0[j], acc[j][2]));

@@ -276,18 +276,6 @@ static void launch_gemv_rows(cudaStream_t s, const nmlx_weight *w, const float *
 
 enum { QM_BM = 64, QM_BN = 128, QM_BK = 32, QM_THREADS = 256, QM_LD = QM_BK + 8 };
 
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x = lo (low half) */
-    return *(uint32_t *)&v;
-}
-
 /* 16 bytes global -> shared, asynchronously; bytes = 0 writes zeros */
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
     const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
@@ -681,7 +669,7 @@ static void launch(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bi
         return;
     }
     if (nmlx_cuda_qrows_mma(be, w, bias, x, y, T)) return; /* 2..64 rows on the tensor cores */
-    if (T <= qgemv_max_t()) { /* a batched decode step */
+    if (T <= qgemv_max_t()) {                              /* a batched decode step */
         const int t = (int)T;
         if constexpr (MX)
             launch_gemv_rows<BITS, SC_E8M0>(s, w, x, y, t, lb, lbdt);
