@@ -197,18 +197,17 @@ static void launch_bits(cudaStream_t s, const nmlx_weight *w, const nmlx_cuda_qx
 /* Most rows of x the kernel takes (NMLX_CUDA_QROWS_MMA_T; 0 or 1: off). */
 static int qrows_mma_max = -1;
 
+static int clamp_limit(int v) { return v < 0 ? 0 : v > 8 * QR_MAX_NT ? 8 * QR_MAX_NT : v; }
+
 static int qrows_mma_limit(void) {
     if (qrows_mma_max < 0) {
         const char *e = getenv("NMLX_CUDA_QROWS_MMA_T");
-        const int v = e ? atoi(e) : NMLX_CUDA_QROWS_MMA_T_DEFAULT;
-        qrows_mma_max = v < 0 ? 0 : v > 8 * QR_MAX_NT ? 8 * QR_MAX_NT : v;
+        qrows_mma_max = clamp_limit(e ? atoi(e) : NMLX_CUDA_QROWS_MMA_T_DEFAULT);
     }
     return qrows_mma_max;
 }
 
-extern "C" void nmlx_cuda_set_qrows_mma(int max_t) {
-    qrows_mma_max = max_t < 0 ? 0 : max_t > 8 * QR_MAX_NT ? 8 * QR_MAX_NT : max_t;
-}
+extern "C" void nmlx_cuda_set_qrows_mma(int max_t) { qrows_mma_max = clamp_limit(max_t); }
 
 bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                          const float *x, float *y, int64_t T) {
