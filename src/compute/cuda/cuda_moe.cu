@@ -70,6 +70,7 @@ typedef struct moe_lin {
 typedef struct moe_table {
     const nmlx_weight *key;
     int64_t n, rows, cols;
+    uint32_t fmt;         /* fmt_of(expert 0): a reused address with another format rebuilds */
     moe_ptrs first, last; /* host view of experts 0 and n - 1 */
     bool ok;              /* uniform and supported by the decode kernels */
     moe_lin lin;
@@ -342,6 +343,15 @@ static moe_ptrs ptrs_of(const nmlx_switch_linear *l, int64_t e) {
     return p;
 }
 
+/* expert 0's format in one word: mode, bits, group size, weight, scale and
+ * bias dtypes */
+static uint32_t fmt_of(const nmlx_switch_linear *l) {
+    const nmlx_weight *w = &l->w[0];
+    return (uint32_t)w->mode | (uint32_t)w->bits << 4 | (uint32_t)w->group_size << 8 |
+           (uint32_t)w->w.dtype << 20 | (uint32_t)w->scales.dtype << 24 |
+           (uint32_t)(l->bias ? l->bias[0].dtype + 1 : 0) << 28;
+}
+
 static bool same_ptrs(const moe_ptrs *a, const moe_ptrs *b) {
     return a->w == b->w && a->s == b->s && a->b == b->b && a->bias == b->bias;
 }
@@ -357,7 +367,7 @@ static const moe_lin *lin_of(nmlx_backend *be, cuda_moe_state *m, const nmlx_swi
         moe_table *c = &m->tabs[i];
         if (c->key != l->w) continue;
         if (c->n == E && c->rows == l->w[0].rows && c->cols == l->w[0].cols &&
-            same_ptrs(&c->first, &first) && same_ptrs(&c->last, &last))
+            c->fmt == fmt_of(l) && same_ptrs(&c->first, &first) && same_ptrs(&c->last, &last))
             return c->ok ? &c->lin : NULL;
         t = c; /* a freed linear's array, reused: rebuild */
         if (c->lin.tab) {
@@ -381,6 +391,7 @@ static const moe_lin *lin_of(nmlx_backend *be, cuda_moe_state *m, const nmlx_swi
     t->n = E;
     t->rows = l->w[0].rows;
     t->cols = l->w[0].cols;
+    t->fmt = fmt_of(l);
     t->first = first;
     t->last = last;
     int bits = 0, sc = 0, gshift = 0;
