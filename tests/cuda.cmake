@@ -13,11 +13,13 @@ if(NMLX_CUDA)
       ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
   endforeach()
   # qmm_kernel, the tensor-core quantized mat-mat that the cuBLAS path
-  # replaced as the default (NMLX_CUDA_QMM=mma), stays tested
+  # replaced as the default (NMLX_CUDA_QMM=mma), stays tested, from 9 rows
+  # (NMLX_CUDA_QROWS_MMA_T=0: the few-rows kernel off; 2..8 rows then take
+  # the f32 rows kernel)
   foreach(name test_cuda_ops test_cuda_fixtures test_cuda_batch)
     add_test(NAME ${name}_mma COMMAND ${name} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
     set_tests_properties(${name}_mma PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-      ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_QMM=mma")
+      ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_QMM=mma;NMLX_CUDA_QROWS_MMA_T=0")
   endforeach()
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)

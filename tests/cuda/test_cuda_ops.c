@@ -209,13 +209,14 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     check_ok("qmatmul");
     double e = rel_err(dy, yref, (size_t)(T * D));
     /* T == 1: f32 like the reference, or (affine 4/8-bit, the default) x
-     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T <= 8:
-     * the f32 mat-vec rows; T > 8: q exact in bf16, x as bf16 hi + lo
-     * (~2^-16), f32 accumulation on the tensor cores */
+     * rounded per 16 inputs to int16 (2^-16 of the block's max|x|); T > 1:
+     * q exact in bf16, x as bf16 hi + lo (~2^-16), f32 accumulation on the
+     * tensor cores (2..64 rows: cuda_qrows_mma.cu; the f32 mat-vec rows up
+     * to 8 where it is off) */
     const bool q16 = T == 1 && mode == NMLX_QUANT_AFFINE && (bits == 4 || bits == 8);
     /* int16 x: ~sqrt(N) x 2^-16 of a block's max|x| per output; the worst
      * measured on an H200 was 4.9e-5 (N = 14336): 2e-4 leaves 4x */
-    double tol = q16 ? 2e-4 : T <= 8 ? 1e-5 : 1e-4;
+    double tol = q16 ? 2e-4 : T == 1 ? 1e-5 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N, bias,
@@ -232,12 +233,17 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
         note(12, e32);
     }
     if (T > 1 && T <= 8) { /* batched decode: each row equals that row alone through the
-                            * f32 mat-vec (the int16 one is T = 1 only), bit for bit */
+                            * f32 mat-vec (the int16 one is T = 1 only), bit for bit; the
+                            * f32 rows kernel (the tensor-core one, the default for 2..64
+                            * rows, sums in another order: test_cuda_qrows) */
         nmlx_cuda_set_qgemv16(0);
+        nmlx_cuda_set_qrows_mma(0);
+        gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
         int differ = rows_alone_differ(&gw, bias ? pb : NULL, dx, dy, T, D, N);
         EXPECT(differ == 0,
                "qmatmul %s %d-bit g%d %s T=%lld D=%lld: %d rows differ from the row alone",
                nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, differ);
+        nmlx_cuda_set_qrows_mma(-1);
         nmlx_cuda_set_qgemv16(1);
     }
 

@@ -195,6 +195,9 @@ int main(void) {
         return 77;
     }
     EXPECT(nmlx_backend_cpu_create_isa(2, "portable", &cpu) == NMLX_OK, "cpu backend");
+    /* the cuBLAS path at every T here: the few-rows kernel (default up to 64
+     * rows) off; test_cuda_qrows tests it */
+    nmlx_cuda_set_qrows_mma(0);
     test_seed(20261205);
     const int bits[6] = {2, 3, 4, 5, 6, 8}, gss[3] = {32, 64, 128};
     const int64_t Ts[4] = {9, 33, 100, 512}, rows[3] = {0, 64, 100};

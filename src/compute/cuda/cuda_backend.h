@@ -49,8 +49,8 @@ void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
 void nmlx_cuda_set_qmm_rows(int64_t rows);
 
 /* Most rows of x (2..64) the few-rows tensor-core kernel takes
- * (cuda_qrows_mma.cu); 0 = off. NMLX_CUDA_QROWS_MMA_T sets it at start.
- * Process-wide; for benchmarks and tests. */
+ * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the
+ * default (64). Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qrows_mma(int max_t);
 
 /* Decode mat-vecs of affine 4/8-bit weights: 1 = int16 x and dp2a

@@ -207,7 +207,9 @@ static int qrows_mma_limit(void) {
     return qrows_mma_max;
 }
 
-extern "C" void nmlx_cuda_set_qrows_mma(int max_t) { qrows_mma_max = clamp_limit(max_t); }
+extern "C" void nmlx_cuda_set_qrows_mma(int max_t) {
+    qrows_mma_max = max_t < 0 ? -1 : clamp_limit(max_t); /* -1: the environment's again */
+}
 
 bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                          const float *x, float *y, int64_t T) {
