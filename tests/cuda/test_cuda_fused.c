@@ -2,7 +2,8 @@
  * random inputs of odd sizes against (a) the CPU's fused op, which equals
  * the CPU's unfused sequence bit for bit (tests/test_fused.c), limit 1e-6
  * of max|ref| as test_cuda_ops's rmsnorm and rope (gate_up_act: 2e-3 on the
- * int16 mat-vec, whose outputs test_cuda_ops bounds at 2e-4, else 1e-5);
+ * int16 mat-vec, whose outputs test_cuda_ops bounds at 2e-4; 1e-4 for
+ * several rows, on the tensor cores; else 1e-5);
  * and (b) the CUDA unfused sequence (add + rmsnorm; rmsnorm + rope + rope +
  * row copies; matmul_multi + act_mul), which shares their
  * arithmetic: the worst difference is printed, and must stay within the
@@ -226,7 +227,8 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     check_ok("gate_up_act");
     float *hg = host_of(dg, ny), *hu = host_of(ug, ny);
     double e = test_diff_over_max(hg, rg, ny), u = test_diff_over_max(hg, hu, ny);
-    double lim = T == 1 && (bits == 4 || bits == 8) ? 2e-3 : 1e-5;
+    /* T > 1: the tensor-core rows (x as bf16 hi + lo), 1e-4 as test_cuda_ops */
+    double lim = T == 1 && (bits == 4 || bits == 8) ? 2e-3 : T > 1 ? 1e-4 : 1e-5;
     EXPECT(e <= lim && u <= 1e-6,
            "gate_up_act %d-bit g%d %s I=%lld N=%lld T=%lld bias=%d act=%d: vs cpu %.2e, vs cuda "
            "unfused %.2e",
