@@ -1,5 +1,6 @@
 /* Quantized test weights for the CUDA tests: a random [D, N] weight packed
- * as `nmlx convert` writes it (host memory), and its device twin. */
+ * as `nmlx convert` writes it (host memory), its device twin, and x with a
+ * wide dynamic range for the quantized mat-mat tests. */
 #ifndef NMLX_TEST_CUDA_QWEIGHT_H
 #define NMLX_TEST_CUDA_QWEIGHT_H
 
@@ -7,6 +8,7 @@
 #include "compute/quant.h"
 #include "harness.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 /* Host buffers the tests hold until the end: the CUDA backend keys its
@@ -29,6 +31,24 @@ static inline void test_free_kept(void) {
     for (int i = 0; i < k->n; i++)
         free(k->p[i]);
     k->n = 0;
+}
+
+/* x [T, N] (malloc'd) with a wide dynamic range: |x| = 10^u, u uniform in
+ * [-3, 3], random signs; rows t % tiny_mod == tiny_at all tiny (|x| <=
+ * 1e-5), rows t % big_mod == big_at 100x larger. */
+static inline float *test_wide_x(int64_t T, int64_t N, int tiny_mod, int tiny_at, int big_mod,
+                                 int big_at) {
+    float *x = malloc((size_t)(T * N) * sizeof(float));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t k = 0; k < N; k++) {
+            float v = powf(10.0f, test_randf(-3, 3)) * (test_randf(0, 1) < 0.5f ? -1.0f : 1.0f);
+            if (t % tiny_mod == tiny_at)
+                v = test_randf(-1e-5f, 1e-5f);
+            else if (t % big_mod == big_at)
+                v *= 100.0f;
+            x[t * N + k] = v;
+        }
+    return x;
 }
 
 /* Host buffers are handed to keep(), which must hold them until the end:

@@ -33,21 +33,6 @@ static nmlx_backend *cpu, *gpu;
 
 static double worst_gemm, worst_gemm16, worst_gemm1, least_noscale = INFINITY;
 
-/* x [T, N] with a wide dynamic range (see the top comment) */
-static float *wide_x(int64_t T, int64_t N) {
-    float *x = malloc((size_t)(T * N) * sizeof(float));
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t k = 0; k < N; k++) {
-            float v = powf(10.0f, test_randf(-3, 3)) * (test_randf(0, 1) < 0.5f ? -1.0f : 1.0f);
-            if (t % 7 == 3)
-                v = test_randf(-1e-5f, 1e-5f);
-            else if (t % 11 == 5)
-                v *= 100.0f;
-            x[t * N + k] = v;
-        }
-    return x;
-}
-
 /* worst over rows t of max_d |y - ref| / max_d |ref| (NaN: infinity);
  * downloads y from the device */
 static double row_err(const float *dy, const float *ref, int64_t T, int64_t D) {
@@ -85,7 +70,7 @@ static double run_mode(int mode, int64_t rows, const nmlx_weight *gw, const nmlx
 static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T, int64_t D,
                        int64_t N, bool bias, int64_t rows, bool variants) {
     nmlx_weight w = test_qweight(mode, bits, gs, sdt, D, N, test_keep);
-    float *x = wide_x(T, N), *bv = test_rand_floats((size_t)D, -1, 1);
+    float *x = test_wide_x(T, N, 7, 3, 11, 5), *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor b = {.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {D}, .name = "b"};
     uint16_t *bh = test_keep(malloc((size_t)D * 2));
     for (int64_t i = 0; i < D; i++)

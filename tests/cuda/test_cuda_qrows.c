@@ -28,20 +28,6 @@ static nmlx_backend *cpu, *gpu;
 static double worst;
 static int ran_differs, compared;
 
-static float *wide_x(int64_t T, int64_t N) {
-    float *x = malloc((size_t)(T * N) * sizeof(float));
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t k = 0; k < N; k++) {
-            float v = powf(10.0f, test_randf(-3, 3)) * (test_randf(0, 1) < 0.5f ? -1.0f : 1.0f);
-            if (t % 5 == 3)
-                v = test_randf(-1e-5f, 1e-5f);
-            else if (t % 7 == 5)
-                v *= 100.0f;
-            x[t * N + k] = v;
-        }
-    return x;
-}
-
 static double row_err(const float *got, const float *ref, int64_t T, int64_t D) {
     double e = 0;
     for (int64_t t = 0; t < T; t++) {
@@ -73,7 +59,7 @@ static void run(int limit, const nmlx_weight *gw, const nmlx_tensor *pb, const f
 static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t T, int64_t D,
                       int64_t N, bool bias, bool view) {
     nmlx_weight w = test_qweight(mode, bits, gs, sdt, D, N, test_keep);
-    float *x = wide_x(T, N), *bv = test_rand_floats((size_t)D, -1, 1);
+    float *x = test_wide_x(T, N, 5, 3, 7, 5), *bv = test_rand_floats((size_t)D, -1, 1);
     nmlx_tensor b = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {D}, .data = test_keep(bv)};
     nmlx_weight v = view && D > 5 ? test_qweight_rows(&w, 3, D - 5) : w;
     const int64_t Dv = v.rows;
@@ -154,7 +140,8 @@ int main(void) {
         nmlx_weight w = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 77, 512, test_keep);
         nmlx_weight gw = test_qweight_device(gpu, &w);
         const int64_t T = 5;
-        float *x = wide_x(T, 512), *a = malloc(T * 77 * 4), *c = malloc(T * 77 * 4);
+        float *x = test_wide_x(T, 512, 5, 3, 7, 5), *a = malloc(T * 77 * 4),
+              *c = malloc(T * 77 * 4);
         float *dx = gpu->ops->alloc(gpu, T * 512 * 4), *dy = gpu->ops->alloc(gpu, T * 77 * 4);
         gpu->ops->upload(gpu, dx, x, T * 512 * 4);
         run(0, &gw, NULL, dx, dy, T, a);
