@@ -27,7 +27,9 @@ struct nmlx_batch {
 void nmlx_batch_free(nmlx_batch *b) {
     if (!b) return;
     nmlx_model *m = b->model;
+    nmlx_backend_enter(m->be);
     if (b->impl) m->family->batch_free(b->impl, m->be);
+    nmlx_backend_leave(m->be);
     nmlx_free(b->states);
     nmlx_free(b->logits);
     nmlx_free(b->rows);
@@ -52,7 +54,12 @@ nmlx_status nmlx_batch_create(nmlx_model *m, int max_batch, nmlx_batch **out) {
     b->rows = nmlx_calloc((size_t)max_batch, sizeof *b->rows);
     CHECK(b->states && b->logits && b->rows, NMLX_ERR_NOMEM, "out of memory creating a batch");
     const nmlx_family *f = m->family;
-    if (f->forward_batch) TRY(f->batch_create(m->arch, m->be, max_batch, &b->impl));
+    if (f->forward_batch) {
+        nmlx_backend_enter(m->be);
+        st = f->batch_create(m->arch, m->be, max_batch, &b->impl);
+        nmlx_backend_leave(m->be);
+        if (st != NMLX_OK) goto cleanup;
+    }
     *out = b;
     b = NULL;
 cleanup:
@@ -115,9 +122,20 @@ static float *session_row(nmlx_session *s) {
     return s->row_dev;
 }
 
+static nmlx_status batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_t *ids, size_t n);
+
 nmlx_status nmlx_batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_t *ids, size_t n) {
     nmlx_status st = check_args(b, ss, ids, n);
     if (st != NMLX_OK || n == 0) return st;
+    nmlx_backend_enter(b->model->be);
+    st = batch_eval(b, ss, ids, n);
+    nmlx_backend_leave(b->model->be);
+    return st;
+}
+
+static nmlx_status batch_eval(nmlx_batch *b, nmlx_session *const *ss, const int32_t *ids,
+                              size_t n) {
+    nmlx_status st = NMLX_OK;
     for (size_t i = 0; i < n; i++) /* a pending token goes first, on its own */
         if ((st = nmlx_session_eval_tokens(ss[i], NULL, 0, 0)) != NMLX_OK) return st;
     nmlx_model *m = b->model;

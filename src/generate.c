@@ -47,12 +47,18 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
                           const nmlx_generate_params *params, nmlx_generate_result *result) {
     nmlx_status st = NMLX_OK;
     nmlx_generate_result r = {.n_prompt = n_prompt, .finish = NMLX_FINISH_LENGTH};
+    bool entered = false;
     CHECK(s, NMLX_ERR_INVALID_ARG, "nmlx_generate: session is NULL");
     CHECK(n_prompt == 0 || prompt, NMLX_ERR_INVALID_ARG, "nmlx_generate: prompt is NULL");
     nmlx_generate_params p = params ? *params : nmlx_generate_default_params();
     CHECK(p.max_tokens >= 0, NMLX_ERR_INVALID_ARG, "max_tokens must be >= 0 (got %d)",
           p.max_tokens);
     TRY(nmlx_sampler_validate(&p.sampler));
+    /* the whole generation: between an eval and the next pick the logits
+     * may sit in the backend's LM-head row, which another session would
+     * overwrite (one thread at a time where the backend says so) */
+    nmlx_backend_enter(s->model->be);
+    entered = true;
     atomic_store(&s->cancel, false);
     nmlx_sampler_seed(&s->sampler, p.sampler.seed);
     if (s->detok) nmlx_detokenizer_reset(s->detok);
@@ -76,7 +82,7 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
     const bool keep = greedy || s->model->be->ops->sample;
     for (int i = 0; i < p.max_tokens; i++) {
         if ((size_t)s->n_history >= (size_t)s->max_context) break; /* context full: LENGTH */
-        int32_t id = nmlx_session_pick(s, &p.sampler); /* where the logits lie */
+        int32_t id = nmlx_session_pick(s, &p.sampler);             /* where the logits lie */
         if (i == 0) t_first = nmlx_time_seconds();
         r.n_generated++;
         bool eos = !p.ignore_eos && nmlx_model_is_eos(s->model, id);
@@ -114,7 +120,8 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
     r.prefill_seconds = (r.n_generated ? t_first : t_end) - t0;
     r.decode_seconds = r.n_generated ? t_end - t_first : 0.0;
 cleanup:
-    nmlx_session_fetch_logits(s); /* the session's logits are current again */
+    if (s) nmlx_session_fetch_logits(s); /* the session's logits are current again */
+    if (entered) nmlx_backend_leave(s->model->be);
     if (result) *result = r;
     return st;
 }

@@ -19,6 +19,7 @@ nmlx_session_params nmlx_session_default_params(void) {
 void nmlx_session_free(nmlx_session *s) {
     if (!s) return;
     nmlx_model *m = s->model;
+    nmlx_backend_enter(m->be);
     if (s->state) m->family->state_free(s->state, m->be);
     if (s->row_dev) m->be->ops->free(m->be, s->row_dev);
     nmlx_kv_dequant_free(&s->kv_deq, m->be);
@@ -29,7 +30,8 @@ void nmlx_session_free(nmlx_session *s) {
     nmlx_free(s->history);
     nmlx_free(s->text);
     nmlx_free(s);
-    nmlx_model_unref(m);
+    nmlx_backend_leave(m->be);
+    nmlx_model_unref(m); /* may free the backend: after leaving it */
 }
 
 /* kv_bits: every layer cache of the state is asked to quantize. */
@@ -118,11 +120,14 @@ nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params
                                 nmlx_session **out) {
     nmlx_status st = NMLX_OK;
     nmlx_session *s = NULL;
+    bool entered = false;
     CHECK(m && out, NMLX_ERR_INVALID_ARG, "nmlx_session_create: model and out must not be NULL");
     *out = NULL;
     nmlx_session_params p = params ? *params : nmlx_session_default_params();
     CHECK(p.max_context >= 0, NMLX_ERR_INVALID_ARG, "max_context must be >= 0 (got %d)",
           p.max_context);
+    nmlx_backend_enter(m->be); /* state_create allocates on it */
+    entered = true;
     s = nmlx_calloc(1, sizeof *s);
     CHECK(s, NMLX_ERR_NOMEM, "out of memory creating a session");
     atomic_fetch_add(&m->refs, 1);
@@ -144,6 +149,7 @@ nmlx_status nmlx_session_create(nmlx_model *m, const nmlx_session_params *params
     s = NULL;
 cleanup:
     nmlx_session_free(s);
+    if (entered) nmlx_backend_leave(m->be);
     return st;
 }
 
@@ -199,7 +205,10 @@ nmlx_status nmlx_session_eval(nmlx_session *s, const int32_t *ids, size_t n, int
         return nmlx_fail(NMLX_ERR_INVALID_ARG,
                          "nmlx_session_eval: session and ids must not be NULL");
     atomic_store(&s->cancel, false);
-    return nmlx_session_eval_tokens(s, ids, n, all_logits);
+    nmlx_backend_enter(s->model->be);
+    nmlx_status st = nmlx_session_eval_tokens(s, ids, n, all_logits);
+    nmlx_backend_leave(s->model->be);
+    return st;
 }
 
 nmlx_status nmlx_session_eval_pending_kept(nmlx_session *s) {
@@ -226,7 +235,9 @@ const float *nmlx_session_logits(const nmlx_session *s) {
     if (!s || !s->has_logits) return NULL;
     /* logically const: logits a greedy generation left on the backend are
      * fetched on first read (sessions are never const objects: nmlx makes them) */
+    nmlx_backend_enter(s->model->be);
     nmlx_session_fetch_logits((nmlx_session *)s);
+    nmlx_backend_leave(s->model->be);
     return s->logits;
 }
 
@@ -248,7 +259,9 @@ nmlx_status nmlx_session_trim(nmlx_session *s, size_t n) {
         s->n_history--;
         n--;
     }
+    nmlx_backend_enter(s->model->be);
     s->model->family->state_trim(s->state, (int64_t)n);
+    nmlx_backend_leave(s->model->be);
     s->n_history -= n;
     s->has_logits = false;
     s->logits_dev = NULL;
@@ -259,7 +272,9 @@ nmlx_status nmlx_session_trim(nmlx_session *s, size_t n) {
 void nmlx_session_reset(nmlx_session *s) {
     if (!s) return;
     s->pending = -1;
+    nmlx_backend_enter(s->model->be);
     s->model->family->state_trim(s->state, s->model->family->state_position(s->state));
+    nmlx_backend_leave(s->model->be);
     s->n_history = 0;
     s->has_logits = false;
     s->logits_dev = NULL;

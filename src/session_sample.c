@@ -59,6 +59,8 @@ nmlx_status nmlx_session_sample(nmlx_session *s, const nmlx_sampler_params *p, i
     nmlx_sampler_params sp = p ? *p : nmlx_sampler_default_params();
     nmlx_status st = nmlx_sampler_validate(&sp);
     if (st != NMLX_OK) return st;
+    nmlx_backend_enter(s->model->be);
     *out = nmlx_session_pick(s, &sp);
+    nmlx_backend_leave(s->model->be);
     return NMLX_OK;
 }

@@ -10,6 +10,7 @@
 #        NMLX_VARIANTS="- NMLX_CUDA_QMM=gemm1": nmlx serve once per entry, with
 #        that environment setting ("-": the defaults)
 #        SERIAL=1: the llama.cpp build finishes before nmlx serve starts
+#        PEER=0: nmlx serve only (no llama.cpp build, GGUF or llama-server)
 # Results: $OUT/serve.jsonl (one line per engine and N), $OUT/serve.txt (the table).
 set -uo pipefail
 OUT=${OUT:-/tmp/nmlx-serve-out}
@@ -37,7 +38,7 @@ echo "node $(node --version) at $(el)s"
 
 # 1. llama-server + llama-quantize with CUDA, in the background
 L=$HOME/lcpp-serve
-if [ ! -x $L/build/bin/llama-server ]; then
+if [ "${PEER:-1}" = 1 ] && [ ! -x $L/build/bin/llama-server ]; then
   rm -rf $L && mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
   ( cd $L && cmake -S src/llama.cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
@@ -59,11 +60,15 @@ if [ ! -f $M/config.json ]; then
 fi
 G=/dev/shm/gg
 mkdir -p $G
-if [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-3.1-8b-Q4_0.gguf ]; then
+if [ "${PEER:-1}" = 1 ] && [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-3.1-8b-Q4_0.gguf ]; then
   # the tokenizer sits in the llama.cpp carry; wait for its unpacking (done before cmake starts)
   while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
   python3 "$S/make_gguf.py" --gguf-py $L/src/llama.cpp/gguf-py --tok $L/src/llama3_1 --out $G \
     --models llama-3.1-8b > "$OUT/gguf.log" 2>&1 || { tail "$OUT/gguf.log"; exit 1; }
+fi
+if [ ! -d $L/src/llama3_1 ]; then # PEER=0: the tokenizer alone from the llama.cpp carry
+  mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src llama3_1 2>/dev/null ||
+    tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
 fi
 cp $L/src/llama3_1/tokenizer*.json $M/
 echo "models written at $(el)s"
@@ -106,6 +111,7 @@ for v in ${NMLX_VARIANTS:--}; do
 done
 
 # 4. llama-server --parallel N, one server per N
+if [ "${PEER:-1}" = 1 ]; then
 if [ -n "${BPID:-}" ]; then wait $BPID; fi
 if [ "$(cat $L/build.rc 2>/dev/null || echo 0)" != 0 ] || [ ! -x $L/build/bin/llama-server ]; then
   echo "llama.cpp build failed"; tail -30 $L/build.log $L/cmake.log 2>/dev/null; exit 1
@@ -128,6 +134,7 @@ for n in $STREAMS; do
   fi
   kill -TERM $LPID 2>/dev/null; wait $LPID 2>/dev/null
 done
+fi
 
 # 5. the table
 python3 - "$RES" <<'PY' | tee "$OUT/serve.txt"

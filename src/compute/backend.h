@@ -15,6 +15,7 @@
 #include "tensor.h"
 #include "threadpool.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -22,11 +23,7 @@ typedef struct nmlx_backend nmlx_backend;
 struct nmlx_switch_glu; /* ported/switch_layers.h (moe_experts) */
 struct nmlx_switch_buffers;
 
-typedef enum nmlx_act {
-    NMLX_ACT_SILU = 0,
-    NMLX_ACT_GELU_TANH,
-    NMLX_ACT_GELU_ERF
-} nmlx_act;
+typedef enum nmlx_act { NMLX_ACT_SILU = 0, NMLX_ACT_GELU_TANH, NMLX_ACT_GELU_ERF } nmlx_act;
 
 /* Scaled dot-product attention for one sequence, reading K/V from a cache in
  * mlx-lm's layout [KVH, cap, HD] (row j = the key at cache index j).
@@ -37,17 +34,17 @@ typedef enum nmlx_act {
  * q.k (soft-capped if softcap > 0), with an extra sink logit sinks[h] if
  * sinks != NULL) @ v. */
 typedef struct nmlx_attn_args {
-    const float *q;       /* [T, H, HD] */
-    const float *k, *v;   /* [KVH, cap, HD] */
-    float *out;           /* [T, H, HD] */
+    const float *q;     /* [T, H, HD] */
+    const float *k, *v; /* [KVH, cap, HD] */
+    float *out;         /* [T, H, HD] */
     int64_t T, H, KVH, HD, cap;
-    int64_t q_pos;        /* cache index of q[0] */
-    int64_t n_kv;         /* keys valid in the cache: 0..n_kv-1 */
+    int64_t q_pos; /* cache index of q[0] */
+    int64_t n_kv;  /* keys valid in the cache: 0..n_kv-1 */
     float scale;
-    int64_t window;       /* 0 = full causal */
-    float softcap;        /* 0 = off */
-    const float *sinks;   /* [H] or NULL */
-    float *scratch;       /* >= n_threads * (H / KVH) * n_kv floats, backend memory */
+    int64_t window;     /* 0 = full causal */
+    float softcap;      /* 0 = off */
+    const float *sinks; /* [H] or NULL */
+    float *scratch;     /* >= n_threads * (H / KVH) * n_kv floats, backend memory */
     /* F16/BF16: the cache is half precision, read from k16/v16 instead of
      * k/v (same layout; host backends only: the CPU backend) */
     nmlx_dtype kv_dtype;
@@ -79,11 +76,14 @@ typedef struct nmlx_rope_kv_args {
     float mscale;
 } nmlx_rope_kv_args;
 
-enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 }; /* step_graph's `what` */
+enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 };                          /* step_graph's `what` */
 enum { NMLX_DECODE_END = 0, NMLX_DECODE_ONE = 1, NMLX_DECODE_BATCH = 2 }; /* decode_step's */
 
 typedef struct nmlx_backend_ops {
     const char *name;
+    /* Optional: makes the calling thread ready to use be (CUDA: its device,
+     * which is per thread); called by nmlx_backend_enter. */
+    void (*bind_thread)(nmlx_backend *be);
 
     /* Activation buffers; zero-initialised. NULL on failure. */
     void *(*alloc)(nmlx_backend *be, size_t bytes);
@@ -101,8 +101,7 @@ typedef struct nmlx_backend_ops {
      * NMLX_ERR_UNSUPPORTED for a dtype the backend cannot compute with.
      * t's host memory must stay mapped while the backend lives (CUDA keys
      * its copies by host address). */
-    nmlx_status (*prepare_tensor)(nmlx_backend *be, const nmlx_tensor *t,
-                                  const nmlx_tensor **out);
+    nmlx_status (*prepare_tensor)(nmlx_backend *be, const nmlx_tensor *t, const nmlx_tensor **out);
     /* Optional (NULL on the CPU): frees the backend's own state before
      * nmlx_backend_free frees the rest. */
     void (*release)(nmlx_backend *be);
@@ -151,9 +150,8 @@ typedef struct nmlx_backend_ops {
 
     /* y[T, D] = x[T, N] @ W[D, N]^T (+ bias[D] if bias != NULL, any float
      * dtype). y must not alias x. */
-    void (*matmul)(nmlx_backend *be, const nmlx_weight *w,
-                   const nmlx_tensor *bias, const float *x, float *y,
-                   int64_t T);
+    void (*matmul)(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
+                   float *y, int64_t T);
     /* Optional (NULL: one matmul call per weight): y_i = x @ W_i^T (+ b_i)
      * for n <= NMLX_MATMUL_MULTI_MAX weights reading the same x (q/k/v,
      * gate/up), in one pass over the backend's threads; each y_i as its
@@ -162,19 +160,19 @@ typedef struct nmlx_backend_ops {
                          const nmlx_tensor *const *biases, const float *x, float *const *ys,
                          int64_t T);
     /* out[t, :] = table[ids[t], :] * scale; table [V, D]. */
-    void (*embed)(nmlx_backend *be, const nmlx_weight *table,
-                  const int32_t *ids, int64_t T, float scale, float *out);
+    void (*embed)(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
+                  float scale, float *out);
     /* y[r, :] = x[r, :] / sqrt(mean(x[r]^2) + eps) * (w + w_offset) for R
      * rows of width D; w [D] any float dtype, or NULL for no weight; y may
      * alias x. (w_offset = 1 gives Gemma's (1 + w) norm.) */
-    void (*rmsnorm)(nmlx_backend *be, const float *x, const nmlx_tensor *w,
-                    float w_offset, float eps, float *y, int64_t R, int64_t D);
+    void (*rmsnorm)(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
+                    float eps, float *y, int64_t R, int64_t D);
     /* RoPE in place on x[T, H, HD], rotate-half pairing (i, i + rot/2) for
      * i < rot/2 over the first `rot` dims; angle = (pos0 + t) * freqs[i];
      * rotated values are multiplied by mscale (1 for plain RoPE).
      * freqs [rot/2] is a backend buffer. */
-    void (*rope)(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD,
-                 int64_t rot, int64_t pos0, const float *freqs, float mscale);
+    void (*rope)(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD, int64_t rot,
+                 int64_t pos0, const float *freqs, float mscale);
     void (*attention)(nmlx_backend *be, const nmlx_attn_args *a);
     /* Optional (NULL: the caller makes one rope / attention call per row;
      * the CPU). Batched decode, R rows of one token each of R sequences:
@@ -257,18 +255,17 @@ typedef struct nmlx_backend_ops {
                         struct nmlx_switch_buffers *b, float *out);
 
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
-    void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate,
-                    const float *up, float *out, int64_t n);
+    void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate, const float *up, float *out,
+                    int64_t n);
     /* gpt-oss clipped SwiGLU: g = min(gate[i], limit), u = clamp(up[i],
      * -limit, limit), out[i] = g * sigmoid(alpha * g) * (u + 1); out may
      * alias gate or up. */
-    void (*swiglu_clipped)(nmlx_backend *be, const float *gate, const float *up,
-                           float *out, int64_t n, float alpha, float limit);
+    void (*swiglu_clipped)(nmlx_backend *be, const float *gate, const float *up, float *out,
+                           int64_t n, float alpha, float limit);
     /* x[i] = act(x[i]) in place. */
     void (*act)(nmlx_backend *be, nmlx_act act, float *x, int64_t n);
     /* out[i] = a[i] + b[i]; out may alias a or b. */
-    void (*add)(nmlx_backend *be, const float *a, const float *b, float *out,
-                int64_t n);
+    void (*add)(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n);
     /* x[i] *= s */
     void (*scale)(nmlx_backend *be, float *x, float s, int64_t n);
     /* softmax over each of R rows of width n, in place. */
@@ -294,8 +291,8 @@ typedef struct nmlx_backend_ops {
      *   c[t] = clip(coefs [K, K], +-clip) @ tanh(router[t, :K]) + 1  (clip 0 = none)
      *   p_i[t, :] += c[t][i] * (act[t, :] - p_active[t, :]) */
     void (*altup_correct)(nmlx_backend *be, float *p, int64_t stride, const float *act,
-                          const float *router, const nmlx_tensor *coefs, float clip,
-                          int64_t active, int64_t K, int64_t T, int64_t D);
+                          const float *router, const nmlx_tensor *coefs, float clip, int64_t active,
+                          int64_t K, int64_t T, int64_t D);
     /* Optional (NULL: the caller rotates on the host; host backends only).
      * Llama 4's interleaved RoPE in place on x[T, H, HD]: pairs (2j, 2j + 1)
      * for j < HD/2, angle (pos0 + t) * freqs[j] (freqs [HD/2], a backend
@@ -310,7 +307,25 @@ struct nmlx_backend {
     nmlx_pool *pool;          /* CPU workers (also used by GPU backends for host work) */
     void *impl;               /* backend private state */
     nmlx_backend_ops own_ops; /* the table as changed by the environment (NMLX_FUSED=0) */
+    /* Where every call shares the backend's state (CUDA: one stream, its
+     * scratch, the graph being captured, the LM head's row), a recursive
+     * lock that the library's entry points hold across each call
+     * (nmlx_backend_enter), so sessions of one model may run on different
+     * threads as nmlx.h promises; NULL on the CPU, whose ops share only the
+     * worker pool (which serialises its own runs). */
+    pthread_mutex_t *call_mu;
 };
+
+/* Makes be's entry points take one thread at a time (call_mu). */
+nmlx_status nmlx_backend_make_serial(nmlx_backend *be);
+static inline void nmlx_backend_enter(nmlx_backend *be) {
+    if (!be || !be->call_mu) return;
+    pthread_mutex_lock(be->call_mu);
+    if (be->ops->bind_thread) be->ops->bind_thread(be);
+}
+static inline void nmlx_backend_leave(nmlx_backend *be) {
+    if (be && be->call_mu) pthread_mutex_unlock(be->call_mu);
+}
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
  * (copies the table into be->own_ops without the fused ops). */

@@ -1,5 +1,6 @@
 /* Backend choice by device name ("cpu", "cuda", "cuda:N"). The CUDA backend
  * exists only in builds configured with -DNMLX_CUDA=ON (NMLX_HAVE_CUDA). */
+#define _GNU_SOURCE /* PTHREAD_MUTEX_RECURSIVE */
 #include "common.h"
 #include "compute/backend.h"
 
@@ -79,4 +80,21 @@ void nmlx_backend_apply_env(nmlx_backend *be) {
     be->own_ops.add_rmsnorm_matmul = NULL;
     be->own_ops.moe_experts = NULL;
     be->ops = &be->own_ops;
+}
+
+nmlx_status nmlx_backend_make_serial(nmlx_backend *be) {
+    if (be->call_mu) return NMLX_OK;
+    pthread_mutex_t *mu = nmlx_malloc(sizeof *mu);
+    pthread_mutexattr_t a;
+    if (!mu) return nmlx_fail(NMLX_ERR_NOMEM, "backend: out of memory for its call lock");
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE); /* nmlx_generate calls eval */
+    int rc = pthread_mutex_init(mu, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0) {
+        nmlx_free(mu);
+        return nmlx_fail(NMLX_ERR_INTERNAL, "backend: cannot create its call lock");
+    }
+    be->call_mu = mu;
+    return NMLX_OK;
 }

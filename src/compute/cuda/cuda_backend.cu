@@ -214,6 +214,15 @@ static nmlx_status cuda_prepare_tensor(nmlx_backend *be, const nmlx_tensor *t,
     return NMLX_OK;
 }
 
+/* the backend's GPU for this thread (the current device is per thread: a
+ * session stepped on another thread than the one that loaded the model
+ * would otherwise launch on GPU 0) */
+static void cuda_bind_thread(nmlx_backend *be) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != c->device) cudaSetDevice(c->device);
+}
+
 static void cuda_release(nmlx_backend *be) {
     cuda_impl *c = cuda_host_of(be);
     if (!c) return;
@@ -256,6 +265,7 @@ static void cuda_release(nmlx_backend *be) {
  * serve MoE, Gemma 3n and Llama 4. */
 static const nmlx_backend_ops cuda_ops = {
     .name = "cuda",
+    .bind_thread = cuda_bind_thread,
     .alloc = cuda_alloc,
     .free = cuda_free_buf,
     .copy = cuda_copy,
@@ -328,6 +338,7 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         }
     }
     be->impl = c;
+    TRY(nmlx_backend_make_serial(be)); /* one stream, one scratch: one caller at a time */
     be->n_threads = 1; /* sizes host-side scratch (attention scratch is unused here) */
     c->device = device;
     {
@@ -360,6 +371,10 @@ cleanup:
     if (be) {
         if (be->impl) cuda_release(be);
         nmlx_pool_free(be->pool);
+        if (be->call_mu) {
+            pthread_mutex_destroy(be->call_mu);
+            nmlx_free(be->call_mu);
+        }
     }
     nmlx_free(c);
     nmlx_free(be);
