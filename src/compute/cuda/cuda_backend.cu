@@ -39,29 +39,13 @@ void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
     if (e != cudaSuccess && c->first_error == cudaSuccess) c->first_error = e;
 }
 
-static void *cuda_alloc(nmlx_backend *be, size_t bytes) {
-    cuda_impl *c = cuda_host_of(be);
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
-        cudaGetLastError(); /* clear the non-sticky error */
-        return NULL;
-    }
-    nmlx_cuda_note(be, cudaMemsetAsync(p, 0, bytes, c->stream));
-    return p;
-}
-
 static void cuda_mem_info(nmlx_backend *be, size_t *free_bytes, size_t *total_bytes) {
-    (void)be;
     if (cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
         cudaGetLastError();
         *free_bytes = *total_bytes = 0;
+        return;
     }
-}
-
-static void cuda_free_buf(nmlx_backend *be, void *ptr) {
-    if (!ptr) return;
-    cudaStreamSynchronize(cuda_host_of(be)->stream);
-    cudaFree(ptr);
+    *free_bytes += ((const cuda_impl *)be->impl)->idle_bytes; /* kept for reuse, given back on need */
 }
 
 __global__ void copy_batch_kernel(cuda_copy_batch b) {
@@ -256,6 +240,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
     if (c->norm_done) cudaFree(c->norm_done);
     nmlx_cuda_moe_release(c);
+    nmlx_cuda_buf_release(c);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     memset(c, 0, sizeof *c);
@@ -266,8 +251,8 @@ static void cuda_release(nmlx_backend *be) {
 static const nmlx_backend_ops cuda_ops = {
     .name = "cuda",
     .bind_thread = cuda_bind_thread,
-    .alloc = cuda_alloc,
-    .free = cuda_free_buf,
+    .alloc = nmlx_cuda_buf_alloc,
+    .free = nmlx_cuda_buf_free,
     .copy = cuda_copy,
     .upload = cuda_upload,
     .download = cuda_download,

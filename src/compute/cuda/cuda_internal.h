@@ -48,9 +48,19 @@ struct cuda_moe_state; /* cuda_moe.cu */
  * decoding in turn. */
 enum { STEP_GRAPHS = 4 };
 
+/* A device buffer of ops->alloc, by address and size (cuda_buffers.cu) */
+typedef struct cuda_block {
+    void *p;
+    size_t bytes;
+} cuda_block;
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t stream;
+    /* ops->alloc's buffers: those handed out, and those freed but kept for
+     * reuse (idle_bytes in all; cuda_buffers.cu) */
+    cuda_block *live, *idle;
+    size_t n_live, cap_live, n_idle, cap_idle, idle_bytes;
     cublasHandle_t cublas;
     cuda_region *regions;  /* prepared weights */
     size_t n_regions, cap_regions;
@@ -336,5 +346,11 @@ __device__ __forceinline__ float cuda_load_f32(nmlx_dtype dt, const void *p, int
     if (dt == NMLX_DT_F16) return __half2float(((const __half *)p)[i]);
     return ((const float *)p)[i];
 }
+
+/* cuda_buffers.cu: ops->alloc / ops->free with freed buffers kept for
+ * reuse, and the release of those kept */
+void *nmlx_cuda_buf_alloc(nmlx_backend *be, size_t bytes);
+void nmlx_cuda_buf_free(nmlx_backend *be, void *ptr);
+void nmlx_cuda_buf_release(cuda_impl *c);
 
 #endif
