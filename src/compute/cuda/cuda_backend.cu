@@ -331,6 +331,8 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         c->rows_off = rows && !strcmp(rows, "0");
         const char *g = getenv("NMLX_CUDA_GRAPH");
         c->graph_on = !(g && !strcmp(g, "0")); /* NMLX_CUDA_GRAPH=0: every op launched */
+        const char *bc = getenv("NMLX_CUDA_BUF_CACHE");
+        c->buf_cache = bc && !strcmp(bc, "1");
         const char *bg = getenv("NMLX_CUDA_BATCH_GRAPH");
         c->batch_graph_on = c->graph_on && bg && !strcmp(bg, "1");
     }

@@ -9,7 +9,9 @@
  * the same size takes it, zeroed on the stream: work on one stream runs in
  * order, so its old users are done before its new ones start, and nothing
  * waits. Where cudaMalloc fails, the idle buffers are returned and it is
- * tried again. */
+ * tried again. Opt-in (NMLX_CUDA_BUF_CACHE=1) until it has run on a GPU
+ * (written after the session's last device call); off, alloc and free are
+ * cudaMalloc and drain + cudaFree as before. */
 #include "compute/cuda/cuda_internal.h"
 
 static bool push(cuda_block **a, size_t *n, size_t *cap, void *p, size_t bytes) {
@@ -55,7 +57,7 @@ void *nmlx_cuda_buf_alloc(nmlx_backend *be, size_t bytes) {
         }
     }
     if (!p) return NULL;
-    if (!push(&c->live, &c->n_live, &c->cap_live, p, want)) {
+    if (c->buf_cache && !push(&c->live, &c->n_live, &c->cap_live, p, want)) {
         cudaStreamSynchronize(c->stream);
         cudaFree(p);
         return NULL;
@@ -68,7 +70,7 @@ void nmlx_cuda_buf_free(nmlx_backend *be, void *ptr) {
     if (!ptr) return;
     cuda_impl *c = cuda_host_of(be);
     size_t bytes = 0;
-    for (size_t i = c->n_live; i-- > 0;) /* sessions free in about the order they allocate */
+    for (size_t i = c->buf_cache ? c->n_live : 0; i-- > 0;) /* sessions free in about the order they allocate */
         if (c->live[i].p == ptr) {
             bytes = c->live[i].bytes;
             c->live[i] = c->live[--c->n_live];

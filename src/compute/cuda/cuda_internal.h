@@ -61,6 +61,7 @@ typedef struct cuda_impl {
      * reuse (idle_bytes in all; cuda_buffers.cu) */
     cuda_block *live, *idle;
     size_t n_live, cap_live, n_idle, cap_idle, idle_bytes;
+    bool buf_cache; /* NMLX_CUDA_BUF_CACHE=1 (opt-in until measured on a GPU) */
     cublasHandle_t cublas;
     cuda_region *regions;  /* prepared weights */
     size_t n_regions, cap_regions;
