@@ -9,7 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static int test_passed_, test_failed_;
+/* atomic: tests may EXPECT from several threads (test_batch_sample, -fsanitize=thread) */
+static _Atomic int test_passed_, test_failed_;
 
 #define EXPECT(cond, ...)                                                                          \
     do {                                                                                           \

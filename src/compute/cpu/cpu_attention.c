@@ -5,19 +5,24 @@
 #include "compute/cpu/cpu_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 enum { ATTN_QB = 16 }; /* queries per block in a prefill (bench_attention: 8 to 32 within 15%) */
 
-/* NMLX_ATTN_BLOCK=0: prefills take the row path too (comparisons) */
+/* NMLX_ATTN_BLOCK=0: prefills take the row path too (comparisons). Read
+ * once; atomic because the pool's threads of several sessions ask at once
+ * (the same value: tests/test_threads.c under -fsanitize=thread) */
 static bool block_path(void) {
-    static int on = -1;
-    if (on < 0) {
+    static atomic_int on = -1;
+    int v = atomic_load_explicit(&on, memory_order_relaxed);
+    if (v < 0) {
         const char *e = getenv("NMLX_ATTN_BLOCK");
-        on = !(e && !strcmp(e, "0"));
+        v = !(e && !strcmp(e, "0"));
+        atomic_store_explicit(&on, v, memory_order_relaxed);
     }
-    return on;
+    return v;
 }
 
 /* Query t, KV head kvh, its query heads [h0, h0 + g): sc holds g * n_kv. */
