@@ -32,7 +32,9 @@
  *    outputs is released with nmlx_free().
  *  - Thread safety: a model and a tokenizer are immutable after load and may
  *    be shared by threads; a session is used by one thread at a time, except
- *    nmlx_session_cancel(), which any thread may call at any time.
+ *    nmlx_session_cancel(), which any thread may call at any time. On a GPU
+ *    (device "cuda"), calls on sessions of one model take turns (one stream
+ *    serves them all); nmlx_generate lets waiting threads in between tokens.
  *  - A session holds a reference on its model: nmlx_model_free() on a model
  *    with live sessions defers the free until the last session is freed.
  *  - Nothing in the library writes to stdout/stderr or calls exit()/abort()

@@ -93,7 +93,18 @@ nmlx_status nmlx_generate(nmlx_session *s, const int32_t *prompt, size_t n_promp
         if (p.on_token) {
             size_t len = 0;
             if (s->detok) TRY(token_text(s, id, last, &len));
-            if (p.on_token(p.user, id, s->detok ? s->text : NULL, len)) {
+            /* another thread waits for the backend (say a session created on
+             * Node's JS thread): let it in during the callback, with this
+             * session's logits on the host first (the backend's LM-head row
+             * they may sit in is shared) */
+            const bool yield = entered && nmlx_backend_contended(s->model->be);
+            if (yield) {
+                nmlx_session_fetch_logits(s);
+                nmlx_backend_leave(s->model->be);
+            }
+            const int stop = p.on_token(p.user, id, s->detok ? s->text : NULL, len);
+            if (yield) nmlx_backend_enter(s->model->be);
+            if (stop) {
                 r.finish = NMLX_FINISH_STOPPED;
                 break;
             }

@@ -417,6 +417,10 @@ static void emu_free(nmlx_backend *be) {
     nmlx_sampler_free(&e->sampler);
     if (e->base) munmap(e->base, EMU_ARENA);
     free(e);
+    if (be->call_mu) {
+        pthread_mutex_destroy(be->call_mu);
+        nmlx_free(be->call_mu);
+    }
     free(be);
 }
 
@@ -437,7 +441,8 @@ static nmlx_status emu_create(nmlx_backend *cpu, nmlx_backend **out) {
     e->regions = calloc(EMU_MAX_REGIONS, sizeof *e->regions);
     e->base = mmap(NULL, EMU_ARENA, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (e->base == MAP_FAILED) e->base = NULL;
-    if (!e->regions || !e->base) {
+    /* one caller at a time, as a GPU backend (backend.h call_mu) */
+    if (!e->regions || !e->base || nmlx_backend_make_serial(be) != NMLX_OK) {
         emu_free(be);
         return NMLX_ERR_NOMEM;
     }

@@ -314,17 +314,25 @@ struct nmlx_backend {
      * threads as nmlx.h promises; NULL on the CPU, whose ops share only the
      * worker pool (which serialises its own runs). */
     pthread_mutex_t *call_mu;
+    int call_waiters; /* threads waiting for call_mu (__atomic builtins: C and CUDA C++) */
 };
 
 /* Makes be's entry points take one thread at a time (call_mu). */
 nmlx_status nmlx_backend_make_serial(nmlx_backend *be);
 static inline void nmlx_backend_enter(nmlx_backend *be) {
     if (!be || !be->call_mu) return;
+    __atomic_fetch_add(&be->call_waiters, 1, __ATOMIC_RELAXED);
     pthread_mutex_lock(be->call_mu);
+    __atomic_fetch_sub(&be->call_waiters, 1, __ATOMIC_RELAXED);
     if (be->ops->bind_thread) be->ops->bind_thread(be);
 }
 static inline void nmlx_backend_leave(nmlx_backend *be) {
     if (be && be->call_mu) pthread_mutex_unlock(be->call_mu);
+}
+/* Whether another thread waits for be's call lock (a long call such as
+ * nmlx_generate lets it in between tokens) */
+static inline bool nmlx_backend_contended(nmlx_backend *be) {
+    return be && be->call_mu && __atomic_load_n(&be->call_waiters, __ATOMIC_RELAXED) > 0;
 }
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
