@@ -5,10 +5,10 @@
  * wait for the whole generation, its event loop frozen.
  *
  * Thread A generates 24 greedy tokens. At its second token its callback
- * tells the main thread to go; from then on each callback waits (up to 5 s)
- * until the main thread has created a session, evaluated 3 ids on it,
+ * tells the main thread to go; from then on each callback waits up to 0.2 s
+ * for the main thread to have created a session, evaluated 3 ids on it,
  * sampled and freed it. Checks: the main thread got through while A was
- * still generating (no wait timed out), its calls succeeded, and A's ids
+ * still generating, its calls succeeded, and A's ids
  * equal the same prompt generated alone (the session's logits were moved
  * to the host before the lock was let go, and are right after). */
 #define _GNU_SOURCE
@@ -32,8 +32,8 @@ typedef struct gen_ctx {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool go, done;
-    int done_at;  /* the token at which A saw the main thread done (-1: never) */
-    int timeouts; /* callbacks that gave up waiting */
+    int done_at; /* the token at which A saw the main thread done (-1: never) */
+    int waits;   /* callbacks that waited 0.2 s in vain */
     nmlx_status st;
 } gen_ctx;
 
@@ -46,13 +46,18 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
     if (g->n == 2) {
         g->go = true;
         pthread_cond_broadcast(&g->cv);
-    } else if (g->n > 2 && !g->done && !g->timeouts) { /* one wait that times out is enough */
+    } else if (g->n > 2 && !g->done) {
+        /* give the main thread a moment: if this generate let it in, it
+         * finishes its calls now; if it was not yet waiting when the
+         * generation looked (a slow wake-up, say under ASan), the next
+         * token lets it in. Without the yield it never gets in. */
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 5;
+        until.tv_nsec += 200 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
         while (!g->done)
             if (pthread_cond_timedwait(&g->cv, &g->mu, &until) == ETIMEDOUT) {
-                g->timeouts++;
+                g->waits++;
                 break;
             }
     }
@@ -120,10 +125,10 @@ static void check(nmlx_backend *emu, const char *fixture) {
 
     EXPECT(g.st == NMLX_OK && g.n == NEW, "%s: generate: %d tokens, %s", fixture, (int)g.n,
            nmlx_last_error());
-    EXPECT(g.timeouts == 0 && g.done_at > 0 && g.done_at <= NEW,
-           "%s: the other thread got in while the generation ran (done at token %d, %d waits "
-           "timed out)",
-           fixture, g.done_at, g.timeouts);
+    EXPECT(g.done_at > 2 && g.done_at <= NEW,
+           "%s: the other thread got in while the generation ran (done at token %d; %d waits of "
+           "0.2 s in vain)",
+           fixture, g.done_at, g.waits);
     int differ = 0;
     for (int i = 0; i < NEW; i++)
         differ += g.ids[i] != ref[i];
