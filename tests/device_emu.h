@@ -417,10 +417,7 @@ static void emu_free(nmlx_backend *be) {
     nmlx_sampler_free(&e->sampler);
     if (e->base) munmap(e->base, EMU_ARENA);
     free(e);
-    if (be->call_mu) {
-        pthread_mutex_destroy(be->call_mu);
-        nmlx_free(be->call_mu);
-    }
+    nmlx_backend_drop_serial(be);
     free(be);
 }
 

@@ -317,8 +317,10 @@ struct nmlx_backend {
     int call_waiters; /* threads waiting for call_mu (__atomic builtins: C and CUDA C++) */
 };
 
-/* Makes be's entry points take one thread at a time (call_mu). */
+/* Makes be's entry points take one thread at a time (call_mu); the drop
+ * undoes it (for the backend's free; safe on a backend without the lock). */
 nmlx_status nmlx_backend_make_serial(nmlx_backend *be);
+void nmlx_backend_drop_serial(nmlx_backend *be);
 static inline void nmlx_backend_enter(nmlx_backend *be) {
     if (!be || !be->call_mu) return;
     __atomic_fetch_add(&be->call_waiters, 1, __ATOMIC_RELAXED);

@@ -98,3 +98,10 @@ nmlx_status nmlx_backend_make_serial(nmlx_backend *be) {
     be->call_mu = mu;
     return NMLX_OK;
 }
+
+void nmlx_backend_drop_serial(nmlx_backend *be) {
+    if (!be->call_mu) return;
+    pthread_mutex_destroy(be->call_mu);
+    nmlx_free(be->call_mu);
+    be->call_mu = NULL;
+}

@@ -234,10 +234,7 @@ void nmlx_backend_free(nmlx_backend *be) {
     if (be->ops && be->ops->release) be->ops->release(be);
     nmlx_pool_free(be->pool);
     nmlx_free(be->impl);
-    if (be->call_mu) {
-        pthread_mutex_destroy(be->call_mu);
-        nmlx_free(be->call_mu);
-    }
+    nmlx_backend_drop_serial(be);
     nmlx_free(be);
 }
 

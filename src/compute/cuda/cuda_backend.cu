@@ -358,10 +358,7 @@ cleanup:
     if (be) {
         if (be->impl) cuda_release(be);
         nmlx_pool_free(be->pool);
-        if (be->call_mu) {
-            pthread_mutex_destroy(be->call_mu);
-            nmlx_free(be->call_mu);
-        }
+        nmlx_backend_drop_serial(be);
     }
     nmlx_free(c);
     nmlx_free(be);
