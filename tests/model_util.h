@@ -152,6 +152,20 @@ static inline int test_collect_id(void *user, int32_t id, const char *text, size
     return 0;
 }
 
+/* Generation parameters: greedy (temperature 0), n tokens, EOS ignored,
+ * each token to on_token(user, ...). */
+static inline nmlx_generate_params
+test_greedy_params(size_t n, int (*on_token)(void *, int32_t, const char *, size_t), void *user) {
+    nmlx_generate_params gp = nmlx_generate_default_params();
+    gp.sampler = nmlx_sampler_default_params();
+    gp.sampler.temperature = 0.0f;
+    gp.max_tokens = (int)n;
+    gp.ignore_eos = 1;
+    gp.on_token = on_token;
+    gp.user = user;
+    return gp;
+}
+
 /* nmlx_generate on s after prompt, greedy (temperature 0), n tokens, EOS
  * ignored: ids[0..n) (-1 where none came), *n_got how many came, *res (may
  * be NULL) the result. Returns the status. */
@@ -161,13 +175,7 @@ static inline nmlx_status test_greedy_ids(nmlx_session *s, const int32_t *prompt
     for (size_t i = 0; i < n; i++)
         ids[i] = -1;
     test_ids c = {ids, n, 0};
-    nmlx_generate_params gp = nmlx_generate_default_params();
-    gp.sampler = nmlx_sampler_default_params();
-    gp.sampler.temperature = 0.0f;
-    gp.max_tokens = n;
-    gp.ignore_eos = 1;
-    gp.on_token = test_collect_id;
-    gp.user = &c;
+    nmlx_generate_params gp = test_greedy_params(n, test_collect_id, &c);
     nmlx_generate_result r;
     nmlx_status st = nmlx_generate(s, prompt, n_prompt, &gp, res ? res : &r);
     *n_got = c.n;

@@ -68,13 +68,7 @@ static int on_token(void *user, int32_t id, const char *text, size_t len) {
 
 static void *generator(void *arg) {
     gen_ctx *g = arg;
-    nmlx_generate_params gp = nmlx_generate_default_params();
-    gp.sampler = nmlx_sampler_default_params();
-    gp.sampler.temperature = 0.0f;
-    gp.max_tokens = NEW;
-    gp.ignore_eos = 1;
-    gp.on_token = on_token;
-    gp.user = g;
+    nmlx_generate_params gp = test_greedy_params(NEW, on_token, g);
     g->st = nmlx_generate(g->s, g->prompt, g->n_prompt, &gp, NULL);
     return NULL;
 }
