@@ -2,9 +2,10 @@
  * reuse. A session's KV cache is two buffers a layer; a server that creates
  * and frees a session per request paid, per buffer, a cudaMalloc, and a
  * stream drain plus cudaFree (which waits for the whole device), all while
- * holding the backend's call lock: the decoding streams stalled each time
- * (nmlx serve, 8B 4-bit, H100: rounds of 32 streams fell from 1,197 to 676
- * tok/s as the first round's sessions were freed). Now a freed buffer waits
+ * holding the backend's call lock, stalling the decoding streams each time
+ * (the suspected cause of nmlx serve's later rounds running slower: 8B
+ * 4-bit, H100, rounds of 32 streams at 1,197 then 676 tok/s; not yet
+ * confirmed). Here a freed buffer waits
  * in `idle` (up to a quarter of the GPU's memory) and the next request of
  * the same size takes it, zeroed on the stream: work on one stream runs in
  * order, so its old users are done before its new ones start, and nothing
