@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 B=build-cuda-dev
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
   cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch \
-    test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe bench_cuda_batch >>"$OUT/build.log" 2>&1 ||
+    test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe test_cuda_threads bench_cuda_batch bench_cuda_quant >>"$OUT/build.log" 2>&1 ||
   { tail -30 "$OUT/build.log"; exit 1; }
 echo "$(el) build ok"
 export NMLX_SOURCE_DIR=$PWD
