@@ -206,7 +206,7 @@ int main(int argc, char **argv) {
                         {"q8g64", NMLX_QUANT_AFFINE, 8},
                         {"mxfp4", NMLX_QUANT_MXFP4, 4},
                         {"q3g64", NMLX_QUANT_AFFINE, 3}};
-    const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
+    const int64_t shapes[][2] = {{1024, 4096}, {4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
     const int64_t TP = 512;
     printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s | %8s %9s %8s %9s\n", "format", "D x N",
            "gemv us", "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s",

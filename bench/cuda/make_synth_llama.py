@@ -4,7 +4,8 @@ scales/biases, as `nmlx convert` / mlx-lm write them) without quantizing
 anything: the codes are random bytes, scales/biases chosen so weights lie in
 [-0.02, 0.02]. Speed does not depend on the values. Pure Python (no numpy):
 one random 1 MiB pattern per dtype, tiled.
-usage: python3 make_synth_llama.py OUT_DIR 1b|8b [BITS [GROUP]]   (BITS 0 = bf16)"""
+usage: python3 make_synth_llama.py OUT_DIR 1b|8b [BITS [GROUP [LAYERS]]]   (BITS 0 = bf16;
+LAYERS: fewer layers than the real model, for profiling)"""
 import json
 import os
 import random
@@ -16,6 +17,7 @@ from synth_safetensors import write_safetensors
 out, shape = sys.argv[1], sys.argv[2]
 bits = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 gs = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+layers = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 shapes = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
@@ -33,6 +35,8 @@ cfg.update(shapes[shape])
 if bits:
     cfg["quantization"] = {"group_size": gs, "bits": bits, "mode": "affine"}
     cfg["quantization_config"] = dict(cfg["quantization"])
+if layers > 0:
+    cfg["num_hidden_layers"] = layers
 os.makedirs(out, exist_ok=True)
 json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=1)
 

@@ -35,8 +35,9 @@ void nmlx_cuda_set_qmm_split(int split);
 /* The quantized mat-mat through cuBLAS (cuda_qgemm.cu, the default for
  * T > 8): W dequantized a chunk of rows at a time to f16 hi + lo, x per
  * token scaled by a power of two and split into f16 hi + lo, f32
- * accumulation. NMLX_CUDA_QMM unset or gemm sets 1 at start (gemm16: 3, W
- * hi only; gemm1: 19, W and x hi only, one GEMM; mma or bf16: 0). Precision
+ * accumulation. NMLX_CUDA_QMM unset or gemm1 sets 19 at start (W and x hi
+ * only, one GEMM; gemm: 1, the exact form; gemm16: 3, W hi only; mma or
+ * bf16: 0). Precision
  * "f32" always takes the exact form. mode: 0 = off (qmm_kernel), 1 = on;
  * test bits: | 2 = W without its lo half, | 4 = x not rescaled per token,
  * | 8 = never skip the lo GEMM of a weight found exact in f16, | 16 = x
@@ -47,6 +48,9 @@ void nmlx_cuda_set_qmm_gemm(int mode);
 void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
 /* Rows of W dequantized per chunk (NMLX_CUDA_QMM_ROWS); 0 = automatic. */
 void nmlx_cuda_set_qmm_rows(int64_t rows);
+/* Chunks dequantized on a side stream while the previous chunk's GEMM runs
+ * (NMLX_CUDA_QMM_PIPE); the same GEMMs, so the same result bit for bit. */
+void nmlx_cuda_set_qmm_pipe(int on);
 
 /* Most rows of x (2..64) the few-rows tensor-core kernel takes
  * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the

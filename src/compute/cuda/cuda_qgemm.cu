@@ -1,6 +1,5 @@
 /* Quantized mat-mat through cuBLAS (the default; NMLX_CUDA_QMM=mma or bf16
- * selects qmm_kernel in cuda_quant.cu instead, gemm16 / gemm1 coarser
- * variants of this path): y[T, D] = x[T, N] @ W[D, N]^T
+ * selects qmm_kernel in cuda_quant.cu instead): y[T, D] = x[T, N] @ W[D, N]^T
  * (+ bias) for the T above the mat-vec range (prefill, batched decode of
  * more than 8 sessions).
  *
@@ -8,26 +7,26 @@
  * default up to 8192 rows and 32M elements) into a scratch the backend owns
  * (never a copy of the whole weight), then one cublasGemmEx per chunk
  * multiplies it on the tensor cores (f16 inputs, f32 accumulate and output).
- * Precision, against the f32 reference (W = s q + b in f32):
- *  - x: each token t is scaled by 2^-e_t (max|x_t| = m 2^e_t, m in [0.5, 1):
- *    exact, and no f16 overflow or underflow whatever x's range), then split
- *    into f16 hi + lo (x = hi + lo to ~2^-22 of max|x_t|);
- *  - W: each row d is scaled by 2^-e_d from a bound of its values
- *    (|s| qmax + |b| over its groups), W = s q + b in f32, then f16 hi + lo
- *    (gemm16: hi only, ~2^-12 relative: about 2e-4 of max|y|, too coarse
- *    for the 1e-4 the tests ask; it is kept as a faster variant to measure;
- *    gemm1 also drops x's lo half: one GEMM of f16 W by f16 x, both scaled
- *    by powers of two, finer than the bf16 activations MLX computes with);
- *  - one GemmEx multiplies hi(W) by [hi(x) lo(x)] (2T columns: the chunk is
- *    read once for both), a second lo(W) by hi(x); lo(W) lo(x) (~2^-22) is
- *    dropped. y = (sum of the parts) * 2^e_d * 2^e_t (+ bias), exact
- *    rescales. So the result matches the f32 reference to ~1e-6 relative.
- *  - W's lo half is often exactly zero (4-bit and narrower codes with
- *    bf16/f16 scales and biases of roughly centred groups fit f16's 11
- *    bits; MXFP4's E2M1 x 2^k always does, f16 range permitting): the first
- *    call on a weight records (one stream sync) whether any lo of any chunk
- *    was nonzero; later calls on a weight found exact skip the lo writes and
- *    the second GEMM, with the same result bit for bit (that product was 0).
+ * Scaling, in every form: each token t is scaled by 2^-e_t (max|x_t| =
+ * m 2^e_t, m in [0.5, 1)) and each weight row d by 2^-e_d from a bound of
+ * its values (|s| qmax + |b| over its groups): exact, and no f16 overflow or
+ * underflow whatever the ranges. y = GEMM * 2^e_d * 2^e_t (+ bias).
+ * Forms (NMLX_CUDA_QMM):
+ *  - unset or "gemm1" (the default): x and W = s q + b (f32) rounded once
+ *    to f16, one GEMM: ~2^-11 relative per operand, finer than the bf16
+ *    activations MLX computes with and within issue 9's contract for
+ *    quantized checkpoints (about 5e-4 of max|y|); 4-bit and narrower codes
+ *    with bf16/f16 scales, and MXFP4, are exact in f16, so only x rounds.
+ *  - "gemm" (exact; precision "f32" takes it whatever the setting): x and W
+ *    each as f16 hi + lo; one GemmEx multiplies hi(W) by [hi(x) lo(x)] (2T
+ *    columns: the chunk is read once for both), a second lo(W) by hi(x);
+ *    lo(W) lo(x) (~2^-22) is dropped: ~1e-6 relative to the f32 reference.
+ *    W's lo half is often exactly zero (see above): the first call on a
+ *    weight records (one stream sync) whether any lo of any chunk was
+ *    nonzero; later calls on a weight found exact skip the lo writes and the
+ *    second GEMM, with the same result bit for bit (that product was 0).
+ *  - "gemm16": x as hi + lo, W hi only (a variant to measure).
+ * x is split once per matmul_multi (q/k/v, gate/up read one x).
  * Scratch allocation failure: false (the caller runs qmm_kernel). */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
@@ -54,16 +53,23 @@ __device__ __forceinline__ float qg_warp_max(float v) {
 }
 
 /* One block per token t: ix[t] = 2^e (max|x_t| = f 2^e), and x_t 2^-e as f16
- * hi [T, N] then lo [T, N] (lo = x 2^-e - hi, rounded). scale = false (test
- * hook): no rescale. */
-__global__ void qg_xsplit_kernel(const float *x, int64_t T, int64_t N, bool scale, __half *xhl,
-                                 float *ix) {
+ * hi [T, N] then, with lo, the remainders [T, N] (lo = x 2^-e - hi,
+ * rounded). scale = false (test hook): no rescale. vec: x rows 16-byte
+ * aligned (N a multiple of 4): float4 loads, 8-byte stores. */
+__global__ void qg_xsplit_kernel(const float *x, int64_t T, int64_t N, bool scale, bool lo,
+                                 bool vec, __half *xhl, float *ix) {
     __shared__ float part[QG_THREADS / 32];
     const int64_t t = blockIdx.x;
     const float *xr = x + t * N;
     float m = 0.0f;
-    for (int64_t k = threadIdx.x; k < N; k += blockDim.x)
-        m = fmaxf(m, fabsf(xr[k]));
+    if (vec)
+        for (int64_t k = threadIdx.x; k < N / 4; k += blockDim.x) {
+            const float4 v = __ldg((const float4 *)xr + k);
+            m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+        }
+    else
+        for (int64_t k = threadIdx.x; k < N; k += blockDim.x)
+            m = fmaxf(m, fabsf(xr[k]));
     m = qg_warp_max(m);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = m;
     __syncthreads();
@@ -73,18 +79,34 @@ __global__ void qg_xsplit_kernel(const float *x, int64_t T, int64_t N, bool scal
     const int e = scale ? qg_exp(m) : 0;
     const float sc = ldexpf(1.0f, -e);
     if (threadIdx.x == 0) ix[t] = ldexpf(1.0f, e);
-    __half *hi = xhl + t * N, *lo = xhl + (T + t) * N;
+    __half *hr = xhl + t * N, *lr = xhl + (T + t) * N;
+    if (vec) {
+        for (int64_t k = threadIdx.x; k < N / 4; k += blockDim.x) {
+            const float4 v = __ldg((const float4 *)xr + k);
+            const float f[4] = {v.x * sc, v.y * sc, v.z * sc, v.w * sc};
+            __align__(8) __half h[4];
+            __align__(8) __half l[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                h[j] = __float2half_rn(f[j]);
+                l[j] = __float2half_rn(f[j] - __half2float(h[j]));
+            }
+            *(uint2 *)(hr + 4 * k) = *(const uint2 *)h;
+            if (lo) *(uint2 *)(lr + 4 * k) = *(const uint2 *)l;
+        }
+        return;
+    }
     for (int64_t k = threadIdx.x; k < N; k += blockDim.x) {
         const float v = xr[k] * sc;
         const __half h = __float2half_rn(v);
-        hi[k] = h;
-        lo[k] = __float2half_rn(v - __half2float(h));
+        hr[k] = h;
+        if (lo) lr[k] = __float2half_rn(v - __half2float(h));
     }
 }
 
-/* One warp per row r of the chunk (weight row d0 + r): a bound B of its
- * values, |s| qmax + |b| over its groups; rs[r] = 2^-e, ir[r] = 2^e with
- * B = f 2^e, so every W rs is below 1 in magnitude. */
+/* One warp per weight row r (d0 + r; one launch covers every row of the
+ * call): a bound B of its values, |s| qmax + |b| over its groups; rs[r] =
+ * 2^-e, ir[r] = 2^e with B = f 2^e, so every W rs is below 1 in magnitude. */
 template <bool MX>
 __global__ void qg_rowscale_kernel(const void *scales, const void *biases, nmlx_dtype sdt,
                                    int64_t G, float qmax, int64_t d0, int64_t n, float *rs,
@@ -143,6 +165,55 @@ __global__ void __launch_bounds__(QG_THREADS)
     if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
 }
 
+/* As qg_dequant_kernel for 4- and 8-bit codes (affine or MXFP4) with
+ * 16-byte aligned rows and N a multiple of 32: a thread takes 32 inputs (16
+ * or 32 bytes of codes, one group: every group size is a multiple of 32)
+ * and writes 64 bytes of each half; fewer, wider loads and one scale load
+ * per 32 inputs (the 8-input form spent half its time waiting on them). */
+template <int BITS, bool MX>
+__global__ void __launch_bounds__(QG_THREADS)
+    qg_dequant32_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
+                        int gshift, int64_t N, int64_t d0, int64_t n, const float *rs, __half *wh,
+                        __half *wl, int *nz) {
+    const int64_t K32 = N / 32, G = N >> (gshift + 3), pieces = n * K32;
+    int any = 0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / K32, k = i - r * K32, d = d0 + r;
+        const uint4 *src = (const uint4 *)((const uint8_t *)w + d * (N * BITS / 8)) + k * (BITS / 4);
+        uint64_t v[4];
+        if (BITS == 4) {
+            const uint4 a = __ldg(src);
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        } else {
+            const uint4 a = __ldg(src), b = __ldg(src + 1);
+            v[0] = a.x | (uint64_t)a.y << 32, v[1] = a.z | (uint64_t)a.w << 32;
+            v[2] = b.x | (uint64_t)b.y << 32, v[3] = b.z | (uint64_t)b.w << 32;
+        }
+        float s, b;
+        group_sb<MX>(scales, biases, sdt, d * G + (k >> (gshift - 2)), &s, &b);
+        const float sc = rs[r];
+        __half *oh = wh + r * N + 32 * k, *ol = wl ? wl + r * N + 32 * k : NULL;
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            float q[8];
+            decode8<BITS, MX>(v[p], q);
+            __align__(16) __half h[8];
+            __align__(16) __half l[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float f = (MX ? s * (q[j] * 16384.0f) : s * q[j] + b) * sc;
+                h[j] = __float2half_rn(f);
+                l[j] = __float2half_rn(f - __half2float(h[j]));
+                any |= __half2float(l[j]) != 0.0f;
+            }
+            *(uint4 *)(oh + 8 * p) = *(const uint4 *)h;
+            if (ol) *(uint4 *)(ol + 8 * p) = *(const uint4 *)l;
+        }
+    }
+    if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
+}
+
 /* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
  * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
  * or NULL (the GEMMs' outputs). */
@@ -171,18 +242,63 @@ static int64_t qgemm_rows_v = -1;
 /* 0: off; else QG_ON plus the variant bits */
 enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8, QG_NO_XLO = 16 };
 
-/* NMLX_CUDA_QMM: unset or "gemm" = this path (the default), "gemm16" /
- * "gemm1" = its faster, coarser variants, "mma" or "bf16" = qmm_kernel
- * (cuda_quant.cu; bf16: with x rounded to bf16). */
+/* NMLX_CUDA_QMM: unset or "gemm1" = this path, one f16 GEMM (the
+ * default), "gemm" = its exact form, "gemm16" = x split, W not; "mma" or
+ * "bf16" = qmm_kernel (cuda_quant.cu; bf16: with x rounded to bf16). */
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM");
-        qgemm_mode_v = !e || !*e || !strcmp(e, "gemm") ? QG_ON
-                       : !strcmp(e, "gemm16")          ? QG_ON | QG_NO_WLO
-                       : !strcmp(e, "gemm1")           ? QG_ON | QG_NO_WLO | QG_NO_XLO
-                                                       : 0;
+        qgemm_mode_v = !e || !*e || !strcmp(e, "gemm1") ? QG_ON | QG_NO_WLO | QG_NO_XLO
+                       : !strcmp(e, "gemm")             ? QG_ON
+                       : !strcmp(e, "gemm16")           ? QG_ON | QG_NO_WLO
+                                                        : 0;
     }
     return qgemm_mode_v;
+}
+
+static int qgemm_pipe_v = -1;
+
+/* NMLX_CUDA_QMM_PIPE=1 (opt-in until measured): chunks of about 8M
+ * elements, each dequantized on a side stream while the GEMM of the one
+ * before runs (two W buffers; events order the reuse). */
+static bool qgemm_pipe(void) {
+    if (qgemm_pipe_v < 0) {
+        const char *e = getenv("NMLX_CUDA_QMM_PIPE");
+        qgemm_pipe_v = e && !strcmp(e, "1");
+    }
+    return qgemm_pipe_v != 0;
+}
+
+extern "C" void nmlx_cuda_set_qmm_pipe(int on) { qgemm_pipe_v = on ? 1 : 0; }
+
+void nmlx_cuda_qgemm_free(cuda_impl *c) {
+    if (!c->qg_side) return;
+    cudaStreamDestroy(c->qg_side);
+    cudaEventDestroy(c->qg_ev_fork);
+    for (int i = 0; i < 2; i++) {
+        cudaEventDestroy(c->qg_ev_ready[i]);
+        cudaEventDestroy(c->qg_ev_free[i]);
+    }
+    c->qg_side = NULL;
+}
+
+/* The side stream and its events, made once; false (error cleared) when
+ * they cannot be: the chunks then run one after another. */
+static bool qg_side_ready(cuda_impl *c) {
+    if (c->qg_side) return true;
+    const unsigned f = cudaEventDisableTiming;
+    bool ok = cudaStreamCreateWithFlags(&c->qg_side, cudaStreamNonBlocking) == cudaSuccess;
+    ok = ok && cudaEventCreateWithFlags(&c->qg_ev_fork, f) == cudaSuccess;
+    for (int i = 0; i < 2; i++) {
+        ok = ok && cudaEventCreateWithFlags(&c->qg_ev_ready[i], f) == cudaSuccess;
+        ok = ok && cudaEventCreateWithFlags(&c->qg_ev_free[i], f) == cudaSuccess;
+    }
+    if (!ok) {
+        (void)cudaGetLastError();
+        if (c->qg_side) cudaStreamDestroy(c->qg_side); /* the events leak only on this failure */
+        c->qg_side = NULL;
+    }
+    return ok;
 }
 
 extern "C" void nmlx_cuda_set_qmm_gemm(int mode) { qgemm_mode_v = mode < 0 ? 0 : mode; }
@@ -190,8 +306,9 @@ extern "C" void nmlx_cuda_set_qmm_gemm(int mode) { qgemm_mode_v = mode < 0 ? 0 :
 extern "C" void nmlx_cuda_set_qmm_rows(int64_t rows) { qgemm_rows_v = rows < 0 ? 0 : rows; }
 
 /* Rows per chunk: NMLX_CUDA_QMM_ROWS, else up to 8192 rows and 32M weight
- * elements (128 MB of f16 hi + lo), and at most 32M floats of GEMM output. */
-static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
+ * elements (128 MB of f16 hi + lo; pipelined 8M), and at most 32M floats of
+ * GEMM output. */
+static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols, bool pipe) {
     if (qgemm_rows_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM_ROWS");
         qgemm_rows_v = e ? atoll(e) : 0;
@@ -200,7 +317,8 @@ static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
     int64_t rc = qgemm_rows_v;
     if (!rc) {
         rc = 8192;
-        if (rc * N > (32 << 20)) rc = (32 << 20) / N;
+        const int64_t most = pipe ? 8 << 20 : 32 << 20; /* pipelined: more, smaller chunks */
+        if (rc * N > most) rc = most / N;
         if (rc * cols > (32 << 20)) rc = (32 << 20) / cols;
         if (rc > 64) rc &= ~(int64_t)63;
         if (rc < 1) rc = 1;
@@ -215,6 +333,7 @@ static bool qg_reserve(nmlx_backend *be, size_t need) {
     if (need <= c->qg_bytes) return true;
     c = cuda_host_of(be); /* no allocation inside a graph capture */
     cudaStreamSynchronize(c->stream);
+    c->qg_x = NULL; /* the split x goes with the old scratch */
     if (c->qg) cudaFree(c->qg);
     c->qg = NULL;
     c->qg_bytes = 0;
@@ -233,6 +352,13 @@ template <int BITS, bool MX>
 static void qg_dequant(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
                        const float *rs, __half *wh, __half *wl, int *nz) {
     const int64_t N = w->cols;
+    if constexpr (BITS == 4 || BITS == 8)
+        if (N % 32 == 0 && (uintptr_t)w->w.data % 16 == 0 && gshift >= 2) {
+            qg_dequant32_kernel<BITS, MX><<<qg_grid(n * N / 32), QG_THREADS, 0, s>>>(
+                (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype,
+                gshift, N, d0, n, rs, wh, wl, nz);
+            return;
+        }
     qg_dequant_kernel<BITS, MX><<<qg_grid(n * N / 8), QG_THREADS, 0, s>>>(
         (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N, d0,
         n, rs, wh, wl, nz);
@@ -338,24 +464,34 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
         return false;
     const int64_t D = w->rows, N = w->cols, G = N / w->group_size;
     /* the chunk size does not depend on wlo: the same GEMMs with or without the skip */
-    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T);
-    /* scratch: x hi + lo, ix [T], rs / ir [rc], W hi (+ lo) [rc, N], out [rc, cols] */
+    cuda_impl *c0 = (cuda_impl *)be->impl;
+    const bool pipe = qgemm_pipe() && !c0->capturing && qg_side_ready(c0);
+    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T, pipe);
+    const bool two = pipe && rc < D; /* two W buffers, dequantization on the side stream */
+    /* scratch: x hi + lo, ix [T], rs / ir [D], W hi (+ lo) [rc, N] (x2 when
+     * pipelined), out [rc, cols] */
+    const size_t wb = qg_align((size_t)(rc * N) * 2) * (wlo ? 2 : 1);
     const size_t o_ix = qg_align((size_t)(2 * T * N) * 2), o_rs = o_ix + qg_align((size_t)T * 4),
-                 o_ir = o_rs + qg_align((size_t)rc * 4), o_wh = o_ir + qg_align((size_t)rc * 4),
-                 o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
-                 o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
-                 need = o_c + (size_t)(rc * cols + 4) * 4;
+                 o_ir = o_rs + qg_align((size_t)D * 4), o_wh = o_ir + qg_align((size_t)D * 4),
+                 o_c = o_wh + wb * (two ? 2 : 1), need = o_c + (size_t)(rc * cols + 4) * 4;
     if (!qg_reserve(be, need)) return false;
     cuda_impl *c = cuda_of(be);
     cudaStream_t s = c->stream;
     char *base = (char *)c->qg;
-    __half *xhl = (__half *)base, *wh = (__half *)(base + o_wh),
-           *wl = wlo ? (__half *)(base + o_wl) : NULL;
+    __half *xhl = (__half *)base;
     float *ix = (float *)(base + o_ix), *rs = (float *)(base + o_rs), *ir = (float *)(base + o_ir),
           *cb = (float *)(base + o_c);
     int *nz = first ? c->qg_flag : NULL;
     if (nz) cudaMemsetAsync(nz, 0, sizeof(int), s);
-    qg_xsplit_kernel<<<(unsigned)T, QG_THREADS, 0, s>>>(x, T, N, !(mode & QG_NO_XSCALE), xhl, ix);
+    /* x split once for the weights of a matmul_multi: the same x, shape and form */
+    const int xform = (xlo ? 1 : 0) | (mode & QG_NO_XSCALE ? 2 : 0);
+    if (!(c->qg_x_share && c->qg_x == x && c->qg_x_t == T && c->qg_x_n == N &&
+          c->qg_x_form == xform)) {
+        const bool vec = (uintptr_t)x % 16 == 0 && N % 4 == 0;
+        qg_xsplit_kernel<<<(unsigned)T, QG_THREADS, 0, s>>>(x, T, N, !(mode & QG_NO_XSCALE), xlo,
+                                                            vec, xhl, ix);
+        c->qg_x = x, c->qg_x_t = T, c->qg_x_n = N, c->qg_x_form = xform;
+    }
     int gshift = 0;
     while ((8 << gshift) < w->group_size)
         gshift++;
@@ -363,26 +499,40 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     const float one = 1.0f, zero = 0.0f;
-    for (int64_t d0 = 0; d0 < D; d0 += rc) {
+    const unsigned rgrid = (unsigned)((D + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
+    if (mx)
+        qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(w->scales.data, w->biases.data,
+                                                              w->scales.dtype, G, qmax, 0, D, rs, ir);
+    else
+        qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
+            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
+    if (two) { /* the side stream starts after the row scales (and x) */
+        cudaEventRecord(c->qg_ev_fork, s);
+        cudaStreamWaitEvent(c->qg_side, c->qg_ev_fork, 0);
+    }
+    for (int64_t d0 = 0, i = 0; d0 < D; d0 += rc, i++) {
         const int64_t n = D - d0 < rc ? D - d0 : rc;
-        const unsigned rgrid = (unsigned)((n + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
+        const float *rsc = rs + d0;
+        const int b = two ? (int)(i & 1) : 0;
+        __half *wh = (__half *)(base + o_wh + wb * b),
+               *wl = wlo ? (__half *)(base + o_wh + wb * b + qg_align((size_t)(rc * N) * 2)) : NULL;
+        cudaStream_t ds = two ? c->qg_side : s;
+        if (two && i >= 2) cudaStreamWaitEvent(ds, c->qg_ev_free[b], 0); /* GEMM i-2 read it */
         if (mx)
-            qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(
-                w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
-        else
-            qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
-                w->scales.data, w->biases.data, w->scales.dtype, G, qmax, d0, n, rs, ir);
-        if (mx)
-            qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl, nz);
+            qg_dequant<4, true>(ds, w, gshift, d0, n, rsc, wh, wl, nz);
         else
             switch (w->bits) {
-            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
-            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
-            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
-            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
-            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
-            default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+            case 2: qg_dequant<2, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 3: qg_dequant<3, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 4: qg_dequant<4, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 5: qg_dequant<5, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 6: qg_dequant<6, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            default: qg_dequant<8, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
             }
+        if (two) {
+            cudaEventRecord(c->qg_ev_ready[b], ds);
+            cudaStreamWaitEvent(s, c->qg_ev_ready[b], 0);
+        }
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
          * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
         float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
@@ -395,8 +545,9 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                               CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
                               (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir, y, D, d0,
-                                                             lb, lbdt);
+        if (two) cudaEventRecord(c->qg_ev_free[b], s);
+        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir + d0, y, D,
+                                                             d0, lb, lbdt);
     }
     nmlx_cuda_note(be, cudaGetLastError());
     if (first) qg_record(be, w);

@@ -573,13 +573,18 @@ extern "C" void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on) {
 }
 
 /* Weights that read one x (q/k/v, gate/up): one int16 mat-vec launch when
- * they share a format, else one matmul each. */
+ * they share a format, else one matmul each (x split once for them all). */
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T) {
     if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16(be, n, ws, biases, x, ys)) return;
-    for (int i = 0; i < n; i++)
+    cuda_impl *c = (cuda_impl *)be->impl;
+    c->qg_x = NULL; /* only a split made for this x in this call counts */
+    for (int i = 0; i < n; i++) {
+        c->qg_x_share = i > 0; /* the cuBLAS mat-mat splits x once (cuda_qgemm.cu) */
         nmlx_cuda_matmul(be, ws[i], biases ? biases[i] : NULL, x, ys[i], T);
+    }
+    c->qg_x_share = false;
 }
 
 /* backend.h gate_up_act: one int16 mat-vec launch whose warps take gate
