@@ -103,20 +103,6 @@ static void test_qgemm(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, i
                    "qgemm mode %d differs from the first call (%d-bit g%d %s T=%lld)", m, bits, gs,
                    sn, (long long)T);
         }
-        /* pipelined (chunks dequantized on the side stream): the same GEMMs */
-        nmlx_cuda_set_qmm_pipe(1);
-        for (int m = 1; m <= 19; m += 18) {
-            run_mode(m, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
-            gpu->ops->download(gpu, y2, dy, (size_t)(T * D) * sizeof(float));
-            nmlx_cuda_set_qmm_pipe(0);
-            run_mode(m, rows, &gw, bias ? pb : NULL, dx, dy, yref, T);
-            gpu->ops->download(gpu, y1, dy, (size_t)(T * D) * sizeof(float));
-            nmlx_cuda_set_qmm_pipe(1);
-            EXPECT(!memcmp(y1, y2, (size_t)(T * D) * sizeof(float)),
-                   "qgemm mode %d pipelined differs (%d-bit g%d %s T=%lld rows=%lld)", m, bits,
-                   gs, sn, (long long)T, (long long)rows);
-        }
-        nmlx_cuda_set_qmm_pipe(0);
         free(y1), free(y2);
     }
     if (variants) {

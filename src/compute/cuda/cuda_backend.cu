@@ -225,7 +225,6 @@ static void cuda_release(nmlx_backend *be) {
     if (c->qx) cudaFree(c->qx);
     if (c->qg) cudaFree(c->qg);
     if (c->qg_flag) cudaFree(c->qg_flag);
-    nmlx_cuda_qgemm_free(c);
     free(c->qg_seen);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);

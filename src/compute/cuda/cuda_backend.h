@@ -48,9 +48,6 @@ void nmlx_cuda_set_qmm_gemm(int mode);
 void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
 /* Rows of W dequantized per chunk (NMLX_CUDA_QMM_ROWS); 0 = automatic. */
 void nmlx_cuda_set_qmm_rows(int64_t rows);
-/* Chunks dequantized on a side stream while the previous chunk's GEMM runs
- * (NMLX_CUDA_QMM_PIPE); the same GEMMs, so the same result bit for bit. */
-void nmlx_cuda_set_qmm_pipe(int on);
 
 /* Most rows of x (2..64) the few-rows tensor-core kernel takes
  * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the

@@ -87,10 +87,6 @@ typedef struct cuda_impl {
     int64_t qg_x_t, qg_x_n;
     int qg_x_form;
     bool qg_x_share;
-    /* NMLX_CUDA_QMM_PIPE: chunks dequantized on a side stream while the
-     * previous chunk's GEMM runs (two W buffers) */
-    cudaStream_t qg_side;
-    cudaEvent_t qg_ev_fork, qg_ev_ready[2], qg_ev_free[2];
     void *attn_part;       /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
@@ -211,8 +207,6 @@ void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor
  * (nothing done: the caller runs qmm_kernel). */
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
-/* cuda_qgemm.cu: the side stream and events of the pipelined form */
-void nmlx_cuda_qgemm_free(cuda_impl *c);
 /* The quantized operand x [T, N] as bf16 hi + lo (x = hi + lo to ~2^-16)
  * and per-32-input chunk sums xs [T, N / 32], in the backend's scratch
  * (cuda_quant.cu; valid until the next quantized matmul). */

@@ -165,55 +165,6 @@ __global__ void __launch_bounds__(QG_THREADS)
     if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
 }
 
-/* As qg_dequant_kernel for 4- and 8-bit codes (affine or MXFP4) with
- * 16-byte aligned rows and N a multiple of 32: a thread takes 32 inputs (16
- * or 32 bytes of codes, one group: every group size is a multiple of 32)
- * and writes 64 bytes of each half; fewer, wider loads and one scale load
- * per 32 inputs (the 8-input form spent half its time waiting on them). */
-template <int BITS, bool MX>
-__global__ void __launch_bounds__(QG_THREADS)
-    qg_dequant32_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
-                        int gshift, int64_t N, int64_t d0, int64_t n, const float *rs, __half *wh,
-                        __half *wl, int *nz) {
-    const int64_t K32 = N / 32, G = N >> (gshift + 3), pieces = n * K32;
-    int any = 0;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / K32, k = i - r * K32, d = d0 + r;
-        const uint4 *src = (const uint4 *)((const uint8_t *)w + d * (N * BITS / 8)) + k * (BITS / 4);
-        uint64_t v[4];
-        if (BITS == 4) {
-            const uint4 a = __ldg(src);
-            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-        } else {
-            const uint4 a = __ldg(src), b = __ldg(src + 1);
-            v[0] = a.x | (uint64_t)a.y << 32, v[1] = a.z | (uint64_t)a.w << 32;
-            v[2] = b.x | (uint64_t)b.y << 32, v[3] = b.z | (uint64_t)b.w << 32;
-        }
-        float s, b;
-        group_sb<MX>(scales, biases, sdt, d * G + (k >> (gshift - 2)), &s, &b);
-        const float sc = rs[r];
-        __half *oh = wh + r * N + 32 * k, *ol = wl ? wl + r * N + 32 * k : NULL;
-#pragma unroll
-        for (int p = 0; p < 4; p++) {
-            float q[8];
-            decode8<BITS, MX>(v[p], q);
-            __align__(16) __half h[8];
-            __align__(16) __half l[8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const float f = (MX ? s * (q[j] * 16384.0f) : s * q[j] + b) * sc;
-                h[j] = __float2half_rn(f);
-                l[j] = __float2half_rn(f - __half2float(h[j]));
-                any |= __half2float(l[j]) != 0.0f;
-            }
-            *(uint4 *)(oh + 8 * p) = *(const uint4 *)h;
-            if (ol) *(uint4 *)(ol + 8 * p) = *(const uint4 *)l;
-        }
-    }
-    if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
-}
-
 /* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
  * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
  * or NULL (the GEMMs' outputs). */
@@ -256,59 +207,13 @@ static int qgemm_mode(void) {
     return qgemm_mode_v;
 }
 
-static int qgemm_pipe_v = -1;
-
-/* NMLX_CUDA_QMM_PIPE=1 (opt-in until measured): chunks of about 8M
- * elements, each dequantized on a side stream while the GEMM of the one
- * before runs (two W buffers; events order the reuse). */
-static bool qgemm_pipe(void) {
-    if (qgemm_pipe_v < 0) {
-        const char *e = getenv("NMLX_CUDA_QMM_PIPE");
-        qgemm_pipe_v = e && !strcmp(e, "1");
-    }
-    return qgemm_pipe_v != 0;
-}
-
-extern "C" void nmlx_cuda_set_qmm_pipe(int on) { qgemm_pipe_v = on ? 1 : 0; }
-
-void nmlx_cuda_qgemm_free(cuda_impl *c) {
-    if (!c->qg_side) return;
-    cudaStreamDestroy(c->qg_side);
-    cudaEventDestroy(c->qg_ev_fork);
-    for (int i = 0; i < 2; i++) {
-        cudaEventDestroy(c->qg_ev_ready[i]);
-        cudaEventDestroy(c->qg_ev_free[i]);
-    }
-    c->qg_side = NULL;
-}
-
-/* The side stream and its events, made once; false (error cleared) when
- * they cannot be: the chunks then run one after another. */
-static bool qg_side_ready(cuda_impl *c) {
-    if (c->qg_side) return true;
-    const unsigned f = cudaEventDisableTiming;
-    bool ok = cudaStreamCreateWithFlags(&c->qg_side, cudaStreamNonBlocking) == cudaSuccess;
-    ok = ok && cudaEventCreateWithFlags(&c->qg_ev_fork, f) == cudaSuccess;
-    for (int i = 0; i < 2; i++) {
-        ok = ok && cudaEventCreateWithFlags(&c->qg_ev_ready[i], f) == cudaSuccess;
-        ok = ok && cudaEventCreateWithFlags(&c->qg_ev_free[i], f) == cudaSuccess;
-    }
-    if (!ok) {
-        (void)cudaGetLastError();
-        if (c->qg_side) cudaStreamDestroy(c->qg_side); /* the events leak only on this failure */
-        c->qg_side = NULL;
-    }
-    return ok;
-}
-
 extern "C" void nmlx_cuda_set_qmm_gemm(int mode) { qgemm_mode_v = mode < 0 ? 0 : mode; }
 
 extern "C" void nmlx_cuda_set_qmm_rows(int64_t rows) { qgemm_rows_v = rows < 0 ? 0 : rows; }
 
 /* Rows per chunk: NMLX_CUDA_QMM_ROWS, else up to 8192 rows and 32M weight
- * elements (128 MB of f16 hi + lo; pipelined 8M), and at most 32M floats of
- * GEMM output. */
-static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols, bool pipe) {
+ * elements (128 MB of f16 hi + lo), and at most 32M floats of GEMM output. */
+static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
     if (qgemm_rows_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM_ROWS");
         qgemm_rows_v = e ? atoll(e) : 0;
@@ -317,8 +222,7 @@ static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols, bool pipe) {
     int64_t rc = qgemm_rows_v;
     if (!rc) {
         rc = 8192;
-        const int64_t most = pipe ? 8 << 20 : 32 << 20; /* pipelined: more, smaller chunks */
-        if (rc * N > most) rc = most / N;
+        if (rc * N > (32 << 20)) rc = (32 << 20) / N;
         if (rc * cols > (32 << 20)) rc = (32 << 20) / cols;
         if (rc > 64) rc &= ~(int64_t)63;
         if (rc < 1) rc = 1;
@@ -352,13 +256,6 @@ template <int BITS, bool MX>
 static void qg_dequant(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
                        const float *rs, __half *wh, __half *wl, int *nz) {
     const int64_t N = w->cols;
-    if constexpr (BITS == 4 || BITS == 8)
-        if (N % 32 == 0 && (uintptr_t)w->w.data % 16 == 0 && gshift >= 2) {
-            qg_dequant32_kernel<BITS, MX><<<qg_grid(n * N / 32), QG_THREADS, 0, s>>>(
-                (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype,
-                gshift, N, d0, n, rs, wh, wl, nz);
-            return;
-        }
     qg_dequant_kernel<BITS, MX><<<qg_grid(n * N / 8), QG_THREADS, 0, s>>>(
         (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N, d0,
         n, rs, wh, wl, nz);
@@ -464,21 +361,19 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
         return false;
     const int64_t D = w->rows, N = w->cols, G = N / w->group_size;
     /* the chunk size does not depend on wlo: the same GEMMs with or without the skip */
-    cuda_impl *c0 = (cuda_impl *)be->impl;
-    const bool pipe = qgemm_pipe() && !c0->capturing && qg_side_ready(c0);
-    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T, pipe);
-    const bool two = pipe && rc < D; /* two W buffers, dequantization on the side stream */
-    /* scratch: x hi + lo, ix [T], rs / ir [D], W hi (+ lo) [rc, N] (x2 when
-     * pipelined), out [rc, cols] */
-    const size_t wb = qg_align((size_t)(rc * N) * 2) * (wlo ? 2 : 1);
+    const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T);
+    /* scratch: x hi + lo, ix [T], rs / ir [D], W hi (+ lo) [rc, N], out [rc, cols] */
     const size_t o_ix = qg_align((size_t)(2 * T * N) * 2), o_rs = o_ix + qg_align((size_t)T * 4),
                  o_ir = o_rs + qg_align((size_t)D * 4), o_wh = o_ir + qg_align((size_t)D * 4),
-                 o_c = o_wh + wb * (two ? 2 : 1), need = o_c + (size_t)(rc * cols + 4) * 4;
+                 o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
+                 o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
+                 need = o_c + (size_t)(rc * cols + 4) * 4;
     if (!qg_reserve(be, need)) return false;
     cuda_impl *c = cuda_of(be);
     cudaStream_t s = c->stream;
     char *base = (char *)c->qg;
-    __half *xhl = (__half *)base;
+    __half *xhl = (__half *)base, *wh = (__half *)(base + o_wh),
+           *wl = wlo ? (__half *)(base + o_wl) : NULL;
     float *ix = (float *)(base + o_ix), *rs = (float *)(base + o_rs), *ir = (float *)(base + o_ir),
           *cb = (float *)(base + o_c);
     int *nz = first ? c->qg_flag : NULL;
@@ -506,33 +401,20 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     else
         qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
             w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
-    if (two) { /* the side stream starts after the row scales (and x) */
-        cudaEventRecord(c->qg_ev_fork, s);
-        cudaStreamWaitEvent(c->qg_side, c->qg_ev_fork, 0);
-    }
-    for (int64_t d0 = 0, i = 0; d0 < D; d0 += rc, i++) {
+    for (int64_t d0 = 0; d0 < D; d0 += rc) {
         const int64_t n = D - d0 < rc ? D - d0 : rc;
         const float *rsc = rs + d0;
-        const int b = two ? (int)(i & 1) : 0;
-        __half *wh = (__half *)(base + o_wh + wb * b),
-               *wl = wlo ? (__half *)(base + o_wh + wb * b + qg_align((size_t)(rc * N) * 2)) : NULL;
-        cudaStream_t ds = two ? c->qg_side : s;
-        if (two && i >= 2) cudaStreamWaitEvent(ds, c->qg_ev_free[b], 0); /* GEMM i-2 read it */
         if (mx)
-            qg_dequant<4, true>(ds, w, gshift, d0, n, rsc, wh, wl, nz);
+            qg_dequant<4, true>(s, w, gshift, d0, n, rsc, wh, wl, nz);
         else
             switch (w->bits) {
-            case 2: qg_dequant<2, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 3: qg_dequant<3, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 4: qg_dequant<4, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 5: qg_dequant<5, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 6: qg_dequant<6, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            default: qg_dequant<8, false>(ds, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
+            default: qg_dequant<8, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
             }
-        if (two) {
-            cudaEventRecord(c->qg_ev_ready[b], ds);
-            cudaStreamWaitEvent(s, c->qg_ev_ready[b], 0);
-        }
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
          * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
         float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
@@ -545,7 +427,6 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                               CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
                               (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-        if (two) cudaEventRecord(c->qg_ev_free[b], s);
         qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir + d0, y, D,
                                                              d0, lb, lbdt);
     }
