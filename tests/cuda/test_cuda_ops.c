@@ -23,6 +23,7 @@
 #include "qweight.h"
 
 #include <string.h>
+#include <time.h>
 
 static nmlx_backend *cpu, *gpu;
 
@@ -432,9 +433,36 @@ static void test_rope(int64_t T, int64_t H, int64_t HD, int64_t rot, int64_t pos
     free(x), free(fr), free(ref);
 }
 
-static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
-                           int64_t q_pos, int64_t window, float softcap, bool sinks) {
-    int64_t n_kv = q_pos + T;
+static double now_sec(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC); /* C11 (clock_gettime needs POSIX) */
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* us per call of gpu attention g (after a warm-up call), `reps` calls */
+static double time_attention(const nmlx_attn_args *g, int reps) {
+    gpu->ops->attention(gpu, g);
+    gpu->ops->sync(gpu);
+    const double t = now_sec();
+    for (int i = 0; i < reps; i++)
+        gpu->ops->attention(gpu, g);
+    gpu->ops->sync(gpu);
+    return (now_sec() - t) * 1e6 / reps;
+}
+
+static double worst_mma; /* the tensor-core kernel's worst, printed at the end */
+
+/* Attention of T queries from cache index q_pos over n_kv cached keys
+ * (n_kv < q_pos + T: the last queries see only the cache's keys, or none
+ * with a window) against the CPU, through every CUDA kernel that applies:
+ * the decode ones (split off / on), and for prefills the simple, the tiled
+ * and the tensor-core (mma) kernel. The mma kernel's bound is 2e-5 of
+ * max|out|: its operands are bf16 hi + lo pairs (products to ~3 x 2^-18,
+ * cuda_attention_mma.cu), against 1e-5 for the f32 kernels. time: also
+ * print the tiled and mma kernels' time per call. */
+static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
+                              int64_t q_pos, int64_t n_kv, int64_t window, float softcap,
+                              bool sinks, bool time) {
     size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
     float *q = test_rand_floats(nq, -1, 1), *k = test_rand_floats(nk, -1, 1),
           *v = test_rand_floats(nk, -1, 1);
@@ -464,30 +492,62 @@ static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
-    /* both decode kernels (split 0/1), and for prefills the simple and the
-     * tiled kernel (variant 2) */
-    for (int variant = 0; variant < (T > 1 ? 3 : 2); variant++) {
+    /* both decode kernels (split 0/1), and for prefills the simple, the
+     * tiled (variant 2) and the tensor-core kernel (variant 3, where its
+     * contract allows: HD a multiple of 16) */
+    const bool mma = T > 1 && HD % 16 == 0 && HD <= 256;
+    for (int variant = 0; variant < (T > 1 ? (mma ? 4 : 3) : 2); variant++) {
         nmlx_cuda_set_attn_split(variant == 1);
         nmlx_cuda_set_attn_tiled(variant == 2);
+        nmlx_cuda_set_attn_mma(variant == 3);
+        const unsigned long long launched = nmlx_cuda_attn_mma_launches();
         gpu->ops->attention(gpu, &g);
         check_ok("attention");
         double e = rel_err(dout, ref, nq);
-        EXPECT(e <= 1e-5,
-               "attention T=%lld H=%lld KVH=%lld HD=%lld n_kv=%lld win=%lld cap=%g sinks=%d "
-               "%s: %.2e",
-               (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)n_kv,
-               (long long)window, softcap, sinks,
-               variant == 0   ? "simple"
-               : variant == 1 ? "split"
-                              : "tiled",
-               e);
-        note(4, e);
+        const char *name = variant == 0   ? "simple"
+                           : variant == 1 ? "split"
+                           : variant == 2 ? "tiled"
+                                          : "mma";
+        EXPECT(e <= (variant == 3 ? 2e-5 : 1e-5),
+               "attention T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
+               "sinks=%d %s: %.2e",
+               (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)q_pos,
+               (long long)n_kv, (long long)window, softcap, sinks, name, e);
+        if (variant == 3) {
+            EXPECT(nmlx_cuda_attn_mma_launches() == launched + 1,
+                   "attention T=%lld HD=%lld: the mma kernel did not run", (long long)T,
+                   (long long)HD);
+            if (e > worst_mma || e != e) worst_mma = e;
+        } else
+            note(4, e);
+        if (time || variant == 3)
+            printf("attention T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld "
+                   "%-6s rel err %.2e\n",
+                   (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)q_pos,
+                   (long long)n_kv, (long long)window, name, e);
+    }
+    if (time) {
+        nmlx_cuda_set_attn_split(0);
+        nmlx_cuda_set_attn_mma(0);
+        nmlx_cuda_set_attn_tiled(1);
+        const double tt = time_attention(&g, 20);
+        nmlx_cuda_set_attn_mma(1);
+        const double tm = mma ? time_attention(&g, 20) : 0.0;
+        check_ok("attention timing");
+        printf("attention T=%lld H=%lld KVH=%lld HD=%lld: tiled %.1f us, mma %.1f us a call\n",
+               (long long)T, (long long)H, (long long)KVH, (long long)HD, tt, tm);
     }
     nmlx_cuda_set_attn_split(0);
     nmlx_cuda_set_attn_tiled(0);
+    nmlx_cuda_set_attn_mma(0);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
     gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
+}
+
+static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
+                           int64_t q_pos, int64_t window, float softcap, bool sinks) {
+    test_attention_kv(T, H, KVH, HD, cap, q_pos, q_pos + T, window, softcap, sinks, false);
 }
 
 /* Batched decode ops: R rows, each its own position / cache, against the
@@ -670,6 +730,26 @@ int main(void) {
     test_attention(200, 6, 2, 80, 260, 33, 40, 0, true);  /* window 40, sinks */
     test_attention(64, 4, 1, 256, 70, 0, 0, 50.0f, true); /* MQA, HD 256, softcap */
     test_attention(45, 2, 1, 64, 50, 0, 7, 0, false);     /* window 7 */
+    /* the tensor-core kernel (64 queries a block, 64-key tiles; 32 at HD
+     * 256): every case above with HD % 16 == 0 runs it too; here more of
+     * its edges: GQA groups 1 / 4 / 8, T off the tiles by one either way,
+     * one partial query tile, HD 96 / 112 (register tiles sized for 128),
+     * keys past the queries' tiles, queries that see no key (n_kv short of
+     * q_pos + T with a window: rows, warps and whole blocks of them),
+     * windows inside one key tile and across several */
+    test_attention(63, 8, 8, 128, 100, 0, 0, 0, false);    /* MHA, T = tile - 1 */
+    test_attention(65, 8, 2, 128, 100, 0, 0, 0, true);     /* group 4, T = tile + 1, sinks */
+    test_attention(129, 16, 2, 64, 300, 70, 0, 0, false);  /* group 8, after 70 keys */
+    test_attention(2, 8, 1, 128, 10, 0, 0, 0, false);      /* two queries */
+    test_attention(100, 4, 2, 96, 400, 250, 0, 30.0f, true); /* HD 96, softcap, sinks */
+    test_attention(70, 4, 1, 112, 200, 5, 130, 0, false);  /* HD 112, window > T */
+    test_attention(150, 4, 4, 256, 400, 100, 90, 20.0f, true); /* HD 256, window, all */
+    test_attention(200, 2, 1, 80, 300, 0, 3, 0, false);    /* window 3 */
+    test_attention_kv(90, 4, 2, 128, 100, 0, 20, 8, 0, false, false);  /* t >= 27 see nothing */
+    test_attention_kv(200, 4, 2, 64, 300, 30, 60, 16, 0, true, false); /* blocks see nothing */
+    test_attention_kv(150, 4, 1, 128, 300, 100, 180, 0, 0, false, false); /* n_kv < q_pos + T */
+    /* the Llama-3.1-8B layer (pp512): error and both kernels' time printed */
+    test_attention_kv(512, 32, 8, 128, 512, 0, 512, 0, 0, false, true);
     test_rows(1, 4, 2, 64, 0, false);
     test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
     test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
@@ -691,6 +771,7 @@ int main(void) {
     test_family_ops();
     for (int i = 0; i < N_OPS; i++)
         printf("%-12s worst rel err %.2e\n", op_names[i], worst[i]);
+    printf("%-12s worst rel err %.2e (bound 2e-5)\n", "attn_mma", worst_mma);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     test_free_kept();

@@ -241,6 +241,10 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
 /* The tiled prefill kernel (cuda_attention_tiled.cu) where it is on and
  * applies (T >= 2, HD <= 256); false: nothing launched. */
 bool nmlx_cuda_attention_tiled(nmlx_backend *be, const nmlx_attn_args *a);
+/* The tensor-core prefill kernel (cuda_attention_mma.cu) where it is on
+ * (opt-in) and applies (T >= 2, HD a multiple of 16 up to 256, 16-byte
+ * aligned q/k/v/out); false: nothing launched. */
+bool nmlx_cuda_attention_mma(nmlx_backend *be, const nmlx_attn_args *a);
 /* Batched decode (backend.h rope_rows / attention_rows): one launch for all
  * rows (ROPE_ROWS / ATTN_ROWS rows a launch, their fields by value). */
 void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,

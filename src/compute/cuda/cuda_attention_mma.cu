@@ -1,0 +1,334 @@
+/* Prefill attention on the tensor cores (FlashAttention-2 style), same
+ * contract as `attention` (backend.h) and the tiled kernel
+ * (cuda_attention_tiled.cu): causal with q_pos and n_kv, sliding window,
+ * soft-capping, sinks, GQA, zeros for a query that sees no key.
+ *
+ * Blocks: one per (head, 64 queries); 4 warps, each owning 16 query rows.
+ * The block's queries are staged once in shared memory, then it walks the
+ * keys its queries see in tiles of TK (64; 32 for heads over 128, to fit
+ * shared memory), K and V rows converted from f32 while staging. Per tile a
+ * warp computes S = Q K^T (16 x TK) with mma.m16n8k16, scales, soft-caps
+ * and masks it in registers, updates its rows' online softmax (running max
+ * m, sum l) and adds P V (16 x HD) into its accumulators, also with mma:
+ * S and O never leave the registers. A warp whose rows see none of a
+ * tile's keys skips it (the upper triangle of the diagonal tile).
+ *
+ * Precision: every f32 operand x (q, k, v, and p = exp(s - m)) is written
+ * as two bf16, x = hi + lo (hi = bf16(x), lo = bf16(x - hi), both RNE:
+ * |x - hi - lo| <= 2^-18 |x|), and each product as hi*hi + hi*lo + lo*hi
+ * (three mma; lo*lo, <= 2^-18 |x y|, dropped). bf16 products are exact in
+ * f32 and the mma accumulates in f32, so each product is within about
+ * 3 x 2^-18 (~1.1e-5) of f32's, and far less on average (independent
+ * rounding signs); a plain bf16 product would be 2^-8. Scores then carry
+ * an absolute error ~1e-6 x scale x sum|q k| and the output a relative one
+ * of the same order as the f32 kernels' reordering: tests/cuda allows
+ * 2e-5 of max|out| (the f32 kernels 1e-5) and prints the worst seen.
+ *
+ * Shared memory (bf16, rows padded by 8 so that the 8 rows an ldmatrix
+ * reads start in different banks): Q hi/lo [64][HD + 8], K hi/lo and
+ * V hi/lo [TK][HD + 8]: 102 KiB at HD 128 (two blocks an SM on an H100),
+ * 132 KiB at HD 256, 55 KiB at HD 64.
+ *
+ * Opt-in (NMLX_CUDA_ATTN_MMA=1, or nmlx_cuda_set_attn_mma) until timed on
+ * a GPU; where it does not apply (HD not a multiple of 16 or over 256,
+ * unaligned pointers) the tiled kernel runs. */
+#include "compute/cuda/cuda_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+enum { MQ = 64 /* queries a block */, MW = 4 /* warps */, MT = 32 * MW, PAD = 8 };
+
+typedef __nv_bfloat16 bf16;
+
+/* Fragment layouts of mma.m16n8k16 (lane = 4 g + c; g = lane / 4, c = lane % 4;
+ * each 32-bit register holds two bf16, the lower column in the low half):
+ *   A (16 x 16, row major) a[0]: row g, cols 2c, 2c+1   a[1]: row g+8, same cols
+ *                          a[2]: row g, cols 2c+8, +9   a[3]: row g+8, same cols
+ *   B (16 x 8, k x n)      b[0]: k 2c, 2c+1 of col g     b[1]: k 2c+8, 2c+9 of col g
+ *   C (16 x 8, f32)        c[0], c[1]: row g, cols 2c, 2c+1   c[2], c[3]: row g+8
+ * ldmatrix.x4 loads four 8 x 8 bf16 matrices, lanes 8i..8i+7 giving the row
+ * addresses of matrix i; each lane receives (row g, cols 2c, 2c+1) of each
+ * (.trans: rows 2c, 2c+1 of col g). So Q rows give A, K rows (key = n,
+ * dim = k) give B directly, V rows (key = k, dim = n) give B through
+ * .trans, and the C fragments of S for keys 16j..16j+15 are, rounded to
+ * bf16, the A fragment of P for k-step j. */
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* c += (ah + al)(bh + bl) without al bl: the split product */
+__device__ __forceinline__ void mma3(float *c, const uint32_t *ah, const uint32_t *al, uint32_t bh0,
+                                     uint32_t bh1, uint32_t bl0, uint32_t bl1) {
+    mma16816(c, ah, bl0, bl1);
+    mma16816(c, al, bh0, bh1);
+    mma16816(c, ah, bh0, bh1);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const bf16 *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+__device__ __forceinline__ uint32_t bits(__nv_bfloat162 v) { return *(uint32_t *)&v; }
+
+/* (x0, x1) as packed bf16 hi and lo pairs, x0 in the low halves */
+__device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    const float2 hf = __bfloat1622float2(h);
+    *hi = bits(h);
+    *lo = bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y)); /* x - hi is exact in f32 */
+}
+
+/* Rows [0, R) of a tile into hi / lo ([R][LD] bf16): row r from src + r *
+ * stride (HD floats, 16-byte aligned), zeros for r >= n (keys past the
+ * block's range may be unwritten cache rows: 0 * NaN would poison P V). */
+__device__ __forceinline__ void stage(bf16 *hi, bf16 *lo, int LD, const float *__restrict__ src,
+                                      int64_t stride, int n, int R, int HD) {
+    const int per = HD / 4;
+    for (int i = threadIdx.x; i < R * per; i += MT) {
+        const int r = i / per, d = (i % per) * 4;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < n) x = __ldg((const float4 *)(src + r * stride + d));
+        uint2 h, l;
+        split2(x.x, x.y, &h.x, &l.x);
+        split2(x.z, x.w, &h.y, &l.y);
+        *(uint2 *)(hi + r * LD + d) = h;
+        *(uint2 *)(lo + r * LD + d) = l;
+    }
+}
+
+/* keys query t sees: [*lo, *hi] (empty when *lo > *hi) */
+__device__ __forceinline__ void visible(const nmlx_attn_args &a, int64_t t, int64_t *lo,
+                                        int64_t *hi) {
+    const int64_t qi = a.q_pos + t;
+    *hi = qi < a.n_kv - 1 ? qi : a.n_kv - 1;
+    *lo = a.window > 0 ? qi - a.window + 1 : 0;
+    if (*lo < 0) *lo = 0;
+}
+
+/* D: head size rounded up to the template's (64, 128, 256; a.HD itself is
+ * any multiple of 16 up to D: register arrays are sized by D, loops stop at
+ * a.HD). TK: keys a tile. */
+template <int D, int TK>
+__global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
+    extern __shared__ __align__(16) unsigned char sm[];
+    const int HD = (int)a.HD, LD = HD + PAD;
+    bf16 *qh = (bf16 *)sm, *ql = qh + MQ * LD;
+    bf16 *kh = ql + MQ * LD, *kl = kh + TK * LD;
+    bf16 *vh = kl + TK * LD, *vl = vh + TK * LD;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    /* the last query tiles see the most keys: they go first */
+    const int64_t h = blockIdx.x, t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * MQ;
+    const int64_t group = a.H / a.KVH, kvh = h / group;
+    const float *kb = a.k + kvh * a.cap * HD, *vb = a.v + kvh * a.cap * HD;
+
+    /* this thread's two rows (g and g + 8 of its warp): visible keys; a row
+     * past T sees nothing */
+    int64_t rlo[2], rhi[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int64_t t = t0 + warp * 16 + g + 8 * i;
+        if (t < a.T) visible(a, t, &rlo[i], &rhi[i]);
+        else rlo[i] = 0, rhi[i] = -1;
+    }
+    /* the warp's rows wt0..wt1: keys some of them see [wlo, whi], keys all
+     * of them see [alo, ahi] (a tile inside needs no mask) */
+    const int64_t wt0 = t0 + warp * 16, wt1 = wt0 + 15 < a.T - 1 ? wt0 + 15 : a.T - 1;
+    int64_t wlo, whi, alo, ahi, x;
+    visible(a, wt0, &wlo, &ahi);
+    visible(a, wt1, &alo, &whi);
+    if (wt0 >= a.T) whi = -1;
+    /* the block's: from its first row's lo to its last row's hi */
+    int64_t blo, bhi;
+    visible(a, t0, &blo, &x);
+    visible(a, t0 + MQ - 1 < a.T - 1 ? t0 + MQ - 1 : a.T - 1, &x, &bhi);
+
+    const int nq = (int)(a.T - t0 < MQ ? a.T - t0 : MQ);
+    stage(qh, ql, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    /* running max and sum of rows g, g + 8; l is this lane's share (its
+     * columns), added over the 4 lanes of a row at the end: the sink's 1
+     * goes to lane c = 0 only */
+    float m[2], l[2];
+    m[0] = m[1] = a.sinks ? a.sinks[h] : -INFINITY;
+    l[0] = l[1] = a.sinks && c == 0 ? 1.0f : 0.0f;
+    const int r8 = lane % 8, m1 = (lane / 8) % 2, m2 = lane / 16; /* ldmatrix row, matrix bits */
+
+    for (int64_t j0 = blo; j0 <= bhi; j0 += TK) {
+        const int n = (int)(bhi - j0 + 1 < TK ? bhi - j0 + 1 : TK);
+        __syncthreads(); /* the previous tile is consumed (Q staged, the first time) */
+        stage(kh, kl, LD, kb + j0 * HD, HD, n, TK, HD);
+        stage(vh, vl, LD, vb + j0 * HD, HD, n, TK, HD);
+        __syncthreads();
+        if (j0 > whi || j0 + n - 1 < wlo) continue; /* none of the warp's rows sees these keys */
+
+        /* S = Q K^T: 16 rows x TK keys */
+        float s[TK / 8][4];
+#pragma unroll
+        for (int i = 0; i < TK / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            if (ks * 16 >= HD) break;
+            uint32_t ah[4], al[4];
+            const int qoff = (warp * 16 + m1 * 8 + r8) * LD + ks * 16 + m2 * 8;
+            ldsm_x4(ah, qh + qoff);
+            ldsm_x4(al, ql + qoff);
+#pragma unroll
+            for (int np = 0; np < TK / 16; np++) { /* keys 16 np .. 16 np + 15: two n-tiles */
+                uint32_t bh[4], bl[4];
+                const int koff = (np * 16 + m2 * 8 + r8) * LD + ks * 16 + m1 * 8;
+                ldsm_x4(bh, kh + koff);
+                ldsm_x4(bl, kl + koff);
+                mma3(s[2 * np], ah, al, bh[0], bh[1], bl[0], bl[1]);
+                mma3(s[2 * np + 1], ah, al, bh[2], bh[3], bl[2], bl[3]);
+            }
+        }
+
+        /* scale, soft-cap, mask; the rows' new max (over the quad's lanes) */
+        const bool all = j0 >= alo && j0 + TK - 1 <= ahi; /* every key seen by every row */
+        float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < TK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[nt][e] * a.scale;
+                if (a.softcap > 0) v = tanhf(v / a.softcap) * a.softcap;
+                if (!all) {
+                    const int64_t key = j0 + nt * 8 + 2 * c + (e & 1);
+                    if (key < rlo[e / 2] || key > rhi[e / 2]) v = -INFINITY;
+                }
+                s[nt][e] = v;
+                tmax[e / 2] = fmaxf(tmax[e / 2], v);
+            }
+        float alpha[2], mn[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            tmax[i] = fmaxf(tmax[i], __shfl_xor_sync(0xffffffffu, tmax[i], 1));
+            tmax[i] = fmaxf(tmax[i], __shfl_xor_sync(0xffffffffu, tmax[i], 2));
+            mn[i] = fmaxf(m[i], tmax[i]);
+            /* mn = -inf: nothing seen yet (no sink): everything stays zero */
+            alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mn[i]);
+            m[i] = mn[i];
+            l[i] *= alpha[i];
+        }
+#pragma unroll
+        for (int nt = 0; nt < TK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float p = mn[e / 2] == -INFINITY ? 0.0f : expf(s[nt][e] - mn[e / 2]);
+                s[nt][e] = p;
+                l[e / 2] += p;
+            }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+            o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+        }
+
+        /* O += P V: P's A fragments straight from S's C fragments */
+#pragma unroll
+        for (int kk = 0; kk < TK / 16; kk++) {
+            if (j0 + kk * 16 > whi) break; /* keys past every row's last: p = 0 */
+            uint32_t ph[4], pl[4];
+            split2(s[2 * kk][0], s[2 * kk][1], &ph[0], &pl[0]);
+            split2(s[2 * kk][2], s[2 * kk][3], &ph[1], &pl[1]);
+            split2(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[2], &pl[2]);
+            split2(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[3], &pl[3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) { /* dims 16 dp .. 16 dp + 15: two n-tiles */
+                if (dp * 16 >= HD) break;
+                uint32_t bh[4], bl[4];
+                const int voff = (kk * 16 + m1 * 8 + r8) * LD + dp * 16 + m2 * 8;
+                ldsm_x4_trans(bh, vh + voff);
+                ldsm_x4_trans(bl, vl + voff);
+                mma3(o[2 * dp], ph, pl, bh[0], bh[1], bl[0], bl[1]);
+                mma3(o[2 * dp + 1], ph, pl, bh[2], bh[3], bl[2], bl[3]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int64_t t = wt0 + g + 8 * i;
+        if (t >= a.T) continue;
+        const float inv = rlo[i] <= rhi[i] && l[i] > 0 ? 1.0f / l[i] : 0.0f; /* no key: zeros */
+        float *out = a.out + (t * a.H + h) * HD + 2 * c;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            if (dt * 8 >= HD) break;
+            *(float2 *)(out + dt * 8) = make_float2(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+        }
+    }
+}
+
+int mma_mode = -1;            /* opt-in: NMLX_CUDA_ATTN_MMA=1 */
+unsigned long long launches;  /* test hook: calls that ran the kernel */
+
+/* Launches attention_mma_kernel<D, TK>; false if its shared memory cannot
+ * be had. The opt-in above 48 KiB is a function attribute of each device,
+ * raised once per instance and device (GPUs past the 16th ask every time). */
+template <int D, int TK> bool launch(nmlx_backend *be, const nmlx_attn_args *a) {
+    const size_t shmem = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a->HD + PAD) * sizeof(bf16);
+    static size_t raised_on[16];
+    const int dev = cuda_of(be)->device;
+    size_t *raised = dev >= 0 && dev < 16 ? &raised_on[dev] : NULL;
+    if (shmem > 48 * 1024 && (!raised || shmem > *raised)) {
+        if (cudaFuncSetAttribute(attention_mma_kernel<D, TK>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)shmem) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        if (raised) *raised = shmem;
+    }
+    const dim3 grid((unsigned)a->H, (unsigned)((a->T + MQ - 1) / MQ));
+    attention_mma_kernel<D, TK><<<grid, MT, shmem, cuda_of(be)->stream>>>(*a);
+    nmlx_cuda_note(be, cudaGetLastError());
+    launches++;
+    return true;
+}
+
+} // namespace
+
+extern "C" void nmlx_cuda_set_attn_mma(int on) { mma_mode = on ? 1 : 0; }
+
+extern "C" unsigned long long nmlx_cuda_attn_mma_launches(void) { return launches; }
+
+bool nmlx_cuda_attention_mma(nmlx_backend *be, const nmlx_attn_args *a) {
+    if (mma_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_MMA");
+        mma_mode = e && !strcmp(e, "1");
+    }
+    if (!mma_mode || a->T < 2 || a->HD % 16 || a->HD > 256 || a->KVH <= 0 || a->H % a->KVH ||
+        a->kv_dtype != NMLX_DT_F32)
+        return false;
+    if (((uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->out) % 16)
+        return false; /* float4 loads, float2 stores */
+    if (a->HD <= 64) return launch<64, 64>(be, a);
+    if (a->HD <= 128) return launch<128, 64>(be, a);
+    return launch<256, 32>(be, a);
+}
