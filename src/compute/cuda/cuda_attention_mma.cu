@@ -32,7 +32,9 @@
  * Opt-in (NMLX_CUDA_ATTN_MMA=1, or nmlx_cuda_set_attn_mma) until timed on
  * a GPU; where it does not apply (HD not a multiple of 16 or over 256,
  * unaligned pointers) the tiled kernel runs. */
+#ifndef NMLX_ATTN_MMA_EMU /* tests/cuda/attn_mma_emu.cpp: this kernel on the CPU */
 #include "compute/cuda/cuda_internal.h"
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -56,19 +58,12 @@ typedef __nv_bfloat16 bf16;
  * dim = k) give B directly, V rows (key = k, dim = n) give B through
  * .trans, and the C fragments of S for keys 16j..16j+15 are, rounded to
  * bf16, the A fragment of P for k-step j. */
+#ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these three */
 __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* c += (ah + al)(bh + bl) without al bl: the split product */
-__device__ __forceinline__ void mma3(float *c, const uint32_t *ah, const uint32_t *al, uint32_t bh0,
-                                     uint32_t bh1, uint32_t bl0, uint32_t bl1) {
-    mma16816(c, ah, bl0, bl1);
-    mma16816(c, al, bh0, bh1);
-    mma16816(c, ah, bh0, bh1);
 }
 
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
@@ -83,6 +78,15 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const bf16 *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
+}
+#endif
+
+/* c += (ah + al)(bh + bl) without al bl: the split product */
+__device__ __forceinline__ void mma3(float *c, const uint32_t *ah, const uint32_t *al, uint32_t bh0,
+                                     uint32_t bh1, uint32_t bl0, uint32_t bl1) {
+    mma16816(c, ah, bl0, bl1);
+    mma16816(c, al, bh0, bh1);
+    mma16816(c, ah, bh0, bh1);
 }
 
 __device__ __forceinline__ uint32_t bits(__nv_bfloat162 v) { return *(uint32_t *)&v; }
@@ -285,6 +289,11 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     }
 }
 
+} // namespace
+
+#ifndef NMLX_ATTN_MMA_EMU
+namespace {
+
 int mma_mode = -1;            /* opt-in: NMLX_CUDA_ATTN_MMA=1 */
 unsigned long long launches;  /* test hook: calls that ran the kernel */
 
@@ -332,3 +341,4 @@ bool nmlx_cuda_attention_mma(nmlx_backend *be, const nmlx_attn_args *a) {
     if (a->HD <= 128) return launch<128, 64>(be, a);
     return launch<256, 32>(be, a);
 }
+#endif
