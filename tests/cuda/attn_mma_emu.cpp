@@ -4,7 +4,7 @@
  * std::thread, __syncthreads a barrier of the 128, and the warp-collective
  * instructions (mma.m16n8k16, ldmatrix.x4 [.trans], shfl.xor) exchange the
  * 32 lanes' operands through a warp barrier and apply the PTX ISA's
- * fragment layouts (products exact, sums in double then rounded to f32: the
+ * fragment layouts (bf16 / f16 products exact, sums in double then rounded to f32: the
  * tensor cores' own f32 rounding is not modelled). It checks the index
  * math (fragments, masks, tile walk, online softmax) and the split
  * precision against a double-precision reference of the `attention`
@@ -15,6 +15,7 @@
  *       -isystem /usr/local/cuda/include tests/cuda/attn_mma_emu.cpp -o /tmp/attn_mma_emu
  *   /tmp/attn_mma_emu        (exit 0: every case within 2e-5 of max|ref|) */
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <vector_functions.h>
 
 #include <barrier>
@@ -70,15 +71,24 @@ alignas(16) unsigned char sm[SM_BYTES]; /* the kernel's `extern __shared__ sm[]`
 inline int lane_() { return (int)(emu_thread.x % 32); }
 inline warp_x &warp_() { return warps[emu_thread.x / 32]; }
 
-inline float bf(uint32_t w, int half) { /* bf16 half 0 (low) or 1 of w, as f32 */
-    const uint32_t b = (half ? w >> 16 : w & 0xffffu) << 16;
+/* half 0 (low) or 1 of w as f32: bf16, or f16 (subnormals included) */
+inline float val(uint32_t w, int half, bool f16) {
+    const uint32_t b = half ? w >> 16 : w & 0xffffu;
+    if (f16) {
+        const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
+        const float v = e == 31 ? (m ? NAN : INFINITY)
+                        : e == 0 ? ldexpf((float)m, -24)
+                                 : ldexpf((float)(1024 + m), e - 25);
+        return b >> 15 ? -v : v;
+    }
+    const uint32_t u = b << 16;
     float f;
-    memcpy(&f, &b, 4);
+    memcpy(&f, &u, 4);
     return f;
 }
 
-/* mma.m16n8k16 row.col f32.bf16.bf16.f32: c += A B (PTX ISA fragment layouts) */
-void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+/* mma.m16n8k16 row.col f32.{bf16,f16}.f32: c += A B (PTX ISA fragment layouts) */
+void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, bool f16) {
     warp_x &x = warp_();
     const int lane = lane_(), g = lane / 4, q = lane % 4;
     for (int i = 0; i < 4; i++) x.w[lane][i] = a[i];
@@ -89,15 +99,18 @@ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
         double s = 0;
         for (int k = 0; k < 16; k++) {
             /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
-            const float av = bf(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+            const float av =
+                val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2, f16);
             /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
-            const float bv = bf(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2);
+            const float bv = val(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2, f16);
             s += (double)av * (double)bv;
         }
         c[e] = (float)((double)c[e] + s);
     }
     x.bar.arrive_and_wait();
 }
+void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { mma(c, a, b0, b1, false); }
+void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { mma(c, a, b0, b1, true); }
 
 void check_row(const void *p) {
     const unsigned char *b = (const unsigned char *)p;
@@ -110,7 +123,7 @@ void check_row(const void *p) {
 
 /* ldmatrix.x4: lane l gets, of matrix i (rows from lanes 8i..8i+7), row l/4,
  * cols 2(l%4), +1; .trans: rows 2(l%4), +1 of col l/4 */
-void ldsm(uint32_t *r, const __nv_bfloat16 *p, bool trans) {
+void ldsm(uint32_t *r, const uint16_t *p, bool trans) {
     warp_x &x = warp_();
     const int lane = lane_();
     check_row(p);
@@ -129,8 +142,8 @@ void ldsm(uint32_t *r, const __nv_bfloat16 *p, bool trans) {
     }
     x.bar.arrive_and_wait();
 }
-void ldsm_x4(uint32_t *r, const __nv_bfloat16 *p) { ldsm(r, p, false); }
-void ldsm_x4_trans(uint32_t *r, const __nv_bfloat16 *p) { ldsm(r, p, true); }
+void ldsm_x4(uint32_t *r, const uint16_t *p) { ldsm(r, p, false); }
+void ldsm_x4_trans(uint32_t *r, const uint16_t *p) { ldsm(r, p, true); }
 
 float __shfl_xor_sync(unsigned, float v, int o) {
     warp_x &x = warp_();
@@ -148,7 +161,8 @@ float __shfl_xor_sync(unsigned, float v, int o) {
 /* the host side of nmlx_cuda_attention_mma: the instance by head size,
  * every block in turn, its 128 threads at once */
 template <int D, int TK> static void emu_launch(const nmlx_attn_args &a) {
-    sm_used = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a.HD + PAD) * sizeof(__nv_bfloat16);
+    sm_used = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a.HD + PAD) * sizeof(uint16_t) +
+              (size_t)(MQ + TK) * sizeof(float);
     assert(sm_used <= SM_BYTES);
     emu_grid = dim3((unsigned)a.H, (unsigned)((a.T + MQ - 1) / MQ));
     for (unsigned by = 0; by < emu_grid.y; by++)
@@ -284,6 +298,10 @@ int main(void) {
     /* peaky softmax (scores up to ~±40): the running max moves tile to tile */
     run_case(140, 2, 1, 128, 200, 0, 140, 0, 0, false, 12);
     run_case(100, 2, 1, 64, 200, 20, 120, 50, 0, true, 12);
+    run_case(70, 2, 1, 256, 100, 0, 70, 0, 0, false, 12);
+    /* q and k far from 1 (the f16 pairs' row scaling): tiny and huge rows */
+    run_case(80, 2, 1, 128, 100, 0, 80, 0, 0, false, 1e-6f);
+    run_case(80, 2, 1, 128, 100, 0, 80, 0, 0, true, 3e3f);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures != 0;
 }

@@ -13,21 +13,31 @@
  * S and O never leave the registers. A warp whose rows see none of a
  * tile's keys skips it (the upper triangle of the diagonal tile).
  *
- * Precision: every f32 operand x (q, k, v, and p = exp(s - m)) is written
- * as two bf16, x = hi + lo (hi = bf16(x), lo = bf16(x - hi), both RNE:
- * |x - hi - lo| <= 2^-18 |x|), and each product as hi*hi + hi*lo + lo*hi
- * (three mma; lo*lo, <= 2^-18 |x y|, dropped). bf16 products are exact in
- * f32 and the mma accumulates in f32, so each product is within about
- * 3 x 2^-18 (~1.1e-5) of f32's, and far less on average (independent
- * rounding signs); a plain bf16 product would be 2^-8. Scores then carry
- * an absolute error ~1e-6 x scale x sum|q k| and the output a relative one
- * of the same order as the f32 kernels' reordering: tests/cuda allows
- * 2e-5 of max|out| (the f32 kernels 1e-5) and prints the worst seen.
+ * Precision: every f32 operand x is written as a sum of two 16-bit floats,
+ * x = hi + lo (hi = round(x), lo = round(x - hi), RNE; x - hi is exact in
+ * f32), and each product as hi*hi + hi*lo + lo*hi (three mma; lo*lo
+ * dropped). The products are exact in f32 and the mma accumulates in f32.
+ * - S = Q K^T, whose error exp() turns into a relative error of p (the
+ *   part that grows with the scores): f16 pairs, each row of Q and of K
+ *   first scaled by a power of two that puts its max |x| in [2^14, 2^15)
+ *   (exact; undone on S in f32). An f16 pair holds 22 bits: |x - hi - lo|
+ *   <= 2^-22 |x|, and below 2^-17 of the row's max lo's subnormals leave
+ *   at most 2^-39 of that max. A score is within ~3 x 2^-22 (7e-7) of
+ *   scale x sum |q_d k_d| (random signs: far less).
+ * - O += P V: bf16 pairs (p in [0, 1] and v unscaled: an f16 pair would
+ *   need a scale per key folded into P's columns, out of f16's range for
+ *   large or small v). |x - hi - lo| <= 2^-18 |x|: each p v within ~3 x
+ *   2^-18 (1.1e-5) of f32's, typically ~2^-18: the floor of the output's
+ *   error, ~5e-6 of max|out| on the tests' inputs.
+ * tests/cuda allows 2e-5 of max|out| (the f32 kernels 1e-5) and prints the
+ * worst seen. With bf16 pairs for S too, scores of +-40 (q x 12) gave
+ * 2.6e-5 (attn_mma_emu.cpp); a plain bf16 product would be 2^-8.
  *
- * Shared memory (bf16, rows padded by 8 so that the 8 rows an ldmatrix
- * reads start in different banks): Q hi/lo [64][HD + 8], K hi/lo and
- * V hi/lo [TK][HD + 8]: 102 KiB at HD 128 (two blocks an SM on an H100),
- * 132 KiB at HD 256, 55 KiB at HD 64.
+ * Shared memory (16-bit, rows padded by 8 so that the 8 rows an ldmatrix
+ * reads start in different banks): Q hi/lo [64][HD + 8] (f16), K hi/lo
+ * (f16) and V hi/lo (bf16) [TK][HD + 8], and the rows' unscale factors:
+ * 102 KiB at HD 128 (two blocks an SM on an H100), 132 KiB at HD 256,
+ * 55 KiB at HD 64.
  *
  * Opt-in (NMLX_CUDA_ATTN_MMA=1, or nmlx_cuda_set_attn_mma) until timed on
  * a GPU; where it does not apply (HD not a multiple of 16 or over 256,
@@ -44,7 +54,7 @@ namespace {
 
 enum { MQ = 64 /* queries a block */, MW = 4 /* warps */, MT = 32 * MW, PAD = 8 };
 
-typedef __nv_bfloat16 bf16;
+typedef uint16_t b16; /* f16 or bf16 bits in shared memory */
 
 /* Fragment layouts of mma.m16n8k16 (lane = 4 g + c; g = lane / 4, c = lane % 4;
  * each 32-bit register holds two bf16, the lower column in the low half):
@@ -57,23 +67,30 @@ typedef __nv_bfloat16 bf16;
  * (.trans: rows 2c, 2c+1 of col g). So Q rows give A, K rows (key = n,
  * dim = k) give B directly, V rows (key = k, dim = n) give B through
  * .trans, and the C fragments of S for keys 16j..16j+15 are, rounded to
- * bf16, the A fragment of P for k-step j. */
-#ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these three */
-__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+ * bf16, the A fragment of P for k-step j. The f16 form has the same layouts. */
+#ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these four */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const bf16 *p) {
+__device__ __forceinline__ void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const b16 *p) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
 
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const bf16 *p) {
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const b16 *p) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -82,38 +99,79 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const bf16 *p) {
 #endif
 
 /* c += (ah + al)(bh + bl) without al bl: the split product */
+template <bool F16>
 __device__ __forceinline__ void mma3(float *c, const uint32_t *ah, const uint32_t *al, uint32_t bh0,
                                      uint32_t bh1, uint32_t bl0, uint32_t bl1) {
-    mma16816(c, ah, bl0, bl1);
-    mma16816(c, al, bh0, bh1);
-    mma16816(c, ah, bh0, bh1);
+    if (F16) {
+        mma_f16(c, ah, bl0, bl1);
+        mma_f16(c, al, bh0, bh1);
+        mma_f16(c, ah, bh0, bh1);
+    } else {
+        mma_bf16(c, ah, bl0, bl1);
+        mma_bf16(c, al, bh0, bh1);
+        mma_bf16(c, ah, bh0, bh1);
+    }
 }
 
-__device__ __forceinline__ uint32_t bits(__nv_bfloat162 v) { return *(uint32_t *)&v; }
+template <typename T> __device__ __forceinline__ uint32_t bits(T v) { return *(uint32_t *)&v; }
 
-/* (x0, x1) as packed bf16 hi and lo pairs, x0 in the low halves */
+/* (x0, x1) as packed hi and lo pairs (f16 or bf16), x0 in the low halves */
+template <bool F16>
 __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-    const float2 hf = __bfloat1622float2(h);
-    *hi = bits(h);
-    *lo = bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y)); /* x - hi is exact in f32 */
+    if (F16) {
+        const __half2 h = __floats2half2_rn(x0, x1);
+        const float2 hf = __half22float2(h);
+        *hi = bits(h);
+        *lo = bits(__floats2half2_rn(x0 - hf.x, x1 - hf.y)); /* x - hi: exact in f32 */
+    } else {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+        const float2 hf = __bfloat1622float2(h);
+        *hi = bits(h);
+        *lo = bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y));
+    }
 }
 
-/* Rows [0, R) of a tile into hi / lo ([R][LD] bf16): row r from src + r *
- * stride (HD floats, 16-byte aligned), zeros for r >= n (keys past the
- * block's range may be unwritten cache rows: 0 * NaN would poison P V). */
-__device__ __forceinline__ void stage(bf16 *hi, bf16 *lo, int LD, const float *__restrict__ src,
-                                      int64_t stride, int n, int R, int HD) {
-    const int per = HD / 4;
-    for (int i = threadIdx.x; i < R * per; i += MT) {
-        const int r = i / per, d = (i % per) * 4;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < n) x = __ldg((const float4 *)(src + r * stride + d));
-        uint2 h, l;
-        split2(x.x, x.y, &h.x, &l.x);
-        split2(x.z, x.w, &h.y, &l.y);
-        *(uint2 *)(hi + r * LD + d) = h;
-        *(uint2 *)(lo + r * LD + d) = l;
+/* Rows [0, R) of a tile into hi / lo ([R][LD]), a warp a row (lanes over
+ * its float4s: HD <= 256): row r from src + r * stride (HD floats, 16-byte
+ * aligned), zeros for r >= n (keys past the block's range may be unwritten
+ * cache rows: 0 * NaN would poison P V). F16: the row times 2^k, k putting
+ * its max |x| in [2^14, 2^15), as f16 pairs, and unscale[r] = 2^-k; else
+ * the row itself as bf16 pairs. */
+template <bool F16>
+__device__ __forceinline__ void stage(b16 *hi, b16 *lo, float *unscale, int LD,
+                                      const float *__restrict__ src, int64_t stride, int n, int R,
+                                      int HD) {
+    const int lane = threadIdx.x % 32;
+    for (int r = threadIdx.x / 32; r < R; r += MW) {
+        float4 x[2];
+        float mx = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int d = (lane + 32 * i) * 4;
+            x[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (r < n && d < HD) x[i] = __ldg((const float4 *)(src + r * stride + d));
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(x[i].x), fabsf(x[i].y)),
+                                 fmaxf(fabsf(x[i].z), fabsf(x[i].w))));
+        }
+        float mul = 1.0f;
+        if (F16) {
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            int e;
+            frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
+            const int k = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
+            mul = ldexpf(1.0f, k);
+            if (lane == 0) unscale[r] = ldexpf(1.0f, -k);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int d = (lane + 32 * i) * 4;
+            if (d >= HD) break;
+            uint2 h, l;
+            split2<F16>(x[i].x * mul, x[i].y * mul, &h.x, &l.x);
+            split2<F16>(x[i].z * mul, x[i].w * mul, &h.y, &l.y);
+            *(uint2 *)(hi + r * LD + d) = h;
+            *(uint2 *)(lo + r * LD + d) = l;
+        }
     }
 }
 
@@ -133,9 +191,10 @@ template <int D, int TK>
 __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     extern __shared__ __align__(16) unsigned char sm[];
     const int HD = (int)a.HD, LD = HD + PAD;
-    bf16 *qh = (bf16 *)sm, *ql = qh + MQ * LD;
-    bf16 *kh = ql + MQ * LD, *kl = kh + TK * LD;
-    bf16 *vh = kl + TK * LD, *vl = vh + TK * LD;
+    b16 *qh = (b16 *)sm, *ql = qh + MQ * LD;
+    b16 *kh = ql + MQ * LD, *kl = kh + TK * LD;
+    b16 *vh = kl + TK * LD, *vl = vh + TK * LD;
+    float *qun = (float *)(vl + TK * LD), *kun = qun + MQ; /* rows' unscale factors */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
     /* the last query tiles see the most keys: they go first */
     const int64_t h = blockIdx.x, t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * MQ;
@@ -164,7 +223,10 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     visible(a, t0 + MQ - 1 < a.T - 1 ? t0 + MQ - 1 : a.T - 1, &x, &bhi);
 
     const int nq = (int)(a.T - t0 < MQ ? a.T - t0 : MQ);
-    stage(qh, ql, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
+    stage<true>(qh, ql, qun, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
+    __syncthreads();
+    /* S's factor for rows g, g + 8: their unscale times the softmax scale */
+    const float qf[2] = {qun[warp * 16 + g] * a.scale, qun[warp * 16 + g + 8] * a.scale};
 
     float o[D / 8][4];
 #pragma unroll
@@ -179,9 +241,9 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
 
     for (int64_t j0 = blo; j0 <= bhi; j0 += TK) {
         const int n = (int)(bhi - j0 + 1 < TK ? bhi - j0 + 1 : TK);
-        __syncthreads(); /* the previous tile is consumed (Q staged, the first time) */
-        stage(kh, kl, LD, kb + j0 * HD, HD, n, TK, HD);
-        stage(vh, vl, LD, vb + j0 * HD, HD, n, TK, HD);
+        __syncthreads(); /* the previous tile is consumed */
+        stage<true>(kh, kl, kun, LD, kb + j0 * HD, HD, n, TK, HD);
+        stage<false>(vh, vl, NULL, LD, vb + j0 * HD, HD, n, TK, HD);
         __syncthreads();
         if (j0 > whi || j0 + n - 1 < wlo) continue; /* none of the warp's rows sees these keys */
 
@@ -202,19 +264,21 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 const int koff = (np * 16 + m2 * 8 + r8) * LD + ks * 16 + m1 * 8;
                 ldsm_x4(bh, kh + koff);
                 ldsm_x4(bl, kl + koff);
-                mma3(s[2 * np], ah, al, bh[0], bh[1], bl[0], bl[1]);
-                mma3(s[2 * np + 1], ah, al, bh[2], bh[3], bl[2], bl[3]);
+                mma3<true>(s[2 * np], ah, al, bh[0], bh[1], bl[0], bl[1]);
+                mma3<true>(s[2 * np + 1], ah, al, bh[2], bh[3], bl[2], bl[3]);
             }
         }
 
-        /* scale, soft-cap, mask; the rows' new max (over the quad's lanes) */
+        /* unscale (powers of two: exact) and scale, soft-cap, mask; the
+         * rows' new max (over the quad's lanes) */
         const bool all = j0 >= alo && j0 + TK - 1 <= ahi; /* every key seen by every row */
         float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int nt = 0; nt < TK / 8; nt++)
+        for (int nt = 0; nt < TK / 8; nt++) {
+            const float2 ku = *(const float2 *)(kun + nt * 8 + 2 * c);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float v = s[nt][e] * a.scale;
+                float v = s[nt][e] * (e & 1 ? ku.y : ku.x) * qf[e / 2];
                 if (a.softcap > 0) v = tanhf(v / a.softcap) * a.softcap;
                 if (!all) {
                     const int64_t key = j0 + nt * 8 + 2 * c + (e & 1);
@@ -223,6 +287,7 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 s[nt][e] = v;
                 tmax[e / 2] = fmaxf(tmax[e / 2], v);
             }
+        }
         float alpha[2], mn[2];
 #pragma unroll
         for (int i = 0; i < 2; i++) {
@@ -253,10 +318,10 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
         for (int kk = 0; kk < TK / 16; kk++) {
             if (j0 + kk * 16 > whi) break; /* keys past every row's last: p = 0 */
             uint32_t ph[4], pl[4];
-            split2(s[2 * kk][0], s[2 * kk][1], &ph[0], &pl[0]);
-            split2(s[2 * kk][2], s[2 * kk][3], &ph[1], &pl[1]);
-            split2(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[2], &pl[2]);
-            split2(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[3], &pl[3]);
+            split2<false>(s[2 * kk][0], s[2 * kk][1], &ph[0], &pl[0]);
+            split2<false>(s[2 * kk][2], s[2 * kk][3], &ph[1], &pl[1]);
+            split2<false>(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[2], &pl[2]);
+            split2<false>(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[3], &pl[3]);
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) { /* dims 16 dp .. 16 dp + 15: two n-tiles */
                 if (dp * 16 >= HD) break;
@@ -264,8 +329,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 const int voff = (kk * 16 + m1 * 8 + r8) * LD + dp * 16 + m2 * 8;
                 ldsm_x4_trans(bh, vh + voff);
                 ldsm_x4_trans(bl, vl + voff);
-                mma3(o[2 * dp], ph, pl, bh[0], bh[1], bl[0], bl[1]);
-                mma3(o[2 * dp + 1], ph, pl, bh[2], bh[3], bl[2], bl[3]);
+                mma3<false>(o[2 * dp], ph, pl, bh[0], bh[1], bl[0], bl[1]);
+                mma3<false>(o[2 * dp + 1], ph, pl, bh[2], bh[3], bl[2], bl[3]);
             }
         }
     }
@@ -301,7 +366,8 @@ unsigned long long launches;  /* test hook: calls that ran the kernel */
  * be had. The opt-in above 48 KiB is a function attribute of each device,
  * raised once per instance and device (GPUs past the 16th ask every time). */
 template <int D, int TK> bool launch(nmlx_backend *be, const nmlx_attn_args *a) {
-    const size_t shmem = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a->HD + PAD) * sizeof(bf16);
+    const size_t shmem = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a->HD + PAD) * sizeof(b16) +
+                         (size_t)(MQ + TK) * sizeof(float);
     static size_t raised_on[16];
     const int dev = cuda_of(be)->device;
     size_t *raised = dev >= 0 && dev < 16 ? &raised_on[dev] : NULL;
