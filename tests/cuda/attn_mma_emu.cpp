@@ -4,17 +4,16 @@
  * std::thread, __syncthreads a barrier of the 128, and the warp-collective
  * instructions (mma.m16n8k16, ldmatrix.x4 [.trans], shfl.xor) exchange the
  * 32 lanes' operands through a warp barrier and apply the PTX ISA's
- * fragment layouts (bf16 / f16 products exact, sums in double then rounded to f32: the
+ * fragment layouts (f16 products exact, sums in double then rounded to f32: the
  * tensor cores' own f32 rounding is not modelled). It checks the index
  * math (fragments, masks, tile walk, online softmax) and the split
  * precision against a double-precision reference of the `attention`
  * contract, every case of test_cuda_ops' mma list that is small enough.
- * Shared memory is poisoned (bf16 NaN) before each block, and ldmatrix
+ * Shared memory is poisoned (f16 NaN) before each block, and ldmatrix
  * addresses checked for alignment and bounds. Not built by cmake; by hand:
- *   g++ -std=c++20 -O2 -pthread -DNMLX_ATTN_MMA_EMU -Isrc -Iinclude \
+ *   g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -DNMLX_ATTN_MMA_EMU -Isrc -Iinclude \
  *       -isystem /usr/local/cuda/include tests/cuda/attn_mma_emu.cpp -o /tmp/attn_mma_emu
  *   /tmp/attn_mma_emu        (exit 0: every case within 2e-5 of max|ref|) */
-#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_functions.h>
 
@@ -71,24 +70,18 @@ alignas(16) unsigned char sm[SM_BYTES]; /* the kernel's `extern __shared__ sm[]`
 inline int lane_() { return (int)(emu_thread.x % 32); }
 inline warp_x &warp_() { return warps[emu_thread.x / 32]; }
 
-/* half 0 (low) or 1 of w as f32: bf16, or f16 (subnormals included) */
-inline float val(uint32_t w, int half, bool f16) {
+/* f16 half 0 (low) or 1 of w as f32 (subnormals included) */
+inline float val(uint32_t w, int half) {
     const uint32_t b = half ? w >> 16 : w & 0xffffu;
-    if (f16) {
-        const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
-        const float v = e == 31 ? (m ? NAN : INFINITY)
-                        : e == 0 ? ldexpf((float)m, -24)
-                                 : ldexpf((float)(1024 + m), e - 25);
-        return b >> 15 ? -v : v;
-    }
-    const uint32_t u = b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
+    const float v = e == 31  ? (m ? NAN : INFINITY)
+                    : e == 0 ? ldexpf((float)m, -24)
+                             : ldexpf((float)(1024 + m), e - 25);
+    return b >> 15 ? -v : v;
 }
 
-/* mma.m16n8k16 row.col f32.{bf16,f16}.f32: c += A B (PTX ISA fragment layouts) */
-void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, bool f16) {
+/* mma.m16n8k16 row.col f32.f16.f16.f32: c += A B (PTX ISA fragment layouts) */
+void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     warp_x &x = warp_();
     const int lane = lane_(), g = lane / 4, q = lane % 4;
     for (int i = 0; i < 4; i++) x.w[lane][i] = a[i];
@@ -100,17 +93,15 @@ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, bool f16) {
         for (int k = 0; k < 16; k++) {
             /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
             const float av =
-                val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2, f16);
+                val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
             /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
-            const float bv = val(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2, f16);
+            const float bv = val(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2);
             s += (double)av * (double)bv;
         }
         c[e] = (float)((double)c[e] + s);
     }
     x.bar.arrive_and_wait();
 }
-void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { mma(c, a, b0, b1, false); }
-void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { mma(c, a, b0, b1, true); }
 
 void check_row(const void *p) {
     const unsigned char *b = (const unsigned char *)p;
@@ -162,7 +153,7 @@ float __shfl_xor_sync(unsigned, float v, int o) {
  * every block in turn, its 128 threads at once */
 template <int D, int TK> static void emu_launch(const nmlx_attn_args &a) {
     sm_used = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a.HD + PAD) * sizeof(uint16_t) +
-              (size_t)(MQ + TK) * sizeof(float);
+              (size_t)(MQ + 2 * TK) * sizeof(float);
     assert(sm_used <= SM_BYTES);
     emu_grid = dim3((unsigned)a.H, (unsigned)((a.T + MQ - 1) / MQ));
     for (unsigned by = 0; by < emu_grid.y; by++)
@@ -234,15 +225,22 @@ static float urand(float lo, float hi) {
 
 static int failures;
 
-/* q scaled by qmul (peaky softmax for qmul > 1) */
+/* q scaled by qmul (peaky softmax for qmul > 1); each k and v row by
+ * e^u, u uniform in [-spread, spread] (the f16 pairs' row scales) */
 static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap, int64_t q_pos,
-                     int64_t n_kv, int64_t window, float softcap, bool sinks, float qmul) {
+                     int64_t n_kv, int64_t window, float softcap, bool sinks, float qmul,
+                     float spread = 0) {
     std::vector<float> q((size_t)(T * H * HD)), k((size_t)(KVH * cap * HD)), v(k.size()),
         sk((size_t)H), out(q.size(), NAN);
     for (auto &x : q) x = qmul * urand(-1, 1);
     for (auto &x : k) x = urand(-1, 1);
     for (auto &x : v) x = urand(-1, 1);
     for (auto &x : sk) x = urand(-1, 2);
+    if (spread > 0)
+        for (size_t r = 0; r < k.size() / (size_t)HD; r++) {
+            const float fk = expf(urand(-spread, spread)), fv = expf(urand(-spread, spread));
+            for (int64_t d = 0; d < HD; d++) k[r * HD + d] *= fk, v[r * HD + d] *= fv;
+        }
     /* cache rows past n_kv: NaN, as stale memory may hold (must not leak in) */
     for (int64_t kh = 0; kh < KVH; kh++)
         for (int64_t j = n_kv; j < cap; j++)
@@ -266,9 +264,9 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     const bool ok = rel <= 2e-5;
     failures += !ok;
     printf("%s T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g sinks=%d "
-           "q x%g: rel err %.2e\n",
+           "q x%g spread %g: rel err %.2e\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
-           (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, qmul, rel);
+           (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, qmul, spread, rel);
     fflush(stdout);
 }
 
@@ -302,6 +300,9 @@ int main(void) {
     /* q and k far from 1 (the f16 pairs' row scaling): tiny and huge rows */
     run_case(80, 2, 1, 128, 100, 0, 80, 0, 0, false, 1e-6f);
     run_case(80, 2, 1, 128, 100, 0, 80, 0, 0, true, 3e3f);
+    /* k and v rows from e^-7 to e^7 of each other: u grows tile to tile */
+    run_case(300, 2, 1, 128, 300, 0, 300, 0, 0, false, 1, 7);
+    run_case(200, 2, 1, 64, 300, 50, 250, 100, 0, true, 4, 7);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures != 0;
 }

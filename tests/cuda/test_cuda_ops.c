@@ -457,9 +457,11 @@ static double worst_mma; /* the tensor-core kernel's worst, printed at the end *
  * with a window) against the CPU, through every CUDA kernel that applies:
  * the decode ones (split off / on), and for prefills the simple, the tiled
  * and the tensor-core (mma) kernel. The mma kernel's bound is 2e-5 of
- * max|out|: its operands are bf16 hi + lo pairs (products to ~3 x 2^-18,
- * cuda_attention_mma.cu), against 1e-5 for the f32 kernels. time: also
- * print the tiled and mma kernels' time per call. */
+ * max|out|, 1e-5 for the f32 kernels: its operands are f16 hi + lo pairs
+ * (22 bits; products to ~3 x 2^-22, cuda_attention_mma.cu; its CPU
+ * emulation measures 1e-7 to 4e-7 on these inputs), but the tensor cores'
+ * f32 accumulation is not IEEE's. time: also print the tiled and mma
+ * kernels' time per call. */
 static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
                               int64_t q_pos, int64_t n_kv, int64_t window, float softcap,
                               bool sinks, bool time) {

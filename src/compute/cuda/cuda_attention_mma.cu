@@ -13,31 +13,31 @@
  * S and O never leave the registers. A warp whose rows see none of a
  * tile's keys skips it (the upper triangle of the diagonal tile).
  *
- * Precision: every f32 operand x is written as a sum of two 16-bit floats,
- * x = hi + lo (hi = round(x), lo = round(x - hi), RNE; x - hi is exact in
- * f32), and each product as hi*hi + hi*lo + lo*hi (three mma; lo*lo
- * dropped). The products are exact in f32 and the mma accumulates in f32.
- * - S = Q K^T, whose error exp() turns into a relative error of p (the
- *   part that grows with the scores): f16 pairs, each row of Q and of K
- *   first scaled by a power of two that puts its max |x| in [2^14, 2^15)
- *   (exact; undone on S in f32). An f16 pair holds 22 bits: |x - hi - lo|
- *   <= 2^-22 |x|, and below 2^-17 of the row's max lo's subnormals leave
- *   at most 2^-39 of that max. A score is within ~3 x 2^-22 (7e-7) of
- *   scale x sum |q_d k_d| (random signs: far less).
- * - O += P V: bf16 pairs (p in [0, 1] and v unscaled: an f16 pair would
- *   need a scale per key folded into P's columns, out of f16's range for
- *   large or small v). |x - hi - lo| <= 2^-18 |x|: each p v within ~3 x
- *   2^-18 (1.1e-5) of f32's, typically ~2^-18: the floor of the output's
- *   error, ~5e-6 of max|out| on the tests' inputs.
- * tests/cuda allows 2e-5 of max|out| (the f32 kernels 1e-5) and prints the
- * worst seen. With bf16 pairs for S too, scores of +-40 (q x 12) gave
- * 2.6e-5 (attn_mma_emu.cpp); a plain bf16 product would be 2^-8.
+ * Precision: every f32 operand x is written as a sum of two f16, x = hi +
+ * lo (hi = f16(x), lo = f16(x - hi), RNE; x - hi is exact in f32), and
+ * each product as hi*hi + hi*lo + lo*hi (three mma; lo*lo dropped), the
+ * products exact in f32, the sums f32. f16 keeps 11 bits where bf16 keeps
+ * 8, so a pair holds 22 bits (|x - hi - lo| <= 2^-22 |x|) but f16's range
+ * is small: each row of Q, K and V is staged times a power of two that
+ * puts its max |x| in [2^14, 2^15) (exact), and elements below 2^-17 of
+ * their row's max, where lo is subnormal, keep 2^-39 of that max. S's row
+ * and column factors are undone in f32 before the softmax. For P V, p_j
+ * goes in as p_j vun_j 2^14 / u (vun_j = V row j's unscale, u the largest
+ * of the tiles so far: <= 2^14), the accumulator holds O 2^14 / u and is
+ * rescaled (a power of two) with the softmax's alpha when u grows.
+ * So each product is within ~3 x 2^-22 (7e-7) of f32's, less on average:
+ * the output's error is f32's order (the emulation, tests/cuda/
+ * attn_mma_emu.cpp: 1e-7 to 4e-7 of max|out| on uniform inputs, 1.4e-6
+ * with scores of +-40, rows of K and V spread over e^+-7). bf16 pairs
+ * (2^-18 a term) measured 5e-6 and 2.6e-5 there; plain bf16 would be 2^-8.
+ * tests/cuda allows 2e-5 of max|out| (the f32 kernels 1e-5) and prints
+ * the worst seen: far above 1e-6 on a GPU would point at the tensor
+ * cores' accumulation or a bug.
  *
- * Shared memory (16-bit, rows padded by 8 so that the 8 rows an ldmatrix
- * reads start in different banks): Q hi/lo [64][HD + 8] (f16), K hi/lo
- * (f16) and V hi/lo (bf16) [TK][HD + 8], and the rows' unscale factors:
- * 102 KiB at HD 128 (two blocks an SM on an H100), 132 KiB at HD 256,
- * 55 KiB at HD 64.
+ * Shared memory (f16, rows padded by 8 so that the 8 rows an ldmatrix
+ * reads start in different banks): Q hi/lo [64][HD + 8], K and V hi/lo
+ * [TK][HD + 8], and the rows' unscale factors: 102 KiB at HD 128 (two
+ * blocks an SM on an H100), 132 KiB at HD 256, 55 KiB at HD 64.
  *
  * Opt-in (NMLX_CUDA_ATTN_MMA=1, or nmlx_cuda_set_attn_mma) until timed on
  * a GPU; where it does not apply (HD not a multiple of 16 or over 256,
@@ -54,28 +54,21 @@ namespace {
 
 enum { MQ = 64 /* queries a block */, MW = 4 /* warps */, MT = 32 * MW, PAD = 8 };
 
-typedef uint16_t b16; /* f16 or bf16 bits in shared memory */
+typedef uint16_t b16; /* f16 bits in shared memory */
 
 /* Fragment layouts of mma.m16n8k16 (lane = 4 g + c; g = lane / 4, c = lane % 4;
- * each 32-bit register holds two bf16, the lower column in the low half):
+ * each 32-bit register holds two f16, the lower column in the low half):
  *   A (16 x 16, row major) a[0]: row g, cols 2c, 2c+1   a[1]: row g+8, same cols
  *                          a[2]: row g, cols 2c+8, +9   a[3]: row g+8, same cols
  *   B (16 x 8, k x n)      b[0]: k 2c, 2c+1 of col g     b[1]: k 2c+8, 2c+9 of col g
  *   C (16 x 8, f32)        c[0], c[1]: row g, cols 2c, 2c+1   c[2], c[3]: row g+8
- * ldmatrix.x4 loads four 8 x 8 bf16 matrices, lanes 8i..8i+7 giving the row
+ * ldmatrix.x4 loads four 8 x 8 16-bit matrices, lanes 8i..8i+7 giving the row
  * addresses of matrix i; each lane receives (row g, cols 2c, 2c+1) of each
  * (.trans: rows 2c, 2c+1 of col g). So Q rows give A, K rows (key = n,
  * dim = k) give B directly, V rows (key = k, dim = n) give B through
  * .trans, and the C fragments of S for keys 16j..16j+15 are, rounded to
- * bf16, the A fragment of P for k-step j. The f16 form has the same layouts. */
-#ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these four */
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
+ * f16, the A fragment of P for k-step j. */
+#ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these three */
 __device__ __forceinline__ void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -98,46 +91,29 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const b16 *p) {
 }
 #endif
 
-/* c += (ah + al)(bh + bl) without al bl: the split product */
-template <bool F16>
+/* c += (ah + al)(bh + bl) without al bl: the split product, small terms first */
 __device__ __forceinline__ void mma3(float *c, const uint32_t *ah, const uint32_t *al, uint32_t bh0,
                                      uint32_t bh1, uint32_t bl0, uint32_t bl1) {
-    if (F16) {
-        mma_f16(c, ah, bl0, bl1);
-        mma_f16(c, al, bh0, bh1);
-        mma_f16(c, ah, bh0, bh1);
-    } else {
-        mma_bf16(c, ah, bl0, bl1);
-        mma_bf16(c, al, bh0, bh1);
-        mma_bf16(c, ah, bh0, bh1);
-    }
+    mma_f16(c, ah, bl0, bl1);
+    mma_f16(c, al, bh0, bh1);
+    mma_f16(c, ah, bh0, bh1);
 }
 
-template <typename T> __device__ __forceinline__ uint32_t bits(T v) { return *(uint32_t *)&v; }
+__device__ __forceinline__ uint32_t bits(__half2 v) { return *(uint32_t *)&v; }
 
-/* (x0, x1) as packed hi and lo pairs (f16 or bf16), x0 in the low halves */
-template <bool F16>
+/* (x0, x1) as packed f16 hi and lo pairs, x0 in the low halves */
 __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
-    if (F16) {
-        const __half2 h = __floats2half2_rn(x0, x1);
-        const float2 hf = __half22float2(h);
-        *hi = bits(h);
-        *lo = bits(__floats2half2_rn(x0 - hf.x, x1 - hf.y)); /* x - hi: exact in f32 */
-    } else {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-        const float2 hf = __bfloat1622float2(h);
-        *hi = bits(h);
-        *lo = bits(__floats2bfloat162_rn(x0 - hf.x, x1 - hf.y));
-    }
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 hf = __half22float2(h);
+    *hi = bits(h);
+    *lo = bits(__floats2half2_rn(x0 - hf.x, x1 - hf.y)); /* x - hi: exact in f32 */
 }
 
 /* Rows [0, R) of a tile into hi / lo ([R][LD]), a warp a row (lanes over
  * its float4s: HD <= 256): row r from src + r * stride (HD floats, 16-byte
  * aligned), zeros for r >= n (keys past the block's range may be unwritten
- * cache rows: 0 * NaN would poison P V). F16: the row times 2^k, k putting
- * its max |x| in [2^14, 2^15), as f16 pairs, and unscale[r] = 2^-k; else
- * the row itself as bf16 pairs. */
-template <bool F16>
+ * cache rows: 0 * NaN would poison P V); the row times 2^k, k putting its
+ * max |x| in [2^14, 2^15), as f16 pairs, and unscale[r] = 2^-k. */
 __device__ __forceinline__ void stage(b16 *hi, b16 *lo, float *unscale, int LD,
                                       const float *__restrict__ src, int64_t stride, int n, int R,
                                       int HD) {
@@ -153,22 +129,19 @@ __device__ __forceinline__ void stage(b16 *hi, b16 *lo, float *unscale, int LD,
             mx = fmaxf(mx, fmaxf(fmaxf(fabsf(x[i].x), fabsf(x[i].y)),
                                  fmaxf(fabsf(x[i].z), fabsf(x[i].w))));
         }
-        float mul = 1.0f;
-        if (F16) {
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            int e;
-            frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
-            const int k = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
-            mul = ldexpf(1.0f, k);
-            if (lane == 0) unscale[r] = ldexpf(1.0f, -k);
-        }
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        int e;
+        frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
+        const int k = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
+        const float mul = ldexpf(1.0f, k);
+        if (lane == 0) unscale[r] = ldexpf(1.0f, -k);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int d = (lane + 32 * i) * 4;
             if (d >= HD) break;
             uint2 h, l;
-            split2<F16>(x[i].x * mul, x[i].y * mul, &h.x, &l.x);
-            split2<F16>(x[i].z * mul, x[i].w * mul, &h.y, &l.y);
+            split2(x[i].x * mul, x[i].y * mul, &h.x, &l.x);
+            split2(x[i].z * mul, x[i].w * mul, &h.y, &l.y);
             *(uint2 *)(hi + r * LD + d) = h;
             *(uint2 *)(lo + r * LD + d) = l;
         }
@@ -194,7 +167,7 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     b16 *qh = (b16 *)sm, *ql = qh + MQ * LD;
     b16 *kh = ql + MQ * LD, *kl = kh + TK * LD;
     b16 *vh = kl + TK * LD, *vl = vh + TK * LD;
-    float *qun = (float *)(vl + TK * LD), *kun = qun + MQ; /* rows' unscale factors */
+    float *qun = (float *)(vl + TK * LD), *kun = qun + MQ, *vun = kun + TK; /* rows' unscales */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
     /* the last query tiles see the most keys: they go first */
     const int64_t h = blockIdx.x, t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * MQ;
@@ -223,7 +196,7 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     visible(a, t0 + MQ - 1 < a.T - 1 ? t0 + MQ - 1 : a.T - 1, &x, &bhi);
 
     const int nq = (int)(a.T - t0 < MQ ? a.T - t0 : MQ);
-    stage<true>(qh, ql, qun, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
+    stage(qh, ql, qun, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
     __syncthreads();
     /* S's factor for rows g, g + 8: their unscale times the softmax scale */
     const float qf[2] = {qun[warp * 16 + g] * a.scale, qun[warp * 16 + g + 8] * a.scale};
@@ -237,13 +210,16 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     float m[2], l[2];
     m[0] = m[1] = a.sinks ? a.sinks[h] : -INFINITY;
     l[0] = l[1] = a.sinks && c == 0 ? 1.0f : 0.0f;
+    /* o holds O / (u 2^-14): u = the largest V row unscale of the tiles so
+     * far (0 before the first), see P V below */
+    float u = 0.0f;
     const int r8 = lane % 8, m1 = (lane / 8) % 2, m2 = lane / 16; /* ldmatrix row, matrix bits */
 
     for (int64_t j0 = blo; j0 <= bhi; j0 += TK) {
         const int n = (int)(bhi - j0 + 1 < TK ? bhi - j0 + 1 : TK);
         __syncthreads(); /* the previous tile is consumed */
-        stage<true>(kh, kl, kun, LD, kb + j0 * HD, HD, n, TK, HD);
-        stage<false>(vh, vl, NULL, LD, vb + j0 * HD, HD, n, TK, HD);
+        stage(kh, kl, kun, LD, kb + j0 * HD, HD, n, TK, HD);
+        stage(vh, vl, vun, LD, vb + j0 * HD, HD, n, TK, HD);
         __syncthreads();
         if (j0 > whi || j0 + n - 1 < wlo) continue; /* none of the warp's rows sees these keys */
 
@@ -264,8 +240,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 const int koff = (np * 16 + m2 * 8 + r8) * LD + ks * 16 + m1 * 8;
                 ldsm_x4(bh, kh + koff);
                 ldsm_x4(bl, kl + koff);
-                mma3<true>(s[2 * np], ah, al, bh[0], bh[1], bl[0], bl[1]);
-                mma3<true>(s[2 * np + 1], ah, al, bh[2], bh[3], bl[2], bl[3]);
+                mma3(s[2 * np], ah, al, bh[0], bh[1], bl[0], bl[1]);
+                mma3(s[2 * np + 1], ah, al, bh[2], bh[3], bl[2], bl[3]);
             }
         }
 
@@ -288,6 +264,15 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 tmax[e / 2] = fmaxf(tmax[e / 2], v);
             }
         }
+        /* P V's scale: V row j is staged times 2^k_j (vun[j] = 2^-k_j), so p_j
+         * goes in as p_j vun[j] / u 2^14 <= 2^14 (f16 range, and lo's
+         * subnormals 2^-39 below the largest term); u only grows, o is
+         * rescaled by u_old / u (a power of two: exact) with alpha */
+        float un = u;
+        for (int j = lane; j < TK; j += 32) un = fmaxf(un, vun[j]);
+        for (int w = 16; w > 0; w >>= 1) un = fmaxf(un, __shfl_xor_sync(0xffffffffu, un, w));
+        const float rescale = u / un, pin = 16384.0f / un;
+        u = un;
         float alpha[2], mn[2];
 #pragma unroll
         for (int i = 0; i < 2; i++) {
@@ -300,17 +285,20 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
             l[i] *= alpha[i];
         }
 #pragma unroll
-        for (int nt = 0; nt < TK / 8; nt++)
+        for (int nt = 0; nt < TK / 8; nt++) {
+            const float2 vu = *(const float2 *)(vun + nt * 8 + 2 * c);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const float p = mn[e / 2] == -INFINITY ? 0.0f : expf(s[nt][e] - mn[e / 2]);
-                s[nt][e] = p;
                 l[e / 2] += p;
+                s[nt][e] = p * ((e & 1 ? vu.y : vu.x) * pin);
             }
+        }
+        const float f0 = alpha[0] * rescale, f1 = alpha[1] * rescale;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
-            o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
-            o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+            o[dt][0] *= f0, o[dt][1] *= f0;
+            o[dt][2] *= f1, o[dt][3] *= f1;
         }
 
         /* O += P V: P's A fragments straight from S's C fragments */
@@ -318,10 +306,10 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
         for (int kk = 0; kk < TK / 16; kk++) {
             if (j0 + kk * 16 > whi) break; /* keys past every row's last: p = 0 */
             uint32_t ph[4], pl[4];
-            split2<false>(s[2 * kk][0], s[2 * kk][1], &ph[0], &pl[0]);
-            split2<false>(s[2 * kk][2], s[2 * kk][3], &ph[1], &pl[1]);
-            split2<false>(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[2], &pl[2]);
-            split2<false>(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[3], &pl[3]);
+            split2(s[2 * kk][0], s[2 * kk][1], &ph[0], &pl[0]);
+            split2(s[2 * kk][2], s[2 * kk][3], &ph[1], &pl[1]);
+            split2(s[2 * kk + 1][0], s[2 * kk + 1][1], &ph[2], &pl[2]);
+            split2(s[2 * kk + 1][2], s[2 * kk + 1][3], &ph[3], &pl[3]);
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) { /* dims 16 dp .. 16 dp + 15: two n-tiles */
                 if (dp * 16 >= HD) break;
@@ -329,8 +317,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
                 const int voff = (kk * 16 + m1 * 8 + r8) * LD + dp * 16 + m2 * 8;
                 ldsm_x4_trans(bh, vh + voff);
                 ldsm_x4_trans(bl, vl + voff);
-                mma3<false>(o[2 * dp], ph, pl, bh[0], bh[1], bl[0], bl[1]);
-                mma3<false>(o[2 * dp + 1], ph, pl, bh[2], bh[3], bl[2], bl[3]);
+                mma3(o[2 * dp], ph, pl, bh[0], bh[1], bl[0], bl[1]);
+                mma3(o[2 * dp + 1], ph, pl, bh[2], bh[3], bl[2], bl[3]);
             }
         }
     }
@@ -344,7 +332,9 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     for (int i = 0; i < 2; i++) {
         const int64_t t = wt0 + g + 8 * i;
         if (t >= a.T) continue;
-        const float inv = rlo[i] <= rhi[i] && l[i] > 0 ? 1.0f / l[i] : 0.0f; /* no key: zeros */
+        /* no key: zeros; else o's u 2^-14 over l (u / l first: the scales
+         * are far from 1, their product stays a power of two times 1/l) */
+        const float inv = rlo[i] <= rhi[i] && l[i] > 0 ? u / l[i] * (1.0f / 16384.0f) : 0.0f;
         float *out = a.out + (t * a.H + h) * HD + 2 * c;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++) {
@@ -367,7 +357,7 @@ unsigned long long launches;  /* test hook: calls that ran the kernel */
  * raised once per instance and device (GPUs past the 16th ask every time). */
 template <int D, int TK> bool launch(nmlx_backend *be, const nmlx_attn_args *a) {
     const size_t shmem = (size_t)(MQ + 2 * TK) * 2 * (size_t)(a->HD + PAD) * sizeof(b16) +
-                         (size_t)(MQ + TK) * sizeof(float);
+                         (size_t)(MQ + 2 * TK) * sizeof(float);
     static size_t raised_on[16];
     const int dev = cuda_of(be)->device;
     size_t *raised = dev >= 0 && dev < 16 ? &raised_on[dev] : NULL;
