@@ -109,41 +109,58 @@ __device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_
     *lo = bits(__floats2half2_rn(x0 - hf.x, x1 - hf.y)); /* x - hi: exact in f32 */
 }
 
-/* Rows [0, R) of a tile into hi / lo ([R][LD]), a warp a row (lanes over
- * its float4s: HD <= 256): row r from src + r * stride (HD floats, 16-byte
- * aligned), zeros for r >= n (keys past the block's range may be unwritten
- * cache rows: 0 * NaN would poison P V); the row times 2^k, k putting its
- * max |x| in [2^14, 2^15), as f16 pairs, and unscale[r] = 2^-k. */
+/* Rows [0, R) of a tile into hi / lo ([R][LD]): row r from src + r *
+ * stride (HD floats, 16-byte aligned), zeros for r >= n (keys past the
+ * block's range may be unwritten cache rows: 0 * NaN would poison P V);
+ * the row times 2^k, k putting its max |x| in [2^14, 2^15), as f16 pairs,
+ * and unscale[r] = 2^-k. Warp w takes rows w, w + MW, ..., its lanes over
+ * a row's float4s (NC a lane: 2 at D = 256); a batch of RB rows is loaded
+ * before any is converted, so the loads' latency is paid once a batch. */
+template <int R, int D>
 __device__ __forceinline__ void stage(b16 *hi, b16 *lo, float *unscale, int LD,
-                                      const float *__restrict__ src, int64_t stride, int n, int R,
+                                      const float *__restrict__ src, int64_t stride, int n,
                                       int HD) {
-    const int lane = threadIdx.x % 32;
-    for (int r = threadIdx.x / 32; r < R; r += MW) {
-        float4 x[2];
-        float mx = 0.0f;
+    constexpr int NC = D > 128 ? 2 : 1, RB = 8 / NC, RW = R / MW;
+    static_assert(RW % RB == 0, "rows a warp: whole batches");
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll 1 /* one batch's registers at a time */
+    for (int b = 0; b < RW; b += RB) {
+        float4 x[RB][NC];
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int d = (lane + 32 * i) * 4;
-            x[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (r < n && d < HD) x[i] = __ldg((const float4 *)(src + r * stride + d));
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(x[i].x), fabsf(x[i].y)),
-                                 fmaxf(fabsf(x[i].z), fabsf(x[i].w))));
+        for (int i = 0; i < RB; i++) {
+            const int r = warp + MW * (b + i);
+#pragma unroll
+            for (int k = 0; k < NC; k++) {
+                const int d = (lane + 32 * k) * 4;
+                x[i][k] = r < n && d < HD ? __ldg((const float4 *)(src + r * stride + d))
+                                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
         }
-        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        int e;
-        frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
-        const int k = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
-        const float mul = ldexpf(1.0f, k);
-        if (lane == 0) unscale[r] = ldexpf(1.0f, -k);
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int d = (lane + 32 * i) * 4;
-            if (d >= HD) break;
-            uint2 h, l;
-            split2(x[i].x * mul, x[i].y * mul, &h.x, &l.x);
-            split2(x[i].z * mul, x[i].w * mul, &h.y, &l.y);
-            *(uint2 *)(hi + r * LD + d) = h;
-            *(uint2 *)(lo + r * LD + d) = l;
+        for (int i = 0; i < RB; i++) {
+            const int r = warp + MW * (b + i);
+            float mx = 0.0f;
+#pragma unroll
+            for (int k = 0; k < NC; k++)
+                mx = fmaxf(mx, fmaxf(fmaxf(fabsf(x[i][k].x), fabsf(x[i][k].y)),
+                                     fmaxf(fabsf(x[i][k].z), fabsf(x[i][k].w))));
+            for (int o = 16; o > 0; o >>= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            int e;
+            frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
+            const int k2 = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
+            const float mul = ldexpf(1.0f, k2);
+            if (lane == 0) unscale[r] = ldexpf(1.0f, -k2);
+#pragma unroll
+            for (int k = 0; k < NC; k++) {
+                const int d = (lane + 32 * k) * 4;
+                if (d >= HD) break;
+                uint2 h, l;
+                split2(x[i][k].x * mul, x[i][k].y * mul, &h.x, &l.x);
+                split2(x[i][k].z * mul, x[i][k].w * mul, &h.y, &l.y);
+                *(uint2 *)(hi + r * LD + d) = h;
+                *(uint2 *)(lo + r * LD + d) = l;
+            }
         }
     }
 }
@@ -196,7 +213,7 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     visible(a, t0 + MQ - 1 < a.T - 1 ? t0 + MQ - 1 : a.T - 1, &x, &bhi);
 
     const int nq = (int)(a.T - t0 < MQ ? a.T - t0 : MQ);
-    stage(qh, ql, qun, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, MQ, HD);
+    stage<MQ, D>(qh, ql, qun, LD, a.q + (t0 * a.H + h) * HD, a.H * HD, nq, HD);
     __syncthreads();
     /* S's factor for rows g, g + 8: their unscale times the softmax scale */
     const float qf[2] = {qun[warp * 16 + g] * a.scale, qun[warp * 16 + g + 8] * a.scale};
@@ -218,8 +235,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
     for (int64_t j0 = blo; j0 <= bhi; j0 += TK) {
         const int n = (int)(bhi - j0 + 1 < TK ? bhi - j0 + 1 : TK);
         __syncthreads(); /* the previous tile is consumed */
-        stage(kh, kl, kun, LD, kb + j0 * HD, HD, n, TK, HD);
-        stage(vh, vl, vun, LD, vb + j0 * HD, HD, n, TK, HD);
+        stage<TK, D>(kh, kl, kun, LD, kb + j0 * HD, HD, n, HD);
+        stage<TK, D>(vh, vl, vun, LD, vb + j0 * HD, HD, n, HD);
         __syncthreads();
         if (j0 > whi || j0 + n - 1 < wlo) continue; /* none of the warp's rows sees these keys */
 
