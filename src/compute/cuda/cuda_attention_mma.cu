@@ -66,8 +66,8 @@ typedef uint16_t b16; /* f16 bits in shared memory */
  * addresses of matrix i; each lane receives (row g, cols 2c, 2c+1) of each
  * (.trans: rows 2c, 2c+1 of col g). So Q rows give A, K rows (key = n,
  * dim = k) give B directly, V rows (key = k, dim = n) give B through
- * .trans, and the C fragments of S for keys 16j..16j+15 are, rounded to
- * f16, the A fragment of P for k-step j. */
+ * .trans, and the C fragments of S for keys 16j..16j+15, as f16 pairs,
+ * are the A fragments of P for k-step j (no trip through shared memory). */
 #ifndef NMLX_ATTN_MMA_EMU /* the emulation supplies these three */
 __device__ __forceinline__ void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
