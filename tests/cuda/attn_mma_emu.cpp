@@ -62,6 +62,16 @@ struct warp_x {
 static warp_x *warps;
 
 static inline void __syncthreads() { block_bar->arrive_and_wait(); }
+static inline int __float_as_int(float f) {
+    int i;
+    memcpy(&i, &f, 4);
+    return i;
+}
+static inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
 static inline float4 __ldg(const float4 *p) { return *p; }
 
 namespace {

@@ -146,11 +146,12 @@ __device__ __forceinline__ void stage(b16 *hi, b16 *lo, float *unscale, int LD,
                                      fmaxf(fabsf(x[i][k].z), fabsf(x[i][k].w))));
             for (int o = 16; o > 0; o >>= 1)
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            int e;
-            frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) (0: e = 0) */
-            const int k2 = 15 - e < -100 ? -100 : 15 - e > 100 ? 100 : 15 - e;
-            const float mul = ldexpf(1.0f, k2);
-            if (lane == 0) unscale[r] = ldexpf(1.0f, -k2);
+            /* mx in [2^(e-127), 2^(e-126)) for its biased exponent e (0 and
+             * subnormals: e = 0, k clamped); the factors from their bits */
+            const int e = (__float_as_int(mx) >> 23) & 0xff;
+            const int k2 = 141 - e < -100 ? -100 : 141 - e > 100 ? 100 : 141 - e;
+            const float mul = __int_as_float((127 + k2) << 23);
+            if (lane == 0) unscale[r] = __int_as_float((127 - k2) << 23);
 #pragma unroll
             for (int k = 0; k < NC; k++) {
                 const int d = (lane + 32 * k) * 4;
