@@ -94,7 +94,8 @@ inline float val(uint32_t w, int half) {
 void mma_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     warp_x &x = warp_();
     const int lane = lane_(), g = lane / 4, q = lane % 4;
-    for (int i = 0; i < 4; i++) x.w[lane][i] = a[i];
+    for (int i = 0; i < 4; i++)
+        x.w[lane][i] = a[i];
     x.w[lane][4] = b0, x.w[lane][5] = b1;
     x.bar.arrive_and_wait();
     for (int e = 0; e < 4; e++) {
@@ -180,7 +181,8 @@ template <int D, int TK> static void emu_launch(const nmlx_attn_args &a) {
                     emu_thread = make_uint3(t, 0, 0);
                     attention_mma_kernel<D, TK>(a);
                 });
-            for (auto &t : th) t.join();
+            for (auto &t : th)
+                t.join();
             for (size_t i = sm_used; i < sizeof sm; i++)
                 if (sm[i] != 0xff) {
                     fprintf(stderr, "shared memory written past %zu bytes (at %zu)\n", sm_used, i);
@@ -191,9 +193,12 @@ template <int D, int TK> static void emu_launch(const nmlx_attn_args &a) {
 
 static void emu_attention(const nmlx_attn_args &a) {
     assert(a.HD % 16 == 0 && a.HD <= 256);
-    if (a.HD <= 64) emu_launch<64, 64>(a);
-    else if (a.HD <= 128) emu_launch<128, 64>(a);
-    else emu_launch<256, 32>(a);
+    if (a.HD <= 64)
+        emu_launch<64, 64>(a);
+    else if (a.HD <= 128)
+        emu_launch<128, 64>(a);
+    else
+        emu_launch<256, 32>(a);
 }
 
 /* backend.h's contract in double */
@@ -213,17 +218,20 @@ static void ref_attention(const nmlx_attn_args &a, std::vector<double> &out) {
             p.assign((size_t)(hi - lo + 1), 0.0);
             for (int64_t j = lo; j <= hi; j++) {
                 double s = 0;
-                for (int64_t d = 0; d < HD; d++) s += (double)q[d] * K[j * HD + d];
+                for (int64_t d = 0; d < HD; d++)
+                    s += (double)q[d] * K[j * HD + d];
                 s *= a.scale;
                 if (a.softcap > 0) s = tanh(s / a.softcap) * a.softcap;
                 p[j - lo] = s;
                 m = s > m ? s : m;
             }
             double l = a.sinks ? exp(a.sinks[h] - m) : 0.0;
-            for (auto &s : p) l += (s = exp(s - m));
+            for (auto &s : p)
+                l += (s = exp(s - m));
             double *o = &out[(size_t)((t * a.H + h) * HD)];
             for (int64_t j = lo; j <= hi; j++)
-                for (int64_t d = 0; d < HD; d++) o[d] += p[j - lo] / l * V[j * HD + d];
+                for (int64_t d = 0; d < HD; d++)
+                    o[d] += p[j - lo] / l * V[j * HD + d];
         }
 }
 
@@ -242,14 +250,19 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
                      float spread = 0) {
     std::vector<float> q((size_t)(T * H * HD)), k((size_t)(KVH * cap * HD)), v(k.size()),
         sk((size_t)H), out(q.size(), NAN);
-    for (auto &x : q) x = qmul * urand(-1, 1);
-    for (auto &x : k) x = urand(-1, 1);
-    for (auto &x : v) x = urand(-1, 1);
-    for (auto &x : sk) x = urand(-1, 2);
+    for (auto &x : q)
+        x = qmul * urand(-1, 1);
+    for (auto &x : k)
+        x = urand(-1, 1);
+    for (auto &x : v)
+        x = urand(-1, 1);
+    for (auto &x : sk)
+        x = urand(-1, 2);
     if (spread > 0)
         for (size_t r = 0; r < k.size() / (size_t)HD; r++) {
             const float fk = expf(urand(-spread, spread)), fv = expf(urand(-spread, spread));
-            for (int64_t d = 0; d < HD; d++) k[r * HD + d] *= fk, v[r * HD + d] *= fv;
+            for (int64_t d = 0; d < HD; d++)
+                k[r * HD + d] *= fk, v[r * HD + d] *= fv;
         }
     /* cache rows past n_kv: NaN, as stale memory may hold (must not leak in) */
     for (int64_t kh = 0; kh < KVH; kh++)
@@ -265,7 +278,8 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     std::vector<double> ref;
     ref_attention(a, ref);
     double mx = 0, err = 0;
-    for (size_t i = 0; i < ref.size(); i++) mx = fmax(mx, fabs(ref[i]));
+    for (size_t i = 0; i < ref.size(); i++)
+        mx = fmax(mx, fabs(ref[i]));
     for (size_t i = 0; i < ref.size(); i++) {
         const double e = fabs(out[i] - ref[i]);
         err = e > err || e != e ? e : err;
@@ -293,7 +307,7 @@ int main(void) {
     run_case(45, 2, 1, 64, 50, 0, 45, 7, 0, false, 1);
     /* the mma kernel's edges */
     run_case(63, 2, 2, 128, 100, 0, 63, 0, 0, false, 1);
-    run_case(65, 4, 1, 128, 100, 0, 65, 0, 0, true, 1);   /* group 4 */
+    run_case(65, 4, 1, 128, 100, 0, 65, 0, 0, true, 1);    /* group 4 */
     run_case(129, 8, 1, 64, 300, 70, 199, 0, 0, false, 1); /* group 8 */
     run_case(2, 8, 1, 128, 10, 0, 2, 0, 0, false, 1);
     run_case(100, 2, 1, 96, 400, 250, 350, 0, 30.0f, true, 1);
@@ -313,6 +327,8 @@ int main(void) {
     /* k and v rows from e^-7 to e^7 of each other: u grows tile to tile */
     run_case(300, 2, 1, 128, 300, 0, 300, 0, 0, false, 1, 7);
     run_case(200, 2, 1, 64, 300, 50, 250, 100, 0, true, 4, 7);
+    /* the Llama-3.1-8B layer's prefill (T 512, HD 128, group 4), 4 of its 32 heads */
+    run_case(512, 4, 1, 128, 512, 0, 512, 0, 0, false, 1);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures != 0;
 }

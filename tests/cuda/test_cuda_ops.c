@@ -451,6 +451,9 @@ static double time_attention(const nmlx_attn_args *g, int reps) {
 }
 
 static double worst_mma; /* the tensor-core kernel's worst, printed at the end */
+/* > 0: each cached k and v row times e^u, u uniform in [-spread, spread]
+ * (the mma kernel's per-row f16 scales; its P V scale grows tile by tile) */
+static float attn_spread;
 
 /* Attention of T queries from cache index q_pos over n_kv cached keys
  * (n_kv < q_pos + T: the last queries see only the cache's keys, or none
@@ -469,6 +472,16 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     float *q = test_rand_floats(nq, -1, 1), *k = test_rand_floats(nk, -1, 1),
           *v = test_rand_floats(nk, -1, 1);
     float *sk = test_rand_floats((size_t)H, -1, 2);
+    if (attn_spread > 0) {
+        const size_t rows = (size_t)(KVH * cap);
+        float *u = test_rand_floats(2 * rows, -attn_spread, attn_spread);
+        for (size_t r = 0; r < rows; r++)
+            for (size_t d = 0; d < (size_t)HD; d++) {
+                k[r * (size_t)HD + d] *= expf(u[r]);
+                v[r * (size_t)HD + d] *= expf(u[rows + r]);
+            }
+        free(u);
+    }
     float *ref = malloc(nq * sizeof(float)),
           *scratch =
               malloc((size_t)(cpu->n_threads * (H / KVH) * n_kv) * 4); /* backend.h's contract */
@@ -750,6 +763,10 @@ int main(void) {
     test_attention_kv(90, 4, 2, 128, 100, 0, 20, 8, 0, false, false);  /* t >= 27 see nothing */
     test_attention_kv(200, 4, 2, 64, 300, 30, 60, 16, 0, true, false); /* blocks see nothing */
     test_attention_kv(150, 4, 1, 128, 300, 100, 180, 0, 0, false, false); /* n_kv < q_pos + T */
+    attn_spread = 3.0f; /* k and v rows from e^-3 to e^3 of each other */
+    test_attention(300, 4, 2, 128, 300, 0, 0, 0, false);
+    test_attention(150, 4, 1, 256, 200, 20, 64, 0, true);
+    attn_spread = 0.0f;
     /* the Llama-3.1-8B layer (pp512): error and both kernels' time printed */
     test_attention_kv(512, 32, 8, 128, 512, 0, 512, 0, 0, false, true);
     test_rows(1, 4, 2, 64, 0, false);

@@ -198,8 +198,10 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int64_t t = t0 + warp * 16 + g + 8 * i;
-        if (t < a.T) visible(a, t, &rlo[i], &rhi[i]);
-        else rlo[i] = 0, rhi[i] = -1;
+        if (t < a.T)
+            visible(a, t, &rlo[i], &rhi[i]);
+        else
+            rlo[i] = 0, rhi[i] = -1;
     }
     /* the warp's rows wt0..wt1: keys some of them see [wlo, whi], keys all
      * of them see [alo, ahi] (a tile inside needs no mask) */
@@ -221,7 +223,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
 
     float o[D / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    for (int i = 0; i < D / 8; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     /* running max and sum of rows g, g + 8; l is this lane's share (its
      * columns), added over the 4 lanes of a row at the end: the sink's 1
      * goes to lane c = 0 only */
@@ -244,7 +247,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
         /* S = Q K^T: 16 rows x TK keys */
         float s[TK / 8][4];
 #pragma unroll
-        for (int i = 0; i < TK / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        for (int i = 0; i < TK / 8; i++)
+            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
             if (ks * 16 >= HD) break;
@@ -287,8 +291,10 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
          * subnormals 2^-39 below the largest term); u only grows, o is
          * rescaled by u_old / u (a power of two: exact) with alpha */
         float un = u;
-        for (int j = lane; j < TK; j += 32) un = fmaxf(un, vun[j]);
-        for (int w = 16; w > 0; w >>= 1) un = fmaxf(un, __shfl_xor_sync(0xffffffffu, un, w));
+        for (int j = lane; j < TK; j += 32)
+            un = fmaxf(un, vun[j]);
+        for (int w = 16; w > 0; w >>= 1)
+            un = fmaxf(un, __shfl_xor_sync(0xffffffffu, un, w));
         const float rescale = u / un, pin = 16384.0f / un;
         u = un;
         float alpha[2], mn[2];
@@ -367,8 +373,8 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
 #ifndef NMLX_ATTN_MMA_EMU
 namespace {
 
-int mma_mode = -1;            /* opt-in: NMLX_CUDA_ATTN_MMA=1 */
-unsigned long long launches;  /* test hook: calls that ran the kernel */
+int mma_mode = -1;           /* opt-in: NMLX_CUDA_ATTN_MMA=1 */
+unsigned long long launches; /* test hook: calls that ran the kernel */
 
 /* Launches attention_mma_kernel<D, TK>; false if its shared memory cannot
  * be had. The opt-in above 48 KiB is a function attribute of each device,
