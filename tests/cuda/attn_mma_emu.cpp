@@ -327,6 +327,10 @@ int main(void) {
     /* k and v rows from e^-7 to e^7 of each other: u grows tile to tile */
     run_case(300, 2, 1, 128, 300, 0, 300, 0, 0, false, 1, 7);
     run_case(200, 2, 1, 64, 300, 50, 250, 100, 0, true, 4, 7);
+    /* the fixtures' small heads (HD 16, 32; 48) */
+    run_case(40, 2, 1, 16, 60, 5, 45, 0, 0, false, 1);
+    run_case(70, 4, 2, 32, 100, 0, 70, 9, 0, true, 1);
+    run_case(66, 2, 2, 48, 100, 3, 69, 0, 15.0f, false, 1);
     /* the Llama-3.1-8B layer's prefill (T 512, HD 128, group 4), 4 of its 32 heads */
     run_case(512, 4, 1, 128, 512, 0, 512, 0, 0, false, 1);
     printf("%s\n", failures ? "FAIL" : "PASS");

@@ -760,6 +760,9 @@ int main(void) {
     test_attention(70, 4, 1, 112, 200, 5, 130, 0, false);  /* HD 112, window > T */
     test_attention(150, 4, 4, 256, 400, 100, 90, 20.0f, true); /* HD 256, window, all */
     test_attention(200, 2, 1, 80, 300, 0, 3, 0, false);    /* window 3 */
+    test_attention(40, 2, 1, 16, 60, 5, 0, 0, false);      /* the fixtures' HD 16, 32; 48 */
+    test_attention(70, 4, 2, 32, 100, 0, 9, 0, true);
+    test_attention(66, 2, 2, 48, 100, 3, 0, 15.0f, false);
     test_attention_kv(90, 4, 2, 128, 100, 0, 20, 8, 0, false, false);  /* t >= 27 see nothing */
     test_attention_kv(200, 4, 2, 64, 300, 30, 60, 16, 0, true, false); /* blocks see nothing */
     test_attention_kv(150, 4, 1, 128, 300, 100, 180, 0, 0, false, false); /* n_kv < q_pos + T */
