@@ -10,8 +10,9 @@
  * warp computes S = Q K^T (16 x TK) with mma.m16n8k16, scales, soft-caps
  * and masks it in registers, updates its rows' online softmax (running max
  * m, sum l) and adds P V (16 x HD) into its accumulators, also with mma:
- * S and O never leave the registers. A warp whose rows see none of a
- * tile's keys skips it (the upper triangle of the diagonal tile).
+ * S and O never leave the registers. A warp skips a tile that none of its
+ * rows sees (windows, a diagonal off the tile grid) and the 16-key steps
+ * past its rows' last key (most of the diagonal tile's upper triangle).
  *
  * Precision: every f32 operand x is written as a sum of two f16, x = hi +
  * lo (hi = f16(x), lo = f16(x - hi), RNE; x - hi is exact in f32), and
@@ -258,6 +259,7 @@ __global__ void __launch_bounds__(MT) attention_mma_kernel(nmlx_attn_args a) {
             ldsm_x4(al, ql + qoff);
 #pragma unroll
             for (int np = 0; np < TK / 16; np++) { /* keys 16 np .. 16 np + 15: two n-tiles */
+                if (j0 + np * 16 > whi) break; /* past every row's last key: masked below */
                 uint32_t bh[4], bl[4];
                 const int koff = (np * 16 + m2 * 8 + r8) * LD + ks * 16 + m1 * 8;
                 ldsm_x4(bh, kh + koff);
