@@ -21,12 +21,12 @@ if(NMLX_CUDA)
     set_tests_properties(${name}_mma PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
       ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_QMM=mma;NMLX_CUDA_QROWS_MMA_T=0")
   endforeach()
-  # the tensor-core prefill attention (opt-in, cuda_attention_mma.cu) on
-  # every fixture: the 1e-4 of max|logit| contract with f32 checkpoints
-  add_test(NAME test_cuda_fixtures_attn_mma COMMAND test_cuda_fixtures
+  # the tiled prefill attention (cuda_attention_tiled.cu), which the
+  # tensor-core one replaced as the default, stays tested on every fixture
+  add_test(NAME test_cuda_fixtures_attn_tiled COMMAND test_cuda_fixtures
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_cuda_fixtures_attn_mma PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_ATTN_MMA=1")
+  set_tests_properties(test_cuda_fixtures_attn_tiled PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_ATTN_MMA=0")
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)

@@ -24,7 +24,7 @@
  * HD <= 4 * THREADS. The flash-style kernel (several queries per block,
  * K/V tiles in shared memory) is cuda_attention_tiled.cu, the default where
  * it applies (NMLX_CUDA_ATTN_TILED=0 turns it off); its tensor-core
- * version cuda_attention_mma.cu is tried first when NMLX_CUDA_ATTN_MMA=1. */
+ * version cuda_attention_mma.cu is tried first (NMLX_CUDA_ATTN_MMA=0: not). */
 #include "compute/cuda/cuda_internal.h"
 
 #include <math.h>
@@ -334,7 +334,7 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
         return;
     }
     if (split_mode && attention_split(be, a)) return;
-    if (a->T > 1 && nmlx_cuda_attention_mma(be, a)) return; /* opt-in: NMLX_CUDA_ATTN_MMA=1 */
+    if (a->T > 1 && nmlx_cuda_attention_mma(be, a)) return; /* NMLX_CUDA_ATTN_MMA=0: off */
     if (a->T > 1 && nmlx_cuda_attention_tiled(be, a)) return;
     attention_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, cuda_of(be)->stream>>>(*a);
     nmlx_cuda_note(be, cudaGetLastError());

@@ -12,9 +12,10 @@
  * query combine max and sum with shuffles, so every thread of a query holds
  * the same m and l. Same contract as `attention` (backend.h): causal,
  * sliding window, soft-capping, sinks, GQA, zeros for a query that sees no
- * key. The default for prefill (H200, pp512: Llama-3.2-1B bf16 1.82x the
- * simple kernel's tokens/s end to end, 8B 1.27x; every fixture passes);
- * NMLX_CUDA_ATTN_TILED=0 turns it off. */
+ * key. Runs prefills the tensor-core kernel (cuda_attention_mma.cu, the
+ * default) does not take, or all of them with NMLX_CUDA_ATTN_MMA=0 (H200,
+ * pp512: Llama-3.2-1B bf16 1.82x the simple kernel's tokens/s end to end,
+ * 8B 1.27x); NMLX_CUDA_ATTN_TILED=0 turns it off. */
 #include "compute/cuda/cuda_internal.h"
 
 #include <math.h>

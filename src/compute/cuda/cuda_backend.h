@@ -73,7 +73,7 @@ void nmlx_cuda_set_attn_split(int on);
  * NMLX_CUDA_ATTN_TILED. */
 void nmlx_cuda_set_attn_tiled(int on);
 /* Test hook: the tensor-core prefill attention (cuda_attention_mma.cu) on
- * (1) or off (0), overriding NMLX_CUDA_ATTN_MMA (default off). When on it
+ * (1) or off (0), overriding NMLX_CUDA_ATTN_MMA (default on). When on it
  * is tried before the tiled kernel. nmlx_cuda_attn_mma_launches: calls
  * that ran it so far, process-wide (tests check it was not bypassed). */
 void nmlx_cuda_set_attn_mma(int on);
