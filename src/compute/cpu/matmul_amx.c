@@ -91,6 +91,17 @@ const char *nmlx_amx_status(void) {
     return g_amx_why;
 }
 
+bool nmlx_amx_int8_ok(void) {
+    unsigned a, b, c, d;
+    return nmlx_amx_ok() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 25) & 1);
+}
+
+int nmlx_amx_int8_env(void) {
+    const char *e = getenv("NMLX_AMX_INT8");
+    if (!e || !*e) return -1;
+    return strcmp(e, "0") != 0;
+}
+
 int nmlx_amx_env(void) {
     const char *e = getenv("NMLX_AMX");
     if (!e || !*e) return -1;

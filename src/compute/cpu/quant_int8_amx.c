@@ -1,0 +1,296 @@
+/* AMX-INT8 prefill for quantized weights with int16 x: the int16 VNNI
+ * prefill (quant_int8_avx512.c, nmlx_avx512vnni_quant_matmat16) on AMX
+ * tiles, the same bits. Weights: MLX affine 2/3/4/5/6/8-bit at group
+ * 32/64/128 and MXFP4 (group 32; codes as 12 + 2 value, s / 2, bias
+ * -6 s, as the int16 prefill).
+ *
+ * W (D, N) quantized @ x (T, N) -> y (T, D), rows [d0, d1), any T >= 1:
+ *
+ *   x is rounded per token and group exactly as the int16 prefill
+ *   (nmlx_qint16_quantize_row, dx = max|x_g| / 32767, v = round(x / dx)),
+ *   and each v split exactly as v = 256 hi + lo, hi = v >> 8 signed in
+ *   [-128, 127], lo = v & 255 unsigned. The codes q (0..255) are exact as
+ *   unsigned bytes, so per group
+ *     q . v = 256 (hi . q) + (lo . q)
+ *   is TDPBSUD (s8 x u8) plus TDPBUUD (u8 x u8) into two int32 C tiles,
+ *   combined with one shift and add (|q . v| <= 128 x 255 x 32767 < 2^31 at
+ *   group 128, and 256 |hi . q| <= 256 x 128 x 128 x 255 < 2^31: exact). Then,
+ *   with the int16 prefill's f32 operations in its order (so y is the same
+ *   bits):
+ *     f[t, d] = fma(cvt(q . v), s[d, g] dx[t, g], f[t, d])
+ *     f[t, d] = fma(dx[t, g] sum(v)_g, b[d, g], f[t, d])
+ *   group by group from f = 0.
+ *
+ * Blocking: x rounded and split per block of 512 tokens x 256 columns into
+ * a hi and a lo byte plane (token-major, zero padded to 16 tokens); W per
+ * 32 rows x 256 columns unpacked to one byte per code in the B-tile layout
+ * (each 32-bit element 4 consecutive k of one row: panel[k / 4][r]) with
+ * its scales and biases per group, once per x block, then used by all its
+ * tokens. Tiles per 16 tokens x 32 rows and group: A hi, A lo (16 tokens x
+ * 64 k), B of rows 0-15 and 16-31 (16 k-quads x 16 rows), four C tiles
+ * (hi and lo x two row halves; zeroed per group, summed over a group's one
+ * or two 64-column steps; group 32: half-K tiles, A 32 bytes wide and B of
+ * 8 k-quads). The C tiles are stored to a scratch block and applied to a
+ * 16 x 32 f32 accumulator with AVX-512 (the epilogue: 6 vector operations
+ * per 16 outputs and group, about as long as the four tile products).
+ * Buffers per call (each worker thread its own). */
+#define _GNU_SOURCE
+#include "compute/cpu/matmul_amx.h"
+#include "compute/cpu/quant_avx512.h"
+#include "compute/cpu/quant_codes.h"
+#include "compute/cpu/quant_kernels.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NMLX_AMX_EMULATE /* tests/test_amx_int8_emulated.c: tile ops in C */
+#include "amx_emulate.h"
+#define Q8_USABLE() true
+#else
+#define Q8_USABLE() nmlx_amx_int8_ok()
+#endif
+
+#if defined(NMLX_AMX8_BREAK) && NMLX_AMX8_BREAK == 2 /* tests only: the previous group's scale */
+#define Q8_SG(g) ((g) ? (g)-1 : 0)
+#else
+#define Q8_SG(g) (g)
+#endif
+
+enum {
+    BK = 256,      /* columns per block: a multiple of every group size */
+    BXS = BK + 64, /* row stride of the x byte planes (not 2^n) */
+    BTB = 512,     /* tokens per x block */
+    BR = 32,       /* W rows per panel (two B tiles) */
+    BG = BK / 32   /* the most groups per block */
+};
+
+bool nmlx_amx8_quant_ok(const nmlx_weight *w) {
+    const int gs = w->group_size;
+    if (w->w.dtype != NMLX_DT_U32 || w->cols < 32 || w->cols % gs || w->rows < 1) return false;
+    if (w->mode == NMLX_QUANT_MXFP4) return w->bits == 4 && gs == 32;
+    return w->mode == NMLX_QUANT_AFFINE && w->bits >= 2 && w->bits <= 8 && w->bits != 7 &&
+           (gs == 32 || gs == 64 || gs == 128);
+}
+
+static inline __mmask16 amx8_mask(int64_t n) {
+    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} q8_tile_cfg;
+
+/* tiles 0-1: A (16 tokens x kstep bytes), 2-3: B (kstep / 4 quads x 64
+ * bytes), 4-7: C (16 x 16 int32); kstep 64, or 32 for group 32 */
+static void q8_config(int kstep) {
+    q8_tile_cfg cfg __attribute__((aligned(64)));
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++)
+        cfg.colsb[i] = 64, cfg.rows[i] = 16;
+    cfg.colsb[0] = cfg.colsb[1] = (uint16_t)kstep;
+    cfg.rows[2] = cfg.rows[3] = (uint8_t)(kstep / 4);
+    _tile_loadconfig(&cfg);
+}
+
+/* Tokens [0, mt) of x (row stride N) at columns [k0, k0 + nk) rounded per
+ * group of gs to int16 (the int16 prefill's rounding) and split into the
+ * byte planes xh (signed high bytes) and xl (unsigned low bytes), [t][BXS];
+ * dx / xs [g][BTB]: each token's step and step x sum(v) per group; tokens
+ * [mt, mtp) zero. */
+static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k0, int64_t nk,
+                   int gs, int8_t *xh, uint8_t *xl, float *dx, float *xs) {
+    int16_t v[BK] __attribute__((aligned(64)));
+    float d[BG], s[BG];
+    const int ng = (int)(nk / gs);
+    for (int64_t t = 0; t < mtp; t++) {
+        int8_t *h = xh + t * BXS;
+        uint8_t *l = xl + t * BXS;
+        if (t >= mt) {
+            memset(h, 0, (size_t)nk);
+            memset(l, 0, (size_t)nk);
+            for (int g = 0; g < ng; g++)
+                dx[g * BTB + t] = xs[g * BTB + t] = 0.0f;
+            continue;
+        }
+        nmlx_qint16_quantize_row(x + t * N + k0, nk, gs, v, d, s);
+        for (int g = 0; g < ng; g++)
+            dx[g * BTB + t] = d[g], xs[g * BTB + t] = s[g];
+        for (int64_t k = 0; k < nk; k += 32) {
+            const __m512i w = _mm512_load_si512(v + k);
+            _mm256_storeu_si256((__m256i *)(void *)(h + k),
+                                _mm512_cvtepi16_epi8(_mm512_srai_epi16(w, 8)));
+            _mm256_storeu_si256((__m256i *)(void *)(l + k), _mm512_cvtepi16_epi8(w));
+        }
+    }
+}
+
+/* panel[u * BR + r] = 4 codes of row r0 + r at columns k0 + 4u .. +3
+ * (0 for rows >= nr), u < nk / 4; ps / pb [g * BR + r]: the group's scale
+ * and bias as the int16 prefill applies them (0 past nr). */
+static void fill_w(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk,
+                   uint32_t *panel, float *ps, float *pb) {
+    uint32_t rb[16 * BK / 4] __attribute__((aligned(64))); /* 16 rows of quads */
+    const int gs = w->group_size;
+    const int64_t G = w->cols / gs, ng = nk / gs, nu = nk / 4;
+    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    float s[BG], bi[BG];
+    for (int h = 0; h < BR; h += 16) {
+        for (int r = 0; r < 16; r++) {
+            uint32_t *dst = rb + r * (BK / 4);
+            if (h + r >= nr) {
+                memset(dst, 0, (size_t)nk);
+                for (int64_t g = 0; g < ng; g++)
+                    ps[g * BR + h + r] = pb[g * BR + h + r] = 0.0f;
+                continue;
+            }
+            unpack_codes(w, r0 + h + r, k0, nk, (uint8_t *)dst);
+#if defined(NMLX_AMX8_BREAK) && NMLX_AMX8_BREAK == 3 /* tests only: a code's top bit lost */
+            for (int64_t k = 0; k < nk; k++)
+                ((uint8_t *)dst)[k] &= 0x7f;
+#endif
+            const size_t g0 = (size_t)((r0 + h + r) * G + k0 / gs);
+            load_f32s(w->scales.dtype, w->scales.data, g0, ng, s);
+            if (mx)
+                for (int64_t g = 0; g < ng; g++)
+                    s[g] *= 0.5f, bi[g] = -12.0f * s[g];
+            else
+                load_f32s(w->biases.dtype, w->biases.data, g0, ng, bi);
+            for (int64_t g = 0; g < ng; g++)
+                ps[g * BR + h + r] = s[g], pb[g * BR + h + r] = bi[g];
+        }
+        for (int64_t u = 0; u < nu; u += 16) /* rows of quads -> quad-major */
+            transpose16((const float *)(const void *)(rb + u), BK / 4,
+                        (float *)(void *)(panel + u * BR + h), BR);
+    }
+}
+
+/* the packed rows [r0, r1), columns [k0, k0 + nk), and their scales and
+ * biases into L2 while the tiles work on the current panel */
+static void prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t r1, int64_t k0, int64_t nk) {
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4;
+    const int64_t b0 = k0 * w->bits / 8 / 64 * 64, b1 = (k0 + nk) * w->bits / 8;
+    const int64_t G = w->cols / w->group_size, g0 = k0 / w->group_size;
+    const size_t ss = nmlx_dtype_size(w->scales.dtype);
+    const size_t bs = w->mode == NMLX_QUANT_AFFINE ? nmlx_dtype_size(w->biases.dtype) : 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *q = (const char *)w->w.data + r * row_bytes;
+        for (int64_t b = b0; b < b1; b += 64)
+            _mm_prefetch(q + b, _MM_HINT_T1);
+        _mm_prefetch((const char *)w->scales.data + (size_t)(r * G + g0) * ss, _MM_HINT_T1);
+        if (bs) _mm_prefetch((const char *)w->biases.data + (size_t)(r * G + g0) * bs, _MM_HINT_T1);
+    }
+}
+
+/* f[r][0..32) (16 tokens x 32 rows, f32) += group g's products of the 16
+ * tokens at xh / xl (row stride BXS, the group's first column) and the
+ * panel's 32 rows (pn: the group's first quad row), in nst k steps of
+ * kst columns; dx / xs: the 16 tokens' steps and sums, ps / pb: the 32
+ * rows' scales and biases. */
+static inline __attribute__((always_inline)) void
+q8_group(const int8_t *xh, const uint8_t *xl, const uint32_t *pn, int kst, int nst, const float *dx,
+         const float *xs, const float *ps, const float *pb, float (*f)[BR]) {
+    int32_t cb[4][256] __attribute__((aligned(64)));
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int s = 0; s < nst; s++) {
+        _tile_loadd(0, xh + s * kst, BXS);
+        _tile_loadd(1, xl + s * kst, BXS);
+        _tile_loadd(2, pn + s * kst / 4 * BR, BR * 4);
+        _tile_loadd(3, pn + s * kst / 4 * BR + 16, BR * 4);
+        _tile_dpbsud(4, 0, 2);
+        _tile_dpbuud(5, 1, 2);
+        _tile_dpbsud(6, 0, 3);
+        _tile_dpbuud(7, 1, 3);
+    }
+    _tile_stored(4, cb[0], 64);
+    _tile_stored(5, cb[1], 64);
+    _tile_stored(6, cb[2], 64);
+    _tile_stored(7, cb[3], 64);
+    for (int h = 0; h < 2; h++) {
+        const __m512 s = _mm512_loadu_ps(ps + 16 * h), b = _mm512_loadu_ps(pb + 16 * h);
+        const int32_t *ch = cb[2 * h], *cl = cb[2 * h + 1];
+        for (int r = 0; r < 16; r++) {
+            const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(ch + 16 * r), 8),
+                                               _mm512_load_si512(cl + 16 * r));
+#if defined(NMLX_AMX8_BREAK) && NMLX_AMX8_BREAK == 1 /* tests only: the low bytes dropped */
+            const __m512 c =
+                _mm512_cvtepi32_ps(_mm512_slli_epi32(_mm512_load_si512(ch + 16 * r), 8));
+            (void)a;
+#else
+            const __m512 c = _mm512_cvtepi32_ps(a);
+#endif
+            const __m512 sdx = _mm512_mul_ps(_mm512_set1_ps(dx[r]), s);
+            __m512 y = _mm512_fmadd_ps(c, sdx, _mm512_load_ps(f[r] + 16 * h));
+            y = _mm512_fmadd_ps(_mm512_set1_ps(xs[r]), b, y);
+            _mm512_store_ps(f[r] + 16 * h, y);
+        }
+    }
+}
+
+bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                            int64_t d1) {
+    if (!Q8_USABLE() || !nmlx_amx8_quant_ok(w) || T < 1 || d0 < 0 || d1 > w->rows || d0 >= d1)
+        return false;
+    const int64_t N = w->cols, D = w->rows;
+    const int gs = w->group_size, kst = gs < 64 ? gs : 64, nst = gs / kst;
+    /* one buffer: x planes hi / lo (BTB x BXS bytes each), dx / xs (BG x
+     * BTB), the panel (BK / 4 x BR dwords), its scales / biases (BG x BR) */
+    const size_t o_xl = (size_t)BTB * BXS, o_dx = 2 * o_xl, o_xs = o_dx + (size_t)BG * BTB * 4,
+                 o_p = o_xs + (size_t)BG * BTB * 4, o_ps = o_p + (size_t)BK / 4 * BR * 4,
+                 o_pb = o_ps + (size_t)BG * BR * 4, size = o_pb + (size_t)BG * BR * 4;
+    char *mem = NULL;
+    if (posix_memalign((void **)&mem, 64, size)) return false;
+    int8_t *xh = (int8_t *)mem;
+    uint8_t *xl = (uint8_t *)mem + o_xl;
+    float *dx = (float *)(void *)(mem + o_dx), *xs = (float *)(void *)(mem + o_xs);
+    uint32_t *panel = (uint32_t *)(void *)(mem + o_p);
+    float *ps = (float *)(void *)(mem + o_ps), *pb = (float *)(void *)(mem + o_pb);
+    float f[16][BR] __attribute__((aligned(64)));
+
+    q8_config(kst);
+    for (int64_t tb = 0; tb < T; tb += BTB) {
+        const int64_t mt = T - tb < BTB ? T - tb : BTB, mtp = (mt + 15) / 16 * 16;
+        for (int64_t kb = 0; kb < N; kb += BK) {
+            const int64_t nk = N - kb < BK ? N - kb : BK;
+            const int ng = (int)(nk / gs);
+            fill_x(x + tb * N, N, mt, mtp, kb, nk, gs, xh, xl, dx, xs);
+            for (int64_t db = d0; db < d1; db += BR) {
+                const int nr = d1 - db < BR ? (int)(d1 - db) : BR;
+                if (db + BR < d1) /* the next panel, or the next column block's first */
+                    prefetch_panel(w, db + BR, db + 2 * BR < d1 ? db + 2 * BR : d1, kb, nk);
+                else if (kb + BK < N)
+                    prefetch_panel(w, d0, d0 + BR < d1 ? d0 + BR : d1, kb + BK,
+                                   N - kb - BK < BK ? N - kb - BK : BK);
+                fill_w(w, db, nr, kb, nk, panel, ps, pb);
+                const __mmask16 m[2] = {amx8_mask(nr), amx8_mask(nr - 16)};
+                for (int64_t t = 0; t < mtp; t += 16) {
+                    const int64_t nt = mt - t < 16 ? mt - t : 16;
+                    float *yb = y + (tb + t) * D + db;
+                    for (int r = 0; r < 16; r++)
+                        for (int h = 0; h < 2; h++)
+                            _mm512_store_ps(f[r] + 16 * h,
+                                            kb && r < nt
+                                                ? _mm512_maskz_loadu_ps(m[h], yb + r * D + 16 * h)
+                                                : _mm512_setzero_ps());
+                    for (int g = 0; g < ng; g++)
+                        q8_group(xh + t * BXS + g * gs, xl + t * BXS + g * gs,
+                                 panel + g * gs / 4 * BR, kst, nst, dx + g * BTB + t,
+                                 xs + g * BTB + t, ps + Q8_SG(g) * BR, pb + g * BR, f);
+                    for (int r = 0; r < nt; r++)
+                        for (int h = 0; h < 2; h++)
+                            _mm512_mask_storeu_ps(yb + r * D + 16 * h, m[h],
+                                                  _mm512_load_ps(f[r] + 16 * h));
+                }
+            }
+        }
+    }
+    _tile_release();
+    free(mem);
+    return true;
+}
