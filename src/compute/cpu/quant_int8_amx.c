@@ -58,11 +58,11 @@
 #endif
 
 enum {
-    BK = 256,      /* columns per block: a multiple of every group size */
-    BXS = BK + 64, /* row stride of the x byte planes (not 2^n) */
-    BTB = 512,     /* tokens per x block */
-    BR = 32,       /* W rows per panel (two B tiles) */
-    BG = BK / 32   /* the most groups per block */
+    BK = 1024,    /* columns per block: a multiple of every group size */
+    XT = BK * 16, /* bytes per 16-token tile of an x byte plane */
+    BTB = 512,    /* tokens per x block */
+    BR = 32,      /* W rows per panel (two B tiles) */
+    BG = BK / 32  /* the most groups per block */
 };
 
 bool nmlx_amx8_quant_ok(const nmlx_weight *w) {
@@ -98,20 +98,24 @@ static void q8_config(int kstep) {
 
 /* Tokens [0, mt) of x (row stride N) at columns [k0, k0 + nk) rounded per
  * group of gs to int16 (the int16 prefill's rounding) and split into the
- * byte planes xh (signed high bytes) and xl (unsigned low bytes), [t][BXS];
+ * byte planes xh (signed high bytes) and xl (unsigned low bytes), in tile
+ * order (XOFF: each 16 tokens x 64 columns one contiguous A tile, a tile's
+ * groups one after another, so its loads stream);
  * dx / xs [g][BTB]: each token's step and step x sum(v) per group; tokens
  * [mt, mtp) zero. */
+#define XOFF(t, k) (((t) >> 4) * XT + ((k) >> 6) * 1024 + ((t)&15) * 64 + ((k)&63))
+
 static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k0, int64_t nk,
                    int gs, int8_t *xh, uint8_t *xl, float *dx, float *xs) {
     int16_t v[BK] __attribute__((aligned(64)));
     float d[BG], s[BG];
     const int ng = (int)(nk / gs);
     for (int64_t t = 0; t < mtp; t++) {
-        int8_t *h = xh + t * BXS;
-        uint8_t *l = xl + t * BXS;
         if (t >= mt) {
-            memset(h, 0, (size_t)nk);
-            memset(l, 0, (size_t)nk);
+            for (int64_t k = 0; k < nk; k += 32) {
+                memset(xh + XOFF(t, k), 0, 32);
+                memset(xl + XOFF(t, k), 0, 32);
+            }
             for (int g = 0; g < ng; g++)
                 dx[g * BTB + t] = xs[g * BTB + t] = 0.0f;
             continue;
@@ -121,9 +125,9 @@ static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k
             dx[g * BTB + t] = d[g], xs[g * BTB + t] = s[g];
         for (int64_t k = 0; k < nk; k += 32) {
             const __m512i w = _mm512_load_si512(v + k);
-            _mm256_storeu_si256((__m256i *)(void *)(h + k),
-                                _mm512_cvtepi16_epi8(_mm512_srai_epi16(w, 8)));
-            _mm256_storeu_si256((__m256i *)(void *)(l + k), _mm512_cvtepi16_epi8(w));
+            _mm256_store_si256((__m256i *)(void *)(xh + XOFF(t, k)),
+                               _mm512_cvtepi16_epi8(_mm512_srai_epi16(w, 8)));
+            _mm256_store_si256((__m256i *)(void *)(xl + XOFF(t, k)), _mm512_cvtepi16_epi8(w));
         }
     }
 }
@@ -185,52 +189,72 @@ static void prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t r1, int64_t
     }
 }
 
-/* f[r][0..32) (16 tokens x 32 rows, f32) += group g's products of the 16
- * tokens at xh / xl (row stride BXS, the group's first column) and the
- * panel's 32 rows (pn: the group's first quad row), in nst k steps of
- * kst columns; dx / xs: the 16 tokens' steps and sums, ps / pb: the 32
- * rows' scales and biases. */
-static inline __attribute__((always_inline)) void
-q8_group(const int8_t *xh, const uint8_t *xl, const uint32_t *pn, int kst, int nst, const float *dx,
-         const float *xs, const float *ps, const float *pb, float (*f)[BR]) {
-    int32_t cb[4][256] __attribute__((aligned(64)));
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-    for (int s = 0; s < nst; s++) {
-        _tile_loadd(0, xh + s * kst, BXS);
-        _tile_loadd(1, xl + s * kst, BXS);
-        _tile_loadd(2, pn + s * kst / 4 * BR, BR * 4);
-        _tile_loadd(3, pn + s * kst / 4 * BR + 16, BR * 4);
-        _tile_dpbsud(4, 0, 2);
-        _tile_dpbuud(5, 1, 2);
-        _tile_dpbsud(6, 0, 3);
-        _tile_dpbuud(7, 1, 3);
-    }
-    _tile_stored(4, cb[0], 64);
-    _tile_stored(5, cb[1], 64);
-    _tile_stored(6, cb[2], 64);
-    _tile_stored(7, cb[3], 64);
-    for (int h = 0; h < 2; h++) {
-        const __m512 s = _mm512_loadu_ps(ps + 16 * h), b = _mm512_loadu_ps(pb + 16 * h);
-        const int32_t *ch = cb[2 * h], *cl = cb[2 * h + 1];
-        for (int r = 0; r < 16; r++) {
-            const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(ch + 16 * r), 8),
-                                               _mm512_load_si512(cl + 16 * r));
+/* 16 tokens x 16 rows (the panel's half at pn + 16 h): group g into C tiles
+ * CH (hi) / CL (lo), A in tiles 0-1, B in tile 2 */
+#define Q16_TDP(g, CH, CL)                                                                         \
+    do {                                                                                           \
+        _tile_zero(CH);                                                                            \
+        _tile_zero(CL);                                                                            \
+        for (int s_ = 0; s_ < nst; s_++) {                                                         \
+            const int64_t k_ = (int64_t)(g)*gs + s_ * kst;                                         \
+            _tile_loadd(0, xh + XOFF(0, k_), 64);                                                  \
+            _tile_loadd(1, xl + XOFF(0, k_), 64);                                                  \
+            _tile_loadd(2, pn + k_ / 4 * BR, BR * 4);                                              \
+            _tile_dpbsud(CH, 0, 2);                                                                \
+            _tile_dpbuud(CL, 1, 2);                                                                \
+        }                                                                                          \
+    } while (0)
+#define Q16_EPI(g, c)                                                                              \
+    do {                                                                                           \
+        const __m512 s_ = _mm512_loadu_ps(ps + Q8_SG(g) * BR), b_ = _mm512_loadu_ps(pb + (g)*BR);  \
+        const float *dx_ = dx + (g)*BTB, *xs_ = xs + (g)*BTB;                                      \
+        _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) {                                    \
+            const __m512i a_ =                                                                     \
+                _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512((c)[0] + 16 * r), 8),         \
+                                 Q16_LO(_mm512_load_si512((c)[1] + 16 * r)));                      \
+            const __m512 sdx_ = _mm512_mul_ps(_mm512_set1_ps(dx_[r]), s_);                         \
+            f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a_), sdx_, f[r]);                            \
+            f[r] = _mm512_fmadd_ps(_mm512_set1_ps(xs_[r]), b_, f[r]);                              \
+        }                                                                                          \
+    } while (0)
 #if defined(NMLX_AMX8_BREAK) && NMLX_AMX8_BREAK == 1 /* tests only: the low bytes dropped */
-            const __m512 c =
-                _mm512_cvtepi32_ps(_mm512_slli_epi32(_mm512_load_si512(ch + 16 * r), 8));
-            (void)a;
+#define Q16_LO(v) _mm512_setzero_si512()
 #else
-            const __m512 c = _mm512_cvtepi32_ps(a);
+#define Q16_LO(v) (v)
 #endif
-            const __m512 sdx = _mm512_mul_ps(_mm512_set1_ps(dx[r]), s);
-            __m512 y = _mm512_fmadd_ps(c, sdx, _mm512_load_ps(f[r] + 16 * h));
-            y = _mm512_fmadd_ps(_mm512_set1_ps(xs[r]), b, y);
-            _mm512_store_ps(f[r] + 16 * h, y);
+
+/* y[r][0..16) (16 tokens x 16 rows: tokens of row stride D; nt valid
+ * tokens, m the valid rows; loaded first unless `first`) += groups [0, ng)
+ * of the tokens at xh / xl and the rows at pn (the half panel: quad rows
+ * of stride BR); dx / xs [g * BTB + r], ps / pb [g * BR + r]. The 16 f32
+ * accumulators stay in registers; C tiles double buffered (group g in
+ * tiles 4-5 or 6-7), so a group's products run while the previous group's
+ * C tiles are stored and applied. */
+static inline __attribute__((always_inline)) void
+q8_unit16(const int8_t *xh, const uint8_t *xl, const uint32_t *pn, int gs, int kst, int nst, int ng,
+          const float *dx, const float *xs, const float *ps, const float *pb, float *y, int64_t D,
+          int64_t nt, __mmask16 m, bool first) {
+    int32_t cb[2][2][256] __attribute__((aligned(64)));
+    __m512 f[16];
+    /* constant trip counts (no address taken): f stays in registers; masked
+     * rows past nt are neither read nor written */
+    _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) f[r] =
+        _mm512_maskz_loadu_ps(first || r >= nt ? 0 : m, y + r * D);
+    Q16_TDP(0, 4, 5);
+    for (int g = 0; g < ng; g += 2) {
+        if (g + 1 < ng) Q16_TDP(g + 1, 6, 7);
+        _tile_stored(4, cb[0][0], 64);
+        _tile_stored(5, cb[0][1], 64);
+        if (g + 2 < ng) Q16_TDP(g + 2, 4, 5);
+        Q16_EPI(g, cb[0]);
+        if (g + 1 < ng) {
+            _tile_stored(6, cb[1][0], 64);
+            _tile_stored(7, cb[1][1], 64);
+            Q16_EPI(g + 1, cb[1]);
         }
     }
+    _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++)
+        _mm512_mask_storeu_ps(y + r * D, r < nt ? m : 0, f[r]);
 }
 
 bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
@@ -239,9 +263,9 @@ bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int6
         return false;
     const int64_t N = w->cols, D = w->rows;
     const int gs = w->group_size, kst = gs < 64 ? gs : 64, nst = gs / kst;
-    /* one buffer: x planes hi / lo (BTB x BXS bytes each), dx / xs (BG x
+    /* one buffer: x planes hi / lo (BTB x BK bytes each), dx / xs (BG x
      * BTB), the panel (BK / 4 x BR dwords), its scales / biases (BG x BR) */
-    const size_t o_xl = (size_t)BTB * BXS, o_dx = 2 * o_xl, o_xs = o_dx + (size_t)BG * BTB * 4,
+    const size_t o_xl = (size_t)BTB * BK, o_dx = 2 * o_xl, o_xs = o_dx + (size_t)BG * BTB * 4,
                  o_p = o_xs + (size_t)BG * BTB * 4, o_ps = o_p + (size_t)BK / 4 * BR * 4,
                  o_pb = o_ps + (size_t)BG * BR * 4, size = o_pb + (size_t)BG * BR * 4;
     char *mem = NULL;
@@ -251,7 +275,6 @@ bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int6
     float *dx = (float *)(void *)(mem + o_dx), *xs = (float *)(void *)(mem + o_xs);
     uint32_t *panel = (uint32_t *)(void *)(mem + o_p);
     float *ps = (float *)(void *)(mem + o_ps), *pb = (float *)(void *)(mem + o_pb);
-    float f[16][BR] __attribute__((aligned(64)));
 
     q8_config(kst);
     for (int64_t tb = 0; tb < T; tb += BTB) {
@@ -272,20 +295,10 @@ bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int6
                 for (int64_t t = 0; t < mtp; t += 16) {
                     const int64_t nt = mt - t < 16 ? mt - t : 16;
                     float *yb = y + (tb + t) * D + db;
-                    for (int r = 0; r < 16; r++)
-                        for (int h = 0; h < 2; h++)
-                            _mm512_store_ps(f[r] + 16 * h,
-                                            kb && r < nt
-                                                ? _mm512_maskz_loadu_ps(m[h], yb + r * D + 16 * h)
-                                                : _mm512_setzero_ps());
-                    for (int g = 0; g < ng; g++)
-                        q8_group(xh + t * BXS + g * gs, xl + t * BXS + g * gs,
-                                 panel + g * gs / 4 * BR, kst, nst, dx + g * BTB + t,
-                                 xs + g * BTB + t, ps + Q8_SG(g) * BR, pb + g * BR, f);
-                    for (int r = 0; r < nt; r++)
-                        for (int h = 0; h < 2; h++)
-                            _mm512_mask_storeu_ps(yb + r * D + 16 * h, m[h],
-                                                  _mm512_load_ps(f[r] + 16 * h));
+                    for (int h = 0; h < 2 && 16 * h < nr; h++)
+                        q8_unit16(xh + XOFF(t, 0), xl + XOFF(t, 0), panel + 16 * h, gs, kst, nst,
+                                  ng, dx + t, xs + t, ps + 16 * h, pb + 16 * h, yb + 16 * h, D, nt,
+                                  m[h], kb == 0);
                 }
             }
         }
