@@ -129,3 +129,26 @@ target_compile_definitions(test_amx_int8_real PRIVATE NMLX_AMX8_REAL=1)
 target_compile_options(test_amx_int8_real PRIVATE -mamx-tile -mamx-int8 -mamx-bf16 -mavx512f
   -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2)
 add_test(NAME test_amx_int8_real COMMAND test_amx_int8_real WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+# The whole backend with the AMX-INT8 prefill forced from T = 24
+# (NMLX_AMX_INT8=1; on a CPU without AMX-INT8 the usual kernels run): the
+# kernel tests, the fixtures and the precision contract (the same figures as
+# the int16 prefill: the same bits)
+foreach(t test_quant_kernels test_fixtures test_precision)
+  add_test(NAME ${t}_amx8 COMMAND ${t} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${t}_amx8 PROPERTIES ENVIRONMENT
+    "NMLX_AMX_INT8=1;NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_BINARY_DIR=${CMAKE_BINARY_DIR}")
+endforeach()
+# ...and test_precision on emulated AMX-INT8 tiles (any AVX512_BF16 CPU),
+# once more with the low bytes of x dropped (must fail: the contract's
+# bound sees it)
+nmlx_amx_emu_test(test_precision_amx8_emu test_precision)
+add_test(NAME test_precision_amx8_emu COMMAND test_precision_amx8_emu WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_precision_amx8_emu PROPERTIES ENVIRONMENT
+  "NMLX_AMX_INT8=1;NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+if(CMAKE_HOST_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64" AND NMLX_NO_BF16 EQUAL 0)
+  nmlx_amx_emu_test(test_precision_amx8_broken1 test_precision NMLX_AMX8_BREAK=1)
+  add_test(NAME precision_amx8_broken1_must_fail COMMAND test_precision_amx8_broken1
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(precision_amx8_broken1_must_fail PROPERTIES WILL_FAIL TRUE ENVIRONMENT
+    "NMLX_AMX_INT8=1;NMLX_PICK_CACHE=0;NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
