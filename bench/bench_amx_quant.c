@@ -140,9 +140,13 @@ int main(int argc, char **argv) {
     const char *bits = argc > 3 ? argv[3] : "4,8";
     __builtin_cpu_init();
     const bool amx = nmlx_amx_ok(), bf16 = __builtin_cpu_supports("avx512bf16");
-    const bool have[NK] = {
-        __builtin_cpu_supports("avx512f"), nmlx_qint8_cpu_ok(), amx, amx, amx, nmlx_amx_int8_ok(),
-        bf16};
+    const bool have[NK] = {__builtin_cpu_supports("avx512f"),
+                           nmlx_qint8_cpu_ok(),
+                           amx,
+                           amx,
+                           amx,
+                           nmlx_amx_int8_ok(),
+                           bf16};
     printf("quantized prefill kernels; f32 %s, int16 %s, amx %s, pack-only %s\n",
            have[K_F32] ? "yes" : "no", have[K_I16] ? "yes" : "no", amx ? "yes" : nmlx_amx_status(),
            bf16 ? "yes" : "no (no avx512bf16)");
