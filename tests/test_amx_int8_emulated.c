@@ -168,6 +168,28 @@ static void check(const qcfg *c, int64_t T, int64_t D, int64_t N, int nth, bool 
     free_q(&m);
 }
 
+/* Non-finite x (an inf in one group, a NaN in another): the int16
+ * prefill's rounding saturates those to -32768 (finite garbage, no NaN);
+ * the kernel must give its bits there too (where the CPU has VNNI). */
+static void nonfinite(void) {
+    if (!nmlx_qint8_cpu_ok()) return;
+    const qcfg c = {NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16};
+    const int64_t T = 20, D = 40, N = 256;
+    qmat m;
+    make_q(&m, &c, D, N);
+    float *x = malloc((size_t)(T * N) * 4), *y = malloc((size_t)(T * D) * 4),
+          *y16 = malloc((size_t)(T * D) * 4);
+    for (int64_t i = 0; i < T * N; i++)
+        x[i] = test_randf(-1, 1);
+    x[3 * N + 70] = INFINITY, x[7 * N + 200] = -INFINITY, x[11 * N + 5] = NAN;
+    const bool ran = emu_amx8_quant_matmat(&m.w, x, y, T, 0, D) &&
+                     nmlx_avx512vnni_quant_matmat16(&m.w, x, y16, T, 0, D);
+    EXPECT(ran && !memcmp(y, y16, (size_t)(T * D) * 4),
+           "amx int8 quant (%s): non-finite x gives the int16 prefill's bits", AMX_KIND);
+    free(x), free(y), free(y16);
+    free_q(&m);
+}
+
 /* weights and calls the kernel must refuse, y untouched */
 static void refusals(void) {
     const qcfg c = {NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16};
@@ -216,6 +238,7 @@ int main(void) {
     if (!nmlx_qint8_cpu_ok()) printf("note: no AVX512_VNNI, the bit-for-bit comparison skipped\n");
     test_seed(8484);
     refusals();
+    nonfinite();
     const qcfg cfgs[] = {
         {NMLX_QUANT_AFFINE, 4, 32, NMLX_DT_BF16},  {NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_F16},
         {NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16},  {NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32},
