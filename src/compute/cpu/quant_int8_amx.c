@@ -21,18 +21,23 @@
  *     f[t, d] = fma(dx[t, g] sum(v)_g, b[d, g], f[t, d])
  *   group by group from f = 0.
  *
- * Blocking: x rounded and split per block of 512 tokens x 256 columns into
- * a hi and a lo byte plane (token-major, zero padded to 16 tokens); W per
- * 32 rows x 256 columns unpacked to one byte per code in the B-tile layout
- * (each 32-bit element 4 consecutive k of one row: panel[k / 4][r]) with
- * its scales and biases per group, once per x block, then used by all its
- * tokens. Tiles per 16 tokens x 32 rows and group: A hi, A lo (16 tokens x
- * 64 k), B of rows 0-15 and 16-31 (16 k-quads x 16 rows), four C tiles
- * (hi and lo x two row halves; zeroed per group, summed over a group's one
- * or two 64-column steps; group 32: half-K tiles, A 32 bytes wide and B of
- * 8 k-quads). The C tiles are stored to a scratch block and applied to a
- * 16 x 32 f32 accumulator with AVX-512 (the epilogue: 6 vector operations
- * per 16 outputs and group, about as long as the four tile products).
+ * Blocking: x rounded and split per block of 512 tokens x 1024 columns
+ * into a hi and a lo byte plane in tile order (each 16 tokens x 64 columns
+ * one contiguous 1 KiB A tile; tokens zero padded to 16); W per 32 rows x
+ * 1024 columns unpacked to one byte per code in the B-tile layout (each
+ * 32-bit element 4 consecutive k of one row: panel[k / 4][r]) with its
+ * scales and biases per group, once per x block, then used by all its
+ * tokens. Units of 16 tokens x 16 rows (q8_unit16): per group A hi and A lo
+ * (tiles 0-1, 16 tokens x 64 k), B (tile 2, 16 k-quads x 16 rows) and two
+ * int32 C tiles, hi and lo, zeroed per group and summed over its one or two
+ * 64-column steps (group 32: half-K tiles, A 32 bytes wide, B of 8
+ * k-quads); the C tiles are double buffered (4-5, 6-7: a group's products
+ * are issued before the previous group's C tiles are stored), stored to a
+ * scratch block and applied with AVX-512 to 16 f32 accumulators kept in
+ * registers over the block's groups (the epilogue: 6 vector operations per
+ * 16 outputs and group). On the Xeon measured the tile unit and the vector
+ * units hardly overlap: a unit's time is about its 2 tile products, 2 C
+ * stores, 3 tile loads and epilogue together (bench/cpu_decode.md).
  * Scratch per thread, kept between calls (q8_scratch_get). */
 #define _GNU_SOURCE
 #include "compute/cpu/matmul_amx.h"
@@ -85,7 +90,7 @@ typedef struct {
 } q8_tile_cfg;
 
 /* tiles 0-1: A (16 tokens x kstep bytes), 2-3: B (kstep / 4 quads x 64
- * bytes), 4-7: C (16 x 16 int32); kstep 64, or 32 for group 32 */
+ * bytes; 3 unused), 4-7: C (16 x 16 int32); kstep 64, or 32 for group 32 */
 static void q8_config(int kstep) {
     q8_tile_cfg cfg __attribute__((aligned(64)));
     memset(&cfg, 0, sizeof cfg);
@@ -110,7 +115,8 @@ static void q8_config(int kstep) {
  * arithmetic (dx = max|x_g| / 32767, v = cvt(x * (32767 / max|x_g|)),
  * xs = dx * sum(v)), fused with the split (hi saturated as the int16
  * prefill's int16 store saturates: -32768 where x is not finite) and
- * unrolled per group: 2.6x faster than the two passes */
+ * unrolled per group (x of 512 tokens x 1024 columns: 0.15 ms, was 0.25
+ * as two passes) */
 static inline __attribute__((always_inline)) void quant_split_row(const float *x, int64_t nk,
                                                                   const int GS, int64_t t,
                                                                   int8_t *xh, uint8_t *xl,
@@ -265,10 +271,10 @@ q8_unit16(const int8_t *xh, const uint8_t *xl, const uint32_t *pn, int gs, int k
           int64_t nt, __mmask16 m, bool first) {
     int32_t cb[2][2][256] __attribute__((aligned(64)));
     __m512 f[16];
-    /* constant trip counts (no address taken): f stays in registers; masked
-     * rows past nt are neither read nor written */
+    /* constant trip counts (no address taken): f stays in registers; rows
+     * past nt are neither read nor written (mask 0, address kept in y) */
     _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) f[r] =
-        _mm512_maskz_loadu_ps(first || r >= nt ? 0 : m, y + r * D);
+        _mm512_maskz_loadu_ps(first || r >= nt ? 0 : m, y + (r < nt ? r : 0) * D);
     Q16_TDP(0, 4, 5);
     for (int g = 0; g < ng; g += 2) {
         if (g + 1 < ng) Q16_TDP(g + 1, 6, 7);
@@ -283,7 +289,7 @@ q8_unit16(const int8_t *xh, const uint8_t *xl, const uint32_t *pn, int gs, int k
         }
     }
     _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++)
-        _mm512_mask_storeu_ps(y + r * D, r < nt ? m : 0, f[r]);
+        _mm512_mask_storeu_ps(y + (r < nt ? r : 0) * D, r < nt ? m : 0, f[r]);
 }
 
 /* Each thread's scratch (x planes, panel), kept from call to call: a
