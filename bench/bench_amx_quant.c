@@ -7,6 +7,8 @@
  *           where the pick finds it faster)
  *   amx2    nmlx_amx_quant_matmat, 2 terms (x hi + lo, W in bf16; NMLX_AMX_QUANT=2)
  *   amx1    nmlx_amx_quant_matmat, 1 term (x, W in bf16; NMLX_AMX_QUANT=bf16)
+ *   amx8    nmlx_amx8_quant_matmat: AMX-INT8 on int16 x, the int16 kernel's
+ *           bits (quant_int8_amx.c; NMLX_AMX_INT8)
  *   pack    quant_amx.c with its tile operations made no-ops
  *           (bench/amx_null/amx_emulate.h): the cost of dequantizing the
  *           panels and splitting x, on any AVX512_BF16 CPU
@@ -43,8 +45,8 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
 #include <string.h>
 #include <time.h>
 
-enum { K_F32, K_I16, K_AMX3, K_AMX2, K_AMX1, K_PACK, NK };
-static const char *kname[NK] = {"f32", "int16", "amx3", "amx2", "amx1", "pack"};
+enum { K_F32, K_I16, K_AMX3, K_AMX2, K_AMX1, K_AMX8, K_PACK, NK };
+static const char *kname[NK] = {"f32", "int16", "amx3", "amx2", "amx1", "amx8", "pack"};
 
 static bool run(int k, const nmlx_weight *w, const float *x, float *y, int64_t T) {
     switch (k) {
@@ -53,6 +55,7 @@ static bool run(int k, const nmlx_weight *w, const float *x, float *y, int64_t T
     case K_AMX3: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 3);
     case K_AMX2: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 2);
     case K_AMX1: return nmlx_amx_quant_matmat(w, x, y, T, 0, w->rows, 1);
+    case K_AMX8: return nmlx_amx8_quant_matmat(w, x, y, T, 0, w->rows);
     default: return pack_quant_matmat(w, x, y, T, 0, w->rows, 3);
     }
 }
@@ -123,7 +126,7 @@ static void bench_bits(int bits, int64_t T, int reps, const bool *have) {
         printf("%d-bit %s per layer:", bits, m ? "llama-3.2-1b" : "qwen3-0.6b");
         for (int k = 0; k < NK; k++)
             if (sum[m][k] > 0) printf("  %s %.1f ms", kname[k], sum[m][k]);
-        for (int k = K_AMX3; k <= K_AMX1; k++)
+        for (int k = K_AMX3; k <= K_AMX8; k++)
             if (sum[m][k] > 0 && sum[m][K_I16] > 0)
                 printf("  -> %s %.2fx int16, %.2fx f32", kname[k], sum[m][K_I16] / sum[m][k],
                        sum[m][K_F32] / sum[m][k]);
@@ -137,8 +140,13 @@ int main(int argc, char **argv) {
     const char *bits = argc > 3 ? argv[3] : "4,8";
     __builtin_cpu_init();
     const bool amx = nmlx_amx_ok(), bf16 = __builtin_cpu_supports("avx512bf16");
-    const bool have[NK] = {
-        __builtin_cpu_supports("avx512f"), nmlx_qint8_cpu_ok(), amx, amx, amx, bf16};
+    const bool have[NK] = {__builtin_cpu_supports("avx512f"),
+                           nmlx_qint8_cpu_ok(),
+                           amx,
+                           amx,
+                           amx,
+                           nmlx_amx_int8_ok(),
+                           bf16};
     printf("quantized prefill kernels; f32 %s, int16 %s, amx %s, pack-only %s\n",
            have[K_F32] ? "yes" : "no", have[K_I16] ? "yes" : "no", amx ? "yes" : nmlx_amx_status(),
            bf16 ? "yes" : "no (no avx512bf16)");

@@ -6,7 +6,9 @@
 # the pick log, the other CPU kernel tests with NMLX_AMX=1, the quantized
 # AMX kernel on real tiles (test_amx_quant_real: must print "RAN") and
 # through the backend (test_quant_kernels with NMLX_AMX_QUANT=1, 2, bf16;
-# test_precision, issue 9's contract, with the pick, =1 and =bf16),
+# test_precision, issue 9's contract, with the pick, =1 and =bf16), the
+# AMX-INT8 prefill on int16 x (test_amx_int8_real: must print "RAN" and
+# match the int16 prefill bit for bit; NMLX_AMX_INT8=1 through the backend),
 # then bench_amx (dense) and bench_amx_quant (4/8-bit g64: f32, int16,
 # AMX 3/2/1 terms, pack-only, alternating; 1 thread pinned to core 0, T=512).
 #   OUT=dir [FULL=1] bash bench/device_amx.sh
@@ -31,7 +33,8 @@ B=build-amx
 T0=$(date +%s)
 cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=/bin/true >"$OUT/build.log" 2>&1 &&
   cmake --build $B -j"$(nproc)" --target nmlx nmlx-cli test_kernels test_quant_kernels test_quant_int8 \
-    test_amx_quant_emulated test_amx_quant_real test_precision >>"$OUT/build.log" 2>&1 ||
+    test_amx_quant_emulated test_amx_quant_real test_amx_int8_real test_amx_int8_emulated \
+    test_fixtures test_precision >>"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; exit 1; }
 gcc -std=c11 -O2 -Iinclude -Isrc bench/bench_amx.c $B/libnmlx.a \
   $(pkg-config --libs jansson libpcre2-8 libutf8proc) -lpthread -lm -o $B/bench_amx >>"$OUT/build.log" 2>&1 ||
@@ -58,7 +61,16 @@ for q in 1 2 bf16; do
   echo "test_quant_kernels NMLX_AMX_QUANT=$q rc=$?: $(grep -E "passed" "$OUT/test_quant_kernels_amxq$q.log" | tail -1);" \
     "$(grep -oE "quantized amx [a-z0-9 ()]+ from T=[0-9]+" "$OUT/test_quant_kernels_amxq$q.log" | head -1)"
 done
-NMLX_QUANT_PICK_LOG=1 ./$B/tests/test_quant_kernels 2>&1 | grep -E "quantized prefill T=" | head -1 | tee "$OUT/pick_amxq.txt"
+NMLX_QUANT_PICK_LOG=1 ./$B/tests/test_quant_kernels 2>&1 | grep -E "quantized prefill T=|AMX-INT8" | head -2 | tee "$OUT/pick_amxq.txt"
+# the AMX-INT8 prefill on int16 x (quant_int8_amx.c): real tiles against the
+# int16 VNNI prefill bit for bit, then forced through the backend
+for t in test_amx_int8_real test_amx_int8_emulated; do
+  ./$B/tests/$t >"$OUT/$t.log" 2>&1; echo "$t rc=$?: $(grep -E "RAN|SKIPPED|passed" "$OUT/$t.log" | tr '\n' ' ')"
+done
+for t in test_quant_kernels test_fixtures test_precision; do
+  NMLX_AMX_INT8=1 NMLX_PICK_CACHE=0 ./$B/tests/$t >"$OUT/${t}_amx8.log" 2>&1
+  echo "$t NMLX_AMX_INT8=1 rc=$?: $(grep -E "AMX-INT8 quantized prefill|passed" "$OUT/${t}_amx8.log" | tr '\n' ' ')"
+done
 # issue 9's precision contract on the quantized fixtures (32-token prefills
 # through the kernel): the pick, 3 terms forced (must pass), 1 term forced
 # (x and W in bf16: argmax flips on two fixtures in emulation, rc=1 expected)
@@ -91,13 +103,15 @@ for model in qwen3-0.6b llama-3.2-1b; do
   done
 done
 # the quantized cells (prefill only): the pick (NMLX_AMX_QUANT unset) against
-# no quantized AMX, alternating
+# no quantized AMX (0), and against the pick without the AMX-INT8 kernel
+# (i8off: NMLX_AMX_INT8=0), alternating
 for cell in "qwen3-0.6b|mlx-4bit|" "llama-3.2-1b|hf|--bits 8" "llama-3.2-1b|hf|--bits 4"; do
   IFS='|' read -r model fmt extra <<< "$cell"
   [ -d "$M/$model/$fmt" ] || { echo "end to end: no $M/$model/$fmt"; continue; }
   for round in 1 2; do
-    for a in 0 pick; do
+    for a in 0 i8off pick; do
       env=(NMLX_QUANT_PICK_LOG=1); [ $a = 0 ] && env+=(NMLX_AMX_QUANT=0)
+      [ $a = i8off ] && env+=(NMLX_AMX_INT8=0)
       # shellcheck disable=SC2086
       r=$(env "${env[@]}" timeout 180 taskset -c 0,1 ./$B/nmlx bench -m "$M/$model/$fmt" $extra -p 512 -n 0 -t 2 -r 2 2>>"$OUT/e2e.log" | tail -1)
       echo "e2e $model $fmt $extra p512 t2 NMLX_AMX_QUANT=$a round $round: $(echo "$r" | grep -oE '"prefill_tok_s":[0-9.]+')" | tee -a "$OUT/e2e.txt"

@@ -263,14 +263,14 @@ static void test_foreign_isa(void) {
     if (count_files(dir, "cpu-pick-avx512-", rec, sizeof rec) != 1) return;
     char *t = read_text(rec);
     char *vals = t ? strstr(t, "values:") : NULL;
-    int v[9];
-    if (!vals || sscanf(vals, "values: %d %d %d %d %d %d %d %d %d", &v[0], &v[1], &v[2], &v[3],
-                        &v[4], &v[5], &v[6], &v[7], &v[8]) != 9) {
+    int v[11];
+    if (!vals || sscanf(vals, "values: %d %d %d %d %d %d %d %d %d %d %d", &v[0], &v[1], &v[2],
+                        &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10]) != 11) {
         EXPECT(0, "avx512 record unreadable");
         free(t);
         return;
     }
-    const bool has_amx = strstr(t, "amx=1") != NULL;
+    const bool has_amx = strstr(t, "amx=1") != NULL, has_amx8 = strstr(t, "amx8=1") != NULL;
     /* records of a build with another AMX quantized default (matmul_amx.h:
      * 3 terms timed, or another count untimed) have another key */
     char terms[32];
@@ -283,21 +283,23 @@ static void test_foreign_isa(void) {
                "untimed AMX default stored as %d terms from T=%d", v[7], v[8]);
     char text[2048];
     *vals = 0;
-    snprintf(text, sizeof text, "%svalues: %d %d %d %d %d %d %d %d %d\n", t, v[0] ^ 1, v[1], v[2],
-             v[3], v[4], v[5], has_amx ? v[6] : 1, has_amx ? 2 : v[7], v[8]);
+    /* ...and, where the AMX-INT8 prefill is not available, one that asks for it */
+    snprintf(text, sizeof text, "%svalues: %d %d %d %d %d %d %d %d %d %d %d\n", t, v[0] ^ 1, v[1],
+             v[2], v[3], v[4], v[5], has_amx ? v[6] : 1, has_amx ? 2 : v[7], v[8],
+             has_amx8 ? v[9] : 1, v[10]);
     write_text(rec, text);
     free(t);
     /* the child measures over it and stores what it measured */
     int got = in_child(dir, NULL, avx512_bits);
     t = read_text(rec);
     vals = t ? strstr(t, "values:") : NULL;
-    int w[9] = {0};
-    bool ok = vals && sscanf(vals, "values: %d %d %d %d %d %d %d %d %d", &w[0], &w[1], &w[2], &w[3],
-                             &w[4], &w[5], &w[6], &w[7], &w[8]) == 9;
+    int w[11] = {0};
+    bool ok = vals && sscanf(vals, "values: %d %d %d %d %d %d %d %d %d %d %d", &w[0], &w[1], &w[2],
+                             &w[3], &w[4], &w[5], &w[6], &w[7], &w[8], &w[9], &w[10]) == 11;
     int bits = 0;
     for (int i = 0; ok && i < 6; i++)
         bits |= w[i] << i;
-    EXPECT(ok && got == bits && (has_amx ? w[7] != 2 : w[6] == 0),
+    EXPECT(ok && got == bits && (has_amx ? w[7] != 2 : w[6] == 0) && (has_amx8 || w[9] == 0),
            "a record asking for what the CPU lacks is measured over and replaced (%d, record %d)",
            got, bits);
     free(t);

@@ -106,7 +106,10 @@ static prefill_path default_prefill(int64_t T, const char *dir) {
     }
     const nmlx_qbf16_pick k = nmlx_qbf16_get_pick();
     int n = 0;
-    if (k.prefill_amx && T >= k.prefill_amx_min_t && nmlx_amx_ok()) {
+    if (k.prefill_amx8 && T >= k.prefill_amx8_min_t && nmlx_amx_int8_ok()) {
+        p.amx = true; /* exact: int16 x, the int16 prefill's bits */
+        n = snprintf(p.name, sizeof p.name, "AMX-INT8, int16 x; %s", nmlx_amx_status());
+    } else if (k.prefill_amx && T >= k.prefill_amx_min_t && nmlx_amx_ok()) {
         p.amx = true, p.rounds = k.prefill_amx != 3;
         n = snprintf(p.name, sizeof p.name, "AMX, %d term%s%s; %s", k.prefill_amx,
                      k.prefill_amx == 1 ? "" : "s",
@@ -150,6 +153,15 @@ static void report_amx(int64_t T) {
     }
     const nmlx_qbf16_pick k = nmlx_qbf16_get_pick();
     const prefill_path p = default_prefill(T, "");
+    if (k.prefill_amx8)
+        printf("AMX-INT8 quantized prefill: %s at T=%lld (from T=%d; NMLX_AMX_INT8=1 forces it "
+               "from T=24)\n",
+               T >= k.prefill_amx8_min_t ? "RAN" : "not taken", (long long)T, k.prefill_amx8_min_t);
+    else
+        printf("AMX-INT8 quantized prefill: not taken (%s)\n",
+               nmlx_amx_int8_env() == 0 ? "NMLX_AMX_INT8=0"
+               : !nmlx_amx_int8_ok()    ? "no AMX-INT8"
+                                        : "the pick found it slower; NMLX_AMX_INT8=1 forces it");
     if (p.amx)
         printf("AMX quantized prefill: RAN at T=%lld (%s)\n", (long long)T, p.name);
     else if (k.prefill_amx)

@@ -142,12 +142,16 @@ echo "tests done ($(( $(date +%s) - T0 )) s)"
 # portable kernels, on cores 8-15 in the background while the GPU benches
 # run (correctness only; bench/device_amx.sh times them). Summary at the end.
 if [ "${AMX:-0}" = 1 ]; then
-  ( cmake --build $B -j8 --target test_kernels test_quant_kernels test_amx_quant_real test_precision >"$OUT/amx_build.log" 2>&1 || exit 1
+  ( cmake --build $B -j8 --target test_kernels test_quant_kernels test_amx_quant_real test_amx_int8_real test_precision >"$OUT/amx_build.log" 2>&1 || exit 1
     { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -cE '^amx_(bf16|tile)$'; } >"$OUT/amx.txt"
     NMLX_AMX=1 NMLX_QUANT_PICK_LOG=1 taskset -c 8-15 ./$B/tests/test_kernels >"$OUT/amx_test_kernels.log" 2>&1
     echo "test_kernels NMLX_AMX=1 rc=$?: $(grep -E "AMX dense|passed" "$OUT/amx_test_kernels.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
     taskset -c 8-15 ./$B/tests/test_amx_quant_real >"$OUT/amx_quant_real.log" 2>&1
     echo "test_amx_quant_real rc=$?: $(grep -E "RAN|SKIPPED|passed" "$OUT/amx_quant_real.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
+    taskset -c 8-15 ./$B/tests/test_amx_int8_real >"$OUT/amx_int8_real.log" 2>&1
+    echo "test_amx_int8_real rc=$?: $(grep -E "RAN|SKIPPED|passed" "$OUT/amx_int8_real.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
+    NMLX_AMX_INT8=1 NMLX_PICK_CACHE=0 taskset -c 8-15 ./$B/tests/test_precision >"$OUT/amx_precision_amx8.log" 2>&1
+    echo "test_precision NMLX_AMX_INT8=1 rc=$?: $(grep -E "AMX-INT8 quantized prefill|passed" "$OUT/amx_precision_amx8.log" | tr '\n' ' ')" >>"$OUT/amx.txt"
     for q in 1 bf16; do
       NMLX_AMX_QUANT=$q taskset -c 8-15 ./$B/tests/test_quant_kernels >"$OUT/amx_quant_kernels_$q.log" 2>&1
       echo "test_quant_kernels NMLX_AMX_QUANT=$q rc=$?: $(grep -E "passed" "$OUT/amx_quant_kernels_$q.log" | tail -1)" >>"$OUT/amx.txt"

@@ -110,9 +110,13 @@ static bool prefill_by_precision(const matmul_job *j, int64_t d0, int64_t d1) {
     if (vnni && (j->prec == CPU_PREC_INT8 ||
                  (j->prec == CPU_PREC_DEFAULT && nmlx_qint8_get_mode().prefill)))
         return nmlx_avx512vnni_quant_matmat(w, j->x, j->y, j->T, d0, d1);
-    /* AMX tiles where picked, at the default precision only (3 terms, the
+    /* AMX tiles where picked, at the default precision only: AMX-INT8 on
+     * int16 x (the int16 prefill's bits), else AMX-BF16 (3 terms, the
      * default: x and W as bf16 hi + lo, as accurate as int16 x) */
     const nmlx_qbf16_pick pick = nmlx_qbf16_get_pick();
+    if (j->prec == CPU_PREC_DEFAULT && pick.prefill_amx8 && j->T >= pick.prefill_amx8_min_t &&
+        nmlx_amx8_quant_matmat(w, j->x, j->y, j->T, d0, d1))
+        return true;
     if (j->prec == CPU_PREC_DEFAULT && pick.prefill_amx && j->T >= pick.prefill_amx_min_t &&
         nmlx_amx_quant_matmat(w, j->x, j->y, j->T, d0, d1, pick.prefill_amx))
         return true;

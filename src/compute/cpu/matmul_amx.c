@@ -91,6 +91,26 @@ const char *nmlx_amx_status(void) {
     return g_amx_why;
 }
 
+static bool g_amx_int8;
+static pthread_once_t g_amx_int8_once = PTHREAD_ONCE_INIT;
+
+static void amx_int8_probe(void) {
+    unsigned a, b, c, d;
+    g_amx_int8 = nmlx_amx_ok() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 25) & 1);
+}
+
+/* once: cpuid traps to the hypervisor in a VM (tens of microseconds) */
+bool nmlx_amx_int8_ok(void) {
+    pthread_once(&g_amx_int8_once, amx_int8_probe);
+    return g_amx_int8;
+}
+
+int nmlx_amx_int8_env(void) {
+    const char *e = getenv("NMLX_AMX_INT8");
+    if (!e || !*e) return -1;
+    return strcmp(e, "0") != 0;
+}
+
 int nmlx_amx_env(void) {
     const char *e = getenv("NMLX_AMX");
     if (!e || !*e) return -1;

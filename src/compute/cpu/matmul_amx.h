@@ -65,4 +65,20 @@ bool nmlx_amx_quant_ok(const nmlx_weight *w);
 bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                            int64_t d1, int terms);
 
+/* AMX-INT8 prefill with int16 x (quant_int8_amx.c): the int16 VNNI
+ * prefill (nmlx_avx512vnni_quant_matmat16) on tiles, the same bits. */
+/* nmlx_amx_ok() and the CPU has AMX-INT8 */
+bool nmlx_amx_int8_ok(void);
+/* NMLX_AMX_INT8: -1 unset, 0 for "0", 1 otherwise (forced on) */
+int nmlx_amx_int8_env(void);
+/* Weights it takes: MLX affine 2/3/4/5/6/8-bit at group 32/64/128, MXFP4
+ * (group 32). */
+bool nmlx_amx8_quant_ok(const nmlx_weight *w);
+/* y[t, d] = sum_n x[t, n] W[d, n] for d in [d0, d1), t < T, x rounded to
+ * int16 per token and group as nmlx_avx512vnni_quant_matmat16 does, with
+ * its bits. false (y untouched) where AMX-INT8 is not usable, for other
+ * weights, or when scratch memory runs out. */
+bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
+                            int64_t d1);
+
 #endif

@@ -88,10 +88,12 @@ BF_TILE_FN(4)
 BF_TILE_FN(5)
 BF_TILE_FN(6)
 BF_TILE_FN(7)
-BF_TILE_FN(8) BF_TILE_FN(9) BF_TILE_FN(10) BF_TILE_FN(11)
-    BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
-        bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
-        bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
+BF_TILE_FN(8)
+BF_TILE_FN(9)
+BF_TILE_FN(10)
+BF_TILE_FN(11) BF_TILE_FN(12) static const bf_tile_fn bf_tiles[BT] = {
+    bf_tile_1, bf_tile_2, bf_tile_3, bf_tile_4,  bf_tile_5,  bf_tile_6,
+    bf_tile_7, bf_tile_8, bf_tile_9, bf_tile_10, bf_tile_11, bf_tile_12};
 
 /* dst[0..n/2) = bf16 pairs of src[0..n), n % 32 == 0 */
 static inline void to_bf16(const float *src, int64_t n, uint16_t *dst) {
@@ -312,10 +314,45 @@ static void run_dense_amx(void *p) {
         nmlx_avx512_matmul_rows(&j->w, j->x, j->y, j->T, 0, j->w.rows);
 }
 
+static void run_quant_amx8(void *p) {
+    pick_job *j = p;
+    if (!nmlx_amx8_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows))
+        nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
 static void run_quant_amx(void *p) {
     pick_job *j = p;
     if (!nmlx_amx_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows, j->amx_terms))
         nmlx_avx512f32_quant_matmat(&j->w, j->x, j->y, j->T, 0, j->w.rows);
+}
+
+/* AMX-INT8 (t[0]) and the 3-term AMX-BF16 kernel (t[1]) at 256 tokens on
+ * 512 rows of j's 4-bit weight pattern (its first 128 rows repeated); t
+ * untouched where memory runs out */
+static void amx8_vs_amx3(const pick_job *j, double t[2]) {
+    enum { R = 512, TL = 256 };
+    const int64_t N = j->w.cols, D0 = j->w.rows, G = N / j->w.group_size, words = N / 8;
+    const size_t xb = (size_t)TL * N * 4, yb = (size_t)TL * R * 4, qb = (size_t)R * words * 4,
+                 sb = (size_t)R * G * 2, size = xb + yb + qb + 2 * sb;
+    char *big = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (big == MAP_FAILED) return;
+    pick_job jl = *j;
+    jl.x = (float *)(void *)big, jl.y = (float *)(void *)(big + xb), jl.T = TL;
+    uint32_t *q = (uint32_t *)(void *)(big + xb + yb);
+    uint16_t *s = (uint16_t *)(void *)(big + xb + yb + qb), *b = s + R * G;
+    for (int64_t r = 0; r < R; r++) {
+        memcpy(q + r * words, (const uint32_t *)j->w.w.data + r % D0 * words, (size_t)words * 4);
+        memcpy(s + r * G, (const uint16_t *)j->w.scales.data + r % D0 * G, (size_t)G * 2);
+        memcpy(b + r * G, (const uint16_t *)j->w.biases.data + r % D0 * G, (size_t)G * 2);
+    }
+    jl.w.w.data = q, jl.w.scales.data = s, jl.w.biases.data = b, jl.w.rows = R;
+    jl.w.w.shape[0] = jl.w.scales.shape[0] = jl.w.biases.shape[0] = R;
+    for (int64_t i = 0; i < TL * N; i++)
+        jl.x[i] = (float)(i % 17) * 0.01f - 0.08f;
+    jl.amx_terms = 3;
+    t[0] = time_best(run_quant_amx8, &jl);
+    t[1] = time_best(run_quant_amx, &jl);
+    munmap(big, size);
 }
 
 /* The fewest tokens from which kernel a (times ta at T0 and T1 tokens)
@@ -331,13 +368,15 @@ static int amx_crossover(int64_t T0, int64_t T1, const double ta[2], const doubl
 
 /* g_pick as stored by pick_cache.h: the measured fields (prefill_affine is
  * forced-only, off when nothing is forced) */
-enum { CACHED_FIELDS = 9 };
+enum { CACHED_FIELDS = 11 };
 
 static void pick_to_cache(const char *features) {
-    const int v[CACHED_FIELDS] = {
-        g_pick.prefill,         g_pick.matvec,        g_pick.matvec_int16,
-        g_pick.matvec_int16_q8, g_pick.prefill_int16, g_pick.dense_bf16,
-        g_pick.dense_amx,       g_pick.prefill_amx,   g_pick.prefill_amx_min_t};
+    const int v[CACHED_FIELDS] = {g_pick.prefill,           g_pick.matvec,
+                                  g_pick.matvec_int16,      g_pick.matvec_int16_q8,
+                                  g_pick.prefill_int16,     g_pick.dense_bf16,
+                                  g_pick.dense_amx,         g_pick.prefill_amx,
+                                  g_pick.prefill_amx_min_t, g_pick.prefill_amx8,
+                                  g_pick.prefill_amx8_min_t};
     nmlx_pick_cache_store("avx512", features, v, CACHED_FIELDS);
 }
 
@@ -354,7 +393,8 @@ static int amxq_untimed_min_t(void) {
  * damaged file must not pick an instruction set the CPU does not have) and,
  * for the quantized AMX prefill, only what this build's default takes (its
  * term count; the fixed start T where untimed). */
-static bool pick_from_cache(const char *features, bool bf16, bool vnni, bool amx, bool amxq) {
+static bool pick_from_cache(const char *features, bool bf16, bool vnni, bool amx, bool amxq,
+                            bool amx8) {
     int v[CACHED_FIELDS];
     if (!nmlx_pick_cache_load("avx512", features, v, CACHED_FIELDS)) return false;
     const bool allowed[7] = {bf16, bf16, vnni, vnni, vnni, bf16, amx};
@@ -366,9 +406,12 @@ static bool pick_from_cache(const char *features, bool bf16, bool vnni, bool amx
     if (amxq && amxq_untimed() &&
         (v[7] != NMLX_AMX_QUANT_DEFAULT_TERMS || v[8] != amxq_untimed_min_t()))
         return false;
+    if ((v[9] != 0 && !(v[9] == 1 && amx8)) || (v[10] != 0 && v[10] < NMLX_CPU_FEW_CHUNKED))
+        return false;
     g_pick.prefill = v[0], g_pick.matvec = v[1], g_pick.matvec_int16 = v[2];
     g_pick.matvec_int16_q8 = v[3], g_pick.prefill_int16 = v[4], g_pick.dense_bf16 = v[5];
     g_pick.dense_amx = v[6], g_pick.prefill_amx = v[7], g_pick.prefill_amx_min_t = v[8];
+    g_pick.prefill_amx8 = v[9], g_pick.prefill_amx8_min_t = v[10];
     return true;
 }
 
@@ -413,20 +456,33 @@ static void measure_pick(void) {
                          : amxq_fixed       ? NMLX_AMX_QUANT_DEFAULT_TERMS
                                             : 0;
     g_pick.prefill_amx_min_t = amxq_fixed ? amxq_untimed_min_t() : NMLX_CPU_FEW_CHUNKED;
+    /* AMX-INT8 on int16 x (quant_int8_amx.c, the int16 prefill's bits):
+     * NMLX_AMX_INT8=1 forces it (from T = 24), =0 turns it off; unset:
+     * timed against the prefill it replaces, off where NMLX_QUANT_INT16=0,
+     * NMLX_AMX_QUANT=0 (no quantized AMX prefill), NMLX_AMX_QUANT=1/2/bf16
+     * (the AMX-BF16 kernel asked for by name) and in a build whose AMX-BF16
+     * default is untimed (matmul_amx.h: that default is then the pick) */
+    const int e_a8 = nmlx_amx_int8_env();
+    const bool amx8 = e_a8 != 0 && amx && nmlx_amx_int8_ok() &&
+                      (e_a8 > 0 || (e_i16 != 0 && e_amxq < 0 && !amxq_fixed));
+    g_pick.prefill_amx8 = amx8 && e_a8 > 0;
+    g_pick.prefill_amx8_min_t = NMLX_CPU_FEW_CHUNKED;
     if (!(bf16 && !forced) && !(vnni && e_i16 < 0) && !(vnni && e_i16d < 0) &&
-        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0))
+        !(bf16 && e_dense < 0) && !log && !(amx && e_amx < 0) && !(amxq && e_amxq < 0) &&
+        !(amx8 && e_a8 < 0))
         return;
     /* nothing forced: this machine's earlier measurement (pick_cache.h), so
      * that every run takes the same kernels; NMLX_QUANT_PICK_LOG measures
      * again (and stores the result) */
     const bool cacheable =
-        !forced && e_i16 < 0 && e_i16d < 0 && e_dense < 0 && e_amx < 0 && e_amxq < 0;
-    char features[64];
+        !forced && e_i16 < 0 && e_i16d < 0 && e_dense < 0 && e_amx < 0 && e_amxq < 0 && e_a8 < 0;
+    char features[80];
     /* amxq-terms: a record measured for another default (3 terms timed, or
      * an untimed other count) is another machine's */
-    snprintf(features, sizeof features, "avx512bf16=%d vnni=%d amx=%d amxq=%d amxq-terms=%d", bf16,
-             vnni, amx, amxq, amxq ? NMLX_AMX_QUANT_DEFAULT_TERMS : 0);
-    if (cacheable && !log && pick_from_cache(features, bf16, vnni, amx, amxq)) return;
+    snprintf(features, sizeof features,
+             "avx512bf16=%d vnni=%d amx=%d amxq=%d amxq-terms=%d amx8=%d", bf16, vnni, amx, amxq,
+             amxq ? NMLX_AMX_QUANT_DEFAULT_TERMS : 0, amx8);
+    if (cacheable && !log && pick_from_cache(features, bf16, vnni, amx, amxq, amx8)) return;
     enum { PD = 128, PN = 1024, PT = 48, PTL = 256 };
     uint32_t *q = malloc((size_t)PD * PN / 8 * 4);
     uint16_t *s = malloc((size_t)PD * PN / 64 * 2), *b = malloc((size_t)PD * PN / 64 * 2);
@@ -455,8 +511,8 @@ static void measure_pick(void) {
         .y = y,
         .T = PT};
     double t[2][2] = {{0}}, t16 = 0, t16d = 0, t8[2] = {0}, td[2] = {0}, td_amx = 0;
-    double tq_amx[2] = {0}, tq_alt[2] = {0};
-    int amx_cross = 0; /* where the timed AMX and alternative lines cross */
+    double tq_amx[2] = {0}, tq_alt[2] = {0}, tq8[2] = {0}, tq8_alt[2] = {0}, tq8w[2] = {0};
+    int amx_cross = 0, amx8_cross = 0; /* where the timed AMX and alternative lines cross */
     for (int bf = 0; bf < 2; bf++) {
         j.bf = bf;
         if (bf && !bf16) break;
@@ -493,6 +549,43 @@ static void measure_pick(void) {
         if (e_amxq < 0 && !amxq_untimed()) {
             g_pick.prefill_amx_min_t = amx_cross;
             g_pick.prefill_amx = amx_cross ? 3 : 0;
+        }
+    }
+    /* AMX-INT8 on int16 x, at the same two sizes, against the same
+     * alternative (int16 where picked, else f32): from where the lines
+     * cross. Where the AMX-BF16 kernel is timed too, only the faster of the
+     * two at 256 tokens stays on (the AMX-INT8 one has the int16 prefill's
+     * bits, so the logits do not depend on this timing where int16 is
+     * picked). */
+    if (amx8 && e_a8 < 0) {
+        j.bf = false;
+        void (*alt)(void *) = g_pick.prefill_int16 ? run_matmat16 : run_matmat;
+        tq8[0] = time_best(run_quant_amx8, &j);
+        tq8_alt[0] = g_pick.prefill_int16 ? t16 : t[0][0];
+        const size_t xb = (size_t)PTL * PN * 4, yb = (size_t)PTL * PD * 4;
+        void *big = mmap(NULL, xb + yb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (big != MAP_FAILED) {
+            pick_job jl = j;
+            jl.x = big, jl.y = (float *)(void *)((char *)big + xb), jl.T = PTL;
+            for (int64_t i = 0; i < PTL * PN; i++)
+                jl.x[i] = (float)(i % 17) * 0.01f - 0.08f;
+            tq8[1] = time_best(run_quant_amx8, &jl);
+            tq8_alt[1] = tq_alt[1] > 0 ? tq_alt[1] : time_best(alt, &jl);
+            munmap(big, xb + yb);
+        }
+        amx8_cross = amx_crossover(PT, PTL, tq8, tq8_alt);
+        g_pick.prefill_amx8 = amx8_cross > 0;
+        g_pick.prefill_amx8_min_t = amx8_cross ? amx8_cross : NMLX_CPU_FEW_CHUNKED;
+        /* both AMX kernels on: the faster at 256 tokens on 512 rows (a
+         * thread's share of a small model's layer; on 128 rows the fixed
+         * per-call cost of the int16 rounding of x weighs too much) */
+        if (g_pick.prefill_amx8 && g_pick.prefill_amx && e_amxq < 0) {
+            tq8w[0] = tq8w[1] = 0;
+            amx8_vs_amx3(&j, tq8w);
+            if (tq8w[0] > 0 && tq8w[1] > 0 && tq8w[0] > tq8w[1])
+                g_pick.prefill_amx8 = false, g_pick.prefill_amx8_min_t = NMLX_CPU_FEW_CHUNKED;
+            else
+                g_pick.prefill_amx = 0, g_pick.prefill_amx_min_t = NMLX_CPU_FEW_CHUNKED;
         }
     }
     if (bf16 && !forced) {
@@ -560,6 +653,22 @@ static void measure_pick(void) {
                 : g_pick.prefill_amx == 1 ? "on (bf16)"
                                           : "off",
                 g_pick.prefill_amx_min_t, amxq_fixed ? " (the default, untimed)" : "");
+    if (log)
+        fprintf(stderr,
+                "nmlx cpu pick (ms): quantized prefill AMX-INT8 (int16 x) T=%d %.3g %s %.3g, "
+                "T=%d %.3g %s %.3g (%s; timed lines cross at T=%d); T=256 x 512 rows "
+                "AMX-INT8 %.3g AMX-BF16 %.3g -> amx-int8 %s from T=%d\n",
+                PT, 1e3 * tq8[0], g_pick.prefill_int16 ? "int16" : "f32", 1e3 * tq8_alt[0], PTL,
+                1e3 * tq8[1], g_pick.prefill_int16 ? "int16" : "f32", 1e3 * tq8_alt[1],
+                amx8          ? (e_a8 > 0 ? "forced by NMLX_AMX_INT8=1" : "AMX-INT8 usable")
+                : e_a8 == 0   ? "off: NMLX_AMX_INT8=0"
+                : !amx        ? "off: AMX not usable or NMLX_AMX=0"
+                : e_amxq > 0  ? "off: NMLX_AMX_QUANT forces the AMX-BF16 kernel"
+                : e_i16 == 0  ? "off: NMLX_QUANT_INT16=0"
+                : e_amxq == 0 ? "off: NMLX_AMX_QUANT=0"
+                              : "cpuid: no AMX-INT8",
+                amx8_cross, 1e3 * tq8w[0], 1e3 * tq8w[1], g_pick.prefill_amx8 ? "on" : "off",
+                g_pick.prefill_amx8_min_t);
     if (cacheable) pick_to_cache(features);
 out:
     free(q), free(s), free(b), free(wd), free(x), free(y);

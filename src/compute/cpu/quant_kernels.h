@@ -15,27 +15,32 @@
  * nmlx_qbf16_pick). Precision: activations and dequantized weights rounded
  * to bf16, products summed in f32 (docs/quantization.md). */
 typedef struct nmlx_qbf16_pick {
-    bool prefill;          /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
-    bool prefill_affine;   /* ...for affine weights too (forced only), not just MXFP4 */
-    bool matvec;           /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
-    bool matvec_int16;     /* nmlx_avx512vnni_quant_matvec16 for affine 4-bit (before
-                              matvec; needs AVX512_VNNI) */
-    bool matvec_int16_q8;  /* ...and for affine 8-bit (timed apart) */
-    bool prefill_int16;    /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
-                              precision; needs AVX512_VNNI) */
-    bool dense_bf16;       /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
-    bool dense_amx;        /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
-    int prefill_amx;       /* quantized prefill on AMX tiles, default precision only
-                              (nmlx_amx_quant_matmat, this many terms: NMLX_AMX_QUANT's, else
-                              NMLX_AMX_QUANT_DEFAULT_TERMS; 0 off) */
-    int prefill_amx_min_t; /* ...from this many tokens (where the pick's cost lines cross;
-                              fixed where the default is untimed, matmul_amx.h) */
+    bool prefill;           /* nmlx_avx512bf16_quant_matmat for T >= 16, unless w->f32_input */
+    bool prefill_affine;    /* ...for affine weights too (forced only), not just MXFP4 */
+    bool matvec;            /* nmlx_avx512bf16_quant_matvec for affine 4-bit */
+    bool matvec_int16;      /* nmlx_avx512vnni_quant_matvec16 for affine 4-bit (before
+                               matvec; needs AVX512_VNNI) */
+    bool matvec_int16_q8;   /* ...and for affine 8-bit (timed apart) */
+    bool prefill_int16;     /* nmlx_avx512vnni_quant_matmat16 for T >= 24 (the default
+                               precision; needs AVX512_VNNI) */
+    bool dense_bf16;        /* dense bf16 prefill on bf16 x (nmlx_avx512bf16_quant_matmat) */
+    bool dense_amx;         /* dense bf16 prefill on AMX tiles (nmlx_amx_bf16_matmat; NMLX_AMX) */
+    int prefill_amx;        /* quantized prefill on AMX tiles, default precision only
+                               (nmlx_amx_quant_matmat, this many terms: NMLX_AMX_QUANT's, else
+                               NMLX_AMX_QUANT_DEFAULT_TERMS; 0 off) */
+    int prefill_amx_min_t;  /* ...from this many tokens (where the pick's cost lines cross;
+                               fixed where the default is untimed, matmul_amx.h) */
+    bool prefill_amx8;      /* quantized prefill on AMX-INT8 tiles with int16 x, the int16
+                               prefill's bits (nmlx_amx8_quant_matmat; NMLX_AMX_INT8), default
+                               precision only; before prefill_amx where both are on */
+    int prefill_amx8_min_t; /* ...from this many tokens (where the cost lines cross) */
 } nmlx_qbf16_pick;
 /* Measured once per process (thread-safe, a few milliseconds of CPU time on
  * cache-resident problems); NMLX_QUANT_BF16=0/1 forces the bf16 quantized
  * kernels, NMLX_QUANT_INT16=0/1 the int16 prefill, NMLX_QUANT_INT16_DEC=0/1
  * the int16 (VNNI) decode mat-vec, NMLX_DENSE_BF16=0/1 the
- * dense bf16 prefill, NMLX_AMX / NMLX_AMX_QUANT the AMX ones (matmul_amx.h);
+ * dense bf16 prefill, NMLX_AMX / NMLX_AMX_QUANT / NMLX_AMX_INT8 the AMX ones
+ * (matmul_amx.h);
  * NMLX_QUANT_PICK_LOG=1 prints the timings. */
 nmlx_qbf16_pick nmlx_qbf16_get_pick(void);
 /* Whether nmlx_avx512bf16_quant_matvec handles w (affine 4-bit, group 64/128, cols <= 16384). */
