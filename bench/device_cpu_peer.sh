@@ -83,6 +83,7 @@ B=$HERE/build-cpu-peer
   cmake -S "$HERE" -B "$B" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DNODE_EXECUTABLE="$(command -v node || echo /bin/true)" > "$W/nmlx-build.log" 2>&1 &&
     cmake --build "$B" -j 6 --target nmlx-cli test_kernels test_quant_kernels test_quant_int8 \
+      test_amx_int8_real test_amx_quant_real \
       >> "$W/nmlx-build.log" 2>&1
   echo $? > "$W/nmlx.rc"
 ) &
@@ -104,7 +105,7 @@ log "make_models done: $(ls "$M"/*/gguf/ 2>/dev/null | tr '\n' ' ')"
 wait $NPID; log "nmlx build rc=$(cat "$W/nmlx.rc")"; tail -5 "$W/nmlx-build.log" >> "$LOG"
 NMLX=$B/nmlx
 # every fast kernel against the portable one on random data, on this CPU
-for t in test_kernels test_quant_kernels test_quant_int8; do
+for t in test_kernels test_quant_kernels test_quant_int8 test_amx_int8_real test_amx_quant_real; do
   [ -x "$B/tests/$t" ] && { log "$t: $(NMLX_SOURCE_DIR=$HERE "$B/tests/$t" 2>&1 | grep -E 'FAIL|default kernel|passed' | tr '\n' ' ')"; }
 done
 # the kernels this CPU picks for the default precision (timed at first use)
