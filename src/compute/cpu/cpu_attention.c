@@ -1,7 +1,11 @@
 /* Scaled dot-product attention over a [KVH, cap, HD] cache (contract in
  * backend.h). Work items are (query t, KV head, its query heads) split over
  * the pool, so a KV head's rows are read once for all the query heads that
- * share them (GQA); each thread keeps its heads' scores in scratch. */
+ * share them (GQA); each thread keeps its heads' scores in scratch. A
+ * prefill (T >= 4) runs the kernel set's flash kernel where it has one
+ * (attention_avx512.c: items of up to 32 query rows of one KV head, online
+ * softmax, no scores over n_kv), else blocks of queries through the row
+ * kernels (attn_block). */
 #include "compute/cpu/cpu_internal.h"
 
 #include <math.h>
@@ -11,16 +15,23 @@
 
 enum { ATTN_QB = 16 }; /* queries per block in a prefill (bench_attention: 8 to 32 within 15%) */
 
-/* NMLX_ATTN_BLOCK=0: prefills take the row path too (comparisons). Read
- * once; atomic because the pool's threads of several sessions ask at once
- * (the same value: tests/test_threads.c under -fsanitize=thread) */
-static bool block_path(void) {
-    static atomic_int on = -1;
-    int v = atomic_load_explicit(&on, memory_order_relaxed);
+/* The prefill path (cpu_internal.h nmlx_cpu_attn_set_path): NMLX_ATTN_BLOCK=0
+ * the row path, =1 blocks through the row kernels, unset (or 2) the set's
+ * flash kernel where it has one. Read once; atomic because the pool's
+ * threads of several sessions ask at once (the same value:
+ * tests/test_threads.c under -fsanitize=thread) */
+static atomic_int attn_path = -1;
+
+void nmlx_cpu_attn_set_path(int path) {
+    atomic_store_explicit(&attn_path, path, memory_order_relaxed);
+}
+
+static int prefill_path(void) {
+    int v = atomic_load_explicit(&attn_path, memory_order_relaxed);
     if (v < 0) {
         const char *e = getenv("NMLX_ATTN_BLOCK");
-        v = !(e && !strcmp(e, "0"));
-        atomic_store_explicit(&on, v, memory_order_relaxed);
+        v = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : 2;
+        atomic_store_explicit(&attn_path, v, memory_order_relaxed);
     }
     return v;
 }
@@ -137,18 +148,41 @@ typedef struct {
     const cpu_kernels *k;
     const nmlx_attn_args *a;
     attn_split sp;
+    int path;              /* prefill_path(), 0 for T < 4 */
+    atomic_llong next;     /* flash: the next work item */
+    float *flash_buf;      /* flash: nth buffers of nmlx_attn_flash_floats(HD) */
 } attn_job_t;
 
+/* The flash path: items (query block, KV head), the last query blocks (most
+ * keys) first, taken from a shared counter, so the threads finish together
+ * whatever the causal triangle's shape. */
+static void attn_flash_task(attn_job_t *j, float *buf) {
+    const nmlx_attn_args *a = j->a;
+    const int64_t g = j->sp.group, nq = NMLX_ATTN_FLASH_ROWS / g;
+    const int64_t blocks = (a->T + nq - 1) / nq, items = blocks * a->KVH;
+    for (;;) {
+        const int64_t i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= items) break;
+        const int64_t b = blocks - 1 - i / a->KVH;
+        j->k->attn_flash(a, b * nq, i % a->KVH, g, buf);
+    }
+}
+
 static void attn_task(void *ctx, int ith, int nth) {
-    const attn_job_t *j = ctx;
+    attn_job_t *j = ctx;
     const nmlx_attn_args *a = j->a;
     const attn_split sp = j->sp;
     const int64_t kv_groups = a->H / sp.group;
-    /* a prefill: blocks of ATTN_QB queries per KV head, dealt round-robin
-     * (later queries see more keys: contiguous shares would give the last
-     * thread most of the work); where the block buffer cannot be had, the
-     * row path below */
-    if (a->T >= 4 && a->KVH * sp.group == a->H && block_path()) {
+    /* a prefill: the flash kernel's items, or (path 1) blocks of ATTN_QB
+     * queries per KV head through the row kernels, dealt round-robin (later
+     * queries see more keys: contiguous shares would give the last thread
+     * most of the work); where the block buffer cannot be had, the row path
+     * below */
+    if (j->path == 2) {
+        attn_flash_task(j, j->flash_buf + ith * nmlx_attn_flash_floats(a->HD));
+        return;
+    }
+    if (j->path == 1) {
         /* fewer queries per block where the scores would pass 8 MiB */
         int64_t qb = ((int64_t)1 << 21) / (sp.group * a->n_kv);
         qb = qb > ATTN_QB ? ATTN_QB : qb < 1 ? 1 : qb;
@@ -177,6 +211,13 @@ void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     if (a->T <= 0 || a->H <= 0 || a->HD <= 0) return;
     int64_t work = a->T * a->H * a->n_kv * a->HD * 2;
     int nth = (a->T * a->H > 1 && work >= (1 << 14)) ? be->n_threads : 1;
-    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth)};
+    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, NULL};
+    if (a->T >= 4 && a->KVH * j.sp.group == a->H) {
+        j.path = prefill_path();
+        if (j.path == 2 && j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group))
+            j.flash_buf = malloc((size_t)(nth * nmlx_attn_flash_floats(a->HD)) * sizeof(float));
+        if (j.path == 2 && !j.flash_buf) j.path = 1; /* no kernel or no buffer */
+    }
     nmlx_pool_run_n(be->pool, attn_task, &j, nth);
+    free(j.flash_buf);
 }

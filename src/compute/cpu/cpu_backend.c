@@ -151,6 +151,8 @@ static bool pick_kernels(const char *isa, cpu_impl *impl) {
     if (!strcmp(isa, "avx512") && cpu_has_avx512()) {
         impl->own = nmlx_cpu_kernels_avx2;
         impl->own.isa = "avx512";
+        impl->own.attn_flash_ok = nmlx_avx512_attn_flash_ok;
+        impl->own.attn_flash = nmlx_avx512_attn_flash;
         impl->own.matmul_rows = nmlx_avx512_matmul_rows;
         impl->own.matmul_few = nmlx_avx512_matmul_few;
         impl->k = &impl->own;
@@ -159,6 +161,8 @@ static bool pick_kernels(const char *isa, cpu_impl *impl) {
     if (!strcmp(isa, "avx512bf16") && cpu_has_avx512bf16()) {
         impl->own = nmlx_cpu_kernels_avx2;
         impl->own.isa = "avx512bf16";
+        impl->own.attn_flash_ok = nmlx_avx512_attn_flash_ok;
+        impl->own.attn_flash = nmlx_avx512_attn_flash;
         impl->own.matmul_rows = nmlx_avx512_matmul_rows;
         impl->own.matvec_bf16 = nmlx_avx512bf16_matvec;
         impl->own.matvec_bf16_variant = bf16_matvec_variant();

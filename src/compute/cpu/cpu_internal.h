@@ -80,7 +80,27 @@ typedef struct cpu_kernels {
      * the one-token path per token. */
     bool (*matmul_few)(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                        int64_t d1);
+    /* Optional (NULL if absent): a prefill's attention, flash style
+     * (attention_avx512.c): the queries t0 .. t0 + min(T - t0, ROWS / g) - 1
+     * of the g = H / KVH query heads of KV head kvh, out written for them;
+     * buf holds nmlx_attn_flash_floats(HD) floats. Only where
+     * attn_flash_ok(HD, g). */
+    bool (*attn_flash_ok)(int64_t HD, int64_t g);
+    void (*attn_flash)(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf);
 } cpu_kernels;
+
+/* The flash kernel's work item: up to this many query rows (queries x the
+ * heads of a KV head) against KEYS keys at a time, HD up to HD_MAX */
+enum { NMLX_ATTN_FLASH_ROWS = 32, NMLX_ATTN_FLASH_KEYS = 32, NMLX_ATTN_FLASH_HD_MAX = 512 };
+static inline int64_t nmlx_attn_flash_floats(int64_t HD) {
+    return 2 * HD * NMLX_ATTN_FLASH_ROWS + NMLX_ATTN_FLASH_KEYS * NMLX_ATTN_FLASH_ROWS +
+           2 * NMLX_ATTN_FLASH_KEYS * HD;
+}
+/* Which path a prefill's attention takes (cpu_attention.c): 0 the per-query
+ * row path, 1 blocks of queries through the row kernels, 2 the set's flash
+ * kernel where it has one (else 1). Default: NMLX_ATTN_BLOCK=0 / 1 / unset.
+ * Tests set it with nmlx_cpu_attn_set_path (-1: back to the environment's). */
+void nmlx_cpu_attn_set_path(int path);
 
 extern const cpu_kernels nmlx_cpu_kernels_portable;
 /* kernels_avx2.c is built on x86-64 only */
@@ -97,6 +117,15 @@ void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, int64_t g, const void 
                            int64_t HD, float scale, float *sc);
 void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
                         int64_t HD, float *out);
+#endif
+
+/* attention_avx512.c: the avx512 sets' flash prefill attention (see
+ * cpu_kernels.attn_flash) and its e^x on n floats in place (tests) */
+#if NMLX_CPU_HAVE_AVX2
+bool nmlx_avx512_attn_flash_ok(int64_t HD, int64_t g);
+void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g,
+                            float *buf);
+void nmlx_avx512_exp(float *x, int64_t n);
 #endif
 
 /* AVX-512 (x86-64): the AVX2 set with the prefill matmul replaced. */
