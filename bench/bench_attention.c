@@ -1,9 +1,11 @@
 /* CPU attention benchmark: one prefill's attention (T queries at positions
- * 0..T-1 against a causal f16 cache) through the backend's op, CPU seconds
- * of the calling thread per call and GFLOP/s (4 T^2/2 H HD multiply-adds
- * counted as 2 flops each), 1 thread. NMLX_ATTN_BLOCK=0 compares the row
- * path. Build like bench_kernels (bench/kernels.md):
- *   bench_attention [T=512] [H=16] [KVH=8] [HD=128] [reps=5] */
+ * 0..T-1 against a causal cache, f16 unless told) through the backend's op,
+ * CPU seconds of the calling thread per call and GFLOP/s (4 T^2/2 H HD
+ * multiply-adds counted as 2 flops each), 1 thread. NMLX_ATTN_BLOCK=0
+ * times the row path, =1 query blocks through the row kernels, unset the
+ * flash kernel (attention_avx512.c). Build like bench_kernels
+ * (bench/kernels.md):
+ *   bench_attention [T=512] [H=16] [KVH=8] [HD=128] [reps=5] [f16|bf16|f32] */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 #include "compute/backend.h"
@@ -12,24 +14,32 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 int main(int argc, char **argv) {
     const int64_t T = argc > 1 ? atoll(argv[1]) : 512, H = argc > 2 ? atoll(argv[2]) : 16,
                   KVH = argc > 3 ? atoll(argv[3]) : 8, HD = argc > 4 ? atoll(argv[4]) : 128;
     const int reps = argc > 5 ? atoi(argv[5]) : 5;
+    const char *dts = argc > 6 ? argv[6] : "f16";
+    const nmlx_dtype dt = !strcmp(dts, "f32")    ? NMLX_DT_F32
+                          : !strcmp(dts, "bf16") ? NMLX_DT_BF16
+                                                 : NMLX_DT_F16;
     nmlx_backend *be = NULL;
     if (nmlx_backend_cpu_create_isa(1, NULL, &be) != NMLX_OK) return 1;
     float *q = malloc((size_t)(T * H * HD) * 4), *out = malloc((size_t)(T * H * HD) * 4);
     uint16_t *k16 = malloc((size_t)(KVH * T * HD) * 2), *v16 = malloc((size_t)(KVH * T * HD) * 2);
+    float *k32 = malloc((size_t)(KVH * T * HD) * 4), *v32 = malloc((size_t)(KVH * T * HD) * 4);
     float *scratch = malloc((size_t)(H / KVH * T) * 4);
     uint32_t st = 12345;
     for (int64_t i = 0; i < T * H * HD; i++)
         st = st * 1664525u + 1013904223u, q[i] = (float)(st >> 8) / 16777216.0f - 0.5f;
     for (int64_t i = 0; i < KVH * T * HD; i++) {
         st = st * 1664525u + 1013904223u;
-        k16[i] = nmlx_f32_to_f16((float)(st >> 8) / 16777216.0f - 0.5f);
-        v16[i] = nmlx_f32_to_f16((float)(st & 0xffff) / 65536.0f - 0.5f);
+        k32[i] = (float)(st >> 8) / 16777216.0f - 0.5f;
+        v32[i] = (float)(st & 0xffff) / 65536.0f - 0.5f;
+        k16[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(k32[i]) : nmlx_f32_to_f16(k32[i]);
+        v16[i] = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(v32[i]) : nmlx_f32_to_f16(v32[i]);
     }
     nmlx_attn_args a = {.q = q,
                         .out = out,
@@ -42,7 +52,9 @@ int main(int argc, char **argv) {
                         .n_kv = T,
                         .scale = 0.088f,
                         .scratch = scratch,
-                        .kv_dtype = NMLX_DT_F16,
+                        .k = k32,
+                        .v = v32,
+                        .kv_dtype = dt,
                         .k16 = k16,
                         .v16 = v16};
     double best = 1e30;
@@ -53,10 +65,10 @@ int main(int argc, char **argv) {
         best = t < best ? t : best;
     }
     double flops = 4.0 * (double)T * (double)(T + 1) / 2 * (double)H * (double)HD;
-    printf("attention T %lld H %lld KVH %lld HD %lld (%s): %.2f ms, %.1f GFLOP/s\n", (long long)T,
-           (long long)H, (long long)KVH, (long long)HD, nmlx_backend_cpu_isa(be), 1e3 * best,
+    printf("attention T %lld H %lld KVH %lld HD %lld %s (%s): %.2f ms, %.1f GFLOP/s\n", (long long)T,
+           (long long)H, (long long)KVH, (long long)HD, dts, nmlx_backend_cpu_isa(be), 1e3 * best,
            flops / best * 1e-9);
-    free(q), free(out), free(k16), free(v16), free(scratch);
+    free(q), free(out), free(k16), free(v16), free(k32), free(v32), free(scratch);
     nmlx_backend_free(be);
     return 0;
 }

@@ -151,6 +151,8 @@ int main(void) {
         {9, 4, 1, 128, 0, 9, 0, 0, 0, 8},        /* peaky softmax */
         {130, 16, 8, 128, 0, 130, 0, 0, 0, 1},   /* many blocks, both threads */
         {99, 16, 4, 80, 400, 499, 64, 0, 0, 2},  /* window 64 deep in the cache */
+        {6, 4, 1, 128, 8994, 9000, 0, 0, 1, 1},  /* half caches too long to widen per head */
+        {7, 4, 2, 64, 8993, 9000, 300, 0, 0, 1}, /* the same, a window: widened per head */
     };
     const nmlx_dtype dts[] = {NMLX_DT_F32, NMLX_DT_F16, NMLX_DT_BF16};
     const char *isas[] = {"avx512", "avx512bf16"};

@@ -21,8 +21,9 @@
  *
  * So no masked upper-triangle block is computed (only the item's own
  * diagonal), no horizontal sums, no scores array over n_kv; half caches
- * (f16 / bf16) are widened per key block into the buffer, f32 caches read in
- * place. All f32. Rows with nothing visible give zeros (the row path's
+ * (f16 / bf16) are widened into f32 once per KV head and thread where that
+ * fits (nmlx_attn_wide: 13% of the time at T = 512 when done per key block
+ * and item), else per key block; f32 caches are read in place. All f32. Rows with nothing visible give zeros (the row path's
  * contract). HD % 16 == 0, HD <= NMLX_ATTN_FLASH_HD_MAX, g <= 32. */
 #include "compute/cpu/cpu_internal.h"
 
@@ -103,12 +104,12 @@ AI void qk_tile(int NV, int KC, const float *qt, const float *k, int64_t HD, int
 }
 
 /* o[rr * HD + 16 w ..] = alpha[rr] o[..] + sum_c p[c * FR + rr] v[c * HD + 16 w ..]
- * for rr < 4, w < NW, c < kb */
-AI void pv_tile(int NW, const float *p, const float *v, int64_t HD, int64_t kb,
+ * for rr < NR, w < NW, c < kb */
+AI void pv_tile(int NR, int NW, const float *p, const float *v, int64_t HD, int64_t kb,
                 const float *alpha, float *o) {
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < NR; r++) {
         const __m512 al = _mm512_set1_ps(alpha[r]);
 #pragma GCC unroll 4
         for (int w = 0; w < NW; w++)
@@ -119,16 +120,16 @@ AI void pv_tile(int NW, const float *p, const float *v, int64_t HD, int64_t kb,
 #pragma GCC unroll 4
         for (int w = 0; w < NW; w++)
             x[w] = _mm512_loadu_ps(v + c * HD + 16 * w);
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++) {
             const __m512 pb = _mm512_set1_ps(p[c * FR + r]);
 #pragma GCC unroll 4
             for (int w = 0; w < NW; w++)
                 acc[r][w] = _mm512_fmadd_ps(pb, x[w], acc[r][w]);
         }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 6
+    for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
         for (int w = 0; w < NW; w++)
             _mm512_storeu_ps(o + r * HD + 16 * w, acc[r][w]);
@@ -141,17 +142,22 @@ static void qk_1_16(const float *qt, const float *k, int64_t HD, int64_t nk, flo
     qk_tile(1, 16, qt, k, HD, nk, s, st);
 }
 typedef void (*pv_fn)(const float *, const float *, int64_t, int64_t, const float *, float *);
-#define PV_FN(W)                                                                                   \
-    static void pv_##W(const float *p, const float *v, int64_t HD, int64_t kb, const float *al,    \
-                       float *o) {                                                                 \
-        pv_tile(W, p, v, HD, kb, al, o);                                                           \
+#define PV_FN(R, W)                                                                                \
+    static void pv_##R##_##W(const float *p, const float *v, int64_t HD, int64_t kb,               \
+                             const float *al, float *o) {                                          \
+        pv_tile(R, W, p, v, HD, kb, al, o);                                                        \
     }
-PV_FN(1)
-PV_FN(2)
-PV_FN(3)
-PV_FN(4)
+PV_FN(6, 1)
+PV_FN(6, 2)
+PV_FN(6, 3)
+PV_FN(6, 4)
+PV_FN(2, 1)
+PV_FN(2, 2)
+PV_FN(2, 3)
+PV_FN(2, 4)
 #undef PV_FN
-static const pv_fn pv_fns[4] = {pv_1, pv_2, pv_3, pv_4};
+static const pv_fn pv6_fns[4] = {pv_6_1, pv_6_2, pv_6_3, pv_6_4};
+static const pv_fn pv2_fns[4] = {pv_2_1, pv_2_2, pv_2_3, pv_2_4};
 
 /* rows [0, kb) of the cache block from row j0, widened to f32 */
 static void widen(nmlx_dtype dt, const uint16_t *src, int64_t kb, int64_t HD, float *dst) {
@@ -173,11 +179,11 @@ bool nmlx_avx512_attn_flash_ok(int64_t HD, int64_t g) {
 }
 
 void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g,
-                            float *buf) {
+                            float *buf, nmlx_attn_wide *wide) {
     const int64_t HD = a->HD, nq_max = FR / g, h0 = kvh * g;
     const int64_t nq = a->T - t0 < nq_max ? a->T - t0 : nq_max, R = nq * g;
     const int NV = R > 16 ? 2 : 1;
-    const int64_t RT = (R + 3) & ~(int64_t)3;
+    const int64_t RT = (R + 1) & ~(int64_t)1; /* rows of the P V tiles */
     float *qt = buf;          /* [HD][FR]: Q^T */
     float *ob = qt + HD * FR; /* [FR][HD]: unnormalised O */
     float *st = ob + FR * HD; /* [KB][FR]: scores, then probabilities */
@@ -203,15 +209,20 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
                    (size_t)HD * sizeof(float));
         return;
     }
-    for (int64_t r = 0; r < FR; r++) {
-        if (r >= R) {
+    { /* Q^T: a gather of 16 rows' element d per vector */
+        int32_t off[FR] __attribute__((aligned(64)));
+        for (int64_t r = 0; r < FR; r++)
+            off[r] = r < R ? (int32_t)(((r / g) * a->H + r % g) * HD) : 0;
+        const float *q0 = a->q + (t0 * a->H + h0) * HD;
+        for (int v = 0; v < 2; v++) {
+            const __m512i ix = _mm512_load_si512(off + 16 * v);
+            const __mmask16 mv = (__mmask16)(R >= 16 * (v + 1) ? 0xFFFF
+                                              : R <= 16 * v  ? 0
+                                                             : (1u << (R - 16 * v)) - 1);
             for (int64_t d = 0; d < HD; d++)
-                qt[d * FR + r] = 0.0f;
-            continue;
+                _mm512_storeu_ps(qt + d * FR + 16 * v,
+                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mv, ix, q0 + d, 4));
         }
-        const float *q = a->q + ((t0 + r / g) * a->H + h0 + r % g) * HD;
-        for (int64_t d = 0; d < HD; d++)
-            qt[d * FR + r] = q[d];
     }
     memset(ob, 0, (size_t)(FR * HD) * sizeof(float));
     __m512 m[2], l[2];
@@ -230,7 +241,14 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
     for (int64_t j0 = jlo; j0 <= jhi; j0 += KB) {
         const int64_t kb = jhi - j0 + 1 < KB ? jhi - j0 + 1 : KB;
         const float *K, *V;
-        if (half) {
+        if (half && wide) { /* the KV head widened once for the thread's items on it */
+            if (wide->kvh != kvh) {
+                widen(a->kv_dtype, a->k16 + base + wide->j0 * HD, wide->n, HD, wide->k);
+                widen(a->kv_dtype, a->v16 + base + wide->j0 * HD, wide->n, HD, wide->v);
+                wide->kvh = kvh;
+            }
+            K = wide->k + (j0 - wide->j0) * HD, V = wide->v + (j0 - wide->j0) * HD;
+        } else if (half) {
             widen(a->kv_dtype, a->k16 + base + j0 * HD, kb, HD, kf);
             widen(a->kv_dtype, a->v16 + base + j0 * HD, kb, HD, vf);
             K = kf, V = vf;
@@ -275,10 +293,11 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
             m[v] = mn;
             _mm512_store_ps(alpha + 16 * v, al);
         }
-        for (int64_t r0 = 0; r0 < RT; r0 += 4)
+        for (int64_t r0 = 0; r0 < RT; r0 += RT - r0 >= 6 ? 6 : 2) /* 6-row tiles, 2-row tails */
             for (int64_t d0 = 0; d0 < HD; d0 += 64) {
                 const int nw = HD - d0 >= 64 ? 4 : (int)((HD - d0) / 16);
-                pv_fns[nw - 1](st + r0, V + d0, HD, kb, alpha + r0, ob + r0 * HD + d0);
+                (RT - r0 >= 6 ? pv6_fns : pv2_fns)[nw - 1](st + r0, V + d0, HD, kb, alpha + r0,
+                                                          ob + r0 * HD + d0);
             }
     }
     for (int v = 0; v < NV; v++)

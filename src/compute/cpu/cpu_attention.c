@@ -150,7 +150,9 @@ typedef struct {
     attn_split sp;
     int path;              /* prefill_path(), 0 for T < 4 */
     atomic_llong next;     /* flash: the next work item */
-    float *flash_buf;      /* flash: nth buffers of nmlx_attn_flash_floats(HD) */
+    float *flash_buf;      /* flash: nth buffers of buf_floats */
+    int64_t buf_floats;    /* nmlx_attn_flash_floats(HD) + the widened head (2 wide_n HD) */
+    int64_t wide_j0, wide_n; /* keys of the widened head (nmlx_attn_wide); n 0: none */
 } attn_job_t;
 
 /* The flash path: items (query block, KV head), the last query blocks (most
@@ -158,13 +160,19 @@ typedef struct {
  * whatever the causal triangle's shape. */
 static void attn_flash_task(attn_job_t *j, float *buf) {
     const nmlx_attn_args *a = j->a;
+    nmlx_attn_wide wide = {-1, j->wide_j0, j->wide_n, NULL, NULL}, *w = NULL;
+    if (j->wide_n > 0) {
+        wide.k = buf + nmlx_attn_flash_floats(a->HD);
+        wide.v = wide.k + j->wide_n * a->HD;
+        w = &wide;
+    }
     const int64_t g = j->sp.group, nq = NMLX_ATTN_FLASH_ROWS / g;
     const int64_t blocks = (a->T + nq - 1) / nq, items = blocks * a->KVH;
     for (;;) {
         const int64_t i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (i >= items) break;
-        const int64_t b = blocks - 1 - i / a->KVH;
-        j->k->attn_flash(a, b * nq, i % a->KVH, g, buf);
+        const int64_t b = blocks - 1 - i % blocks; /* a KV head's blocks in a row: its K, V stay in L2 */
+        j->k->attn_flash(a, b * nq, i / blocks, g, buf, w);
     }
 }
 
@@ -179,7 +187,7 @@ static void attn_task(void *ctx, int ith, int nth) {
      * most of the work); where the block buffer cannot be had, the row path
      * below */
     if (j->path == 2) {
-        attn_flash_task(j, j->flash_buf + ith * nmlx_attn_flash_floats(a->HD));
+        attn_flash_task(j, j->flash_buf + ith * j->buf_floats);
         return;
     }
     if (j->path == 1) {
@@ -211,11 +219,21 @@ void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     if (a->T <= 0 || a->H <= 0 || a->HD <= 0) return;
     int64_t work = a->T * a->H * a->n_kv * a->HD * 2;
     int nth = (a->T * a->H > 1 && work >= (1 << 14)) ? be->n_threads : 1;
-    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, NULL};
+    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, NULL, 0, 0, 0};
     if (a->T >= 4 && a->KVH * j.sp.group == a->H) {
         j.path = prefill_path();
-        if (j.path == 2 && j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group))
-            j.flash_buf = malloc((size_t)(nth * nmlx_attn_flash_floats(a->HD)) * sizeof(float));
+        if (j.path == 2 && j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group)) {
+            /* half caches: each thread widens a KV head's visible keys once */
+            const int64_t w0 = a->window > 0 && a->q_pos - a->window + 1 > 0
+                                   ? a->q_pos - a->window + 1
+                                   : 0;
+            const int64_t wn = a->n_kv - w0;
+            if (a->kv_dtype != NMLX_DT_F32 && wn > 0 &&
+                2 * wn * a->HD * (int64_t)sizeof(float) <= NMLX_ATTN_WIDE_MAX)
+                j.wide_j0 = w0, j.wide_n = wn;
+            j.buf_floats = nmlx_attn_flash_floats(a->HD) + 2 * j.wide_n * a->HD;
+            j.flash_buf = malloc((size_t)(nth * j.buf_floats) * sizeof(float));
+        }
         if (j.path == 2 && !j.flash_buf) j.path = 1; /* no kernel or no buffer */
     }
     nmlx_pool_run_n(be->pool, attn_task, &j, nth);

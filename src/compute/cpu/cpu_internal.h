@@ -35,6 +35,16 @@
 #define NMLX_PF_STREAM _MM_HINT_T1
 #endif
 
+/* A thread's f32 copy of one KV head's half-precision keys and values, rows
+ * j0 .. j0 + n - 1 (every key the call's queries see), for the flash kernel:
+ * kvh = -1 until the kernel fills it, then the head it holds. NULL where the
+ * cache is f32 or the copy would pass NMLX_ATTN_WIDE_MAX bytes. */
+typedef struct nmlx_attn_wide {
+    int64_t kvh, j0, n;
+    float *k, *v; /* [n][HD] each */
+} nmlx_attn_wide;
+enum { NMLX_ATTN_WIDE_MAX = 8 << 20 };
+
 typedef struct cpu_kernels {
     const char *isa; /* "portable", "avx2", "avx512", "avx512bf16" */
     /* y[t, d] = sum_n x[t, n] * W[d, n] for rows d0 <= d < d1 and all t < T
@@ -86,7 +96,8 @@ typedef struct cpu_kernels {
      * buf holds nmlx_attn_flash_floats(HD) floats. Only where
      * attn_flash_ok(HD, g). */
     bool (*attn_flash_ok)(int64_t HD, int64_t g);
-    void (*attn_flash)(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf);
+    void (*attn_flash)(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf,
+                       nmlx_attn_wide *wide);
 } cpu_kernels;
 
 /* The flash kernel's work item: up to this many query rows (queries x the
@@ -124,7 +135,7 @@ void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V,
 #if NMLX_CPU_HAVE_AVX2
 bool nmlx_avx512_attn_flash_ok(int64_t HD, int64_t g);
 void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g,
-                            float *buf);
+                            float *buf, nmlx_attn_wide *wide);
 void nmlx_avx512_exp(float *x, int64_t n);
 #endif
 
