@@ -151,12 +151,17 @@ PV_FN(6, 1)
 PV_FN(6, 2)
 PV_FN(6, 3)
 PV_FN(6, 4)
+PV_FN(4, 1)
+PV_FN(4, 2)
+PV_FN(4, 3)
+PV_FN(4, 4)
 PV_FN(2, 1)
 PV_FN(2, 2)
 PV_FN(2, 3)
 PV_FN(2, 4)
 #undef PV_FN
 static const pv_fn pv6_fns[4] = {pv_6_1, pv_6_2, pv_6_3, pv_6_4};
+static const pv_fn pv4_fns[4] = {pv_4_1, pv_4_2, pv_4_3, pv_4_4};
 static const pv_fn pv2_fns[4] = {pv_2_1, pv_2_2, pv_2_3, pv_2_4};
 
 /* rows [0, kb) of the cache block from row j0, widened to f32 */
@@ -293,12 +298,15 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
             m[v] = mn;
             _mm512_store_ps(alpha + 16 * v, al);
         }
-        for (int64_t r0 = 0; r0 < RT; r0 += RT - r0 >= 6 ? 6 : 2) /* 6-row tiles, 2-row tails */
+        for (int64_t r0 = 0, nr; r0 < RT; r0 += nr) { /* 6-row tiles; 4, 2 at the end */
+            const int64_t left = RT - r0;
+            nr = left >= 6 && left != 8 ? 6 : left >= 4 ? 4 : 2;
+            const pv_fn *fns = nr == 6 ? pv6_fns : nr == 4 ? pv4_fns : pv2_fns;
             for (int64_t d0 = 0; d0 < HD; d0 += 64) {
                 const int nw = HD - d0 >= 64 ? 4 : (int)((HD - d0) / 16);
-                (RT - r0 >= 6 ? pv6_fns : pv2_fns)[nw - 1](st + r0, V + d0, HD, kb, alpha + r0,
-                                                          ob + r0 * HD + d0);
+                fns[nw - 1](st + r0, V + d0, HD, kb, alpha + r0, ob + r0 * HD + d0);
             }
+        }
     }
     for (int v = 0; v < NV; v++)
         _mm512_store_ps(lsum + 16 * v, l[v]);
