@@ -104,7 +104,7 @@ typedef struct cpu_kernels {
  * heads of a KV head) against KEYS keys at a time, HD up to HD_MAX */
 enum { NMLX_ATTN_FLASH_ROWS = 32, NMLX_ATTN_FLASH_KEYS = 64, NMLX_ATTN_FLASH_HD_MAX = 512 };
 static inline int64_t nmlx_attn_flash_floats(int64_t HD) {
-    return 2 * HD * NMLX_ATTN_FLASH_ROWS + NMLX_ATTN_FLASH_KEYS * NMLX_ATTN_FLASH_ROWS +
+    return 2 * HD * NMLX_ATTN_FLASH_ROWS + (NMLX_ATTN_FLASH_KEYS + 16) * NMLX_ATTN_FLASH_ROWS +
            2 * NMLX_ATTN_FLASH_KEYS * HD;
 }
 /* Which path a prefill's attention takes (cpu_attention.c): 0 the per-query
