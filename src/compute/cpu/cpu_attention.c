@@ -9,6 +9,7 @@
 #include "compute/cpu/cpu_internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,16 +151,60 @@ typedef struct {
     attn_split sp;
     int path;              /* prefill_path(), 0 for T < 4 */
     atomic_llong next;     /* flash: the next work item */
-    float *flash_buf;      /* flash: nth buffers of buf_floats */
-    int64_t buf_floats;    /* nmlx_attn_flash_floats(HD) + the widened head (2 wide_n HD) */
+    int64_t buf_floats;    /* flash: nmlx_attn_flash_floats(HD) + the widened head (2 wide_n HD) */
     int64_t wide_j0, wide_n; /* keys of the widened head (nmlx_attn_wide); n 0: none */
 } attn_job_t;
 
-/* The flash path: items (query block, KV head), the last query blocks (most
- * keys) first, taken from a shared counter, so the threads finish together
- * whatever the causal triangle's shape. */
-static void attn_flash_task(attn_job_t *j, float *buf) {
+/* Each thread's flash buffer, kept from call to call (a fresh block of
+ * hundreds of KiB per call comes back as new pages once the heap has been
+ * trimmed; quant_int8_amx.c saw 0.2 ms a call); freed when the thread exits. */
+typedef struct {
+    float *p;
+    size_t n;
+} flash_scratch;
+static pthread_key_t g_flash_key;
+static bool g_flash_key_ok;
+static pthread_once_t g_flash_key_once = PTHREAD_ONCE_INIT;
+
+static void flash_scratch_free(void *v) {
+    flash_scratch *s = v;
+    free(s->p);
+    free(s);
+}
+
+static void flash_key_init(void) {
+    g_flash_key_ok = pthread_key_create(&g_flash_key, flash_scratch_free) == 0;
+}
+
+static float *flash_scratch_get(size_t floats) {
+    pthread_once(&g_flash_key_once, flash_key_init);
+    if (!g_flash_key_ok) return NULL;
+    flash_scratch *s = pthread_getspecific(g_flash_key);
+    if (s && s->n >= floats) return s->p;
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s))) return NULL;
+        if (pthread_setspecific(g_flash_key, s)) {
+            free(s);
+            return NULL;
+        }
+    }
+    free(s->p);
+    s->n = 0;
+    if (!(s->p = malloc(floats * sizeof(float)))) return NULL;
+    s->n = floats;
+    return s->p;
+}
+
+/* The flash path: items (KV head, query block), a head's last query blocks
+ * (most keys) first, taken from a shared counter, so the threads finish
+ * together whatever the causal triangle's shape, and a thread's run of items
+ * on one head reuses its widened copy (nmlx_attn_wide). A thread without a
+ * buffer takes no item (the others drain the counter); if none had one,
+ * nmlx_cpu_attention runs the row path. */
+static void attn_flash_task(attn_job_t *j) {
     const nmlx_attn_args *a = j->a;
+    float *buf = flash_scratch_get((size_t)j->buf_floats);
+    if (!buf) return;
     nmlx_attn_wide wide = {-1, j->wide_j0, j->wide_n, NULL, NULL}, *w = NULL;
     if (j->wide_n > 0) {
         wide.k = buf + nmlx_attn_flash_floats(a->HD);
@@ -187,7 +232,7 @@ static void attn_task(void *ctx, int ith, int nth) {
      * most of the work); where the block buffer cannot be had, the row path
      * below */
     if (j->path == 2) {
-        attn_flash_task(j, j->flash_buf + ith * j->buf_floats);
+        attn_flash_task(j);
         return;
     }
     if (j->path == 1) {
@@ -219,23 +264,25 @@ void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     if (a->T <= 0 || a->H <= 0 || a->HD <= 0) return;
     int64_t work = a->T * a->H * a->n_kv * a->HD * 2;
     int nth = (a->T * a->H > 1 && work >= (1 << 14)) ? be->n_threads : 1;
-    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, NULL, 0, 0, 0};
+    attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, 0, 0, 0};
     if (a->T >= 4 && a->KVH * j.sp.group == a->H) {
         j.path = prefill_path();
-        if (j.path == 2 && j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group)) {
-            /* half caches: each thread widens a KV head's visible keys once */
-            const int64_t w0 = a->window > 0 && a->q_pos - a->window + 1 > 0
-                                   ? a->q_pos - a->window + 1
-                                   : 0;
-            const int64_t wn = a->n_kv - w0;
-            if (a->kv_dtype != NMLX_DT_F32 && wn > 0 &&
-                2 * wn * a->HD * (int64_t)sizeof(float) <= NMLX_ATTN_WIDE_MAX)
-                j.wide_j0 = w0, j.wide_n = wn;
-            j.buf_floats = nmlx_attn_flash_floats(a->HD) + 2 * j.wide_n * a->HD;
-            j.flash_buf = malloc((size_t)(nth * j.buf_floats) * sizeof(float));
-        }
-        if (j.path == 2 && !j.flash_buf) j.path = 1; /* no kernel or no buffer */
+        if (j.path == 2 && !(j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group)))
+            j.path = 1;
+    }
+    if (j.path == 2) {
+        /* half caches: each thread widens a KV head's visible keys once */
+        const int64_t w0 =
+            a->window > 0 && a->q_pos - a->window + 1 > 0 ? a->q_pos - a->window + 1 : 0;
+        const int64_t wn = a->n_kv - w0;
+        if (a->kv_dtype != NMLX_DT_F32 && wn > 0 &&
+            2 * wn * a->HD * (int64_t)sizeof(float) <= NMLX_ATTN_WIDE_MAX)
+            j.wide_j0 = w0, j.wide_n = wn;
+        j.buf_floats = nmlx_attn_flash_floats(a->HD) + 2 * j.wide_n * a->HD;
     }
     nmlx_pool_run_n(be->pool, attn_task, &j, nth);
-    free(j.flash_buf);
+    if (j.path == 2 && atomic_load(&j.next) == 0) { /* no thread had a buffer */
+        j.path = 0;
+        nmlx_pool_run_n(be->pool, attn_task, &j, nth);
+    }
 }
