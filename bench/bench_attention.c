@@ -5,7 +5,8 @@
  * times the row path, =1 query blocks through the row kernels, unset the
  * flash kernel (attention_avx512.c). Build like bench_kernels
  * (bench/kernels.md):
- *   bench_attention [T=512] [H=16] [KVH=8] [HD=128] [reps=5] [f16|bf16|f32] */
+ *   bench_attention [T=512] [H=16] [KVH=8] [HD=128] [reps=5] [f16|bf16|f32] [past=0]
+ * past > 0: the T queries follow `past` cached keys (a chunked prefill). */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 #include "compute/backend.h"
@@ -22,19 +23,20 @@ int main(int argc, char **argv) {
                   KVH = argc > 3 ? atoll(argv[3]) : 8, HD = argc > 4 ? atoll(argv[4]) : 128;
     const int reps = argc > 5 ? atoi(argv[5]) : 5;
     const char *dts = argc > 6 ? argv[6] : "f16";
+    const int64_t past = argc > 7 ? atoll(argv[7]) : 0, NK = T + past;
     const nmlx_dtype dt = !strcmp(dts, "f32")    ? NMLX_DT_F32
                           : !strcmp(dts, "bf16") ? NMLX_DT_BF16
                                                  : NMLX_DT_F16;
     nmlx_backend *be = NULL;
     if (nmlx_backend_cpu_create_isa(1, NULL, &be) != NMLX_OK) return 1;
     float *q = malloc((size_t)(T * H * HD) * 4), *out = malloc((size_t)(T * H * HD) * 4);
-    uint16_t *k16 = malloc((size_t)(KVH * T * HD) * 2), *v16 = malloc((size_t)(KVH * T * HD) * 2);
-    float *k32 = malloc((size_t)(KVH * T * HD) * 4), *v32 = malloc((size_t)(KVH * T * HD) * 4);
-    float *scratch = malloc((size_t)(H / KVH * T) * 4);
+    uint16_t *k16 = malloc((size_t)(KVH * NK * HD) * 2), *v16 = malloc((size_t)(KVH * NK * HD) * 2);
+    float *k32 = malloc((size_t)(KVH * NK * HD) * 4), *v32 = malloc((size_t)(KVH * NK * HD) * 4);
+    float *scratch = malloc((size_t)(H / KVH * NK) * 4);
     uint32_t st = 12345;
     for (int64_t i = 0; i < T * H * HD; i++)
         st = st * 1664525u + 1013904223u, q[i] = (float)(st >> 8) / 16777216.0f - 0.5f;
-    for (int64_t i = 0; i < KVH * T * HD; i++) {
+    for (int64_t i = 0; i < KVH * NK * HD; i++) {
         st = st * 1664525u + 1013904223u;
         k32[i] = (float)(st >> 8) / 16777216.0f - 0.5f;
         v32[i] = (float)(st & 0xffff) / 65536.0f - 0.5f;
@@ -47,9 +49,9 @@ int main(int argc, char **argv) {
                         .H = H,
                         .KVH = KVH,
                         .HD = HD,
-                        .cap = T,
-                        .q_pos = 0,
-                        .n_kv = T,
+                        .cap = NK,
+                        .q_pos = past,
+                        .n_kv = NK,
                         .scale = 0.088f,
                         .scratch = scratch,
                         .k = k32,
@@ -64,9 +66,10 @@ int main(int argc, char **argv) {
         double t = bench_cpu_seconds() - t0;
         best = t < best ? t : best;
     }
-    double flops = 4.0 * (double)T * (double)(T + 1) / 2 * (double)H * (double)HD;
-    printf("attention T %lld H %lld KVH %lld HD %lld %s (%s): %.2f ms, %.1f GFLOP/s\n", (long long)T,
-           (long long)H, (long long)KVH, (long long)HD, dts, nmlx_backend_cpu_isa(be), 1e3 * best,
+    double flops = 4.0 * (double)T * ((double)(T + 1) / 2 + (double)past) * (double)H * (double)HD;
+    printf("attention T %lld past %lld H %lld KVH %lld HD %lld %s (%s): %.3f ms, %.1f GFLOP/s\n",
+           (long long)T, (long long)past, (long long)H, (long long)KVH, (long long)HD, dts,
+           nmlx_backend_cpu_isa(be), 1e3 * best,
            flops / best * 1e-9);
     free(q), free(out), free(k16), free(v16), free(k32), free(v32), free(scratch);
     nmlx_backend_free(be);

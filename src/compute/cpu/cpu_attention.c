@@ -15,10 +15,17 @@
 #include <string.h>
 
 enum { ATTN_QB = 16 }; /* queries per block in a prefill (bench_attention: 8 to 32 within 15%) */
+/* The flash kernel's rows per item (queries x heads of a KV head) from
+ * which it is the default (bench_attention T 16 8 128 20 f16 2000, Xeon):
+ * 8 rows (T = 4, GQA 2) 1.76-1.91 ms against 1.51-1.58 for the row-kernel
+ * blocks, 12 rows (T = 6) 1.78 / 1.81, 16 rows (T = 8) 1.86-2.13 / 2.19-2.43,
+ * 32 rows (T = 8, GQA 4) 2.39 / 3.67 */
+enum { FLASH_MIN_ROWS = 16 };
 
 /* The prefill path (cpu_internal.h nmlx_cpu_attn_set_path): NMLX_ATTN_BLOCK=0
- * the row path, =1 blocks through the row kernels, unset (or 2) the set's
- * flash kernel where it has one. Read once; atomic because the pool's
+ * the row path, =1 blocks through the row kernels, =flash the set's flash
+ * kernel wherever it runs the shape, unset: flash where an item has at least
+ * FLASH_MIN_ROWS rows, else blocks. Read once; atomic because the pool's
  * threads of several sessions ask at once (the same value:
  * tests/test_threads.c under -fsanitize=thread) */
 static atomic_int attn_path = -1;
@@ -31,7 +38,7 @@ static int prefill_path(void) {
     int v = atomic_load_explicit(&attn_path, memory_order_relaxed);
     if (v < 0) {
         const char *e = getenv("NMLX_ATTN_BLOCK");
-        v = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : 2;
+        v = !e ? 2 : !strcmp(e, "0") ? 0 : !strcmp(e, "1") ? 1 : !strcmp(e, "flash") ? 3 : 2;
         atomic_store_explicit(&attn_path, v, memory_order_relaxed);
     }
     return v;
@@ -267,8 +274,13 @@ void nmlx_cpu_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     attn_job_t j = {cpu_kernels_of(be), a, split_for(a, nth), 0, 0, 0, 0, 0};
     if (a->T >= 4 && a->KVH * j.sp.group == a->H) {
         j.path = prefill_path();
-        if (j.path == 2 && !(j.k->attn_flash && j.k->attn_flash_ok(a->HD, j.sp.group)))
+        const int64_t g = j.sp.group, nq = NMLX_ATTN_FLASH_ROWS / (g < 1 ? 1 : g);
+        if (j.path >= 2 && !(j.k->attn_flash && j.k->attn_flash_ok(a->HD, g)))
             j.path = 1;
+        else if (j.path == 2 && (a->T < nq ? a->T : nq) * g < FLASH_MIN_ROWS)
+            j.path = 1; /* a few rows: half of each vector idle */
+        else if (j.path == 3)
+            j.path = 2;
     }
     if (j.path == 2) {
         /* half caches: each thread widens a KV head's visible keys once */

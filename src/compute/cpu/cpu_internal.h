@@ -109,8 +109,10 @@ static inline int64_t nmlx_attn_flash_floats(int64_t HD) {
 }
 /* Which path a prefill's attention takes (cpu_attention.c): 0 the per-query
  * row path, 1 blocks of queries through the row kernels, 2 the set's flash
- * kernel where it has one (else 1). Default: NMLX_ATTN_BLOCK=0 / 1 / unset.
- * Tests set it with nmlx_cpu_attn_set_path (-1: back to the environment's). */
+ * kernel where it has one and an item has >= 16 rows (else 1), 3 the flash
+ * kernel wherever it runs the shape. From NMLX_ATTN_BLOCK=0 / 1 / unset /
+ * flash. Tests set it with nmlx_cpu_attn_set_path (-1: back to the
+ * environment's). */
 void nmlx_cpu_attn_set_path(int path);
 
 extern const cpu_kernels nmlx_cpu_kernels_portable;
