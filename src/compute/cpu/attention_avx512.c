@@ -277,26 +277,45 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
         }
         for (int v = 0; v < NV; v++) { /* online softmax, 16 rows a vector */
             const __m512i lov = _mm512_load_si512(lo + 16 * v), hiv = _mm512_load_si512(hi + 16 * v);
+            /* every lane sees every key of the block: no masks */
+            const bool full =
+                _mm512_cmp_epi32_mask(lov, _mm512_set1_epi32((int32_t)j0), _MM_CMPINT_LE) ==
+                    0xFFFF &&
+                _mm512_cmp_epi32_mask(hiv, _mm512_set1_epi32((int32_t)(j0 + kb - 1)),
+                                      _MM_CMPINT_NLT) == 0xFFFF;
             __mmask16 mk[KB];
             __m512 mn = m[v];
-            for (int64_t c = 0; c < kb; c++) {
-                const __m512i jv = _mm512_set1_epi32((int32_t)(j0 + c));
-                mk[c] = _mm512_cmp_epi32_mask(jv, lov, _MM_CMPINT_NLT) &
-                        _mm512_cmp_epi32_mask(jv, hiv, _MM_CMPINT_LE);
-                mn = _mm512_mask_max_ps(mn, mk[c], mn, _mm512_loadu_ps(st + c * FR + 16 * v));
-            }
+            if (full)
+                for (int64_t c = 0; c < kb; c++)
+                    mn = _mm512_max_ps(mn, _mm512_loadu_ps(st + c * FR + 16 * v));
+            else
+                for (int64_t c = 0; c < kb; c++) {
+                    const __m512i jv = _mm512_set1_epi32((int32_t)(j0 + c));
+                    mk[c] = _mm512_cmp_epi32_mask(jv, lov, _MM_CMPINT_NLT) &
+                            _mm512_cmp_epi32_mask(jv, hiv, _MM_CMPINT_LE);
+                    mn = _mm512_mask_max_ps(mn, mk[c], mn, _mm512_loadu_ps(st + c * FR + 16 * v));
+                }
             /* alpha = e^(m - mn), 0 where m was -inf (O and l are 0 there) */
             const __mmask16 fin = _mm512_cmp_ps_mask(m[v], ninf, _CMP_NEQ_OQ);
             const __m512 al = _mm512_maskz_mov_ps(fin, exp16(_mm512_sub_ps(m[v], mn)));
             const __m512 mr =
                 _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mn, ninf, _CMP_NEQ_OQ), zero, mn);
             __m512 ls = zero;
-            for (int64_t c = 0; c < kb; c++) {
-                float *s = st + c * FR + 16 * v;
-                const __m512 p = _mm512_maskz_mov_ps(mk[c], exp16(_mm512_sub_ps(_mm512_loadu_ps(s), mr)));
-                _mm512_storeu_ps(s, p);
-                ls = _mm512_add_ps(ls, p);
-            }
+            if (full)
+                for (int64_t c = 0; c < kb; c++) {
+                    float *s = st + c * FR + 16 * v;
+                    const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(s), mr));
+                    _mm512_storeu_ps(s, p);
+                    ls = _mm512_add_ps(ls, p);
+                }
+            else
+                for (int64_t c = 0; c < kb; c++) {
+                    float *s = st + c * FR + 16 * v;
+                    const __m512 p =
+                        _mm512_maskz_mov_ps(mk[c], exp16(_mm512_sub_ps(_mm512_loadu_ps(s), mr)));
+                    _mm512_storeu_ps(s, p);
+                    ls = _mm512_add_ps(ls, p);
+                }
             l[v] = _mm512_fmadd_ps(l[v], al, ls);
             m[v] = mn;
             _mm512_store_ps(alpha + 16 * v, al);
