@@ -69,8 +69,7 @@ int main(int argc, char **argv) {
     double flops = 4.0 * (double)T * ((double)(T + 1) / 2 + (double)past) * (double)H * (double)HD;
     printf("attention T %lld past %lld H %lld KVH %lld HD %lld %s (%s): %.3f ms, %.1f GFLOP/s\n",
            (long long)T, (long long)past, (long long)H, (long long)KVH, (long long)HD, dts,
-           nmlx_backend_cpu_isa(be), 1e3 * best,
-           flops / best * 1e-9);
+           nmlx_backend_cpu_isa(be), 1e3 * best, flops / best * 1e-9);
     free(q), free(out), free(k16), free(v16), free(k32), free(v32), free(scratch);
     nmlx_backend_free(be);
     return 0;

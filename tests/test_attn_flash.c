@@ -77,7 +77,8 @@ static void run_case(nmlx_backend *be, const char *isa, int nth, const fcase *c,
     /* each row's scale: max_d sum_j p_j |v_jd| in double (the size of the
      * terms summed; a long row's out cancels far below it) */
     double *mag = calloc((size_t)(T * H), sizeof(double));
-    double *sj = malloc((size_t)c->n_kv * sizeof(double)), *acc = malloc((size_t)HD * sizeof(double));
+    double *sj = malloc((size_t)c->n_kv * sizeof(double)),
+           *acc = malloc((size_t)HD * sizeof(double));
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++) {
             const int64_t kvh = h / (H / KVH), qi = c->q_pos + t;
@@ -88,9 +89,10 @@ static void run_case(nmlx_backend *be, const char *isa, int nth, const fcase *c,
                 const float *kr = k + (kvh * cap + j) * HD;
                 double d = 0;
                 for (int64_t i = 0; i < HD; i++) {
-                    const double kv = dt == NMLX_DT_F16    ? nmlx_f16_to_f32(nmlx_f32_to_f16(kr[i]))
-                                      : dt == NMLX_DT_BF16 ? nmlx_bf16_to_f32(nmlx_f32_to_bf16(kr[i]))
-                                                           : kr[i];
+                    const double kv = dt == NMLX_DT_F16 ? nmlx_f16_to_f32(nmlx_f32_to_f16(kr[i]))
+                                      : dt == NMLX_DT_BF16
+                                          ? nmlx_bf16_to_f32(nmlx_f32_to_bf16(kr[i]))
+                                          : kr[i];
                     d += (double)q[(t * H + h) * HD + i] * kv;
                 }
                 d *= a.scale;
@@ -132,10 +134,11 @@ static void run_case(nmlx_backend *be, const char *isa, int nth, const fcase *c,
     worst_seen = worst > worst_seen ? worst : worst_seen;
     EXPECT(worst < 4e-6 && zero_bad == 0,
            "flash vs row %s/%d %s T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld "
-           "cap=%g sinks=%d qmax=%g: worst row %.3g of its scale (row %lld), %lld nonzero in zero rows",
-           isa, nth, nmlx_dtype_name(dt), (long long)T, (long long)H, (long long)KVH,
-           (long long)HD, (long long)c->q_pos, (long long)c->n_kv, (long long)c->window,
-           c->softcap, c->sinks, c->qmax, worst, (long long)worst_at, (long long)zero_bad);
+           "cap=%g sinks=%d qmax=%g: worst row %.3g of its scale (row %lld), %lld nonzero in zero "
+           "rows",
+           isa, nth, nmlx_dtype_name(dt), (long long)T, (long long)H, (long long)KVH, (long long)HD,
+           (long long)c->q_pos, (long long)c->n_kv, (long long)c->window, c->softcap, c->sinks,
+           c->qmax, worst, (long long)worst_at, (long long)zero_bad);
     free(q), free(k), free(v), free(k16), free(v16), free(sinks), free(o_row), free(o_fl);
     free(scratch), free(mag), free(sj), free(acc);
 }

@@ -23,8 +23,8 @@
  * diagonal), no horizontal sums, no scores array over n_kv; half caches
  * (f16 / bf16) are widened into f32 once per KV head and thread where that
  * fits (nmlx_attn_wide: 13% of the time at T = 512 when done per key block
- * and item), else per key block; f32 caches are read in place. All f32. Rows with nothing visible give zeros (the row path's
- * contract). HD % 16 == 0, HD <= NMLX_ATTN_FLASH_HD_MAX, g <= 32. */
+ * and item), else per key block; f32 caches are read in place. All f32. Rows with nothing visible
+ * give zeros (the row path's contract). HD % 16 == 0, HD <= NMLX_ATTN_FLASH_HD_MAX, g <= 32. */
 #include "compute/cpu/cpu_internal.h"
 
 #include <immintrin.h>
@@ -44,9 +44,8 @@ enum { FR = NMLX_ATTN_FLASH_ROWS, KB = NMLX_ATTN_FLASH_KEYS };
  * of masked keys become 0 rather than NaN). */
 AI __m512 exp16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    const __m512 n =
-        _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 p = _mm512_set1_ps(1.9875691500E-4f);
@@ -176,24 +175,24 @@ static void widen(nmlx_dtype dt, const uint16_t *src, int64_t kb, int64_t HD, fl
                              _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
     else
         for (int64_t i = 0; i < n; i += 16)
-            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                          _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                              (const __m256i *)(src + i))),
-                                          16)));
+            _mm512_storeu_ps(
+                dst + i,
+                _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i))), 16)));
 }
 
 bool nmlx_avx512_attn_flash_ok(int64_t HD, int64_t g) {
     return HD % 16 == 0 && HD > 0 && HD <= NMLX_ATTN_FLASH_HD_MAX && g >= 1 && g <= FR;
 }
 
-void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g,
-                            float *buf, nmlx_attn_wide *wide) {
+void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf,
+                            nmlx_attn_wide *wide) {
     const int64_t HD = a->HD, nq_max = FR / g, h0 = kvh * g;
     const int64_t nq = a->T - t0 < nq_max ? a->T - t0 : nq_max, R = nq * g;
     const int NV = R > 16 ? 2 : 1;
     const int64_t RT = (R + 1) & ~(int64_t)1; /* rows of the P V tiles */
-    float *qt = buf;          /* [HD][FR]: Q^T */
-    float *ob = qt + HD * FR; /* [FR][HD]: unnormalised O */
+    float *qt = buf;                          /* [HD][FR]: Q^T */
+    float *ob = qt + HD * FR;                 /* [FR][HD]: unnormalised O */
     float *st = ob + FR * HD; /* [KB + 16][FR]: scores, then probabilities (+ a tile's tail) */
     float *kf = st + (KB + 16) * FR; /* [KB][HD] x 2: a half cache's block widened */
     float *vf = kf + KB * HD;
@@ -213,8 +212,7 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
     }
     if (jhi < 0) { /* nothing visible to any row */
         for (int64_t r = 0; r < R; r++)
-            memset(a->out + ((t0 + r / g) * a->H + h0 + r % g) * HD, 0,
-                   (size_t)HD * sizeof(float));
+            memset(a->out + ((t0 + r / g) * a->H + h0 + r % g) * HD, 0, (size_t)HD * sizeof(float));
         return;
     }
     { /* Q^T: a gather of 16 rows' element d per vector */
@@ -225,8 +223,8 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
         for (int v = 0; v < 2; v++) {
             const __m512i ix = _mm512_load_si512(off + 16 * v);
             const __mmask16 mv = (__mmask16)(R >= 16 * (v + 1) ? 0xFFFF
-                                              : R <= 16 * v  ? 0
-                                                             : (1u << (R - 16 * v)) - 1);
+                                             : R <= 16 * v     ? 0
+                                                               : (1u << (R - 16 * v)) - 1);
             for (int64_t d = 0; d < HD; d++)
                 _mm512_storeu_ps(qt + d * FR + 16 * v,
                                  _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mv, ix, q0 + d, 4));
@@ -265,7 +263,8 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
         }
         if (NV == 2)
             for (int64_t c = 0; c < kb; c += QK_KEYS2)
-                qk_2(qt, K + c * HD, HD, kb - c < QK_KEYS2 ? kb - c : QK_KEYS2, a->scale, st + c * FR);
+                qk_2(qt, K + c * HD, HD, kb - c < QK_KEYS2 ? kb - c : QK_KEYS2, a->scale,
+                     st + c * FR);
         else
             for (int64_t c = 0; c < kb; c += 16)
                 qk_1_16(qt, K + c * HD, HD, kb - c < 16 ? kb - c : 16, a->scale, st + c * FR);
@@ -276,13 +275,13 @@ void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, in
                     st[c * FR + r] = tanhf(st[c * FR + r] * inv) * cap;
         }
         for (int v = 0; v < NV; v++) { /* online softmax, 16 rows a vector */
-            const __m512i lov = _mm512_load_si512(lo + 16 * v), hiv = _mm512_load_si512(hi + 16 * v);
+            const __m512i lov = _mm512_load_si512(lo + 16 * v),
+                          hiv = _mm512_load_si512(hi + 16 * v);
             /* every lane sees every key of the block: no masks */
-            const bool full =
-                _mm512_cmp_epi32_mask(lov, _mm512_set1_epi32((int32_t)j0), _MM_CMPINT_LE) ==
-                    0xFFFF &&
-                _mm512_cmp_epi32_mask(hiv, _mm512_set1_epi32((int32_t)(j0 + kb - 1)),
-                                      _MM_CMPINT_NLT) == 0xFFFF;
+            const bool full = _mm512_cmp_epi32_mask(lov, _mm512_set1_epi32((int32_t)j0),
+                                                    _MM_CMPINT_LE) == 0xFFFF &&
+                              _mm512_cmp_epi32_mask(hiv, _mm512_set1_epi32((int32_t)(j0 + kb - 1)),
+                                                    _MM_CMPINT_NLT) == 0xFFFF;
             __mmask16 mk[KB];
             __m512 mn = m[v];
             if (full)

@@ -156,9 +156,9 @@ typedef struct {
     const cpu_kernels *k;
     const nmlx_attn_args *a;
     attn_split sp;
-    int path;              /* prefill_path(), 0 for T < 4 */
-    atomic_llong next;     /* flash: the next work item */
-    int64_t buf_floats;    /* flash: nmlx_attn_flash_floats(HD) + the widened head (2 wide_n HD) */
+    int path;           /* prefill_path(), 0 for T < 4 */
+    atomic_llong next;  /* flash: the next work item */
+    int64_t buf_floats; /* flash: nmlx_attn_flash_floats(HD) + the widened head (2 wide_n HD) */
     int64_t wide_j0, wide_n; /* keys of the widened head (nmlx_attn_wide); n 0: none */
 } attn_job_t;
 
@@ -223,7 +223,8 @@ static void attn_flash_task(attn_job_t *j) {
     for (;;) {
         const int64_t i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (i >= items) break;
-        const int64_t b = blocks - 1 - i % blocks; /* a KV head's blocks in a row: its K, V stay in L2 */
+        const int64_t b =
+            blocks - 1 - i % blocks; /* a KV head's blocks in a row: its K, V stay in L2 */
         j->k->attn_flash(a, b * nq, i / blocks, g, buf, w);
     }
 }

@@ -136,8 +136,8 @@ void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V,
  * cpu_kernels.attn_flash) and its e^x on n floats in place (tests) */
 #if NMLX_CPU_HAVE_AVX2
 bool nmlx_avx512_attn_flash_ok(int64_t HD, int64_t g);
-void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g,
-                            float *buf, nmlx_attn_wide *wide);
+void nmlx_avx512_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf,
+                            nmlx_attn_wide *wide);
 void nmlx_avx512_exp(float *x, int64_t n);
 #endif
 
