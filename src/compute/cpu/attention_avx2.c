@@ -11,6 +11,8 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cpu/simd_avx2.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 enum { KIND_F32, KIND_F16, KIND_BF16 };
@@ -306,5 +308,219 @@ void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V,
     case KIND_F16: mix(KIND_F16, p, g, V, n, HD, out); break;
     case KIND_BF16: mix(KIND_BF16, p, g, V, n, HD, out); break;
     default: mix(KIND_F32, p, g, V, n, HD, out); break;
+    }
+}
+
+/* ---- the avx2 set's flash prefill attention (cpu_kernels.attn_flash; the
+ * AVX-512 kernel's scheme, attention_avx512.c, in 8-lane vectors): an item
+ * of up to 32 query rows (4 vectors of 8 rows) of one KV head against 64
+ * keys at a time; S^T in 16-row x 6-key tiles (12 accumulators), the mask
+ * as compares on the key index (and-ed: exp8 gives 1e-38, not 0, below
+ * -87), online softmax per lane, O = alpha O + P V in 6-row x 16-lane tiles.
+ * f32 throughout. */
+
+enum { FL_ROWS = NMLX_ATTN_FLASH_ROWS, FL_KEYS = NMLX_ATTN_FLASH_KEYS, FL_QK = 6 };
+
+/* st[c * FL_ROWS + 8 v + lane] = scale * q_(8 v + lane) . k_c, v < 2, c <
+ * FL_QK (keys past nk repeat the last one; their scores are not read) */
+static void fl_qk(const float *qt, const float *k, int64_t HD, int64_t nk, float scale, float *st) {
+    const float *kr[FL_QK];
+    for (int c = 0; c < FL_QK; c++)
+        kr[c] = k + (c < nk ? c : nk - 1) * HD;
+    __m256 acc[FL_QK][2];
+#pragma GCC unroll 6
+    for (int c = 0; c < FL_QK; c++)
+        acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < HD; d++) {
+        const __m256 q0 = _mm256_loadu_ps(qt + d * FL_ROWS),
+                     q1 = _mm256_loadu_ps(qt + d * FL_ROWS + 8);
+#pragma GCC unroll 6
+        for (int c = 0; c < FL_QK; c++) {
+            const __m256 kb = _mm256_broadcast_ss(kr[c] + d);
+            acc[c][0] = _mm256_fmadd_ps(q0, kb, acc[c][0]);
+            acc[c][1] = _mm256_fmadd_ps(q1, kb, acc[c][1]);
+        }
+    }
+    const __m256 sv = _mm256_set1_ps(scale);
+#pragma GCC unroll 6
+    for (int c = 0; c < FL_QK; c++) {
+        _mm256_storeu_ps(st + c * FL_ROWS, _mm256_mul_ps(acc[c][0], sv));
+        _mm256_storeu_ps(st + c * FL_ROWS + 8, _mm256_mul_ps(acc[c][1], sv));
+    }
+}
+
+/* o[r * HD + 8 w ..] = alpha[r] o[..] + sum_c p[c * FL_ROWS + r] v[c * HD + 8 w ..],
+ * r < NR, w < NW */
+AVX2_INLINE void fl_pv_tile(int NR, int NW, const float *p, const float *v, int64_t HD, int64_t kb,
+                            const float *alpha, float *o) {
+    __m256 acc[6][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < NR; r++) {
+        const __m256 al = _mm256_set1_ps(alpha[r]);
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            acc[r][w] = _mm256_mul_ps(_mm256_loadu_ps(o + r * HD + 8 * w), al);
+    }
+    for (int64_t c = 0; c < kb; c++) {
+        __m256 x[2];
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            x[w] = _mm256_loadu_ps(v + c * HD + 8 * w);
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++) {
+            const __m256 pb = _mm256_broadcast_ss(p + c * FL_ROWS + r);
+#pragma GCC unroll 2
+            for (int w = 0; w < NW; w++)
+                acc[r][w] = _mm256_fmadd_ps(pb, x[w], acc[r][w]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            _mm256_storeu_ps(o + r * HD + 8 * w, acc[r][w]);
+}
+
+typedef void (*fl_pv_fn)(const float *, const float *, int64_t, int64_t, const float *, float *);
+#define FL_PV(R, W)                                                                                \
+    static void fl_pv_##R##_##W(const float *p, const float *v, int64_t HD, int64_t kb,            \
+                                const float *al, float *o) {                                       \
+        fl_pv_tile(R, W, p, v, HD, kb, al, o);                                                     \
+    }
+FL_PV(6, 2) /* HD % 16 == 0: 16-lane column blocks only */
+FL_PV(4, 2)
+FL_PV(2, 2)
+#undef FL_PV
+
+static void fl_widen(nmlx_dtype dt, const uint16_t *src, int64_t kb, int64_t HD, float *dst) {
+    const int64_t n = kb * HD; /* HD % 16 == 0 */
+    if (dt == NMLX_DT_F16)
+        for (int64_t i = 0; i < n; i += 8)
+            _mm256_storeu_ps(dst + i, load8_f16(src + i));
+    else
+        for (int64_t i = 0; i < n; i += 8)
+            _mm256_storeu_ps(dst + i, load8_bf16(src + i));
+}
+
+bool nmlx_avx2_attn_flash_ok(int64_t HD, int64_t g) {
+    return HD % 16 == 0 && HD > 0 && HD <= NMLX_ATTN_FLASH_HD_MAX && g >= 1 && g <= FL_ROWS;
+}
+
+void nmlx_avx2_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf,
+                          nmlx_attn_wide *wide) {
+    const int64_t HD = a->HD, nq_max = FL_ROWS / g, h0 = kvh * g;
+    const int64_t nq = a->T - t0 < nq_max ? a->T - t0 : nq_max, R = nq * g;
+    const int NV = (int)((R + 7) / 8), NP = (NV + 1) / 2; /* row vectors, 16-row halves */
+    const int64_t RT = (R + 1) & ~(int64_t)1;
+    float *qt = buf, *ob = qt + HD * FL_ROWS, *st = ob + FL_ROWS * HD;
+    float *kf = st + (FL_KEYS + 16) * FL_ROWS, *vf = kf + FL_KEYS * HD;
+    float alpha[FL_ROWS] __attribute__((aligned(32))), lsum[FL_ROWS] __attribute__((aligned(32)));
+    int32_t lo[FL_ROWS] __attribute__((aligned(32))), hi[FL_ROWS] __attribute__((aligned(32)));
+    int64_t jlo = INT64_MAX, jhi = -1;
+    for (int64_t r = 0; r < FL_ROWS; r++) {
+        lo[r] = 1, hi[r] = 0;
+        if (r >= R) continue;
+        const int64_t qi = a->q_pos + t0 + r / g;
+        const int64_t h = qi < a->n_kv - 1 ? qi : a->n_kv - 1;
+        const int64_t l = a->window > 0 && qi - a->window + 1 > 0 ? qi - a->window + 1 : 0;
+        if (l > h) continue;
+        lo[r] = (int32_t)l, hi[r] = (int32_t)h;
+        jlo = l < jlo ? l : jlo;
+        jhi = h > jhi ? h : jhi;
+    }
+    if (jhi < 0) {
+        for (int64_t r = 0; r < R; r++)
+            memset(a->out + ((t0 + r / g) * a->H + h0 + r % g) * HD, 0, (size_t)HD * sizeof(float));
+        return;
+    }
+    for (int64_t r = 0; r < FL_ROWS; r++) {
+        const float *q = r < R ? a->q + ((t0 + r / g) * a->H + h0 + r % g) * HD : NULL;
+        for (int64_t d = 0; d < HD; d++)
+            qt[d * FL_ROWS + r] = q ? q[d] : 0.0f;
+    }
+    memset(ob, 0, (size_t)(FL_ROWS * HD) * sizeof(float));
+    __m256 m[4], l[4];
+    for (int v = 0; v < 4; v++) {
+        m[v] = _mm256_set1_ps(-INFINITY), l[v] = _mm256_setzero_ps();
+        if (a->sinks) {
+            float sk[8];
+            for (int i = 0; i < 8; i++)
+                sk[i] = a->sinks[h0 + (8 * v + i) % g];
+            m[v] = _mm256_loadu_ps(sk), l[v] = _mm256_set1_ps(1.0f);
+        }
+    }
+    const bool half = a->kv_dtype != NMLX_DT_F32;
+    const int64_t base = kvh * a->cap * HD;
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), zero = _mm256_setzero_ps();
+    for (int64_t j0 = jlo; j0 <= jhi; j0 += FL_KEYS) {
+        const int64_t kb = jhi - j0 + 1 < FL_KEYS ? jhi - j0 + 1 : FL_KEYS;
+        const float *K, *V;
+        if (half && wide) {
+            if (wide->kvh != kvh) {
+                fl_widen(a->kv_dtype, a->k16 + base + wide->j0 * HD, wide->n, HD, wide->k);
+                fl_widen(a->kv_dtype, a->v16 + base + wide->j0 * HD, wide->n, HD, wide->v);
+                wide->kvh = kvh;
+            }
+            K = wide->k + (j0 - wide->j0) * HD, V = wide->v + (j0 - wide->j0) * HD;
+        } else if (half) {
+            fl_widen(a->kv_dtype, a->k16 + base + j0 * HD, kb, HD, kf);
+            fl_widen(a->kv_dtype, a->v16 + base + j0 * HD, kb, HD, vf);
+            K = kf, V = vf;
+        } else {
+            K = a->k + base + j0 * HD, V = a->v + base + j0 * HD;
+        }
+        for (int hp = 0; hp < NP; hp++) /* rows 16 hp .. 16 hp + 15 */
+            for (int64_t c = 0; c < kb; c += FL_QK)
+                fl_qk(qt + 16 * hp, K + c * HD, HD, kb - c < FL_QK ? kb - c : FL_QK, a->scale,
+                      st + c * FL_ROWS + 16 * hp);
+        if (a->softcap > 0) {
+            const float cap = a->softcap, inv = 1.0f / cap;
+            for (int64_t c = 0; c < kb; c++)
+                for (int64_t r = 0; r < R; r++)
+                    st[c * FL_ROWS + r] = tanhf(st[c * FL_ROWS + r] * inv) * cap;
+        }
+        for (int v = 0; v < NV; v++) { /* online softmax, 8 rows a vector */
+            const __m256i lov = _mm256_load_si256((const __m256i *)(lo + 8 * v)),
+                          hiv = _mm256_load_si256((const __m256i *)(hi + 8 * v));
+            __m256 mk[FL_KEYS];
+            __m256 mn = m[v];
+            for (int64_t c = 0; c < kb; c++) {
+                const __m256i jv = _mm256_set1_epi32((int32_t)(j0 + c));
+                /* lo <= j <= hi: !(lo > j) && !(j > hi) */
+                mk[c] = _mm256_castsi256_ps(_mm256_andnot_si256(
+                    _mm256_or_si256(_mm256_cmpgt_epi32(lov, jv), _mm256_cmpgt_epi32(jv, hiv)),
+                    _mm256_set1_epi32(-1)));
+                mn = _mm256_blendv_ps(
+                    mn, _mm256_max_ps(mn, _mm256_loadu_ps(st + c * FL_ROWS + 8 * v)), mk[c]);
+            }
+            const __m256 fin = _mm256_cmp_ps(m[v], ninf, _CMP_NEQ_OQ);
+            const __m256 al = _mm256_and_ps(fin, exp8(_mm256_sub_ps(m[v], mn)));
+            const __m256 mr = _mm256_and_ps(_mm256_cmp_ps(mn, ninf, _CMP_NEQ_OQ), mn);
+            __m256 ls = zero;
+            for (int64_t c = 0; c < kb; c++) {
+                float *s = st + c * FL_ROWS + 8 * v;
+                const __m256 p = _mm256_and_ps(mk[c], exp8(_mm256_sub_ps(_mm256_loadu_ps(s), mr)));
+                _mm256_storeu_ps(s, p);
+                ls = _mm256_add_ps(ls, p);
+            }
+            l[v] = _mm256_fmadd_ps(l[v], al, ls);
+            m[v] = mn;
+            _mm256_store_ps(alpha + 8 * v, al);
+        }
+        for (int64_t r0 = 0, nr; r0 < RT; r0 += nr) {
+            const int64_t left = RT - r0;
+            nr = left >= 6 && left != 8 ? 6 : left >= 4 ? 4 : 2;
+            const fl_pv_fn fn = nr == 6 ? fl_pv_6_2 : nr == 4 ? fl_pv_4_2 : fl_pv_2_2;
+            for (int64_t d0 = 0; d0 < HD; d0 += 16)
+                fn(st + r0, V + d0, HD, kb, alpha + r0, ob + r0 * HD + d0);
+        }
+    }
+    for (int v = 0; v < NV; v++)
+        _mm256_store_ps(lsum + 8 * v, l[v]);
+    for (int64_t r = 0; r < R; r++) {
+        float *out = a->out + ((t0 + r / g) * a->H + h0 + r % g) * HD;
+        const __m256 iv = _mm256_set1_ps(lsum[r] > 0 ? 1.0f / lsum[r] : 0.0f);
+        for (int64_t d = 0; d < HD; d += 8)
+            _mm256_storeu_ps(out + d, _mm256_mul_ps(_mm256_loadu_ps(ob + r * HD + d), iv));
     }
 }

@@ -130,6 +130,10 @@ void nmlx_avx2_attn_scores(nmlx_dtype dt, const float *q, int64_t g, const void 
                            int64_t HD, float scale, float *sc);
 void nmlx_avx2_attn_mix(nmlx_dtype dt, const float *p, int64_t g, const void *V, int64_t n,
                         int64_t HD, float *out);
+/* the avx2 set's flash prefill attention (as attention_avx512.c's, 8 lanes) */
+bool nmlx_avx2_attn_flash_ok(int64_t HD, int64_t g);
+void nmlx_avx2_attn_flash(const nmlx_attn_args *a, int64_t t0, int64_t kvh, int64_t g, float *buf,
+                          nmlx_attn_wide *wide);
 #endif
 
 /* attention_avx512.c: the avx512 sets' flash prefill attention (see
