@@ -16,7 +16,7 @@
  * pipeline's stages, to several; a linear bias or none; x over 1e-3..1e3
  * with tiny and 100x rows):
  *  - tight: against a double reference of the kernel's own math (x rounded
- *    to f16 after its power-of-two token scale, exact group sums, s and b
+ *    to f16 after its power-of-two token scale, group sums of those, s and b
  *    per group): within 1e-5 of the row's max|y| (f32 sums only). Any
  *    fragment, permutation, decode or pipeline bug is O(1) here.
  *  - contract: against the f32-x reference y = x (s q + b)^T + bias, within
@@ -235,10 +235,6 @@ static float urand(float lo, float hi) {
     rng = rng * 6364136223846793005ull + 1442695040888963407ull;
     return lo + (hi - lo) * (float)((rng >> 40) / 16777216.0);
 }
-static uint32_t urand32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(rng >> 32);
-}
 
 /* storage of a value in dtype dt (QF_F32 / F16 / BF16) and back */
 static void put(int dt, void *p, int64_t i, float v) {
@@ -272,23 +268,31 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
             else if (t % 11 == 5) v *= 100.0f;
             x[(size_t)(t * N + k)] = v;
         }
-    /* codes (MLX packing: input k at bits BITS (k % (32 / BITS)) of word k / (32 / BITS)), scales, biases */
-    std::vector<uint32_t> wq((size_t)(D * RB / 4) + 4, 0);
-    std::vector<int> q((size_t)(D * N));
-    for (int64_t d = 0; d < D; d++)
-        for (int64_t k = 0; k < N; k++) {
-            const int v = (int)(urand32() % (1u << BITS));
-            q[(size_t)(d * N + k)] = v;
-            const int64_t bit = d * N * BITS + k * BITS;
-            wq[(size_t)(bit / 32)] |= (uint32_t)v << (bit % 32);
-        }
+    /* a weight uniform in [-1, 1] quantized as nmlx convert does (s = range /
+     * qmax, b = min, q = round((w - b) / s)), packed as MLX does (input k at
+     * bits BITS (k % (32 / BITS)) of word k / (32 / BITS)) */
     const size_t ss = sdt == QF_F32 ? 4 : 2;
     std::vector<unsigned char> sc((size_t)(D * G) * ss), bi((size_t)(D * G) * ss),
         lb((size_t)D * (lbdt == QF_F32 ? 4 : 2));
-    for (int64_t i = 0; i < D * G; i++) {
-        put(sdt, sc.data(), i, urand(0.001f, 0.1f) / (float)((1 << BITS) - 1));
-        put(sdt, bi.data(), i, urand(-0.05f, 0.05f));
-    }
+    std::vector<uint32_t> wq((size_t)(D * RB / 4) + 4, 0);
+    std::vector<int> q((size_t)(D * N));
+    const int qmax = (1 << BITS) - 1;
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t gi = 0; gi < G; gi++) {
+            float wv[GS], lo = 1e30f, hi = -1e30f;
+            for (int k = 0; k < GS; k++)
+                wv[k] = urand(-1, 1), lo = fminf(lo, wv[k]), hi = fmaxf(hi, wv[k]);
+            put(sdt, sc.data(), d * G + gi, (hi - lo) / (float)qmax);
+            put(sdt, bi.data(), d * G + gi, lo);
+            const double s = get(sdt, sc.data(), d * G + gi), b = get(sdt, bi.data(), d * G + gi);
+            for (int k = 0; k < GS; k++) {
+                int v = (int)lrint((wv[k] - b) / s);
+                v = v < 0 ? 0 : v > qmax ? qmax : v;
+                const int64_t kk = gi * GS + k, bit = d * N * BITS + kk * BITS;
+                q[(size_t)(d * N + kk)] = v;
+                wq[(size_t)(bit / 32)] |= (uint32_t)v << (bit % 32);
+            }
+        }
     for (int64_t d = 0; d < D; d++)
         put(lbdt, lb.data(), d, urand(-1, 1));
     /* the prep kernel, then the mat-mat */
@@ -337,8 +341,9 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
                 double pt = 0, sx = 0;
                 for (int64_t k = gi * GS; k < (gi + 1) * GS; k++) {
                     const double qk = q[(size_t)(d * N + k)];
-                    pt += qk * h2d(d2h(xr[k] * sce)); /* the kernel's rounded x */
-                    sx += xr[k] * sce;
+                    const double xk = h2d(d2h(xr[k] * sce)); /* the kernel's rounded x */
+                    pt += qk * xk;
+                    sx += xk;
                     yc += (s * qk + b) * xr[k];
                 }
                 yt += s * pt + b * sx;

@@ -6,16 +6,21 @@
  *
  * Precision: only x is rounded. Each token t is scaled by 2^-e_t (max|x_t|
  * = f 2^e_t, f in [0.5, 1): exact, no f16 overflow or underflow) and
- * rounded to f16 once (x~, qf_xprep_kernel, which also writes the exact
- * f32 group sums xs[t, g] of x 2^-e_t). The codes q (integers <= 255) are
+ * rounded to f16 once (x~, qf_xprep_kernel, which also writes the f32 group
+ * sums xs~[t, g] of those rounded values). The codes q (integers <= 255) are
  * exact in f16, so the tensor cores give part_g = sum_{k in g} x~_k q_k with
  * exact products and f32 sums, and the group's scale and bias are applied
  * in f32 on the accumulators:
- *   y[t, d] = 2^e_t sum_g (s_g part_g + b_g xs_g) (+ bias[d]).
- * Error: sum_k |s q_k| |x_k - x~_k 2^e| <= 2^-11 sum_k |s q_k x_k| (f16's
- * half ulp): about 1/sqrt(2) of the default gemm1 form's, which also rounds
- * W = s q + b to f16 (tests/cuda/test_cuda_qmm_fused.c bounds it at 2e-3 of
- * each row's max|y| and prints the worst beside gemm1's).
+ *   y[t, d] = 2^e_t sum_g (s_g part_g + b_g xs~_g) (+ bias[d])
+ *           = 2^e_t sum_k W[d, k] x~_k, W = s q + b exact.
+ * Error: sum_k |W_k| |x_k - x~_k 2^e| <= 2^-11 sum_k |W_k x_k| (f16's half
+ * ulp): x's rounding alone. gemm1 (cuda_qgemm.cu) rounds x the same way and
+ * W = s q + b to f16 as well: equal where W is exact in f16 (4-bit codes
+ * with bf16 scales), larger otherwise (8-bit, f32 scales). (The group sums
+ * must be of x~, not x: with exact x in the b term the error would follow
+ * |s q| instead of |W|, ~2x gemm1's on centred groups.) tests/cuda/
+ * test_cuda_qmm_fused.c bounds it at 2e-3 of each row's max|y| and requires
+ * it no worse than gemm1's on the same cases.
  *
  * Block: BM tokens x BN weight rows (128 x 128; 64 x 64 when the big tile
  * would leave most SMs idle), 8 warps as 2 (tokens) x 4 (rows), each a
@@ -165,7 +170,7 @@ __device__ __forceinline__ int qf_exp(float m) {
 
 /* One block per token t: ix[t] = 2^e (max|x_t| = f 2^e), x~[t] = f16(x_t 2^-e)
  * permuted per 64-input tile (qf_perm), xs[g Tp + t] = sum of group g's
- * x 2^-e (f32, in input order). N a multiple of 64 and of gs. */
+ * x~ (the rounded values, in f32, in input order). N a multiple of 64 and of gs. */
 template <int BITS>
 __global__ void __launch_bounds__(QF_THREADS)
     qf_xprep_kernel(const float *x, int64_t T, int64_t N, int gs, int64_t Tp, uint16_t *xt,
@@ -202,7 +207,7 @@ __global__ void __launch_bounds__(QF_THREADS)
     for (int64_t g = tid; g < N / gs; g += QF_THREADS) {
         float sum = 0.0f;
         for (int k = 0; k < gs; k++)
-            sum += xr[g * gs + k] * sc;
+            sum += __half2float(__float2half_rn(xr[g * gs + k] * sc));
         xs[g * Tp + t] = sum;
     }
 }
@@ -244,44 +249,55 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
     const int64_t T = a.T, D = a.D, N = a.N, G = N / GS, RB = N * BITS / 8;
     const int KT = (int)(N / QF_BK);
 
+    /* Each thread's copies are at fixed places of every tile: its source
+     * pointers are set once here and step by a constant a tile (no 64-bit
+     * index math in the loop). */
+    constexpr int XJ = C::BM * 8 / QF_THREADS;              /* x~ chunks a thread: rows r + 32 j */
+    constexpr int CPR = BITS / 2;                           /* 16-byte code chunks a row */
+    constexpr int CJ = (C::BN * CPR + QF_THREADS - 1) / QF_THREADS; /* rows rc + (256 / CPR) j */
+    const int xr = tid >> 3, xch = tid & 7, rc = tid / CPR, cch = tid % CPR;
+    const int xsl = tid / (C::BM / 4), xsc = tid % (C::BM / 4); /* group sums: slot, chunk */
+    const uint16_t *xsrc = a.xt + (t0 + xr) * N + 8 * xch;
+    const uint8_t *csrc = a.w + (d0 + rc) * RB + 16 * cch;
+    const int64_t tl = T - (t0 + 4 * xsc); /* tokens left from this thread's group-sum chunk */
+    const int xsb = tl >= 4 ? 16 : tl > 0 ? (int)tl * 4 : 0;
+    const float *xssrc = a.xs + (xsb ? t0 + 4 * xsc : 0);
+
     /* tile kt's x~, codes and group sums into stage st (cp.async); rows past
      * T or D read as zeros (src-size 0, from a valid address) */
     auto load_async = [&](int kt, int st) {
         unsigned char *base = qf_sm + st * C::STAGE;
-        for (int i = tid; i < C::BM * 8; i += QF_THREADS) {
-            const int r = i >> 3, ch = i & 7;
-            const bool ok = t0 + r < T;
-            const uint16_t *src = a.xt + (ok ? t0 + r : 0) * N + (int64_t)kt * QF_BK + 8 * ch;
-            qf_cp16(base + C::X_OFF + (r * QF_XLD + 8 * ch) * 2, src, ok ? 16 : 0);
+#pragma unroll
+        for (int j = 0; j < XJ; j++) {
+            const bool ok = t0 + xr + 32 * j < T;
+            qf_cp16(base + C::X_OFF + ((xr + 32 * j) * QF_XLD + 8 * xch) * 2,
+                    ok ? xsrc + 32 * j * N + kt * QF_BK : a.xt, ok ? 16 : 0);
         }
-        constexpr int CPR = BITS / 2; /* 16-byte chunks a row */
-        for (int i = tid; i < C::BN * CPR; i += QF_THREADS) {
-            const int r = i / CPR, ch = i % CPR;
-            const bool ok = d0 + r < D;
-            const uint8_t *src = a.w + (ok ? d0 + r : 0) * RB + (int64_t)kt * (8 * BITS) + 16 * ch;
-            qf_cp16(base + C::C_OFF + r * 8 * BITS + 16 * ch, src, ok ? 16 : 0);
+#pragma unroll
+        for (int j = 0; j < CJ; j++) {
+            const int r = rc + (QF_THREADS / CPR) * j;
+            if (r < C::BN) {
+                const bool ok = d0 + r < D;
+                qf_cp16(base + C::C_OFF + r * 8 * BITS + 16 * cch,
+                        ok ? csrc + (QF_THREADS / CPR) * j * RB + kt * (8 * BITS) : a.w, ok ? 16 : 0);
+            }
         }
-        for (int i = tid; i < C::NG * C::BM / 4; i += QF_THREADS) {
-            const int slot = i / (C::BM / 4), ch = i % (C::BM / 4);
-            const int64_t gi = (int64_t)kt * QF_BK / GS + slot, t = t0 + 4 * ch;
-            const int64_t left = T - t;
-            const int bytes = left >= 4 ? 16 : left > 0 ? (int)left * 4 : 0;
-            qf_cp16(base + C::XS_OFF + (slot * C::BM + 4 * ch) * 4,
-                    a.xs + gi * a.Tp + (bytes ? t : 0), bytes);
-        }
+        if (tid < C::NG * C::BM / 4)
+            qf_cp16(base + C::XS_OFF + (xsl * C::BM + 4 * xsc) * 4,
+                    xssrc + ((int64_t)kt * QF_BK / GS + xsl) * a.Tp, xsb);
     };
     /* tile kt's scales and biases: to registers, then (after the tile's
-     * math has hidden the latency) to stage st as f32 {s, b}; 0 past D */
+     * math has hidden the latency) to stage st as f32 {s, b}; 0 past D.
+     * Item i = tid + 256 j: slot i / 2BN, row (i / 2) % BN, bias if i odd. */
     auto load_sb = [&](int kt, float *v) {
 #pragma unroll
         for (int j = 0; j < C::SBN; j++) {
             const int i = tid + j * QF_THREADS;
+            const int slot = i / (2 * C::BN), r = (i >> 1) % C::BN;
             v[j] = 0.0f;
-            if (i < C::NG * C::BN * 2) {
-                const int slot = i / (2 * C::BN), r = (i >> 1) % C::BN;
-                const int64_t d = d0 + r, gi = (int64_t)kt * QF_BK / GS + slot;
-                if (d < D) v[j] = qf_load(a.sdt, (i & 1) ? a.biases : a.scales, d * G + gi);
-            }
+            if (i < C::NG * C::BN * 2 && d0 + r < D)
+                v[j] = qf_load(a.sdt, (i & 1) ? a.biases : a.scales,
+                               (d0 + r) * G + (int64_t)kt * QF_BK / GS + slot);
         }
     };
     auto store_sb = [&](int st, const float *v) {
@@ -345,8 +361,9 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
             for (int i = 0; i < MT; i++)
                 qf_ldsm_x4(af[i], xs_t + (wm * 16 * MT + 16 * i + (lane & 15)) * QF_XLD + 16 * s +
                                       8 * (lane >> 4));
-            /* a group's first step starts its part from zero; g128 spans two tiles */
-            const bool first = SPG <= 4 ? s % SPG == 0 : s == 0 && !(kt & 1);
+            /* a group's first step starts its part from zero (g128, which spans
+             * two tiles, zeroes part after its fold instead: no branch per mma) */
+            const bool first = SPG <= 4 && s % SPG == 0;
             const bool fold = SPG <= 4 ? (s + 1) % SPG == 0 : s == 3 && (kt & 1);
 #pragma unroll
             for (int j = 0; j < NT; j++) {
@@ -377,6 +394,14 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
                         A[3] = fmaf(v.z, P[3], fmaf(v.w, x1, A[3]));
                     }
                 }
+                if (SPG > 4)
+#pragma unroll
+                    for (int i = 0; i < MT; i++)
+#pragma unroll
+                        for (int j = 0; j < NT; j++)
+#pragma unroll
+                            for (int r = 0; r < 4; r++)
+                                part[i][j][r] = 0.0f;
             }
         }
         if (nk < KT) store_sb(ns, sbv);
