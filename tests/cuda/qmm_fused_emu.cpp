@@ -185,10 +185,7 @@ void qf_mma0(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     qf_mma(c, a, b0, b1);
 }
 
-/* f16x2 arithmetic on the bits (both halves), rounded to f16 */
-uint32_t qf_hsub2(uint32_t a, uint32_t b) {
-    return d2h(h2d(a) - h2d(b)) | d2h(h2d(a >> 16) - h2d(b >> 16)) << 16;
-}
+/* f16x2 a * b + c on the bits (both halves), rounded to f16 */
 uint32_t qf_hfma2(uint32_t a, uint32_t b, uint32_t c) {
     return d2h(h2d(a) * h2d(b) + h2d(c)) | d2h(h2d(a >> 16) * h2d(b >> 16) + h2d(c >> 16)) << 16;
 }
@@ -400,7 +397,7 @@ int main(int argc, char **argv) {
                 return 1;
             }
     }
-    /* the decode: every code value in every slot */
+    /* the decode: every code value in every slot (4-bit: q, 8-bit: 1024 + q) */
     for (int h = 0; h < 2; h++)
         for (int s = 0; s < 4; s++)
             for (int v = 0; v < 256; v++) {
@@ -412,7 +409,8 @@ int main(int argc, char **argv) {
                 /* 8-bit: bytes 2h, 2h + 1 of word s */
                 cw8[s] = (uint32_t)v << (16 * h) | (uint32_t)(255 - v) << (16 * h + 8);
                 const uint32_t r8 = qf_decode<8>(cw8, s, h);
-                if (h2d(r4) != q0 || h2d(r4 >> 16) != q1 || h2d(r8) != v || h2d(r8 >> 16) != 255 - v) {
+                if (h2d(r4) != q0 || h2d(r4 >> 16) != q1 || h2d(r8) != 1024 + v ||
+                    h2d(r8 >> 16) != 1024 + 255 - v) {
                     printf("FAIL: decode s=%d h=%d v=%d: 4-bit %g %g, 8-bit %g %g\n", s, h, v,
                            h2d(r4), h2d(r4 >> 16), h2d(r8), h2d(r8 >> 16));
                     return 1;

@@ -18,7 +18,8 @@
  * does not take (3-bit, MXFP4, N not a multiple of 64) must decline and
  * still be right (gemm1); precision "f32" must not take it (exact form,
  * 1e-4); matmul_multi over weights of mixed formats sharing one x (the x
- * prep is reused only for the same form). Exits 77 (skipped) without a GPU. */
+ * prep is reused only for the same form). Exits 77 (skipped) without a GPU.
+ * NMLX_TEST_QMM_QUICK=1: one case a format, both tiles (for compute-sanitizer). */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h" /* nmlx_backend_cpu_create_isa */
 #include "compute/cuda/cuda_backend.h"
@@ -28,6 +29,7 @@
 #include "qweight.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { MODE_GEMM1 = 1 | 2 | 16, MODE_FUSED = 1 | 2 | 16 | 32 };
@@ -236,6 +238,22 @@ int main(void) {
     test_seed(20261206);
     const int bitsv[2] = {4, 8}, gss[3] = {32, 64, 128}, tiles[3] = {0, 64, 128};
     const int64_t Ts[4] = {65, 100, 512, 1000};
+    /* NMLX_TEST_QMM_QUICK=1: one case a format (both tiles), for compute-sanitizer runs */
+    const char *qe = getenv("NMLX_TEST_QMM_QUICK");
+    if (qe && atoi(qe) == 1) {
+        for (int bi = 0; bi < 2; bi++)
+            for (int gi = 0; gi < 3; gi++)
+                test_case(NMLX_QUANT_AFFINE, bitsv[bi], gss[gi], NMLX_DT_BF16, 100, 131,
+                          gss[gi] == 128 ? 384 : 320, true, 128, true);
+        test_case(NMLX_QUANT_AFFINE, 3, 64, NMLX_DT_BF16, 100, 131, 256, true, 0, false);
+        test_multi(100, 640);
+        printf("fused (quick): worst per-row rel err %.2e (bound 2e-3) at %s\n", worst_fused,
+               worst_case);
+        nmlx_backend_free(gpu);
+        nmlx_backend_free(cpu);
+        test_free_kept();
+        return test_summary();
+    }
     int n = 0;
     for (int bi = 0; bi < 2; bi++)
         for (int gi = 0; gi < 3; gi++)

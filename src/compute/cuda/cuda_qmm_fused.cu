@@ -57,8 +57,13 @@
  * (tests/cuda/qmm_fused_emu.cpp runs this file on the CPU against a
  * reference and checks it).
  * Decode: a nibble or byte q placed in the mantissa of the f16 1024 (0x6400)
- * reads 1024 + q; hsub2 of 1024 leaves q exactly (a nibble at bits 4-7:
- * 1024 + 16 q, hfma2 by 1/16 and -64). lop3 / prmt + one f16x2 op per pair.
+ * reads 1024 + q exactly (a nibble at bits 4-7: 1024 + 16 q); 4-bit: one
+ * lop3 and one hfma2 (x 1 - 1024, or x 1/16 - 64) a pair, exact q. 8-bit:
+ * one prmt a pair, 1024 + q kept: the mma sums part + 1024 xs~ and the fold
+ * uses b - 1024 s (f32, staged with the scales) for b, s part' + (b - 1024 s)
+ * xs~ = s part + b xs~; the cancelled 1024 s xs~ costs f32 rounding ~1% of
+ * x's own error (emulation: 3e-6 of max|y| against 3e-4; for 4-bit codes,
+ * 60x smaller on average, it would be ~1/6, so they are shifted back).
  *
  * Speed estimate (H100 SXM, 132 SMs): the big tile's warp does per k step
  * 16 mma, 4 ldmatrix, 8 decoded registers (~18 instructions), 2 code loads,
@@ -120,19 +125,20 @@ __device__ __forceinline__ void qf_mma0(float *c, const uint32_t *a, uint32_t b0
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
 }
 
-/* f16x2 a - b and a * b + c on the bits */
-__device__ __forceinline__ uint32_t qf_hsub2(uint32_t a, uint32_t b) {
-    const __half2 r = __hsub2(*(const __half2 *)&a, *(const __half2 *)&b);
-    return *(const uint32_t *)&r;
-}
+/* f16x2 a * b + c on the bits */
 __device__ __forceinline__ uint32_t qf_hfma2(uint32_t a, uint32_t b, uint32_t c) {
     const __half2 r = __hfma2(*(const __half2 *)&a, *(const __half2 *)&b, *(const __half2 *)&c);
     return *(const uint32_t *)&r;
 }
 #endif
 
+/* 8-bit codes enter the mma as 1024 + q (saves an hsub2 a register; the
+ * fold takes 1024 s xs~ off through b - 1024 s); 4-bit ones as q (with an
+ * offset 60x q's mean the f32 sums would lose ~1/6 of x's own precision). */
+template <int BITS> __host__ __device__ constexpr float qf_offset() { return BITS == 8 ? 1024.0f : 0.0f; }
+
 /* Register h (b0 / b1) of k step s from a lane's codes (4-bit: two words,
- * 8-bit: four; see the header), as an f16 pair. */
+ * 8-bit: four; see the header), as an f16 pair of q + qf_offset (exact). */
 template <int BITS>
 __device__ __forceinline__ uint32_t qf_decode(const uint32_t *cw, int s, int h) {
     if constexpr (BITS == 4) {
@@ -141,10 +147,11 @@ __device__ __forceinline__ uint32_t qf_decode(const uint32_t *cw, int s, int h) 
         if (P & 1) /* nibbles at bits 4-7, 20-23: 1024 + 16 q -> q */
             return qf_hfma2((v & 0x00f000f0u) | 0x64006400u, 0x2c002c00u /* 1/16 */,
                             0xd400d400u /* -64 */);
-        return qf_hsub2((v & 0x000f000fu) | 0x64006400u, 0x64006400u);
+        return qf_hfma2((v & 0x000f000fu) | 0x64006400u, 0x3c003c00u /* 1 */,
+                        0xe400e400u /* -1024 */);
     } else {
-        /* bytes 2h, 2h+1 of word s into the low mantissa bytes of 0x6400 */
-        return qf_hsub2(__byte_perm(cw[s], 0x64646464u, h ? 0x4342u : 0x4140u), 0x64006400u);
+        /* bytes 2h, 2h+1 of word s into the low mantissa bytes of 0x6400: 1024 + q */
+        return __byte_perm(cw[s], 0x64646464u, h ? 0x4342u : 0x4140u);
     }
 }
 
@@ -234,12 +241,12 @@ template <int BITS, int GS, int MT, int NT> struct qf_cfg {
     static constexpr int X_OFF = 0, C_OFF = BM * QF_XLD * 2, SB_OFF = C_OFF + BN * 8 * BITS,
                          XS_OFF = SB_OFF + NG * BN * 8, STAGE = (XS_OFF + NG * BM * 4 + 15) & ~15,
                          SMEM = QF_STAGES * STAGE;
-    static constexpr int SBN = (NG * BN * 2 + QF_THREADS - 1) / QF_THREADS; /* s/b values a thread */
+    static_assert(NG * BN <= QF_THREADS, "one {s, b} row a thread");
 };
 
 /* Block (blockIdx.x: BN weight rows, blockIdx.y: BM tokens); see the header. */
 template <int BITS, int GS, int MT, int NT>
-__global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) {
+__global__ void __launch_bounds__(QF_THREADS, MT == 4 ? 1 : 2) qmm_fused_kernel(const qf_args a) {
     typedef qf_cfg<BITS, GS, MT, NT> C;
     constexpr int SPG = GS / 16; /* k steps a group */
     extern __shared__ __align__(16) unsigned char qf_sm[];
@@ -287,26 +294,20 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
                     xssrc + ((int64_t)kt * QF_BK / GS + xsl) * a.Tp, xsb);
     };
     /* tile kt's scales and biases: to registers, then (after the tile's
-     * math has hidden the latency) to stage st as f32 {s, b}; 0 past D.
-     * Item i = tid + 256 j: slot i / 2BN, row (i / 2) % BN, bias if i odd. */
-    auto load_sb = [&](int kt, float *v) {
-#pragma unroll
-        for (int j = 0; j < C::SBN; j++) {
-            const int i = tid + j * QF_THREADS;
-            const int slot = i / (2 * C::BN), r = (i >> 1) % C::BN;
-            v[j] = 0.0f;
-            if (i < C::NG * C::BN * 2 && d0 + r < D)
-                v[j] = qf_load(a.sdt, (i & 1) ? a.biases : a.scales,
-                               (d0 + r) * G + (int64_t)kt * QF_BK / GS + slot);
+     * math has hidden the latency) to stage st as f32 {s, b - qf_offset s}
+     * (see qf_decode); thread i < NG BN: slot i / BN, row i % BN; 0 past D */
+    auto load_sb = [&](int kt, float2 &v) {
+        const int slot = tid / C::BN, r = tid % C::BN;
+        v = make_float2(0.0f, 0.0f);
+        if (tid < C::NG * C::BN && d0 + r < D) {
+            const int64_t idx = (d0 + r) * G + (int64_t)kt * QF_BK / GS + slot;
+            v = make_float2(qf_load(a.sdt, a.scales, idx), qf_load(a.sdt, a.biases, idx));
         }
     };
-    auto store_sb = [&](int st, const float *v) {
-        float *sb = (float *)(qf_sm + st * C::STAGE + C::SB_OFF);
-#pragma unroll
-        for (int j = 0; j < C::SBN; j++) {
-            const int i = tid + j * QF_THREADS;
-            if (i < C::NG * C::BN * 2) sb[i] = v[j]; /* [slot][row] {s, b}: index 2 (slot BN + r) + which */
-        }
+    auto store_sb = [&](int st, float2 v) {
+        if (tid < C::NG * C::BN)
+            ((float2 *)(qf_sm + st * C::STAGE + C::SB_OFF))[tid] =
+                make_float2(v.x, fmaf(-qf_offset<BITS>(), v.x, v.y));
     };
 
     float acc[MT][NT][4], part[MT][NT][4];
@@ -321,7 +322,7 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
     for (int st = 0; st < QF_STAGES - 1; st++) {
         if (st < KT) {
             load_async(st, st);
-            float v[C::SBN];
+            float2 v;
             load_sb(st, v);
             store_sb(st, v);
         }
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
         const int nk = kt + QF_STAGES - 1, ns = nk % QF_STAGES;
         if (nk < KT) load_async(nk, ns);
         qf_commit();
-        float sbv[C::SBN] = {};
+        float2 sbv = make_float2(0.0f, 0.0f);
         if (nk < KT) load_sb(nk, sbv);
 
         const unsigned char *base = qf_sm + (kt % QF_STAGES) * C::STAGE;
@@ -376,11 +377,11 @@ __global__ void __launch_bounds__(QF_THREADS) qmm_fused_kernel(const qf_args a) 
                         qf_mma(part[i][j], af[i], b0, b1);
                 }
             }
-            if (fold) { /* acc += s part + b xs, the group's f32 scale and bias */
+            if (fold) { /* acc += s part + b xs~ (8-bit: s part' + (b - 1024 s) xs~), in f32 */
                 const int slot = SPG == 2 ? s >> 1 : 0;
 #pragma unroll
                 for (int j = 0; j < NT; j++) {
-                    /* rows 2c, 2c+1: {s0, b0, s1, b1} */
+                    /* rows 2c, 2c+1: {s0, b0', s1, b1'}, b' = b - qf_offset s */
                     const float4 v = sb[(slot * C::BN + wn * 8 * NT + 8 * j + 2 * c) >> 1];
 #pragma unroll
                     for (int i = 0; i < MT; i++) {
