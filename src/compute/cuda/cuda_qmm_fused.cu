@@ -32,7 +32,7 @@
  * value per row) are loaded to registers one tile ahead, as f32 {s, b}.
  * A warp keeps two accumulator sets: part (the current group's products,
  * the group's first mma starts from zero) and acc (folded once per group:
- * acc = s part + b xs + acc, 2 FFMA per element).
+ * acc = s part + b xs~ + acc, 2 FFMA per element).
  *
  * mma.m16n8k16 fragments (lane = 4 g + c; each 32-bit register two f16, the
  * lower k in the low half):
@@ -62,20 +62,27 @@
  * one prmt a pair, 1024 + q kept: the mma sums part + 1024 xs~ and the fold
  * uses b - 1024 s (f32, staged with the scales) for b, s part' + (b - 1024 s)
  * xs~ = s part + b xs~; the cancelled 1024 s xs~ costs f32 rounding ~1% of
- * x's own error (emulation: 3e-6 of max|y| against 3e-4; for 4-bit codes,
- * 60x smaller on average, it would be ~1/6, so they are shifted back).
+ * x's own error (emulation: <= 5.6e-6 of max|y| against 3e-4; for 4-bit
+ * codes, 60x smaller on average, it would be ~1/6, so they are shifted back).
  *
- * Speed estimate (H100 SXM, 132 SMs): the big tile's warp does per k step
- * 16 mma, 4 ldmatrix, 8 decoded registers (~18 instructions), 2 code loads,
- * and per group 128 FFMA (32 a k step at g64): ~4.4 issued instructions per
- * mma, against the ~6-8 cycles an SM sub-partition needs per mma.sync at
- * its peak (~500-660 dense f16 TFLOP/s without wgmma): the tensor pipe can
- * stay ~60-75% busy, i.e. ~300-450 TFLOP/s. Operand traffic (L2 -> SM) per
- * 64-input tile: 16 KiB of x~ + 4 KiB of codes (8-bit: 8) for 2.1 MFLOP:
- * ~3.9 TB/s at 400 TFLOP/s, within the L2's bandwidth; x~ (4 MiB at T 512,
- * N 4096) and a layer's codes stay in the 50 MB L2. Against the chunked
- * path: no 436 MB of f16 written and read back a layer, no join, no row
- * scales, one launch (+ the x prep, shared by q/k/v and gate/up). */
+ * Speed estimate (H100 SXM, 132 SMs, ~1.75 GHz under load): per k tile a
+ * big-tile warp issues 64 mma, 16 ldmatrix, 32 decoded registers (4-bit:
+ * lop3 + hfma2 each; 8-bit: one prmt), 8 code loads, the copies of the next
+ * tile and, per group, 128 FFMA (2 per accumulator): ~6.5-7 instructions a
+ * mma (PTX count of the loop: 7.3 at 4-bit g64, 6.5 at 8-bit g64, before
+ * ptxas fuses and/or into lop3). A sub-partition issues one a cycle and
+ * takes ~6-8 cycles a mma.sync at its peak (~500-660 dense f16 TFLOP/s
+ * without wgmma), so the loop is near issue-bound: ~580 TFLOP/s if nothing
+ * stalled, 300-400 expected with two warps a sub-partition (one 256-thread
+ * block an SM: ~230 registers a thread) and a barrier a tile. Operand
+ * traffic (L2 -> SM) per 64-input tile: 16 KiB of x~ + 4 KiB of codes
+ * (8-bit: 8) for 2.1 MFLOP: ~3.9 TB/s at 400 TFLOP/s, within the L2's
+ * bandwidth; x~ (4 MiB at T 512, N 4096) and a layer's codes stay in the
+ * 50 MB L2. Against the chunked path: no 436 MB of f16 written and read
+ * back a layer, no join, no row scales, one launch (+ the x prep, shared
+ * by q/k/v and gate/up). Known losses: D = 14336 at T = 512 is 448 blocks,
+ * 3.4 waves (the last 40% full: ~15% lost); the 64 x 64 tile (small
+ * grids) costs ~2x the instructions a mma. */
 #ifndef NMLX_QMM_EMU /* tests/cuda/qmm_fused_emu.cpp supplies its own */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
