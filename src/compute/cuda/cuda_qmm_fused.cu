@@ -518,7 +518,7 @@ bool nmlx_cuda_qmm_fused(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
         return false;
     const int sdt = qf_dtype(w->scales.dtype), lbdt = bias ? qf_dtype(bias->dtype) : QF_F32;
     if (sdt < 0 || lbdt < 0 || !w->biases.data || w->biases.dtype != w->scales.dtype ||
-        (uintptr_t)w->w.data % 16 || T > 65535LL * 128)
+        (uintptr_t)w->w.data % 16 || T > 65535LL * 64) /* grid.y: T / 64 blocks at most */
         return false;
     const int64_t G = N / gs, Tp = (T + 3) & ~(int64_t)3;
     /* scratch (shared with cuda_qgemm.cu): x~ [T, N] f16, xs [G, Tp], ix [T] */
