@@ -93,7 +93,9 @@ inline warp_x &warp_() { return warps[emu_thread.x / 32]; }
 inline double h2d(uint32_t b) {
     b &= 0xffffu;
     const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
-    const double v = e == 31 ? (m ? NAN : INFINITY) : e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+    const double v = e == 31  ? (m ? NAN : INFINITY)
+                     : e == 0 ? ldexp(m, -24)
+                              : ldexp(1024 + m, e - 25);
     return b >> 15 ? -v : v;
 }
 inline uint32_t d2h(double v) {
@@ -171,7 +173,8 @@ void qf_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
         double s = 0;
         for (int k = 0; k < 16; k++) {
             /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
-            const float av = val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+            const float av =
+                val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
             /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
             const float bv = val(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2);
             s += (double)av * (double)bv;
@@ -235,8 +238,10 @@ static float urand(float lo, float hi) {
 
 /* storage of a value in dtype dt (QF_F32 / F16 / BF16) and back */
 static void put(int dt, void *p, int64_t i, float v) {
-    if (dt == QF_F32) ((float *)p)[i] = v;
-    else if (dt == QF_F16) ((uint16_t *)p)[i] = (uint16_t)d2h(v);
+    if (dt == QF_F32)
+        ((float *)p)[i] = v;
+    else if (dt == QF_F16)
+        ((uint16_t *)p)[i] = (uint16_t)d2h(v);
     else {
         uint32_t u;
         memcpy(&u, &v, 4);
@@ -261,8 +266,10 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
     for (int64_t t = 0; t < T; t++)
         for (int64_t k = 0; k < N; k++) {
             float v = powf(10.0f, urand(-3, 3)) * (urand(0, 1) < 0.5f ? -1.0f : 1.0f);
-            if (t % 7 == 3) v = urand(-1e-5f, 1e-5f);
-            else if (t % 11 == 5) v *= 100.0f;
+            if (t % 7 == 3)
+                v = urand(-1e-5f, 1e-5f);
+            else if (t % 11 == 5)
+                v *= 100.0f;
             x[(size_t)(t * N + k)] = v;
         }
     /* a weight uniform in [-1, 1] quantized as nmlx convert does (s = range /
@@ -334,7 +341,8 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
         for (int64_t d = 0; d < D; d++) {
             double yt = 0, yc = 0;
             for (int64_t gi = 0; gi < G; gi++) {
-                const double s = get(sdt, sc.data(), d * G + gi), b = get(sdt, bi.data(), d * G + gi);
+                const double s = get(sdt, sc.data(), d * G + gi),
+                             b = get(sdt, bi.data(), d * G + gi);
                 double pt = 0, sx = 0;
                 for (int64_t k = gi * GS; k < (gi + 1) * GS; k++) {
                     const double qk = q[(size_t)(d * N + k)];
@@ -366,7 +374,10 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
     cases++;
     worst_tight = fmax(worst_tight, et), worst_contract = fmax(worst_contract, ec);
     printf("%s %d-bit g%d %s tile %dx%d T=%lld D=%lld N=%lld bias=%d: tight %.2e contract %.2e\n",
-           ok ? "ok  " : "FAIL", BITS, GS, sdt == QF_F32 ? "F32" : sdt == QF_F16 ? "F16" : "BF16",
+           ok ? "ok  " : "FAIL", BITS, GS,
+           sdt == QF_F32   ? "F32"
+           : sdt == QF_F16 ? "F16"
+                           : "BF16",
            C::BM, C::BN, (long long)T, (long long)D, (long long)N, bias, et, ec);
     fflush(stdout);
 }

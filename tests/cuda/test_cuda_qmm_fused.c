@@ -154,7 +154,8 @@ static void test_f32_precision(void) {
     float *yref = malloc((size_t)(T * D) * 4), *y = malloc((size_t)(T * D) * 4);
     cpu->ops->matmul(cpu, &w, NULL, x, yref, T);
     nmlx_weight gw = test_qweight_device(gpu, &w);
-    float *dx = gpu->ops->alloc(gpu, (size_t)(T * N) * 4), *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * 4);
+    float *dx = gpu->ops->alloc(gpu, (size_t)(T * N) * 4),
+          *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * 4);
     gpu->ops->upload(gpu, dx, x, (size_t)(T * N) * 4);
     nmlx_cuda_set_f32_activations(gpu, 1);
     const unsigned long long l0 = nmlx_cuda_qmm_fused_launches();
@@ -183,7 +184,8 @@ static void test_multi(int64_t T, int64_t N) {
     gpu->ops->upload(gpu, dx, x, (size_t)(T * N) * 4);
     int takes = 0;
     for (int i = 0; i < NW; i++) {
-        w[i] = test_qweight(NMLX_QUANT_AFFINE, bits[i], gss[i], NMLX_DT_BF16, rows[i], N, test_keep);
+        w[i] =
+            test_qweight(NMLX_QUANT_AFFINE, bits[i], gss[i], NMLX_DT_BF16, rows[i], N, test_keep);
         gw[i] = test_qweight_device(gpu, &w[i]);
         gws[i] = &gw[i];
         ref[i] = malloc((size_t)(T * rows[i]) * 4);

@@ -142,7 +142,9 @@ __device__ __forceinline__ uint32_t qf_hfma2(uint32_t a, uint32_t b, uint32_t c)
 /* 8-bit codes enter the mma as 1024 + q (saves an hsub2 a register; the
  * fold takes 1024 s xs~ off through b - 1024 s); 4-bit ones as q (with an
  * offset 60x q's mean the f32 sums would lose ~1/6 of x's own precision). */
-template <int BITS> __host__ __device__ constexpr float qf_offset() { return BITS == 8 ? 1024.0f : 0.0f; }
+template <int BITS> __host__ __device__ constexpr float qf_offset() {
+    return BITS == 8 ? 1024.0f : 0.0f;
+}
 
 /* Register h (b0 / b1) of k step s from a lane's codes (4-bit: two words,
  * 8-bit: four; see the header), as an f16 pair of q + qf_offset (exact). */
@@ -228,10 +230,10 @@ __global__ void __launch_bounds__(QF_THREADS)
 
 /* The arguments of one launch */
 struct qf_args {
-    const uint16_t *xt; /* x~ [T, N], permuted per tile */
-    const float *xs;    /* group sums [G, Tp] */
-    const float *ix;    /* 2^e_t [T] */
-    const uint8_t *w;   /* packed codes [D, N BITS / 8], 16-byte aligned */
+    const uint16_t *xt;          /* x~ [T, N], permuted per tile */
+    const float *xs;             /* group sums [G, Tp] */
+    const float *ix;             /* 2^e_t [T] */
+    const uint8_t *w;            /* packed codes [D, N BITS / 8], 16-byte aligned */
     const void *scales, *biases; /* [D, G], dtype sdt */
     int sdt;
     const void *lb; /* linear bias [D] or NULL, dtype lbdt */
@@ -266,8 +268,8 @@ __global__ void __launch_bounds__(QF_THREADS, MT == 4 ? 1 : 2) qmm_fused_kernel(
     /* Each thread's copies are at fixed places of every tile: its source
      * pointers are set once here and step by a constant a tile (no 64-bit
      * index math in the loop). */
-    constexpr int XJ = C::BM * 8 / QF_THREADS;              /* x~ chunks a thread: rows r + 32 j */
-    constexpr int CPR = BITS / 2;                           /* 16-byte code chunks a row */
+    constexpr int XJ = C::BM * 8 / QF_THREADS; /* x~ chunks a thread: rows r + 32 j */
+    constexpr int CPR = BITS / 2;              /* 16-byte code chunks a row */
     constexpr int CJ = (C::BN * CPR + QF_THREADS - 1) / QF_THREADS; /* rows rc + (256 / CPR) j */
     const int xr = tid >> 3, xch = tid & 7, rc = tid / CPR, cch = tid % CPR;
     const int xsl = tid / (C::BM / 4), xsc = tid % (C::BM / 4); /* group sums: slot, chunk */
@@ -293,7 +295,8 @@ __global__ void __launch_bounds__(QF_THREADS, MT == 4 ? 1 : 2) qmm_fused_kernel(
             if (r < C::BN) {
                 const bool ok = d0 + r < D;
                 qf_cp16(base + C::C_OFF + r * 8 * BITS + 16 * cch,
-                        ok ? csrc + (QF_THREADS / CPR) * j * RB + kt * (8 * BITS) : a.w, ok ? 16 : 0);
+                        ok ? csrc + (QF_THREADS / CPR) * j * RB + kt * (8 * BITS) : a.w,
+                        ok ? 16 : 0);
             }
         }
         if (tid < C::NG * C::BM / 4)
@@ -449,11 +452,14 @@ __global__ void __launch_bounds__(QF_THREADS, MT == 4 ? 1 : 2) qmm_fused_kernel(
 #ifndef NMLX_QMM_EMU
 namespace {
 
-int fused_tile = 0;               /* nmlx_cuda_set_qmm_fused_tile: 0 auto, 128, 64 */
+int fused_tile = 0;                /* nmlx_cuda_set_qmm_fused_tile: 0 auto, 128, 64 */
 unsigned long long fused_launches; /* test hook */
 
 int qf_dtype(nmlx_dtype dt) {
-    return dt == NMLX_DT_F32 ? QF_F32 : dt == NMLX_DT_F16 ? QF_F16 : dt == NMLX_DT_BF16 ? QF_BF16 : -1;
+    return dt == NMLX_DT_F32    ? QF_F32
+           : dt == NMLX_DT_F16  ? QF_F16
+           : dt == NMLX_DT_BF16 ? QF_BF16
+                                : -1;
 }
 
 size_t qf_align(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -506,7 +512,9 @@ bool qf_big_tile(nmlx_backend *be, int64_t T, int64_t D) {
 
 } // namespace
 
-extern "C" void nmlx_cuda_set_qmm_fused_tile(int tile) { fused_tile = tile == 64 || tile == 128 ? tile : 0; }
+extern "C" void nmlx_cuda_set_qmm_fused_tile(int tile) {
+    fused_tile = tile == 64 || tile == 128 ? tile : 0;
+}
 
 extern "C" unsigned long long nmlx_cuda_qmm_fused_launches(void) { return fused_launches; }
 
@@ -536,9 +544,11 @@ bool nmlx_cuda_qmm_fused(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
     if (!(c->qg_x_share && c->qg_x == x && c->qg_x_t == T && c->qg_x_n == N &&
           c->qg_x_form == xform)) {
         if (w->bits == 4)
-            qf_xprep_kernel<4><<<(unsigned)T, QF_THREADS, QF_THREADS * 4, s>>>(x, T, N, (int)gs, Tp, xt, xs, ix);
+            qf_xprep_kernel<4>
+                <<<(unsigned)T, QF_THREADS, QF_THREADS * 4, s>>>(x, T, N, (int)gs, Tp, xt, xs, ix);
         else
-            qf_xprep_kernel<8><<<(unsigned)T, QF_THREADS, QF_THREADS * 4, s>>>(x, T, N, (int)gs, Tp, xt, xs, ix);
+            qf_xprep_kernel<8>
+                <<<(unsigned)T, QF_THREADS, QF_THREADS * 4, s>>>(x, T, N, (int)gs, Tp, xt, xs, ix);
         c->qg_x = x, c->qg_x_t = T, c->qg_x_n = N, c->qg_x_form = xform;
     }
     qf_args a;
