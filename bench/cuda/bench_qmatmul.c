@@ -4,7 +4,9 @@
  * 512) in TFLOP/s: qmm_kernel exact (hi+lo) and bf16-x, and the cuBLAS
  * path (NMLX_CUDA_QMM=gemm: W dequantized per row chunk to f16 hi + lo; and
  * gemm16, W hi only; both with the dequantization included, after a first
- * call on each weight copy). gemm's line also says how many weight copies
+ * call on each weight copy), gemm1 (the default: x and W rounded once to
+ * f16, one GEMM a chunk) and fused (NMLX_CUDA_QMM=fused, cuda_qmm_fused.cu:
+ * codes decoded inside one kernel; "-" where it declines the format). gemm's line also says how many weight copies
  * were found exact in f16 (lo half zero: one GEMM instead of two). Weights are cycled
  * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
  * the wall time of many back-to-back launches over a sync (launch overhead
@@ -208,9 +210,11 @@ int main(int argc, char **argv) {
                         {"q3g64", NMLX_QUANT_AFFINE, 3}};
     const int64_t shapes[][2] = {{1024, 4096}, {4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
     const int64_t TP = 512;
-    printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s | %8s %9s %8s %9s\n", "format", "D x N",
-           "gemv us", "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s", "mm-bf16x", "TFLOP/s",
-           "gemm ms", "TFLOP/s", "gemm16", "TFLOP/s");
+    printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s | %8s %9s %8s %9s | %8s %9s %8s "
+           "%9s\n",
+           "format", "D x N", "gemv us", "GB/s", "f32x GB/s", "copies", "mm ms", "TFLOP/s",
+           "mm-bf16x", "TFLOP/s", "gemm ms", "TFLOP/s", "gemm16", "TFLOP/s", "gemm1 ms", "TFLOP/s",
+           "fused ms", "TFLOP/s");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int64_t D = shapes[si][0], N = shapes[si][1];
@@ -257,11 +261,20 @@ int main(int argc, char **argv) {
                 tv32 = (now() - t0) / reps;
                 nmlx_cuda_set_qgemv16(1);
             }
-            /* qmm exact, qmm bf16-x, gemm, gemm16 (quantized only but the first) */
-            double tm[4] = {0, 0, 0, 0};
-            const int vsplit[4] = {1, 0, 1, 1}, vgemm[4] = {0, 0, 1, 3};
-            for (int vi = 0; vi < 4; vi++) {
+            /* qmm exact, qmm bf16-x, gemm, gemm16, gemm1, fused (quantized only
+             * but the first; fused only where it takes the format) */
+            enum { NV = 6 };
+            double tm[NV] = {0, 0, 0, 0, 0, 0};
+            const int vsplit[NV] = {1, 0, 1, 1, 1, 1}, vgemm[NV] = {0, 0, 1, 3, 19, 51};
+            for (int vi = 0; vi < NV; vi++) {
                 if (!fmts[fi].bits && vi) continue;
+                if (vi == 5) { /* fused: skip (print "-") where it declines */
+                    const unsigned long long l0 = nmlx_cuda_qmm_fused_launches();
+                    nmlx_cuda_set_qmm_gemm(51);
+                    be->ops->matmul(be, &dw[0], NULL, x, y, TP);
+                    nmlx_cuda_set_qmm_gemm(0);
+                    if (nmlx_cuda_qmm_fused_launches() == l0) continue;
+                }
                 nmlx_cuda_set_qmm_split(vsplit[vi]);
                 nmlx_cuda_set_qmm_gemm(vgemm[vi]);
                 int mr = reps / 10 < 3 ? 3 : reps / 10;
@@ -286,15 +299,15 @@ int main(int argc, char **argv) {
             nmlx_cuda_qgemm_seen(be, &ex, &inex);
             char exs[48] = "";
             if (ex + inex) snprintf(exs, sizeof exs, "  f16-exact %ld/%ld", ex, ex + inex);
-            double tf[4];
-            for (int vi = 0; vi < 4; vi++)
+            double tf[NV];
+            for (int vi = 0; vi < NV; vi++)
                 tf[vi] = tm[vi] > 0 ? fl / tm[vi] / 1e12 : 0.0;
             printf("%-6s %-13s %10.2f %9.0f %9.0f %8d | %10.3f %9.1f %10.3f %9.1f | %8.3f %9.1f "
-                   "%8.3f %9.1f%s%s\n",
+                   "%8.3f %9.1f | %8.3f %9.1f %8.3f %9.1f%s%s\n",
                    fmts[fi].name, sh, tv * 1e6, (double)bytes / tv / 1e9,
                    tv32 > 0 ? (double)bytes / tv32 / 1e9 : 0.0, nc, tm[0] * 1e3, tf[0], tm[1] * 1e3,
-                   tf[1], tm[2] * 1e3, tf[2], tm[3] * 1e3, tf[3], exs,
-                   st == NMLX_OK ? "" : "  CUDA ERROR");
+                   tf[1], tm[2] * 1e3, tf[2], tm[3] * 1e3, tf[3], tm[4] * 1e3, tf[4], tm[5] * 1e3,
+                   tf[5], exs, st == NMLX_OK ? "" : "  CUDA ERROR");
             be->ops->free(be, x), be->ops->free(be, y);
             free(hx);
             nmlx_backend_free(be);

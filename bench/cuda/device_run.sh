@@ -58,7 +58,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 B=build-cuda-dev
 T0=$(date +%s)
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch test_cuda_sample test_cuda_qgemm test_cuda_qmm_fused test_cuda_qrows test_cuda_moe bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - T0 )) s)"
 export NMLX_SOURCE_DIR=$PWD
 if [ "${QUICK:-0}" = 0 ]; then
@@ -78,6 +78,13 @@ if [ "${QUICK:-0}" != 2 ]; then
   grep -E "FAIL|qmatmul " /tmp/ops_mma.log | head -8
   ./$B/tests/test_cuda_qgemm >"$OUT/qgemm.log" 2>&1; echo "test_cuda_qgemm rc=$?"
   grep -E "FAIL|^qgemm|passed" "$OUT/qgemm.log" | tail -12
+  # the fused quantized mat-mat (NMLX_CUDA_QMM=fused, cuda_qmm_fused.cu), alone and as every
+  # T > 64 qmatmul of test_cuda_ops
+  ./$B/tests/test_cuda_qmm_fused >"$OUT/qmm_fused.log" 2>&1; echo "test_cuda_qmm_fused rc=$?"
+  grep -E "FAIL|^fused|^gemm1|^precision|passed" "$OUT/qmm_fused.log" | tail -12
+  NMLX_CUDA_QMM=fused ./$B/tests/test_cuda_ops >/tmp/ops_fused.log 2>&1
+  echo "test_cuda_ops NMLX_CUDA_QMM=fused rc=$?: $(grep -E "passed" /tmp/ops_fused.log | tail -1)"
+  grep -E "FAIL|qmatmul " /tmp/ops_fused.log | head -8
 fi
 # the few-rows tensor-core mat-mat (cuda_qrows_mma.cu) against the CPU, and the
 # batched decode through it (sessions equal to each alone)

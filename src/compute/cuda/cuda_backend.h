@@ -41,8 +41,16 @@ void nmlx_cuda_set_qmm_split(int split);
  * "f32" always takes the exact form. mode: 0 = off (qmm_kernel), 1 = on;
  * test bits: | 2 = W without its lo half, | 4 = x not rescaled per token,
  * | 8 = never skip the lo GEMM of a weight found exact in f16, | 16 = x
- * without its lo half. Process-wide; for benchmarks and tests. */
+ * without its lo half, | 32 = the fused kernel (cuda_qmm_fused.cu) where
+ * it applies (NMLX_CUDA_QMM=fused sets 1 | 2 | 16 | 32 = 51: gemm1 for what
+ * it declines). Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qmm_gemm(int mode);
+/* The fused kernel's block tile: 128 (128 tokens x 128 rows), 64 (64 x 64),
+ * 0 = automatic (NMLX_CUDA_QMM_TILE, else 128 unless that leaves more than
+ * half the SMs idle). Process-wide; for benchmarks and tests. */
+void nmlx_cuda_set_qmm_fused_tile(int tile);
+/* Launches of the fused kernel so far (test hook: it ran, not a fallback). */
+unsigned long long nmlx_cuda_qmm_fused_launches(void);
 /* Weights the gemm path has seen: *exact = whose f16 lo half was all zero
  * (their later calls skip the second GEMM), *inexact = the others. */
 void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);

@@ -207,6 +207,13 @@ void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor
  * (nothing done: the caller runs qmm_kernel). */
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
+/* The fused quantized mat-mat (cuda_qmm_fused.cu; NMLX_CUDA_QMM=fused):
+ * affine 4/8-bit, group 32/64/128, N a multiple of 64; false (nothing
+ * done) for anything else or when its scratch cannot be had. */
+bool nmlx_cuda_qmm_fused(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                         const float *x, float *y, int64_t T);
+/* cuda_qgemm.cu's scratch (c->qg) grown to need bytes; false when cudaMalloc fails. */
+bool nmlx_cuda_qg_reserve(nmlx_backend *be, size_t need);
 /* The quantized operand x [T, N] as bf16 hi + lo (x = hi + lo to ~2^-16)
  * and per-32-input chunk sums xs [T, N / 32], in the backend's scratch
  * (cuda_quant.cu; valid until the next quantized matmul). */

@@ -26,6 +26,9 @@
  *    nonzero; later calls on a weight found exact skip the lo writes and the
  *    second GEMM, with the same result bit for bit (that product was 0).
  *  - "gemm16": x as hi + lo, W hi only (a variant to measure).
+ *  - "fused" (opt-in): cuda_qmm_fused.cu, the codes decoded inside one
+ *    tensor-core kernel, only x rounded to f16 (4/8-bit affine, N a
+ *    multiple of 64); what it declines runs gemm1 here.
  * x is split once per matmul_multi (q/k/v, gate/up read one x).
  * Scratch allocation failure: false (the caller runs qmm_kernel). */
 #include "compute/cuda/cuda_backend.h"
@@ -191,18 +194,20 @@ static int qgemm_mode_v = -1; /* -1: not read from the environment yet */
 static int64_t qgemm_rows_v = -1;
 
 /* 0: off; else QG_ON plus the variant bits */
-enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8, QG_NO_XLO = 16 };
+enum { QG_ON = 1, QG_NO_WLO = 2, QG_NO_XSCALE = 4, QG_NO_SKIP = 8, QG_NO_XLO = 16, QG_FUSED = 32 };
 
 /* NMLX_CUDA_QMM: unset or "gemm1" = this path, one f16 GEMM (the
- * default), "gemm" = its exact form, "gemm16" = x split, W not; "mma" or
- * "bf16" = qmm_kernel (cuda_quant.cu; bf16: with x rounded to bf16). */
+ * default), "gemm" = its exact form, "gemm16" = x split, W not; "fused" =
+ * cuda_qmm_fused.cu where it applies, else gemm1; "mma" or "bf16" =
+ * qmm_kernel (cuda_quant.cu; bf16: with x rounded to bf16). */
 static int qgemm_mode(void) {
     if (qgemm_mode_v < 0) {
         const char *e = getenv("NMLX_CUDA_QMM");
         qgemm_mode_v = !e || !*e || !strcmp(e, "gemm1") ? QG_ON | QG_NO_WLO | QG_NO_XLO
                        : !strcmp(e, "gemm")             ? QG_ON
                        : !strcmp(e, "gemm16")           ? QG_ON | QG_NO_WLO
-                                                        : 0;
+                       : !strcmp(e, "fused") ? QG_ON | QG_NO_WLO | QG_NO_XLO | QG_FUSED
+                                             : 0;
     }
     return qgemm_mode_v;
 }
@@ -231,8 +236,9 @@ static int64_t qgemm_rows(int64_t D, int64_t N, int64_t cols) {
 }
 
 /* The backend's scratch grown to need bytes; false (error cleared, nothing
- * noted: the caller falls back) when cudaMalloc fails. */
-static bool qg_reserve(nmlx_backend *be, size_t need) {
+ * noted: the caller falls back) when cudaMalloc fails. Also the fused
+ * kernel's (cuda_qmm_fused.cu). */
+bool nmlx_cuda_qg_reserve(nmlx_backend *be, size_t need) {
     cuda_impl *c = cuda_of(be);
     if (need <= c->qg_bytes) return true;
     c = cuda_host_of(be); /* no allocation inside a graph capture */
@@ -336,7 +342,9 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     int mode = qgemm_mode();
     if (!mode) return false;
     /* precision "f32": the exact form whatever variant was asked for */
-    if (((cuda_impl *)be->impl)->f32_x) mode &= ~(QG_NO_WLO | QG_NO_XLO);
+    if (((cuda_impl *)be->impl)->f32_x) mode &= ~(QG_NO_WLO | QG_NO_XLO | QG_FUSED);
+    /* NMLX_CUDA_QMM=fused: the fused kernel where it applies */
+    if ((mode & QG_FUSED) && nmlx_cuda_qmm_fused(be, w, bias, x, y, T)) return true;
     const bool mx = w->mode == NMLX_QUANT_MXFP4;
     bool wlo = !(mode & QG_NO_WLO), first = false;
     const bool xlo = !(mode & QG_NO_XLO);
@@ -368,7 +376,7 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                  o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
                  o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
                  need = o_c + (size_t)(rc * cols + 4) * 4;
-    if (!qg_reserve(be, need)) return false;
+    if (!nmlx_cuda_qg_reserve(be, need)) return false;
     cuda_impl *c = cuda_of(be);
     cudaStream_t s = c->stream;
     char *base = (char *)c->qg;

@@ -19,7 +19,8 @@
  *    (NMLX_CUDA_QGEMV_T=1 sends T > 1 to the mat-mat instead);
  *  - prefill (T > 8): by default cuda_qgemm.cu (cuBLAS GEMMs on row chunks
  *    of W dequantized to f16 hi + lo: 2.2-2.4x qmm_kernel's prefill on an
- *    H100, exact to ~1e-6); qmm_kernel below where NMLX_CUDA_QMM=mma or
+ *    H100, exact to ~1e-6; NMLX_CUDA_QMM=fused: cuda_qmm_fused.cu, the
+ *    codes decoded inside one kernel); qmm_kernel below where NMLX_CUDA_QMM=mma or
  *    bf16 asks for it or that path's scratch cannot be had: y[T, D] = x[T, N] @ W[D, N]^T on the
  * tensor cores (mma.sync m16n8k16 bf16, f32 accumulate). A block computes a 64 (rows of W) x 128
  * (tokens) tile; per 32-input chunk it decodes the codes q into shared memory as bf16 (integers <=
