@@ -135,26 +135,6 @@ static void fill_w(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t
     }
 }
 
-/* Prefetch the codes, scales and biases of W rows [r0, r1) x columns [k0,
- * k0 + nk) into L2 while the tiles work on the current panel: a panel's
- * rows are 256 columns of a long row each, a stride the hardware prefetcher
- * does not follow, so unprefetched the dequantization waited on memory
- * (most of its time at 8 bits). */
-static void prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t r1, int64_t k0, int64_t nk) {
-    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4;
-    const int64_t b0 = k0 * w->bits / 8 / 64 * 64, b1 = (k0 + nk) * w->bits / 8;
-    const int64_t G = w->cols / w->group_size, g0 = k0 / w->group_size;
-    const size_t ss = nmlx_dtype_size(w->scales.dtype);
-    const size_t bs = w->mode == NMLX_QUANT_AFFINE ? nmlx_dtype_size(w->biases.dtype) : 0;
-    for (int64_t r = r0; r < r1; r++) {
-        const char *q = (const char *)w->w.data + r * row_bytes;
-        for (int64_t b = b0; b < b1; b += 64)
-            _mm_prefetch(q + b, _MM_HINT_T1);
-        _mm_prefetch((const char *)w->scales.data + (size_t)(r * G + g0) * ss, _MM_HINT_T1);
-        if (bs) _mm_prefetch((const char *)w->biases.data + (size_t)(r * G + g0) * bs, _MM_HINT_T1);
-    }
-}
-
 bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64_t T, int64_t d0,
                            int64_t d1, int terms) {
     if (!QAMX_USABLE() || !nmlx_amx_quant_ok(w) || terms < 1 || terms > 3 || T < 1 || d0 < 0 ||
@@ -182,9 +162,9 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
             for (int64_t db = d0; db < d1; db += QR) {
                 const int nr = d1 - db < QR ? (int)(d1 - db) : QR;
                 if (db + QR < d1) /* the next panel, or the next column block's first */
-                    prefetch_panel(w, db + QR, db + 2 * QR < d1 ? db + 2 * QR : d1, kb, nk);
+                    quant_prefetch_panel(w, db + QR, db + 2 * QR < d1 ? db + 2 * QR : d1, kb, nk);
                 else if (kb + QK < N)
-                    prefetch_panel(w, d0, d0 + QR < d1 ? d0 + QR : d1, kb + QK,
+                    quant_prefetch_panel(w, d0, d0 + QR < d1 ? d0 + QR : d1, kb + QK,
                                    N - kb - QK < QK ? N - kb - QK : QK);
                 fill_w(w, db, nr, kb, nk, lut, ph, pl);
                 for (int64_t t = 0; t < mtp; t += 32) {

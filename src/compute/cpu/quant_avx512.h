@@ -14,6 +14,28 @@
 
 #define AVX512_INLINE static inline __attribute__((always_inline))
 
+/* Prefetch the codes, scales and biases of W rows [r0, r1) x columns [k0,
+ * k0 + nk) into L2 while the AMX tiles work on the current panel
+ * (quant_amx.c, quant_int8_amx.c): a panel's rows are a few hundred columns
+ * of long rows, a stride the hardware prefetcher does not follow, so
+ * unprefetched the panel packing waited on memory (most of its time at 8
+ * bits). */
+static inline void quant_prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t r1, int64_t k0,
+                                        int64_t nk) {
+    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4;
+    const int64_t b0 = k0 * w->bits / 8 / 64 * 64, b1 = (k0 + nk) * w->bits / 8;
+    const int64_t G = w->cols / w->group_size, g0 = k0 / w->group_size;
+    const size_t ss = nmlx_dtype_size(w->scales.dtype);
+    const size_t bs = w->mode == NMLX_QUANT_AFFINE ? nmlx_dtype_size(w->biases.dtype) : 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const char *q = (const char *)w->w.data + r * row_bytes;
+        for (int64_t b = b0; b < b1; b += 64)
+            _mm_prefetch(q + b, _MM_HINT_T1);
+        _mm_prefetch((const char *)w->scales.data + (size_t)(r * G + g0) * ss, _MM_HINT_T1);
+        if (bs) _mm_prefetch((const char *)w->biases.data + (size_t)(r * G + g0) * bs, _MM_HINT_T1);
+    }
+}
+
 static inline __mmask16 first_n(int64_t n) {
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
 }

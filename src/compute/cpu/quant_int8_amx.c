@@ -207,23 +207,6 @@ static void fill_w(const nmlx_weight *w, int64_t r0, int nr, int64_t k0, int64_t
     }
 }
 
-/* the packed rows [r0, r1), columns [k0, k0 + nk), and their scales and
- * biases into L2 while the tiles work on the current panel */
-static void prefetch_panel(const nmlx_weight *w, int64_t r0, int64_t r1, int64_t k0, int64_t nk) {
-    const int64_t row_bytes = nmlx_quant_row_words(w->cols, w->bits) * 4;
-    const int64_t b0 = k0 * w->bits / 8 / 64 * 64, b1 = (k0 + nk) * w->bits / 8;
-    const int64_t G = w->cols / w->group_size, g0 = k0 / w->group_size;
-    const size_t ss = nmlx_dtype_size(w->scales.dtype);
-    const size_t bs = w->mode == NMLX_QUANT_AFFINE ? nmlx_dtype_size(w->biases.dtype) : 0;
-    for (int64_t r = r0; r < r1; r++) {
-        const char *q = (const char *)w->w.data + r * row_bytes;
-        for (int64_t b = b0; b < b1; b += 64)
-            _mm_prefetch(q + b, _MM_HINT_T1);
-        _mm_prefetch((const char *)w->scales.data + (size_t)(r * G + g0) * ss, _MM_HINT_T1);
-        if (bs) _mm_prefetch((const char *)w->biases.data + (size_t)(r * G + g0) * bs, _MM_HINT_T1);
-    }
-}
-
 /* 16 tokens x 16 rows (the panel's half at pn + 16 h): group g into C tiles
  * CH (hi) / CL (lo), A in tiles 0-1, B in tile 2 */
 #define Q16_TDP(g, CH, CL)                                                                         \
@@ -360,9 +343,9 @@ bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int6
             for (int64_t db = d0; db < d1; db += BR) {
                 const int nr = d1 - db < BR ? (int)(d1 - db) : BR;
                 if (db + BR < d1) /* the next panel, or the next column block's first */
-                    prefetch_panel(w, db + BR, db + 2 * BR < d1 ? db + 2 * BR : d1, kb, nk);
+                    quant_prefetch_panel(w, db + BR, db + 2 * BR < d1 ? db + 2 * BR : d1, kb, nk);
                 else if (kb + BK < N)
-                    prefetch_panel(w, d0, d0 + BR < d1 ? d0 + BR : d1, kb + BK,
+                    quant_prefetch_panel(w, d0, d0 + BR < d1 ? d0 + BR : d1, kb + BK,
                                    N - kb - BK < BK ? N - kb - BK : BK);
                 fill_w(w, db, nr, kb, nk, panel, ps, pb);
                 const __mmask16 m[2] = {amx8_mask(nr), amx8_mask(nr - 16)};
