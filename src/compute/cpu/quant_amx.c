@@ -165,7 +165,7 @@ bool nmlx_amx_quant_matmat(const nmlx_weight *w, const float *x, float *y, int64
                     quant_prefetch_panel(w, db + QR, db + 2 * QR < d1 ? db + 2 * QR : d1, kb, nk);
                 else if (kb + QK < N)
                     quant_prefetch_panel(w, d0, d0 + QR < d1 ? d0 + QR : d1, kb + QK,
-                                   N - kb - QK < QK ? N - kb - QK : QK);
+                                         N - kb - QK < QK ? N - kb - QK : QK);
                 fill_w(w, db, nr, kb, nk, lut, ph, pl);
                 for (int64_t t = 0; t < mtp; t += 32) {
                     const uint16_t *ah = xh + t * QXS, *al = xl ? xl + t * QXS : NULL;

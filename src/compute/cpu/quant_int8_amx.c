@@ -346,7 +346,7 @@ bool nmlx_amx8_quant_matmat(const nmlx_weight *w, const float *x, float *y, int6
                     quant_prefetch_panel(w, db + BR, db + 2 * BR < d1 ? db + 2 * BR : d1, kb, nk);
                 else if (kb + BK < N)
                     quant_prefetch_panel(w, d0, d0 + BR < d1 ? d0 + BR : d1, kb + BK,
-                                   N - kb - BK < BK ? N - kb - BK : BK);
+                                         N - kb - BK < BK ? N - kb - BK : BK);
                 fill_w(w, db, nr, kb, nk, panel, ps, pb);
                 const __mmask16 m[2] = {amx8_mask(nr), amx8_mask(nr - 16)};
                 for (int64_t t = 0; t < mtp; t += 16) {
