@@ -6,15 +6,14 @@
  * gemm16, W hi only; both with the dequantization included, after a first
  * call on each weight copy), gemm1 (the default: x and W rounded once to
  * f16, one GEMM a chunk) and fused (NMLX_CUDA_QMM=fused, cuda_qmm_fused.cu:
- * codes decoded inside one kernel; "-" where it declines the format). gemm's line also says how many weight copies
- * were found exact in f16 (lo half zero: one GEMM instead of two). Weights are cycled
- * over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is
- * the wall time of many back-to-back launches over a sync (launch overhead
- * included, as in decode). Values are random codes, valid bf16 scales.
- * Then the decode step's residual add + norm with the mat-vec that reads
- * it: add_rmsnorm + matmul_multi (q/k/v) or gate_up_act against one
- * add_rmsnorm_matmul (backend.h; the norm staged by the int16 mat-vec).
- *   build-cuda/bench_cuda_quant [reps=200]  (built with -DNMLX_CUDA=ON) */
+ * codes decoded inside one kernel; "-" where it declines the format). gemm's line also says how
+ * many weight copies were found exact in f16 (lo half zero: one GEMM instead of two). Weights are
+ * cycled over >= 256 MiB of copies so the 60 MB L2 cannot hold them; each time is the wall time of
+ * many back-to-back launches over a sync (launch overhead included, as in decode). Values are
+ * random codes, valid bf16 scales. Then the decode step's residual add + norm with the mat-vec that
+ * reads it: add_rmsnorm + matmul_multi (q/k/v) or gate_up_act against one add_rmsnorm_matmul
+ * (backend.h; the norm staged by the int16 mat-vec). build-cuda/bench_cuda_quant [reps=200]  (built
+ * with -DNMLX_CUDA=ON) */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
@@ -208,7 +207,8 @@ int main(int argc, char **argv) {
                         {"q8g64", NMLX_QUANT_AFFINE, 8},
                         {"mxfp4", NMLX_QUANT_MXFP4, 4},
                         {"q3g64", NMLX_QUANT_AFFINE, 3}};
-    const int64_t shapes[][2] = {{1024, 4096}, {4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
+    const int64_t shapes[][2] = {
+        {1024, 4096}, {4096, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
     const int64_t TP = 512;
     printf("%-6s %-13s %10s %9s %9s %8s | %10s %9s %10s %9s | %8s %9s %8s %9s | %8s %9s %8s "
            "%9s\n",

@@ -222,8 +222,7 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
      * form (precision "f32") is checked below at 1e-4; NMLX_CUDA_QMM=fused
      * (cuda_qmm_fused.cu, x rounded to f16) and what it declines (gemm1) too */
     const char *qmm = getenv("NMLX_CUDA_QMM");
-    const bool f16mm =
-        T > 64 && (!qmm || !*qmm || !strcmp(qmm, "gemm1") || !strcmp(qmm, "fused"));
+    const bool f16mm = T > 64 && (!qmm || !*qmm || !strcmp(qmm, "gemm1") || !strcmp(qmm, "fused"));
     double tol = q16 ? 2e-4 : T == 1 ? 1e-5 : f16mm ? 2e-3 : 1e-4;
     const char *sn = mode == NMLX_QUANT_MXFP4 ? "U8" : nmlx_dtype_name(sdt);
     EXPECT(e <= tol, "qmatmul %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d: rel err %.2e > %.0e",
@@ -754,19 +753,19 @@ int main(void) {
      * keys past the queries' tiles, queries that see no key (n_kv short of
      * q_pos + T with a window: rows, warps and whole blocks of them),
      * windows inside one key tile and across several */
-    test_attention(63, 8, 8, 128, 100, 0, 0, 0, false);    /* MHA, T = tile - 1 */
-    test_attention(65, 8, 2, 128, 100, 0, 0, 0, true);     /* group 4, T = tile + 1, sinks */
-    test_attention(129, 16, 2, 64, 300, 70, 0, 0, false);  /* group 8, after 70 keys */
-    test_attention(2, 8, 1, 128, 10, 0, 0, 0, false);      /* two queries */
-    test_attention(100, 4, 2, 96, 400, 250, 0, 30.0f, true); /* HD 96, softcap, sinks */
-    test_attention(70, 4, 1, 112, 200, 5, 130, 0, false);  /* HD 112, window > T */
+    test_attention(63, 8, 8, 128, 100, 0, 0, 0, false);        /* MHA, T = tile - 1 */
+    test_attention(65, 8, 2, 128, 100, 0, 0, 0, true);         /* group 4, T = tile + 1, sinks */
+    test_attention(129, 16, 2, 64, 300, 70, 0, 0, false);      /* group 8, after 70 keys */
+    test_attention(2, 8, 1, 128, 10, 0, 0, 0, false);          /* two queries */
+    test_attention(100, 4, 2, 96, 400, 250, 0, 30.0f, true);   /* HD 96, softcap, sinks */
+    test_attention(70, 4, 1, 112, 200, 5, 130, 0, false);      /* HD 112, window > T */
     test_attention(150, 4, 4, 256, 400, 100, 90, 20.0f, true); /* HD 256, window, all */
-    test_attention(200, 2, 1, 80, 300, 0, 3, 0, false);    /* window 3 */
-    test_attention(40, 2, 1, 16, 60, 5, 0, 0, false);      /* the fixtures' HD 16, 32; 48 */
+    test_attention(200, 2, 1, 80, 300, 0, 3, 0, false);        /* window 3 */
+    test_attention(40, 2, 1, 16, 60, 5, 0, 0, false);          /* the fixtures' HD 16, 32; 48 */
     test_attention(70, 4, 2, 32, 100, 0, 9, 0, true);
     test_attention(66, 2, 2, 48, 100, 3, 0, 15.0f, false);
-    test_attention_kv(90, 4, 2, 128, 100, 0, 20, 8, 0, false, false);  /* t >= 27 see nothing */
-    test_attention_kv(200, 4, 2, 64, 300, 30, 60, 16, 0, true, false); /* blocks see nothing */
+    test_attention_kv(90, 4, 2, 128, 100, 0, 20, 8, 0, false, false);     /* t >= 27 see nothing */
+    test_attention_kv(200, 4, 2, 64, 300, 30, 60, 16, 0, true, false);    /* blocks see nothing */
     test_attention_kv(150, 4, 1, 128, 300, 100, 180, 0, 0, false, false); /* n_kv < q_pos + T */
     attn_spread = 3.0f; /* k and v rows from e^-3 to e^3 of each other */
     test_attention(300, 4, 2, 128, 300, 0, 0, 0, false);

@@ -206,8 +206,8 @@ static int qgemm_mode(void) {
         qgemm_mode_v = !e || !*e || !strcmp(e, "gemm1") ? QG_ON | QG_NO_WLO | QG_NO_XLO
                        : !strcmp(e, "gemm")             ? QG_ON
                        : !strcmp(e, "gemm16")           ? QG_ON | QG_NO_WLO
-                       : !strcmp(e, "fused") ? QG_ON | QG_NO_WLO | QG_NO_XLO | QG_FUSED
-                                             : 0;
+                       : !strcmp(e, "fused")            ? QG_ON | QG_NO_WLO | QG_NO_XLO | QG_FUSED
+                                                        : 0;
     }
     return qgemm_mode_v;
 }
@@ -404,8 +404,8 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     const float one = 1.0f, zero = 0.0f;
     const unsigned rgrid = (unsigned)((D + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
     if (mx)
-        qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(w->scales.data, w->biases.data,
-                                                              w->scales.dtype, G, qmax, 0, D, rs, ir);
+        qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(
+            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
     else
         qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
             w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
