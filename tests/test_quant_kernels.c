@@ -48,6 +48,12 @@ static double avx512_tol(const nmlx_weight *w, int64_t T) {
         nmlx_avx512vnni_quant_ok(w))
         return 1.0 / 64;
     nmlx_qbf16_pick p = nmlx_qbf16_get_pick();
+    /* AMX-INT8 where picked (tried first, as cpu_ops.c does): the int16
+     * prefill's arithmetic and bits, whether or not the pick kept the int16
+     * VNNI kernel itself (under load its timing can lose to f32) */
+    if (p.prefill_amx8 && T >= p.prefill_amx8_min_t && !w->f32_input && nmlx_amx_int8_ok() &&
+        nmlx_amx8_quant_ok(w))
+        return TOL_INT16;
     /* AMX tiles where picked (NMLX_AMX_QUANT=1 forces them on an AMX CPU):
      * x and W as bf16 hi + lo (3 terms, 3 x 2^-16 per product plus f32
      * sums; tests/test_amx_quant_emulated.c checks the exact bound), or
