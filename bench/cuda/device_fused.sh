@@ -1,0 +1,45 @@
+#!/bin/bash
+# On the GPU machine (repo root, carry .deps): validate and time the fused
+# dequantizing GEMM (NMLX_CUDA_QMM=fused, cuda_qmm_fused.cu) against the
+# default f16 GEMM (gemm1). Steps: build; test_cuda_qmm_fused; test_cuda_ops
+# with the fused form; compute-sanitizer memcheck and racecheck on a quick
+# test run; bench_cuda_quant (kernel times, 128 and 64 tiles); nmlx bench
+# pp512/tg128 on synthetic Llama-3.1-8B 4-bit and 8-bit g64, default vs fused.
+#   OUT=dir [MODELS="q4 q8"] bash bench/cuda/device_fused.sh
+set -o pipefail
+OUT=${OUT:-/tmp/nmlx-fused}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/fused.log") 2>&1
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 ))s]"; }
+nvidia-smi --query-gpu=name --format=csv,noheader
+. bench/device_deps.sh .
+B=build-cuda-dev
+# the 8B checkpoint is written while the build runs
+python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
+SYN=$!
+cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
+  cmake --build $B -j16 --target nmlx-cli test_cuda_qmm_fused test_cuda_ops test_cuda_qgemm bench_cuda_quant >>"$OUT/build.log" 2>&1 ||
+  { tail -30 "$OUT/build.log"; exit 1; }
+echo "$(el) build ok"
+export NMLX_SOURCE_DIR=$PWD
+t() { timeout "$1" "${@:2}" >"$OUT/t.log" 2>&1; echo "$(el) rc=$? $*: $(grep -E 'passed|FAIL|error' "$OUT/t.log" | tail -3 | tr '\n' ' ')"; grep -m5 -E "FAIL|mismatch" "$OUT/t.log"; cat "$OUT/t.log" >>"$OUT/tests.log"; }
+t 120 ./$B/tests/test_cuda_qmm_fused
+NMLX_CUDA_QMM=fused t 150 ./$B/tests/test_cuda_ops
+NMLX_TEST_QMM_QUICK=1 t 150 compute-sanitizer --tool memcheck ./$B/tests/test_cuda_qmm_fused
+NMLX_TEST_QMM_QUICK=1 t 150 compute-sanitizer --tool racecheck ./$B/tests/test_cuda_qmm_fused
+echo "$(el) bench_cuda_quant"
+timeout 100 ./$B/tests/bench_cuda_quant 200 2>&1 | tail -25
+NMLX_CUDA_QMM_TILE=64 timeout 60 ./$B/tests/bench_cuda_quant 200 2>&1 | grep -i fused | tail -8
+wait $SYN; tail -1 "$OUT/synth.log"
+for m in ${MODELS-q4 q8}; do
+  D=/tmp/synth-l8b-$m
+  [ -f $D/config.json ] || python3 bench/cuda/make_synth_llama.py $D 8b ${m#q} 64 | tail -1
+  for v in - NMLX_CUDA_QMM=fused NMLX_CUDA_QMM=fused\ NMLX_CUDA_QMM_TILE=64; do
+    [ $(( $(date +%s) - T0 )) -gt "${DEADLINE:-500}" ] && { echo "deadline"; break 2; }
+    e=$v; [ "$v" = - ] && e=
+    echo "$(el) l8b-$m ${v}: $(env $e ./$B/nmlx bench -m $D --device cuda -p 512 -n 128 -r 3 2>&1 | tail -1)"
+  done
+  rm -rf $D
+done
+echo "$(el) done"
