@@ -5,22 +5,31 @@
 # every kernel of `nmlx bench -p P -n 1` under ncu (gpu__time_duration only,
 # so one replay a kernel) and prints the per-kernel sums (bench/cuda/
 # kernel_sum.py), then the kernel benchmark (bench_cuda_quant, REPS).
-#   OUT=dir [LAYERS=2] [BITS=4] [P=512] [ENVS="- NMLX_CUDA_QMM=gemm"] [KBENCH=1] bash bench/cuda/device_prefill_profile.sh
+#   OUT=dir [LAYERS=2] [BITS=4] [P=512] [N=1] [BATCH=] [ENVS="- NMLX_CUDA_QMM=gemm"] [KBENCH=1] bash bench/cuda/device_prefill_profile.sh
 # ("-" in ENVS: the defaults; each other word one VAR=value setting)
+# Decode: P=4 N=33 (32 decode steps dominate the sums). BATCH="8 32": also
+# bench_cuda_batch's steps of that many sessions (16 steps each) under ncu.
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-prefill}
 mkdir -p "$OUT"
 . bench/device_deps.sh . >/dev/null
 B=build-cuda-dev
 cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=/bin/true >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli bench_cuda_quant >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  cmake --build $B -j16 --target nmlx-cli bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 D=/tmp/synth-l8b-q${BITS:-4}-${LAYERS:-2}L
 [ -f $D/config.json ] || python3 bench/cuda/make_synth_llama.py $D 8b ${BITS:-4} 64 ${LAYERS:-2} | tail -1
 for v in ${ENVS:--}; do
-  echo "== $v: nmlx bench -p ${P:-512} -n 1 under ncu"
+  echo "== $v: nmlx bench -p ${P:-512} -n ${N:-1} under ncu"
   [ "$v" = - ] && set -- || set -- $v # "-": the defaults
-  env "$@" ncu --metrics gpu__time_duration.sum --csv ./$B/nmlx bench -m $D --device cuda -p ${P:-512} -n 1 -r 1 \
-    >"$OUT/ncu-${v//[^A-Za-z0-9]/_}.csv" 2>"$OUT/ncu.err"
-  python3 bench/cuda/kernel_sum.py "$OUT/ncu-${v//[^A-Za-z0-9]/_}.csv" | head -30
+  f="$OUT/ncu-p${P:-512}n${N:-1}-${v//[^A-Za-z0-9]/_}.csv"
+  env "$@" ncu --metrics gpu__time_duration.sum --csv ./$B/nmlx bench -m $D --device cuda -p ${P:-512} -n ${N:-1} -r 1 \
+    >"$f" 2>"$OUT/ncu.err"
+  python3 bench/cuda/kernel_sum.py "$f" | head -30
+  for nb in ${BATCH:-}; do
+    echo "== $v: bench_cuda_batch, $nb sessions, 16 steps, under ncu"
+    f="$OUT/ncu-batch$nb-${v//[^A-Za-z0-9]/_}.csv"
+    env "$@" ncu --metrics gpu__time_duration.sum --csv ./$B/tests/bench_cuda_batch $D 16 0 $nb cuda >"$f" 2>"$OUT/ncu.err"
+    python3 bench/cuda/kernel_sum.py "$f" | head -30
+  done
 done
 [ "${KBENCH:-1}" = 1 ] && timeout 200 ./$B/tests/bench_cuda_quant ${REPS:-50} 2>&1 | tee "$OUT/kbench.txt"
