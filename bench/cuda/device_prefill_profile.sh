@@ -9,6 +9,9 @@
 # ("-" in ENVS: the defaults; each other word one VAR=value setting)
 # Decode: P=4 N=33 (32 decode steps dominate the sums). BATCH="8 32": also
 # bench_cuda_batch's steps of that many sessions (16 steps each) under ncu.
+# NCU_FLAGS="--cache-control none --clock-control none": kernels timed with
+# warm caches at the running clock (ncu's defaults flush the caches and lock
+# the base clock, which inflates small kernels).
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-prefill}
 mkdir -p "$OUT"
@@ -22,13 +25,13 @@ for v in ${ENVS:--}; do
   echo "== $v: nmlx bench -p ${P:-512} -n ${N:-1} under ncu"
   [ "$v" = - ] && set -- || set -- $v # "-": the defaults
   f="$OUT/ncu-p${P:-512}n${N:-1}-${v//[^A-Za-z0-9]/_}.csv"
-  env "$@" ncu --metrics gpu__time_duration.sum --csv ./$B/nmlx bench -m $D --device cuda -p ${P:-512} -n ${N:-1} -r 1 \
+  env "$@" ncu ${NCU_FLAGS:-} --metrics gpu__time_duration.sum --csv ./$B/nmlx bench -m $D --device cuda -p ${P:-512} -n ${N:-1} -r 1 \
     >"$f" 2>"$OUT/ncu.err"
   python3 bench/cuda/kernel_sum.py "$f" | head -30
   for nb in ${BATCH:-}; do
     echo "== $v: bench_cuda_batch, $nb sessions, 16 steps, under ncu"
     f="$OUT/ncu-batch$nb-${v//[^A-Za-z0-9]/_}.csv"
-    env "$@" ncu --metrics gpu__time_duration.sum --csv ./$B/tests/bench_cuda_batch $D 16 0 $nb cuda >"$f" 2>"$OUT/ncu.err"
+    env "$@" ncu ${NCU_FLAGS:-} --metrics gpu__time_duration.sum --csv ./$B/tests/bench_cuda_batch $D 16 0 $nb cuda >"$f" 2>"$OUT/ncu.err"
     python3 bench/cuda/kernel_sum.py "$f" | head -30
   done
 done

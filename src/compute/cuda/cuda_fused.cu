@@ -9,6 +9,43 @@
 
 /* ---- add_rmsnorm: one block per row ---- */
 
+/* Rows of up to K * blockDim inputs: each thread loads its K inputs of x
+ * and d at once and keeps x + d in registers, so the loads are all in
+ * flight together (the loop below waits on one pair at a time: the stores
+ * to x may alias d) and nothing is read twice. The same thread count and
+ * the same per-thread order of the sum as the loop, so the same bits. */
+template <int K>
+__global__ void add_rmsnorm_regs_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
+                                        float w_offset, float eps, float *y, int64_t D) {
+    cuda_pdl_trigger();
+    float *xr = x + blockIdx.x * D;
+    const float *dr = d + blockIdx.x * D;
+    float *yr = y + blockIdx.x * D;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    float v[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = tid + (int64_t)k * bd;
+        v[k] = i < D ? xr[i] + dr[i] : 0.0f;
+    }
+    double ss = 0;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (tid + (int64_t)k * bd < D) ss += (double)v[k] * v[k];
+    ss = cuda_block_sum<double>(ss);
+    const float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = tid + (int64_t)k * bd;
+        if (i < D) {
+            xr[i] = v[k];
+            const float u = v[k] * inv;
+            yr[i] = w ? u * (cuda_load_f32(wdt, w, i) + w_offset) : u;
+        }
+    }
+}
+
+/* Wider rows: two passes over memory. */
 __global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
                                    float w_offset, float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
@@ -32,8 +69,19 @@ __global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx
 void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
                            float w_offset, float eps, float *y, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    add_rmsnorm_kernel<<<(unsigned)R, cuda_norm_threads(D), 0, cuda_of(be)->stream>>>(
-        x, d, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
+    const int th = cuda_norm_threads(D);
+    const int64_t k = (D + th - 1) / th; /* inputs a thread */
+    const void *wd = w ? w->data : NULL;
+    const nmlx_dtype wdt = w ? w->dtype : NMLX_DT_F32;
+    cudaStream_t s = cuda_of(be)->stream;
+    if (k <= 4)
+        add_rmsnorm_regs_kernel<4><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+    else if (k <= 8)
+        add_rmsnorm_regs_kernel<8><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+    else if (k <= 16)
+        add_rmsnorm_regs_kernel<16><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+    else
+        add_rmsnorm_kernel<<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 

@@ -89,6 +89,38 @@ void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *
 
 /* ---- rmsnorm: one block per row; sum of squares in double as the CPU ---- */
 
+/* Rows of up to K * blockDim inputs: the row is read once, all of a
+ * thread's loads in flight together; same thread count and per-thread
+ * order of the sum as rmsnorm_kernel, so the same bits. */
+template <int K>
+__global__ void rmsnorm_regs_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
+                                    float eps, float *y, int64_t D) {
+    cuda_pdl_trigger();
+    const float *xr = x + blockIdx.x * D;
+    float *yr = y + blockIdx.x * D;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    float v[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = tid + (int64_t)k * bd;
+        v[k] = i < D ? xr[i] : 0.0f;
+    }
+    double ss = 0;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (tid + (int64_t)k * bd < D) ss += (double)v[k] * v[k];
+    ss = cuda_block_sum<double>(ss);
+    const float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = tid + (int64_t)k * bd;
+        if (i < D) {
+            const float u = v[k] * inv;
+            yr[i] = w ? u * (cuda_load_f32(wdt, w, i) + w_offset) : u;
+        }
+    }
+}
+
 __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
                                float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
@@ -107,9 +139,19 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
                        float eps, float *y, int64_t R, int64_t D) {
     if (R <= 0 || D <= 0) return;
-    int threads = cuda_norm_threads(D);
-    rmsnorm_kernel<<<(unsigned)R, threads, 0, cuda_of(be)->stream>>>(
-        x, w ? w->data : NULL, w ? w->dtype : NMLX_DT_F32, w_offset, eps, y, D);
+    const int th = cuda_norm_threads(D);
+    const int64_t k = (D + th - 1) / th; /* inputs a thread */
+    const void *wd = w ? w->data : NULL;
+    const nmlx_dtype wdt = w ? w->dtype : NMLX_DT_F32;
+    cudaStream_t s = cuda_of(be)->stream;
+    if (k <= 2) /* q/k norms: HD 64-256 */
+        rmsnorm_regs_kernel<2><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+    else if (k <= 8)
+        rmsnorm_regs_kernel<8><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+    else if (k <= 16)
+        rmsnorm_regs_kernel<16><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+    else
+        rmsnorm_kernel<<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 

@@ -498,7 +498,8 @@ __global__ void qembed_kernel(const uint32_t *w, const void *scales, const void 
     float *o = out + t * D;
     const int64_t G = D / gs;
     const uint8_t *row = (const uint8_t *)(w + (int64_t)id * (D * bits / 32));
-    for (int64_t k = threadIdx.x; k < D; k += blockDim.x) {
+    for (int64_t k = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; k < D;
+         k += (int64_t)gridDim.y * blockDim.x) {
         if (id < 0 || id >= V) {
             o[k] = 0.0f;
             continue;
@@ -522,7 +523,10 @@ __global__ void qembed_kernel(const uint32_t *w, const void *scales, const void 
 void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev, int64_t T,
                       float scale, float *out) {
     cudaStream_t s = cuda_of(be)->stream;
-    qembed_kernel<<<(unsigned)T, 256, 0, s>>>((const uint32_t *)table->w.data, table->scales.data,
+    /* a row over several blocks: one token's lookup is a handful of
+     * dependent-free loads a thread, not D / 256 rounds of them */
+    const unsigned ky = (unsigned)((table->cols + 255) / 256 < 64 ? (table->cols + 255) / 256 : 64);
+    qembed_kernel<<<dim3((unsigned)T, ky), 256, 0, s>>>((const uint32_t *)table->w.data, table->scales.data,
                                               table->biases.data, table->scales.dtype, table->bits,
                                               table->group_size, table->mode == NMLX_QUANT_MXFP4,
                                               ids_dev, table->rows, table->cols, scale, out);
