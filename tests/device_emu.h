@@ -14,7 +14,8 @@
  * The backend is not "cpu", so nmlx_backend_is_host is false: the loaders
  * take their device paths. rope_interleaved, rope_rows and attention_rows
  * (NULL on the CPU) are provided as per-row CPU calls, so batched decode
- * takes CUDA's rows path. */
+ * takes CUDA's rows path; rope_kv and rope_kv_rows too (the fused norms,
+ * RoPE and cache appends of CUDA's decode). */
 #ifndef NMLX_TEST_DEVICE_EMU_H
 #define NMLX_TEST_DEVICE_EMU_H
 
@@ -273,6 +274,58 @@ static void emu_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int6
         EMU_RUN(rope(cpu, x + r * H * HD, 1, H, HD, rot, pos[r], freqs, mscale));
 }
 
+/* rope_kv (and rope_kv_rows a row at a time) as CUDA has them: the CPU's
+ * rope_kv, or its unfused sequence (the op's contract) where NMLX_FUSED=0
+ * left the CPU without it. */
+static void emu_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
+    const char *op = "rope_kv";
+    emu_need(be, op, a->q, "q"), emu_need(be, op, a->k, "k"), emu_need(be, op, a->v, "v");
+    emu_need(be, op, a->k_cache, "k_cache"), emu_need(be, op, a->v_cache, "v_cache");
+    emu_need(be, op, a->freqs, "freqs");
+    if (a->qk_norm) emu_need_t(be, op, a->q_norm), emu_need_t(be, op, a->k_norm);
+    nmlx_backend *cpu = emu_of(be)->cpu;
+    if (cpu->ops->rope_kv) {
+        EMU_RUN(rope_kv(cpu, a));
+        return;
+    }
+    emu_open(be);
+    if (a->qk_norm) {
+        cpu->ops->rmsnorm(cpu, a->q, a->q_norm, a->q_norm_offset, a->q_norm_eps, a->q, a->T * a->H,
+                          a->HD);
+        cpu->ops->rmsnorm(cpu, a->k, a->k_norm, a->k_norm_offset, a->k_norm_eps, a->k,
+                          a->T * a->KVH, a->HD);
+    }
+    if (a->rot >= 2 && a->freqs) {
+        cpu->ops->rope(cpu, a->q, a->T, a->H, a->HD, a->rot, a->pos0, a->freqs, a->mscale);
+        cpu->ops->rope(cpu, a->k, a->T, a->KVH, a->HD, a->rot, a->pos0, a->freqs, a->mscale);
+    }
+    for (int64_t t = 0; t < a->T; t++)
+        for (int64_t h = 0; h < a->KVH; h++) {
+            const size_t row = (size_t)a->HD * sizeof(float);
+            memcpy(a->k_cache + (h * a->cap + a->row0 + t) * a->HD, a->k + (t * a->KVH + h) * a->HD,
+                   row);
+            memcpy(a->v_cache + (h * a->cap + a->row0 + t) * a->HD, a->v + (t * a->KVH + h) * a->HD,
+                   row);
+        }
+    emu_close(be);
+}
+
+static bool emu_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
+                             const nmlx_kv_row_dst *rows, int64_t R) {
+    if (emu_in(be, rows)) emu_violation(be, "rope_kv_rows: rows must be host memory");
+    for (int64_t r = 0; r < R; r++) {
+        nmlx_rope_kv_args one = *a;
+        one.q = a->q + r * a->H * a->HD;
+        one.k = a->k + r * a->KVH * a->HD;
+        one.v = a->v + r * a->KVH * a->HD;
+        one.T = 1;
+        one.k_cache = rows[r].k_cache, one.v_cache = rows[r].v_cache;
+        one.cap = rows[r].cap, one.row0 = rows[r].row0, one.pos0 = rows[r].pos;
+        emu_rope_kv(be, &one);
+    }
+    return true;
+}
+
 static void emu_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
                                int64_t R) {
     emu_state *e = emu_of(be);
@@ -392,6 +445,8 @@ static const nmlx_backend_ops emu_ops = {
     .attention = emu_attention,
     .rope_rows = emu_rope_rows,
     .attention_rows = emu_attention_rows,
+    .rope_kv = emu_rope_kv,
+    .rope_kv_rows = emu_rope_kv_rows,
     .act_mul = emu_act_mul,
     .swiglu_clipped = emu_swiglu,
     .act = emu_act,

@@ -76,6 +76,12 @@ typedef struct nmlx_rope_kv_args {
     float mscale;
 } nmlx_rope_kv_args;
 
+/* One row of rope_kv_rows (below): where that sequence's token goes. */
+typedef struct nmlx_kv_row_dst {
+    float *k_cache, *v_cache; /* [KVH, cap, HD] f32 */
+    int64_t cap, row0, pos;   /* the token's cache row and RoPE position */
+} nmlx_kv_row_dst;
+
 enum { NMLX_STEP_BEGIN = 0, NMLX_STEP_END = 1 };                          /* step_graph's `what` */
 enum { NMLX_DECODE_END = 0, NMLX_DECODE_ONE = 1, NMLX_DECODE_BATCH = 2 }; /* decode_step's */
 
@@ -212,6 +218,16 @@ typedef struct nmlx_backend_ops {
      * rounding on CUDA (same arithmetic as its rmsnorm and rope kernels).
      * Caches must not overlap q, k or v. */
     void (*rope_kv)(nmlx_backend *be, const nmlx_rope_kv_args *a);
+    /* rope_kv_rows: rope_kv for a batched decode's R rows (one token each of
+     * R sequences): row r of q [R, H, HD], k and v [R, KVH, HD] is rope_kv
+     * with T = 1, pos0 = rows[r].pos and rows[r]'s cache rows; a's other
+     * fields (its T, k_cache, v_cache, cap, row0, pos0 ignored) apply to every
+     * row. Each row equals that rope_kv call bit for bit. rows is a host
+     * array read during the call. Returns false, having done nothing, when
+     * it cannot take the call (too many rows, a recorded step): the caller
+     * then makes one rope_kv call per row. */
+    bool (*rope_kv_rows)(nmlx_backend *be, const nmlx_rope_kv_args *a, const nmlx_kv_row_dst *rows,
+                         int64_t R);
     /* gate_up_act: the gated MLP's first half for T tokens,
      *   gate[T, I] = act(x @ G^T (+ bg)) * (x @ U^T (+ bu))
      * with G, U [I, N] (biases [I] or NULL); up [T, I] is scratch (left

@@ -184,6 +184,14 @@ static void p_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
     P->inner->rope_kv(be, a);
     PROF_END(be, "rope_kv");
 }
+static bool p_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
+                           const nmlx_kv_row_dst *rows, int64_t R) {
+    char tb[32];
+    PROF_BEGIN(be);
+    bool ok = P->inner->rope_kv_rows(be, a, rows, R);
+    PROF_END(be, "rope_kv_rows %s", t_bucket(R, tb, sizeof tb));
+    return ok;
+}
 static void p_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
                           const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
                           const float *x, float *gate, float *up, int64_t T) {
@@ -318,6 +326,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(attention_rows);
     WRAP(add_rmsnorm);
     WRAP(rope_kv);
+    WRAP(rope_kv_rows);
     WRAP(gate_up_act);
     WRAP(add_rmsnorm_matmul);
     WRAP(moe_experts);

@@ -76,6 +76,7 @@ void nmlx_backend_apply_env(nmlx_backend *be) {
     be->own_ops = *be->ops;
     be->own_ops.add_rmsnorm = NULL;
     be->own_ops.rope_kv = NULL;
+    be->own_ops.rope_kv_rows = NULL;
     be->own_ops.gate_up_act = NULL;
     be->own_ops.add_rmsnorm_matmul = NULL;
     be->own_ops.moe_experts = NULL;

@@ -192,9 +192,56 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
  * gets what its own `attend` would give (the ops' contract, backend.h). */
 enum { ROWS_GROUP = 64 };
 
+/* The group's q/k norms, RoPE and cache appends through rope_kv_rows (one
+ * launch), or rope_kv row by row where it declines or the rows' RoPE
+ * tables differ; then each cache committed into views. */
+static void fused_rows(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *const *caches,
+                       float *q, float *k, const float *v, const int64_t *pos, int64_t n,
+                       nmlx_kv_view *views) {
+    const nmlx_attention_shape *s = &a->s;
+    int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
+    const float *freqs = a->rope ? nmlx_rope_freqs(a->rope, pos[0], 1) : NULL;
+    bool same = true;
+    for (int64_t r = 1; r < n && a->rope; r++)
+        same = same && nmlx_rope_freqs(a->rope, pos[r], 1) == freqs;
+    nmlx_kv_row_dst dst[ROWS_GROUP];
+    for (int64_t r = 0; r < n; r++) {
+        nmlx_layer_cache_rows(caches[r], &dst[r].k_cache, &dst[r].v_cache, &dst[r].cap,
+                              &dst[r].row0);
+        dst[r].pos = pos[r];
+    }
+    nmlx_rope_kv_args ra = {
+        .q = q,
+        .k = k,
+        .v = v,
+        .T = 1,
+        .H = s->heads,
+        .KVH = s->kv_heads,
+        .HD = s->head_dim,
+        .qk_norm = s->qk_norm,
+        .q_norm = a->q_norm.w,
+        .k_norm = a->k_norm.w,
+        .q_norm_offset = a->q_norm.offset,
+        .q_norm_eps = a->q_norm.eps,
+        .k_norm_offset = a->k_norm.offset,
+        .k_norm_eps = a->k_norm.eps,
+        .rot = a->rope ? a->rope->dims : 0,
+        .freqs = freqs,
+        .mscale = a->rope ? a->rope->mscale : 1.0f,
+    };
+    if (!(same && be->ops->rope_kv_rows && be->ops->rope_kv_rows(be, &ra, dst, n)))
+        for (int64_t r = 0; r < n; r++)
+            fused_rope_kv(be, a, caches[r], q + r * qdim, k + r * kvdim, v + r * kvdim, 1, pos[r],
+                          a->rope ? nmlx_rope_freqs(a->rope, pos[r], 1) : NULL);
+    for (int64_t r = 0; r < n; r++) {
+        if (s->q_scale_beta != 0.0f) scale_queries(be, s, q + r * qdim, pos[r], 1);
+        nmlx_layer_cache_commit(caches[r], 1, &views[r]);
+    }
+}
+
 static void attend_group(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *const *caches,
                          float *const *scratch, float *q, float *k, const float *v, float *ctx,
-                         int64_t n) {
+                         int64_t n, bool fused) {
     const nmlx_attention_shape *s = &a->s;
     int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
     int64_t qdim = H * HD, kvdim = KVH * HD;
@@ -203,7 +250,9 @@ static void attend_group(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_c
     nmlx_kv_view views[ROWS_GROUP];
     for (int64_t r = 0; r < n; r++)
         pos[r] = nmlx_layer_cache_offset(caches[r]);
-    if (a->rope) { /* one table for the group (long RoPE may switch per row) */
+    if (fused) {
+        fused_rows(be, a, caches, q, k, v, pos, n, views);
+    } else if (a->rope) { /* one table for the group (long RoPE may switch per row) */
         const float *freqs = nmlx_rope_freqs(a->rope, pos[0], 1);
         bool same = true;
         for (int64_t r = 1; r < n; r++)
@@ -223,8 +272,10 @@ static void attend_group(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_c
     }
     bool f32 = true;
     for (int64_t r = 0; r < n; r++) {
-        if (s->q_scale_beta != 0.0f) scale_queries(be, s, q + r * qdim, pos[r], 1);
-        nmlx_layer_cache_update(caches[r], be, k + r * kvdim, v + r * kvdim, 1, &views[r]);
+        if (!fused) {
+            if (s->q_scale_beta != 0.0f) scale_queries(be, s, q + r * qdim, pos[r], 1);
+            nmlx_layer_cache_update(caches[r], be, k + r * kvdim, v + r * kvdim, 1, &views[r]);
+        }
         const nmlx_kv_view *kv = &views[r];
         rows[r] = (nmlx_attn_row){.k = kv->keys,
                                   .v = kv->values,
@@ -267,12 +318,18 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
                                  int64_t B) {
     const nmlx_attention_shape *s = &a->s;
     int64_t qdim = s->heads * s->head_dim, kvdim = s->kv_heads * s->head_dim;
-    project(be, a, buf, NULL, x, B, true);
-    if (be->ops->rope_rows && be->ops->attention_rows) {
+    const bool rows_ops = be->ops->rope_rows && be->ops->attention_rows;
+    /* norms, RoPE and appends fused (rope_kv_rows, else rope_kv a row) where
+     * every cache takes rows in place */
+    bool fused = rows_ops && be->ops->rope_kv;
+    for (int64_t b = 0; b < B && fused; b++)
+        fused = takes_rope_kv(be, caches[b]);
+    project(be, a, buf, NULL, x, B, !fused);
+    if (rows_ops) {
         for (int64_t b = 0; b < B; b += ROWS_GROUP)
             attend_group(be, a, caches + b, scratch + b, buf->q + b * qdim, buf->k + b * kvdim,
                          buf->v + b * kvdim, buf->ctx + b * qdim,
-                         B - b < ROWS_GROUP ? B - b : ROWS_GROUP);
+                         B - b < ROWS_GROUP ? B - b : ROWS_GROUP, fused);
     } else {
         for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
             attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,

@@ -274,6 +274,7 @@ static const nmlx_backend_ops cuda_ops = {
     .attention_rows = nmlx_cuda_attention_rows,
     .add_rmsnorm = nmlx_cuda_add_rmsnorm,
     .rope_kv = nmlx_cuda_rope_kv,
+    .rope_kv_rows = nmlx_cuda_rope_kv_rows,
     .gate_up_act = nmlx_cuda_gate_up_act,
     .add_rmsnorm_matmul = nmlx_cuda_add_rmsnorm_matmul,
     .moe_experts = nmlx_cuda_moe_experts,

@@ -110,13 +110,15 @@ __device__ __forceinline__ float normed(const float *src, int64_t i, bool norm, 
 }
 
 /* Block (t, j): j < H is q head j of token t, normed and rotated in place;
- * else KV head h = j - H: k's row normed and rotated into the cache row,
- * v's row copied there. Every element is read and written by one thread,
- * after the block's sum (a barrier), so q can be done in place. */
-__global__ void rope_kv_kernel(rope_kv_params p) {
-    int64_t nh = p.H + p.KVH, HD = p.HD;
-    int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
-    const int64_t base = p.step ? *p.step : 0;
+ * else KV head h = j - H: k's row normed and rotated into cache row crow of
+ * kc/vc (rows of cap), v's row copied there; pos is the token's position.
+ * Every element is read and written by one thread, after the block's sum (a
+ * barrier), so q can be done in place. rope_kv_kernel and
+ * rope_kv_rows_kernel share it: a batched row equals rope_kv bit for bit. */
+__device__ __forceinline__ void rope_kv_head(const rope_kv_params &p, int64_t t, int64_t j,
+                                             float *kc, float *vc, int64_t cap, int64_t crow,
+                                             double pos) {
+    const int64_t HD = p.HD;
     const float *src;
     float *dst;
     const void *w;
@@ -127,12 +129,12 @@ __global__ void rope_kv_kernel(rope_kv_params p) {
         src = dst;
         w = p.qw, wdt = p.qwdt, off = p.qoff, eps = p.qeps;
     } else {
-        int64_t h = j - p.H, row = (h * p.cap + p.row0 + base + t) * HD;
+        int64_t h = j - p.H, row = (h * cap + crow) * HD;
         src = p.k + (t * p.KVH + h) * HD;
-        dst = p.kc + row;
+        dst = kc + row;
         w = p.kw, wdt = p.kwdt, off = p.koff, eps = p.keps;
         const float *vs = p.v + (t * p.KVH + h) * HD;
-        float *vd = p.vc + row;
+        float *vd = vc + row;
         for (int64_t i = threadIdx.x; i < HD; i += blockDim.x)
             vd[i] = vs[i];
     }
@@ -145,7 +147,6 @@ __global__ void rope_kv_kernel(rope_kv_params p) {
         inv = (float)(1.0 / sqrt(ss / (double)HD + eps));
     }
     int64_t half = p.half;
-    double pos = (double)(p.pos0 + base + t);
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         double s, c;
         sincos(pos * (double)p.freqs[i], &s, &c);
@@ -159,8 +160,27 @@ __global__ void rope_kv_kernel(rope_kv_params p) {
         dst[i] = normed(src, i, p.norm, inv, w, wdt, off);
 }
 
-void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
-    if (a->T <= 0 || a->HD <= 0) return;
+__global__ void rope_kv_kernel(rope_kv_params p) {
+    int64_t nh = p.H + p.KVH;
+    int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
+    const int64_t base = p.step ? *p.step : 0;
+    rope_kv_head(p, t, j, p.kc, p.vc, p.cap, p.row0 + base + t, (double)(p.pos0 + base + t));
+}
+
+/* rope_kv_rows: the rows' cache pointers and positions passed by value */
+enum { ROPE_KV_ROWS = 64 };
+typedef struct rope_kv_rows_params {
+    float *kc[ROPE_KV_ROWS], *vc[ROPE_KV_ROWS];
+    int64_t cap[ROPE_KV_ROWS], row0[ROPE_KV_ROWS], pos[ROPE_KV_ROWS];
+} rope_kv_rows_params;
+
+__global__ void rope_kv_rows_kernel(rope_kv_params p, rope_kv_rows_params r) {
+    int64_t nh = p.H + p.KVH;
+    int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
+    rope_kv_head(p, t, j, r.kc[t], r.vc[t], r.cap[t], r.row0[t], (double)r.pos[t]);
+}
+
+static rope_kv_params rope_kv_params_of(const nmlx_rope_kv_args *a) {
     bool rope = a->rot >= 2 && a->freqs;
     rope_kv_params p = {};
     p.q = a->q, p.k = a->k, p.v = a->v, p.kc = a->k_cache, p.vc = a->v_cache;
@@ -175,6 +195,31 @@ void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
     p.koff = a->k_norm_offset, p.keps = a->k_norm_eps;
     p.freqs = rope ? a->freqs : NULL;
     p.mscale = a->mscale;
+    return p;
+}
+
+bool nmlx_cuda_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
+                            const nmlx_kv_row_dst *rows, int64_t R) {
+    cuda_impl *c = cuda_of(be);
+    /* a recorded step's positions are deltas from device memory: the rows'
+     * values here are per call, so a recorded batch takes rope_kv a row */
+    if (R > ROPE_KV_ROWS || cuda_step_pos(c) || c->rows_off) return false;
+    if (R <= 0 || a->HD <= 0) return true;
+    rope_kv_params p = rope_kv_params_of(a);
+    rope_kv_rows_params r;
+    for (int64_t i = 0; i < R; i++) {
+        r.kc[i] = rows[i].k_cache, r.vc[i] = rows[i].v_cache;
+        r.cap[i] = rows[i].cap, r.row0[i] = rows[i].row0, r.pos[i] = rows[i].pos;
+    }
+    const int64_t blocks = R * (a->H + a->KVH);
+    rope_kv_rows_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, c->stream>>>(p, r);
+    nmlx_cuda_note(be, cudaGetLastError());
+    return true;
+}
+
+void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
+    if (a->T <= 0 || a->HD <= 0) return;
+    rope_kv_params p = rope_kv_params_of(a);
     cuda_impl *c = cuda_of(be);
     if ((p.step = cuda_step_pos(c)) != NULL) p.pos0 -= c->step_pos, p.row0 -= c->step_pos;
     int64_t blocks = a->T * (a->H + a->KVH);

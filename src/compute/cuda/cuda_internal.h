@@ -63,52 +63,52 @@ typedef struct cuda_impl {
     size_t n_live, cap_live, n_idle, cap_idle, idle_bytes;
     bool buf_cache; /* NMLX_CUDA_BUF_CACHE=1 (opt-in until measured on a GPU) */
     cublasHandle_t cublas;
-    cuda_region *regions;  /* prepared weights */
+    cuda_region *regions; /* prepared weights */
     size_t n_regions, cap_regions;
     nmlx_tensor **tensors; /* the tensors prepare_tensor handed out */
     size_t n_tensors, cap_tensors;
-    int32_t *ids_host;     /* pinned staging for embed ids */
+    int32_t *ids_host; /* pinned staging for embed ids */
     int32_t *ids_dev;
     size_t ids_cap;
-    void *act16;           /* x converted to bf16/f16 for cuBLAS prefill */
+    void *act16; /* x converted to bf16/f16 for cuBLAS prefill */
     size_t act16_bytes;
-    void *y2;              /* the [2T, D] hi/lo products of a split GEMM */
+    void *y2; /* the [2T, D] hi/lo products of a split GEMM */
     size_t y2_bytes;
-    void *qx;              /* quantized prefill: x as bf16 hi, lo and chunk sums */
+    void *qx; /* quantized prefill: x as bf16 hi, lo and chunk sums */
     size_t qx_bytes;
-    void *qg;              /* NMLX_CUDA_QMM=gemm: x hi/lo, a chunk of W as f16, GEMM output */
+    void *qg; /* NMLX_CUDA_QMM=gemm: x hi/lo, a chunk of W as f16, GEMM output */
     size_t qg_bytes;
     struct cuda_qg_seen *qg_seen; /* weights whose f16 lo half is known zero or not */
     size_t n_qg_seen, cap_qg_seen;
-    int *qg_flag;          /* device: set when a dequantized chunk has a nonzero lo */
+    int *qg_flag; /* device: set when a dequantized chunk has a nonzero lo */
     /* the x split at the start of qg (cuda_qgemm.cu): reused by the next
      * weight of one matmul_multi (qg_x_share) when x, T, N and the form match */
     const float *qg_x;
     int64_t qg_x_t, qg_x_n;
     int qg_x_form;
     bool qg_x_share;
-    void *attn_part;       /* split decode attention: per-chunk partial results */
+    void *attn_part; /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
-    bool rows_off;         /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
+    bool rows_off;           /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
     cudaError_t first_error; /* first failure of a void op, kept for tests */
     cuda_copy_batch copies;  /* queued, not yet launched */
     /* decode steps as CUDA graphs (cuda_graph.cu) */
-    bool graph_on;           /* NMLX_CUDA_GRAPH != 0 */
-    bool graph_want;         /* inside a step: capture from the next kernel op */
+    bool graph_on;   /* NMLX_CUDA_GRAPH != 0 */
+    bool graph_want; /* inside a step: capture from the next kernel op */
     bool capturing;
-    cudaGraphExec_t gexec;   /* the last step's graph, updated in place */
+    cudaGraphExec_t gexec;       /* the last step's graph, updated in place */
     cudaGraphExec_t gexec_batch; /* the last batched step's (another shape) */
-    bool batch_graph_on;     /* NMLX_CUDA_BATCH_GRAPH=1: batched steps as graphs */
-    bool in_batch;           /* inside a batched step's brackets */
+    bool batch_graph_on;         /* NMLX_CUDA_BATCH_GRAPH=1: batched steps as graphs */
+    bool in_batch;               /* inside a batched step's brackets */
     long graph_launches, graph_instantiations;
     /* replayed steps (step_graph): the step's position and token id in
      * device memory, staged through pinned host memory */
-    int64_t *step_dev;     /* [0] position, [1] token id */
-    int64_t *step_host;    /* pinned */
-    bool pos_dev;          /* recording: kernels read positions as *step_dev + delta */
-    int64_t step_pos;      /* that step's position (the deltas' base) */
-    bool step_broken;      /* the recording ended early (an op waited for the host) */
+    int64_t *step_dev;                  /* [0] position, [1] token id */
+    int64_t *step_host;                 /* pinned */
+    bool pos_dev;                       /* recording: kernels read positions as *step_dev + delta */
+    int64_t step_pos;                   /* that step's position (the deltas' base) */
+    bool step_broken;                   /* the recording ended early (an op waited for the host) */
     cudaGraphExec_t rexec[STEP_GRAPHS]; /* recorded steps (NULL: free slot), for rkey[i] */
     uint64_t rkey[STEP_GRAPHS];
     long rused[STEP_GRAPHS]; /* last use (step count): the least recent is replaced */
@@ -236,8 +236,8 @@ bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T);
-void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev,
-                      int64_t T, float scale, float *out);
+void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids_dev, int64_t T,
+                      float scale, float *out);
 void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *ids, int64_t T,
                      float scale, float *out);
 void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, float w_offset,
@@ -254,14 +254,16 @@ bool nmlx_cuda_attention_tiled(nmlx_backend *be, const nmlx_attn_args *a);
 bool nmlx_cuda_attention_mma(nmlx_backend *be, const nmlx_attn_args *a);
 /* Batched decode (backend.h rope_rows / attention_rows): one launch for all
  * rows (ROPE_ROWS / ATTN_ROWS rows a launch, their fields by value). */
-void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
-                         int64_t rot, const int64_t *pos, const float *freqs, float mscale);
-void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
-                              const nmlx_attn_row *rows, int64_t R);
+void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD, int64_t rot,
+                         const int64_t *pos, const float *freqs, float mscale);
+void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
+                              int64_t R);
 /* Fused ops (cuda_fused.cu; backend.h add_rmsnorm, rope_kv) */
 void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
                            float w_offset, float eps, float *y, int64_t R, int64_t D);
 void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a);
+bool nmlx_cuda_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
+                            const nmlx_kv_row_dst *rows, int64_t R);
 /* cuda_quant.cu: the int16 mat-vec's gate/up pairs (cuda_qgemv16.cu), else
  * matmul_multi + act_mul */
 void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
@@ -315,14 +317,16 @@ void nmlx_cuda_moe_release(cuda_impl *c);
 /* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
 template <typename F> __device__ F cuda_block_sum(F v) {
     __shared__ F part[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     int w = threadIdx.x / 32, l = threadIdx.x % 32;
     __syncthreads(); /* part[] may still be read by a previous call */
     if (l == 0) part[w] = v;
     __syncthreads();
     int nw = blockDim.x / 32;
     v = l < nw ? part[l] : (F)0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 

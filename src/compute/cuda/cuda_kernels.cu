@@ -17,14 +17,16 @@ static unsigned grid_for(int64_t n, int threads) {
 
 __device__ float block_max(float v) {
     __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     int w = threadIdx.x / 32, l = threadIdx.x % 32;
     __syncthreads();
     if (l == 0) part[w] = v;
     __syncthreads();
     int nw = blockDim.x / 32;
     v = l < nw ? part[l] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -81,9 +83,8 @@ void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *
         nmlx_cuda_qembed(be, table, c->ids_dev, T, scale, out);
         return;
     }
-    embed_kernel<<<(unsigned)T, ROW_THREADS, 0, c->stream>>>(table->w.data, table->w.dtype,
-                                                             c->ids_dev, table->rows, table->cols,
-                                                             scale, out);
+    embed_kernel<<<(unsigned)T, ROW_THREADS, 0, c->stream>>>(
+        table->w.data, table->w.dtype, c->ids_dev, table->rows, table->cols, scale, out);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
@@ -127,7 +128,8 @@ __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, fl
     const float *xr = x + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
     double ss = 0;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+        ss += (double)xr[i] * xr[i];
     ss = cuda_block_sum<double>(ss);
     float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
@@ -159,8 +161,8 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 
 /* One token's H heads at position p (rope and rope_rows share it, so a
  * batched row equals the same token rotated alone bit for bit). */
-__device__ __forceinline__ void rope_token(float *xt, int64_t H, int64_t HD, int64_t half,
-                                           double p, const float *freqs, float mscale) {
+__device__ __forceinline__ void rope_token(float *xt, int64_t H, int64_t HD, int64_t half, double p,
+                                           const float *freqs, float mscale) {
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         double s, c;
         sincos(p * (double)freqs[i], &s, &c);
@@ -192,8 +194,8 @@ __global__ void rope_rows_kernel(float *x, int64_t H, int64_t HD, int64_t half, 
     rope_token(x + r * H * HD, H, HD, half, (double)pos.p[r], freqs, mscale);
 }
 
-void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD,
-                         int64_t rot, const int64_t *pos, const float *freqs, float mscale) {
+void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64_t HD, int64_t rot,
+                         const int64_t *pos, const float *freqs, float mscale) {
     if (R <= 0 || rot < 2) return;
     if (cuda_of(be)->rows_off) { /* NMLX_CUDA_ROWS=0: one rope call per row */
         for (int64_t r = 0; r < R; r++)
@@ -206,7 +208,8 @@ void nmlx_cuda_rope_rows(nmlx_backend *be, float *x, int64_t R, int64_t H, int64
     for (int64_t r0 = 0; r0 < R; r0 += ROPE_ROWS) {
         int64_t n = R - r0 < (int64_t)ROPE_ROWS ? R - r0 : (int64_t)ROPE_ROWS;
         rope_pos p = {};
-        for (int64_t i = 0; i < n; i++) p.p[i] = pos[r0 + i];
+        for (int64_t i = 0; i < n; i++)
+            p.p[i] = pos[r0 + i];
         rope_rows_kernel<<<(unsigned)n, threads, 0, s>>>(x + r0 * H * HD, H, HD, half, p, freqs,
                                                          mscale);
     }
@@ -219,7 +222,7 @@ void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD
     int64_t half = rot / 2;
     int threads = half >= 128 ? 128 : 64;
     rope_kernel<<<(unsigned)T, threads, 0, cuda_of(be)->stream>>>(x, H, HD, half, pos0, freqs,
-                                                                   mscale);
+                                                                  mscale);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
@@ -252,8 +255,8 @@ __global__ void scale_kernel(float *x, float s, int64_t n) {
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n) {
     if (n <= 0) return;
-    act_mul_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(
-        act, gate, up, out, n);
+    act_mul_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(act, gate,
+                                                                                        up, out, n);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
@@ -280,7 +283,8 @@ void nmlx_cuda_scale(nmlx_backend *be, float *x, float s, int64_t n) {
 __global__ void softmax_kernel(float *x, int64_t n) {
     float *r = x + blockIdx.x * n;
     float m = -INFINITY;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, r[i]);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+        m = fmaxf(m, r[i]);
     m = block_max(m);
     if (m == -INFINITY) m = 0;
     double sum = 0;
@@ -291,7 +295,8 @@ __global__ void softmax_kernel(float *x, int64_t n) {
     }
     sum = cuda_block_sum<double>(sum);
     float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) r[i] *= inv;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+        r[i] *= inv;
 }
 
 void nmlx_cuda_softmax(nmlx_backend *be, float *x, int64_t R, int64_t n) {

@@ -526,10 +526,10 @@ void nmlx_cuda_qembed(nmlx_backend *be, const nmlx_weight *table, const int32_t 
     /* a row over several blocks: one token's lookup is a handful of
      * dependent-free loads a thread, not D / 256 rounds of them */
     const unsigned ky = (unsigned)((table->cols + 255) / 256 < 64 ? (table->cols + 255) / 256 : 64);
-    qembed_kernel<<<dim3((unsigned)T, ky), 256, 0, s>>>((const uint32_t *)table->w.data, table->scales.data,
-                                              table->biases.data, table->scales.dtype, table->bits,
-                                              table->group_size, table->mode == NMLX_QUANT_MXFP4,
-                                              ids_dev, table->rows, table->cols, scale, out);
+    qembed_kernel<<<dim3((unsigned)T, ky), 256, 0, s>>>(
+        (const uint32_t *)table->w.data, table->scales.data, table->biases.data,
+        table->scales.dtype, table->bits, table->group_size, table->mode == NMLX_QUANT_MXFP4,
+        ids_dev, table->rows, table->cols, scale, out);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
