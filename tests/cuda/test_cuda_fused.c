@@ -200,6 +200,78 @@ static void test_rope_kv(const rkv_case *c) {
 
 /* gate_up_act on quantized gate/up weights [I, N] (int16 mat-vec pairs for
  * T = 1 and affine 4/8-bit; else the fallback ops) */
+/* rope_kv_rows: R rows of R sequences (own caches, capacities, rows and
+ * positions) against rope_kv a row on copies of the same buffers: bit for
+ * bit (the kernels share their per-head code). */
+static void test_rope_kv_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, bool norm, bool rope) {
+    const int64_t rot = HD, nq = R * H * HD, nk = R * KVH * HD;
+    float *q = test_rand_floats((size_t)nq, -2, 2), *k = test_rand_floats((size_t)nk, -2, 2);
+    float *v = test_rand_floats((size_t)nk, -2, 2);
+    float *fr = malloc((size_t)(rot / 2) * sizeof(float));
+    for (int64_t i = 0; i < rot / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
+    nmlx_tensor hq, hk;
+    const nmlx_tensor *dq_w = norm_weight(NMLX_DT_BF16, HD, &hq),
+                      *dk_w = norm_weight(NMLX_DT_BF16, HD, &hk);
+    float *dfr = dev_of(fr, (size_t)(rot / 2));
+    float *aq = dev_of(q, (size_t)nq), *ak = dev_of(k, (size_t)nk), *bq = dev_of(q, (size_t)nq);
+    float *bk = dev_of(k, (size_t)nk), *dv = dev_of(v, (size_t)nk);
+    nmlx_kv_row_dst rows[64], one_rows[64];
+    size_t ncs[64];
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t cap = 16 + 7 * r, row0 = (r * 5) % cap;
+        ncs[r] = (size_t)(KVH * cap * HD);
+        float *c0 = test_rand_floats(ncs[r], -1, 1), *c1 = test_rand_floats(ncs[r], -1, 1);
+        rows[r] = (nmlx_kv_row_dst){dev_of(c0, ncs[r]), dev_of(c1, ncs[r]), cap, row0, 40 * r + 3};
+        one_rows[r] =
+            (nmlx_kv_row_dst){dev_of(c0, ncs[r]), dev_of(c1, ncs[r]), cap, row0, 40 * r + 3};
+        free(c0), free(c1);
+    }
+    nmlx_rope_kv_args a = {.q = aq,
+                           .k = ak,
+                           .v = dv,
+                           .T = 1,
+                           .H = H,
+                           .KVH = KVH,
+                           .HD = HD,
+                           .qk_norm = norm,
+                           .q_norm = dq_w,
+                           .k_norm = dk_w,
+                           .q_norm_offset = 1.0f,
+                           .q_norm_eps = 1e-6f,
+                           .k_norm_eps = 1e-5f,
+                           .rot = rot,
+                           .freqs = rope ? dfr : NULL,
+                           .mscale = 1.0f};
+    bool took = gpu->ops->rope_kv_rows(gpu, &a, rows, R);
+    EXPECT(took, "rope_kv_rows R=%lld declined", (long long)R);
+    for (int64_t r = 0; r < R; r++) {
+        nmlx_rope_kv_args b = a;
+        b.q = bq + r * H * HD, b.k = bk + r * KVH * HD, b.v = dv + r * KVH * HD;
+        b.k_cache = one_rows[r].k_cache, b.v_cache = one_rows[r].v_cache;
+        b.cap = one_rows[r].cap, b.row0 = one_rows[r].row0, b.pos0 = one_rows[r].pos;
+        gpu->ops->rope_kv(gpu, &b);
+    }
+    check_ok("rope_kv_rows");
+    float *gq = host_of(aq, (size_t)nq), *hq2 = host_of(bq, (size_t)nq);
+    bool same = !memcmp(gq, hq2, (size_t)nq * sizeof(float));
+    for (int64_t r = 0; r < R; r++) {
+        float *x0 = host_of(rows[r].k_cache, ncs[r]), *x1 = host_of(one_rows[r].k_cache, ncs[r]);
+        float *y0 = host_of(rows[r].v_cache, ncs[r]), *y1 = host_of(one_rows[r].v_cache, ncs[r]);
+        same = same && !memcmp(x0, x1, ncs[r] * sizeof(float)) &&
+               !memcmp(y0, y1, ncs[r] * sizeof(float));
+        free(x0), free(x1), free(y0), free(y1);
+        gpu->ops->free(gpu, rows[r].k_cache), gpu->ops->free(gpu, rows[r].v_cache);
+        gpu->ops->free(gpu, one_rows[r].k_cache), gpu->ops->free(gpu, one_rows[r].v_cache);
+    }
+    EXPECT(same, "rope_kv_rows R=%lld H=%lld KVH=%lld HD=%lld norm=%d rope=%d: not rope_kv's bits",
+           (long long)R, (long long)H, (long long)KVH, (long long)HD, norm, rope);
+    float *dbufs[] = {dfr, aq, ak, bq, bk, dv};
+    for (int i = 0; i < 6; i++)
+        gpu->ops->free(gpu, dbufs[i]);
+    free(q), free(k), free(v), free(fr), free(gq), free(hq2);
+}
+
 static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_t N, int64_t T,
                              bool bias, nmlx_act act) {
     nmlx_weight wg = test_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N, test_keep);
@@ -589,6 +661,8 @@ int main(void) {
     test_add_rmsnorm(1, 2051, NMLX_DT_F16, true, 1.0f);
     test_add_rmsnorm(7, 37, NMLX_DT_F32, true, 0.0f); /* 64 threads, partial warp */
     test_add_rmsnorm(33, 300, NMLX_DT_BF16, false, 0.0f);
+    test_add_rmsnorm(2, 8192, NMLX_DT_BF16, true, 0.0f); /* 16 inputs a thread in registers */
+    test_add_rmsnorm(3, 9000, NMLX_DT_F32, true, 0.0f);  /* wider: the two-pass kernel */
     const rkv_case cases[] = {
         {1, 32, 8, 128, 128, 512, 300, 300, false, true, NMLX_DT_BF16}, /* Llama 8B decode */
         {1, 16, 8, 128, 128, 256, 17, 17, true, true, NMLX_DT_BF16},    /* Qwen3 decode */
@@ -600,6 +674,15 @@ int main(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_rope_kv(&cases[i]);
+    EXPECT(gpu->ops->rope_kv_rows != NULL, "cuda backend has rope_kv_rows");
+    if (gpu->ops->rope_kv_rows) {
+        test_rope_kv_rows(8, 32, 8, 128, false, true); /* Llama 8B, 8 sessions */
+        test_rope_kv_rows(3, 16, 8, 128, true, true);  /* Qwen3: q/k norms */
+        test_rope_kv_rows(64, 8, 1, 64, true, false);  /* most rows, NoPE */
+        test_rope_kv_rows(5, 4, 2, 256, false, true);  /* HD 256 */
+        nmlx_rope_kv_args none = {.T = 1, .H = 1, .KVH = 1, .HD = 64};
+        EXPECT(!gpu->ops->rope_kv_rows(gpu, &none, NULL, 65), "rope_kv_rows takes 65 rows");
+    }
     test_gate_up_act(4, 64, NMLX_DT_BF16, 517, 1024, 1, true, NMLX_ACT_SILU);  /* 2 rows a warp */
     test_gate_up_act(4, 128, NMLX_DT_F32, 8200, 512, 1, false, NMLX_ACT_SILU); /* 4 rows */
     test_gate_up_act(8, 32, NMLX_DT_F16, 1000, 768, 1, true, NMLX_ACT_GELU_TANH);
