@@ -97,6 +97,7 @@ static inline float __shfl_xor_sync(unsigned, float v, int o) {
 }
 static inline void __threadfence() {}
 static inline float __ldcg(const float *p) { return *p; }
+static inline float4 __ldcg(const float4 *p) { return *p; }
 static inline unsigned atomicAdd(unsigned *p, unsigned v) {
     const unsigned o = *p;
     *p = o + v;
@@ -301,7 +302,9 @@ int main(void) {
     run_case(1, 8, 2, 128, 300, 299, 300, 0, 0, false, 1);
     run_case(1, 8, 2, 128, 300, 250, 251, 0, 0, true, 3);
     run_case(1, 8, 2, 128, 1200, 1100, 1101, 0, 0, false, DEC_MAX_S);
-    run_case(1, 4, 1, 128, 100, 40, 41, 0, 0, false, 100); /* most blocks empty */
+    run_case(1, 4, 1, 128, 100, 40, 41, 0, 0, false, 100);           /* most blocks empty */
+    run_case(1, 4, 1, 64, 2048, 2047, 2048, 0, 0, true, DEC_MAX_S);  /* DEC_MAX_S partials */
+    run_case(1, 2, 1, 64, 2048, 2031, 2032, 0, 0, false, DEC_MAX_S); /* 127 of them */
     /* the step form: deltas from a device position */
     run_case(1, 8, 2, 128, 700, 600, 601, 0, 0, false, 5, 590);
     run_case(1, 8, 2, 128, 700, 10, 11, 0, 0, true, 5, 3);

@@ -155,20 +155,43 @@ __global__ void __launch_bounds__(DEC_THREADS)
     const size_t row0 = ((size_t)kvh * (size_t)S + (size_t)s) * (size_t)RQ;
 
     if (s < nb) {
-        /* q rows of the group, zero past HD */
-        for (int i = tid; i < R * HDC; i += DEC_THREADS) {
-            const int r = i / HDC, d = i % HDC;
-            float x = 0.0f;
-            if (r < RQ && d < HD) {
-                const int64_t t = r / G, h = kvh * G + r % G;
-                x = a.q[(t * a.H + h) * HD + d];
-            }
-            sm[i] = x;
-        }
-        __syncthreads();
         const bool uniform = a.T == 1; /* one query: every key of [j0, j1) visible to all rows */
         const int64_t kb0 = j0 + (int64_t)s * len, kb1 = kb0 + len < j1 ? kb0 + len : j1;
         const float *kbase = a.k + kvh * a.cap * HD, *vbase = a.v + kvh * a.cap * HD;
+        /* lane group grp's key of the run at jb: K and V dims of this lane
+         * (zeros past the run or HD) */
+        float4 kv[NV], vv[NV];
+        auto load = [&](int64_t jb) {
+            const int64_t j = jb + grp;
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                const int d4 = i * LPK + lig;
+                if (j < kb1 && 4 * d4 < HD) {
+                    kv[i] = *((const float4 *)(kbase + j * HD) + d4);
+                    vv[i] = *((const float4 *)(vbase + j * HD) + d4);
+                } else {
+                    kv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    vv[i] = kv[i];
+                }
+            }
+        };
+        int64_t jb = kb0 + (int64_t)warp * KPW;
+        load(jb); /* in flight while q is staged */
+                  /* q rows of the group, zero past HD (all loads issued at once) */
+#pragma unroll
+        for (int k = 0; k < (R * HDC + DEC_THREADS - 1) / DEC_THREADS; k++) {
+            const int i = tid + k * DEC_THREADS;
+            if (i < R * HDC) {
+                const int r = i / HDC, d = i % HDC;
+                float x = 0.0f;
+                if (r < RQ && d < HD) {
+                    const int64_t t = r / G, h = kvh * G + r % G;
+                    x = a.q[(t * a.H + h) * HD + d];
+                }
+                sm[i] = x;
+            }
+        }
+        __syncthreads();
         const float4 *qs = (const float4 *)sm;
         float m[R], l[R], o[R][DPL];
 #pragma unroll
@@ -179,21 +202,9 @@ __global__ void __launch_bounds__(DEC_THREADS)
             for (int c = 0; c < DPL; c++)
                 o[r][c] = 0.0f;
         }
-        for (int64_t jb = kb0 + (int64_t)warp * KPW; jb < kb1; jb += KB) {
+        for (; jb < kb1; jb += KB) {
             const int64_t j = jb + grp;
             const bool valid = j < kb1;
-            float4 kv[NV], vv[NV];
-#pragma unroll
-            for (int i = 0; i < NV; i++) {
-                const int d4 = i * LPK + lig;
-                if (valid && 4 * d4 < HD) {
-                    kv[i] = *((const float4 *)(kbase + j * HD) + d4);
-                    vv[i] = *((const float4 *)(vbase + j * HD) + d4);
-                } else {
-                    kv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    vv[i] = kv[i];
-                }
-            }
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 if (r >= RQ) break; /* uniform over the block */
@@ -229,6 +240,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
                     o[r][4 * i + 3] = fmaf(p, vv[i].w, o[r][4 * i + 3] * alpha);
                 }
             }
+            if (jb + KB < kb1) load(jb + KB); /* the next run (the registers are free) */
         }
         /* the warp's lane groups merge (every group ends with the sums) */
 #pragma unroll
@@ -304,21 +316,35 @@ __global__ void __launch_bounds__(DEC_THREADS)
     __threadfence();
     const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
     float *cw = sm;                                           /* [R][DEC_MAX_S] */
+    /* per row (a warp each): the max over the sink and the partials, their
+     * weights e^(m_s - M), the sum (every load of a lane at once) */
     for (int r = warp; r < RQ; r += DEC_WARPS) {
         const int64_t h = kvh * G + r % G;
+        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            ms[k] = -INFINITY, ls[k] = 0.0f;
+            if (sp < nb) {
+                const size_t x = 2 * (base + (size_t)sp * RQ + r);
+                ms[k] = __ldcg(&pml[x]);
+                ls[k] = __ldcg(&pml[x + 1]);
+            }
+        }
         float M = a.sinks ? a.sinks[h] : -INFINITY;
-        for (int sp = lane; sp < nb; sp += 32)
-            M = fmaxf(M, __ldcg(&pml[2 * (base + (size_t)sp * RQ + r)]));
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++)
+            M = fmaxf(M, ms[k]);
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1)
             M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
         float L = 0.0f;
-        for (int sp = lane; sp < nb; sp += 32) {
-            const size_t k = 2 * (base + (size_t)sp * RQ + r);
-            const float ms = __ldcg(&pml[k]);
-            const float f = ms == -INFINITY ? 0.0f : expf(ms - M);
-            cw[r * DEC_MAX_S + sp] = f;
-            L = fmaf(f, __ldcg(&pml[k + 1]), L);
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
+            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
+            L = fmaf(f, ls[k], L);
         }
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1)
@@ -326,18 +352,29 @@ __global__ void __launch_bounds__(DEC_THREADS)
         if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
     }
     __syncthreads();
-    for (int64_t i = tid; i < RQ * HD; i += DEC_THREADS) {
-        const int r = (int)(i / HD), d = (int)(i % HD);
+    /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
+    const int64_t C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int64_t c = tid; c < C4; c += DEC_THREADS) {
+        const int r = (int)(4 * c / HD), d = (int)(4 * c % HD);
         const int64_t t = r / G, h = kvh * G + r % G;
-        float y = 0.0f;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-            float acc = 0.0f;
-            for (int sp = 0; sp < nb; sp++)
-                acc = fmaf(cw[r * DEC_MAX_S + sp],
-                           __ldcg(&po[(base + (size_t)sp * RQ + r) * (size_t)HD + d]), acc);
-            y = rl[r] > 0.0f ? acc / rl[r] : 0.0f;
+            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            float4 acc = y;
+#pragma unroll 8
+            for (int sp = 0; sp < nb; sp++) {
+                const float w = cw[r * DEC_MAX_S + sp];
+                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
+                acc.x = fmaf(w, x.x, acc.x);
+                acc.y = fmaf(w, x.y, acc.y);
+                acc.z = fmaf(w, x.z, acc.z);
+                acc.w = fmaf(w, x.w, acc.w);
+            }
+            const float L = rl[r];
+            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
         }
-        a.out[(t * a.H + h) * HD + d] = y;
+        float *out = a.out + (t * a.H + h) * HD + d;
+        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
     }
 }
 
