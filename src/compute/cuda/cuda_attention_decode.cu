@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
         };
         int64_t jb = kb0 + (int64_t)warp * KPW;
         load(jb); /* in flight while q is staged */
-                  /* q rows of the group, zero past HD (all loads issued at once) */
+
+        /* q rows of the group, zero past HD (all loads issued at once) */
 #pragma unroll
         for (int k = 0; k < (R * HDC + DEC_THREADS - 1) / DEC_THREADS; k++) {
             const int i = tid + k * DEC_THREADS;
