@@ -31,6 +31,13 @@ if(NMLX_CUDA)
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)
   target_link_libraries(bench_cuda_quant PRIVATE nmlx)
+  # decode attention, old kernels against flash-decoding (not a test): bench/cuda/bench_attn_decode.c
+  add_executable(bench_cuda_attn ${CMAKE_SOURCE_DIR}/bench/cuda/bench_attn_decode.c)
+  target_include_directories(bench_cuda_attn PRIVATE ${CMAKE_SOURCE_DIR}/src)
+  target_link_libraries(bench_cuda_attn PRIVATE nmlx)
+  # decode tok/s at KV depths (not a test): bench/bench_decode_depth.c MODEL cuda
+  add_executable(bench_cuda_depth ${CMAKE_SOURCE_DIR}/bench/bench_decode_depth.c)
+  target_link_libraries(bench_cuda_depth PRIVATE nmlx)
   # batched decode throughput on the GPU (not a test): bench/bench_batch.c ... cuda
   add_executable(bench_cuda_batch ${CMAKE_SOURCE_DIR}/bench/bench_batch.c)
   target_include_directories(bench_cuda_batch PRIVATE ${CMAKE_SOURCE_DIR}/src)

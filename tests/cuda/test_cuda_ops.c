@@ -9,7 +9,9 @@
  * unaligned row views) and quantized embed. Batched decode: dense and
  * quantized matmul rows (T <= 8) equal each row alone (f32 mat-vec) and
  * rope_rows the per-row calls, bit for bit; attention_rows the per-row
- * calls to rounding (they may take the split kernel). The family ops
+ * calls to rounding (they may take the split or flash-decoding kernel).
+ * Decode attention also as a recorded step's graph replayed at other
+ * positions (test_attention_graph). The family ops
  * (swiglu_clipped, gaussian_topk, rms_match, mul_rows, altup_predict /
  * correct, rope_interleaved): family_ops_checks.h. argmax (ties, NaNs,
  * unaligned rows, in a graph): argmax_checks.h. Prints the worst
@@ -508,22 +510,36 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
-    /* both decode kernels (split 0/1), and for prefills the simple, the
-     * tiled (variant 2) and the tensor-core kernel (variant 3, where its
-     * contract allows: HD a multiple of 16) */
+    /* the simple kernel (variant 0), the split decode one (1), for prefills
+     * the tiled (2) and the tensor-core kernel (3, where its contract
+     * allows: HD a multiple of 16), and for few rows a KV head the
+     * flash-decoding kernel (4, cuda_attention_decode.cu: must run where
+     * it applies) */
     const bool mma = T > 1 && HD % 16 == 0 && HD <= 256;
-    for (int variant = 0; variant < (T > 1 ? (mma ? 4 : 3) : 2); variant++) {
+    const int64_t rq = T * (H / KVH);
+    const bool dec = rq <= 16 && T <= 16,
+               dec_runs = dec && HD % 4 == 0 && (HD <= 128 || (HD <= 256 && rq <= 8));
+    for (int variant = 0; variant < 5; variant++) {
+        if ((variant == 2 && T == 1) || (variant == 3 && !mma) || (variant == 4 && !dec)) continue;
         nmlx_cuda_set_attn_split(variant == 1);
         nmlx_cuda_set_attn_tiled(variant == 2);
         nmlx_cuda_set_attn_mma(variant == 3);
-        const unsigned long long launched = nmlx_cuda_attn_mma_launches();
+        nmlx_cuda_set_attn_decode(variant == 4);
+        const unsigned long long launched = nmlx_cuda_attn_mma_launches(),
+                                 dec_launched = nmlx_cuda_attn_decode_launches();
         gpu->ops->attention(gpu, &g);
         check_ok("attention");
         double e = rel_err(dout, ref, nq);
         const char *name = variant == 0   ? "simple"
                            : variant == 1 ? "split"
                            : variant == 2 ? "tiled"
-                                          : "mma";
+                           : variant == 3 ? "mma"
+                                          : "decode";
+        if (variant == 4)
+            EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + (dec_runs ? 1 : 0),
+                   "attention T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel %s", (long long)T,
+                   (long long)H, (long long)KVH, (long long)HD,
+                   dec_runs ? "did not run" : "ran outside its contract");
         EXPECT(e <= (variant == 3 ? 2e-5 : 1e-5),
                "attention T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
                "sinks=%d %s: %.2e",
@@ -542,6 +558,7 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                    (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)q_pos,
                    (long long)n_kv, (long long)window, name, e);
     }
+    nmlx_cuda_set_attn_decode(0);
     if (time) {
         nmlx_cuda_set_attn_split(0);
         nmlx_cuda_set_attn_mma(0);
@@ -556,6 +573,7 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     nmlx_cuda_set_attn_split(0);
     nmlx_cuda_set_attn_tiled(0);
     nmlx_cuda_set_attn_mma(0);
+    nmlx_cuda_set_attn_decode(1);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
     gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
     free(q), free(k), free(v), free(sk), free(ref), free(scratch);
@@ -564,6 +582,94 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
 static void test_attention(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
                            int64_t q_pos, int64_t window, float softcap, bool sinks) {
     test_attention_kv(T, H, KVH, HD, cap, q_pos, q_pos + T, window, softcap, sinks, false);
+}
+
+/* Decode attention recorded as a step's graph (the kernels read the
+ * position from device memory) at pos[0], replayed at each pos[i]: T new
+ * tokens at pos[i] over n_kv = pos[i] + T keys, against the CPU there;
+ * the flash-decoding kernel (decode 1) and the old step kernel (0). The
+ * graph's grid must not depend on n_kv: one recording serves every length
+ * up to cap. */
+static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
+                                 int64_t window, float softcap, bool sinks, const int64_t *pos,
+                                 int n) {
+    size_t nq = (size_t)(T * H * HD), nk = (size_t)(KVH * cap * HD);
+    float *q = test_rand_floats(nq, -1, 1), *k = test_rand_floats(nk, -1, 1),
+          *v = test_rand_floats(nk, -1, 1), *sk = test_rand_floats((size_t)H, -1, 2);
+    float *ref = malloc(nq * sizeof(float)),
+          *scratch = malloc((size_t)(cpu->n_threads * (H / KVH) * (cap + T)) * 4);
+    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk),
+          *ds = dev_of(sk, (size_t)H);
+    float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
+    float **outs = malloc((size_t)n * sizeof *outs);
+    for (int i = 0; i < n; i++)
+        outs[i] = gpu->ops->alloc(gpu, nq * sizeof(float));
+    for (int mode = 1; mode >= 0; mode--) {
+        nmlx_cuda_set_attn_decode(mode);
+        const unsigned long long dec_launched = nmlx_cuda_attn_decode_launches();
+        nmlx_attn_args g = {.q = dq,
+                            .k = dk,
+                            .v = dv,
+                            .out = dout,
+                            .T = T,
+                            .H = H,
+                            .KVH = KVH,
+                            .HD = HD,
+                            .cap = cap,
+                            .q_pos = pos[0],
+                            .n_kv = pos[0] + T,
+                            .scale = 1.0f / sqrtf((float)HD),
+                            .window = window,
+                            .softcap = softcap,
+                            .sinks = sinks ? ds : NULL};
+        nmlx_status st = nmlx_cuda_attention_graph_test(gpu, &g, pos, n, outs);
+        EXPECT(st == NMLX_OK, "attention graph: %s", nmlx_last_error());
+        check_ok("attention graph");
+        if (mode)
+            EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + 1,
+                   "attention graph T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel did not "
+                   "run",
+                   (long long)T, (long long)H, (long long)KVH, (long long)HD);
+        double worst_e = 0;
+        for (int i = 0; i < n; i++) {
+            nmlx_attn_args a = {.q = q,
+                                .k = k,
+                                .v = v,
+                                .out = ref,
+                                .T = T,
+                                .H = H,
+                                .KVH = KVH,
+                                .HD = HD,
+                                .cap = cap,
+                                .q_pos = pos[i],
+                                .n_kv = pos[i] + T,
+                                .scale = 1.0f / sqrtf((float)HD),
+                                .window = window,
+                                .softcap = softcap,
+                                .sinks = sinks ? sk : NULL,
+                                .scratch = scratch};
+            cpu->ops->attention(cpu, &a);
+            double e = rel_err(outs[i], ref, nq);
+            EXPECT(e <= 1e-5,
+                   "attention graph %s T=%lld H=%lld KVH=%lld HD=%lld recorded at %lld, "
+                   "replayed at %lld, win=%lld cap=%g sinks=%d: %.2e",
+                   mode ? "decode" : "old", (long long)T, (long long)H, (long long)KVH,
+                   (long long)HD, (long long)pos[0], (long long)pos[i], (long long)window, softcap,
+                   sinks, e);
+            note(4, e);
+            if (e > worst_e || e != e) worst_e = e;
+        }
+        printf("attention graph %-6s T=%lld H=%lld KVH=%lld HD=%lld win=%lld: %d positions, "
+               "worst rel err %.2e\n",
+               mode ? "decode" : "old", (long long)T, (long long)H, (long long)KVH, (long long)HD,
+               (long long)window, n, worst_e);
+    }
+    nmlx_cuda_set_attn_decode(1);
+    for (int i = 0; i < n; i++)
+        gpu->ops->free(gpu, outs[i]);
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);
+    gpu->ops->free(gpu, ds), gpu->ops->free(gpu, dout);
+    free(q), free(k), free(v), free(sk), free(ref), free(scratch), free(outs);
 }
 
 /* Batched decode ops: R rows, each its own position / cache, against the
@@ -785,6 +891,39 @@ int main(void) {
     test_attention(1, 8, 4, 256, 600, 517, 0, 50.0f, false); /* HD 256, softcap */
     test_attention(2, 14, 2, 80, 300, 130, 0, 0, true);      /* 14 rows, HD 80 */
     test_attention(1, 4, 4, 128, 130, 128, 64, 0, false);    /* MHA, window of 64 */
+    /* the flash-decoding kernel (cuda_attention_decode.cu; every case above
+     * with few rows a KV head runs it too): one query over n_kv keys from 1
+     * up, GQA 1 / 4 / 8 at HD 64 / 128 / 256, windows, sinks, softcap */
+    {
+        const int64_t nkv[] = {1, 2, 15, 16, 17, 64, 65, 300, 1000, 4097};
+        const int64_t hds[] = {64, 128, 256}, groups[] = {1, 4, 8};
+        for (int hi = 0; hi < 3; hi++)
+            for (int gi = 0; gi < 3; gi++)
+                for (int ni = 0; ni < 10; ni++) {
+                    const int64_t n = nkv[ni], G = groups[gi], HD = hds[hi];
+                    const int64_t window = ni % 3 == 1 ? 64 : ni % 3 == 2 ? 1000 : 0;
+                    const float softcap = (ni + gi) % 4 == 3 ? 30.0f : 0.0f;
+                    test_attention_kv(1, 2 * G, 2, HD, n + 3, n - 1, n, window, softcap,
+                                      (ni + hi) % 2 == 1, false);
+                }
+    }
+    test_attention_kv(1, 32, 8, 128, 8192, 8191, 8192, 0, 0, false, false); /* 8B, 8K keys */
+    test_attention(1, 64, 8, 64, 5000, 4500, 128, 0, true);  /* gpt-oss-like: group 8 */
+    test_attention(1, 8, 4, 256, 3000, 2900, 1024, 0, true); /* Gemma-like HD 256 */
+    test_attention(2, 32, 8, 128, 700, 600, 0, 0, false);    /* 8 rows: two queries */
+    test_attention(4, 16, 4, 96, 300, 200, 50, 0, true);     /* 16 rows, HD 96 */
+    test_attention(16, 2, 2, 64, 100, 10, 0, 0, false);      /* T 16, MHA */
+    test_attention(1, 12, 1, 256, 100, 50, 0, 0, false);     /* 12 rows at HD 256: declined */
+    /* recorded steps replayed at other lengths (the grid fixed) */
+    {
+        const int64_t p1[] = {0, 1, 2, 5, 16, 17, 63, 64, 200, 511, 1000, 2040};
+        test_attention_graph(1, 32, 8, 128, 2048, 0, 0, false, p1, 12);
+        const int64_t p2[] = {100, 3, 50, 127, 128, 129, 700};
+        test_attention_graph(1, 16, 2, 64, 701, 128, 0, true, p2, 7);
+        test_attention_graph(1, 8, 4, 256, 701, 0, 50.0f, true, p2, 7);
+        const int64_t p3[] = {300, 0, 1, 30, 299};
+        test_attention_graph(3, 8, 2, 128, 303, 16, 0, true, p3, 5);
+    }
     test_elementwise(1);
     test_elementwise(1001);
     test_elementwise(300007);

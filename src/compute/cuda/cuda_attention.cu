@@ -1,7 +1,12 @@
 /* Scaled dot-product attention over a [KVH, cap, HD] cache (contract in
  * backend.h).
  *
- * Decode (T * H / KVH <= 16 query rows a KV head): split over the keys.
+ * Decode (T * H / KVH <= 16 query rows a KV head) takes the flash-decoding
+ * kernel of cuda_attention_decode.cu where it applies (the default; plain
+ * and recorded steps). Otherwise, or with NMLX_CUDA_ATTN_DECODE=old, the
+ * kernels below.
+ *
+ * Split decode (opt-in): split over the keys.
  * attn_split_kernel: block (KV head, chunk of SPLIT_C keys) scores the
  * chunk's keys against every query row of that KV head (each key row is
  * read once for the whole GQA group) and writes, per row, its chunk max m,
@@ -329,10 +334,12 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
         nmlx_attn_args d = *a;
         d.q_pos -= c->step_pos;
         d.n_kv -= c->step_pos;
+        if (nmlx_cuda_attention_decode(be, &d, step)) return;
         attention_step_kernel<<<(unsigned)(a->T * a->H), THREADS, shmem, c->stream>>>(d, step);
         nmlx_cuda_note(be, cudaGetLastError());
         return;
     }
+    if (nmlx_cuda_attention_decode(be, a, NULL)) return; /* few rows a KV head */
     if (split_mode && attention_split(be, a)) return;
     if (a->T > 1 && nmlx_cuda_attention_mma(be, a)) return; /* NMLX_CUDA_ATTN_MMA=0: off */
     if (a->T > 1 && nmlx_cuda_attention_tiled(be, a)) return;
@@ -341,10 +348,10 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
 }
 
 /* Batched decode: the simple kernel for every (row, head) in one launch per
- * ATTN_ROWS rows. A one-query `attention` call takes the split kernel where
- * it applies, so the two agree to rounding (bit for bit with
- * NMLX_CUDA_ATTN_SPLIT=0); NMLX_CUDA_ROWS=0 makes one `attention` call per
- * row instead. */
+ * ATTN_ROWS rows. A one-query `attention` call takes the flash-decoding (or
+ * split) kernel where it applies, so the two agree to rounding (bit for bit
+ * with NMLX_CUDA_ATTN_DECODE=old and NMLX_CUDA_ATTN_SPLIT=0);
+ * NMLX_CUDA_ROWS=0 makes one `attention` call per row instead. */
 void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
                               const nmlx_attn_row *rows, int64_t R) {
     if (R <= 0 || a->H <= 0 || a->HD <= 0) return;

@@ -227,6 +227,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->qg_flag) cudaFree(c->qg_flag);
     free(c->qg_seen);
     if (c->attn_part) cudaFree(c->attn_part);
+    if (c->dec_part) cudaFree(c->dec_part);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
     if (c->gexec_batch) cudaGraphExecDestroy(c->gexec_batch);
     for (int i = 0; i < STEP_GRAPHS; i++)
@@ -351,6 +352,7 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         if (c->norm_done) cudaFree(c->norm_done);
         c->norm_done = NULL;
     }
+    nmlx_cuda_dec_scratch_init(c); /* decode attention's partials (else the old kernels) */
     be->pool = nmlx_pool_create(1);
     CHECK(be->pool, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     *out = be;

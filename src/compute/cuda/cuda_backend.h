@@ -77,6 +77,20 @@ void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined);
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
  * 1 at start. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_attn_split(int on);
+/* Decode attention (T * H / KVH <= 16 query rows a KV head) through the
+ * flash-decoding kernel (cuda_attention_decode.cu): 1 = on (the default,
+ * in plain and recorded steps), 0 = the one-block-per-head kernels (and the
+ * split one where nmlx_cuda_set_attn_split is on). NMLX_CUDA_ATTN_DECODE=old
+ * sets 0 at start. Process-wide; for benchmarks and tests.
+ * nmlx_cuda_attn_decode_launches: its launches so far, process-wide. */
+void nmlx_cuda_set_attn_decode(int on);
+unsigned long long nmlx_cuda_attn_decode_launches(void);
+/* Test hook: attention a recorded as a decode step's graph with the step's
+ * position pos[0] (a's q_pos and n_kv as at that position), then replayed
+ * with the position pos[i] in device memory, as a replayed step does; each
+ * replay's a->out copied to the device buffer outs[i]. The first CUDA error. */
+nmlx_status nmlx_cuda_attention_graph_test(nmlx_backend *be, const nmlx_attn_args *a,
+                                           const int64_t *pos, int n, float *const *outs);
 /* Test hook: the tiled prefill attention on (1) or off (0), overriding
  * NMLX_CUDA_ATTN_TILED. */
 void nmlx_cuda_set_attn_tiled(int on);

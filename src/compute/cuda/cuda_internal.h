@@ -89,6 +89,8 @@ typedef struct cuda_impl {
     bool qg_x_share;
     void *attn_part; /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
+    void *dec_part;        /* flash-decoding attention's partials and counts, fixed */
+    int dec_sms;           /* multiprocessors (sizes its grid) */
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
     bool rows_off;           /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
     cudaError_t first_error; /* first failure of a void op, kept for tests */
@@ -248,6 +250,13 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a);
 /* The tiled prefill kernel (cuda_attention_tiled.cu) where it is on and
  * applies (T >= 2, HD <= 256); false: nothing launched. */
 bool nmlx_cuda_attention_tiled(nmlx_backend *be, const nmlx_attn_args *a);
+/* The flash-decoding kernel (cuda_attention_decode.cu) where it is on and
+ * applies (few query rows a KV head); step: a recorded step's position (a's
+ * q_pos and n_kv its deltas) or NULL. false: not run. */
+bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const int64_t *step);
+bool nmlx_cuda_attn_decode_on(void);
+/* Its fixed scratch, allocated with the backend (false: the kernel declines). */
+bool nmlx_cuda_dec_scratch_init(cuda_impl *c);
 /* The tensor-core prefill kernel (cuda_attention_mma.cu) where it is on
  * (opt-in) and applies (T >= 2, HD a multiple of 16 up to 256, 16-byte
  * aligned q/k/v/out); false: nothing launched. */

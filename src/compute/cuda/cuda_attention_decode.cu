@@ -1,0 +1,544 @@
+/* Flash-decoding attention for decode: few query rows per KV head
+ * (RQ = T * H / KVH <= 16), the cache [KVH, cap, HD] f32 (contract in
+ * backend.h). The default for those shapes, in both the plain and the
+ * recorded-step (graph) form; NMLX_CUDA_ATTN_DECODE=old (or
+ * nmlx_cuda_set_attn_decode(0)) takes the one-block-per-head kernels of
+ * cuda_attention.cu instead.
+ *
+ * One launch, grid (S, KVH) x 128 threads, S fixed by the GPU and the
+ * shape (one wave: the blocks that fit resident, at most 4 an SM, S <=
+ * DEC_MAX_S), never by n_kv: a recorded step replays it with q_pos / n_kv
+ * read from device memory.
+ *  - Keys any row sees: [j0, j1) (j0 = the first row's window start, j1 =
+ *    min(q_pos + T, n_kv)). Block s takes the s-th run of `len` keys,
+ *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk): nb <= S blocks
+ *    have keys, the others only count themselves in (below).
+ *  - Every block serves all RQ query rows of its KV head (a key row is
+ *    read once for the GQA group). A warp takes KPW = 32 / LPK keys at a
+ *    time: LPK lanes a key, each lane DPL dims of it as float4 loads (K and
+ *    V issued together), q from shared memory. Each lane group keeps its
+ *    own online softmax (m, l) and P V accumulators o[R][DPL] in
+ *    registers; at the end the groups, then the 4 warps (shared memory),
+ *    merge, and the block writes its partial (m, l, o[HD]) per row.
+ *  - Then __threadfence and an atomic count per KV head: the block that
+ *    arrives last resets the count and merges the nb partials in block
+ *    order (deterministic, whichever block is last): M = max(sink, m_s),
+ *    out = sum_s e^(m_s - M) o_s / (e^(sink - M) + sum_s e^(m_s - M) l_s);
+ *    rows that see no key get zeros, as the CPU.
+ * (LPK, DPL) by head size and R (RQ rounded up to a power of two) so that
+ * o[R][DPL] is 64 floats a lane (dec_pick); HD % 4 == 0, HD <= 256 (RQ <=
+ * 8 at 256), K/V 16-byte aligned. Numerics: f32 throughout, as the other
+ * kernels (the online softmax's rescaling: ~1e-7 relative to the CPU).
+ *
+ * The scratch (partials and the counts) is allocated once with the
+ * backend (cuda_backend.cu, DEC_SCRATCH_BYTES) and never moves: recorded
+ * graphs keep its address. S is cut to what fits.
+ *
+ * Predicted (H100, Llama-3.1-8B layer: 32 heads, 8 KV heads, HD 128, one
+ * query; bench/cuda/bench_attn_decode.c, caches cycled over 32 layers so
+ * the K/V come from DRAM): n_kv 64: old ~6 us, new ~4 us; 512: old ~16
+ * us, new ~5 us; 2048: old ~60 us, new ~9 us; 8192: old ~230 us, new ~28
+ * us (64 MB of K/V at ~2.5 TB/s).
+ *
+ * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
+ * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
+ * the kernel block by block on the CPU. */
+#ifndef NMLX_ATTN_DECODE_EMU
+#include "compute/cuda/cuda_backend.h"
+#include "compute/cuda/cuda_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#define DEC_DYN_SMEM extern __shared__ float4 dec_sm[]
+#endif
+
+enum {
+    DEC_WARPS = 4,
+    DEC_THREADS = 32 * DEC_WARPS,
+    DEC_ALIGN = 16,  /* a block's keys: a multiple of this */
+    DEC_MAX_S = 128, /* blocks a KV head at most */
+    DEC_MAX_RQ = 16,
+    DEC_MAX_T = 16,
+    DEC_BLOCKS_PER_SM = 4,
+};
+
+/* The keys of a block when N keys are split over S blocks (the host and
+ * every block compute the same); nb = ceil(N / len) <= S. */
+static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
+    const int64_t per = (N + S - 1) / S;
+    return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
+}
+
+/* The instances: X(id, LPK, DPL, R). o[R][DPL] = 64 floats a lane, except
+ * R < 4 (fewer rows than the head size allows). */
+#define DEC_CONFIGS(X)                                                                             \
+    X(0, 8, 8, 1)                                                                                  \
+    X(1, 8, 8, 2)                                                                                  \
+    X(2, 8, 8, 4)                                                                                  \
+    X(3, 8, 8, 8)                                                                                  \
+    X(4, 16, 4, 16)                                                                                \
+    X(5, 8, 16, 1)                                                                                 \
+    X(6, 8, 16, 2)                                                                                 \
+    X(7, 8, 16, 4)                                                                                 \
+    X(8, 16, 8, 8)                                                                                 \
+    X(9, 32, 4, 16)                                                                                \
+    X(10, 16, 16, 1)                                                                               \
+    X(11, 16, 16, 2)                                                                               \
+    X(12, 16, 16, 4)                                                                               \
+    X(13, 32, 8, 8)
+
+/* The instance for head size HD and RQ rows a KV head, or -1 (not taken). */
+static inline int dec_pick(int64_t HD, int64_t RQ) {
+    if (HD <= 0 || HD % 4 || HD > 256 || RQ < 1 || RQ > DEC_MAX_RQ) return -1;
+    const int r = RQ <= 1 ? 0 : RQ <= 2 ? 1 : RQ <= 4 ? 2 : RQ <= 8 ? 3 : 4;
+    if (HD <= 64) return r;
+    if (HD <= 128) return 5 + r;
+    return r < 4 ? 10 + r : -1;
+}
+
+/* Floats of the dynamic shared memory: q [R][HDC] during the key loop, the
+ * warps' o [WARPS][R][HDC] after it, the merge's weights [R][DEC_MAX_S]
+ * last. */
+static inline __host__ __device__ int dec_smem_floats(int HDC, int R) {
+    const int a = DEC_WARPS * R * HDC, b = R * DEC_MAX_S;
+    return a > b ? a : b;
+}
+
+/* Row t's visible keys: [lo, hi] (empty when lo > hi). */
+static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
+                                          int64_t t, int64_t *lo, int64_t *hi) {
+    const int64_t qi = q_pos + t;
+    *hi = qi < n_kv - 1 ? qi : n_kv - 1;
+    int64_t l = a.window > 0 ? qi - a.window + 1 : 0;
+    *lo = l < 0 ? 0 : l;
+}
+
+/* po[((kvh * S + s) * RQ + r) * HD + d]: block s's unnormalised output of
+ * row r; pml[2 * ((kvh * S + s) * RQ + r)]: its max m and sum l; cnt[kvh]:
+ * blocks of KV head kvh done (0 between launches). step: the recorded
+ * step's position (q_pos and n_kv are deltas from it), or NULL. */
+template <int LPK, int DPL, int R>
+__global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
+                       unsigned *cnt) {
+    cuda_pdl_trigger();
+    constexpr int KPW = 32 / LPK, NV = DPL / 4, HDC = LPK * DPL, KB = DEC_WARPS * KPW;
+    static_assert(LPK * KPW == 32 && DPL % 4 == 0, "lane split");
+    DEC_DYN_SMEM;
+    float *sm = (float *)dec_sm;
+    __shared__ int64_t slo[DEC_MAX_T], shi[DEC_MAX_T];
+    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R];
+    __shared__ int last;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int grp = lane / LPK, lig = lane % LPK;
+    const int64_t HD = a.HD, G = a.H / a.KVH, RQ = a.T * G;
+    const int s = (int)blockIdx.x;
+    const int64_t kvh = blockIdx.y;
+    int64_t q_pos = a.q_pos, n_kv = a.n_kv;
+    if (step) {
+        const int64_t base = *step;
+        q_pos += base;
+        n_kv += base;
+    }
+    int64_t j0, j1;
+    {
+        int64_t lo, hi;
+        dec_visible(a, q_pos, n_kv, 0, &lo, &hi);
+        j0 = lo;
+        j1 = q_pos + a.T < n_kv ? q_pos + a.T : n_kv;
+    }
+    const int64_t N = j1 > j0 ? j1 - j0 : 0;
+    const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
+    const int nb = (int)((N + len - 1) / len);
+    if (tid < a.T) dec_visible(a, q_pos, n_kv, tid, &slo[tid], &shi[tid]);
+    const size_t row0 = ((size_t)kvh * (size_t)S + (size_t)s) * (size_t)RQ;
+
+    if (s < nb) {
+        const bool uniform = a.T == 1; /* one query: every key of [j0, j1) visible to all rows */
+        const int64_t kb0 = j0 + (int64_t)s * len, kb1 = kb0 + len < j1 ? kb0 + len : j1;
+        const float *kbase = a.k + kvh * a.cap * HD, *vbase = a.v + kvh * a.cap * HD;
+        /* lane group grp's key of the run at jb: K and V dims of this lane
+         * (zeros past the run or HD) */
+        float4 kv[NV], vv[NV];
+        auto load = [&](int64_t jb) {
+            const int64_t j = jb + grp;
+#pragma unroll
+            for (int i = 0; i < NV; i++) {
+                const int d4 = i * LPK + lig;
+                if (j < kb1 && 4 * d4 < HD) {
+                    kv[i] = *((const float4 *)(kbase + j * HD) + d4);
+                    vv[i] = *((const float4 *)(vbase + j * HD) + d4);
+                } else {
+                    kv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    vv[i] = kv[i];
+                }
+            }
+        };
+        int64_t jb = kb0 + (int64_t)warp * KPW;
+        load(jb); /* in flight while q is staged */
+
+        /* q rows of the group, zero past HD (all loads issued at once) */
+#pragma unroll
+        for (int k = 0; k < (R * HDC + DEC_THREADS - 1) / DEC_THREADS; k++) {
+            const int i = tid + k * DEC_THREADS;
+            if (i < R * HDC) {
+                const int r = i / HDC, d = i % HDC;
+                float x = 0.0f;
+                if (r < RQ && d < HD) {
+                    const int64_t t = r / G, h = kvh * G + r % G;
+                    x = a.q[(t * a.H + h) * HD + d];
+                }
+                sm[i] = x;
+            }
+        }
+        __syncthreads();
+        const float4 *qs = (const float4 *)sm;
+        float m[R], l[R], o[R][DPL];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            m[r] = -INFINITY;
+            l[r] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < DPL; c++)
+                o[r][c] = 0.0f;
+        }
+        for (; jb < kb1; jb += KB) {
+            const int64_t j = jb + grp;
+            const bool valid = j < kb1;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r >= RQ) break; /* uniform over the block */
+                float sc = 0.0f;
+#pragma unroll
+                for (int i = 0; i < NV; i++) {
+                    const float4 qq = qs[r * (HDC / 4) + i * LPK + lig];
+                    sc = fmaf(qq.x, kv[i].x, sc);
+                    sc = fmaf(qq.y, kv[i].y, sc);
+                    sc = fmaf(qq.z, kv[i].z, sc);
+                    sc = fmaf(qq.w, kv[i].w, sc);
+                }
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1)
+                    sc += __shfl_xor_sync(0xffffffffu, sc, off);
+                sc *= a.scale;
+                if (a.softcap > 0) sc = tanhf(sc / a.softcap) * a.softcap;
+                bool vis = valid;
+                if (!uniform && vis) {
+                    const int64_t t = r / G;
+                    vis = j >= slo[t] && j <= shi[t];
+                }
+                const float mn = vis ? fmaxf(m[r], sc) : m[r];
+                const float alpha = mn == m[r] ? 1.0f : expf(m[r] - mn);
+                const float p = vis ? expf(sc - mn) : 0.0f;
+                l[r] = fmaf(l[r], alpha, p);
+                m[r] = mn;
+#pragma unroll
+                for (int i = 0; i < NV; i++) {
+                    o[r][4 * i + 0] = fmaf(p, vv[i].x, o[r][4 * i + 0] * alpha);
+                    o[r][4 * i + 1] = fmaf(p, vv[i].y, o[r][4 * i + 1] * alpha);
+                    o[r][4 * i + 2] = fmaf(p, vv[i].z, o[r][4 * i + 2] * alpha);
+                    o[r][4 * i + 3] = fmaf(p, vv[i].w, o[r][4 * i + 3] * alpha);
+                }
+            }
+            if (jb + KB < kb1) load(jb + KB); /* the next run (the registers are free) */
+        }
+        /* the warp's lane groups merge (every group ends with the sums) */
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= RQ) break;
+            float M = m[r];
+#pragma unroll
+            for (int off = LPK; off < 32; off <<= 1)
+                M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+            const float f = m[r] == -INFINITY ? 0.0f : expf(m[r] - M);
+            float L = l[r] * f;
+#pragma unroll
+            for (int off = LPK; off < 32; off <<= 1)
+                L += __shfl_xor_sync(0xffffffffu, L, off);
+#pragma unroll
+            for (int c = 0; c < DPL; c++) {
+                float x = o[r][c] * f;
+#pragma unroll
+                for (int off = LPK; off < 32; off <<= 1)
+                    x += __shfl_xor_sync(0xffffffffu, x, off);
+                o[r][c] = x;
+            }
+            m[r] = M;
+            l[r] = L;
+        }
+        __syncthreads(); /* every warp is done with q: its space takes the warps' o */
+        float *wo = sm;  /* [WARPS][R][HDC] */
+        if (grp == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r >= RQ) break;
+#pragma unroll
+                for (int i = 0; i < NV; i++) {
+                    const int d = 4 * (i * LPK + lig);
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        wo[(warp * R + r) * HDC + d + c] = o[r][4 * i + c];
+                }
+                if (lane == 0) wm[warp * R + r] = m[r], wl[warp * R + r] = l[r];
+            }
+        }
+        __syncthreads();
+        /* the block's partial: the warps merged, thread per (row, dim) */
+        for (int64_t i = tid; i < RQ * HD; i += DEC_THREADS) {
+            const int r = (int)(i / HD), d = (int)(i % HD);
+            float M = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++)
+                M = fmaxf(M, wm[w * R + r]);
+            float acc = 0.0f, L = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++) {
+                const float mw = wm[w * R + r];
+                const float f = mw == -INFINITY ? 0.0f : expf(mw - M);
+                acc = fmaf(f, wo[(w * R + r) * HDC + d], acc);
+                L = fmaf(f, wl[w * R + r], L);
+            }
+            po[(row0 + (size_t)r) * (size_t)HD + (size_t)d] = acc;
+            if (d == 0) pml[2 * (row0 + (size_t)r)] = M, pml[2 * (row0 + (size_t)r) + 1] = L;
+        }
+    }
+
+    /* the last block of this KV head merges the partials */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const unsigned prev = atomicAdd(&cnt[kvh], 1u);
+        last = prev == (unsigned)S - 1u;
+        if (last) cnt[kvh] = 0u; /* for the next launch */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
+    float *cw = sm;                                           /* [R][DEC_MAX_S] */
+    /* per row (a warp each): the max over the sink and the partials, their
+     * weights e^(m_s - M), the sum (every load of a lane at once) */
+    for (int r = warp; r < RQ; r += DEC_WARPS) {
+        const int64_t h = kvh * G + r % G;
+        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            ms[k] = -INFINITY, ls[k] = 0.0f;
+            if (sp < nb) {
+                const size_t x = 2 * (base + (size_t)sp * RQ + r);
+                ms[k] = __ldcg(&pml[x]);
+                ls[k] = __ldcg(&pml[x + 1]);
+            }
+        }
+        float M = a.sinks ? a.sinks[h] : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++)
+            M = fmaxf(M, ms[k]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+            M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+        float L = 0.0f;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
+            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
+            L = fmaf(f, ls[k], L);
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+            L += __shfl_xor_sync(0xffffffffu, L, off);
+        if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
+    }
+    __syncthreads();
+    /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
+    const int64_t C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int64_t c = tid; c < C4; c += DEC_THREADS) {
+        const int r = (int)(4 * c / HD), d = (int)(4 * c % HD);
+        const int64_t t = r / G, h = kvh * G + r % G;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            float4 acc = y;
+#pragma unroll 8
+            for (int sp = 0; sp < nb; sp++) {
+                const float w = cw[r * DEC_MAX_S + sp];
+                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
+                acc.x = fmaf(w, x.x, acc.x);
+                acc.y = fmaf(w, x.y, acc.y);
+                acc.z = fmaf(w, x.z, acc.z);
+                acc.w = fmaf(w, x.w, acc.w);
+            }
+            const float L = rl[r];
+            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+        }
+        float *out = a.out + (t * a.H + h) * HD + d;
+        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
+    }
+}
+
+#ifndef NMLX_ATTN_DECODE_EMU
+/* the scratch: partials (cut S to fit), then DEC_MAX_KVH counts */
+enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
+
+static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
+static unsigned long long dec_launches;
+
+extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
+extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
+
+bool nmlx_cuda_attn_decode_on(void) {
+    if (dec_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_DECODE");
+        dec_mode = !(e && (!strcmp(e, "old") || !strcmp(e, "0")));
+    }
+    return dec_mode == 1;
+}
+
+/* The scratch's layout for S blocks a KV head: po, then pml, then the
+ * counts (KVH unsigned, at the end of the allocation). */
+static size_t dec_need(const nmlx_attn_args *a, int64_t RQ, int S) {
+    return (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)(a->HD + 2) * sizeof(float);
+}
+
+/* resident blocks an SM of instance id (dec_occupancy, at the backend's start) */
+static int dec_occ[32];
+
+/* dec_occ of every instance (outside any capture; loads the kernels) */
+static void dec_occupancy(void) {
+#define DEC_OCC(ID, LPK, DPL, R)                                                                   \
+    if (!dec_occ[ID] &&                                                                            \
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(                                             \
+            &dec_occ[ID], attn_decode_kernel<LPK, DPL, R>, DEC_THREADS,                            \
+            (size_t)dec_smem_floats(LPK * DPL, R) * sizeof(float)) != cudaSuccess) {               \
+        cudaGetLastError();                                                                        \
+        dec_occ[ID] = 2;                                                                           \
+    }
+    DEC_CONFIGS(DEC_OCC)
+#undef DEC_OCC
+}
+
+bool nmlx_cuda_dec_scratch_init(cuda_impl *c) {
+    dec_occupancy();
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device) != cudaSuccess ||
+        sms <= 0) {
+        cudaGetLastError();
+        return false;
+    }
+    const size_t bytes = DEC_SCRATCH_BYTES + DEC_MAX_KVH * sizeof(unsigned);
+    if (cudaMalloc(&c->dec_part, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        c->dec_part = NULL;
+        return false;
+    }
+    if (cudaMemsetAsync((char *)c->dec_part + DEC_SCRATCH_BYTES, 0, DEC_MAX_KVH * sizeof(unsigned),
+                        c->stream) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(c->dec_part);
+        c->dec_part = NULL;
+        return false;
+    }
+    c->dec_sms = sms;
+    return true;
+}
+
+/* Blocks a KV head for this shape: a full wave (occ blocks an SM, at most
+ * DEC_BLOCKS_PER_SM), cut to DEC_MAX_S and to the scratch; 0: does not fit. */
+static int dec_splits(const cuda_impl *c, const nmlx_attn_args *a, int64_t RQ, int occ) {
+    if (occ < 1) occ = 1;
+    if (occ > DEC_BLOCKS_PER_SM) occ = DEC_BLOCKS_PER_SM;
+    const int64_t want = ((int64_t)occ * c->dec_sms + a->KVH - 1) / a->KVH;
+    int S = (int)(want < (int64_t)DEC_MAX_S ? want : (int64_t)DEC_MAX_S);
+    if (S < 1) S = 1;
+    const size_t per = dec_need(a, RQ, 1);
+    const size_t fit = per ? DEC_SCRATCH_BYTES / per : 0;
+    if ((size_t)S > fit) S = (int)fit;
+    return S;
+}
+
+/* The flash-decoding kernel where it applies (see the top); false: the
+ * caller runs another kernel. step: the recorded step's position (a's
+ * q_pos and n_kv are deltas from it), or NULL. */
+bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const int64_t *step) {
+    if (!nmlx_cuda_attn_decode_on()) return false;
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (!c->dec_part || a->KVH <= 0 || a->KVH > DEC_MAX_KVH || a->T > DEC_MAX_T) return false;
+    const int64_t G = a->H / a->KVH, RQ = a->T * G;
+    if (G < 1 || G * a->KVH != a->H) return false;
+    const int id = dec_pick(a->HD, RQ);
+    if (id < 0) return false;
+    if (((uintptr_t)a->k | (uintptr_t)a->v) % 16 != 0) return false;
+    float *po = (float *)c->dec_part;
+    unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
+    cudaStream_t st = cuda_of(be)->stream;
+    switch (id) {
+#define DEC_LAUNCH(ID, LPK, DPL, R)                                                                \
+    case ID: {                                                                                     \
+        const size_t shm = (size_t)dec_smem_floats(LPK * DPL, R) * sizeof(float);                  \
+        const int S = dec_splits(c, a, RQ, dec_occ[ID]);                                           \
+        if (S < 1) return false;                                                                   \
+        float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
+        attn_decode_kernel<LPK, DPL, R>                                                            \
+            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, po, pml,  \
+                                                                            cnt);                  \
+        break;                                                                                     \
+    }
+        DEC_CONFIGS(DEC_LAUNCH)
+#undef DEC_LAUNCH
+    default: return false;
+    }
+    dec_launches++;
+    nmlx_cuda_note(be, cudaGetLastError());
+    return true;
+}
+
+/* Test hook (cuda_backend.h): a recorded step with one attention call,
+ * replayed at other positions. */
+extern "C" nmlx_status nmlx_cuda_attention_graph_test(nmlx_backend *be, const nmlx_attn_args *a,
+                                                      const int64_t *pos, int n,
+                                                      float *const *outs) {
+    cuda_impl *c = cuda_host_of(be);
+    if (n <= 0) return NMLX_OK;
+    int64_t *dpos = NULL;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    const size_t bytes = (size_t)(a->T * a->H * a->HD) * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)&dpos, sizeof(int64_t));
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    if (e == cudaSuccess) {
+        int64_t *saved = c->step_dev;
+        const bool saved_pos = c->pos_dev;
+        const int64_t saved_base = c->step_pos;
+        c->step_dev = dpos;
+        c->pos_dev = true;
+        c->step_pos = pos[0];
+        c->capturing = true; /* cuda_of does not start another capture */
+        nmlx_cuda_attention(be, a);
+        c->capturing = false;
+        c->step_dev = saved;
+        c->pos_dev = saved_pos;
+        c->step_pos = saved_base;
+        e = cudaStreamEndCapture(c->stream, &g);
+    }
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&ge, g, 0);
+    for (int i = 0; i < n && e == cudaSuccess; i++) {
+        e = cudaMemcpyAsync(dpos, &pos[i], sizeof(int64_t), cudaMemcpyHostToDevice, c->stream);
+        if (e == cudaSuccess) e = cudaGraphLaunch(ge, c->stream);
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(outs[i], a->out, bytes, cudaMemcpyDeviceToDevice, c->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream); /* pos[i] is read */
+    }
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    if (dpos) cudaFree(dpos);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nmlx_fail(NMLX_ERR_INTERNAL, "attention graph test: %s", cudaGetErrorString(e));
+    }
+    return NMLX_OK;
+}
+#endif
