@@ -171,6 +171,14 @@ void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
     int occ = 0;
     for (int i = 0; i < 4 && !occ; i++)
         if (occ_sm[i] == sm) occ = occ_v[i];
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (!occ && cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
+        cudaGetLastError();
+        cs = cudaStreamCaptureStatusActive;
+    }
+    if (!occ && cs != cudaStreamCaptureStatusNone)
+        occ = bps > 0 ? bps : 2; /* in a capture: no query (bps as asked; blocks past what
+                                  * fits wait for a second wave, still right) */
     if (!occ) {
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, Q16_THREADS, sm) !=
                 cudaSuccess ||
