@@ -10,6 +10,7 @@ if(CMAKE_CXX_COMPILER)
   add_executable(test_qgemv16_emu ${CMAKE_CURRENT_SOURCE_DIR}/cuda/qgemv16_emu.cpp)
   set_target_properties(test_qgemv16_emu PROPERTIES CXX_STANDARD 20 CXX_STANDARD_REQUIRED ON)
   target_compile_definitions(test_qgemv16_emu PRIVATE NMLX_QGEMV16_EMU)
+  target_compile_options(test_qgemv16_emu PRIVATE -Wno-unknown-pragmas)
   target_include_directories(test_qgemv16_emu PRIVATE ${CMAKE_SOURCE_DIR}/src
                                                       ${CMAKE_SOURCE_DIR}/include)
   target_link_libraries(test_qgemv16_emu PRIVATE Threads::Threads)

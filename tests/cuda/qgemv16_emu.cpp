@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <vector>
 
@@ -162,12 +163,52 @@ inline int dp2a_hi(int a, unsigned b, int c) {
     return c + (int)(int16_t)(a & 0xffff) * (int)((b >> 16) & 0xff) +
            (int)(int16_t)((unsigned)a >> 16) * (int)(b >> 24);
 }
+/* cp.async: copies queued per thread in commit groups, landing only when a
+ * wait_group lets their group complete (a slot read before its wait sees
+ * the old bytes); destinations checked against the launch's shared size */
+struct cp_op {
+    void *dst;
+    const void *src;
+    int bytes;
+};
+thread_local std::vector<cp_op> cp_open;
+thread_local std::deque<std::vector<cp_op>> cp_groups;
+void check_sm(const void *p, size_t bytes, const char *what);
+inline void q16_cp16(void *dst, const void *src, int bytes) {
+    check_sm(dst, 16, "cp.async");
+    if ((bytes != 0 && bytes != 16) || (uintptr_t)src % 16) {
+        fprintf(stderr, "cp.async: bad source %p or size %d\n", src, bytes);
+        abort();
+    }
+    cp_open.push_back({dst, src, bytes});
+}
+inline void q16_commit() {
+    cp_groups.push_back(cp_open);
+    cp_open.clear();
+}
+template <int N> inline void q16_wait() {
+    while (cp_groups.size() > (size_t)N) {
+        for (const cp_op &o : cp_groups.front()) {
+            memcpy(o.dst, o.src, (size_t)o.bytes);
+            memset((char *)o.dst + o.bytes, 0, (size_t)(16 - o.bytes));
+        }
+        cp_groups.pop_front();
+    }
+}
 inline uint4 ld_stream(const uint4 *p) {
     if ((uintptr_t)p % 16) {
         fprintf(stderr, "ld_stream: misaligned %p\n", (const void *)p);
         abort();
     }
     return *p;
+}
+void check_sm(const void *p, size_t bytes, const char *what) {
+    const unsigned char *b = (const unsigned char *)p;
+    if ((uintptr_t)b % 16 || b < smem || b + bytes > smem + sm_used) {
+        fprintf(stderr, "%s: shared offset %td of %zu, misaligned or out of bounds\n", what,
+                b - smem, sm_used);
+        abort();
+    }
 }
 } // namespace
 
@@ -190,7 +231,13 @@ template <typename F> static void emu_run(unsigned grid, size_t sm, F body) {
         for (unsigned t = 0; t < EMU_THREADS; t++)
             th.emplace_back([t, &body] {
                 emu_thread = uint3{t, 0, 0};
+                cp_open.clear();
+                cp_groups.clear();
                 body();
+                if (!cp_open.empty() || !cp_groups.empty()) {
+                    fprintf(stderr, "cp.async copies left in flight at exit\n");
+                    abort();
+                }
             });
         for (auto &t : th)
             t.join();
@@ -337,13 +384,14 @@ static void run_v1(std::vector<hweight> &ws, const float *x, int64_t N, int gs, 
         emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 2, PAIR, false>(a); });
 }
 
-template <int BITS, int SC, bool PAIR, int DEP>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC = false>
 static void run_v2(std::vector<hweight> &ws, const float *x, int64_t N, int gs, nmlx_act act,
                    unsigned grid) {
     q16_args a;
     fill_args(a, ws, x, N, BITS, gs, act);
     q16_v2_units(a, PAIR);
-    emu_run(grid, q16_smem(N), [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP>(a); });
+    const size_t sm = q16_smem(N) + (ASYNC ? q16_ring_bytes < PAIR ? 2 : 1, DEP > () : 0);
+    emu_run(grid, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC>(a); });
 }
 
 /* n weights (PAIR: gate, up) of heights Ds over N inputs */
@@ -395,17 +443,25 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
     const unsigned grids[3] = {1, full > 3 ? 3u : 1u, full};
     const int ng = full > 1000 ? 2 : 3;
     for (int gi = quick ? 1 : 0; gi < ng; gi++)
-        for (int dep = 2; dep <= 8; dep *= 2) {
-            if (PAIR && dep == 8) continue; /* not instantiated (spills) */
-            if (quick && dep == 4) continue;
+        for (int vi = 0; vi < 5; vi++) { /* DEP 2, 4, 8 in registers; 8, 16 cp.async */
+            const int dep = vi < 3 ? 2 << vi : 8 << (vi - 3);
+            const bool async = vi >= 3;
+            if (PAIR && dep > 8 - 4 * !async) continue; /* not instantiated (spills / size) */
+            if (quick && vi == 1) continue;
             for (auto &h : ws)
                 h.y.assign((size_t)h.D + 4, NAN);
-            if (dep == 2)
+            if (vi == 0)
                 run_v2<BITS, SC, PAIR, 2>(ws, x.data(), N, gs, act, grids[gi]);
-            else if (dep == 4)
+            else if (vi == 1)
                 run_v2<BITS, SC, PAIR, 4>(ws, x.data(), N, gs, act, grids[gi]);
-            else if constexpr (!PAIR)
-                run_v2<BITS, SC, PAIR, 8>(ws, x.data(), N, gs, act, grids[gi]);
+            else if (vi == 3)
+                run_v2<BITS, SC, PAIR, 8, true>(ws, x.data(), N, gs, act, grids[gi]);
+            else if constexpr (!PAIR) {
+                if (vi == 2)
+                    run_v2<BITS, SC, PAIR, 8>(ws, x.data(), N, gs, act, grids[gi]);
+                else
+                    run_v2<BITS, SC, PAIR, 16, true>(ws, x.data(), N, gs, act, grids[gi]);
+            }
             for (int i = 0; i < outs; i++) {
                 int differ = 0, unwritten = 0;
                 for (int64_t d = 0; d < ws[i].D; d++) {
@@ -417,10 +473,10 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
                     guards += ws[i].y[(size_t)ws[i].D + g] == ws[i].y[(size_t)ws[i].D + g];
                 if (differ || guards) {
                     failures++;
-                    printf("FAIL v2 DEP %d grid %u: %d-bit g%d sc%d N=%lld D=%lld (weight %d) "
+                    printf("FAIL v2 DEP %d%s grid %u: %d-bit g%d sc%d N=%lld D=%lld (weight %d) "
                            "pair=%d: %d outputs differ from v1 (%d unwritten), %d guards written\n",
-                           dep, grids[gi], BITS, gs, SC, (long long)N, (long long)ws[i].D, i, PAIR,
-                           differ, unwritten, guards);
+                           dep, async ? " async" : "", grids[gi], BITS, gs, SC, (long long)N,
+                           (long long)ws[i].D, i, PAIR, differ, unwritten, guards);
                 }
             }
         }

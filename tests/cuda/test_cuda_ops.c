@@ -100,7 +100,8 @@ static void q16_run(const q16_call *c) {
  * differ; v1 is skipped where it declines (8-bit, one weight of >= 16384
  * rows: the f32 kernel). */
 static int q16_variants_differ(const q16_call *c, bool v1_takes) {
-    static const char *const cfgs[] = {"d2b1", "d4b0", "d8b3,d2b4", "d8b1,d4b1", "d4b2,d2b0"};
+    static const char *const cfgs[] = {"d2b1",      "d4b0",       "d8b3,d2b4", "d8b1,d4b1",
+                                       "d4b2,d2b0", "a16b2,a8b2", "a8b0,a8b1"};
     const int nout = c->kind == 2 ? 1 : c->n; /* gate_up_act: gate only (up: unfused scratch) */
     float *ref[3], *got[3];
     for (int i = 0; i < nout; i++) {

@@ -74,10 +74,12 @@ void nmlx_cuda_set_qgemv16(int on);
 void nmlx_cuda_set_qgemv16_version(int v);
 /* v2's tunables, as NMLX_CUDA_QGEMV16_CFG: "d<DEP>b<BPS>" (both forms) or
  * "d<DEP>b<BPS>,d<DEP>b<BPS>" (plain / multi-weight, then gate/up pairs):
- * DEP = 2, 4 or 8 16-byte code loads in flight a lane (a row each; pairs:
- * two), BPS = blocks a multiprocessor (0: as many as fit). NULL: back to
- * the environment or the defaults (d8b2,d4b2). -1 (nothing changed) if
- * spec is malformed. Process-wide; for benchmarks and tests. */
+ * DEP = 2, 4 or 8 16-byte code loads in flight a lane in registers (a row
+ * each; pairs: two; pairs take 8 as 4), or "a<DEP>b<BPS>": DEP = 8 or 16
+ * steps of codes in flight through cp.async into shared memory (pairs: 8),
+ * BPS = blocks a multiprocessor (0: as many as fit). NULL: back to the
+ * environment or the defaults (d8b2,d4b2). -1 (nothing changed) if spec is
+ * malformed. Process-wide; for benchmarks and tests. */
 int nmlx_cuda_set_qgemv16_cfg(const char *spec);
 
 /* add_rmsnorm_matmul (backend.h) calls on this backend so far: *fused =

@@ -65,10 +65,18 @@
  * pre-converted x in global memory (an extra launch per mat-vec, ~1 us in a
  * graph, for staging v2 already overlaps), split-K (one wave of
  * persistent warps fills the GPU without it at D = 4096).
- * Tunables: DEP (2, 4, 8; PAIR 2, 4: 8 x 2 spills), BPS (0 = as many as
- * fit: ptxas gives DEP 8 ~113 registers -> 2 blocks, DEP 2 ~78 -> 3);
- * NMLX_CUDA_QGEMV16_CFG (nmlx_cuda_set_qgemv16_cfg), default d8b2,d4b2;
- * bench_cuda_quant 200 q16 sweeps them.
+ * The ring's bytes in flight are bounded by registers (6 a slot: codes,
+ * scale, bias; DEP 8 ~113 registers, 2 blocks a multiprocessor). ASYNC
+ * (config "a"): the codes go through cp.async (a commit group a step,
+ * wait_group DEP - 1 before a step is read; each lane reads only its own
+ * 16 bytes) into a ring in shared memory after x (DEP x 512 bytes a warp,
+ * PAIR x2), registers holding only the raw scales: DEP 16, 128 KB a
+ * multiprocessor in flight at 2 blocks.
+ * Tunables: DEP (registers 2, 4, 8, PAIR 2, 4: 8 x 2 spills; ASYNC 8, 16,
+ * PAIR 8), BPS (0 = as many as fit: ptxas gives DEP 8 ~113 registers -> 2
+ * blocks, DEP 2 ~78 -> 3); NMLX_CUDA_QGEMV16_CFG
+ * (nmlx_cuda_set_qgemv16_cfg), default d8b2,d4b2; bench_cuda_quant 200
+ * q16 sweeps them.
  * Predicted H200 times (bench_cuda_quant, launch included; v1 measured):
  *   q4g64 4096x4096 7.9 -> ~5.0 us; q/k/v 6144x4096 -> ~6.3 us; gate/up
  *   2x14336x4096 -> ~20 us; 4096x14336 18.0 -> ~11 us; 128256x4096 106 ->
@@ -157,10 +165,10 @@ int sm_count() {
 
 /* one grid of min(blocks that give every unit a warp, bps (0: as many as
  * fit) blocks a multiprocessor) */
-template <int BITS, int SC, bool PAIR, int DEP>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC>
 void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
-    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP>;
-    const size_t sm = q16_smem(a.N);
+    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC>;
+    const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes < PAIR ? 2 : 1, DEP > () : 0);
     static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
     static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
     static int occ_v[4];
@@ -212,22 +220,33 @@ void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
 }
 
 template <int BITS, int SC, bool PAIR>
-void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, int bps) {
-    if (dep <= 2)
-        launch_v2<BITS, SC, PAIR, 2>(st, a, bps);
+void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int bps) {
+    /* ASYNC's ring must fit beside x (a block may have 227 KB) */
+    const size_t ring = async && !PAIR && dep > 8 ? q16_ring_bytes<1, 16>()
+                        : q16_ring_bytes < PAIR   ? 2
+                                                  : 1,
+                 8 > ();
+    if (async && q16_smem(a.N) + ring > 200 * 1024) async = false, dep = 8;
+    if (async) {
+        if (PAIR || dep <= 8) /* PAIR: 8 x 2 slots (16 would be 128 KB a block) */
+            launch_v2<BITS, SC, PAIR, 8, true>(st, a, bps);
+        else if constexpr (!PAIR)
+            launch_v2<BITS, SC, PAIR, 16, true>(st, a, bps);
+    } else if (dep <= 2)
+        launch_v2<BITS, SC, PAIR, 2, false>(st, a, bps);
     else if (PAIR || dep <= 4) /* PAIR: 8 x 2 loads a lane spill (ptxas -v) */
-        launch_v2<BITS, SC, PAIR, 4>(st, a, bps);
+        launch_v2<BITS, SC, PAIR, 4, false>(st, a, bps);
     else if constexpr (!PAIR)
-        launch_v2<BITS, SC, PAIR, 8>(st, a, bps);
+        launch_v2<BITS, SC, PAIR, 8, false>(st, a, bps);
 }
 
 template <int BITS, int SC>
-void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, int bps) {
+void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int bps) {
     q16_v2_units(a, pair);
     if (pair)
-        launch_v2_dep<BITS, SC, true>(st, a, dep, bps);
+        launch_v2_dep<BITS, SC, true>(st, a, dep, async, bps);
     else
-        launch_v2_dep<BITS, SC, false>(st, a, dep, bps);
+        launch_v2_dep<BITS, SC, false>(st, a, dep, async, bps);
 }
 
 } // namespace
@@ -248,36 +267,42 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
  * (0: as many as fit). Read once; the setters below override. */
 struct q16_cfg {
     int ver, dep, bps, pdep, pbps;
+    bool async, pasync; /* the ring in shared memory (cp.async) */
 };
 static q16_cfg q16_cur;
 static bool q16_ver_read, q16_cfg_read;
 
-/* "d8b2" -> 8, 2; false if malformed */
-static bool q16_parse1(const char *s, const char **end, int *dep, int *bps) {
+/* "d8b2" -> 8, 2 (registers); "a16b2" -> 16, 2 (cp.async); false if malformed */
+static bool q16_parse1(const char *s, const char **end, int *dep, bool *async, int *bps) {
     char *e = NULL;
-    if (*s != 'd') return false;
+    if (*s != 'd' && *s != 'a') return false;
+    const bool as = *s == 'a';
     long d = strtol(s + 1, &e, 10);
     if (e == s + 1 || *e != 'b') return false;
     const char *bp = e + 1;
     long b = strtol(bp, &e, 10);
-    if (e == bp || (d != 2 && d != 4 && d != 8) || b < 0 || b > 32) return false;
-    *dep = (int)d, *bps = (int)b, *end = e;
+    if (e == bp || b < 0 || b > 32) return false;
+    if (as ? d != 8 && d != 16 : d != 2 && d != 4 && d != 8) return false;
+    *dep = (int)d, *async = as, *bps = (int)b, *end = e;
     return true;
 }
 
 static bool q16_parse(const char *s, q16_cfg *c) {
     q16_cfg t = *c;
     const char *e = NULL;
-    if (!q16_parse1(s, &e, &t.dep, &t.bps)) return false;
-    t.pdep = t.dep, t.pbps = t.bps;
-    if (*e == ',' && !q16_parse1(e + 1, &e, &t.pdep, &t.pbps)) return false;
+    if (!q16_parse1(s, &e, &t.dep, &t.async, &t.bps)) return false;
+    t.pdep = t.dep, t.pbps = t.bps, t.pasync = t.async;
+    if (*e == ',' && !q16_parse1(e + 1, &e, &t.pdep, &t.pasync, &t.pbps)) return false;
     if (*e) return false;
     *c = t;
     return true;
 }
 
 /* defaults: 8 loads a lane (PAIR 4 x 2), 2 blocks a multiprocessor */
-static void q16_cfg_default(q16_cfg *c) { c->dep = 8, c->bps = 2, c->pdep = 4, c->pbps = 2; }
+static void q16_cfg_default(q16_cfg *c) {
+    c->dep = 8, c->bps = 2, c->pdep = 4, c->pbps = 2;
+    c->async = c->pasync = false;
+}
 
 static q16_cfg q16_config(void) {
     if (!q16_ver_read) {
@@ -289,7 +314,9 @@ static q16_cfg q16_config(void) {
         q16_cfg_default(&q16_cur);
         const char *e = getenv("NMLX_CUDA_QGEMV16_CFG");
         if (e && *e && !q16_parse(e, &q16_cur))
-            fprintf(stderr, "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood (d<2|4|8>b<n>[,...])\n",
+            fprintf(stderr,
+                    "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood (d<2|4|8>b<n> or "
+                    "a<8|16>b<n>[,...])\n",
                     e);
         q16_cfg_read = true;
     }
@@ -311,6 +338,7 @@ extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
     q16_cfg_default(&c);
     if (!q16_parse(spec, &c)) return -1;
     q16_cur.dep = c.dep, q16_cur.bps = c.bps, q16_cur.pdep = c.pdep, q16_cur.pbps = c.pbps;
+    q16_cur.async = c.async, q16_cur.pasync = c.pasync;
     return 0;
 }
 
@@ -363,20 +391,21 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const q16_cfg cf = q16_config();
     if (!nrm && cf.ver == 2) { /* v2; NORM keeps v1 */
         const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
+        const bool as = pair ? cf.pasync : cf.async;
         if (w0->bits == 4) {
             if (sc == SCF32)
-                launch_v2_sc<4, SCF32>(st, a, pair, dep, bps);
+                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, bps);
             else if (sc == SCF16)
-                launch_v2_sc<4, SCF16>(st, a, pair, dep, bps);
+                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, bps);
             else
-                launch_v2_sc<4, SCBF16>(st, a, pair, dep, bps);
+                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, bps);
         } else {
             if (sc == SCF32)
-                launch_v2_sc<8, SCF32>(st, a, pair, dep, bps);
+                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, bps);
             else if (sc == SCF16)
-                launch_v2_sc<8, SCF16>(st, a, pair, dep, bps);
+                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, bps);
             else
-                launch_v2_sc<8, SCBF16>(st, a, pair, dep, bps);
+                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, bps);
         }
         nmlx_cuda_note(be, cudaGetLastError());
         return true;

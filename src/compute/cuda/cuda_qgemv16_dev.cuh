@@ -71,6 +71,18 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
         : "l"(p));
     return v;
 }
+/* v2's ASYNC ring: 16 bytes global -> shared (bytes 0: zeros), its groups */
+__device__ __forceinline__ void q16_cp16(void *smem, const void *gmem, int bytes) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void q16_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void q16_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 #endif
 
 /* Inputs per 16-byte piece of codes, bytes of x per piece, and the swizzle
@@ -422,7 +434,15 @@ __device__ __forceinline__ void cursor_rows(const q16_args &a, q16_cursor<RU> &c
     }
 }
 
-template <int BITS, int SC, bool PAIR, int DEP>
+/* ASYNC: the ring's codes in shared memory instead (cp.async, a group a
+ * step, wait_group DEP - 1 before a step is read: each lane reads only the
+ * 16 bytes it copied), after x: DEP x RU x 512 bytes a warp; registers
+ * keep only the raw scales, so DEP can be 16. */
+template <int RU, int DEP> constexpr size_t q16_ring_bytes() {
+    return (size_t)Q16_WARPS * DEP * RU * 512;
+}
+
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC>
 __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     typedef piece<BITS> P;
     constexpr int RU = PAIR ? 2 : 1;
@@ -438,7 +458,9 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     const int64_t gw = (int64_t)blockIdx.x * Q16_WARPS + threadIdx.x / 32;
     const int64_t steps = gw < U ? ((U - 1 - gw) / TW + 1) * KP : 0; /* this warp's */
 
-    uint4 rc[DEP][RU];
+    uint4 rc[ASYNC ? 1 : DEP][RU];
+    [[maybe_unused]] unsigned char *ring = /* ASYNC: this lane's 16 bytes of slot 0, row 0 */
+        smem + N * 2 + NB * 8 + (size_t)(threadIdx.x / 32) * (DEP * RU * 512) + lane * 16;
     uint32_t rs[DEP][RU], rb[DEP][RU];
     q16_cursor<RU> lc; /* the loads' cursor */
     lc.u = gw, lc.i = 0;
@@ -450,10 +472,14 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         const int64_t g = k >> a.gshift;
 #pragma unroll
         for (int r = 0; r < RU; r++) {
-            rc[j][r] = ok ? ld_stream(lc.w[r] + k) : make_uint4(0, 0, 0, 0);
+            if constexpr (ASYNC) /* nothing read where !ok: zeros (any valid address) */
+                q16_cp16(ring + (j * RU + r) * 512, ok ? lc.w[r] + k : lc.w[r], ok ? 16 : 0);
+            else
+                rc[j][r] = ok ? ld_stream(lc.w[r] + k) : make_uint4(0, 0, 0, 0);
             rs[j][r] = ok ? sc_raw<SC>(lc.s[r], g) : 0u;
             rb[j][r] = ok ? sc_raw<SC>(lc.b[r], g) : 0u;
         }
+        if constexpr (ASYNC) q16_commit(); /* one group a step, empty ones too */
         if (++lc.i == KP) {
             lc.i = 0;
             lc.u += TW;
@@ -519,7 +545,8 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     for (int64_t p0 = 0; p0 < steps; p0 += DEP) {
 #pragma unroll
         for (int j = 0; j < DEP; j++) {
-            if (p0 + j < steps) { /* warp-uniform */
+            if (p0 + j < steps) {                         /* warp-uniform */
+                if constexpr (ASYNC) q16_wait<DEP - 1>(); /* step p0 + j's group landed */
                 const int64_t k = lane + 32 * (int64_t)ci;
                 if (k < NP) {
                     int xp[P::SEG * 4];
@@ -535,7 +562,11 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
                         const float xs = sm.x + sm.y;
 #pragma unroll
                         for (int r = 0; r < RU; r++) {
-                            const uint4 c = rc[j][r];
+                            uint4 c;
+                            if constexpr (ASYNC)
+                                c = *(const uint4 *)(ring + (j * RU + r) * 512);
+                            else
+                                c = rc[j][r];
                             int i0 = word_dot<4>(c.x, xp, 0);
                             i0 = word_dot<4>(c.y, xp + 4, i0);
                             int i1 = word_dot<4>(c.z, xp + 8, 0);
@@ -548,7 +579,11 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
                         const float st = xstep[k], xs = xsum[k];
 #pragma unroll
                         for (int r = 0; r < RU; r++) {
-                            const uint4 c = rc[j][r];
+                            uint4 c;
+                            if constexpr (ASYNC)
+                                c = *(const uint4 *)(ring + (j * RU + r) * 512);
+                            else
+                                c = rc[j][r];
                             int i0 = word_dot<8>(c.x, xp, 0);
                             i0 = word_dot<8>(c.y, xp + 2, i0);
                             i0 = word_dot<8>(c.z, xp + 4, i0);
@@ -590,6 +625,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
             load(j); /* step p0 + j + DEP */
         }
     }
+    if constexpr (ASYNC) q16_wait<0>(); /* no copy into shared memory outlives the block */
 }
 
 /* Host side, shared with the emulation: v1's tiles (blk0 of each weight,
