@@ -317,9 +317,9 @@ static int bench_q16(int reps, int ncfg, const char *const *cfgs) {
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 200;
     /* argv[2] = q16: only the int16 mat-vec sweep (argv[3..]: its configs) */
-    static const char *const q16_cfgs[] = {"d8b2,d4b2", "d8b1,d4b1",  "d4b2,d2b2",
-                                           "d4b0,d4b0", "d2b0,d2b0",  "a16b2,a8b2",
-                                           "a8b2,a8b2", "a16b0,a8b0", "a16b1,a8b1"};
+    static const char *const q16_cfgs[] = {
+        "d8b2,d4b2", "d8b1,d4b1",  "d4b2,d2b2",  "d4b0,d4b0",   "d2b0,d2b0",   "a16b2,a8b2",
+        "a8b2,a8b2", "a16b0,a8b0", "a16b1,a8b1", "d4b2r2,d4b2", "d2b0r2,d2b0", "a8b2r2,a8b2"};
     const int nq16 = (int)(sizeof q16_cfgs / sizeof q16_cfgs[0]);
     if (argc > 2 && !strcmp(argv[2], "q16"))
         return argc > 3 ? bench_q16(reps, argc - 3, (const char *const *)argv + 3)

@@ -11,14 +11,15 @@
  * activation; N from fewer pieces than a warp's lanes to several steps a
  * lane, not a multiple of 32 pieces; a linear bias or none; x with zero,
  * tiny and large 16-input blocks):
- *  - v2 (every DEP, grids of 1 block, a few, and one warp a unit) equals v1
- *    bit for bit, every output written once (y starts NaN, guards after it
- *    stay NaN);
+ *  - v2 (rings of DEP 2/4/8 in registers and 8/16 through cp.async, the
+ *    latter deferred to its wait_group; two rows a unit; grids of 1 block,
+ *    a few, and one warp a unit) equals v1 bit for bit, every output
+ *    written once (y starts NaN, guards after it stay NaN);
  *  - v1 within 2e-4 of max|y| of a double reference from the MLX layout
  *    (codes, s q + b per group), as test_cuda_ops bounds it on the GPU
  *    (gate/up pairs 2e-3, as test_cuda_fused): the shims are right.
  * Run: test_qgemv16_emu [quick]   (exit 0: every case passed; ctest runs
- * quick: group 64 only, grids of 3 blocks and one warp a unit, DEP 2 and 8;
+ * quick: group 64 only, grids of 3 blocks and one warp a unit, no DEP 4;
  * the full run, a few minutes on 2 cores: every group size, 1 block too) */
 #include <barrier>
 #include <cmath>
@@ -384,14 +385,15 @@ static void run_v1(std::vector<hweight> &ws, const float *x, int64_t N, int gs, 
         emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 2, PAIR, false>(a); });
 }
 
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC = false>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC = false, int RR = 1>
 static void run_v2(std::vector<hweight> &ws, const float *x, int64_t N, int gs, nmlx_act act,
                    unsigned grid) {
     q16_args a;
     fill_args(a, ws, x, N, BITS, gs, act);
-    q16_v2_units(a, PAIR);
-    const size_t sm = q16_smem(N) + (ASYNC ? q16_ring_bytes < PAIR ? 2 : 1, DEP > () : 0);
-    emu_run(grid, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC>(a); });
+    q16_v2_units(a, PAIR, RR);
+    constexpr int RU = PAIR ? 2 : RR;
+    const size_t sm = q16_smem(N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
+    emu_run(grid, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>(a); });
 }
 
 /* n weights (PAIR: gate, up) of heights Ds over N inputs */
@@ -443,10 +445,13 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
     const unsigned grids[3] = {1, full > 3 ? 3u : 1u, full};
     const int ng = full > 1000 ? 2 : 3;
     for (int gi = quick ? 1 : 0; gi < ng; gi++)
-        for (int vi = 0; vi < 5; vi++) { /* DEP 2, 4, 8 in registers; 8, 16 cp.async */
-            const int dep = vi < 3 ? 2 << vi : 8 << (vi - 3);
-            const bool async = vi >= 3;
-            if (PAIR && dep > 8 - 4 * !async) continue; /* not instantiated (spills / size) */
+        /* DEP 2, 4, 8 in registers; 8, 16 cp.async; two rows a unit: 4 in
+         * registers, 8 cp.async (not PAIR) */
+        for (int vi = 0; vi < 7; vi++) {
+            const int dep = vi < 3 ? 2 << vi : vi < 5 ? 8 << (vi - 3) : vi == 5 ? 4 : 8;
+            const bool async = vi == 3 || vi == 4 || vi == 6;
+            const int rr = vi >= 5 ? 2 : 1;
+            if (PAIR && (vi == 2 || vi == 4 || rr == 2)) continue; /* not instantiated */
             if (quick && vi == 1) continue;
             for (auto &h : ws)
                 h.y.assign((size_t)h.D + 4, NAN);
@@ -459,8 +464,12 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
             else if constexpr (!PAIR) {
                 if (vi == 2)
                     run_v2<BITS, SC, PAIR, 8>(ws, x.data(), N, gs, act, grids[gi]);
-                else
+                else if (vi == 4)
                     run_v2<BITS, SC, PAIR, 16, true>(ws, x.data(), N, gs, act, grids[gi]);
+                else if (vi == 5)
+                    run_v2<BITS, SC, PAIR, 4, false, 2>(ws, x.data(), N, gs, act, grids[gi]);
+                else
+                    run_v2<BITS, SC, PAIR, 8, true, 2>(ws, x.data(), N, gs, act, grids[gi]);
             }
             for (int i = 0; i < outs; i++) {
                 int differ = 0, unwritten = 0;
@@ -473,9 +482,10 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
                     guards += ws[i].y[(size_t)ws[i].D + g] == ws[i].y[(size_t)ws[i].D + g];
                 if (differ || guards) {
                     failures++;
-                    printf("FAIL v2 DEP %d%s grid %u: %d-bit g%d sc%d N=%lld D=%lld (weight %d) "
+                    printf("FAIL v2 DEP %d%s rows %d grid %u: %d-bit g%d sc%d N=%lld D=%lld "
+                           "(weight %d) "
                            "pair=%d: %d outputs differ from v1 (%d unwritten), %d guards written\n",
-                           dep, async ? " async" : "", grids[gi], BITS, gs, SC, (long long)N,
+                           dep, async ? " async" : "", rr, grids[gi], BITS, gs, SC, (long long)N,
                            (long long)ws[i].D, i, PAIR, differ, unwritten, guards);
                 }
             }

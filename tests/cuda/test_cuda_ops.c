@@ -101,8 +101,9 @@ static void q16_run(const q16_call *c) {
  * it declines (8-bit, one weight of >= 16384 rows: the f32 kernel). The
  * op's buffers end with v2's outputs. */
 static int q16_variants_differ(const q16_call *c, bool v1_takes) {
-    static const char *const cfgs[] = {"d2b1",      "d4b0",       "d8b3,d2b4", "d8b1,d4b1",
-                                       "d4b2,d2b0", "a16b2,a8b2", "a8b0,a8b1"};
+    static const char *const cfgs[] = {"d2b1",        "d4b0",       "d8b3,d2b4", "d8b1,d4b1",
+                                       "d4b2,d2b0",   "a16b2,a8b2", "a8b0,a8b1", "d4b2r2,d2b2",
+                                       "a8b2r2,a8b2", "d2b3r2,d4b2"};
     const int nout = c->kind == 2 ? 1 : c->n; /* gate_up_act: gate only (up: unfused scratch) */
     float *ref[3], *got[3];
     nmlx_cuda_set_qgemv16_version(2);

@@ -77,7 +77,9 @@ void nmlx_cuda_set_qgemv16_version(int v);
  * DEP = 2, 4 or 8 16-byte code loads in flight a lane in registers (a row
  * each; pairs: two; pairs take 8 as 4), or "a<DEP>b<BPS>": DEP = 8 or 16
  * steps of codes in flight through cp.async into shared memory (pairs: 8),
- * BPS = blocks a multiprocessor (0: as many as fit). NULL: back to the
+ * BPS = blocks a multiprocessor (0: as many as fit); a suffix "r2": two
+ * rows a warp's unit (x read once for both; registers DEP 2 or 4, cp.async
+ * 8; not for pairs, which are two rows already). NULL: back to the
  * environment or the defaults (d8b2,d4b2). -1 (nothing changed) if spec is
  * malformed. Process-wide; for benchmarks and tests. */
 int nmlx_cuda_set_qgemv16_cfg(const char *spec);

@@ -72,9 +72,14 @@
  * 16 bytes) into a ring in shared memory after x (DEP x 512 bytes a warp,
  * PAIR x2), registers holding only the raw scales: DEP 16, 128 KB a
  * multiprocessor in flight at 2 blocks.
- * Tunables: DEP (registers 2, 4, 8, PAIR 2, 4: 8 x 2 spills; ASYNC 8, 16,
- * PAIR 8), BPS (0 = as many as fit: ptxas gives DEP 8 ~113 registers -> 2
- * blocks, DEP 2 ~78 -> 3); NMLX_CUDA_QGEMV16_CFG
+ * RR (config suffix r2, not PAIR): two rows of one weight a unit, each x
+ * piece read from shared memory once for both (x traffic a code byte
+ * halved: at RR 1 a 4-bit step reads 2 KB of x for 512 bytes of codes, ~50%
+ * of shared memory bandwidth at the H200's rate; ASYNC adds the ring's
+ * write and read).
+ * Tunables: DEP (registers 2, 4, 8, PAIR / RR 2 2, 4: 8 x 2 spills; ASYNC
+ * 8, 16, PAIR / RR 2 8), BPS (0 = as many as fit: ptxas gives DEP 8 ~113
+ * registers -> 2 blocks, DEP 2 ~78 -> 3), RR; NMLX_CUDA_QGEMV16_CFG
  * (nmlx_cuda_set_qgemv16_cfg), default d8b2,d4b2; bench_cuda_quant 200
  * q16 sweeps them.
  * Predicted H200 times (bench_cuda_quant, launch included; v1 measured):
@@ -165,10 +170,11 @@ int sm_count() {
 
 /* one grid of min(blocks that give every unit a warp, bps (0: as many as
  * fit) blocks a multiprocessor) */
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1>
 void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
-    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC>;
-    const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes < PAIR ? 2 : 1, DEP > () : 0);
+    constexpr int RU = PAIR ? 2 : RR;
+    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>;
+    const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
     static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
     static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
     static int occ_v[4];
@@ -220,13 +226,25 @@ void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
 }
 
 template <int BITS, int SC, bool PAIR>
-void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int bps) {
+void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int rr, int bps) {
     /* ASYNC's ring must fit beside x (a block may have 227 KB) */
-    const size_t ring = async && !PAIR && dep > 8 ? q16_ring_bytes<1, 16>()
-                        : q16_ring_bytes < PAIR   ? 2
-                                                  : 1,
-                 8 > ();
+    size_t ring = q16_ring_bytes<1, 8>();
+    if (PAIR || rr == 2)
+        ring = q16_ring_bytes<2, 8>();
+    else if (dep > 8)
+        ring = q16_ring_bytes<1, 16>();
     if (async && q16_smem(a.N) + ring > 200 * 1024) async = false, dep = 8;
+    if (!PAIR && rr == 2) { /* two rows a unit: registers 2, 4 (8 as 4); cp.async 8 */
+        if constexpr (!PAIR) {
+            if (async)
+                launch_v2<BITS, SC, false, 8, true, 2>(st, a, bps);
+            else if (dep <= 2)
+                launch_v2<BITS, SC, false, 2, false, 2>(st, a, bps);
+            else
+                launch_v2<BITS, SC, false, 4, false, 2>(st, a, bps);
+        }
+        return;
+    }
     if (async) {
         if (PAIR || dep <= 8) /* PAIR: 8 x 2 slots (16 would be 128 KB a block) */
             launch_v2<BITS, SC, PAIR, 8, true>(st, a, bps);
@@ -241,12 +259,12 @@ void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int 
 }
 
 template <int BITS, int SC>
-void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int bps) {
-    q16_v2_units(a, pair);
+void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int rr, int bps) {
+    q16_v2_units(a, pair, pair ? 1 : rr);
     if (pair)
-        launch_v2_dep<BITS, SC, true>(st, a, dep, async, bps);
+        launch_v2_dep<BITS, SC, true>(st, a, dep, async, 1, bps);
     else
-        launch_v2_dep<BITS, SC, false>(st, a, dep, async, bps);
+        launch_v2_dep<BITS, SC, false>(st, a, dep, async, rr, bps);
 }
 
 } // namespace
@@ -268,12 +286,14 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
 struct q16_cfg {
     int ver, dep, bps, pdep, pbps;
     bool async, pasync; /* the ring in shared memory (cp.async) */
+    int rr;             /* rows a unit (not PAIR): 1 or 2 */
 };
 static q16_cfg q16_cur;
 static bool q16_ver_read, q16_cfg_read;
 
-/* "d8b2" -> 8, 2 (registers); "a16b2" -> 16, 2 (cp.async); false if malformed */
-static bool q16_parse1(const char *s, const char **end, int *dep, bool *async, int *bps) {
+/* "d8b2" -> 8, 2 (registers); "a16b2" -> 16, 2 (cp.async); a suffix "r2":
+ * two rows a unit (not PAIR); false if malformed */
+static bool q16_parse1(const char *s, const char **end, int *dep, bool *async, int *bps, int *rr) {
     char *e = NULL;
     if (*s != 'd' && *s != 'a') return false;
     const bool as = *s == 'a';
@@ -283,16 +303,22 @@ static bool q16_parse1(const char *s, const char **end, int *dep, bool *async, i
     long b = strtol(bp, &e, 10);
     if (e == bp || b < 0 || b > 32) return false;
     if (as ? d != 8 && d != 16 : d != 2 && d != 4 && d != 8) return false;
-    *dep = (int)d, *async = as, *bps = (int)b, *end = e;
+    int r = 1;
+    if (*e == 'r') {
+        if (e[1] != '1' && e[1] != '2') return false;
+        r = e[1] - '0', e += 2;
+    }
+    *dep = (int)d, *async = as, *bps = (int)b, *rr = r, *end = e;
     return true;
 }
 
 static bool q16_parse(const char *s, q16_cfg *c) {
     q16_cfg t = *c;
     const char *e = NULL;
-    if (!q16_parse1(s, &e, &t.dep, &t.async, &t.bps)) return false;
+    int prr = 1; /* PAIR: always a row pair */
+    if (!q16_parse1(s, &e, &t.dep, &t.async, &t.bps, &t.rr)) return false;
     t.pdep = t.dep, t.pbps = t.bps, t.pasync = t.async;
-    if (*e == ',' && !q16_parse1(e + 1, &e, &t.pdep, &t.pasync, &t.pbps)) return false;
+    if (*e == ',' && !q16_parse1(e + 1, &e, &t.pdep, &t.pasync, &t.pbps, &prr)) return false;
     if (*e) return false;
     *c = t;
     return true;
@@ -302,6 +328,7 @@ static bool q16_parse(const char *s, q16_cfg *c) {
 static void q16_cfg_default(q16_cfg *c) {
     c->dep = 8, c->bps = 2, c->pdep = 4, c->pbps = 2;
     c->async = c->pasync = false;
+    c->rr = 1;
 }
 
 static q16_cfg q16_config(void) {
@@ -315,8 +342,8 @@ static q16_cfg q16_config(void) {
         const char *e = getenv("NMLX_CUDA_QGEMV16_CFG");
         if (e && *e && !q16_parse(e, &q16_cur))
             fprintf(stderr,
-                    "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood (d<2|4|8>b<n> or "
-                    "a<8|16>b<n>[,...])\n",
+                    "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood "
+                    "(d<2|4|8>b<n>[r2] or a<8|16>b<n>[r2][,...])\n",
                     e);
         q16_cfg_read = true;
     }
@@ -338,7 +365,7 @@ extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
     q16_cfg_default(&c);
     if (!q16_parse(spec, &c)) return -1;
     q16_cur.dep = c.dep, q16_cur.bps = c.bps, q16_cur.pdep = c.pdep, q16_cur.pbps = c.pbps;
-    q16_cur.async = c.async, q16_cur.pasync = c.pasync;
+    q16_cur.async = c.async, q16_cur.pasync = c.pasync, q16_cur.rr = c.rr;
     return 0;
 }
 
@@ -392,20 +419,21 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     if (!nrm && cf.ver == 2) { /* v2; NORM keeps v1 */
         const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
         const bool as = pair ? cf.pasync : cf.async;
+        const int rr = pair ? 1 : cf.rr;
         if (w0->bits == 4) {
             if (sc == SCF32)
-                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, bps);
+                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, rr, bps);
             else if (sc == SCF16)
-                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, bps);
+                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, rr, bps);
             else
-                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, bps);
+                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, rr, bps);
         } else {
             if (sc == SCF32)
-                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, bps);
+                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, rr, bps);
             else if (sc == SCF16)
-                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, bps);
+                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, rr, bps);
             else
-                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, bps);
+                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, rr, bps);
         }
         nmlx_cuda_note(be, cudaGetLastError());
         return true;

@@ -19,7 +19,7 @@ struct q16_weight {
     float *y;
     int64_t D;
     unsigned blk0; /* v1: first block of this weight */
-    int64_t r0;    /* v2: first unit (row) of this weight */
+    int64_t r0;    /* v2: first unit (RR rows) of this weight */
     nmlx_dtype lbdt;
 };
 
@@ -31,7 +31,7 @@ struct q16_args {
     int64_t N;
     int gshift;     /* log2(group_size / piece inputs) */
     unsigned tiles; /* v1: tiles of Q16_WARPS * R rows over all weights */
-    int64_t units;  /* v2: rows over all weights (PAIR: row pairs) */
+    int64_t units;  /* v2: units over all weights (RR rows of one; PAIR: row pairs) */
     /* NORM only: x += d (x is `xw`), staged as y = rmsnorm(x) (weight nw,
      * offset noff, eps neps), y written to yn; done: the blocks' counter */
     float *xw, *yn;
@@ -418,16 +418,20 @@ template <int RU> struct q16_cursor {
     const unsigned char *b[RU]; /* their biases */
 };
 
-template <int SC, int RU>
+/* The rows of unit c.u: PAIR gate row u and up row u; else rows RU (u -
+ * r0) + r of the unit's weight (a row past its end: its last, loaded but
+ * not written) */
+template <int SC, int RU, bool PAIR>
 __device__ __forceinline__ void cursor_rows(const q16_args &a, q16_cursor<RU> &c, int64_t rowb,
                                             int64_t G) {
     constexpr int ES = SC == SCF32 ? 4 : 2;
     const int64_t u = c.u < a.units ? c.u : a.units - 1; /* past the end: loads are skipped */
-    q16_weight m = RU == 2 ? a.m[0] : weight_at(a, u);
-    const int64_t d = RU == 2 ? u : u - m.r0;
+    q16_weight m = PAIR ? a.m[0] : weight_at(a, u);
+    const int64_t d0 = PAIR ? u : (u - m.r0) * RU;
 #pragma unroll
     for (int r = 0; r < RU; r++) {
-        if (r == 1) m = a.m[1];
+        if (PAIR && r == 1) m = a.m[1];
+        const int64_t d = PAIR || d0 + r < m.D ? d0 + (PAIR ? 0 : r) : m.D - 1;
         c.w[r] = m.w + d * rowb;
         c.s[r] = (const unsigned char *)m.scales + d * G * ES;
         c.b[r] = (const unsigned char *)m.biases + d * G * ES;
@@ -442,10 +446,10 @@ template <int RU, int DEP> constexpr size_t q16_ring_bytes() {
     return (size_t)Q16_WARPS * DEP * RU * 512;
 }
 
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR>
 __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     typedef piece<BITS> P;
-    constexpr int RU = PAIR ? 2 : 1;
+    constexpr int RU = PAIR ? 2 : RR; /* rows a unit */
     extern __shared__ __align__(16) unsigned char smem[];
     const int64_t N = a.N, NB = N / 16, NP = N / P::IN, U = a.units;
     const int KP = (int)((NP + 31) / 32);
@@ -464,7 +468,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     uint32_t rs[DEP][RU], rb[DEP][RU];
     q16_cursor<RU> lc; /* the loads' cursor */
     lc.u = gw, lc.i = 0;
-    cursor_rows<SC, RU>(a, lc, rowb, G);
+    cursor_rows<SC, RU, PAIR>(a, lc, rowb, G);
     /* step p's loads into slot j (nothing past the warp's units or a row) */
     auto load = [&](int j) {
         const int64_t k = lane + 32 * (int64_t)lc.i;
@@ -483,7 +487,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         if (++lc.i == KP) {
             lc.i = 0;
             lc.u += TW;
-            cursor_rows<SC, RU>(a, lc, rowb, G);
+            cursor_rows<SC, RU, PAIR>(a, lc, rowb, G);
         }
     };
 #pragma unroll
@@ -608,12 +612,16 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
                         }
                     } else {
                         const q16_weight m = weight_at(a, cu);
-                        const int64_t d = cu - m.r0;
-                        float v = acc[0];
-                        for (int o = 16; o > 0; o >>= 1)
-                            v += __shfl_xor_sync(0xffffffffu, v, o);
-                        if (lane == 0)
-                            m.y[d] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f);
+                        const int64_t d0 = (cu - m.r0) * RU;
+#pragma unroll
+                        for (int r = 0; r < RU; r++) {
+                            float v = acc[r];
+                            for (int o = 16; o > 0; o >>= 1)
+                                v += __shfl_xor_sync(0xffffffffu, v, o);
+                            const int64_t d = d0 + r;
+                            if (lane == 0 && d < m.D)
+                                m.y[d] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f);
+                        }
                     }
 #pragma unroll
                     for (int r = 0; r < RU; r++)
@@ -643,7 +651,7 @@ static inline void q16_v1_tiles(q16_args &a, int R, bool pair) {
     }
     a.tiles = blk;
 }
-static inline void q16_v2_units(q16_args &a, bool pair) {
+static inline void q16_v2_units(q16_args &a, bool pair, int rr = 1) {
     if (pair) {
         a.m[0].r0 = a.m[1].r0 = 0;
         a.units = a.m[0].D;
@@ -652,7 +660,7 @@ static inline void q16_v2_units(q16_args &a, bool pair) {
     int64_t u = 0;
     for (int i = 0; i < a.n; i++) {
         a.m[i].r0 = u;
-        u += a.m[i].D;
+        u += (a.m[i].D + rr - 1) / rr;
     }
     a.units = u;
 }
