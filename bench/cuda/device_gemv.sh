@@ -2,7 +2,7 @@
 # On the GPU machine (repo root, carry .deps): validate and time the int16
 # decode mat-vec's kernel v2 (cuda_qgemv16.cu, the default) against v1
 # (NMLX_CUDA_QGEMV16=v1). Steps: build; test_cuda_ops (v2, and every int16
-# case re-run under v1 and seven v2 configurations: bit-for-bit equal);
+# case re-run under v1 and ten v2 configurations: bit-for-bit equal);
 # bench_cuda_quant 200 q16 (us and GB/s per shape and configuration); nmlx
 # bench pp512/tg128 on a synthetic Llama-3.1-8B 4-bit g64, v2 against v1;
 # test_cuda_fused (gate/up pairs, and the v1 norm form against v2's
