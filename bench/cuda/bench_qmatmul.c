@@ -12,8 +12,9 @@
  * many back-to-back launches over a sync (launch overhead included, as in decode). Values are
  * random codes, valid bf16 scales. Then the decode step's residual add + norm with the mat-vec that
  * reads it: add_rmsnorm + matmul_multi (q/k/v) or gate_up_act against one add_rmsnorm_matmul
- * (backend.h; the norm staged by the int16 mat-vec). build-cuda/bench_cuda_quant [reps=200]  (built
- * with -DNMLX_CUDA=ON) */
+ * (backend.h; the norm staged by the int16 mat-vec). Last, the int16 mat-vec's kernels v1
+ * and v2 per configuration (bench_q16). build-cuda/bench_cuda_quant [reps=200] [q16 [cfg...]]
+ * (built with -DNMLX_CUDA=ON; "q16": that sweep alone) */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
@@ -200,8 +201,129 @@ static int bench_norm(int reps) {
     return 0;
 }
 
+/* The int16 decode mat-vec (cuda_qgemv16.cu) kernel by kernel: v1 and v2
+ * in each configuration (NMLX_CUDA_QGEMV16_CFG syntax; argv[3..] replace
+ * the list) on Llama-3.1-8B's decode shapes: one weight (matmul), q/k/v in
+ * one launch (matmul_multi), gate/up pairs (gate_up_act, SiLU). Weights
+ * cycled over >= 256 MiB, back-to-back launches over a sync (launch
+ * included). Each variant's outputs on the first copy are compared with
+ * v1's, bit for bit ("DIFFERS" if not; v1 declines an 8-bit LM head: its
+ * line is the f32 kernel's, not compared). */
+static int bench_q16(int reps, int ncfg, const char *const *cfgs) {
+    const fmt fmts[] = {{"q4g64", NMLX_QUANT_AFFINE, 4}, {"q8g64", NMLX_QUANT_AFFINE, 8}};
+    typedef struct {
+        const char *name;
+        int kind; /* 0 matmul, 1 matmul_multi, 2 gate_up_act */
+        int n;
+        int64_t rows[3], N;
+    } shape;
+    const shape shapes[] = {{"4096x4096", 0, 1, {4096}, 4096},
+                            {"qkv 6144x4096", 1, 3, {4096, 1024, 1024}, 4096},
+                            {"gate/up 2x14336x4096", 2, 2, {14336, 14336}, 4096},
+                            {"4096x14336", 0, 1, {4096}, 14336},
+                            {"128256x4096", 0, 1, {128256}, 4096}};
+    enum { MAXC = 64 };
+    printf("\nint16 mat-vec kernels (NMLX_CUDA_QGEMV16=v1 / v2 with NMLX_CUDA_QGEMV16_CFG; "
+           "back-to-back launches, wall time over a sync)\n");
+    printf("%-6s %-22s %-12s %9s %9s %8s\n", "format", "shape", "kernel", "us", "GB/s", "vs v1");
+    for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const shape *sh = &shapes[si];
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cuda_create(0, &be) != NMLX_OK) {
+                printf("SKIP: %s\n", nmlx_last_error());
+                return 77;
+            }
+            const int n = sh->n;
+            nmlx_weight *hw = calloc((size_t)MAXC * 3, sizeof *hw);
+            nmlx_weight *dw = calloc((size_t)MAXC * 3, sizeof *dw);
+            size_t bytes = 0;
+            int nc = 0;
+            do {
+                bytes = 0;
+                for (int i = 0; i < n; i++) {
+                    nmlx_weight *h = &hw[nc * 3 + i], *d = &dw[nc * 3 + i];
+                    bytes += make_weight(&fmts[fi], sh->rows[i], sh->N, h);
+                    *d = *h;
+                    if (prepare(be, &d->w) || prepare(be, &d->scales) || prepare(be, &d->biases)) {
+                        printf("prepare failed: %s\n", nmlx_last_error());
+                        return 1;
+                    }
+                }
+                nc++;
+            } while (nc < MAXC && (size_t)nc * bytes < (256u << 20));
+            float *hx = malloc((size_t)sh->N * sizeof(float));
+            for (int64_t i = 0; i < sh->N; i++)
+                hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
+            float *x = be->ops->alloc(be, (size_t)sh->N * sizeof(float));
+            be->ops->upload(be, x, hx, (size_t)sh->N * sizeof(float));
+            float *ys[3];
+            for (int i = 0; i < 3; i++)
+                ys[i] = be->ops->alloc(be, (size_t)sh->rows[0] * sizeof(float));
+            const size_t outb = (size_t)sh->rows[0] * sizeof(float);
+            float *ref = malloc(outb), *got = malloc(outb);
+            double t1 = 0;
+            for (int v = -1; v < ncfg; v++) { /* -1: v1 */
+                if (v < 0)
+                    nmlx_cuda_set_qgemv16_version(1);
+                else {
+                    nmlx_cuda_set_qgemv16_version(2);
+                    if (nmlx_cuda_set_qgemv16_cfg(cfgs[v])) {
+                        printf("bad config %s\n", cfgs[v]);
+                        continue;
+                    }
+                }
+                double t = 0;
+                for (int round = 0; round < 3; round++) { /* check, warm-up, timed */
+                    const int r = round == 0 ? 1 : round == 1 ? 10 : reps;
+                    be->ops->sync(be);
+                    double t0 = now();
+                    for (int k = 0; k < r; k++) {
+                        const int c = round == 0 ? 0 : k % nc;
+                        const nmlx_weight *ws[3] = {&dw[c * 3], &dw[c * 3 + 1], &dw[c * 3 + 2]};
+                        if (sh->kind == 0)
+                            be->ops->matmul(be, ws[0], NULL, x, ys[0], 1);
+                        else if (sh->kind == 1)
+                            be->ops->matmul_multi(be, n, ws, NULL, x, ys, 1);
+                        else
+                            be->ops->gate_up_act(be, NMLX_ACT_SILU, ws[0], ws[1], NULL, NULL, x,
+                                                 ys[0], ys[1], 1);
+                    }
+                    be->ops->sync(be);
+                    t = (now() - t0) / r;
+                    if (round == 0) be->ops->download(be, v < 0 ? ref : got, ys[0], outb);
+                }
+                if (v < 0) t1 = t;
+                const bool v1_f32 = fmts[fi].bits == 8 && sh->kind == 0 && sh->rows[0] >= 16384;
+                const bool differs = v >= 0 && !v1_f32 && memcmp(ref, got, outb) != 0;
+                printf("%-6s %-22s %-12s %9.2f %9.0f %7.2fx%s%s\n", fmts[fi].name, sh->name,
+                       v < 0 ? (v1_f32 ? "v1(f32)" : "v1") : cfgs[v], t * 1e6,
+                       (double)bytes / t / 1e9, t > 0 ? t1 / t : 0.0, differs ? "  DIFFERS" : "",
+                       nmlx_backend_cuda_check(be) == NMLX_OK ? "" : "  CUDA ERROR");
+            }
+            nmlx_cuda_set_qgemv16_version(-1);
+            nmlx_cuda_set_qgemv16_cfg(NULL);
+            be->ops->free(be, x);
+            for (int i = 0; i < 3; i++)
+                be->ops->free(be, ys[i]);
+            nmlx_backend_free(be);
+            for (int i = 0; i < nc * 3; i++)
+                if (hw[i].w.data) free_weight(&hw[i]);
+            free(hw), free(dw), free(hx), free(ref), free(got);
+        }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 200;
+    /* argv[2] = q16: only the int16 mat-vec sweep (argv[3..]: its configs) */
+    static const char *const q16_cfgs[] = {
+        "d8b2,d4b2", "d8b1,d4b1",  "d4b2,d2b2",  "d4b0,d4b0",   "d2b0,d2b0",   "a16b2,a8b2",
+        "a8b2,a8b2", "a16b0,a8b0", "a16b1,a8b1", "d4b2r2,d4b2", "d2b0r2,d2b0", "a8b2r2,a8b2"};
+    const int nq16 = (int)(sizeof q16_cfgs / sizeof q16_cfgs[0]);
+    if (argc > 2 && !strcmp(argv[2], "q16"))
+        return argc > 3 ? bench_q16(reps, argc - 3, (const char *const *)argv + 3)
+                        : bench_q16(reps, nq16, q16_cfgs);
     const fmt fmts[] = {{"bf16", NMLX_QUANT_NONE, 0},
                         {"q4g64", NMLX_QUANT_AFFINE, 4},
                         {"q8g64", NMLX_QUANT_AFFINE, 8},
@@ -314,5 +436,6 @@ int main(int argc, char **argv) {
             for (int i = 0; i < nc; i++)
                 free_weight(&hw[i]);
         }
-    return bench_norm(reps);
+    int rc = bench_norm(reps);
+    return rc ? rc : bench_q16(reps, nq16, q16_cfgs);
 }

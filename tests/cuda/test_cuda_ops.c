@@ -6,7 +6,9 @@
  * act, add, scale, softmax, copy/upload/download; quantized matmul (MLX affine
  * 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales, MXFP4; T <= 8
  * mat-vec and T > 8 tensor-core tiles, rows and tokens off the tile sizes,
- * unaligned row views) and quantized embed. Batched decode: dense and
+ * unaligned row views) and quantized embed; the int16 decode mat-vec
+ * (matmul, matmul_multi, gate_up_act at T = 1): kernels v1 and v2 in
+ * several configurations give the same bits. Batched decode: dense and
  * quantized matmul rows (T <= 8) equal each row alone (f32 mat-vec) and
  * rope_rows the per-row calls, bit for bit; attention_rows the per-row
  * calls to rounding (they may take the split or flash-decoding kernel).
@@ -68,6 +70,84 @@ static int rows_alone_differ(const nmlx_weight *gw, const nmlx_tensor *pb, const
 static void check_ok(const char *what) {
     nmlx_status st = nmlx_backend_cuda_check(gpu);
     EXPECT(st == NMLX_OK, "%s: %s", what, nmlx_last_error());
+}
+
+/* An int16 mat-vec op (matmul, matmul_multi, gate_up_act at T = 1), run
+ * again by q16_variants_differ: n outputs ys[i] of D[i] floats. */
+typedef struct q16_call {
+    int kind; /* 0 matmul, 1 matmul_multi, 2 gate_up_act */
+    int n;
+    const nmlx_weight *const *ws;
+    const nmlx_tensor *const *bs;
+    const float *x;
+    float *const *ys;
+    const int64_t *D;
+    nmlx_act act;
+} q16_call;
+
+static void q16_run(const q16_call *c) {
+    if (c->kind == 0)
+        gpu->ops->matmul(gpu, c->ws[0], c->bs ? c->bs[0] : NULL, c->x, c->ys[0], 1);
+    else if (c->kind == 1)
+        gpu->ops->matmul_multi(gpu, c->n, c->ws, c->bs, c->x, c->ys, 1);
+    else
+        gpu->ops->gate_up_act(gpu, c->act, c->ws[0], c->ws[1], c->bs ? c->bs[0] : NULL,
+                              c->bs ? c->bs[1] : NULL, c->x, c->ys[0], c->ys[1], 1);
+}
+
+/* The int16 mat-vec's kernels (cuda_qgemv16.cu): v1 (NMLX_CUDA_QGEMV16=v1)
+ * and v2 in several configurations (ring, DEP, blocks a multiprocessor)
+ * must give v2's outputs in its default configuration (or the one
+ * NMLX_CUDA_QGEMV16_CFG sets), bit for bit, each written anew (NaN-filled
+ * before every run). Returns the variants that differ; v1 is skipped where
+ * it declines (8-bit, one weight of >= 16384 rows: the f32 kernel). The
+ * op's buffers end with v2's outputs. */
+static int q16_variants_differ(const q16_call *c, bool v1_takes) {
+    static const char *const cfgs[] = {"d2b1",        "d4b0",       "d8b3,d2b4", "d8b1,d4b1",
+                                       "d4b2,d2b0",   "a16b2,a8b2", "a8b0,a8b1", "d4b2r2,d2b2",
+                                       "a8b2r2,a8b2", "d2b3r2,d4b2"};
+    const int nout = c->kind == 2 ? 1 : c->n; /* gate_up_act: gate only (up: unfused scratch) */
+    float *ref[3], *got[3];
+    nmlx_cuda_set_qgemv16_version(2);
+    nmlx_cuda_set_qgemv16_cfg(NULL);
+    q16_run(c);
+    for (int i = 0; i < nout; i++) {
+        ref[i] = malloc((size_t)c->D[i] * sizeof(float));
+        got[i] = malloc((size_t)c->D[i] * sizeof(float));
+        gpu->ops->download(gpu, ref[i], c->ys[i], (size_t)c->D[i] * sizeof(float));
+    }
+    int differ = 0;
+    const int nv = 1 + (int)(sizeof cfgs / sizeof cfgs[0]);
+    for (int v = 0; v < nv; v++) {
+        if (v == 0 && !v1_takes) continue;
+        if (v == 0)
+            nmlx_cuda_set_qgemv16_version(1);
+        else {
+            nmlx_cuda_set_qgemv16_version(2);
+            EXPECT(nmlx_cuda_set_qgemv16_cfg(cfgs[v - 1]) == 0, "cfg %s", cfgs[v - 1]);
+        }
+        for (int i = 0; i < nout; i++) {
+            for (int64_t k = 0; k < c->D[i]; k++)
+                got[i][k] = NAN;
+            gpu->ops->upload(gpu, c->ys[i], got[i], (size_t)c->D[i] * sizeof(float));
+        }
+        q16_run(c);
+        check_ok("int16 mat-vec variant");
+        bool same = true;
+        for (int i = 0; i < nout; i++) {
+            gpu->ops->download(gpu, got[i], c->ys[i], (size_t)c->D[i] * sizeof(float));
+            same = same && !memcmp(got[i], ref[i], (size_t)c->D[i] * sizeof(float));
+        }
+        if (!same) printf("  int16 mat-vec %s differs from v2's\n", v == 0 ? "v1" : cfgs[v - 1]);
+        differ += !same;
+    }
+    nmlx_cuda_set_qgemv16_version(2);
+    nmlx_cuda_set_qgemv16_cfg(NULL);
+    q16_run(c); /* the buffers as v2 leaves them */
+    nmlx_cuda_set_qgemv16_version(-1);
+    for (int i = 0; i < nout; i++)
+        free(ref[i]), free(got[i]);
+    return differ;
 }
 
 enum { N_OPS = 25 };
@@ -231,6 +311,15 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
            nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)D, (long long)N, bias,
            e, tol);
     note(T == 1 ? (q16 ? 16 : 12) : T <= 8 ? 12 : 13, e);
+    if (q16) { /* v1 and v2's configurations: the same bits */
+        const nmlx_weight *ws[1] = {&gw};
+        const nmlx_tensor *bs[1] = {bias ? pb : NULL};
+        float *ys[1] = {dy};
+        const q16_call c = {0, 1, ws, bs, dx, ys, &D, NMLX_ACT_SILU};
+        const int differ = q16_variants_differ(&c, !(bits == 8 && D >= 16384));
+        EXPECT(differ == 0, "qmatmul int16 %d-bit g%d %s D=%lld N=%lld: %d kernel variants differ",
+               bits, gs, nmlx_dtype_name(sdt), (long long)D, (long long)N, differ);
+    }
     if (q16) { /* the f32 mat-vec too (NMLX_CUDA_QGEMV=f32, precision "f32") */
         nmlx_cuda_set_qgemv16(0);
         gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
@@ -314,6 +403,12 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     float *dx = dev_of(x, (size_t)N);
     gpu->ops->matmul_multi(gpu, 3, ws, bs, dx, dy, 1);
     check_ok("matmul_multi");
+    if (!mixed) { /* one int16 mat-vec launch: v1 and v2's configurations, the same bits */
+        const q16_call c = {1, 3, ws, bs, dx, dy, Ds, NMLX_ACT_SILU};
+        const int differ = q16_variants_differ(&c, true);
+        EXPECT(differ == 0, "matmul_multi int16 %d-bit g%d %s N=%lld: %d kernel variants differ",
+               bits, gs, nmlx_dtype_name(sdt), (long long)N, differ);
+    }
     for (int i = 0; i < 3; i++) {
         double e = rel_err(dy[i], ref[i], (size_t)Ds[i]);
         EXPECT(e <= 2e-4, "matmul_multi %d-bit g%d %s N=%lld mixed=%d weight %d: rel err %.2e",
@@ -324,6 +419,44 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     }
     gpu->ops->free(gpu, dx);
     free(x);
+}
+
+/* gate_up_act at T = 1 on affine 4/8-bit weights: the int16 mat-vec's
+ * gate/up pairs (act(gate) * up written by the kernel): within 2e-3 of
+ * max|ref| of the CPU op (as test_cuda_fused), and v1 and v2's
+ * configurations the same bits */
+static void test_qpair(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_t N, bool bias,
+                       nmlx_act act) {
+    nmlx_weight hw[2], g[2];
+    nmlx_tensor hb[2];
+    const nmlx_tensor *db[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        hw[i] = make_qweight(NMLX_QUANT_AFFINE, bits, gs, sdt, I, N);
+        g[i] = prepare_q(&hw[i]);
+        hb[i] = (nmlx_tensor){.dtype = NMLX_DT_F32, .ndim = 1, .shape = {I}, .name = "b"};
+        hb[i].data = test_keep(test_rand_floats((size_t)I, -1, 1));
+        if (bias) EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &db[i]) == NMLX_OK, "bias");
+    }
+    float *x = test_rand_floats((size_t)N, -2, 2), *rg = malloc((size_t)I * sizeof(float));
+    float *ru = malloc((size_t)I * sizeof(float));
+    cpu->ops->gate_up_act(cpu, act, &hw[0], &hw[1], bias ? &hb[0] : NULL, bias ? &hb[1] : NULL, x,
+                          rg, ru, 1);
+    float *dx = dev_of(x, (size_t)N);
+    float *dg = gpu->ops->alloc(gpu, (size_t)I * sizeof(float));
+    float *du = gpu->ops->alloc(gpu, (size_t)I * sizeof(float));
+    const nmlx_weight *ws[2] = {&g[0], &g[1]};
+    float *ys[2] = {dg, du};
+    const q16_call c = {2, 2, ws, bias ? db : NULL, dx, ys, &I, act};
+    q16_run(&c);
+    check_ok("gate_up_act");
+    const double e = rel_err(dg, rg, (size_t)I);
+    EXPECT(e <= 2e-3, "gate_up_act int16 %d-bit g%d %s I=%lld N=%lld act=%d: rel err %.2e", bits,
+           gs, nmlx_dtype_name(sdt), (long long)I, (long long)N, (int)act, e);
+    const int differ = q16_variants_differ(&c, true);
+    EXPECT(differ == 0, "gate_up_act int16 %d-bit g%d %s I=%lld N=%lld: %d kernel variants differ",
+           bits, gs, nmlx_dtype_name(sdt), (long long)I, (long long)N, differ);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dg), gpu->ops->free(gpu, du);
+    free(x), free(rg), free(ru);
 }
 
 static void test_qembed(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D) {
@@ -381,6 +514,7 @@ static void test_quant(void) {
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 1, 4096, 14336, false);
     test_qmatmul(NMLX_QUANT_AFFINE, 8, 32, NMLX_DT_F16, 1, 16389, 1024, true);
     test_qmatmul(NMLX_QUANT_AFFINE, 4, 128, NMLX_DT_F32, 1, 20000, 4096, false);
+    test_qmatmul(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 1, 4096, 14336, false);
     for (int gi = 0; gi < 3; gi++) {
         const int gs = 32 << gi;
         test_qmulti(4, gs,
@@ -390,6 +524,15 @@ static void test_quant(void) {
                     gs * 9, false);
         test_qmulti(8, gs, NMLX_DT_BF16, gs * 5, gi == 2);
     }
+    /* gate/up pairs: odd widths, fewer pieces a row than lanes, v1's 4
+     * rows a warp (>= 8192 pairs), Llama-3.1-8B's 14336 x 4096 */
+    test_qpair(4, 64, NMLX_DT_BF16, 517, 1024, true, NMLX_ACT_SILU);
+    test_qpair(4, 32, NMLX_DT_F16, 333, 96, false, NMLX_ACT_GELU_TANH);
+    test_qpair(4, 128, NMLX_DT_F32, 8200, 640, false, NMLX_ACT_SILU);
+    test_qpair(8, 32, NMLX_DT_F16, 1000, 768, true, NMLX_ACT_GELU_ERF);
+    test_qpair(8, 64, NMLX_DT_BF16, 9001, 256, false, NMLX_ACT_SILU);
+    test_qpair(8, 128, NMLX_DT_F32, 45, 1152, true, NMLX_ACT_SILU);
+    test_qpair(4, 64, NMLX_DT_BF16, 14336, 4096, false, NMLX_ACT_SILU);
     test_qembed(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 192);
     test_qembed(NMLX_QUANT_AFFINE, 3, 32, NMLX_DT_F16, 96);
     test_qembed(NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F32, 256);

@@ -66,6 +66,23 @@ void nmlx_cuda_set_qrows_mma(int max_t);
  * (cuda_qgemv16.cu, the default), 0 = the f32 kernel. NMLX_CUDA_QGEMV=f32
  * sets 0 at start. Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qgemv16(int on);
+/* Which int16 mat-vec kernel (cuda_qgemv16.cu): 2 = v2 (persistent warps, a
+ * ring of loads in flight; the default), 1 = v1 (x staged whole, then rows
+ * a block); -1 = back to NMLX_CUDA_QGEMV16 (v1 selects 1). The norm-staging
+ * form (add_rmsnorm_matmul) always runs v1. Process-wide; for benchmarks
+ * and tests. */
+void nmlx_cuda_set_qgemv16_version(int v);
+/* v2's tunables, as NMLX_CUDA_QGEMV16_CFG: "d<DEP>b<BPS>" (both forms) or
+ * "d<DEP>b<BPS>,d<DEP>b<BPS>" (plain / multi-weight, then gate/up pairs):
+ * DEP = 2, 4 or 8 16-byte code loads in flight a lane in registers (a row
+ * each; pairs: two; pairs take 8 as 4), or "a<DEP>b<BPS>": DEP = 8 or 16
+ * steps of codes in flight through cp.async into shared memory (pairs: 8),
+ * BPS = blocks a multiprocessor (0: as many as fit); a suffix "r2": two
+ * rows a warp's unit (x read once for both; registers DEP 2 or 4, cp.async
+ * 8; not for pairs, which are two rows already). NULL: back to the
+ * environment or the defaults (d8b2,d4b2). -1 (nothing changed) if spec is
+ * malformed. Process-wide; for benchmarks and tests. */
+int nmlx_cuda_set_qgemv16_cfg(const char *spec);
 
 /* add_rmsnorm_matmul (backend.h) calls on this backend so far: *fused =
  * run as one int16 mat-vec staging the norm, *declined = left to the

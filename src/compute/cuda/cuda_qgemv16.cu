@@ -38,352 +38,68 @@
  * (fence, then atomicAdd); the block that counts last has seen every other
  * block finish reading x, so it alone writes x + d and y (at its end,
  * recomputed from the unchanged x and d) and resets the counter to 0 for
- * the next launch (no host work: a recorded graph replays it). */
+ * the next launch (no host work: a recorded graph replays it).
+ *
+ * Two kernels (cuda_qgemv16_dev.cuh), the same arithmetic: v1, as above,
+ * and v2, the default (NMLX_CUDA_QGEMV16=v1 keeps v1; NORM always runs v1).
+ * v1's costs: a block stages all of x (N floats from L2, a barrier) with
+ * one 16-byte load a lane in flight, then streams 2-4 rows a warp with two
+ * steps of loads in flight; the grid is many short blocks (896 for 14336
+ * rows), so staging recurs per block and the loads of one block's rows
+ * wait for it, and per multiprocessor few bytes are in flight.
+ * v2: a persistent grid (BPS blocks a multiprocessor, all resident: x staged
+ * once a block), each warp taking units (one row; PAIR: a gate row and its
+ * up row) w, w + TW, ... of all the weights' rows; lane l reads pieces l,
+ * l + 32, ... of a row, exactly v1's order, so every sum, the warp's
+ * shuffle tree and the outputs are v1's bit for bit (test_cuda_ops and
+ * tests/cuda/qgemv16_emu.cpp check it). A lane's steps over its units are
+ * one stream with a ring of DEP slots in registers (codes, raw scale and
+ * bias): the first DEP steps are loaded before x is staged (the staging's
+ * L2 latency overlaps the DRAM reads), then step p is consumed and step
+ * p + DEP loaded into its slot, across row ends: DEP x 16 bytes a lane (PAIR
+ * x2) always in flight, 64 KB a multiprocessor at DEP 8 and 2 blocks (the
+ * H200 needs ~35 KB at 4.3 TB/s x ~1 us). Codes are loaded with
+ * L1::no_allocate (read once), keeping L1 for scales. The grid is one wave,
+ * so no block waits on another's staging, and rows split evenly (one
+ * row a unit: 4096 rows over 2112 warps leave 3% idle). Not done: a
+ * pre-converted x in global memory (an extra launch per mat-vec, ~1 us in a
+ * graph, for staging v2 already overlaps), split-K (one wave of
+ * persistent warps fills the GPU without it at D = 4096).
+ * The ring's bytes in flight are bounded by registers (6 a slot: codes,
+ * scale, bias; DEP 8 ~113 registers, 2 blocks a multiprocessor). ASYNC
+ * (config "a"): the codes go through cp.async (a commit group a step,
+ * wait_group DEP - 1 before a step is read; each lane reads only its own
+ * 16 bytes) into a ring in shared memory after x (DEP x 512 bytes a warp,
+ * PAIR x2), registers holding only the raw scales: DEP 16, 128 KB a
+ * multiprocessor in flight at 2 blocks.
+ * RR (config suffix r2, not PAIR): two rows of one weight a unit, each x
+ * piece read from shared memory once for both (x traffic a code byte
+ * halved: at RR 1 a 4-bit step reads 2 KB of x for 512 bytes of codes, ~50%
+ * of shared memory bandwidth at the H200's rate; ASYNC adds the ring's
+ * write and read).
+ * Tunables: DEP (registers 2, 4, 8, PAIR / RR 2 2, 4: 8 x 2 spills; ASYNC
+ * 8, 16, PAIR / RR 2 8), BPS (0 = as many as fit: ptxas gives DEP 8 ~113
+ * registers -> 2 blocks, DEP 2 ~78 -> 3), RR; NMLX_CUDA_QGEMV16_CFG
+ * (nmlx_cuda_set_qgemv16_cfg), default d8b2,d4b2; bench_cuda_quant 200
+ * q16 sweeps them.
+ * Predicted H200 times (bench_cuda_quant, launch included; v1 measured):
+ *   q4g64 4096x4096 7.9 -> ~5.0 us; q/k/v 6144x4096 -> ~6.3 us; gate/up
+ *   2x14336x4096 -> ~20 us; 4096x14336 18.0 -> ~11 us; 128256x4096 106 ->
+ *   ~85 us; q8g64 4096x4096 11.2 -> ~7 us (an 8-bit LM head, which v1
+ *   leaves to the f32 kernel, ~150 us). An 8B q4 token's mat-vecs ~1.45 ms
+ *   (from ~2.2). */
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_qgemv16.h"
 
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "compute/cuda/cuda_qgemv16_dev.cuh"
+
 namespace {
-
-enum { Q16_WARPS = 8, Q16_THREADS = 32 * Q16_WARPS, Q16_MAXW = 3 };
-enum { SCF32 = 0, SCF16, SCBF16 };
-
-struct q16_weight {
-    const uint4 *w;
-    const void *scales, *biases;
-    const void *lbias; /* optional per-row bias of dtype lbdt */
-    float *y;
-    int64_t D;
-    unsigned blk0; /* first block of this weight */
-    nmlx_dtype lbdt;
-};
-
-struct q16_args {
-    q16_weight m[Q16_MAXW];
-    int n;
-    nmlx_act act; /* PAIR only */
-    const float *x;
-    int64_t N;
-    int gshift;     /* log2(group_size / piece inputs) */
-    unsigned tiles; /* tiles of Q16_WARPS * R rows over all weights */
-    /* NORM only: x += d (x is `xw`), staged as y = rmsnorm(x) (weight nw,
-     * offset noff, eps neps), y written to yn; done: the blocks' counter */
-    float *xw, *yn;
-    const float *d;
-    const void *nw;
-    nmlx_dtype nwdt;
-    float noff, neps;
-    unsigned *done;
-};
-
-template <int SC> __device__ __forceinline__ float sc_get(const void *p, int64_t i) {
-    if constexpr (SC == SCF32)
-        return __ldg((const float *)p + i);
-    else if constexpr (SC == SCF16)
-        return __half2float(__ushort_as_half(__ldg((const unsigned short *)p + i)));
-    else
-        return __uint_as_float((uint32_t)__ldg((const unsigned short *)p + i) << 16);
-}
-
-/* two int16 of a (signed) times bytes 0,1 (lo) or 2,3 (hi) of b (unsigned) */
-__device__ __forceinline__ int dp2a_lo(int a, unsigned b, int c) {
-    int d;
-    asm("dp2a.lo.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-__device__ __forceinline__ int dp2a_hi(int a, unsigned b, int c) {
-    int d;
-    asm("dp2a.hi.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
-/* Inputs per 16-byte piece of codes, bytes of x per piece, and the swizzle
- * key of piece k (8 lanes of one shared-memory phase hit distinct banks). */
-template <int BITS> struct piece {
-    enum { IN = 128 / BITS, XB = IN * 2, SEG = XB / 16 };
-    static __device__ __forceinline__ int key(int64_t k) {
-        return BITS == 4 ? (int)((k >> 1) & 3) : (int)((k >> 2) & 1);
-    }
-};
-
-/* dot of one 32-bit code word (8 nibbles or 4 bytes) with its x int16
- * pairs a (uint4 segment: 4-bit uses all four, 8-bit two of them) */
-template <int BITS> __device__ __forceinline__ int word_dot(unsigned w, const int *xp, int acc) {
-    if (BITS == 4) {
-        const unsigned lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-        acc = dp2a_lo(xp[0], lo, acc);
-        acc = dp2a_hi(xp[1], lo, acc);
-        acc = dp2a_lo(xp[2], hi, acc);
-        return dp2a_hi(xp[3], hi, acc);
-    } else {
-        acc = dp2a_lo(xp[0], w, acc);
-        return dp2a_hi(xp[1], w, acc);
-    }
-}
-
-/* The weight of tile t (tiles numbered across the weights) */
-__device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
-    q16_weight m = a.m[0]; /* selected without a dynamic index (no local copy of a) */
-    if (a.n > 1 && t >= a.m[1].blk0) m = a.m[1];
-    if (a.n > 2 && t >= a.m[2].blk0) m = a.m[2];
-    return m;
-}
-
-/* The sum of squares of x + d (N inputs) as add_rmsnorm_kernel (cuda_fused.cu)
- * sums it with NT = cuda_norm_threads(N) threads: virtual thread v adds
- * (double)(x + d)^2 over v, v + NT, ..., then cuda_block_sum's two
- * shuffle trees. This block has Q16_THREADS (256): for NT = 512 thread t
- * is virtual threads t and t + 256, for NT = 64 threads from 64 on add
- * nothing. Every thread gets the sum. */
-__device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int64_t N) {
-    __shared__ double part[16];
-    const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
-    const int t = threadIdx.x, w = t / 32, l = t % 32;
-    double s0 = 0, s1 = 0;
-    if (t < NT)
-        for (int64_t i = t; i < N; i += NT) {
-            float v = x[i] + d[i];
-            s0 += (double)v * v;
-        }
-    if (NT == 512)
-        for (int64_t i = t + 256; i < N; i += NT) {
-            float v = x[i] + d[i];
-            s1 += (double)v * v;
-        }
-    for (int o = 16; o > 0; o >>= 1) {
-        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-    }
-    if (l == 0 && t < NT) part[w] = s0;
-    if (l == 0 && NT == 512) part[w + 8] = s1;
-    __syncthreads();
-    double v = l < NT / 32 ? part[l] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it
- * (s = x[i] + d[i]); __fmul_rn: never contracted into an FMA with the
- * staging's sums (the unfused kernel reads y rounded from memory) */
-__device__ __forceinline__ float norm_one(const q16_args &a, float s, float inv, int64_t i) {
-    const float v = __fmul_rn(s, inv);
-    return a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
-}
-
-/* The dot products of a warp's R rows (from d0) with the staged x, and
- * their outputs. */
-template <int BITS, int SC, int R, bool PAIR>
-__device__ __forceinline__ void rows_dot(const q16_args &a, const q16_weight &m,
-                                         const q16_weight &mu, int64_t d0, const uint4 *const *rows,
-                                         const uint4 *c0, const unsigned char *smem) {
-    typedef piece<BITS> P;
-    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
-    const unsigned char *xq = smem;
-    const float *xstep = (const float *)(smem + N * 2), *xsum = xstep + NB;
-    constexpr int RW = PAIR ? R / 2 : R;
-    const int lane = threadIdx.x & 31;
-    auto drow = [&](int r) -> int64_t {
-        const int64_t d = d0 + (PAIR ? r / 2 : r);
-        return d < m.D ? d : m.D - 1;
-    };
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        acc[r] = 0.0f;
-    const int64_t G = NP >> a.gshift; /* groups a row */
-#pragma unroll 2
-    for (int64_t k = lane; k < NP; k += 32) {
-        uint4 c[R];
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            c[r] = k == lane ? c0[r] : __ldg(rows[r] + k);
-        const int64_t g = k >> a.gshift;
-        float s[R], bb[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const bool up = PAIR && (r & 1);
-            s[r] = sc_get<SC>(up ? mu.scales : m.scales, drow(r) * G + g);
-            bb[r] = sc_get<SC>(up ? mu.biases : m.biases, drow(r) * G + g);
-        }
-        int xp[P::SEG * 4];
-#pragma unroll
-        for (int j = 0; j < P::SEG; j++) {
-            const uint4 u = *(const uint4 *)(xq + k * P::XB + (j ^ P::key(k)) * 16);
-            xp[4 * j] = (int)u.x, xp[4 * j + 1] = (int)u.y, xp[4 * j + 2] = (int)u.z,
-                   xp[4 * j + 3] = (int)u.w;
-        }
-        if constexpr (BITS == 4) { /* 32 inputs: x blocks 2k, 2k + 1 */
-            const float2 st = *(const float2 *)(xstep + 2 * k);
-            const float2 sm = *(const float2 *)(xsum + 2 * k);
-            const float xs = sm.x + sm.y;
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                int i0 = word_dot<4>(c[r].x, xp, 0);
-                i0 = word_dot<4>(c[r].y, xp + 4, i0);
-                int i1 = word_dot<4>(c[r].z, xp + 8, 0);
-                i1 = word_dot<4>(c[r].w, xp + 12, i1);
-                const float dot = fmaf(st.x, (float)i0, st.y * (float)i1);
-                acc[r] = fmaf(s[r], dot, fmaf(bb[r], xs, acc[r]));
-            }
-        } else { /* 16 inputs: x block k */
-            const float st = xstep[k], xs = xsum[k];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                int i0 = word_dot<8>(c[r].x, xp, 0);
-                i0 = word_dot<8>(c[r].y, xp + 2, i0);
-                i0 = word_dot<8>(c[r].z, xp + 4, i0);
-                i0 = word_dot<8>(c[r].w, xp + 6, i0);
-                acc[r] = fmaf(s[r], st * (float)i0, fmaf(bb[r], xs, acc[r]));
-            }
-        }
-    }
-    if constexpr (PAIR) {
-#pragma unroll
-        for (int j = 0; j < RW; j++) {
-            float g = acc[2 * j], u = acc[2 * j + 1];
-            for (int o = 16; o > 0; o >>= 1) {
-                g += __shfl_xor_sync(0xffffffffu, g, o);
-                u += __shfl_xor_sync(0xffffffffu, u, o);
-            }
-            const int64_t d = d0 + j;
-            if (lane == 0 && d < m.D) {
-                g += m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f;
-                u += mu.lbias ? cuda_load_f32(mu.lbdt, mu.lbias, d) : 0.0f;
-                m.y[d] = cuda_act1(a.act, g) * u;
-            }
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float v = acc[r];
-            for (int o = 16; o > 0; o >>= 1)
-                v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0 && d0 + r < m.D)
-                m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
-        }
-    }
-}
-
-/* NORM's staging takes registers: 3 blocks a multiprocessor kept (<= 80,
- * measured with ptxas -v: no spills) where the plain kernel has 3 or 4;
- * minimum 0 = none given, the plain kernels compile as before */
-template <int BITS, int SC, int R, bool PAIR, bool NORM>
-__global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
-    qgemv16_kernel(q16_args a) {
-    typedef piece<BITS> P;
-    extern __shared__ __align__(16) unsigned char smem[];
-    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
-    unsigned char *xq = smem;               /* N int16, swizzled pieces */
-    float *xstep = (float *)(smem + N * 2); /* NB steps */
-    float *xsum = xstep + NB;               /* NB sums */
-    const q16_weight m = PAIR ? a.m[0] : weight_of(a, blockIdx.x);
-    const q16_weight mu = PAIR ? a.m[1] : m; /* PAIR: odd rows r are up's */
-    constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
-    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int64_t d0 = ((int64_t)(blockIdx.x - m.blk0) * Q16_WARPS + warp) * RW;
-    auto drow = [&](int r) -> int64_t { /* the weight row of the warp's row r (clamped) */
-                                        const int64_t d = d0 + (PAIR ? r / 2 : r);
-                                        return d < m.D ? d : m.D - 1;
-    };
-
-    /* first codes in flight before x is staged */
-    const int64_t rowb = N * BITS / 128; /* 16-byte pieces a row */
-    const uint4 *rows[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        rows[r] = (PAIR && (r & 1) ? mu.w : m.w) + drow(r) * rowb;
-    uint4 c0[R];
-    if (lane < NP)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            c0[r] = __ldg(rows[r] + lane);
-    cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
-    cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
-
-    [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
-    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
-
-    /* stage x (NORM: y = rmsnorm(x + d)): a thread takes 16 inputs at a time */
-    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
-        float v[16];
-        const float4 *src = (const float4 *)(a.x + b * 16);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float4 f = src[i];
-            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-        }
-        if constexpr (NORM) {
-            const float4 *dsrc = (const float4 *)(a.d + b * 16);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float4 f = dsrc[i];
-                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
-            }
-#pragma unroll
-            for (int i = 0; i < 16; i++)
-                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
-        }
-        float mx = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
-        }
-        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        int q[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            q[i] = __float2int_rn(v[i] * inv);
-            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int *s = q + 8 * h;
-            uint32_t pr[4];
-            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
-                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
-                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
-                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
-                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
-            }
-            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
-            const int64_t k = seg / P::SEG;
-            const int j = (int)(seg % P::SEG) ^ P::key(k);
-            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
-        }
-        xstep[b] = step;
-        xsum[b] = sum;
-    }
-    __syncthreads();
-    [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
-    if constexpr (NORM) {
-        if (threadIdx.x == 0) {
-            __threadfence();
-            last = atomicAdd(a.done, 1u) == gridDim.x - 1;
-        }
-    }
-    if (d0 < m.D) rows_dot<BITS, SC, R, PAIR>(a, m, mu, d0, rows, c0, smem);
-    if constexpr (NORM) {
-        if (__syncthreads_or(last)) { /* the last block: x += d, y */
-            __threadfence();
-            for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * Q16_THREADS) {
-                const float4 xv = *(const float4 *)(a.xw + i), dv = *(const float4 *)(a.d + i);
-                const float4 sv = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
-                *(float4 *)(a.xw + i) = sv;
-                *(float4 *)(a.yn + i) =
-                    make_float4(norm_one(a, sv.x, ninv, i), norm_one(a, sv.y, ninv, i + 1),
-                                norm_one(a, sv.z, ninv, i + 2), norm_one(a, sv.w, ninv, i + 3));
-            }
-            if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
-        }
-    }
-}
 
 template <int BITS, int SC, int R, bool PAIR, bool NORM>
 void launch_r(cudaStream_t st, const q16_args &a) {
@@ -422,25 +138,133 @@ template <int BITS, int SC, int R, bool PAIR> void launch_n(cudaStream_t st, con
 
 /* pair: a.n == 2, gate and up of one shape, tiles over the row pairs */
 template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R, bool pair) {
-    unsigned blk = 0;
+    q16_v1_tiles(a, R, pair);
     if (pair) {
-        a.m[0].blk0 = a.m[1].blk0 = 0;
-        a.tiles = (unsigned)((a.m[0].D + Q16_WARPS * (R / 2) - 1) / (Q16_WARPS * (R / 2)));
         if (R == 4)
             launch_n<BITS, SC, 4, true>(st, a);
         else
             launch_n<BITS, SC, 2, true>(st, a);
         return;
     }
-    for (int i = 0; i < a.n; i++) {
-        a.m[i].blk0 = blk;
-        blk += (unsigned)((a.m[i].D + Q16_WARPS * R - 1) / (Q16_WARPS * R));
-    }
-    a.tiles = blk;
     if (R == 4)
         launch_n<BITS, SC, 4, false>(st, a);
     else
         launch_n<BITS, SC, 2, false>(st, a);
+}
+
+/* ---- v2 launches ---- */
+
+/* multiprocessors of the current device (read once a device) */
+int sm_count() {
+    static int n[64];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!n[dev]) {
+        int v = 0;
+        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+        n[dev] = v > 0 ? v : 1;
+    }
+    return n[dev];
+}
+
+/* one grid of min(blocks that give every unit a warp, bps (0: as many as
+ * fit) blocks a multiprocessor) */
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1>
+void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
+    constexpr int RU = PAIR ? 2 : RR;
+    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>;
+    const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
+    static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
+    static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
+    static int occ_v[4];
+    if (sm > 48 * 1024 && sm > set) {
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+        set = sm;
+    }
+    int occ = 0;
+    for (int i = 0; i < 4 && !occ; i++)
+        if (occ_sm[i] == sm) occ = occ_v[i];
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (!occ && cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
+        cudaGetLastError();
+        cs = cudaStreamCaptureStatusActive;
+    }
+    if (!occ && cs != cudaStreamCaptureStatusNone)
+        occ = bps > 0 ? bps : 2; /* in a capture: no query (bps as asked; blocks past what
+                                  * fits wait for a second wave, still right) */
+    if (!occ) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, Q16_THREADS, sm) !=
+                cudaSuccess ||
+            occ < 1) {
+            cudaGetLastError(); /* not the op's error: one block a multiprocessor then */
+            occ = 1;
+        }
+        int i = 0;
+        while (i < 3 && occ_sm[i])
+            i++;
+        occ_sm[i] = sm, occ_v[i] = occ; /* full: the last entry replaced */
+    }
+    const int b = bps > 0 && bps < occ ? bps : occ;
+    int64_t grid = (a.units + Q16_WARPS - 1) / Q16_WARPS;
+    if (grid > (int64_t)b * sm_count()) grid = (int64_t)b * sm_count();
+    if (nmlx_cuda_pdl_on()) { /* may start while the previous kernel ends */
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)grid);
+        cfg.blockDim = dim3(Q16_THREADS);
+        cfg.dynamicSmemBytes = sm;
+        cfg.stream = st;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        cudaLaunchKernelEx(&cfg, kern, a);
+        return;
+    }
+    kern<<<(unsigned)grid, Q16_THREADS, sm, st>>>(a);
+}
+
+template <int BITS, int SC, bool PAIR>
+void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int rr, int bps) {
+    /* ASYNC's ring must fit beside x (a block may have 227 KB) */
+    size_t ring = q16_ring_bytes<1, 8>();
+    if (PAIR || rr == 2)
+        ring = q16_ring_bytes<2, 8>();
+    else if (dep > 8)
+        ring = q16_ring_bytes<1, 16>();
+    if (async && q16_smem(a.N) + ring > 200 * 1024) async = false, dep = 8;
+    if (!PAIR && rr == 2) { /* two rows a unit: registers 2, 4 (8 as 4); cp.async 8 */
+        if constexpr (!PAIR) {
+            if (async)
+                launch_v2<BITS, SC, false, 8, true, 2>(st, a, bps);
+            else if (dep <= 2)
+                launch_v2<BITS, SC, false, 2, false, 2>(st, a, bps);
+            else
+                launch_v2<BITS, SC, false, 4, false, 2>(st, a, bps);
+        }
+        return;
+    }
+    if (async) {
+        if (PAIR || dep <= 8) /* PAIR: 8 x 2 slots (16 would be 128 KB a block) */
+            launch_v2<BITS, SC, PAIR, 8, true>(st, a, bps);
+        else if constexpr (!PAIR)
+            launch_v2<BITS, SC, PAIR, 16, true>(st, a, bps);
+    } else if (dep <= 2)
+        launch_v2<BITS, SC, PAIR, 2, false>(st, a, bps);
+    else if (PAIR || dep <= 4) /* PAIR: 8 x 2 loads a lane spill (ptxas -v) */
+        launch_v2<BITS, SC, PAIR, 4, false>(st, a, bps);
+    else if constexpr (!PAIR)
+        launch_v2<BITS, SC, PAIR, 8, false>(st, a, bps);
+}
+
+template <int BITS, int SC>
+void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int rr, int bps) {
+    q16_v2_units(a, pair, pair ? 1 : rr);
+    if (pair)
+        launch_v2_dep<BITS, SC, true>(st, a, dep, async, 1, bps);
+    else
+        launch_v2_dep<BITS, SC, false>(st, a, dep, async, rr, bps);
 }
 
 } // namespace
@@ -452,6 +276,97 @@ bool nmlx_cuda_qgemv16_ok(const nmlx_weight *w) {
     if (w->biases.dtype != sd || (uintptr_t)w->w.data % 16) return false;
     /* x staged whole in shared memory (the H100/H200 give a block 227 KB) */
     return (size_t)w->cols * 2 + (size_t)(w->cols / 16) * 8 <= 200 * 1024;
+}
+
+/* Which kernel and its tunables: NMLX_CUDA_QGEMV16=v1 (else v2), and
+ * NMLX_CUDA_QGEMV16_CFG = "d<DEP>b<BPS>" for both forms or
+ * "d<DEP>b<BPS>,d<DEP>b<BPS>" (plain and multi-weight, then PAIR): DEP 2, 4
+ * or 8 loads in flight a lane (x2 for PAIR), BPS blocks a multiprocessor
+ * (0: as many as fit). Read once; the setters below override. */
+struct q16_cfg {
+    int ver, dep, bps, pdep, pbps;
+    bool async, pasync; /* the ring in shared memory (cp.async) */
+    int rr;             /* rows a unit (not PAIR): 1 or 2 */
+};
+static q16_cfg q16_cur;
+static bool q16_ver_read, q16_cfg_read;
+
+/* "d8b2" -> 8, 2 (registers); "a16b2" -> 16, 2 (cp.async); a suffix "r2":
+ * two rows a unit (not PAIR); false if malformed */
+static bool q16_parse1(const char *s, const char **end, int *dep, bool *async, int *bps, int *rr) {
+    char *e = NULL;
+    if (*s != 'd' && *s != 'a') return false;
+    const bool as = *s == 'a';
+    long d = strtol(s + 1, &e, 10);
+    if (e == s + 1 || *e != 'b') return false;
+    const char *bp = e + 1;
+    long b = strtol(bp, &e, 10);
+    if (e == bp || b < 0 || b > 32) return false;
+    if (as ? d != 8 && d != 16 : d != 2 && d != 4 && d != 8) return false;
+    int r = 1;
+    if (*e == 'r') {
+        if (e[1] != '1' && e[1] != '2') return false;
+        r = e[1] - '0', e += 2;
+    }
+    *dep = (int)d, *async = as, *bps = (int)b, *rr = r, *end = e;
+    return true;
+}
+
+static bool q16_parse(const char *s, q16_cfg *c) {
+    q16_cfg t = *c;
+    const char *e = NULL;
+    int prr = 1; /* PAIR: always a row pair */
+    if (!q16_parse1(s, &e, &t.dep, &t.async, &t.bps, &t.rr)) return false;
+    t.pdep = t.dep, t.pbps = t.bps, t.pasync = t.async;
+    if (*e == ',' && !q16_parse1(e + 1, &e, &t.pdep, &t.pasync, &t.pbps, &prr)) return false;
+    if (*e) return false;
+    *c = t;
+    return true;
+}
+
+/* defaults: 8 loads a lane (PAIR 4 x 2), 2 blocks a multiprocessor */
+static void q16_cfg_default(q16_cfg *c) {
+    c->dep = 8, c->bps = 2, c->pdep = 4, c->pbps = 2;
+    c->async = c->pasync = false;
+    c->rr = 1;
+}
+
+static q16_cfg q16_config(void) {
+    if (!q16_ver_read) {
+        const char *e = getenv("NMLX_CUDA_QGEMV16");
+        q16_cur.ver = e && !strcmp(e, "v1") ? 1 : 2;
+        q16_ver_read = true;
+    }
+    if (!q16_cfg_read) {
+        q16_cfg_default(&q16_cur);
+        const char *e = getenv("NMLX_CUDA_QGEMV16_CFG");
+        if (e && *e && !q16_parse(e, &q16_cur))
+            fprintf(stderr,
+                    "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood "
+                    "(d<2|4|8>b<n>[r2] or a<8|16>b<n>[r2][,...])\n",
+                    e);
+        q16_cfg_read = true;
+    }
+    return q16_cur;
+}
+
+extern "C" void nmlx_cuda_set_qgemv16_version(int v) {
+    q16_cur.ver = v == 1 ? 1 : 2;
+    q16_ver_read = v == 1 || v == 2;
+}
+
+extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
+    if (!spec) {
+        q16_cfg_read = false;
+        return 0;
+    }
+    q16_config();
+    q16_cfg c = q16_cur;
+    q16_cfg_default(&c);
+    if (!q16_parse(spec, &c)) return -1;
+    q16_cur.dep = c.dep, q16_cur.bps = c.bps, q16_cur.pdep = c.pdep, q16_cur.pbps = c.pbps;
+    q16_cur.async = c.async, q16_cur.pasync = c.pasync, q16_cur.rr = c.rr;
+    return 0;
 }
 
 /* n weights (pair: gate and up, act) reading x (nrm != NULL: rmsnorm(x +
@@ -497,13 +412,37 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
         a.m[i].D = ws[i]->rows;
         rows += ws[i]->rows;
     }
-    /* measured on an H200 (bench/cuda/README.md): 4 rows a warp pay off for
-     * 4-bit from 16384 rows; an 8-bit LM head runs faster on the f32 kernel */
-    if (w0->bits == 8 && n == 1 && rows >= 16384) return false;
-    const int R = w0->bits == 4 && rows >= 16384 ? 4 : 2;
     cudaStream_t st = cuda_of(be)->stream;
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
+    const q16_cfg cf = q16_config();
+    if (!nrm && cf.ver == 2) { /* v2; NORM keeps v1 */
+        const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
+        const bool as = pair ? cf.pasync : cf.async;
+        const int rr = pair ? 1 : cf.rr;
+        if (w0->bits == 4) {
+            if (sc == SCF32)
+                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, rr, bps);
+            else if (sc == SCF16)
+                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, rr, bps);
+            else
+                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, rr, bps);
+        } else {
+            if (sc == SCF32)
+                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, rr, bps);
+            else if (sc == SCF16)
+                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, rr, bps);
+            else
+                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, rr, bps);
+        }
+        nmlx_cuda_note(be, cudaGetLastError());
+        return true;
+    }
+    /* v1, measured on an H200 (bench/cuda/README.md): 4 rows a warp pay off
+     * for 4-bit from 16384 rows; an 8-bit LM head runs faster on the f32
+     * kernel */
+    if (w0->bits == 8 && n == 1 && rows >= 16384) return false;
+    const int R = w0->bits == 4 && rows >= 16384 ? 4 : 2;
     if (w0->bits == 4) {
         if (sc == SCF32)
             launch_sc<4, SCF32>(st, a, R, pair);

@@ -1,0 +1,542 @@
+/* cuda_qgemv16.cu's kernels run on the CPU (no GPU needed; a CPU ctest
+ * case, tests/qgemv16_emu.cmake): the device code (cuda_qgemv16_dev.cuh)
+ * is compiled as host C++ with NMLX_QGEMV16_EMU, each CUDA thread of a
+ * block is a std::thread, __syncthreads a barrier of the block's 256, and
+ * __shfl_xor_sync exchanges the 32 lanes' values through a warp barrier;
+ * dp2a is applied as the PTX ISA defines it. Shared memory is poisoned
+ * (0xff) before each block and must not be written past the launch's size.
+ *
+ * Checked per case (affine 4/8-bit x group 32/64/128 x F32/F16/BF16 scales;
+ * one weight, three of different heights (q/k/v), gate/up pairs with each
+ * activation; N from fewer pieces than a warp's lanes to several steps a
+ * lane, not a multiple of 32 pieces; a linear bias or none; x with zero,
+ * tiny and large 16-input blocks):
+ *  - v2 (rings of DEP 2/4/8 in registers and 8/16 through cp.async, the
+ *    latter deferred to its wait_group; two rows a unit; grids of 1 block,
+ *    a few, and one warp a unit) equals v1 bit for bit, every output
+ *    written once (y starts NaN, guards after it stay NaN);
+ *  - v1 within 2e-4 of max|y| of a double reference from the MLX layout
+ *    (codes, s q + b per group), as test_cuda_ops bounds it on the GPU
+ *    (gate/up pairs 2e-3, as test_cuda_fused): the shims are right.
+ * Run: test_qgemv16_emu [quick]   (exit 0: every case passed; ctest runs
+ * quick: group 64 only, grids of 3 blocks and one warp a unit, no DEP 4;
+ * the full run, a few minutes on 2 cores: every group size, 1 block too) */
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <thread>
+#include <vector>
+
+extern "C" {
+#include "compute/backend.h"
+}
+
+/* the CUDA keywords, types and built-ins the kernels use, as host code */
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__
+#define __align__(n)
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct __half {
+    unsigned short u;
+};
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline float __fmul_rn(float a, float b) { return a * b; } /* NORM only */
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
+    return uint4{x, y, z, w};
+}
+
+static thread_local uint3 emu_thread;
+static uint3 emu_block;
+static dim3 emu_grid;
+#define threadIdx emu_thread
+#define blockIdx emu_block
+#define gridDim emu_grid
+
+enum { EMU_THREADS = 256, SM_BYTES = 228 * 1024 };
+static size_t sm_used;
+static std::barrier<> *block_bar;
+struct warp_x {
+    std::barrier<> bar{32};
+    uint64_t v[32];
+};
+static warp_x *warps;
+
+template <typename T> static inline T __ldg(const T *p) { return *p; }
+static inline float __uint_as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
+static inline double h2d(unsigned b) {
+    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
+    const double v = e == 31  ? (m ? NAN : INFINITY)
+                     : e == 0 ? ldexp(m, -24)
+                              : ldexp(1024 + m, e - 25);
+    return b >> 15 ? -v : v;
+}
+static inline float __half2float(__half h) { return (float)h2d(h.u); }
+static inline int __float2int_rn(float v) { return (int)nearbyintf(v); } /* ties to even */
+static inline void __syncthreads() { block_bar->arrive_and_wait(); }
+static inline int __syncthreads_or(int p) { /* NORM only: not emulated */
+    block_bar->arrive_and_wait();
+    return p;
+}
+static inline void __threadfence() {}
+static inline unsigned atomicAdd(unsigned *p, unsigned v) {
+    const unsigned o = *p;
+    *p = o + v;
+    return o;
+}
+template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int o) {
+    static_assert(sizeof(T) <= 8, "shuffle of a scalar");
+    warp_x &w = warps[emu_thread.x / 32];
+    const int lane = (int)(emu_thread.x % 32);
+    uint64_t b = 0;
+    memcpy(&b, &v, sizeof v);
+    w.v[lane] = b;
+    w.bar.arrive_and_wait();
+    b = w.v[lane ^ o];
+    w.bar.arrive_and_wait();
+    T r;
+    memcpy(&r, &b, sizeof r);
+    return r;
+}
+static inline void cuda_pdl_trigger() {}
+static inline void cuda_pdl_wait() {}
+
+/* cuda_internal.h's helpers */
+static inline float cuda_act1(nmlx_act act, float x) {
+    switch (act) {
+    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
+    case NMLX_ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f;
+        float u = c * (x + 0.044715f * x * x * x);
+        return x / (1.0f + expf(-2.0f * u));
+    }
+    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
+    }
+    return x;
+}
+static inline float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
+    if (dt == NMLX_DT_BF16) return __uint_as_float((unsigned)((const unsigned short *)p)[i] << 16);
+    if (dt == NMLX_DT_F16) return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+namespace {
+alignas(16) unsigned char smem[SM_BYTES]; /* the kernels' `extern __shared__ smem[]` */
+
+/* dp2a.lo / .hi: the two signed int16 of a times bytes 0,1 / 2,3 of b */
+inline int dp2a_lo(int a, unsigned b, int c) {
+    return c + (int)(int16_t)(a & 0xffff) * (int)(b & 0xff) +
+           (int)(int16_t)((unsigned)a >> 16) * (int)((b >> 8) & 0xff);
+}
+inline int dp2a_hi(int a, unsigned b, int c) {
+    return c + (int)(int16_t)(a & 0xffff) * (int)((b >> 16) & 0xff) +
+           (int)(int16_t)((unsigned)a >> 16) * (int)(b >> 24);
+}
+/* cp.async: copies queued per thread in commit groups, landing only when a
+ * wait_group lets their group complete (a slot read before its wait sees
+ * the old bytes); destinations checked against the launch's shared size */
+struct cp_op {
+    void *dst;
+    const void *src;
+    int bytes;
+};
+thread_local std::vector<cp_op> cp_open;
+thread_local std::deque<std::vector<cp_op>> cp_groups;
+void check_sm(const void *p, size_t bytes, const char *what);
+inline void q16_cp16(void *dst, const void *src, int bytes) {
+    check_sm(dst, 16, "cp.async");
+    if ((bytes != 0 && bytes != 16) || (uintptr_t)src % 16) {
+        fprintf(stderr, "cp.async: bad source %p or size %d\n", src, bytes);
+        abort();
+    }
+    cp_open.push_back({dst, src, bytes});
+}
+inline void q16_commit() {
+    cp_groups.push_back(cp_open);
+    cp_open.clear();
+}
+template <int N> inline void q16_wait() {
+    while (cp_groups.size() > (size_t)N) {
+        for (const cp_op &o : cp_groups.front()) {
+            memcpy(o.dst, o.src, (size_t)o.bytes);
+            memset((char *)o.dst + o.bytes, 0, (size_t)(16 - o.bytes));
+        }
+        cp_groups.pop_front();
+    }
+}
+inline uint4 ld_stream(const uint4 *p) {
+    if ((uintptr_t)p % 16) {
+        fprintf(stderr, "ld_stream: misaligned %p\n", (const void *)p);
+        abort();
+    }
+    return *p;
+}
+void check_sm(const void *p, size_t bytes, const char *what) {
+    const unsigned char *b = (const unsigned char *)p;
+    if ((uintptr_t)b % 16 || b < smem || b + bytes > smem + sm_used) {
+        fprintf(stderr, "%s: shared offset %td of %zu, misaligned or out of bounds\n", what,
+                b - smem, sm_used);
+        abort();
+    }
+}
+} // namespace
+
+#include "compute/cuda/cuda_qgemv16_dev.cuh"
+
+/* a launch: every block in turn, its 256 threads at once */
+template <typename F> static void emu_run(unsigned grid, size_t sm, F body) {
+    sm_used = sm;
+    if (sm > SM_BYTES) abort();
+    emu_grid = dim3{grid, 1, 1};
+    for (unsigned bx = 0; bx < grid; bx++) {
+        memset(smem, 0xff, sizeof smem);
+        emu_block = uint3{bx, 0, 0};
+        std::barrier<> bar(EMU_THREADS);
+        block_bar = &bar;
+        std::vector<warp_x> w(EMU_THREADS / 32);
+        warps = w.data();
+        std::vector<std::thread> th;
+        th.reserve(EMU_THREADS);
+        for (unsigned t = 0; t < EMU_THREADS; t++)
+            th.emplace_back([t, &body] {
+                emu_thread = uint3{t, 0, 0};
+                cp_open.clear();
+                cp_groups.clear();
+                body();
+                if (!cp_open.empty() || !cp_groups.empty()) {
+                    fprintf(stderr, "cp.async copies left in flight at exit\n");
+                    abort();
+                }
+            });
+        for (auto &t : th)
+            t.join();
+        for (size_t i = sm_used; i < sizeof smem; i++)
+            if (smem[i] != 0xff) {
+                fprintf(stderr, "shared memory written past %zu bytes (at %zu)\n", sm_used, i);
+                abort();
+            }
+    }
+}
+
+static uint64_t rng = 20261206;
+static uint32_t next32() {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng >> 32);
+}
+static float urand(float lo, float hi) {
+    return lo + (hi - lo) * (float)((next32() >> 8) / 16777216.0);
+}
+static uint16_t f2bf(float v) {
+    const uint32_t u = f2u(v);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+static uint16_t f2h(float v) { /* exact for the values used (k / 1024 in range) */
+    const double a = fabs(v);
+    if (a == 0) return 0;
+    int e = (int)floor(log2(a));
+    if (e < -14) e = -14;
+    const double m = a / ldexp(1.0, e); /* [1, 2) (or less for subnormals) */
+    unsigned mant = (unsigned)llround((m - (e > -14 || m >= 1 ? 1 : 0)) * 1024);
+    unsigned ex = e == -14 && m < 1 ? 0 : (unsigned)(e + 15);
+    if (mant == 1024) mant = 0, ex++;
+    return (uint16_t)((v < 0 ? 0x8000 : 0) | ex << 10 | mant);
+}
+
+/* one host weight [D, N], its arrays kept as the kernel reads them */
+struct hweight {
+    int64_t D;
+    std::vector<uint4> w;
+    std::vector<unsigned char> s, b; /* scales, biases of dtype sc */
+    std::vector<float> lb;           /* linear bias (f32) or empty */
+    std::vector<float> y;            /* D outputs + 4 guards */
+};
+
+static double sc_val(int sc, const std::vector<unsigned char> &v, int64_t i) {
+    if (sc == SCF32) {
+        float f;
+        memcpy(&f, &v[i * 4], 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, &v[i * 2], 2);
+    return sc == SCF16 ? h2d(h) : (double)__uint_as_float((uint32_t)h << 16);
+}
+
+static hweight make_weight(int bits, int gs, int sc, int64_t D, int64_t N, bool lbias) {
+    hweight h;
+    h.D = D;
+    const int64_t pieces = N * bits / 128, G = N / gs, es = sc == SCF32 ? 4 : 2;
+    h.w.resize((size_t)(D * pieces));
+    for (auto &p : h.w)
+        p = uint4{next32(), next32(), next32(), next32()};
+    h.s.resize((size_t)(D * G * es));
+    h.b.resize((size_t)(D * G * es));
+    for (int64_t i = 0; i < D * G; i++) {
+        /* f16-exact values: k / 1024 */
+        const float s = (float)(1 + next32() % 64) / 1024.0f / (float)((1 << bits) - 1);
+        const float b = -(float)(next32() % 32) / 1024.0f;
+        if (sc == SCF32) {
+            memcpy(&h.s[i * 4], &s, 4), memcpy(&h.b[i * 4], &b, 4);
+        } else {
+            const uint16_t sv = sc == SCF16 ? f2h(s) : f2bf(s), bv = sc == SCF16 ? f2h(b) : f2bf(b);
+            memcpy(&h.s[i * 2], &sv, 2), memcpy(&h.b[i * 2], &bv, 2);
+        }
+    }
+    if (lbias)
+        for (int64_t i = 0; i < D; i++)
+            h.lb.push_back(urand(-1, 1));
+    h.y.assign((size_t)D + 4, NAN);
+    return h;
+}
+
+/* row d of W times x in double, from the MLX layout */
+static double ref_dot(const hweight &h, int bits, int gs, int sc, int64_t N, const float *x,
+                      int64_t d) {
+    const uint32_t *w = (const uint32_t *)h.w.data() + d * (N * bits / 32);
+    const int64_t G = N / gs;
+    double acc = 0;
+    for (int64_t k = 0; k < N; k++) {
+        const unsigned q =
+            bits == 4 ? (w[k / 8] >> (4 * (k % 8))) & 15 : (w[k / 4] >> (8 * (k % 4))) & 255;
+        const double s = sc_val(sc, h.s, d * G + k / gs), b = sc_val(sc, h.b, d * G + k / gs);
+        acc += (s * q + b) * (double)x[k];
+    }
+    return acc + (h.lb.empty() ? 0.0 : h.lb[d]);
+}
+
+static double act_d(nmlx_act a, double g) {
+    switch (a) {
+    case NMLX_ACT_SILU: return g / (1 + exp(-g));
+    case NMLX_ACT_GELU_TANH:
+        return 0.5 * g * (1 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+    case NMLX_ACT_GELU_ERF: return 0.5 * g * erfc(-g / sqrt(2.0));
+    }
+    return g;
+}
+
+static int failures, cases;
+static double worst_ref;
+
+static void fill_args(q16_args &a, std::vector<hweight> &ws, const float *x, int64_t N, int bits,
+                      int gs, nmlx_act act) {
+    memset(&a, 0, sizeof a);
+    a.n = (int)ws.size();
+    a.act = act;
+    a.x = x;
+    a.N = N;
+    const int in = 128 / bits;
+    while ((in << a.gshift) < gs)
+        a.gshift++;
+    for (int i = 0; i < a.n; i++) {
+        a.m[i].w = ws[i].w.data();
+        a.m[i].scales = ws[i].s.data();
+        a.m[i].biases = ws[i].b.data();
+        a.m[i].lbias = ws[i].lb.empty() ? nullptr : ws[i].lb.data();
+        a.m[i].lbdt = NMLX_DT_F32;
+        a.m[i].y = ws[i].y.data();
+        a.m[i].D = ws[i].D;
+    }
+}
+
+template <int BITS, int SC, bool PAIR>
+static void run_v1(std::vector<hweight> &ws, const float *x, int64_t N, int gs, nmlx_act act) {
+    q16_args a;
+    fill_args(a, ws, x, N, BITS, gs, act);
+    int64_t rows = 0;
+    for (auto &h : ws)
+        rows += h.D;
+    const int R = BITS == 4 && rows >= 16384 ? 4 : 2; /* as qgemv16_run */
+    q16_v1_tiles(a, R, PAIR);
+    if (R == 4)
+        emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 4, PAIR, false>(a); });
+    else
+        emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 2, PAIR, false>(a); });
+}
+
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC = false, int RR = 1>
+static void run_v2(std::vector<hweight> &ws, const float *x, int64_t N, int gs, nmlx_act act,
+                   unsigned grid) {
+    q16_args a;
+    fill_args(a, ws, x, N, BITS, gs, act);
+    q16_v2_units(a, PAIR, RR);
+    constexpr int RU = PAIR ? 2 : RR;
+    const size_t sm = q16_smem(N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
+    emu_run(grid, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>(a); });
+}
+
+/* n weights (PAIR: gate, up) of heights Ds over N inputs */
+template <int BITS, int SC, bool PAIR>
+static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nmlx_act act,
+                     bool quick) {
+    cases++;
+    std::vector<float> x((size_t)N);
+    for (int64_t b = 0; b < N / 16; b++) { /* per 16 inputs: ordinary, zero, tiny, large */
+        const int kind = (int)(next32() % 8);
+        const float mag = kind == 0 ? 0.0f : kind == 1 ? 1e-6f : kind == 2 ? 1e3f : 1.0f;
+        for (int i = 0; i < 16; i++)
+            x[(size_t)(b * 16 + i)] = mag * urand(-2, 2);
+    }
+    std::vector<hweight> ws;
+    for (int64_t D : Ds)
+        ws.push_back(make_weight(BITS, gs, SC, D, N, lbias));
+    run_v1<BITS, SC, PAIR>(ws, x.data(), N, gs, act);
+    const int outs = PAIR ? 1 : (int)ws.size();
+    std::vector<std::vector<float>> y1;
+    for (int i = 0; i < outs; i++)
+        y1.push_back(ws[i].y);
+    /* v1 against the double reference */
+    for (int i = 0; i < outs; i++) {
+        double mx = 0, err = 0;
+        std::vector<double> r((size_t)ws[i].D);
+        for (int64_t d = 0; d < ws[i].D; d++) {
+            r[d] = ref_dot(ws[i], BITS, gs, SC, N, x.data(), d);
+            if (PAIR) r[d] = act_d(act, r[d]) * ref_dot(ws[1], BITS, gs, SC, N, x.data(), d);
+            mx = fmax(mx, fabs(r[d]));
+        }
+        for (int64_t d = 0; d < ws[i].D; d++)
+            err = fmax(err, fabs((double)y1[i][d] - r[d]));
+        const double rel = mx > 0 ? err / mx : err, bound = PAIR ? 2e-3 : 2e-4;
+        worst_ref = fmax(worst_ref, rel);
+        if (!(rel <= bound)) {
+            failures++;
+            printf("FAIL v1 vs reference: %d-bit g%d sc%d N=%lld D=%lld pair=%d: %.3e > %.0e\n",
+                   BITS, gs, SC, (long long)N, (long long)ws[i].D, PAIR, rel, bound);
+        }
+    }
+    int64_t units = 0;
+    for (auto &h : ws)
+        units += h.D;
+    if (PAIR) units = ws[0].D;
+    const unsigned full = (unsigned)((units + Q16_WARPS - 1) / Q16_WARPS);
+    /* 1 block, 3 (several units a warp), one warp a unit (not for the
+     * 16384-row case: 2049 blocks) */
+    const unsigned grids[3] = {1, full > 3 ? 3u : 1u, full};
+    const int ng = full > 1000 ? 2 : 3;
+    for (int gi = quick ? 1 : 0; gi < ng; gi++)
+        /* DEP 2, 4, 8 in registers; 8, 16 cp.async; two rows a unit: 4 in
+         * registers, 8 cp.async (not PAIR) */
+        for (int vi = 0; vi < 7; vi++) {
+            const int dep = vi < 3 ? 2 << vi : vi < 5 ? 8 << (vi - 3) : vi == 5 ? 4 : 8;
+            const bool async = vi == 3 || vi == 4 || vi == 6;
+            const int rr = vi >= 5 ? 2 : 1;
+            if (PAIR && (vi == 2 || vi == 4 || rr == 2)) continue; /* not instantiated */
+            if (quick && vi == 1) continue;
+            for (auto &h : ws)
+                h.y.assign((size_t)h.D + 4, NAN);
+            if (vi == 0)
+                run_v2<BITS, SC, PAIR, 2>(ws, x.data(), N, gs, act, grids[gi]);
+            else if (vi == 1)
+                run_v2<BITS, SC, PAIR, 4>(ws, x.data(), N, gs, act, grids[gi]);
+            else if (vi == 3)
+                run_v2<BITS, SC, PAIR, 8, true>(ws, x.data(), N, gs, act, grids[gi]);
+            else if constexpr (!PAIR) {
+                if (vi == 2)
+                    run_v2<BITS, SC, PAIR, 8>(ws, x.data(), N, gs, act, grids[gi]);
+                else if (vi == 4)
+                    run_v2<BITS, SC, PAIR, 16, true>(ws, x.data(), N, gs, act, grids[gi]);
+                else if (vi == 5)
+                    run_v2<BITS, SC, PAIR, 4, false, 2>(ws, x.data(), N, gs, act, grids[gi]);
+                else
+                    run_v2<BITS, SC, PAIR, 8, true, 2>(ws, x.data(), N, gs, act, grids[gi]);
+            }
+            for (int i = 0; i < outs; i++) {
+                int differ = 0, unwritten = 0;
+                for (int64_t d = 0; d < ws[i].D; d++) {
+                    if (ws[i].y[d] != ws[i].y[d]) unwritten++;
+                    if (f2u(ws[i].y[d]) != f2u(y1[i][d])) differ++;
+                }
+                int guards = 0;
+                for (int g = 0; g < 4; g++)
+                    guards += ws[i].y[(size_t)ws[i].D + g] == ws[i].y[(size_t)ws[i].D + g];
+                if (differ || guards) {
+                    failures++;
+                    printf("FAIL v2 DEP %d%s rows %d grid %u: %d-bit g%d sc%d N=%lld D=%lld "
+                           "(weight %d) "
+                           "pair=%d: %d outputs differ from v1 (%d unwritten), %d guards written\n",
+                           dep, async ? " async" : "", rr, grids[gi], BITS, gs, SC, (long long)N,
+                           (long long)ws[i].D, i, PAIR, differ, unwritten, guards);
+                }
+            }
+        }
+}
+
+template <int BITS, int SC> static void run_fmt(int gs, bool quick, bool one = false) {
+    const int in = 128 / BITS;
+    /* pieces a row: fewer than 32, not a multiple of 32, several steps a lane */
+    const int64_t Ns[3] = {(int64_t)gs * 3,
+                           (int64_t)in * 45 > gs ? ((int64_t)in * 45 + gs - 1) / gs * gs : gs,
+                           (int64_t)in * 100 / gs * gs};
+    for (int ni = 0; ni < 3; ni++) {
+        const int64_t N = Ns[ni] < gs ? gs : Ns[ni];
+        if (one && ni != 2) continue; /* one weight, several steps a lane; a pair */
+        run_case<BITS, SC, false>(gs, N, {37 + ni}, ni != 1, NMLX_ACT_SILU, quick);
+        if (one) {
+            run_case<BITS, SC, true>(gs, N, {45, 45}, true, NMLX_ACT_GELU_TANH, quick);
+            continue;
+        }
+        if (quick && ni != 1) continue;
+        run_case<BITS, SC, false>(gs, N, {61, 16, 27}, ni == 1, NMLX_ACT_SILU, quick);
+        run_case<BITS, SC, true>(gs, N, {45, 45}, ni == 2, (nmlx_act)(ni % 3), quick);
+    }
+}
+
+int main(int argc, char **argv) {
+    const bool quick = argc > 1 && !strcmp(argv[1], "quick");
+    /* quick (the ctest case): group 64, every N form for 4-bit BF16 and
+     * 8-bit F16, one weight and a pair in the other formats; grids of 3
+     * blocks and one warp a unit, DEP 2 and 8 */
+    if (quick) {
+        run_fmt<4, SCBF16>(64, true);
+        run_fmt<8, SCF16>(64, true);
+        run_fmt<4, SCF32>(64, true, true);
+        run_fmt<4, SCF16>(64, true, true);
+        run_fmt<8, SCF32>(64, true, true);
+        run_fmt<8, SCBF16>(64, true, true);
+    } else
+        for (int gi = 0; gi < 3; gi++) {
+            const int gs = 32 << gi;
+            run_fmt<4, SCF32>(gs, gi != 1);
+            run_fmt<4, SCF16>(gs, true);
+            run_fmt<4, SCBF16>(gs, false);
+            run_fmt<8, SCF32>(gs, true);
+            run_fmt<8, SCF16>(gs, gi != 0);
+            run_fmt<8, SCBF16>(gs, false);
+        }
+    /* v1's 4-rows-a-warp form (>= 16384 rows, 4-bit) against v2 */
+    run_case<4, SCBF16, false>(64, 128, {16389}, true, NMLX_ACT_SILU, true);
+    printf("%d cases, %d failures; v1 worst error against the double reference %.2e of max|y|\n",
+           cases, failures, worst_ref);
+    return failures ? 1 : 0;
+}
