@@ -39,8 +39,9 @@
  *    v1; at T = 32 x hi + lo is 32 x 128 B a chunk, 8x the codes of 32 rows),
  *    and the block reads WK x 16 contiguous bytes of a 4-bit row at a time;
  *  - split-K over blocks (blockIdx.y = s of S: chunks [C s / S, C (s+1) /
- *    S)) so that the grid reaches ~bps blocks per SM (default 2: one wave
- *    of resident blocks) even for 4096 rows of 14336 inputs. Each block
+ *    S)) so that the grid reaches ~bps blocks per SM (S = bps SMs / row
+ *    blocks, rounded down: default 2, one wave of resident blocks, e.g.
+ *    4096 rows at T = 8: 32 row blocks x 8 splits = 256 blocks on 132 SMs). Each block
  *    writes its partial sums to scratch [S][T][D] f32 (L2-resident: S T D
  *    x 4 B, 1-4 MB), then counts itself done on its row block's counter
  *    (fence, atomicAdd); the last of the S adds the S partials in order s =

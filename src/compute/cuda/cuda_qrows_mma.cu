@@ -336,7 +336,7 @@ static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
         S = cfg.split;
     else if (cfg.bps > 0) {
         const int64_t target = (int64_t)cfg.bps * qr2_sms(((cuda_impl *)be->impl)->device);
-        S = (target + rblocks - 1) / rblocks;
+        S = target / rblocks;                        /* whole waves: never a few blocks past one */
         const int64_t most = C / (QR2_WARPS / a.wr); /* a chunk a warp at least */
         S = S > most ? most : S;
     }
