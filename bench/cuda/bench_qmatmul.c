@@ -14,7 +14,8 @@
  * reads it: add_rmsnorm + matmul_multi (q/k/v) or gate_up_act against one add_rmsnorm_matmul
  * (backend.h; the norm staged by the int16 mat-vec). Last, the int16 mat-vec's kernels v1
  * and v2 per configuration (bench_q16). build-cuda/bench_cuda_quant [reps=200] [q16 [cfg...]]
- * (built with -DNMLX_CUDA=ON; "q16": that sweep alone) */
+ * (built with -DNMLX_CUDA=ON; "q16": that sweep alone). Then the few-rows mat-mat of batched
+ * decode (v1 / v2, bench_rows below); build-cuda/bench_cuda_quant 200 rows: that table only. */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
@@ -314,8 +315,120 @@ static int bench_q16(int reps, int ncfg, const char *const *cfgs) {
     return 0;
 }
 
+/* The few-rows mat-mat of a batched decode step (cuda_qrows_mma.cu): T =
+ * 2..64 rows of x against Llama-3.1-8B's fused q/k/v (6144), o (4096),
+ * fused gate/up (28672) over 4096 inputs and down (4096 x 14336), q4/q8
+ * g64: v1, v2 as configured by default, and each v2 form of
+ * NMLX_BENCH_QROWS_CFGS ("mt=4,wr=2,bps=2;mt=2,bps=4;...": m16 tiles a
+ * warp, row groups a block (0 or absent: by T), blocks per SM of the
+ * split-K (0 = none; default 2), split=S a fixed split);
+ * us a call (x split included; copies cycled over >= 256 MiB) and GB/s of
+ * weight bytes; then per T the four shapes' sum times 32 layers (the
+ * step's matmuls but the head). */
+static int bench_rows(int reps) {
+    const fmt fmts[] = {{"q4g64", NMLX_QUANT_AFFINE, 4}, {"q8g64", NMLX_QUANT_AFFINE, 8}};
+    const int64_t shapes[4][2] = {{4096, 4096}, {6144, 4096}, {28672, 4096}, {4096, 14336}};
+    const int Ts[6] = {2, 4, 8, 16, 32, 64};
+    enum { MAXCFG = 10 };
+    int cv[MAXCFG][5] = {{1, 0, 0, 2, 0}, {2, 0, 0, 2, 0}}; /* version, mt, wr, bps, split */
+    char cn[MAXCFG][40] = {"v1", "v2"};
+    int ncfg = 2;
+    const char *e = getenv("NMLX_BENCH_QROWS_CFGS");
+    while (e && *e && ncfg < MAXCFG) {
+        int mt = 0, wr = 0, bps = 2, split = 0;
+        const char *end = strchr(e, ';');
+        const size_t len = end ? (size_t)(end - e) : strlen(e);
+        char item[64];
+        snprintf(item, sizeof item, "%.*s", (int)(len < 63 ? len : 63), e);
+        for (char *t = strtok(item, ","); t; t = strtok(NULL, ",")) {
+            if (sscanf(t, "mt=%d", &mt) != 1 && sscanf(t, "wr=%d", &wr) != 1 &&
+                sscanf(t, "bps=%d", &bps) != 1 && sscanf(t, "split=%d", &split) != 1)
+                printf("NMLX_BENCH_QROWS_CFGS: %s?\n", t);
+        }
+        cv[ncfg][0] = 2, cv[ncfg][1] = mt, cv[ncfg][2] = wr, cv[ncfg][3] = bps;
+        cv[ncfg][4] = split;
+        snprintf(cn[ncfg], sizeof cn[ncfg], "v2 mt%d wr%d bps%d%s%.0d", mt, wr, bps,
+                 split ? " split" : "", split);
+        ncfg++;
+        e = end ? end + 1 : NULL;
+    }
+    printf("\nfew-rows mat-mat (batched decode; T rows of x, x split included, copies cycled over "
+           ">= 256 MiB)\n");
+    printf("%-6s %-12s %3s %-22s %9s %8s\n", "format", "D x N", "T", "kernel", "us", "GB/s");
+    for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
+        double tsum[6][MAXCFG];
+        memset(tsum, 0, sizeof tsum);
+        for (int si = 0; si < 4; si++) {
+            const int64_t D = shapes[si][0], N = shapes[si][1];
+            nmlx_backend *be = NULL;
+            if (nmlx_backend_cuda_create(0, &be) != NMLX_OK) {
+                printf("SKIP: %s\n", nmlx_last_error());
+                return 77;
+            }
+            nmlx_weight hw[64], dw[64];
+            size_t bytes = 0;
+            int nc = 0;
+            do {
+                bytes = make_weight(&fmts[fi], D, N, &hw[nc]);
+                dw[nc] = hw[nc];
+                if (prepare(be, &dw[nc].w) || prepare(be, &dw[nc].scales) ||
+                    prepare(be, &dw[nc].biases)) {
+                    printf("prepare failed: %s\n", nmlx_last_error());
+                    return 1;
+                }
+                nc++;
+            } while (nc < 64 && (size_t)nc * bytes < (256u << 20));
+            float *x = be->ops->alloc(be, (size_t)(64 * N) * sizeof(float));
+            float *y = be->ops->alloc(be, (size_t)(64 * D) * sizeof(float));
+            float *hx = malloc((size_t)(64 * N) * sizeof(float));
+            for (int64_t i = 0; i < 64 * N; i++)
+                hx[i] = ((float)(next32() & 0xffff) - 32768.0f) / 32768.0f;
+            be->ops->upload(be, x, hx, (size_t)(64 * N) * sizeof(float));
+            char sh[32];
+            snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
+            for (int ti = 0; ti < 6; ti++)
+                for (int ci = 0; ci < ncfg; ci++) {
+                    const int T = Ts[ti];
+                    nmlx_cuda_set_qrows_kernel(cv[ci][0], cv[ci][1], cv[ci][2], cv[ci][3],
+                                               cv[ci][4]);
+                    for (int i = 0; i < nc; i++) /* warm-up; scratch grown */
+                        be->ops->matmul(be, &dw[i], NULL, x, y, T);
+                    be->ops->sync(be);
+                    double t0 = now();
+                    for (int i = 0; i < reps; i++)
+                        be->ops->matmul(be, &dw[i % nc], NULL, x, y, T);
+                    be->ops->sync(be);
+                    const double t = (now() - t0) / reps;
+                    tsum[ti][ci] += t;
+                    nmlx_status st = nmlx_backend_cuda_check(be);
+                    printf("%-6s %-12s %3d %-22s %9.2f %8.0f%s\n", fmts[fi].name, sh, T, cn[ci],
+                           t * 1e6, (double)bytes / t / 1e9, st == NMLX_OK ? "" : "  CUDA ERROR");
+                    fflush(stdout);
+                }
+            nmlx_cuda_set_qrows_kernel(-1, 0, 0, 0, 0);
+            be->ops->free(be, x), be->ops->free(be, y);
+            free(hx);
+            nmlx_backend_free(be);
+            for (int i = 0; i < nc; i++)
+                free_weight(&hw[i]);
+        }
+        printf("%-6s step matmuls (4 shapes x 32 layers), ms:", fmts[fi].name);
+        for (int ci = 0; ci < ncfg; ci++)
+            printf(" | %s", cn[ci]);
+        printf("\n");
+        for (int ti = 0; ti < 6; ti++) {
+            printf("%-6s step T=%-2d", fmts[fi].name, Ts[ti]);
+            for (int ci = 0; ci < ncfg; ci++)
+                printf(" %8.3f", tsum[ti][ci] * 32 * 1e3);
+            printf("   (v2/v1 %.2fx faster)\n", tsum[ti][1] > 0 ? tsum[ti][0] / tsum[ti][1] : 0.0);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 200;
+    if (argc > 2 && !strcmp(argv[2], "rows")) return bench_rows(reps); /* that table only */
     /* argv[2] = q16: only the int16 mat-vec sweep (argv[3..]: its configs) */
     static const char *const q16_cfgs[] = {
         "d8b2,d4b2", "d8b1,d4b1",  "d4b2,d2b2",  "d4b0,d4b0",   "d2b0,d2b0",   "a16b2,a8b2",

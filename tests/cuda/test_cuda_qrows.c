@@ -1,5 +1,8 @@
 /* The few-rows tensor-core quantized mat-mat (cuda_qrows_mma.cu: batched
- * decode steps of 2..64 sessions) against the portable CPU reference: MLX
+ * decode steps of 2..64 sessions; v1 and v2 (cuda_qrows2.h) in several
+ * forms: the default, the other m16 tile count, 1/2/4/8 row groups a
+ * block, no split, forced splits, which must give the same bits twice)
+ * against the portable CPU reference: MLX
  * affine 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales and
  * MXFP4, T = 2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64 (every token-tile
  * count, full and partial), odd D (not a multiple of the 16-row block),
@@ -22,6 +25,7 @@
 #include "qweight.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static nmlx_backend *cpu, *gpu;
@@ -74,12 +78,45 @@ static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, in
     const int off = view ? 1 : 0; /* x at a 4-byte offset with the views */
     gpu->ops->upload(gpu, dx + off, x, (size_t)(T * N) * sizeof(float));
     const char *sn = sdt == NMLX_DT_F32 ? "f32" : sdt == NMLX_DT_F16 ? "f16" : "bf16";
-    run(64, &gw, pb, dx + off, dy, T, got);
-    double e = row_err(got, yref, T, Dv);
-    EXPECT(e <= 1e-4, "qrows %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d view=%d: %.2e > 1e-4",
-           nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)Dv, (long long)N,
-           bias, view, e);
+    /* every kernel form: v1; v2 with the other m16 tile count, each row
+     * group count, no split, forced splits (deterministic: run twice, the
+     * same bits); the last run, the default v2, leaves its result in got */
+    const struct {
+        int ver, mt, wr, bps, split;
+        const char *name;
+    } cfgs[7] = {{1, 0, 0, 2, 0, "v1"},
+                 {2,
+                  T > 32  ? 2
+                  : T > 8 ? 4
+                          : 2,
+                  1, 2, 0, "v2 mt-alt wr1"},
+                 {2, 0, 8, 8, 0, "v2 wr8 bps8"},
+                 {2, 0, 2, 0, 0, "v2 wr2 no-split"},
+                 {2, 0, 4, 0, 3, "v2 wr4 split3"},
+                 {2, 0, 1, 0, 5, "v2 wr1 split5"},
+                 {2, 0, 0, 2, 0, "v2"}};
+    double e = 0;
+    for (int ci = 0; ci < 7; ci++) {
+        nmlx_cuda_set_qrows_kernel(cfgs[ci].ver, cfgs[ci].mt, cfgs[ci].wr, cfgs[ci].bps,
+                                   cfgs[ci].split);
+        const unsigned long long l0 = nmlx_cuda_qrows2_launches();
+        run(64, &gw, pb, dx + off, dy, T, got);
+        EXPECT(nmlx_cuda_qrows2_launches() - l0 == (cfgs[ci].ver == 2 ? 1u : 0u),
+               "%s: v2 launches %llu", cfgs[ci].name, nmlx_cuda_qrows2_launches() - l0);
+        const double ec = row_err(got, yref, T, Dv);
+        EXPECT(ec <= 1e-4,
+               "qrows %s %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d view=%d: %.2e > 1e-4",
+               cfgs[ci].name, nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)Dv,
+               (long long)N, bias, view, ec);
+        if (ec > e || ec != ec) e = ec;
+        if (cfgs[ci].split) {
+            run(64, &gw, pb, dx + off, dy, T, y0);
+            EXPECT(!memcmp(got, y0, (size_t)(T * Dv) * 4), "%s: not deterministic T=%lld",
+                   cfgs[ci].name, (long long)T);
+        }
+    }
     if (e > worst || e != e) worst = e;
+    nmlx_cuda_set_qrows_kernel(2, 0, 0, 2, 0); /* the limit checks below with the default v2 */
     /* the other kernels (f32 rows kernel up to 8, the mat-mat above) agree
      * to the bound too, and differ in bits somewhere: the kernel ran */
     run(0, &gw, pb, dx + off, dy, T, y0);
@@ -115,6 +152,8 @@ int main(void) {
     test_seed(20261206);
     const int bits[6] = {2, 3, 4, 5, 6, 8}, gss[3] = {32, 64, 128};
     const int64_t Ts[12] = {2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64};
+    /* NMLX_TEST_QROWS_QUICK: a sixth of the format cases (compute-sanitizer runs) */
+    const bool quick = getenv("NMLX_TEST_QROWS_QUICK") != NULL;
     int case_i = 0;
     for (int bi = 0; bi < 6; bi++)
         for (int gi = 0; gi < 3; gi++)
@@ -123,6 +162,7 @@ int main(void) {
                 /* 3..11 chunks of 32 a row: fewer than the 8 warps, and more */
                 const int64_t N = (int64_t)gss[gi] * (1 + (bi + si) % 3), D = 37 + 22 * bi + 5 * gi;
                 for (int k = 0; k < 3; k++) {
+                    if (quick && (case_i + k) % 6) continue;
                     const int64_t T = Ts[(case_i * 5 + k * 4) % 12];
                     test_rows(NMLX_QUANT_AFFINE, bits[bi], gss[gi], sdt, T, D, N,
                               (case_i + k) % 2 == 0, (case_i + k) % 3 == 1);
@@ -130,6 +170,7 @@ int main(void) {
                 case_i++;
             }
     for (int ti = 0; ti < 12; ti++) {
+        if (quick && ti % 4) continue;
         test_rows(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, Ts[ti], 57, 32 * 9, ti % 2 == 0,
                   ti % 3 == 1);
         test_rows(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, Ts[ti], 45, 1024, ti % 2 == 1, false);
@@ -138,6 +179,10 @@ int main(void) {
     test_rows(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 8, 4099, 4096, true, false);
     test_rows(NMLX_QUANT_AFFINE, 8, 64, NMLX_DT_BF16, 32, 1001, 14336, false, false);
     test_rows(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 64, 515, 4096, false, true);
+    if (!quick) { /* split-K with a bias over many row blocks; MXFP4 rows of gpt-oss width */
+        test_rows(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_F16, 16, 4113, 14336, true, false);
+        test_rows(NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, 32, 300, 2880, true, false);
+    }
     /* precision "f32" declines: equal to limit 0 bit for bit */
     {
         nmlx_weight w = test_qweight(NMLX_QUANT_AFFINE, 4, 64, NMLX_DT_BF16, 77, 512, test_keep);
@@ -157,6 +202,7 @@ int main(void) {
     }
     EXPECT(ran_differs > compared / 2, "the kernel seems not to run: %d of %d results differ",
            ran_differs, compared);
+    nmlx_cuda_set_qrows_kernel(-1, 0, 0, 0, 0);
     printf("qrows: worst %.2e over %d cases (%d differ in bits from the other kernels)\n", worst,
            compared, ran_differs);
     test_free_kept();

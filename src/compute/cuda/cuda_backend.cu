@@ -228,6 +228,8 @@ static void cuda_release(nmlx_backend *be) {
     free(c->qg_seen);
     if (c->attn_part) cudaFree(c->attn_part);
     if (c->dec_part) cudaFree(c->dec_part);
+    if (c->qr_part) cudaFree(c->qr_part);
+    if (c->qr_cnt) cudaFree(c->qr_cnt);
     if (c->gexec) cudaGraphExecDestroy(c->gexec);
     if (c->gexec_batch) cudaGraphExecDestroy(c->gexec_batch);
     for (int i = 0; i < STEP_GRAPHS; i++)

@@ -91,6 +91,10 @@ typedef struct cuda_impl {
     size_t attn_part_bytes;
     void *dec_part;        /* flash-decoding attention's partials and counts, fixed */
     int dec_sms;           /* multiprocessors (sizes its grid) */
+    float *qr_part;        /* few-rows v2 split-K (cuda_qrows_mma.cu): partial sums */
+    size_t qr_part_bytes;
+    unsigned *qr_cnt;      /* its row blocks' counters (0 between launches) */
+    size_t qr_cnt_n;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
     bool rows_off;           /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */
     cudaError_t first_error; /* first failure of a void op, kept for tests */

@@ -26,13 +26,40 @@
  * care which input sits in which slot as long as A and B agree, so slot s
  * of half h holds input 8c + 4h + (s % 2) + 2 (s >= 8) of the chunk: each
  * lane's slots are 8 consecutive inputs, one load of codes (BITS bytes)
- * and one 16-byte load of x hi (and of lo). */
+ * and one 16-byte load of x hi (and of lo).
+ *
+ * That is v1 (NMLX_CUDA_QROWS=v1). The default is v2 (cuda_qrows2.h: each
+ * warp over 2-4 m16 tiles, split-K over blocks with a deterministic
+ * last-block reduction; its header says why and what it should measure);
+ * NMLX_CUDA_QROWS_CFG="mt=M,wr=R,bps=B,split=S" tunes it (mt 1/2/4: m16
+ * tiles a warp; wr 1/2/4/8: row groups a block; bps: blocks per SM the
+ * split-K aims at, 0 = no split; split: a fixed split count, for tests;
+ * mt, wr absent or 0: by T). */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qdecode.h"
+#include "compute/cuda/cuda_qrows2.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* cuda_qrows2.h's primitives on the device */
+__device__ __forceinline__ qr2_u4 qr2_ldg16(const void *p) {
+    const uint4 v = __ldg((const uint4 *)p);
+    return qr2_u4{v.x, v.y, v.z, v.w};
+}
+__device__ __forceinline__ void qr2_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    mma_bf16(c, a, b0, b1);
+}
+__device__ __forceinline__ uint32_t qr2_sub128x2(uint32_t p) {
+    const __nv_bfloat162 r =
+        __hsub2(*(const __nv_bfloat162 *)&p, __floats2bfloat162_rn(128.0f, 128.0f));
+    return *(const uint32_t *)&r;
+}
+__device__ __forceinline__ uint32_t qr2_pack_bf16(float lo, float hi) { return pack_bf16(lo, hi); }
+__device__ __forceinline__ float qr2_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
 enum { QR_WARPS = 8, QR_ROWS = 16, QR_MAX_NT = 8 };
 
@@ -194,6 +221,209 @@ static void launch_bits(cudaStream_t s, const nmlx_weight *w, const nmlx_cuda_qx
         launch_sc<BITS, SC_BF16>(s, w, qx, y, T, lb, lbdt);
 }
 
+/* ---- v2 (cuda_qrows2.h) ---- */
+static_assert((int)QR2_SC_F32 == (int)SC_F32 && (int)QR2_SC_F16 == (int)SC_F16 &&
+                  (int)QR2_SC_BF16 == (int)SC_BF16 && (int)QR2_SC_E8M0 == (int)SC_E8M0,
+              "scale storage codes");
+
+/* The kernel choice: version 1 or 2 (NMLX_CUDA_QROWS=v1 / v2), v2's m16
+ * tiles a warp (0: by T), its blocks per SM target for split-K (0: no
+ * split) and a forced split count (0: from the target). */
+typedef struct qr_cfg {
+    int version, mt, wr, bps, split;
+} qr_cfg;
+static qr_cfg qr_env_cfg, qr_set_cfg;
+static bool qr_env_read, qr_set_on;
+
+static void qr_parse(qr_cfg *c) {
+    c->version = 2, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0;
+    const char *v = getenv("NMLX_CUDA_QROWS");
+    if (v && (!strcmp(v, "v1") || !strcmp(v, "1"))) c->version = 1;
+    const char *e = getenv("NMLX_CUDA_QROWS_CFG");
+    while (e && *e) {
+        int n = 0;
+        if (sscanf(e, "mt=%d", &n) == 1)
+            c->mt = n == 1 || n == 2 || n == 4 ? n : 0;
+        else if (sscanf(e, "wr=%d", &n) == 1)
+            c->wr = n == 1 || n == 2 || n == 4 || n == 8 ? n : 0;
+        else if (sscanf(e, "bps=%d", &n) == 1)
+            c->bps = n < 0 ? 0 : n > 64 ? 64 : n;
+        else if (sscanf(e, "split=%d", &n) == 1)
+            c->split = n < 0 ? 0 : n > 64 ? 64 : n;
+        e = strchr(e, ',');
+        if (e) e++;
+    }
+}
+
+static qr_cfg qr_get_cfg(void) {
+    if (qr_set_on) return qr_set_cfg;
+    if (!qr_env_read) qr_parse(&qr_env_cfg), qr_env_read = true;
+    return qr_env_cfg;
+}
+
+extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split) {
+    if (version < 0) {
+        qr_set_on = false;
+        return;
+    }
+    qr_set_cfg.version = version == 1 ? 1 : 2;
+    qr_set_cfg.mt = mt == 1 || mt == 2 || mt == 4 ? mt : 0;
+    qr_set_cfg.wr = wr == 1 || wr == 2 || wr == 4 || wr == 8 ? wr : 0;
+    qr_set_cfg.bps = bps < 0 ? 0 : bps > 64 ? 64 : bps;
+    qr_set_cfg.split = split < 0 ? 0 : split > 64 ? 64 : split;
+    qr_set_on = true;
+}
+
+static unsigned long long qr2_launch_count;
+extern "C" unsigned long long nmlx_cuda_qrows2_launches(void) { return qr2_launch_count; }
+
+/* The split-K scratch: partial sums and the row blocks' counters (zeroed
+ * once, then put back to 0 by each launch's last blocks). */
+static bool qr2_reserve(nmlx_backend *be, size_t part_bytes, int64_t ncnt) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (part_bytes <= c->qr_part_bytes && (size_t)ncnt <= c->qr_cnt_n) return true;
+    c = cuda_host_of(be); /* no allocation inside a graph capture */
+    cudaStreamSynchronize(c->stream);
+    if (part_bytes > c->qr_part_bytes) {
+        if (c->qr_part) cudaFree(c->qr_part);
+        c->qr_part = NULL, c->qr_part_bytes = 0;
+        if (cudaMalloc(&c->qr_part, part_bytes) != cudaSuccess) {
+            c->qr_part = NULL;
+            (void)cudaGetLastError();
+            return false;
+        }
+        c->qr_part_bytes = part_bytes;
+    }
+    if ((size_t)ncnt > c->qr_cnt_n) {
+        const size_t n = (size_t)ncnt < 4096 ? 4096 : (size_t)ncnt;
+        if (c->qr_cnt) cudaFree(c->qr_cnt);
+        c->qr_cnt = NULL, c->qr_cnt_n = 0;
+        if (cudaMalloc(&c->qr_cnt, n * sizeof(unsigned)) != cudaSuccess) {
+            c->qr_cnt = NULL;
+            (void)cudaGetLastError();
+            return false;
+        }
+        if (cudaMemsetAsync(c->qr_cnt, 0, n * sizeof(unsigned), c->stream) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        c->qr_cnt_n = n;
+    }
+    return true;
+}
+
+static int qr2_sms(int dev) {
+    static int sms[64];
+    if (dev < 0 || dev >= 64) return 132;
+    if (!sms[dev]) {
+        int n = 0;
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            n <= 0) {
+            (void)cudaGetLastError();
+            n = 132;
+        }
+        sms[dev] = n;
+    }
+    return sms[dev];
+}
+
+template <int BITS, int SC, int NT, int MT>
+static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
+    a.wr = cfg.wr ? cfg.wr : a.T <= 8 ? 2 : a.T <= 32 ? 4 : 8;
+    const int64_t RB = 16 * MT * a.wr, rblocks = (a.D + RB - 1) / RB, C = a.N / 32;
+    int64_t S = 1;
+    if (cfg.split > 0)
+        S = cfg.split;
+    else if (cfg.bps > 0) {
+        const int64_t target = (int64_t)cfg.bps * qr2_sms(((cuda_impl *)be->impl)->device);
+        S = target / rblocks;                        /* whole waves: never a few blocks past one */
+        const int64_t most = C / (QR2_WARPS / a.wr); /* a chunk a warp at least */
+        S = S > most ? most : S;
+    }
+    S = S < 1 ? 1 : S > 64 ? 64 : S > C ? C : S;
+    /* partials capped at 256 MiB (never near: S > 1 only for few row blocks) */
+    while (S > 1 && (size_t)S * (size_t)a.T * (size_t)a.D * 4 > ((size_t)256 << 20))
+        S--;
+    if (S > 1 && !qr2_reserve(be, (size_t)S * (size_t)a.T * (size_t)a.D * 4, rblocks)) S = 1;
+    cuda_impl *c = cuda_of(be);
+    a.S = (int)S;
+    a.part = S > 1 ? c->qr_part : NULL;
+    a.cnt = S > 1 ? c->qr_cnt : NULL;
+    const dim3 grid((unsigned)rblocks, (unsigned)S);
+    qrows2_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, 0, c->stream>>>(a);
+    qr2_launch_count++;
+}
+
+template <int BITS, int SC, int NT>
+static void launch2_nt(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a) {
+    /* m16 tiles a warp (MT x NT <= 16 accumulator quads); by default 4 up
+     * to 8 rows of x, 2 up to 32, 1 past (<= 128 registers: 2 blocks an SM) */
+    if constexpr (NT == 8) {
+        if (cfg.mt == 2)
+            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+        else
+            launch2_mt<BITS, SC, NT, 1>(be, cfg, a);
+    } else if constexpr (NT == 1) {
+        if (cfg.mt == 2)
+            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+        else
+            launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
+    } else {
+        if (cfg.mt == 4)
+            launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
+        else
+            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+    }
+}
+
+template <int BITS, int SC>
+static void launch2_sc(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a) {
+    if (a.T <= 8)
+        launch2_nt<BITS, SC, 1>(be, cfg, a);
+    else if (a.T <= 16)
+        launch2_nt<BITS, SC, 2>(be, cfg, a);
+    else if (a.T <= 32)
+        launch2_nt<BITS, SC, 4>(be, cfg, a);
+    else
+        launch2_nt<BITS, SC, 8>(be, cfg, a);
+}
+
+template <int BITS>
+static void launch2_bits(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
+                         const qr2_args &a) {
+    if (w->mode == NMLX_QUANT_MXFP4) {
+        if constexpr (BITS == 4) launch2_sc<4, SC_E8M0>(be, cfg, a);
+    } else if (w->scales.dtype == NMLX_DT_F32)
+        launch2_sc<BITS, SC_F32>(be, cfg, a);
+    else if (w->scales.dtype == NMLX_DT_F16)
+        launch2_sc<BITS, SC_F16>(be, cfg, a);
+    else
+        launch2_sc<BITS, SC_BF16>(be, cfg, a);
+}
+
+static void launch_v2(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
+                      const nmlx_cuda_qx *qx, float *y, int T, const void *lb, nmlx_dtype lbdt) {
+    qr2_args a;
+    memset(&a, 0, sizeof a);
+    int gshift = 0;
+    while ((32 << gshift) < w->group_size)
+        gshift++;
+    a.w = (const uint8_t *)w->w.data, a.scales = w->scales.data, a.biases = w->biases.data;
+    a.gshift = gshift;
+    a.xhi = (const uint16_t *)qx->hi, a.xlo = (const uint16_t *)qx->lo, a.xs = qx->xs;
+    a.y = y, a.lbias = lb;
+    a.lbdt = lbdt == NMLX_DT_F16 ? QR2_B_F16 : lbdt == NMLX_DT_BF16 ? QR2_B_BF16 : QR2_B_F32;
+    a.T = T, a.S = 1, a.D = w->rows, a.N = w->cols;
+    switch (w->bits) {
+    case 2: launch2_bits<2>(be, cfg, w, a); break;
+    case 3: launch2_bits<3>(be, cfg, w, a); break;
+    case 4: launch2_bits<4>(be, cfg, w, a); break;
+    case 5: launch2_bits<5>(be, cfg, w, a); break;
+    case 6: launch2_bits<6>(be, cfg, w, a); break;
+    default: launch2_bits<8>(be, cfg, w, a); break;
+    }
+}
+
 /* Most rows of x the kernel takes (NMLX_CUDA_QROWS_MMA_T; 0 or 1: off). */
 static int qrows_mma_max = -1;
 
@@ -222,10 +452,16 @@ bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
         return false;
     nmlx_cuda_qx qx;
     if (!nmlx_cuda_qx_split(be, x, T, w->cols, &qx)) return false;
-    cudaStream_t s = cuda_of(be)->stream;
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     const int t = (int)T;
+    const qr_cfg cfg = qr_get_cfg();
+    if (cfg.version == 2) {
+        launch_v2(be, cfg, w, &qx, y, t, lb, lbdt);
+        nmlx_cuda_note(be, cudaGetLastError());
+        return true;
+    }
+    cudaStream_t s = cuda_of(be)->stream;
     switch (w->bits) {
     case 2: launch_bits<2>(s, w, &qx, y, t, lb, lbdt); break;
     case 3: launch_bits<3>(s, w, &qx, y, t, lb, lbdt); break;

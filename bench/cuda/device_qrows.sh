@@ -1,0 +1,51 @@
+#!/bin/bash
+# On the GPU machine (repo root, carry .deps): validate and time the few-rows
+# v2 kernel (cuda_qrows2.h, the default of cuda_qrows_mma.cu) against v1.
+# Steps: build; the CPU emulation; test_cuda_qrows (v1 and v2 forms against
+# the CPU); bench_cuda_quant's few-rows table (v1, v2 default, the
+# NMLX_BENCH_QROWS_CFGS sweep); bench_cuda_batch on a synthetic
+# Llama-3.1-8B 4-bit g64 at 1, 8, 32 sessions, v2 then v1; test_cuda_batch
+# (v2); compute-sanitizer memcheck and racecheck on a quick test_cuda_qrows;
+# test_cuda_batch with v1. Stages past DEADLINE seconds (540) are skipped.
+#   OUT=dir [CFGS="mt=..;..."] [BATCH=1,8,32] bash bench/cuda/device_qrows.sh
+set -o pipefail
+OUT=${OUT:-/tmp/nmlx-qrows}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/qrows.log") 2>&1
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 ))s]"; }
+nvidia-smi --query-gpu=name --format=csv,noheader
+. bench/device_deps.sh .
+B=build-cuda-dev
+python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
+SYN=$!
+cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
+  cmake --build $B -j16 --target test_qrows2_emu test_cuda_qrows test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 ||
+  { tail -30 "$OUT/build.log"; exit 1; }
+echo "$(el) build ok"
+export NMLX_SOURCE_DIR=$PWD
+t() { timeout "$1" "${@:2}" >"$OUT/t.log" 2>&1; echo "$(el) rc=$? $*: $(grep -E 'passed|PASS|FAIL|error|qrows' "$OUT/t.log" | tail -3 | tr '\n' ' ')"; grep -m8 -E "FAIL|mismatch|ERROR" "$OUT/t.log"; cat "$OUT/t.log" >>"$OUT/tests.log"; }
+# stages in order of need; each skipped once DEADLINE (default 540 s) has passed
+ok() { [ $(( $(date +%s) - T0 )) -lt "${DEADLINE:-540}" ] || { echo "$(el) deadline: $* skipped"; return 1; }; }
+t 60 ./$B/tests/test_qrows2_emu quick
+t 240 ./$B/tests/test_cuda_qrows
+ok rows bench && {
+  echo "$(el) bench_cuda_quant rows"
+  NMLX_BENCH_QROWS_CFGS="${CFGS-mt=2,wr=1;mt=4,wr=4;wr=1,bps=4;bps=4;bps=8;bps=0}" \
+    timeout 200 ./$B/tests/bench_cuda_quant 100 rows >"$OUT/rows.txt" 2>&1; echo "$(el) rc=$? (all lines: \$OUT/rows.txt)"
+  grep -E "step|CUDA ERROR|SKIP|failed" "$OUT/rows.txt"
+  awk '$1 == "q4g64" && ($3 == 8 || $3 == 32)' "$OUT/rows.txt"
+}
+wait $SYN; tail -1 "$OUT/synth.log"
+D=/tmp/synth-l8b-q4
+for v in - NMLX_CUDA_QROWS=v1; do
+  ok "batch bench $v" || break
+  e=$v; [ "$v" = - ] && e=
+  echo "$(el) bench_cuda_batch l8b-q4 ${v}"
+  env $e timeout 120 ./$B/tests/bench_cuda_batch $D 32 0 "${BATCH-1,8,32}" cuda 2>&1 | tail -6
+done
+ok test_cuda_batch && t 240 ./$B/tests/test_cuda_batch
+ok memcheck && NMLX_TEST_QROWS_QUICK=1 t 150 compute-sanitizer --tool memcheck ./$B/tests/test_cuda_qrows
+ok racecheck && NMLX_TEST_QROWS_QUICK=1 t 150 compute-sanitizer --tool racecheck ./$B/tests/test_cuda_qrows
+ok "test_cuda_batch v1" && NMLX_CUDA_QROWS=v1 t 240 ./$B/tests/test_cuda_batch
+echo "$(el) done"

@@ -1,0 +1,503 @@
+/* The few-rows v2 kernel (src/compute/cuda/cuda_qrows2.h) run on the CPU,
+ * for machines without a GPU (as qmm_fused_emu.cpp and attn_mma_emu.cpp do
+ * for theirs): the kernel's header compiled as host C++, each CUDA thread of
+ * a block a std::thread, __syncthreads a barrier of the 256, mma.m16n8k16
+ * (bf16, f32 accumulate) exchanging the 32 lanes' operands through a warp
+ * barrier and applying the PTX ISA's fragment layouts (bf16 products exact,
+ * sums in double then rounded to f32), atomicAdd / __threadfence on
+ * std::atomic. Needs no CUDA header, so it runs in the CPU build's ctest.
+ *
+ * A launch runs its blocks one at a time in a shuffled order (so the
+ * split-K's "last block adds the partials" meets every arrival order);
+ * every global load is checked against the buffers it may read (bounds and
+ * alignment); y and the partials have poisoned guard zones that must stay
+ * untouched, y is poisoned (NaN) and must be written everywhere, and the
+ * row blocks' counters must be back at 0 after the launch; each case is
+ * launched twice (the second finds the counters the first left).
+ *
+ * Cases: affine 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales and
+ * MXFP4 (E8M0 scales, group 32); T over 2..64 (every token-tile count, full
+ * and partial); every (NT, MT) the launcher can pick; 1, 2, 4, 8 row
+ * groups a block; split counts 1..7 (more splits than a warp's chunks
+ * included); D off the block's rows; a
+ * linear bias of each dtype or none; x over 1e-3..1e3 with tiny and 100x
+ * rows. Per row of y, against its max|y|: tight, within 2e-6 of the
+ * kernel's own math in double (x as hi + lo, the group's bias times the f32
+ * chunk sums: only f32 rounding of the sums left, so a fragment, token,
+ * split or decode bug is O(1) here); contract, within 1e-4 (test_cuda_qrows'
+ * bound on the GPU) of y = sum_k x (s q + b) + bias with the f32 x (hi + lo
+ * carries x to ~2^-18: ~1e-6 typical, up to ~1e-5 where one 1e5 input
+ * dominates a short row).
+ *
+ * Built by ctest (tests/cuda_emu.cmake) as test_qrows2_emu, and with
+ * QR2_BREAK=1 (A fragment halves crossed) and QR2_BREAK=2 (the split-K
+ * counters not put back to 0: the second launch never finds its last
+ * block) as tests that must fail.
+ * Usage: test_qrows2_emu [quick] */
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <math.h>
+#include <thread>
+#include <vector>
+
+/* the CUDA keywords and built-ins the kernel uses, as host code */
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define threadIdx emu_thread
+#define blockIdx emu_block
+
+struct emu_dim3 {
+    unsigned x, y, z;
+};
+static thread_local emu_dim3 emu_thread;
+static emu_dim3 emu_block;
+
+enum { EMU_THREADS = 256 };
+static std::barrier<> *block_bar;
+struct warp_x {
+    std::barrier<> bar{32};
+    uint32_t w[32][6];
+};
+static warp_x *warps;
+
+/* the buffers loads may read: a load outside them (or misaligned) aborts */
+struct region {
+    const void *p;
+    size_t n;
+    const char *name;
+};
+static std::vector<region> regions;
+static void check_load(const void *p, size_t n, size_t align) {
+    if ((uintptr_t)p % align) {
+        fprintf(stderr, "misaligned %zu-byte load at %p\n", n, p);
+        abort();
+    }
+    for (const region &r : regions)
+        if ((const char *)p >= (const char *)r.p && (const char *)p + n <= (const char *)r.p + r.n)
+            return;
+    fprintf(stderr, "load of %zu bytes at %p outside every buffer\n", n, p);
+    abort();
+}
+
+template <typename T> static inline T __ldg(const T *p) {
+    check_load(p, sizeof(T), sizeof(T));
+    return *p;
+}
+static inline float __ldcg(const float *p) {
+    check_load(p, 4, 4);
+    return std::atomic_ref<const float>(*p).load();
+}
+static inline void __syncthreads() { block_bar->arrive_and_wait(); }
+static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+static inline unsigned atomicAdd(unsigned *p, unsigned v) {
+    return std::atomic_ref<unsigned>(*p).fetch_add(v);
+}
+static inline float __uint_as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+    const uint64_t v = (uint64_t)y << 32 | x;
+    uint32_t r = 0;
+    for (int i = 0; i < 4; i++)
+        r |= (uint32_t)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+
+#include "compute/cuda/cuda_qrows2.h"
+
+/* bf16 / f16 bits and values */
+static inline float bf2f(uint32_t b) { return __uint_as_float((b & 0xffffu) << 16); }
+static inline uint16_t f2bf(float f) { /* RNE (finite values) */
+    const uint32_t u = f2u(f);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline double h2d(uint32_t b) {
+    b &= 0xffffu;
+    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
+    const double v = e == 31  ? (m ? NAN : INFINITY)
+                     : e == 0 ? ldexp(m, -24)
+                              : ldexp(1024 + m, e - 25);
+    return b >> 15 ? -v : v;
+}
+static uint16_t d2h(double v) { /* RNE (the compiler's f16 conversion) */
+    const _Float16 h = (_Float16)(float)v;
+    uint16_t b;
+    memcpy(&b, &h, 2);
+    return b;
+}
+
+/* the primitives */
+inline qr2_u4 qr2_ldg16(const void *p) {
+    check_load(p, 16, 16);
+    qr2_u4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+inline uint32_t qr2_sub128x2(uint32_t p) {
+    return (uint32_t)f2bf(bf2f(p) - 128.0f) | (uint32_t)f2bf(bf2f(p >> 16) - 128.0f) << 16;
+}
+inline uint32_t qr2_pack_bf16(float lo, float hi) {
+    return (uint32_t)f2bf(lo) | (uint32_t)f2bf(hi) << 16;
+}
+inline float qr2_h2f(uint16_t h) { return (float)h2d(h); }
+/* mma.m16n8k16 row.col f32.bf16.bf16.f32: c += A B (PTX ISA fragment layouts) */
+inline void qr2_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    warp_x &x = warps[emu_thread.x / 32];
+    const int lane = (int)(emu_thread.x % 32), g = lane / 4, q = lane % 4;
+    for (int i = 0; i < 4; i++)
+        x.w[lane][i] = a[i];
+    x.w[lane][4] = b0, x.w[lane][5] = b1;
+    x.bar.arrive_and_wait();
+    for (int e = 0; e < 4; e++) {
+        const int row = g + 8 * (e / 2), col = 2 * q + e % 2;
+        double s = 0;
+        for (int k = 0; k < 16; k++) {
+            /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
+            const uint32_t aw = x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)];
+            /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
+            const uint32_t bw = x.w[4 * col + (k % 8) / 2][4 + (k >= 8)];
+            s += (double)bf2f(k % 2 ? aw >> 16 : aw) * (double)bf2f(k % 2 ? bw >> 16 : bw);
+        }
+        c[e] = (float)((double)c[e] + s);
+    }
+    x.bar.arrive_and_wait();
+}
+
+static uint64_t rng = 20261206;
+static uint32_t next32() {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng >> 32);
+}
+static float urand(float lo, float hi) {
+    return lo + (hi - lo) * (float)((next32() >> 8) / 16777216.0);
+}
+
+/* a launch: blocks one at a time in a shuffled order, 256 threads each */
+template <typename F> static void emu_launch(unsigned gx, unsigned gy, F body) {
+    std::vector<std::pair<unsigned, unsigned>> order;
+    for (unsigned y = 0; y < gy; y++)
+        for (unsigned x = 0; x < gx; x++)
+            order.push_back({x, y});
+    for (size_t i = order.size(); i > 1; i--)
+        std::swap(order[i - 1], order[next32() % i]);
+    for (auto [bx, by] : order) {
+        emu_block = emu_dim3{bx, by, 0};
+        std::barrier<> bar(EMU_THREADS);
+        block_bar = &bar;
+        std::vector<warp_x> w(EMU_THREADS / 32);
+        warps = w.data();
+        std::vector<std::thread> th;
+        for (unsigned t = 0; t < EMU_THREADS; t++)
+            th.emplace_back([t, &body] {
+                emu_thread = emu_dim3{t, 0, 0};
+                body();
+            });
+        for (auto &t : th)
+            t.join();
+    }
+}
+
+static int failures, cases;
+static double worst, worst_c;
+
+/* E2M1 code -> value */
+static double e2m1(int c) {
+    static const double v[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+    return (c & 8 ? -1 : 1) * v[c & 7];
+}
+
+template <int BITS, int SC, int NT, int MT>
+static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbdt, bool bias) {
+    constexpr bool MX = SC == QR2_SC_E8M0;
+    const int64_t G = N / gs, C = N / 32, rowb = N * BITS / 8;
+    /* codes (MLX packing: a little-endian bit stream, input k at bits k BITS of its row) */
+    std::vector<uint8_t> wq((size_t)(D * rowb) + 8, 0);
+    std::vector<int> q((size_t)(D * N));
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t k = 0; k < N; k++) {
+            const int v = (int)(next32() % (1u << BITS));
+            q[(size_t)(d * N + k)] = v;
+            for (int b = 0; b < BITS; b++)
+                if (v >> b & 1) {
+                    const int64_t bit = d * rowb * 8 + k * BITS + b;
+                    wq[(size_t)(bit / 8)] |= (uint8_t)(1u << (bit % 8));
+                }
+        }
+    /* scales and biases in their storage; the reference takes the stored values */
+    const size_t ss = SC == QR2_SC_F32 ? 4 : SC == QR2_SC_E8M0 ? 1 : 2;
+    std::vector<uint8_t> sc((size_t)(D * G) * ss), bi((size_t)(D * G) * ss);
+    std::vector<double> sv((size_t)(D * G)), bv((size_t)(D * G));
+    for (int64_t i = 0; i < D * G; i++) {
+        if (MX) {
+            const uint8_t e = (uint8_t)(118 + next32() % 8);
+            sc[(size_t)i] = e;
+            sv[(size_t)i] = ldexp(1.0, e - 127);
+            bv[(size_t)i] = 0;
+            continue;
+        }
+        const float s = urand(0.001f, 0.02f) / (float)((1 << BITS) - 1) * 16.0f,
+                    b = urand(-0.1f, 0.1f);
+        if (SC == QR2_SC_F32) {
+            memcpy(&sc[(size_t)i * 4], &s, 4), memcpy(&bi[(size_t)i * 4], &b, 4);
+            sv[(size_t)i] = s, bv[(size_t)i] = b;
+        } else if (SC == QR2_SC_BF16) {
+            const uint16_t hs = f2bf(s), hb = f2bf(b);
+            memcpy(&sc[(size_t)i * 2], &hs, 2), memcpy(&bi[(size_t)i * 2], &hb, 2);
+            sv[(size_t)i] = bf2f(hs), bv[(size_t)i] = bf2f(hb);
+        } else {
+            const uint16_t hs = d2h(s), hb = d2h(b);
+            memcpy(&sc[(size_t)i * 2], &hs, 2), memcpy(&bi[(size_t)i * 2], &hb, 2);
+            sv[(size_t)i] = h2d(hs), bv[(size_t)i] = h2d(hb);
+        }
+    }
+    /* the linear bias */
+    std::vector<uint8_t> lb((size_t)D * 4);
+    std::vector<double> lbv((size_t)D, 0.0);
+    for (int64_t d = 0; d < D; d++) {
+        const float v = urand(-1, 1);
+        if (lbdt == QR2_B_F32)
+            memcpy(&lb[(size_t)d * 4], &v, 4), lbv[(size_t)d] = v;
+        else if (lbdt == QR2_B_BF16) {
+            const uint16_t h = f2bf(v);
+            memcpy(&lb[(size_t)d * 2], &h, 2), lbv[(size_t)d] = bf2f(h);
+        } else {
+            const uint16_t h = d2h(v);
+            memcpy(&lb[(size_t)d * 2], &h, 2), lbv[(size_t)d] = h2d(h);
+        }
+        if (!bias) lbv[(size_t)d] = 0;
+    }
+    /* x over 1e-3..1e3, every 5th row tiny, every 7th 100x; split as
+     * qx_split_kernel does (hi = bf16(x), lo = bf16(x - hi), chunk sums) */
+    std::vector<float> x((size_t)(T * N));
+    for (int t = 0; t < T; t++)
+        for (int64_t k = 0; k < N; k++) {
+            float v = powf(10.0f, urand(-3, 3)) * (next32() & 1 ? -1.0f : 1.0f);
+            if (t % 5 == 3)
+                v = urand(-1e-5f, 1e-5f);
+            else if (t % 7 == 5)
+                v *= 100.0f;
+            x[(size_t)(t * N + k)] = v;
+        }
+    std::vector<uint16_t> xhi((size_t)(T * N)), xlo((size_t)(T * N));
+    std::vector<float> xs((size_t)(T * C));
+    for (int64_t i = 0; i < T * N; i++) {
+        xhi[(size_t)i] = f2bf(x[(size_t)i]);
+        xlo[(size_t)i] = f2bf(x[(size_t)i] - bf2f(xhi[(size_t)i]));
+    }
+    for (int64_t i = 0; i < T * C; i++) {
+        float s = 0;
+        for (int k = 0; k < 32; k++)
+            s += x[(size_t)(i * 32 + k)];
+        xs[(size_t)i] = s;
+    }
+    /* y, the partials and the counters with poisoned guard zones */
+    enum { GUARD = 64 };
+    const int64_t rblocks = (D + 16 * MT * wr - 1) / (16 * MT * wr);
+    std::vector<float> y((size_t)(T * D + 2 * GUARD), NAN);
+    std::vector<float> part((size_t)(S * T * D + 2 * GUARD), NAN);
+    std::vector<unsigned> cnt((size_t)(rblocks + 2 * GUARD), 0xdeadbeefu);
+    for (int64_t i = 0; i < rblocks; i++)
+        cnt[(size_t)(GUARD + i)] = 0;
+    regions.clear();
+    regions.push_back({wq.data(), (size_t)(D * rowb), "codes"});
+    regions.push_back({sc.data(), sc.size(), "scales"});
+    if (!MX) regions.push_back({bi.data(), bi.size(), "biases"});
+    regions.push_back({xhi.data(), xhi.size() * 2, "x hi"});
+    regions.push_back({xlo.data(), xlo.size() * 2, "x lo"});
+    regions.push_back({xs.data(), xs.size() * 4, "xs"});
+    if (S > 1) regions.push_back({part.data() + GUARD, (size_t)(S * T * D) * 4, "partials"});
+    qr2_args a;
+    memset(&a, 0, sizeof a);
+    a.w = wq.data(), a.scales = sc.data(), a.biases = MX ? nullptr : bi.data();
+    a.gshift = gs == 32 ? 0 : gs == 64 ? 1 : 2;
+    a.xhi = xhi.data(), a.xlo = xlo.data(), a.xs = xs.data();
+    a.y = y.data() + GUARD;
+    a.part = S > 1 ? part.data() + GUARD : nullptr;
+    a.cnt = S > 1 ? cnt.data() + GUARD : nullptr;
+    a.lbias = bias ? lb.data() : nullptr, a.lbdt = lbdt;
+    a.T = T, a.S = S, a.wr = wr, a.D = D, a.N = N;
+    /* twice: the second launch finds the counters as the first left them
+     * (as the next call or a graph replay does); y and the partials poisoned
+     * again before it */
+    bool ok = true;
+    for (int rep = 0; rep < 2; rep++) {
+        if (rep) {
+            std::fill(y.begin(), y.end(), NAN);
+            std::fill(part.begin(), part.end(), NAN);
+        }
+        emu_launch((unsigned)rblocks, (unsigned)S, [&a] { qrows2_kernel<BITS, SC, NT, MT>(a); });
+        bool guards = true;
+        for (int i = 0; i < GUARD; i++) {
+            guards =
+                guards && std::isnan(y[(size_t)i]) && std::isnan(y[(size_t)(GUARD + T * D + i)]);
+            guards = guards && std::isnan(part[(size_t)i]) &&
+                     std::isnan(part[(size_t)(GUARD + S * T * D + i)]);
+            guards = guards && cnt[(size_t)i] == 0xdeadbeefu &&
+                     cnt[(size_t)(GUARD + rblocks + i)] == 0xdeadbeefu;
+        }
+        if (!guards) printf("guard zone written\n");
+        ok = ok && guards;
+        for (int64_t i = 0; i < rblocks; i++)
+            if (cnt[(size_t)(GUARD + i)] != 0) {
+                printf("counter %lld left at %u\n", (long long)i, cnt[(size_t)(GUARD + i)]);
+                ok = false;
+                break;
+            }
+    }
+    /* the references, per row of y: tight (the kernel's own math in double:
+     * x as hi + lo, the group bias times the f32 chunk sums) and contract
+     * (the f32 x) */
+    double e = 0, ec = 0;
+    for (int t = 0; t < T; t++) {
+        std::vector<double> r((size_t)D), rc((size_t)D);
+        double m = 0, mc = 0;
+        for (int64_t d = 0; d < D; d++) {
+            double acc = 0, accc = 0;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const int64_t gi = d * G + ch * 32 / gs;
+                double pq = 0;
+                for (int64_t k = ch * 32; k < ch * 32 + 32; k++) {
+                    const int qq = q[(size_t)(d * N + k)];
+                    const double qv = MX ? e2m1(qq) : qq, xk = x[(size_t)(t * N + k)];
+                    const double xt = (double)bf2f(xhi[(size_t)(t * N + k)]) +
+                                      (double)bf2f(xlo[(size_t)(t * N + k)]);
+                    pq += qv * xt;
+                    accc += (sv[(size_t)gi] * qv + bv[(size_t)gi]) * xk;
+                }
+                acc += sv[(size_t)gi] * pq + bv[(size_t)gi] * (double)xs[(size_t)(t * C + ch)];
+            }
+            r[(size_t)d] = acc + lbv[(size_t)d], rc[(size_t)d] = accc + lbv[(size_t)d];
+            m = fmax(m, fabs(r[(size_t)d])), mc = fmax(mc, fabs(rc[(size_t)d]));
+        }
+        for (int64_t d = 0; d < D; d++) {
+            const double v = y[(size_t)(GUARD + t * D + d)];
+            double rel = fabs(v - r[(size_t)d]) / (m > 0 ? m : 1),
+                   relc = fabs(v - rc[(size_t)d]) / (mc > 0 ? mc : 1);
+            if (rel != rel) rel = INFINITY;
+            if (relc != relc) relc = INFINITY;
+            e = fmax(e, rel), ec = fmax(ec, relc);
+        }
+    }
+    ok = ok && e <= 2e-6 && ec <= 1e-4;
+    worst_c = fmax(worst_c, ec);
+    failures += !ok;
+    cases++;
+    worst = fmax(worst, e);
+    const char *sn = MX ? "mxfp4" : SC == QR2_SC_F32 ? "f32" : SC == QR2_SC_F16 ? "f16" : "bf16";
+    if (!ok || getenv("QR2_EMU_VERBOSE"))
+        printf("%s %d-bit g%d %s NT=%d MT=%d WR=%d T=%d D=%lld N=%lld S=%d bias=%d/%d: tight "
+               "%.2e contract %.2e\n",
+               ok ? "ok  " : "FAIL", BITS, gs, sn, NT, MT, wr, T, (long long)D, (long long)N, S,
+               bias, lbdt, e, ec);
+    fflush(stdout);
+}
+
+/* T -> the launcher's NT; then (NT, MT) as it may pick them */
+template <int BITS, int SC>
+static void run_t(int pick, int gs, int T, int64_t D, int64_t N, int S, int lbdt, bool bias) {
+    const int wr = 1 << ((pick >> 1) % 4); /* 1, 2, 4, 8 row groups a block */
+    const int nt = T <= 8 ? 1 : T <= 16 ? 2 : T <= 32 ? 4 : 8, alt = pick & 1;
+    switch (nt) {
+    case 1:
+        alt ? run_case<BITS, SC, 1, 2>(gs, T, D, N, S, wr, lbdt, bias)
+            : run_case<BITS, SC, 1, 4>(gs, T, D, N, S, wr, lbdt, bias);
+        break;
+    case 2:
+        alt ? run_case<BITS, SC, 2, 2>(gs, T, D, N, S, wr, lbdt, bias)
+            : run_case<BITS, SC, 2, 4>(gs, T, D, N, S, wr, lbdt, bias);
+        break;
+    case 4:
+        alt ? run_case<BITS, SC, 4, 2>(gs, T, D, N, S, wr, lbdt, bias)
+            : run_case<BITS, SC, 4, 4>(gs, T, D, N, S, wr, lbdt, bias);
+        break;
+    default:
+        alt ? run_case<BITS, SC, 8, 1>(gs, T, D, N, S, wr, lbdt, bias)
+            : run_case<BITS, SC, 8, 2>(gs, T, D, N, S, wr, lbdt, bias);
+        break;
+    }
+}
+
+static const int Ts[12] = {2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64};
+static int case_i;
+
+template <int BITS, int SC> static void run_format(int gs, bool quick) {
+    for (int k = 0; k < (quick ? 1 : 2); k++) {
+        const int i = case_i++;
+        const int T = Ts[(i * 5 + k * 7) % 12];
+        /* 1..4 groups of inputs; D from under one block to a few, off 16 */
+        const int64_t N = (int64_t)gs * (1 + (i + k) % 4);
+        const int64_t C = N / 32, D = 21 + (i * 13 + k * 29) % 90;
+        int S = 1 + (i + 2 * k) % 5;
+        if (i % 4 == 3) S = (int)C + 1 > 7 ? 7 : (int)C + 1; /* more splits than chunks */
+        run_t<BITS, SC>(i + k, gs, T, D, N, S, (i + k) % 3, (i + k) % 4 != 1);
+    }
+}
+
+template <int BITS> static void run_bits(bool quick) {
+    const int gss[3] = {32, 64, 128};
+    for (int gi = 0; gi < 3; gi++) {
+        run_format<BITS, QR2_SC_F32>(gss[gi], quick);
+        run_format<BITS, QR2_SC_F16>(gss[gi], quick);
+        run_format<BITS, QR2_SC_BF16>(gss[gi], quick);
+    }
+}
+
+int main(int argc, char **argv) {
+    const bool quick = argc > 1 && !strcmp(argv[1], "quick");
+    /* the decode: every code value in every position of a piece */
+    for (int pos = 0; pos < 8; pos++)
+        for (int v = 0; v < 256; v++) {
+            uint32_t p[4];
+            const int c4 = v & 15, c8 = v;
+            qr2_codes<4, false>((uint64_t)c4 << (4 * pos), p);
+            const float g4 = bf2f(p[pos / 2] >> (16 * (pos % 2)));
+            qr2_codes<8, false>((uint64_t)c8 << (8 * pos), p);
+            const float g8 = bf2f(p[pos / 2] >> (16 * (pos % 2)));
+            qr2_codes<4, true>((uint64_t)c4 << (4 * pos), p);
+            const double gm = bf2f(p[pos / 2] >> (16 * (pos % 2))) * 16384.0;
+            qr2_codes<6, false>((uint64_t)(v & 63) << (6 * pos), p);
+            const float g6 = bf2f(p[pos / 2] >> (16 * (pos % 2)));
+            if (g4 != c4 || g8 != c8 || gm != e2m1(c4) || g6 != (v & 63)) {
+                printf("FAIL: decode pos %d v %d: 4-bit %g 8-bit %g mxfp4 %g 6-bit %g\n", pos, v,
+                       g4, g8, gm, g6);
+                return 1;
+            }
+        }
+    run_bits<4>(quick);
+    run_bits<8>(quick);
+    run_bits<2>(quick);
+    run_bits<3>(quick);
+    run_bits<5>(quick);
+    run_bits<6>(quick);
+    for (int k = 0; k < (quick ? 4 : 12); k++) {
+        const int T = Ts[(k * 7) % 12], S = 1 + k % 4;
+        run_t<4, QR2_SC_E8M0>(k, 32, T, 19 + 11 * k, 32 * (1 + k % 5), S, k % 3, k % 2 == 0);
+    }
+    /* longer rows: several chunks a warp, every split with work */
+    run_t<4, QR2_SC_BF16>(0, 64, 8, 70, 2048, 3, QR2_B_BF16, true);
+    run_t<4, QR2_SC_BF16>(1, 64, 16, 40, 1024, 1, QR2_B_F32, false);
+    run_t<8, QR2_SC_BF16>(0, 64, 32, 33, 1024, 2, QR2_B_F16, true);
+    run_t<4, QR2_SC_F16>(1, 128, 64, 50, 1024, 4, QR2_B_F32, true);
+    printf("qrows2 emulation: %d cases, %d failed; worst tight %.2e (bound 2e-6), contract %.2e "
+           "(bound 1e-4)\n",
+           cases, failures, worst, worst_c);
+    printf("%s\n", failures ? "FAIL" : "PASS");
+    return failures != 0;
+}
