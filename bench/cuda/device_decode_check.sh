@@ -11,7 +11,11 @@
 #      defaults and with the old kernels (OLD), bench_cuda_batch 1,8,32 with
 #      the defaults and the old few-rows kernel, bench_cuda_depth;
 #   5. compute-sanitizer memcheck of test_cuda_fused and bench_cuda_attn.
-#   OUT=dir [DEADLINE=560] [OLD="NMLX_CUDA_QGEMV16=v1 ..."] bash bench/cuda/device_decode_check.sh
+#   OUT=dir [DEADLINE=560] [OLD="NMLX_CUDA_QGEMV16=v1 ..."] [KBENCH=0] [MODELS="l8b-q8 l1b-q4"]
+#     [DEPTH=0] bash bench/cuda/device_decode_check.sh
+#   KBENCH=0 skips step 2; OLD= (empty) benches the defaults only; MODELS: more
+#   synthetic checkpoints (make_synth_llama.py names: l1b-q4, l8b-q8, l1b-bf16, ...)
+#   benched with the defaults after the 8B 4-bit.
 set -o pipefail
 OUT=${OUT:-/tmp/nmlx-decode}
 mkdir -p "$OUT"
@@ -30,15 +34,15 @@ cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE
   { tail -30 "$OUT/build.log"; exit 1; }
 echo "$(el) build ok"
 export NMLX_SOURCE_DIR=$PWD
-go 60 q16 && { echo "$(el) bench_cuda_quant 200 q16"; timeout 150 ./$B/tests/bench_cuda_quant 100 q16 ${Q16_CFGS:-} 2>&1 | tee "$OUT/q16.txt" | grep -E "v1|d8b2,d4b2|a16b2,a8b2|d4b2r2|DIFFERS|ERROR" | head -50; }
-go 60 rows && {
+[ "${KBENCH:-1}" = 1 ] && go 60 q16 && { echo "$(el) bench_cuda_quant 200 q16"; timeout 150 ./$B/tests/bench_cuda_quant 100 q16 ${Q16_CFGS:-} 2>&1 | tee "$OUT/q16.txt" | grep -E "v1|d8b2,d4b2|a16b2,a8b2|d4b2r2|DIFFERS|ERROR" | head -50; }
+[ "${KBENCH:-1}" = 1 ] && go 60 rows && {
   echo "$(el) bench_cuda_quant 50 rows"
   NMLX_BENCH_QROWS_CFGS="${ROWS_CFGS-bps=4;mt=2,wr=1}" timeout 150 ./$B/tests/bench_cuda_quant 50 rows >"$OUT/rows.txt" 2>&1
   echo "$(el) rc=$? (all lines: \$OUT/rows.txt)"
   grep -E "step|CUDA ERROR|SKIP|failed" "$OUT/rows.txt"
   awk '$1 == "q4g64" && ($3 == 8 || $3 == 32)' "$OUT/rows.txt"
 }
-go 40 attn && { echo "$(el) bench_cuda_attn 20"; timeout 90 ./$B/tests/bench_cuda_attn 20 2>&1 | tail -30; }
+[ "${KBENCH:-1}" = 1 ] && go 40 attn && { echo "$(el) bench_cuda_attn 20"; timeout 90 ./$B/tests/bench_cuda_attn 20 2>&1 | tail -30; }
 go 150 ctest && {
   ctest --test-dir $B -L cuda -j3 --timeout 240 >"$OUT/ctest.log" 2>&1
   echo "$(el) ctest -L cuda rc=$?"
@@ -48,21 +52,32 @@ go 150 ctest && {
 }
 wait $SYN; tail -1 "$OUT/synth.log"
 D=/tmp/synth-l8b-q4
-OLD=${OLD:-NMLX_CUDA_QGEMV16=v1 NMLX_CUDA_ATTN_DECODE=old NMLX_CUDA_QROWS=v1}
-for v in - "$OLD"; do
+OLD=${OLD-NMLX_CUDA_QGEMV16=v1 NMLX_CUDA_ATTN_DECODE=old NMLX_CUDA_QROWS=v1}
+for v in - ${OLD:+"$OLD"}; do
   go 40 "nmlx bench $v" || break
   e=$v; [ "$v" = - ] && e=
   echo "$(el) l8b-q4 ${v}: $(env $e timeout 100 ./$B/nmlx bench -m $D --device cuda -p 512 -n 128 -r 3 2>&1 | tail -1)"
 done
-for v in - NMLX_CUDA_QROWS=v1; do
+for v in - ${OLD:+NMLX_CUDA_QROWS=v1}; do
   go 60 "batch $v" || break
   e=$v; [ "$v" = - ] && e=
   echo "$(el) bench_cuda_batch ${v}"; env $e timeout 120 ./$B/tests/bench_cuda_batch $D 32 0 1,8,32 cuda 2>&1 | tail -6
 done
-for v in - NMLX_CUDA_ATTN_DECODE=old; do
+for v in $([ "${DEPTH:-1}" = 1 ] && echo - ${OLD:+NMLX_CUDA_ATTN_DECODE=old}); do
   go 50 "depth $v" || break
   e=$v; [ "$v" = - ] && e=
   echo "$(el) bench_cuda_depth ${v}"; env $e timeout 100 ./$B/tests/bench_cuda_depth $D cuda 16,512,2048,4096 64 2>&1 | tail -6
+done
+rm -rf $D
+for m in ${MODELS:-}; do
+  go 60 "$m" || break
+  M=/tmp/synth-$m
+  case $m in
+    l1b-bf16|l8b-bf16) python3 bench/cuda/make_synth_llama.py $M ${m:1:2} 0 | tail -1 ;;
+    *) python3 bench/cuda/make_synth_llama.py $M ${m:1:2} ${m#*-q} 64 | tail -1 ;;
+  esac
+  echo "$(el) $m: $(timeout 100 ./$B/nmlx bench -m $M --device cuda -p 512 -n 128 -r 3 2>&1 | tail -1)"
+  rm -rf $M
 done
 go 40 memcheck && {
   NMLX_TEST_QMM_QUICK=1 timeout 60 compute-sanitizer --tool memcheck ./$B/tests/test_cuda_fused 2>&1 | grep -E "ERROR SUMMARY|passed" | tail -2

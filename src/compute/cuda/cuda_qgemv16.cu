@@ -287,6 +287,7 @@ struct q16_cfg {
     int ver, dep, bps, pdep, pbps;
     bool async, pasync; /* the ring in shared memory (cp.async) */
     int rr;             /* rows a unit (not PAIR): 1 or 2 */
+    bool by_size;       /* the default: v1 where it measured faster (q16_v1_faster) */
 };
 static q16_cfg q16_cur;
 static bool q16_ver_read, q16_cfg_read;
@@ -324,11 +325,23 @@ static bool q16_parse(const char *s, q16_cfg *c) {
     return true;
 }
 
-/* defaults: 8 loads a lane (PAIR 4 x 2), 2 blocks a multiprocessor */
+/* defaults (H100 sweep, bench/cuda/README.md session 13): 4 loads a lane
+ * and two rows a unit (PAIR 4 x 2), 2 blocks a multiprocessor, and v1 for
+ * the small weights where v2 measured slower */
 static void q16_cfg_default(q16_cfg *c) {
-    c->dep = 8, c->bps = 2, c->pdep = 4, c->pbps = 2;
+    c->dep = 4, c->bps = 2, c->pdep = 4, c->pbps = 2;
     c->async = c->pasync = false;
-    c->rr = 1;
+    c->rr = 2;
+    c->by_size = true;
+}
+
+/* v1 measured faster (H100, 8B shapes): the q/k/v launch (4-bit 9.9 against
+ * 11.0-13.1 us, 8-bit 13.6 against 14.4) and 4-bit weights under 32M codes
+ * (4096x4096: 8.6 against 9.2-10.7 us); v2 wins on gate/up pairs (1.24x),
+ * 4096x14336 (1.16x) and the LM head (1.30x). */
+static bool q16_v1_faster(int n, bool pair, int bits, int64_t rows, int64_t N) {
+    if (pair) return false;
+    return n > 1 || (bits == 4 && rows * N < ((int64_t)32 << 20));
 }
 
 static q16_cfg q16_config(void) {
@@ -340,7 +353,8 @@ static q16_cfg q16_config(void) {
     if (!q16_cfg_read) {
         q16_cfg_default(&q16_cur);
         const char *e = getenv("NMLX_CUDA_QGEMV16_CFG");
-        if (e && *e && !q16_parse(e, &q16_cur))
+        if (e && *e && q16_parse(e, &q16_cur)) q16_cur.by_size = false;
+        else if (e && *e)
             fprintf(stderr,
                     "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood "
                     "(d<2|4|8>b<n>[r2] or a<8|16>b<n>[r2][,...])\n",
@@ -366,6 +380,7 @@ extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
     if (!q16_parse(spec, &c)) return -1;
     q16_cur.dep = c.dep, q16_cur.bps = c.bps, q16_cur.pdep = c.pdep, q16_cur.pbps = c.pbps;
     q16_cur.async = c.async, q16_cur.pasync = c.pasync, q16_cur.rr = c.rr;
+    q16_cur.by_size = false; /* a configuration asked for runs everywhere */
     return 0;
 }
 
@@ -416,7 +431,8 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
     const q16_cfg cf = q16_config();
-    if (!nrm && cf.ver == 2) { /* v2; NORM keeps v1 */
+    const bool v2 = cf.ver == 2 && !(cf.by_size && q16_v1_faster(n, pair, w0->bits, rows, a.N));
+    if (!nrm && v2) { /* v2; NORM keeps v1 */
         const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
         const bool as = pair ? cf.pasync : cf.async;
         const int rr = pair ? 1 : cf.rr;

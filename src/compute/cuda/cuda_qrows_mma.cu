@@ -34,7 +34,9 @@
  * NMLX_CUDA_QROWS_CFG="mt=M,wr=R,bps=B,split=S" tunes it (mt 1/2/4: m16
  * tiles a warp; wr 1/2/4/8: row groups a block; bps: blocks per SM the
  * split-K aims at, 0 = no split; split: a fixed split count, for tests;
- * mt, wr absent or 0: by T). */
+ * mt, wr absent or 0: 2 and 1, the H100 sweep's best). Measured (H100,
+ * 8B q4 step matmuls): 1.19x v1 at T = 8, 1.37x at T = 64; far from the
+ * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us). */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qdecode.h"
@@ -329,7 +331,10 @@ static int qr2_sms(int dev) {
 
 template <int BITS, int SC, int NT, int MT>
 static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
-    a.wr = cfg.wr ? cfg.wr : a.T <= 8 ? 2 : a.T <= 32 ? 4 : 8;
+    /* one row group a block by default: the H100 sweep (bench/cuda/README.md,
+     * session 13) put mt=2, wr=1 first at every T (T = 8: 5.27 ms of step
+     * matmuls against 5.43 with wr by T; T = 64: 14.6 against 25.4) */
+    a.wr = cfg.wr ? cfg.wr : 1;
     const int64_t RB = 16 * MT * a.wr, rblocks = (a.D + RB - 1) / RB, C = a.N / 32;
     int64_t S = 1;
     if (cfg.split > 0)
@@ -356,18 +361,18 @@ static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
 
 template <int BITS, int SC, int NT>
 static void launch2_nt(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a) {
-    /* m16 tiles a warp (MT x NT <= 16 accumulator quads); by default 4 up
-     * to 8 rows of x, 2 up to 32, 1 past (<= 128 registers: 2 blocks an SM) */
+    /* m16 tiles a warp (MT x NT <= 16 accumulator quads); by default 2 (the
+     * H100 sweep's best at every T, above) */
     if constexpr (NT == 8) {
-        if (cfg.mt == 2)
-            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
-        else
+        if (cfg.mt == 1)
             launch2_mt<BITS, SC, NT, 1>(be, cfg, a);
-    } else if constexpr (NT == 1) {
-        if (cfg.mt == 2)
-            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
         else
+            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+    } else if constexpr (NT == 1) {
+        if (cfg.mt == 4)
             launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
+        else
+            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
     } else {
         if (cfg.mt == 4)
             launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
