@@ -43,7 +43,7 @@ export NMLX_SOURCE_DIR=$PWD
   awk '$1 == "q4g64" && ($3 == 8 || $3 == 32)' "$OUT/rows.txt"
 }
 [ "${KBENCH:-1}" = 1 ] && go 40 attn && { echo "$(el) bench_cuda_attn 20"; timeout 90 ./$B/tests/bench_cuda_attn 20 2>&1 | tail -30; }
-go 150 ctest && {
+[ "${CTEST:-1}" = 1 ] && go 150 ctest && {
   ctest --test-dir $B -L cuda -j3 --timeout 240 >"$OUT/ctest.log" 2>&1
   echo "$(el) ctest -L cuda rc=$?"
   grep -E "Test +#|tests passed|FAIL" "$OUT/ctest.log" | head -30
