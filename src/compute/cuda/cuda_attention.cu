@@ -54,10 +54,12 @@ __device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64
     int64_t lo = a.window > 0 ? qi - a.window + 1 : 0;
     if (lo < 0) lo = 0;
     if (lo > hi) { /* nothing visible: zero output, as the CPU */
-        for (int64_t d = tid; d < HD; d += THREADS) out[d] = 0.0f;
+        for (int64_t d = tid; d < HD; d += THREADS)
+            out[d] = 0.0f;
         return;
     }
-    for (int64_t d = tid; d < HD; d += THREADS) q[d] = a.q[(t * a.H + h) * HD + d];
+    for (int64_t d = tid; d < HD; d += THREADS)
+        q[d] = a.q[(t * a.H + h) * HD + d];
     float acc[MAX_DPT] = {0, 0, 0, 0};
     float m = a.sinks ? a.sinks[h] : -INFINITY;
     float l = a.sinks ? 1.0f : 0.0f;
@@ -67,8 +69,10 @@ __device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64
         for (int j = warp; j < n; j += THREADS / 32) {
             const float *kr = kb + (j0 + j) * HD;
             float s = 0;
-            for (int64_t d = lane; d < HD; d += 32) s += q[d] * kr[d];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            for (int64_t d = lane; d < HD; d += 32)
+                s += q[d] * kr[d];
+            for (int o = 16; o > 0; o >>= 1)
+                s += __shfl_xor_sync(0xffffffffu, s, o);
             if (lane == 0) {
                 s *= a.scale;
                 if (a.softcap > 0) s = tanhf(s / a.softcap) * a.softcap;
@@ -77,14 +81,16 @@ __device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64
         }
         __syncthreads();
         float tmax = -INFINITY;
-        for (int j = 0; j < n; j++) tmax = fmaxf(tmax, p[j]);
+        for (int j = 0; j < n; j++)
+            tmax = fmaxf(tmax, p[j]);
         float mn = fmaxf(m, tmax);
         float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
         __syncthreads(); /* every thread has read the raw scores */
         if (tid < n) p[tid] = expf(p[tid] - mn);
         __syncthreads();
         float ps = 0;
-        for (int j = 0; j < n; j++) ps += p[j];
+        for (int j = 0; j < n; j++)
+            ps += p[j];
         l = l * alpha + ps;
         m = mn;
 #pragma unroll
@@ -92,7 +98,8 @@ __device__ __forceinline__ void attend(const nmlx_attn_args &a, int64_t t, int64
             int64_t d = tid + (int64_t)k * THREADS;
             if (d < HD) {
                 float s = acc[k] * alpha;
-                for (int j = 0; j < n; j++) s += p[j] * vb[(j0 + j) * HD + d];
+                for (int j = 0; j < n; j++)
+                    s += p[j] * vb[(j0 + j) * HD + d];
                 acc[k] = s;
             }
         }
@@ -309,7 +316,7 @@ static bool attention_split(nmlx_backend *be, const nmlx_attn_args *a) {
         *a, j_first, nsplit, (float *)c->attn_part);
     const unsigned th = a->HD < 128 ? 64 : 128;
     attn_combine_kernel<<<(unsigned)(a->KVH * RQ), th, 0, st>>>(*a, nsplit,
-                                                               (const float *)c->attn_part);
+                                                                (const float *)c->attn_part);
     nmlx_cuda_note(be, cudaGetLastError());
     return true;
 }
@@ -352,8 +359,8 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
  * split) kernel where it applies, so the two agree to rounding (bit for bit
  * with NMLX_CUDA_ATTN_DECODE=old and NMLX_CUDA_ATTN_SPLIT=0);
  * NMLX_CUDA_ROWS=0 makes one `attention` call per row instead. */
-void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
-                              const nmlx_attn_row *rows, int64_t R) {
+void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
+                              int64_t R) {
     if (R <= 0 || a->H <= 0 || a->HD <= 0) return;
     if (a->HD > MAX_DPT * THREADS) {
         nmlx_cuda_note(be, cudaErrorInvalidValue);

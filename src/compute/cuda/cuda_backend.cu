@@ -45,7 +45,8 @@ static void cuda_mem_info(nmlx_backend *be, size_t *free_bytes, size_t *total_by
         *free_bytes = *total_bytes = 0;
         return;
     }
-    *free_bytes += ((const cuda_impl *)be->impl)->idle_bytes; /* kept for reuse, given back on need */
+    *free_bytes +=
+        ((const cuda_impl *)be->impl)->idle_bytes; /* kept for reuse, given back on need */
 }
 
 __global__ void copy_batch_kernel(cuda_copy_batch b) {

@@ -15,8 +15,9 @@
  * to x may alias d) and nothing is read twice. The same thread count and
  * the same per-thread order of the sum as the loop, so the same bits. */
 template <int K>
-__global__ void __launch_bounds__(512) add_rmsnorm_regs_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
-                                        float w_offset, float eps, float *y, int64_t D) {
+__global__ void __launch_bounds__(512)
+    add_rmsnorm_regs_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt, float w_offset,
+                            float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
     float *xr = x + blockIdx.x * D;
     const float *dr = d + blockIdx.x * D;

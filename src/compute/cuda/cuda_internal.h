@@ -89,11 +89,11 @@ typedef struct cuda_impl {
     bool qg_x_share;
     void *attn_part; /* split decode attention: per-chunk partial results */
     size_t attn_part_bytes;
-    void *dec_part;        /* flash-decoding attention's partials and counts, fixed */
-    int dec_sms;           /* multiprocessors (sizes its grid) */
-    float *qr_part;        /* few-rows v2 split-K (cuda_qrows_mma.cu): partial sums */
+    void *dec_part; /* flash-decoding attention's partials and counts, fixed */
+    int dec_sms;    /* multiprocessors (sizes its grid) */
+    float *qr_part; /* few-rows v2 split-K (cuda_qrows_mma.cu): partial sums */
     size_t qr_part_bytes;
-    unsigned *qr_cnt;      /* its row blocks' counters (0 between launches) */
+    unsigned *qr_cnt; /* its row blocks' counters (0 between launches) */
     size_t qr_cnt_n;
     bool f32_x;              /* precision "f32": quantized mat-vecs keep f32 x */
     bool rows_off;           /* NMLX_CUDA_ROWS=0: rope_rows / attention_rows as per-row calls */

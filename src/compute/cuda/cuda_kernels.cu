@@ -94,8 +94,9 @@ void nmlx_cuda_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t *
  * thread's loads in flight together; same thread count and per-thread
  * order of the sum as rmsnorm_kernel, so the same bits. */
 template <int K>
-__global__ void __launch_bounds__(512) rmsnorm_regs_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
-                                    float eps, float *y, int64_t D) {
+__global__ void __launch_bounds__(512)
+    rmsnorm_regs_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset, float eps,
+                        float *y, int64_t D) {
     cuda_pdl_trigger();
     const float *xr = x + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;

@@ -353,7 +353,8 @@ static q16_cfg q16_config(void) {
     if (!q16_cfg_read) {
         q16_cfg_default(&q16_cur);
         const char *e = getenv("NMLX_CUDA_QGEMV16_CFG");
-        if (e && *e && q16_parse(e, &q16_cur)) q16_cur.by_size = false;
+        if (e && *e && q16_parse(e, &q16_cur))
+            q16_cur.by_size = false;
         else if (e && *e)
             fprintf(stderr,
                     "nmlx: NMLX_CUDA_QGEMV16_CFG=%s not understood "
