@@ -49,15 +49,19 @@ static void cuda_mem_info(nmlx_backend *be, size_t *free_bytes, size_t *total_by
         ((const cuda_impl *)be->impl)->idle_bytes; /* kept for reuse, given back on need */
 }
 
+/* Block (i, j) copies part j of copy i: a row of logits (513 KB for a
+ * 128K vocabulary, one a session in a batched step) over gridDim.y blocks,
+ * not one. */
 __global__ void copy_batch_kernel(cuda_copy_batch b) {
     char *d = b.dst[blockIdx.x];
     const char *s = b.src[blockIdx.x];
     unsigned int n = b.bytes[blockIdx.x];
+    const unsigned int t = blockIdx.y * blockDim.x + threadIdx.x, st = gridDim.y * blockDim.x;
     if ((((uintptr_t)d | (uintptr_t)s | n) & 15u) == 0) {
-        for (unsigned int i = threadIdx.x; i < n / 16; i += blockDim.x)
+        for (unsigned int i = t; i < n / 16; i += st)
             ((uint4 *)d)[i] = ((const uint4 *)s)[i];
     } else {
-        for (unsigned int i = threadIdx.x; i < n; i += blockDim.x)
+        for (unsigned int i = t; i < n; i += st)
             d[i] = s[i];
     }
 }
@@ -65,7 +69,12 @@ __global__ void copy_batch_kernel(cuda_copy_batch b) {
 void nmlx_cuda_flush(nmlx_backend *be) {
     cuda_impl *c = (cuda_impl *)be->impl;
     if (!c->copies.n) return;
-    copy_batch_kernel<<<(unsigned)c->copies.n, 128, 0, c->stream>>>(c->copies);
+    unsigned int most = 0;
+    for (int i = 0; i < c->copies.n; i++)
+        most = c->copies.bytes[i] > most ? c->copies.bytes[i] : most;
+    /* ~16 KB a block for the largest copy, at most 32 blocks a copy */
+    const unsigned int parts = most / 16384 + 1 < 32 ? most / 16384 + 1 : 32;
+    copy_batch_kernel<<<dim3((unsigned)c->copies.n, parts), 128, 0, c->stream>>>(c->copies);
     c->copies.n = 0;
     nmlx_cuda_note(be, cudaGetLastError());
 }
