@@ -12,7 +12,9 @@
  * sinks, window, softcap, several query rows (T > 1), rows that see no
  * key, cache rows past n_kv (NaN: must not be read), every instance (HD
  * 16..256, 1..16 rows a KV head) and S from 1 to DEC_MAX_S, the recorded
- * step form (q_pos, n_kv as deltas of a device position). The counts must
+ * step form (q_pos, n_kv as deltas of a device position), and the rows
+ * form of batched decode (rows with their own caches in one launch,
+ * blocks of all rows interleaved). The counts must
  * be back to 0 after each launch, and shared memory is NaN-poisoned before
  * each block. Exit 0: every case within 1e-5 of max|ref|. */
 #include <ucontext.h>
@@ -151,7 +153,28 @@ template <int LPK, int DPL, int R> static void body() {
     attn_decode_kernel<LPK, DPL, R>(L_a, L_step, L_S, L_po, L_pml, L_cnt);
 }
 
+/* the rows form's table (attn_decode_rows_kernel) */
+static dec_rows L_rows;
+template <int LPK, int DPL, int R> static void body_rows() {
+    attn_decode_rows_kernel<LPK, DPL, R>(L_a, L_rows, L_S, L_po, L_pml, L_cnt);
+}
+
 static std::mt19937_64 rng(20261206);
+
+/* one block of fn at (x, y, z), shared memory NaN-poisoned before and
+ * checked after for writes past sm_used */
+static void emu_block_run(void (*fn)(), unsigned x, unsigned y, unsigned z) {
+    float *f = (float *)dec_sm;
+    for (size_t i = 0; i < SM_FLOATS; i++)
+        f[i] = NAN;
+    emu_block = {x, y, z};
+    run_block(fn);
+    for (size_t i = sm_used; i < SM_FLOATS; i++)
+        if (!std::isnan(f[i])) {
+            fprintf(stderr, "shared memory written past %zu floats (at %zu)\n", sm_used, i);
+            abort();
+        }
+}
 
 /* the host side of nmlx_cuda_attention_decode with S given: blocks in a
  * shuffled order; false: the instance does not take the shape */
@@ -179,18 +202,8 @@ static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S) {
         for (unsigned x = 0; x < (unsigned)S; x++)
             blocks.push_back({x, y});
     std::shuffle(blocks.begin(), blocks.end(), rng);
-    for (auto [x, y] : blocks) {
-        float *f = (float *)dec_sm;
-        for (size_t i = 0; i < SM_FLOATS; i++)
-            f[i] = NAN;
-        emu_block = {x, y, 0};
-        run_block(fn);
-        for (size_t i = sm_used; i < SM_FLOATS; i++)
-            if (!std::isnan(f[i])) {
-                fprintf(stderr, "shared memory written past %zu floats (at %zu)\n", sm_used, i);
-                abort();
-            }
-    }
+    for (auto [x, y] : blocks)
+        emu_block_run(fn, x, y, 0);
     for (int64_t h = 0; h < a.KVH; h++)
         if (cnt[(size_t)h]) {
             fprintf(stderr, "count of KV head %lld left at %u\n", (long long)h, cnt[(size_t)h]);
@@ -294,6 +307,93 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     fflush(stdout);
 }
 
+/* The rows form (batched decode): n rows of one query each, row r with its
+ * own cache (cap, n_kv, window), S blocks a KV head, all blocks of the
+ * launch in one shuffled order; each row against the reference alone. */
+static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks,
+                          int S, int64_t max_cap) {
+    const int64_t G = H / KVH, row = H * HD;
+    const int id = dec_pick(HD, G);
+    assert(n <= DEC_ROWS && id >= 0);
+    std::vector<float> q((size_t)(n * row)), out(q.size(), NAN), sk((size_t)H);
+    std::vector<std::vector<float>> k((size_t)n), v((size_t)n);
+    for (auto &x : q)
+        x = urand(-1, 1);
+    for (auto &x : sk)
+        x = urand(-1, 2);
+    dec_rows rows = {};
+    for (int r = 0; r < n; r++) {
+        const int64_t cap = 1 + (int64_t)(rng() % (uint64_t)max_cap);
+        const int64_t n_kv = 1 + (int64_t)(rng() % (uint64_t)cap);
+        k[(size_t)r].resize((size_t)(KVH * cap * HD));
+        v[(size_t)r].resize(k[(size_t)r].size());
+        for (int64_t kh = 0; kh < KVH; kh++)
+            for (int64_t j = 0; j < cap; j++)
+                for (int64_t d = 0; d < HD; d++) {
+                    const size_t i = (size_t)((kh * cap + j) * HD + d);
+                    const bool live = j < n_kv; /* rows past n_kv: NaN, must not be read */
+                    k[(size_t)r][i] = live ? urand(-1, 1) : NAN;
+                    v[(size_t)r][i] = live ? urand(-1, 1) : NAN;
+                }
+        rows.k[r] = k[(size_t)r].data(), rows.v[r] = v[(size_t)r].data();
+        rows.cap[r] = cap, rows.q_pos[r] = n_kv - 1, rows.n_kv[r] = n_kv;
+        rows.window[r] = window;
+    }
+    nmlx_attn_args a = {};
+    a.q = q.data(), a.out = out.data(), a.T = 1, a.H = H, a.KVH = KVH, a.HD = HD;
+    a.scale = 1.0f / sqrtf((float)HD), a.softcap = 0, a.sinks = sinks ? sk.data() : NULL;
+    /* the host's layout: po for the n rows, then pml */
+    std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
+    std::vector<unsigned> cnt((size_t)(n * KVH), 0u);
+    L_a = a, L_rows = rows, L_S = S, L_po = po.data(), L_pml = pml.data(), L_cnt = cnt.data();
+    void (*fn)() = nullptr;
+    switch (id) {
+#define DEC_EMU_ROWS(ID, LPK, DPL, R)                                                              \
+    case ID:                                                                                       \
+        fn = body_rows<LPK, DPL, R>;                                                               \
+        sm_used = (size_t)dec_smem_floats(LPK * DPL, R);                                           \
+        break;
+        DEC_CONFIGS(DEC_EMU_ROWS)
+#undef DEC_EMU_ROWS
+    }
+    std::vector<uint3> blocks;
+    for (unsigned z = 0; z < (unsigned)n; z++)
+        for (unsigned y = 0; y < (unsigned)KVH; y++)
+            for (unsigned x = 0; x < (unsigned)S; x++)
+                blocks.push_back({x, y, z});
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    for (auto b : blocks)
+        emu_block_run(fn, b.x, b.y, b.z);
+    cases++;
+    bool ok = true;
+    for (size_t i = 0; i < cnt.size(); i++)
+        ok &= cnt[i] == 0u;
+    double worst = 0;
+    for (int r = 0; r < n; r++) {
+        nmlx_attn_args one = a;
+        one.q = q.data() + r * row, one.k = rows.k[r], one.v = rows.v[r], one.cap = rows.cap[r];
+        one.q_pos = rows.q_pos[r], one.n_kv = rows.n_kv[r], one.window = window;
+        std::vector<double> ref;
+        ref_attention(one, ref);
+        double mx = 0, err = 0;
+        for (size_t i = 0; i < ref.size(); i++)
+            mx = fmax(mx, fabs(ref[i]));
+        for (size_t i = 0; i < ref.size(); i++) {
+            const double e = fabs(out[(size_t)(r * row) + i] - ref[i]);
+            err = e > err || e != e ? e : err;
+        }
+        const double rel = mx > 0 ? err / mx : err;
+        worst = rel > worst || rel != rel ? rel : worst;
+    }
+    ok &= worst <= 1e-5;
+    failures += !ok;
+    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d caps<=%lld: worst rel err "
+           "%.2e%s\n",
+           ok ? "ok  " : "FAIL", n, (long long)H, (long long)KVH, (long long)HD, (long long)window,
+           sinks, S, (long long)max_cap, worst, !ok && worst <= 1e-5 ? " (counts left set)" : "");
+    fflush(stdout);
+}
+
 int main(void) {
     /* Llama-like group of 4 (one KV head of it, two), HD 128: n_kv from 1,
      * keys fewer than the blocks, chunk edges, S 1 / odd / DEC_MAX_S */
@@ -340,6 +440,15 @@ int main(void) {
     /* peaky scores: the running max moves often */
     run_case(1, 8, 2, 128, 400, 350, 351, 0, 0, true, 6, -1, 12.0f);
     run_case(2, 8, 1, 64, 400, 350, 352, 0, 0, false, 6, -1, 20.0f);
+    /* batched decode (the rows form): rows with their own lengths, one
+     * launch; 8B-like, few rows many splits, many rows few splits, GQA 8
+     * with sinks and a window, HD 64 / 256, 32 rows (a full launch) */
+    run_rows_case(3, 8, 2, 128, 0, false, 5, 300);
+    run_rows_case(5, 16, 2, 64, 0, true, 3, 200);
+    run_rows_case(4, 16, 2, 64, 40, true, 4, 150);
+    run_rows_case(2, 4, 1, 256, 0, false, 2, 120);
+    run_rows_case(6, 6, 3, 48, 0, true, 1, 90);
+    run_rows_case(DEC_ROWS, 4, 1, 32, 0, false, 2, 40);
     printf("%d cases: %s\n", cases, failures ? "FAIL" : "PASS");
     return failures != 0;
 }

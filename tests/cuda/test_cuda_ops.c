@@ -818,6 +818,7 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
 /* Batched decode ops: R rows, each its own position / cache, against the
  * per-row rope calls (bit for bit) and attention calls (to rounding) on
  * the GPU, and the CPU. */
+enum { ROWS_MAX_CAP = 1100 }; /* rows' caches: 1..ROWS_MAX_CAP keys (several blocks a KV head) */
 static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks) {
     int64_t qrow = H * HD, krow = KVH * HD, rot = HD;
     size_t nq = (size_t)(R * qrow);
@@ -831,7 +832,7 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
     nmlx_attn_row *rows = malloc((size_t)R * sizeof *rows);
     float **hk = malloc((size_t)R * sizeof *hk), **hv = malloc((size_t)R * sizeof *hv);
     for (int64_t r = 0; r < R; r++) {
-        int64_t cap = 1 + (int64_t)(test_rand_u64() % 300),
+        int64_t cap = 1 + (int64_t)(test_rand_u64() % ROWS_MAX_CAP),
                 n_kv = 1 + (int64_t)(test_rand_u64() % (uint64_t)cap);
         pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
         hk[r] = test_rand_floats((size_t)(krow * cap), -1, 1);
@@ -871,8 +872,12 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
                         .HD = HD,
                         .scale = 1.0f / sqrtf((float)HD),
                         .sinks = sinks ? ds : NULL};
-    gpu->ops->attention_rows(gpu, &g, rows, R);
-    float *scratch = malloc((size_t)(cpu->n_threads * 300) * 4 * (size_t)(H / KVH));
+    const unsigned long long dec0 = nmlx_cuda_attn_decode_launches();
+    gpu->ops->attention_rows(gpu, &g, rows, R); /* the flash-decoding rows form */
+    EXPECT(nmlx_cuda_attn_decode_launches() - dec0 == (unsigned long long)((R + 31) / 32),
+           "attention_rows R=%lld: %llu flash-decoding launches", (long long)R,
+           nmlx_cuda_attn_decode_launches() - dec0);
+    float *scratch = malloc((size_t)(cpu->n_threads * ROWS_MAX_CAP) * 4 * (size_t)(H / KVH));
     for (int64_t r = 0; r < R; r++) {
         nmlx_attn_args o = g;
         o.q = dq + r * qrow, o.out = dout1 + r * qrow, o.k = rows[r].k, o.v = rows[r].v;
@@ -892,6 +897,15 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
     e = rel_err(dout, ref, nq);
     EXPECT(e <= 1e-5, "attention_rows R=%lld H=%lld KVH=%lld HD=%lld win=%lld vs cpu: %.2e",
            (long long)R, (long long)H, (long long)KVH, (long long)HD, (long long)window, e);
+    note(4, e);
+    /* the one-block-per-(row, head) kernel (NMLX_CUDA_ATTN_DECODE=old) */
+    nmlx_cuda_set_attn_decode(0);
+    g.out = dout1;
+    gpu->ops->attention_rows(gpu, &g, rows, R);
+    nmlx_cuda_set_attn_decode(1);
+    check_ok("attention_rows (old kernel)");
+    e = rel_err(dout1, ref, nq);
+    EXPECT(e <= 1e-5, "attention_rows (old kernel) R=%lld vs cpu: %.2e", (long long)R, e);
     note(4, e);
     for (int64_t r = 0; r < R; r++) {
         gpu->ops->free(gpu, (void *)rows[r].k), gpu->ops->free(gpu, (void *)rows[r].v);
@@ -1023,9 +1037,12 @@ int main(void) {
     /* the Llama-3.1-8B layer (pp512): error and both kernels' time printed */
     test_attention_kv(512, 32, 8, 128, 512, 0, 512, 0, 0, false, true);
     test_rows(1, 4, 2, 64, 0, false);
-    test_rows(5, 16, 8, 128, 0, false); /* GQA, several key tiles */
-    test_rows(37, 6, 2, 80, 16, true);  /* over ATTN_ROWS, window, sinks */
-    test_rows(130, 2, 1, 32, 0, false); /* over ROPE_ROWS */
+    test_rows(5, 16, 8, 128, 0, false);  /* GQA, several key tiles */
+    test_rows(37, 6, 2, 80, 16, true);   /* over ATTN_ROWS, window, sinks */
+    test_rows(130, 2, 1, 32, 0, false);  /* over ROPE_ROWS */
+    test_rows(32, 32, 8, 128, 0, false); /* Llama-3.1-8B heads, a full launch */
+    test_rows(9, 64, 8, 64, 128, true);  /* gpt-oss: GQA 8, window, sinks */
+    test_rows(3, 8, 4, 256, 0, false);   /* Gemma: HD 256 */
     /* split decode attention (T x H / KVH <= 16 rows a KV head): chunks of
      * 64 keys, a partial last chunk, windows starting mid-chunk, one key */
     test_attention(1, 32, 8, 128, 1024, 699, 0, 0, false);   /* 8B-like GQA, 11 chunks */

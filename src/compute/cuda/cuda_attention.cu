@@ -19,8 +19,10 @@
  * on an H200): each warp walks its keys one after another, a load latency
  * each. It is the seam for long contexts, kept correct by the tests.
  *
- * Batched decode (attention_rows) runs the simple kernel's code for every
- * (row, head) of the batch in one launch.
+ * Batched decode (attention_rows) takes the flash-decoding kernel's rows
+ * form (cuda_attention_decode.cu) where it applies; otherwise, or with
+ * NMLX_CUDA_ATTN_DECODE=old, the simple kernel's code for every (row,
+ * head) of the batch in one launch.
  *
  * Otherwise (prefill) a simple correct kernel: one block per (query t, head h),
  * keys in tiles of TILE with an online softmax (running max m, sum l), so
@@ -354,10 +356,10 @@ void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
-/* Batched decode: the simple kernel for every (row, head) in one launch per
- * ATTN_ROWS rows. A one-query `attention` call takes the flash-decoding (or
- * split) kernel where it applies, so the two agree to rounding (bit for bit
- * with NMLX_CUDA_ATTN_DECODE=old and NMLX_CUDA_ATTN_SPLIT=0);
+/* Batched decode: the flash-decoding kernel's rows form where it applies,
+ * else the simple kernel for every (row, head) in one launch per ATTN_ROWS
+ * rows. Either agrees with the per-row `attention` calls to rounding (bit
+ * for bit with NMLX_CUDA_ATTN_DECODE=old and NMLX_CUDA_ATTN_SPLIT=0);
  * NMLX_CUDA_ROWS=0 makes one `attention` call per row instead. */
 void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const nmlx_attn_row *rows,
                               int64_t R) {
@@ -383,6 +385,7 @@ void nmlx_cuda_attention_rows(nmlx_backend *be, const nmlx_attn_args *a, const n
         }
         return;
     }
+    if (nmlx_cuda_attention_decode_rows(be, a, rows, R)) return; /* flash-decoding */
     cudaStream_t s = cuda_of(be)->stream;
     size_t shmem = (size_t)(a->HD + TILE) * sizeof(float);
     for (int64_t r0 = 0; r0 < R; r0 += ATTN_ROWS) {

@@ -114,15 +114,14 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
     *lo = l < 0 ? 0 : l;
 }
 
-/* po[((kvh * S + s) * RQ + r) * HD + d]: block s's unnormalised output of
+/* Block (s, kvh) = (blockIdx.x, blockIdx.y) of one query's (or step's)
+ * attention, a's q_pos / n_kv being q_pos / n_kv here.
+ * po[((kvh * S + s) * RQ + r) * HD + d]: block s's unnormalised output of
  * row r; pml[2 * ((kvh * S + s) * RQ + r)]: its max m and sum l; cnt[kvh]:
- * blocks of KV head kvh done (0 between launches). step: the recorded
- * step's position (q_pos and n_kv are deltas from it), or NULL. */
+ * blocks of KV head kvh done (0 between launches). */
 template <int LPK, int DPL, int R>
-__global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
-                       unsigned *cnt) {
-    cuda_pdl_trigger();
+__device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
+                                          int S, float *po, float *pml, unsigned *cnt) {
     constexpr int KPW = 32 / LPK, NV = DPL / 4, HDC = LPK * DPL, KB = DEC_WARPS * KPW;
     static_assert(LPK * KPW == 32 && DPL % 4 == 0, "lane split");
     DEC_DYN_SMEM;
@@ -135,12 +134,6 @@ __global__ void __launch_bounds__(DEC_THREADS)
     const int64_t HD = a.HD, G = a.H / a.KVH, RQ = a.T * G;
     const int s = (int)blockIdx.x;
     const int64_t kvh = blockIdx.y;
-    int64_t q_pos = a.q_pos, n_kv = a.n_kv;
-    if (step) {
-        const int64_t base = *step;
-        q_pos += base;
-        n_kv += base;
-    }
     int64_t j0, j1;
     {
         int64_t lo, hi;
@@ -379,6 +372,50 @@ __global__ void __launch_bounds__(DEC_THREADS)
     }
 }
 
+/* One query or step: grid (S, KVH). step: the recorded step's position
+ * (a's q_pos and n_kv are deltas from it), or NULL. */
+template <int LPK, int DPL, int R>
+__global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
+                       unsigned *cnt) {
+    cuda_pdl_trigger();
+    int64_t q_pos = a.q_pos, n_kv = a.n_kv;
+    if (step) {
+        const int64_t base = *step;
+        q_pos += base;
+        n_kv += base;
+    }
+    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
+}
+
+/* Batched decode (attention_rows): one query a row, each row its own cache,
+ * position and window, passed by value; grid (S, KVH, rows). Row r runs
+ * the one-query blocks on its own slices of the partials and counts. */
+enum { DEC_ROWS = 32 };
+typedef struct dec_rows {
+    const float *k[DEC_ROWS], *v[DEC_ROWS];
+    int64_t cap[DEC_ROWS], q_pos[DEC_ROWS], n_kv[DEC_ROWS], window[DEC_ROWS];
+} dec_rows;
+
+template <int LPK, int DPL, int R>
+__global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
+                            unsigned *cnt) {
+    cuda_pdl_trigger();
+    const int r = (int)blockIdx.z;
+    const size_t row = (size_t)(a.H * a.HD), parts = (size_t)(a.H * S); /* T = 1: RQ = H / KVH */
+    nmlx_attn_args one = a;
+    one.q = a.q + r * row;
+    one.out = a.out + r * row;
+    one.T = 1;
+    one.k = rows.k[r];
+    one.v = rows.v[r];
+    one.cap = rows.cap[r];
+    one.window = rows.window[r];
+    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, po + r * parts * (size_t)a.HD,
+                           pml + 2 * r * parts, cnt + r * a.KVH);
+}
+
 #ifndef NMLX_ATTN_DECODE_EMU
 /* the scratch: partials (cut S to fit), then DEC_MAX_KVH counts */
 enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
@@ -491,6 +528,76 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     default: return false;
     }
     dec_launches++;
+    nmlx_cuda_note(be, cudaGetLastError());
+    return true;
+}
+
+/* Blocks a KV head for a launch of n rows (one query each): the rows' KV
+ * heads together fill a wave, cut to DEC_MAX_S and to the scratch; 0: does
+ * not fit. */
+static int dec_rows_splits(const cuda_impl *c, const nmlx_attn_args *a, int64_t G, int64_t n,
+                           int occ) {
+    if (occ < 1) occ = 1;
+    if (occ > DEC_BLOCKS_PER_SM) occ = DEC_BLOCKS_PER_SM;
+    const int64_t heads = n * a->KVH, want = ((int64_t)occ * c->dec_sms + heads - 1) / heads;
+    int S = (int)(want < (int64_t)DEC_MAX_S ? want : (int64_t)DEC_MAX_S);
+    if (S < 1) S = 1;
+    const size_t per = (size_t)n * dec_need(a, G, 1);
+    const size_t fit = per ? DEC_SCRATCH_BYTES / per : 0;
+    if ((size_t)S > fit) S = (int)fit;
+    return S;
+}
+
+/* Batched decode (attention_rows, one query a row) through the kernel
+ * above where each row alone would take it: DEC_ROWS rows a launch (fewer
+ * where their counts would not fit). false: nothing launched, the caller
+ * runs another kernel. A row's result equals its one-query call's to
+ * rounding (the keys split over other blocks). */
+bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                                     const nmlx_attn_row *rows, int64_t R) {
+    if (!nmlx_cuda_attn_decode_on()) return false;
+    cuda_impl *c = (cuda_impl *)be->impl;
+    if (!c->dec_part || R <= 0 || a->KVH <= 0 || a->KVH > DEC_MAX_KVH) return false;
+    const int64_t G = a->H / a->KVH;
+    if (G < 1 || G * a->KVH != a->H) return false;
+    const int id = dec_pick(a->HD, G);
+    if (id < 0) return false;
+    for (int64_t r = 0; r < R; r++)
+        if (((uintptr_t)rows[r].k | (uintptr_t)rows[r].v) % 16 != 0) return false;
+    int64_t per = DEC_MAX_KVH / a->KVH; /* rows a launch */
+    if (per > DEC_ROWS) per = DEC_ROWS;
+    const int64_t row = a->H * a->HD;
+    float *po = (float *)c->dec_part;
+    unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
+    cudaStream_t st = cuda_of(be)->stream;
+    switch (id) {
+#define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
+    case ID: {                                                                                     \
+        const size_t shm = (size_t)dec_smem_floats(LPK * DPL, R_) * sizeof(float);                 \
+        if (dec_rows_splits(c, a, G, R < per ? R : per, dec_occ[ID]) < 1) return false;            \
+        for (int64_t r0 = 0; r0 < R; r0 += per) {                                                  \
+            const int64_t n = R - r0 < per ? R - r0 : per;                                         \
+            const int S = dec_rows_splits(c, a, G, n, dec_occ[ID]);                                \
+            dec_rows br = {};                                                                      \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                const nmlx_attn_row *x = &rows[r0 + i];                                            \
+                br.k[i] = x->k, br.v[i] = x->v, br.cap[i] = x->cap;                                \
+                br.q_pos[i] = x->q_pos, br.n_kv[i] = x->n_kv, br.window[i] = x->window;            \
+            }                                                                                      \
+            nmlx_attn_args ar = *a;                                                                \
+            ar.q = a->q + r0 * row, ar.out = a->out + r0 * row, ar.T = 1;                          \
+            float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
+            attn_decode_rows_kernel<LPK, DPL, R_>                                                  \
+                <<<dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n), DEC_THREADS, shm, st>>>(      \
+                    ar, br, S, po, pml, cnt);                                                      \
+            dec_launches++;                                                                        \
+        }                                                                                          \
+        break;                                                                                     \
+    }
+        DEC_CONFIGS(DEC_ROWS_LAUNCH)
+#undef DEC_ROWS_LAUNCH
+    default: return false;
+    }
     nmlx_cuda_note(be, cudaGetLastError());
     return true;
 }

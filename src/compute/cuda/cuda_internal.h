@@ -258,6 +258,8 @@ bool nmlx_cuda_attention_tiled(nmlx_backend *be, const nmlx_attn_args *a);
  * applies (few query rows a KV head); step: a recorded step's position (a's
  * q_pos and n_kv its deltas) or NULL. false: not run. */
 bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const int64_t *step);
+bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                                     const nmlx_attn_row *rows, int64_t R);
 bool nmlx_cuda_attn_decode_on(void);
 /* Its fixed scratch, allocated with the backend (false: the kernel declines). */
 bool nmlx_cuda_dec_scratch_init(cuda_impl *c);
