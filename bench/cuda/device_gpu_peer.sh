@@ -15,6 +15,8 @@
 #   gptoss20b (MXFP4 experts vs MXFP4_MOE), qwen3-30b-a3b (4-bit g64 vs Q4_0): not by default
 #
 #   OUT=dir [MODELS="..."] [PASSES=1] [DEADLINE=500] [CHECK=1] bash bench/cuda/device_gpu_peer.sh
+#   (P, N: other prompt / generation lengths; NMLX_DEVICE, NGL, SYNTH_ARGS="--tiny
+#   --layers 2": a check of the MoE path on a CPU)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -98,7 +100,7 @@ synth() { # nmlx's checkpoint of model $1
   case $1 in
     l1b-bf16|l8b-bf16) python3 bench/cuda/make_synth_llama.py $W/$1 ${1:1:2} 0 | tail -1 ;;
     l*b-q*) python3 bench/cuda/make_synth_llama.py $W/$1 ${1:1:2} ${1#*-q} 64 | tail -1 ;;
-    *) python3 bench/cuda/make_synth_moe.py $W/$1 $1 | tail -1 ;;
+    *) python3 bench/cuda/make_synth_moe.py $W/$1 $1 ${SYNTH_ARGS:-} | tail -1 ;;
   esac
 }
 ( for m in $MODELS; do synth $m; done ) > "$OUT/synth.log" 2>&1 &
@@ -114,7 +116,7 @@ done
 for m in $MODELS; do
   case $m in l*b-q*) ;; l*b-bf16) continue ;;
     *) [ -f $G/$m.gguf ] || python3 bench/cuda/make_moe_gguf.py --gguf-py $GP --tok $TOK --make-gguf "$MAKE_GGUF" \
-         --out $G/$m.gguf $m 2>&1 | grep -v "Unknown separator" | tail -2; continue ;;
+         --out $G/$m.gguf $m ${SYNTH_ARGS:-} 2>&1 | grep -v "Unknown separator" | tail -2; continue ;;
   esac
   g=$(gguf_of $m)
   [ -f $G/$g.gguf ] && continue
@@ -151,14 +153,14 @@ fi
 # 5. per model, nmlx then llama.cpp (PASSES times, the order reversed on even passes)
 nmlx_bench() {
   echo "== nmlx $1 at $(el)s"
-  timeout 300 ./$B/nmlx bench -m $W/$1 --device cuda -p 512 -n 128 -r 3 2> $L/res/nmlx-$1-$2.err |
+  timeout 300 ./$B/nmlx bench -m $W/$1 --device ${NMLX_DEVICE:-cuda} -p ${P:-512} -n ${N:-128} -r 3 2> $L/res/nmlx-$1-$2.err |
     tail -1 > $L/res/nmlx-$1-$2.json
   grep -q prefill_tok_s $L/res/nmlx-$1-$2.json || { echo "nmlx bench $1 failed"; tail -5 $L/res/nmlx-$1-$2.err; rm -f $L/res/nmlx-$1-$2.json; }
 }
 lcpp_bench() {
   [ -x $L/build/bin/llama-bench ] || { echo "llama-bench not built (yet)"; return; }
   echo "== llama-bench $1 at $(el)s"
-  timeout 300 $L/build/bin/llama-bench -m $G/$(gguf_of $1).gguf -ngl 99 -p 512 -n 128 -r 3 -o jsonl \
+  timeout 300 $L/build/bin/llama-bench -m $G/$(gguf_of $1).gguf -ngl ${NGL:-99} -p ${P:-512} -n ${N:-128} -r 3 -o jsonl \
     > $L/res/lcpp-$1-$2.jsonl 2> $L/res/lcpp-$1-$2.err ||
     { echo "llama-bench $1 failed"; tail -5 $L/res/lcpp-$1-$2.err; rm -f $L/res/lcpp-$1-$2.jsonl; }
 }

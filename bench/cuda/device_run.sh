@@ -12,7 +12,7 @@
 #     (make_synth_llama.py); l1b-bf16 / l8b-bf16 = the same shapes in bf16;
 #     gptoss20b-mxfp4 = GPT-OSS-20B, MXFP4 experts + 8-bit g64 rest (12.1 GB),
 #     q30b-a3b-q4 = Qwen3-30B-A3B, 4-bit g64 (17.2 GB) (make_synth_moe.py,
-#     mlx-community's layouts; bench/cuda/device_moe_peer.sh runs llama.cpp on
+#     mlx-community's layouts; bench/cuda/device_gpu_peer.sh runs llama.cpp on
 #     the same shapes).
 #   Quantized models are also benched with NMLX_CUDA_QMM=bf16 (prefill with
 #   x rounded to bf16 instead of the exact hi+lo split).
