@@ -16,7 +16,8 @@
 #
 #   OUT=dir [MODELS="..."] [PASSES=1] [DEADLINE=500] [CHECK=1] bash bench/cuda/device_gpu_peer.sh
 #   (P, N: other prompt / generation lengths; NMLX_DEVICE, NGL, SYNTH_ARGS="--tiny
-#   --layers 2": a check of the MoE path on a CPU)
+#   --layers 2": a check of the MoE path on a CPU; NCU_ROWS=1: the few-rows
+#   kernel of an 8-session step under ncu --set full)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -148,6 +149,17 @@ if [ "${CHECK:-1}" = 1 ]; then
       env $e timeout 120 ./$B/tests/bench_cuda_batch $W/l8b-q4 32 0 1,8,32 cuda 2>&1 | tail -4
     done
   fi
+fi
+
+# 4b. NCU_ROWS=1: the few-rows kernel of an 8-session batched step under ncu
+# (--set full: where its time goes), 8 launches after the warm-up steps
+if [ "${NCU_ROWS:-0}" = 1 ] && echo " $MODELS " | grep -q " l8b-q4 " && [ $(el) -lt $DEADLINE ]; then
+  echo "$(el)s ncu: qrows2_kernel, 8 sessions"
+  timeout 180 ncu --set full -k regex:qrows2_kernel --launch-skip 400 --launch-count 8 -o "$OUT/ncu_rows" \
+    ./$B/tests/bench_cuda_batch $W/l8b-q4 8 0 8 cuda > "$OUT/ncu_rows.log" 2>&1
+  ncu --import "$OUT/ncu_rows.ncu-rep" --page details > "$OUT/ncu_rows.txt" 2>&1
+  grep -E "qrows2_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|L2 Cache Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Block Limit" \
+    "$OUT/ncu_rows.txt" | head -80
 fi
 
 # 5. per model, nmlx then llama.cpp (PASSES times, the order reversed on even passes)
