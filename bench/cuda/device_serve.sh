@@ -11,6 +11,10 @@
 #        that environment setting ("-": the defaults)
 #        SERIAL=1: the llama.cpp build finishes before nmlx serve starts
 #        PEER=0: nmlx serve only (no llama.cpp build, GGUF or llama-server)
+# With .device/lcpp-cuda carried (bench/cuda/lcpp_cuda_prepare.sh: llama-server and
+# llama-quantize built on the development machine) nothing is built here; then
+# .device/serve's source tarball need not travel: carry node.xz,
+# node_modules.tar.xz and node-include by name.
 # Results: $OUT/serve.jsonl (one line per engine and N), $OUT/serve.txt (the table).
 set -uo pipefail
 OUT=${OUT:-/tmp/nmlx-serve-out}
@@ -23,6 +27,9 @@ el() { echo $(( $(date +%s) - T0 )); }
 mkdir -p "$OUT"
 S=$PWD/.device/serve
 [ -f "$S/node.xz" ] || { echo "$S missing: run bench/cuda/device_serve_prepare.sh here first, carry .device/serve"; exit 1; }
+# prebuilt llama.cpp (bench/cuda/lcpp_cuda_prepare.sh, carried as .device/lcpp-cuda): no build
+# here, and .device/serve's source tarball may stay behind (carry its other entries by name)
+P=$PWD/.device/lcpp-cuda
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
@@ -38,6 +45,12 @@ echo "node $(node --version) at $(el)s"
 
 # 1. llama-server + llama-quantize with CUDA, in the background
 L=$HOME/lcpp-serve
+if [ "${PEER:-1}" = 1 ] && [ -f "$P/bin.tar.xz" ] && [ ! -x $L/build/bin/llama-server ]; then
+  mkdir -p $L/build $L/src && tar -xJf "$P/bin.tar.xz" -C $L/build && tar -xJf "$P/aux.tar.xz" -C $L/src
+  export LD_LIBRARY_PATH=$L/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "llama.cpp: prebuilt (.device/lcpp-cuda)"
+fi
+[ -f "$S/make_gguf.py" ] || S_GGUF=$P
 if [ "${PEER:-1}" = 1 ] && [ ! -x $L/build/bin/llama-server ]; then
   rm -rf $L && mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
   ( cd $L && cmake -S src/llama.cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
@@ -63,7 +76,7 @@ mkdir -p $G
 if [ "${PEER:-1}" = 1 ] && [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-3.1-8b-Q4_0.gguf ]; then
   # the tokenizer sits in the llama.cpp carry; wait for its unpacking (done before cmake starts)
   while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
-  python3 "$S/make_gguf.py" --gguf-py $L/src/llama.cpp/gguf-py --tok $L/src/llama3_1 --out $G \
+  python3 "${S_GGUF:-$S}/make_gguf.py" --gguf-py $L/src/llama.cpp/gguf-py --tok $L/src/llama3_1 --out $G \
     --models llama-3.1-8b > "$OUT/gguf.log" 2>&1 || { tail "$OUT/gguf.log"; exit 1; }
 fi
 if [ ! -d $L/src/llama3_1 ]; then # PEER=0: the tokenizer alone from the llama.cpp carry
