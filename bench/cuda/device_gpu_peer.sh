@@ -17,7 +17,8 @@
 #   OUT=dir [MODELS="..."] [PASSES=1] [DEADLINE=500] [CHECK=1] bash bench/cuda/device_gpu_peer.sh
 #   (P, N: other prompt / generation lengths; NMLX_DEVICE, NGL, SYNTH_ARGS="--tiny
 #   --layers 2": a check of the MoE path on a CPU; NCU_ROWS=1: the few-rows
-#   kernel of an 8-session step under ncu --set full)
+#   kernel of an 8-session step under ncu --set full; ROWS_TABLE=1: bench_cuda_quant
+#   rows; PEER=0: nmlx alone)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -50,7 +51,9 @@ lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
 # 1. llama.cpp: the prebuilt binaries, else a build in its own session
 L=$HOME/gpu-peer
 mkdir -p $L/res $L/src $L/build/bin
-if [ -f "$P/bin.tar.xz" ]; then
+if [ "${PEER:-1}" = 0 ]; then
+  echo "PEER=0: nmlx only"
+elif [ -f "$P/bin.tar.xz" ]; then
   [ -x $L/build/bin/llama-bench ] || tar -xJf "$P/bin.tar.xz" -C $L/build
   [ -d $L/src/llama3_1 ] || tar -xJf "$P/aux.tar.xz" -C $L/src
   MAKE_GGUF=$P
@@ -84,6 +87,7 @@ CHECK_TESTS=${CHECK_TESTS:-"test_cuda_ops test_cuda_batch"}
 ( cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
     -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) > "$OUT/nmlx_build.log" 2>&1 &&
   cmake --build $B -j16 --target nmlx-cli $([ "${CHECK:-1}" = 1 ] && echo $CHECK_TESTS bench_cuda_batch) \
+    $([ "${ROWS_TABLE:-0}" = 1 ] && echo bench_cuda_quant) \
     >> "$OUT/nmlx_build.log" 2>&1 ) &
 NPID=$!
 
@@ -106,15 +110,15 @@ synth() { # nmlx's checkpoint of model $1
 }
 ( for m in $MODELS; do synth $m; done ) > "$OUT/synth.log" 2>&1 &
 SPID=$!
-[ -f "$P/bin.tar.xz" ] || while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
+[ -f "$P/bin.tar.xz" ] || [ "${PEER:-1}" = 0 ] || while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
 GP=$L/src/llama.cpp/gguf-py TOK=$L/src/llama3_1
-for shape in llama-3.1-8b llama-3.2-1b; do # the dense F16 files first (the GPU draws them)
+[ "${PEER:-1}" = 0 ] || for shape in llama-3.1-8b llama-3.2-1b; do # the dense F16 files first (the GPU draws them)
   need=0
   for m in $MODELS; do case "$(gguf_of $m)" in $shape-*) need=1 ;; esac; done
   [ $need = 1 ] && [ ! -f $G/$shape-F16.gguf ] &&
     python3 "$MAKE_GGUF/make_gguf.py" --gguf-py $GP --tok $TOK --out $G --models $shape 2>&1 | grep -E "GB in|Error|error"
 done
-for m in $MODELS; do
+[ "${PEER:-1}" = 0 ] || for m in $MODELS; do
   case $m in l*b-q*) ;; l*b-bf16) continue ;;
     *) [ -f $G/$m.gguf ] || python3 bench/cuda/make_moe_gguf.py --gguf-py $GP --tok $TOK --make-gguf "$MAKE_GGUF" \
          --out $G/$m.gguf $m ${SYNTH_ARGS:-} 2>&1 | grep -v "Unknown separator" | tail -2; continue ;;
@@ -151,6 +155,13 @@ if [ "${CHECK:-1}" = 1 ]; then
   fi
 fi
 
+# 4a. ROWS_TABLE=1: the few-rows kernels alone (bench_cuda_quant rows: v1, v2, configs)
+if [ "${ROWS_TABLE:-0}" = 1 ] && [ $(el) -lt $DEADLINE ]; then
+  echo "$(el)s bench_cuda_quant 20 rows"
+  timeout 150 ./$B/tests/bench_cuda_quant 20 rows > "$OUT/rows.txt" 2>&1
+  grep -E "step|ERROR|SKIP" "$OUT/rows.txt"; awk '$1 == "q4g64" && $3 == 8' "$OUT/rows.txt"
+fi
+
 # 4b. NCU_ROWS=1: the few-rows kernel of an 8-session batched step under ncu
 # (--set full: where its time goes), 8 launches after the warm-up steps
 if [ "${NCU_ROWS:-0}" = 1 ] && echo " $MODELS " | grep -q " l8b-q4 " && [ $(el) -lt $DEADLINE ]; then
@@ -170,6 +181,7 @@ nmlx_bench() {
   grep -q prefill_tok_s $L/res/nmlx-$1-$2.json || { echo "nmlx bench $1 failed"; tail -5 $L/res/nmlx-$1-$2.err; rm -f $L/res/nmlx-$1-$2.json; }
 }
 lcpp_bench() {
+  [ "${PEER:-1}" = 0 ] && return
   [ -x $L/build/bin/llama-bench ] || { echo "llama-bench not built (yet)"; return; }
   echo "== llama-bench $1 at $(el)s"
   timeout 300 $L/build/bin/llama-bench -m $G/$(gguf_of $1).gguf -ngl ${NGL:-99} -p ${P:-512} -n ${N:-128} -r 3 -o jsonl \
