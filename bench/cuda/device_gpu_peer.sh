@@ -42,7 +42,7 @@ T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 mkdir -p "$OUT"
 HERE=$PWD
-P=$HERE/.device/lcpp-cuda S=$HERE/.device/serve C=$HERE/.device/cpu-peer
+LP=$HERE/.device/lcpp-cuda S=$HERE/.device/serve C=$HERE/.device/cpu-peer
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
@@ -53,14 +53,14 @@ L=$HOME/gpu-peer
 mkdir -p $L/res $L/src $L/build/bin
 if [ "${PEER:-1}" = 0 ]; then
   echo "PEER=0: nmlx only"
-elif [ -f "$P/bin.tar.xz" ]; then
-  [ -x $L/build/bin/llama-bench ] || tar -xJf "$P/bin.tar.xz" -C $L/build
-  [ -d $L/src/llama3_1 ] || tar -xJf "$P/aux.tar.xz" -C $L/src
-  MAKE_GGUF=$P
+elif [ -f "$LP/bin.tar.xz" ]; then
+  [ -x $L/build/bin/llama-bench ] || tar -xJf "$LP/bin.tar.xz" -C $L/build
+  [ -d $L/src/llama3_1 ] || tar -xJf "$LP/aux.tar.xz" -C $L/src
+  MAKE_GGUF=$LP
   export LD_LIBRARY_PATH=$L/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   $L/build/bin/llama-bench --help > /dev/null 2>&1 ||
     { echo "the prebuilt llama-bench does not run here:"; ldd $L/build/bin/llama-bench | grep -i "not found"; exit 1; }
-  echo "llama.cpp: prebuilt ($(tar -xJOf "$P/bin.tar.xz" --wildcards 'bin/*' 2>/dev/null | wc -c) bytes)"
+  echo "llama.cpp: prebuilt ($(tar -xJOf "$LP/bin.tar.xz" --wildcards 'bin/*' 2>/dev/null | wc -c) bytes)"
 elif [ -f "$S/lcpp-server-src.tar.xz" ] && [ -f "$C/lcpp-src.tar.xz" ]; then
   MAKE_GGUF=$S
   if [ ! -x $L/build/bin/llama-bench ] && ! { [ -f $L/build.pid ] && kill -0 "$(cat $L/build.pid)" 2>/dev/null; }; then
@@ -110,7 +110,7 @@ synth() { # nmlx's checkpoint of model $1
 }
 ( for m in $MODELS; do synth $m; done ) > "$OUT/synth.log" 2>&1 &
 SPID=$!
-[ -f "$P/bin.tar.xz" ] || [ "${PEER:-1}" = 0 ] || while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
+[ -f "$LP/bin.tar.xz" ] || [ "${PEER:-1}" = 0 ] || while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
 GP=$L/src/llama.cpp/gguf-py TOK=$L/src/llama3_1
 [ "${PEER:-1}" = 0 ] || for shape in llama-3.1-8b llama-3.2-1b; do # the dense F16 files first (the GPU draws them)
   need=0
@@ -163,10 +163,10 @@ if [ "${ROWS_TABLE:-0}" = 1 ] && [ $(el) -lt $DEADLINE ]; then
 fi
 
 # 4b. NCU_ROWS=1: the few-rows kernel of an 8-session batched step under ncu
-# (--set full: where its time goes), 8 launches after the warm-up steps
+# (--set full: where its time goes), 8 launches of the decode steps (past the 8 prompts: 32 layers x 4 a prompt)
 if [ "${NCU_ROWS:-0}" = 1 ] && echo " $MODELS " | grep -q " l8b-q4 " && [ $(el) -lt $DEADLINE ]; then
   echo "$(el)s ncu: qrows2_kernel, 8 sessions"
-  timeout 180 ncu --set full -k regex:qrows2_kernel --launch-skip 400 --launch-count 8 -o "$OUT/ncu_rows" \
+  timeout 180 ncu --set full -k regex:qrows2_kernel --launch-skip 1200 --launch-count 8 -o "$OUT/ncu_rows" \
     ./$B/tests/bench_cuda_batch $W/l8b-q4 8 0 8 cuda > "$OUT/ncu_rows.log" 2>&1
   ncu --import "$OUT/ncu_rows.ncu-rep" --page details > "$OUT/ncu_rows.txt" 2>&1
   grep -E "qrows2_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|L2 Cache Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Block Limit" \
