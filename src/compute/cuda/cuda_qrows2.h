@@ -57,6 +57,14 @@
  * bf16, the group's s and b applied to each chunk's f32 sums: s sum q x +
  * b sum x (error ~1e-6 of the f32 reference, not bf16 rounding).
  *
+ * XP (template; NMLX_CUDA_QROWS_CFG xp=1, NT <= 2 only): each chunk's
+ * side loads (scales, biases, x hi / lo, chunk sums) are issued one chunk
+ * ahead like the codes. Without it they are issued at the top of their own
+ * chunk and the first mma waits on them: ncu (H100, session 14, T = 17..32)
+ * put the kernel at 23% occupancy (128 registers, 2 blocks an SM), 62% of
+ * cycles with no eligible warp, a third of the stalls on those loads. Same
+ * arithmetic in the same order: the same bits.
+ *
  * Not done (next step if T = 32..64 stays mma- or x-bound): x as int16
  * split into s8 hi + u8 lo against u8 codes, mma.m16n8k32.s32.u8.s8 (half
  * the x bytes, twice the k per instruction); x staged in shared memory.
@@ -196,7 +204,7 @@ template <int BITS, bool MX> __device__ __forceinline__ void qr2_codes(uint64_t 
 /* Block: WR = a.wr (1, 2, 4, 8) groups of 16 MT rows, the 8 / WR warps of
  * a group (wk) taking the split's chunks in turn. Up to 2 blocks an SM kept
  * resident (128 registers) where MT NT <= 8. */
-template <int BITS, int SC, int NT, int MT>
+template <int BITS, int SC, int NT, int MT, bool XP = false>
 __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     qrows2_kernel(const qr2_args a) {
     constexpr bool MX = SC == QR2_SC_E8M0;
@@ -247,31 +255,56 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         va[i] = cb < ce ? qr2_load8<BITS>(a.w + ra[i] * rowb, ch * 4 + c4) : 0;
         vb[i] = cb < ce ? qr2_load8<BITS>(a.w + rb[i] * rowb, ch * 4 + c4) : 0;
     }
-    for (int ch = cb + wk; ch < ce; ch += WK) {
-        const int gi = ch >> a.gshift;
-        /* every load of the chunk first: the next chunk's codes, scales, x */
-        uint64_t na[MT], nb[MT];
+    /* a chunk's side data: its group's scales / biases and its x (hi, lo,
+     * chunk sums) */
+    struct side_t {
         float fsa[MT], fsb[MT], fba[MT], fbb[MT];
-        const int chn = ch + WK < ce ? ch + WK : ch; /* the last: its own again (cached) */
+        qr2_u4 xh[NT], xl[NT];
+        float s0[NT], s1[NT];
+    };
+    auto load_side = [&](int c, side_t &d) {
+        const int gi = c >> a.gshift;
 #pragma unroll
         for (int i = 0; i < MT; i++) {
             const int64_t sa = (int64_t)ra[i] * G + gi, sb = (int64_t)rb[i] * G + gi;
-            na[i] = qr2_load8<BITS>(a.w + ra[i] * rowb, chn * 4 + c4);
-            nb[i] = qr2_load8<BITS>(a.w + rb[i] * rowb, chn * 4 + c4);
-            fsa[i] = qr2_scale<SC>(a.scales, sa);
-            fsb[i] = qr2_scale<SC>(a.scales, sb);
-            fba[i] = MX ? 0.0f : qr2_scale<SC>(a.biases, sa);
-            fbb[i] = MX ? 0.0f : qr2_scale<SC>(a.biases, sb);
+            d.fsa[i] = qr2_scale<SC>(a.scales, sa);
+            d.fsb[i] = qr2_scale<SC>(a.scales, sb);
+            d.fba[i] = MX ? 0.0f : qr2_scale<SC>(a.biases, sa);
+            d.fbb[i] = MX ? 0.0f : qr2_scale<SC>(a.biases, sb);
         }
-        qr2_u4 xh[NT], xl[NT];
-        float s0[NT], s1[NT];
 #pragma unroll
         for (int j = 0; j < NT; j++) {
-            xh[j] = qr2_ldg16(a.xhi + xoff[j] + ch * 32);
-            xl[j] = qr2_ldg16(a.xlo + xoff[j] + ch * 32);
-            s0[j] = MX ? 0.0f : __ldg(a.xs + tc[j][0] + ch);
-            s1[j] = MX ? 0.0f : __ldg(a.xs + tc[j][1] + ch);
+            d.xh[j] = qr2_ldg16(a.xhi + xoff[j] + c * 32);
+            d.xl[j] = qr2_ldg16(a.xlo + xoff[j] + c * 32);
+            d.s0[j] = MX ? 0.0f : __ldg(a.xs + tc[j][0] + c);
+            d.s1[j] = MX ? 0.0f : __ldg(a.xs + tc[j][1] + c);
         }
+    };
+    /* XP: the side data one chunk ahead too, as the codes (its L2 latency
+     * hidden behind a chunk's products, not exposed at each chunk's first
+     * mma); more registers, so only where NT is small */
+    side_t cur;
+    if constexpr (XP)
+        if (cb + wk < ce) load_side(cb + wk, cur);
+    for (int ch = cb + wk; ch < ce; ch += WK) {
+        /* every load of the chunk first: the next chunk's codes (and XP:
+         * side data), else this chunk's scales and x */
+        uint64_t na[MT], nb[MT];
+        const int chn = ch + WK < ce ? ch + WK : ch; /* the last: its own again (cached) */
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            na[i] = qr2_load8<BITS>(a.w + ra[i] * rowb, chn * 4 + c4);
+            nb[i] = qr2_load8<BITS>(a.w + rb[i] * rowb, chn * 4 + c4);
+        }
+        side_t nxt; /* XP only */
+        (void)nxt;
+        if constexpr (XP)
+            load_side(chn, nxt);
+        else
+            load_side(ch, cur);
+        const float *fsa = cur.fsa, *fsb = cur.fsb, *fba = cur.fba, *fbb = cur.fbb;
+        const qr2_u4 *xh = cur.xh, *xl = cur.xl;
+        const float *s0 = cur.s0, *s1 = cur.s1;
 #pragma unroll
         for (int i = 0; i < MT; i++) {
             uint32_t pa[4], pb[4];
@@ -301,6 +334,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
 #pragma unroll
         for (int i = 0; i < MT; i++)
             va[i] = na[i], vb[i] = nb[i];
+        if constexpr (XP) cur = nxt;
     }
     /* the warps' sums, one m16 tile at a time, added in wk order */
 #pragma unroll
