@@ -23,7 +23,12 @@ S="$here/.device/serve/lcpp-server-src.tar.xz" C="$here/.device/cpu-peer/lcpp-sr
 for f in "$S" "$C"; do [ -f "$f" ] || { echo "missing $f" >&2; exit 1; }; done
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 if [ ! -x "$W/build/bin/llama-server" ] || [ ! -x "$W/build/bin/llama-bench" ]; then
-  rm -rf "$W/src" && mkdir -p "$W/src"
+  rm -rf "$W/src" && mkdir -p "$W/src" "$W/stub"
+  # no driver here: the executables link against libggml-cuda, which needs
+  # libcuda.so.1; the toolkit's stub stands in for it at link time only
+  stub=$(dirname "$(command -v nvcc)")/../lib64/stubs/libcuda.so
+  [ -f "$stub" ] || stub=$(find / -path '*stubs/libcuda.so' 2>/dev/null | head -1)
+  ln -sf "$stub" "$W/stub/libcuda.so.1"
   tar -xJf "$S" -C "$W/src"
   tar -xJf "$C" -C "$W/src" llama.cpp/tools/llama-bench
   grep -q llama-bench "$W/src/llama.cpp/tools/CMakeLists.txt" ||
@@ -33,7 +38,9 @@ if [ ! -x "$W/build/bin/llama-server" ] || [ ! -x "$W/build/bin/llama-bench" ]; 
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF \
     -DGGML_CUDA_NCCL=OFF -DLLAMA_BUILD_COMMIT=de3ff81 -DLLAMA_BUILD_NUMBER=0 \
-    -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH='$ORIGIN' > "$W/cmake.log"
+    -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH='$ORIGIN' \
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$W/stub" -DCMAKE_SHARED_LINKER_FLAGS="-Wl,-rpath-link,$W/stub" \
+    > "$W/cmake.log"
   nice -n 19 ninja -C "$W/build" -j"$JOBS" llama-bench llama-quantize llama-server > "$W/build.log"
 fi
 out="$here/.device/lcpp-cuda"
