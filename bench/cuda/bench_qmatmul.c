@@ -330,28 +330,25 @@ static int bench_rows(int reps) {
     const int64_t shapes[4][2] = {{4096, 4096}, {6144, 4096}, {28672, 4096}, {4096, 14336}};
     const int Ts[6] = {2, 4, 8, 16, 32, 64};
     enum { MAXCFG = 10 };
-    /* version, mt, wr, bps, split, pf */
-    int cv[MAXCFG][6] = {
-        {1, 0, 0, 2, 0, 1}, {2, 0, 0, 2, 0, 1}, {2, 0, 0, 2, 0, 2}, {2, 0, 0, 2, 0, 3}};
-    char cn[MAXCFG][40] = {"v1", "v2", "v2 pf2", "v2 pf3"};
-    int ncfg = 4;
+    int cv[MAXCFG][5] = {{1, 0, 0, 2, 0}, {2, 0, 0, 2, 0}}; /* version, mt, wr, bps, split */
+    char cn[MAXCFG][40] = {"v1", "v2"};
+    int ncfg = 2;
     const char *e = getenv("NMLX_BENCH_QROWS_CFGS");
     while (e && *e && ncfg < MAXCFG) {
-        int mt = 0, wr = 0, bps = 2, split = 0, pf = 1;
+        int mt = 0, wr = 0, bps = 2, split = 0;
         const char *end = strchr(e, ';');
         const size_t len = end ? (size_t)(end - e) : strlen(e);
         char item[64];
         snprintf(item, sizeof item, "%.*s", (int)(len < 63 ? len : 63), e);
         for (char *t = strtok(item, ","); t; t = strtok(NULL, ",")) {
             if (sscanf(t, "mt=%d", &mt) != 1 && sscanf(t, "wr=%d", &wr) != 1 &&
-                sscanf(t, "bps=%d", &bps) != 1 && sscanf(t, "split=%d", &split) != 1 &&
-                sscanf(t, "pf=%d", &pf) != 1)
+                sscanf(t, "bps=%d", &bps) != 1 && sscanf(t, "split=%d", &split) != 1)
                 printf("NMLX_BENCH_QROWS_CFGS: %s?\n", t);
         }
         cv[ncfg][0] = 2, cv[ncfg][1] = mt, cv[ncfg][2] = wr, cv[ncfg][3] = bps;
-        cv[ncfg][4] = split, cv[ncfg][5] = pf;
-        snprintf(cn[ncfg], sizeof cn[ncfg], "v2 mt%d wr%d bps%d%s%.0d pf%d", mt, wr, bps,
-                 split ? " split" : "", split, pf);
+        cv[ncfg][4] = split;
+        snprintf(cn[ncfg], sizeof cn[ncfg], "v2 mt%d wr%d bps%d%s%.0d", mt, wr, bps,
+                 split ? " split" : "", split);
         ncfg++;
         e = end ? end + 1 : NULL;
     }
@@ -393,7 +390,7 @@ static int bench_rows(int reps) {
                 for (int ci = 0; ci < ncfg; ci++) {
                     const int T = Ts[ti];
                     nmlx_cuda_set_qrows_kernel(cv[ci][0], cv[ci][1], cv[ci][2], cv[ci][3],
-                                               cv[ci][4], cv[ci][5]);
+                                               cv[ci][4]);
                     for (int i = 0; i < nc; i++) /* warm-up; scratch grown */
                         be->ops->matmul(be, &dw[i], NULL, x, y, T);
                     be->ops->sync(be);
@@ -408,7 +405,7 @@ static int bench_rows(int reps) {
                            t * 1e6, (double)bytes / t / 1e9, st == NMLX_OK ? "" : "  CUDA ERROR");
                     fflush(stdout);
                 }
-            nmlx_cuda_set_qrows_kernel(-1, 0, 0, 0, 0, 1);
+            nmlx_cuda_set_qrows_kernel(-1, 0, 0, 0, 0);
             be->ops->free(be, x), be->ops->free(be, y);
             free(hx);
             nmlx_backend_free(be);

@@ -67,10 +67,9 @@ void nmlx_cuda_set_qrows_mma(int max_t);
  * 4 up to 32), its row groups a block wr (1, 2, 4, 8; 0 = by T: 2, 4 past
  * 8 rows, 8 past 32), its split-K target bps blocks per SM (0 = no split;
  * default 2) and a forced split count (0 = from bps). version -1: back to
- * NMLX_CUDA_QROWS and NMLX_CUDA_QROWS_CFG ("mt=M,wr=R,bps=B,split=S,pf=P").
- * pf 1..3: chunks of codes in flight a warp (2, 3: up to 16 rows of x).
+ * NMLX_CUDA_QROWS and NMLX_CUDA_QROWS_CFG ("mt=M,wr=R,bps=B,split=S").
  * Process-wide; for benchmarks and tests. */
-void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split, int pf);
+void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split);
 /* v2 launches so far (test hook: it ran). */
 unsigned long long nmlx_cuda_qrows2_launches(void);
 

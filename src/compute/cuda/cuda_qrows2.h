@@ -57,14 +57,14 @@
  * bf16, the group's s and b applied to each chunk's f32 sums: s sum q x +
  * b sum x (error ~1e-6 of the f32 reference, not bf16 rounding).
  *
- * PF (template; NMLX_CUDA_QROWS_CFG pf=2|3, up to 16 rows of x, 4/8-bit,
- * m16 tiles 2): the codes PF chunks ahead instead of one, more bytes in
- * flight a warp. ncu (H100, session 14, T = 17..32) put the kernel at 23%
- * occupancy (128 registers, 2 blocks an SM) with 62% of cycles with no
- * eligible warp; T = 2 runs as long as T = 8 (4096x4096: 17.4 against
- * 18.3 us, the mat-vec 8.6), so the time is latency, not arithmetic.
- * Loading the scales and x a chunk ahead too was tried (3% slower). Same
- * arithmetic in the same order whatever PF: the same bits.
+ * Tried on the H100 (session 14) and not kept, each the same bits: the
+ * scales and x loaded a chunk ahead like the codes (3% slower), the codes
+ * 2 or 3 chunks ahead (4-bit step matmuls 4% faster at T <= 16, 8-bit 2%
+ * slower, 8 sessions unchanged). T = 2 costs as much as T = 8 (4096x4096:
+ * 17.4 against 18.3 us; one-token mat-vec 8.6) and 8-bit about as much as
+ * 4-bit, so neither arithmetic nor bytes in flight set the time; ncu at T
+ * = 17..32: 23% occupancy, 62% of cycles with no eligible warp. Next
+ * suspects: the x split's own launch and the split-K tail.
  *
  * Not done (next step if T = 32..64 stays mma- or x-bound): x as int16
  * split into s8 hi + u8 lo against u8 codes, mma.m16n8k32.s32.u8.s8 (half
@@ -205,7 +205,7 @@ template <int BITS, bool MX> __device__ __forceinline__ void qr2_codes(uint64_t 
 /* Block: WR = a.wr (1, 2, 4, 8) groups of 16 MT rows, the 8 / WR warps of
  * a group (wk) taking the split's chunks in turn. Up to 2 blocks an SM kept
  * resident (128 registers) where MT NT <= 8. */
-template <int BITS, int SC, int NT, int MT, int PF = 1>
+template <int BITS, int SC, int NT, int MT>
 __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     qrows2_kernel(const qr2_args a) {
     constexpr bool MX = SC == QR2_SC_E8M0;
@@ -248,25 +248,20 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
             for (int e = 0; e < 4; e++)
                 acc[i][j][e] = 0.0f;
     const float pk = MX ? 16384.0f : 1.0f; /* MXFP4: the codes' 2^-14 back (exact) */
-    /* the codes PF chunks ahead (loaded while the chunks before are
-     * multiplied): qa[p] / qb[p] hold this warp's p-th next chunk */
-    uint64_t qa[PF][MT], qb[PF][MT];
+    /* the codes one chunk ahead (loaded while the chunk before is multiplied) */
+    uint64_t va[MT], vb[MT];
 #pragma unroll
-    for (int p = 0; p < PF; p++) {
-        const int own = cb + wk < ce ? cb + wk : cb; /* a warp without a chunk reads chunk cb */
-        const int ch = cb + wk + p * WK < ce ? cb + wk + p * WK : own;
-#pragma unroll
-        for (int i = 0; i < MT; i++) {
-            qa[p][i] = cb < ce ? qr2_load8<BITS>(a.w + ra[i] * rowb, ch * 4 + c4) : 0;
-            qb[p][i] = cb < ce ? qr2_load8<BITS>(a.w + rb[i] * rowb, ch * 4 + c4) : 0;
-        }
+    for (int i = 0; i < MT; i++) {
+        const int ch = cb + wk < ce ? cb + wk : cb; /* a warp without a chunk reads chunk cb */
+        va[i] = cb < ce ? qr2_load8<BITS>(a.w + ra[i] * rowb, ch * 4 + c4) : 0;
+        vb[i] = cb < ce ? qr2_load8<BITS>(a.w + rb[i] * rowb, ch * 4 + c4) : 0;
     }
     for (int ch = cb + wk; ch < ce; ch += WK) {
         const int gi = ch >> a.gshift;
-        /* every load of the chunk first: the codes PF chunks on, scales, x */
+        /* every load of the chunk first: the next chunk's codes, scales, x */
         uint64_t na[MT], nb[MT];
         float fsa[MT], fsb[MT], fba[MT], fbb[MT];
-        const int chn = ch + PF * WK < ce ? ch + PF * WK : ch; /* past the end: its own (cached) */
+        const int chn = ch + WK < ce ? ch + WK : ch; /* the last: its own again (cached) */
 #pragma unroll
         for (int i = 0; i < MT; i++) {
             const int64_t sa = (int64_t)ra[i] * G + gi, sb = (int64_t)rb[i] * G + gi;
@@ -289,8 +284,8 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
 #pragma unroll
         for (int i = 0; i < MT; i++) {
             uint32_t pa[4], pb[4];
-            qr2_codes<BITS, MX>(qa[0][i], pa);
-            qr2_codes<BITS, MX>(qb[0][i], pb);
+            qr2_codes<BITS, MX>(va[i], pa);
+            qr2_codes<BITS, MX>(vb[i], pb);
             /* A fragments of the two halves (slots 2c, 2c+1 | 2c+8, 2c+9) */
 #if QR2_BREAK == 1 /* test hook (qrows2_emu): the halves' slots crossed */
             const uint32_t a0[4] = {pa[0], pb[0], pa[2], pb[2]},
@@ -313,13 +308,8 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
             }
         }
 #pragma unroll
-        for (int p = 0; p + 1 < PF; p++)
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-                qa[p][i] = qa[p + 1][i], qb[p][i] = qb[p + 1][i];
-#pragma unroll
         for (int i = 0; i < MT; i++)
-            qa[PF - 1][i] = na[i], qb[PF - 1][i] = nb[i];
+            va[i] = na[i], vb[i] = nb[i];
     }
     /* the warps' sums, one m16 tile at a time, added in wk order */
 #pragma unroll

@@ -31,10 +31,9 @@
  * That is v1 (NMLX_CUDA_QROWS=v1). The default is v2 (cuda_qrows2.h: each
  * warp over 2-4 m16 tiles, split-K over blocks with a deterministic
  * last-block reduction; its header says why and what it should measure);
- * NMLX_CUDA_QROWS_CFG="mt=M,wr=R,bps=B,split=S,pf=P" tunes it (mt 1/2/4: m16
+ * NMLX_CUDA_QROWS_CFG="mt=M,wr=R,bps=B,split=S" tunes it (mt 1/2/4: m16
  * tiles a warp; wr 1/2/4/8: row groups a block; bps: blocks per SM the
  * split-K aims at, 0 = no split; split: a fixed split count, for tests;
- * pf 1/2/3: chunks of codes in flight a warp, 2 and 3 up to 16 rows of x;
  * mt, wr absent or 0: 2 and 1, the H100 sweep's best). Measured (H100,
  * 8B q4 step matmuls): 1.19x v1 at T = 8, 1.37x at T = 64; far from the
  * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us). */
@@ -233,13 +232,13 @@ static_assert((int)QR2_SC_F32 == (int)SC_F32 && (int)QR2_SC_F16 == (int)SC_F16 &
  * tiles a warp (0: by T), its blocks per SM target for split-K (0: no
  * split) and a forced split count (0: from the target). */
 typedef struct qr_cfg {
-    int version, mt, wr, bps, split, pf; /* pf: chunks of codes in flight a warp (1..3) */
+    int version, mt, wr, bps, split;
 } qr_cfg;
 static qr_cfg qr_env_cfg, qr_set_cfg;
 static bool qr_env_read, qr_set_on;
 
 static void qr_parse(qr_cfg *c) {
-    c->version = 2, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0, c->pf = 1;
+    c->version = 2, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0;
     const char *v = getenv("NMLX_CUDA_QROWS");
     if (v && (!strcmp(v, "v1") || !strcmp(v, "1"))) c->version = 1;
     const char *e = getenv("NMLX_CUDA_QROWS_CFG");
@@ -253,8 +252,6 @@ static void qr_parse(qr_cfg *c) {
             c->bps = n < 0 ? 0 : n > 64 ? 64 : n;
         else if (sscanf(e, "split=%d", &n) == 1)
             c->split = n < 0 ? 0 : n > 64 ? 64 : n;
-        else if (sscanf(e, "pf=%d", &n) == 1)
-            c->pf = n < 1 ? 1 : n > 3 ? 3 : n;
         e = strchr(e, ',');
         if (e) e++;
     }
@@ -266,8 +263,7 @@ static qr_cfg qr_get_cfg(void) {
     return qr_env_cfg;
 }
 
-extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split,
-                                           int pf) {
+extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split) {
     if (version < 0) {
         qr_set_on = false;
         return;
@@ -277,7 +273,6 @@ extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps,
     qr_set_cfg.wr = wr == 1 || wr == 2 || wr == 4 || wr == 8 ? wr : 0;
     qr_set_cfg.bps = bps < 0 ? 0 : bps > 64 ? 64 : bps;
     qr_set_cfg.split = split < 0 ? 0 : split > 64 ? 64 : split;
-    qr_set_cfg.pf = pf < 1 ? 1 : pf > 3 ? 3 : pf;
     qr_set_on = true;
 }
 
@@ -360,17 +355,6 @@ static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
     a.part = S > 1 ? c->qr_part : NULL;
     a.cnt = S > 1 ? c->qr_cnt : NULL;
     const dim3 grid((unsigned)rblocks, (unsigned)S);
-    /* deeper code prefetch: instantiated for the common forms only */
-    if constexpr (NT <= 2 && MT == 2 && (BITS == 4 || BITS == 8) && SC != SC_E8M0) {
-        if (cfg.pf > 1) {
-            if (cfg.pf == 2)
-                qrows2_kernel<BITS, SC, NT, MT, 2><<<grid, QR2_THREADS, 0, c->stream>>>(a);
-            else
-                qrows2_kernel<BITS, SC, NT, MT, 3><<<grid, QR2_THREADS, 0, c->stream>>>(a);
-            qr2_launch_count++;
-            return;
-        }
-    }
     qrows2_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, 0, c->stream>>>(a);
     qr2_launch_count++;
 }
