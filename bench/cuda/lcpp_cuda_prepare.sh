@@ -12,7 +12,10 @@
 # plus tools/llama-bench from .device/cpu-peer/lcpp-src.tar.xz
 # (bench/device_cpu_peer_prepare.sh). The binaries link libcublas / libcudart
 # of CUDA 13 dynamically, as the GPU image provides them; the CPU code is
-# built for AVX2 (GGML_NATIVE=OFF), which every GPU host has.
+# built for AVX2 (GGML_NATIVE=OFF), which every GPU host has. sm_90 machine
+# code only (90-real): with the PTX as well (arch 90, session 14's build)
+# bin.tar.xz was 41 MB, too much beside the working tree (27 MB) for one
+# call's 64 MiB, so that call moved tests/fixtures and models/demo aside.
 #
 #   bash bench/cuda/lcpp_cuda_prepare.sh [WORK_DIR=/work/lcpp-local] [JOBS=2]
 set -euo pipefail
@@ -34,7 +37,7 @@ if [ ! -x "$W/build/bin/llama-server" ] || [ ! -x "$W/build/bin/llama-bench" ]; 
   grep -q llama-bench "$W/src/llama.cpp/tools/CMakeLists.txt" ||
     echo 'add_subdirectory(llama-bench)' >> "$W/src/llama.cpp/tools/CMakeLists.txt"
   cmake -S "$W/src/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF \
     -DGGML_CUDA_NCCL=OFF -DLLAMA_BUILD_COMMIT=de3ff81 -DLLAMA_BUILD_NUMBER=0 \
