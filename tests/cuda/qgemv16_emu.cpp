@@ -1,10 +1,10 @@
 /* cuda_qgemv16.cu's kernels run on the CPU (no GPU needed; a CPU ctest
  * case, tests/qgemv16_emu.cmake): the device code (cuda_qgemv16_dev.cuh)
- * is compiled as host C++ with NMLX_QGEMV16_EMU, each CUDA thread of a
- * block is a std::thread, __syncthreads a barrier of the block's 256, and
- * __shfl_xor_sync exchanges the 32 lanes' values through a warp barrier;
- * dp2a is applied as the PTX ISA defines it. Shared memory is poisoned
- * (0xff) before each block and must not be written past the launch's size.
+ * is compiled as host C++ with NMLX_QGEMV16_EMU on warp_emu.h (each CUDA
+ * thread of a block a fiber, __syncthreads a barrier of the block's 256,
+ * __shfl_xor_sync a warp's exchange); dp2a is applied as the PTX ISA
+ * defines it. Shared memory is poisoned (0xff) before each block and must
+ * not be written past the launch's size.
  *
  * Checked per case (affine 4/8-bit x group 32/64/128 x F32/F16/BF16 scales;
  * one weight, three of different heights (q/k/v), gate/up pairs with each
@@ -21,117 +21,21 @@
  * Run: test_qgemv16_emu [quick]   (exit 0: every case passed; ctest runs
  * quick: group 64 only, grids of 3 blocks and one warp a unit, no DEP 4;
  * the full run, a few minutes on 2 cores: every group size, 1 block too) */
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <thread>
 #include <vector>
 
 extern "C" {
 #include "compute/backend.h"
 }
 
-/* the CUDA keywords, types and built-ins the kernels use, as host code */
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__
-#define __align__(n)
-
-struct uint3 {
-    unsigned x, y, z;
-};
-struct dim3 {
-    unsigned x, y, z;
-};
-struct uint4 {
-    unsigned x, y, z, w;
-};
-struct float2 {
-    float x, y;
-};
-struct float4 {
-    float x, y, z, w;
-};
-struct __half {
-    unsigned short u;
-};
-static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-static inline float __fmul_rn(float a, float b) { return a * b; } /* NORM only */
-static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
-    return uint4{x, y, z, w};
-}
-
-static thread_local uint3 emu_thread;
-static uint3 emu_block;
-static dim3 emu_grid;
-#define threadIdx emu_thread
-#define blockIdx emu_block
-#define gridDim emu_grid
-
-enum { EMU_THREADS = 256, SM_BYTES = 228 * 1024 };
-static size_t sm_used;
-static std::barrier<> *block_bar;
-struct warp_x {
-    std::barrier<> bar{32};
-    uint64_t v[32];
-};
-static warp_x *warps;
-
-template <typename T> static inline T __ldg(const T *p) { return *p; }
-static inline float __uint_as_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
-static inline double h2d(unsigned b) {
-    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
-    const double v = e == 31  ? (m ? NAN : INFINITY)
-                     : e == 0 ? ldexp(m, -24)
-                              : ldexp(1024 + m, e - 25);
-    return b >> 15 ? -v : v;
-}
-static inline float __half2float(__half h) { return (float)h2d(h.u); }
-static inline int __float2int_rn(float v) { return (int)nearbyintf(v); } /* ties to even */
-static inline void __syncthreads() { block_bar->arrive_and_wait(); }
-static inline int __syncthreads_or(int p) { /* NORM only: not emulated */
-    block_bar->arrive_and_wait();
-    return p;
-}
-static inline void __threadfence() {}
-static inline unsigned atomicAdd(unsigned *p, unsigned v) {
-    const unsigned o = *p;
-    *p = o + v;
-    return o;
-}
-template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int o) {
-    static_assert(sizeof(T) <= 8, "shuffle of a scalar");
-    warp_x &w = warps[emu_thread.x / 32];
-    const int lane = (int)(emu_thread.x % 32);
-    uint64_t b = 0;
-    memcpy(&b, &v, sizeof v);
-    w.v[lane] = b;
-    w.bar.arrive_and_wait();
-    b = w.v[lane ^ o];
-    w.bar.arrive_and_wait();
-    T r;
-    memcpy(&r, &b, sizeof r);
-    return r;
-}
-static inline void cuda_pdl_trigger() {}
-static inline void cuda_pdl_wait() {}
+/* the kernels' `extern __shared__ smem[]`, of an H100 SM's 228 KiB at most */
+#define WARP_EMU_SMEM smem
+#define WARP_EMU_SMEM_BYTES (228 * 1024)
+#include "warp_emu.h"
 
 /* cuda_internal.h's helpers */
 static inline float cuda_act1(nmlx_act act, float x) {
@@ -153,8 +57,6 @@ static inline float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
 }
 
 namespace {
-alignas(16) unsigned char smem[SM_BYTES]; /* the kernels' `extern __shared__ smem[]` */
-
 /* dp2a.lo / .hi: the two signed int16 of a times bytes 0,1 / 2,3 of b */
 inline int dp2a_lo(int a, unsigned b, int c) {
     return c + (int)(int16_t)(a & 0xffff) * (int)(b & 0xff) +
@@ -164,115 +66,22 @@ inline int dp2a_hi(int a, unsigned b, int c) {
     return c + (int)(int16_t)(a & 0xffff) * (int)((b >> 16) & 0xff) +
            (int)(int16_t)((unsigned)a >> 16) * (int)(b >> 24);
 }
-/* cp.async: copies queued per thread in commit groups, landing only when a
- * wait_group lets their group complete (a slot read before its wait sees
- * the old bytes); destinations checked against the launch's shared size */
-struct cp_op {
-    void *dst;
-    const void *src;
-    int bytes;
-};
-thread_local std::vector<cp_op> cp_open;
-thread_local std::deque<std::vector<cp_op>> cp_groups;
-void check_sm(const void *p, size_t bytes, const char *what);
 inline void q16_cp16(void *dst, const void *src, int bytes) {
-    check_sm(dst, 16, "cp.async");
     if ((bytes != 0 && bytes != 16) || (uintptr_t)src % 16) {
         fprintf(stderr, "cp.async: bad source %p or size %d\n", src, bytes);
         abort();
     }
-    cp_open.push_back({dst, src, bytes});
+    emu_cp_async16(dst, src, bytes);
 }
-inline void q16_commit() {
-    cp_groups.push_back(cp_open);
-    cp_open.clear();
-}
-template <int N> inline void q16_wait() {
-    while (cp_groups.size() > (size_t)N) {
-        for (const cp_op &o : cp_groups.front()) {
-            memcpy(o.dst, o.src, (size_t)o.bytes);
-            memset((char *)o.dst + o.bytes, 0, (size_t)(16 - o.bytes));
-        }
-        cp_groups.pop_front();
-    }
-}
+inline void q16_commit() { emu_cp_commit(); }
+template <int N> inline void q16_wait() { emu_cp_wait<N>(); }
 inline uint4 ld_stream(const uint4 *p) {
-    if ((uintptr_t)p % 16) {
-        fprintf(stderr, "ld_stream: misaligned %p\n", (const void *)p);
-        abort();
-    }
+    emu_check_load(p, 16, 16);
     return *p;
-}
-void check_sm(const void *p, size_t bytes, const char *what) {
-    const unsigned char *b = (const unsigned char *)p;
-    if ((uintptr_t)b % 16 || b < smem || b + bytes > smem + sm_used) {
-        fprintf(stderr, "%s: shared offset %td of %zu, misaligned or out of bounds\n", what,
-                b - smem, sm_used);
-        abort();
-    }
 }
 } // namespace
 
 #include "compute/cuda/cuda_qgemv16_dev.cuh"
-
-/* a launch: every block in turn, its 256 threads at once */
-template <typename F> static void emu_run(unsigned grid, size_t sm, F body) {
-    sm_used = sm;
-    if (sm > SM_BYTES) abort();
-    emu_grid = dim3{grid, 1, 1};
-    for (unsigned bx = 0; bx < grid; bx++) {
-        memset(smem, 0xff, sizeof smem);
-        emu_block = uint3{bx, 0, 0};
-        std::barrier<> bar(EMU_THREADS);
-        block_bar = &bar;
-        std::vector<warp_x> w(EMU_THREADS / 32);
-        warps = w.data();
-        std::vector<std::thread> th;
-        th.reserve(EMU_THREADS);
-        for (unsigned t = 0; t < EMU_THREADS; t++)
-            th.emplace_back([t, &body] {
-                emu_thread = uint3{t, 0, 0};
-                cp_open.clear();
-                cp_groups.clear();
-                body();
-                if (!cp_open.empty() || !cp_groups.empty()) {
-                    fprintf(stderr, "cp.async copies left in flight at exit\n");
-                    abort();
-                }
-            });
-        for (auto &t : th)
-            t.join();
-        for (size_t i = sm_used; i < sizeof smem; i++)
-            if (smem[i] != 0xff) {
-                fprintf(stderr, "shared memory written past %zu bytes (at %zu)\n", sm_used, i);
-                abort();
-            }
-    }
-}
-
-static uint64_t rng = 20261206;
-static uint32_t next32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(rng >> 32);
-}
-static float urand(float lo, float hi) {
-    return lo + (hi - lo) * (float)((next32() >> 8) / 16777216.0);
-}
-static uint16_t f2bf(float v) {
-    const uint32_t u = f2u(v);
-    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-static uint16_t f2h(float v) { /* exact for the values used (k / 1024 in range) */
-    const double a = fabs(v);
-    if (a == 0) return 0;
-    int e = (int)floor(log2(a));
-    if (e < -14) e = -14;
-    const double m = a / ldexp(1.0, e); /* [1, 2) (or less for subnormals) */
-    unsigned mant = (unsigned)llround((m - (e > -14 || m >= 1 ? 1 : 0)) * 1024);
-    unsigned ex = e == -14 && m < 1 ? 0 : (unsigned)(e + 15);
-    if (mant == 1024) mant = 0, ex++;
-    return (uint16_t)((v < 0 ? 0x8000 : 0) | ex << 10 | mant);
-}
 
 /* one host weight [D, N], its arrays kept as the kernel reads them */
 struct hweight {
@@ -300,23 +109,23 @@ static hweight make_weight(int bits, int gs, int sc, int64_t D, int64_t N, bool 
     const int64_t pieces = N * bits / 128, G = N / gs, es = sc == SCF32 ? 4 : 2;
     h.w.resize((size_t)(D * pieces));
     for (auto &p : h.w)
-        p = uint4{next32(), next32(), next32(), next32()};
+        p = uint4{emu_next32(), emu_next32(), emu_next32(), emu_next32()};
     h.s.resize((size_t)(D * G * es));
     h.b.resize((size_t)(D * G * es));
     for (int64_t i = 0; i < D * G; i++) {
         /* f16-exact values: k / 1024 */
-        const float s = (float)(1 + next32() % 64) / 1024.0f / (float)((1 << bits) - 1);
-        const float b = -(float)(next32() % 32) / 1024.0f;
+        const float s = (float)(1 + emu_next32() % 64) / 1024.0f / (float)((1 << bits) - 1);
+        const float b = -(float)(emu_next32() % 32) / 1024.0f;
         if (sc == SCF32) {
             memcpy(&h.s[i * 4], &s, 4), memcpy(&h.b[i * 4], &b, 4);
         } else {
-            const uint16_t sv = sc == SCF16 ? f2h(s) : f2bf(s), bv = sc == SCF16 ? f2h(b) : f2bf(b);
+            const uint16_t sv = sc == SCF16 ? d2h(s) : f2bf(s), bv = sc == SCF16 ? d2h(b) : f2bf(b);
             memcpy(&h.s[i * 2], &sv, 2), memcpy(&h.b[i * 2], &bv, 2);
         }
     }
     if (lbias)
         for (int64_t i = 0; i < D; i++)
-            h.lb.push_back(urand(-1, 1));
+            h.lb.push_back(emu_urand(-1, 1));
     h.y.assign((size_t)D + 4, NAN);
     return h;
 }
@@ -380,9 +189,11 @@ static void run_v1(std::vector<hweight> &ws, const float *x, int64_t N, int gs, 
     const int R = BITS == 4 && rows >= 16384 ? 4 : 2; /* as qgemv16_run */
     q16_v1_tiles(a, R, PAIR);
     if (R == 4)
-        emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 4, PAIR, false>(a); });
+        emu_launch(a.tiles, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16_kernel<BITS, SC, 4, PAIR, false>(a); });
     else
-        emu_run(a.tiles, q16_smem(N), [&] { qgemv16_kernel<BITS, SC, 2, PAIR, false>(a); });
+        emu_launch(a.tiles, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16_kernel<BITS, SC, 2, PAIR, false>(a); });
 }
 
 template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC = false, int RR = 1>
@@ -393,7 +204,7 @@ static void run_v2(std::vector<hweight> &ws, const float *x, int64_t N, int gs, 
     q16_v2_units(a, PAIR, RR);
     constexpr int RU = PAIR ? 2 : RR;
     const size_t sm = q16_smem(N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
-    emu_run(grid, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>(a); });
+    emu_launch(grid, Q16_THREADS, sm, [&] { qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>(a); });
 }
 
 /* n weights (PAIR: gate, up) of heights Ds over N inputs */
@@ -403,10 +214,10 @@ static void run_case(int gs, int64_t N, std::vector<int64_t> Ds, bool lbias, nml
     cases++;
     std::vector<float> x((size_t)N);
     for (int64_t b = 0; b < N / 16; b++) { /* per 16 inputs: ordinary, zero, tiny, large */
-        const int kind = (int)(next32() % 8);
+        const int kind = (int)(emu_next32() % 8);
         const float mag = kind == 0 ? 0.0f : kind == 1 ? 1e-6f : kind == 2 ? 1e3f : 1.0f;
         for (int i = 0; i < 16; i++)
-            x[(size_t)(b * 16 + i)] = mag * urand(-2, 2);
+            x[(size_t)(b * 16 + i)] = mag * emu_urand(-2, 2);
     }
     std::vector<hweight> ws;
     for (int64_t D : Ds)

@@ -1,11 +1,11 @@
 /* cuda_qmm_fused.cu's kernels run on the CPU, for machines without a GPU
  * (as attn_mma_emu.cpp does for the attention kernel): the source is
  * compiled as host C++ (NMLX_QMM_EMU drops its PTX wrappers and launch
- * code), each CUDA thread of a block is a std::thread, __syncthreads a
- * barrier of the 256, and the warp-collective instructions (mma.m16n8k16
- * f16, ldmatrix.x4) exchange the 32 lanes' operands through a warp barrier
- * and apply the PTX ISA's fragment layouts (f16 products exact, sums in
- * double then rounded to f32). cp.async is deferred: a thread's copies land
+ * code) on warp_emu.h: each CUDA thread of a block is a fiber,
+ * __syncthreads a barrier of the 256, and the warp-collective instructions
+ * (mma.m16n8k16 f16, ldmatrix.x4) exchange the 32 lanes' operands through a
+ * warp barrier and apply the PTX ISA's fragment layouts (f16 products exact,
+ * sums in double then rounded to f32). cp.async is deferred: a thread's copies land
  * only when its cp.async.wait_group lets their group complete, so a tile
  * read before its wait shows. Shared memory is poisoned (0xff: f16 NaN)
  * before each block and must not be written past the launch's size;
@@ -23,165 +23,34 @@
  *    2e-3 of the row's max|y| (the bound test_cuda_qmm_fused.c applies on the
  *    GPU); the worst is printed (expected ~2^-11 scale: a few 1e-4).
  * Not built by cmake; by hand:
- *   g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -DNMLX_QMM_EMU -Isrc -Iinclude \
+ *   g++ -std=c++20 -O2 -Wno-unknown-pragmas -DNMLX_QMM_EMU -Isrc -Iinclude \
  *       -isystem /usr/local/cuda/include tests/cuda/qmm_fused_emu.cpp -o /tmp/qmm_fused_emu
  *   /tmp/qmm_fused_emu [quick]   (exit 0: every case within both bounds) */
-#include <cuda_fp16.h>
-#include <vector_functions.h>
-
-#include <barrier>
-#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <thread>
 #include <vector>
 
-/* the CUDA keywords and built-ins the kernels use, as host code */
-#undef __global__
-#undef __device__
-#undef __host__
-#undef __forceinline__
-#undef __launch_bounds__
-#undef __shared__
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__
-#define threadIdx emu_thread
-#define blockIdx emu_block
-
-static thread_local uint3 emu_thread;
-static uint3 emu_block;
-
-enum { SM_BYTES = 256 * 1024 };
-static size_t sm_used; /* the launch's dynamic shared memory */
-static std::barrier<> *block_bar;
-struct warp_x {
-    std::barrier<> bar{32};
-    uint32_t w[32][6];
-    const void *p[32];
-};
-static warp_x *warps;
-
-static inline void __syncthreads() { block_bar->arrive_and_wait(); }
-static inline float __uint_as_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
-    const uint64_t v = (uint64_t)y << 32 | x;
-    uint32_t r = 0;
-    for (int i = 0; i < 4; i++)
-        r |= (uint32_t)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
-    return r;
-}
+/* the kernels' `extern __shared__ qf_sm[]`; __half from the toolkit */
+#define WARP_EMU_CUDA_HEADERS
+#define WARP_EMU_SMEM qf_sm
+#include "warp_emu.h"
 
 namespace {
-alignas(16) unsigned char qf_sm[SM_BYTES]; /* the kernels' `extern __shared__ qf_sm[]` */
-
-inline int lane_() { return (int)(emu_thread.x % 32); }
-inline warp_x &warp_() { return warps[emu_thread.x / 32]; }
-
-/* f16 bits <-> value (subnormals included; RNE) */
-inline double h2d(uint32_t b) {
-    b &= 0xffffu;
-    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
-    const double v = e == 31  ? (m ? NAN : INFINITY)
-                     : e == 0 ? ldexp(m, -24)
-                              : ldexp(1024 + m, e - 25);
-    return b >> 15 ? -v : v;
-}
-inline uint32_t d2h(double v) {
-    const __half h = __float2half_rn((float)v); /* exact inputs here: f32 then f16 is RNE */
-    uint16_t b;
-    memcpy(&b, &h, 2);
-    return b;
-}
-inline float val(uint32_t w, int half) { return (float)h2d(half ? w >> 16 : w & 0xffffu); }
-
-void check_sm(const void *p, size_t bytes, const char *what) {
-    const unsigned char *b = (const unsigned char *)p;
-    if ((uintptr_t)b % 16 || b < qf_sm || b + bytes > qf_sm + sm_used) {
-        fprintf(stderr, "%s: shared address offset %td of %zu, misaligned or out of bounds\n", what,
-                b - qf_sm, sm_used);
-        abort();
-    }
-}
-
-/* cp.async: copies queued per thread in commit groups, done at wait_group */
-struct cp_op {
-    void *dst;
-    const void *src;
-    int bytes;
-};
-thread_local std::vector<cp_op> cp_open;
-thread_local std::deque<std::vector<cp_op>> cp_groups;
-
 void qf_cp16(void *smem, const void *gmem, int bytes) {
-    check_sm(smem, 16, "cp.async");
     if (bytes < 0 || bytes > 16 || (uintptr_t)gmem % (bytes == 16 ? 16 : 4)) {
         fprintf(stderr, "cp.async: bad source %p or size %d\n", gmem, bytes);
         abort();
     }
-    cp_open.push_back({smem, gmem, bytes});
+    emu_cp_async16(smem, gmem, bytes);
 }
-void qf_commit() {
-    cp_groups.push_back(cp_open);
-    cp_open.clear();
-}
-template <int N> void qf_wait() {
-    while (cp_groups.size() > (size_t)N) {
-        for (const cp_op &o : cp_groups.front()) {
-            memcpy(o.dst, o.src, (size_t)o.bytes);
-            memset((char *)o.dst + o.bytes, 0, (size_t)(16 - o.bytes));
-        }
-        cp_groups.pop_front();
-    }
-}
-
-/* ldmatrix.x4: lane l gets, of matrix i (rows from lanes 8i..8i+7), row l/4, cols 2(l%4), +1 */
-void qf_ldsm_x4(uint32_t *r, const uint16_t *p) {
-    warp_x &x = warp_();
-    const int lane = lane_();
-    check_sm(p, 16, "ldmatrix row");
-    x.p[lane] = p;
-    x.bar.arrive_and_wait();
-    for (int i = 0; i < 4; i++) {
-        const uint16_t *row = (const uint16_t *)x.p[8 * i + lane / 4];
-        r[i] = (uint32_t)row[2 * (lane % 4)] | (uint32_t)row[2 * (lane % 4) + 1] << 16;
-    }
-    x.bar.arrive_and_wait();
-}
-
-/* mma.m16n8k16 row.col f32.f16.f16.f32: c += A B (PTX ISA fragment layouts) */
+void qf_commit() { emu_cp_commit(); }
+template <int N> void qf_wait() { emu_cp_wait<N>(); }
+void qf_ldsm_x4(uint32_t *r, const uint16_t *p) { emu_ldmatrix_x4(r, p, false); }
 void qf_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    warp_x &x = warp_();
-    const int lane = lane_(), g = lane / 4, q = lane % 4;
-    for (int i = 0; i < 4; i++)
-        x.w[lane][i] = a[i];
-    x.w[lane][4] = b0, x.w[lane][5] = b1;
-    x.bar.arrive_and_wait();
-    for (int e = 0; e < 4; e++) {
-        const int row = g + 8 * (e / 2), col = 2 * q + e % 2;
-        double s = 0;
-        for (int k = 0; k < 16; k++) {
-            /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
-            const float av =
-                val(x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
-            /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
-            const float bv = val(x.w[4 * col + (k % 8) / 2][4 + (k >= 8)], k % 2);
-            s += (double)av * (double)bv;
-        }
-        c[e] = (float)((double)c[e] + s);
-    }
-    x.bar.arrive_and_wait();
+    emu_mma_m16n8k16<EMU_F16>(c, a, b0, b1);
 }
 void qf_mma0(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     c[0] = c[1] = c[2] = c[3] = 0.0f;
@@ -190,68 +59,25 @@ void qf_mma0(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
 
 /* f16x2 a * b + c on the bits (both halves), rounded to f16 */
 uint32_t qf_hfma2(uint32_t a, uint32_t b, uint32_t c) {
-    return d2h(h2d(a) * h2d(b) + h2d(c)) | d2h(h2d(a >> 16) * h2d(b >> 16) + h2d(c >> 16)) << 16;
+    const uint32_t lo = d2h(h2d(a) * h2d(b) + h2d(c)),
+                   hi = d2h(h2d(a >> 16) * h2d(b >> 16) + h2d(c >> 16));
+    return lo | hi << 16;
 }
 } // namespace
 
 #include "compute/cuda/cuda_qmm_fused.cu"
 
-/* a launch: every block in turn, its 256 threads at once */
-template <typename F> static void emu_run(dim3 grid, size_t smem, F body) {
-    sm_used = smem;
-    assert(sm_used <= SM_BYTES);
-    for (unsigned by = 0; by < grid.y; by++)
-        for (unsigned bx = 0; bx < grid.x; bx++) {
-            memset(qf_sm, 0xff, sizeof qf_sm);
-            emu_block = make_uint3(bx, by, 0);
-            std::barrier<> bar(QF_THREADS);
-            block_bar = &bar;
-            std::vector<warp_x> w(QF_THREADS / 32);
-            warps = w.data();
-            std::vector<std::thread> th;
-            for (unsigned t = 0; t < QF_THREADS; t++)
-                th.emplace_back([t, &body] {
-                    emu_thread = make_uint3(t, 0, 0);
-                    cp_open.clear();
-                    cp_groups.clear();
-                    body();
-                    if (!cp_open.empty() || !cp_groups.empty()) {
-                        fprintf(stderr, "cp.async copies left in flight at exit\n");
-                        abort();
-                    }
-                });
-            for (auto &t : th)
-                t.join();
-            for (size_t i = sm_used; i < sizeof qf_sm; i++)
-                if (qf_sm[i] != 0xff) {
-                    fprintf(stderr, "shared memory written past %zu bytes (at %zu)\n", sm_used, i);
-                    abort();
-                }
-        }
-}
-
-static uint64_t rng = 20261206;
-static float urand(float lo, float hi) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return lo + (hi - lo) * (float)((rng >> 40) / 16777216.0);
-}
-
 /* storage of a value in dtype dt (QF_F32 / F16 / BF16) and back */
 static void put(int dt, void *p, int64_t i, float v) {
     if (dt == QF_F32)
         ((float *)p)[i] = v;
-    else if (dt == QF_F16)
-        ((uint16_t *)p)[i] = (uint16_t)d2h(v);
-    else {
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        ((uint16_t *)p)[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-    }
+    else
+        ((uint16_t *)p)[i] = dt == QF_F16 ? d2h(v) : f2bf(v);
 }
 static double get(int dt, const void *p, int64_t i) {
     if (dt == QF_F32) return ((const float *)p)[i];
     if (dt == QF_F16) return h2d(((const uint16_t *)p)[i]);
-    return __uint_as_float((uint32_t)((const uint16_t *)p)[i] << 16);
+    return bf2f(((const uint16_t *)p)[i]);
 }
 
 static int failures, cases;
@@ -265,9 +91,9 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
     std::vector<float> x((size_t)(T * N));
     for (int64_t t = 0; t < T; t++)
         for (int64_t k = 0; k < N; k++) {
-            float v = powf(10.0f, urand(-3, 3)) * (urand(0, 1) < 0.5f ? -1.0f : 1.0f);
+            float v = powf(10.0f, emu_urand(-3, 3)) * (emu_urand(0, 1) < 0.5f ? -1.0f : 1.0f);
             if (t % 7 == 3)
-                v = urand(-1e-5f, 1e-5f);
+                v = emu_urand(-1e-5f, 1e-5f);
             else if (t % 11 == 5)
                 v *= 100.0f;
             x[(size_t)(t * N + k)] = v;
@@ -285,7 +111,7 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
         for (int64_t gi = 0; gi < G; gi++) {
             float wv[GS], lo = 1e30f, hi = -1e30f;
             for (int k = 0; k < GS; k++)
-                wv[k] = urand(-1, 1), lo = fminf(lo, wv[k]), hi = fmaxf(hi, wv[k]);
+                wv[k] = emu_urand(-1, 1), lo = fminf(lo, wv[k]), hi = fmaxf(hi, wv[k]);
             put(sdt, sc.data(), d * G + gi, (hi - lo) / (float)qmax);
             put(sdt, bi.data(), d * G + gi, lo);
             const double s = get(sdt, sc.data(), d * G + gi), b = get(sdt, bi.data(), d * G + gi);
@@ -298,34 +124,21 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
             }
         }
     for (int64_t d = 0; d < D; d++)
-        put(lbdt, lb.data(), d, urand(-1, 1));
+        put(lbdt, lb.data(), d, emu_urand(-1, 1));
     /* the prep kernel, then the mat-mat */
     std::vector<uint16_t> xt((size_t)(T * N));
     std::vector<float> xs((size_t)(G * Tp), NAN), ix((size_t)T), y((size_t)(T * D), NAN);
-    for (int64_t t = 0; t < T; t++) {
-        emu_block = make_uint3((unsigned)t, 0, 0);
-        const uint3 blk = emu_block;
-        sm_used = QF_THREADS * 4;
-        std::barrier<> bar(QF_THREADS);
-        block_bar = &bar;
-        std::vector<std::thread> th;
-        for (unsigned i = 0; i < QF_THREADS; i++)
-            th.emplace_back([&, i, blk] {
-                emu_thread = make_uint3(i, 0, 0);
-                (void)blk;
-                qf_xprep_kernel<BITS>(x.data(), T, N, GS, Tp, xt.data(), xs.data(), ix.data());
-            });
-        for (auto &h : th)
-            h.join();
-    }
+    emu_launch(dim3((unsigned)T), QF_THREADS, QF_THREADS * 4, [&] {
+        qf_xprep_kernel<BITS>(x.data(), T, N, GS, Tp, xt.data(), xs.data(), ix.data());
+    });
     qf_args a;
     a.xt = xt.data(), a.xs = xs.data(), a.ix = ix.data(), a.w = (const uint8_t *)wq.data();
     a.scales = sc.data(), a.biases = bi.data(), a.sdt = sdt;
     a.lb = bias ? lb.data() : NULL, a.lbdt = lbdt, a.y = y.data();
     a.T = T, a.D = D, a.N = N, a.Tp = Tp;
     a.y2 = D % 2 == 0;
-    emu_run(dim3((unsigned)((D + C::BN - 1) / C::BN), (unsigned)((T + C::BM - 1) / C::BM)), C::SMEM,
-            [&a] { qmm_fused_kernel<BITS, GS, MT, NT>(a); });
+    emu_launch(dim3((unsigned)((D + C::BN - 1) / C::BN), (unsigned)((T + C::BM - 1) / C::BM)),
+               QF_THREADS, C::SMEM, [&a] { qmm_fused_kernel<BITS, GS, MT, NT>(a); });
     /* references, per row of y */
     double et = 0, ec = 0;
     std::vector<double> rt((size_t)D), rc((size_t)D);

@@ -1,11 +1,10 @@
 /* The few-rows v2 kernel (src/compute/cuda/cuda_qrows2.h) run on the CPU,
  * for machines without a GPU (as qmm_fused_emu.cpp and attn_mma_emu.cpp do
- * for theirs): the kernel's header compiled as host C++, each CUDA thread of
- * a block a std::thread, __syncthreads a barrier of the 256, mma.m16n8k16
- * (bf16, f32 accumulate) exchanging the 32 lanes' operands through a warp
- * barrier and applying the PTX ISA's fragment layouts (bf16 products exact,
- * sums in double then rounded to f32), atomicAdd / __threadfence on
- * std::atomic. Needs no CUDA header, so it runs in the CPU build's ctest.
+ * for theirs): the kernel's header compiled as host C++ on warp_emu.h (each
+ * CUDA thread of a block a fiber, __syncthreads a barrier of the 256,
+ * mma.m16n8k16 bf16 by the PTX ISA's fragment layouts: bf16 products exact,
+ * sums in double then rounded to f32). Needs no CUDA header, so it runs in
+ * the CPU build's ctest.
  *
  * A launch runs its blocks one at a time in a shuffled order (so the
  * split-K's "last block adds the partials" meets every arrival order);
@@ -35,117 +34,20 @@
  * block) as tests that must fail.
  * Usage: test_qrows2_emu [quick] */
 #include <algorithm>
-#include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <math.h>
-#include <thread>
 #include <vector>
 
-/* the CUDA keywords and built-ins the kernel uses, as host code */
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-#define threadIdx emu_thread
-#define blockIdx emu_block
-
-struct emu_dim3 {
-    unsigned x, y, z;
-};
-static thread_local emu_dim3 emu_thread;
-static emu_dim3 emu_block;
-
-enum { EMU_THREADS = 256 };
-static std::barrier<> *block_bar;
-struct warp_x {
-    std::barrier<> bar{32};
-    uint32_t w[32][6];
-};
-static warp_x *warps;
-
-/* the buffers loads may read: a load outside them (or misaligned) aborts */
-struct region {
-    const void *p;
-    size_t n;
-    const char *name;
-};
-static std::vector<region> regions;
-static void check_load(const void *p, size_t n, size_t align) {
-    if ((uintptr_t)p % align) {
-        fprintf(stderr, "misaligned %zu-byte load at %p\n", n, p);
-        abort();
-    }
-    for (const region &r : regions)
-        if ((const char *)p >= (const char *)r.p && (const char *)p + n <= (const char *)r.p + r.n)
-            return;
-    fprintf(stderr, "load of %zu bytes at %p outside every buffer\n", n, p);
-    abort();
-}
-
-template <typename T> static inline T __ldg(const T *p) {
-    check_load(p, sizeof(T), sizeof(T));
-    return *p;
-}
-static inline float __ldcg(const float *p) {
-    check_load(p, 4, 4);
-    return std::atomic_ref<const float>(*p).load();
-}
-static inline void __syncthreads() { block_bar->arrive_and_wait(); }
-static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-static inline unsigned atomicAdd(unsigned *p, unsigned v) {
-    return std::atomic_ref<unsigned>(*p).fetch_add(v);
-}
-static inline float __uint_as_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
-    const uint64_t v = (uint64_t)y << 32 | x;
-    uint32_t r = 0;
-    for (int i = 0; i < 4; i++)
-        r |= (uint32_t)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
-    return r;
-}
+#include "warp_emu.h"
 
 #include "compute/cuda/cuda_qrows2.h"
 
-/* bf16 / f16 bits and values */
-static inline float bf2f(uint32_t b) { return __uint_as_float((b & 0xffffu) << 16); }
-static inline uint16_t f2bf(float f) { /* RNE (finite values) */
-    const uint32_t u = f2u(f);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-static inline double h2d(uint32_t b) {
-    b &= 0xffffu;
-    const int e = (int)(b >> 10) & 31, m = (int)(b & 1023);
-    const double v = e == 31  ? (m ? NAN : INFINITY)
-                     : e == 0 ? ldexp(m, -24)
-                              : ldexp(1024 + m, e - 25);
-    return b >> 15 ? -v : v;
-}
-static uint16_t d2h(double v) { /* RNE (the compiler's f16 conversion) */
-    const _Float16 h = (_Float16)(float)v;
-    uint16_t b;
-    memcpy(&b, &h, 2);
-    return b;
-}
-
 /* the primitives */
 inline qr2_u4 qr2_ldg16(const void *p) {
-    check_load(p, 16, 16);
+    emu_check_load(p, 16, 16);
     qr2_u4 v;
     memcpy(&v, p, 16);
     return v;
@@ -157,61 +59,8 @@ inline uint32_t qr2_pack_bf16(float lo, float hi) {
     return (uint32_t)f2bf(lo) | (uint32_t)f2bf(hi) << 16;
 }
 inline float qr2_h2f(uint16_t h) { return (float)h2d(h); }
-/* mma.m16n8k16 row.col f32.bf16.bf16.f32: c += A B (PTX ISA fragment layouts) */
 inline void qr2_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    warp_x &x = warps[emu_thread.x / 32];
-    const int lane = (int)(emu_thread.x % 32), g = lane / 4, q = lane % 4;
-    for (int i = 0; i < 4; i++)
-        x.w[lane][i] = a[i];
-    x.w[lane][4] = b0, x.w[lane][5] = b1;
-    x.bar.arrive_and_wait();
-    for (int e = 0; e < 4; e++) {
-        const int row = g + 8 * (e / 2), col = 2 * q + e % 2;
-        double s = 0;
-        for (int k = 0; k < 16; k++) {
-            /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8) */
-            const uint32_t aw = x.w[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)];
-            /* B[k][col]: lane 4 col + (k % 8) / 2, register b0 / b1 by k >= 8 */
-            const uint32_t bw = x.w[4 * col + (k % 8) / 2][4 + (k >= 8)];
-            s += (double)bf2f(k % 2 ? aw >> 16 : aw) * (double)bf2f(k % 2 ? bw >> 16 : bw);
-        }
-        c[e] = (float)((double)c[e] + s);
-    }
-    x.bar.arrive_and_wait();
-}
-
-static uint64_t rng = 20261206;
-static uint32_t next32() {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(rng >> 32);
-}
-static float urand(float lo, float hi) {
-    return lo + (hi - lo) * (float)((next32() >> 8) / 16777216.0);
-}
-
-/* a launch: blocks one at a time in a shuffled order, 256 threads each */
-template <typename F> static void emu_launch(unsigned gx, unsigned gy, F body) {
-    std::vector<std::pair<unsigned, unsigned>> order;
-    for (unsigned y = 0; y < gy; y++)
-        for (unsigned x = 0; x < gx; x++)
-            order.push_back({x, y});
-    for (size_t i = order.size(); i > 1; i--)
-        std::swap(order[i - 1], order[next32() % i]);
-    for (auto [bx, by] : order) {
-        emu_block = emu_dim3{bx, by, 0};
-        std::barrier<> bar(EMU_THREADS);
-        block_bar = &bar;
-        std::vector<warp_x> w(EMU_THREADS / 32);
-        warps = w.data();
-        std::vector<std::thread> th;
-        for (unsigned t = 0; t < EMU_THREADS; t++)
-            th.emplace_back([t, &body] {
-                emu_thread = emu_dim3{t, 0, 0};
-                body();
-            });
-        for (auto &t : th)
-            t.join();
-    }
+    emu_mma_m16n8k16<EMU_BF16>(c, a, b0, b1);
 }
 
 static int failures, cases;
@@ -232,7 +81,7 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     std::vector<int> q((size_t)(D * N));
     for (int64_t d = 0; d < D; d++)
         for (int64_t k = 0; k < N; k++) {
-            const int v = (int)(next32() % (1u << BITS));
+            const int v = (int)(emu_next32() % (1u << BITS));
             q[(size_t)(d * N + k)] = v;
             for (int b = 0; b < BITS; b++)
                 if (v >> b & 1) {
@@ -246,14 +95,14 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     std::vector<double> sv((size_t)(D * G)), bv((size_t)(D * G));
     for (int64_t i = 0; i < D * G; i++) {
         if (MX) {
-            const uint8_t e = (uint8_t)(118 + next32() % 8);
+            const uint8_t e = (uint8_t)(118 + emu_next32() % 8);
             sc[(size_t)i] = e;
             sv[(size_t)i] = ldexp(1.0, e - 127);
             bv[(size_t)i] = 0;
             continue;
         }
-        const float s = urand(0.001f, 0.02f) / (float)((1 << BITS) - 1) * 16.0f,
-                    b = urand(-0.1f, 0.1f);
+        const float s = emu_urand(0.001f, 0.02f) / (float)((1 << BITS) - 1) * 16.0f,
+                    b = emu_urand(-0.1f, 0.1f);
         if (SC == QR2_SC_F32) {
             memcpy(&sc[(size_t)i * 4], &s, 4), memcpy(&bi[(size_t)i * 4], &b, 4);
             sv[(size_t)i] = s, bv[(size_t)i] = b;
@@ -271,7 +120,7 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     std::vector<uint8_t> lb((size_t)D * 4);
     std::vector<double> lbv((size_t)D, 0.0);
     for (int64_t d = 0; d < D; d++) {
-        const float v = urand(-1, 1);
+        const float v = emu_urand(-1, 1);
         if (lbdt == QR2_B_F32)
             memcpy(&lb[(size_t)d * 4], &v, 4), lbv[(size_t)d] = v;
         else if (lbdt == QR2_B_BF16) {
@@ -288,9 +137,9 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     std::vector<float> x((size_t)(T * N));
     for (int t = 0; t < T; t++)
         for (int64_t k = 0; k < N; k++) {
-            float v = powf(10.0f, urand(-3, 3)) * (next32() & 1 ? -1.0f : 1.0f);
+            float v = powf(10.0f, emu_urand(-3, 3)) * (emu_next32() & 1 ? -1.0f : 1.0f);
             if (t % 5 == 3)
-                v = urand(-1e-5f, 1e-5f);
+                v = emu_urand(-1e-5f, 1e-5f);
             else if (t % 7 == 5)
                 v *= 100.0f;
             x[(size_t)(t * N + k)] = v;
@@ -315,14 +164,15 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     std::vector<unsigned> cnt((size_t)(rblocks + 2 * GUARD), 0xdeadbeefu);
     for (int64_t i = 0; i < rblocks; i++)
         cnt[(size_t)(GUARD + i)] = 0;
-    regions.clear();
-    regions.push_back({wq.data(), (size_t)(D * rowb), "codes"});
-    regions.push_back({sc.data(), sc.size(), "scales"});
-    if (!MX) regions.push_back({bi.data(), bi.size(), "biases"});
-    regions.push_back({xhi.data(), xhi.size() * 2, "x hi"});
-    regions.push_back({xlo.data(), xlo.size() * 2, "x lo"});
-    regions.push_back({xs.data(), xs.size() * 4, "xs"});
-    if (S > 1) regions.push_back({part.data() + GUARD, (size_t)(S * T * D) * 4, "partials"});
+    /* the buffers loads may read: a load outside them (or misaligned) aborts */
+    emu_regions.clear();
+    emu_regions.push_back({wq.data(), (size_t)(D * rowb), "codes"});
+    emu_regions.push_back({sc.data(), sc.size(), "scales"});
+    if (!MX) emu_regions.push_back({bi.data(), bi.size(), "biases"});
+    emu_regions.push_back({xhi.data(), xhi.size() * 2, "x hi"});
+    emu_regions.push_back({xlo.data(), xlo.size() * 2, "x lo"});
+    emu_regions.push_back({xs.data(), xs.size() * 4, "xs"});
+    if (S > 1) emu_regions.push_back({part.data() + GUARD, (size_t)(S * T * D) * 4, "partials"});
     qr2_args a;
     memset(&a, 0, sizeof a);
     a.w = wq.data(), a.scales = sc.data(), a.biases = MX ? nullptr : bi.data();
@@ -342,7 +192,8 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
             std::fill(y.begin(), y.end(), NAN);
             std::fill(part.begin(), part.end(), NAN);
         }
-        emu_launch((unsigned)rblocks, (unsigned)S, [&a] { qrows2_kernel<BITS, SC, NT, MT>(a); });
+        emu_launch_shuffled(dim3((unsigned)rblocks, (unsigned)S), QR2_THREADS, 0, emu_next32,
+                            [&a] { qrows2_kernel<BITS, SC, NT, MT>(a); });
         bool guards = true;
         for (int i = 0; i < GUARD; i++) {
             guards =
