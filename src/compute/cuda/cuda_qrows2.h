@@ -1,7 +1,7 @@
 /* The few-rows quantized mat-mat, v2 (the default of cuda_qrows_mma.cu):
  * the kernel body, with no CUDA header of its own so that the warp logic
  * also compiles as host C++ (tests/cuda/qrows2_emu.cpp runs it on the CPU,
- * one std::thread per CUDA thread). Before it, the includer provides
+ * each CUDA thread a fiber, tests/cuda/warp_emu.h). Before it, the includer provides
  * the CUDA built-ins used (__ldg on u8/u16/u32/f32, __ldcg on f32,
  * __uint_as_float, __byte_perm, __syncthreads, __threadfence, atomicAdd,
  * threadIdx, blockIdx); after it, the primitives declared below:
