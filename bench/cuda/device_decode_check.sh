@@ -16,24 +16,12 @@
 #   KBENCH=0 skips step 2; OLD= (empty) benches the defaults only; MODELS: more
 #   synthetic checkpoints (make_synth_llama.py names: l1b-q4, l8b-q8, l1b-bf16, ...)
 #   benched with the defaults after the 8B 4-bit.
-set -o pipefail
 OUT=${OUT:-/tmp/nmlx-decode}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/check.log") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 ))s]"; }
-go() { [ $(( $(date +%s) - T0 + $1 )) -le "${DEADLINE:-560}" ] || { echo "$(el) deadline: skipped ${*:2}"; return 1; }; }
-nvidia-smi --query-gpu=name --format=csv,noheader
-. bench/device_deps.sh .
-B=build-cuda-dev
-python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
-SYN=$!
+DEADLINE=${DEADLINE:-560}
+. bench/cuda/device_prelude.sh check.log
+synth8b
 TESTS=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//')
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli $TESTS bench_cuda_quant bench_cuda_attn bench_cuda_depth bench_cuda_batch >>"$OUT/build.log" 2>&1 ||
-  { tail -30 "$OUT/build.log"; exit 1; }
-echo "$(el) build ok"
-export NMLX_SOURCE_DIR=$PWD
+cuda_build nmlx-cli $TESTS bench_cuda_quant bench_cuda_attn bench_cuda_depth bench_cuda_batch
 [ "${KBENCH:-1}" = 1 ] && go 60 q16 && { echo "$(el) bench_cuda_quant 200 q16"; timeout 150 ./$B/tests/bench_cuda_quant 100 q16 ${Q16_CFGS:-} 2>&1 | tee "$OUT/q16.txt" | grep -E "v1|d8b2,d4b2|a16b2,a8b2|d4b2r2|DIFFERS|ERROR" | head -50; }
 [ "${KBENCH:-1}" = 1 ] && go 60 rows && {
   echo "$(el) bench_cuda_quant 50 rows"
@@ -50,7 +38,7 @@ export NMLX_SOURCE_DIR=$PWD
   grep -E "[0-9]+ passed, [0-9]+ failed|differs|DIFFERS" "$B/Testing/Temporary/LastTest.log" | sort | uniq -c | head -30
   grep -B2 -A8 -E "^FAIL|: FAIL" "$B/Testing/Temporary/LastTest.log" | head -60
 }
-wait $SYN; tail -1 "$OUT/synth.log"
+synth8b_wait
 D=/tmp/synth-l8b-q4
 OLD=${OLD-NMLX_CUDA_QGEMV16=v1 NMLX_CUDA_ATTN_DECODE=old NMLX_CUDA_QROWS=v1}
 for v in - ${OLD:+"$OLD"}; do

@@ -8,24 +8,12 @@
 # then ncu per-kernel sums of a decode and an 8-session batched decode
 # (device_prefill_profile.sh, 2 layers) while time is left (PDEADLINE).
 #   OUT=dir [MODELS="q4 q8"] bash bench/cuda/device_fused.sh
-set -o pipefail
 OUT=${OUT:-/tmp/nmlx-fused}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/fused.log") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 ))s]"; }
-nvidia-smi --query-gpu=name --format=csv,noheader
-. bench/device_deps.sh .
-B=build-cuda-dev
+. bench/cuda/device_prelude.sh fused.log
 # the 8B checkpoint is written while the build runs
-python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
-SYN=$!
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_qmm_fused test_cuda_ops test_cuda_qgemm bench_cuda_quant >>"$OUT/build.log" 2>&1 ||
-  { tail -30 "$OUT/build.log"; exit 1; }
-echo "$(el) build ok"
-export NMLX_SOURCE_DIR=$PWD
-t() { timeout "$1" "${@:2}" >"$OUT/t.log" 2>&1; echo "$(el) rc=$? $*: $(grep -E 'passed|FAIL|error' "$OUT/t.log" | tail -3 | tr '\n' ' ')"; grep -m5 -E "FAIL|mismatch" "$OUT/t.log"; cat "$OUT/t.log" >>"$OUT/tests.log"; }
+synth8b
+cuda_build nmlx-cli test_cuda_qmm_fused test_cuda_ops test_cuda_qgemm bench_cuda_quant
+t_patterns 'passed|FAIL|error' 5 'FAIL|mismatch'
 t 120 ./$B/tests/test_cuda_qmm_fused
 NMLX_CUDA_QMM=fused t 150 ./$B/tests/test_cuda_ops
 NMLX_TEST_QMM_QUICK=1 t 150 compute-sanitizer --tool memcheck ./$B/tests/test_cuda_qmm_fused
@@ -33,7 +21,7 @@ NMLX_TEST_QMM_QUICK=1 t 150 compute-sanitizer --tool racecheck ./$B/tests/test_c
 echo "$(el) bench_cuda_quant"
 timeout 100 ./$B/tests/bench_cuda_quant 200 2>&1 | tail -25
 NMLX_CUDA_QMM_TILE=64 timeout 60 ./$B/tests/bench_cuda_quant 200 2>&1 | grep -i fused | tail -8
-wait $SYN; tail -1 "$OUT/synth.log"
+synth8b_wait
 for m in ${MODELS-q4 q8}; do
   D=/tmp/synth-l8b-$m
   [ -f $D/config.json ] || python3 bench/cuda/make_synth_llama.py $D 8b ${m#q} 64 | tail -1

@@ -10,28 +10,16 @@
 # graphs: v2 launched inside a capture); FULL=1 adds test_cuda_ops under v1
 # and compute-sanitizer memcheck on test_cuda_fused.
 #   OUT=dir [CFGS="d8b2,d4b2 a16b2,a8b2 ..."] [FULL=1] bash bench/cuda/device_gemv.sh
-set -o pipefail
 OUT=${OUT:-/tmp/nmlx-gemv}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gemv.log") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 ))s]"; }
-nvidia-smi --query-gpu=name --format=csv,noheader
-. bench/device_deps.sh .
-B=build-cuda-dev
-python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
-SYN=$!
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures bench_cuda_quant >>"$OUT/build.log" 2>&1 ||
-  { tail -30 "$OUT/build.log"; exit 1; }
-echo "$(el) build ok"
-export NMLX_SOURCE_DIR=$PWD
-t() { timeout "$1" "${@:2}" >"$OUT/t.log" 2>&1; echo "$(el) rc=$? $*: $(grep -E 'passed|FAIL|error' "$OUT/t.log" | tail -3 | tr '\n' ' ')"; grep -m8 -E "FAIL|differs|mismatch" "$OUT/t.log"; cat "$OUT/t.log" >>"$OUT/tests.log"; }
+DEADLINE=${DEADLINE:-540}
+. bench/cuda/device_prelude.sh gemv.log
+synth8b
+cuda_build nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures bench_cuda_quant
+t_patterns 'passed|FAIL|error' 8 'FAIL|differs|mismatch'
 # most wanted first; each later step only while DEADLINE (s, default 540) allows
-go() { [ $(( $(date +%s) - T0 + $1 )) -le "${DEADLINE:-540}" ] || { echo "$(el) deadline: skipped ${*:2}"; return 1; }; }
 go 120 test_cuda_ops && t 150 ./$B/tests/test_cuda_ops
 go 60 bench && { echo "$(el) bench_cuda_quant q16"; timeout 150 ./$B/tests/bench_cuda_quant 200 q16 $CFGS 2>&1 | tail -100; }
-wait $SYN; tail -1 "$OUT/synth.log"
+synth8b_wait
 D=/tmp/synth-l8b-q4
 for v in v2 v1; do
   go 60 "l8b-q4 $v" && echo "$(el) l8b-q4 $v: $(NMLX_CUDA_QGEMV16=$v timeout 120 ./$B/nmlx bench -m $D --device cuda -p 512 -n 128 -r 3 2>&1 | tail -1)"

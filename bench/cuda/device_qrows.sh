@@ -8,23 +8,11 @@
 # (v2); compute-sanitizer memcheck and racecheck on a quick test_cuda_qrows;
 # test_cuda_batch with v1. Stages past DEADLINE seconds (540) are skipped.
 #   OUT=dir [CFGS="mt=..;..."] [BATCH=1,8,32] bash bench/cuda/device_qrows.sh
-set -o pipefail
 OUT=${OUT:-/tmp/nmlx-qrows}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/qrows.log") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 ))s]"; }
-nvidia-smi --query-gpu=name --format=csv,noheader
-. bench/device_deps.sh .
-B=build-cuda-dev
-python3 bench/cuda/make_synth_llama.py /tmp/synth-l8b-q4 8b 4 64 >"$OUT/synth.log" 2>&1 &
-SYN=$!
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target test_qrows2_emu test_cuda_qrows test_cuda_batch bench_cuda_quant bench_cuda_batch >>"$OUT/build.log" 2>&1 ||
-  { tail -30 "$OUT/build.log"; exit 1; }
-echo "$(el) build ok"
-export NMLX_SOURCE_DIR=$PWD
-t() { timeout "$1" "${@:2}" >"$OUT/t.log" 2>&1; echo "$(el) rc=$? $*: $(grep -E 'passed|PASS|FAIL|error|qrows' "$OUT/t.log" | tail -3 | tr '\n' ' ')"; grep -m8 -E "FAIL|mismatch|ERROR" "$OUT/t.log"; cat "$OUT/t.log" >>"$OUT/tests.log"; }
+. bench/cuda/device_prelude.sh qrows.log
+synth8b
+cuda_build test_qrows2_emu test_cuda_qrows test_cuda_batch bench_cuda_quant bench_cuda_batch
+t_patterns 'passed|PASS|FAIL|error|qrows' 8 'FAIL|mismatch|ERROR'
 # stages in order of need; each skipped once DEADLINE (default 540 s) has passed
 ok() { [ $(( $(date +%s) - T0 )) -lt "${DEADLINE:-540}" ] || { echo "$(el) deadline: $* skipped"; return 1; }; }
 t 60 ./$B/tests/test_qrows2_emu quick
@@ -36,7 +24,7 @@ ok rows bench && {
   grep -E "step|CUDA ERROR|SKIP|failed" "$OUT/rows.txt"
   awk '$1 == "q4g64" && ($3 == 8 || $3 == 32)' "$OUT/rows.txt"
 }
-wait $SYN; tail -1 "$OUT/synth.log"
+synth8b_wait
 D=/tmp/synth-l8b-q4
 for v in - NMLX_CUDA_QROWS=v1; do
   ok "batch bench $v" || break

@@ -8,21 +8,10 @@
 # Output lines go to stdout and $OUT/validate.log as they come (a cut call
 # keeps them); ctest's log is $OUT/ctest.log.
 #   OUT=dir [MOE="q30b-a3b gptoss20b"] [DEADLINE=420] bash bench/cuda/device_validate.sh
-set -o pipefail
 OUT=${OUT:-/tmp/nmlx-validate}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/validate.log") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 ))s]"; }
-nvidia-smi --query-gpu=name --format=csv,noheader
-. bench/device_deps.sh .
-B=build-cuda-dev
-cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) >"$OUT/build.log" 2>&1 &&
-  cmake --build $B -j16 --target nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch \
-    test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe test_cuda_threads bench_cuda_batch bench_cuda_quant >>"$OUT/build.log" 2>&1 ||
-  { tail -30 "$OUT/build.log"; exit 1; }
-echo "$(el) build ok"
-export NMLX_SOURCE_DIR=$PWD
+. bench/cuda/device_prelude.sh validate.log
+cuda_build nmlx-cli test_cuda_ops test_cuda_fused test_cuda_fixtures test_cuda_batch \
+  test_cuda_sample test_cuda_qgemm test_cuda_qrows test_cuda_moe test_cuda_threads bench_cuda_batch bench_cuda_quant
 ctest --test-dir $B -L cuda -j3 --timeout 400 --output-on-failure >"$OUT/ctest.log" 2>&1
 echo "$(el) ctest -L cuda rc=$?"
 grep -E "Test +#|tests passed|FAIL" "$OUT/ctest.log" | head -30
