@@ -1,24 +1,22 @@
 /* cuda_attention_decode.cu's kernel run on the CPU (ctest attn_decode_emu):
  * the kernel source compiled as host C++ (NMLX_ATTN_DECODE_EMU drops its
- * launch code), each CUDA thread of a block a fiber (ucontext) of one OS
- * thread, switched at __syncthreads (a barrier of the block) and
- * __shfl_xor_sync (a barrier of the warp, twice: values posted, then read),
- * so any mix of warp and block barriers meets as on the GPU. The blocks of
- * a launch run one after another in a shuffled order, so the block that
- * merges the partials (the last to count itself in) is a different one
- * from case to case. Checked against a double-precision reference of the
- * `attention` contract (backend.h): the partition of the keys over the
- * blocks, the lane groups' and warps' merges, the last block's combine,
- * sinks, window, softcap, several query rows (T > 1), rows that see no
- * key, cache rows past n_kv (NaN: must not be read), every instance (HD
- * 16..256, 1..16 rows a KV head) and S from 1 to DEC_MAX_S, the recorded
- * step form (q_pos, n_kv as deltas of a device position), and the rows
- * form of batched decode (rows with their own caches in one launch,
- * blocks of all rows interleaved). The counts must
+ * launch code) on warp_emu.h: each CUDA thread of a block a fiber, switched
+ * at __syncthreads (a barrier of the block) and __shfl_xor_sync (a barrier
+ * of the warp), so any mix of warp and block barriers meets as on the GPU.
+ * The blocks of a launch run one after another in a shuffled order, so the
+ * block that merges the partials (the last to count itself in) is a
+ * different one from case to case. Checked against attn_ref.h's
+ * double-precision reference of the `attention` contract (backend.h): the
+ * partition of the keys over the blocks, the lane groups' and warps'
+ * merges, the last block's combine, sinks, window, softcap, several query
+ * rows (T > 1), rows that see no key, cache rows past n_kv (NaN: must not
+ * be read), every instance (HD 16..256, 1..16 rows a KV head) and S from 1
+ * to DEC_MAX_S, the recorded step form (q_pos, n_kv as deltas of a device
+ * position), and the rows form of batched decode (rows with their own
+ * caches in one launch, blocks of all rows interleaved). The counts must
  * be back to 0 after each launch, and shared memory is NaN-poisoned before
- * each block. Exit 0: every case within 1e-5 of max|ref|. */
-#include <ucontext.h>
-
+ * each block and checked after it. Exit 0: every case within 1e-5 of
+ * max|ref|. */
 #include <algorithm>
 #include <cassert>
 #include <cmath>
@@ -26,158 +24,64 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <vector>
 
 extern "C" {
 #include "compute/backend.h"
 }
 
-/* the CUDA types, keywords and built-ins the kernel uses, as host code */
-struct alignas(16) float4 {
-    float x, y, z, w;
-};
-static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-struct uint3 {
-    unsigned x, y, z;
-};
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static
-#define threadIdx emu_thread
-#define blockIdx emu_block
+/* no WARP_EMU_SMEM: the kernel's fixed __shared__ arrays are `static`, one
+ * for the block's fibers; its dynamic shared memory is dec_sm below */
+#include "warp_emu.h"
 
-static uint3 emu_thread, emu_block;
+#include "attn_ref.h"
 
 enum { SM_FLOATS = 16384 };
 alignas(16) static float4 dec_sm[SM_FLOATS / 4];
 static size_t sm_used; /* floats of the launch's dynamic shared memory */
 #define DEC_DYN_SMEM (void)0
 
-/* fibers: one a thread of the block, a round-robin scheduler */
-enum { NT = 128, STACK = 256 * 1024 };
-static ucontext_t sched_ctx, fib_ctx[NT];
-static bool fib_done[NT];
-static int cur;
-static void (*fib_body)();
-
-static void yield_() {
-    swapcontext(&fib_ctx[cur], &sched_ctx);
-    emu_thread = {(unsigned)cur, 0, 0};
-}
-
-/* a barrier of n threads: arrive, then yield until the generation moves */
-struct bar {
-    int n, count = 0;
-    long gen = 0;
-};
-static bar block_bar{NT};
-static bar warp_bar[NT / 32] = {{32}, {32}, {32}, {32}};
-static void arrive(bar &b) {
-    const long g = b.gen;
-    if (++b.count == b.n) {
-        b.count = 0;
-        b.gen++;
-        return;
-    }
-    while (b.gen == g)
-        yield_();
-}
-
-static inline void __syncthreads() { arrive(block_bar); }
-static float shfl_buf[NT];
-static inline float __shfl_xor_sync(unsigned, float v, int o) {
-    const int t = (int)emu_thread.x, w = t / 32, lane = t % 32;
-    shfl_buf[t] = v;
-    arrive(warp_bar[w]);
-    const float r = shfl_buf[w * 32 + (lane ^ o)];
-    arrive(warp_bar[w]);
-    return r;
-}
-static inline void __threadfence() {}
-static inline float __ldcg(const float *p) { return *p; }
-static inline float4 __ldcg(const float4 *p) { return *p; }
-static inline unsigned atomicAdd(unsigned *p, unsigned v) {
-    const unsigned o = *p;
-    *p = o + v;
-    return o;
-}
-static inline void cuda_pdl_trigger() {}
-
 #define NMLX_ATTN_DECODE_EMU 1
 #include "compute/cuda/cuda_attention_decode.cu"
 
-static void fib_entry() {
-    fib_body();
-    fib_done[cur] = true;
-    swapcontext(&fib_ctx[cur], &sched_ctx);
+/* a launch over grid of instance <LPK, DPL, R>: kernel(LPK, DPL, R), given
+ * as std::integral_constant (a lambda calling that instance of a kernel),
+ * its blocks in a shuffled order; dec_sm NaN-poisoned as a block's first
+ * thread starts and checked for writes past sm_used as its last returns */
+template <int LPK, int DPL, int R, typename K> static void dec_launch_inst(dim3 grid, K &kernel) {
+    sm_used = (size_t)dec_smem_floats(LPK * DPL, R);
+    assert(sm_used <= SM_FLOATS);
+    unsigned started = 0, finished = 0;
+    emu_launch_shuffled(grid, DEC_THREADS, 0, emu_next32, [&] {
+        float *f = (float *)dec_sm;
+        if (started++ == 0)
+            for (size_t i = 0; i < SM_FLOATS; i++)
+                f[i] = NAN;
+        kernel(std::integral_constant<int, LPK>{}, std::integral_constant<int, DPL>{},
+               std::integral_constant<int, R>{});
+        if (++finished < DEC_THREADS) return;
+        started = finished = 0;
+        for (size_t i = sm_used; i < SM_FLOATS; i++)
+            if (!std::isnan(f[i])) {
+                fprintf(stderr, "shared memory written past %zu floats (at %zu)\n", sm_used, i);
+                abort();
+            }
+    });
 }
 
-/* one block: NT fibers running body, round robin until all return */
-static void run_block(void (*body)()) {
-    static std::vector<char> stacks((size_t)NT * STACK);
-    fib_body = body;
-    for (int t = 0; t < NT; t++) {
-        getcontext(&fib_ctx[t]);
-        fib_ctx[t].uc_stack.ss_sp = &stacks[(size_t)t * STACK];
-        fib_ctx[t].uc_stack.ss_size = STACK;
-        fib_ctx[t].uc_link = &sched_ctx;
-        makecontext(&fib_ctx[t], fib_entry, 0);
-        fib_done[t] = false;
+/* the same with the instance dec_pick chose */
+template <typename K> static void dec_launch(int id, dim3 grid, K kernel) {
+    switch (id) {
+#define DEC_EMU(ID, LPK, DPL, R)                                                                   \
+    case ID: dec_launch_inst<LPK, DPL, R>(grid, kernel); break;
+        DEC_CONFIGS(DEC_EMU)
+#undef DEC_EMU
+    default: abort();
     }
-    block_bar.count = 0;
-    for (auto &w : warp_bar)
-        w.count = 0;
-    for (int left = NT; left > 0;) {
-        left = 0;
-        for (int t = 0; t < NT; t++) {
-            if (fib_done[t]) continue;
-            cur = t;
-            emu_thread = {(unsigned)t, 0, 0};
-            swapcontext(&sched_ctx, &fib_ctx[t]);
-            left += !fib_done[t];
-        }
-    }
 }
 
-/* the launch's arguments, for the fibers */
-static nmlx_attn_args L_a;
-static const int64_t *L_step;
-static int L_S;
-static float *L_po, *L_pml;
-static unsigned *L_cnt;
-template <int LPK, int DPL, int R> static void body() {
-    attn_decode_kernel<LPK, DPL, R>(L_a, L_step, L_S, L_po, L_pml, L_cnt);
-}
-
-/* the rows form's table (attn_decode_rows_kernel) */
-static dec_rows L_rows;
-template <int LPK, int DPL, int R> static void body_rows() {
-    attn_decode_rows_kernel<LPK, DPL, R>(L_a, L_rows, L_S, L_po, L_pml, L_cnt);
-}
-
-static std::mt19937_64 rng(20261206);
-
-/* one block of fn at (x, y, z), shared memory NaN-poisoned before and
- * checked after for writes past sm_used */
-static void emu_block_run(void (*fn)(), unsigned x, unsigned y, unsigned z) {
-    float *f = (float *)dec_sm;
-    for (size_t i = 0; i < SM_FLOATS; i++)
-        f[i] = NAN;
-    emu_block = {x, y, z};
-    run_block(fn);
-    for (size_t i = sm_used; i < SM_FLOATS; i++)
-        if (!std::isnan(f[i])) {
-            fprintf(stderr, "shared memory written past %zu floats (at %zu)\n", sm_used, i);
-            abort();
-        }
-}
-
-/* the host side of nmlx_cuda_attention_decode with S given: blocks in a
- * shuffled order; false: the instance does not take the shape */
+/* the host side of nmlx_cuda_attention_decode with S given: grid (S, KVH);
+ * false: the instance does not take the shape */
 static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S) {
     const int64_t G = a.H / a.KVH, RQ = a.T * G;
     const int id = dec_pick(a.HD, RQ);
@@ -185,69 +89,15 @@ static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S) {
     std::vector<float> po((size_t)(a.KVH * S * RQ * a.HD), NAN),
         pml((size_t)(a.KVH * S * RQ * 2), NAN);
     std::vector<unsigned> cnt((size_t)a.KVH, 0u);
-    L_a = a, L_step = step, L_S = S, L_po = po.data(), L_pml = pml.data(), L_cnt = cnt.data();
-    void (*fn)() = nullptr;
-    switch (id) {
-#define DEC_EMU(ID, LPK, DPL, R)                                                                   \
-    case ID:                                                                                       \
-        fn = body<LPK, DPL, R>;                                                                    \
-        sm_used = (size_t)dec_smem_floats(LPK * DPL, R);                                           \
-        break;
-        DEC_CONFIGS(DEC_EMU)
-#undef DEC_EMU
-    }
-    assert(fn && sm_used <= SM_FLOATS);
-    std::vector<std::pair<unsigned, unsigned>> blocks;
-    for (unsigned y = 0; y < (unsigned)a.KVH; y++)
-        for (unsigned x = 0; x < (unsigned)S; x++)
-            blocks.push_back({x, y});
-    std::shuffle(blocks.begin(), blocks.end(), rng);
-    for (auto [x, y] : blocks)
-        emu_block_run(fn, x, y, 0);
+    dec_launch(id, dim3((unsigned)S, (unsigned)a.KVH), [&](auto lpk, auto dpl, auto r) {
+        attn_decode_kernel<lpk, dpl, r>(a, step, S, po.data(), pml.data(), cnt.data());
+    });
     for (int64_t h = 0; h < a.KVH; h++)
         if (cnt[(size_t)h]) {
             fprintf(stderr, "count of KV head %lld left at %u\n", (long long)h, cnt[(size_t)h]);
             abort();
         }
     return true;
-}
-
-/* backend.h's contract in double */
-static void ref_attention(const nmlx_attn_args &a, std::vector<double> &out) {
-    const int64_t HD = a.HD, G = a.H / a.KVH;
-    out.assign((size_t)(a.T * a.H * HD), 0.0);
-    std::vector<double> p;
-    for (int64_t t = 0; t < a.T; t++)
-        for (int64_t h = 0; h < a.H; h++) {
-            const int64_t qi = a.q_pos + t, hi = qi < a.n_kv - 1 ? qi : a.n_kv - 1;
-            int64_t lo = a.window > 0 ? qi - a.window + 1 : 0;
-            if (lo < 0) lo = 0;
-            if (lo > hi) continue; /* zeros */
-            const float *q = a.q + (t * a.H + h) * HD;
-            const float *K = a.k + (h / G) * a.cap * HD, *V = a.v + (h / G) * a.cap * HD;
-            double m = a.sinks ? a.sinks[h] : -INFINITY;
-            p.assign((size_t)(hi - lo + 1), 0.0);
-            for (int64_t j = lo; j <= hi; j++) {
-                double s = 0;
-                for (int64_t d = 0; d < HD; d++)
-                    s += (double)q[d] * K[j * HD + d];
-                s *= a.scale;
-                if (a.softcap > 0) s = tanh(s / a.softcap) * a.softcap;
-                p[(size_t)(j - lo)] = s;
-                m = s > m ? s : m;
-            }
-            double l = a.sinks ? exp(a.sinks[h] - m) : 0.0;
-            for (auto &s : p)
-                l += (s = exp(s - m));
-            double *o = &out[(size_t)((t * a.H + h) * HD)];
-            for (int64_t j = lo; j <= hi; j++)
-                for (int64_t d = 0; d < HD; d++)
-                    o[d] += p[(size_t)(j - lo)] / l * V[j * HD + d];
-        }
-}
-
-static float urand(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng() >> 40) / 16777216.0);
 }
 
 static int failures, cases;
@@ -257,27 +107,9 @@ static int failures, cases;
 static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap, int64_t q_pos,
                      int64_t n_kv, int64_t window, float softcap, bool sinks, int S,
                      int64_t step = -1, float qmul = 1) {
-    std::vector<float> q((size_t)(T * H * HD)), k((size_t)(KVH * cap * HD)), v(k.size()),
-        sk((size_t)H), out(q.size(), NAN);
-    for (auto &x : q)
-        x = qmul * urand(-1, 1);
-    for (auto &x : k)
-        x = urand(-1, 1);
-    for (auto &x : v)
-        x = urand(-1, 1);
-    for (auto &x : sk)
-        x = urand(-1, 2);
-    /* cache rows past n_kv: NaN (must not leak in) */
-    for (int64_t kh = 0; kh < KVH; kh++)
-        for (int64_t j = n_kv; j < cap; j++)
-            for (int64_t d = 0; d < HD; d++)
-                k[(size_t)((kh * cap + j) * HD + d)] = v[(size_t)((kh * cap + j) * HD + d)] = NAN;
-    nmlx_attn_args a = {};
-    a.q = q.data(), a.k = k.data(), a.v = v.data(), a.out = out.data();
-    a.T = T, a.H = H, a.KVH = KVH, a.HD = HD, a.cap = cap, a.q_pos = q_pos, a.n_kv = n_kv;
-    a.scale = 1.0f / sqrtf((float)HD), a.window = window, a.softcap = softcap;
-    a.sinks = sinks ? sk.data() : NULL;
-    nmlx_attn_args g = a;
+    attn_case c;
+    attn_case_init(c, T, H, KVH, HD, cap, q_pos, n_kv, window, softcap, sinks, qmul, 0, emu_urand);
+    nmlx_attn_args g = c.a;
     int64_t dev_step = step;
     if (step >= 0) g.q_pos -= step, g.n_kv -= step;
     cases++;
@@ -288,14 +120,9 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
         return;
     }
     std::vector<double> ref;
-    ref_attention(a, ref);
-    double mx = 0, err = 0;
-    for (size_t i = 0; i < ref.size(); i++)
-        mx = fmax(mx, fabs(ref[i]));
-    for (size_t i = 0; i < ref.size(); i++) {
-        const double e = fabs(out[i] - ref[i]);
-        err = e > err || e != e ? e : err;
-    }
+    ref_attention(c.a, ref);
+    double mx, err;
+    attn_err(c.out, ref, mx, err);
     const double rel = mx > 0 ? err / mx : err; /* all-zero outputs: exact zeros */
     const bool ok = rel <= 1e-5;
     failures += !ok;
@@ -308,80 +135,49 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
 }
 
 /* The rows form (batched decode): n rows of one query each, row r with its
- * own cache (cap, n_kv, window), S blocks a KV head, all blocks of the
- * launch in one shuffled order; each row against the reference alone. */
+ * own cache (cap, n_kv, window; row 0's sinks for all), S blocks a KV head,
+ * grid (S, KVH, n) in one shuffled order; each row against the reference
+ * alone. */
 static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t window, bool sinks,
                           int S, int64_t max_cap) {
     const int64_t G = H / KVH, row = H * HD;
     const int id = dec_pick(HD, G);
     assert(n <= DEC_ROWS && id >= 0);
-    std::vector<float> q((size_t)(n * row)), out(q.size(), NAN), sk((size_t)H);
-    std::vector<std::vector<float>> k((size_t)n), v((size_t)n);
-    for (auto &x : q)
-        x = urand(-1, 1);
-    for (auto &x : sk)
-        x = urand(-1, 2);
+    std::vector<attn_case> c((size_t)n);
+    std::vector<float> q((size_t)(n * row)), out(q.size(), NAN);
     dec_rows rows = {};
     for (int r = 0; r < n; r++) {
-        const int64_t cap = 1 + (int64_t)(rng() % (uint64_t)max_cap);
-        const int64_t n_kv = 1 + (int64_t)(rng() % (uint64_t)cap);
-        k[(size_t)r].resize((size_t)(KVH * cap * HD));
-        v[(size_t)r].resize(k[(size_t)r].size());
-        for (int64_t kh = 0; kh < KVH; kh++)
-            for (int64_t j = 0; j < cap; j++)
-                for (int64_t d = 0; d < HD; d++) {
-                    const size_t i = (size_t)((kh * cap + j) * HD + d);
-                    const bool live = j < n_kv; /* rows past n_kv: NaN, must not be read */
-                    k[(size_t)r][i] = live ? urand(-1, 1) : NAN;
-                    v[(size_t)r][i] = live ? urand(-1, 1) : NAN;
-                }
-        rows.k[r] = k[(size_t)r].data(), rows.v[r] = v[(size_t)r].data();
+        const int64_t cap = 1 + (int64_t)(emu_next32() % (uint64_t)max_cap);
+        const int64_t n_kv = 1 + (int64_t)(emu_next32() % (uint64_t)cap);
+        attn_case &x = c[(size_t)r];
+        attn_case_init(x, 1, H, KVH, HD, cap, n_kv - 1, n_kv, window, 0, sinks, 1, 0, emu_urand);
+        std::copy(x.q.begin(), x.q.end(), q.begin() + r * row);
+        rows.k[r] = x.a.k, rows.v[r] = x.a.v;
         rows.cap[r] = cap, rows.q_pos[r] = n_kv - 1, rows.n_kv[r] = n_kv;
         rows.window[r] = window;
     }
     nmlx_attn_args a = {};
     a.q = q.data(), a.out = out.data(), a.T = 1, a.H = H, a.KVH = KVH, a.HD = HD;
-    a.scale = 1.0f / sqrtf((float)HD), a.softcap = 0, a.sinks = sinks ? sk.data() : NULL;
+    a.scale = 1.0f / sqrtf((float)HD), a.softcap = 0, a.sinks = c[0].a.sinks;
     /* the host's layout: po for the n rows, then pml */
     std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
     std::vector<unsigned> cnt((size_t)(n * KVH), 0u);
-    L_a = a, L_rows = rows, L_S = S, L_po = po.data(), L_pml = pml.data(), L_cnt = cnt.data();
-    void (*fn)() = nullptr;
-    switch (id) {
-#define DEC_EMU_ROWS(ID, LPK, DPL, R)                                                              \
-    case ID:                                                                                       \
-        fn = body_rows<LPK, DPL, R>;                                                               \
-        sm_used = (size_t)dec_smem_floats(LPK * DPL, R);                                           \
-        break;
-        DEC_CONFIGS(DEC_EMU_ROWS)
-#undef DEC_EMU_ROWS
-    }
-    std::vector<uint3> blocks;
-    for (unsigned z = 0; z < (unsigned)n; z++)
-        for (unsigned y = 0; y < (unsigned)KVH; y++)
-            for (unsigned x = 0; x < (unsigned)S; x++)
-                blocks.push_back({x, y, z});
-    std::shuffle(blocks.begin(), blocks.end(), rng);
-    for (auto b : blocks)
-        emu_block_run(fn, b.x, b.y, b.z);
+    dec_launch(id, dim3((unsigned)S, (unsigned)KVH, (unsigned)n), [&](auto lpk, auto dpl, auto r) {
+        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, po.data(), pml.data(), cnt.data());
+    });
     cases++;
     bool ok = true;
     for (size_t i = 0; i < cnt.size(); i++)
         ok &= cnt[i] == 0u;
     double worst = 0;
     for (int r = 0; r < n; r++) {
-        nmlx_attn_args one = a;
-        one.q = q.data() + r * row, one.k = rows.k[r], one.v = rows.v[r], one.cap = rows.cap[r];
-        one.q_pos = rows.q_pos[r], one.n_kv = rows.n_kv[r], one.window = window;
+        attn_case &x = c[(size_t)r];
+        std::copy(out.begin() + r * row, out.begin() + (r + 1) * row, x.out.begin());
+        x.a.sinks = a.sinks;
         std::vector<double> ref;
-        ref_attention(one, ref);
-        double mx = 0, err = 0;
-        for (size_t i = 0; i < ref.size(); i++)
-            mx = fmax(mx, fabs(ref[i]));
-        for (size_t i = 0; i < ref.size(); i++) {
-            const double e = fabs(out[(size_t)(r * row) + i] - ref[i]);
-            err = e > err || e != e ? e : err;
-        }
+        ref_attention(x.a, ref);
+        double mx, err;
+        attn_err(x.out, ref, mx, err);
         const double rel = mx > 0 ? err / mx : err;
         worst = rel > worst || rel != rel ? rel : worst;
     }

@@ -1,5 +1,5 @@
-/* The attention emulations' common ground (attn_mma_emu.cpp, and
- * attn_decode_emu.cpp to come): a case's inputs, backend.h's `attention`
+/* The attention emulations' common ground (attn_mma_emu.cpp,
+ * attn_decode_emu.cpp): a case's inputs, backend.h's `attention`
  * contract in double, and the error against it. The includer has included
  * compute/backend.h (nmlx_attn_args) and <cmath>, <vector>. */
 #ifndef NMLX_TESTS_CUDA_ATTN_REF_H

@@ -1,7 +1,7 @@
 /* CUDA kernels run on the CPU: the CUDA keywords, types and built-ins a kernel
  * source uses, as host C++, and a scheduler that runs a block's threads.
- * Why: the emulation tests (attn_mma_emu.cpp, qgemv16_emu.cpp, qrows2_emu.cpp,
- * qmm_fused_emu.cpp) compile a kernel source of src/compute/cuda as host C++
+ * Why: the emulation tests (attn_mma_emu.cpp, attn_decode_emu.cpp, qgemv16_emu.cpp,
+ * qrows2_emu.cpp, qmm_fused_emu.cpp) compile a kernel source of src/compute/cuda as host C++
  * and run it against a reference, so that its index math, fragment layouts
  * and barriers are checked without a GPU; this is what they share.
  *
