@@ -352,13 +352,21 @@ static int bench_rows(int reps) {
         ncfg++;
         e = end ? end + 1 : NULL;
     }
+    /* NMLX_BENCH_ROWS_ONLY="F,S,T[,C]": format, shape, T and config indices
+     * (-1: all), to profile one launch form under ncu */
+    int only[4] = {-1, -1, -1, -1};
+    const char *oe = getenv("NMLX_BENCH_ROWS_ONLY");
+    if (oe && sscanf(oe, "%d,%d,%d,%d", &only[0], &only[1], &only[2], &only[3]) < 3)
+        printf("NMLX_BENCH_ROWS_ONLY: %s? (want F,S,T[,C] indices)\n", oe);
     printf("\nfew-rows mat-mat (batched decode; T rows of x, x split included, copies cycled over "
            ">= 256 MiB)\n");
     printf("%-6s %-12s %3s %-22s %9s %8s\n", "format", "D x N", "T", "kernel", "us", "GB/s");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
+        if (only[0] >= 0 && (int)fi != only[0]) continue;
         double tsum[6][MAXCFG];
         memset(tsum, 0, sizeof tsum);
         for (int si = 0; si < 4; si++) {
+            if (only[1] >= 0 && si != only[1]) continue;
             const int64_t D = shapes[si][0], N = shapes[si][1];
             nmlx_backend *be = NULL;
             if (nmlx_backend_cuda_create(0, &be) != NMLX_OK) {
@@ -388,6 +396,8 @@ static int bench_rows(int reps) {
             snprintf(sh, sizeof sh, "%lldx%lld", (long long)D, (long long)N);
             for (int ti = 0; ti < 6; ti++)
                 for (int ci = 0; ci < ncfg; ci++) {
+                    if ((only[2] >= 0 && ti != only[2]) || (only[3] >= 0 && ci != only[3]))
+                        continue;
                     const int T = Ts[ti];
                     nmlx_cuda_set_qrows_kernel(cv[ci][0], cv[ci][1], cv[ci][2], cv[ci][3],
                                                cv[ci][4]);
