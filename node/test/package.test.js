@@ -14,8 +14,9 @@ function node(args, { env = {}, cwd = pkgDir } = {}) {
   return new Promise((resolve) => {
     const e = { ...process.env, ...env };
     for (const k of Object.keys(e)) if (e[k] === undefined) delete e[k];
+    // a child killed by a signal has code null: say which signal in stderr
     execFile(process.execPath, args, { env: e, cwd }, (err, stdout, stderr) =>
-      resolve({ code: err ? err.code : 0, stdout, stderr }));
+      resolve({ code: err ? err.code : 0, stdout, stderr: err?.signal ? `${stderr}[killed by ${err.signal}]` : stderr }));
   });
 }
 const LINE = (dir) => new RegExp(`^nmlx: no model given; using the built-in demo model at ${dir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} `, "m");

@@ -123,8 +123,14 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
  * shuffle trees. This block has Q16_THREADS (256): for NT = 512 thread t
  * is virtual threads t and t + 256, for NT = 64 threads from 64 on add
  * nothing. Every thread gets the sum. */
+#ifdef NMLX_QGEMV16_EMU /* warp_emu.h makes a fixed __shared__ array per fiber; blocks run one     \
+                         * at a time there, so a static is the block's */
+#define Q16_FIXED_SHARED static
+#else
+#define Q16_FIXED_SHARED __shared__
+#endif
 __device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int64_t N) {
-    __shared__ double part[16];
+    Q16_FIXED_SHARED double part[16];
     const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
     const int t = threadIdx.x, w = t / 32, l = t % 32;
     double s0 = 0, s1 = 0;
@@ -157,6 +163,24 @@ __device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int
 __device__ __forceinline__ float norm_one(const q16_args &a, float s, float inv, int64_t i) {
     const float v = __fmul_rn(s, inv);
     return a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
+}
+
+/* NORM's end (kernels v1 and v2): the block that counted itself last (every
+ * other block has staged, so none reads x any more) writes x += d and y =
+ * rmsnorm(x + d), and puts the counter back to 0 for the next launch (a
+ * recorded graph replays it). Every thread of the block calls it. */
+__device__ __forceinline__ void norm_write_back(const q16_args &a, float ninv, bool last) {
+    if (!__syncthreads_or(last)) return;
+    __threadfence();
+    for (int64_t i = 4 * threadIdx.x; i < a.N; i += 4 * Q16_THREADS) {
+        const float4 xv = *(const float4 *)(a.xw + i), dv = *(const float4 *)(a.d + i);
+        const float4 sv = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+        *(float4 *)(a.xw + i) = sv;
+        *(float4 *)(a.yn + i) =
+            make_float4(norm_one(a, sv.x, ninv, i), norm_one(a, sv.y, ninv, i + 1),
+                        norm_one(a, sv.z, ninv, i + 2), norm_one(a, sv.w, ninv, i + 3));
+    }
+    if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
 }
 
 /* The dot products of a warp's R rows (from d0) with the staged x, and
@@ -355,20 +379,7 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
         }
     }
     if (d0 < m.D) rows_dot<BITS, SC, R, PAIR>(a, m, mu, d0, rows, c0, smem);
-    if constexpr (NORM) {
-        if (__syncthreads_or(last)) { /* the last block: x += d, y */
-            __threadfence();
-            for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * Q16_THREADS) {
-                const float4 xv = *(const float4 *)(a.xw + i), dv = *(const float4 *)(a.d + i);
-                const float4 sv = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
-                *(float4 *)(a.xw + i) = sv;
-                *(float4 *)(a.yn + i) =
-                    make_float4(norm_one(a, sv.x, ninv, i), norm_one(a, sv.y, ninv, i + 1),
-                                norm_one(a, sv.z, ninv, i + 2), norm_one(a, sv.w, ninv, i + 3));
-            }
-            if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
-        }
-    }
+    if constexpr (NORM) norm_write_back(a, ninv, last);
 }
 
 /* ---- v2 (the default; NMLX_CUDA_QGEMV16=v1 keeps the kernel above) ----
@@ -446,7 +457,13 @@ template <int RU, int DEP> constexpr size_t q16_ring_bytes() {
     return (size_t)Q16_WARPS * DEP * RU * 512;
 }
 
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR>
+/* NORM (backend.h add_rmsnorm_matmul, as kernel v1's NORM): x is the
+ * residual stream, the block stages rmsnorm(x + d) (sum of squares in
+ * add_rmsnorm's order, norm_sumsq; its L2 reads overlap the ring's first
+ * DEP loads, already in flight), counts itself done after staging, and the
+ * last block to count writes x + d and y at its end. Same bits as v1's
+ * NORM and as add_rmsnorm followed by the plain kernel. */
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR, bool NORM = false>
 __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     typedef piece<BITS> P;
     constexpr int RU = PAIR ? 2 : RR; /* rows a unit */
@@ -496,6 +513,9 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
     cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
+    [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
+    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
+
     /* stage x as kernel v1 does: a thread takes 16 inputs at a time */
     for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
         float v[16];
@@ -504,6 +524,17 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         for (int i = 0; i < 4; i++) {
             const float4 f = src[i];
             v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+        }
+        if constexpr (NORM) {
+            const float4 *dsrc = (const float4 *)(a.d + b * 16);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float4 f = dsrc[i];
+                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
         }
         float mx = 0.0f, sum = 0.0f;
 #pragma unroll
@@ -539,6 +570,13 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         xsum[b] = sum;
     }
     __syncthreads();
+    [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
+    if constexpr (NORM) {
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+        }
+    }
 
     float acc[RU];
 #pragma unroll
@@ -634,6 +672,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         }
     }
     if constexpr (ASYNC) q16_wait<0>(); /* no copy into shared memory outlives the block */
+    if constexpr (NORM) norm_write_back(a, ninv, last);
 }
 
 /* Host side, shared with the emulation: v1's tiles (blk0 of each weight,
