@@ -70,6 +70,23 @@ static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
     return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
 }
 
+/* The run of keys a block takes: dec_chunk, but at least `run` keys (0 or
+ * a multiple of DEC_ALIGN: NMLX_CUDA_ATTN_DECODE_RUN), so that short
+ * contexts take fewer blocks; nb = ceil(N / len) <= S still. */
+static inline __host__ __device__ int64_t dec_len(int64_t N, int S, int run) {
+    const int64_t len = dec_chunk(N, S);
+    return len < run ? (int64_t)run : len;
+}
+
+#ifndef DEC_BREAK
+#define DEC_BREAK 0 /* tests/cuda/attn_decode_emu.cpp's deliberately broken builds: 1, 2, 3 */
+#endif
+#ifndef DEC_DIRECT
+#define DEC_DIRECT                                                                                 \
+    true /* attn_decode_emu turns it off: nb == 1 through the merge, for the bits                  \
+          */
+#endif
+
 /* The instances: X(id, LPK, DPL, R). o[R][DPL] = 64 floats a lane, except
  * R < 4 (fewer rows than the head size allows). */
 #define DEC_CONFIGS(X)                                                                             \
@@ -121,7 +138,7 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
  * blocks of KV head kvh done (0 between launches). */
 template <int LPK, int DPL, int R>
 __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
-                                          int S, float *po, float *pml, unsigned *cnt) {
+                                          int S, int run, float *po, float *pml, unsigned *cnt) {
     constexpr int KPW = 32 / LPK, NV = DPL / 4, HDC = LPK * DPL, KB = DEC_WARPS * KPW;
     static_assert(LPK * KPW == 32 && DPL % 4 == 0, "lane split");
     DEC_DYN_SMEM;
@@ -142,12 +159,28 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         j1 = q_pos + a.T < n_kv ? q_pos + a.T : n_kv;
     }
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
-    const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
+    const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
     const int nb = (int)((N + len - 1) / len);
+    if (nb == 0) { /* no key at all, so no row sees one: zeros (as the CPU), from block 0 */
+        if (s == 0)
+            for (int64_t i = tid; i < RQ * HD; i += DEC_THREADS) {
+                const int r = (int)(i / HD), d = (int)(i % HD);
+                const int64_t t = r / G, h = kvh * G + r % G;
+                a.out[(t * a.H + h) * HD + d] = 0.0f;
+            }
+        return;
+    }
+    /* blocks past the keys: nothing to write or read, and not counted in
+     * (the count below goes to nb, which every block of this KV head
+     * computes alike) */
+    if (s >= nb) return;
+    /* one block has every key: it writes the output itself (no partial,
+     * fence, count or merge) */
+    const bool direct = nb == 1 && DEC_DIRECT;
     if (tid < a.T) dec_visible(a, q_pos, n_kv, tid, &slo[tid], &shi[tid]);
     const size_t row0 = ((size_t)kvh * (size_t)S + (size_t)s) * (size_t)RQ;
 
-    if (s < nb) {
+    {                                  /* the block's run of keys */
         const bool uniform = a.T == 1; /* one query: every key of [j0, j1) visible to all rows */
         const int64_t kb0 = j0 + (int64_t)s * len, kb1 = kb0 + len < j1 ? kb0 + len : j1;
         const float *kbase = a.k + kvh * a.cap * HD, *vbase = a.v + kvh * a.cap * HD;
@@ -292,18 +325,51 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 acc = fmaf(f, wo[(w * R + r) * HDC + d], acc);
                 L = fmaf(f, wl[w * R + r], L);
             }
-            po[(row0 + (size_t)r) * (size_t)HD + (size_t)d] = acc;
-            if (d == 0) pml[2 * (row0 + (size_t)r)] = M, pml[2 * (row0 + (size_t)r) + 1] = L;
+            if (!direct) {
+                po[(row0 + (size_t)r) * (size_t)HD + (size_t)d] = acc;
+                if (d == 0) pml[2 * (row0 + (size_t)r)] = M, pml[2 * (row0 + (size_t)r) + 1] = L;
+                continue;
+            }
+            /* nb == 1: the merge below of this one partial, its operations
+             * in its order (the same bits): the sink as one more logit */
+            const int64_t t = r / G, h = kvh * G + r % G;
+            float y = 0.0f;
+            if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+                const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+                const float Mt = fmaxf(sink, M);
+                const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
+                const float Lt =
+                    fmaf(f, L, 0.0f) + (a.sinks && Mt != -INFINITY ? expf(sink - Mt) : 0.0f);
+#if DEC_BREAK == 1 /* test hook (attn_decode_emu): not normalised */
+                y = fmaf(f, acc, 0.0f), (void)Lt;
+#else
+                if (Lt > 0.0f) y = fmaf(f, acc, 0.0f) / Lt;
+#endif
+            }
+            a.out[(t * a.H + h) * HD + d] = y;
         }
     }
+    if (direct) return;
 
-    /* the last block of this KV head merges the partials */
+    /* The last block of this KV head merges the partials. Only the nb
+     * blocks with keys count themselves in, so the last is the nb-th: it
+     * sees every partial (each block's writes are fenced before its count)
+     * and puts the count back to 0 for the next launch, whatever that
+     * launch's nb (a replayed graph at another n_kv). Counting all S blocks
+     * instead would cost the idle ones a fence and an atomic each on the
+     * same word, for nothing. */
     __threadfence();
     __syncthreads();
     if (tid == 0) {
         const unsigned prev = atomicAdd(&cnt[kvh], 1u);
+#if DEC_BREAK == 3 /* test hook (attn_decode_emu): counted to S, as if every block came */
         last = prev == (unsigned)S - 1u;
+#else
+        last = prev == (unsigned)nb - 1u;
+#endif
+#if DEC_BREAK != 2               /* test hook (attn_decode_emu): the count not put back */
         if (last) cnt[kvh] = 0u; /* for the next launch */
+#endif
     }
     __syncthreads();
     if (!last) return;
@@ -376,7 +442,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
  * (a's q_pos and n_kv are deltas from it), or NULL. */
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
+    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, int run, float *po, float *pml,
                        unsigned *cnt) {
     cuda_pdl_trigger();
     int64_t q_pos = a.q_pos, n_kv = a.n_kv;
@@ -385,7 +451,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
         q_pos += base;
         n_kv += base;
     }
-    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
+    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, run, po, pml, cnt);
 }
 
 /* Batched decode (attention_rows): one query a row, each row its own cache,
@@ -399,7 +465,7 @@ typedef struct dec_rows {
 
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
+    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, int run, float *po, float *pml,
                             unsigned *cnt) {
     cuda_pdl_trigger();
     const int r = (int)blockIdx.z;
@@ -412,7 +478,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     one.v = rows.v[r];
     one.cap = rows.cap[r];
     one.window = rows.window[r];
-    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, po + r * parts * (size_t)a.HD,
+    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, run, po + r * parts * (size_t)a.HD,
                            pml + 2 * r * parts, cnt + r * a.KVH);
 }
 
@@ -420,10 +486,29 @@ __global__ void __launch_bounds__(DEC_THREADS)
 /* the scratch: partials (cut S to fit), then DEC_MAX_KVH counts */
 enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 
-static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
+static int dec_mode = -1;     /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
+static int dec_run_keys = -1; /* keys a block takes at least (0: dec_chunk's) */
 static unsigned long long dec_launches;
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
+
+/* 0 or a multiple of DEC_ALIGN (rounded up), at most 1 << 20 */
+static int dec_run_clamp(long keys) {
+    if (keys <= 0) return 0;
+    if (keys > 1L << 20) keys = 1L << 20;
+    return (int)((keys + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN);
+}
+
+extern "C" void nmlx_cuda_set_attn_decode_run(int keys) { dec_run_keys = dec_run_clamp(keys); }
+
+/* NMLX_CUDA_ATTN_DECODE_RUN, read once */
+static int dec_run(void) {
+    if (dec_run_keys < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_DECODE_RUN");
+        dec_run_keys = e ? dec_run_clamp(strtol(e, NULL, 10)) : 0;
+    }
+    return dec_run_keys;
+}
 extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
 
 bool nmlx_cuda_attn_decode_on(void) {
@@ -511,6 +596,7 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    const int run = dec_run();
     switch (id) {
 #define DEC_LAUNCH(ID, LPK, DPL, R)                                                                \
     case ID: {                                                                                     \
@@ -519,8 +605,9 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         if (S < 1) return false;                                                                   \
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
         attn_decode_kernel<LPK, DPL, R>                                                            \
-            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, po, pml,  \
-                                                                            cnt);                  \
+            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, run, po,  \
+                                                                            pml, cnt);             \
+                                                                                                   \
         break;                                                                                     \
     }
         DEC_CONFIGS(DEC_LAUNCH)
@@ -570,6 +657,7 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    const int run = dec_run();
     switch (id) {
 #define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
     case ID: {                                                                                     \
@@ -589,7 +677,7 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
             float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
             attn_decode_rows_kernel<LPK, DPL, R_>                                                  \
                 <<<dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n), DEC_THREADS, shm, st>>>(      \
-                    ar, br, S, po, pml, cnt);                                                      \
+                    ar, br, S, run, po, pml, cnt);                                                 \
             dec_launches++;                                                                        \
         }                                                                                          \
         break;                                                                                     \
