@@ -11,8 +11,10 @@
  * read from device memory.
  *  - Keys any row sees: [j0, j1) (j0 = the first row's window start, j1 =
  *    min(q_pos + T, n_kv)). Block s takes the s-th run of `len` keys,
- *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk): nb <= S blocks
- *    have keys, the others only count themselves in (below).
+ *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk), but at least
+ *    `run` keys (dec_len; NMLX_CUDA_ATTN_DECODE_RUN, default 0: off): nb
+ *    <= S blocks have keys, the others return at once (no key at all:
+ *    block 0 writes the zeros).
  *  - Every block serves all RQ query rows of its KV head (a key row is
  *    read once for the GQA group). A warp takes KPW = 32 / LPK keys at a
  *    time: LPK lanes a key, each lane DPL dims of it as float4 loads (K and
@@ -20,11 +22,14 @@
  *    own online softmax (m, l) and P V accumulators o[R][DPL] in
  *    registers; at the end the groups, then the 4 warps (shared memory),
  *    merge, and the block writes its partial (m, l, o[HD]) per row.
- *  - Then __threadfence and an atomic count per KV head: the block that
- *    arrives last resets the count and merges the nb partials in block
- *    order (deterministic, whichever block is last): M = max(sink, m_s),
- *    out = sum_s e^(m_s - M) o_s / (e^(sink - M) + sum_s e^(m_s - M) l_s);
- *    rows that see no key get zeros, as the CPU.
+ *  - nb == 1: that block writes the output itself, the merge below of its
+ *    one partial in the merge's operations and order (the same bits,
+ *    checked by attn_decode_emu): no partial, fence, count or merge.
+ *  - nb > 1: __threadfence and an atomic count per KV head, by the nb
+ *    blocks with keys only: the nb-th resets the count and merges the nb
+ *    partials in block order (deterministic, whichever block is last): M =
+ *    max(sink, m_s), out = sum_s e^(m_s - M) o_s / (e^(sink - M) + sum_s
+ *    e^(m_s - M) l_s); rows that see no key get zeros, as the CPU.
  * (LPK, DPL) by head size and R (RQ rounded up to a power of two) so that
  * o[R][DPL] is 64 floats a lane (dec_pick); HD % 4 == 0, HD <= 256 (RQ <=
  * 8 at 256), K/V 16-byte aligned. Numerics: f32 throughout, as the other
@@ -38,7 +43,24 @@
  * query; bench/cuda/bench_attn_decode.c, caches cycled over 32 layers so
  * the K/V come from DRAM): n_kv 64: old ~6 us, new ~4 us; 512: old ~16
  * us, new ~5 us; 2048: old ~60 us, new ~9 us; 8192: old ~230 us, new ~28
- * us (64 MB of K/V at ~2.5 TB/s).
+ * us (64 MB of K/V at ~2.5 TB/s). Measured (bench/cuda/README.md): 10.5,
+ * 14.0, 20.4, 39.1 us; ncu, warm caches, a few dozen keys: 11.3 us.
+ *
+ * Short contexts (written without a GPU, unmeasured): with 16-key runs a
+ * few blocks a KV head had keys, and every one of the S (66 on an H100 for
+ * the 8B layer) fenced and counted itself in; then the last block's merge
+ * loaded the partials: a chain of dependent memory round trips (partial
+ * store, fence, atomic, the m / l loads, the o loads, the store) for a few
+ * KB of K/V. Now the idle blocks return at once, and a block with every
+ * key (n_kv <= 16 by default; n_kv <= K with NMLX_CUDA_ATTN_DECODE_RUN=K)
+ * writes the output itself after its K/V loads, its run walked 16 keys a
+ * step (HD 128: one L2 round trip a step, the next step's loads issued
+ * after the step's math). Predicted, ncu, warm caches: n_kv <= 16, ~11 ->
+ * ~5 us; n_kv 64, default (4 blocks and the merge, the idle ones gone) ~8
+ * us, RUN=64 (one block, 4 steps) ~5 us; 128: RUN=64 / 128 ~6 us; 512: the
+ * default (32 blocks of 16 keys) ~14 us as before, RUN=32 / 64 (16 / 8
+ * blocks) about the same, longer runs slower (fewer blocks streaming).
+ * bench_cuda_attn prints the run lengths' rows to pick a default.
  *
  * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
  * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
