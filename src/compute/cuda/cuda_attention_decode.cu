@@ -166,7 +166,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     DEC_DYN_SMEM;
     float *sm = (float *)dec_sm;
     __shared__ int64_t slo[DEC_MAX_T], shi[DEC_MAX_T];
-    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R];
+    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R], ssk[DEC_MAX_RQ];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPK, lig = lane % LPK;
@@ -183,22 +183,14 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
     const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
     const int nb = (int)((N + len - 1) / len);
-    if (nb == 0) { /* no key at all, so no row sees one: zeros (as the CPU), from block 0 */
-        if (s == 0)
-            for (int64_t i = tid; i < RQ * HD; i += DEC_THREADS) {
-                const int r = (int)(i / HD), d = (int)(i % HD);
-                const int64_t t = r / G, h = kvh * G + r % G;
-                a.out[(t * a.H + h) * HD + d] = 0.0f;
-            }
-        return;
-    }
     /* blocks past the keys: nothing to write or read, and not counted in
      * (the count below goes to nb, which every block of this KV head
-     * computes alike) */
-    if (s >= nb) return;
+     * computes alike); no key at all (nb == 0): block 0 stays and writes
+     * the zeros through the direct path (its run is empty) */
+    if (s >= (nb > 0 ? nb : 1)) return;
     /* one block has every key: it writes the output itself (no partial,
      * fence, count or merge) */
-    const bool direct = nb == 1 && DEC_DIRECT;
+    const bool direct = nb == 0 || (nb == 1 && DEC_DIRECT);
     if (tid < a.T) dec_visible(a, q_pos, n_kv, tid, &slo[tid], &shi[tid]);
     const size_t row0 = ((size_t)kvh * (size_t)S + (size_t)s) * (size_t)RQ;
 
@@ -240,6 +232,8 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 sm[i] = x;
             }
         }
+        /* the direct output's sinks, loaded with q rather than after the keys */
+        if (direct && a.sinks && tid < G) ssk[tid] = a.sinks[kvh * G + tid];
         __syncthreads();
         const float4 *qs = (const float4 *)sm;
         float m[R], l[R], o[R][DPL];
@@ -357,7 +351,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             const int64_t t = r / G, h = kvh * G + r % G;
             float y = 0.0f;
             if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-                const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+                const float sink = a.sinks ? ssk[r % G] : -INFINITY; /* a.sinks[h] */
                 const float Mt = fmaxf(sink, M);
                 const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
                 const float Lt =
