@@ -166,7 +166,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     DEC_DYN_SMEM;
     float *sm = (float *)dec_sm;
     __shared__ int64_t slo[DEC_MAX_T], shi[DEC_MAX_T];
-    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R], ssk[DEC_MAX_RQ];
+    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPK, lig = lane % LPK;
@@ -232,8 +232,6 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 sm[i] = x;
             }
         }
-        /* the direct output's sinks, loaded with q rather than after the keys */
-        if (direct && a.sinks && tid < G) ssk[tid] = a.sinks[kvh * G + tid];
         __syncthreads();
         const float4 *qs = (const float4 *)sm;
         float m[R], l[R], o[R][DPL];
@@ -351,7 +349,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             const int64_t t = r / G, h = kvh * G + r % G;
             float y = 0.0f;
             if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-                const float sink = a.sinks ? ssk[r % G] : -INFINITY; /* a.sinks[h] */
+                const float sink = a.sinks ? a.sinks[h] : -INFINITY;
                 const float Mt = fmaxf(sink, M);
                 const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
                 const float Lt =
