@@ -41,8 +41,49 @@ alignas(16) static float4 dec_sm[SM_FLOATS / 4];
 static size_t sm_used; /* floats of the launch's dynamic shared memory */
 #define DEC_DYN_SMEM (void)0
 
+/* false: a block with every key (nb == 1) takes the merge path (partial,
+ * count, merge) instead of writing the output itself; the two must give
+ * the same bits */
+static bool emu_direct = true;
+#define DEC_DIRECT emu_direct
+
 #define NMLX_ATTN_DECODE_EMU 1
 #include "compute/cuda/cuda_attention_decode.cu"
+
+static int emu_run; /* the launches' shortest run (NMLX_CUDA_ATTN_DECODE_RUN; 0: default) */
+static int failures, cases;
+static bool quick; /* argv[1] "quick" (the broken builds): exit 1 at the first failure */
+static void fail_fast(void) {
+    if (quick && failures) {
+        printf("%d cases: FAIL (quick: stopped at the first)\n", cases);
+        exit(1);
+    }
+}
+
+/* The counts: one array for every launch, as the backend's scratch, so a
+ * count a launch leaves set breaks the next one; checked (and put back)
+ * after each launch. */
+static unsigned emu_cnt[1024];
+static bool counts_clear(size_t n) {
+    bool ok = true;
+    for (size_t i = 0; i < n; i++)
+        if (emu_cnt[i]) {
+            if (ok) fprintf(stderr, "count %zu left at %u\n", i, emu_cnt[i]);
+            ok = false;
+            emu_cnt[i] = 0u;
+        }
+    return ok;
+}
+
+/* blocks with keys (nb) of a one-query-or-step launch, as the kernel computes it */
+static int host_nb(const nmlx_attn_args &a, int S, int run) {
+    int64_t j0 = a.window > 0 ? a.q_pos - a.window + 1 : 0;
+    j0 = j0 < 0 ? 0 : j0;
+    const int64_t j1 = a.q_pos + a.T < a.n_kv ? a.q_pos + a.T : a.n_kv;
+    const int64_t N = j1 > j0 ? j1 - j0 : 0;
+    const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
+    return (int)((N + len - 1) / len);
+}
 
 /* a launch over grid of instance <LPK, DPL, R>: kernel(LPK, DPL, R), given
  * as std::integral_constant (a lambda calling that instance of a kernel),
@@ -80,27 +121,27 @@ template <typename K> static void dec_launch(int id, dim3 grid, K kernel) {
     }
 }
 
-/* the host side of nmlx_cuda_attention_decode with S given: grid (S, KVH);
- * false: the instance does not take the shape */
-static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S) {
+/* the host side of nmlx_cuda_attention_decode with S given: grid (S, KVH),
+ * run emu_run; po / pml: the partials (NaN-filled here when empty); *counts:
+ * whether the counts were back to 0. false: the instance does not take
+ * the shape */
+static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool *counts,
+                       std::vector<float> *keep_po = nullptr,
+                       std::vector<float> *keep_pml = nullptr) {
     const int64_t G = a.H / a.KVH, RQ = a.T * G;
     const int id = dec_pick(a.HD, RQ);
     if (id < 0) return false;
-    std::vector<float> po((size_t)(a.KVH * S * RQ * a.HD), NAN),
-        pml((size_t)(a.KVH * S * RQ * 2), NAN);
-    std::vector<unsigned> cnt((size_t)a.KVH, 0u);
+    std::vector<float> fresh_po, fresh_pml;
+    std::vector<float> &po = keep_po ? *keep_po : fresh_po, &pml = keep_pml ? *keep_pml : fresh_pml;
+    if (po.empty()) po.assign((size_t)(a.KVH * S * RQ * a.HD), NAN);
+    if (pml.empty()) pml.assign((size_t)(a.KVH * S * RQ * 2), NAN);
+    assert((size_t)a.KVH <= sizeof emu_cnt / sizeof emu_cnt[0]);
     dec_launch(id, dim3((unsigned)S, (unsigned)a.KVH), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_kernel<lpk, dpl, r>(a, step, S, po.data(), pml.data(), cnt.data());
+        attn_decode_kernel<lpk, dpl, r>(a, step, S, emu_run, po.data(), pml.data(), emu_cnt);
     });
-    for (int64_t h = 0; h < a.KVH; h++)
-        if (cnt[(size_t)h]) {
-            fprintf(stderr, "count of KV head %lld left at %u\n", (long long)h, cnt[(size_t)h]);
-            abort();
-        }
+    *counts = counts_clear((size_t)a.KVH);
     return true;
 }
-
-static int failures, cases;
 
 /* T queries from q_pos over n_kv keys, S blocks a KV head; step >= 0: the
  * step form with the device position `step` (q_pos, n_kv passed as deltas) */
@@ -113,7 +154,8 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     int64_t dev_step = step;
     if (step >= 0) g.q_pos -= step, g.n_kv -= step;
     cases++;
-    if (!emu_decode(g, step >= 0 ? &dev_step : nullptr, S)) {
+    bool counts = true;
+    if (!emu_decode(g, step >= 0 ? &dev_step : nullptr, S, &counts)) {
         printf("FAIL T=%lld H=%lld KVH=%lld HD=%lld: no instance\n", (long long)T, (long long)H,
                (long long)KVH, (long long)HD);
         failures++;
@@ -124,14 +166,89 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     double mx, err;
     attn_err(c.out, ref, mx, err);
     const double rel = mx > 0 ? err / mx : err; /* all-zero outputs: exact zeros */
-    const bool ok = rel <= 1e-5;
+    bool ok = rel <= 1e-5 && counts;
+    /* one block with keys: its direct output equals the merge's, bit for bit */
+    const int nb = host_nb(c.a, S, emu_run);
+    bool same = true;
+    if (nb == 1) {
+        std::vector<float> merged(c.out.size(), NAN);
+        g.out = merged.data();
+        emu_direct = false;
+        bool counts2 = true;
+        emu_decode(g, step >= 0 ? &dev_step : nullptr, S, &counts2);
+        emu_direct = true;
+        same = counts2 && !memcmp(merged.data(), c.out.data(), merged.size() * sizeof(float));
+        ok &= same;
+    }
     failures += !ok;
     printf("%s T=%lld H=%lld KVH=%lld HD=%lld cap=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
-           "sinks=%d S=%d step=%lld: rel err %.2e\n",
+           "sinks=%d S=%d run=%d nb=%d step=%lld: rel err %.2e%s%s\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
            (long long)cap, (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, S,
-           (long long)step, rel);
+           emu_run, nb, (long long)step, rel, counts ? "" : " (counts left set)",
+           same ? (nb == 1 ? " (= merge, bit for bit)" : "") : " (differs from the merge)");
     fflush(stdout);
+    fail_fast();
+}
+
+/* A recorded step replayed (the step form, one launch's arguments, the
+ * position from device memory): T queries at each pos[i] over n_kv =
+ * pos[i] + T keys, S blocks, run emu_run, the same partials and counts
+ * for every replay (as the backend's scratch); cache rows past each n_kv
+ * NaN. Every replay against the reference, the counts back to 0 each
+ * time. */
+static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t window, float softcap,
+                       bool sinks, int S, const std::vector<int64_t> &pos) {
+    int64_t cap = 0;
+    for (int64_t p : pos)
+        cap = p + T > cap ? p + T : cap;
+    attn_case c;
+    attn_case_init(c, T, H, KVH, HD, cap, 0, cap, window, softcap, sinks, 1, 0, emu_urand);
+    const std::vector<float> k0 = c.k, v0 = c.v;
+    const int64_t RQ = T * (H / KVH);
+    std::vector<float> po((size_t)(KVH * S * RQ * HD), NAN), pml((size_t)(KVH * S * RQ * 2), NAN);
+    nmlx_attn_args g = c.a;
+    g.q_pos = 0, g.n_kv = T; /* deltas from the device position */
+    double worst = 0;
+    bool ok = true;
+    int nbs[2] = {1 << 30, 0};
+    for (int64_t p : pos) {
+        c.k = k0, c.v = v0;
+        for (int64_t kh = 0; kh < KVH; kh++)
+            for (int64_t j = p + T; j < cap; j++)
+                for (int64_t d = 0; d < HD; d++)
+                    c.k[(size_t)((kh * cap + j) * HD + d)] =
+                        c.v[(size_t)((kh * cap + j) * HD + d)] = NAN;
+        g.k = c.k.data(), g.v = c.v.data();
+        std::fill(c.out.begin(), c.out.end(), NAN);
+        const int64_t dev_pos = p;
+        bool counts = true;
+        emu_decode(g, &dev_pos, S, &counts, &po, &pml);
+        c.a.k = g.k, c.a.v = g.v, c.a.q_pos = p, c.a.n_kv = p + T;
+        const int nb = host_nb(c.a, S, emu_run);
+        nbs[0] = nb < nbs[0] ? nb : nbs[0], nbs[1] = nb > nbs[1] ? nb : nbs[1];
+        std::vector<double> ref;
+        ref_attention(c.a, ref);
+        double mx, err;
+        attn_err(c.out, ref, mx, err);
+        const double rel = mx > 0 ? err / mx : err;
+        if (!counts || !(rel <= 1e-5)) {
+            if (ok)
+                printf("  replay at pos %lld (nb %d): rel err %.2e%s\n", (long long)p, nb, rel,
+                       counts ? "" : ", counts left set");
+            ok = false;
+        }
+        worst = rel > worst || rel != rel ? rel : worst;
+    }
+    cases++;
+    failures += !ok;
+    printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d run=%d: %zu "
+           "positions to %lld, nb %d..%d, worst rel err %.2e\n",
+           ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
+           (long long)window, softcap, sinks, S, emu_run, pos.size(), (long long)cap - T, nbs[0],
+           nbs[1], worst);
+    fflush(stdout);
+    fail_fast();
 }
 
 /* The rows form (batched decode): n rows of one query each, row r with its
@@ -161,14 +278,12 @@ static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t win
     a.scale = 1.0f / sqrtf((float)HD), a.softcap = 0, a.sinks = c[0].a.sinks;
     /* the host's layout: po for the n rows, then pml */
     std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
-    std::vector<unsigned> cnt((size_t)(n * KVH), 0u);
+    assert((size_t)(n * KVH) <= sizeof emu_cnt / sizeof emu_cnt[0]);
     dec_launch(id, dim3((unsigned)S, (unsigned)KVH, (unsigned)n), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, po.data(), pml.data(), cnt.data());
+        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, emu_run, po.data(), pml.data(), emu_cnt);
     });
     cases++;
-    bool ok = true;
-    for (size_t i = 0; i < cnt.size(); i++)
-        ok &= cnt[i] == 0u;
+    bool ok = counts_clear((size_t)(n * KVH));
     double worst = 0;
     for (int r = 0; r < n; r++) {
         attn_case &x = c[(size_t)r];
@@ -183,14 +298,17 @@ static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t win
     }
     ok &= worst <= 1e-5;
     failures += !ok;
-    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d caps<=%lld: worst rel err "
-           "%.2e%s\n",
+    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d run=%d caps<=%lld: worst "
+           "rel err %.2e%s\n",
            ok ? "ok  " : "FAIL", n, (long long)H, (long long)KVH, (long long)HD, (long long)window,
-           sinks, S, (long long)max_cap, worst, !ok && worst <= 1e-5 ? " (counts left set)" : "");
+           sinks, S, emu_run, (long long)max_cap, worst,
+           !ok && worst <= 1e-5 ? " (counts left set)" : "");
     fflush(stdout);
+    fail_fast();
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    quick = argc > 1 && !strcmp(argv[1], "quick");
     /* Llama-like group of 4 (one KV head of it, two), HD 128: n_kv from 1,
      * keys fewer than the blocks, chunk edges, S 1 / odd / DEC_MAX_S */
     for (int64_t n : {1, 2, 15, 16, 17, 63, 64, 65, 200, 513})
@@ -245,6 +363,67 @@ int main(void) {
     run_rows_case(2, 4, 1, 256, 0, false, 2, 120);
     run_rows_case(6, 6, 3, 48, 0, true, 1, 90);
     run_rows_case(DEC_ROWS, 4, 1, 32, 0, false, 2, 40);
+    /* the shortest run (NMLX_CUDA_ATTN_DECODE_RUN): n_kv 1..300 under runs
+     * of 16..512 keys, so that one block has the keys (nb == 1: the direct
+     * output, also run through the merge and compared bit for bit) or a
+     * few, and most of the S blocks none; GQA 1 / 4 / 8, HD 64 / 128 / 256,
+     * sinks, windows, softcap, T 2 / 3 (rows that see nothing among them) */
+    {
+        const int runs[] = {16, 32, 64, 128, 256, 512};
+        const int64_t nkv[] = {1,  2,  3,   15,  16,  17,  31,  33,  48,  63,
+                               64, 65, 100, 127, 128, 129, 200, 256, 257, 300};
+        const int Ss[] = {66, 7, DEC_MAX_S, 16, 33};
+        int i = 0;
+        for (int run : runs)
+            for (int64_t n : nkv) {
+                emu_run = run, i++;
+                const int64_t T = i % 5 == 0 ? 3 : i % 7 == 0 ? 2 : 1;
+                const int64_t HD = i % 3 == 0 ? 64 : i % 3 == 1 ? 128 : 256;
+                const int64_t G = T > 1 || HD == 256 ? (i % 2 ? 1 : 2) : i % 4 == 0 ? 8 : 4;
+                const int64_t window = i % 4 == 1 ? 7 : i % 4 == 2 ? 50 : 0;
+                const float softcap = i % 6 == 5 ? 30.0f : 0.0f;
+                const int64_t q_pos = n - T >= 0 ? n - T : 0;
+                run_case(T, 2 * G, 2, HD, n + 5, q_pos, n, window, softcap, i % 2 == 1, Ss[i % 5]);
+            }
+        /* the step form, and a key run longer than any n_kv (one block always) */
+        emu_run = 64;
+        run_case(1, 8, 2, 128, 300, 40, 41, 0, 0, true, 66, 30);
+        run_case(2, 8, 2, 64, 300, 150, 152, 0, 0, false, 66, 100);
+        emu_run = 1 << 20;
+        run_case(1, 8, 2, 128, 700, 600, 601, 0, 0, true, 66);
+        run_case(4, 8, 2, 64, 400, 300, 304, 100, 0, false, 9);
+        run_case(5, 4, 2, 64, 100, 30, 20, 8, 0, false, 3); /* every row sees nothing */
+    }
+    /* recorded steps replayed at growing (and then falling) lengths, the
+     * partials and counts kept across replays: default runs and set ones */
+    {
+        std::vector<int64_t> pos;
+        for (int64_t p = 0; p < 40; p++)
+            pos.push_back(p);
+        for (int64_t p : {47,  48,  63,  64,  65,  95,  96,  100, 127, 128, 129, 150, 191,
+                          192, 200, 255, 256, 257, 299, 130, 64,  20,  1,   0,   180})
+            pos.push_back(p);
+        emu_run = 0;
+        run_replay(1, 8, 2, 128, 0, 0, false, 66, pos);
+        emu_run = 32;
+        run_replay(1, 8, 2, 128, 0, 0, true, 66, pos);
+        emu_run = 64;
+        run_replay(1, 16, 2, 64, 0, 0, true, 33, pos);
+        emu_run = 128;
+        run_replay(3, 8, 2, 128, 50, 30.0f, true, 66, pos);
+        emu_run = 256;
+        run_replay(1, 4, 2, 256, 0, 0, false, 7, pos);
+    }
+    /* the rows form with set runs: rows of 1..300 keys in one launch, some
+     * with one block of keys and some with several */
+    emu_run = 64;
+    run_rows_case(8, 8, 2, 128, 0, true, 9, 300);
+    run_rows_case(6, 16, 2, 64, 40, true, 17, 300);
+    emu_run = 128;
+    run_rows_case(DEC_ROWS, 4, 1, 64, 16, false, 5, 300);
+    emu_run = 16;
+    run_rows_case(5, 8, 2, 128, 0, false, 66, 200);
+    emu_run = 0;
     printf("%d cases: %s\n", cases, failures ? "FAIL" : "PASS");
     return failures != 0;
 }

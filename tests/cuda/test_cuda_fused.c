@@ -102,6 +102,15 @@ static void test_add_rmsnorm(int64_t R, int64_t D, nmlx_dtype wdt, bool weight, 
     double u = fmax(test_diff_over_max(gx, hx, n), test_diff_over_max(gy, hy, n));
     EXPECT(e <= 1e-6 && u <= 1e-6, "add_rmsnorm R=%lld D=%lld: vs cpu %.2e, vs cuda unfused %.2e",
            (long long)R, (long long)D, e, u);
+    /* the same thread count, per-thread sum order and w + w_offset as the
+     * rmsnorm kernel (the weights loaded before the block sum in the fused
+     * one, after it in rmsnorm): the same bits */
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        differ += memcmp(&gx[i], &hx[i], sizeof(float)) || memcmp(&gy[i], &hy[i], sizeof(float));
+    EXPECT(differ == 0,
+           "add_rmsnorm R=%lld D=%lld: %zu of %zu outputs differ from the unfused bits",
+           (long long)R, (long long)D, differ, n);
     worst_cpu[0] = fmax(worst_cpu[0], e), worst_gpu[0] = fmax(worst_gpu[0], u);
     float *bufs[] = {dx, dd, dy, ux, uy};
     for (int i = 0; i < 5; i++)

@@ -11,8 +11,10 @@
  * read from device memory.
  *  - Keys any row sees: [j0, j1) (j0 = the first row's window start, j1 =
  *    min(q_pos + T, n_kv)). Block s takes the s-th run of `len` keys,
- *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk): nb <= S blocks
- *    have keys, the others only count themselves in (below).
+ *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk), but at least
+ *    `run` keys (dec_len; NMLX_CUDA_ATTN_DECODE_RUN, default 0: off): nb
+ *    <= S blocks have keys, the others return at once (no key at all:
+ *    block 0 writes the zeros).
  *  - Every block serves all RQ query rows of its KV head (a key row is
  *    read once for the GQA group). A warp takes KPW = 32 / LPK keys at a
  *    time: LPK lanes a key, each lane DPL dims of it as float4 loads (K and
@@ -20,11 +22,14 @@
  *    own online softmax (m, l) and P V accumulators o[R][DPL] in
  *    registers; at the end the groups, then the 4 warps (shared memory),
  *    merge, and the block writes its partial (m, l, o[HD]) per row.
- *  - Then __threadfence and an atomic count per KV head: the block that
- *    arrives last resets the count and merges the nb partials in block
- *    order (deterministic, whichever block is last): M = max(sink, m_s),
- *    out = sum_s e^(m_s - M) o_s / (e^(sink - M) + sum_s e^(m_s - M) l_s);
- *    rows that see no key get zeros, as the CPU.
+ *  - nb == 1: that block writes the output itself, the merge below of its
+ *    one partial in the merge's operations and order (the same bits,
+ *    checked by attn_decode_emu): no partial, fence, count or merge.
+ *  - nb > 1: __threadfence and an atomic count per KV head, by the nb
+ *    blocks with keys only: the nb-th resets the count and merges the nb
+ *    partials in block order (deterministic, whichever block is last): M =
+ *    max(sink, m_s), out = sum_s e^(m_s - M) o_s / (e^(sink - M) + sum_s
+ *    e^(m_s - M) l_s); rows that see no key get zeros, as the CPU.
  * (LPK, DPL) by head size and R (RQ rounded up to a power of two) so that
  * o[R][DPL] is 64 floats a lane (dec_pick); HD % 4 == 0, HD <= 256 (RQ <=
  * 8 at 256), K/V 16-byte aligned. Numerics: f32 throughout, as the other
@@ -38,7 +43,24 @@
  * query; bench/cuda/bench_attn_decode.c, caches cycled over 32 layers so
  * the K/V come from DRAM): n_kv 64: old ~6 us, new ~4 us; 512: old ~16
  * us, new ~5 us; 2048: old ~60 us, new ~9 us; 8192: old ~230 us, new ~28
- * us (64 MB of K/V at ~2.5 TB/s).
+ * us (64 MB of K/V at ~2.5 TB/s). Measured (bench/cuda/README.md): 10.5,
+ * 14.0, 20.4, 39.1 us; ncu, warm caches, a few dozen keys: 11.3 us.
+ *
+ * Short contexts (written without a GPU, unmeasured): with 16-key runs a
+ * few blocks a KV head had keys, and every one of the S (66 on an H100 for
+ * the 8B layer) fenced and counted itself in; then the last block's merge
+ * loaded the partials: a chain of dependent memory round trips (partial
+ * store, fence, atomic, the m / l loads, the o loads, the store) for a few
+ * KB of K/V. Now the idle blocks return at once, and a block with every
+ * key (n_kv <= 16 by default; n_kv <= K with NMLX_CUDA_ATTN_DECODE_RUN=K)
+ * writes the output itself after its K/V loads, its run walked 16 keys a
+ * step (HD 128: one L2 round trip a step, the next step's loads issued
+ * after the step's math). Predicted, ncu, warm caches: n_kv <= 16, ~11 ->
+ * ~5 us; n_kv 64, default (4 blocks and the merge, the idle ones gone) ~8
+ * us, RUN=64 (one block, 4 steps) ~5 us; 128: RUN=64 / 128 ~6 us; 512: the
+ * default (32 blocks of 16 keys) ~14 us as before, RUN=32 / 64 (16 / 8
+ * blocks) about the same, longer runs slower (fewer blocks streaming).
+ * bench_cuda_attn prints the run lengths' rows to pick a default.
  *
  * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
  * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
@@ -69,6 +91,23 @@ static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
     const int64_t per = (N + S - 1) / S;
     return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
 }
+
+/* The run of keys a block takes: dec_chunk, but at least `run` keys (0 or
+ * a multiple of DEC_ALIGN: NMLX_CUDA_ATTN_DECODE_RUN), so that short
+ * contexts take fewer blocks; nb = ceil(N / len) <= S still. */
+static inline __host__ __device__ int64_t dec_len(int64_t N, int S, int run) {
+    const int64_t len = dec_chunk(N, S);
+    return len < run ? (int64_t)run : len;
+}
+
+#ifndef DEC_BREAK
+#define DEC_BREAK 0 /* tests/cuda/attn_decode_emu.cpp's deliberately broken builds: 1, 2, 3 */
+#endif
+#ifndef DEC_DIRECT
+#define DEC_DIRECT                                                                                 \
+    true /* attn_decode_emu turns it off: nb == 1 through the merge, for the bits                  \
+          */
+#endif
 
 /* The instances: X(id, LPK, DPL, R). o[R][DPL] = 64 floats a lane, except
  * R < 4 (fewer rows than the head size allows). */
@@ -121,7 +160,7 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
  * blocks of KV head kvh done (0 between launches). */
 template <int LPK, int DPL, int R>
 __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
-                                          int S, float *po, float *pml, unsigned *cnt) {
+                                          int S, int run, float *po, float *pml, unsigned *cnt) {
     constexpr int KPW = 32 / LPK, NV = DPL / 4, HDC = LPK * DPL, KB = DEC_WARPS * KPW;
     static_assert(LPK * KPW == 32 && DPL % 4 == 0, "lane split");
     DEC_DYN_SMEM;
@@ -142,12 +181,20 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         j1 = q_pos + a.T < n_kv ? q_pos + a.T : n_kv;
     }
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
-    const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
+    const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
     const int nb = (int)((N + len - 1) / len);
+    /* blocks past the keys: nothing to write or read, and not counted in
+     * (the count below goes to nb, which every block of this KV head
+     * computes alike); no key at all (nb == 0): block 0 stays and writes
+     * the zeros through the direct path (its run is empty) */
+    if (s >= (nb > 0 ? nb : 1)) return;
+    /* one block has every key: it writes the output itself (no partial,
+     * fence, count or merge) */
+    const bool direct = nb == 0 || (nb == 1 && DEC_DIRECT);
     if (tid < a.T) dec_visible(a, q_pos, n_kv, tid, &slo[tid], &shi[tid]);
     const size_t row0 = ((size_t)kvh * (size_t)S + (size_t)s) * (size_t)RQ;
 
-    if (s < nb) {
+    {                                  /* the block's run of keys */
         const bool uniform = a.T == 1; /* one query: every key of [j0, j1) visible to all rows */
         const int64_t kb0 = j0 + (int64_t)s * len, kb1 = kb0 + len < j1 ? kb0 + len : j1;
         const float *kbase = a.k + kvh * a.cap * HD, *vbase = a.v + kvh * a.cap * HD;
@@ -292,18 +339,51 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 acc = fmaf(f, wo[(w * R + r) * HDC + d], acc);
                 L = fmaf(f, wl[w * R + r], L);
             }
-            po[(row0 + (size_t)r) * (size_t)HD + (size_t)d] = acc;
-            if (d == 0) pml[2 * (row0 + (size_t)r)] = M, pml[2 * (row0 + (size_t)r) + 1] = L;
+            if (!direct) {
+                po[(row0 + (size_t)r) * (size_t)HD + (size_t)d] = acc;
+                if (d == 0) pml[2 * (row0 + (size_t)r)] = M, pml[2 * (row0 + (size_t)r) + 1] = L;
+                continue;
+            }
+            /* nb == 1: the merge below of this one partial, its operations
+             * in its order (the same bits): the sink as one more logit */
+            const int64_t t = r / G, h = kvh * G + r % G;
+            float y = 0.0f;
+            if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+                const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+                const float Mt = fmaxf(sink, M);
+                const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
+                const float Lt =
+                    fmaf(f, L, 0.0f) + (a.sinks && Mt != -INFINITY ? expf(sink - Mt) : 0.0f);
+#if DEC_BREAK == 1 /* test hook (attn_decode_emu): not normalised */
+                y = fmaf(f, acc, 0.0f), (void)Lt;
+#else
+                if (Lt > 0.0f) y = fmaf(f, acc, 0.0f) / Lt;
+#endif
+            }
+            a.out[(t * a.H + h) * HD + d] = y;
         }
     }
+    if (direct) return;
 
-    /* the last block of this KV head merges the partials */
+    /* The last block of this KV head merges the partials. Only the nb
+     * blocks with keys count themselves in, so the last is the nb-th: it
+     * sees every partial (each block's writes are fenced before its count)
+     * and puts the count back to 0 for the next launch, whatever that
+     * launch's nb (a replayed graph at another n_kv). Counting all S blocks
+     * instead would cost the idle ones a fence and an atomic each on the
+     * same word, for nothing. */
     __threadfence();
     __syncthreads();
     if (tid == 0) {
         const unsigned prev = atomicAdd(&cnt[kvh], 1u);
+#if DEC_BREAK == 3 /* test hook (attn_decode_emu): counted to S, as if every block came */
         last = prev == (unsigned)S - 1u;
+#else
+        last = prev == (unsigned)nb - 1u;
+#endif
+#if DEC_BREAK != 2               /* test hook (attn_decode_emu): the count not put back */
         if (last) cnt[kvh] = 0u; /* for the next launch */
+#endif
     }
     __syncthreads();
     if (!last) return;
@@ -376,7 +456,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
  * (a's q_pos and n_kv are deltas from it), or NULL. */
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
+    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, int run, float *po, float *pml,
                        unsigned *cnt) {
     cuda_pdl_trigger();
     int64_t q_pos = a.q_pos, n_kv = a.n_kv;
@@ -385,7 +465,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
         q_pos += base;
         n_kv += base;
     }
-    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
+    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, run, po, pml, cnt);
 }
 
 /* Batched decode (attention_rows): one query a row, each row its own cache,
@@ -399,7 +479,7 @@ typedef struct dec_rows {
 
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
+    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, int run, float *po, float *pml,
                             unsigned *cnt) {
     cuda_pdl_trigger();
     const int r = (int)blockIdx.z;
@@ -412,7 +492,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     one.v = rows.v[r];
     one.cap = rows.cap[r];
     one.window = rows.window[r];
-    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, po + r * parts * (size_t)a.HD,
+    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, run, po + r * parts * (size_t)a.HD,
                            pml + 2 * r * parts, cnt + r * a.KVH);
 }
 
@@ -420,10 +500,29 @@ __global__ void __launch_bounds__(DEC_THREADS)
 /* the scratch: partials (cut S to fit), then DEC_MAX_KVH counts */
 enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 
-static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
+static int dec_mode = -1;     /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
+static int dec_run_keys = -1; /* keys a block takes at least (0: dec_chunk's) */
 static unsigned long long dec_launches;
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
+
+/* 0 or a multiple of DEC_ALIGN (rounded up), at most 1 << 20 */
+static int dec_run_clamp(long keys) {
+    if (keys <= 0) return 0;
+    if (keys > 1L << 20) keys = 1L << 20;
+    return (int)((keys + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN);
+}
+
+extern "C" void nmlx_cuda_set_attn_decode_run(int keys) { dec_run_keys = dec_run_clamp(keys); }
+
+/* NMLX_CUDA_ATTN_DECODE_RUN, read once */
+static int dec_run(void) {
+    if (dec_run_keys < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_DECODE_RUN");
+        dec_run_keys = e ? dec_run_clamp(strtol(e, NULL, 10)) : 0;
+    }
+    return dec_run_keys;
+}
 extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
 
 bool nmlx_cuda_attn_decode_on(void) {
@@ -511,6 +610,7 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    const int run = dec_run();
     switch (id) {
 #define DEC_LAUNCH(ID, LPK, DPL, R)                                                                \
     case ID: {                                                                                     \
@@ -519,8 +619,9 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         if (S < 1) return false;                                                                   \
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
         attn_decode_kernel<LPK, DPL, R>                                                            \
-            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, po, pml,  \
-                                                                            cnt);                  \
+            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, run, po,  \
+                                                                            pml, cnt);             \
+                                                                                                   \
         break;                                                                                     \
     }
         DEC_CONFIGS(DEC_LAUNCH)
@@ -570,6 +671,7 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    const int run = dec_run();
     switch (id) {
 #define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
     case ID: {                                                                                     \
@@ -589,7 +691,7 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
             float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
             attn_decode_rows_kernel<LPK, DPL, R_>                                                  \
                 <<<dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n), DEC_THREADS, shm, st>>>(      \
-                    ar, br, S, po, pml, cnt);                                                      \
+                    ar, br, S, run, po, pml, cnt);                                                 \
             dec_launches++;                                                                        \
         }                                                                                          \
         break;                                                                                     \

@@ -12,8 +12,11 @@
 /* Rows of up to K * blockDim inputs: each thread loads its K inputs of x
  * and d at once and keeps x + d in registers, so the loads are all in
  * flight together (the loop below waits on one pair at a time: the stores
- * to x may alias d) and nothing is read twice. The same thread count and
- * the same per-thread order of the sum as the loop, so the same bits. */
+ * to x may alias d) and nothing is read twice. The norm weights (never an
+ * activation: they alias neither x nor y) are loaded with them, before the
+ * block's sum, so the block waits on memory once rather than twice. The
+ * same thread count and the same per-thread order of the sum as the loop,
+ * and the same w + w_offset, so the same bits. */
 template <int K>
 __global__ void __launch_bounds__(512)
     add_rmsnorm_regs_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt, float w_offset,
@@ -23,11 +26,12 @@ __global__ void __launch_bounds__(512)
     const float *dr = d + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
     const int tid = threadIdx.x, bd = blockDim.x;
-    float v[K];
+    float v[K], wv[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
         const int64_t i = tid + (int64_t)k * bd;
         v[k] = i < D ? xr[i] + dr[i] : 0.0f;
+        wv[k] = w && i < D ? cuda_load_f32(wdt, w, i) + w_offset : 0.0f;
     }
     double ss = 0;
 #pragma unroll
@@ -41,7 +45,7 @@ __global__ void __launch_bounds__(512)
         if (i < D) {
             xr[i] = v[k];
             const float u = v[k] * inv;
-            yr[i] = w ? u * (cuda_load_f32(wdt, w, i) + w_offset) : u;
+            yr[i] = w ? u * wv[k] : u;
         }
     }
 }
