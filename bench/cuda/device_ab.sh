@@ -5,7 +5,8 @@
 # In priority order under DEADLINE (default 560 s):
 #   1. build the CLI, the CUDA tests that cover the new paths, the benchmarks;
 #   2. those tests: test_cuda_fused (the norm staged by mat-vec v2, add_rmsnorm
-#      with its weight loaded early), test_cuda_ops (decode attention with a
+#      with its weight loaded early), test_cuda_ops (decode attention: idle
+#      blocks out and one block's direct output, on by default; then with a
 #      shortest key run), test_cuda_qrows (few-rows v3 = v2 bit for bit),
 #      test_cuda_batch with NMLX_CUDA_QROWS=v3;
 #   3. synthetic Llama-3.1-8B and Llama-3.2-1B 4-bit g64: `nmlx bench -p 512
@@ -28,7 +29,8 @@ cuda_build nmlx-cli test_cuda_fused test_cuda_ops test_cuda_qrows test_cuda_batc
   bench_cuda_attn bench_cuda_batch
 t_patterns 'passed|FAIL|error' 8 'FAIL|mismatch|differ'
 go 60 fused && t 120 ./$B/tests/test_cuda_fused
-go 90 ops && t 150 env NMLX_CUDA_ATTN_DECODE_RUN=64 ./$B/tests/test_cuda_ops
+go 90 ops && t 150 ./$B/tests/test_cuda_ops # the decode attention's new default (idle blocks out, nb == 1 direct)
+go 90 ops64 && t 150 env NMLX_CUDA_ATTN_DECODE_RUN=64 ./$B/tests/test_cuda_ops
 go 60 qrows && t 120 ./$B/tests/test_cuda_qrows
 go 60 batch && t 120 env NMLX_CUDA_QROWS=v3 ./$B/tests/test_cuda_batch
 VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=2 NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE_RUN=128 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
