@@ -1415,6 +1415,11 @@ static const domain_case DOMAIN_CASES[] = {
      "final_logit_softcapping"},
     {"gemma3_text", "final_logit_softcapping", "0", NMLX_ERR_INVALID_MODEL,
      "final_logit_softcapping"},
+    /* in range as a double, inf as the float it is used as: NaN logits */
+    {"gemma3_text", "final_logit_softcapping", "1e300", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
+    {"gemma3n", "final_logit_softcapping", "1e39", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
     {"gemma3_text", "attn_logit_softcapping", "50", NMLX_ERR_UNSUPPORTED, "attn_logit_softcapping"},
     {"gemma3n", "attn_logit_softcapping", "-1", NMLX_ERR_INVALID_MODEL, "attn_logit_softcapping"},
     {"mistral_window", "sliding_window", "0", NMLX_ERR_INVALID_MODEL, "sliding_window"},
