@@ -1872,6 +1872,19 @@ static void test_convert(void) {
     cp.dtype = "float8";
     EXPECT_FAIL(nmlx_convert(src, outd, &cp), "convert dtype float8");
     EXPECT(count_entries_with_prefix(tmp_root, "conv-out") == 0, "nothing left by bad params");
+    /* a FIFO as config.json fails at once, as it does for the loader (it
+     * blocked forever in fopen); the alarm turns a hang into a failure */
+    cp = nmlx_convert_default_params();
+    char *cfgp = path_join(src, "config.json");
+    unlink(cfgp);
+    EXPECT(mkfifo(cfgp, 0600) == 0, "mkfifo %s", cfgp);
+    alarm(60);
+    EXPECT_FAIL(nmlx_convert(src, outd, &cp), "convert with a FIFO as config.json");
+    alarm(0);
+    EXPECT(strstr(nmlx_last_error(), "config.json"), "FIFO config.json: the message names it: %s",
+           nmlx_last_error());
+    EXPECT(count_entries_with_prefix(tmp_root, "conv-out") == 0, "nothing left by a FIFO config");
+    free(cfgp);
     free(buf);
     free(p);
     free(outd);
