@@ -1421,6 +1421,9 @@ static const domain_case DOMAIN_CASES[] = {
     {"gemma3n", "final_logit_softcapping", "1e39", NMLX_ERR_INVALID_MODEL,
      "final_logit_softcapping"},
     {"gemma3_text", "attn_logit_softcapping", "50", NMLX_ERR_UNSUPPORTED, "attn_logit_softcapping"},
+    /* EmbeddingGemma's non-causal attention: computed causally, it gave other logits */
+    {"gemma3_text", "use_bidirectional_attention", "true", NMLX_ERR_UNSUPPORTED,
+     "use_bidirectional_attention"},
     {"gemma3n", "attn_logit_softcapping", "-1", NMLX_ERR_INVALID_MODEL, "attn_logit_softcapping"},
     {"mistral_window", "sliding_window", "0", NMLX_ERR_INVALID_MODEL, "sliding_window"},
     {"qwen3", "-", "{\"rope_type\":\"linear\",\"rope_theta\":10000}", NMLX_ERR_INVALID_MODEL,
