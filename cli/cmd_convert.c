@@ -122,10 +122,9 @@ static int convert_supervised(const char *dir, const char *out, nmlx_convert_par
     if (pid <= 0) {
         sigprocmask(SIG_SETMASK, &old, NULL);
         if (pid < 0) return convert_here(dir, out, cp, show); /* no child: convert here */
-        int rc = convert_here(dir, out, cp, show);
-        fflush(stdout);
-        fflush(stderr);
-        _exit(rc);
+        /* exit, not _exit: stdio flushed, and LeakSanitizer still runs in ASan builds
+         * (nmlx_convert has joined its threads by now) */
+        exit(convert_here(dir, out, cp, show));
     }
     worker = pid;
     /* signals the caller ignores (a background job's SIGINT) stay ignored,
