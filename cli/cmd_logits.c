@@ -8,9 +8,11 @@
 #include "commands.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -62,8 +64,33 @@ static int write_f32_le(FILE *f, const float *x, size_t n) {
     return 1;
 }
 
-/* Writes rows x vocab floats to `path` atomically (temp file + rename). */
+static int write_logits_unblocked(const char *path, const float *x, size_t count);
+
+/* Writes rows x vocab floats to `path` atomically (temp file + rename).
+ * While the temporary file exists the signals that end the process wait
+ * (SIGINT, SIGTERM, SIGHUP, SIGQUIT: delivered once FILE is complete or
+ * removed) and a file-size limit is an EFBIG write error (its SIGXFSZ is
+ * dropped): a killed process left FILE.tmp.XXXXXX half-written. */
 static int write_logits(const char *path, const float *x, size_t count) {
+    sigset_t block, old, xfsz;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGQUIT);
+    sigaddset(&block, SIGXFSZ);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int ok = write_logits_unblocked(path, x, count);
+    sigemptyset(&xfsz);
+    sigaddset(&xfsz, SIGXFSZ);
+    const struct timespec zero = {0, 0};
+    while (sigtimedwait(&xfsz, NULL, &zero) == SIGXFSZ) {
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return ok;
+}
+
+static int write_logits_unblocked(const char *path, const float *x, size_t count) {
     size_t len = strlen(path);
     char *tmp = malloc(len + sizeof ".tmp.XXXXXX");
     if (!tmp) {

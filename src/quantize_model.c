@@ -6,6 +6,7 @@
 #include "compute/quant.h"
 #include "compute/quant_affine.h"
 #include "compute/threadpool.h"
+#include "io/file_util.h"
 #include "io/file_write.h"
 #include "io/safetensors_write.h"
 #include "shared/llama4_model.h"
@@ -442,8 +443,14 @@ nmlx_status nmlx_convert(const char *src_dir, const char *out_dir, const nmlx_co
     struct stat sb;
     CHECK(stat(out, &sb) != 0, NMLX_ERR_INVALID_ARG, "convert: '%s' already exists", out);
     snprintf(path, sizeof path, "%s/config.json", src_dir);
+    /* read as the loader reads it: a FIFO or a folder in its place fails at
+     * once (json_load_file's fopen would block forever on a FIFO) */
+    size_t text_len = 0;
+    TRY(nmlx_io_read_file(path, 64 * 1000 * 1000, &text, &text_len));
     json_error_t jerr;
-    cfg = json_load_file(path, 0, &jerr);
+    cfg = json_loadb(text, text_len, 0, &jerr);
+    nmlx_free(text);
+    text = NULL;
     CHECK(cfg && json_is_object(cfg), NMLX_ERR_FORMAT, "%s: %s", path,
           cfg ? "not an object" : jerr.text);
     CHECK(!json_object_get(cfg, "quantization") && !json_object_get(cfg, "quantization_config"),

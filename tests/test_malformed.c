@@ -1415,7 +1415,15 @@ static const domain_case DOMAIN_CASES[] = {
      "final_logit_softcapping"},
     {"gemma3_text", "final_logit_softcapping", "0", NMLX_ERR_INVALID_MODEL,
      "final_logit_softcapping"},
+    /* in range as a double, inf as the float it is used as: NaN logits */
+    {"gemma3_text", "final_logit_softcapping", "1e300", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
+    {"gemma3n", "final_logit_softcapping", "1e39", NMLX_ERR_INVALID_MODEL,
+     "final_logit_softcapping"},
     {"gemma3_text", "attn_logit_softcapping", "50", NMLX_ERR_UNSUPPORTED, "attn_logit_softcapping"},
+    /* EmbeddingGemma's non-causal attention: computed causally, it gave other logits */
+    {"gemma3_text", "use_bidirectional_attention", "true", NMLX_ERR_UNSUPPORTED,
+     "use_bidirectional_attention"},
     {"gemma3n", "attn_logit_softcapping", "-1", NMLX_ERR_INVALID_MODEL, "attn_logit_softcapping"},
     {"mistral_window", "sliding_window", "0", NMLX_ERR_INVALID_MODEL, "sliding_window"},
     {"qwen3", "-", "{\"rope_type\":\"linear\",\"rope_theta\":10000}", NMLX_ERR_INVALID_MODEL,
@@ -1518,6 +1526,9 @@ static const domain_case DOMAIN_CASES[] = {
      NMLX_ERR_UNSUPPORTED, "quantization"},
     {"quant_llama_q4g64_f16", "quantization", "{\"group_size\":32,\"bits\":4}",
      NMLX_ERR_INVALID_MODEL, "packed words"},
+    {"quant_llama_q4g64_f16", "quantization",
+     "{\"group_size\":64,\"bits\":4,\"modules_to_not_convert\":[\"lm_head\",7]}", NMLX_ERR_FORMAT,
+     "modules_to_not_convert[1]"},
     {"quant_llama_q4g64_f16", "quantization_config", "{\"quant_method\":\"not-a-method\"}",
      NMLX_ERR_INVALID_MODEL, "quant_method"},
     {"quant_llama_q4g64_f16", "quantization_config", "{\"quant_method\":\"gptq\"}",
@@ -1864,6 +1875,19 @@ static void test_convert(void) {
     cp.dtype = "float8";
     EXPECT_FAIL(nmlx_convert(src, outd, &cp), "convert dtype float8");
     EXPECT(count_entries_with_prefix(tmp_root, "conv-out") == 0, "nothing left by bad params");
+    /* a FIFO as config.json fails at once, as it does for the loader (it
+     * blocked forever in fopen); the alarm turns a hang into a failure */
+    cp = nmlx_convert_default_params();
+    char *cfgp = path_join(src, "config.json");
+    unlink(cfgp);
+    EXPECT(mkfifo(cfgp, 0600) == 0, "mkfifo %s", cfgp);
+    alarm(60);
+    EXPECT_FAIL(nmlx_convert(src, outd, &cp), "convert with a FIFO as config.json");
+    alarm(0);
+    EXPECT(strstr(nmlx_last_error(), "config.json"), "FIFO config.json: the message names it: %s",
+           nmlx_last_error());
+    EXPECT(count_entries_with_prefix(tmp_root, "conv-out") == 0, "nothing left by a FIFO config");
+    free(cfgp);
     free(buf);
     free(p);
     free(outd);

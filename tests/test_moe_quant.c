@@ -380,6 +380,43 @@ static void test_hf_config(const char *tmp) {
                strstr(nmlx_last_error(), "modules_to_not_convert"),
            "malformed modules_to_not_convert: %s", nmlx_last_error());
     nmlx_quant_config_free(&qc);
+    /* an MLX affine entry is checked too: a non-string pattern was read as
+     * a NULL string by every module lookup */
+    f = fopen(path, "w");
+    fputs("{\"quantization\": {\"group_size\": 64, \"bits\": 4, \"modules_to_not_convert\": "
+          "[\"lm_head\", 1]}}",
+          f);
+    fclose(f);
+    EXPECT(nmlx_quant_config_load(path, &qc) == NMLX_ERR_FORMAT &&
+               strstr(nmlx_last_error(), "modules_to_not_convert[1]"),
+           "affine entry, non-string modules_to_not_convert: %s", nmlx_last_error());
+    nmlx_quant_config_free(&qc);
+    /* stars: each one stays inside a component, and a run of them matches in
+     * time polynomial in the pattern (200 stars before a letter that never
+     * matches took exponential time: hours for "lm_head"); the alarm turns a
+     * hang into a failure */
+    char stars[202];
+    memset(stars, '*', 200);
+    stars[200] = 'Z', stars[201] = '\0';
+    f = fopen(path, "w");
+    fprintf(f,
+            "{\"quantization_config\": {\"quant_method\": \"mxfp4\", "
+            "\"modules_to_not_convert\": [\"%s\", \"m*o*d*e*l.**.*.s*lf_attn\", "
+            "\"*.*.*.mlp.r*\", \"lm_head.\", \"\"]}}",
+            stars);
+    fclose(f);
+    EXPECT(nmlx_quant_config_load(path, &qc) == NMLX_OK, "stars config: %s", nmlx_last_error());
+    const char *smods[7] = {
+        "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn", "model.layers.3.slf_attn",
+        "model.layers.3.mlp.router",       "model.layers.3.mlp",       "lm_head",
+        "model.layers.33.xself_attn.q"};
+    int swant[7] = {0, 0, 0, 0, -1, -1, -1};
+    alarm(60);
+    for (int i = 0; i < 7; i++)
+        EXPECT(nmlx_quant_config_module(&qc, smods[i], &p) == swant[i], "stars: module %s -> %d",
+               smods[i], swant[i]);
+    alarm(0);
+    nmlx_quant_config_free(&qc);
 }
 
 /* Per-module entries as mlx passes them to to_quantized: a missing "mode"

@@ -74,9 +74,11 @@ export async function loadModel(idOrPath, opts = {}) {
   const { threads = 0, contextLength = 0, onProgress, revision, noTokenizer = false, device, precision, ...rest } = opts;
   const unknown = Object.keys(rest).filter((k) => !["endpoint", "token", "cacheDir", "offline", "signal"].includes(k));
   if (unknown.length) throw invalid(`loadModel: unknown option '${unknown[0]}'`);
-  if (!Number.isInteger(threads) || threads < 0) throw invalid("loadModel: threads must be an integer >= 0");
-  if (!Number.isInteger(contextLength) || contextLength < 0)
-    throw invalid("loadModel: contextLength must be an integer >= 0");
+  // the addon reads both as int32: 2 ** 32 + 1 threads would wrap to 1
+  if (!Number.isInteger(threads) || threads < 0 || threads > 1024)
+    throw invalid(`loadModel: threads must be an integer in [0, 1024] (got ${String(threads)})`);
+  if (!Number.isInteger(contextLength) || contextLength < 0 || contextLength > 2 ** 31 - 1)
+    throw invalid(`loadModel: contextLength must be an integer in [0, 2147483647] (got ${String(contextLength)})`);
   if (device !== undefined && (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device)))
     throw invalid(`loadModel: device must be "cpu", "cuda" or "cuda:N" (got ${String(device)})`);
   if (precision !== undefined && !["default", "int8", "f32"].includes(precision))

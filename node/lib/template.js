@@ -7,7 +7,7 @@
 // chat_template.json (processor format).
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { Template } from "@huggingface/jinja";
+import { Environment, Template } from "@huggingface/jinja";
 import { NmlxError, codes } from "./errors.js";
 
 function readJson(path) {
@@ -71,6 +71,34 @@ export function findChatTemplate(dir, name) {
   return source === undefined ? null : { source, tokens };
 }
 
+// Items range() may make in one render, over all its calls. @huggingface/jinja's
+// range() builds the whole array at once and rendering is synchronous, so a
+// template looping over range(10**9), or range(10**4) inside range(10**4),
+// blocked the event loop for minutes and could then exhaust the heap; past
+// this budget the render fails with NMLX_ERR_TEMPLATE instead.
+export const RANGE_BUDGET = 100_000;
+
+// Python's range(stop) / range(start, stop[, step]) with that budget.
+function boundedRange() {
+  let left = RANGE_BUDGET;
+  return (start, stop, step = 1) => {
+    if (stop === undefined) {
+      stop = start;
+      start = 0;
+    }
+    if (![start, stop, step].every((v) => typeof v === "number" && Number.isFinite(v)))
+      throw new Error("range() arguments must be finite numbers");
+    if (step === 0) throw new Error("range() step must not be zero");
+    const n = Math.max(0, Math.ceil((stop - start) / step));
+    if (n > left)
+      throw new Error(`range() of ${n} items goes over the limit of ${RANGE_BUDGET} range() items in one render`);
+    left -= n;
+    const out = new Array(n);
+    for (let i = 0; i < n; i++) out[i] = start + i * step;
+    return out;
+  };
+}
+
 /** A compiled chat template: render(messages, options) -> prompt text. */
 export class ChatTemplate {
   constructor(source, tokens = {}) {
@@ -90,10 +118,20 @@ export class ChatTemplate {
       add_generation_prompt: addGenerationPrompt,
       ...extra,
     };
+    // Template.render declares the library's globals, range() among them, in
+    // a fresh Environment (a context key cannot replace one); while it runs
+    // (synchronously), the root environment's "range" is ours instead.
+    const range = boundedRange();
+    const set = Environment.prototype.set;
+    Environment.prototype.set = function (name, value) {
+      return set.call(this, name, name === "range" && !this.parent ? range : value);
+    };
     try {
       return this.template.render(context);
     } catch (e) {
       throw new NmlxError(codes.TEMPLATE, `the chat template failed: ${e.message}`, { cause: e });
+    } finally {
+      Environment.prototype.set = set;
     }
   }
 }

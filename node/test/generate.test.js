@@ -165,6 +165,19 @@ test("isSupported, getVersion, RECOMMENDED_MODELS", async () => {
   assert.throws(() => { RECOMMENDED_MODELS.qwen = "x"; });
 });
 
+test("loadModel threads and contextLength outside int32 / the library's range are refused, not wrapped", async () => {
+  const { dir } = fixture("qwen3");
+  // 2 ** 32 + 1 threads reached the addon as 1, contextLength 2 ** 32 as 0 (the default)
+  for (const [opts, re] of [[{ threads: 2 ** 32 + 1 }, /threads/], [{ threads: 1025 }, /threads/],
+    [{ threads: 1.5 }, /threads/], [{ threads: "2" }, /threads/],
+    [{ contextLength: 2 ** 32 }, /contextLength/], [{ contextLength: -1 }, /contextLength/],
+    [{ contextLength: Infinity }, /contextLength/]])
+    await assert.rejects(() => loadModel(dir, opts), { code: "NMLX_ERR_INVALID_ARG", message: re });
+  const m = await loadModel(dir, { threads: 1, contextLength: 64 });
+  assert.equal(m.info.contextLength, 64);
+  await m.unload();
+});
+
 test("loadModel precision: int8 runs (or is refused where the CPU lacks AVX512_VNNI); other names throw", async () => {
   const { dir, expected } = fixture("quant_llama_q4g64_f16");
   await assert.rejects(() => loadModel(dir, { precision: "fp7" }), { code: "NMLX_ERR_INVALID_ARG", message: /precision/ });

@@ -9,6 +9,7 @@
  * two in step and fails on a key read in the sources without a domain. */
 #include "io/config_schema.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -98,7 +99,8 @@ static const nmlx_domain TABLE[] = {
     POS("rope_theta"),
     POS("rope_local_base_freq"),
     {"partial_rotary_factor", NMLX_DOM_NUM | NMLX_DOM_LO_OPEN, 0, 1, NULL, NULL},
-    POS("final_logit_softcapping"),
+    /* used as a float: cap * tanh(x / cap) is NaN once cap rounds to inf */
+    {"final_logit_softcapping", NMLX_DOM_NUM | NMLX_DOM_LO_OPEN, 0, FLT_MAX, NULL, NULL},
     POS("attn_logit_softcapping"),
     POS("query_pre_attn_scalar"),
     POS("swiglu_limit"),

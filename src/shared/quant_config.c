@@ -5,6 +5,7 @@
 #include "io/config_schema.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -64,8 +65,7 @@ nmlx_status nmlx_quant_config_load(const char *path, nmlx_quant_config *qc) {
     memset(qc, 0, sizeof *qc);
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        return nmlx_fail(NMLX_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
+    if (!root) return nmlx_fail(NMLX_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     nmlx_status st = NMLX_OK;
     const char *where = "quantization";
     json_t *q = json_object_get(root, "quantization");
@@ -91,17 +91,18 @@ nmlx_status nmlx_quant_config_load(const char *path, nmlx_quant_config *qc) {
                            path, field, m);
         TRY(st);
         qc->global = (nmlx_quant_params){NMLX_QUANT_MXFP4, 4, 32};
-        const json_t *skip = json_object_get(q, "modules_to_not_convert");
-        size_t i;
-        const json_t *pat;
-        CHECK(!skip || json_is_null(skip) || json_is_array(skip), NMLX_ERR_FORMAT,
-              "%s: %s.modules_to_not_convert must be a list of module names", path, where);
-        json_array_foreach(skip, i, pat)
-            CHECK(json_is_string(pat), NMLX_ERR_FORMAT,
-                  "%s: %s.modules_to_not_convert[%zu] must be a string", path, where, i);
     } else {
         TRY(parse_params(q, NULL, where, path, &qc->global));
     }
+    /* read by every module lookup, whichever form the entry has */
+    const json_t *skip = json_object_get(q, "modules_to_not_convert");
+    size_t i;
+    const json_t *pat;
+    CHECK(!skip || json_is_null(skip) || json_is_array(skip), NMLX_ERR_FORMAT,
+          "%s: %s.modules_to_not_convert must be a list of module names", path, where);
+    json_array_foreach(skip, i, pat)
+        CHECK(json_is_string(pat), NMLX_ERR_FORMAT,
+              "%s: %s.modules_to_not_convert[%zu] must be a string", path, where, i);
     /* validate every per-module entry now, so lookups cannot fail later */
     const char *key;
     json_t *v;
@@ -126,22 +127,46 @@ void nmlx_quant_config_free(nmlx_quant_config *qc) {
     qc->json = NULL;
 }
 
+/* One path component: `pat` (pn chars, where `*` stands for any run of
+ * characters) matches all of `s` (sn chars). Greedy with one backtrack
+ * point, so O(pn * sn) whatever the stars: a pattern of many stars from a
+ * hostile config.json cannot take exponential time. */
+static bool glob_component(const char *pat, size_t pn, const char *s, size_t sn) {
+    size_t pi = 0, si = 0, star = SIZE_MAX, mark = 0;
+    while (si < sn) {
+        if (pi < pn && pat[pi] == '*') {
+            star = pi++;
+            mark = si;
+        } else if (pi < pn && pat[pi] == s[si]) {
+            pi++, si++;
+        } else if (star != SIZE_MAX) {
+            pi = star + 1;
+            si = ++mark;
+        } else {
+            return false;
+        }
+    }
+    while (pi < pn && pat[pi] == '*')
+        pi++;
+    return pi == pn;
+}
+
 /* HF `modules_to_not_convert` entry `pat` covers `module`: pat (where `*`
  * stands for one path component's characters) matches the whole path or a
  * prefix of it ending at a '.' ("model.layers.*.self_attn" covers
- * "model.layers.3.self_attn.q_proj"). */
+ * "model.layers.3.self_attn.q_proj"). Compared component by component. */
 static bool covers(const char *pat, const char *module) {
-    while (*pat) {
-        if (*pat == '*') {
-            pat++;
-            for (const char *m = module;; m++) {
-                if (covers(pat, m)) return true;
-                if (!*m || *m == '.') return false;
-            }
-        }
-        if (*pat++ != *module++) return false;
+    if (!pat) return false;
+    for (;;) {
+        const char *pe = strchr(pat, '.'), *me = strchr(module, '.');
+        size_t pn = pe ? (size_t)(pe - pat) : strlen(pat);
+        size_t mn = me ? (size_t)(me - module) : strlen(module);
+        if (!glob_component(pat, pn, module, mn)) return false;
+        if (!pe) return true; /* the pattern ends where a component of module does */
+        if (!me) return false;
+        pat = pe + 1;
+        module = me + 1;
     }
-    return !*module || *module == '.';
 }
 
 int nmlx_quant_config_module(const nmlx_quant_config *qc, const char *module,

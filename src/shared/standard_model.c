@@ -270,6 +270,12 @@ nmlx_status nmlx_std_build(const void *defp, const nmlx_load_ctx *ctx, void **ar
           "%s: field 'attn_logit_softcapping' = %g: attention logit soft-capping is not "
           "supported",
           nmlx_cfg_path(cfg), attn_cap);
+    bool bidir = false; /* EmbeddingGemma: every token sees every other; nmlx is causal */
+    TRY(nmlx_cfg_bool(cfg, "use_bidirectional_attention", false, &bidir));
+    CHECK(!bidir, NMLX_ERR_UNSUPPORTED,
+          "%s: field 'use_bidirectional_attention' = true: bidirectional (non-causal) attention "
+          "is not supported",
+          nmlx_cfg_path(cfg));
     const char *prefix = NULL, *head_name = NULL;
     nmlx_text_weight_prefix(ws, &prefix, &head_name);
     TRY(nmlx_check_layer_count(ws, prefix, m->n_layers, nmlx_cfg_path(cfg)));

@@ -95,5 +95,17 @@ check "success replaces an existing file (3 rows)" \
 check "the output gets the usual permissions" \
     [ "$(stat -c %a existing.bin)" = "$(printf '%o' $((0666 & ~$(umask))))" ]
 check "no temporary file after success" [ "$(ls -A .)" = existing.bin ]
+
+# A file-size limit part-way through the file (SIGXFSZ at its default, which
+# killed the process and left FILE.tmp.XXXXXX): exit 1 with one line naming
+# the file and the cause, the existing file kept, no temporary file.
+RC=0
+(ulimit -f 1; exec "$NMLX" logits -m "$dir" --ids "$(seq -s, 1 8)" -o "$TMP/err-cases/existing.bin") \
+    >"$TMP/out" 2>"$TMP/err" || RC=$?
+check "logits under a 1 KiB file-size limit: exit 1 (got $RC: $(head -c 300 "$TMP/err"))" [ "$RC" = 1 ]
+check "logits under a file-size limit: one line naming the file and the cause: $(head -c 300 "$TMP/err")" \
+    bash -c '[ "$(wc -l <"$0")" = 1 ] && grep -q "^nmlx logits: .*existing\.bin.*File too large" "$0"' "$TMP/err"
+check "logits under a file-size limit keeps the existing file" [ "$(stat -c %s existing.bin)" = $((3 * V * 4)) ]
+check "logits under a file-size limit leaves no temporary file: $(ls -A .)" [ "$(ls -A .)" = existing.bin ]
 cd / || exit 1
 finish
