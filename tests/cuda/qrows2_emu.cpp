@@ -1,4 +1,5 @@
-/* The few-rows v2 kernel (src/compute/cuda/cuda_qrows2.h) run on the CPU,
+/* The few-rows v2 and v3 kernels (src/compute/cuda/cuda_qrows2.h,
+ * cuda_qrows3.h) run on the CPU,
  * for machines without a GPU (as qmm_fused_emu.cpp and attn_mma_emu.cpp do
  * for theirs): the kernel's header compiled as host C++ on warp_emu.h (each
  * CUDA thread of a block a fiber, __syncthreads a barrier of the 256,
@@ -28,10 +29,21 @@
  * carries x to ~2^-18: ~1e-6 typical, up to ~1e-5 where one 1e5 input
  * dominates a short row).
  *
+ * v3 runs every case too, on the f32 x (at a 4-byte offset every other
+ * case: its scalar loads), twice: in one piece (the launcher's shared
+ * memory budget) and in the most pieces (8 / wr chunks each: several
+ * wherever a split has more chunks than that); its y must equal v2's bit for bit
+ * (x above is split with qx_split_kernel's arithmetic, which v3 repeats),
+ * with v2's guard and counter checks, every shared access within the
+ * launch's size and aligned, nothing past the size written, and nothing
+ * read before it was written (the buffer is 0xff, NaN, before each block).
+ *
  * Built by ctest (tests/cuda_emu.cmake) as test_qrows2_emu, and with
- * QR2_BREAK=1 (A fragment halves crossed) and QR2_BREAK=2 (the split-K
+ * QR2_BREAK=1 (A fragment halves crossed), QR2_BREAK=2 (the split-K
  * counters not put back to 0: the second launch never finds its last
- * block) as tests that must fail.
+ * block), QR3_BREAK=1 (v3's chunk sums added in another order: within the
+ * error bounds, not v2's bits) and QR3_BREAK=2 (v3 stages a piece while
+ * warps still read the one before) as tests that must fail.
  * Usage: test_qrows2_emu [quick] */
 #include <algorithm>
 #include <cmath>
