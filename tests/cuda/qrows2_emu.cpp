@@ -298,7 +298,7 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
         std::fill(y.begin(), y.end(), NAN);
         std::fill(part.begin(), part.end(), NAN);
         a3.pc = qr3_pick_pc(T, (int)C, S, wr, 16 * MT * wr, a3.gshift, NT, MX,
-                            rep ? 1 : (int)QR3_SMEM_BUDGET);
+                            rep ? 1 : qr3_budget(MT, NT, QR3_SMEM_MAX));
         const qr3_layout L = qr3_layout_of(T, a3.pc, 16 * MT * wr, a3.gshift, NT, MX);
         pieces[rep] = (int)((C + S - 1) / S + a3.pc - 1) / a3.pc;
         qr3_emu_used = (size_t)L.bytes;

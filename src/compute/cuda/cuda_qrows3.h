@@ -32,18 +32,25 @@
  *  - the group scales and biases of the block's rows over the piece's
  *    groups staged as f32 (the conversion of qr2_scale: exact, the same
  *    values), in the same pass: after one barrier a warp's chunk loop
- *    waits on nothing but its codes (one chunk ahead, as in v2) and
- *    shared memory;
- *  - each warp issues its first chunk's code loads before the staging, so
- *    the weight stream's first DRAM round trip overlaps it;
+ *    waits on nothing but its codes (the ring below) and shared
+ *    memory;
+ *  - the codes DEPTH chunks ahead (a register ring; DEPTH 4 where MT NT
+ *    <= 2, e.g. T <= 8 at the default MT = 2; 2 at MT NT = 4; 1 past, as
+ *    v2: the accumulators take the registers), the first DEPTH chunks'
+ *    loads issued before the staging, so the weight stream's first DRAM
+ *    round trips overlap it. In v2, 2-3 chunks ahead did not help (session
+ *    14), but there each iteration also waited on its x and scale loads;
+ *    here nothing else is loaded in the loop;
  *  - shared memory is bounded (QR3_SMEM_BUDGET, 2 blocks an SM): the
  *    split's K range is staged in pieces of pc chunks (pc a multiple of
  *    the warps sharing a row group, WK = 8 / wr, so that each warp's
  *    chunks stay v2's sequence: cb + wk, + WK, ...): barrier, stage the
- *    piece, barrier, its chunks; the codes' one-ahead load runs on across
- *    pieces. The pieces are balanced (qr3_pick_pc); at the defaults only
- *    T >= 32 over long K ranges takes more than one (4096x14336 at T =
- *    64: 2 splits of 224 chunks, pieces of ~88 KB);
+ *    piece, barrier, its chunks; the code ring runs on across pieces.
+ *    The pieces are balanced (qr3_pick_pc); at the defaults T <= 8 takes
+ *    one or two (28672x4096 at T = 8: two of 64 chunks, 95 KB), T = 32
+ *    several (4096x4096: 4 of 16 chunks, 2 a warp), T = 64 many (one
+ *    block an SM at 255 registers, so a budget of 200 KB: 4096x14336, 2
+ *    splits of 224 chunks, 14 pieces of 16);
  *  - the warps' sums (v2's red, NT x 4 KB) reuse the staging area after a
  *    barrier: the block's shared memory is max(staging, reduction).
  * Kept: v2's deterministic split-K (partials [S][T][D], the last block of
@@ -68,25 +75,29 @@
  * read a token's 128 bytes of a chunk (one line), 8 lines a warp.
  *
  * Predicted (H100, bench_cuda_quant's few-rows table: q4 g64 bf16 scales,
- * wall time of back-to-back calls at the default mt=2, wr=1, bps=2; v2's
- * measured 4096x4096 T = 8: 18.3 us): one launch instead of two (~2-3 us:
- * the split kernel's launch and its dependency), and the chunk loop no
- * longer waits on x and scales each iteration (v2: ~4-8 iterations a
- * warp, each ~1 L2/DRAM round trip, ~0.6-1 us): the block's time becomes
- * the codes' DRAM latency + one staging round trip (~1.5 us) + the
- * loop's mma and shared loads. The x bytes are not reduced (each block
- * still reads T x its K range x 4 bytes from L2: 16 MB at 4096x4096, T =
- * 8, RB = 32 rows; wr = 2 or 4 halves or quarters it; the next session
- * should sweep wr with v3), so T = 32 stays L2-bound:
+ * us a call, wall time of back-to-back calls at the default mt=2, wr=1,
+ * bps=2; v2 measured 18.3 us at 4096x4096 T = 8, 17.4 at T = 2, the
+ * one-token mat-vec 8.6). A call: one launch instead of two (~2-3 us
+ * less: qx_split's launch and the dependency on it), then a block's time
+ * is the staging (its T x K range x 4 bytes of x from L2: 64 KB at
+ * 4096x4096, T = 8, S = 2; all blocks together 16 MB, ~2 us at the L2's
+ * ~7 TB/s) overlapped with its first DEPTH chunks of codes, then the
+ * loop, which waits only on the code ring (~1-2 DRAM latencies at
+ * DEPTH 4 for 8 chunks a warp), then the split-K tail. So at T = 2..8
+ * about the mat-vec's time plus the staging; at T = 32 the staging
+ * dominates (4x the x bytes, in 2-3 pieces a block, not overlapped with
+ * the loop, DEPTH 1) and the x bytes are not reduced (x from L2 once per
+ * block of RB = 32 rows: 2x the code bytes at T = 8 over 28672 rows; wr = 2
+ * or 4 halves or quarters that, the next session should sweep wr with v3):
  *                  4096x4096  6144x4096  28672x4096  4096x14336
- *   T = 2:            ~9        ~10         ~30         ~16
- *   T = 8:           ~11        ~12         ~34         ~19
- *   T = 32:          ~20        ~24         ~70         ~45
- * i.e. ~0.6x v2 at T = 2..8, ~0.85x at T = 32 (there the staging burst,
- * 64 KB of x a block before the first mma, is not overlapped with the
- * loop; a next step would double-buffer the pieces). If T = 8 does not
- * fall under ~13 us, the round trips were not the cause: look at the
- * split-K tail (the last block reads S partials) and the x traffic (wr). */
+ *   T = 2:            ~8         ~9         ~24         ~14
+ *   T = 8:           ~9.5       ~11         ~28         ~17
+ *   T = 32:          ~18        ~22         ~60         ~40
+ * i.e. ~0.5x v2 at T = 2..8, ~0.8x at T = 32, and T = 2 cheaper than T =
+ * 8 (less x to stage). If T = 8 does not fall under ~12 us at 4096x4096,
+ * the round trips were not the cause: look at the split-K tail (the last
+ * block reads S partials), the staging burst (double-buffer the pieces)
+ * and the x traffic (wr). */
 #ifndef NMLX_CUDA_QROWS3_H
 #define NMLX_CUDA_QROWS3_H
 
@@ -99,6 +110,14 @@
 /* dynamic shared memory a block aims at: 2 blocks an SM (228 KB an SM on
  * sm_90, 1 KB of it reserved a block) */
 enum { QR3_SMEM_BUDGET = 100 * 1024, QR3_SMEM_MAX = 227 * 1024 };
+
+/* the budget of a form: twice where its registers keep one block an SM
+ * anyway (MT NT > 8: __launch_bounds__ asks for 1), within the GPU's
+ * opt-in limit a block */
+__host__ __device__ inline int qr3_budget(int mt, int nt, int optin) {
+    const int b = mt * nt <= 8 ? (int)QR3_SMEM_BUDGET : 2 * (int)QR3_SMEM_BUDGET;
+    return b < optin ? b : optin;
+}
 
 /* the includer's primitives */
 __device__ __forceinline__ unsigned char *qr3_smem();
@@ -231,9 +250,22 @@ __device__ __forceinline__ void qr3_stage(const qr3_args &a, unsigned char *sm, 
     }
 }
 
+/* a lane's codes of one row and chunk: BITS bytes (<= 4: one register) */
+template <int BITS> struct qr3_code { typedef uint64_t t; };
+template <> struct qr3_code<2> { typedef uint32_t t; };
+template <> struct qr3_code<3> { typedef uint32_t t; };
+template <> struct qr3_code<4> { typedef uint32_t t; };
+
+/* chunks of codes a warp has in flight ahead of the one it multiplies: as
+ * many as the accumulators leave registers for (128 a thread) */
+template <int MT, int NT> struct qr3_depth {
+    static constexpr int v = MT * NT <= 2 ? 4 : MT * NT <= 4 ? 2 : 1;
+};
+
 /* The block: v2's (WR row groups of 16 MT rows, the 8 / WR warps of a
  * group taking the split's chunks in turn), x and scales from shared
- * memory. */
+ * memory, the codes DEPTH chunks ahead (v2: 1; v2's loop also waited on
+ * its x and scale loads, which hid the codes' latency behind theirs). */
 template <int BITS, int SC, int NT, int MT>
 __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     qrows3_kernel(const qr3_args a) {
@@ -241,6 +273,8 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     /* staging loads a thread in flight at once: fewer where the accumulators
      * take the registers */
     constexpr int U = MT * NT >= 16 ? 1 : MT * NT >= 8 ? 2 : 4;
+    constexpr int DEPTH = qr3_depth<MT, NT>::v;
+    typedef typename qr3_code<BITS>::t ct;
     __shared__ unsigned last_block;
     unsigned char *sm = qr3_smem();
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -283,13 +317,17 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
             for (int e = 0; e < 4; e++)
                 acc[i][j][e] = 0.0f;
     const float pk = MX ? 16384.0f : 1.0f; /* MXFP4: the codes' 2^-14 back (exact) */
-    /* the first chunk's codes, in flight while the block stages x */
-    uint64_t va[MT], vb[MT];
+    /* the warp's first DEPTH chunks' codes, in flight while the block
+     * stages x (chunks past the split: chunk cb again, not used) */
+    ct va[DEPTH][MT], vb[DEPTH][MT];
 #pragma unroll
-    for (int i = 0; i < MT; i++) {
-        const int ch = cb + wk < ce ? cb + wk : cb; /* a warp without a chunk reads chunk cb */
-        va[i] = cb < ce ? qr2_load8<BITS>(a.w + ra[i] * rowb, ch * 4 + c4) : 0;
-        vb[i] = cb < ce ? qr2_load8<BITS>(a.w + rb[i] * rowb, ch * 4 + c4) : 0;
+    for (int k = 0; k < DEPTH; k++) {
+        const int ch = cb + wk + k * WK < ce ? cb + wk + k * WK : cb;
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            va[k][i] = cb < ce ? (ct)qr2_load8<BITS>(a.w + ra[i] * rowb, ch * 4 + c4) : 0;
+            vb[k][i] = cb < ce ? (ct)qr2_load8<BITS>(a.w + rb[i] * rowb, ch * 4 + c4) : 0;
+        }
     }
     for (int p0 = cb; p0 < ce; p0 += a.pc) {
         const int p1 = p0 + a.pc < ce ? p0 + a.pc : ce;
@@ -302,14 +340,15 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         /* the warp's chunks of the piece: v2's sequence (pc % WK == 0) */
         for (int ch = p0 + wk; ch < p1; ch += WK) {
             const int cl = ch - p0, gl = (ch >> a.gshift) - g0;
-            /* the next chunk's codes (across pieces too), then the shared loads */
-            uint64_t na[MT], nb[MT];
+            /* the codes DEPTH chunks on (across pieces too), then the shared loads */
+            ct na[MT], nb[MT];
             float fsa[MT], fsb[MT], fba[MT], fbb[MT];
-            const int chn = ch + WK < ce ? ch + WK : ch; /* the last: its own again (cached) */
+            const int chn =
+                ch + DEPTH * WK < ce ? ch + DEPTH * WK : ch; /* past: its own (cached) */
 #pragma unroll
             for (int i = 0; i < MT; i++) {
-                na[i] = qr2_load8<BITS>(a.w + ra[i] * rowb, chn * 4 + c4);
-                nb[i] = qr2_load8<BITS>(a.w + rb[i] * rowb, chn * 4 + c4);
+                na[i] = (ct)qr2_load8<BITS>(a.w + ra[i] * rowb, chn * 4 + c4);
+                nb[i] = (ct)qr2_load8<BITS>(a.w + rb[i] * rowb, chn * 4 + c4);
             }
             const unsigned char *ss = sm + L.sc + gl * L.rbp * 4, *bs = sm + L.bi + gl * L.rbp * 4;
 #pragma unroll
@@ -333,8 +372,8 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
 #pragma unroll
             for (int i = 0; i < MT; i++) {
                 uint32_t pa[4], pb[4];
-                qr2_codes<BITS, MX>(va[i], pa);
-                qr2_codes<BITS, MX>(vb[i], pb);
+                qr2_codes<BITS, MX>(va[0][i], pa);
+                qr2_codes<BITS, MX>(vb[0][i], pb);
                 const uint32_t a0[4] = {pa[0], pb[0], pa[1], pb[1]},
                                a1[4] = {pa[2], pb[2], pa[3], pb[3]};
 #pragma unroll
@@ -351,8 +390,13 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
                 }
             }
 #pragma unroll
+            for (int k = 0; k + 1 < DEPTH; k++)
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+                    va[k][i] = va[k + 1][i], vb[k][i] = vb[k + 1][i];
+#pragma unroll
             for (int i = 0; i < MT; i++)
-                va[i] = na[i], vb[i] = nb[i];
+                va[DEPTH - 1][i] = na[i], vb[DEPTH - 1][i] = nb[i];
         }
     }
     /* the warps' sums in the staging area (every warp done with it), one

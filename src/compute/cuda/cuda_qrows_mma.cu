@@ -373,7 +373,7 @@ static bool launch3(nmlx_backend *be, const qr2_args &a, const float *x3, int64_
     cuda_impl *c = cuda_of(be);
     const int dev = ((cuda_impl *)be->impl)->device, RB = 16 * MT * a.wr;
     const int optin = qr3_smem_optin(dev);
-    const int budget = optin < (int)QR3_SMEM_BUDGET ? optin : (int)QR3_SMEM_BUDGET;
+    const int budget = qr3_budget(MT, NT, optin);
     qr3_args b;
     memset(&b, 0, sizeof b);
     b.w = a.w, b.scales = a.scales, b.biases = a.biases, b.gshift = a.gshift;
