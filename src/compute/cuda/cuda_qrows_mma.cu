@@ -36,7 +36,10 @@
  * split-K aims at, 0 = no split; split: a fixed split count, for tests;
  * mt, wr absent or 0: 2 and 1, the H100 sweep's best). Measured (H100,
  * 8B q4 step matmuls): 1.19x v1 at T = 8, 1.37x at T = 64; far from the
- * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us). */
+ * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us).
+ * v3 (NMLX_CUDA_QROWS=v3, opt-in, unmeasured; cuda_qrows3.h): v2's forms
+ * and bits without the qx_split launch, each block staging its x and
+ * scales in shared memory; the same NMLX_CUDA_QROWS_CFG tunes it. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qdecode.h"
