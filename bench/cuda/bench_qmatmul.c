@@ -15,7 +15,8 @@
  * (backend.h; the norm staged by the int16 mat-vec). Last, the int16 mat-vec's kernels v1
  * and v2 per configuration (bench_q16). build-cuda/bench_cuda_quant [reps=200] [q16 [cfg...]]
  * (built with -DNMLX_CUDA=ON; "q16": that sweep alone). Then the few-rows mat-mat of batched
- * decode (v1 / v2, bench_rows below); build-cuda/bench_cuda_quant 200 rows: that table only. */
+ * decode (v1 / v2 / v3, bench_rows below; v3 written without a GPU: its first measurement);
+ * build-cuda/bench_cuda_quant 200 rows: that table only. */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
@@ -329,25 +330,29 @@ static int bench_rows(int reps) {
     const fmt fmts[] = {{"q4g64", NMLX_QUANT_AFFINE, 4}, {"q8g64", NMLX_QUANT_AFFINE, 8}};
     const int64_t shapes[4][2] = {{4096, 4096}, {6144, 4096}, {28672, 4096}, {4096, 14336}};
     const int Ts[6] = {2, 4, 8, 16, 32, 64};
-    enum { MAXCFG = 10 };
-    int cv[MAXCFG][5] = {{1, 0, 0, 2, 0}, {2, 0, 0, 2, 0}}; /* version, mt, wr, bps, split */
-    char cn[MAXCFG][40] = {"v1", "v2"};
-    int ncfg = 2;
+    enum { MAXCFG = 12 };
+    /* version, mt, wr, bps, split; v3 (cuda_qrows3.h: x staged in the
+     * kernel, no x split launch) gives v2's bits in the same form */
+    int cv[MAXCFG][5] = {{1, 0, 0, 2, 0}, {2, 0, 0, 2, 0}, {3, 0, 0, 2, 0}};
+    char cn[MAXCFG][40] = {"v1", "v2", "v3"};
+    int ncfg = 3;
     const char *e = getenv("NMLX_BENCH_QROWS_CFGS");
     while (e && *e && ncfg < MAXCFG) {
-        int mt = 0, wr = 0, bps = 2, split = 0;
+        int ver = 2, mt = 0, wr = 0, bps = 2, split = 0; /* "v=3,wr=2": v3's forms */
         const char *end = strchr(e, ';');
         const size_t len = end ? (size_t)(end - e) : strlen(e);
         char item[64];
         snprintf(item, sizeof item, "%.*s", (int)(len < 63 ? len : 63), e);
         for (char *t = strtok(item, ","); t; t = strtok(NULL, ",")) {
-            if (sscanf(t, "mt=%d", &mt) != 1 && sscanf(t, "wr=%d", &wr) != 1 &&
-                sscanf(t, "bps=%d", &bps) != 1 && sscanf(t, "split=%d", &split) != 1)
+            if (sscanf(t, "v=%d", &ver) != 1 && sscanf(t, "mt=%d", &mt) != 1 &&
+                sscanf(t, "wr=%d", &wr) != 1 && sscanf(t, "bps=%d", &bps) != 1 &&
+                sscanf(t, "split=%d", &split) != 1)
                 printf("NMLX_BENCH_QROWS_CFGS: %s?\n", t);
         }
-        cv[ncfg][0] = 2, cv[ncfg][1] = mt, cv[ncfg][2] = wr, cv[ncfg][3] = bps;
+        ver = ver == 3 ? 3 : 2;
+        cv[ncfg][0] = ver, cv[ncfg][1] = mt, cv[ncfg][2] = wr, cv[ncfg][3] = bps;
         cv[ncfg][4] = split;
-        snprintf(cn[ncfg], sizeof cn[ncfg], "v2 mt%d wr%d bps%d%s%.0d", mt, wr, bps,
+        snprintf(cn[ncfg], sizeof cn[ncfg], "v%d mt%d wr%d bps%d%s%.0d", ver, mt, wr, bps,
                  split ? " split" : "", split);
         ncfg++;
         e = end ? end + 1 : NULL;
@@ -358,8 +363,8 @@ static int bench_rows(int reps) {
     const char *oe = getenv("NMLX_BENCH_ROWS_ONLY");
     if (oe && sscanf(oe, "%d,%d,%d,%d", &only[0], &only[1], &only[2], &only[3]) < 3)
         printf("NMLX_BENCH_ROWS_ONLY: %s? (want F,S,T[,C] indices)\n", oe);
-    printf("\nfew-rows mat-mat (batched decode; T rows of x, x split included, copies cycled over "
-           ">= 256 MiB)\n");
+    printf("\nfew-rows mat-mat (batched decode; T rows of x, v1 / v2's x split launch included, "
+           "copies cycled over >= 256 MiB)\n");
     printf("%-6s %-12s %3s %-22s %9s %8s\n", "format", "D x N", "T", "kernel", "us", "GB/s");
     for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
         if (only[0] >= 0 && (int)fi != only[0]) continue;
@@ -430,7 +435,9 @@ static int bench_rows(int reps) {
             printf("%-6s step T=%-2d", fmts[fi].name, Ts[ti]);
             for (int ci = 0; ci < ncfg; ci++)
                 printf(" %8.3f", tsum[ti][ci] * 32 * 1e3);
-            printf("   (v2/v1 %.2fx faster)\n", tsum[ti][1] > 0 ? tsum[ti][0] / tsum[ti][1] : 0.0);
+            printf("   (v2/v1 %.2fx faster, v3/v2 %.2fx)\n",
+                   tsum[ti][1] > 0 ? tsum[ti][0] / tsum[ti][1] : 0.0,
+                   tsum[ti][2] > 0 ? tsum[ti][1] / tsum[ti][2] : 0.0);
         }
     }
     return 0;

@@ -1,4 +1,5 @@
-/* The few-rows v2 kernel (src/compute/cuda/cuda_qrows2.h) run on the CPU,
+/* The few-rows v2 and v3 kernels (src/compute/cuda/cuda_qrows2.h,
+ * cuda_qrows3.h) run on the CPU,
  * for machines without a GPU (as qmm_fused_emu.cpp and attn_mma_emu.cpp do
  * for theirs): the kernel's header compiled as host C++ on warp_emu.h (each
  * CUDA thread of a block a fiber, __syncthreads a barrier of the 256,
@@ -28,10 +29,21 @@
  * carries x to ~2^-18: ~1e-6 typical, up to ~1e-5 where one 1e5 input
  * dominates a short row).
  *
+ * v3 runs every case too, on the f32 x (at a 4-byte offset every other
+ * case: its scalar loads), twice: in one piece (the launcher's shared
+ * memory budget) and in the most pieces (8 / wr chunks each: several
+ * wherever a split has more chunks than that); its y must equal v2's bit for bit
+ * (x above is split with qx_split_kernel's arithmetic, which v3 repeats),
+ * with v2's guard and counter checks, every shared access within the
+ * launch's size and aligned, nothing past the size written, and nothing
+ * read before it was written (the buffer is 0xff, NaN, before each block).
+ *
  * Built by ctest (tests/cuda_emu.cmake) as test_qrows2_emu, and with
- * QR2_BREAK=1 (A fragment halves crossed) and QR2_BREAK=2 (the split-K
+ * QR2_BREAK=1 (A fragment halves crossed), QR2_BREAK=2 (the split-K
  * counters not put back to 0: the second launch never finds its last
- * block) as tests that must fail.
+ * block), QR3_BREAK=1 (v3's chunk sums added in another order: within the
+ * error bounds, not v2's bits) and QR3_BREAK=2 (v3 stages a piece while
+ * warps still read the one before) as tests that must fail.
  * Usage: test_qrows2_emu [quick] */
 #include <algorithm>
 #include <cmath>
@@ -43,7 +55,7 @@
 
 #include "warp_emu.h"
 
-#include "compute/cuda/cuda_qrows2.h"
+#include "compute/cuda/cuda_qrows3.h"
 
 /* the primitives */
 inline qr2_u4 qr2_ldg16(const void *p) {
@@ -63,7 +75,48 @@ inline void qr2_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     emu_mma_m16n8k16<EMU_BF16>(c, a, b0, b1);
 }
 
-static int failures, cases;
+/* v3's shared memory: one buffer (a block's threads are fibers of one OS
+ * thread, the blocks run one after another), poisoned (0xff: bf16 / f32
+ * NaN) before each block; every access checked against the launch's size
+ * and its alignment; nothing past the size may change */
+enum { QR3_EMU_SMEM = 256 * 1024 };
+alignas(16) static unsigned char qr3_emu_sm[QR3_EMU_SMEM];
+static size_t qr3_emu_used;
+static void qr3_emu_check(const unsigned char *p, size_t n, const char *what) {
+    if ((uintptr_t)p % n || p < qr3_emu_sm || p + n > qr3_emu_sm + qr3_emu_used) {
+        fprintf(stderr, "v3 %s: shared offset %td of %zu, misaligned or out of bounds\n", what,
+                p - qr3_emu_sm, qr3_emu_used);
+        abort();
+    }
+}
+static bool qr3_emu_tail_clean() {
+    for (size_t i = qr3_emu_used; i < QR3_EMU_SMEM; i++)
+        if (qr3_emu_sm[i] != 0xff) return false;
+    return true;
+}
+inline unsigned char *qr3_smem() { return qr3_emu_sm; }
+inline qr2_u4 qr3_lds16(const unsigned char *p) {
+    qr3_emu_check(p, 16, "16-byte load");
+    qr2_u4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+inline float qr3_ldsf(const unsigned char *p) {
+    qr3_emu_check(p, 4, "4-byte load");
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+inline void qr3_sts16(unsigned char *p, qr2_u4 v) {
+    qr3_emu_check(p, 16, "16-byte store");
+    memcpy(p, &v, 16);
+}
+inline void qr3_stsf(unsigned char *p, float v) {
+    qr3_emu_check(p, 4, "4-byte store");
+    memcpy(p, &v, 4);
+}
+
+static int failures, cases, v3_same, v3_multi;
 static double worst, worst_c;
 
 /* E2M1 code -> value */
@@ -134,7 +187,10 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     }
     /* x over 1e-3..1e3, every 5th row tiny, every 7th 100x; split as
      * qx_split_kernel does (hi = bf16(x), lo = bf16(x - hi), chunk sums) */
-    std::vector<float> x((size_t)(T * N));
+    /* x at a 4-byte offset every other case (v3's scalar loads) */
+    const int xo = (int)(emu_next32() & 1);
+    std::vector<float> xbuf((size_t)(T * N + 1));
+    float *const x = xbuf.data() + xo;
     for (int t = 0; t < T; t++)
         for (int64_t k = 0; k < N; k++) {
             float v = powf(10.0f, emu_urand(-3, 3)) * (emu_next32() & 1 ? -1.0f : 1.0f);
@@ -142,19 +198,27 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
                 v = emu_urand(-1e-5f, 1e-5f);
             else if (t % 7 == 5)
                 v *= 100.0f;
-            x[(size_t)(t * N + k)] = v;
+            x[t * N + k] = v;
         }
     std::vector<uint16_t> xhi((size_t)(T * N)), xlo((size_t)(T * N));
     std::vector<float> xs((size_t)(T * C));
     for (int64_t i = 0; i < T * N; i++) {
-        xhi[(size_t)i] = f2bf(x[(size_t)i]);
-        xlo[(size_t)i] = f2bf(x[(size_t)i] - bf2f(xhi[(size_t)i]));
+        xhi[(size_t)i] = f2bf(x[i]);
+        xlo[(size_t)i] = f2bf(x[i] - bf2f(xhi[(size_t)i]));
     }
+    /* the chunk sums in qx_split_kernel's order (v3 must give its bits): a
+     * thread's 8 inputs as 4 pairs added to 0 in order, then the 4 threads
+     * by shfl_xor 1, 2: (p0 + p1) + (p2 + p3) */
     for (int64_t i = 0; i < T * C; i++) {
-        float s = 0;
-        for (int k = 0; k < 32; k++)
-            s += x[(size_t)(i * 32 + k)];
-        xs[(size_t)i] = s;
+        float p[4];
+        for (int m = 0; m < 4; m++) {
+            const float *v = x + i * 32 + 8 * m;
+            float s = 0.0f;
+            for (int j = 0; j < 4; j++)
+                s += v[2 * j] + v[2 * j + 1];
+            p[m] = s;
+        }
+        xs[(size_t)i] = (p[0] + p[1]) + (p[2] + p[3]);
     }
     /* y, the partials and the counters with poisoned guard zones */
     enum { GUARD = 64 };
@@ -212,9 +276,76 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
                 break;
             }
     }
-    /* the references, per row of y: tight (the kernel's own math in double:
-     * x as hi + lo, the group bias times the f32 chunk sums) and contract
-     * (the f32 x) */
+    /* v3 on the same inputs (the f32 x): v2's bits, in one piece (the
+     * launcher's budget) and in the most pieces (pc = 8 / wr chunks), each
+     * launch checked as v2's (guards, counters back at 0) */
+    std::vector<float> y2(y.begin() + GUARD, y.begin() + GUARD + T * D);
+    qr3_args a3;
+    memset(&a3, 0, sizeof a3);
+    a3.w = a.w, a3.scales = a.scales, a3.biases = a.biases, a3.gshift = a.gshift;
+    a3.x = x, a3.xvec = (uintptr_t)x % 16 == 0;
+    a3.y = a.y, a3.part = a.part, a3.cnt = a.cnt, a3.lbias = a.lbias, a3.lbdt = a.lbdt;
+    a3.T = T, a3.S = S, a3.wr = wr, a3.D = D, a3.N = N;
+    emu_regions.clear();
+    emu_regions.push_back({wq.data(), (size_t)(D * rowb), "codes"});
+    emu_regions.push_back({sc.data(), sc.size(), "scales"});
+    if (!MX) emu_regions.push_back({bi.data(), bi.size(), "biases"});
+    emu_regions.push_back({x, (size_t)(T * N) * 4, "x"});
+    if (S > 1) emu_regions.push_back({part.data() + GUARD, (size_t)(S * T * D) * 4, "partials"});
+    int pieces[2] = {0, 0};
+    bool same = true;
+    for (int rep = 0; rep < 2; rep++) {
+        std::fill(y.begin(), y.end(), NAN);
+        std::fill(part.begin(), part.end(), NAN);
+        a3.pc = qr3_pick_pc(T, (int)C, S, wr, 16 * MT * wr, a3.gshift, NT, MX,
+                            rep ? 1 : qr3_budget(MT, NT, QR3_SMEM_MAX));
+        const qr3_layout L = qr3_layout_of(T, a3.pc, 16 * MT * wr, a3.gshift, NT, MX);
+        pieces[rep] = (int)((C + S - 1) / S + a3.pc - 1) / a3.pc;
+        qr3_emu_used = (size_t)L.bytes;
+        if (L.bytes > QR3_SMEM_MAX) {
+            printf("v3: %d bytes of shared memory\n", L.bytes);
+            ok = false;
+        }
+        memset(qr3_emu_sm, 0xff, sizeof qr3_emu_sm);
+        bool tail = true;
+        emu_launch_shuffled(dim3((unsigned)rblocks, (unsigned)S), QR2_THREADS, 0, emu_next32,
+                            [&a3, &tail] {
+                                if (threadIdx.x == 0) { /* the block's first thread to run */
+                                    tail = tail && qr3_emu_tail_clean();
+                                    memset(qr3_emu_sm, 0xff, sizeof qr3_emu_sm);
+                                }
+                                qrows3_kernel<BITS, SC, NT, MT>(a3);
+                            });
+        tail = tail && qr3_emu_tail_clean();
+        if (!tail) printf("v3: shared memory written past its size\n");
+        bool guards = tail;
+        for (int i = 0; i < GUARD; i++) {
+            guards =
+                guards && std::isnan(y[(size_t)i]) && std::isnan(y[(size_t)(GUARD + T * D + i)]);
+            guards = guards && std::isnan(part[(size_t)i]) &&
+                     std::isnan(part[(size_t)(GUARD + S * T * D + i)]);
+            guards = guards && cnt[(size_t)i] == 0xdeadbeefu &&
+                     cnt[(size_t)(GUARD + rblocks + i)] == 0xdeadbeefu;
+        }
+        if (!guards) printf("v3: guard zone written\n");
+        ok = ok && guards;
+        for (int64_t i = 0; i < rblocks; i++)
+            if (cnt[(size_t)(GUARD + i)] != 0) {
+                printf("v3: counter %lld left at %u\n", (long long)i, cnt[(size_t)(GUARD + i)]);
+                ok = false;
+                break;
+            }
+        const bool eq = !memcmp(y2.data(), y.data() + GUARD, (size_t)(T * D) * 4);
+        if (!eq) printf("v3 (%d pieces) differs from v2 in bits\n", pieces[rep]);
+        same = same && eq;
+    }
+    ok = ok && same;
+    v3_same += same;
+    v3_multi += pieces[1] > 1;
+    /* the references, per row of y, for v2's y and v3's (the same where
+     * they agree): tight (the kernel's own math in double: x as hi + lo,
+     * the group bias times the f32 chunk sums) and contract (the f32 x) */
+    const float *const ys[2] = {y2.data(), y.data() + GUARD};
     double e = 0, ec = 0;
     for (int t = 0; t < T; t++) {
         std::vector<double> r((size_t)D), rc((size_t)D);
@@ -226,7 +357,7 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
                 double pq = 0;
                 for (int64_t k = ch * 32; k < ch * 32 + 32; k++) {
                     const int qq = q[(size_t)(d * N + k)];
-                    const double qv = MX ? e2m1(qq) : qq, xk = x[(size_t)(t * N + k)];
+                    const double qv = MX ? e2m1(qq) : qq, xk = x[t * N + k];
                     const double xt = (double)bf2f(xhi[(size_t)(t * N + k)]) +
                                       (double)bf2f(xlo[(size_t)(t * N + k)]);
                     pq += qv * xt;
@@ -237,14 +368,15 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
             r[(size_t)d] = acc + lbv[(size_t)d], rc[(size_t)d] = accc + lbv[(size_t)d];
             m = fmax(m, fabs(r[(size_t)d])), mc = fmax(mc, fabs(rc[(size_t)d]));
         }
-        for (int64_t d = 0; d < D; d++) {
-            const double v = y[(size_t)(GUARD + t * D + d)];
-            double rel = fabs(v - r[(size_t)d]) / (m > 0 ? m : 1),
-                   relc = fabs(v - rc[(size_t)d]) / (mc > 0 ? mc : 1);
-            if (rel != rel) rel = INFINITY;
-            if (relc != relc) relc = INFINITY;
-            e = fmax(e, rel), ec = fmax(ec, relc);
-        }
+        for (int k = 0; k < (same ? 1 : 2); k++)
+            for (int64_t d = 0; d < D; d++) {
+                const double v = ys[k][t * D + d];
+                double rel = fabs(v - r[(size_t)d]) / (m > 0 ? m : 1),
+                       relc = fabs(v - rc[(size_t)d]) / (mc > 0 ? mc : 1);
+                if (rel != rel) rel = INFINITY;
+                if (relc != relc) relc = INFINITY;
+                e = fmax(e, rel), ec = fmax(ec, relc);
+            }
     }
     ok = ok && e <= 2e-6 && ec <= 1e-4;
     worst_c = fmax(worst_c, ec);
@@ -253,10 +385,10 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
     worst = fmax(worst, e);
     const char *sn = MX ? "mxfp4" : SC == QR2_SC_F32 ? "f32" : SC == QR2_SC_F16 ? "f16" : "bf16";
     if (!ok || getenv("QR2_EMU_VERBOSE"))
-        printf("%s %d-bit g%d %s NT=%d MT=%d WR=%d T=%d D=%lld N=%lld S=%d bias=%d/%d: tight "
-               "%.2e contract %.2e\n",
+        printf("%s %d-bit g%d %s NT=%d MT=%d WR=%d T=%d D=%lld N=%lld S=%d bias=%d/%d x+%d "
+               "v3 pieces %d/%d: tight %.2e contract %.2e\n",
                ok ? "ok  " : "FAIL", BITS, gs, sn, NT, MT, wr, T, (long long)D, (long long)N, S,
-               bias, lbdt, e, ec);
+               bias, lbdt, xo, pieces[0], pieces[1], e, ec);
     fflush(stdout);
 }
 
@@ -347,8 +479,8 @@ int main(int argc, char **argv) {
     run_t<8, QR2_SC_BF16>(0, 64, 32, 33, 1024, 2, QR2_B_F16, true);
     run_t<4, QR2_SC_F16>(1, 128, 64, 50, 1024, 4, QR2_B_F32, true);
     printf("qrows2 emulation: %d cases, %d failed; worst tight %.2e (bound 2e-6), contract %.2e "
-           "(bound 1e-4)\n",
-           cases, failures, worst, worst_c);
+           "(bound 1e-4); v3 = v2 bit for bit in %d (%d of them in several pieces)\n",
+           cases, failures, worst, worst_c, v3_same, v3_multi);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures != 0;
 }

@@ -1,7 +1,9 @@
 /* The few-rows tensor-core quantized mat-mat (cuda_qrows_mma.cu: batched
  * decode steps of 2..64 sessions; v1 and v2 (cuda_qrows2.h) in several
  * forms: the default, the other m16 tile count, 1/2/4/8 row groups a
- * block, no split, forced splits, which must give the same bits twice)
+ * block, no split, forced splits, which must give the same bits twice;
+ * v3 (cuda_qrows3.h: x staged by the kernel itself) in each v2 form, which
+ * must give v2's bits, without falling back to v2)
  * against the portable CPU reference: MLX
  * affine 2/3/4/5/6/8-bit x group 32/64/128 x F32/F16/BF16 scales and
  * MXFP4, T = 2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64 (every token-tile
@@ -30,7 +32,7 @@
 
 static nmlx_backend *cpu, *gpu;
 static double worst;
-static int ran_differs, compared;
+static int ran_differs, compared, v3_same, v3_runs;
 
 static double row_err(const float *got, const float *ref, int64_t T, int64_t D) {
     double e = 0;
@@ -68,7 +70,7 @@ static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, in
     nmlx_weight v = view && D > 5 ? test_qweight_rows(&w, 3, D - 5) : w;
     const int64_t Dv = v.rows;
     float *yref = malloc((size_t)(T * Dv) * sizeof(float)), *got = malloc((size_t)(T * Dv) * 4),
-          *y0 = malloc((size_t)(T * Dv) * 4);
+          *y0 = malloc((size_t)(T * Dv) * 4), *y3 = malloc((size_t)(T * Dv) * 4);
     cpu->ops->matmul(cpu, &v, bias && !view ? &b : NULL, x, yref, T);
     nmlx_weight gw = test_qweight_device(gpu, &v);
     const nmlx_tensor *pb = NULL;
@@ -114,6 +116,23 @@ static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, in
             EXPECT(!memcmp(got, y0, (size_t)(T * Dv) * 4), "%s: not deterministic T=%lld",
                    cfgs[ci].name, (long long)T);
         }
+        if (cfgs[ci].ver != 2) continue;
+        /* v3 in the same form: v2's bits (x staged in the kernel with
+         * qx_split's arithmetic, the same chunk order and reductions), one
+         * v3 launch and no v2 (it did not decline) */
+        nmlx_cuda_set_qrows_kernel(3, cfgs[ci].mt, cfgs[ci].wr, cfgs[ci].bps, cfgs[ci].split);
+        const unsigned long long m2 = nmlx_cuda_qrows2_launches(), m3 = nmlx_cuda_qrows3_launches();
+        run(64, &gw, pb, dx + off, dy, T, y3);
+        EXPECT(nmlx_cuda_qrows3_launches() - m3 == 1u && nmlx_cuda_qrows2_launches() == m2,
+               "%s as v3: v3 launches %llu, v2 %llu", cfgs[ci].name,
+               nmlx_cuda_qrows3_launches() - m3, nmlx_cuda_qrows2_launches() - m2);
+        EXPECT(!memcmp(got, y3, (size_t)(T * Dv) * 4),
+               "qrows %s as v3 %s %d-bit g%d %s T=%lld D=%lld N=%lld bias=%d view=%d: not v2's "
+               "bits (%.2e from the reference)",
+               cfgs[ci].name, nmlx_quant_mode_name(mode), bits, gs, sn, (long long)T, (long long)Dv,
+               (long long)N, bias, view, row_err(y3, yref, T, Dv));
+        v3_same += !memcmp(got, y3, (size_t)(T * Dv) * 4);
+        v3_runs++;
     }
     if (e > worst || e != e) worst = e;
     nmlx_cuda_set_qrows_kernel(2, 0, 0, 2, 0); /* the limit checks below with the default v2 */
@@ -137,7 +156,7 @@ static void test_rows(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, in
            (long long)T - 1, (long long)T);
     gpu->ops->free(gpu, dx);
     gpu->ops->free(gpu, dy);
-    free(x), free(yref), free(got), free(y0);
+    free(x), free(yref), free(got), free(y0), free(y3);
 }
 
 int main(void) {
@@ -203,8 +222,9 @@ int main(void) {
     EXPECT(ran_differs > compared / 2, "the kernel seems not to run: %d of %d results differ",
            ran_differs, compared);
     nmlx_cuda_set_qrows_kernel(-1, 0, 0, 0, 0);
-    printf("qrows: worst %.2e over %d cases (%d differ in bits from the other kernels)\n", worst,
-           compared, ran_differs);
+    printf("qrows: worst %.2e over %d cases (%d differ in bits from the other kernels); v3 = v2 "
+           "bit for bit in %d of %d forms\n",
+           worst, compared, ran_differs, v3_same, v3_runs);
     test_free_kept();
     nmlx_backend_free(cpu);
     nmlx_backend_free(gpu);

@@ -61,8 +61,10 @@ void nmlx_cuda_set_qmm_rows(int64_t rows);
  * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the
  * default (64). Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qrows_mma(int max_t);
-/* Which few-rows kernel and how (cuda_qrows_mma.cu): version 1 or 2 (the
- * default; NMLX_CUDA_QROWS=v1 picks 1); v2's m16 tiles a warp mt (0 = by
+/* Which few-rows kernel and how (cuda_qrows_mma.cu): version 1, 2 (the
+ * default) or 3 (cuda_qrows3.h: v2's bits, x staged by the kernel, no x
+ * split launch; opt-in until measured); NMLX_CUDA_QROWS=v1 / v3 picks 1 / 3;
+ * v2's (v3's) m16 tiles a warp mt (0 = by
  * T: 4 up to 8 rows of x, 2 up to 32, 1 past; 1 and 2 past 32 rows, 2 and
  * 4 up to 32), its row groups a block wr (1, 2, 4, 8; 0 = by T: 2, 4 past
  * 8 rows, 8 past 32), its split-K target bps blocks per SM (0 = no split;
@@ -72,6 +74,8 @@ void nmlx_cuda_set_qrows_mma(int max_t);
 void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps, int split);
 /* v2 launches so far (test hook: it ran). */
 unsigned long long nmlx_cuda_qrows2_launches(void);
+/* v3 launches so far (test hook: it ran, not the v2 it falls back to). */
+unsigned long long nmlx_cuda_qrows3_launches(void);
 
 /* Decode mat-vecs of affine 4/8-bit weights: 1 = int16 x and dp2a
  * (cuda_qgemv16.cu, the default), 0 = the f32 kernel. NMLX_CUDA_QGEMV=f32

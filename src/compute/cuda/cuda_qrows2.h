@@ -140,7 +140,8 @@ template <int SC> __device__ __forceinline__ float qr2_scale(const void *p, int6
     }
 }
 
-__device__ __forceinline__ float qr2_bias(const qr2_args &a, int64_t d) {
+/* the linear bias of row d (A: qr2_args or cuda_qrows3.h's qr3_args) */
+template <typename A> __device__ __forceinline__ float qr2_bias(const A &a, int64_t d) {
     if (!a.lbias) return 0.0f;
     if (a.lbdt == QR2_B_F32) return ((const float *)a.lbias)[d];
     const uint16_t v = ((const uint16_t *)a.lbias)[d];

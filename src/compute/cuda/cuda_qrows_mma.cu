@@ -36,11 +36,15 @@
  * split-K aims at, 0 = no split; split: a fixed split count, for tests;
  * mt, wr absent or 0: 2 and 1, the H100 sweep's best). Measured (H100,
  * 8B q4 step matmuls): 1.19x v1 at T = 8, 1.37x at T = 64; far from the
- * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us). */
+ * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us).
+ * v3 (NMLX_CUDA_QROWS=v3, opt-in, unmeasured; cuda_qrows3.h): v2's forms
+ * and bits without the qx_split launch, each block staging its x and
+ * scales in shared memory; the same NMLX_CUDA_QROWS_CFG tunes it. */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qdecode.h"
 #include "compute/cuda/cuda_qrows2.h"
+#include "compute/cuda/cuda_qrows3.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +66,20 @@ __device__ __forceinline__ uint32_t qr2_sub128x2(uint32_t p) {
 }
 __device__ __forceinline__ uint32_t qr2_pack_bf16(float lo, float hi) { return pack_bf16(lo, hi); }
 __device__ __forceinline__ float qr2_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+/* cuda_qrows3.h's */
+__device__ __forceinline__ unsigned char *qr3_smem() {
+    extern __shared__ __align__(16) unsigned char qr3_dyn[];
+    return qr3_dyn;
+}
+__device__ __forceinline__ qr2_u4 qr3_lds16(const unsigned char *p) {
+    const uint4 v = *(const uint4 *)p;
+    return qr2_u4{v.x, v.y, v.z, v.w};
+}
+__device__ __forceinline__ float qr3_ldsf(const unsigned char *p) { return *(const float *)p; }
+__device__ __forceinline__ void qr3_sts16(unsigned char *p, qr2_u4 v) {
+    *(uint4 *)p = make_uint4(v.x, v.y, v.z, v.w);
+}
+__device__ __forceinline__ void qr3_stsf(unsigned char *p, float v) { *(float *)p = v; }
 
 enum { QR_WARPS = 8, QR_ROWS = 16, QR_MAX_NT = 8 };
 
@@ -228,9 +246,10 @@ static_assert((int)QR2_SC_F32 == (int)SC_F32 && (int)QR2_SC_F16 == (int)SC_F16 &
                   (int)QR2_SC_BF16 == (int)SC_BF16 && (int)QR2_SC_E8M0 == (int)SC_E8M0,
               "scale storage codes");
 
-/* The kernel choice: version 1 or 2 (NMLX_CUDA_QROWS=v1 / v2), v2's m16
- * tiles a warp (0: by T), its blocks per SM target for split-K (0: no
- * split) and a forced split count (0: from the target). */
+/* The kernel choice: version 1, 2 or 3 (NMLX_CUDA_QROWS=v1 / v2 / v3),
+ * v2's (and v3's) m16 tiles a warp (0: by T), row groups a block, blocks
+ * per SM target for split-K (0: no split) and a forced split count (0:
+ * from the target). */
 typedef struct qr_cfg {
     int version, mt, wr, bps, split;
 } qr_cfg;
@@ -241,6 +260,7 @@ static void qr_parse(qr_cfg *c) {
     c->version = 2, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0;
     const char *v = getenv("NMLX_CUDA_QROWS");
     if (v && (!strcmp(v, "v1") || !strcmp(v, "1"))) c->version = 1;
+    if (v && (!strcmp(v, "v3") || !strcmp(v, "3"))) c->version = 3;
     const char *e = getenv("NMLX_CUDA_QROWS_CFG");
     while (e && *e) {
         int n = 0;
@@ -268,7 +288,7 @@ extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps,
         qr_set_on = false;
         return;
     }
-    qr_set_cfg.version = version == 1 ? 1 : 2;
+    qr_set_cfg.version = version == 1 || version == 3 ? version : 2;
     qr_set_cfg.mt = mt == 1 || mt == 2 || mt == 4 ? mt : 0;
     qr_set_cfg.wr = wr == 1 || wr == 2 || wr == 4 || wr == 8 ? wr : 0;
     qr_set_cfg.bps = bps < 0 ? 0 : bps > 64 ? 64 : bps;
@@ -276,8 +296,9 @@ extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps,
     qr_set_on = true;
 }
 
-static unsigned long long qr2_launch_count;
+static unsigned long long qr2_launch_count, qr3_launch_count;
 extern "C" unsigned long long nmlx_cuda_qrows2_launches(void) { return qr2_launch_count; }
+extern "C" unsigned long long nmlx_cuda_qrows3_launches(void) { return qr3_launch_count; }
 
 /* The split-K scratch: partial sums and the row blocks' counters (zeroed
  * once, then put back to 0 by each launch's last blocks). */
@@ -329,8 +350,69 @@ static int qr2_sms(int dev) {
     return sms[dev];
 }
 
+/* the most dynamic shared memory a block may opt in to (sm_90: 227 KB) */
+static int qr3_smem_optin(int dev) {
+    static int optin[64];
+    if (dev < 0 || dev >= 64) return QR3_SMEM_MAX;
+    if (!optin[dev]) {
+        int n = 0;
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+                cudaSuccess ||
+            n <= 0) {
+            (void)cudaGetLastError();
+            n = 48 * 1024;
+        }
+        optin[dev] = n;
+    }
+    return optin[dev];
+}
+
+/* v3 (x3: the f32 x): v2's grid and split, the block's shared memory for
+ * x in pieces; false where it declines (more shared memory than the GPU
+ * gives a block: never on sm_90, at most ~80 KB), nothing launched */
 template <int BITS, int SC, int NT, int MT>
-static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
+static bool launch3(nmlx_backend *be, const qr2_args &a, const float *x3, int64_t rblocks) {
+    constexpr bool MX = SC == QR2_SC_E8M0;
+    cuda_impl *c = cuda_of(be);
+    const int dev = ((cuda_impl *)be->impl)->device, RB = 16 * MT * a.wr;
+    const int optin = qr3_smem_optin(dev);
+    const int budget = qr3_budget(MT, NT, optin);
+    qr3_args b;
+    memset(&b, 0, sizeof b);
+    b.w = a.w, b.scales = a.scales, b.biases = a.biases, b.gshift = a.gshift;
+    b.x = x3, b.xvec = (uintptr_t)x3 % 16 == 0;
+    b.y = a.y, b.part = a.part, b.cnt = a.cnt, b.lbias = a.lbias, b.lbdt = a.lbdt;
+    b.T = a.T, b.S = a.S, b.wr = a.wr, b.D = a.D, b.N = a.N;
+    b.pc = qr3_pick_pc(a.T, (int)(a.N / 32), a.S, a.wr, RB, a.gshift, NT, MX, budget);
+    const qr3_layout L = qr3_layout_of(a.T, b.pc, RB, a.gshift, NT, MX);
+    if (L.bytes > optin) return false;
+    static int attr_bytes[64]; /* this instantiation's opt-in so far, per device */
+    int *ab = &attr_bytes[dev >= 0 && dev < 64 ? dev : 0];
+    if (L.bytes > *ab) {
+        const int want = L.bytes > budget ? L.bytes : budget;
+        if (cudaFuncSetAttribute(qrows3_kernel<BITS, SC, NT, MT>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 want) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        /* shared memory first (2 blocks of ~100 KB an SM; the codes are read once) */
+        (void)cudaFuncSetAttribute(qrows3_kernel<BITS, SC, NT, MT>,
+                                   cudaFuncAttributePreferredSharedMemoryCarveout,
+                                   cudaSharedmemCarveoutMaxShared);
+        (void)cudaGetLastError();
+        *ab = want;
+    }
+    const dim3 grid((unsigned)rblocks, (unsigned)a.S);
+    qrows3_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, (size_t)L.bytes, c->stream>>>(b);
+    qr3_launch_count++;
+    return true;
+}
+
+/* v2 (x3 NULL: qx_split's output in a) or v3 (x3: the f32 x); false where
+ * v3 declines */
+template <int BITS, int SC, int NT, int MT>
+static bool launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a, const float *x3) {
     /* one row group a block by default: the H100 sweep (bench/cuda/README.md,
      * session 13) put mt=2, wr=1 first at every T (T = 8: 5.27 ms of step
      * matmuls against 5.43 with wr by T; T = 64: 14.6 against 25.4) */
@@ -354,60 +436,60 @@ static void launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a) {
     a.S = (int)S;
     a.part = S > 1 ? c->qr_part : NULL;
     a.cnt = S > 1 ? c->qr_cnt : NULL;
+    if (x3) return launch3<BITS, SC, NT, MT>(be, a, x3, rblocks);
     const dim3 grid((unsigned)rblocks, (unsigned)S);
     qrows2_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, 0, c->stream>>>(a);
     qr2_launch_count++;
+    return true;
 }
 
 template <int BITS, int SC, int NT>
-static void launch2_nt(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a) {
+static bool launch2_nt(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a, const float *x3) {
     /* m16 tiles a warp (MT x NT <= 16 accumulator quads); by default 2 (the
      * H100 sweep's best at every T, above) */
     if constexpr (NT == 8) {
         if (cfg.mt == 1)
-            launch2_mt<BITS, SC, NT, 1>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 1>(be, cfg, a, x3);
         else
-            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 2>(be, cfg, a, x3);
     } else if constexpr (NT == 1) {
         if (cfg.mt == 4)
-            launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 4>(be, cfg, a, x3);
         else
-            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 2>(be, cfg, a, x3);
     } else {
         if (cfg.mt == 4)
-            launch2_mt<BITS, SC, NT, 4>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 4>(be, cfg, a, x3);
         else
-            launch2_mt<BITS, SC, NT, 2>(be, cfg, a);
+            return launch2_mt<BITS, SC, NT, 2>(be, cfg, a, x3);
     }
 }
 
 template <int BITS, int SC>
-static void launch2_sc(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a) {
-    if (a.T <= 8)
-        launch2_nt<BITS, SC, 1>(be, cfg, a);
-    else if (a.T <= 16)
-        launch2_nt<BITS, SC, 2>(be, cfg, a);
-    else if (a.T <= 32)
-        launch2_nt<BITS, SC, 4>(be, cfg, a);
-    else
-        launch2_nt<BITS, SC, 8>(be, cfg, a);
+static bool launch2_sc(nmlx_backend *be, const qr_cfg &cfg, const qr2_args &a, const float *x3) {
+    if (a.T <= 8) return launch2_nt<BITS, SC, 1>(be, cfg, a, x3);
+    if (a.T <= 16) return launch2_nt<BITS, SC, 2>(be, cfg, a, x3);
+    if (a.T <= 32) return launch2_nt<BITS, SC, 4>(be, cfg, a, x3);
+    return launch2_nt<BITS, SC, 8>(be, cfg, a, x3);
 }
 
 template <int BITS>
-static void launch2_bits(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
-                         const qr2_args &a) {
+static bool launch2_bits(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
+                         const qr2_args &a, const float *x3) {
     if (w->mode == NMLX_QUANT_MXFP4) {
-        if constexpr (BITS == 4) launch2_sc<4, SC_E8M0>(be, cfg, a);
-    } else if (w->scales.dtype == NMLX_DT_F32)
-        launch2_sc<BITS, SC_F32>(be, cfg, a);
-    else if (w->scales.dtype == NMLX_DT_F16)
-        launch2_sc<BITS, SC_F16>(be, cfg, a);
-    else
-        launch2_sc<BITS, SC_BF16>(be, cfg, a);
+        if constexpr (BITS == 4) return launch2_sc<4, SC_E8M0>(be, cfg, a, x3);
+        return false;
+    }
+    if (w->scales.dtype == NMLX_DT_F32) return launch2_sc<BITS, SC_F32>(be, cfg, a, x3);
+    if (w->scales.dtype == NMLX_DT_F16) return launch2_sc<BITS, SC_F16>(be, cfg, a, x3);
+    return launch2_sc<BITS, SC_BF16>(be, cfg, a, x3);
 }
 
-static void launch_v2(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
-                      const nmlx_cuda_qx *qx, float *y, int T, const void *lb, nmlx_dtype lbdt) {
+/* v2 (qx: qx_split's output) or v3 (qx NULL, x3 the f32 x); false where v3
+ * declines */
+static bool launch_v2(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
+                      const nmlx_cuda_qx *qx, const float *x3, float *y, int T, const void *lb,
+                      nmlx_dtype lbdt) {
     qr2_args a;
     memset(&a, 0, sizeof a);
     int gshift = 0;
@@ -415,17 +497,17 @@ static void launch_v2(nmlx_backend *be, const qr_cfg &cfg, const nmlx_weight *w,
         gshift++;
     a.w = (const uint8_t *)w->w.data, a.scales = w->scales.data, a.biases = w->biases.data;
     a.gshift = gshift;
-    a.xhi = (const uint16_t *)qx->hi, a.xlo = (const uint16_t *)qx->lo, a.xs = qx->xs;
+    if (qx) a.xhi = (const uint16_t *)qx->hi, a.xlo = (const uint16_t *)qx->lo, a.xs = qx->xs;
     a.y = y, a.lbias = lb;
     a.lbdt = lbdt == NMLX_DT_F16 ? QR2_B_F16 : lbdt == NMLX_DT_BF16 ? QR2_B_BF16 : QR2_B_F32;
     a.T = T, a.S = 1, a.D = w->rows, a.N = w->cols;
     switch (w->bits) {
-    case 2: launch2_bits<2>(be, cfg, w, a); break;
-    case 3: launch2_bits<3>(be, cfg, w, a); break;
-    case 4: launch2_bits<4>(be, cfg, w, a); break;
-    case 5: launch2_bits<5>(be, cfg, w, a); break;
-    case 6: launch2_bits<6>(be, cfg, w, a); break;
-    default: launch2_bits<8>(be, cfg, w, a); break;
+    case 2: return launch2_bits<2>(be, cfg, w, a, x3);
+    case 3: return launch2_bits<3>(be, cfg, w, a, x3);
+    case 4: return launch2_bits<4>(be, cfg, w, a, x3);
+    case 5: return launch2_bits<5>(be, cfg, w, a, x3);
+    case 6: return launch2_bits<6>(be, cfg, w, a, x3);
+    default: return launch2_bits<8>(be, cfg, w, a, x3);
     }
 }
 
@@ -455,14 +537,20 @@ bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
                    (w->group_size == 32 || w->group_size == 64 || w->group_size == 128)) ||
         w->cols % 32)
         return false;
-    nmlx_cuda_qx qx;
-    if (!nmlx_cuda_qx_split(be, x, T, w->cols, &qx)) return false;
     const void *lb = bias ? bias->data : NULL;
     const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
     const int t = (int)T;
     const qr_cfg cfg = qr_get_cfg();
-    if (cfg.version == 2) {
-        launch_v2(be, cfg, w, &qx, y, t, lb, lbdt);
+    /* v3: x staged by the kernel itself (no qx_split launch); where it
+     * declines (shared memory), v2 */
+    if (cfg.version == 3 && launch_v2(be, cfg, w, NULL, x, y, t, lb, lbdt)) {
+        nmlx_cuda_note(be, cudaGetLastError());
+        return true;
+    }
+    nmlx_cuda_qx qx;
+    if (!nmlx_cuda_qx_split(be, x, T, w->cols, &qx)) return false;
+    if (cfg.version != 1) {
+        launch_v2(be, cfg, w, &qx, NULL, y, t, lb, lbdt);
         nmlx_cuda_note(be, cudaGetLastError());
         return true;
     }
