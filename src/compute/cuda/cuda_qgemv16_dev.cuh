@@ -183,6 +183,77 @@ __device__ __forceinline__ void norm_write_back(const q16_args &a, float ninv, b
     if (threadIdx.x == 0) *a.done = 0; /* for the next launch */
 }
 
+/* Both kernels' staging of x into shared memory (smem: N int16 in swizzled
+ * pieces, then NB steps and NB sums; NORM: rmsnorm(x + d) staged instead of
+ * x, its 1 / rms returned): a thread takes 16 inputs at a time, one f32 step
+ * (max|v| / 32767) and one f32 sum per 16. The caller syncs the block after. */
+template <int BITS, bool NORM>
+__device__ __forceinline__ float stage_x(const q16_args &a, unsigned char *smem) {
+    typedef piece<BITS> P;
+    const int64_t N = a.N, NB = N / 16;
+    unsigned char *xq = smem;               /* N int16, swizzled pieces */
+    float *xstep = (float *)(smem + N * 2); /* NB steps */
+    float *xsum = xstep + NB;               /* NB sums */
+    float ninv = 1.0f;                      /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
+    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
+
+    /* stage x (NORM: y = rmsnorm(x + d)): a thread takes 16 inputs at a time */
+    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
+        float v[16];
+        const float4 *src = (const float4 *)(a.x + b * 16);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float4 f = src[i];
+            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+        }
+        if constexpr (NORM) {
+            const float4 *dsrc = (const float4 *)(a.d + b * 16);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float4 f = dsrc[i];
+                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
+        }
+        float mx = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            mx = fmaxf(mx, fabsf(v[i]));
+            sum += v[i];
+        }
+        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+        int q[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            q[i] = __float2int_rn(v[i] * inv);
+            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int *s = q + 8 * h;
+            uint32_t pr[4];
+            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
+                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
+                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
+                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
+                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
+            }
+            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
+            const int64_t k = seg / P::SEG;
+            const int j = (int)(seg % P::SEG) ^ P::key(k);
+            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
+        }
+        xstep[b] = step;
+        xsum[b] = sum;
+    }
+    return ninv;
+}
+
 /* The dot products of a warp's R rows (from d0) with the staged x, and
  * their outputs. */
 template <int BITS, int SC, int R, bool PAIR>
@@ -285,10 +356,7 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
     qgemv16_kernel(q16_args a) {
     typedef piece<BITS> P;
     extern __shared__ __align__(16) unsigned char smem[];
-    const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
-    unsigned char *xq = smem;               /* N int16, swizzled pieces */
-    float *xstep = (float *)(smem + N * 2); /* NB steps */
-    float *xsum = xstep + NB;               /* NB sums */
+    const int64_t N = a.N, NP = N / P::IN;
     const q16_weight m = PAIR ? a.m[0] : weight_of(a, blockIdx.x);
     const q16_weight mu = PAIR ? a.m[1] : m; /* PAIR: odd rows r are up's */
     constexpr int RW = PAIR ? R / 2 : R;     /* rows of one weight a warp takes */
@@ -313,63 +381,7 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
     cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
     cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
-    [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
-    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
-
-    /* stage x (NORM: y = rmsnorm(x + d)): a thread takes 16 inputs at a time */
-    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
-        float v[16];
-        const float4 *src = (const float4 *)(a.x + b * 16);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float4 f = src[i];
-            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-        }
-        if constexpr (NORM) {
-            const float4 *dsrc = (const float4 *)(a.d + b * 16);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float4 f = dsrc[i];
-                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
-            }
-#pragma unroll
-            for (int i = 0; i < 16; i++)
-                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
-        }
-        float mx = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
-        }
-        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        int q[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            q[i] = __float2int_rn(v[i] * inv);
-            /* 8 inputs -> one 16-byte segment (4 int16 pairs) */
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int *s = q + 8 * h;
-            uint32_t pr[4];
-            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
-                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
-                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
-                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
-                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
-            }
-            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
-            const int64_t k = seg / P::SEG;
-            const int j = (int)(seg % P::SEG) ^ P::key(k);
-            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
-        }
-        xstep[b] = step;
-        xsum[b] = sum;
-    }
+    [[maybe_unused]] const float ninv = stage_x<BITS, NORM>(a, smem); /* NORM: 1 / rms(x + d) */
     __syncthreads();
     [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
     if constexpr (NORM) {
@@ -513,62 +525,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
     cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
-    [[maybe_unused]] float ninv = 1.0f; /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
-    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
-
-    /* stage x as kernel v1 does: a thread takes 16 inputs at a time */
-    for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
-        float v[16];
-        const float4 *src = (const float4 *)(a.x + b * 16);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float4 f = src[i];
-            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-        }
-        if constexpr (NORM) {
-            const float4 *dsrc = (const float4 *)(a.d + b * 16);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float4 f = dsrc[i];
-                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
-            }
-#pragma unroll
-            for (int i = 0; i < 16; i++)
-                v[i] = norm_one(a, v[i], ninv, b * 16 + i);
-        }
-        float mx = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            mx = fmaxf(mx, fabsf(v[i]));
-            sum += v[i];
-        }
-        const float step = mx / 32767.0f, inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
-        int q[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            q[i] = __float2int_rn(v[i] * inv);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int *s = q + 8 * h;
-            uint32_t pr[4];
-            if (BITS == 4) { /* pairs (x0,x2) (x4,x6) (x1,x3) (x5,x7) */
-                pr[0] = (uint32_t)(s[0] & 0xFFFF) | (uint32_t)s[2] << 16;
-                pr[1] = (uint32_t)(s[4] & 0xFFFF) | (uint32_t)s[6] << 16;
-                pr[2] = (uint32_t)(s[1] & 0xFFFF) | (uint32_t)s[3] << 16;
-                pr[3] = (uint32_t)(s[5] & 0xFFFF) | (uint32_t)s[7] << 16;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    pr[j] = (uint32_t)(s[2 * j] & 0xFFFF) | (uint32_t)s[2 * j + 1] << 16;
-            }
-            const int64_t seg = b * 2 + h; /* logical 16-byte segment */
-            const int64_t k = seg / P::SEG;
-            const int j = (int)(seg % P::SEG) ^ P::key(k);
-            *(uint4 *)(xq + k * P::XB + j * 16) = make_uint4(pr[0], pr[1], pr[2], pr[3]);
-        }
-        xstep[b] = step;
-        xsum[b] = sum;
-    }
+    [[maybe_unused]] const float ninv = stage_x<BITS, NORM>(a, smem); /* NORM: 1 / rms(x + d) */
     __syncthreads();
     [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
     if constexpr (NORM) {
