@@ -27,18 +27,6 @@ if(NMLX_CUDA)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_cuda_fixtures_attn_tiled PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
     ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_ATTN_MMA=0")
-  # decode steps with the next weights prefetched into L2 behind each weight
-  # op (cuda_l2_prefetch.cu, opt-in): the same outputs, graphs recorded and
-  # replayed with the side stream's branch
-  foreach(mode bulk line)
-    add_test(NAME test_cuda_fixtures_l2_${mode} COMMAND test_cuda_fixtures
-      WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-    set_tests_properties(test_cuda_fixtures_l2_${mode} PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-      ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_L2_PREFETCH=${mode}")
-  endforeach()
-  add_test(NAME test_cuda_batch_l2 COMMAND test_cuda_batch WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_cuda_batch_l2 PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_L2_PREFETCH=bulk;NMLX_CUDA_BATCH_GRAPH=1")
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)

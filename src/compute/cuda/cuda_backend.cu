@@ -253,7 +253,6 @@ static void cuda_release(nmlx_backend *be) {
     if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
     if (c->norm_done) cudaFree(c->norm_done);
     nmlx_cuda_moe_release(c);
-    nmlx_cuda_l2_release(c);
     nmlx_cuda_buf_release(c);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -366,8 +365,6 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         c->norm_done = NULL;
     }
     nmlx_cuda_dec_scratch_init(c); /* decode attention's partials (else the old kernels) */
-    nmlx_cuda_l2_init(c);
-    nmlx_cuda_l2_install(be);
     be->pool = nmlx_pool_create(1);
     CHECK(be->pool, NMLX_ERR_NOMEM, "cuda backend: out of memory");
     *out = be;

@@ -109,9 +109,6 @@ int nmlx_cuda_set_qgemv16_cfg(const char *spec);
  * caller's add_rmsnorm + matmul_multi / gate_up_act (weights it does not
  * take, precision "f32"). Calls recorded in a replayed graph count once. */
 void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined);
-/* NMLX_CUDA_L2_PREFETCH (cuda_l2_prefetch.cu): weight prefetches launched
- * so far, -1 when off. */
-long nmlx_cuda_l2_issued(nmlx_backend *be);
 
 /* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets

@@ -48,7 +48,6 @@ void nmlx_cuda_capture_end(nmlx_backend *be) {
     cuda_impl *c = (cuda_impl *)be->impl;
     if (!c->capturing) return;
     if (c->copies.n) nmlx_cuda_flush(be); /* part of this step */
-    nmlx_cuda_l2_join(be);
     c->capturing = false;
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(c->stream, &g);
@@ -84,7 +83,6 @@ void nmlx_cuda_capture_end(nmlx_backend *be) {
 
 void nmlx_cuda_decode_step(nmlx_backend *be, int what) {
     cuda_impl *c = (cuda_impl *)be->impl;
-    nmlx_cuda_l2_step(c, what != NMLX_DECODE_END);
     if (what != NMLX_DECODE_END) {
         c->in_batch = what == NMLX_DECODE_BATCH;
         c->graph_want = c->in_batch ? c->batch_graph_on : c->graph_on;
@@ -93,7 +91,6 @@ void nmlx_cuda_decode_step(nmlx_backend *be, int what) {
     c->graph_want = false;
     c->pos_dev = false; /* a step cut short (cancelled) records nothing */
     if (c->capturing) nmlx_cuda_capture_end(be);
-    nmlx_cuda_l2_join(be); /* eager steps too: the side stream ends with the step */
     c->in_batch = false;
 }
 
@@ -149,7 +146,6 @@ bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos,
     c->pos_dev = false;
     if (!keep) return false; /* ran without a (whole) graph: nothing recorded */
     if (c->copies.n) nmlx_cuda_flush(be);
-    nmlx_cuda_l2_join(be);
     c->capturing = false;
     c->graph_want = false;
     cudaGraph_t g = NULL;

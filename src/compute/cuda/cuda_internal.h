@@ -43,8 +43,6 @@ typedef struct cuda_argmax_state {
 } cuda_argmax_state;
 
 struct cuda_moe_state; /* cuda_moe.cu */
-typedef struct cuda_l2_state cuda_l2_state; /* cuda_l2_prefetch.cu */
-enum { L2_RANGES = 6 }; /* arrays of one weight op: codes, scales, biases of two weights */
 
 /* Recorded decode steps kept (cuda_graph.cu): one per key, e.g. sessions
  * decoding in turn. */
@@ -135,7 +133,6 @@ typedef struct cuda_impl {
     unsigned *norm_done;
     long norm_fused, norm_declined;
     struct cuda_moe_state *moe; /* moe_experts' tables and staging (cuda_moe.cu), or NULL */
-    cuda_l2_state *l2;          /* NMLX_CUDA_L2_PREFETCH (cuda_l2_prefetch.cu), or NULL: off */
 } cuda_impl;
 
 /* Launches the queued copies (every op, sync and download call this first,
@@ -147,16 +144,6 @@ void nmlx_cuda_flush(nmlx_backend *be);
 void nmlx_cuda_capture_begin(nmlx_backend *be);
 void nmlx_cuda_capture_end(nmlx_backend *be);
 void nmlx_cuda_decode_step(nmlx_backend *be, int what);
-/* Weights pulled into L2 behind the op before them (cuda_l2_prefetch.cu,
- * NMLX_CUDA_L2_PREFETCH): init reads the setting (c->l2 stays NULL when
- * off), install wraps the weight ops of be's table, step brackets a decode
- * step, join makes the main stream wait for the side stream's prefetches
- * (before a capture ends: a capture must not end with a branch open). */
-void nmlx_cuda_l2_init(cuda_impl *c);
-void nmlx_cuda_l2_install(nmlx_backend *be);
-void nmlx_cuda_l2_step(cuda_impl *c, bool begin);
-void nmlx_cuda_l2_join(nmlx_backend *be);
-void nmlx_cuda_l2_release(cuda_impl *c);
 bool nmlx_cuda_step_graph(nmlx_backend *be, int what, uint64_t key, int64_t pos, int32_t id);
 /* Inside a recorded step (pos_dev): the device position to add to a
  * position's delta from step_pos, else NULL (positions by value). */
