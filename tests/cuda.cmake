@@ -27,6 +27,10 @@ if(NMLX_CUDA)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_cuda_fixtures_attn_tiled PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
     ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_ATTN_MMA=0")
+  # every kernel launched the usual way (programmatic dependent launch off)
+  add_test(NAME test_cuda_fixtures_no_pdl COMMAND test_cuda_fixtures WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_cuda_fixtures_no_pdl PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_PDL=0")
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)

@@ -459,6 +459,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, int run, float *po, float *pml,
                        unsigned *cnt) {
     cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the cache are ready from here */
     int64_t q_pos = a.q_pos, n_kv = a.n_kv;
     if (step) {
         const int64_t base = *step;
@@ -618,10 +619,9 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         const int S = dec_splits(c, a, RQ, dec_occ[ID]);                                           \
         if (S < 1) return false;                                                                   \
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
-        attn_decode_kernel<LPK, DPL, R>                                                            \
-            <<<dim3((unsigned)S, (unsigned)a->KVH), DEC_THREADS, shm, st>>>(*a, step, S, run, po,  \
-                                                                            pml, cnt);             \
-                                                                                                   \
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_decode_kernel<LPK, DPL, R>,                     \
+                                           dim3((unsigned)S, (unsigned)a->KVH), dim3(DEC_THREADS), \
+                                           shm, st, *a, step, S, run, po, pml, cnt));              \
         break;                                                                                     \
     }
         DEC_CONFIGS(DEC_LAUNCH)

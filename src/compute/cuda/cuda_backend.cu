@@ -17,7 +17,7 @@ bool nmlx_cuda_pdl_on(void) {
     static int on = -1;
     if (on < 0) {
         const char *e = getenv("NMLX_CUDA_PDL");
-        on = e && !strcmp(e, "1");
+        on = !(e && !strcmp(e, "0")); /* on by default since measured (bench/cuda/README.md) */
         /* only where the kernels' wait exists (a build for an older
          * architecture JIT-run on Hopper would launch early without it) */
         int dev = 0, major = 0;

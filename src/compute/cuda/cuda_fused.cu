@@ -22,6 +22,7 @@ __global__ void __launch_bounds__(512)
     add_rmsnorm_regs_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt, float w_offset,
                             float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x and d are ready from here */
     float *xr = x + blockIdx.x * D;
     const float *dr = d + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
@@ -54,6 +55,7 @@ __global__ void __launch_bounds__(512)
 __global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx_dtype wdt,
                                    float w_offset, float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
+    cuda_pdl_wait();
     float *xr = x + blockIdx.x * D;
     const float *dr = d + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
@@ -79,15 +81,20 @@ void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nml
     const void *wd = w ? w->data : NULL;
     const nmlx_dtype wdt = w ? w->dtype : NMLX_DT_F32;
     cudaStream_t s = cuda_of(be)->stream;
+    cudaError_t e;
     if (k <= 4)
-        add_rmsnorm_regs_kernel<4><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(add_rmsnorm_regs_kernel<4>, dim3((unsigned)R), dim3(th), 0, s, x, d, wd,
+                            wdt, w_offset, eps, y, D);
     else if (k <= 8)
-        add_rmsnorm_regs_kernel<8><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(add_rmsnorm_regs_kernel<8>, dim3((unsigned)R), dim3(th), 0, s, x, d, wd,
+                            wdt, w_offset, eps, y, D);
     else if (k <= 16)
-        add_rmsnorm_regs_kernel<16><<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(add_rmsnorm_regs_kernel<16>, dim3((unsigned)R), dim3(th), 0, s, x, d, wd,
+                            wdt, w_offset, eps, y, D);
     else
-        add_rmsnorm_kernel<<<(unsigned)R, th, 0, s>>>(x, d, wd, wdt, w_offset, eps, y, D);
-    nmlx_cuda_note(be, cudaGetLastError());
+        e = cuda_launch_pdl(add_rmsnorm_kernel, dim3((unsigned)R), dim3(th), 0, s, x, d, wd, wdt,
+                            w_offset, eps, y, D);
+    nmlx_cuda_note(be, e);
 }
 
 /* ---- rope_kv: one block per (token, q head or kv head) ---- */
@@ -166,6 +173,8 @@ __device__ __forceinline__ void rope_kv_head(const rope_kv_params &p, int64_t t,
 }
 
 __global__ void rope_kv_kernel(rope_kv_params p) {
+    cuda_pdl_trigger(); /* the attention after it may become resident */
+    cuda_pdl_wait();    /* launched early: q, k, v are ready from here */
     int64_t nh = p.H + p.KVH;
     int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
     const int64_t base = p.step ? *p.step : 0;
@@ -228,6 +237,6 @@ void nmlx_cuda_rope_kv(nmlx_backend *be, const nmlx_rope_kv_args *a) {
     cuda_impl *c = cuda_of(be);
     if ((p.step = cuda_step_pos(c)) != NULL) p.pos0 -= c->step_pos, p.row0 -= c->step_pos;
     int64_t blocks = a->T * (a->H + a->KVH);
-    rope_kv_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, c->stream>>>(p);
-    nmlx_cuda_note(be, cudaGetLastError());
+    nmlx_cuda_note(be, cuda_launch_pdl(rope_kv_kernel, dim3((unsigned)blocks),
+                                       dim3(cuda_norm_threads(a->HD)), 0, c->stream, p));
 }

@@ -176,16 +176,16 @@ static inline cuda_impl *cuda_host_of(nmlx_backend *be) {
     return c;
 }
 
-/* Programmatic dependent launch (Hopper; NMLX_CUDA_PDL=1, opt-in until
- * measured): the decode mat-vec (cuda_qgemv16.cu) is launched so that it
- * may start while the kernel before it finishes; its blocks put their first
- * weight loads in flight, then wait (cuda_pdl_wait: the previous grid has
- * completed and its writes are visible) before reading x. The kernels that
- * come before a mat-vec in a decode step (add_rmsnorm, rmsnorm, attention,
- * the mat-vec itself) let their dependents launch from their start
- * (cuda_pdl_trigger; a no-op for a dependent launched the usual way).
- * Every block of a kernel launched this way waits before it exits, so a
- * chain of them keeps stream order. */
+/* Programmatic dependent launch (Hopper; on unless NMLX_CUDA_PDL=0): the
+ * decode mat-vec (cuda_qgemv16.cu) is launched so that it may start while
+ * the kernel before it finishes; its blocks put their first weight loads in
+ * flight, then wait (cuda_pdl_wait: the previous grid has completed and its
+ * writes are visible) before reading x. add_rmsnorm, rope_kv and the decode
+ * attention are launched the same way and wait first thing: only their
+ * launch latency hides. The kernels of a decode step let their dependents
+ * launch from their start (cuda_pdl_trigger; a no-op for a dependent
+ * launched the usual way). Every block of a kernel launched this way waits
+ * before it exits, so a chain of them keeps stream order. */
 __device__ __forceinline__ void cuda_pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -196,8 +196,34 @@ __device__ __forceinline__ void cuda_pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
-/* NMLX_CUDA_PDL=1 (read once) */
+/* NMLX_CUDA_PDL (read once): on unless "0", where the GPU and the build
+ * have griddepcontrol (sm_90 and later) */
 bool nmlx_cuda_pdl_on(void);
+
+/* Launches kernel k on st, as a programmatic dependent launch where PDL is
+ * on: k's blocks may become resident while the kernel before them ends (it
+ * calls cuda_pdl_trigger), so the launch latency of a step's small kernels
+ * hides behind the kernel before. k must call cuda_pdl_wait() in every
+ * block before its first global memory access (read or write). */
+template <typename... P, typename... A>
+static inline cudaError_t cuda_launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                          cudaStream_t st, A... args) {
+    if (!nmlx_cuda_pdl_on()) {
+        k<<<grid, block, smem, st>>>(args...);
+        return cudaGetLastError();
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
 
 /* Records the first error of a void op (ops cannot return one). */
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);

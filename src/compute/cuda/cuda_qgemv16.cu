@@ -113,21 +113,9 @@ void launch_r(cudaStream_t st, const q16_args &a) {
             set = sm;
         }
     }
-    if (nmlx_cuda_pdl_on()) { /* may start while the previous kernel ends */
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(a.tiles);
-        cfg.blockDim = dim3(Q16_THREADS);
-        cfg.dynamicSmemBytes = sm;
-        cfg.stream = st;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        cudaLaunchKernelEx(&cfg, qgemv16_kernel<BITS, SC, R, PAIR, NORM>, a);
-        return;
-    }
-    qgemv16_kernel<BITS, SC, R, PAIR, NORM><<<a.tiles, Q16_THREADS, sm, st>>>(a);
+    /* may start while the previous kernel ends: its first code loads go out before x is ready */
+    cuda_launch_pdl(qgemv16_kernel<BITS, SC, R, PAIR, NORM>, dim3(a.tiles), dim3(Q16_THREADS), sm, st,
+                    a);
 }
 
 template <int BITS, int SC, int R, bool PAIR> void launch_n(cudaStream_t st, const q16_args &a) {
@@ -209,21 +197,7 @@ void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
     const int b = bps > 0 && bps < occ ? bps : occ;
     int64_t grid = (a.units + Q16_WARPS - 1) / Q16_WARPS;
     if (grid > (int64_t)b * sm_count()) grid = (int64_t)b * sm_count();
-    if (nmlx_cuda_pdl_on()) { /* may start while the previous kernel ends */
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)grid);
-        cfg.blockDim = dim3(Q16_THREADS);
-        cfg.dynamicSmemBytes = sm;
-        cfg.stream = st;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        cudaLaunchKernelEx(&cfg, kern, a);
-        return;
-    }
-    kern<<<(unsigned)grid, Q16_THREADS, sm, st>>>(a);
+    cuda_launch_pdl(kern, dim3((unsigned)grid), dim3(Q16_THREADS), sm, st, a); /* as launch_r */
 }
 
 template <int BITS, int SC, bool PAIR>
