@@ -53,8 +53,8 @@ static inline float *test_wide_x(int64_t T, int64_t N, int tiny_mod, int tiny_at
 
 /* Host buffers are handed to keep(), which must hold them until the end:
  * the CUDA backend keys its prepared copies by host address. */
-static nmlx_weight test_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt, int64_t D,
-                                int64_t N, void *(*keep)(void *)) {
+static inline nmlx_weight test_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
+                                       int64_t D, int64_t N, void *(*keep)(void *)) {
     float *wv = malloc((size_t)(D * N) * sizeof(float));
     for (int64_t i = 0; i < D * N; i++)
         wv[i] = test_randf(-1, 1);
@@ -85,7 +85,7 @@ static nmlx_weight test_qweight(nmlx_quant_mode mode, int bits, int gs, nmlx_dty
 }
 
 /* the device twin of a host quantized weight (prepared parts) */
-static nmlx_weight test_qweight_device(nmlx_backend *gpu, const nmlx_weight *w) {
+static inline nmlx_weight test_qweight_device(nmlx_backend *gpu, const nmlx_weight *w) {
     nmlx_weight g = *w;
     const nmlx_tensor *p = NULL;
     EXPECT(gpu->ops->prepare_tensor(gpu, &w->w, &p) == NMLX_OK, "prepare: %s", nmlx_last_error());

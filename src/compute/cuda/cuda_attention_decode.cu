@@ -619,7 +619,7 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         const int S = dec_splits(c, a, RQ, dec_occ[ID]);                                           \
         if (S < 1) return false;                                                                   \
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
-        nmlx_cuda_note(be, cuda_launch_pdl(attn_decode_kernel<LPK, DPL, R>,                     \
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_decode_kernel<LPK, DPL, R>,                        \
                                            dim3((unsigned)S, (unsigned)a->KVH), dim3(DEC_THREADS), \
                                            shm, st, *a, step, S, run, po, pml, cnt));              \
         break;                                                                                     \

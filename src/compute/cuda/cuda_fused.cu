@@ -89,8 +89,8 @@ void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nml
         e = cuda_launch_pdl(add_rmsnorm_regs_kernel<8>, dim3((unsigned)R), dim3(th), 0, s, x, d, wd,
                             wdt, w_offset, eps, y, D);
     else if (k <= 16)
-        e = cuda_launch_pdl(add_rmsnorm_regs_kernel<16>, dim3((unsigned)R), dim3(th), 0, s, x, d, wd,
-                            wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(add_rmsnorm_regs_kernel<16>, dim3((unsigned)R), dim3(th), 0, s, x, d,
+                            wd, wdt, w_offset, eps, y, D);
     else
         e = cuda_launch_pdl(add_rmsnorm_kernel, dim3((unsigned)R), dim3(th), 0, s, x, d, wd, wdt,
                             w_offset, eps, y, D);

@@ -265,6 +265,15 @@ bool nmlx_cuda_qx_split(nmlx_backend *be, const float *x, int64_t T, int64_t N, 
 #endif
 bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                          const float *x, float *y, int64_t T);
+/* The dense mat-vec (cuda_matmul.cu) for T <= 8 rows of x: n <= 3 weights
+ * of one dtype and width reading one x in one launch, or gate/up writing
+ * act(g) * u to out; false (nothing launched) for anything else. */
+bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                          const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                          int64_t T);
+bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                        const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *out,
+                        int64_t T);
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T);

@@ -2,7 +2,10 @@
  *  - decode (T <= GEMV_MAX_T: one token, or one token each of a batch of
  *    sequences): a bandwidth-bound mat-vec, one warp per output row reading
  *    it once for the T rows of x, 16-byte weight loads, f32 accumulation
- *    (same math as the CPU kernels; a row's result does not depend on T);
+ *    (same math as the CPU kernels; a row's result does not depend on T).
+ *    Weights that read one x (q/k/v, gate/up with its activation) share a
+ *    launch, and a lane's first loads go out before the kernel ahead ends
+ *    (programmatic dependent launch);
  *  - prefill (T > GEMV_MAX_T): cuBLAS. F32 weights: SGEMM (full f32). BF16/F16
  *    weights: x is rounded to the weight's type and cublasGemmEx multiplies
  *    on the tensor cores with f32 accumulation and f32 output (as PyTorch
@@ -20,11 +23,10 @@
 enum { GEMV_WARPS = 4, GEMV_MAX_T = 8 };
 
 template <typename W> struct wvec;
-/* 16 bytes of weights as 8 (bf16/f16) or 4 (f32) floats */
+/* 16 bytes of weights (one uint4) as 8 (bf16/f16) or 4 (f32) floats */
 template <> struct wvec<__nv_bfloat16> {
     enum { N = 8 };
-    static __device__ __forceinline__ void load(const void *p, float *f) {
-        uint4 u = __ldg((const uint4 *)p);
+    static __device__ __forceinline__ void cvt(uint4 u, float *f) {
         const unsigned int w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -35,8 +37,7 @@ template <> struct wvec<__nv_bfloat16> {
 };
 template <> struct wvec<__half> {
     enum { N = 8 };
-    static __device__ __forceinline__ void load(const void *p, float *f) {
-        uint4 u = __ldg((const uint4 *)p);
+    static __device__ __forceinline__ void cvt(uint4 u, float *f) {
         const __half2 *h = (const __half2 *)&u;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -48,61 +49,126 @@ template <> struct wvec<__half> {
 };
 template <> struct wvec<float> {
     enum { N = 4 };
-    static __device__ __forceinline__ void load(const void *p, float *f) {
-        float4 v = __ldg((const float4 *)p);
-        f[0] = v.x;
-        f[1] = v.y;
-        f[2] = v.z;
-        f[3] = v.w;
+    static __device__ __forceinline__ void cvt(uint4 u, float *f) {
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
     }
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-/* One warp per row d: y[t, d] = W[d, :] . x[t, :] (+ bias[d]) for the NT
- * rows of x, the weight row read once for all of them. Each row's sum runs
- * in the same order whatever NT is, so a row of a batched decode (NT > 1)
- * equals that token decoded alone (NT = 1) bit for bit. vec: every row
- * start, x and N are 16-byte aligned; else the scalar loop. */
+/* Up to GEMV_MULTI weights of one dtype and width N that read one x (q/k/v,
+ * gate/up): their rows concatenated, one launch. pair_act >= 0: weights 0
+ * and 1 are gate and up of one shape, a warp takes row d of both and writes
+ * act(g) * u to y[0] (backend.h gate_up_act). */
+enum { GEMV_MULTI = 3, GEMV_PRE = 4 };
+typedef struct gemv_args {
+    const void *w[GEMV_MULTI];
+    const void *bias[GEMV_MULTI];
+    nmlx_dtype bdt[GEMV_MULTI];
+    float *y[GEMV_MULTI];
+    int64_t D[GEMV_MULTI];
+    int n;
+    int pair_act; /* an nmlx_act, or -1 */
+    nmlx_dtype wdt;
+    const float *x;
+    int64_t N;
+    bool vec; /* every row start, x and N 16-byte aligned; else the scalar loop */
+} gemv_args;
+
+/* acc[t] += w[k .. k + V) . x[t, k .. k + V) */
 template <typename W, int NT>
-__global__ void gemv_kernel(const W *w, nmlx_dtype wdt, const float *x, float *y, int64_t D,
-                            int64_t N, const void *bias, nmlx_dtype bdt, bool vec) {
+__device__ __forceinline__ void gemv_chunk(float *acc, uint4 u, const float *x, int64_t N,
+                                           int64_t k) {
+    const int V = wvec<W>::N;
+    float f[V];
+    wvec<W>::cvt(u, f);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int i = 0; i < V; i += 4) {
+            float4 xv = *(const float4 *)(x + t * N + k + i);
+            acc[t] += f[i] * xv.x + f[i + 1] * xv.y + f[i + 2] * xv.z + f[i + 3] * xv.w;
+        }
+}
+
+/* One warp per row: acc[t] = row . x[t, :] for the NT rows of x, the weight
+ * row read once for all of them. The first GEMV_PRE loads of a lane are
+ * issued before the wait for the kernel ahead (programmatic dependent
+ * launch: x may not be written yet), so they overlap its end. Each row's
+ * sum runs in the same order whatever NT is, so a row of a batched decode
+ * (NT > 1) equals that token decoded alone (NT = 1) bit for bit. */
+template <typename W, int NT, bool PAIR>
+__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(gemv_args a) {
+    cuda_pdl_trigger();
+    const int lane = threadIdx.x % 32;
+    const int V = wvec<W>::N;
+    const int64_t N = a.N;
     int64_t d = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
-    if (d >= D) return;
-    const W *row = w + d * N;
-    float acc[NT];
+    int i = 0;
+    if (!PAIR)
+        while (i < a.n - 1 && d >= a.D[i])
+            d -= a.D[i++];
+    const bool live = d < a.D[i];
+    const W *row = (const W *)a.w[i] + d * N;
+    const W *row2 = PAIR ? (const W *)a.w[1] + d * N : NULL;
+    uint4 pre[GEMV_PRE], pre2[GEMV_PRE];
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0;
-    if (vec) {
-        const int V = wvec<W>::N;
+    for (int p = 0; p < GEMV_PRE; p++) {
+        const int64_t k = (int64_t)lane * V + (int64_t)p * 32 * V;
+        const bool in = live && a.vec && k < N;
+        pre[p] = in ? __ldg((const uint4 *)(row + k)) : make_uint4(0, 0, 0, 0);
+        if (PAIR) pre2[p] = in ? __ldg((const uint4 *)(row2 + k)) : make_uint4(0, 0, 0, 0);
+    }
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x is ready from here */
+    if (!live) return;
+    const float *x = a.x;
+    float acc[NT], acc2[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = acc2[t] = 0;
+    if (a.vec) {
+        int64_t k = (int64_t)lane * V;
+#pragma unroll
+        for (int p = 0; p < GEMV_PRE; p++, k += 32 * V) {
+            if (k < N) {
+                gemv_chunk<W, NT>(acc, pre[p], x, N, k);
+                if (PAIR) gemv_chunk<W, NT>(acc2, pre2[p], x, N, k);
+            }
+        }
 #pragma unroll 4
-        for (int64_t k = (int64_t)lane * V; k < N; k += 32 * V) {
-            float f[V];
-            wvec<W>::load(row + k, f);
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-#pragma unroll
-                for (int i = 0; i < V; i += 4) {
-                    float4 xv = *(const float4 *)(x + t * N + k + i);
-                    acc[t] += f[i] * xv.x + f[i + 1] * xv.y + f[i + 2] * xv.z + f[i + 3] * xv.w;
-                }
+        for (; k < N; k += 32 * V) {
+            gemv_chunk<W, NT>(acc, __ldg((const uint4 *)(row + k)), x, N, k);
+            if (PAIR) gemv_chunk<W, NT>(acc2, __ldg((const uint4 *)(row2 + k)), x, N, k);
         }
     } else {
         for (int64_t k = lane; k < N; k += 32) {
-            float f = cuda_load_f32(wdt, row, k);
+            float f = cuda_load_f32(a.wdt, row, k);
 #pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += f * x[t * N + k];
+            for (int t = 0; t < NT; t++)
+                acc[t] += f * x[t * N + k];
+            if (PAIR) {
+                float f2 = cuda_load_f32(a.wdt, row2, k);
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    acc2[t] += f2 * x[t * N + k];
+            }
         }
     }
-    float b = bias ? cuda_load_f32(bdt, bias, d) : 0.0f;
+    const int64_t D = a.D[i];
+    const float b = a.bias[i] ? cuda_load_f32(a.bdt[i], a.bias[i], d) : 0.0f;
+    const float b2 = PAIR && a.bias[1] ? cuda_load_f32(a.bdt[1], a.bias[1], d) : 0.0f;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float a = warp_sum(acc[t]);
-        if (lane == 0) y[t * D + d] = a + b;
+        float g = warp_sum(acc[t]) + b;
+        if (PAIR) g = cuda_act1((nmlx_act)a.pair_act, g) * (warp_sum(acc2[t]) + b2);
+        if (lane == 0) a.y[i][t * D + d] = g;
     }
 }
 
@@ -117,8 +183,10 @@ __global__ void bias_kernel(float *y, const void *bias, nmlx_dtype bdt, int64_t 
 __global__ void to16_kernel(const float *src, void *dst, nmlx_dtype dt, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        if (dt == NMLX_DT_BF16) ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(src[i]);
-        else ((__half *)dst)[i] = __float2half_rn(src[i]);
+        if (dt == NMLX_DT_BF16)
+            ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(src[i]);
+        else
+            ((__half *)dst)[i] = __float2half_rn(src[i]);
     }
 }
 
@@ -153,52 +221,84 @@ static unsigned grid_of(int64_t n) {
     return (unsigned)(b < 1 << 20 ? b : 1 << 20);
 }
 
-template <int NT>
-static void gemv_nt(cudaStream_t s, const nmlx_weight *w, const float *x, float *y, const void *b,
-                    nmlx_dtype bdt, bool vec) {
-    int64_t D = w->rows, N = w->cols;
-    unsigned grid = (unsigned)((D + GEMV_WARPS - 1) / GEMV_WARPS);
-    switch (w->w.dtype) {
-    case NMLX_DT_BF16:
-        gemv_kernel<__nv_bfloat16, NT><<<grid, 32 * GEMV_WARPS, 0, s>>>(
-            (const __nv_bfloat16 *)w->w.data, w->w.dtype, x, y, D, N, b, bdt, vec);
-        break;
-    case NMLX_DT_F16:
-        gemv_kernel<__half, NT><<<grid, 32 * GEMV_WARPS, 0, s>>>(
-            (const __half *)w->w.data, w->w.dtype, x, y, D, N, b, bdt, vec);
-        break;
-    default:
-        gemv_kernel<float, NT><<<grid, 32 * GEMV_WARPS, 0, s>>>(
-            (const float *)w->w.data, w->w.dtype, x, y, D, N, b, bdt, vec);
-        break;
+template <typename W, int NT> static cudaError_t gemv_launch(cudaStream_t s, const gemv_args &a) {
+    int64_t rows = a.pair_act >= 0 ? a.D[0] : 0;
+    if (a.pair_act < 0)
+        for (int i = 0; i < a.n; i++)
+            rows += a.D[i];
+    const dim3 grid((unsigned)((rows + GEMV_WARPS - 1) / GEMV_WARPS)), block(32 * GEMV_WARPS);
+    if (a.pair_act >= 0) return cuda_launch_pdl(gemv_kernel<W, NT, true>, grid, block, 0, s, a);
+    return cuda_launch_pdl(gemv_kernel<W, NT, false>, grid, block, 0, s, a);
+}
+
+template <int NT> static cudaError_t gemv_nt(cudaStream_t s, const gemv_args &a) {
+    switch (a.wdt) {
+    case NMLX_DT_BF16: return gemv_launch<__nv_bfloat16, NT>(s, a);
+    case NMLX_DT_F16: return gemv_launch<__half, NT>(s, a);
+    default: return gemv_launch<float, NT>(s, a);
     }
 }
 
-/* T <= GEMV_MAX_T rows (a decode step of one sequence, or one token each of
- * a batch of sequences). */
-static void gemv(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias, const float *x,
-                 float *y, int64_t T) {
+/* The mat-vec of n weights (or a gate/up pair, pair_act >= 0) for T <=
+ * GEMV_MAX_T rows of x (a decode step of one sequence, or one token each of
+ * a batch of sequences). false (nothing launched): the weights differ in
+ * dtype or width, are quantized, or are too many. */
+static bool gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                       const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                       int64_t T, int pair_act) {
+    if (n < 1 || n > GEMV_MULTI || T < 1 || T > GEMV_MAX_T) return false;
+    gemv_args a = {};
+    a.n = n;
+    a.pair_act = pair_act;
+    a.wdt = ws[0]->w.dtype;
+    a.N = ws[0]->cols;
+    a.x = x;
+    const size_t es = nmlx_dtype_size(a.wdt);
+    a.vec = ((uintptr_t)x % 16 == 0) && ((size_t)a.N * es) % 16 == 0 && a.N % 8 == 0;
+    for (int i = 0; i < n; i++) {
+        const nmlx_weight *w = ws[i];
+        if (w->mode != NMLX_QUANT_NONE || w->w.dtype != a.wdt || w->cols != a.N || w->rows <= 0)
+            return false;
+        if (a.wdt != NMLX_DT_F32 && a.wdt != NMLX_DT_F16 && a.wdt != NMLX_DT_BF16) return false;
+        if (pair_act >= 0 && w->rows != ws[0]->rows) return false;
+        a.w[i] = w->w.data;
+        a.D[i] = w->rows;
+        a.y[i] = ys[i];
+        a.bias[i] = biases && biases[i] ? biases[i]->data : NULL;
+        a.bdt[i] = biases && biases[i] ? biases[i]->dtype : NMLX_DT_F32;
+        a.vec = a.vec && (uintptr_t)w->w.data % 16 == 0;
+    }
     cudaStream_t s = cuda_of(be)->stream;
-    int64_t N = w->cols;
-    size_t es = nmlx_dtype_size(w->w.dtype);
-    bool vec = ((uintptr_t)w->w.data % 16 == 0) && ((uintptr_t)x % 16 == 0) &&
-               ((size_t)N * es) % 16 == 0 && N % 8 == 0;
-    const void *b = bias ? bias->data : NULL;
-    nmlx_dtype bdt = bias ? bias->dtype : NMLX_DT_F32;
+    cudaError_t e;
     switch (T) {
-    case 1: gemv_nt<1>(s, w, x, y, b, bdt, vec); break;
-    case 2: gemv_nt<2>(s, w, x, y, b, bdt, vec); break;
-    case 3: gemv_nt<3>(s, w, x, y, b, bdt, vec); break;
-    case 4: gemv_nt<4>(s, w, x, y, b, bdt, vec); break;
-    case 5: gemv_nt<5>(s, w, x, y, b, bdt, vec); break;
-    case 6: gemv_nt<6>(s, w, x, y, b, bdt, vec); break;
-    case 7: gemv_nt<7>(s, w, x, y, b, bdt, vec); break;
-    default: gemv_nt<8>(s, w, x, y, b, bdt, vec); break;
+    case 1: e = gemv_nt<1>(s, a); break;
+    case 2: e = gemv_nt<2>(s, a); break;
+    case 3: e = gemv_nt<3>(s, a); break;
+    case 4: e = gemv_nt<4>(s, a); break;
+    case 5: e = gemv_nt<5>(s, a); break;
+    case 6: e = gemv_nt<6>(s, a); break;
+    case 7: e = gemv_nt<7>(s, a); break;
+    default: e = gemv_nt<8>(s, a); break;
     }
-    nmlx_cuda_note(be, cudaGetLastError());
+    nmlx_cuda_note(be, e);
+    return true;
 }
 
-/* Grows a device scratch to `need` bytes (contents not kept). */
+bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
+                          const nmlx_tensor *const *biases, const float *x, float *const *ys,
+                          int64_t T) {
+    return gemv_multi(be, n, ws, biases, x, ys, T, -1);
+}
+
+bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                        const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *out,
+                        int64_t T) {
+    const nmlx_weight *ws[2] = {g, u};
+    const nmlx_tensor *bs[2] = {bg, bu};
+    float *ys[2] = {out, NULL};
+    return gemv_multi(be, 2, ws, bs, x, ys, T, (int)act);
+}
+
 static bool reserve(nmlx_backend *be, void **buf, size_t *bytes, size_t need) {
     cuda_impl *c = (cuda_impl *)be->impl;
     if (need <= *bytes) return true;
@@ -241,10 +341,10 @@ static void gemm_split(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor
         return;
     split16_kernel<<<grid_of(T * N), 256, 0, c->stream>>>(x, c->act16, w->w.dtype, T * N);
     cudaDataType dt = w->w.dtype == NMLX_DT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    cublasStatus_t st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)(2 * T),
-                                     (int)N, &one, w->w.data, dt, (int)N, c->act16, dt, (int)N,
-                                     &zero, c->y2, CUDA_R_32F, (int)D, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT);
+    cublasStatus_t st =
+        cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)(2 * T), (int)N, &one,
+                     w->w.data, dt, (int)N, c->act16, dt, (int)N, &zero, c->y2, CUDA_R_32F, (int)D,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
     join_kernel<<<grid_of(T * D), 256, 0, c->stream>>>((const float *)c->y2, y,
                                                        bias ? bias->data : NULL,
@@ -283,12 +383,11 @@ static void gemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias
         to16_kernel<<<grid_of(T * N), 256, 0, c->stream>>>(x, c->act16, w->w.dtype, T * N);
         cudaDataType dt = w->w.dtype == NMLX_DT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)D, (int)T, (int)N, &one,
-                          w->w.data, dt, (int)N, c->act16, dt, (int)N, &zero, y, CUDA_R_32F,
-                          (int)D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                          w->w.data, dt, (int)N, c->act16, dt, (int)N, &zero, y, CUDA_R_32F, (int)D,
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     }
     if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-    if (bias)
-        bias_kernel<<<grid_of(T * D), 256, 0, c->stream>>>(y, bias->data, bias->dtype, T, D);
+    if (bias) bias_kernel<<<grid_of(T * D), 256, 0, c->stream>>>(y, bias->data, bias->dtype, T, D);
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
@@ -303,6 +402,6 @@ void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor 
         return;
     }
     if (dt != NMLX_DT_F32 && dt != NMLX_DT_F16 && dt != NMLX_DT_BF16) return;
-    if (T <= GEMV_MAX_T) gemv(be, w, bias, x, y, T);
-    else gemm(be, w, bias, x, y, T);
+    if (T <= GEMV_MAX_T && gemv_multi(be, 1, &w, &bias, x, &y, T, -1)) return;
+    gemm(be, w, bias, x, y, T);
 }

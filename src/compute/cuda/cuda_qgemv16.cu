@@ -114,8 +114,8 @@ void launch_r(cudaStream_t st, const q16_args &a) {
         }
     }
     /* may start while the previous kernel ends: its first code loads go out before x is ready */
-    cuda_launch_pdl(qgemv16_kernel<BITS, SC, R, PAIR, NORM>, dim3(a.tiles), dim3(Q16_THREADS), sm, st,
-                    a);
+    cuda_launch_pdl(qgemv16_kernel<BITS, SC, R, PAIR, NORM>, dim3(a.tiles), dim3(Q16_THREADS), sm,
+                    st, a);
 }
 
 template <int BITS, int SC, int R, bool PAIR> void launch_n(cudaStream_t st, const q16_args &a) {

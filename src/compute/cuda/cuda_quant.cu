@@ -583,6 +583,7 @@ void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *w
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T) {
     if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16(be, n, ws, biases, x, ys)) return;
+    if (nmlx_cuda_gemv_multi(be, n, ws, biases, x, ys, T)) return; /* dense, decode */
     cuda_impl *c = (cuda_impl *)be->impl;
     c->qg_x = NULL; /* only a split made for this x in this call counts */
     for (int i = 0; i < n; i++) {
@@ -598,6 +599,7 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
                            const nmlx_weight *u, const nmlx_tensor *bg, const nmlx_tensor *bu,
                            const float *x, float *gate, float *up, int64_t T) {
     if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16_act(be, act, g, u, bg, bu, x, gate)) return;
+    if (nmlx_cuda_gemv_act(be, act, g, u, bg, bu, x, gate, T)) return; /* dense, decode */
     const nmlx_weight *ws[2] = {g, u};
     const nmlx_tensor *bs[2] = {bg, bu};
     float *ys[2] = {gate, up};
