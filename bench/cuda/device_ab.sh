@@ -19,42 +19,59 @@
 # quantized mat-mat (default up to 8192 x 4096 = 64 MB) small enough to stay
 # in the H100's 50 MB L2 between the dequantization and the GEMM.
 #   OUT=dir [DEADLINE=560] [VARIANTS="..."] [MODELS="l8b-q4 l1b-q4"] bash bench/cuda/device_ab.sh
+# AB_TESTS="test_a test_b": those CUDA tests (plain runs) instead of step 2's list;
+# BATCH_VARIANTS (default "- NMLX_CUDA_QROWS=v3 NMLX_CUDA_BUF_CACHE=1", "" none);
+# TABLES=0 leaves step 4 out. MODELS may name l1b-bf16 / l8b-bf16 / l*b-q8 too;
+# a checkpoint device_gpu_peer.sh wrote in this machine's /tmp/gpu-peer-synth is reused.
 # A VARIANTS word is one setting or several joined by '+', e.g.
 # NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1; "-" is the defaults.
 OUT=${OUT:-/tmp/nmlx-ab}
 DEADLINE=${DEADLINE:-560}
 . bench/cuda/device_prelude.sh ab.log
-synth8b
-cuda_build nmlx-cli test_cuda_fused test_cuda_ops test_cuda_qrows test_cuda_batch bench_cuda_quant \
-  bench_cuda_attn bench_cuda_batch
+M8=/tmp/synth-l8b-q4 # the 8B 4-bit: bench_cuda_batch's too
+[ -f /tmp/gpu-peer-synth/l8b-q4/config.json ] && M8=/tmp/gpu-peer-synth/l8b-q4
+[ -f $M8/config.json ] || synth8b
+if [ -n "${AB_TESTS:-}" ]; then
+  cuda_build nmlx-cli $AB_TESTS bench_cuda_quant bench_cuda_attn bench_cuda_batch
+else
+  cuda_build nmlx-cli test_cuda_fused test_cuda_ops test_cuda_qrows test_cuda_batch bench_cuda_quant \
+    bench_cuda_attn bench_cuda_batch
+fi
 t_patterns 'passed|FAIL|error' 8 'FAIL|mismatch|differ'
-go 60 fused && t 120 ./$B/tests/test_cuda_fused
-go 90 ops && t 150 ./$B/tests/test_cuda_ops # the decode attention's new default (idle blocks out, nb == 1 direct)
-go 90 ops64 && t 150 env NMLX_CUDA_ATTN_DECODE_RUN=64 ./$B/tests/test_cuda_ops
-go 60 qrows && t 120 ./$B/tests/test_cuda_qrows
-go 60 batch && t 120 env NMLX_CUDA_QROWS=v3 ./$B/tests/test_cuda_batch
+if [ -n "${AB_TESTS:-}" ]; then
+  for x in $AB_TESTS; do go 90 "$x" && t 200 ./$B/tests/$x; done
+else
+  go 60 fused && t 120 ./$B/tests/test_cuda_fused
+  go 90 ops && t 150 ./$B/tests/test_cuda_ops # the decode attention's new default (idle blocks out, nb == 1 direct)
+  go 90 ops64 && t 150 env NMLX_CUDA_ATTN_DECODE_RUN=64 ./$B/tests/test_cuda_ops
+  go 60 qrows && t 120 ./$B/tests/test_cuda_qrows
+  go 60 batch && t 120 env NMLX_CUDA_QROWS=v3 ./$B/tests/test_cuda_batch
+fi
 VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=2 NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE_RUN=128 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
-synth8b_wait
+[ -n "${SYN:-}" ] && synth8b_wait
 for m in ${MODELS:-l8b-q4 l1b-q4}; do
   M=/tmp/synth-$m
-  [ "$m" = l8b-q4 ] && M=/tmp/synth-l8b-q4
-  [ -f $M/config.json ] || python3 bench/cuda/make_synth_llama.py $M ${m:1:2} ${m#*-q} 64 | tail -1
+  [ -f $M/config.json ] || [ ! -f /tmp/gpu-peer-synth/$m/config.json ] || M=/tmp/gpu-peer-synth/$m
+  case $m in
+    *-bf16) [ -f $M/config.json ] || python3 bench/cuda/make_synth_llama.py $M ${m:1:2} 0 | tail -1 ;;
+    *) [ -f $M/config.json ] || python3 bench/cuda/make_synth_llama.py $M ${m:1:2} ${m#*-q} 64 | tail -1 ;;
+  esac
   for v in $VARIANTS; do
     go 25 "$m $v" || break
     e=${v//+/ }; [ "$v" = - ] && e=
     echo "$(el) $m $v: $(env $e timeout 60 ./$B/nmlx bench -m $M --device cuda -p 512 -n 128 -r 3 2>&1 | tail -1)"
   done
 done
-for v in - NMLX_CUDA_QROWS=v3 NMLX_CUDA_BUF_CACHE=1; do
+for v in ${BATCH_VARIANTS-- NMLX_CUDA_QROWS=v3 NMLX_CUDA_BUF_CACHE=1}; do
   go 50 "batch $v" || break
   e=$v; [ "$v" = - ] && e=
-  echo "$(el) bench_cuda_batch ${v}"; env $e timeout 100 ./$B/tests/bench_cuda_batch /tmp/synth-l8b-q4 32 0 1,8,32 cuda 2>&1 | tail -5
+  echo "$(el) bench_cuda_batch ${v}"; env $e timeout 100 ./$B/tests/bench_cuda_batch $M8 32 0 1,8,32 cuda 2>&1 | tail -5
 done
-go 60 rows && {
+[ "${TABLES:-1}" = 1 ] && go 60 rows && {
   echo "$(el) bench_cuda_quant 50 rows (v1 / v2 / v3)"
   timeout 150 ./$B/tests/bench_cuda_quant 50 rows >"$OUT/rows.txt" 2>&1
   grep -E "step|CUDA ERROR|SKIP|failed" "$OUT/rows.txt"
   awk '$1 == "q4g64" && ($3 == 8 || $3 == 2)' "$OUT/rows.txt"
 }
-go 40 attn && { echo "$(el) bench_cuda_attn 20"; timeout 90 ./$B/tests/bench_cuda_attn 20 2>&1 | tail -40 >"$OUT/attn.txt"; cat "$OUT/attn.txt"; }
+[ "${TABLES:-1}" = 1 ] && go 40 attn && { echo "$(el) bench_cuda_attn 20"; timeout 90 ./$B/tests/bench_cuda_attn 20 2>&1 | tail -40 >"$OUT/attn.txt"; cat "$OUT/attn.txt"; }
 echo "$(el) done"
