@@ -61,9 +61,10 @@ void nmlx_cuda_set_qmm_rows(int64_t rows);
  * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the
  * default (64). Process-wide; for benchmarks and tests. */
 void nmlx_cuda_set_qrows_mma(int max_t);
-/* Which few-rows kernel and how (cuda_qrows_mma.cu): version 1, 2 (the
- * default) or 3 (cuda_qrows3.h: v2's bits, x staged by the kernel, no x
- * split launch; opt-in until measured); NMLX_CUDA_QROWS=v1 / v3 picks 1 / 3;
+/* Which few-rows kernel and how (cuda_qrows_mma.cu): version 1, 2, 3
+ * (cuda_qrows3.h: v2's bits, x staged by the kernel, no x split launch) or
+ * 0 (the default: 3 up to 4 rows of x, 2 past them); NMLX_CUDA_QROWS=v1 /
+ * v2 / v3 picks one;
  * v2's (v3's) m16 tiles a warp mt (0 = by
  * T: 4 up to 8 rows of x, 2 up to 32, 1 past; 1 and 2 past 32 rows, 2 and
  * 4 up to 32), its row groups a block wr (1, 2, 4, 8; 0 = by T: 2, 4 past

@@ -37,9 +37,13 @@
  * mt, wr absent or 0: 2 and 1, the H100 sweep's best). Measured (H100,
  * 8B q4 step matmuls): 1.19x v1 at T = 8, 1.37x at T = 64; far from the
  * single-token mat-vec's bandwidth still (4096x4096 at T = 8: 18 us).
- * v3 (NMLX_CUDA_QROWS=v3, opt-in, unmeasured; cuda_qrows3.h): v2's forms
- * and bits without the qx_split launch, each block staging its x and
- * scales in shared memory; the same NMLX_CUDA_QROWS_CFG tunes it. */
+ * v3 (cuda_qrows3.h): v2's forms and bits without the qx_split launch, each
+ * block staging its x and scales in shared memory; the same
+ * NMLX_CUDA_QROWS_CFG tunes it. Measured (H100, session 16, bench_cuda_quant
+ * rows, 8B q4 step matmuls): 1.14x v2 at T = 2, 1.07x at T = 4, 0.95x at 8,
+ * 0.75x at 16, so the default (version 0) takes v3 up to T = 4 and v2 past
+ * it; NMLX_CUDA_QROWS=v2 / v3 forces one. */
+enum { QR3_AUTO_T = 4 };
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
 #include "compute/cuda/cuda_qdecode.h"
@@ -246,7 +250,8 @@ static_assert((int)QR2_SC_F32 == (int)SC_F32 && (int)QR2_SC_F16 == (int)SC_F16 &
                   (int)QR2_SC_BF16 == (int)SC_BF16 && (int)QR2_SC_E8M0 == (int)SC_E8M0,
               "scale storage codes");
 
-/* The kernel choice: version 1, 2 or 3 (NMLX_CUDA_QROWS=v1 / v2 / v3),
+/* The kernel choice: version 1, 2 or 3 (NMLX_CUDA_QROWS=v1 / v2 / v3), or
+ * 0 (the default): v3 up to QR3_AUTO_T rows of x, v2 past them,
  * v2's (and v3's) m16 tiles a warp (0: by T), row groups a block, blocks
  * per SM target for split-K (0: no split) and a forced split count (0:
  * from the target). */
@@ -257,8 +262,9 @@ static qr_cfg qr_env_cfg, qr_set_cfg;
 static bool qr_env_read, qr_set_on;
 
 static void qr_parse(qr_cfg *c) {
-    c->version = 2, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0;
+    c->version = 0, c->mt = 0, c->wr = 0, c->bps = 2, c->split = 0;
     const char *v = getenv("NMLX_CUDA_QROWS");
+    if (v && (!strcmp(v, "v2") || !strcmp(v, "2"))) c->version = 2;
     if (v && (!strcmp(v, "v1") || !strcmp(v, "1"))) c->version = 1;
     if (v && (!strcmp(v, "v3") || !strcmp(v, "3"))) c->version = 3;
     const char *e = getenv("NMLX_CUDA_QROWS_CFG");
@@ -288,7 +294,7 @@ extern "C" void nmlx_cuda_set_qrows_kernel(int version, int mt, int wr, int bps,
         qr_set_on = false;
         return;
     }
-    qr_set_cfg.version = version == 1 || version == 3 ? version : 2;
+    qr_set_cfg.version = version <= 3 ? version : 2;
     qr_set_cfg.mt = mt == 1 || mt == 2 || mt == 4 ? mt : 0;
     qr_set_cfg.wr = wr == 1 || wr == 2 || wr == 4 || wr == 8 ? wr : 0;
     qr_set_cfg.bps = bps < 0 ? 0 : bps > 64 ? 64 : bps;
@@ -543,7 +549,8 @@ bool nmlx_cuda_qrows_mma(nmlx_backend *be, const nmlx_weight *w, const nmlx_tens
     const qr_cfg cfg = qr_get_cfg();
     /* v3: x staged by the kernel itself (no qx_split launch); where it
      * declines (shared memory), v2 */
-    if (cfg.version == 3 && launch_v2(be, cfg, w, NULL, x, y, t, lb, lbdt)) {
+    const bool v3 = cfg.version == 3 || (cfg.version == 0 && t <= QR3_AUTO_T);
+    if (v3 && launch_v2(be, cfg, w, NULL, x, y, t, lb, lbdt)) {
         nmlx_cuda_note(be, cudaGetLastError());
         return true;
     }
