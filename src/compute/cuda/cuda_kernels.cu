@@ -98,6 +98,7 @@ __global__ void __launch_bounds__(512)
     rmsnorm_regs_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset, float eps,
                         float *y, int64_t D) {
     cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x is ready from here */
     const float *xr = x + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
     const int tid = threadIdx.x, bd = blockDim.x;
@@ -126,6 +127,7 @@ __global__ void __launch_bounds__(512)
 __global__ void rmsnorm_kernel(const float *x, const void *w, nmlx_dtype wdt, float w_offset,
                                float eps, float *y, int64_t D) {
     cuda_pdl_trigger();
+    cuda_pdl_wait();
     const float *xr = x + blockIdx.x * D;
     float *yr = y + blockIdx.x * D;
     double ss = 0;
@@ -147,15 +149,17 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
     const void *wd = w ? w->data : NULL;
     const nmlx_dtype wdt = w ? w->dtype : NMLX_DT_F32;
     cudaStream_t s = cuda_of(be)->stream;
+    const dim3 g((unsigned)R), b(th);
+    cudaError_t e;
     if (k <= 2) /* q/k norms: HD 64-256 */
-        rmsnorm_regs_kernel<2><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(rmsnorm_regs_kernel<2>, g, b, 0, s, x, wd, wdt, w_offset, eps, y, D);
     else if (k <= 8)
-        rmsnorm_regs_kernel<8><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(rmsnorm_regs_kernel<8>, g, b, 0, s, x, wd, wdt, w_offset, eps, y, D);
     else if (k <= 16)
-        rmsnorm_regs_kernel<16><<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
+        e = cuda_launch_pdl(rmsnorm_regs_kernel<16>, g, b, 0, s, x, wd, wdt, w_offset, eps, y, D);
     else
-        rmsnorm_kernel<<<(unsigned)R, th, 0, s>>>(x, wd, wdt, w_offset, eps, y, D);
-    nmlx_cuda_note(be, cudaGetLastError());
+        e = cuda_launch_pdl(rmsnorm_kernel, g, b, 0, s, x, wd, wdt, w_offset, eps, y, D);
+    nmlx_cuda_note(be, e);
 }
 
 /* ---- rope: in place on x[T, H, HD]; angles in double as the CPU ---- */
