@@ -4,8 +4,8 @@
 # call, so the next session can pick new defaults from one measurement.
 # In priority order under DEADLINE (default 560 s):
 #   1. build the CLI, the CUDA tests that cover the new paths, the benchmarks;
-#   2. those tests: test_cuda_fused (the norm staged by mat-vec v2, add_rmsnorm
-#      with its weight loaded early), test_cuda_ops (decode attention: idle
+#   2. those tests: test_cuda_fused (add_rmsnorm with its weight loaded
+#      early), test_cuda_ops (decode attention: idle
 #      blocks out and one block's direct output, on by default; then with a
 #      shortest key run), test_cuda_qrows (few-rows v3 = v2 bit for bit),
 #      test_cuda_batch with NMLX_CUDA_QROWS=v3;
@@ -24,7 +24,7 @@
 # TABLES=0 leaves step 4 out. MODELS may name l1b-bf16 / l8b-bf16 / l*b-q8 too;
 # a checkpoint device_gpu_peer.sh wrote in this machine's /tmp/gpu-peer-synth is reused.
 # A VARIANTS word is one setting or several joined by '+', e.g.
-# NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1; "-" is the defaults.
+# NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_PDL=0; "-" is the defaults.
 OUT=${OUT:-/tmp/nmlx-ab}
 DEADLINE=${DEADLINE:-560}
 . bench/cuda/device_prelude.sh ab.log
@@ -47,7 +47,7 @@ else
   go 60 qrows && t 120 ./$B/tests/test_cuda_qrows
   go 60 batch && t 120 env NMLX_CUDA_QROWS=v3 ./$B/tests/test_cuda_batch
 fi
-VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=2 NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE_RUN=128 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
+VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE_RUN=128 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
 [ -n "${SYN:-}" ] && synth8b_wait
 for m in ${MODELS:-l8b-q4 l1b-q4}; do
   M=/tmp/synth-$m

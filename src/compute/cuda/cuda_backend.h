@@ -85,14 +85,9 @@ void nmlx_cuda_set_qgemv16(int on);
 /* Which int16 mat-vec kernel (cuda_qgemv16.cu): 2 = v2 (persistent warps, a
  * ring of loads in flight; the default), 1 = v1 (x staged whole, then rows
  * a block); -1 = back to NMLX_CUDA_QGEMV16 (v1 selects 1). The norm-staging
- * form (add_rmsnorm_matmul) runs v1 unless nmlx_cuda_set_norm_v2 says
- * otherwise. Process-wide; for benchmarks and tests. */
+ * form (add_rmsnorm_matmul) always runs v1. Process-wide; for benchmarks
+ * and tests. */
 void nmlx_cuda_set_qgemv16_version(int v);
-/* Which kernel runs the norm-staging form (add_rmsnorm_matmul), as
- * NMLX_CUDA_NORM_V2: 0 = v1 (the default), 1 = v2 where the plain mat-vec of
- * those weights runs v2, 2 = v2 always; -1 = back to the environment.
- * Process-wide; for benchmarks and tests. */
-void nmlx_cuda_set_norm_v2(int mode);
 /* v2's tunables, as NMLX_CUDA_QGEMV16_CFG: "d<DEP>b<BPS>" (both forms) or
  * "d<DEP>b<BPS>,d<DEP>b<BPS>" (plain / multi-weight, then gate/up pairs):
  * DEP = 2, 4 or 8 16-byte code loads in flight a lane in registers (a row
