@@ -118,12 +118,6 @@ void nmlx_cuda_set_attn_split(int on);
  * nmlx_cuda_attn_decode_launches: its launches so far, process-wide. */
 void nmlx_cuda_set_attn_decode(int on);
 unsigned long long nmlx_cuda_attn_decode_launches(void);
-/* The flash-decoding kernel's shortest run of keys a block (rounded up to
- * a multiple of 16; 0 = the default split over the whole grid), so that
- * short contexts take fewer blocks (one block: no partials, no merge).
- * NMLX_CUDA_ATTN_DECODE_RUN=K sets K at start. Process-wide; read at each
- * launch (a recorded graph keeps the value it was recorded with). */
-void nmlx_cuda_set_attn_decode_run(int keys);
 /* Test hook: attention a recorded as a decode step's graph with the step's
  * position pos[0] (a's q_pos and n_kv as at that position), then replayed
  * with the position pos[i] in device memory, as a replayed step does; each
