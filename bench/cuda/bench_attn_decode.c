@@ -11,16 +11,7 @@
  *   build-cuda/bench_cuda_attn [rounds=20 [layers=32]]   (1 2: a quick run, e.g.
  *   under compute-sanitizer)
  * Predicted on an H100 (us, old / new; see cuda_attention_decode.cu):
- * 64: ~6 / ~4; 512: ~16 / ~5; 2048: ~60 / ~9; 8192: ~230 / ~28.
- * Then the shortest key run (NMLX_CUDA_ATTN_DECODE_RUN, set here through
- * nmlx_cuda_set_attn_decode_run) on the 8B layer at n_kv 16, 64, 128, 512:
- * the flash-decoding kernel's us per call with runs of 32..512 keys (nb =
- * ceil(n_kv / run) blocks a KV head with keys; nb = 1: the block writes
- * the output itself, no merge), "diff" against the default split. The
- * best column at the short lengths picks the default. Wall time over
- * back-to-back launches: a kernel shorter than the launch rate (~2-3 us)
- * shows that rate instead (ncu, device_stalls.sh, gives the kernel's own
- * time); layers=1 keeps the K/V in L2 (a short context's warm cache). */
+ * 64: ~6 / ~4; 512: ~16 / ~5; 2048: ~60 / ~9; 8192: ~230 / ~28. */
 #define _POSIX_C_SOURCE 200809L
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
@@ -133,71 +124,6 @@ static void run(int64_t H, int64_t KVH, int64_t HD, int64_t n_kv, int rounds) {
     free(hk), free(hq), free(o_old), free(o_new);
 }
 
-/* The flash-decoding kernel at shortest runs of keys runs[i] (0: the
- * default split), one query over n_kv keys: a row of us per call, and the
- * largest difference from the default's output. */
-static void run_runs(int64_t H, int64_t KVH, int64_t HD, int64_t n_kv, int rounds) {
-    const int runs[] = {0, 32, 64, 128, 256, 512};
-    enum { NR = sizeof runs / sizeof runs[0] };
-    const size_t nk = (size_t)(KVH * n_kv * HD), nq = (size_t)(H * HD);
-    float *hk = malloc(nk * sizeof(float)), *hq = malloc(nq * sizeof(float));
-    for (size_t i = 0; i < nk; i++)
-        hk[i] = frand();
-    for (size_t i = 0; i < nq; i++)
-        hq[i] = frand();
-    float *k[MAX_LAYERS], *v[MAX_LAYERS];
-    for (int l = 0; l < n_layers; l++) {
-        k[l] = be->ops->alloc(be, nk * sizeof(float));
-        v[l] = be->ops->alloc(be, nk * sizeof(float));
-        be->ops->upload(be, k[l], hk, nk * sizeof(float));
-        for (size_t i = 0; i < 64; i++)
-            hk[(i * 7919) % nk] = frand();
-        be->ops->upload(be, v[l], hk, nk * sizeof(float));
-    }
-    float *q = be->ops->alloc(be, nq * sizeof(float)),
-          *out = be->ops->alloc(be, nq * sizeof(float));
-    be->ops->upload(be, q, hq, nq * sizeof(float));
-    nmlx_attn_args a = {.q = q,
-                        .out = out,
-                        .T = 1,
-                        .H = H,
-                        .KVH = KVH,
-                        .HD = HD,
-                        .cap = n_kv,
-                        .q_pos = n_kv - 1,
-                        .n_kv = n_kv,
-                        .scale = 1.0f / sqrtf((float)HD)};
-    float *o_def = malloc(nq * sizeof(float)), *o = malloc(nq * sizeof(float));
-    double us[NR], diff = 0;
-    const unsigned long long launched = nmlx_cuda_attn_decode_launches();
-    nmlx_cuda_set_attn_decode(1);
-    for (int i = 0; i < NR; i++) {
-        nmlx_cuda_set_attn_decode_run(runs[i]);
-        us[i] = time_mode(&a, k, v, rounds);
-        a.k = k[0], a.v = v[0];
-        be->ops->attention(be, &a);
-        be->ops->download(be, i ? o : o_def, out, nq * sizeof(float));
-        if (i) {
-            const double d = max_diff(o, o_def, nq);
-            diff = d > diff || d != d ? d : diff;
-        }
-    }
-    nmlx_cuda_set_attn_decode_run(0);
-    const int ran = nmlx_cuda_attn_decode_launches() > launched;
-    const nmlx_status st = nmlx_backend_cuda_check(be);
-    printf("%3lld/%-2lld HD %3lld n_kv %5lld | run us:", (long long)H, (long long)KVH,
-           (long long)HD, (long long)n_kv);
-    for (int i = 0; i < NR; i++)
-        printf(" %s%d %.1f", runs[i] ? "" : "default/", runs[i], us[i]);
-    printf(" | diff %.1e%s%s\n", diff, ran ? "" : " (kernel DID NOT RUN)",
-           st == NMLX_OK ? "" : " CUDA ERROR");
-    if (st != NMLX_OK) fprintf(stderr, "%s\n", nmlx_last_error());
-    for (int l = 0; l < n_layers; l++)
-        be->ops->free(be, k[l]), be->ops->free(be, v[l]);
-    be->ops->free(be, q), be->ops->free(be, out);
-    free(hk), free(hq), free(o_def), free(o);
-}
-
 int main(int argc, char **argv) {
     const int rounds = argc > 1 && atoi(argv[1]) > 0 ? atoi(argv[1]) : 20;
     if (argc > 2 && atoi(argv[2]) > 0)
@@ -212,10 +138,6 @@ int main(int argc, char **argv) {
         run(32, 8, 128, n[i], rounds);
     run(64, 8, 64, 2048, rounds);  /* gpt-oss-like */
     run(16, 8, 256, 2048, rounds); /* Gemma-like */
-    const int64_t ns[] = {16, 64, 128, 512};
-    for (int i = 0; i < 4; i++)
-        run_runs(32, 8, 128, ns[i], rounds);
-    run_runs(32, 8, 64, 64, rounds); /* Llama-3.2-1B: 32 heads, 8 KV heads, HD 64 */
     nmlx_backend_free(be);
     return 0;
 }

@@ -4,17 +4,15 @@
 # call, so the next session can pick new defaults from one measurement.
 # In priority order under DEADLINE (default 560 s):
 #   1. build the CLI, the CUDA tests that cover the new paths, the benchmarks;
-#   2. those tests: test_cuda_fused (the norm staged by mat-vec v2, add_rmsnorm
-#      with its weight loaded early), test_cuda_ops (decode attention: idle
-#      blocks out and one block's direct output, on by default; then with a
-#      shortest key run), test_cuda_qrows (few-rows v3 = v2 bit for bit),
-#      test_cuda_batch with NMLX_CUDA_QROWS=v3;
+#   2. those tests: test_cuda_fused (add_rmsnorm with its weight loaded
+#      early), test_cuda_ops (decode attention: idle blocks out and one
+#      block's direct output, on by default), test_cuda_qrows (few-rows v3
+#      = v2 bit for bit), test_cuda_batch with NMLX_CUDA_QROWS=v3;
 #   3. synthetic Llama-3.1-8B and Llama-3.2-1B 4-bit g64: `nmlx bench -p 512
 #      -n 128 -r 3` under each setting of VARIANTS, engines' defaults first
 #      and last (drift check); bench_cuda_batch 1,8,32 with the few-rows v2
 #      and v3 and with the buffer cache;
-#   4. kernel tables: bench_cuda_quant rows (v1 / v2 / v3), bench_cuda_attn
-#      (the key-run lengths).
+#   4. kernel tables: bench_cuda_quant rows (v1 / v2 / v3), bench_cuda_attn.
 # NMLX_CUDA_QMM_ROWS=2048 / 1024 (prefill): the dequantized f16 chunk of the
 # quantized mat-mat (default up to 8192 x 4096 = 64 MB) small enough to stay
 # in the H100's 50 MB L2 between the dequantization and the GEMM.
@@ -24,7 +22,7 @@
 # TABLES=0 leaves step 4 out. MODELS may name l1b-bf16 / l8b-bf16 / l*b-q8 too;
 # a checkpoint device_gpu_peer.sh wrote in this machine's /tmp/gpu-peer-synth is reused.
 # A VARIANTS word is one setting or several joined by '+', e.g.
-# NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1; "-" is the defaults.
+# NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_PDL=0; "-" is the defaults.
 OUT=${OUT:-/tmp/nmlx-ab}
 DEADLINE=${DEADLINE:-560}
 . bench/cuda/device_prelude.sh ab.log
@@ -43,11 +41,10 @@ if [ -n "${AB_TESTS:-}" ]; then
 else
   go 60 fused && t 120 ./$B/tests/test_cuda_fused
   go 90 ops && t 150 ./$B/tests/test_cuda_ops # the decode attention's new default (idle blocks out, nb == 1 direct)
-  go 90 ops64 && t 150 env NMLX_CUDA_ATTN_DECODE_RUN=64 ./$B/tests/test_cuda_ops
   go 60 qrows && t 120 ./$B/tests/test_cuda_qrows
   go 60 batch && t 120 env NMLX_CUDA_QROWS=v3 ./$B/tests/test_cuda_batch
 fi
-VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=1 NMLX_CUDA_NORM_MATMUL=1+NMLX_CUDA_NORM_V2=2 NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE_RUN=128 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
+VARIANTS=${VARIANTS:-"- NMLX_CUDA_NORM_MATMUL=1 NMLX_CUDA_PDL=1 NMLX_CUDA_QMM_ROWS=2048 NMLX_CUDA_QMM_ROWS=1024 -"}
 [ -n "${SYN:-}" ] && synth8b_wait
 for m in ${MODELS:-l8b-q4 l1b-q4}; do
   M=/tmp/synth-$m

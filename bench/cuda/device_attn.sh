@@ -2,8 +2,7 @@
 # On the GPU machine (repo root, carry .deps): validate and time the
 # flash-decoding attention (cuda_attention_decode.cu, the default for
 # decode) against the old kernels (NMLX_CUDA_ATTN_DECODE=old). Steps: build;
-# bench_cuda_attn (kernel times at n_kv 64..8192, old / split / new; the
-# shortest key run's rows at n_kv 16..512);
+# bench_cuda_attn (kernel times at n_kv 64..8192, old / split / new);
 # test_cuda_ops (every attention case on every kernel, recorded steps
 # replayed at other lengths); the fixtures and the batch test, default and
 # old; compute-sanitizer memcheck + racecheck on a short bench; then on
@@ -25,9 +24,6 @@ t 200 ./$B/tests/test_cuda_fixtures
 NMLX_CUDA_ATTN_DECODE=old t 200 ./$B/tests/test_cuda_fixtures
 t 120 ./$B/tests/test_cuda_batch
 NMLX_CUDA_ATTN_DECODE=old t 120 ./$B/tests/test_cuda_batch
-# the shortest key run (opt-in): fixtures and batches through it
-NMLX_CUDA_ATTN_DECODE_RUN=64 t 200 ./$B/tests/test_cuda_fixtures
-NMLX_CUDA_ATTN_DECODE_RUN=64 t 120 ./$B/tests/test_cuda_batch
 t 150 compute-sanitizer --tool memcheck ./$B/tests/bench_cuda_attn 1 2
 t 150 compute-sanitizer --tool racecheck ./$B/tests/bench_cuda_attn 1 2
 grep -m3 -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard" "$OUT/tests.log" | tail -3
@@ -39,7 +35,7 @@ for v in - NMLX_CUDA_ATTN_DECODE=old; do
   e=$v; [ "$v" = - ] && e=
   env $e timeout 150 ./$B/tests/bench_cuda_depth $D cuda 16,512,2048,4096 64 2>&1 | tail -5
 done
-for v in - NMLX_CUDA_ATTN_DECODE_RUN=64 NMLX_CUDA_ATTN_DECODE=old; do
+for v in - NMLX_CUDA_ATTN_DECODE=old; do
   [ $(( $(date +%s) - T0 )) -gt "${DEADLINE:-540}" ] && { echo "deadline"; break; }
   e=$v; [ "$v" = - ] && e=
   echo "$(el) l8b-q4 ${v}: $(env $e ./$B/nmlx bench -m $D --device cuda -p 512 -n 128 -r 2 2>&1 | tail -1)"

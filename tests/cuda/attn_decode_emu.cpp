@@ -50,7 +50,6 @@ static bool emu_direct = true;
 #define NMLX_ATTN_DECODE_EMU 1
 #include "compute/cuda/cuda_attention_decode.cu"
 
-static int emu_run; /* the launches' shortest run (NMLX_CUDA_ATTN_DECODE_RUN; 0: default) */
 static int failures, cases;
 static bool quick; /* argv[1] "quick" (the broken builds): exit 1 at the first failure */
 static void fail_fast(void) {
@@ -76,12 +75,12 @@ static bool counts_clear(size_t n) {
 }
 
 /* blocks with keys (nb) of a one-query-or-step launch, as the kernel computes it */
-static int host_nb(const nmlx_attn_args &a, int S, int run) {
+static int host_nb(const nmlx_attn_args &a, int S) {
     int64_t j0 = a.window > 0 ? a.q_pos - a.window + 1 : 0;
     j0 = j0 < 0 ? 0 : j0;
     const int64_t j1 = a.q_pos + a.T < a.n_kv ? a.q_pos + a.T : a.n_kv;
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
-    const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
+    const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
     return (int)((N + len - 1) / len);
 }
 
@@ -122,7 +121,7 @@ template <typename K> static void dec_launch(int id, dim3 grid, K kernel) {
 }
 
 /* the host side of nmlx_cuda_attention_decode with S given: grid (S, KVH),
- * run emu_run; po / pml: the partials (NaN-filled here when empty); *counts:
+ * po / pml: the partials (NaN-filled here when empty); *counts:
  * whether the counts were back to 0. false: the instance does not take
  * the shape */
 static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool *counts,
@@ -137,7 +136,7 @@ static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool
     if (pml.empty()) pml.assign((size_t)(a.KVH * S * RQ * 2), NAN);
     assert((size_t)a.KVH <= sizeof emu_cnt / sizeof emu_cnt[0]);
     dec_launch(id, dim3((unsigned)S, (unsigned)a.KVH), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_kernel<lpk, dpl, r>(a, step, S, emu_run, po.data(), pml.data(), emu_cnt);
+        attn_decode_kernel<lpk, dpl, r>(a, step, S, po.data(), pml.data(), emu_cnt);
     });
     *counts = counts_clear((size_t)a.KVH);
     return true;
@@ -168,7 +167,7 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     const double rel = mx > 0 ? err / mx : err; /* all-zero outputs: exact zeros */
     bool ok = rel <= 1e-5 && counts;
     /* one block with keys: its direct output equals the merge's, bit for bit */
-    const int nb = host_nb(c.a, S, emu_run);
+    const int nb = host_nb(c.a, S);
     bool same = true;
     if (nb == 1) {
         std::vector<float> merged(c.out.size(), NAN);
@@ -182,10 +181,10 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     }
     failures += !ok;
     printf("%s T=%lld H=%lld KVH=%lld HD=%lld cap=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
-           "sinks=%d S=%d run=%d nb=%d step=%lld: rel err %.2e%s%s\n",
+           "sinks=%d S=%d nb=%d step=%lld: rel err %.2e%s%s\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
            (long long)cap, (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, S,
-           emu_run, nb, (long long)step, rel, counts ? "" : " (counts left set)",
+           nb, (long long)step, rel, counts ? "" : " (counts left set)",
            same ? (nb == 1 ? " (= merge, bit for bit)" : "") : " (differs from the merge)");
     fflush(stdout);
     fail_fast();
@@ -193,7 +192,7 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
 
 /* A recorded step replayed (the step form, one launch's arguments, the
  * position from device memory): T queries at each pos[i] over n_kv =
- * pos[i] + T keys, S blocks, run emu_run, the same partials and counts
+ * pos[i] + T keys, S blocks, the same partials and counts
  * for every replay (as the backend's scratch); cache rows past each n_kv
  * NaN. Every replay against the reference, the counts back to 0 each
  * time. */
@@ -225,7 +224,7 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
         bool counts = true;
         emu_decode(g, &dev_pos, S, &counts, &po, &pml);
         c.a.k = g.k, c.a.v = g.v, c.a.q_pos = p, c.a.n_kv = p + T;
-        const int nb = host_nb(c.a, S, emu_run);
+        const int nb = host_nb(c.a, S);
         nbs[0] = nb < nbs[0] ? nb : nbs[0], nbs[1] = nb > nbs[1] ? nb : nbs[1];
         std::vector<double> ref;
         ref_attention(c.a, ref);
@@ -242,11 +241,11 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
     }
     cases++;
     failures += !ok;
-    printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d run=%d: %zu "
+    printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d: %zu "
            "positions to %lld, nb %d..%d, worst rel err %.2e\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
-           (long long)window, softcap, sinks, S, emu_run, pos.size(), (long long)cap - T, nbs[0],
-           nbs[1], worst);
+           (long long)window, softcap, sinks, S, pos.size(), (long long)cap - T, nbs[0], nbs[1],
+           worst);
     fflush(stdout);
     fail_fast();
 }
@@ -280,7 +279,7 @@ static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t win
     std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
     assert((size_t)(n * KVH) <= sizeof emu_cnt / sizeof emu_cnt[0]);
     dec_launch(id, dim3((unsigned)S, (unsigned)KVH, (unsigned)n), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, emu_run, po.data(), pml.data(), emu_cnt);
+        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, po.data(), pml.data(), emu_cnt);
     });
     cases++;
     bool ok = counts_clear((size_t)(n * KVH));
@@ -298,11 +297,10 @@ static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t win
     }
     ok &= worst <= 1e-5;
     failures += !ok;
-    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d run=%d caps<=%lld: worst "
+    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d caps<=%lld: worst "
            "rel err %.2e%s\n",
            ok ? "ok  " : "FAIL", n, (long long)H, (long long)KVH, (long long)HD, (long long)window,
-           sinks, S, emu_run, (long long)max_cap, worst,
-           !ok && worst <= 1e-5 ? " (counts left set)" : "");
+           sinks, S, (long long)max_cap, worst, !ok && worst <= 1e-5 ? " (counts left set)" : "");
     fflush(stdout);
     fail_fast();
 }
@@ -363,20 +361,19 @@ int main(int argc, char **argv) {
     run_rows_case(2, 4, 1, 256, 0, false, 2, 120);
     run_rows_case(6, 6, 3, 48, 0, true, 1, 90);
     run_rows_case(DEC_ROWS, 4, 1, 32, 0, false, 2, 40);
-    /* the shortest run (NMLX_CUDA_ATTN_DECODE_RUN): n_kv 1..300 under runs
-     * of 16..512 keys, so that one block has the keys (nb == 1: the direct
-     * output, also run through the merge and compared bit for bit) or a
-     * few, and most of the S blocks none; GQA 1 / 4 / 8, HD 64 / 128 / 256,
-     * sinks, windows, softcap, T 2 / 3 (rows that see nothing among them) */
+    /* short contexts: n_kv 1..300 over S 1..DEC_MAX_S, so that one block
+     * has the keys (n_kv <= 16, or S 1: the direct output, also run through
+     * the merge and compared bit for bit) or a few, and most of the S
+     * blocks none; GQA 1 / 4 / 8, HD 64 / 128 / 256, sinks, windows,
+     * softcap, T 2 / 3 (rows that see nothing among them) */
     {
-        const int runs[] = {16, 32, 64, 128, 256, 512};
         const int64_t nkv[] = {1,  2,  3,   15,  16,  17,  31,  33,  48,  63,
                                64, 65, 100, 127, 128, 129, 200, 256, 257, 300};
-        const int Ss[] = {66, 7, DEC_MAX_S, 16, 33};
+        const int Ss[] = {66, 7, DEC_MAX_S, 1, 33};
         int i = 0;
-        for (int run : runs)
+        for (int pass = 0; pass < 3; pass++)
             for (int64_t n : nkv) {
-                emu_run = run, i++;
+                i++;
                 const int64_t T = i % 5 == 0 ? 3 : i % 7 == 0 ? 2 : 1;
                 const int64_t HD = i % 3 == 0 ? 64 : i % 3 == 1 ? 128 : 256;
                 const int64_t G = T > 1 || HD == 256 ? (i % 2 ? 1 : 2) : i % 4 == 0 ? 8 : 4;
@@ -385,17 +382,16 @@ int main(int argc, char **argv) {
                 const int64_t q_pos = n - T >= 0 ? n - T : 0;
                 run_case(T, 2 * G, 2, HD, n + 5, q_pos, n, window, softcap, i % 2 == 1, Ss[i % 5]);
             }
-        /* the step form, and a key run longer than any n_kv (one block always) */
-        emu_run = 64;
-        run_case(1, 8, 2, 128, 300, 40, 41, 0, 0, true, 66, 30);
-        run_case(2, 8, 2, 64, 300, 150, 152, 0, 0, false, 66, 100);
-        emu_run = 1 << 20;
-        run_case(1, 8, 2, 128, 700, 600, 601, 0, 0, true, 66);
-        run_case(4, 8, 2, 64, 400, 300, 304, 100, 0, false, 9);
-        run_case(5, 4, 2, 64, 100, 30, 20, 8, 0, false, 3); /* every row sees nothing */
+        /* one block always (S 1): the step form, long runs, rows that see nothing */
+        run_case(1, 8, 2, 128, 300, 40, 41, 0, 0, true, 1, 30);
+        run_case(2, 8, 2, 64, 300, 150, 152, 0, 0, false, 1, 100);
+        run_case(1, 8, 2, 128, 700, 600, 601, 0, 0, true, 1);
+        run_case(4, 8, 2, 64, 400, 300, 304, 100, 0, false, 1);
+        run_case(5, 4, 2, 64, 100, 30, 20, 8, 0, false, 1); /* every row sees nothing */
     }
     /* recorded steps replayed at growing (and then falling) lengths, the
-     * partials and counts kept across replays: default runs and set ones */
+     * partials and counts kept across replays; S 1: the direct output at
+     * every length */
     {
         std::vector<int64_t> pos;
         for (int64_t p = 0; p < 40; p++)
@@ -403,27 +399,18 @@ int main(int argc, char **argv) {
         for (int64_t p : {47,  48,  63,  64,  65,  95,  96,  100, 127, 128, 129, 150, 191,
                           192, 200, 255, 256, 257, 299, 130, 64,  20,  1,   0,   180})
             pos.push_back(p);
-        emu_run = 0;
         run_replay(1, 8, 2, 128, 0, 0, false, 66, pos);
-        emu_run = 32;
-        run_replay(1, 8, 2, 128, 0, 0, true, 66, pos);
-        emu_run = 64;
+        run_replay(1, 8, 2, 128, 0, 0, true, 1, pos);
         run_replay(1, 16, 2, 64, 0, 0, true, 33, pos);
-        emu_run = 128;
         run_replay(3, 8, 2, 128, 50, 30.0f, true, 66, pos);
-        emu_run = 256;
         run_replay(1, 4, 2, 256, 0, 0, false, 7, pos);
     }
-    /* the rows form with set runs: rows of 1..300 keys in one launch, some
-     * with one block of keys and some with several */
-    emu_run = 64;
+    /* the rows form: rows of 1..300 keys in one launch, some with one
+     * block of keys and some with several (S 1: every row one block) */
     run_rows_case(8, 8, 2, 128, 0, true, 9, 300);
     run_rows_case(6, 16, 2, 64, 40, true, 17, 300);
-    emu_run = 128;
     run_rows_case(DEC_ROWS, 4, 1, 64, 16, false, 5, 300);
-    emu_run = 16;
-    run_rows_case(5, 8, 2, 128, 0, false, 66, 200);
-    emu_run = 0;
+    run_rows_case(5, 8, 2, 128, 0, false, 1, 200);
     printf("%d cases: %s\n", cases, failures ? "FAIL" : "PASS");
     return failures != 0;
 }

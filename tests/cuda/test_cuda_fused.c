@@ -703,17 +703,7 @@ int main(void) {
         printf("add_rmsnorm_matmul: off (NMLX_CUDA_NORM_MATMUL=0), not tested\n");
     } else {
         EXPECT(gpu->ops->add_rmsnorm_matmul != NULL, "cuda backend has add_rmsnorm_matmul");
-        if (gpu->ops->add_rmsnorm_matmul) {
-            test_norm_matmuls();
-            /* the norm staged by kernel v2 (NMLX_CUDA_NORM_V2): where v2
-             * runs, then on every launch; the same cases, the same bounds */
-            for (int mode = 1; mode <= 2; mode++) {
-                printf("add_rmsnorm_matmul on v2 (mode %d):\n", mode);
-                nmlx_cuda_set_norm_v2(mode);
-                test_norm_matmuls();
-            }
-            nmlx_cuda_set_norm_v2(-1);
-        }
+        if (gpu->ops->add_rmsnorm_matmul) test_norm_matmuls();
     }
     test_fused_env();
     test_graph("tests/fixtures/llama3_tied", true);
@@ -723,10 +713,6 @@ int main(void) {
     test_graph("tests/fixtures/mistral_window", false);       /* rotating cache: no replay */
     test_norm_model("tests/fixtures/quant_llama_q4g64_f16");
     test_norm_model("tests/fixtures/quant_qwen3_q8g64_bf16"); /* q/k norms, 8-bit */
-    nmlx_cuda_set_norm_v2(2); /* the same on kernel v2 (recorded graphs replay it) */
-    test_norm_model("tests/fixtures/quant_llama_q4g64_f16");
-    test_norm_model("tests/fixtures/quant_qwen3_q8g64_bf16");
-    nmlx_cuda_set_norm_v2(-1);
     printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
            worst_gpu[0]);
     printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],

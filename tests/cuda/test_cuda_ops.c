@@ -661,7 +661,7 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     const bool mma = T > 1 && HD % 16 == 0 && HD <= 256;
     const int64_t rq = T * (H / KVH);
     const bool dec = rq <= 16 && T <= 16,
-               dec_runs = dec && HD % 4 == 0 && (HD <= 128 || (HD <= 256 && rq <= 8));
+               dec_taken = dec && HD % 4 == 0 && (HD <= 128 || (HD <= 256 && rq <= 8));
     for (int variant = 0; variant < 5; variant++) {
         if ((variant == 2 && T == 1) || (variant == 3 && !mma) || (variant == 4 && !dec)) continue;
         nmlx_cuda_set_attn_split(variant == 1);
@@ -679,10 +679,10 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                            : variant == 3 ? "mma"
                                           : "decode";
         if (variant == 4)
-            EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + (dec_runs ? 1 : 0),
+            EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + (dec_taken ? 1 : 0),
                    "attention T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel %s", (long long)T,
                    (long long)H, (long long)KVH, (long long)HD,
-                   dec_runs ? "did not run" : "ran outside its contract");
+                   dec_taken ? "did not run" : "ran outside its contract");
         EXPECT(e <= (variant == 3 ? 2e-5 : 1e-5),
                "attention T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
                "sinks=%d %s: %.2e",
@@ -1084,36 +1084,30 @@ int main(void) {
         const int64_t p3[] = {300, 0, 1, 30, 299};
         test_attention_graph(3, 8, 2, 128, 303, 16, 0, true, p3, 5);
     }
-    /* the shortest key run (nmlx_cuda_set_attn_decode_run, as
-     * NMLX_CUDA_ATTN_DECODE_RUN): n_kv 1..300 under runs of 32..512 keys,
-     * so that one block has every key (its output written directly, no
-     * merge) or a few have them (the count to nb) and most of the grid
-     * none; HD 64 / 128 / 256, windows, sinks, softcap, T 3, recorded steps
-     * replayed at growing then falling lengths (the counts must be back to
-     * 0 after each), the rows form (rows of 1..1100 keys in one launch) */
+    /* short contexts on the default split: n_kv 1..300, so that one block
+     * has every key (n_kv <= 16: its output written directly, no merge) or
+     * a few have them (the count to nb) and most of the grid none; HD 64 /
+     * 128 / 256, windows, sinks, softcap, T 3, recorded steps replayed at
+     * growing then falling lengths (the counts must be back to 0 after
+     * each), the rows form (rows of 1..1100 keys in one launch) */
     {
-        const int runs[] = {32, 64, 128, 512};
         const int64_t nkv[] = {1, 16, 17, 33, 64, 65, 100, 128, 129, 300};
         const int64_t pr[] = {0,  1,  2,   5,   15,  16,  17,  31,  32,  33,   63,
                               64, 65, 100, 127, 128, 129, 200, 300, 511, 1000, 40};
-        for (int ri = 0; ri < 4; ri++) {
-            nmlx_cuda_set_attn_decode_run(runs[ri]);
-            for (int ni = 0; ni < 10; ni++) {
-                const int64_t n = nkv[ni], HD = ni % 3 == 0 ? 64 : ni % 3 == 1 ? 128 : 256;
-                const int64_t G = HD == 256 ? 2 : ni % 2 ? 8 : 4;
-                const int64_t window = (ni + ri) % 3 == 1 ? 50 : 0;
-                const float softcap = (ni + ri) % 4 == 3 ? 30.0f : 0.0f;
-                test_attention_kv(1, 2 * G, 2, HD, n + 3, n - 1, n, window, softcap,
-                                  (ni + ri) % 2 == 1, false);
-            }
-            test_attention(3, 8, 2, 128, 200, 60, 16, 0, true);
-            test_attention_kv(4, 8, 2, 64, 100, 30, 20, 8, 0, false,
-                              false); /* every row sees none */
-            test_attention_graph(1, 32, 8, 128, 1001, 0, 0, false, pr, 22);
-            test_attention_graph(2, 16, 4, 64, 1002, 64, 0, true, pr, 22);
-            test_rows(9, 32, 8, 128, 0, ri % 2 == 1);
+        for (int ni = 0; ni < 10; ni++) {
+            const int64_t n = nkv[ni], HD = ni % 3 == 0 ? 64 : ni % 3 == 1 ? 128 : 256;
+            const int64_t G = HD == 256 ? 2 : ni % 2 ? 8 : 4;
+            const int64_t window = ni % 3 == 1 ? 50 : 0;
+            const float softcap = ni % 4 == 3 ? 30.0f : 0.0f;
+            test_attention_kv(1, 2 * G, 2, HD, n + 3, n - 1, n, window, softcap, ni % 2 == 1,
+                              false);
         }
-        nmlx_cuda_set_attn_decode_run(0);
+        test_attention(3, 8, 2, 128, 200, 60, 16, 0, true);
+        test_attention_kv(4, 8, 2, 64, 100, 30, 20, 8, 0, false, false); /* every row sees none */
+        test_attention_graph(1, 32, 8, 128, 1001, 0, 0, false, pr, 22);
+        test_attention_graph(2, 16, 4, 64, 1002, 64, 0, true, pr, 22);
+        test_rows(9, 32, 8, 128, 0, false);
+        test_rows(9, 32, 8, 128, 0, true);
     }
     test_elementwise(1);
     test_elementwise(1001);

@@ -11,10 +11,9 @@
  * read from device memory.
  *  - Keys any row sees: [j0, j1) (j0 = the first row's window start, j1 =
  *    min(q_pos + T, n_kv)). Block s takes the s-th run of `len` keys,
- *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk), but at least
- *    `run` keys (dec_len; NMLX_CUDA_ATTN_DECODE_RUN, default 0: off): nb
- *    <= S blocks have keys, the others return at once (no key at all:
- *    block 0 writes the zeros).
+ *    len = ceil(N / S) rounded up to DEC_ALIGN (dec_chunk): nb <= S blocks
+ *    have keys, the others return at once (no key at all: block 0 writes
+ *    the zeros).
  *  - Every block serves all RQ query rows of its KV head (a key row is
  *    read once for the GQA group). A warp takes KPW = 32 / LPK keys at a
  *    time: LPK lanes a key, each lane DPL dims of it as float4 loads (K and
@@ -46,21 +45,17 @@
  * us (64 MB of K/V at ~2.5 TB/s). Measured (bench/cuda/README.md): 10.5,
  * 14.0, 20.4, 39.1 us; ncu, warm caches, a few dozen keys: 11.3 us.
  *
- * Short contexts (written without a GPU, unmeasured): with 16-key runs a
- * few blocks a KV head had keys, and every one of the S (66 on an H100 for
- * the 8B layer) fenced and counted itself in; then the last block's merge
- * loaded the partials: a chain of dependent memory round trips (partial
- * store, fence, atomic, the m / l loads, the o loads, the store) for a few
- * KB of K/V. Now the idle blocks return at once, and a block with every
- * key (n_kv <= 16 by default; n_kv <= K with NMLX_CUDA_ATTN_DECODE_RUN=K)
- * writes the output itself after its K/V loads, its run walked 16 keys a
- * step (HD 128: one L2 round trip a step, the next step's loads issued
- * after the step's math). Predicted, ncu, warm caches: n_kv <= 16, ~11 ->
- * ~5 us; n_kv 64, default (4 blocks and the merge, the idle ones gone) ~8
- * us, RUN=64 (one block, 4 steps) ~5 us; 128: RUN=64 / 128 ~6 us; 512: the
- * default (32 blocks of 16 keys) ~14 us as before, RUN=32 / 64 (16 / 8
- * blocks) about the same, longer runs slower (fewer blocks streaming).
- * bench_cuda_attn prints the run lengths' rows to pick a default.
+ * Short contexts: with 16-key runs a few blocks a KV head had keys, and
+ * every one of the S (66 on an H100 for the 8B layer) fenced and counted
+ * itself in; then the last block's merge loaded the partials: a chain of
+ * dependent memory round trips (partial store, fence, atomic, the m / l
+ * loads, the o loads, the store) for a few KB of K/V. Now the idle blocks
+ * return at once, and a block with every key (n_kv <= 16; more where S
+ * is small) writes the output itself after its K/V loads. A shortest run
+ * of K keys a block (session 15's opt-in: fewer blocks at short contexts,
+ * one block up to K keys) measured slower on an H100 (8B 4-bit decode
+ * 356.5 tok/s at K = 64 against 367.0; bench_cuda_attn: the default
+ * fastest at every length) and was removed.
  *
  * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
  * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
@@ -90,14 +85,6 @@ enum {
 static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
     const int64_t per = (N + S - 1) / S;
     return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
-}
-
-/* The run of keys a block takes: dec_chunk, but at least `run` keys (0 or
- * a multiple of DEC_ALIGN: NMLX_CUDA_ATTN_DECODE_RUN), so that short
- * contexts take fewer blocks; nb = ceil(N / len) <= S still. */
-static inline __host__ __device__ int64_t dec_len(int64_t N, int S, int run) {
-    const int64_t len = dec_chunk(N, S);
-    return len < run ? (int64_t)run : len;
 }
 
 #ifndef DEC_BREAK
@@ -160,7 +147,7 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
  * blocks of KV head kvh done (0 between launches). */
 template <int LPK, int DPL, int R>
 __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
-                                          int S, int run, float *po, float *pml, unsigned *cnt) {
+                                          int S, float *po, float *pml, unsigned *cnt) {
     constexpr int KPW = 32 / LPK, NV = DPL / 4, HDC = LPK * DPL, KB = DEC_WARPS * KPW;
     static_assert(LPK * KPW == 32 && DPL % 4 == 0, "lane split");
     DEC_DYN_SMEM;
@@ -181,7 +168,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         j1 = q_pos + a.T < n_kv ? q_pos + a.T : n_kv;
     }
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
-    const int64_t len = N > 0 ? dec_len(N, S, run) : 1;
+    const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
     const int nb = (int)((N + len - 1) / len);
     /* blocks past the keys: nothing to write or read, and not counted in
      * (the count below goes to nb, which every block of this KV head
@@ -456,7 +443,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
  * (a's q_pos and n_kv are deltas from it), or NULL. */
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, int run, float *po, float *pml,
+    attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
                        unsigned *cnt) {
     cuda_pdl_trigger();
     cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the cache are ready from here */
@@ -466,7 +453,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
         q_pos += base;
         n_kv += base;
     }
-    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, run, po, pml, cnt);
+    dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
 }
 
 /* Batched decode (attention_rows): one query a row, each row its own cache,
@@ -480,7 +467,7 @@ typedef struct dec_rows {
 
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, int run, float *po, float *pml,
+    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
                             unsigned *cnt) {
     cuda_pdl_trigger();
     const int r = (int)blockIdx.z;
@@ -493,7 +480,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     one.v = rows.v[r];
     one.cap = rows.cap[r];
     one.window = rows.window[r];
-    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, run, po + r * parts * (size_t)a.HD,
+    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, po + r * parts * (size_t)a.HD,
                            pml + 2 * r * parts, cnt + r * a.KVH);
 }
 
@@ -501,29 +488,11 @@ __global__ void __launch_bounds__(DEC_THREADS)
 /* the scratch: partials (cut S to fit), then DEC_MAX_KVH counts */
 enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 
-static int dec_mode = -1;     /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
-static int dec_run_keys = -1; /* keys a block takes at least (0: dec_chunk's) */
+static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
 static unsigned long long dec_launches;
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
 
-/* 0 or a multiple of DEC_ALIGN (rounded up), at most 1 << 20 */
-static int dec_run_clamp(long keys) {
-    if (keys <= 0) return 0;
-    if (keys > 1L << 20) keys = 1L << 20;
-    return (int)((keys + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN);
-}
-
-extern "C" void nmlx_cuda_set_attn_decode_run(int keys) { dec_run_keys = dec_run_clamp(keys); }
-
-/* NMLX_CUDA_ATTN_DECODE_RUN, read once */
-static int dec_run(void) {
-    if (dec_run_keys < 0) {
-        const char *e = getenv("NMLX_CUDA_ATTN_DECODE_RUN");
-        dec_run_keys = e ? dec_run_clamp(strtol(e, NULL, 10)) : 0;
-    }
-    return dec_run_keys;
-}
 extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
 
 bool nmlx_cuda_attn_decode_on(void) {
@@ -611,7 +580,6 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
-    const int run = dec_run();
     switch (id) {
 #define DEC_LAUNCH(ID, LPK, DPL, R)                                                                \
     case ID: {                                                                                     \
@@ -621,7 +589,7 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
         nmlx_cuda_note(be, cuda_launch_pdl(attn_decode_kernel<LPK, DPL, R>,                        \
                                            dim3((unsigned)S, (unsigned)a->KVH), dim3(DEC_THREADS), \
-                                           shm, st, *a, step, S, run, po, pml, cnt));              \
+                                           shm, st, *a, step, S, po, pml, cnt));                   \
         break;                                                                                     \
     }
         DEC_CONFIGS(DEC_LAUNCH)
@@ -671,7 +639,6 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
-    const int run = dec_run();
     switch (id) {
 #define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
     case ID: {                                                                                     \
@@ -691,7 +658,7 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
             float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
             attn_decode_rows_kernel<LPK, DPL, R_>                                                  \
                 <<<dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n), DEC_THREADS, shm, st>>>(      \
-                    ar, br, S, run, po, pml, cnt);                                                 \
+                    ar, br, S, po, pml, cnt);                                                      \
             dec_launches++;                                                                        \
         }                                                                                          \
         break;                                                                                     \

@@ -85,14 +85,9 @@ void nmlx_cuda_set_qgemv16(int on);
 /* Which int16 mat-vec kernel (cuda_qgemv16.cu): 2 = v2 (persistent warps, a
  * ring of loads in flight; the default), 1 = v1 (x staged whole, then rows
  * a block); -1 = back to NMLX_CUDA_QGEMV16 (v1 selects 1). The norm-staging
- * form (add_rmsnorm_matmul) runs v1 unless nmlx_cuda_set_norm_v2 says
- * otherwise. Process-wide; for benchmarks and tests. */
+ * form (add_rmsnorm_matmul) always runs v1. Process-wide; for benchmarks
+ * and tests. */
 void nmlx_cuda_set_qgemv16_version(int v);
-/* Which kernel runs the norm-staging form (add_rmsnorm_matmul), as
- * NMLX_CUDA_NORM_V2: 0 = v1 (the default), 1 = v2 where the plain mat-vec of
- * those weights runs v2, 2 = v2 always; -1 = back to the environment.
- * Process-wide; for benchmarks and tests. */
-void nmlx_cuda_set_norm_v2(int mode);
 /* v2's tunables, as NMLX_CUDA_QGEMV16_CFG: "d<DEP>b<BPS>" (both forms) or
  * "d<DEP>b<BPS>,d<DEP>b<BPS>" (plain / multi-weight, then gate/up pairs):
  * DEP = 2, 4 or 8 16-byte code loads in flight a lane in registers (a row
@@ -123,12 +118,6 @@ void nmlx_cuda_set_attn_split(int on);
  * nmlx_cuda_attn_decode_launches: its launches so far, process-wide. */
 void nmlx_cuda_set_attn_decode(int on);
 unsigned long long nmlx_cuda_attn_decode_launches(void);
-/* The flash-decoding kernel's shortest run of keys a block (rounded up to
- * a multiple of 16; 0 = the default split over the whole grid), so that
- * short contexts take fewer blocks (one block: no partials, no merge).
- * NMLX_CUDA_ATTN_DECODE_RUN=K sets K at start. Process-wide; read at each
- * launch (a recorded graph keeps the value it was recorded with). */
-void nmlx_cuda_set_attn_decode_run(int keys);
 /* Test hook: attention a recorded as a decode step's graph with the step's
  * position pos[0] (a's q_pos and n_kv as at that position), then replayed
  * with the position pos[i] in device memory, as a replayed step does; each

@@ -41,8 +41,7 @@
  * the next launch (no host work: a recorded graph replays it).
  *
  * Two kernels (cuda_qgemv16_dev.cuh), the same arithmetic: v1, as above,
- * and v2, the default (NMLX_CUDA_QGEMV16=v1 keeps v1; NORM runs v1 unless
- * NMLX_CUDA_NORM_V2 asks for v2, which stages the norm the same way).
+ * and v2, the default (NMLX_CUDA_QGEMV16=v1 keeps v1; NORM always runs v1).
  * v1's costs: a block stages all of x (N floats from L2, a barrier) with
  * one 16-byte load a lane in flight, then streams 2-4 rows a warp with two
  * steps of loads in flight; the grid is many short blocks (896 for 14336
@@ -159,10 +158,10 @@ int sm_count() {
 
 /* one grid of min(blocks that give every unit a warp, bps (0: as many as
  * fit) blocks a multiprocessor) */
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1, bool NORM = false>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1>
 void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
     constexpr int RU = PAIR ? 2 : RR;
-    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR, NORM>;
+    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>;
     const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
     static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
     static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
@@ -233,26 +232,10 @@ void launch_v2_dep(cudaStream_t st, const q16_args &a, int dep, bool async, int 
         launch_v2<BITS, SC, PAIR, 8, false>(st, a, bps);
 }
 
-/* NORM on v2 (NMLX_CUDA_NORM_V2): the register ring of 4 loads a lane only
- * (the default configuration's depth; fewer instantiations), rows a unit as
- * configured (1 or 2; PAIR: the row pair) */
 template <int BITS, int SC>
-void launch_v2_norm(cudaStream_t st, const q16_args &a, bool pair, int rr, int bps) {
-    if (pair)
-        launch_v2<BITS, SC, true, 4, false, 1, true>(st, a, bps);
-    else if (rr == 2)
-        launch_v2<BITS, SC, false, 4, false, 2, true>(st, a, bps);
-    else
-        launch_v2<BITS, SC, false, 4, false, 1, true>(st, a, bps);
-}
-
-template <int BITS, int SC>
-void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int rr, int bps,
-                  bool norm) {
+void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, int rr, int bps) {
     q16_v2_units(a, pair, pair ? 1 : rr);
-    if (norm)
-        launch_v2_norm<BITS, SC>(st, a, pair, pair ? 1 : rr, bps);
-    else if (pair)
+    if (pair)
         launch_v2_dep<BITS, SC, true>(st, a, dep, async, 1, bps);
     else
         launch_v2_dep<BITS, SC, false>(st, a, dep, async, rr, bps);
@@ -376,24 +359,6 @@ extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
     return 0;
 }
 
-/* NMLX_CUDA_NORM_V2: which kernel runs add_rmsnorm_matmul's mat-vec: 0
- * (default) v1, 1 v2 where the plain mat-vec would take v2, 2 v2 always.
- * Written without a GPU (session 15): v1's NORM measured slower than the
- * unfused ops on an H200 because each of its many short blocks sums x + d
- * with nothing else in flight; v2's few persistent blocks sum it while
- * their first weight loads are in flight. Opt-in until measured. */
-static int q16_norm_v2_cur = -1;
-static int q16_norm_v2(void) {
-    if (q16_norm_v2_cur < 0) {
-        const char *e = getenv("NMLX_CUDA_NORM_V2");
-        q16_norm_v2_cur = e && (*e == '1' || *e == '2') ? *e - '0' : 0;
-    }
-    return q16_norm_v2_cur;
-}
-extern "C" void nmlx_cuda_set_norm_v2(int mode) {
-    q16_norm_v2_cur = mode >= 0 && mode <= 2 ? mode : -1;
-}
-
 /* n weights (pair: gate and up, act) reading x (nrm != NULL: rmsnorm(x +
  * d), x = nrm->x); false if they do not qualify */
 static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
@@ -441,30 +406,25 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
     const q16_cfg cf = q16_config();
-    bool v2 = cf.ver == 2 && !(cf.by_size && q16_v1_faster(n, pair, w0->bits, rows, a.N));
-    if (nrm) { /* NORM: v1, unless NMLX_CUDA_NORM_V2 (1: where v2 runs; 2: always) */
-        const int nv2 = q16_norm_v2();
-        v2 = nv2 == 2 || (nv2 == 1 && v2);
-    }
-    if (v2) {
+    const bool v2 = cf.ver == 2 && !(cf.by_size && q16_v1_faster(n, pair, w0->bits, rows, a.N));
+    if (!nrm && v2) { /* v2; NORM keeps v1 */
         const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
         const bool as = pair ? cf.pasync : cf.async;
         const int rr = pair ? 1 : cf.rr;
-        const bool nm = nrm != NULL;
         if (w0->bits == 4) {
             if (sc == SCF32)
-                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<4, SCF32>(st, a, pair, dep, as, rr, bps);
             else if (sc == SCF16)
-                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<4, SCF16>(st, a, pair, dep, as, rr, bps);
             else
-                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<4, SCBF16>(st, a, pair, dep, as, rr, bps);
         } else {
             if (sc == SCF32)
-                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<8, SCF32>(st, a, pair, dep, as, rr, bps);
             else if (sc == SCF16)
-                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<8, SCF16>(st, a, pair, dep, as, rr, bps);
             else
-                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, rr, bps, nm);
+                launch_v2_sc<8, SCBF16>(st, a, pair, dep, as, rr, bps);
         }
         nmlx_cuda_note(be, cudaGetLastError());
         return true;

@@ -165,7 +165,7 @@ __device__ __forceinline__ float norm_one(const q16_args &a, float s, float inv,
     return a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
 }
 
-/* NORM's end (kernels v1 and v2): the block that counted itself last (every
+/* NORM's end (kernel v1): the block that counted itself last (every
  * other block has staged, so none reads x any more) writes x += d and y =
  * rmsnorm(x + d), and puts the counter back to 0 for the next launch (a
  * recorded graph replays it). Every thread of the block calls it. */
@@ -184,7 +184,7 @@ __device__ __forceinline__ void norm_write_back(const q16_args &a, float ninv, b
 }
 
 /* Both kernels' staging of x into shared memory (smem: N int16 in swizzled
- * pieces, then NB steps and NB sums; NORM: rmsnorm(x + d) staged instead of
+ * pieces, then NB steps and NB sums; NORM, kernel v1 only: rmsnorm(x + d) staged instead of
  * x, its 1 / rms returned): a thread takes 16 inputs at a time, one f32 step
  * (max|v| / 32767) and one f32 sum per 16. The caller syncs the block after. */
 template <int BITS, bool NORM>
@@ -469,13 +469,7 @@ template <int RU, int DEP> constexpr size_t q16_ring_bytes() {
     return (size_t)Q16_WARPS * DEP * RU * 512;
 }
 
-/* NORM (backend.h add_rmsnorm_matmul, as kernel v1's NORM): x is the
- * residual stream, the block stages rmsnorm(x + d) (sum of squares in
- * add_rmsnorm's order, norm_sumsq; its L2 reads overlap the ring's first
- * DEP loads, already in flight), counts itself done after staging, and the
- * last block to count writes x + d and y at its end. Same bits as v1's
- * NORM and as add_rmsnorm followed by the plain kernel. */
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR, bool NORM = false>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR>
 __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     typedef piece<BITS> P;
     constexpr int RU = PAIR ? 2 : RR; /* rows a unit */
@@ -525,15 +519,8 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
     cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
-    [[maybe_unused]] const float ninv = stage_x<BITS, NORM>(a, smem); /* NORM: 1 / rms(x + d) */
+    stage_x<BITS, false>(a, smem);
     __syncthreads();
-    [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
-    if constexpr (NORM) {
-        if (threadIdx.x == 0) {
-            __threadfence();
-            last = atomicAdd(a.done, 1u) == gridDim.x - 1;
-        }
-    }
 
     float acc[RU];
 #pragma unroll
@@ -629,7 +616,6 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         }
     }
     if constexpr (ASYNC) q16_wait<0>(); /* no copy into shared memory outlives the block */
-    if constexpr (NORM) norm_write_back(a, ninv, last);
 }
 
 /* Host side, shared with the emulation: v1's tiles (blk0 of each weight,
