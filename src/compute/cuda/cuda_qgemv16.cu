@@ -300,13 +300,17 @@ static bool q16_parse(const char *s, q16_cfg *c) {
 }
 
 /* defaults (H100 sweep, bench/cuda/README.md session 13): 4 loads a lane
- * and two rows a unit (PAIR 4 x 2), 2 blocks a multiprocessor, and v1 for
- * the small weights where v2 measured slower */
+ * and two rows a unit (PAIR 4 x 2), 2 blocks a multiprocessor. v2 for every
+ * weight where the kernels are launched early (PDL: v2's persistent blocks
+ * put 4 loads a lane in flight before the kernel ahead ends; H100 session
+ * 16: 8B / 1B 4-bit decode 403.9 / 1,386.4 tok/s against 397.8 / 1,307.4
+ * with v1 for the small weights); without PDL, v1 for the small weights,
+ * where v2 measured slower (q16_v1_faster). */
 static void q16_cfg_default(q16_cfg *c) {
     c->dep = 4, c->bps = 2, c->pdep = 4, c->pbps = 2;
     c->async = c->pasync = false;
     c->rr = 2;
-    c->by_size = true;
+    c->by_size = !nmlx_cuda_pdl_on();
 }
 
 /* v1 measured faster (H100, 8B shapes): the q/k/v launch (4-bit 9.9 against
