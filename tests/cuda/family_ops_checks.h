@@ -20,7 +20,7 @@ static void check_swiglu_clipped(int64_t n, float alpha, float limit) {
     float *g = test_rand_floats((size_t)n, -12, 12), *u = test_rand_floats((size_t)n, -12, 12);
     float *ref = malloc((size_t)n * sizeof(float));
     cpu->ops->swiglu_clipped(cpu, g, u, ref, n, alpha, limit);
-    float *dg = dev_of(g, (size_t)n), *du = dev_of(u, (size_t)n);
+    float *dg = test_dev_floats(gpu, g, (size_t)n), *du = test_dev_floats(gpu, u, (size_t)n);
     gpu->ops->swiglu_clipped(gpu, dg, du, dg, n, alpha, limit); /* out aliases gate */
     check_ok("swiglu_clipped");
     double e = rel_err(dg, ref, (size_t)n);
@@ -35,7 +35,7 @@ static void check_gaussian_topk(int64_t R, int64_t n, float mult) {
     float *x = test_rand_floats(N, -3, 5), *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->gaussian_topk(cpu, ref, R, n, mult);
-    float *dx = dev_of(x, N);
+    float *dx = test_dev_floats(gpu, x, N);
     gpu->ops->gaussian_topk(gpu, dx, R, n, mult);
     check_ok("gaussian_topk");
     double e = rel_err(dx, ref, N);
@@ -51,7 +51,7 @@ static void check_rms_match(int64_t T, int64_t D, float eps) {
     float *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->rms_match(cpu, r, ref, T, D, eps);
-    float *dr = dev_of(r, N), *dx = dev_of(x, N);
+    float *dr = test_dev_floats(gpu, r, N), *dx = test_dev_floats(gpu, x, N);
     gpu->ops->rms_match(gpu, dr, dx, T, D, eps);
     check_ok("rms_match");
     double e = rel_err(dx, ref, N);
@@ -80,7 +80,7 @@ static void check_mul_rows(nmlx_dtype dt, int64_t R, int64_t D) {
     float *x = test_rand_floats(N, -3, 3), *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->mul_rows(cpu, ref, &w, R, D);
-    float *dx = dev_of(x, N);
+    float *dx = test_dev_floats(gpu, x, N);
     gpu->ops->mul_rows(gpu, dx, pw, R, D);
     check_ok("mul_rows");
     double e = rel_err(dx, ref, N);
@@ -106,7 +106,8 @@ static void check_altup(nmlx_dtype dt, int64_t K, int64_t T, int64_t D, int64_t 
     /* predict: out must not alias x; the gaps of out are left as they were */
     memcpy(ref, x, N * sizeof(float));
     cpu->ops->altup_predict(cpu, x, stride, router, &pred, ref, K, T, D);
-    float *dx = dev_of(x, N), *dr = dev_of(router, (size_t)(T * K)), *dout = dev_of(x, N);
+    float *dx = test_dev_floats(gpu, x, N), *dr = test_dev_floats(gpu, router, (size_t)(T * K)),
+          *dout = test_dev_floats(gpu, x, N);
     gpu->ops->altup_predict(gpu, dx, stride, dr, pp, dout, K, T, D);
     check_ok("altup_predict");
     double e = rel_err(dout, ref, N);
@@ -115,7 +116,7 @@ static void check_altup(nmlx_dtype dt, int64_t K, int64_t T, int64_t D, int64_t 
     note(FAM_PREDICT, e);
     /* correct, in place on the predictions */
     cpu->ops->altup_correct(cpu, ref, stride, act, router, &corr, clip, active, K, T, D);
-    float *da = dev_of(act, TD);
+    float *da = test_dev_floats(gpu, act, TD);
     gpu->ops->altup_correct(gpu, dout, stride, da, dr, pc, clip, active, K, T, D);
     check_ok("altup_correct");
     e = rel_err(dout, ref, N);
@@ -130,11 +131,12 @@ static void check_altup(nmlx_dtype dt, int64_t K, int64_t T, int64_t D, int64_t 
 
 static void check_rope_interleaved(int64_t T, int64_t H, int64_t HD, int64_t pos0) {
     size_t N = (size_t)(T * H * HD);
-    float *x = test_rand_floats(N, -2, 2), *freqs = test_rand_floats((size_t)(HD / 2), 0.0001f, 1.0f);
+    float *x = test_rand_floats(N, -2, 2),
+          *freqs = test_rand_floats((size_t)(HD / 2), 0.0001f, 1.0f);
     float *ref = malloc(N * sizeof(float));
     memcpy(ref, x, N * sizeof(float));
     nmlx_rope_interleaved(ref, T, H, HD, pos0, freqs);
-    float *dx = dev_of(x, N), *df = dev_of(freqs, (size_t)(HD / 2));
+    float *dx = test_dev_floats(gpu, x, N), *df = test_dev_floats(gpu, freqs, (size_t)(HD / 2));
     gpu->ops->rope_interleaved(gpu, dx, T, H, HD, pos0, df);
     check_ok("rope_interleaved");
     double e = rel_err(dx, ref, N);

@@ -17,6 +17,7 @@
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cuda/cuda_backend.h"
+#include "dev_floats.h"
 #include "harness.h"
 #include "model_util.h" /* test_diff_over_max */
 #include "model.h"
@@ -29,30 +30,6 @@
 static nmlx_backend *cpu, *gpu;
 /* add_rmsnorm, rope_kv, gate_up_act, add_rmsnorm_matmul (y), its ys */
 static double worst_cpu[5], worst_gpu[5];
-
-static float *dev_of(const float *h, size_t n) {
-    float *d = gpu->ops->alloc(gpu, n * sizeof(float));
-    gpu->ops->upload(gpu, d, h, n * sizeof(float));
-    return d;
-}
-
-/* a device buffer of n NaNs: outputs, so an element left unwritten shows */
-static float *dev_nan(size_t n) {
-    float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        h[i] = NAN;
-    float *d = dev_of(h, n);
-    free(h);
-    return d;
-}
-
-static float *host_of(const float *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        h[i] = NAN;
-    gpu->ops->download(gpu, h, d, n * sizeof(float));
-    return h;
-}
 
 static void check_ok(const char *what) {
     nmlx_status st = nmlx_backend_cuda_check(gpu);
@@ -91,13 +68,15 @@ static void test_add_rmsnorm(int64_t R, int64_t D, nmlx_dtype wdt, bool weight, 
     float *x_ref = malloc(n * sizeof(float)), *y_ref = malloc(n * sizeof(float));
     memcpy(x_ref, x, n * sizeof(float));
     cpu->ops->add_rmsnorm(cpu, x_ref, d, weight ? &hw : NULL, off, 1e-6f, y_ref, R, D);
-    float *dx = dev_of(x, n), *dd = dev_of(d, n), *dy = dev_nan(n);
-    float *ux = dev_of(x, n), *uy = dev_nan(n);
+    float *dx = test_dev_floats(gpu, x, n), *dd = test_dev_floats(gpu, d, n),
+          *dy = test_dev_nan(gpu, n);
+    float *ux = test_dev_floats(gpu, x, n), *uy = test_dev_nan(gpu, n);
     gpu->ops->add_rmsnorm(gpu, dx, dd, weight ? dw : NULL, off, 1e-6f, dy, R, D);
     gpu->ops->add(gpu, ux, dd, ux, (int64_t)n); /* the unfused sequence on the GPU */
     gpu->ops->rmsnorm(gpu, ux, weight ? dw : NULL, off, 1e-6f, uy, R, D);
     check_ok("add_rmsnorm");
-    float *gx = host_of(dx, n), *gy = host_of(dy, n), *hx = host_of(ux, n), *hy = host_of(uy, n);
+    float *gx = test_host_floats(gpu, dx, n), *gy = test_host_floats(gpu, dy, n),
+          *hx = test_host_floats(gpu, ux, n), *hy = test_host_floats(gpu, uy, n);
     double e = fmax(test_diff_over_max(gx, x_ref, n), test_diff_over_max(gy, y_ref, n));
     double u = fmax(test_diff_over_max(gx, hx, n), test_diff_over_max(gy, hy, n));
     EXPECT(e <= 1e-6 && u <= 1e-6, "add_rmsnorm R=%lld D=%lld: vs cpu %.2e, vs cuda unfused %.2e",
@@ -163,9 +142,12 @@ static void test_rope_kv(const rkv_case *c) {
     ca.q = rq, ca.k = rk, ca.v = v, ca.k_cache = rkc, ca.v_cache = rvc;
     cpu->ops->rope_kv(cpu, &ca);
     /* the GPU: fused, then the unfused sequence on a second set of buffers */
-    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk), *dkc = dev_of(kc, nc);
-    float *dvc = dev_of(vc, nc), *dfr = dev_of(fr, (size_t)(c->rot / 2 + 1));
-    float *uq = dev_of(q, nq), *uk = dev_of(k, nk), *ukc = dev_of(kc, nc), *uvc = dev_of(vc, nc);
+    float *dq = test_dev_floats(gpu, q, nq), *dk = test_dev_floats(gpu, k, nk),
+          *dv = test_dev_floats(gpu, v, nk), *dkc = test_dev_floats(gpu, kc, nc);
+    float *dvc = test_dev_floats(gpu, vc, nc),
+          *dfr = test_dev_floats(gpu, fr, (size_t)(c->rot / 2 + 1));
+    float *uq = test_dev_floats(gpu, q, nq), *uk = test_dev_floats(gpu, k, nk),
+          *ukc = test_dev_floats(gpu, kc, nc), *uvc = test_dev_floats(gpu, vc, nc);
     nmlx_rope_kv_args ga = a;
     ga.q = dq, ga.k = dk, ga.v = dv, ga.k_cache = dkc, ga.v_cache = dvc;
     ga.q_norm = dq_w, ga.k_norm = dk_w, ga.freqs = c->rope ? dfr : NULL;
@@ -186,9 +168,10 @@ static void test_rope_kv(const rkv_case *c) {
             gpu->ops->copy(gpu, uvc + dst, dv + src, row);
         }
     check_ok("rope_kv");
-    float *gq = host_of(dq, nq), *gkc = host_of(dkc, nc), *gvc = host_of(dvc, nc);
-    float *hq2 = host_of(uq, nq), *hkc = host_of(ukc, nc);
-    float *hvc = host_of(uvc, nc);
+    float *gq = test_host_floats(gpu, dq, nq), *gkc = test_host_floats(gpu, dkc, nc),
+          *gvc = test_host_floats(gpu, dvc, nc);
+    float *hq2 = test_host_floats(gpu, uq, nq), *hkc = test_host_floats(gpu, ukc, nc);
+    float *hvc = test_host_floats(gpu, uvc, nc);
     double e = fmax(test_diff_over_max(gq, rq, nq),
                     fmax(test_diff_over_max(gkc, rkc, nc), test_diff_over_max(gvc, rvc, nc)));
     double u = fmax(test_diff_over_max(gq, hq2, nq),
@@ -222,18 +205,20 @@ static void test_rope_kv_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, boo
     nmlx_tensor hq, hk;
     const nmlx_tensor *dq_w = norm_weight(NMLX_DT_BF16, HD, &hq),
                       *dk_w = norm_weight(NMLX_DT_BF16, HD, &hk);
-    float *dfr = dev_of(fr, (size_t)(rot / 2));
-    float *aq = dev_of(q, (size_t)nq), *ak = dev_of(k, (size_t)nk), *bq = dev_of(q, (size_t)nq);
-    float *bk = dev_of(k, (size_t)nk), *dv = dev_of(v, (size_t)nk);
+    float *dfr = test_dev_floats(gpu, fr, (size_t)(rot / 2));
+    float *aq = test_dev_floats(gpu, q, (size_t)nq), *ak = test_dev_floats(gpu, k, (size_t)nk),
+          *bq = test_dev_floats(gpu, q, (size_t)nq);
+    float *bk = test_dev_floats(gpu, k, (size_t)nk), *dv = test_dev_floats(gpu, v, (size_t)nk);
     nmlx_kv_row_dst rows[64], one_rows[64];
     size_t ncs[64];
     for (int64_t r = 0; r < R; r++) {
         const int64_t cap = 16 + 7 * r, row0 = (r * 5) % cap;
         ncs[r] = (size_t)(KVH * cap * HD);
         float *c0 = test_rand_floats(ncs[r], -1, 1), *c1 = test_rand_floats(ncs[r], -1, 1);
-        rows[r] = (nmlx_kv_row_dst){dev_of(c0, ncs[r]), dev_of(c1, ncs[r]), cap, row0, 40 * r + 3};
-        one_rows[r] =
-            (nmlx_kv_row_dst){dev_of(c0, ncs[r]), dev_of(c1, ncs[r]), cap, row0, 40 * r + 3};
+        rows[r] = (nmlx_kv_row_dst){test_dev_floats(gpu, c0, ncs[r]),
+                                    test_dev_floats(gpu, c1, ncs[r]), cap, row0, 40 * r + 3};
+        one_rows[r] = (nmlx_kv_row_dst){test_dev_floats(gpu, c0, ncs[r]),
+                                        test_dev_floats(gpu, c1, ncs[r]), cap, row0, 40 * r + 3};
         free(c0), free(c1);
     }
     nmlx_rope_kv_args a = {.q = aq,
@@ -262,11 +247,13 @@ static void test_rope_kv_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, boo
         gpu->ops->rope_kv(gpu, &b);
     }
     check_ok("rope_kv_rows");
-    float *gq = host_of(aq, (size_t)nq), *hq2 = host_of(bq, (size_t)nq);
+    float *gq = test_host_floats(gpu, aq, (size_t)nq), *hq2 = test_host_floats(gpu, bq, (size_t)nq);
     bool same = !memcmp(gq, hq2, (size_t)nq * sizeof(float));
     for (int64_t r = 0; r < R; r++) {
-        float *x0 = host_of(rows[r].k_cache, ncs[r]), *x1 = host_of(one_rows[r].k_cache, ncs[r]);
-        float *y0 = host_of(rows[r].v_cache, ncs[r]), *y1 = host_of(one_rows[r].v_cache, ncs[r]);
+        float *x0 = test_host_floats(gpu, rows[r].k_cache, ncs[r]),
+              *x1 = test_host_floats(gpu, one_rows[r].k_cache, ncs[r]);
+        float *y0 = test_host_floats(gpu, rows[r].v_cache, ncs[r]),
+              *y1 = test_host_floats(gpu, one_rows[r].v_cache, ncs[r]);
         same = same && !memcmp(x0, x1, ncs[r] * sizeof(float)) &&
                !memcmp(y0, y1, ncs[r] * sizeof(float));
         free(x0), free(x1), free(y0), free(y1);
@@ -298,15 +285,16 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     float *ru = malloc(ny * sizeof(float));
     cpu->ops->gate_up_act(cpu, act, &wg, &wu, bias ? &hb[0] : NULL, bias ? &hb[1] : NULL, x, rg, ru,
                           T);
-    float *dx = dev_of(x, nx), *dg = dev_nan(ny), *du = dev_nan(ny);
-    float *ug = dev_nan(ny), *uu = dev_nan(ny);
+    float *dx = test_dev_floats(gpu, x, nx), *dg = test_dev_nan(gpu, ny),
+          *du = test_dev_nan(gpu, ny);
+    float *ug = test_dev_nan(gpu, ny), *uu = test_dev_nan(gpu, ny);
     gpu->ops->gate_up_act(gpu, act, &gg, &gu, db[0], db[1], dx, dg, du, T);
     const nmlx_weight *ws[2] = {&gg, &gu};
     float *ys[2] = {ug, uu};
     gpu->ops->matmul_multi(gpu, 2, ws, db, dx, ys, T);
     gpu->ops->act_mul(gpu, act, ug, uu, ug, (int64_t)ny);
     check_ok("gate_up_act");
-    float *hg = host_of(dg, ny), *hu = host_of(ug, ny);
+    float *hg = test_host_floats(gpu, dg, ny), *hu = test_host_floats(gpu, ug, ny);
     double e = test_diff_over_max(hg, rg, ny), u = test_diff_over_max(hg, hu, ny);
     /* T > 1: the tensor-core rows (x as bf16 hi + lo), 1e-4 as test_cuda_ops */
     double lim = T == 1 && (bits == 4 || bits == 8) ? 2e-3 : T > 1 ? 1e-4 : 1e-5;
@@ -429,10 +417,12 @@ static void test_norm_matmul(const nm_case *c) {
         cpu->ops->matmul_multi(cpu, n, hws, hbs, ry, rys, 1);
     /* the GPU: fused, and the unfused sequence on a second set of buffers */
     nmlx_cuda_set_f32_activations(gpu, c->f32x);
-    float *dx = dev_of(x, (size_t)D), *dd = dev_of(d, (size_t)D), *dy = dev_nan((size_t)D);
-    float *ux = dev_of(x, (size_t)D), *uy = dev_nan((size_t)D), *dys[3], *uys[3];
+    float *dx = test_dev_floats(gpu, x, (size_t)D), *dd = test_dev_floats(gpu, d, (size_t)D),
+          *dy = test_dev_nan(gpu, (size_t)D);
+    float *ux = test_dev_floats(gpu, x, (size_t)D), *uy = test_dev_nan(gpu, (size_t)D), *dys[3],
+          *uys[3];
     for (int i = 0; i < n; i++)
-        dys[i] = dev_nan((size_t)ny[i]), uys[i] = dev_nan((size_t)ny[i]);
+        dys[i] = test_dev_nan(gpu, (size_t)ny[i]), uys[i] = test_dev_nan(gpu, (size_t)ny[i]);
     const nmlx_tensor *gnw = c->norm_w ? gn : NULL;
     bool fused = gpu->ops->add_rmsnorm_matmul(gpu, dx, dd, gnw, c->off, eps, dy, D, c->act, n, gws,
                                               gbs, dys);
@@ -447,13 +437,14 @@ static void test_norm_matmul(const nm_case *c) {
     EXPECT(fused == c->fused, "add_rmsnorm_matmul D=%lld fmt=%d act=%d n=%d: %s, expected %s",
            (long long)D, c->fmt, c->act, n, fused ? "fused" : "declined",
            c->fused ? "fused" : "declined");
-    float *gx = host_of(dx, (size_t)D), *gy = host_of(dy, (size_t)D), *hy = host_of(uy, (size_t)D);
+    float *gx = test_host_floats(gpu, dx, (size_t)D), *gy = test_host_floats(gpu, dy, (size_t)D),
+          *hy = test_host_floats(gpu, uy, (size_t)D);
     /* gate/up: only the gate output (act(gate) * up) is defined */
     const int nout = c->act >= 0 ? 1 : n;
     if (!fused) {
         bool untouched = memcmp(gx, x, (size_t)D * sizeof(float)) == 0 && all_nan(gy, (size_t)D);
         for (int i = 0; i < n; i++) {
-            float *g = host_of(dys[i], (size_t)ny[i]);
+            float *g = test_host_floats(gpu, dys[i], (size_t)ny[i]);
             untouched = untouched && all_nan(g, (size_t)ny[i]);
             free(g);
         }
@@ -469,7 +460,8 @@ static void test_norm_matmul(const nm_case *c) {
                uyd = test_diff_over_max(gy, hy, (size_t)D);
         double e = 0, u = 0;
         for (int i = 0; i < nout; i++) {
-            float *g = host_of(dys[i], (size_t)ny[i]), *h = host_of(uys[i], (size_t)ny[i]);
+            float *g = test_host_floats(gpu, dys[i], (size_t)ny[i]),
+                  *h = test_host_floats(gpu, uys[i], (size_t)ny[i]);
             e = fmax(e, test_diff_over_max(g, rys[i], (size_t)ny[i]));
             u = fmax(u, test_diff_over_max(g, h, (size_t)ny[i]));
             free(g), free(h);

@@ -11,6 +11,7 @@
  * 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cuda/cuda_backend.h"
+#include "dev_floats.h"
 #include "harness.h"
 #include "model_util.h" /* test_diff_over_max */
 #include "nmlx.h"
@@ -58,27 +59,6 @@ static const nmlx_tensor *bias_of(int64_t D, float **f32) {
     return p;
 }
 
-static float *dev_floats(const float *h, size_t n) {
-    float *d = gpu->ops->alloc(gpu, n * sizeof(float));
-    gpu->ops->upload(gpu, d, h, n * sizeof(float));
-    return d;
-}
-
-static float *dev_nan(size_t n) {
-    float *h = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        h[i] = NAN;
-    float *d = dev_floats(h, n);
-    free(h);
-    return d;
-}
-
-static float *host_of(const float *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    gpu->ops->download(gpu, h, d, n * sizeof(float));
-    return h;
-}
-
 static double act_ref(int act, double g) {
     switch (act) {
     case NMLX_ACT_SILU: return g / (1 + exp(-g));
@@ -110,11 +90,11 @@ static void run_case(nmlx_dtype dt, int n, const int64_t *rows, int act, int64_t
     const int ny = act >= 0 ? 1 : n;
     float *dy[3], *dy1[3]; /* all T rows; one row at a time */
     for (int i = 0; i < ny; i++) {
-        dy[i] = dev_nan((size_t)(T * w[i].rows));
-        dy1[i] = dev_nan((size_t)(T * w[i].rows));
+        dy[i] = test_dev_nan(gpu, (size_t)(T * w[i].rows));
+        dy1[i] = test_dev_nan(gpu, (size_t)(T * w[i].rows));
     }
-    float *scratch = dev_nan((size_t)(T * w[0].rows)); /* gate_up_act's up (unused) */
-    for (int64_t t = -1; t < T; t++) {                 /* -1: all rows; then each row alone */
+    float *scratch = test_dev_nan(gpu, (size_t)(T * w[0].rows)); /* gate_up_act's up (unused) */
+    for (int64_t t = -1; t < T; t++) { /* -1: all rows; then each row alone */
         const float *xx = t < 0 ? dx : dx + t * N;
         const int64_t TT = t < 0 ? T : 1;
         float *ys[3];
@@ -144,7 +124,7 @@ static void run_case(nmlx_dtype dt, int n, const int64_t *rows, int act, int64_t
                 }
                 ref[t * D + d] = (float)(act >= 0 ? act_ref(act, s[0]) * s[1] : s[0]);
             }
-        float *got = host_of(dy[i], m), *alone = host_of(dy1[i], m);
+        float *got = test_host_floats(gpu, dy[i], m), *alone = test_host_floats(gpu, dy1[i], m);
         const double e = test_diff_over_max(got, ref, m);
         EXPECT(e <= 1e-5, "%s n=%d act=%d D=%lld N=%lld T=%lld bias=%d off=%d weight %d: %.2e",
                nmlx_dtype_name(dt), n, act, (long long)D, (long long)N, (long long)T, bias, off, i,

@@ -22,6 +22,7 @@
 #include "compute/cpu/cpu_internal.h"
 #include "compute/quant.h"
 #include "compute/cuda/cuda_backend.h"
+#include "dev_floats.h"
 #include "harness.h"
 #include "model_util.h" /* test_diff_over_max */
 #include "qweight.h"
@@ -30,13 +31,6 @@
 #include <time.h>
 
 static nmlx_backend *cpu, *gpu;
-
-/* device copy of host floats */
-static float *dev_of(const float *h, size_t n) {
-    float *d = gpu->ops->alloc(gpu, n * sizeof(float));
-    gpu->ops->upload(gpu, d, h, n * sizeof(float));
-    return d;
-}
 
 /* max|got - ref| / max(max|ref|, tiny); downloads got from the device */
 static double rel_err(const float *dev, const float *ref, size_t n) {
@@ -196,7 +190,7 @@ static void test_matmul(nmlx_dtype dt, int64_t T, int64_t D, int64_t N, bool bia
     EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare: %s", nmlx_last_error());
     nmlx_weight gw = w;
     gw.w = *pw;
-    float *dx = dev_of(x, (size_t)(T * N));
+    float *dx = test_dev_floats(gpu, x, (size_t)(T * N));
     float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("matmul");
@@ -286,7 +280,7 @@ static void test_qmatmul(nmlx_quant_mode mode, int bits, int gs, nmlx_dtype sdt,
     nmlx_weight gw = prepare_q(&w);
     const nmlx_tensor *pb = NULL;
     EXPECT(gpu->ops->prepare_tensor(gpu, &b, &pb) == NMLX_OK, "prepare bias");
-    float *dx = dev_of(x, (size_t)(T * N));
+    float *dx = test_dev_floats(gpu, x, (size_t)(T * N));
     float *dy = gpu->ops->alloc(gpu, (size_t)(T * D) * sizeof(float));
     gpu->ops->matmul(gpu, &gw, bias ? pb : NULL, dx, dy, T);
     check_ok("qmatmul");
@@ -400,7 +394,7 @@ static void test_qmulti(int bits, int gs, nmlx_dtype sdt, int64_t N, bool mixed)
     }
     bs[1] = pb;
     const nmlx_weight *ws[3] = {&g[0], &g[1], &g[2]};
-    float *dx = dev_of(x, (size_t)N);
+    float *dx = test_dev_floats(gpu, x, (size_t)N);
     gpu->ops->matmul_multi(gpu, 3, ws, bs, dx, dy, 1);
     check_ok("matmul_multi");
     if (!mixed) { /* one int16 mat-vec launch: v1 and v2's configurations, the same bits */
@@ -441,7 +435,7 @@ static void test_qpair(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_t N, b
     float *ru = malloc((size_t)I * sizeof(float));
     cpu->ops->gate_up_act(cpu, act, &hw[0], &hw[1], bias ? &hb[0] : NULL, bias ? &hb[1] : NULL, x,
                           rg, ru, 1);
-    float *dx = dev_of(x, (size_t)N);
+    float *dx = test_dev_floats(gpu, x, (size_t)N);
     float *dg = gpu->ops->alloc(gpu, (size_t)I * sizeof(float));
     float *du = gpu->ops->alloc(gpu, (size_t)I * sizeof(float));
     const nmlx_weight *ws[2] = {&g[0], &g[1]};
@@ -548,7 +542,7 @@ static void test_rmsnorm(int64_t R, int64_t D, bool weight, float off) {
     cpu->ops->rmsnorm(cpu, x, weight ? &w : NULL, off, 1e-6f, ref, R, D);
     const nmlx_tensor *p = NULL;
     gpu->ops->prepare_tensor(gpu, &w, &p);
-    float *dx = dev_of(x, (size_t)(R * D));
+    float *dx = test_dev_floats(gpu, x, (size_t)(R * D));
     gpu->ops->rmsnorm(gpu, dx, weight ? p : NULL, off, 1e-6f, dx, R, D); /* in place */
     check_ok("rmsnorm");
     double e = rel_err(dx, ref, (size_t)(R * D));
@@ -567,7 +561,7 @@ static void test_rope(int64_t T, int64_t H, int64_t HD, int64_t rot, int64_t pos
     float *ref = malloc(n * sizeof(float));
     memcpy(ref, x, n * sizeof(float));
     cpu->ops->rope(cpu, ref, T, H, HD, rot, pos0, fr, 1.1f);
-    float *dx = dev_of(x, n), *dfr = dev_of(fr, (size_t)(rot / 2));
+    float *dx = test_dev_floats(gpu, x, n), *dfr = test_dev_floats(gpu, fr, (size_t)(rot / 2));
     gpu->ops->rope(gpu, dx, T, H, HD, rot, pos0, dfr, 1.1f);
     check_ok("rope");
     double e = rel_err(dx, ref, n);
@@ -648,8 +642,8 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                         .sinks = sinks ? sk : NULL,
                         .scratch = scratch};
     cpu->ops->attention(cpu, &a);
-    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk),
-          *ds = dev_of(sk, (size_t)H);
+    float *dq = test_dev_floats(gpu, q, nq), *dk = test_dev_floats(gpu, k, nk),
+          *dv = test_dev_floats(gpu, v, nk), *ds = test_dev_floats(gpu, sk, (size_t)H);
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     nmlx_attn_args g = a;
     g.q = dq, g.k = dk, g.v = dv, g.out = dout, g.sinks = sinks ? ds : NULL, g.scratch = NULL;
@@ -741,8 +735,8 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
           *v = test_rand_floats(nk, -1, 1), *sk = test_rand_floats((size_t)H, -1, 2);
     float *ref = malloc(nq * sizeof(float)),
           *scratch = malloc((size_t)(cpu->n_threads * (H / KVH) * (cap + T)) * 4);
-    float *dq = dev_of(q, nq), *dk = dev_of(k, nk), *dv = dev_of(v, nk),
-          *ds = dev_of(sk, (size_t)H);
+    float *dq = test_dev_floats(gpu, q, nq), *dk = test_dev_floats(gpu, k, nk),
+          *dv = test_dev_floats(gpu, v, nk), *ds = test_dev_floats(gpu, sk, (size_t)H);
     float *dout = gpu->ops->alloc(gpu, nq * sizeof(float));
     float **outs = malloc((size_t)n * sizeof *outs);
     for (int i = 0; i < n; i++)
@@ -826,8 +820,9 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
     float *fr = malloc((size_t)(rot / 2) * sizeof(float));
     for (int64_t i = 0; i < rot / 2; i++)
         fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)rot);
-    float *dq = dev_of(q, nq), *dq1 = dev_of(q, nq), *dfr = dev_of(fr, (size_t)(rot / 2));
-    float *ds = dev_of(sk, (size_t)H);
+    float *dq = test_dev_floats(gpu, q, nq), *dq1 = test_dev_floats(gpu, q, nq),
+          *dfr = test_dev_floats(gpu, fr, (size_t)(rot / 2));
+    float *ds = test_dev_floats(gpu, sk, (size_t)H);
     int64_t *pos = malloc((size_t)R * sizeof(int64_t));
     nmlx_attn_row *rows = malloc((size_t)R * sizeof *rows);
     float **hk = malloc((size_t)R * sizeof *hk), **hv = malloc((size_t)R * sizeof *hv);
@@ -837,8 +832,8 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
         pos[r] = n_kv - 1 + (int64_t)(test_rand_u64() % 5000);
         hk[r] = test_rand_floats((size_t)(krow * cap), -1, 1);
         hv[r] = test_rand_floats((size_t)(krow * cap), -1, 1);
-        rows[r] = (nmlx_attn_row){.k = dev_of(hk[r], (size_t)(krow * cap)),
-                                  .v = dev_of(hv[r], (size_t)(krow * cap)),
+        rows[r] = (nmlx_attn_row){.k = test_dev_floats(gpu, hk[r], (size_t)(krow * cap)),
+                                  .v = test_dev_floats(gpu, hv[r], (size_t)(krow * cap)),
                                   .cap = cap,
                                   .q_pos = n_kv - 1,
                                   .n_kv = n_kv,
@@ -920,7 +915,7 @@ static void test_rows(int64_t R, int64_t H, int64_t KVH, int64_t HD, int64_t win
 static void test_elementwise(int64_t n) {
     float *a = test_rand_floats((size_t)n, -4, 4), *b = test_rand_floats((size_t)n, -4, 4);
     float *ref = malloc((size_t)n * sizeof(float));
-    float *da = dev_of(a, (size_t)n), *db = dev_of(b, (size_t)n);
+    float *da = test_dev_floats(gpu, a, (size_t)n), *db = test_dev_floats(gpu, b, (size_t)n);
     float *dout = gpu->ops->alloc(gpu, (size_t)n * sizeof(float));
     for (int act = 0; act < 3; act++) {
         cpu->ops->act_mul(cpu, (nmlx_act)act, a, b, ref, n);
@@ -958,7 +953,7 @@ static void test_softmax(int64_t R, int64_t n) {
           *ref = malloc((size_t)(R * n) * sizeof(float));
     memcpy(ref, x, (size_t)(R * n) * sizeof(float));
     cpu->ops->softmax(cpu, ref, R, n);
-    float *dx = dev_of(x, (size_t)(R * n));
+    float *dx = test_dev_floats(gpu, x, (size_t)(R * n));
     gpu->ops->softmax(gpu, dx, R, n);
     check_ok("softmax");
     double e = rel_err(dx, ref, (size_t)(R * n));
