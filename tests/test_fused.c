@@ -363,32 +363,44 @@ static void check_steps(const char *dir, int kv_bits, bool replayable) {
 
 /* ---- the model side of add_rmsnorm_matmul (backend.h) on the CPU ----
  * The CPU has no such op; a fake that either runs the ops it stands for
- * (add_rmsnorm, then matmul_multi or gate_up_act) or declines them (the
- * model then runs them itself) must leave every decode step's logits and
- * ids equal to the plain backend's, bit for bit, with the fake called for
- * the q/k/v of every layer but the first and for the gate/up of dense MLP
- * layers, on one-token steps only. */
+ * (add_rmsnorm, then matmul_multi or gate_up_act, then rope_kv where asked)
+ * or declines them (the model then runs them itself) must leave every
+ * decode step's logits and ids equal to the plain backend's, bit for bit,
+ * with the fake called for the q/k/v of every layer but the first and for
+ * the gate/up of dense MLP layers, on one-token steps only. Three runs:
+ * declining everything, running everything, and running all but the
+ * rope_kv fold (the model then asks again without it). */
 
-static long nm_calls[2]; /* act < 0 (q/k/v), act >= 0 (gate/up) */
-static bool nm_bad, nm_runs;
+enum { NM_DECLINE, NM_RUN, NM_NO_ROPE };
+static long nm_calls[3]; /* act < 0 (q/k/v), act >= 0 (gate/up), with rope_kv */
+static bool nm_bad;
+static int nm_mode;
 
 static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                              float off, float eps, float *y, int64_t D, int act, int n,
                              const nmlx_weight *const *ws, const nmlx_tensor *const *bs,
-                             float *const *ys) {
+                             float *const *ys, const nmlx_rope_kv_args *rope) {
     nm_calls[act >= 0]++;
     nm_bad = nm_bad || (act >= 0 ? n != 2 : n != 3) || ws[0]->cols != D;
-    if (!nm_runs) return false;
+    if (rope) {
+        nm_calls[2]++;
+        nm_bad = nm_bad || act >= 0 || rope->T != 1 || rope->qk_norm || rope->q != ys[0] ||
+                 rope->k != ys[1] || rope->v != ys[2];
+    }
+    if (nm_mode == NM_DECLINE || (rope && nm_mode == NM_NO_ROPE)) return false;
     be->ops->add_rmsnorm(be, x, d, nw, off, eps, y, 1, D);
     if (act >= 0)
         be->ops->gate_up_act(be, (nmlx_act)act, ws[0], ws[1], bs[0], bs[1], y, ys[0], ys[1], 1);
     else
         be->ops->matmul_multi(be, n, ws, bs, y, ys, 1);
+    if (rope) be->ops->rope_kv(be, rope);
     return true;
 }
 
-static void check_norm_matmul(const char *dir, bool gate_up) {
+/* rope: the fixture's attention takes the rope_kv fold (no q/k norm) */
+static void check_norm_matmul(const char *dir, bool gate_up, bool rope) {
     enum { STEPS = 8 };
+    static const char *mode_name[] = {"declined", "run", "run, rope_kv declined"};
     nmlx_model *m = load_on_threads(dir, 2);
     if (!m) return;
     int64_t V = nmlx_model_vocab_size(m);
@@ -400,16 +412,22 @@ static void check_norm_matmul(const char *dir, bool gate_up) {
     ops = *orig;
     ops.add_rmsnorm_matmul = fake_norm_matmul;
     m->be->ops = &ops;
-    for (int runs = 0; runs < 2; runs++) {
-        nm_runs = runs, nm_bad = false, nm_calls[0] = nm_calls[1] = 0;
+    for (int mode = NM_DECLINE; mode <= NM_NO_ROPE; mode++) {
+        nm_mode = mode, nm_bad = false, nm_calls[0] = nm_calls[1] = nm_calls[2] = 0;
         decode(m, 0, STEPS, fed2, faked);
         EXPECT(!memcmp(plain, faked, (size_t)V * sizeof(float)) && !memcmp(fed, fed2, sizeof fed),
-               "%s: logits differ with add_rmsnorm_matmul (%s)", dir, runs ? "run" : "declined");
-        EXPECT(!nm_bad && nm_calls[0] > 0 && (nm_calls[1] > 0) == gate_up,
-               "%s: add_rmsnorm_matmul calls: q/k/v %ld, gate/up %ld%s", dir, nm_calls[0],
-               nm_calls[1], nm_bad ? " (malformed)" : "");
-        printf("%s add_rmsnorm_matmul %s: q/k/v %ld, gate/up %ld calls, logits equal\n", dir,
-               runs ? "run" : "declined", nm_calls[0], nm_calls[1]);
+               "%s: logits differ with add_rmsnorm_matmul (%s)", dir, mode_name[mode]);
+        /* the rope_kv fold is asked for first on every q/k/v call; where it is
+         * declined the same call comes again without it */
+        const long qkv = mode == NM_DECLINE && rope ? nm_calls[0] / 2 : nm_calls[0];
+        const long want_rope = !rope ? 0 : mode == NM_RUN ? nm_calls[0] : nm_calls[0] / 2;
+        EXPECT(!nm_bad && qkv > 0 && (nm_calls[1] > 0) == gate_up && nm_calls[2] == want_rope,
+               "%s: add_rmsnorm_matmul calls (%s): q/k/v %ld, gate/up %ld, rope_kv %ld%s", dir,
+               mode_name[mode], nm_calls[0], nm_calls[1], nm_calls[2],
+               nm_bad ? " (malformed)" : "");
+        printf("%s add_rmsnorm_matmul %s: q/k/v %ld, gate/up %ld, with rope_kv %ld calls, "
+               "logits equal\n",
+               dir, mode_name[mode], nm_calls[0], nm_calls[1], nm_calls[2]);
     }
     m->be->ops = orig;
     free(plain), free(faked);
@@ -429,10 +447,14 @@ int main(void) {
     check_steps("tests/fixtures/qwen3", 0, true);
     check_steps("tests/fixtures/llama3_tied", 4, false);    /* quantized KV */
     check_steps("tests/fixtures/mistral_window", 0, false); /* rotating cache */
-    check_norm_matmul("tests/fixtures/llama3_tied", true);
-    check_norm_matmul("tests/fixtures/qwen3", true);       /* q/k norms */
-    check_norm_matmul("tests/fixtures/gemma3_text", true); /* sandwich, (1 + w) */
-    check_norm_matmul("tests/fixtures/quant_llama_q4g64_f16", true);
-    check_norm_matmul("tests/fixtures/qwen3_moe", false); /* MoE: q/k/v only */
+    check_norm_matmul("tests/fixtures/llama3_tied", true, true);
+    check_norm_matmul("tests/fixtures/qwen3", true, false);       /* q/k norms */
+    check_norm_matmul("tests/fixtures/gemma3_text", true, false); /* sandwich, (1 + w) */
+    /* half scales: an f16 KV cache on the CPU, which rope_kv does not take */
+    check_norm_matmul("tests/fixtures/quant_llama_q4g64_f16", true, false);
+    check_norm_matmul("tests/fixtures/qwen3_moe", false, false);   /* MoE: q/k/v only */
+    check_norm_matmul("tests/fixtures/qwen2", true, true);         /* q/k/v biases */
+    check_norm_matmul("tests/fixtures/phi3_longrope", true, true); /* fused qkv, longrope */
+    check_norm_matmul("tests/fixtures/smollm3", true, true);       /* layers without RoPE */
     return test_summary();
 }

@@ -250,11 +250,16 @@ typedef struct nmlx_backend_ops {
      * the ops. x, d, y and the ys must not overlap. x and y as add_rmsnorm
      * gives them, the ys as those ops on y give them (CUDA: the int16
      * mat-vec of affine 4/8-bit weights staging normed x itself, its sum
-     * of squares in the order of the add_rmsnorm kernel). */
+     * of squares in the order of the add_rmsnorm kernel).
+     * rope != NULL (act < 0, n == 3: q, k, v): then rope_kv(rope) too, with
+     * rope->q == ys[0], rope->k == ys[1], rope->v == ys[2], T == 1 and
+     * qk_norm false (q rotated in place, k and v appended to the cache; k's
+     * and v's ys left unspecified). A backend that cannot fold it returns
+     * false and does nothing: the caller may ask again with rope NULL. */
     bool (*add_rmsnorm_matmul)(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                float w_offset, float eps, float *y, int64_t D, int act, int n,
                                const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                               float *const *ys);
+                               float *const *ys, const nmlx_rope_kv_args *rope);
     /* moe_experts: the experts of a MoE block (shared/moe.c) for T tokens
      * with k slots each, routing done:
      *   out[t] = sum_{j < k} scores[t, j] * y[t, j], in that order, where

@@ -204,14 +204,14 @@ static void p_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 static bool p_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                  float w_offset, float eps, float *y, int64_t D, int act, int n,
                                  const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                                 float *const *ys) {
+                                 float *const *ys, const nmlx_rope_kv_args *rope) {
     PROF_BEGIN(be);
-    bool done =
-        P->inner->add_rmsnorm_matmul(be, x, d, nw, w_offset, eps, y, D, act, n, ws, biases, ys);
+    bool done = P->inner->add_rmsnorm_matmul(be, x, d, nw, w_offset, eps, y, D, act, n, ws, biases,
+                                             ys, rope);
     char wk[64];
     weight_key(ws[0], wk, sizeof wk);
-    PROF_END(be, "add_rmsnorm_%s x%d %s%s", act < 0 ? "matmul" : "gate_up_act", n, wk,
-             done ? "" : " (declined)");
+    PROF_END(be, "add_rmsnorm_%s x%d %s%s%s", act < 0 ? "matmul" : "gate_up_act", n, wk,
+             rope ? " +rope_kv" : "", done ? "" : " (declined)");
     return done;
 }
 static bool p_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,

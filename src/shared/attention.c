@@ -66,11 +66,11 @@ static void scale_queries(nmlx_backend *be, const nmlx_attention_shape *s, float
     }
 }
 
-/* The q/k norms (if the shape has them), RoPE and the cache append as one
- * backend op (backend.h rope_kv) into the cache's next rows. */
-static void fused_rope_kv(nmlx_backend *be, const nmlx_attention *a, const nmlx_layer_cache *cache,
-                          float *q, float *k, const float *v, int64_t T, int64_t pos,
-                          const float *freqs) {
+/* rope_kv's arguments for T tokens of one sequence at pos: the q/k norms
+ * (if the shape has them), RoPE and the append into the cache's next rows */
+static nmlx_rope_kv_args rope_kv_args_of(const nmlx_attention *a, const nmlx_layer_cache *cache,
+                                         float *q, float *k, const float *v, int64_t T, int64_t pos,
+                                         const float *freqs) {
     const nmlx_attention_shape *s = &a->s;
     nmlx_rope_kv_args r = {
         .q = q,
@@ -93,27 +93,33 @@ static void fused_rope_kv(nmlx_backend *be, const nmlx_attention *a, const nmlx_
         .mscale = a->rope ? a->rope->mscale : 1.0f,
     };
     nmlx_layer_cache_rows(cache, &r.k_cache, &r.v_cache, &r.cap, &r.row0);
-    be->ops->rope_kv(be, &r);
+    return r;
+}
+
+/* The RoPE table for T tokens at pos of a call that ends at call_end */
+static const float *layer_freqs(const nmlx_attention *a, int64_t pos, int64_t T, int64_t call_end) {
+    if (!a->rope) return NULL;
+    int64_t end = call_end > pos + T ? call_end : pos + T;
+    return nmlx_rope_freqs(a->rope, pos, end - pos);
 }
 
 /* RoPE, query scaling, the cache append and softmax attention for T tokens
  * of one sequence at its cache's offset: q/k/v [T, heads, HD] projected (and
- * normed unless `fused`: then rope_kv norms, rotates and appends), ctx
- * [T, H, HD] written. */
+ * normed unless `fused`: then rope_kv norms, rotates and appends; `roped`:
+ * the projection did that already), ctx [T, H, HD] written. */
 static void attend(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache, float *q,
                    float *k, const float *v, float *ctx, int64_t T, int64_t call_end,
-                   float *scratch, bool fused) {
+                   float *scratch, bool fused, bool roped) {
     const nmlx_attention_shape *s = &a->s;
     int64_t H = s->heads, KVH = s->kv_heads, HD = s->head_dim;
     int64_t pos = nmlx_layer_cache_offset(cache);
-    const float *freqs = NULL;
-    if (a->rope) {
-        int64_t end = call_end > pos + T ? call_end : pos + T;
-        freqs = nmlx_rope_freqs(a->rope, pos, end - pos);
-    }
+    const float *freqs = layer_freqs(a, pos, T, call_end);
     nmlx_kv_view kv;
     if (fused) {
-        fused_rope_kv(be, a, cache, q, k, v, T, pos, freqs);
+        if (!roped) {
+            nmlx_rope_kv_args r = rope_kv_args_of(a, cache, q, k, v, T, pos, freqs);
+            be->ops->rope_kv(be, &r);
+        }
         if (s->q_scale_beta != 0.0f) scale_queries(be, s, q, pos, T);
         nmlx_layer_cache_commit(cache, T, &kv);
     } else {
@@ -170,13 +176,30 @@ static bool takes_rope_kv(const nmlx_backend *be, const nmlx_layer_cache *cache)
     return be->ops->rope_kv && nmlx_layer_cache_rows(cache, &k, &v, &cap, &row0);
 }
 
+/* One decode token with a pending norm: the norm, the q/k/v projections,
+ * RoPE and the cache append as one backend call (nmlx_pending_norm_rope_kv);
+ * false: nothing done */
+static bool project_rope_kv(nmlx_backend *be, const nmlx_attention *a,
+                            const nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
+                            const nmlx_pending_norm *pending, int64_t T) {
+    if (T != 1 || !pending || a->s.qk_norm || !be->ops->add_rmsnorm_matmul) return false;
+    int64_t pos = nmlx_layer_cache_offset(cache);
+    nmlx_rope_kv_args r = rope_kv_args_of(a, cache, buf->q, buf->k, buf->v, T, pos,
+                                          layer_freqs(a, pos, T, buf->call_end));
+    const nmlx_linear *ls[3] = {&a->q, &a->k, &a->v};
+    float *ys[3] = {buf->q, buf->k, buf->v};
+    return nmlx_pending_norm_rope_kv(be, pending, ls, ys, &r);
+}
+
 void nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
                                     nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
                                     const nmlx_pending_norm *pending, const float *x, float *out,
                                     int64_t T) {
     bool fused = takes_rope_kv(be, cache);
-    project(be, a, buf, pending, x, T, !fused);
-    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused);
+    bool roped = fused && project_rope_kv(be, a, cache, buf, pending, T);
+    if (!roped) project(be, a, buf, pending, x, T, !fused);
+    attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused,
+           roped);
     nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
 }
 
@@ -230,9 +253,12 @@ static void fused_rows(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cac
         .mscale = a->rope ? a->rope->mscale : 1.0f,
     };
     if (!(same && be->ops->rope_kv_rows && be->ops->rope_kv_rows(be, &ra, dst, n)))
-        for (int64_t r = 0; r < n; r++)
-            fused_rope_kv(be, a, caches[r], q + r * qdim, k + r * kvdim, v + r * kvdim, 1, pos[r],
-                          a->rope ? nmlx_rope_freqs(a->rope, pos[r], 1) : NULL);
+        for (int64_t r = 0; r < n; r++) {
+            nmlx_rope_kv_args one =
+                rope_kv_args_of(a, caches[r], q + r * qdim, k + r * kvdim, v + r * kvdim, 1, pos[r],
+                                layer_freqs(a, pos[r], 1, 0));
+            be->ops->rope_kv(be, &one);
+        }
     for (int64_t r = 0; r < n; r++) {
         if (s->q_scale_beta != 0.0f) scale_queries(be, s, q + r * qdim, pos[r], 1);
         nmlx_layer_cache_commit(caches[r], 1, &views[r]);
@@ -333,7 +359,7 @@ void nmlx_attention_forward_rows(nmlx_backend *be, const nmlx_attention *a,
     } else {
         for (int64_t b = 0; b < B; b++) /* call_end 0: a one-token call's end, pos + 1 */
             attend(be, a, caches[b], buf->q + b * qdim, buf->k + b * kvdim, buf->v + b * kvdim,
-                   buf->ctx + b * qdim, 1, 0, scratch[b], false);
+                   buf->ctx + b * qdim, 1, 0, scratch[b], false, false);
     }
     nmlx_linear_forward(be, &a->o, buf->ctx, out, B);
 }

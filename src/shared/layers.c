@@ -129,21 +129,33 @@ void nmlx_residual_norm(nmlx_backend *be, float *x, const float *d, const nmlx_r
     if (norm) nmlx_rmsnorm_forward(be, norm, x, xn, T, D);
 }
 
+/* p's add + norm and the n linears as one add_rmsnorm_matmul (rope: with
+ * rope_kv folded in); false: nothing done */
+static bool fused_norm_matmul(nmlx_backend *be, const nmlx_pending_norm *p, int act, int n,
+                              const nmlx_linear *const *ls, float *const *ys,
+                              const nmlx_rope_kv_args *rope) {
+    if (!be->ops->add_rmsnorm_matmul || n < 1 || n > NMLX_MATMUL_MULTI_MAX) return false;
+    const nmlx_weight *ws[NMLX_MATMUL_MULTI_MAX];
+    const nmlx_tensor *bs[NMLX_MATMUL_MULTI_MAX];
+    for (int i = 0; i < n; i++)
+        ws[i] = &ls[i]->w, bs[i] = ls[i]->bias;
+    const nmlx_rmsnorm *nm = p->norm;
+    return be->ops->add_rmsnorm_matmul(be, p->x, p->d, nm->w, nm->offset, nm->eps, p->xn, p->D, act,
+                                       n, ws, bs, ys, rope);
+}
+
 bool nmlx_pending_norm_run(nmlx_backend *be, const nmlx_pending_norm *p, int act, int n,
                            const nmlx_linear *const *ls, float *const *ys, int64_t T) {
     if (!p) return false;
-    if (T == 1 && be->ops->add_rmsnorm_matmul && n >= 1 && n <= NMLX_MATMUL_MULTI_MAX) {
-        const nmlx_weight *ws[NMLX_MATMUL_MULTI_MAX];
-        const nmlx_tensor *bs[NMLX_MATMUL_MULTI_MAX];
-        for (int i = 0; i < n; i++)
-            ws[i] = &ls[i]->w, bs[i] = ls[i]->bias;
-        const nmlx_rmsnorm *nm = p->norm;
-        if (be->ops->add_rmsnorm_matmul(be, p->x, p->d, nm->w, nm->offset, nm->eps, p->xn, p->D,
-                                        act, n, ws, bs, ys))
-            return true;
-    }
+    if (T == 1 && fused_norm_matmul(be, p, act, n, ls, ys, NULL)) return true;
     nmlx_residual_norm(be, p->x, p->d, p->norm, p->xn, T, p->D);
     return false;
+}
+
+bool nmlx_pending_norm_rope_kv(nmlx_backend *be, const nmlx_pending_norm *p,
+                               const nmlx_linear *const *qkv, float *const *ys,
+                               const nmlx_rope_kv_args *rope) {
+    return p && rope->T == 1 && !rope->qk_norm && fused_norm_matmul(be, p, -1, 3, qkv, ys, rope);
 }
 
 static nmlx_status prepare_one(nmlx_backend *be, nmlx_tensor *t) {

@@ -9,8 +9,8 @@
 #include "io/safetensors.h"
 
 typedef struct nmlx_linear {
-    nmlx_weight w;            /* [out, in] */
-    const nmlx_tensor *bias;  /* [out] or NULL */
+    nmlx_weight w;           /* [out, in] */
+    const nmlx_tensor *bias; /* [out] or NULL */
 } nmlx_linear;
 
 typedef struct nmlx_rmsnorm {
@@ -22,12 +22,12 @@ typedef struct nmlx_rmsnorm {
 /* Loads `<name>.weight` [out, in] (F32/F16/BF16), or, when `<name>.scales`
  * exists, the MLX-quantized weight/scales/biases (docs/quantization.md);
  * errors name the tensor. Used for linear layers and embedding tables. */
-nmlx_status nmlx_weight_load(nmlx_weight *w, const nmlx_weights *ws, const char *name,
-                             int64_t out, int64_t in);
+nmlx_status nmlx_weight_load(nmlx_weight *w, const nmlx_weights *ws, const char *name, int64_t out,
+                             int64_t in);
 /* Loads `<name>.weight` [out, in] (dense or quantized, as nmlx_weight_load)
  * and `<name>.bias` [out] if has_bias. */
-nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name,
-                             int64_t out, int64_t in, bool has_bias);
+nmlx_status nmlx_linear_load(nmlx_linear *l, const nmlx_weights *ws, const char *name, int64_t out,
+                             int64_t in, bool has_bias);
 /* dst = rows [row0, row0 + n) of src (a fused projection such as qkv_proj
  * or gate_up_proj), without copying: the views share src's memory. */
 nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, const char *name,
@@ -69,6 +69,14 @@ typedef struct nmlx_pending_norm {
  * them on p->xn. */
 bool nmlx_pending_norm_run(nmlx_backend *be, const nmlx_pending_norm *p, int act, int n,
                            const nmlx_linear *const *ls, float *const *ys, int64_t T);
+
+/* One decode token: p, the q/k/v linears qkv (ys: q, k, v) and rope_kv(rope)
+ * (rope->q, k, v the ys, T == 1, no q/k norm) as one backend call
+ * (add_rmsnorm_matmul with rope). true: all of it done; false: nothing done
+ * (the caller runs nmlx_pending_norm_run, then rope_kv). */
+bool nmlx_pending_norm_rope_kv(nmlx_backend *be, const nmlx_pending_norm *p,
+                               const nmlx_linear *const *qkv, float *const *ys,
+                               const nmlx_rope_kv_args *rope);
 
 /* Hands a loaded layer's tensors to the backend once (backend.h
  * prepare_tensor): on the CPU nothing changes; on a GPU the layer then points
@@ -128,8 +136,8 @@ void nmlx_lm_head_download(nmlx_backend *be, const float *dev, int64_t vocab, fl
  * session's own logits buffer), or, where nmlx_logits_defer_here()->rows[r] is set
  * and the head is not soft-capped, copied to that backend buffer on the
  * backend (backend.h; batch.c). */
-void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn,
-                          int64_t rows, int64_t hidden, int64_t vocab, float softcap, float *dev,
+void nmlx_lm_head_scatter(nmlx_backend *be, const nmlx_linear *head, const float *xn, int64_t rows,
+                          int64_t hidden, int64_t vocab, float softcap, float *dev,
                           float *const *host_rows);
 
 /* num_hidden_layers against the checkpoint, before anything is sized from

@@ -425,7 +425,7 @@ static void test_norm_matmul(const nm_case *c) {
         dys[i] = test_dev_nan(gpu, (size_t)ny[i]), uys[i] = test_dev_nan(gpu, (size_t)ny[i]);
     const nmlx_tensor *gnw = c->norm_w ? gn : NULL;
     bool fused = gpu->ops->add_rmsnorm_matmul(gpu, dx, dd, gnw, c->off, eps, dy, D, c->act, n, gws,
-                                              gbs, dys);
+                                              gbs, dys, NULL);
     gpu->ops->add_rmsnorm(gpu, ux, dd, gnw, c->off, eps, uy, 1, D);
     if (c->act >= 0)
         gpu->ops->gate_up_act(gpu, (nmlx_act)c->act, gws[0], gws[1], gbs[0], gbs[1], uy, uys[0],

@@ -324,7 +324,7 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                   float w_offset, float eps, float *y, int64_t D, int act, int n,
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                                  float *const *ys);
+                                  float *const *ys, const nmlx_rope_kv_args *rope);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);

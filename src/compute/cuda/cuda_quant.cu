@@ -614,10 +614,11 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                   float w_offset, float eps, float *y, int64_t D, int act, int n,
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                                  float *const *ys) {
+                                  float *const *ys, const nmlx_rope_kv_args *rope) {
     cuda_impl *c = (cuda_impl *)be->impl;
     const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done};
-    const bool done = qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys);
+    const bool done =
+        !rope && qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys);
     if (done)
         c->norm_fused++;
     else
