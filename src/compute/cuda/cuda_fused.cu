@@ -160,13 +160,9 @@ __device__ __forceinline__ void rope_kv_head(const rope_kv_params &p, int64_t t,
     }
     int64_t half = p.half;
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-        double s, c;
-        sincos(pos * (double)p.freqs[i], &s, &c);
-        float cf = (float)c, sf = (float)s;
         float x0 = normed(src, i, p.norm, inv, w, wdt, off);
         float x1 = normed(src, i + half, p.norm, inv, w, wdt, off);
-        dst[i] = (x0 * cf - x1 * sf) * p.mscale;
-        dst[i + half] = (x1 * cf + x0 * sf) * p.mscale;
+        cuda_rope_pair(x0, x1, pos, p.freqs[i], p.mscale, &dst[i], &dst[i + half]);
     }
     for (int64_t i = 2 * half + threadIdx.x; i < HD; i += blockDim.x)
         dst[i] = normed(src, i, p.norm, inv, w, wdt, off);

@@ -380,6 +380,32 @@ template <typename F> __device__ F cuda_block_sum(F v) {
     return v;
 }
 
+/* One RoPE pair: (x0, x1) at dims (i, i + half) rotated by pos * freq (the
+ * angle in double, as the CPU), times mscale. Every kernel that rotates
+ * (rope, rope_kv, the q/k/v mat-vecs that fold rope_kv in) calls this, and
+ * its products are never contracted into FMAs, so they agree bit for bit. */
+__device__ __forceinline__ void cuda_rope_pair(float x0, float x1, double pos, float freq,
+                                               float mscale, float *o0, float *o1) {
+    double s, c;
+    sincos(pos * (double)freq, &s, &c);
+    const float cf = (float)c, sf = (float)s;
+    *o0 = __fmul_rn(__fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf)), mscale);
+    *o1 = __fmul_rn(__fadd_rn(__fmul_rn(x1, cf), __fmul_rn(x0, sf)), mscale);
+}
+
+/* rope_kv (T = 1, no q/k norm) folded into a decode q/k/v mat-vec
+ * (backend.h add_rmsnorm_matmul's rope): q rows rotated in y, k rows
+ * rotated and v rows copied into cache row crow = row0 (+ *step) of head h
+ * (kc/vc + (h cap + crow) HD), at position pos0 (+ *step). half = rot / 2
+ * with rot == HD (the pairs (i, i + half) of a head), or 0: no rotation. */
+typedef struct cuda_rope_fold {
+    float *kc, *vc;
+    int64_t HD, cap, row0, pos0, half;
+    const float *freqs;
+    float mscale;
+    const int64_t *step; /* non-NULL (a recorded step): row0 and pos0 are deltas from *step */
+} cuda_rope_fold;
+
 /* Threads of a block that norms one row of width D (rmsnorm and the fused
  * ops that contain one: the same count gives the same order of the sum). */
 static inline int cuda_norm_threads(int64_t D) { return D >= 1024 ? 512 : D >= 256 ? 256 : 64; }

@@ -169,14 +169,10 @@ void nmlx_cuda_rmsnorm(nmlx_backend *be, const float *x, const nmlx_tensor *w, f
 __device__ __forceinline__ void rope_token(float *xt, int64_t H, int64_t HD, int64_t half, double p,
                                            const float *freqs, float mscale) {
     for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-        double s, c;
-        sincos(p * (double)freqs[i], &s, &c);
-        float cf = (float)c, sf = (float)s;
+        const float f = freqs[i];
         for (int64_t h = 0; h < H; h++) {
             float *xh = xt + h * HD;
-            float x0 = xh[i], x1 = xh[i + half];
-            xh[i] = (x0 * cf - x1 * sf) * mscale;
-            xh[i + half] = (x1 * cf + x0 * sf) * mscale;
+            cuda_rope_pair(xh[i], xh[i + half], p, f, mscale, &xh[i], &xh[i + half]);
         }
     }
 }
