@@ -50,6 +50,16 @@ static inline float cuda_act1(nmlx_act act, float x) {
     }
     return x;
 }
+/* one RoPE pair (the device's: the angle in double, products rounded
+ * apart; this file is built without FMA contraction of its own) */
+static inline void cuda_rope_pair(float x0, float x1, double pos, float freq, float mscale,
+                                  float *o0, float *o1) {
+    const double t = pos * (double)freq;
+    const float cf = (float)cos(t), sf = (float)sin(t);
+    const float a = x0 * cf, b = x1 * sf, c = x1 * cf, e = x0 * sf;
+    *o0 = (a - b) * mscale;
+    *o1 = (c + e) * mscale;
+}
 static inline float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
     if (dt == NMLX_DT_BF16) return __uint_as_float((unsigned)((const unsigned short *)p)[i] << 16);
     if (dt == NMLX_DT_F16) return __half2float(((const __half *)p)[i]);
@@ -395,6 +405,149 @@ static void run_norm_case(int gs, int64_t N, std::vector<int64_t> Ds, nmlx_act a
                "(counter %u / %u), y error %.2e of max %.2e\n",
                BITS, gs, SC, (long long)N, PAIR, bad, done1, done, yerr, ymax);
     }
+    /* NORM on v2 (its default configuration: 4 loads a lane, two rows a
+     * unit or gate/up pairs), grids of 1 and 3 blocks and one warp a unit:
+     * v1's bits, twice on one counter */
+    int64_t units = 0;
+    for (auto &h : ws)
+        units += PAIR ? 0 : (h.D + 1) / 2;
+    if (PAIR) units = ws[0].D;
+    const unsigned grids[3] = {1, 3, (unsigned)((units + Q16_WARPS - 1) / Q16_WARPS)};
+    for (unsigned grid : grids)
+        for (int rep = 0; rep < 2; rep++) {
+            result r2;
+            r2.x = x0;
+            r2.yn.assign((size_t)N, NAN);
+            for (auto &h : ws)
+                h.y.assign((size_t)h.D + 4, NAN);
+            q16_args a;
+            fill_args(a, ws, r2.x.data(), N, BITS, gs, act);
+            a.xw = r2.x.data(), a.d = d.data(), a.yn = r2.yn.data(), a.done = &done;
+            a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = noff, a.neps = neps;
+            q16_v2_units(a, PAIR, PAIR ? 1 : 2);
+            emu_launch(grid, Q16_THREADS, q16_smem(N),
+                       [&] { qgemv16v2_kernel<BITS, SC, PAIR, 4, false, PAIR ? 1 : 2, true>(a); });
+            int bad2 = (int)(done != 0);
+            bad2 += same(r2.x, r1.x, (size_t)N) + same(r2.yn, r1.yn, (size_t)N);
+            for (int i = 0; i < outs; i++)
+                bad2 += same(ws[i].y, r1.y[i], (size_t)ws[i].D + 4);
+            if (bad2) {
+                failures++;
+                printf("FAIL NORM v2 grid %u run %d: %d-bit g%d sc%d N=%lld pair=%d: %d "
+                       "mismatches with v1 (counter %u)\n",
+                       grid, rep, BITS, gs, SC, (long long)N, PAIR, bad2, done);
+            }
+        }
+}
+
+/* rope_kv folded into the q/k/v launch (v2, two rows a unit, with and
+ * without NORM): q (weight 0's y) rotated, k rotated and v copied into
+ * cache row crow of each KV head, equal bit for bit to the plain kernel's
+ * q, k, v followed by rope_kv's arithmetic (cuda_rope_pair) and the copies;
+ * every other cache row and k's and v's y untouched; positions by value
+ * and as deltas from a device step (a recorded graph). */
+template <int BITS, int SC>
+static void run_rope_case(int gs, int64_t N, int64_t H, int64_t KVH, int64_t HD, bool rot,
+                          bool norm, bool step) {
+    cases++;
+    const int64_t cap = 7, crow = 5, pos = 1000 + (int64_t)(emu_next32() % 3000);
+    const float mscale = rot ? 1.125f : 1.0f;
+    std::vector<float> x((size_t)N), d((size_t)N), freqs((size_t)HD / 2);
+    std::vector<uint16_t> nw((size_t)N);
+    for (int64_t i = 0; i < N; i++) {
+        x[i] = emu_urand(-3, 3), d[i] = emu_urand(-1, 1);
+        nw[i] = f2bf(emu_urand(0.5, 1.5));
+    }
+    for (int64_t i = 0; i < HD / 2; i++)
+        freqs[i] = (float)pow(10000.0, -2.0 * (double)i / (double)HD);
+    std::vector<hweight> ws;
+    ws.push_back(make_weight(BITS, gs, SC, H * HD, N, true));
+    ws.push_back(make_weight(BITS, gs, SC, KVH * HD, N, true));
+    ws.push_back(make_weight(BITS, gs, SC, KVH * HD, N, false));
+    /* expected: the plain kernel on rmsnorm(x + d) (NORM v1) or on x */
+    std::vector<float> xr = x, yn((size_t)N, NAN);
+    unsigned done = 0;
+    q16_args a;
+    fill_args(a, ws, xr.data(), N, BITS, gs, NMLX_ACT_SILU);
+    if (norm) {
+        a.xw = xr.data(), a.d = d.data(), a.yn = yn.data(), a.done = &done;
+        a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = 0.0f, a.neps = 1e-5f;
+    }
+    q16_v1_tiles(a, 2, false);
+    if (norm)
+        emu_launch(a.tiles, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16_kernel<BITS, SC, 2, false, true>(a); });
+    else
+        emu_launch(a.tiles, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16_kernel<BITS, SC, 2, false, false>(a); });
+    const std::vector<float> xe = xr, yne = yn;
+    std::vector<float> qe = ws[0].y, kc((size_t)(KVH * cap * HD), NAN), vc = kc;
+    std::vector<float> kce = kc, vce = vc;
+    for (int64_t h = 0; h < H + KVH; h++) {
+        float *src = h < H ? &qe[h * HD] : &ws[1].y[(h - H) * HD];
+        float *dst = h < H ? src : &kce[((h - H) * cap + crow) * HD];
+        for (int64_t i = 0; i < HD; i++)
+            if (!rot) dst[i] = src[i];
+        if (rot)
+            for (int64_t i = 0; i < HD / 2; i++) {
+                float o0, o1;
+                cuda_rope_pair(src[i], src[i + HD / 2], (double)pos, freqs[i], mscale, &o0, &o1);
+                dst[i] = o0, dst[i + HD / 2] = o1;
+            }
+    }
+    for (int64_t h = 0; h < KVH; h++)
+        for (int64_t i = 0; i < HD; i++)
+            vce[(h * cap + crow) * HD + i] = ws[2].y[h * HD + i];
+    /* the fold */
+    xr = x, yn.assign((size_t)N, NAN);
+    for (auto &hw : ws)
+        hw.y.assign((size_t)hw.D + 4, NAN);
+    fill_args(a, ws, xr.data(), N, BITS, gs, NMLX_ACT_SILU);
+    if (norm) {
+        a.xw = xr.data(), a.d = d.data(), a.yn = yn.data(), a.done = &done;
+        a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = 0.0f, a.neps = 1e-5f;
+    }
+    a.m[0].fold = Q16_Q, a.m[1].fold = Q16_K, a.m[2].fold = Q16_V;
+    const int64_t base = 977; /* a recorded step: positions as deltas */
+    a.rope = q16_rope{kc.data(),
+                      vc.data(),
+                      HD,
+                      cap,
+                      crow,
+                      pos,
+                      rot ? HD / 2 : 0,
+                      rot ? freqs.data() : nullptr,
+                      mscale,
+                      step ? &base : nullptr};
+    if (step) a.rope.row0 -= base, a.rope.pos0 -= base;
+    q16_v2_units(a, false, 2);
+    const unsigned grid = 1 + emu_next32() % 4;
+    if (norm)
+        emu_launch(grid, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16v2_kernel<BITS, SC, false, 4, false, 2, true>(a); });
+    else
+        emu_launch(grid, Q16_THREADS, q16_smem(N),
+                   [&] { qgemv16v2_kernel<BITS, SC, false, 4, false, 2>(a); });
+    auto differ = [](const float *p, const float *q, size_t n) {
+        int bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += f2u(p[i]) != f2u(q[i]);
+        return bad;
+    };
+    int bad = differ(ws[0].y.data(), qe.data(), qe.size()); /* q and its guards */
+    bad += differ(kc.data(), kce.data(), kc.size()) + differ(vc.data(), vce.data(), vc.size());
+    for (int i = 1; i < 3; i++)
+        for (float v : ws[i].y)
+            bad += v == v; /* k's and v's y never written */
+    if (norm)
+        bad += differ(xr.data(), xe.data(), (size_t)N) + differ(yn.data(), yne.data(), (size_t)N);
+    if (bad) {
+        failures++;
+        printf("FAIL rope fold: %d-bit g%d sc%d N=%lld H=%lld KVH=%lld HD=%lld rot=%d norm=%d "
+               "step=%d grid %u: %d mismatches\n",
+               BITS, gs, SC, (long long)N, (long long)H, (long long)KVH, (long long)HD, rot, norm,
+               step, grid, bad);
+    }
 }
 
 template <int BITS, int SC> static void run_fmt(int gs, bool quick, bool one = false) {
@@ -448,6 +601,14 @@ int main(int argc, char **argv) {
     run_norm_case<4, SCBF16, true>(64, 1024, {45, 45}, NMLX_ACT_SILU);
     run_norm_case<8, SCF16, false>(32, 1024, {33, 9}, NMLX_ACT_SILU);
     run_norm_case<8, SCF32, true>(128, 640, {20, 20}, NMLX_ACT_GELU_TANH);
+    /* rope_kv folded in: GQA shapes, RoPE or none, with and without NORM,
+     * positions by value and from a recorded step */
+    for (int v = 0; v < 8; v++) {
+        const bool rot = v & 1, norm = v & 2, step = v & 4;
+        run_rope_case<4, SCBF16>(64, 512, 4, 2, 32, rot, norm, step);
+        run_rope_case<8, SCF16>(64, 256, 6, 2, 16, rot, norm, step);
+    }
+    run_rope_case<4, SCF32>(32, 1024, 8, 8, 128, true, true, false);
     printf("%d cases, %d failures; v1 worst error against the double reference %.2e of max|y|\n",
            cases, failures, worst_ref);
     return failures ? 1 : 0;

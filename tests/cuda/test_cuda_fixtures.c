@@ -66,7 +66,7 @@ static bool must_run(const char *name) {
 }
 
 static int n_run, n_refused;
-static long norm_fused, norm_declined;
+static long norm_fused, norm_roped, norm_declined;
 static bool norm_on; /* a quantized fixture ran where add_rmsnorm_matmul could fuse */
 
 /* Which path the MoE experts took since (small0, sorted0) (cuda_moe.cu):
@@ -199,27 +199,30 @@ static void check(const char *dir, const char *name, const char *precision) {
                    "%s: argmax differs (prefill row %ld, decode step %ld)", path,
                    pre.first_bad_argmax, dec.first_bad_argmax);
     }
-    long nf = 0, nd = 0; /* add_rmsnorm_matmul: fused, declined */
-    nmlx_cuda_norm_matmul_stats(m->be, &nf, &nd);
-    norm_fused += nf, norm_declined += nd;
+    long nf = 0, nr = 0, nd = 0; /* add_rmsnorm_matmul: fused, with rope_kv, declined */
+    nmlx_cuda_norm_matmul_stats(m->be, &nf, &nr, &nd);
+    norm_fused += nf, norm_roped += nr, norm_declined += nd;
     /* the standard decoder's 4/8-bit affine fixtures (quant_*_q4* / _q8*) */
     const bool int16 = !strncmp(name, "quant_", 6) && (strstr(name, "_q4") || strstr(name, "_q8"));
     const char *qg = getenv("NMLX_CUDA_QGEMV"); /* f32: the int16 mat-vec is off */
     const bool can = m->be->ops->add_rmsnorm_matmul && !(qg && !strcmp(qg, "f32"));
     if (int16 && !precision && can) {
         EXPECT(nf > 0, "%s: add_rmsnorm_matmul never fused (%ld declined)", path, nd);
+        /* no q/k norm (quant_llama_*): rope_kv folded into q/k/v as well */
+        if (strstr(name, "llama") && !getenv("NMLX_CUDA_QGEMV16"))
+            EXPECT(nr > 0, "%s: rope_kv never folded into q/k/v", path);
         norm_on = true;
     }
     if (precision) EXPECT(nf == 0, "%s: add_rmsnorm_matmul fused at precision f32", path);
     printf("%-36s %-5s cuda  prefill %.2e%s  decode %.2e%s  greedy %s  norm+matmul %ld fused, "
-           "%ld declined\n",
+           "%ld with rope_kv, %ld declined\n",
            path,
            bf16        ? "bf16"
            : precision ? "f32 (precision f32)"
                        : "f32",
            rp, pre.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", rd,
            dec.first_bad_argmax < 0 ? "" : " ARGMAX-MISMATCH", greedy_ok ? "ok" : "MISMATCH", nf,
-           nd);
+           nr, nd);
     moe_path(name, moe_small0, moe_sorted0);
 done:
     nmlx_session_free(s);
@@ -265,9 +268,9 @@ int main(void) {
         snprintf(dir, sizeof dir, "%s/tests/fixtures/holdout", test_src_dir());
         run_dir(dir, precision);
     }
-    printf("%d fixtures ran on cuda, %d refused as unsupported; add_rmsnorm_matmul %ld fused, "
-           "%ld declined\n",
-           n_run, n_refused, norm_fused, norm_declined);
+    printf("%d fixtures ran on cuda, %d refused as unsupported; add_rmsnorm_matmul %ld fused "
+           "(%ld with rope_kv), %ld declined\n",
+           n_run, n_refused, norm_fused, norm_roped, norm_declined);
     EXPECT(!norm_on || norm_fused > 0, "add_rmsnorm_matmul never fused on any fixture");
     if (getenv("NMLX_TEST_FIXTURES")) return test_summary(); /* a selection */
     EXPECT(n_run >= 19, "only %d fixtures ran on cuda", n_run);

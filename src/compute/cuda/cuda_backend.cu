@@ -326,11 +326,10 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
     be->ops = &cuda_ops;
     nmlx_backend_apply_env(be);
     {
-        /* add_rmsnorm_matmul is opt-in (NMLX_CUDA_NORM_MATMUL=1) until it has
-         * run on a GPU (written without one); otherwise add + norm keep their
-         * own launch */
+        /* add_rmsnorm_matmul (the residual add + norm, and rope_kv, folded
+         * into the decode mat-vec) unless NMLX_CUDA_NORM_MATMUL=0 */
         const char *nm = getenv("NMLX_CUDA_NORM_MATMUL");
-        if (!nm || strcmp(nm, "1")) {
+        if (nm && !strcmp(nm, "0")) {
             if (be->ops != &be->own_ops) be->own_ops = *be->ops;
             be->own_ops.add_rmsnorm_matmul = NULL;
             be->ops = &be->own_ops;

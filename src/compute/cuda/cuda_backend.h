@@ -85,7 +85,8 @@ void nmlx_cuda_set_qgemv16(int on);
 /* Which int16 mat-vec kernel (cuda_qgemv16.cu): 2 = v2 (persistent warps, a
  * ring of loads in flight; the default), 1 = v1 (x staged whole, then rows
  * a block); -1 = back to NMLX_CUDA_QGEMV16 (v1 selects 1). The norm-staging
- * form (add_rmsnorm_matmul) always runs v1. Process-wide; for benchmarks
+ * form (add_rmsnorm_matmul) runs v2 in v2's default configuration, else v1;
+ * its rope_kv fold needs v2 (declined on v1). Process-wide; for benchmarks
  * and tests. */
 void nmlx_cuda_set_qgemv16_version(int v);
 /* v2's tunables, as NMLX_CUDA_QGEMV16_CFG: "d<DEP>b<BPS>" (both forms) or
@@ -101,10 +102,12 @@ void nmlx_cuda_set_qgemv16_version(int v);
 int nmlx_cuda_set_qgemv16_cfg(const char *spec);
 
 /* add_rmsnorm_matmul (backend.h) calls on this backend so far: *fused =
- * run as one int16 mat-vec staging the norm, *declined = left to the
- * caller's add_rmsnorm + matmul_multi / gate_up_act (weights it does not
- * take, precision "f32"). Calls recorded in a replayed graph count once. */
-void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined);
+ * run as one mat-vec staging the norm (*roped of them with rope_kv folded
+ * in), *declined = left to the caller's add_rmsnorm + matmul_multi /
+ * gate_up_act (weights it does not take, precision "f32"; a declined rope
+ * fold that the caller then asks for without counts twice). Calls recorded
+ * in a replayed graph count once. */
+void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *roped, long *declined);
 
 /* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets

@@ -131,7 +131,7 @@ typedef struct cuda_impl {
     /* add_rmsnorm_matmul (cuda_qgemv16.cu): its blocks' counter (device,
      * 0 between launches; NULL: the op declines) and its calls so far */
     unsigned *norm_done;
-    long norm_fused, norm_declined;
+    long norm_fused, norm_roped, norm_declined;
     struct cuda_moe_state *moe; /* moe_experts' tables and staging (cuda_moe.cu), or NULL */
 } cuda_impl;
 

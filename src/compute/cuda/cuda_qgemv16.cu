@@ -41,7 +41,18 @@
  * the next launch (no host work: a recorded graph replays it).
  *
  * Two kernels (cuda_qgemv16_dev.cuh), the same arithmetic: v1, as above,
- * and v2, the default (NMLX_CUDA_QGEMV16=v1 keeps v1; NORM always runs v1).
+ * and v2, the default (NMLX_CUDA_QGEMV16=v1 keeps v1; NORM runs on v2 in
+ * v2's default configuration, on v1 otherwise).
+ *
+ * ROPE (add_rmsnorm_matmul's rope: q/k/v of one token, v2 with two rows a
+ * unit): rope_kv folded into the q/k/v launch, its launch saved. A unit of
+ * q or k is the RoPE pair (i, i + HD / 2) of one head instead of two
+ * consecutive rows; lane 0 adds the biases, rotates the pair with
+ * cuda_rope_pair (rope_kv's arithmetic) and writes q's pair to q's y, k's
+ * to the cache row; v's units are copied to the cache. Each row's sum is
+ * the one v2 gives without the fold (a row's steps and tree do not depend
+ * on its unit), so q, k and v equal mat-vec + rope_kv bit for bit
+ * (qgemv16_emu). Positions in a recorded step: deltas from *step.
  * v1's costs: a block stages all of x (N floats from L2, a barrier) with
  * one 16-byte load a lane in flight, then streams 2-4 rows a warp with two
  * steps of loads in flight; the grid is many short blocks (896 for 14336
@@ -158,10 +169,10 @@ int sm_count() {
 
 /* one grid of min(blocks that give every unit a warp, bps (0: as many as
  * fit) blocks a multiprocessor) */
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1>
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1, bool NORM = false>
 void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
     constexpr int RU = PAIR ? 2 : RR;
-    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR>;
+    auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR, NORM>;
     const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
     static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
     static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
@@ -239,6 +250,16 @@ void launch_v2_sc(cudaStream_t st, q16_args &a, bool pair, int dep, bool async, 
         launch_v2_dep<BITS, SC, true>(st, a, dep, async, 1, bps);
     else
         launch_v2_dep<BITS, SC, false>(st, a, dep, async, rr, bps);
+}
+
+/* NORM on v2: the default configuration's kernels only (4 loads a lane;
+ * two rows a unit, or gate/up pairs), see q16_norm_v2 */
+template <int BITS, int SC> void launch_v2_norm(cudaStream_t st, q16_args &a, bool pair, int bps) {
+    q16_v2_units(a, pair, pair ? 1 : 2);
+    if (pair)
+        launch_v2<BITS, SC, true, 4, false, 1, true>(st, a, bps);
+    else
+        launch_v2<BITS, SC, false, 4, false, 2, true>(st, a, bps);
 }
 
 } // namespace
@@ -363,11 +384,36 @@ extern "C" int nmlx_cuda_set_qgemv16_cfg(const char *spec) {
     return 0;
 }
 
+/* rope_kv folded into the q/k/v launch (a.rope, the weights' fold): one
+ * token, no q/k norm, RoPE over the whole head or none; false where the
+ * fold does not take r */
+static bool q16_fold_rope(nmlx_backend *be, q16_args &a, const nmlx_weight *const *ws,
+                          const nmlx_rope_kv_args *r) {
+    const bool rot = r->rot >= 2 && r->freqs;
+    if (r->T != 1 || r->qk_norm || r->HD <= 0 || r->HD % 2 || (rot && r->rot != r->HD))
+        return false;
+    if (ws[0]->rows != r->H * r->HD || ws[1]->rows != r->KVH * r->HD ||
+        ws[2]->rows != r->KVH * r->HD)
+        return false;
+    a.m[0].fold = Q16_Q, a.m[1].fold = Q16_K, a.m[2].fold = Q16_V;
+    q16_rope &f = a.rope;
+    f.kc = r->k_cache, f.vc = r->v_cache;
+    f.HD = r->HD, f.cap = r->cap, f.row0 = r->row0, f.pos0 = r->pos0;
+    f.half = rot ? r->HD / 2 : 0;
+    f.freqs = rot ? r->freqs : NULL;
+    f.mscale = r->mscale;
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    if ((f.step = cuda_step_pos(c)) != NULL) f.pos0 -= c->step_pos, f.row0 -= c->step_pos;
+    return true;
+}
+
 /* n weights (pair: gate and up, act) reading x (nrm != NULL: rmsnorm(x +
- * d), x = nrm->x); false if they do not qualify */
+ * d), x = nrm->x; rope != NULL: q/k/v with rope_kv folded in); false if
+ * they do not qualify */
 static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                         const nmlx_tensor *const *biases, const float *x, float *const *ys,
-                        bool pair, nmlx_act act, const nmlx_cuda_norm_in *nrm) {
+                        bool pair, nmlx_act act, const nmlx_cuda_norm_in *nrm,
+                        const nmlx_rope_kv_args *rope = NULL) {
     if (n < 1 || n > Q16_MAXW || (uintptr_t)x % 16) return false;
     const nmlx_weight *w0 = ws[0];
     for (int i = 0; i < n; i++) {
@@ -410,8 +456,37 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     const nmlx_dtype sd = w0->scales.dtype;
     const int sc = sd == NMLX_DT_F32 ? SCF32 : sd == NMLX_DT_F16 ? SCF16 : SCBF16;
     const q16_cfg cf = q16_config();
-    const bool v2 = cf.ver == 2 && !(cf.by_size && q16_v1_faster(n, pair, w0->bits, rows, a.N));
-    if (!nrm && v2) { /* v2; NORM keeps v1 */
+    /* (a rope_kv fold takes v2 wherever v1 would be picked by size: it saves a launch) */
+    const bool v2 =
+        cf.ver == 2 && (rope || !(cf.by_size && q16_v1_faster(n, pair, w0->bits, rows, a.N)));
+    /* NORM on v2 where the configuration is the default one (the kernels
+     * instantiated with NORM); else v1's NORM */
+    const bool norm_v2 =
+        nrm && v2 && (pair ? !cf.pasync && cf.pdep == 4 : !cf.async && cf.dep == 4 && cf.rr == 2);
+    if (rope &&
+        (pair || n != 3 || !v2 || (nrm ? !norm_v2 : cf.rr != 2) || !q16_fold_rope(be, a, ws, rope)))
+        return false; /* the fold runs on v2 with two rows a unit */
+    if (norm_v2) {
+        const int bps = pair ? cf.pbps : cf.bps;
+        if (w0->bits == 4) {
+            if (sc == SCF32)
+                launch_v2_norm<4, SCF32>(st, a, pair, bps);
+            else if (sc == SCF16)
+                launch_v2_norm<4, SCF16>(st, a, pair, bps);
+            else
+                launch_v2_norm<4, SCBF16>(st, a, pair, bps);
+        } else {
+            if (sc == SCF32)
+                launch_v2_norm<8, SCF32>(st, a, pair, bps);
+            else if (sc == SCF16)
+                launch_v2_norm<8, SCF16>(st, a, pair, bps);
+            else
+                launch_v2_norm<8, SCBF16>(st, a, pair, bps);
+        }
+        nmlx_cuda_note(be, cudaGetLastError());
+        return true;
+    }
+    if (!nrm && v2) { /* v2 */
         const int dep = pair ? cf.pdep : cf.dep, bps = pair ? cf.pbps : cf.bps;
         const bool as = pair ? cf.pasync : cf.async;
         const int rr = pair ? 1 : cf.rr;
@@ -473,11 +548,11 @@ bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 
 bool nmlx_cuda_qgemv16_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,
                             const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                            float *const *ys) {
+                            float *const *ys, const nmlx_rope_kv_args *rope) {
     if (act >= 0) {
-        if (n != 2) return false;
+        if (n != 2 || rope) return false;
         float *gate[2] = {ys[0], NULL}; /* up's y is never written */
         return qgemv16_run(be, 2, ws, biases, nrm->x, gate, true, (nmlx_act)act, nrm);
     }
-    return qgemv16_run(be, n, ws, biases, nrm->x, ys, false, NMLX_ACT_SILU, nrm);
+    return qgemv16_run(be, n, ws, biases, nrm->x, ys, false, NMLX_ACT_SILU, nrm, rope);
 }

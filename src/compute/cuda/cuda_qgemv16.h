@@ -35,10 +35,11 @@ typedef struct nmlx_cuda_norm_in {
 
 /* add_rmsnorm_matmul for one token: the int16 mat-vec (act < 0: n weights
  * as nmlx_cuda_qgemv16; act >= 0: gate/up pairs as nmlx_cuda_qgemv16_act)
- * staging rmsnorm(x + d), x + d and y written by its last block; false
- * (nothing launched) when the weights do not qualify. */
+ * staging rmsnorm(x + d), x + d and y written by its last block; rope !=
+ * NULL (q/k/v): rope_kv folded in (kernel v2, two rows a unit); false
+ * (nothing launched) when the weights or the fold do not qualify. */
 bool nmlx_cuda_qgemv16_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,
                             const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
-                            float *const *ys);
+                            float *const *ys, const nmlx_rope_kv_args *rope);
 
 #endif

@@ -21,6 +21,23 @@ struct q16_weight {
     unsigned blk0; /* v1: first block of this weight */
     int64_t r0;    /* v2: first unit (RR rows) of this weight */
     nmlx_dtype lbdt;
+    int fold; /* v2, rope_kv folded in (q16_rope): Q16_Q, Q16_K, Q16_V; 0: y as usual */
+};
+
+/* rope_kv folded into the q/k/v launch (v2, two rows a unit; backend.h
+ * add_rmsnorm_matmul's rope): q's rows rotated into its y, k's rotated and
+ * v's copied into cache row crow = row0 (+ *step) of their KV head h,
+ * kc / vc + (h cap + crow) HD, at position pos0 (+ *step). half = HD / 2:
+ * a unit of q or k is the pair (i, i + half) of one head, i < half, rotated
+ * by cuda_rope_pair as rope_kv rotates it; half 0: no rotation, units are
+ * consecutive rows as without the fold. */
+enum { Q16_Q = 1, Q16_K, Q16_V };
+struct q16_rope {
+    float *kc, *vc;
+    int64_t HD, cap, row0, pos0, half;
+    const float *freqs;
+    float mscale;
+    const int64_t *step; /* non-NULL (a recorded step): row0 and pos0 are deltas from *step */
 };
 
 struct q16_args {
@@ -40,6 +57,7 @@ struct q16_args {
     nmlx_dtype nwdt;
     float noff, neps;
     unsigned *done;
+    q16_rope rope; /* where a weight's fold is set */
 };
 
 template <int SC> __device__ __forceinline__ float sc_get(const void *p, int64_t i) {
@@ -444,17 +462,30 @@ template <int RU> struct q16_cursor {
 /* The rows of unit c.u: PAIR gate row u and up row u; else rows RU (u -
  * r0) + r of the unit's weight (a row past its end: its last, loaded but
  * not written) */
+/* Row r of unit u of weight m (not PAIR): rows RU (u - r0) + r, or with
+ * rope_kv folded into q or k (RU 2) the pair (i, i + half) of head h */
+template <int RU>
+__device__ __forceinline__ int64_t unit_row(const q16_args &a, const q16_weight &m, int64_t u,
+                                            int r) {
+    const int64_t ui = u - m.r0;
+    if (RU == 2 && (m.fold == Q16_Q || m.fold == Q16_K) && a.rope.half) {
+        const int64_t h = ui / a.rope.half, i = ui - h * a.rope.half;
+        return h * a.rope.HD + i + r * a.rope.half;
+    }
+    return ui * RU + r;
+}
+
 template <int SC, int RU, bool PAIR>
 __device__ __forceinline__ void cursor_rows(const q16_args &a, q16_cursor<RU> &c, int64_t rowb,
                                             int64_t G) {
     constexpr int ES = SC == SCF32 ? 4 : 2;
     const int64_t u = c.u < a.units ? c.u : a.units - 1; /* past the end: loads are skipped */
     q16_weight m = PAIR ? a.m[0] : weight_at(a, u);
-    const int64_t d0 = PAIR ? u : (u - m.r0) * RU;
 #pragma unroll
     for (int r = 0; r < RU; r++) {
         if (PAIR && r == 1) m = a.m[1];
-        const int64_t d = PAIR || d0 + r < m.D ? d0 + (PAIR ? 0 : r) : m.D - 1;
+        const int64_t dr = PAIR ? u : unit_row<RU>(a, m, u, r);
+        const int64_t d = dr < m.D ? dr : m.D - 1;
         c.w[r] = m.w + d * rowb;
         c.s[r] = (const unsigned char *)m.scales + d * G * ES;
         c.b[r] = (const unsigned char *)m.biases + d * G * ES;
@@ -469,7 +500,28 @@ template <int RU, int DEP> constexpr size_t q16_ring_bytes() {
     return (size_t)Q16_WARPS * DEP * RU * 512;
 }
 
-template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR>
+/* A unit's two outputs (y0, y1: rows d0, d1, bias added) where its weight
+ * folds rope_kv in (lane 0; base: *a.rope.step or 0) */
+__device__ __forceinline__ void fold_out(const q16_args &a, const q16_weight &m, int64_t d0,
+                                         int64_t d1, float y0, float y1, int64_t base) {
+    const q16_rope &f = a.rope;
+    if (m.fold != Q16_V && f.half) {
+        const int64_t i = d0 % f.HD;
+        cuda_rope_pair(y0, y1, (double)(f.pos0 + base), f.freqs[i], f.mscale, &y0, &y1);
+    }
+    if (m.fold == Q16_Q) {
+        m.y[d0] = y0, m.y[d1] = y1;
+        return;
+    }
+    float *c = m.fold == Q16_K ? f.kc : f.vc;
+    const int64_t crow = f.row0 + base;
+    c[(d0 / f.HD * f.cap + crow) * f.HD + d0 % f.HD] = y0;
+    c[(d1 / f.HD * f.cap + crow) * f.HD + d1 % f.HD] = y1;
+}
+
+/* NORM (v2 as v1): rmsnorm(x + d) staged, x + d and y written by the block
+ * that counts itself last (norm_write_back) */
+template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR, bool NORM = false>
 __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     typedef piece<BITS> P;
     constexpr int RU = PAIR ? 2 : RR; /* rows a unit */
@@ -519,8 +571,17 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     cuda_pdl_trigger(); /* the next mat-vec may start its own code loads */
     cuda_pdl_wait();    /* launched early (NMLX_CUDA_PDL): x is ready from here */
 
-    stage_x<BITS, false>(a, smem);
+    [[maybe_unused]] const float ninv = stage_x<BITS, NORM>(a, smem); /* NORM: 1 / rms(x + d) */
     __syncthreads();
+    [[maybe_unused]] bool last = false; /* NORM: this block is the last to read x */
+    if constexpr (NORM) {
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+        }
+    }
+    /* a recorded step's position (read after the wait: written by the step's upload) */
+    const int64_t rbase = !PAIR && RR == 2 && a.rope.step ? *a.rope.step : 0;
 
     float acc[RU];
 #pragma unroll
@@ -594,15 +655,25 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
                         }
                     } else {
                         const q16_weight m = weight_at(a, cu);
-                        const int64_t d0 = (cu - m.r0) * RU;
+                        float v[RU];
 #pragma unroll
                         for (int r = 0; r < RU; r++) {
-                            float v = acc[r];
+                            v[r] = acc[r];
                             for (int o = 16; o > 0; o >>= 1)
-                                v += __shfl_xor_sync(0xffffffffu, v, o);
-                            const int64_t d = d0 + r;
+                                v[r] += __shfl_xor_sync(0xffffffffu, v[r], o);
+                            const int64_t d = unit_row<RU>(a, m, cu, r);
                             if (lane == 0 && d < m.D)
-                                m.y[d] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f);
+                                v[r] += m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f;
+                        }
+                        if constexpr (RU == 2) {
+                            if (lane == 0 && m.fold)
+                                fold_out(a, m, unit_row<RU>(a, m, cu, 0), unit_row<RU>(a, m, cu, 1),
+                                         v[0], v[1], rbase);
+                        }
+#pragma unroll
+                        for (int r = 0; r < RU; r++) {
+                            const int64_t d = unit_row<RU>(a, m, cu, r);
+                            if (lane == 0 && d < m.D && !m.fold) m.y[d] = v[r];
                         }
                     }
 #pragma unroll
@@ -616,6 +687,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         }
     }
     if constexpr (ASYNC) q16_wait<0>(); /* no copy into shared memory outlives the block */
+    if constexpr (NORM) norm_write_back(a, ninv, last);
 }
 
 /* Host side, shared with the emulation: v1's tiles (blk0 of each weight,

@@ -618,17 +618,19 @@ bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, co
     cuda_impl *c = (cuda_impl *)be->impl;
     const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done};
     const bool done =
-        !rope && qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys);
+        qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys, rope);
     if (done)
-        c->norm_fused++;
+        c->norm_fused++, c->norm_roped += rope != NULL;
     else
         c->norm_declined++;
     return done;
 }
 
-extern "C" void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *declined) {
+extern "C" void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *roped,
+                                            long *declined) {
     const cuda_impl *c = (const cuda_impl *)be->impl;
     *fused = c->norm_fused;
+    *roped = c->norm_roped;
     *declined = c->norm_declined;
 }
 
