@@ -170,9 +170,10 @@ static int bench_norm(int reps) {
                         const nmlx_weight *ws[3] = {&dw[(k % nc) * 3], &dw[(k % nc) * 3 + 1],
                                                     &dw[(k % nc) * 3 + 2]};
                         if (v) {
-                            fused_ok = fused_ok && be->ops->add_rmsnorm_matmul(
-                                                       be, x, d, nw, 0.0f, 1e-5f, y, N,
-                                                       pair ? NMLX_ACT_SILU : -1, n, ws, NULL, ys);
+                            fused_ok = fused_ok &&
+                                       be->ops->add_rmsnorm_matmul(be, x, d, nw, 0.0f, 1e-5f, y, N,
+                                                                   pair ? NMLX_ACT_SILU : -1, n, ws,
+                                                                   NULL, ys, NULL);
                             continue;
                         }
                         be->ops->add_rmsnorm(be, x, d, nw, 0.0f, 1e-5f, y, 1, N);
