@@ -10,9 +10,9 @@
  * same limit (it is expected to be 0 or a few ulps: FMA contraction may
  * differ between the kernels). Every element is checked (outputs start as
  * NaN; cache rows start random and must change exactly where the append
- * writes). add_rmsnorm_matmul (the norm inside the int16 mat-vec) as
- * test_norm_matmul describes. Exits 77 (ctest: skipped) when no GPU is
- * usable. */
+ * writes). add_rmsnorm_matmul (the norm inside the int16 mat-vec or the
+ * dense mat-vec) as test_norm_matmul and test_norm_rope describe. Exits 77
+ * (ctest: skipped) when no GPU is usable. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -310,10 +310,11 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
     free(x), free(rg), free(ru), free(hg), free(hu);
 }
 
-/* ---- add_rmsnorm_matmul: the norm staged by the int16 mat-vec ----
+/* ---- add_rmsnorm_matmul: the norm staged by the mat-vec ----
  * n weights of D columns (act < 0: q/k/v-like, one rows[i] each; act >= 0:
  * gate/up pairs of rows[0] rows) in one of the formats below. The op runs
- * where the int16 mat-vec takes the weights (fused = true expected) and
+ * where the int16 mat-vec or the dense one takes the weights (fused = true
+ * expected; dense: y and the ys the unfused bits exactly) and
  * must decline, having written nothing (x, y and the ys unchanged), where
  * it does not. Run: x must equal x + d exactly (one block writes it);
  * y within 1e-6 of max|y| of the CPU's add_rmsnorm and of the CUDA
@@ -323,7 +324,12 @@ static void test_gate_up_act(int bits, int gs, nmlx_dtype sdt, int64_t I, int64_
  * the CUDA unfused sequence (add_rmsnorm, then matmul_multi or gate_up_act
  * on its y; expected equal: the same staged values). */
 
-enum { NM_Q4 = 0, NM_Q8, NM_Q3, NM_MXFP4, NM_BF16, NM_MIXED };
+/* NM_BF16 .. NM_DMIX: dense weights (the f32 mat-vec staging the norm,
+ * cuda_matmul.cu): x, y and every output equal the unfused sequence's bit
+ * for bit. NM_DMIX: bf16 and f16 weights in one call (declined). */
+enum { NM_Q4 = 0, NM_Q8, NM_Q3, NM_MXFP4, NM_BF16, NM_MIXED, NM_F16, NM_F32, NM_DMIX };
+
+static bool nm_dense(int fmt) { return fmt == NM_BF16 || fmt >= NM_F16; }
 
 typedef struct nm_case {
     int64_t D;
@@ -341,12 +347,20 @@ typedef struct nm_case {
 
 static long nm_ran, nm_declined;
 
-/* a dense bf16 weight [R, N] (host) */
-static nmlx_weight dense_bf16(int64_t R, int64_t N) {
-    uint16_t *p = malloc((size_t)(R * N) * 2);
-    for (int64_t i = 0; i < R * N; i++)
-        p[i] = nmlx_f32_to_bf16(test_randf(-1, 1));
-    nmlx_weight w = {.w = {.dtype = NMLX_DT_BF16, .ndim = 2, .shape = {R, N}, .name = "dw"},
+/* a dense weight [R, N] of dtype dt (bf16, f16, f32; host) */
+static nmlx_weight dense_weight(nmlx_dtype dt, int64_t R, int64_t N) {
+    const size_t es = nmlx_dtype_size(dt);
+    char *p = malloc((size_t)(R * N) * es);
+    for (int64_t i = 0; i < R * N; i++) {
+        const float v = test_randf(-1, 1);
+        if (dt == NMLX_DT_F32) {
+            memcpy(p + i * 4, &v, 4);
+        } else {
+            const uint16_t b = dt == NMLX_DT_BF16 ? nmlx_f32_to_bf16(v) : nmlx_f32_to_f16(v);
+            memcpy(p + i * 2, &b, 2);
+        }
+    }
+    nmlx_weight w = {.w = {.dtype = dt, .ndim = 2, .shape = {R, N}, .name = "dw"},
                      .mode = NMLX_QUANT_NONE,
                      .rows = R,
                      .cols = N};
@@ -361,7 +375,10 @@ static nmlx_weight nm_weight(const nm_case *c, int i, int64_t R) {
     case NM_Q8: return test_qweight(NMLX_QUANT_AFFINE, 8, c->gs, c->sdt, R, c->D, test_keep);
     case NM_Q3: return test_qweight(NMLX_QUANT_AFFINE, 3, c->gs, c->sdt, R, c->D, test_keep);
     case NM_MXFP4: return test_qweight(NMLX_QUANT_MXFP4, 4, 32, c->sdt, R, c->D, test_keep);
-    default: return dense_bf16(R, c->D);
+    case NM_F16: return dense_weight(NMLX_DT_F16, R, c->D);
+    case NM_F32: return dense_weight(NMLX_DT_F32, R, c->D);
+    case NM_DMIX: return dense_weight(i == 1 ? NMLX_DT_F16 : NMLX_DT_BF16, R, c->D);
+    default: return dense_weight(NMLX_DT_BF16, R, c->D);
     }
 }
 
@@ -378,6 +395,10 @@ static bool all_nan(const float *h, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (h[i] == h[i]) return false;
     return true;
+}
+
+static bool same_bits(const float *a, const float *b, size_t n) {
+    return memcmp(a, b, n * sizeof(float)) == 0;
 }
 
 static void test_norm_matmul(const nm_case *c) {
@@ -459,13 +480,19 @@ static void test_norm_matmul(const nm_case *c) {
         double ey = test_diff_over_max(gy, ry, (size_t)D),
                uyd = test_diff_over_max(gy, hy, (size_t)D);
         double e = 0, u = 0;
+        bool bits = same_bits(gy, hy, (size_t)D); /* dense: the unfused bits expected */
         for (int i = 0; i < nout; i++) {
             float *g = test_host_floats(gpu, dys[i], (size_t)ny[i]),
                   *h = test_host_floats(gpu, uys[i], (size_t)ny[i]);
             e = fmax(e, test_diff_over_max(g, rys[i], (size_t)ny[i]));
             u = fmax(u, test_diff_over_max(g, h, (size_t)ny[i]));
+            bits = bits && same_bits(g, h, (size_t)ny[i]);
             free(g), free(h);
         }
+        EXPECT(bits || !nm_dense(c->fmt),
+               "add_rmsnorm_matmul D=%lld fmt=%d act=%d n=%d bias=%d: dense, y or ys not the "
+               "unfused bits",
+               (long long)D, c->fmt, c->act, n, c->bias);
         const double lim = c->act >= 0 ? 2e-3 : 2e-4;
         EXPECT(ey <= 1e-6 && uyd <= 1e-6 && e <= lim && u <= 1e-6,
                "add_rmsnorm_matmul D=%lld fmt=%d gs=%d act=%d n=%d bias=%d off=%g: y vs cpu "
@@ -504,17 +531,204 @@ static void test_norm_matmuls(void) {
         /* declined: formats the int16 mat-vec does not take, precision f32 */
         {2048, -1, 3, {2048, 512, 512}, NM_Q3, 32, BF, false, true, BF, 0, false, false},
         {2880, SILU, 2, {2880}, NM_MXFP4, 32, BF, false, true, BF, 0, false, false},
-        {2048, -1, 3, {2048, 256, 256}, NM_BF16, 64, BF, false, true, BF, 0, false, false},
         {4096, -1, 3, {4096, 1024, 1024}, NM_MIXED, 64, BF, false, true, BF, 0, false, false},
         {4096, -1, 3, {4096, 1024, 1024}, NM_Q4, 64, BF, false, true, BF, 0, true, false},
         {4096, SILU, 2, {2048}, NM_Q8, 64, BF, false, true, BF, 0, true, false},
+        /* dense (cuda_matmul.cu): 64, 256 and 512 norm threads, x up to 64 KB
+         * in shared memory, precision f32 (dense ignores it) */
+        {64, -1, 1, {64}, NM_BF16, 0, BF, true, true, BF, 0, false, true},
+        {64, GT, 2, {200}, NM_F32, 0, BF, false, true, F16, 1, false, true},
+        {96, -1, 3, {96, 32, 32}, NM_F16, 0, BF, false, true, F32, 1, false, true},
+        {96, SILU, 2, {333}, NM_F32, 0, BF, true, false, BF, 0, false, true},
+        {2048, -1, 3, {2048, 256, 256}, NM_BF16, 0, BF, false, true, BF, 0, false, true},
+        {2048, GE, 2, {5632}, NM_F16, 0, BF, true, true, BF, 1, false, true},
+        {4104, -1, 3, {4104, 1032, 1032}, NM_F32, 0, BF, true, true, BF, 0, false, true},
+        {4104, SILU, 2, {11000}, NM_BF16, 0, BF, false, true, F32, 0, false, true},
+        {4096, -1, 3, {4096, 1024, 1024}, NM_BF16, 0, BF, true, true, BF, 0, true, true},
+        {4096, SILU, 2, {14336}, NM_BF16, 0, BF, false, true, BF, 0, false, true}, /* Llama 8B */
+        {5120, -1, 1, {777}, NM_F16, 0, BF, true, true, F16, 1, false, true},
+        {16384, -1, 1, {300}, NM_BF16, 0, BF, true, true, BF, 0, false, true},
+        /* dense, declined: too wide, width not a multiple of 8, dtypes mixed */
+        {16392, -1, 1, {64}, NM_BF16, 0, BF, false, true, BF, 0, false, false},
+        {100, -1, 1, {50}, NM_F32, 0, BF, false, true, BF, 0, false, false},
+        {2048, -1, 3, {2048, 256, 256}, NM_DMIX, 0, BF, false, true, BF, 0, false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_norm_matmul(&cases[i]);
     /* the same launch again and again: the block counter must come back to 0 */
     for (int r = 0; r < 3; r++)
         test_norm_matmul(&cases[0]);
+    const nm_case dense = {.D = 4096,
+                           .act = -1,
+                           .n = 3,
+                           .rows = {4096, 1024, 1024},
+                           .fmt = NM_F16,
+                           .sdt = BF,
+                           .norm_w = true,
+                           .wdt = BF,
+                           .fused = true};
+    for (int r = 0; r < 3; r++) /* the dense kernel's counter too */
+        test_norm_matmul(&dense);
     printf("add_rmsnorm_matmul: %ld cases fused, %ld declined\n", nm_ran, nm_declined);
+}
+
+/* ---- add_rmsnorm_matmul with rope_kv folded in (q/k/v of one token) ----
+ * Fused: one call with rope; unfused on a second set of buffers:
+ * add_rmsnorm, matmul_multi on its y, rope_kv. Both caches start as NaN.
+ * Where the op runs: x, y, q (ys[0]) and both whole caches equal the
+ * unfused ones bit for bit (cuda_rope_pair in both), the token's rows
+ * (row0 of each KV head) written, every other row still NaN. Where it
+ * declines: nothing written. want: 1 must run (dense), 0 must decline,
+ * -1 either (quantized: the int16 mat-vec may not fold rope yet). */
+typedef struct nr_case {
+    int fmt, gs;
+    nmlx_dtype sdt; /* quantized scales */
+    int64_t D, H, KVH, HD, rot, cap, row0, pos0;
+    float mscale;
+    bool bias, qk_norm;
+    int want;
+} nr_case;
+
+static long nr_ran, nr_declined;
+
+static void test_norm_rope(const nr_case *c) {
+    const int64_t D = c->D, HD = c->HD, ny[3] = {c->H * HD, c->KVH * HD, c->KVH * HD};
+    const size_t nc = (size_t)(c->KVH * c->cap * HD), nq = (size_t)ny[0];
+    const nm_case wc = {.D = D, .act = -1, .n = 3, .fmt = c->fmt, .gs = c->gs, .sdt = c->sdt};
+    nmlx_weight hw[3], gw[3];
+    nmlx_tensor hb[3];
+    const nmlx_tensor *gbs[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        hw[i] = nm_weight(&wc, i, ny[i]);
+        gw[i] = nm_device(&hw[i]);
+        if (c->bias) {
+            hb[i] = (nmlx_tensor){.dtype = NMLX_DT_BF16, .ndim = 1, .shape = {ny[i]}, .name = "b"};
+            uint16_t *b = malloc((size_t)ny[i] * 2);
+            for (int64_t j = 0; j < ny[i]; j++)
+                b[j] = nmlx_f32_to_bf16(test_randf(-1, 1));
+            hb[i].data = test_keep(b);
+            EXPECT(gpu->ops->prepare_tensor(gpu, &hb[i], &gbs[i]) == NMLX_OK, "bias");
+        }
+    }
+    const nmlx_weight *gws[3] = {&gw[0], &gw[1], &gw[2]};
+    nmlx_tensor hn;
+    const nmlx_tensor *gn = norm_weight(NMLX_DT_BF16, D, &hn);
+    const float eps = test_randf(1e-6f, 1e-4f), off = c->D % 3 ? 0.0f : 1.0f;
+    float *x = test_rand_floats((size_t)D, -3, 3), *d = test_rand_floats((size_t)D, -3, 3);
+    float *fr = malloc((size_t)(HD / 2 + 1) * sizeof(float));
+    for (int64_t i = 0; i < HD / 2; i++)
+        fr[i] = (float)pow(10000.0, -2.0 * (double)i / (double)HD);
+    float *dfr = test_dev_floats(gpu, fr, (size_t)(HD / 2 + 1));
+    /* [0] fused, [1] unfused: x, y, q, k, v, k cache, v cache */
+    float *b[2][7];
+    for (int s = 0; s < 2; s++) {
+        b[s][0] = test_dev_floats(gpu, x, (size_t)D), b[s][1] = test_dev_nan(gpu, (size_t)D);
+        for (int i = 0; i < 3; i++)
+            b[s][2 + i] = test_dev_nan(gpu, (size_t)ny[i]);
+        b[s][5] = test_dev_nan(gpu, nc), b[s][6] = test_dev_nan(gpu, nc);
+    }
+    float *dd = test_dev_floats(gpu, d, (size_t)D);
+    nmlx_rope_kv_args r = {.T = 1,
+                           .H = c->H,
+                           .KVH = c->KVH,
+                           .HD = HD,
+                           .cap = c->cap,
+                           .row0 = c->row0,
+                           .qk_norm = c->qk_norm,
+                           .q_norm_eps = 1e-6f,
+                           .k_norm_eps = 1e-6f,
+                           .rot = c->rot,
+                           .pos0 = c->pos0,
+                           .freqs = c->rot >= 2 ? dfr : NULL,
+                           .mscale = c->mscale};
+    nmlx_rope_kv_args ra[2];
+    for (int s = 0; s < 2; s++) {
+        ra[s] = r;
+        ra[s].q = b[s][2], ra[s].k = b[s][3], ra[s].v = b[s][4];
+        ra[s].k_cache = b[s][5], ra[s].v_cache = b[s][6];
+    }
+    bool fused = gpu->ops->add_rmsnorm_matmul(gpu, b[0][0], dd, gn, off, eps, b[0][1], D, -1, 3,
+                                              gws, gbs, &b[0][2], &ra[0]);
+    gpu->ops->add_rmsnorm(gpu, b[1][0], dd, gn, off, eps, b[1][1], 1, D);
+    gpu->ops->matmul_multi(gpu, 3, gws, gbs, b[1][1], &b[1][2], 1);
+    gpu->ops->rope_kv(gpu, &ra[1]);
+    check_ok("add_rmsnorm_matmul rope");
+    const size_t n[7] = {(size_t)D, (size_t)D, nq, (size_t)ny[1], (size_t)ny[2], nc, nc};
+    float *h[2][7];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 7; i++)
+            h[s][i] = test_host_floats(gpu, b[s][i], n[i]);
+    if (fused) {
+        /* x, y, q, the caches (k and v's ys are unspecified) */
+        const int cmp[5] = {0, 1, 2, 5, 6};
+        bool bits = true;
+        for (int j = 0; j < 5; j++)
+            bits = bits && same_bits(h[0][cmp[j]], h[1][cmp[j]], n[cmp[j]]);
+        bool rows = true; /* row0 written, every other row untouched */
+        for (int64_t kh = 0; kh < c->KVH; kh++)
+            for (int64_t row = 0; row < c->cap; row++)
+                for (int s = 5; s <= 6; s++) {
+                    const float *p = h[0][s] + (kh * c->cap + row) * HD;
+                    bool nan = all_nan(p, (size_t)HD), any = false;
+                    for (int64_t i = 0; i < HD; i++)
+                        any = any || p[i] != p[i];
+                    rows = rows && (row == c->row0 ? !any : nan);
+                }
+        EXPECT(c->want != 0 && bits && rows,
+               "add_rmsnorm_matmul rope fmt=%d D=%lld H=%lld KVH=%lld HD=%lld rot=%lld row0=%lld "
+               "pos0=%lld: %s%s%s",
+               c->fmt, (long long)D, (long long)c->H, (long long)c->KVH, (long long)HD,
+               (long long)c->rot, (long long)c->row0, (long long)c->pos0,
+               c->want == 0 ? "ran, expected to decline; " : "",
+               bits ? "" : "not the unfused bits; ",
+               rows ? "" : "cache rows other than row0 written (or row0 not)");
+        nr_ran++;
+    } else {
+        bool untouched = same_bits(h[0][0], x, (size_t)D);
+        for (int i = 1; i < 7; i++)
+            untouched = untouched && all_nan(h[0][i], n[i]);
+        EXPECT(c->want != 1 && untouched,
+               "add_rmsnorm_matmul rope fmt=%d D=%lld H=%lld HD=%lld rot=%lld qk_norm=%d: "
+               "declined%s%s",
+               c->fmt, (long long)D, (long long)c->H, (long long)HD, (long long)c->rot, c->qk_norm,
+               c->want == 1 ? " (expected to run)" : "", untouched ? "" : " but wrote");
+        nr_declined++;
+    }
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 7; i++)
+            gpu->ops->free(gpu, b[s][i]), free(h[s][i]);
+    gpu->ops->free(gpu, dd), gpu->ops->free(gpu, dfr);
+    free(x), free(d), free(fr);
+}
+
+static void test_norm_ropes(void) {
+    const nmlx_dtype BF = NMLX_DT_BF16, F16 = NMLX_DT_F16;
+    const nr_case cases[] = {
+        /* fmt, gs, scales, D, H, KVH, HD, rot, cap, row0, pos0, mscale, bias, qk_norm, want */
+        {NM_BF16, 0, BF, 256, 4, 2, 64, 64, 16, 5, 5, 1.0f, false, false, 1},
+        {NM_F16, 0, BF, 1024, 8, 2, 128, 0, 40, 39, 39, 1.0f, true, false,
+         1}, /* no RoPE, last row */
+        {NM_F32, 0, BF, 512, 8, 2, 128, 128, 300, 257, 100000, 1.1f, true, false, 1},  /* far */
+        {NM_BF16, 0, BF, 4096, 32, 8, 128, 128, 512, 300, 300, 1.0f, false, false, 1}, /* 8B */
+        {NM_F16, 0, BF, 2048, 32, 8, 128, 128, 64, 0, 7, 1.25f, true, false, 1}, /* row0 != pos0 */
+        {NM_F32, 0, BF, 96, 4, 2, 64, 0, 8, 2, 2, 1.1f, false, false, 1},        /* mscale unused */
+        {NM_BF16, 0, BF, 5120, 32, 8, 128, 128, 1000, 999, 5000, 1.0f, true, false, 1},
+        /* dense, declined: partial rotary, q/k norms */
+        {NM_BF16, 0, BF, 256, 4, 2, 64, 32, 16, 3, 3, 1.0f, false, false, 0},
+        {NM_BF16, 0, BF, 256, 4, 2, 64, 64, 16, 3, 3, 1.0f, false, true, 0},
+        /* quantized: affine 4 and 8-bit g64 */
+        {NM_Q4, 64, BF, 256, 4, 2, 64, 64, 16, 5, 5, 1.0f, false, false, -1},
+        {NM_Q4, 64, BF, 1024, 8, 2, 128, 0, 40, 39, 39, 1.0f, true, false, -1},
+        {NM_Q4, 64, F16, 4096, 32, 8, 128, 128, 512, 300, 300, 1.1f, false, false, -1},
+        {NM_Q8, 64, BF, 512, 4, 2, 64, 64, 16, 15, 1000, 1.1f, true, false, -1},
+        {NM_Q8, 64, F16, 1024, 8, 2, 128, 128, 300, 100, 100, 1.0f, false, false, -1},
+        {NM_Q8, 64, BF, 4096, 32, 8, 128, 0, 64, 10, 10, 1.0f, false, false, -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        test_norm_rope(&cases[i]);
+    for (int r = 0; r < 2; r++) /* again: the block counter back at 0 */
+        test_norm_rope(&cases[3]);
+    printf("add_rmsnorm_matmul + rope_kv: %ld cases fused, %ld declined\n", nr_ran, nr_declined);
 }
 
 /* NMLX_FUSED=0 leaves the fused ops out, add_rmsnorm_matmul included;
@@ -552,6 +766,8 @@ static void test_fused_env(void) {
 
 enum { G_STEPS = 270, G_MAXV = 1 << 14 };
 
+static long run_norm_fused, run_norm_declined; /* the last graph_run's add_rmsnorm_matmul calls */
+
 static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int64_t *V,
                       long *replays) {
     setenv("NMLX_CUDA_GRAPH", graph ? "1" : "0", 1);
@@ -585,6 +801,7 @@ static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int
     EXPECT(ok, "%s: decode: %s", dir, nmlx_last_error());
     long launches = 0;
     nmlx_backend_cuda_graph_stats(m->be, replays, &launches);
+    nmlx_cuda_norm_matmul_stats(m->be, &run_norm_fused, &run_norm_declined);
     nmlx_session_free(s);
     nmlx_model_free(m);
     return ok;
@@ -627,8 +844,11 @@ static void test_graph(const char *dir, bool repeats) {
 /* The model path of add_rmsnorm_matmul: the same greedy decode (graphs on)
  * with the op off (NMLX_CUDA_NORM_MATMUL=0: add_rmsnorm + the mat-vecs; its
  * ids fed to both) and on: logits within 1e-6 of their range (expected
- * equal: the fused kernel stages the values add_rmsnorm writes). */
-static void test_norm_model(const char *dir) {
+ * equal: the fused kernel stages the values add_rmsnorm writes). The op
+ * must have run; all_fused: every call (dense models without q/k norms:
+ * q/k/v with rope_kv folded in, read from a recorded step's positions on
+ * replay, and the gate/up pairs). */
+static void test_norm_model(const char *dir, bool all_fused) {
     size_t n = (size_t)G_STEPS * G_MAXV;
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
     int32_t fed[G_STEPS];
@@ -641,7 +861,12 @@ static void test_norm_model(const char *dir) {
         double worst = steps_diff(a, b, Va);
         EXPECT(worst <= 1e-6, "%s: add_rmsnorm_matmul on vs off: logits differ by %.2e", dir,
                worst);
-        printf("%-36s add_rmsnorm_matmul on vs off: logits within %.2e\n", dir, worst);
+        EXPECT(run_norm_fused > 0 && (!all_fused || run_norm_declined == 0),
+               "%s: add_rmsnorm_matmul fused %ld, declined %ld", dir, run_norm_fused,
+               run_norm_declined);
+        printf("%-36s add_rmsnorm_matmul on vs off: logits within %.2e (%ld fused, %ld "
+               "declined)\n",
+               dir, worst, run_norm_fused, run_norm_declined);
     }
     free(a), free(b);
 }
@@ -695,7 +920,7 @@ int main(void) {
         printf("add_rmsnorm_matmul: off (NMLX_CUDA_NORM_MATMUL=0), not tested\n");
     } else {
         EXPECT(gpu->ops->add_rmsnorm_matmul != NULL, "cuda backend has add_rmsnorm_matmul");
-        if (gpu->ops->add_rmsnorm_matmul) test_norm_matmuls();
+        if (gpu->ops->add_rmsnorm_matmul) test_norm_matmuls(), test_norm_ropes();
     }
     test_fused_env();
     test_graph("tests/fixtures/llama3_tied", true);
@@ -703,8 +928,10 @@ int main(void) {
     test_graph("tests/fixtures/quant_llama_q4g64_f16", true); /* quantized, gate_up pairs */
     test_graph("tests/fixtures/phi3_longrope", true);         /* its table switches once */
     test_graph("tests/fixtures/mistral_window", false);       /* rotating cache: no replay */
-    test_norm_model("tests/fixtures/quant_llama_q4g64_f16");
-    test_norm_model("tests/fixtures/quant_qwen3_q8g64_bf16"); /* q/k norms, 8-bit */
+    test_norm_model("tests/fixtures/quant_llama_q4g64_f16", false);
+    test_norm_model("tests/fixtures/quant_qwen3_q8g64_bf16", false); /* q/k norms, 8-bit */
+    test_norm_model("tests/fixtures/llama3_tied", true);             /* dense f32, rope folded */
+    test_norm_model("tests/fixtures/qwen2", true);                   /* dense, q/k/v biases */
     printf("add_rmsnorm  worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[0],
            worst_gpu[0]);
     printf("rope_kv      worst rel err vs cpu %.2e, vs cuda unfused %.2e\n", worst_cpu[1],

@@ -274,6 +274,16 @@ bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
 bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *out,
                         int64_t T);
+/* backend.h add_rmsnorm_matmul for dense weights (cuda_matmul.cu): one
+ * token, n weights of one dtype and of nrm->D columns (act >= 0: a gate/up
+ * pair), the norm staged in each block; rope != NULL: q/k/v rotated and k/v
+ * appended to the cache by the same warps. Results equal add_rmsnorm, then
+ * nmlx_cuda_gemv_multi / gemv_act (and rope_kv), bit for bit; false (nothing
+ * launched) for anything else. */
+struct nmlx_cuda_norm_in;
+bool nmlx_cuda_gemv_norm(nmlx_backend *be, const struct nmlx_cuda_norm_in *nrm, int act, int n,
+                         const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                         float *const *ys, const nmlx_rope_kv_args *rope);
 void nmlx_cuda_matmul_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                             const nmlx_tensor *const *biases, const float *x, float *const *ys,
                             int64_t T);

@@ -14,6 +14,7 @@
  *    multiplied in one GEMM (gemm_split): f32-accurate, weights read once.
  * Quantized weights go to cuda_quant.cu. */
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qgemv16.h" /* nmlx_cuda_norm_in */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -297,6 +298,373 @@ bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, co
     const nmlx_tensor *bs[2] = {bg, bu};
     float *ys[2] = {out, NULL};
     return gemv_multi(be, 2, ws, bs, x, ys, T, (int)act);
+}
+
+/* ---- add_rmsnorm_matmul for dense weights (one decode token) ----
+ * The residual add and the norm folded into the mat-vec, the add_rmsnorm
+ * launch saved (and with rope, the rope_kv launch too). A persistent grid
+ * (GN_BPS blocks a multiprocessor at most, one wave) whose warps take units
+ * w, w + TW, ... (a unit: one row; a gate/up pair: row d of both; rope: the
+ * rows (i, i + half) of one q or k head). Each block stages y =
+ * rmsnorm(x + d) once in shared memory as f32, the values add_rmsnorm
+ * writes bit for bit (its sum of squares in the order of add_rmsnorm's
+ * kernel, gn_sumsq); each row is then summed exactly as gemv_kernel<W, 1>
+ * sums it from y in global memory (the same lane chunks and gemv_chunk, the
+ * same warp tree and bias add), so every output equals add_rmsnorm +
+ * matmul_multi / gate_up_act (+ rope_kv, cuda_rope_pair) bit for bit.
+ * x + d and y must still be written once, while every block reads x: after
+ * staging, thread 0 counts its block on nrm->done (fence, atomicAdd); the
+ * last block to count writes x + d and y at its end and puts the counter
+ * back to 0 (the int16 mat-vec's protocol, cuda_qgemv16.cu). A warp's first
+ * weight loads go out before the wait for the kernel ahead (PDL), and the
+ * next unit's before the current unit's warp tree. */
+enum { GN_WARPS = 8, GN_THREADS = 32 * GN_WARPS, GN_BPS = 4, GN_MAX_N = 16384 };
+enum { GN_PLAIN = 0, GN_PAIR, GN_ROPE };
+
+typedef struct gemv_norm_args {
+    const void *w[GEMV_MULTI];
+    const void *bias[GEMV_MULTI];
+    nmlx_dtype bdt[GEMV_MULTI];
+    float *y[GEMV_MULTI];   /* GN_ROPE: y[0] = q (k and v go to the cache) */
+    int64_t u0[GEMV_MULTI]; /* first unit of each weight */
+    int64_t units;
+    int n;
+    int pair_act; /* GN_PAIR: an nmlx_act */
+    int64_t N;
+    /* x += d, staged as y = rmsnorm(x + d) (weight nw (NULL: none) + noff,
+     * eps neps), y written to yn; done: the blocks' counter */
+    float *x, *yn;
+    const float *d;
+    const void *nw;
+    nmlx_dtype nwdt;
+    float noff, neps;
+    unsigned *done;
+    cuda_rope_fold r; /* GN_ROPE */
+} gemv_norm_args;
+
+/* A unit: weight i, row d0 and (d1 >= 0) row d1 */
+struct gn_unit {
+    int i;
+    int64_t d0, d1;
+};
+
+template <int MODE>
+__device__ __forceinline__ gn_unit gn_unit_of(const gemv_norm_args &a, int64_t u) {
+    gn_unit t;
+    t.i = 0;
+    if (MODE != GN_PAIR) { /* selected without a dynamic index (no local copy of a) */
+        if (a.n > 1 && u >= a.u0[1]) t.i = 1;
+        if (a.n > 2 && u >= a.u0[2]) t.i = 2;
+    }
+    const int64_t l = u - (t.i == 0 ? 0 : t.i == 1 ? a.u0[1] : a.u0[2]);
+    t.d0 = l, t.d1 = MODE == GN_PAIR ? l : -1;
+    if (MODE == GN_ROPE && t.i < 2 && a.r.half > 0) {
+        const int64_t h = l / a.r.half, j = l - h * a.r.half;
+        t.d0 = h * a.r.HD + j, t.d1 = t.d0 + a.r.half;
+    }
+    return t;
+}
+
+template <typename W>
+__device__ __forceinline__ const W *gn_row(const gemv_norm_args &a, int i, int64_t d) {
+    const void *w = i == 0 ? a.w[0] : i == 1 ? a.w[1] : a.w[2];
+    return (const W *)w + d * a.N;
+}
+
+/* The first GEMV_PRE loads of a lane for unit t (none where !live) */
+template <typename W, int MODE>
+__device__ __forceinline__ void gn_prefetch(const gemv_norm_args &a, const gn_unit &t, bool live,
+                                            uint4 *pre, uint4 *pre2) {
+    const int V = wvec<W>::N, lane = threadIdx.x % 32;
+    const W *r0 = gn_row<W>(a, t.i, t.d0);
+    const W *r1 = gn_row<W>(a, MODE == GN_PAIR ? 1 : t.i, t.d1 >= 0 ? t.d1 : t.d0);
+#pragma unroll
+    for (int p = 0; p < GEMV_PRE; p++) {
+        const int64_t k = (int64_t)lane * V + (int64_t)p * 32 * V;
+        const bool in = live && k < a.N;
+        pre[p] = in ? __ldg((const uint4 *)(r0 + k)) : make_uint4(0, 0, 0, 0);
+        if (MODE != GN_PLAIN)
+            pre2[p] = in && t.d1 >= 0 ? __ldg((const uint4 *)(r1 + k)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* The sum of squares of s (x + d, N inputs) as add_rmsnorm's kernels sum
+ * it with NT = cuda_norm_threads(N) threads: virtual thread v adds
+ * (double)s^2 over v, v + NT, ..., then cuda_block_sum's two shuffle trees.
+ * With GN_THREADS (256), thread t is virtual threads t and (NT = 512)
+ * t + 256; for NT = 64 threads from 64 on add nothing. Every thread gets
+ * the sum. */
+static_assert(GN_THREADS == 256, "gn_sumsq maps 64, 256 or 512 virtual threads onto 256");
+__device__ __forceinline__ double gn_sumsq(const float *s, int64_t N) {
+    __shared__ double part[16];
+    const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
+    const int t = threadIdx.x, w = t / 32, l = t % 32;
+    double s0 = 0, s1 = 0;
+    if (t < NT)
+        for (int64_t i = t; i < N; i += NT) {
+            const float v = s[i];
+            s0 += (double)v * v;
+        }
+    if (NT == 512)
+        for (int64_t i = t + 256; i < N; i += NT) {
+            const float v = s[i];
+            s1 += (double)v * v;
+        }
+    for (int o = 16; o > 0; o >>= 1) {
+        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+    }
+    if (l == 0 && t < NT) part[w] = s0;
+    if (l == 0 && NT == 512) part[w + 8] = s1;
+    __syncthreads();
+    double v = l < NT / 32 ? part[l] : 0.0;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* ys[0 .. N) = rmsnorm(x + d) as add_rmsnorm writes it (x + d first, so
+ * x and d are read once; __fmul_rn: as the unfused kernel rounds them) */
+__device__ __forceinline__ void gn_stage(const gemv_norm_args &a, float *ys) {
+    const int64_t N = a.N;
+    for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * GN_THREADS) {
+        const float4 xv = *(const float4 *)(a.x + i), dv = *(const float4 *)(a.d + i);
+        *(float4 *)(ys + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+    }
+    __syncthreads();
+    /* gn_sumsq's barrier: every read of x + d is done before y replaces it */
+    const float inv = (float)(1.0 / sqrt(gn_sumsq(ys, N) / (double)N + a.neps));
+    for (int64_t i = threadIdx.x; i < N; i += GN_THREADS) {
+        const float v = __fmul_rn(ys[i], inv);
+        ys[i] = a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
+    }
+    __syncthreads();
+}
+
+/* A unit's outputs from its lanes' partial sums (every lane calls it):
+ * gemv_kernel's warp tree and bias add; GN_ROPE: then rope_kv's rotation
+ * and destination (q in y[0], k and v in cache row crow) */
+template <int MODE>
+__device__ __forceinline__ void gn_out(const gemv_norm_args &a, const gn_unit &t, float acc,
+                                       float acc2, int64_t base) {
+    const int lane = threadIdx.x % 32;
+    const void *bias = t.i == 0 ? a.bias[0] : t.i == 1 ? a.bias[1] : a.bias[2];
+    const nmlx_dtype bdt = t.i == 0 ? a.bdt[0] : t.i == 1 ? a.bdt[1] : a.bdt[2];
+    float g = warp_sum(acc) + (bias ? cuda_load_f32(bdt, bias, t.d0) : 0.0f);
+    if (MODE == GN_PAIR) {
+        const float b2 = a.bias[1] ? cuda_load_f32(a.bdt[1], a.bias[1], t.d0) : 0.0f;
+        g = cuda_act1((nmlx_act)a.pair_act, g) * (warp_sum(acc2) + b2);
+        if (lane == 0) a.y[0][t.d0] = g;
+        return;
+    }
+    if (MODE == GN_PLAIN) {
+        if (lane == 0) (t.i == 0 ? a.y[0] : t.i == 1 ? a.y[1] : a.y[2])[t.d0] = g;
+        return;
+    }
+    const bool two = t.d1 >= 0; /* warp-uniform: every lane shuffles */
+    float g2 = two ? warp_sum(acc2) + (bias ? cuda_load_f32(bdt, bias, t.d1) : 0.0f) : 0.0f;
+    if (lane) return;
+    const int64_t HD = a.r.HD, h = t.d0 / HD, e = t.d0 - h * HD; /* e < half where two */
+    if (two) cuda_rope_pair(g, g2, (double)(a.r.pos0 + base), a.r.freqs[e], a.r.mscale, &g, &g2);
+    float *dst = t.i == 0 ? a.y[0] + h * HD
+                          : (t.i == 1 ? a.r.kc : a.r.vc) + (h * a.r.cap + a.r.row0 + base) * HD;
+    dst[e] = g;
+    if (two) dst[e + a.r.half] = g2;
+}
+
+template <typename W, int MODE>
+__global__ void __launch_bounds__(GN_THREADS) gemv_norm_kernel(gemv_norm_args a) {
+    cuda_pdl_trigger();
+    extern __shared__ float4 gn_smem[];
+    float *ys = (float *)gn_smem; /* y = rmsnorm(x + d) */
+    const int lane = threadIdx.x % 32;
+    const int V = wvec<W>::N;
+    const int64_t N = a.N, U = a.units, TW = (int64_t)gridDim.x * GN_WARPS;
+    int64_t u = (int64_t)blockIdx.x * GN_WARPS + threadIdx.x / 32;
+    gn_unit t = gn_unit_of<MODE>(a, u < U ? u : U - 1);
+    uint4 pre[GEMV_PRE], pre2[GEMV_PRE];
+    gn_prefetch<W, MODE>(a, t, u < U, pre, pre2);
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x and d are ready from here */
+    gn_stage(a, ys);
+    bool last = false; /* this block is the last to have read x */
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+    }
+    const int64_t base = MODE == GN_ROPE && a.r.step ? *a.r.step : 0;
+    for (; u < U; u += TW) {
+        const gn_unit c = t;
+        const bool two = MODE == GN_PAIR || (MODE == GN_ROPE && c.d1 >= 0);
+        const W *r0 = gn_row<W>(a, c.i, c.d0);
+        const W *r1 = gn_row<W>(a, MODE == GN_PAIR ? 1 : c.i, two ? c.d1 : c.d0);
+        float acc = 0, acc2 = 0;
+        int64_t k = (int64_t)lane * V;
+#pragma unroll
+        for (int p = 0; p < GEMV_PRE; p++, k += 32 * V) {
+            if (k < N) {
+                gemv_chunk<W, 1>(&acc, pre[p], ys, N, k);
+                if (MODE != GN_PLAIN && two) gemv_chunk<W, 1>(&acc2, pre2[p], ys, N, k);
+            }
+        }
+#pragma unroll 4
+        for (; k < N; k += 32 * V) {
+            gemv_chunk<W, 1>(&acc, __ldg((const uint4 *)(r0 + k)), ys, N, k);
+            if (MODE != GN_PLAIN && two)
+                gemv_chunk<W, 1>(&acc2, __ldg((const uint4 *)(r1 + k)), ys, N, k);
+        }
+        if (u + TW < U) { /* the next unit's first loads go out before this one's tree */
+            t = gn_unit_of<MODE>(a, u + TW);
+            gn_prefetch<W, MODE>(a, t, true, pre, pre2);
+        }
+        gn_out<MODE>(a, c, acc, acc2, base);
+    }
+    /* the last block (every other has staged: none reads x any more) writes
+     * x += d and y, and puts the counter back to 0 for the next launch */
+    if (!__syncthreads_or(last)) return;
+    __threadfence();
+    for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * GN_THREADS) {
+        const float4 xv = *(const float4 *)(a.x + i), dv = *(const float4 *)(a.d + i);
+        *(float4 *)(a.x + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+        *(float4 *)(a.yn + i) = *(const float4 *)(ys + i);
+    }
+    if (threadIdx.x == 0) *a.done = 0;
+}
+
+/* multiprocessors of the current device (read once a device) */
+static int gn_sm_count(void) {
+    static int n[64];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!n[dev]) {
+        int v = 0;
+        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+        n[dev] = v > 0 ? v : 1;
+    }
+    return n[dev];
+}
+
+/* One wave: min(a unit a warp, GN_BPS or as many blocks as fit a
+ * multiprocessor). The blocks that fit, by shared memory size, are queried
+ * once per kernel outside a graph capture; in one, GN_BPS is taken unasked
+ * (blocks past what fits wait for a second wave: still right, no block
+ * waits on another). */
+template <typename W, int MODE>
+static cudaError_t gn_launch(cudaStream_t st, const gemv_norm_args &a) {
+    auto kern = gemv_norm_kernel<W, MODE>;
+    const size_t sm = (size_t)a.N * sizeof(float);
+    static size_t set = 0; /* per instantiation: the opt-in, blocks a multiprocessor */
+    static size_t occ_sm[4];
+    static int occ_v[4];
+    if (sm > 48 * 1024 && sm > set) {
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+        set = sm;
+    }
+    int occ = 0;
+    for (int i = 0; i < 4 && !occ; i++)
+        if (occ_sm[i] == sm) occ = occ_v[i];
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (!occ && cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
+        cudaGetLastError();
+        cs = cudaStreamCaptureStatusActive;
+    }
+    if (!occ && cs != cudaStreamCaptureStatusNone) occ = GN_BPS;
+    if (!occ) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, GN_THREADS, sm) !=
+                cudaSuccess ||
+            occ < 1) {
+            cudaGetLastError(); /* not the op's error: one block a multiprocessor then */
+            occ = 1;
+        }
+        int i = 0;
+        while (i < 3 && occ_sm[i])
+            i++;
+        occ_sm[i] = sm, occ_v[i] = occ; /* full: the last entry replaced */
+    }
+    const int64_t b = occ < GN_BPS ? occ : GN_BPS;
+    int64_t grid = (a.units + GN_WARPS - 1) / GN_WARPS;
+    if (grid > b * gn_sm_count()) grid = b * gn_sm_count();
+    return cuda_launch_pdl(kern, dim3((unsigned)grid), dim3(GN_THREADS), sm, st, a);
+}
+
+template <int MODE>
+static cudaError_t gn_dtype(cudaStream_t st, nmlx_dtype wdt, const gemv_norm_args &a) {
+    switch (wdt) {
+    case NMLX_DT_BF16: return gn_launch<__nv_bfloat16, MODE>(st, a);
+    case NMLX_DT_F16: return gn_launch<__half, MODE>(st, a);
+    default: return gn_launch<float, MODE>(st, a);
+    }
+}
+
+/* rope's fold into a (GN_ROPE): q/k/v rows of H, KVH, KVH heads of HD, T
+ * == 1, no q/k norm, the whole head rotated (rot == HD, even) or none;
+ * false where it does not apply */
+static bool gn_rope(const nmlx_rope_kv_args *r, const int64_t *D, float *const *ys,
+                    gemv_norm_args *a) {
+    const bool rot = r->rot >= 2 && r->freqs;
+    if (r->T != 1 || r->qk_norm || r->HD <= 0 || r->q != ys[0]) return false;
+    if (rot && (r->rot != r->HD || r->HD % 2)) return false;
+    if (D[0] != r->H * r->HD || D[1] != r->KVH * r->HD || D[2] != r->KVH * r->HD) return false;
+    cuda_rope_fold *f = &a->r;
+    f->kc = r->k_cache, f->vc = r->v_cache;
+    f->HD = r->HD, f->cap = r->cap, f->row0 = r->row0, f->pos0 = r->pos0;
+    f->half = rot ? r->HD / 2 : 0;
+    f->freqs = rot ? r->freqs : NULL;
+    f->mscale = r->mscale;
+    return true;
+}
+
+bool nmlx_cuda_gemv_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,
+                         const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
+                         float *const *ys, const nmlx_rope_kv_args *rope) {
+    const int64_t N = nrm->D;
+    if (!nrm->done || n < 1 || n > GEMV_MULTI || N <= 0 || N > GN_MAX_N || N % 8) return false;
+    if ((act >= 0 && (n != 2 || rope)) || (rope && n != 3)) return false;
+    /* gemv_multi's vec case (y, rows 16-byte aligned), which the unfused op runs */
+    if (((uintptr_t)nrm->x | (uintptr_t)nrm->d | (uintptr_t)nrm->y) % 16) return false;
+    const nmlx_dtype wdt = ws[0]->w.dtype;
+    if (wdt != NMLX_DT_F32 && wdt != NMLX_DT_F16 && wdt != NMLX_DT_BF16) return false;
+    gemv_norm_args a = {};
+    int64_t D[GEMV_MULTI] = {0, 0, 0};
+    for (int i = 0; i < n; i++) {
+        const nmlx_weight *w = ws[i];
+        if (w->mode != NMLX_QUANT_NONE || w->w.dtype != wdt || w->cols != N || w->rows <= 0 ||
+            (uintptr_t)w->w.data % 16 || (act >= 0 && w->rows != ws[0]->rows))
+            return false;
+        a.w[i] = w->w.data;
+        a.y[i] = ys[i];
+        a.bias[i] = biases && biases[i] ? biases[i]->data : NULL;
+        a.bdt[i] = biases && biases[i] ? biases[i]->dtype : NMLX_DT_F32;
+        D[i] = w->rows;
+    }
+    if (rope && !gn_rope(rope, D, ys, &a)) return false;
+    a.n = n;
+    a.pair_act = act;
+    a.N = N;
+    a.x = nrm->x, a.d = nrm->d, a.yn = nrm->y, a.done = nrm->done;
+    a.nw = nrm->w ? nrm->w->data : NULL;
+    a.nwdt = nrm->w ? nrm->w->dtype : NMLX_DT_F32;
+    a.noff = nrm->w_offset, a.neps = nrm->eps;
+    if (act >= 0) {
+        a.units = D[0];
+    } else {
+        for (int i = 0; i < n; i++) {
+            a.u0[i] = a.units;
+            a.units += rope && i < 2 && a.r.half ? D[i] / 2 : D[i];
+        }
+    }
+    cuda_impl *c = cuda_of(be);
+    if (rope && (a.r.step = cuda_step_pos(c)) != NULL)
+        a.r.pos0 -= c->step_pos, a.r.row0 -= c->step_pos;
+    cudaError_t e;
+    if (act >= 0)
+        e = gn_dtype<GN_PAIR>(c->stream, wdt, a);
+    else if (rope)
+        e = gn_dtype<GN_ROPE>(c->stream, wdt, a);
+    else
+        e = gn_dtype<GN_PLAIN>(c->stream, wdt, a);
+    nmlx_cuda_note(be, e);
+    return true;
 }
 
 static bool reserve(nmlx_backend *be, void **buf, size_t *bytes, size_t need) {

@@ -608,9 +608,10 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 }
 
 /* backend.h add_rmsnorm_matmul: the int16 mat-vec (q/k/v, or gate/up
- * pairs) staging rmsnorm(x + d) itself, the add_rmsnorm launch saved;
- * false (nothing done) for weights it does not take, precision "f32" or
- * NMLX_CUDA_QGEMV=f32. */
+ * pairs) staging rmsnorm(x + d) itself, the add_rmsnorm launch saved, or
+ * for dense weights the f32 mat-vec (cuda_matmul.cu, rope_kv folded in
+ * too); false (nothing done) for weights neither takes (the int16 one:
+ * precision "f32" or NMLX_CUDA_QGEMV=f32). */
 bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                   float w_offset, float eps, float *y, int64_t D, int act, int n,
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
@@ -618,7 +619,8 @@ bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, co
     cuda_impl *c = (cuda_impl *)be->impl;
     const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done};
     const bool done =
-        qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys, rope);
+        (qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys, rope)) ||
+        nmlx_cuda_gemv_norm(be, &in, act, n, ws, biases, ys, rope);
     if (done)
         c->norm_fused++, c->norm_roped += rope != NULL;
     else
