@@ -766,7 +766,8 @@ static void test_fused_env(void) {
 
 enum { G_STEPS = 270, G_MAXV = 1 << 14 };
 
-static long run_norm_fused, run_norm_declined; /* the last graph_run's add_rmsnorm_matmul calls */
+/* the last graph_run's add_rmsnorm_matmul calls: fused (roped of them with rope_kv), declined */
+static long run_norm_fused, run_norm_roped, run_norm_declined;
 
 static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int64_t *V,
                       long *replays) {
@@ -801,7 +802,7 @@ static bool graph_run(const char *dir, bool graph, int32_t *fed, float *out, int
     EXPECT(ok, "%s: decode: %s", dir, nmlx_last_error());
     long launches = 0;
     nmlx_backend_cuda_graph_stats(m->be, replays, &launches);
-    nmlx_cuda_norm_matmul_stats(m->be, &run_norm_fused, &run_norm_declined);
+    nmlx_cuda_norm_matmul_stats(m->be, &run_norm_fused, &run_norm_roped, &run_norm_declined);
     nmlx_session_free(s);
     nmlx_model_free(m);
     return ok;
@@ -845,9 +846,9 @@ static void test_graph(const char *dir, bool repeats) {
  * with the op off (NMLX_CUDA_NORM_MATMUL=0: add_rmsnorm + the mat-vecs; its
  * ids fed to both) and on: logits within 1e-6 of their range (expected
  * equal: the fused kernel stages the values add_rmsnorm writes). The op
- * must have run; all_fused: every call (dense models without q/k norms:
- * q/k/v with rope_kv folded in, read from a recorded step's positions on
- * replay, and the gate/up pairs). */
+ * must have run; all_fused: every call, q/k/v with rope_kv folded in
+ * (dense models without q/k norms: recorded steps read the positions from
+ * device memory; and the gate/up pairs). */
 static void test_norm_model(const char *dir, bool all_fused) {
     size_t n = (size_t)G_STEPS * G_MAXV;
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
@@ -861,18 +862,18 @@ static void test_norm_model(const char *dir, bool all_fused) {
         double worst = steps_diff(a, b, Va);
         EXPECT(worst <= 1e-6, "%s: add_rmsnorm_matmul on vs off: logits differ by %.2e", dir,
                worst);
-        EXPECT(run_norm_fused > 0 && (!all_fused || run_norm_declined == 0),
-               "%s: add_rmsnorm_matmul fused %ld, declined %ld", dir, run_norm_fused,
-               run_norm_declined);
-        printf("%-36s add_rmsnorm_matmul on vs off: logits within %.2e (%ld fused, %ld "
-               "declined)\n",
-               dir, worst, run_norm_fused, run_norm_declined);
+        EXPECT(run_norm_fused > 0 && (!all_fused || (run_norm_declined == 0 && run_norm_roped > 0)),
+               "%s: add_rmsnorm_matmul fused %ld (%ld with rope_kv), declined %ld", dir,
+               run_norm_fused, run_norm_roped, run_norm_declined);
+        printf("%-36s add_rmsnorm_matmul on vs off: logits within %.2e (%ld fused, %ld with "
+               "rope_kv, %ld declined)\n",
+               dir, worst, run_norm_fused, run_norm_roped, run_norm_declined);
     }
     free(a), free(b);
 }
 
 int main(void) {
-    /* add_rmsnorm_matmul is opt-in: on for this test unless asked off */
+    /* add_rmsnorm_matmul: on for this test unless asked off */
     setenv("NMLX_CUDA_NORM_MATMUL", "1", 0);
     if (nmlx_backend_cuda_create(0, &gpu) != NMLX_OK) {
         printf("SKIP: no CUDA device: %s\n", nmlx_last_error());

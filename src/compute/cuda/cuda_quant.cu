@@ -608,10 +608,11 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
 }
 
 /* backend.h add_rmsnorm_matmul: the int16 mat-vec (q/k/v, or gate/up
- * pairs) staging rmsnorm(x + d) itself, the add_rmsnorm launch saved, or
- * for dense weights the f32 mat-vec (cuda_matmul.cu, rope_kv folded in
- * too); false (nothing done) for weights neither takes (the int16 one:
- * precision "f32" or NMLX_CUDA_QGEMV=f32). */
+ * pairs) staging rmsnorm(x + d) itself, the add_rmsnorm launch saved (and
+ * rope_kv's where asked), or for dense weights the f32 mat-vec
+ * (cuda_matmul.cu, the same folds); false (nothing done) for weights
+ * neither takes (the int16 one: precision "f32" or NMLX_CUDA_QGEMV=f32;
+ * dense weights ignore precision, as matmul does). */
 bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                   float w_offset, float eps, float *y, int64_t D, int act, int n,
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
