@@ -180,7 +180,11 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(gemv_args a) {
  * back to 0 (the int16 mat-vec's protocol, cuda_qgemv16.cu). A warp's first
  * weight loads go out before the wait for the kernel ahead (PDL), and the
  * next unit's before the current unit's warp tree. */
-enum { GN_WARPS = 8, GN_THREADS = 32 * GN_WARPS, GN_BPS = 4, GN_MAX_N = 16384 };
+/* GN_BPS: blocks a multiprocessor (ptxas -v: 80 registers plain, 96 with
+ * rope, 114 for 16-bit gate/up pairs: 2 blocks fit every form), as the
+ * int16 mat-vec v2's default; a decode step's launch is recorded in a
+ * graph capture, where the occupancy is not queried */
+enum { GN_WARPS = 8, GN_THREADS = 32 * GN_WARPS, GN_BPS = 2, GN_MAX_N = 16384 };
 enum { GN_PLAIN = 0, GN_PAIR, GN_ROPE };
 
 typedef struct gemv_norm_args {
