@@ -128,8 +128,9 @@ typedef struct cuda_impl {
     size_t sample_work_bytes;
     int32_t *sample_ids_dev, *sample_ids_host;
     size_t sample_ids_dev_bytes, sample_ids_host_bytes;
-    /* add_rmsnorm_matmul (cuda_qgemv16.cu): its blocks' counter (device,
-     * 0 between launches; NULL: the op declines) and its calls so far */
+    /* add_rmsnorm_matmul (cuda_qgemv16.cu, dense: cuda_matmul.cu): its
+     * blocks' counter (device, 0 between launches; NULL: the op declines)
+     * and its calls so far */
     unsigned *norm_done;
     long norm_fused, norm_roped, norm_declined;
     struct cuda_moe_state *moe; /* moe_experts' tables and staging (cuda_moe.cu), or NULL */
