@@ -31,16 +31,17 @@ if(NMLX_CUDA)
   add_test(NAME test_cuda_fixtures_no_pdl COMMAND test_cuda_fixtures WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_cuda_fixtures_no_pdl PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
     ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_PDL=0")
-  # the residual norm and rope_kv in their own launches (the folds into the
-  # decode mat-vec off), and v1's norm-staging form (no rope_kv fold there)
-  add_test(NAME test_cuda_fixtures_unfolded COMMAND test_cuda_fixtures
+  # the residual norm and rope_kv folded into the decode mat-vec
+  # (add_rmsnorm_matmul, opt-in), on v2 and on v1's norm-staging form (no
+  # rope_kv fold there)
+  add_test(NAME test_cuda_fixtures_folded COMMAND test_cuda_fixtures
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_cuda_fixtures_unfolded PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_NORM_MATMUL=0")
-  add_test(NAME test_cuda_fixtures_qgemv16_v1 COMMAND test_cuda_fixtures
+  set_tests_properties(test_cuda_fixtures_folded PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_NORM_MATMUL=1")
+  add_test(NAME test_cuda_fixtures_folded_v1 COMMAND test_cuda_fixtures
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_cuda_fixtures_qgemv16_v1 PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
-    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_QGEMV16=v1")
+  set_tests_properties(test_cuda_fixtures_folded_v1 PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_NORM_MATMUL=1;NMLX_CUDA_QGEMV16=v1")
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)

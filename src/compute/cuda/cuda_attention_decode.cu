@@ -470,6 +470,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
                             unsigned *cnt) {
     cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the caches are ready from here */
     const int r = (int)blockIdx.z;
     const size_t row = (size_t)(a.H * a.HD), parts = (size_t)(a.H * S); /* T = 1: RQ = H / KVH */
     nmlx_attn_args one = a;
@@ -656,9 +657,10 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
             nmlx_attn_args ar = *a;                                                                \
             ar.q = a->q + r0 * row, ar.out = a->out + r0 * row, ar.T = 1;                          \
             float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
-            attn_decode_rows_kernel<LPK, DPL, R_>                                                  \
-                <<<dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n), DEC_THREADS, shm, st>>>(      \
-                    ar, br, S, po, pml, cnt);                                                      \
+            nmlx_cuda_note(be,                                                                     \
+                           cuda_launch_pdl(attn_decode_rows_kernel<LPK, DPL, R_>,                  \
+                                           dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n),       \
+                                           dim3(DEC_THREADS), shm, st, ar, br, S, po, pml, cnt));  \
             dec_launches++;                                                                        \
         }                                                                                          \
         break;                                                                                     \

@@ -185,6 +185,8 @@ typedef struct rope_kv_rows_params {
 } rope_kv_rows_params;
 
 __global__ void rope_kv_rows_kernel(rope_kv_params p, rope_kv_rows_params r) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early: q, k, v are ready from here */
     int64_t nh = p.H + p.KVH;
     int64_t t = blockIdx.x / nh, j = blockIdx.x % nh;
     rope_kv_head(p, t, j, r.kc[t], r.vc[t], r.cap[t], r.row0[t], (double)r.pos[t]);
@@ -222,8 +224,8 @@ bool nmlx_cuda_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
         r.cap[i] = rows[i].cap, r.row0[i] = rows[i].row0, r.pos[i] = rows[i].pos;
     }
     const int64_t blocks = R * (a->H + a->KVH);
-    rope_kv_rows_kernel<<<(unsigned)blocks, cuda_norm_threads(a->HD), 0, c->stream>>>(p, r);
-    nmlx_cuda_note(be, cudaGetLastError());
+    nmlx_cuda_note(be, cuda_launch_pdl(rope_kv_rows_kernel, dim3((unsigned)blocks),
+                                       dim3(cuda_norm_threads(a->HD)), 0, c->stream, p, r));
     return true;
 }
 

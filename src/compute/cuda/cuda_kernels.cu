@@ -230,6 +230,8 @@ void nmlx_cuda_rope(nmlx_backend *be, float *x, int64_t T, int64_t H, int64_t HD
 /* ---- elementwise ---- */
 
 __global__ void act_mul_kernel(nmlx_act act, const float *g, const float *u, float *o, int64_t n) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early: gate and up are ready from here */
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         o[i] = cuda_act1(act, g[i]) * u[i];
@@ -256,9 +258,9 @@ __global__ void scale_kernel(float *x, float s, int64_t n) {
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n) {
     if (n <= 0) return;
-    act_mul_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(act, gate,
-                                                                                        up, out, n);
-    nmlx_cuda_note(be, cudaGetLastError());
+    nmlx_cuda_note(be, cuda_launch_pdl(act_mul_kernel, dim3(grid_for(n, ELEM_THREADS)),
+                                       dim3(ELEM_THREADS), 0, cuda_of(be)->stream, act, gate, up,
+                                       out, n));
 }
 
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n) {

@@ -11,6 +11,10 @@
  *   uint32_t qr2_sub128x2(uint32_t)              bf16 pair minus 128 each
  *   uint32_t qr2_pack_bf16(float lo, float hi)   two f32 as a bf16 pair (RN)
  *   float   qr2_h2f(uint16_t)                    f16 bits -> f32
+ *   void    qr2_pdl()                            launched early (programmatic
+ *                                                dependent launch): let the next
+ *                                                kernel launch, then wait for the
+ *                                                previous one (its x); first thing
  *
  * Why v2 (v1: one m16 tile of 16 weight rows a block, 8 warps taking its
  * 32-input chunks in turn): per chunk a v1 warp loads x hi + lo for its
@@ -108,6 +112,7 @@ __device__ __forceinline__ void qr2_mma(float *c, const uint32_t *a, uint32_t b0
 __device__ __forceinline__ uint32_t qr2_sub128x2(uint32_t p);
 __device__ __forceinline__ uint32_t qr2_pack_bf16(float lo, float hi);
 __device__ __forceinline__ float qr2_h2f(uint16_t h);
+__device__ __forceinline__ void qr2_pdl();
 
 /* y[t, d] = sum_k x[t, k] W[d, k] (+ bias[d]), t < T <= 8 NT; x as bf16 hi,
  * lo [T, N] and chunk sums xs [T, N / 32] (qx_split_kernel). */
@@ -209,6 +214,7 @@ template <int BITS, bool MX> __device__ __forceinline__ void qr2_codes(uint64_t 
 template <int BITS, int SC, int NT, int MT>
 __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     qrows2_kernel(const qr2_args a) {
+    qr2_pdl();
     constexpr bool MX = SC == QR2_SC_E8M0;
     __shared__ float red[QR2_WARPS][NT * 4][32];
     __shared__ unsigned last_block;

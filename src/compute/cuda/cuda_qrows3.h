@@ -269,6 +269,7 @@ template <int MT, int NT> struct qr3_depth {
 template <int BITS, int SC, int NT, int MT>
 __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     qrows3_kernel(const qr3_args a) {
+    qr2_pdl();
     constexpr bool MX = SC == QR2_SC_E8M0;
     /* staging loads a thread in flight at once: fewer where the accumulators
      * take the registers */

@@ -70,6 +70,10 @@ __device__ __forceinline__ uint32_t qr2_sub128x2(uint32_t p) {
 }
 __device__ __forceinline__ uint32_t qr2_pack_bf16(float lo, float hi) { return pack_bf16(lo, hi); }
 __device__ __forceinline__ float qr2_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ void qr2_pdl() {
+    cuda_pdl_trigger();
+    cuda_pdl_wait();
+}
 /* cuda_qrows3.h's */
 __device__ __forceinline__ unsigned char *qr3_smem() {
     extern __shared__ __align__(16) unsigned char qr3_dyn[];
@@ -410,7 +414,9 @@ static bool launch3(nmlx_backend *be, const qr2_args &a, const float *x3, int64_
         *ab = want;
     }
     const dim3 grid((unsigned)rblocks, (unsigned)a.S);
-    qrows3_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, (size_t)L.bytes, c->stream>>>(b);
+    /* launched early where PDL is on: a batched step's kernels are launched one by one */
+    nmlx_cuda_note(be, cuda_launch_pdl(qrows3_kernel<BITS, SC, NT, MT>, grid, dim3(QR2_THREADS),
+                                       (size_t)L.bytes, c->stream, b));
     qr3_launch_count++;
     return true;
 }
@@ -444,7 +450,8 @@ static bool launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a, const fl
     a.cnt = S > 1 ? c->qr_cnt : NULL;
     if (x3) return launch3<BITS, SC, NT, MT>(be, a, x3, rblocks);
     const dim3 grid((unsigned)rblocks, (unsigned)S);
-    qrows2_kernel<BITS, SC, NT, MT><<<grid, QR2_THREADS, 0, c->stream>>>(a);
+    nmlx_cuda_note(be, cuda_launch_pdl(qrows2_kernel<BITS, SC, NT, MT>, grid, dim3(QR2_THREADS), 0,
+                                       c->stream, a)); /* as launch3 */
     qr2_launch_count++;
     return true;
 }

@@ -293,6 +293,8 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
  * the 32 inputs of chunk c (f32). A thread takes 8 inputs. */
 __global__ void qx_split_kernel(const float *x, int64_t T, int64_t N, bool xvec, bool split,
                                 __nv_bfloat16 *hi, __nv_bfloat16 *lo, float *xs) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x is ready from here */
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* piece of 8 */
     const int64_t n8 = T * N / 8;
     float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -659,8 +661,8 @@ bool nmlx_cuda_qx_split(nmlx_backend *be, const float *x, int64_t T, int64_t N, 
     __nv_bfloat16 *hi = (__nv_bfloat16 *)base, *lo = (__nv_bfloat16 *)(base + elems * 2);
     float *xs = (float *)(base + elems * 4);
     const int64_t n8 = (int64_t)elems / 8;
-    qx_split_kernel<<<(unsigned)((n8 + 255) / 256), 256, 0, cuda_of(be)->stream>>>(
-        x, T, N, (uintptr_t)x % 16 == 0, true, hi, lo, xs);
+    cuda_launch_pdl(qx_split_kernel, dim3((unsigned)((n8 + 255) / 256)), dim3(256), 0,
+                    cuda_of(be)->stream, x, T, N, (uintptr_t)x % 16 == 0, true, hi, lo, xs);
     out->hi = hi, out->lo = lo, out->xs = xs;
     return true;
 }
