@@ -657,10 +657,10 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
             nmlx_attn_args ar = *a;                                                                \
             ar.q = a->q + r0 * row, ar.out = a->out + r0 * row, ar.T = 1;                          \
             float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
-            nmlx_cuda_note(be,                                                                     \
-                           cuda_launch_pdl(attn_decode_rows_kernel<LPK, DPL, R_>,                  \
-                                           dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n),       \
-                                           dim3(DEC_THREADS), shm, st, ar, br, S, po, pml, cnt));  \
+            nmlx_cuda_note(                                                                        \
+                be, cuda_launch_pdl_batch(attn_decode_rows_kernel<LPK, DPL, R_>,                   \
+                                          dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n),        \
+                                          dim3(DEC_THREADS), shm, st, ar, br, S, po, pml, cnt));   \
             dec_launches++;                                                                        \
         }                                                                                          \
         break;                                                                                     \

@@ -34,6 +34,15 @@ bool nmlx_cuda_pdl_on(void) {
     return on != 0;
 }
 
+bool nmlx_cuda_pdl_batch_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NMLX_CUDA_PDL_BATCH");
+        on = e && !strcmp(e, "1") && nmlx_cuda_pdl_on();
+    }
+    return on != 0;
+}
+
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e) {
     cuda_impl *c = (cuda_impl *)be->impl;
     if (e != cudaSuccess && c->first_error == cudaSuccess) c->first_error = e;

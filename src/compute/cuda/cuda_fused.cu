@@ -224,8 +224,8 @@ bool nmlx_cuda_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
         r.cap[i] = rows[i].cap, r.row0[i] = rows[i].row0, r.pos[i] = rows[i].pos;
     }
     const int64_t blocks = R * (a->H + a->KVH);
-    nmlx_cuda_note(be, cuda_launch_pdl(rope_kv_rows_kernel, dim3((unsigned)blocks),
-                                       dim3(cuda_norm_threads(a->HD)), 0, c->stream, p, r));
+    nmlx_cuda_note(be, cuda_launch_pdl_batch(rope_kv_rows_kernel, dim3((unsigned)blocks),
+                                             dim3(cuda_norm_threads(a->HD)), 0, c->stream, p, r));
     return true;
 }
 

@@ -200,16 +200,17 @@ __device__ __forceinline__ void cuda_pdl_wait() {
 /* NMLX_CUDA_PDL (read once): on unless "0", where the GPU and the build
  * have griddepcontrol (sm_90 and later) */
 bool nmlx_cuda_pdl_on(void);
+/* NMLX_CUDA_PDL_BATCH=1 (read once; off by default: written without a GPU
+ * in session 17, unmeasured): the kernels of a batched decode step that
+ * wait first thing (few-rows v2 / v3 and their x split, rope_kv_rows, the
+ * decode attention's rows form, act_mul) launched early too; needs PDL */
+bool nmlx_cuda_pdl_batch_on(void);
 
-/* Launches kernel k on st, as a programmatic dependent launch where PDL is
- * on: k's blocks may become resident while the kernel before them ends (it
- * calls cuda_pdl_trigger), so the launch latency of a step's small kernels
- * hides behind the kernel before. k must call cuda_pdl_wait() in every
- * block before its first global memory access (read or write). */
+/* k on st, as a programmatic dependent launch where `on`, else the usual way */
 template <typename... P, typename... A>
-static inline cudaError_t cuda_launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
-                                          cudaStream_t st, A... args) {
-    if (!nmlx_cuda_pdl_on()) {
+static inline cudaError_t cuda_launch_pdl_if(bool on, void (*k)(P...), dim3 grid, dim3 block,
+                                             size_t smem, cudaStream_t st, A... args) {
+    if (!on) {
         k<<<grid, block, smem, st>>>(args...);
         return cudaGetLastError();
     }
@@ -224,6 +225,23 @@ static inline cudaError_t cuda_launch_pdl(void (*k)(P...), dim3 grid, dim3 block
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
+/* Launches kernel k on st, as a programmatic dependent launch where PDL is
+ * on: k's blocks may become resident while the kernel before them ends (it
+ * calls cuda_pdl_trigger), so the launch latency of a step's small kernels
+ * hides behind the kernel before. k must call cuda_pdl_wait() in every
+ * block before its first global memory access (read or write). */
+template <typename... P, typename... A>
+static inline cudaError_t cuda_launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                          cudaStream_t st, A... args) {
+    return cuda_launch_pdl_if(nmlx_cuda_pdl_on(), k, grid, block, smem, st, args...);
+}
+/* ... a batched step's kernel (nmlx_cuda_pdl_batch_on) */
+template <typename... P, typename... A>
+static inline cudaError_t cuda_launch_pdl_batch(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                                cudaStream_t st, A... args) {
+    return cuda_launch_pdl_if(nmlx_cuda_pdl_batch_on(), k, grid, block, smem, st, args...);
 }
 
 /* Records the first error of a void op (ops cannot return one). */

@@ -258,9 +258,9 @@ __global__ void scale_kernel(float *x, float s, int64_t n) {
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n) {
     if (n <= 0) return;
-    nmlx_cuda_note(be, cuda_launch_pdl(act_mul_kernel, dim3(grid_for(n, ELEM_THREADS)),
-                                       dim3(ELEM_THREADS), 0, cuda_of(be)->stream, act, gate, up,
-                                       out, n));
+    nmlx_cuda_note(be, cuda_launch_pdl_batch(act_mul_kernel, dim3(grid_for(n, ELEM_THREADS)),
+                                             dim3(ELEM_THREADS), 0, cuda_of(be)->stream, act, gate,
+                                             up, out, n));
 }
 
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n) {

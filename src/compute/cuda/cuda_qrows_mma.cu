@@ -414,9 +414,9 @@ static bool launch3(nmlx_backend *be, const qr2_args &a, const float *x3, int64_
         *ab = want;
     }
     const dim3 grid((unsigned)rblocks, (unsigned)a.S);
-    /* launched early where PDL is on: a batched step's kernels are launched one by one */
-    nmlx_cuda_note(be, cuda_launch_pdl(qrows3_kernel<BITS, SC, NT, MT>, grid, dim3(QR2_THREADS),
-                                       (size_t)L.bytes, c->stream, b));
+    /* launched early with NMLX_CUDA_PDL_BATCH=1 (a batched step is launched kernel by kernel) */
+    nmlx_cuda_note(be, cuda_launch_pdl_batch(qrows3_kernel<BITS, SC, NT, MT>, grid,
+                                             dim3(QR2_THREADS), (size_t)L.bytes, c->stream, b));
     qr3_launch_count++;
     return true;
 }
@@ -450,8 +450,8 @@ static bool launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a, const fl
     a.cnt = S > 1 ? c->qr_cnt : NULL;
     if (x3) return launch3<BITS, SC, NT, MT>(be, a, x3, rblocks);
     const dim3 grid((unsigned)rblocks, (unsigned)S);
-    nmlx_cuda_note(be, cuda_launch_pdl(qrows2_kernel<BITS, SC, NT, MT>, grid, dim3(QR2_THREADS), 0,
-                                       c->stream, a)); /* as launch3 */
+    nmlx_cuda_note(be, cuda_launch_pdl_batch(qrows2_kernel<BITS, SC, NT, MT>, grid,
+                                             dim3(QR2_THREADS), 0, c->stream, a)); /* as launch3 */
     qr2_launch_count++;
     return true;
 }

@@ -661,8 +661,8 @@ bool nmlx_cuda_qx_split(nmlx_backend *be, const float *x, int64_t T, int64_t N, 
     __nv_bfloat16 *hi = (__nv_bfloat16 *)base, *lo = (__nv_bfloat16 *)(base + elems * 2);
     float *xs = (float *)(base + elems * 4);
     const int64_t n8 = (int64_t)elems / 8;
-    cuda_launch_pdl(qx_split_kernel, dim3((unsigned)((n8 + 255) / 256)), dim3(256), 0,
-                    cuda_of(be)->stream, x, T, N, (uintptr_t)x % 16 == 0, true, hi, lo, xs);
+    cuda_launch_pdl_batch(qx_split_kernel, dim3((unsigned)((n8 + 255) / 256)), dim3(256), 0,
+                          cuda_of(be)->stream, x, T, N, (uintptr_t)x % 16 == 0, true, hi, lo, xs);
     out->hi = hi, out->lo = lo, out->xs = xs;
     return true;
 }
