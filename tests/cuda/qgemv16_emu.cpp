@@ -37,34 +37,7 @@ extern "C" {
 #define WARP_EMU_SMEM_BYTES (228 * 1024)
 #include "warp_emu.h"
 
-/* cuda_internal.h's helpers */
-static inline float cuda_act1(nmlx_act act, float x) {
-    switch (act) {
-    case NMLX_ACT_SILU: return x / (1.0f + expf(-x));
-    case NMLX_ACT_GELU_TANH: {
-        const float c = 0.7978845608028654f;
-        float u = c * (x + 0.044715f * x * x * x);
-        return x / (1.0f + expf(-2.0f * u));
-    }
-    case NMLX_ACT_GELU_ERF: return 0.5f * x * erfcf(x * -0.7071067811865476f);
-    }
-    return x;
-}
-/* one RoPE pair (the device's: the angle in double, products rounded
- * apart; this file is built without FMA contraction of its own) */
-static inline void cuda_rope_pair(float x0, float x1, double pos, float freq, float mscale,
-                                  float *o0, float *o1) {
-    const double t = pos * (double)freq;
-    const float cf = (float)cos(t), sf = (float)sin(t);
-    const float a = x0 * cf, b = x1 * sf, c = x1 * cf, e = x0 * sf;
-    *o0 = (a - b) * mscale;
-    *o1 = (c + e) * mscale;
-}
-static inline float cuda_load_f32(nmlx_dtype dt, const void *p, int64_t i) {
-    if (dt == NMLX_DT_BF16) return __uint_as_float((unsigned)((const unsigned short *)p)[i] << 16);
-    if (dt == NMLX_DT_F16) return __half2float(((const __half *)p)[i]);
-    return ((const float *)p)[i];
-}
+#include "emu_helpers.h" /* cuda_internal.h's helpers */
 
 namespace {
 /* dp2a.lo / .hi: the two signed int16 of a times bytes 0,1 / 2,3 of b */

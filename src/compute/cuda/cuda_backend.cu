@@ -34,6 +34,51 @@ bool nmlx_cuda_pdl_on(void) {
     return on != 0;
 }
 
+int nmlx_cuda_sm_count(void) {
+    static int n[64];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!n[dev]) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            cudaGetLastError();
+        n[dev] = v > 0 ? v : 1;
+    }
+    return n[dev];
+}
+
+int nmlx_cuda_resident_blocks(const void *kern, int threads, size_t smem, cudaStream_t st,
+                              int fallback) {
+    enum { SLOTS = 64 };
+    static struct {
+        const void *kern;
+        int threads;
+        size_t smem;
+        int blocks;
+    } seen[SLOTS];
+    static int next; /* full: the oldest slot is replaced */
+    for (int i = 0; i < SLOTS; i++)
+        if (seen[i].kern == kern && seen[i].threads == threads && seen[i].smem == smem)
+            return seen[i].blocks;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
+        cudaGetLastError();
+        return fallback;
+    }
+    if (cs != cudaStreamCaptureStatusNone) return fallback; /* no query inside a capture */
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem) != cudaSuccess ||
+        occ < 1) {
+        cudaGetLastError(); /* not the op's error: one block a multiprocessor then */
+        occ = 1;
+    }
+    seen[next].kern = kern, seen[next].threads = threads, seen[next].smem = smem;
+    seen[next].blocks = occ;
+    next = (next + 1) % SLOTS;
+    return occ;
+}
+
 bool nmlx_cuda_pdl_batch_on(void) {
     static int on = -1;
     if (on < 0) {

@@ -8,6 +8,8 @@
 #ifndef NMLX_CUDA_GEMV_DEV_CUH
 #define NMLX_CUDA_GEMV_DEV_CUH
 
+#include "compute/cuda/cuda_norm_sumsq.cuh"
+
 /* GEMV_MAX_T: up to this many rows of x (a batched decode step) run as the
  * mat-vec, so each row keeps the f32 arithmetic of a lone decode step. */
 enum { GEMV_WARPS = 4, GEMV_MAX_T = 8 };
@@ -170,7 +172,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(gemv_args a) {
  * rows (i, i + half) of one q or k head). Each block stages y =
  * rmsnorm(x + d) once in shared memory as f32, the values add_rmsnorm
  * writes bit for bit (its sum of squares in the order of add_rmsnorm's
- * kernel, gn_sumsq); each row is then summed exactly as gemv_kernel<W, 1>
+ * kernel, norm_sumsq256); each row is then summed exactly as gemv_kernel<W, 1>
  * sums it from y in global memory (the same lane chunks and gemv_chunk, the
  * same warp tree and bias add), so every output equals add_rmsnorm +
  * matmul_multi / gate_up_act (+ rope_kv, cuda_rope_pair) bit for bit.
@@ -254,45 +256,7 @@ __device__ __forceinline__ void gn_prefetch(const gemv_norm_args &a, const gn_un
     }
 }
 
-/* The sum of squares of s (x + d, N inputs) as add_rmsnorm's kernels sum
- * it with NT = cuda_norm_threads(N) threads: virtual thread v adds
- * (double)s^2 over v, v + NT, ..., then cuda_block_sum's two shuffle trees.
- * With GN_THREADS (256), thread t is virtual threads t and (NT = 512)
- * t + 256; for NT = 64 threads from 64 on add nothing. Every thread gets
- * the sum. */
-static_assert(GN_THREADS == 256, "gn_sumsq maps 64, 256 or 512 virtual threads onto 256");
-#ifdef NMLX_GEMV_EMU /* warp_emu.h's __shared__ is per fiber there; blocks run one at a time */
-#define GN_FIXED_SHARED static
-#else
-#define GN_FIXED_SHARED __shared__
-#endif
-__device__ __forceinline__ double gn_sumsq(const float *s, int64_t N) {
-    GN_FIXED_SHARED double part[16];
-    const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
-    const int t = threadIdx.x, w = t / 32, l = t % 32;
-    double s0 = 0, s1 = 0;
-    if (t < NT)
-        for (int64_t i = t; i < N; i += NT) {
-            const float v = s[i];
-            s0 += (double)v * v;
-        }
-    if (NT == 512)
-        for (int64_t i = t + 256; i < N; i += NT) {
-            const float v = s[i];
-            s1 += (double)v * v;
-        }
-    for (int o = 16; o > 0; o >>= 1) {
-        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-    }
-    if (l == 0 && t < NT) part[w] = s0;
-    if (l == 0 && NT == 512) part[w + 8] = s1;
-    __syncthreads();
-    double v = l < NT / 32 ? part[l] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+static_assert(GN_THREADS == 256, "norm_sumsq256 plays 64, 256 or 512 threads on 256");
 
 /* ys[0 .. N) = rmsnorm(x + d) as add_rmsnorm writes it (x + d first, so
  * x and d are read once; __fmul_rn: as the unfused kernel rounds them) */
@@ -303,8 +267,10 @@ __device__ __forceinline__ void gn_stage(const gemv_norm_args &a, float *ys) {
         *(float4 *)(ys + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
     }
     __syncthreads();
-    /* gn_sumsq's barrier: every read of x + d is done before y replaces it */
-    const float inv = (float)(1.0 / sqrt(gn_sumsq(ys, N) / (double)N + a.neps));
+    /* norm_sumsq256's barrier: every read of x + d is done before y replaces it */
+    const float inv =
+        (float)(1.0 /
+                sqrt(norm_sumsq256([&](int64_t i) { return ys[i]; }, N) / (double)N + a.neps));
     for (int64_t i = threadIdx.x; i < N; i += GN_THREADS) {
         const float v = __fmul_rn(ys[i], inv);
         ys[i] = a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;

@@ -247,6 +247,16 @@ static inline cudaError_t cuda_launch_pdl_batch(void (*k)(P...), dim3 grid, dim3
 /* Records the first error of a void op (ops cannot return one). */
 void nmlx_cuda_note(nmlx_backend *be, cudaError_t e);
 
+/* Multiprocessors of the current device (read once a device). */
+int nmlx_cuda_sm_count(void);
+/* Blocks of kern (threads a block, smem bytes of dynamic shared memory)
+ * resident on one multiprocessor, for persistent one-wave grids: asked of
+ * the runtime once per (kernel, threads, smem) outside a graph capture;
+ * inside one, or where the query fails, `fallback` unasked (blocks past
+ * what fits then wait for a second wave: still right). */
+int nmlx_cuda_resident_blocks(const void *kern, int threads, size_t smem, cudaStream_t st,
+                              int fallback);
+
 void nmlx_cuda_matmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                       const float *x, float *y, int64_t T);
 /* Quantized weights (cuda_quant.cu): matmul for w->mode != NMLX_QUANT_NONE,

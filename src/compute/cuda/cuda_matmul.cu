@@ -153,20 +153,6 @@ bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, co
 /* ---- add_rmsnorm_matmul for dense weights: gemv_norm_kernel's launch
  * (the design: cuda_gemv_dev.cuh) ---- */
 
-/* multiprocessors of the current device (read once a device) */
-static int gn_sm_count(void) {
-    static int n[64];
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 0 || dev >= 64) dev = 0;
-    if (!n[dev]) {
-        int v = 0;
-        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-        n[dev] = v > 0 ? v : 1;
-    }
-    return n[dev];
-}
-
 /* One wave: min(a unit a warp, GN_BPS or as many blocks as fit a
  * multiprocessor). The blocks that fit, by shared memory size, are queried
  * once per kernel outside a graph capture; in one, GN_BPS is taken unasked
@@ -176,37 +162,15 @@ template <typename W, int MODE>
 static cudaError_t gn_launch(cudaStream_t st, const gemv_norm_args &a) {
     auto kern = gemv_norm_kernel<W, MODE>;
     const size_t sm = (size_t)a.N * sizeof(float);
-    static size_t set = 0; /* per instantiation: the opt-in, blocks a multiprocessor */
-    static size_t occ_sm[4];
-    static int occ_v[4];
+    static size_t set = 0; /* per instantiation: the shared memory opted in to */
     if (sm > 48 * 1024 && sm > set) {
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
         set = sm;
     }
-    int occ = 0;
-    for (int i = 0; i < 4 && !occ; i++)
-        if (occ_sm[i] == sm) occ = occ_v[i];
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (!occ && cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
-        cudaGetLastError();
-        cs = cudaStreamCaptureStatusActive;
-    }
-    if (!occ && cs != cudaStreamCaptureStatusNone) occ = GN_BPS;
-    if (!occ) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, GN_THREADS, sm) !=
-                cudaSuccess ||
-            occ < 1) {
-            cudaGetLastError(); /* not the op's error: one block a multiprocessor then */
-            occ = 1;
-        }
-        int i = 0;
-        while (i < 3 && occ_sm[i])
-            i++;
-        occ_sm[i] = sm, occ_v[i] = occ; /* full: the last entry replaced */
-    }
+    const int occ = nmlx_cuda_resident_blocks((const void *)kern, GN_THREADS, sm, st, GN_BPS);
     const int64_t b = occ < GN_BPS ? occ : GN_BPS;
     int64_t grid = (a.units + GN_WARPS - 1) / GN_WARPS;
-    if (grid > b * gn_sm_count()) grid = b * gn_sm_count();
+    if (grid > b * nmlx_cuda_sm_count()) grid = b * nmlx_cuda_sm_count();
     return cuda_launch_pdl(kern, dim3((unsigned)grid), dim3(GN_THREADS), sm, st, a);
 }
 

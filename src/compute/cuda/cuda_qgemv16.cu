@@ -153,20 +153,6 @@ template <int BITS, int SC> void launch_sc(cudaStream_t st, q16_args &a, int R, 
 
 /* ---- v2 launches ---- */
 
-/* multiprocessors of the current device (read once a device) */
-int sm_count() {
-    static int n[64];
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 0 || dev >= 64) dev = 0;
-    if (!n[dev]) {
-        int v = 0;
-        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-        n[dev] = v > 0 ? v : 1;
-    }
-    return n[dev];
-}
-
 /* one grid of min(blocks that give every unit a warp, bps (0: as many as
  * fit) blocks a multiprocessor) */
 template <int BITS, int SC, bool PAIR, int DEP, bool ASYNC, int RR = 1, bool NORM = false>
@@ -174,39 +160,17 @@ void launch_v2(cudaStream_t st, const q16_args &a, int bps) {
     constexpr int RU = PAIR ? 2 : RR;
     auto kern = qgemv16v2_kernel<BITS, SC, PAIR, DEP, ASYNC, RR, NORM>;
     const size_t sm = q16_smem(a.N) + (ASYNC ? q16_ring_bytes<RU, DEP>() : 0);
-    static size_t set = 0;   /* per instantiation: the opt-in, blocks a multiprocessor */
-    static size_t occ_sm[4]; /* by shared memory size (a decode step has 2 or 3) */
-    static int occ_v[4];
+    static size_t set = 0; /* per instantiation: the shared memory opted in to */
     if (sm > 48 * 1024 && sm > set) {
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
         set = sm;
     }
-    int occ = 0;
-    for (int i = 0; i < 4 && !occ; i++)
-        if (occ_sm[i] == sm) occ = occ_v[i];
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (!occ && cudaStreamIsCapturing(st, &cs) != cudaSuccess) {
-        cudaGetLastError();
-        cs = cudaStreamCaptureStatusActive;
-    }
-    if (!occ && cs != cudaStreamCaptureStatusNone)
-        occ = bps > 0 ? bps : 2; /* in a capture: no query (bps as asked; blocks past what
-                                  * fits wait for a second wave, still right) */
-    if (!occ) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, Q16_THREADS, sm) !=
-                cudaSuccess ||
-            occ < 1) {
-            cudaGetLastError(); /* not the op's error: one block a multiprocessor then */
-            occ = 1;
-        }
-        int i = 0;
-        while (i < 3 && occ_sm[i])
-            i++;
-        occ_sm[i] = sm, occ_v[i] = occ; /* full: the last entry replaced */
-    }
+    /* in a capture: bps as asked, else 2 */
+    const int occ =
+        nmlx_cuda_resident_blocks((const void *)kern, Q16_THREADS, sm, st, bps > 0 ? bps : 2);
     const int b = bps > 0 && bps < occ ? bps : occ;
     int64_t grid = (a.units + Q16_WARPS - 1) / Q16_WARPS;
-    if (grid > (int64_t)b * sm_count()) grid = (int64_t)b * sm_count();
+    if (grid > (int64_t)b * nmlx_cuda_sm_count()) grid = (int64_t)b * nmlx_cuda_sm_count();
     cuda_launch_pdl(kern, dim3((unsigned)grid), dim3(Q16_THREADS), sm, st, a); /* as launch_r */
 }
 

@@ -7,6 +7,8 @@
 #ifndef NMLX_CUDA_QGEMV16_DEV_CUH
 #define NMLX_CUDA_QGEMV16_DEV_CUH
 
+#include "compute/cuda/cuda_norm_sumsq.cuh"
+
 namespace {
 
 enum { Q16_WARPS = 8, Q16_THREADS = 32 * Q16_WARPS, Q16_MAXW = 3 };
@@ -135,44 +137,9 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
     return m;
 }
 
-/* The sum of squares of x + d (N inputs) as add_rmsnorm_kernel (cuda_fused.cu)
- * sums it with NT = cuda_norm_threads(N) threads: virtual thread v adds
- * (double)(x + d)^2 over v, v + NT, ..., then cuda_block_sum's two
- * shuffle trees. This block has Q16_THREADS (256): for NT = 512 thread t
- * is virtual threads t and t + 256, for NT = 64 threads from 64 on add
- * nothing. Every thread gets the sum. */
-#ifdef NMLX_QGEMV16_EMU /* warp_emu.h makes a fixed __shared__ array per fiber; blocks run one     \
-                         * at a time there, so a static is the block's */
-#define Q16_FIXED_SHARED static
-#else
-#define Q16_FIXED_SHARED __shared__
-#endif
+/* The sum of squares of x + d (N inputs) as add_rmsnorm sums it (cuda_norm_sumsq.cuh) */
 __device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int64_t N) {
-    Q16_FIXED_SHARED double part[16];
-    const int NT = N >= 1024 ? 512 : N >= 256 ? 256 : 64;
-    const int t = threadIdx.x, w = t / 32, l = t % 32;
-    double s0 = 0, s1 = 0;
-    if (t < NT)
-        for (int64_t i = t; i < N; i += NT) {
-            float v = x[i] + d[i];
-            s0 += (double)v * v;
-        }
-    if (NT == 512)
-        for (int64_t i = t + 256; i < N; i += NT) {
-            float v = x[i] + d[i];
-            s1 += (double)v * v;
-        }
-    for (int o = 16; o > 0; o >>= 1) {
-        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-    }
-    if (l == 0 && t < NT) part[w] = s0;
-    if (l == 0 && NT == 512) part[w + 8] = s1;
-    __syncthreads();
-    double v = l < NT / 32 ? part[l] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    return norm_sumsq256([&](int64_t i) { return x[i] + d[i]; }, N);
 }
 
 /* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it

@@ -345,21 +345,6 @@ static bool qr2_reserve(nmlx_backend *be, size_t part_bytes, int64_t ncnt) {
     return true;
 }
 
-static int qr2_sms(int dev) {
-    static int sms[64];
-    if (dev < 0 || dev >= 64) return 132;
-    if (!sms[dev]) {
-        int n = 0;
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            n <= 0) {
-            (void)cudaGetLastError();
-            n = 132;
-        }
-        sms[dev] = n;
-    }
-    return sms[dev];
-}
-
 /* the most dynamic shared memory a block may opt in to (sm_90: 227 KB) */
 static int qr3_smem_optin(int dev) {
     static int optin[64];
@@ -434,7 +419,7 @@ static bool launch2_mt(nmlx_backend *be, const qr_cfg &cfg, qr2_args a, const fl
     if (cfg.split > 0)
         S = cfg.split;
     else if (cfg.bps > 0) {
-        const int64_t target = (int64_t)cfg.bps * qr2_sms(((cuda_impl *)be->impl)->device);
+        const int64_t target = (int64_t)cfg.bps * nmlx_cuda_sm_count();
         S = target / rblocks;                        /* whole waves: never a few blocks past one */
         const int64_t most = C / (QR2_WARPS / a.wr); /* a chunk a warp at least */
         S = S > most ? most : S;
