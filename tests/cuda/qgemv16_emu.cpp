@@ -162,6 +162,14 @@ static void fill_args(q16_args &a, std::vector<hweight> &ws, const float *x, int
     }
 }
 
+/* NORM's arguments: x the residual (x += d), y = rmsnorm(x + d) with the
+ * bf16 norm weight nw into yn, the blocks' counter done */
+static void set_norm(q16_args &a, float *x, const float *d, float *yn, unsigned *done,
+                     const uint16_t *nw, float noff, float neps) {
+    a.xw = x, a.d = d, a.yn = yn, a.done = done;
+    a.nw = nw, a.nwdt = NMLX_DT_BF16, a.noff = noff, a.neps = neps;
+}
+
 template <int BITS, int SC, bool PAIR>
 static void run_v1(std::vector<hweight> &ws, const float *x, int64_t N, int gs, nmlx_act act) {
     q16_args a;
@@ -320,8 +328,7 @@ static void run_norm_case(int gs, int64_t N, std::vector<int64_t> Ds, nmlx_act a
             h.y.assign((size_t)h.D + 4, NAN);
         q16_args a;
         fill_args(a, ws, r.x.data(), N, BITS, gs, act);
-        a.xw = r.x.data(), a.d = d.data(), a.yn = r.yn.data(), a.done = &done;
-        a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = noff, a.neps = neps;
+        set_norm(a, r.x.data(), d.data(), r.yn.data(), &done, nw.data(), noff, neps);
         int64_t rows = 0;
         for (auto &h : ws)
             rows += h.D;
@@ -395,8 +402,7 @@ static void run_norm_case(int gs, int64_t N, std::vector<int64_t> Ds, nmlx_act a
                 h.y.assign((size_t)h.D + 4, NAN);
             q16_args a;
             fill_args(a, ws, r2.x.data(), N, BITS, gs, act);
-            a.xw = r2.x.data(), a.d = d.data(), a.yn = r2.yn.data(), a.done = &done;
-            a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = noff, a.neps = neps;
+            set_norm(a, r2.x.data(), d.data(), r2.yn.data(), &done, nw.data(), noff, neps);
             q16_v2_units(a, PAIR, PAIR ? 1 : 2);
             emu_launch(grid, Q16_THREADS, q16_smem(N),
                        [&] { qgemv16v2_kernel<BITS, SC, PAIR, 4, false, PAIR ? 1 : 2, true>(a); });
@@ -443,8 +449,7 @@ static void run_rope_case(int gs, int64_t N, int64_t H, int64_t KVH, int64_t HD,
     q16_args a;
     fill_args(a, ws, xr.data(), N, BITS, gs, NMLX_ACT_SILU);
     if (norm) {
-        a.xw = xr.data(), a.d = d.data(), a.yn = yn.data(), a.done = &done;
-        a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = 0.0f, a.neps = 1e-5f;
+        set_norm(a, xr.data(), d.data(), yn.data(), &done, nw.data(), 0.0f, 1e-5f);
     }
     q16_v1_tiles(a, 2, false);
     if (norm)
@@ -477,8 +482,7 @@ static void run_rope_case(int gs, int64_t N, int64_t H, int64_t KVH, int64_t HD,
         hw.y.assign((size_t)hw.D + 4, NAN);
     fill_args(a, ws, xr.data(), N, BITS, gs, NMLX_ACT_SILU);
     if (norm) {
-        a.xw = xr.data(), a.d = d.data(), a.yn = yn.data(), a.done = &done;
-        a.nw = nw.data(), a.nwdt = NMLX_DT_BF16, a.noff = 0.0f, a.neps = 1e-5f;
+        set_norm(a, xr.data(), d.data(), yn.data(), &done, nw.data(), 0.0f, 1e-5f);
     }
     a.m[0].fold = Q16_Q, a.m[1].fold = Q16_K, a.m[2].fold = Q16_V;
     const int64_t base = 977; /* a recorded step: positions as deltas */
