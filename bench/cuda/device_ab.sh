@@ -17,7 +17,8 @@
 # quantized mat-mat (default up to 8192 x 4096 = 64 MB) small enough to stay
 # in the H100's 50 MB L2 between the dequantization and the GEMM.
 #   OUT=dir [DEADLINE=560] [VARIANTS="..."] [MODELS="l8b-q4 l1b-q4"] bash bench/cuda/device_ab.sh
-# AB_TESTS="test_a test_b": those CUDA tests (plain runs) instead of step 2's list;
+# AB_TESTS="test_a test_b": those CUDA tests instead of step 2's list; a word
+# may carry settings joined by '+', e.g. NMLX_CUDA_NORM_MATMUL=1+test_cuda_fixtures;
 # BATCH_VARIANTS (default "- NMLX_CUDA_QROWS=v3 NMLX_CUDA_BUF_CACHE=1", "" none);
 # TABLES=0 leaves step 4 out. MODELS may name l1b-bf16 / l8b-bf16 / l*b-q8 too;
 # a checkpoint device_gpu_peer.sh wrote in this machine's /tmp/gpu-peer-synth is reused.
@@ -30,14 +31,17 @@ M8=/tmp/synth-l8b-q4 # the 8B 4-bit: bench_cuda_batch's too
 [ -f /tmp/gpu-peer-synth/l8b-q4/config.json ] && M8=/tmp/gpu-peer-synth/l8b-q4
 [ -f $M8/config.json ] || synth8b
 if [ -n "${AB_TESTS:-}" ]; then
-  cuda_build nmlx-cli $AB_TESTS bench_cuda_quant bench_cuda_attn bench_cuda_batch
+  cuda_build nmlx-cli $(for x in $AB_TESTS; do echo "${x##*+}"; done | sort -u) bench_cuda_quant bench_cuda_attn bench_cuda_batch
 else
   cuda_build nmlx-cli test_cuda_fused test_cuda_ops test_cuda_qrows test_cuda_batch bench_cuda_quant \
     bench_cuda_attn bench_cuda_batch
 fi
 t_patterns 'passed|FAIL|error' 8 'FAIL|mismatch|differ'
 if [ -n "${AB_TESTS:-}" ]; then
-  for x in $AB_TESTS; do go 90 "$x" && t 200 ./$B/tests/$x; done
+  for x in $AB_TESTS; do
+    e=${x%"${x##*+}"}; e=${e//+/ }
+    go 90 "$x" && t 200 env $e ./$B/tests/${x##*+}
+  done
 else
   go 60 fused && t 120 ./$B/tests/test_cuda_fused
   go 90 ops && t 150 ./$B/tests/test_cuda_ops # the decode attention's new default (idle blocks out, nb == 1 direct)

@@ -18,7 +18,8 @@
 #   (P, N: other prompt / generation lengths; NMLX_DEVICE, NGL, SYNTH_ARGS="--tiny
 #   --layers 2": a check of the MoE path on a CPU; NCU_ROWS=1: the few-rows
 #   kernel of an 8-session step under ncu --set full; ROWS_TABLE=1: bench_cuda_quant
-#   rows; PEER=0: nmlx alone)
+#   rows; PEER=0: nmlx alone; NCU_PREFILL=1: one pp512 of each engine under ncu,
+#   kernel by kernel)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -171,6 +172,25 @@ if [ "${NCU_ROWS:-0}" = 1 ] && echo " $MODELS " | grep -q " l8b-q4 " && [ $(el) 
   ncu --import "$OUT/ncu_rows.ncu-rep" --page details > "$OUT/ncu_rows.txt" 2>&1
   grep -E "qrows2_kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|L2 Cache Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Block Limit" \
     "$OUT/ncu_rows.txt" | head -80
+fi
+
+# 4c. NCU_PREFILL=1: one pp512 of each engine kernel by kernel (ncu, warm caches,
+# running clock; llama-bench --no-warmup), summed by kernel_sum.py: where the
+# prefill gap to llama.cpp is, before the table's timed runs
+if [ "${NCU_PREFILL:-0}" = 1 ]; then
+  for m in $MODELS; do
+    [ $(el) -lt $DEADLINE ] || break
+    echo "$(el)s ncu prefill: nmlx $m"
+    timeout 150 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+      ./$B/nmlx bench -m $W/$m --device cuda -p ${P:-512} -n 1 -r 1 > "$OUT/ncu-pp-nmlx-$m.csv" 2> "$OUT/ncu.err"
+    python3 bench/cuda/kernel_sum.py "$OUT/ncu-pp-nmlx-$m.csv" | head -22
+    [ "${PEER:-1}" = 0 ] || [ ! -x $L/build/bin/llama-bench ] || [ $(el) -ge $DEADLINE ] && continue
+    echo "$(el)s ncu prefill: llama.cpp $m"
+    timeout 150 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+      $L/build/bin/llama-bench -m $G/$(gguf_of $m).gguf -ngl ${NGL:-99} -p ${P:-512} -n 0 -r 1 --no-warmup \
+      > "$OUT/ncu-pp-lcpp-$m.csv" 2>> "$OUT/ncu.err"
+    python3 bench/cuda/kernel_sum.py "$OUT/ncu-pp-lcpp-$m.csv" | head -22
+  done
 fi
 
 # 5. per model, nmlx then llama.cpp (PASSES times, the order reversed on even passes)
