@@ -42,6 +42,12 @@ if(NMLX_CUDA)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_cuda_fixtures_folded_v1 PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
     ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_NORM_MATMUL=1;NMLX_CUDA_QGEMV16=v1")
+  # the o and down mat-vecs adding into x with the norm's sums of squares
+  # (matmul_residual), the norms after them staged from those, rope_kv folded
+  add_test(NAME test_cuda_fixtures_resid COMMAND test_cuda_fixtures
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_cuda_fixtures_resid PROPERTIES LABELS cuda SKIP_RETURN_CODE 77
+    ENVIRONMENT "NMLX_SOURCE_DIR=${CMAKE_SOURCE_DIR};NMLX_CUDA_RESID=rope")
   # kernel benchmark (not a test): bench/cuda/bench_qmatmul.c
   add_executable(bench_cuda_quant ${CMAKE_SOURCE_DIR}/bench/cuda/bench_qmatmul.c)
   target_include_directories(bench_cuda_quant PRIVATE ${CMAKE_SOURCE_DIR}/src)

@@ -367,14 +367,36 @@ static void check_steps(const char *dir, int kv_bits, bool replayable) {
  * or declines them (the model then runs them itself) must leave every
  * decode step's logits and ids equal to the plain backend's, bit for bit,
  * with the fake called for the q/k/v of every layer but the first and for
- * the gate/up of dense MLP layers, on one-token steps only. Three runs:
- * declining everything, running everything, and running all but the
- * rope_kv fold (the model then asks again without it). */
+ * the gate/up of dense MLP layers, on one-token steps only. Four runs:
+ * declining everything, running everything, running all but the rope_kv
+ * fold (the model then asks again without it), and running everything with
+ * a fake matmul_residual too (matmul, then add), so the o and down
+ * projections of layers without sandwich norms add into x themselves and
+ * the norms after them come with d NULL. */
 
-enum { NM_DECLINE, NM_RUN, NM_NO_ROPE };
-static long nm_calls[3]; /* act < 0 (q/k/v), act >= 0 (gate/up), with rope_kv */
+enum { NM_DECLINE, NM_RUN, NM_NO_ROPE, NM_RESID };
+static long nm_calls[3];         /* act < 0 (q/k/v), act >= 0 (gate/up), with rope_kv */
+static long nm_resid, nm_summed; /* matmul_residual calls; norm calls with d NULL */
 static bool nm_bad;
 static int nm_mode;
+
+static bool fake_matmul_residual(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                                 const float *a, float *x, int64_t T) {
+    static float *y;
+    static int64_t cap;
+    nm_resid++;
+    nm_bad = nm_bad || T != 1 || a == x;
+    if (nm_mode != NM_RESID) return false;
+    if (w->rows > cap) {
+        free(y);
+        y = malloc((size_t)w->rows * sizeof *y);
+        cap = y ? w->rows : 0;
+        if (!y) return false;
+    }
+    be->ops->matmul(be, w, bias, a, y, T);
+    be->ops->add(be, x, y, x, T * w->rows);
+    return true;
+}
 
 static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                              float off, float eps, float *y, int64_t D, int act, int n,
@@ -387,8 +409,13 @@ static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const n
         nm_bad = nm_bad || act >= 0 || rope->T != 1 || rope->qk_norm || rope->q != ys[0] ||
                  rope->k != ys[1] || rope->v != ys[2];
     }
+    nm_summed += d == NULL;
+    nm_bad = nm_bad || (!d && nm_mode != NM_RESID);
     if (nm_mode == NM_DECLINE || (rope && nm_mode == NM_NO_ROPE)) return false;
-    be->ops->add_rmsnorm(be, x, d, nw, off, eps, y, 1, D);
+    if (d)
+        be->ops->add_rmsnorm(be, x, d, nw, off, eps, y, 1, D);
+    else
+        be->ops->rmsnorm(be, x, nw, off, eps, y, 1, D);
     if (act >= 0)
         be->ops->gate_up_act(be, (nmlx_act)act, ws[0], ws[1], bs[0], bs[1], y, ys[0], ys[1], 1);
     else
@@ -397,10 +424,14 @@ static bool fake_norm_matmul(nmlx_backend *be, float *x, const float *d, const n
     return true;
 }
 
-/* rope: the fixture's attention takes the rope_kv fold (no q/k norm) */
-static void check_norm_matmul(const char *dir, bool gate_up, bool rope) {
+/* rope: the fixture's attention takes the rope_kv fold (no q/k norm);
+ * resid: its layers take matmul_residual (no sandwich norms); summed: a
+ * norm after one reaches the fake (MoE layers norm before their experts
+ * themselves) */
+static void check_norm_matmul(const char *dir, bool gate_up, bool rope, bool resid, bool summed) {
     enum { STEPS = 8 };
-    static const char *mode_name[] = {"declined", "run", "run, rope_kv declined"};
+    static const char *mode_name[] = {"declined", "run", "run, rope_kv declined",
+                                      "run, with matmul_residual"};
     nmlx_model *m = load_on_threads(dir, 2);
     if (!m) return;
     int64_t V = nmlx_model_vocab_size(m);
@@ -411,23 +442,33 @@ static void check_norm_matmul(const char *dir, bool gate_up, bool rope) {
     const nmlx_backend_ops *orig = m->be->ops;
     ops = *orig;
     ops.add_rmsnorm_matmul = fake_norm_matmul;
+    ops.matmul_residual = fake_matmul_residual;
     m->be->ops = &ops;
-    for (int mode = NM_DECLINE; mode <= NM_NO_ROPE; mode++) {
+    for (int mode = NM_DECLINE; mode <= NM_RESID; mode++) {
         nm_mode = mode, nm_bad = false, nm_calls[0] = nm_calls[1] = nm_calls[2] = 0;
+        nm_resid = nm_summed = 0;
         decode(m, 0, STEPS, fed2, faked);
         EXPECT(!memcmp(plain, faked, (size_t)V * sizeof(float)) && !memcmp(fed, fed2, sizeof fed),
                "%s: logits differ with add_rmsnorm_matmul (%s)", dir, mode_name[mode]);
         /* the rope_kv fold is asked for first on every q/k/v call; where it is
          * declined the same call comes again without it */
         const long qkv = mode == NM_DECLINE && rope ? nm_calls[0] / 2 : nm_calls[0];
-        const long want_rope = !rope ? 0 : mode == NM_RUN ? nm_calls[0] : nm_calls[0] / 2;
+        const long want_rope = !rope                                ? 0
+                               : mode == NM_RUN || mode == NM_RESID ? nm_calls[0]
+                                                                    : nm_calls[0] / 2;
         EXPECT(!nm_bad && qkv > 0 && (nm_calls[1] > 0) == gate_up && nm_calls[2] == want_rope,
                "%s: add_rmsnorm_matmul calls (%s): q/k/v %ld, gate/up %ld, rope_kv %ld%s", dir,
                mode_name[mode], nm_calls[0], nm_calls[1], nm_calls[2],
                nm_bad ? " (malformed)" : "");
+        /* matmul_residual is offered the o and down projections of every
+         * one-token layer step (where taken, the norms after them come
+         * summed) and nothing else */
+        EXPECT((nm_resid > 0) == resid && (nm_summed > 0) == (summed && mode == NM_RESID),
+               "%s: matmul_residual (%s): %ld calls, %ld norms with d NULL", dir, mode_name[mode],
+               nm_resid, nm_summed);
         printf("%s add_rmsnorm_matmul %s: q/k/v %ld, gate/up %ld, with rope_kv %ld calls, "
-               "logits equal\n",
-               dir, mode_name[mode], nm_calls[0], nm_calls[1], nm_calls[2]);
+               "matmul_residual %ld, summed %ld; logits equal\n",
+               dir, mode_name[mode], nm_calls[0], nm_calls[1], nm_calls[2], nm_resid, nm_summed);
     }
     m->be->ops = orig;
     free(plain), free(faked);
@@ -447,14 +488,16 @@ int main(void) {
     check_steps("tests/fixtures/qwen3", 0, true);
     check_steps("tests/fixtures/llama3_tied", 4, false);    /* quantized KV */
     check_steps("tests/fixtures/mistral_window", 0, false); /* rotating cache */
-    check_norm_matmul("tests/fixtures/llama3_tied", true, true);
-    check_norm_matmul("tests/fixtures/qwen3", true, false);       /* q/k norms */
-    check_norm_matmul("tests/fixtures/gemma3_text", true, false); /* sandwich, (1 + w) */
+    check_norm_matmul("tests/fixtures/llama3_tied", true, true, true, true);
+    check_norm_matmul("tests/fixtures/qwen3", true, false, true, true); /* q/k norms */
+    check_norm_matmul("tests/fixtures/gemma3_text", true, false, false,
+                      false); /* sandwich, (1 + w) */
     /* half scales: an f16 KV cache on the CPU, which rope_kv does not take */
-    check_norm_matmul("tests/fixtures/quant_llama_q4g64_f16", true, false);
-    check_norm_matmul("tests/fixtures/qwen3_moe", false, false);   /* MoE: q/k/v only */
-    check_norm_matmul("tests/fixtures/qwen2", true, true);         /* q/k/v biases */
-    check_norm_matmul("tests/fixtures/phi3_longrope", true, true); /* fused qkv, longrope */
-    check_norm_matmul("tests/fixtures/smollm3", true, true);       /* layers without RoPE */
+    check_norm_matmul("tests/fixtures/quant_llama_q4g64_f16", true, false, true, true);
+    check_norm_matmul("tests/fixtures/qwen3_moe", false, false, true, false); /* MoE: q/k/v only */
+    check_norm_matmul("tests/fixtures/qwen2", true, true, true, true);        /* q/k/v biases */
+    check_norm_matmul("tests/fixtures/phi3_longrope", true, true, true,
+                      true);                                             /* fused qkv, longrope */
+    check_norm_matmul("tests/fixtures/smollm3", true, true, true, true); /* layers without RoPE */
     return test_summary();
 }

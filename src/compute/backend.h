@@ -255,11 +255,23 @@ typedef struct nmlx_backend_ops {
      * rope->q == ys[0], rope->k == ys[1], rope->v == ys[2], T == 1 and
      * qk_norm false (q rotated in place, k and v appended to the cache; k's
      * and v's ys left unspecified). A backend that cannot fold it returns
-     * false and does nothing: the caller may ask again with rope NULL. */
+     * false and does nothing: the caller may ask again with rope NULL.
+     * d NULL: x already holds the residual sum (nothing added, x not
+     * written); where the call directly follows a matmul_residual into x,
+     * the backend may take the norm's sum of squares from that call. */
     bool (*add_rmsnorm_matmul)(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *nw,
                                float w_offset, float eps, float *y, int64_t D, int act, int n,
                                const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
                                float *const *ys, const nmlx_rope_kv_args *rope);
+    /* Optional (NULL: matmul into a scratch, then the residual add; the
+     * CPU). x[T, w->rows] += a[T, w->cols] @ W^T (+ bias), each element the
+     * sum the unfused add of the matmul's output gives. Returns false,
+     * having done nothing, where it does not take the call (CUDA: one token,
+     * the int16 mat-vec's weights, NMLX_CUDA_RESID set). a and x must not
+     * overlap. CUDA keeps the sums of squares of the new x for an
+     * add_rmsnorm_matmul with d NULL that follows (no pass over x there). */
+    bool (*matmul_residual)(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                            const float *a, float *x, int64_t T);
     /* moe_experts: the experts of a MoE block (shared/moe.c) for T tokens
      * with k slots each, routing done:
      *   out[t] = sum_{j < k} scores[t, j] * y[t, j], in that order, where

@@ -191,22 +191,22 @@ static bool project_rope_kv(nmlx_backend *be, const nmlx_attention *a,
     return nmlx_pending_norm_rope_kv(be, pending, ls, ys, &r);
 }
 
-void nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
+bool nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
                                     nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
                                     const nmlx_pending_norm *pending, const float *x, float *out,
-                                    int64_t T) {
+                                    float *resid, int64_t T) {
     bool fused = takes_rope_kv(be, cache);
     bool roped = fused && project_rope_kv(be, a, cache, buf, pending, T);
     if (!roped) project(be, a, buf, pending, x, T, !fused);
     attend(be, a, cache, buf->q, buf->k, buf->v, buf->ctx, T, buf->call_end, buf->scratch, fused,
            roped);
-    nmlx_linear_forward(be, &a->o, buf->ctx, out, T);
+    return nmlx_linear_forward_residual(be, &a->o, buf->ctx, out, resid, T);
 }
 
 void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_layer_cache *cache,
                             const nmlx_attention_buffers *buf, const float *x, float *out,
                             int64_t T) {
-    nmlx_attention_forward_pending(be, a, cache, buf, NULL, x, out, T);
+    nmlx_attention_forward_pending(be, a, cache, buf, NULL, x, out, NULL, T);
 }
 
 /* Batched decode on a backend with rope_rows / attention_rows (CUDA): the

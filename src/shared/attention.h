@@ -13,7 +13,7 @@
 typedef struct nmlx_attention_shape {
     int64_t hidden, heads, kv_heads, head_dim;
     bool qkv_bias, o_bias, qk_norm;
-    bool fused_qkv;    /* one `qkv_proj` holding q, k, v rows in that order */
+    bool fused_qkv; /* one `qkv_proj` holding q, k, v rows in that order */
     float norm_eps;
     float norm_offset; /* q/k norm weight offset (1 for Gemma's 1 + w) */
     float scale;       /* usually 1/sqrt(head_dim) */
@@ -61,11 +61,13 @@ void nmlx_attention_forward(nmlx_backend *be, const nmlx_attention *a, nmlx_laye
                             int64_t T);
 /* The same with pending != NULL: x is pending->xn, written first by the
  * pending residual add and norm (layers.h nmlx_pending_norm_run: fused
- * with the q/k/v projections where the backend can). */
-void nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
+ * with the q/k/v projections where the backend can). resid != NULL: the
+ * output projection may add into resid instead of writing out
+ * (nmlx_linear_forward_residual): true when it did. */
+bool nmlx_attention_forward_pending(nmlx_backend *be, const nmlx_attention *a,
                                     nmlx_layer_cache *cache, const nmlx_attention_buffers *buf,
                                     const nmlx_pending_norm *pending, const float *x, float *out,
-                                    int64_t T);
+                                    float *resid, int64_t T);
 
 /* Batched decode: row b of x[B, hidden] is the next token of sequence b,
  * whose layer cache is caches[b] (room reserved) and attention scratch

@@ -74,31 +74,41 @@ void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be) {
  * add and the norm after it run as the first step of the projections that
  * read the norm (nmlx_pending_norm_run: one op with them where the backend
  * fuses them, else the add_rmsnorm or add + rmsnorm of before). */
-static void layer(nmlx_backend *be, const nmlx_decoder_layer *l, nmlx_layer_cache *cache,
+static bool layer(nmlx_backend *be, const nmlx_decoder_layer *l, nmlx_layer_cache *cache,
                   nmlx_layer_cache *const *caches, float *const *scratch,
                   const nmlx_decoder_buffers *buf, float *x, int64_t T, nmlx_chain_in in,
                   const nmlx_rmsnorm *next, bool defer) {
     int64_t D = l->attn.s.hidden;
     if (in == NMLX_CHAIN_X) nmlx_rmsnorm_forward(be, &l->input_norm, x, buf->xn, T, D);
-    const nmlx_pending_norm in_pending = {x, buf->tmp, &l->input_norm, buf->xn, D};
+    const nmlx_pending_norm in_pending = {x, in == NMLX_CHAIN_ADDED ? NULL : buf->tmp,
+                                          &l->input_norm, buf->xn, D};
+    /* one token of one sequence, no norm on the branch outputs: the o and
+     * down projections may add into x themselves (matmul_residual); added:
+     * x holds the sum, buf->tmp was not written */
+    float *resid = !caches && T == 1 && !l->sandwich ? x : NULL;
+    bool added = false;
     if (caches)
         nmlx_attention_forward_rows(be, &l->attn, caches, scratch, &buf->attn, buf->xn, buf->tmp,
                                     T);
     else
-        nmlx_attention_forward_pending(be, &l->attn, cache, &buf->attn,
-                                       in == NMLX_CHAIN_PENDING ? &in_pending : NULL, buf->xn,
-                                       buf->tmp, T);
+        added = nmlx_attention_forward_pending(
+            be, &l->attn, cache, &buf->attn,
+            in == NMLX_CHAIN_PENDING || in == NMLX_CHAIN_ADDED ? &in_pending : NULL, buf->xn,
+            buf->tmp, resid, T);
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_attn_norm, buf->tmp, buf->tmp, T, D);
     const nmlx_rmsnorm *ffn_in = l->sandwich ? &l->pre_ffn_norm : &l->post_attn_norm;
     if (l->moe) {
-        nmlx_residual_norm(be, x, buf->tmp, ffn_in, buf->xn, T, D);
+        nmlx_residual_norm(be, x, added ? NULL : buf->tmp, ffn_in, buf->xn, T, D);
         nmlx_moe_forward(be, l->moe, buf->moe, buf->xn, buf->tmp, T);
+        added = false;
     } else {
-        const nmlx_pending_norm ffn = {x, buf->tmp, ffn_in, buf->xn, D};
-        nmlx_mlp_forward_pending(be, &l->mlp, &ffn, buf->xn, buf->gate, buf->up, buf->tmp, T);
+        const nmlx_pending_norm ffn = {x, added ? NULL : buf->tmp, ffn_in, buf->xn, D};
+        added = nmlx_mlp_forward_pending(be, &l->mlp, &ffn, buf->xn, buf->gate, buf->up, buf->tmp,
+                                         resid, T);
     }
     if (l->sandwich) nmlx_rmsnorm_forward(be, &l->post_ffn_norm, buf->tmp, buf->tmp, T, D);
-    if (!defer) nmlx_residual_norm(be, x, buf->tmp, next, buf->xn, T, D);
+    if (!defer) nmlx_residual_norm(be, x, added ? NULL : buf->tmp, next, buf->xn, T, D);
+    return added;
 }
 
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
@@ -107,11 +117,11 @@ void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
     layer(be, l, cache, NULL, NULL, buf, x, T, NMLX_CHAIN_X, NULL, false);
 }
 
-void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
+bool nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
                                       nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
                                       float *x, int64_t T, nmlx_chain_in in,
                                       const nmlx_rmsnorm *next, bool defer) {
-    layer(be, l, cache, NULL, NULL, buf, x, T, in, next, defer && next);
+    return layer(be, l, cache, NULL, NULL, buf, x, T, in, next, defer && next);
 }
 
 void nmlx_decoder_layer_forward_rows(nmlx_backend *be, const nmlx_decoder_layer *l,

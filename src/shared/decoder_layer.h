@@ -28,15 +28,15 @@ typedef struct nmlx_decoder_opts {
     nmlx_act act;
     float norm_eps, norm_offset; /* offset 1: Gemma's (1 + w) */
     const nmlx_moe_shape *moe;   /* non-NULL: load `<prefix>.mlp` as MoE (moe.h) */
-    nmlx_backend *be; /* prepares the weights (layers.h); MoE: owns repacked experts */
+    nmlx_backend *be;            /* prepares the weights (layers.h); MoE: owns repacked experts */
 } nmlx_decoder_opts;
 
 /* Work buffers for T tokens (backend memory). */
 typedef struct nmlx_decoder_buffers {
     nmlx_attention_buffers attn;
-    float *xn;        /* [T, hidden] normed input */
-    float *tmp;       /* [T, hidden] block output */
-    float *gate, *up; /* [T, intermediate] */
+    float *xn;             /* [T, hidden] normed input */
+    float *tmp;            /* [T, hidden] block output */
+    float *gate, *up;      /* [T, intermediate] */
     nmlx_moe_buffers *moe; /* MoE layers only */
 } nmlx_decoder_buffers;
 
@@ -49,8 +49,8 @@ nmlx_status nmlx_decoder_layer_load(nmlx_decoder_layer *l, const nmlx_weights *w
 void nmlx_decoder_layer_free(nmlx_decoder_layer *l, nmlx_backend *be);
 /* x[T, hidden] is updated in place (residual stream). */
 void nmlx_decoder_layer_forward(nmlx_backend *be, const nmlx_decoder_layer *l,
-                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
-                                float *x, int64_t T);
+                                nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf, float *x,
+                                int64_t T);
 
 /* What a link of a chain of layers finds when it starts. */
 typedef enum nmlx_chain_in {
@@ -60,9 +60,14 @@ typedef enum nmlx_chain_in {
                          * (x += buf->tmp) and next = this link's input_norm:
                          * run first, fused with the q/k/v projections where
                          * the backend can (add_rmsnorm_matmul) */
+    NMLX_CHAIN_ADDED,   /* as PENDING, but the previous link's down projection
+                         * already added into x (matmul_residual): only its
+                         * norm is pending */
 } nmlx_chain_in;
 
-/* The same, as one link of a chain of layers, so each residual add and the
+/* The same, as one link of a chain of layers (returns: with defer, whether
+ * x already holds the deferred sum: then the next link is called with
+ * NMLX_CHAIN_ADDED instead of NMLX_CHAIN_PENDING), so each residual add and the
  * norm after it are one add_rmsnorm where the backend has it (backend.h),
  * or, for one token, one op with the projections that read the norm
  * (add_rmsnorm_matmul): `in` as above; next != NULL: the closing residual
@@ -71,7 +76,7 @@ typedef enum nmlx_chain_in {
  * the next link, called with NMLX_CHAIN_PENDING on the same x and buf.
  * The results equal unchained calls followed by rmsnorm(next) (bit for bit
  * on the CPU, which runs the same ops in the same order). */
-void nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
+bool nmlx_decoder_layer_forward_chain(nmlx_backend *be, const nmlx_decoder_layer *l,
                                       nmlx_layer_cache *cache, const nmlx_decoder_buffers *buf,
                                       float *x, int64_t T, nmlx_chain_in in,
                                       const nmlx_rmsnorm *next, bool defer);

@@ -119,8 +119,21 @@ void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *
     be->ops->rmsnorm(be, x, n->w, n->offset, n->eps, y, R, dim);
 }
 
+bool nmlx_linear_forward_residual(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
+                                  float *resid, int64_t T) {
+    if (resid && be->ops->matmul_residual &&
+        be->ops->matmul_residual(be, &l->w, l->bias, x, resid, T))
+        return true;
+    nmlx_linear_forward(be, l, x, y, T);
+    return false;
+}
+
 void nmlx_residual_norm(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
                         float *xn, int64_t T, int64_t D) {
+    if (!d) { /* the add is done */
+        if (norm) nmlx_rmsnorm_forward(be, norm, x, xn, T, D);
+        return;
+    }
     if (norm && be->ops->add_rmsnorm) {
         be->ops->add_rmsnorm(be, x, d, norm->w, norm->offset, norm->eps, xn, T, D);
         return;

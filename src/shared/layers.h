@@ -35,6 +35,11 @@ nmlx_status nmlx_linear_rows(const nmlx_linear *src, int64_t row0, int64_t n, co
 /* y[T, out] = x[T, in] @ W^T + b */
 void nmlx_linear_forward(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
                          int64_t T);
+/* resid != NULL: resid[T, out] += x @ W^T + b as one backend call
+ * (matmul_residual) where the backend takes it: true, y untouched; false:
+ * y = nmlx_linear_forward(l, x), resid untouched (the caller adds). */
+bool nmlx_linear_forward_residual(nmlx_backend *be, const nmlx_linear *l, const float *x, float *y,
+                                  float *resid, int64_t T);
 /* ys[i] = nmlx_linear_forward(ls[i], x) for n linears reading the same x,
  * in one backend pass where the backend has one (the same bits either way). */
 void nmlx_linear_forward_multi(nmlx_backend *be, int n, const nmlx_linear *const *ls,
@@ -48,12 +53,14 @@ void nmlx_rmsnorm_forward(nmlx_backend *be, const nmlx_rmsnorm *n, const float *
                           int64_t R, int64_t dim);
 
 /* x[T, D] += d, then xn = norm(x) if norm != NULL: one add_rmsnorm where
- * the backend has it (else add, then rmsnorm). */
+ * the backend has it (else add, then rmsnorm). d NULL: x already holds the
+ * sum (nmlx_linear_forward_residual): the norm only. */
 void nmlx_residual_norm(nmlx_backend *be, float *x, const float *d, const nmlx_rmsnorm *norm,
                         float *xn, int64_t T, int64_t D);
 
 /* A residual add and the norm after it, left to the projections that read
- * its output: x[T, D] += d, then xn = norm(x) (nmlx_residual_norm). */
+ * its output: x[T, D] += d, then xn = norm(x) (nmlx_residual_norm); d NULL:
+ * the add is done (matmul_residual), the norm only. */
 typedef struct nmlx_pending_norm {
     float *x;
     const float *d;

@@ -27,8 +27,9 @@ nmlx_status nmlx_mlp_load(nmlx_mlp *m, const nmlx_weights *ws, const char *prefi
     return nmlx_linear_load(&m->down, ws, name, hidden, intermediate, bias);
 }
 
-void nmlx_mlp_forward_pending(nmlx_backend *be, const nmlx_mlp *m, const nmlx_pending_norm *pending,
-                              const float *x, float *gate, float *up, float *out, int64_t T) {
+bool nmlx_mlp_forward_pending(nmlx_backend *be, const nmlx_mlp *m, const nmlx_pending_norm *pending,
+                              const float *x, float *gate, float *up, float *out, float *resid,
+                              int64_t T) {
     const nmlx_linear *ls[2] = {&m->gate, &m->up};
     float *ys[2] = {gate, up};
     if (be->ops->gate_up_act) { /* the two steps below as one op (backend.h) */
@@ -40,10 +41,10 @@ void nmlx_mlp_forward_pending(nmlx_backend *be, const nmlx_mlp *m, const nmlx_pe
             nmlx_linear_forward_multi(be, 2, ls, x, ys, T);
         be->ops->act_mul(be, m->act, gate, up, gate, T * m->intermediate);
     }
-    nmlx_linear_forward(be, &m->down, gate, out, T);
+    return nmlx_linear_forward_residual(be, &m->down, gate, out, resid, T);
 }
 
 void nmlx_mlp_forward(nmlx_backend *be, const nmlx_mlp *m, const float *x, float *gate, float *up,
                       float *out, int64_t T) {
-    nmlx_mlp_forward_pending(be, m, NULL, x, gate, up, out, T);
+    nmlx_mlp_forward_pending(be, m, NULL, x, gate, up, out, NULL, T);
 }

@@ -551,6 +551,7 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
         /* one token: each layer's closing add and the next input norm are
          * left to the next layer's q/k/v projections (decoder_layer.h) */
         bool defer = C == 1 && be->ops->add_rmsnorm_matmul;
+        bool added = false; /* the last link's deferred add is done (NMLX_CHAIN_ADDED) */
         for (int64_t i = 0; i < m->n_layers; i++) {
             CHECK(!(cancel && atomic_load(cancel)), NMLX_ERR_CANCELLED, "cancelled");
             bool inner = i + 1 < m->n_layers;
@@ -558,10 +559,10 @@ nmlx_status nmlx_std_forward(const void *archp, void *statep, nmlx_backend *be, 
                                        : final_in_chain ? &m->norm
                                                         : NULL;
             nmlx_chain_in in = i == 0  ? NMLX_CHAIN_X
-                               : defer ? NMLX_CHAIN_PENDING
+                               : defer ? (added ? NMLX_CHAIN_ADDED : NMLX_CHAIN_PENDING)
                                        : NMLX_CHAIN_NORMED;
-            nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf, s->w.x, C,
-                                             in, next, defer && inner);
+            added = nmlx_decoder_layer_forward_chain(be, &m->layers[i], &s->caches[i], &s->w.buf,
+                                                     s->w.x, C, in, next, defer && inner);
         }
         if (graph) { /* T == 1 and layers: the chain normed the row; the
                       * recorded step ends before the download */

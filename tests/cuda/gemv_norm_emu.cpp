@@ -263,6 +263,108 @@ static void run(int mode, int64_t N, std::vector<int64_t> rows, bool bias, bool 
     }
 }
 
+/* The residual fold for dense weights: gemv_kernel with rsum (backend.h
+ * matmul_residual) adds W a (+ bias) into x, each row x + the plain
+ * kernel's y bit for bit, rsum[0] its grid and the partials summing to the
+ * squares of the new x (1e-12); gemv_norm_kernel with d NULL on that x
+ * (its own sum of squares: add_rmsnorm's y bit for bit; with the partials:
+ * within 1e-6 of a double rmsnorm), x not written, and its outputs equal to
+ * gemv_kernel's on the y it wrote, bit for bit. */
+template <typename W> static void run_resid(int64_t Nin, int64_t D, std::vector<int64_t> rows) {
+    cases++;
+    typedef typename welem<W>::S S;
+    emu_regions.clear();
+    std::vector<S> wo((size_t)(D * Nin));
+    for (auto &v : wo)
+        v = welem<W>::of(emu_urand(-1, 1));
+    std::vector<float> bo((size_t)D), act((size_t)Nin), x0((size_t)D), nw((size_t)D);
+    for (auto &v : bo)
+        v = emu_urand(-1, 1);
+    for (auto &v : act)
+        v = emu_urand(-2, 2);
+    for (int64_t i = 0; i < D; i++)
+        x0[i] = emu_urand(-3, 3), nw[i] = emu_urand(0.5f, 1.5f);
+    std::vector<float> y((size_t)D, NAN), xe((size_t)D);
+    gemv_args g = {};
+    g.n = 1, g.pair_act = -1, g.wdt = welem<W>::dt, g.x = act.data(), g.N = Nin, g.vec = true;
+    g.w[0] = wo.data(), g.bias[0] = bo.data(), g.bdt[0] = NMLX_DT_F32, g.y[0] = y.data(),
+    g.D[0] = D;
+    const unsigned pgrid = (unsigned)((D + GEMV_WARPS - 1) / GEMV_WARPS);
+    emu_launch(dim3(pgrid), 32 * GEMV_WARPS, 0, [&] { gemv_kernel<W, 1, false>(g); });
+    double ss_ref = 0;
+    for (int64_t i = 0; i < D; i++)
+        xe[i] = x0[i] + y[i], ss_ref += (double)xe[i] * xe[i];
+    std::vector<float> x(x0);
+    x.resize((size_t)D + 4, NAN);
+    std::vector<double> rsum((size_t)pgrid + 1, NAN);
+    g.y[0] = x.data(), g.rsum = rsum.data();
+    emu_launch(dim3(pgrid), 32 * GEMV_WARPS, 0, [&] { gemv_kernel<W, 1, false>(g); });
+    int bad = differ(x.data(), xe.data(), (size_t)D);
+    for (int k = 0; k < 4; k++)
+        bad += x[(size_t)D + k] == x[(size_t)D + k];
+    double ss = 0;
+    for (unsigned b = 0; b < pgrid; b++)
+        ss += rsum[1 + b];
+    bad += rsum[0] != (double)pgrid || !(fabs(ss - ss_ref) <= 1e-12 * ss_ref);
+    /* the consumer: rows of D columns, one to three weights */
+    const int n = (int)rows.size();
+    std::vector<std::vector<S>> w((size_t)n);
+    for (int i = 0; i < n; i++) {
+        w[i].resize((size_t)(rows[i] * D));
+        for (auto &v : w[i])
+            v = welem<W>::of(emu_urand(-1, 1));
+    }
+    const float eps = 1e-5f;
+    const double inv = 1.0 / sqrt(ss_ref / (double)D + eps);
+    const float finv = (float)(1.0 / sqrt(ref_sumsq(xe, D) / (double)D + eps));
+    for (int with_parts = 0; with_parts < 2; with_parts++) {
+        std::vector<float> xc(xe), yn((size_t)D, NAN);
+        std::vector<std::vector<float>> ys((size_t)n);
+        unsigned done = 0;
+        gemv_norm_args a = {};
+        a.n = n, a.pair_act = -1, a.N = D, a.x = xc.data(), a.yn = yn.data(), a.d = NULL;
+        a.parts = with_parts ? rsum.data() : NULL;
+        a.nw = nw.data(), a.nwdt = NMLX_DT_F32, a.neps = eps, a.done = &done;
+        for (int i = 0; i < n; i++) {
+            ys[i].assign((size_t)rows[i], NAN);
+            a.w[i] = w[i].data(), a.y[i] = ys[i].data(), a.bdt[i] = NMLX_DT_F32;
+            a.u0[i] = a.units, a.units += rows[i];
+        }
+        const int64_t grid = (a.units + GN_WARPS - 1) / GN_WARPS < 3 ? 1 : 3;
+        emu_launch_shuffled(dim3((unsigned)grid), GN_THREADS, (size_t)D * 4, emu_next32,
+                            [&] { gemv_norm_kernel<W, GN_PLAIN>(a); });
+        bad += (done != 0) + differ(xc.data(), xe.data(), (size_t)D);
+        double yerr = 0, ymax = 0;
+        int ybits = 0;
+        for (int64_t i = 0; i < D; i++) {
+            const double ref = (double)xe[i] * inv * nw[i];
+            yerr = fmax(yerr, fabs(ref - yn[i])), ymax = fmax(ymax, fabs(ref));
+            ybits += f2u(yn[i]) != f2u(__fmul_rn(__fmul_rn(xe[i], finv), nw[i]));
+        }
+        bad += !(yerr <= 1e-6 * ymax) + (with_parts ? 0 : ybits);
+        /* the plain kernel on the y it wrote */
+        std::vector<std::vector<float>> yp((size_t)n);
+        gemv_args p = {};
+        p.n = n, p.pair_act = -1, p.wdt = welem<W>::dt, p.x = yn.data(), p.N = D, p.vec = true;
+        int64_t all = 0;
+        for (int i = 0; i < n; i++) {
+            yp[i].assign((size_t)rows[i], NAN);
+            p.w[i] = w[i].data(), p.y[i] = yp[i].data(), p.D[i] = rows[i], p.bdt[i] = NMLX_DT_F32;
+            all += rows[i];
+        }
+        emu_launch(dim3((unsigned)((all + 3) / 4)), 32 * GEMV_WARPS, 0,
+                   [&] { gemv_kernel<W, 1, false>(p); });
+        for (int i = 0; i < n; i++)
+            bad += differ(ys[i].data(), yp[i].data(), (size_t)rows[i]);
+    }
+    if (bad) {
+        failures++;
+        printf("FAIL resid %s Nin=%lld D=%lld n=%d: %d mismatches (count %.0f, sum %.17g against "
+               "%.17g)\n",
+               welem<W>::name, (long long)Nin, (long long)D, n, bad, rsum[0], ss, ss_ref);
+    }
+}
+
 int main(int argc, char **argv) {
     const bool quick = argc > 1 && !strcmp(argv[1], "quick");
     const rope_case none = {};
@@ -287,6 +389,10 @@ int main(int argc, char **argv) {
         run<__half>(GN_ROPE, 96, {256, 128, 128}, true, false, 1.0f, -1, r3, gs);
         run<__nv_bfloat16>(GN_ROPE, 1024, {1024, 256, 256}, false, true, 0.0f, -1, r4, gs);
     }
+    /* the residual fold: 64, 256 and 512 norm threads, several blocks of rows */
+    run_resid<__nv_bfloat16>(512, 1032, {61, 16, 27});
+    run_resid<float>(96, 64, {37});
+    run_resid<__half>(1024, 264, {19, 5});
     printf("gemv_norm_emu: %d cases, %d failed\n", cases, failures);
     return failures != 0;
 }

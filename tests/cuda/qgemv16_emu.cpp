@@ -66,6 +66,9 @@ inline uint4 ld_stream(const uint4 *p) {
 
 #include "compute/cuda/cuda_qgemv16_dev.cuh"
 
+/* rsum's room in the tests (cuda_qgemv16.h NMLX_Q16_RSUM_CAP on the GPU) */
+enum { NMLX_RSUM_TEST_CAP = 4096 };
+
 /* one host weight [D, N], its arrays kept as the kernel reads them */
 struct hweight {
     int64_t D;
@@ -527,6 +530,136 @@ static void run_rope_case(int gs, int64_t N, int64_t H, int64_t KVH, int64_t HD,
     }
 }
 
+/* The residual fold (backend.h matmul_residual, then add_rmsnorm_matmul
+ * with d NULL). Producer (Q16_R, kernels v1 and v2 at DEP 4 with two rows a
+ * unit and DEP 8 with one, grids of 1 and 3 blocks and one warp a unit): x
+ * += W a must equal x + the plain v1 kernel's y bit for bit (the unfused
+ * add), every row once; rsum[0] the grid, and its partials summing to the
+ * squares of the new x (double, 1e-12). Consumer (NORM, v2's default form
+ * and v1; q/k/v-like weights of D columns): with the producer's partials
+ * and with none (its own pass over x), x not written, y = rmsnorm(x)
+ * within 1e-6 of a double reference, and the outputs equal the plain
+ * kernel's on the y it wrote, bit for bit (fused == unfused). */
+template <int BITS, int SC>
+static void run_resid_case(int gs, int64_t N, int64_t D, std::vector<int64_t> Ds) {
+    cases++;
+    std::vector<float> act((size_t)N), x0((size_t)D);
+    for (auto &v : act)
+        v = emu_urand(-2, 2);
+    for (auto &v : x0)
+        v = emu_urand(-3, 3);
+    std::vector<hweight> wo = {make_weight(BITS, gs, SC, D, N, true)};
+    run_v1<BITS, SC, false>(wo, act.data(), N, gs, NMLX_ACT_SILU);
+    std::vector<float> xe((size_t)D); /* the unfused add */
+    double ss_ref = 0;
+    for (int64_t i = 0; i < D; i++) {
+        xe[i] = x0[i] + wo[0].y[i];
+        ss_ref += (double)xe[i] * xe[i];
+    }
+    int bad = 0;
+    std::vector<double> parts;
+    for (int form = 0; form < 3; form++) { /* v1, v2 d4 r2, v2 d8 r1 */
+        const unsigned full = (unsigned)((D + Q16_WARPS - 1) / Q16_WARPS);
+        const unsigned grids[3] = {1, 3, full};
+        for (int gi = form == 0 ? 2 : 0; gi < 3; gi++) {
+            std::vector<float> x(x0);
+            x.resize((size_t)D + 4, NAN); /* guards */
+            std::vector<double> rsum((size_t)NMLX_RSUM_TEST_CAP + 1, NAN);
+            q16_args a;
+            fill_args(a, wo, act.data(), N, BITS, gs, NMLX_ACT_SILU);
+            a.m[0].y = x.data();
+            a.m[0].fold = Q16_R;
+            a.rsum = rsum.data();
+            unsigned grid = grids[gi];
+            if (form == 0) {
+                q16_v1_tiles(a, 2, false);
+                grid = a.tiles;
+                emu_launch(grid, Q16_THREADS, q16_smem(N),
+                           [&] { qgemv16_kernel<BITS, SC, 2, false, false>(a); });
+            } else if (form == 1) {
+                q16_v2_units(a, false, 2);
+                emu_launch(grid, Q16_THREADS, q16_smem(N),
+                           [&] { qgemv16v2_kernel<BITS, SC, false, 4, false, 2>(a); });
+            } else {
+                q16_v2_units(a, false, 1);
+                emu_launch(grid, Q16_THREADS, q16_smem(N),
+                           [&] { qgemv16v2_kernel<BITS, SC, false, 8, false, 1>(a); });
+            }
+            int diff = 0;
+            for (int64_t i = 0; i < D; i++)
+                diff += f2u(x[i]) != f2u(xe[i]);
+            for (int g = 0; g < 4; g++)
+                diff += x[(size_t)D + g] == x[(size_t)D + g];
+            double ss = 0;
+            const bool count_ok = rsum[0] == (double)grid;
+            for (unsigned b = 0; count_ok && b < grid; b++)
+                ss += rsum[1 + b];
+            const bool ss_ok = count_ok && fabs(ss - ss_ref) <= 1e-12 * ss_ref;
+            if (diff || !ss_ok) {
+                bad++;
+                printf("FAIL resid producer form %d grid %u: %d-bit g%d sc%d N=%lld D=%lld: %d "
+                       "rows differ from x + y, count %.0f, sum %.17g against %.17g\n",
+                       form, grid, BITS, gs, SC, (long long)N, (long long)D, diff, rsum[0], ss,
+                       ss_ref);
+            }
+            if (form == 1 && gi == 1) parts = rsum;
+        }
+    }
+    /* the consumer on x = xe (N = D columns) */
+    std::vector<uint16_t> nw((size_t)D);
+    for (auto &v : nw)
+        v = f2bf(emu_urand(0.5, 1.5));
+    const float noff = 0.0f, neps = 1e-6f;
+    std::vector<hweight> ws;
+    for (int64_t Dc : Ds)
+        ws.push_back(make_weight(BITS, gs, SC, Dc, D, false));
+    const double inv = 1.0 / sqrt(ss_ref / (double)D + neps);
+    for (int with_parts = 0; with_parts < 2; with_parts++)
+        for (int v2 = 0; v2 < 2; v2++) {
+            std::vector<float> x(xe), yn((size_t)D, NAN);
+            for (auto &h : ws)
+                h.y.assign((size_t)h.D + 4, NAN);
+            unsigned done = 0;
+            q16_args a;
+            fill_args(a, ws, x.data(), D, BITS, gs, NMLX_ACT_SILU);
+            set_norm(a, x.data(), nullptr, yn.data(), &done, nw.data(), noff, neps);
+            a.parts = with_parts ? parts.data() : nullptr;
+            if (v2) {
+                q16_v2_units(a, false, 2);
+                emu_launch(3, Q16_THREADS, q16_smem(D),
+                           [&] { qgemv16v2_kernel<BITS, SC, false, 4, false, 2, true>(a); });
+            } else {
+                q16_v1_tiles(a, 2, false);
+                emu_launch(a.tiles, Q16_THREADS, q16_smem(D),
+                           [&] { qgemv16_kernel<BITS, SC, 2, false, true>(a); });
+            }
+            int b2 = (int)(done != 0);
+            for (int64_t i = 0; i < D; i++)
+                b2 += f2u(x[i]) != f2u(xe[i]); /* x not written */
+            double yerr = 0, ymax = 0;
+            for (int64_t i = 0; i < D; i++) {
+                const double ref =
+                    (double)xe[i] * inv * ((double)__uint_as_float((uint32_t)nw[i] << 16) + noff);
+                yerr = fmax(yerr, fabs(ref - yn[i]));
+                ymax = fmax(ymax, fabs(ref));
+            }
+            std::vector<std::vector<float>> yf;
+            for (auto &h : ws)
+                yf.push_back(h.y);
+            run_v1<BITS, SC, false>(ws, yn.data(), D, gs, NMLX_ACT_SILU);
+            for (size_t i = 0; i < ws.size(); i++)
+                for (int64_t r = 0; r < ws[i].D; r++)
+                    b2 += f2u(ws[i].y[r]) != f2u(yf[i][r]);
+            if (b2 || !(yerr <= 1e-6 * ymax)) {
+                bad++;
+                printf("FAIL resid consumer %s parts=%d: %d-bit g%d sc%d D=%lld: %d mismatches, "
+                       "y error %.2e of max %.2e\n",
+                       v2 ? "v2" : "v1", with_parts, BITS, gs, SC, (long long)D, b2, yerr, ymax);
+            }
+        }
+    failures += bad != 0;
+}
+
 template <int BITS, int SC> static void run_fmt(int gs, bool quick, bool one = false) {
     const int in = 128 / BITS;
     /* pieces a row: fewer than 32, not a multiple of 32, several steps a lane */
@@ -586,6 +719,10 @@ int main(int argc, char **argv) {
         run_rope_case<8, SCF16>(64, 256, 6, 2, 16, rot, norm, step);
     }
     run_rope_case<4, SCF32>(32, 1024, 8, 8, 128, true, true, false);
+    /* the residual fold: an o-like producer (N -> D) and q/k/v-like consumers */
+    run_resid_case<4, SCBF16>(64, 512, 1024, {61, 16, 27});
+    run_resid_case<8, SCF16>(32, 768, 512, {40});
+    run_resid_case<4, SCF32>(128, 1024, 2560, {33, 9});
     printf("%d cases, %d failures; v1 worst error against the double reference %.2e of max|y|\n",
            cases, failures, worst_ref);
     return failures ? 1 : 0;

@@ -206,11 +206,18 @@ static void check(const char *dir, const char *name, const char *precision) {
     const bool int16 = !strncmp(name, "quant_", 6) && (strstr(name, "_q4") || strstr(name, "_q8"));
     const char *qg = getenv("NMLX_CUDA_QGEMV"); /* f32: the int16 mat-vec is off */
     const bool can = m->be->ops->add_rmsnorm_matmul && !(qg && !strcmp(qg, "f32"));
+    /* NMLX_CUDA_RESID=1 / rope: the o and down mat-vecs add into x
+     * (matmul_residual), the norms after them fold with d NULL; rope_kv
+     * folds with NORM_MATMUL=1 or RESID=rope */
+    const char *rs = getenv("NMLX_CUDA_RESID"), *nm = getenv("NMLX_CUDA_NORM_MATMUL");
+    const bool resid = rs && (!strcmp(rs, "1") || !strcmp(rs, "rope"));
+    const bool rope_fold = (nm && !strcmp(nm, "1")) || (rs && !strcmp(rs, "rope"));
     if (int16 && !precision && can) {
         EXPECT(nf > 0, "%s: add_rmsnorm_matmul never fused (%ld declined)", path, nd);
         /* no q/k norm (quant_llama_*): rope_kv folded into q/k/v as well */
-        if (strstr(name, "llama") && !getenv("NMLX_CUDA_QGEMV16"))
+        if (strstr(name, "llama") && !getenv("NMLX_CUDA_QGEMV16") && rope_fold)
             EXPECT(nr > 0, "%s: rope_kv never folded into q/k/v", path);
+        if (resid) EXPECT(nmlx_cuda_resid_stats(m->be) > 0, "%s: matmul_residual never ran", path);
         norm_on = true;
     }
     if (precision) EXPECT(nf == 0, "%s: add_rmsnorm_matmul fused at precision f32", path);

@@ -731,6 +731,161 @@ static void test_norm_ropes(void) {
     printf("add_rmsnorm_matmul + rope_kv: %ld cases fused, %ld declined\n", nr_ran, nr_declined);
 }
 
+/* ---- matmul_residual, then add_rmsnorm_matmul with d NULL (NMLX_CUDA_RESID) ----
+ * A producer W [D, N] (o / down-like) adds W a (+ bias) into x and keeps
+ * its sums of squares; the consumer (q/k/v-like, or a gate/up pair) stages
+ * rmsnorm(x) from them. x must equal the CUDA unfused x + matmul exactly
+ * (each row x + y as the add gives it); y within 1e-6 of max|y| of the
+ * CPU's add_rmsnorm on (x, W a) and of the CUDA rmsnorm of that x; the ys
+ * within the int16 mat-vec's bound of the CPU's ops on the CPU's y (2e-4,
+ * gate/up 2e-3) and within 1e-6 of the CUDA unfused ops on the CUDA y.
+ * between != 0: an add of a random z into x between the two calls, so
+ * the kept sums no longer describe x: the consumer must not take them (y
+ * the norm of x + W a + z). Formats the int16 mat-vec does not take
+ * (MXFP4, 3-bit, dense) decline, x untouched. */
+static long rs_ran, rs_declined;
+
+static void test_resid(int fmt, int gs, nmlx_dtype sdt, int64_t N, int64_t D, int act, int n,
+                       int64_t r0, bool bias, bool between, bool fused) {
+    const nm_case c = {.D = N, .fmt = fmt, .gs = gs, .sdt = sdt};
+    nmlx_weight hw = nm_weight(&c, 0, D), gw = nm_device(&hw);
+    nmlx_tensor hb = {.dtype = NMLX_DT_F32, .ndim = 1, .shape = {D}, .name = "b"};
+    const nmlx_tensor *gb = NULL;
+    if (bias) {
+        hb.data = test_keep(test_rand_floats((size_t)D, -1, 1));
+        EXPECT(gpu->ops->prepare_tensor(gpu, &hb, &gb) == NMLX_OK, "bias");
+    }
+    /* the consumer: n weights of D columns */
+    const nm_case cc = {.D = D, .fmt = NM_Q4, .gs = 64, .sdt = NMLX_DT_BF16};
+    nmlx_weight chw[3], cgw[3];
+    int64_t ny[3];
+    for (int i = 0; i < n; i++) {
+        ny[i] = act >= 0 ? r0 : r0 / (i + 1);
+        chw[i] = nm_weight(&cc, i, ny[i]);
+        cgw[i] = nm_device(&chw[i]);
+    }
+    nmlx_tensor hn;
+    const nmlx_tensor *gn = norm_weight(NMLX_DT_BF16, D, &hn);
+    const float eps = 1e-5f;
+    float *x = test_rand_floats((size_t)D, -3, 3), *a = test_rand_floats((size_t)N, -2, 2);
+    float *z = test_rand_floats((size_t)D, -1, 1);
+    /* the CPU */
+    float *ry = malloc((size_t)D * sizeof(float)), *rw = malloc((size_t)D * sizeof(float)),
+          *rx = malloc((size_t)D * sizeof(float)), *rys[3];
+    memcpy(rx, x, (size_t)D * sizeof(float));
+    cpu->ops->matmul(cpu, &hw, bias ? &hb : NULL, a, rw, 1);
+    if (between) cpu->ops->add(cpu, rx, z, rx, D);
+    cpu->ops->add_rmsnorm(cpu, rx, rw, &hn, 0.0f, eps, ry, 1, D);
+    const nmlx_weight *hws[3] = {&chw[0], &chw[1], &chw[2]}, *gws[3] = {&cgw[0], &cgw[1], &cgw[2]};
+    for (int i = 0; i < n; i++)
+        rys[i] = malloc((size_t)ny[i] * sizeof(float));
+    if (act >= 0)
+        cpu->ops->gate_up_act(cpu, (nmlx_act)act, hws[0], hws[1], NULL, NULL, ry, rys[0], rys[1],
+                              1);
+    else
+        cpu->ops->matmul_multi(cpu, n, hws, NULL, ry, rys, 1);
+    /* the GPU: folded, and unfused on a second set of buffers */
+    float *dx = test_dev_floats(gpu, x, (size_t)D), *da = test_dev_floats(gpu, a, (size_t)N),
+          *dz = test_dev_floats(gpu, z, (size_t)D), *dy = test_dev_nan(gpu, (size_t)D);
+    float *ux = test_dev_floats(gpu, x, (size_t)D), *uw = test_dev_nan(gpu, (size_t)D),
+          *uy = test_dev_nan(gpu, (size_t)D), *dys[3], *uys[3];
+    for (int i = 0; i < n; i++)
+        dys[i] = test_dev_nan(gpu, (size_t)ny[i]), uys[i] = test_dev_nan(gpu, (size_t)ny[i]);
+    const long before = nmlx_cuda_resid_stats(gpu);
+    const bool took = gpu->ops->matmul_residual(gpu, &gw, gb, da, dx, 1);
+    check_ok("matmul_residual");
+    EXPECT(took == fused, "matmul_residual fmt=%d N=%lld D=%lld: %s, expected %s", fmt,
+           (long long)N, (long long)D, took ? "taken" : "declined", fused ? "taken" : "declined");
+    EXPECT(nmlx_cuda_resid_stats(gpu) == before + took, "matmul_residual's count");
+    float *gx = test_host_floats(gpu, dx, (size_t)D);
+    if (!took) {
+        EXPECT(!memcmp(gx, x, (size_t)D * sizeof(float)), "matmul_residual declined but wrote x");
+        rs_declined++;
+    } else {
+        if (between) gpu->ops->add(gpu, dx, dz, dx, D);
+        const bool ran = gpu->ops->add_rmsnorm_matmul(gpu, dx, NULL, gn, 0.0f, eps, dy, D, act, n,
+                                                      gws, NULL, dys, NULL);
+        gpu->ops->matmul(gpu, &gw, gb, da, uw, 1);
+        gpu->ops->add(gpu, ux, uw, ux, D);
+        if (between) gpu->ops->add(gpu, ux, dz, ux, D);
+        gpu->ops->rmsnorm(gpu, ux, gn, 0.0f, eps, uy, 1, D);
+        if (act >= 0)
+            gpu->ops->gate_up_act(gpu, (nmlx_act)act, gws[0], gws[1], NULL, NULL, uy, uys[0],
+                                  uys[1], 1);
+        else
+            gpu->ops->matmul_multi(gpu, n, gws, NULL, uy, uys, 1);
+        check_ok("add_rmsnorm_matmul after matmul_residual");
+        EXPECT(ran, "add_rmsnorm_matmul (d NULL) D=%lld act=%d n=%d declined", (long long)D, act,
+               n);
+        free(gx);
+        gx = test_host_floats(gpu, dx, (size_t)D);
+        float *hx = test_host_floats(gpu, ux, (size_t)D),
+              *gy = test_host_floats(gpu, dy, (size_t)D),
+              *hy = test_host_floats(gpu, uy, (size_t)D);
+        EXPECT(same_bits(gx, hx, (size_t)D),
+               "matmul_residual fmt=%d N=%lld D=%lld: x is not the unfused x + W a", fmt,
+               (long long)N, (long long)D);
+        const double ey = test_diff_over_max(gy, ry, (size_t)D),
+                     uyd = test_diff_over_max(gy, hy, (size_t)D);
+        double e = 0, u = 0;
+        for (int i = 0; i < (act >= 0 ? 1 : n); i++) {
+            float *g = test_host_floats(gpu, dys[i], (size_t)ny[i]),
+                  *h = test_host_floats(gpu, uys[i], (size_t)ny[i]);
+            e = fmax(e, test_diff_over_max(g, rys[i], (size_t)ny[i]));
+            u = fmax(u, test_diff_over_max(g, h, (size_t)ny[i]));
+            free(g), free(h);
+        }
+        const double lim = act >= 0 ? 2e-3 : 2e-4;
+        EXPECT(ey <= 1e-6 && uyd <= 1e-6 && e <= lim && u <= 1e-6,
+               "resid fmt=%d gs=%d N=%lld D=%lld act=%d n=%d bias=%d between=%d: y vs cpu %.2e, "
+               "vs cuda %.2e; ys vs cpu %.2e (limit %.0e), vs cuda unfused %.2e",
+               fmt, gs, (long long)N, (long long)D, act, n, bias, between, ey, uyd, e, lim, u);
+        worst_cpu[3] = fmax(worst_cpu[3], ey), worst_gpu[3] = fmax(worst_gpu[3], uyd);
+        worst_cpu[4] = fmax(worst_cpu[4], e), worst_gpu[4] = fmax(worst_gpu[4], u);
+        free(hx), free(gy), free(hy);
+        rs_ran++;
+    }
+    float *bufs[] = {dx, da, dz, dy, ux, uw, uy};
+    for (int i = 0; i < 7; i++)
+        gpu->ops->free(gpu, bufs[i]);
+    for (int i = 0; i < n; i++)
+        gpu->ops->free(gpu, dys[i]), gpu->ops->free(gpu, uys[i]), free(rys[i]);
+    free(x), free(a), free(z), free(ry), free(rw), free(rx), free(gx);
+}
+
+/* On a backend made with NMLX_CUDA_RESID=1 (and the norm fold with d off) */
+static void test_resids(void) {
+    setenv("NMLX_CUDA_RESID", "1", 1);
+    setenv("NMLX_CUDA_NORM_MATMUL", "0", 1);
+    nmlx_backend *r = NULL, *keep = gpu;
+    const bool ok = nmlx_backend_cuda_create(0, &r) == NMLX_OK;
+    unsetenv("NMLX_CUDA_RESID");
+    setenv("NMLX_CUDA_NORM_MATMUL", "1", 1);
+    EXPECT(ok && r->ops->matmul_residual && r->ops->add_rmsnorm_matmul,
+           "NMLX_CUDA_RESID=1: matmul_residual and add_rmsnorm_matmul in the table");
+    EXPECT(!gpu->ops->matmul_residual, "matmul_residual without NMLX_CUDA_RESID");
+    if (!ok || !r->ops->matmul_residual) return;
+    gpu = r;
+    const nmlx_dtype BF = NMLX_DT_BF16, F16 = NMLX_DT_F16, F32 = NMLX_DT_F32;
+    /* fmt, gs, scales, N, D, act, n, consumer rows, bias, between, taken */
+    test_resid(NM_Q4, 64, BF, 4096, 4096, -1, 3, 4096, false, false, true); /* 8B o -> q/k/v */
+    test_resid(NM_Q4, 64, BF, 14336, 4096, NMLX_ACT_SILU, 2, 14336, false, false, true); /* down */
+    test_resid(NM_Q4, 64, BF, 2048, 2048, -1, 3, 2048, false, false, true); /* 1B o (v1) */
+    test_resid(NM_Q8, 32, F16, 2880, 2880, NMLX_ACT_GELU_TANH, 2, 3000, true, false, true);
+    test_resid(NM_Q4, 128, F32, 768, 5120, -1, 1, 777, true, false, true);
+    test_resid(NM_Q8, 64, BF, 1024, 64, -1, 3, 64, false, false, true);     /* 64 norm threads */
+    test_resid(NM_Q4, 64, BF, 4096, 4096, -1, 3, 4096, false, true, true);  /* stale sums */
+    test_resid(NM_Q4, 64, BF, 4096, 4096, -1, 3, 4096, false, false, true); /* counter reset */
+    /* declined: formats the int16 mat-vec does not take, dense */
+    test_resid(NM_MXFP4, 32, BF, 2880, 2880, -1, 3, 2880, false, false, false);
+    test_resid(NM_Q3, 32, BF, 2048, 2048, -1, 3, 2048, false, false, false);
+    test_resid(NM_BF16, 0, BF, 2048, 2048, -1, 3, 2048, false, false, false);
+    printf("matmul_residual + add_rmsnorm_matmul (d NULL): %ld cases run, %ld declined\n", rs_ran,
+           rs_declined);
+    gpu = keep;
+    nmlx_backend_free(r);
+}
+
 /* NMLX_FUSED=0 leaves the fused ops out, add_rmsnorm_matmul included;
  * NMLX_CUDA_NORM_MATMUL=0 that one alone */
 static void test_fused_env(void) {
@@ -923,6 +1078,7 @@ int main(void) {
         EXPECT(gpu->ops->add_rmsnorm_matmul != NULL, "cuda backend has add_rmsnorm_matmul");
         if (gpu->ops->add_rmsnorm_matmul) test_norm_matmuls(), test_norm_ropes();
     }
+    test_resids();
     test_fused_env();
     test_graph("tests/fixtures/llama3_tied", true);
     test_graph("tests/fixtures/qwen3", true);                 /* q/k norms in rope_kv */

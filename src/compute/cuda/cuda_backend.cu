@@ -3,6 +3,7 @@
  * table. Kernels live in cuda_kernels.cu, cuda_matmul.cu and
  * cuda_attention.cu, the families' own ops in cuda_family_ops.cu. */
 #include "compute/cuda/cuda_internal.h"
+#include "compute/cuda/cuda_qgemv16.h" /* NMLX_Q16_RSUM_CAP */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -306,6 +307,7 @@ static void cuda_release(nmlx_backend *be) {
     if (c->sample_ids_dev) cudaFree(c->sample_ids_dev);
     if (c->sample_ids_host) cudaFreeHost(c->sample_ids_host);
     if (c->norm_done) cudaFree(c->norm_done);
+    if (c->rsum) cudaFree(c->rsum);
     nmlx_cuda_moe_release(c);
     nmlx_cuda_buf_release(c);
     if (c->cublas) cublasDestroy(c->cublas);
@@ -344,6 +346,7 @@ static const nmlx_backend_ops cuda_ops = {
     .rope_kv_rows = nmlx_cuda_rope_kv_rows,
     .gate_up_act = nmlx_cuda_gate_up_act,
     .add_rmsnorm_matmul = nmlx_cuda_add_rmsnorm_matmul,
+    .matmul_residual = nmlx_cuda_matmul_residual,
     .moe_experts = nmlx_cuda_moe_experts,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = nmlx_cuda_swiglu_clipped,
@@ -386,9 +389,19 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
          * 1,175 tok/s against 383 / 1,236), the launches it saves being
          * hidden by PDL already */
         const char *nm = getenv("NMLX_CUDA_NORM_MATMUL");
-        if (!nm || strcmp(nm, "1")) {
+        /* NMLX_CUDA_RESID=1 (or "rope": rope_kv folded too), opt-in until
+         * measured: the o and down mat-vecs add into x themselves
+         * (matmul_residual) and write its sums of squares, so the next
+         * q/k/v or gate/up launch stages the norm with no pass of its own
+         * over x and no add_rmsnorm launch runs at all */
+        const char *rs = getenv("NMLX_CUDA_RESID");
+        const int resid = rs && !strcmp(rs, "1") ? 1 : rs && !strcmp(rs, "rope") ? 2 : 0;
+        c->norm_with_d = nm && !strcmp(nm, "1");
+        c->norm_rope = c->norm_with_d || resid == 2;
+        if (!c->norm_with_d || !resid) {
             if (be->ops != &be->own_ops) be->own_ops = *be->ops;
-            be->own_ops.add_rmsnorm_matmul = NULL;
+            if (!c->norm_with_d && !resid) be->own_ops.add_rmsnorm_matmul = NULL;
+            if (!resid) be->own_ops.matmul_residual = NULL;
             be->ops = &be->own_ops;
         }
     }
@@ -419,6 +432,12 @@ extern "C" nmlx_status nmlx_backend_cuda_create(int device, nmlx_backend **out) 
         cudaGetLastError();
         if (c->norm_done) cudaFree(c->norm_done);
         c->norm_done = NULL;
+    }
+    /* matmul_residual's sums of squares (without them the op declines) */
+    if (be->ops->matmul_residual &&
+        cudaMalloc((void **)&c->rsum, (NMLX_Q16_RSUM_CAP + 1) * sizeof *c->rsum) != cudaSuccess) {
+        cudaGetLastError();
+        c->rsum = NULL;
     }
     nmlx_cuda_dec_scratch_init(c); /* decode attention's partials (else the old kernels) */
     be->pool = nmlx_pool_create(1);

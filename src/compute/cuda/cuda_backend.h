@@ -109,6 +109,10 @@ int nmlx_cuda_set_qgemv16_cfg(const char *spec);
  * in a replayed graph count once. */
 void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *roped, long *declined);
 
+/* matmul_residual (backend.h; NMLX_CUDA_RESID) launches on this backend so
+ * far (calls recorded in a replayed graph count once). */
+long nmlx_cuda_resid_stats(nmlx_backend *be);
+
 /* Decode attention split over key chunks (cuda_attention.cu): 1 = on, 0 =
  * the one-block-per-head kernel (the default). NMLX_CUDA_ATTN_SPLIT=1 sets
  * 1 at start. Process-wide; for benchmarks and tests. */

@@ -75,6 +75,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *d, const void *w, nmlx
 
 void nmlx_cuda_add_rmsnorm(nmlx_backend *be, float *x, const float *d, const nmlx_tensor *w,
                            float w_offset, float eps, float *y, int64_t R, int64_t D) {
+    cuda_of(be)->rsum_x = NULL; /* matmul_residual's sums no longer describe x */
     if (R <= 0 || D <= 0) return;
     const int th = cuda_norm_threads(D);
     const int64_t k = (D + th - 1) / th; /* inputs a thread */

@@ -72,6 +72,10 @@ typedef struct gemv_args {
     const float *x;
     int64_t N;
     bool vec; /* every row start, x and N 16-byte aligned; else the scalar loop */
+    /* non-NULL (backend.h matmul_residual: one weight, one row of x, not a
+     * pair): y[0] is the residual stream, y[0] += W x, and each block's sum
+     * of squares of the rows it updated goes to rsum (cuda_norm_sumsq.cuh) */
+    double *rsum;
 } gemv_args;
 
 /* acc[t] += w[k .. k + V) . x[t, k .. k + V) */
@@ -119,49 +123,57 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_kernel(gemv_args a) {
         if (PAIR) pre2[p] = in ? __ldg((const uint4 *)(row2 + k)) : make_uint4(0, 0, 0, 0);
     }
     cuda_pdl_wait(); /* launched early (cuda_launch_pdl): x is ready from here */
-    if (!live) return;
-    const float *x = a.x;
-    float acc[NT], acc2[NT];
+    if (!live && !a.rsum) return;
+    double ss = 0.0; /* rsum: lane 0's square of its updated row */
+    if (live) {
+        const float *x = a.x;
+        float acc[NT], acc2[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = acc2[t] = 0;
-    if (a.vec) {
-        int64_t k = (int64_t)lane * V;
+        for (int t = 0; t < NT; t++)
+            acc[t] = acc2[t] = 0;
+        if (a.vec) {
+            int64_t k = (int64_t)lane * V;
 #pragma unroll
-        for (int p = 0; p < GEMV_PRE; p++, k += 32 * V) {
-            if (k < N) {
-                gemv_chunk<W, NT>(acc, pre[p], x, N, k);
-                if (PAIR) gemv_chunk<W, NT>(acc2, pre2[p], x, N, k);
+            for (int p = 0; p < GEMV_PRE; p++, k += 32 * V) {
+                if (k < N) {
+                    gemv_chunk<W, NT>(acc, pre[p], x, N, k);
+                    if (PAIR) gemv_chunk<W, NT>(acc2, pre2[p], x, N, k);
+                }
             }
-        }
 #pragma unroll 4
-        for (; k < N; k += 32 * V) {
-            gemv_chunk<W, NT>(acc, __ldg((const uint4 *)(row + k)), x, N, k);
-            if (PAIR) gemv_chunk<W, NT>(acc2, __ldg((const uint4 *)(row2 + k)), x, N, k);
-        }
-    } else {
-        for (int64_t k = lane; k < N; k += 32) {
-            float f = cuda_load_f32(a.wdt, row, k);
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-                acc[t] += f * x[t * N + k];
-            if (PAIR) {
-                float f2 = cuda_load_f32(a.wdt, row2, k);
+            for (; k < N; k += 32 * V) {
+                gemv_chunk<W, NT>(acc, __ldg((const uint4 *)(row + k)), x, N, k);
+                if (PAIR) gemv_chunk<W, NT>(acc2, __ldg((const uint4 *)(row2 + k)), x, N, k);
+            }
+        } else {
+            for (int64_t k = lane; k < N; k += 32) {
+                float f = cuda_load_f32(a.wdt, row, k);
 #pragma unroll
                 for (int t = 0; t < NT; t++)
-                    acc2[t] += f2 * x[t * N + k];
+                    acc[t] += f * x[t * N + k];
+                if (PAIR) {
+                    float f2 = cuda_load_f32(a.wdt, row2, k);
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+                        acc2[t] += f2 * x[t * N + k];
+                }
             }
         }
-    }
-    const int64_t D = a.D[i];
-    const float b = a.bias[i] ? cuda_load_f32(a.bdt[i], a.bias[i], d) : 0.0f;
-    const float b2 = PAIR && a.bias[1] ? cuda_load_f32(a.bdt[1], a.bias[1], d) : 0.0f;
+        const int64_t D = a.D[i];
+        const float b = a.bias[i] ? cuda_load_f32(a.bdt[i], a.bias[i], d) : 0.0f;
+        const float b2 = PAIR && a.bias[1] ? cuda_load_f32(a.bdt[1], a.bias[1], d) : 0.0f;
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float g = warp_sum(acc[t]) + b;
-        if (PAIR) g = cuda_act1((nmlx_act)a.pair_act, g) * (warp_sum(acc2[t]) + b2);
-        if (lane == 0) a.y[i][t * D + d] = g;
+        for (int t = 0; t < NT; t++) {
+            float g = warp_sum(acc[t]) + b;
+            if (PAIR) g = cuda_act1((nmlx_act)a.pair_act, g) * (warp_sum(acc2[t]) + b2);
+            if (lane == 0 && a.rsum) { /* x + y as the unfused add gives it */
+                g += a.y[0][d];
+                ss += (double)g * g;
+            }
+            if (lane == 0) a.y[i][t * D + d] = g;
+        }
     }
+    if (a.rsum) resid_sum_out<GEMV_WARPS>(a.rsum, ss);
 }
 
 /* ---- add_rmsnorm_matmul for dense weights (one decode token) ----
@@ -200,9 +212,12 @@ typedef struct gemv_norm_args {
     int pair_act; /* GN_PAIR: an nmlx_act */
     int64_t N;
     /* x += d, staged as y = rmsnorm(x + d) (weight nw (NULL: none) + noff,
-     * eps neps), y written to yn; done: the blocks' counter */
+     * eps neps), y written to yn; done: the blocks' counter. d NULL: x
+     * already holds the sum (not written); parts: its sums of squares from
+     * the matmul_residual that wrote it (cuda_norm_sumsq.cuh), or NULL */
     float *x, *yn;
     const float *d;
+    const double *parts;
     const void *nw;
     nmlx_dtype nwdt;
     float noff, neps;
@@ -263,14 +278,19 @@ static_assert(GN_THREADS == 256, "norm_sumsq256 plays 64, 256 or 512 threads on 
 __device__ __forceinline__ void gn_stage(const gemv_norm_args &a, float *ys) {
     const int64_t N = a.N;
     for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * GN_THREADS) {
-        const float4 xv = *(const float4 *)(a.x + i), dv = *(const float4 *)(a.d + i);
-        *(float4 *)(ys + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+        float4 s = *(const float4 *)(a.x + i);
+        if (a.d) {
+            const float4 dv = *(const float4 *)(a.d + i);
+            s = make_float4(s.x + dv.x, s.y + dv.y, s.z + dv.z, s.w + dv.w);
+        }
+        *(float4 *)(ys + i) = s;
     }
     __syncthreads();
-    /* norm_sumsq256's barrier: every read of x + d is done before y replaces it */
+    /* norm_sumsq256's barrier: every read of x + d is done before y replaces
+     * it (parts: the barrier above; each thread reads back what it wrote) */
     const float inv =
-        (float)(1.0 /
-                sqrt(norm_sumsq256([&](int64_t i) { return ys[i]; }, N) / (double)N + a.neps));
+        norm_inv(a.parts ? parts_sum(a.parts) : norm_sumsq256([&](int64_t i) { return ys[i]; }, N),
+                 N, a.neps);
     for (int64_t i = threadIdx.x; i < N; i += GN_THREADS) {
         const float v = __fmul_rn(ys[i], inv);
         ys[i] = a.nw ? __fmul_rn(v, cuda_load_f32(a.nwdt, a.nw, i) + a.noff) : v;
@@ -360,8 +380,10 @@ __global__ void __launch_bounds__(GN_THREADS) gemv_norm_kernel(gemv_norm_args a)
     if (!__syncthreads_or(last)) return;
     __threadfence();
     for (int64_t i = 4 * threadIdx.x; i < N; i += 4 * GN_THREADS) {
-        const float4 xv = *(const float4 *)(a.x + i), dv = *(const float4 *)(a.d + i);
-        *(float4 *)(a.x + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+        if (a.d) {
+            const float4 xv = *(const float4 *)(a.x + i), dv = *(const float4 *)(a.d + i);
+            *(float4 *)(a.x + i) = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
+        }
         *(float4 *)(a.yn + i) = *(const float4 *)(ys + i);
     }
     if (threadIdx.x == 0) *a.done = 0;

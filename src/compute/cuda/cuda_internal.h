@@ -133,6 +133,17 @@ typedef struct cuda_impl {
      * and its calls so far */
     unsigned *norm_done;
     long norm_fused, norm_roped, norm_declined;
+    /* matmul_residual (NMLX_CUDA_RESID, cuda_quant.cu): the block sums of
+     * squares its launches write (NMLX_Q16_RSUM_CAP + 1 doubles, or NULL:
+     * the op declines), the x and width they describe until the next op
+     * reads or changes x (NULL: none), its launches so far; which
+     * add_rmsnorm_matmul calls run: with d (NMLX_CUDA_NORM_MATMUL=1), with
+     * rope_kv folded in (that, or NMLX_CUDA_RESID=rope) */
+    double *rsum;
+    const float *rsum_x;
+    int64_t rsum_D;
+    long resid_fused;
+    bool norm_with_d, norm_rope;
     struct cuda_moe_state *moe; /* moe_experts' tables and staging (cuda_moe.cu), or NULL */
 } cuda_impl;
 
@@ -303,6 +314,12 @@ bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
 bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *out,
                         int64_t T);
+/* backend.h matmul_residual for a dense weight (cuda_matmul.cu): resid +=
+ * W x (+ bias) for one token, each row's value the unfused add's, each
+ * block's sum of squares of its updated rows to rsum (NMLX_Q16_RSUM_CAP + 1
+ * doubles); false (nothing launched) for anything else. */
+bool nmlx_cuda_gemv_resid(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                          const float *x, float *resid, double *rsum);
 /* backend.h add_rmsnorm_matmul for dense weights (cuda_matmul.cu): one
  * token, n weights of one dtype and of nrm->D columns (act >= 0: a gate/up
  * pair), the norm staged in each block; rope != NULL: q/k/v rotated and k/v
@@ -364,6 +381,11 @@ bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, co
                                   float w_offset, float eps, float *y, int64_t D, int act, int n,
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
                                   float *const *ys, const nmlx_rope_kv_args *rope);
+/* cuda_quant.cu: backend.h matmul_residual, the int16 mat-vec updating x
+ * and writing its sums of squares (cuda_qgemv16.cu); false where it does
+ * not take the weight */
+bool nmlx_cuda_matmul_residual(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                               const float *a, float *x, int64_t T);
 void nmlx_cuda_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                        float *out, int64_t n);
 void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n);

@@ -270,6 +270,7 @@ void nmlx_cuda_act(nmlx_backend *be, nmlx_act act, float *x, int64_t n) {
 }
 
 void nmlx_cuda_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n) {
+    cuda_of(be)->rsum_x = NULL; /* matmul_residual's sums may no longer describe out */
     if (n <= 0) return;
     add_kernel<<<grid_for(n, ELEM_THREADS), ELEM_THREADS, 0, cuda_of(be)->stream>>>(a, b, out, n);
     nmlx_cuda_note(be, cudaGetLastError());

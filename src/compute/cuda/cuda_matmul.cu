@@ -141,6 +141,31 @@ bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     return gemv_multi(be, n, ws, biases, x, ys, T, -1);
 }
 
+bool nmlx_cuda_gemv_resid(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                          const float *x, float *resid, double *rsum) {
+    gemv_args a = {};
+    a.n = 1;
+    a.pair_act = -1;
+    a.wdt = w->w.dtype;
+    a.N = w->cols;
+    a.x = x;
+    a.rsum = rsum;
+    const size_t es = nmlx_dtype_size(a.wdt);
+    a.vec = ((uintptr_t)x % 16 == 0) && ((size_t)a.N * es) % 16 == 0 && a.N % 8 == 0 &&
+            (uintptr_t)w->w.data % 16 == 0;
+    if (w->mode != NMLX_QUANT_NONE || w->rows <= 0 || !rsum ||
+        (a.wdt != NMLX_DT_F32 && a.wdt != NMLX_DT_F16 && a.wdt != NMLX_DT_BF16) ||
+        (w->rows + GEMV_WARPS - 1) / GEMV_WARPS > NMLX_Q16_RSUM_CAP)
+        return false;
+    a.w[0] = w->w.data;
+    a.D[0] = w->rows;
+    a.y[0] = resid;
+    a.bias[0] = bias ? bias->data : NULL;
+    a.bdt[0] = bias ? bias->dtype : NMLX_DT_F32;
+    nmlx_cuda_note(be, gemv_nt<1>(cuda_of(be)->stream, a));
+    return true;
+}
+
 bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *out,
                         int64_t T) {
@@ -229,6 +254,7 @@ bool nmlx_cuda_gemv_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act
     a.pair_act = act;
     a.N = N;
     a.x = nrm->x, a.d = nrm->d, a.yn = nrm->y, a.done = nrm->done;
+    a.parts = nrm->parts;
     a.nw = nrm->w ? nrm->w->data : NULL;
     a.nwdt = nrm->w ? nrm->w->dtype : NMLX_DT_F32;
     a.noff = nrm->w_offset, a.neps = nrm->eps;

@@ -47,4 +47,42 @@ template <typename V> __device__ __forceinline__ double norm_sumsq256(V v, int64
     return r;
 }
 
+/* The residual fold (backend.h matmul_residual, then add_rmsnorm_matmul
+ * with d NULL): the producing mat-vec writes, per block, the sum of squares
+ * of the x rows it updated (rsum[1 + block]; block 0 the count, rsum[0]),
+ * and the norm-staging mat-vec adds them up instead of a pass over x. */
+
+/* The block's sum (ss: lane 0 of each of its WARPS warps, in warp order) to
+ * rsum. Every thread of the block calls it. */
+template <int WARPS> __device__ __forceinline__ void resid_sum_out(double *rsum, double ss) {
+    NORM_SUMSQ_SHARED double wss[WARPS];
+    if ((threadIdx.x & 31) == 0) wss[threadIdx.x / 32] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < WARPS; w++)
+            t += wss[w];
+        rsum[1 + blockIdx.x] = t;
+        if (blockIdx.x == 0) rsum[0] = (double)gridDim.x;
+    }
+}
+
+/* Their total: a lane adds parts 1 + l, 1 + l + 32, ... in order, then the
+ * warp's xor tree, so every warp of every block gets the same bits. Every
+ * lane of the warp calls it. */
+__device__ __forceinline__ double parts_sum(const double *parts) {
+    const int n = (int)parts[0], lane = threadIdx.x & 31;
+    double s = 0.0;
+    for (int i = lane; i < n; i += 32)
+        s += parts[1 + i];
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+
+/* 1 / rms as add_rmsnorm rounds it, from a sum of squares of N values */
+__device__ __forceinline__ float norm_inv(double ss, int64_t N, float eps) {
+    return (float)(1.0 / sqrt(ss / (double)N + eps));
+}
+
 #endif

@@ -377,8 +377,9 @@ static bool q16_fold_rope(nmlx_backend *be, q16_args &a, const nmlx_weight *cons
 static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                         const nmlx_tensor *const *biases, const float *x, float *const *ys,
                         bool pair, nmlx_act act, const nmlx_cuda_norm_in *nrm,
-                        const nmlx_rope_kv_args *rope = NULL) {
+                        const nmlx_rope_kv_args *rope = NULL, double *rsum = NULL) {
     if (n < 1 || n > Q16_MAXW || (uintptr_t)x % 16) return false;
+    if (rsum && (n != 1 || pair || nrm || rope)) return false;
     const nmlx_weight *w0 = ws[0];
     for (int i = 0; i < n; i++) {
         const nmlx_weight *w = ws[i];
@@ -389,6 +390,8 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
     if (pair && (n != 2 || ws[1]->rows != w0->rows)) return false;
     if (nrm && (!nrm->done || nrm->D != w0->cols || ((uintptr_t)nrm->d | (uintptr_t)nrm->y) % 16))
         return false;
+    /* rsum's room: v1 has ceil(D / (8 R)) blocks, v2 at most one a unit's 8 warps */
+    if (rsum && w0->rows > (int64_t)8 * NMLX_Q16_RSUM_CAP) return false;
     q16_args a;
     memset(&a, 0, sizeof a);
     if (nrm) {
@@ -396,6 +399,11 @@ static bool qgemv16_run(nmlx_backend *be, int n, const nmlx_weight *const *ws,
         a.nw = nrm->w ? nrm->w->data : NULL;
         a.nwdt = nrm->w ? nrm->w->dtype : NMLX_DT_F32;
         a.noff = nrm->w_offset, a.neps = nrm->eps;
+        a.parts = nrm->parts;
+    }
+    if (rsum) {
+        a.rsum = rsum;
+        a.m[0].fold = Q16_R; /* y is x: updated in place */
     }
     a.n = n;
     a.act = act;
@@ -508,6 +516,12 @@ bool nmlx_cuda_qgemv16_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
     const nmlx_tensor *bs[2] = {bg, bu};
     float *ys[2] = {gate, NULL}; /* up's y is never written */
     return qgemv16_run(be, 2, ws, bs, x, ys, true, act, NULL);
+}
+
+bool nmlx_cuda_qgemv16_resid(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                             const float *a, float *x, double *rsum) {
+    if (!rsum || !x || (uintptr_t)x % 16) return false;
+    return qgemv16_run(be, 1, &w, &bias, a, &x, false, NMLX_ACT_SILU, NULL, NULL, rsum);
 }
 
 bool nmlx_cuda_qgemv16_norm(nmlx_backend *be, const nmlx_cuda_norm_in *nrm, int act, int n,

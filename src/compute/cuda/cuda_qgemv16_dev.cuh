@@ -23,7 +23,8 @@ struct q16_weight {
     unsigned blk0; /* v1: first block of this weight */
     int64_t r0;    /* v2: first unit (RR rows) of this weight */
     nmlx_dtype lbdt;
-    int fold; /* v2, rope_kv folded in (q16_rope): Q16_Q, Q16_K, Q16_V; 0: y as usual */
+    int fold; /* v2, rope_kv folded in (q16_rope): Q16_Q, Q16_K, Q16_V; Q16_R (v1 and
+               * v2, one weight): y is the residual stream, y += W x; 0: y = W x */
 };
 
 /* rope_kv folded into the q/k/v launch (v2, two rows a unit; backend.h
@@ -33,7 +34,7 @@ struct q16_weight {
  * a unit of q or k is the pair (i, i + half) of one head, i < half, rotated
  * by cuda_rope_pair as rope_kv rotates it; half 0: no rotation, units are
  * consecutive rows as without the fold. */
-enum { Q16_Q = 1, Q16_K, Q16_V };
+enum { Q16_Q = 1, Q16_K, Q16_V, Q16_R };
 struct q16_rope {
     float *kc, *vc;
     int64_t HD, cap, row0, pos0, half;
@@ -59,6 +60,14 @@ struct q16_args {
     nmlx_dtype nwdt;
     float noff, neps;
     unsigned *done;
+    /* NORM: parts (non-NULL) holds a Q16_R launch's sums of squares of x
+     * (parts[0] the count n, parts[1..n] the sums): 1 / rms from them, no
+     * pass over x; d NULL: x already holds the residual sum (nothing added,
+     * x not written back) */
+    const double *parts;
+    /* Q16_R: where each block writes its sum of squares of the rows it
+     * updated (rsum[1 + block]; block 0 also writes the count, rsum[0]) */
+    double *rsum;
     q16_rope rope; /* where a weight's fold is set */
 };
 
@@ -137,9 +146,23 @@ __device__ __forceinline__ q16_weight weight_of(const q16_args &a, unsigned t) {
     return m;
 }
 
-/* The sum of squares of x + d (N inputs) as add_rmsnorm sums it (cuda_norm_sumsq.cuh) */
+/* The sum of squares of x + d (N inputs) as add_rmsnorm sums it (cuda_norm_sumsq.cuh);
+ * d NULL: of x */
 __device__ __forceinline__ double norm_sumsq(const float *x, const float *d, int64_t N) {
+    if (!d) return norm_sumsq256([&](int64_t i) { return x[i]; }, N);
     return norm_sumsq256([&](int64_t i) { return x[i] + d[i]; }, N);
+}
+
+/* A row's output (lane 0): y[d] = v, or for Q16_R y[d] += v with the new
+ * value's square added to ss (x + d, the sum the unfused add gives) */
+__device__ __forceinline__ void row_out(const q16_weight &m, int64_t d, float v, double &ss) {
+    if (m.fold == Q16_R) {
+        const float s = m.y[d] + v;
+        m.y[d] = s;
+        ss += (double)s * s;
+    } else {
+        m.y[d] = v;
+    }
 }
 
 /* y[i] = (x[i] + d[i]) * inv * (w[i] + off) as add_rmsnorm_kernel writes it
@@ -158,9 +181,12 @@ __device__ __forceinline__ void norm_write_back(const q16_args &a, float ninv, b
     if (!__syncthreads_or(last)) return;
     __threadfence();
     for (int64_t i = 4 * threadIdx.x; i < a.N; i += 4 * Q16_THREADS) {
-        const float4 xv = *(const float4 *)(a.xw + i), dv = *(const float4 *)(a.d + i);
-        const float4 sv = make_float4(xv.x + dv.x, xv.y + dv.y, xv.z + dv.z, xv.w + dv.w);
-        *(float4 *)(a.xw + i) = sv;
+        float4 sv = *(const float4 *)(a.xw + i);
+        if (a.d) { /* else x already holds the sum */
+            const float4 dv = *(const float4 *)(a.d + i);
+            sv = make_float4(sv.x + dv.x, sv.y + dv.y, sv.z + dv.z, sv.w + dv.w);
+            *(float4 *)(a.xw + i) = sv;
+        }
         *(float4 *)(a.yn + i) =
             make_float4(norm_one(a, sv.x, ninv, i), norm_one(a, sv.y, ninv, i + 1),
                         norm_one(a, sv.z, ninv, i + 2), norm_one(a, sv.w, ninv, i + 3));
@@ -180,7 +206,8 @@ __device__ __forceinline__ float stage_x(const q16_args &a, unsigned char *smem)
     float *xstep = (float *)(smem + N * 2); /* NB steps */
     float *xsum = xstep + NB;               /* NB sums */
     float ninv = 1.0f;                      /* NORM: 1 / rms(x + d), as add_rmsnorm rounds it */
-    if constexpr (NORM) ninv = (float)(1.0 / sqrt(norm_sumsq(a.x, a.d, N) / (double)N + a.neps));
+    if constexpr (NORM)
+        ninv = norm_inv(a.parts ? parts_sum(a.parts) : norm_sumsq(a.x, a.d, N), N, a.neps);
 
     /* stage x (NORM: y = rmsnorm(x + d)): a thread takes 16 inputs at a time */
     for (int64_t b = threadIdx.x; b < NB; b += Q16_THREADS) {
@@ -192,11 +219,13 @@ __device__ __forceinline__ float stage_x(const q16_args &a, unsigned char *smem)
             v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
         }
         if constexpr (NORM) {
-            const float4 *dsrc = (const float4 *)(a.d + b * 16);
+            if (a.d) {
+                const float4 *dsrc = (const float4 *)(a.d + b * 16);
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float4 f = dsrc[i];
-                v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
+                for (int i = 0; i < 4; i++) {
+                    const float4 f = dsrc[i];
+                    v[4 * i] += f.x, v[4 * i + 1] += f.y, v[4 * i + 2] += f.z, v[4 * i + 3] += f.w;
+                }
             }
 #pragma unroll
             for (int i = 0; i < 16; i++)
@@ -240,11 +269,11 @@ __device__ __forceinline__ float stage_x(const q16_args &a, unsigned char *smem)
 }
 
 /* The dot products of a warp's R rows (from d0) with the staged x, and
- * their outputs. */
+ * their outputs; Q16_R: lane 0's sum of squares of the updated rows. */
 template <int BITS, int SC, int R, bool PAIR>
-__device__ __forceinline__ void rows_dot(const q16_args &a, const q16_weight &m,
-                                         const q16_weight &mu, int64_t d0, const uint4 *const *rows,
-                                         const uint4 *c0, const unsigned char *smem) {
+__device__ __forceinline__ double
+rows_dot(const q16_args &a, const q16_weight &m, const q16_weight &mu, int64_t d0,
+         const uint4 *const *rows, const uint4 *c0, const unsigned char *smem) {
     typedef piece<BITS> P;
     const int64_t N = a.N, NB = N / 16, NP = N / P::IN;
     const unsigned char *xq = smem;
@@ -321,16 +350,20 @@ __device__ __forceinline__ void rows_dot(const q16_args &a, const q16_weight &m,
                 m.y[d] = cuda_act1(a.act, g) * u;
             }
         }
-    } else {
+    }
+    double ss = 0.0;
+    if constexpr (!PAIR) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float v = acc[r];
             for (int o = 16; o > 0; o >>= 1)
                 v += __shfl_xor_sync(0xffffffffu, v, o);
             if (lane == 0 && d0 + r < m.D)
-                m.y[d0 + r] = v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f);
+                row_out(m, d0 + r, v + (m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d0 + r) : 0.0f),
+                        ss);
         }
     }
+    return ss;
 }
 
 /* NORM's staging takes registers: 3 blocks a multiprocessor kept (<= 80,
@@ -375,8 +408,10 @@ __global__ void __launch_bounds__(Q16_THREADS, NORM && (PAIR || R == 2) ? 3 : 0)
             last = atomicAdd(a.done, 1u) == gridDim.x - 1;
         }
     }
-    if (d0 < m.D) rows_dot<BITS, SC, R, PAIR>(a, m, mu, d0, rows, c0, smem);
+    double ss = 0.0; /* Q16_R: lane 0's sum of squares of its updated rows */
+    if (d0 < m.D) ss = rows_dot<BITS, SC, R, PAIR>(a, m, mu, d0, rows, c0, smem);
     if constexpr (NORM) norm_write_back(a, ninv, last);
+    if (a.rsum) resid_sum_out<Q16_WARPS>(a.rsum, ss);
 }
 
 /* ---- v2 (the default; NMLX_CUDA_QGEMV16=v1 keeps the kernel above) ----
@@ -556,6 +591,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
         acc[r] = 0.0f;
     int64_t cu = gw; /* the consumed step's unit and step */
     int ci = 0;
+    double ss = 0.0; /* Q16_R: lane 0's sum of squares of its updated rows */
     for (int64_t p0 = 0; p0 < steps; p0 += DEP) {
 #pragma unroll
         for (int j = 0; j < DEP; j++) {
@@ -633,14 +669,15 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
                                 v[r] += m.lbias ? cuda_load_f32(m.lbdt, m.lbias, d) : 0.0f;
                         }
                         if constexpr (RU == 2) {
-                            if (lane == 0 && m.fold)
+                            if (lane == 0 && m.fold && m.fold != Q16_R)
                                 fold_out(a, m, unit_row<RU>(a, m, cu, 0), unit_row<RU>(a, m, cu, 1),
                                          v[0], v[1], rbase);
                         }
 #pragma unroll
                         for (int r = 0; r < RU; r++) {
                             const int64_t d = unit_row<RU>(a, m, cu, r);
-                            if (lane == 0 && d < m.D && !m.fold) m.y[d] = v[r];
+                            if (lane == 0 && d < m.D && (!m.fold || m.fold == Q16_R))
+                                row_out(m, d, v[r], ss);
                         }
                     }
 #pragma unroll
@@ -655,6 +692,7 @@ __global__ void __launch_bounds__(Q16_THREADS, 2) qgemv16v2_kernel(q16_args a) {
     }
     if constexpr (ASYNC) q16_wait<0>(); /* no copy into shared memory outlives the block */
     if constexpr (NORM) norm_write_back(a, ninv, last);
+    if (a.rsum) resid_sum_out<Q16_WARPS>(a.rsum, ss);
 }
 
 /* Host side, shared with the emulation: v1's tiles (blk0 of each weight,

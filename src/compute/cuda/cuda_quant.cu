@@ -620,7 +620,16 @@ bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, co
                                   const nmlx_weight *const *ws, const nmlx_tensor *const *biases,
                                   float *const *ys, const nmlx_rope_kv_args *rope) {
     cuda_impl *c = (cuda_impl *)be->impl;
-    const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done};
+    /* the folds this backend was asked for (a declined rope fold is asked
+     * again without it: the sums below stay for that call) */
+    if ((d && !c->norm_with_d) || (rope && !c->norm_rope)) {
+        c->norm_declined++;
+        return false;
+    }
+    /* d NULL right after matmul_residual into this x: its sums of squares */
+    const double *parts = !d && c->rsum_x == x && c->rsum_D == D ? c->rsum : NULL;
+    c->rsum_x = NULL;
+    const nmlx_cuda_norm_in in = {x, d, nw, w_offset, eps, y, D, c->norm_done, parts};
     const bool done =
         (qgemv16_on(be) && nmlx_cuda_qgemv16_norm(be, &in, act, n, ws, biases, ys, rope)) ||
         nmlx_cuda_gemv_norm(be, &in, act, n, ws, biases, ys, rope);
@@ -629,6 +638,27 @@ bool nmlx_cuda_add_rmsnorm_matmul(nmlx_backend *be, float *x, const float *d, co
     else
         c->norm_declined++;
     return done;
+}
+
+/* backend.h matmul_residual: one token through the int16 mat-vec (Q16_R)
+ * or the dense one, its sums of squares kept for the add_rmsnorm_matmul
+ * that reads x next */
+bool nmlx_cuda_matmul_residual(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                               const float *a, float *x, int64_t T) {
+    cuda_impl *c = (cuda_impl *)be->impl;
+    c->rsum_x = NULL;
+    if (T != 1 || !c->rsum) return false;
+    const bool dense = w->mode == NMLX_QUANT_NONE;
+    if (dense ? !nmlx_cuda_gemv_resid(be, w, bias, a, x, c->rsum)
+              : !qgemv16_on(be) || !nmlx_cuda_qgemv16_resid(be, w, bias, a, x, c->rsum))
+        return false;
+    c->rsum_x = x, c->rsum_D = w->rows;
+    c->resid_fused++;
+    return true;
+}
+
+extern "C" long nmlx_cuda_resid_stats(nmlx_backend *be) {
+    return ((const cuda_impl *)be->impl)->resid_fused;
 }
 
 extern "C" void nmlx_cuda_norm_matmul_stats(nmlx_backend *be, long *fused, long *roped,
