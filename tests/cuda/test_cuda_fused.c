@@ -735,14 +735,16 @@ static void test_norm_ropes(void) {
  * A producer W [D, N] (o / down-like) adds W a (+ bias) into x and keeps
  * its sums of squares; the consumer (q/k/v-like, or a gate/up pair) stages
  * rmsnorm(x) from them. x must equal the CUDA unfused x + matmul exactly
- * (each row x + y as the add gives it); y within 1e-6 of max|y| of the
- * CPU's add_rmsnorm on (x, W a) and of the CUDA rmsnorm of that x; the ys
+ * (each row x + y as the add gives it); y within 2e-4 of max|y| of the
+ * CPU's add_rmsnorm on (x, W a) (the producer's mat-vec error: its x is
+ * not the CPU's) and within 1e-6 of the CUDA rmsnorm of that x; the ys
  * within the int16 mat-vec's bound of the CPU's ops on the CPU's y (2e-4,
  * gate/up 2e-3) and within 1e-6 of the CUDA unfused ops on the CUDA y.
  * between != 0: an add of a random z into x between the two calls, so
  * the kept sums no longer describe x: the consumer must not take them (y
- * the norm of x + W a + z). Formats the int16 mat-vec does not take
- * (MXFP4, 3-bit, dense) decline, x untouched. */
+ * the norm of x + W a + z). Dense weights take the f32 mat-vec's form;
+ * formats the int16 mat-vec does not take (MXFP4, 3-bit) decline, x
+ * untouched. */
 static long rs_ran, rs_declined;
 
 static void test_resid(int fmt, int gs, nmlx_dtype sdt, int64_t N, int64_t D, int act, int n,
@@ -836,7 +838,7 @@ static void test_resid(int fmt, int gs, nmlx_dtype sdt, int64_t N, int64_t D, in
             free(g), free(h);
         }
         const double lim = act >= 0 ? 2e-3 : 2e-4;
-        EXPECT(ey <= 1e-6 && uyd <= 1e-6 && e <= lim && u <= 1e-6,
+        EXPECT(ey <= 2e-4 && uyd <= 1e-6 && e <= lim && u <= 1e-6,
                "resid fmt=%d gs=%d N=%lld D=%lld act=%d n=%d bias=%d between=%d: y vs cpu %.2e, "
                "vs cuda %.2e; ys vs cpu %.2e (limit %.0e), vs cuda unfused %.2e",
                fmt, gs, (long long)N, (long long)D, act, n, bias, between, ey, uyd, e, lim, u);
@@ -876,10 +878,11 @@ static void test_resids(void) {
     test_resid(NM_Q8, 64, BF, 1024, 64, -1, 3, 64, false, false, true);     /* 64 norm threads */
     test_resid(NM_Q4, 64, BF, 4096, 4096, -1, 3, 4096, false, true, true);  /* stale sums */
     test_resid(NM_Q4, 64, BF, 4096, 4096, -1, 3, 4096, false, false, true); /* counter reset */
-    /* declined: formats the int16 mat-vec does not take, dense */
+    test_resid(NM_BF16, 0, BF, 2048, 2048, -1, 3, 2048, true, false, true); /* dense (1B o) */
+    test_resid(NM_F16, 0, BF, 8192, 2048, NMLX_ACT_SILU, 2, 8192, false, false, true);
+    /* declined: formats the int16 mat-vec does not take */
     test_resid(NM_MXFP4, 32, BF, 2880, 2880, -1, 3, 2880, false, false, false);
     test_resid(NM_Q3, 32, BF, 2048, 2048, -1, 3, 2048, false, false, false);
-    test_resid(NM_BF16, 0, BF, 2048, 2048, -1, 3, 2048, false, false, false);
     printf("matmul_residual + add_rmsnorm_matmul (d NULL): %ld cases run, %ld declined\n", rs_ran,
            rs_declined);
     gpu = keep;

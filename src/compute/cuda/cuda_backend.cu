@@ -83,8 +83,8 @@ int nmlx_cuda_resident_blocks(const void *kern, int threads, size_t smem, cudaSt
 bool nmlx_cuda_pdl_batch_on(void) {
     static int on = -1;
     if (on < 0) {
-        const char *e = getenv("NMLX_CUDA_PDL_BATCH");
-        on = e && !strcmp(e, "1") && nmlx_cuda_pdl_on();
+        const char *e = getenv("NMLX_CUDA_PDL_BATCH"); /* on unless "0" */
+        on = !(e && !strcmp(e, "0")) && nmlx_cuda_pdl_on();
     }
     return on != 0;
 }
