@@ -50,6 +50,8 @@ if [ "${PEER:-1}" = 1 ] && [ -f "$P/bin.tar.xz" ] && [ ! -x $L/build/bin/llama-s
   export LD_LIBRARY_PATH=$L/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   echo "llama.cpp: prebuilt (.device/lcpp-cuda)"
 fi
+# left by device_serve_peer_prep.sh in a call before on this machine
+[ -x $L/build/bin/llama-server ] && export LD_LIBRARY_PATH=$L/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 [ -f "$S/make_gguf.py" ] || S_GGUF=$P
 if [ "${PEER:-1}" = 1 ] && [ ! -x $L/build/bin/llama-server ]; then
   rm -rf $L && mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
