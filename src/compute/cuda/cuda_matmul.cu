@@ -92,13 +92,16 @@ template <int NT> static cudaError_t gemv_nt(cudaStream_t s, const gemv_args &a)
 
 /* The mat-vec of n weights (or a gate/up pair, pair_act >= 0) for T <=
  * GEMV_MAX_T rows of x (a decode step of one sequence, or one token each of
- * a batch of sequences). false (nothing launched): the weights differ in
- * dtype or width, are quantized, or are too many. */
+ * a batch of sequences); rsum (one weight, one row, no pair): ys[0] is the
+ * residual stream, added into (gemv_args.rsum). false (nothing launched):
+ * the weights differ in dtype or width, are quantized, or are too many. */
 static bool gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
                        const nmlx_tensor *const *biases, const float *x, float *const *ys,
-                       int64_t T, int pair_act) {
+                       int64_t T, int pair_act, double *rsum = NULL) {
     if (n < 1 || n > GEMV_MULTI || T < 1 || T > GEMV_MAX_T) return false;
+    if (rsum && (n != 1 || T != 1 || pair_act >= 0)) return false;
     gemv_args a = {};
+    a.rsum = rsum;
     a.n = n;
     a.pair_act = pair_act;
     a.wdt = ws[0]->w.dtype;
@@ -143,27 +146,9 @@ bool nmlx_cuda_gemv_multi(nmlx_backend *be, int n, const nmlx_weight *const *ws,
 
 bool nmlx_cuda_gemv_resid(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                           const float *x, float *resid, double *rsum) {
-    gemv_args a = {};
-    a.n = 1;
-    a.pair_act = -1;
-    a.wdt = w->w.dtype;
-    a.N = w->cols;
-    a.x = x;
-    a.rsum = rsum;
-    const size_t es = nmlx_dtype_size(a.wdt);
-    a.vec = ((uintptr_t)x % 16 == 0) && ((size_t)a.N * es) % 16 == 0 && a.N % 8 == 0 &&
-            (uintptr_t)w->w.data % 16 == 0;
-    if (w->mode != NMLX_QUANT_NONE || w->rows <= 0 || !rsum ||
-        (a.wdt != NMLX_DT_F32 && a.wdt != NMLX_DT_F16 && a.wdt != NMLX_DT_BF16) ||
-        (w->rows + GEMV_WARPS - 1) / GEMV_WARPS > NMLX_Q16_RSUM_CAP)
-        return false;
-    a.w[0] = w->w.data;
-    a.D[0] = w->rows;
-    a.y[0] = resid;
-    a.bias[0] = bias ? bias->data : NULL;
-    a.bdt[0] = bias ? bias->dtype : NMLX_DT_F32;
-    nmlx_cuda_note(be, gemv_nt<1>(cuda_of(be)->stream, a));
-    return true;
+    /* rsum's room: a block of GEMV_WARPS rows each */
+    if (!rsum || (w->rows + GEMV_WARPS - 1) / GEMV_WARPS > NMLX_Q16_RSUM_CAP) return false;
+    return gemv_multi(be, 1, &w, &bias, x, &resid, 1, -1, rsum);
 }
 
 bool nmlx_cuda_gemv_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
