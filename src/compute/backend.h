@@ -348,7 +348,16 @@ struct nmlx_backend {
      * worker pool (which serialises its own runs). */
     pthread_mutex_t *call_mu;
     int call_waiters; /* threads waiting for call_mu (__atomic builtins: C and CUDA C++) */
+    /* Tokens a prefill chunk should hold on this backend (0: the model's
+     * own default); read through nmlx_backend_prefill_chunk. */
+    int prefill_chunk;
 };
+
+/* Tokens per prefill chunk for a model whose default is dflt: the
+ * environment's NMLX_PREFILL_CHUNK (16..8192) if set, else the backend's
+ * wish (CUDA: 512, so a 512-token prompt dequantizes each weight once and
+ * runs GEMMs twice as tall), else dflt (the CPU: activation memory). */
+int64_t nmlx_backend_prefill_chunk(const nmlx_backend *be, int64_t dflt);
 
 /* Makes be's entry points take one thread at a time (call_mu); the drop
  * undoes it (for the backend's free; safe on a backend without the lock). */

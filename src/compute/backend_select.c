@@ -70,6 +70,15 @@ bool nmlx_backend_is_host(const nmlx_backend *be) {
     return be && be->ops && !strcmp(be->ops->name, "cpu");
 }
 
+int64_t nmlx_backend_prefill_chunk(const nmlx_backend *be, int64_t dflt) {
+    const char *env = getenv("NMLX_PREFILL_CHUNK");
+    if (env && *env) {
+        long long v = atoll(env);
+        return v < 16 ? 16 : v > 8192 ? 8192 : v;
+    }
+    return be && be->prefill_chunk > 0 ? be->prefill_chunk : dflt;
+}
+
 void nmlx_backend_apply_env(nmlx_backend *be) {
     const char *env = getenv("NMLX_FUSED");
     if (!env || strcmp(env, "0") != 0) return;

@@ -390,7 +390,8 @@ nmlx_status nmlx_g3n_state_create(const void *archp, nmlx_backend *be, int64_t m
     nmlx_g3n_state *s = nmlx_calloc(1, sizeof *s);
     CHECK(s, NMLX_ERR_NOMEM, "out of memory creating a session");
     s->n_layers = m->n_layers;
-    s->chunk = max_context < CHUNK ? max_context : CHUNK;
+    const int64_t chunk = nmlx_backend_prefill_chunk(be, CHUNK);
+    s->chunk = max_context < chunk ? max_context : chunk;
     s->caches = nmlx_calloc((size_t)m->n_layers, sizeof *s->caches);
     s->views = nmlx_calloc((size_t)m->n_layers, sizeof *s->views);
     s->pl_ids = nmlx_calloc((size_t)s->chunk, sizeof *s->pl_ids);

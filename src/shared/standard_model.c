@@ -446,7 +446,8 @@ nmlx_status nmlx_std_state_create(const void *archp, nmlx_backend *be, int64_t m
     std_state *s = nmlx_calloc(1, sizeof *s);
     CHECK(s, NMLX_ERR_NOMEM, "out of memory creating a session");
     s->n_layers = m->n_layers;
-    s->chunk = max_context < CHUNK ? max_context : CHUNK;
+    const int64_t chunk = nmlx_backend_prefill_chunk(be, CHUNK);
+    s->chunk = max_context < chunk ? max_context : chunk;
     s->caches = nmlx_calloc((size_t)m->n_layers, sizeof *s->caches);
     CHECK(s->caches, NMLX_ERR_NOMEM, "out of memory creating a session");
     for (int64_t i = 0; i < m->n_layers; i++)

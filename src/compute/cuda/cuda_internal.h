@@ -280,6 +280,14 @@ void nmlx_cuda_qmatmul(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor
  * (nothing done: the caller runs qmm_kernel). */
 bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
                      const float *x, float *y, int64_t T);
+/* gate_up_act through it (gemm1, the default form): gate = act(x G^T + bg)
+ * * (x U^T + bu), the unfused ops' bits, up never written; false (nothing
+ * done) in the other forms or where the weights differ in shape or mode. */
+bool nmlx_cuda_qgemm_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
+                         int64_t T);
+/* The most rows of x the few-rows tensor-core mat-mat takes (cuda_qrows_mma.cu) */
+int nmlx_cuda_qrows_mma_max_t(void);
 /* The fused quantized mat-mat (cuda_qmm_fused.cu; NMLX_CUDA_QMM=fused):
  * affine 4/8-bit, group 32/64/128, N a multiple of 64; false (nothing
  * done) for anything else or when its scratch cannot be had. */

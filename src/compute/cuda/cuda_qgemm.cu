@@ -131,61 +131,110 @@ __global__ void qg_rowscale_kernel(const void *scales, const void *biases, nmlx_
     }
 }
 
-/* Rows [d0, d0 + n) of W, row r scaled by rs[r], as f16 hi [n, N] and (wl
- * not NULL) lo [n, N]. A thread takes 8 inputs (BITS bytes of codes, one
- * group), writes 16 bytes of each: consecutive threads, consecutive bytes.
- * gshift = log2(group_size / 8). */
-template <int BITS, bool MX>
+/* Rows [d0, d0 + n) of W, row r scaled by rs[r], as f16 hi [n, N] and (LO)
+ * lo [n, N]. A thread takes 8 inputs (BITS bytes of codes, one group) of a
+ * row and writes 16 bytes of each: consecutive threads, consecutive bytes;
+ * blockIdx.y walks the rows (no index division), gridDim.x covers N / 8.
+ * gshift = log2(group_size / 8). gemm1 (the default) writes hi only: LO
+ * false leaves out the lo conversions (2.5 of the ~10 instructions an input
+ * took in one kernel for both: the kernel runs at the write bandwidth's
+ * edge). */
+template <int BITS, bool MX, bool LO>
 __global__ void __launch_bounds__(QG_THREADS)
     qg_dequant_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
                       int gshift, int64_t N, int64_t d0, int64_t n, const float *rs, __half *wh,
                       __half *wl, int *nz) {
-    const int64_t K8 = N / 8, G = N >> (gshift + 3), pieces = n * K8;
+    const int64_t K8 = N / 8, G = N >> (gshift + 3);
     int any = 0; /* a nonzero lo seen (reported when nz is given) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / K8, k = i - r * K8, d = d0 + r;
-        const uint64_t v = load8<BITS>((const uint8_t *)w + d * (N * BITS / 8), (int)k);
-        float s, b;
-        group_sb<MX>(scales, biases, sdt, d * G + (k >> gshift), &s, &b);
+    for (int64_t r = blockIdx.y; r < n; r += gridDim.y) {
+        const int64_t d = d0 + r;
+        const uint8_t *row = (const uint8_t *)w + d * (N * BITS / 8);
         const float sc = rs[r];
-        float q[8];
-        decode8<BITS, MX>(v, q);
-        __align__(16) __half h[8];
-        __align__(16) __half l[8];
+        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < K8;
+             k += (int64_t)gridDim.x * blockDim.x) {
+            const uint64_t v = load8<BITS>(row, (int)k);
+            float s, b;
+            group_sb<MX>(scales, biases, sdt, d * G + (k >> gshift), &s, &b);
+            float q[8];
+            decode8<BITS, MX>(v, q);
+            __align__(16) __half2 h[4];
+            __align__(16) __half2 l[4];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            /* as the CPU reference: s q + b in f32 (MXFP4: the E2M1 value
-             * exactly, times a power of two), then the exact row rescale */
-            const float f = (MX ? s * (q[j] * 16384.0f) : s * q[j] + b) * sc;
-            h[j] = __float2half_rn(f);
-            l[j] = __float2half_rn(f - __half2float(h[j]));
-            any |= __half2float(l[j]) != 0.0f;
+            for (int j = 0; j < 4; j++) {
+                /* as the CPU reference: s q + b in f32 (MXFP4: the E2M1 value
+                 * exactly, times a power of two), then the exact row rescale */
+                const float f0 = (MX ? s * (q[2 * j] * 16384.0f) : s * q[2 * j] + b) * sc;
+                const float f1 = (MX ? s * (q[2 * j + 1] * 16384.0f) : s * q[2 * j + 1] + b) * sc;
+                h[j] = __floats2half2_rn(f0, f1); /* .x = f0: the lower address */
+                if (LO) {
+                    const float2 hf = __half22float2(h[j]);
+                    l[j] = __floats2half2_rn(f0 - hf.x, f1 - hf.y);
+                    const float2 lf = __half22float2(l[j]);
+                    any |= (lf.x != 0.0f) | (lf.y != 0.0f);
+                }
+            }
+            *(uint4 *)(wh + r * N + 8 * k) = *(const uint4 *)h;
+            if (LO) *(uint4 *)(wl + r * N + 8 * k) = *(const uint4 *)l;
         }
-        *(uint4 *)(wh + r * N + 8 * k) = *(const uint4 *)h;
-        if (wl) *(uint4 *)(wl + r * N + 8 * k) = *(const uint4 *)l;
     }
-    if (nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
+    if (LO && nz && __syncthreads_or(any) && threadIdx.x == 0) atomicOr(nz, 1);
+}
+
+/* One output as the join writes it: v ir ix (+ the bias of row d) */
+__device__ __forceinline__ float qg_out(float v, float ir, float ix, const void *lb,
+                                        nmlx_dtype lbdt, int64_t d) {
+    return v * ir * ix + (lb ? cuda_load_f32(lbdt, lb, d) : 0.0f);
 }
 
 /* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
  * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
- * or NULL (the GEMMs' outputs). */
+ * or NULL (the GEMMs' outputs). blockIdx.y walks the tokens (no index
+ * division: 64-bit, one an output, it was most of this kernel's time). */
 __global__ void qg_join_kernel(const float *c, const float *cl, bool xlo, int64_t n, int64_t T,
                                const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
                                const void *lb, nmlx_dtype lbdt) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * T;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t t = i / n, r = i - t * n;
-        float v = xlo ? c[i] + c[T * n + i] : c[i];
-        if (cl) v += cl[i];
-        y[t * D + d0 + r] = v * ir[r] * ix[t] + (lb ? cuda_load_f32(lbdt, lb, d0 + r) : 0.0f);
+    for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
+        const float sx = ix[t];
+        for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+             r += (int64_t)gridDim.x * blockDim.x) {
+            const int64_t i = t * n + r;
+            float v = xlo ? c[i] + c[T * n + i] : c[i];
+            if (cl) v += cl[i];
+            y[t * D + d0 + r] = qg_out(v, ir[r], sx, lb, lbdt, d0 + r);
+        }
     }
 }
 
-static unsigned qg_grid(int64_t n) {
-    const int64_t b = (n + QG_THREADS - 1) / QG_THREADS;
-    return (unsigned)(b < 1 ? 1 : b < 1 << 20 ? b : 1 << 20);
+/* gate/up in one (gemm1): gate[t, d0 + r] = act(g) u, g and u each as
+ * qg_join_kernel writes it from cg / cu [n, T] (the gate's and the up
+ * weight's GEMM outputs, row factors irg / iru): act_mul's arithmetic on
+ * the same values, so the unfused ops' bits; up is never written. */
+__global__ void qg_join_act_kernel(nmlx_act act, const float *cg, const float *cu, int64_t n,
+                                   int64_t T, const float *ix, const float *irg, const float *iru,
+                                   float *y, int64_t D, int64_t d0, const void *bg, nmlx_dtype bgdt,
+                                   const void *bu, nmlx_dtype budt) {
+    for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
+        const float sx = ix[t];
+        for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+             r += (int64_t)gridDim.x * blockDim.x) {
+            const int64_t i = t * n + r;
+            const float g = qg_out(cg[i], irg[r], sx, bg, bgdt, d0 + r);
+            const float u = qg_out(cu[i], iru[r], sx, bu, budt, d0 + r);
+            y[t * D + d0 + r] = cuda_act1(act, g) * u;
+        }
+    }
+}
+
+/* The grid of a [rows, cols] kernel above: x over cols (QG_THREADS a
+ * block), y over rows (at most 65535; the kernels loop past it) */
+static dim3 qg_grid2(int64_t rows, int64_t cols) {
+    const int64_t bx = (cols + QG_THREADS - 1) / QG_THREADS;
+    return dim3((unsigned)(bx < 1       ? 1
+                           : bx < 65535 ? bx
+                                        : 65535),
+                (unsigned)(rows < 1       ? 1
+                           : rows < 65535 ? rows
+                                          : 65535));
 }
 
 /* ---- settings ---- */
@@ -262,9 +311,15 @@ template <int BITS, bool MX>
 static void qg_dequant(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
                        const float *rs, __half *wh, __half *wl, int *nz) {
     const int64_t N = w->cols;
-    qg_dequant_kernel<BITS, MX><<<qg_grid(n * N / 8), QG_THREADS, 0, s>>>(
-        (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N, d0,
-        n, rs, wh, wl, nz);
+    const dim3 grid = qg_grid2(n, N / 8);
+    if (wl)
+        qg_dequant_kernel<BITS, MX, true><<<grid, QG_THREADS, 0, s>>>(
+            (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N,
+            d0, n, rs, wh, wl, nz);
+    else
+        qg_dequant_kernel<BITS, MX, false><<<grid, QG_THREADS, 0, s>>>(
+            (const uint32_t *)w->w.data, w->scales.data, w->biases.data, w->scales.dtype, gshift, N,
+            d0, n, rs, wh, NULL, NULL);
 }
 
 /* ---- weights whose lo half is zero ---- */
@@ -337,15 +392,59 @@ extern "C" void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexac
         if (c->qg_seen[i].w) ++*(c->qg_seen[i].exact ? exact : inexact);
 }
 
-bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
-                     const float *x, float *y, int64_t T) {
+/* The dequantization of rows [d0, d0 + n) of w into wh (+ wl) */
+static void qg_dequant_any(cudaStream_t s, const nmlx_weight *w, int gshift, int64_t d0, int64_t n,
+                           const float *rs, __half *wh, __half *wl, int *nz) {
+    if (w->mode == NMLX_QUANT_MXFP4) {
+        qg_dequant<4, true>(s, w, gshift, d0, n, rs, wh, wl, nz);
+        return;
+    }
+    switch (w->bits) {
+    case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    default: qg_dequant<8, false>(s, w, gshift, d0, n, rs, wh, wl, nz); break;
+    }
+}
+
+/* The row factors of every row of w (qg_rowscale_kernel) */
+static void qg_rowscale(cudaStream_t s, const nmlx_weight *w, float *rs, float *ir) {
+    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    const int64_t D = w->rows, G = w->cols / w->group_size;
+    const float qmax = mx ? 6.0f : (float)((1 << w->bits) - 1);
+    const unsigned rgrid = (unsigned)((D + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
+    if (mx)
+        qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(
+            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
+    else
+        qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
+            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
+}
+
+static bool qg_bits_ok(const nmlx_weight *w) {
+    return w->mode == NMLX_QUANT_MXFP4 || w->bits == 2 || w->bits == 3 || w->bits == 4 ||
+           w->bits == 5 || w->bits == 6 || w->bits == 8;
+}
+
+/* One weight (u NULL: y = x W^T + bias) or, gemm1 only, a gate/up pair
+ * of one shape (y = act(x G^T + bias) * (x U^T + ubias)): per chunk of
+ * rows the gate's dequantization and GEMM, then the up weight's into the
+ * same W scratch (stream order), then one join of both. Each GEMM is the
+ * one a lone call makes on that chunk, so the pair's outputs are the
+ * unfused ops' (the matmuls, then act_mul) bit for bit. */
+static bool qgemm_run(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                      const nmlx_weight *u, const nmlx_tensor *ubias, nmlx_act act, const float *x,
+                      float *y, int64_t T) {
     int mode = qgemm_mode();
     if (!mode) return false;
     /* precision "f32": the exact form whatever variant was asked for */
     if (((cuda_impl *)be->impl)->f32_x) mode &= ~(QG_NO_WLO | QG_NO_XLO | QG_FUSED);
+    /* the pair: gemm1 (one GEMM a weight, no lo halves) only */
+    if (u && (mode & (QG_FUSED | QG_NO_WLO | QG_NO_XLO)) != (QG_NO_WLO | QG_NO_XLO)) return false;
     /* NMLX_CUDA_QMM=fused: the fused kernel where it applies */
-    if ((mode & QG_FUSED) && nmlx_cuda_qmm_fused(be, w, bias, x, y, T)) return true;
-    const bool mx = w->mode == NMLX_QUANT_MXFP4;
+    if (!u && (mode & QG_FUSED) && nmlx_cuda_qmm_fused(be, w, bias, x, y, T)) return true;
     bool wlo = !(mode & QG_NO_WLO), first = false;
     const bool xlo = !(mode & QG_NO_XLO);
     if (wlo && !(mode & QG_NO_SKIP)) {
@@ -364,18 +463,22 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
             first = c0->qg_flag != NULL;
         }
     }
-    if (!mx && w->bits != 2 && w->bits != 3 && w->bits != 4 && w->bits != 5 && w->bits != 6 &&
-        w->bits != 8)
-        return false;
-    const int64_t D = w->rows, N = w->cols, G = N / w->group_size;
-    /* the chunk size does not depend on wlo: the same GEMMs with or without the skip */
+    if (!qg_bits_ok(w) || (u && !qg_bits_ok(u))) return false;
+    const int64_t D = w->rows, N = w->cols;
+    /* the chunk size does not depend on wlo or the pair: the same GEMMs either way */
     const int64_t cols = (wlo ? 3 : 2) * T, rc = qgemm_rows(D, N, 3 * T);
-    /* scratch: x hi + lo, ix [T], rs / ir [D], W hi (+ lo) [rc, N], out [rc, cols] */
+    /* the pair's second GEMM output, 256-byte aligned after the first */
+    const int64_t cu_off = (rc * T + 63) & ~(int64_t)63;
+    /* scratch: x hi + lo, ix [T], rs / ir [D] (a pair: twice), W hi (+ lo) [rc, N], out
+     * [rc, cols] (a pair: two [rc, T]) */
+    const int nw = u ? 2 : 1;
     const size_t o_ix = qg_align((size_t)(2 * T * N) * 2), o_rs = o_ix + qg_align((size_t)T * 4),
-                 o_ir = o_rs + qg_align((size_t)D * 4), o_wh = o_ir + qg_align((size_t)D * 4),
+                 o_ir = o_rs + nw * qg_align((size_t)D * 4),
+                 o_wh = o_ir + nw * qg_align((size_t)D * 4),
                  o_wl = o_wh + qg_align((size_t)(rc * N) * 2),
                  o_c = o_wl + (wlo ? qg_align((size_t)(rc * N) * 2) : 0),
-                 need = o_c + (size_t)(rc * cols + 4) * 4;
+                 c_floats = u ? (size_t)(cu_off + rc * T) : (size_t)(rc * cols),
+                 need = o_c + (c_floats + 4) * 4;
     if (!nmlx_cuda_qg_reserve(be, need)) return false;
     cuda_impl *c = cuda_of(be);
     cudaStream_t s = c->stream;
@@ -384,6 +487,7 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
            *wl = wlo ? (__half *)(base + o_wl) : NULL;
     float *ix = (float *)(base + o_ix), *rs = (float *)(base + o_rs), *ir = (float *)(base + o_ir),
           *cb = (float *)(base + o_c);
+    float *rs2 = rs + qg_align((size_t)D * 4) / 4, *ir2 = ir + qg_align((size_t)D * 4) / 4;
     int *nz = first ? c->qg_flag : NULL;
     if (nz) cudaMemsetAsync(nz, 0, sizeof(int), s);
     /* x split once for the weights of a matmul_multi: the same x, shape and form */
@@ -398,31 +502,18 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     int gshift = 0;
     while ((8 << gshift) < w->group_size)
         gshift++;
-    const float qmax = mx ? 6.0f : (float)((1 << w->bits) - 1);
-    const void *lb = bias ? bias->data : NULL;
-    const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32;
+    int ushift = 0;
+    while (u && (8 << ushift) < u->group_size)
+        ushift++;
+    const void *lb = bias ? bias->data : NULL, *ub = ubias ? ubias->data : NULL;
+    const nmlx_dtype lbdt = bias ? bias->dtype : NMLX_DT_F32,
+                     ubdt = ubias ? ubias->dtype : NMLX_DT_F32;
     const float one = 1.0f, zero = 0.0f;
-    const unsigned rgrid = (unsigned)((D + QG_THREADS / 32 - 1) / (QG_THREADS / 32));
-    if (mx)
-        qg_rowscale_kernel<true><<<rgrid, QG_THREADS, 0, s>>>(
-            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
-    else
-        qg_rowscale_kernel<false><<<rgrid, QG_THREADS, 0, s>>>(
-            w->scales.data, w->biases.data, w->scales.dtype, G, qmax, 0, D, rs, ir);
+    qg_rowscale(s, w, rs, ir);
+    if (u) qg_rowscale(s, u, rs2, ir2);
     for (int64_t d0 = 0; d0 < D; d0 += rc) {
         const int64_t n = D - d0 < rc ? D - d0 : rc;
-        const float *rsc = rs + d0;
-        if (mx)
-            qg_dequant<4, true>(s, w, gshift, d0, n, rsc, wh, wl, nz);
-        else
-            switch (w->bits) {
-            case 2: qg_dequant<2, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 3: qg_dequant<3, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 4: qg_dequant<4, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 5: qg_dequant<5, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            case 6: qg_dequant<6, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            default: qg_dequant<8, false>(s, w, gshift, d0, n, rsc, wh, wl, nz); break;
-            }
+        qg_dequant_any(s, w, gshift, d0, n, rs + d0, wh, wl, nz);
         /* column-major: C[n, 2T] = Wh^T' [n, N] x [xh xl] [N, 2T] (as the dense
          * path in cuda_matmul.cu), then Cl[n, T] = Wl x xh (16-byte aligned) */
         float *cl = wlo ? cb + ((2 * T * n + 3) & ~(int64_t)3) : NULL;
@@ -434,11 +525,35 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
             st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one, wl,
                               CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cl, CUDA_R_32F,
                               (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        float *cu = cb + cu_off;
+        if (u) {
+            qg_dequant_any(s, u, ushift, d0, n, rs2 + d0, wh, NULL, NULL);
+            if (st == CUBLAS_STATUS_SUCCESS)
+                st = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)N, &one,
+                                  wh, CUDA_R_16F, (int)N, xhl, CUDA_R_16F, (int)N, &zero, cu,
+                                  CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        }
         if (st != CUBLAS_STATUS_SUCCESS) nmlx_cuda_note(be, cudaErrorUnknown);
-        qg_join_kernel<<<qg_grid(n * T), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir + d0, y, D,
-                                                             d0, lb, lbdt);
+        if (u)
+            qg_join_act_kernel<<<qg_grid2(T, n), QG_THREADS, 0, s>>>(
+                act, cb, cu, n, T, ix, ir + d0, ir2 + d0, y, D, d0, lb, lbdt, ub, ubdt);
+        else
+            qg_join_kernel<<<qg_grid2(T, n), QG_THREADS, 0, s>>>(cb, cl, xlo, n, T, ix, ir + d0, y,
+                                                                 D, d0, lb, lbdt);
     }
     nmlx_cuda_note(be, cudaGetLastError());
     if (first) qg_record(be, w);
     return true;
+}
+
+bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *bias,
+                     const float *x, float *y, int64_t T) {
+    return qgemm_run(be, w, bias, NULL, NULL, NMLX_ACT_SILU, x, y, T);
+}
+
+bool nmlx_cuda_qgemm_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
+                         const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
+                         int64_t T) {
+    if (g->rows != u->rows || g->cols != u->cols || g->mode != u->mode) return false;
+    return qgemm_run(be, g, bg, u, bu, act, x, gate, T);
 }

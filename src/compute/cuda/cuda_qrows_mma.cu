@@ -522,6 +522,8 @@ static int qrows_mma_limit(void) {
     return qrows_mma_max;
 }
 
+int nmlx_cuda_qrows_mma_max_t(void) { return qrows_mma_limit(); }
+
 extern "C" void nmlx_cuda_set_qrows_mma(int max_t) {
     qrows_mma_max = max_t < 0 ? -1 : clamp_limit(max_t); /* -1: the environment's again */
 }

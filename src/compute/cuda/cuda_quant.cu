@@ -602,6 +602,10 @@ void nmlx_cuda_gate_up_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g,
                            const float *x, float *gate, float *up, int64_t T) {
     if (T == 1 && qgemv16_on(be) && nmlx_cuda_qgemv16_act(be, act, g, u, bg, bu, x, gate)) return;
     if (nmlx_cuda_gemv_act(be, act, g, u, bg, bu, x, gate, T)) return; /* dense, decode */
+    /* prefill: the cuBLAS mat-mat's join writes act(g) u (up never written) */
+    if (g->mode != NMLX_QUANT_NONE && T > qgemv_max_t() && T > nmlx_cuda_qrows_mma_max_t() &&
+        nmlx_cuda_qgemm_act(be, act, g, u, bg, bu, x, gate, T))
+        return;
     const nmlx_weight *ws[2] = {g, u};
     const nmlx_tensor *bs[2] = {bg, bu};
     float *ys[2] = {gate, up};
