@@ -136,9 +136,8 @@ __global__ void qg_rowscale_kernel(const void *scales, const void *biases, nmlx_
  * row and writes 16 bytes of each: consecutive threads, consecutive bytes;
  * blockIdx.y walks the rows (no index division), gridDim.x covers N / 8.
  * gshift = log2(group_size / 8). gemm1 (the default) writes hi only: LO
- * false leaves out the lo conversions (2.5 of the ~10 instructions an input
- * took in one kernel for both: the kernel runs at the write bandwidth's
- * edge). */
+ * false leaves out the lo conversions and their nonzero check (8 of the ~11
+ * PTX instructions an input took when one kernel did both). */
 template <int BITS, bool MX, bool LO>
 __global__ void __launch_bounds__(QG_THREADS)
     qg_dequant_kernel(const uint32_t *w, const void *scales, const void *biases, nmlx_dtype sdt,
@@ -188,8 +187,8 @@ __device__ __forceinline__ float qg_out(float v, float ir, float ix, const void 
 
 /* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
  * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
- * or NULL (the GEMMs' outputs). blockIdx.y walks the tokens (no index
- * division: 64-bit, one an output, it was most of this kernel's time). */
+ * or NULL (the GEMMs' outputs). blockIdx.y walks the tokens: no index
+ * division an output. */
 __global__ void qg_join_kernel(const float *c, const float *cl, bool xlo, int64_t n, int64_t T,
                                const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
                                const void *lb, nmlx_dtype lbdt) {
@@ -226,15 +225,10 @@ __global__ void qg_join_act_kernel(nmlx_act act, const float *cg, const float *c
 }
 
 /* The grid of a [rows, cols] kernel above: x over cols (QG_THREADS a
- * block), y over rows (at most 65535; the kernels loop past it) */
+ * block), y over rows (at most 65535 each; the kernels loop past it) */
+static unsigned qg_dim(int64_t v) { return (unsigned)(v < 1 ? 1 : v < 65535 ? v : 65535); }
 static dim3 qg_grid2(int64_t rows, int64_t cols) {
-    const int64_t bx = (cols + QG_THREADS - 1) / QG_THREADS;
-    return dim3((unsigned)(bx < 1       ? 1
-                           : bx < 65535 ? bx
-                                        : 65535),
-                (unsigned)(rows < 1       ? 1
-                           : rows < 65535 ? rows
-                                          : 65535));
+    return dim3(qg_dim((cols + QG_THREADS - 1) / QG_THREADS), qg_dim(rows));
 }
 
 /* ---- settings ---- */
