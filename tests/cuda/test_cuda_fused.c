@@ -1076,13 +1076,22 @@ int main(void) {
     test_gate_up_act(8, 64, NMLX_DT_BF16, 9001, 256, 1, false, NMLX_ACT_GELU_ERF);
     test_gate_up_act(3, 32, NMLX_DT_BF16, 333, 512, 1, true, NMLX_ACT_SILU);  /* fallback */
     test_gate_up_act(4, 64, NMLX_DT_BF16, 257, 512, 3, false, NMLX_ACT_SILU); /* T > 1 */
-    /* prefill (T > 64): gemm1's GEMMs, act(g) u in its join; several row chunks
-     * (I over the 32M-element chunk at N = 4096), odd shapes, every act */
-    test_gate_up_act(4, 64, NMLX_DT_BF16, 9000, 4096, 65, true, NMLX_ACT_SILU);
-    test_gate_up_act(8, 32, NMLX_DT_F16, 1000, 768, 130, false, NMLX_ACT_GELU_TANH);
-    test_gate_up_act(4, 128, NMLX_DT_F32, 333, 512, 97, true, NMLX_ACT_GELU_ERF);
-    test_gate_up_act(3, 32, NMLX_DT_BF16, 200, 256, 70, true, NMLX_ACT_SILU);
-    test_gate_up_act(6, 64, NMLX_DT_BF16, 129, 640, 300, false, NMLX_ACT_SILU);
+    /* prefill (T > 64): gemm1's GEMMs, with act(g) u in its join
+     * (nmlx_cuda_set_qmm_act) and without; several row chunks (I over the
+     * 32M-element chunk at N = 4096), odd shapes, every act */
+    for (int on = 1; on >= 0; on--) {
+        nmlx_cuda_set_qmm_act(on);
+        const unsigned long long before = nmlx_cuda_qmm_act_calls();
+        test_gate_up_act(4, 64, NMLX_DT_BF16, 9000, 4096, 65, true, NMLX_ACT_SILU);
+        test_gate_up_act(8, 32, NMLX_DT_F16, 1000, 768, 130, false, NMLX_ACT_GELU_TANH);
+        test_gate_up_act(4, 128, NMLX_DT_F32, 333, 512, 97, true, NMLX_ACT_GELU_ERF);
+        test_gate_up_act(3, 32, NMLX_DT_BF16, 200, 256, 70, true, NMLX_ACT_SILU);
+        test_gate_up_act(6, 64, NMLX_DT_BF16, 129, 640, 300, false, NMLX_ACT_SILU);
+        EXPECT(nmlx_cuda_qmm_act_calls() - before == (on ? 5u : 0u),
+               "gate_up_act prefill through the gemm join (on=%d): %llu calls", on,
+               nmlx_cuda_qmm_act_calls() - before);
+    }
+    nmlx_cuda_set_qmm_act(-1);
     const char *nm = getenv("NMLX_CUDA_NORM_MATMUL");
     if (nm && !strcmp(nm, "0")) {
         printf("add_rmsnorm_matmul: off (NMLX_CUDA_NORM_MATMUL=0), not tested\n");

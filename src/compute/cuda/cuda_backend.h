@@ -56,6 +56,12 @@ unsigned long long nmlx_cuda_qmm_fused_launches(void);
 void nmlx_cuda_qgemm_seen(nmlx_backend *be, long *exact, long *inexact);
 /* Rows of W dequantized per chunk (NMLX_CUDA_QMM_ROWS); 0 = automatic. */
 void nmlx_cuda_set_qmm_rows(int64_t rows);
+/* gate_up_act's prefill through the gemm path's join (act(g) u written
+ * there, up never written): 1 on, 0 off, -1 back to NMLX_CUDA_QMM_ACT
+ * (default off until timed on a GPU). Process-wide; for tests. */
+void nmlx_cuda_set_qmm_act(int on);
+/* gate_up_act calls that path took so far (test hook: it ran, not the ops). */
+unsigned long long nmlx_cuda_qmm_act_calls(void);
 
 /* Most rows of x (2..64) the few-rows tensor-core kernel takes
  * (cuda_qrows_mma.cu); 0 = off, -1 = back to NMLX_CUDA_QROWS_MMA_T or the

@@ -545,9 +545,23 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
     return qgemm_run(be, w, bias, NULL, NULL, NMLX_ACT_SILU, x, y, T);
 }
 
+static int qgemm_act_v = -1; /* -1: not read from the environment yet */
+static unsigned long long qgemm_act_calls;
+
+extern "C" void nmlx_cuda_set_qmm_act(int on) { qgemm_act_v = on < 0 ? -1 : on != 0; }
+extern "C" unsigned long long nmlx_cuda_qmm_act_calls(void) { return qgemm_act_calls; }
+
 bool nmlx_cuda_qgemm_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                          const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
                          int64_t T) {
+    /* NMLX_CUDA_QMM_ACT=1: opt-in, written without a GPU (session 19) */
+    if (qgemm_act_v < 0) {
+        const char *e = getenv("NMLX_CUDA_QMM_ACT");
+        qgemm_act_v = e && !strcmp(e, "1");
+    }
+    if (!qgemm_act_v) return false;
     if (g->rows != u->rows || g->cols != u->cols || g->mode != u->mode) return false;
-    return qgemm_run(be, g, bg, u, bu, act, x, gate, T);
+    const bool done = qgemm_run(be, g, bg, u, bu, act, x, gate, T);
+    qgemm_act_calls += done;
+    return done;
 }
