@@ -4,7 +4,9 @@
 #ifndef NMLX_CUDA_QDECODE_H
 #define NMLX_CUDA_QDECODE_H
 
+#ifndef NMLX_QGEMM_EMU /* tests/cuda/qgemm_emu.cpp supplies cuda_load_f32 */
 #include "compute/cuda/cuda_internal.h"
+#endif
 
 #include <stdint.h>
 
@@ -95,6 +97,7 @@ template <int BITS, bool MX> __device__ __forceinline__ void decode8(uint64_t v,
     }
 }
 
+#ifndef NMLX_QGEMM_EMU /* PTX */
 /* The tensor cores' mma.m16n8k16, bf16 in, f32 accumulate: c += a b
  * (fragment layouts: qmm_kernel in cuda_quant.cu, cuda_qrows_mma.cu). */
 __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
@@ -108,6 +111,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x = lo (low half) */
     return *(uint32_t *)&v;
 }
+#endif
 
 /* Scale/bias storage, a template parameter so loads carry no dtype branch
  * (a branch between a load and its use keeps the compiler from batching

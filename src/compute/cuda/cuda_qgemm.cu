@@ -31,8 +31,10 @@
  *    multiple of 64); what it declines runs gemm1 here.
  * x is split once per matmul_multi (q/k/v, gate/up read one x).
  * Scratch allocation failure: false (the caller runs qmm_kernel). */
+#ifndef NMLX_QGEMM_EMU /* tests/cuda/qgemm_emu.cpp: the kernels on the CPU */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
+#endif
 #include "compute/cuda/cuda_qdecode.h"
 
 #include <stdint.h>
@@ -231,6 +233,7 @@ static dim3 qg_grid2(int64_t rows, int64_t cols) {
     return dim3(qg_dim((cols + QG_THREADS - 1) / QG_THREADS), qg_dim(rows));
 }
 
+#ifndef NMLX_QGEMM_EMU /* the host side */
 /* ---- settings ---- */
 
 static int qgemm_mode_v = -1; /* -1: not read from the environment yet */
@@ -565,3 +568,4 @@ bool nmlx_cuda_qgemm_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, c
     qgemm_act_calls += done;
     return done;
 }
+#endif /* NMLX_QGEMM_EMU */
