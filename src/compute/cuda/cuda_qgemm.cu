@@ -187,23 +187,28 @@ __device__ __forceinline__ float qg_out(float v, float ir, float ix, const void 
     return v * ir * ix + (lb ? cuda_load_f32(lbdt, lb, d) : 0.0f);
 }
 
+/* f(t, r) for every token t < T and row r < n: blockIdx.y walks the tokens,
+ * x the rows (no index division an output; the loops cover grids smaller
+ * than the work) */
+template <class F> __device__ __forceinline__ void qg_each(int64_t T, int64_t n, F f) {
+    for (int64_t t = blockIdx.y; t < T; t += gridDim.y)
+        for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
+             r += (int64_t)gridDim.x * blockDim.x)
+            f(t, r);
+}
+
 /* y[t, d0 + r] = (c[t, r] (+ c[T + t, r] with xlo) (+ cl[t, r])) ir[r] ix[t]
  * (+ bias[d0 + r]); c column-major [n, 2T] ([n, T] without xlo), cl [n, T]
- * or NULL (the GEMMs' outputs). blockIdx.y walks the tokens: no index
- * division an output. */
+ * or NULL (the GEMMs' outputs). */
 __global__ void qg_join_kernel(const float *c, const float *cl, bool xlo, int64_t n, int64_t T,
                                const float *ix, const float *ir, float *y, int64_t D, int64_t d0,
                                const void *lb, nmlx_dtype lbdt) {
-    for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
-        const float sx = ix[t];
-        for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
-             r += (int64_t)gridDim.x * blockDim.x) {
-            const int64_t i = t * n + r;
-            float v = xlo ? c[i] + c[T * n + i] : c[i];
-            if (cl) v += cl[i];
-            y[t * D + d0 + r] = qg_out(v, ir[r], sx, lb, lbdt, d0 + r);
-        }
-    }
+    qg_each(T, n, [&](int64_t t, int64_t r) {
+        const int64_t i = t * n + r;
+        float v = xlo ? c[i] + c[T * n + i] : c[i];
+        if (cl) v += cl[i];
+        y[t * D + d0 + r] = qg_out(v, ir[r], ix[t], lb, lbdt, d0 + r);
+    });
 }
 
 /* gate/up in one (gemm1): gate[t, d0 + r] = act(g) u, g and u each as
@@ -214,16 +219,12 @@ __global__ void qg_join_act_kernel(nmlx_act act, const float *cg, const float *c
                                    int64_t T, const float *ix, const float *irg, const float *iru,
                                    float *y, int64_t D, int64_t d0, const void *bg, nmlx_dtype bgdt,
                                    const void *bu, nmlx_dtype budt) {
-    for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
-        const float sx = ix[t];
-        for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < n;
-             r += (int64_t)gridDim.x * blockDim.x) {
-            const int64_t i = t * n + r;
-            const float g = qg_out(cg[i], irg[r], sx, bg, bgdt, d0 + r);
-            const float u = qg_out(cu[i], iru[r], sx, bu, budt, d0 + r);
-            y[t * D + d0 + r] = cuda_act1(act, g) * u;
-        }
-    }
+    qg_each(T, n, [&](int64_t t, int64_t r) {
+        const int64_t i = t * n + r;
+        const float g = qg_out(cg[i], irg[r], ix[t], bg, bgdt, d0 + r);
+        const float u = qg_out(cu[i], iru[r], ix[t], bu, budt, d0 + r);
+        y[t * D + d0 + r] = cuda_act1(act, g) * u;
+    });
 }
 
 /* The grid of a [rows, cols] kernel above: x over cols (QG_THREADS a
