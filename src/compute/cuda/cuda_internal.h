@@ -282,7 +282,7 @@ bool nmlx_cuda_qgemm(nmlx_backend *be, const nmlx_weight *w, const nmlx_tensor *
                      const float *x, float *y, int64_t T);
 /* gate_up_act through it (gemm1, the default form): gate = act(x G^T + bg)
  * * (x U^T + bu), the unfused ops' bits, up never written; false (nothing
- * done) unless NMLX_CUDA_QMM_ACT=1 (nmlx_cuda_set_qmm_act), in the other
+ * done) with NMLX_CUDA_QMM_ACT=0 (nmlx_cuda_set_qmm_act), in the other
  * forms, or where the weights differ in shape or mode. */
 bool nmlx_cuda_qgemm_act(nmlx_backend *be, nmlx_act act, const nmlx_weight *g, const nmlx_weight *u,
                          const nmlx_tensor *bg, const nmlx_tensor *bu, const float *x, float *gate,
