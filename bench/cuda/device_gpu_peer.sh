@@ -20,8 +20,8 @@
 #   kernel of an 8-session step under ncu --set full; ROWS_TABLE=1: bench_cuda_quant
 #   rows; PEER=0: nmlx alone; NCU_PREFILL=1: one pp512 of each engine under ncu,
 #   kernel by kernel; NMLX_AB="NMLX_PREFILL_CHUNK=256 NMLX_CUDA_QMM_ACT=1": after the
-#   table, nmlx bench on each model again under each setting, AB_N tokens generated,
-#   until AB_DEADLINE)
+#   table, nmlx bench on each model again under each setting, AB_P prompt tokens, AB_N
+#   generated, until AB_DEADLINE)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -254,13 +254,13 @@ for k, (shape, fmt) in names.items():
     print(f"| {shape} | {fmt} | {f(lpp, ltg)} | {f(npp, ntg)} | {ratio} |")
 PY
 # 7. NMLX_AB="SETTING[+SETTING] ...": nmlx bench again on each model under each setting (an
-# A/B against the table's defaults on the same machine; -n AB_N, no run starts after AB_DEADLINE)
+# A/B against the table's defaults on the same machine; -p AB_P, -n AB_N, no run starts after AB_DEADLINE)
 for v in ${NMLX_AB:-}; do
   for m in $MODELS; do
     [ $(el) -lt ${AB_DEADLINE:-$DEADLINE} ] || { echo "deadline: $m $v not run"; continue; }
     [ -f $W/$m/config.json ] || continue
     echo "$m ${v//+/ }: $(env ${v//+/ } timeout 120 ./$B/nmlx bench -m $W/$m --device ${NMLX_DEVICE:-cuda} \
-      -p ${P:-512} -n ${AB_N:-${N:-128}} -r 3 2>/dev/null | tail -1)"
+      -p ${AB_P:-${P:-512}} -n ${AB_N:-${N:-128}} -r 3 2>/dev/null | tail -1)"
   done
 done
 echo "== device_gpu_peer done at $(el)s"
