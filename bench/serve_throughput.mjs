@@ -10,6 +10,10 @@
 // MODEL_DIR), or with --url any OpenAI-compatible server already running
 // (another `nmlx serve`, llama.cpp's llama-server), so the same clients
 // drive both engines. --json FILE appends one JSON line per stream count.
+// Where the server is nmlx's (its /health has the scheduler's time split),
+// a second table says where the scheduler thread's time went at each count:
+// per round, ms in the batched step, in the sequences' own forwards (prompt
+// chunks, lone decode steps), in sampling and delivery, and idle.
 //
 //   node bench/serve_throughput.mjs MODEL_DIR | --url http://HOST:PORT
 //        [--streams 1,2,4,8,16] [--tokens 64] [--rounds 3] [--threads 0]
@@ -79,13 +83,35 @@ async function stream(i) {
   return used;
 }
 
+// nmlx's scheduler counters from /health (null for other servers)
+const SCHED = ["rounds", "batchedSteps", "batchSeconds", "forwardSeconds", "sampleSeconds", "idleSeconds"];
+async function schedStats() {
+  try {
+    const r = await fetch(`${base}/health`);
+    const s = r.ok ? await r.json() : null;
+    return s && SCHED.every((k) => typeof s[k] === "number") ? s : null;
+  } catch {
+    return null;
+  }
+}
+const split = new Map(counts.map((n) => [n, null])); // summed counter deltas per count
+
 async function measure(n) {
+  const s0 = await schedStats();
   const t0 = performance.now();
   const got = await Promise.all(Array.from({ length: n }, (_, i) => stream(i)));
-  return got.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
+  const rate = got.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
+  const s1 = s0 && await schedStats();
+  if (s1 && split.has(n)) {
+    const acc = split.get(n) ?? Object.fromEntries(SCHED.map((k) => [k, 0]));
+    for (const k of SCHED) acc[k] += s1[k] - s0[k];
+    split.set(n, acc);
+  }
+  return rate;
 }
 
 await measure(1); // warm-up: page in the weights
+split.forEach((_, n) => split.set(n, null)); // the warm-up is not counted
 const res = new Map(counts.map((n) => [n, []]));
 for (let r = 0; r < rounds; r++) for (const n of counts) res.get(n).push(await measure(n));
 const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
@@ -96,7 +122,18 @@ for (const n of counts) {
   const m = median(res.get(n));
   console.log(`| ${n} | ${m.toFixed(2)} | ${(m / n).toFixed(2)} | ${(m / one).toFixed(2)}x |`);
   if (v.json)
-    appendFileSync(v.json, JSON.stringify({ label, streams: n, tokens, rounds, aggregate_tok_s: m, runs: res.get(n) }) + "\n");
+    appendFileSync(v.json, JSON.stringify({ label, streams: n, tokens, rounds, aggregate_tok_s: m, runs: res.get(n),
+      ...(split.get(n) ? { sched: split.get(n) } : {}) }) + "\n");
+}
+if ([...split.values()].some(Boolean)) {
+  console.log("scheduler thread, ms per round (all rounds of a count): batched step / own forwards / sampling / idle");
+  console.log("| streams | rounds | batched steps | batch | forward | sample | idle |\n| --- | --- | --- | --- | --- | --- | --- |");
+  for (const [n, a] of split) {
+    if (!a || !a.rounds) continue;
+    const ms = (k) => ((a[k] * 1000) / a.rounds).toFixed(3);
+    console.log(`| ${n} | ${a.rounds} | ${a.batchedSteps} | ${ms("batchSeconds")} | ${ms("forwardSeconds")} | ` +
+      `${ms("sampleSeconds")} | ${ms("idleSeconds")} |`);
+  }
 }
 if (server) {
   console.log("batched steps:", JSON.stringify(server.scheduler.stats));

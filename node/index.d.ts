@@ -211,7 +211,15 @@ export class Scheduler {
   constructor(model: Model, options?: SchedulerOptions);
   readonly contextLength: number;
   readonly maxBatch: number;
-  readonly stats: { active: number; waiting: number; cached: number; completed: number; cancelled: number; failed: number };
+  /**
+   * Counts for /health; rounds and the *Seconds: the scheduler thread's rounds and its time in the
+   * batched decode steps, the sequences' own forwards, sampling and delivery, and waiting for work.
+   */
+  readonly stats: {
+    active: number; waiting: number; cached: number; completed: number; cancelled: number; failed: number;
+    batchedSteps: number; batchedTokens: number; rounds: number;
+    batchSeconds: number; forwardSeconds: number; sampleSeconds: number; idleSeconds: number;
+  };
   /** Generates from token ids; `signal` in options cancels (finishReason "abort"). */
   submit(ids: number[], options?: GenerationOptions, onPiece?: (piece: string) => void): Promise<ScheduledResult>;
   /** Rejects waiting requests, lets running ones finish for graceMs (5000), cancels the rest. */

@@ -95,7 +95,7 @@ wait_health() { for _ in $(seq 300); do curl -sf "$1/health" >/dev/null && retur
 client() { # URL LABEL N
   [ "$(el)" -lt "$DEADLINE" ] || { echo "deadline: $2 N=$3 not run"; return; }
   timeout 240 node bench/serve_throughput.mjs --url "$1" --streams "$3" --tokens $TOKENS --rounds $ROUNDS \
-    --label "$2" --json "$RES" 2>&1 | tail -3
+    --label "$2" --json "$RES" 2>&1 | tail -n +2 # the table, and nmlx's scheduler time split
 }
 maxN=$(echo $STREAMS | tr ' ' '\n' | sort -n | tail -1)
 # SERIAL=1: let the llama.cpp build (ninja -j12 of CUDA sources, tens of GB) finish first

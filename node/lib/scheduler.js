@@ -68,7 +68,8 @@ export class Scheduler {
   /**
    * Counts for /health: running, waiting, cached sessions; sequences completed, cancelled, failed;
    * batchedSteps and batchedTokens (decode steps that advanced several sequences at once, and
-   * the tokens they evaluated).
+   * the tokens they evaluated); rounds, batchSeconds, forwardSeconds, sampleSeconds, idleSeconds
+   * (the native thread's rounds and where its time went: src/sched.c schedStats).
    */
   get stats() {
     return { active: this.#active.size, waiting: this.#waiting.length, cached: this.#cache.length, ...this.#counts,

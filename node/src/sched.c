@@ -37,8 +37,12 @@ typedef struct sched {
      * NULL if that failed: then sequences decode one by one) */
     nmlx_batch *batch;
     bool batch_tried;
-    /* counters for schedStats (read from JS while the thread runs) */
-    atomic_llong batched_steps, batched_tokens;
+    /* counters for schedStats (read from JS while the thread runs); the
+     * *_ns: the thread's time in each part of its rounds, so that a slow
+     * server says where its time goes (the batched step, the own forwards,
+     * sampling and delivery, or waiting for work) */
+    atomic_llong batched_steps, batched_tokens, rounds;
+    atomic_llong batch_ns, forward_ns, sample_ns, idle_ns;
     nmlx_session **b_sessions;
     int32_t *b_ids;
     gen_job **b_jobs;
@@ -52,6 +56,11 @@ static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* *acc += the nanoseconds since t0 (now_seconds) */
+static void add_since(atomic_llong *acc, double t0) {
+    atomic_fetch_add(acc, (long long)((now_seconds() - t0) * 1e9));
 }
 
 static void finish(gen_job *j, nmlx_status st, nmlx_finish_reason why) {
@@ -189,7 +198,10 @@ static void batched_step(sched *sc, gen_job *active) {
             sc->b_jobs[k++] = j;
         }
     if (k < 2) return; /* one sequence: its own eval is the same work */
-    if (nmlx_batch_eval(sc->batch, sc->b_sessions, sc->b_ids, (size_t)k) != NMLX_OK) return;
+    const double t0 = now_seconds();
+    const nmlx_status st = nmlx_batch_eval(sc->batch, sc->b_sessions, sc->b_ids, (size_t)k);
+    add_since(&sc->batch_ns, t0);
+    if (st != NMLX_OK) return;
     for (int i = 0; i < k; i++) {
         sc->b_jobs[i]->pending = -1;
         sc->b_jobs[i]->batched = true;
@@ -212,8 +224,10 @@ static void *sched_thread(void *arg) {
     gen_job *active = NULL, **tail = &active;
     for (;;) {
         pthread_mutex_lock(&sc->mu);
+        const double t_wait = now_seconds();
         while (!active && !sc->incoming && !sc->closing)
             pthread_cond_wait(&sc->cv, &sc->mu);
+        add_since(&sc->idle_ns, t_wait);
         *tail = sc->incoming; /* newcomers join at the end, in submission order */
         sc->incoming = NULL;
         bool closing = sc->closing;
@@ -225,6 +239,8 @@ static void *sched_thread(void *arg) {
         /* One round (see the top of the file): the batched decode step,
          * every other job's own forward, then sampling. */
         if (active) batched_step(sc, active);
+        atomic_fetch_add(&sc->rounds, 1);
+        const double t_fwd = now_seconds();
         gen_job **link = &active;
         while (*link) {
             gen_job *j = *link, *next = j->next; /* a finished j is JS's: not touched again */
@@ -242,6 +258,8 @@ static void *sched_thread(void *arg) {
                 link = &j->next;
             }
         }
+        add_since(&sc->forward_ns, t_fwd);
+        const double t_sample = now_seconds();
         link = &active;
         while (*link) {
             gen_job *j = *link, *next = j->next;
@@ -250,6 +268,7 @@ static void *sched_thread(void *arg) {
             else
                 link = &j->next;
         }
+        add_since(&sc->sample_ns, t_sample);
         tail = link;
     }
     sched_thread_cleanup(sc);
@@ -380,8 +399,12 @@ napi_value addon_sched_close(napi_env env, napi_callback_info info) {
     return NULL;
 }
 
-/* schedStats(handle) -> { batchedSteps, batchedTokens }: batched decode
- * steps run so far and the tokens they evaluated. */
+/* schedStats(handle) -> { batchedSteps, batchedTokens, rounds, batchSeconds,
+ * forwardSeconds, sampleSeconds, idleSeconds }: batched decode steps run so
+ * far and the tokens they evaluated; the scheduler's rounds and its thread's
+ * seconds in the batched steps, in the sequences' own forwards (prompt
+ * chunks, lone decode steps), in sampling and delivering tokens, and
+ * waiting for work. */
 napi_value addon_sched_stats(napi_env env, napi_callback_info info) {
     size_t argc = 1;
     napi_value argv[1], obj, v;
@@ -393,5 +416,14 @@ napi_value addon_sched_stats(napi_env env, napi_callback_info info) {
     NAPI_TRY(env, napi_set_named_property(env, obj, "batchedSteps", v));
     NAPI_TRY(env, napi_create_int64(env, atomic_load(&sc->batched_tokens), &v));
     NAPI_TRY(env, napi_set_named_property(env, obj, "batchedTokens", v));
+    NAPI_TRY(env, napi_create_int64(env, atomic_load(&sc->rounds), &v));
+    NAPI_TRY(env, napi_set_named_property(env, obj, "rounds", v));
+    static const char *const names[] = {"batchSeconds", "forwardSeconds", "sampleSeconds",
+                                        "idleSeconds"};
+    atomic_llong *const ns[] = {&sc->batch_ns, &sc->forward_ns, &sc->sample_ns, &sc->idle_ns};
+    for (int i = 0; i < 4; i++) {
+        NAPI_TRY(env, napi_create_double(env, (double)atomic_load(ns[i]) * 1e-9, &v));
+        NAPI_TRY(env, napi_set_named_property(env, obj, names[i], v));
+    }
     return obj;
 }

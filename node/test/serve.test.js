@@ -375,8 +375,13 @@ test("Scheduler: concurrent sequences decode in batched steps (the demo model, 8
     "kludge", "Then"];
   const rs = await Promise.all(prompts.map((p) => s.submit(m.tokenize(p), { maxTokens: 48, temperature: 0, ignoreEos: true })));
   assert.ok(rs.every((r) => r.completionTokens === 48));
-  const { batchedSteps, batchedTokens } = s.stats;
+  const { batchedSteps, batchedTokens, rounds, batchSeconds, forwardSeconds, sampleSeconds, idleSeconds } = s.stats;
   assert.ok(batchedSteps > 0 && batchedTokens >= 48, `${batchedSteps} batched steps, ${batchedTokens} tokens`);
+  // the thread's time split: every round holds at most one batched step; each part took time
+  assert.ok(rounds >= batchedSteps + 1, `${rounds} rounds, ${batchedSteps} batched steps`);
+  for (const [k, v] of Object.entries({ batchSeconds, forwardSeconds, sampleSeconds, idleSeconds }))
+    assert.ok(Number.isFinite(v) && v >= 0, `${k} ${v}`);
+  assert.ok(batchSeconds > 0 && forwardSeconds > 0 && sampleSeconds > 0, JSON.stringify(s.stats));
   await s.close();
   await m.unload();
 });
