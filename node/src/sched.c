@@ -32,7 +32,7 @@
 typedef struct sched {
     napi_ref model_ref; /* keeps the model's external (and model) alive */
     int prefill_chunk;
-    int max_batch;       /* sequences per batched decode step */
+    int max_batch; /* sequences per batched decode step */
     /* the thread's own: the batched step's buffers (created at first use;
      * NULL if that failed: then sequences decode one by one) */
     nmlx_batch *batch;
