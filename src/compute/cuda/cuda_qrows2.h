@@ -208,6 +208,34 @@ template <int BITS, bool MX> __device__ __forceinline__ void qr2_codes(uint64_t 
     }
 }
 
+/* Split-K's end (v2, v3; S > 1, after the block wrote its partial sums):
+ * the last block of this row block to finish adds the S partials in order
+ * s = 0..S-1 (the same bits whichever block comes last), adds the bias,
+ * writes y and puts the row block's counter back to 0 for the next launch.
+ * last_block: the kernel's __shared__ flag; A: qr2_args or qr3_args. */
+template <typename A>
+__device__ __forceinline__ void qr2_splitk_join(const A &a, int S, int T, int64_t D, int64_t d0,
+                                                int RB, int tid, unsigned &last_block) {
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last_block = atomicAdd(a.cnt + blockIdx.x, 1u) == (unsigned)(S - 1);
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    for (int v = tid; v < T * RB; v += QR2_THREADS) {
+        const int t = v / RB;
+        const int64_t d = d0 + v % RB;
+        if (d >= D) continue;
+        float s = 0.0f;
+        for (int k = 0; k < S; k++)
+            s += __ldcg(a.part + ((int64_t)k * T + t) * D + d);
+        a.y[(int64_t)t * D + d] = s + qr2_bias(a, d);
+    }
+#if QR2_BREAK != 2 /* test hook (qrows2_emu): the counter not put back */
+    if (tid == 0) a.cnt[blockIdx.x] = 0u;
+#endif
+}
+
 /* Block: WR = a.wr (1, 2, 4, 8) groups of 16 MT rows, the 8 / WR warps of
  * a group (wk) taking the split's chunks in turn. Up to 2 blocks an SM kept
  * resident (128 registers) where MT NT <= 8. */
@@ -343,26 +371,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         }
         __syncthreads();
     }
-    if (S == 1) return;
-    /* split-K: the last block of this row block to finish adds the partials */
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) last_block = atomicAdd(a.cnt + blockIdx.x, 1u) == (unsigned)(S - 1);
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    for (int v = tid; v < T * RB; v += QR2_THREADS) {
-        const int t = v / RB;
-        const int64_t d = d0 + v % RB;
-        if (d >= D) continue;
-        float s = 0.0f;
-        for (int k = 0; k < S; k++)
-            s += __ldcg(a.part + ((int64_t)k * T + t) * D + d);
-        a.y[(int64_t)t * D + d] = s + qr2_bias(a, d);
-    }
-#if QR2_BREAK != 2 /* test hook (qrows2_emu): the counter not put back */
-    if (tid == 0) a.cnt[blockIdx.x] = 0u;
-#endif
+    if (S > 1) qr2_splitk_join(a, S, T, D, d0, RB, tid, last_block);
 }
 
 #endif

@@ -428,24 +428,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         }
         __syncthreads();
     }
-    if (S == 1) return;
-    /* split-K: the last block of this row block to finish adds the partials */
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) last_block = atomicAdd(a.cnt + blockIdx.x, 1u) == (unsigned)(S - 1);
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    for (int v = tid; v < T * RB; v += QR2_THREADS) {
-        const int t = v / RB;
-        const int64_t d = d0 + v % RB;
-        if (d >= D) continue;
-        float s = 0.0f;
-        for (int k = 0; k < S; k++)
-            s += __ldcg(a.part + ((int64_t)k * T + t) * D + d);
-        a.y[(int64_t)t * D + d] = s + qr2_bias(a, d);
-    }
-    if (tid == 0) a.cnt[blockIdx.x] = 0u;
+    if (S > 1) qr2_splitk_join(a, S, T, D, d0, RB, tid, last_block);
 }
 
 #endif
