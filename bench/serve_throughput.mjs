@@ -58,8 +58,9 @@ const label = v.label ?? (v.url ? base : `nmlx ${positionals[0]}`);
 const TOPICS = ["the sea", "a city at night", "old machines", "rivers", "winter", "a library", "trains", "bees",
   "mountains", "the moon", "a market", "clocks", "gardens", "storms", "bridges", "lanterns"];
 
-// One streamed completion; resolves with its completion token count.
-async function stream(i) {
+// One streamed completion; resolves with its completion token count and
+// the ms from t0 (the round's start) to its first streamed bytes.
+async function stream(i, t0) {
   const res = await fetch(`${base}/v1/completions`, {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -69,8 +70,12 @@ async function stream(i) {
     }),
   });
   if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  let text = "", used = 0, pieces = 0;
-  for await (const chunk of res.body) text += Buffer.from(chunk).toString("utf8");
+  let text = "", used = 0, pieces = 0, first = -1;
+  for await (const chunk of res.body) {
+    const s = Buffer.from(chunk).toString("utf8");
+    if (first < 0 && s.includes('"choices"')) first = performance.now() - t0;
+    text += s;
+  }
   for (const line of text.split("\n")) {
     if (!line.startsWith("data: {")) continue;
     const ev = JSON.parse(line.slice(6));
@@ -80,11 +85,11 @@ async function stream(i) {
   // a server that sends no usage chunk: one streamed piece per token
   if (!used) used = pieces;
   if (used !== tokens) throw new Error(`a stream returned ${used} tokens, not ${tokens}`);
-  return used;
+  return { used, first };
 }
 
 // nmlx's scheduler counters from /health (null for other servers)
-const SCHED = ["rounds", "batchedSteps", "batchSeconds", "forwardSeconds", "sampleSeconds", "idleSeconds"];
+const SCHED = ["rounds", "batchedSteps", "batchedTokens", "batchSeconds", "forwardSeconds", "sampleSeconds", "idleSeconds"];
 async function schedStats() {
   try {
     const r = await fetch(`${base}/health`);
@@ -95,12 +100,14 @@ async function schedStats() {
   }
 }
 const split = new Map(counts.map((n) => [n, null])); // summed counter deltas per count
+const firsts = new Map(counts.map((n) => [n, []])); // ms to each stream's first token, every round
 
 async function measure(n) {
   const s0 = await schedStats();
   const t0 = performance.now();
-  const got = await Promise.all(Array.from({ length: n }, (_, i) => stream(i)));
-  const rate = got.reduce((a, b) => a + b, 0) / ((performance.now() - t0) / 1000);
+  const got = await Promise.all(Array.from({ length: n }, (_, i) => stream(i, t0)));
+  const rate = got.reduce((a, b) => a + b.used, 0) / ((performance.now() - t0) / 1000);
+  firsts.get(n)?.push(...got.map((g) => g.first));
   const s1 = s0 && await schedStats();
   if (s1 && split.has(n)) {
     const acc = split.get(n) ?? Object.fromEntries(SCHED.map((k) => [k, 0]));
@@ -112,26 +119,32 @@ async function measure(n) {
 
 await measure(1); // warm-up: page in the weights
 split.forEach((_, n) => split.set(n, null)); // the warm-up is not counted
+firsts.forEach((a) => a.splice(0));
 const res = new Map(counts.map((n) => [n, []]));
 for (let r = 0; r < rounds; r++) for (const n of counts) res.get(n).push(await measure(n));
 const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const one = median(res.get(counts[0]));
 console.log(`${label}, ${tokens} tokens per stream, medians of ${rounds} rounds, maxBatch ${maxBatch}`);
-console.log("| streams | aggregate tok/s | per stream tok/s | vs " + counts[0] + " stream(s) |\n| --- | --- | --- | --- |");
+console.log("| streams | aggregate tok/s | per stream tok/s | vs " + counts[0] + " stream(s) | first token ms, " +
+  "median / max |\n| --- | --- | --- | --- | --- |");
 for (const n of counts) {
-  const m = median(res.get(n));
-  console.log(`| ${n} | ${m.toFixed(2)} | ${(m / n).toFixed(2)} | ${(m / one).toFixed(2)}x |`);
+  const m = median(res.get(n)), f = firsts.get(n);
+  const ttft = { median: median(f), max: Math.max(...f) };
+  console.log(`| ${n} | ${m.toFixed(2)} | ${(m / n).toFixed(2)} | ${(m / one).toFixed(2)}x | ` +
+    `${ttft.median.toFixed(1)} / ${ttft.max.toFixed(1)} |`);
   if (v.json)
     appendFileSync(v.json, JSON.stringify({ label, streams: n, tokens, rounds, aggregate_tok_s: m, runs: res.get(n),
-      ...(split.get(n) ? { sched: split.get(n) } : {}) }) + "\n");
+      first_token_ms: ttft, ...(split.get(n) ? { sched: split.get(n) } : {}) }) + "\n");
 }
 if ([...split.values()].some(Boolean)) {
   console.log("scheduler thread, ms per round (all rounds of a count): batched step / own forwards / sampling / idle");
-  console.log("| streams | rounds | batched steps | batch | forward | sample | idle |\n| --- | --- | --- | --- | --- | --- | --- |");
+  console.log("| streams | rounds | batched steps | tokens a step | batch | forward | sample | idle |\n" +
+    "| --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const [n, a] of split) {
     if (!a || !a.rounds) continue;
     const ms = (k) => ((a[k] * 1000) / a.rounds).toFixed(3);
-    console.log(`| ${n} | ${a.rounds} | ${a.batchedSteps} | ${ms("batchSeconds")} | ${ms("forwardSeconds")} | ` +
+    const per = a.batchedSteps ? (a.batchedTokens / a.batchedSteps).toFixed(2) : "-";
+    console.log(`| ${n} | ${a.rounds} | ${a.batchedSteps} | ${per} | ${ms("batchSeconds")} | ${ms("forwardSeconds")} | ` +
       `${ms("sampleSeconds")} | ${ms("idleSeconds")} |`);
   }
 }

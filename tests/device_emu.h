@@ -493,7 +493,7 @@ static nmlx_status emu_create(nmlx_backend *cpu, nmlx_backend **out) {
     e->regions = calloc(EMU_MAX_REGIONS, sizeof *e->regions);
     e->base = mmap(NULL, EMU_ARENA, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (e->base == MAP_FAILED) e->base = NULL;
-    /* one caller at a time, as a GPU backend (backend.h call_mu) */
+    /* one caller at a time, as a GPU backend (backend.h call_lock) */
     if (!e->regions || !e->base || nmlx_backend_make_serial(be) != NMLX_OK) {
         emu_free(be);
         return NMLX_ERR_NOMEM;

@@ -141,7 +141,7 @@ int main(void) {
         EXPECT(0, "backends");
         return test_summary();
     }
-    EXPECT(emu->call_mu != NULL, "the emulated device takes a call lock");
+    EXPECT(emu->call_lock != NULL, "the emulated device takes a call lock");
     check(emu, "qwen3");
     check(emu, "quant_llama_q4g64_f16");
     EXPECT(emu_violations(emu) == 0, "%ld device-memory violations, first: %s", emu_violations(emu),

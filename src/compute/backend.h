@@ -345,9 +345,9 @@ struct nmlx_backend {
      * lock that the library's entry points hold across each call
      * (nmlx_backend_enter), so sessions of one model may run on different
      * threads as nmlx.h promises; NULL on the CPU, whose ops share only the
-     * worker pool (which serialises its own runs). */
-    pthread_mutex_t *call_mu;
-    int call_waiters; /* threads waiting for call_mu (__atomic builtins: C and CUDA C++) */
+     * worker pool (which serialises its own runs). First come, first served
+     * (backend_lock.c says why). */
+    struct nmlx_call_lock *call_lock;
     /* Tokens a prefill chunk should hold on this backend (0: the model's
      * own default); read through nmlx_backend_prefill_chunk. */
     int prefill_chunk;
@@ -359,25 +359,17 @@ struct nmlx_backend {
  * runs GEMMs twice as tall), else dflt (the CPU: activation memory). */
 int64_t nmlx_backend_prefill_chunk(const nmlx_backend *be, int64_t dflt);
 
-/* Makes be's entry points take one thread at a time (call_mu); the drop
- * undoes it (for the backend's free; safe on a backend without the lock). */
+/* Makes be's entry points take one thread at a time (call_lock); the drop
+ * undoes it (for the backend's free; safe on a backend without the lock).
+ * backend_lock.c. */
 nmlx_status nmlx_backend_make_serial(nmlx_backend *be);
 void nmlx_backend_drop_serial(nmlx_backend *be);
-static inline void nmlx_backend_enter(nmlx_backend *be) {
-    if (!be || !be->call_mu) return;
-    __atomic_fetch_add(&be->call_waiters, 1, __ATOMIC_RELAXED);
-    pthread_mutex_lock(be->call_mu);
-    __atomic_fetch_sub(&be->call_waiters, 1, __ATOMIC_RELAXED);
-    if (be->ops->bind_thread) be->ops->bind_thread(be);
-}
-static inline void nmlx_backend_leave(nmlx_backend *be) {
-    if (be && be->call_mu) pthread_mutex_unlock(be->call_mu);
-}
+/* Takes / lets go of be's call lock (no-ops without one); recursive. */
+void nmlx_backend_enter(nmlx_backend *be);
+void nmlx_backend_leave(nmlx_backend *be);
 /* Whether another thread waits for be's call lock (a long call such as
  * nmlx_generate lets it in between tokens) */
-static inline bool nmlx_backend_contended(nmlx_backend *be) {
-    return be && be->call_mu && __atomic_load_n(&be->call_waiters, __ATOMIC_RELAXED) > 0;
-}
+bool nmlx_backend_contended(nmlx_backend *be);
 
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
  * (copies the table into be->own_ops without the fused ops). */

@@ -91,27 +91,3 @@ void nmlx_backend_apply_env(nmlx_backend *be) {
     be->own_ops.moe_experts = NULL;
     be->ops = &be->own_ops;
 }
-
-nmlx_status nmlx_backend_make_serial(nmlx_backend *be) {
-    if (be->call_mu) return NMLX_OK;
-    pthread_mutex_t *mu = nmlx_malloc(sizeof *mu);
-    pthread_mutexattr_t a;
-    if (!mu) return nmlx_fail(NMLX_ERR_NOMEM, "backend: out of memory for its call lock");
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE); /* nmlx_generate calls eval */
-    int rc = pthread_mutex_init(mu, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0) {
-        nmlx_free(mu);
-        return nmlx_fail(NMLX_ERR_INTERNAL, "backend: cannot create its call lock");
-    }
-    be->call_mu = mu;
-    return NMLX_OK;
-}
-
-void nmlx_backend_drop_serial(nmlx_backend *be) {
-    if (!be->call_mu) return;
-    pthread_mutex_destroy(be->call_mu);
-    nmlx_free(be->call_mu);
-    be->call_mu = NULL;
-}
