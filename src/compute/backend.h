@@ -374,6 +374,9 @@ bool nmlx_backend_contended(nmlx_backend *be);
 /* For backend constructors, after setting be->ops: applies NMLX_FUSED=0
  * (copies the table into be->own_ops without the fused ops). */
 void nmlx_backend_apply_env(nmlx_backend *be);
+/* NMLX_SKIP_OPS (timing only; backend_skip.c): the named ops do nothing.
+ * Called by nmlx_backend_apply_env. */
+void nmlx_backend_apply_skip(nmlx_backend *be);
 
 /* CPU backend: portable C kernels, with AVX2+FMA+F16C versions chosen at
  * run time when the CPU has them (NMLX_CPU=portable forces the portable

@@ -1,6 +1,5 @@
 /* Backend choice by device name ("cpu", "cuda", "cuda:N"). The CUDA backend
  * exists only in builds configured with -DNMLX_CUDA=ON (NMLX_HAVE_CUDA). */
-#define _GNU_SOURCE /* PTHREAD_MUTEX_RECURSIVE */
 #include "common.h"
 #include "compute/backend.h"
 
@@ -81,13 +80,15 @@ int64_t nmlx_backend_prefill_chunk(const nmlx_backend *be, int64_t dflt) {
 
 void nmlx_backend_apply_env(nmlx_backend *be) {
     const char *env = getenv("NMLX_FUSED");
-    if (!env || strcmp(env, "0") != 0) return;
-    be->own_ops = *be->ops;
-    be->own_ops.add_rmsnorm = NULL;
-    be->own_ops.rope_kv = NULL;
-    be->own_ops.rope_kv_rows = NULL;
-    be->own_ops.gate_up_act = NULL;
-    be->own_ops.add_rmsnorm_matmul = NULL;
-    be->own_ops.moe_experts = NULL;
-    be->ops = &be->own_ops;
+    if (env && strcmp(env, "0") == 0) {
+        be->own_ops = *be->ops;
+        be->own_ops.add_rmsnorm = NULL;
+        be->own_ops.rope_kv = NULL;
+        be->own_ops.rope_kv_rows = NULL;
+        be->own_ops.gate_up_act = NULL;
+        be->own_ops.add_rmsnorm_matmul = NULL;
+        be->own_ops.moe_experts = NULL;
+        be->ops = &be->own_ops;
+    }
+    nmlx_backend_apply_skip(be);
 }
