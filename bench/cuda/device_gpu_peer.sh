@@ -21,7 +21,7 @@
 #   rows; PEER=0: nmlx alone; NCU_PREFILL=1: one pp512 of each engine under ncu,
 #   kernel by kernel; NMLX_AB="NMLX_PREFILL_CHUNK=256 NMLX_CUDA_QMM_ACT=1": after the
 #   table, nmlx bench on each model again under each setting, AB_P prompt tokens, AB_N
-#   generated, until AB_DEADLINE)
+#   generated, until AB_DEADLINE; AB_MODELS: on those models only)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
@@ -256,7 +256,7 @@ PY
 # 7. NMLX_AB="SETTING[+SETTING] ...": nmlx bench again on each model under each setting (an
 # A/B against the table's defaults on the same machine; -p AB_P, -n AB_N, no run starts after AB_DEADLINE)
 for v in ${NMLX_AB:-}; do
-  for m in $MODELS; do
+  for m in ${AB_MODELS:-$MODELS}; do
     [ $(el) -lt ${AB_DEADLINE:-$DEADLINE} ] || { echo "deadline: $m $v not run"; continue; }
     [ -f $W/$m/config.json ] || continue
     echo "$m ${v//+/ }: $(env ${v//+/ } timeout 120 ./$B/nmlx bench -m $W/$m --device ${NMLX_DEVICE:-cuda} \
