@@ -24,7 +24,7 @@
 #   generated, until AB_DEADLINE; AB_MODELS: on those models only)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
-#   BATCH_OLD's kernels), when l8b-q4 is among MODELS.
+#   BATCH_OLD's settings: words of VAR=value joined by "+"), when l8b-q4 is among MODELS.
 #
 # Carry .deps and one of:
 #   .device/lcpp-cuda  made HERE by bench/cuda/lcpp_cuda_prepare.sh: prebuilt
@@ -151,8 +151,8 @@ if [ "${CHECK:-1}" = 1 ]; then
   if echo " $MODELS " | grep -q " l8b-q4 "; then
     for v in - ${BATCH_OLD-NMLX_CUDA_ATTN_DECODE=old}; do
       [ $(el) -lt $DEADLINE ] || break
-      e=$v; [ "$v" = - ] && e=
-      echo "$(el)s bench_cuda_batch 8B 4-bit ${v}"
+      e=${v//+/ }; [ "$v" = - ] && e=
+      echo "$(el)s bench_cuda_batch 8B 4-bit ${e}"
       env $e timeout 120 ./$B/tests/bench_cuda_batch $W/l8b-q4 32 0 1,8,32 cuda 2>&1 | tail -4
     done
   fi
