@@ -4,7 +4,8 @@
 # needed, so every build checks its partition and merges. Three
 # deliberately broken builds of it must fail (DEC_BREAK=1: the one-block
 # output not normalised; 2: the counts not put back to 0; 3: the last
-# block found by counting all S blocks instead of the nb with keys).
+# block found by counting all S blocks instead of the nb with keys; 4: the
+# short-context kernel's output not normalised).
 include(CheckLanguage)
 check_language(CXX)
 if(CMAKE_CXX_COMPILER)
@@ -20,7 +21,7 @@ if(CMAKE_CXX_COMPILER)
   endfunction()
   nmlx_attn_decode_emu(attn_decode_emu 0)
   add_test(NAME attn_decode_emu COMMAND attn_decode_emu)
-  foreach(brk 1 2 3)
+  foreach(brk 1 2 3 4)
     nmlx_attn_decode_emu(attn_decode_emu_broken${brk} ${brk})
     add_test(NAME attn_decode_emu_broken${brk} COMMAND attn_decode_emu_broken${brk} quick)
     set_tests_properties(attn_decode_emu_broken${brk} PROPERTIES WILL_FAIL TRUE)

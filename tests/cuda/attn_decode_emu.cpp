@@ -120,23 +120,54 @@ template <typename K> static void dec_launch(int id, dim3 grid, K kernel) {
     }
 }
 
-/* the host side of nmlx_cuda_attention_decode with S given: grid (S, KVH),
- * po / pml: the partials (NaN-filled here when empty); *counts:
- * whether the counts were back to 0. false: the instance does not take
- * the shape */
+/* attn_short_kernel<nv> over grid (KVH), its blocks in a shuffled order */
+static void emu_short(int nv, const nmlx_attn_args &a, const int64_t *step) {
+    emu_launch_shuffled(dim3((unsigned)a.KVH), SHORT_THREADS, 0, emu_next32, [&] {
+        switch (nv) {
+        case 1: attn_short_kernel<1>(a, step); break;
+        case 2: attn_short_kernel<2>(a, step); break;
+        case 3: attn_short_kernel<3>(a, step); break;
+        default: attn_short_kernel<4>(a, step); break;
+        }
+    });
+}
+
+static int short_runs; /* launches of the short kernel that had the keys */
+
+/* the host side of nmlx_cuda_attention_decode with S given: with use_short,
+ * the short-context kernel alone where it applies and the keys are known,
+ * and in the step form it and the split kernel (each returning where the
+ * other applies), as the backend does; grid (S, KVH) for the split kernel,
+ * po / pml: the partials (NaN-filled here when empty); *counts: whether
+ * the counts were back to 0. false: the instance does not take the shape */
 static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool *counts,
                        std::vector<float> *keep_po = nullptr,
-                       std::vector<float> *keep_pml = nullptr) {
+                       std::vector<float> *keep_pml = nullptr, bool use_short = false) {
     const int64_t G = a.H / a.KVH, RQ = a.T * G;
     const int id = dec_pick(a.HD, RQ);
     if (id < 0) return false;
+    const int nv = use_short ? short_pick(a.T, a.HD, G) : 0;
+    int short_n = 0;
+    if (nv) {
+        const int64_t base = step ? *step : 0, qp = a.q_pos + base, nk = a.n_kv + base;
+        int64_t lo = a.window > 0 ? qp - a.window + 1 : 0, hi = qp < nk - 1 ? qp : nk - 1;
+        lo = lo < 0 ? 0 : lo;
+        const int64_t n = hi >= lo ? hi - lo + 1 : 0;
+        if (n <= SHORT_MAX) short_runs++;
+        if (step || n <= SHORT_MAX) emu_short(nv, a, step);
+        if (!step && n <= SHORT_MAX) {
+            *counts = counts_clear((size_t)a.KVH);
+            return true;
+        }
+        if (step) short_n = SHORT_MAX;
+    }
     std::vector<float> fresh_po, fresh_pml;
     std::vector<float> &po = keep_po ? *keep_po : fresh_po, &pml = keep_pml ? *keep_pml : fresh_pml;
     if (po.empty()) po.assign((size_t)(a.KVH * S * RQ * a.HD), NAN);
     if (pml.empty()) pml.assign((size_t)(a.KVH * S * RQ * 2), NAN);
     assert((size_t)a.KVH <= sizeof emu_cnt / sizeof emu_cnt[0]);
     dec_launch(id, dim3((unsigned)S, (unsigned)a.KVH), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_kernel<lpk, dpl, r>(a, step, S, po.data(), pml.data(), emu_cnt);
+        attn_decode_kernel<lpk, dpl, r>(a, step, S, po.data(), pml.data(), emu_cnt, short_n);
     });
     *counts = counts_clear((size_t)a.KVH);
     return true;
@@ -166,6 +197,16 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     attn_err(c.out, ref, mx, err);
     const double rel = mx > 0 ? err / mx : err; /* all-zero outputs: exact zeros */
     bool ok = rel <= 1e-5 && counts;
+    /* the backend's dispatch: the short-context kernel where it applies */
+    std::vector<float> split_out = c.out;
+    std::fill(c.out.begin(), c.out.end(), NAN);
+    bool counts_s = true;
+    emu_decode(g, step >= 0 ? &dev_step : nullptr, S, &counts_s, nullptr, nullptr, true);
+    double mx_s, err_s;
+    attn_err(c.out, ref, mx_s, err_s);
+    const double rel_s = mx_s > 0 ? err_s / mx_s : err_s;
+    ok &= rel_s <= 1e-5 && counts_s;
+    c.out = split_out;
     /* one block with keys: its direct output equals the merge's, bit for bit */
     const int nb = host_nb(c.a, S);
     bool same = true;
@@ -181,10 +222,10 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
     }
     failures += !ok;
     printf("%s T=%lld H=%lld KVH=%lld HD=%lld cap=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
-           "sinks=%d S=%d nb=%d step=%lld: rel err %.2e%s%s\n",
+           "sinks=%d S=%d nb=%d step=%lld: rel err %.2e (dispatched %.2e)%s%s\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
            (long long)cap, (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, S,
-           nb, (long long)step, rel, counts ? "" : " (counts left set)",
+           nb, (long long)step, rel, rel_s, counts && counts_s ? "" : " (counts left set)",
            same ? (nb == 1 ? " (= merge, bit for bit)" : "") : " (differs from the merge)");
     fflush(stdout);
     fail_fast();
@@ -197,7 +238,7 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
  * NaN. Every replay against the reference, the counts back to 0 each
  * time. */
 static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t window, float softcap,
-                       bool sinks, int S, const std::vector<int64_t> &pos) {
+                       bool sinks, int S, const std::vector<int64_t> &pos, bool use_short = false) {
     int64_t cap = 0;
     for (int64_t p : pos)
         cap = p + T > cap ? p + T : cap;
@@ -222,7 +263,7 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
         std::fill(c.out.begin(), c.out.end(), NAN);
         const int64_t dev_pos = p;
         bool counts = true;
-        emu_decode(g, &dev_pos, S, &counts, &po, &pml);
+        emu_decode(g, &dev_pos, S, &counts, &po, &pml, use_short);
         c.a.k = g.k, c.a.v = g.v, c.a.q_pos = p, c.a.n_kv = p + T;
         const int nb = host_nb(c.a, S);
         nbs[0] = nb < nbs[0] ? nb : nbs[0], nbs[1] = nb > nbs[1] ? nb : nbs[1];
@@ -241,11 +282,11 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
     }
     cases++;
     failures += !ok;
-    printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d: %zu "
+    printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d%s: %zu "
            "positions to %lld, nb %d..%d, worst rel err %.2e\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
-           (long long)window, softcap, sinks, S, pos.size(), (long long)cap - T, nbs[0], nbs[1],
-           worst);
+           (long long)window, softcap, sinks, S, use_short ? " +short" : "", pos.size(),
+           (long long)cap - T, nbs[0], nbs[1], worst);
     fflush(stdout);
     fail_fast();
 }
@@ -404,6 +445,12 @@ int main(int argc, char **argv) {
         run_replay(1, 16, 2, 64, 0, 0, true, 33, pos);
         run_replay(3, 8, 2, 128, 50, 30.0f, true, 66, pos);
         run_replay(1, 4, 2, 256, 0, 0, false, 7, pos);
+        /* the same with the short-context kernel recorded beside the split one */
+        run_replay(1, 8, 2, 128, 0, 0, false, 66, pos, true);
+        run_replay(1, 8, 2, 128, 0, 0, true, 1, pos, true);
+        run_replay(1, 16, 2, 64, 0, 0, true, 33, pos, true);
+        run_replay(1, 16, 2, 64, 128, 20.0f, true, 9, pos, true); /* gpt-oss-like, window 128 */
+        run_replay(3, 8, 2, 128, 50, 30.0f, true, 66, pos, true); /* T 3: the split kernel only */
     }
     /* the rows form: rows of 1..300 keys in one launch, some with one
      * block of keys and some with several (S 1: every row one block) */
@@ -411,6 +458,12 @@ int main(int argc, char **argv) {
     run_rows_case(6, 16, 2, 64, 40, true, 17, 300);
     run_rows_case(DEC_ROWS, 4, 1, 64, 16, false, 5, 300);
     run_rows_case(5, 8, 2, 128, 0, false, 1, 200);
-    printf("%d cases: %s\n", cases, failures ? "FAIL" : "PASS");
+    /* the short kernel must have taken keys (and not only returned) */
+    if (short_runs < 50) {
+        printf("FAIL: the short-context kernel took only %d launches\n", short_runs);
+        failures++;
+    }
+    printf("%d cases (%d with the short-context kernel's keys): %s\n", cases, short_runs,
+           failures ? "FAIL" : "PASS");
     return failures != 0;
 }

@@ -656,14 +656,22 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     const int64_t rq = T * (H / KVH);
     const bool dec = rq <= 16 && T <= 16,
                dec_taken = dec && HD % 4 == 0 && (HD <= 128 || (HD <= 256 && rq <= 8));
-    for (int variant = 0; variant < 5; variant++) {
-        if ((variant == 2 && T == 1) || (variant == 3 && !mma) || (variant == 4 && !dec)) continue;
+    /* variant 5: the flash-decoding kernel without its short-context form
+     * (which variant 4 takes where it applies: T 1, <= 128 keys, HD <= 128,
+     * <= 8 rows a KV head) */
+    const int64_t win_lo = window > 0 && q_pos - window + 1 > 0 ? q_pos - window + 1 : 0;
+    const int64_t seen = (q_pos < n_kv - 1 ? q_pos : n_kv - 1) - win_lo + 1;
+    const bool short_taken = dec_taken && T == 1 && HD <= 128 && H / KVH <= 8 && seen <= 128;
+    for (int variant = 0; variant < 6; variant++) {
+        if ((variant == 2 && T == 1) || (variant == 3 && !mma) || (variant >= 4 && !dec)) continue;
         nmlx_cuda_set_attn_split(variant == 1);
         nmlx_cuda_set_attn_tiled(variant == 2);
         nmlx_cuda_set_attn_mma(variant == 3);
-        nmlx_cuda_set_attn_decode(variant == 4);
+        nmlx_cuda_set_attn_decode(variant >= 4);
+        nmlx_cuda_set_attn_short(variant == 4);
         const unsigned long long launched = nmlx_cuda_attn_mma_launches(),
-                                 dec_launched = nmlx_cuda_attn_decode_launches();
+                                 dec_launched = nmlx_cuda_attn_decode_launches(),
+                                 short_launched = nmlx_cuda_attn_short_launches();
         gpu->ops->attention(gpu, &g);
         check_ok("attention");
         double e = rel_err(dout, ref, nq);
@@ -671,12 +679,20 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                            : variant == 1 ? "split"
                            : variant == 2 ? "tiled"
                            : variant == 3 ? "mma"
-                                          : "decode";
-        if (variant == 4)
+                           : variant == 4 ? "decode"
+                                          : "decode-split";
+        if (variant >= 4)
             EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + (dec_taken ? 1 : 0),
                    "attention T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel %s", (long long)T,
                    (long long)H, (long long)KVH, (long long)HD,
                    dec_taken ? "did not run" : "ran outside its contract");
+        if (variant >= 4)
+            EXPECT(nmlx_cuda_attn_short_launches() ==
+                       short_launched + (variant == 4 && short_taken ? 1 : 0),
+                   "attention T=%lld H=%lld KVH=%lld HD=%lld seen=%lld: the short-context kernel "
+                   "%s",
+                   (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)seen,
+                   variant == 4 && short_taken ? "did not run" : "ran where it should not");
         EXPECT(e <= (variant == 3 ? 2e-5 : 1e-5),
                "attention T=%lld H=%lld KVH=%lld HD=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
                "sinks=%d %s: %.2e",
@@ -696,6 +712,7 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                    (long long)n_kv, (long long)window, name, e);
     }
     nmlx_cuda_set_attn_decode(0);
+    nmlx_cuda_set_attn_short(1);
     if (time) {
         nmlx_cuda_set_attn_split(0);
         nmlx_cuda_set_attn_mma(0);
@@ -741,9 +758,13 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
     float **outs = malloc((size_t)n * sizeof *outs);
     for (int i = 0; i < n; i++)
         outs[i] = gpu->ops->alloc(gpu, nq * sizeof(float));
-    for (int mode = 1; mode >= 0; mode--) {
-        nmlx_cuda_set_attn_decode(mode);
-        const unsigned long long dec_launched = nmlx_cuda_attn_decode_launches();
+    /* mode 2: the flash-decoding kernel with its short-context form (both
+     * recorded where it may apply), 1: without it, 0: the old kernels */
+    for (int mode = 2; mode >= 0; mode--) {
+        nmlx_cuda_set_attn_decode(mode >= 1);
+        nmlx_cuda_set_attn_short(mode == 2);
+        const unsigned long long dec_launched = nmlx_cuda_attn_decode_launches(),
+                                 short_launched = nmlx_cuda_attn_short_launches();
         nmlx_attn_args g = {.q = dq,
                             .k = dk,
                             .v = dv,
@@ -762,6 +783,14 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
         nmlx_status st = nmlx_cuda_attention_graph_test(gpu, &g, pos, n, outs);
         EXPECT(st == NMLX_OK, "attention graph: %s", nmlx_last_error());
         check_ok("attention graph");
+        if (mode)
+            EXPECT(
+                nmlx_cuda_attn_short_launches() ==
+                    short_launched +
+                        (mode == 2 && T == 1 && HD % 4 == 0 && HD <= 128 && H / KVH <= 8 ? 1 : 0),
+                "attention graph T=%lld H=%lld KVH=%lld HD=%lld: short-context launches %llu",
+                (long long)T, (long long)H, (long long)KVH, (long long)HD,
+                nmlx_cuda_attn_short_launches() - short_launched);
         if (mode)
             EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + 1,
                    "attention graph T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel did not "
@@ -802,6 +831,7 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
                (long long)window, n, worst_e);
     }
     nmlx_cuda_set_attn_decode(1);
+    nmlx_cuda_set_attn_short(1);
     for (int i = 0; i < n; i++)
         gpu->ops->free(gpu, outs[i]);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);

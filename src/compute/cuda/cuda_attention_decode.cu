@@ -140,6 +140,8 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
     *lo = l < 0 ? 0 : l;
 }
 
+#include "compute/cuda/cuda_attention_short.h"
+
 /* Block (s, kvh) = (blockIdx.x, blockIdx.y) of one query's (or step's)
  * attention, a's q_pos / n_kv being q_pos / n_kv here.
  * po[((kvh * S + s) * RQ + r) * HD + d]: block s's unnormalised output of
@@ -444,7 +446,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
 template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
-                       unsigned *cnt) {
+                       unsigned *cnt, int short_n) {
     cuda_pdl_trigger();
     cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the cache are ready from here */
     int64_t q_pos = a.q_pos, n_kv = a.n_kv;
@@ -452,6 +454,11 @@ __global__ void __launch_bounds__(DEC_THREADS)
         const int64_t base = *step;
         q_pos += base;
         n_kv += base;
+    }
+    if (short_n > 0) { /* recorded with attn_short_kernel: it takes up to short_n keys */
+        int64_t lo, n;
+        short_keys(a, q_pos, n_kv, &lo, &n);
+        if (n <= short_n) return;
     }
     dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
 }
@@ -490,11 +497,45 @@ __global__ void __launch_bounds__(DEC_THREADS)
 enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 
 static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
-static unsigned long long dec_launches;
+static unsigned long long dec_launches, short_launches;
+static int short_mode = -1; /* 1: attn_short_kernel where it applies; NMLX_CUDA_ATTN_SHORT=0: 0 */
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
 
 extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
+
+extern "C" void nmlx_cuda_set_attn_short(int on) { short_mode = on ? 1 : 0; }
+
+extern "C" unsigned long long nmlx_cuda_attn_short_launches(void) { return short_launches; }
+
+static bool short_on(void) {
+    if (short_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_SHORT");
+        short_mode = !(e && !strcmp(e, "0"));
+    }
+    return short_mode == 1;
+}
+
+/* attn_short_kernel for NV (short_pick) */
+static void short_launch(nmlx_backend *be, int nv, const nmlx_attn_args *a, const int64_t *step) {
+    cudaStream_t st = cuda_of(be)->stream;
+    const dim3 grid((unsigned)a->KVH), block(SHORT_THREADS);
+    switch (nv) {
+    case 1:
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<1>, grid, block, 0, st, *a, step));
+        break;
+    case 2:
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<2>, grid, block, 0, st, *a, step));
+        break;
+    case 3:
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<3>, grid, block, 0, st, *a, step));
+        break;
+    default:
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<4>, grid, block, 0, st, *a, step));
+        break;
+    }
+    short_launches++;
+}
 
 bool nmlx_cuda_attn_decode_on(void) {
     if (dec_mode < 0) {
@@ -581,6 +622,24 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    /* short contexts (cuda_attention_short.h): that kernel alone where the
+     * keys are known here; in a recorded step, it and the split kernel, each
+     * returning where the other applies */
+    const int nv = short_on() ? short_pick(a->T, a->HD, G) : 0;
+    int short_n = 0;
+    if (nv) {
+        int64_t lo = a->window > 0 ? a->q_pos - a->window + 1 : 0, hi = a->q_pos;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi < a->n_kv - 1 ? hi : a->n_kv - 1;
+        const int64_t n = hi >= lo ? hi - lo + 1 : 0;
+        if (step || n <= SHORT_MAX) short_launch(be, nv, a, step);
+        if (!step && n <= SHORT_MAX) {
+            dec_launches++;
+            nmlx_cuda_note(be, cudaGetLastError());
+            return true;
+        }
+        if (step) short_n = SHORT_MAX;
+    }
     switch (id) {
 #define DEC_LAUNCH(ID, LPK, DPL, R)                                                                \
     case ID: {                                                                                     \
@@ -590,7 +649,7 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
         float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;                 \
         nmlx_cuda_note(be, cuda_launch_pdl(attn_decode_kernel<LPK, DPL, R>,                        \
                                            dim3((unsigned)S, (unsigned)a->KVH), dim3(DEC_THREADS), \
-                                           shm, st, *a, step, S, po, pml, cnt));                   \
+                                           shm, st, *a, step, S, po, pml, cnt, short_n));          \
         break;                                                                                     \
     }
         DEC_CONFIGS(DEC_LAUNCH)

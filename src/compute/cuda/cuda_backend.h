@@ -131,6 +131,13 @@ void nmlx_cuda_set_attn_split(int on);
  * nmlx_cuda_attn_decode_launches: its launches so far, process-wide. */
 void nmlx_cuda_set_attn_decode(int on);
 unsigned long long nmlx_cuda_attn_decode_launches(void);
+/* Within it, one query over at most 128 visible keys (HD <= 128, <= 8 query
+ * heads a KV head) through the short-context kernel (cuda_attention_short.h):
+ * 1 = on (the default), 0 = the split kernel at every length;
+ * NMLX_CUDA_ATTN_SHORT=0 sets 0 at start. nmlx_cuda_attn_short_launches:
+ * its launches so far (a recorded step launches it beside the split one). */
+void nmlx_cuda_set_attn_short(int on);
+unsigned long long nmlx_cuda_attn_short_launches(void);
 /* Test hook: attention a recorded as a decode step's graph with the step's
  * position pos[0] (a's q_pos and n_kv as at that position), then replayed
  * with the position pos[i] in device memory, as a replayed step does; each
