@@ -75,6 +75,8 @@ if [ ! -f $M/config.json ]; then
 fi
 G=/dev/shm/gg
 mkdir -p $G
+# device_serve_peer_prep.sh started in the background by a call before: let it finish
+while pgrep -f device_serve_peer_prep.sh >/dev/null; do sleep 2; done
 if [ "${PEER:-1}" = 1 ] && [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-3.1-8b-Q4_0.gguf ]; then
   # the tokenizer sits in the llama.cpp carry; wait for its unpacking (done before cmake starts)
   while [ ! -d $L/src/llama3_1 ]; do sleep 1; done
