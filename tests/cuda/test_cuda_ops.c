@@ -712,7 +712,7 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                    (long long)n_kv, (long long)window, name, e);
     }
     nmlx_cuda_set_attn_decode(0);
-    nmlx_cuda_set_attn_short(1);
+    nmlx_cuda_set_attn_short(-1); /* the default */
     if (time) {
         nmlx_cuda_set_attn_split(0);
         nmlx_cuda_set_attn_mma(0);
@@ -831,7 +831,7 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
                (long long)window, n, worst_e);
     }
     nmlx_cuda_set_attn_decode(1);
-    nmlx_cuda_set_attn_short(1);
+    nmlx_cuda_set_attn_short(-1); /* the default */
     for (int i = 0; i < n; i++)
         gpu->ops->free(gpu, outs[i]);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);

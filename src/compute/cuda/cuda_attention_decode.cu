@@ -498,20 +498,20 @@ enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 
 static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
 static unsigned long long dec_launches, short_launches;
-static int short_mode = -1; /* 1: attn_short_kernel where it applies; NMLX_CUDA_ATTN_SHORT=0: 0 */
+static int short_mode = -1; /* 1: attn_short_kernel where it applies (NMLX_CUDA_ATTN_SHORT=1) */
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
 
 extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_launches; }
 
-extern "C" void nmlx_cuda_set_attn_short(int on) { short_mode = on ? 1 : 0; }
+extern "C" void nmlx_cuda_set_attn_short(int on) { short_mode = on < 0 ? -1 : on ? 1 : 0; }
 
 extern "C" unsigned long long nmlx_cuda_attn_short_launches(void) { return short_launches; }
 
 static bool short_on(void) {
     if (short_mode < 0) {
         const char *e = getenv("NMLX_CUDA_ATTN_SHORT");
-        short_mode = !(e && !strcmp(e, "0"));
+        short_mode = e && !strcmp(e, "1");
     }
     return short_mode == 1;
 }

@@ -3,7 +3,7 @@
  * by cuda_attention_decode.cu (device code only: its emulation,
  * tests/cuda/attn_decode_emu.cpp, runs it on the CPU too).
  *
- * Why: NMLX_SKIP_OPS=attention (H100, session 21) showed what the
+ * Why it was written: NMLX_SKIP_OPS=attention (H100, session 21) showed what the
  * flash-decoding kernel costs inside a real decode step: 13.4 us a layer on
  * the 8B 4-bit, 11.4 on the 1B (tg128 after a 16-token prompt), 16% and 22%
  * of a token, while rope_kv, a launch of similar size, costs 0.7 us. The
@@ -29,7 +29,16 @@
  *
  * In a recorded step the number of keys is known on the device only: the
  * step records this kernel and the split kernel, and each returns at once
- * where the other applies (N <= SHORT_MAX: this one). */
+ * where the other applies (N <= SHORT_MAX: this one).
+ *
+ * Measured (H100, session 21): right the first time (test_cuda_ops 13,250
+ * and test_cuda_fixtures 502 passed with it), and no faster inside a decode
+ * step: tg128 after a 16-token prompt 385.1 / 1,228.2 tok/s (8B / 1B 4-bit)
+ * against 384.3 / 1,225.4 with the split kernel. So the 11-13 us a layer
+ * that attention costs there is not the split kernel's chain of round
+ * trips: a one-trip kernel costs the same. Opt-in (NMLX_CUDA_ATTN_SHORT=1),
+ * kept for the next diagnosis (what a kernel between the rope_kv and the o
+ * mat-vec costs, whatever it does). */
 #ifndef NMLX_CUDA_ATTENTION_SHORT_H
 #define NMLX_CUDA_ATTENTION_SHORT_H
 

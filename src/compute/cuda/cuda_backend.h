@@ -133,9 +133,10 @@ void nmlx_cuda_set_attn_decode(int on);
 unsigned long long nmlx_cuda_attn_decode_launches(void);
 /* Within it, one query over at most 128 visible keys (HD <= 128, <= 8 query
  * heads a KV head) through the short-context kernel (cuda_attention_short.h):
- * 1 = on (the default), 0 = the split kernel at every length;
- * NMLX_CUDA_ATTN_SHORT=0 sets 0 at start. nmlx_cuda_attn_short_launches:
- * its launches so far (a recorded step launches it beside the split one). */
+ * 1 = on, 0 = the split kernel at every length (the default: the short
+ * kernel measured no faster, session 21), -1 = as NMLX_CUDA_ATTN_SHORT
+ * says (=1: on). nmlx_cuda_attn_short_launches: its launches so far (a
+ * recorded step launches it beside the split one). */
 void nmlx_cuda_set_attn_short(int on);
 unsigned long long nmlx_cuda_attn_short_launches(void);
 /* Test hook: attention a recorded as a decode step's graph with the step's
