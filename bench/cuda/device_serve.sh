@@ -83,10 +83,13 @@ if [ "${PEER:-1}" = 1 ] && [ ! -f $G/llama-3.1-8b-F16.gguf ] && [ ! -f $G/llama-
   python3 "${S_GGUF:-$S}/make_gguf.py" --gguf-py $L/src/llama.cpp/gguf-py --tok $L/src/llama3_1 --out $G \
     --models llama-3.1-8b > "$OUT/gguf.log" 2>&1 || { tail "$OUT/gguf.log"; exit 1; }
 fi
-if [ ! -d $L/src/llama3_1 ]; then # PEER=0: the tokenizer alone from the llama.cpp carry
-  mkdir -p $L/src && tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src llama3_1 2>/dev/null ||
-    tar -xJf "$S/lcpp-server-src.tar.xz" -C $L/src
+if [ ! -d $L/src/llama3_1 ]; then # PEER=0: the tokenizer alone, from whichever llama.cpp carry came
+  mkdir -p $L/src
+  for t in "$P/aux.tar.xz" "$S/lcpp-server-src.tar.xz"; do
+    [ -f "$t" ] && tar -xJf "$t" -C $L/src llama3_1 2>/dev/null && break
+  done
 fi
+[ -d $L/src/llama3_1 ] || { echo "no tokenizer: carry .device/serve/lcpp-server-src.tar.xz or .device/lcpp-cuda"; exit 1; }
 cp $L/src/llama3_1/tokenizer*.json $M/
 echo "models written at $(el)s"
 
