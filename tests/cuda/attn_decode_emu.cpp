@@ -149,10 +149,9 @@ static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool
     const int nv = use_short ? short_pick(a.T, a.HD, G) : 0;
     int short_n = 0;
     if (nv) {
-        const int64_t base = step ? *step : 0, qp = a.q_pos + base, nk = a.n_kv + base;
-        int64_t lo = a.window > 0 ? qp - a.window + 1 : 0, hi = qp < nk - 1 ? qp : nk - 1;
-        lo = lo < 0 ? 0 : lo;
-        const int64_t n = hi >= lo ? hi - lo + 1 : 0;
+        const int64_t base = step ? *step : 0;
+        int64_t lo;
+        const int64_t n = short_keys(a.q_pos + base, a.n_kv + base, a.window, &lo);
         if (n <= SHORT_MAX) short_runs++;
         if (step || n <= SHORT_MAX) emu_short(nv, a, step);
         if (!step && n <= SHORT_MAX) {

@@ -140,6 +140,20 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
     *lo = l < 0 ? 0 : l;
 }
 
+/* Warp-wide max and sum, xor 16, 8, 4, 2, 1 (every lane ends with the result) */
+static inline __device__ float dec_warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+static inline __device__ float dec_warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
 #include "compute/cuda/cuda_attention_short.h"
 
 /* Block (s, kvh) = (blockIdx.x, blockIdx.y) of one query's (or step's)
@@ -398,9 +412,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
 #pragma unroll
         for (int k = 0; k < DEC_MAX_S / 32; k++)
             M = fmaxf(M, ms[k]);
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-            M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+        M = dec_warp_max(M);
         float L = 0.0f;
 #pragma unroll
         for (int k = 0; k < DEC_MAX_S / 32; k++) {
@@ -409,9 +421,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
             L = fmaf(f, ls[k], L);
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-            L += __shfl_xor_sync(0xffffffffu, L, off);
+        L = dec_warp_sum(L);
         if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
     }
     __syncthreads();
@@ -456,9 +466,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
         n_kv += base;
     }
     if (short_n > 0) { /* recorded with attn_short_kernel: it takes up to short_n keys */
-        int64_t lo, n;
-        short_keys(a, q_pos, n_kv, &lo, &n);
-        if (n <= short_n) return;
+        int64_t lo;
+        if (short_keys(q_pos, n_kv, a.window, &lo) <= short_n) return;
     }
     dec_block<LPK, DPL, R>(a, q_pos, n_kv, S, po, pml, cnt);
 }
@@ -628,10 +637,8 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     const int nv = short_on() ? short_pick(a->T, a->HD, G) : 0;
     int short_n = 0;
     if (nv) {
-        int64_t lo = a->window > 0 ? a->q_pos - a->window + 1 : 0, hi = a->q_pos;
-        lo = lo < 0 ? 0 : lo;
-        hi = hi < a->n_kv - 1 ? hi : a->n_kv - 1;
-        const int64_t n = hi >= lo ? hi - lo + 1 : 0;
+        int64_t lo;
+        const int64_t n = short_keys(a->q_pos, a->n_kv, a->window, &lo);
         if (step || n <= SHORT_MAX) short_launch(be, nv, a, step);
         if (!step && n <= SHORT_MAX) {
             dec_launches++;

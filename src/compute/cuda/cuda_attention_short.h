@@ -65,13 +65,15 @@ static inline __host__ __device__ int short_pick(int64_t T, int64_t HD, int64_t 
  * HD / 4, so that it divides the block) */
 template <int NV> struct short_cols { static constexpr int v = NV == 1 ? 8 : NV == 2 ? 16 : 32; };
 
-/* Keys row 0 sees (T = 1): [lo, lo + n); as the split kernel computes them */
-static inline __device__ void short_keys(const nmlx_attn_args &a, int64_t q_pos, int64_t n_kv,
-                                         int64_t *lo, int64_t *n) {
-    int64_t l, h;
-    dec_visible(a, q_pos, n_kv, 0, &l, &h);
+/* Keys one query at q_pos sees: [lo, lo + n), dec_visible's arithmetic
+ * (row 0); the host, both kernels and the emulation count them with this */
+static inline __host__ __device__ int64_t short_keys(int64_t q_pos, int64_t n_kv, int64_t window,
+                                                     int64_t *lo) {
+    const int64_t hi = q_pos < n_kv - 1 ? q_pos : n_kv - 1;
+    int64_t l = window > 0 ? q_pos - window + 1 : 0;
+    l = l < 0 ? 0 : l;
     *lo = l;
-    *n = h >= l ? h - l + 1 : 0;
+    return hi >= l ? hi - l + 1 : 0;
 }
 
 /* The block of KV head blockIdx.x; lo, N: its keys (N <= SHORT_MAX) */
@@ -155,9 +157,7 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
             const int kk = lane + 32 * m;
             if (kk < N) M = fmaxf(M, ss[r * SHORT_MAX + kk]);
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-            M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+        M = dec_warp_max(M);
         float L = 0.0f;
 #pragma unroll
         for (int m = 0; m < SHORT_MAX / 32; m++) {
@@ -168,9 +168,7 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
                 L += p;
             }
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-            L += __shfl_xor_sync(0xffffffffu, L, off);
+        L = dec_warp_sum(L);
         if (lane == 0) sl[r] = L + (a.sinks && M != -INFINITY ? expf(sink - M) : 0.0f);
     }
     __syncthreads();
@@ -221,8 +219,8 @@ __global__ void __launch_bounds__(SHORT_THREADS, 1)
         q_pos += base;
         n_kv += base;
     }
-    int64_t lo, n;
-    short_keys(a, q_pos, n_kv, &lo, &n);
+    int64_t lo;
+    const int64_t n = short_keys(q_pos, n_kv, a.window, &lo);
     if (n > SHORT_MAX) return;
     short_block<NV>(a, lo, n);
 }
