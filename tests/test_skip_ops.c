@@ -25,12 +25,16 @@ static nmlx_backend *make(const char *skip, const char *fused) {
 
 int main(void) {
     nmlx_backend *plain = make(NULL, NULL);
-    nmlx_backend *sk = make("rmsnorm,attention,bogus", NULL);
+    nmlx_backend *sk = make("rmsnorm,attention,bogus,act_mul,attention_rows", NULL);
     nmlx_backend *both = make("matmul", "0");
     if (!plain || !sk || !both) return test_summary();
 
     EXPECT(sk->ops->rmsnorm != plain->ops->rmsnorm, "rmsnorm replaced");
     EXPECT(sk->ops->attention != plain->ops->attention, "attention replaced");
+    EXPECT(sk->ops->act_mul != plain->ops->act_mul, "act_mul replaced");
+    EXPECT(sk->ops->attention_rows == plain->ops->attention_rows,
+           "an op the backend lacks stays absent (%s)",
+           plain->ops->attention_rows ? "has it" : "NULL");
     EXPECT(sk->ops->matmul == plain->ops->matmul, "matmul kept");
     EXPECT(sk->ops->add == plain->ops->add, "add kept");
     EXPECT(both->ops->matmul != plain->ops->matmul, "matmul replaced with NMLX_FUSED=0");

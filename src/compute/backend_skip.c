@@ -5,7 +5,8 @@
  * launch, graph replay) included, which a kernel profiler's one-kernel-at-
  * a-time durations leave out. Outputs are wrong while it is set; the
  * library says so on stderr once. Ops: attention, add_rmsnorm, rope_kv,
- * rmsnorm, matmul, matmul_multi, gate_up_act, embed. */
+ * rmsnorm, matmul, matmul_multi, gate_up_act, embed, and for batched steps
+ * attention_rows, rope_kv_rows, act_mul, add. */
 #include "common.h"
 #include "compute/backend.h"
 
@@ -43,6 +44,23 @@ static void skip_embed(nmlx_backend *be, const nmlx_weight *table, const int32_t
     (void)be, (void)table, (void)ids, (void)T, (void)scale, (void)out;
 }
 
+static void skip_attention_rows(nmlx_backend *be, const nmlx_attn_args *a,
+                                const nmlx_attn_row *rows, int64_t R) {
+    (void)be, (void)a, (void)rows, (void)R;
+}
+static bool skip_rope_kv_rows(nmlx_backend *be, const nmlx_rope_kv_args *a,
+                              const nmlx_kv_row_dst *rows, int64_t R) {
+    (void)be, (void)a, (void)rows, (void)R;
+    return true; /* "done": the caller makes no per-row calls instead */
+}
+static void skip_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
+                         float *out, int64_t n) {
+    (void)be, (void)act, (void)gate, (void)up, (void)out, (void)n;
+}
+static void skip_add(nmlx_backend *be, const float *a, const float *b, float *out, int64_t n) {
+    (void)be, (void)a, (void)b, (void)out, (void)n;
+}
+
 /* Whether the comma-separated list names op */
 static bool listed(const char *list, const char *op) {
     const size_t n = strlen(op);
@@ -73,6 +91,10 @@ void nmlx_backend_apply_skip(nmlx_backend *be) {
     if (listed(env, "matmul_multi") && o->matmul_multi) o->matmul_multi = skip_matmul_multi;
     if (listed(env, "gate_up_act") && o->gate_up_act) o->gate_up_act = skip_gate_up_act;
     if (listed(env, "embed") && o->embed) o->embed = skip_embed;
+    if (listed(env, "attention_rows") && o->attention_rows) o->attention_rows = skip_attention_rows;
+    if (listed(env, "rope_kv_rows") && o->rope_kv_rows) o->rope_kv_rows = skip_rope_kv_rows;
+    if (listed(env, "act_mul") && o->act_mul) o->act_mul = skip_act_mul;
+    if (listed(env, "add") && o->add) o->add = skip_add;
     static bool said;
     if (!said) {
         said = true;
