@@ -525,24 +525,12 @@ static bool short_on(void) {
     return short_mode == 1;
 }
 
-/* attn_short_kernel for NV (short_pick) */
+/* attn_short_kernel for NV (short_pick: 1..4) */
 static void short_launch(nmlx_backend *be, int nv, const nmlx_attn_args *a, const int64_t *step) {
-    cudaStream_t st = cuda_of(be)->stream;
-    const dim3 grid((unsigned)a->KVH), block(SHORT_THREADS);
-    switch (nv) {
-    case 1:
-        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<1>, grid, block, 0, st, *a, step));
-        break;
-    case 2:
-        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<2>, grid, block, 0, st, *a, step));
-        break;
-    case 3:
-        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<3>, grid, block, 0, st, *a, step));
-        break;
-    default:
-        nmlx_cuda_note(be, cuda_launch_pdl(attn_short_kernel<4>, grid, block, 0, st, *a, step));
-        break;
-    }
+    void (*const kernels[])(nmlx_attn_args, const int64_t *) = {
+        attn_short_kernel<1>, attn_short_kernel<2>, attn_short_kernel<3>, attn_short_kernel<4>};
+    nmlx_cuda_note(be, cuda_launch_pdl(kernels[nv - 1], dim3((unsigned)a->KVH), dim3(SHORT_THREADS),
+                                       0, cuda_of(be)->stream, *a, step));
     short_launches++;
 }
 
