@@ -140,6 +140,18 @@ static inline __device__ void dec_visible(const nmlx_attn_args &a, int64_t q_pos
     *lo = l < 0 ? 0 : l;
 }
 
+/* A launched-early kernel's start: let the next kernel launch, wait for the
+ * one ahead (q and the cache are ready from here), then the query's
+ * position and keys: a's, or in a recorded step deltas from *step */
+static inline __device__ void dec_start(const nmlx_attn_args &a, const int64_t *step,
+                                        int64_t *q_pos, int64_t *n_kv) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait();
+    const int64_t base = step ? *step : 0;
+    *q_pos = a.q_pos + base;
+    *n_kv = a.n_kv + base;
+}
+
 /* Warp-wide max and sum, xor 16, 8, 4, 2, 1 (every lane ends with the result) */
 static inline __device__ float dec_warp_max(float v) {
 #pragma unroll
@@ -457,14 +469,8 @@ template <int LPK, int DPL, int R>
 __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(nmlx_attn_args a, const int64_t *step, int S, float *po, float *pml,
                        unsigned *cnt, int short_n) {
-    cuda_pdl_trigger();
-    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the cache are ready from here */
-    int64_t q_pos = a.q_pos, n_kv = a.n_kv;
-    if (step) {
-        const int64_t base = *step;
-        q_pos += base;
-        n_kv += base;
-    }
+    int64_t q_pos, n_kv;
+    dec_start(a, step, &q_pos, &n_kv); /* launched early (cuda_launch_pdl) */
     if (short_n > 0) { /* recorded with attn_short_kernel: it takes up to short_n keys */
         int64_t lo;
         if (short_keys(q_pos, n_kv, a.window, &lo) <= short_n) return;

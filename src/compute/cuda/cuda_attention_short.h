@@ -211,14 +211,8 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
 template <int NV>
 __global__ void __launch_bounds__(SHORT_THREADS, 1)
     attn_short_kernel(nmlx_attn_args a, const int64_t *step) {
-    cuda_pdl_trigger();
-    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the cache are ready from here */
-    int64_t q_pos = a.q_pos, n_kv = a.n_kv;
-    if (step) {
-        const int64_t base = *step;
-        q_pos += base;
-        n_kv += base;
-    }
+    int64_t q_pos, n_kv;
+    dec_start(a, step, &q_pos, &n_kv); /* launched early (cuda_launch_pdl) */
     int64_t lo;
     const int64_t n = short_keys(q_pos, n_kv, a.window, &lo);
     if (n > SHORT_MAX) return;
