@@ -330,30 +330,41 @@ extern "C" void nmlx_cuda_set_attn_split(int on) { split_mode = on ? 1 : 0; }
 /* NMLX_CUDA_ATTN_EMPTY=pdl|nowait|plain (timing only; the output is not
  * written): attention replaced by an empty one-warp kernel, launched early
  * and waiting for the kernel ahead (pdl), launched early without waiting
- * (nowait), or launched plainly (plain). Against NMLX_SKIP_OPS=attention
- * (no launch at all) it says what a kernel's place in the decode chain
- * costs, apart from its work (bench/cuda/README.md, session 21). */
+ * (nowait), or launched plainly (plain); wide: launched early and waiting,
+ * with the decode kernel's grid (4 blocks an SM) and 48 KB of shared memory
+ * a block, so that its blocks hold the SMs until the kernel ahead ends, as
+ * the decode kernel's do. Against NMLX_SKIP_OPS=attention (no launch at
+ * all) it says what a kernel's place in the decode chain costs, apart from
+ * its work (bench/cuda/README.md, session 21). */
 __global__ void attn_empty_kernel(int wait) {
     cuda_pdl_trigger();
     if (wait) cuda_pdl_wait();
 }
 
-static int empty_mode = -1; /* 0 off, 1 pdl, 2 nowait, 3 plain */
+static int empty_mode = -1; /* 0 off, 1 pdl, 2 nowait, 3 plain, 4 wide */
 
-static bool attention_empty(nmlx_backend *be) {
+static bool attention_empty(nmlx_backend *be, const nmlx_attn_args *a) {
     if (empty_mode < 0) {
         const char *e = getenv("NMLX_CUDA_ATTN_EMPTY");
         empty_mode = !e                     ? 0
                      : !strcmp(e, "pdl")    ? 1
                      : !strcmp(e, "nowait") ? 2
                      : !strcmp(e, "plain")  ? 3
+                     : !strcmp(e, "wide")   ? 4
                                             : 0;
     }
     if (!empty_mode) return false;
     cudaStream_t st = cuda_of(be)->stream;
     if (empty_mode == 3)
         attn_empty_kernel<<<1, 32, 0, st>>>(1);
-    else
+    else if (empty_mode == 4) {
+        const cuda_impl *c = cuda_of(be);
+        const int64_t kvh = a->KVH > 0 ? a->KVH : 1, sms = c->dec_sms > 0 ? c->dec_sms : 132;
+        nmlx_cuda_note(be,
+                       cuda_launch_pdl(attn_empty_kernel,
+                                       dim3((unsigned)((4 * sms + kvh - 1) / kvh), (unsigned)kvh),
+                                       dim3(128), 48u << 10, st, 1));
+    } else
         nmlx_cuda_note(be, cuda_launch_pdl(attn_empty_kernel, dim3(1), dim3(32), 0, st,
                                            empty_mode == 1 ? 1 : 0));
     nmlx_cuda_note(be, cudaGetLastError());
@@ -362,7 +373,7 @@ static bool attention_empty(nmlx_backend *be) {
 
 void nmlx_cuda_attention(nmlx_backend *be, const nmlx_attn_args *a) {
     if (a->T <= 0 || a->H <= 0 || a->HD <= 0) return;
-    if (a->T == 1 && attention_empty(be)) return;
+    if (a->T == 1 && attention_empty(be, a)) return;
     if (a->HD > MAX_DPT * THREADS) { /* no model has such heads; refuse loudly */
         nmlx_cuda_note(be, cudaErrorInvalidValue);
         return;
