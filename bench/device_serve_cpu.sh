@@ -7,6 +7,8 @@
 # machine's), each thread count pinned with taskset to that many cores.
 #
 #   OUT=dir [THREADS="2 8"] [STREAMS=1,2,4,8,16] [ROUNDS=1] bash bench/device_serve_cpu.sh
+#   PREP=1: the addon and the checkpoint only (e.g. in the background while a
+#   GPU benchmark runs); a later run on the same machine finds them.
 #
 # Carry .deps, .device/cpu-peer (make_models.py, gguf-py, the Qwen3 tokenizer)
 # and .device/serve's node.xz, node_modules.tar.xz and node-include (node and
@@ -52,6 +54,7 @@ fi
 echo "addon built at $(el)s"
 if [ -n "${MPID:-}" ]; then wait $MPID || { tail "$OUT/make_models.log"; exit 1; }; fi
 echo "checkpoint written at $(el)s"
+[ "${PREP:-0}" = 1 ] && exit 0
 
 RES=$OUT/serve_cpu.jsonl
 : > "$RES"
