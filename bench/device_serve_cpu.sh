@@ -8,7 +8,9 @@
 #
 #   OUT=dir [THREADS="2 8"] [STREAMS=1,2,4,8,16] [ROUNDS=1] bash bench/device_serve_cpu.sh
 #   PREP=1: the addon and the checkpoint only (e.g. in the background while a
-#   GPU benchmark runs); a later run on the same machine finds them.
+#   GPU benchmark runs); a later run on the same machine waits for it (a flag
+#   file, not `pgrep -f`, which also matches the calling shell's command line
+#   when that names this script) and finds them.
 #
 # Carry .deps, .device/cpu-peer (make_models.py, gguf-py, the Qwen3 tokenizer; by
 # name: lcpp-src.tar.xz, peer/make_models.py and tok-qwen3.tar.xz, see below)
@@ -40,6 +42,13 @@ fi
 
 # the checkpoint (make_models.py needs gguf-py at import) while the addon builds
 W=/dev/shm/nmlx-serve-cpu
+F=/dev/shm/nmlx-serve-cpu.prep # a PREP=1 run under way
+if [ "${PREP:-0}" = 1 ]; then
+  touch $F
+  trap 'rm -f $F' EXIT
+else
+  while [ -f $F ]; do sleep 2; done
+fi
 M=$W/models/qwen3-0.6b/hf
 if [ ! -f "$M/model.safetensors" ]; then
   rm -rf "$W" && mkdir -p "$W/peer/work/llama.cpp-src"

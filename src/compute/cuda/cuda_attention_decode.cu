@@ -57,6 +57,14 @@
  * 356.5 tok/s at K = 64 against 367.0; bench_cuda_attn: the default
  * fastest at every length) and was removed.
  *
+ * Inside a decode step (H100, session 22): an empty kernel launched in
+ * this one's place costs ~1 us a layer, this kernel ~12 (ncu: 12.2 us for
+ * the 8B layer at a few dozen keys, 9.9 cycles an issued instruction,
+ * 12.8% occupancy, memory stalls the least): a block with keys is bound by
+ * the latency of its instruction chain, not by its loads. Its index
+ * arithmetic is therefore 32-bit (dec_div: 14 64-bit divisions in the
+ * PTX of that instance before, 2 fallbacks now); the gain is to measure.
+ *
  * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
  * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
  * the kernel block by block on the CPU. */
@@ -82,8 +90,15 @@ enum {
 
 /* The keys of a block when N keys are split over S blocks (the host and
  * every block compute the same); nb = ceil(N / len) <= S. */
+/* a / b for 0 <= a, 0 < b: 32-bit where both fit (a 64-bit division is a
+ * subroutine of dozens of instructions, and this kernel's blocks are bound
+ * by their instructions' latency at short contexts: ncu, H100, session 22) */
+static inline __host__ __device__ int64_t dec_div(int64_t a, int64_t b) {
+    return (a | b) >> 31 ? a / b : (int64_t)((unsigned)a / (unsigned)b);
+}
+
 static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
-    const int64_t per = (N + S - 1) / S;
+    const int64_t per = dec_div(N + S - 1, S);
     return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;
 }
 
@@ -185,9 +200,11 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPK, lig = lane % LPK;
-    const int64_t HD = a.HD, G = a.H / a.KVH, RQ = a.T * G;
+    /* index arithmetic in 32 bits (HD <= 256, RQ <= 16, T <= 16): no 64-bit
+     * division on the way (see dec_div) */
+    const int HD = (int)a.HD, G = (int)a.H / (int)a.KVH, RQ = (int)a.T * G;
     const int s = (int)blockIdx.x;
-    const int64_t kvh = blockIdx.y;
+    const int kvh = (int)blockIdx.y;
     int64_t j0, j1;
     {
         int64_t lo, hi;
@@ -197,7 +214,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     }
     const int64_t N = j1 > j0 ? j1 - j0 : 0;
     const int64_t len = N > 0 ? dec_chunk(N, S) : 1;
-    const int nb = (int)((N + len - 1) / len);
+    const int nb = (int)dec_div(N + len - 1, len);
     /* blocks past the keys: nothing to write or read, and not counted in
      * (the count below goes to nb, which every block of this KV head
      * computes alike); no key at all (nb == 0): block 0 stays and writes
@@ -241,8 +258,8 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 const int r = i / HDC, d = i % HDC;
                 float x = 0.0f;
                 if (r < RQ && d < HD) {
-                    const int64_t t = r / G, h = kvh * G + r % G;
-                    x = a.q[(t * a.H + h) * HD + d];
+                    const int t = r / G, h = kvh * G + r % G;
+                    x = a.q[((int64_t)t * a.H + h) * HD + d];
                 }
                 sm[i] = x;
             }
@@ -280,7 +297,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 if (a.softcap > 0) sc = tanhf(sc / a.softcap) * a.softcap;
                 bool vis = valid;
                 if (!uniform && vis) {
-                    const int64_t t = r / G;
+                    const int t = r / G;
                     vis = j >= slo[t] && j <= shi[t];
                 }
                 const float mn = vis ? fmaxf(m[r], sc) : m[r];
@@ -340,8 +357,8 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         }
         __syncthreads();
         /* the block's partial: the warps merged, thread per (row, dim) */
-        for (int64_t i = tid; i < RQ * HD; i += DEC_THREADS) {
-            const int r = (int)(i / HD), d = (int)(i % HD);
+        for (int i = tid; i < RQ * HD; i += DEC_THREADS) {
+            const int r = i / HD, d = i % HD;
             float M = -INFINITY;
 #pragma unroll
             for (int w = 0; w < DEC_WARPS; w++)
@@ -361,7 +378,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             }
             /* nb == 1: the merge below of this one partial, its operations
              * in its order (the same bits): the sink as one more logit */
-            const int64_t t = r / G, h = kvh * G + r % G;
+            const int t = r / G, h = kvh * G + r % G;
             float y = 0.0f;
             if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
                 const float sink = a.sinks ? a.sinks[h] : -INFINITY;
@@ -375,7 +392,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
                 if (Lt > 0.0f) y = fmaf(f, acc, 0.0f) / Lt;
 #endif
             }
-            a.out[(t * a.H + h) * HD + d] = y;
+            a.out[((int64_t)t * a.H + h) * HD + d] = y;
         }
     }
     if (direct) return;
@@ -408,7 +425,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     /* per row (a warp each): the max over the sink and the partials, their
      * weights e^(m_s - M), the sum (every load of a lane at once) */
     for (int r = warp; r < RQ; r += DEC_WARPS) {
-        const int64_t h = kvh * G + r % G;
+        const int h = kvh * G + r % G;
         float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
 #pragma unroll
         for (int k = 0; k < DEC_MAX_S / 32; k++) {
@@ -438,10 +455,10 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     }
     __syncthreads();
     /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
-    const int64_t C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
-    for (int64_t c = tid; c < C4; c += DEC_THREADS) {
-        const int r = (int)(4 * c / HD), d = (int)(4 * c % HD);
-        const int64_t t = r / G, h = kvh * G + r % G;
+    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int c = tid; c < C4; c += DEC_THREADS) {
+        const int r = 4 * c / HD, d = 4 * c % HD;
+        const int t = r / G, h = kvh * G + r % G;
         float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
             const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
@@ -458,7 +475,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             const float L = rl[r];
             if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
         }
-        float *out = a.out + (t * a.H + h) * HD + d;
+        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
         out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
     }
 }

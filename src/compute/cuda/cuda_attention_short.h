@@ -36,9 +36,12 @@
  * step: tg128 after a 16-token prompt 385.1 / 1,228.2 tok/s (8B / 1B 4-bit)
  * against 384.3 / 1,225.4 with the split kernel. So the 11-13 us a layer
  * that attention costs there is not the split kernel's chain of round
- * trips: a one-trip kernel costs the same. Opt-in (NMLX_CUDA_ATTN_SHORT=1),
- * kept for the next diagnosis (what a kernel between the rope_kv and the o
- * mat-vec costs, whatever it does). */
+ * trips: a one-trip kernel costs the same. Opt-in (NMLX_CUDA_ATTN_SHORT=1).
+ * Session 22 found why (NMLX_CUDA_ATTN_EMPTY, ncu): an empty kernel in
+ * attention's place costs ~1 us a layer, so the cost is the kernels' own
+ * work, and both are bound by the latency of long instruction chains in
+ * few warps (this one: 8 warps a KV head, every round, row and slice in
+ * one thread's sequence), not by memory. */
 #ifndef NMLX_CUDA_ATTENTION_SHORT_H
 #define NMLX_CUDA_ATTENTION_SHORT_H
 
@@ -88,7 +91,8 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
     float *sq = (float *)sq4, *sred = (float *)sred4;
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / SHORT_LPK, lig = lane % SHORT_LPK;
-    const int64_t HD = a.HD, G = a.H / a.KVH, kvh = blockIdx.x;
+    const int HD = (int)a.HD, G = (int)a.H / (int)a.KVH,
+              kvh = (int)blockIdx.x; /* 32-bit: dec_div */
     const float *kbase = a.k + (kvh * a.cap + lo) * HD, *vbase = a.v + (kvh * a.cap + lo) * HD;
     /* every load at once: q (into shared memory below), the keys, the values */
     float qv[(SHORT_MAX_G * SHORT_MAX_HD + SHORT_THREADS - 1) / SHORT_THREADS];
@@ -189,8 +193,8 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
     }
     __syncthreads();
     /* the slices added in order; rows that see no key get zeros, as the CPU */
-    for (int64_t i = tid; i < G * HD; i += SHORT_THREADS) {
-        const int r = (int)(i / HD);
+    for (int i = tid; i < G * HD; i += SHORT_THREADS) {
+        const int r = i / HD;
         float y = 0.0f;
         for (int k = 0; k < KS; k++)
             y += sred[k * G * HD + i];
