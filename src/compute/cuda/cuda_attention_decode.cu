@@ -88,8 +88,6 @@ enum {
     DEC_BLOCKS_PER_SM = 4,
 };
 
-/* The keys of a block when N keys are split over S blocks (the host and
- * every block compute the same); nb = ceil(N / len) <= S. */
 /* a / b for 0 <= a, 0 < b: 32-bit where both fit (a 64-bit division is a
  * subroutine of dozens of instructions, and this kernel's blocks are bound
  * by their instructions' latency at short contexts: ncu, H100, session 22) */
@@ -97,6 +95,8 @@ static inline __host__ __device__ int64_t dec_div(int64_t a, int64_t b) {
     return (a | b) >> 31 ? a / b : (int64_t)((unsigned)a / (unsigned)b);
 }
 
+/* The keys of a block when N keys are split over S blocks (the host and
+ * every block compute the same); nb = ceil(N / len) <= S. */
 static inline __host__ __device__ int64_t dec_chunk(int64_t N, int S) {
     const int64_t per = dec_div(N + S - 1, S);
     return (per + DEC_ALIGN - 1) / DEC_ALIGN * DEC_ALIGN;

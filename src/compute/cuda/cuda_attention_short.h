@@ -91,8 +91,8 @@ __device__ __forceinline__ void short_block(const nmlx_attn_args &a, int64_t lo,
     float *sq = (float *)sq4, *sred = (float *)sred4;
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / SHORT_LPK, lig = lane % SHORT_LPK;
-    const int HD = (int)a.HD, G = (int)a.H / (int)a.KVH,
-              kvh = (int)blockIdx.x; /* 32-bit: dec_div */
+    /* index arithmetic in 32 bits, as dec_block's */
+    const int HD = (int)a.HD, G = (int)a.H / (int)a.KVH, kvh = (int)blockIdx.x;
     const float *kbase = a.k + (kvh * a.cap + lo) * HD, *vbase = a.v + (kvh * a.cap + lo) * HD;
     /* every load at once: q (into shared memory below), the keys, the values */
     float qv[(SHORT_MAX_G * SHORT_MAX_HD + SHORT_THREADS - 1) / SHORT_THREADS];
