@@ -21,7 +21,8 @@
 #   rows; PEER=0: nmlx alone; NCU_PREFILL=1: one pp512 of each engine under ncu,
 #   kernel by kernel; NMLX_AB="NMLX_PREFILL_CHUNK=256 NMLX_CUDA_QMM_ACT=1": after the
 #   table, nmlx bench on each model again under each setting, AB_P prompt tokens, AB_N
-#   generated, until AB_DEADLINE; AB_MODELS: on those models only)
+#   generated, until AB_DEADLINE; AB_MODELS: on those models only; NCU_TOKEN=1: then one
+#   decode token's kernels under ncu, a 2-layer 8B 4-bit, each with its top stalls)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's settings: words of VAR=value joined by "+"), when l8b-q4 is among MODELS.
@@ -263,4 +264,18 @@ for v in ${NMLX_AB:-}; do
       -p ${AB_P:-${P:-512}} -n ${AB_N:-${N:-128}} -r 3 2>/dev/null | tail -1)"
   done
 done
+# 8. NCU_TOKEN=1: one decode token's kernels under ncu (warm caches, running clock; SpeedOfLight,
+# Occupancy, WarpStateStats, LaunchStats), a 2-layer Llama-3.1-8B 4-bit, 20 launches past the
+# prompts (attention, rope_kv, add_rmsnorm and the mat-vecs only): time, occupancy and the top
+# stalls of each (ncu_stalls.py), after every timed run
+if [ "${NCU_TOKEN:-0}" = 1 ]; then
+  D=/tmp/gpu-peer-l8b-2l
+  [ -f $D/config.json ] || python3 bench/cuda/make_synth_llama.py $D 8b 4 64 2 | tail -1
+  echo "$(el)s ncu: one decode token's kernels, 2-layer 8B 4-bit"
+  timeout 150 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section LaunchStats --page raw --csv \
+    -k regex:'attn_decode_kernel|attn_short|qgemv16|rope_kv|add_rmsnorm' --launch-skip 40 --launch-count 20 \
+    ./$B/nmlx bench -m $D --device cuda -p 16 -n 8 -r 1 > "$OUT/ncu_token.csv" 2> "$OUT/ncu.err"
+  python3 bench/cuda/ncu_stalls.py "$OUT/ncu_token.csv" 6 | cut -c1-200 | head -60
+fi
 echo "== device_gpu_peer done at $(el)s"
