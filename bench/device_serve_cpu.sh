@@ -34,11 +34,7 @@ done
 { date -u +%FT%TZ; lscpu; nproc; free -g | head -2; } > "$OUT/env.txt" 2>&1
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 . bench/device_deps.sh .
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/nmlx-node/bin && xz -dc "$S/node.xz" > /tmp/nmlx-node/bin/node && chmod +x /tmp/nmlx-node/bin/node
-  export PATH=/tmp/nmlx-node/bin:$PATH
-fi
-[ -d node/node_modules/@huggingface/jinja ] || { mkdir -p node/node_modules && tar -xJf "$S/node_modules.tar.xz" -C node/node_modules; }
+. bench/device_node.sh "$S" # node (carried: the image has none)
 
 # the checkpoint (make_models.py needs gguf-py at import) while the addon builds
 W=/dev/shm/nmlx-serve-cpu

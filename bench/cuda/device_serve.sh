@@ -35,13 +35,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
 # jansson, pcre2, utf8proc from .deps/ where the image lacks them
 . bench/device_deps.sh .
-# node (carried: the image has none)
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/nmlx-node/bin && xz -dc "$S/node.xz" > /tmp/nmlx-node/bin/node && chmod +x /tmp/nmlx-node/bin/node
-  export PATH=/tmp/nmlx-node/bin:$PATH
-fi
+. bench/device_node.sh "$S" # node (carried: the image has none)
 echo "node $(node --version) at $(el)s"
-[ -d node/node_modules/@huggingface/jinja ] || { mkdir -p node/node_modules && tar -xJf "$S/node_modules.tar.xz" -C node/node_modules; }
 
 # 1. llama-server + llama-quantize with CUDA, in the background
 L=$HOME/lcpp-serve
