@@ -5,7 +5,7 @@
 # deliberately broken builds of it must fail (DEC_BREAK=1: the one-block
 # output not normalised; 2: the counts not put back to 0; 3: the last
 # block found by counting all S blocks instead of the nb with keys; 4: the
-# short-context kernel's output not normalised).
+# short-context kernel's output not normalised; 5: the phased kernel's).
 include(CheckLanguage)
 check_language(CXX)
 if(CMAKE_CXX_COMPILER)
@@ -21,7 +21,7 @@ if(CMAKE_CXX_COMPILER)
   endfunction()
   nmlx_attn_decode_emu(attn_decode_emu 0)
   add_test(NAME attn_decode_emu COMMAND attn_decode_emu)
-  foreach(brk 1 2 3 4)
+  foreach(brk 1 2 3 4 5)
     nmlx_attn_decode_emu(attn_decode_emu_broken${brk} ${brk})
     add_test(NAME attn_decode_emu_broken${brk} COMMAND attn_decode_emu_broken${brk} quick)
     set_tests_properties(attn_decode_emu_broken${brk} PROPERTIES WILL_FAIL TRUE)

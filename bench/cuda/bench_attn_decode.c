@@ -1,9 +1,11 @@
 /* Decode attention benchmark (GPU machine): one query over n_kv cached keys
  * through the old one-block-per-head kernel (NMLX_CUDA_ATTN_DECODE=old),
- * the opt-in split kernel (NMLX_CUDA_ATTN_SPLIT=1) and the flash-decoding
- * kernel (cuda_attention_decode.cu, the default), for the Llama-3.1-8B
- * layer (32 heads, 8 KV heads, HD 128) at n_kv = 64, 512, 2048, 8192, then
- * a gpt-oss-like (64 / 8, HD 64) and a Gemma-like (16 / 8, HD 256) shape.
+ * the opt-in split kernel (NMLX_CUDA_ATTN_SPLIT=1), the flash-decoding
+ * kernel (cuda_attention_decode.cu's dec_block, "new") and the phased
+ * kernel (cuda_attention_phased.h, the default for one query), for the
+ * Llama-3.1-8B layer (32 heads, 8 KV heads, HD 128) at n_kv = 16 .. 8192,
+ * then the 1B's (HD 64), a gpt-oss-like (64 / 8, HD 64) and a Gemma-like
+ * (16 / 8, HD 256) shape. NMLX_CUDA_ATTN_PHASED_RUN applies.
  * Each time is the wall time of back-to-back calls over a sync (launch
  * overhead included, as in a decode step without graphs), cycling over 32
  * layers' caches so the K/V come from DRAM as in a real step; GB/s = K/V
@@ -95,33 +97,43 @@ static void run(int64_t H, int64_t KVH, int64_t HD, int64_t n_kv, int rounds) {
                         .q_pos = n_kv - 1,
                         .n_kv = n_kv,
                         .scale = 1.0f / sqrtf((float)HD)};
-    float *o_old = malloc(nq * sizeof(float)), *o_new = malloc(nq * sizeof(float));
-    double us[3];
-    const unsigned long long launched = nmlx_cuda_attn_decode_launches();
-    for (int mode = 0; mode < 3; mode++) { /* old, split, new */
-        nmlx_cuda_set_attn_decode(mode == 2);
+    float *o_old = malloc(nq * sizeof(float)), *o_new = malloc(nq * sizeof(float)),
+          *o_ph = malloc(nq * sizeof(float));
+    double us[4];
+    const unsigned long long launched = nmlx_cuda_attn_decode_launches(),
+                             ph_launched = nmlx_cuda_attn_phased_launches();
+    for (int mode = 0; mode < 4; mode++) { /* old, split, new (dec_block), phased */
+        nmlx_cuda_set_attn_decode(mode >= 2);
         nmlx_cuda_set_attn_split(mode == 1);
+        nmlx_cuda_set_attn_phased(mode == 3);
         us[mode] = time_mode(&a, k, v, rounds);
         a.k = k[0], a.v = v[0];
         be->ops->attention(be, &a);
-        if (mode != 1) be->ops->download(be, mode ? o_new : o_old, out, nq * sizeof(float));
+        if (mode != 1)
+            be->ops->download(be,
+                              mode == 0   ? o_old
+                              : mode == 2 ? o_new
+                                          : o_ph,
+                              out, nq * sizeof(float));
     }
-    const int ran = nmlx_cuda_attn_decode_launches() > launched;
+    const int ran = nmlx_cuda_attn_decode_launches() > launched,
+              ph_ran = nmlx_cuda_attn_phased_launches() > ph_launched;
     nmlx_cuda_set_attn_split(0);
     nmlx_cuda_set_attn_decode(1);
+    nmlx_cuda_set_attn_phased(-1);
     const nmlx_status st = nmlx_backend_cuda_check(be);
     const double gb = 2.0 * (double)nk * sizeof(float) / 1e9;
-    printf(
-        "%3lld/%-2lld HD %3lld n_kv %5lld | old %8.1f us %6.0f GB/s | split %8.1f us | new %8.1f "
-        "us %6.0f GB/s | x%5.2f | diff %.1e%s%s\n",
-        (long long)H, (long long)KVH, (long long)HD, (long long)n_kv, us[0], gb / us[0] * 1e6,
-        us[1], us[2], gb / us[2] * 1e6, us[0] / us[2], max_diff(o_new, o_old, nq),
-        ran ? "" : " (new kernel DID NOT RUN)", st == NMLX_OK ? "" : " CUDA ERROR");
+    printf("%3lld/%-2lld HD %3lld n_kv %5lld | old %7.1f us | split %7.1f us | new %7.1f us %5.0f "
+           "GB/s | phased %7.1f us %5.0f GB/s | new/phased x%4.2f | diff %.1e %.1e%s%s%s\n",
+           (long long)H, (long long)KVH, (long long)HD, (long long)n_kv, us[0], us[1], us[2],
+           gb / us[2] * 1e6, us[3], gb / us[3] * 1e6, us[2] / us[3], max_diff(o_new, o_old, nq),
+           max_diff(o_ph, o_old, nq), ran ? "" : " (new kernel DID NOT RUN)",
+           ph_ran ? "" : " (phased kernel DID NOT RUN)", st == NMLX_OK ? "" : " CUDA ERROR");
     if (st != NMLX_OK) fprintf(stderr, "%s\n", nmlx_last_error());
     for (int l = 0; l < n_layers; l++)
         be->ops->free(be, k[l]), be->ops->free(be, v[l]);
     be->ops->free(be, q), be->ops->free(be, out);
-    free(hk), free(hq), free(o_old), free(o_new);
+    free(hk), free(hq), free(o_old), free(o_new), free(o_ph);
 }
 
 int main(int argc, char **argv) {
@@ -133,9 +145,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("decode attention, one query, %d layers' caches cycled, %d rounds\n", n_layers, rounds);
-    const int64_t n[] = {64, 512, 2048, 8192};
-    for (int i = 0; i < 4; i++)
+    const int64_t n[] = {16, 48, 100, 144, 512, 2048, 8192};
+    for (int i = 0; i < 7; i++)
         run(32, 8, 128, n[i], rounds);
+    run(32, 8, 64, 100, rounds);   /* Llama-3.2-1B: HD 64 */
+    run(64, 8, 64, 100, rounds);   /* gpt-oss-like, a short context */
     run(64, 8, 64, 2048, rounds);  /* gpt-oss-like */
     run(16, 8, 256, 2048, rounds); /* Gemma-like */
     nmlx_backend_free(be);

@@ -22,7 +22,9 @@
 #   kernel by kernel; NMLX_AB="NMLX_PREFILL_CHUNK=256 NMLX_CUDA_QMM_ACT=1": after the
 #   table, nmlx bench on each model again under each setting, AB_P prompt tokens, AB_N
 #   generated, until AB_DEADLINE; AB_MODELS: on those models only; NCU_TOKEN=1: then one
-#   decode token's kernels under ncu, a 2-layer 8B 4-bit, each with its top stalls)
+#   decode token's kernels under ncu, a 2-layer 8B 4-bit, each with its top stalls;
+#   ATTN_TABLE=1: bench_cuda_attn, the decode attention kernels alone, ATTN_RUNS="2 4": again
+#   with those shortest runs of the phased kernel)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
 #   test_cuda_batch) and bench_cuda_batch 1,8,32 on the 8B 4-bit (default and
 #   BATCH_OLD's settings: words of VAR=value joined by "+"), when l8b-q4 is among MODELS.
@@ -91,7 +93,7 @@ CHECK_TESTS=${CHECK_TESTS:-"test_cuda_ops test_cuda_batch"}
 ( cmake -B $B -G Ninja -DNMLX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
     -DNODE_EXECUTABLE=$(command -v node || echo /bin/true) > "$OUT/nmlx_build.log" 2>&1 &&
   cmake --build $B -j16 --target nmlx-cli $([ "${CHECK:-1}" = 1 ] && echo $CHECK_TESTS bench_cuda_batch) \
-    $([ "${ROWS_TABLE:-0}" = 1 ] && echo bench_cuda_quant) \
+    $([ "${ROWS_TABLE:-0}" = 1 ] && echo bench_cuda_quant) $([ "${ATTN_TABLE:-0}" = 1 ] && echo bench_cuda_attn) \
     >> "$OUT/nmlx_build.log" 2>&1 ) &
 NPID=$!
 
@@ -164,6 +166,16 @@ if [ "${ROWS_TABLE:-0}" = 1 ] && [ $(el) -lt $DEADLINE ]; then
   echo "$(el)s bench_cuda_quant 20 rows"
   timeout 150 ./$B/tests/bench_cuda_quant 20 rows > "$OUT/rows.txt" 2>&1
   grep -E "step|ERROR|SKIP" "$OUT/rows.txt"; awk '$1 == "q4g64" && $3 == 8' "$OUT/rows.txt"
+fi
+
+# 4a'. ATTN_TABLE=1: the decode attention kernels alone (bench_cuda_attn: old,
+# split, dec_block, phased at 16..8192 keys), then the phased kernel with
+# ATTN_RUNS' shortest runs (NMLX_CUDA_ATTN_PHASED_RUN)
+if [ "${ATTN_TABLE:-0}" = 1 ] && [ $(el) -lt $DEADLINE ]; then
+  for r in 1 ${ATTN_RUNS:-}; do
+    echo "$(el)s bench_cuda_attn 20, NMLX_CUDA_ATTN_PHASED_RUN=$r"
+    NMLX_CUDA_ATTN_PHASED_RUN=$r timeout 120 ./$B/tests/bench_cuda_attn 20 2>&1 | tee "$OUT/attn-run$r.txt" | tail -12
+  done
 fi
 
 # 4b. NCU_ROWS=1: the few-rows kernel of an 8-session batched step under ncu
@@ -274,7 +286,7 @@ if [ "${NCU_TOKEN:-0}" = 1 ]; then
   echo "$(el)s ncu: one decode token's kernels, 2-layer 8B 4-bit"
   timeout 150 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
     --section WarpStateStats --section LaunchStats --page raw --csv \
-    -k regex:'attn_decode_kernel|attn_short|qgemv16|rope_kv|add_rmsnorm' --launch-skip 40 --launch-count 20 \
+    -k regex:'attn_decode_kernel|attn_phased|attn_short|qgemv16|rope_kv|add_rmsnorm' --launch-skip 40 --launch-count 20 \
     ./$B/nmlx bench -m $D --device cuda -p 16 -n 8 -r 1 > "$OUT/ncu_token.csv" 2> "$OUT/ncu.err"
   python3 bench/cuda/ncu_stalls.py "$OUT/ncu_token.csv" 6 | cut -c1-200 | head -60
 fi

@@ -172,6 +172,81 @@ static bool emu_decode(const nmlx_attn_args &a, const int64_t *step, int S, bool
     return true;
 }
 
+static int phased_runs; /* launches of the phased kernel */
+
+/* the phased kernel's launch as nmlx_cuda_attention_decode makes it (grid
+ * (S, KVH), at least `run` tiles a block), its blocks in a shuffled order;
+ * false: it does not take the shape */
+static bool emu_phased(const nmlx_attn_args &a, const int64_t *step, int S, int run, bool *counts,
+                       std::vector<float> *keep_po = nullptr,
+                       std::vector<float> *keep_pml = nullptr) {
+    const int64_t G = a.H / a.KVH;
+    const int id = ph_pick(a.T, a.HD, G);
+    if (id < 0) return false;
+    std::vector<float> fresh_po, fresh_pml;
+    std::vector<float> &po = keep_po ? *keep_po : fresh_po, &pml = keep_pml ? *keep_pml : fresh_pml;
+    if (po.empty()) po.assign((size_t)(a.KVH * S * G * a.HD), NAN);
+    if (pml.empty()) pml.assign((size_t)(a.KVH * S * G * 2), NAN);
+    assert((size_t)a.KVH <= sizeof emu_cnt / sizeof emu_cnt[0]);
+    emu_launch_shuffled(dim3((unsigned)S, (unsigned)a.KVH), DEC_THREADS, 0, emu_next32, [&] {
+        switch (id) {
+#define PH_EMU(ID, NC, R)                                                                          \
+    case ID:                                                                                       \
+        attn_phased_kernel<NC, R>(a, step, S, run, po.data(), pml.data(), emu_cnt);                \
+        break;
+            PH_CONFIGS(PH_EMU)
+#undef PH_EMU
+        default: abort();
+        }
+    });
+    phased_runs++;
+    *counts = counts_clear((size_t)a.KVH);
+    return true;
+}
+
+/* blocks with keys of the phased kernel's launch */
+static int host_ph_nb(const nmlx_attn_args &a, int S, int run) {
+    int64_t j0 = a.window > 0 ? a.q_pos - a.window + 1 : 0;
+    j0 = j0 < 0 ? 0 : j0;
+    const int64_t hi = a.q_pos < a.n_kv - 1 ? a.q_pos : a.n_kv - 1;
+    const int64_t N = hi >= j0 ? hi - j0 + 1 : 0;
+    const int id = ph_pick(a.T, a.HD, a.H / a.KVH);
+    const int64_t len = N > 0 ? ph_chunk(N, S, ph_tile_keys(id), run) : 1;
+    return (int)((N + len - 1) / len);
+}
+
+/* The phased kernel on case c (its q, caches and reference): at S blocks
+ * and `run` tiles, against the reference; one block with keys: its direct
+ * output equals the merge's bit for bit. Adds to *ok; the worst error. */
+static double check_phased(const attn_case &c, const nmlx_attn_args &g, const int64_t *step, int S,
+                           int run, const std::vector<double> &ref, bool *ok, int *nb_out) {
+    std::vector<float> out(c.out.size(), NAN);
+    nmlx_attn_args x = g;
+    x.out = out.data();
+    bool counts = true;
+    if (!emu_phased(x, step, S, run, &counts)) return 0;
+    double mx, err;
+    attn_err(out, ref, mx, err);
+    const double rel = mx > 0 ? err / mx : err;
+    *ok &= rel <= 1e-5 && counts;
+    if (!counts) printf("  phased S=%d run=%d: counts left set\n", S, run);
+    const int nb = host_ph_nb(c.a, S, run);
+    *nb_out = nb;
+    if (nb == 1) {
+        std::vector<float> merged(out.size(), NAN);
+        x.out = merged.data();
+        emu_direct = false;
+        bool counts2 = true;
+        emu_phased(x, step, S, run, &counts2);
+        emu_direct = true;
+        if (!counts2 || memcmp(merged.data(), out.data(), out.size() * sizeof(float))) {
+            printf("  phased S=%d run=%d: the direct output differs from the merge\n", S, run);
+            *ok = false;
+        }
+    }
+    return rel;
+}
+
 /* T queries from q_pos over n_kv keys, S blocks a KV head; step >= 0: the
  * step form with the device position `step` (q_pos, n_kv passed as deltas) */
 static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap, int64_t q_pos,
@@ -219,12 +294,25 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
         same = counts2 && !memcmp(merged.data(), c.out.data(), merged.size() * sizeof(float));
         ok &= same;
     }
+    /* the phased kernel (one query): at S, and at least 3 tiles a block */
+    double rel_p = 0;
+    int nb_p = -1;
+    if (ph_pick(T, HD, H / KVH) >= 0) {
+        bool okp = true;
+        int nb3 = 0;
+        rel_p = check_phased(c, g, step >= 0 ? &dev_step : nullptr, S, 1, ref, &okp, &nb_p);
+        const double r3 =
+            check_phased(c, g, step >= 0 ? &dev_step : nullptr, S, 3, ref, &okp, &nb3);
+        rel_p = r3 > rel_p || r3 != r3 ? r3 : rel_p;
+        ok &= okp;
+    }
     failures += !ok;
     printf("%s T=%lld H=%lld KVH=%lld HD=%lld cap=%lld q_pos=%lld n_kv=%lld win=%lld cap=%g "
-           "sinks=%d S=%d nb=%d step=%lld: rel err %.2e (dispatched %.2e)%s%s\n",
+           "sinks=%d S=%d nb=%d step=%lld: rel err %.2e (dispatched %.2e, phased %.2e nb %d)%s%s\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
            (long long)cap, (long long)q_pos, (long long)n_kv, (long long)window, softcap, sinks, S,
-           nb, (long long)step, rel, rel_s, counts && counts_s ? "" : " (counts left set)",
+           nb, (long long)step, rel, rel_s, rel_p, nb_p,
+           counts && counts_s ? "" : " (counts left set)",
            same ? (nb == 1 ? " (= merge, bit for bit)" : "") : " (differs from the merge)");
     fflush(stdout);
     fail_fast();
@@ -237,7 +325,8 @@ static void run_case(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t cap,
  * NaN. Every replay against the reference, the counts back to 0 each
  * time. */
 static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t window, float softcap,
-                       bool sinks, int S, const std::vector<int64_t> &pos, bool use_short = false) {
+                       bool sinks, int S, const std::vector<int64_t> &pos, bool use_short = false,
+                       int phased_run = 0) {
     int64_t cap = 0;
     for (int64_t p : pos)
         cap = p + T > cap ? p + T : cap;
@@ -262,9 +351,13 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
         std::fill(c.out.begin(), c.out.end(), NAN);
         const int64_t dev_pos = p;
         bool counts = true;
-        emu_decode(g, &dev_pos, S, &counts, &po, &pml, use_short);
+        if (phased_run > 0) { /* the phased kernel, at least phased_run tiles a block */
+            const bool taken = emu_phased(g, &dev_pos, S, phased_run, &counts, &po, &pml);
+            assert(taken), (void)taken;
+        } else
+            emu_decode(g, &dev_pos, S, &counts, &po, &pml, use_short);
         c.a.k = g.k, c.a.v = g.v, c.a.q_pos = p, c.a.n_kv = p + T;
-        const int nb = host_nb(c.a, S);
+        const int nb = phased_run > 0 ? host_ph_nb(c.a, S, phased_run) : host_nb(c.a, S);
         nbs[0] = nb < nbs[0] ? nb : nbs[0], nbs[1] = nb > nbs[1] ? nb : nbs[1];
         std::vector<double> ref;
         ref_attention(c.a, ref);
@@ -284,8 +377,11 @@ static void run_replay(int64_t T, int64_t H, int64_t KVH, int64_t HD, int64_t wi
     printf("%s replay T=%lld H=%lld KVH=%lld HD=%lld win=%lld cap=%g sinks=%d S=%d%s: %zu "
            "positions to %lld, nb %d..%d, worst rel err %.2e\n",
            ok ? "ok  " : "FAIL", (long long)T, (long long)H, (long long)KVH, (long long)HD,
-           (long long)window, softcap, sinks, S, use_short ? " +short" : "", pos.size(),
-           (long long)cap - T, nbs[0], nbs[1], worst);
+           (long long)window, softcap, sinks, S,
+           phased_run > 0 ? " phased"
+           : use_short    ? " +short"
+                          : "",
+           pos.size(), (long long)cap - T, nbs[0], nbs[1], worst);
     fflush(stdout);
     fail_fast();
 }
@@ -450,6 +546,13 @@ int main(int argc, char **argv) {
         run_replay(1, 16, 2, 64, 0, 0, true, 33, pos, true);
         run_replay(1, 16, 2, 64, 128, 20.0f, true, 9, pos, true); /* gpt-oss-like, window 128 */
         run_replay(3, 8, 2, 128, 50, 30.0f, true, 66, pos, true); /* T 3: the split kernel only */
+        /* the phased kernel: 8B-like, one block always, gpt-oss-like with a
+         * window, Gemma-like HD 256 with softcap, 3 tiles a block */
+        run_replay(1, 8, 2, 128, 0, 0, false, 66, pos, false, 1);
+        run_replay(1, 8, 2, 128, 0, 0, true, 1, pos, false, 1);
+        run_replay(1, 16, 2, 64, 128, 20.0f, true, 9, pos, false, 1);
+        run_replay(1, 4, 2, 256, 0, 30.0f, false, 7, pos, false, 1);
+        run_replay(1, 8, 2, 128, 50, 0, true, 66, pos, false, 3);
     }
     /* the rows form: rows of 1..300 keys in one launch, some with one
      * block of keys and some with several (S 1: every row one block) */
@@ -462,7 +565,11 @@ int main(int argc, char **argv) {
         printf("FAIL: the short-context kernel took only %d launches\n", short_runs);
         failures++;
     }
-    printf("%d cases (%d with the short-context kernel's keys): %s\n", cases, short_runs,
-           failures ? "FAIL" : "PASS");
+    if (phased_runs < 200) {
+        printf("FAIL: the phased kernel ran only %d launches\n", phased_runs);
+        failures++;
+    }
+    printf("%d cases (%d with the short-context kernel's keys, %d phased launches): %s\n", cases,
+           short_runs, phased_runs, failures ? "FAIL" : "PASS");
     return failures != 0;
 }

@@ -662,16 +662,21 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
     const int64_t win_lo = window > 0 && q_pos - window + 1 > 0 ? q_pos - window + 1 : 0;
     const int64_t seen = (q_pos < n_kv - 1 ? q_pos : n_kv - 1) - win_lo + 1;
     const bool short_taken = dec_taken && T == 1 && HD <= 128 && H / KVH <= 8 && seen <= 128;
-    for (int variant = 0; variant < 6; variant++) {
+    /* variant 6: the phased kernel (one query, HD <= 256, <= 8 rows a KV
+     * head; variants 4 and 5 run with it off) */
+    const bool ph_taken = dec_taken && T == 1 && H / KVH <= 8;
+    for (int variant = 0; variant < 7; variant++) {
         if ((variant == 2 && T == 1) || (variant == 3 && !mma) || (variant >= 4 && !dec)) continue;
         nmlx_cuda_set_attn_split(variant == 1);
         nmlx_cuda_set_attn_tiled(variant == 2);
         nmlx_cuda_set_attn_mma(variant == 3);
         nmlx_cuda_set_attn_decode(variant >= 4);
         nmlx_cuda_set_attn_short(variant == 4);
+        nmlx_cuda_set_attn_phased(variant == 6);
         const unsigned long long launched = nmlx_cuda_attn_mma_launches(),
                                  dec_launched = nmlx_cuda_attn_decode_launches(),
-                                 short_launched = nmlx_cuda_attn_short_launches();
+                                 short_launched = nmlx_cuda_attn_short_launches(),
+                                 ph_launched = nmlx_cuda_attn_phased_launches();
         gpu->ops->attention(gpu, &g);
         check_ok("attention");
         double e = rel_err(dout, ref, nq);
@@ -680,12 +685,19 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                            : variant == 2 ? "tiled"
                            : variant == 3 ? "mma"
                            : variant == 4 ? "decode"
-                                          : "decode-split";
+                           : variant == 5 ? "decode-split"
+                                          : "decode-phased";
         if (variant >= 4)
             EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + (dec_taken ? 1 : 0),
                    "attention T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel %s", (long long)T,
                    (long long)H, (long long)KVH, (long long)HD,
                    dec_taken ? "did not run" : "ran outside its contract");
+        if (variant >= 4)
+            EXPECT(nmlx_cuda_attn_phased_launches() ==
+                       ph_launched + (variant == 6 && ph_taken ? 1 : 0),
+                   "attention T=%lld H=%lld KVH=%lld HD=%lld: the phased kernel %s", (long long)T,
+                   (long long)H, (long long)KVH, (long long)HD,
+                   variant == 6 && ph_taken ? "did not run" : "ran where it should not");
         if (variant >= 4)
             EXPECT(nmlx_cuda_attn_short_launches() ==
                        short_launched + (variant == 4 && short_taken ? 1 : 0),
@@ -712,7 +724,8 @@ static void test_attention_kv(int64_t T, int64_t H, int64_t KVH, int64_t HD, int
                    (long long)n_kv, (long long)window, name, e);
     }
     nmlx_cuda_set_attn_decode(0);
-    nmlx_cuda_set_attn_short(-1); /* the default */
+    nmlx_cuda_set_attn_short(-1); /* the defaults */
+    nmlx_cuda_set_attn_phased(-1);
     if (time) {
         nmlx_cuda_set_attn_split(0);
         nmlx_cuda_set_attn_mma(0);
@@ -758,13 +771,16 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
     float **outs = malloc((size_t)n * sizeof *outs);
     for (int i = 0; i < n; i++)
         outs[i] = gpu->ops->alloc(gpu, nq * sizeof(float));
-    /* mode 2: the flash-decoding kernel with its short-context form (both
-     * recorded where it may apply), 1: without it, 0: the old kernels */
-    for (int mode = 2; mode >= 0; mode--) {
+    /* mode 3: the phased kernel (where it applies), 2: the flash-decoding
+     * kernel with its short-context form (both recorded where it may
+     * apply), 1: without it, 0: the old kernels */
+    for (int mode = 3; mode >= 0; mode--) {
         nmlx_cuda_set_attn_decode(mode >= 1);
         nmlx_cuda_set_attn_short(mode == 2);
+        nmlx_cuda_set_attn_phased(mode == 3);
         const unsigned long long dec_launched = nmlx_cuda_attn_decode_launches(),
-                                 short_launched = nmlx_cuda_attn_short_launches();
+                                 short_launched = nmlx_cuda_attn_short_launches(),
+                                 ph_launched = nmlx_cuda_attn_phased_launches();
         nmlx_attn_args g = {.q = dq,
                             .k = dk,
                             .v = dv,
@@ -791,6 +807,14 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
                 "attention graph T=%lld H=%lld KVH=%lld HD=%lld: short-context launches %llu",
                 (long long)T, (long long)H, (long long)KVH, (long long)HD,
                 nmlx_cuda_attn_short_launches() - short_launched);
+        if (mode)
+            EXPECT(
+                nmlx_cuda_attn_phased_launches() ==
+                    ph_launched +
+                        (mode == 3 && T == 1 && HD % 4 == 0 && HD <= 256 && H / KVH <= 8 ? 1 : 0),
+                "attention graph T=%lld H=%lld KVH=%lld HD=%lld: phased launches %llu",
+                (long long)T, (long long)H, (long long)KVH, (long long)HD,
+                nmlx_cuda_attn_phased_launches() - ph_launched);
         if (mode)
             EXPECT(nmlx_cuda_attn_decode_launches() == dec_launched + 1,
                    "attention graph T=%lld H=%lld KVH=%lld HD=%lld: the decode kernel did not "
@@ -819,19 +843,25 @@ static void test_attention_graph(int64_t T, int64_t H, int64_t KVH, int64_t HD, 
             EXPECT(e <= 1e-5,
                    "attention graph %s T=%lld H=%lld KVH=%lld HD=%lld recorded at %lld, "
                    "replayed at %lld, win=%lld cap=%g sinks=%d: %.2e",
-                   mode ? "decode" : "old", (long long)T, (long long)H, (long long)KVH,
-                   (long long)HD, (long long)pos[0], (long long)pos[i], (long long)window, softcap,
-                   sinks, e);
+                   mode == 3 ? "phased"
+                   : mode    ? "decode"
+                             : "old",
+                   (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)pos[0],
+                   (long long)pos[i], (long long)window, softcap, sinks, e);
             note(4, e);
             if (e > worst_e || e != e) worst_e = e;
         }
         printf("attention graph %-6s T=%lld H=%lld KVH=%lld HD=%lld win=%lld: %d positions, "
                "worst rel err %.2e\n",
-               mode ? "decode" : "old", (long long)T, (long long)H, (long long)KVH, (long long)HD,
-               (long long)window, n, worst_e);
+               mode == 3 ? "phased"
+               : mode    ? "decode"
+                         : "old",
+               (long long)T, (long long)H, (long long)KVH, (long long)HD, (long long)window, n,
+               worst_e);
     }
     nmlx_cuda_set_attn_decode(1);
-    nmlx_cuda_set_attn_short(-1); /* the default */
+    nmlx_cuda_set_attn_short(-1); /* the defaults */
+    nmlx_cuda_set_attn_phased(-1);
     for (int i = 0; i < n; i++)
         gpu->ops->free(gpu, outs[i]);
     gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dv);

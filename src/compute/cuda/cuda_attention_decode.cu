@@ -183,6 +183,99 @@ static inline __device__ float dec_warp_sum(float v) {
 
 #include "compute/cuda/cuda_attention_short.h"
 
+/* The end of a block with keys that wrote its partial (po, pml, as
+ * dec_block documents): counts itself in, and the last of the nb blocks
+ * of KV head kvh merges the partials into a.out (see the top). cw: R *
+ * DEC_MAX_S floats of shared memory, rl: R, last: one int, slo / shi: the
+ * rows' visible keys (dec_visible), all shared. */
+__device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int S, int RQ, int G,
+                                          int nb, const float *po, const float *pml, unsigned *cnt,
+                                          float *cw, float *rl, int *last_, const int64_t *slo,
+                                          const int64_t *shi) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, HD = (int)a.HD;
+    int &last = *last_;
+    /* Only the nb
+     * blocks with keys count themselves in, so the last is the nb-th: it
+     * sees every partial (each block's writes are fenced before its count)
+     * and puts the count back to 0 for the next launch, whatever that
+     * launch's nb (a replayed graph at another n_kv). Counting all S blocks
+     * instead would cost the idle ones a fence and an atomic each on the
+     * same word, for nothing. */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const unsigned prev = atomicAdd(&cnt[kvh], 1u);
+#if DEC_BREAK == 3 /* test hook (attn_decode_emu): counted to S, as if every block came */
+        last = prev == (unsigned)S - 1u;
+#else
+        last = prev == (unsigned)nb - 1u;
+#endif
+#if DEC_BREAK != 2               /* test hook (attn_decode_emu): the count not put back */
+        if (last) cnt[kvh] = 0u; /* for the next launch */
+#endif
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
+    /* per row (a warp each): the max over the sink and the partials, their
+     * weights e^(m_s - M), the sum (every load of a lane at once) */
+    for (int r = warp; r < RQ; r += DEC_WARPS) {
+        const int h = kvh * G + r % G;
+        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            ms[k] = -INFINITY, ls[k] = 0.0f;
+            if (sp < nb) {
+                const size_t x = 2 * (base + (size_t)sp * RQ + r);
+                ms[k] = __ldcg(&pml[x]);
+                ls[k] = __ldcg(&pml[x + 1]);
+            }
+        }
+        float M = a.sinks ? a.sinks[h] : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++)
+            M = fmaxf(M, ms[k]);
+        M = dec_warp_max(M);
+        float L = 0.0f;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
+            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
+            L = fmaf(f, ls[k], L);
+        }
+        L = dec_warp_sum(L);
+        if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
+    }
+    __syncthreads();
+    /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
+    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int c = tid; c < C4; c += DEC_THREADS) {
+        const int r = 4 * c / HD, d = 4 * c % HD;
+        const int t = r / G, h = kvh * G + r % G;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            float4 acc = y;
+#pragma unroll 8
+            for (int sp = 0; sp < nb; sp++) {
+                const float w = cw[r * DEC_MAX_S + sp];
+                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
+                acc.x = fmaf(w, x.x, acc.x);
+                acc.y = fmaf(w, x.y, acc.y);
+                acc.z = fmaf(w, x.z, acc.z);
+                acc.w = fmaf(w, x.w, acc.w);
+            }
+            const float L = rl[r];
+            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+        }
+        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
+        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
+    }
+}
+
 /* Block (s, kvh) = (blockIdx.x, blockIdx.y) of one query's (or step's)
  * attention, a's q_pos / n_kv being q_pos / n_kv here.
  * po[((kvh * S + s) * RQ + r) * HD + d]: block s's unnormalised output of
@@ -396,89 +489,10 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         }
     }
     if (direct) return;
-
-    /* The last block of this KV head merges the partials. Only the nb
-     * blocks with keys count themselves in, so the last is the nb-th: it
-     * sees every partial (each block's writes are fenced before its count)
-     * and puts the count back to 0 for the next launch, whatever that
-     * launch's nb (a replayed graph at another n_kv). Counting all S blocks
-     * instead would cost the idle ones a fence and an atomic each on the
-     * same word, for nothing. */
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        const unsigned prev = atomicAdd(&cnt[kvh], 1u);
-#if DEC_BREAK == 3 /* test hook (attn_decode_emu): counted to S, as if every block came */
-        last = prev == (unsigned)S - 1u;
-#else
-        last = prev == (unsigned)nb - 1u;
-#endif
-#if DEC_BREAK != 2               /* test hook (attn_decode_emu): the count not put back */
-        if (last) cnt[kvh] = 0u; /* for the next launch */
-#endif
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
-    float *cw = sm;                                           /* [R][DEC_MAX_S] */
-    /* per row (a warp each): the max over the sink and the partials, their
-     * weights e^(m_s - M), the sum (every load of a lane at once) */
-    for (int r = warp; r < RQ; r += DEC_WARPS) {
-        const int h = kvh * G + r % G;
-        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++) {
-            const int sp = lane + 32 * k;
-            ms[k] = -INFINITY, ls[k] = 0.0f;
-            if (sp < nb) {
-                const size_t x = 2 * (base + (size_t)sp * RQ + r);
-                ms[k] = __ldcg(&pml[x]);
-                ls[k] = __ldcg(&pml[x + 1]);
-            }
-        }
-        float M = a.sinks ? a.sinks[h] : -INFINITY;
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++)
-            M = fmaxf(M, ms[k]);
-        M = dec_warp_max(M);
-        float L = 0.0f;
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++) {
-            const int sp = lane + 32 * k;
-            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
-            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
-            L = fmaf(f, ls[k], L);
-        }
-        L = dec_warp_sum(L);
-        if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
-    }
-    __syncthreads();
-    /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
-    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
-    for (int c = tid; c < C4; c += DEC_THREADS) {
-        const int r = 4 * c / HD, d = 4 * c % HD;
-        const int t = r / G, h = kvh * G + r % G;
-        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
-            float4 acc = y;
-#pragma unroll 8
-            for (int sp = 0; sp < nb; sp++) {
-                const float w = cw[r * DEC_MAX_S + sp];
-                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
-                acc.x = fmaf(w, x.x, acc.x);
-                acc.y = fmaf(w, x.y, acc.y);
-                acc.z = fmaf(w, x.z, acc.z);
-                acc.w = fmaf(w, x.w, acc.w);
-            }
-            const float L = rl[r];
-            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
-        }
-        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
-        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
-    }
+    dec_merge(a, kvh, S, RQ, G, nb, po, pml, cnt, sm, rl, &last, slo, shi);
 }
+
+#include "compute/cuda/cuda_attention_phased.h"
 
 /* One query or step: grid (S, KVH). step: the recorded step's position
  * (a's q_pos and n_kv are deltas from it), or NULL. */
@@ -531,6 +545,9 @@ enum { DEC_SCRATCH_BYTES = 4 << 20, DEC_MAX_KVH = 1024 };
 static int dec_mode = -1; /* 1: this kernel for decode shapes; NMLX_CUDA_ATTN_DECODE=old: 0 */
 static unsigned long long dec_launches, short_launches;
 static int short_mode = -1; /* 1: attn_short_kernel where it applies (NMLX_CUDA_ATTN_SHORT=1) */
+static int ph_mode = -1; /* 1: attn_phased_kernel where it applies (NMLX_CUDA_ATTN_PHASED=0: off) */
+static int ph_run = 0;   /* its shortest run of tiles a block (NMLX_CUDA_ATTN_PHASED_RUN, 1) */
+static unsigned long long ph_launches;
 
 extern "C" void nmlx_cuda_set_attn_decode(int on) { dec_mode = on ? 1 : 0; }
 
@@ -539,6 +556,27 @@ extern "C" unsigned long long nmlx_cuda_attn_decode_launches(void) { return dec_
 extern "C" void nmlx_cuda_set_attn_short(int on) { short_mode = on < 0 ? -1 : on ? 1 : 0; }
 
 extern "C" unsigned long long nmlx_cuda_attn_short_launches(void) { return short_launches; }
+
+extern "C" void nmlx_cuda_set_attn_phased(int on) { ph_mode = on < 0 ? -1 : on ? 1 : 0; }
+
+extern "C" unsigned long long nmlx_cuda_attn_phased_launches(void) { return ph_launches; }
+
+static bool ph_on(void) {
+    if (ph_mode < 0) {
+        const char *e = getenv("NMLX_CUDA_ATTN_PHASED");
+        ph_mode = !(e && !strcmp(e, "0"));
+    }
+    return ph_mode == 1;
+}
+
+static int ph_run_tiles(void) {
+    if (ph_run < 1) {
+        const char *e = getenv("NMLX_CUDA_ATTN_PHASED_RUN");
+        const int v = e ? atoi(e) : 1;
+        ph_run = v < 1 ? 1 : v > 64 ? 64 : v;
+    }
+    return ph_run;
+}
 
 static bool short_on(void) {
     if (short_mode < 0) {
@@ -571,8 +609,9 @@ static size_t dec_need(const nmlx_attn_args *a, int64_t RQ, int S) {
     return (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)(a->HD + 2) * sizeof(float);
 }
 
-/* resident blocks an SM of instance id (dec_occupancy, at the backend's start) */
-static int dec_occ[32];
+/* resident blocks an SM of instance id (dec_occupancy, at the backend's start);
+ * ph_occ: attn_phased_kernel's */
+static int dec_occ[32], ph_occ[16];
 
 /* dec_occ of every instance (outside any capture; loads the kernels) */
 static void dec_occupancy(void) {
@@ -586,6 +625,15 @@ static void dec_occupancy(void) {
     }
     DEC_CONFIGS(DEC_OCC)
 #undef DEC_OCC
+#define PH_OCC(ID, NC, R)                                                                          \
+    if (!ph_occ[ID] &&                                                                             \
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ph_occ[ID], attn_phased_kernel<NC, R>,      \
+                                                      DEC_THREADS, 0) != cudaSuccess) {            \
+        cudaGetLastError();                                                                        \
+        ph_occ[ID] = 2;                                                                            \
+    }
+    PH_CONFIGS(PH_OCC)
+#undef PH_OCC
 }
 
 bool nmlx_cuda_dec_scratch_init(cuda_impl *c) {
@@ -642,6 +690,29 @@ bool nmlx_cuda_attention_decode(nmlx_backend *be, const nmlx_attn_args *a, const
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
+    /* one query: the phased kernel (cuda_attention_phased.h) unless the
+     * opt-in short-context kernel is on */
+    const int pid = !short_on() && ph_on() ? ph_pick(a->T, a->HD, G) : -1;
+    if (pid >= 0) {
+        const int S = dec_splits(c, a, RQ, ph_occ[pid]), run = ph_run_tiles();
+        if (S < 1) return false;
+        float *pml = po + (size_t)a->KVH * (size_t)S * (size_t)RQ * (size_t)a->HD;
+        switch (pid) {
+#define PH_LAUNCH(ID, NC, R)                                                                       \
+    case ID:                                                                                       \
+        nmlx_cuda_note(be, cuda_launch_pdl(attn_phased_kernel<NC, R>,                              \
+                                           dim3((unsigned)S, (unsigned)a->KVH), dim3(DEC_THREADS), \
+                                           0, st, *a, step, S, run, po, pml, cnt));                \
+        break;
+            PH_CONFIGS(PH_LAUNCH)
+#undef PH_LAUNCH
+        default: return false;
+        }
+        ph_launches++;
+        dec_launches++;
+        nmlx_cuda_note(be, cudaGetLastError());
+        return true;
+    }
     /* short contexts (cuda_attention_short.h): that kernel alone where the
      * keys are known here; in a recorded step, it and the split kernel, each
      * returning where the other applies */

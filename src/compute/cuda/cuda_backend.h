@@ -139,6 +139,15 @@ unsigned long long nmlx_cuda_attn_decode_launches(void);
  * recorded step launches it beside the split one). */
 void nmlx_cuda_set_attn_short(int on);
 unsigned long long nmlx_cuda_attn_short_launches(void);
+/* Within it, one query (T = 1, HD <= 256, <= 8 query heads a KV head)
+ * through the phased kernel (cuda_attention_phased.h) while the short
+ * kernel is off: 1 = on, 0 = dec_block's kernel, -1 = as
+ * NMLX_CUDA_ATTN_PHASED says (=0: off; on by default).
+ * nmlx_cuda_attn_phased_launches: its launches so far (counted in the
+ * decode launches too). NMLX_CUDA_ATTN_PHASED_RUN=n: each block takes at
+ * least n tiles of keys (1). */
+void nmlx_cuda_set_attn_phased(int on);
+unsigned long long nmlx_cuda_attn_phased_launches(void);
 /* Test hook: attention a recorded as a decode step's graph with the step's
  * position pos[0] (a's q_pos and n_kv as at that position), then replayed
  * with the position pos[i] in device memory, as a replayed step does; each
