@@ -411,34 +411,56 @@ static void run_rows_case(int n, int64_t H, int64_t KVH, int64_t HD, int64_t win
     nmlx_attn_args a = {};
     a.q = q.data(), a.out = out.data(), a.T = 1, a.H = H, a.KVH = KVH, a.HD = HD;
     a.scale = 1.0f / sqrtf((float)HD), a.softcap = 0, a.sinks = c[0].a.sinks;
-    /* the host's layout: po for the n rows, then pml */
-    std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
-    assert((size_t)(n * KVH) <= sizeof emu_cnt / sizeof emu_cnt[0]);
-    dec_launch(id, dim3((unsigned)S, (unsigned)KVH, (unsigned)n), [&](auto lpk, auto dpl, auto r) {
-        attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, po.data(), pml.data(), emu_cnt);
-    });
-    cases++;
-    bool ok = counts_clear((size_t)(n * KVH));
-    double worst = 0;
-    for (int r = 0; r < n; r++) {
-        attn_case &x = c[(size_t)r];
-        std::copy(out.begin() + r * row, out.begin() + (r + 1) * row, x.out.begin());
-        x.a.sinks = a.sinks;
-        std::vector<double> ref;
-        ref_attention(x.a, ref);
-        double mx, err;
-        attn_err(x.out, ref, mx, err);
-        const double rel = mx > 0 ? err / mx : err;
-        worst = rel > worst || rel != rel ? rel : worst;
+    /* dec_block's rows kernel, then the phased one (2 tiles a block at
+     * least on odd S) where it takes the shape */
+    const int pid = ph_pick(1, HD, G);
+    for (int phased = 0; phased < (pid >= 0 ? 2 : 1); phased++) {
+        std::fill(out.begin(), out.end(), NAN);
+        /* the host's layout: po for the n rows, then pml */
+        std::vector<float> po((size_t)(n * H * S * HD), NAN), pml((size_t)(n * H * S * 2), NAN);
+        assert((size_t)(n * KVH) <= sizeof emu_cnt / sizeof emu_cnt[0]);
+        const dim3 grid((unsigned)S, (unsigned)KVH, (unsigned)n);
+        if (phased) {
+            emu_launch_shuffled(grid, DEC_THREADS, 0, emu_next32, [&] {
+                switch (pid) {
+#define PH_ROWS_EMU(ID, NC, R)                                                                     \
+    case ID:                                                                                       \
+        attn_phased_rows_kernel<NC, R>(a, rows, S, 1 + S % 2, po.data(), pml.data(), emu_cnt);     \
+        break;
+                    PH_CONFIGS(PH_ROWS_EMU)
+#undef PH_ROWS_EMU
+                default: abort();
+                }
+            });
+            phased_runs++;
+        } else
+            dec_launch(id, grid, [&](auto lpk, auto dpl, auto r) {
+                attn_decode_rows_kernel<lpk, dpl, r>(a, rows, S, po.data(), pml.data(), emu_cnt);
+            });
+        cases++;
+        bool ok = counts_clear((size_t)(n * KVH));
+        double worst = 0;
+        for (int r = 0; r < n; r++) {
+            attn_case &x = c[(size_t)r];
+            std::copy(out.begin() + r * row, out.begin() + (r + 1) * row, x.out.begin());
+            x.a.sinks = a.sinks;
+            std::vector<double> ref;
+            ref_attention(x.a, ref);
+            double mx, err;
+            attn_err(x.out, ref, mx, err);
+            const double rel = mx > 0 ? err / mx : err;
+            worst = rel > worst || rel != rel ? rel : worst;
+        }
+        ok &= worst <= 1e-5;
+        failures += !ok;
+        printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d caps<=%lld%s: worst "
+               "rel err %.2e%s\n",
+               ok ? "ok  " : "FAIL", n, (long long)H, (long long)KVH, (long long)HD,
+               (long long)window, sinks, S, (long long)max_cap, phased ? " phased" : "", worst,
+               !ok && worst <= 1e-5 ? " (counts left set)" : "");
+        fflush(stdout);
+        fail_fast();
     }
-    ok &= worst <= 1e-5;
-    failures += !ok;
-    printf("%s rows=%d H=%lld KVH=%lld HD=%lld win=%lld sinks=%d S=%d caps<=%lld: worst "
-           "rel err %.2e%s\n",
-           ok ? "ok  " : "FAIL", n, (long long)H, (long long)KVH, (long long)HD, (long long)window,
-           sinks, S, (long long)max_cap, worst, !ok && worst <= 1e-5 ? " (counts left set)" : "");
-    fflush(stdout);
-    fail_fast();
 }
 
 int main(int argc, char **argv) {

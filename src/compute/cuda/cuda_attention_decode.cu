@@ -518,14 +518,10 @@ typedef struct dec_rows {
     int64_t cap[DEC_ROWS], q_pos[DEC_ROWS], n_kv[DEC_ROWS], window[DEC_ROWS];
 } dec_rows;
 
-template <int LPK, int DPL, int R>
-__global__ void __launch_bounds__(DEC_THREADS)
-    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
-                            unsigned *cnt) {
-    cuda_pdl_trigger();
-    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the caches are ready from here */
-    const int r = (int)blockIdx.z;
-    const size_t row = (size_t)(a.H * a.HD), parts = (size_t)(a.H * S); /* T = 1: RQ = H / KVH */
+/* Row r's one-query arguments (T = 1: RQ = H / KVH rows a KV head) */
+static inline __device__ nmlx_attn_args dec_row_args(const nmlx_attn_args &a, const dec_rows &rows,
+                                                     int r) {
+    const size_t row = (size_t)(a.H * a.HD);
     nmlx_attn_args one = a;
     one.q = a.q + r * row;
     one.out = a.out + r * row;
@@ -534,8 +530,33 @@ __global__ void __launch_bounds__(DEC_THREADS)
     one.v = rows.v[r];
     one.cap = rows.cap[r];
     one.window = rows.window[r];
-    dec_block<LPK, DPL, R>(one, rows.q_pos[r], rows.n_kv[r], S, po + r * parts * (size_t)a.HD,
-                           pml + 2 * r * parts, cnt + r * a.KVH);
+    return one;
+}
+
+template <int LPK, int DPL, int R>
+__global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, float *po, float *pml,
+                            unsigned *cnt) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait(); /* launched early (cuda_launch_pdl): q and the caches are ready from here */
+    const int r = (int)blockIdx.z;
+    const size_t parts = (size_t)(a.H * S);
+    dec_block<LPK, DPL, R>(dec_row_args(a, rows, r), rows.q_pos[r], rows.n_kv[r], S,
+                           po + r * parts * (size_t)a.HD, pml + 2 * r * parts, cnt + r * a.KVH);
+}
+
+/* The same through the phased kernel (its instances, at least `run` tiles
+ * a block) */
+template <int NC, int R>
+__global__ void __launch_bounds__(DEC_THREADS)
+    attn_phased_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, int run, float *po, float *pml,
+                            unsigned *cnt) {
+    cuda_pdl_trigger();
+    cuda_pdl_wait();
+    const int r = (int)blockIdx.z;
+    const size_t parts = (size_t)(a.H * S);
+    ph_block<NC, R>(dec_row_args(a, rows, r), rows.q_pos[r], rows.n_kv[r], S, run,
+                    po + r * parts * (size_t)a.HD, pml + 2 * r * parts, cnt + r * a.KVH);
 }
 
 #ifndef NMLX_ATTN_DECODE_EMU
@@ -766,11 +787,37 @@ static int dec_rows_splits(const cuda_impl *c, const nmlx_attn_args *a, int64_t 
     return S;
 }
 
-/* Batched decode (attention_rows, one query a row) through the kernel
- * above where each row alone would take it: DEC_ROWS rows a launch (fewer
- * where their counts would not fit). false: nothing launched, the caller
- * runs another kernel. A row's result equals its one-query call's to
- * rounding (the keys split over other blocks). */
+/* One launch of the rows form: the phased kernel's instance pid, else
+ * dec_block's instance id */
+static cudaError_t dec_rows_launch(int pid, int id, dim3 grid, cudaStream_t st,
+                                   const nmlx_attn_args &ar, const dec_rows &br, int S, float *po,
+                                   float *pml, unsigned *cnt) {
+    switch (pid) {
+#define PH_ROWS_LAUNCH(ID, NC, R_)                                                                 \
+    case ID:                                                                                       \
+        return cuda_launch_pdl_batch(attn_phased_rows_kernel<NC, R_>, grid, dim3(DEC_THREADS), 0,  \
+                                     st, ar, br, S, ph_run_tiles(), po, pml, cnt);
+        PH_CONFIGS(PH_ROWS_LAUNCH)
+#undef PH_ROWS_LAUNCH
+    default: break;
+    }
+    switch (id) {
+#define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
+    case ID:                                                                                       \
+        return cuda_launch_pdl_batch(                                                              \
+            attn_decode_rows_kernel<LPK, DPL, R_>, grid, dim3(DEC_THREADS),                        \
+            (size_t)dec_smem_floats(LPK * DPL, R_) * sizeof(float), st, ar, br, S, po, pml, cnt);
+        DEC_CONFIGS(DEC_ROWS_LAUNCH)
+#undef DEC_ROWS_LAUNCH
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+/* Batched decode (attention_rows, one query a row) through the phased
+ * kernel or dec_block's where each row alone would take it: DEC_ROWS rows
+ * a launch (fewer where their counts would not fit). false: nothing
+ * launched, the caller runs another kernel. A row's result equals its
+ * one-query call's to rounding (the keys split over other blocks). */
 bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
                                      const nmlx_attn_row *rows, int64_t R) {
     if (!nmlx_cuda_attn_decode_on()) return false;
@@ -778,44 +825,35 @@ bool nmlx_cuda_attention_decode_rows(nmlx_backend *be, const nmlx_attn_args *a,
     if (!c->dec_part || R <= 0 || a->KVH <= 0 || a->KVH > DEC_MAX_KVH) return false;
     const int64_t G = a->H / a->KVH;
     if (G < 1 || G * a->KVH != a->H) return false;
-    const int id = dec_pick(a->HD, G);
+    const int id = dec_pick(a->HD, G), pid = ph_on() ? ph_pick(1, a->HD, G) : -1;
     if (id < 0) return false;
     for (int64_t r = 0; r < R; r++)
         if (((uintptr_t)rows[r].k | (uintptr_t)rows[r].v) % 16 != 0) return false;
     int64_t per = DEC_MAX_KVH / a->KVH; /* rows a launch */
     if (per > DEC_ROWS) per = DEC_ROWS;
     const int64_t row = a->H * a->HD;
+    const int occ = pid >= 0 ? ph_occ[pid] : dec_occ[id];
     float *po = (float *)c->dec_part;
     unsigned *cnt = (unsigned *)((char *)c->dec_part + DEC_SCRATCH_BYTES);
     cudaStream_t st = cuda_of(be)->stream;
-    switch (id) {
-#define DEC_ROWS_LAUNCH(ID, LPK, DPL, R_)                                                          \
-    case ID: {                                                                                     \
-        const size_t shm = (size_t)dec_smem_floats(LPK * DPL, R_) * sizeof(float);                 \
-        if (dec_rows_splits(c, a, G, R < per ? R : per, dec_occ[ID]) < 1) return false;            \
-        for (int64_t r0 = 0; r0 < R; r0 += per) {                                                  \
-            const int64_t n = R - r0 < per ? R - r0 : per;                                         \
-            const int S = dec_rows_splits(c, a, G, n, dec_occ[ID]);                                \
-            dec_rows br = {};                                                                      \
-            for (int64_t i = 0; i < n; i++) {                                                      \
-                const nmlx_attn_row *x = &rows[r0 + i];                                            \
-                br.k[i] = x->k, br.v[i] = x->v, br.cap[i] = x->cap;                                \
-                br.q_pos[i] = x->q_pos, br.n_kv[i] = x->n_kv, br.window[i] = x->window;            \
-            }                                                                                      \
-            nmlx_attn_args ar = *a;                                                                \
-            ar.q = a->q + r0 * row, ar.out = a->out + r0 * row, ar.T = 1;                          \
-            float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;                \
-            nmlx_cuda_note(                                                                        \
-                be, cuda_launch_pdl_batch(attn_decode_rows_kernel<LPK, DPL, R_>,                   \
-                                          dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n),        \
-                                          dim3(DEC_THREADS), shm, st, ar, br, S, po, pml, cnt));   \
-            dec_launches++;                                                                        \
-        }                                                                                          \
-        break;                                                                                     \
-    }
-        DEC_CONFIGS(DEC_ROWS_LAUNCH)
-#undef DEC_ROWS_LAUNCH
-    default: return false;
+    if (dec_rows_splits(c, a, G, R < per ? R : per, occ) < 1) return false;
+    for (int64_t r0 = 0; r0 < R; r0 += per) {
+        const int64_t n = R - r0 < per ? R - r0 : per;
+        const int S = dec_rows_splits(c, a, G, n, occ);
+        dec_rows br = {};
+        for (int64_t i = 0; i < n; i++) {
+            const nmlx_attn_row *x = &rows[r0 + i];
+            br.k[i] = x->k, br.v[i] = x->v, br.cap[i] = x->cap;
+            br.q_pos[i] = x->q_pos, br.n_kv[i] = x->n_kv, br.window[i] = x->window;
+        }
+        nmlx_attn_args ar = *a;
+        ar.q = a->q + r0 * row, ar.out = a->out + r0 * row, ar.T = 1;
+        float *pml = po + (size_t)n * (size_t)a->H * (size_t)S * (size_t)a->HD;
+        nmlx_cuda_note(be,
+                       dec_rows_launch(pid, id, dim3((unsigned)S, (unsigned)a->KVH, (unsigned)n),
+                                       st, ar, br, S, po, pml, cnt));
+        dec_launches++;
+        if (pid >= 0) ph_launches++;
     }
     nmlx_cuda_note(be, cudaGetLastError());
     return true;
