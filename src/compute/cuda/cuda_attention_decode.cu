@@ -65,6 +65,11 @@
  * arithmetic is therefore 32-bit (dec_div: 14 64-bit divisions in the
  * PTX of that instance before, 2 fallbacks now); the gain is to measure.
  *
+ * One query a sequence (T = 1, HD <= 256, <= 8 query heads a KV head)
+ * goes to the phased kernel (cuda_attention_phased.h) by default: the same
+ * split, partials and merge (dec_merge), the work of a block in phases its
+ * threads share instead of dec_block's per-warp chains.
+ *
  * The file also compiles as host C++ (NMLX_ATTN_DECODE_EMU: no CUDA
  * headers, no launch code) for tests/cuda/attn_decode_emu.cpp, which runs
  * the kernel block by block on the CPU. */
