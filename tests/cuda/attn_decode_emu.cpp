@@ -510,6 +510,10 @@ int main(int argc, char **argv) {
     /* peaky scores: the running max moves often */
     run_case(1, 8, 2, 128, 400, 350, 351, 0, 0, true, 6, -1, 12.0f);
     run_case(2, 8, 1, 64, 400, 350, 352, 0, 0, false, 6, -1, 20.0f);
+    /* ... over many partials: the merge's running max moves from one round
+     * of DEC_MERGE partials to the next */
+    run_case(1, 8, 2, 128, 1200, 1100, 1101, 0, 0, true, 66, -1, 12.0f);
+    run_case(1, 16, 2, 64, 1200, 1000, 1001, 0, 0, false, DEC_MAX_S, -1, 16.0f);
     /* batched decode (the rows form): rows with their own lengths, one
      * launch; 8B-like, few rows many splits, many rows few splits, GQA 8
      * with sinks and a window, HD 64 / 256, 32 rows (a full launch) */

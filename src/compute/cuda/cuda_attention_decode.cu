@@ -91,6 +91,7 @@ enum {
     DEC_MAX_RQ = 16,
     DEC_MAX_T = 16,
     DEC_BLOCKS_PER_SM = 4,
+    DEC_MERGE = 8, /* partials the merge loads at once */
 };
 
 /* a / b for 0 <= a, 0 < b: 32-bit where both fit (a 64-bit division is a
@@ -144,11 +145,9 @@ static inline int dec_pick(int64_t HD, int64_t RQ) {
 }
 
 /* Floats of the dynamic shared memory: q [R][HDC] during the key loop, the
- * warps' o [WARPS][R][HDC] after it, the merge's weights [R][DEC_MAX_S]
- * last. */
+ * warps' o [WARPS][R][HDC] after it (the merge works from registers). */
 static inline __host__ __device__ int dec_smem_floats(int HDC, int R) {
-    const int a = DEC_WARPS * R * HDC, b = R * DEC_MAX_S;
-    return a > b ? a : b;
+    return DEC_WARPS * R * HDC;
 }
 
 /* Row t's visible keys: [lo, hi] (empty when lo > hi). */
@@ -190,14 +189,12 @@ static inline __device__ float dec_warp_sum(float v) {
 
 /* The end of a block with keys that wrote its partial (po, pml, as
  * dec_block documents): counts itself in, and the last of the nb blocks
- * of KV head kvh merges the partials into a.out (see the top). cw: R *
- * DEC_MAX_S floats of shared memory, rl: R, last: one int, slo / shi: the
- * rows' visible keys (dec_visible), all shared. */
+ * of KV head kvh merges the partials into a.out (see the top). last: one
+ * int, slo / shi: the rows' visible keys (dec_visible), all shared. */
 __device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int S, int RQ, int G,
                                           int nb, const float *po, const float *pml, unsigned *cnt,
-                                          float *cw, float *rl, int *last_, const int64_t *slo,
-                                          const int64_t *shi) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, HD = (int)a.HD;
+                                          int *last_, const int64_t *slo, const int64_t *shi) {
+    const int tid = threadIdx.x, HD = (int)a.HD;
     int &last = *last_;
     /* Only the nb
      * blocks with keys count themselves in, so the last is the nb-th: it
@@ -223,39 +220,12 @@ __device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int 
     if (!last) return;
     __threadfence();
     const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
-    /* per row (a warp each): the max over the sink and the partials, their
-     * weights e^(m_s - M), the sum (every load of a lane at once) */
-    for (int r = warp; r < RQ; r += DEC_WARPS) {
-        const int h = kvh * G + r % G;
-        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++) {
-            const int sp = lane + 32 * k;
-            ms[k] = -INFINITY, ls[k] = 0.0f;
-            if (sp < nb) {
-                const size_t x = 2 * (base + (size_t)sp * RQ + r);
-                ms[k] = __ldcg(&pml[x]);
-                ls[k] = __ldcg(&pml[x + 1]);
-            }
-        }
-        float M = a.sinks ? a.sinks[h] : -INFINITY;
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++)
-            M = fmaxf(M, ms[k]);
-        M = dec_warp_max(M);
-        float L = 0.0f;
-#pragma unroll
-        for (int k = 0; k < DEC_MAX_S / 32; k++) {
-            const int sp = lane + 32 * k;
-            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
-            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
-            L = fmaf(f, ls[k], L);
-        }
-        L = dec_warp_sum(L);
-        if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
-    }
-    __syncthreads();
-    /* the outputs: a thread per 4 dims of a row, 8 partials' loads in flight */
+    /* the outputs: a thread per 4 dims of a row; each round of DEC_MERGE
+     * partials loads their m, l and o at once (one memory round trip for
+     * the usual few partials of a short context), then folds them in: M the
+     * running max over the sink and the partials, L and acc rescaled when
+     * it moves. One partial: the direct output's arithmetic (the same
+     * bits). */
     const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
     for (int c = tid; c < C4; c += DEC_THREADS) {
         const int r = 4 * c / HD, d = 4 * c % HD;
@@ -263,17 +233,45 @@ __device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int 
         float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
             const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            const float *pm = pml + 2 * (base + (size_t)r);
+            const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+            float M = sink, L = 0.0f;
             float4 acc = y;
-#pragma unroll 8
-            for (int sp = 0; sp < nb; sp++) {
-                const float w = cw[r * DEC_MAX_S + sp];
-                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
-                acc.x = fmaf(w, x.x, acc.x);
-                acc.y = fmaf(w, x.y, acc.y);
-                acc.z = fmaf(w, x.z, acc.z);
-                acc.w = fmaf(w, x.w, acc.w);
+            for (int s0 = 0; s0 < nb; s0 += DEC_MERGE) {
+                float ms[DEC_MERGE], ls[DEC_MERGE];
+                float4 xs[DEC_MERGE];
+#pragma unroll
+                for (int i = 0; i < DEC_MERGE; i++) {
+                    const int sp = s0 + i;
+                    ms[i] = -INFINITY, ls[i] = 0.0f, xs[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    if (sp < nb) {
+                        ms[i] = __ldcg(pm + 2 * (size_t)sp * RQ);
+                        ls[i] = __ldcg(pm + 2 * (size_t)sp * RQ + 1);
+                        xs[i] = __ldcg(pp + (size_t)sp * (size_t)stride);
+                    }
+                }
+                float Mn = M;
+#pragma unroll
+                for (int i = 0; i < DEC_MERGE; i++)
+                    Mn = fmaxf(Mn, ms[i]);
+                if (s0 > 0 && Mn != M) { /* rescale what is summed so far */
+                    const float g = M == -INFINITY ? 0.0f : expf(M - Mn);
+                    L *= g;
+                    acc = make_float4(acc.x * g, acc.y * g, acc.z * g, acc.w * g);
+                }
+                M = Mn;
+#pragma unroll
+                for (int i = 0; i < DEC_MERGE; i++) {
+                    if (s0 + i >= nb) break;
+                    const float f = ms[i] == -INFINITY ? 0.0f : expf(ms[i] - M);
+                    L = fmaf(f, ls[i], L);
+                    acc.x = fmaf(f, xs[i].x, acc.x);
+                    acc.y = fmaf(f, xs[i].y, acc.y);
+                    acc.z = fmaf(f, xs[i].z, acc.z);
+                    acc.w = fmaf(f, xs[i].w, acc.w);
+                }
             }
-            const float L = rl[r];
+            L += a.sinks && M != -INFINITY ? expf(sink - M) : 0.0f;
             if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
         }
         float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
@@ -294,7 +292,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     DEC_DYN_SMEM;
     float *sm = (float *)dec_sm;
     __shared__ int64_t slo[DEC_MAX_T], shi[DEC_MAX_T];
-    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R];
+    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPK, lig = lane % LPK;
@@ -494,7 +492,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         }
     }
     if (direct) return;
-    dec_merge(a, kvh, S, RQ, G, nb, po, pml, cnt, sm, rl, &last, slo, shi);
+    dec_merge(a, kvh, S, RQ, G, nb, po, pml, cnt, &last, slo, shi);
 }
 
 #include "compute/cuda/cuda_attention_phased.h"

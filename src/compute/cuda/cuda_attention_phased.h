@@ -93,7 +93,7 @@ __device__ __forceinline__ void ph_block(const nmlx_attn_args &a, int64_t q_pos,
     __shared__ float4 sq[R * NC];        /* q rows, zero past HD and G */
     __shared__ float4 sred[KS * R * NC]; /* P V slices' sums [KS][R][NC] */
     __shared__ float4 sp4[(C * R + 3) / 4];
-    __shared__ float salpha[R], smax[R], ssum[R], rl[R], cw[R * DEC_MAX_S];
+    __shared__ float salpha[R], smax[R], ssum[R];
     __shared__ int64_t slo[1], shi[1];
     __shared__ int last;
     float *sp = (float *)sp4; /* a tile's scores, then p: [C][R] */
@@ -303,7 +303,7 @@ __device__ __forceinline__ void ph_block(const nmlx_attn_args &a, int64_t q_pos,
         out[0] = o.x, out[1] = o.y, out[2] = o.z, out[3] = o.w;
     }
     if (direct) return;
-    dec_merge(a, kvh, S, G, G, nb, po, pml, cnt, cw, rl, &last, slo, shi);
+    dec_merge(a, kvh, S, G, G, nb, po, pml, cnt, &last, slo, shi);
 }
 
 /* One query: grid (S, KVH); step as attn_decode_kernel's */
