@@ -91,7 +91,8 @@ enum {
     DEC_MAX_RQ = 16,
     DEC_MAX_T = 16,
     DEC_BLOCKS_PER_SM = 4,
-    DEC_MERGE = 8, /* partials the merge loads at once */
+    DEC_MERGE = 8, /* partials the merge loads at once (16: 168 registers, not 128, in the phased 8B
+                      instance) */
 };
 
 /* a / b for 0 <= a, 0 < b: 32-bit where both fit (a 64-bit division is a
@@ -685,13 +686,26 @@ bool nmlx_cuda_dec_scratch_init(cuda_impl *c) {
     return true;
 }
 
+/* Most blocks a KV head: DEC_MAX_S, or fewer where NMLX_CUDA_ATTN_MAX_S says
+ * (an A/B of a smaller grid: fewer idle blocks at short contexts, fewer
+ * blocks sharing a long one's keys) */
+static int dec_max_s(void) {
+    static int v = 0;
+    if (!v) {
+        const char *e = getenv("NMLX_CUDA_ATTN_MAX_S");
+        const int x = e ? atoi(e) : DEC_MAX_S;
+        v = x < 1 ? 1 : x > DEC_MAX_S ? (int)DEC_MAX_S : x;
+    }
+    return v;
+}
+
 /* Blocks a KV head for this shape: a full wave (occ blocks an SM, at most
  * DEC_BLOCKS_PER_SM), cut to DEC_MAX_S and to the scratch; 0: does not fit. */
 static int dec_splits(const cuda_impl *c, const nmlx_attn_args *a, int64_t RQ, int occ) {
     if (occ < 1) occ = 1;
     if (occ > DEC_BLOCKS_PER_SM) occ = DEC_BLOCKS_PER_SM;
     const int64_t want = ((int64_t)occ * c->dec_sms + a->KVH - 1) / a->KVH;
-    int S = (int)(want < (int64_t)DEC_MAX_S ? want : (int64_t)DEC_MAX_S);
+    int S = (int)(want < (int64_t)dec_max_s() ? want : (int64_t)dec_max_s());
     if (S < 1) S = 1;
     const size_t per = dec_need(a, RQ, 1);
     const size_t fit = per ? DEC_SCRATCH_BYTES / per : 0;
