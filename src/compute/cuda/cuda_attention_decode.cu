@@ -91,8 +91,7 @@ enum {
     DEC_MAX_RQ = 16,
     DEC_MAX_T = 16,
     DEC_BLOCKS_PER_SM = 4,
-    DEC_MERGE = 8, /* partials the merge loads at once (16: 168 registers, not 128, in the phased 8B
-                      instance) */
+    DEC_MERGE = 8, /* partials the merge loads at once at most (dec_merge_few) */
 };
 
 /* a / b for 0 <= a, 0 < b: 32-bit where both fit (a 64-bit division is a
@@ -146,9 +145,11 @@ static inline int dec_pick(int64_t HD, int64_t RQ) {
 }
 
 /* Floats of the dynamic shared memory: q [R][HDC] during the key loop, the
- * warps' o [WARPS][R][HDC] after it (the merge works from registers). */
+ * warps' o [WARPS][R][HDC] after it, dec_merge_many's weights
+ * [R][DEC_MAX_S] last. */
 static inline __host__ __device__ int dec_smem_floats(int HDC, int R) {
-    return DEC_WARPS * R * HDC;
+    const int a = DEC_WARPS * R * HDC, b = R * DEC_MAX_S;
+    return a > b ? a : b;
 }
 
 /* Row t's visible keys: [lo, hi] (empty when lo > hi). */
@@ -188,22 +189,143 @@ static inline __device__ float dec_warp_sum(float v) {
 
 #include "compute/cuda/cuda_attention_short.h"
 
+/* The last block's merge of nb <= DEC_MERGE partials: a thread per 4 dims
+ * of a row loads every partial's m, l and o at once (one memory round
+ * trip), then M = the max over the sink and the m_s, out = sum_s e^(m_s -
+ * M) o_s / (e^(sink - M) + sum_s e^(m_s - M) l_s) in partial order. One
+ * partial: the direct output's arithmetic (the same bits). */
+__device__ __forceinline__ void dec_merge_few(const nmlx_attn_args &a, int kvh, int RQ, int G,
+                                              int nb, const float *po, const float *pml,
+                                              size_t base, const int64_t *slo, const int64_t *shi) {
+    const int tid = threadIdx.x, HD = (int)a.HD;
+    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int c = tid; c < C4; c += DEC_THREADS) {
+        const int r = 4 * c / HD, d = 4 * c % HD;
+        const int t = r / G, h = kvh * G + r % G;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            const float *pm = pml + 2 * (base + (size_t)r);
+            float ms[DEC_MERGE], ls[DEC_MERGE];
+            float4 xs[DEC_MERGE];
+#pragma unroll
+            for (int i = 0; i < DEC_MERGE; i++) {
+                ms[i] = -INFINITY, ls[i] = 0.0f, xs[i] = y;
+                if (i < nb) {
+                    ms[i] = __ldcg(pm + 2 * (size_t)i * RQ);
+                    ls[i] = __ldcg(pm + 2 * (size_t)i * RQ + 1);
+                    xs[i] = __ldcg(pp + (size_t)i * (size_t)stride);
+                }
+            }
+            const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+            float M = sink, L = 0.0f;
+#pragma unroll
+            for (int i = 0; i < DEC_MERGE; i++)
+                M = fmaxf(M, ms[i]);
+            float4 acc = y;
+#pragma unroll
+            for (int i = 0; i < DEC_MERGE; i++) {
+                if (i >= nb) break;
+                const float f = ms[i] == -INFINITY ? 0.0f : expf(ms[i] - M);
+                L = fmaf(f, ls[i], L);
+                acc.x = fmaf(f, xs[i].x, acc.x);
+                acc.y = fmaf(f, xs[i].y, acc.y);
+                acc.z = fmaf(f, xs[i].z, acc.z);
+                acc.w = fmaf(f, xs[i].w, acc.w);
+            }
+            L += a.sinks && M != -INFINITY ? expf(sink - M) : 0.0f;
+            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+        }
+        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
+        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
+    }
+}
+
+/* The last block's merge of more partials: a warp a row loads every m and l
+ * at once and writes the weights e^(m_s - M) (cw) and the row's sum (rl);
+ * then a thread per 4 dims of a row adds the o_s, 8 loads in flight (fewer
+ * registers than dec_merge_few's all at once, and its loads do not wait
+ * for each other's maxima). */
+__device__ __forceinline__ void dec_merge_many(const nmlx_attn_args &a, int kvh, int RQ, int G,
+                                               int nb, const float *po, const float *pml,
+                                               size_t base, float *cw, float *rl,
+                                               const int64_t *slo, const int64_t *shi) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, HD = (int)a.HD;
+    for (int r = warp; r < RQ; r += DEC_WARPS) {
+        const int h = kvh * G + r % G;
+        float ms[DEC_MAX_S / 32], ls[DEC_MAX_S / 32];
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            ms[k] = -INFINITY, ls[k] = 0.0f;
+            if (sp < nb) {
+                const size_t x = 2 * (base + (size_t)sp * RQ + r);
+                ms[k] = __ldcg(&pml[x]);
+                ls[k] = __ldcg(&pml[x + 1]);
+            }
+        }
+        float M = a.sinks ? a.sinks[h] : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++)
+            M = fmaxf(M, ms[k]);
+        M = dec_warp_max(M);
+        float L = 0.0f;
+#pragma unroll
+        for (int k = 0; k < DEC_MAX_S / 32; k++) {
+            const int sp = lane + 32 * k;
+            const float f = ms[k] == -INFINITY ? 0.0f : expf(ms[k] - M);
+            if (sp < nb) cw[r * DEC_MAX_S + sp] = f;
+            L = fmaf(f, ls[k], L);
+        }
+        L = dec_warp_sum(L);
+        if (lane == 0) rl[r] = L + (a.sinks && M != -INFINITY ? expf(a.sinks[h] - M) : 0.0f);
+    }
+    __syncthreads();
+    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
+    for (int c = tid; c < C4; c += DEC_THREADS) {
+        const int r = 4 * c / HD, d = 4 * c % HD;
+        const int t = r / G, h = kvh * G + r % G;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
+            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
+            float4 acc = y;
+#pragma unroll 8
+            for (int sp = 0; sp < nb; sp++) {
+                const float w = cw[r * DEC_MAX_S + sp];
+                const float4 x = __ldcg(pp + (size_t)sp * (size_t)stride);
+                acc.x = fmaf(w, x.x, acc.x);
+                acc.y = fmaf(w, x.y, acc.y);
+                acc.z = fmaf(w, x.z, acc.z);
+                acc.w = fmaf(w, x.w, acc.w);
+            }
+            const float L = rl[r];
+            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+        }
+        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
+        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
+    }
+}
+
 /* The end of a block with keys that wrote its partial (po, pml, as
  * dec_block documents): counts itself in, and the last of the nb blocks
- * of KV head kvh merges the partials into a.out (see the top). last: one
- * int, slo / shi: the rows' visible keys (dec_visible), all shared. */
+ * of KV head kvh merges the partials into a.out (see the top): in one
+ * round trip up to DEC_MERGE partials (dec_merge_few, session 23: 6.4
+ * against 7.1 us at 100 keys on the 8B layer), else in two
+ * (dec_merge_many: 15.2 against 18.3 us at 2048). cw: R * DEC_MAX_S
+ * floats, rl: R, last: one int, slo / shi: the rows' visible keys
+ * (dec_visible), all shared. */
 __device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int S, int RQ, int G,
                                           int nb, const float *po, const float *pml, unsigned *cnt,
-                                          int *last_, const int64_t *slo, const int64_t *shi) {
-    const int tid = threadIdx.x, HD = (int)a.HD;
+                                          float *cw, float *rl, int *last_, const int64_t *slo,
+                                          const int64_t *shi) {
+    const int tid = threadIdx.x;
     int &last = *last_;
-    /* Only the nb
-     * blocks with keys count themselves in, so the last is the nb-th: it
-     * sees every partial (each block's writes are fenced before its count)
-     * and puts the count back to 0 for the next launch, whatever that
-     * launch's nb (a replayed graph at another n_kv). Counting all S blocks
-     * instead would cost the idle ones a fence and an atomic each on the
-     * same word, for nothing. */
+    /* Only the nb blocks with keys count themselves in, so the last is the
+     * nb-th: it sees every partial (each block's writes are fenced before
+     * its count) and puts the count back to 0 for the next launch, whatever
+     * that launch's nb (a replayed graph at another n_kv). Counting all S
+     * blocks instead would cost the idle ones a fence and an atomic each on
+     * the same word, for nothing. */
     __threadfence();
     __syncthreads();
     if (tid == 0) {
@@ -221,63 +343,10 @@ __device__ __forceinline__ void dec_merge(const nmlx_attn_args &a, int kvh, int 
     if (!last) return;
     __threadfence();
     const size_t base = (size_t)kvh * (size_t)S * (size_t)RQ; /* block 0's row 0 */
-    /* the outputs: a thread per 4 dims of a row; each round of DEC_MERGE
-     * partials loads their m, l and o at once (one memory round trip for
-     * the usual few partials of a short context), then folds them in: M the
-     * running max over the sink and the partials, L and acc rescaled when
-     * it moves. One partial: the direct output's arithmetic (the same
-     * bits). */
-    const int C4 = RQ * HD / 4, stride = RQ * HD / 4; /* float4s: a row, a partial */
-    for (int c = tid; c < C4; c += DEC_THREADS) {
-        const int r = 4 * c / HD, d = 4 * c % HD;
-        const int t = r / G, h = kvh * G + r % G;
-        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-            const float4 *pp = (const float4 *)(po + (base + (size_t)r) * (size_t)HD + d);
-            const float *pm = pml + 2 * (base + (size_t)r);
-            const float sink = a.sinks ? a.sinks[h] : -INFINITY;
-            float M = sink, L = 0.0f;
-            float4 acc = y;
-            for (int s0 = 0; s0 < nb; s0 += DEC_MERGE) {
-                float ms[DEC_MERGE], ls[DEC_MERGE];
-                float4 xs[DEC_MERGE];
-#pragma unroll
-                for (int i = 0; i < DEC_MERGE; i++) {
-                    const int sp = s0 + i;
-                    ms[i] = -INFINITY, ls[i] = 0.0f, xs[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    if (sp < nb) {
-                        ms[i] = __ldcg(pm + 2 * (size_t)sp * RQ);
-                        ls[i] = __ldcg(pm + 2 * (size_t)sp * RQ + 1);
-                        xs[i] = __ldcg(pp + (size_t)sp * (size_t)stride);
-                    }
-                }
-                float Mn = M;
-#pragma unroll
-                for (int i = 0; i < DEC_MERGE; i++)
-                    Mn = fmaxf(Mn, ms[i]);
-                if (s0 > 0 && Mn != M) { /* rescale what is summed so far */
-                    const float g = M == -INFINITY ? 0.0f : expf(M - Mn);
-                    L *= g;
-                    acc = make_float4(acc.x * g, acc.y * g, acc.z * g, acc.w * g);
-                }
-                M = Mn;
-#pragma unroll
-                for (int i = 0; i < DEC_MERGE; i++) {
-                    if (s0 + i >= nb) break;
-                    const float f = ms[i] == -INFINITY ? 0.0f : expf(ms[i] - M);
-                    L = fmaf(f, ls[i], L);
-                    acc.x = fmaf(f, xs[i].x, acc.x);
-                    acc.y = fmaf(f, xs[i].y, acc.y);
-                    acc.z = fmaf(f, xs[i].z, acc.z);
-                    acc.w = fmaf(f, xs[i].w, acc.w);
-                }
-            }
-            L += a.sinks && M != -INFINITY ? expf(sink - M) : 0.0f;
-            if (L > 0.0f) y = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
-        }
-        float *out = a.out + ((int64_t)t * a.H + h) * HD + d;
-        out[0] = y.x, out[1] = y.y, out[2] = y.z, out[3] = y.w;
-    }
+    if (nb <= DEC_MERGE)
+        dec_merge_few(a, kvh, RQ, G, nb, po, pml, base, slo, shi);
+    else
+        dec_merge_many(a, kvh, RQ, G, nb, po, pml, base, cw, rl, slo, shi);
 }
 
 /* Block (s, kvh) = (blockIdx.x, blockIdx.y) of one query's (or step's)
@@ -293,7 +362,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
     DEC_DYN_SMEM;
     float *sm = (float *)dec_sm;
     __shared__ int64_t slo[DEC_MAX_T], shi[DEC_MAX_T];
-    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R];
+    __shared__ float wm[DEC_WARPS * R], wl[DEC_WARPS * R], rl[R];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPK, lig = lane % LPK;
@@ -493,7 +562,7 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
         }
     }
     if (direct) return;
-    dec_merge(a, kvh, S, RQ, G, nb, po, pml, cnt, &last, slo, shi);
+    dec_merge(a, kvh, S, RQ, G, nb, po, pml, cnt, sm, rl, &last, slo, shi);
 }
 
 #include "compute/cuda/cuda_attention_phased.h"
@@ -552,7 +621,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 /* The same through the phased kernel (its instances, at least `run` tiles
  * a block) */
 template <int NC, int R>
-__global__ void __launch_bounds__(DEC_THREADS)
+__global__ void __launch_bounds__(DEC_THREADS, R <= 4 ? PH_MIN_BLOCKS : PH_MIN_BLOCKS - 1)
     attn_phased_rows_kernel(nmlx_attn_args a, dec_rows rows, int S, int run, float *po, float *pml,
                             unsigned *cnt) {
     cuda_pdl_trigger();

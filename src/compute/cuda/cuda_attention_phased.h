@@ -45,7 +45,11 @@ template <int NC> struct ph_shape {
     static_assert(FK == 8 && VK == 8 && TPK <= 32 && C % DEC_WARPS == 0, "tile shape");
 };
 
-enum { PH_MAX_G = 8 };
+/* PH_MIN_BLOCKS: resident blocks an SM the kernels are compiled for up to
+ * 4 rows, one fewer at 8 (at most 128 and 168 registers a thread: one
+ * register more than 128 made the 8B instance 3 blocks an SM, S 50 instead
+ * of 66 on an H100) */
+enum { PH_MAX_G = 8, PH_MIN_BLOCKS = 4 };
 
 /* The instances: X(id, NC, R), R rows (the group rounded up to a power of
  * two) */
@@ -93,7 +97,7 @@ __device__ __forceinline__ void ph_block(const nmlx_attn_args &a, int64_t q_pos,
     __shared__ float4 sq[R * NC];        /* q rows, zero past HD and G */
     __shared__ float4 sred[KS * R * NC]; /* P V slices' sums [KS][R][NC] */
     __shared__ float4 sp4[(C * R + 3) / 4];
-    __shared__ float salpha[R], smax[R], ssum[R];
+    __shared__ float salpha[R], smax[R], ssum[R], rl[R], cw[R * DEC_MAX_S];
     __shared__ int64_t slo[1], shi[1];
     __shared__ int last;
     float *sp = (float *)sp4; /* a tile's scores, then p: [C][R] */
@@ -303,12 +307,12 @@ __device__ __forceinline__ void ph_block(const nmlx_attn_args &a, int64_t q_pos,
         out[0] = o.x, out[1] = o.y, out[2] = o.z, out[3] = o.w;
     }
     if (direct) return;
-    dec_merge(a, kvh, S, G, G, nb, po, pml, cnt, &last, slo, shi);
+    dec_merge(a, kvh, S, G, G, nb, po, pml, cnt, cw, rl, &last, slo, shi);
 }
 
 /* One query: grid (S, KVH); step as attn_decode_kernel's */
 template <int NC, int R>
-__global__ void __launch_bounds__(DEC_THREADS)
+__global__ void __launch_bounds__(DEC_THREADS, R <= 4 ? PH_MIN_BLOCKS : PH_MIN_BLOCKS - 1)
     attn_phased_kernel(nmlx_attn_args a, const int64_t *step, int S, int run, float *po, float *pml,
                        unsigned *cnt) {
     int64_t q_pos, n_kv;
