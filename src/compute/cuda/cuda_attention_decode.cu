@@ -189,6 +189,18 @@ static inline __device__ float dec_warp_sum(float v) {
 
 #include "compute/cuda/cuda_attention_short.h"
 
+/* A block that has every key writes the output itself: row h's weight f of
+ * its one partial (max M, sum L) and the total Lt, as dec_merge_few
+ * computes them from that partial (the sink as one more logit), so that
+ * out = fmaf(f, o, 0) / Lt has the merge's bits. */
+static inline __device__ void dec_one_partial(const nmlx_attn_args &a, int h, float M, float L,
+                                              float *f, float *Lt) {
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    const float Mt = fmaxf(sink, M);
+    *f = M == -INFINITY ? 0.0f : expf(M - Mt);
+    *Lt = fmaf(*f, L, 0.0f) + (a.sinks && Mt != -INFINITY ? expf(sink - Mt) : 0.0f);
+}
+
 /* The last block's merge of nb <= DEC_MERGE partials: a thread per 4 dims
  * of a row loads every partial's m, l and o at once (one memory round
  * trip), then M = the max over the sink and the m_s, out = sum_s e^(m_s -
@@ -547,11 +559,8 @@ __device__ __forceinline__ void dec_block(const nmlx_attn_args &a, int64_t q_pos
             const int t = r / G, h = kvh * G + r % G;
             float y = 0.0f;
             if (slo[t] <= shi[t]) { /* else nothing visible: zero, as the CPU */
-                const float sink = a.sinks ? a.sinks[h] : -INFINITY;
-                const float Mt = fmaxf(sink, M);
-                const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
-                const float Lt =
-                    fmaf(f, L, 0.0f) + (a.sinks && Mt != -INFINITY ? expf(sink - Mt) : 0.0f);
+                float f, Lt;
+                dec_one_partial(a, h, M, L, &f, &Lt);
 #if DEC_BREAK == 1 /* test hook (attn_decode_emu): not normalised */
                 y = fmaf(f, acc, 0.0f), (void)Lt;
 #else

@@ -289,11 +289,8 @@ __device__ __forceinline__ void ph_block(const nmlx_attn_args &a, int64_t q_pos,
         const int h = kvh * G + r;
         float4 o = zero;
         if (N > 0) { /* else nothing visible: zero, as the CPU */
-            const float sink = a.sinks ? a.sinks[h] : -INFINITY;
-            const float Mt = fmaxf(sink, M);
-            const float f = M == -INFINITY ? 0.0f : expf(M - Mt);
-            const float Lt =
-                fmaf(f, L, 0.0f) + (a.sinks && Mt != -INFINITY ? expf(sink - Mt) : 0.0f);
+            float f, Lt;
+            dec_one_partial(a, h, M, L, &f, &Lt);
 #if DEC_BREAK == 5 /* test hook (attn_decode_emu): not normalised */
             (void)Lt, o = make_float4(fmaf(f, y.x, 0.0f), fmaf(f, y.y, 0.0f), fmaf(f, y.z, 0.0f),
                                       fmaf(f, y.w, 0.0f));
