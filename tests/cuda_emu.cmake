@@ -1,9 +1,10 @@
 # The few-rows v2 and v3 CUDA kernels (src/compute/cuda/cuda_qrows2.h,
-# cuda_qrows3.h) emulated on the CPU (tests/cuda/qrows2_emu.cpp: host C++20,
+# cuda_qrows3.h, and v2 grouped over MoE experts: cuda_qrows2_group.h) emulated on the CPU (tests/cuda/qrows2_emu.cpp: host C++20,
 # no CUDA header), so that their warp logic, and v3 = v2 bit for bit, are
 # checked in every build, with or without a GPU or CUDA; and deliberately
 # broken builds that must fail: QR2_BREAK=1 (v2's A fragment halves crossed),
-# 2 (v2's split-K counters not put back to 0), QR3_BREAK=1 (v3's staged
+# 2 (v2's split-K counters not put back to 0), 3 (the grouped MoE kernel
+# reads the first task's chunk sums for every task), QR3_BREAK=1 (v3's staged
 # chunk sums in another order: within the error bounds, not v2's bits), 2
 # (v3 stages a piece while warps still read the one before: no barrier).
 include(CheckLanguage)
@@ -21,7 +22,7 @@ if(CMAKE_CXX_COMPILER)
   endfunction()
   nmlx_qrows2_emu(test_qrows2_emu "")
   add_test(NAME test_qrows2_emu COMMAND test_qrows2_emu)
-  foreach(brk QR2_BREAK=1 QR2_BREAK=2 QR3_BREAK=1 QR3_BREAK=2)
+  foreach(brk QR2_BREAK=1 QR2_BREAK=2 QR2_BREAK=3 QR3_BREAK=1 QR3_BREAK=2)
     string(REGEX REPLACE "QR([23])_BREAK=([0-9])" "test_qrows\\1_emu_broken\\2" name ${brk})
     nmlx_qrows2_emu(${name} ${brk})
     add_test(NAME ${name} COMMAND ${name} quick)

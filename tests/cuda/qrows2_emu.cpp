@@ -38,10 +38,17 @@
  * launch's size and aligned, nothing past the size written, and nothing
  * read before it was written (the buffer is 0xff, NaN, before each block).
  *
+ * The grouped form (cuda_qrows2_group.h, the MoE prefill's experts): two
+ * linears of 3..8 experts each in one launch, rows an expert from none to
+ * three tasks; each task's outputs must equal qrows2_kernel's for that
+ * expert and those rows alone, bit for bit (9 formats, 1 / 2 m16 tiles a
+ * warp, 1..8 row groups).
+ *
  * Built by ctest (tests/cuda_emu.cmake) as test_qrows2_emu, and with
  * QR2_BREAK=1 (A fragment halves crossed), QR2_BREAK=2 (the split-K
  * counters not put back to 0: the second launch never finds its last
- * block), QR3_BREAK=1 (v3's chunk sums added in another order: within the
+ * block), QR2_BREAK=3 (the grouped kernel reads the first task's chunk
+ * sums for every task), QR3_BREAK=1 (v3's chunk sums added in another order: within the
  * error bounds, not v2's bits) and QR3_BREAK=2 (v3 stages a piece while
  * warps still read the one before) as tests that must fail.
  * Usage: test_qrows2_emu [quick] */
@@ -55,6 +62,7 @@
 
 #include "warp_emu.h"
 
+#include "compute/cuda/cuda_qrows2_group.h"
 #include "compute/cuda/cuda_qrows3.h"
 
 /* the primitives */
@@ -117,7 +125,7 @@ inline void qr3_stsf(unsigned char *p, float v) {
     memcpy(p, &v, 4);
 }
 
-static int failures, cases, v3_same, v3_multi;
+static int failures, cases, v3_same, v3_multi, group_cases, group_tasks;
 static double worst, worst_c;
 
 /* E2M1 code -> value */
@@ -126,13 +134,25 @@ static double e2m1(int c) {
     return (c & 8 ? -1 : 1) * v[c & 7];
 }
 
-template <int BITS, int SC, int NT, int MT>
-static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbdt, bool bias) {
+/* One weight of a format: codes (MLX packing), scales and biases in their
+ * storage, a linear bias; and the values the references take. */
+struct emu_qw {
+    std::vector<uint8_t> wq, sc, bi, lb;
+    std::vector<int> q;
+    std::vector<double> sv, bv, lbv;
+};
+
+template <int BITS, int SC>
+static emu_qw make_qw(int gs, int64_t D, int64_t N, int lbdt, bool bias) {
     constexpr bool MX = SC == QR2_SC_E8M0;
-    const int64_t G = N / gs, C = N / 32, rowb = N * BITS / 8;
+    const int64_t G = N / gs, rowb = N * BITS / 8;
+    emu_qw o;
+    std::vector<uint8_t> &wq = o.wq, &sc = o.sc, &bi = o.bi, &lb = o.lb;
+    std::vector<int> &q = o.q;
+    std::vector<double> &sv = o.sv, &bv = o.bv, &lbv = o.lbv;
     /* codes (MLX packing: a little-endian bit stream, input k at bits k BITS of its row) */
-    std::vector<uint8_t> wq((size_t)(D * rowb) + 8, 0);
-    std::vector<int> q((size_t)(D * N));
+    wq.assign((size_t)(D * rowb) + 8, 0);
+    q.assign((size_t)(D * N), 0);
     for (int64_t d = 0; d < D; d++)
         for (int64_t k = 0; k < N; k++) {
             const int v = (int)(emu_next32() % (1u << BITS));
@@ -145,8 +165,8 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
         }
     /* scales and biases in their storage; the reference takes the stored values */
     const size_t ss = SC == QR2_SC_F32 ? 4 : SC == QR2_SC_E8M0 ? 1 : 2;
-    std::vector<uint8_t> sc((size_t)(D * G) * ss), bi((size_t)(D * G) * ss);
-    std::vector<double> sv((size_t)(D * G)), bv((size_t)(D * G));
+    sc.assign((size_t)(D * G) * ss, 0), bi.assign((size_t)(D * G) * ss, 0);
+    sv.assign((size_t)(D * G), 0), bv.assign((size_t)(D * G), 0);
     for (int64_t i = 0; i < D * G; i++) {
         if (MX) {
             const uint8_t e = (uint8_t)(118 + emu_next32() % 8);
@@ -171,8 +191,8 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
         }
     }
     /* the linear bias */
-    std::vector<uint8_t> lb((size_t)D * 4);
-    std::vector<double> lbv((size_t)D, 0.0);
+    lb.assign((size_t)D * 4, 0);
+    lbv.assign((size_t)D, 0.0);
     for (int64_t d = 0; d < D; d++) {
         const float v = emu_urand(-1, 1);
         if (lbdt == QR2_B_F32)
@@ -186,6 +206,43 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
         }
         if (!bias) lbv[(size_t)d] = 0;
     }
+    return o;
+}
+
+/* x [T, N] as qx_split_kernel leaves it: hi = bf16(x), lo = bf16(x - hi),
+ * and the chunk sums in its order (v3 must give its bits): a thread's 8
+ * inputs as 4 pairs added to 0 in order, then the 4 threads by shfl_xor 1,
+ * 2: (p0 + p1) + (p2 + p3) */
+static void split_x(const float *x, int64_t T, int64_t N, std::vector<uint16_t> &xhi,
+                    std::vector<uint16_t> &xlo, std::vector<float> &xs) {
+    const int64_t C = N / 32;
+    xhi.assign((size_t)(T * N), 0), xlo.assign((size_t)(T * N), 0);
+    xs.assign((size_t)(T * C), 0.0f);
+    for (int64_t i = 0; i < T * N; i++) {
+        xhi[(size_t)i] = f2bf(x[i]);
+        xlo[(size_t)i] = f2bf(x[i] - bf2f(xhi[(size_t)i]));
+    }
+    for (int64_t i = 0; i < T * C; i++) {
+        float p[4];
+        for (int m = 0; m < 4; m++) {
+            const float *v = x + i * 32 + 8 * m;
+            float s = 0.0f;
+            for (int j = 0; j < 4; j++)
+                s += v[2 * j] + v[2 * j + 1];
+            p[m] = s;
+        }
+        xs[(size_t)i] = (p[0] + p[1]) + (p[2] + p[3]);
+    }
+}
+
+template <int BITS, int SC, int NT, int MT>
+static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbdt, bool bias) {
+    constexpr bool MX = SC == QR2_SC_E8M0;
+    const int64_t G = N / gs, C = N / 32, rowb = N * BITS / 8;
+    const emu_qw W = make_qw<BITS, SC>(gs, D, N, lbdt, bias);
+    const std::vector<uint8_t> &wq = W.wq, &sc = W.sc, &bi = W.bi, &lb = W.lb;
+    const std::vector<int> &q = W.q;
+    const std::vector<double> &sv = W.sv, &bv = W.bv, &lbv = W.lbv;
     /* x over 1e-3..1e3, every 5th row tiny, every 7th 100x; split as
      * qx_split_kernel does (hi = bf16(x), lo = bf16(x - hi), chunk sums) */
     /* x at a 4-byte offset every other case (v3's scalar loads) */
@@ -201,26 +258,9 @@ static void run_case(int gs, int T, int64_t D, int64_t N, int S, int wr, int lbd
                 v *= 100.0f;
             x[t * N + k] = v;
         }
-    std::vector<uint16_t> xhi((size_t)(T * N)), xlo((size_t)(T * N));
-    std::vector<float> xs((size_t)(T * C));
-    for (int64_t i = 0; i < T * N; i++) {
-        xhi[(size_t)i] = f2bf(x[i]);
-        xlo[(size_t)i] = f2bf(x[i] - bf2f(xhi[(size_t)i]));
-    }
-    /* the chunk sums in qx_split_kernel's order (v3 must give its bits): a
-     * thread's 8 inputs as 4 pairs added to 0 in order, then the 4 threads
-     * by shfl_xor 1, 2: (p0 + p1) + (p2 + p3) */
-    for (int64_t i = 0; i < T * C; i++) {
-        float p[4];
-        for (int m = 0; m < 4; m++) {
-            const float *v = x + i * 32 + 8 * m;
-            float s = 0.0f;
-            for (int j = 0; j < 4; j++)
-                s += v[2 * j] + v[2 * j + 1];
-            p[m] = s;
-        }
-        xs[(size_t)i] = (p[0] + p[1]) + (p[2] + p[3]);
-    }
+    std::vector<uint16_t> xhi, xlo;
+    std::vector<float> xs;
+    split_x(x, T, N, xhi, xlo, xs);
     /* y, the partials and the counters with poisoned guard zones */
     enum { GUARD = 64 };
     const int64_t rblocks = (D + 16 * MT * wr - 1) / (16 * MT * wr);
@@ -418,6 +458,106 @@ static void run_t(int pick, int gs, int T, int64_t D, int64_t N, int S, int lbdt
     }
 }
 
+/* The grouped kernel (cuda_qrows2_group.h) over E experts of two linears
+ * (one launch, blockIdx.z the linear): rows per expert from 0 to past two
+ * tasks; each task's rows of both y must equal qrows2_kernel's for that
+ * expert alone (T = the task's rows, S = 1, the same row groups) bit for
+ * bit; y poisoned (NaN) and written everywhere, its guard zones untouched,
+ * every load inside the experts' buffers, x, the sums or the task table. */
+template <int BITS, int SC, int MT>
+static void run_group(int gs, int E, int64_t D, int64_t N, int wr, int lbdt, bool bias) {
+    constexpr bool MX = SC == QR2_SC_E8M0;
+    constexpr int NT = 4, ROWS = 8 * NT;
+    const int64_t rowb = N * BITS / 8;
+    std::vector<emu_qw> W[2];
+    std::vector<qr2_expert> tab[2];
+    for (int l = 0; l < 2; l++)
+        for (int e = 0; e < E; e++) {
+            W[l].push_back(make_qw<BITS, SC>(gs, D, N, lbdt, bias));
+            const emu_qw &w = W[l].back();
+            tab[l].push_back(qr2_expert{w.wq.data(), w.sc.data(), MX ? nullptr : w.bi.data(),
+                                        bias ? w.lb.data() : nullptr});
+        }
+    /* rows an expert: none for about a third, the last past two tasks */
+    std::vector<int32_t> task;
+    int P = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = e == E - 1              ? 2 * ROWS + 1 + (int)(emu_next32() % ROWS)
+                      : emu_next32() % 3 == 0 ? 0
+                                              : 1 + (int)(emu_next32() % (ROWS + 8));
+        for (int r = 0; r < n; r += ROWS)
+            task.insert(task.end(), {e, P + r, n - r < ROWS ? n - r : ROWS});
+        P += n;
+    }
+    const int ntask = (int)task.size() / 3;
+    std::vector<float> x((size_t)(P * N));
+    for (auto &v : x)
+        v = powf(10.0f, emu_urand(-3, 3)) * (emu_next32() & 1 ? -1.0f : 1.0f);
+    std::vector<uint16_t> xhi, xlo;
+    std::vector<float> xs;
+    split_x(x.data(), P, N, xhi, xlo, xs);
+    enum { GUARD = 64 };
+    std::vector<float> y[2];
+    for (int l = 0; l < 2; l++)
+        y[l].assign((size_t)(P * D + 2 * GUARD), NAN);
+    emu_regions.clear();
+    for (int l = 0; l < 2; l++)
+        for (const emu_qw &w : W[l]) {
+            emu_regions.push_back({w.wq.data(), (size_t)(D * rowb), "codes"});
+            emu_regions.push_back({w.sc.data(), w.sc.size(), "scales"});
+            if (!MX) emu_regions.push_back({w.bi.data(), w.bi.size(), "biases"});
+        }
+    emu_regions.push_back({xhi.data(), xhi.size() * 2, "x hi"});
+    emu_regions.push_back({xlo.data(), xlo.size() * 2, "x lo"});
+    emu_regions.push_back({xs.data(), xs.size() * 4, "xs"});
+    emu_regions.push_back({task.data(), task.size() * 4, "tasks"});
+    qr2_group_args g;
+    memset(&g, 0, sizeof g);
+    for (int l = 0; l < 2; l++)
+        g.lin[l] = qr2_lin{tab[l].data(), y[l].data() + GUARD, lbdt};
+    g.task = task.data();
+    g.xhi = xhi.data(), g.xlo = xlo.data(), g.xs = xs.data();
+    g.gshift = gs == 32 ? 0 : gs == 64 ? 1 : 2, g.wr = wr, g.D = D, g.N = N;
+    const int64_t RB = 16 * MT * wr;
+    emu_launch_shuffled(dim3((unsigned)((D + RB - 1) / RB), (unsigned)ntask, 2), QR2_THREADS, 0,
+                        emu_next32, [&g] { qrows2_group_kernel<BITS, SC, NT, MT>(g); });
+    bool ok = true;
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < GUARD; i++)
+            ok = ok && std::isnan(y[l][(size_t)i]) && std::isnan(y[l][(size_t)(GUARD + P * D + i)]);
+    if (!ok) printf("grouped: guard zone written\n");
+    /* each task alone through qrows2_kernel */
+    int differ = 0;
+    for (int l = 0; l < 2; l++)
+        for (int t = 0; t < ntask; t++) {
+            const int e = task[(size_t)(3 * t)], r0 = task[(size_t)(3 * t + 1)],
+                      n = task[(size_t)(3 * t + 2)];
+            std::vector<float> yr((size_t)(n * D), NAN);
+            qr2_args a;
+            memset(&a, 0, sizeof a);
+            a.w = W[l][(size_t)e].wq.data(), a.scales = tab[l][(size_t)e].s;
+            a.biases = tab[l][(size_t)e].b, a.gshift = g.gshift;
+            a.xhi = xhi.data() + (size_t)r0 * N, a.xlo = xlo.data() + (size_t)r0 * N;
+            a.xs = xs.data() + (size_t)r0 * (N / 32);
+            a.y = yr.data(), a.lbias = tab[l][(size_t)e].bias, a.lbdt = lbdt;
+            a.T = n, a.S = 1, a.wr = wr, a.D = D, a.N = N;
+            emu_launch(dim3((unsigned)((D + RB - 1) / RB), 1), QR2_THREADS, 0,
+                       [&a] { qrows2_kernel<BITS, SC, NT, MT>(a); });
+            const float *yg = y[l].data() + GUARD + (size_t)r0 * D;
+            for (int64_t i = 0; i < n * D; i++)
+                differ += std::isnan(yr[(size_t)i]) || memcmp(&yr[(size_t)i], &yg[i], 4) != 0;
+        }
+    ok = ok && !differ;
+    failures += !ok;
+    cases++, group_cases++, group_tasks += ntask;
+    if (!ok || getenv("QR2_EMU_VERBOSE"))
+        printf("%s grouped %d-bit g%d sc %d MT=%d WR=%d E=%d P=%d tasks %d D=%lld N=%lld: %d "
+               "outputs differ from qrows2_kernel\n",
+               ok ? "ok  " : "FAIL", BITS, gs, SC, MT, wr, E, P, ntask, (long long)D, (long long)N,
+               differ);
+    fflush(stdout);
+}
+
 static const int Ts[12] = {2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64};
 static int case_i;
 
@@ -479,9 +619,22 @@ int main(int argc, char **argv) {
     run_t<4, QR2_SC_BF16>(1, 64, 16, 40, 1024, 1, QR2_B_F32, false);
     run_t<8, QR2_SC_BF16>(0, 64, 32, 33, 1024, 2, QR2_B_F16, true);
     run_t<4, QR2_SC_F16>(1, 128, 64, 50, 1024, 4, QR2_B_F32, true);
+    /* the grouped kernel: formats, groups, row groups a block, m16 tiles a warp */
+    run_group<4, QR2_SC_BF16, 1>(64, 5, 70, 128, 4, QR2_B_BF16, true);
+    run_group<4, QR2_SC_F16, 2>(32, 4, 37, 96, 1, QR2_B_F32, false);
+    run_group<8, QR2_SC_F16, 1>(32, 3, 45, 64, 2, QR2_B_F16, true);
+    run_group<3, QR2_SC_F32, 1>(128, 4, 33, 256, 8, QR2_B_F32, true);
+    run_group<4, QR2_SC_E8M0, 1>(32, 6, 50, 96, 4, QR2_B_BF16, true);
+    if (!quick) {
+        run_group<2, QR2_SC_BF16, 2>(128, 3, 40, 128, 2, QR2_B_F16, false);
+        run_group<5, QR2_SC_BF16, 1>(32, 4, 29, 64, 1, QR2_B_BF16, true);
+        run_group<6, QR2_SC_F16, 1>(64, 3, 66, 64, 4, QR2_B_F32, true);
+        run_group<4, QR2_SC_BF16, 1>(64, 8, 130, 512, 4, QR2_B_BF16, false);
+    }
     printf("qrows2 emulation: %d cases, %d failed; worst tight %.2e (bound 2e-6), contract %.2e "
-           "(bound 1e-4); v3 = v2 bit for bit in %d (%d of them in several pieces)\n",
-           cases, failures, worst, worst_c, v3_same, v3_multi);
+           "(bound 1e-4); v3 = v2 bit for bit in %d (%d of them in several pieces); grouped "
+           "= per task bit for bit in %d cases (%d tasks)\n",
+           cases, failures, worst, worst_c, v3_same, v3_multi, group_cases, group_tasks);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures != 0;
 }

@@ -173,6 +173,8 @@ void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);
  * (fused kernels), *sorted = the prefill form (expert-sorted rows,
  * per-expert matmuls). */
 void nmlx_cuda_moe_stats(long *small, long *sorted);
+/* launches of the grouped few-rows kernel over experts (cuda_moe_rows.cu), all backends */
+unsigned long long nmlx_cuda_moe_rows_launches(void);
 /* Which form moe_experts runs: 0 = none (it declines: the generic path),
  * 1 = decode form up to 64 pairs, else prefill form (the default), 2 =
  * always the prefill form, 3 = the decode form whenever its kernels take

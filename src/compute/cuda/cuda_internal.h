@@ -435,6 +435,35 @@ bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, co
 /* Frees its state (cuda_release, with the stream still alive). */
 void nmlx_cuda_moe_release(cuda_impl *c);
 
+/* Expert e's device pointers in one switch linear (the layout of
+ * cuda_qrows2_group.h qr2_expert). */
+typedef struct moe_ptrs {
+    const void *w, *s, *b, *bias;
+} moe_ptrs;
+
+/* cuda_moe.cu's view of one switch linear: the pointer table and the
+ * format every expert shares. bits: 0 = dense (sc = the weight dtype as
+ * SC_F32 / SC_F16 / SC_BF16), else the affine bits, or 4 with SC_E8M0
+ * (MXFP4); gshift: log2(group size / 8). */
+typedef struct moe_lin {
+    const moe_ptrs *tab; /* [E] device */
+    int64_t rows, cols;
+    int bits, sc, gshift;
+    nmlx_dtype bias_dt;
+    bool has_bias;
+} moe_lin;
+
+/* The grouped few-rows kernel over experts (cuda_moe_rows.cu): whether it
+ * takes linear l's format and shape; then y0 (and y1 with l1, a linear of
+ * the same format and shape reading the same x) = each task's expert
+ * applied to its rows of x [P, l->cols] (rows sorted by expert; dtask
+ * [ntask][3] on the device: expert, first row, rows, at most
+ * NMLX_CUDA_MOE_TASK_ROWS). False: nothing launched. */
+enum { NMLX_CUDA_MOE_TASK_ROWS = 32 };
+bool nmlx_cuda_moe_rows_ok(nmlx_backend *be, const moe_lin *l);
+bool nmlx_cuda_moe_rows(nmlx_backend *be, const moe_lin *l0, float *y0, const moe_lin *l1,
+                        float *y1, const float *x, int64_t P, const int32_t *dtask, int ntask);
+
 /* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
 template <typename F> __device__ F cuda_block_sum(F v) {
     __shared__ F part[32];

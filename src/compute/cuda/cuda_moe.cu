@@ -24,11 +24,14 @@
  *
  * Prefill (more pairs, or experts whose format is not uniform): pairs
  * sorted by expert on the host (nmlx_switch_gather_sort), then one gather
- * of x rows into expert order, per used expert the backend's matmuls over
- * its contiguous rows (gate/up as one matmul_multi; the tensor-core /
- * cuBLAS paths for more than 8 rows), one activation over all rows, down
- * per expert, and one kernel that sums each token's k slots with their
- * scores in slot order.
+ * of x rows into expert order; for quantized experts (affine 2..8-bit or
+ * MXFP4, groups of 32..128) one grouped launch for gate and up over every
+ * (used expert, tile of up to 64 rows) (cuda_moe_rows.cu), one activation
+ * over all rows, one grouped launch for down, and one kernel that sums
+ * each token's k slots with their scores in slot order. Other experts
+ * (dense, mixed formats): per used expert the backend's matmuls over its
+ * contiguous rows (gate/up as one matmul_multi) in place of each grouped
+ * launch.
  *
  * NMLX_CUDA_MOE=0: the op declines (the generic path runs), for A/B runs;
  * NMLX_CUDA_MOE=sorted: always the prefill form. */
@@ -47,22 +50,6 @@ extern "C" {
 
 enum { MOE_SMALL_PAIRS = 64, MOE_WARPS = 4, MOE_TABLES_MAX = 4096 };
 static const double MOE_EXPERT_LAUNCH_BYTES = 48e6; /* prefer_small */
-
-/* Expert e's device pointers in one switch linear. */
-typedef struct moe_ptrs {
-    const void *w, *s, *b, *bias;
-} moe_ptrs;
-
-/* The kernels' view of one switch linear: the pointer table and the
- * format every expert shares. kind: 0 = dense (SC = the weight dtype as
- * SC_F32/SC_F16/SC_BF16), else the affine bits or 4 with SC_E8M0. */
-typedef struct moe_lin {
-    const moe_ptrs *tab; /* [E] device */
-    int64_t rows, cols;
-    int bits, sc, gshift;
-    nmlx_dtype bias_dt;
-    bool has_bias;
-} moe_lin;
 
 /* One switch linear's table. The key (its weight array) may be reused by
  * another model's linear after a free: the first and last experts'
@@ -516,70 +503,101 @@ static void launch_small(nmlx_backend *be, const moe_lin *gl, const moe_lin *ul,
     nmlx_cuda_note(be, cudaGetLastError());
 }
 
-static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g, const float *x,
-                      const int32_t *idx, const float *scores, int64_t T, int64_t k,
-                      nmlx_switch_buffers *b, float *out) {
-    /* copies: a later lin_of may move the tables */
+/* The three linears' tables where gate and up share one format and the
+ * shapes chain (the decode form's kernels and the grouped prefill take
+ * them); false: the per-expert prefill form. Copies: a later lin_of may
+ * move the tables. */
+static bool lins_of(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g, moe_lin *l) {
     const moe_lin *pg = lin_of(be, m, &g->gate);
     if (!pg) return false;
-    const moe_lin gl = *pg, *pu = lin_of(be, m, &g->up);
+    l[0] = *pg;
+    const moe_lin *pu = lin_of(be, m, &g->up);
     if (!pu) return false;
-    const moe_lin ul = *pu, *pd = lin_of(be, m, &g->down);
+    l[1] = *pu;
+    const moe_lin *pd = lin_of(be, m, &g->down);
     if (!pd) return false;
-    const moe_lin dl = *pd;
-    if (gl.bits != ul.bits || gl.sc != ul.sc || gl.gshift != ul.gshift || gl.rows != ul.rows ||
-        gl.cols != ul.cols || gl.rows != g->hidden || gl.cols != g->in || dl.cols != gl.rows ||
-        dl.rows != gl.cols)
-        return false;
+    l[2] = *pd;
+    return l[0].bits == l[1].bits && l[0].sc == l[1].sc && l[0].gshift == l[1].gshift &&
+           l[0].rows == l[1].rows && l[0].cols == l[1].cols && l[0].rows == g->hidden &&
+           l[0].cols == g->in && l[2].cols == l[0].rows && l[2].rows == l[0].cols;
+}
+
+static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g,
+                      const moe_lin *l, const float *x, const int32_t *idx, const float *scores,
+                      int64_t T, int64_t k, nmlx_switch_buffers *b, float *out) {
     const int64_t P = T * k;
     if (!stage_reserve(be, m, (size_t)(2 * P))) return false;
     memcpy(m->host, idx, (size_t)P * 4);
     memcpy(m->host + P, scores, (size_t)P * 4);
     nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, m->host, (size_t)(2 * P) * 4, cudaMemcpyHostToDevice,
                                        cuda_of(be)->stream));
-    launch_small(be, &gl, &ul, &dl, g, x, m->dev, (const float *)(m->dev + P), T, k, b, out);
+    launch_small(be, &l[0], &l[1], &l[2], g, x, m->dev, (const float *)(m->dev + P), T, k, b, out);
     moe_small_calls++;
     return true;
 }
 
 /* ---- the prefill form ---- */
 
+/* The grouped kernel's tasks (expert, first row, rows) into t: each used
+ * expert's sorted rows in pieces of at most NMLX_CUDA_MOE_TASK_ROWS, in
+ * expert order; their count (at most min(P, E) + P / the piece). */
+static int make_tasks(const nmlx_switch_buffers *b, int64_t E, int32_t *t) {
+    const int64_t most = NMLX_CUDA_MOE_TASK_ROWS;
+    int n = 0;
+    for (int64_t e = 0; e < E; e++)
+        for (int64_t r = b->start[e]; r < b->start[e + 1]; r += most) {
+            const int64_t left = b->start[e + 1] - r;
+            t[3 * n] = (int32_t)e, t[3 * n + 1] = (int32_t)r;
+            t[3 * n + 2] = (int32_t)(left < most ? left : most);
+            n++;
+        }
+    return n;
+}
+
+/* l: the tables where every linear takes the grouped kernel (one launch
+ * for gate and up, one for down); NULL: a matmul per used expert. */
 static bool run_sorted(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g,
-                       const float *x, const int32_t *idx, const float *scores, int64_t T,
-                       int64_t k, nmlx_switch_buffers *b, float *out) {
-    const int64_t P = T * k, D = g->in, I = g->hidden;
-    if (!stage_reserve(be, m, (size_t)(3 * P))) return false;
+                       const moe_lin *l, const float *x, const int32_t *idx, const float *scores,
+                       int64_t T, int64_t k, nmlx_switch_buffers *b, float *out) {
+    const int64_t P = T * k, D = g->in, I = g->hidden, E = g->gate.n_experts;
+    const int64_t tasks_max = l ? (P < E ? P : E) + P / NMLX_CUDA_MOE_TASK_ROWS + 1 : 0;
+    if (tasks_max > 65535) l = NULL; /* the grid's y (never near: 4M pairs) */
+    if (!stage_reserve(be, m, (size_t)(3 * P + 3 * tasks_max))) return false;
     nmlx_switch_gather_sort(b, idx, P);
-    int32_t *hs = m->host; /* [scores P][order P][inv P] */
+    int32_t *hs = m->host; /* [scores P][order P][inv P][tasks] */
     memcpy(hs, scores, (size_t)P * 4);
     memcpy(hs + P, b->order, (size_t)P * 4);
     for (int64_t s = 0; s < P; s++)
         hs[2 * P + b->order[s]] = (int32_t)s;
+    const int ntask = l ? make_tasks(b, E, hs + 3 * P) : 0;
     cudaStream_t s = cuda_of(be)->stream;
-    nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, hs, (size_t)(3 * P) * 4, cudaMemcpyHostToDevice, s));
+    nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, hs, (size_t)(3 * P + 3 * ntask) * 4,
+                                       cudaMemcpyHostToDevice, s));
     const float *dsc = (const float *)m->dev;
-    const int32_t *dorder = m->dev + P, *dinv = m->dev + 2 * P;
+    const int32_t *dorder = m->dev + P, *dinv = m->dev + 2 * P, *dtask = m->dev + 3 * P;
     moe_gather_kernel<<<moe_grid(P * D), 256, 0, s>>>(x, dorder, (int)k, b->xs, P, D);
     nmlx_cuda_note(be, cudaGetLastError());
-    for (int64_t e = 0; e < g->gate.n_experts; e++) {
-        const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
-        if (n == 0) continue;
-        const nmlx_weight *ws[2] = {&g->gate.w[e], &g->up.w[e]};
-        const nmlx_tensor *bs[2] = {g->gate.bias ? &g->gate.bias[e] : NULL,
-                                    g->up.bias ? &g->up.bias[e] : NULL};
-        float *ys[2] = {b->gate + s0 * I, b->up + s0 * I};
-        nmlx_cuda_matmul_multi(be, 2, ws, bs, b->xs + s0 * D, ys, n);
-    }
+    if (!l || !nmlx_cuda_moe_rows(be, &l[0], b->gate, &l[1], b->up, b->xs, P, dtask, ntask))
+        for (int64_t e = 0; e < E; e++) {
+            const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
+            if (n == 0) continue;
+            const nmlx_weight *ws[2] = {&g->gate.w[e], &g->up.w[e]};
+            const nmlx_tensor *bs[2] = {g->gate.bias ? &g->gate.bias[e] : NULL,
+                                        g->up.bias ? &g->up.bias[e] : NULL};
+            float *ys[2] = {b->gate + s0 * I, b->up + s0 * I};
+            nmlx_cuda_matmul_multi(be, 2, ws, bs, b->xs + s0 * D, ys, n);
+        }
     if (g->act == NMLX_SWITCH_SWIGLU_CLIPPED)
         nmlx_cuda_swiglu_clipped(be, b->gate, b->up, b->gate, P * I, g->alpha, g->limit);
     else
         nmlx_cuda_act_mul(be, NMLX_ACT_SILU, b->gate, b->up, b->gate, P * I);
-    for (int64_t e = 0; e < g->down.n_experts; e++) {
-        const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
-        if (n == 0) continue;
-        nmlx_cuda_matmul(be, &g->down.w[e], g->down.bias ? &g->down.bias[e] : NULL,
-                         b->gate + s0 * I, b->ys + s0 * D, n);
-    }
+    if (!l || !nmlx_cuda_moe_rows(be, &l[2], b->ys, NULL, NULL, b->gate, P, dtask, ntask))
+        for (int64_t e = 0; e < g->down.n_experts; e++) {
+            const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
+            if (n == 0) continue;
+            nmlx_cuda_matmul(be, &g->down.w[e], g->down.bias ? &g->down.bias[e] : NULL,
+                             b->gate + s0 * I, b->ys + s0 * D, n);
+        }
     s = cuda_of(be)->stream;
     moe_scatter_sum_kernel<<<moe_grid(T * D), 256, 0, s>>>(b->ys, dinv, dsc, out, T, D, (int)k);
     nmlx_cuda_note(be, cudaGetLastError());
@@ -600,17 +618,18 @@ static double weight_bytes(const nmlx_weight *w) {
 
 /* Whether P pairs take the decode form (mode 1). That form reads each
  * pair's expert weights (shared between pairs only through L2); the
- * prefill form reads each used expert once but costs about 6 launches an
- * expert (gate/up, down: split + tensor-core tile each, mostly empty
- * tiles at a few rows). Cost model, not yet measured: the decode form
+ * prefill form reads each used expert once. Grouped (quantized experts):
+ * the decode form up to MOE_SMALL_PAIRS, where a pair's expert is mostly
+ * its own, the prefill form past it (not yet measured between 64 and a
+ * few hundred pairs). Per-expert matmuls (dense experts) cost about 6
+ * launches an expert (gate/up, down: split + tensor-core tile each, mostly
+ * empty tiles at a few rows). Cost model, not yet measured: the decode form
  * while P * (bytes of a pair's three weights) <= used experts *
  * MOE_EXPERT_LAUNCH_BYTES (48 MB: 6 launches of ~3 us at ~2.7 TB/s), and
- * always up to MOE_SMALL_PAIRS. Qwen3-30B-A3B 4-bit (2.5 MB a pair, 128
- * experts): the decode form up to ~2,400 pairs, so batched decode of 32
- * sessions (256 pairs) and prompts up to ~300 tokens; GPT-OSS-20B MXFP4
- * (13 MB a pair, 32 experts): up to ~120 pairs. NMLX_CUDA_MOE_SMALL=N:
- * the decode form up to N pairs instead. */
-static bool prefer_small(const nmlx_switch_glu *g, const int32_t *idx, int64_t P) {
+ * always up to MOE_SMALL_PAIRS (a dense bf16 Qwen3-30B-A3B, 9.4 MB a
+ * pair, 128 experts: up to ~650 pairs). NMLX_CUDA_MOE_SMALL=N: the decode
+ * form up to N pairs instead. */
+static bool prefer_small(const nmlx_switch_glu *g, const int32_t *idx, int64_t P, bool grouped) {
     static long fixed = -2; /* -2: not read yet; -1: the cost model */
     if (fixed == -2) {
         const char *e = getenv("NMLX_CUDA_MOE_SMALL");
@@ -618,6 +637,7 @@ static bool prefer_small(const nmlx_switch_glu *g, const int32_t *idx, int64_t P
     }
     if (fixed >= 0) return P <= fixed;
     if (P <= MOE_SMALL_PAIRS) return true;
+    if (grouped) return false; /* each used expert read once, in ~7 launches a layer */
     const double pair =
         weight_bytes(&g->gate.w[0]) + weight_bytes(&g->up.w[0]) + weight_bytes(&g->down.w[0]);
     const int64_t E = g->gate.n_experts;
@@ -640,8 +660,12 @@ bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, co
     if (!m || !m->mode || T <= 0 || k <= 0 || T * k > b->max_pairs ||
         g->gate.n_experts != b->n_experts || T * k > INT32_MAX)
         return false;
-    if ((m->mode == 3 || (m->mode == 1 && prefer_small(g, idx, T * k))) && T * k <= 65535 &&
-        run_small(be, m, g, x, idx, scores, T, k, b, out))
+    moe_lin l[3];
+    const bool tables = lins_of(be, m, g, l);
+    const bool grouped =
+        tables && nmlx_cuda_moe_rows_ok(be, &l[0]) && nmlx_cuda_moe_rows_ok(be, &l[2]);
+    if (tables && (m->mode == 3 || (m->mode == 1 && prefer_small(g, idx, T * k, grouped))) &&
+        T * k <= 65535 && run_small(be, m, g, l, x, idx, scores, T, k, b, out))
         return true;
-    return run_sorted(be, m, g, x, idx, scores, T, k, b, out);
+    return run_sorted(be, m, g, grouped ? l : NULL, x, idx, scores, T, k, b, out);
 }

@@ -236,23 +236,23 @@ __device__ __forceinline__ void qr2_splitk_join(const A &a, int S, int T, int64_
 #endif
 }
 
-/* Block: WR = a.wr (1, 2, 4, 8) groups of 16 MT rows, the 8 / WR warps of
- * a group (wk) taking the split's chunks in turn. Up to 2 blocks an SM kept
- * resident (128 registers) where MT NT <= 8. */
-template <int BITS, int SC, int NT, int MT>
-__global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
-    qrows2_kernel(const qr2_args a) {
-    qr2_pdl();
+/* One block's work: row block bx, split sp. Block: WR = a.wr (1, 2, 4, 8)
+ * groups of 16 MT rows, the 8 / WR warps of a group (wk) taking the
+ * split's chunks in turn. SKIP (the grouped kernel below, whose tasks have
+ * 1..8 NT rows): token tiles past T skip their x loads and mma; T decides
+ * NT in qrows2_kernel's launcher, so it never has such tiles. */
+template <int BITS, int SC, int NT, int MT, bool SKIP>
+__device__ __forceinline__ void qrows2_tile(const qr2_args &a, int64_t bx, int sp) {
     constexpr bool MX = SC == QR2_SC_E8M0;
     __shared__ float red[QR2_WARPS][NT * 4][32];
     __shared__ unsigned last_block;
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, c4 = lane & 3;
-    const int T = a.T, S = a.S, sp = (int)blockIdx.y;
+    const int T = a.T, S = a.S;
     const int WR = a.wr, WK = QR2_WARPS / WR, wr = warp % WR, wk = warp / WR;
     const int RB = 16 * MT * WR; /* weight rows a block */
     /* 32-bit indices where they fit (T N < 2^31, rows < 2^31): fewer registers */
-    const int64_t D = a.D, d0 = (int64_t)blockIdx.x * RB, rowb = a.N * BITS / 8;
+    const int64_t D = a.D, d0 = bx * RB, rowb = a.N * BITS / 8;
     const int64_t dw = d0 + 16 * MT * wr; /* this warp's rows */
     const int N = (int)a.N, C = N >> 5, G = N >> (a.gshift + 5);
     const int cb = (int)((int64_t)C * sp / S), ce = (int)((int64_t)C * (sp + 1) / S);
@@ -311,6 +311,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         float s0[NT], s1[NT];
 #pragma unroll
         for (int j = 0; j < NT; j++) {
+            if (SKIP && j > 0 && 8 * j >= T) break;
             xh[j] = qr2_ldg16(a.xhi + xoff[j] + ch * 32);
             xl[j] = qr2_ldg16(a.xlo + xoff[j] + ch * 32);
             s0[j] = MX ? 0.0f : __ldg(a.xs + tc[j][0] + ch);
@@ -331,6 +332,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
 #endif
 #pragma unroll
             for (int j = 0; j < NT; j++) {
+                if (SKIP && j > 0 && 8 * j >= T) break;
                 float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
                 qr2_mma(p, a0, xh[j].x, xh[j].y);
                 qr2_mma(p, a0, xl[j].x, xl[j].y);
@@ -372,6 +374,14 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
         __syncthreads();
     }
     if (S > 1) qr2_splitk_join(a, S, T, D, d0, RB, tid, last_block);
+}
+
+/* Up to 2 blocks an SM kept resident (128 registers) where MT NT <= 8. */
+template <int BITS, int SC, int NT, int MT>
+__global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
+    qrows2_kernel(const qr2_args a) {
+    qr2_pdl();
+    qrows2_tile<BITS, SC, NT, MT, false>(a, blockIdx.x, (int)blockIdx.y);
 }
 
 #endif
