@@ -286,6 +286,17 @@ typedef struct nmlx_backend_ops {
     bool (*moe_experts)(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
                         const int32_t *idx, const float *scores, int64_t T, int64_t k,
                         struct nmlx_switch_buffers *b, float *out);
+    /* moe_routed: moe_experts with the routing on the device. logits
+     * [T, E] is the router's output (a backend buffer, E = g's experts),
+     * routed as shared/moe.c nmlx_moe_route does: routing 1 = softmax then
+     * top k (norm: the k scores renormalised), 2 = top k then softmax over
+     * them; ties to the lower expert; the same choice and scores to
+     * rounding. Optional; returns false when it did nothing (the caller
+     * downloads the logits and routes on the host). CUDA: the decode form's
+     * pair counts, with no host wait, so a decode step stays one graph. */
+    bool (*moe_routed)(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                       const float *logits, int routing, bool norm, int64_t T, int64_t k,
+                       struct nmlx_switch_buffers *b, float *out);
 
     /* out[i] = act(gate[i]) * up[i] for n elements; out may alias gate. */
     void (*act_mul)(nmlx_backend *be, nmlx_act act, const float *gate, const float *up, float *out,

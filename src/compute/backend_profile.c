@@ -223,6 +223,16 @@ static bool p_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     PROF_END(be, "moe_experts k=%lld %s", (long long)k, t_bucket(T, tb, sizeof tb));
     return done;
 }
+static bool p_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                         const float *logits, int routing, bool norm, int64_t T, int64_t k,
+                         struct nmlx_switch_buffers *b, float *out) {
+    PROF_BEGIN(be);
+    bool done = P->inner->moe_routed(be, g, x, logits, routing, norm, T, k, b, out);
+    char tb[16];
+    PROF_END(be, "moe_routed k=%lld %s%s", (long long)k, t_bucket(T, tb, sizeof tb),
+             done ? "" : " (declined)");
+    return done;
+}
 static void p_act_mul(nmlx_backend *be, nmlx_act act, const float *gate, const float *up,
                       float *out, int64_t n) {
     PROF_BEGIN(be);
@@ -330,6 +340,7 @@ nmlx_status nmlx_backend_profile_attach(nmlx_backend *be) {
     WRAP(gate_up_act);
     WRAP(add_rmsnorm_matmul);
     WRAP(moe_experts);
+    WRAP(moe_routed);
     WRAP(act_mul);
     WRAP(swiglu_clipped);
     WRAP(act);

@@ -88,6 +88,7 @@ void nmlx_backend_apply_env(nmlx_backend *be) {
         be->own_ops.gate_up_act = NULL;
         be->own_ops.add_rmsnorm_matmul = NULL;
         be->own_ops.moe_experts = NULL;
+        be->own_ops.moe_routed = NULL;
         be->ops = &be->own_ops;
     }
     nmlx_backend_apply_skip(be);

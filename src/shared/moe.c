@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-nmlx_status nmlx_moe_load(nmlx_moe *m, const nmlx_weights *ws, nmlx_backend *be,
-                          const char *prefix, const nmlx_moe_shape *s) {
+nmlx_status nmlx_moe_load(nmlx_moe *m, const nmlx_weights *ws, nmlx_backend *be, const char *prefix,
+                          const nmlx_moe_shape *s) {
     char name[512];
     nmlx_status st;
     memset(m, 0, sizeof *m);
@@ -16,8 +16,12 @@ nmlx_status nmlx_moe_load(nmlx_moe *m, const nmlx_weights *ws, nmlx_backend *be,
         return st;
     if ((st = nmlx_linear_prepare(be, &m->router))) return st;
     nmlx_moe_experts_spec spec = {
-        .prefix = prefix, .stacked = s->stacked_name, .n_experts = s->n_experts,
-        .in = s->hidden, .hidden = s->expert_hidden, .bias = s->expert_bias,
+        .prefix = prefix,
+        .stacked = s->stacked_name,
+        .n_experts = s->n_experts,
+        .in = s->hidden,
+        .hidden = s->expert_hidden,
+        .bias = s->expert_bias,
         .gate_up_halves = s->gate_up_halves,
     };
     if ((st = nmlx_moe_experts_load(&m->experts, &m->owned, ws, be, &spec))) return st;
@@ -91,25 +95,38 @@ void nmlx_moe_route(const nmlx_moe_shape *s, const float *logits, int64_t T, int
         top_k(l, E, k, ix); /* softmax is monotonic: same choice as top_k(softmax(l)) */
         double mx = l[ix[0]], sum = 0;
         if (s->routing == NMLX_MOE_TOPK_SIGMOID) {
-            for (int64_t j = 0; j < k; j++) sc[j] = (float)(1.0 / (1.0 + exp(-(double)l[ix[j]])));
+            for (int64_t j = 0; j < k; j++)
+                sc[j] = (float)(1.0 / (1.0 + exp(-(double)l[ix[j]])));
         } else if (s->routing == NMLX_MOE_SOFTMAX_TOPK) {
             double z = 0, chosen = 0;
-            for (int64_t e = 0; e < E; e++) z += exp((double)l[e] - mx);
-            for (int64_t j = 0; j < k; j++) chosen += exp((double)l[ix[j]] - mx);
+            for (int64_t e = 0; e < E; e++)
+                z += exp((double)l[e] - mx);
+            for (int64_t j = 0; j < k; j++)
+                chosen += exp((double)l[ix[j]] - mx);
             double denom = s->norm_topk ? chosen : z;
-            for (int64_t j = 0; j < k; j++) sc[j] = (float)(exp((double)l[ix[j]] - mx) / denom);
+            for (int64_t j = 0; j < k; j++)
+                sc[j] = (float)(exp((double)l[ix[j]] - mx) / denom);
         } else {
-            for (int64_t j = 0; j < k; j++) sum += exp((double)l[ix[j]] - mx);
-            for (int64_t j = 0; j < k; j++) sc[j] = (float)(exp((double)l[ix[j]] - mx) / sum);
+            for (int64_t j = 0; j < k; j++)
+                sum += exp((double)l[ix[j]] - mx);
+            for (int64_t j = 0; j < k; j++)
+                sc[j] = (float)(exp((double)l[ix[j]] - mx) / sum);
         }
     }
 }
+
+_Static_assert(NMLX_MOE_SOFTMAX_TOPK == 1 && NMLX_MOE_TOPK_SOFTMAX == 2,
+               "backend.h moe_routed's routing values");
 
 void nmlx_moe_forward(nmlx_backend *be, const nmlx_moe *m, nmlx_moe_buffers *b, const float *x,
                       float *out, int64_t T) {
     const nmlx_moe_shape *s = &m->s;
     int64_t E = s->n_experts, k = s->top_k, D = s->hidden;
     nmlx_linear_forward(be, &m->router, x, b->logits, T);
+    if (be->ops->moe_routed && s->routing != NMLX_MOE_TOPK_SIGMOID && /* routed on the device */
+        be->ops->moe_routed(be, &m->experts, x, b->logits, (int)s->routing, s->norm_topk, T, k,
+                            &b->sw, out))
+        return;
     be->ops->download(be, b->host, b->logits, (size_t)(T * E) * sizeof(float));
     nmlx_moe_route(s, b->host, T, b->idx, b->scores);
     if (be->ops->moe_experts && /* the lines below as one backend op (backend.h) */
@@ -122,8 +139,10 @@ void nmlx_moe_forward(nmlx_backend *be, const nmlx_moe *m, nmlx_moe_buffers *b, 
         for (int64_t j = 0; j < k; j++) {
             float *yr = b->y + (t * k + j) * D;
             be->ops->scale(be, yr, b->scores[t * k + j], D);
-            if (j == 0) be->ops->copy(be, o, yr, (size_t)D * sizeof(float));
-            else be->ops->add(be, o, yr, o, D);
+            if (j == 0)
+                be->ops->copy(be, o, yr, (size_t)D * sizeof(float));
+            else
+                be->ops->add(be, o, yr, o, D);
         }
     }
 }

@@ -620,7 +620,7 @@ int main(int argc, char **argv) {
     run_t<8, QR2_SC_BF16>(0, 64, 32, 33, 1024, 2, QR2_B_F16, true);
     run_t<4, QR2_SC_F16>(1, 128, 64, 50, 1024, 4, QR2_B_F32, true);
     /* the grouped kernel: formats, groups, row groups a block, m16 tiles a warp */
-    run_group<4, QR2_SC_BF16, 1>(64, 5, 70, 128, 4, QR2_B_BF16, true);
+    run_group<4, QR2_SC_BF16, 2>(64, 5, 70, 128, 4, QR2_B_BF16, true); /* the default config */
     run_group<4, QR2_SC_F16, 2>(32, 4, 37, 96, 1, QR2_B_F32, false);
     run_group<8, QR2_SC_F16, 1>(32, 3, 45, 64, 2, QR2_B_F16, true);
     run_group<3, QR2_SC_F32, 1>(128, 4, 33, 256, 8, QR2_B_F32, true);

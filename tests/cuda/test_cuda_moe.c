@@ -16,8 +16,10 @@
  * The prefill form of quantized experts runs two grouped launches
  * (counted): within 2e-4 of the CPU. Of dense experts it runs the same
  * matmuls and elementwise ops as the generic path on the GPU: it must
- * match that to 1e-6 (bit for bit expected). Prints the worst relative
- * error per format and form. Exits
+ * match that to 1e-6 (bit for bit expected). moe_routed (routing on the
+ * GPU) against nmlx_moe_route + the decode form, every routing it takes,
+ * logits with ties and a -inf: 1e-6; it must decline with the prefill
+ * form forced. Prints the worst relative error per format and form. Exits
  * 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
@@ -27,6 +29,7 @@
 #include "model_util.h" /* test_diff_over_max */
 #include "ported/switch_layers.h"
 #include "qweight.h"
+#include "shared/moe.h"
 
 #include <math.h>
 #include <string.h>
@@ -57,6 +60,8 @@ static const moe_fmt FMTS[] = {
 enum { N_FMTS = sizeof FMTS / sizeof FMTS[0] };
 
 static double worst[N_FMTS][3]; /* decode form, prefill form, prefill vs GPU generic */
+static double worst_routed;     /* moe_routed against the host's routing */
+static int routed_cases;
 
 /* a [rows, cols] random dense BF16 buffer (host, kept) */
 static uint16_t *rand_bf16(int64_t n, float s) {
@@ -262,6 +267,71 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
     free(x), free(idx), free(scores), free(y), free(ref);
 }
 
+/* moe_routed (the routing on the GPU) against the host's routing
+ * (nmlx_moe_route) and moe_experts' decode form: the same output to
+ * rounding of exp (1e-6 of max|out|). Logits on a coarse grid (ties), a
+ * -inf among them; every routing the op takes. Then where it must decline:
+ * the prefill form forced, more pairs than the decode form takes. */
+static void check_routed(int fi, const nmlx_switch_glu *dg, int64_t E, int64_t T, int64_t k) {
+    const moe_fmt *f = &FMTS[fi];
+    const int64_t D = f->D, P = T * k;
+    float *x = test_rand_floats((size_t)(T * D), -2, 2);
+    float *logits = malloc((size_t)(T * E) * sizeof *logits);
+    for (int64_t i = 0; i < T * E; i++) /* steps of 0.25: ties among the top k */
+        logits[i] = roundf(test_randf(-3, 3) * 4.0f) / 4.0f;
+    logits[test_rand_u64() % (uint64_t)(T * E)] = -INFINITY;
+    int32_t *idx = malloc((size_t)P * sizeof *idx);
+    float *scores = malloc((size_t)P * sizeof *scores);
+    nmlx_switch_buffers gb;
+    EXPECT(nmlx_switch_buffers_alloc(&gb, gpu, P > 65 ? P : 65, E, D, f->I) == NMLX_OK,
+           "gpu buffers");
+    float *dx = gpu->ops->alloc(gpu, (size_t)(T * D) * 4);
+    float *dl = gpu->ops->alloc(gpu, (size_t)(T * E) * 4);
+    float *dref = gpu->ops->alloc(gpu, (size_t)(T * D) * 4);
+    float *dout = gpu->ops->alloc(gpu, (size_t)(T * D) * 4);
+    gpu->ops->upload(gpu, dx, x, (size_t)(T * D) * 4);
+    gpu->ops->upload(gpu, dl, logits, (size_t)(T * E) * 4);
+    float *ref = malloc((size_t)(T * D) * 4), *got = malloc((size_t)(T * D) * 4);
+    const struct {
+        int routing;
+        bool norm;
+    } rs[3] = {{NMLX_MOE_SOFTMAX_TOPK, true},
+               {NMLX_MOE_SOFTMAX_TOPK, false},
+               {NMLX_MOE_TOPK_SOFTMAX, false}};
+    for (int r = 0; r < 3; r++) {
+        nmlx_moe_shape sh = {
+            .n_experts = E, .top_k = k, .routing = rs[r].routing, .norm_topk = rs[r].norm};
+        nmlx_moe_route(&sh, logits, T, idx, scores);
+        nmlx_backend_cuda_set_moe(gpu, 3);
+        EXPECT(gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dref), "decode form");
+        nmlx_backend_cuda_set_moe(gpu, 1);
+        const long c0 = nmlx_cuda_moe_routed_calls();
+        const bool ran =
+            gpu->ops->moe_routed(gpu, dg, dx, dl, rs[r].routing, rs[r].norm, T, k, &gb, dout);
+        EXPECT(ran && nmlx_cuda_moe_routed_calls() == c0 + 1,
+               "moe_routed %s T=%lld k=%lld E=%lld routing %d declined", f->name, (long long)T,
+               (long long)k, (long long)E, rs[r].routing);
+        EXPECT(nmlx_backend_cuda_check(gpu) == NMLX_OK, "moe_routed: %s", nmlx_last_error());
+        gpu->ops->download(gpu, ref, dref, (size_t)(T * D) * 4);
+        gpu->ops->download(gpu, got, dout, (size_t)(T * D) * 4);
+        const double e = test_diff_over_max(got, ref, (size_t)(T * D));
+        EXPECT(e <= 1e-6,
+               "moe_routed %s T=%lld k=%lld E=%lld routing %d norm %d: %.2e vs host routing",
+               f->name, (long long)T, (long long)k, (long long)E, rs[r].routing, rs[r].norm, e);
+        if (e > worst_routed) worst_routed = e;
+        routed_cases++;
+    }
+    /* declines: the prefill form forced; past the decode form's pairs */
+    nmlx_backend_cuda_set_moe(gpu, 2);
+    EXPECT(!gpu->ops->moe_routed(gpu, dg, dx, dl, 1, true, T, k, &gb, dout),
+           "moe_routed ran with the prefill form forced");
+    nmlx_backend_cuda_set_moe(gpu, 1);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dl), gpu->ops->free(gpu, dref);
+    gpu->ops->free(gpu, dout);
+    nmlx_switch_buffers_free(&gb, gpu);
+    free(x), free(logits), free(idx), free(scores), free(ref), free(got);
+}
+
 static void check_format(int fi, int64_t E) {
     const moe_fmt *f = &FMTS[fi];
     nmlx_switch_glu hg = {.act = f->clipped ? NMLX_SWITCH_SWIGLU_CLIPPED : NMLX_SWITCH_SWIGLU,
@@ -279,6 +349,9 @@ static void check_format(int fi, int64_t E) {
             check_case(fi, &hg, &dg, E, Ts[ti], ks[ki], false);
     check_case(fi, &hg, &dg, E, 17, 8, true); /* every pair on one expert */
     check_case(fi, &hg, &dg, E, 1, 4, true);
+    const int64_t rT[4] = {1, 1, 3, 8}, rk[4] = {1, 4, 8, 8};
+    for (int i = 0; i < 4; i++)
+        if (rk[i] <= E) check_routed(fi, &dg, E, rT[i], rk[i]);
     nmlx_switch_linear *ls[] = {&hg.gate, &hg.up, &hg.down, &dg.gate, &dg.up, &dg.down};
     for (int i = 0; i < 6; i++)
         nmlx_switch_linear_free(ls[i]);
@@ -303,6 +376,8 @@ int main(void) {
         printf("%-20s worst rel err: decode form %.2e, prefill form %.2e, prefill vs GPU "
                "generic %.2e\n",
                FMTS[fi].name, worst[fi][0], worst[fi][1], worst[fi][2]);
+    printf("moe_routed: %d cases, worst rel err against the host's routing %.2e\n", routed_cases,
+           worst_routed);
     nmlx_backend_free(gpu);
     nmlx_backend_free(cpu);
     test_free_kept();

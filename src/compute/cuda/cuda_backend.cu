@@ -348,6 +348,7 @@ static const nmlx_backend_ops cuda_ops = {
     .add_rmsnorm_matmul = nmlx_cuda_add_rmsnorm_matmul,
     .matmul_residual = nmlx_cuda_matmul_residual,
     .moe_experts = nmlx_cuda_moe_experts,
+    .moe_routed = nmlx_cuda_moe_routed,
     .act_mul = nmlx_cuda_act_mul,
     .swiglu_clipped = nmlx_cuda_swiglu_clipped,
     .act = nmlx_cuda_act,

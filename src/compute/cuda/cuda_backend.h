@@ -173,6 +173,8 @@ void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);
  * (fused kernels), *sorted = the prefill form (expert-sorted rows,
  * per-expert matmuls). */
 void nmlx_cuda_moe_stats(long *small, long *sorted);
+/* calls of moe_routed that ran (the decode form, routed on the device), all backends */
+long nmlx_cuda_moe_routed_calls(void);
 /* launches of the grouped few-rows kernel over experts (cuda_moe_rows.cu), all backends */
 unsigned long long nmlx_cuda_moe_rows_launches(void);
 /* Which form moe_experts runs: 0 = none (it declines: the generic path),

@@ -432,6 +432,9 @@ void nmlx_cuda_rope_interleaved(nmlx_backend *be, float *x, int64_t T, int64_t H
 bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
                            const int32_t *idx, const float *scores, int64_t T, int64_t k,
                            struct nmlx_switch_buffers *b, float *out);
+bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
+                          const float *logits, int routing, bool norm, int64_t T, int64_t k,
+                          struct nmlx_switch_buffers *b, float *out);
 /* Frees its state (cuda_release, with the stream still alive). */
 void nmlx_cuda_moe_release(cuda_impl *c);
 

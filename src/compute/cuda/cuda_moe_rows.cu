@@ -5,10 +5,15 @@
  * past 128, precision "f32"), that form runs its per-expert matmuls.
  *
  * Four token tiles (NT = 4: tasks of up to 32 rows; NT = 8 spilled 120-180
- * bytes at 128 registers), one m16 tile a warp (MT = 1: 128 registers, none
- * spilled, 2 blocks an SM) and 4 row groups a block (64 weight rows: each
- * x chunk a block loads serves 4 warps). NMLX_CUDA_MOE_CFG=mt=2,wr=1 (and
- * other values) for A/B runs: not yet timed. */
+ * bytes at 128 registers), two m16 tiles a warp (MT = 2) and 4 row groups
+ * a block (128 weight rows: each x chunk a block loads serves 4 warps).
+ * H100, pp512 tok/s by NMLX_CUDA_MOE_CFG (bench/cuda/README.md, session
+ * 24; runs differ by up to ~15%):
+ *                  mt=1,wr=4  mt=1,wr=8  mt=2,wr=1  mt=2,wr=2     mt=2,wr=4  mt=2,wr=8
+ *   Qwen3-30B-A3B    4,466      4,475      4,697    4,066-4,873     4,849      4,858
+ *   GPT-OSS-20B      7,536      7,319      8,336      8,348         8,580      7,992
+ * (mt=1 takes no spill at 128 registers; mt=2 spills 40-72 bytes and is
+ * faster.) */
 #include "compute/cuda/cuda_qrows2_group.h"
 #include "compute/cuda/cuda_qrows_launch.h"
 
@@ -30,18 +35,19 @@ static int qr2_lbdt(nmlx_dtype dt) {
 }
 
 /* NMLX_CUDA_MOE_CFG=mt=M,wr=R: m16 tiles a warp (1, 2) and row groups a
- * block (1, 2, 4, 8); grouped=0: declined (the per-expert matmuls) */
+ * block (1, 2, 4, 8), default mt=2,wr=4; grouped=0: declined (the
+ * per-expert matmuls) */
 static int cfg_mt = 0, cfg_wr = 0;
 static bool cfg_off;
 
 static void read_cfg(void) {
     if (cfg_mt) return;
-    cfg_mt = 1, cfg_wr = 4;
+    cfg_mt = 2, cfg_wr = 4;
     const char *e = getenv("NMLX_CUDA_MOE_CFG");
     if (!e) return;
     cfg_off = strstr(e, "grouped=0") != NULL;
     const char *p = strstr(e, "mt=");
-    if (p && p[3] == '2') cfg_mt = 2;
+    if (p && (p[3] == '1' || p[3] == '2')) cfg_mt = p[3] - '0';
     p = strstr(e, "wr=");
     if (p && (p[3] == '1' || p[3] == '2' || p[3] == '4' || p[3] == '8')) cfg_wr = p[3] - '0';
 }
