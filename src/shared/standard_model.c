@@ -489,10 +489,12 @@ static void mix(uint64_t *h, uint64_t v) { /* FNV-1a over v's 8 bytes */
 /* Whether a one-token step at pos may be recorded and replayed by the
  * backend (backend.h step_graph): every layer's norms, RoPE and append go
  * through rope_kv (a standard f32 cache at pos), no per-position query
- * scaling, no MoE; *key hashes what the step's ops depend on besides the
- * position and the token: the session's buffers, the caches' buffers and
- * capacities (they move as a cache grows), the RoPE tables (long RoPE
- * switches). */
+ * scaling, MoE layers only where the backend routes on the device
+ * (moe_routed: no host wait; where it declines, the host's routing waits
+ * and the backend keeps no recording); *key hashes what the step's ops
+ * depend on besides the position and the token: the session's buffers
+ * (the MoE ones too), the caches' buffers and capacities (they move as a
+ * cache grows), the RoPE tables (long RoPE switches). */
 static bool step_key(const std_model *m, std_state *s, nmlx_backend *be, int64_t pos,
                      uint64_t *key) {
     if (!be->ops->step_graph || !be->ops->rope_kv || m->n_layers <= 0) return false;
@@ -503,12 +505,18 @@ static bool step_key(const std_model *m, std_state *s, nmlx_backend *be, int64_t
         w->buf.gate, w->buf.up, w->buf.attn.q, w->buf.attn.k, w->buf.attn.v, w->buf.attn.ctx};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         mix(&h, (uintptr_t)bufs[i]);
+    const nmlx_moe_buffers *mb = w->buf.moe;
+    if (mb) {
+        const void *mbufs[] = {mb, mb->logits, mb->y, mb->sw.xs, mb->sw.gate, mb->sw.up, mb->sw.ys};
+        for (size_t i = 0; i < sizeof mbufs / sizeof mbufs[0]; i++)
+            mix(&h, (uintptr_t)mbufs[i]);
+    }
     mix(&h, (uint64_t)m->n_layers), mix(&h, (uint64_t)m->hidden), mix(&h, (uint64_t)m->vocab);
     for (int64_t i = 0; i < m->n_layers; i++) {
         const nmlx_attention *a = &m->layers[i].attn;
         float *k, *v;
         int64_t cap, row0;
-        if (a->s.q_scale_beta != 0.0f || m->layers[i].moe ||
+        if (a->s.q_scale_beta != 0.0f || (m->layers[i].moe && !be->ops->moe_routed) ||
             !nmlx_layer_cache_rows(&s->caches[i], &k, &v, &cap, &row0) || row0 != pos)
             return false;
         mix(&h, (uintptr_t)k), mix(&h, (uintptr_t)v), mix(&h, (uint64_t)cap);

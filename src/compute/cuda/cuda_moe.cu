@@ -215,7 +215,8 @@ __global__ void moe_sum_kernel(const float *ys, float *out, int64_t T, int64_t D
 
 /* ---- routing on the device (moe_routed) ---- */
 
-enum { MOE_ROUTE_MAX_E = 1024 }; /* 32 experts a lane: one bit each marks the chosen */
+enum { MOE_ROUTE_MAX_E = 1024 };  /* 32 experts a lane: one bit each marks the chosen */
+enum { MOE_ROUTE_PAIRS = 65535 }; /* the decode form's grid */
 
 /* idx, scores [T, k] from logits [T, E] as shared/moe.c nmlx_moe_route: a
  * warp a token (blockIdx.x). Top k by k rounds of a warp argmax (the
@@ -745,19 +746,18 @@ bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, co
     return run_sorted(be, m, g, grouped ? l : NULL, x, idx, scores, T, k, b, out);
 }
 
-/* moe_routed's device buffers for P pairs (grown outside any capture). */
-static bool route_reserve(nmlx_backend *be, cuda_moe_state *m, int64_t P) {
-    if ((size_t)P <= m->route_cap) return true;
-    cuda_host_of(be);                 /* a capture in progress ends: no allocation inside it */
-    if (m->route) cudaFree(m->route); /* waits for the kernels using it */
-    m->route = NULL, m->route_cap = 0;
-    const size_t cap = P < 64 ? 64 : (size_t)P;
-    if (cudaMalloc((void **)&m->route, 2 * cap * 4) != cudaSuccess) {
+/* moe_routed's device buffers, allocated once for the most pairs it takes
+ * (512 KB) and never moved: a recorded decode step (step_graph) holds
+ * their address. */
+static bool route_reserve(nmlx_backend *be, cuda_moe_state *m) {
+    if (m->route) return true;
+    cuda_host_of(be); /* a capture in progress ends: no allocation inside it */
+    if (cudaMalloc((void **)&m->route, 2 * (size_t)MOE_ROUTE_PAIRS * 4) != cudaSuccess) {
         (void)cudaGetLastError();
         m->route = NULL;
         return false;
     }
-    m->route_cap = cap;
+    m->route_cap = MOE_ROUTE_PAIRS;
     return true;
 }
 
@@ -779,7 +779,13 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     const long fixed = small_fixed();
     if (m->mode == 1 && P > (fixed >= 0 ? fixed : (long)MOE_SMALL_PAIRS)) return false;
     moe_lin l[3];
-    if (!lins_of(be, m, g, l) || !route_reserve(be, m, P)) return false;
+    if (!lins_of(be, m, g, l) || !route_reserve(be, m)) return false;
+    /* a step captured anew (and updated) each token, not recorded for
+     * replay (step_graph: e.g. gpt-oss's rotating caches), ends here: the
+     * MoE steps' ~15 kernels a layer cost more to capture than the launches
+     * they save (H100 tg128, every step captured: Qwen3-30B-A3B 4-bit 232
+     * tok/s, GPT-OSS-20B 297-302; NMLX_CUDA_GRAPH=0: 263 / 325) */
+    if (((cuda_impl *)be->impl)->capturing && !((cuda_impl *)be->impl)->pos_dev) cuda_host_of(be);
     int32_t *didx = m->route;
     float *dsc = (float *)(m->route + m->route_cap);
     cudaStream_t s = cuda_of(be)->stream;
