@@ -98,12 +98,15 @@ void nmlx_moe_route(const nmlx_moe_shape *s, const float *logits, int64_t T, int
             for (int64_t j = 0; j < k; j++)
                 sc[j] = (float)(1.0 / (1.0 + exp(-(double)l[ix[j]])));
         } else if (s->routing == NMLX_MOE_SOFTMAX_TOPK) {
-            double z = 0, chosen = 0;
-            for (int64_t e = 0; e < E; e++)
-                z += exp((double)l[e] - mx);
-            for (int64_t j = 0; j < k; j++)
-                chosen += exp((double)l[ix[j]] - mx);
-            double denom = s->norm_topk ? chosen : z;
+            /* the softmax's sum over every expert only where it is the
+             * denominator: E exps a token, on the host while the GPU waits */
+            double denom = 0;
+            if (s->norm_topk)
+                for (int64_t j = 0; j < k; j++)
+                    denom += exp((double)l[ix[j]] - mx);
+            else
+                for (int64_t e = 0; e < E; e++)
+                    denom += exp((double)l[e] - mx);
             for (int64_t j = 0; j < k; j++)
                 sc[j] = (float)(exp((double)l[ix[j]] - mx) / denom);
         } else {
