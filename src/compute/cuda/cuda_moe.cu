@@ -23,15 +23,16 @@
  *  downloaded just before, which ended the step's graph capture; see
  *  cuda_graph.cu). moe_routed (backend.h) routes on the device instead:
  *  moe_route_kernel writes idx and scores where the three kernels read
- *  them, nothing waits, and the whole decode step stays one graph (H100,
- *  tg128: Qwen3-30B-A3B 4-bit 212 -> 260 tok/s, GPT-OSS-20B MXFP4 295 ->
- *  318, with the session's other changes).
+ *  them and nothing waits, so standard models record MoE decode steps for
+ *  replay (H100, tg128: Qwen3-30B-A3B 4-bit 212 -> 298 tok/s; GPT-OSS-20B
+ *  MXFP4, whose steps are not recorded, 295 -> 330, with the session's
+ *  other changes; bench/cuda/README.md session 24).
  *
  * Prefill (more pairs, or experts whose format is not uniform): pairs
  * sorted by expert on the host (nmlx_switch_gather_sort), then one gather
  * of x rows into expert order; for quantized experts (affine 2..8-bit or
  * MXFP4, groups of 32..128) one grouped launch for gate and up over every
- * (used expert, tile of up to 64 rows) (cuda_moe_rows.cu), one activation
+ * (used expert, tile of up to 32 rows) (cuda_moe_rows.cu), one activation
  * over all rows, one grouped launch for down, and one kernel that sums
  * each token's k slots with their scores in slot order. Other experts
  * (dense, mixed formats): per used expert the backend's matmuls over its
