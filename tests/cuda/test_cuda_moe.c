@@ -17,10 +17,11 @@
  * (counted): within 2e-4 of the CPU. Of dense experts it runs the same
  * matmuls and elementwise ops as the generic path on the GPU: it must
  * match that to 1e-6 (bit for bit expected). moe_routed (routing on the
- * GPU) against nmlx_moe_route + the decode form, every routing it takes,
- * logits with ties and a -inf: 1e-6; it must decline with the prefill
- * form forced. Prints the worst relative error per format and form. Exits
- * 77 (ctest: skipped) when no GPU is usable. */
+ * GPU) against nmlx_moe_route + the same form (decode up to 64 pairs;
+ * 800 pairs: the prefill form, sorted on the host from the downloaded
+ * routing), every routing it takes, logits with ties and a -inf: 1e-6; it
+ * must decline with the prefill form forced. Prints the worst relative error per format and form.
+ * Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
 #include "compute/cpu/cpu_internal.h"
 #include "compute/cuda/cuda_backend.h"
@@ -302,9 +303,9 @@ static void check_routed(int fi, const nmlx_switch_glu *dg, int64_t E, int64_t T
         nmlx_moe_shape sh = {
             .n_experts = E, .top_k = k, .routing = rs[r].routing, .norm_topk = rs[r].norm};
         nmlx_moe_route(&sh, logits, T, idx, scores);
-        nmlx_backend_cuda_set_moe(gpu, 3);
-        EXPECT(gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dref), "decode form");
+        /* the default choice of form, as the routed op makes it */
         nmlx_backend_cuda_set_moe(gpu, 1);
+        EXPECT(gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dref), "host routed");
         const long c0 = nmlx_cuda_moe_routed_calls();
         const bool ran =
             gpu->ops->moe_routed(gpu, dg, dx, dl, rs[r].routing, rs[r].norm, T, k, &gb, dout);
@@ -349,8 +350,9 @@ static void check_format(int fi, int64_t E) {
             check_case(fi, &hg, &dg, E, Ts[ti], ks[ki], false);
     check_case(fi, &hg, &dg, E, 17, 8, true); /* every pair on one expert */
     check_case(fi, &hg, &dg, E, 1, 4, true);
-    const int64_t rT[4] = {1, 1, 3, 8}, rk[4] = {1, 4, 8, 8};
-    for (int i = 0; i < 4; i++)
+    /* 100 x 8: a prefill chunk (routed on the GPU, sorted on the host) */
+    const int64_t rT[5] = {1, 1, 3, 8, 100}, rk[5] = {1, 4, 8, 8, 8};
+    for (int i = 0; i < 5; i++)
         if (rk[i] <= E) check_routed(fi, &dg, E, rT[i], rk[i]);
     nmlx_switch_linear *ls[] = {&hg.gate, &hg.up, &hg.down, &dg.gate, &dg.up, &dg.down};
     for (int i = 0; i < 6; i++)

@@ -78,6 +78,7 @@ struct cuda_moe_state {
     size_t cap_words;
     int32_t *route; /* moe_routed's device idx [cap] and scores [cap] (f32) */
     size_t route_cap;
+    int32_t *route_host; /* pinned: the same, downloaded for the prefill form */
     int mode; /* 0: off, 1: auto, 2: always sorted, 3: the decode form where it applies */
 };
 
@@ -329,6 +330,7 @@ void nmlx_cuda_moe_release(cuda_impl *c) {
     if (m->host) cudaFreeHost(m->host);
     if (m->dev) cudaFree(m->dev);
     if (m->route) cudaFree(m->route);
+    if (m->route_host) cudaFreeHost(m->route_host);
     nmlx_free(m);
     c->moe = NULL;
 }
@@ -762,12 +764,17 @@ static bool route_reserve(nmlx_backend *be, cuda_moe_state *m) {
     return true;
 }
 
-/* The decode form with the routing on the device: the router's logits
- * never cross to the host, so nothing waits for the stream and a decode
- * step stays one graph (the host-routed form's download ended the step's
- * capture at the first MoE layer). Where the decode form applies (mode 1:
- * up to MOE_SMALL_PAIRS or NMLX_CUDA_MOE_SMALL pairs; mode 3: any); false
- * otherwise (the caller routes on the host). */
+/* The routing on the device. Up to the decode form's pairs (mode 1: up to
+ * MOE_SMALL_PAIRS or NMLX_CUDA_MOE_SMALL; mode 3: any) the decode form
+ * reads idx and scores where the route kernel wrote them: the router's
+ * logits never cross to the host, nothing waits for the stream and a
+ * decode step stays one graph (the host-routed form's download ended the
+ * step's capture at the first MoE layer). Past them (mode 1, a prefill
+ * chunk) idx and scores are downloaded ([T, k], not the [T, E] logits) for
+ * the prefill form's sort: the host no longer routes while the GPU waits
+ * (0.4-0.9 ms a 512-token chunk of a 128-expert layer). False where it
+ * does not apply (mode 0 or 2, more experts or slots than the kernel
+ * takes, more pairs than its buffers): the caller routes on the host. */
 bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, const float *x,
                           const float *logits, int routing, bool norm, int64_t T, int64_t k,
                           struct nmlx_switch_buffers *b, float *out) {
@@ -775,12 +782,21 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     const int64_t E = g->gate.n_experts, P = T * k;
     if (!m || (m->mode != 1 && m->mode != 3) || (routing != 1 && routing != 2) || T <= 0 ||
         k <= 0 || k > 32 || k > E || E > MOE_ROUTE_MAX_E || E != b->n_experts || P > b->max_pairs ||
-        P > 65535)
+        P > MOE_ROUTE_PAIRS)
         return false;
     const long fixed = small_fixed();
-    if (m->mode == 1 && P > (fixed >= 0 ? fixed : (long)MOE_SMALL_PAIRS)) return false;
+    const bool small = m->mode == 3 || P <= (fixed >= 0 ? fixed : (long)MOE_SMALL_PAIRS);
     moe_lin l[3];
-    if (!lins_of(be, m, g, l) || !route_reserve(be, m)) return false;
+    if (small && !lins_of(be, m, g, l)) return false;
+    if (!route_reserve(be, m)) return false;
+    if (!small && !m->route_host) {
+        if (cudaMallocHost((void **)&m->route_host, 2 * (size_t)MOE_ROUTE_PAIRS * 4) !=
+            cudaSuccess) {
+            (void)cudaGetLastError();
+            m->route_host = NULL;
+            return false;
+        }
+    }
     /* a step captured anew (and updated) each token, not recorded for
      * replay (step_graph: e.g. gpt-oss's rotating caches), ends here: the
      * MoE steps' ~15 kernels a layer cost more to capture than the launches
@@ -792,6 +808,23 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     cudaStream_t s = cuda_of(be)->stream;
     moe_route_kernel<<<(unsigned)T, 32, 0, s>>>(logits, (int)E, (int)k, routing, norm, didx, dsc);
     nmlx_cuda_note(be, cudaGetLastError());
+    if (!small) {
+        cuda_impl *c = cuda_host_of(be);
+        int32_t *hidx = m->route_host;
+        float *hsc = (float *)(m->route_host + MOE_ROUTE_PAIRS);
+        cudaError_t e =
+            cudaMemcpyAsync(hidx, didx, (size_t)P * 4, cudaMemcpyDeviceToHost, c->stream);
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(hsc, dsc, (size_t)P * 4, cudaMemcpyDeviceToHost, c->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+        nmlx_cuda_note(be, e);
+        if (e != cudaSuccess) return false;
+        moe_routed_calls++;
+        if (nmlx_cuda_moe_experts(be, g, x, hidx, hsc, T, k, b, out)) return true;
+        /* declined after routing: out is the caller's to fill (host path) */
+        moe_routed_calls--;
+        return false;
+    }
     launch_small(be, &l[0], &l[1], &l[2], g, x, didx, dsc, T, k, b, out);
     moe_small_calls++;
     moe_routed_calls++;
