@@ -46,6 +46,14 @@ void qf_cp16(void *smem, const void *gmem, int bytes) {
     }
     emu_cp_async16(smem, gmem, bytes);
 }
+void qf_cp4(void *smem, const void *gmem, int bytes) {
+    if ((bytes != 0 && bytes != 4) || (uintptr_t)gmem % 4 || (uintptr_t)smem % 4) {
+        fprintf(stderr, "cp.async 4: bad source %p, destination %p or size %d\n", gmem, smem,
+                bytes);
+        abort();
+    }
+    emu_cp_async(smem, gmem, bytes, 4);
+}
 void qf_commit() { emu_cp_commit(); }
 template <int N> void qf_wait() { emu_cp_wait<N>(); }
 void qf_ldsm_x4(uint32_t *r, const uint16_t *p) { emu_ldmatrix_x4(r, p, false); }
@@ -65,7 +73,7 @@ uint32_t qf_hfma2(uint32_t a, uint32_t b, uint32_t c) {
 }
 } // namespace
 
-#include "compute/cuda/cuda_qmm_fused.cu"
+#include "compute/cuda/cuda_qmm_fused.h"
 
 /* storage of a value in dtype dt (QF_F32 / F16 / BF16) and back */
 static void put(int dt, void *p, int64_t i, float v) {
@@ -129,7 +137,7 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
     std::vector<uint16_t> xt((size_t)(T * N));
     std::vector<float> xs((size_t)(G * Tp), NAN), ix((size_t)T), y((size_t)(T * D), NAN);
     emu_launch(dim3((unsigned)T), QF_THREADS, QF_THREADS * 4, [&] {
-        qf_xprep_kernel<BITS>(x.data(), T, N, GS, Tp, xt.data(), xs.data(), ix.data());
+        qf_xprep_kernel<BITS>(x.data(), NULL, 1, N, GS, Tp, xt.data(), xs.data(), ix.data());
     });
     qf_args a;
     a.xt = xt.data(), a.xs = xs.data(), a.ix = ix.data(), a.w = (const uint8_t *)wq.data();
@@ -195,6 +203,144 @@ static void run_case(int sdt, int64_t T, int64_t D, int64_t N, bool bias, int lb
     fflush(stdout);
 }
 
+/* The grouped form (qmm_fused_group_kernel, the MoE prefill): E experts of
+ * one format, rows per expert from 0 to past two tasks, two linears in one
+ * launch (blockIdx.z), x gathered by the prep's row map (source row
+ * order[s] / k, as cuda_moe.cu sorts pairs). Each output row against the
+ * same tight (x rounded as the kernel does) and contract (f32 x) references
+ * as run_case, on its task's expert. MX: MXFP4 codes (E2M1, E8M0 scales). */
+template <int BITS, int GS, int MT, int NT, bool MX>
+static void run_group(int sdt, int64_t D, int64_t N, bool bias, const std::vector<int> &count) {
+    typedef qf_cfg<BITS, GS, MT, NT> C;
+    const int E = (int)count.size(), K = 3;
+    const int64_t G = N / GS, RB = N * BITS / 8;
+    int64_t P = 0;
+    for (int c : count)
+        P += c;
+    const int64_t Tsrc = (P + K - 1) / K, Tp = (P + 3) & ~(int64_t)3;
+    std::vector<float> x((size_t)(Tsrc * N));
+    for (float &v : x)
+        v = powf(10.0f, emu_urand(-2, 2)) * (emu_urand(0, 1) < 0.5f ? -1.0f : 1.0f);
+    /* sorted row s reads source row order[s] / K: a shuffled pair order */
+    std::vector<int32_t> order((size_t)P);
+    for (int64_t i = 0; i < P; i++)
+        order[(size_t)i] = (int32_t)((i * 7 + 3) % (Tsrc * K));
+    /* per linear and expert: codes, scales, biases, linear bias; q and s, b as doubles */
+    const size_t ss = MX ? 1 : sdt == QF_F32 ? 4 : 2;
+    const int qmax = (1 << BITS) - 1;
+    struct lin_data {
+        std::vector<std::vector<uint32_t>> wq;
+        std::vector<std::vector<unsigned char>> sc, bi;
+        std::vector<std::vector<float>> lb;
+        std::vector<std::vector<double>> wv; /* W[d, k] exact, per expert */
+        std::vector<qf_expert> tab;
+        std::vector<float> y;
+    } L[2];
+    for (lin_data &l : L) {
+        l.wq.resize(E), l.sc.resize(E), l.bi.resize(E), l.lb.resize(E), l.wv.resize(E);
+        for (int e = 0; e < E; e++) {
+            l.wq[e].assign((size_t)(D * RB / 4) + 4, 0);
+            l.sc[e].assign((size_t)(D * G) * ss, 0), l.bi[e].assign((size_t)(D * G) * ss, 0);
+            l.lb[e].resize((size_t)D), l.wv[e].resize((size_t)(D * N));
+            for (int64_t d = 0; d < D; d++) {
+                l.lb[e][(size_t)d] = emu_urand(-1, 1);
+                for (int64_t gi = 0; gi < G; gi++) {
+                    double s = 0, b = 0;
+                    if (MX) {
+                        l.sc[e][(size_t)(d * G + gi)] =
+                            (unsigned char)(120 + (int)emu_urand(0, 10));
+                        s = ldexp(1.0, (int)l.sc[e][(size_t)(d * G + gi)] - 127);
+                    } else {
+                        put(sdt, l.sc[e].data(), d * G + gi, emu_urand(0.5f, 2.0f) / (float)qmax);
+                        put(sdt, l.bi[e].data(), d * G + gi, emu_urand(-1, 0));
+                        s = get(sdt, l.sc[e].data(), d * G + gi);
+                        b = get(sdt, l.bi[e].data(), d * G + gi);
+                    }
+                    for (int64_t kk = gi * GS; kk < (gi + 1) * GS; kk++) {
+                        const int v = (int)emu_urand(0, (float)qmax + 0.999f);
+                        const int64_t bit = d * N * BITS + kk * BITS;
+                        l.wq[e][(size_t)(bit / 32)] |= (uint32_t)v << (bit % 32);
+                        /* E2M1: sign bit 3, exponent bits 2-1, mantissa bit 0 */
+                        const int ex = (v >> 1) & 3, mb = v & 1;
+                        const double e2m1 =
+                            (v & 8 ? -1 : 1) * (ex ? ldexp(1.0 + mb / 2.0, ex - 1) : mb * 0.5);
+                        l.wv[e][(size_t)(d * N + kk)] = MX ? s * e2m1 : s * v + b;
+                    }
+                }
+            }
+            l.tab.push_back({l.wq[e].data(), l.sc[e].data(), MX ? NULL : l.bi[e].data(),
+                             bias ? l.lb[e].data() : NULL});
+        }
+        l.y.assign((size_t)(P * D), NAN);
+    }
+    /* tasks of at most BM rows, in expert order */
+    std::vector<int32_t> task;
+    std::vector<int> expert_of((size_t)P);
+    for (int e = 0, r = 0; e < E; r += count[(size_t)e], e++)
+        for (int i = 0; i < count[(size_t)e]; i += C::BM) {
+            task.push_back(e), task.push_back(r + i);
+            task.push_back(count[(size_t)e] - i < C::BM ? count[(size_t)e] - i : C::BM);
+            for (int j = r + i; j < r + i + task.back(); j++)
+                expert_of[(size_t)j] = e;
+        }
+    const int ntask = (int)task.size() / 3;
+    std::vector<uint16_t> xt((size_t)(P * N));
+    std::vector<float> xs((size_t)(G * Tp), NAN), ix((size_t)P);
+    emu_launch(dim3((unsigned)P), QF_THREADS, QF_THREADS * 4, [&] {
+        qf_xprep_kernel<BITS>(x.data(), order.data(), K, N, GS, Tp, xt.data(), xs.data(),
+                              ix.data());
+    });
+    qf_group_args g;
+    for (int z = 0; z < 2; z++)
+        g.tab[z] = L[z].tab.data(), g.y[z] = L[z].y.data(), g.lbdt[z] = QF_F32;
+    g.task = task.data(), g.xt = xt.data(), g.xs = xs.data(), g.ix = ix.data();
+    g.sdt = MX ? QF_E8M0 : sdt, g.D = D, g.N = N, g.Tp = Tp, g.y2 = D % 2 == 0;
+    emu_launch(dim3((unsigned)((D + C::BN - 1) / C::BN), (unsigned)ntask, 2), QF_THREADS, C::SMEM,
+               [&g] { qmm_fused_group_kernel<BITS, GS, MT, NT, MX>(g); });
+    double et = 0, ec = 0;
+    for (int z = 0; z < 2; z++)
+        for (int64_t r = 0; r < P; r++) {
+            const int e = expert_of[(size_t)r];
+            const float *xr = &x[(size_t)(order[(size_t)r] / K) * N];
+            float m = 0;
+            for (int64_t k = 0; k < N; k++)
+                m = fmaxf(m, fabsf(xr[k]));
+            int ex = 0;
+            if (m > 0) frexpf(m, &ex);
+            const double sce = ldexp(1.0, -ex);
+            double mt = 0, dt = 0, dc = 0;
+            std::vector<double> rt((size_t)D), rc((size_t)D);
+            for (int64_t d = 0; d < D; d++) {
+                double yt = 0, yc = 0;
+                for (int64_t k = 0; k < N; k++) {
+                    const double w = L[z].wv[(size_t)e][(size_t)(d * N + k)];
+                    yt += w * h2d(d2h(xr[k] * sce)), yc += w * xr[k];
+                }
+                const double lbv = bias ? L[z].lb[(size_t)e][(size_t)d] : 0.0;
+                rt[(size_t)d] = yt / sce + lbv, rc[(size_t)d] = yc + lbv;
+                mt = fmax(mt, fabs(rc[(size_t)d]));
+            }
+            for (int64_t d = 0; d < D; d++) {
+                const double v = L[z].y[(size_t)(r * D + d)];
+                const double a1 = fabs(v - rt[(size_t)d]), a2 = fabs(v - rc[(size_t)d]);
+                dt = a1 > dt || a1 != a1 ? a1 : dt;
+                dc = a2 > dc || a2 != a2 ? a2 : dc;
+            }
+            const double r1 = mt > 0 ? dt / mt : dt, r2 = mt > 0 ? dc / mt : dc;
+            et = r1 > et || r1 != r1 ? (r1 != r1 ? INFINITY : r1) : et;
+            ec = r2 > ec || r2 != r2 ? (r2 != r2 ? INFINITY : r2) : ec;
+        }
+    const bool ok = et <= 1e-5 && ec <= 2e-3;
+    failures += !ok;
+    cases++;
+    worst_tight = fmax(worst_tight, et), worst_contract = fmax(worst_contract, ec);
+    printf("%s grouped %s %d-bit g%d tile %dx%d E=%d P=%lld tasks=%d D=%lld N=%lld bias=%d: tight "
+           "%.2e contract %.2e\n",
+           ok ? "ok  " : "FAIL", MX ? "MXFP4" : "affine", BITS, GS, C::BM, C::BN, E, (long long)P,
+           ntask, (long long)D, (long long)N, bias, et, ec);
+    fflush(stdout);
+}
+
 template <int BITS, int GS> static void run_format(bool quick) {
     for (int sdt = 0; sdt < 3; sdt++) {
         const int64_t n1 = GS == 128 ? 128 : 64, n2 = GS == 128 ? 384 : 320;
@@ -240,6 +386,15 @@ int main(int argc, char **argv) {
                     return 1;
                 }
             }
+    /* grouped: empty experts, one row, a task and a half, several tasks */
+    run_group<4, 64, 1, 4, false>(QF_BF16, 130, 192, true, {0, 1, 45, 0, 70, 32});
+    run_group<4, 32, 1, 4, true>(0, 70, 128, true, {33, 0, 5, 64});
+    run_group<8, 64, 2, 2, false>(QF_F16, 66, 128, false, {3, 0, 65, 20});
+    if (!quick) {
+        run_group<4, 128, 2, 4, false>(QF_F32, 129, 256, true, {130, 7});
+        run_group<4, 32, 2, 4, true>(0, 128, 64, false, {1, 64, 2});
+        run_group<8, 32, 1, 4, false>(QF_BF16, 40, 192, true, {31, 32, 33});
+    }
     run_format<4, 64>(quick);
     run_format<8, 64>(quick);
     run_format<4, 32>(quick);

@@ -235,7 +235,7 @@ struct emu_warp_t {
 struct emu_cp_op {
     void *dst;
     const void *src;
-    int bytes;
+    int bytes, size; /* bytes copied, size - bytes zeroed */
 };
 struct emu_cp_queue { /* a thread's cp.async copies: open, then committed groups */
     std::vector<emu_cp_op> open;
@@ -374,7 +374,8 @@ enum : size_t { EMU_SMEM_BYTES = WARP_EMU_SMEM_BYTES };
 inline size_t emu_smem_used; /* the launch's dynamic shared memory */
 inline void emu_smem_check(const void *p, size_t bytes, const char *what) {
     const unsigned char *b = (const unsigned char *)p;
-    if ((uintptr_t)b % 16 || b < emu_smem || b + bytes > emu_smem + emu_smem_used) {
+    if ((uintptr_t)b % (bytes < 16 ? bytes : 16) || b < emu_smem ||
+        b + bytes > emu_smem + emu_smem_used) {
         fprintf(stderr, "%s: shared offset %td of %zu, misaligned or out of bounds\n", what,
                 b - emu_smem, emu_smem_used);
         abort();
@@ -407,9 +408,12 @@ inline void emu_ldmatrix_x4(uint32_t *r, const void *p, bool trans) {
  * thread in commit groups, landing only when a wait_group lets their group
  * complete, so a slot read before its wait sees the old bytes (the poison);
  * the test checks the source (the kernel's contract) before queueing */
+inline void emu_cp_async(void *dst, const void *src, int bytes, int size) {
+    emu_smem_check(dst, size, "cp.async");
+    emu_blk.cp[(size_t)emu_tid()].open.push_back({dst, src, bytes, size});
+}
 inline void emu_cp_async16(void *dst, const void *src, int bytes) {
-    emu_smem_check(dst, 16, "cp.async");
-    emu_blk.cp[(size_t)emu_tid()].open.push_back({dst, src, bytes});
+    emu_cp_async(dst, src, bytes, 16);
 }
 inline void emu_cp_commit() {
     emu_cp_queue &q = emu_blk.cp[(size_t)emu_tid()];
@@ -421,7 +425,7 @@ template <int N> inline void emu_cp_wait() {
     while (q.groups.size() > (size_t)N) {
         for (const emu_cp_op &o : q.groups.front()) {
             memcpy(o.dst, o.src, (size_t)o.bytes);
-            memset((char *)o.dst + o.bytes, 0, (size_t)(16 - o.bytes));
+            memset((char *)o.dst + o.bytes, 0, (size_t)(o.size - o.bytes));
         }
         q.groups.pop_front();
     }
