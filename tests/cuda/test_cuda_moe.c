@@ -14,7 +14,10 @@
  *    (the decode form up to 64 pairs; beyond, the prefill form for
  *    quantized experts, a cost model for dense ones).
  * The prefill form of quantized experts runs two grouped launches
- * (counted): within 2e-4 of the CPU. Of dense experts it runs the same
+ * (counted): the few-rows kernel within 2e-4 of the CPU; the tensor-core
+ * tile (affine 4/8-bit and MXFP4 at widths of 64s; f16 x, as the dense
+ * prefill) within 1e-3, its task rows (32, 64, automatic) and its absence
+ * rotated over the cases. Of dense experts it runs the same
  * matmuls and elementwise ops as the generic path on the GPU: it must
  * match that to 1e-6 (bit for bit expected). moe_routed (routing on the
  * GPU) against nmlx_moe_route + the same form (decode up to 64 pairs;
@@ -57,6 +60,9 @@ static const moe_fmt FMTS[] = {
     {"dense bf16 odd", NMLX_QUANT_NONE, 0, 0, NMLX_DT_BF16, false, false, 101, 70},
     {"q5g128 f16 bias", NMLX_QUANT_AFFINE, 5, 128, NMLX_DT_F16, true, false, 128, 256},
     {"q6g64 bf16 clipped", NMLX_QUANT_AFFINE, 6, 64, NMLX_DT_BF16, true, true, 192, 128},
+    /* widths of 64s: the tensor-core tile for 8-bit and MXFP4 */
+    {"q8g128 f32 bias", NMLX_QUANT_AFFINE, 8, 128, NMLX_DT_F32, true, false, 128, 256},
+    {"mxfp4 bias clipped 64s", NMLX_QUANT_MXFP4, 4, 32, NMLX_DT_U8, true, true, 192, 128},
 };
 enum { N_FMTS = sizeof FMTS / sizeof FMTS[0] };
 
@@ -207,6 +213,11 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
     /* the grouped kernels (quantized experts, prefill form): x as bf16 hi +
      * lo for every row count, f32 sums (~1e-5) */
     const double tol_grouped = 2e-4;
+    /* the tensor-core tile: automatic, 64 rows, off, 32 rows, in turn */
+    static const int qmm_cfgs[4] = {1, 64, 0, 32};
+    static int qmm_turn;
+    const int qmm_cfg = qmm_cfgs[qmm_turn++ % 4];
+    nmlx_cuda_set_moe_qmm(qmm_cfg);
     const int modes[3] = {3, 2, 1};
     float *poison = malloc((size_t)(T * D) * 4);
     for (int64_t i = 0; i < T * D; i++)
@@ -216,11 +227,14 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
         /* every element of the output must be written by this mode's run */
         gpu->ops->upload(gpu, dout, poison, (size_t)(T * D) * 4);
         nmlx_cuda_moe_stats(&s0, &o0);
-        const unsigned long long g0 = nmlx_cuda_moe_rows_launches();
+        const unsigned long long g0 = nmlx_cuda_moe_rows_launches(),
+                                 q0 = nmlx_cuda_moe_qmm_launches();
         nmlx_backend_cuda_set_moe(gpu, modes[mi]);
         bool ran = gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dout);
         nmlx_cuda_moe_stats(&s1, &o1);
-        const unsigned long long glaunch = nmlx_cuda_moe_rows_launches() - g0;
+        const unsigned long long rlaunch = nmlx_cuda_moe_rows_launches() - g0,
+                                 qlaunch = nmlx_cuda_moe_qmm_launches() - q0,
+                                 glaunch = rlaunch + qlaunch;
         EXPECT(nmlx_backend_cuda_check(gpu) == NMLX_OK, "moe_experts %s: %s", f->name,
                nmlx_last_error());
         EXPECT(ran, "moe_experts %s T=%lld k=%lld E=%lld mode %d declined", f->name, (long long)T,
@@ -235,10 +249,16 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
          * gate and up, one for down; per-expert matmuls for dense ones */
         EXPECT(glaunch == (small || !quant ? 0u : 2u), "%s %s form: %llu grouped launches", f->name,
                small ? "decode" : "prefill", glaunch);
+        /* the tile takes 4/8-bit and MXFP4 at widths of 64s, unless off */
+        const bool tile = quant && !small && qmm_cfg && (f->bits == 4 || f->bits == 8) &&
+                          D % 64 == 0 && I % 64 == 0 && f->gs <= 128 && D % f->gs == 0 &&
+                          I % f->gs == 0;
+        EXPECT(qlaunch == (tile ? 2u : 0u), "%s %s form, tile setting %d: %llu tile launches",
+               f->name, small ? "decode" : "prefill", qmm_cfg, qlaunch);
         if (modes[mi] == 1 && P > 64 && quant)
             EXPECT(!small, "%s: the default form for %lld pairs", f->name, (long long)P);
         double e = dev_err(dout, ref, (size_t)(T * D));
-        double tol = small ? tol_small : glaunch ? tol_grouped : tol_sorted;
+        double tol = small ? tol_small : qlaunch ? tol_sorted : glaunch ? tol_grouped : tol_sorted;
         EXPECT(e <= tol, "moe_experts %s %s form T=%lld k=%lld E=%lld%s: rel err %.2e > %.0e",
                f->name, small ? "decode" : "prefill", (long long)T, (long long)k, (long long)E,
                one_expert ? " one expert" : "", e, tol);
@@ -262,6 +282,7 @@ static void check_case(int fi, const nmlx_switch_glu *hg, const nmlx_switch_glu 
     }
     free(poison);
     nmlx_backend_cuda_set_moe(gpu, 1);
+    nmlx_cuda_set_moe_qmm(-1);
     gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dgen);
     gpu->ops->free(gpu, dy);
     nmlx_switch_buffers_free(&gb, gpu);

@@ -177,6 +177,12 @@ void nmlx_cuda_moe_stats(long *small, long *sorted);
 long nmlx_cuda_moe_routed_calls(void);
 /* launches of the grouped few-rows kernel over experts (cuda_moe_rows.cu), all backends */
 unsigned long long nmlx_cuda_moe_rows_launches(void);
+/* launches of the grouped tensor-core tile over experts (cuda_moe_qmm.cu), all backends */
+unsigned long long nmlx_cuda_moe_qmm_launches(void);
+/* That tile's task rows, process-wide: 32 or 64 forced, 1 = automatic, 0 =
+ * off (the few-rows kernel runs), -1 = back to NMLX_CUDA_MOE_QMM. For tests
+ * and A/B runs. */
+void nmlx_cuda_set_moe_qmm(int rows);
 /* Which form moe_experts runs: 0 = none (it declines: the generic path),
  * 1 = decode form up to 64 pairs, else prefill form (the default), 2 =
  * always the prefill form, 3 = the decode form whenever its kernels take

@@ -454,6 +454,7 @@ typedef struct moe_lin {
     int bits, sc, gshift;
     nmlx_dtype bias_dt;
     bool has_bias;
+    bool w16; /* every expert's codes 16-byte aligned (the tensor-core tile's copies) */
 } moe_lin;
 
 /* The grouped few-rows kernel over experts (cuda_moe_rows.cu): whether it
@@ -466,6 +467,17 @@ enum { NMLX_CUDA_MOE_TASK_ROWS = 32 };
 bool nmlx_cuda_moe_rows_ok(nmlx_backend *be, const moe_lin *l);
 bool nmlx_cuda_moe_rows(nmlx_backend *be, const moe_lin *l0, float *y0, const moe_lin *l1,
                         float *y1, const float *x, int64_t P, const int32_t *dtask, int ntask);
+
+/* The grouped tensor-core tile over experts (cuda_moe_qmm.cu), for affine
+ * 4/8-bit and MXFP4 experts: whether it takes l; the task rows it wants
+ * (32 or 64) for pairs over used experts; then, as nmlx_cuda_moe_rows, y0
+ * (and y1) over tasks of at most task_rows rows, x row s being row
+ * rows[s] / rdiv of x (rows NULL: row s). False: nothing written. */
+bool nmlx_cuda_moe_qmm_ok(nmlx_backend *be, const moe_lin *l);
+int nmlx_cuda_moe_qmm_rows(int64_t pairs, int64_t used);
+bool nmlx_cuda_moe_qmm(nmlx_backend *be, const moe_lin *l0, float *y0, const moe_lin *l1, float *y1,
+                       const float *x, const int32_t *rows, int rdiv, int64_t P,
+                       const int32_t *dtask, int ntask, int task_rows);
 
 /* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
 template <typename F> __device__ F cuda_block_sum(F v) {

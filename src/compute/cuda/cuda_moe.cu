@@ -482,7 +482,10 @@ static const moe_lin *lin_of(nmlx_backend *be, cuda_moe_state *m, const nmlx_swi
         return NULL;
     }
     t->ok = true;
-    t->lin = (moe_lin){d, l->w[0].rows, l->w[0].cols, bits, sc, gshift, bdt, l->bias != NULL};
+    bool w16 = true;
+    for (int64_t e = 0; e < E; e++)
+        w16 = w16 && (uintptr_t)l->w[e].w.data % 16 == 0;
+    t->lin = (moe_lin){d, l->w[0].rows, l->w[0].cols, bits, sc, gshift, bdt, l->bias != NULL, w16};
     return &t->lin;
 }
 
@@ -612,11 +615,10 @@ static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu
 
 /* ---- the prefill form ---- */
 
-/* The grouped kernel's tasks (expert, first row, rows) into t: each used
- * expert's sorted rows in pieces of at most NMLX_CUDA_MOE_TASK_ROWS, in
- * expert order; their count (at most min(P, E) + P / the piece). */
-static int make_tasks(const nmlx_switch_buffers *b, int64_t E, int32_t *t) {
-    const int64_t most = NMLX_CUDA_MOE_TASK_ROWS;
+/* The grouped kernels' tasks (expert, first row, rows) into t: each used
+ * expert's sorted rows in pieces of at most `most`, in expert order; their
+ * count (at most min(P, E) + P / most). */
+static int make_tasks(const nmlx_switch_buffers *b, int64_t E, int64_t most, int32_t *t) {
     int n = 0;
     for (int64_t e = 0; e < E; e++)
         for (int64_t r = b->start[e]; r < b->start[e + 1]; r += most) {
@@ -628,30 +630,45 @@ static int make_tasks(const nmlx_switch_buffers *b, int64_t E, int32_t *t) {
     return n;
 }
 
-/* l: the tables where every linear takes the grouped kernel (one launch
- * for gate and up, one for down); NULL: a matmul per used expert. */
+/* l: the tables where every linear takes a grouped kernel (one launch for
+ * gate and up, one for down): qmm, the tensor-core tile (cuda_moe_qmm.cu),
+ * else the few-rows one (cuda_moe_rows.cu); NULL: a matmul per used expert. */
 static bool run_sorted(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g,
-                       const moe_lin *l, const float *x, const int32_t *idx, const float *scores,
-                       int64_t T, int64_t k, nmlx_switch_buffers *b, float *out) {
+                       const moe_lin *l, bool qmm, const float *x, const int32_t *idx,
+                       const float *scores, int64_t T, int64_t k, nmlx_switch_buffers *b,
+                       float *out) {
     const int64_t P = T * k, D = g->in, I = g->hidden, E = g->gate.n_experts;
-    const int64_t tasks_max = l ? (P < E ? P : E) + P / NMLX_CUDA_MOE_TASK_ROWS + 1 : 0;
-    if (tasks_max > 65535) l = NULL; /* the grid's y (never near: 4M pairs) */
-    if (!stage_reserve(be, m, (size_t)(3 * P + 3 * tasks_max))) return false;
     nmlx_switch_gather_sort(b, idx, P);
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; e++)
+        used += b->start[e + 1] > b->start[e];
+    qmm = qmm && l;
+    const int most = qmm ? nmlx_cuda_moe_qmm_rows(P, used) : NMLX_CUDA_MOE_TASK_ROWS;
+    const int64_t tasks_max = l ? used + P / most + 1 : 0;
+    if (tasks_max > 65535) l = NULL, qmm = false; /* the grid's y (never near: 4M pairs) */
+    if (!stage_reserve(be, m, (size_t)(3 * P + 3 * tasks_max))) return false;
     int32_t *hs = m->host; /* [scores P][order P][inv P][tasks] */
     memcpy(hs, scores, (size_t)P * 4);
     memcpy(hs + P, b->order, (size_t)P * 4);
     for (int64_t s = 0; s < P; s++)
         hs[2 * P + b->order[s]] = (int32_t)s;
-    const int ntask = l ? make_tasks(b, E, hs + 3 * P) : 0;
+    const int ntask = l ? make_tasks(b, E, most, hs + 3 * P) : 0;
     cudaStream_t s = cuda_of(be)->stream;
     nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, hs, (size_t)(3 * P + 3 * ntask) * 4,
                                        cudaMemcpyHostToDevice, s));
     const float *dsc = (const float *)m->dev;
     const int32_t *dorder = m->dev + P, *dinv = m->dev + 2 * P, *dtask = m->dev + 3 * P;
-    moe_gather_kernel<<<moe_grid(P * D), 256, 0, s>>>(x, dorder, (int)k, b->xs, P, D);
-    nmlx_cuda_note(be, cudaGetLastError());
-    if (!l || !nmlx_cuda_moe_rows(be, &l[0], b->gate, &l[1], b->up, b->xs, P, dtask, ntask))
+    /* the tensor-core tile gathers x in its prep; a grouped kernel that
+     * declines leaves the per-expert matmuls (qmm's tasks may be 64 rows) */
+    if (qmm && !nmlx_cuda_moe_qmm(be, &l[0], b->gate, &l[1], b->up, x, dorder, (int)k, P, dtask,
+                                  ntask, most))
+        l = NULL, qmm = false;
+    if (!qmm) {
+        moe_gather_kernel<<<moe_grid(P * D), 256, 0, s>>>(x, dorder, (int)k, b->xs, P, D);
+        nmlx_cuda_note(be, cudaGetLastError());
+    }
+    if (!qmm &&
+        (!l || !nmlx_cuda_moe_rows(be, &l[0], b->gate, &l[1], b->up, b->xs, P, dtask, ntask)))
         for (int64_t e = 0; e < E; e++) {
             const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
             if (n == 0) continue;
@@ -665,7 +682,12 @@ static bool run_sorted(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_gl
         nmlx_cuda_swiglu_clipped(be, b->gate, b->up, b->gate, P * I, g->alpha, g->limit);
     else
         nmlx_cuda_act_mul(be, NMLX_ACT_SILU, b->gate, b->up, b->gate, P * I);
-    if (!l || !nmlx_cuda_moe_rows(be, &l[2], b->ys, NULL, NULL, b->gate, P, dtask, ntask))
+    const bool down_done =
+        qmm ? nmlx_cuda_moe_qmm(be, &l[2], b->ys, NULL, NULL, b->gate, NULL, 1, P, dtask, ntask,
+                                most)
+        : l ? nmlx_cuda_moe_rows(be, &l[2], b->ys, NULL, NULL, b->gate, P, dtask, ntask)
+            : false;
+    if (!down_done)
         for (int64_t e = 0; e < g->down.n_experts; e++) {
             const int64_t s0 = b->start[e], n = b->start[e + 1] - s0;
             if (n == 0) continue;
@@ -741,12 +763,13 @@ bool nmlx_cuda_moe_experts(nmlx_backend *be, const struct nmlx_switch_glu *g, co
         return false;
     moe_lin l[3];
     const bool tables = lins_of(be, m, g, l);
+    const bool qmm = tables && nmlx_cuda_moe_qmm_ok(be, &l[0]) && nmlx_cuda_moe_qmm_ok(be, &l[2]);
     const bool grouped =
-        tables && nmlx_cuda_moe_rows_ok(be, &l[0]) && nmlx_cuda_moe_rows_ok(be, &l[2]);
+        qmm || (tables && nmlx_cuda_moe_rows_ok(be, &l[0]) && nmlx_cuda_moe_rows_ok(be, &l[2]));
     if (tables && (m->mode == 3 || (m->mode == 1 && prefer_small(g, idx, T * k, grouped))) &&
         T * k <= 65535 && run_small(be, m, g, l, x, idx, scores, T, k, b, out))
         return true;
-    return run_sorted(be, m, g, grouped ? l : NULL, x, idx, scores, T, k, b, out);
+    return run_sorted(be, m, g, grouped ? l : NULL, qmm, x, idx, scores, T, k, b, out);
 }
 
 /* moe_routed's device buffers, allocated once for the most pairs it takes
