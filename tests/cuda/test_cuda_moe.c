@@ -21,8 +21,9 @@
  * matmuls and elementwise ops as the generic path on the GPU: it must
  * match that to 1e-6 (bit for bit expected). moe_routed (routing on the
  * GPU) against nmlx_moe_route + the same form (decode up to 64 pairs;
- * 800 pairs: the prefill form, sorted on the host from the downloaded
- * routing), every routing it takes, logits with ties and a -inf: 1e-6; it
+ * 800 to 1,200 pairs: the prefill form, sorted on the device for quantized
+ * experts (counted), on the host from the downloaded routing for dense
+ * ones), every routing it takes, logits with ties and a -inf: 1e-6; it
  * must decline with the prefill form forced. Prints the worst relative error per format and form.
  * Exits 77 (ctest: skipped) when no GPU is usable. */
 #include "compute/backend.h"
@@ -327,12 +328,18 @@ static void check_routed(int fi, const nmlx_switch_glu *dg, int64_t E, int64_t T
         /* the default choice of form, as the routed op makes it */
         nmlx_backend_cuda_set_moe(gpu, 1);
         EXPECT(gpu->ops->moe_experts(gpu, dg, dx, idx, scores, T, k, &gb, dref), "host routed");
-        const long c0 = nmlx_cuda_moe_routed_calls();
+        const long c0 = nmlx_cuda_moe_routed_calls(), d0 = nmlx_cuda_moe_devsort_calls();
         const bool ran =
             gpu->ops->moe_routed(gpu, dg, dx, dl, rs[r].routing, rs[r].norm, T, k, &gb, dout);
         EXPECT(ran && nmlx_cuda_moe_routed_calls() == c0 + 1,
                "moe_routed %s T=%lld k=%lld E=%lld routing %d declined", f->name, (long long)T,
                (long long)k, (long long)E, rs[r].routing);
+        /* past the decode form's pairs, quantized experts (grouped kernels)
+         * are sorted on the device; dense ones on the host */
+        const long want = P > 64 && f->mode != NMLX_QUANT_NONE ? 1 : 0;
+        EXPECT(nmlx_cuda_moe_devsort_calls() - d0 == want,
+               "moe_routed %s T=%lld k=%lld: %ld device sorts, %ld expected", f->name, (long long)T,
+               (long long)k, nmlx_cuda_moe_devsort_calls() - d0, want);
         EXPECT(nmlx_backend_cuda_check(gpu) == NMLX_OK, "moe_routed: %s", nmlx_last_error());
         gpu->ops->download(gpu, ref, dref, (size_t)(T * D) * 4);
         gpu->ops->download(gpu, got, dout, (size_t)(T * D) * 4);
@@ -371,9 +378,10 @@ static void check_format(int fi, int64_t E) {
             check_case(fi, &hg, &dg, E, Ts[ti], ks[ki], false);
     check_case(fi, &hg, &dg, E, 17, 8, true); /* every pair on one expert */
     check_case(fi, &hg, &dg, E, 1, 4, true);
-    /* 100 x 8: a prefill chunk (routed on the GPU, sorted on the host) */
-    const int64_t rT[5] = {1, 1, 3, 8, 100}, rk[5] = {1, 4, 8, 8, 8};
-    for (int i = 0; i < 5; i++)
+    /* 100 x 8, 300 x 4, 520 x 2: prefill chunks (routed and, for quantized
+     * experts, sorted on the GPU; 1024 pairs a pass of the sort) */
+    const int64_t rT[7] = {1, 1, 3, 8, 100, 300, 520}, rk[7] = {1, 4, 8, 8, 8, 4, 2};
+    for (int i = 0; i < 7; i++)
         if (rk[i] <= E) check_routed(fi, &dg, E, rT[i], rk[i]);
     nmlx_switch_linear *ls[] = {&hg.gate, &hg.up, &hg.down, &dg.gate, &dg.up, &dg.down};
     for (int i = 0; i < 6; i++)

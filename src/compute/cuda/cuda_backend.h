@@ -175,6 +175,8 @@ void nmlx_cuda_set_f32_activations(nmlx_backend *be, int on);
 void nmlx_cuda_moe_stats(long *small, long *sorted);
 /* calls of moe_routed that ran (the decode form, routed on the device), all backends */
 long nmlx_cuda_moe_routed_calls(void);
+/* prefill-form calls sorted on the device (moe_routed, cuda_moe_sort.cu), all backends */
+long nmlx_cuda_moe_devsort_calls(void);
 /* launches of the grouped few-rows kernel over experts (cuda_moe_rows.cu), all backends */
 unsigned long long nmlx_cuda_moe_rows_launches(void);
 /* launches of the grouped tensor-core tile over experts (cuda_moe_qmm.cu), all backends */

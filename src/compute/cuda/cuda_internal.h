@@ -479,6 +479,15 @@ bool nmlx_cuda_moe_qmm(nmlx_backend *be, const moe_lin *l0, float *y0, const moe
                        const float *x, const int32_t *rows, int rdiv, int64_t P,
                        const int32_t *dtask, int ntask, int task_rows);
 
+/* A prefill chunk's pairs sorted by expert on the device (cuda_moe_sort.cu):
+ * whether it takes P pairs of E experts; then order [P] (sorted row ->
+ * pair, stable), inv [P] (pair -> row) and task [tasks_max][3] (expert,
+ * first row, rows <= most; rows 0 past the last) from idx [P], all on the
+ * device, on the stream. */
+bool nmlx_cuda_moe_sort_ok(int64_t P, int64_t E);
+bool nmlx_cuda_moe_sort(nmlx_backend *be, const int32_t *idx, int64_t P, int64_t E, int most,
+                        int tasks_max, int32_t *order, int32_t *inv, int32_t *task);
+
 /* Block-wide sum (blockDim.x a multiple of 32, <= 1024); all threads get it. */
 template <typename F> __device__ F cuda_block_sum(F v) {
     __shared__ F part[32];

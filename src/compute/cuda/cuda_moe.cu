@@ -79,6 +79,8 @@ struct cuda_moe_state {
     int32_t *route; /* moe_routed's device idx [cap] and scores [cap] (f32) */
     size_t route_cap;
     int32_t *route_host; /* pinned: the same, downloaded for the prefill form */
+    int32_t *sorted;     /* the device sort's order [P], inverse [P], tasks [3 tasks] */
+    size_t sorted_cap;   /* in words */
     int mode; /* 0: off, 1: auto, 2: always sorted, 3: the decode form where it applies */
 };
 
@@ -331,12 +333,14 @@ void nmlx_cuda_moe_release(cuda_impl *c) {
     if (m->dev) cudaFree(m->dev);
     if (m->route) cudaFree(m->route);
     if (m->route_host) cudaFreeHost(m->route_host);
+    if (m->sorted) cudaFree(m->sorted);
     nmlx_free(m);
     c->moe = NULL;
 }
 
 /* calls that ran each form, all backends of the process (tests print them) */
-static long moe_small_calls, moe_sorted_calls, moe_routed_calls;
+static long moe_small_calls, moe_sorted_calls, moe_routed_calls, moe_devsort_calls;
+extern "C" long nmlx_cuda_moe_devsort_calls(void) { return moe_devsort_calls; }
 
 extern "C" void nmlx_cuda_moe_stats(long *small, long *sorted) {
     *small = moe_small_calls;
@@ -787,6 +791,72 @@ static bool route_reserve(nmlx_backend *be, cuda_moe_state *m) {
     return true;
 }
 
+/* The device sort's buffer for `words` words; no wait unless it grows. */
+static bool sorted_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
+    if (words <= m->sorted_cap) return true;
+    cudaStreamSynchronize(cuda_host_of(be)->stream); /* the old one may still be read */
+    if (m->sorted) cudaFree(m->sorted);
+    m->sorted_cap = 0;
+    if (cudaMalloc((void **)&m->sorted, words * 4) != cudaSuccess) {
+        (void)cudaGetLastError();
+        m->sorted = NULL;
+        return false;
+    }
+    m->sorted_cap = words;
+    return true;
+}
+
+/* The prefill form from idx and scores on the device (moe_routed): sorted
+ * there too (cuda_moe_sort.cu), then the grouped kernels, the activation and
+ * the score sum, with nothing crossing to the host. Only where every linear
+ * takes a grouped kernel (they run over the sort's task table; the
+ * per-expert matmuls need the host's expert ranges). False: nothing that
+ * matters written (the caller downloads idx and scores and runs the host
+ * sort instead). */
+static bool run_sorted_dev(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu *g,
+                           const float *x, const int32_t *didx, const float *dsc, int64_t T,
+                           int64_t k, nmlx_switch_buffers *b, float *out) {
+    const int64_t P = T * k, D = g->in, I = g->hidden, E = g->gate.n_experts;
+    moe_lin l[3];
+    if (!nmlx_cuda_moe_sort_ok(P, E) || g->down.n_experts != E || !lins_of(be, m, g, l))
+        return false;
+    const bool qmm = nmlx_cuda_moe_qmm_ok(be, &l[0]) && nmlx_cuda_moe_qmm_ok(be, &l[2]);
+    if (!qmm && !(nmlx_cuda_moe_rows_ok(be, &l[0]) && nmlx_cuda_moe_rows_ok(be, &l[2])))
+        return false;
+    /* the experts used are not known here: at most min(P, E) */
+    const int64_t used = P < E ? P : E;
+    const int most = qmm ? nmlx_cuda_moe_qmm_rows(P, used) : NMLX_CUDA_MOE_TASK_ROWS;
+    const int64_t tasks = used + P / most + 1;
+    if (tasks > 65535 || !sorted_reserve(be, m, (size_t)(2 * P + 3 * tasks))) return false;
+    int32_t *dorder = m->sorted, *dinv = m->sorted + P, *dtask = m->sorted + 2 * P;
+    if (!nmlx_cuda_moe_sort(be, didx, P, E, most, (int)tasks, dorder, dinv, dtask)) return false;
+    cudaStream_t s = cuda_of(be)->stream;
+    bool ok;
+    if (qmm) {
+        ok = nmlx_cuda_moe_qmm(be, &l[0], b->gate, &l[1], b->up, x, dorder, (int)k, P, dtask,
+                               (int)tasks, most);
+    } else {
+        moe_gather_kernel<<<moe_grid(P * D), 256, 0, s>>>(x, dorder, (int)k, b->xs, P, D);
+        nmlx_cuda_note(be, cudaGetLastError());
+        ok = nmlx_cuda_moe_rows(be, &l[0], b->gate, &l[1], b->up, b->xs, P, dtask, (int)tasks);
+    }
+    if (!ok) return false;
+    if (g->act == NMLX_SWITCH_SWIGLU_CLIPPED)
+        nmlx_cuda_swiglu_clipped(be, b->gate, b->up, b->gate, P * I, g->alpha, g->limit);
+    else
+        nmlx_cuda_act_mul(be, NMLX_ACT_SILU, b->gate, b->up, b->gate, P * I);
+    ok = qmm ? nmlx_cuda_moe_qmm(be, &l[2], b->ys, NULL, NULL, b->gate, NULL, 1, P, dtask,
+                                 (int)tasks, most)
+             : nmlx_cuda_moe_rows(be, &l[2], b->ys, NULL, NULL, b->gate, P, dtask, (int)tasks);
+    if (!ok) return false;
+    s = cuda_of(be)->stream;
+    moe_scatter_sum_kernel<<<moe_grid(T * D), 256, 0, s>>>(b->ys, dinv, dsc, out, T, D, (int)k);
+    nmlx_cuda_note(be, cudaGetLastError());
+    moe_sorted_calls++;
+    moe_devsort_calls++;
+    return true;
+}
+
 /* The routing on the device. Up to the decode form's pairs (mode 1: up to
  * MOE_SMALL_PAIRS or NMLX_CUDA_MOE_SMALL; mode 3: any) the decode form
  * reads idx and scores where the route kernel wrote them: the router's
@@ -812,14 +882,6 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     moe_lin l[3];
     if (small && !lins_of(be, m, g, l)) return false;
     if (!route_reserve(be, m)) return false;
-    if (!small && !m->route_host) {
-        if (cudaMallocHost((void **)&m->route_host, 2 * (size_t)MOE_ROUTE_PAIRS * 4) !=
-            cudaSuccess) {
-            (void)cudaGetLastError();
-            m->route_host = NULL;
-            return false;
-        }
-    }
     /* a step captured anew (and updated) each token, not recorded for
      * replay (step_graph: e.g. gpt-oss's rotating caches), ends here: the
      * MoE steps' ~15 kernels a layer cost more to capture than the launches
@@ -831,6 +893,16 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     cudaStream_t s = cuda_of(be)->stream;
     moe_route_kernel<<<(unsigned)T, 32, 0, s>>>(logits, (int)E, (int)k, routing, norm, didx, dsc);
     nmlx_cuda_note(be, cudaGetLastError());
+    if (!small && run_sorted_dev(be, m, g, x, didx, dsc, T, k, b, out)) {
+        moe_routed_calls++;
+        return true;
+    }
+    if (!small && !m->route_host &&
+        cudaMallocHost((void **)&m->route_host, 2 * (size_t)MOE_ROUTE_PAIRS * 4) != cudaSuccess) {
+        (void)cudaGetLastError();
+        m->route_host = NULL;
+        return false; /* routed on the host again: out is the caller's to fill */
+    }
     if (!small) {
         cuda_impl *c = cuda_host_of(be);
         int32_t *hidx = m->route_host;

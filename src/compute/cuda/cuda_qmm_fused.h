@@ -529,6 +529,7 @@ template <int BITS, int GS, int MT, int NT, bool MX>
 __global__ void __launch_bounds__(QF_THREADS, 2) qmm_fused_group_kernel(const qf_group_args g) {
     const int32_t *tk = g.task + 3 * (int64_t)blockIdx.y;
     const int e = tk[0], r0 = tk[1], n = tk[2];
+    if (n <= 0) return; /* a slot past the device sort's last task */
     const bool z = blockIdx.z != 0;
     const qf_expert p = (z ? g.tab[1] : g.tab[0])[e];
     qf_args a;

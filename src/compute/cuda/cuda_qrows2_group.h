@@ -50,6 +50,7 @@ __global__ void __launch_bounds__(QR2_THREADS, MT *NT <= 8 ? 2 : 1)
     const int32_t *tk = g.task + 3 * (int64_t)blockIdx.y;
     const int e = (int)__ldg((const uint32_t *)tk), r0 = (int)__ldg((const uint32_t *)tk + 1),
               n = (int)__ldg((const uint32_t *)tk + 2);
+    if (n <= 0) return; /* a slot past the device sort's last task (cuda_moe_sort.cu) */
     const bool z = blockIdx.z != 0;
     const qr2_expert p = (z ? g.lin[1].tab : g.lin[0].tab)[e];
     qr2_args a;
