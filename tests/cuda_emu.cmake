@@ -29,3 +29,26 @@ if(CMAKE_CXX_COMPILER)
     set_tests_properties(${name} PROPERTIES WILL_FAIL TRUE)
   endforeach()
 endif()
+
+# The fused quantized mat-mat (src/compute/cuda/cuda_qmm_fused.h: the dense
+# prefill's opt-in tile and the MoE prefill's grouped form, MXFP4 included)
+# emulated on the CPU (tests/cuda/qmm_fused_emu.cpp, quick cases), where the
+# CUDA toolkit's headers are installed (it takes __half from cuda_fp16.h);
+# QF_BREAK=1 (the grouped form's tasks read the first task's rows) must fail.
+find_path(NMLX_CUDA_FP16_DIR cuda_fp16.h
+          HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include /usr/include)
+if(CMAKE_CXX_COMPILER AND NMLX_CUDA_FP16_DIR)
+  function(nmlx_qmm_fused_emu name def)
+    add_executable(${name} ${CMAKE_CURRENT_SOURCE_DIR}/cuda/qmm_fused_emu.cpp)
+    target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/src ${CMAKE_SOURCE_DIR}/include)
+    target_include_directories(${name} SYSTEM PRIVATE ${NMLX_CUDA_FP16_DIR})
+    set_target_properties(${name} PROPERTIES CXX_STANDARD 20 CXX_STANDARD_REQUIRED ON)
+    target_compile_definitions(${name} PRIVATE NMLX_QMM_EMU ${def})
+    target_compile_options(${name} PRIVATE -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-parameter)
+  endfunction()
+  nmlx_qmm_fused_emu(test_qmm_fused_emu "")
+  add_test(NAME test_qmm_fused_emu COMMAND test_qmm_fused_emu quick)
+  nmlx_qmm_fused_emu(test_qmm_fused_emu_broken1 QF_BREAK=1)
+  add_test(NAME test_qmm_fused_emu_broken1 COMMAND test_qmm_fused_emu_broken1 quick grouped)
+  set_tests_properties(test_qmm_fused_emu_broken1 PROPERTIES WILL_FAIL TRUE)
+endif()

@@ -22,10 +22,13 @@
  *  - contract: against the f32-x reference y = x (s q + b)^T + bias, within
  *    2e-3 of the row's max|y| (the bound test_cuda_qmm_fused.c applies on the
  *    GPU); the worst is printed (expected ~2^-11 scale: a few 1e-4).
- * Not built by cmake; by hand:
+ * The grouped form (the MoE prefill's experts, run_group): the same two
+ * bounds on every row of every task, affine and MXFP4.
+ * ctest runs `quick` (one scale dtype a format) where cuda_fp16.h is found
+ * (tests/cuda_emu.cmake); by hand:
  *   g++ -std=c++20 -O2 -Wno-unknown-pragmas -DNMLX_QMM_EMU -Isrc -Iinclude \
  *       -isystem /usr/local/cuda/include tests/cuda/qmm_fused_emu.cpp -o /tmp/qmm_fused_emu
- *   /tmp/qmm_fused_emu [quick]   (exit 0: every case within both bounds) */
+ *   /tmp/qmm_fused_emu [quick [grouped]]   (exit 0: every case within both bounds) */
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -343,6 +346,7 @@ static void run_group(int sdt, int64_t D, int64_t N, bool bias, const std::vecto
 
 template <int BITS, int GS> static void run_format(bool quick) {
     for (int sdt = 0; sdt < 3; sdt++) {
+        if (quick && sdt != (BITS + GS / 32) % 3) continue; /* one scale dtype a format */
         const int64_t n1 = GS == 128 ? 128 : 64, n2 = GS == 128 ? 384 : 320;
         /* big tile: T and D past one tile, tails; small tile: several blocks */
         run_case<BITS, GS, 4, 4>(sdt, 130, 131, n2, sdt != 1, sdt == 2 ? QF_BF16 : QF_F32);
@@ -355,6 +359,7 @@ template <int BITS, int GS> static void run_format(bool quick) {
 
 int main(int argc, char **argv) {
     const bool quick = argc > 1 && !strcmp(argv[1], "quick");
+    const bool grouped_only = argc > 2 && !strcmp(argv[2], "grouped");
     /* the permutation is a bijection of each 64-input tile */
     for (int bits = 4; bits <= 8; bits += 4) {
         int seen[64] = {0};
@@ -395,12 +400,14 @@ int main(int argc, char **argv) {
         run_group<4, 32, 2, 4, true>(0, 128, 64, false, {1, 64, 2});
         run_group<8, 32, 1, 4, false>(QF_BF16, 40, 192, true, {31, 32, 33});
     }
+    if (grouped_only) goto done;
     run_format<4, 64>(quick);
     run_format<8, 64>(quick);
     run_format<4, 32>(quick);
     run_format<8, 128>(quick);
     run_format<4, 128>(quick);
     run_format<8, 32>(quick);
+done:
     printf("%d cases, %d failed; worst tight %.2e (bound 1e-5), contract %.2e (bound 2e-3)\n",
            cases, failures, worst_tight, worst_contract);
     printf("%s\n", failures ? "FAIL" : "PASS");

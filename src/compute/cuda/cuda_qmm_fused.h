@@ -86,6 +86,10 @@
 #ifndef NMLX_CUDA_QMM_FUSED_H
 #define NMLX_CUDA_QMM_FUSED_H
 
+#ifndef QF_BREAK
+#define QF_BREAK 0 /* tests/cuda/qmm_fused_emu.cpp's deliberately broken build: 1 */
+#endif
+
 #ifndef NMLX_QMM_EMU /* tests/cuda/qmm_fused_emu.cpp supplies its own */
 #include "compute/cuda/cuda_backend.h"
 #include "compute/cuda/cuda_internal.h"
@@ -538,6 +542,11 @@ __global__ void __launch_bounds__(QF_THREADS, 2) qmm_fused_group_kernel(const qf
     a.lb = p.bias, a.lbdt = z ? g.lbdt[1] : g.lbdt[0];
     a.y = z ? g.y[1] : g.y[0];
     a.T = (int64_t)r0 + n, a.D = g.D, a.N = g.N, a.Tp = g.Tp, a.y2 = g.y2;
+#if QF_BREAK == 1 /* test hook (qmm_fused_emu): every task reads the first rows */
+    a.T = n;
+    qf_tile<BITS, GS, MT, NT, MX, true>(a, (int64_t)blockIdx.x * (32 * NT), 0);
+    return;
+#endif
     qf_tile<BITS, GS, MT, NT, MX, true>(a, (int64_t)blockIdx.x * (32 * NT), r0);
 }
 
