@@ -222,40 +222,62 @@ template <int BITS>
 __global__ void __launch_bounds__(QF_THREADS)
     qf_xprep_kernel(const float *x, const int32_t *rows, int rdiv, int64_t N, int gs, int64_t Tp,
                     uint16_t *xt, float *xs, float *ix) {
-    extern __shared__ __align__(16) unsigned char qf_sm[]; /* QF_THREADS floats */
+    extern __shared__ __align__(16) unsigned char qf_sm[]; /* QF_THREADS / 32 floats */
     float *red = (float *)qf_sm;
-    const int tid = (int)threadIdx.x;
+    const int tid = (int)threadIdx.x, lane = tid & 31;
     const int64_t t = blockIdx.x;
     const float *xr = x + (rows ? (int64_t)(rows[t] / rdiv) : t) * N;
     float m = 0.0f;
     for (int64_t k = tid; k < N; k += QF_THREADS)
         m = fmaxf(m, fabsf(xr[k]));
-    red[tid] = m;
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[tid >> 5] = m;
     __syncthreads();
-    for (int o = QF_THREADS / 2; o > 0; o >>= 1) {
-        if (tid < o) red[tid] = fmaxf(red[tid], red[tid + o]);
-        __syncthreads();
-    }
-    const int e = qf_exp(red[0]);
+    m = red[0];
+    for (int i = 1; i < QF_THREADS / 32; i++)
+        m = fmaxf(m, red[i]);
+    const int e = qf_exp(m);
     const float sc = ldexpf(1.0f, -e);
     if (tid == 0) ix[t] = ldexpf(1.0f, e);
-    /* 8 positions (16 bytes) a piece */
-    for (int64_t pc = tid; pc < N / 8; pc += QF_THREADS) {
-        const int64_t k0 = (pc >> 3) * QF_BK;
-        const int p0 = (int)(pc & 7) * 8;
-        __align__(16) __half h[8];
+    /* 8 positions (16 bytes) a piece; the 8 pieces of a 64-input tile are 8
+     * lanes in a row (a g128 group's two tiles, 16), which add their
+     * rounded values into the group sums (g32: two a tile) by shuffles */
+    const int64_t NP = N / 8;
+    for (int64_t b0 = 0; b0 < NP; b0 += QF_THREADS) { /* every thread, every pass */
+        const int64_t pc = b0 + tid;
+        float s0 = 0.0f, s1 = 0.0f;
+        if (pc < NP) {
+            const int64_t k0 = (pc >> 3) * QF_BK;
+            const int p0 = (int)(pc & 7) * 8;
+            __align__(16) __half h[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            h[j] = __float2half_rn(xr[k0 + qf_perm<BITS>(p0 + j)] * sc);
-        uint4 v;
-        memcpy(&v, h, 16);
-        *(uint4 *)(xt + t * N + k0 + p0) = v;
-    }
-    for (int64_t g = tid; g < N / gs; g += QF_THREADS) {
-        float sum = 0.0f;
-        for (int k = 0; k < gs; k++)
-            sum += __half2float(__float2half_rn(xr[g * gs + k] * sc));
-        xs[g * Tp + t] = sum;
+            for (int j = 0; j < 8; j++) {
+                const int in = qf_perm<BITS>(p0 + j);
+                h[j] = __float2half_rn(xr[k0 + in] * sc);
+                if (gs == 32 && in >= 32)
+                    s1 += __half2float(h[j]);
+                else
+                    s0 += __half2float(h[j]);
+            }
+            uint4 v;
+            memcpy(&v, h, 16);
+            *(uint4 *)(xt + t * N + k0 + p0) = v;
+        }
+        for (int o = 1; o < 8; o <<= 1) {
+            s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        }
+        if (gs == 128) s0 += __shfl_xor_sync(0xffffffffu, s0, 8);
+        if (pc < NP && (pc & (gs == 128 ? 15 : 7)) == 0) {
+            const int64_t tile = pc >> 3;
+            if (gs == 32) {
+                xs[2 * tile * Tp + t] = s0;
+                xs[(2 * tile + 1) * Tp + t] = s1;
+            } else {
+                xs[(gs == 128 ? tile / 2 : tile) * Tp + t] = s0;
+            }
+        }
     }
 }
 
