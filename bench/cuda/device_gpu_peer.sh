@@ -23,6 +23,7 @@
 #   table, nmlx bench on each model again under each setting, AB_P prompt tokens, AB_N
 #   generated, until AB_DEADLINE; AB_MODELS: on those models only; NCU_TOKEN=1: then one
 #   decode token's kernels under ncu, a 2-layer 8B 4-bit, each with its top stalls;
+#   NCU_DECODE=1: each model's kernels over a 16-token prompt and 32 generated tokens;
 #   ATTN_TABLE=1: bench_cuda_attn, the decode attention kernels alone, ATTN_RUNS="2 4": again
 #   with those shortest runs of the phased kernel)
 #   CHECK=1 first runs the CUDA tests named in CHECK_TESTS (default test_cuda_ops
@@ -289,5 +290,16 @@ if [ "${NCU_TOKEN:-0}" = 1 ]; then
     -k regex:'attn_decode_kernel|attn_phased|attn_short|qgemv16|rope_kv|add_rmsnorm' --launch-skip 40 --launch-count 20 \
     ./$B/nmlx bench -m $D --device cuda -p 16 -n 8 -r 1 > "$OUT/ncu_token.csv" 2> "$OUT/ncu.err"
   python3 bench/cuda/ncu_stalls.py "$OUT/ncu_token.csv" 6 | cut -c1-200 | head -60
+fi
+# 9. NCU_DECODE=1: each model's kernels over a 16-token prompt and 32 generated (ncu, warm
+# caches, running clock), summed by kernel_sum.py: mostly decode steps' kernels (graph nodes
+# one by one), for the count and time of each a step
+if [ "${NCU_DECODE:-0}" = 1 ]; then
+  for m in $MODELS; do
+    echo "$(el)s ncu decode: nmlx $m"
+    timeout 150 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+      ./$B/nmlx bench -m $W/$m --device cuda -p 16 -n 32 -r 1 > "$OUT/ncu-tg-nmlx-$m.csv" 2> "$OUT/ncu.err"
+    python3 bench/cuda/kernel_sum.py "$OUT/ncu-tg-nmlx-$m.csv" 2>/dev/null | head -30
+  done
 fi
 echo "== device_gpu_peer done at $(el)s"
