@@ -22,8 +22,10 @@
  *  the staging copy waits for the host (the router's logits were
  *  downloaded just before, which ended the step's graph capture; see
  *  cuda_graph.cu). moe_routed (backend.h) routes on the device instead:
- *  moe_route_kernel writes idx and scores where the three kernels read
- *  them and nothing waits, so standard models record MoE decode steps for
+ *  each gate/up block routes its token itself (moe_route_warp; the first
+ *  block of a token writes idx and scores for down: one launch fewer a
+ *  layer; NMLX_CUDA_MOE_ROUTE=kernel: moe_route_kernel before them) and
+ *  nothing waits, so standard models record MoE decode steps for
  *  replay (H100, tg128: Qwen3-30B-A3B 4-bit 212 -> 298 tok/s; GPT-OSS-20B
  *  MXFP4, whose steps are not recorded, 295 -> 330, with the session's
  *  other changes; bench/cuda/README.md session 24).
@@ -156,17 +158,112 @@ __device__ __forceinline__ void moe_dot(const moe_ptrs *const *p, const int64_t 
     }
 }
 
+/* ---- routing on the device (moe_routed) ---- */
+
+enum { MOE_ROUTE_MAX_E = 1024 };  /* 32 experts a lane: one bit each marks the chosen */
+enum { MOE_ROUTE_PAIRS = 65535 }; /* the decode form's grid */
+
+/* One warp routes the token of logits l [E] as shared/moe.c nmlx_moe_route:
+ * the first `rounds` experts of its top k into chosen[] (shared), by rounds
+ * of a warp argmax (the larger logit, ties to the lower expert: the host's
+ * insertion order; NaN taken as -inf, so valid experts always come out).
+ * With idx (rounds = k), lane 0 then forms the scores in double in the
+ * host's order (exp(l - max) per expert in ex[] (shared), summed
+ * sequentially): the host's values to the last bit of exp, into idx [k]
+ * and scores [k]. routing 1: softmax then top k (norm: over the k), 2: top
+ * k then softmax over them. */
+__device__ __forceinline__ void moe_route_warp(const float *l, int E, int k, int rounds,
+                                               int routing, bool norm, int *chosen, double *ex,
+                                               int32_t *idx, float *scores) {
+    const int lane = threadIdx.x & 31;
+    uint32_t taken = 0; /* bit i: expert lane + 32 i is chosen */
+    for (int j = 0; j < rounds; j++) {
+        float bv = -INFINITY;
+        int bi = INT_MAX;
+        for (int i = 0, e = lane; e < E; i++, e += 32) {
+            float v = l[e];
+            if (v != v) v = -INFINITY;
+            if (!(taken >> i & 1u) && (v > bv || (v == bv && e < bi))) bv = v, bi = e;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+        }
+        if ((bi & 31) == lane) taken |= 1u << (bi >> 5);
+        if (lane == 0) chosen[j] = bi;
+    }
+    __syncwarp();
+    if (!idx) return;
+    const double mx = (double)l[chosen[0]];
+    const bool all = routing == 1 && !norm; /* the softmax over every expert */
+    if (all)
+        for (int e = lane; e < E; e += 32)
+            ex[e] = exp((double)l[e] - mx);
+    __syncwarp();
+    if (lane != 0) return;
+    double denom = 0.0;
+    if (all)
+        for (int e = 0; e < E; e++)
+            denom += ex[e];
+    else
+        for (int j = 0; j < k; j++)
+            denom += exp((double)l[chosen[j]] - mx);
+    for (int j = 0; j < k; j++) {
+        idx[j] = chosen[j];
+        scores[j] = (float)(exp((double)l[chosen[j]] - mx) / denom);
+    }
+}
+
+/* idx, scores [T, k] from logits [T, E]: a warp a token (blockIdx.x). */
+__global__ void moe_route_kernel(const float *logits, int E, int k, int routing, bool norm,
+                                 int32_t *idx, float *scores) {
+    __shared__ double ex[MOE_ROUTE_MAX_E];
+    __shared__ int chosen[32];
+    const int64_t t = blockIdx.x;
+    moe_route_warp(logits + t * E, E, k, k, routing, norm, chosen, ex, idx + t * k, scores + t * k);
+}
+
+/* The routing a moe_gate_up_kernel block does itself (one launch fewer a
+ * decode layer): the router's logits [T, E], and idx / scores [T, k] that
+ * the blocks of x 0 and slot 0 write for the down kernel. */
+struct moe_route_args {
+    const float *logits;
+    int E, routing;
+    bool norm;
+    int32_t *idx;
+    float *scores;
+};
+
 /* ---- decode kernels ---- */
 
 /* h[p, i] = act(gate_e[i] . x[t] + gb, up_e[i] . x[t] + ub), e = idx[p],
- * t = p / k; a warp per (pair, i). clipped: gpt-oss's SwiGLU. */
-template <int BITS, int SC>
+ * t = p / k; a warp per (pair, i). clipped: gpt-oss's SwiGLU. ROUTE: e from
+ * the block's own routing of token t (warp 0, the first slot + 1 rounds;
+ * every round at block x 0 of slot 0, which writes the token's idx and
+ * scores), not from idx. */
+template <int BITS, int SC, bool ROUTE>
 __global__ void __launch_bounds__(32 * MOE_WARPS)
     moe_gate_up_kernel(moe_lin gl, moe_lin ul, const float *x, const int32_t *idx, int k, float *h,
-                       bool clipped, float alpha, float limit, bool xvec) {
+                       bool clipped, float alpha, float limit, bool xvec, moe_route_args ra) {
     const int64_t i = (int64_t)blockIdx.x * MOE_WARPS + threadIdx.x / 32, I = gl.rows;
+    const int p = blockIdx.y;
+    int e;
+    if constexpr (ROUTE) {
+        __shared__ double ex[MOE_ROUTE_MAX_E];
+        __shared__ int chosen[32];
+        const int t = p / k, j = p % k;
+        const bool writer = blockIdx.x == 0 && j == 0;
+        if (threadIdx.x < 32)
+            moe_route_warp(ra.logits + (int64_t)t * ra.E, ra.E, k, writer ? k : j + 1, ra.routing,
+                           ra.norm, chosen, ex, writer ? ra.idx + (int64_t)t * k : nullptr,
+                           writer ? ra.scores + (int64_t)t * k : nullptr);
+        __syncthreads();
+        e = chosen[j];
+    } else {
+        e = idx[p];
+    }
     if (i >= I) return;
-    const int p = blockIdx.y, e = idx[p];
     const int64_t N = gl.cols;
     const moe_ptrs *ptr[2] = {gl.tab + e, ul.tab + e};
     const int64_t rows[2] = {i, i};
@@ -214,65 +311,6 @@ __global__ void moe_sum_kernel(const float *ys, float *out, int64_t T, int64_t D
         for (int j = 1; j < k; j++)
             o = __fadd_rn(o, y[(int64_t)j * D]);
         out[i] = o;
-    }
-}
-
-/* ---- routing on the device (moe_routed) ---- */
-
-enum { MOE_ROUTE_MAX_E = 1024 };  /* 32 experts a lane: one bit each marks the chosen */
-enum { MOE_ROUTE_PAIRS = 65535 }; /* the decode form's grid */
-
-/* idx, scores [T, k] from logits [T, E] as shared/moe.c nmlx_moe_route: a
- * warp a token (blockIdx.x). Top k by k rounds of a warp argmax (the
- * larger logit, ties to the lower expert: the host's insertion order; NaN
- * taken as -inf, so k valid experts always come out), then lane 0 forms
- * the scores in double in the host's order (exp(l - max) per expert in
- * shared memory, summed sequentially): the host's values to the last bit
- * of exp. routing 1: softmax then top k (norm: over the k), 2: top k then
- * softmax over them. */
-__global__ void moe_route_kernel(const float *logits, int E, int k, int routing, bool norm,
-                                 int32_t *idx, float *scores) {
-    __shared__ double ex[MOE_ROUTE_MAX_E];
-    __shared__ int chosen[32];
-    const int lane = threadIdx.x;
-    const float *l = logits + (int64_t)blockIdx.x * E;
-    uint32_t taken = 0; /* bit i: expert lane + 32 i is chosen */
-    for (int j = 0; j < k; j++) {
-        float bv = -INFINITY;
-        int bi = INT_MAX;
-        for (int i = 0, e = lane; e < E; i++, e += 32) {
-            float v = l[e];
-            if (v != v) v = -INFINITY;
-            if (!(taken >> i & 1u) && (v > bv || (v == bv && e < bi))) bv = v, bi = e;
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-        }
-        if ((bi & 31) == lane) taken |= 1u << (bi >> 5);
-        if (lane == 0) chosen[j] = bi;
-    }
-    __syncwarp();
-    const double mx = (double)l[chosen[0]];
-    const bool all = routing == 1 && !norm; /* the softmax over every expert */
-    if (all)
-        for (int e = lane; e < E; e += 32)
-            ex[e] = exp((double)l[e] - mx);
-    __syncwarp();
-    if (lane != 0) return;
-    double denom = 0.0;
-    if (all)
-        for (int e = 0; e < E; e++)
-            denom += ex[e];
-    else
-        for (int j = 0; j < k; j++)
-            denom += exp((double)l[chosen[j]] - mx);
-    int32_t *ix = idx + (int64_t)blockIdx.x * k;
-    float *sc = scores + (int64_t)blockIdx.x * k;
-    for (int j = 0; j < k; j++) {
-        ix[j] = chosen[j];
-        sc[j] = (float)(exp((double)l[chosen[j]] - mx) / denom);
     }
 }
 
@@ -517,11 +555,17 @@ static bool stage_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
 
 template <int BITS, int SC>
 static void launch_gate_up(cudaStream_t s, const moe_lin &gl, const moe_lin &ul, const float *x,
-                           const int32_t *idx, int k, float *h, int P, const nmlx_switch_glu *g) {
+                           const int32_t *idx, int k, float *h, int P, const nmlx_switch_glu *g,
+                           const moe_route_args *ra) {
     const bool xvec = BITS && (uintptr_t)x % 16 == 0;
     dim3 grid((unsigned)((gl.rows + MOE_WARPS - 1) / MOE_WARPS), (unsigned)P);
-    moe_gate_up_kernel<BITS, SC><<<grid, 32 * MOE_WARPS, 0, s>>>(
-        gl, ul, x, idx, k, h, g->act == NMLX_SWITCH_SWIGLU_CLIPPED, g->alpha, g->limit, xvec);
+    const bool clipped = g->act == NMLX_SWITCH_SWIGLU_CLIPPED;
+    if (ra)
+        moe_gate_up_kernel<BITS, SC, true><<<grid, 32 * MOE_WARPS, 0, s>>>(
+            gl, ul, x, idx, k, h, clipped, g->alpha, g->limit, xvec, *ra);
+    else
+        moe_gate_up_kernel<BITS, SC, false><<<grid, 32 * MOE_WARPS, 0, s>>>(
+            gl, ul, x, idx, k, h, clipped, g->alpha, g->limit, xvec, moe_route_args{});
 }
 
 template <int BITS, int SC>
@@ -566,15 +610,16 @@ static void launch_down(cudaStream_t s, const moe_lin &dl, const float *h, const
     } while (0)
 
 /* The decode form's three kernels, routing already on the device (didx,
- * dsc [T * k]): no allocation, no host wait, so a recorded step could hold
- * them (a device-side router would call this directly). */
+ * dsc [T * k]), or done by the gate/up kernel's blocks themselves (ra: the
+ * router's logits in, didx / dsc written for down): no allocation, no host
+ * wait, so a recorded step holds them. */
 static void launch_small(nmlx_backend *be, const moe_lin *gl, const moe_lin *ul, const moe_lin *dl,
                          const nmlx_switch_glu *g, const float *x, const int32_t *didx,
-                         const float *dsc, int64_t T, int64_t k, nmlx_switch_buffers *b,
-                         float *out) {
+                         const float *dsc, int64_t T, int64_t k, nmlx_switch_buffers *b, float *out,
+                         const moe_route_args *ra) {
     cudaStream_t s = cuda_of(be)->stream;
     const int Pi = (int)(T * k), ki = (int)k;
-#define GATE_UP(B, S) launch_gate_up<B, S>(s, *gl, *ul, x, didx, ki, b->gate, Pi, g)
+#define GATE_UP(B, S) launch_gate_up<B, S>(s, *gl, *ul, x, didx, ki, b->gate, Pi, g, ra)
     MOE_DISPATCH(gl->bits, gl->sc, GATE_UP);
 #undef GATE_UP
 #define DOWN(B, S) launch_down<B, S>(s, *dl, b->gate, didx, dsc, b->ys, Pi)
@@ -612,7 +657,8 @@ static bool run_small(nmlx_backend *be, cuda_moe_state *m, const nmlx_switch_glu
     memcpy(m->host + P, scores, (size_t)P * 4);
     nmlx_cuda_note(be, cudaMemcpyAsync(m->dev, m->host, (size_t)(2 * P) * 4, cudaMemcpyHostToDevice,
                                        cuda_of(be)->stream));
-    launch_small(be, &l[0], &l[1], &l[2], g, x, m->dev, (const float *)(m->dev + P), T, k, b, out);
+    launch_small(be, &l[0], &l[1], &l[2], g, x, m->dev, (const float *)(m->dev + P), T, k, b, out,
+                 NULL);
     moe_small_calls++;
     return true;
 }
@@ -791,6 +837,17 @@ static bool route_reserve(nmlx_backend *be, cuda_moe_state *m) {
     return true;
 }
 
+/* NMLX_CUDA_MOE_ROUTE=kernel: the decode form routes in a kernel of its
+ * own before gate/up (for A/B runs); default: in the gate/up kernel */
+static bool route_fused(void) {
+    static int fused = -1;
+    if (fused < 0) {
+        const char *e = getenv("NMLX_CUDA_MOE_ROUTE");
+        fused = !(e && !strcmp(e, "kernel"));
+    }
+    return fused != 0;
+}
+
 /* The device sort's buffer for `words` words; no wait unless it grows. */
 static bool sorted_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
     if (words <= m->sorted_cap) return true;
@@ -891,6 +948,13 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
     int32_t *didx = m->route;
     float *dsc = (float *)(m->route + m->route_cap);
     cudaStream_t s = cuda_of(be)->stream;
+    if (small && route_fused()) { /* the gate/up kernel's blocks route */
+        const moe_route_args ra = {logits, (int)E, routing, norm, didx, dsc};
+        launch_small(be, &l[0], &l[1], &l[2], g, x, didx, dsc, T, k, b, out, &ra);
+        moe_small_calls++;
+        moe_routed_calls++;
+        return true;
+    }
     moe_route_kernel<<<(unsigned)T, 32, 0, s>>>(logits, (int)E, (int)k, routing, norm, didx, dsc);
     nmlx_cuda_note(be, cudaGetLastError());
     if (!small && run_sorted_dev(be, m, g, x, didx, dsc, T, k, b, out)) {
@@ -920,7 +984,7 @@ bool nmlx_cuda_moe_routed(nmlx_backend *be, const struct nmlx_switch_glu *g, con
         moe_routed_calls--;
         return false;
     }
-    launch_small(be, &l[0], &l[1], &l[2], g, x, didx, dsc, T, k, b, out);
+    launch_small(be, &l[0], &l[1], &l[2], g, x, didx, dsc, T, k, b, out, NULL);
     moe_small_calls++;
     moe_routed_calls++;
     return true;
