@@ -848,6 +848,17 @@ static bool route_fused(void) {
     return fused != 0;
 }
 
+/* NMLX_CUDA_MOE_SORT=host: a routed prefill chunk downloads idx and scores
+ * for the host's sort (for A/B runs); default: sorted on the device */
+static bool sort_on_device(void) {
+    static int dev = -1;
+    if (dev < 0) {
+        const char *e = getenv("NMLX_CUDA_MOE_SORT");
+        dev = !(e && !strcmp(e, "host"));
+    }
+    return dev != 0;
+}
+
 /* The device sort's buffer for `words` words; no wait unless it grows. */
 static bool sorted_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
     if (words <= m->sorted_cap) return true;
@@ -875,7 +886,8 @@ static bool run_sorted_dev(nmlx_backend *be, cuda_moe_state *m, const nmlx_switc
                            int64_t k, nmlx_switch_buffers *b, float *out) {
     const int64_t P = T * k, D = g->in, I = g->hidden, E = g->gate.n_experts;
     moe_lin l[3];
-    if (!nmlx_cuda_moe_sort_ok(P, E) || g->down.n_experts != E || !lins_of(be, m, g, l))
+    if (!sort_on_device() || !nmlx_cuda_moe_sort_ok(P, E) || g->down.n_experts != E ||
+        !lins_of(be, m, g, l))
         return false;
     const bool qmm = nmlx_cuda_moe_qmm_ok(be, &l[0]) && nmlx_cuda_moe_qmm_ok(be, &l[2]);
     if (!qmm && !(nmlx_cuda_moe_rows_ok(be, &l[0]) && nmlx_cuda_moe_rows_ok(be, &l[2])))
