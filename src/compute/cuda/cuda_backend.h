@@ -177,6 +177,8 @@ void nmlx_cuda_moe_stats(long *small, long *sorted);
 long nmlx_cuda_moe_routed_calls(void);
 /* prefill-form calls sorted on the device (moe_routed, cuda_moe_sort.cu), all backends */
 long nmlx_cuda_moe_devsort_calls(void);
+/* whether routed prefill chunks are sorted on the device (NMLX_CUDA_MOE_SORT) */
+bool nmlx_cuda_moe_sorts_on_device(void);
 /* launches of the grouped few-rows kernel over experts (cuda_moe_rows.cu), all backends */
 unsigned long long nmlx_cuda_moe_rows_launches(void);
 /* launches of the grouped tensor-core tile over experts (cuda_moe_qmm.cu), all backends */

@@ -858,6 +858,7 @@ static bool sort_on_device(void) {
     }
     return dev != 0;
 }
+extern "C" bool nmlx_cuda_moe_sorts_on_device(void) { return sort_on_device(); }
 
 /* The device sort's buffer for `words` words; no wait unless it grows. */
 static bool sorted_reserve(nmlx_backend *be, cuda_moe_state *m, size_t words) {
